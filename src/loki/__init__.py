@@ -1,0 +1,29 @@
+"""loki: H&E histology and spatial transcriptomics in one embedding space, for the scverse.
+
+Use as ``import loki as lk``; ``lk.pp`` prepares data, ``lk.tl`` computes, ``lk.pl`` plots.
+Importing loki does not import torch: the model layer loads it on first use.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets, io, metrics, pl, pp, tl
+from ._keys import Key
+
+try:
+    __version__ = version("loki")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+
+def __getattr__(name: str):
+    # ``lk.models`` imports torch, so it is loaded only when asked for.
+    if name == "models":
+        import importlib
+
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module 'loki' has no attribute {name!r}")
+
+
+__all__ = ["Key", "datasets", "io", "metrics", "models", "pl", "pp", "tl"]

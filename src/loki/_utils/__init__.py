@@ -1,0 +1,27 @@
+"""Internal helpers shared by the public modules."""
+
+from __future__ import annotations
+
+from ._rng import as_rng, as_seed
+from ._validation import (
+    check_array_finite,
+    check_obs_key,
+    check_obsm_key,
+    check_var_key,
+    require_keys,
+)
+from ._write import write_layer, write_obs, write_obsm, write_uns
+
+__all__ = [
+    "as_rng",
+    "as_seed",
+    "check_array_finite",
+    "check_obs_key",
+    "check_obsm_key",
+    "check_var_key",
+    "require_keys",
+    "write_layer",
+    "write_obs",
+    "write_obsm",
+    "write_uns",
+]

@@ -1,0 +1,98 @@
+"""Find the table, spot shapes and image of one section in a SpatialData object.
+
+Sections follow one layout (see :mod:`loki.io`): a table annotating a shapes element of spot
+circles (``region`` / ``instance_key`` in ``table.uns['spatialdata_attrs']``) and an H&E image in
+the same coordinate system. Functions that only need a table accept an AnnData too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from anndata import AnnData
+
+from .._keys import Key
+from ._validation import require_keys
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+
+def is_spatialdata(data: Any) -> bool:
+    """Whether ``data`` is a SpatialData object (without importing spatialdata for AnnData input)."""
+    return type(data).__name__ == "SpatialData" and hasattr(data, "tables")
+
+
+def get_table(data: AnnData | SpatialData, table_key: str | None = None) -> AnnData:
+    """Return the AnnData of a section.
+
+    Parameters
+    ----------
+    data
+        An AnnData (returned as is) or a SpatialData.
+    table_key
+        Key in ``sdata.tables``; may be omitted when the SpatialData holds exactly one table.
+    """
+    if isinstance(data, AnnData):
+        return data
+    if not is_spatialdata(data):
+        raise TypeError(f"Expected an AnnData or a SpatialData, got {type(data).__name__}.")
+    tables = data.tables
+    if table_key is None:
+        if len(tables) != 1:
+            raise ValueError(
+                f"The SpatialData holds {len(tables)} tables ({', '.join(map(repr, tables.keys())) or 'none'}); "
+                "pass table_key= to choose one."
+            )
+        table_key = next(iter(tables.keys()))
+    require_keys(tables, table_key, "sdata.tables")
+    return tables[table_key]
+
+
+def table_attrs(table: AnnData) -> dict[str, Any]:
+    """The ``spatialdata_attrs`` of a table (region, region_key, instance_key), or an empty dict."""
+    return dict(table.uns.get("spatialdata_attrs", {}))
+
+
+def table_region(table: AnnData) -> str:
+    """The single shapes element a section's table annotates."""
+    attrs = table_attrs(table)
+    region = attrs.get("region")
+    if region is None:
+        raise ValueError("The table does not annotate any element (no 'spatialdata_attrs' region).")
+    if not isinstance(region, str):
+        region = list(region)
+        if len(region) != 1:
+            raise ValueError(f"The table annotates several elements {region}; loki expects one per section.")
+        region = region[0]
+    return region
+
+
+def section_image_key(sdata: SpatialData, table_key: str, image_key: str | None = None) -> str:
+    """Name of the H&E image of a section.
+
+    The explicit ``image_key`` wins; otherwise ``table.uns['loki']['image_key']`` (written by
+    :mod:`loki.io` readers), the only image of the object, or the images whose name starts with the
+    table key or its region, in that order.
+    """
+    images = list(sdata.images.keys())
+    if image_key is not None:
+        require_keys(images, image_key, "sdata.images")
+        return image_key
+    table = sdata.tables[table_key]
+    stored = table.uns.get(Key.UNS, {}).get("image_key")
+    if stored is not None and stored in images:
+        return stored
+    if len(images) == 1:
+        return images[0]
+    try:
+        region = table_region(table)
+    except ValueError:
+        region = table_key
+    candidates = [k for k in images if k.startswith(table_key) or k.startswith(region)]
+    if len(candidates) == 1:
+        return candidates[0]
+    raise KeyError(
+        f"Cannot tell which image belongs to table {table_key!r}; pass image_key=. "
+        f"Images in sdata.images: {', '.join(map(repr, images)) or 'none'}."
+    )

@@ -1,0 +1,61 @@
+"""Input checks that fail early with messages naming what is wrong and what exists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+
+def _listing(keys: Iterable[Any], limit: int = 20) -> str:
+    keys = [str(k) for k in keys]
+    if not keys:
+        return "none"
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def require_keys(container: Mapping[str, Any] | Iterable[str], keys: str | Iterable[str], where: str) -> None:
+    """Raise a KeyError naming ``where`` and the available keys when any of ``keys`` is missing.
+
+    Parameters
+    ----------
+    container
+        Anything with ``in`` and iteration over its keys (dict, DataFrame columns, ``adata.obsm``).
+    keys
+        Key or keys that must be present.
+    where
+        How the container is called in the message, e.g. ``"adata.obsm"``.
+    """
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    available = list(container.keys()) if hasattr(container, "keys") else list(container)
+    missing = [k for k in keys if k not in available]
+    if missing:
+        raise KeyError(f"{_listing(missing)} not found in {where}; available: {_listing(available)}.")
+
+
+def check_obsm_key(adata, key: str) -> None:
+    """Require ``adata.obsm[key]``."""
+    require_keys(adata.obsm, key, "adata.obsm")
+
+
+def check_obs_key(adata, key: str) -> None:
+    """Require ``adata.obs[key]``."""
+    require_keys(adata.obs.columns, key, "adata.obs")
+
+
+def check_var_key(adata, key: str) -> None:
+    """Require ``adata.var[key]``."""
+    require_keys(adata.var.columns, key, "adata.var")
+
+
+def check_array_finite(x: np.ndarray, name: str) -> None:
+    """Raise a ValueError when ``x`` holds NaN or infinite values, saying how many and where."""
+    x = np.asarray(x)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad.reshape(len(x), -1) if x.ndim else bad)[0])
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf), e.g. in rows {rows[:5].tolist()}."
+        )

@@ -1,0 +1,32 @@
+"""Write results into AnnData containers, logging one line per write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._keys import Key
+from .._logging import logger
+
+
+def write_obsm(adata, key: str, value: Any) -> None:
+    """Store ``value`` in ``adata.obsm[key]`` and log it."""
+    adata.obsm[key] = value
+    logger.info("added .obsm[%r]", key)
+
+
+def write_obs(adata, key: str, value: Any) -> None:
+    """Store ``value`` in ``adata.obs[key]`` and log it."""
+    adata.obs[key] = value
+    logger.info("added .obs[%r]", key)
+
+
+def write_layer(adata, key: str, value: Any) -> None:
+    """Store ``value`` in ``adata.layers[key]`` and log it."""
+    adata.layers[key] = value
+    logger.info("added .layers[%r]", key)
+
+
+def write_uns(adata, key: str, value: dict[str, Any]) -> None:
+    """Store ``value`` in ``adata.uns['loki'][key]`` (writeable types only) and log it."""
+    adata.uns.setdefault(Key.UNS, {})[key] = value
+    logger.info("added .uns[%r][%r]", Key.UNS, key)

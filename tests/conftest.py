@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test with a reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real dataset not available: {path} (../shared/data is absent on this machine)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return shared_path()
