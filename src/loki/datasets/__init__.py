@@ -2,5 +2,6 @@
 
 from __future__ import annotations
 
-# bundled+registry
-# synthetic
+from ._bundled import mob
+from ._registry import visium_sample
+from ._synthetic import SectionTransform, synthetic_reference, synthetic_tissue, transform_section

@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-# readers
+from ._legacy_st import read_legacy_st, read_legacy_st_sections
+from ._visium import read_visium
+
+__all__ = ["read_legacy_st", "read_legacy_st_sections", "read_visium"]

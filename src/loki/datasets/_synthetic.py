@@ -1,0 +1,404 @@
+"""Synthetic tissue sections with ground truth, and known transforms of real or synthetic sections.
+
+The generator places spots on a hexagonal (or square) grid inside an irregular, tissue-like outline,
+draws spatially smooth regions and cell-type proportions, and samples counts from per-type expression
+profiles mixed by those proportions (gamma-Poisson, i.e. negative binomial). A matching single-cell
+reference is drawn from the same profiles. :func:`transform_section` moves a section by a known
+rotation / translation / mirror / scale / smooth warp, drops spots and thins counts, and returns the
+true coordinates of every kept spot in the original frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from loki._keys import Key
+from loki._utils import as_rng, check_array_finite, check_obsm_key
+
+__all__ = ["SectionTransform", "synthetic_reference", "synthetic_tissue", "transform_section"]
+
+
+def _grid(n_target: int, layout: str, spacing: float) -> np.ndarray:
+    """A square-ish patch of a hex or square lattice with comfortably more than ``n_target`` points."""
+    side = int(np.ceil(np.sqrt(n_target * 4.0))) + 4
+    i, j = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    if layout == "hex":
+        x = (j + 0.5 * (i % 2)) * spacing
+        y = i * spacing * np.sqrt(3.0) / 2.0
+    elif layout == "square":
+        x = j * spacing
+        y = i * spacing
+    else:
+        raise ValueError(f"layout must be 'hex' or 'square', got {layout!r}.")
+    xy = np.column_stack([x.ravel(), y.ravel()]).astype(float)
+    return xy - xy.mean(axis=0)
+
+
+def _outline_radius(theta: np.ndarray, rng: np.random.Generator, n_harmonics: int = 5) -> np.ndarray:
+    """A smooth, irregular star-shaped outline r(theta) around 1."""
+    amp = rng.uniform(0.03, 0.12, n_harmonics) / np.arange(1, n_harmonics + 1) ** 0.5
+    phase = rng.uniform(0, 2 * np.pi, n_harmonics)
+    k = np.arange(2, n_harmonics + 2)
+    return 1.0 + (amp[:, None] * np.cos(k[:, None] * theta[None, :] + phase[:, None])).sum(axis=0)
+
+
+def _smooth_fields(
+    xy: np.ndarray, n_fields: int, length_scale: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``n_fields`` smooth random fields at ``xy`` (random Fourier features of a Gaussian process)."""
+    n_features = 64
+    freq = rng.normal(0.0, 1.0 / length_scale, size=(n_fields, n_features, 2))
+    phase = rng.uniform(0, 2 * np.pi, size=(n_fields, n_features))
+    proj = np.einsum("nd,kfd->knf", xy, freq) + phase[:, None, :]
+    return (np.sqrt(2.0 / n_features) * np.cos(proj).sum(axis=2)).T  # (n, n_fields)
+
+
+def _region_scores(xy: np.ndarray, n_regions: int, extent: float, rng: np.random.Generator) -> np.ndarray:
+    """Score of each spot for each region: distance to spread-out centres plus a smooth random field."""
+    centres = [int(rng.integers(len(xy)))]
+    dist = np.linalg.norm(xy - xy[centres[0]], axis=1)
+    for _ in range(1, n_regions):
+        centres.append(int(dist.argmax()))
+        dist = np.minimum(dist, np.linalg.norm(xy - xy[centres[-1]], axis=1))
+    scale = extent / np.sqrt(n_regions)
+    d = np.linalg.norm(xy[:, None, :] - xy[centres][None, :, :], axis=2) / scale
+    return -d + 0.15 * _smooth_fields(xy, n_regions, length_scale=extent / 4.0, rng=rng)
+
+
+def _type_profiles(n_types: int, n_genes: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-type mean expression (rows sum to 1): shared log-normal base plus type markers."""
+    base = rng.lognormal(mean=0.0, sigma=1.0, size=n_genes)
+    log_fc = rng.normal(0.0, 0.3, size=(n_types, n_genes))
+    n_markers = max(1, n_genes // (2 * n_types))
+    for t in range(n_types):
+        markers = rng.choice(n_genes, size=n_markers, replace=False)
+        log_fc[t, markers] += rng.uniform(1.5, 3.0, size=n_markers)
+    prof = base[None, :] * np.exp(log_fc)
+    return prof / prof.sum(axis=1, keepdims=True)
+
+
+def _nb_counts(mean: np.ndarray, dispersion: float, rng: np.random.Generator) -> sp.csr_matrix:
+    """Negative binomial counts with the given means (gamma-Poisson with shape 1/dispersion)."""
+    shape = 1.0 / dispersion
+    lam = rng.gamma(shape, mean / shape)
+    return sp.csr_matrix(rng.poisson(lam).astype(np.float32))
+
+
+def synthetic_tissue(
+    n_spots: int = 2000,
+    n_genes: int = 300,
+    n_cell_types: int = 6,
+    *,
+    layout: str = "hex",
+    spot_spacing: float = 1.0,
+    n_regions: int | None = None,
+    depth: float = 2000.0,
+    dispersion: float = 0.2,
+    seed: int | np.random.Generator | None = 0,
+) -> AnnData:
+    """Simulate a spatial transcriptomics section with known cell-type proportions.
+
+    Parameters
+    ----------
+    n_spots
+        Number of spots inside the tissue outline.
+    n_genes
+        Number of genes, named ``Gene0001``, ``Gene0002``, ...
+    n_cell_types
+        Number of cell types, named ``Type1``, ...
+    layout
+        ``"hex"`` (Visium-like) or ``"square"`` (legacy ST-like) lattice.
+    spot_spacing
+        Centre-to-centre distance of neighbouring spots, in coordinate units.
+    n_regions
+        Number of spatial regions; defaults to ``n_cell_types``.
+    depth
+        Mean library size per spot.
+    dispersion
+        Negative binomial dispersion (0 would be Poisson).
+    seed
+        Seed or Generator.
+
+    Returns
+    -------
+    AnnData of spots x genes with
+
+    - ``.X``: CSR float32 counts,
+    - ``.obsm['spatial']``: spot centres,
+    - ``.obsm['proportions']``: DataFrame of true cell-type proportions (rows sum to 1),
+    - ``.obs['region']``: categorical region label (spatially contiguous, smooth boundaries),
+    - ``.uns['synthetic']``: ``profiles`` (types x genes, rows sum to 1), ``cell_types``,
+      ``spot_spacing``, ``layout``, ``depth``, ``dispersion``.
+
+    """
+    if n_spots < 3:
+        raise ValueError(f"n_spots must be at least 3, got {n_spots}.")
+    if n_genes < 1 or n_cell_types < 1:
+        raise ValueError("n_genes and n_cell_types must be positive.")
+    if spot_spacing <= 0:
+        raise ValueError(f"spot_spacing must be positive, got {spot_spacing}.")
+    n_regions = n_cell_types if n_regions is None else int(n_regions)
+    if n_regions < 1:
+        raise ValueError(f"n_regions must be positive, got {n_regions}.")
+    rng = as_rng(seed)
+
+    grid = _grid(n_spots, layout, spot_spacing)
+    theta = np.arctan2(grid[:, 1], grid[:, 0])
+    rho = np.linalg.norm(grid, axis=1) / _outline_radius(theta, rng)
+    keep = np.sort(np.argsort(rho, kind="stable")[:n_spots])
+    xy = grid[keep]
+    xy = xy - xy.min(axis=0) + spot_spacing
+
+    extent = float(np.ptp(xy, axis=0).max())
+    fields = _region_scores(xy, n_regions, extent, rng)
+    region = fields.argmax(axis=1)
+    comp = rng.dirichlet(np.full(n_cell_types, 0.5), size=n_regions)
+    dominant = rng.permutation(np.resize(np.arange(n_cell_types), n_regions))
+    comp[np.arange(n_regions), dominant] += 1.0
+    comp /= comp.sum(axis=1, keepdims=True)
+    weights = np.exp(4.0 * (fields - fields.max(axis=1, keepdims=True)))
+    weights /= weights.sum(axis=1, keepdims=True)
+    props = weights @ comp
+    noise = rng.dirichlet(np.full(n_cell_types, 1.0), size=n_spots)
+    props = 0.9 * props + 0.1 * noise
+    props /= props.sum(axis=1, keepdims=True)
+
+    profiles = _type_profiles(n_cell_types, n_genes, rng)
+    library = depth * rng.lognormal(0.0, 0.3, size=n_spots)
+    counts = _nb_counts(library[:, None] * (props @ profiles), dispersion, rng)
+
+    types = [f"Type{t + 1}" for t in range(n_cell_types)]
+    obs_names = [f"spot{i:06d}" for i in range(n_spots)]
+    width = max(4, len(str(n_genes)))
+    genes = [f"Gene{g + 1:0{width}d}" for g in range(n_genes)]
+    adata = AnnData(
+        X=counts,
+        obs=pd.DataFrame(
+            {
+                "region": pd.Categorical(
+                    [f"region{r + 1}" for r in region], [f"region{r + 1}" for r in range(n_regions)]
+                )
+            },
+            index=obs_names,
+        ),
+        var=pd.DataFrame(index=genes),
+    )
+    adata.obsm[Key.SPATIAL] = xy
+    adata.obsm["proportions"] = pd.DataFrame(props, index=obs_names, columns=types)
+    adata.uns["synthetic"] = {
+        "profiles": profiles,
+        "cell_types": types,
+        "spot_spacing": float(spot_spacing),
+        "layout": layout,
+        "depth": float(depth),
+        "dispersion": float(dispersion),
+    }
+    return adata
+
+
+def synthetic_reference(
+    adata_synth: AnnData,
+    n_cells_per_type: int = 200,
+    *,
+    depth: float = 1000.0,
+    seed: int | np.random.Generator | None = 0,
+) -> AnnData:
+    """Single cells drawn from the type profiles of a :func:`synthetic_tissue` section.
+
+    Parameters
+    ----------
+    adata_synth
+        Output of :func:`synthetic_tissue` (needs ``.uns['synthetic']``).
+    n_cells_per_type
+        Cells per cell type.
+    depth
+        Mean library size per cell.
+    seed
+        Seed or Generator.
+
+    Returns
+    -------
+    AnnData of cells x genes (CSR counts, same ``var_names``) with ``.obs['cell_type']`` categorical.
+
+    """
+    if "synthetic" not in adata_synth.uns:
+        raise KeyError(
+            "'synthetic' not found in adata.uns; available: "
+            f"{', '.join(map(repr, adata_synth.uns.keys())) or 'none'}. Pass the output of synthetic_tissue()."
+        )
+    if n_cells_per_type < 1:
+        raise ValueError(f"n_cells_per_type must be positive, got {n_cells_per_type}.")
+    rng = as_rng(seed)
+    meta = adata_synth.uns["synthetic"]
+    profiles = np.asarray(meta["profiles"])
+    types = list(meta["cell_types"])
+    labels = np.repeat(np.arange(len(types)), n_cells_per_type)
+    library = depth * rng.lognormal(0.0, 0.3, size=len(labels))
+    counts = _nb_counts(library[:, None] * profiles[labels], float(meta.get("dispersion", 0.2)), rng)
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(np.asarray(types)[labels], categories=types)},
+        index=[f"cell{i:06d}" for i in range(len(labels))],
+    )
+    return AnnData(X=counts, obs=obs, var=pd.DataFrame(index=adata_synth.var_names.copy()))
+
+
+@dataclass
+class SectionTransform:
+    """Ground truth of :func:`transform_section`.
+
+    Attributes
+    ----------
+    coords
+        (n_kept, 2) true coordinates of every kept spot in the original frame.
+    matrix
+        3x3 homogeneous matrix of the rigid/similarity part, original frame -> moved frame
+        (applied after the warp).
+    kept
+        Integer positions of the kept spots in the original object.
+    spot_spacing
+        Median nearest-neighbour distance of the original spots (the error unit).
+    params
+        The arguments used.
+
+    """
+
+    coords: np.ndarray
+    matrix: np.ndarray
+    kept: np.ndarray
+    spot_spacing: float
+    params: dict = field(default_factory=dict)
+
+
+def spot_spacing_of(xy: np.ndarray) -> float:
+    """Median distance of each point to its nearest neighbour."""
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(xy, dtype=float)
+    if len(xy) < 2:
+        return 1.0
+    d, _ = cKDTree(xy).query(xy, k=2)
+    return float(np.median(d[:, 1]))
+
+
+def similarity_matrix(
+    rotation_deg: float, translation: tuple[float, float], mirror: bool, scale: float, center: np.ndarray
+) -> np.ndarray:
+    """3x3 matrix: mirror x about ``center``, scale and rotate about ``center``, then translate."""
+    t = np.deg2rad(rotation_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    lin = scale * rot @ (np.diag([-1.0, 1.0]) if mirror else np.eye(2))
+    out = np.eye(3)
+    out[:2, :2] = lin
+    out[:2, 2] = center - lin @ center + np.asarray(translation, dtype=float)
+    return out
+
+
+def _warp(xy: np.ndarray, amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth displacement field with maximum magnitude ``amplitude`` over the given points."""
+    extent = float(np.ptp(xy, axis=0).max()) or 1.0
+    disp = _smooth_fields(xy - xy.mean(axis=0), 2, length_scale=extent / 2.0, rng=rng)
+    peak = np.linalg.norm(disp, axis=1).max()
+    return disp * (amplitude / peak) if peak > 0 else disp
+
+
+def transform_section(
+    adata: AnnData,
+    *,
+    rotation_deg: float = 0.0,
+    translation: tuple[float, float] = (0.0, 0.0),
+    mirror: bool = False,
+    scale: float = 1.0,
+    warp: float = 0.0,
+    drop_fraction: float = 0.0,
+    thin_counts: float = 1.0,
+    spatial_key: str = Key.SPATIAL,
+    seed: int | np.random.Generator | None = 0,
+) -> tuple[AnnData, SectionTransform]:
+    """Move a section by a known transform (to test alignment against ground truth).
+
+    The moved coordinates are ``A @ (x + warp(x))`` with ``A`` a mirror (x axis, about the centroid),
+    scale and rotation about the centroid followed by ``translation``.
+
+    Parameters
+    ----------
+    adata
+        Section with ``.obsm[spatial_key]`` (synthetic or real).
+    rotation_deg
+        Counter-clockwise rotation in degrees.
+    translation
+        Shift in coordinate units.
+    mirror
+        Flip the x axis before rotating.
+    scale
+        Isotropic scale factor.
+    warp
+        Maximum displacement of a smooth random warp, in spot spacings (median nearest-neighbour
+        distance).
+    drop_fraction
+        Fraction of spots removed at random.
+    thin_counts
+        Binomial thinning probability of every count (1 keeps all counts).
+    spatial_key
+        Key of the coordinates in ``.obsm``.
+    seed
+        Seed or Generator.
+
+    Returns
+    -------
+    ``(moved, truth)``: a new AnnData with the kept spots and moved ``.obsm[spatial_key]``
+    (other ``.obsm`` entries are kept), and a :class:`SectionTransform`.
+
+    """
+    check_obsm_key(adata, spatial_key)
+    xy = np.asarray(adata.obsm[spatial_key], dtype=float)[:, :2]
+    check_array_finite(xy, f"adata.obsm[{spatial_key!r}]")
+    if not 0.0 <= drop_fraction < 1.0:
+        raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}.")
+    if not 0.0 < thin_counts <= 1.0:
+        raise ValueError(f"thin_counts must be in (0, 1], got {thin_counts}.")
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}.")
+    if warp < 0:
+        raise ValueError(f"warp must be non-negative, got {warp}.")
+    rng = as_rng(seed)
+
+    n = len(xy)
+    n_keep = max(3, round(n * (1.0 - drop_fraction)))
+    kept = np.sort(rng.choice(n, size=n_keep, replace=False)) if n_keep < n else np.arange(n)
+    spacing = spot_spacing_of(xy)
+    warped = xy + _warp(xy, warp * spacing, rng) if warp > 0 else xy.copy()
+    mat = similarity_matrix(rotation_deg, translation, mirror, scale, xy.mean(axis=0))
+    moved_xy = warped @ mat[:2, :2].T + mat[:2, 2]
+
+    moved = adata[kept].copy()
+    if thin_counts < 1.0:
+        x = moved.X
+        if sp.issparse(x):
+            x = x.tocsr(copy=True)
+            x.data = rng.binomial(np.round(x.data).astype(np.int64), thin_counts).astype(x.dtype)
+            x.eliminate_zeros()
+        else:
+            x = rng.binomial(np.round(np.asarray(x)).astype(np.int64), thin_counts).astype(np.float32)
+        moved.X = x
+    moved.obsm[spatial_key] = moved_xy[kept]
+    truth = SectionTransform(
+        coords=xy[kept].copy(),
+        matrix=mat,
+        kept=kept,
+        spot_spacing=spacing,
+        params={
+            "rotation_deg": float(rotation_deg),
+            "translation": tuple(float(v) for v in translation),
+            "mirror": bool(mirror),
+            "scale": float(scale),
+            "warp": float(warp),
+            "drop_fraction": float(drop_fraction),
+            "thin_counts": float(thin_counts),
+        },
+    )
+    return moved, truth

@@ -1,0 +1,67 @@
+"""Physical scale of legacy ST arrays from spot array coordinates and their pixel positions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pixels_per_array_unit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> float:
+    """Pixels per step of the array coordinates, from an affine fit of pixel on array positions.
+
+    The square root of the absolute determinant of the fitted linear part is the geometric mean
+    of the scales along the two array axes: rotation invariant, and it uses every spot, so a few
+    misplaced spots or a slightly anisotropic image barely move it. Spots whose residual is more
+    than 5 median absolute residuals away are dropped and the fit is repeated once.
+
+    Parameters
+    ----------
+    array_xy
+        ``(n, 2)`` array (grid) coordinates of the spots.
+    pixel_xy
+        ``(n, 2)`` pixel coordinates of the same spots.
+
+    Returns
+    -------
+    Pixels per array unit (> 0).
+
+    """
+    array_xy = np.asarray(array_xy, dtype=np.float64)
+    pixel_xy = np.asarray(pixel_xy, dtype=np.float64)
+    if array_xy.shape != pixel_xy.shape or array_xy.ndim != 2 or array_xy.shape[1] != 2:
+        raise ValueError(
+            f"Expected two (n, 2) arrays of equal shape, got {array_xy.shape} and {pixel_xy.shape}."
+        )
+    if len(array_xy) < 3 or np.linalg.matrix_rank(array_xy - array_xy.mean(0)) < 2:
+        raise ValueError(
+            "Need at least 3 spots that are not on one line to estimate the pixel size of the array."
+        )
+    keep = np.ones(len(array_xy), dtype=bool)
+    for _ in range(2):
+        design = np.c_[array_xy[keep], np.ones(keep.sum())]
+        coef, *_ = np.linalg.lstsq(design, pixel_xy[keep], rcond=None)
+        resid = np.linalg.norm(np.c_[array_xy, np.ones(len(array_xy))] @ coef - pixel_xy, axis=1)
+        mad = np.median(resid[keep])
+        tol = 1e-6 * (np.abs(pixel_xy).max() + 1.0)  # exact fits have MAD ~ 0
+        new_keep = resid <= 5 * mad + tol
+        if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    det = abs(np.linalg.det(coef[:2]))
+    if not np.isfinite(det) or det <= 0:
+        raise ValueError("Spot pixel coordinates do not span two dimensions; cannot estimate the pixel size.")
+    return float(np.sqrt(det))
+
+
+def is_checkerboard(array_xy: np.ndarray) -> bool:
+    """Whether spots sit on a checkerboard of the array grid (nearest neighbours are diagonal).
+
+    Legacy ST "2k" arrays number their spots this way (x + y of one parity on a grid twice as
+    fine as the 1k arrays), so one array unit is half the 1k centre-to-centre distance.
+    """
+    from scipy.spatial import cKDTree
+
+    array_xy = np.asarray(array_xy, dtype=np.float64)
+    if len(array_xy) < 2:
+        return False
+    dist, _ = cKDTree(array_xy).query(array_xy, k=2)
+    return bool(np.isclose(np.median(dist[:, 1]), np.sqrt(2.0), atol=0.05))

@@ -1,0 +1,346 @@
+"""Reader for legacy Spatial Transcriptomics (ST, 100 µm spots): counts table + spot file + H&E."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from loki._keys import Key
+from loki._logging import logger
+from loki._utils import check_array_finite
+
+from ._geometry import is_checkerboard, pixels_per_array_unit
+from ._image import parse_rgb_image, read_rgb
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+_SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
+
+
+def _read_table(data: str | Path | pd.DataFrame, what: str, **kwargs: Any) -> pd.DataFrame:
+    if isinstance(data, pd.DataFrame):
+        return data
+    path = Path(data)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {str(path)!r}.")
+    return pd.read_csv(path, sep="\t", **kwargs)
+
+
+def _spot_ids(spots: pd.DataFrame) -> pd.Index:
+    """``"XxY"`` ids from the integer array coordinates of a spot file."""
+    ids = []
+    for col in ("x", "y"):
+        values = pd.to_numeric(spots[col], errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all() or not np.allclose(values, np.round(values)):
+            raise ValueError(f"Spot file column {col!r} must hold integer array coordinates.")
+        ids.append(np.round(values).astype(np.int64).astype(str))
+    return pd.Index(np.char.add(np.char.add(ids[0], "x"), ids[1]), name="spot_id")
+
+
+def _validate(
+    counts: pd.DataFrame,
+    spots: pd.DataFrame,
+    spot_diameter_um: float,
+    spot_spacing_um: float,
+    image_scale: float,
+) -> None:
+    missing = [c for c in _SPOT_COLUMNS if c not in spots.columns]
+    if missing:
+        raise KeyError(
+            f"Spot file lacks column(s) {missing}; it has {list(map(str, spots.columns))}. "
+            f"Expected {list(_SPOT_COLUMNS)} and optionally 'selected'."
+        )
+    check_array_finite(spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64), "Spot file pixel_x/pixel_y")
+    for name, value in (
+        ("spot_diameter_um", spot_diameter_um),
+        ("spot_spacing_um", spot_spacing_um),
+        ("image_scale", image_scale),
+    ):
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    if counts.shape[0] == 0 or counts.shape[1] == 0:
+        raise ValueError(f"The counts table is empty (shape {counts.shape}).")
+    if not counts.index.is_unique:
+        dup = counts.index[counts.index.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"The counts table has duplicated spot ids, e.g. {dup}.")
+
+
+def _counts_matrix(counts: pd.DataFrame) -> sparse.csr_matrix:
+    values = counts.to_numpy()
+    if not np.issubdtype(values.dtype, np.number):
+        raise ValueError("The counts table must be numeric (spots x genes, spot ids as the first column).")
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("The counts table contains NaN or infinite values.")
+    return sparse.csr_matrix(values)
+
+
+def _section_parts(
+    counts: str | Path | pd.DataFrame,
+    spots: str | Path | pd.DataFrame,
+    image: str | Path | np.ndarray | None,
+    *,
+    name: str,
+    spot_diameter_um: float,
+    spot_spacing_um: float,
+    image_scale: float,
+    selected_only: bool,
+    coordinate_system: str,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, AnnData]]:
+    """Images, shapes and tables of one section (validated before anything is built)."""
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity, Scale
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}.")
+    if isinstance(image, str | Path) and not Path(image).is_file():
+        raise FileNotFoundError(f"Image file not found: {str(image)!r}.")
+    rgb = read_rgb(image) if image is not None and not isinstance(image, str | Path) else None
+    counts = _read_table(counts, "Counts", index_col=0)
+    spots = _read_table(spots, "Spot")
+    _validate(counts, spots, spot_diameter_um, spot_spacing_um, image_scale)
+
+    spots = spots.set_index(_spot_ids(spots))
+    if not spots.index.is_unique:
+        raise ValueError(
+            f"The spot file lists some array positions twice, e.g. {spots.index[spots.index.duplicated()][:5].tolist()}."
+        )
+    counts = counts.set_axis(counts.index.astype(str), axis=0)  # never relabel the caller's frame
+    unknown = counts.index.difference(spots.index)
+    filter_selected = selected_only and "selected" in spots.columns
+    if len(unknown) and filter_selected:
+        # The spot detector leaves out positions it could not find; they are not under tissue.
+        logger.info(
+            "section %r: %d spot(s) of the counts table are not in the spot file and are left out, e.g. %s",
+            name,
+            len(unknown),
+            unknown[:5].tolist(),
+        )
+    elif len(unknown):
+        raise ValueError(
+            f"{len(unknown)} spot(s) of the counts table are missing from the spot file, e.g. "
+            f"{unknown[:5].tolist()} (counts index must be 'XxY' array coordinates matching the spot file's x, y; "
+            "with selected_only=True and a 'selected' column such spots are left out)."
+        )
+    # The physical scale uses every spot of the array, under tissue or not.
+    px_per_unit = pixels_per_array_unit(
+        spots[["x", "y"]].to_numpy(), spots[["pixel_x", "pixel_y"]].to_numpy()
+    )
+    if is_checkerboard(spots[["x", "y"]].to_numpy()) and spot_spacing_um == 200.0:
+        logger.warning(
+            "Spots of section %r sit on a checkerboard of the array grid (legacy ST 2k array?); one array unit "
+            "is then 100 µm: pass spot_spacing_um=100 if so.",
+            name,
+        )
+    microns_per_unit = spot_spacing_um / px_per_unit
+
+    keep = counts.index
+    if filter_selected:
+        selected = spots.index[pd.to_numeric(spots["selected"], errors="coerce").fillna(0).to_numpy() == 1]
+        keep = counts.index[counts.index.isin(selected)]
+        absent = selected.difference(counts.index)
+        if len(absent):
+            logger.info("section %r: %d selected spot(s) have no counts and are left out", name, len(absent))
+        if len(keep) == 0:
+            raise ValueError(
+                f"No spot of the counts table is selected (selected == 1) in the spot file of {name!r}."
+            )
+    counts = counts.loc[keep]
+    spots = spots.loc[keep]
+    X = _counts_matrix(counts)
+
+    xy = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    region = f"{name}_spots"
+    obs = pd.DataFrame(
+        {
+            "spot_id": keep.to_numpy(dtype=str),
+            "array_row": spots["y"].to_numpy(dtype=np.int64),
+            "array_col": spots["x"].to_numpy(dtype=np.int64),
+            "region": pd.Categorical([region] * len(keep)),
+        },
+        index=pd.Index(keep.to_numpy(dtype=str)),
+    )
+    if "selected" in spots.columns:
+        obs["in_tissue"] = pd.to_numeric(spots["selected"], errors="coerce").fillna(0).to_numpy() == 1
+    var = pd.DataFrame(index=pd.Index(counts.columns.astype(str)))
+    adata = AnnData(X=X, obs=obs, var=var)
+    adata.obsm[Key.SPATIAL] = xy
+    uns: dict[str, Any] = {
+        "spot_diameter_um": float(spot_diameter_um),
+        "microns_per_unit": float(microns_per_unit),
+    }
+
+    images: dict[str, Any] = {}
+    if image is not None:
+        if rgb is None:
+            rgb = read_rgb(image)
+        transform = Identity() if image_scale == 1.0 else Scale([1.0 / image_scale] * 2, axes=("x", "y"))
+        images[f"{name}_image"] = parse_rgb_image(rgb, {coordinate_system: transform})
+        uns["image_key"] = f"{name}_image"
+        _warn_outside(name, xy * image_scale, rgb.shape[:2])
+    adata.uns[Key.UNS] = uns
+
+    radius = np.full(len(keep), spot_diameter_um / 2.0 / microns_per_unit)
+    shapes = {
+        region: ShapesModel.parse(
+            xy,
+            geometry=0,
+            radius=radius,
+            index=pd.Index(keep.to_numpy(dtype=str), name="spot_id"),
+            transformations={coordinate_system: Identity()},
+        )
+    }
+    table = TableModel.parse(adata, region=region, region_key="region", instance_key="spot_id")
+    logger.info(
+        "read legacy ST section %r: %d spots x %d genes, %.3f µm per full-resolution pixel",
+        name,
+        adata.n_obs,
+        adata.n_vars,
+        microns_per_unit,
+    )
+    return images, shapes, {name: table}
+
+
+def _warn_outside(name: str, xy_image: np.ndarray, shape_yx: tuple[int, int]) -> None:
+    h, w = shape_yx
+    outside = (xy_image[:, 0] < 0) | (xy_image[:, 0] >= w) | (xy_image[:, 1] < 0) | (xy_image[:, 1] >= h)
+    if outside.mean() > 0.05:
+        logger.warning(
+            "section %r: %d of %d spot centres fall outside the %dx%d image; is image_scale right?",
+            name,
+            int(outside.sum()),
+            len(outside),
+            w,
+            h,
+        )
+
+
+def read_legacy_st(
+    counts: str | Path | pd.DataFrame,
+    spots: str | Path | pd.DataFrame,
+    image: str | Path | np.ndarray | None = None,
+    *,
+    name: str,
+    spot_diameter_um: float = 100.0,
+    spot_spacing_um: float = 200.0,
+    image_scale: float = 1.0,
+    selected_only: bool = True,
+    coordinate_system: str = Key.GLOBAL_CS,
+) -> SpatialData:
+    """Read one legacy ST section (counts, spot file, H&E) into a SpatialData section.
+
+    Parameters
+    ----------
+    counts
+        Spots x genes raw counts (path to a tab-separated file, gzip allowed, or a DataFrame) whose
+        index holds ``"XxY"`` array coordinates (as in STUtility's ``MOB*.tsv`` and her2st
+        ``ST-cnts``). Gene names are kept as given.
+    spots
+        Spot file (path to a tab-separated file or a DataFrame) with columns ``x``, ``y`` (integer
+        array coordinates), ``pixel_x``, ``pixel_y`` (spot centres in full-resolution image pixels)
+        and optionally ``selected`` (1 under tissue), as written by the ST spot detector.
+    image
+        H&E image: path (jpg/png/tif) or uint8 array ``(y, x, 3)``; ``None`` for no image.
+    name
+        Section name: the table key, ``f"{name}_spots"`` the shapes and ``f"{name}_image"`` the image.
+    spot_diameter_um
+        Physical spot diameter (legacy ST: 100 µm).
+    spot_spacing_um
+        Physical length of one step of the array coordinates ``x``/``y``: 200 µm on 1k arrays
+        (spots on a square grid); 100 µm on 2k arrays, whose spots sit on a checkerboard of a grid
+        twice as fine (as in STUtility's mouse olfactory bulb data). The pixel size is the spacing
+        divided by the pixels per array unit fitted on all spots of the spot file.
+    image_scale
+        Image pixels per full-resolution pixel (e.g. ``2000 / 6954`` for a downscaled copy); the
+        image gets the transformation ``Scale(1 / image_scale)`` into the coordinate system, or
+        ``Identity`` when 1.
+    selected_only
+        Keep only spots with ``selected == 1`` (under tissue) when the spot file has that column.
+    coordinate_system
+        Name of the coordinate system (units: full-resolution pixels).
+
+    Returns
+    -------
+    A SpatialData with ``images[f"{name}_image"]`` (RGB uint8, multiscale, if ``image`` is given),
+    ``shapes[f"{name}_spots"]`` (circles, ``radius`` = physical spot radius in full-resolution
+    pixels, index = spot ids ``"XxY"``) and ``tables[name]`` annotating them: ``X`` CSR float32
+    counts, ``obs['spot_id'|'region'|'array_row'|'array_col'|'in_tissue']``,
+    ``obsm['spatial']`` (spot centres, full-resolution pixels) and
+    ``uns['loki'] = {'image_key', 'spot_diameter_um', 'microns_per_unit'}``.
+
+    """
+    from spatialdata import SpatialData
+
+    images, shapes, tables = _section_parts(
+        counts,
+        spots,
+        image,
+        name=name,
+        spot_diameter_um=spot_diameter_um,
+        spot_spacing_um=spot_spacing_um,
+        image_scale=image_scale,
+        selected_only=selected_only,
+        coordinate_system=coordinate_system,
+    )
+    return SpatialData(images=images, shapes=shapes, tables=tables)
+
+
+def read_legacy_st_sections(
+    sections: Mapping[str, tuple | Mapping[str, Any]],
+    **kwargs: Any,
+) -> SpatialData:
+    """Read several legacy ST sections into one SpatialData (one table per section, keyed by name).
+
+    Parameters
+    ----------
+    sections
+        ``{name: (counts, spots)}``, ``{name: (counts, spots, image)}`` or
+        ``{name: {"counts": ..., "spots": ..., "image": ..., **per-section keyword arguments}}``
+        (e.g. a per-section ``image_scale``).
+    **kwargs
+        Keyword arguments of :func:`read_legacy_st` shared by all sections (``name`` excluded).
+
+    Returns
+    -------
+    A SpatialData holding, for each section ``S``, the elements :func:`read_legacy_st` builds:
+    ``images[f"{S}_image"]``, ``shapes[f"{S}_spots"]`` and ``tables[S]``.
+
+    """
+    from spatialdata import SpatialData
+
+    if "name" in kwargs:
+        raise TypeError(
+            "read_legacy_st_sections() takes section names from the keys of `sections`, not name=."
+        )
+    if not sections:
+        raise ValueError("No section given.")
+    specs = {}
+    for name, spec in sections.items():
+        if isinstance(spec, Mapping):
+            spec = dict(spec)
+            missing = [k for k in ("counts", "spots") if k not in spec]
+            if missing:
+                raise KeyError(f"Section {name!r} lacks {missing}; it has {list(spec)}.")
+            args = (spec.pop("counts"), spec.pop("spots"), spec.pop("image", None))
+            specs[name] = (args, {**kwargs, **spec})
+        else:
+            spec = tuple(spec)
+            if len(spec) not in (2, 3):
+                raise ValueError(
+                    f"Section {name!r} must be (counts, spots) or (counts, spots, image), got {len(spec)} items."
+                )
+            specs[name] = ((*spec, None)[:3], kwargs)
+    images, shapes, tables = {}, {}, {}
+    for name, (args, kw) in specs.items():
+        section = read_legacy_st(*args, name=name, **kw)
+        images.update(section.images)
+        shapes.update(section.shapes)
+        tables.update(section.tables)
+    return SpatialData(images=images, shapes=shapes, tables=tables)

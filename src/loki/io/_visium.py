@@ -1,0 +1,143 @@
+"""10x Visium reader: spatialdata-io's reader, reshaped into loki's section layout."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from loki._keys import Key
+from loki._logging import logger
+
+from ._image import parse_cyx_image
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+VISIUM_SPOT_DIAMETER_UM = 55.0
+
+
+def _default_dataset_id(counts_path: Path) -> str | None:
+    """Library id stored in the Space Ranger h5, else None."""
+    try:
+        import h5py
+
+        with h5py.File(counts_path, "r") as f:
+            ids = f.attrs.get("library_ids", None)
+        if ids is not None and len(ids):
+            value = ids[0]
+            return value.decode() if isinstance(value, bytes) else str(value)
+    except (OSError, KeyError):
+        pass
+    return None
+
+
+def read_visium(
+    path: str | Path,
+    *,
+    dataset_id: str | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
+    **kwargs: Any,
+) -> SpatialData:
+    """Read a 10x Visium Space Ranger folder into a loki section (via :func:`spatialdata_io.visium`).
+
+    Parameters
+    ----------
+    path
+        Space Ranger output folder (``filtered_feature_bc_matrix.h5`` and ``spatial/``).
+    dataset_id
+        Section name ``S``; defaults to the library id stored in the h5 file, else the folder name.
+    coordinate_system
+        Name of the coordinate system of all elements (units: full-resolution pixels).
+    **kwargs
+        Passed to :func:`spatialdata_io.visium` (e.g. ``fullres_image_file``, ``counts_file``).
+
+    Returns
+    -------
+    A SpatialData with ``tables[S]`` (counts as read, ``var_names`` as Space Ranger gives them and
+    ``var['gene_ids']``; ``obsm['spatial']`` spot centres in full-resolution pixels;
+    ``uns['loki'] = {'image_key', 'spot_diameter_um': 55, 'microns_per_unit'}``) annotating
+    ``shapes[f"{S}_spots"]`` (circles of the spot radius), and the RGB images spatialdata-io finds
+    (``f"{S}_hires_image"``, ``f"{S}_lowres_image"``, ``f"{S}_full_image"``), each multiscale,
+    with a scale into the coordinate system. ``image_key`` names the hires image if present,
+    else the lowres one (the full-resolution image when that is all there is).
+    ``microns_per_unit`` is 55 µm over the spot diameter in full-resolution pixels.
+
+    """
+    import spatialdata_io
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity, get_transformation
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Visium folder not found: {str(path)!r}.")
+    counts_file = kwargs.get("counts_file", "filtered_feature_bc_matrix.h5")
+    if not (path / counts_file).is_file():
+        present = sorted(p.name for p in path.iterdir())
+        raise FileNotFoundError(f"No {counts_file!r} in {str(path)!r}; it holds {present}.")
+    if dataset_id is None:
+        dataset_id = _default_dataset_id(path / counts_file) or re.sub(
+            r"[^A-Za-z0-9_.-]", "_", path.resolve().name
+        )
+    name = dataset_id
+
+    with warnings.catch_warnings():
+        # spatialdata-io's own table triggers this; the table is rebuilt below with a categorical region
+        warnings.filterwarnings("ignore", message="Converting `region_key", category=UserWarning)
+        raw = spatialdata_io.visium(path, dataset_id=name, **kwargs)
+    table = raw.tables["table"]
+    shapes = raw.shapes[name]
+    diameter_px = 2.0 * float(np.median(shapes["radius"]))
+    region = f"{name}_spots"
+
+    images = {}
+    for key, img in raw.images.items():
+        # The element's transformation into the dataset's own coordinate system maps it to full resolution.
+        to_fullres = get_transformation(img, to_coordinate_system=name)
+        level = img["scale0"]["image"] if hasattr(img, "children") else img
+        cyx = level.data[:3]  # drop the alpha channel some Space Ranger PNGs carry; stays lazy
+        if cyx.dtype != np.uint8:
+            cyx = cyx.clip(0, 255).astype(np.uint8)
+        images[key] = parse_cyx_image(cyx, {coordinate_system: to_fullres})
+    image_key = next(
+        (k for k in (f"{name}_hires_image", f"{name}_lowres_image", f"{name}_full_image") if k in images),
+        None,
+    )
+    if image_key is None and images:
+        image_key = next(iter(images))
+
+    adata = table.copy()
+    del adata.uns["spatialdata_attrs"]
+    adata.obs["region"] = pd.Categorical([region] * adata.n_obs)
+    adata.obsm[Key.SPATIAL] = np.asarray(adata.obsm[Key.SPATIAL], dtype=np.float64)
+    uns = {
+        "spot_diameter_um": VISIUM_SPOT_DIAMETER_UM,
+        "microns_per_unit": VISIUM_SPOT_DIAMETER_UM / diameter_px,
+    }
+    if image_key is not None:
+        uns["image_key"] = image_key
+    adata.uns[Key.UNS] = uns
+    new_table = TableModel.parse(adata, region=region, region_key="region", instance_key="spot_id")
+
+    xy = np.c_[shapes.geometry.x.to_numpy(), shapes.geometry.y.to_numpy()]
+    new_shapes = ShapesModel.parse(
+        xy,
+        geometry=0,
+        radius=shapes["radius"].to_numpy(),
+        index=shapes.index.copy(),
+        transformations={coordinate_system: Identity()},
+    )
+    logger.info(
+        "read Visium section %r: %d spots x %d genes, %.3f µm per full-resolution pixel, image %r",
+        name,
+        adata.n_obs,
+        adata.n_vars,
+        uns["microns_per_unit"],
+        image_key,
+    )
+    return SpatialData(images=images, shapes={region: new_shapes}, tables={name: new_table})

@@ -1,0 +1,259 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import sparse
+from spatialdata.transformations import Identity, Scale, get_transformation
+from tests.conftest import shared_path
+
+import loki as lk
+from loki.io._geometry import is_checkerboard, pixels_per_array_unit
+from loki.io._image import pyramid_scale_factors
+
+
+def _grid(nx: int = 6, ny: int = 5, checkerboard: bool = False) -> np.ndarray:
+    xy = np.array([(x, y) for x in range(1, nx + 1) for y in range(1, ny + 1)], dtype=float)
+    if checkerboard:
+        xy = xy[(xy.sum(1) % 2) == 0]
+    return xy
+
+
+def _affine(array_xy: np.ndarray, scale: float, angle: float, shift=(30.0, 40.0)) -> np.ndarray:
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return array_xy @ (scale * rot).T + np.asarray(shift)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    scale=st.floats(0.5, 500.0),
+    angle=st.floats(-np.pi, np.pi),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_pixels_per_array_unit_recovers_scale_under_rotation_noise_and_an_outlier(scale, angle, seed):
+    rng = np.random.default_rng(seed)
+    arr = _grid(8, 7)
+    pix = _affine(arr, scale, angle) + rng.normal(0, 0.01 * scale, size=arr.shape)
+    pix[3] += 20 * scale  # one misplaced spot
+    assert pixels_per_array_unit(arr, pix) == pytest.approx(scale, rel=0.02)
+
+
+def test_pixels_per_array_unit_is_geometric_mean_of_anisotropic_scales():
+    arr = _grid()
+    pix = arr * np.array([20.0, 45.0])
+    assert pixels_per_array_unit(arr, pix) == pytest.approx(30.0)
+
+
+def test_pixels_per_array_unit_rejects_collinear_spots():
+    arr = np.c_[np.arange(5.0), np.zeros(5)]
+    with pytest.raises(ValueError, match="not on one line"):
+        pixels_per_array_unit(arr, arr * 3)
+
+
+@pytest.mark.parametrize(
+    ("shape", "levels"), [((1905, 1905), 1), ((2138, 2000), 2), ((7435, 6954), 3), ((100, 80), 1)]
+)
+def test_pyramid_scale_factors(shape, levels):
+    factors = pyramid_scale_factors(shape)
+    assert factors == [2] * levels
+    assert max(shape) // 2 ** (levels - 1) >= min(512, max(shape))
+
+
+def test_is_checkerboard():
+    assert is_checkerboard(_grid(8, 8, checkerboard=True))
+    assert not is_checkerboard(_grid(8, 8))
+
+
+def _toy(n_genes: int = 4, px_per_unit: float = 20.0):
+    """A 6x5 square-grid array, 1k layout; spots with x <= 2 are off tissue."""
+    arr = _grid()
+    ids = [f"{int(x)}x{int(y)}" for x, y in arr]
+    spots = pd.DataFrame(
+        {
+            "x": arr[:, 0].astype(int),
+            "y": arr[:, 1].astype(int),
+            "pixel_x": arr[:, 0] * px_per_unit + 5,
+            "pixel_y": arr[:, 1] * px_per_unit + 7,
+            "selected": (arr[:, 0] > 2).astype(int),
+        }
+    )
+    rng = np.random.default_rng(0)
+    counts = pd.DataFrame(
+        rng.poisson(3, size=(len(ids), n_genes)), index=ids, columns=[f"G{i}" for i in range(n_genes)]
+    )
+    image = np.full((160, 150, 3), 200, dtype=np.uint8)
+    return counts, spots, image
+
+
+def test_read_legacy_st_builds_the_section_layout():
+    counts, spots, image = _toy()
+    counts_before, spots_before = counts.copy(), spots.copy()
+    sdata = lk.io.read_legacy_st(counts, spots, image, name="S")
+    pd.testing.assert_frame_equal(counts, counts_before)  # inputs are left untouched
+    pd.testing.assert_frame_equal(spots, spots_before)
+    assert set(sdata.images) == {"S_image"}
+    assert set(sdata.shapes) == {"S_spots"}
+    assert set(sdata.tables) == {"S"}
+    table = sdata.tables["S"]
+    selected = spots.loc[spots["selected"] == 1]
+    assert table.n_obs == len(selected)
+    assert list(table.var_names) == list(counts.columns)
+    assert sparse.issparse(table.X)
+    assert table.X.format == "csr"
+    assert table.X.dtype == np.float32
+    np.testing.assert_array_equal(table.X.toarray(), counts.loc[table.obs_names].to_numpy())
+    np.testing.assert_allclose(table.obsm["spatial"], selected[["pixel_x", "pixel_y"]].to_numpy())
+    assert table.obs["region"].dtype == "category"
+    assert set(table.obs["region"]) == {"S_spots"}
+    assert table.uns["spatialdata_attrs"]["region"] == "S_spots"
+    assert table.obs["in_tissue"].all()
+    np.testing.assert_array_equal(table.obs["array_col"], selected["x"])
+    # 20 px per 200 µm array unit -> 10 µm per pixel; 100 µm spots -> radius 5 px
+    uns = table.uns["loki"]
+    assert uns["microns_per_unit"] == pytest.approx(10.0)
+    assert uns["spot_diameter_um"] == 100.0
+    assert uns["image_key"] == "S_image"
+    shapes = sdata.shapes["S_spots"]
+    np.testing.assert_allclose(shapes["radius"], 5.0)
+    assert list(shapes.index) == list(table.obs["spot_id"])
+    np.testing.assert_allclose(np.c_[shapes.geometry.x, shapes.geometry.y], table.obsm["spatial"])
+    assert isinstance(get_transformation(sdata.images["S_image"], "global"), Identity)
+    assert isinstance(get_transformation(shapes, "global"), Identity)
+    level0 = sdata.images["S_image"]["scale0"]["image"]
+    assert level0.dtype == np.uint8
+    assert level0.shape == (3, 160, 150)
+    assert list(level0.coords["c"].values) == ["r", "g", "b"]
+
+
+def test_read_legacy_st_image_scale_maps_image_pixels_to_full_resolution():
+    counts, spots, image = _toy()
+    sdata = lk.io.read_legacy_st(counts, spots, image, name="S", image_scale=0.25, coordinate_system="cs")
+    tr = get_transformation(sdata.images["S_image"], "cs")
+    assert isinstance(tr, Scale)
+    # image pixel (x=10, y=20) -> full-res (40, 80)
+    m = tr.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+    np.testing.assert_allclose(m @ [10, 20, 1], [40, 80, 1])
+
+
+def test_read_legacy_st_keeps_all_spots_and_no_image_when_asked():
+    counts, spots, _ = _toy()
+    sdata = lk.io.read_legacy_st(counts, spots, name="S", selected_only=False)
+    assert len(sdata.images) == 0
+    assert sdata.tables["S"].n_obs == len(counts)
+    assert "image_key" not in sdata.tables["S"].uns["loki"]
+
+
+def test_read_legacy_st_reads_files(tmp_path):
+    counts, spots, image = _toy()
+    counts.to_csv(tmp_path / "c.tsv.gz", sep="\t")
+    spots.to_csv(tmp_path / "s.tsv", sep="\t", index=False)
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "im.png")
+    sdata = lk.io.read_legacy_st(tmp_path / "c.tsv.gz", tmp_path / "s.tsv", tmp_path / "im.png", name="S")
+    ref = lk.io.read_legacy_st(counts, spots, image, name="S")
+    np.testing.assert_array_equal(sdata.tables["S"].X.toarray(), ref.tables["S"].X.toarray())
+    np.testing.assert_array_equal(
+        sdata.images["S_image"]["scale0"]["image"].values, ref.images["S_image"]["scale0"]["image"].values
+    )
+
+
+def test_read_legacy_st_errors_are_clear():
+    counts, spots, image = _toy()
+    with pytest.raises(KeyError, match=r"lacks column\(s\) \['pixel_x'\].*'pixel_y'"):
+        lk.io.read_legacy_st(counts, spots.drop(columns="pixel_x"), name="S")
+    extra = pd.concat([counts, counts.iloc[:1].rename(index={counts.index[0]: "99x99"})])
+    with pytest.raises(ValueError, match=r"1 spot\(s\) of the counts table are missing.*'99x99'"):
+        lk.io.read_legacy_st(extra, spots, name="S", selected_only=False)
+    with pytest.raises(FileNotFoundError, match=r"nope\.jpg"):
+        lk.io.read_legacy_st(counts, spots, "nope.jpg", name="S")
+    with pytest.raises(FileNotFoundError, match=r"counts\.tsv"):
+        lk.io.read_legacy_st("counts.tsv", spots, name="S")
+    with pytest.raises(ValueError, match="spot_diameter_um"):
+        lk.io.read_legacy_st(counts, spots, name="S", spot_diameter_um=0)
+    bad = spots.copy()
+    bad.loc[3, "pixel_x"] = np.nan
+    with pytest.raises(ValueError, match=r"pixel_x/pixel_y contains 1 non-finite"):
+        lk.io.read_legacy_st(counts, bad, name="S")
+    with pytest.raises(ValueError, match="uint8"):
+        lk.io.read_legacy_st(counts, spots, image.astype(float), name="S")
+
+
+def test_read_legacy_st_drops_unplaced_spots_when_filtering_selected(caplog):
+    counts, spots, _ = _toy()
+    extra = pd.concat([counts, counts.iloc[:1].rename(index={counts.index[0]: "99x99"})])
+    with caplog.at_level("INFO", logger="loki"):
+        sdata = lk.io.read_legacy_st(extra, spots, name="S")
+    assert "99x99" not in sdata.tables["S"].obs_names
+    assert "not in the spot file" in caplog.text
+
+
+def test_read_legacy_st_warns_on_checkerboard_with_1k_spacing(caplog):
+    counts, spots, _ = _toy()
+    keep = ((spots["x"] + spots["y"]) % 2 == 0).to_numpy()
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.io.read_legacy_st(counts[keep], spots[keep], name="S")
+    assert "spot_spacing_um=100" in caplog.text
+
+
+def test_read_legacy_st_sections_merges_with_per_section_options():
+    counts, spots, image = _toy()
+    sdata = lk.io.read_legacy_st_sections(
+        {
+            "A": (counts, spots, image),
+            "B": {"counts": counts, "spots": spots, "image": image, "image_scale": 0.5},
+        },
+        spot_diameter_um=55.0,
+    )
+    assert set(sdata.tables) == {"A", "B"}
+    assert set(sdata.shapes) == {"A_spots", "B_spots"}
+    assert set(sdata.images) == {"A_image", "B_image"}
+    assert sdata.tables["B"].uns["loki"]["spot_diameter_um"] == 55.0
+    assert isinstance(get_transformation(sdata.images["B_image"], "global"), Scale)
+    assert isinstance(get_transformation(sdata.images["A_image"], "global"), Identity)
+    with pytest.raises(KeyError, match="lacks"):
+        lk.io.read_legacy_st_sections({"A": {"counts": counts}})
+    with pytest.raises(TypeError, match="name"):
+        lk.io.read_legacy_st_sections({"A": (counts, spots)}, name="x")
+
+
+def _values_at_spots(sdata, name: str, image_scale: float = 1.0) -> np.ndarray:
+    img = sdata.images[f"{name}_image"]["scale0"]["image"].values
+    xy = np.round(sdata.tables[name].obsm["spatial"] * image_scale).astype(int)
+    return img[:, xy[:, 1], xy[:, 0]].astype(float).mean(0)
+
+
+def test_read_legacy_st_real_mob_section():
+    d = shared_path("stutility_mob")
+    sdata = lk.io.read_legacy_st(
+        d / "MOB1.tsv", d / "alignment_table_MOB1.tsv", d / "MOB1.jpg", name="MOB1", spot_spacing_um=100.0
+    )
+    table = sdata.tables["MOB1"]
+    assert table.n_obs == 379
+    assert table.n_vars == 1000
+    assert table.var_names[0].startswith("ENSMUSG")  # the reader does not map ids
+    # 2k array: ~21.6 x 24.0 px per 100 µm array unit on this 1905 px image
+    assert table.uns["loki"]["microns_per_unit"] == pytest.approx(4.39, abs=0.05)
+    # spot centres lie on the tissue, which is darker than the glass around it
+    img = sdata.images["MOB1_image"]["scale0"]["image"].values.astype(float).mean(0)
+    on_spots = _values_at_spots(sdata, "MOB1")
+    assert np.median(on_spots) < np.median(img) - 15
+
+
+def test_read_legacy_st_real_her2st_section_with_downscaled_image():
+    d = shared_path("her2st_A")
+    scale = 2000 / 6954
+    sdata = lk.io.read_legacy_st(
+        d / "counts" / "A1.tsv.gz",
+        d / "spotfiles" / "A1_selection.tsv",
+        d / "images" / "A1_HE_image_dark.png",
+        name="A1",
+        image_scale=scale,
+    )
+    table = sdata.tables["A1"]
+    assert table.n_obs == 346
+    assert table.uns["loki"]["microns_per_unit"] == pytest.approx(0.92, abs=0.03)
+    # the dark png has a black background: spot centres (mapped into image pixels) are on tissue
+    assert (_values_at_spots(sdata, "A1", scale) > 40).mean() > 0.95

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from spatialdata.transformations import Identity, get_transformation
+from tests.conftest import shared_path
+
+import loki as lk
+
+
+@pytest.fixture(scope="module")
+def visium_dir():
+    return shared_path("scanpy_visium_testdata", "1.0.0")
+
+
+@pytest.fixture(scope="module")
+def sdata(visium_dir):
+    return lk.io.read_visium(visium_dir, dataset_id="V1")
+
+
+def test_read_visium_builds_the_section_layout(sdata, visium_dir):
+    scalefactors = json.loads((visium_dir / "spatial" / "scalefactors_json.json").read_text())
+    assert set(sdata.tables) == {"V1"}
+    assert set(sdata.shapes) == {"V1_spots"}
+    assert set(sdata.images) == {"V1_hires_image", "V1_lowres_image"}
+    table = sdata.tables["V1"]
+    assert table.shape == (100, 100)
+    assert table.var["gene_ids"].str.startswith("ENSG").all()
+    assert table.uns["spatialdata_attrs"]["region"] == "V1_spots"
+    assert set(table.obs["region"]) == {"V1_spots"}
+    uns = table.uns["loki"]
+    assert uns["image_key"] == "V1_hires_image"
+    assert uns["spot_diameter_um"] == 55.0
+    assert uns["microns_per_unit"] == pytest.approx(55.0 / scalefactors["spot_diameter_fullres"])
+    shapes = sdata.shapes["V1_spots"]
+    np.testing.assert_allclose(shapes["radius"], scalefactors["spot_diameter_fullres"] / 2)
+    assert isinstance(get_transformation(shapes, "global"), Identity)
+    # shapes and table agree on the spot centres (full-resolution pixels)
+    by_id = shapes.loc[table.obs["spot_id"].to_numpy()]
+    np.testing.assert_allclose(np.c_[by_id.geometry.x, by_id.geometry.y], table.obsm["spatial"])
+    # each image maps its pixels to full resolution by 1 / its scale factor
+    for key, factor in (
+        ("V1_lowres_image", "tissue_lowres_scalef"),
+        ("V1_hires_image", "tissue_hires_scalef"),
+    ):
+        img = sdata.images[key]
+        level0 = img["scale0"]["image"]
+        assert level0.dtype == np.uint8
+        assert level0.shape[0] == 3
+        m = get_transformation(img, "global").to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+        np.testing.assert_allclose(np.diag(m)[:2], 1 / scalefactors[factor], rtol=1e-5)
+
+
+def test_read_visium_default_name_is_the_library_id(visium_dir):
+    sdata = lk.io.read_visium(visium_dir)
+    assert list(sdata.tables) == ["custom"]  # library_ids attribute of this Space Ranger h5
+    assert "custom_spots" in sdata.shapes
+
+
+def test_read_visium_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Visium folder not found"):
+        lk.io.read_visium(tmp_path / "absent")
+    (tmp_path / "spatial").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"No 'filtered_feature_bc_matrix.h5'.*\['spatial'\]"):
+        lk.io.read_visium(tmp_path)
+
+
+def test_spatialdata_plot_renders_the_section(sdata):
+    import spatialdata_plot  # noqa: F401  (registers sdata.pl)
+
+    fig, ax = plt.subplots()
+    (
+        sdata.pl.render_images("V1_lowres_image")
+        .pl.render_shapes("V1_spots", color="in_tissue", table_name="V1")
+        .pl.show(ax=ax, coordinate_systems="global")
+    )
+    assert len(ax.images) == 1
+    patches = [c for c in ax.collections if len(c.get_paths()) == 100]
+    assert len(patches) == 1
+    table = sdata.tables["V1"]
+    radius = sdata.shapes["V1_spots"]["radius"].iloc[0]
+    centres = np.array([p.vertices.mean(0) for p in patches[0].get_paths()])
+    # every drawn circle sits on a spot centre and has the spot's size
+    dist = np.linalg.norm(centres[:, None] - table.obsm["spatial"][None], axis=2).min(1)
+    assert dist.max() < 0.1 * radius
+    widths = np.array([np.ptp(p.vertices[:, 0]) for p in patches[0].get_paths()])
+    np.testing.assert_allclose(widths, 2 * radius, rtol=0.02)
+    # the lowres image is drawn over the full-resolution frame (600 px * 1/0.045 ≈ 13332)
+    img = ax.images[0]
+    h, w = img.get_array().shape[:2]
+    corner_display = img.get_transform().transform([[w - 0.5, h - 0.5]])
+    corner_data = ax.transData.inverted().transform(corner_display)[0]
+    np.testing.assert_allclose(corner_data, 600 / 0.045004502, rtol=0.01)
+    plt.close(fig)
