@@ -18,6 +18,7 @@ class Key:
     ALIGNED = "spatial_aligned"
     ANNOTATION = "loki_annotation"
     PROPORTIONS = "loki_proportions"
+    TRUE_PROPORTIONS = "proportions"  # exact proportions of pseudo-spots / synthetic data
     # .layers
     PREDICTED = "loki_predicted"
     # .uns namespace; results go to .uns[UNS][key_added]

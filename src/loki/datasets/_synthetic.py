@@ -54,8 +54,10 @@ def _smooth_fields(
     n_features = 64
     freq = rng.normal(0.0, 1.0 / length_scale, size=(n_fields, n_features, 2))
     phase = rng.uniform(0, 2 * np.pi, size=(n_fields, n_features))
-    proj = np.einsum("nd,kfd->knf", xy, freq) + phase[:, None, :]
-    return (np.sqrt(2.0 / n_features) * np.cos(proj).sum(axis=2)).T  # (n, n_fields)
+    out = np.empty((len(xy), n_fields))
+    for k in range(n_fields):  # one field at a time keeps memory at n x n_features
+        out[:, k] = np.sqrt(2.0 / n_features) * np.cos(xy @ freq[k].T + phase[k]).sum(axis=1)
+    return out
 
 
 def _region_scores(xy: np.ndarray, n_regions: int, extent: float, rng: np.random.Generator) -> np.ndarray:

@@ -2,5 +2,16 @@
 
 from __future__ import annotations
 
-# alignment metrics
-# general metrics
+from ._alignment import (
+    alignment_error,
+    alignment_expression_scores,
+    matched_expression_correlation,
+    spot_spacing,
+)
+from ._classification import calinski_harabasz, weighted_f1
+from ._correlation import kendall_tau, pearson
+from ._divergence import js_divergence
+from ._impact import impact_score
+from ._regression import mse
+from ._retrieval import recall_at_k, target_ranks
+from ._ssim import rasterize, ssim_grid, ssim_map

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
-# sentences+patches+genes
-# markers
-# pseudo_spots
+from ._genes import map_gene_ids
+from ._housekeeping import housekeeping_genes
+from ._markers import read_markers
+from ._patches import crop_patches, spot_patches
+from ._pseudo_spots import pseudo_spots
+from ._sentences import gene_sentences, top_gene_indices

@@ -1,0 +1,81 @@
+"""Weighted F1 (eq. 31) and Calinski-Harabasz (eqs. 17-19)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def weighted_f1(y_true: Sequence, y_pred: Sequence, *, labels: Sequence | None = None) -> float:
+    """F1 score per class (eq. 31), averaged with weights proportional to each class's true support.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        True and predicted labels (any hashable values), same length.
+    labels
+        Classes to score; default: every label present in ``y_true`` or ``y_pred``. A class never
+        predicted and never true contributes nothing (its support is 0).
+
+    Returns
+    -------
+    The weighted F1 score in [0, 1].
+
+    """
+    y_true = np.asarray(y_true, dtype=object)
+    y_pred = np.asarray(y_pred, dtype=object)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(
+            f"y_true and y_pred must be 1-D of one length, got {y_true.shape} and {y_pred.shape}."
+        )
+    if y_true.size == 0:
+        raise ValueError("weighted_f1 of empty label arrays is undefined.")
+    if labels is None:
+        labels = list(dict.fromkeys([*y_true.tolist(), *y_pred.tolist()]))
+    total, weight = 0.0, 0
+    for c in labels:
+        is_true, is_pred = y_true == c, y_pred == c
+        tp = int(np.sum(is_true & is_pred))
+        support = int(is_true.sum())
+        denom = 2 * tp + int(np.sum(~is_true & is_pred)) + int(np.sum(is_true & ~is_pred))
+        total += support * (2 * tp / denom if denom else 0.0)
+        weight += support
+    return total / weight if weight else 0.0
+
+
+def calinski_harabasz(x: np.ndarray, labels: Sequence) -> float:
+    """Calinski-Harabasz score: ``(BCSS / (k - 1)) / (WCSS / (n - k))`` (eqs. 17-19).
+
+    Parameters
+    ----------
+    x
+        Points, n x d (e.g. embeddings).
+    labels
+        Cluster label of each point.
+
+    Returns
+    -------
+    The score (higher: tighter, better separated clusters); ``inf`` when every cluster is a single
+    point repeated (WCSS = 0).
+
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    labels = np.asarray(labels)
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"labels must have one entry per point ({x.shape[0]}), got shape {labels.shape}.")
+    _, codes = np.unique(labels, return_inverse=True)
+    k, n = int(codes.max()) + 1, x.shape[0]
+    if not 1 < k < n:
+        raise ValueError(f"Calinski-Harabasz needs 2 <= k < n clusters, got k={k} for n={n} points.")
+    sizes = np.bincount(codes, minlength=k).astype(np.float64)
+    centroids = np.zeros((k, x.shape[1]))
+    np.add.at(centroids, codes, x)
+    centroids /= sizes[:, None]
+    bcss = float((sizes * ((centroids - x.mean(axis=0)) ** 2).sum(axis=1)).sum())
+    wcss = float(((x - centroids[codes]) ** 2).sum())
+    if wcss == 0:
+        return float("inf")
+    return (bcss / (k - 1)) / (wcss / (n - k))

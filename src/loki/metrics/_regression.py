@@ -1,0 +1,32 @@
+"""Errors of predicted expression."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> float | np.ndarray:
+    """Mean squared error between measured and predicted values.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        Arrays of the same shape (e.g. spots x genes).
+    axis
+        Axis to average over; ``None`` averages everything, ``axis=0`` gives one value per gene.
+
+    Returns
+    -------
+    The mean squared error (a float, or an array with ``axis`` removed).
+
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            f"y_true and y_pred must have the same shape, got {y_true.shape} and {y_pred.shape}."
+        )
+    if y_true.size == 0:
+        raise ValueError("mse of empty arrays is undefined.")
+    out = np.mean((y_true - y_pred) ** 2, axis=axis)
+    return float(out) if np.ndim(out) == 0 else out

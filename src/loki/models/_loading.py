@@ -1,0 +1,289 @@
+"""Load OmiCLIP / loki models from names, local files, safetensors or the Hugging Face hub."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from loki._logging import logger
+
+from ._omiclip import META_FILE, WEIGHTS_FILE, OmiCLIP, resolve_device
+from ._registry import DEFAULT_ARCH, PUBLISHED, is_known_arch, register_configs
+from ._small import SMALL_ARCHS
+
+HF_PREFIX = "hf-hub:"
+
+
+class UntrustedCheckpointError(RuntimeError):
+    """A checkpoint needs full unpickling (arbitrary code execution) and was not trusted explicitly."""
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
+    """sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def extract_state_dict(obj) -> dict:
+    """The state dict inside an open_clip checkpoint.
+
+    Accepts ``{'state_dict': ...}`` (open_clip's training checkpoints), ``{'model': ...}`` and bare
+    state dicts; strips a ``module.`` prefix (DistributedDataParallel).
+    """
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(f"checkpoint holds no state dict (got {type(obj).__name__})")
+    if all(str(k).startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict:
+    """Read a state dict from ``.safetensors`` or a torch file.
+
+    Torch files are first read with ``torch.load(weights_only=True)``, which cannot run code. Files that
+    need full unpickling are read only with ``trust_checkpoint=True``.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+        if not trust_checkpoint:
+            raise UntrustedCheckpointError(
+                f"{path} cannot be read with torch.load(weights_only=True) ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:200]}). Reading it needs full unpickling, which can run "
+                "arbitrary code stored in the file. If you trust its source (e.g. the published OmiCLIP "
+                "checkpoint.pt), pass trust_checkpoint=True, or convert it once with "
+                "lk.models.convert_to_safetensors(path, trust_checkpoint=True) and load the .safetensors "
+                "file from then on."
+            ) from err
+        logger.warning("unpickling %s with weights_only=False (trust_checkpoint=True)", path)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    return extract_state_dict(obj)
+
+
+def convert_to_safetensors(
+    path: str | Path,
+    out: str | Path | None = None,
+    *,
+    arch: str = DEFAULT_ARCH,
+    trust_checkpoint: bool = False,
+) -> Path:
+    """Convert a torch checkpoint to safetensors once, so later loads never unpickle.
+
+    Parameters
+    ----------
+    path
+        The ``.pt`` / ``.bin`` checkpoint.
+    out
+        Output file (default: ``path`` with suffix ``.safetensors``).
+    arch
+        open_clip architecture of the weights, stored in the file's metadata and a JSON next to it.
+    trust_checkpoint
+        Allow full unpickling (needed for the published OmiCLIP ``checkpoint.pt`` with open_clip >= 3).
+
+    Returns
+    -------
+    Path of the ``.safetensors`` file.
+
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    out = Path(out) if out is not None else path.with_suffix(".safetensors")
+    state = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    save_file(state, str(out), metadata={"arch": arch})
+    out.with_suffix(".json").write_text(json.dumps({"arch": arch, "name": path.stem, "trained": True}))
+    logger.info("wrote %s", out)
+    return out
+
+
+def _meta_for(path: Path) -> dict:
+    """The loki JSON next to a weights file (``loki_model.json`` or ``<stem>.json``), or safetensors metadata."""
+    candidates = [path.with_suffix(".json")]
+    if path.name == WEIGHTS_FILE:
+        candidates.insert(0, path.parent / META_FILE)
+    for cand in candidates:
+        if cand.is_file():
+            return json.loads(cand.read_text())
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if "arch" in meta:
+            return {"arch": meta["arch"]}
+    return {}
+
+
+def create_architecture(arch: str, *, seed: int | None = None):
+    """A randomly initialised open_clip model of architecture ``arch`` (loki configs registered).
+
+    ``seed`` fixes the initialisation without touching the global torch RNG.
+    """
+    import open_clip
+    import torch
+
+    from ._small import SMALL_ARCHS, create_small
+
+    if arch in SMALL_ARCHS:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            return create_small(arch)
+    if not is_known_arch(arch):
+        raise ValueError(
+            f"unknown architecture {arch!r}; known: loki-tiny, {DEFAULT_ARCH}, ... (open_clip.list_models())"
+        )
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        model = open_clip.create_model(arch, pretrained=None, device="cpu")
+        decoder = getattr(model, "text_decoder", None)
+        if decoder is not None and getattr(decoder, "text_projection", None) is not None:
+            # open_clip leaves the CoCa decoder's projection uninitialised (torch.empty): fill it so the
+            # same seed gives the same weights (and checkpoint hash).
+            torch.nn.init.normal_(decoder.text_projection, std=decoder.text_projection.shape[0] ** -0.5)
+        return model
+
+
+def load_weights(model, state_dict: dict, *, source: str) -> None:
+    """Load ``state_dict`` strictly; on mismatch raise naming a few missing/unexpected keys and the counts."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or wrong:
+
+        def few(keys):
+            return ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+
+        raise ValueError(
+            f"{source} does not match the model architecture: {len(missing)} missing keys [{few(missing)}], "
+            f"{len(unexpected)} unexpected keys [{few(unexpected)}], {len(wrong)} keys with another shape "
+            f"[{few(wrong)}]. Pass the right arch= (the published OmiCLIP is {DEFAULT_ARCH!r})."
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _hub_download(repo_id: str, filename: str, token: str | None) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("loading from the Hugging Face hub needs `pip install huggingface_hub`") from err
+    return Path(hf_hub_download(repo_id=repo_id, filename=filename, token=token))
+
+
+def load(
+    name_or_path: str | Path = "loki-tiny",
+    *,
+    arch: str | None = None,
+    device: str = "auto",
+    trust_checkpoint: bool = False,
+    token: str | None = None,
+    precision: str = "auto",
+    seed: int | None = 0,
+) -> OmiCLIP:
+    """Load an OmiCLIP model.
+
+    Parameters
+    ----------
+    name_or_path
+        - ``"omiclip"``: the published OmiCLIP (``coca_ViT-L-14``) from the gated Hugging Face repo
+          ``WangGuangyuLab/Loki`` (``checkpoint.pt``; accept its terms and pass ``token=``).
+        - ``"hf-hub:org/repo"`` or ``"hf-hub:org/repo/file.pt"`` (default file ``checkpoint.pt``).
+        - a path: a directory written by :meth:`OmiCLIP.save`, a ``.safetensors`` file, or an open_clip
+          torch checkpoint (``{'state_dict': ...}``, with or without ``module.``, or a bare state dict).
+        - an architecture name (``"loki-tiny"`` or any open_clip model name): random weights, to be trained
+          with :func:`loki.models.train_tiny` / :func:`loki.models.finetune`.
+    arch
+        open_clip architecture of a checkpoint (default: from the JSON saved next to it, else
+        ``coca_ViT-L-14``).
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+    trust_checkpoint
+        Allow full unpickling of torch files that ``weights_only=True`` cannot read. Only for files from a
+        source you trust; better convert once with :func:`convert_to_safetensors`.
+    token
+        Hugging Face token for gated repositories.
+    precision
+        ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` (autocast) or
+        ``"bf16-weights"`` (weights cast to bf16: fastest inference, not for training).
+    seed
+        Initialisation seed for architecture names (random weights).
+
+    Returns
+    -------
+    The :class:`OmiCLIP` model.
+
+    """
+    register_configs()
+    device_t = resolve_device(device)
+    name = str(name_or_path)
+    path = Path(name_or_path)
+    if name in PUBLISHED or name.startswith(HF_PREFIX):
+        if name in PUBLISHED:
+            pub = PUBLISHED[name]
+            repo_id, filename, arch = pub.repo_id, pub.filename, arch or pub.arch
+        else:
+            parts = name[len(HF_PREFIX) :].strip("/").split("/")
+            if len(parts) < 2:
+                raise ValueError(f"hf-hub id must be 'hf-hub:org/repo[/file]', got {name!r}")
+            repo_id = "/".join(parts[:2])
+            filename = "/".join(parts[2:]) or "checkpoint.pt"
+        path = _hub_download(repo_id, filename, token)
+        return _load_file(
+            path, arch=arch, name=name, device=device_t, trust=trust_checkpoint, precision=precision
+        )
+    if path.exists():
+        if path.is_dir():
+            if not (path / WEIGHTS_FILE).is_file():
+                raise FileNotFoundError(f"{path} holds no {WEIGHTS_FILE} (written by OmiCLIP.save)")
+            path = path / WEIGHTS_FILE
+        return _load_file(
+            path, arch=arch, name=None, device=device_t, trust=trust_checkpoint, precision=precision
+        )
+    if is_known_arch(name) or name in SMALL_ARCHS:
+        model = create_architecture(name, seed=seed)
+        logger.info("created %r with random weights (seed=%s): train it before use", name, seed)
+        return OmiCLIP(model, arch=name, name=name, device=device_t, precision=precision, trained=False)
+    raise FileNotFoundError(
+        f"{name_or_path!r} is neither a file, a directory saved by OmiCLIP.save, a published name "
+        f"({', '.join(PUBLISHED)}), an 'hf-hub:' id nor an open_clip architecture"
+    )
+
+
+def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -> OmiCLIP:
+    meta = _meta_for(path)
+    arch = arch or meta.get("arch") or DEFAULT_ARCH
+    state = read_checkpoint(path, trust_checkpoint=trust)
+    model = create_architecture(arch)
+    load_weights(model, state, source=str(path))
+    logger.info("loaded %r weights from %s", arch, path)
+    return OmiCLIP(
+        model,
+        arch=arch,
+        name=name or meta.get("name") or path.stem,
+        device=device,
+        precision=precision,
+        trained=bool(meta.get("trained", True)),
+        checkpoint_hash=file_sha256(path),
+        config=meta.get("config"),
+    )

@@ -1,0 +1,333 @@
+"""The OmiCLIP wrapper: one object that encodes H&E patches and gene sentences into one space."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from loki._logging import logger
+
+from ._preprocess import as_uint8_nhwc, preprocess_uint8
+from ._tokenize import CachedTokenizer
+
+META_FILE = "loki_model.json"
+#: ``auto``: bf16 autocast on CUDA, fp32 elsewhere; ``bf16``: autocast; ``bf16-weights``: weights cast to
+#: bf16 (fastest inference; not for training).
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-weights")
+WEIGHTS_FILE = "model.safetensors"
+
+
+def resolve_device(device: str = "auto"):
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def state_dict_hash(state_dict) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of a state dict (sorted by name)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class OmiCLIP:
+    """An open_clip CoCa model with batched, device-side encoding of patches and gene sentences.
+
+    Create it with :func:`loki.models.load`; train with :func:`loki.models.finetune` or
+    :func:`loki.models.train_tiny`.
+
+    Attributes
+    ----------
+    model
+        The underlying ``open_clip`` model (``torch.nn.Module``).
+    name
+        Human-readable model name (e.g. ``"omiclip"``, ``"loki-tiny"`` or a path).
+    arch
+        open_clip architecture name.
+    tokenizer
+        :class:`~loki.models.CachedTokenizer` (callable like open_clip's tokenizer).
+    preprocess
+        open_clip's PIL eval transform for this model.
+    device
+        Torch device the model lives on.
+    trained
+        ``False`` for randomly initialised weights; loki refuses nothing but warns when such a model
+        is used to compute results.
+
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        arch: str,
+        name: str | None = None,
+        device="cpu",
+        precision: str = "auto",
+        trained: bool = True,
+        checkpoint_hash: str | None = None,
+        config: dict | None = None,
+    ):
+        import open_clip
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        if precision == "bf16-weights":
+            import torch
+
+            self.model.to(torch.bfloat16)
+        self.arch = arch
+        self.name = name or arch
+        self.precision = precision
+        self.trained = trained
+        self.config = config
+        self._checkpoint_hash = checkpoint_hash
+        visual = model.visual
+        size = visual.image_size
+        self.image_size = int(size[0] if isinstance(size, tuple | list) else size)
+        self.image_mean = tuple(float(v) for v in visual.image_mean)
+        self.image_std = tuple(float(v) for v in visual.image_std)
+        self.context_length = int(getattr(model, "context_length", 76))
+        from ._small import SMALL_ARCHS
+
+        base = open_clip.get_tokenizer("coca_ViT-L-14" if arch in SMALL_ARCHS else arch)
+        self.tokenizer = CachedTokenizer(base, self.context_length)
+        self.preprocess = open_clip.image_transform(
+            self.image_size, is_train=False, mean=self.image_mean, std=self.image_std
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint embedding."""
+        return int(self.model.text.text_projection.shape[1])
+
+    @property
+    def checkpoint_hash(self) -> str:
+        """sha256 of the weights file this model was loaded from or last saved to, else of its state dict."""
+        if self._checkpoint_hash is None:
+            self._checkpoint_hash = state_dict_hash(self.model.state_dict())
+        return self._checkpoint_hash
+
+    def _weights_changed(self) -> None:
+        self._checkpoint_hash = None
+        self.trained = True
+
+    def __repr__(self) -> str:
+        return (
+            f"OmiCLIP(name={self.name!r}, arch={self.arch!r}, embed_dim={self.embed_dim}, "
+            f"image_size={self.image_size}, device={str(self.device)!r}, trained={self.trained})"
+        )
+
+    def info(self) -> dict:
+        """Model identity for ``.uns`` (writeable types only)."""
+        return {
+            "model": self.name,
+            "arch": self.arch,
+            "checkpoint_hash": self.checkpoint_hash,
+            "embed_dim": self.embed_dim,
+            "image_size": self.image_size,
+            "trained": bool(self.trained),
+        }
+
+    # ------------------------------------------------------------------ encoding
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.precision == "bf16-weights":
+            return contextlib.nullcontext()
+        use_bf16 = self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda")
+        if use_bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _check_trained(self) -> None:
+        if not self.trained:
+            logger.warning(
+                "model %r has random (untrained) weights: train it (lk.models.train_tiny / finetune) "
+                "before using its embeddings for results",
+                self.name,
+            )
+
+    def image_tensor(self, images):
+        """Preprocess a uint8 NHWC batch into the model's normalised input on the device."""
+        x = preprocess_uint8(
+            as_uint8_nhwc(images),
+            image_size=self.image_size,
+            mean=self.image_mean,
+            std=self.image_std,
+            device=self.device,
+        )
+        return x.to(next(self.model.parameters()).dtype)
+
+    def encode_images(self, images, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """Embed H&E patches.
+
+        Parameters
+        ----------
+        images
+            uint8 ``(n, h, w, 3)`` array (numpy, torch or dask; square crops are resized on the device)
+            or a list of PIL images (open_clip's PIL preprocessing is used).
+        batch_size
+            Patches per forward pass.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        ``(n, embed_dim)`` float32 L2-normalised embeddings.
+
+        """
+        import torch
+
+        self._check_trained()
+        _check_batch_size(batch_size)
+        is_pil = isinstance(images, list | tuple) and len(images) and hasattr(images[0], "convert")
+        n = len(images)
+        out = np.empty((n, self.embed_dim), dtype=np.float32)
+        if not is_pil and n:
+            shape = getattr(images, "shape", None)
+            if shape is None or len(shape) != 4 or shape[-1] != 3:
+                raise ValueError(
+                    f"images must be (n, height, width, 3) uint8 or a list of PIL images, got {shape}"
+                )
+        sink = _Sink(out)
+        with torch.inference_mode(), self._autocast():
+            for start in _batches(n, batch_size, progress, "images"):
+                chunk = images[start : start + batch_size]
+                if is_pil:
+                    x = torch.stack([self.preprocess(im.convert("RGB")) for im in chunk]).to(self.device)
+                    x = x.to(next(self.model.parameters()).dtype)
+                else:
+                    x = self.image_tensor(np.asarray(chunk))
+                sink.add(start, _l2(self.model.encode_image(x, normalize=False).float()))
+        sink.flush()
+        return out
+
+    def encode_texts(
+        self, texts: Sequence[str], *, batch_size: int = 512, progress: bool = False
+    ) -> np.ndarray:
+        """Embed texts (gene sentences).
+
+        Parameters
+        ----------
+        texts
+            Sentences, e.g. the top-50 gene symbols of each spot joined by spaces.
+        batch_size
+            Sentences per forward pass.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        ``(n, embed_dim)`` float32 L2-normalised embeddings.
+
+        """
+        import torch
+
+        self._check_trained()
+        _check_batch_size(batch_size)
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not one string")
+        texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
+        out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
+        sink = _Sink(out)
+        with torch.inference_mode(), self._autocast():
+            for start in _batches(len(texts), batch_size, progress, "texts"):
+                # tokenising batch by batch lets the CPU work overlap the device's forward pass
+                tok = torch.from_numpy(self.tokenizer.ids(texts[start : start + batch_size]))
+                tok = tok.to(self.device, non_blocking=True)
+                sink.add(start, _l2(self.model.encode_text(tok, normalize=False).float()))
+        sink.flush()
+        return out
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | Path) -> Path:
+        """Save weights as safetensors plus a small JSON naming the architecture.
+
+        Parameters
+        ----------
+        path
+            A directory (created); it receives ``model.safetensors`` and ``loki_model.json``.
+            :func:`loki.models.load` accepts the directory or the ``.safetensors`` file.
+
+        Returns
+        -------
+        The directory written.
+
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_FILE), metadata={"arch": self.arch})
+        meta = {
+            "arch": self.arch,
+            "name": self.name,
+            "trained": bool(self.trained),
+            "config": self.config,
+            "loki_format": 1,
+        }
+        (path / META_FILE).write_text(json.dumps(meta, indent=2))
+        from ._loading import file_sha256
+
+        # from now on this model and its reloaded copy report the same hash (that of the file)
+        self._checkpoint_hash = file_sha256(path / WEIGHTS_FILE)
+        logger.info("saved model %r to %s", self.name, path)
+        return path
+
+
+class _Sink:
+    """Copy device outputs to the host array in groups.
+
+    The copy synchronises: grouping lets the host prepare the next batches while the device computes.
+    """
+
+    def __init__(self, out: np.ndarray, every: int = 16):
+        self.out, self.every, self.pending = out, every, []
+
+    def add(self, start: int, emb) -> None:
+        self.pending.append((start, emb))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        for start, emb in self.pending:
+            self.out[start : start + len(emb)] = emb.cpu().numpy()
+        self.pending = []
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _l2(x):
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _batches(n: int, batch_size: int, progress: bool, desc: str):
+    starts = range(0, n, int(batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        return tqdm(starts, desc=f"encoding {desc}", unit="batch")
+    return starts

@@ -1,0 +1,73 @@
+"""Tokenisation of gene sentences with a per-word cache, identical to open_clip's tokenizer output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class CachedTokenizer:
+    """Tokenise whitespace-separated gene sentences, caching the BPE ids of each word.
+
+    open_clip's CLIP tokenizer cleans the text (ftfy, HTML unescape, whitespace collapse, lower case) and
+    splits it with a regular expression whose pieces never span whitespace, so the ids of a sentence are
+    the concatenation of the ids of its words. Each word (gene symbol) is encoded once; a sentence becomes
+    ``[sot] + ids + [eot]``, truncated to ``context_length`` with the last id replaced by ``eot``
+    (open_clip's rule).
+
+    Parameters
+    ----------
+    tokenizer
+        An open_clip ``SimpleTokenizer`` (``open_clip.get_tokenizer(arch)``).
+    context_length
+        Number of token positions (76 for OmiCLIP / CoCa).
+
+    """
+
+    def __init__(self, tokenizer, context_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.context_length = int(context_length or tokenizer.context_length)
+        self.sot = int(tokenizer.sot_token_id)
+        self.eot = int(tokenizer.eot_token_id)
+        self._cache: dict[str, list[int]] = {}
+
+    def encode_word(self, word: str) -> list[int]:
+        """BPE ids of one word (cached)."""
+        ids = self._cache.get(word)
+        if ids is None:
+            ids = self.tokenizer.encode(word)
+            self._cache[word] = ids
+        return ids
+
+    def ids(self, texts: str | Sequence[str]) -> np.ndarray:
+        """Token ids, ``(n, context_length)`` int64 numpy, zero padded."""
+        if isinstance(texts, str):
+            texts = [texts]
+        n_ctx = self.context_length
+        out = np.zeros((len(texts), n_ctx), dtype=np.int64)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+            row = [self.sot]
+            for word in text.split():
+                row.extend(self.encode_word(word))
+                if len(row) >= n_ctx:
+                    break
+            row.append(self.eot)
+            if len(row) > n_ctx:
+                row = row[:n_ctx]
+                row[-1] = self.eot
+            out[i, : len(row)] = row
+        return out
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None):
+        """Token ids as a torch ``LongTensor``, like open_clip's tokenizer."""
+        import torch
+
+        if context_length is not None and int(context_length) != self.context_length:
+            return self.tokenizer(texts, context_length=context_length)
+        return torch.from_numpy(self.ids(texts))
+
+    def __len__(self) -> int:
+        return len(self._cache)

@@ -1,0 +1,105 @@
+"""Retrieval gallery: each query patch beside the patches paired with its top hits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from loki._utils import require_keys
+
+from ._annotation import finish
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+_COLUMNS = ("query_index", "rank", "bank_index", "score")
+
+
+def _as_hwc(images, what: str) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.ndim != 4:
+        raise ValueError(f"{what} must be n x h x w x 3 (or n x 3 x h x w) images, got shape {arr.shape}.")
+    if arr.shape[-1] not in (3, 4) and arr.shape[1] in (3, 4):
+        arr = np.moveaxis(arr, 1, -1)
+    return arr[..., :3]
+
+
+def retrieval_gallery(
+    hits: pd.DataFrame,
+    query_images: np.ndarray,
+    bank_images: np.ndarray,
+    *,
+    queries: Sequence[int] | None = None,
+    n_queries: int = 4,
+    n_hits: int = 5,
+    truth: Sequence[int] | None = None,
+    size: float = 1.8,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Draw query patches (first column) beside the patches paired with their top retrieved transcriptomes.
+
+    Parameters
+    ----------
+    hits
+        Output of :func:`loki.tl.retrieve` (needs ``query_index``, ``rank``, ``bank_index``, ``score``).
+    query_images
+        Patches of the queries, indexed by ``query_index`` (n x h x w x 3 uint8).
+    bank_images
+        Patches paired with the bank transcriptomes, indexed by ``bank_index``.
+    queries
+        Query positions to show (default: the first ``n_queries`` in ``hits``).
+    n_queries, n_hits
+        How many queries (rows) and hits per query (columns).
+    truth
+        Bank position of each query's own pair (indexed by query position); a hit that is the true
+        pair gets a green frame.
+    size
+        Inches per patch.
+    show, save
+        Show the figure / save it to this path.
+
+    Returns
+    -------
+    The figure; each hit's axes title reads ``#rank score``.
+
+    """
+    import matplotlib.pyplot as plt
+
+    require_keys(hits.columns, _COLUMNS, "hits.columns")
+    qimg, bimg = _as_hwc(query_images, "query_images"), _as_hwc(bank_images, "bank_images")
+    if queries is None:
+        queries = list(pd.unique(hits["query_index"]))[:n_queries]
+    queries = [int(q) for q in queries]
+    if not queries:
+        raise ValueError("No query to draw.")
+    bad = [q for q in queries if not 0 <= q < len(qimg)]
+    if bad:
+        raise ValueError(f"Query positions {bad} are outside query_images ({len(qimg)} images).")
+    if int(hits["bank_index"].max()) >= len(bimg):
+        raise ValueError(f"hits refer to bank rows beyond bank_images ({len(bimg)} images).")
+    fig, axes = plt.subplots(
+        len(queries), n_hits + 1, figsize=(size * (n_hits + 1), size * len(queries)), squeeze=False
+    )
+    for row, q in zip(axes, queries, strict=True):
+        top = hits[hits["query_index"] == q].sort_values("rank").head(n_hits)
+        if top.empty:
+            raise ValueError(f"hits hold no row for query {q}.")
+        row[0].imshow(qimg[q])
+        row[0].set_title(f"query {q}", fontsize=8)
+        for a, (_, h) in zip(row[1:], top.iterrows(), strict=False):
+            a.imshow(bimg[int(h["bank_index"])])
+            a.set_title(f"#{int(h['rank'])} {h['score']:.3f}", fontsize=8)
+            if truth is not None and int(truth[q]) == int(h["bank_index"]):
+                for spine in a.spines.values():
+                    spine.set_edgecolor("green")
+                    spine.set_linewidth(3)
+        for a in row:
+            a.set_xticks([])
+            a.set_yticks([])
+    finish(fig, show, save)
+    return fig

@@ -1,0 +1,135 @@
+"""Marker-gene tables (ScTypeDB, PanglaoDB, CellMarker) as ``{class: [genes]}`` for annotation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from loki._utils import require_keys
+
+MarkerFormat = Literal["sctype", "panglaodb", "cellmarker"]
+
+# Column names that identify each format: (tissue column, class column, gene column).
+_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "sctype": ("tissueType", "cellName", "geneSymbolmore1"),
+    "panglaodb": ("organ", "cell type", "official gene symbol"),
+    "cellmarker": ("Tissue", "CT", "Gene"),
+}
+
+
+def _load(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xls"):
+        return pd.read_excel(path)
+    if suffix in (".tsv", ".txt"):
+        return pd.read_csv(path, sep="\t")
+    if suffix == ".gz" and path.stem.lower().endswith((".tsv", ".txt")):
+        return pd.read_csv(path, sep="\t")
+    return pd.read_csv(path)
+
+
+def _detect(table: pd.DataFrame, path: Path) -> str:
+    for name, cols in _COLUMNS.items():
+        if set(cols) <= set(table.columns):
+            return name
+    raise ValueError(
+        f"Cannot tell the marker table format of {str(path)!r} from its columns {list(table.columns)[:10]}; "
+        f"expected the columns of one of {sorted(_COLUMNS)} ({_COLUMNS})."
+    )
+
+
+def _as_list(values: str | Sequence[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [values] if isinstance(values, str) else list(values)
+
+
+def _split_genes(cell: object) -> list[str]:
+    if not isinstance(cell, str):
+        return []
+    return [g.strip() for g in cell.replace(";", ",").split(",") if g.strip()]
+
+
+def read_markers(
+    path: str | PathLike,
+    *,
+    tissue: str | Sequence[str] | None = None,
+    species: Literal["human", "mouse"] | None = None,
+    cell_types: Sequence[str] | None = None,
+    canonical_only: bool = False,
+    format: MarkerFormat | None = None,
+) -> dict[str, list[str]]:
+    """Read a marker-gene table into ``{class: [marker genes]}`` for :func:`loki.tl.annotate`.
+
+    Supported formats (detected from the columns): ScTypeDB xlsx (``tissueType``, ``cellName``,
+    positive markers in ``geneSymbolmore1``), PanglaoDB tsv (``organ``, ``cell type``,
+    ``official gene symbol``, ``species``, ``canonical marker``) and CellMarker csv (``Tissue``,
+    ``CT``, comma-separated ``Gene``). Gene order follows the table; duplicates are dropped.
+
+    Parameters
+    ----------
+    path
+        The table file.
+    tissue
+        Keep rows of this tissue / organ (or these), case-insensitive; default: all rows. Classes of
+        the same name from several tissues are merged.
+    species
+        PanglaoDB only: keep markers reported in ``"human"`` (``Hs``) or ``"mouse"`` (``Mm``).
+        Symbols stay as in the table (upper case); annotation matches them to the data's genes
+        ignoring case.
+    cell_types
+        Keep only these classes (names as in the table).
+    canonical_only
+        PanglaoDB only: keep canonical markers.
+    format
+        Force a format instead of detecting it.
+
+    Returns
+    -------
+    Class name -> list of gene symbols.
+
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Marker table not found: {str(path)!r}.")
+    table = _load(path)
+    fmt = _detect(table, path) if format is None else format
+    if fmt not in _COLUMNS:
+        raise ValueError(f"format must be one of {sorted(_COLUMNS)}, got {format!r}.")
+    tissue_col, class_col, gene_col = _COLUMNS[fmt]
+    require_keys(table.columns, [tissue_col, class_col, gene_col], f"the {fmt} table {path.name}")
+    tissues = _as_list(tissue)
+    if tissues is not None:
+        wanted = {t.strip().lower() for t in tissues}
+        present = table[tissue_col].astype(str).str.strip().str.lower()
+        missing = wanted - set(present)
+        if missing:
+            available = sorted(table[tissue_col].dropna().astype(str).unique())
+            require_keys(available, sorted(missing), f"the {tissue_col!r} column of {path.name}")
+        table = table[present.isin(wanted).to_numpy()]
+    if species is not None:
+        if fmt != "panglaodb":
+            raise ValueError(f"species= applies to PanglaoDB tables only; {path.name} is a {fmt} table.")
+        code = {"human": "Hs", "mouse": "Mm"}.get(species)
+        if code is None:
+            raise ValueError(f"species must be 'human' or 'mouse', got {species!r}.")
+        table = table[table["species"].astype(str).str.split().apply(lambda s: code in s)]
+    if canonical_only:
+        if fmt != "panglaodb":
+            raise ValueError("canonical_only applies to PanglaoDB tables only.")
+        table = table[table["canonical marker"] == 1]
+    if cell_types is not None:
+        cell_types = _as_list(cell_types)
+        require_keys(
+            table[class_col].dropna().astype(str).unique(), cell_types, f"the classes of {path.name}"
+        )
+        table = table[table[class_col].astype(str).isin(cell_types)]
+    markers: dict[str, list[str]] = {}
+    for cls, genes in zip(table[class_col].astype(str), table[gene_col], strict=True):
+        markers.setdefault(cls, []).extend(_split_genes(genes))
+    markers = {cls: list(dict.fromkeys(genes)) for cls, genes in markers.items()}
+    return {cls: genes for cls, genes in markers.items() if genes}

@@ -1,0 +1,419 @@
+"""H&E patches around spots: crop at the spot's physical size, resize to the model input, lazily."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from loki._keys import Key
+from loki._logging import logger
+from loki._utils import require_keys, write_obs, write_uns
+from loki._utils._spatialdata import get_table, section_image_key, table_attrs, table_region
+
+if TYPE_CHECKING:
+    import dask.array as da
+    from spatialdata import SpatialData
+
+
+def crop_patches(
+    image: np.ndarray | da.Array,
+    centers: np.ndarray,
+    diameter: float | np.ndarray,
+    size: int,
+    *,
+    fill: int = 255,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop a square around each centre and resize it to ``size`` x ``size`` pixels.
+
+    Parameters
+    ----------
+    image
+        RGB image ``(y, x, c)``, uint8, numpy or dask (only the pixels near the centres are read).
+        One channel is repeated to three; a fourth (alpha) channel is ignored.
+    centers
+        ``(n, 2)`` centres as ``(x, y)`` in this image's pixels, continuous coordinates in which pixel
+        ``i`` spans ``[i, i + 1)`` (the convention of spatialdata).
+    diameter
+        Side of each square in pixels, one value or one per centre; sub-pixel positions and sizes
+        are honoured.
+    size
+        Side of the output patches.
+    fill
+        Value of the padding where a square leaves the image (255: white, like slide background).
+
+    Returns
+    -------
+    ``(patches, ok)``: uint8 ``(n, size, size, 3)`` and a boolean ``(n,)`` that is False where the
+    square is not entirely inside the image (those patches are padded with ``fill``).
+
+    """
+    centers, diameter = _check_geometry(centers, diameter)
+    size = _check_size(size)
+    _check_image(image)
+    h, w = image.shape[:2]
+    boxes = spot_boxes(centers, diameter)
+    windows = _windows(boxes, size)
+    if isinstance(image, np.ndarray):
+        patches = _crop_task([image], [(0, 0)], boxes, windows, size, fill)
+    else:
+        import dask
+
+        image = image.rechunk({2: -1})
+        grid = _BlockGrid(image)
+        needed = grid.needed(windows)
+        blocks = dask.compute(*[grid.block(image, b) for b in needed])
+        patches = _crop_task(list(blocks), [grid.origin(b) for b in needed], boxes, windows, size, fill)
+    return patches, boxes_inside(boxes, h, w)
+
+
+def spot_boxes(centers: np.ndarray, diameter: float | np.ndarray) -> np.ndarray:
+    """``(n, 4)`` squares ``(x0, y0, x1, y1)`` of side ``diameter`` around ``(x, y)`` centres."""
+    half = np.broadcast_to(np.asarray(diameter, dtype=np.float64) / 2, (len(centers),))
+    return np.column_stack(
+        [centers[:, 0] - half, centers[:, 1] - half, centers[:, 0] + half, centers[:, 1] + half]
+    )
+
+
+def boxes_inside(boxes: np.ndarray, h: int, w: int, tol: float = 1e-6) -> np.ndarray:
+    """Whether each box lies entirely inside an image of ``h`` x ``w`` pixels."""
+    return (boxes[:, 0] >= -tol) & (boxes[:, 1] >= -tol) & (boxes[:, 2] <= w + tol) & (boxes[:, 3] <= h + tol)
+
+
+def boxes_outside(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Whether each box misses an image of ``h`` x ``w`` pixels entirely."""
+    return (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0) | (boxes[:, 0] >= w) | (boxes[:, 1] >= h)
+
+
+def spot_patches(
+    sdata: SpatialData,
+    *,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    size: int = 224,
+    diameter_um: float | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
+    key_added: str = Key.PATCH_OK,
+    fill: int = 255,
+    chunk_size: int = 256,
+) -> da.Array:
+    """H&E patches of every spot of a section, as a lazy dask array.
+
+    Each spot is cropped as the square of its physical diameter (Visium 55 µm, legacy ST 100 µm)
+    around its centre, from the coarsest level of a multiscale image on which the spot still spans at
+    least ``size`` pixels (else the finest level), then resized to ``size`` x ``size`` (antialiased).
+    Spot centres are the table's ``.obsm['spatial']`` (else the centroids of its shapes), mapped into
+    image pixels with the transformations of the shapes and the image to ``coordinate_system``.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with the section's table and image.
+    table_key
+        Table of the section; may be omitted when there is one table.
+    image_key
+        Image of the section; by default ``table.uns['loki']['image_key']``, the only image, or the
+        image named after the table.
+    size
+        Side of the output patches (224 for OmiCLIP).
+    diameter_um
+        Spot diameter in µm (needs ``table.uns['loki']['microns_per_unit']``). By default twice the
+        ``radius`` of the spot shapes, else ``table.uns['loki']['spot_diameter_um']``.
+    coordinate_system
+        Coordinate system shared by the spots and the image.
+    key_added
+        Column of ``.obs`` for the validity flag.
+    fill
+        Padding value for squares leaving the image (255: white).
+    chunk_size
+        Spots per dask chunk.
+
+    Returns
+    -------
+    uint8 dask array ``(n_spots, size, size, 3)`` in table order; compute it chunk by chunk. Writes:
+
+    - ``.obs[key_added]``: False for spots whose square is not entirely inside the image (padded with
+      ``fill``, never dropped).
+    - ``.uns['loki'][key_added]``: image key, pyramid level, patch diameter in level pixels, size.
+
+    Raises
+    ------
+    KeyError
+        Missing table, image, coordinate system or spot coordinates (the message lists what exists).
+    ValueError
+        Spots whose square lies entirely outside the image (how many, and a few ids), or no way to know
+        the spot size.
+
+    """
+    import dask
+    import dask.array as da
+
+    size = _check_size(size)
+    if not (isinstance(chunk_size, int | np.integer) and chunk_size > 0):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    table = get_table(sdata, table_key)
+    if table_key is None:
+        table_key = next(k for k, v in sdata.tables.items() if v is table)
+    image_key = section_image_key(sdata, table_key, image_key)
+    element = sdata.images[image_key]
+    levels = _levels(element)
+    img_to_cs = _affine(element, coordinate_system, f"sdata.images[{image_key!r}]")
+    cs_to_img = np.linalg.inv(img_to_cs)
+
+    shapes = _shapes_of(sdata, table)
+    spots_to_cs = np.eye(3) if shapes is None else _affine(shapes, coordinate_system, "the spot shapes")
+    to_px = cs_to_img @ spots_to_cs
+    centers = _apply(to_px, _spot_centers(table, shapes))
+    px_per_unit = math.sqrt(abs(np.linalg.det(to_px[:2, :2])))
+    diameter0 = _spot_diameter(table, shapes, diameter_um) * px_per_unit
+
+    h0, w0 = levels[0].shape[1:]
+    level = _pick_level(levels, float(np.median(diameter0)), size)
+    h, w = levels[level].shape[1:]
+    factor = np.array([w0 / w, h0 / h])
+    centers = centers / factor
+    diameter = diameter0 / math.sqrt(factor[0] * factor[1])
+    centers, diameter = _check_geometry(centers, diameter)
+    boxes = spot_boxes(centers, diameter)
+    outside = boxes_outside(boxes, h, w)
+    if outside.any():
+        ids = ", ".join(map(repr, table.obs_names[outside][:5]))
+        raise ValueError(
+            f"{int(outside.sum())} of {table.n_obs} spots lie entirely outside image {image_key!r} "
+            f"(e.g. {ids}); check the coordinates, the image's transformation to "
+            f"{coordinate_system!r} or image_key."
+        )
+    ok = boxes_inside(boxes, h, w)
+
+    data = levels[level].data
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=(-1, 4096, 4096), name=False)
+    image = data.transpose(1, 2, 0).rechunk({2: -1})
+    _check_image(image)
+    windows = _windows(boxes, size)
+    grid = _BlockGrid(image)
+    chunks = []
+    # Each chunk of spots reads only the image blocks its squares touch.
+    for start in range(0, len(boxes), int(chunk_size)):
+        sl = slice(start, start + int(chunk_size))
+        needed = grid.needed(windows[sl])
+        task = dask.delayed(_crop_task, pure=True)(
+            [grid.block(image, b) for b in needed],
+            [grid.origin(b) for b in needed],
+            boxes[sl],
+            windows[sl],
+            size,
+            fill,
+        )
+        n = len(boxes[sl])
+        chunks.append(da.from_delayed(task, shape=(n, size, size, 3), dtype=np.uint8))
+    patches = da.concatenate(chunks, axis=0) if chunks else da.zeros((0, size, size, 3), dtype=np.uint8)
+
+    n_bad = int((~ok).sum())
+    if n_bad:
+        logger.info("%d spots reach beyond the image; their patches are padded", n_bad)
+    write_obs(table, key_added, ok)
+    write_uns(
+        table,
+        key_added,
+        {
+            "image_key": image_key,
+            "level": int(level),
+            "diameter_px": float(np.median(diameter)),
+            "size": size,
+            "coordinate_system": coordinate_system,
+            "n_not_ok": n_bad,
+        },
+    )
+    return patches
+
+
+# ---------------------------------------------------------------------------------------------------
+# cropping
+
+
+def _windows(boxes: np.ndarray, size: int) -> np.ndarray:
+    # Integer windows around each box, with a margin for the resampling filter's support.
+    scale = np.maximum((boxes[:, 2] - boxes[:, 0]) / size, 1.0)
+    margin = np.ceil(2 * scale) + 1
+    win = np.column_stack(
+        [
+            np.floor(boxes[:, 0] - margin),
+            np.floor(boxes[:, 1] - margin),
+            np.ceil(boxes[:, 2] + margin),
+            np.ceil(boxes[:, 3] + margin),
+        ]
+    )
+    return win.astype(np.int64)
+
+
+class _BlockGrid:
+    """Chunk boundaries of a ``(y, x, c)`` dask image, to find the blocks a window touches."""
+
+    def __init__(self, image):
+        self.y = np.concatenate([[0], np.cumsum(image.chunks[0])])
+        self.x = np.concatenate([[0], np.cumsum(image.chunks[1])])
+
+    def needed(self, windows: np.ndarray) -> list[tuple[int, int]]:
+        """Blocks ``(by, bx)`` overlapping any of the windows ``(x0, y0, x1, y1)``."""
+        h, w = self.y[-1], self.x[-1]
+        x0, y0 = np.clip(windows[:, 0], 0, w), np.clip(windows[:, 1], 0, h)
+        x1, y1 = np.clip(windows[:, 2], 0, w), np.clip(windows[:, 3], 0, h)
+        inside = (x1 > x0) & (y1 > y0)
+        by0 = np.searchsorted(self.y, y0[inside], side="right") - 1
+        by1 = np.searchsorted(self.y, y1[inside], side="left")
+        bx0 = np.searchsorted(self.x, x0[inside], side="right") - 1
+        bx1 = np.searchsorted(self.x, x1[inside], side="left")
+        out: set[tuple[int, int]] = set()
+        for a, b, c, d in zip(by0, by1, bx0, bx1, strict=True):
+            out.update((i, j) for i in range(a, b) for j in range(c, d))
+        return sorted(out)
+
+    def origin(self, block: tuple[int, int]) -> tuple[int, int]:
+        return int(self.y[block[0]]), int(self.x[block[1]])
+
+    @staticmethod
+    def block(image, block: tuple[int, int]):
+        return image.blocks[block[0], block[1], 0]
+
+
+def _crop_task(blocks, origins, boxes, windows, size, fill) -> np.ndarray:
+    """Patches of the given boxes, cut from image blocks (numpy) at ``origins`` ``(y0, x0)``."""
+    from PIL import Image
+
+    out = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+    for i, (box, win) in enumerate(zip(boxes, windows, strict=True)):
+        x0, y0, x1, y1 = (int(v) for v in win)
+        canvas = np.full((y1 - y0, x1 - x0, 3), fill, dtype=np.uint8)
+        for block, (oy, ox) in zip(blocks, origins, strict=True):
+            # overlap of the window with this block, in image pixels
+            ya, yb = max(y0, oy), min(y1, oy + block.shape[0])
+            xa, xb = max(x0, ox), min(x1, ox + block.shape[1])
+            if ya < yb and xa < xb:
+                canvas[ya - y0 : yb - y0, xa - x0 : xb - x0] = _rgb(
+                    block[ya - oy : yb - oy, xa - ox : xb - ox]
+                )
+        rel = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+        out[i] = np.asarray(Image.fromarray(canvas).resize((size, size), Image.Resampling.BICUBIC, box=rel))
+    return out
+
+
+def _rgb(region: np.ndarray) -> np.ndarray:
+    c = region.shape[2]
+    if c == 3:
+        return region
+    if c == 1:
+        return np.repeat(region, 3, axis=2)
+    return region[..., :3]
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation
+
+
+def _check_size(size) -> int:
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}.")
+    return int(size)
+
+
+def _check_geometry(centers, diameter) -> tuple[np.ndarray, np.ndarray]:
+    centers = np.asarray(centers, dtype=np.float64)
+    if centers.ndim != 2 or centers.shape[1] != 2:
+        raise ValueError(f"centers must have shape (n, 2) as (x, y), got {centers.shape}.")
+    diameter = np.broadcast_to(np.asarray(diameter, dtype=np.float64), (len(centers),))
+    for name, arr in (("centers", centers), ("diameter", diameter)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise ValueError(f"{name} holds {int(bad.sum())} non-finite value(s).")
+    if (diameter <= 0).any():
+        raise ValueError(f"diameter must be positive; got {int((diameter <= 0).sum())} value(s) <= 0.")
+    return centers, diameter
+
+
+def _check_image(image) -> None:
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image must be (y, x, c) with 1, 3 or 4 channels, got shape {image.shape}.")
+    if np.dtype(image.dtype) != np.uint8:
+        raise ValueError(f"image must be uint8 (RGB 0-255), got {image.dtype}.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# SpatialData geometry
+
+
+def _levels(element) -> list[Any]:
+    if hasattr(element, "children") and len(element.children):
+        names = sorted(element.children, key=lambda k: int(str(k).removeprefix("scale")))
+        return [next(iter(element[n].data_vars.values())) for n in names]
+    return [element]
+
+
+def _pick_level(levels, diameter0: float, size: int) -> int:
+    w0 = levels[0].shape[2]
+    chosen = 0
+    for i, lev in enumerate(levels):
+        if diameter0 * lev.shape[2] / w0 >= size:
+            chosen = i
+    return chosen
+
+
+def _affine(element, cs: str, what: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    transforms = get_transformation(element, get_all=True)
+    require_keys(transforms, cs, f"the coordinate systems of {what}")
+    return np.asarray(
+        transforms[cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64
+    )
+
+
+def _apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    return xy @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def _shapes_of(sdata, table):
+    try:
+        region = table_region(table)
+    except ValueError:
+        return None
+    return sdata.shapes[region] if region in sdata.shapes else None
+
+
+def _spot_centers(table, shapes) -> np.ndarray:
+    if Key.SPATIAL in table.obsm:
+        return np.asarray(table.obsm[Key.SPATIAL], dtype=np.float64)[:, :2]
+    if shapes is None:
+        require_keys(table.obsm, Key.SPATIAL, "adata.obsm")
+    instance_key = table_attrs(table).get("instance_key")
+    ids = table.obs[instance_key].to_numpy() if instance_key in table.obs else table.obs_names.to_numpy()
+    geo = shapes.geometry.reindex(ids)
+    if geo.isna().any():
+        raise KeyError(
+            f"{int(geo.isna().sum())} table rows have no shape in the spot shapes and the table has no "
+            f".obsm[{Key.SPATIAL!r}]."
+        )
+    return np.column_stack([geo.x.to_numpy(), geo.y.to_numpy()])
+
+
+def _spot_diameter(table, shapes, diameter_um) -> np.ndarray | float:
+    meta = table.uns.get(Key.UNS, {})
+    if diameter_um is None and shapes is not None and "radius" in shapes.columns:
+        return 2 * float(np.median(shapes["radius"].to_numpy(dtype=np.float64)))
+    if diameter_um is None:
+        diameter_um = meta.get("spot_diameter_um")
+    if diameter_um is None:
+        raise ValueError(
+            "Cannot tell the spot size: pass diameter_um=, or give the spots a shapes element with a "
+            "'radius' column, or set table.uns['loki']['spot_diameter_um']."
+        )
+    mpu = meta.get("microns_per_unit")
+    if mpu is None or not np.isfinite(mpu) or mpu <= 0:
+        raise ValueError(
+            "diameter_um needs table.uns['loki']['microns_per_unit'] (µm per coordinate unit) to convert "
+            f"µm into coordinates; found {mpu!r}."
+        )
+    if not np.isfinite(diameter_um) or diameter_um <= 0:
+        raise ValueError(f"diameter_um must be positive, got {diameter_um!r}.")
+    return float(diameter_um) / float(mpu)

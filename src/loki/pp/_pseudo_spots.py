@@ -1,0 +1,241 @@
+"""Pseudo-spots: pool single-cell-resolution spatial data into a hexagonal grid of round spots.
+
+Pooling labelled cells gives spots whose cell-type proportions are known exactly, the ground truth
+for :func:`loki.tl.decompose` (Xenium, MERFISH, osmFISH, Visium HD bins).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+from scipy.spatial import cKDTree
+
+from loki._keys import Key
+from loki._logging import logger
+from loki._utils import as_rng, check_array_finite, check_obs_key, check_obsm_key, require_keys
+
+#: Visium: 55 um spots, 100 um centre to centre.
+_VISIUM_SPACING_RATIO = 100.0 / 55.0
+
+
+def hex_grid(xmin: float, ymin: float, xmax: float, ymax: float, spacing: float) -> np.ndarray:
+    """Centres of a hexagonal grid covering a box; rows ``spacing * sqrt(3) / 2`` apart, odd rows shifted by half."""
+    if spacing <= 0:
+        raise ValueError(f"spacing must be > 0, got {spacing}.")
+    row_step = spacing * np.sqrt(3) / 2
+    n_rows = int(np.floor((ymax - ymin) / row_step)) + 1
+    n_cols = int(np.floor((xmax - xmin) / spacing)) + 2
+    rows, cols = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    x = xmin + cols * spacing + (rows % 2) * spacing / 2
+    y = ymin + rows * row_step
+    centres = np.column_stack([x.ravel(), y.ravel()])
+    return centres[centres[:, 0] <= xmax + spacing / 2]
+
+
+def assign_to_spots(coords: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
+    """Index of the spot whose disc (``radius``) holds each point, or -1 for points between spots."""
+    dist, idx = cKDTree(centres).query(coords, k=1)
+    return np.where(dist <= radius, idx, -1)
+
+
+def pseudo_spots(
+    adata: AnnData,
+    *,
+    diameter_um: float = 55.0,
+    spacing_um: float | None = None,
+    cell_type_key: str | None = "cell_type",
+    spatial_key: str = Key.SPATIAL,
+    microns_per_unit: float | None = None,
+    layer: str | None = None,
+    min_cells: int = 1,
+    truth_key: str = Key.TRUE_PROPORTIONS,
+) -> AnnData:
+    """Pool cells into round pseudo-spots on a hexagonal grid.
+
+    Every cell whose centre lies inside a spot's disc is counted in that spot; cells between
+    spots are left out, as on a Visium slide.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes counts with cell centres in ``.obsm[spatial_key]``.
+    diameter_um
+        Spot diameter in micrometres (Visium 55, legacy ST 100).
+    spacing_um
+        Centre-to-centre distance; default ``diameter_um * 100 / 55`` (the Visium layout).
+    cell_type_key
+        Column of ``.obs`` with cell types; ``None`` skips the proportions.
+    spatial_key
+        Key of the cell coordinates in ``.obsm``.
+    microns_per_unit
+        Micrometres per coordinate unit; default ``adata.uns['loki']['microns_per_unit']`` or 1.
+    layer
+        Layer summed instead of ``.X``.
+    min_cells
+        Spots with fewer cells are dropped.
+    truth_key
+        ``.obsm`` key of the exact proportions.
+
+    Returns
+    -------
+    A new AnnData, spots x genes, with
+
+    ``.X``
+        summed counts (sparse CSR when the input is sparse).
+    ``.obs['n_cells']``
+        number of cells pooled in each spot.
+    ``.obsm['spatial']``
+        spot centres, in the units of the input coordinates.
+    ``.obsm[truth_key]``
+        DataFrame spots x cell types of exact proportions (rows sum to 1), with ``cell_type_key``.
+    ``.uns['loki']``
+        ``spot_diameter_um``, ``spot_spacing_um``, ``microns_per_unit``.
+
+    """
+    check_obsm_key(adata, spatial_key)
+    coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise ValueError(f"adata.obsm[{spatial_key!r}] must be (n_cells, 2), got {coords.shape}.")
+    coords = coords[:, :2]
+    check_array_finite(coords, f"adata.obsm[{spatial_key!r}]")
+    if cell_type_key is not None:
+        check_obs_key(adata, cell_type_key)
+    if layer is not None:
+        require_keys(adata.layers, layer, "adata.layers")
+    if diameter_um <= 0:
+        raise ValueError(f"diameter_um must be > 0, got {diameter_um}.")
+    if microns_per_unit is None:
+        microns_per_unit = float(adata.uns.get(Key.UNS, {}).get("microns_per_unit", 1.0))
+    if microns_per_unit <= 0:
+        raise ValueError(f"microns_per_unit must be > 0, got {microns_per_unit}.")
+    spacing_um = diameter_um * _VISIUM_SPACING_RATIO if spacing_um is None else float(spacing_um)
+    if spacing_um <= 0:
+        raise ValueError(f"spacing_um must be > 0, got {spacing_um}.")
+    if adata.n_obs == 0:
+        raise ValueError("adata has no cells.")
+
+    radius = diameter_um / 2 / microns_per_unit
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    spacing = spacing_um / microns_per_unit
+    n_grid = ((hi[0] - lo[0]) / spacing + 2) * ((hi[1] - lo[1]) / (spacing * np.sqrt(3) / 2) + 1)
+    if n_grid > 5e7:
+        raise ValueError(
+            f"The grid would hold ~{n_grid:.2g} spots: with microns_per_unit={microns_per_unit}, the tissue "
+            f"spans {(hi - lo).max() * microns_per_unit:.3g} um. Check microns_per_unit."
+        )
+    centres = hex_grid(lo[0], lo[1], hi[0], hi[1], spacing)
+    spot_of_cell = assign_to_spots(coords, centres, radius)
+    inside = spot_of_cell >= 0
+    n_cells = np.bincount(spot_of_cell[inside], minlength=len(centres))
+    keep = np.flatnonzero(n_cells >= max(min_cells, 1))
+    if len(keep) == 0:
+        raise ValueError(
+            f"No spot holds {max(min_cells, 1)} or more cells: spots of {diameter_um} um with "
+            f"microns_per_unit={microns_per_unit} may be far smaller than the cell spacing."
+        )
+    new_index = np.full(len(centres), -1)
+    new_index[keep] = np.arange(len(keep))
+    spot = new_index[spot_of_cell[inside]]
+    member = np.flatnonzero(inside)[spot >= 0]
+    spot = spot[spot >= 0]
+    # Pooling matrix: spots x cells, one 1 per pooled cell.
+    pool = sparse.csr_matrix((np.ones(len(member)), (spot, member)), shape=(len(keep), adata.n_obs))
+
+    x = adata.X if layer is None else adata.layers[layer]
+    summed = pool @ x
+    if not sparse.issparse(x):
+        summed = np.asarray(summed)
+    else:
+        summed = sparse.csr_matrix(summed)
+
+    names = pd.Index([f"pseudo_{i}" for i in range(len(keep))])
+    out = AnnData(
+        X=summed,
+        obs=pd.DataFrame({"n_cells": n_cells[keep].astype(np.int64)}, index=names),
+        var=pd.DataFrame(index=adata.var_names.copy()),
+    )
+    out.obsm[Key.SPATIAL] = centres[keep]
+    if cell_type_key is not None:
+        cat = pd.Categorical(adata.obs[cell_type_key].astype(str))
+        onehot = sparse.csr_matrix(
+            (np.ones(adata.n_obs), (np.arange(adata.n_obs), cat.codes)),
+            shape=(adata.n_obs, len(cat.categories)),
+        )
+        counts = np.asarray((pool @ onehot).todense())
+        out.obsm[truth_key] = pd.DataFrame(
+            counts / counts.sum(axis=1, keepdims=True),
+            index=names,
+            columns=pd.Index(cat.categories.astype(str)),
+        )
+    out.uns[Key.UNS] = {
+        "spot_diameter_um": float(diameter_um),
+        "spot_spacing_um": float(spacing_um),
+        "microns_per_unit": float(microns_per_unit),
+    }
+    logger.info(
+        "pooled %d of %d cells into %d pseudo-spots of %g um",
+        len(member),
+        adata.n_obs,
+        len(keep),
+        diameter_um,
+    )
+    return out
+
+
+def scatter_cells_in_regions(
+    labels: np.ndarray,
+    *,
+    n_regions: int = 6,
+    size: float = 2000.0,
+    concentration: float = 0.5,
+    seed: int | np.random.Generator | None = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Place labelled cells (which have no coordinates) into a spatial pattern of regions.
+
+    The square ``[0, size)^2`` is cut into ``n_regions`` Voronoi regions around random seeds; each
+    region gets a random cell-type composition (Dirichlet with ``concentration``). Each cell picks
+    a region with probability proportional to its type's share there times the region's area, then
+    a uniform position inside it (by rejection). Used to build pseudo-spots with exact truth from
+    a dissociated reference.
+
+    Parameters
+    ----------
+    labels
+        ``(n_cells,)`` cell types.
+    n_regions
+        Number of regions.
+    size
+        Side of the square, in the output units (micrometres).
+    concentration
+        Dirichlet concentration of region compositions (small: regions dominated by few types).
+    seed
+        Seed.
+
+    Returns
+    -------
+    ``(n_cells, 2)`` coordinates, ``(n_cells,)`` region of each cell, ``(n_regions, 2)`` region seeds.
+
+    """
+    rng = as_rng(seed)
+    cat = pd.Categorical(np.asarray(labels).astype(str))
+    n_types = len(cat.categories)
+    seeds = rng.uniform(0, size, size=(n_regions, 2))
+    tree = cKDTree(seeds)
+    # Region areas estimated on a fine grid.
+    g = (np.arange(200) + 0.5) * size / 200
+    grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    area = np.bincount(tree.query(grid)[1], minlength=n_regions) / len(grid)
+    composition = rng.dirichlet(np.full(n_types, concentration), size=n_regions)  # regions x types
+    weight = composition * area[:, None]
+    prob = weight / np.maximum(weight.sum(axis=0, keepdims=True), 1e-300)  # P(region | type)
+    region = np.array([rng.choice(n_regions, p=prob[:, c]) for c in cat.codes], dtype=np.int64)
+    coords = np.empty((len(region), 2))
+    todo = np.arange(len(region))
+    while len(todo):
+        cand = rng.uniform(0, size, size=(len(todo), 2))
+        ok = tree.query(cand)[1] == region[todo]
+        coords[todo[ok]] = cand[ok]
+        todo = todo[~ok]
+    return coords, region, seeds

@@ -1,0 +1,281 @@
+"""Gene sentences: the top expressed genes of each spot, joined by spaces (OmiCLIP's text input)."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from loki._keys import Key
+from loki._logging import logger
+from loki._utils import require_keys, write_obs, write_uns
+from loki._utils._spatialdata import get_table, is_spatialdata
+
+from ._housekeeping import housekeeping_genes
+from ._topk import as_csr, join_names, top_k_rows
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+#: Gene-name patterns the reference recipe drops (every symbol containing "-" or ".").
+REFERENCE_EXCLUDE_PATTERNS: tuple[str, ...] = (r"-", r"\.")
+MITO_PATTERN = r"^MT-"
+RIBO_PATTERN = r"^RP[SL]"
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+
+
+def top_gene_indices(x: sparse.spmatrix | sparse.sparray | np.ndarray, n: int, *, keep=None) -> np.ndarray:
+    """Column indices of the ``n`` largest positive values of each row.
+
+    Ties are broken by column order (lower first), as ``pandas.Series.nlargest(n, keep="first")``
+    does; zeros are never selected. Works on CSR rows without densifying (other inputs are converted
+    to CSR).
+
+    Parameters
+    ----------
+    x
+        Matrix of non-negative values, rows = spots/cells (or bulk samples, marker profiles).
+    n
+        How many columns to keep per row.
+    keep
+        Optional boolean mask over columns; columns where it is False are never selected.
+
+    Returns
+    -------
+    int32 array of shape ``(n_rows, n)``, best first, padded with -1 where a row has fewer than ``n``
+    positive entries.
+
+    """
+    n = _check_n(n)
+    top, _, n_bad = top_k_rows(as_csr(x), n, keep)
+    _raise_bad_values(n_bad, None)
+    return top
+
+
+def gene_sentences(
+    data: AnnData | SpatialData,
+    *,
+    table_key: str | None = None,
+    n_genes: int = 50,
+    layer: str | None = None,
+    normalize: bool = True,
+    target_sum: float = 1e4,
+    housekeeping: Literal["hsiao"] | Iterable[str] | None = "hsiao",
+    exclude_patterns: Sequence[str] = REFERENCE_EXCLUDE_PATTERNS,
+    exclude_mito: bool = False,
+    exclude_ribo: bool = False,
+    key_added: str = Key.SENTENCE,
+    copy: bool = False,
+) -> AnnData | None:
+    """Turn each spot's expression profile into a gene sentence.
+
+    The recipe of the Loki paper (Methods, "Training dataset curation"): normalise counts, remove
+    housekeeping genes, rank the remaining genes by expression and join the symbols of the top
+    ``n_genes`` with spaces, highest first (``"SNAP25 ENO2 CKB ..."``). Ties are broken by gene order
+    in ``var_names``, exactly as the published ``pandas.Series.nlargest`` recipe does. Runs on sparse
+    rows in parallel without densifying the matrix.
+
+    Parameters
+    ----------
+    data
+        AnnData (spots x genes, ``var_names`` = gene symbols) or SpatialData holding the table.
+    table_key
+        Table of a SpatialData; may be omitted when it holds one table.
+    n_genes
+        Genes per sentence (the paper uses 50).
+    layer
+        Layer holding counts; ``.X`` when None.
+    normalize
+        Whether the ranking follows library-size normalisation to ``target_sum`` (and log1p), as in
+        the paper. Both are strictly increasing within a spot, so the ranking - and the sentence - is
+        the same as on the stored values; the kernel therefore ranks the stored values and never
+        materialises a normalised matrix. Kept to record the recipe; an already normalised layer gives
+        the same sentences with either setting.
+    target_sum
+        Library size after normalisation (recorded with the parameters).
+    housekeeping
+        ``"hsiao"`` removes the bundled MSigDB HSIAO_HOUSEKEEPING_GENES list (397 human symbols, the
+        list OmiCLIP used); an iterable of symbols removes those; None keeps all genes. Matching ignores
+        case: the list is human, and mouse orthologue symbols mostly differ only in case
+        (``ACTB``/``Actb``).
+    exclude_patterns
+        Regular expressions; genes whose name matches any of them are removed. The default reproduces
+        the reference implementation, which drops every gene whose name contains ``-`` or ``.``
+        (this also removes ``MT-``/``mt-`` genes and many unnamed loci). Pass ``()`` to keep them.
+    exclude_mito
+        Also remove mitochondrial genes (``^MT-``, any case).
+    exclude_ribo
+        Also remove ribosomal protein genes (``^RP[SL]``, any case).
+    key_added
+        Column of ``.obs`` for the sentences.
+    copy
+        Return a modified copy of the AnnData instead of writing in place (AnnData input only).
+
+    Returns
+    -------
+    None, or the modified AnnData when ``copy=True``. Writes into the table:
+
+    - ``.obs[key_added]``: the sentence (str; ``""`` for spots with no expressed gene left).
+    - ``.obs['loki_empty']``: True where no gene with a positive value survived the filters. Such
+      spots are flagged, never dropped; a warning says how many.
+    - ``.uns['loki'][key_added]``: the parameters.
+
+    Notes
+    -----
+    Sentences contain expressed genes only. The reference pads spots with fewer than ``n_genes``
+    expressed genes with unexpressed genes in ``var_names`` order, which carry no information.
+    Ensembl ids in ``var_names`` give sentences of ids: map them first with
+    :func:`loki.pp.map_gene_ids`.
+
+    """
+    if copy and is_spatialdata(data):
+        raise ValueError("copy=True applies to AnnData input; a SpatialData is modified in place.")
+    adata = get_table(data, table_key)
+    n_genes = _check_n(n_genes, name="n_genes")
+    if not np.isfinite(target_sum) or target_sum <= 0:
+        raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")
+    if layer is None:
+        x = adata.X
+    else:
+        require_keys(adata.layers, layer, "adata.layers")
+        x = adata.layers[layer]
+    if x is None:
+        raise ValueError("adata.X is empty; pass layer= to choose the counts.")
+    names = pd.Index(adata.var_names.astype(str))
+    _check_gene_names(names)
+    keep, excluded = gene_filter(
+        names,
+        housekeeping=housekeeping,
+        exclude_patterns=exclude_patterns,
+        exclude_mito=exclude_mito,
+        exclude_ribo=exclude_ribo,
+    )
+    top, counts, n_bad = top_k_rows(as_csr(x), n_genes, keep)
+    _raise_bad_values(n_bad, adata.obs_names)
+    sentences = join_names(top, counts, names)
+    empty = counts == 0
+    if empty.any():
+        examples = ", ".join(map(repr, adata.obs_names[empty][:5]))
+        warnings.warn(
+            f"{int(empty.sum())} of {adata.n_obs} spots have no expressed gene after filtering (e.g. "
+            f"{examples}); they get an empty sentence and .obs[{Key.EMPTY_SPOT!r}] = True.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    if copy:
+        adata = adata.copy()
+    write_obs(adata, key_added, pd.Series(sentences, index=adata.obs_names, dtype=object))
+    write_obs(adata, Key.EMPTY_SPOT, empty)
+    write_uns(
+        adata,
+        key_added,
+        {
+            "n_genes": n_genes,
+            "layer": "X" if layer is None else layer,
+            "normalize": bool(normalize),
+            "target_sum": float(target_sum),
+            "housekeeping": _housekeeping_label(housekeeping),
+            "exclude_patterns": [str(p) for p in exclude_patterns],
+            "exclude_mito": bool(exclude_mito),
+            "exclude_ribo": bool(exclude_ribo),
+            "n_genes_excluded": int(excluded),
+            "n_empty": int(empty.sum()),
+        },
+    )
+    return adata if copy else None
+
+
+def gene_filter(
+    names: Sequence[str],
+    *,
+    housekeeping: Literal["hsiao"] | Iterable[str] | None = "hsiao",
+    exclude_patterns: Sequence[str] = REFERENCE_EXCLUDE_PATTERNS,
+    exclude_mito: bool = False,
+    exclude_ribo: bool = False,
+) -> tuple[np.ndarray, int]:
+    """Boolean mask of the genes a sentence may contain, and how many were excluded.
+
+    See :func:`gene_sentences` for the meaning of the options.
+    """
+    names = [str(n) for n in names]
+    drop = np.zeros(len(names), dtype=bool)
+    if housekeeping is not None:
+        hk = housekeeping_genes(housekeeping) if isinstance(housekeeping, str) else housekeeping
+        hk = {str(g).upper() for g in hk}
+        hit = np.fromiter((n.upper() in hk for n in names), dtype=bool, count=len(names))
+        logger.info("removing %d housekeeping genes", int(hit.sum()))
+        drop |= hit
+    if isinstance(exclude_patterns, str):
+        raise TypeError("exclude_patterns must be a sequence of patterns, not a single string.")
+    patterns = [str(p) for p in exclude_patterns]
+    ignore_case = [p for p, on in ((MITO_PATTERN, exclude_mito), (RIBO_PATTERN, exclude_ribo)) if on]
+    try:
+        regexes = [re.compile("|".join(f"(?:{p})" for p in patterns))] if patterns else []
+    except re.error as err:
+        raise ValueError(f"Invalid regular expression in exclude_patterns {patterns}: {err}.") from err
+    if ignore_case:
+        regexes.append(re.compile("|".join(f"(?:{p})" for p in ignore_case), re.IGNORECASE))
+    for rx in regexes:
+        drop |= np.fromiter((rx.search(n) is not None for n in names), dtype=bool, count=len(names))
+    if drop.all() and len(names):
+        raise ValueError(f"All {len(names)} genes are excluded by the filters; nothing left to rank.")
+    return ~drop, int(drop.sum())
+
+
+def looks_like_ensembl(names: Iterable[str]) -> np.ndarray:
+    """Boolean mask of names that look like Ensembl gene ids (``ENSG...``, ``ENSMUSG...``, versioned)."""
+    names = [str(n) for n in names]
+    return np.fromiter(
+        (n.startswith("ENS") and _ENSEMBL.match(n) is not None for n in names), dtype=bool, count=len(names)
+    )
+
+
+def _check_n(n, name: str = "n") -> int:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}.")
+    return int(n)
+
+
+def _check_gene_names(names: pd.Index) -> None:
+    dup = names[names.duplicated()].unique()
+    if len(dup):
+        shown = ", ".join(map(repr, dup[:10])) + (f", ... ({len(dup)} in all)" if len(dup) > 10 else "")
+        raise ValueError(
+            f"var_names hold {len(dup)} duplicated gene name(s): {shown}. Make them unique "
+            "(adata.var_names_make_unique()) or merge them (loki.pp.map_gene_ids(..., duplicates='sum'))."
+        )
+    ens = looks_like_ensembl(names)
+    if len(names) and ens.mean() >= 0.5:
+        warnings.warn(
+            f"{int(ens.sum())} of {len(names)} var_names look like Ensembl ids (e.g. {names[ens][0]!r}); "
+            "sentences will be made of ids, which OmiCLIP was not trained on. Map them to symbols first "
+            "with loki.pp.map_gene_ids(adata, mapping).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _raise_bad_values(n_bad: np.ndarray, obs_names) -> None:
+    bad_rows = np.flatnonzero(n_bad)
+    if len(bad_rows):
+        which = bad_rows[:5] if obs_names is None else obs_names[bad_rows[:5]]
+        raise ValueError(
+            f"Expression holds {int(n_bad.sum())} NaN, infinite or negative value(s) in {len(bad_rows)} "
+            f"row(s), e.g. {', '.join(map(repr, list(which)))}; gene sentences need non-negative counts "
+            "or normalised expression."
+        )
+
+
+def _housekeeping_label(housekeeping) -> str:
+    if housekeeping is None:
+        return "none"
+    if isinstance(housekeeping, str):
+        return housekeeping
+    return "custom"

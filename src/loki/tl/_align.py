@@ -1,0 +1,590 @@
+"""Loki Align: register a source section onto a target section (glue over :mod:`loki.tl._cpd`).
+
+Points are ``[x, y, PC_1, ..., PC_k]``: spot coordinates (centred, divided by the target's extent)
+and the leading principal components of an embedding (PCA fitted on the target, scaled by
+``feature_weight`` relative to the coordinates). The rigid/affine part of the result goes into a
+SpatialData coordinate system on every element of the source section; the non-rigid coordinates
+go into ``.obsm`` and a new shapes element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from anndata import AnnData
+
+from loki._keys import Key
+from loki._logging import logger
+from loki._utils import check_array_finite, require_keys, write_obsm, write_uns
+from loki._utils._spatialdata import get_table, is_spatialdata, section_image_key, table_region
+from loki.tl._cpd import AlignResult, Method, cpd_align
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+__all__ = ["align", "align_sections", "embedding_features"]
+
+Use = str | tuple[str, str] | None
+
+
+@dataclass
+class _Section:
+    """One section: its container, table key and table."""
+
+    data: Any  # SpatialData or AnnData
+    key: str | None
+    table: AnnData
+
+    @property
+    def name(self) -> str:
+        return self.key if self.key is not None else "adata"
+
+
+def _resolve(data: Any, key: str | None, role: str) -> _Section:
+    if isinstance(data, AnnData):
+        return _Section(data, None, data)
+    if not is_spatialdata(data):
+        raise TypeError(
+            f"{role} must be a SpatialData, an AnnData or a table key, got {type(data).__name__}."
+        )
+    if key is None:
+        tables = list(data.tables.keys())
+        if len(tables) != 1:
+            raise ValueError(
+                f"The {role} SpatialData holds {len(tables)} tables ({', '.join(map(repr, tables)) or 'none'}); "
+                f"name the {role} section by its table key."
+            )
+        key = tables[0]
+    return _Section(data, key, get_table(data, key))
+
+
+def _use_keys(use: Use) -> tuple[str | None, str | None]:
+    if use is None:
+        return None, None
+    if isinstance(use, str):
+        return use, use
+    use = tuple(use)
+    if len(use) != 2 or not all(isinstance(u, str) for u in use):
+        raise ValueError(f"use must be an .obsm key, a (source_key, target_key) pair or None, got {use!r}.")
+    return use[0], use[1]
+
+
+def embedding_features(
+    emb_source: np.ndarray, emb_target: np.ndarray, n_pcs: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leading principal components of both embeddings, PCA fitted on the target.
+
+    Returns ``(pcs_source, pcs_target, explained_variance_ratio)``; the components are divided by the
+    1-99 percentile range of the target's first component so they live on the scale of normalised
+    coordinates.
+    """
+    emb_target = np.asarray(emb_target, dtype=np.float64)
+    emb_source = np.asarray(emb_source, dtype=np.float64)
+    mean = emb_target.mean(axis=0)
+    centred = emb_target - mean
+    n_pcs = min(n_pcs, *centred.shape)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    comps = vt[:n_pcs]
+    # deterministic sign: the largest loading of each component is positive
+    signs = np.sign(comps[np.arange(n_pcs), np.abs(comps).argmax(axis=1)])
+    comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
+    pt = centred @ comps.T
+    ps = (emb_source - mean) @ comps.T
+    lo, hi = np.percentile(pt[:, 0], [1, 99]) if n_pcs else (0.0, 1.0)
+    scale = (hi - lo) or 1.0
+    ratio = sv[:n_pcs] ** 2 / max((sv**2).sum(), 1e-300)
+    return ps / scale, pt / scale, ratio
+
+
+def _embedding(section: _Section, key: str, role: str) -> np.ndarray:
+    require_keys(section.table.obsm, key, f"{role} table .obsm ({section.name!r})")
+    emb = section.table.obsm[key]
+    emb = emb.to_numpy() if hasattr(emb, "to_numpy") else np.asarray(emb)
+    if emb.ndim != 2:
+        raise ValueError(f"{role} .obsm[{key!r}] must be 2-dimensional, got shape {emb.shape}.")
+    check_array_finite(emb, f"{role} .obsm[{key!r}]")
+    return emb
+
+
+def _coords(section: _Section, key: str, role: str) -> np.ndarray:
+    require_keys(section.table.obsm, key, f"{role} table .obsm ({section.name!r})")
+    xy = np.asarray(section.table.obsm[key], dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise ValueError(f"{role} .obsm[{key!r}] must be (n, 2) coordinates, got shape {xy.shape}.")
+    xy = xy[:, :2]
+    if len(xy) < 3:
+        raise ValueError(f"The {role} section has {len(xy)} spot(s); alignment needs at least 3.")
+    check_array_finite(xy, f"{role} .obsm[{key!r}]")
+    return xy
+
+
+def _section_elements(section: _Section, image_key: str | None) -> list[str]:
+    """Names of the SpatialData elements of a section: its spots and (when found) its image."""
+    sdata = section.data
+    names = []
+    try:
+        region = table_region(section.table)
+        if region in sdata.shapes or region in getattr(sdata, "points", {}) or region in sdata.labels:
+            names.append(region)
+    except ValueError:
+        pass
+    if len(sdata.images):
+        try:
+            names.append(section_image_key(sdata, section.key, image_key))
+        except KeyError:
+            if image_key is not None:
+                raise
+    return names
+
+
+def _check_cs(section: _Section, elements: list[str], cs: str, role: str) -> None:
+    from spatialdata.transformations import get_transformation
+
+    for name in elements:
+        available = list(get_transformation(section.data[name], get_all=True).keys())
+        if cs not in available:
+            raise KeyError(
+                f"{role} element {name!r} has no transformation to coordinate system {cs!r}; "
+                f"available: {', '.join(map(repr, available)) or 'none'}."
+            )
+
+
+def _original_matrix(norm: np.ndarray, c_src: np.ndarray, c_tgt: np.ndarray, scale: float) -> np.ndarray:
+    """Express a 3x3 transform of normalised coordinates in the sections' own units."""
+    to_norm = np.eye(3)
+    to_norm[:2, :2] /= scale
+    to_norm[:2, 2] = -c_src / scale
+    from_norm = np.eye(3)
+    from_norm[:2, :2] *= scale
+    from_norm[:2, 2] = c_tgt
+    return from_norm @ norm @ to_norm
+
+
+def _write_spatialdata(
+    src: _Section,
+    tgt: _Section,
+    src_elements: list[str],
+    tgt_elements: list[str],
+    matrix: np.ndarray,
+    coords: np.ndarray,
+    in_cs: str,
+    out_cs: str,
+    key_added: str,
+    set_target: bool,
+) -> str | None:
+    import geopandas as gpd
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Affine, Identity, Sequence, get_transformation, set_transformation
+
+    affine = Affine(matrix, input_axes=("x", "y"), output_axes=("x", "y"))
+    for name in src_elements:
+        element = src.data[name]
+        set_transformation(
+            element, Sequence([get_transformation(element, in_cs), affine]), to_coordinate_system=out_cs
+        )
+        logger.info("set transformation of %r to coordinate system %r", name, out_cs)
+    if set_target:
+        for name in tgt_elements:
+            element = tgt.data[name]
+            if out_cs in get_transformation(element, get_all=True):
+                continue  # already placed, e.g. by an earlier alignment of a stack
+            set_transformation(element, get_transformation(element, in_cs), to_coordinate_system=out_cs)
+            logger.info("set transformation of target %r to coordinate system %r", name, out_cs)
+    try:
+        region = table_region(src.table)
+    except ValueError:
+        return None
+    if region not in src.data.shapes:
+        return None
+    spots = src.data.shapes[region]
+    instance_key = src.table.uns.get("spatialdata_attrs", {}).get("instance_key")
+    ids = (
+        src.table.obs[instance_key].to_numpy()
+        if instance_key in src.table.obs
+        else src.table.obs_names.to_numpy()
+    )
+    radius = spots["radius"].reindex(ids).to_numpy() if "radius" in spots else np.ones(len(ids))
+    name = (
+        f"{region}_{key_added.removeprefix('spatial_')}"
+        if key_added.startswith("spatial_")
+        else f"{region}_{key_added}"
+    )
+    shapes = ShapesModel.parse(
+        np.asarray(coords, dtype=np.float64),
+        geometry=0,
+        radius=np.asarray(radius, dtype=np.float64),
+        index=ids,
+        transformations={out_cs: Identity()},
+    )
+    assert isinstance(shapes, gpd.GeoDataFrame)
+    src.data.shapes[name] = shapes
+    logger.info("added shapes %r", name)
+    return name
+
+
+def align(
+    data: SpatialData | AnnData,
+    *,
+    source: str | None = None,
+    target: str | SpatialData | AnnData,
+    target_table: str | None = None,
+    use: Use = Key.TEXT,
+    method: Method = "deformable",
+    pre_align: Literal["rigid", "similarity", "affine"] = "rigid",
+    mirror: bool = True,
+    n_rotations: int = 8,
+    n_pcs: int = 2,
+    feature_weight: float = 1.0,
+    alpha: float = 0.5,
+    beta: float = 2.0,
+    w: float = 0.1,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+    n_landmarks: int = 300,
+    max_points: int = 20_000,
+    n_coarse: int = 5000,
+    refine: bool | None = None,
+    spatial_key: str = Key.SPATIAL,
+    target_spatial_key: str | None = None,
+    key_added: str = Key.ALIGNED,
+    coordinate_system: str = Key.ALIGNED_CS,
+    input_coordinate_system: str = Key.GLOBAL_CS,
+    image_key: str | None = None,
+    seed: int | np.random.Generator | None = 0,
+    copy: bool = False,
+) -> AnnData | dict | None:
+    """Align a source section onto a target section with coherent point drift (Loki Align).
+
+    ST-to-ST (``use="loki_text"``), image-to-ST (``use=("loki_image", "loki_text")``) and
+    image-to-image (``use="loki_image"``), or any ``.obsm`` key (e.g. ``"X_pca"``). Points are the
+    spot coordinates (centred, divided by the target's extent) and the first ``n_pcs`` principal
+    components of the embeddings (PCA fitted on the target), registered by CPD after a global start
+    over ``n_rotations`` rotations x mirror.
+
+    Parameters
+    ----------
+    data
+        SpatialData holding the source section (and the target, when ``target`` is a table key), or
+        the source AnnData.
+    source
+        Table key of the source section in ``data`` (may be omitted when ``data`` holds one table).
+    target
+        Table key of the target section in ``data``, or the target SpatialData / AnnData.
+    target_table
+        Table key of the section in a separate target SpatialData.
+    use
+        ``.obsm`` key of the embedding in both tables, a ``(source_key, target_key)`` pair, or None
+        for coordinates only.
+    method
+        ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"deformable"`` (the paper's recipe; starts from
+        a ``pre_align`` registration).
+    pre_align
+        Transform family before the deformable stage.
+    mirror
+        Also try the source flipped and keep the better fit.
+    n_rotations
+        Initial rotations tried by the global start (1 and ``mirror=False`` skip it).
+    n_pcs
+        Embedding principal components appended to the coordinates (0 for none).
+    feature_weight
+        Scale of the components relative to the normalised coordinates.
+    alpha, beta
+        Deformable regularisation (lambda) and kernel width (in units of the target's extent).
+    w
+        Outlier weight in [0, 1).
+    max_iter, tol
+        Iteration cap and relative log-likelihood tolerance per stage.
+    n_landmarks
+        Rank bound of the Nyström kernel of the deformable stage.
+    max_points, n_coarse, refine
+        Above ``max_points`` spots per side the stages run coarse-to-fine on ``n_coarse`` spots;
+        ``refine=False`` interpolates the coarse field instead of refining at full resolution
+        (default: refine when ``M * N <= 1e10``).
+    spatial_key
+        Source coordinates in ``.obsm`` (units of ``input_coordinate_system``).
+    target_spatial_key
+        Target coordinates in ``.obsm`` (default ``spatial_key``); e.g. an earlier ``key_added`` to
+        chain sections.
+    key_added
+        ``.obsm`` key (and ``.uns['loki']`` key) of the result.
+    coordinate_system
+        SpatialData coordinate system that receives the rigid/affine part.
+    input_coordinate_system
+        Coordinate system in which the tables' coordinates and the elements live.
+    image_key
+        Image of the source section when it cannot be inferred.
+    seed
+        Seed of subsampling and landmarks.
+    copy
+        AnnData input only: return a modified copy instead of writing in place.
+
+    Returns
+    -------
+    For AnnData with ``copy=True`` the aligned copy, otherwise None (SpatialData is modified in place).
+    Writes, in the source table:
+
+    - ``.obsm[key_added]``: aligned spot coordinates in the target's units (non-rigid for
+      ``deformable``),
+    - ``.uns['loki'][key_added]``: ``method``, ``target``, ``use``, ``matrix`` (3x3 rigid/affine part,
+      source units -> target units), ``pre_matrix``, ``mirror``, ``sigma2``, ``n_iter``, ``converged``,
+      ``loglik``, ``stages``, ``approximate`` and the parameters;
+
+    and for SpatialData input:
+
+    - a transformation to ``coordinate_system`` on every element of the source section (its existing
+      transformation to ``input_coordinate_system`` followed by ``Affine(matrix)``), the existing
+      transformation (usually ``Identity``) on the target's elements,
+    - ``sdata.shapes[f"{region}_aligned"]``: spot circles at the aligned coordinates (``Identity`` to
+      ``coordinate_system``).
+
+    """
+    if isinstance(target, str):
+        if isinstance(data, AnnData):
+            raise TypeError("target must be an AnnData when data is an AnnData.")
+        src = _resolve(data, source, "source")
+        tgt = _resolve(data, target, "target")
+        same_object = True
+    else:
+        src = _resolve(data, source, "source")
+        tgt = _resolve(target, target_table, "target")
+        same_object = False
+    if src.table is tgt.table:
+        raise ValueError("source and target are the same section.")
+    if method not in ("rigid", "similarity", "affine", "deformable"):
+        raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
+    if not 0.0 <= w < 1.0:
+        raise ValueError(f"w must be in [0, 1), got {w}.")
+    if alpha <= 0 or beta <= 0:
+        raise ValueError(f"alpha and beta must be positive, got alpha={alpha}, beta={beta}.")
+    if n_pcs < 0 or n_rotations < 1 or max_iter < 1:
+        raise ValueError("n_pcs must be >= 0, n_rotations and max_iter >= 1.")
+    if not isinstance(coordinate_system, str) or not coordinate_system:
+        raise ValueError(f"coordinate_system must be a non-empty string, got {coordinate_system!r}.")
+    if coordinate_system == input_coordinate_system:
+        raise ValueError(
+            f"coordinate_system must differ from input_coordinate_system ({input_coordinate_system!r})."
+        )
+
+    xy_src = _coords(src, spatial_key, "source")
+    xy_tgt = _coords(tgt, target_spatial_key or spatial_key, "target")
+    key_src, key_tgt = _use_keys(use)
+    if key_src is not None and n_pcs > 0:
+        emb_src = _embedding(src, key_src, "source")
+        emb_tgt = _embedding(tgt, key_tgt, "target")
+        if emb_src.shape[1] != emb_tgt.shape[1]:
+            raise ValueError(
+                f"source .obsm[{key_src!r}] has {emb_src.shape[1]} dimensions, target .obsm[{key_tgt!r}] "
+                f"{emb_tgt.shape[1]}; the embeddings must share one space."
+            )
+        f_src, f_tgt, ratio = embedding_features(emb_src, emb_tgt, n_pcs)
+    else:
+        f_src, f_tgt, ratio = np.zeros((len(xy_src), 0)), np.zeros((len(xy_tgt), 0)), np.zeros(0)
+
+    is_sd = is_spatialdata(src.data)
+    src_elements: list[str] = []
+    tgt_elements: list[str] = []
+    if is_sd:
+        src_elements = _section_elements(src, image_key)
+        _check_cs(src, src_elements, input_coordinate_system, "source")
+        if is_spatialdata(tgt.data):
+            tgt_elements = _section_elements(tgt, None)
+            _check_cs(tgt, tgt_elements, input_coordinate_system, "target")
+
+    c_tgt = xy_tgt.mean(axis=0)
+    c_src = xy_src.mean(axis=0)
+    scale = float(np.ptp(xy_tgt, axis=0).max()) or 1.0
+    X = np.hstack([(xy_tgt - c_tgt) / scale, feature_weight * f_tgt])
+    Y = np.hstack([(xy_src - c_src) / scale, feature_weight * f_src])
+
+    res: AlignResult = cpd_align(
+        X,
+        Y,
+        method=method,
+        pre_align=pre_align,
+        n_rotations=n_rotations,
+        mirror=mirror,
+        alpha=alpha,
+        beta=beta,
+        w=w,
+        max_iter=max_iter,
+        tol=tol,
+        n_landmarks=n_landmarks,
+        max_points=max_points,
+        n_coarse=n_coarse,
+        refine=refine,
+        seed=seed,
+    )
+    coords = res.coords * scale + c_tgt
+    matrix = _original_matrix(res.matrix, c_src, c_tgt, scale)
+    pre_matrix = _original_matrix(res.pre_matrix, c_src, c_tgt, scale)
+    info = {
+        "method": method,
+        "target": tgt.name,
+        "use": list(_use_keys(use)) if use is not None else None,
+        "matrix": matrix,
+        "pre_matrix": pre_matrix,
+        "mirror": bool(res.mirror),
+        "sigma2": float(res.sigma2),
+        "sigma2_features": res.sigma2_features,
+        "n_iter": int(res.n_iter),
+        "converged": bool(res.converged),
+        "loglik": float(res.loglik),
+        "approximate": bool(res.approximate),
+        "stages": [str(s) for s in res.stages],
+        "explained_variance_ratio": ratio,
+        "coordinate_system": coordinate_system if is_sd else None,
+        "params": {
+            "pre_align": pre_align,
+            "n_rotations": int(n_rotations),
+            "n_pcs": int(n_pcs),
+            "feature_weight": float(feature_weight),
+            "alpha": float(alpha),
+            "beta": float(beta),
+            "w": float(w),
+            "max_iter": int(max_iter),
+            "tol": float(tol),
+            "n_landmarks": int(n_landmarks),
+            "max_points": int(max_points),
+            "n_coarse": int(n_coarse),
+            "scale": scale,
+        },
+    }
+
+    info = {k: v for k, v in info.items() if v is not None}  # None cannot be written to h5ad/zarr
+    table = src.table.copy() if (copy and not is_sd) else src.table
+    write_obsm(table, key_added, coords)
+    write_uns(table, key_added, info)
+    if is_sd:
+        shapes_name = _write_spatialdata(
+            src,
+            tgt,
+            src_elements,
+            tgt_elements,
+            matrix,
+            coords,
+            input_coordinate_system,
+            coordinate_system,
+            key_added,
+            set_target=same_object or is_spatialdata(tgt.data),
+        )
+        if shapes_name is not None:
+            table.uns[Key.UNS][key_added]["shapes"] = shapes_name
+    if copy and not is_sd:
+        return table
+    return None
+
+
+def align_sections(
+    sdatas_or_keys: SpatialData | Sequence[SpatialData | AnnData],
+    *,
+    target: str | int,
+    sections: Sequence[str] | None = None,
+    sequential: bool = False,
+    key_added: str = Key.ALIGNED,
+    spatial_key: str = Key.SPATIAL,
+    progress: bool = True,
+    **kwargs: Any,
+) -> dict[str, dict]:
+    """Align a stack of serial sections onto one target section (3D reconstruction).
+
+    Parameters
+    ----------
+    sdatas_or_keys
+        A SpatialData holding every section as a table, or a list of per-section SpatialData /
+        AnnData objects.
+    target
+        Table key (SpatialData) or list position of the target section.
+    sections
+        Table keys in stack order (SpatialData input; default all tables in their order).
+    sequential
+        Align each section to its already aligned neighbour towards the target (better for long
+        stacks whose far ends differ) instead of every section directly to the target.
+    key_added, spatial_key
+        As in :func:`align`.
+    progress
+        Show a progress bar.
+    **kwargs
+        Passed to :func:`align`.
+
+    Returns
+    -------
+    ``{section: .uns['loki'][key_added]}`` for every aligned section. Each source is written as by
+    :func:`align`; the target gets ``.obsm[key_added]`` = its own coordinates and
+    ``.uns['loki'][key_added]`` with the identity matrix; every section's entry holds ``z``, its
+    position in the stack.
+
+    """
+    from tqdm.auto import tqdm
+
+    if is_spatialdata(sdatas_or_keys):
+        sdata = sdatas_or_keys
+        names = list(sections) if sections is not None else list(sdata.tables.keys())
+        require_keys(sdata.tables, names, "sdata.tables")
+        if not isinstance(target, str):
+            raise TypeError("target must be a table key when a SpatialData is given.")
+        require_keys(names, target, "sections")
+        items = [(n, sdata, n) for n in names]
+    else:
+        objs = list(sdatas_or_keys)
+        if not isinstance(target, int) or not -len(objs) <= target < len(objs):
+            raise ValueError(
+                f"target must be a position in the list of {len(objs)} sections, got {target!r}."
+            )
+        items = [(f"section{i}", o, None) for i, o in enumerate(objs)]
+        target = items[target][0]
+    order = [n for n, _, _ in items]
+    t_idx = order.index(target)
+    by_name = {n: (o, k) for n, o, k in items}
+    tgt_obj, tgt_key = by_name[target]
+    tgt_table = get_table(tgt_obj, tgt_key)
+
+    key_src, key_tgt = _use_keys(kwargs.get("use", Key.TEXT))
+    for name, obj, key in items:
+        sec = _Section(obj, key, get_table(obj, key))
+        _coords(sec, spatial_key, name)
+        if key_src is not None and kwargs.get("n_pcs", 2) > 0:
+            _embedding(sec, key_tgt if name == target else key_src, name)
+
+    # nearest sections first so sequential mode always has an aligned neighbour
+    todo = sorted((i for i in range(len(order)) if i != t_idx), key=lambda i: (abs(i - t_idx), i))
+    results: dict[str, dict] = {}
+    for i in tqdm(todo, disable=not progress, desc="align sections"):
+        name = order[i]
+        ref = order[i - 1 if i > t_idx else i + 1] if sequential else target
+        obj, key = by_name[name]
+        ref_obj, ref_key = by_name[ref]
+        ref_spatial = key_added if (sequential and ref != target) else spatial_key
+        if obj is ref_obj and is_spatialdata(obj):
+            align(
+                obj,
+                source=key,
+                target=ref_key,
+                key_added=key_added,
+                spatial_key=spatial_key,
+                target_spatial_key=ref_spatial,
+                **kwargs,
+            )
+        else:
+            align(
+                obj,
+                source=key,
+                target=ref_obj,
+                target_table=ref_key,
+                key_added=key_added,
+                spatial_key=spatial_key,
+                target_spatial_key=ref_spatial,
+                **kwargs,
+            )
+        table = get_table(obj, key)
+        table.uns[Key.UNS][key_added]["z"] = int(i)
+        table.uns[Key.UNS][key_added]["reference"] = ref
+        results[name] = table.uns[Key.UNS][key_added]
+    write_obsm(tgt_table, key_added, np.asarray(tgt_table.obsm[spatial_key], dtype=np.float64)[:, :2].copy())
+    write_uns(
+        tgt_table, key_added, {"method": "target", "target": target, "matrix": np.eye(3), "z": int(t_idx)}
+    )
+    results[target] = tgt_table.uns[Key.UNS][key_added]
+    return results

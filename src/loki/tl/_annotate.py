@@ -1,0 +1,296 @@
+"""Loki Annotate: similarity of patch / spot embeddings to marker-gene or bulk sentences (eqs. 8-11)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from loki._keys import Key
+from loki._utils import require_keys, write_obs, write_obsm, write_uns
+from loki._utils._spatialdata import get_table, is_spatialdata
+
+from ._retrieve import l2_normalize
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+
+def cosine_scores(items: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each item (row of ``items``) with each class embedding: items x classes."""
+    items = np.asarray(items, dtype=np.float32)
+    classes = np.asarray(classes, dtype=np.float32)
+    if items.ndim != 2 or classes.ndim != 2 or items.shape[1] != classes.shape[1]:
+        raise ValueError(
+            f"Embedding sizes differ: items {items.shape}, classes {classes.shape}; were they made by the same model?"
+        )
+    return l2_normalize(items, "item embeddings") @ l2_normalize(classes, "class embeddings").T
+
+
+def minmax_per_row(scores: np.ndarray) -> np.ndarray:
+    """Min-max normalise each row across classes (eqs. 8-9); a constant row becomes all zeros."""
+    s = np.asarray(scores, dtype=np.float64)
+    lo, hi = s.min(axis=1, keepdims=True), s.max(axis=1, keepdims=True)
+    span = hi - lo
+    return np.where(span > 0, (s - lo) / np.where(span > 0, span, 1.0), 0.0)
+
+
+def fuse_scores(*scores: np.ndarray) -> np.ndarray:
+    """Sum of per-item min-max normalised score matrices (eq. 10); the label is its argmax (eq. 11)."""
+    if len(scores) < 2:
+        raise ValueError("fuse_scores needs at least two score matrices.")
+    shape = np.shape(scores[0])
+    if any(np.shape(s) != shape for s in scores):
+        raise ValueError(f"Score matrices must share one shape, got {[np.shape(s) for s in scores]}.")
+    return sum(minmax_per_row(s) for s in scores)
+
+
+def marker_sentences(
+    markers: Mapping[str, Sequence[str]], vocabulary: Iterable[str] | None = None, *, max_genes: int = 50
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """One gene sentence per class: its markers in the given order, joined by spaces.
+
+    Markers are matched to ``vocabulary`` ignoring case and written in the vocabulary's spelling (so
+    human marker tables work on mouse data); markers absent from it are left out and returned.
+
+    Returns
+    -------
+    Class -> sentence, and class -> markers not found in the vocabulary.
+
+    """
+    if not markers:
+        raise ValueError("markers is empty; pass {class: [genes]} with at least one class.")
+    lookup = None if vocabulary is None else {str(g).upper(): str(g) for g in vocabulary}
+    sentences, missing = {}, {}
+    for cls, genes in markers.items():
+        if isinstance(genes, str):
+            raise TypeError(f"Markers of class {cls!r} must be a list of genes, not the string {genes!r}.")
+        genes = [str(g).strip() for g in genes if str(g).strip()]
+        if not genes:
+            raise ValueError(f"The marker list of class {cls!r} is empty.")
+        if lookup is not None:
+            missing[cls] = [g for g in genes if g.upper() not in lookup]
+            genes = [lookup[g.upper()] for g in genes if g.upper() in lookup]
+            if not genes:
+                raise ValueError(
+                    f"None of the markers of class {cls!r} ({', '.join(missing[cls][:10])}) is in the vocabulary."
+                )
+        sentences[str(cls)] = " ".join(list(dict.fromkeys(genes))[:max_genes])
+    return sentences, {c: m for c, m in missing.items() if m}
+
+
+def bulk_sentences(bulk: AnnData, *, groupby: str | None = None, **sentence_kwargs: Any) -> dict[str, str]:
+    """Gene sentences of bulk (or pseudo-bulk) profiles with the spots' recipe.
+
+    Parameters
+    ----------
+    bulk
+        Samples x genes counts (``var_names`` = gene symbols).
+    groupby
+        Column of ``bulk.obs``: samples of a group are summed into one pseudo-bulk profile per group.
+        Default: each sample is its own class, named by ``obs_names``.
+    **sentence_kwargs
+        Passed to :func:`loki.pp.gene_sentences` (``n_genes``, ``housekeeping``, ...).
+
+    """
+    from loki.pp import gene_sentences
+
+    if bulk.n_obs == 0:
+        raise ValueError("The bulk AnnData has no sample.")
+    if groupby is not None:
+        require_keys(bulk.obs.columns, groupby, "bulk.obs")
+        groups = pd.Categorical(bulk.obs[groupby].astype(str))
+        onehot = sparse.csr_matrix(
+            (np.ones(bulk.n_obs), (groups.codes, np.arange(bulk.n_obs))),
+            shape=(len(groups.categories), bulk.n_obs),
+        )
+        x = onehot @ (bulk.X if sparse.issparse(bulk.X) else np.asarray(bulk.X))
+        bulk = AnnData(
+            X=sparse.csr_matrix(x),
+            obs=pd.DataFrame(index=pd.Index(groups.categories, dtype=str)),
+            var=bulk.var[[]],
+        )
+    else:
+        bulk = AnnData(X=bulk.X, obs=pd.DataFrame(index=bulk.obs_names.astype(str)), var=bulk.var[[]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = gene_sentences(bulk, copy=True, **sentence_kwargs)
+    empty = out.obs[Key.EMPTY_SPOT].to_numpy(dtype=bool)
+    if empty.any():
+        raise ValueError(
+            f"Bulk profile(s) {list(out.obs_names[empty])} have no expressed gene after filtering."
+        )
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return dict(zip(out.obs_names, out.obs[sentence_kwargs.get("key_added", Key.SENTENCE)], strict=True))
+
+
+def _encode(model: Any, sentences: list[str]) -> np.ndarray:
+    if model is None:
+        raise ValueError(
+            "Pass model= (e.g. lk.models.load('loki-tiny')) or class_embeddings= to embed the classes."
+        )
+    if hasattr(model, "encode_texts"):
+        return np.asarray(model.encode_texts(sentences), dtype=np.float32)
+    if callable(model):
+        return np.asarray(model(sentences), dtype=np.float32)
+    raise TypeError(f"model must have encode_texts() or be callable, got {type(model).__name__}.")
+
+
+def annotate(
+    data: AnnData | SpatialData,
+    markers: Mapping[str, Sequence[str]] | AnnData | None = None,
+    *,
+    model: Any = None,
+    class_embeddings: pd.DataFrame | Mapping[str, np.ndarray] | None = None,
+    use: str = Key.IMAGE,
+    table_key: str | None = None,
+    groupby: str | None = None,
+    vocabulary: Iterable[str] | None = None,
+    max_markers: int = 50,
+    sentence_kwargs: Mapping[str, Any] | None = None,
+    fuse_with: pd.DataFrame | np.ndarray | None = None,
+    key_added: str = Key.ANNOTATION,
+    label_key: str = Key.LABEL,
+    copy: bool = False,
+) -> AnnData | None:
+    """Annotate spots / patches with classes described by marker genes or bulk RNA-seq.
+
+    Each class becomes a gene sentence - its markers joined by spaces, or the top genes of a bulk
+    profile with the same recipe as the spots (:func:`loki.pp.gene_sentences`) - embedded by the
+    model's text encoder. The score of an item for a class is the cosine similarity of its embedding
+    ``.obsm[use]`` (H&E patch embeddings by default) with the class embedding; the label is the class
+    with the highest score. With ``fuse_with`` (another model's items x classes scores, e.g. PLIP),
+    both score sets are min-max normalised per item across classes and summed, and the label is the
+    argmax of the sum (eqs. 8-11).
+
+    Parameters
+    ----------
+    data
+        AnnData or SpatialData (table ``table_key``) with ``.obsm[use]``.
+    markers
+        ``{class: [genes]}`` (see :func:`loki.pp.read_markers`), or a bulk AnnData (samples x genes;
+        each sample, or each ``groupby`` group summed, is a class).
+    model
+        Text encoder: an object with ``encode_texts(list[str])`` (``lk.models.load(...)``) or a callable.
+    class_embeddings
+        Precomputed class embeddings (DataFrame classes x dims, or dict) instead of ``markers``/``model``.
+    use
+        ``.obsm`` key of the item embeddings (``loki_image`` for patches, ``loki_text`` for spots).
+    table_key
+        Table of a SpatialData.
+    groupby
+        Bulk input: ``.obs`` column whose groups are summed into pseudo-bulk profiles.
+    vocabulary
+        Known gene symbols; markers not in it are dropped with a warning that lists them. Default:
+        the genes of the annotated table (``var_names``); pass the model's gene vocabulary when the
+        table holds no expression (image-only sections).
+    max_markers
+        At most this many markers per class sentence.
+    sentence_kwargs
+        Passed to :func:`loki.pp.gene_sentences` for bulk profiles.
+    fuse_with
+        Other model's scores, items x classes (DataFrame with class columns, or array in class order).
+    key_added
+        ``.obsm`` key of the scores and ``.uns['loki']`` key of the parameters.
+    label_key
+        ``.obs`` column of the labels.
+    copy
+        Return a modified copy of an AnnData instead of writing in place.
+
+    Returns
+    -------
+    None, or the modified AnnData when ``copy=True``. Writes into the table:
+
+    - ``.obsm[key_added]``: DataFrame items x classes of cosine similarities.
+    - ``.obsm[f"{key_added}_fused"]``: the fused scores (only with ``fuse_with``).
+    - ``.obs[label_key]``: categorical label (argmax of the scores, or of the fused scores).
+    - ``.uns['loki'][key_added]``: classes, their sentences, dropped markers and parameters.
+
+    """
+    if copy and is_spatialdata(data):
+        raise ValueError("copy=True applies to AnnData input; a SpatialData is modified in place.")
+    adata = get_table(data, table_key)
+    require_keys(adata.obsm, use, "adata.obsm")
+    items = np.asarray(adata.obsm[use], dtype=np.float32)
+    if not np.isfinite(items).all():
+        raise ValueError(f"adata.obsm[{use!r}] contains NaN or infinite values.")
+    sentences: dict[str, str] = {}
+    missing: dict[str, list[str]] = {}
+    if class_embeddings is not None:
+        if markers is not None:
+            raise ValueError("Pass either markers or class_embeddings, not both.")
+        ce = (
+            class_embeddings
+            if isinstance(class_embeddings, pd.DataFrame)
+            else pd.DataFrame({k: np.asarray(v, dtype=np.float32) for k, v in class_embeddings.items()}).T
+        )
+        if ce.shape[0] == 0:
+            raise ValueError("class_embeddings holds no class.")
+        classes, emb = [str(c) for c in ce.index], ce.to_numpy(dtype=np.float32)
+        source = "embeddings"
+    elif markers is None:
+        raise ValueError("Pass markers ({class: [genes]} or a bulk AnnData) or class_embeddings.")
+    else:
+        if isinstance(markers, AnnData):
+            sentences = bulk_sentences(markers, groupby=groupby, **dict(sentence_kwargs or {}))
+            source = "bulk"
+        else:
+            vocab = adata.var_names if vocabulary is None else vocabulary
+            sentences, missing = marker_sentences(markers, vocab, max_genes=max_markers)
+            source = "markers"
+        classes = list(sentences)
+        emb = None
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"Class names must be unique, got {classes}.")
+    fused_other = None
+    if fuse_with is not None:
+        if isinstance(fuse_with, pd.DataFrame):
+            require_keys(fuse_with.columns, classes, "fuse_with.columns")
+            fused_other = fuse_with[classes].to_numpy(dtype=np.float64)
+        else:
+            fused_other = np.asarray(fuse_with, dtype=np.float64)
+        if fused_other.shape != (adata.n_obs, len(classes)):
+            raise ValueError(
+                f"fuse_with must be items x classes {(adata.n_obs, len(classes))}, got {fused_other.shape}."
+            )
+        if not np.isfinite(fused_other).all():
+            raise ValueError("fuse_with contains NaN or infinite values.")
+    if emb is None:
+        emb = _encode(model, [sentences[c] for c in classes])
+        if emb.shape[0] != len(classes):
+            raise ValueError(f"The model returned {emb.shape[0]} embeddings for {len(classes)} sentences.")
+    scores = cosine_scores(items, emb)  # validates embedding sizes before anything is written
+    if missing:
+        listing = "; ".join(f"{c}: {', '.join(m)}" for c, m in missing.items())
+        warnings.warn(
+            f"Markers absent from the vocabulary were left out ({listing}).", UserWarning, stacklevel=2
+        )
+    final = scores if fused_other is None else fuse_scores(scores, fused_other)
+    labels = pd.Categorical.from_codes(np.argmax(final, axis=1), categories=classes)
+
+    if copy:
+        adata = adata.copy()
+    write_obsm(adata, key_added, pd.DataFrame(scores, index=adata.obs_names, columns=classes))
+    if fused_other is not None:
+        write_obsm(adata, f"{key_added}_fused", pd.DataFrame(final, index=adata.obs_names, columns=classes))
+    write_obs(adata, label_key, pd.Series(labels, index=adata.obs_names))
+    write_uns(
+        adata,
+        key_added,
+        {
+            "use": use,
+            "source": source,
+            "classes": classes,
+            "sentences": [sentences.get(c, "") for c in classes],
+            "missing_markers": {c: list(m) for c, m in missing.items()},
+            "fused": fused_other is not None,
+            "label_key": label_key,
+        },
+    )
+    return adata if copy else None

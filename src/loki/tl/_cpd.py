@@ -1,0 +1,628 @@
+"""Coherent point drift (Myronenko & Song 2010; Loki Methods eqs. 2-7) on plain numpy arrays.
+
+Points are rows ``[x, y, f_1, ..., f_k]``: two spatial coordinates followed by fixed features (the
+leading principal components of the embeddings). The E-step uses all columns; the M-steps move only
+the spatial columns (the paper: "the M-step was optimized by updating only the coordinates").
+
+- :func:`register_rigid`: closed-form rigid (optionally with isotropic scale) or affine M-step.
+- :func:`register_deformable`: Gaussian-kernel displacement field ``v = G W`` with a Nyström low-rank
+  kernel ``G ~ Q S Q^T`` (``n_landmarks`` columns; never the M x M kernel or its
+  eigendecomposition) and the Woodbury solve of eq. 5.
+- :func:`global_start`: several initial rotations x optional mirror, each refined by a short rigid
+  CPD on a subsample; the start with the best log-likelihood wins.
+- :func:`cpd_align`: the whole recipe, coarse-to-fine above ``max_points`` points per side.
+
+The E-step (:func:`loki.tl._cpd_kernels.estep`) is streamed in numba with O(M + N) memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from loki._logging import logger
+from loki._utils import as_rng
+
+from ._cpd_kernels import estep, gaussian_cross_kernel
+
+Method = Literal["rigid", "similarity", "affine", "deformable"]
+
+_EPS = 1e-12
+
+
+def initial_sigma2(X: np.ndarray, Y: np.ndarray) -> float:
+    """Eq. 2, ``sum ||x_n - y_m||^2 / (D M N)``, in O((M + N) D)."""
+    N, D = X.shape
+    M = Y.shape[0]
+    if D == 0:
+        return 1.0
+    total = M * (X**2).sum() + N * (Y**2).sum() - 2.0 * X.sum(axis=0) @ Y.sum(axis=0)
+    return float(max(total / (D * M * N), _EPS))
+
+
+def _initial_variances(X: np.ndarray, Y: np.ndarray) -> tuple[float, float | None]:
+    """Eq. 2 for the spatial columns and, separately, for the feature columns (None without features)."""
+    s2 = initial_sigma2(X[:, :2], Y[:, :2])
+    s2f = initial_sigma2(X[:, 2:], Y[:, 2:]) if X.shape[1] > 2 else None
+    return s2, s2f
+
+
+def _variances(
+    X: np.ndarray, TY: np.ndarray, P1: np.ndarray, Pt1: np.ndarray, PX: np.ndarray, s2f_floor: float
+) -> tuple[float, float | None]:
+    """Eq. 7 for the spatial columns and the feature columns separately (diagonal covariance)."""
+    Np = max(P1.sum(), _EPS)
+
+    def block(sl):
+        d = X[:, sl].shape[1]
+        val = (
+            Pt1 @ (X[:, sl] ** 2).sum(axis=1)
+            - 2.0 * (PX[:, sl] * TY[:, sl]).sum()
+            + P1 @ (TY[:, sl] ** 2).sum(axis=1)
+        )
+        return float(max(val / (Np * d), _EPS))
+
+    s2 = block(slice(0, 2))
+    s2f = max(block(slice(2, None)), s2f_floor) if X.shape[1] > 2 else None
+    return s2, s2f
+
+
+def apply_matrix(xy: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 homogeneous affine matrix to (n, 2) points."""
+    return xy @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def _homogeneous(lin: np.ndarray, t: np.ndarray) -> np.ndarray:
+    out = np.eye(3)
+    out[:2, :2] = lin
+    out[:2, 2] = t
+    return out
+
+
+def fit_linear(
+    src: np.ndarray,
+    dst: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    kind: Literal["rigid", "similarity", "affine"] = "rigid",
+    allow_reflection: bool = False,
+) -> np.ndarray:
+    """Weighted least-squares 3x3 transform mapping (n, 2) ``src`` onto ``dst`` (Umeyama / affine).
+
+    Parameters
+    ----------
+    src, dst
+        Corresponding points.
+    weights
+        Per-point weights (default uniform).
+    kind
+        ``"rigid"`` (rotation + translation), ``"similarity"`` (+ isotropic scale) or ``"affine"``.
+    allow_reflection
+        Let a rigid/similarity fit have determinant -1.
+
+    """
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=float)
+    sw = max(w.sum(), _EPS)
+    mu_s = w @ src / sw
+    mu_d = w @ dst / sw
+    s0 = src - mu_s
+    d0 = dst - mu_d
+    if kind == "affine":
+        lin = (d0.T * w) @ s0 @ np.linalg.pinv((s0.T * w) @ s0)
+    else:
+        A = (d0.T * w) @ s0
+        U, _S, Vt = np.linalg.svd(A)
+        C = np.eye(2)
+        if not allow_reflection:
+            C[1, 1] = np.sign(np.linalg.det(U @ Vt)) or 1.0
+        lin = U @ C @ Vt
+        if kind == "similarity":
+            lin *= np.trace(A.T @ lin) / max(w @ (s0**2).sum(axis=1), _EPS)
+    return _homogeneous(lin, mu_d - lin @ mu_s)
+
+
+@dataclass
+class CPDResult:
+    """Outcome of one registration run on arrays.
+
+    Attributes
+    ----------
+    TY
+        Moved points (M, D); only the first two columns changed.
+    matrix
+        3x3 transform of the spatial columns for rigid/affine runs (identity for deformable runs,
+        whose motion is ``displacement``).
+    displacement
+        (M, 2) non-rigid displacement added to the input spatial columns (zeros for rigid runs).
+    sigma2, loglik, n_iter, converged
+        Final variances ``(spatial, features)`` (features None without feature columns), log-likelihood, iterations run and whether ``tol`` was met.
+    interpolator
+        For deformable runs: ``(landmarks, coef, beta)`` so that the displacement at new points ``y``
+        is ``G(y, landmarks) @ coef`` (the Nyström form of the CPD field ``G W``).
+
+    """
+
+    TY: np.ndarray
+    matrix: np.ndarray
+    displacement: np.ndarray
+    sigma2: tuple[float, float | None]
+    loglik: float
+    n_iter: int
+    converged: bool
+    interpolator: tuple | None = None
+    history: list[float] = field(default_factory=list)
+
+    def displacement_at(self, y: np.ndarray) -> np.ndarray:
+        """The deformable field evaluated at new spatial points ``y`` (n, 2)."""
+        if self.interpolator is None:
+            return np.zeros((len(y), 2))
+        Z, coef, beta = self.interpolator
+        y = np.ascontiguousarray(y, dtype=np.float64)
+        out = np.empty((len(y), coef.shape[1]))
+        step = 65536  # keeps the (rows x landmarks) kernel block small for 1e5+ points
+        for i in range(0, len(y), step):
+            out[i : i + step] = gaussian_cross_kernel(y[i : i + step], Z, 0.5 / beta**2) @ coef
+        return out
+
+
+def _converged(ll: float, ll_prev: float, tol: float) -> bool:
+    if not np.isfinite(ll_prev):
+        return False
+    return abs(ll - ll_prev) <= tol * max(abs(ll_prev), 1.0)
+
+
+def register_rigid(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    kind: Literal["rigid", "similarity", "affine"] = "rigid",
+    w: float = 0.1,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    sigma2: float | None = None,
+    cutoff: float = 6.0,
+) -> CPDResult:
+    """Rigid / similarity / affine CPD of the spatial columns of ``Y`` onto ``X``.
+
+    Parameters
+    ----------
+    X, Y
+        Target (N, D) and moving (M, D) points, spatial columns first.
+    kind
+        Transform family of the M-step.
+    w
+        Outlier weight in [0, 1).
+    max_iter, tol
+        Iteration cap and relative log-likelihood tolerance.
+    sigma2
+        Starting variance, or ``(spatial, features)`` variances (default eq. 2 on each block).
+    cutoff
+        E-step truncation in units of sigma (``np.inf`` for dense sums).
+
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    s2, s2f = _initial_variances(X, Y)
+    floor = 1e-6 * (s2f or 0.0)
+    if sigma2 is not None:
+        s2, s2f = sigma2 if isinstance(sigma2, tuple) else (float(sigma2), s2f)
+    TY = Y.copy()
+    matrix = np.eye(3)
+    ll_prev = -np.inf
+    history: list[float] = []
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
+        P1, Pt1, PX, ll = estep(X, TY, s2, w, sigma2_features=s2f, cutoff=cutoff)
+        history.append(ll)
+        Np = P1.sum()
+        if Np < _EPS:
+            break
+        # M-step on the spatial columns: PX / P1 are the weighted targets of each moving point
+        targets = PX[:, :2] / np.maximum(P1, _EPS)[:, None]
+        matrix = fit_linear(Y[:, :2], targets, P1, kind=kind)
+        TY[:, :2] = apply_matrix(Y[:, :2], matrix)
+        s2, s2f = _variances(X, TY, P1, Pt1, PX, floor)
+        if _converged(ll, ll_prev, tol):
+            converged = True
+            break
+        ll_prev = ll
+    return CPDResult(
+        TY,
+        matrix,
+        np.zeros((len(Y), 2)),
+        (s2, s2f),
+        history[-1] if history else -np.inf,
+        it,
+        converged,
+        None,
+        history,
+    )
+
+
+def nystrom_basis(
+    Y2: np.ndarray, beta: float, n_landmarks: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Low-rank ``G ~ Q diag(S) Q^T`` of the Gaussian kernel on ``Y2`` (M, 2) from landmarks.
+
+    Returns ``(Q, S, Z, T)`` with ``Q`` (M, r) orthonormal, ``S`` (r,), landmarks ``Z`` (L, 2) and
+    ``T`` (L, r) such that ``G(y, Z) @ T @ diag(S)`` reproduces ``Q diag(S)`` at the rows of ``Y2``, i.e.
+    a field ``Q diag(S) a`` extends to new points as ``G(y, Z) @ (T @ (S * a))``.
+    """
+    M = len(Y2)
+    L = min(n_landmarks, M)
+    Z = Y2[np.sort(rng.choice(M, size=L, replace=False))] if L < M else Y2.copy()
+    Z = np.ascontiguousarray(Z, dtype=np.float64)
+    inv_2b2 = 0.5 / beta**2
+    C = gaussian_cross_kernel(np.ascontiguousarray(Y2, dtype=np.float64), Z, inv_2b2)  # (M, L)
+    Kzz = gaussian_cross_kernel(Z, Z, inv_2b2)
+    lam, U = np.linalg.eigh(Kzz)  # L x L only
+    keep = lam > lam.max() * 1e-10
+    lam, U = lam[keep], U[:, keep]
+    B = C @ (U / np.sqrt(lam))  # G ~ B B^T
+    Q, sv, Vt = np.linalg.svd(B, full_matrices=False)
+    keep = sv > sv.max() * 1e-6
+    Q, sv, Vt = Q[:, keep], sv[keep], Vt[keep]
+    S = sv**2
+    # Q = B V / sv  =>  Q diag(S) a = C U lam^-1/2 V diag(sv) a
+    T = (U / np.sqrt(lam)) @ Vt.T / sv
+    return Q, S, Z, T
+
+
+def register_deformable(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    alpha: float = 0.5,
+    beta: float = 2.0,
+    w: float = 0.1,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    sigma2: float | None = None,
+    n_landmarks: int = 300,
+    cutoff: float = 6.0,
+    seed: int | np.random.Generator | None = 0,
+) -> CPDResult:
+    """Deformable CPD of the spatial columns of ``Y`` onto ``X`` with a low-rank kernel (eqs. 3-7).
+
+    Parameters
+    ----------
+    X, Y
+        Target (N, D) and moving (M, D) points, spatial columns first.
+    alpha
+        Regularisation weight (lambda of eq. 5).
+    beta
+        Width of the Gaussian kernel of eq. 3, in the units of the spatial columns.
+    w
+        Outlier weight in [0, 1).
+    max_iter, tol
+        Iteration cap and relative log-likelihood tolerance.
+    sigma2
+        Starting variance, or ``(spatial, features)`` variances (default eq. 2 on each block).
+    n_landmarks
+        Nyström landmarks (rank bound) of the kernel.
+    cutoff
+        E-step truncation in units of sigma.
+    seed
+        Seed for the landmark choice.
+
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    Q, S, Z, T = nystrom_basis(Y[:, :2], beta, n_landmarks, as_rng(seed))
+    s2, s2f = _initial_variances(X, Y)
+    floor = 1e-6 * (s2f or 0.0)
+    if sigma2 is not None:
+        s2, s2f = sigma2 if isinstance(sigma2, tuple) else (float(sigma2), s2f)
+    TY = Y.copy()
+    W = np.zeros((len(Y), 2))
+    ll_prev = -np.inf
+    history: list[float] = []
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
+        P1, Pt1, PX, ll = estep(X, TY, s2, w, sigma2_features=s2f, cutoff=cutoff)
+        history.append(ll)
+        if P1.sum() < _EPS:
+            break
+        # Woodbury solve of (d(P1) G + alpha s2 I) W = PX - d(P1) Y with G = Q S Q^T
+        F = PX[:, :2] - P1[:, None] * Y[:, :2]
+        dPQ = P1[:, None] * Q
+        inner = alpha * s2 * np.diag(1.0 / S) + Q.T @ dPQ
+        W = (F - dPQ @ np.linalg.solve(inner, Q.T @ F)) / (alpha * s2)
+        TY[:, :2] = Y[:, :2] + Q @ (S[:, None] * (Q.T @ W))
+        s2, s2f = _variances(X, TY, P1, Pt1, PX, floor)
+        if _converged(ll, ll_prev, tol):
+            converged = True
+            break
+        ll_prev = ll
+    coef = T @ (S[:, None] * (Q.T @ W))
+    disp = TY[:, :2] - Y[:, :2]
+    result = CPDResult(
+        TY, np.eye(3), disp, (s2, s2f), history[-1] if history else -np.inf, it, converged, None, history
+    )
+    result.interpolator = (Z, coef, float(beta))
+    return result
+
+
+def mirror_matrix(center: np.ndarray) -> np.ndarray:
+    """3x3 matrix flipping the x axis about ``center``."""
+    return _homogeneous(np.diag([-1.0, 1.0]), np.array([2.0 * center[0], 0.0]))
+
+
+def rotation_matrix(deg: float, center: np.ndarray) -> np.ndarray:
+    """3x3 matrix rotating by ``deg`` degrees about ``center``."""
+    t = np.deg2rad(deg)
+    R = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    return _homogeneous(R, center - R @ center)
+
+
+def _warm_sigma2(sigma2: tuple[float, float | None], factor: float = 4.0) -> tuple[float, float | None]:
+    """Variances to start a deformable stage from: the pre-alignment's, the spatial one widened.
+
+    The factor lets the field still move points by a few residual distances.
+    """
+    return (sigma2[0] * factor, sigma2[1])
+
+
+def _subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    return np.arange(n) if n <= k else np.sort(rng.choice(n, size=k, replace=False))
+
+
+@dataclass
+class StartResult:
+    """Best global start: its 3x3 matrix (mirror, rotation, translation) and the scores of all starts."""
+
+    matrix: np.ndarray
+    mirror: bool
+    rotation_deg: float
+    scores: list[dict]
+
+
+def global_start(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    n_rotations: int = 8,
+    mirror: bool = True,
+    kind: Literal["rigid", "similarity", "affine"] = "rigid",
+    w: float = 0.1,
+    max_points: int = 400,
+    n_screen_iter: int = 15,
+    n_keep: int = 3,
+    max_iter: int = 100,
+    tol: float = 1e-5,
+    seed: int | np.random.Generator | None = 0,
+) -> StartResult:
+    """Try ``n_rotations`` initial rotations (x flipped source when ``mirror``), keep the best.
+
+    Each start rotates (and flips) the moving points about their centroid, moves that centroid onto
+    the target's, and runs a short rigid CPD (``n_screen_iter`` iterations) on at most ``max_points``
+    points per side. The ``n_keep`` starts with the highest log-likelihood (all runs see the same
+    subsample, so their likelihoods compare) continue to convergence and the best wins; its full
+    transform (start composed with the CPD result) is returned.
+    """
+    rng = as_rng(seed)
+    ix = _subsample(len(X), max_points, rng)
+    iy = _subsample(len(Y), max_points, rng)
+    Xs, Ys = X[ix], Y[iy]
+    cy = Y[:, :2].mean(axis=0)
+    shift = _homogeneous(np.eye(2), X[:, :2].mean(axis=0) - cy)
+    scores = []
+    runs = []
+    for flip in (False, True) if mirror else (False,):
+        for k in range(max(1, n_rotations)):
+            deg = 360.0 * k / max(1, n_rotations)
+            start = shift @ rotation_matrix(deg, cy) @ (mirror_matrix(cy) if flip else np.eye(3))
+            Ystart = Ys.copy()
+            Ystart[:, :2] = apply_matrix(Ys[:, :2], start)
+            res = register_rigid(Xs, Ystart, kind=kind, w=w, max_iter=n_screen_iter, tol=tol, cutoff=np.inf)
+            scores.append({"mirror": flip, "rotation_deg": deg, "loglik_screen": res.loglik})
+            runs.append((res.loglik, start, flip, deg, res))
+    runs.sort(key=lambda r: -r[0])
+    best = None
+    for _, start, flip, deg, res in runs[: max(1, n_keep)]:
+        Ymid = Ys.copy()
+        Ymid[:, :2] = apply_matrix(Ys[:, :2], res.matrix @ start)
+        res2 = register_rigid(
+            Xs, Ymid, kind=kind, w=w, max_iter=max_iter, tol=tol, sigma2=res.sigma2, cutoff=np.inf
+        )
+        for sc in scores:
+            if sc["mirror"] == flip and sc["rotation_deg"] == deg:
+                sc["loglik"] = res2.loglik
+        if best is None or res2.loglik > best[0]:
+            best = (res2.loglik, res2.matrix @ res.matrix @ start, flip, deg)
+    assert best is not None
+    return StartResult(best[1], best[2], best[3], scores)
+
+
+@dataclass
+class AlignResult:
+    """Outcome of :func:`cpd_align` in the normalised frame of its inputs.
+
+    Attributes
+    ----------
+    coords
+        (M, 2) aligned spatial coordinates of the moving points (non-rigid for ``deformable``).
+    matrix
+        3x3 rigid/affine part (the pre-alignment for rigid/affine runs; for deformable runs the rigid
+        fit, reflection allowed when a mirror was chosen, of the input onto ``coords``, as in the paper).
+    pre_matrix
+        3x3 transform found before any deformable stage (global start + rigid/affine refinement).
+    mirror
+        Whether the flipped source won.
+    sigma2, sigma2_features, n_iter, converged, loglik
+        Of the last stage (variance of the spatial and of the feature columns).
+    stages
+        One dict per stage (name, n_points, iterations, sigma2, converged, seconds).
+    approximate
+        Whether the deformable field at full resolution was interpolated from the coarse stage.
+
+    """
+
+    coords: np.ndarray
+    matrix: np.ndarray
+    pre_matrix: np.ndarray
+    mirror: bool
+    sigma2: float
+    sigma2_features: float | None
+    n_iter: int
+    converged: bool
+    loglik: float
+    stages: list[dict]
+    approximate: bool
+    start_scores: list[dict] = field(default_factory=list)
+
+
+def cpd_align(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    method: Method = "rigid",
+    pre_align: Literal["rigid", "similarity", "affine"] = "rigid",
+    n_rotations: int = 8,
+    mirror: bool = True,
+    alpha: float = 0.5,
+    beta: float = 2.0,
+    w: float = 0.1,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+    n_landmarks: int = 300,
+    max_points: int = 20_000,
+    n_coarse: int = 5000,
+    refine: bool | None = None,
+    cutoff: float = 6.0,
+    seed: int | np.random.Generator | None = 0,
+) -> AlignResult:
+    """Align moving points ``Y`` (M, D) onto target ``X`` (N, D); spatial columns first.
+
+    Stages: global start (:func:`global_start`, skipped when ``n_rotations == 1`` and not ``mirror``);
+    rigid/affine CPD; for ``method="deformable"`` a low-rank deformable CPD started from that
+    pre-alignment and its variances. When either side has more than ``max_points`` points, the global
+    start and the rigid/affine stage first run on random subsamples of ``n_coarse`` points per side;
+    then, if ``refine`` (default: when ``M * N <= 1e10``), the rigid/affine stage continues on all
+    points from the coarse variance (an exact CPD warm-started by the coarse one, cheap because the
+    truncated E-step only visits near pairs) and the deformable stage runs on all points; otherwise
+    the coarse transform is applied to all points and the deformable field, fitted on the
+    subsamples, is interpolated through its Nyström form ``G(y, landmarks) @ coef`` (the
+    approximation for 1e5+ points, only as precise as the coarse level).
+
+    Returns
+    -------
+    :class:`AlignResult`.
+
+    """
+    import time
+
+    if method not in ("rigid", "similarity", "affine", "deformable"):
+        raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
+    rng = as_rng(seed)
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    Y = np.ascontiguousarray(Y, dtype=np.float64)
+    M, N = len(Y), len(X)
+    coarse = max(M, N) > max_points
+    refine = (M * N <= 1e10) if refine is None else bool(refine)
+    ix = _subsample(N, n_coarse, rng) if coarse else np.arange(N)
+    iy = _subsample(M, n_coarse, rng) if coarse else np.arange(M)
+    stages: list[dict] = []
+
+    def _stage(name, n_points, res, t0):
+        stages.append(
+            {
+                "stage": name,
+                "n_points": int(n_points),
+                "n_iter": int(res.n_iter),
+                "sigma2": float(res.sigma2[0]),
+                "sigma2_features": None if res.sigma2[1] is None else float(res.sigma2[1]),
+                "converged": bool(res.converged),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
+        logger.debug("cpd stage %s: %s", name, stages[-1])
+
+    t0 = time.perf_counter()
+    if n_rotations > 1 or mirror:
+        start = global_start(
+            X[ix], Y[iy], n_rotations=n_rotations, mirror=mirror, kind="rigid", w=w, seed=rng
+        )
+        stages.append(
+            {
+                "stage": "global_start",
+                "n_starts": len(start.scores),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
+        start_matrix, flipped, scores = start.matrix, start.mirror, start.scores
+    else:
+        start_matrix = _homogeneous(np.eye(2), X[:, :2].mean(axis=0) - Y[:, :2].mean(axis=0))
+        flipped, scores = False, []
+
+    kind = method if method in ("rigid", "similarity", "affine") else pre_align
+    Y0 = Y.copy()
+    Y0[:, :2] = apply_matrix(Y[:, :2], start_matrix)
+
+    t0 = time.perf_counter()
+    res = register_rigid(X[ix], Y0[iy], kind=kind, w=w, max_iter=max_iter, tol=tol, cutoff=cutoff)
+    _stage(f"{kind}" + ("_coarse" if coarse else ""), len(iy), res, t0)
+    coarse_sigma2 = res.sigma2
+    pre = res.matrix @ start_matrix
+    if coarse and refine:
+        Yc = Y.copy()
+        Yc[:, :2] = apply_matrix(Y[:, :2], pre)
+        t0 = time.perf_counter()
+        res_full = register_rigid(
+            X, Yc, kind=kind, w=w, max_iter=max_iter, tol=tol, sigma2=res.sigma2, cutoff=cutoff
+        )
+        _stage(kind, M, res_full, t0)
+        pre = res_full.matrix @ pre
+        res = res_full
+    Y1 = Y.copy()
+    Y1[:, :2] = apply_matrix(Y[:, :2], pre)
+    last = res
+    approximate = False
+
+    if method == "deformable":
+        t0 = time.perf_counter()
+        full = not coarse or refine
+        # refine path: the deformable stage runs on all points from the full pre-alignment; the
+        # approximate path fits it on the coarse subsample and interpolates (Nyström) to all points
+        dres = register_deformable(
+            X if full else X[ix],
+            Y1 if full else Y1[iy],
+            alpha=alpha,
+            beta=beta,
+            w=w,
+            max_iter=max_iter,
+            tol=tol,
+            sigma2=_warm_sigma2(res.sigma2 if full else coarse_sigma2),
+            n_landmarks=n_landmarks,
+            cutoff=cutoff,
+            seed=rng,
+        )
+        _stage("deformable" if full else "deformable_coarse", M if full else len(iy), dres, t0)
+        if full:
+            coords = dres.TY[:, :2]
+        else:
+            coords = Y1[:, :2] + dres.displacement_at(Y1[:, :2])
+            approximate = True
+        last = dres
+        matrix = fit_linear(Y[:, :2], coords, kind="rigid", allow_reflection=flipped)
+    else:
+        coords = Y1[:, :2]
+        matrix = pre
+    return AlignResult(
+        coords=coords,
+        matrix=matrix,
+        pre_matrix=pre,
+        mirror=flipped,
+        sigma2=float(last.sigma2[0]),
+        sigma2_features=None if last.sigma2[1] is None else float(last.sigma2[1]),
+        n_iter=int(last.n_iter),
+        converged=bool(last.converged),
+        loglik=float(last.loglik),
+        stages=stages,
+        approximate=approximate,
+        start_scores=scores,
+    )

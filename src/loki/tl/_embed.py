@@ -1,0 +1,169 @@
+"""Embed spots' gene sentences and H&E patches with an OmiCLIP model (AnnData / SpatialData glue)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from loki._keys import Key
+from loki._utils import check_obs_key, write_obsm, write_uns
+from loki._utils._spatialdata import get_table, is_spatialdata
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+
+def _sentences_of(table, sentence_key: str) -> list[str]:
+    try:
+        check_obs_key(table, sentence_key)
+    except KeyError as err:
+        raise KeyError(
+            f"{err.args[0]} Run lk.pp.gene_sentences(data) first to build the gene sentences."
+        ) from None
+    values = table.obs[sentence_key]
+    bad = values.isna().to_numpy()
+    if bad.any():
+        raise ValueError(
+            f"adata.obs[{sentence_key!r}] has {int(bad.sum())} missing sentence(s), "
+            f"e.g. {list(table.obs_names[bad][:3])}"
+        )
+    return values.astype(str).tolist()
+
+
+def _patches_of(data, table, *, table_key, image_key, patches, size: int, diameter_um: float | None = None):
+    if patches is not None:
+        shape = getattr(patches, "shape", None)
+        if shape is None or len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(f"patches must be a (n_spots, height, width, 3) uint8 array, got shape {shape}")
+        if shape[0] != table.n_obs:
+            raise ValueError(f"patches has {shape[0]} rows but the table has {table.n_obs} spots")
+        if np.dtype(patches.dtype) != np.uint8:
+            raise ValueError(f"patches must be uint8, got {patches.dtype}")
+        return patches
+    if not is_spatialdata(data):
+        raise ValueError("an AnnData has no image: pass patches= (n_spots, h, w, 3) uint8, or a SpatialData")
+    from loki.pp import spot_patches
+
+    return spot_patches(data, table_key=table_key, image_key=image_key, size=size, diameter_um=diameter_um)
+
+
+def _finish(table, key_added: str, emb: np.ndarray, params: dict, copy: bool):
+    target = table.copy() if copy else table
+    write_obsm(target, key_added, emb)
+    write_uns(target, key_added, params)
+    return target if copy else None
+
+
+def embed_text(
+    data: AnnData | SpatialData,
+    model,
+    *,
+    table_key: str | None = None,
+    sentence_key: str = Key.SENTENCE,
+    key_added: str = Key.TEXT,
+    batch_size: int = 512,
+    progress: bool = False,
+    copy: bool = False,
+) -> AnnData | None:
+    """Embed each spot's gene sentence with OmiCLIP's text encoder.
+
+    Parameters
+    ----------
+    data
+        AnnData or SpatialData whose table has gene sentences (:func:`loki.pp.gene_sentences`).
+    model
+        :class:`loki.models.OmiCLIP` (from :func:`loki.models.load`).
+    table_key
+        Table of a SpatialData; may be omitted when it holds one table.
+    sentence_key
+        Column of ``.obs`` with the sentences.
+    key_added
+        Key of the embedding in ``.obsm`` and of its parameters in ``.uns['loki']``.
+    batch_size
+        Sentences per forward pass.
+    progress
+        Show a progress bar.
+    copy
+        Return a modified copy of the table instead of writing in place.
+
+    Returns
+    -------
+    ``None``, or the table copy when ``copy=True``. Writes:
+
+    - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised.
+    - ``.uns['loki'][key_added]``: model name, architecture, checkpoint hash, batch size, source key.
+
+    """
+    table = get_table(data, table_key)
+    sentences = _sentences_of(table, sentence_key)
+    emb = model.encode_texts(sentences, batch_size=batch_size, progress=progress)
+    params = {**model.info(), "batch_size": int(batch_size), "sentence_key": sentence_key, "modality": "text"}
+    return _finish(table, key_added, emb, params, copy)
+
+
+def embed_image(
+    data: AnnData | SpatialData,
+    model,
+    *,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    patches=None,
+    diameter_um: float | None = None,
+    key_added: str = Key.IMAGE,
+    batch_size: int = 256,
+    progress: bool = False,
+    copy: bool = False,
+) -> AnnData | None:
+    """Embed each spot's H&E patch with OmiCLIP's image encoder.
+
+    Parameters
+    ----------
+    data
+        SpatialData of a section (patches are cut with :func:`loki.pp.spot_patches` at the model's input
+        size), or an AnnData together with ``patches``.
+    model
+        :class:`loki.models.OmiCLIP`.
+    table_key
+        Table of a SpatialData; may be omitted when it holds one table.
+    image_key
+        Image of the section (default: the one named in the table's ``.uns['loki']``).
+    patches
+        uint8 ``(n_spots, h, w, 3)`` array (numpy or dask) in table order, instead of cutting them.
+    diameter_um
+        Side of the cut squares in µm (default: the spot diameter); use what the model was trained with.
+    key_added
+        Key of the embedding in ``.obsm`` and of its parameters in ``.uns['loki']``.
+    batch_size
+        Patches per forward pass.
+    progress
+        Show a progress bar.
+    copy
+        Return a modified copy of the table instead of writing in place.
+
+    Returns
+    -------
+    ``None``, or the table copy when ``copy=True``. Writes:
+
+    - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised.
+    - ``.uns['loki'][key_added]``: model name, architecture, checkpoint hash, batch size, patch source.
+    - ``.obs['loki_patch_ok']`` when patches are cut here (see :func:`loki.pp.spot_patches`).
+
+    """
+    table = get_table(data, table_key)
+    source = "patches" if patches is not None else "spot_patches"
+    patches = _patches_of(
+        data,
+        table,
+        table_key=table_key,
+        image_key=image_key,
+        patches=patches,
+        size=model.image_size,
+        diameter_um=diameter_um,
+    )
+    emb = model.encode_images(patches, batch_size=batch_size, progress=progress)
+    params = {**model.info(), "batch_size": int(batch_size), "patch_source": source, "modality": "image"}
+    if diameter_um is not None:
+        params["diameter_um"] = float(diameter_um)
+    return _finish(table, key_added, emb, params, copy)

@@ -1,0 +1,136 @@
+"""Fine-tune OmiCLIP on the (patch, gene sentence) pairs of one or more sections."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from loki._keys import Key
+from loki._utils._spatialdata import get_table, is_spatialdata
+
+from ._embed import _patches_of, _sentences_of
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+
+def collect_pairs(
+    data: AnnData | SpatialData,
+    *,
+    table_keys: Sequence[str] | str | None = None,
+    sentence_key: str = Key.SENTENCE,
+    patches=None,
+    size: int = 224,
+    diameter_um: float | None = None,
+    only_valid: bool = True,
+) -> tuple[np.ndarray, list[str]]:
+    """Patches and sentences of the listed sections, concatenated in table order.
+
+    Spots whose patch leaves the image (``.obs['loki_patch_ok']`` False) are skipped when ``only_valid``.
+    """
+    if is_spatialdata(data):
+        keys = (
+            list(data.tables.keys())
+            if table_keys is None
+            else [table_keys]
+            if isinstance(table_keys, str)
+            else list(table_keys)
+        )
+        if patches is not None:
+            raise ValueError("patches= is for a single AnnData; SpatialData patches are cut per section")
+    else:
+        keys = [None]
+    tables = [get_table(data, k) for k in keys]  # validates every key before any work
+    sentences = [_sentences_of(t, sentence_key) for t in tables]
+    all_p, all_s = [], []
+    for key, table, sents in zip(keys, tables, sentences, strict=True):
+        p = np.asarray(
+            _patches_of(
+                data,
+                table,
+                table_key=key,
+                image_key=None,
+                patches=patches,
+                size=size,
+                diameter_um=diameter_um,
+            )
+        )
+        keep = np.ones(len(sents), dtype=bool)
+        if only_valid and Key.PATCH_OK in table.obs:
+            keep = table.obs[Key.PATCH_OK].to_numpy(dtype=bool)
+        all_p.append(p[keep])
+        all_s.extend(s for s, k in zip(sents, keep, strict=True) if k)
+    return np.concatenate(all_p), all_s
+
+
+def finetune(
+    data: AnnData | SpatialData,
+    model,
+    *,
+    table_keys: Sequence[str] | str | None = None,
+    sentence_key: str = Key.SENTENCE,
+    patches=None,
+    diameter_um: float | None = None,
+    epochs: int = 10,
+    lr: float = 5e-6,
+    batch_size: int = 64,
+    seed: int | None = 0,
+    freeze: str | Sequence[str] | None = None,
+    augment: bool = True,
+    weight_decay: float = 0.2,
+    progress: bool = True,
+):
+    """Fine-tune OmiCLIP with the contrastive loss of paper eq. (1) on sections' own pairs.
+
+    Parameters
+    ----------
+    data
+        SpatialData with one or more sections (tables with gene sentences, and images), or an AnnData with
+        ``patches``.
+    model
+        :class:`loki.models.OmiCLIP`, trained in place.
+    table_keys
+        Sections to train on (default: every table).
+    sentence_key
+        Column of ``.obs`` with the gene sentences (:func:`loki.pp.gene_sentences`).
+    patches
+        uint8 ``(n_spots, h, w, 3)`` patches for an AnnData.
+    diameter_um
+        Side of the cut squares in µm (default: the spot diameter).
+    epochs, lr, batch_size, seed, freeze, augment, weight_decay, progress
+        See :func:`loki.models.finetune` (paper defaults: 10 epochs for alignment, 5 for decomposition,
+        lr 5e-6, batch 64).
+
+    Returns
+    -------
+    ``(model, history)``; ``history`` holds per-step and per-epoch losses (plot with
+    :func:`loki.pl.loss_curve`). Writes ``.obs['loki_patch_ok']`` of SpatialData sections whose patches
+    are cut here.
+
+    """
+    from loki.models import finetune as _finetune
+
+    images, sentences = collect_pairs(
+        data,
+        table_keys=table_keys,
+        sentence_key=sentence_key,
+        patches=patches,
+        size=model.image_size,
+        diameter_um=diameter_um,
+    )
+    return _finetune(
+        model,
+        images,
+        sentences,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        freeze=freeze,
+        augment=augment,
+        weight_decay=weight_decay,
+        progress=progress,
+    )

@@ -1,0 +1,412 @@
+"""Loki PredEx: expression of query spots as the similarity-weighted average of reference spots (eq. 16)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numba
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from loki._keys import Key
+from loki._logging import logger
+from loki._utils import require_keys, write_layer, write_uns
+from loki._utils._spatialdata import get_table, is_spatialdata
+
+from ._retrieve import _check_pair, embeddings_of, l2_normalize, topk_cosine
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+Negative = Literal["clip", "keep"]
+
+
+def similarity_weights(
+    scores: np.ndarray, *, temperature: float | None = None, negative: Negative = "clip"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn similarity scores (rows = queries) into averaging weights.
+
+    - ``temperature=None``: the similarities themselves (eq. 16). With ``negative="clip"`` negative
+      similarities get weight 0 - a reference spot unlike the query does not pull the prediction
+      away from its own expression - and a row without any positive similarity falls back to
+      uniform weights. ``negative="keep"`` uses the raw similarities as published; weights of both
+      signs can then cancel and the prediction is unstable where their sum is close to 0.
+    - ``temperature=t``: softmax weights ``exp((s - max s) / t)``, always positive; smaller ``t``
+      concentrates on the most similar spots.
+
+    Returns
+    -------
+    Weights (same shape, float32) and a boolean array of the rows that fell back to uniform weights.
+
+    """
+    s = np.asarray(scores, dtype=np.float32)
+    if temperature is not None:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}.")
+        w = np.exp((s - s.max(axis=1, keepdims=True)) / np.float32(temperature))
+        return w, np.zeros(len(s), dtype=bool)
+    if negative == "keep":
+        return s, np.zeros(len(s), dtype=bool)
+    if negative != "clip":
+        raise ValueError(f"negative must be 'clip' or 'keep', got {negative!r}.")
+    w = np.maximum(s, 0)
+    empty = ~(w > 0).any(axis=1)
+    if empty.any():
+        w[empty] = 1.0
+    return w, empty
+
+
+@numba.njit(parallel=True, cache=True)
+def _gather_average(weights, idx, expr, out):  # pragma: no cover - numba
+    nq, k = idx.shape
+    for q in numba.prange(nq):
+        total = 0.0
+        for j in range(k):
+            w = weights[q, j]
+            total += w
+            row = expr[idx[q, j]]
+            for g in range(expr.shape[1]):
+                out[q, g] += w * row[g]
+        if total != 0.0:
+            for g in range(expr.shape[1]):
+                out[q, g] /= total
+
+
+def predict_from_embeddings(
+    queries: np.ndarray,
+    reference: np.ndarray,
+    expression: np.ndarray | sparse.spmatrix,
+    *,
+    top_k: int | None = None,
+    temperature: float | None = None,
+    negative: Negative = "clip",
+    chunk_size: int = 1024,
+    progress: bool = False,
+) -> tuple[np.ndarray, int]:
+    """Eq. 16 on arrays: ``X_i = sum_j w_ij X_j / sum_j w_ij`` with weights from cosine similarities.
+
+    Parameters
+    ----------
+    queries
+        n_queries x d embeddings (e.g. image embeddings of the held-out section).
+    reference
+        n_ref x d embeddings of the reference spots (e.g. their text embeddings).
+    expression
+        n_ref x n_genes expression of the reference spots (dense or sparse).
+    top_k
+        Average over the ``top_k`` most similar reference spots only (exact search); None uses all.
+    temperature, negative
+        Weighting, see :func:`similarity_weights`.
+    chunk_size
+        Queries per block when all reference spots are used (bounds memory to a block of scores).
+    progress
+        Progress bar over query blocks.
+
+    Returns
+    -------
+    Predicted expression (n_queries x n_genes, float32) and the number of queries whose weights fell
+    back to uniform because no similarity was positive.
+
+    """
+    q = np.asarray(queries, dtype=np.float32)
+    ref = np.asarray(reference, dtype=np.float32)
+    _check_pair(q, ref, 1 if top_k is None else top_k)
+    if expression.shape[0] != ref.shape[0]:
+        raise ValueError(
+            f"expression has {expression.shape[0]} rows, the reference embeddings {ref.shape[0]}."
+        )
+    is_sparse = sparse.issparse(expression)
+    x = (
+        sparse.csr_matrix(expression, dtype=np.float32)
+        if is_sparse
+        else np.asarray(expression, dtype=np.float32)
+    )
+    if not np.isfinite(x.data if is_sparse else x).all():
+        raise ValueError("expression contains NaN or infinite values.")
+    out = np.zeros((len(q), x.shape[1]), dtype=np.float32)
+    n_fallback = 0
+    if top_k is not None:
+        idx, scores = topk_cosine(q, ref, top_k, progress=progress)
+        w, fb = similarity_weights(scores, temperature=temperature, negative=negative)
+        n_fallback = int(fb.sum())
+        if is_sparse:
+            wmat = sparse.csr_matrix(
+                (w.ravel(), idx.ravel(), np.arange(0, w.size + 1, top_k)), shape=(len(q), len(ref))
+            )
+            out[:] = (wmat @ x).toarray()
+            out /= w.sum(axis=1, keepdims=True)
+        else:
+            _gather_average(w, idx, np.ascontiguousarray(x), out)
+        return out, n_fallback
+    qn, rn = l2_normalize(q, "queries"), l2_normalize(ref, "reference")
+    starts = range(0, len(q), chunk_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="predict", unit="block")
+    for start in starts:
+        w, fb = similarity_weights(
+            qn[start : start + chunk_size] @ rn.T, temperature=temperature, negative=negative
+        )
+        n_fallback += int(fb.sum())
+        block = np.asarray(x.T @ w.T).T if is_sparse else w @ x
+        out[start : start + chunk_size] = block / w.sum(axis=1, keepdims=True)
+    return out, n_fallback
+
+
+def _expression_of(table: AnnData, layer: str | None):
+    if layer is None:
+        if table.X is None:
+            raise ValueError("The reference's .X is empty; pass layer= to choose its expression.")
+        return table.X
+    require_keys(table.layers, layer, "reference.layers")
+    return table.layers[layer]
+
+
+def predict_expression(
+    query: AnnData | SpatialData | np.ndarray,
+    reference: AnnData | SpatialData,
+    *,
+    use_query: str = Key.IMAGE,
+    use_reference: str = Key.TEXT,
+    layer: str | None = None,
+    genes: Sequence[str] | None = None,
+    top_k: int | None = None,
+    temperature: float | None = None,
+    negative: Negative = "clip",
+    output: Literal["anndata", "layer"] = "anndata",
+    query_table_key: str | None = None,
+    reference_table_key: str | None = None,
+    key_added: str = Key.PREDICTED,
+    chunk_size: int = 1024,
+    progress: bool = False,
+    copy: bool = False,
+) -> AnnData | None:
+    """Predict the expression of query spots from their embeddings and a reference section (eq. 16).
+
+    Each query spot's expression is the average of the reference spots' expression weighted by the
+    cosine similarity between the query's embedding (by default its H&E patch) and the reference
+    spots' embeddings (by default their transcriptome text embeddings).
+
+    Parameters
+    ----------
+    query
+        Table (AnnData / SpatialData) with ``.obsm[use_query]``, or an embedding array.
+    reference
+        Table with ``.obsm[use_reference]`` and expression in ``.X`` or ``.layers[layer]``, e.g.
+        log-normalised counts.
+    use_query, use_reference
+        ``.obsm`` keys of the embeddings.
+    layer
+        Reference layer holding the expression to average (``.X`` when None).
+    genes
+        Reference genes to predict (default: all).
+    top_k
+        Average over the ``top_k`` most similar reference spots only.
+    temperature
+        Softmax weights at this temperature instead of raw similarities.
+    negative
+        How raw-similarity weights treat negative cosine similarities: ``"clip"`` (default) gives them
+        weight 0 and falls back to uniform weights for a query with no positive similarity (counted in
+        ``.uns``); ``"keep"`` is eq. 16 verbatim. Ignored with ``temperature``.
+    output
+        ``"anndata"``: return a new AnnData (query spots x reference genes; ``.X`` = prediction, obs,
+        ``obsm['spatial']`` copied from the query table). ``"layer"``: write ``.layers[key_added]`` on
+        the query table, whose ``var_names`` must all be reference genes (aligned to its own order).
+    query_table_key, reference_table_key
+        Tables of SpatialData inputs.
+    key_added
+        Layer name (``output="layer"``) and ``.uns['loki']`` key of the parameters.
+    chunk_size
+        Queries per block when all reference spots are used.
+    progress
+        Progress bar.
+    copy
+        With ``output="layer"`` on an AnnData, write into a copy and return it.
+
+    Returns
+    -------
+    ``output="anndata"``: the new AnnData, with ``.uns['loki'][key_added]`` holding the parameters.
+    ``output="layer"``: None (or the copy), after writing ``.layers[key_added]`` (float32, query spots x
+    query genes) and ``.uns['loki'][key_added]`` on the query table.
+
+    """
+    if output not in ("anndata", "layer"):
+        raise ValueError(f"output must be 'anndata' or 'layer', got {output!r}.")
+    if copy and (output != "layer" or is_spatialdata(query)):
+        raise ValueError("copy=True applies to output='layer' on an AnnData query.")
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1
+    ):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
+    q, q_names = embeddings_of(query, use_query, query_table_key, "query")
+    ref_table = get_table(reference, reference_table_key)
+    require_keys(ref_table.obsm, use_reference, "reference.obsm")
+    ref = embeddings_of(ref_table, use_reference, None, "reference")[0]
+    x = _expression_of(ref_table, layer)
+    ref_genes = pd.Index(ref_table.var_names)
+    query_table = (
+        get_table(query, query_table_key) if isinstance(query, AnnData) or is_spatialdata(query) else None
+    )
+    if output == "layer":
+        if query_table is None:
+            raise ValueError("output='layer' needs an AnnData / SpatialData query; got an array.")
+        if genes is not None:
+            raise ValueError("With output='layer' the genes are the query's var_names; do not pass genes=.")
+        genes = list(query_table.var_names)
+    if genes is not None:
+        genes = [str(g) for g in genes]
+        require_keys(ref_genes, genes, "reference.var_names")
+        x = x[:, ref_genes.get_indexer(genes)]
+    else:
+        genes = list(ref_genes)
+    pred, n_fallback = predict_from_embeddings(
+        q,
+        ref,
+        x,
+        top_k=top_k,
+        temperature=temperature,
+        negative=negative,
+        chunk_size=chunk_size,
+        progress=progress,
+    )
+    if n_fallback:
+        warnings.warn(
+            f"{n_fallback} query spot(s) have no positive similarity to any (top-k) reference spot; they get "
+            "the unweighted mean of those reference spots. Softmax weights (temperature=) avoid this.",
+            UserWarning,
+            stacklevel=2,
+        )
+    params = {
+        "use_query": use_query,
+        "use_reference": use_reference,
+        "layer": "X" if layer is None else layer,
+        "top_k": -1 if top_k is None else int(top_k),
+        "temperature": -1.0 if temperature is None else float(temperature),
+        "negative": negative,
+        "n_reference": int(ref.shape[0]),
+        "n_fallback": n_fallback,
+    }
+    if output == "layer":
+        target = query_table.copy() if copy else query_table
+        write_layer(target, key_added, pred)
+        write_uns(target, key_added, params)
+        return target if copy else None
+    obs = query_table.obs.copy() if query_table is not None else pd.DataFrame(index=q_names.astype(str))
+    result = AnnData(X=pred, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
+    if query_table is not None and Key.SPATIAL in query_table.obsm:
+        result.obsm[Key.SPATIAL] = np.asarray(query_table.obsm[Key.SPATIAL])
+    write_uns(result, key_added, params)
+    return result
+
+
+def predict_expression_loso(
+    sections: Mapping[str, AnnData],
+    *,
+    use_query: str = Key.IMAGE,
+    use_reference: str = Key.TEXT,
+    layer: str | None = None,
+    genes: Sequence[str] | None = None,
+    top_k: int | None = None,
+    temperature: float | None = None,
+    negative: Negative = "clip",
+    progress: bool = False,
+) -> tuple[dict[str, AnnData], pd.DataFrame]:
+    """Leave-one-section-out PredEx: predict each section from all the others and score it.
+
+    For each section in turn, the other sections (their ``use_reference`` embeddings and expression)
+    form the reference and the held-out section's ``use_query`` embeddings are the queries. The
+    embeddings are taken as given: for an honest estimate they must come from a model that did not
+    see the held-out section (fine-tune one model per fold).
+
+    Parameters
+    ----------
+    sections
+        Section name -> table with both embeddings and measured expression (``.X`` or ``layer``).
+    use_query, use_reference, layer, top_k, temperature, negative, progress
+        As in :func:`predict_expression`.
+    genes
+        Genes to predict and score (default: the genes shared by all sections).
+
+    Returns
+    -------
+    The predictions per held-out section (AnnData, spots x genes, with ``.layers['measured']``) and a
+    DataFrame of per-gene scores with columns ``section``, ``gene``, ``pcc`` (Pearson over spots; NaN
+    for genes constant in the section) and ``mse``.
+
+    """
+    from loki.metrics import mse, pearson
+
+    if len(sections) < 2:
+        raise ValueError(f"Leave-one-section-out needs at least 2 sections, got {len(sections)}.")
+    common = None
+    for name, table in sections.items():
+        require_keys(table.obsm, [use_query, use_reference], f"sections[{name!r}].obsm")
+        _expression_of(table, layer)
+        common = (
+            pd.Index(table.var_names) if common is None else common.intersection(table.var_names, sort=False)
+        )
+    if genes is None:
+        genes = list(common)
+    else:
+        genes = [str(g) for g in genes]
+        require_keys(common, genes, "the genes shared by all sections")
+    if not genes:
+        raise ValueError("The sections share no gene.")
+    predictions, rows = {}, []
+    for held_out, query in sections.items():
+        ref = _concat_reference(
+            {k: v for k, v in sections.items() if k != held_out}, genes, use_reference, layer
+        )
+        pred = predict_expression(
+            query,
+            ref,
+            use_query=use_query,
+            use_reference=use_reference,
+            genes=genes,
+            top_k=top_k,
+            temperature=temperature,
+            negative=negative,
+            progress=progress,
+        )
+        measured = _dense(_expression_of(query, layer)[:, pd.Index(query.var_names).get_indexer(genes)])
+        pred.layers["measured"] = measured
+        predictions[held_out] = pred
+        rows.append(
+            pd.DataFrame(
+                {
+                    "section": held_out,
+                    "gene": genes,
+                    "pcc": pearson(measured, pred.X, axis=0),
+                    "mse": mse(measured, pred.X, axis=0),
+                }
+            )
+        )
+        logger.info("PredEx held out %r against %d reference spots", held_out, ref.n_obs)
+    return predictions, pd.concat(rows, ignore_index=True)
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)
+
+
+def _concat_reference(
+    sections: Mapping[str, AnnData], genes: list[str], use: str, layer: str | None
+) -> AnnData:
+    emb = np.concatenate([np.asarray(t.obsm[use], dtype=np.float32) for t in sections.values()])
+    parts = [_expression_of(t, layer)[:, pd.Index(t.var_names).get_indexer(genes)] for t in sections.values()]
+    x = (
+        sparse.vstack(parts, format="csr")
+        if all(sparse.issparse(p) for p in parts)
+        else np.concatenate([_dense(p) for p in parts])
+    )
+    names = [f"{name}:{obs}" for name, t in sections.items() for obs in t.obs_names]
+    ref = AnnData(
+        X=x, obs=pd.DataFrame(index=pd.Index(names, dtype=str)), var=pd.DataFrame(index=pd.Index(genes))
+    )
+    ref.obsm[use] = emb
+    return ref

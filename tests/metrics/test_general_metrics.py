@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.spatial.distance import jensenshannon
+from skimage.metrics import structural_similarity
+from sklearn.metrics import calinski_harabasz_score, f1_score, mean_squared_error, top_k_accuracy_score
+
+from loki import metrics
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(3, 30), st.integers(1, 4)), elements=finite))
+def test_pearson_matches_scipy_per_column(x):
+    y = np.roll(x, 1, axis=0) + 0.5 * x
+    r = metrics.pearson(x, y, axis=0)
+    for j in range(x.shape[1]):
+        if np.ptp(x[:, j]) < 1e-6 or np.ptp(y[:, j]) < 1e-6:
+            continue
+        assert r[j] == pytest.approx(scipy.stats.pearsonr(x[:, j], y[:, j])[0], abs=1e-7)
+
+
+def test_pearson_axis_and_constant():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 5)), rng.normal(size=(20, 5))
+    np.testing.assert_allclose(metrics.pearson(x, y, axis=1), metrics.pearson(x.T, y.T, axis=0))
+    assert isinstance(metrics.pearson(x[:, 0], y[:, 0]), float)
+    assert np.isnan(metrics.pearson(np.ones(5), np.arange(5.0)))
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.pearson(x, y[:, :3])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(2, 60).flatmap(
+        lambda n: st.tuples(
+            arrays(np.float64, n, elements=st.integers(0, 6).map(float)),
+            arrays(np.float64, n, elements=st.integers(0, 6).map(float)),
+        )
+    )
+)
+def test_kendall_tau_b_matches_scipy_with_ties(xy):
+    x, y = xy
+    expected = scipy.stats.kendalltau(x, y).statistic
+    got = metrics.kendall_tau(x, y)
+    if np.isnan(expected):
+        assert np.isnan(got)
+    else:
+        assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_kendall_tau_large_continuous():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=5000)
+    y = x + rng.normal(size=5000)
+    assert metrics.kendall_tau(x, y) == pytest.approx(scipy.stats.kendalltau(x, y).statistic, abs=1e-12)
+
+
+def test_mse_matches_sklearn():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(30, 4)), rng.normal(size=(30, 4))
+    assert metrics.mse(a, b) == pytest.approx(mean_squared_error(a.ravel(), b.ravel()))
+    np.testing.assert_allclose(metrics.mse(a, b, axis=0), mean_squared_error(a, b, multioutput="raw_values"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.just(2), st.integers(1, 12)), elements=st.floats(0, 10, width=64)))
+def test_js_divergence_matches_scipy(pq):
+    p, q = pq[0] + 1e-3, pq[1]
+    q = q + (q.sum() == 0)
+    got = metrics.js_divergence(p, q)
+    assert 0.0 <= got <= 1.0
+    # scipy returns NaN (sqrt of a rounding-negative value) for identical distributions
+    with np.errstate(invalid="ignore"):
+        ref = np.nan_to_num(jensenshannon(p, q, base=2)) ** 2
+    assert got == pytest.approx(ref, abs=1e-9)
+
+
+def test_js_divergence_axis_bounds_and_errors():
+    p = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    q = np.array([[0.0, 1.0], [0.0, 1.0], [0.5, 0.5]])
+    np.testing.assert_allclose(metrics.js_divergence(p, q, axis=1), [1.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(metrics.js_divergence(p.T, q.T, axis=0), [1.0, 0.0, 0.0], atol=1e-12)
+    with pytest.raises(ValueError, match="negative"):
+        metrics.js_divergence([-1.0, 2.0], [0.5, 0.5])
+    with pytest.raises(ValueError, match="sums to 0"):
+        metrics.js_divergence([0.0, 0.0], [0.5, 0.5])
+
+
+def test_ssim_map_matches_skimage():
+    rng = np.random.default_rng(3)
+    x = rng.random((25, 30))
+    y = x + 0.3 * rng.random((25, 30))
+    _, ref = structural_similarity(x, y, data_range=1.3, full=True)
+    np.testing.assert_allclose(metrics.ssim_map(x, y, data_range=1.3), ref, atol=1e-10)
+
+
+def _hex_spots(n_rows=14, n_cols=16, spacing=2.0):
+    # a regular array of spots with a hole, like a tissue section on a slide
+    xs, ys = np.meshgrid(np.arange(n_cols) * spacing, np.arange(n_rows) * spacing)
+    coords = np.c_[xs.ravel(), ys.ravel()]
+    keep = np.hypot(coords[:, 0] - 15, coords[:, 1] - 13) < 13
+    return coords[keep]
+
+
+def test_ssim_grid_matches_skimage_on_rasterised_images_and_masks_empty_pixels():
+    rng = np.random.default_rng(4)
+    coords = _hex_spots()
+    t = rng.random(len(coords))
+    p = 0.6 * t + 0.4 * rng.random(len(coords))
+    img_t, mask = metrics.rasterize(coords, t)
+    img_p, _ = metrics.rasterize(coords, p)
+    assert mask.sum() == len(coords)
+    assert img_t[mask].sum() == pytest.approx(t.sum())
+    dr = max(t.max(), p.max())
+    _, ref = structural_similarity(img_t, img_p, data_range=dr, full=True)
+    assert metrics.ssim_grid(coords, t, p) == pytest.approx(ref[mask].mean(), abs=1e-10)
+    unmasked = metrics.ssim_grid(coords, t, p, mask_empty=False)
+    assert unmasked == pytest.approx(ref.mean(), abs=1e-10)
+    # empty pixels score ~1 and inflate the unmasked mean
+    assert unmasked > metrics.ssim_grid(coords, t, p)
+    assert metrics.ssim_grid(coords, t, t) == pytest.approx(1.0)
+
+
+def test_ssim_grid_per_column_and_small_sections():
+    rng = np.random.default_rng(5)
+    coords = _hex_spots()
+    t = rng.random((len(coords), 3))
+    p = rng.random((len(coords), 3))
+    out = metrics.ssim_grid(coords, t, p)
+    assert out.shape == (3,)
+    for c in range(3):
+        assert out[c] == pytest.approx(metrics.ssim_grid(coords, t[:, c], p[:, c]))
+    tiny = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert np.isfinite(metrics.ssim_grid(tiny, [1.0, 2.0, 3.0], [1.0, 2.5, 3.0]))
+    with pytest.raises(ValueError, match="shape"):
+        metrics.ssim_grid(coords, t, p[:, :2])
+
+
+def test_impact_score_follows_eqs_26_30():
+    js = {"a": np.array([0.1, 0.3]), "b": np.array([0.4, 0.4]), "c": np.array([0.2, 0.2])}
+    ss = {"a": 0.9, "b": 0.5, "c": np.array([0.6, 0.8])}
+    out = metrics.impact_score(js, ss)
+    js_m = np.array([0.2, 0.4, 0.2])
+    ss_m = np.array([0.9, 0.5, 0.7])
+    z = (scipy.stats.zscore(ss_m) - scipy.stats.zscore(js_m)) / 2
+    np.testing.assert_allclose(out.loc[["a", "b", "c"]].to_numpy(), z)
+    assert out.idxmax() == "a"
+    assert out.idxmin() == "b"
+    with pytest.raises(ValueError, match="same methods"):
+        metrics.impact_score(js, {"a": 1.0, "b": 1.0})
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.impact_score({"a": 0.1}, {"a": 0.5})
+
+
+def test_weighted_f1_matches_sklearn():
+    rng = np.random.default_rng(6)
+    classes = np.array(["tumour", "stroma", "fat", "immune"])
+    y = classes[rng.integers(0, 4, 200)]
+    pred = np.where(rng.random(200) < 0.6, y, classes[rng.integers(0, 3, 200)])
+    assert metrics.weighted_f1(y, pred) == pytest.approx(f1_score(y, pred, average="weighted"))
+    sub = ["tumour", "fat"]
+    assert metrics.weighted_f1(y, pred, labels=sub) == pytest.approx(
+        f1_score(y, pred, average="weighted", labels=sub)
+    )
+    assert metrics.weighted_f1(y, y) == 1.0
+
+
+def test_recall_at_k_matches_sklearn_top_k():
+    rng = np.random.default_rng(7)
+    n = 200
+    s = rng.normal(size=(n, n)) + 1.5 * np.eye(n)
+    for frac in (0.05, 0.10):
+        kk = round(frac * n)
+        expected = top_k_accuracy_score(np.arange(n), s, k=kk, labels=np.arange(n))
+        assert metrics.recall_at_k(s, frac) == pytest.approx(expected)
+    np.testing.assert_allclose(
+        metrics.recall_at_k(s, [0.05, 0.1]), [metrics.recall_at_k(s, 0.05), metrics.recall_at_k(s, 0.1)]
+    )
+    ranks = metrics.target_ranks(s)
+    assert metrics.recall_at_k(ranks, 0.05, n_candidates=n) == metrics.recall_at_k(s, 0.05)
+
+
+def test_recall_at_k_random_baseline_and_ties():
+    rng = np.random.default_rng(8)
+    s = rng.normal(size=(2000, 400))
+    targets = rng.integers(0, 400, 2000)
+    assert metrics.recall_at_k(s, 0.10, targets=targets) == pytest.approx(0.10, abs=0.02)
+    # a model that scores everything equal must not get credit
+    assert metrics.recall_at_k(np.zeros((10, 100)), 0.05) == 0.0
+    with pytest.raises(ValueError, match="quantile"):
+        metrics.recall_at_k(np.zeros((4, 4)), 5)
+    with pytest.raises(ValueError, match="n_candidates"):
+        metrics.recall_at_k(np.array([1, 2]))
+
+
+def test_calinski_harabasz_matches_sklearn():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(90, 6))
+    labels = rng.integers(0, 4, 90)
+    x[labels == 1] += 2
+    assert metrics.calinski_harabasz(x, labels) == pytest.approx(calinski_harabasz_score(x, labels))
+    with pytest.raises(ValueError, match="2 <= k"):
+        metrics.calinski_harabasz(x, np.zeros(90))

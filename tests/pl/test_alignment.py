@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import loki as lk
+from loki._keys import Key
+from loki.pl._alignment import embedding_rgb
+
+
+@pytest.fixture(scope="module")
+def pair():
+    tgt = lk.datasets.synthetic_tissue(n_spots=200, n_genes=30, seed=1)
+    src, _ = lk.datasets.transform_section(tgt, rotation_deg=60.0, translation=(30.0, 0.0), seed=2)
+    for a in (tgt, src):
+        a.obsm["emb"] = np.log1p(a.X.toarray())
+    lk.tl.align(src, target=tgt, use="emb", method="rigid")
+    return src, tgt
+
+
+def test_embedding_rgb_shared_scale():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(20, 5)), rng.normal(size=(30, 5)) + 1.0
+    ca, cb = embedding_rgb([a, b])
+    assert ca.shape == (20, 3)
+    assert cb.shape == (30, 3)
+    both = np.vstack([ca, cb])
+    np.testing.assert_allclose(both.min(axis=0), 0.0)
+    np.testing.assert_allclose(both.max(axis=0), 1.0)
+    # identical embeddings get identical colours across sections
+    c1, c2 = embedding_rgb([a, a.copy()])
+    np.testing.assert_allclose(c1, c2)
+
+
+def test_overlay_draws_before_and_after(pair):
+    src, tgt = pair
+    fig = lk.pl.alignment([tgt, src], sections=["target", "source"], show=False)
+    before, after = fig.axes[:2]
+    assert before.get_title() == "before alignment"
+    assert after.get_title() == "after alignment"
+    assert len(before.collections) == 2
+    assert len(after.collections) == 2
+    np.testing.assert_allclose(before.collections[1].get_offsets(), src.obsm["spatial"])
+    np.testing.assert_allclose(after.collections[1].get_offsets(), src.obsm[Key.ALIGNED])
+    np.testing.assert_allclose(after.collections[0].get_offsets(), tgt.obsm["spatial"])
+    assert [t.get_text() for t in after.get_legend().get_texts()] == ["target", "source"]
+    plt.close(fig)
+
+
+def test_stack_side_view_coloured_by_embedding(pair, tmp_path):
+    src, tgt = pair
+    out = tmp_path / "stack.png"
+    fig = lk.pl.alignment([tgt, src], use="emb", kind="stack", save=str(out), show=False)
+    assert out.stat().st_size > 0
+    after = fig.axes[1]
+    offsets = [c.get_offsets() for c in after.collections]
+    assert np.unique(offsets[0][:, 1]).tolist() == [0.0]
+    assert np.unique(offsets[1][:, 1]).tolist() == [1.0]
+    np.testing.assert_allclose(offsets[1][:, 0], src.obsm[Key.ALIGNED][:, 0])
+    colours = after.collections[1].get_facecolors()[:, :3]
+    expect = embedding_rgb([tgt.obsm["emb"], src.obsm["emb"]])[1]
+    np.testing.assert_allclose(colours, expect, atol=1e-6)
+    plt.close(fig)
+
+
+def test_errors(pair):
+    src, tgt = pair
+    plain = tgt.copy()
+    with pytest.raises(KeyError, match="spatial_aligned"):
+        lk.pl.alignment([plain], show=False)
+    with pytest.raises(ValueError, match="kind"):
+        lk.pl.alignment([tgt, src], kind="3d", show=False)
+    with pytest.raises(KeyError, match="nope"):
+        lk.pl.alignment([tgt, src], use="nope", show=False)

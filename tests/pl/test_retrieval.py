@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import loki as lk
+
+
+def test_gallery_shows_query_and_its_hits():
+    rng = np.random.default_rng(0)
+    bank_emb = rng.normal(size=(20, 8))
+    query_emb = bank_emb[[4, 7, 9]] + 0.01
+    hits = lk.tl.retrieve(query_emb, bank_emb, k=4)
+    # each patch is a flat colour that encodes its index, so the drawn images can be traced back
+    bank_img = np.repeat(np.arange(20, dtype=np.uint8)[:, None, None, None] * 10, 3, axis=3) * np.ones(
+        (1, 6, 6, 3), np.uint8
+    )
+    query_img = np.full((3, 6, 6, 3), 255, np.uint8)
+    fig = lk.pl.retrieval_gallery(hits, query_img, bank_img, n_hits=3, truth=[4, 7, 9], show=False)
+    axes = np.array(fig.axes).reshape(3, 4)
+    for row, q in zip(axes, range(3), strict=True):
+        top = hits[hits.query_index == q].sort_values("rank")
+        assert row[0].get_title() == f"query {q}"
+        for a, (_, h) in zip(row[1:], top.head(3).iterrows(), strict=True):
+            assert a.images[0].get_array()[0, 0, 0] == h.bank_index * 10
+            assert a.get_title() == f"#{int(h['rank'])} {h.score:.3f}"
+        # the true pair is the top hit and gets a green frame
+        assert row[1].spines["left"].get_edgecolor()[:3] == pytest.approx((0, 0.5, 0), abs=0.01)
+    plt.close(fig)
+
+
+def test_gallery_errors():
+    hits = lk.tl.retrieve(np.eye(3), np.eye(3), k=2)
+    imgs = np.zeros((3, 4, 4, 3), np.uint8)
+    with pytest.raises(KeyError, match=r"hits\.columns"):
+        lk.pl.retrieval_gallery(hits.drop(columns="score"), imgs, imgs, show=False)
+    with pytest.raises(ValueError, match="beyond bank_images"):
+        lk.pl.retrieval_gallery(hits, imgs, imgs[:1], show=False)
+    with pytest.raises(ValueError, match="images"):
+        lk.pl.retrieval_gallery(hits, imgs[0], imgs, show=False)

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+from tests.conftest import shared_path
+
+import loki as lk
+
+IDS = ["ENSMUSG01.1", "ENSMUSG02.3", "ENSMUSG03.1", "ENSMUSG04.2", "ENSMUSG05.1"]
+
+
+def _adata(dense=False) -> ad.AnnData:
+    x = np.arange(15, dtype=np.float32).reshape(3, 5)
+    a = ad.AnnData(
+        x if dense else sparse.csr_matrix(x), var=pd.DataFrame({"chrom": list("abcde")}, index=IDS)
+    )
+    a.layers["counts"] = a.X.copy()
+    a.varm["pcs"] = np.ones((5, 2))
+    return a
+
+
+# ids 1 and 3 both map to "Snap25"; id 5 has no symbol
+MAPPING = {"ENSMUSG01": "Snap25", "ENSMUSG02": "Actb", "ENSMUSG03": "Snap25", "ENSMUSG04": "Gfap"}
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_map_gene_ids_sums_duplicates(dense):
+    a = _adata(dense)
+    x = np.asarray(a.X.toarray() if sparse.issparse(a.X) else a.X)
+    with pytest.warns(UserWarning, match=r"1 of 5 gene ids have no symbol.*'ENSMUSG05.1'.*kept as ids"):
+        assert lk.pp.map_gene_ids(a, MAPPING) is None
+    assert a.var_names.tolist() == ["Snap25", "Actb", "Gfap", "ENSMUSG05.1"]
+    assert a.var["gene_ids"].tolist() == [
+        "ENSMUSG01.1;ENSMUSG03.1",
+        "ENSMUSG02.3",
+        "ENSMUSG04.2",
+        "ENSMUSG05.1",
+    ]
+    assert a.var["chrom"].tolist() == ["a", "b", "d", "e"]
+    got = a.X.toarray() if sparse.issparse(a.X) else a.X
+    assert sparse.issparse(a.X) != dense
+    np.testing.assert_array_equal(got, np.column_stack([x[:, 0] + x[:, 2], x[:, 1], x[:, 3], x[:, 4]]))
+    np.testing.assert_array_equal(
+        a.layers["counts"].toarray() if sparse.issparse(a.layers["counts"]) else a.layers["counts"], got
+    )
+    assert "pcs" not in a.varm  # cannot be merged
+
+
+def test_map_gene_ids_first_drop_and_copy():
+    a = _adata()
+    with pytest.warns(UserWarning, match="dropped"):
+        out = lk.pp.map_gene_ids(a, pd.Series(MAPPING), unmapped="drop", duplicates="first", copy=True)
+    assert a.var_names.tolist() == IDS  # original untouched
+    assert out.var_names.tolist() == ["Snap25", "Actb", "Gfap"]
+    assert out.var["gene_ids"].tolist() == ["ENSMUSG01.1", "ENSMUSG02.3", "ENSMUSG04.2"]
+    np.testing.assert_array_equal(out.X.toarray(), a.X.toarray()[:, [0, 1, 3]])
+    assert "pcs" in out.varm
+
+
+def test_map_gene_ids_version_matching():
+    a = _adata()
+    exact = {i: s for i, s in zip(IDS, ["A", "B", "C", "D", "E"], strict=True)}
+    lk.pp.map_gene_ids(
+        a, {k.split(".")[0] + ".9": v for k, v in exact.items()}, unmapped="drop", strip_version=True
+    )
+    assert a.var_names.tolist() == ["A", "B", "C", "D", "E"]
+    a = _adata()
+    with pytest.raises(ValueError, match="No gene id is in the mapping"):
+        lk.pp.map_gene_ids(a, {"ENSMUSG01.9": "A"}, unmapped="drop", strip_version=False)
+
+
+def test_map_gene_ids_bad_input_writes_nothing():
+    a = _adata()
+    with pytest.raises(
+        ValueError, match=r"1 of 5 gene ids have no symbol in the mapping \(e.g. 'ENSMUSG05.1'\)"
+    ):
+        lk.pp.map_gene_ids(a, MAPPING, unmapped="raise")
+    with pytest.raises(ValueError, match="unmapped must be"):
+        lk.pp.map_gene_ids(a, MAPPING, unmapped="ignore")
+    with pytest.raises(ValueError, match="duplicates must be"):
+        lk.pp.map_gene_ids(a, MAPPING, duplicates="mean")
+    with pytest.raises(TypeError, match="mapping must be"):
+        lk.pp.map_gene_ids(a, 3)
+    with pytest.raises(FileNotFoundError):
+        lk.pp.map_gene_ids(a, "/nonexistent/genes.tsv")
+    assert a.var_names.tolist() == IDS
+    assert "gene_ids" not in a.var
+    assert a.n_vars == 5
+
+
+def test_map_gene_ids_dataframe_columns(tmp_path):
+    df = pd.DataFrame(
+        {"gene_id": list(MAPPING), "gene_type": "protein_coding", "gene_name": list(MAPPING.values())}
+    )
+    path = tmp_path / "genes.tsv"
+    df.to_csv(path, sep="\t", index=False)
+    for mapping in (df, path, str(path)):
+        a = _adata()
+        with pytest.warns(UserWarning, match="no symbol"):
+            lk.pp.map_gene_ids(a, mapping)
+        assert a.var_names.tolist() == ["Snap25", "Actb", "Gfap", "ENSMUSG05.1"]
+
+
+def test_map_gene_ids_on_real_mob_table():
+    mob = shared_path("stutility_mob")
+    counts = pd.read_csv(mob / "MOB2.tsv", sep="\t", index_col=0)
+    a = ad.AnnData(sparse.csr_matrix(counts.to_numpy(dtype=np.float32)), obs=pd.DataFrame(index=counts.index))
+    a.var_names = counts.columns
+    total = a.X.sum()
+    lk.pp.map_gene_ids(a, mob / "mouse_genes.tsv.gz", unmapped="raise")
+    assert a.var_names.is_unique
+    assert a.X.sum() == pytest.approx(total)  # summing duplicates keeps every count
+    table = pd.read_csv(mob / "mouse_genes.tsv.gz", sep="\t", index_col=0)
+    first = a.var["gene_ids"].str.split(";").str[0]
+    assert (table.loc[first, "gene_name"].to_numpy() == a.var_names.to_numpy()).all()
+    assert "Snap25" in a.var_names or "Gfap" in a.var_names

@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import anndata as ad
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+from tests.conftest import shared_path
+
+import loki as lk
+from loki import Key
+
+# Pattern image: channel 0 = x // 4, channel 1 = y // 4 (mod 256), channel 2 constant, so every patch
+# tells where it was cut from.
+H, W = 800, 1000
+
+
+def _pattern(h=H, w=W) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([(xx // 4) % 256, (yy // 4) % 256, np.full_like(xx, 7)], -1).astype(np.uint8)
+
+
+def _section(centers, *, radius=50.0, scale=2.0, scale_factors=(2, 2), with_shapes=True, uns=None):
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Scale
+
+    img = Image2DModel.parse(
+        _pattern().transpose(2, 0, 1),
+        dims=("c", "y", "x"),
+        scale_factors=list(scale_factors) or None,
+        transformations={"global": Scale([scale, scale], axes=("x", "y"))},
+        chunks=256,
+    )
+    ids = pd.Index([f"spot{i}" for i in range(len(centers))])
+    table = ad.AnnData(
+        np.ones((len(centers), 2), dtype=np.float32),
+        obs=pd.DataFrame({"region": pd.Categorical(["S_spots"] * len(ids)), "spot_id": ids}, index=ids),
+    )
+    table.obsm["spatial"] = np.asarray(centers, dtype=float)
+    table.uns["loki"] = {"image_key": "S_image", **(uns or {})}
+    table = TableModel.parse(table, region="S_spots", region_key="region", instance_key="spot_id")
+    shapes = {}
+    if with_shapes:
+        shapes["S_spots"] = ShapesModel.parse(
+            np.asarray(centers, dtype=float), geometry=0, radius=np.full(len(ids), radius), index=ids
+        )
+    return sd.SpatialData(images={"S_image": img}, shapes=shapes, tables={"S": table})
+
+
+def test_crop_patches_lands_on_the_centre_and_pads_borders():
+    image = _pattern()
+    centers = np.array([[200.0, 100.0], [10.0, 400.0], [999.0, 799.0]])
+    patches, ok = lk.pp.crop_patches(image, centers, 48.0, 12)
+    assert patches.shape == (3, 12, 12, 3)
+    assert patches.dtype == np.uint8
+    assert ok.tolist() == [True, False, False]
+    # square x in [176, 224) -> x // 4 in 44..55, y in [76, 124) -> 19..30; 4 source px per output px
+    np.testing.assert_array_equal(patches[0, 5, :, 0], np.arange(44, 56))
+    np.testing.assert_array_equal(patches[0, :, 5, 1], np.arange(19, 31))
+    # spot 1 square x in [-14, 34): the left 14 px of 48 are padding -> about 3.5 output columns white
+    assert (patches[1, :, :3] == 255).all()
+    assert (patches[1, :, 5:, 2] == 7).all()
+    # corner spot: only the top-left quarter is image
+    assert (patches[2, 7:, :] == 255).all()
+    assert (patches[2, :, 7:] == 255).all()
+    assert (patches[2, :5, :5, 2] == 7).all()
+
+
+def test_crop_patches_numpy_and_dask_agree_and_subpixel():
+    image = _pattern()
+    centers = np.array([[300.25, 200.5], [301.25, 200.5], [5.0, 5.0]])
+    diam = np.array([40.0, 40.0, 30.0])
+    a, ok_a = lk.pp.crop_patches(image, centers, diam, 20, fill=0)
+    b, ok_b = lk.pp.crop_patches(da.from_array(image, chunks=(128, 96, 1)), centers, diam, 20, fill=0)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ok_a, ok_b)
+    assert (a[2, :2, :2] == 0).all()  # fill value honoured
+    # a 1 px shift of the centre moves the crop by half an output pixel: values grow by 1/8 per pixel
+    diff = a[1, 10, 2:-2, 0].astype(float) - a[0, 10, 2:-2, 0].astype(float)
+    assert 0 < diff.mean() < 0.6
+
+
+def test_crop_patches_rejects_bad_input():
+    image = _pattern()
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        lk.pp.crop_patches(image, np.zeros((3, 3)), 10, 8)
+    with pytest.raises(ValueError, match="diameter must be positive"):
+        lk.pp.crop_patches(image, np.zeros((1, 2)), 0, 8)
+    with pytest.raises(ValueError, match="non-finite"):
+        lk.pp.crop_patches(image, np.array([[np.nan, 1.0]]), 5, 8)
+    with pytest.raises(ValueError, match="uint8"):
+        lk.pp.crop_patches(image.astype(np.float32), np.zeros((1, 2)), 5, 8)
+    with pytest.raises(ValueError, match="size must be a positive integer"):
+        lk.pp.crop_patches(image, np.zeros((1, 2)), 5, 0)
+
+
+def test_spot_patches_maps_through_transformation_and_picks_level():
+    # global units = 2 x level-0 pixels; spot diameter 100 units = 50 px at level 0, 25 at level 1
+    centers = np.array([[400.0, 400.0], [1000.0, 800.0], [5.0, 400.0]])
+    sdata = _section(centers)
+    patches = lk.pp.spot_patches(sdata, size=16, chunk_size=2)
+    assert isinstance(patches, da.Array)
+    assert patches.shape == (3, 16, 16, 3)
+    assert patches.chunks[0] == (2, 1)
+    table = sdata.tables["S"]
+    assert table.obs[Key.PATCH_OK].tolist() == [True, True, False]
+    params = table.uns["loki"][Key.PATCH_OK]
+    assert params["level"] == 1  # coarsest level where 25 px >= 16
+    assert params["diameter_px"] == pytest.approx(25.0)
+    arr = patches.compute()
+    # spot 0: level-0 square x in [175, 225) -> x // 4 from 43.75 to 56.25
+    assert arr[0, 8, 0, 0] in (43, 44)
+    assert arr[0, 8, -1, 0] in (55, 56)
+    assert arr[0, 0, 8, 1] in (43, 44)
+    # reference: same crop from the full-resolution array
+    ref, _ = lk.pp.crop_patches(_pattern(), np.array([[200.0, 200.0], [500.0, 400.0]]), 50.0, 16)
+    assert np.abs(arr[:2].astype(int) - ref.astype(int)).max() <= 2
+    assert (arr[2, :, :3] == 255).all()  # padded left border
+
+
+def test_spot_patches_level0_and_diameter_um():
+    centers = np.array([[400.0, 400.0]])
+    sdata = _section(centers, uns={"microns_per_unit": 0.5})
+    # 20 um = 40 units = 20 level-0 px < 32: finest level
+    patches = lk.pp.spot_patches(sdata, size=32, diameter_um=20.0, key_added="ok")
+    assert sdata.tables["S"].uns["loki"]["ok"]["level"] == 0
+    assert sdata.tables["S"].uns["loki"]["ok"]["diameter_px"] == pytest.approx(20.0)
+    ref, _ = lk.pp.crop_patches(_pattern(), np.array([[200.0, 200.0]]), 20.0, 32)
+    np.testing.assert_array_equal(patches.compute(), ref)
+
+
+def test_spot_patches_without_shapes_uses_uns_diameter():
+    sdata = _section(
+        np.array([[400.0, 400.0]]), with_shapes=False, uns={"spot_diameter_um": 50.0, "microns_per_unit": 1.0}
+    )
+    lk.pp.spot_patches(sdata, size=8)
+    assert sdata.tables["S"].uns["loki"][Key.PATCH_OK]["diameter_px"] == pytest.approx(25.0 / 2)  # level 1
+    sdata = _section(np.array([[400.0, 400.0]]), with_shapes=False)
+    with pytest.raises(ValueError, match="Cannot tell the spot size"):
+        lk.pp.spot_patches(sdata, size=8)
+    with pytest.raises(ValueError, match="microns_per_unit"):
+        lk.pp.spot_patches(sdata, size=8, diameter_um=55.0)
+
+
+def test_spot_patches_centres_from_shapes_when_no_obsm():
+    centers = np.array([[400.0, 400.0], [900.0, 300.0]])
+    sdata = _section(centers)
+    ref = lk.pp.spot_patches(sdata, size=16).compute()
+    del sdata.tables["S"].obsm["spatial"]
+    np.testing.assert_array_equal(lk.pp.spot_patches(sdata, size=16).compute(), ref)
+
+
+def test_spot_patches_bad_input_writes_nothing():
+    sdata = _section(np.array([[400.0, 400.0], [5000.0, 400.0], [-300.0, -300.0]]))
+    table = sdata.tables["S"]
+    before = (list(table.obs.columns), dict(table.uns["loki"]))
+    with pytest.raises(
+        ValueError, match=r"2 of 3 spots lie entirely outside image 'S_image' \(e.g. 'spot1', 'spot2'\)"
+    ):
+        lk.pp.spot_patches(sdata)
+    with pytest.raises(KeyError, match=r"'nope' not found in sdata.images; available: 'S_image'"):
+        lk.pp.spot_patches(sdata, image_key="nope")
+    with pytest.raises(KeyError, match="'aligned' not found in the coordinate systems"):
+        lk.pp.spot_patches(sdata, coordinate_system="aligned")
+    with pytest.raises(KeyError, match=r"sdata\.tables"):
+        lk.pp.spot_patches(sdata, table_key="T")
+    assert (list(table.obs.columns), dict(table.uns["loki"])) == before
+
+
+def _mob_section():
+    """MOB1 H&E with the spots of its alignment table (pixel coordinates of this jpg)."""
+    import spatialdata as sd
+    from PIL import Image
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    mob = shared_path("stutility_mob")
+    spots = pd.read_csv(mob / "alignment_table_MOB1.tsv", sep="\t")
+    ids = pd.Index(spots["x"].astype(str) + "x" + spots["y"].astype(str))
+    xy = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
+    rgb = np.asarray(Image.open(mob / "MOB1.jpg").convert("RGB"))
+    img = Image2DModel.parse(
+        rgb.transpose(2, 0, 1), dims=("c", "y", "x"), transformations={"global": Identity()}
+    )
+    table = ad.AnnData(
+        np.zeros((len(ids), 1), dtype=np.float32),
+        obs=pd.DataFrame(
+            {
+                "region": pd.Categorical(["MOB1_spots"] * len(ids)),
+                "spot_id": ids,
+                "tissue": spots["selected"].to_numpy() == 1,
+            },
+            index=ids,
+        ),
+    )
+    table.obsm["spatial"] = xy
+    table = TableModel.parse(table, region="MOB1_spots", region_key="region", instance_key="spot_id")
+    # 200 um spot spacing = median nearest-neighbour distance (~31.7 px); spots are 100 um across
+    shapes = ShapesModel.parse(xy, geometry=0, radius=np.full(len(ids), 31.7 / 4), index=ids)
+    return sd.SpatialData(images={"MOB1_image": img}, shapes={"MOB1_spots": shapes}, tables={"MOB1": table})
+
+
+def test_spot_patches_on_real_mob_image():
+    sdata = _mob_section()
+    patches = lk.pp.spot_patches(sdata, size=32)
+    table = sdata.tables["MOB1"]
+    assert patches.shape == (table.n_obs, 32, 32, 3)
+    assert table.obs[Key.PATCH_OK].mean() > 0.95
+    arr = patches[:600].compute()
+    tissue = table.obs["tissue"].to_numpy()[:600]
+    # spots under tissue are stained (darker, more saturated) than the bare-glass spots around it
+    brightness = arr.reshape(len(arr), -1).mean(1)
+    assert brightness[tissue].mean() < brightness[~tissue].mean() - 10
+
+
+def test_spot_patches_with_io_reader():
+    pytest.importorskip("loki.io")
+    if not hasattr(lk.io, "read_legacy_st"):
+        pytest.skip("lk.io.read_legacy_st not available yet")
+    mob = shared_path("stutility_mob")
+    sdata = lk.io.read_legacy_st(
+        mob / "MOB1.tsv", mob / "alignment_table_MOB1.tsv", mob / "MOB1.jpg", name="MOB1"
+    )
+    patches = lk.pp.spot_patches(sdata, size=16)
+    table = next(iter(sdata.tables.values()))
+    assert patches.shape == (table.n_obs, 16, 16, 3)
+    assert table.obs[Key.PATCH_OK].dtype == bool
+    assert patches[:4].compute().dtype == np.uint8

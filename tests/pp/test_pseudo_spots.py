@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial import cKDTree
+
+import loki as lk
+from loki.pp._pseudo_spots import assign_to_spots, hex_grid, scatter_cells_in_regions
+
+
+def _cells(n=3000, size=1000.0, seed=0, sparse_x=True):
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(1.0, size=(n, 12)).astype(np.float32)
+    cells = ad.AnnData(
+        sp.csr_matrix(x) if sparse_x else x,
+        obs=pd.DataFrame({"cell_type": rng.choice(["A", "B", "C"], n)}, index=[f"c{i}" for i in range(n)]),
+        var=pd.DataFrame(index=[f"G{i}" for i in range(12)]),
+    )
+    cells.obsm["spatial"] = rng.uniform(0, size, size=(n, 2))
+    return cells
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(1.0, 50.0), st.floats(20.0, 300.0), st.floats(20.0, 300.0))
+def test_hex_grid_neighbours_are_one_spacing_apart(spacing, w, h):
+    centres = hex_grid(0.0, 0.0, w, h, spacing)
+    assert centres[:, 0].min() >= -1e-9
+    assert centres[:, 1].max() <= h + 1e-9
+    if len(centres) > 2:
+        dist, _ = cKDTree(centres).query(centres, k=2)
+        np.testing.assert_allclose(dist[:, 1], spacing, rtol=1e-9)
+
+
+@pytest.mark.parametrize("sparse_x", [True, False])
+def test_pseudo_spots_sum_counts_and_give_exact_proportions(sparse_x):
+    cells = _cells(sparse_x=sparse_x)
+    spots = lk.pp.pseudo_spots(cells, diameter_um=55.0, cell_type_key="cell_type")
+    assert sp.issparse(spots.X) == sparse_x
+    # Recompute the assignment independently: nearest centre within the radius.
+    dist, idx = cKDTree(spots.obsm["spatial"]).query(cells.obsm["spatial"])
+    inside = dist <= 27.5
+    x = cells.X.toarray() if sparse_x else cells.X
+    for j in range(0, spots.n_obs, 7):
+        members = inside & (idx == j)
+        assert spots.obs["n_cells"].iloc[j] == members.sum()
+        got = spots.X[j].toarray().ravel() if sparse_x else spots.X[j]
+        np.testing.assert_allclose(got, x[members].sum(axis=0))
+        frac = cells.obs["cell_type"][members].value_counts(normalize=True)
+        truth = spots.obsm["proportions"].iloc[j]
+        np.testing.assert_allclose(truth.reindex(frac.index), frac.to_numpy())
+    np.testing.assert_allclose(spots.obsm["proportions"].sum(axis=1), 1.0)
+    assert (spots.obs["n_cells"] >= 1).all()
+    assert spots.uns["loki"]["spot_diameter_um"] == 55.0
+    assert spots.uns["loki"]["spot_spacing_um"] == pytest.approx(100.0)
+    # Cells between spots are left out, as on a Visium slide.
+    assert spots.obs["n_cells"].sum() == inside.sum() < cells.n_obs
+
+
+def test_microns_per_unit_scales_the_spots():
+    cells = _cells()
+    ref = lk.pp.pseudo_spots(cells, diameter_um=55.0)
+    cells_px = cells.copy()
+    cells_px.obsm["spatial"] = cells.obsm["spatial"] * 2.0  # 0.5 um per unit
+    px = lk.pp.pseudo_spots(cells_px, diameter_um=55.0, microns_per_unit=0.5)
+    assert px.n_obs == ref.n_obs
+    np.testing.assert_allclose(px.obsm["spatial"], ref.obsm["spatial"] * 2.0)
+    np.testing.assert_array_equal(px.obs["n_cells"], ref.obs["n_cells"])
+
+
+def test_min_cells_drops_sparse_spots():
+    cells = _cells(n=400)
+    all_spots = lk.pp.pseudo_spots(cells, min_cells=1)
+    dense = lk.pp.pseudo_spots(cells, min_cells=3)
+    assert dense.n_obs == (all_spots.obs["n_cells"] >= 3).sum()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"spatial_key": "xy"}, KeyError, "'xy' not found in adata.obsm"),
+        ({"cell_type_key": "type"}, KeyError, "'type' not found in adata.obs"),
+        ({"layer": "counts"}, KeyError, "adata.layers"),
+        ({"diameter_um": -1.0}, ValueError, "diameter_um"),
+        ({"spacing_um": 0.0}, ValueError, "spacing_um"),
+        ({"microns_per_unit": 1e6}, ValueError, "Check microns_per_unit"),
+        ({"min_cells": 10_000}, ValueError, "No spot holds"),
+    ],
+)
+def test_pseudo_spots_bad_input(kwargs, error, match):
+    cells = _cells(n=200)
+    before = set(cells.obsm), set(cells.obs.columns), dict(cells.uns)
+    with pytest.raises(error, match=match):
+        lk.pp.pseudo_spots(cells, **kwargs)
+    assert (set(cells.obsm), set(cells.obs.columns), dict(cells.uns)) == before
+
+
+def test_non_finite_coordinates_are_rejected():
+    cells = _cells(n=50)
+    cells.obsm["spatial"][3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        lk.pp.pseudo_spots(cells)
+
+
+def test_assign_to_spots_marks_points_between_spots():
+    centres = np.array([[0.0, 0.0], [10.0, 0.0]])
+    out = assign_to_spots(np.array([[1.0, 0.0], [5.0, 0.0], [9.5, 0.5]]), centres, radius=2.0)
+    np.testing.assert_array_equal(out, [0, -1, 1])
+
+
+def test_scatter_cells_in_regions_respects_regions_and_seed():
+    labels = np.repeat(["a", "b", "c", "d"], 250)
+    xy, region, seeds = scatter_cells_in_regions(labels, n_regions=5, size=500.0, seed=3)
+    assert xy.shape == (1000, 2)
+    assert (xy >= 0).all()
+    assert (xy < 500).all()
+    np.testing.assert_array_equal(cKDTree(seeds).query(xy)[1], region)
+    xy2, _, _ = scatter_cells_in_regions(labels, n_regions=5, size=500.0, seed=3)
+    np.testing.assert_array_equal(xy, xy2)
+    # Regions differ in composition: the pattern is spatial, not a uniform shuffle.
+    table = pd.crosstab(region, labels, normalize="index").to_numpy()
+    assert table.std(axis=0).max() > 0.1

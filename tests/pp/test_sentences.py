@@ -1,0 +1,317 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import sparse
+from tests.conftest import shared_path
+
+import loki as lk
+from loki import Key
+from loki.pp._sentences import gene_filter, looks_like_ensembl
+
+
+def _reference_top(x: np.ndarray, n: int) -> list[np.ndarray]:
+    """The published recipe: pandas ``nlargest`` per row of a dense frame; positive entries only."""
+    df = pd.DataFrame(x)
+    out = []
+    for i in range(len(df)):
+        row = df.iloc[i]
+        idx = row.nlargest(n).index.to_numpy()
+        out.append(idx[row.to_numpy()[idx] > 0])
+    return out
+
+
+def _adata(x, names=None) -> ad.AnnData:
+    x = sparse.csr_matrix(x)
+    names = names if names is not None else [f"G{i}" for i in range(x.shape[1])]
+    return ad.AnnData(
+        x, obs=pd.DataFrame(index=[f"s{i}" for i in range(x.shape[0])]), var=pd.DataFrame(index=names)
+    )
+
+
+# --- kernel --------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=arrays(
+        np.float32, st.tuples(st.integers(1, 12), st.integers(2, 40)), elements=st.integers(0, 3).map(float)
+    ),
+    n=st.integers(1, 39),
+)
+def test_top_gene_indices_matches_pandas_nlargest(x, n):
+    # small integer values: many ties, which must be broken by column order as pandas does
+    n = min(n, x.shape[1] - 1)
+    top = lk.pp.top_gene_indices(sparse.csr_matrix(x), n)
+    assert top.shape == (x.shape[0], n)
+    for i, ref in enumerate(_reference_top(x, n)):
+        got = top[i][top[i] >= 0]
+        np.testing.assert_array_equal(got, ref)
+        assert (top[i][len(got) :] == -1).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    x=arrays(np.float64, st.tuples(st.integers(1, 8), st.integers(1, 30)), elements=st.floats(0, 1e6)),
+    n=st.integers(1, 30),
+    seed=st.integers(0, 2**16),
+)
+def test_top_gene_indices_input_format_invariance(x, n, seed):
+    # dense, CSC, unsorted and duplicated CSR entries give the same result; keep mask is honoured
+    ref = lk.pp.top_gene_indices(x, n)
+    np.testing.assert_array_equal(lk.pp.top_gene_indices(sparse.csc_matrix(x), n), ref)
+    coo = sparse.coo_matrix(x)
+    half = coo.data / 2
+    dup = sparse.csr_matrix(
+        (np.concatenate([half, coo.data - half]), (np.tile(coo.row, 2), np.tile(coo.col, 2))), shape=x.shape
+    )
+    dup.has_canonical_format = False
+    np.testing.assert_array_equal(lk.pp.top_gene_indices(dup, n), ref)
+    keep = np.random.default_rng(seed).random(x.shape[1]) < 0.5
+    masked = lk.pp.top_gene_indices(x, n, keep=keep)
+    assert np.isin(masked[masked >= 0], np.flatnonzero(keep)).all()
+    np.testing.assert_array_equal(masked, lk.pp.top_gene_indices(x * keep, n))
+
+
+def _lexsort_top(x: np.ndarray, n: int) -> np.ndarray:
+    """Reference order: value descending, column ascending; positive entries only; -1 padded."""
+    out = np.full((len(x), n), -1, dtype=np.int64)
+    for i, row in enumerate(x):
+        order = np.lexsort((np.arange(len(row)), -row))
+        order = order[row[order] > 0][:n]
+        out[i, : len(order)] = order
+    return out
+
+
+_VALUES = st.one_of(
+    st.just(0.0),
+    st.integers(1, 12).map(float),  # raw counts with ties: counting path
+    st.integers(4090, 4100).map(float),  # around the counting path's overflow bin
+    st.floats(0.01, 50.0),  # normalised values: heap path
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    x=arrays(np.float64, st.tuples(st.integers(1, 16), st.integers(1, 60)), elements=_VALUES),
+    n=st.integers(1, 20),
+    order=st.sampled_from(["as_drawn", "deep_first", "shallow_first"]),
+)
+def test_top_gene_indices_all_paths_match_reference(x, n, order):
+    # rows of different depth in sequence exercise the floor guessed from the previous row
+    depth = (x > 0).sum(1)
+    if order != "as_drawn":
+        x = x[np.argsort(-depth if order == "deep_first" else depth, kind="stable")]
+    np.testing.assert_array_equal(lk.pp.top_gene_indices(sparse.csr_matrix(x), n), _lexsort_top(x, n))
+    integer = np.floor(x)
+    np.testing.assert_array_equal(
+        lk.pp.top_gene_indices(sparse.csr_matrix(integer), n), _lexsort_top(integer, n)
+    )
+
+
+def test_top_gene_indices_unsorted_columns():
+    x = sparse.csr_matrix(
+        (np.array([1.0, 3.0, 3.0, 2.0]), np.array([2, 0, 3, 1]), np.array([0, 4])), shape=(1, 4)
+    )
+    x.has_sorted_indices = False
+    np.testing.assert_array_equal(lk.pp.top_gene_indices(x, 3), [[0, 3, 1]])
+    assert x.indices.tolist() == [2, 0, 3, 1]  # the input is not modified
+
+
+def test_top_gene_indices_rejects_bad_values():
+    x = np.array([[1.0, np.nan, 2.0], [0.0, 1.0, 1.0], [1.0, -2.0, 0.0]])
+    with pytest.raises(ValueError, match=r"2 NaN, infinite or negative value\(s\) in 2 row"):
+        lk.pp.top_gene_indices(x, 2)
+    with pytest.raises(ValueError, match="positive integer"):
+        lk.pp.top_gene_indices(np.ones((2, 2)), 0)
+
+
+# --- gene_sentences ------------------------------------------------------------------------------
+
+
+def test_gene_sentences_writes_sentences_flags_and_params():
+    x = np.array(
+        [
+            [0, 5, 1, 3, 0],  # G1 G3 G2
+            [0, 0, 0, 0, 0],  # zero-count spot
+            [2, 0, 0, 0, 9],  # only ACTB (housekeeping, any case) and a dotted name
+            [1, 1, 1, 0, 0],  # ties: column order
+        ],
+        dtype=np.float32,
+    )
+    adata = _adata(x, ["Actb", "G1", "G2", "G3", "AC1.2"])
+    with pytest.warns(UserWarning, match="2 of 4 spots have no expressed gene"):
+        assert lk.pp.gene_sentences(adata, n_genes=3) is None
+    assert adata.obs[Key.SENTENCE].tolist() == ["G1 G3 G2", "", "", "G1 G2"]
+    assert adata.obs[Key.EMPTY_SPOT].tolist() == [False, True, True, False]
+    params = adata.uns["loki"][Key.SENTENCE]
+    assert params["n_genes"] == 3
+    assert params["n_genes_excluded"] == 2
+    assert params["n_empty"] == 2
+
+
+def test_gene_sentences_filters_are_options():
+    names = ["MT-CO1", "RPL13", "Rps2", "GENE.1", "Actb", "KEEP"]
+    x = np.array([[6, 5, 4, 3, 2, 1]], dtype=np.float32)
+    adata = _adata(x, names)
+    lk.pp.gene_sentences(adata, housekeeping=None, exclude_patterns=())
+    assert adata.obs[Key.SENTENCE].iloc[0] == " ".join(names)
+    lk.pp.gene_sentences(
+        adata, housekeeping=["actb"], exclude_patterns=(), exclude_mito=True, exclude_ribo=True
+    )
+    assert adata.obs[Key.SENTENCE].iloc[0] == "GENE.1 KEEP"
+    lk.pp.gene_sentences(adata, key_added="s")  # reference defaults: HSIAO (holds RPL13, RPS2), no '-' / '.'
+    assert adata.obs["s"].iloc[0] == "KEEP"
+    with pytest.raises(TypeError, match="sequence of patterns"):
+        lk.pp.gene_sentences(adata, exclude_patterns="-")
+    with pytest.raises(ValueError, match="All 6 genes are excluded"):
+        lk.pp.gene_sentences(adata, exclude_patterns=(".",))
+
+
+def test_housekeeping_list_bundled():
+    hk = lk.pp.housekeeping_genes("hsiao")
+    assert len(hk) == 397
+    assert len(set(hk)) == 397
+    assert "ACTB" in hk
+    assert "GAPDH" in hk
+    keep, n = gene_filter(["actb", "Gapdh", "Snap25"])
+    assert keep.tolist() == [False, False, True]
+    assert n == 2
+    with pytest.raises(ValueError, match="Unknown housekeeping list"):
+        lk.pp.housekeeping_genes("nope")
+
+
+def test_gene_sentences_normalisation_does_not_change_ranks():
+    rng = np.random.default_rng(0)
+    x = sparse.random(50, 300, density=0.2, random_state=1, data_rvs=lambda k: rng.integers(1, 30, k)).astype(
+        np.float32
+    )
+    adata = _adata(x)
+    adata.layers["counts"] = adata.X.copy()
+    lib = np.asarray(x.sum(1)).ravel()
+    adata.layers["lognorm"] = sparse.csr_matrix(sparse.diags(1e4 / lib) @ x).log1p()
+    lk.pp.gene_sentences(adata, layer="counts", key_added="a")
+    lk.pp.gene_sentences(adata, layer="lognorm", normalize=False, key_added="b")
+    lk.pp.gene_sentences(adata, key_added="c", normalize=False)
+    assert (adata.obs["a"] == adata.obs["b"]).all()
+    assert (adata.obs["a"] == adata.obs["c"]).all()
+    assert adata.uns["loki"]["a"]["layer"] == "counts"
+
+
+def test_gene_sentences_copy_and_spatialdata():
+    adata = _adata(np.array([[1, 2, 0]], dtype=np.float32))
+    out = lk.pp.gene_sentences(adata, copy=True)
+    assert out.obs[Key.SENTENCE].iloc[0] == "G1 G0"
+    assert Key.SENTENCE not in adata.obs
+    assert "loki" not in adata.uns
+
+    import spatialdata as sd
+
+    sdata = sd.SpatialData(tables={"S": adata})
+    lk.pp.gene_sentences(sdata)
+    assert sdata.tables["S"].obs[Key.SENTENCE].iloc[0] == "G1 G0"
+    with pytest.raises(ValueError, match="copy=True applies to AnnData"):
+        lk.pp.gene_sentences(sdata, copy=True)
+    with pytest.raises(KeyError, match=r"sdata\.tables"):
+        lk.pp.gene_sentences(sdata, table_key="nope")
+
+
+def _assert_untouched(adata, obs_cols):
+    assert list(adata.obs.columns) == obs_cols
+    assert "loki" not in adata.uns
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [(np.nan, r"1 NaN, infinite or negative value\(s\) in 1 row\(s\), e.g. 's1'"), (-1.0, "negative")],
+)
+def test_gene_sentences_bad_values_write_nothing(value, match):
+    x = np.ones((3, 4), dtype=np.float32)
+    x[1, 2] = value
+    adata = _adata(x)
+    with pytest.raises(ValueError, match=match):
+        lk.pp.gene_sentences(adata)
+    _assert_untouched(adata, [])
+
+
+def test_gene_sentences_duplicate_names_and_bad_params_write_nothing():
+    adata = _adata(np.ones((2, 4), dtype=np.float32), ["A", "B", "A", "B"])
+    adata.obs["x"] = 1
+    with pytest.raises(ValueError, match=r"2 duplicated gene name\(s\): 'A', 'B'.*var_names_make_unique"):
+        lk.pp.gene_sentences(adata)
+    _assert_untouched(adata, ["x"])
+    adata = _adata(np.ones((2, 4), dtype=np.float32))
+    with pytest.raises(KeyError, match=r"'counts' not found in adata.layers"):
+        lk.pp.gene_sentences(adata, layer="counts")
+    with pytest.raises(ValueError, match="n_genes must be a positive integer"):
+        lk.pp.gene_sentences(adata, n_genes=0)
+    with pytest.raises(ValueError, match="target_sum"):
+        lk.pp.gene_sentences(adata, target_sum=-1)
+    _assert_untouched(adata, [])
+
+
+def test_gene_sentences_warns_on_ensembl_ids():
+    names = ["ENSMUSG00000064339.1", "ENSG00000141510", "Snap25"]
+    assert looks_like_ensembl(names).tolist() == [True, True, False]
+    adata = _adata(np.array([[1, 2, 3]], dtype=np.float32), names)
+    with pytest.warns(UserWarning, match="look like Ensembl ids.*map_gene_ids"):
+        lk.pp.gene_sentences(adata, exclude_patterns=())
+    assert adata.obs[Key.SENTENCE].iloc[0] == "Snap25 ENSG00000141510 ENSMUSG00000064339.1"
+
+
+# --- real data: the published recipe on real counts ----------------------------------------------
+
+
+def _reference_sentences(adata: ad.AnnData, n: int) -> list[str]:
+    """The reference recipe on a dense normalised frame (filters as in gene_sentences' defaults)."""
+    x = adata.X.toarray() if sparse.issparse(adata.X) else np.asarray(adata.X)
+    x = np.log1p(x / x.sum(1, keepdims=True) * 1e4)
+    hk = pd.Index(lk.pp.housekeeping_genes()).str.upper()
+    names = adata.var_names
+    keep = (
+        ~names.str.upper().isin(hk)
+        & ~names.str.contains("-", regex=False)
+        & ~names.str.contains(".", regex=False)
+    )
+    expr = pd.DataFrame(x[:, keep], index=adata.obs_names, columns=names[keep])
+    out = []
+    for _, row in expr.iterrows():
+        top = row.nlargest(n)
+        out.append(" ".join(top.index[top.to_numpy() > 0]))
+    return out
+
+
+def test_gene_sentences_match_published_recipe_on_mob():
+    mob = shared_path("stutility_mob")
+    counts = pd.read_csv(mob / "MOB1.tsv", sep="\t", index_col=0).iloc[:400]
+    adata = ad.AnnData(
+        sparse.csr_matrix(counts.to_numpy(dtype=np.float32)), obs=pd.DataFrame(index=counts.index)
+    )
+    adata.var_names = counts.columns
+    lk.pp.map_gene_ids(adata, mob / "mouse_genes.tsv.gz")
+    lk.pp.gene_sentences(adata)
+    expected = _reference_sentences(adata, 50)
+    assert adata.obs[Key.SENTENCE].tolist() == expected
+    lengths = adata.obs[Key.SENTENCE].str.split().str.len()
+    assert (lengths == 50).mean() > 0.5  # most spots have >= 50 expressed genes
+
+
+def test_gene_sentences_match_published_recipe_on_her2st():
+    counts_dir = shared_path("her2st_A", "counts")
+    path = sorted(counts_dir.glob("A1*"))[0]
+    counts = pd.read_csv(path, sep="\t", index_col=0).iloc[:150]
+    counts = counts.loc[:, ~counts.columns.duplicated()]
+    adata = ad.AnnData(
+        sparse.csr_matrix(counts.to_numpy(dtype=np.float32)), obs=pd.DataFrame(index=counts.index)
+    )
+    adata.var_names = counts.columns.astype(str)
+    lk.pp.gene_sentences(adata)
+    assert adata.obs[Key.SENTENCE].tolist() == _reference_sentences(adata, 50)
+    hk = set(lk.pp.housekeeping_genes())
+    words = set(" ".join(adata.obs[Key.SENTENCE]).split())
+    assert not words & hk

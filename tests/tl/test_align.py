@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import loki as lk
+from loki._keys import Key
+
+
+def _log_expr(adata):
+    x = adata.X.tocsr().astype(np.float64)
+    lib = np.asarray(x.sum(axis=1)).ravel()
+    x = sp.diags(1e3 / np.maximum(lib, 1)) @ x
+    x.data = np.log1p(x.data)
+    return x.toarray().astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    adata = lk.datasets.synthetic_tissue(n_spots=600, n_genes=60, n_cell_types=5, seed=11)
+    adata.obsm["X_expr"] = _log_expr(adata)
+    return adata
+
+
+def _moved(tissue, **kw):
+    moved, truth = lk.datasets.transform_section(tissue, seed=5, **kw)
+    moved.obsm["X_expr"] = _log_expr(moved)
+    return moved, truth
+
+
+@pytest.mark.parametrize(
+    ("rotation", "mirror", "warp", "drop", "method"),
+    [
+        (0.0, False, 0.0, 0.05, "rigid"),
+        (75.0, True, 0.0, 0.1, "rigid"),
+        (180.0, False, 0.0, 0.2, "rigid"),
+        (130.0, True, 1.0, 0.1, "deformable"),
+        (20.0, False, 1.5, 0.2, "deformable"),
+    ],
+)
+def test_synthetic_recovery(tissue, rotation, mirror, warp, drop, method):
+    moved, truth = _moved(
+        tissue,
+        rotation_deg=rotation,
+        translation=(4.0, -7.0),
+        mirror=mirror,
+        warp=warp,
+        drop_fraction=drop,
+        thin_counts=0.6,
+    )
+    lk.tl.align(moved, target=tissue, use="X_expr", method=method)
+    err = lk.metrics.alignment_error(moved.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing)
+    info = moved.uns[Key.UNS][Key.ALIGNED]
+    assert err < 0.15, err
+    assert info["mirror"] == mirror
+    assert np.sign(np.linalg.det(info["matrix"][:2, :2])) == (-1 if mirror else 1)
+    assert info["method"] == method
+    assert info["n_iter"] >= 1
+    assert info["sigma2"] > 0
+
+
+def test_anndata_copy_and_coordinates_only(tissue, tmp_path):
+    moved, truth = _moved(tissue, rotation_deg=40.0, translation=(2.0, 1.0))
+    out = lk.tl.align(moved, target=tissue, use=None, method="rigid", mirror=False, copy=True)
+    assert Key.ALIGNED not in moved.obsm
+    assert Key.UNS not in moved.uns
+    assert lk.metrics.alignment_error(out.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing) < 0.15
+    # the stored rigid part maps the source coordinates onto the aligned ones
+    m = out.uns[Key.UNS][Key.ALIGNED]["matrix"]
+    np.testing.assert_allclose(
+        moved.obsm["spatial"] @ m[:2, :2].T + m[:2, 2], out.obsm[Key.ALIGNED], atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "err", "match"),
+    [
+        (lambda s, t: s.obsm.pop("X_expr"), KeyError, "X_expr"),
+        (lambda s, t: s.obsm.__setitem__("X_expr", s.obsm["X_expr"][:, :10]), ValueError, "share one space"),
+        (lambda s, t: s.obsm["spatial"].__setitem__((0, 0), np.nan), ValueError, "non-finite"),
+    ],
+)
+def test_bad_input_writes_nothing(tissue, mutate, err, match):
+    moved, _ = _moved(tissue, rotation_deg=10.0)
+    target = tissue.copy()
+    mutate(moved, target)
+    with pytest.raises(err, match=match):
+        lk.tl.align(moved, target=target, use="X_expr")
+    assert Key.ALIGNED not in moved.obsm
+    assert Key.UNS not in moved.uns
+    assert Key.ALIGNED not in target.obsm
+
+
+def test_too_few_points_and_bad_params(tissue):
+    small = tissue[:2].copy()
+    with pytest.raises(ValueError, match="at least 3"):
+        lk.tl.align(small, target=tissue, use="X_expr")
+    assert Key.ALIGNED not in small.obsm
+    moved, _ = _moved(tissue)
+    for kw, match in [({"method": "warp"}, "method"), ({"w": 1.0}, "w must"), ({"alpha": 0}, "alpha")]:
+        with pytest.raises(ValueError, match=match):
+            lk.tl.align(moved, target=tissue, use="X_expr", **kw)
+    assert Key.ALIGNED not in moved.obsm
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_align_sections_stack(tissue, sequential):
+    rotations = [0.0, 25.0, 50.0, 75.0]
+    stack, truths = [], []
+    for i, r in enumerate(rotations):
+        moved, truth = lk.datasets.transform_section(tissue, rotation_deg=r, drop_fraction=0.1, seed=i)
+        moved.obsm["X_expr"] = _log_expr(moved)
+        stack.append(moved)
+        truths.append(truth)
+    res = lk.tl.align_sections(
+        stack, target=0, use="X_expr", method="rigid", sequential=sequential, progress=False
+    )
+    assert sorted(res) == [f"section{i}" for i in range(4)]
+    for i, (sec, truth) in enumerate(zip(stack, truths, strict=True)):
+        info = sec.uns[Key.UNS][Key.ALIGNED]
+        assert info["z"] == i
+        if i:
+            assert info["reference"] == (f"section{i - 1}" if sequential else "section0")
+        # section 0 was moved too (by the identity plus dropped spots): compare in its frame
+        ref = truths[0]
+        expect = truth.coords @ ref.matrix[:2, :2].T + ref.matrix[:2, 2]
+        err = lk.metrics.alignment_error(sec.obsm[Key.ALIGNED], expect, truth.spot_spacing)
+        assert err < 0.15, (i, err)
+
+
+def test_align_sections_validates_first(tissue):
+    a, _ = _moved(tissue, rotation_deg=5.0)
+    b, _ = _moved(tissue, rotation_deg=10.0)
+    c, _ = _moved(tissue, rotation_deg=15.0)
+    del c.obsm["X_expr"]
+    with pytest.raises(KeyError, match="X_expr"):
+        lk.tl.align_sections([a, b, c], target=0, use="X_expr", progress=False)
+    assert all(Key.ALIGNED not in s.obsm for s in (a, b, c))
+
+
+def test_image_to_st_key_pair(tissue):
+    # image-to-ST: the source's patch embedding and the target's transcriptome embedding share one space
+    moved, truth = _moved(tissue, rotation_deg=110.0, mirror=True)
+    moved.obsm["img"] = moved.obsm.pop("X_expr")
+    lk.tl.align(moved, target=tissue, use=("img", "X_expr"), method="rigid")
+    assert moved.uns[Key.UNS][Key.ALIGNED]["use"] == ["img", "X_expr"]
+    assert lk.metrics.alignment_error(moved.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing) < 0.15

@@ -1,0 +1,62 @@
+"""Known transforms applied to real sections (MOB bundled, her2st A and Stahl layers from ../shared/data).
+
+The exhaustive grid (3 datasets x 30/90/150 deg x mirror x thinned counts) runs in
+benchmarks/bench_align_real.py; here one case per dataset keeps the suite fast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+from tests.conftest import shared_path
+
+import loki as lk
+from loki._keys import Key
+
+
+def _log_expr(adata, genes):
+    x = adata[:, genes].X.tocsr().astype(np.float64)
+    lib = np.asarray(x.sum(axis=1)).ravel()
+    x = sp.diags(1e4 / np.maximum(lib, 1)) @ x
+    x.data = np.log1p(x.data)
+    return x.toarray().astype(np.float32)
+
+
+def _section(name):
+    if name == "MOB1":
+        return lk.datasets.mob("MOB1").tables["MOB1"].copy()
+    if name == "A1":
+        folder = shared_path("her2st_A")
+        sd = lk.io.read_legacy_st(
+            folder / "counts" / "A1.tsv.gz", folder / "spotfiles" / "A1_selection.tsv", name="A1"
+        )
+        return sd.tables["A1"].copy()
+    folder = shared_path("paste_stahl_bc_layers")
+    counts = pd.read_csv(folder / "slice1.csv", index_col=0)
+    adata = AnnData(sp.csr_matrix(counts.to_numpy(dtype=np.float32)))
+    adata.var_names = counts.columns.astype(str)
+    adata.obsm["spatial"] = np.loadtxt(folder / "slice1_coor.csv", delimiter=",")
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("name", "rotation", "mirror", "method"),
+    [("MOB1", 150.0, True, "deformable"), ("A1", 90.0, True, "rigid"), ("stahl1", 30.0, False, "rigid")],
+)
+def test_known_transform_on_real_section(name, rotation, mirror, method):
+    target = _section(name)
+    source, truth = lk.datasets.transform_section(
+        target, rotation_deg=rotation, mirror=mirror, translation=(37.0, -12.0), thin_counts=0.5, seed=3
+    )
+    x = target.X.tocsr()
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    genes = target.var_names[np.argsort(-mean)[:500]]
+    target.obsm["X_expr"] = _log_expr(target, genes)
+    source.obsm["X_expr"] = _log_expr(source, genes)
+    lk.tl.align(source, target=target, use="X_expr", method=method)
+    err = lk.metrics.alignment_error(source.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing)
+    assert err < 0.15, err
+    assert source.uns[Key.UNS][Key.ALIGNED]["mirror"] == mirror

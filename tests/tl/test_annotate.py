@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from scipy import sparse
+
+import loki as lk
+from loki.tl._annotate import fuse_scores, marker_sentences, minmax_per_row
+
+GENES = [f"G{i}" for i in range(40)]
+MARKERS = {"tumour": ["G0", "G1", "G2"], "stroma": ["G10", "G11", "G12"], "fat": ["G20", "G21", "G22"]}
+
+
+class BagOfGenes:
+    """A stand-in text encoder: a sentence embeds to the sum of fixed random vectors of its genes."""
+
+    def __init__(self, dim=32, seed=0):
+        rng = np.random.default_rng(seed)
+        self.vectors = {g.upper(): rng.normal(size=dim) for g in GENES}
+        self.calls = []
+
+    def encode_texts(self, sentences):
+        self.calls.append(list(sentences))
+        return np.stack([sum(self.vectors[g.upper()] for g in s.split()) for s in sentences])
+
+
+def _spots(model, n_per_class=30, noise=0.8, seed=1):
+    rng = np.random.default_rng(seed)
+    classes = list(MARKERS)
+    truth = np.repeat(classes, n_per_class)
+    emb = np.stack([sum(model.vectors[g] for g in MARKERS[c]) for c in truth])
+    emb = emb + noise * rng.normal(size=emb.shape)
+    adata = AnnData(X=sparse.csr_matrix(rng.poisson(1.0, (len(truth), len(GENES))).astype(np.float32)))
+    adata.var_names = GENES
+    adata.obs_names = [f"s{i}" for i in range(len(truth))]
+    adata.obsm["loki_image"] = emb.astype(np.float32)
+    return adata, truth
+
+
+def test_marker_annotation_recovers_classes_and_scores_are_cosines():
+    model = BagOfGenes()
+    adata, truth = _spots(model)
+    lk.tl.annotate(adata, MARKERS, model=model)
+    scores = adata.obsm["loki_annotation"]
+    assert list(scores.columns) == list(MARKERS)
+    assert model.calls == [["G0 G1 G2", "G10 G11 G12", "G20 G21 G22"]]
+    cls = np.stack([sum(model.vectors[g] for g in MARKERS[c]) for c in MARKERS])
+    x = adata.obsm["loki_image"]
+    expected = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (
+        cls / np.linalg.norm(cls, axis=1, keepdims=True)
+    ).T
+    np.testing.assert_allclose(scores.to_numpy(), expected, atol=1e-5)
+    label = adata.obs["loki_annotation"]
+    assert isinstance(label.dtype, pd.CategoricalDtype)
+    assert lk.metrics.weighted_f1(truth, label.astype(str)) > 0.9
+    assert adata.uns["loki"]["loki_annotation"]["sentences"][0] == "G0 G1 G2"
+
+
+def test_fusion_follows_eqs_8_11():
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=5)
+    rng = np.random.default_rng(3)
+    other = pd.DataFrame(rng.normal(size=(adata.n_obs, 3)), columns=["fat", "tumour", "stroma"])
+    out = lk.tl.annotate(adata, MARKERS, model=model, fuse_with=other, copy=True)
+    s = out.obsm["loki_annotation"].to_numpy()
+    o = other[list(MARKERS)].to_numpy()
+
+    def norm(a):
+        return (a - a.min(1, keepdims=True)) / (a.max(1, keepdims=True) - a.min(1, keepdims=True))
+
+    combined = norm(s) + norm(o)
+    np.testing.assert_allclose(out.obsm["loki_annotation_fused"].to_numpy(), combined, atol=1e-6)
+    np.testing.assert_array_equal(out.obs["loki_annotation"].cat.codes.to_numpy(), combined.argmax(1))
+    assert "loki_annotation" not in adata.obsm  # copy=True left the input alone
+
+
+def test_minmax_and_fuse_helpers():
+    np.testing.assert_allclose(minmax_per_row([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]]), [[0, 1, 0.5], [0, 0, 0]])
+    with pytest.raises(ValueError, match="one shape"):
+        fuse_scores(np.zeros((2, 3)), np.zeros((2, 2)))
+
+
+def test_marker_sentences_match_vocabulary_case_and_report_missing():
+    sentences, missing = marker_sentences({"a": ["ACTB", "Foo", "gfap"]}, ["Actb", "Gfap"])
+    assert sentences == {"a": "Actb Gfap"}
+    assert missing == {"a": ["Foo"]}
+
+
+def test_bulk_annotation_with_pseudobulk_groups():
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=4)
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(0.2, (6, len(GENES))).astype(np.float32)
+    counts[:3, :3] += 50  # tumour-like samples express G0..G2
+    counts[3:, 20:23] += 50
+    bulk = AnnData(
+        X=counts, obs=pd.DataFrame({"kind": ["t"] * 3 + ["f"] * 3}, index=[f"b{i}" for i in range(6)])
+    )
+    bulk.var_names = GENES
+    lk.tl.annotate(
+        adata, bulk, model=model, groupby="kind", sentence_kwargs={"n_genes": 3, "housekeeping": None}
+    )
+    uns = adata.uns["loki"]["loki_annotation"]
+    assert uns["source"] == "bulk"
+    assert sorted(uns["classes"]) == ["f", "t"]
+    assert set(dict(zip(uns["classes"], uns["sentences"], strict=True))["t"].split()) == {"G0", "G1", "G2"}
+    assert adata.obsm["loki_annotation"].shape == (adata.n_obs, 2)
+
+
+def test_class_embeddings_shortcut():
+    model = BagOfGenes()
+    adata, truth = _spots(model)
+    ce = pd.DataFrame({c: sum(model.vectors[g] for g in MARKERS[c]) for c in MARKERS}).T
+    lk.tl.annotate(adata, class_embeddings=ce)
+    assert lk.metrics.weighted_f1(truth, adata.obs["loki_annotation"].astype(str)) > 0.9
+
+
+def test_missing_markers_warn_with_list():
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    markers = {**MARKERS, "tumour": ["G0", "NOTAGENE", "G1"]}
+    with pytest.warns(UserWarning, match="tumour: NOTAGENE"):
+        lk.tl.annotate(adata, markers, model=model)
+    assert adata.uns["loki"]["loki_annotation"]["missing_markers"] == {"tumour": ["NOTAGENE"]}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"markers": {"a": []}}, ValueError, "empty"),
+        ({"markers": {}}, ValueError, "empty"),
+        ({"markers": {"a": ["NOPE"]}}, ValueError, "None of the markers"),
+        ({"markers": MARKERS, "use": "nope"}, KeyError, "adata.obsm"),
+        ({"markers": MARKERS, "model": lambda s: np.ones((len(s), 7))}, ValueError, "Embedding sizes differ"),
+        ({"markers": MARKERS, "fuse_with": np.zeros((2, 3))}, ValueError, "items x classes"),
+        ({"markers": None}, ValueError, "Pass markers"),
+    ],
+)
+def test_bad_input_writes_nothing(kwargs, error, match):
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    before = (set(adata.obsm), set(adata.obs.columns), set(adata.uns))
+    kwargs = {"model": model, **kwargs}
+    with pytest.raises(error, match=match):
+        lk.tl.annotate(adata, **kwargs)
+    assert (set(adata.obsm), set(adata.obs.columns), set(adata.uns)) == before
+
+
+def test_bulk_profile_without_expression_is_an_error():
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=2)
+    bulk = AnnData(X=np.zeros((2, len(GENES)), dtype=np.float32), obs=pd.DataFrame(index=["b0", "b1"]))
+    bulk.var_names = GENES
+    bulk.X[0, 3] = 5
+    with pytest.raises(ValueError, match=r"\['b1'\]"):
+        lk.tl.annotate(adata, bulk, model=model, sentence_kwargs={"housekeeping": None})
+    assert "loki_annotation" not in adata.obsm

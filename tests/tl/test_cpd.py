@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loki.tl._cpd import (
+    apply_matrix,
+    cpd_align,
+    fit_linear,
+    initial_sigma2,
+    mirror_matrix,
+    nystrom_basis,
+    register_deformable,
+    register_rigid,
+    rotation_matrix,
+)
+from loki.tl._cpd_kernels import estep
+
+
+def _dense_posterior(X, Y, s2, w):
+    D = X.shape[1]
+    M, N = len(Y), len(X)
+    K = np.exp(-((X[None] - Y[:, None]) ** 2).sum(-1) / (2 * s2))
+    c = (2 * np.pi * s2) ** (D / 2) * w / (1 - w) * M / N
+    P = K / (K.sum(0) + c)
+    ll = np.log((1 - w) / M * (2 * np.pi * s2) ** (-D / 2) * K.sum(0) + w / N).sum()
+    return P, ll
+
+
+@pytest.mark.parametrize("w", [0.0, 0.2])
+def test_estep_matches_dense(w):
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(70, 4)), rng.normal(size=(50, 4))
+    P, ll = _dense_posterior(X, Y, 0.5, w)
+    P1, Pt1, PX, loglik = estep(X, Y, 0.5, w, cutoff=np.inf)
+    np.testing.assert_allclose(P1, P.sum(1), rtol=1e-6)
+    np.testing.assert_allclose(Pt1, P.sum(0), rtol=1e-6)
+    np.testing.assert_allclose(PX, P @ X, rtol=1e-6, atol=1e-12)
+    if w > 0:
+        assert loglik == pytest.approx(ll, rel=1e-8)
+
+
+def test_estep_truncation_and_diagonal_covariance():
+    rng = np.random.default_rng(1)
+    X, Y = rng.uniform(0, 10, size=(400, 3)), rng.uniform(0, 10, size=(300, 3))
+    exact = estep(X, Y, 0.2, 0.1, cutoff=np.inf)
+    cut = estep(X, Y, 0.2, 0.1, cutoff=7.0)
+    np.testing.assert_allclose(cut[0], exact[0], atol=1e-8)
+    np.testing.assert_allclose(cut[2], exact[2], atol=1e-7)
+    # a separate feature variance equals scaling the feature column
+    r = np.sqrt(0.2 / 3.0)
+    Xs, Ys = X.copy(), Y.copy()
+    Xs[:, 2] *= r
+    Ys[:, 2] *= r
+    diag = estep(X, Y, 0.2, 0.0, sigma2_features=3.0, cutoff=np.inf)
+    iso = estep(Xs, Ys, 0.2, 0.0, cutoff=np.inf)
+    np.testing.assert_allclose(diag[0], iso[0], rtol=1e-8)
+    np.testing.assert_allclose(diag[2][:, :2], iso[2][:, :2], rtol=1e-8)
+    np.testing.assert_allclose(diag[2][:, 2] * r, iso[2][:, 2], rtol=1e-8)
+
+
+def test_estep_far_points_stay_finite():
+    X = np.array([[0.0, 0.0], [1e3, 1e3], [0.5, 0.0]])
+    Y = np.array([[0.0, 0.1], [0.4, 0.0], [0.2, 0.2]])
+    P1, Pt1, PX, ll = estep(X, Y, 1e-4, 0.0, cutoff=np.inf)
+    assert np.isfinite(P1).all()
+    assert np.isfinite(PX).all()
+    assert np.isfinite(ll)
+    assert Pt1 == pytest.approx(np.ones(3))  # w = 0: every column sums to one, even the far point
+
+
+def test_initial_sigma2():
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(size=(30, 3)), rng.normal(size=(20, 3))
+    dense = ((X[None] - Y[:, None]) ** 2).sum() / (3 * 30 * 20)
+    assert initial_sigma2(X, Y) == pytest.approx(dense)
+
+
+@pytest.mark.parametrize("kind", ["rigid", "similarity", "affine"])
+def test_fit_linear_exact(kind):
+    rng = np.random.default_rng(3)
+    src = rng.normal(size=(40, 2))
+    T = rotation_matrix(40.0, np.zeros(2))
+    if kind == "similarity":
+        T[:2, :2] *= 1.7
+    if kind == "affine":
+        T[:2, :2] = [[1.2, 0.3], [-0.2, 0.8]]
+    T[:2, 2] = [3.0, -1.0]
+    est = fit_linear(src, apply_matrix(src, T), kind=kind)
+    np.testing.assert_allclose(est, T, atol=1e-9)
+
+
+def test_fit_linear_reflection_only_when_allowed():
+    src = np.random.default_rng(4).normal(size=(30, 2))
+    T = mirror_matrix(np.zeros(2))
+    dst = apply_matrix(src, T)
+    assert np.linalg.det(fit_linear(src, dst)[:2, :2]) > 0
+    np.testing.assert_allclose(fit_linear(src, dst, allow_reflection=True), T, atol=1e-9)
+
+
+def test_nystrom_basis_approximates_kernel():
+    rng = np.random.default_rng(5)
+    Y = rng.uniform(0, 1, size=(300, 2))
+    Q, S, Z, T = nystrom_basis(Y, 0.5, 60, rng)
+    G = np.exp(-((Y[None] - Y[:, None]) ** 2).sum(-1) / (2 * 0.25))
+    approx = Q @ np.diag(S) @ Q.T
+    assert np.abs(approx - G).max() < 1e-3
+    np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-8)
+    # the interpolation form reproduces Q S a at the data points
+    a = rng.normal(size=(Q.shape[1], 2))
+    from loki.tl._cpd_kernels import gaussian_cross_kernel
+
+    np.testing.assert_allclose(
+        gaussian_cross_kernel(Y, Z, 2.0) @ (T @ (S[:, None] * a)), Q @ (S[:, None] * a), atol=1e-6
+    )
+
+
+def _cloud(n, seed):
+    """An irregular blob with one smooth feature column (so rotations are identifiable)."""
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(-1, 1, size=(4 * n, 2))
+    r = np.linalg.norm(pts, axis=1)
+    ang = np.arctan2(pts[:, 1], pts[:, 0])
+    pts = pts[r < 0.7 + 0.2 * np.cos(3 * ang)][:n]
+    feat = np.sin(3 * pts[:, :1]) + pts[:, 1:2] ** 2
+    return np.hstack([pts, feat])
+
+
+def test_register_rigid_local():
+    X = _cloud(300, 0)
+    T = rotation_matrix(20.0, np.zeros(2))
+    T[:2, 2] = [0.1, -0.05]
+    Y = X.copy()
+    Y[:, :2] = apply_matrix(X[:, :2], np.linalg.inv(T))
+    res = register_rigid(X, Y, max_iter=200)
+    assert res.converged
+    np.testing.assert_allclose(res.matrix, T, atol=1e-4)
+    assert res.history == sorted(res.history)  # EM never lowers the likelihood
+
+
+def test_register_deformable_recovers_smooth_warp():
+    X = _cloud(250, 1)
+    Y = X.copy()
+    Y[:, 0] += 0.05 * np.sin(2 * X[:, 1])
+    Y[:, 1] += 0.05 * np.cos(2 * X[:, 0])
+    res = register_deformable(X, Y, alpha=0.5, beta=0.5, max_iter=200, n_landmarks=80)
+    before = np.linalg.norm(Y[:, :2] - X[:, :2], axis=1).mean()
+    after = np.linalg.norm(res.TY[:, :2] - X[:, :2], axis=1).mean()
+    assert after < 0.05 * before
+    np.testing.assert_allclose(res.displacement_at(Y[:, :2]), res.displacement, atol=1e-6)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    angle=st.floats(0.0, 360.0),
+    tx=st.floats(-2.0, 2.0),
+    ty=st.floats(-2.0, 2.0),
+    flip=st.booleans(),
+)
+def test_property_rigid_transform_recovered(angle, tx, ty, flip):
+    X = _cloud(150, 7)
+    T = rotation_matrix(angle, np.zeros(2)) @ (mirror_matrix(np.zeros(2)) if flip else np.eye(3))
+    T[:2, 2] += [tx, ty]
+    Y = X.copy()
+    Y[:, :2] = apply_matrix(X[:, :2], np.linalg.inv(T))
+    res = cpd_align(X, Y, method="rigid")
+    assert res.mirror == flip
+    np.testing.assert_allclose(res.coords, X[:, :2], atol=1e-3)
+    np.testing.assert_allclose(res.matrix, T, atol=1e-3)
+
+
+def test_cpd_align_coarse_to_fine_paths():
+    X = _cloud(800, 9)
+    T = rotation_matrix(120.0, np.zeros(2))
+    Y = X.copy()
+    Y[:, :2] = apply_matrix(X[:, :2], np.linalg.inv(T))
+    exact = cpd_align(X, Y, method="deformable", beta=1.0, max_points=400, n_coarse=250, refine=True)
+    approx = cpd_align(X, Y, method="deformable", beta=1.0, max_points=400, n_coarse=250, refine=False)
+    assert approx.approximate
+    assert not exact.approximate
+    assert [s["stage"] for s in exact.stages] == ["global_start", "rigid_coarse", "rigid", "deformable"]
+    assert [s["stage"] for s in approx.stages] == ["global_start", "rigid_coarse", "deformable_coarse"]
+    spacing = 0.023  # mean nearest-neighbour distance of this cloud
+    assert np.linalg.norm(exact.coords - X[:, :2], axis=1).mean() < 0.1 * spacing
+    # the approximation is only as precise as the coarse level (250 random points per side)
+    assert np.linalg.norm(approx.coords - X[:, :2], axis=1).mean() < 1.5 * spacing
+    with pytest.raises(ValueError, match="method"):
+        cpd_align(X, Y, method="warp")

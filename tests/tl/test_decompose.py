@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from tests.conftest import shared_path
+
+import loki as lk
+from loki.pp._pseudo_spots import scatter_cells_in_regions
+
+
+def _toy(n_types=4, n_genes=40, n_spots=80, cells_per_type=30, seed=0, sparse_x=False):
+    """Spots that are exact sums of reference-like cells, plus a labelled reference."""
+    rng = np.random.default_rng(seed)
+    profiles = rng.gamma(0.6, 4.0, size=(n_types, n_genes))
+    labels = np.repeat([f"T{k}" for k in range(n_types)], cells_per_type)
+    ref_x = rng.poisson(profiles[np.repeat(np.arange(n_types), cells_per_type)]).astype(np.float32)
+    reference = ad.AnnData(
+        sp.csr_matrix(ref_x) if sparse_x else ref_x,
+        obs=pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=[f"G{g}" for g in range(n_genes)]),
+    )
+    counts = rng.multinomial(8, rng.dirichlet(np.full(n_types, 0.4), size=n_spots))
+    spots_x = rng.poisson(counts @ profiles).astype(np.float32)
+    spots = ad.AnnData(spots_x, var=pd.DataFrame(index=[f"G{g}" for g in range(n_genes)][::-1][::-1]))
+    spots.obs_names = [f"s{i}" for i in range(n_spots)]
+    spots.obsm["spatial"] = rng.uniform(0, 100, size=(n_spots, 2))
+    truth = counts / counts.sum(axis=1, keepdims=True)
+    return spots, reference, truth
+
+
+def _js(truth, pred):
+    return float(np.mean(lk.metrics.js_divergence(truth + 1e-12, np.asarray(pred) + 1e-12, axis=0)))
+
+
+@pytest.mark.parametrize("method", ["nnls", "mapping"])
+def test_decompose_writes_proportions_that_beat_uniform(method):
+    spots, reference, truth = _toy()
+    lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", method=method, epochs=150)
+    props = spots.obsm["loki_proportions"]
+    assert isinstance(props, pd.DataFrame)
+    assert list(props.columns) == ["T0", "T1", "T2", "T3"]
+    assert props.index.equals(spots.obs_names)
+    np.testing.assert_allclose(props.sum(axis=1), 1.0, rtol=1e-6)
+    assert (props.to_numpy() >= 0).all()
+    uniform = np.full_like(truth, 0.25)
+    assert _js(truth, props) < 0.5 * _js(truth, uniform)
+    info = spots.uns["loki"]["loki_proportions"]
+    assert info["method"] == method
+    assert info["cell_types"] == ["T0", "T1", "T2", "T3"]
+    assert info["n_features"] == 40
+    if method == "mapping":
+        assert info["loss"].shape == (150,)
+        assert info["loss"][-1] < info["loss"][0]
+
+
+def test_mapping_cells_mode_and_mapping_matrix_on_request():
+    spots, reference, truth = _toy(cells_per_type=10)
+    lk.tl.decompose(
+        spots,
+        reference=reference,
+        cell_type_key="cell_type",
+        method="mapping",
+        mode="cells",
+        epochs=200,
+        return_mapping=True,
+        key_added="cells",
+    )
+    info = spots.uns["loki"]["cells"]
+    assert info["mapping"].shape == (reference.n_obs, spots.n_obs)
+    np.testing.assert_allclose(info["mapping"].sum(axis=1), 1.0, rtol=1e-5)
+    assert info["mapping_sources"] == list(reference.obs_names)
+    assert _js(truth, spots.obsm["cells"]) < 0.5 * _js(truth, np.full_like(truth, 0.25))
+
+
+def test_copy_returns_new_object_and_leaves_input_untouched():
+    spots, reference, _ = _toy(sparse_x=True)
+    out = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", copy=True)
+    assert "loki_proportions" in out.obsm
+    assert "loki_proportions" not in spots.obsm
+    assert "loki" not in spots.uns
+
+
+def test_refine_and_percentile_normalisation_go_to_the_refined_key():
+    spots, reference, _ = _toy()
+    lk.tl.decompose(
+        spots, reference=reference, cell_type_key="cell_type", refine="nms", normalize="percentile"
+    )
+    props = spots.obsm["loki_proportions"].to_numpy()
+    refined = spots.obsm["loki_proportions_refined"].to_numpy()
+    np.testing.assert_allclose(props.sum(axis=1), 1.0)
+    assert refined.min() >= 0
+    assert refined.max() <= 1
+    assert ((refined > 0).sum(axis=1) <= 1).all()
+    # The surviving type of each spot is its most probable one (eq. 13).
+    nonzero = refined.max(axis=1) > 0
+    np.testing.assert_array_equal(refined[nonzero].argmax(axis=1), props[nonzero].argmax(axis=1))
+
+
+def test_embedding_input_and_size_mismatch():
+    spots, reference, truth = _toy()
+    rng = np.random.default_rng(1)
+    type_emb = rng.normal(size=(4, 16))
+    codes = pd.Categorical(reference.obs["cell_type"]).codes
+    cell_emb = type_emb[codes] + 0.05 * rng.normal(size=(reference.n_obs, 16))
+    reference.obsm["loki_text"] = (cell_emb / np.linalg.norm(cell_emb, axis=1, keepdims=True)).astype(
+        np.float32
+    )
+    mix = truth @ type_emb
+    spots.obsm["loki_image"] = (mix / np.linalg.norm(mix, axis=1, keepdims=True)).astype(np.float32)
+    lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", use="loki_image", method="nnls")
+    assert _js(truth, spots.obsm["loki_proportions"]) < 0.5 * _js(truth, np.full_like(truth, 0.25))
+    assert spots.uns["loki"]["loki_proportions"]["reference_use"] == "loki_text"
+
+    spots.obsm["loki_text"] = np.zeros((spots.n_obs, 8), np.float32)
+    del spots.obsm["loki_proportions"], spots.uns["loki"]
+    with pytest.raises(ValueError, match="Embedding sizes differ"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", use="loki_text")
+    assert "loki_proportions" not in spots.obsm
+    assert "loki" not in spots.uns
+
+
+def _nothing_written(adata):
+    return "loki_proportions" not in adata.obsm and "loki" not in adata.uns
+
+
+def test_missing_cell_type_column_is_a_keyerror_naming_columns():
+    spots, reference, _ = _toy()
+    with pytest.raises(KeyError, match=r"'celltype' not found in adata.obs; available: 'cell_type'"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="celltype")
+    assert _nothing_written(spots)
+
+
+def test_cell_type_with_one_cell_is_rejected():
+    spots, reference, _ = _toy()
+    reference.obs["cell_type"] = reference.obs["cell_type"].astype(str)
+    reference.obs.iloc[0, 0] = "Lonely"
+    with pytest.raises(ValueError, match=r"'Lonely' \(1 cell\)"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert _nothing_written(spots)
+
+
+def test_no_shared_genes_lists_names_from_both_sides():
+    spots, reference, _ = _toy()
+    spots.var_names = [f"ENSMUSG{i:011d}" for i in range(spots.n_vars)]
+    with pytest.raises(ValueError, match=r"No genes are shared.*ENSMUSG00000000000.*reference: 'G0'"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert _nothing_written(spots)
+
+
+def test_duplicated_gene_names_are_rejected():
+    spots, reference, _ = _toy()
+    reference.var_names = ["G0", *reference.var_names[:-1]]
+    with pytest.raises(ValueError, match=r"reference.var_names has duplicated genes \('G0'"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert _nothing_written(spots)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"method": "tangram"}, ValueError, "method must be one of"),
+        ({"mode": "cell"}, ValueError, "mode must be one of"),
+        ({"refine": "max"}, ValueError, "refine must be one of"),
+        ({"use": "loki_text"}, KeyError, "not found in adata.obsm"),
+        ({"use": "X", "reference_use": "loki_text"}, ValueError, "both must be"),
+        ({"layer": "counts"}, KeyError, "adata.layers"),
+        ({"density_prior": np.ones(3)}, ValueError, "density_prior"),
+        ({"normalize": "percentile", "percentiles": (50, 10)}, ValueError, "percentiles"),
+    ],
+)
+def test_bad_parameters_fail_before_writing(kwargs, error, match):
+    spots, reference, _ = _toy()
+    with pytest.raises(error, match=match):
+        lk.tl.decompose(
+            spots, reference=reference, cell_type_key="cell_type", **{"method": "mapping", **kwargs}
+        )
+    assert _nothing_written(spots)
+
+
+def test_non_finite_features_are_rejected():
+    spots, reference, _ = _toy()
+    spots.X[3, 2] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert _nothing_written(spots)
+
+
+def test_spatialdata_input_inplace_and_not():
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+
+    spots, reference, _ = _toy()
+    spots.obs["region"] = pd.Categorical(["sec_spots"] * spots.n_obs)
+    spots.obs["spot_id"] = np.arange(spots.n_obs)
+    shapes = ShapesModel.parse(spots.obsm["spatial"], geometry=0, radius=np.full(spots.n_obs, 2.0))
+    table = TableModel.parse(spots, region="sec_spots", region_key="region", instance_key="spot_id")
+    sdata = SpatialData(shapes={"sec_spots": shapes}, tables={"sec": table})
+    out = lk.tl.decompose(sdata, reference=reference, cell_type_key="cell_type", inplace=False)
+    assert isinstance(out, pd.DataFrame)
+    assert out.shape == (spots.n_obs, 4)
+    assert "loki_proportions" not in sdata.tables["sec"].obsm
+    assert lk.tl.decompose(sdata, reference=reference, cell_type_key="cell_type") is None
+    pd.testing.assert_frame_equal(sdata.tables["sec"].obsm["loki_proportions"], out)
+    with pytest.raises(ValueError, match="copy=True is for AnnData"):
+        lk.tl.decompose(sdata, reference=reference, cell_type_key="cell_type", copy=True)
+
+
+def test_nnls_path_does_not_import_torch():
+    code = (
+        "import sys, numpy as np, anndata as ad, pandas as pd, loki as lk\n"
+        "r = ad.AnnData(np.eye(4, dtype='f4').repeat(3, 0), obs=pd.DataFrame({'t': list('aabbccdd' * 2)[:12]}))\n"
+        "r.obs_names = [str(i) for i in range(12)]\n"
+        "s = ad.AnnData(np.ones((5, 4), 'f4'))\n"
+        "lk.tl.decompose(s, reference=r, cell_type_key='t', method='nnls')\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+def _split_merfish(seed=0, n_cells=4000):
+    root = shared_path("spacexr_rctd_examples", "Reference", "Merfish_Ref")
+    counts = pd.read_csv(root / "counts.csv", index_col=0)
+    types = pd.read_csv(root / "cell_types.csv", index_col=0).iloc[:, 0]
+    cells = ad.AnnData(
+        sp.csr_matrix(counts.T.to_numpy(np.float32)),
+        obs=pd.DataFrame(
+            {"cell_type": types.loc[counts.columns].astype(str).to_numpy()}, index=counts.columns
+        ),
+        var=pd.DataFrame(index=counts.index),
+    )
+    cells = cells[~cells.obs["cell_type"].isin(["Ambiguous", "Unstable"])].copy()
+    rng = np.random.default_rng(seed)
+    first = np.zeros(cells.n_obs, bool)
+    for idx in cells.obs.groupby("cell_type", observed=True).indices.values():
+        first[rng.permutation(idx)[: len(idx) // 2]] = True
+    half, reference = cells[first].copy(), cells[~first].copy()
+    pick = rng.choice(half.n_obs, n_cells)
+    names = [f"cell{i}" for i in range(n_cells)]
+    tissue = ad.AnnData(half.X[pick], obs=half.obs.iloc[pick].set_axis(names), var=half.var)
+    tissue.obsm["spatial"], _, _ = scatter_cells_in_regions(tissue.obs["cell_type"].to_numpy(), seed=seed + 1)
+    return lk.pp.pseudo_spots(tissue, diameter_um=55.0), reference
+
+
+@pytest.mark.data
+def test_real_merfish_pseudo_spots_nnls_and_mapping_beat_uniform():
+    spots, reference = _split_merfish()
+    truth = spots.obsm["proportions"]
+    uniform_js = _js(truth.to_numpy(), np.full(truth.shape, 1 / truth.shape[1]))
+    for method in ("nnls", "mapping"):
+        lk.tl.decompose(
+            spots, reference=reference, cell_type_key="cell_type", method=method, epochs=200, key_added=method
+        )
+        pred = spots.obsm[method][truth.columns].to_numpy()
+        js = _js(truth.to_numpy(), pred)
+        ssim = float(np.mean(lk.metrics.ssim_grid(spots.obsm["spatial"], truth.to_numpy(), pred)))
+        assert js < 0.8 * uniform_js, (method, js, uniform_js)
+        assert ssim > 0.3, (method, ssim)

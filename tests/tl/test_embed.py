@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import loki as lk
+
+
+@pytest.fixture(scope="module")
+def model():
+    return lk.models.load("loki-tiny", device="cpu", seed=0)
+
+
+def _adata(n=6):
+    a = ad.AnnData(np.ones((n, 3), dtype=np.float32))
+    a.obs[lk.Key.SENTENCE] = [f"Apoe Ptgds Gene{i}" for i in range(n)]
+    a.obsm["spatial"] = np.zeros((n, 2))
+    return a
+
+
+def _patches(n=6, size=40):
+    return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_embed_text_writes_normalised_float32(model):
+    a = _adata()
+    assert lk.tl.embed_text(a, model, batch_size=4) is None
+    emb = a.obsm[lk.Key.TEXT]
+    assert emb.dtype == np.float32
+    assert emb.shape == (6, model.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(emb, model.encode_texts(a.obs[lk.Key.SENTENCE].tolist()), atol=1e-6)
+    info = a.uns["loki"][lk.Key.TEXT]
+    assert info["model"] == "loki-tiny"
+    assert info["checkpoint_hash"] == model.checkpoint_hash
+    assert info["batch_size"] == 4
+
+
+def test_embed_text_missing_sentences_says_what_to_run(model):
+    a = _adata()
+    del a.obs[lk.Key.SENTENCE]
+    with pytest.raises(KeyError, match=r"lk.pp.gene_sentences"):
+        lk.tl.embed_text(a, model)
+    assert lk.Key.TEXT not in a.obsm
+    assert "loki" not in a.uns
+
+
+def test_embed_text_missing_value_rejected(model):
+    a = _adata()
+    a.obs[lk.Key.SENTENCE] = pd.Series([None] + ["Apoe"] * 5, index=a.obs_names, dtype=object)
+    with pytest.raises(ValueError, match="1 missing sentence"):
+        lk.tl.embed_text(a, model)
+    assert lk.Key.TEXT not in a.obsm
+
+
+def test_embed_image_with_patches_and_copy(model):
+    a = _adata()
+    out = lk.tl.embed_image(a, model, patches=_patches(), key_added="img", copy=True)
+    assert "img" not in a.obsm
+    assert "img" in out.obsm
+    np.testing.assert_array_equal(out.obsm["img"], model.encode_images(_patches()))
+    assert out.uns["loki"]["img"]["patch_source"] == "patches"
+
+
+@pytest.mark.parametrize(
+    ("patches", "match"),
+    [
+        (None, "pass patches="),
+        (np.zeros((5, 8, 8, 3), dtype=np.uint8), "5 rows but the table has 6"),
+        (np.zeros((6, 8, 8), dtype=np.uint8), "uint8 array"),
+        (np.zeros((6, 8, 8, 3), dtype=np.float64), "must be uint8"),
+    ],
+)
+def test_embed_image_bad_patches_write_nothing(model, patches, match):
+    a = _adata()
+    with pytest.raises(ValueError, match=match):
+        lk.tl.embed_image(a, model, patches=patches)
+    assert lk.Key.IMAGE not in a.obsm
+    assert "loki" not in a.uns
+
+
+def test_embed_real_section(model):
+    sdata = lk.datasets.mob("MOB2")
+    lk.pp.gene_sentences(sdata, table_key="MOB2")
+    lk.tl.embed_image(sdata, model, table_key="MOB2")
+    lk.tl.embed_text(sdata, model, table_key="MOB2")
+    table = sdata.tables["MOB2"]
+    assert table.obsm[lk.Key.IMAGE].shape == table.obsm[lk.Key.TEXT].shape == (table.n_obs, model.embed_dim)
+    assert lk.Key.PATCH_OK in table.obs
+    patches = np.asarray(lk.pp.spot_patches(sdata, table_key="MOB2", size=model.image_size))
+    np.testing.assert_allclose(table.obsm[lk.Key.IMAGE], model.encode_images(patches), atol=1e-6)
+    with pytest.raises(KeyError, match=r"sdata\.tables"):
+        lk.tl.embed_text(sdata, model, table_key="MOB9")

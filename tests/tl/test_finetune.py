@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import loki as lk
+from loki.tl._finetune import collect_pairs
+
+
+@pytest.fixture(scope="module")
+def mob12():
+    sdata = lk.datasets.mob(["MOB1", "MOB2"])
+    for s in ("MOB1", "MOB2"):
+        lk.pp.gene_sentences(sdata, table_key=s)
+    return sdata
+
+
+def test_collect_pairs_concatenates_sections(mob12):
+    imgs, sents = collect_pairs(mob12, table_keys=["MOB1", "MOB2"], size=16)
+    n = mob12.tables["MOB1"].n_obs + mob12.tables["MOB2"].n_obs
+    ok = np.concatenate([mob12.tables[s].obs[lk.Key.PATCH_OK].to_numpy(bool) for s in ("MOB1", "MOB2")])
+    assert imgs.shape == (int(ok.sum()), 16, 16, 3)
+    assert imgs.dtype == np.uint8
+    assert len(sents) == ok.sum() <= n
+    assert sents[0] == mob12.tables["MOB1"].obs[lk.Key.SENTENCE].iloc[np.argmax(ok)]
+
+
+def test_collect_pairs_unknown_section_fails_before_work(mob12):
+    with pytest.raises(KeyError, match="MOB7"):
+        collect_pairs(mob12, table_keys=["MOB1", "MOB7"])
+
+
+def test_tl_finetune_and_loss_curve(mob12, tmp_path):
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    model, hist = lk.tl.finetune(
+        mob12, model, table_keys="MOB1", epochs=2, lr=1e-3, batch_size=64, seed=0, progress=False
+    )
+    n_ok = int(mob12.tables["MOB1"].obs[lk.Key.PATCH_OK].sum())
+    assert hist["n_pairs"] == n_ok
+    assert len(hist["step_loss"]) == 2 * (n_ok // 64)
+    assert model.trained
+
+    ax = lk.pl.loss_curve(hist, show=False, save=tmp_path / "loss.png")
+    step_line, epoch_line = ax.get_lines()
+    np.testing.assert_allclose(step_line.get_ydata(), hist["step_loss"])
+    np.testing.assert_allclose(epoch_line.get_ydata(), hist["epoch_loss"])
+    np.testing.assert_array_equal(epoch_line.get_xdata(), [n_ok // 64, 2 * (n_ok // 64)])
+    assert ax.get_xlabel() == "step"
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    plt.close(ax.figure)
+
+
+def test_tl_finetune_anndata_needs_patches():
+    a = ad.AnnData(np.ones((4, 2), dtype=np.float32))
+    a.obs[lk.Key.SENTENCE] = ["Apoe"] * 4
+    model = lk.models.load("loki-tiny", device="cpu")
+    with pytest.raises(ValueError, match="patches="):
+        lk.tl.finetune(a, model, progress=False)
+
+
+def test_loss_curve_rejects_bad_history():
+    with pytest.raises(KeyError, match="epoch_loss"):
+        lk.pl.loss_curve({"step_loss": [1.0]}, show=False)
+    with pytest.raises(ValueError, match="do not split"):
+        lk.pl.loss_curve({"step_loss": [1.0, 2.0, 3.0], "epoch_loss": [1.0, 2.0]}, show=False)

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loki.tl._mapping import (
+    _cosine,
+    _feature_cosine_fn,
+    fit_mapping,
+    mapping_to_proportions,
+    nms_refine,
+    normalize_rows,
+    percentile_normalize,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_sources=st.integers(1, 6),
+    n_spots=st.integers(2, 40),
+    n_features=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_feature_cosine_matches_direct_formula_and_autograd(n_sources, n_spots, n_features, seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n_sources, n_spots, generator=gen, dtype=torch.float64, requires_grad=True)
+    S = torch.rand(n_sources, n_features, generator=gen, dtype=torch.float64) + 0.01
+    G = torch.rand(n_spots, n_features, generator=gen, dtype=torch.float64)
+    fn = _feature_cosine_fn()
+    fast = fn.apply(torch.softmax(logits, 1), S, G, G.norm(dim=0).clamp_min(1e-8))
+    (g_fast,) = torch.autograd.grad(fast, logits)
+    direct = _cosine(torch.softmax(logits, 1).T @ S, G, dim=0).mean()
+    (g_direct,) = torch.autograd.grad(direct, logits)
+    assert float(fast.detach()) == pytest.approx(float(direct.detach()), rel=1e-9, abs=1e-12)
+    np.testing.assert_allclose(g_fast.numpy(), g_direct.numpy(), rtol=1e-7, atol=1e-10)
+
+
+def _mixture(n_types=4, n_spots=60, n_features=30, seed=0):
+    rng = np.random.default_rng(seed)
+    profiles = rng.gamma(1.0, 1.0, size=(n_types, n_features))
+    # Every spot holds 10 cells, so the uniform density prior is exact and the truth is a global optimum.
+    counts = rng.multinomial(10, rng.dirichlet(np.full(n_types, 0.5), size=n_spots))
+    return profiles, counts, counts @ profiles
+
+
+def test_fit_mapping_rows_are_distributions_and_loss_decreases():
+    profiles, _, spots = _mixture()
+    res = fit_mapping(profiles, spots, epochs=150, lr=0.1, seed=1, device="cpu")
+    assert res.mapping.shape == (4, 60)
+    np.testing.assert_allclose(res.mapping.sum(axis=1), 1.0, rtol=1e-5)
+    assert res.loss.shape == (150,)
+    assert res.loss[-1] < res.loss[0]
+    assert res.device == "cpu"
+
+
+def test_fit_mapping_is_seeded_without_global_state():
+    profiles, _, spots = _mixture()
+    torch.manual_seed(123)
+    a = fit_mapping(profiles, spots, epochs=20, seed=5, device="cpu").mapping
+    torch.manual_seed(999)
+    b = fit_mapping(profiles, spots, epochs=20, seed=5, device="cpu").mapping
+    c = fit_mapping(profiles, spots, epochs=20, seed=6, device="cpu").mapping
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_fit_mapping_recovers_exact_mixtures_in_clusters_mode():
+    profiles, counts, spots = _mixture(seed=3)
+    n = counts.sum(axis=0)
+    source = profiles * n[:, None]  # clusters: features summed over the cluster's cells
+    res = fit_mapping(source, spots, source_density=n / n.sum(), epochs=600, lr=0.1, seed=0, device="cpu")
+    pred = mapping_to_proportions(res.mapping, np.arange(4), 4, n)
+    truth = counts / counts.sum(axis=1, keepdims=True)
+    r = [np.corrcoef(pred[:, k], truth[:, k])[0, 1] for k in range(4)]
+    assert min(r) > 0.9, r
+
+
+def test_fit_mapping_restores_torch_threads():
+    before = torch.get_num_threads()
+    profiles, _, spots = _mixture()
+    fit_mapping(profiles, spots, epochs=2, device="cpu", num_threads=1)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "kwargs", "match"),
+    [
+        (np.ones((3, 4)), np.ones((5, 6)), {}, "different feature sizes"),
+        (np.ones(3), np.ones((5, 3)), {}, "2-d"),
+        (np.ones((3, 4)), np.ones((5, 4)), {"epochs": 0}, "epochs"),
+        (np.ones((3, 4)), np.ones((5, 4)), {"lr": 0.0}, "lr"),
+    ],
+)
+def test_fit_mapping_rejects_bad_input(source, target, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit_mapping(source, target, **kwargs)
+
+
+def test_mapping_to_proportions_counts_cells_per_type():
+    rng = np.random.default_rng(0)
+    mapping = rng.dirichlet(np.ones(7), size=5)  # 5 cells x 7 spots
+    groups = np.array([0, 1, 1, 2, 0])
+    out = mapping_to_proportions(mapping, groups, 3, np.ones(5))
+    expected = np.stack([mapping[groups == g].sum(axis=0) for g in range(3)], axis=1)
+    np.testing.assert_allclose(out, expected / expected.sum(axis=1, keepdims=True))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 20), st.integers(1, 8), st.integers(0, 1000))
+def test_nms_keeps_only_the_maximum(n, c, seed):
+    p = np.random.default_rng(seed).random((n, c))
+    out = nms_refine(p)
+    assert ((out > 0).sum(axis=1) == 1).all()
+    np.testing.assert_array_equal(out.max(axis=1), p.max(axis=1))
+    np.testing.assert_array_equal(out.argmax(axis=1), p.argmax(axis=1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(3, 50), st.integers(1, 5), st.integers(0, 1000))
+def test_percentile_normalize_maps_columns_to_unit_range_monotonically(n, c, seed):
+    v = np.random.default_rng(seed).random((n, c))
+    out = percentile_normalize(v, 5, 95)
+    assert out.min() >= 0
+    assert out.max() <= 1
+    for k in range(c):
+        order = np.argsort(v[:, k])
+        assert (np.diff(out[order, k]) >= -1e-12).all()
+
+
+def test_percentile_normalize_rejects_bad_percentiles():
+    with pytest.raises(ValueError, match="Percentiles"):
+        percentile_normalize(np.ones((3, 2)), 90, 10)
+
+
+def test_normalize_rows_makes_empty_rows_uniform():
+    out = normalize_rows(np.array([[0.0, 0.0, 0.0], [1.0, 3.0, 0.0]]))
+    np.testing.assert_allclose(out, [[1 / 3, 1 / 3, 1 / 3], [0.25, 0.75, 0.0]])
+
+
+def test_fit_mapping_follows_the_direct_tangram_objective():
+    """Same trajectory as eq. 12 + KL density term written the direct way (G_pred materialised)."""
+    profiles, counts, spots = _mixture(seed=2)
+    n = counts.sum(axis=0).astype(float)
+    source, density = profiles * n[:, None], n / n.sum()
+    epochs, lr = 40, 0.1
+    res = fit_mapping(source, spots, source_density=density, epochs=epochs, lr=lr, seed=7, device="cpu")
+
+    S = torch.tensor(source, dtype=torch.float64)
+    G = torch.tensor(spots, dtype=torch.float64)
+    d = torch.full((G.shape[0],), 1.0 / G.shape[0], dtype=torch.float64)
+    d_source = torch.tensor(density, dtype=torch.float64)
+    logits = torch.randn(S.shape[0], G.shape[0], generator=torch.Generator().manual_seed(7)).double()
+    logits.requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=lr)
+    kl = torch.nn.KLDivLoss(reduction="sum")
+    losses = []
+    for _ in range(epochs):
+        opt.zero_grad()
+        M = torch.softmax(logits, dim=1)
+        loss = -torch.nn.functional.cosine_similarity(M.T @ S, G, dim=0).mean() + kl(
+            torch.log(d_source @ M), d
+        )
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    np.testing.assert_allclose(res.loss, losses, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res.mapping, torch.softmax(logits, 1).detach().numpy(), atol=1e-4)

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from anndata import AnnData
+from scipy import sparse
+
+import loki as lk
+from loki.tl._predict import predict_from_embeddings, similarity_weights
+
+
+def _cos(a, b):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return a @ b.T
+
+
+def _section(n, genes, seed, name):
+    # spots with a latent state that drives both the embedding and the expression
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 4))
+    proj = np.random.default_rng(99).normal(size=(4, 16))
+    load_all = np.random.default_rng(98).normal(size=(4, 64))
+    load = load_all[:, [int(g[1:]) if g[1:].isdigit() else 63 for g in genes]]
+    a = AnnData(X=np.exp(0.5 * z @ load).astype(np.float32))
+    a.var_names = genes
+    a.obs_names = [f"{name}_{i}" for i in range(n)]
+    a.obsm["loki_text"] = (z @ proj + 0.1 * rng.normal(size=(n, 16))).astype(np.float32)
+    a.obsm["loki_image"] = (z @ proj + 0.3 * rng.normal(size=(n, 16))).astype(np.float32)
+    a.obsm["spatial"] = rng.random((n, 2))
+    return a
+
+
+GENES = [f"g{i}" for i in range(12)]
+
+
+def test_eq16_all_reference_spots_clip_and_keep():
+    rng = np.random.default_rng(0)
+    q, r, x = rng.normal(size=(9, 5)), rng.normal(size=(40, 5)), rng.random((40, 6))
+    s = _cos(q, r)
+    got, fb = predict_from_embeddings(q, r, x, chunk_size=4)
+    w = np.maximum(s, 0)
+    np.testing.assert_allclose(got, w @ x / w.sum(1, keepdims=True), rtol=1e-4)
+    assert fb == 0
+    got_keep, _ = predict_from_embeddings(q, r, x, negative="keep")
+    np.testing.assert_allclose(got_keep, s @ x / s.sum(1, keepdims=True), rtol=1e-3, atol=1e-3)
+
+
+def test_topk_and_temperature_weights():
+    rng = np.random.default_rng(1)
+    q, r, x = rng.normal(size=(6, 5)), rng.normal(size=(30, 5)), rng.random((30, 4))
+    s = _cos(q, r)
+    idx = np.argsort(-s, axis=1)[:, :3]
+    top = np.take_along_axis(s, idx, 1)
+    w = np.exp((top - top.max(1, keepdims=True)) / 0.1)
+    expected = np.einsum("qk,qkg->qg", w, x[idx]) / w.sum(1, keepdims=True)
+    got, _ = predict_from_embeddings(q, r, x, top_k=3, temperature=0.1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    got_sparse, _ = predict_from_embeddings(q, r, sparse.csr_matrix(x), top_k=3, temperature=0.1)
+    np.testing.assert_allclose(got_sparse, expected, rtol=1e-4)
+    # top_k = all with the default weights equals the full average
+    full, _ = predict_from_embeddings(q, r, x)
+    np.testing.assert_allclose(predict_from_embeddings(q, r, x, top_k=30)[0], full, rtol=1e-4)
+
+
+def test_negative_similarities_fall_back_to_uniform():
+    w, fb = similarity_weights(np.array([[-0.2, -0.5], [0.3, -0.1]]))
+    np.testing.assert_allclose(w, [[1, 1], [0.3, 0]], rtol=1e-6)
+    assert fb.tolist() == [True, False]
+    ref = AnnData(X=np.array([[1.0, 0.0], [3.0, 2.0]], dtype=np.float32))
+    ref.obsm["loki_text"] = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    with pytest.warns(UserWarning, match="no positive similarity"):
+        out = lk.tl.predict_expression(np.array([[-1.0, -1.0]]), ref)
+    np.testing.assert_allclose(out.X, [[2.0, 1.0]])
+    assert out.uns["loki"]["loki_predicted"]["n_fallback"] == 1
+
+
+def test_predict_expression_anndata_and_layer_outputs():
+    ref = _section(120, GENES, 0, "r")
+    query = _section(40, GENES[::-1][:8], 1, "q")  # query genes: a reordered subset
+    out = lk.tl.predict_expression(query, ref, genes=["g5", "g1"], top_k=10)
+    assert list(out.var_names) == ["g5", "g1"]
+    assert list(out.obs_names) == list(query.obs_names)
+    np.testing.assert_array_equal(out.obsm["spatial"], query.obsm["spatial"])
+    lk.tl.predict_expression(query, ref, output="layer", top_k=10)
+    layer = query.layers["loki_predicted"]
+    assert layer.shape == query.shape
+    np.testing.assert_allclose(layer[:, list(query.var_names).index("g5")], out.X[:, 0], rtol=1e-5)
+    # the latent state drives both modalities, so prediction beats the mean by far
+    pcc = lk.metrics.pearson(query.X, layer, axis=0)
+    assert np.nanmean(pcc) > 0.5
+
+
+def test_loso_scores_every_section():
+    sections = {name: _section(60, GENES, seed, name) for seed, name in enumerate(["A", "B", "C"])}
+    preds, scores = lk.tl.predict_expression_loso(sections, top_k=15)
+    assert set(preds) == {"A", "B", "C"}
+    assert scores.shape == (3 * len(GENES), 4)
+    a = preds["A"]
+    np.testing.assert_allclose(a.layers["measured"], sections["A"].X)
+    np.testing.assert_allclose(
+        scores.loc[scores.section == "A", "pcc"], lk.metrics.pearson(sections["A"].X, a.X, axis=0), rtol=1e-6
+    )
+    assert scores["pcc"].mean() > 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"genes": ["nope"]}, KeyError, "reference.var_names"),
+        ({"use_reference": "nope"}, KeyError, "reference.obsm"),
+        ({"top_k": 500}, ValueError, "larger than the bank"),
+        ({"top_k": 0}, ValueError, "top_k"),
+        ({"temperature": -1.0}, ValueError, "temperature"),
+        ({"output": "layer", "use_query": "wrong"}, KeyError, "query.obsm"),
+        ({"layer": "counts"}, KeyError, "reference.layers"),
+    ],
+)
+def test_bad_input_writes_nothing(kwargs, error, match):
+    ref = _section(50, GENES, 0, "r")
+    query = _section(10, GENES, 1, "q")
+    with pytest.raises(error, match=match):
+        lk.tl.predict_expression(query, ref, **kwargs)
+    assert "loki_predicted" not in query.layers
+    assert "loki" not in query.uns
+
+
+def test_mismatched_embedding_sizes_and_missing_query_genes():
+    ref = _section(50, GENES, 0, "r")
+    query = _section(10, GENES, 1, "q")
+    query.obsm["loki_image"] = query.obsm["loki_image"][:, :5]
+    with pytest.raises(ValueError, match="Embedding sizes differ"):
+        lk.tl.predict_expression(query, ref, output="layer")
+    q2 = _section(10, [*GENES[:3], "extra"], 1, "q")
+    with pytest.raises(KeyError, match="extra"):
+        lk.tl.predict_expression(q2, ref, output="layer")
+    assert "loki_predicted" not in q2.layers

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import loki as lk
+from loki.tl._retrieve import topk_cosine
+
+
+def _brute(q, b, k):
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    bn = b / np.linalg.norm(b, axis=1, keepdims=True)
+    s = qn @ bn.T
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(s, order, axis=1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_q=st.integers(1, 20),
+    n_b=st.integers(1, 300),
+    d=st.integers(1, 12),
+    k=st.integers(1, 20),
+    chunk=st.integers(1, 64),
+    seed=st.integers(0, 2**16),
+)
+def test_topk_matches_brute_force_for_any_chunking(n_q, n_b, d, k, chunk, seed):
+    k = min(k, n_b)
+    rng = np.random.default_rng(seed)
+    q, b = rng.normal(size=(n_q, d)), rng.normal(size=(n_b, d))
+    idx, scores = topk_cosine(q, b, k, chunk_size=chunk)
+    ref_idx, ref_scores = _brute(q, b, k)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    # indices may differ only where scores tie within float32 precision
+    same = idx == ref_idx
+    assert same.all() or np.allclose(scores[~same], ref_scores[~same], atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-7).all()
+
+
+def test_retrieve_tidy_frame_with_anndata_bank_and_metadata():
+    rng = np.random.default_rng(0)
+    bank = AnnData(
+        obs=pd.DataFrame({"section": ["A"] * 50 + ["B"] * 50}, index=[f"b{i}" for i in range(100)])
+    )
+    bank.obsm["loki_text"] = rng.normal(size=(100, 16)).astype(np.float32)
+    query = AnnData(obs=pd.DataFrame(index=[f"q{i}" for i in range(7)]))
+    query.obsm["loki_image"] = bank.obsm["loki_text"][[3, 10, 20, 30, 40, 60, 99]] + 0.01
+    res = lk.tl.retrieve(query, bank, k=5, bank_metadata=["section"], chunk_size=13)
+    assert list(res.columns) == ["query", "query_index", "rank", "bank_id", "bank_index", "score", "section"]
+    assert len(res) == 35
+    top1 = res[res["rank"] == 1]
+    assert top1["bank_id"].tolist() == ["b3", "b10", "b20", "b30", "b40", "b60", "b99"]
+    assert top1["section"].tolist() == ["A"] * 5 + ["B"] * 2
+    _idx, scores = _brute(query.obsm["loki_image"], bank.obsm["loki_text"], 5)
+    np.testing.assert_allclose(res["score"].to_numpy().reshape(7, 5), scores, atol=1e-5)
+    assert set(query.obsm) == {"loki_image"}  # nothing written
+
+
+def test_retrieve_array_bank_memmap(tmp_path):
+    rng = np.random.default_rng(1)
+    b = rng.normal(size=(500, 8)).astype(np.float32)
+    np.save(tmp_path / "bank.npy", b)
+    bank = np.load(tmp_path / "bank.npy", mmap_mode="r")
+    q = rng.normal(size=(4, 8))
+    res = lk.tl.retrieve(q, bank, k=3, bank_ids=[f"t{i}" for i in range(500)], chunk_size=100)
+    ref_idx, _ = _brute(q, b, 3)
+    assert res["bank_index"].to_numpy().reshape(4, 3).tolist() == ref_idx.tolist()
+    assert res["bank_id"].iloc[0] == f"t{ref_idx[0, 0]}"
+
+
+@pytest.mark.parametrize(
+    ("q", "b", "k", "match"),
+    [
+        (np.ones((2, 3)), np.ones((5, 4)), 2, "Embedding sizes differ"),
+        (np.ones((2, 3)), np.ones((5, 3)), 6, "larger than the bank"),
+        (np.ones((2, 3)), np.ones((5, 3)), 0, "positive integer"),
+        (np.ones((2, 3)), np.zeros((5, 3)), 1, "zero or non-finite"),
+        (np.full((2, 3), np.nan), np.ones((5, 3)), 1, "NaN"),
+    ],
+)
+def test_retrieve_bad_input(q, b, k, match):
+    with pytest.raises(ValueError, match=match):
+        lk.tl.retrieve(q, b, k=k)
+
+
+def test_retrieve_missing_key():
+    a = AnnData(obs=pd.DataFrame(index=["x"]))
+    with pytest.raises(KeyError, match=r"query\.obsm"):
+        lk.tl.retrieve(a, np.ones((3, 2)), k=1)
