@@ -41,18 +41,23 @@ class _Table:
 
 def _train(sdata, out: Path, table: _Table, *, seed: int, quick: bool, progress: bool):
     import loki as lk
-    from loki.tl._finetune import collect_pairs
 
     model = lk.models.load("loki-tiny", device="cpu", seed=seed)
-    images, sentences = collect_pairs(
-        sdata, table_keys=list(TRAIN), size=model.image_size, diameter_um=lk.models.TINY_PATCH_UM
-    )
     recipe = dict(lk.models.TINY_RECIPE)
     if quick:
         recipe["epochs"] = QUICK_EPOCHS
     t0 = time.perf_counter()
-    model, history = lk.models.finetune(model, images, sentences, seed=seed, progress=progress, **recipe)
-    table.add("train", "training pairs (MOB1-3)", len(sentences))
+    model, history = lk.tl.finetune(
+        sdata,
+        model,
+        table_keys=list(TRAIN),
+        diameter_um=lk.models.TINY_PATCH_UM,
+        seed=seed,
+        progress=progress,
+        **recipe,
+    )
+    n_pairs = sum(int(sdata.tables[s].obs[lk.Key.PATCH_OK].sum()) for s in TRAIN)
+    table.add("train", "training pairs (MOB1-3)", n_pairs)
     table.add("train", "epochs", recipe["epochs"])
     table.add("train", "seconds", time.perf_counter() - t0)
     table.add("train", "first epoch loss", history["epoch_loss"][0])

@@ -81,6 +81,7 @@ def finetune(
     freeze: str | Sequence[str] | None = None,
     augment: bool = True,
     weight_decay: float = 0.2,
+    warmup: float = 0.1,
     progress: bool = True,
 ):
     """Fine-tune OmiCLIP with the contrastive loss of paper eq. (1) on sections' own pairs.
@@ -100,7 +101,7 @@ def finetune(
         uint8 ``(n_spots, h, w, 3)`` patches for an AnnData.
     diameter_um
         Side of the cut squares in µm (default: the spot diameter).
-    epochs, lr, batch_size, seed, freeze, augment, weight_decay, progress
+    epochs, lr, batch_size, seed, freeze, augment, weight_decay, warmup, progress
         See :func:`loki.models.finetune` (paper defaults: 10 epochs for alignment, 5 for decomposition,
         lr 5e-6, batch 64).
 
@@ -132,5 +133,6 @@ def finetune(
         freeze=freeze,
         augment=augment,
         weight_decay=weight_decay,
+        warmup=warmup,
         progress=progress,
     )
