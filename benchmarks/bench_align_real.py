@@ -166,7 +166,8 @@ def main():
         text += ["Serial pairs (median over matched spots):\n", _table(serial_pairs(not args.no_paste)), ""]
     out = "\n".join(text)
     print(out)
-    (HERE / "results_align_real.md").write_text(out)
+    with open(HERE / "results_align_real.md", "a") as fh:
+        fh.write(out + "\n")
 
 
 if __name__ == "__main__":

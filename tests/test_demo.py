@@ -31,7 +31,8 @@ def test_demo_end_to_end(tmp_path, capsys):
         "proportions_synthetic.png",
     ):
         img = imread(out / name)
-        assert img.shape[0] > 100 and img.shape[1] > 100
+        assert img.shape[0] > 100
+        assert img.shape[1] > 100
         assert img[..., :3].std() > 0.01, f"{name} is blank"
     assert (out / "loki-tiny-mob" / "model.safetensors").exists()
 

@@ -86,9 +86,10 @@ def _retrieval(sdata, model, out: Path, table: _Table, *, seed: int):
     ridge_recall = lk.metrics.recall_at_k(
         ridge.retrieval_similarity(patches(TEST, 32), log_normalized(test.X)), ks
     )
-    for k, r, b in zip(ks, recall, ridge_recall, strict=True):
+    random_recall = lk.metrics.recall_at_k(np.random.default_rng(seed).random(sim.shape), ks)
+    for k, r, b, c in zip(ks, recall, ridge_recall, random_recall, strict=True):
         table.add("retrieve", f"Recall@{k:.0%} MOB4 image->text", r, "pixel ridge (12x12 px -> 10 PCs)", b)
-        table.add("retrieve", f"Recall@{k:.0%} MOB4 image->text", r, "random", k)
+        table.add("retrieve", f"Recall@{k:.0%} MOB4 image->text", r, "random ranking", c)
 
     hits = lk.tl.retrieve(test, test, k=5)
     view = patches(TEST, 96)
@@ -123,7 +124,15 @@ def _predex(sdata, ridge, out: Path, table: _Table):
     ridge_pred = ridge.predict_expression(np.asarray(lk.pp.spot_patches(sdata, table_key=TEST, size=32)))
     ridge_pcc = np.nanmean(lk.metrics.pearson(measured[:, expressed], ridge_pred[:, expressed], axis=0))
     table.add("predex", "mean PCC over genes, MOB4 from MOB1-3 (top-50)", pcc, "pixel ridge", ridge_pcc)
-    table.add("predex", "mean PCC over genes, MOB4 from MOB1-3 (top-50)", pcc, "training mean", 0.0)
+    train_mean = np.asarray(reference.X.mean(0)).ravel()
+    mse = lk.metrics.mse(measured, np.asarray(pred.X))
+    table.add(
+        "predex",
+        "MSE, MOB4 from MOB1-3 (top-50)",
+        mse,
+        "training mean",
+        lk.metrics.mse(measured, np.broadcast_to(train_mean, measured.shape)),
+    )
     shown = test.copy()
     shown.X = measured.astype(np.float32)
     top = np.argsort(-np.nan_to_num(lk.metrics.pearson(measured, np.asarray(pred.X), axis=0)))[:3]
@@ -154,7 +163,9 @@ def _align(sdata, out: Path, table: _Table, *, seed: int):
         "unaligned",
         unaligned["kendall_tau_median"],
     )
-    lk.pl.alignment(sdata, sections=["MOB1", "MOB2"], use=lk.Key.TEXT, save=out / "alignment_mob2_mob1.png", show=False)
+    lk.pl.alignment(
+        sdata, sections=["MOB1", "MOB2"], use=lk.Key.TEXT, save=out / "alignment_mob2_mob1.png", show=False
+    )
 
 
 def _decompose(out: Path, table: _Table, *, seed: int):

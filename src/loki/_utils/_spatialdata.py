@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from anndata import AnnData
 
-from .._keys import Key
+from loki._keys import Key
+
 from ._validation import require_keys
 
 if TYPE_CHECKING:

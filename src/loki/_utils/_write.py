@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._keys import Key
-from .._logging import logger
+from loki._keys import Key
+from loki._logging import logger
 
 
 def write_obsm(adata, key: str, value: Any) -> None:

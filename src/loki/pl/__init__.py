@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ._training import loss_curve
 from ._alignment import alignment
 from ._annotation import annotation
 from ._expression import expression
-from ._retrieval import retrieval_gallery
 from ._proportions import proportions
+from ._retrieval import retrieval_gallery
+from ._training import loss_curve

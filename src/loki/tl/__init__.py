@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ._embed import embed_image, embed_text
-from ._finetune import finetune
 from ._align import align, align_sections
 from ._annotate import annotate
+from ._decompose import decompose
+from ._embed import embed_image, embed_text
+from ._finetune import finetune
 from ._predict import predict_expression, predict_expression_loso
 from ._retrieve import retrieve
-from ._decompose import decompose
