@@ -56,8 +56,7 @@ def _train(sdata, out: Path, table: _Table, *, seed: int, quick: bool, progress:
         progress=progress,
         **recipe,
     )
-    n_pairs = sum(int(sdata.tables[s].obs[lk.Key.PATCH_OK].sum()) for s in TRAIN)
-    table.add("train", "training pairs (MOB1-3)", n_pairs)
+    table.add("train", "training pairs (MOB1-3)", history["n_pairs"])
     table.add("train", "epochs", recipe["epochs"])
     table.add("train", "seconds", time.perf_counter() - t0)
     table.add("train", "first epoch loss", history["epoch_loss"][0])

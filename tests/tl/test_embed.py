@@ -93,3 +93,21 @@ def test_embed_real_section(model):
     np.testing.assert_allclose(table.obsm[lk.Key.IMAGE], model.encode_images(patches), atol=1e-6)
     with pytest.raises(KeyError, match=r"sdata\.tables"):
         lk.tl.embed_text(sdata, model, table_key="MOB9")
+
+
+def test_embed_image_copy_and_failure_leave_the_section_untouched(model):
+    sdata = lk.datasets.mob("MOB2")
+    table = sdata.tables["MOB2"]
+    before_obs, before_uns = list(table.obs.columns), dict(table.uns.get("loki", {}))
+
+    out = lk.tl.embed_image(sdata, model, table_key="MOB2", copy=True)
+    assert lk.Key.PATCH_OK in out.obs
+    assert out.obsm[lk.Key.IMAGE].shape == (table.n_obs, model.embed_dim)
+    assert list(table.obs.columns) == before_obs
+    assert lk.Key.IMAGE not in table.obsm
+    assert dict(table.uns.get("loki", {})) == before_uns
+
+    with pytest.raises(ValueError, match="batch_size"):
+        lk.tl.embed_image(sdata, model, table_key="MOB2", batch_size=0)
+    assert list(table.obs.columns) == before_obs
+    assert dict(table.uns.get("loki", {})) == before_uns

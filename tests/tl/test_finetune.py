@@ -21,14 +21,28 @@ def mob12():
     return sdata
 
 
+def _patch_ok(sdata, section, size=16):
+    """Border flags of a section's patches, as lk.pp.spot_patches writes them."""
+    lk.pp.spot_patches(sdata, table_key=section, size=size)
+    return sdata.tables[section].obs[lk.Key.PATCH_OK].to_numpy(bool)
+
+
 def test_collect_pairs_concatenates_sections(mob12):
     imgs, sents = collect_pairs(mob12, table_keys=["MOB1", "MOB2"], size=16)
     n = mob12.tables["MOB1"].n_obs + mob12.tables["MOB2"].n_obs
-    ok = np.concatenate([mob12.tables[s].obs[lk.Key.PATCH_OK].to_numpy(bool) for s in ("MOB1", "MOB2")])
+    ok = np.concatenate([_patch_ok(mob12, s) for s in ("MOB1", "MOB2")])
     assert imgs.shape == (int(ok.sum()), 16, 16, 3)
     assert imgs.dtype == np.uint8
     assert len(sents) == ok.sum() <= n
     assert sents[0] == mob12.tables["MOB1"].obs[lk.Key.SENTENCE].iloc[np.argmax(ok)]
+
+
+def test_collect_pairs_writes_nothing():
+    sdata = lk.datasets.mob("MOB3")
+    lk.pp.gene_sentences(sdata, table_key="MOB3")
+    columns = list(sdata.tables["MOB3"].obs.columns)
+    collect_pairs(sdata, table_keys="MOB3", size=16)
+    assert list(sdata.tables["MOB3"].obs.columns) == columns
 
 
 def test_collect_pairs_unknown_section_fails_before_work(mob12):
@@ -41,7 +55,7 @@ def test_tl_finetune_and_loss_curve(mob12, tmp_path):
     model, hist = lk.tl.finetune(
         mob12, model, table_keys="MOB1", epochs=2, lr=1e-3, batch_size=64, seed=0, progress=False
     )
-    n_ok = int(mob12.tables["MOB1"].obs[lk.Key.PATCH_OK].sum())
+    n_ok = int(_patch_ok(mob12, "MOB1").sum())
     assert hist["n_pairs"] == n_ok
     assert len(hist["step_loss"]) == 2 * (n_ok // 64)
     assert model.trained

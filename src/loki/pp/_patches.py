@@ -146,6 +146,32 @@ def spot_patches(
         the spot size.
 
     """
+    patches, ok, meta = _cut_spot_patches(
+        sdata,
+        table_key=table_key,
+        image_key=image_key,
+        size=size,
+        diameter_um=diameter_um,
+        coordinate_system=coordinate_system,
+        fill=fill,
+        chunk_size=chunk_size,
+    )
+    write_patch_flags(get_table(sdata, table_key), key_added, ok, meta)
+    return patches
+
+
+def _cut_spot_patches(
+    sdata: SpatialData,
+    *,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    size: int = 224,
+    diameter_um: float | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
+    fill: int = 255,
+    chunk_size: int = 256,
+) -> tuple[da.Array, np.ndarray, dict]:
+    """:func:`spot_patches` without writing: ``(patches, ok, parameters)``."""
     import dask
     import dask.array as da
 
@@ -213,20 +239,21 @@ def spot_patches(
     n_bad = int((~ok).sum())
     if n_bad:
         logger.info("%d spots reach beyond the image; their patches are padded", n_bad)
+    meta = {
+        "image_key": image_key,
+        "level": int(level),
+        "diameter_px": float(np.median(diameter)),
+        "size": size,
+        "coordinate_system": coordinate_system,
+        "n_not_ok": n_bad,
+    }
+    return patches, ok, meta
+
+
+def write_patch_flags(table, key_added: str, ok: np.ndarray, meta: dict) -> None:
+    """Write the border flags and patch parameters of :func:`spot_patches` into ``table``."""
     write_obs(table, key_added, ok)
-    write_uns(
-        table,
-        key_added,
-        {
-            "image_key": image_key,
-            "level": int(level),
-            "diameter_px": float(np.median(diameter)),
-            "size": size,
-            "coordinate_system": coordinate_system,
-            "n_not_ok": n_bad,
-        },
-    )
-    return patches
+    write_uns(table, key_added, meta)
 
 
 # ---------------------------------------------------------------------------------------------------

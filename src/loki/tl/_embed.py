@@ -33,6 +33,11 @@ def _sentences_of(table, sentence_key: str) -> list[str]:
 
 
 def _patches_of(data, table, *, table_key, image_key, patches, size: int, diameter_um: float | None = None):
+    """Return ``(patches, flags)``: the given patches, or those cut from the section's image.
+
+    ``flags`` is None for given patches, else the border flags and parameters ``(ok, meta)`` of the cut,
+    not yet written anywhere.
+    """
     if patches is not None:
         shape = getattr(patches, "shape", None)
         if shape is None or len(shape) != 4 or shape[-1] != 3:
@@ -41,16 +46,23 @@ def _patches_of(data, table, *, table_key, image_key, patches, size: int, diamet
             raise ValueError(f"patches has {shape[0]} rows but the table has {table.n_obs} spots")
         if np.dtype(patches.dtype) != np.uint8:
             raise ValueError(f"patches must be uint8, got {patches.dtype}")
-        return patches
+        return patches, None
     if not is_spatialdata(data):
         raise ValueError("an AnnData has no image: pass patches= (n_spots, h, w, 3) uint8, or a SpatialData")
-    from loki.pp import spot_patches
+    from loki.pp._patches import _cut_spot_patches
 
-    return spot_patches(data, table_key=table_key, image_key=image_key, size=size, diameter_um=diameter_um)
+    cut, ok, meta = _cut_spot_patches(
+        data, table_key=table_key, image_key=image_key, size=size, diameter_um=diameter_um
+    )
+    return cut, (ok, meta)
 
 
-def _finish(table, key_added: str, emb: np.ndarray, params: dict, copy: bool):
+def _finish(table, key_added: str, emb: np.ndarray, params: dict, copy: bool, flags=None):
+    from loki.pp._patches import write_patch_flags
+
     target = table.copy() if copy else table
+    if flags is not None:
+        write_patch_flags(target, Key.PATCH_OK, *flags)
     write_obsm(target, key_added, emb)
     write_uns(target, key_added, params)
     return target if copy else None
@@ -153,7 +165,7 @@ def embed_image(
     """
     table = get_table(data, table_key)
     source = "patches" if patches is not None else "spot_patches"
-    patches = _patches_of(
+    patches, flags = _patches_of(
         data,
         table,
         table_key=table_key,
@@ -166,4 +178,4 @@ def embed_image(
     params = {**model.info(), "batch_size": int(batch_size), "patch_source": source, "modality": "image"}
     if diameter_um is not None:
         params["diameter_um"] = float(diameter_um)
-    return _finish(table, key_added, emb, params, copy)
+    return _finish(table, key_added, emb, params, copy, flags)

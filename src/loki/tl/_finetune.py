@@ -47,19 +47,20 @@ def collect_pairs(
     sentences = [_sentences_of(t, sentence_key) for t in tables]
     all_p, all_s = [], []
     for key, table, sents in zip(keys, tables, sentences, strict=True):
-        p = np.asarray(
-            _patches_of(
-                data,
-                table,
-                table_key=key,
-                image_key=None,
-                patches=patches,
-                size=size,
-                diameter_um=diameter_um,
-            )
+        cut, flags = _patches_of(
+            data,
+            table,
+            table_key=key,
+            image_key=None,
+            patches=patches,
+            size=size,
+            diameter_um=diameter_um,
         )
+        p = np.asarray(cut)
         keep = np.ones(len(sents), dtype=bool)
-        if only_valid and Key.PATCH_OK in table.obs:
+        if only_valid and flags is not None:
+            keep = flags[0]
+        elif only_valid and Key.PATCH_OK in table.obs:
             keep = table.obs[Key.PATCH_OK].to_numpy(dtype=bool)
         all_p.append(p[keep])
         all_s.extend(s for s, k in zip(sents, keep, strict=True) if k)
@@ -108,8 +109,8 @@ def finetune(
     Returns
     -------
     ``(model, history)``; ``history`` holds per-step and per-epoch losses (plot with
-    :func:`loki.pl.loss_curve`). Writes ``.obs['loki_patch_ok']`` of SpatialData sections whose patches
-    are cut here.
+    :func:`loki.pl.loss_curve`). Writes nothing into ``data``; spots whose patch leaves the image are
+    left out of training.
 
     """
     from loki.models import finetune as _finetune
