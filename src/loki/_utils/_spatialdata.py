@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from anndata import AnnData
 
 from loki._keys import Key
@@ -97,3 +98,37 @@ def section_image_key(sdata: SpatialData, table_key: str, image_key: str | None 
         f"Cannot tell which image belongs to table {table_key!r}; pass image_key=. "
         f"Images in sdata.images: {', '.join(map(repr, images)) or 'none'}."
     )
+
+
+def image_levels(element) -> list[Any]:
+    """The (c, y, x) arrays of an image element, finest first (one level for a single-scale image)."""
+    if hasattr(element, "children") and len(element.children):
+        names = sorted(element.children, key=lambda k: int(str(k).removeprefix("scale")))
+        return [next(iter(element[n].data_vars.values())) for n in names]
+    return [element]
+
+
+def affine_to(element, coordinate_system: str, what: str) -> np.ndarray:
+    """3x3 affine matrix (x, y) of ``element``'s transformation into ``coordinate_system``.
+
+    ``what`` names the element in the KeyError raised when it has no such coordinate system.
+    """
+    from spatialdata.transformations import get_transformation
+
+    transforms = get_transformation(element, get_all=True)
+    require_keys(transforms, coordinate_system, f"the coordinate systems of {what}")
+    matrix = transforms[coordinate_system].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+    return np.asarray(matrix, dtype=np.float64)
+
+
+def lowres_image(element, max_side: int = 2000, coordinate_system: str = Key.GLOBAL_CS):
+    """Return an image level small enough to draw, as (y, x, c), and its pixel -> CS affine.
+
+    The finest level with at most ``max_side`` pixels a side is chosen (the coarsest when none is that
+    small); the 3x3 matrix maps its pixels into ``coordinate_system``.
+    """
+    levels = image_levels(element)
+    level = next((lv for lv in levels if max(lv.shape[1:]) <= max_side), levels[-1])
+    scale = np.diag([levels[0].shape[2] / level.shape[2], levels[0].shape[1] / level.shape[1], 1.0])
+    matrix = affine_to(element, coordinate_system, "the image") @ scale
+    return np.moveaxis(np.asarray(level), 0, -1), matrix

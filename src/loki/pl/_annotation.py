@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._utils import require_keys
-from loki._utils._spatialdata import get_table, is_spatialdata, section_image_key
+from loki._utils._spatialdata import get_table, is_spatialdata, lowres_image, section_image_key
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -29,17 +29,10 @@ def section_background(
     """
     if not is_spatialdata(data):
         return None, np.eye(3)
-    from loki.pp._patches import _affine, _levels
-
     table = get_table(data, table_key)
     key = table_key if table_key is not None else next(k for k, t in data.tables.items() if t is table)
-    element = data.images[section_image_key(data, key, image_key)]
-    levels = _levels(element)
-    level = next((lv for lv in levels if max(lv.shape[1:]) <= max_side), levels[-1])
-    to_global = _affine(element, Key.GLOBAL_CS, "the image")
-    scale = np.diag([levels[0].shape[2] / level.shape[2], levels[0].shape[1] / level.shape[1], 1.0])
-    rgb = np.moveaxis(np.asarray(level.values if hasattr(level, "values") else level), 0, -1)
-    return rgb[..., :3], np.linalg.inv(to_global @ scale)
+    rgb, to_global = lowres_image(data.images[section_image_key(data, key, image_key)], max_side)
+    return rgb[..., :3], np.linalg.inv(to_global)
 
 
 def spot_xy(table: AnnData, basis: str, to_display: np.ndarray) -> np.ndarray:

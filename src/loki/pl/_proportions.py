@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._utils import check_obsm_key, require_keys
-from loki._utils._spatialdata import get_table, is_spatialdata, section_image_key
+from loki._utils._spatialdata import get_table, is_spatialdata, lowres_image, section_image_key
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -162,27 +162,7 @@ def _background(data, table_key, image, image_key):
     table = get_table(data, table_key)
     tkey = table_key if table_key is not None else next(k for k, t in data.tables.items() if t is table)
     name = section_image_key(data, tkey, image_key)
-    return _lowres_image(data.images[name])
-
-
-def _lowres_image(element, max_side: int = 2000):
-    from spatialdata.transformations import get_transformation
-
-    matrix = np.asarray(
-        get_transformation(element, Key.GLOBAL_CS).to_affine_matrix(
-            input_axes=("x", "y"), output_axes=("x", "y")
-        )
-    )
-    if hasattr(element, "children") and len(element.children) > 0:  # multiscale DataTree
-        levels = [element[k]["image"] for k in element.children]
-        full = levels[0]
-        level = next((lv for lv in levels if max(lv.sizes["y"], lv.sizes["x"]) <= max_side), levels[-1])
-        scale = np.diag([full.sizes["x"] / level.sizes["x"], full.sizes["y"] / level.sizes["y"], 1.0])
-        matrix = matrix @ scale
-    else:
-        level = element
-    arr = np.asarray(level.transpose("y", "x", "c").values)
-    return arr, matrix
+    return lowres_image(data.images[name])
 
 
 def _draw_image(ax, rgb: np.ndarray, matrix: np.ndarray) -> None:

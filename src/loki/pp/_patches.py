@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import require_keys, write_obs, write_uns
-from loki._utils._spatialdata import get_table, section_image_key, table_attrs, table_region
+from loki._utils._spatialdata import (
+    affine_to,
+    get_table,
+    image_levels,
+    section_image_key,
+    table_attrs,
+    table_region,
+)
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -183,12 +190,12 @@ def _cut_spot_patches(
         table_key = next(k for k, v in sdata.tables.items() if v is table)
     image_key = section_image_key(sdata, table_key, image_key)
     element = sdata.images[image_key]
-    levels = _levels(element)
-    img_to_cs = _affine(element, coordinate_system, f"sdata.images[{image_key!r}]")
+    levels = image_levels(element)
+    img_to_cs = affine_to(element, coordinate_system, f"sdata.images[{image_key!r}]")
     cs_to_img = np.linalg.inv(img_to_cs)
 
     shapes = _shapes_of(sdata, table)
-    spots_to_cs = np.eye(3) if shapes is None else _affine(shapes, coordinate_system, "the spot shapes")
+    spots_to_cs = np.eye(3) if shapes is None else affine_to(shapes, coordinate_system, "the spot shapes")
     to_px = cs_to_img @ spots_to_cs
     centers = _apply(to_px, _spot_centers(table, shapes))
     px_per_unit = math.sqrt(abs(np.linalg.det(to_px[:2, :2])))
@@ -370,13 +377,6 @@ def _check_image(image) -> None:
 # SpatialData geometry
 
 
-def _levels(element) -> list[Any]:
-    if hasattr(element, "children") and len(element.children):
-        names = sorted(element.children, key=lambda k: int(str(k).removeprefix("scale")))
-        return [next(iter(element[n].data_vars.values())) for n in names]
-    return [element]
-
-
 def _pick_level(levels, diameter0: float, size: int) -> int:
     w0 = levels[0].shape[2]
     chosen = 0
@@ -384,16 +384,6 @@ def _pick_level(levels, diameter0: float, size: int) -> int:
         if diameter0 * lev.shape[2] / w0 >= size:
             chosen = i
     return chosen
-
-
-def _affine(element, cs: str, what: str) -> np.ndarray:
-    from spatialdata.transformations import get_transformation
-
-    transforms = get_transformation(element, get_all=True)
-    require_keys(transforms, cs, f"the coordinate systems of {what}")
-    return np.asarray(
-        transforms[cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64
-    )
 
 
 def _apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
