@@ -69,6 +69,7 @@ def _train(sdata, out: Path, table: _Table, *, seed: int, quick: bool, progress:
 def _retrieval(sdata, model, out: Path, table: _Table, *, seed: int):
     import loki as lk
     from loki._baselines import PixelRidge, log_normalized
+    from loki.pp._patches import _cut_spot_patches
 
     test = sdata.tables[TEST]
     sim = test.obsm[lk.Key.IMAGE] @ test.obsm[lk.Key.TEXT].T
@@ -76,7 +77,8 @@ def _retrieval(sdata, model, out: Path, table: _Table, *, seed: int):
     recall = lk.metrics.recall_at_k(sim, ks)
 
     def patches(section, size):
-        return np.asarray(lk.pp.spot_patches(sdata, table_key=section, size=size))
+        # The baseline's own crops: not written as the sections' patch flags (those belong to embed_image).
+        return np.asarray(_cut_spot_patches(sdata, table_key=section, size=size)[0])
 
     ridge = PixelRidge(n_pcs=10, seed=seed).fit(
         np.concatenate([patches(s, 32) for s in TRAIN]),
@@ -110,6 +112,7 @@ def _predex(sdata, ridge, out: Path, table: _Table):
 
     import loki as lk
     from loki._baselines import log_normalized
+    from loki.pp._patches import _cut_spot_patches
 
     reference = ad.concat([sdata.tables[s] for s in TRAIN], index_unique="-", merge="same")
     reference.X = log_normalized(reference.X).astype(np.float32)
@@ -120,7 +123,7 @@ def _predex(sdata, ridge, out: Path, table: _Table):
     )
     expressed = measured.std(0) > 0
     pcc = np.nanmean(lk.metrics.pearson(measured[:, expressed], np.asarray(pred.X)[:, expressed], axis=0))
-    ridge_pred = ridge.predict_expression(np.asarray(lk.pp.spot_patches(sdata, table_key=TEST, size=32)))
+    ridge_pred = ridge.predict_expression(np.asarray(_cut_spot_patches(sdata, table_key=TEST, size=32)[0]))
     ridge_pcc = np.nanmean(lk.metrics.pearson(measured[:, expressed], ridge_pred[:, expressed], axis=0))
     table.add("predex", "mean PCC over genes, MOB4 from MOB1-3 (top-50)", pcc, "pixel ridge", ridge_pcc)
     train_mean = np.asarray(reference.X.mean(0)).ravel()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import numpy as np
 import pytest
@@ -64,6 +65,17 @@ def test_untrained_model_warns(tiny, caplog):
     with caplog.at_level("WARNING", logger="loki"):
         tiny.encode_texts(["Apoe"])
     assert "untrained" in caplog.text
+
+
+def test_building_a_model_leaves_the_root_logger_alone(caplog):
+    # open_clip warns "No pretrained weights loaded" through logging.warning on the root logger.
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    with caplog.at_level("WARNING"):
+        lk.models.load("loki-tiny", seed=0)
+    assert not [r for r in caplog.records if r.name == "root"]
+    assert root.handlers == handlers
+    assert not root.filters
 
 
 def test_seed_fixes_initialisation_without_global_rng():

@@ -9,6 +9,7 @@ from pathlib import Path
 from loki._logging import logger
 
 from ._omiclip import META_FILE, WEIGHTS_FILE, OmiCLIP, resolve_device
+from ._open_clip_logging import quiet_open_clip
 from ._registry import DEFAULT_ARCH, PUBLISHED, is_known_arch, register_configs
 from ._small import SMALL_ARCHS
 
@@ -155,7 +156,8 @@ def create_architecture(arch: str, *, seed: int | None = None):
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))
-        model = open_clip.create_model(arch, pretrained=None, device="cpu")
+        with quiet_open_clip():
+            model = open_clip.create_model(arch, pretrained=None, device="cpu")
         decoder = getattr(model, "text_decoder", None)
         if decoder is not None and getattr(decoder, "text_projection", None) is not None:
             # open_clip leaves the CoCa decoder's projection uninitialised (torch.empty): fill it so the

@@ -11,6 +11,7 @@ import numpy as np
 
 from loki._logging import logger
 
+from ._open_clip_logging import quiet_open_clip
 from ._preprocess import as_uint8_nhwc, preprocess_uint8
 from ._tokenize import CachedTokenizer
 
@@ -102,11 +103,12 @@ class OmiCLIP:
         self.context_length = int(getattr(model, "context_length", 76))
         from ._small import SMALL_ARCHS
 
-        base = open_clip.get_tokenizer("coca_ViT-L-14" if arch in SMALL_ARCHS else arch)
+        with quiet_open_clip():
+            base = open_clip.get_tokenizer("coca_ViT-L-14" if arch in SMALL_ARCHS else arch)
+            self.preprocess = open_clip.image_transform(
+                self.image_size, is_train=False, mean=self.image_mean, std=self.image_std
+            )
         self.tokenizer = CachedTokenizer(base, self.context_length)
-        self.preprocess = open_clip.image_transform(
-            self.image_size, is_train=False, mean=self.image_mean, std=self.image_std
-        )
 
     # ------------------------------------------------------------------ properties
     @property
