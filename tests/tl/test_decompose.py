@@ -172,6 +172,7 @@ def test_duplicated_gene_names_are_rejected():
         ({"layer": "counts"}, KeyError, "adata.layers"),
         ({"density_prior": np.ones(3)}, ValueError, "density_prior"),
         ({"normalize": "percentile", "percentiles": (50, 10)}, ValueError, "percentiles"),
+        ({"num_threads": 0}, ValueError, "num_threads must be >= 1"),
     ],
 )
 def test_bad_parameters_fail_before_writing(kwargs, error, match):

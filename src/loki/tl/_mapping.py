@@ -175,11 +175,13 @@ def fit_mapping(
         raise ValueError(f"epochs must be >= 1, got {epochs}.")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}.")
+    if num_threads is not None and int(num_threads) < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}.")
 
     dev = resolve_device(device)
     previous_threads = torch.get_num_threads()
     if dev.type == "cpu":
-        torch.set_num_threads(max(1, int(num_threads or 1)))
+        torch.set_num_threads(int(num_threads or 1))
     try:
         return _fit(
             source,
