@@ -17,6 +17,7 @@ from loki._logging import logger
 from loki._utils import require_keys, write_layer, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata
 
+from ._candidates import Search, check_search, topk_cosine_pca
 from ._retrieve import _check_pair, embeddings_of, l2_normalize, topk_cosine
 
 if TYPE_CHECKING:
@@ -84,6 +85,12 @@ def predict_from_embeddings(
     top_k: int | None = None,
     temperature: float | None = None,
     negative: Negative = "clip",
+    search: Search = "exact",
+    n_components: int | None = None,
+    n_candidates: int | None = None,
+    n_lists: int | None = None,
+    n_probe: int | None = None,
+    seed: int = 0,
     chunk_size: int = 1024,
     progress: bool = False,
 ) -> tuple[np.ndarray, int]:
@@ -98,9 +105,23 @@ def predict_from_embeddings(
     expression
         n_ref x n_genes expression of the reference spots (dense or sparse).
     top_k
-        Average over the ``top_k`` most similar reference spots only (exact search); None uses all.
+        Average over the ``top_k`` most similar reference spots only; None uses all.
     temperature, negative
         Weighting, see :func:`similarity_weights`.
+    search
+        How the ``top_k`` spots are found: ``"exact"`` (default) scores every reference spot;
+        ``"pca"`` keeps ``n_candidates`` candidates per query by their similarity in the space of the
+        reference's top ``n_components`` principal axes and re-ranks them exactly
+        (:func:`~loki.tl._candidates.topk_cosine_pca`). Approximate: a true top-k spot outside the
+        candidates is missed; recall depends on how low-rank the embeddings are. ``"ivf"`` also
+        splits the projected reference into ``n_lists`` k-means cells and scores each query only
+        against the rows of its ``n_probe`` best cells (faster, lower recall).
+    n_components, n_candidates, n_lists, n_probe, seed
+        Options of the approximate searches: principal axes (``<= d``, default ``min(64, d)``),
+        candidates per query (``top_k <= n_candidates <= n_ref``, default ``min(4 top_k, n_ref)``),
+        cells and probed cells of ``"ivf"`` (defaults ``round(sqrt(n_ref))`` and
+        ``ceil(n_lists / 8)``) and the seed of the reference subsamples the axes and cells are fitted
+        on. Ignored with ``search="exact"``.
     chunk_size
         Queries per block when all reference spots are used (bounds memory to a block of scores).
     progress
@@ -115,6 +136,10 @@ def predict_from_embeddings(
     q = np.asarray(queries, dtype=np.float32)
     ref = np.asarray(reference, dtype=np.float32)
     _check_pair(q, ref, 1 if top_k is None else top_k)
+    sizes = check_search(
+        search, top_k, ref.shape[0], ref.shape[1], n_components, n_candidates, n_lists, n_probe
+    )
+    _check_seed(seed)
     if expression.shape[0] != ref.shape[0]:
         raise ValueError(
             f"expression has {expression.shape[0]} rows, the reference embeddings {ref.shape[0]}."
@@ -130,7 +155,20 @@ def predict_from_embeddings(
     out = np.zeros((len(q), x.shape[1]), dtype=np.float32)
     n_fallback = 0
     if top_k is not None:
-        idx, scores = topk_cosine(q, ref, top_k, progress=progress)
+        if sizes is not None:
+            idx, scores = topk_cosine_pca(
+                q,
+                ref,
+                top_k,
+                n_components=sizes["n_components"],
+                n_candidates=sizes["n_candidates"],
+                n_lists=sizes.get("n_lists"),
+                n_probe=sizes.get("n_probe"),
+                seed=seed,
+                progress=progress,
+            )
+        else:
+            idx, scores = topk_cosine(q, ref, top_k, progress=progress)
         w, fb = similarity_weights(scores, temperature=temperature, negative=negative)
         n_fallback = int(fb.sum())
         if is_sparse:
@@ -158,6 +196,11 @@ def predict_from_embeddings(
     return out, n_fallback
 
 
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed must be an integer, got {seed!r}.")
+
+
 def _expression_of(table: AnnData, layer: str | None):
     if layer is None:
         if table.X is None:
@@ -178,6 +221,12 @@ def predict_expression(
     top_k: int | None = None,
     temperature: float | None = None,
     negative: Negative = "clip",
+    search: Search = "exact",
+    n_components: int | None = None,
+    n_candidates: int | None = None,
+    n_lists: int | None = None,
+    n_probe: int | None = None,
+    seed: int = 0,
     output: Literal["anndata", "layer"] = "anndata",
     query_table_key: str | None = None,
     reference_table_key: str | None = None,
@@ -213,6 +262,25 @@ def predict_expression(
         How raw-similarity weights treat negative cosine similarities: ``"clip"`` (default) gives them
         weight 0 and falls back to uniform weights for a query with no positive similarity (counted in
         ``.uns``); ``"keep"`` is eq. 16 verbatim. Ignored with ``temperature``.
+    search
+        ``"exact"`` (default): the ``top_k`` spots are found among all reference spots. ``"pca"``:
+        approximate and faster for large references - candidates are chosen by similarity on the
+        reference's top ``n_components`` principal axes, ``n_candidates`` per query, then re-ranked
+        with the full embeddings. A true top-k spot outside the candidates is missed; check the
+        recall against ``"exact"`` on a subset of your data. Needs ``top_k``. ``"ivf"``: as
+        ``"pca"``, but the projected reference spots are split into ``n_lists`` k-means cells and each
+        query is scored only against the spots of its ``n_probe`` best cells (faster, lower recall).
+    n_components
+        Principal axes for ``search="pca"`` / ``"ivf"``, at most the embedding size (default
+        ``min(64, d)``).
+    n_candidates
+        Candidates per query re-ranked exactly, between ``top_k`` and the number of reference spots
+        (default ``min(4 top_k, n_ref)``).
+    n_lists, n_probe
+        Cells and probed cells per query of ``search="ivf"`` (defaults ``round(sqrt(n_ref))`` and
+        ``ceil(n_lists / 8)``).
+    seed
+        Seed of the reference subsamples the principal axes and cells are fitted on.
     output
         ``"anndata"``: return a new AnnData (query spots x reference genes; ``.X`` = prediction, obs,
         ``obsm['spatial']`` copied from the query table). ``"layer"``: write ``.layers[key_added]`` on
@@ -230,7 +298,8 @@ def predict_expression(
 
     Returns
     -------
-    ``output="anndata"``: the new AnnData, with ``.uns['loki'][key_added]`` holding the parameters.
+    ``output="anndata"``: the new AnnData, with ``.uns['loki'][key_added]`` holding the parameters
+    (including ``search``, ``n_components``, ``n_candidates`` and ``seed``; -1 where not used).
     ``output="layer"``: None (or the copy), after writing ``.layers[key_added]`` (float32, query spots x
     query genes) and ``.uns['loki'][key_added]`` on the query table.
 
@@ -247,6 +316,10 @@ def predict_expression(
     ref_table = get_table(reference, reference_table_key)
     require_keys(ref_table.obsm, use_reference, "reference.obsm")
     ref = embeddings_of(ref_table, use_reference, None, "reference")[0]
+    sizes = check_search(
+        search, top_k, ref.shape[0], ref.shape[1], n_components, n_candidates, n_lists, n_probe
+    )
+    _check_seed(seed)
     x = _expression_of(ref_table, layer)
     ref_genes = pd.Index(ref_table.var_names)
     query_table = (
@@ -271,6 +344,12 @@ def predict_expression(
         top_k=top_k,
         temperature=temperature,
         negative=negative,
+        search=search,
+        n_components=n_components,
+        n_candidates=n_candidates,
+        n_lists=n_lists,
+        n_probe=n_probe,
+        seed=seed,
         chunk_size=chunk_size,
         progress=progress,
     )
@@ -288,6 +367,12 @@ def predict_expression(
         "top_k": -1 if top_k is None else int(top_k),
         "temperature": -1.0 if temperature is None else float(temperature),
         "negative": negative,
+        "search": search,
+        "n_components": -1 if sizes is None else sizes["n_components"],
+        "n_candidates": -1 if sizes is None else sizes["n_candidates"],
+        "n_lists": -1 if sizes is None else sizes.get("n_lists", -1),
+        "n_probe": -1 if sizes is None else sizes.get("n_probe", -1),
+        "seed": -1 if sizes is None else int(seed),
         "n_reference": int(ref.shape[0]),
         "n_fallback": n_fallback,
     }
@@ -314,6 +399,12 @@ def predict_expression_loso(
     top_k: int | None = None,
     temperature: float | None = None,
     negative: Negative = "clip",
+    search: Search = "exact",
+    n_components: int | None = None,
+    n_candidates: int | None = None,
+    n_lists: int | None = None,
+    n_probe: int | None = None,
+    seed: int = 0,
     progress: bool = False,
 ) -> tuple[dict[str, AnnData], pd.DataFrame]:
     """Leave-one-section-out PredEx: predict each section from all the others and score it.
@@ -329,6 +420,8 @@ def predict_expression_loso(
         Section name -> table with both embeddings and measured expression (``.X`` or ``layer``).
     use_query, use_reference, layer, top_k, temperature, negative, progress
         As in :func:`predict_expression`.
+    search, n_components, n_candidates, n_lists, n_probe, seed
+        Top-k search, as in :func:`predict_expression`.
     genes
         Genes to predict and score (default: the genes shared by all sections).
 
@@ -371,6 +464,12 @@ def predict_expression_loso(
             top_k=top_k,
             temperature=temperature,
             negative=negative,
+            search=search,
+            n_components=n_components,
+            n_candidates=n_candidates,
+            n_lists=n_lists,
+            n_probe=n_probe,
+            seed=seed,
             progress=progress,
         )
         measured = _dense(_expression_of(query, layer)[:, pd.Index(query.var_names).get_indexer(genes)])

@@ -22,34 +22,40 @@ if TYPE_CHECKING:
 _CHUNK_BYTES = 128 * 2**20
 
 
+@numba.njit(cache=True, inline="always")
+def _heap_push(hv, hi, s, i):  # pragma: no cover - numba
+    # Replace the root of a min-heap (the worst kept score) by (s, i) and sift it down.
+    k = hv.shape[0]
+    hv[0] = s
+    hi[0] = i
+    pos = 0
+    while True:
+        left = 2 * pos + 1
+        if left >= k:
+            break
+        child = left
+        right = left + 1
+        if right < k and hv[right] < hv[left]:
+            child = right
+        if hv[child] < hv[pos]:
+            hv[pos], hv[child] = hv[child], hv[pos]
+            hi[pos], hi[child] = hi[child], hi[pos]
+            pos = child
+        else:
+            break
+
+
 @numba.njit(parallel=True, cache=True)
 def _heap_update(scores, inv_norm, offset, heap_v, heap_i):  # pragma: no cover - numba
     # One min-heap of size k per query row (root = worst kept score); scan a chunk of scores.
     nq, nc = scores.shape
-    k = heap_v.shape[1]
     for q in numba.prange(nq):
         hv = heap_v[q]
         hi = heap_i[q]
         for j in range(nc):
             s = scores[q, j] * inv_norm[j]
             if s > hv[0]:
-                hv[0] = s
-                hi[0] = offset + j
-                pos = 0
-                while True:
-                    left = 2 * pos + 1
-                    if left >= k:
-                        break
-                    child = left
-                    right = left + 1
-                    if right < k and hv[right] < hv[left]:
-                        child = right
-                    if hv[child] < hv[pos]:
-                        hv[pos], hv[child] = hv[child], hv[pos]
-                        hi[pos], hi[child] = hi[child], hi[pos]
-                        pos = child
-                    else:
-                        break
+                _heap_push(hv, hi, s, offset + j)
 
 
 def default_chunk_size(n_queries: int, budget_bytes: int = _CHUNK_BYTES) -> int:
@@ -65,8 +71,8 @@ def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
     return x / norms[:, None]
 
 
-def _check_norms(norms: np.ndarray, name: str, offset: int) -> None:
-    bad = ~np.isfinite(norms) | (norms == 0)
+def _check_norms(norms: np.ndarray, name: str, offset: int, allow_zero: bool = False) -> None:
+    bad = ~np.isfinite(norms) if allow_zero else ~np.isfinite(norms) | (norms == 0)
     if bad.any():
         rows = (np.flatnonzero(bad)[:5] + offset).tolist()
         raise ValueError(f"{name} has {int(bad.sum())} zero or non-finite row(s), e.g. rows {rows}.")
@@ -129,7 +135,8 @@ def topk_cosine(
     for start in starts:
         block = np.asarray(bank[start : start + chunk], dtype=np.float32)
         norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        _check_norms(norms, "bank", start)
+        # Raw dot products are defined for zero rows; cosine similarities are not.
+        _check_norms(norms, "bank", start, allow_zero=not normalize)
         inv = (1.0 / norms).astype(np.float32) if normalize else np.ones(len(block), dtype=np.float32)
         out = buf if len(block) == buf.shape[1] else np.empty((len(q), len(block)), dtype=np.float32)
         np.matmul(q, block.T, out=out)
@@ -183,6 +190,12 @@ def retrieve(
     bank_ids: Sequence | None = None,
     bank_metadata: pd.DataFrame | Sequence[str] | None = None,
     normalize: bool = True,
+    search: str = "exact",
+    n_components: int | None = None,
+    n_candidates: int | None = None,
+    n_lists: int | None = None,
+    n_probe: int | None = None,
+    seed: int = 0,
     chunk_size: int | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
@@ -212,6 +225,13 @@ def retrieve(
         or names of ``.obs`` columns of an AnnData bank.
     normalize
         Rank cosine similarities (True) or raw dot products.
+    search
+        ``"exact"`` (default) scores every bank row. ``"pca"`` / ``"ivf"``: approximate search - candidates
+        from the bank's top principal axes (``"ivf"``: only in the best k-means cells), re-ranked
+        exactly; faster on large banks, but a true top-k row outside the candidates is missed. Cosine
+        only (``normalize=True``). See :func:`loki.tl.predict_expression` for the options.
+    n_components, n_candidates, n_lists, n_probe, seed
+        Options of the approximate searches (ignored with ``search="exact"``).
     chunk_size
         Bank rows per chunk (default keeps one score block under 128 MiB).
     progress
@@ -243,7 +263,17 @@ def retrieve(
         b_names = pd.Index(bank_ids)
         if len(b_names) != b.shape[0]:
             raise ValueError(f"bank_ids has {len(b_names)} entries, the bank {b.shape[0]} rows.")
-    idx, scores = topk_cosine(q, b, k, normalize=normalize, chunk_size=chunk_size, progress=progress)
+    from ._candidates import check_search, topk_cosine_pca
+
+    sizes = check_search(search, k, b.shape[0], b.shape[1], n_components, n_candidates, n_lists, n_probe)
+    if sizes is not None and not normalize:
+        raise ValueError(
+            f"search={search!r} ranks cosine similarities; use normalize=True or search='exact'."
+        )
+    if sizes is None:
+        idx, scores = topk_cosine(q, b, k, normalize=normalize, chunk_size=chunk_size, progress=progress)
+    else:
+        idx, scores = topk_cosine_pca(q, b, k, **sizes, seed=seed, progress=progress)
     n_q = idx.shape[0]
     flat = idx.ravel()
     out = pd.DataFrame(
