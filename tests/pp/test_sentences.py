@@ -315,3 +315,62 @@ def test_gene_sentences_match_published_recipe_on_her2st():
     hk = set(lk.pp.housekeeping_genes())
     words = set(" ".join(adata.obs[Key.SENTENCE]).split())
     assert not words & hk
+
+
+def test_gene_sentences_column_round_trips_h5ad_and_zarr(tmp_path):
+    # the sentences are a plain object column of str that anndata writes and reads back unchanged
+    rng = np.random.default_rng(3)
+    x = rng.poisson(1.0, size=(30, 80)).astype(np.float32)
+    x[4] = 0  # an empty spot: empty string
+    adata = _adata(x, [f"G{i}" if i % 7 else f"gene-{i}" for i in range(80)])
+    with pytest.warns(UserWarning, match="no expressed gene"):
+        lk.pp.gene_sentences(adata, n_genes=10)
+    col = adata.obs[Key.SENTENCE]
+    assert col.dtype == object
+    assert all(type(s) is str for s in col)
+    assert col.iloc[4] == ""
+    expected = [
+        " ".join(f"G{j}" for j in row[row >= 0]) for row in _lexsort_top(x * (np.arange(80) % 7 > 0), 10)
+    ]
+    assert col.tolist() == expected
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    adata.write_zarr(tmp_path / "a.zarr")
+    for back in (ad.read_h5ad(tmp_path / "a.h5ad"), ad.read_zarr(tmp_path / "a.zarr")):
+        assert back.obs[Key.SENTENCE].astype(str).tolist() == expected
+        assert back.obs[Key.EMPTY_SPOT].tolist() == adata.obs[Key.EMPTY_SPOT].tolist()
+
+
+def test_gene_name_checks_match_per_name_rules():
+    # the batched filters agree with per-name rules, including a name holding a newline
+    names = ["Actb", "GAPDH", "MT-CO1", "AC1.2", "Snap25", "ENSG00000141510", "ENSG1", "a\nb", "ß"]
+    keep, n_excluded = gene_filter(names)
+    hk = {g.upper() for g in lk.pp.housekeeping_genes()}
+    expected = [not (n.upper() in hk or "-" in n or "." in n) for n in names]
+    assert keep.tolist() == expected
+    assert n_excluded == expected.count(False)
+    assert looks_like_ensembl(np.array(names, dtype=object)).tolist() == [
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_join_names_parallel_path_matches_python_join():
+    # from _PARALLEL_MIN_ROWS rows up the rows are joined in parallel blocks; row i must hold row i's names
+    from loki.pp._topk import _PARALLEL_MIN_ROWS, join_names
+
+    rng = np.random.default_rng(5)
+    names = [f"g{i}" * (1 + i % 3) for i in range(40)]
+    n_rows = _PARALLEL_MIN_ROWS + 300
+    top = rng.integers(0, 40, size=(n_rows, 4)).astype(np.int32)
+    counts = rng.integers(0, 5, size=n_rows).astype(np.int32)
+    got = join_names(top, counts, names, sep=";")
+    assert got.dtype == object
+    assert got.shape == (n_rows,)
+    assert got.tolist() == [";".join(names[g] for g in top[i, : counts[i]]) for i in range(n_rows)]

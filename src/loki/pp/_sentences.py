@@ -147,10 +147,11 @@ def gene_sentences(
         x = adata.layers[layer]
     if x is None:
         raise ValueError("adata.X is empty; pass layer= to choose the counts.")
-    names = pd.Index(adata.var_names.astype(str))
+    names = pd.Index(_as_str_list(adata.var_names))
     _check_gene_names(names)
+    name_list = names.tolist()
     keep, excluded = gene_filter(
-        names,
+        name_list,
         housekeeping=housekeeping,
         exclude_patterns=exclude_patterns,
         exclude_mito=exclude_mito,
@@ -158,7 +159,7 @@ def gene_sentences(
     )
     top, counts, n_bad = top_k_rows(as_csr(x), n_genes, keep)
     _raise_bad_values(n_bad, adata.obs_names)
-    sentences = join_names(top, counts, names)
+    sentences = join_names(top, counts, name_list)
     empty = counts == 0
     if empty.any():
         examples = ", ".join(map(repr, adata.obs_names[empty][:5]))
@@ -204,7 +205,7 @@ def gene_filter(
 
     See :func:`gene_sentences` for the meaning of the options.
     """
-    names = [str(n) for n in names]
+    names = _as_str_list(names)
     drop = np.zeros(len(names), dtype=bool)
     if housekeeping is not None:
         hk = housekeeping_genes(housekeeping) if isinstance(housekeeping, str) else housekeeping
@@ -231,10 +232,16 @@ def gene_filter(
 
 def looks_like_ensembl(names: Iterable[str]) -> np.ndarray:
     """Boolean mask of names that look like Ensembl gene ids (``ENSG...``, ``ENSMUSG...``, versioned)."""
-    names = [str(n) for n in names]
+    names = _as_str_list(names)
     return np.fromiter(
         (n.startswith("ENS") and _ENSEMBL.match(n) is not None for n in names), dtype=bool, count=len(names)
     )
+
+
+def _as_str_list(names) -> list[str]:
+    if isinstance(names, pd.Index | pd.Series | np.ndarray):
+        names = names.tolist()
+    return [n if type(n) is str else str(n) for n in names]
 
 
 def _check_n(n, name: str = "n") -> int:
@@ -251,7 +258,7 @@ def _check_gene_names(names: pd.Index) -> None:
             f"var_names hold {len(dup)} duplicated gene name(s): {shown}. Make them unique "
             "(adata.var_names_make_unique()) or merge them (loki.pp.map_gene_ids(..., duplicates='sum'))."
         )
-    ens = looks_like_ensembl(names)
+    ens = looks_like_ensembl(names.tolist())
     if len(names) and ens.mean() >= 0.5:
         warnings.warn(
             f"{int(ens.sum())} of {len(names)} var_names look like Ensembl ids (e.g. {names[ens][0]!r}); "

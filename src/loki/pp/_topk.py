@@ -253,10 +253,9 @@ def _top_k_csr(data, indices, indptr, keep, k, max_nnz, out, counts, n_bad):
         _top_k_range(data, indices, indptr, keep, k, max_nnz, 0, len(indptr) - 1, out, counts, n_bad)
 
 
-# Joining is a memory copy: serial, as thread start-up would cost more than it saves.
 @numba.njit(cache=True)
-def _join_rows(top, counts, name_buf, name_off, sep, row_off, out):  # pragma: no cover - numba
-    for i in range(top.shape[0]):
+def _join_range(top, counts, name_buf, name_off, sep, row_off, out, r0, r1):  # pragma: no cover - numba
+    for i in range(r0, r1):
         pos = row_off[i]
         for j in range(counts[i]):
             g = top[i, j]
@@ -267,6 +266,26 @@ def _join_rows(top, counts, name_buf, name_off, sep, row_off, out):  # pragma: n
                 out[pos] = name_buf[b]
                 pos += 1
         out[pos] = 10  # "\n" ends every row
+
+
+@numba.njit(cache=True, parallel=True)
+def _join_parallel(top, counts, name_buf, name_off, sep, row_off, out):  # pragma: no cover - numba
+    n_rows = top.shape[0]
+    n_tasks = (n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for task in numba.prange(n_tasks):
+        r0 = task * _ROWS_PER_TASK
+        _join_range(top, counts, name_buf, name_off, sep, row_off, out, r0, min(n_rows, r0 + _ROWS_PER_TASK))
+
+
+# Joining is a memory copy: below this many rows, thread start-up costs more than it saves.
+_PARALLEL_MIN_ROWS = 20_000
+
+
+def _join_rows(top, counts, name_buf, name_off, sep, row_off, out):
+    if len(top) >= _PARALLEL_MIN_ROWS:
+        _join_parallel(top, counts, name_buf, name_off, sep, row_off, out)
+    else:
+        _join_range(top, counts, name_buf, name_off, sep, row_off, out, 0, len(top))
 
 
 @numba.njit(cache=True)
@@ -315,11 +334,14 @@ def top_k_rows(csr: sparse.csr_matrix, k: int, keep: np.ndarray | None = None):
     return top, counts, n_bad
 
 
-def join_names(top: np.ndarray, counts: np.ndarray, names, sep: str = " ") -> list[str]:
-    """For each row, join ``names[top[i, :counts[i]]]`` with ``sep`` (built in one byte buffer)."""
+def join_names(top: np.ndarray, counts: np.ndarray, names, sep: str = " ") -> np.ndarray:
+    """For each row, join ``names[top[i, :counts[i]]]`` with ``sep`` (built in one byte buffer).
+
+    Returns a 1-d object array of str (what a pandas string column of object dtype holds).
+    """
     if len(top) == 0:
-        return []
-    names = [str(n) for n in names]
+        return np.empty(0, dtype=object)
+    names = [n if type(n) is str else str(n) for n in names]
     blob = "\n".join(names).encode("utf-8")
     buf = np.frombuffer(blob, dtype=np.uint8)
     ends = np.flatnonzero(buf == 10)
@@ -340,4 +362,7 @@ def join_names(top: np.ndarray, counts: np.ndarray, names, sep: str = " ") -> li
     np.cumsum(lengths[:-1], out=row_off[1:])
     out = np.empty(int(lengths.sum()), dtype=np.uint8)
     _join_rows(top, counts, name_buf, name_off, np.uint8(sep_b[0]), row_off, out)
-    return out[:-1].tobytes().decode("utf-8").split("\n")
+    # one decode and one split make the Python strings; an object array avoids pandas' list conversion
+    strings = np.empty(len(top), dtype=object)
+    strings[:] = out[:-1].tobytes().decode("utf-8").split("\n")
+    return strings
