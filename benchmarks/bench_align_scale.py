@@ -122,17 +122,26 @@ def main():
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--max-iter", type=int, default=100)
-    ap.add_argument("--refine", choices=["auto", "yes", "no"], default="auto")
+    ap.add_argument("--refine", choices=["yes", "no"], default="yes")
+    ap.add_argument("--max-points", type=int, default=50_000)
     ap.add_argument("--method", default="deformable")
     args = ap.parse_args()
     src, tgt, truth = make_pair(args.n)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    refine = {"auto": None, "yes": True, "no": False}[args.refine]
+    refine = args.refine == "yes"
     # warm the numba cache / JIT outside the timing
     s0, t0, _ = make_pair(300, seed=5)
     lk.tl.align(s0, target=t0, use="X_expr", method=args.method, max_iter=5)
     t = time.perf_counter()
-    lk.tl.align(src, target=tgt, use="X_expr", method=args.method, max_iter=args.max_iter, refine=refine)
+    lk.tl.align(
+        src,
+        target=tgt,
+        use="X_expr",
+        method=args.method,
+        max_iter=args.max_iter,
+        refine=refine,
+        max_points=args.max_points,
+    )
     ours_s = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info = src.uns["loki"]["spatial_aligned"]
@@ -147,6 +156,8 @@ def main():
         "n_per_side": args.n,
         "method": args.method,
         "approximate": info["approximate"],
+        "refine": refine,
+        "max_points": args.max_points,
         "ours_s": round(ours_s, 1),
         "ours_peak_MB": round(peak, 0),
         "before_align_MB": round(base_rss, 0),

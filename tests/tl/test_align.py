@@ -73,6 +73,34 @@ def test_anndata_copy_and_coordinates_only(tissue, tmp_path):
     )
 
 
+def test_pyramid_large_input():
+    """8,000 spots from an 800-spot first level: the pyramid reaches the exact CPD's precision."""
+    target = lk.datasets.synthetic_tissue(n_spots=8000, n_genes=30, n_cell_types=6, seed=3, depth=500.0)
+    target.obsm["X_expr"] = _log_expr(target)
+    moved, truth = lk.datasets.transform_section(
+        target, rotation_deg=35.0, translation=(7.0, -4.0), warp=0.5, drop_fraction=0.1, seed=4
+    )
+    moved.obsm["X_expr"] = _log_expr(moved)
+    approx = lk.tl.align(
+        moved, target=target, use="X_expr", n_coarse=800, max_points=800, refine=False, copy=True
+    )
+    lk.tl.align(moved, target=target, use="X_expr", n_coarse=800, max_points=800)
+    info = moved.uns[Key.UNS][Key.ALIGNED]
+    assert not info["approximate"]
+    assert [s.split(", ")[:3] for s in info["stages"]][1:] == [
+        ["{'stage': 'rigid'", "'level': 0", "'n_points': 800"],
+        ["{'stage': 'rigid'", "'level': 1", "'n_points': 2530"],
+        ["{'stage': 'rigid'", "'level': 2", "'n_points': 7200"],
+        ["{'stage': 'deformable'", "'level': 2", "'n_points': 7200"],
+    ]
+    err = lk.metrics.alignment_error(moved.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing)
+    assert err < 0.15, err
+    # refine=False stops at the 800-spot subsample and interpolates: about a subsample spacing off
+    assert approx.uns[Key.UNS][Key.ALIGNED]["approximate"]
+    err_approx = lk.metrics.alignment_error(approx.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing)
+    assert err < err_approx < 2 * np.sqrt(8000 / 800)
+
+
 @pytest.mark.parametrize(
     ("mutate", "err", "match"),
     [

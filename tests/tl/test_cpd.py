@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +14,7 @@ from loki.tl._cpd import (
     initial_sigma2,
     mirror_matrix,
     nystrom_basis,
+    pyramid_levels,
     register_deformable,
     register_rigid,
     rotation_matrix,
@@ -171,20 +174,39 @@ def test_property_rigid_transform_recovered(angle, tx, ty, flip):
     np.testing.assert_allclose(res.matrix, T, atol=1e-3)
 
 
+def test_pyramid_levels():
+    assert pyramid_levels(4000, 5000, 4000) == [4000]
+    assert pyramid_levels(50_000, 5000, 50_000) == [5000, 15811, 50_000]
+    assert pyramid_levels(500_000, 5000, 500_000) == [5000, 15811, 50_000, 158114, 500_000]
+    assert pyramid_levels(500_000, 5000, 50_000) == [5000, 15811, 50_000]  # refine=False stop
+    levels = pyramid_levels(123_457, 700, 123_457)
+    assert levels[-1] == 123_457
+    assert all(2 * a < b for a, b in itertools.pairwise(levels))
+
+
 def test_cpd_align_coarse_to_fine_paths():
     X = _cloud(800, 9)
     T = rotation_matrix(120.0, np.zeros(2))
     Y = X.copy()
     Y[:, :2] = apply_matrix(X[:, :2], np.linalg.inv(T))
-    exact = cpd_align(X, Y, method="deformable", beta=1.0, max_points=400, n_coarse=250, refine=True)
-    approx = cpd_align(X, Y, method="deformable", beta=1.0, max_points=400, n_coarse=250, refine=False)
+    exact = cpd_align(X, Y, method="deformable", beta=1.0, max_points=300, n_coarse=150, refine=True)
+    approx = cpd_align(X, Y, method="deformable", beta=1.0, max_points=300, n_coarse=150, refine=False)
     assert approx.approximate
     assert not exact.approximate
-    assert [s["stage"] for s in exact.stages] == ["global_start", "rigid_coarse", "rigid", "deformable"]
-    assert [s["stage"] for s in approx.stages] == ["global_start", "rigid_coarse", "deformable_coarse"]
+    assert [(s["stage"], s.get("n_points")) for s in exact.stages] == [
+        ("global_start", None),
+        ("rigid", 150),
+        ("rigid", 800),
+        ("deformable", 800),
+    ]
+    assert [(s["stage"], s.get("n_points")) for s in approx.stages] == [
+        ("global_start", None),
+        ("rigid", 300),
+        ("deformable", 300),
+    ]
     spacing = 0.023  # mean nearest-neighbour distance of this cloud
     assert np.linalg.norm(exact.coords - X[:, :2], axis=1).mean() < 0.1 * spacing
-    # the approximation is only as precise as the coarse level (250 random points per side)
+    # the interpolation is only as precise as its subsample (300 random points per side)
     assert np.linalg.norm(approx.coords - X[:, :2], axis=1).mean() < 1.5 * spacing
     with pytest.raises(ValueError, match="method"):
         cpd_align(X, Y, method="warp")

@@ -244,9 +244,9 @@ def align(
     max_iter: int = 200,
     tol: float = 1e-6,
     n_landmarks: int = 300,
-    max_points: int = 20_000,
+    max_points: int = 50_000,
     n_coarse: int = 5000,
-    refine: bool | None = None,
+    refine: bool = True,
     spatial_key: str = Key.SPATIAL,
     target_spatial_key: str | None = None,
     key_added: str = Key.ALIGNED,
@@ -300,9 +300,18 @@ def align(
     n_landmarks
         Rank bound of the Nyström kernel of the deformable stage.
     max_points, n_coarse, refine
-        Above ``max_points`` spots per side the stages run coarse-to-fine on ``n_coarse`` spots;
-        ``refine=False`` interpolates the coarse field instead of refining at full resolution
-        (default: refine when ``M * N <= 1e10``).
+        Coarse-to-fine pyramid for large sections: the first level registers ``n_coarse`` random spots
+        per side (global start + rigid/affine CPD), each further level about sqrt(10) times more,
+        starting from the previous level's transform and variance, the last level all spots (which
+        also runs the deformable stage). Subsample levels register coordinates only (at their coarse
+        sigma the embedding columns bias the spatial fit) and anneal sigma down to their own spot
+        spacing; the global start and the last level use the embedding too. Synthetic benchmark: 5e4
+        spots per side in 8 s, 5e5 in about 1 min, both within 0.01 spot spacing. With
+        ``refine=False`` and
+        more than ``max_points`` spots per side, the pyramid stops at a ``max_points`` subsample and
+        its transform and deformable field (through its low-rank Nystrom form) are interpolated to
+        all spots: faster, but only as precise as that subsample (about one subsample spacing);
+        ``.uns[...]['approximate']`` records it.
     spatial_key
         Source coordinates in ``.obsm`` (units of ``input_coordinate_system``).
     target_spatial_key
@@ -361,6 +370,8 @@ def align(
         raise ValueError(f"alpha and beta must be positive, got alpha={alpha}, beta={beta}.")
     if n_pcs < 0 or n_rotations < 1 or max_iter < 1:
         raise ValueError("n_pcs must be >= 0, n_rotations and max_iter >= 1.")
+    if n_coarse < 3 or max_points < 3:
+        raise ValueError(f"n_coarse and max_points must be >= 3, got {n_coarse} and {max_points}.")
     if not isinstance(coordinate_system, str) or not coordinate_system:
         raise ValueError(f"coordinate_system must be a non-empty string, got {coordinate_system!r}.")
     if coordinate_system == input_coordinate_system:
@@ -449,6 +460,7 @@ def align(
             "n_landmarks": int(n_landmarks),
             "max_points": int(max_points),
             "n_coarse": int(n_coarse),
+            "refine": bool(refine),
             "scale": scale,
         },
     }
