@@ -46,6 +46,18 @@ def test_eq16_all_reference_spots_clip_and_keep():
     np.testing.assert_allclose(got_keep, s @ x / s.sum(1, keepdims=True), rtol=1e-3, atol=1e-3)
 
 
+def test_default_blocks_match_explicit_blocks_and_bad_chunk_size_is_rejected(monkeypatch):
+    from loki.tl import _predict
+
+    rng = np.random.default_rng(3)
+    q, r, x = rng.normal(size=(30, 5)), rng.normal(size=(40, 5)), rng.random((40, 6))
+    monkeypatch.setattr(_predict, "_SCORE_BLOCK_BYTES", 4 * 40 * 7)  # blocks of 7 queries
+    got, _ = predict_from_embeddings(q, r, x)
+    np.testing.assert_allclose(got, predict_from_embeddings(q, r, x, chunk_size=30)[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        predict_from_embeddings(q, r, x, chunk_size=0)
+
+
 def test_topk_and_temperature_weights():
     rng = np.random.default_rng(1)
     q, r, x = rng.normal(size=(6, 5)), rng.normal(size=(30, 5)), rng.random((30, 4))
