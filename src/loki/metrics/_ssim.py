@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from ._alignment import spot_spacing
+
 
 def ssim_map(
     x: np.ndarray,
@@ -87,7 +89,9 @@ def rasterize(
     lo = coords.min(axis=0)
     span = coords.max(axis=0) - lo
     if grid is None or np.isscalar(grid):
-        step = _spot_spacing(coords) if grid is None else float(grid)
+        if grid is None and len(coords) < 2:
+            raise ValueError("Need at least 2 spots to infer the grid spacing; pass grid=.")
+        step = spot_spacing(coords) if grid is None else float(grid)
         if not step > 0:
             raise ValueError(f"grid pixel size must be positive, got {step}.")
         idx = np.rint((coords - lo) / step).astype(np.int64)
@@ -106,15 +110,6 @@ def rasterize(
     sums[mask] /= counts[mask, None]
     images = sums.reshape(*shape, vals.shape[1])
     return (images[..., 0] if values.ndim == 1 else images), mask.reshape(shape)
-
-
-def _spot_spacing(coords: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
-    if len(coords) < 2:
-        raise ValueError("Need at least 2 spots to infer the grid spacing; pass grid=.")
-    dist, _ = cKDTree(coords).query(coords, k=2)
-    return float(np.median(dist[:, 1]))
 
 
 def ssim_grid(
