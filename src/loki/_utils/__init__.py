@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._progress import block_starts
 from ._rng import as_rng, as_seed
 from ._validation import (
     check_array_finite,
@@ -15,6 +16,7 @@ from ._write import write_layer, write_obs, write_obsm, write_uns
 __all__ = [
     "as_rng",
     "as_seed",
+    "block_starts",
     "check_array_finite",
     "check_obs_key",
     "check_obsm_key",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from loki._logging import logger
+from loki._utils import block_starts
 
 from ._open_clip_logging import quiet_open_clip
 from ._preprocess import as_uint8_nhwc, preprocess_uint8
@@ -209,7 +210,7 @@ class OmiCLIP:
                 )
         sink = _Sink(out)
         with torch.inference_mode(), self._autocast():
-            for start in _batches(n, batch_size, progress, "images"):
+            for start in block_starts(n, batch_size, progress=progress, desc="encoding images", unit="batch"):
                 chunk = images[start : start + batch_size]
                 if is_pil:
                     x = torch.stack([self.preprocess(im.convert("RGB")) for im in chunk]).to(self.device)
@@ -252,7 +253,9 @@ class OmiCLIP:
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
         sink = _Sink(out)
         with torch.inference_mode(), self._autocast():
-            for start in _batches(len(texts), batch_size, progress, "texts"):
+            for start in block_starts(
+                len(texts), batch_size, progress=progress, desc="encoding texts", unit="batch"
+            ):
                 # tokenising batch by batch lets the CPU work overlap the device's forward pass
                 tok = torch.from_numpy(self.tokenizer.ids(texts[start : start + batch_size]))
                 tok = tok.to(self.device, non_blocking=True)
@@ -324,12 +327,3 @@ def _check_batch_size(batch_size: int) -> None:
 
 def _l2(x):
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def _batches(n: int, batch_size: int, progress: bool, desc: str):
-    starts = range(0, n, int(batch_size))
-    if progress:
-        from tqdm.auto import tqdm
-
-        return tqdm(starts, desc=f"encoding {desc}", unit="batch")
-    return starts

@@ -22,7 +22,7 @@ from typing import Literal
 import numba
 import numpy as np
 
-from loki._utils import as_rng
+from loki._utils import as_rng, block_starts
 
 from ._retrieve import _check_norms, _check_pair, _heap_push, l2_normalize, topk_cosine
 
@@ -221,12 +221,7 @@ def _ivf_candidates(q_proj, proj, n_cand, n_lists, n_probe, rng, progress):
     # one parallel kernel per query block: small dot products in numba, no BLAS call per cell
     heap_v = np.full((len(q_proj), n_cand), -np.inf, dtype=np.float32)
     heap_i = np.full((len(q_proj), n_cand), -1, dtype=np.int64)
-    starts = range(0, len(q_proj), QUERY_BLOCK)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="candidates", unit="block")
-    for start in starts:
+    for start in block_starts(len(q_proj), QUERY_BLOCK, progress=progress, desc="candidates"):
         stop = start + QUERY_BLOCK
         _ivf_scan(
             q_proj[start:stop],
@@ -308,12 +303,7 @@ def topk_cosine_pca(
     q_proj = qn @ axes
     if n_lists is None:
         cand = np.empty((len(q), n_cand), dtype=np.int64)
-        starts = range(0, len(q), QUERY_BLOCK)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="candidates", unit="block")
-        for start in starts:
+        for start in block_starts(len(q), QUERY_BLOCK, progress=progress, desc="candidates"):
             stop = start + QUERY_BLOCK
             cand[start:stop] = topk_cosine(
                 q_proj[start:stop], proj, n_cand, normalize=False, chunk_size=chunk

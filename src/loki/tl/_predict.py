@@ -14,7 +14,7 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import require_keys, write_layer, write_uns
+from loki._utils import block_starts, require_keys, write_layer, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._candidates import Search, check_search, topk_cosine_pca
@@ -190,12 +190,7 @@ def predict_from_embeddings(
     qn, rn = l2_normalize(q, "queries"), l2_normalize(ref, "reference")
     if chunk_size is None:
         chunk_size = max(1, _SCORE_BLOCK_BYTES // (4 * len(ref)))
-    starts = range(0, len(q), chunk_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="predict", unit="block")
-    for start in starts:
+    for start in block_starts(len(q), chunk_size, progress=progress, desc="predict"):
         w, fb = similarity_weights(
             qn[start : start + chunk_size] @ rn.T, temperature=temperature, negative=negative
         )

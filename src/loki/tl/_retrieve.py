@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import require_keys
+from loki._utils import block_starts, require_keys
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 if TYPE_CHECKING:
@@ -127,12 +127,7 @@ def topk_cosine(
     heap_v = np.full((len(q), k), -np.inf, dtype=np.float32)
     heap_i = np.full((len(q), k), -1, dtype=np.int64)
     buf = np.empty((len(q), min(chunk, n_bank)), dtype=np.float32)
-    starts = range(0, n_bank, chunk)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="retrieve", unit="chunk")
-    for start in starts:
+    for start in block_starts(n_bank, chunk, progress=progress, desc="retrieve", unit="chunk"):
         block = np.asarray(bank[start : start + chunk], dtype=np.float32)
         norms = np.sqrt(np.einsum("ij,ij->i", block, block))
         # Raw dot products are defined for zero rows; cosine similarities are not.
