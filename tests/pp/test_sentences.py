@@ -114,6 +114,62 @@ def test_top_gene_indices_all_paths_match_reference(x, n, order):
     )
 
 
+def _random_rows(rng, depth, n_cols, kind):
+    """Rows with ``depth[i]`` stored values each (some explicit zeros), depth-dependent levels."""
+    rows, cols, vals = [], [], []
+    for i, d in enumerate(depth):
+        c = np.sort(rng.choice(n_cols, size=min(d, n_cols), replace=False))
+        level = rng.lognormal(0.0, 1.0, len(c)) * rng.uniform(0.2, 30.0)
+        if kind == "counts":
+            v = rng.poisson(level).astype(float)  # zeros stay stored: explicit zeros
+        elif kind == "large":
+            v = np.floor(4000 + 40 * level)  # around and above the counting path's overflow bin
+        else:
+            v = level * (rng.random(len(c)) < 0.95)
+        rows.append(np.full(len(c), i))
+        cols.append(c)
+        vals.append(v)
+    x = sparse.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(depth), n_cols)
+    )
+    return x
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    depth=st.lists(st.integers(0, 250), min_size=1, max_size=12),
+    n_cols=st.integers(20, 300),
+    n=st.integers(1, 60),
+    kind=st.sampled_from(["counts", "large", "normalised"]),
+    dtype=st.sampled_from([np.float32, np.float64, np.int32]),
+    masked=st.floats(0.0, 0.9),
+    seed=st.integers(0, 2**16),
+)
+def test_top_gene_indices_long_rows_masks_and_dtypes(depth, n_cols, n, kind, dtype, masked, seed):
+    # long rows (block gather), depths that jump between rows (mispredicted thresholds), masks that
+    # remove many candidates (retries at lower thresholds), explicit zeros, integer and float dtypes
+    rng = np.random.default_rng(seed)
+    x = _random_rows(rng, depth, n_cols, kind)
+    x.data = x.data.astype(dtype)
+    keep = rng.random(n_cols) >= masked
+    dense = x.toarray().astype(np.float64)
+    got = lk.pp.top_gene_indices(x, n, keep=keep)
+    np.testing.assert_array_equal(got, _lexsort_top(dense * keep, n))
+
+
+def test_top_gene_indices_parallel_path_matches_reference():
+    from loki.pp._topk import _PARALLEL_MIN_NNZ
+
+    rng = np.random.default_rng(0)
+    depth = rng.integers(200, 3000, size=int(1.2 * _PARALLEL_MIN_NNZ / 1600))
+    x = _random_rows(rng, depth, 4000, "counts").astype(np.float32)
+    assert x.nnz >= _PARALLEL_MIN_NNZ
+    keep = rng.random(4000) > 0.05
+    got = lk.pp.top_gene_indices(x, 50, keep=keep)
+    rows = rng.choice(x.shape[0], 60, replace=False)
+    np.testing.assert_array_equal(got[rows], _lexsort_top(x[rows].toarray() * keep, 50))
+
+
 def test_top_gene_indices_unsorted_columns():
     x = sparse.csr_matrix(
         (np.array([1.0, 3.0, 3.0, 2.0]), np.array([2, 0, 3, 1]), np.array([0, 4])), shape=(1, 4)

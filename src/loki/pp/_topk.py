@@ -1,14 +1,22 @@
 """Numba kernels: per-row top-k over CSR matrices, and joining gene names into sentences.
 
 Order is "higher value first, lower column first among equal values", a total order, which is what
-``pandas.Series.nlargest(n, keep="first")`` returns when ``n`` is below the row length. Rows of
-integer values (raw counts) are ranked by counting: one scan histograms the values at or above a
-floor that rises as soon as ``k`` entries reach the next step (so most 1s and 2s cost one
-comparison), the histogram gives the k-th value, and a short second pass over the counted entries
-writes each selected one straight to its rank, in column order within a value. Other rows (normalised
-values) keep a bounded heap of their ``k`` best entries (about twice slower). Both need the
-columns of a row strictly increasing (canonical CSR); the kernel checks each row and
-:func:`top_k_rows` sorts a copy when one is not. Nothing is densified.
+``pandas.Series.nlargest(n, keep="first")`` returns when ``n`` is below the row length. Each row costs
+one vectorised pass over its values and column indices, which counts the values at or above a few
+thresholds placed around the k-th value predicted from the previous row (scaled by the row's number
+of stored values), counts NaN, infinite and negative values, and checks that the columns strictly
+increase (canonical CSR; :func:`top_k_rows` sorts a copy when they do not). The highest threshold
+expected to leave ``k`` values in unmasked columns (the previous row's share of masked candidates
+is allowed for) selects the candidates, typically 1-2 k of several thousand stored values, gathered
+by skipping blocks whose maximum lies below it. Among the candidates, integer values (raw counts)
+are ranked by counting: a histogram gives the k-th value, and each selected entry is written
+straight to its rank, in column order within a value. Other values (normalised expression) go
+through a bounded heap. When fewer than ``k`` candidates survive the column mask, the row is redone
+at the next lower threshold, down to every positive value, so the result is exact whatever the
+prediction. Nothing is densified.
+
+Array indices inside the kernels start at zero on row slices (``data[lo:hi]``): with a provably
+non-negative index numba drops its negative-index check, which lets LLVM vectorise the counting pass.
 """
 
 from __future__ import annotations
@@ -17,10 +25,16 @@ import numba
 import numpy as np
 from scipy import sparse
 
-# Rows per parallel task: large enough to amortise the heap allocation, small enough to balance threads.
+# Rows per parallel task: large enough to amortise the buffers, small enough to balance threads.
 _ROWS_PER_TASK = 256
-# Integer values below this are ranked by counting (raw counts); others fall back to a heap.
+# Integer values below this are ranked by counting (raw counts); higher ones share one sorted bin.
 _CAP = 4096
+# v >= _TINY is v > 0 for every float and integer type.
+_TINY = 5e-324
+# Candidate thresholds, as multiples of the predicted k-th value, highest first.
+_STEPS = (1.25, 1.0, 0.8, 0.5)
+# Values are gathered in blocks of this many, skipping blocks whose maximum is below the threshold.
+_BLOCK = 16
 
 
 @numba.njit(cache=True, inline="always")
@@ -47,118 +61,81 @@ def _sift_down(hv, hc, pos, size):
 
 
 @numba.njit(cache=True)
-def _heap_row(data, indices, lo, hi, keep, k, hv, hc, out_row):  # pragma: no cover - numba
-    """Any non-negative values; needs the row's columns sorted. Returns (n selected, n bad values)."""
-    size = 0
+def _row_pass(vals, cols, thr, cnt):  # pragma: no cover - numba
+    """Counts of values >= each of the 4 thresholds (into ``cnt``); returns (bad values, unsorted columns).
+
+    Bad values are NaN, infinite or negative; unsorted columns are those not above their predecessor.
+    """
+    t0, t1, t2, t3 = thr[0], thr[1], thr[2], thr[3]
+    n0 = 0
+    n1 = 0
+    n2 = 0
+    n3 = 0
     bad = 0
-    thr = 0.0  # once the heap is full, only values above its worst one can enter
-    for p in range(lo, hi):
-        v = np.float64(data[p])
-        if v > thr:
-            if v == np.inf:
-                bad += 1
-                continue
-            c = np.int64(indices[p])
-            if not keep[c]:
-                continue
-            if size < k:
-                j = size
-                hv[j] = v
-                hc[j] = c
-                size += 1
-                while j > 0:
-                    parent = (j - 1) // 2
-                    if not _worse(hv[j], hc[j], hv[parent], hc[parent]):
-                        break
-                    hv[j], hv[parent] = hv[parent], hv[j]
-                    hc[j], hc[parent] = hc[parent], hc[j]
-                    j = parent
-                if size == k:
-                    thr = hv[0]
-            else:
-                # sorted columns: an equal value arriving later ranks after every entry held
-                hv[0] = v
-                hc[0] = c
-                _sift_down(hv, hc, 0, size)
-                thr = hv[0]
-        elif not (v >= 0.0):  # negative or NaN
-            bad += 1
-    # heapsort: the worst goes to the end each round, leaving the best first
-    m = size
-    while m > 1:
-        m -= 1
-        hv[0], hv[m] = hv[m], hv[0]
-        hc[0], hc[m] = hc[m], hc[0]
-        _sift_down(hv, hc, 0, m)
-    for j in range(size):
-        out_row[j] = hc[j]
-    return size, bad
+    for j in range(vals.shape[0]):
+        v = np.float64(vals[j])
+        n0 += v >= t0
+        n1 += v >= t1
+        n2 += v >= t2
+        n3 += v >= t3
+        bad += not (v >= 0.0)
+        bad += v == np.inf
+    cnt[0], cnt[1], cnt[2], cnt[3] = n0, n1, n2, n3
+    unsorted = 0
+    for j in range(1, cols.shape[0]):
+        unsorted += cols[j] <= cols[j - 1]
+    return bad, unsorted
 
 
 @numba.njit(cache=True)
-def _count_row(
-    data, indices, lo, hi, keep, k, low, hist, off, cand, tmpv, out_row
-):  # pragma: no cover - numba
-    """Integer values (raw counts): histogram, threshold, then counting placement; no heap.
+def _gather(vals, t, cand):  # pragma: no cover - numba
+    """Positions of the values >= t, in order; blocks whose maximum is below t are skipped.
 
-    Only values at or above a floor ``low`` are counted; the floor rises (by steps of a quarter)
-    whenever ``k`` counted entries reach the next step, since the k-th value can no longer lie below
-    it. The floor soon sits just under the k-th value, so most entries are skipped after one
-    well-predicted comparison, and the placement pass visits only the entries counted (``cand``).
-    The first floor ``low`` may be a guess (from the previous row); when fewer than ``k`` entries
-    reach it, the row must be redone from 1.
+    ``t`` has the values' dtype, so that the block maxima are taken without conversions.
+    """
+    n = 0
+    n_full = vals.shape[0] // _BLOCK * _BLOCK
+    for b0 in range(0, n_full, _BLOCK):
+        blk = vals[b0 : b0 + _BLOCK]
+        mx = blk[0]
+        for j in range(1, _BLOCK):
+            mx = max(mx, blk[j])
+        if mx >= t:
+            for j in range(_BLOCK):
+                if blk[j] >= t:
+                    cand[n] = b0 + j
+                    n += 1
+    for j in range(n_full, vals.shape[0]):
+        if vals[j] >= t:
+            cand[n] = j
+            n += 1
+    return n
 
-    Returns (n selected, n bad values, k-th value): n selected is -1 when the row needs the heap (a
-    non-integer value, or the k-th value among those >= the overflow bin) and -2 when it must be
-    redone with ``low=1``. ``hist`` is all zeros on entry and on exit.
+
+@numba.njit(cache=True)
+def _count_select(vals, cols, cand, n_cand, keep, k, hist, off, tmpv, buf, out_row):  # pragma: no cover
+    """Rank integer candidates by counting. Returns (n selected, n usable, k-th value).
+
+    n selected is -1 when the heap must decide: a non-integer value, or the k-th value among those in
+    the overflow bin (>= ``_CAP``). ``hist`` is all zeros on entry and on exit.
     """
     cap = hist.shape[0] - 1
-    bad = 0
-    n_cand = 0
+    m = 0
     vtop = 0
-    low0 = low
-    low_f = np.float64(low)
-    nxt = low + max(1, low >> 2)  # next floor; n_next counts entries >= nxt
-    n_next = 0
-    status = 0
-    for p in range(lo, hi):
-        v = np.float64(data[p])
-        if v >= low_f:
-            c = indices[p]
-            if not keep[c]:
-                continue
-            if v >= cap:
-                if v == np.inf:
-                    bad += 1
-                b = cap
-            else:
-                b = np.int64(v)
-                if b != v:
-                    status = -1
-                    break
-            hist[b] += 1
-            if b > vtop:
-                vtop = b
-            cand[n_cand] = p
-            n_cand += 1
-            if b >= nxt:
-                n_next += 1
-                while n_next >= k and nxt < cap:
-                    # k entries at or above nxt: the k-th value is there; raise the floor
-                    low = nxt
-                    low_f = np.float64(low)
-                    nxt = min(cap, low + max(1, low >> 2))
-                    for bb in range(low, nxt):
-                        n_next -= hist[bb]
-        elif not (v >= 0.0):  # negative or NaN
-            bad += 1
-        elif v > 0.0 and low == 1:  # a fraction below 1 might be among the top k
-            status = -1
-            break
-    # threshold bin t: fewer than k entries lie above it, at least k at or above (else take all)
-    t = 1
+    nonint = 0
+    for j in range(n_cand):  # keep positive finite values in unmasked columns; histogram them
+        p = cand[j]
+        v = np.float64(vals[p])
+        ok = keep[cols[p]] & (v > 0.0) & (v < np.inf)
+        b = np.int64(min(v, np.float64(cap))) if ok else 0
+        nonint += ok & (b != v) & (b < cap)
+        hist[b] += ok
+        vtop = max(vtop, b)
+        cand[m] = p
+        m += ok
+    t = 1  # threshold bin: fewer than k entries above it, at least k at or above (else take all)
     cum = 0
-    if status == 0:
+    if nonint == 0:
         for b in range(vtop, 0, -1):
             off[b] = cum
             cum += hist[b]
@@ -167,68 +144,153 @@ def _count_row(
                 break
     for b in range(vtop + 1):
         hist[b] = 0
-    if status < 0 or t == cap:
-        return -1, 0, 0
-    if cum < k and low0 > 1:
-        return -2, 0, 0
-    size = 0
-    for j in range(n_cand):
+    if nonint or (t == cap and cum >= k):
+        return -1, m, 0.0
+    for b in range(t):
+        off[b] = k  # below the threshold: write to the scratch slot k
+    for j in range(m):  # each entry straight to its rank, column order within a value
         p = cand[j]
-        v = np.float64(data[p])
-        if v >= t and v != np.inf:
-            b = cap if v >= cap else np.int64(v)
-            q = off[b]
-            if q < k:
-                out_row[q] = indices[p]
-                tmpv[q] = v
-                off[b] = q + 1
-                size += 1
+        v = np.float64(vals[p])
+        b = np.int64(min(v, np.float64(cap)))
+        q = min(off[b], k)
+        buf[q] = cols[p]
+        tmpv[q] = v
+        off[b] = q + (b >= t)
+    size = min(cum, k)
     if vtop == cap:  # the overflow bin holds several values: stable insertion sort of its entries
         n_over = 0
         while n_over < size and tmpv[n_over] >= cap:
             n_over += 1
         for a in range(1, n_over):
             va = tmpv[a]
-            ca = out_row[a]
+            ca = buf[a]
             j = a - 1
             while j >= 0 and tmpv[j] < va:
                 tmpv[j + 1] = tmpv[j]
-                out_row[j + 1] = out_row[j]
+                buf[j + 1] = buf[j]
                 j -= 1
             tmpv[j + 1] = va
-            out_row[j + 1] = ca
-    return size, bad, t
+            buf[j + 1] = ca
+    for j in range(size):
+        out_row[j] = buf[j]
+    return size, m, np.float64(t)
+
+
+@numba.njit(cache=True)
+def _heap_select(vals, cols, cand, n_cand, keep, k, hv, hc, out_row):  # pragma: no cover - numba
+    """Any positive values, via a bounded heap. Returns (n selected, n usable, k-th value)."""
+    size = 0
+    m = 0
+    thr = 0.0  # once the heap is full, only values above its worst one can enter
+    for j in range(n_cand):
+        p = cand[j]
+        v = np.float64(vals[p])
+        if not (v < np.inf) or not keep[cols[p]]:
+            continue
+        m += v > 0.0
+        if v > thr:
+            c = np.int64(cols[p])
+            if size < k:
+                i = size
+                hv[i] = v
+                hc[i] = c
+                size += 1
+                while i > 0:
+                    parent = (i - 1) // 2
+                    if not _worse(hv[i], hc[i], hv[parent], hc[parent]):
+                        break
+                    hv[i], hv[parent] = hv[parent], hv[i]
+                    hc[i], hc[parent] = hc[parent], hc[i]
+                    i = parent
+                if size == k:
+                    thr = hv[0]
+            else:
+                # sorted columns: an equal value arriving later ranks after every entry held
+                hv[0] = v
+                hc[0] = c
+                _sift_down(hv, hc, 0, size)
+                thr = hv[0]
+    kth = hv[0] if size else 0.0
+    s = size
+    while s > 1:  # heapsort: the worst goes to the end each round, leaving the best first
+        s -= 1
+        hv[0], hv[s] = hv[s], hv[0]
+        hc[0], hc[s] = hc[s], hc[0]
+        _sift_down(hv, hc, 0, s)
+    for j in range(size):
+        out_row[j] = hc[j]
+    return size, m, kth
+
+
+@numba.njit(cache=True)
+def _select_row(vals, cols, t, tb, keep, k, cand, hist, off, hv, hc, buf, out_row):  # pragma: no cover
+    """Top k among the values >= t.
+
+    Returns (n selected, n candidates, n usable candidates, k-th value, integer values).
+
+    ``tb`` is a one-element array of the values' dtype, used to convert ``t`` once.
+    """
+    tb[0] = t
+    n_cand = _gather(vals, tb[0], cand)
+    size, m, kth = _count_select(vals, cols, cand, n_cand, keep, k, hist, off, hv, buf, out_row)
+    if size >= 0:
+        return size, n_cand, m, kth, True
+    n_cand = _gather(vals, tb[0], cand)  # the counting pass compacted cand in place
+    size, m, kth = _heap_select(vals, cols, cand, n_cand, keep, k, hv, hc, out_row)
+    return size, n_cand, m, kth, False
 
 
 @numba.njit(cache=True)
 def _top_k_range(data, indices, indptr, keep, k, max_nnz, r0, r1, out, counts, n_bad):  # pragma: no cover
     """Rows ``r0:r1``; a row with unsorted or repeated columns gets ``counts = -1`` and is skipped."""
-    hv = np.empty(k, np.float64)
-    hc = np.empty(k, np.int64)
+    hv = np.empty(k + 1, np.float64)
+    hc = np.empty(k + 1, np.int64)
+    buf = np.empty(k + 1, np.int32)
     hist = np.zeros(_CAP + 1, np.int64)
     off = np.empty(_CAP + 1, np.int64)
-    cand = np.empty(max_nnz, np.int64)
-    guess = 1  # neighbouring rows have similar depth: start the floor below the last k-th value
+    cand = np.empty(max(max_nnz, 1), np.int64)
+    tb = np.empty(1, data.dtype)
+    steps = np.array(_STEPS)
+    n_steps = len(_STEPS)
+    thr = np.empty(n_steps, np.float64)
+    cnt = np.empty(n_steps, np.int64)
+    t_ref = 0.0  # k-th value of the last row with k usable values, and its number of stored values
+    n_ref = 1
+    scale = False  # raw counts: the k-th value grows with the number of detected genes
+    ratio = 1.0  # candidates per usable candidate (the column mask removes some) in the last row
     for i in range(r0, r1):
-        lo = indptr[i]
-        hi = indptr[i + 1]
-        n_unsorted = 0
-        for p in range(lo + 1, hi):
-            n_unsorted += indices[p] <= indices[p - 1]
-        if n_unsorted:
+        vals = data[indptr[i] : indptr[i + 1]]
+        cols = indices[indptr[i] : indptr[i + 1]]
+        pred = t_ref * (vals.shape[0] / n_ref if scale else 1.0)
+        for s in range(n_steps):
+            thr[s] = steps[s] * pred
+        bad, unsorted = _row_pass(vals, cols, thr, cnt)
+        n_bad[i] = bad
+        if unsorted:
             counts[i] = -1
             continue
-        size, bad, t = _count_row(data, indices, lo, hi, keep, k, guess, hist, off, cand, hv, out[i])
-        if size == -2:
-            size, bad, t = _count_row(data, indices, lo, hi, keep, k, 1, hist, off, cand, hv, out[i])
-        if size >= 0:
-            guess = max(1, (3 * t) // 4)
-        else:
-            size, bad = _heap_row(data, indices, lo, hi, keep, k, hv, hc, out[i])
+        # highest threshold expected to leave k usable values; lower ones if it does not
+        s = 0 if pred > 0.0 else n_steps
+        while s < n_steps and cnt[s] < k * ratio:
+            s += 1
+        while True:
+            t = thr[s] if s < n_steps else _TINY
+            size, n_cand, m, kth, integer = _select_row(
+                vals, cols, t, tb, keep, k, cand, hist, off, hv, hc, buf, out[i]
+            )
+            if m >= k or s == n_steps:
+                break
+            s += 1
+            while s < n_steps and cnt[s] < k:
+                s += 1
+        if m >= k:
+            t_ref = kth
+            n_ref = max(1, vals.shape[0])
+            scale = integer
+            ratio = min(4.0, n_cand / m) if s < n_steps else 1.0
         for j in range(size, k):
             out[i, j] = -1
         counts[i] = size
-        n_bad[i] = bad
 
 
 @numba.njit(cache=True, parallel=True)
@@ -364,5 +426,5 @@ def join_names(top: np.ndarray, counts: np.ndarray, names, sep: str = " ") -> np
     _join_rows(top, counts, name_buf, name_off, np.uint8(sep_b[0]), row_off, out)
     # one decode and one split make the Python strings; an object array avoids pandas' list conversion
     strings = np.empty(len(top), dtype=object)
-    strings[:] = out[:-1].tobytes().decode("utf-8").split("\n")
+    strings[:] = str(memoryview(out[:-1]), "utf-8").split("\n")
     return strings
