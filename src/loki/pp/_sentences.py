@@ -147,9 +147,9 @@ def gene_sentences(
         x = adata.layers[layer]
     if x is None:
         raise ValueError("adata.X is empty; pass layer= to choose the counts.")
-    names = pd.Index(_as_str_list(adata.var_names))
-    _check_gene_names(names)
-    name_list = names.tolist()
+    name_list = _as_str_list(adata.var_names)
+    names = adata.var_names if adata.var_names.inferred_type == "string" else pd.Index(name_list)
+    _check_gene_names(names, name_list)
     keep, excluded = gene_filter(
         name_list,
         housekeeping=housekeeping,
@@ -250,7 +250,7 @@ def _check_n(n, name: str = "n") -> int:
     return int(n)
 
 
-def _check_gene_names(names: pd.Index) -> None:
+def _check_gene_names(names: pd.Index, name_list: list[str] | None = None) -> None:
     dup = names[names.duplicated()].unique()
     if len(dup):
         shown = ", ".join(map(repr, dup[:10])) + (f", ... ({len(dup)} in all)" if len(dup) > 10 else "")
@@ -258,7 +258,7 @@ def _check_gene_names(names: pd.Index) -> None:
             f"var_names hold {len(dup)} duplicated gene name(s): {shown}. Make them unique "
             "(adata.var_names_make_unique()) or merge them (loki.pp.map_gene_ids(..., duplicates='sum'))."
         )
-    ens = looks_like_ensembl(names.tolist())
+    ens = looks_like_ensembl(names.tolist() if name_list is None else name_list)
     if len(names) and ens.mean() >= 0.5:
         warnings.warn(
             f"{int(ens.sum())} of {len(names)} var_names look like Ensembl ids (e.g. {names[ens][0]!r}); "
