@@ -121,18 +121,24 @@ def argpartition_loop(x: sparse.csr_matrix, names: list[str]) -> list[str]:
 
 
 @numba.njit(parallel=True, cache=True)
-def _scan(data, indices, indptr, keep, out):
+def _scan(data, indices, indptr, out):
+    # vectorised loops on zero-based row slices: this runs at the speed memory can deliver the rows
     for i in numba.prange(indptr.shape[0] - 1):
-        acc = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            acc += data[p] * keep[indices[p]]
-        out[i] = acc
+        vals = data[indptr[i] : indptr[i + 1]]
+        cols = indices[indptr[i] : indptr[i + 1]]
+        n = 0
+        for j in range(vals.shape[0]):
+            n += vals[j] > 0
+        x = 0
+        for j in range(cols.shape[0]):
+            x ^= cols[j]
+        out[i] = n + x
 
 
 def scan_floor(csr: sparse.csr_matrix, keep: np.ndarray) -> np.ndarray:
     """Read every stored value and column index once (the least any exact top-k must do): a floor."""
-    out = np.empty(csr.shape[0])
-    _scan(csr.data, csr.indices, csr.indptr, keep.astype(np.float32), out)
+    out = np.empty(csr.shape[0], dtype=np.int64)
+    _scan(csr.data, csr.indices, csr.indptr, out)
     return out
 
 
@@ -197,7 +203,7 @@ def run(x: sparse.csr_matrix, names: list[str], args) -> tuple[list[str], dict]:
     t_join, _, _ = timed(lk.pp._topk.join_names, top, counts, names, repeat=3)
     t_names, _, _ = timed(name_checks, names, repeat=3)
     sub = x[: args.ref_spots]
-    t_ref, mem_ref, sent_ref = timed(published_recipe, sub, names)
+    t_ref, mem_ref, sent_ref = timed(published_recipe, sub, names, repeat=3)
     t_loki_sub, _, sent_loki_sub = timed(loki_call, as_adata(sub, names), repeat=3)
     loop_sub = x[: args.loop_spots]
     t_loop, mem_loop, sent_loop = timed(argpartition_loop, loop_sub, names)

@@ -7,8 +7,8 @@ thresholds placed around the k-th value predicted from the previous row (scaled 
 of stored values), counts NaN, infinite and negative values, and checks that the columns strictly
 increase (canonical CSR; :func:`top_k_rows` sorts a copy when they do not). The highest threshold
 expected to leave ``k`` values in unmasked columns (the previous row's share of masked candidates
-is allowed for) selects the candidates, typically 1-2 k of several thousand stored values, gathered
-by skipping blocks whose maximum lies below it. Among the candidates, integer values (raw counts)
+is allowed for) selects the candidates, typically 1-2 k of several thousand stored values, listed from
+64-value bit masks. Among the candidates, integer values (raw counts)
 are ranked by counting: a histogram gives the k-th value, and each selected entry is written
 straight to its rank, in column order within a value. Other values (normalised expression) go
 through a bounded heap. When fewer than ``k`` candidates survive the column mask, the row is redone
@@ -27,14 +27,19 @@ from scipy import sparse
 
 # Rows per parallel task: large enough to amortise the buffers, small enough to balance threads.
 _ROWS_PER_TASK = 256
-# Integer values below this are ranked by counting (raw counts); higher ones share one sorted bin.
-_CAP = 4096
+# Counting bins above the lowest candidate value; the few values above them are sorted.
+_WINDOW = 64
+# Values from here on are not ranked by counting (float64 integers are exact below 2**53).
+_INT_MAX = 2.0**52
 # v >= _TINY is v > 0 for every float and integer type.
 _TINY = 5e-324
+# Index of the lowest set bit of a 64-bit word by a De Bruijn multiplication (numba has no ctz).
+_DEBRUIJN = 0x03F79D71B4CB0A89
+_LOWBIT_INDEX = np.zeros(64, dtype=np.int64)
+for _bit in range(64):
+    _LOWBIT_INDEX[(((1 << _bit) * _DEBRUIJN) & (2**64 - 1)) >> 58] = _bit
 # Candidate thresholds, as multiples of the predicted k-th value, highest first.
 _STEPS = (1.25, 1.0, 0.8, 0.5)
-# Values are gathered in blocks of this many, skipping blocks whose maximum is below the threshold.
-_BLOCK = 16
 
 
 @numba.njit(cache=True, inline="always")
@@ -89,91 +94,96 @@ def _row_pass(vals, cols, thr, cnt):  # pragma: no cover - numba
 
 @numba.njit(cache=True)
 def _gather(vals, t, cand):  # pragma: no cover - numba
-    """Positions of the values >= t, in order; blocks whose maximum is below t are skipped.
+    """Positions of the values >= t, in order.
 
-    ``t`` has the values' dtype, so that the block maxima are taken without conversions.
+    Each word of 64 values becomes a bit mask (a vectorised compare), whose set bits are then
+    listed: the cost follows the number of hits, not of values, and no branch depends on where the
+    hits fall. ``t`` has the values' dtype, so nothing is converted.
     """
     n = 0
-    n_full = vals.shape[0] // _BLOCK * _BLOCK
-    for b0 in range(0, n_full, _BLOCK):
-        blk = vals[b0 : b0 + _BLOCK]
-        mx = blk[0]
-        for j in range(1, _BLOCK):
-            mx = max(mx, blk[j])
-        if mx >= t:
-            for j in range(_BLOCK):
-                if blk[j] >= t:
-                    cand[n] = b0 + j
-                    n += 1
-    for j in range(n_full, vals.shape[0]):
-        if vals[j] >= t:
-            cand[n] = j
+    n_words = vals.shape[0] // 64
+    for w in range(n_words):
+        word = vals[64 * w : 64 * w + 64]
+        mask = np.uint64(0)
+        for j in range(64):
+            mask |= np.uint64(word[j] >= t) << np.uint64(j)
+        while mask:
+            low = mask & (~mask + np.uint64(1))
+            cand[n] = 64 * w + _LOWBIT_INDEX[(low * np.uint64(_DEBRUIJN)) >> np.uint64(58)]
             n += 1
+            mask ^= low
+    for j in range(64 * n_words, vals.shape[0]):  # the rest: branch-free compaction
+        cand[n] = j
+        n += vals[j] >= t
     return n
 
 
 @numba.njit(cache=True)
-def _count_select(vals, cols, cand, n_cand, keep, k, hist, off, tmpv, buf, out_row):  # pragma: no cover
-    """Rank integer candidates by counting. Returns (n selected, n usable, k-th value).
+def _count_select(vals, cols, cand, n_cand, keep, k, base, hist, off, high, buf, out_row):  # pragma: no cover
+    """Rank integer candidates (all >= ``base``) by counting. Returns (n selected, n usable, k-th value).
 
-    n selected is -1 when the heap must decide: a non-integer value, or the k-th value among those in
-    the overflow bin (>= ``_CAP``). ``hist`` is all zeros on entry and on exit.
+    Values ``base`` to ``base + len(hist) - 1`` are counted in ``hist``; the few above that window wait
+    in ``high`` and take the first ranks after a stable insertion sort. n selected is -1 when the heap
+    must decide: a non-integer value, or ``k`` or more values above the window. ``hist`` is all zeros
+    on entry and on exit.
     """
-    cap = hist.shape[0] - 1
+    w = hist.shape[0]
     m = 0
-    vtop = 0
+    n_high = 0
     nonint = 0
-    for j in range(n_cand):  # keep positive finite values in unmasked columns; histogram them
+    rtop = 0
+    for j in range(n_cand):  # positive finite values in unmasked columns: window bins or high
         p = cand[j]
         v = np.float64(vals[p])
-        ok = keep[cols[p]] & (v > 0.0) & (v < np.inf)
-        b = np.int64(min(v, np.float64(cap))) if ok else 0
-        nonint += ok & (b != v) & (b < cap)
-        hist[b] += ok
-        vtop = max(vtop, b)
-        cand[m] = p
-        m += ok
-    t = 1  # threshold bin: fewer than k entries above it, at least k at or above (else take all)
-    cum = 0
-    if nonint == 0:
-        for b in range(vtop, 0, -1):
-            off[b] = cum
-            cum += hist[b]
+        if not (keep[cols[p]] and 0.0 < v < _INT_MAX):
+            nonint += v >= _INT_MAX and v < np.inf and keep[cols[p]]
+            continue
+        iv = np.int64(v)
+        nonint += iv != v
+        r = iv - base
+        if r >= w:
+            high[n_high] = p
+            n_high += 1
+        else:
+            hist[r] += 1
+            rtop = max(rtop, r)
+            cand[m] = p
+            m += 1
+    t = 0  # threshold bin: fewer than k entries above it, at least k at or above (else take all)
+    cum = n_high
+    if nonint == 0 and n_high < k:
+        for r in range(rtop, -1, -1):
+            off[r] = cum
+            cum += hist[r]
             if cum >= k:
-                t = b
+                t = r
                 break
-    for b in range(vtop + 1):
-        hist[b] = 0
-    if nonint or (t == cap and cum >= k):
-        return -1, m, 0.0
-    for b in range(t):
-        off[b] = k  # below the threshold: write to the scratch slot k
+    for r in range(rtop + 1):
+        hist[r] = 0
+    if nonint or n_high >= k:
+        return -1, m + n_high, 0.0
+    for r in range(t):
+        off[r] = k  # below the threshold: write to the scratch slot k
     for j in range(m):  # each entry straight to its rank, column order within a value
         p = cand[j]
-        v = np.float64(vals[p])
-        b = np.int64(min(v, np.float64(cap)))
-        q = min(off[b], k)
+        r = np.int64(vals[p]) - base
+        q = min(off[r], k)
         buf[q] = cols[p]
-        tmpv[q] = v
-        off[b] = q + (b >= t)
+        off[r] = q + (r >= t)
+    for a in range(1, n_high):  # above the window: stable insertion sort, value descending
+        pa = high[a]
+        va = vals[pa]
+        j = a - 1
+        while j >= 0 and vals[high[j]] < va:
+            high[j + 1] = high[j]
+            j -= 1
+        high[j + 1] = pa
+    for j in range(n_high):
+        buf[j] = cols[high[j]]
     size = min(cum, k)
-    if vtop == cap:  # the overflow bin holds several values: stable insertion sort of its entries
-        n_over = 0
-        while n_over < size and tmpv[n_over] >= cap:
-            n_over += 1
-        for a in range(1, n_over):
-            va = tmpv[a]
-            ca = buf[a]
-            j = a - 1
-            while j >= 0 and tmpv[j] < va:
-                tmpv[j + 1] = tmpv[j]
-                buf[j + 1] = buf[j]
-                j -= 1
-            tmpv[j + 1] = va
-            buf[j + 1] = ca
     for j in range(size):
         out_row[j] = buf[j]
-    return size, m, np.float64(t)
+    return size, m + n_high, np.float64(base + t)
 
 
 @numba.njit(cache=True)
@@ -223,7 +233,7 @@ def _heap_select(vals, cols, cand, n_cand, keep, k, hv, hc, out_row):  # pragma:
 
 
 @numba.njit(cache=True)
-def _select_row(vals, cols, t, tb, keep, k, cand, hist, off, hv, hc, buf, out_row):  # pragma: no cover
+def _select_row(vals, cols, t, tb, keep, k, cand, hist, off, high, hv, hc, buf, out_row):  # pragma: no cover
     """Top k among the values >= t.
 
     Returns (n selected, n candidates, n usable candidates, k-th value, integer values).
@@ -232,23 +242,28 @@ def _select_row(vals, cols, t, tb, keep, k, cand, hist, off, hv, hc, buf, out_ro
     """
     tb[0] = t
     n_cand = _gather(vals, tb[0], cand)
-    size, m, kth = _count_select(vals, cols, cand, n_cand, keep, k, hist, off, hv, buf, out_row)
-    if size >= 0:
-        return size, n_cand, m, kth, True
-    n_cand = _gather(vals, tb[0], cand)  # the counting pass compacted cand in place
+    floor = np.floor(np.float64(tb[0]))  # every candidate is >= this integer
+    if floor < _INT_MAX:
+        size, m, kth = _count_select(
+            vals, cols, cand, n_cand, keep, k, np.int64(floor), hist, off, high, buf, out_row
+        )
+        if size >= 0:
+            return size, n_cand, m, kth, True
+        n_cand = _gather(vals, tb[0], cand)  # the counting pass compacted cand in place
     size, m, kth = _heap_select(vals, cols, cand, n_cand, keep, k, hv, hc, out_row)
     return size, n_cand, m, kth, False
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _top_k_range(data, indices, indptr, keep, k, max_nnz, r0, r1, out, counts, n_bad):  # pragma: no cover
     """Rows ``r0:r1``; a row with unsorted or repeated columns gets ``counts = -1`` and is skipped."""
     hv = np.empty(k + 1, np.float64)
     hc = np.empty(k + 1, np.int64)
     buf = np.empty(k + 1, np.int32)
-    hist = np.zeros(_CAP + 1, np.int64)
-    off = np.empty(_CAP + 1, np.int64)
+    hist = np.zeros(_WINDOW, np.int64)
+    off = np.empty(_WINDOW, np.int64)
     cand = np.empty(max(max_nnz, 1), np.int64)
+    high = np.empty(max(max_nnz, 1), np.int64)
     tb = np.empty(1, data.dtype)
     steps = np.array(_STEPS)
     n_steps = len(_STEPS)
@@ -276,7 +291,7 @@ def _top_k_range(data, indices, indptr, keep, k, max_nnz, r0, r1, out, counts, n
         while True:
             t = thr[s] if s < n_steps else _TINY
             size, n_cand, m, kth, integer = _select_row(
-                vals, cols, t, tb, keep, k, cand, hist, off, hv, hc, buf, out[i]
+                vals, cols, t, tb, keep, k, cand, hist, off, high, hv, hc, buf, out[i]
             )
             if m >= k or s == n_steps:
                 break
@@ -315,28 +330,34 @@ def _top_k_csr(data, indices, indptr, keep, k, max_nnz, out, counts, n_bad):
         _top_k_range(data, indices, indptr, keep, k, max_nnz, 0, len(indptr) - 1, out, counts, n_bad)
 
 
+@numba.njit(cache=True, inline="always")
+def _join_row(top, counts, name_buf, name_off, sep, row_off, out, i):  # pragma: no cover - numba
+    # unsigned positions: numba then skips its negative-index check on every byte copied
+    pos = np.uint64(row_off[i])
+    for j in range(counts[i]):
+        g = top[i, j]
+        start = np.uint64(name_off[g])
+        for b in range(np.uint64(name_off[g + 1]) - start):
+            out[pos + b] = name_buf[start + b]
+        pos += np.uint64(name_off[g + 1]) - start
+        out[pos] = sep
+        pos += np.uint64(1)
+    if counts[i] > 0:
+        pos -= np.uint64(1)  # the last separator becomes the newline
+    out[pos] = 10  # "\n" ends every row
+
+
 @numba.njit(cache=True)
 def _join_range(top, counts, name_buf, name_off, sep, row_off, out, r0, r1):  # pragma: no cover - numba
     for i in range(r0, r1):
-        pos = row_off[i]
-        for j in range(counts[i]):
-            g = top[i, j]
-            if j > 0:
-                out[pos] = sep
-                pos += 1
-            for b in range(name_off[g], name_off[g + 1]):
-                out[pos] = name_buf[b]
-                pos += 1
-        out[pos] = 10  # "\n" ends every row
+        _join_row(top, counts, name_buf, name_off, sep, row_off, out, i)
 
 
 @numba.njit(cache=True, parallel=True)
 def _join_parallel(top, counts, name_buf, name_off, sep, row_off, out):  # pragma: no cover - numba
-    n_rows = top.shape[0]
-    n_tasks = (n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for task in numba.prange(n_tasks):
-        r0 = task * _ROWS_PER_TASK
-        _join_range(top, counts, name_buf, name_off, sep, row_off, out, r0, min(n_rows, r0 + _ROWS_PER_TASK))
+    # the row body is inlined into the parallel loop: a call per task ran slower than the serial loop
+    for i in numba.prange(top.shape[0]):
+        _join_row(top, counts, name_buf, name_off, sep, row_off, out, i)
 
 
 # Joining is a memory copy: below this many rows, thread start-up costs more than it saves.
