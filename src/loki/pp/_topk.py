@@ -65,6 +65,13 @@ def _sift_down(hv, hc, pos, size):
         pos = child
 
 
+@numba.njit(cache=True, inline="always")
+def _kept(keep_bits, c):
+    # the column mask packed 64 columns a word: 2.5 kB for 20,000 genes, which stays in L1 cache
+    c = np.uint64(c)
+    return (keep_bits[c >> np.uint64(6)] >> (c & np.uint64(63))) & np.uint64(1) != 0
+
+
 @numba.njit(cache=True)
 def _row_pass(vals, cols, thr, cnt):  # pragma: no cover - numba
     """Counts of values >= each of the 4 thresholds (into ``cnt``); returns (bad values, unsorted columns).
@@ -119,7 +126,9 @@ def _gather(vals, t, cand):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True)
-def _count_select(vals, cols, cand, n_cand, keep, k, base, hist, off, high, buf, out_row):  # pragma: no cover
+def _count_select(
+    vals, cols, cand, n_cand, keep_bits, k, base, hist, off, high, buf, out_row
+):  # pragma: no cover
     """Rank integer candidates (all >= ``base``) by counting. Returns (n selected, n usable, k-th value).
 
     Values ``base`` to ``base + len(hist) - 1`` are counted in ``hist``; the few above that window wait
@@ -135,8 +144,9 @@ def _count_select(vals, cols, cand, n_cand, keep, k, base, hist, off, high, buf,
     for j in range(n_cand):  # positive finite values in unmasked columns: window bins or high
         p = cand[j]
         v = np.float64(vals[p])
-        if not (keep[cols[p]] and 0.0 < v < _INT_MAX):
-            nonint += v >= _INT_MAX and v < np.inf and keep[cols[p]]
+        kept = _kept(keep_bits, cols[p])
+        if not (kept and 0.0 < v < _INT_MAX):
+            nonint += v >= _INT_MAX and v < np.inf and kept
             continue
         iv = np.int64(v)
         nonint += iv != v
@@ -187,7 +197,7 @@ def _count_select(vals, cols, cand, n_cand, keep, k, base, hist, off, high, buf,
 
 
 @numba.njit(cache=True)
-def _heap_select(vals, cols, cand, n_cand, keep, k, hv, hc, out_row):  # pragma: no cover - numba
+def _heap_select(vals, cols, cand, n_cand, keep_bits, k, hv, hc, out_row):  # pragma: no cover - numba
     """Any positive values, via a bounded heap. Returns (n selected, n usable, k-th value)."""
     size = 0
     m = 0
@@ -195,7 +205,7 @@ def _heap_select(vals, cols, cand, n_cand, keep, k, hv, hc, out_row):  # pragma:
     for j in range(n_cand):
         p = cand[j]
         v = np.float64(vals[p])
-        if not (v < np.inf) or not keep[cols[p]]:
+        if not (v < np.inf) or not _kept(keep_bits, cols[p]):
             continue
         m += v > 0.0
         if v > thr:
@@ -233,7 +243,9 @@ def _heap_select(vals, cols, cand, n_cand, keep, k, hv, hc, out_row):  # pragma:
 
 
 @numba.njit(cache=True)
-def _select_row(vals, cols, t, tb, keep, k, cand, hist, off, high, hv, hc, buf, out_row):  # pragma: no cover
+def _select_row(
+    vals, cols, t, tb, keep_bits, k, cand, hist, off, high, hv, hc, buf, out_row
+):  # pragma: no cover
     """Top k among the values >= t.
 
     Returns (n selected, n candidates, n usable candidates, k-th value, integer values).
@@ -245,17 +257,19 @@ def _select_row(vals, cols, t, tb, keep, k, cand, hist, off, high, hv, hc, buf, 
     floor = np.floor(np.float64(tb[0]))  # every candidate is >= this integer
     if floor < _INT_MAX:
         size, m, kth = _count_select(
-            vals, cols, cand, n_cand, keep, k, np.int64(floor), hist, off, high, buf, out_row
+            vals, cols, cand, n_cand, keep_bits, k, np.int64(floor), hist, off, high, buf, out_row
         )
         if size >= 0:
             return size, n_cand, m, kth, True
         n_cand = _gather(vals, tb[0], cand)  # the counting pass compacted cand in place
-    size, m, kth = _heap_select(vals, cols, cand, n_cand, keep, k, hv, hc, out_row)
+    size, m, kth = _heap_select(vals, cols, cand, n_cand, keep_bits, k, hv, hc, out_row)
     return size, n_cand, m, kth, False
 
 
 @numba.njit(cache=True, inline="always")
-def _top_k_range(data, indices, indptr, keep, k, max_nnz, r0, r1, out, counts, n_bad):  # pragma: no cover
+def _top_k_range(
+    data, indices, indptr, keep_bits, k, max_nnz, r0, r1, out, counts, n_bad
+):  # pragma: no cover
     """Rows ``r0:r1``; a row with unsorted or repeated columns gets ``counts = -1`` and is skipped."""
     hv = np.empty(k + 1, np.float64)
     hc = np.empty(k + 1, np.int64)
@@ -291,7 +305,7 @@ def _top_k_range(data, indices, indptr, keep, k, max_nnz, r0, r1, out, counts, n
         while True:
             t = thr[s] if s < n_steps else _TINY
             size, n_cand, m, kth, integer = _select_row(
-                vals, cols, t, tb, keep, k, cand, hist, off, high, hv, hc, buf, out[i]
+                vals, cols, t, tb, keep_bits, k, cand, hist, off, high, hv, hc, buf, out[i]
             )
             if m >= k or s == n_steps:
                 break
@@ -309,13 +323,23 @@ def _top_k_range(data, indices, indptr, keep, k, max_nnz, r0, r1, out, counts, n
 
 
 @numba.njit(cache=True, parallel=True)
-def _top_k_parallel(data, indices, indptr, keep, k, max_nnz, out, counts, n_bad):  # pragma: no cover
+def _top_k_parallel(data, indices, indptr, keep_bits, k, max_nnz, out, counts, n_bad):  # pragma: no cover
     n_rows = indptr.shape[0] - 1
     n_tasks = (n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
     for task in numba.prange(n_tasks):
         r0 = task * _ROWS_PER_TASK
         _top_k_range(
-            data, indices, indptr, keep, k, max_nnz, r0, min(n_rows, r0 + _ROWS_PER_TASK), out, counts, n_bad
+            data,
+            indices,
+            indptr,
+            keep_bits,
+            k,
+            max_nnz,
+            r0,
+            min(n_rows, r0 + _ROWS_PER_TASK),
+            out,
+            counts,
+            n_bad,
         )
 
 
@@ -323,11 +347,11 @@ def _top_k_parallel(data, indices, indptr, keep, k, max_nnz, out, counts, n_bad)
 _PARALLEL_MIN_NNZ = 1_000_000
 
 
-def _top_k_csr(data, indices, indptr, keep, k, max_nnz, out, counts, n_bad):
+def _top_k_csr(data, indices, indptr, keep_bits, k, max_nnz, out, counts, n_bad):
     if len(data) >= _PARALLEL_MIN_NNZ:
-        _top_k_parallel(data, indices, indptr, keep, k, max_nnz, out, counts, n_bad)
+        _top_k_parallel(data, indices, indptr, keep_bits, k, max_nnz, out, counts, n_bad)
     else:
-        _top_k_range(data, indices, indptr, keep, k, max_nnz, 0, len(indptr) - 1, out, counts, n_bad)
+        _top_k_range(data, indices, indptr, keep_bits, k, max_nnz, 0, len(indptr) - 1, out, counts, n_bad)
 
 
 @numba.njit(cache=True, inline="always")
@@ -409,12 +433,20 @@ def top_k_rows(csr: sparse.csr_matrix, k: int, keep: np.ndarray | None = None):
     n_bad = np.empty(n_rows, dtype=np.int64)
     if n_rows:
         max_nnz = int(np.diff(csr.indptr).max())
-        _top_k_csr(csr.data, csr.indices, csr.indptr, keep, k, max_nnz, top, counts, n_bad)
+        keep_bits = _pack_bits(keep)
+        _top_k_csr(csr.data, csr.indices, csr.indptr, keep_bits, k, max_nnz, top, counts, n_bad)
         if (counts < 0).any():  # unsorted or duplicated columns: canonicalise a copy, once
             csr = csr.copy()
             csr.sum_duplicates()
-            _top_k_csr(csr.data, csr.indices, csr.indptr, keep, k, max_nnz, top, counts, n_bad)
+            _top_k_csr(csr.data, csr.indices, csr.indptr, keep_bits, k, max_nnz, top, counts, n_bad)
     return top, counts, n_bad
+
+
+def _pack_bits(mask: np.ndarray) -> np.ndarray:
+    """Boolean mask -> uint64 words, bit ``c % 64`` of word ``c // 64`` for entry ``c``."""
+    padded = np.zeros(-(-len(mask) // 64) * 64, dtype=np.uint64)
+    padded[: len(mask)] = mask
+    return (padded.reshape(-1, 64) << np.arange(64, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
 
 
 def join_names(top: np.ndarray, counts: np.ndarray, names, sep: str = " ") -> np.ndarray:
