@@ -60,6 +60,18 @@ def test_synthetic_recovery(tissue, rotation, mirror, warp, drop, method):
     assert info["sigma2"] > 0
 
 
+def test_preserve_scale_keeps_known_transform(tissue):
+    moved, truth = _moved(
+        tissue, rotation_deg=130.0, translation=(4.0, -7.0), mirror=True, warp=1.0, drop_fraction=0.1
+    )
+    lk.tl.align(moved, target=tissue, use="X_expr", method="deformable", preserve_scale=True)
+    info = moved.uns[Key.UNS][Key.ALIGNED]
+    assert lk.metrics.alignment_error(moved.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing) < 0.15
+    assert info["params"]["preserve_scale"] is True
+    assert info["scale_removed"] == pytest.approx(1.0, abs=0.03)  # the true motion has no scale
+    assert info["mirror"]
+
+
 def test_anndata_copy_and_coordinates_only(tissue, tmp_path):
     moved, truth = _moved(tissue, rotation_deg=40.0, translation=(2.0, 1.0))
     out = lk.tl.align(moved, target=tissue, use=None, method="rigid", mirror=False, copy=True)

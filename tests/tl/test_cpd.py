@@ -17,6 +17,7 @@ from loki.tl._cpd import (
     pyramid_levels,
     register_deformable,
     register_rigid,
+    remove_global_scale,
     rotation_matrix,
 )
 from loki.tl._cpd_kernels import estep
@@ -210,3 +211,46 @@ def test_cpd_align_coarse_to_fine_paths():
     assert np.linalg.norm(approx.coords - X[:, :2], axis=1).mean() < 1.5 * spacing
     with pytest.raises(ValueError, match="method"):
         cpd_align(X, Y, method="warp")
+
+
+def _rms_radius(xy):
+    return float(np.sqrt(((xy - xy.mean(axis=0)) ** 2).sum(axis=1).mean()))
+
+
+def test_remove_global_scale_keeps_rotation_shift_and_warp():
+    rng = np.random.default_rng(3)
+    before = rng.uniform(-1, 1, size=(200, 2))
+    warp = 0.03 * np.column_stack([np.sin(3 * before[:, 1]), np.cos(2 * before[:, 0])])
+    T = rotation_matrix(35.0, np.zeros(2))
+    T[:2, :2] *= 0.8
+    T[:2, 2] = [0.4, -0.2]
+    after = apply_matrix(before, T) + warp
+    out, scale = remove_global_scale(before, after)
+    sim_after = fit_linear(before, after, kind="similarity")
+    assert scale == pytest.approx(np.sqrt(np.linalg.det(sim_after[:2, :2])))
+    assert scale == pytest.approx(0.8, abs=0.02)
+    sim_out = fit_linear(before, out, kind="similarity")
+    np.testing.assert_allclose(sim_out[:2, :2], sim_after[:2, :2] / scale, atol=1e-9)  # rotation only
+    np.testing.assert_allclose(out.mean(axis=0), after.mean(axis=0), atol=1e-12)  # same centroid
+    # the local warp (residual of the similarity fit) is untouched
+    np.testing.assert_allclose(
+        out - apply_matrix(before, sim_out), after - apply_matrix(before, sim_after), atol=1e-9
+    )
+
+
+def test_cpd_align_preserve_scale_undoes_contraction():
+    # a source 15% larger than the target: the rigid stage cannot change its size, the deformable
+    # field contracts it; preserve_scale keeps the rigid result's size
+    X = _cloud(300, 4)
+    Y = X.copy()
+    Y[:, :2] = apply_matrix(X[:, :2] * 1.15, rotation_matrix(40.0, np.zeros(2)))
+    kw = dict(method="deformable", beta=1.0, n_rotations=4, mirror=False)
+    plain = cpd_align(X, Y, **kw)
+    kept = cpd_align(X, Y, preserve_scale=True, **kw)
+    rigid = _rms_radius(apply_matrix(Y[:, :2], kept.pre_matrix))
+    assert plain.scale_removed is None
+    assert _rms_radius(plain.coords) < 0.93 * rigid
+    assert kept.scale_removed < 0.93
+    assert _rms_radius(kept.coords) == pytest.approx(rigid, rel=0.01)
+    sim = fit_linear(apply_matrix(Y[:, :2], kept.pre_matrix), kept.coords, kind="similarity")
+    assert np.sqrt(np.linalg.det(sim[:2, :2])) == pytest.approx(1.0, abs=1e-9)

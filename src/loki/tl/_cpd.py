@@ -125,6 +125,23 @@ def fit_linear(
     return _homogeneous(lin, mu_d - lin @ mu_s)
 
 
+def remove_global_scale(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, float]:
+    """Divide the isotropic scale out of a non-rigid motion ``before -> after`` of (n, 2) points.
+
+    Fits the similarity transform ``after ~ s R before + t`` (Umeyama) and returns
+    ``(after - (s R - R)(before - mean(before)), s)``: the motion keeps its rotation, translation
+    and local residual warp but no longer changes the overall size (the similarity fit of the
+    result has scale 1).
+    """
+    sim = fit_linear(before, after, kind="similarity")
+    lin = sim[:2, :2]
+    scale = float(np.sqrt(abs(np.linalg.det(lin))))
+    if scale < _EPS:
+        return after.copy(), scale
+    centred = before - before.mean(axis=0)
+    return after - centred @ (lin - lin / scale).T, scale
+
+
 @dataclass
 class CPDResult:
     """Outcome of one registration run on arrays.
@@ -483,6 +500,8 @@ class AlignResult:
     approximate
         Whether the input exceeded ``max_points``, so that the finest level's transform and field
         were interpolated to all points.
+    scale_removed
+        With ``preserve_scale``: the isotropic scale of the deformable motion that was divided out.
 
     """
 
@@ -498,6 +517,7 @@ class AlignResult:
     stages: list[dict]
     approximate: bool
     start_scores: list[dict] = field(default_factory=list)
+    scale_removed: float | None = None
 
 
 def pyramid_levels(n: int, n_coarse: int, top: int, factor: float = 10**0.5) -> list[int]:
@@ -535,6 +555,7 @@ def cpd_align(
     max_points: int = 50_000,
     n_coarse: int = 5000,
     refine: bool = True,
+    preserve_scale: bool = False,
     cutoff: float = 6.0,
     seed: int | np.random.Generator | None = 0,
 ) -> AlignResult:
@@ -556,6 +577,10 @@ def cpd_align(
     points and its deformable field is interpolated through its Nystrom form
     ``G(y, landmarks) @ coef``, only as precise as that subsample.
 
+    With ``preserve_scale`` the isotropic scale of the deformable motion (pre-aligned points ->
+    deformed points) is divided out (:func:`remove_global_scale`), so that the non-rigid result
+    keeps the pre-alignment's overall size.
+
     Returns
     -------
     :class:`AlignResult`.
@@ -563,6 +588,7 @@ def cpd_align(
     """
     import time
 
+    scale_removed = None
     if method not in ("rigid", "similarity", "affine", "deformable"):
         raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
     if n_coarse < 3 or max_points < 3:
@@ -664,6 +690,10 @@ def cpd_align(
         _stage("deformable", len(iy), dres, t0, len(levels) - 1)
         coords = Y1[:, :2] + dres.displacement_at(Y1[:, :2]) if approximate else dres.TY[:, :2]
         last = dres
+        if preserve_scale:
+            # with outliers and a wide Gaussian the deformable M-step can contract the whole
+            # source towards the target's centroid; keep only its rotation, shift and local warp
+            coords, scale_removed = remove_global_scale(Y1[:, :2], coords)
     else:
         coords = Y1[:, :2]
     if method == "deformable":
@@ -683,4 +713,5 @@ def cpd_align(
         stages=stages,
         approximate=approximate,
         start_scores=scores,
+        scale_removed=scale_removed,
     )
