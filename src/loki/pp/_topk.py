@@ -38,7 +38,8 @@ _DEBRUIJN = 0x03F79D71B4CB0A89
 _LOWBIT_INDEX = np.zeros(64, dtype=np.int64)
 for _bit in range(64):
     _LOWBIT_INDEX[(((1 << _bit) * _DEBRUIJN) & (2**64 - 1)) >> 58] = _bit
-# Candidate thresholds, as multiples of the predicted k-th value, highest first.
+# Candidate thresholds, as multiples of the predicted k-th value, highest first; exactly four,
+# since _row_pass counts them in named accumulators (numba does not bounds-check thr[3]).
 _STEPS = (1.25, 1.0, 0.8, 0.5)
 
 
