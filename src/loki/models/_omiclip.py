@@ -14,6 +14,7 @@ from loki._utils import block_starts
 
 from ._open_clip_logging import quiet_open_clip
 from ._preprocess import as_uint8_nhwc, preprocess_uint8
+from ._text_forward import encode_text, supports_causal_forward
 from ._tokenize import CachedTokenizer
 
 META_FILE = "loki_model.json"
@@ -252,14 +253,19 @@ class OmiCLIP:
             raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
         sink = _Sink(out)
+        causal = supports_causal_forward(self.model)
         with torch.inference_mode(), self._autocast():
             for start in block_starts(
                 len(texts), batch_size, progress=progress, desc="encoding texts", unit="batch"
             ):
                 # tokenising batch by batch lets the CPU work overlap the device's forward pass
-                tok = torch.from_numpy(self.tokenizer.ids(texts[start : start + batch_size]))
+                ids = self.tokenizer.ids(texts[start : start + batch_size])
+                tok = torch.from_numpy(ids)
+                if self.device.type == "cuda":
+                    tok = tok.pin_memory()
                 tok = tok.to(self.device, non_blocking=True)
-                sink.add(start, _l2(self.model.encode_text(tok, normalize=False).float()))
+                emb = encode_text(self.model, ids, tok, causal)
+                sink.add(start, _l2(emb.float()))
         sink.flush()
         return out
 
@@ -303,21 +309,25 @@ class OmiCLIP:
 class _Sink:
     """Copy device outputs to the host array in groups.
 
-    The copy synchronises: grouping lets the host prepare the next batches while the device computes.
+    The copy synchronises: grouping lets the host prepare the next batches while the device computes,
+    and the newest ``in_flight`` batches stay queued on the device while the host waits for older ones.
     """
 
-    def __init__(self, out: np.ndarray, every: int = 16):
-        self.out, self.every, self.pending = out, every, []
+    def __init__(self, out: np.ndarray, every: int = 16, in_flight: int = 2):
+        self.out, self.every, self.in_flight, self.pending = out, every, in_flight, []
 
     def add(self, start: int, emb) -> None:
         self.pending.append((start, emb))
         if len(self.pending) >= self.every:
-            self.flush()
+            self.flush(keep=self.in_flight)
 
-    def flush(self) -> None:
-        for start, emb in self.pending:
+    def flush(self, keep: int = 0) -> None:
+        done, self.pending = (
+            self.pending[: len(self.pending) - keep],
+            self.pending[len(self.pending) - keep :],
+        )
+        for start, emb in done:
             self.out[start : start + len(emb)] = emb.cpu().numpy()
-        self.pending = []
 
 
 def _check_batch_size(batch_size: int) -> None:
