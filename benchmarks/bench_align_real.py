@@ -7,8 +7,8 @@ Usage::
 
 Part 1, known transforms: MOB1 (bundled), her2st A1 and Stahl layer 1 moved by 30/90/150 deg, with
 and without a mirror, counts thinned to half; mean distance to the truth in spot spacings.
-Part 2, serial pairs without truth (MOB2->MOB1, MOB4->MOB3, A2->A1, Stahl 2->1, 3->2, 4->3, 3->2 is
-the ~137 deg pair): median PCC and Kendall's tau of the target's 200 most variable genes at aligned
+Part 2, serial pairs without truth (MOB2->MOB1, MOB4->MOB3, A2->A1, Stahl 2->1, 3->2, 4->3, 4->1, and
+2->3, the ~137 deg pair in the direction the issue names; ``--pairs`` runs a subset): median PCC and Kendall's tau of the target's 200 most variable genes at aligned
 locations (:func:`loki.metrics.alignment_expression_scores`).
 
 Loki Align uses ``use="X_expr"`` (log expression of the target's 1000 most variable shared genes; no
@@ -89,7 +89,7 @@ def known_transforms(use_paste: bool, quick: bool):
     return rows
 
 
-def serial_pairs(use_paste: bool):
+def serial_pairs(use_paste: bool, only=None):
     pairs = [
         ("MOB2->MOB1", lambda: (mob("MOB2"), mob("MOB1"))),
         ("MOB4->MOB3", lambda: (mob("MOB4"), mob("MOB3"))),
@@ -98,9 +98,16 @@ def serial_pairs(use_paste: bool):
         ("Stahl 3->2", lambda: (stahl(3), stahl(2))),
         ("Stahl 4->3", lambda: (stahl(4), stahl(3))),
         ("Stahl 4->1", lambda: (stahl(4), stahl(1))),
+        ("Stahl 2->3", lambda: (stahl(2), stahl(3))),
     ]
+    names = [name for name, _ in pairs]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise SystemExit(f"unknown pair(s) {unknown}; pairs are {names}")
     rows = []
     for name, load in pairs:
+        if only and name not in only:
+            continue
         source, target = load()
         with_shared_embedding(source, target)
         before = lk.metrics.alignment_expression_scores(source, target, aligned_key="spatial")
@@ -154,6 +161,7 @@ def main():
     ap.add_argument("--no-paste", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--part", choices=["both", "known", "pairs"], default="both")
+    ap.add_argument("--pairs", nargs="+", default=None, help="serial pairs to run, e.g. 'Stahl 2->3'")
     args = ap.parse_args()
     text = [f"### Loki Align on real sections ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC)\n"]
     if args.part in ("both", "known"):
@@ -163,7 +171,11 @@ def main():
             "",
         ]
     if args.part in ("both", "pairs"):
-        text += ["Serial pairs (median over matched spots):\n", _table(serial_pairs(not args.no_paste)), ""]
+        text += [
+            "Serial pairs (median over matched spots):\n",
+            _table(serial_pairs(not args.no_paste, args.pairs)),
+            "",
+        ]
     out = "\n".join(text)
     print(out)
     with open(HERE / "results_align_real.md", "a") as fh:
