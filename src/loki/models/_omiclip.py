@@ -322,10 +322,8 @@ class _Sink:
             self.flush(keep=self.in_flight)
 
     def flush(self, keep: int = 0) -> None:
-        done, self.pending = (
-            self.pending[: len(self.pending) - keep],
-            self.pending[len(self.pending) - keep :],
-        )
+        cut = len(self.pending) - keep
+        done, self.pending = self.pending[:cut], self.pending[cut:]
         for start, emb in done:
             self.out[start : start + len(emb)] = emb.cpu().numpy()
 
