@@ -51,6 +51,11 @@ def test_batching_does_not_change_embeddings(tiny):
     np.testing.assert_allclose(
         tiny.encode_texts(s, batch_size=7), tiny.encode_texts(s, batch_size=3), atol=1e-5
     )
+    # more batches than the output sink groups (16), so outputs are copied while later ones are queued
+    s = _sentences(40)
+    np.testing.assert_allclose(
+        tiny.encode_texts(s, batch_size=40), tiny.encode_texts(s, batch_size=1), atol=1e-5
+    )
 
 
 def test_pil_and_array_inputs_agree(tiny):
