@@ -82,15 +82,12 @@ def _attention(attn, h, query_last_only: bool):
     w, bias = attn.in_proj_weight, attn.in_proj_bias
     kv = F.linear(h, w[e:], None if bias is None else bias[e:])
     k, v = kv.view(b, n, 2, heads, e // heads).permute(2, 0, 3, 1, 4)
-    if query_last_only:
-        # the class token is the last position: causally it sees every key, so no mask is needed
-        q = F.linear(h[:, -1:], w[:e], None if bias is None else bias[:e])
-        q = q.view(b, 1, heads, e // heads).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
-    else:
-        q = F.linear(h, w[:e], None if bias is None else bias[:e])
-        q = q.view(b, n, heads, e // heads).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    hq = h[:, -1:] if query_last_only else h
+    q = F.linear(hq, w[:e], None if bias is None else bias[:e])
+    q = q.view(b, hq.shape[1], heads, e // heads).transpose(1, 2)
+    # a lone query is the class token, the last position: it sees every key, so it takes no mask
+    # (is_causal would align the mask top-left and leave it only the first key)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=not query_last_only)
     return attn.out_proj(out.transpose(1, 2).reshape(b, out.shape[2], e))
 
 
