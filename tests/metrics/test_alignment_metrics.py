@@ -52,3 +52,71 @@ def test_alignment_expression_scores_rewards_correct_alignment():
     other.obsm["spatial_aligned"] = np.zeros((3, 2))
     with pytest.raises(ValueError, match="share"):
         lk.metrics.alignment_expression_scores(other, tgt)
+
+
+def _scores(values, target_index, n_target):
+    return {
+        "pearson": np.asarray(values, dtype=float),
+        "kendall_tau": np.asarray(values, dtype=float) / 2,
+        "target_index": np.asarray(target_index),
+        "n_target": n_target,
+    }
+
+
+def test_paired_median_difference_exact_cases():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.0, 1.0, size=60)
+    a = _scores(base + 0.1, np.arange(60), 60)
+    b = _scores(base, np.arange(60), 60)
+    res = lk.metrics.paired_median_difference(a, b, n_boot=300)
+    # a shift of every paired score shifts every resampled median by the same amount
+    assert res["difference"] == pytest.approx(0.1)
+    assert res["low"] == pytest.approx(0.1)
+    assert res["high"] == pytest.approx(0.1)
+    assert res["fraction_a_ge_b"] == 1.0
+    tau = lk.metrics.paired_median_difference(a, b, measure="kendall_tau", n_boot=300)
+    assert tau["difference"] == pytest.approx(0.05)
+    same = lk.metrics.paired_median_difference(b, b, n_boot=300)
+    assert (same["difference"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+
+
+def test_paired_median_difference_unpaired_spots_and_seed():
+    rng = np.random.default_rng(2)
+    values = rng.uniform(-1.0, 1.0, size=80)
+    a = _scores(values, np.arange(80), 100)
+    # b pairs a different subset of the same target's spots
+    b = _scores(values[:70] - 0.2, np.arange(10, 80), 100)
+    res = lk.metrics.paired_median_difference(a, b, n_boot=500, seed=3)
+    assert res["difference"] == pytest.approx(np.median(values) - np.median(values[:70] - 0.2))
+    assert res["low"] <= res["difference"] <= res["high"]
+    assert res == lk.metrics.paired_median_difference(a, b, n_boot=500, seed=3)
+    assert res != lk.metrics.paired_median_difference(a, b, n_boot=500, seed=4)
+
+
+def test_paired_median_difference_bad_input():
+    a = _scores([0.1, 0.2], [0, 1], 3)
+    with pytest.raises(ValueError, match="one target"):
+        lk.metrics.paired_median_difference(a, _scores([0.1], [0], 4))
+    with pytest.raises(ValueError, match="measure"):
+        lk.metrics.paired_median_difference(a, a, measure="spearman")
+    with pytest.raises(KeyError, match="kendall=True"):
+        lk.metrics.paired_median_difference(
+            a, {k: v for k, v in a.items() if k != "kendall_tau"}, measure="kendall_tau"
+        )
+    with pytest.raises(ValueError, match="n_boot"):
+        lk.metrics.paired_median_difference(a, a, n_boot=0)
+
+
+def test_paired_median_difference_on_alignment_scores():
+    tgt = lk.datasets.synthetic_tissue(n_spots=300, n_genes=80, seed=4)
+    src, truth = lk.datasets.transform_section(tgt, rotation_deg=90.0, thin_counts=0.5, seed=1)
+    src.obsm["good"] = truth.coords
+    src.obsm["bad"] = truth.coords[np.random.default_rng(0).permutation(len(truth.coords))]
+    good = lk.metrics.alignment_expression_scores(src, tgt, aligned_key="good", n_top_genes=50)
+    bad = lk.metrics.alignment_expression_scores(src, tgt, aligned_key="bad", n_top_genes=50)
+    assert good["n_target"] == tgt.n_obs
+    assert len(good["target_index"]) == good["n_pairs"]
+    res = lk.metrics.paired_median_difference(good, bad, n_boot=500)
+    assert res["difference"] == pytest.approx(good["pearson_median"] - bad["pearson_median"])
+    assert res["low"] > 0.0
+    assert res["fraction_a_ge_b"] == 1.0

@@ -6,6 +6,7 @@ from ._alignment import (
     alignment_error,
     alignment_expression_scores,
     matched_expression_correlation,
+    paired_median_difference,
     spot_spacing,
 )
 from ._classification import calinski_harabasz, weighted_f1

@@ -8,16 +8,24 @@ coefficient is computed across genes for every pair; the median over pairs summa
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from loki._keys import Key
-from loki._utils import check_array_finite, check_obsm_key
+from loki._utils import as_rng, check_array_finite, check_obsm_key
 from loki.metrics._correlation import kendall_tau, pearson
 
-__all__ = ["alignment_error", "alignment_expression_scores", "matched_expression_correlation", "spot_spacing"]
+__all__ = [
+    "alignment_error",
+    "alignment_expression_scores",
+    "matched_expression_correlation",
+    "paired_median_difference",
+    "spot_spacing",
+]
 
 
 def spot_spacing(xy: np.ndarray) -> float:
@@ -151,7 +159,9 @@ def alignment_expression_scores(
 
     Returns
     -------
-    ``{"pearson_median", "kendall_tau_median", "n_pairs", "pearson", "kendall_tau"}``.
+    ``{"pearson_median", "kendall_tau_median", "n_pairs", "pearson", "kendall_tau", "target_index",
+    "n_target"}``: the medians, the number of paired target spots, the per-pair coefficients, the
+    target spot of each pair and the number of target spots (for :func:`paired_median_difference`).
 
     """
     check_obsm_key(source, aligned_key)
@@ -185,6 +195,8 @@ def alignment_expression_scores(
         "pearson_median": float(np.nanmedian(res["pearson"])) if len(res["pearson"]) else float("nan"),
         "n_pairs": len(res["pearson"]),
         "pearson": res["pearson"],
+        "target_index": res["target_index"],
+        "n_target": target.n_obs,
     }
     if kendall:
         out["kendall_tau_median"] = (
@@ -192,3 +204,77 @@ def alignment_expression_scores(
         )
         out["kendall_tau"] = res["kendall_tau"]
     return out
+
+
+def paired_median_difference(
+    scores_a: dict,
+    scores_b: dict,
+    *,
+    measure: str = "pearson",
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int | np.random.Generator | None = 0,
+) -> dict[str, float]:
+    """Difference of two alignments' median scores on one target, with a paired bootstrap interval.
+
+    Both score sets come from :func:`alignment_expression_scores` on the same target section (e.g.
+    two methods aligning one source). Each bootstrap sample redraws the target spots with
+    replacement and takes, for each alignment, the median over the drawn spots it paired; so the
+    interval accounts for both alignments being scored on the same spots, and for a spot paired by
+    one alignment but not the other.
+
+    Parameters
+    ----------
+    scores_a, scores_b
+        Outputs of :func:`alignment_expression_scores`.
+    measure
+        ``"pearson"`` or ``"kendall_tau"``.
+    n_boot
+        Bootstrap samples.
+    level
+        Coverage of the percentile interval.
+    seed
+        Seed of the resampling.
+
+    Returns
+    -------
+    ``{"difference", "low", "high", "fraction_a_ge_b"}``: median of A minus median of B, the
+    interval's ends, and the share of bootstrap samples in which A's median is at least B's.
+
+    """
+    if measure not in ("pearson", "kendall_tau"):
+        raise ValueError(f"measure must be 'pearson' or 'kendall_tau', got {measure!r}.")
+    for name, scores in (("scores_a", scores_a), ("scores_b", scores_b)):
+        missing = {measure, "target_index", "n_target"} - set(scores)
+        if missing:
+            raise KeyError(
+                f"{name} lacks {sorted(missing)}; pass the output of alignment_expression_scores"
+                + (" with kendall=True" if measure == "kendall_tau" else "")
+                + "."
+            )
+    n = scores_a["n_target"]
+    if scores_b["n_target"] != n:
+        raise ValueError(
+            f"the scores come from targets of {n} and {scores_b['n_target']} spots; use one target."
+        )
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"n_boot must be >= 1 and level in (0, 1), got {n_boot} and {level}.")
+
+    def per_spot(scores):
+        full = np.full(n, np.nan)
+        full[np.asarray(scores["target_index"])] = scores[measure]
+        return full
+
+    a, b = per_spot(scores_a), per_spot(scores_b)
+    draws = as_rng(seed).integers(0, n, size=(n_boot, n))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": a draw without a paired spot
+        diffs = np.nanmedian(a[draws], axis=1) - np.nanmedian(b[draws], axis=1)
+    diffs = diffs[np.isfinite(diffs)]
+    low, high = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)]) if len(diffs) else (np.nan, np.nan)
+    return {
+        "difference": float(np.nanmedian(a) - np.nanmedian(b)),
+        "low": float(low),
+        "high": float(high),
+        "fraction_a_ge_b": float((diffs >= 0).mean()) if len(diffs) else float("nan"),
+    }
