@@ -25,15 +25,19 @@ def _log_expr(adata, genes):
     return x.toarray().astype(np.float32)
 
 
+def _her2st(name):
+    folder = shared_path("her2st_A")
+    sd = lk.io.read_legacy_st(
+        folder / "counts" / f"{name}.tsv.gz", folder / "spotfiles" / f"{name}_selection.tsv", name=name
+    )
+    return sd.tables[name].copy()
+
+
 def _section(name):
     if name == "MOB1":
         return lk.datasets.mob("MOB1").tables["MOB1"].copy()
     if name == "A1":
-        folder = shared_path("her2st_A")
-        sd = lk.io.read_legacy_st(
-            folder / "counts" / "A1.tsv.gz", folder / "spotfiles" / "A1_selection.tsv", name="A1"
-        )
-        return sd.tables["A1"].copy()
+        return _her2st("A1")
     folder = shared_path("paste_stahl_bc_layers")
     counts = pd.read_csv(folder / "slice1.csv", index_col=0)
     adata = AnnData(sp.csr_matrix(counts.to_numpy(dtype=np.float32)))
@@ -60,3 +64,19 @@ def test_known_transform_on_real_section(name, rotation, mirror, method):
     err = lk.metrics.alignment_error(source.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing)
     assert err < 0.15, err
     assert source.uns[Key.UNS][Key.ALIGNED]["mirror"] == mirror
+
+
+def test_serial_pair_not_flipped_by_a_loose_fit():
+    """her2st A5 onto A4, serial sections mounted alike: the flipped source fits the embedding PCs
+    better only through a 4x wider spatial Gaussian, and must not win (see ``global_start``)."""
+    source, target = _her2st("A5"), _her2st("A4")
+    genes = target.var_names.intersection(source.var_names)
+    x = _log_expr(target, genes)
+    top = np.argsort(-x.var(axis=0))[:1000]
+    target.obsm["X_expr"] = x[:, top]
+    source.obsm["X_expr"] = _log_expr(source, genes)[:, top]
+    lk.tl.align(source, target=target, use="X_expr", method="rigid")
+    assert not source.uns[Key.UNS][Key.ALIGNED]["mirror"]
+    before = lk.metrics.alignment_expression_scores(source, target, aligned_key="spatial", kendall=False)
+    after = lk.metrics.alignment_expression_scores(source, target, kendall=False)
+    assert after["pearson_median"] > before["pearson_median"] + 0.01

@@ -8,9 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loki.tl._cpd import (
+    _profile_loglik,
     apply_matrix,
     cpd_align,
     fit_linear,
+    global_start,
     initial_sigma2,
     mirror_matrix,
     nystrom_basis,
@@ -254,3 +256,37 @@ def test_cpd_align_preserve_scale_undoes_contraction():
     assert _rms_radius(kept.coords) == pytest.approx(rigid, rel=0.01)
     sim = fit_linear(apply_matrix(Y[:, :2], kept.pre_matrix), kept.coords, kind="similarity")
     assert np.sqrt(np.linalg.det(sim[:2, :2])) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_profile_loglik_refits_only_the_feature_variance():
+    rng = np.random.default_rng(5)
+    X = _cloud(200, 1)
+    Y = X + rng.normal(scale=[0.01, 0.01, 0.2], size=X.shape)
+    s2 = 1e-3
+    values = {
+        f2: estep(X, Y, s2, 0.1, sigma2_features=f2, cutoff=np.inf)[3] for f2 in np.geomspace(1e-3, 1.0, 61)
+    }
+    best = max(values.values())
+    for start in (1e-3, 1.0):
+        ll = _profile_loglik(X, Y, s2, start, 0.1)
+        # EM on one variance climbs to the best value over a fine grid of that variance
+        assert ll >= best - 1e-3 * abs(best)
+        assert ll >= values[start]
+    # without feature columns nothing is re-fitted
+    X2, Y2 = X[:, :2].copy(), Y[:, :2].copy()
+    assert _profile_loglik(X2, Y2, s2, None, 0.1) == estep(X2, Y2, s2, 0.1, cutoff=np.inf)[3]
+
+
+def test_global_start_converges_both_sides_and_recovers_flip():
+    X = _cloud(250, 2)
+    T = rotation_matrix(130.0, np.zeros(2)) @ mirror_matrix(np.zeros(2))
+    Y = X.copy()
+    Y[:, :2] = apply_matrix(X[:, :2], np.linalg.inv(T))
+    res = global_start(X, Y, n_rotations=8, mirror=True, n_keep=2)
+    assert res.mirror
+    np.testing.assert_allclose(res.matrix, T, atol=1e-4)
+    finished = [sc for sc in res.scores if "loglik_common" in sc]
+    # the best starts of each side were run to convergence, two per side
+    assert sorted(sc["mirror"] for sc in finished) == [False, False, True, True]
+    winner = max(finished, key=lambda sc: sc["loglik_common"])
+    assert winner["mirror"]
