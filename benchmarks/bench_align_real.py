@@ -8,7 +8,8 @@ Usage::
 Part 1, known transforms: MOB1 (bundled), her2st A1 and Stahl layer 1 moved by 30/90/150 deg, with
 and without a mirror, counts thinned to half; mean distance to the truth in spot spacings.
 Part 2, serial pairs without truth (MOB2->MOB1, MOB4->MOB3, A2->A1, Stahl 2->1, 3->2, 4->3, 4->1, and
-2->3, the ~137 deg pair in the direction the issue names; ``--pairs`` runs a subset): median PCC and Kendall's tau of the target's 200 most variable genes at aligned
+2->3, the ~137 deg pair in the direction the issue names; ``--pairs`` runs a subset; ``--extra`` adds
+her2st A3->A2 .. A6->A5, Stahl 3->1 and 4->2, which the issue does not list): median PCC and Kendall's tau of the target's 200 most variable genes at aligned
 locations (:func:`loki.metrics.alignment_expression_scores`).
 
 Loki Align uses ``use="X_expr"`` (log expression of the target's 1000 most variable shared genes; no
@@ -98,7 +99,7 @@ def known_transforms(use_paste: bool, quick: bool):
     return rows
 
 
-def serial_pairs(use_paste: bool, only=None):
+def serial_pairs(use_paste: bool, only=None, extra: bool = False):
     pairs = [
         ("MOB2->MOB1", lambda: (mob("MOB2"), mob("MOB1"))),
         ("MOB4->MOB3", lambda: (mob("MOB4"), mob("MOB3"))),
@@ -109,6 +110,12 @@ def serial_pairs(use_paste: bool, only=None):
         ("Stahl 4->1", lambda: (stahl(4), stahl(1))),
         ("Stahl 2->3", lambda: (stahl(2), stahl(3))),
     ]
+    if extra:
+        # serial pairs the issue does not list, never used to choose loki's settings
+        pairs += [
+            (f"A{i + 1}->A{i}", lambda i=i: (her2st(f"A{i + 1}"), her2st(f"A{i}"))) for i in range(2, 6)
+        ]
+        pairs += [("Stahl 3->1", lambda: (stahl(3), stahl(1))), ("Stahl 4->2", lambda: (stahl(4), stahl(2)))]
     names = [name for name, _ in pairs]
     unknown = sorted(set(only or ()) - set(names))
     if unknown:
@@ -173,6 +180,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--part", choices=["both", "known", "pairs"], default="both")
     ap.add_argument("--pairs", nargs="+", default=None, help="serial pairs to run, e.g. 'Stahl 2->3'")
+    ap.add_argument("--extra", action="store_true", help="also her2st A3->A2 .. A6->A5, Stahl 3->1 and 4->2")
     args = ap.parse_args()
     text = [f"### Loki Align on real sections ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC)\n"]
     if args.part in ("both", "known"):
@@ -184,7 +192,7 @@ def main():
     if args.part in ("both", "pairs"):
         text += [
             "Serial pairs (median over matched spots):\n",
-            _table(serial_pairs(not args.no_paste, args.pairs)),
+            _table(serial_pairs(not args.no_paste, args.pairs, args.extra)),
             "",
         ]
     out = "\n".join(text)

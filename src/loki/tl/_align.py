@@ -285,7 +285,9 @@ def align(
     pre_align
         Transform family before the deformable stage.
     mirror
-        Also try the source flipped and keep the better fit.
+        Also try the source flipped and keep the better fit (the best starts of each side converge and
+        are compared at one spatial variance). Pass ``False`` when the sections are known to be mounted
+        alike.
     n_rotations
         Initial rotations tried by the global start (1 and ``mirror=False`` skip it).
     n_pcs
