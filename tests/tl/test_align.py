@@ -58,6 +58,10 @@ def test_synthetic_recovery(tissue, rotation, mirror, warp, drop, method):
     assert info["method"] == method
     assert info["n_iter"] >= 1
     assert info["sigma2"] > 0
+    starts = info["starts"]
+    assert len(starts) == 16  # 8 rotations x both sides
+    assert starts["mirror"].sum() == 8
+    assert starts.loc[starts["loglik_common"].idxmax(), "mirror"] == mirror
 
 
 def test_preserve_scale_keeps_known_transform(tissue):

@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from spatialdata.transformations import Affine, Identity, Sequence, get_transformation
@@ -89,6 +90,8 @@ def test_zarr_round_trip_plot_and_neighbors(mob_aligned, tmp_path):
     np.testing.assert_allclose(
         back.tables["MOB2"].obsm[Key.ALIGNED], mob_aligned.tables["MOB2"].obsm[Key.ALIGNED]
     )
+    starts = mob_aligned.tables["MOB2"].uns[Key.UNS][Key.ALIGNED]["starts"]
+    pd.testing.assert_frame_equal(back.tables["MOB2"].uns[Key.UNS][Key.ALIGNED]["starts"], starts)
 
     import matplotlib.pyplot as plt
 

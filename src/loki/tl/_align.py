@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from loki._keys import Key
@@ -150,6 +151,16 @@ def _check_cs(section: _Section, elements: list[str], cs: str, role: str) -> Non
                 f"{role} element {name!r} has no transformation to coordinate system {cs!r}; "
                 f"available: {', '.join(map(repr, available)) or 'none'}."
             )
+
+
+def _start_table(scores: list[dict]) -> pd.DataFrame | None:
+    """Global-start scores as a table (NaN where a start was not run to convergence), or None."""
+    if not scores:
+        return None
+    cols = ["mirror", "rotation_deg", "loglik_screen", "loglik", "loglik_common"]
+    table = pd.DataFrame(scores).reindex(columns=cols)
+    table.index = table.index.astype(str)
+    return table.astype({"mirror": bool, **{c: float for c in cols[1:]}})
 
 
 def _original_matrix(norm: np.ndarray, c_src: np.ndarray, c_tgt: np.ndarray, scale: float) -> np.ndarray:
@@ -350,8 +361,10 @@ def align(
       ``deformable``),
     - ``.uns['loki'][key_added]``: ``method``, ``target``, ``use``, ``matrix`` (3x3 rigid/affine part,
       source units -> target units), ``pre_matrix``, ``mirror``, ``sigma2``, ``n_iter``, ``converged``,
-      ``loglik``, ``stages``, ``approximate``, ``scale_removed`` (with ``preserve_scale``) and the
-      parameters;
+      ``loglik``, ``stages``, ``starts`` (with a global start: one row per initial rotation and side,
+      its screening log-likelihood and, for the starts run to convergence, ``loglik`` and the
+      ``loglik_common`` that picked the winner; it shows how clear the mirror decision was),
+      ``approximate``, ``scale_removed`` (with ``preserve_scale``) and the parameters;
 
     and for SpatialData input:
 
@@ -459,6 +472,7 @@ def align(
         "approximate": bool(res.approximate),
         "scale_removed": None if res.scale_removed is None else float(res.scale_removed),
         "stages": [str(s) for s in res.stages],
+        "starts": _start_table(res.start_scores),
         "explained_variance_ratio": ratio,
         "coordinate_system": coordinate_system if is_sd else None,
         "params": {
