@@ -35,13 +35,20 @@ def test_matched_expression_correlation_pairs_and_values():
         assert res["kendall_tau"][k] == pytest.approx(kendalltau(et[i], es[j]).statistic)
 
 
-def test_alignment_expression_scores_rewards_correct_alignment():
+@pytest.fixture(scope="module")
+def good_and_bad():
+    """A section moved by 90 deg, scored at its true coordinates and at shuffled ones."""
     tgt = lk.datasets.synthetic_tissue(n_spots=300, n_genes=80, seed=4)
     src, truth = lk.datasets.transform_section(tgt, rotation_deg=90.0, thin_counts=0.5, seed=1)
     src.obsm["good"] = truth.coords
     src.obsm["bad"] = truth.coords[np.random.default_rng(0).permutation(len(truth.coords))]
     good = lk.metrics.alignment_expression_scores(src, tgt, aligned_key="good", n_top_genes=50)
     bad = lk.metrics.alignment_expression_scores(src, tgt, aligned_key="bad", n_top_genes=50)
+    return src, tgt, good, bad
+
+
+def test_alignment_expression_scores_rewards_correct_alignment(good_and_bad):
+    src, tgt, good, bad = good_and_bad
     assert good["n_pairs"] == tgt.n_obs
     assert good["pearson_median"] > bad["pearson_median"] + 0.1
     assert good["kendall_tau_median"] > bad["kendall_tau_median"]
@@ -107,13 +114,8 @@ def test_paired_median_difference_bad_input():
         lk.metrics.paired_median_difference(a, a, n_boot=0)
 
 
-def test_paired_median_difference_on_alignment_scores():
-    tgt = lk.datasets.synthetic_tissue(n_spots=300, n_genes=80, seed=4)
-    src, truth = lk.datasets.transform_section(tgt, rotation_deg=90.0, thin_counts=0.5, seed=1)
-    src.obsm["good"] = truth.coords
-    src.obsm["bad"] = truth.coords[np.random.default_rng(0).permutation(len(truth.coords))]
-    good = lk.metrics.alignment_expression_scores(src, tgt, aligned_key="good", n_top_genes=50)
-    bad = lk.metrics.alignment_expression_scores(src, tgt, aligned_key="bad", n_top_genes=50)
+def test_paired_median_difference_on_alignment_scores(good_and_bad):
+    _, tgt, good, bad = good_and_bad
     assert good["n_target"] == tgt.n_obs
     assert len(good["target_index"]) == good["n_pairs"]
     res = lk.metrics.paired_median_difference(good, bad, n_boot=500)
