@@ -471,7 +471,9 @@ def global_start(
             runs.append((res.loglik, start, flip, deg, res))
     runs.sort(key=lambda r: -r[0])
     # the n_keep best starts of each side: one basin of one side can fill the first places
-    kept = [r for flip in (False, True) for r in [r for r in runs if r[2] == flip][: max(1, n_keep)]]
+    kept = []
+    for side in (False, True):
+        kept += [run for run in runs if run[2] == side][: max(1, n_keep)]
     finals = []
     for _, start, flip, deg, res in kept:
         Ymid = Ys.copy()
