@@ -87,6 +87,16 @@ def test_paired_median_difference_exact_cases():
     assert (same["difference"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
 
 
+def test_paired_median_difference_large_target_in_chunks():
+    # 50,000 spots: the bootstrap runs in chunks of 83 draws; a shift still moves every draw alike
+    base = np.random.default_rng(3).normal(size=50_000)
+    a = _scores(base + 0.25, np.arange(50_000), 50_000)
+    b = _scores(base, np.arange(50_000), 50_000)
+    res = lk.metrics.paired_median_difference(a, b, n_boot=200)
+    assert res["low"] == pytest.approx(0.25)
+    assert res["high"] == pytest.approx(0.25)
+
+
 def test_paired_median_difference_unpaired_spots_and_seed():
     rng = np.random.default_rng(2)
     values = rng.uniform(-1.0, 1.0, size=80)

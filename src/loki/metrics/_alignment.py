@@ -19,6 +19,8 @@ from loki._keys import Key
 from loki._utils import as_rng, check_array_finite, check_obsm_key
 from loki.metrics._correlation import kendall_tau, pearson
 
+_BOOT_CHUNK = 1 << 22  # resampled spots per bootstrap chunk (32 MB of float64 per alignment)
+
 __all__ = [
     "alignment_error",
     "alignment_expression_scores",
@@ -266,10 +268,14 @@ def paired_median_difference(
         return full
 
     a, b = per_spot(scores_a), per_spot(scores_b)
-    draws = as_rng(seed).integers(0, n, size=(n_boot, n))
+    rng = as_rng(seed)
+    diffs = np.empty(n_boot)
+    step = max(1, _BOOT_CHUNK // n)  # draws per chunk, so that memory stays bounded for large targets
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": a draw without a paired spot
-        diffs = np.nanmedian(a[draws], axis=1) - np.nanmedian(b[draws], axis=1)
+        for lo in range(0, n_boot, step):
+            draws = rng.integers(0, n, size=(min(step, n_boot - lo), n))
+            diffs[lo : lo + len(draws)] = np.nanmedian(a[draws], axis=1) - np.nanmedian(b[draws], axis=1)
     diffs = diffs[np.isfinite(diffs)]
     low, high = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)]) if len(diffs) else (np.nan, np.nan)
     return {
