@@ -9,8 +9,9 @@ Part 1, known transforms: MOB1 (bundled), her2st A1 and Stahl layer 1 moved by 3
 and without a mirror, counts thinned to half; mean distance to the truth in spot spacings.
 Part 2, serial pairs without truth (MOB2->MOB1, MOB4->MOB3, A2->A1, Stahl 2->1, 3->2, 4->3, 4->1, and
 2->3, the ~137 deg pair in the direction the issue names; ``--pairs`` runs a subset; ``--extra`` adds
-her2st A3->A2 .. A6->A5, Stahl 3->1 and 4->2, which the issue does not list): median PCC and Kendall's tau of the target's 200 most variable genes at aligned
-locations (:func:`loki.metrics.alignment_expression_scores`).
+her2st A3->A2 .. A6->A5, Stahl 3->1 and 4->2, never used to choose loki's settings): median PCC and
+Kendall's tau of the target's 200 most variable genes at aligned locations
+(:func:`loki.metrics.alignment_expression_scores`).
 
 Loki Align uses ``use="X_expr"`` (log expression of the target's 1000 most variable shared genes; no
 trained OmiCLIP checkpoint is available here) with ``method="deformable"``. PASTE gets the genes of
@@ -111,7 +112,7 @@ def serial_pairs(use_paste: bool, only=None, extra: bool = False):
         ("Stahl 2->3", lambda: (stahl(2), stahl(3))),
     ]
     if extra:
-        # serial pairs the issue does not list, never used to choose loki's settings
+        # more serial pairs, never used to choose loki's settings
         pairs += [
             (f"A{i + 1}->A{i}", lambda i=i: (her2st(f"A{i + 1}"), her2st(f"A{i}"))) for i in range(2, 6)
         ]
