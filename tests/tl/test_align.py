@@ -64,6 +64,30 @@ def test_synthetic_recovery(tissue, rotation, mirror, warp, drop, method):
     assert starts.loc[starts["loglik_common"].idxmax(), "mirror"] == mirror
 
 
+@pytest.mark.parametrize("method", ["rigid", "deformable"])
+def test_partial_source_is_aligned_by_moving_the_target(tissue, method):
+    """A source holding half the target (torn or cropped): CPD must explain every fixed point, so the
+    target moves and the motion is inverted (deformable warp carried back by kernel regression)."""
+    xy = tissue.obsm["spatial"]
+    half = tissue[xy[:, 0] <= np.median(xy[:, 0])].copy()
+    warp = 1.0 if method == "deformable" else 0.0
+    moved, truth = _moved(
+        half, rotation_deg=120.0, mirror=True, translation=(5.0, -3.0), warp=warp, drop_fraction=0.1
+    )
+    lk.tl.align(moved, target=tissue, use="X_expr", method=method)
+    info = moved.uns[Key.UNS][Key.ALIGNED]
+    assert info["moving"] == "target"
+    assert info["mirror"]
+    err = lk.metrics.alignment_error(moved.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing)
+    assert err < 0.15, err
+    # the stored rigid part maps the source onto the result (exactly, or up to the warp)
+    rigid = moved.obsm["spatial"] @ info["matrix"][:2, :2].T + info["matrix"][:2, 2]
+    if method == "rigid":
+        np.testing.assert_allclose(rigid, moved.obsm[Key.ALIGNED], atol=1e-6)
+    else:
+        assert lk.metrics.alignment_error(rigid, moved.obsm[Key.ALIGNED], truth.spot_spacing) < 2 * warp
+
+
 def test_preserve_scale_keeps_known_transform(tissue):
     moved, truth = _moved(
         tissue, rotation_deg=130.0, translation=(4.0, -7.0), mirror=True, warp=1.0, drop_fraction=0.1
@@ -142,7 +166,12 @@ def test_too_few_points_and_bad_params(tissue):
         lk.tl.align(small, target=tissue, use="X_expr")
     assert Key.ALIGNED not in small.obsm
     moved, _ = _moved(tissue)
-    for kw, match in [({"method": "warp"}, "method"), ({"w": 1.0}, "w must"), ({"alpha": 0}, "alpha")]:
+    for kw, match in [
+        ({"method": "warp"}, "method"),
+        ({"w": 1.0}, "w must"),
+        ({"alpha": 0}, "alpha"),
+        ({"moving": "both"}, "moving must be 'auto', 'source' or 'target'"),
+    ]:
         with pytest.raises(ValueError, match=match):
             lk.tl.align(moved, target=tissue, use="X_expr", **kw)
     assert Key.ALIGNED not in moved.obsm

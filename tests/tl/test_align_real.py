@@ -80,3 +80,21 @@ def test_serial_pair_not_flipped_by_a_loose_fit():
     before = lk.metrics.alignment_expression_scores(source, target, aligned_key="spatial", kendall=False)
     after = lk.metrics.alignment_expression_scores(source, target, kendall=False)
     assert after["pearson_median"] > before["pearson_median"] + 0.01
+
+
+def test_half_section_onto_whole_section():
+    """MOB1's left half (torn off), turned 150 deg and flipped, counts halved, onto the whole MOB1."""
+    target = _section("MOB1")
+    xy = target.obsm["spatial"]
+    half = target[xy[:, 0] <= np.median(xy[:, 0])].copy()
+    source, truth = lk.datasets.transform_section(
+        half, rotation_deg=150.0, mirror=True, translation=(37.0, -12.0), thin_counts=0.5, seed=3
+    )
+    genes = target.var_names[np.argsort(-np.asarray(target.X.mean(axis=0)).ravel())[:500]]
+    target.obsm["X_expr"] = _log_expr(target, genes)
+    source.obsm["X_expr"] = _log_expr(source, genes)
+    lk.tl.align(source, target=target, use="X_expr", method="deformable")
+    info = source.uns[Key.UNS][Key.ALIGNED]
+    assert info["moving"] == "target"
+    assert info["mirror"]
+    assert lk.metrics.alignment_error(source.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing) < 0.15

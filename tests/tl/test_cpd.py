@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loki.tl._cpd import (
+    AlignResult,
     _profile_loglik,
     apply_matrix,
     cpd_align,
@@ -20,6 +21,7 @@ from loki.tl._cpd import (
     register_deformable,
     register_rigid,
     remove_global_scale,
+    reverse_result,
     rotation_matrix,
 )
 from loki.tl._cpd_kernels import estep
@@ -290,3 +292,31 @@ def test_global_start_converges_both_sides_and_recovers_flip():
     assert sorted(sc["mirror"] for sc in finished) == [False, False, True, True]
     winner = max(finished, key=lambda sc: sc["loglik_common"])
     assert winner["mirror"]
+
+
+@pytest.mark.parametrize("deformable", [False, True])
+def test_reverse_result_inverts_the_motion(deformable):
+    """X registered onto Y by T = A o (id + v); reversing must map Y = T(X[sub]) back onto X[sub]."""
+    X = _cloud(400, 3)
+    A = rotation_matrix(-70.0, np.zeros(2)) @ mirror_matrix(np.zeros(2))
+    A[:2, 2] = [0.3, -0.1]
+
+    def warp(xy):
+        return 0.03 * np.c_[np.sin(2.0 * xy[:, 1]), np.cos(2.0 * xy[:, 0])] if deformable else 0.0
+
+    TX = apply_matrix(X[:, :2] + warp(X[:, :2]), A)
+    sub = np.arange(0, 400, 2)
+    Y = np.hstack([TX[sub], X[sub, 2:]])
+    res = AlignResult(
+        coords=TX, matrix=A, pre_matrix=A, mirror=True, sigma2=1e-6, sigma2_features=None,
+        n_iter=1, converged=True, loglik=0.0, stages=[], approximate=False,
+    )  # fmt: skip
+    out = reverse_result(res, X, Y, deformable=deformable)
+    spacing = np.sqrt(np.median(np.sort(((X[:, None, :2] - X[None, :, :2]) ** 2).sum(-1), axis=1)[:, 1]))
+    err = np.linalg.norm(out.coords - X[sub, :2], axis=1).mean() / spacing
+    assert err < (1e-9 if not deformable else 0.05), err
+    assert out.moving == "target"
+    assert out.mirror
+    np.testing.assert_allclose(out.pre_matrix, np.linalg.inv(A))
+    if not deformable:
+        np.testing.assert_allclose(out.matrix, np.linalg.inv(A))

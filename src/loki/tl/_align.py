@@ -21,7 +21,7 @@ from loki._keys import Key
 from loki._logging import logger
 from loki._utils import check_array_finite, require_keys, write_obsm, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata, section_image_key, table_region
-from loki.tl._cpd import AlignResult, Method, cpd_align
+from loki.tl._cpd import AlignResult, Method, cpd_align, reverse_result
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -153,6 +153,18 @@ def _check_cs(section: _Section, elements: list[str], cs: str, role: str) -> Non
             )
 
 
+_AUTO_REVERSE_RATIO = 1.25
+
+
+def _moving(moving: str, n_source: int, n_target: int) -> str:
+    """Resolve ``moving="auto"``: the target moves when it has clearly more spots than the source."""
+    if moving not in ("auto", "source", "target"):
+        raise ValueError(f"moving must be 'auto', 'source' or 'target', got {moving!r}.")
+    if moving == "auto":
+        return "target" if n_target > _AUTO_REVERSE_RATIO * n_source else "source"
+    return moving
+
+
 def _start_table(scores: list[dict]) -> pd.DataFrame | None:
     """Global-start scores as a table (NaN where a start was not run to convergence), or None."""
     if not scores:
@@ -259,6 +271,7 @@ def align(
     n_coarse: int = 5000,
     refine: bool = True,
     preserve_scale: bool = False,
+    moving: Literal["auto", "source", "target"] = "auto",
     spatial_key: str = Key.SPATIAL,
     target_spatial_key: str | None = None,
     key_added: str = Key.ALIGNED,
@@ -309,6 +322,14 @@ def align(
         Deformable regularisation (lambda) and kernel width (in units of the target's extent).
     w
         Outlier weight in [0, 1).
+    moving
+        Which section's spots move in CPD, i.e. form the Gaussian mixture. CPD has to explain every spot
+        of the fixed section by the moving one, so the fixed section should lie within the moving one:
+        a source covering only part of the target (torn, cropped, a smaller capture area) aligns only
+        with the target moving (it is registered onto the source and the motion inverted; the
+        deformable warp is carried back by kernel regression). ``"auto"`` moves the target when it
+        has more than 1.25 times the source's spots, otherwise the source. Serial sections of one
+        size (0.9-1.1 here) keep the source moving.
     max_iter, tol
         Iteration cap and relative log-likelihood tolerance per stage.
     n_landmarks
@@ -364,7 +385,8 @@ def align(
       ``loglik``, ``stages``, ``starts`` (with a global start: one row per initial rotation and side,
       its screening log-likelihood and, for the starts run to convergence, ``loglik`` and the
       ``loglik_common`` that picked the winner; it shows how clear the mirror decision was),
-      ``approximate``, ``scale_removed`` (with ``preserve_scale``) and the parameters;
+      ``approximate``, ``moving`` (the section that moved in CPD), ``scale_removed`` (with
+      ``preserve_scale``) and the parameters;
 
     and for SpatialData input:
 
@@ -435,9 +457,9 @@ def align(
     X = np.hstack([(xy_tgt - c_tgt) / scale, feature_weight * f_tgt])
     Y = np.hstack([(xy_src - c_src) / scale, feature_weight * f_src])
 
+    reverse = _moving(moving, len(xy_src), len(xy_tgt)) == "target"
     res: AlignResult = cpd_align(
-        X,
-        Y,
+        *((Y, X) if reverse else (X, Y)),
         method=method,
         pre_align=pre_align,
         n_rotations=n_rotations,
@@ -454,6 +476,8 @@ def align(
         preserve_scale=preserve_scale,
         seed=seed,
     )
+    if reverse:
+        res = reverse_result(res, X, Y, deformable=method == "deformable")
     coords = res.coords * scale + c_tgt
     matrix = _original_matrix(res.matrix, c_src, c_tgt, scale)
     pre_matrix = _original_matrix(res.pre_matrix, c_src, c_tgt, scale)
@@ -470,6 +494,7 @@ def align(
         "converged": bool(res.converged),
         "loglik": float(res.loglik),
         "approximate": bool(res.approximate),
+        "moving": res.moving,
         "scale_removed": None if res.scale_removed is None else float(res.scale_removed),
         "stages": [str(s) for s in res.stages],
         "starts": _start_table(res.start_scores),
@@ -490,6 +515,7 @@ def align(
             "n_coarse": int(n_coarse),
             "refine": bool(refine),
             "preserve_scale": bool(preserve_scale),
+            "moving": moving,
             "scale": scale,
         },
     }
