@@ -65,23 +65,33 @@ def loki_align(source, target):
     return np.asarray(source.obsm["spatial_aligned"])
 
 
+SECTIONS = {"MOB1": lambda: mob("MOB1"), "her2st A1": lambda: her2st("A1"), "Stahl 1": lambda: stahl(1)}
+
+
+def _moved(section, target, angle: float, mirror: bool):
+    """``section`` moved by ``angle`` (and mirrored), counts halved, with the embedding shared with ``target``."""
+    source, truth = lk.datasets.transform_section(
+        section, rotation_deg=angle, mirror=mirror, translation=(50.0, -20.0), thin_counts=0.5, seed=1
+    )
+    with_shared_embedding(source, target)
+    return source, truth
+
+
+def _paste_error(row: dict, source, target, truth) -> None:
+    t = time.perf_counter()
+    aligned = paste_align(source, target, paste_genes(source, target))
+    row["paste_s"] = time.perf_counter() - t
+    row["paste_err"] = lk.metrics.alignment_error(aligned, truth.coords, truth.spot_spacing)
+
+
 def known_transforms(use_paste: bool, quick: bool):
     rows = []
-    sections = {"MOB1": lambda: mob("MOB1"), "her2st A1": lambda: her2st("A1"), "Stahl 1": lambda: stahl(1)}
     angles = (30.0, 150.0) if quick else (30.0, 90.0, 150.0)
-    for name, load in sections.items():
+    for name, load in SECTIONS.items():
         target = load()
         for angle in angles:
             for mirror in (False, True):
-                source, truth = lk.datasets.transform_section(
-                    target,
-                    rotation_deg=angle,
-                    mirror=mirror,
-                    translation=(50.0, -20.0),
-                    thin_counts=0.5,
-                    seed=1,
-                )
-                with_shared_embedding(source, target)
+                source, truth = _moved(target, target, angle, mirror)
                 t = time.perf_counter()
                 ours = loki_align(source, target)
                 t_ours = time.perf_counter() - t
@@ -94,10 +104,7 @@ def known_transforms(use_paste: bool, quick: bool):
                     "loki_mirror_found": source.uns["loki"]["spatial_aligned"]["mirror"],
                 }
                 if use_paste:
-                    t = time.perf_counter()
-                    pas = paste_align(source, target, paste_genes(source, target))
-                    row["paste_s"] = time.perf_counter() - t
-                    row["paste_err"] = lk.metrics.alignment_error(pas, truth.coords, truth.spot_spacing)
+                    _paste_error(row, source, target, truth)
                 rows.append(row)
                 print(row, flush=True)
     return rows
@@ -106,37 +113,24 @@ def known_transforms(use_paste: bool, quick: bool):
 def partial_sections(use_paste: bool):
     """Torn sections: the left 70% or 50% of a section (by x), moved, onto the whole section."""
     rows = []
-    sections = {"MOB1": lambda: mob("MOB1"), "her2st A1": lambda: her2st("A1"), "Stahl 1": lambda: stahl(1)}
-    for name, load in sections.items():
+    for name, load in SECTIONS.items():
         target = load()
         xy = np.asarray(target.obsm["spatial"])
         for keep in (0.7, 0.5):
             part = target[xy[:, 0] <= np.quantile(xy[:, 0], keep)].copy()
             for angle, mirror in ((30.0, False), (150.0, True)):
-                source, truth = lk.datasets.transform_section(
-                    part,
-                    rotation_deg=angle,
-                    mirror=mirror,
-                    translation=(50.0, -20.0),
-                    thin_counts=0.5,
-                    seed=1,
-                )
-                with_shared_embedding(source, target)
+                source, truth = _moved(part, target, angle, mirror)
                 row = {"section": name, "kept": keep, "rotation": angle, "mirror": mirror}
                 for moving in ("auto", "source"):
                     t = time.perf_counter()
                     lk.tl.align(source, target=target, use="X_expr", method="deformable", moving=moving)
-                    info = source.uns["loki"]["spatial_aligned"]
                     row[f"loki_{moving}_err"] = lk.metrics.alignment_error(
                         source.obsm["spatial_aligned"], truth.coords, truth.spot_spacing
                     )
-                    row[f"loki_{moving}_mirror_found"] = info["mirror"]
+                    row[f"loki_{moving}_mirror_found"] = source.uns["loki"]["spatial_aligned"]["mirror"]
                     row[f"loki_{moving}_s"] = time.perf_counter() - t
                 if use_paste:
-                    t = time.perf_counter()
-                    pas = paste_align(source, target, paste_genes(source, target))
-                    row["paste_s"] = time.perf_counter() - t
-                    row["paste_err"] = lk.metrics.alignment_error(pas, truth.coords, truth.spot_spacing)
+                    _paste_error(row, source, target, truth)
                 rows.append(row)
                 print(row, flush=True)
     return rows
