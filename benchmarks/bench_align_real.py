@@ -7,7 +7,7 @@ Usage::
 
 Part 1, known transforms: MOB1 (bundled), her2st A1 and Stahl layer 1 moved by 30/90/150 deg, with
 and without a mirror, counts thinned to half; mean distance to the truth in spot spacings.
-Part 1b, torn sections: the left 70% or 50% of each of those sections (by x) moved by 30 deg, or by
+Part 1b, torn sections: the left 87.5%, 70% or 50% of each of those sections (by x) moved by 30 deg, or by
 150 deg and mirrored, counts halved, aligned onto the whole section, with ``moving="auto"`` (the target
 moves) and ``moving="source"`` (the behaviour before that option existed).
 Part 2, serial pairs without truth (MOB2->MOB1, MOB4->MOB3, A2->A1, Stahl 2->1, 3->2, 4->3, 4->1, and
@@ -111,12 +111,12 @@ def known_transforms(use_paste: bool, quick: bool):
 
 
 def partial_sections(use_paste: bool):
-    """Torn sections: the left 70% or 50% of a section (by x), moved, onto the whole section."""
+    """Torn sections: the left 87.5%, 70% or 50% of a section (by x), moved, onto the whole section."""
     rows = []
     for name, load in SECTIONS.items():
         target = load()
         xy = np.asarray(target.obsm["spatial"])
-        for keep in (0.7, 0.5):
+        for keep in (0.875, 0.7, 0.5):
             part = target[xy[:, 0] <= np.quantile(xy[:, 0], keep)].copy()
             for angle, mirror in ((30.0, False), (150.0, True)):
                 source, truth = _moved(part, target, angle, mirror)

@@ -219,3 +219,12 @@ def test_image_to_st_key_pair(tissue):
     lk.tl.align(moved, target=tissue, use=("img", "X_expr"), method="rigid")
     assert moved.uns[Key.UNS][Key.ALIGNED]["use"] == ["img", "X_expr"]
     assert lk.metrics.alignment_error(moved.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing) < 0.15
+
+
+def test_moving_auto_rule():
+    from loki.tl._align import _moving
+
+    assert _moving("auto", 100, 109) == "source"  # serial sections of one size
+    assert _moving("auto", 100, 113) == "target"  # the source holds under 89% of the target's spots
+    assert _moving("auto", 113, 100) == "source"  # a larger source moves anyway
+    assert _moving("target", 113, 100) == "target"

@@ -153,7 +153,9 @@ def _check_cs(section: _Section, elements: list[str], cs: str, role: str) -> Non
             )
 
 
-_AUTO_REVERSE_RATIO = 1.25
+# serial sections here differ by at most 9% in spot count; a source holding 87.5% of the target
+# (ratio 1.14) already lands 0.2-0.7 spacings off when it moves (benchmarks/RESULTS.md, torn sections)
+_AUTO_REVERSE_RATIO = 1.12
 
 
 def _moving(moving: str, n_source: int, n_target: int) -> str:
@@ -328,8 +330,8 @@ def align(
         a source covering only part of the target (torn, cropped, a smaller capture area) aligns only
         with the target moving (it is registered onto the source and the motion inverted; the
         deformable warp is carried back by kernel regression). ``"auto"`` moves the target when it
-        has more than 1.25 times the source's spots, otherwise the source. Serial sections of one
-        size (0.9-1.1 here) keep the source moving.
+        has more than 1.12 times the source's spots, otherwise the source. Serial sections of one
+        size (spot ratios 0.9-1.09 here) keep the source moving, which suits them better.
     max_iter, tol
         Iteration cap and relative log-likelihood tolerance per stage.
     n_landmarks
