@@ -331,7 +331,9 @@ def align(
         with the target moving (it is registered onto the source and the motion inverted; the
         deformable warp is carried back by kernel regression). ``"auto"`` moves the target when it
         has more than 1.12 times the source's spots, otherwise the source. Serial sections of one
-        size (spot ratios 0.9-1.09 here) keep the source moving, which suits them better.
+        size (spot ratios 0.9-1.09 here) keep the source moving, which suits them better. The rule
+        counts spots, so it assumes one spot density: for sections of different platforms or bin
+        sizes, pass ``"target"`` when the source covers only part of the target.
     max_iter, tol
         Iteration cap and relative log-likelihood tolerance per stage.
     n_landmarks
