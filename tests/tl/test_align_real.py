@@ -82,6 +82,28 @@ def test_serial_pair_not_flipped_by_a_loose_fit():
     assert after["pearson_median"] > before["pearson_median"] + 0.01
 
 
+def test_serial_pair_not_flipped_with_components_of_another_section():
+    """A5 onto A4 inside a stack whose genes were chosen on A1: the two leading components favour the
+    flipped source even at one spatial variance; the whole embedding does not (see ``global_start``)."""
+    sections = {name: _her2st(name) for name in ("A1", "A4", "A5")}
+    genes = sections["A1"].var_names
+    for table in sections.values():
+        genes = genes.intersection(table.var_names)
+    x1 = _log_expr(sections["A1"], genes)
+    top = np.argsort(-x1.var(axis=0))[:1000]
+    source, target = sections["A5"], sections["A4"]
+    for table in (source, target):
+        table.obsm["X_expr"] = _log_expr(table, genes)[:, top]
+    lk.tl.align(source, target=target, use="X_expr", method="rigid")
+    starts = source.uns[Key.UNS][Key.ALIGNED]["starts"].dropna()
+    assert not source.uns[Key.UNS][Key.ALIGNED]["mirror"]
+    # the likelihood alone would have flipped it
+    assert starts.loc[starts["loglik_common"].idxmax(), "mirror"]
+    before = lk.metrics.alignment_expression_scores(source, target, aligned_key="spatial", kendall=False)
+    after = lk.metrics.alignment_expression_scores(source, target, kendall=False)
+    assert after["pearson_median"] > before["pearson_median"] + 0.01
+
+
 def test_half_section_onto_whole_section():
     """MOB1's left half (torn off), turned 150 deg and flipped, counts halved, onto the whole MOB1."""
     target = _section("MOB1")

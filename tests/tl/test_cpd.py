@@ -12,6 +12,7 @@ from loki.tl._cpd import (
     _profile_loglik,
     apply_matrix,
     cpd_align,
+    embedding_agreement,
     fit_linear,
     global_start,
     initial_sigma2,
@@ -320,3 +321,20 @@ def test_reverse_result_inverts_the_motion(deformable):
     np.testing.assert_allclose(out.pre_matrix, np.linalg.inv(A))
     if not deformable:
         np.testing.assert_allclose(out.matrix, np.linalg.inv(A))
+
+
+def test_embedding_agreement_pairs_nearest_points_and_counts_unpaired_as_zero():
+    rng = np.random.default_rng(4)
+    grid = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0)), -1).reshape(-1, 2)
+    E = rng.normal(size=(100, 30))
+    assert embedding_agreement(grid, grid, E, E) == pytest.approx(1.0)
+    assert embedding_agreement(grid, grid, E, -E) == pytest.approx(-1.0)
+    # a shift by half a spacing keeps every pair; a shift by 20 spacings pairs nothing
+    assert embedding_agreement(grid, grid + np.array([0.4, 0.0]), E, E) == pytest.approx(1.0)
+    assert embedding_agreement(grid, grid + np.array([20.0, 0.0]), E, E) == 0.0
+    # only the left half of a target in two blocks covered: the right block counts 0
+    blocks = np.where(grid[:, :1] < 5, grid, grid + np.array([5.0, 0.0]))
+    left = grid[:, 0] < 5
+    assert embedding_agreement(blocks, blocks[left], E, E[left]) == pytest.approx(0.5)
+    # correlation, so a per-row offset and scale do not matter
+    assert embedding_agreement(grid, grid, E, 3.0 * E + 2.0) == pytest.approx(1.0)

@@ -171,7 +171,7 @@ def _start_table(scores: list[dict]) -> pd.DataFrame | None:
     """Global-start scores as a table (NaN where a start was not run to convergence), or None."""
     if not scores:
         return None
-    cols = ["mirror", "rotation_deg", "loglik_screen", "loglik", "loglik_common"]
+    cols = ["mirror", "rotation_deg", "loglik_screen", "loglik", "loglik_common", "agreement"]
     table = pd.DataFrame(scores).reindex(columns=cols)
     table.index = table.index.astype(str)
     return table.astype({"mirror": bool, **{c: float for c in cols[1:]}})
@@ -311,9 +311,10 @@ def align(
     pre_align
         Transform family before the deformable stage.
     mirror
-        Also try the source flipped and keep the better fit (the best starts of each side converge and
-        are compared at one spatial variance). Pass ``False`` when the sections are known to be mounted
-        alike.
+        Also try the source flipped and keep the better fit. The best starts of each side converge;
+        with an embedding the run whose spatially paired spots agree best in the whole embedding wins,
+        without one the run with the best likelihood at one spatial variance. Pass ``False`` when the
+        sections are known to be mounted alike.
     n_rotations
         Initial rotations tried by the global start (1 and ``mirror=False`` skip it).
     n_pcs
@@ -387,8 +388,9 @@ def align(
     - ``.uns['loki'][key_added]``: ``method``, ``target``, ``use``, ``matrix`` (3x3 rigid/affine part,
       source units -> target units), ``pre_matrix``, ``mirror``, ``sigma2``, ``n_iter``, ``converged``,
       ``loglik``, ``stages``, ``starts`` (with a global start: one row per initial rotation and side,
-      its screening log-likelihood and, for the starts run to convergence, ``loglik`` and the
-      ``loglik_common`` that picked the winner; it shows how clear the mirror decision was),
+      its screening log-likelihood and, for the starts run to convergence, ``loglik``,
+      ``loglik_common`` and, with an embedding, ``agreement``; the last of these picked the winner,
+      so the table shows how clear the mirror decision was),
       ``approximate``, ``moving`` (the section that moved in CPD), ``scale_removed`` (with
       ``preserve_scale``) and the parameters;
 
@@ -478,6 +480,7 @@ def align(
         n_coarse=n_coarse,
         refine=refine,
         preserve_scale=preserve_scale,
+        embeddings=None if use is None else ((emb_src, emb_tgt) if reverse else (emb_tgt, emb_src)),
         seed=seed,
     )
     if reverse:
