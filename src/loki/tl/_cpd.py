@@ -18,7 +18,7 @@ The E-step (:func:`loki.tl._cpd_kernels.estep`) is streamed in numba with O(M + 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -443,8 +443,8 @@ def global_start(
     the target's, and runs a short rigid CPD (``n_screen_iter`` iterations) on at most ``max_points``
     points per side. For the unflipped and for the flipped source alike, the ``n_keep`` starts with
     the highest log-likelihood (all runs see the same subsample, so their likelihoods compare)
-    continue to convergence; the best converged run wins (:func:`_profile_loglik`) and its full
-    transform (start composed with the CPD result) is returned.
+    continue to convergence; the best converged run (as below) wins and its full transform (start
+    composed with the CPD result) is returned.
 
     With ``embeddings`` (the full embeddings of ``X`` and ``Y``, rows matching), the converged runs
     are compared by :func:`embedding_agreement`: how alike, in the whole embedding, each target
@@ -622,21 +622,8 @@ def reverse_result(res: AlignResult, X: np.ndarray, Y: np.ndarray, *, deformable
         weights = np.exp(-(dist**2 - dist[:, :1] ** 2) / (2.0 * h2))  # nearest weight 1: never all zero
         coords = coords + (weights[:, :, None] * residual[idx]).sum(axis=1) / weights.sum(axis=1)[:, None]
         matrix = fit_linear(Y[:, :2], coords, kind="rigid", allow_reflection=res.mirror)
-    return AlignResult(
-        coords=coords,
-        matrix=matrix,
-        pre_matrix=np.linalg.inv(res.pre_matrix),
-        mirror=res.mirror,
-        sigma2=res.sigma2,
-        sigma2_features=res.sigma2_features,
-        n_iter=res.n_iter,
-        converged=res.converged,
-        loglik=res.loglik,
-        stages=res.stages,
-        approximate=res.approximate,
-        start_scores=res.start_scores,
-        scale_removed=res.scale_removed,
-        moving="target",
+    return replace(
+        res, coords=coords, matrix=matrix, pre_matrix=np.linalg.inv(res.pre_matrix), moving="target"
     )
 
 
