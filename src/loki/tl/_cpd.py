@@ -517,20 +517,19 @@ def embedding_agreement(X2: np.ndarray, TY2: np.ndarray, EX: np.ndarray, EY: np.
 
     ``X2`` (N, 2) target and ``TY2`` (M, 2) moved source coordinates; ``EX`` (N, K) and ``EY`` (M, K)
     their embeddings. A target point pairs with the nearest moved point within the target's mean
-    point spacing; the correlation is Pearson's across the K dimensions; unpaired target points
-    count 0, so a transform that leaves part of the target uncovered scores lower.
+    point spacing (:func:`loki.metrics.matched_expression_correlation`); the correlation is
+    Pearson's across the K dimensions; unpaired target points, and pairs with a constant embedding,
+    count 0, so a transform that leaves part of the target uncovered scores lower. A 1-dimensional
+    embedding has no such correlation and scores 0.
     """
-    from scipy.spatial import cKDTree
+    from loki.metrics import matched_expression_correlation
 
-    dist, nearest = cKDTree(TY2).query(X2)
-    paired = dist <= np.sqrt(_spacing2(X2))
-
-    def standardised(E):
-        E = E - E.mean(axis=1, keepdims=True)
-        return E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), _EPS)
-
-    corr = (standardised(EX[paired]) * standardised(EY[nearest[paired]])).sum(axis=1)
-    return float(corr.sum() / len(X2))
+    if EX.shape[1] < 2:
+        return 0.0
+    pairs = matched_expression_correlation(
+        EX, X2, EY, TY2, max_distance=np.sqrt(_spacing2(X2)), kendall=False
+    )
+    return float(np.nansum(pairs["pearson"]) / len(X2))
 
 
 def _profile_loglik(
