@@ -476,40 +476,38 @@ def global_start(
             Ystart = Ys.copy()
             Ystart[:, :2] = apply_matrix(Ys[:, :2], start)
             res = register_rigid(Xs, Ystart, kind=kind, w=w, max_iter=n_screen_iter, tol=tol, cutoff=np.inf)
-            scores.append({"mirror": flip, "rotation_deg": deg, "loglik_screen": res.loglik})
-            runs.append((res.loglik, start, flip, deg, res))
-    runs.sort(key=lambda r: -r[0])
+            entry = {"mirror": flip, "rotation_deg": deg, "loglik_screen": res.loglik}
+            scores.append(entry)
+            runs.append((entry, start, res))
+    runs.sort(key=lambda run: -run[0]["loglik_screen"])
     # the n_keep best starts of each side: one basin of one side can fill the first places
     kept = []
     for side in (False, True):
-        kept += [run for run in runs if run[2] == side][: max(1, n_keep)]
+        kept += [run for run in runs if run[0]["mirror"] == side][: max(1, n_keep)]
     finals = []
-    for _, start, flip, deg, res in kept:
+    for entry, start, res in kept:
         Ymid = Ys.copy()
         Ymid[:, :2] = apply_matrix(Ys[:, :2], res.matrix @ start)
         res2 = register_rigid(
             Xs, Ymid, kind=kind, w=w, max_iter=max_iter, tol=tol, sigma2=res.sigma2, cutoff=np.inf
         )
-        finals.append((res2, res2.matrix @ res.matrix @ start, flip, deg))
-    s2_common = min(res2.sigma2[0] for res2, *_ in finals)
+        finals.append((entry, res2, res2.matrix @ res.matrix @ start))
+    s2_common = min(res2.sigma2[0] for _, res2, _ in finals)
     best = None
-    for res2, matrix, flip, deg in finals:
+    for entry, res2, matrix in finals:
         TY = Ys.copy()
         TY[:, :2] = apply_matrix(Ys[:, :2], matrix)
         ll = _profile_loglik(Xs, TY, s2_common, res2.sigma2[1], w)
-        score = {"loglik": res2.loglik, "loglik_common": ll}
+        entry.update(loglik=res2.loglik, loglik_common=ll)
         if embeddings is not None:
-            score["agreement"] = embedding_agreement(
+            entry["agreement"] = embedding_agreement(
                 Xs[:, :2], TY[:, :2], embeddings[0][ix], embeddings[1][iy]
             )
-        for sc in scores:
-            if sc["mirror"] == flip and sc["rotation_deg"] == deg:
-                sc.update(score)
-        key = score.get("agreement", ll)
+        key = entry.get("agreement", ll)
         if best is None or key > best[0]:
-            best = (key, matrix, flip, deg)
+            best = (key, matrix, entry)
     assert best is not None
-    return StartResult(best[1], best[2], best[3], scores)
+    return StartResult(best[1], best[2]["mirror"], best[2]["rotation_deg"], scores)
 
 
 def embedding_agreement(X2: np.ndarray, TY2: np.ndarray, EX: np.ndarray, EY: np.ndarray) -> float:
