@@ -10,6 +10,9 @@ and without a mirror, counts thinned to half; mean distance to the truth in spot
 Part 1b, torn sections: the left 87.5%, 70% or 50% of each of those sections (by x) moved by 30 deg, or by
 150 deg and mirrored, counts halved, aligned onto the whole section, with ``moving="auto"`` (the target
 moves) and ``moving="source"`` (the behaviour before that option existed).
+Part 1c, torn on both sides: the source holds the left 80/75/70/65/60% of a section, the target the
+right 80/75/70/65/60%, the source moved by 33 deg, or by 137 deg and mirrored, counts halved; loki with
+and without ``partial=True``; error over the shared spots.
 Part 2, serial pairs without truth (MOB2->MOB1, MOB4->MOB3, A2->A1, Stahl 2->1, 3->2, 4->3, 4->1, and
 2->3, the ~137 deg pair in the direction the issue names; ``--pairs`` runs a subset; ``--extra`` adds
 her2st A3->A2 .. A6->A5, Stahl 3->1 and 4->2, never used to choose loki's settings): median PCC and
@@ -199,6 +202,44 @@ def serial_pairs(use_paste: bool, only=None, extra: bool = False):
     return rows
 
 
+def torn_both_sides(use_paste: bool):
+    """Sections torn on both sides: the source holds the left ``keep`` of a section (by x), the target
+    the right ``keep``; each holds tissue the other lacks. Error over the shared spots."""
+    rows = []
+    for name, load in SECTIONS.items():
+        whole = load()
+        xy = np.asarray(whole.obsm["spatial"])
+        for keep in (0.8, 0.75, 0.7, 0.65, 0.6):
+            part = whole[xy[:, 0] <= np.quantile(xy[:, 0], keep)].copy()
+            target = whole[xy[:, 0] >= np.quantile(xy[:, 0], 1 - keep)].copy()
+            for angle, mirror in ((33.0, False), (137.0, True)):
+                source, truth = _moved(part, target, angle, mirror)
+                shared = np.isin(source.obs_names, target.obs_names)
+                row = {
+                    "section": name,
+                    "kept": keep,
+                    "shared": shared.mean(),
+                    "rotation": angle,
+                    "mirror": mirror,
+                }
+                for label, partial in (("partial", True), ("default", False)):
+                    t = time.perf_counter()
+                    lk.tl.align(source, target=target, use="X_expr", method="deformable", partial=partial)
+                    row[f"loki_{label}_err"] = lk.metrics.alignment_error(
+                        source.obsm["spatial_aligned"][shared], truth.coords[shared], truth.spot_spacing
+                    )
+                    row[f"loki_{label}_mirror_found"] = source.uns["loki"]["spatial_aligned"]["mirror"]
+                    row[f"loki_{label}_s"] = time.perf_counter() - t
+                if use_paste:
+                    aligned = paste_align(source, target, paste_genes(source, target))
+                    row["paste_err"] = lk.metrics.alignment_error(
+                        aligned[shared], truth.coords[shared], truth.spot_spacing
+                    )
+                rows.append(row)
+                print(row, flush=True)
+    return rows
+
+
 def _table(rows):
     cols = list(rows[0])
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -215,7 +256,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-paste", action="store_true")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--part", choices=["both", "known", "partial", "pairs"], default="both")
+    ap.add_argument("--part", choices=["both", "known", "partial", "torn2", "pairs"], default="both")
     ap.add_argument("--pairs", nargs="+", default=None, help="serial pairs to run, e.g. 'Stahl 2->3'")
     ap.add_argument("--extra", action="store_true", help="also her2st A3->A2 .. A6->A5, Stahl 3->1 and 4->2")
     args = ap.parse_args()
@@ -231,6 +272,13 @@ def main():
             "Torn sections, part of a section onto the whole (error in spot spacings; `auto` moves the target,"
             " `source` is the previous behaviour):\n",
             _table(partial_sections(not args.no_paste)),
+            "",
+        ]
+    if args.part in ("both", "torn2"):
+        text += [
+            "Sections torn on both sides (error over the shared spots, in spot spacings; `partial` is"
+            " `lk.tl.align(..., partial=True)`, `default` the same call without it):\n",
+            _table(torn_both_sides(not args.no_paste)),
             "",
         ]
     if args.part in ("both", "pairs"):

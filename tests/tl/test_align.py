@@ -88,6 +88,43 @@ def test_partial_source_is_aligned_by_moving_the_target(tissue, method):
         assert lk.metrics.alignment_error(rigid, moved.obsm[Key.ALIGNED], truth.spot_spacing) < 2 * warp
 
 
+@pytest.mark.parametrize("method", ["rigid", "deformable"])
+def test_sections_torn_on_both_sides(tissue, method):
+    """Source = left 70% of the tissue, target = right 70%: each holds 3/7 the other lacks."""
+    xy = tissue.obsm["spatial"]
+    left = tissue[xy[:, 0] <= np.quantile(xy[:, 0], 0.7)].copy()
+    right = tissue[xy[:, 0] >= np.quantile(xy[:, 0], 0.3)].copy()
+    warp = 1.0 if method == "deformable" else 0.0
+    moved, truth = _moved(
+        left, rotation_deg=137.0, mirror=True, translation=(5.0, -3.0), warp=warp, drop_fraction=0.1
+    )
+    lk.tl.align(moved, target=right, use="X_expr", method=method, partial=True)
+    info = moved.uns[Key.UNS][Key.ALIGNED]
+    shared = np.isin(moved.obs_names, right.obs_names)
+    err = lk.metrics.alignment_error(
+        moved.obsm[Key.ALIGNED][shared], truth.coords[shared], truth.spot_spacing
+    )
+    assert err < 0.15, err
+    assert info["mirror"]
+    assert info["moving"] == "source"
+    assert info["params"]["partial"] is True
+    assert info["stages"][0].startswith("{'stage': 'partial_start'")
+    starts = info["starts"]
+    assert {"correlation", "overlap", "agreement"} <= set(starts.columns)
+    assert starts.loc[starts["agreement"].idxmax(), "mirror"]
+    # the spots the target lacks follow the rigid/deformable motion of the rest
+    err_all = lk.metrics.alignment_error(moved.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing)
+    assert err_all < 0.15 + warp / 10, err_all
+
+
+def test_partial_needs_an_embedding(tissue):
+    moved, _ = _moved(tissue, rotation_deg=10.0)
+    with pytest.raises(ValueError, match="partial=True needs an embedding"):
+        lk.tl.align(moved, target=tissue, use=None, partial=True)
+    assert Key.ALIGNED not in moved.obsm
+    assert Key.UNS not in moved.uns
+
+
 def test_preserve_scale_keeps_known_transform(tissue):
     moved, truth = _moved(
         tissue, rotation_deg=130.0, translation=(4.0, -7.0), mirror=True, warp=1.0, drop_fraction=0.1

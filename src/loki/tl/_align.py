@@ -158,20 +158,31 @@ def _check_cs(section: _Section, elements: list[str], cs: str, role: str) -> Non
 _AUTO_REVERSE_RATIO = 1.12
 
 
-def _moving(moving: str, n_source: int, n_target: int) -> str:
-    """Resolve ``moving="auto"``: the target moves when it has clearly more spots than the source."""
+def _moving(moving: str, n_source: int, n_target: int, *, partial: bool = False) -> str:
+    """Resolve ``moving="auto"``: the target moves when it has clearly more spots than the source.
+
+    A ``partial`` alignment registers the overlap only, so the source keeps moving.
+    """
     if moving not in ("auto", "source", "target"):
         raise ValueError(f"moving must be 'auto', 'source' or 'target', got {moving!r}.")
+    if moving == "auto" and partial:
+        return "source"
     if moving == "auto":
         return "target" if n_target > _AUTO_REVERSE_RATIO * n_source else "source"
     return moving
 
 
 def _start_table(scores: list[dict]) -> pd.DataFrame | None:
-    """Global-start scores as a table (NaN where a start was not run to convergence), or None."""
+    """Global-start scores as a table (NaN where a start was not run to convergence), or None.
+
+    Columns of the usual start; a partial start (``correlation``, ``overlap``, ``agreement``) keeps its own.
+    """
     if not scores:
         return None
-    cols = ["mirror", "rotation_deg", "loglik_screen", "loglik", "loglik_common", "agreement"]
+    if "correlation" in scores[0]:
+        cols = ["mirror", "rotation_deg", "correlation", "overlap", "agreement"]
+    else:
+        cols = ["mirror", "rotation_deg", "loglik_screen", "loglik", "loglik_common", "agreement"]
     table = pd.DataFrame(scores).reindex(columns=cols)
     table.index = table.index.astype(str)
     return table.astype({"mirror": bool, **{c: float for c in cols[1:]}})
@@ -274,6 +285,7 @@ def align(
     refine: bool = True,
     preserve_scale: bool = False,
     moving: Literal["auto", "source", "target"] = "auto",
+    partial: bool = False,
     spatial_key: str = Key.SPATIAL,
     target_spatial_key: str | None = None,
     key_added: str = Key.ALIGNED,
@@ -334,7 +346,16 @@ def align(
         has more than 1.12 times the source's spots, otherwise the source. Serial sections of one
         size (spot ratios 0.9-1.09 here) keep the source moving, which suits them better. The rule
         counts spots, so it assumes one spot density: for sections of different platforms or bin
-        sizes, pass ``"target"`` when the source covers only part of the target.
+        sizes, pass ``"target"`` when the source covers only part of the target. With ``partial``,
+        ``"auto"`` keeps the source moving.
+    partial
+        The sections share only part of their tissue, each possibly holding some the other lacks (torn
+        on both sides, capture areas placed differently). The global start then places the source by
+        the cross-correlation of the two sections' embedding maps over rotations (every 10 degrees) x
+        mirror x all translations, and CPD runs on the spots that have a partner on the other side
+        within one spot spacing, re-estimated until stable; the deformable field is fitted on that
+        overlap. Needs ``use``. Recovers exact transforms when each section shares at least about half
+        of its spots; at a third it failed on every section tried (``benchmarks/RESULTS.md``).
     max_iter, tol
         Iteration cap and relative log-likelihood tolerance per stage.
     n_landmarks
@@ -435,7 +456,9 @@ def align(
     xy_src = _coords(src, spatial_key, "source")
     xy_tgt = _coords(tgt, target_spatial_key or spatial_key, "target")
     key_src, key_tgt = _use_keys(use)
-    if key_src is not None and n_pcs > 0:
+    if partial and key_src is None:
+        raise ValueError("partial=True needs an embedding (use=...): the overlap is found by its features.")
+    if key_src is not None:
         emb_src = _embedding(src, key_src, "source")
         emb_tgt = _embedding(tgt, key_tgt, "target")
         if emb_src.shape[1] != emb_tgt.shape[1]:
@@ -463,7 +486,7 @@ def align(
     X = np.hstack([(xy_tgt - c_tgt) / scale, feature_weight * f_tgt])
     Y = np.hstack([(xy_src - c_src) / scale, feature_weight * f_src])
 
-    reverse = _moving(moving, len(xy_src), len(xy_tgt)) == "target"
+    reverse = _moving(moving, len(xy_src), len(xy_tgt), partial=partial) == "target"
     res: AlignResult = cpd_align(
         *((Y, X) if reverse else (X, Y)),
         method=method,
@@ -481,6 +504,7 @@ def align(
         refine=refine,
         preserve_scale=preserve_scale,
         embeddings=None if use is None else ((emb_src, emb_tgt) if reverse else (emb_tgt, emb_src)),
+        partial=partial,
         seed=seed,
     )
     if reverse:
@@ -523,6 +547,7 @@ def align(
             "refine": bool(refine),
             "preserve_scale": bool(preserve_scale),
             "moving": moving,
+            "partial": bool(partial),
             "scale": scale,
         },
     }

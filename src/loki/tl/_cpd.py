@@ -662,6 +662,7 @@ def cpd_align(
     preserve_scale: bool = False,
     cutoff: float = 6.0,
     embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+    partial: bool = False,
     seed: int | np.random.Generator | None = 0,
 ) -> AlignResult:
     """Align moving points ``Y`` (M, D) onto target ``X`` (N, D); spatial columns first.
@@ -685,6 +686,12 @@ def cpd_align(
     ``embeddings`` (full embeddings of ``X`` and ``Y``) let the global start choose among its
     converged runs by :func:`embedding_agreement`.
 
+    With ``partial`` (needs ``embeddings``) the sections may each hold tissue the other lacks: the
+    global start is :func:`loki.tl._overlap.partial_start` (feature cross-correlation over rotations
+    x mirror x translations, trimmed CPD), every level registers only the points with a partner on
+    the other side within one point spacing (:func:`loki.tl._overlap.trimmed_register`), and the
+    deformable field is fitted on that overlap and evaluated at all moving points.
+
     With ``preserve_scale`` the isotropic scale of the deformable motion (pre-aligned points ->
     deformed points) is divided out (:func:`remove_global_scale`), so that the non-rigid result
     keeps the pre-alignment's overall size.
@@ -701,6 +708,10 @@ def cpd_align(
         raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
     if n_coarse < 3 or max_points < 3:
         raise ValueError(f"n_coarse and max_points must be >= 3, got {n_coarse} and {max_points}.")
+    if partial and embeddings is None:
+        raise ValueError("partial=True needs embeddings: overlapping tissue is found by its features.")
+    from loki.tl._overlap import _TRIM_ROUNDS, embedding_components, partial_start, trimmed_register
+
     rng = as_rng(seed)
     X = np.ascontiguousarray(X, dtype=np.float64)
     Y = np.ascontiguousarray(Y, dtype=np.float64)
@@ -727,7 +738,20 @@ def cpd_align(
     samples = [(_subsample(N, size, rng), _subsample(M, size, rng)) for size in levels]
     ix, iy = samples[0]
     t0 = time.perf_counter()
-    if n_rotations > 1 or mirror:
+    if partial:
+        assert embeddings is not None
+        FX, FY = embedding_components(embeddings[0][ix], embeddings[1][iy])
+        start = partial_start(X[ix], Y[iy], FX, FY, mirror=mirror, kind="rigid", w=w, tol=tol)
+        stages.append(
+            {
+                "stage": "partial_start",
+                "level": 0,
+                "n_starts": len(start.scores),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
+        pre, flipped, scores = start.matrix, start.mirror, start.scores
+    elif n_rotations > 1 or mirror:
         start = global_start(
             X[ix],
             Y[iy],
@@ -766,9 +790,7 @@ def cpd_align(
         # the spatial fit towards better-matching expression (28 spot spacings off on the 500k
         # synthetic pair, 3 without); the global start and the last level keep them
         cols = slice(0, 2) if sub else slice(None)
-        res = register_rigid(
-            X[ix, cols],
-            Ys[:, cols],
+        level_kwargs = dict(
             kind=kind,
             w=w,
             max_iter=max_iter,
@@ -778,8 +800,18 @@ def cpd_align(
             sigma2_stop=stop,
             anneal=_LEVEL_ANNEAL if sub else 1.0,
         )
+        if partial:
+            pre, res, overlap, _ = trimmed_register(
+                X[ix, cols], Y[iy, cols], pre, max_rounds=1 if sub else _TRIM_ROUNDS, **level_kwargs
+            )
+            if res is None:
+                raise ValueError(
+                    "The aligned sections no longer overlap: fewer than 3 points have a partner."
+                )
+        else:
+            res = register_rigid(X[ix, cols], Ys[:, cols], **level_kwargs)
+            pre = res.matrix @ pre
         _stage(kind, len(iy), res, t0, level)
-        pre = res.matrix @ pre
         sigma2 = res.sigma2 if not sub else (res.sigma2[0], None)
     assert res is not None
     last = res
@@ -789,6 +821,9 @@ def cpd_align(
 
     if method == "deformable":
         t0 = time.perf_counter()
+        if partial:
+            # the field is fitted on the overlap; elsewhere it decays towards the rigid motion
+            ix, iy = ix[overlap[0]], iy[overlap[1]]
         dres = register_deformable(
             X[ix],
             Y1[iy],
@@ -803,7 +838,7 @@ def cpd_align(
             seed=rng,
         )
         _stage("deformable", len(iy), dres, t0, len(levels) - 1)
-        coords = Y1[:, :2] + dres.displacement_at(Y1[:, :2]) if approximate else dres.TY[:, :2]
+        coords = Y1[:, :2] + dres.displacement_at(Y1[:, :2]) if approximate or partial else dres.TY[:, :2]
         last = dres
         if preserve_scale:
             # with outliers and a wide Gaussian the deformable M-step can contract the whole

@@ -1,0 +1,243 @@
+"""Placement and trimmed registration of sections that share only part of their tissue.
+
+Coherent point drift explains every target point by the moving mixture, so target spots without a
+partner in the source pull the source towards them, and the centroid-on-centroid global start puts
+two sections that each hold tissue the other lacks in the wrong place. For ``lk.tl.align(...,
+partial=True)``:
+
+1. :func:`placements`: both sections are rasterised at the target's point spacing, each cell holding
+   the sum of its points' leading embedding components (each section centred on its own mean), and
+   for every rotation x mirror of the source the cross-correlation over all translations is computed
+   by FFT. Local maxima are candidate placements. Matching tissue correlates positively; tissue on
+   one side only adds nothing, so a placement is not rewarded for covering more of the target.
+2. :func:`trimmed_register`: from a placement, CPD runs on the points that have a partner on the
+   other side within 0.75 point spacings, the two sets re-estimated until they stop changing (trimmed
+   ICP in the CPD setting).
+3. :func:`partial_start`: the refined candidate whose paired points agree most in the embedding
+   (:func:`pair_agreement`) wins.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, maximum_filter
+from scipy.spatial import cKDTree
+
+from loki.tl._cpd import (
+    StartResult,
+    _homogeneous,
+    _spacing2,
+    apply_matrix,
+    mirror_matrix,
+    register_rigid,
+    rotation_matrix,
+)
+
+_ROTATION_STEP_DEG = 10.0  # trimmed CPD corrects the remaining <= 5 degrees
+_MAX_CELLS = 256  # grid cells along the longer side, whatever the point density
+_PEAKS_PER_ROTATION = 3
+_TRIM_ROUNDS = 20
+# pairs closer than this many mean point spacings overlap; under one spacing so that on a lattice the
+# ring of neighbours at exactly one spacing is not in or out by rounding
+_PAIR_RADIUS = 0.75
+
+
+def embedding_components(
+    EX: np.ndarray, EY: np.ndarray, n_components: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Leading principal components of the target embedding ``EX``, and ``EY`` projected on them.
+
+    Each section is centred on its own mean, so that an offset between the two embeddings (another
+    modality, a batch) does not correlate with itself everywhere.
+    """
+    EX = np.asarray(EX, dtype=np.float64)
+    EY = np.asarray(EY, dtype=np.float64)
+    cx = EX - EX.mean(axis=0)
+    _, _, vt = np.linalg.svd(cx, full_matrices=False)
+    comps = vt[: min(n_components, len(vt))]
+    return cx @ comps.T, (EY - EY.mean(axis=0)) @ comps.T
+
+
+def _raster(xy: np.ndarray, f: np.ndarray, origin: np.ndarray, cell: float, n: int) -> np.ndarray:
+    """(K, n, n) grids: the sum of ``f`` over the points in each cell, blurred by one cell."""
+    ij = np.floor((xy - origin) / cell).astype(np.int64)
+    ok = ((ij >= 0) & (ij < n)).all(axis=1)
+    flat = ij[ok, 0] * n + ij[ok, 1]
+    grids = np.stack([np.bincount(flat, weights=f[ok, k], minlength=n * n) for k in range(f.shape[1])])
+    return gaussian_filter(grids.reshape(-1, n, n), sigma=(0, 1, 1), mode="wrap")
+
+
+def placements(
+    X2: np.ndarray,
+    Y2: np.ndarray,
+    FX: np.ndarray,
+    FY: np.ndarray,
+    *,
+    mirror: bool = True,
+    step_deg: float = _ROTATION_STEP_DEG,
+    peaks: int = _PEAKS_PER_ROTATION,
+) -> list[tuple[float, bool, float, np.ndarray]]:
+    """Candidate placements of ``Y2`` on ``X2`` by the cross-correlation of their feature maps.
+
+    Parameters
+    ----------
+    X2, Y2
+        (N, 2) target and (M, 2) moving coordinates.
+    FX, FY
+        (N, K) and (M, K) features (e.g. :func:`embedding_components`).
+    mirror
+        Also try the flipped source.
+    step_deg
+        Rotation step.
+    peaks
+        Local maxima of the correlation kept per rotation and side.
+
+    Returns
+    -------
+    ``(correlation, mirrored, rotation_deg, matrix)`` tuples, best first; ``matrix`` (3x3) moves
+    ``Y2`` into place.
+    """
+    cell = max(np.sqrt(_spacing2(X2)), max(np.ptp(X2, axis=0).max(), np.ptp(Y2, axis=0).max()) / _MAX_CELLS)
+    extent = max(np.ptp(X2, axis=0).max(), np.ptp(Y2, axis=0).max())
+    # room for any shift that keeps some overlap, so the circular correlation does not wrap onto it
+    n = int(np.ceil(3 * extent / cell)) + 4
+    cx, cy = X2.mean(axis=0), Y2.mean(axis=0)
+    origin = cx - n * cell / 2
+    target_ft = np.fft.rfft2(_raster(X2, FX, origin, cell, n))
+    centre = _homogeneous(np.eye(2), cx - cy)
+    out = []
+    for flip in (False, True) if mirror else (False,):
+        for deg in np.arange(0.0, 360.0, step_deg):
+            start = centre @ rotation_matrix(deg, cy) @ (mirror_matrix(cy) if flip else np.eye(3))
+            moved_ft = np.fft.rfft2(_raster(apply_matrix(Y2, start), FY, origin, cell, n))
+            corr = np.fft.irfft2((target_ft * np.conj(moved_ft)).sum(axis=0), s=(n, n))
+            local = (corr == maximum_filter(corr, size=5, mode="wrap")) & (corr > 0)
+            ii, jj = np.nonzero(local)
+            for q in np.argsort(-corr[ii, jj])[:peaks]:
+                shift = np.array([ii[q], jj[q]])
+                shift = np.where(shift < n // 2, shift, shift - n) * cell
+                out.append(
+                    (float(corr[ii[q], jj[q]]), flip, float(deg), _homogeneous(np.eye(2), shift) @ start)
+                )
+    out.sort(key=lambda c: -c[0])
+    return out
+
+
+def overlap_masks(X2: np.ndarray, TY2: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points of each side with a point of the other side within ``radius``."""
+    near_x = cKDTree(TY2).query(X2, distance_upper_bound=radius)[0] < radius
+    near_y = cKDTree(X2).query(TY2, distance_upper_bound=radius)[0] < radius
+    return near_x, near_y
+
+
+def trimmed_register(
+    X: np.ndarray,
+    Y: np.ndarray,
+    matrix: np.ndarray,
+    *,
+    kind: Literal["rigid", "similarity", "affine"] = "rigid",
+    w: float = 0.1,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    cutoff: float = 6.0,
+    max_rounds: int = _TRIM_ROUNDS,
+    sigma2: float | tuple[float, float | None] | None = None,
+    **cpd_kwargs,
+):
+    """Rigid/affine CPD of ``Y`` onto ``X`` on their overlap only, from ``matrix``.
+
+    The overlap (points with a partner on the other side within 0.75 mean point spacings of ``X``) is
+    re-estimated after every CPD run until it stops changing or ``max_rounds`` runs are done. The
+    first run starts from ``sigma2`` (default: CPD's own initial variance), each later run from the
+    variances its predecessor reached; ``cpd_kwargs`` go to
+    :func:`~loki.tl._cpd.register_rigid`.
+
+    Returns
+    -------
+    ``(matrix, result, mask_x, mask_y, rounds)``: the composed 3x3 transform, the last
+    :class:`~loki.tl._cpd.CPDResult`, the overlap masks it ran on and the number of CPD runs.
+    """
+    radius = _PAIR_RADIUS * np.sqrt(_spacing2(X[:, :2]))
+    previous = None
+    res = None
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):
+        TY = Y.copy()
+        TY[:, :2] = apply_matrix(Y[:, :2], matrix)
+        masks = overlap_masks(X[:, :2], TY[:, :2], radius)
+        if masks[0].sum() < 3 or masks[1].sum() < 3:
+            break
+        if previous is not None and all(np.array_equal(a, b) for a, b in zip(masks, previous, strict=True)):
+            rounds -= 1
+            break
+        previous = masks
+        res = register_rigid(
+            X[masks[0]],
+            TY[masks[1]],
+            kind=kind,
+            w=w,
+            max_iter=max_iter,
+            tol=tol,
+            cutoff=cutoff,
+            sigma2=sigma2,
+            **cpd_kwargs,
+        )
+        matrix = res.matrix @ matrix
+        sigma2 = res.sigma2
+    return matrix, res, previous, rounds
+
+
+def pair_agreement(X2: np.ndarray, TY2: np.ndarray, FX: np.ndarray, FY: np.ndarray) -> float:
+    """Sum over target points of the inner product of their features with the nearest moved point's.
+
+    Only pairs within 0.75 mean point spacings of ``X2`` count. With features centred per section,
+    unrelated pairs add about zero and matching tissue adds positively, so a wrong placement that
+    covers more of the target gains nothing by it.
+    """
+    radius = _PAIR_RADIUS * np.sqrt(_spacing2(X2))
+    d, j = cKDTree(TY2).query(X2, distance_upper_bound=radius)
+    ok = d < radius
+    return float(np.einsum("ij,ij->", FX[ok], FY[j[ok]]))
+
+
+def partial_start(
+    X: np.ndarray,
+    Y: np.ndarray,
+    FX: np.ndarray,
+    FY: np.ndarray,
+    *,
+    mirror: bool = True,
+    n_candidates: int = 16,
+    kind: Literal["rigid", "similarity", "affine"] = "rigid",
+    w: float = 0.1,
+    tol: float = 1e-6,
+) -> StartResult:
+    """Global start for partly overlapping sections: :func:`placements`, trimmed CPD, best agreement.
+
+    The ``n_candidates`` best placements are refined by :func:`trimmed_register`; the refined one with
+    the highest :func:`pair_agreement` wins. ``scores`` holds one row per refined candidate
+    (``mirror``, ``rotation_deg``, ``correlation``, ``overlap`` (fraction of target points paired),
+    ``agreement``).
+    """
+    if len(FX) != len(X) or len(FY) != len(Y):
+        raise ValueError("features must have one row per point.")
+    best = None
+    scores = []
+    for corr, flip, deg, matrix in placements(X[:, :2], Y[:, :2], FX, FY, mirror=mirror)[:n_candidates]:
+        matrix, _, masks, _ = trimmed_register(X, Y, matrix, kind=kind, w=w, tol=tol)
+        TY2 = apply_matrix(Y[:, :2], matrix)
+        entry = {
+            "mirror": flip,
+            "rotation_deg": deg,
+            "correlation": corr,
+            "overlap": 0.0 if masks is None else float(masks[0].mean()),
+            "agreement": pair_agreement(X[:, :2], TY2, FX, FY),
+        }
+        scores.append(entry)
+        if best is None or entry["agreement"] > best[0]["agreement"]:
+            best = (entry, matrix)
+    if best is None:
+        raise ValueError("No placement of the source overlaps the target.")
+    return StartResult(best[1], best[0]["mirror"], best[0]["rotation_deg"], scores)
