@@ -117,6 +117,16 @@ def test_sections_torn_on_both_sides(tissue, method):
     assert err_all < 0.15 + warp / 10, err_all
 
 
+def test_partial_warns_above_the_validated_size(tissue, caplog, monkeypatch):
+    import loki.tl._cpd as cpd
+
+    monkeypatch.setattr(cpd, "_PARTIAL_VALIDATED", 100)
+    moved, _ = _moved(tissue, rotation_deg=10.0)
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.align(moved, target=tissue, use="X_expr", method="rigid", partial=True)
+    assert "validated on sections of up to 100 spots" in caplog.text
+
+
 def test_partial_needs_an_embedding(tissue):
     moved, _ = _moved(tissue, rotation_deg=10.0)
     with pytest.raises(ValueError, match="partial=True needs an embedding"):

@@ -107,7 +107,10 @@ def test_zarr_round_trip_plot_and_neighbors(mob_aligned, tmp_path):
     plt.close("all")
 
     table = back.tables["MOB2"]
-    sq.gr.spatial_neighbors(table, spatial_key=Key.ALIGNED, coord_type="generic", n_neighs=6)
+    if hasattr(sq.gr, "spatial_neighbors_knn"):  # squidpy >= 1.8; spatial_neighbors goes in 1.9
+        sq.gr.spatial_neighbors_knn(table, spatial_key=Key.ALIGNED, n_neighs=6)
+    else:
+        sq.gr.spatial_neighbors(table, spatial_key=Key.ALIGNED, coord_type="generic", n_neighs=6)
     assert table.obsp["spatial_connectivities"].shape == (table.n_obs, table.n_obs)
     assert table.obsp["spatial_connectivities"].sum() >= 6 * table.n_obs
 

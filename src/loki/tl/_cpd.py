@@ -31,6 +31,7 @@ from ._cpd_kernels import estep, gaussian_cross_kernel
 Method = Literal["rigid", "similarity", "affine", "deformable"]
 
 _EPS = 1e-12
+_PARTIAL_VALIDATED = 8000  # largest section partial=True was checked on (benchmarks/RESULTS.md)
 _LEVEL_ANNEAL = 0.95  # per-iteration variance factor on subsample levels (see register_rigid)
 
 
@@ -740,8 +741,15 @@ def cpd_align(
     t0 = time.perf_counter()
     if partial:
         assert embeddings is not None
+        if max(M, N) > _PARTIAL_VALIDATED:
+            logger.warning(
+                "partial=True was validated on sections of up to %d spots (%d here); on a 50,000-spot "
+                "synthetic pair its start failed. Check .uns[...]['starts'] and the result.",
+                _PARTIAL_VALIDATED,
+                max(M, N),
+            )
         FX, FY = embedding_components(embeddings[0][ix], embeddings[1][iy])
-        start = partial_start(X[ix], Y[iy], FX, FY, mirror=mirror, kind="rigid", w=w, tol=tol)
+        start = partial_start(X[ix], Y[iy], FX, FY, mirror=mirror, kind="rigid", w=w, tol=tol, seed=rng)
         stages.append(
             {
                 "stage": "partial_start",
