@@ -750,15 +750,6 @@ def cpd_align(
             )
         FX, FY = embedding_components(embeddings[0][ix], embeddings[1][iy])
         start = partial_start(X[ix], Y[iy], FX, FY, mirror=mirror, kind="rigid", w=w, tol=tol, seed=rng)
-        stages.append(
-            {
-                "stage": "partial_start",
-                "level": 0,
-                "n_starts": len(start.scores),
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-        )
-        pre, flipped, scores = start.matrix, start.mirror, start.scores
     elif n_rotations > 1 or mirror:
         start = global_start(
             X[ix],
@@ -770,9 +761,10 @@ def cpd_align(
             embeddings=None if embeddings is None else (embeddings[0][ix], embeddings[1][iy]),
             seed=rng,
         )
+    if partial or n_rotations > 1 or mirror:
         stages.append(
             {
-                "stage": "global_start",
+                "stage": "partial_start" if partial else "global_start",
                 "level": 0,
                 "n_starts": len(start.scores),
                 "seconds": round(time.perf_counter() - t0, 3),
