@@ -353,7 +353,7 @@ def align(
         on both sides, capture areas placed differently). The global start then places the source by
         the cross-correlation of the two sections' embedding maps over rotations (every 10 degrees) x
         mirror x all translations, and CPD runs on the spots that have a partner on the other side
-        within one spot spacing, re-estimated until stable; the deformable field is fitted on that
+        within 0.75 spot spacings, re-estimated until stable; the deformable field is fitted on that
         overlap. Needs ``use``. Recovers exact transforms when each section shares at least about half
         of its spots; at a third it failed on every section tried. Checked on sections of up to 8,000
         spots; on a 50,000-spot synthetic pair the start failed, and a warning is logged above 8,000
@@ -413,7 +413,8 @@ def align(
       ``loglik``, ``stages``, ``starts`` (with a global start: one row per initial rotation and side,
       its screening log-likelihood and, for the starts run to convergence, ``loglik``,
       ``loglik_common`` and, with an embedding, ``agreement``; the last of these picked the winner,
-      so the table shows how clear the mirror decision was),
+      so the table shows how clear the mirror decision was; with ``partial``, one row per refined
+      placement: ``correlation``, ``overlap`` (fraction of target spots paired) and ``agreement``),
       ``approximate``, ``moving`` (the section that moved in CPD), ``scale_removed`` (with
       ``preserve_scale``) and the parameters;
 

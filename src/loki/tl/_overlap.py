@@ -39,7 +39,7 @@ from loki.tl._cpd import (
 )
 
 _ROTATION_STEP_DEG = 10.0  # trimmed CPD corrects the remaining <= 5 degrees
-_MAX_CELLS = 256  # grid cells along the longer side, whatever the point density
+_MAX_CELLS = 256  # at most this many grid cells across the larger section, whatever its point density
 _PEAKS_PER_ROTATION = 3
 _BAND_CELLS = 4.0  # width (in grid cells) of the smooth part taken off the feature maps
 _TRIM_ROUNDS = 20
@@ -50,19 +50,17 @@ _PAIR_RADIUS = 0.75
 
 
 def embedding_components(
-    EX: np.ndarray, EY: np.ndarray, n_components: int = 10, max_rows: int = 20_000
+    EX: np.ndarray, EY: np.ndarray, n_components: int = 10
 ) -> tuple[np.ndarray, np.ndarray]:
     """Leading principal components of the target embedding ``EX``, and ``EY`` projected on them.
 
     Each section is centred on its own mean, so that an offset between the two embeddings (another
-    modality, a batch) does not correlate with itself everywhere. The components are fitted on at
-    most ``max_rows`` evenly spaced rows of ``EX``.
+    modality, a batch) does not correlate with itself everywhere.
     """
     EX = np.asarray(EX, dtype=np.float64)
     EY = np.asarray(EY, dtype=np.float64)
     cx = EX - EX.mean(axis=0)
-    rows = np.unique(np.linspace(0, len(cx) - 1, min(len(cx), max_rows)).astype(np.int64))
-    _, _, vt = np.linalg.svd(cx[rows], full_matrices=False)
+    _, _, vt = np.linalg.svd(cx, full_matrices=False)
     comps = vt[: min(n_components, len(vt))]
     return cx @ comps.T, (EY - EY.mean(axis=0)) @ comps.T
 
@@ -114,8 +112,8 @@ def placements(
     ``(correlation, mirrored, rotation_deg, matrix)`` tuples, best first; ``matrix`` (3x3) moves
     ``Y2`` into place.
     """
-    cell = max(np.sqrt(_spacing2(X2)), max(np.ptp(X2, axis=0).max(), np.ptp(Y2, axis=0).max()) / _MAX_CELLS)
     extent = max(np.ptp(X2, axis=0).max(), np.ptp(Y2, axis=0).max())
+    cell = max(np.sqrt(_spacing2(X2)), extent / _MAX_CELLS)
     # room for any shift that keeps some overlap, so the circular correlation does not wrap onto it
     n = int(np.ceil(3 * extent / cell)) + 4
     cx, cy = X2.mean(axis=0), Y2.mean(axis=0)
