@@ -690,7 +690,7 @@ def cpd_align(
     With ``partial`` (needs ``embeddings``) the sections may each hold tissue the other lacks: the
     global start is :func:`loki.tl._overlap.partial_start` (feature cross-correlation over rotations
     x mirror x translations, trimmed CPD), every level registers only the points with a partner on
-    the other side within one point spacing (:func:`loki.tl._overlap.trimmed_register`), and the
+    the other side within 0.75 point spacings (:func:`loki.tl._overlap.trimmed_register`), and the
     deformable field is fitted on that overlap and evaluated at all moving points.
 
     With ``preserve_scale`` the isotropic scale of the deformable motion (pre-aligned points ->
@@ -779,8 +779,6 @@ def cpd_align(
     sigma2 = None
     res = None
     for level, (ix, iy) in enumerate(samples):
-        Ys = Y[iy].copy()
-        Ys[:, :2] = apply_matrix(Y[iy, :2], pre)
         t0 = time.perf_counter()
         # a subsample level only has to bring the next, denser level within reach: it anneals sigma
         # down to its own point spacing and stops there (its random points match no more closely)
@@ -809,6 +807,8 @@ def cpd_align(
                     "The aligned sections no longer overlap: fewer than 3 points have a partner."
                 )
         else:
+            Ys = Y[iy].copy()
+            Ys[:, :2] = apply_matrix(Y[iy, :2], pre)
             res = register_rigid(X[ix, cols], Ys[:, cols], **level_kwargs)
             pre = res.matrix @ pre
         _stage(kind, len(iy), res, t0, level)
