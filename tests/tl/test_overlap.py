@@ -56,6 +56,26 @@ def test_placements_find_a_torn_lattice():
     assert corr > 0
 
 
+def test_rotation_refinement_brings_an_off_grid_angle_within_reach():
+    """On a large lattice half a 10 degree step moves the rim by several spacings; refining fixes it."""
+    xy = _lattice(60)
+    f = _features(xy)
+    src = xy[:, 0] <= np.quantile(xy[:, 0], 0.7)
+    tgt = xy[:, 0] >= np.quantile(xy[:, 0], 0.3)
+    move = rotation_matrix(-34.0, xy[src].mean(axis=0))  # undone by a 34 deg turn, off the 10 deg grid
+    Y2 = apply_matrix(xy[src], move)
+
+    def best_error(n_refine):
+        *_, deg, matrix = placements(xy[tgt], Y2, f[tgt], f[src], mirror=False, n_refine=n_refine)[0]
+        return np.linalg.norm(apply_matrix(Y2, matrix) - xy[src], axis=1).mean(), deg
+
+    coarse, coarse_deg = best_error(0)
+    fine, fine_deg = best_error(4)
+    assert coarse_deg in (30.0, 40.0)
+    assert fine_deg == 35.0  # 2.5 degree steps
+    assert fine < 1.5 < coarse
+
+
 def test_placements_without_mirror_keep_the_side():
     X2, Y2, FX, FY, *_ = _cut_pair(40.0, True, np.zeros(2))
     assert not any(c[1] for c in placements(X2, Y2, FX, FY, mirror=False))

@@ -355,9 +355,8 @@ def align(
         mirror x all translations, and CPD runs on the spots that have a partner on the other side
         within 0.75 spot spacings, re-estimated until stable; the deformable field is fitted on that
         overlap. Needs ``use``. Recovers exact transforms when each section shares at least about half
-        of its spots; at a third it failed on every section tried. Checked on sections of up to 8,000
-        spots; on a 50,000-spot synthetic pair the start failed, and a warning is logged above 8,000
-        (``benchmarks/RESULTS.md``).
+        of its spots; at a third it failed on every section tried. Checked on sections of up to
+        35,000 spots; a warning is logged above that (``benchmarks/RESULTS.md``).
     max_iter, tol
         Iteration cap and relative log-likelihood tolerance per stage.
     n_landmarks

@@ -6,11 +6,11 @@ two sections that each hold tissue the other lacks in the wrong place. For ``lk.
 partial=True)``:
 
 1. :func:`placements`: both sections are rasterised at the target's point spacing, each cell holding
-   the sum of its points' leading embedding components (each section centred on its own mean,
-   the maps band-passed to where the features change), and
-   for every rotation x mirror of the source the cross-correlation over all translations is computed
-   by FFT. Local maxima are candidate placements. Matching tissue correlates positively; tissue on
-   one side only adds nothing, so a placement is not rewarded for covering more of the target.
+   the sum of its points' leading embedding components (each section centred on its own mean, the
+   maps band-passed to where the features change), and for every rotation x mirror of the source
+   the cross-correlation over all translations is computed by FFT. Local maxima are candidate
+   placements; the best have their rotation refined. Matching tissue correlates positively; tissue
+   on one side only adds nothing, so a placement is not rewarded for covering more of the target.
 2. :func:`trimmed_register`: from a placement, CPD runs on the points that have a partner on the
    other side within 0.75 point spacings, the two sets re-estimated until they stop changing (trimmed
    ICP in the CPD setting).
@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, maximum_filter
+from scipy.ndimage import maximum_filter
 from scipy.spatial import cKDTree
 
 from loki._utils import as_rng
@@ -66,20 +66,58 @@ def embedding_components(
 
 
 def _raster(xy: np.ndarray, f: np.ndarray, origin: np.ndarray, cell: float, n: int) -> np.ndarray:
-    """(K, n, n) band-passed grids of the sum of ``f`` over the points in each cell.
-
-    Blurred by one cell, minus the same blurred by ``_BAND_CELLS``: what is left marks where the
-    features change (domain boundaries). A domain's interior level would correlate with itself
-    under any shift that keeps the domain overlapping, so a large domain pulls the correlation peak
-    towards placements that overlap more; on 8,000-spot synthetic tissue torn on both sides the
-    plain map's best peak was 10 spacings off, the band-passed one 1.5.
-    """
+    """(K, n, n) grids: the sum of ``f`` over the points in each cell."""
     ij = np.floor((xy - origin) / cell).astype(np.int64)
     ok = ((ij >= 0) & (ij < n)).all(axis=1)
     flat = ij[ok, 0] * n + ij[ok, 1]
     grids = np.stack([np.bincount(flat, weights=f[ok, k], minlength=n * n) for k in range(f.shape[1])])
-    grids = gaussian_filter(grids.reshape(-1, n, n), sigma=(0, 1, 1), mode="wrap")
-    return grids - gaussian_filter(grids, sigma=(0, _BAND_CELLS, _BAND_CELLS), mode="wrap")
+    return grids.reshape(-1, n, n)
+
+
+def _band_pass(n: int) -> np.ndarray:
+    """Transfer function (on the ``rfft2`` grid) of a 1-cell Gaussian blur minus a ``_BAND_CELLS`` one.
+
+    What is left of a feature map marks where the features change (domain boundaries). A domain's
+    interior level would correlate with itself under any shift that keeps the domain overlapping, so
+    a large domain pulls the correlation peak towards placements that overlap more; on 8,000-spot
+    synthetic tissue torn on both sides the plain map's best peak was 10 spacings off, the band-passed
+    one 1.5.
+    """
+    f2 = np.fft.fftfreq(n)[:, None] ** 2 + np.fft.rfftfreq(n)[None, :] ** 2
+    return np.exp(-2 * np.pi**2 * f2) - np.exp(-2 * np.pi**2 * _BAND_CELLS**2 * f2)
+
+
+class _Correlator:
+    """Cross-correlation of the target's feature map with the moved source's, over all translations."""
+
+    def __init__(self, X2: np.ndarray, Y2: np.ndarray, FX: np.ndarray, FY: np.ndarray):
+        extent = max(np.ptp(X2, axis=0).max(), np.ptp(Y2, axis=0).max())
+        self.cell = max(np.sqrt(_spacing2(X2)), extent / _MAX_CELLS)
+        # room for any shift that keeps some overlap, so the circular correlation does not wrap onto it
+        self.n = int(np.ceil(3 * extent / self.cell)) + 4
+        cx, self.cy = X2.mean(axis=0), Y2.mean(axis=0)
+        self.origin = cx - self.n * self.cell / 2
+        # both maps band-passed: the filter enters the cross spectrum squared
+        self.target_ft = (
+            np.fft.rfft2(_raster(X2, FX, self.origin, self.cell, self.n)) * _band_pass(self.n) ** 2
+        )
+        self.centre = _homogeneous(np.eye(2), cx - self.cy)
+        self.Y2, self.FY = Y2, FY
+
+    def turn(self, flip: bool, deg: float) -> np.ndarray:
+        """The source flipped (``flip``), turned by ``deg`` about its centroid, centred on the target's."""
+        return self.centre @ rotation_matrix(deg, self.cy) @ (mirror_matrix(self.cy) if flip else np.eye(3))
+
+    def __call__(self, start: np.ndarray) -> np.ndarray:
+        moved = _raster(apply_matrix(self.Y2, start), self.FY, self.origin, self.cell, self.n)
+        return np.fft.irfft2((self.target_ft * np.conj(np.fft.rfft2(moved))).sum(axis=0), s=(self.n, self.n))
+
+    def placed(self, i: int, j: int, start: np.ndarray) -> np.ndarray:
+        """``start`` followed by the shift of correlation cell ``(i, j)``."""
+        shift = np.array([i, j])
+        return (
+            _homogeneous(np.eye(2), np.where(shift < self.n // 2, shift, shift - self.n) * self.cell) @ start
+        )
 
 
 def placements(
@@ -91,6 +129,8 @@ def placements(
     mirror: bool = True,
     step_deg: float = _ROTATION_STEP_DEG,
     peaks: int = _PEAKS_PER_ROTATION,
+    n_refine: int = 0,
+    refine_step_deg: float = 2.5,
 ) -> list[tuple[float, bool, float, np.ndarray]]:
     """Candidate placements of ``Y2`` on ``X2`` by the cross-correlation of their feature maps.
 
@@ -106,36 +146,55 @@ def placements(
         Rotation step.
     peaks
         Local maxima of the correlation kept per rotation and side.
+    n_refine
+        The best this many placements are turned in ``refine_step_deg`` steps within half a
+        ``step_deg`` either way, each keeping the angle and shift of its highest correlation: on a
+        large section half a coarse step moves the rim by several spacings, out of reach of the
+        trimmed CPD that follows, and blurs the correlation peak.
+    refine_step_deg
+        Rotation step of the refinement.
 
     Returns
     -------
-    ``(correlation, mirrored, rotation_deg, matrix)`` tuples, best first; ``matrix`` (3x3) moves
-    ``Y2`` into place.
+    ``(correlation, mirrored, rotation_deg, matrix)`` tuples, best first (the refined ones re-sorted
+    among themselves, ahead of the rest); ``matrix`` (3x3) moves ``Y2`` into place.
     """
-    extent = max(np.ptp(X2, axis=0).max(), np.ptp(Y2, axis=0).max())
-    cell = max(np.sqrt(_spacing2(X2)), extent / _MAX_CELLS)
-    # room for any shift that keeps some overlap, so the circular correlation does not wrap onto it
-    n = int(np.ceil(3 * extent / cell)) + 4
-    cx, cy = X2.mean(axis=0), Y2.mean(axis=0)
-    origin = cx - n * cell / 2
-    target_ft = np.fft.rfft2(_raster(X2, FX, origin, cell, n))
-    centre = _homogeneous(np.eye(2), cx - cy)
+    corr_of = _Correlator(X2, Y2, FX, FY)
     out = []
     for flip in (False, True) if mirror else (False,):
         for deg in np.arange(0.0, 360.0, step_deg):
-            start = centre @ rotation_matrix(deg, cy) @ (mirror_matrix(cy) if flip else np.eye(3))
-            moved_ft = np.fft.rfft2(_raster(apply_matrix(Y2, start), FY, origin, cell, n))
-            corr = np.fft.irfft2((target_ft * np.conj(moved_ft)).sum(axis=0), s=(n, n))
+            start = corr_of.turn(flip, float(deg))
+            corr = corr_of(start)
             local = (corr == maximum_filter(corr, size=5, mode="wrap")) & (corr > 0)
             ii, jj = np.nonzero(local)
             for q in np.argsort(-corr[ii, jj])[:peaks]:
-                shift = np.array([ii[q], jj[q]])
-                shift = np.where(shift < n // 2, shift, shift - n) * cell
-                out.append(
-                    (float(corr[ii[q], jj[q]]), flip, float(deg), _homogeneous(np.eye(2), shift) @ start)
-                )
+                peak = (ii[q], jj[q])
+                out.append((float(corr[peak]), flip, float(deg), corr_of.placed(*peak, start), peak))
     out.sort(key=lambda c: -c[0])
-    return out
+    half = step_deg / 2
+    # how far (in cells) the peak of a candidate moves when the source turns by up to half a step
+    reach = (
+        int(np.ceil(np.deg2rad(half) * np.linalg.norm(Y2 - Y2.mean(axis=0), axis=1).max() / corr_of.cell)) + 2
+    )
+    refined = []
+    for best, flip, deg0, matrix, (i0, j0) in out[:n_refine]:
+        rows = np.arange(i0 - reach, i0 + reach + 1) % corr_of.n
+        cols = np.arange(j0 - reach, j0 + reach + 1) % corr_of.n
+        for deg in np.arange(deg0 - half, deg0 + half + 1e-9, refine_step_deg):
+            if deg == deg0:
+                continue  # the coarse angle's own peak is ``best`` already
+            start = corr_of.turn(flip, float(deg))
+            near = corr_of(start)[np.ix_(rows, cols)]  # the candidate's own peak, not another one
+            a, b = np.unravel_index(near.argmax(), near.shape)
+            if near[a, b] > best:
+                best, deg0, matrix = (
+                    float(near[a, b]),
+                    float(deg) % 360.0,
+                    corr_of.placed(rows[a], cols[b], start),
+                )
+        refined.append((best, flip, deg0, matrix))
+    refined.sort(key=lambda c: -c[0])
+    return refined + [c[:4] for c in out[n_refine:]]
 
 
 def overlap_masks(X2: np.ndarray, TY2: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -233,11 +292,13 @@ def partial_start(
 ) -> StartResult:
     """Global start for partly overlapping sections: :func:`placements`, trimmed CPD, best agreement.
 
-    The ``n_candidates`` best placements (found on all points) are refined by
+    The ``n_candidates`` best placements (found on all points, their rotations refined in 2.5 degree
+    steps, see :func:`placements`) are refined by
     :func:`trimmed_register` (at most 5 overlap updates) on at most ``max_points`` random points per
     side, starting from a spatial variance of (4 point spacings)^2: a placement is within a grid cell
     and half a rotation step of its basin, so a wider Gaussian would only make the truncated E-step
-    visit more pairs. The refined run with the highest :func:`pair_agreement` wins. ``scores`` holds
+    visit more pairs. The refined run with the highest :func:`pair_agreement`, taken over all points,
+    wins. ``scores`` holds
     one row per refined candidate (``mirror``, ``rotation_deg``, ``correlation``, ``overlap``
     (fraction of target points paired), ``agreement``).
     """
@@ -250,7 +311,8 @@ def partial_start(
     sigma2 = 16.0 * _spacing2(Xs[:, :2])
     best = None
     scores = []
-    for corr, flip, deg, matrix in placements(X[:, :2], Y[:, :2], FX, FY, mirror=mirror)[:n_candidates]:
+    found = placements(X[:, :2], Y[:, :2], FX, FY, mirror=mirror, n_refine=n_candidates)
+    for corr, flip, deg, matrix in found[:n_candidates]:
         matrix, _, masks, _ = trimmed_register(
             Xs, Ys, matrix, kind=kind, w=w, tol=tol, sigma2=sigma2, max_rounds=_START_ROUNDS
         )
@@ -259,7 +321,7 @@ def partial_start(
             "rotation_deg": deg,
             "correlation": corr,
             "overlap": 0.0 if masks is None else float(masks[0].mean()),
-            "agreement": pair_agreement(Xs[:, :2], apply_matrix(Ys[:, :2], matrix), FX[ix], FY[iy]),
+            "agreement": pair_agreement(X[:, :2], apply_matrix(Y[:, :2], matrix), FX, FY),
         }
         scores.append(entry)
         if best is None or entry["agreement"] > best[0]["agreement"]:
