@@ -209,11 +209,6 @@ def trimmed_register(
     Y: np.ndarray,
     matrix: np.ndarray,
     *,
-    kind: Literal["rigid", "similarity", "affine"] = "rigid",
-    w: float = 0.1,
-    max_iter: int = 100,
-    tol: float = 1e-6,
-    cutoff: float = 6.0,
     max_rounds: int = _TRIM_ROUNDS,
     sigma2: float | tuple[float, float | None] | None = None,
     **cpd_kwargs,
@@ -225,7 +220,8 @@ def trimmed_register(
     overlap is taken at the current placement, where it matches itself in shape, so only the feature
     columns move a placement that is off; from a few spacings off it stays there. The first run starts
     from ``sigma2`` (default: CPD's own initial variance), each later run from the variances its
-    predecessor reached; ``cpd_kwargs`` go to :func:`~loki.tl._cpd.register_rigid`.
+    predecessor reached; ``cpd_kwargs`` (``kind``, ``w``, ``max_iter``, ``tol``, ``cutoff``, ...) go
+    to :func:`~loki.tl._cpd.register_rigid`, with its defaults.
 
     Returns
     -------
@@ -247,17 +243,7 @@ def trimmed_register(
             rounds -= 1
             break
         previous = masks
-        res = register_rigid(
-            X[masks[0]],
-            TY[masks[1]],
-            kind=kind,
-            w=w,
-            max_iter=max_iter,
-            tol=tol,
-            cutoff=cutoff,
-            sigma2=sigma2,
-            **cpd_kwargs,
-        )
+        res = register_rigid(X[masks[0]], TY[masks[1]], sigma2=sigma2, **cpd_kwargs)
         matrix = res.matrix @ matrix
         sigma2 = res.sigma2
     return matrix, res, previous, rounds
@@ -293,14 +279,13 @@ def partial_start(
     """Global start for partly overlapping sections: :func:`placements`, trimmed CPD, best agreement.
 
     The ``n_candidates`` best placements (found on all points, their rotations refined in 2.5 degree
-    steps, see :func:`placements`) are refined by
-    :func:`trimmed_register` (at most 5 overlap updates) on at most ``max_points`` random points per
-    side, starting from a spatial variance of (4 point spacings)^2: a placement is within a grid cell
-    and half a rotation step of its basin, so a wider Gaussian would only make the truncated E-step
-    visit more pairs. The refined run with the highest :func:`pair_agreement`, taken over all points,
-    wins. ``scores`` holds
-    one row per refined candidate (``mirror``, ``rotation_deg``, ``correlation``, ``overlap``
-    (fraction of target points paired), ``agreement``).
+    steps, see :func:`placements`) are refined by :func:`trimmed_register` (at most 5 overlap
+    updates) on at most ``max_points`` random points per side, starting from a spatial variance of
+    (4 point spacings)^2: a placement is within a grid cell and half a rotation step of its basin, so
+    a wider Gaussian would only make the truncated E-step visit more pairs. The refined run with the
+    highest :func:`pair_agreement`, taken over all points, wins. ``scores`` holds one row per refined
+    candidate (``mirror``, ``rotation_deg``, ``correlation``, ``overlap`` (fraction of target points
+    paired), ``agreement``).
     """
     if len(FX) != len(X) or len(FY) != len(Y):
         raise ValueError("features must have one row per point.")
