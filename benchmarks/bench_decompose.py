@@ -7,7 +7,7 @@ Mapper itself when importable. Also NNLS on the same inputs.
 
 CPU:  flock /tmp/loki_bench.lock python benchmarks/bench_decompose.py
 GPU:  python benchmarks/bench_decompose.py --device cuda --baseline-epochs 200
-      (prepared, not run here: no GPU in the session that wrote it)
+      (runs without the scverse stack, as on the GPU machines' image)
 Writes benchmarks/_out/bench_decompose.md (git-ignored).
 """
 
@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _without_scverse import import_loki_module
 
-from loki.tl._mapping import _cosine, fit_mapping, resolve_device
-from loki.tl._nnls import nnls_weights
+_mapping = import_loki_module("loki.tl._mapping")
+_cosine, fit_mapping, resolve_device = _mapping._cosine, _mapping.fit_mapping, _mapping.resolve_device
+nnls_weights = import_loki_module("loki.tl._nnls").nnls_weights
 
 
 def make_inputs(n_spots: int, n_types: int, dim: int, seed: int = 0):
@@ -87,6 +89,19 @@ def tangram_epochs(source, target, density, epochs: int, device) -> float | None
     t0 = time.perf_counter()
     mapper.train(num_epochs=epochs, learning_rate=0.1, print_each=None)
     return (time.perf_counter() - t0) / epochs
+
+
+def device_agreement(device, n_spots: int = 2000, epochs: int = 300) -> str:
+    """Largest difference between the mappings fitted on ``device`` and on the CPU from the same inputs."""
+    source, target, density, _ = make_inputs(n_spots, 30, 768, seed=1)
+    on_device = fit_mapping(source, target, source_density=density, epochs=epochs, device=device, seed=0)
+    on_cpu = fit_mapping(source, target, source_density=density, epochs=epochs, device="cpu", seed=0)
+    diff = np.abs(on_device.mapping - on_cpu.mapping).max()
+    return (
+        f"{device.type} vs CPU, {n_spots:,} spots, {epochs} epochs, same seed: max |mapping difference| "
+        f"{diff:.2e} (largest mapping entry {on_cpu.mapping.max():.3f}); final loss "
+        f"{on_device.loss[-1]:.6f} vs {on_cpu.loss[-1]:.6f}."
+    )
 
 
 def _sync(device) -> None:
@@ -163,6 +178,8 @@ def main() -> None:
     else:
         lines.append("| tangram-sc 1.0.4 Mapper | not importable in this environment | | |")
     lines.append(f"| loki NNLS (method='nnls') | {nnls_s:.1f} s | | |")
+    if device.type != "cpu":
+        lines.append(f"\n{device_agreement(device)}")
     verdict = "met" if loki_s < 30 else "NOT met"
     lines.append(f"\nTarget < 30 s for the mapping: {verdict} ({loki_s:.1f} s).")
     text = "\n".join(lines) + "\n"

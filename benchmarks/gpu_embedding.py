@@ -26,30 +26,11 @@ import argparse
 import copy
 import platform
 import subprocess
-import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
-
-
-def import_model_layer():
-    """Import ``loki.models``.
-
-    The GPU image has torch but not the scverse stack (anndata, spatialdata) that ``import loki``
-    pulls in; the model layer needs neither, so it is imported on its own there.
-    """
-    try:
-        import loki
-    except ImportError as err:
-        print(f"import loki failed ({err}); importing loki.models alone", file=sys.stderr)
-        pkg = types.ModuleType("loki")
-        pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "src" / "loki")]
-        sys.modules["loki"] = pkg
-    import loki.models
-
-    return loki.models
+from _without_scverse import import_loki_module
 
 
 def sync(device) -> None:
@@ -96,7 +77,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    models = import_model_layer()
+    models = import_loki_module("loki.models")
     from loki.models._text_forward import encode_text_causal
 
     device = torch.device(args.device)

@@ -67,7 +67,10 @@ def _cosine(a: torch.Tensor, b: torch.Tensor, dim: int, eps: float = 1e-8) -> to
 
 
 def _gram(M: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    # M @ M.T summed over column blocks: BLAS is slow on one long reduction of a skinny matrix.
+    # On CPU, M @ M.T summed over column blocks: BLAS is slow on one long reduction of a skinny
+    # matrix. On a GPU one product is fast and each block would cost a kernel launch.
+    if M.device.type != "cpu":
+        return M @ M.T
     out = M[:, :chunk] @ M[:, :chunk].T
     for start in range(chunk, M.shape[1], chunk):
         block = M[:, start : start + chunk]
@@ -245,7 +248,8 @@ def _fit(
 
     g_norm = G.norm(dim=0).clamp_min(1e-8)
     feature_cosine = _feature_cosine_fn()
-    optimiser = torch.optim.Adam([logits], lr=lr)
+    # The fused CUDA kernel is the same update in one launch instead of several per step.
+    optimiser = torch.optim.Adam([logits], lr=lr, fused=dev.type == "cuda")
     history = torch.empty(epochs, device=dev)
     for epoch in trange(epochs, disable=not progress, desc="decompose"):
         optimiser.zero_grad(set_to_none=True)
