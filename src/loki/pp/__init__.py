@@ -1,4 +1,4 @@
-"""Preprocessing: gene sentences, H&E patches, gene ids, pseudo-spots, marker tables."""
+"""Preprocessing: gene sentences, H&E patches and tiles, gene ids, pseudo-spots, marker tables."""
 
 from __future__ import annotations
 
@@ -8,3 +8,4 @@ from ._markers import read_markers
 from ._patches import crop_patches, spot_patches
 from ._pseudo_spots import pseudo_spots
 from ._sentences import gene_sentences, top_gene_indices
+from ._tiles import tile_image, tissue_mask

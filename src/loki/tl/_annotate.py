@@ -12,6 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from loki._keys import Key
+from loki._logging import logger
 from loki._utils import require_keys, write_obs, write_obsm, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata
 
@@ -188,8 +189,9 @@ def annotate(
         Bulk input: ``.obs`` column whose groups are summed into pseudo-bulk profiles.
     vocabulary
         Known gene symbols; markers not in it are dropped with a warning that lists them. Default:
-        the genes of the annotated table (``var_names``); pass the model's gene vocabulary when the
-        table holds no expression (image-only sections).
+        the genes of the annotated table (``var_names``); a table without genes (an image-only
+        section, e.g. from :func:`loki.pp.tile_image`) uses the markers as given, unless a
+        vocabulary (e.g. the genes the model was trained on) is passed.
     max_markers
         At most this many markers per class sentence.
     sentence_kwargs
@@ -241,7 +243,11 @@ def annotate(
             sentences = bulk_sentences(markers, groupby=groupby, **dict(sentence_kwargs or {}))
             source = "bulk"
         else:
-            vocab = adata.var_names if vocabulary is None else vocabulary
+            vocab = vocabulary
+            if vocab is None and adata.n_vars:
+                vocab = adata.var_names
+            elif vocab is None:
+                logger.info("the table holds no genes (an image-only section): markers are used as given")
             sentences, missing = marker_sentences(markers, vocab, max_genes=max_markers)
             source = "markers"
         classes = list(sentences)

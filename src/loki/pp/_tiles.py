@@ -1,0 +1,314 @@
+"""Tiles: cover the tissue of an H&E image with a grid of patch-sized squares.
+
+An H&E image without spatial transcriptomics (a serial section, a whole-slide image) has no spots to
+crop. :func:`tile_image` gives it a section of its own: a shapes element of square tiles over the tissue
+and a table annotating them, laid out like the readers' sections, so that :func:`loki.pp.spot_patches`,
+:func:`loki.tl.embed_image`, :func:`loki.tl.annotate`, :func:`loki.tl.decompose`,
+:func:`loki.tl.predict_expression` and :func:`loki.tl.align` (H&E-to-ST) work on it unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+
+from loki._keys import Key
+from loki._logging import logger
+from loki._utils import require_keys
+from loki._utils._spatialdata import affine_to, image_levels
+
+from ._pseudo_spots import hex_grid
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+#: Side (pixels) up to which the tissue mask is computed; a coarser pyramid level is used when there is one.
+_MASK_SIDE = 2048
+
+
+def tissue_mask(rgb: np.ndarray, *, min_saturation: float = 0.05, smooth: int = 5) -> np.ndarray:
+    """Tissue pixels of an H&E image: saturation above Otsu's threshold.
+
+    Glass and background are bright and grey, stained tissue is coloured. The saturation
+    ``(max - min) / max`` of each pixel, median-filtered over ``smooth`` pixels, is split by Otsu's
+    threshold, which is never taken below ``min_saturation``, so that an image holding only
+    background does not split its noise into "tissue".
+
+    Parameters
+    ----------
+    rgb
+        ``(y, x, 3)`` image, uint8 or floats in [0, 1].
+    min_saturation
+        Lowest threshold, in [0, 1).
+    smooth
+        Side of the median filter in pixels (1: none).
+
+    Returns
+    -------
+    Boolean ``(y, x)`` mask.
+
+    """
+    from scipy.ndimage import median_filter
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise ValueError(f"Expected an (y, x, 3) RGB image, got shape {rgb.shape}.")
+    if not 0 <= min_saturation < 1:
+        raise ValueError(f"min_saturation must be in [0, 1), got {min_saturation}.")
+    x = rgb[..., :3].astype(np.float32)
+    if np.issubdtype(rgb.dtype, np.integer):
+        x /= 255.0
+    hi, lo = x.max(axis=2), x.min(axis=2)
+    saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0.0)
+    if smooth > 1:
+        saturation = median_filter(saturation, size=int(smooth))
+    return saturation > max(otsu_threshold(saturation), min_saturation)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of values in [0, 1]: the cut that maximises the between-class variance."""
+    counts, edges = np.histogram(np.ravel(values), bins=bins, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts).astype(np.float64)
+    total = weight[-1]
+    if total == 0:
+        return 0.0
+    mass = np.cumsum(counts * centres)
+    w0, w1 = weight[:-1], total - weight[:-1]
+    valid = (w0 > 0) & (w1 > 0)
+    if not valid.any():
+        return float(centres[0])
+    mu0 = np.where(valid, mass[:-1] / np.maximum(w0, 1), 0.0)
+    mu1 = np.where(valid, (mass[-1] - mass[:-1]) / np.maximum(w1, 1), 0.0)
+    between = np.where(valid, w0 * w1 * (mu0 - mu1) ** 2, -1.0)
+    return float(edges[1:-1][np.argmax(between)])
+
+
+def box_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Fraction of ``True`` pixels of ``mask`` inside each box ``(x0, y0, x1, y1)`` (mask pixels, clipped).
+
+    A summed-area table makes every box O(1); a pixel counts when its centre lies inside the box.
+    """
+    h, w = mask.shape
+    table = np.zeros((h + 1, w + 1), dtype=np.int64)
+    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
+    x0 = np.clip(np.ceil(boxes[:, 0] - 0.5), 0, w).astype(np.int64)
+    y0 = np.clip(np.ceil(boxes[:, 1] - 0.5), 0, h).astype(np.int64)
+    x1 = np.clip(np.ceil(boxes[:, 2] - 0.5), 0, w).astype(np.int64)
+    y1 = np.clip(np.ceil(boxes[:, 3] - 0.5), 0, h).astype(np.int64)
+    inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    area = (x1 - x0) * (y1 - y0)
+    return np.where(area > 0, inside / np.maximum(area, 1), 0.0)
+
+
+def tile_centres(width: float, height: float, tile: float, spacing: float, grid: str) -> np.ndarray:
+    """Centres of tiles of side ``tile`` lying wholly inside a ``width`` x ``height`` image, ``spacing`` apart."""
+    if tile > width or tile > height:
+        return np.zeros((0, 2))
+    half = tile / 2
+    if grid == "square":
+        ys, xs = np.meshgrid(
+            np.arange(half, height - half + 1e-9, spacing),
+            np.arange(half, width - half + 1e-9, spacing),
+            indexing="ij",
+        )
+        return np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float64)
+    centres = hex_grid(half, half, width - half, height - half, spacing)
+    keep = (centres[:, 0] <= width - half + 1e-9) & (centres[:, 1] <= height - half + 1e-9)
+    return centres[keep]
+
+
+def tile_image(
+    sdata: SpatialData,
+    image_key: str,
+    *,
+    microns_per_pixel: float,
+    tile_um: float = 55.0,
+    spacing_um: float | None = None,
+    grid: Literal["square", "hex"] = "square",
+    min_tissue: float = 0.5,
+    mask: np.ndarray | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
+    key_added: str | None = None,
+) -> AnnData:
+    """Cover the tissue of an H&E image with square tiles, as a section of its own.
+
+    Tiles of ``tile_um`` are laid on a grid ``spacing_um`` apart over the image's finest level, those
+    not wholly inside the image are left out, and a tile is kept when at least ``min_tissue`` of it is
+    tissue (:func:`tissue_mask` on a level of at most 2,048 pixels a side, or ``mask``). The paper cuts
+    whole-slide images into patches of the Visium spot's size (55 µm) in the same way.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData holding the image.
+    image_key
+        The H&E image in ``sdata.images``.
+    microns_per_pixel
+        Micrometres per pixel of the image's finest level (a scanner's "mpp"; 0.25 at 40x, 0.5 at 20x).
+    tile_um
+        Side of a tile in µm (55: a Visium spot; ``loki-tiny`` was trained on 200 µm squares).
+    spacing_um
+        Centre-to-centre distance; default ``tile_um`` (tiles touch, no overlap).
+    grid
+        ``"square"`` or ``"hex"`` (rows ``spacing * sqrt(3) / 2`` apart, odd rows shifted by half).
+    min_tissue
+        Least tissue fraction of a kept tile, in [0, 1]; 0 keeps every tile.
+    mask
+        Boolean ``(y, x)`` tissue mask of the image at any resolution (scaled to the image), instead of
+        :func:`tissue_mask`.
+    coordinate_system
+        Coordinate system of the image in which the tiles are laid out, as the readers lay out spots.
+    key_added
+        Name of the new table; default ``"{image_key}_tiles"``. The shapes element is
+        ``"{key_added}_shapes"`` (SpatialData names are unique across element types).
+
+    Returns
+    -------
+    The new table, also stored as ``sdata.tables[key_added]``. Writes:
+
+    - ``sdata.shapes[f"{key_added}_shapes"]``: one square per tile, in ``coordinate_system``
+      (``Identity``), as the readers write spots;
+    - ``sdata.tables[key_added]``: one row per tile, no genes; ``.obsm['spatial']`` the tile centres in
+      ``coordinate_system``,
+      ``.obs['loki_tissue_fraction']``, ``.obs['tile_row']`` / ``['tile_col']`` (grid position), and
+      ``.uns['loki']`` with ``image_key``, ``microns_per_unit`` (µm per unit of ``coordinate_system``),
+      ``spot_diameter_um`` (the tile side, read
+      by :func:`loki.pp.spot_patches`) and the tiling parameters.
+
+    Raises
+    ------
+    KeyError
+        Unknown image or coordinate system, or ``key_added`` (or its shapes name) already names an element.
+    ValueError
+        Bad sizes or fractions, a mask of another aspect ratio, or no tile kept (with the tissue
+        fraction of the image, to help choose ``min_tissue``).
+
+    """
+    from anndata import AnnData
+    from scipy import sparse
+    from shapely.geometry import Polygon
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    require_keys(sdata.images, image_key, "sdata.images")
+    for name, value in (("microns_per_pixel", microns_per_pixel), ("tile_um", tile_um)):
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    spacing_um = tile_um if spacing_um is None else spacing_um
+    if not (np.isfinite(spacing_um) and spacing_um > 0):
+        raise ValueError(f"spacing_um must be a positive number, got {spacing_um!r}.")
+    if grid not in ("square", "hex"):
+        raise ValueError(f"grid must be 'square' or 'hex', got {grid!r}.")
+    if not 0 <= min_tissue <= 1:
+        raise ValueError(f"min_tissue must be in [0, 1], got {min_tissue}.")
+    key_added = f"{image_key}_tiles" if key_added is None else key_added
+    shapes_key = f"{key_added}_shapes"
+    taken = {name.lower() for _, name, _ in sdata.gen_elements()}
+    for name in (key_added, shapes_key):
+        if name.lower() in taken:
+            raise KeyError(f"sdata already holds an element named {name!r}; pass another key_added=.")
+
+    element = sdata.images[image_key]
+    to_cs = affine_to(element, coordinate_system, f"sdata.images[{image_key!r}]")
+    levels = image_levels(element)
+    height, width = (int(n) for n in levels[0].shape[1:])
+    tile_px = tile_um / microns_per_pixel
+    centres = tile_centres(width, height, tile_px, spacing_um / microns_per_pixel, grid)
+    if mask is None:
+        level = next((lv for lv in levels if max(lv.shape[1:]) <= _MASK_SIDE), levels[-1])
+        mask = tissue_mask(np.moveaxis(np.asarray(level), 0, -1))
+    mask = _check_mask(mask, height, width)
+    scale = np.array([mask.shape[1] / width, mask.shape[0] / height] * 2)
+    half = tile_px / 2
+    boxes = np.hstack([centres - half, centres + half])
+    fraction = box_fractions(mask, boxes * scale)
+    keep = fraction >= min_tissue
+    if not keep.any():
+        raise ValueError(
+            f"No tile of image {image_key!r} holds at least {min_tissue:.0%} tissue ({len(centres)} tiles of "
+            f"{tile_px:.1f} px fit in its {width}x{height} pixels; {mask.mean():.1%} of the image is tissue). "
+            "Lower min_tissue, pass mask=, or check microns_per_pixel and tile_um."
+        )
+    centres, fraction, boxes = centres[keep], fraction[keep], boxes[keep]
+    spacing_px = spacing_um / microns_per_pixel
+    rows = np.rint((centres[:, 1] - half) / (spacing_px * (np.sqrt(3) / 2 if grid == "hex" else 1.0)))
+    cols = np.floor((centres[:, 0] - half) / spacing_px + 1e-6)
+    ids = pd.Index([f"tile_{i}" for i in range(len(centres))], name="tile_id")
+
+    corners = [boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [2, 3]], boxes[:, [0, 3]]]
+    corners = np.stack([_apply(to_cs, c) for c in corners], axis=1)
+    shapes = ShapesModel.parse(
+        _geo_frame([Polygon(c) for c in corners], ids), transformations={coordinate_system: Identity()}
+    )
+    centres = _apply(to_cs, centres)
+    units_per_pixel = float(np.sqrt(abs(np.linalg.det(to_cs[:2, :2]))))
+    obs = pd.DataFrame(
+        {
+            "tile_id": ids.to_numpy(),
+            "tile_row": rows.astype(np.int64),
+            "tile_col": cols.astype(np.int64),
+            "region": pd.Categorical([shapes_key] * len(ids)),
+            "loki_tissue_fraction": fraction.astype(np.float32),
+        },
+        index=ids.to_numpy(),
+    )
+    adata = AnnData(X=sparse.csr_matrix((len(ids), 0), dtype=np.float32), obs=obs)
+    adata.obsm[Key.SPATIAL] = centres
+    adata.uns[Key.UNS] = {
+        "image_key": image_key,
+        "microns_per_unit": float(microns_per_pixel) / units_per_pixel,
+        "spot_diameter_um": float(tile_um),
+        "tiles": {
+            "tile_um": float(tile_um),
+            "spacing_um": float(spacing_um),
+            "grid": grid,
+            "min_tissue": float(min_tissue),
+            "n_candidates": len(keep),
+            "microns_per_pixel": float(microns_per_pixel),
+        },
+    }
+    table = TableModel.parse(adata, region=shapes_key, region_key="region", instance_key="tile_id")
+    sdata.shapes[shapes_key] = shapes
+    try:
+        sdata.tables[key_added] = table
+    except Exception:
+        del sdata.shapes[shapes_key]
+        raise
+    logger.info(
+        "added %d tiles of %.0f µm (%.1f px) over image %r as sdata.shapes[%r] and sdata.tables[%r]",
+        len(ids),
+        tile_um,
+        tile_px,
+        image_key,
+        shapes_key,
+        key_added,
+    )
+    return table
+
+
+def _check_mask(mask, height: int, width: int) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be a 2-d boolean array, got shape {mask.shape}.")
+    if mask.dtype != bool:
+        raise ValueError(f"mask must be boolean, got dtype {mask.dtype}.")
+    ratio_mask, ratio_image = mask.shape[1] / mask.shape[0], width / height
+    if abs(ratio_mask / ratio_image - 1) > 0.02:
+        raise ValueError(
+            f"mask of shape {mask.shape} does not have the image's aspect ratio ({height} x {width} pixels)."
+        )
+    return mask
+
+
+def _apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    return xy @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def _geo_frame(polygons, index: pd.Index):
+    import geopandas as gpd
+
+    return gpd.GeoDataFrame(geometry=polygons, index=index)

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import loki as lk
+from loki import Key
+from loki.pp._tiles import box_fractions, otsu_threshold, tile_centres
+
+H, W = 600, 800
+
+
+def _image(rgb: np.ndarray, scale: float = 2.0):
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    img = Image2DModel.parse(
+        rgb.transpose(2, 0, 1),
+        dims=("c", "y", "x"),
+        scale_factors=[2],
+        transformations={"global": Scale([scale, scale], axes=("x", "y"))},
+        chunks=256,
+    )
+    return sd.SpatialData(images={"he": img})
+
+
+def _slide() -> np.ndarray:
+    """White glass with a pink-purple rectangle of 'tissue' over x 200-520, y 100-420."""
+    rgb = np.full((H, W, 3), 242, dtype=np.uint8)
+    rgb[100:420, 200:520] = (200, 90, 170)
+    return rgb
+
+
+def _pattern() -> np.ndarray:
+    yy, xx = np.mgrid[0:H, 0:W]
+    return np.stack([(xx // 4) % 256, (yy // 4) % 256, np.full_like(xx, 7)], -1).astype(np.uint8)
+
+
+def test_otsu_threshold_splits_two_modes():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.05, 0.01, 5000), rng.normal(0.45, 0.05, 2000)]).clip(0, 1)
+    assert 0.08 < otsu_threshold(values) < 0.35
+
+
+def test_tissue_mask_finds_the_stained_region_and_not_glass():
+    rgb = _slide()
+    noise = np.random.default_rng(0).integers(-6, 7, rgb.shape)
+    mask = lk.pp.tissue_mask(np.clip(rgb + noise, 0, 255).astype(np.uint8))
+    truth = np.zeros((H, W), bool)
+    truth[100:420, 200:520] = True
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.98
+    glass = np.full((H, W, 3), 240, np.uint8) + np.random.default_rng(1).integers(0, 8, (H, W, 3)).astype(
+        np.uint8
+    )
+    assert not lk.pp.tissue_mask(glass).any()  # Otsu would split the noise; the floor stops it
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mask=arrays(bool, st.tuples(st.integers(1, 12), st.integers(1, 12))),
+    box=st.tuples(*[st.floats(-3, 15, allow_nan=False)] * 4),
+)
+def test_box_fractions_equal_the_mean_over_pixel_centres_inside(mask, box):
+    x0, x1 = sorted(box[0::2])
+    y0, y1 = sorted(box[1::2])
+    yy, xx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]] + 0.5
+    inside = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
+    expected = mask[inside].mean() if inside.any() else 0.0
+    got = box_fractions(mask, np.array([[x0, y0, x1, y1]]))[0]
+    assert got == pytest.approx(expected)
+
+
+def test_tile_centres_square_and_hex_stay_inside():
+    sq = tile_centres(100, 50, 10, 10, "square")
+    assert len(sq) == 10 * 5
+    assert sq[:, 0].min() == 5
+    assert sq[:, 0].max() == 95
+    assert sq[:, 1].max() == 45
+    hx = tile_centres(100, 50, 10, 10, "hex")
+    assert (hx[:, 0] >= 5).all()
+    assert (hx[:, 0] <= 95).all()
+    assert (hx[:, 1] <= 45).all()
+    assert np.allclose(np.unique(hx[:, 1])[:2], [5, 5 + 10 * np.sqrt(3) / 2])
+    assert len(tile_centres(5, 50, 10, 10, "square")) == 0
+
+
+def test_tile_image_covers_the_tissue_only():
+    sdata = _image(_slide())
+    table = lk.pp.tile_image(sdata, "he", microns_per_pixel=0.5, tile_um=20.0)  # 40 px tiles
+    assert table is sdata.tables["he_tiles"]
+    xy = table.obsm[Key.SPATIAL] / 2  # the image has Scale 2 into "global"
+    # 40 px tiles from x = 20: the tissue x 200-520 holds tiles centred at 220 .. 500 (8 columns),
+    # y 100-420 those centred at 100 .. 420: the first and last rows are half tissue, and min_tissue=0.5
+    # keeps a tile holding exactly half
+    assert np.unique(xy[:, 0]).tolist() == list(range(220, 501, 40))
+    assert np.unique(xy[:, 1]).tolist() == list(range(100, 421, 40))
+    rim = np.isin(xy[:, 1], [100, 420])
+    assert np.allclose(table.obs["loki_tissue_fraction"][rim], 0.5)
+    assert np.allclose(table.obs["loki_tissue_fraction"][~rim], 1.0)
+    assert table.uns[Key.UNS]["microns_per_unit"] == pytest.approx(0.25)
+    assert (table.obs["loki_tissue_fraction"] >= 0.5).all()
+    assert table.n_vars == 0
+    assert table.uns[Key.UNS]["image_key"] == "he"
+    attrs = {"region": "he_tiles_shapes", "region_key": "region", "instance_key": "tile_id"}
+    assert table.uns["spatialdata_attrs"] == attrs
+    from spatialdata.transformations import get_transformation
+
+    assert get_transformation(sdata.shapes["he_tiles_shapes"], get_all=True).keys() == {"global"}
+    bounds = sdata.shapes["he_tiles_shapes"].geometry.bounds.to_numpy() / 2
+    assert np.allclose(bounds[:, 2] - bounds[:, 0], 40)
+    assert np.allclose((bounds[:, 0] + bounds[:, 2]) / 2, xy[:, 0])
+
+
+def test_tiles_feed_spot_patches_at_their_centres():
+    sdata = _image(_pattern())
+    lk.pp.tile_image(
+        sdata,
+        "he",
+        microns_per_pixel=1.0,
+        tile_um=32.0,
+        spacing_um=64.0,
+        mask=np.ones((H // 2, W // 2), bool),
+    )
+    table = sdata.tables["he_tiles"]
+    assert table.n_obs == ((W - 32) // 64 + 1) * ((H - 32) // 64 + 1)
+    patches = np.asarray(lk.pp.spot_patches(sdata, table_key="he_tiles", size=32))
+    assert table.obs[Key.PATCH_OK].all()
+    centre = patches[:, 16, 16, :2].astype(float) * 4  # channels hold x // 4 and y // 4
+    assert np.abs(centre - table.obsm[Key.SPATIAL] / 2).max() <= 4
+
+
+def test_tile_image_hex_grid_and_min_tissue_zero_keep_every_tile():
+    sdata = _image(_slide())
+    table = lk.pp.tile_image(sdata, "he", microns_per_pixel=0.5, tile_um=20.0, grid="hex", min_tissue=0.0)
+    assert table.n_obs == len(tile_centres(W, H, 40, 40, "hex"))
+    last_row = (table.obsm[Key.SPATIAL][:, 1].max() / 2 - 20) / (40 * np.sqrt(3) / 2)
+    assert table.obs["tile_row"].max() == np.rint(last_row)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"image_key": "nope"}, KeyError, "'he'"),
+        ({"microns_per_pixel": 0.0}, ValueError, "microns_per_pixel"),
+        ({"tile_um": -1.0}, ValueError, "tile_um"),
+        ({"spacing_um": np.nan}, ValueError, "spacing_um"),
+        ({"grid": "hexagonal"}, ValueError, "grid"),
+        ({"min_tissue": 1.5}, ValueError, "min_tissue"),
+        ({"mask": np.ones((10, 50), bool)}, ValueError, "aspect ratio"),
+        ({"mask": np.ones((60, 80), int)}, ValueError, "boolean"),
+        ({"mask": np.zeros((60, 80), bool)}, ValueError, "No tile"),
+        ({"key_added": "taken"}, KeyError, "already holds"),
+        ({"coordinate_system": "aligned"}, KeyError, "global"),
+        ({"key_added": "he"}, KeyError, "already holds"),
+        ({"key_added": "bad name!"}, (KeyError, ValueError), "(?i)name"),
+    ],
+)
+def test_tile_image_bad_input_writes_nothing(kwargs, error, match):
+    sdata = _image(_slide())
+    lk.pp.tile_image(sdata, "he", microns_per_pixel=0.5, tile_um=20.0, key_added="taken")
+    before = (set(sdata.shapes), set(sdata.tables))
+    args = {"image_key": "he", "microns_per_pixel": 0.5, "tile_um": 20.0, **kwargs}
+    with pytest.raises(error, match=match):
+        lk.pp.tile_image(sdata, **args)
+    assert (set(sdata.shapes), set(sdata.tables)) == before
+
+
+def test_tiles_of_a_real_h_and_e_cover_its_spots():
+    sdata = lk.datasets.mob("MOB4")
+    spots = sdata.tables["MOB4"]
+    mpu = spots.uns[Key.UNS]["microns_per_unit"]
+    table = lk.pp.tile_image(sdata, "MOB4_image", microns_per_pixel=mpu, tile_um=200.0, spacing_um=100.0)
+    half = 100.0 / mpu
+    tiles = table.obsm[Key.SPATIAL]
+    d = np.abs(spots.obsm[Key.SPATIAL][:, None, :] - tiles[None, :, :]).max(axis=2).min(axis=1)
+    image = np.moveaxis(np.asarray(sdata.images["MOB4_image"]["scale0"]["image"]), 0, -1)
+    xy = np.rint(spots.obsm[Key.SPATIAL]).astype(int)
+    on_tissue = lk.pp.tissue_mask(image)[xy[:, 1], xy[:, 0]]
+    assert on_tissue.mean() > 0.75  # the rest are selected spots on pale rims and tears
+    covered = d[on_tissue] <= half
+    # tiles need half their area on tissue, so spots on the tissue's rim may fall just outside them
+    assert covered.mean() > 0.95, f"only {covered.mean():.1%} of MOB4's spots on tissue lie in a tile"
+    assert (d[on_tissue] <= 3 * half).all(), "a spot on tissue lies more than a tile from every tile"
+    # and the tiles do not spread over the glass: their convex hull is not much larger than the spots'
+    from scipy.spatial import ConvexHull
+
+    assert ConvexHull(tiles).volume < 1.5 * ConvexHull(spots.obsm[Key.SPATIAL]).volume
+
+
+def _colour_features(sdata, table_key: str) -> np.ndarray:
+    """Mean and spread of each channel of every tile's crop: a model-free image embedding."""
+    crops = np.asarray(lk.pp.spot_patches(sdata, table_key=table_key, size=32)).astype(np.float32) / 255
+    return np.hstack([crops.mean(axis=(1, 2)), crops.std(axis=(1, 2))])
+
+
+def test_tiles_of_a_real_h_and_e_align_image_to_image():
+    sdata = lk.datasets.mob("MOB1")
+    mpu = sdata.tables["MOB1"].uns[Key.UNS]["microns_per_unit"]
+    tiles = lk.pp.tile_image(sdata, "MOB1_image", microns_per_pixel=mpu, tile_um=200.0, spacing_um=100.0)
+    tiles.obsm["colour"] = _colour_features(sdata, "MOB1_image_tiles")
+    moved, truth = lk.datasets.transform_section(
+        tiles, rotation_deg=120.0, mirror=True, translation=(300.0, -80.0), drop_fraction=0.1, seed=3
+    )
+    lk.tl.align(moved, target=tiles, use="colour", method="rigid")
+    err = lk.metrics.alignment_error(moved.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing)
+    assert err < 0.15, err
+    assert moved.uns[Key.UNS][Key.ALIGNED]["mirror"]
+
+
+def test_image_only_section_is_embedded_and_annotated():
+    sdata = lk.datasets.mob("MOB4")
+    mpu = sdata.tables["MOB4"].uns[Key.UNS]["microns_per_unit"]
+    lk.pp.tile_image(sdata, "MOB4_image", microns_per_pixel=mpu, tile_um=200.0, key_added="he")
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)  # untrained: this checks the plumbing only
+    lk.tl.embed_image(sdata, model, table_key="he")
+    table = sdata.tables["he"]
+    assert table.obsm[Key.IMAGE].shape == (table.n_obs, model.embed_dim)
+    assert table.obs[Key.PATCH_OK].all()
+    # the table has no genes: markers are taken as given instead of failing against an empty vocabulary
+    lk.tl.annotate(sdata, {"a": ["Penk", "Nrgn"], "b": ["S100a5", "Gng13"]}, model=model, table_key="he")
+    assert set(table.obs[Key.LABEL].unique()) <= {"a", "b"}
