@@ -275,3 +275,51 @@ def test_moving_auto_rule():
     assert _moving("auto", 100, 113) == "target"  # the source holds under 89% of the target's spots
     assert _moving("auto", 113, 100) == "source"  # a larger source moves anyway
     assert _moving("target", 113, 100) == "target"
+
+
+def _in_other_units(section, factor: float, mpu: float):
+    """The section with coordinates multiplied by ``factor`` and labelled ``mpu`` µm per unit."""
+    out = section.copy()
+    out.obsm[Key.SPATIAL] = section.obsm[Key.SPATIAL] * factor
+    out.uns[Key.UNS] = {"microns_per_unit": mpu}
+    return out
+
+
+@pytest.mark.parametrize("physical_units", [True, False])
+def test_sections_in_different_units(tissue, physical_units):
+    # the source was imaged at twice the target's resolution: its coordinates are twice as large
+    target = _in_other_units(tissue, 1.0, 1.0)
+    moved, truth = _moved(tissue, rotation_deg=40.0, translation=(5.0, 3.0))
+    source = _in_other_units(moved, 2.0, 0.5)
+    lk.tl.align(source, target=target, use="X_expr", method="rigid", physical_units=physical_units)
+    info = source.uns[Key.UNS][Key.ALIGNED]
+    err = lk.metrics.alignment_error(source.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing)
+    if physical_units:
+        assert err < 0.15, err
+        assert info["unit_scale"] == pytest.approx(0.5)
+        assert info["microns_per_unit"] == pytest.approx(1.0)
+        # the matrix takes the source's own coordinates to the target's
+        mapped = source.obsm[Key.SPATIAL] @ info["matrix"][:2, :2].T + info["matrix"][:2, 2]
+        assert lk.metrics.alignment_error(mapped, truth.coords, truth.spot_spacing) < 0.15
+        assert abs(np.linalg.det(info["matrix"][:2, :2])) == pytest.approx(0.25, rel=1e-3)
+    else:  # a rigid fit cannot absorb the factor 2
+        assert err > 1.0, err
+        assert info["unit_scale"] == 1.0
+
+
+def test_units_of_chained_sections(tissue):
+    # sequential stacks align onto a neighbour's aligned coordinates, which are in the target's units
+    target = _in_other_units(tissue, 1.0, 1.0)
+    stack = [target]
+    for angle, factor in [(20.0, 2.0), (40.0, 0.5)]:
+        moved, _ = _moved(tissue, rotation_deg=angle, drop_fraction=0.05)
+        stack.append(_in_other_units(moved, factor, 1.0 / factor))
+    lk.tl.align_sections(stack, target=0, use="X_expr", method="rigid", sequential=True, progress=False)
+    first, second = (s.uns[Key.UNS][Key.ALIGNED] for s in stack[1:])
+    assert first["unit_scale"] == pytest.approx(0.5)
+    assert first["microns_per_unit"] == pytest.approx(1.0)
+    assert second["reference"] == "section1"
+    assert second["unit_scale"] == pytest.approx(2.0)  # the neighbour's aligned units, not its own 0.5
+    for sec, factor in zip(stack[1:], (2.0, 0.5), strict=True):
+        det = abs(np.linalg.det(sec.uns[Key.UNS][Key.ALIGNED]["matrix"][:2, :2]))
+        assert det == pytest.approx(1 / factor**2, rel=1e-3)

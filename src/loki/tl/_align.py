@@ -122,6 +122,21 @@ def _coords(section: _Section, key: str, role: str) -> np.ndarray:
     return xy
 
 
+def _microns_per_unit(table, key: str, spatial_key: str) -> float | None:
+    """µm per unit of ``.obsm[key]``, or None when unknown.
+
+    The table's own scale for its spot coordinates; for coordinates an earlier alignment wrote, the scale
+    recorded with them.
+    """
+    meta = table.uns.get(Key.UNS, {})
+    value = meta.get("microns_per_unit") if key == spatial_key else meta.get(key, {}).get("microns_per_unit")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
+
+
 def _section_elements(section: _Section, image_key: str | None) -> list[str]:
     """Names of the SpatialData elements of a section: its spots and (when found) its image."""
     sdata = section.data
@@ -286,6 +301,7 @@ def align(
     preserve_scale: bool = False,
     moving: Literal["auto", "source", "target"] = "auto",
     partial: bool = False,
+    physical_units: bool = True,
     spatial_key: str = Key.SPATIAL,
     target_spatial_key: str | None = None,
     key_added: str = Key.ALIGNED,
@@ -382,6 +398,12 @@ def align(
         (Stahl breast cancer layers of equal extent: by 5-12%). Off by default: on the real serial
         pairs of ``benchmarks/bench_align_real.py`` it does not raise the expression agreement at
         aligned locations on every pair.
+    physical_units
+        When both tables give ``.uns['loki']['microns_per_unit']`` (the readers and
+        :func:`loki.pp.tile_image` write it), bring the source's coordinates into the target's units
+        before registering, so sections imaged at different resolutions align with a rigid fit. The
+        factor is folded into ``matrix``. An earlier alignment's coordinates (``target_spatial_key``)
+        carry the units recorded with them.
     spatial_key
         Source coordinates in ``.obsm`` (units of ``input_coordinate_system``).
     target_spatial_key
@@ -415,7 +437,8 @@ def align(
       so the table shows how clear the mirror decision was; with ``partial``, one row per refined
       placement: ``correlation``, ``overlap`` (fraction of target spots paired) and ``agreement``),
       ``approximate``, ``moving`` (the section that moved in CPD), ``scale_removed`` (with
-      ``preserve_scale``) and the parameters;
+      ``preserve_scale``), ``unit_scale`` (source units -> target units applied before registering),
+      ``microns_per_unit`` (of the aligned coordinates, when known) and the parameters;
 
     and for SpatialData input:
 
@@ -482,6 +505,10 @@ def align(
             tgt_elements = _section_elements(tgt, None)
             _check_cs(tgt, tgt_elements, input_coordinate_system, "target")
 
+    mpu_src = _microns_per_unit(src.table, spatial_key, spatial_key)
+    mpu_tgt = _microns_per_unit(tgt.table, target_spatial_key or spatial_key, spatial_key)
+    unit = mpu_src / mpu_tgt if (physical_units and mpu_src and mpu_tgt) else 1.0
+    xy_src = xy_src * unit
     c_tgt = xy_tgt.mean(axis=0)
     c_src = xy_src.mean(axis=0)
     scale = float(np.ptp(xy_tgt, axis=0).max()) or 1.0
@@ -512,8 +539,9 @@ def align(
     if reverse:
         res = reverse_result(res, X, Y, deformable=method == "deformable")
     coords = res.coords * scale + c_tgt
-    matrix = _original_matrix(res.matrix, c_src, c_tgt, scale)
-    pre_matrix = _original_matrix(res.pre_matrix, c_src, c_tgt, scale)
+    to_target_units = np.diag([unit, unit, 1.0])
+    matrix = _original_matrix(res.matrix, c_src, c_tgt, scale) @ to_target_units
+    pre_matrix = _original_matrix(res.pre_matrix, c_src, c_tgt, scale) @ to_target_units
     info = {
         "method": method,
         "target": tgt.name,
@@ -529,6 +557,8 @@ def align(
         "approximate": bool(res.approximate),
         "moving": res.moving,
         "scale_removed": None if res.scale_removed is None else float(res.scale_removed),
+        "unit_scale": float(unit),
+        "microns_per_unit": mpu_tgt,
         "stages": [str(s) for s in res.stages],
         "starts": _start_table(res.start_scores),
         "explained_variance_ratio": ratio,
@@ -550,6 +580,7 @@ def align(
             "preserve_scale": bool(preserve_scale),
             "moving": moving,
             "partial": bool(partial),
+            "physical_units": bool(physical_units),
             "scale": scale,
         },
     }
@@ -684,8 +715,10 @@ def align_sections(
         table.uns[Key.UNS][key_added]["reference"] = ref
         results[name] = table.uns[Key.UNS][key_added]
     write_obsm(tgt_table, key_added, np.asarray(tgt_table.obsm[spatial_key], dtype=np.float64)[:, :2].copy())
-    write_uns(
-        tgt_table, key_added, {"method": "target", "target": target, "matrix": np.eye(3), "z": int(t_idx)}
-    )
+    entry = {"method": "target", "target": target, "matrix": np.eye(3), "z": int(t_idx)}
+    mpu = _microns_per_unit(tgt_table, spatial_key, spatial_key)
+    if mpu is not None:
+        entry["microns_per_unit"] = mpu
+    write_uns(tgt_table, key_added, entry)
     results[target] = tgt_table.uns[Key.UNS][key_added]
     return results
