@@ -211,7 +211,7 @@ def test_tiles_of_a_real_h_and_e_align_image_to_image():
     assert moved.uns[Key.UNS][Key.ALIGNED]["mirror"]
 
 
-def test_image_only_section_is_embedded_and_annotated():
+def test_image_only_section_runs_every_tool():
     sdata = lk.datasets.mob("MOB4")
     mpu = sdata.tables["MOB4"].uns[Key.UNS]["microns_per_unit"]
     lk.pp.tile_image(sdata, "MOB4_image", microns_per_pixel=mpu, tile_um=200.0, key_added="he")
@@ -223,3 +223,18 @@ def test_image_only_section_is_embedded_and_annotated():
     # the table has no genes: markers are taken as given instead of failing against an empty vocabulary
     lk.tl.annotate(sdata, {"a": ["Penk", "Nrgn"], "b": ["S100a5", "Gng13"]}, model=model, table_key="he")
     assert set(table.obs[Key.LABEL].unique()) <= {"a", "b"}
+    reference = sdata.tables["MOB4"].copy()
+    lk.pp.gene_sentences(reference)
+    lk.tl.embed_text(reference, model)
+    predicted = lk.tl.predict_expression(table, reference, top_k=10)
+    assert predicted.shape == (table.n_obs, reference.n_vars)
+    reference.obs["cell_type"] = np.where(np.arange(reference.n_obs) % 2, "odd", "even")
+    lk.tl.decompose(
+        sdata,
+        table_key="he",
+        reference=reference,
+        cell_type_key="cell_type",
+        use=Key.IMAGE,
+        reference_use=Key.TEXT,
+    )
+    assert np.allclose(table.obsm[Key.PROPORTIONS].sum(axis=1), 1.0)
