@@ -238,3 +238,23 @@ def test_image_only_section_runs_every_tool():
         reference_use=Key.TEXT,
     )
     assert np.allclose(table.obsm[Key.PROPORTIONS].sum(axis=1), 1.0)
+
+
+def test_single_scale_image_larger_than_the_mask_level():
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+
+    from loki._utils._spatialdata import lowres_image
+
+    h, w = 2600, 4200
+    rgb = np.full((h, w, 3), 240, dtype=np.uint8)
+    rgb[1000:2000, 1200:3200] = (190, 80, 160)
+    image = Image2DModel.parse(rgb.transpose(2, 0, 1), dims=("c", "y", "x"), chunks=1024)  # one level
+    sdata = sd.SpatialData(images={"wsi": image})
+    small, matrix = lowres_image(image, 2048)
+    assert max(small.shape[:2]) <= 2048
+    assert np.diag(matrix)[:2] == pytest.approx(3.0, rel=2e-3)  # read with a stride of 3
+    table = lk.pp.tile_image(sdata, "wsi", microns_per_pixel=0.5, tile_um=100.0)  # 200 px tiles
+    xy = table.obsm[Key.SPATIAL]
+    assert np.unique(xy[:, 0]).tolist() == list(range(1300, 3101, 200))
+    assert np.unique(xy[:, 1]).tolist() == list(range(1100, 1901, 200))

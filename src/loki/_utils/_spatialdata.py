@@ -7,6 +7,7 @@ the same coordinate system. Functions that only need a table accept an AnnData t
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -124,11 +125,16 @@ def affine_to(element, coordinate_system: str, what: str) -> np.ndarray:
 def lowres_image(element, max_side: int = 2000, coordinate_system: str = Key.GLOBAL_CS):
     """Return an image level small enough to draw, as (y, x, c), and its pixel -> CS affine.
 
-    The finest level with at most ``max_side`` pixels a side is chosen (the coarsest when none is that
-    small); the 3x3 matrix maps its pixels into ``coordinate_system``.
+    The finest level with at most ``max_side`` pixels a side is chosen. When none is that small (a
+    single-scale whole-slide image), the coarsest level is read with a stride, so that only the
+    returned pixels are held in memory. The 3x3 matrix maps the returned pixels into
+    ``coordinate_system``.
     """
     levels = image_levels(element)
     level = next((lv for lv in levels if max(lv.shape[1:]) <= max_side), levels[-1])
-    scale = np.diag([levels[0].shape[2] / level.shape[2], levels[0].shape[1] / level.shape[1], 1.0])
+    step = max(1, math.ceil(max(level.shape[1:]) / max_side))
+    data = getattr(level, "data", level)
+    pixels = np.asarray(data[:, ::step, ::step])
+    scale = np.diag([levels[0].shape[2] / pixels.shape[2], levels[0].shape[1] / pixels.shape[1], 1.0])
     matrix = affine_to(element, coordinate_system, "the image") @ scale
-    return np.moveaxis(np.asarray(level), 0, -1), matrix
+    return np.moveaxis(pixels, 0, -1), matrix

@@ -17,7 +17,7 @@ import pandas as pd
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import require_keys
-from loki._utils._spatialdata import affine_to, image_levels
+from loki._utils._spatialdata import affine_to, image_levels, lowres_image
 
 from ._pseudo_spots import hex_grid
 
@@ -138,7 +138,8 @@ def tile_image(
 
     Tiles of ``tile_um`` are laid on a grid ``spacing_um`` apart over the image's finest level, those
     not wholly inside the image are left out, and a tile is kept when at least ``min_tissue`` of it is
-    tissue (:func:`tissue_mask` on a level of at most 2,048 pixels a side, or ``mask``). The paper cuts
+    tissue (:func:`tissue_mask` on a level of at most 2,048 pixels a side, read with a stride when
+    the image has no such level, or ``mask``). The paper cuts
     whole-slide images into patches of the Visium spot's size (55 µm) in the same way.
 
     Parameters
@@ -219,8 +220,7 @@ def tile_image(
     tile_px = tile_um / microns_per_pixel
     centres = tile_centres(width, height, tile_px, spacing_um / microns_per_pixel, grid)
     if mask is None:
-        level = next((lv for lv in levels if max(lv.shape[1:]) <= _MASK_SIDE), levels[-1])
-        mask = tissue_mask(np.moveaxis(np.asarray(level), 0, -1))
+        mask = tissue_mask(lowres_image(element, _MASK_SIDE, coordinate_system)[0])
     mask = _check_mask(mask, height, width)
     scale = np.array([mask.shape[1] / width, mask.shape[0] / height] * 2)
     half = tile_px / 2
