@@ -1,4 +1,4 @@
-"""Command-line entry point: ``loki demo`` and batch commands."""
+"""Command-line entry point: ``loki demo`` and the batch commands ``loki tile`` and ``loki embed``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,27 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--device", default="auto")
     embed.add_argument("--batch-size", type=int, default=256)
     embed.add_argument("--no-image", action="store_true", help="embed transcriptomes only")
+
+    tile = sub.add_parser(
+        "tile",
+        help="cover the tissue of an H&E image with tiles, as a section of its own",
+        description=(
+            "Read a SpatialData zarr store, cover the tissue of IMAGE with square tiles (lk.pp.tile_image) "
+            "and write the tiles' shapes and table into the store; `loki embed --table` then embeds them."
+        ),
+    )
+    tile.add_argument("zarr", type=Path, help="SpatialData .zarr store (modified in place)")
+    tile.add_argument("--image", required=True, help="key of the H&E image in sdata.images")
+    tile.add_argument(
+        "--mpp", type=float, required=True, help="micrometres per pixel of the image's finest level"
+    )
+    tile.add_argument("--tile-um", type=float, default=55.0, help="tile side in µm (default: a Visium spot)")
+    tile.add_argument(
+        "--spacing-um", type=float, default=None, help="centre-to-centre distance (default: tile side)"
+    )
+    tile.add_argument("--grid", choices=["square", "hex"], default="square")
+    tile.add_argument("--min-tissue", type=float, default=0.5, help="least tissue fraction of a kept tile")
+    tile.add_argument("--key-added", default=None, help="table key (default IMAGE_tiles)")
     return parser
 
 
@@ -50,12 +71,57 @@ def _embed(args: argparse.Namespace) -> None:
     import loki as lk
 
     sdata = sd.read_zarr(args.zarr)
+    if args.table not in sdata.tables:
+        raise SystemExit(
+            f"loki embed: no table {args.table!r} in {args.zarr}; tables: {', '.join(sdata.tables) or 'none'}"
+        )
     model = lk.models.load(args.model, device=args.device, trust_checkpoint=args.trust_checkpoint)
-    lk.pp.gene_sentences(sdata, table_key=args.table)
-    lk.tl.embed_text(sdata, model, table_key=args.table, batch_size=args.batch_size)
+    if sdata.tables[args.table].n_vars:
+        lk.pp.gene_sentences(sdata, table_key=args.table)
+        lk.tl.embed_text(sdata, model, table_key=args.table, batch_size=args.batch_size)
+    else:
+        print(f"table {args.table!r} holds no genes (an image-only section): embedding its image only")
     if not args.no_image:
         lk.tl.embed_image(sdata, model, table_key=args.table, batch_size=args.batch_size)
-    sdata.write_element(args.table, overwrite=True)
+    _rewrite_table(sdata, args.table)
+
+
+def _rewrite_table(sdata, name: str) -> None:
+    """Replace a table in the store it was read from, with a full copy on disk at every step.
+
+    SpatialData does not overwrite an element inside the store the object is backed by, so the table
+    is written under a temporary name first, the old one deleted and written anew, and the copy removed.
+    """
+    backup = f"{name}_loki_backup"
+    sdata.tables[backup] = sdata.tables[name]
+    sdata.write_element(backup)
+    sdata.delete_element_from_disk(name)
+    sdata.write_element(name)
+    sdata.delete_element_from_disk(backup)
+    del sdata.tables[backup]
+
+
+def _tile(args: argparse.Namespace) -> None:
+    import spatialdata as sd
+
+    import loki as lk
+
+    sdata = sd.read_zarr(args.zarr)
+    table = lk.pp.tile_image(
+        sdata,
+        args.image,
+        microns_per_pixel=args.mpp,
+        tile_um=args.tile_um,
+        spacing_um=args.spacing_um,
+        grid=args.grid,
+        min_tissue=args.min_tissue,
+        key_added=args.key_added,
+    )
+    key = args.key_added or f"{args.image}_tiles"
+    shapes = table.uns["spatialdata_attrs"]["region"]
+    sdata.write_element(shapes)
+    sdata.write_element(key)
+    print(f"{table.n_obs} tiles written to {args.zarr} as shapes {shapes!r} and table {key!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nfigures and metrics written to {args.out.resolve()}")
     elif args.command == "embed":
         _embed(args)
+    elif args.command == "tile":
+        _tile(args)
     return 0
 
 

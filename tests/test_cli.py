@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+import spatialdata as sd
+
+import loki as lk
+from loki.cli import main
+
+
+@pytest.fixture
+def mob4_zarr(tmp_path):
+    path = tmp_path / "mob4.zarr"
+    lk.datasets.mob("MOB4").write(path)
+    return path
+
+
+def test_tile_then_embed_an_image_only_section(mob4_zarr, capsys):
+    mpu = sd.read_zarr(mob4_zarr).tables["MOB4"].uns["loki"]["microns_per_unit"]
+    args = ["tile", str(mob4_zarr), "--image", "MOB4_image", "--mpp", str(mpu), "--tile-um", "200"]
+    assert main(args) == 0
+    assert "tiles written" in capsys.readouterr().out
+    back = sd.read_zarr(mob4_zarr)
+    tiles = back.tables["MOB4_image_tiles"]
+    assert "MOB4_image_tiles_shapes" in back.shapes
+    assert tiles.n_obs > 100
+    assert tiles.n_vars == 0
+
+    # loki-tiny untrained: this checks the command's plumbing, not the embeddings
+    assert (
+        main(
+            [
+                "embed",
+                str(mob4_zarr),
+                "--table",
+                "MOB4_image_tiles",
+                "--model",
+                "loki-tiny",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "image only" in capsys.readouterr().out
+    back = sd.read_zarr(mob4_zarr)
+    assert set(back.tables) == {"MOB4", "MOB4_image_tiles"}  # the temporary copy is gone
+    tiles = back.tables["MOB4_image_tiles"]
+    assert tiles.obsm[lk.Key.IMAGE].shape[0] == tiles.n_obs
+    assert lk.Key.TEXT not in tiles.obsm
+
+
+def test_embed_a_spot_section_adds_both_modalities(mob4_zarr):
+    assert main(["embed", str(mob4_zarr), "--table", "MOB4", "--model", "loki-tiny", "--device", "cpu"]) == 0
+    table = sd.read_zarr(mob4_zarr).tables["MOB4"]
+    assert {lk.Key.TEXT, lk.Key.IMAGE} <= set(table.obsm)
+    assert table.obs[lk.Key.SENTENCE].str.len().gt(0).all()
+
+
+def test_cli_names_what_is_missing(mob4_zarr):
+    with pytest.raises(SystemExit, match="tables: MOB4"):
+        main(["embed", str(mob4_zarr), "--table", "MOB9", "--model", "loki-tiny"])
+    with pytest.raises(KeyError, match="MOB4_image"):
+        main(["tile", str(mob4_zarr), "--image", "HE", "--mpp", "0.5"])
+    assert set(sd.read_zarr(mob4_zarr).tables) == {"MOB4"}
