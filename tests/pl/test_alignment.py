@@ -68,6 +68,21 @@ def test_stack_side_view_coloured_by_embedding(pair, tmp_path):
     plt.close(fig)
 
 
+def test_one_embedding_key_per_section(pair):
+    # an H&E source (image embedding) drawn beside an ST target (text embedding) in one colour space
+    src, tgt = pair
+    src = src.copy()
+    src.obsm["img"] = src.obsm.pop("emb")
+    fig = lk.pl.alignment([tgt, src], use=["emb", "img"], show=False)
+    colours = fig.axes[1].collections[1].get_facecolors()[:, :3]
+    np.testing.assert_allclose(colours, embedding_rgb([tgt.obsm["emb"], src.obsm["img"]])[1], atol=1e-6)
+    with pytest.raises(ValueError, match="one or one each"):
+        lk.pl.alignment([tgt, src], use=["emb"], show=False)
+    with pytest.raises(KeyError, match="img"):
+        lk.pl.alignment([tgt, src], use=["img", "img"], show=False)
+    plt.close(fig)
+
+
 def test_errors(pair):
     src, tgt = pair
     plain = tgt.copy()

@@ -59,7 +59,7 @@ def alignment(
     sections: Sequence[str] | None = None,
     key: str = Key.ALIGNED,
     spatial_key: str = Key.SPATIAL,
-    use: str | None = None,
+    use: str | Sequence[str] | None = None,
     kind: str = "overlay",
     point_size: float = 8.0,
     ax: Axes | Sequence[Axes] | None = None,
@@ -80,8 +80,10 @@ def alignment(
     spatial_key
         ``.obsm`` key of the original coordinates.
     use
-        ``.obsm`` key of an embedding present in every section: points are coloured by its top three
-        principal components mapped to RGB (paper Fig. 2c); default one colour per section.
+        ``.obsm`` key of an embedding present in every section, or one key per section (e.g.
+        ``["loki_text", "loki_image"]`` for an H&E section aligned onto an ST one): points are
+        coloured by the top three principal components of the embeddings, pooled, mapped to RGB
+        (paper Fig. 2c); default one colour per section.
     kind
         ``"overlay"``: two panels, before and after, sections overlaid; ``"stack"``: side view of the
         sections stacked along z (x horizontal, z vertical), before and after.
@@ -110,9 +112,14 @@ def alignment(
     if not any(key in t.obsm for t in tables):
         raise KeyError(f"{key!r} not found in .obsm of any section; run lk.tl.align first.")
     if use is not None:
-        for t in tables:
-            check_obsm_key(t, use)
-        colours = embedding_rgb([t.obsm[use] for t in tables])
+        keys = [use] * len(tables) if isinstance(use, str) else list(use)
+        if len(keys) != len(tables):
+            raise ValueError(
+                f"use names {len(keys)} embedding key(s) for {len(tables)} sections; give one or one each."
+            )
+        for t, k in zip(tables, keys, strict=True):
+            check_obsm_key(t, k)
+        colours = embedding_rgb([t.obsm[k] for t, k in zip(tables, keys, strict=True)])
     else:
         cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         colours = [np.tile(matplotlib_rgb(cycle[i % len(cycle)]), (t.n_obs, 1)) for i, t in enumerate(tables)]
