@@ -260,33 +260,28 @@ def main():
     ap.add_argument("--pairs", nargs="+", default=None, help="serial pairs to run, e.g. 'Stahl 2->3'")
     ap.add_argument("--extra", action="store_true", help="also her2st A3->A2 .. A6->A5, Stahl 3->1 and 4->2")
     args = ap.parse_args()
-    text = [f"### Loki Align on real sections ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC)\n"]
-    if args.part in ("both", "known"):
-        text += [
-            "Known transforms (error in spot spacings):\n",
-            _table(known_transforms(not args.no_paste, args.quick)),
-            "",
-        ]
-    if args.part in ("both", "partial"):
-        text += [
-            "Torn sections, part of a section onto the whole (error in spot spacings; `auto` moves the target,"
-            " `source` is the previous behaviour):\n",
-            _table(partial_sections(not args.no_paste)),
-            "",
-        ]
-    if args.part in ("both", "torn2"):
-        text += [
+    paste = not args.no_paste
+    parts = {
+        "known": ("Known transforms (error in spot spacings)", lambda: known_transforms(paste, args.quick)),
+        "partial": (
+            "Torn sections, part of a section onto the whole (error in spot spacings; `auto` moves the"
+            " target, `source` is the previous behaviour)",
+            lambda: partial_sections(paste),
+        ),
+        "torn2": (
             "Sections torn on both sides (error over the shared spots, in spot spacings; `partial` is"
-            " `lk.tl.align(..., partial=True)`, `default` the same call without it):\n",
-            _table(torn_both_sides(not args.no_paste)),
-            "",
-        ]
-    if args.part in ("both", "pairs"):
-        text += [
-            "Serial pairs (median over matched spots):\n",
-            _table(serial_pairs(not args.no_paste, args.pairs, args.extra)),
-            "",
-        ]
+            " `lk.tl.align(..., partial=True)`, `default` the same call without it)",
+            lambda: torn_both_sides(paste),
+        ),
+        "pairs": (
+            "Serial pairs (median over matched spots)",
+            lambda: serial_pairs(paste, args.pairs, args.extra),
+        ),
+    }
+    text = [f"### Loki Align on real sections ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC)\n"]
+    for name, (heading, run) in parts.items():
+        if args.part in ("both", name):
+            text += [f"{heading}:\n", _table(run()), ""]
     out = "\n".join(text)
     print(out)
     with open(HERE / "results_align_real.md", "a") as fh:
