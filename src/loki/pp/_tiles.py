@@ -35,7 +35,8 @@ def tissue_mask(rgb: np.ndarray, *, min_saturation: float = 0.05, smooth: int = 
     Glass and background are bright and grey, stained tissue is coloured. The saturation
     ``(max - min) / max`` of each pixel, median-filtered over ``smooth`` pixels, is split by Otsu's
     threshold, which is never taken below ``min_saturation``, so that an image holding only
-    background does not split its noise into "tissue".
+    background does not split its noise into "tissue". Pen marks and coloured debris count as tissue,
+    and very pale tissue may not; pass a mask of your own to :func:`tile_image` for such slides.
 
     Parameters
     ----------
