@@ -122,7 +122,7 @@ def main() -> None:
         f"| per-tile loop at full resolution ({args.loop_sample} tiles timed, extrapolated) | {loop_s:.0f} s | "
         f"{loop_s / loki_s:.0f}x slower |",
         "",
-        f"- Peak resident memory of the process after tiling: {peak_mb:,.0f} MB.",
+        f"- Peak resident memory of the process (writing the store included): {peak_mb:,.0f} MB.",
         f"- Kept tiles with their centre inside the tissue ellipse: {inside:.4f}; the ellipse holds "
         f"{expected:.1%} of the candidates and the kept tiles are {table.n_obs / len(candidates):.1%} of them.",
         f"- The per-tile loop kept {loop_kept:.1%} of its sample.",
