@@ -69,6 +69,12 @@ def loki_align(source, target):
 
 
 SECTIONS = {"MOB1": lambda: mob("MOB1"), "her2st A1": lambda: her2st("A1"), "Stahl 1": lambda: stahl(1)}
+# every bundled or shared section, for the torn-section part run on sections never used in development
+ALL_SECTIONS = {
+    **{f"MOB{i}": (lambda i=i: mob(f"MOB{i}")) for i in range(1, 5)},
+    **{f"her2st A{i}": (lambda i=i: her2st(f"A{i}")) for i in range(1, 7)},
+    **{f"Stahl {i}": (lambda i=i: stahl(i)) for i in range(1, 5)},
+}
 
 
 def _moved(section, target, angle: float, mirror: bool):
@@ -202,11 +208,12 @@ def serial_pairs(use_paste: bool, only=None, extra: bool = False):
     return rows
 
 
-def torn_both_sides(use_paste: bool):
+def torn_both_sides(use_paste: bool, sections=None):
     """Sections torn on both sides: the source holds the left ``keep`` of a section (by x), the target
     the right ``keep``; each holds tissue the other lacks. Error over the shared spots."""
     rows = []
-    for name, load in SECTIONS.items():
+    chosen = SECTIONS if sections is None else {n: ALL_SECTIONS[n] for n in sections}
+    for name, load in chosen.items():
         whole = load()
         xy = np.asarray(whole.obsm["spatial"])
         for keep in (0.8, 0.75, 0.7, 0.65, 0.6):
@@ -259,6 +266,13 @@ def main():
     ap.add_argument("--part", choices=["both", "known", "partial", "torn2", "pairs"], default="both")
     ap.add_argument("--pairs", nargs="+", default=None, help="serial pairs to run, e.g. 'Stahl 2->3'")
     ap.add_argument("--extra", action="store_true", help="also her2st A3->A2 .. A6->A5, Stahl 3->1 and 4->2")
+    ap.add_argument(
+        "--sections",
+        nargs="+",
+        default=None,
+        choices=list(ALL_SECTIONS),
+        help="torn2: sections (default MOB1, A1, Stahl 1)",
+    )
     args = ap.parse_args()
     paste = not args.no_paste
     parts = {
@@ -271,7 +285,7 @@ def main():
         "torn2": (
             "Sections torn on both sides (error over the shared spots, in spot spacings; `partial` is"
             " `lk.tl.align(..., partial=True)`, `default` the same call without it)",
-            lambda: torn_both_sides(paste),
+            lambda: torn_both_sides(paste, args.sections),
         ),
         "pairs": (
             "Serial pairs (median over matched spots)",
