@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import write_report
 from _without_scverse import import_loki_module
 
 _mapping = import_loki_module("loki.tl._mapping")
@@ -182,10 +183,7 @@ def main() -> None:
         lines.append(f"\n{device_agreement(device)}")
     verdict = "met" if loki_s < 30 else "NOT met"
     lines.append(f"\nTarget < 30 s for the mapping: {verdict} ({loki_s:.1f} s).")
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
+from _report import write_report
 
 import loki as lk
 
@@ -127,10 +128,7 @@ def main() -> None:
         f"{expected:.1%} of the candidates and the kept tiles are {table.n_obs / len(candidates):.1%} of them.",
         f"- The per-tile loop kept {loop_kept:.1%} of its sample.",
     ]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
