@@ -117,7 +117,7 @@ def _tile(args: argparse.Namespace) -> None:
         min_tissue=args.min_tissue,
         key_added=args.key_added,
     )
-    key = args.key_added or f"{args.image}_tiles"
+    key = next(k for k, t in sdata.tables.items() if t is table)
     shapes = table.uns["spatialdata_attrs"]["region"]
     sdata.write_element(shapes)
     sdata.write_element(key)

@@ -19,6 +19,7 @@ from loki._logging import logger
 from loki._utils import require_keys
 from loki._utils._spatialdata import affine_to, image_levels, lowres_image
 
+from ._patches import _apply
 from ._pseudo_spots import hex_grid
 
 if TYPE_CHECKING:
@@ -140,8 +141,8 @@ def tile_image(
     Tiles of ``tile_um`` are laid on a grid ``spacing_um`` apart over the image's finest level, those
     not wholly inside the image are left out, and a tile is kept when at least ``min_tissue`` of it is
     tissue (:func:`tissue_mask` on a level of at most 2,048 pixels a side, read with a stride when
-    the image has no such level, or ``mask``). The paper cuts
-    whole-slide images into patches of the Visium spot's size (55 µm) in the same way.
+    the image has no such level, or ``mask``). The paper cuts whole-slide images into patches of the
+    Visium spot's size (55 µm) in the same way.
 
     Parameters
     ----------
@@ -175,11 +176,10 @@ def tile_image(
     - ``sdata.shapes[f"{key_added}_shapes"]``: one square per tile, in ``coordinate_system``
       (``Identity``), as the readers write spots;
     - ``sdata.tables[key_added]``: one row per tile, no genes; ``.obsm['spatial']`` the tile centres in
-      ``coordinate_system``,
-      ``.obs['loki_tissue_fraction']``, ``.obs['tile_row']`` / ``['tile_col']`` (grid position), and
-      ``.uns['loki']`` with ``image_key``, ``microns_per_unit`` (µm per unit of ``coordinate_system``),
-      ``spot_diameter_um`` (the tile side, read
-      by :func:`loki.pp.spot_patches`) and the tiling parameters.
+      ``coordinate_system``, ``.obs['loki_tissue_fraction']``, ``.obs['tile_row']`` / ``['tile_col']``
+      (grid position), and ``.uns['loki']`` with ``image_key``, ``microns_per_unit`` (µm per unit of
+      ``coordinate_system``), ``spot_diameter_um`` (the tile side, read by
+      :func:`loki.pp.spot_patches`) and the tiling parameters.
 
     Raises
     ------
@@ -190,6 +190,7 @@ def tile_image(
         fraction of the image, to help choose ``min_tissue``).
 
     """
+    import geopandas as gpd
     from anndata import AnnData
     from scipy import sparse
     from shapely.geometry import Polygon
@@ -243,7 +244,8 @@ def tile_image(
     corners = [boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [2, 3]], boxes[:, [0, 3]]]
     corners = np.stack([_apply(to_cs, c) for c in corners], axis=1)
     shapes = ShapesModel.parse(
-        _geo_frame([Polygon(c) for c in corners], ids), transformations={coordinate_system: Identity()}
+        gpd.GeoDataFrame(geometry=[Polygon(c) for c in corners], index=ids),
+        transformations={coordinate_system: Identity()},
     )
     centres = _apply(to_cs, centres)
     units_per_pixel = float(np.sqrt(abs(np.linalg.det(to_cs[:2, :2]))))
@@ -303,13 +305,3 @@ def _check_mask(mask, height: int, width: int) -> np.ndarray:
             f"mask of shape {mask.shape} does not have the image's aspect ratio ({height} x {width} pixels)."
         )
     return mask
-
-
-def _apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    return xy @ matrix[:2, :2].T + matrix[:2, 2]
-
-
-def _geo_frame(polygons, index: pd.Index):
-    import geopandas as gpd
-
-    return gpd.GeoDataFrame(geometry=polygons, index=index)
