@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from tests.conftest import shared_path
 
 import loki as lk
 from loki import Key
@@ -258,3 +259,32 @@ def test_single_scale_image_larger_than_the_mask_level():
     xy = table.obsm[Key.SPATIAL]
     assert np.unique(xy[:, 0]).tolist() == list(range(1300, 3101, 200))
     assert np.unique(xy[:, 1]).tolist() == list(range(1100, 1901, 200))
+
+
+def test_tiles_agree_with_space_rangers_tissue_detection():
+    """A real Visium H&E (scanpy's Space Ranger fixture): Space Ranger's own in_tissue flags of 4,992
+    array spots are an independent tissue call. Measured when written: 84% of in-tissue spots and 2.9%
+    of the others lie in a 110 µm tile (min_tissue 0.5); the misses are pale gaps between muscle
+    fibres, which Space Ranger counts as tissue."""
+    import json
+
+    import pandas as pd
+    import spatialdata as sd
+    from PIL import Image
+    from spatialdata.models import Image2DModel
+
+    folder = shared_path("scanpy_visium_testdata", "1.0.0", "spatial")  # skips when absent
+    scale = json.loads((folder / "scalefactors_json.json").read_text())
+    spots = pd.read_csv(
+        folder / "tissue_positions_list.csv", header=None, names=["b", "in", "r", "c", "y", "x"]
+    )
+    rgb = np.asarray(Image.open(folder / "tissue_lowres_image.png").convert("RGB"))
+    sdata = sd.SpatialData(images={"he": Image2DModel.parse(rgb.transpose(2, 0, 1), dims=("c", "y", "x"))})
+    mpp = 55.0 / (scale["spot_diameter_fullres"] * scale["tissue_lowres_scalef"])  # a spot is 55 µm
+    tiles = lk.pp.tile_image(sdata, "he", microns_per_pixel=mpp, tile_um=110.0)
+    xy = spots[["x", "y"]].to_numpy() * scale["tissue_lowres_scalef"]
+    d = np.abs(xy[:, None, :] - tiles.obsm[Key.SPATIAL][None]).max(axis=2).min(axis=1)
+    covered = d <= 110.0 / mpp / 2
+    in_tissue = spots["in"].to_numpy() == 1
+    assert covered[in_tissue].mean() > 0.8
+    assert covered[~in_tissue].mean() < 0.05
