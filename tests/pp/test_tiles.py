@@ -288,3 +288,30 @@ def test_tiles_agree_with_space_rangers_tissue_detection():
     in_tissue = spots["in"].to_numpy() == 1
     assert covered[in_tissue].mean() > 0.8
     assert covered[~in_tissue].mean() < 0.05
+
+
+def test_spatialdata_plot_draws_the_tiles_over_the_image():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import spatialdata_plot  # noqa: F401  (registers sdata.pl)
+
+    sdata = _image(_slide())
+    table = lk.pp.tile_image(sdata, "he", microns_per_pixel=0.5, tile_um=20.0)
+    fig, ax = plt.subplots()
+    (
+        sdata.pl.render_images("he")
+        .pl.render_shapes("he_tiles_shapes", color="loki_tissue_fraction", table_name="he_tiles")
+        .pl.show(ax=ax, coordinate_systems="global")
+    )
+    assert len(ax.images) == 1
+    drawn = [c for c in ax.collections if len(c.get_paths()) == table.n_obs]
+    assert len(drawn) == 1
+    # every drawn square sits on a tile centre (in "global", the image's Scale 2) with the tile's side
+    centres = np.array([p.vertices[:4].mean(0) for p in drawn[0].get_paths()])
+    d = np.linalg.norm(centres[:, None] - table.obsm[Key.SPATIAL][None], axis=2).min(1)
+    assert d.max() < 1.0
+    widths = np.array([np.ptp(p.vertices[:, 0]) for p in drawn[0].get_paths()])
+    np.testing.assert_allclose(widths, 80.0, rtol=0.02)
+    plt.close(fig)
