@@ -28,6 +28,7 @@ def test_demo_end_to_end(tmp_path, capsys):
         "retrieval_gallery.png",
         "predex_mob4.png",
         "alignment_mob2_mob1.png",
+        "alignment_he_mob4_mob3.png",
         "proportions_synthetic.png",
     ):
         img = imread(out / name)

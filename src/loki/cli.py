@@ -18,8 +18,9 @@ def _parser() -> argparse.ArgumentParser:
         help="train loki-tiny on the bundled mouse olfactory bulb sections and run every tool",
         description=(
             "Train the small loki-tiny model from scratch on the bundled MOB sections 1-3, embed both "
-            "modalities, evaluate retrieval and expression prediction on held-out MOB4, align MOB1 to "
-            "MOB2 and decompose synthetic spots; write figures and metrics.tsv into OUT."
+            "modalities, evaluate retrieval and expression prediction on held-out MOB4, align MOB2 onto "
+            "MOB1 and MOB4's H&E image alone onto MOB3, and decompose synthetic spots; write figures and "
+            "metrics.tsv into OUT."
         ),
     )
     demo.add_argument("--out", type=Path, default=Path("loki_demo"), help="output folder (created)")
