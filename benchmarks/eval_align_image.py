@@ -33,6 +33,7 @@ import argparse
 import datetime
 
 import loki as lk
+from loki.tl._cpd import apply_matrix
 
 SECTIONS = ("MOB1", "MOB2", "MOB3", "MOB4")
 USES = {"image-to-ST": (lk.Key.IMAGE, lk.Key.TEXT), "ST-to-ST": lk.Key.TEXT, "coordinates only": None}
@@ -63,8 +64,7 @@ def image_tiles(sdata, model, name: str):
 def _mapped(table, matrix):
     """Copy of ``table`` whose aligned coordinates are its spots moved by the 3x3 ``matrix``."""
     out = table.copy()
-    xy = out.obsm[lk.Key.SPATIAL][:, :2]
-    out.obsm[lk.Key.ALIGNED] = xy @ matrix[:2, :2].T + matrix[:2, 2]
+    out.obsm[lk.Key.ALIGNED] = apply_matrix(out.obsm[lk.Key.SPATIAL][:, :2], matrix)
     return out
 
 
@@ -77,8 +77,7 @@ def tiles_known_transforms(tiles, target) -> list[str]:
             )
             source = tiles.copy()
             lk.tl.align(source, target=moved, use=USES["image-to-ST"], method="rigid")
-            xy = source.obsm[lk.Key.SPATIAL]
-            expect = xy @ truth.matrix[:2, :2].T + truth.matrix[:2, 2]
+            expect = apply_matrix(source.obsm[lk.Key.SPATIAL], truth.matrix)
             err = lk.metrics.alignment_error(source.obsm[lk.Key.ALIGNED], expect, truth.spot_spacing)
             found = source.uns[lk.Key.UNS][lk.Key.ALIGNED]["mirror"]
             rows.append(f"| {angle:.0f} | {mirror} | {err:.4f} | {found == mirror} | {source.n_obs} |")

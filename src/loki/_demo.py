@@ -2,7 +2,8 @@
 
 The demo trains ``loki-tiny`` from scratch on MOB1-3 (the published OmiCLIP weights are not shipped),
 then evaluates on the held-out MOB4 and on MOB1/MOB2 (and MOB4's H&E image alone, tiled, onto MOB3),
-always beside a baseline measured in the same run. Its numbers describe a tiny model trained on ~1,200 spots, not the published model.
+always beside a baseline measured in the same run. Its numbers describe a tiny model trained on ~1,200
+spots, not the published model.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ def _align_image_alone(sdata, model, out: Path, table: _Table, *, seed: int):
     like an ST-to-ST alignment.
     """
     import loki as lk
+    from loki.tl._cpd import apply_matrix
 
     mpu = sdata.tables[TEST].uns[lk.Key.UNS]["microns_per_unit"]
     um = lk.models.TINY_PATCH_UM
@@ -188,11 +190,11 @@ def _align_image_alone(sdata, model, out: Path, table: _Table, *, seed: int):
     lk.tl.align(sdata, source=key, target="MOB3", use=(lk.Key.IMAGE, lk.Key.TEXT), seed=seed)
     matrix = tiles.uns[lk.Key.UNS][lk.Key.ALIGNED]["matrix"]
     spots = sdata.tables[TEST].copy()
-    xy = np.asarray(spots.obsm[lk.Key.SPATIAL])[:, :2]
-    spots.obsm[lk.Key.ALIGNED] = xy @ matrix[:2, :2].T + matrix[:2, 2]
+    spots.obsm[lk.Key.ALIGNED] = apply_matrix(np.asarray(spots.obsm[lk.Key.SPATIAL])[:, :2], matrix)
     scores = lk.metrics.alignment_expression_scores(spots, sdata.tables["MOB3"])
-    spots.obsm[lk.Key.ALIGNED] = xy
-    unaligned = lk.metrics.alignment_expression_scores(spots, sdata.tables["MOB3"])
+    unaligned = lk.metrics.alignment_expression_scores(
+        spots, sdata.tables["MOB3"], aligned_key=lk.Key.SPATIAL
+    )
     for name, measure in (
         ("median PCC of HVG expression", "pearson_median"),
         ("median Kendall tau", "kendall_tau_median"),
