@@ -111,7 +111,8 @@ def published_recipe(xy_t, xy_s, emb_t, emb_s, max_iter):
     Y = np.hstack([s_z, comb[len(xy_t) :, :2]])
     TY = _dense_deformable(X, Y, max_iter=max_iter)
     cpd = TY[:, :2] * (xy_t.max() - xy_t.min()) + xy_t.min()
-    from loki.tl._cpd import apply_matrix, fit_linear
+    from loki._utils._affine import apply_matrix
+    from loki.tl._cpd import fit_linear
 
     h = fit_linear(xy_s, cpd, kind="rigid")
     return cpd, apply_matrix(xy_s, h)

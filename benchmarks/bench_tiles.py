@@ -37,21 +37,32 @@ MPP = 0.25
 TILE_UM = 55.0
 
 
+def slide_ellipse(side: int) -> tuple[float, float, float, float]:
+    """Centre and radii (y, x) of the synthetic slide's tissue ellipse, in full-resolution pixels."""
+    return side * 0.5, side * 0.5, side * 0.35, side * 0.42
+
+
+def slide_region(y0: int, y1: int, x0: int, x1: int, ellipse, step: int = 1) -> np.ndarray:
+    """(3, y, x) uint8 pixels of the synthetic slide; ``step`` samples every step-th pixel (a coarser level)."""
+    cy, cx, ry, rx = ellipse
+    yy, xx = np.mgrid[y0:y1, x0:x1] * step
+    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    rng = np.random.default_rng(y0 * 7 + x0)
+    out = np.where(inside, np.array([200, 110, 180])[:, None, None], 242).astype(np.int16)
+    out = out + rng.integers(-8, 9, out.shape, dtype=np.int16)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def synthetic_slide(side: int, chunk: int = 1024):
     """Lazy (3, side, side) uint8 slide: tissue ellipse (pink) on glass, with pixel noise."""
-    cy, cx, ry, rx = side * 0.5, side * 0.5, side * 0.35, side * 0.42
+    ellipse = slide_ellipse(side)
 
     def block(block_info=None):
         (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-        rng = np.random.default_rng(y0 * 7 + x0)
-        out = np.where(inside, np.array([200, 110, 180])[:, None, None], 242).astype(np.int16)
-        out = out + rng.integers(-8, 9, out.shape, dtype=np.int16)
-        return np.clip(out, 0, 255).astype(np.uint8)
+        return slide_region(y0, y1, x0, x1, ellipse)
 
     chunks = ((3,), *[tuple(min(chunk, side - s) for s in range(0, side, chunk))] * 2)
-    return da.map_blocks(block, chunks=chunks, dtype=np.uint8), (cy, cx, ry, rx)
+    return da.map_blocks(block, chunks=chunks, dtype=np.uint8), ellipse
 
 
 def inside_ellipse(xy: np.ndarray, ellipse) -> np.ndarray:

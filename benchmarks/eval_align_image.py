@@ -33,7 +33,7 @@ import argparse
 import datetime
 
 import loki as lk
-from loki.tl._cpd import apply_matrix
+from loki._utils._affine import apply_matrix
 
 SECTIONS = ("MOB1", "MOB2", "MOB3", "MOB4")
 USES = {"image-to-ST": (lk.Key.IMAGE, lk.Key.TEXT), "ST-to-ST": lk.Key.TEXT, "coordinates only": None}

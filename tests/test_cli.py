@@ -62,3 +62,29 @@ def test_cli_names_what_is_missing(mob4_zarr):
     with pytest.raises(KeyError, match="MOB4_image"):
         main(["tile", str(mob4_zarr), "--image", "HE", "--mpp", "0.5"])
     assert set(sd.read_zarr(mob4_zarr).tables) == {"MOB4"}
+
+
+def test_slide_then_tile_takes_the_pixel_size_from_the_file(tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    section = lk.datasets.mob("MOB4")
+    rgb = np.moveaxis(np.asarray(section.images["MOB4_image"]["scale0"]["image"]), 0, -1)
+    tifffile.imwrite(
+        tmp_path / "MOB4.tif",
+        rgb,
+        tile=(256, 256),
+        photometric="rgb",
+        resolution=(2500, 2500),
+        resolutionunit="CENTIMETER",
+    )
+    store = tmp_path / "slide.zarr"
+    assert main(["slide", str(tmp_path / "MOB4.tif"), str(store)]) == 0
+    assert "4 µm per pixel" in capsys.readouterr().out
+    assert main(["tile", str(store), "--image", "MOB4", "--tile-um", "200"]) == 0
+    tiles = sd.read_zarr(store).tables["MOB4_tiles"]
+    assert tiles.uns["loki"]["tiles"]["microns_per_pixel"] == pytest.approx(4.0)
+    assert tiles.n_obs > 50
+    with pytest.raises(SystemExit, match="exists"):
+        main(["slide", str(tmp_path / "MOB4.tif"), str(store)])
+    assert "MOB4_tiles" in sd.read_zarr(store).tables

@@ -178,7 +178,7 @@ def _align_image_alone(sdata, model, out: Path, table: _Table, *, seed: int):
     like an ST-to-ST alignment.
     """
     import loki as lk
-    from loki.tl._cpd import apply_matrix
+    from loki._utils._affine import apply_matrix
 
     mpu = sdata.tables[TEST].uns[lk.Key.UNS]["microns_per_unit"]
     um = lk.models.TINY_PATCH_UM

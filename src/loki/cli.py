@@ -1,4 +1,4 @@
-"""Command-line entry point: ``loki demo`` and the batch commands ``loki tile`` and ``loki embed``."""
+"""Command-line entry point: ``loki demo`` and the batch commands ``loki slide``, ``loki tile`` and ``loki embed``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,24 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=256)
     embed.add_argument("--no-image", action="store_true", help="embed transcriptomes only")
 
+    slide = sub.add_parser(
+        "slide",
+        help="write an H&E slide scan (SVS, NDPI, OME-TIFF, TIFF, jpg, png) into a new SpatialData zarr store",
+        description=(
+            "Read SLIDE with lk.io.read_slide (pyramid levels read lazily, pixel size from the file) and "
+            "write it as the image of a new SpatialData zarr store; `loki tile` then covers its tissue."
+        ),
+    )
+    slide.add_argument("slide", type=Path, help="the slide file")
+    slide.add_argument("zarr", type=Path, help="SpatialData .zarr store to create (must not exist)")
+    slide.add_argument("--name", default=None, help="image key (default: the file name without suffixes)")
+    slide.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="micrometres per pixel, when the file does not say or says wrong",
+    )
+
     tile = sub.add_parser(
         "tile",
         help="cover the tissue of an H&E image with tiles, as a section of its own",
@@ -54,7 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     tile.add_argument("zarr", type=Path, help="SpatialData .zarr store (modified in place)")
     tile.add_argument("--image", required=True, help="key of the H&E image in sdata.images")
     tile.add_argument(
-        "--mpp", type=float, required=True, help="micrometres per pixel of the image's finest level"
+        "--mpp",
+        type=float,
+        default=None,
+        help="micrometres per pixel of the image's finest level (default: as recorded by `loki slide`)",
     )
     tile.add_argument("--tile-um", type=float, default=55.0, help="tile side in µm (default: a Visium spot)")
     tile.add_argument(
@@ -102,6 +123,19 @@ def _rewrite_table(sdata, name: str) -> None:
     del sdata.tables[backup]
 
 
+def _slide(args: argparse.Namespace) -> None:
+    import loki as lk
+
+    if args.zarr.exists():
+        raise SystemExit(f"loki slide: {str(args.zarr)!r} exists; name a new store.")
+    sdata = lk.io.read_slide(args.slide, name=args.name, microns_per_pixel=args.mpp)
+    sdata.write(args.zarr)
+    (name,) = sdata.images.keys()
+    mpp = sdata.attrs.get("loki", {}).get("microns_per_pixel", {}).get(name)
+    size = "unknown pixel size (pass --mpp to `loki tile`)" if mpp is None else f"{mpp:.4g} µm per pixel"
+    print(f"image {name!r} written to {args.zarr} ({size})")
+
+
 def _tile(args: argparse.Namespace) -> None:
     import spatialdata as sd
 
@@ -143,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nfigures and metrics written to {args.out.resolve()}")
     elif args.command == "embed":
         _embed(args)
+    elif args.command == "slide":
+        _slide(args)
     elif args.command == "tile":
         _tile(args)
     return 0

@@ -315,3 +315,29 @@ def test_spatialdata_plot_draws_the_tiles_over_the_image():
     widths = np.array([np.ptp(p.vertices[:, 0]) for p in drawn[0].get_paths()])
     np.testing.assert_allclose(widths, 80.0, rtol=0.02)
     plt.close(fig)
+
+
+def test_mask_level_of_a_factor_4_pyramid_is_read_with_a_stride():
+    """A scanner's pyramid (factor 4) has no level between 1,024 and 2,048 px: the 2,400 px level is
+    read every second pixel rather than the 600 px level used, which would give a coarser mask."""
+    import dask.array as da
+    import xarray as xr
+    from spatialdata.transformations import Identity, set_transformation
+
+    from loki._utils._spatialdata import lowres_image
+
+    rgb = np.zeros((3, 9600, 9600), np.uint8)
+    levels = [da.from_array(rgb, chunks=(3, 2400, 2400))]
+    levels += [levels[0][:, ::4, ::4], levels[0][:, ::16, ::16]]
+    tree = xr.DataTree.from_dict(
+        {
+            f"scale{i}": xr.Dataset({"image": xr.DataArray(lv, dims=("c", "y", "x"))})
+            for i, lv in enumerate(levels)
+        }
+    )
+    set_transformation(tree, {"global": Identity()}, set_all=True)
+    small, matrix = lowres_image(tree, 2048)
+    assert small.shape == (1200, 1200, 3)
+    assert np.diag(matrix)[:2] == pytest.approx(8.0)
+    assert lowres_image(tree, 600)[0].shape == (600, 600, 3)  # a level that fits is taken as it is
+    assert lowres_image(tree, 100_000)[0].shape == (9600, 9600, 3)  # smaller than max_side: the finest

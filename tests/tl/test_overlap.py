@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loki.tl._cpd import apply_matrix, mirror_matrix, rotation_matrix
+from loki._utils._affine import apply_matrix
+from loki.tl._cpd import mirror_matrix, rotation_matrix
 from loki.tl._overlap import (
     embedding_components,
     overlap_masks,

@@ -101,6 +101,18 @@ def section_image_key(sdata: SpatialData, table_key: str, image_key: str | None 
     )
 
 
+def recorded_microns_per_pixel(sdata: SpatialData, image_key: str) -> float:
+    """The pixel size of an image recorded by :func:`loki.io.read_slide` (``sdata.attrs``), or a KeyError."""
+    recorded = dict(getattr(sdata, "attrs", {}) or {}).get(Key.UNS, {}).get("microns_per_pixel", {})
+    if image_key not in recorded:
+        raise KeyError(
+            f"The pixel size of image {image_key!r} is not recorded in sdata.attrs['loki']['microns_per_pixel'] "
+            f"(entries: {', '.join(map(repr, recorded)) or 'none'}); pass microns_per_pixel= (the scanner's "
+            "mpp: about 0.25 at 40x, 0.5 at 20x)."
+        )
+    return float(recorded[image_key])
+
+
 def image_levels(element) -> list[Any]:
     """The (c, y, x) arrays of an image element, finest first (one level for a single-scale image)."""
     if hasattr(element, "children") and len(element.children):
@@ -125,13 +137,18 @@ def affine_to(element, coordinate_system: str, what: str) -> np.ndarray:
 def lowres_image(element, max_side: int = 2000, coordinate_system: str = Key.GLOBAL_CS):
     """Return an image level small enough to draw, as (y, x, c), and its pixel -> CS affine.
 
-    The finest level with at most ``max_side`` pixels a side is chosen. When none is that small (a
-    single-scale whole-slide image), the coarsest level is read with a stride, so that only the
-    returned pixels are held in memory. The 3x3 matrix maps the returned pixels into
+    The result has between ``max_side / 2`` and ``max_side`` pixels on its long side when the image
+    is that large: a level of that size when there is one, else the coarsest level larger than
+    ``max_side`` read with a stride (a single-scale whole-slide image, or a scanner's factor-4 pyramid
+    whose levels skip that range), so that only the returned pixels are held in memory. An image
+    smaller than that is returned whole. The 3x3 matrix maps the returned pixels into
     ``coordinate_system``.
     """
     levels = image_levels(element)
-    level = next((lv for lv in levels if max(lv.shape[1:]) <= max_side), levels[-1])
+    sides = [max(lv.shape[1:]) for lv in levels]
+    fits = [i for i, side in enumerate(sides) if max_side / 2 < side <= max_side]
+    larger = [i for i, side in enumerate(sides) if side > max_side]
+    level = levels[fits[0] if fits else larger[-1] if larger else 0]
     step = max(1, math.ceil(max(level.shape[1:]) / max_side))
     data = getattr(level, "data", level)
     pixels = np.asarray(data[:, ::step, ::step])

@@ -1,8 +1,9 @@
-"""Readers that build SpatialData sections (image, spot circles, annotating table)."""
+"""Readers that build SpatialData sections (image, spot circles, annotating table) and slide images."""
 
 from __future__ import annotations
 
 from ._legacy_st import read_legacy_st, read_legacy_st_sections
+from ._slide import read_slide
 from ._visium import read_visium
 
-__all__ = ["read_legacy_st", "read_legacy_st_sections", "read_visium"]
+__all__ = ["read_legacy_st", "read_legacy_st_sections", "read_slide", "read_visium"]

@@ -10,6 +10,7 @@ import numpy as np
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import require_keys, write_obs, write_uns
+from loki._utils._affine import apply_matrix
 from loki._utils._spatialdata import (
     affine_to,
     get_table,
@@ -197,7 +198,7 @@ def _cut_spot_patches(
     shapes = _shapes_of(sdata, table)
     spots_to_cs = np.eye(3) if shapes is None else affine_to(shapes, coordinate_system, "the spot shapes")
     to_px = cs_to_img @ spots_to_cs
-    centers = _apply(to_px, _spot_centers(table, shapes))
+    centers = apply_matrix(_spot_centers(table, shapes), to_px)
     px_per_unit = math.sqrt(abs(np.linalg.det(to_px[:2, :2])))
     diameter0 = _spot_diameter(table, shapes, diameter_um) * px_per_unit
 
@@ -384,10 +385,6 @@ def _pick_level(levels, diameter0: float, size: int) -> int:
         if diameter0 * lev.shape[2] / w0 >= size:
             chosen = i
     return chosen
-
-
-def _apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    return xy @ matrix[:2, :2].T + matrix[:2, 2]
 
 
 def _shapes_of(sdata, table):

@@ -17,9 +17,9 @@ import pandas as pd
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import require_keys
-from loki._utils._spatialdata import affine_to, image_levels, lowres_image
+from loki._utils._affine import apply_matrix
+from loki._utils._spatialdata import affine_to, image_levels, lowres_image, recorded_microns_per_pixel
 
-from ._patches import _apply
 from ._pseudo_spots import hex_grid
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def tile_image(
     sdata: SpatialData,
     image_key: str,
     *,
-    microns_per_pixel: float,
+    microns_per_pixel: float | None = None,
     tile_um: float = 55.0,
     spacing_um: float | None = None,
     grid: Literal["square", "hex"] = "square",
@@ -152,6 +152,7 @@ def tile_image(
         The H&E image in ``sdata.images``.
     microns_per_pixel
         Micrometres per pixel of the image's finest level (a scanner's "mpp"; 0.25 at 40x, 0.5 at 20x).
+        Default: the value :func:`loki.io.read_slide` recorded in ``sdata.attrs['loki']['microns_per_pixel']``.
     tile_um
         Side of a tile in µm (55: a Visium spot; ``loki-tiny`` was trained on 200 µm squares).
     spacing_um
@@ -184,7 +185,8 @@ def tile_image(
     Raises
     ------
     KeyError
-        Unknown image or coordinate system, or ``key_added`` (or its shapes name) already names an element.
+        Unknown image or coordinate system, no ``microns_per_pixel`` given or recorded, or ``key_added``
+        (or its shapes name) already names an element.
     ValueError
         Bad sizes or fractions, a mask of another aspect ratio, or no tile kept (with the tissue
         fraction of the image, to help choose ``min_tissue``).
@@ -198,6 +200,8 @@ def tile_image(
     from spatialdata.transformations import Identity
 
     require_keys(sdata.images, image_key, "sdata.images")
+    if microns_per_pixel is None:
+        microns_per_pixel = recorded_microns_per_pixel(sdata, image_key)
     for name, value in (("microns_per_pixel", microns_per_pixel), ("tile_um", tile_um)):
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}.")
@@ -242,12 +246,12 @@ def tile_image(
     ids = pd.Index([f"tile_{i}" for i in range(len(centres))], name="tile_id")
 
     corners = [boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [2, 3]], boxes[:, [0, 3]]]
-    corners = np.stack([_apply(to_cs, c) for c in corners], axis=1)
+    corners = np.stack([apply_matrix(c, to_cs) for c in corners], axis=1)
     shapes = ShapesModel.parse(
         gpd.GeoDataFrame(geometry=[Polygon(c) for c in corners], index=ids),
         transformations={coordinate_system: Identity()},
     )
-    centres = _apply(to_cs, centres)
+    centres = apply_matrix(centres, to_cs)
     units_per_pixel = float(np.sqrt(abs(np.linalg.det(to_cs[:2, :2]))))
     obs = pd.DataFrame(
         {

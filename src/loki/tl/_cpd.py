@@ -25,6 +25,7 @@ import numpy as np
 
 from loki._logging import logger
 from loki._utils import as_rng
+from loki._utils._affine import apply_matrix
 
 from ._cpd_kernels import estep, gaussian_cross_kernel
 
@@ -70,11 +71,6 @@ def _variances(
     s2 = block(slice(0, 2))
     s2f = max(block(slice(2, None)), s2f_floor) if X.shape[1] > 2 else None
     return s2, s2f
-
-
-def apply_matrix(xy: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Apply a 3x3 homogeneous affine matrix to (n, 2) points."""
-    return xy @ matrix[:2, :2].T + matrix[:2, 2]
 
 
 def _homogeneous(lin: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -27,12 +27,12 @@ from scipy.ndimage import maximum_filter
 from scipy.spatial import cKDTree
 
 from loki._utils import as_rng
+from loki._utils._affine import apply_matrix
 from loki.tl._cpd import (
     StartResult,
     _homogeneous,
     _spacing2,
     _subsample,
-    apply_matrix,
     mirror_matrix,
     register_rigid,
     rotation_matrix,

@@ -1,0 +1,10 @@
+"""2-D affine maps as 3x3 homogeneous matrices acting on (x, y) points."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def apply_matrix(xy: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 homogeneous affine matrix to (n, 2) points."""
+    return xy @ matrix[:2, :2].T + matrix[:2, 2]

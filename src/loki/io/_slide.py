@@ -1,0 +1,242 @@
+"""Read an H&E slide scan (whole-slide TIFF, SVS, NDPI, OME-TIFF, or a plain jpg/png) into SpatialData.
+
+Whole-slide images are larger than memory. TIFF-based formats are opened through
+:func:`tifffile.imread` ``(aszarr=True)``, so every pyramid level the scanner wrote becomes a lazy dask
+array, read tile by tile when a patch, a mask or a plot needs it. A file without levels gets factor-2
+levels computed lazily from its full resolution.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from loki._keys import Key
+from loki._logging import logger
+
+from ._image import parse_cyx_image, parse_rgb_image, read_rgb
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+_TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf2", ".tf8", ".scn", ".bif", ".qptiff"}
+#: Pixel sizes read from TIFF resolution tags are believed only in this range (µm); outside it the
+#: tags hold a desktop default (72 dpi is 353 µm per pixel), not a microscope's sampling.
+_PLAUSIBLE_MPP = (0.05, 50.0)
+_TARGET_CHUNK = 1024
+_UNIT_TO_UM = {"pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def read_slide(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    microns_per_pixel: float | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
+) -> SpatialData:
+    """Read an H&E slide scan into a SpatialData holding one multiscale image.
+
+    Aperio SVS, Hamamatsu NDPI, OME-TIFF and other (pyramidal) TIFF files are read lazily: each
+    pyramid level stored in the file becomes one level of the image, and nothing is read until pixels
+    are used. Other formats readable by PIL (jpg, png) are loaded into memory. The image is then ready
+    for :func:`loki.pp.tile_image` (tiles over the tissue), :func:`loki.pp.spot_patches` and the tools
+    built on them. ``sdata.write(...)`` copies it into a zarr store, level by level.
+
+    Parameters
+    ----------
+    path
+        The slide file.
+    name
+        Key of the image in ``sdata.images``; default the file name without its suffixes.
+    microns_per_pixel
+        Micrometres per pixel of the finest level. Default: read from the file (OME ``PhysicalSizeX``,
+        Aperio ``MPP``, else the TIFF resolution tags when they give 0.05-50 µm); ``None`` is recorded
+        when the file holds none, and :func:`loki.pp.tile_image` then asks for it.
+    coordinate_system
+        Coordinate system of the image (``Identity``: its units are full-resolution pixels, as in
+        :func:`loki.io.read_visium`).
+
+    Returns
+    -------
+    A SpatialData with ``images[name]`` (channels ``r, g, b``; an alpha channel is dropped, grey is
+    repeated) and, when the pixel size is known, ``attrs['loki']['microns_per_pixel'][name]``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not an 8-bit grey, RGB or RGBA image; several focal planes, time points or channels other than
+        colour; a ``microns_per_pixel`` that is not a positive number.
+
+    """
+    import spatialdata as sd
+    from spatialdata.transformations import Identity
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Slide file not found: {str(path)!r}.")
+    if microns_per_pixel is not None and not (np.isfinite(microns_per_pixel) and microns_per_pixel > 0):
+        raise ValueError(f"microns_per_pixel must be a positive number, got {microns_per_pixel!r}.")
+    name = path.name.split(".")[0] if name is None else name
+    transformations = {coordinate_system: Identity()}
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        levels, found, source = _tiff_levels(path)
+        image = _multiscale(levels, transformations)
+    else:
+        image = parse_rgb_image(read_rgb(path), transformations)
+        found, source = None, "none (not a TIFF)"
+    mpp = microns_per_pixel if microns_per_pixel is not None else found
+    attrs = {Key.UNS: {"microns_per_pixel": {name: float(mpp)}}} if mpp is not None else {}
+    sdata = sd.SpatialData(images={name: image}, attrs=attrs)
+    shape = tuple(int(n) for n in sdata.images[name]["scale0"]["image"].shape[1:])
+    logger.info(
+        "read slide %r as sdata.images[%r]: %d x %d px, %s; pixel size %s (from %s)",
+        path.name,
+        name,
+        shape[1],
+        shape[0],
+        f"{len(image.children)} levels",
+        "unknown" if mpp is None else f"{mpp:.4g} µm",
+        "the caller" if microns_per_pixel is not None else source,
+    )
+    return sdata
+
+
+def _multiscale(levels: list, transformations: dict):
+    """An ``Image2DModel`` from the file's own levels, or a lazily computed pyramid for a single level."""
+    import xarray as xr
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import set_transformation
+
+    if len(levels) == 1:
+        return parse_cyx_image(levels[0], transformations)
+    coords = {"c": ["r", "g", "b"]}
+    tree = xr.DataTree.from_dict(
+        {
+            f"scale{i}": xr.Dataset({"image": xr.DataArray(level, dims=("c", "y", "x"), coords=coords)})
+            for i, level in enumerate(levels)
+        }
+    )
+    # set_all derives each level's scale from its shape, so levels of any downsampling factor are placed.
+    set_transformation(tree, transformations, set_all=True)
+    Image2DModel().validate(tree)
+    return tree
+
+
+def _tiff_levels(path: Path) -> tuple[list, float | None, str]:
+    """Lazy ``(3, y, x)`` dask arrays of a TIFF's first series, finest first, and its pixel size."""
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        level_axes = [level.axes for level in series.levels]
+        mpp, source = _tiff_pixel_size(tif)
+    store = tifffile.imread(path, aszarr=True, series=0)
+    node = zarr.open(store, mode="r")
+    arrays = [node[str(i)] for i in range(len(level_axes))] if len(level_axes) > 1 else [node]
+    levels = [_as_cyx(array, axes, path.name) for array, axes in zip(arrays, level_axes, strict=True)]
+    return levels, mpp, source
+
+
+def _as_cyx(array, axes: str, what: str):
+    """A lazy ``(3, y, x)`` uint8 view of one stored level with tifffile's axes (e.g. ``ZYXS``)."""
+    import dask.array as da
+
+    if array.dtype != np.uint8:
+        raise ValueError(f"{what}: loki reads 8-bit brightfield (H&E) images, this one is {array.dtype}.")
+    chunks = tuple(
+        max(1, round(_TARGET_CHUNK / c)) * c if ax in "YX" else n
+        for ax, c, n in zip(axes, array.chunks, array.shape, strict=True)
+    )
+    data = da.from_zarr(array, chunks=chunks)
+    index = []
+    for ax, n in zip(axes, data.shape, strict=True):
+        if ax in "YXSC":
+            index.append(slice(None))
+        elif n == 1:
+            index.append(0)
+        else:
+            raise ValueError(
+                f"{what}: axis {ax!r} of its axes {axes!r} has {n} entries (focal planes, time points or "
+                "series); loki reads one 2-D colour image."
+            )
+    data = data[tuple(index)]
+    kept = [ax for ax in axes if ax in "YXSC"]
+    colour = [ax for ax in kept if ax in "SC"]
+    if len(colour) > 1:
+        raise ValueError(f"{what}: more than one channel axis in {axes!r}.")
+    if not colour:  # grey
+        data, kept, colour = data[None], ["S", *kept], ["S"]
+    data = data.transpose([kept.index(colour[0]), kept.index("Y"), kept.index("X")])
+    if data.shape[0] == 1:
+        return da.concatenate([data] * 3)
+    if data.shape[0] not in (3, 4):
+        raise ValueError(
+            f"{what}: {data.shape[0]} channels; loki reads RGB or RGBA brightfield images, not "
+            "multiplexed fluorescence."
+        )
+    return data[:3]
+
+
+def _tiff_pixel_size(tif) -> tuple[float | None, str]:
+    """Micrometres per pixel of the finest level, and where it came from."""
+    if tif.ome_metadata:
+        mpp = ome_pixel_size(tif.ome_metadata)
+        if mpp is not None:
+            return mpp, "OME PhysicalSizeX"
+    page = tif.pages.first
+    description = page.description or ""
+    if description.startswith("Aperio"):
+        mpp = aperio_pixel_size(description)
+        if mpp is not None:
+            return mpp, "Aperio MPP"
+    mpp = resolution_pixel_size(page.resolution[0], int(page.resolutionunit))
+    if mpp is not None:
+        return mpp, "TIFF resolution tags"
+    return None, "nothing in the file"
+
+
+def ome_pixel_size(xml: str) -> float | None:
+    """``PhysicalSizeX`` of the first OME ``Pixels`` element in µm (its unit converted), or None."""
+    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
+    if pixels is None:
+        return None
+    size = re.search(r'\bPhysicalSizeX="([^"]+)"', pixels.group(0))
+    if size is None:
+        return None
+    unit = re.search(r'\bPhysicalSizeXUnit="([^"]+)"', pixels.group(0))
+    factor = _UNIT_TO_UM.get(unit.group(1) if unit else "µm")
+    if factor is None:
+        logger.warning("OME PhysicalSizeXUnit %r is not a length unit loki knows; ignored", unit.group(1))
+        return None
+    value = float(size.group(1)) * factor
+    return value if value > 0 else None
+
+
+def aperio_pixel_size(description: str) -> float | None:
+    """The ``MPP = ...`` field of an Aperio SVS image description, or None."""
+    match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", description)
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value if value > 0 else None
+
+
+def resolution_pixel_size(pixels_per_unit: float, unit: int) -> float | None:
+    """µm per pixel from TIFF ``XResolution`` and ``ResolutionUnit`` (2 inch, 3 cm), if plausible."""
+    per_unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
+    if per_unit_um is None or not pixels_per_unit or pixels_per_unit <= 0:
+        return None
+    value = per_unit_um / pixels_per_unit
+    low, high = _PLAUSIBLE_MPP
+    if not low <= value <= high:
+        logger.info(
+            "TIFF resolution tags give %.4g µm per pixel, not a microscope's sampling; ignored", value
+        )
+        return None
+    return value

@@ -1,0 +1,207 @@
+"""lk.io.read_slide: whole-slide TIFF layouts written here with tifffile, over a real H&E image (MOB4)."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import spatialdata as sd
+import tifffile
+from spatialdata.transformations import get_transformation
+
+import loki as lk
+from loki.io._slide import aperio_pixel_size, ome_pixel_size, resolution_pixel_size
+
+TILE = (128, 128)
+
+
+@pytest.fixture(scope="module")
+def mob4():
+    """MOB4's real H&E (1905 x 1905 px) and its micrometres per pixel."""
+    section = lk.datasets.mob("MOB4")
+    rgb = np.moveaxis(np.asarray(section.images["MOB4_image"]["scale0"]["image"]), 0, -1)
+    mpu = section.tables["MOB4"].uns["loki"]["microns_per_unit"]
+    matrix = get_transformation(section.images["MOB4_image"]).to_affine_matrix(("x", "y"), ("x", "y"))
+    return section, rgb, float(mpu * matrix[0, 0])
+
+
+def _write_svs(path, rgb, mpp):
+    """Aperio's layout: tiled baseline, stripped thumbnail, tiled reduced levels, label (subfile 1)."""
+    description = (
+        f"Aperio Image Library v12.0.16\r\n{rgb.shape[1]}x{rgb.shape[0]} [0,0 {rgb.shape[1]}x{rgb.shape[0]}] "
+        f"(128x128) RAW/RGB|AppMag = 20|MPP = {mpp:.6f}|Filename = MOB4"
+    )
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, tile=TILE, photometric="rgb", description=description, metadata=None)
+        tif.write(rgb[::8, ::8], photometric="rgb", description="Aperio thumbnail")
+        tif.write(rgb[::4, ::4], tile=TILE, photometric="rgb", description="Aperio level")
+        tif.write(rgb[::16, ::16], tile=TILE, photometric="rgb", description="Aperio level")
+        tif.write(rgb[:64, :64], photometric="rgb", subfiletype=1, description="Aperio label")
+
+
+def test_svs_levels_are_read_lazily_from_the_file(tmp_path, mob4):
+    _, rgb, mpp = mob4
+    _write_svs(tmp_path / "MOB4.svs", rgb, mpp)
+    sdata = lk.io.read_slide(tmp_path / "MOB4.svs")
+    image = sdata.images["MOB4"]
+    shapes = [image[k]["image"].shape for k in sorted(image.children)]
+    assert shapes == [(3, 1905, 1905), (3, 477, 477), (3, 120, 120)]  # thumbnail and label left out
+    for k in image.children:
+        assert isinstance(image[k]["image"].data, da.Array)
+    # the coarse level is the file's own (every 16th pixel), not a mean over the finest level
+    np.testing.assert_array_equal(np.asarray(image["scale2"]["image"]), np.moveaxis(rgb[::16, ::16], -1, 0))
+    np.testing.assert_array_equal(
+        np.asarray(image["scale0"]["image"][:, 700:900, 300:500]), rgb[700:900, 300:500].transpose(2, 0, 1)
+    )
+    assert sdata.attrs["loki"]["microns_per_pixel"]["MOB4"] == pytest.approx(mpp, rel=1e-5)
+
+
+def test_tiles_of_a_slide_match_tiles_of_the_same_image_in_a_section(tmp_path, mob4):
+    section, rgb, mpp = mob4
+    _write_svs(tmp_path / "MOB4.svs", rgb, mpp)
+    slide = lk.io.read_slide(tmp_path / "MOB4.svs")
+    from_slide = lk.pp.tile_image(slide, "MOB4", tile_um=200)  # pixel size from the file
+    from_section = lk.pp.tile_image(section, "MOB4_image", microns_per_pixel=mpp, tile_um=200)
+    assert from_slide.n_obs == from_section.n_obs > 100
+    np.testing.assert_allclose(
+        from_slide.obs["loki_tissue_fraction"], from_section.obs["loki_tissue_fraction"], atol=1e-6
+    )
+    # the slide's coordinate system is its pixels; the section's is the image's transformation of them
+    to_section = get_transformation(section.images["MOB4_image"]).to_affine_matrix(("x", "y"), ("x", "y"))
+    moved = from_slide.obsm["spatial"] @ to_section[:2, :2].T + to_section[:2, 2]
+    np.testing.assert_allclose(moved, from_section.obsm["spatial"], atol=1e-6)
+
+
+def test_ome_tiff_pyramid_with_its_unit_and_round_trip(tmp_path, mob4):
+    _, rgb, _ = mob4
+    path = tmp_path / "he.ome.tif"
+    with tifffile.TiffWriter(path) as tif:
+        options = {"tile": TILE, "photometric": "rgb"}
+        tif.write(
+            rgb,
+            subifds=2,
+            metadata={"axes": "YXS", "PhysicalSizeX": 350.0, "PhysicalSizeXUnit": "nm"},
+            **options,
+        )
+        tif.write(rgb[::2, ::2], subfiletype=1, **options)
+        tif.write(rgb[::4, ::4], subfiletype=1, **options)
+    sdata = lk.io.read_slide(path, name="he")
+    assert sdata.attrs["loki"]["microns_per_pixel"] == {"he": pytest.approx(0.35)}
+    assert [sdata.images["he"][f"scale{i}"]["image"].shape[1] for i in range(3)] == [1905, 953, 477]
+
+    sdata.write(tmp_path / "he.zarr")
+    back = sd.read_zarr(tmp_path / "he.zarr")
+    assert back.attrs["loki"]["microns_per_pixel"] == {"he": pytest.approx(0.35)}
+    level = back.images["he"]["scale1"]["image"]
+    np.testing.assert_array_equal(np.asarray(level), np.moveaxis(rgb[::2, ::2], -1, 0))
+    # each level placed at its own scale in pixels of the finest level
+    scale = get_transformation(level).to_affine_matrix(("x", "y"), ("x", "y"))
+    assert scale[0, 0] == pytest.approx(1905 / 953)
+
+
+def test_single_level_tiff_gets_a_pyramid_and_resolution_tags(tmp_path, mob4):
+    _, rgb, _ = mob4
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(
+        path,
+        rgb,
+        tile=TILE,
+        photometric="rgb",
+        resolution=(1e4 / 2.5, 1e4 / 2.5),
+        resolutionunit="CENTIMETER",
+    )
+    sdata = lk.io.read_slide(path)
+    assert sdata.attrs["loki"]["microns_per_pixel"]["scan"] == pytest.approx(2.5)
+    assert len(sdata.images["scan"].children) > 1
+
+
+def test_no_pixel_size_is_recorded_as_unknown_and_tile_image_asks_for_it(tmp_path, mob4):
+    _, rgb, mpp = mob4
+    path = tmp_path / "desktop.tif"
+    tifffile.imwrite(
+        path, rgb, photometric="rgb", resolution=(72, 72), resolutionunit="INCH"
+    )  # 353 µm: a default
+    sdata = lk.io.read_slide(path)
+    assert "loki" not in sdata.attrs
+    with pytest.raises(KeyError, match="pass microns_per_pixel="):
+        lk.pp.tile_image(sdata, "desktop", tile_um=200)
+    assert set(sdata.tables) == set()
+    assert lk.pp.tile_image(sdata, "desktop", tile_um=200, microns_per_pixel=mpp).n_obs > 100
+    # the caller's value wins over the file's
+    assert lk.io.read_slide(path, microns_per_pixel=0.5).attrs["loki"]["microns_per_pixel"]["desktop"] == 0.5
+
+
+def test_jpg_and_grey_rgba_images(tmp_path, mob4):
+    _, rgb, _ = mob4
+    from PIL import Image
+
+    Image.fromarray(rgb[:300, :400]).save(tmp_path / "small.jpg")
+    sdata = lk.io.read_slide(tmp_path / "small.jpg", microns_per_pixel=1.0)
+    assert sdata.images["small"]["scale0"]["image"].shape == (3, 300, 400)
+
+    grey = rgb[:300, :400].mean(axis=2).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "grey.tif", grey, tile=TILE)
+    level = np.asarray(lk.io.read_slide(tmp_path / "grey.tif").images["grey"]["scale0"]["image"])
+    np.testing.assert_array_equal(level, np.stack([grey] * 3))
+
+    rgba = np.dstack([rgb[:300, :400], np.full((300, 400), 255, np.uint8)])
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    level = np.asarray(lk.io.read_slide(tmp_path / "rgba.tif").images["rgba"]["scale0"]["image"])
+    np.testing.assert_array_equal(level, rgb[:300, :400].transpose(2, 0, 1))
+
+
+def test_bad_slides_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.svs"):
+        lk.io.read_slide(tmp_path / "missing.svs")
+    tifffile.imwrite(tmp_path / "u16.tif", np.zeros((64, 64, 3), np.uint16), photometric="rgb")
+    with pytest.raises(ValueError, match=r"8-bit brightfield.*uint16"):
+        lk.io.read_slide(tmp_path / "u16.tif")
+    tifffile.imwrite(
+        tmp_path / "if.tif",
+        np.zeros((5, 64, 64), np.uint8),
+        photometric="minisblack",
+        metadata={"axes": "CYX"},
+    )
+    with pytest.raises(ValueError, match="5 channels"):
+        lk.io.read_slide(tmp_path / "if.tif")
+    tifffile.imwrite(
+        tmp_path / "z.ome.tif",
+        np.zeros((2, 64, 64, 3), np.uint8),
+        photometric="rgb",
+        metadata={"axes": "ZYXS"},
+    )
+    with pytest.raises(ValueError, match=r"axis 'Z'.*2 entries"):
+        lk.io.read_slide(tmp_path / "z.ome.tif")
+    tifffile.imwrite(tmp_path / "ok.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ValueError, match="microns_per_pixel must be a positive number"):
+        lk.io.read_slide(tmp_path / "ok.tif", microns_per_pixel=-1)
+
+
+def test_pixel_size_parsers():
+    description = "Aperio Image Library v10.0.51\r\n46920x33014 [0,100 46000x32914] (256x256) JPEG/RGB Q=30|AppMag = 20|MPP = 0.4990"
+    assert aperio_pixel_size(description) == pytest.approx(0.499)
+    assert aperio_pixel_size("Aperio Image Library v10|AppMag = 20") is None
+    xml = '<OME><Image ID="Image:0"><Pixels ID="Pixels:0" PhysicalSizeX="0.000263" PhysicalSizeXUnit="mm" SizeX="9"/></Image></OME>'
+    assert ome_pixel_size(xml) == pytest.approx(0.263)
+    assert ome_pixel_size('<OME><Pixels PhysicalSizeX="0.5"/></OME>') == pytest.approx(0.5)  # µm by default
+    assert ome_pixel_size('<OME><Pixels SizeX="9"/></OME>') is None
+    assert resolution_pixel_size(40000.0, 3) == pytest.approx(0.25)  # 40,000 px per cm
+    assert resolution_pixel_size(101600.0, 2) == pytest.approx(0.25)  # per inch
+    assert resolution_pixel_size(72.0, 2) is None  # a desktop default
+    assert resolution_pixel_size(40000.0, 1) is None  # no unit
+
+
+def test_jpeg2000_tiles_are_decoded(tmp_path, mob4):
+    """JPEG 2000 (as in many SVS files) goes through imagecodecs, installed with spatialdata-io."""
+    _, rgb, _ = mob4
+    crop = rgb[:512, :512]
+    tifffile.imwrite(
+        tmp_path / "j2k.tif",
+        crop,
+        tile=(256, 256),
+        photometric="rgb",
+        compression="jpeg2000",
+        compressionargs={"level": 100},
+    )
+    level = np.asarray(lk.io.read_slide(tmp_path / "j2k.tif").images["j2k"]["scale0"]["image"])
+    assert np.abs(level.astype(int) - crop.transpose(2, 0, 1)).max() <= 8  # lossy codec
