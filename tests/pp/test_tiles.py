@@ -341,3 +341,23 @@ def test_mask_level_of_a_factor_4_pyramid_is_read_with_a_stride():
     assert np.diag(matrix)[:2] == pytest.approx(8.0)
     assert lowres_image(tree, 600)[0].shape == (600, 600, 3)  # a level that fits is taken as it is
     assert lowres_image(tree, 100_000)[0].shape == (9600, 9600, 3)  # smaller than max_side: the finest
+
+
+def test_pixel_size_of_a_section_image_comes_from_its_table():
+    """No microns_per_pixel needed for a reader's image: 55 µm tiles on a real Visium hires image span
+    one spot diameter there (Space Ranger's scale factors), and MOB4's tiles equal those with the value
+    passed."""
+    import json
+
+    folder = shared_path("scanpy_visium_testdata", "1.0.0")
+    scalefactors = json.loads((folder / "spatial" / "scalefactors_json.json").read_text())
+    sdata = lk.io.read_visium(folder, dataset_id="V1")
+    tiles = lk.pp.tile_image(sdata, "V1_hires_image", tile_um=55.0, min_tissue=0.0)
+    spot_px = scalefactors["spot_diameter_fullres"] * scalefactors["tissue_hires_scalef"]
+    assert 55.0 / tiles.uns["loki"]["tiles"]["microns_per_pixel"] == pytest.approx(spot_px, rel=1e-6)
+
+    mob = lk.datasets.mob("MOB4")
+    implicit = lk.pp.tile_image(mob, "MOB4_image", tile_um=200, key_added="a")
+    mpu = mob.tables["MOB4"].uns["loki"]["microns_per_unit"]
+    explicit = lk.pp.tile_image(mob, "MOB4_image", tile_um=200, microns_per_pixel=mpu, key_added="b")
+    np.testing.assert_array_equal(implicit.obsm[Key.SPATIAL], explicit.obsm[Key.SPATIAL])

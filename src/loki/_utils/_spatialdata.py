@@ -101,16 +101,31 @@ def section_image_key(sdata: SpatialData, table_key: str, image_key: str | None 
     )
 
 
-def recorded_microns_per_pixel(sdata: SpatialData, image_key: str) -> float:
-    """The pixel size of an image recorded by :func:`loki.io.read_slide` (``sdata.attrs``), or a KeyError."""
+def recorded_microns_per_pixel(
+    sdata: SpatialData, image_key: str, coordinate_system: str = Key.GLOBAL_CS
+) -> float:
+    """Micrometres per pixel of an image's finest level, from what a loki reader recorded.
+
+    :func:`loki.io.read_slide` records it in ``sdata.attrs['loki']['microns_per_pixel']``. For the
+    image of a section (a table with ``.uns['loki']['image_key']`` naming it and
+    ``microns_per_unit``, as :mod:`loki.io` readers write), it is the table's µm per unit of
+    ``coordinate_system`` times the image's units per pixel in it. Raises a KeyError naming both when
+    neither is there.
+    """
     recorded = dict(getattr(sdata, "attrs", {}) or {}).get(Key.UNS, {}).get("microns_per_pixel", {})
-    if image_key not in recorded:
-        raise KeyError(
-            f"The pixel size of image {image_key!r} is not recorded in sdata.attrs['loki']['microns_per_pixel'] "
-            f"(entries: {', '.join(map(repr, recorded)) or 'none'}); pass microns_per_pixel= (the scanner's "
-            "mpp: about 0.25 at 40x, 0.5 at 20x)."
-        )
-    return float(recorded[image_key])
+    if image_key in recorded:
+        return float(recorded[image_key])
+    for table in sdata.tables.values():
+        uns = table.uns.get(Key.UNS, {})
+        if uns.get("image_key") == image_key and "microns_per_unit" in uns:
+            to_cs = affine_to(sdata.images[image_key], coordinate_system, f"sdata.images[{image_key!r}]")
+            return float(uns["microns_per_unit"]) * math.sqrt(abs(np.linalg.det(to_cs[:2, :2])))
+    raise KeyError(
+        f"The pixel size of image {image_key!r} is not recorded: no entry in "
+        f"sdata.attrs['loki']['microns_per_pixel'] (entries: {', '.join(map(repr, recorded)) or 'none'}) and no "
+        "table with .uns['loki'] image_key and microns_per_unit for it; pass microns_per_pixel= (the "
+        "scanner's mpp: about 0.25 at 40x, 0.5 at 20x)."
+    )
 
 
 def image_levels(element) -> list[Any]:

@@ -152,7 +152,9 @@ def tile_image(
         The H&E image in ``sdata.images``.
     microns_per_pixel
         Micrometres per pixel of the image's finest level (a scanner's "mpp"; 0.25 at 40x, 0.5 at 20x).
-        Default: the value :func:`loki.io.read_slide` recorded in ``sdata.attrs['loki']['microns_per_pixel']``.
+        Default: the value :func:`loki.io.read_slide` recorded in ``sdata.attrs['loki']['microns_per_pixel']``,
+        or for the image of a section read by :mod:`loki.io`, its table's ``microns_per_unit`` times the
+        image's units per pixel.
     tile_um
         Side of a tile in µm (55: a Visium spot; ``loki-tiny`` was trained on 200 µm squares).
     spacing_um
@@ -201,7 +203,7 @@ def tile_image(
 
     require_keys(sdata.images, image_key, "sdata.images")
     if microns_per_pixel is None:
-        microns_per_pixel = recorded_microns_per_pixel(sdata, image_key)
+        microns_per_pixel = recorded_microns_per_pixel(sdata, image_key, coordinate_system)
     for name, value in (("microns_per_pixel", microns_per_pixel), ("tile_um", tile_um)):
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}.")
