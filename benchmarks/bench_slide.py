@@ -5,7 +5,9 @@ is written once as an Aperio SVS-style TIFF: JPEG tiles of 240 px, a baseline an
 1/16 and 1/64, ``MPP`` in the description. Each method then runs in a fresh process, so that its peak
 resident memory is its own:
 
-- loki: ``lk.io.read_slide`` then ``lk.pp.tile_image`` with the pixel size read from the file;
+- loki: ``lk.io.read_slide`` then ``lk.pp.tile_image`` with the pixel size read from the file, then
+  every kept tile's patch read from the finest level (``lk.pp.spot_patches``); the patch reading is
+  repeated with every level read through tifffile's zarr store instead of loki's tile reader;
 - baseline: what loki did with an image file before ``read_slide`` and what a script without a WSI
   reader does: decode the whole baseline into memory (``loki.io._image.read_rgb``, PIL), build the
   SpatialData image from it (``parse_rgb_image``), then the same ``tile_image`` call.
@@ -73,7 +75,11 @@ def _run(method: str, path: str, queue) -> None:
     import loki as lk
 
     t0 = time.perf_counter()
-    if method == "loki":
+    if method in ("loki", "zarr"):
+        if method == "zarr":  # every level through tifffile's zarr store, as before TileReader
+            from loki.io._tiff_tiles import TileReader
+
+            TileReader.supports = staticmethod(lambda page: False)
         sdata = lk.io.read_slide(path, name="slide")
         table = lk.pp.tile_image(sdata, "slide", tile_um=TILE_UM)
     else:
@@ -86,8 +92,15 @@ def _run(method: str, path: str, queue) -> None:
         sdata = sd.SpatialData(images={"slide": image})
         table = lk.pp.tile_image(sdata, "slide", microns_per_pixel=MPP, tile_um=TILE_UM)
     seconds = time.perf_counter() - t0
+    patch_s = None
+    if method != "whole":  # every kept tile's 224 px patch, read from the slide's finest level
+        patches = lk.pp.spot_patches(sdata, table_key="slide_tiles", size=224)
+        t0 = time.perf_counter()
+        for start in range(0, patches.shape[0], 2048):
+            np.asarray(patches[start : start + 2048])
+        patch_s = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((seconds, peak_mb, table.obsm["spatial"]))
+    queue.put((seconds, peak_mb, table.obsm["spatial"], patch_s))
 
 
 def measure(method: str, path: str):
@@ -111,8 +124,9 @@ def main() -> None:
     write_svs(args.path, args.side)
     write_s = time.perf_counter() - t0
     size_mb = Path(args.path).stat().st_size / 2**20
-    loki_s, loki_mb, loki_xy = measure("loki", args.path)
-    base_s, base_mb, base_xy = measure("whole", args.path)
+    loki_s, loki_mb, loki_xy, loki_patch_s = measure("loki", args.path)
+    _, _, _, zarr_patch_s = measure("zarr", args.path)
+    base_s, base_mb, base_xy, _ = measure("whole", args.path)
     # Both lay the same grid over the same pixels; they differ only in the mask level they threshold.
     loki_keys = {tuple(xy) for xy in np.round(loki_xy, 3)}
     base_keys = {tuple(xy) for xy in np.round(base_xy, 3)}
@@ -127,11 +141,16 @@ def main() -> None:
         f"(JPEG tiles of {TILE} px, levels 1, 1/4, 1/16, 1/64; {size_mb:,.0f} MB; writing took {write_s:.0f} s, "
         f"not timed); {TILE_UM:.0f} µm tiles. Each row is a fresh process.",
         "",
-        "| what | time | peak resident memory | ratio (time, memory) |",
+        "| what | time | peak resident memory of the process (patch reading included for loki) | ratio (time, memory) |",
         "|---|---|---|---|",
         f"| loki `read_slide` + `tile_image` (pixel size from the file) | {loki_s:.1f} s | {loki_mb:,.0f} MB | 1.0, 1.0 |",
         f"| whole image decoded (PIL) + `parse_rgb_image` + `tile_image` | {base_s:.1f} s | {base_mb:,.0f} MB | "
         f"{base_s / loki_s:.0f}x, {base_mb / loki_mb:.0f}x |",
+        "",
+        f"Reading every kept tile's 224 px patch (`lk.pp.spot_patches`, materialised in batches of 2,048) from "
+        f"the finest level: {loki_patch_s:.1f} s ({len(loki_xy) / loki_patch_s:.0f} patches/s) with loki's tile "
+        f"reader, {zarr_patch_s:.1f} s ({len(loki_xy) / zarr_patch_s:.0f} patches/s, {zarr_patch_s / loki_patch_s:.1f}x "
+        "slower) with every level read through tifffile's zarr store.",
         "",
         f"- Tiles kept: loki {len(loki_keys):,}, baseline {len(base_keys):,}, {len(common):,} by both "
         f"({len(common) / len(loki_keys | base_keys):.1%} of either's); they differ at the tissue's edge, where "

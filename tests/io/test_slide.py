@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import spatialdata as sd
 import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from spatialdata.transformations import get_transformation
 
 import loki as lk
@@ -83,7 +85,8 @@ def test_ome_tiff_pyramid_with_its_unit_and_round_trip(tmp_path, mob4):
             metadata={"axes": "YXS", "PhysicalSizeX": 350.0, "PhysicalSizeXUnit": "nm"},
             **options,
         )
-        tif.write(rgb[::2, ::2], subfiletype=1, **options)
+        # a level no downsampling of the finest would give: it must travel as stored
+        tif.write(255 - rgb[::2, ::2], subfiletype=1, **options)
         tif.write(rgb[::4, ::4], subfiletype=1, **options)
     sdata = lk.io.read_slide(path, name="he")
     assert sdata.attrs["loki"]["microns_per_pixel"] == {"he": pytest.approx(0.35)}
@@ -93,7 +96,7 @@ def test_ome_tiff_pyramid_with_its_unit_and_round_trip(tmp_path, mob4):
     back = sd.read_zarr(tmp_path / "he.zarr")
     assert back.attrs["loki"]["microns_per_pixel"] == {"he": pytest.approx(0.35)}
     level = back.images["he"]["scale1"]["image"]
-    np.testing.assert_array_equal(np.asarray(level), np.moveaxis(rgb[::2, ::2], -1, 0))
+    np.testing.assert_array_equal(np.asarray(level), np.moveaxis(255 - rgb[::2, ::2], -1, 0))
     # each level placed at its own scale in pixels of the finest level
     scale = get_transformation(level).to_affine_matrix(("x", "y"), ("x", "y"))
     assert scale[0, 0] == pytest.approx(1905 / 953)
@@ -205,3 +208,41 @@ def test_jpeg2000_tiles_are_decoded(tmp_path, mob4):
     )
     level = np.asarray(lk.io.read_slide(tmp_path / "j2k.tif").images["j2k"]["scale0"]["image"])
     assert np.abs(level.astype(int) - crop.transpose(2, 0, 1)).max() <= 8  # lossy codec
+
+
+@pytest.fixture(scope="module")
+def tiled_jpeg(tmp_path_factory, mob4):
+    """A JPEG-tiled TIFF of MOB4 whose size is not a multiple of the tile, and tifffile's own reading."""
+    _, rgb, _ = mob4
+    path = tmp_path_factory.mktemp("tiles") / "he.tif"
+    tifffile.imwrite(path, rgb[:1000, :777], tile=(112, 96), photometric="rgb", compression="jpeg")
+    return path, tifffile.imread(path)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    y=st.tuples(st.integers(0, 999), st.integers(1, 1000)).filter(lambda t: t[0] < t[1]),
+    x=st.tuples(st.integers(0, 776), st.integers(1, 777)).filter(lambda t: t[0] < t[1]),
+)
+def test_tile_reader_reads_any_region_as_tifffile_does(tiled_jpeg, y, x):
+    from loki.io._tiff_tiles import TileReader
+
+    path, expected = tiled_jpeg
+    with tifffile.TiffFile(path) as tif:
+        reader = TileReader(path, tif.pages.first)
+    np.testing.assert_array_equal(reader.read(y[0], y[1], x[0], x[1]), expected[y[0] : y[1], x[0] : x[1]])
+
+
+def test_levels_are_read_by_the_tile_reader_or_the_zarr_store(tmp_path, mob4):
+    """Tiled interleaved levels go through TileReader, stripped ones through tifffile's zarr store;
+    both give tifffile's pixels."""
+    _, rgb, _ = mob4
+    tifffile.imwrite(tmp_path / "tiled.tif", rgb, tile=(256, 256), photometric="rgb", compression="jpeg")
+    tifffile.imwrite(tmp_path / "strips.tif", rgb, photometric="rgb", compression="jpeg", rowsperstrip=64)
+    for name in ("tiled", "strips"):
+        image = lk.io.read_slide(tmp_path / f"{name}.tif").images[name]["scale0"]["image"]
+        graph = str(dict(image.data.dask))
+        assert ("from-zarr" in graph) == (name == "strips")
+        np.testing.assert_array_equal(
+            np.asarray(image), tifffile.imread(tmp_path / f"{name}.tif").transpose(2, 0, 1)
+        )

@@ -18,6 +18,7 @@ from loki._keys import Key
 from loki._logging import logger
 
 from ._image import parse_cyx_image, parse_rgb_image, read_rgb
+from ._tiff_tiles import TileReader
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -128,32 +129,45 @@ def _multiscale(levels: list, transformations: dict):
 
 
 def _tiff_levels(path: Path) -> tuple[list, float | None, str]:
-    """Lazy ``(3, y, x)`` dask arrays of a TIFF's first series, finest first, and its pixel size."""
+    """Lazy ``(3, y, x)`` dask arrays of a TIFF's first series, finest first, and its pixel size.
+
+    Levels stored as one tiled page of interleaved 8-bit samples are read by :class:`TileReader`;
+    others (stripped, planar, stacked) through tifffile's zarr store.
+    """
+    import dask.array as da
     import tifffile
     import zarr
 
+    levels: list = []
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        level_axes = [level.axes for level in series.levels]
         mpp, source = _tiff_pixel_size(tif)
-    store = tifffile.imread(path, aszarr=True, series=0)
-    node = zarr.open(store, mode="r")
-    arrays = [node[str(i)] for i in range(len(level_axes))] if len(level_axes) > 1 else [node]
-    levels = [_as_cyx(array, axes, path.name) for array, axes in zip(arrays, level_axes, strict=True)]
-    return levels, mpp, source
+        for level in series.levels:
+            page = level.keyframe
+            if len(level.pages) == 1 and TileReader.supports(page):
+                reader = TileReader(path, page)
+                levels.append((reader.to_dask(_TARGET_CHUNK), "YXS"))
+            else:
+                levels.append((None, level.axes))
+    if any(data is None for data, _ in levels):
+        node = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
+        for i, (data, axes) in enumerate(levels):
+            if data is None:
+                array = node[str(i)] if len(levels) > 1 else node
+                chunks = tuple(
+                    max(1, round(_TARGET_CHUNK / c)) * c if ax in "YX" else n
+                    for ax, c, n in zip(axes, array.chunks, array.shape, strict=True)
+                )
+                levels[i] = (da.from_zarr(array, chunks=chunks), axes)
+    return [_as_cyx(data, axes, path.name) for data, axes in levels], mpp, source
 
 
-def _as_cyx(array, axes: str, what: str):
+def _as_cyx(data, axes: str, what: str):
     """A lazy ``(3, y, x)`` uint8 view of one stored level with tifffile's axes (e.g. ``ZYXS``)."""
     import dask.array as da
 
-    if array.dtype != np.uint8:
-        raise ValueError(f"{what}: loki reads 8-bit brightfield (H&E) images, this one is {array.dtype}.")
-    chunks = tuple(
-        max(1, round(_TARGET_CHUNK / c)) * c if ax in "YX" else n
-        for ax, c, n in zip(axes, array.chunks, array.shape, strict=True)
-    )
-    data = da.from_zarr(array, chunks=chunks)
+    if data.dtype != np.uint8:
+        raise ValueError(f"{what}: loki reads 8-bit brightfield (H&E) images, this one is {data.dtype}.")
     index = []
     for ax, n in zip(axes, data.shape, strict=True):
         if ax in "YXSC":
