@@ -125,36 +125,23 @@ def main() -> None:
     source, target, density, _ = make_inputs(args.spots, args.types, args.dim)
 
     fit_mapping(source, target, source_density=density, epochs=3, device=device)  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    result = fit_mapping(
-        source,
-        target,
-        source_density=density,
-        epochs=args.epochs,
-        device=device,
-        seed=0,
-        num_threads=args.threads,
-    )
-    _sync(device)
-    loki_s = time.perf_counter() - t0
+
+    def timed_fit(**options):
+        _sync(device)
+        t0 = time.perf_counter()
+        fit = fit_mapping(
+            source, target, source_density=density, epochs=args.epochs, device=device, seed=0, **options
+        )
+        _sync(device)
+        return fit, time.perf_counter() - t0
+
+    result, loki_s = timed_fit(num_threads=args.threads)
     per_epoch = loki_s / args.epochs
     eager_s = None
     if (
         device.type == "cuda"
     ):  # the same fit without the CUDA graph: every epoch's kernels launched one by one
-        t0 = time.perf_counter()
-        eager = fit_mapping(
-            source,
-            target,
-            source_density=density,
-            epochs=args.epochs,
-            device=device,
-            seed=0,
-            cuda_graph=False,
-        )
-        _sync(device)
-        eager_s = time.perf_counter() - t0
+        eager, eager_s = timed_fit(cuda_graph=False)
         graph_vs_eager = np.abs(eager.mapping - result.mapping).max()
     if device.type == "cpu":
         torch.set_num_threads(args.threads)  # baselines on the same threads as loki's default

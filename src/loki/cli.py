@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "--mpp",
         type=float,
         default=None,
-        help="micrometres per pixel of the image's finest level (default: as recorded by `loki slide`)",
+        help="micrometres per pixel of the image's finest level (default: recorded by `loki slide` or a reader)",
     )
     tile.add_argument("--tile-um", type=float, default=55.0, help="tile side in µm (default: a Visium spot)")
     tile.add_argument(
