@@ -141,6 +141,8 @@ def test_jpg_and_grey_rgba_images(tmp_path, mob4):
     Image.fromarray(rgb[:300, :400]).save(tmp_path / "small.jpg")
     sdata = lk.io.read_slide(tmp_path / "small.jpg", microns_per_pixel=1.0)
     assert sdata.images["small"]["scale0"]["image"].shape == (3, 300, 400)
+    (tmp_path / "small.jpg").rename(tmp_path / "case 7 (HE).jpg")
+    assert list(lk.io.read_slide(tmp_path / "case 7 (HE).jpg").images) == ["case_7__HE_"]
 
     grey = rgb[:300, :400].mean(axis=2).astype(np.uint8)
     tifffile.imwrite(tmp_path / "grey.tif", grey, tile=TILE)
@@ -175,6 +177,9 @@ def test_bad_slides_are_named(tmp_path):
     )
     with pytest.raises(ValueError, match=r"axis 'Z'.*2 entries"):
         lk.io.read_slide(tmp_path / "z.ome.tif")
+    (tmp_path / "scan.mrxs").write_bytes(b"MIRAX index, not an image")
+    with pytest.raises(ValueError, match=r"Cannot read 'scan\.mrxs'.*OME-TIFF"):
+        lk.io.read_slide(tmp_path / "scan.mrxs")
     tifffile.imwrite(tmp_path / "ok.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb")
     with pytest.raises(ValueError, match="microns_per_pixel must be a positive number"):
         lk.io.read_slide(tmp_path / "ok.tif", microns_per_pixel=-1)

@@ -71,7 +71,8 @@ def read_slide(
         No such file.
     ValueError
         Not an 8-bit grey, RGB or RGBA image; several focal planes, time points or channels other than
-        colour; a ``microns_per_pixel`` that is not a positive number.
+        colour; a format neither TIFF-based nor readable by PIL (MIRAX, VSI, DICOM: convert them to
+        OME-TIFF); a ``microns_per_pixel`` that is not a positive number.
 
     """
     import spatialdata as sd
@@ -82,13 +83,14 @@ def read_slide(
         raise FileNotFoundError(f"Slide file not found: {str(path)!r}.")
     if microns_per_pixel is not None and not (np.isfinite(microns_per_pixel) and microns_per_pixel > 0):
         raise ValueError(f"microns_per_pixel must be a positive number, got {microns_per_pixel!r}.")
-    name = path.name.split(".")[0] if name is None else name
+    if name is None:  # SpatialData names allow letters, digits, '_', '-' and '.'
+        name = re.sub(r"[^0-9A-Za-z_.-]", "_", path.name.split(".")[0]) or "slide"
     transformations = {coordinate_system: Identity()}
     if path.suffix.lower() in _TIFF_SUFFIXES:
         levels, found, source = _tiff_levels(path)
         image = _multiscale(levels, transformations)
     else:
-        image = parse_rgb_image(read_rgb(path), transformations)
+        image = parse_rgb_image(_read_other(path), transformations)
         found, source = None, "none (not a TIFF)"
     mpp = microns_per_pixel if microns_per_pixel is not None else found
     attrs = {Key.UNS: {"microns_per_pixel": {name: float(mpp)}}} if mpp is not None else {}
@@ -105,6 +107,19 @@ def read_slide(
         "the caller" if microns_per_pixel is not None else source,
     )
     return sdata
+
+
+def _read_other(path: Path) -> np.ndarray:
+    from PIL import UnidentifiedImageError
+
+    try:
+        return read_rgb(path)
+    except UnidentifiedImageError:
+        raise ValueError(
+            f"Cannot read {path.name!r}: loki reads TIFF-based slides ({', '.join(sorted(_TIFF_SUFFIXES))}) "
+            "and the images PIL reads (jpg, png, ...). Convert other formats (MIRAX, VSI, DICOM) to OME-TIFF "
+            "first, e.g. with bfconvert or vips."
+        ) from None
 
 
 def _multiscale(levels: list, transformations: dict):
