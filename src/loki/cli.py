@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     slide.add_argument("zarr", type=Path, help="SpatialData .zarr store to create (must not exist)")
     slide.add_argument("--name", default=None, help="image key (default: the file name without suffixes)")
     slide.add_argument(
+        "--series", type=int, default=0, help="image of a TIFF holding several (default 0: the slide)"
+    )
+    slide.add_argument(
         "--mpp",
         type=float,
         default=None,
@@ -128,7 +131,7 @@ def _slide(args: argparse.Namespace) -> None:
 
     if args.zarr.exists():
         raise SystemExit(f"loki slide: {str(args.zarr)!r} exists; name a new store.")
-    sdata = lk.io.read_slide(args.slide, name=args.name, microns_per_pixel=args.mpp)
+    sdata = lk.io.read_slide(args.slide, name=args.name, microns_per_pixel=args.mpp, series=args.series)
     sdata.write(args.zarr)
     (name,) = sdata.images.keys()
     mpp = sdata.attrs.get("loki", {}).get("microns_per_pixel", {}).get(name)

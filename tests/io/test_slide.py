@@ -56,6 +56,10 @@ def test_svs_levels_are_read_lazily_from_the_file(tmp_path, mob4):
         np.asarray(image["scale0"]["image"][:, 700:900, 300:500]), rgb[700:900, 300:500].transpose(2, 0, 1)
     )
     assert sdata.attrs["loki"]["microns_per_pixel"]["MOB4"] == pytest.approx(mpp, rel=1e-5)
+    thumbnail = lk.io.read_slide(tmp_path / "MOB4.svs", series=1).images["MOB4"]["scale0"]["image"]
+    np.testing.assert_array_equal(np.asarray(thumbnail), np.moveaxis(rgb[::8, ::8], -1, 0))
+    with pytest.raises(ValueError, match=r"no series 3; it holds 0: Baseline .*2: Label"):
+        lk.io.read_slide(tmp_path / "MOB4.svs", series=3)
 
 
 def test_tiles_of_a_slide_match_tiles_of_the_same_image_in_a_section(tmp_path, mob4):

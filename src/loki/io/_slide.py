@@ -36,6 +36,7 @@ def read_slide(
     *,
     name: str | None = None,
     microns_per_pixel: float | None = None,
+    series: int = 0,
     coordinate_system: str = Key.GLOBAL_CS,
 ) -> SpatialData:
     """Read an H&E slide scan into a SpatialData holding one multiscale image.
@@ -56,6 +57,9 @@ def read_slide(
         Micrometres per pixel of the finest level. Default: read from the file (OME ``PhysicalSizeX``,
         Aperio ``MPP``, else the TIFF resolution tags when they give 0.05-50 µm); ``None`` is recorded
         when the file holds none, and :func:`loki.pp.tile_image` then asks for it.
+    series
+        Which image of a TIFF holding several (tifffile's ``series``; Aperio's thumbnail, label and
+        macro images follow the slide, which is series 0).
     coordinate_system
         Coordinate system of the image (``Identity``: its units are full-resolution pixels, as in
         :func:`loki.io.read_visium`).
@@ -71,7 +75,7 @@ def read_slide(
         No such file.
     ValueError
         Not an 8-bit grey, RGB or RGBA image; several focal planes, time points or channels other than
-        colour; a format neither TIFF-based nor readable by PIL (MIRAX, VSI, DICOM: convert them to
+        colour; a ``series`` the file does not hold; a format neither TIFF-based nor readable by PIL (MIRAX, VSI, DICOM: convert them to
         OME-TIFF); a ``microns_per_pixel`` that is not a positive number.
 
     """
@@ -87,7 +91,7 @@ def read_slide(
         name = re.sub(r"[^0-9A-Za-z_.-]", "_", path.name.split(".")[0]) or "slide"
     transformations = {coordinate_system: Identity()}
     if path.suffix.lower() in _TIFF_SUFFIXES:
-        levels, found, source = _tiff_levels(path)
+        levels, found, source = _tiff_levels(path, series)
         image = _multiscale(levels, transformations)
     else:
         image = parse_rgb_image(_read_other(path), transformations)
@@ -143,8 +147,8 @@ def _multiscale(levels: list, transformations: dict):
     return tree
 
 
-def _tiff_levels(path: Path) -> tuple[list, float | None, str]:
-    """Lazy ``(3, y, x)`` dask arrays of a TIFF's first series, finest first, and its pixel size.
+def _tiff_levels(path: Path, index: int = 0) -> tuple[list, float | None, str]:
+    """Lazy ``(3, y, x)`` dask arrays of one series of a TIFF, finest first, and its pixel size.
 
     Levels stored as one tiled page of interleaved 8-bit samples are read by :class:`TileReader`;
     others (stripped, planar, stacked) through tifffile's zarr store.
@@ -155,7 +159,10 @@ def _tiff_levels(path: Path) -> tuple[list, float | None, str]:
 
     levels: list = []
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
+        if not 0 <= index < len(tif.series):
+            listing = ", ".join(f"{i}: {s.name or 'unnamed'} {s.shape}" for i, s in enumerate(tif.series))
+            raise ValueError(f"{path.name} has no series {index}; it holds {listing}.")
+        series = tif.series[index]
         mpp, source = _tiff_pixel_size(tif)
         for level in series.levels:
             page = level.keyframe
@@ -165,7 +172,7 @@ def _tiff_levels(path: Path) -> tuple[list, float | None, str]:
             else:
                 levels.append((None, level.axes))
     if any(data is None for data, _ in levels):
-        node = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
+        node = zarr.open(tifffile.imread(path, aszarr=True, series=index), mode="r")
         for i, (data, axes) in enumerate(levels):
             if data is None:
                 array = node[str(i)] if len(levels) > 1 else node
