@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     tile.add_argument("--grid", choices=["square", "hex"], default="square")
     tile.add_argument("--min-tissue", type=float, default=0.5, help="least tissue fraction of a kept tile")
+    tile.add_argument(
+        "--within", default=None, help="shapes element of regions (e.g. annotations); only tiles inside them"
+    )
     tile.add_argument("--key-added", default=None, help="table key (default IMAGE_tiles)")
     return parser
 
@@ -153,6 +156,7 @@ def _tile(args: argparse.Namespace) -> None:
         spacing_um=args.spacing_um,
         grid=args.grid,
         min_tissue=args.min_tissue,
+        within=args.within,
         key_added=args.key_added,
     )
     key = next(k for k, t in sdata.tables.items() if t is table)

@@ -361,3 +361,79 @@ def test_pixel_size_of_a_section_image_comes_from_its_table():
     mpu = mob.tables["MOB4"].uns["loki"]["microns_per_unit"]
     explicit = lk.pp.tile_image(mob, "MOB4_image", tile_um=200, microns_per_pixel=mpu, key_added="b")
     np.testing.assert_array_equal(implicit.obsm[Key.SPATIAL], explicit.obsm[Key.SPATIAL])
+
+
+def test_tiles_within_annotated_regions_of_a_real_slide(tmp_path):
+    """A QuPath-style GeoJSON export (polygons in full-resolution pixels, with a classification) over
+    MOB4's real H&E keeps the tissue tiles whose centre lies in a region, and names it."""
+    import geopandas as gpd
+    import shapely
+    from shapely.geometry import Polygon
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    sdata = lk.datasets.mob("MOB4")
+    every = lk.pp.tile_image(sdata, "MOB4_image", tile_um=200, key_added="every")
+    outer = Polygon([(300, 300), (1000, 300), (1000, 1500), (300, 1500)])
+    inner = Polygon([(600, 600), (1400, 600), (1400, 1000), (600, 1000)])  # overlaps outer
+    exported = gpd.GeoDataFrame({"classification": ["mitral", "granule"]}, geometry=[outer, inner])
+    exported.to_file(tmp_path / "annotations.geojson", driver="GeoJSON")
+    regions = gpd.read_file(tmp_path / "annotations.geojson")
+    sdata.shapes["annotations"] = ShapesModel.parse(regions, transformations={"global": Identity()})
+
+    tiles = lk.pp.tile_image(sdata, "MOB4_image", tile_um=200, within="annotations", key_added="inside")
+    xy = every.obsm[Key.SPATIAL]
+    in_outer = shapely.contains_xy(outer, xy[:, 0], xy[:, 1])
+    in_inner = shapely.contains_xy(inner, xy[:, 0], xy[:, 1])
+    assert 10 < tiles.n_obs == int((in_outer | in_inner).sum()) < every.n_obs
+    np.testing.assert_array_equal(tiles.obsm[Key.SPATIAL], xy[in_outer | in_inner])
+    expected = np.where(in_outer, "0", "1")[in_outer | in_inner]  # the first region where both hold a tile
+    assert tiles.obs["annotations_id"].astype(str).tolist() == expected.tolist()
+    labels = regions["classification"].to_numpy()[tiles.obs["annotations_id"].astype(int)]
+    assert set(labels) == {"mitral", "granule"}
+    assert tiles.uns[Key.UNS]["tiles"]["within"] == "annotations"
+    # listed the other way round, the overlap goes to the other region: the first listed wins
+    sdata.shapes["reversed"] = ShapesModel.parse(
+        gpd.read_file(tmp_path / "annotations.geojson").iloc[::-1].reset_index(drop=True),
+        transformations={"global": Identity()},
+    )
+    flipped = lk.pp.tile_image(sdata, "MOB4_image", tile_um=200, within="reversed", key_added="flipped")
+    expected = np.where(in_inner, "0", "1")[in_outer | in_inner]
+    assert flipped.obs["reversed_id"].astype(str).tolist() == expected.tolist()
+
+
+def test_tiles_within_circles_in_another_unit():
+    """Regions drawn in another coordinate frame (circles in half-pixels, Scale 0.5 into 'global') are
+    matched after their transformation; the image itself has Scale 2."""
+    import geopandas as gpd
+    from shapely.geometry import Point
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Scale
+
+    sdata = _image(_slide())  # tissue x 200-520, y 100-420 image pixels = 400-1040, 200-840 in 'global'
+    # centres (720, 520) and (500, 300) in 'global', radii 100 and 45 there (tiles 28 and 63 from the second)
+    circles = gpd.GeoDataFrame({"radius": [200.0, 90.0]}, geometry=[Point(1440, 1040), Point(1000, 600)])
+    sdata.shapes["roi"] = ShapesModel.parse(
+        circles, transformations={"global": Scale([0.5, 0.5], axes=("x", "y"))}
+    )
+    every = lk.pp.tile_image(sdata, "he", microns_per_pixel=0.5, tile_um=20.0, key_added="every")
+    tiles = lk.pp.tile_image(
+        sdata, "he", microns_per_pixel=0.5, tile_um=20.0, within="roi", key_added="roi_tiles"
+    )
+    xy = every.obsm[Key.SPATIAL]
+    big, small = np.linalg.norm(xy - [720, 520], axis=1) <= 100, np.linalg.norm(xy - [500, 300], axis=1) <= 45
+    assert small.sum() > 0
+    assert 0 < tiles.n_obs == int((big | small).sum()) < every.n_obs
+    assert tiles.obs["roi_id"].astype(str).tolist() == np.where(big, "0", "1")[big | small].tolist()
+
+    n_tables = len(sdata.tables)
+    sdata.shapes["far"] = ShapesModel.parse(
+        gpd.GeoDataFrame({"radius": [10.0]}, geometry=[Point(0, 0)]),
+        transformations={"global": Scale([0.5, 0.5], axes=("x", "y"))},
+    )
+    with pytest.raises(ValueError, match=r"centre in sdata.shapes\['far'\].*0 tiles inside"):
+        lk.pp.tile_image(sdata, "he", microns_per_pixel=0.5, tile_um=20.0, within="far", key_added="x")
+    with pytest.raises(KeyError, match=r"'nowhere' not found in sdata.shapes; available: .*'roi'"):
+        lk.pp.tile_image(sdata, "he", microns_per_pixel=0.5, tile_um=20.0, within="nowhere", key_added="x")
+    assert len(sdata.tables) == n_tables
+    assert "x_shapes" not in sdata.shapes

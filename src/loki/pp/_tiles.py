@@ -133,6 +133,7 @@ def tile_image(
     grid: Literal["square", "hex"] = "square",
     min_tissue: float = 0.5,
     mask: np.ndarray | None = None,
+    within: str | None = None,
     coordinate_system: str = Key.GLOBAL_CS,
     key_added: str | None = None,
 ) -> AnnData:
@@ -166,6 +167,11 @@ def tile_image(
     mask
         Boolean ``(y, x)`` tissue mask of the image at any resolution (scaled to the image), instead of
         :func:`tissue_mask`.
+    within
+        A shapes element of regions (e.g. a pathologist's annotations, exported from QuPath as GeoJSON
+        and parsed with :func:`geopandas.read_file` and :class:`spatialdata.models.ShapesModel`): only
+        tiles whose centre lies in one of its polygons (or circles) are kept, and ``.obs[f"{within}_id"]``
+        names that region (the first one, where regions overlap).
     coordinate_system
         Coordinate system of the image in which the tiles are laid out, as the readers lay out spots.
     key_added
@@ -202,6 +208,8 @@ def tile_image(
     from spatialdata.transformations import Identity
 
     require_keys(sdata.images, image_key, "sdata.images")
+    if within is not None:
+        require_keys(sdata.shapes, within, "sdata.shapes")
     if microns_per_pixel is None:
         microns_per_pixel = recorded_microns_per_pixel(sdata, image_key, coordinate_system)
     for name, value in (("microns_per_pixel", microns_per_pixel), ("tile_um", tile_um)):
@@ -241,6 +249,15 @@ def tile_image(
             f"{tile_px:.1f} px fit in its {width}x{height} pixels; {mask.mean():.1%} of the image is tissue). "
             "Lower min_tissue, pass mask=, or check microns_per_pixel and tile_um."
         )
+    if within is not None:
+        region_of = containing_shape(sdata, within, apply_matrix(centres, to_cs), coordinate_system)
+        if not (keep & (region_of >= 0)).any():
+            raise ValueError(
+                f"No tile of image {image_key!r} with at least {min_tissue:.0%} tissue has its centre in "
+                f"sdata.shapes[{within!r}] ({int(keep.sum())} tissue tiles, {int((region_of >= 0).sum())} tiles "
+                f"inside its {len(sdata.shapes[within])} shapes); check that both are in {coordinate_system!r}."
+            )
+        keep &= region_of >= 0
     centres, fraction, boxes = centres[keep], fraction[keep], boxes[keep]
     spacing_px = spacing_um / microns_per_pixel
     rows = np.rint((centres[:, 1] - half) / (spacing_px * (np.sqrt(3) / 2 if grid == "hex" else 1.0)))
@@ -265,6 +282,9 @@ def tile_image(
         },
         index=ids.to_numpy(),
     )
+    if within is not None:
+        names = sdata.shapes[within].index.astype(str).to_numpy()
+        obs[f"{within}_id"] = pd.Categorical(names[region_of[keep]], categories=names)
     adata = AnnData(X=sparse.csr_matrix((len(ids), 0), dtype=np.float32), obs=obs)
     adata.obsm[Key.SPATIAL] = centres
     adata.uns[Key.UNS] = {
@@ -276,6 +296,7 @@ def tile_image(
             "spacing_um": float(spacing_um),
             "grid": grid,
             "min_tissue": float(min_tissue),
+            "within": within,
             "n_candidates": len(keep),
             "microns_per_pixel": float(microns_per_pixel),
         },
@@ -297,6 +318,38 @@ def tile_image(
         key_added,
     )
     return table
+
+
+def containing_shape(
+    sdata: SpatialData, shapes_key: str, xy: np.ndarray, coordinate_system: str
+) -> np.ndarray:
+    """Position in ``sdata.shapes[shapes_key]`` of the first shape holding each point, or -1.
+
+    ``xy`` are points in ``coordinate_system``; they are brought into the shapes' own coordinates, so
+    regions drawn on any level of the image (or in another unit) are matched. Circles (points with a
+    ``radius`` column) count as discs.
+    """
+    import shapely
+
+    shapes = sdata.shapes[shapes_key]
+    to_cs = affine_to(shapes, coordinate_system, f"sdata.shapes[{shapes_key!r}]")
+    local = apply_matrix(np.asarray(xy, dtype=np.float64), np.linalg.inv(to_cs))
+    geometry = shapes.geometry.to_numpy()
+    if "radius" in shapes.columns:
+        from scipy.spatial import cKDTree
+
+        centres = shapely.get_coordinates(geometry)
+        radius = shapes["radius"].to_numpy(dtype=np.float64)
+        near = cKDTree(centres).query_ball_point(local, r=float(radius.max()))
+        points = np.repeat(np.arange(len(local)), [len(n) for n in near])
+        regions = np.concatenate([np.asarray(n, dtype=np.int64) for n in near]) if len(near) else points
+        inside = ((local[points] - centres[regions]) ** 2).sum(1) <= radius[regions] ** 2
+        points, regions = points[inside], regions[inside]
+    else:
+        points, regions = shapely.STRtree(geometry).query(shapely.points(local), predicate="within")
+    first = np.full(len(local), len(geometry), dtype=np.int64)
+    np.minimum.at(first, points, regions)
+    return np.where(first < len(geometry), first, -1)
 
 
 def _check_mask(mask, height: int, width: int) -> np.ndarray:
