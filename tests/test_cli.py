@@ -59,8 +59,12 @@ def test_embed_a_spot_section_adds_both_modalities(mob4_zarr):
 def test_cli_names_what_is_missing(mob4_zarr):
     with pytest.raises(SystemExit, match="tables: MOB4"):
         main(["embed", str(mob4_zarr), "--table", "MOB9", "--model", "loki-tiny"])
-    with pytest.raises(KeyError, match="MOB4_image"):
+    with pytest.raises(
+        SystemExit, match=r"loki tile: 'HE' not found in sdata\.images; available: 'MOB4_image'"
+    ):
         main(["tile", str(mob4_zarr), "--image", "HE", "--mpp", "0.5"])
+    with pytest.raises(KeyError):  # --verbose shows the error itself
+        main(["-v", "tile", str(mob4_zarr), "--image", "HE", "--mpp", "0.5"])
     assert set(sd.read_zarr(mob4_zarr).tables) == {"MOB4"}
 
 
@@ -88,3 +92,21 @@ def test_slide_then_tile_takes_the_pixel_size_from_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit, match="exists"):
         main(["slide", str(tmp_path / "MOB4.tif"), str(store)])
     assert "MOB4_tiles" in sd.read_zarr(store).tables
+
+
+def test_slide_that_fails_midway_leaves_no_store(tmp_path):
+    import numpy as np
+    import tifffile
+
+    rgb = np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    path = tmp_path / "bad.tif"
+    tifffile.imwrite(path, rgb, tile=(256, 256), photometric="rgb", compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages.first.dataoffsets[-1]
+    with open(path, "r+b") as f:  # the last tile's zlib stream, corrupted
+        f.seek(offset)
+        f.write(b"\0" * 64)
+    store = tmp_path / "bad.zarr"
+    with pytest.raises(Exception, match="LIBDEFLATE_BAD_DATA"):  # the codec error reaches the caller
+        main(["slide", str(path), str(store), "--mpp", "0.5"])
+    assert not store.exists()

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loki", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every write at INFO level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log every write at INFO level, and show tracebacks of errors",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -135,9 +141,13 @@ def _slide(args: argparse.Namespace) -> None:
     if args.zarr.exists():
         raise SystemExit(f"loki slide: {str(args.zarr)!r} exists; name a new store.")
     sdata = lk.io.read_slide(args.slide, name=args.name, microns_per_pixel=args.mpp, series=args.series)
-    sdata.write(args.zarr)
+    try:
+        sdata.write(args.zarr)
+    except BaseException:  # a half-written store would block the next try ("exists")
+        shutil.rmtree(args.zarr, ignore_errors=True)
+        raise
     (name,) = sdata.images.keys()
-    mpp = sdata.attrs.get("loki", {}).get("microns_per_pixel", {}).get(name)
+    mpp = sdata.attrs.get(lk.Key.UNS, {}).get("microns_per_pixel", {}).get(name)
     size = "unknown pixel size (pass --mpp to `loki tile`)" if mpp is None else f"{mpp:.4g} µm per pixel"
     print(f"image {name!r} written to {args.zarr} ({size})")
 
@@ -162,7 +172,11 @@ def _tile(args: argparse.Namespace) -> None:
     key = next(k for k, t in sdata.tables.items() if t is table)
     shapes = table.uns["spatialdata_attrs"]["region"]
     sdata.write_element(shapes)
-    sdata.write_element(key)
+    try:
+        sdata.write_element(key)
+    except BaseException:  # leave the store as it was
+        sdata.delete_element_from_disk(shapes)
+        raise
     print(f"{table.n_obs} tiles written to {args.zarr} as shapes {shapes!r} and table {key!r}")
 
 
@@ -176,6 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         logger.addHandler(handler)
     logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
 
+    try:
+        _run(args)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        if args.verbose:
+            raise
+        message = err.args[0] if err.args else repr(err)
+        raise SystemExit(f"loki {args.command}: {message}") from err
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         from ._demo import run_demo
 
@@ -188,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         _slide(args)
     elif args.command == "tile":
         _tile(args)
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

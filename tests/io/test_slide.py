@@ -238,7 +238,8 @@ def test_tile_reader_reads_any_region_as_tifffile_does(tiled_jpeg, y, x):
 
     path, expected = tiled_jpeg
     with tifffile.TiffFile(path) as tif:
-        reader = TileReader(path, tif.pages.first)
+        assert TileReader.supports(tif.pages.first)
+    reader = TileReader(path)
     np.testing.assert_array_equal(reader.read(y[0], y[1], x[0], x[1]), expected[y[0] : y[1], x[0] : x[1]])
 
 
@@ -255,3 +256,111 @@ def test_levels_are_read_by_the_tile_reader_or_the_zarr_store(tmp_path, mob4):
         np.testing.assert_array_equal(
             np.asarray(image), tifffile.imread(tmp_path / f"{name}.tif").transpose(2, 0, 1)
         )
+
+
+def test_pixel_size_follows_the_series_read(tmp_path, mob4):
+    """Aperio thumbnails repeat the baseline's description (MPP of the baseline); an OME file's second
+    image has its own PhysicalSizeX."""
+    _, rgb, _ = mob4
+    description = "Aperio Image Library v12\r\n1905x1905 (128x128) RAW/RGB|AppMag = 20|MPP = 0.5"
+    with tifffile.TiffWriter(tmp_path / "s.svs") as tif:
+        tif.write(rgb, tile=TILE, photometric="rgb", description=description, metadata=None)
+        tif.write(rgb[::5, ::5], photometric="rgb", description=description + " -> 381x381", metadata=None)
+    thumbnail = lk.io.read_slide(tmp_path / "s.svs", series=1)
+    assert thumbnail.attrs["loki"]["microns_per_pixel"]["s"] == pytest.approx(0.5 * 1905 / 381)
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as tif:
+        tif.write(rgb, photometric="rgb", metadata={"PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "\u03bcm"})
+        tif.write(rgb[::4, ::4], photometric="rgb", metadata={"PhysicalSizeX": 2.0})
+    for series, mpp in ((0, 0.5), (1, 2.0)):
+        sdata = lk.io.read_slide(tmp_path / "two.ome.tif", series=series)
+        assert sdata.attrs["loki"]["microns_per_pixel"]["two"] == pytest.approx(mpp)
+
+
+def test_edge_tiles_stored_cropped_and_ndpi_restart_intervals(tmp_path):
+    """Two layouts tifffile reads and a naive tile reader does not: edge tiles stored at their cropped
+    size, and an NDPI page (one JPEG whose restart intervals tifffile presents as tiles; named .tif, as
+    tifffile reads a .ndpi name with NDPI's own 64-bit offsets)."""
+    import io
+    import zlib
+
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+
+    def cropped_tiles():
+        for y in range(0, 300, 128):
+            for x in range(0, 300, 128):
+                yield zlib.compress(np.ascontiguousarray(rgb[y : y + 128, x : x + 128]).tobytes())
+
+    with tifffile.TiffWriter(tmp_path / "cropped.tif") as tif:
+        tif.write(
+            cropped_tiles(),
+            shape=rgb.shape,
+            dtype=np.uint8,
+            tile=(128, 128),
+            compression="zlib",
+            photometric="rgb",
+        )
+    level = lk.io.read_slide(tmp_path / "cropped.tif", microns_per_pixel=1).images["cropped"]["scale0"][
+        "image"
+    ]
+    np.testing.assert_array_equal(np.asarray(level), rgb.transpose(2, 0, 1))
+
+    h, w = 256, 512
+    buffer = io.BytesIO()
+    Image.fromarray(rgb[:256, :256].repeat(2, axis=1)).save(
+        buffer, "JPEG", quality=95, subsampling=0, restart_marker_blocks=w // 32
+    )
+    jpeg = buffer.getvalue()
+    sos = jpeg.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(jpeg[sos + 2 : sos + 4], "big")
+    starts = [start] + [
+        k + 2 for k in range(start, len(jpeg) - 1) if jpeg[k] == 0xFF and 0xD0 <= jpeg[k + 1] <= 0xD7
+    ]
+    ndpi_tags = [
+        (65420, "I", 1, 1, True),
+        (271, "s", 0, "Hamamatsu", True),
+        (65426, "I", len(starts), starts, True),
+    ]
+    with tifffile.TiffWriter(tmp_path / "scan.tif") as tif:
+        tif.write(
+            iter([jpeg]),
+            shape=(h, w, 3),
+            dtype=np.uint8,
+            photometric="rgb",
+            compression="jpeg",
+            rowsperstrip=h,
+            extratags=ndpi_tags,
+        )
+    with tifffile.TiffFile(tmp_path / "scan.tif") as tif:
+        assert tif.pages.first.is_ndpi
+        expected = tif.pages.first.asarray()
+    level = lk.io.read_slide(tmp_path / "scan.tif", microns_per_pixel=1).images["scan"]["scale0"]["image"]
+    np.testing.assert_array_equal(np.asarray(level), expected.transpose(2, 0, 1))
+
+
+def test_tile_reader_pickles_by_location(tiled_jpeg):
+    import pickle
+
+    from loki.io._tiff_tiles import TileReader
+
+    path, expected = tiled_jpeg
+    copy = pickle.loads(pickle.dumps(TileReader(path)))
+    assert copy.fd >= 0
+    np.testing.assert_array_equal(copy.read(100, 350, 40, 700), expected[100:350, 40:700])
+
+
+def test_palette_images_and_series_of_a_jpg_are_refused(tmp_path):
+    from PIL import Image
+
+    tifffile.imwrite(
+        tmp_path / "palette.tif",
+        np.zeros((64, 64), np.uint8),
+        photometric="palette",
+        colormap=np.zeros((3, 256), np.uint16),
+    )
+    with pytest.raises(ValueError, match=r"photometric interpretation 3 \(PALETTE\)"):
+        lk.io.read_slide(tmp_path / "palette.tif")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.jpg")
+    with pytest.raises(ValueError, match="not a TIFF and holds one image"):
+        lk.io.read_slide(tmp_path / "x.jpg", series=1)

@@ -437,3 +437,22 @@ def test_tiles_within_circles_in_another_unit():
         lk.pp.tile_image(sdata, "he", microns_per_pixel=0.5, tile_um=20.0, within="nowhere", key_added="x")
     assert len(sdata.tables) == n_tables
     assert "x_shapes" not in sdata.shapes
+
+
+def test_pixel_size_from_a_table_is_the_same_in_every_coordinate_system():
+    """After an alignment the image is placed in another coordinate system too (here scaled 3x); its
+    pixels keep their size. Also when only the image, not its spots, has that system."""
+    from spatialdata.transformations import Scale, Sequence, get_transformation, set_transformation
+
+    from loki._utils._spatialdata import recorded_microns_per_pixel
+
+    sdata = lk.datasets.mob("MOB4")
+    expected = sdata.tables["MOB4"].uns["loki"]["microns_per_unit"]  # MOB4's image has Identity into 'global'
+    for element in (sdata.images["MOB4_image"], sdata.shapes["MOB4_spots"]):
+        moved = Sequence([get_transformation(element, "global"), Scale([3.0, 3.0], axes=("x", "y"))])
+        set_transformation(element, moved, to_coordinate_system="aligned")
+        for cs in ("global", "aligned"):
+            assert recorded_microns_per_pixel(sdata, "MOB4_image", cs) == pytest.approx(expected)
+    tiles = lk.pp.tile_image(sdata, "MOB4_image", tile_um=200, coordinate_system="aligned")
+    assert tiles.uns["loki"]["tiles"]["microns_per_pixel"] == pytest.approx(expected)
+    assert tiles.uns["loki"]["microns_per_unit"] == pytest.approx(expected / 3)

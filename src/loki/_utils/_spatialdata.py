@@ -108,24 +108,45 @@ def recorded_microns_per_pixel(
 
     :func:`loki.io.read_slide` records it in ``sdata.attrs['loki']['microns_per_pixel']``. For the
     image of a section (a table with ``.uns['loki']['image_key']`` naming it and
-    ``microns_per_unit``, as :mod:`loki.io` readers write), it is the table's µm per unit of
-    ``coordinate_system`` times the image's units per pixel in it. Raises a KeyError naming both when
+    ``microns_per_unit``, as :mod:`loki.io` readers write), it is the table's µm per unit of its
+    coordinates (the spot shapes' own units) times the size of a pixel in those units, compared in
+    ``coordinate_system`` or another system holding both. Raises a KeyError naming both sources when
     neither is there.
     """
+    from spatialdata.transformations import get_transformation
+
     recorded = dict(getattr(sdata, "attrs", {}) or {}).get(Key.UNS, {}).get("microns_per_pixel", {})
     if image_key in recorded:
         return float(recorded[image_key])
+    image = sdata.images[image_key]
     for table in sdata.tables.values():
         uns = table.uns.get(Key.UNS, {})
-        if uns.get("image_key") == image_key and "microns_per_unit" in uns:
-            to_cs = affine_to(sdata.images[image_key], coordinate_system, f"sdata.images[{image_key!r}]")
-            return float(uns["microns_per_unit"]) * math.sqrt(abs(np.linalg.det(to_cs[:2, :2])))
+        if uns.get("image_key") != image_key or "microns_per_unit" not in uns:
+            continue
+        try:
+            spots = sdata.shapes[table_region(table)]
+        except (ValueError, KeyError):  # no spot shapes: the table's coordinates are coordinate_system's
+            return float(uns["microns_per_unit"]) * _linear_scale(
+                affine_to(image, coordinate_system, "the image")
+            )
+        shared = set(get_transformation(image, get_all=True)) & set(get_transformation(spots, get_all=True))
+        if shared:
+            cs = coordinate_system if coordinate_system in shared else min(shared)
+            scale = _linear_scale(affine_to(image, cs, "the image")) / _linear_scale(
+                affine_to(spots, cs, "the spots")
+            )
+            return float(uns["microns_per_unit"]) * scale
     raise KeyError(
         f"The pixel size of image {image_key!r} is not recorded: no entry in "
         f"sdata.attrs['loki']['microns_per_pixel'] (entries: {', '.join(map(repr, recorded)) or 'none'}) and no "
-        "table with .uns['loki'] image_key and microns_per_unit for it; pass microns_per_pixel= (the "
-        "scanner's mpp: about 0.25 at 40x, 0.5 at 20x)."
+        "table with .uns['loki'] image_key and microns_per_unit for it whose spots share a coordinate system "
+        "with it; pass microns_per_pixel= (the scanner's mpp: about 0.25 at 40x, 0.5 at 20x)."
     )
+
+
+def _linear_scale(matrix: np.ndarray) -> float:
+    """Isotropic scale of a 3x3 affine matrix (square root of its linear part's determinant)."""
+    return math.sqrt(abs(np.linalg.det(matrix[:2, :2])))
 
 
 def image_levels(element) -> list[Any]:

@@ -1,13 +1,14 @@
 """Read an H&E slide scan (whole-slide TIFF, SVS, NDPI, OME-TIFF, or a plain jpg/png) into SpatialData.
 
-Whole-slide images are larger than memory. TIFF-based formats are opened through
-:func:`tifffile.imread` ``(aszarr=True)``, so every pyramid level the scanner wrote becomes a lazy dask
-array, read tile by tile when a patch, a mask or a plot needs it. A file without levels gets factor-2
-levels computed lazily from its full resolution.
+Whole-slide images are larger than memory. Every pyramid level a scanner wrote into a TIFF-based file
+becomes a lazy dask array, read tile by tile when a patch, a mask or a plot needs it: tiled levels by
+:class:`loki.io._tiff_tiles.TileReader`, others (stripped, planar, NDPI) through tifffile's zarr store.
+A file without levels gets factor-2 levels computed lazily from its full resolution.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +29,18 @@ _TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf2", ".tf8", ".sc
 #: tags hold a desktop default (72 dpi is 353 µm per pixel), not a microscope's sampling.
 _PLAUSIBLE_MPP = (0.05, 50.0)
 _TARGET_CHUNK = 1024
-_UNIT_TO_UM = {"pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+#: TIFF PhotometricInterpretation values read as colour or grey: MINISBLACK, RGB, YCBCR (decoded to RGB).
+_READ_PHOTOMETRIC = {1, 2, 6}
+_UNIT_TO_UM = {
+    "pm": 1e-6,
+    "nm": 1e-3,
+    "\u00b5m": 1.0,
+    "\u03bcm": 1.0,
+    "um": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
 
 
 def read_slide(
@@ -94,6 +106,8 @@ def read_slide(
         levels, found, source = _tiff_levels(path, series)
         image = _multiscale(levels, transformations)
     else:
+        if series != 0:
+            raise ValueError(f"series={series}: {path.name} is not a TIFF and holds one image.")
         image = parse_rgb_image(_read_other(path), transformations)
         found, source = None, "none (not a TIFF)"
     mpp = microns_per_pixel if microns_per_pixel is not None else found
@@ -163,12 +177,16 @@ def _tiff_levels(path: Path, index: int = 0) -> tuple[list, float | None, str]:
             listing = ", ".join(f"{i}: {s.name or 'unnamed'} {s.shape}" for i, s in enumerate(tif.series))
             raise ValueError(f"{path.name} has no series {index}; it holds {listing}.")
         series = tif.series[index]
-        mpp, source = _tiff_pixel_size(tif)
-        for level in series.levels:
-            page = level.keyframe
-            if len(level.pages) == 1 and TileReader.supports(page):
-                reader = TileReader(path, page)
-                levels.append((reader.to_dask(_TARGET_CHUNK), "YXS"))
+        photometric = int(series.keyframe.photometric)
+        if photometric not in _READ_PHOTOMETRIC:
+            raise ValueError(
+                f"{path.name}: photometric interpretation {photometric} ({series.keyframe.photometric.name}); "
+                "loki reads RGB, YCbCr and grey (min-is-black) images."
+            )
+        mpp, source = _tiff_pixel_size(tif, index)
+        for number, level in enumerate(series.levels):
+            if len(level.pages) == 1 and TileReader.supports(level.keyframe):
+                levels.append((TileReader(path, index, number).to_dask(_TARGET_CHUNK), "YXS"))
             else:
                 levels.append((None, level.axes))
     if any(data is None for data, _ in levels):
@@ -219,48 +237,55 @@ def _as_cyx(data, axes: str, what: str):
     return data[:3]
 
 
-def _tiff_pixel_size(tif) -> tuple[float | None, str]:
-    """Micrometres per pixel of the finest level, and where it came from."""
+def _tiff_pixel_size(tif, index: int = 0) -> tuple[float | None, str]:
+    """Micrometres per pixel of the finest level of series ``index``, and where it came from."""
+    page = tif.series[index].levels[0].keyframe
     if tif.ome_metadata:
-        mpp = ome_pixel_size(tif.ome_metadata)
+        mpp = ome_pixel_size(tif.ome_metadata, index)
         if mpp is not None:
             return mpp, "OME PhysicalSizeX"
-    page = tif.pages.first
     description = page.description or ""
     if description.startswith("Aperio"):
         mpp = aperio_pixel_size(description)
         if mpp is not None:
-            return mpp, "Aperio MPP"
+            # Aperio's MPP is the baseline's; a thumbnail repeats the baseline's description
+            return mpp * tif.pages.first.imagewidth / page.imagewidth, "Aperio MPP"
     mpp = resolution_pixel_size(page.resolution[0], int(page.resolutionunit))
     if mpp is not None:
         return mpp, "TIFF resolution tags"
     return None, "nothing in the file"
 
 
-def ome_pixel_size(xml: str) -> float | None:
-    """``PhysicalSizeX`` of the first OME ``Pixels`` element in µm (its unit converted), or None."""
-    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
-    if pixels is None:
+def ome_pixel_size(xml: str, index: int = 0) -> float | None:
+    """``PhysicalSizeX`` of the ``index``-th OME ``Pixels`` element in µm (its unit converted), or None."""
+    elements = re.findall(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
+    if index >= len(elements):
         return None
-    size = re.search(r'\bPhysicalSizeX="([^"]+)"', pixels.group(0))
+    size = re.search(r'\bPhysicalSizeX="([^"]+)"', elements[index])
     if size is None:
         return None
-    unit = re.search(r'\bPhysicalSizeXUnit="([^"]+)"', pixels.group(0))
-    factor = _UNIT_TO_UM.get(unit.group(1) if unit else "µm")
+    unit = re.search(r'\bPhysicalSizeXUnit="([^"]+)"', elements[index])
+    unit = html.unescape(unit.group(1)) if unit else "µm"
+    factor = _UNIT_TO_UM.get(unit)
     if factor is None:
-        logger.warning("OME PhysicalSizeXUnit %r is not a length unit loki knows; ignored", unit.group(1))
+        logger.warning("OME PhysicalSizeXUnit %r is not a length unit loki knows; ignored", unit)
         return None
-    value = float(size.group(1)) * factor
-    return value if value > 0 else None
+    value = _positive(size.group(1))
+    return None if value is None else value * factor
 
 
 def aperio_pixel_size(description: str) -> float | None:
     """The ``MPP = ...`` field of an Aperio SVS image description, or None."""
-    match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", description)
-    if match is None:
+    match = re.search(r"\|\s*MPP\s*=\s*([^|\s]+)", description)
+    return None if match is None else _positive(match.group(1))
+
+
+def _positive(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
         return None
-    value = float(match.group(1))
-    return value if value > 0 else None
+    return value if np.isfinite(value) and value > 0 else None
 
 
 def resolution_pixel_size(pixels_per_unit: float, unit: int) -> float | None:

@@ -16,50 +16,84 @@ import numpy as np
 
 
 class TileReader:
-    """Decode any ``(y0:y1, x0:x1)`` region of one tiled TIFF page.
+    """Decode any ``(y0:y1, x0:x1)`` region of one level of a tiled TIFF.
 
-    Build it while the :class:`tifffile.TiffFile` is open; it keeps its own file descriptor (closed
-    when the reader is collected) and is safe to call from several threads.
+    Parameters
+    ----------
+    path
+        The TIFF file.
+    series, level
+        The level ``tifffile.TiffFile(path).series[series].levels[level]``; it must pass
+        :meth:`supports`.
+
+    The reader keeps its own file descriptor (closed when the reader is collected), is safe to call
+    from several threads, and pickles by its location, so that process-based schedulers reopen the
+    file.
     """
 
-    def __init__(self, path, page):
-        self.shape = (int(page.imagelength), int(page.imagewidth), int(page.samplesperpixel))
-        self.tile = (int(page.tilelength), int(page.tilewidth))
+    def __init__(self, path, series: int = 0, level: int = 0):
+        self.path, self.series, self.level = str(path), int(series), int(level)
+        self._open()
+
+    def _open(self) -> None:
+        import tifffile
+
+        with tifffile.TiffFile(self.path) as tif:
+            page = tif.series[self.series].levels[self.level].keyframe
+            self.shape = (int(page.imagelength), int(page.imagewidth), int(page.samplesperpixel))
+            self.tile = (int(page.tilelength), int(page.tilewidth))
+            self.offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+            self.counts = np.asarray(page.databytecounts, dtype=np.int64)
+            self.jpeg = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader}
+            self.decode = page.decode  # a closure over the page's codec settings; needs no open file
         self.tiles_across = math.ceil(self.shape[1] / self.tile[1])
-        self.offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-        self.counts = np.asarray(page.databytecounts, dtype=np.int64)
-        self.jpegtables = page.jpegtables
-        self.decode = page.decode
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = os.open(self.path, os.O_RDONLY)
         weakref.finalize(self, os.close, self.fd)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "series": self.series, "level": self.level}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
 
     @staticmethod
     def supports(page) -> bool:
-        """Whether :class:`TileReader` reads ``page``: tiled, 2-D, one plane of interleaved uint8 samples."""
+        """Whether ``page`` is read here: tiled, 2-D, one plane of interleaved uint8 RGB(A) or grey.
+
+        NDPI pages (tifffile presents their JPEG restart intervals as tiles) are left to tifffile.
+        """
+        if not page.is_tiled or page.is_ndpi:
+            return False
+        tiles = math.ceil(page.imagelength / page.tilelength) * math.ceil(page.imagewidth / page.tilewidth)
         return bool(
-            page.is_tiled
-            and page.tiledepth == 1
+            page.tiledepth == 1
             and page.imagedepth == 1
             and (page.samplesperpixel == 1 or page.planarconfig == 1)
             and page.dtype == np.uint8
-            and len(page.dataoffsets)
-            == math.ceil(page.imagelength / page.tilelength) * math.ceil(page.imagewidth / page.tilewidth)
+            and len(page.dataoffsets) == tiles
         )
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The ``(y1 - y0, x1 - x0, samples)`` pixels of the region; missing tiles read as 0, as in tifffile."""
-        th, tw = self.tile
-        out = np.zeros((y1 - y0, x1 - x0, self.shape[2]), dtype=np.uint8)
+        (height, width, samples), (th, tw) = self.shape, self.tile
+        out = np.zeros((y1 - y0, x1 - x0, samples), dtype=np.uint8)
         for ty in range(y0 // th, math.ceil(y1 / th)):
             for tx in range(x0 // tw, math.ceil(x1 / tw)):
                 index = ty * self.tiles_across + tx
                 count = int(self.counts[index])
                 data = os.pread(self.fd, count, int(self.offsets[index])) if count else None
-                tile, _, shape = self.decode(data, index, jpegtables=self.jpegtables)
+                tile = self.decode(data, index, **self.jpeg)[0]
                 if tile is None:
                     continue
-                tile = tile.reshape(shape[-3:])
                 ty0, tx0 = ty * th, tx * tw
+                # edge tiles are stored whole by most writers, cropped to the image by some
+                full, cropped = (th, tw, samples), (min(th, height - ty0), min(tw, width - tx0), samples)
+                if tile.size not in (math.prod(full), math.prod(cropped)):
+                    raise ValueError(
+                        f"{self.path}: tile {index} holds {tile.size} values, not a {th} x {tw} tile."
+                    )
+                tile = tile.reshape(full if tile.size == math.prod(full) else cropped)
                 ya, yb = max(y0, ty0), min(y1, ty0 + tile.shape[0])
                 xa, xb = max(x0, tx0), min(x1, tx0 + tile.shape[1])
                 out[ya - y0 : yb - y0, xa - x0 : xb - x0] = tile[ya - ty0 : yb - ty0, xa - tx0 : xb - tx0]

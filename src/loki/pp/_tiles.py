@@ -237,7 +237,8 @@ def tile_image(
     centres = tile_centres(width, height, tile_px, spacing_um / microns_per_pixel, grid)
     if mask is None:
         mask = tissue_mask(lowres_image(element, _MASK_SIDE, coordinate_system)[0])
-    mask = _check_mask(mask, height, width)
+    else:
+        mask = _check_mask(mask, height, width)
     scale = np.array([mask.shape[1] / width, mask.shape[0] / height] * 2)
     half = tile_px / 2
     boxes = np.hstack([centres - half, centres + half])
@@ -283,8 +284,13 @@ def tile_image(
         index=ids.to_numpy(),
     )
     if within is not None:
+        if f"{within}_id" in obs.columns:
+            raise ValueError(
+                f"within={within!r} would name its column {within + '_id'!r}, which tiles already have; "
+                "rename the shapes element."
+            )
         names = sdata.shapes[within].index.astype(str).to_numpy()
-        obs[f"{within}_id"] = pd.Categorical(names[region_of[keep]], categories=names)
+        obs[f"{within}_id"] = pd.Categorical(names[region_of[keep]], categories=pd.unique(names))
     adata = AnnData(X=sparse.csr_matrix((len(ids), 0), dtype=np.float32), obs=obs)
     adata.obsm[Key.SPATIAL] = centres
     adata.uns[Key.UNS] = {
@@ -327,7 +333,7 @@ def containing_shape(
 
     ``xy`` are points in ``coordinate_system``; they are brought into the shapes' own coordinates, so
     regions drawn on any level of the image (or in another unit) are matched. Circles (points with a
-    ``radius`` column) count as discs.
+    ``radius`` column) count as discs; a point on a polygon's outline is inside it.
     """
     import shapely
 
@@ -335,7 +341,7 @@ def containing_shape(
     to_cs = affine_to(shapes, coordinate_system, f"sdata.shapes[{shapes_key!r}]")
     local = apply_matrix(np.asarray(xy, dtype=np.float64), np.linalg.inv(to_cs))
     geometry = shapes.geometry.to_numpy()
-    if "radius" in shapes.columns:
+    if "radius" in shapes.columns and (shapely.get_type_id(geometry) == 0).all():  # circles: points + radius
         from scipy.spatial import cKDTree
 
         centres = shapely.get_coordinates(geometry)
@@ -346,7 +352,8 @@ def containing_shape(
         inside = ((local[points] - centres[regions]) ** 2).sum(1) <= radius[regions] ** 2
         points, regions = points[inside], regions[inside]
     else:
-        points, regions = shapely.STRtree(geometry).query(shapely.points(local), predicate="within")
+        # a centre on a region's outline (annotations drawn on whole pixels) counts as inside
+        points, regions = shapely.STRtree(geometry).query(shapely.points(local), predicate="intersects")
     first = np.full(len(local), len(geometry), dtype=np.int64)
     np.minimum.at(first, points, regions)
     return np.where(first < len(geometry), first, -1)
