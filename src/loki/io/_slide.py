@@ -19,7 +19,7 @@ from loki._keys import Key
 from loki._logging import logger
 
 from ._image import parse_cyx_image, parse_rgb_image, read_rgb
-from ._tiff_tiles import TileReader
+from ._tiff_tiles import TileReader, whole_tiles
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -195,7 +195,7 @@ def _tiff_levels(path: Path, index: int = 0) -> tuple[list, float | None, str]:
             if data is None:
                 array = node[str(i)] if len(levels) > 1 else node
                 chunks = tuple(
-                    max(1, round(_TARGET_CHUNK / c)) * c if ax in "YX" else n
+                    whole_tiles(_TARGET_CHUNK, c) if ax in "YX" else n
                     for ax, c, n in zip(axes, array.chunks, array.shape, strict=True)
                 )
                 levels[i] = (da.from_zarr(array, chunks=chunks), axes)

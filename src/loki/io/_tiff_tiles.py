@@ -107,10 +107,13 @@ class TileReader:
             (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
             return self.read(y0, y1, x0, x1)
 
-        chunks = [
-            _split(n, max(1, round(target / t)) * t) for n, t in zip(self.shape[:2], self.tile, strict=True)
-        ]
+        chunks = [_split(n, whole_tiles(target, t)) for n, t in zip(self.shape[:2], self.tile, strict=True)]
         return da.map_blocks(block, chunks=(*chunks, (self.shape[2],)), dtype=np.uint8)
+
+
+def whole_tiles(target: int, tile: int) -> int:
+    """The multiple of ``tile`` nearest ``target`` (at least one tile): a block side that cuts no tile."""
+    return max(1, round(target / tile)) * tile
 
 
 def _split(n: int, step: int) -> tuple[int, ...]:
