@@ -155,7 +155,7 @@ def tile_image(
         Micrometres per pixel of the image's finest level (a scanner's "mpp"; 0.25 at 40x, 0.5 at 20x).
         Default: the value :func:`loki.io.read_slide` recorded in ``sdata.attrs['loki']['microns_per_pixel']``,
         or for the image of a section read by :mod:`loki.io`, its table's ``microns_per_unit`` times the
-        image's units per pixel.
+        size of a pixel in the table's units.
     tile_um
         Side of a tile in µm (55: a Visium spot; ``loki-tiny`` was trained on 200 µm squares).
     spacing_um
