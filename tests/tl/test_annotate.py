@@ -62,7 +62,9 @@ def test_fusion_follows_eqs_8_11():
     model = BagOfGenes()
     adata, _ = _spots(model, n_per_class=5)
     rng = np.random.default_rng(3)
-    other = pd.DataFrame(rng.normal(size=(adata.n_obs, 3)), columns=["fat", "tumour", "stroma"])
+    other = pd.DataFrame(
+        rng.normal(size=(adata.n_obs, 3)), columns=["fat", "tumour", "stroma"], index=adata.obs_names
+    )
     out = lk.tl.annotate(adata, MARKERS, model=model, fuse_with=other, copy=True)
     s = out.obsm["loki_annotation"].to_numpy()
     o = other[list(MARKERS)].to_numpy()
@@ -74,6 +76,18 @@ def test_fusion_follows_eqs_8_11():
     np.testing.assert_allclose(out.obsm["loki_annotation_fused"].to_numpy(), combined, atol=1e-6)
     np.testing.assert_array_equal(out.obs["loki_annotation"].cat.codes.to_numpy(), combined.argmax(1))
     assert "loki_annotation" not in adata.obsm  # copy=True left the input alone
+
+    # rows are matched by name: the same scores listed in another order give the same result
+    shuffled = lk.tl.annotate(adata, MARKERS, model=model, fuse_with=other.iloc[::-1], copy=True)
+    pd.testing.assert_frame_equal(shuffled.obsm["loki_annotation_fused"], out.obsm["loki_annotation_fused"])
+    foreign = other.set_axis([f"x{i}" for i in range(adata.n_obs)])
+    with pytest.raises(ValueError, match="fuse_with has no row for"):
+        lk.tl.annotate(adata, MARKERS, model=model, fuse_with=foreign)
+    assert "loki_annotation" not in adata.obsm
+    # a later call without fuse_with drops the earlier fused scores
+    lk.tl.annotate(adata, MARKERS, model=model, fuse_with=other)
+    lk.tl.annotate(adata, MARKERS, model=model)
+    assert "loki_annotation_fused" not in adata.obsm
 
 
 def test_minmax_and_fuse_helpers():

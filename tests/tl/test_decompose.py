@@ -263,3 +263,28 @@ def test_real_merfish_pseudo_spots_nnls_and_mapping_beat_uniform():
         ssim = float(np.mean(lk.metrics.ssim_grid(spots.obsm["spatial"], truth.to_numpy(), pred)))
         assert js < 0.8 * uniform_js, (method, js, uniform_js)
         assert ssim > 0.3, (method, ssim)
+
+
+def test_inplace_false_writes_nothing_and_returns_proportions_and_refined():
+    spots, reference, _ = _toy()
+    out = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
+    assert isinstance(out, pd.DataFrame)
+    assert "loki_proportions" not in spots.obsm
+    assert "loki" not in spots.uns
+    proportions, refined = lk.tl.decompose(
+        spots, reference=reference, cell_type_key="cell_type", inplace=False, refine="nms"
+    )
+    np.testing.assert_allclose(proportions.sum(axis=1), 1.0)
+    assert ((refined > 0).sum(axis=1) == 1).all()
+    assert set(spots.obsm) == {"spatial"}
+    with pytest.raises(ValueError, match="pass one of them"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False, copy=True)
+
+
+def test_rerun_without_refine_drops_the_earlier_refined_scores():
+    spots, reference, _ = _toy()
+    lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", refine="nms")
+    assert "loki_proportions_refined" in spots.obsm
+    lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert "loki_proportions_refined" not in spots.obsm
+    assert "refine" not in spots.uns["loki"]["loki_proportions"]

@@ -87,6 +87,29 @@ def test_negative_similarities_fall_back_to_uniform():
     assert out.uns["loki"]["loki_predicted"]["n_fallback"] == 1
 
 
+def test_keep_with_cancelling_similarities_is_the_same_dense_and_sparse():
+    """negative='keep': weights summing to exactly 0 leave the weighted mean undefined; every path falls
+    back to the unweighted mean instead of returning the raw sum or infinities."""
+    ref = np.array([[1, 0, 0], [-1, 0, 0]], np.float32)
+    query = np.array([[1, 0, 0]], np.float32)
+    x = np.array([[1.0, 2.0], [3.0, 5.0]], np.float32)
+    for top_k in (2, None):
+        for expr in (x, sparse.csr_matrix(x)):
+            out, n_fallback = predict_from_embeddings(query, ref, expr, top_k=top_k, negative="keep")
+            np.testing.assert_allclose(out, [[2.0, 3.5]])
+            assert n_fallback == 1
+
+
+def test_duplicated_gene_names_are_named():
+    ref = _section(20, ["g0", "g1", "g1"], 1, "r")
+    query = _section(5, ["g0"], 2, "q")
+    for kwargs in ({"genes": ["g0"]}, {"output": "layer"}):
+        with pytest.raises(ValueError, match=r"reference.var_names has duplicated genes \('g1'\)"):
+            lk.tl.predict_expression(query, ref, **kwargs)
+    with pytest.raises(ValueError, match=r"sections\['a'\].var_names has duplicated genes"):
+        lk.tl.predict_expression_loso({"a": ref, "b": _section(10, ["g0", "g1"], 3, "b")})
+
+
 def test_predict_expression_anndata_and_layer_outputs():
     ref = _section(120, GENES, 0, "r")
     query = _section(40, GENES[::-1][:8], 1, "q")  # query genes: a reordered subset

@@ -41,6 +41,25 @@ def test_topk_matches_brute_force_for_any_chunking(n_q, n_b, d, k, chunk, seed):
     assert (np.diff(scores, axis=1) <= 1e-7).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 3), min_size=1, max_size=40),
+    k=st.integers(1, 40),
+    chunk=st.integers(1, 40),
+    normalize=st.booleans(),
+)
+def test_topk_ties_keep_the_lower_bank_index(values, k, chunk, normalize):
+    """Duplicated bank rows (identical sentences give identical text embeddings) score exactly alike:
+    the kept ones, and their order, are those of a stable sort by score."""
+    n = len(values)
+    k = min(k, n)
+    bank = np.column_stack([np.asarray(values, dtype=np.float32), np.ones(n, np.float32)])
+    query = np.array([[1.0, 0.5]], np.float32)
+    idx, _ = topk_cosine(query, bank, k, normalize=normalize, chunk_size=chunk)
+    scores = (bank / np.linalg.norm(bank, axis=1, keepdims=True) if normalize else bank) @ query[0]
+    np.testing.assert_array_equal(idx[0], np.lexsort((np.arange(n), -scores))[:k])
+
+
 def test_retrieve_tidy_frame_with_anndata_bank_and_metadata():
     rng = np.random.default_rng(0)
     bank = AnnData(
@@ -58,6 +77,13 @@ def test_retrieve_tidy_frame_with_anndata_bank_and_metadata():
     _idx, scores = _brute(query.obsm["loki_image"], bank.obsm["loki_text"], 5)
     np.testing.assert_allclose(res["score"].to_numpy().reshape(7, 5), scores, atol=1e-5)
     assert set(query.obsm) == {"loki_image"}  # nothing written
+
+    # a metadata frame indexed by the bank's names is matched by name, in any order
+    frame = bank.obs[["section"]].iloc[::-1].rename(columns={"section": "part"})
+    by_name = lk.tl.retrieve(query, bank, k=5, bank_metadata=frame)
+    assert by_name["part"].tolist() == res["section"].tolist()
+    with pytest.raises(ValueError, match=r"column\(s\) \['score'\] would clash"):
+        lk.tl.retrieve(query, bank, k=5, bank_metadata=frame.rename(columns={"part": "score"}))
 
 
 def test_retrieve_array_bank_memmap(tmp_path):

@@ -8,6 +8,7 @@ from ._validation import (
     check_array_finite,
     check_obs_key,
     check_obsm_key,
+    check_unique_var_names,
     check_var_key,
     require_keys,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "check_array_finite",
     "check_obs_key",
     "check_obsm_key",
+    "check_unique_var_names",
     "check_var_key",
     "require_keys",
     "write_layer",

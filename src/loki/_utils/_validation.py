@@ -50,6 +50,15 @@ def check_var_key(adata, key: str) -> None:
     require_keys(adata.var.columns, key, "adata.var")
 
 
+def check_unique_var_names(adata, where: str) -> None:
+    """Require unique ``var_names``: genes are looked up by name."""
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()
+        raise ValueError(
+            f"{where}.var_names has duplicated genes ({_listing(dup, 5)}); call .var_names_make_unique() first."
+        )
+
+
 def check_array_finite(x: np.ndarray, name: str) -> None:
     """Raise a ValueError when ``x`` holds NaN or infinite values, saying how many and where."""
     x = np.asarray(x)

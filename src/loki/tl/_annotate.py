@@ -197,7 +197,8 @@ def annotate(
     sentence_kwargs
         Passed to :func:`loki.pp.gene_sentences` for bulk profiles.
     fuse_with
-        Other model's scores, items x classes (DataFrame with class columns, or array in class order).
+        Other model's scores, items x classes: a DataFrame with class columns whose index holds the
+        table's obs_names (rows are matched by name), or an array in the table's row and class order.
     key_added
         ``.obsm`` key of the scores and ``.uns['loki']`` key of the parameters.
     label_key
@@ -258,7 +259,17 @@ def annotate(
     if fuse_with is not None:
         if isinstance(fuse_with, pd.DataFrame):
             require_keys(fuse_with.columns, classes, "fuse_with.columns")
-            fused_other = fuse_with[classes].to_numpy(dtype=np.float64)
+            missing_rows = adata.obs_names.difference(fuse_with.index)
+            if len(missing_rows):
+                raise ValueError(
+                    f"fuse_with has no row for {len(missing_rows)} of the {adata.n_obs} items (e.g. "
+                    f"{', '.join(map(repr, missing_rows[:3]))}); its index must hold the table's obs_names."
+                )
+            if not fuse_with.index.is_unique:
+                raise ValueError(
+                    "fuse_with's index has duplicated names; rows are matched to obs_names by name."
+                )
+            fused_other = fuse_with.loc[adata.obs_names, classes].to_numpy(dtype=np.float64)
         else:
             fused_other = np.asarray(fuse_with, dtype=np.float64)
         if fused_other.shape != (adata.n_obs, len(classes)):
@@ -285,6 +296,9 @@ def annotate(
     write_obsm(adata, key_added, pd.DataFrame(scores, index=adata.obs_names, columns=classes))
     if fused_other is not None:
         write_obsm(adata, f"{key_added}_fused", pd.DataFrame(final, index=adata.obs_names, columns=classes))
+    elif f"{key_added}_fused" in adata.obsm:  # an earlier call's, which these labels would contradict
+        del adata.obsm[f"{key_added}_fused"]
+        logger.info("removed .obsm[%r] of an earlier call (no fuse_with now)", f"{key_added}_fused")
     write_obs(adata, label_key, pd.Series(labels, index=adata.obs_names))
     write_uns(
         adata,

@@ -15,7 +15,15 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import as_seed, check_array_finite, check_obs_key, require_keys, write_obsm, write_uns
+from loki._utils import (
+    as_seed,
+    check_array_finite,
+    check_obs_key,
+    check_unique_var_names,
+    require_keys,
+    write_obsm,
+    write_uns,
+)
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._mapping import mapping_to_proportions, nms_refine, normalize_rows, percentile_normalize
@@ -144,12 +152,13 @@ def decompose(
     copy
         AnnData input: return a modified copy instead of writing in place.
     inplace
-        SpatialData input: write into its table; ``False`` returns the proportions and writes nothing.
+        Write the results into the spots table (or the copy). ``False`` writes nothing and returns them.
 
     Returns
     -------
-    ``None`` (in place), the modified copy (``copy=True``), or the proportions DataFrame
-    (SpatialData with ``inplace=False``). Writes to the spots table:
+    ``None`` (in place), the modified copy (``copy=True``), or with ``inplace=False`` the proportions
+    DataFrame, and with ``refine`` or ``normalize`` the pair ``(proportions, refined)``. Writes to the
+    spots table:
 
     ``.obsm[key_added]``
         DataFrame spots x cell types, rows sum to 1.
@@ -162,6 +171,8 @@ def decompose(
         with ``return_mapping``, ``mapping`` and ``mapping_sources``.
 
     """
+    if copy and not inplace:
+        raise ValueError("copy=True writes into a copy and inplace=False writes nothing; pass one of them.")
     if is_spatialdata(data):
         if copy:
             raise ValueError("copy=True is for AnnData input; SpatialData takes inplace=False.")
@@ -262,12 +273,17 @@ def decompose(
         info["refine"] = refine or "none"
         info["normalize"] = normalize or "none"
 
-    if is_spatialdata(data) and not inplace:
-        return refined_df if refined_df is not None else proportions_df
+    if not inplace:
+        return proportions_df if refined_df is None else (proportions_df, refined_df)
     target = table.copy() if copy else table
     write_obsm(target, key_added, proportions_df)
     if refined_df is not None:
         write_obsm(target, f"{key_added}_refined", refined_df)
+    elif f"{key_added}_refined" in target.obsm:  # an earlier call's, which these proportions would contradict
+        del target.obsm[f"{key_added}_refined"]
+        logger.info(
+            "removed .obsm[%r] of an earlier call (no refine or normalize now)", f"{key_added}_refined"
+        )
     write_uns(target, key_added, info)
     return target if copy else None
 
@@ -324,11 +340,7 @@ def _features(
         )
     if use == "X":
         for adata, where in ((table, "adata"), (reference, "reference")):
-            if not adata.var_names.is_unique:
-                dup = adata.var_names[adata.var_names.duplicated()].unique()
-                raise ValueError(
-                    f"{where}.var_names has duplicated genes ({_few(dup)}); call .var_names_make_unique() first."
-                )
+            check_unique_var_names(adata, where)
         shared = table.var_names.intersection(reference.var_names, sort=False)
         if len(shared) == 0:
             raise ValueError(

@@ -14,7 +14,7 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import block_starts, require_keys, write_layer, write_uns
+from loki._utils import block_starts, check_unique_var_names, require_keys, write_layer, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._candidates import Search, check_search, topk_cosine_pca
@@ -38,7 +38,8 @@ def similarity_weights(
       similarities get weight 0 - a reference spot unlike the query does not pull the prediction
       away from its own expression - and a row without any positive similarity falls back to
       uniform weights. ``negative="keep"`` uses the raw similarities as published; weights of both
-      signs can then cancel and the prediction is unstable where their sum is close to 0.
+      signs can then cancel and the prediction is unstable where their sum is close to 0 (a row
+      whose weights sum to exactly 0 falls back to uniform weights).
     - ``temperature=t``: softmax weights ``exp((s - max s) / t)``, always positive; smaller ``t``
       concentrates on the most similar spots.
 
@@ -54,7 +55,11 @@ def similarity_weights(
         w = np.exp((s - s.max(axis=1, keepdims=True)) / np.float32(temperature))
         return w, np.zeros(len(s), dtype=bool)
     if negative == "keep":
-        return s, np.zeros(len(s), dtype=bool)
+        cancelled = s.sum(axis=1) == 0  # the weighted mean is undefined; as with "clip", fall back to uniform
+        if cancelled.any():
+            s = s.copy()
+            s[cancelled] = 1.0
+        return s, cancelled
     if negative != "clip":
         raise ValueError(f"negative must be 'clip' or 'keep', got {negative!r}.")
     w = np.maximum(s, 0)
@@ -265,7 +270,8 @@ def predict_expression(
     negative
         How raw-similarity weights treat negative cosine similarities: ``"clip"`` (default) gives them
         weight 0 and falls back to uniform weights for a query with no positive similarity (counted in
-        ``.uns``); ``"keep"`` is eq. 16 verbatim. Ignored with ``temperature``.
+        ``.uns``); ``"keep"`` is eq. 16 verbatim (a query whose similarities sum to exactly 0 falls back
+        the same way). Ignored with ``temperature``.
     search
         ``"exact"`` (default): the ``top_k`` spots are found among all reference spots. ``"pca"``:
         approximate and faster for large references - candidates are chosen by similarity on the
@@ -325,6 +331,7 @@ def predict_expression(
     )
     _check_seed(seed)
     x = _expression_of(ref_table, layer)
+    check_unique_var_names(ref_table, "reference")
     ref_genes = pd.Index(ref_table.var_names)
     query_table = (
         get_table(query, query_table_key) if isinstance(query, AnnData) or is_spatialdata(query) else None
@@ -334,6 +341,7 @@ def predict_expression(
             raise ValueError("output='layer' needs an AnnData / SpatialData query; got an array.")
         if genes is not None:
             raise ValueError("With output='layer' the genes are the query's var_names; do not pass genes=.")
+        check_unique_var_names(query_table, "query")
         genes = list(query_table.var_names)
     if genes is not None:
         genes = [str(g) for g in genes]
@@ -359,8 +367,9 @@ def predict_expression(
     )
     if n_fallback:
         warnings.warn(
-            f"{n_fallback} query spot(s) have no positive similarity to any (top-k) reference spot; they get "
-            "the unweighted mean of those reference spots. Softmax weights (temperature=) avoid this.",
+            f"{n_fallback} query spot(s) have no positive similarity to any (top-k) reference spot "
+            "(negative='keep': similarities summing to 0); they get the unweighted mean of those reference "
+            "spots. Softmax weights (temperature=) avoid this.",
             UserWarning,
             stacklevel=2,
         )
@@ -444,6 +453,7 @@ def predict_expression_loso(
     for name, table in sections.items():
         require_keys(table.obsm, [use_query, use_reference], f"sections[{name!r}].obsm")
         _expression_of(table, layer)
+        check_unique_var_names(table, f"sections[{name!r}]")
         common = (
             pd.Index(table.var_names) if common is None else common.intersection(table.var_names, sort=False)
         )

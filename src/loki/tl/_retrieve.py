@@ -23,6 +23,13 @@ _CHUNK_BYTES = 128 * 2**20
 
 
 @numba.njit(cache=True, inline="always")
+def _worse(hv, hi, a, b):  # pragma: no cover - numba
+    # Heap order: a lower score is worse; of equal scores the higher bank index is, so that ties at the
+    # k-th place keep the lower indices (rows are scanned in index order: a tie never enters).
+    return hv[a] < hv[b] or (hv[a] == hv[b] and hi[a] > hi[b])
+
+
+@numba.njit(cache=True, inline="always")
 def _heap_push(hv, hi, s, i):  # pragma: no cover - numba
     # Replace the root of a min-heap (the worst kept score) by (s, i) and sift it down.
     k = hv.shape[0]
@@ -35,9 +42,9 @@ def _heap_push(hv, hi, s, i):  # pragma: no cover - numba
             break
         child = left
         right = left + 1
-        if right < k and hv[right] < hv[left]:
+        if right < k and _worse(hv, hi, right, left):
             child = right
-        if hv[child] < hv[pos]:
+        if _worse(hv, hi, child, pos):
             hv[pos], hv[child] = hv[child], hv[pos]
             hi[pos], hi[child] = hi[child], hi[pos]
             pos = child
@@ -173,6 +180,10 @@ def embeddings_of(data, use: str, table_key: str | None, what: str) -> tuple[np.
     return data, pd.RangeIndex(data.shape[0])
 
 
+#: Columns of the hit table that retrieve builds itself.
+_HIT_COLUMNS = ("query", "query_index", "rank", "bank_id", "bank_index", "score")
+
+
 def retrieve(
     query: AnnData | SpatialData | np.ndarray,
     bank: AnnData | SpatialData | np.ndarray,
@@ -216,8 +227,9 @@ def retrieve(
         Names of the bank rows for array input (default: the obs names of an AnnData bank, else
         0..n-1).
     bank_metadata
-        Per-bank-row metadata joined to the hits: a DataFrame with one row per bank row (array bank),
-        or names of ``.obs`` columns of an AnnData bank.
+        Per-bank-row metadata joined to the hits: a DataFrame with one row per bank row (matched by
+        name when its index holds the bank's row names, else by position), or names of ``.obs`` columns
+        of an AnnData bank. Its columns must not be named like the hit table's own.
     normalize
         Rank cosine similarities (True) or raw dot products.
     search
@@ -241,12 +253,19 @@ def retrieve(
     """
     q, q_names = embeddings_of(query, use_query, query_table_key, "query")
     b, b_names = embeddings_of(bank, use_bank, bank_table_key, "bank")
+    if bank_ids is not None:
+        b_names = pd.Index(bank_ids)
+        if len(b_names) != b.shape[0]:
+            raise ValueError(f"bank_ids has {len(b_names)} entries, the bank {b.shape[0]} rows.")
     meta = None
     if bank_metadata is not None:
         if isinstance(bank_metadata, pd.DataFrame):
             if len(bank_metadata) != b.shape[0]:
                 raise ValueError(f"bank_metadata has {len(bank_metadata)} rows, the bank {b.shape[0]}.")
-            meta = bank_metadata.reset_index(drop=True)
+            meta = bank_metadata
+            if meta.index.is_unique and set(meta.index) == set(b_names):
+                meta = meta.loc[b_names]  # rows matched to the bank by name, as for fuse_with in annotate
+            meta = meta.reset_index(drop=True)
         else:
             if not isinstance(bank, AnnData) and not is_spatialdata(bank):
                 raise ValueError("Column names as bank_metadata need an AnnData bank; pass a DataFrame.")
@@ -254,10 +273,13 @@ def retrieve(
             cols = [bank_metadata] if isinstance(bank_metadata, str) else list(bank_metadata)
             require_keys(table.obs.columns, cols, "bank.obs")
             meta = table.obs[cols].reset_index(drop=True)
-    if bank_ids is not None:
-        b_names = pd.Index(bank_ids)
-        if len(b_names) != b.shape[0]:
-            raise ValueError(f"bank_ids has {len(b_names)} entries, the bank {b.shape[0]} rows.")
+    if meta is not None:
+        clash = [c for c in meta.columns if c in _HIT_COLUMNS]
+        if clash:
+            raise ValueError(
+                f"bank_metadata column(s) {clash} would clash with the hit table's own columns "
+                f"{list(_HIT_COLUMNS)}; rename them."
+            )
     from ._candidates import check_search, topk_cosine_pca
 
     sizes = check_search(search, k, b.shape[0], b.shape[1], n_components, n_candidates, n_lists, n_probe)
@@ -271,7 +293,7 @@ def retrieve(
         idx, scores = topk_cosine_pca(q, b, k, **sizes, seed=seed, progress=progress)
     n_q = idx.shape[0]
     flat = idx.ravel()
-    out = pd.DataFrame(
+    out = pd.DataFrame(  # columns as in _HIT_COLUMNS
         {
             "query": np.repeat(np.asarray(q_names), k),
             "query_index": np.repeat(np.arange(n_q), k),
