@@ -40,3 +40,21 @@ def test_dihedral_augmentation_permutes_pixels(seed, n):
     for a, b in zip(x, out, strict=True):
         views = [torch.rot90(v, r, dims=(-2, -1)) for v in (a, a.flip(-1)) for r in range(4)]
         assert any(torch.equal(b, v) for v in views)
+
+
+def test_flipped_views_and_bad_batch_sizes():
+    """Negative-stride views (a flip, BGR -> RGB) are accepted; batch sizes must be positive integers."""
+    import pytest
+
+    from loki.models._omiclip import _check_batch_size
+    from loki.models._preprocess import as_uint8_nhwc
+
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (2, 20, 20, 3), dtype=np.uint8)
+    rgb = as_uint8_nhwc(bgr[..., ::-1])
+    np.testing.assert_array_equal(rgb, bgr[..., ::-1])
+    out = preprocess_uint8(rgb, image_size=20, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    np.testing.assert_allclose(out[:, 0].numpy(), bgr[..., 2] / 127.5 - 1, atol=1e-6)
+    for bad in (0, 2.5, "4", True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            _check_batch_size(bad)

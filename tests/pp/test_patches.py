@@ -151,6 +151,46 @@ def test_spot_patches_centres_from_shapes_when_no_obsm():
     np.testing.assert_array_equal(lk.pp.spot_patches(sdata, size=16).compute(), ref)
 
 
+def test_patch_touching_the_image_border_holds_no_padding():
+    """A box exactly at the image's corner is inside (ok); the resampling filter's margin beyond the
+    image repeats its edge, so the patch does not depend on fill. A box crossing the edge is padded."""
+    image = _pattern()  # channel 2 is 7 everywhere
+    for fill in (0, 255):
+        patches, ok = lk.pp.crop_patches(image, np.array([[24.0, 24.0], [24.0, 400.0]]), 48.0, 12, fill=fill)
+        assert ok.tolist() == [True, True]
+        assert (patches[..., 2] == 7).all()
+    padded, ok = lk.pp.crop_patches(image, np.array([[10.0, 400.0]]), 48.0, 12, fill=255)
+    assert not ok[0]
+    assert (padded[0, :, :3] == 255).all()
+
+
+def test_spot_patches_centres_of_polygon_spots_and_square_pixels_only():
+    import geopandas as gpd
+    from shapely.geometry import box
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Scale, set_transformation
+
+    centers = np.array([[400.0, 400.0], [900.0, 300.0]])
+    sdata = _section(centers)
+    ref = lk.pp.spot_patches(sdata, size=16).compute()
+    squares = gpd.GeoDataFrame(geometry=[box(x - 50, y - 50, x + 50, y + 50) for x, y in centers])
+    squares.index = sdata.shapes["S_spots"].index
+    sdata.shapes["S_spots"] = ShapesModel.parse(squares)
+    del sdata.tables["S"].obsm["spatial"]
+    sdata.tables["S"].uns["loki"]["microns_per_unit"] = 1.0  # the squares carry no radius
+    np.testing.assert_array_equal(lk.pp.spot_patches(sdata, size=16, diameter_um=100.0).compute(), ref)
+
+    set_transformation(
+        sdata.images["S_image"], Scale([2.0, 3.0], axes=("x", "y")), to_coordinate_system="global"
+    )
+    with pytest.raises(ValueError, match="are not square in 'global'"):
+        lk.pp.spot_patches(sdata, size=16, diameter_um=100.0)
+    with pytest.raises(ValueError, match="fill must be an integer grey level"):
+        lk.pp.crop_patches(_pattern(), centers, 48.0, 12, fill=300)
+    with pytest.raises(ValueError, match="key_added must be a non-empty string"):
+        lk.pp.spot_patches(_section(centers), key_added=None)
+
+
 def test_spot_patches_bad_input_writes_nothing():
     sdata = _section(np.array([[400.0, 400.0], [5000.0, 400.0], [-300.0, -300.0]]))
     table = sdata.tables["S"]

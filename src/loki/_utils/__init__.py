@@ -6,6 +6,7 @@ from ._progress import block_starts
 from ._rng import as_rng, as_seed
 from ._validation import (
     check_array_finite,
+    check_key_name,
     check_obs_key,
     check_obsm_key,
     check_unique_var_names,
@@ -19,6 +20,7 @@ __all__ = [
     "as_seed",
     "block_starts",
     "check_array_finite",
+    "check_key_name",
     "check_obs_key",
     "check_obsm_key",
     "check_unique_var_names",

@@ -35,6 +35,12 @@ def require_keys(container: Mapping[str, Any] | Iterable[str], keys: str | Itera
         raise KeyError(f"{_listing(missing)} not found in {where}; available: {_listing(available)}.")
 
 
+def check_key_name(key, what: str = "key_added") -> None:
+    """Require a non-empty string: result keys name entries of ``.obs``, ``.obsm`` and ``.uns``."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{what} must be a non-empty string, got {key!r}.")
+
+
 def check_obsm_key(adata, key: str) -> None:
     """Require ``adata.obsm[key]``."""
     require_keys(adata.obsm, key, "adata.obsm")

@@ -16,7 +16,7 @@ def as_uint8_nhwc(images) -> np.ndarray:
         raise ValueError(f"images must be (n, height, width, 3) RGB, got shape {arr.shape}")
     if arr.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (0-255), got dtype {arr.dtype}")
-    return arr
+    return np.ascontiguousarray(arr)  # torch refuses negative strides (flipped views, BGR -> RGB)
 
 
 def preprocess_uint8(batch, *, image_size: int, mean, std, device=None):

@@ -9,7 +9,7 @@ import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import require_keys, write_obs, write_uns
+from loki._utils import check_key_name, require_keys, write_obs, write_uns
 from loki._utils._affine import apply_matrix
 from loki._utils._spatialdata import (
     affine_to,
@@ -59,6 +59,7 @@ def crop_patches(
     """
     centers, diameter = _check_geometry(centers, diameter)
     size = _check_size(size)
+    fill = _check_fill(fill)
     _check_image(image)
     h, w = image.shape[:2]
     boxes = spot_boxes(centers, diameter)
@@ -154,6 +155,7 @@ def spot_patches(
         the spot size.
 
     """
+    check_key_name(key_added)
     patches, ok, meta = _cut_spot_patches(
         sdata,
         table_key=table_key,
@@ -184,6 +186,7 @@ def _cut_spot_patches(
     import dask.array as da
 
     size = _check_size(size)
+    fill = _check_fill(fill)
     if not (isinstance(chunk_size, int | np.integer) and chunk_size > 0):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     table = get_table(sdata, table_key)
@@ -199,7 +202,14 @@ def _cut_spot_patches(
     spots_to_cs = np.eye(3) if shapes is None else affine_to(shapes, coordinate_system, "the spot shapes")
     to_px = cs_to_img @ spots_to_cs
     centers = apply_matrix(_spot_centers(table, shapes), to_px)
-    px_per_unit = math.sqrt(abs(np.linalg.det(to_px[:2, :2])))
+    scales = np.linalg.svd(to_px[:2, :2], compute_uv=False)
+    if scales[0] > scales[1] * (1 + 1e-3):
+        raise ValueError(
+            f"The pixels of image {image_key!r} are not square in {coordinate_system!r} (a spot unit spans "
+            f"{scales[0]:.4g} and {scales[1]:.4g} pixels along the two axes); loki crops square patches of "
+            "a spot's physical size. Check the image's transformation."
+        )
+    px_per_unit = float(np.sqrt(scales[0] * scales[1]))
     diameter0 = _spot_diameter(table, shapes, diameter_um) * px_per_unit
 
     h0, w0 = levels[0].shape[1:]
@@ -321,6 +331,12 @@ def _crop_task(blocks, origins, boxes, windows, size, fill) -> np.ndarray:
     for i, (box, win) in enumerate(zip(boxes, windows, strict=True)):
         x0, y0, x1, y1 = (int(v) for v in win)
         canvas = np.full((y1 - y0, x1 - x0, 3), fill, dtype=np.uint8)
+        inside = [
+            y1 - y0,
+            0,
+            x1 - x0,
+            0,
+        ]  # canvas rows / columns holding image pixels: y from, y to, x from, x to
         for block, (oy, ox) in zip(blocks, origins, strict=True):
             # overlap of the window with this block, in image pixels
             ya, yb = max(y0, oy), min(y1, oy + block.shape[0])
@@ -329,9 +345,37 @@ def _crop_task(blocks, origins, boxes, windows, size, fill) -> np.ndarray:
                 canvas[ya - y0 : yb - y0, xa - x0 : xb - x0] = _rgb(
                     block[ya - oy : yb - oy, xa - ox : xb - ox]
                 )
+                inside = [
+                    min(inside[0], ya - y0),
+                    max(inside[1], yb - y0),
+                    min(inside[2], xa - x0),
+                    max(inside[3], xb - x0),
+                ]
         rel = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+        canvas = _pad_beyond_image(canvas, inside, rel, fill)
         out[i] = np.asarray(Image.fromarray(canvas).resize((size, size), Image.Resampling.BICUBIC, box=rel))
     return out
+
+
+def _pad_beyond_image(canvas: np.ndarray, inside: list[int], box, fill: int) -> np.ndarray:
+    """Canvas pixels beyond the image: ``fill`` past a side the box crosses, else the nearest image pixel.
+
+    The window around a box holds a margin for the resampling filter. Filled with ``fill``, it would
+    tint the edge of a patch that lies wholly inside the image but touches its border; so the margin
+    repeats the image's edge, except beyond a side where the box itself leaves the image (padding).
+    """
+    h, w = canvas.shape[:2]
+    iy0, iy1, ix0, ix1 = inside
+    if iy0 >= iy1 or ix0 >= ix1 or (iy0, iy1, ix0, ix1) == (0, h, 0, w):
+        return canvas
+    canvas = np.pad(canvas[iy0:iy1, ix0:ix1], ((iy0, h - iy1), (ix0, w - ix1), (0, 0)), mode="edge")
+    tol = 1e-6
+    rows, cols = np.arange(h), np.arange(w)
+    beyond_y = (rows < iy0) & (box[1] < iy0 - tol) | (rows >= iy1) & (box[3] > iy1 + tol)
+    beyond_x = (cols < ix0) & (box[0] < ix0 - tol) | (cols >= ix1) & (box[2] > ix1 + tol)
+    canvas[beyond_y] = fill
+    canvas[:, beyond_x] = fill
+    return canvas
 
 
 def _rgb(region: np.ndarray) -> np.ndarray:
@@ -345,6 +389,12 @@ def _rgb(region: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------
 # validation
+
+
+def _check_fill(fill) -> int:
+    if isinstance(fill, bool) or not isinstance(fill, int | np.integer) or not 0 <= fill <= 255:
+        raise ValueError(f"fill must be an integer grey level in 0-255, got {fill!r}.")
+    return int(fill)
 
 
 def _check_size(size) -> int:
@@ -408,7 +458,8 @@ def _spot_centers(table, shapes) -> np.ndarray:
             f"{int(geo.isna().sum())} table rows have no shape in the spot shapes and the table has no "
             f".obsm[{Key.SPATIAL!r}]."
         )
-    return np.column_stack([geo.x.to_numpy(), geo.y.to_numpy()])
+    centres = geo.centroid  # a point's own position; a polygon's centroid
+    return np.column_stack([centres.x.to_numpy(), centres.y.to_numpy()])
 
 
 def _spot_diameter(table, shapes, diameter_um) -> np.ndarray | float:

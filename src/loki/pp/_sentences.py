@@ -14,7 +14,7 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import require_keys, write_obs, write_uns
+from loki._utils import check_key_name, require_keys, write_obs, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._housekeeping import housekeeping_genes
@@ -134,6 +134,7 @@ def gene_sentences(
     :func:`loki.pp.map_gene_ids`.
 
     """
+    check_key_name(key_added)
     if copy and is_spatialdata(data):
         raise ValueError("copy=True applies to AnnData input; a SpatialData is modified in place.")
     adata = get_table(data, table_key)

@@ -13,7 +13,7 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import require_keys, write_obs, write_obsm, write_uns
+from loki._utils import check_key_name, require_keys, write_obs, write_obsm, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._retrieve import l2_normalize
@@ -216,6 +216,7 @@ def annotate(
     - ``.uns['loki'][key_added]``: classes, their sentences, dropped markers and parameters.
 
     """
+    check_key_name(key_added)
     if copy and is_spatialdata(data):
         raise ValueError("copy=True applies to AnnData input; a SpatialData is modified in place.")
     adata = get_table(data, table_key)

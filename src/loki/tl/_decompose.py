@@ -18,6 +18,7 @@ from loki._logging import logger
 from loki._utils import (
     as_seed,
     check_array_finite,
+    check_key_name,
     check_obs_key,
     check_unique_var_names,
     require_keys,
@@ -171,6 +172,7 @@ def decompose(
         with ``return_mapping``, ``mapping`` and ``mapping_sources``.
 
     """
+    check_key_name(key_added)
     if copy and not inplace:
         raise ValueError("copy=True writes into a copy and inplace=False writes nothing; pass one of them.")
     if is_spatialdata(data):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from loki._keys import Key
-from loki._utils import check_obs_key, write_obsm, write_uns
+from loki._utils import check_key_name, check_obs_key, write_obsm, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ def embed_text(
     - ``.uns['loki'][key_added]``: model name, architecture, checkpoint hash, batch size, source key.
 
     """
+    check_key_name(key_added)
     table = get_table(data, table_key)
     sentences = _sentences_of(table, sentence_key)
     emb = model.encode_texts(sentences, batch_size=batch_size, progress=progress)
@@ -163,6 +164,7 @@ def embed_image(
     - ``.obs['loki_patch_ok']`` when patches are cut here (see :func:`loki.pp.spot_patches`).
 
     """
+    check_key_name(key_added)
     table = get_table(data, table_key)
     source = "patches" if patches is not None else "spot_patches"
     patches, flags = _patches_of(

@@ -14,7 +14,14 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import block_starts, check_unique_var_names, require_keys, write_layer, write_uns
+from loki._utils import (
+    block_starts,
+    check_key_name,
+    check_unique_var_names,
+    require_keys,
+    write_layer,
+    write_uns,
+)
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._candidates import Search, check_search, topk_cosine_pca
@@ -314,6 +321,7 @@ def predict_expression(
     query genes) and ``.uns['loki'][key_added]`` on the query table.
 
     """
+    check_key_name(key_added)
     if output not in ("anndata", "layer"):
         raise ValueError(f"output must be 'anndata' or 'layer', got {output!r}.")
     if copy and (output != "layer" or is_spatialdata(query)):
