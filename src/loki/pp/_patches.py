@@ -331,12 +331,8 @@ def _crop_task(blocks, origins, boxes, windows, size, fill) -> np.ndarray:
     for i, (box, win) in enumerate(zip(boxes, windows, strict=True)):
         x0, y0, x1, y1 = (int(v) for v in win)
         canvas = np.full((y1 - y0, x1 - x0, 3), fill, dtype=np.uint8)
-        inside = [
-            y1 - y0,
-            0,
-            x1 - x0,
-            0,
-        ]  # canvas rows / columns holding image pixels: y from, y to, x from, x to
+        # canvas rows and columns holding image pixels: y from, y to, x from, x to
+        inside = [y1 - y0, 0, x1 - x0, 0]
         for block, (oy, ox) in zip(blocks, origins, strict=True):
             # overlap of the window with this block, in image pixels
             ya, yb = max(y0, oy), min(y1, oy + block.shape[0])
