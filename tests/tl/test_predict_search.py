@@ -148,6 +148,23 @@ def test_same_seed_same_result_on_a_subsampled_fit():
     np.testing.assert_array_equal(a[1], b[1])
 
 
+@pytest.mark.parametrize("search", [{}, {"n_lists": 8, "n_probe": 3}])
+def test_a_float64_memory_map_gives_the_float32_result(tmp_path, search):
+    """A float64 bank is not cast whole: only the candidates' rows are read; results equal float32's."""
+    ref = _low_rank(3000, 24, 4, 0.2, 0).astype(np.float64)
+    q = _low_rank(60, 24, 4, 0.2, 1)
+    mapped = np.lib.format.open_memmap(tmp_path / "bank.npy", mode="w+", dtype=np.float64, shape=ref.shape)
+    mapped[:] = ref
+    mapped.flush()
+    bank = np.load(tmp_path / "bank.npy", mmap_mode="r")
+    idx64, s64 = topk_cosine_pca(q, bank, 7, n_components=4, n_candidates=40, seed=0, **search)
+    idx32, s32 = topk_cosine_pca(
+        q, ref.astype(np.float32), 7, n_components=4, n_candidates=40, seed=0, **search
+    )
+    np.testing.assert_array_equal(idx64, idx32)
+    np.testing.assert_allclose(s64, s32, atol=1e-6)
+
+
 def _tables(n_ref=300, n_q=40, d=32):
     rng = np.random.default_rng(0)
     ref = AnnData(X=rng.random((n_ref, 5)).astype(np.float32))

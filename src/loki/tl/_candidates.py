@@ -314,8 +314,13 @@ def topk_cosine_pca(
         short = np.flatnonzero((cand >= 0).sum(axis=1) < k)
         if len(short):
             cand[short] = topk_cosine(q_proj[short], proj, n_cand, normalize=False, chunk_size=chunk)[0]
-    ref = np.asarray(reference, dtype=np.float32)  # no copy for float32 arrays; a memory map is read lazily
     out_i = np.empty((len(q), k), dtype=np.int64)
     out_v = np.empty((len(q), k), dtype=np.float32)
-    _rerank(qn, ref, inv_norm, cand, k, out_i, out_v)
-    return out_i, out_v
+    if np.dtype(reference.dtype) == np.float32:  # read in place (a float32 memory map lazily)
+        _rerank(qn, np.asarray(reference), inv_norm, cand, k, out_i, out_v)
+        return out_i, out_v
+    # Another dtype would be copied whole into float32: only the candidates' rows are read and cast.
+    rows = np.unique(cand[cand >= 0])
+    local = np.where(cand >= 0, np.searchsorted(rows, cand), -1)  # order-preserving: ties stay as they were
+    _rerank(qn, np.asarray(reference[rows], dtype=np.float32), inv_norm[rows], local, k, out_i, out_v)
+    return np.where(out_i >= 0, rows[np.maximum(out_i, 0)], -1), out_v
