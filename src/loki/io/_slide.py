@@ -186,7 +186,7 @@ def _tiff_levels(path: Path, index: int = 0) -> tuple[list, float | None, str]:
         mpp, source = _tiff_pixel_size(tif, index)
         for number, level in enumerate(series.levels):
             if len(level.pages) == 1 and TileReader.supports(level.keyframe):
-                levels.append((TileReader(path, index, number).to_dask(_TARGET_CHUNK), "YXS"))
+                levels.append((TileReader(path, index, number, level.keyframe).to_dask(_TARGET_CHUNK), "YXS"))
             else:
                 levels.append((None, level.axes))
     if any(data is None for data, _ in levels):

@@ -25,37 +25,40 @@ class TileReader:
     series, level
         The level ``tifffile.TiffFile(path).series[series].levels[level]``; it must pass
         :meth:`supports`.
+    page
+        That level's keyframe, when the caller has the file open already (saves parsing it again).
 
     The reader keeps its own file descriptor (closed when the reader is collected), is safe to call
     from several threads, and pickles by its location, so that process-based schedulers reopen the
     file.
     """
 
-    def __init__(self, path, series: int = 0, level: int = 0):
+    def __init__(self, path, series: int = 0, level: int = 0, page=None):
         self.path, self.series, self.level = str(path), int(series), int(level)
-        self._open()
+        if page is None:  # located again, e.g. after unpickling in another process
+            import tifffile
 
-    def _open(self) -> None:
-        import tifffile
-
-        with tifffile.TiffFile(self.path) as tif:
-            page = tif.series[self.series].levels[self.level].keyframe
-            self.shape = (int(page.imagelength), int(page.imagewidth), int(page.samplesperpixel))
-            self.tile = (int(page.tilelength), int(page.tilewidth))
-            self.offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-            self.counts = np.asarray(page.databytecounts, dtype=np.int64)
-            self.jpeg = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader}
-            self.decode = page.decode  # a closure over the page's codec settings; needs no open file
-        self.tiles_across = math.ceil(self.shape[1] / self.tile[1])
+            with tifffile.TiffFile(self.path) as tif:
+                self._read_page(tif.series[self.series].levels[self.level].keyframe)
+        else:
+            self._read_page(page)
         self.fd = os.open(self.path, os.O_RDONLY)
         weakref.finalize(self, os.close, self.fd)
+
+    def _read_page(self, page) -> None:
+        self.shape = (int(page.imagelength), int(page.imagewidth), int(page.samplesperpixel))
+        self.tile = (int(page.tilelength), int(page.tilewidth))
+        self.offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+        self.counts = np.asarray(page.databytecounts, dtype=np.int64)
+        self.jpeg = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader}
+        self.decode = page.decode  # a closure over the page's codec settings; needs no open file
+        self.tiles_across = math.ceil(self.shape[1] / self.tile[1])
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "series": self.series, "level": self.level}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._open()
+        self.__init__(**state)
 
     @staticmethod
     def supports(page) -> bool:
