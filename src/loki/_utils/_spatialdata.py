@@ -15,6 +15,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 
+from ._affine import linear_scale
 from ._validation import require_keys
 
 if TYPE_CHECKING:
@@ -126,13 +127,13 @@ def recorded_microns_per_pixel(
         try:
             spots = sdata.shapes[table_region(table)]
         except (ValueError, KeyError):  # no spot shapes: the table's coordinates are coordinate_system's
-            return float(uns["microns_per_unit"]) * _linear_scale(
+            return float(uns["microns_per_unit"]) * linear_scale(
                 affine_to(image, coordinate_system, "the image")
             )
         shared = set(get_transformation(image, get_all=True)) & set(get_transformation(spots, get_all=True))
         if shared:
             cs = coordinate_system if coordinate_system in shared else min(shared)
-            scale = _linear_scale(affine_to(image, cs, "the image")) / _linear_scale(
+            scale = linear_scale(affine_to(image, cs, "the image")) / linear_scale(
                 affine_to(spots, cs, "the spots")
             )
             return float(uns["microns_per_unit"]) * scale
@@ -142,11 +143,6 @@ def recorded_microns_per_pixel(
         "table with .uns['loki'] image_key and microns_per_unit for it whose spots share a coordinate system "
         "with it; pass microns_per_pixel= (the scanner's mpp: about 0.25 at 40x, 0.5 at 20x)."
     )
-
-
-def _linear_scale(matrix: np.ndarray) -> float:
-    """Isotropic scale of a 3x3 affine matrix (square root of its linear part's determinant)."""
-    return math.sqrt(abs(np.linalg.det(matrix[:2, :2])))
 
 
 def image_levels(element) -> list[Any]:

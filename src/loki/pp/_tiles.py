@@ -17,7 +17,7 @@ import pandas as pd
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import require_keys
-from loki._utils._affine import apply_matrix
+from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._spatialdata import affine_to, image_levels, lowres_image, recorded_microns_per_pixel
 
 from ._pseudo_spots import hex_grid
@@ -272,7 +272,7 @@ def tile_image(
         transformations={coordinate_system: Identity()},
     )
     centres = apply_matrix(centres, to_cs)
-    units_per_pixel = float(np.sqrt(abs(np.linalg.det(to_cs[:2, :2]))))
+    units_per_pixel = linear_scale(to_cs)
     obs = pd.DataFrame(
         {
             "tile_id": ids.to_numpy(),

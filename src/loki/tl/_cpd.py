@@ -25,7 +25,7 @@ import numpy as np
 
 from loki._logging import logger
 from loki._utils import as_rng
-from loki._utils._affine import apply_matrix
+from loki._utils._affine import apply_matrix, linear_scale
 
 from ._cpd_kernels import estep, gaussian_cross_kernel
 
@@ -132,7 +132,7 @@ def remove_global_scale(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarr
     """
     sim = fit_linear(before, after, kind="similarity")
     lin = sim[:2, :2]
-    scale = float(np.sqrt(abs(np.linalg.det(lin))))
+    scale = linear_scale(lin)
     if scale < _EPS:
         return after.copy(), scale
     centred = before - before.mean(axis=0)
