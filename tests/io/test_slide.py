@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from spatialdata.transformations import get_transformation
 
 import loki as lk
-from loki.io._slide import aperio_pixel_size, ome_pixel_size, resolution_pixel_size
+from loki.io._slide import aperio_pixel_size, ome_pixel_size, philips_pixel_size, resolution_pixel_size
 
 TILE = (128, 128)
 
@@ -104,6 +104,45 @@ def test_ome_tiff_pyramid_with_its_unit_and_round_trip(tmp_path, mob4):
     # each level placed at its own scale in pixels of the finest level
     scale = get_transformation(level).to_affine_matrix(("x", "y"), ("x", "y"))
     assert scale[0, 0] == pytest.approx(1905 / 953)
+
+
+def _philips_xml(spacings_mm):
+    levels = "".join(
+        '<DataObject ObjectType="PixelDataRepresentation">'
+        f'<Attribute Name="DICOM_PIXEL_SPACING" PMSVR="IDoubleArray">&quot;{row}&quot; &quot;{col}&quot;</Attribute>'
+        "</DataObject>"
+        for row, col in spacings_mm
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8" ?>\n<DataObject ObjectType="DPUfsImport">'
+        '<Attribute Name="DICOM_PIXEL_SPACING" PMSVR="IDoubleArray">&quot;0.5&quot; &quot;0.5&quot;</Attribute>'
+        '<Attribute Name="PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE" PMSVR="IDataObjectArray">'
+        f"<Array>{levels}</Array></Attribute></DataObject>"
+    )
+
+
+def test_philips_tiff_levels_and_pixel_size(tmp_path, mob4):
+    """Philips' layout: levels as top-level tiled pages padded to whole tiles, spacing in the XML (mm)."""
+    _, rgb, _ = mob4
+    software, path = "Philips DP v1.0", tmp_path / "scan.tiff"
+    column_mm = 0.000252  # a different row spacing shows which of the two is read
+    spacings = [(0.00025 * f, column_mm * f) for f in (1, 4)]
+    options = {"photometric": "rgb", "software": software, "metadata": None}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, tile=TILE, description=_philips_xml(spacings), **options)
+        coarse = np.zeros((512, 512, 3), np.uint8)  # 477 px of image, padded to 4 tiles a side
+        coarse[:477, :477] = rgb[::4, ::4]
+        tif.write(coarse, tile=TILE, description="level", **options)
+        tif.write(rgb[:64, :64], description="Label", **options)
+    sdata = lk.io.read_slide(path)
+    assert sdata.attrs["loki"]["microns_per_pixel"]["scan"] == pytest.approx(0.252)
+    image = sdata.images["scan"]
+    assert [image[k]["image"].shape for k in sorted(image.children)] == [(3, 1905, 1905), (3, 476, 476)]
+    np.testing.assert_array_equal(
+        np.asarray(image["scale1"]["image"]), np.moveaxis(rgb[: 476 * 4 : 4, : 476 * 4 : 4], -1, 0)
+    )
+    assert philips_pixel_size("<DataObject/>") is None
+    assert philips_pixel_size("not xml") is None
 
 
 def test_single_level_tiff_gets_a_pyramid_and_resolution_tags(tmp_path, mob4):

@@ -67,7 +67,7 @@ def read_slide(
         Key of the image in ``sdata.images``; default the file name without its suffixes.
     microns_per_pixel
         Micrometres per pixel of the finest level. Default: read from the file (OME ``PhysicalSizeX``,
-        Aperio ``MPP``, else the TIFF resolution tags when they give 0.05-50 µm); ``None`` is recorded
+        Philips ``DICOM_PIXEL_SPACING``, Aperio ``MPP``, else the TIFF resolution tags when they give 0.05-50 µm); ``None`` is recorded
         when the file holds none, and :func:`loki.pp.tile_image` then asks for it.
     series
         Which image of a TIFF holding several (tifffile's ``series``; Aperio's thumbnail, label and
@@ -244,6 +244,10 @@ def _tiff_pixel_size(tif, index: int = 0) -> tuple[float | None, str]:
         mpp = ome_pixel_size(tif.ome_metadata, index)
         if mpp is not None:
             return mpp, "OME PhysicalSizeX"
+    if tif.is_philips and index == 0:  # the Baseline series; macro and label images carry no spacing
+        mpp = philips_pixel_size(tif.philips_metadata)
+        if mpp is not None:
+            return mpp, "Philips DICOM_PIXEL_SPACING"
     description = page.description or ""
     if description.startswith("Aperio"):
         mpp = aperio_pixel_size(description)
@@ -278,6 +282,26 @@ def aperio_pixel_size(description: str) -> float | None:
     """The ``MPP = ...`` field of an Aperio SVS image description, or None."""
     match = re.search(r"\|\s*MPP\s*=\s*([^|\s]+)", description)
     return None if match is None else _positive(match.group(1))
+
+
+def philips_pixel_size(xml: str) -> float | None:
+    """µm per pixel of a Philips TIFF's finest level, or None.
+
+    Philips writes one ``DICOM_PIXEL_SPACING`` per stored level, finest first, as quoted millimetres
+    in DICOM's order: row spacing, then column spacing.
+    """
+    from xml.etree import ElementTree
+
+    try:
+        tree = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None
+    spacing = tree.find(
+        './/DataObject[@ObjectType="PixelDataRepresentation"]/Attribute[@Name="DICOM_PIXEL_SPACING"]'
+    )
+    values = (spacing.text or "").replace('"', " ").split() if spacing is not None else []
+    column = _positive(values[1]) if len(values) == 2 else None
+    return None if column is None else column * 1e3
 
 
 def _positive(text: str) -> float | None:
