@@ -63,12 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     slide.add_argument(
         "--series", type=int, default=0, help="image of a TIFF holding several (default 0: the slide)"
     )
-    slide.add_argument(
-        "--mpp",
-        type=float,
-        default=None,
-        help="micrometres per pixel, when the file does not say or says wrong",
-    )
+    _add_mpp(slide, "micrometres per pixel, when the file does not say or says wrong")
 
     tile = sub.add_parser(
         "tile",
@@ -80,11 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     tile.add_argument("zarr", type=Path, help="SpatialData .zarr store (modified in place)")
     tile.add_argument("--image", required=True, help="key of the H&E image in sdata.images")
-    tile.add_argument(
-        "--mpp",
-        type=float,
-        default=None,
-        help="micrometres per pixel of the image's finest level (default: recorded by `loki slide` or a reader)",
+    _add_mpp(
+        tile,
+        "micrometres per pixel of the image's finest level (default: recorded by `loki slide` or a reader)",
     )
     tile.add_argument("--tile-um", type=float, default=55.0, help="tile side in µm (default: a Visium spot)")
     tile.add_argument(
@@ -97,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     tile.add_argument("--key-added", default=None, help="table key (default IMAGE_tiles)")
     return parser
+
+
+def _add_mpp(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--mpp", type=float, default=None, help=help)
 
 
 def _embed(args: argparse.Namespace) -> None:
