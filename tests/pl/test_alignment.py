@@ -92,3 +92,16 @@ def test_errors(pair):
         lk.pl.alignment([tgt, src], kind="3d", show=False)
     with pytest.raises(KeyError, match="nope"):
         lk.pl.alignment([tgt, src], use="nope", show=False)
+    with pytest.raises(ValueError, match="sections gives 1 label"):
+        lk.pl.alignment([tgt, src], sections=["target"], show=False)
+
+
+def test_overlay_keeps_a_users_inverted_axes(pair):
+    src, tgt = pair
+    fig, axes = plt.subplots(1, 2)
+    axes[0].invert_yaxis()  # image convention set up already
+    lk.pl.alignment([tgt, src], ax=axes, show=False)
+    lk.pl.alignment([tgt, src], ax=axes, show=False)  # a second call on the same axes
+    assert axes[0].yaxis_inverted()
+    assert axes[1].yaxis_inverted()
+    plt.close(fig)

@@ -323,3 +323,72 @@ def test_units_of_chained_sections(tissue):
     for sec, factor in zip(stack[1:], (2.0, 0.5), strict=True):
         det = abs(np.linalg.det(sec.uns[Key.UNS][Key.ALIGNED]["matrix"][:2, :2]))
         assert det == pytest.approx(1 / factor**2, rel=1e-3)
+
+
+def test_degenerate_inputs_and_non_finite_parameters(tissue):
+    moved, _ = _moved(tissue, rotation_deg=30.0)
+    for kw, match in [
+        ({"alpha": np.nan}, "alpha must be a positive number, got nan"),
+        ({"beta": np.inf}, "beta must be a positive number"),
+        ({"feature_weight": np.nan}, "feature_weight must be a number >= 0"),
+        ({"n_landmarks": 0}, "n_landmarks >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            lk.tl.align(moved, target=tissue, use="X_expr", **kw)
+    stacked = moved[:4].copy()
+    stacked.obsm[Key.SPATIAL] = np.repeat(moved.obsm[Key.SPATIAL][:1], 4, axis=0)
+    with pytest.raises(ValueError, match="4 spots lie at 1 distinct position"):
+        lk.tl.align(stacked, target=tissue, use="X_expr")
+    assert Key.ALIGNED not in moved.obsm
+    assert Key.ALIGNED not in stacked.obsm
+
+
+@pytest.mark.parametrize("method", ["rigid", "deformable"])
+def test_coincident_target_spots_with_the_target_moving(tissue, method):
+    # every target spot twice (two cells per spot, or a table's rows repeated): the spacing is that of
+    # the distinct spots, not 0 (the deformable field's kernel regression divided 0 by 0)
+    import anndata as ad
+
+    moved, truth = _moved(tissue, rotation_deg=30.0, drop_fraction=0.1)
+    doubled = ad.concat([tissue, tissue], index_unique="-")
+    doubled.obsm[Key.SPATIAL] = np.vstack([tissue.obsm[Key.SPATIAL]] * 2)
+    out = lk.tl.align(moved, target=doubled, use="X_expr", method=method, copy=True)
+    assert out.uns[Key.UNS][Key.ALIGNED]["moving"] == "target"
+    assert lk.metrics.alignment_error(out.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing) < 0.15
+
+
+def test_physical_units_only_for_the_readers_coordinates(tissue):
+    # both sections already in µm under another key: the tables' scale of .obsm['spatial'] is not theirs
+    target = _in_other_units(tissue, 1.0, 0.5)
+    moved, truth = _moved(tissue, rotation_deg=40.0)
+    source = _in_other_units(moved, 1.0, 1.0)
+    target.obsm["spatial_um"], source.obsm["spatial_um"] = target.obsm[Key.SPATIAL], source.obsm[Key.SPATIAL]
+    lk.tl.align(source, target=target, use="X_expr", method="rigid", spatial_key="spatial_um")
+    assert source.uns[Key.UNS][Key.ALIGNED]["unit_scale"] == 1.0
+    assert lk.metrics.alignment_error(source.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing) < 0.15
+
+
+def test_align_sections_checks_every_pair_before_writing(tissue):
+    sections = [tissue.copy()] + [_moved(tissue, rotation_deg=r)[0] for r in (5.0, 10.0)]
+    sections[2].obsm["X_expr"] = sections[2].obsm["X_expr"][:, :10]
+    with pytest.raises(ValueError, match=r"'section2' .obsm\['X_expr'\] has 10 dimensions"):
+        lk.tl.align_sections(sections, target=0, use="X_expr", progress=False)
+    del sections[2].obsm["X_expr"]
+    with pytest.raises(KeyError, match="X_expr"):  # an embedding is needed with n_pcs=0 too
+        lk.tl.align_sections(sections, target=0, use="X_expr", n_pcs=0, progress=False)
+    assert all(Key.ALIGNED not in s.obsm and Key.UNS not in s.uns for s in sections)
+
+
+def test_image_stack_aligned_sequentially_onto_a_transcriptome(tissue):
+    # H&E sections hold only an image embedding: a neighbour is aligned on it, the target on the pair
+    target = tissue.copy()
+    stack = [target]
+    for seed, angle in enumerate((10.0, 20.0), start=1):
+        moved, _ = lk.datasets.transform_section(tissue, rotation_deg=angle, seed=seed)
+        moved.obsm["img"] = _log_expr(moved)
+        stack.append(moved)
+    lk.tl.align_sections(
+        stack, target=0, use=("img", "X_expr"), method="rigid", sequential=True, progress=False
+    )
+    assert stack[1].uns[Key.UNS][Key.ALIGNED]["use"] == ["img", "X_expr"]
+    assert stack[2].uns[Key.UNS][Key.ALIGNED]["use"] == ["img", "img"]

@@ -150,3 +150,31 @@ def test_separate_spatialdata_objects_mob3_mob4():
         one.tables["MOB4"], two.tables["MOB3"], aligned_key="spatial", kendall=False
     )
     assert after["pearson_median"] > before["pearson_median"]
+
+
+def test_a_section_without_an_image_leaves_its_neighbours_image_alone():
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    _add_expr(sdata)
+    del sdata.images["MOB2_image"]  # only the target was imaged
+    with pytest.raises(KeyError, match=r"'MOB2_he' not found in sdata\.images"):
+        lk.tl.align(sdata, source="MOB2", target="MOB1", use="X_expr", method="rigid", image_key="MOB2_he")
+    assert Key.ALIGNED not in sdata.tables["MOB2"].obsm
+    lk.tl.align(sdata, source="MOB2", target="MOB1", use="X_expr", method="rigid")
+    for name in ("MOB1_image", "MOB1_spots"):  # the target's elements stay where the target is
+        matrix = get_transformation(sdata[name], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y"))
+        glob = get_transformation(sdata[name], Key.GLOBAL_CS).to_affine_matrix(("x", "y"), ("x", "y"))
+        np.testing.assert_allclose(matrix, glob)
+    with pytest.raises(KeyError, match="'MOB1_image' named by other tables"):
+        lk.pp.spot_patches(sdata, table_key="MOB2")
+
+
+def test_realigning_the_other_way_replaces_the_targets_placement():
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    _add_expr(sdata)
+    lk.tl.align(sdata, source="MOB2", target="MOB1", use="X_expr", method="rigid")
+    lk.tl.align(sdata, source="MOB1", target="MOB2", use="X_expr", method="rigid")
+    # MOB2 is now the target: its placement in 'aligned' is its own, not the first call's
+    for name in ("MOB2_image", "MOB2_spots"):
+        matrix = get_transformation(sdata[name], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y"))
+        glob = get_transformation(sdata[name], Key.GLOBAL_CS).to_affine_matrix(("x", "y"), ("x", "y"))
+        np.testing.assert_allclose(matrix, glob)

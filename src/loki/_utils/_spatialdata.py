@@ -77,29 +77,37 @@ def section_image_key(sdata: SpatialData, table_key: str, image_key: str | None 
 
     The explicit ``image_key`` wins; otherwise ``table.uns['loki']['image_key']`` (written by
     :mod:`loki.io` readers), the only image of the object, or the images whose name starts with the
-    table key or its region, in that order.
+    table key or its region, in that order. The last two pass over images another table names as
+    its own: a section without an image never takes its neighbour's.
     """
     images = list(sdata.images.keys())
     if image_key is not None:
         require_keys(images, image_key, "sdata.images")
         return image_key
-    table = sdata.tables[table_key]
-    stored = table.uns.get(Key.UNS, {}).get("image_key")
+    stored = _stored_image_key(sdata.tables[table_key])
     if stored is not None and stored in images:
         return stored
-    if len(images) == 1:
-        return images[0]
+    claimed = {_stored_image_key(t) for k, t in sdata.tables.items() if k != table_key}
+    free = [k for k in images if k not in claimed]
+    if len(images) == 1 and free:
+        return free[0]
     try:
-        region = table_region(table)
+        region = table_region(sdata.tables[table_key])
     except ValueError:
         region = table_key
-    candidates = [k for k in images if k.startswith(table_key) or k.startswith(region)]
+    candidates = [k for k in free if k.startswith(table_key) or k.startswith(region)]
     if len(candidates) == 1:
         return candidates[0]
+    taken = sorted(set(images) - set(free))
+    others = f" ({', '.join(map(repr, taken))} named by other tables)" if taken else ""
     raise KeyError(
         f"Cannot tell which image belongs to table {table_key!r}; pass image_key=. "
-        f"Images in sdata.images: {', '.join(map(repr, images)) or 'none'}."
+        f"Images in sdata.images: {', '.join(map(repr, images)) or 'none'}{others}."
     )
+
+
+def _stored_image_key(table: AnnData) -> str | None:
+    return table.uns.get(Key.UNS, {}).get("image_key")
 
 
 def recorded_microns_per_pixel(

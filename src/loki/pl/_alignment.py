@@ -50,6 +50,8 @@ def _tables(data, sections) -> tuple[list[str], list[AnnData]]:
         return names, [get_table(data, n) for n in names]
     items = list(data) if not isinstance(data, AnnData) else [data]
     names = list(sections) if sections is not None else [f"section{i}" for i in range(len(items))]
+    if len(names) != len(items):
+        raise ValueError(f"sections gives {len(names)} label(s) for {len(items)} sections; give one each.")
     return names, [get_table(d) for d in items]
 
 
@@ -156,7 +158,8 @@ def alignment(
         panel.set_title(f"{title} alignment")
         if kind == "overlay":
             panel.set_aspect("equal")
-            panel.invert_yaxis()
+            if not panel.yaxis_inverted():  # image convention; a user's axes may have it already
+                panel.invert_yaxis()
             panel.set_xlabel("x")
             panel.set_ylabel("y")
         else:

@@ -119,17 +119,24 @@ def _coords(section: _Section, key: str, role: str) -> np.ndarray:
     if len(xy) < 3:
         raise ValueError(f"The {role} section has {len(xy)} spot(s); alignment needs at least 3.")
     check_array_finite(xy, f"{role} .obsm[{key!r}]")
+    distinct = len(np.unique(xy, axis=0))
+    if distinct < 3:
+        raise ValueError(
+            f"The {role} section's {len(xy)} spots lie at {distinct} distinct position(s) of .obsm[{key!r}]; "
+            "alignment needs at least 3."
+        )
     return xy
 
 
-def _microns_per_unit(table, key: str, spatial_key: str) -> float | None:
+def _microns_per_unit(table, key: str) -> float | None:
     """µm per unit of ``.obsm[key]``, or None when unknown.
 
-    The table's own scale for its spot coordinates; for coordinates an earlier alignment wrote, the scale
-    recorded with them.
+    The table's own scale (``.uns['loki']['microns_per_unit']``) is that of its spot coordinates,
+    ``.obsm['spatial']``; other coordinates (an earlier alignment's) carry the scale recorded with them.
     """
     meta = table.uns.get(Key.UNS, {})
-    value = meta.get("microns_per_unit") if key == spatial_key else meta.get(key, {}).get("microns_per_unit")
+    entry = meta.get(key)
+    value = meta.get("microns_per_unit") if key == Key.SPATIAL else (entry or {}).get("microns_per_unit")
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -137,7 +144,7 @@ def _microns_per_unit(table, key: str, spatial_key: str) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
-def _section_elements(section: _Section, image_key: str | None) -> list[str]:
+def _section_elements(section: _Section, image_key: str | None, *, warn: bool = True) -> list[str]:
     """Names of the SpatialData elements of a section: its spots and (when found) its image."""
     sdata = section.data
     names = []
@@ -147,12 +154,19 @@ def _section_elements(section: _Section, image_key: str | None) -> list[str]:
             names.append(region)
     except ValueError:
         pass
-    if len(sdata.images):
+    if image_key is not None or len(sdata.images):
         try:
             names.append(section_image_key(sdata, section.key, image_key))
         except KeyError:
             if image_key is not None:
                 raise
+            if warn:
+                logger.warning(
+                    "no image of section %r found among %s; its image is not placed in the aligned "
+                    "coordinate system (pass image_key=)",
+                    section.name,
+                    list(sdata.images.keys()),
+                )
     return names
 
 
@@ -225,6 +239,7 @@ def _write_spatialdata(
     out_cs: str,
     key_added: str,
     set_target: bool,
+    target_placed: bool,
 ) -> str | None:
     import geopandas as gpd
     from spatialdata.models import ShapesModel
@@ -240,8 +255,8 @@ def _write_spatialdata(
     if set_target:
         for name in tgt_elements:
             element = tgt.data[name]
-            if out_cs in get_transformation(element, get_all=True):
-                continue  # already placed, e.g. by an earlier alignment of a stack
+            if target_placed and out_cs in get_transformation(element, get_all=True):
+                continue  # its coordinates are an earlier alignment's, e.g. in a stack
             set_transformation(element, get_transformation(element, in_cs), to_coordinate_system=out_cs)
             logger.info("set transformation of target %r to coordinate system %r", name, out_cs)
     try:
@@ -403,8 +418,9 @@ def align(
         When both tables give ``.uns['loki']['microns_per_unit']`` (the readers and
         :func:`loki.pp.tile_image` write it), bring the source's coordinates into the target's units
         before registering, so sections imaged at different resolutions align with a rigid fit. The
-        factor is folded into ``matrix``. An earlier alignment's coordinates (``target_spatial_key``)
-        carry the units recorded with them.
+        factor is folded into ``matrix``. That scale is of the readers' coordinates,
+        ``.obsm['spatial']``; an earlier alignment's coordinates (``target_spatial_key``) carry the
+        units recorded with them, and other keys are taken as they are.
     spatial_key
         Source coordinates in ``.obsm`` (units of ``input_coordinate_system``).
     target_spatial_key
@@ -466,10 +482,16 @@ def align(
         raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
     if not 0.0 <= w < 1.0:
         raise ValueError(f"w must be in [0, 1), got {w}.")
-    if alpha <= 0 or beta <= 0:
-        raise ValueError(f"alpha and beta must be positive, got alpha={alpha}, beta={beta}.")
-    if n_pcs < 0 or n_rotations < 1 or max_iter < 1:
-        raise ValueError("n_pcs must be >= 0, n_rotations and max_iter >= 1.")
+    for label, value in (("alpha", alpha), ("beta", beta), ("tol", tol)):
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{label} must be a positive number, got {value!r}.")
+    if not (np.isfinite(feature_weight) and feature_weight >= 0):
+        raise ValueError(f"feature_weight must be a number >= 0, got {feature_weight!r}.")
+    if n_pcs < 0 or n_rotations < 1 or max_iter < 1 or n_landmarks < 1:
+        raise ValueError(
+            f"n_pcs must be >= 0, n_rotations, max_iter and n_landmarks >= 1; got n_pcs={n_pcs}, "
+            f"n_rotations={n_rotations}, max_iter={max_iter}, n_landmarks={n_landmarks}."
+        )
     if n_coarse < 3 or max_points < 3:
         raise ValueError(f"n_coarse and max_points must be >= 3, got {n_coarse} and {max_points}.")
     if not isinstance(coordinate_system, str) or not coordinate_system:
@@ -505,9 +527,15 @@ def align(
         if is_spatialdata(tgt.data):
             tgt_elements = _section_elements(tgt, None)
             _check_cs(tgt, tgt_elements, input_coordinate_system, "target")
+            shared = set(src_elements) & set(tgt_elements) if tgt.data is src.data else set()
+            if shared:
+                raise ValueError(
+                    f"source and target sections share the element(s) {sorted(shared)}; one transformation "
+                    "cannot place both. Pass the source's image_key=, or give each section its own shapes."
+                )
 
-    mpu_src = _microns_per_unit(src.table, spatial_key, spatial_key)
-    mpu_tgt = _microns_per_unit(tgt.table, target_spatial_key or spatial_key, spatial_key)
+    mpu_src = _microns_per_unit(src.table, spatial_key)
+    mpu_tgt = _microns_per_unit(tgt.table, target_spatial_key or spatial_key)
     unit = mpu_src / mpu_tgt if (physical_units and mpu_src and mpu_tgt) else 1.0
     xy_src = xy_src * unit
     c_tgt = xy_tgt.mean(axis=0)
@@ -602,6 +630,7 @@ def align(
             coordinate_system,
             key_added,
             set_target=same_object or is_spatialdata(tgt.data),
+            target_placed=target_spatial_key not in (None, spatial_key),
         )
         if shapes_name is not None:
             table.uns[Key.UNS][key_added]["shapes"] = shapes_name
@@ -674,52 +703,66 @@ def align_sections(
     tgt_obj, tgt_key = by_name[target]
     tgt_table = get_table(tgt_obj, tgt_key)
 
-    key_src, key_tgt = _use_keys(kwargs.get("use", Key.TEXT))
-    for name, obj, key in items:
-        sec = _Section(obj, key, get_table(obj, key))
-        _coords(sec, spatial_key, name)
-        if key_src is not None and kwargs.get("n_pcs", 2) > 0:
-            _embedding(sec, key_tgt if name == target else key_src, name)
-
     # nearest sections first so sequential mode always has an aligned neighbour
     todo = sorted((i for i in range(len(order)) if i != t_idx), key=lambda i: (abs(i - t_idx), i))
-    results: dict[str, dict] = {}
-    for i in tqdm(todo, disable=not progress, desc="align sections"):
-        name = order[i]
+    key_src, key_tgt = _use_keys(kwargs.pop("use", Key.TEXT))
+    plan = []
+    for i in todo:
         ref = order[i - 1 if i > t_idx else i + 1] if sequential else target
+        # an aligned neighbour is a source section: it holds the sources' embedding key
+        pair = None if key_src is None else (key_src, key_tgt if ref == target else key_src)
+        plan.append((i, order[i], ref, pair))
+    _check_stack(plan, by_name, target, spatial_key, kwargs)
+
+    results: dict[str, dict] = {}
+    for i, name, ref, pair in tqdm(plan, disable=not progress, desc="align sections"):
         obj, key = by_name[name]
         ref_obj, ref_key = by_name[ref]
         ref_spatial = key_added if (sequential and ref != target) else spatial_key
+        common = {
+            "use": pair,
+            "key_added": key_added,
+            "spatial_key": spatial_key,
+            "target_spatial_key": ref_spatial,
+            **kwargs,
+        }
         if obj is ref_obj and is_spatialdata(obj):
-            align(
-                obj,
-                source=key,
-                target=ref_key,
-                key_added=key_added,
-                spatial_key=spatial_key,
-                target_spatial_key=ref_spatial,
-                **kwargs,
-            )
+            align(obj, source=key, target=ref_key, **common)
         else:
-            align(
-                obj,
-                source=key,
-                target=ref_obj,
-                target_table=ref_key,
-                key_added=key_added,
-                spatial_key=spatial_key,
-                target_spatial_key=ref_spatial,
-                **kwargs,
-            )
+            align(obj, source=key, target=ref_obj, target_table=ref_key, **common)
         table = get_table(obj, key)
         table.uns[Key.UNS][key_added]["z"] = int(i)
         table.uns[Key.UNS][key_added]["reference"] = ref
         results[name] = table.uns[Key.UNS][key_added]
     write_obsm(tgt_table, key_added, np.asarray(tgt_table.obsm[spatial_key], dtype=np.float64)[:, :2].copy())
     entry = {"method": "target", "target": target, "matrix": np.eye(3), "z": int(t_idx)}
-    mpu = _microns_per_unit(tgt_table, spatial_key, spatial_key)
+    mpu = _microns_per_unit(tgt_table, spatial_key)
     if mpu is not None:
         entry["microns_per_unit"] = mpu
     write_uns(tgt_table, key_added, entry)
     results[target] = tgt_table.uns[Key.UNS][key_added]
     return results
+
+
+def _check_stack(plan: list, by_name: dict, target: str, spatial_key: str, kwargs: dict) -> None:
+    """Check every section of a stack as :func:`align` will see it, before any section is written."""
+    input_cs = kwargs.get("input_coordinate_system", Key.GLOBAL_CS)
+
+    def section(name: str) -> _Section:
+        obj, key = by_name[name]
+        return _Section(obj, key, get_table(obj, key))
+
+    _coords(section(target), spatial_key, repr(target))
+    for _, name, ref, pair in plan:
+        sec = section(name)
+        _coords(sec, spatial_key, repr(name))
+        if is_spatialdata(sec.data):
+            elements = _section_elements(sec, kwargs.get("image_key"), warn=False)
+            _check_cs(sec, elements, input_cs, f"section {name!r}")
+        if pair is not None:
+            dims = [_embedding(section(n), k, repr(n)).shape[1] for n, k in ((name, pair[0]), (ref, pair[1]))]
+            if dims[0] != dims[1]:
+                raise ValueError(
+                    f"section {name!r} .obsm[{pair[0]!r}] has {dims[0]} dimensions, its reference {ref!r} "
+                    f".obsm[{pair[1]!r}] {dims[1]}; the embeddings must share one space."
+                )

@@ -397,9 +397,15 @@ def _warm_sigma2(sigma2: tuple[float, float | None], factor: float = 4.0) -> tup
 
 
 def _spacing2(xy: np.ndarray) -> float:
-    """Squared mean nearest-neighbour distance of (n, 2) points."""
+    """Squared mean nearest-neighbour distance of (n, 2) points, over distinct points (0 for fewer than 2).
+
+    Coincident points (two cells at one spot, a table's rows repeated) would otherwise pull it to 0.
+    """
     from scipy.spatial import cKDTree
 
+    xy = np.unique(xy, axis=0)
+    if len(xy) < 2:
+        return 0.0
     d, _ = cKDTree(xy).query(xy, k=2)
     return float(d[:, 1].mean() ** 2)
 
