@@ -42,6 +42,9 @@ def test_tile_then_embed_an_image_only_section(mob4_zarr, capsys):
         == 0
     )
     assert "image only" in capsys.readouterr().out
+    table_args = ["embed", str(mob4_zarr), "--table", "MOB4_image_tiles", "--model", "loki-tiny"]
+    with pytest.raises(SystemExit, match=r"holds no genes .* --no-image was given: nothing to embed"):
+        main([*table_args, "--no-image"])
     back = sd.read_zarr(mob4_zarr)
     assert set(back.tables) == {"MOB4", "MOB4_image_tiles"}  # the temporary copy is gone
     tiles = back.tables["MOB4_image_tiles"]

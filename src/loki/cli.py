@@ -106,8 +106,14 @@ def _embed(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"loki embed: no table {args.table!r} in {args.zarr}; tables: {', '.join(sdata.tables) or 'none'}"
         )
+    has_genes = sdata.tables[args.table].n_vars > 0
+    if not has_genes and args.no_image:
+        raise SystemExit(
+            f"loki embed: table {args.table!r} holds no genes (an image-only section) and --no-image "
+            "was given: nothing to embed."
+        )
     model = lk.models.load(args.model, device=args.device, trust_checkpoint=args.trust_checkpoint)
-    if sdata.tables[args.table].n_vars:
+    if has_genes:
         lk.pp.gene_sentences(sdata, table_key=args.table)
         lk.tl.embed_text(sdata, model, table_key=args.table, batch_size=args.batch_size)
     else:

@@ -71,6 +71,29 @@ def test_read_visium_errors(tmp_path):
         lk.io.read_visium(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("remove", "kwargs", "match"),
+    [
+        (
+            "scalefactors_json.json",
+            {},
+            r"No 'spatial/scalefactors_json.json' .* holds \['tissue_hires_image.png'",
+        ),
+        ("tissue_positions_list.csv", {}, r"No spot positions file \('spatial/tissue_positions.csv' or"),
+        (None, {"fullres_image_file": "he.tif"}, r"fullres_image_file .*he.tif' does not exist"),
+    ],
+)
+def test_read_visium_names_a_missing_spot_file(visium_dir, tmp_path, remove, kwargs, match):
+    import shutil
+
+    folder = tmp_path / "visium"
+    shutil.copytree(visium_dir, folder)
+    if remove is not None:
+        (folder / "spatial" / remove).unlink()
+    with pytest.raises(FileNotFoundError, match=match):
+        lk.io.read_visium(folder, **kwargs)
+
+
 def test_spatialdata_plot_renders_the_section(sdata):
     import spatialdata_plot  # noqa: F401  (registers sdata.pl)
 

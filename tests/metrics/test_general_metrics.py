@@ -32,6 +32,11 @@ def test_pearson_axis_and_constant():
     np.testing.assert_allclose(metrics.pearson(x, y, axis=1), metrics.pearson(x.T, y.T, axis=0))
     assert isinstance(metrics.pearson(x[:, 0], y[:, 0]), float)
     assert np.isnan(metrics.pearson(np.ones(5), np.arange(5.0)))
+    # a constant whose float mean is inexact: centring leaves ~1e-17, still constant
+    third = np.c_[np.full(10, 1 / 3), np.arange(10.0)]
+    np.testing.assert_array_equal(
+        np.isnan(metrics.pearson(third, np.arange(20.0).reshape(10, 2))), [True, False]
+    )
     with pytest.raises(ValueError, match="same shape"):
         metrics.pearson(x, y[:, :3])
 
@@ -139,6 +144,9 @@ def test_ssim_grid_per_column_and_small_sections():
         assert out[c] == pytest.approx(metrics.ssim_grid(coords, t[:, c], p[:, c]))
     tiny = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     assert np.isfinite(metrics.ssim_grid(tiny, [1.0, 2.0, 3.0], [1.0, 2.5, 3.0]))
+    tiny[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"coords contains 1 non-finite value"):
+        metrics.ssim_grid(tiny, [1.0, 2.0, 3.0], [1.0, 2.5, 3.0])
     with pytest.raises(ValueError, match="shape"):
         metrics.ssim_grid(coords, t, p[:, :2])
 
@@ -198,6 +206,10 @@ def test_recall_at_k_random_baseline_and_ties():
         metrics.recall_at_k(np.zeros((4, 4)), 5)
     with pytest.raises(ValueError, match="n_candidates"):
         metrics.recall_at_k(np.array([1, 2]))
+    nan_query = np.eye(3)
+    nan_query[0] = np.nan  # an all-zero embedding normalised: it must not count as a hit
+    with pytest.raises(ValueError, match=r"non-finite scores in 1 query row\(s\), e.g. \[0\]"):
+        metrics.recall_at_k(nan_query, 1 / 3)
 
 
 def test_calinski_harabasz_matches_sklearn():

@@ -77,6 +77,8 @@ def test_label_panel_on_anndata_and_class_subset(tmp_path):
     out = lk.pl.annotation(table, classes=["b"], ax=ax, show=False)
     assert out is fig
     assert ax.get_title() == "b"
+    lk.pl.annotation(table, classes=["b"], ax=ax, show=False)  # again on the same axes: not flipped back
+    assert ax.yaxis_inverted()
     plt.close(fig)
 
 

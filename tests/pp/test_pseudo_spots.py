@@ -27,13 +27,17 @@ def _cells(n=3000, size=1000.0, seed=0, sparse_x=True):
 
 @settings(max_examples=25, deadline=None)
 @given(st.floats(1.0, 50.0), st.floats(20.0, 300.0), st.floats(20.0, 300.0))
-def test_hex_grid_neighbours_are_one_spacing_apart(spacing, w, h):
+def test_hex_grid_neighbours_are_one_spacing_apart_and_cover_the_box(spacing, w, h):
     centres = hex_grid(0.0, 0.0, w, h, spacing)
     assert centres[:, 0].min() >= -1e-9
-    assert centres[:, 1].max() <= h + 1e-9
+    assert centres[:, 1].max() <= h + spacing / np.sqrt(3)
     if len(centres) > 2:
         dist, _ = cKDTree(centres).query(centres, k=2)
         np.testing.assert_allclose(dist[:, 1], spacing, rtol=1e-9)
+    # every point of the box, edges and corners included, lies in a centre's hexagonal cell
+    edge = np.linspace(0.0, 1.0, 41)
+    grid = np.array(np.meshgrid(edge * w, edge * h)).reshape(2, -1).T
+    assert cKDTree(centres).query(grid)[0].max() <= spacing / np.sqrt(3) + 1e-9
 
 
 @pytest.mark.parametrize("sparse_x", [True, False])
@@ -97,6 +101,16 @@ def test_pseudo_spots_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
         lk.pp.pseudo_spots(cells, **kwargs)
     assert (set(cells.obsm), set(cells.obs.columns), dict(cells.uns)) == before
+
+
+def test_cells_without_a_label_are_named():
+    cells = _cells(n=200)
+    cells.obs["cell_type"] = cells.obs["cell_type"].astype(object)
+    cells.obs.loc[cells.obs_names[:7], "cell_type"] = np.nan
+    with pytest.raises(ValueError, match="7 of 200 cells have no 'cell_type' label"):
+        lk.pp.pseudo_spots(cells)
+    out = lk.pp.pseudo_spots(_cells(n=200))
+    assert [type(c) for c in out.obsm[lk.Key.TRUE_PROPORTIONS].columns] == [str, str, str]
 
 
 def test_non_finite_coordinates_are_rejected():

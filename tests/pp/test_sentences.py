@@ -308,6 +308,8 @@ def test_gene_sentences_duplicate_names_and_bad_params_write_nothing():
         lk.pp.gene_sentences(adata, n_genes=0)
     with pytest.raises(ValueError, match="target_sum"):
         lk.pp.gene_sentences(adata, target_sum=-1)
+    with pytest.raises(ValueError, match="'loki_empty' is the column of the empty-spot flag"):
+        lk.pp.gene_sentences(adata, key_added=lk.Key.EMPTY_SPOT)
     _assert_untouched(adata, [])
 
 

@@ -36,6 +36,29 @@ def _default_dataset_id(counts_path: Path) -> str | None:
     return None
 
 
+def _check_visium_files(path: Path, kwargs: dict) -> None:
+    """The spot files spatialdata-io needs, and a named full-resolution image, exist (it fails obscurely)."""
+    spatial = path / "spatial"
+    present = sorted(p.name for p in spatial.iterdir()) if spatial.is_dir() else "no spatial/ folder"
+    scalefactors = kwargs.get("scalefactors_file") or Path("spatial") / "scalefactors_json.json"
+    if not (path / scalefactors).is_file():
+        raise FileNotFoundError(f"No {str(scalefactors)!r} in {str(path)!r}; spatial/ holds {present}.")
+    positions = kwargs.get("tissue_positions_file")
+    candidates = (
+        [path / positions]
+        if positions
+        else [spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv"]
+    )
+    if not any(p.is_file() for p in candidates):
+        names = " or ".join(repr(str(p.relative_to(path))) for p in candidates)
+        raise FileNotFoundError(
+            f"No spot positions file ({names}) in {str(path)!r}; spatial/ holds {present}."
+        )
+    fullres = kwargs.get("fullres_image_file")
+    if fullres is not None and not (path / fullres).is_file():
+        raise FileNotFoundError(f"fullres_image_file {str(path / fullres)!r} does not exist.")
+
+
 def read_visium(
     path: str | Path,
     *,
@@ -80,6 +103,7 @@ def read_visium(
     if not (path / counts_file).is_file():
         present = sorted(p.name for p in path.iterdir())
         raise FileNotFoundError(f"No {counts_file!r} in {str(path)!r}; it holds {present}.")
+    _check_visium_files(path, kwargs)
     if dataset_id is None:
         dataset_id = _default_dataset_id(path / counts_file) or re.sub(
             r"[^A-Za-z0-9_.-]", "_", path.resolve().name

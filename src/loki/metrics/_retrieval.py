@@ -29,6 +29,12 @@ def target_ranks(similarity: np.ndarray, targets: Sequence[int] | None = None) -
         raise ValueError(f"targets must have one entry per query ({s.shape[0]}), got shape {targets.shape}.")
     if ((targets < 0) | (targets >= s.shape[1])).any():
         raise ValueError(f"targets must index the {s.shape[1]} candidates.")
+    bad = np.flatnonzero(~np.isfinite(s).all(axis=1))
+    if len(bad):  # a NaN target would outrank nothing and count as rank 0, a perfect hit
+        raise ValueError(
+            f"similarity has non-finite scores in {len(bad)} query row(s), e.g. {bad[:5].tolist()} "
+            "(an all-zero embedding normalises to NaN)."
+        )
     own = s[np.arange(s.shape[0]), targets]
     return (s >= own[:, None]).sum(axis=1)
 

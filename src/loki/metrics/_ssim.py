@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from loki._utils import check_array_finite
+
 from ._alignment import spot_spacing
 
 
@@ -86,6 +88,7 @@ def rasterize(
         raise ValueError(f"coords must be n x 2, got shape {coords.shape}.")
     if values.shape[0] != coords.shape[0]:
         raise ValueError(f"values have {values.shape[0]} rows but coords {coords.shape[0]}.")
+    check_array_finite(coords, "coords")
     lo = coords.min(axis=0)
     span = coords.max(axis=0) - lo
     if grid is None or np.isscalar(grid):
@@ -139,7 +142,8 @@ def ssim_grid(
     mask_empty
         Average over pixels that hold a spot (default) rather than over the whole grid.
     data_range
-        Value range for the SSIM constants; default: max - min of both inputs, per column.
+        Value range for the SSIM constants; default: max - min of both inputs and 0 (the value of
+        empty pixels, which the windows take in at the tissue's edge), per column.
     win_size
         Odd window size; images smaller than the window are padded with empty pixels.
 

@@ -76,7 +76,7 @@ def _draw_section(ax: Axes, rgb: np.ndarray | None, xy: np.ndarray) -> None:
         pad = 0.05 * max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1.0)
         ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
         ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
-    else:
+    elif not ax.yaxis_inverted():  # image convention; a user's axes may have it already
         ax.invert_yaxis()
     ax.set_aspect("equal")
     ax.set_xticks([])

@@ -25,13 +25,15 @@ def hex_grid(xmin: float, ymin: float, xmax: float, ymax: float, spacing: float)
     if spacing <= 0:
         raise ValueError(f"spacing must be > 0, got {spacing}.")
     row_step = spacing * np.sqrt(3) / 2
-    n_rows = int(np.floor((ymax - ymin) / row_step)) + 1
+    # one row and column past the box, kept where their hexagonal cells (half-width spacing / 2,
+    # reaching spacing / sqrt(3) down) still hold points of it: edge points may belong to them
+    n_rows = int(np.floor((ymax - ymin) / row_step)) + 2
     n_cols = int(np.floor((xmax - xmin) / spacing)) + 2
     rows, cols = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
     x = xmin + cols * spacing + (rows % 2) * spacing / 2
     y = ymin + rows * row_step
     centres = np.column_stack([x.ravel(), y.ravel()])
-    return centres[centres[:, 0] <= xmax + spacing / 2]
+    return centres[(centres[:, 0] < xmax + spacing / 2) & (centres[:, 1] < ymax + spacing / np.sqrt(3))]
 
 
 def assign_to_spots(coords: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
@@ -102,6 +104,12 @@ def pseudo_spots(
     check_array_finite(coords, f"adata.obsm[{spatial_key!r}]")
     if cell_type_key is not None:
         check_obs_key(adata, cell_type_key)
+        unlabelled = int(adata.obs[cell_type_key].isna().sum())
+        if unlabelled:
+            raise ValueError(
+                f"{unlabelled} of {adata.n_obs} cells have no {cell_type_key!r} label; the exact "
+                "proportions need every pooled cell's type. Label them (e.g. 'unknown') or drop them."
+            )
     if layer is not None:
         require_keys(adata.layers, layer, "adata.layers")
     if diameter_um <= 0:
@@ -119,7 +127,7 @@ def pseudo_spots(
     radius = diameter_um / 2 / microns_per_unit
     lo, hi = coords.min(axis=0), coords.max(axis=0)
     spacing = spacing_um / microns_per_unit
-    n_grid = ((hi[0] - lo[0]) / spacing + 2) * ((hi[1] - lo[1]) / (spacing * np.sqrt(3) / 2) + 1)
+    n_grid = ((hi[0] - lo[0]) / spacing + 2) * ((hi[1] - lo[1]) / (spacing * np.sqrt(3) / 2) + 2)
     if n_grid > 5e7:
         raise ValueError(
             f"The grid would hold ~{n_grid:.2g} spots: with microns_per_unit={microns_per_unit}, the tissue "
@@ -158,7 +166,7 @@ def pseudo_spots(
     )
     out.obsm[Key.SPATIAL] = centres[keep]
     if cell_type_key is not None:
-        cat = pd.Categorical(adata.obs[cell_type_key].astype(str))
+        cat = pd.Categorical([str(label) for label in adata.obs[cell_type_key]])
         onehot = sparse.csr_matrix(
             (np.ones(adata.n_obs), (np.arange(adata.n_obs), cat.codes)),
             shape=(adata.n_obs, len(cat.categories)),
@@ -167,7 +175,7 @@ def pseudo_spots(
         out.obsm[truth_key] = pd.DataFrame(
             counts / counts.sum(axis=1, keepdims=True),
             index=names,
-            columns=pd.Index(cat.categories.astype(str)),
+            columns=pd.Index(list(cat.categories), dtype=object),
         )
     out.uns[Key.UNS] = {
         "spot_diameter_um": float(diameter_um),

@@ -135,6 +135,10 @@ def gene_sentences(
 
     """
     check_key_name(key_added)
+    if key_added == Key.EMPTY_SPOT:
+        raise ValueError(
+            f"key_added={key_added!r} is the column of the empty-spot flag; choose another name."
+        )
     if copy and is_spatialdata(data):
         raise ValueError("copy=True applies to AnnData input; a SpatialData is modified in place.")
     adata = get_table(data, table_key)
