@@ -215,8 +215,10 @@ def test_read_legacy_st_sections_merges_with_per_section_options():
     assert isinstance(get_transformation(sdata.images["A_image"], "global"), Identity)
     with pytest.raises(KeyError, match="lacks"):
         lk.io.read_legacy_st_sections({"A": {"counts": counts}})
-    with pytest.raises(TypeError, match="name"):
+    with pytest.raises(TypeError, match="from the keys of `sections`; got name="):
         lk.io.read_legacy_st_sections({"A": (counts, spots)}, name="x")
+    with pytest.raises(TypeError, match="got a 'name' in section 'A'"):
+        lk.io.read_legacy_st_sections({"A": {"counts": counts, "spots": spots, "name": "B"}})
 
 
 def _values_at_spots(sdata, name: str, image_scale: float = 1.0) -> np.ndarray:

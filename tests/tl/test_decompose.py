@@ -145,6 +145,16 @@ def test_cell_type_with_one_cell_is_rejected():
     assert _nothing_written(spots)
 
 
+def test_a_declared_cell_type_without_cells_is_rejected():
+    spots, reference, _ = _toy()
+    reference.obs["cell_type"] = pd.Categorical(
+        reference.obs["cell_type"], categories=["T0", "T1", "T2", "T3", "B"]
+    )
+    with pytest.raises(ValueError, match=r"'B' \(0 cells\).*remove_unused_categories"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert _nothing_written(spots)
+
+
 def test_no_shared_genes_lists_names_from_both_sides():
     spots, reference, _ = _toy()
     spots.var_names = [f"ENSMUSG{i:011d}" for i in range(spots.n_vars)]

@@ -62,6 +62,9 @@ def test_embed_image_with_patches_and_copy(model):
     assert "img" in out.obsm
     np.testing.assert_array_equal(out.obsm["img"], model.encode_images(_patches()))
     assert out.uns["loki"]["img"]["patch_source"] == "patches"
+    with pytest.raises(ValueError, match="diameter_um choose how patches are cut here"):
+        lk.tl.embed_image(a, model, patches=_patches(), diameter_um=55.0)
+    assert lk.Key.IMAGE not in a.obsm
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,8 @@ def test_fit_mapping_restores_torch_threads():
         (np.ones(3), np.ones((5, 3)), {}, "2-d"),
         (np.ones((3, 4)), np.ones((5, 4)), {"epochs": 0}, "epochs"),
         (np.ones((3, 4)), np.ones((5, 4)), {"lr": 0.0}, "lr"),
+        (np.ones((3, 4)), np.ones((5, 4)), {"lambda_g1": np.nan}, "lambda_g1 must be a finite number >= 0"),
+        (np.ones((3, 4)), np.ones((5, 4)), {"lambda_d": -1.0}, "lambda_d must be a finite number >= 0"),
     ],
 )
 def test_fit_mapping_rejects_bad_input(source, target, kwargs, match):
@@ -168,3 +170,10 @@ def test_fit_mapping_follows_the_direct_tangram_objective():
         losses.append(float(loss.detach()))
     np.testing.assert_allclose(res.loss, losses, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(res.mapping, torch.softmax(logits, 1).detach().numpy(), atol=1e-4)
+
+
+def test_a_diverged_fit_is_an_error_not_uniform_proportions():
+    rng = np.random.default_rng(0)
+    profiles, spots = rng.random((3, 6)), rng.random((8, 6))
+    with pytest.raises(FloatingPointError, match="diverged to non-finite values"):
+        fit_mapping(profiles, spots, lr=np.inf, epochs=3, device="cpu")

@@ -271,7 +271,8 @@ def read_legacy_st(
     A SpatialData with ``images[f"{name}_image"]`` (RGB uint8, multiscale, if ``image`` is given),
     ``shapes[f"{name}_spots"]`` (circles, ``radius`` = physical spot radius in full-resolution
     pixels, index = spot ids ``"XxY"``) and ``tables[name]`` annotating them: ``X`` CSR float32
-    counts, ``obs['spot_id'|'region'|'array_row'|'array_col'|'in_tissue']``,
+    counts, ``obs['spot_id'|'region'|'array_row'|'array_col']`` (and ``'in_tissue'`` when the spot
+    file has a ``selected`` column),
     ``obsm['spatial']`` (spot centres, full-resolution pixels) and
     ``uns['loki'] = {'image_key', 'spot_diameter_um', 'microns_per_unit'}``.
 
@@ -315,9 +316,14 @@ def read_legacy_st_sections(
     """
     from spatialdata import SpatialData
 
-    if "name" in kwargs:
+    names_given = ["name="] if "name" in kwargs else []
+    names_given += [
+        f"a 'name' in section {k!r}" for k, v in sections.items() if isinstance(v, Mapping) and "name" in v
+    ]
+    if names_given:
         raise TypeError(
-            "read_legacy_st_sections() takes section names from the keys of `sections`, not name=."
+            "read_legacy_st_sections() takes section names from the keys of `sections`; got "
+            f"{', '.join(names_given)}."
         )
     if not sections:
         raise ValueError("No section given.")

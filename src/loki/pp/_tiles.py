@@ -30,14 +30,18 @@ if TYPE_CHECKING:
 _MASK_SIDE = 2048
 
 
-def tissue_mask(rgb: np.ndarray, *, min_saturation: float = 0.05, smooth: int = 5) -> np.ndarray:
+def tissue_mask(
+    rgb: np.ndarray, *, min_saturation: float = 0.05, min_brightness: float = 0.15, smooth: int = 5
+) -> np.ndarray:
     """Tissue pixels of an H&E image: saturation above Otsu's threshold.
 
     Glass and background are bright and grey, stained tissue is coloured. The saturation
     ``(max - min) / max`` of each pixel, median-filtered over ``smooth`` pixels, is split by Otsu's
     threshold, which is never taken below ``min_saturation``, so that an image holding only
-    background does not split its noise into "tissue". Pen marks and coloured debris count as tissue,
-    and very pale tissue may not; pass a mask of your own to :func:`tile_image` for such slides.
+    background does not split its noise into "tissue". Pixels whose brightest channel is below
+    ``min_brightness`` (a scanner's black padding, outside the scanned area) count as background: on
+    them the ratio is noise over noise. Pen marks and coloured debris count as tissue, and very pale
+    tissue may not; pass a mask of your own to :func:`tile_image` for such slides.
 
     Parameters
     ----------
@@ -45,6 +49,8 @@ def tissue_mask(rgb: np.ndarray, *, min_saturation: float = 0.05, smooth: int = 
         ``(y, x, 3)`` image, uint8 or floats in [0, 1].
     min_saturation
         Lowest threshold, in [0, 1).
+    min_brightness
+        Darker pixels (brightest channel, in [0, 1]) are background.
     smooth
         Side of the median filter in pixels (1: none).
 
@@ -60,11 +66,13 @@ def tissue_mask(rgb: np.ndarray, *, min_saturation: float = 0.05, smooth: int = 
         raise ValueError(f"Expected an (y, x, 3) RGB image, got shape {rgb.shape}.")
     if not 0 <= min_saturation < 1:
         raise ValueError(f"min_saturation must be in [0, 1), got {min_saturation}.")
+    if not 0 <= min_brightness < 1:
+        raise ValueError(f"min_brightness must be in [0, 1), got {min_brightness}.")
     x = rgb[..., :3].astype(np.float32)
     if np.issubdtype(rgb.dtype, np.integer):
         x /= 255.0
     hi, lo = x.max(axis=2), x.min(axis=2)
-    saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0.0)
+    saturation = np.where(hi >= max(min_brightness, 1e-6), (hi - lo) / np.maximum(hi, 1e-6), 0.0)
     if smooth > 1:
         saturation = median_filter(saturation, size=int(smooth))
     return saturation > max(otsu_threshold(saturation), min_saturation)
@@ -90,20 +98,36 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 
 def box_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Fraction of ``True`` pixels of ``mask`` inside each box ``(x0, y0, x1, y1)`` (mask pixels, clipped).
+    """Area fraction of each box ``(x0, y0, x1, y1)`` covered by ``True`` pixels of ``mask``.
 
-    A summed-area table makes every box O(1); a pixel counts when its centre lies inside the box.
+    Pixel ``(i, j)`` covers ``[j, j + 1] x [i, i + 1]``; boxes are clipped to the mask, and partly
+    covered pixels count by the area they share with the box, so a box smaller than a pixel (a
+    coarse mask) takes that pixel's value. The integral image of a pixelwise constant mask is
+    bilinear inside every pixel, so interpolating the summed-area table gives the exact area, O(1)
+    a box.
     """
     h, w = mask.shape
-    table = np.zeros((h + 1, w + 1), dtype=np.int64)
-    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
-    x0 = np.clip(np.ceil(boxes[:, 0] - 0.5), 0, w).astype(np.int64)
-    y0 = np.clip(np.ceil(boxes[:, 1] - 0.5), 0, h).astype(np.int64)
-    x1 = np.clip(np.ceil(boxes[:, 2] - 0.5), 0, w).astype(np.int64)
-    y1 = np.clip(np.ceil(boxes[:, 3] - 0.5), 0, h).astype(np.int64)
-    inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    table = np.zeros((h + 1, w + 1), dtype=np.float64)
+    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1)
+    x0, x1 = np.clip(boxes[:, 0], 0, w), np.clip(boxes[:, 2], 0, w)
+    y0, y1 = np.clip(boxes[:, 1], 0, h), np.clip(boxes[:, 3], 0, h)
+
+    def integral(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        i, j = (
+            np.minimum(np.floor(y), h - 1).astype(np.int64),
+            np.minimum(np.floor(x), w - 1).astype(np.int64),
+        )
+        v, u = y - i, x - j
+        return (
+            table[i, j] * (1 - u) * (1 - v)
+            + table[i, j + 1] * u * (1 - v)
+            + table[i + 1, j] * (1 - u) * v
+            + table[i + 1, j + 1] * u * v
+        )
+
+    inside = integral(x1, y1) - integral(x0, y1) - integral(x1, y0) + integral(x0, y0)
     area = (x1 - x0) * (y1 - y0)
-    return np.where(area > 0, inside / np.maximum(area, 1), 0.0)
+    return np.where(area > 0, np.clip(inside / np.where(area > 0, area, 1.0), 0.0, 1.0), 0.0)
 
 
 def tile_centres(width: float, height: float, tile: float, spacing: float, grid: str) -> np.ndarray:

@@ -135,7 +135,8 @@ def decompose(
     percentiles
         Lower and upper percentiles of ``normalize="percentile"``.
     min_cells_per_type
-        Cell types with fewer reference cells are an error (their profile would be one cell's noise).
+        Cell types with fewer reference cells are an error (their profile would be one cell's noise);
+        so is a declared category of a categorical column without cells.
     return_mapping
         Store the mapping matrix (sources x spots) in ``.uns['loki'][key_added]['mapping']``.
     seed
@@ -302,14 +303,23 @@ def _cell_type_codes(reference: AnnData, key: str, min_cells: int) -> tuple[np.n
         raise ValueError(
             f"reference.obs[{key!r}] has {int(labels.isna().sum())} missing labels; drop those cells."
         )
-    cat = pd.Categorical(labels.astype(str))
+    # a categorical column's declared types count too: one without cells is reported, not dropped
+    declared = (
+        [str(c) for c in labels.cat.categories] if isinstance(labels.dtype, pd.CategoricalDtype) else None
+    )
+    cat = pd.Categorical(labels.astype(str), categories=declared)
     counts = np.bincount(cat.codes, minlength=len(cat.categories))
-    small = [(str(c), int(n)) for c, n in zip(cat.categories, counts, strict=True) if n < min_cells]
+    small = [(str(c), int(n)) for c, n in zip(cat.categories, counts, strict=True) if n < max(min_cells, 1)]
     if small:
         listing = ", ".join(f"{c!r} ({n} cell{'s' if n != 1 else ''})" for c, n in small)
         raise ValueError(
             f"Cell type(s) with fewer than {min_cells} reference cells in reference.obs[{key!r}]: {listing}. "
-            "Remove or merge them (or lower min_cells_per_type)."
+            "Remove or merge them (or lower min_cells_per_type)"
+            + (
+                "; drop unused categories with .cat.remove_unused_categories()."
+                if min(n for _, n in small) == 0
+                else "."
+            )
         )
     if len(cat.categories) < 2:
         raise ValueError(f"reference.obs[{key!r}] holds fewer than 2 cell types: {list(cat.categories)}.")

@@ -39,6 +39,11 @@ def _patches_of(data, table, *, table_key, image_key, patches, size: int, diamet
     not yet written anywhere.
     """
     if patches is not None:
+        unused = [k for k, v in (("image_key", image_key), ("diameter_um", diameter_um)) if v is not None]
+        if unused:
+            raise ValueError(
+                f"{' and '.join(unused)} choose how patches are cut here; with patches= they do nothing."
+            )
         shape = getattr(patches, "shape", None)
         if shape is None or len(shape) != 4 or shape[-1] != 3:
             raise ValueError(f"patches must be a (n_spots, height, width, 3) uint8 array, got shape {shape}")
@@ -161,7 +166,8 @@ def embed_image(
 
     - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised.
     - ``.uns['loki'][key_added]``: model name, architecture, checkpoint hash, batch size, patch source.
-    - ``.obs['loki_patch_ok']`` when patches are cut here (see :func:`loki.pp.spot_patches`).
+    - ``.obs['loki_patch_ok']`` when patches are cut here (see :func:`loki.pp.spot_patches`); with
+      ``patches=`` it is not written, and an earlier cut's flags describe that cut only.
 
     """
     check_key_name(key_added)

@@ -187,6 +187,14 @@ def fit_mapping(
         raise ValueError(f"lr must be > 0, got {lr}.")
     if num_threads is not None and int(num_threads) < 1:
         raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}.")
+    for name, value in (
+        ("lambda_g1", lambda_g1),
+        ("lambda_g2", lambda_g2),
+        ("lambda_d", lambda_d),
+        ("lambda_r", lambda_r),
+    ):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
     dev = resolve_device(device)
     previous_threads = torch.get_num_threads()
@@ -312,6 +320,10 @@ def _fit(
 
     with torch.no_grad():
         mapping = torch.softmax(logits, dim=1).cpu().numpy()
+    if not np.isfinite(mapping).all():  # rows would otherwise become uniform proportions downstream
+        bad = np.flatnonzero(~np.isfinite(history.cpu().numpy()))
+        first = f"; the loss first became non-finite at epoch {bad[0]}" if len(bad) else ""
+        raise FloatingPointError(f"The mapping fit diverged to non-finite values{first}. Lower lr.")
     return MappingResult(mapping=mapping, loss=history.cpu().numpy().astype(np.float64), device=str(dev))
 
 
