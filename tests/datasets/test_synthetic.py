@@ -121,3 +121,20 @@ def test_generator_bad_input():
         lk.datasets.synthetic_tissue(100, layout="tri")
     with pytest.raises(ValueError, match="n_spots"):
         lk.datasets.synthetic_tissue(2)
+
+
+def test_dispersion_zero_is_poisson_and_negative_is_refused():
+    from loki.datasets._synthetic import _nb_counts
+
+    mean = np.full((400, 50), 5.0)
+    for dispersion, variance in ((0.0, 5.0), (0.2, 5.0 + 0.2 * 25.0)):
+        counts = _nb_counts(mean, dispersion, np.random.default_rng(0)).toarray()
+        assert counts.var() == pytest.approx(variance, rel=0.05)
+    a = lk.datasets.synthetic_tissue(n_spots=200, n_genes=30, dispersion=0, seed=1)
+    assert a.uns["synthetic"]["dispersion"] == 0.0
+    assert a.X.sum() > 0
+    ref = lk.datasets.synthetic_reference(a, n_cells_per_type=5, seed=1)
+    assert ref.X.sum() > 0
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="dispersion must be >= 0"):
+            lk.datasets.synthetic_tissue(n_spots=200, n_genes=30, dispersion=bad)

@@ -101,3 +101,138 @@ def test_training_on_real_pairs_lowers_the_loss(mob1_pairs):
     # ln(16) = 2.77 is the loss of constant embeddings; training must get clearly below it
     assert last < first - 0.2, hist["epoch_loss"]
     assert last < np.log(16) - 0.2
+
+
+def _flags(model):
+    return {name: p.requires_grad for name, p in model.model.named_parameters()}
+
+
+def test_freeze_image_keeps_batchnorm_statistics():
+    """A frozen image tower with BatchNorm (loki-small-data) gives the same embeddings after training."""
+    imgs, sents = _pairs(8)
+    m = lk.models.load("loki-small-data", device="cpu", seed=0)
+    before = {k: v.clone() for k, v in m.model.state_dict().items() if k.startswith("visual.")}
+    emb = m.encode_images(imgs)
+    m, _ = lk.models.finetune(m, imgs, sents, epochs=1, lr=1e-3, batch_size=8, freeze="image", progress=False)
+    after = m.model.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    np.testing.assert_array_equal(m.encode_images(imgs), emb)
+    assert not m.model.training
+
+
+def test_weight_decay_follows_open_clips_rule(monkeypatch):
+    groups = []
+    adamw = torch.optim.AdamW
+
+    def spy(params, **kwargs):
+        groups.extend(params)
+        return adamw(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    imgs, sents = _pairs(8)
+    for arch in ("loki-tiny", "loki-small-data"):
+        groups.clear()
+        m = lk.models.load(arch, device="cpu", seed=0)
+        names = {id(p): name for name, p in m.model.named_parameters()}
+        lk.models.finetune(m, imgs, sents, epochs=1, batch_size=8, weight_decay=0.3, progress=False)
+        decayed = [names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+        kept = [names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]]
+        # open_clip's training: weight matrices and embeddings decay; biases, norms, tokens, scale do not
+        assert "text.token_embedding.weight" in decayed
+        assert "logit_scale" in kept
+        assert all(m.model.get_parameter(n).ndim >= 2 for n in decayed)
+        assert all(m.model.get_parameter(n).ndim < 2 for n in kept)
+        assert not [n for n in decayed if n.startswith("text_decoder.")]  # not trained at all
+
+
+def test_failed_finetune_leaves_requires_grad_as_it_was():
+    imgs, sents = _pairs(8)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    m.model.logit_scale.requires_grad_(False)  # the caller's own choice
+    flags = _flags(m)
+    with pytest.raises(ValueError, match="leaves nothing to train"):
+        lk.models.finetune(m, imgs, sents, freeze=[""], progress=False)
+    assert _flags(m) == flags
+    with pytest.raises(TypeError, match=r"texts\[3\] is float"):
+        lk.models.finetune(m, imgs, [*sents[:3], float("nan"), *sents[4:]], freeze="image", progress=False)
+    assert _flags(m) == flags
+    assert not m.trained
+    lk.models.finetune(m, imgs, sents, epochs=1, batch_size=8, freeze="text", progress=False)
+    assert _flags(m) == flags
+
+
+@pytest.mark.parametrize("freeze", [["visual.transformer.resblock.0."], ["vision"], ["image", "txt."]])
+def test_freeze_prefix_matching_nothing_raises(freeze):
+    imgs, sents = _pairs(8)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    h = m.checkpoint_hash
+    with pytest.raises(ValueError, match=r"matches no parameter.*'text\.'.*'visual\.'"):
+        lk.models.finetune(m, imgs, sents, epochs=1, batch_size=8, freeze=freeze, progress=False)
+    m._checkpoint_hash = None
+    assert m.checkpoint_hash == h
+    assert all(_flags(m).values())
+
+
+def test_batch_of_one_pair_is_rejected():
+    imgs, sents = _pairs(8)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    h = m.checkpoint_hash
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        lk.models.finetune(m, imgs, sents, batch_size=1, progress=False)
+    m._checkpoint_hash = None
+    assert m.checkpoint_hash == h
+    assert not m.trained
+
+
+def test_finetune_on_non_square_patches():
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (8, 40, 48, 3), dtype=np.uint8)
+    sents = _pairs(8)[1]
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    _, hist = lk.models.finetune(m, imgs, sents, epochs=2, batch_size=4, augment=True, progress=False)
+    assert len(hist["step_loss"]) == 4
+    assert np.isfinite(hist["step_loss"]).all()
+
+
+def test_dask_images_are_validated_without_computing():
+    import dask.array as da
+
+    def boom(block):
+        raise AssertionError("the lazy array was computed")
+
+    imgs, sents = _pairs(8)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    h = m.checkpoint_hash
+    as_float = da.from_array(imgs / 255.0, chunks=4).map_blocks(boom, dtype=np.float64)
+    with pytest.raises(ValueError, match="must be uint8"):
+        lk.models.finetune(m, as_float, sents, progress=False)
+    rgba = da.from_array(np.concatenate([imgs, imgs[..., :1]], axis=-1), chunks=4).map_blocks(
+        boom, dtype=np.uint8
+    )
+    with pytest.raises(ValueError, match=r"\(n, height, width, 3\)"):
+        lk.models.finetune(m, rgba, sents, progress=False)
+    m._checkpoint_hash = None
+    assert m.checkpoint_hash == h
+    assert not m.trained
+    # valid lazy patches train exactly as the same numpy patches
+    kw = {"epochs": 1, "lr": 1e-3, "batch_size": 4, "seed": 3, "progress": False}
+    _, lazy = lk.models.finetune(m, da.from_array(imgs, chunks=3), sents, **kw)
+    _, eager = lk.models.finetune(lk.models.load("loki-tiny", device="cpu", seed=0), imgs, sents, **kw)
+    assert lazy["step_loss"] == eager["step_loss"]
+
+
+def test_generator_seed_is_the_recorded_seed():
+    imgs, sents = _pairs(16)
+    kw = {"epochs": 2, "lr": 1e-3, "batch_size": 8, "progress": False}
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    m, hist = lk.models.finetune(m, imgs, sents, seed=np.random.default_rng(5), **kw)
+    assert isinstance(hist["seed"], int)
+    again = lk.models.load("loki-tiny", device="cpu", seed=1)
+    again, rerun = lk.models.finetune(again, imgs, sents, seed=hist["seed"], **kw)
+    assert rerun["step_loss"] == hist["step_loss"]
+    assert again.checkpoint_hash == m.checkpoint_hash
+
+    tiny, hist = lk.models.train_tiny(imgs, sents, device="cpu", seed=np.random.default_rng(5), **kw)
+    again, rerun = lk.models.train_tiny(imgs, sents, device="cpu", seed=hist["seed"], **kw)
+    assert rerun["step_loss"] == hist["step_loss"]
+    assert again.checkpoint_hash == tiny.checkpoint_hash

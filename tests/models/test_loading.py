@@ -233,3 +233,100 @@ def test_small_data_model_same_interface(tmp_path):
     assert back.trained
     np.testing.assert_array_equal(back.encode_images(x), m.encode_images(x))
     np.testing.assert_array_equal(back.encode_texts(s), m.encode_texts(s))
+
+
+def test_precision_and_arch_are_checked_before_download_or_read(tiny, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(_loading, "_hub_download", lambda *a: calls.append(a))
+    monkeypatch.setattr(_loading, "read_checkpoint", lambda *a, **k: calls.append(a))
+    tiny.save(tmp_path / "m")
+    for where in ("omiclip", "hf-hub:org/repo", tmp_path / "m"):
+        with pytest.raises(ValueError, match="precision must be one of"):
+            lk.models.load(where, precision="fp16", device="cpu")
+        with pytest.raises(ValueError, match="unknown architecture 'coca_ViT-L-41'"):
+            lk.models.load(where, arch="coca_ViT-L-41", device="cpu")
+    assert calls == []
+
+
+def test_seed_does_not_reseed_cuda_generators(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    a = lk.models.load("loki-tiny", device="cpu", seed=1234)
+    b = lk.models.load("loki-small-data", device="cpu", seed=1234)
+    assert calls == []
+    assert a.checkpoint_hash == lk.models.load("loki-tiny", device="cpu", seed=1234).checkpoint_hash
+    assert b.checkpoint_hash == lk.models.load("loki-small-data", device="cpu", seed=1234).checkpoint_hash
+
+
+def test_unreadable_checkpoints_are_not_called_untrusted(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    good = tmp_path / "good.pt"
+    torch.save(tiny.model.state_dict(), good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:4096])
+    html = tmp_path / "error_page.pt"
+    html.write_text("<html><body>401 Unauthorized</body></html>")
+    for path in (truncated, html):
+        for trust in (False, True):
+            with pytest.raises(ValueError, match=rf"{path.name} is not a readable .*checkpoint") as err:
+                lk.models.load(path, arch="loki-tiny", device="cpu", trust_checkpoint=trust)
+            assert not isinstance(err.value, lk.models.UntrustedCheckpointError)
+    # safetensors content is recognised whatever the suffix
+    renamed = tmp_path / "weights.bin"
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(renamed))
+    back = lk.models.load(renamed, arch="loki-tiny", device="cpu")
+    s = _sentences(3)
+    np.testing.assert_array_equal(back.encode_texts(s), tiny.encode_texts(s))
+
+
+def test_convert_keeps_the_arch_of_its_metadata_and_never_clobbers_it(tiny, tmp_path):
+    path = tmp_path / "ck.pt"
+    torch.save(tiny.model.state_dict(), path)
+    meta = '{"arch": "loki-tiny", "name": "mine", "trained": false}'
+    (tmp_path / "ck.json").write_text(meta)
+    out = lk.models.convert_to_safetensors(path)
+    assert (tmp_path / "ck.json").read_text() == meta
+    for p in (path, out):
+        back = lk.models.load(p, device="cpu")
+        assert (back.arch, back.name, back.trained) == ("loki-tiny", "mine", False)
+    # an existing JSON that names another arch is refused, and nothing is written
+    other = tmp_path / "other.safetensors"
+    (tmp_path / "other.json").write_text('{"arch": "coca_ViT-L-14"}')
+    with pytest.raises(ValueError, match=r"other.json names arch 'coca_ViT-L-14', not 'loki-tiny'"):
+        lk.models.convert_to_safetensors(path, other)
+    assert not other.exists()
+    assert (tmp_path / "other.json").read_text() == '{"arch": "coca_ViT-L-14"}'
+    # weights that do not fit the architecture are refused before anything is written
+    wrong = tmp_path / "wrong.safetensors"
+    with pytest.raises(ValueError, match="does not match the model architecture"):
+        lk.models.convert_to_safetensors(path, wrong, arch="loki-small-data")
+    assert not wrong.exists()
+    assert not wrong.with_suffix(".json").exists()
+
+
+def test_local_path_named_like_a_published_model(tiny, tmp_path, monkeypatch, caplog):
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(repo_id, filename, token):
+        calls.append(repo_id)
+        raise Stop
+
+    monkeypatch.setattr(_loading, "_hub_download", fake)
+    monkeypatch.chdir(tmp_path)
+    tiny.save("omiclip")
+    from pathlib import Path
+
+    back = lk.models.load(Path("omiclip"), device="cpu")
+    assert back.checkpoint_hash == _loading.file_sha256(tmp_path / "omiclip" / "model.safetensors")
+    assert calls == []
+    # the plain name keeps its published meaning, with a warning on how to load the directory
+    with caplog.at_level("WARNING", logger="loki"), pytest.raises(Stop):
+        lk.models.load("omiclip", device="cpu")
+    assert calls == ["WangGuangyuLab/Loki"]
+    assert str((tmp_path / "omiclip").resolve()) in caplog.text
+    assert "Path('omiclip')" in caplog.text

@@ -58,3 +58,41 @@ def test_flipped_views_and_bad_batch_sizes():
     for bad in (0, 2.5, "4", True):
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):
             _check_batch_size(bad)
+
+
+def test_non_square_patches_match_open_clip(mob1_pairs, tiny):
+    """Shorter side resized, then centre-cropped (open_clip's order); arrays and PIL images agree."""
+    import open_clip
+    from PIL import Image
+
+    patches = mob1_pairs[0][:8]  # 48 px real H&E crops
+    mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+    for crop in (patches[:, :40], patches[:, 3:, :47], patches[:, :, 5:], patches[:, :13]):
+        crop = np.ascontiguousarray(crop)
+        for size in (32, 224):
+            pil = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
+            ref = torch.stack([pil(Image.fromarray(p)) for p in crop])
+            ours = preprocess_uint8(crop, image_size=size, mean=mean, std=std)
+            assert ours.shape == ref.shape
+            diff = (ours - ref).abs()
+            # the other order (crop, then resize) is off by a sub-pixel shift: mean 0.02-0.06
+            assert float(diff.mean()) < 0.01, (crop.shape, size)
+            # PIL rounds to uint8 between its two resize passes: ~0.1 at 224 px, square crops included
+            assert float(diff.max()) < 0.15, (crop.shape, size)
+        emb = tiny.encode_images(crop)
+        emb_pil = tiny.encode_images([Image.fromarray(p) for p in crop])
+        assert np.all(np.sum(emb * emb_pil, axis=1) > 0.999)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(3, 9), st.integers(3, 9))
+def test_dihedral_augmentation_of_non_square_crops(seed, n, h, w):
+    """Non-square crops are cut to their centre square, then flipped and rotated."""
+    x = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 3, h, w), dtype=np.uint8))
+    out = augment_dihedral(x, torch.Generator().manual_seed(seed))
+    side = min(h, w)
+    top, left = round((h - side) / 2), round((w - side) / 2)  # torchvision's CenterCrop offsets
+    assert tuple(out.shape) == (n, 3, side, side)
+    for a, b in zip(x[..., top : top + side, left : left + side], out, strict=True):
+        views = [torch.rot90(v, r, dims=(-2, -1)) for v in (a, a.flip(-1)) for r in range(4)]
+        assert any(torch.equal(b, v) for v in views)

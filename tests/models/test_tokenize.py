@@ -59,3 +59,32 @@ def test_model_tokenizer_is_callable_like_open_clip(tiny):
     assert tuple(out.shape) == (1, 76)
     with pytest.raises(TypeError):
         tiny.tokenizer.ids([1])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Apoe\x85Ptgds", "Apoe\x1cPtgds", "Ã\xa0 Apoe", "A&amp;B C", "a&nbsp;b", "x\u2028y z", "🙂Apoe", "İx Y"],
+)
+def test_ids_equal_open_clip_where_cleaning_changes_the_text(tokenizers, text):
+    ref, cached = tokenizers
+    np.testing.assert_array_equal(cached.ids([text]), ref([text]).numpy())
+
+
+_TRICKY = st.sampled_from(
+    ["&amp;", "&nbsp;", "&#32;", "\xa0", "\x85", "\x1c", "\x0b", "\r", "Ã", "é", "\u0301"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.lists(st.one_of(st.text(alphabet=st.characters(max_codepoint=127), max_size=8), _TRICKY)).map(
+            "".join
+        ),
+        st.lists(st.sampled_from(["Apoe", "Gm42418", "mt-Co1", " ", "\t", "\n", "'s", "&"])).map("".join),
+    )
+)
+def test_ids_equal_open_clip_on_any_text(tokenizers, text):
+    ref, cached = tokenizers
+    np.testing.assert_array_equal(cached.ids([text]), ref([text]).numpy())

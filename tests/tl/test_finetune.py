@@ -83,3 +83,15 @@ def test_loss_curve_rejects_bad_history():
         lk.pl.loss_curve({"step_loss": [1.0]}, show=False)
     with pytest.raises(ValueError, match="do not split"):
         lk.pl.loss_curve({"step_loss": [1.0, 2.0, 3.0], "epoch_loss": [1.0, 2.0]}, show=False)
+
+
+@pytest.mark.parametrize("keys", [[], ()])
+def test_empty_table_keys_names_the_argument_and_the_tables(mob12, keys):
+    with pytest.raises(
+        ValueError, match=r"table_keys=.*selects no table; available tables: \['MOB1', 'MOB2'\]"
+    ):
+        collect_pairs(mob12, table_keys=keys)
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    with pytest.raises(ValueError, match="table_keys"):
+        lk.tl.finetune(mob12, model, table_keys=keys, progress=False)
+    assert not model.trained

@@ -11,7 +11,7 @@ import numpy as np
 from loki._logging import logger
 from loki._utils import as_seed
 
-from ._preprocess import as_uint8_nhwc, augment_dihedral, preprocess_uint8
+from ._preprocess import as_uint8_nhwc, augment_dihedral, check_uint8_nhwc, preprocess_uint8
 
 FREEZE_GROUPS = {"image": ("visual.",), "text": ("text.",)}
 
@@ -36,27 +36,75 @@ def contrastive_loss(image_emb, text_emb, logit_scale):
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
-def _trainable(model, freeze) -> list:
+def _frozen_prefixes(freeze) -> tuple[str, ...]:
     if freeze is None:
-        frozen: tuple[str, ...] = ()
-    elif isinstance(freeze, str):
+        return ()
+    if isinstance(freeze, str):
         if freeze not in FREEZE_GROUPS:
             raise ValueError(
                 f"freeze must be None, 'image', 'text' or a list of parameter prefixes, got {freeze!r}"
             )
-        frozen = FREEZE_GROUPS[freeze]
-    else:
-        frozen = tuple(FREEZE_GROUPS.get(f, (f,))[0] for f in freeze)
+        return FREEZE_GROUPS[freeze]
+    bad = [f for f in freeze if not isinstance(f, str)]
+    if bad:
+        raise ValueError(f"freeze prefixes must be strings, got {bad[0]!r}")
+    return tuple(prefix for f in freeze for prefix in FREEZE_GROUPS.get(f, (f,)))
+
+
+def _trainable_names(net, freeze) -> set[str]:
+    """Names of the parameters to train; the model is not touched."""
+    prefixes = _frozen_prefixes(freeze)
+    names = [name for name, _ in net.named_parameters()]
+    unmatched = [p for p in prefixes if not any(name.startswith(p) for name in names)]
+    if unmatched:
+        tops = sorted({name.split(".")[0] + ("." if "." in name else "") for name in names})
+        raise ValueError(
+            f"freeze prefix {unmatched[0]!r} matches no parameter; groups: {list(FREEZE_GROUPS)}, "
+            f"top-level prefixes: {tops}"
+        )
     # The captioning decoder takes no part in the contrastive loss.
-    frozen = (*frozen, "text_decoder.")
-    params = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(not name.startswith(frozen))
-        if p.requires_grad:
-            params.append(p)
-    if not params:
+    frozen = (*prefixes, "text_decoder.")
+    trainable = {name for name in names if not name.startswith(frozen)}
+    if not trainable:
         raise ValueError(f"freeze={freeze!r} leaves nothing to train")
-    return params
+    return trainable
+
+
+def _param_groups(net, trainable: set[str], weight_decay: float) -> list[dict]:
+    """AdamW groups as in open_clip's training.
+
+    Decay on weight matrices and embeddings (ndim >= 2); none on biases, norms, class tokens and the
+    logit scale (ndim < 2).
+    """
+    named = [(name, p) for name, p in net.named_parameters() if name in trainable]
+    return [
+        {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def _set_trainable(net, trainable: set[str]) -> None:
+    """Set ``requires_grad`` from ``trainable``; fully frozen modules go to eval mode.
+
+    Eval mode keeps a frozen tower frozen: its BatchNorm statistics are not updated and its dropout is off.
+    """
+    for name, p in net.named_parameters():
+        p.requires_grad_(name in trainable)
+    net.train()
+    for module in net.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
+def _training_images(images):
+    """Validate training images; lazy (dask) arrays are checked by shape and dtype without computing."""
+    if not hasattr(images, "dask"):
+        return as_uint8_nhwc(images)
+    if images.ndim == 3:
+        images = images[None]
+    check_uint8_nhwc(images.shape, images.dtype)
+    return images
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -74,7 +122,7 @@ def finetune(
     epochs: int = 10,
     lr: float = 5e-6,
     batch_size: int = 64,
-    seed: int | None = 0,
+    seed: int | np.random.Generator | None = 0,
     freeze: str | Sequence[str] | None = None,
     augment: bool = True,
     weight_decay: float = 0.2,
@@ -93,16 +141,22 @@ def finetune(
         ``n`` gene sentences.
     epochs, lr, batch_size
         Paper defaults for the pretrained model: 10 epochs (alignment; 5 for decomposition), lr 5e-6,
-        batch 64. From scratch use :data:`TINY_RECIPE` / :func:`train_tiny`.
+        batch 64. From scratch use :data:`TINY_RECIPE` / :func:`train_tiny`. A batch needs at least 2
+        pairs (the contrastive loss of one pair is 0).
     seed
-        Seeds shuffling and augmentation (a local generator; the global RNG is untouched).
+        Seeds shuffling and augmentation (a local generator; the global RNG is untouched). An int, or a
+        Generator from which one int is drawn; ``history["seed"]`` records that int.
     freeze
         ``None``, ``"image"`` (train the text tower only), ``"text"``, or a list of parameter-name
-        prefixes (e.g. ``["visual.transformer.resblocks.0."]``).
+        prefixes and group names (e.g. ``["visual.transformer.resblocks.0."]``); a prefix that matches no
+        parameter raises. Frozen towers stay in eval mode (BatchNorm statistics are kept). The parameters'
+        ``requires_grad`` flags are restored afterwards, also when training fails.
     augment
-        Random flips and 90° rotations of each patch (H&E has no orientation).
+        Random flips and 90° rotations of each patch (H&E has no orientation). Non-square patches are
+        first centre-cropped to a square (the region open_clip's eval transform keeps).
     weight_decay
-        AdamW weight decay (not applied to biases, norms, embeddings and the logit scale).
+        AdamW weight decay, as open_clip trains: on weight matrices and embeddings, not on biases,
+        norms, class tokens and the logit scale.
     warmup
         Fraction of steps with linear learning-rate warm-up before the cosine decay.
     progress
@@ -116,16 +170,19 @@ def finetune(
     """
     import torch
 
-    images = as_uint8_nhwc(images) if not hasattr(images, "dask") else images
+    images = _training_images(images)
     sentences = list(sentences)
     n = len(sentences)
     if len(images) != n:
         raise ValueError(f"got {len(images)} images but {n} sentences")
     if n < 2:
         raise ValueError("need at least 2 pairs for a contrastive loss")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if int(batch_size) < 2:
+        raise ValueError(
+            f"batch_size must be >= 2 for a contrastive loss (a batch of one pair has loss 0), got {batch_size}"
+        )
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     if not 0 <= warmup < 1:
@@ -137,15 +194,11 @@ def finetune(
         )
     net = model.model
     device = model.device
-    params = _trainable(net, freeze)
-    decay = [p for p in params if p.ndim >= 2 and p is not getattr(net.text, "token_embedding", None)]
-    decay_ids = {id(p) for p in decay}
-    no_decay = [p for p in params if id(p) not in decay_ids]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
     tokens = torch.from_numpy(model.tokenizer.ids(sentences))
-    gen = torch.Generator().manual_seed(as_seed(seed))
+    trainable = _trainable_names(net, freeze)
+    opt = torch.optim.AdamW(_param_groups(net, trainable, weight_decay), lr=lr)
+    seed_int = None if seed is None else as_seed(seed)
+    gen = torch.Generator().manual_seed(as_seed(seed_int))
     batch_size = min(int(batch_size), n)
     steps_per_epoch = (
         n // batch_size
@@ -161,8 +214,9 @@ def finetune(
         iterator = tqdm(iterator, desc="fine-tuning", unit="step")
     it = iter(iterator)
     t0 = time.perf_counter()
-    net.train()
+    caller_flags = [(p, p.requires_grad) for p in net.parameters()]
     try:
+        _set_trainable(net, trainable)
         step = 0
         for _ in range(int(epochs)):
             perm = torch.randperm(n, generator=gen)
@@ -201,8 +255,8 @@ def finetune(
             logger.info("epoch %d: loss %.4f", len(history["epoch_loss"]), history["epoch_loss"][-1])
     finally:
         net.eval()
-        for p in net.parameters():
-            p.requires_grad_(True)
+        for p, flag in caller_flags:
+            p.requires_grad_(flag)
         if progress:
             iterator.close()
     model._weights_changed()
@@ -213,7 +267,7 @@ def finetune(
         batch_size=int(batch_size),
         steps_per_epoch=int(steps_per_epoch),
         n_pairs=int(n),
-        seed=seed if seed is None else int(as_seed(seed)),
+        seed=seed_int,
         freeze=freeze if freeze is None or isinstance(freeze, str) else list(freeze),
         augment=bool(augment),
         weight_decay=float(weight_decay),
@@ -227,7 +281,7 @@ def train_tiny(
     *,
     arch: str = "loki-tiny",
     device: str = "auto",
-    seed: int | None = 0,
+    seed: int | np.random.Generator | None = 0,
     progress: bool = True,
     **recipe,
 ):
@@ -242,7 +296,8 @@ def train_tiny(
     device
         Torch device.
     seed
-        Seeds initialisation, shuffling and augmentation.
+        Seeds initialisation, shuffling and augmentation (an int, or a Generator from which one int is
+        drawn for all three; ``history["seed"]`` records it).
     progress
         Show a progress bar.
     **recipe
@@ -257,5 +312,7 @@ def train_tiny(
     from ._loading import load
 
     params = {**TINY_RECIPE, **recipe}
-    model = load(arch, device=device, seed=as_seed(seed) if seed is not None else None)
+    # one draw from a Generator seeds initialisation and training, and is what history["seed"] records
+    seed = None if seed is None else as_seed(seed)
+    model = load(arch, device=device, seed=seed)
     return finetune(model, images, sentences, seed=seed, progress=progress, **params)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from loki._logging import logger
 
-from ._omiclip import META_FILE, WEIGHTS_FILE, OmiCLIP, resolve_device
+from ._omiclip import META_FILE, PRECISIONS, WEIGHTS_FILE, OmiCLIP, resolve_device
 from ._open_clip_logging import quiet_open_clip
 from ._registry import DEFAULT_ARCH, PUBLISHED, is_known_arch, register_configs
 from ._small import SMALL_ARCHS
@@ -47,28 +48,52 @@ def extract_state_dict(obj) -> dict:
     return obj
 
 
-def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict:
-    """Read a state dict from ``.safetensors`` or a torch file.
+def _is_safetensors(path: Path) -> bool:
+    """Whether ``path`` holds safetensors: an 8-byte little-endian header length, then a JSON object."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= size - 8
 
-    Torch files are first read with ``torch.load(weights_only=True)``, which cannot run code. Files that
-    need full unpickling are read only with ``trust_checkpoint=True``.
-    """
+
+def _refused_global(err: BaseException) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused the file for unpickling a disallowed global."""
     import pickle
 
+    return isinstance(err, pickle.UnpicklingError) and bool(
+        re.search(r"Unsupported (global|class)", str(err))
+    )
+
+
+def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict:
+    """Read a state dict from a safetensors or a torch file.
+
+    Safetensors files are recognised by their header, whatever their suffix. Torch files are first read
+    with ``torch.load(weights_only=True)``, which cannot run code. Files that need full unpickling (they
+    store other Python objects, e.g. training arguments) are read only with ``trust_checkpoint=True``;
+    files that torch cannot read at all (truncated, another format) raise a ``ValueError``.
+    """
     import torch
 
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:
+            raise _unreadable(path, err) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+    except Exception as err:
+        if not _refused_global(err):
+            raise _unreadable(path, err) from err
         if not trust_checkpoint:
             raise UntrustedCheckpointError(
-                f"{path} cannot be read with torch.load(weights_only=True) ({type(err).__name__}: "
-                f"{str(err).splitlines()[0][:200]}). Reading it needs full unpickling, which can run "
+                f"{path} cannot be read with torch.load(weights_only=True) ({_first_line(err)}). "
+                "Reading it needs full unpickling, which can run "
                 "arbitrary code stored in the file. If you trust its source (e.g. the published OmiCLIP "
                 "checkpoint.pt), pass trust_checkpoint=True, or convert it once with "
                 "lk.models.convert_to_safetensors(path, trust_checkpoint=True) and load the .safetensors "
@@ -79,11 +104,27 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
     return extract_state_dict(obj)
 
 
+def _first_line(err: BaseException) -> str:
+    """``Type: cause`` of an error; for torch's weights-only errors the unpickler's cause, not the preamble."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cause = found.group(1).strip() if found else (lines[0] if lines else "")
+    return f"{type(err).__name__}: {cause[:200]}"
+
+
+def _unreadable(path: Path, err: BaseException) -> ValueError:
+    return ValueError(
+        f"{path} is not a readable torch or safetensors checkpoint (truncated download or another "
+        f"format?): {_first_line(err)}"
+    )
+
+
 def convert_to_safetensors(
     path: str | Path,
     out: str | Path | None = None,
     *,
-    arch: str = DEFAULT_ARCH,
+    arch: str | None = None,
     trust_checkpoint: bool = False,
 ) -> Path:
     """Convert a torch checkpoint to safetensors once, so later loads never unpickle.
@@ -95,7 +136,9 @@ def convert_to_safetensors(
     out
         Output file (default: ``path`` with suffix ``.safetensors``).
     arch
-        open_clip architecture of the weights, stored in the file's metadata and a JSON next to it.
+        open_clip architecture of the weights (default: from the loki JSON next to ``path``, as
+        :func:`load` reads it, else ``coca_ViT-L-14``). It is stored in the file's metadata and in a JSON
+        next to ``out``; an existing JSON there that names another architecture is never overwritten.
     trust_checkpoint
         Allow full unpickling (needed for the published OmiCLIP ``checkpoint.pt`` with open_clip >= 3).
 
@@ -103,17 +146,45 @@ def convert_to_safetensors(
     -------
     Path of the ``.safetensors`` file.
 
+    Raises
+    ------
+    ValueError
+        When the weights do not fit ``arch``, or ``out``'s JSON names another architecture; nothing is
+        written then.
+
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     out = Path(out) if out is not None else path.with_suffix(".safetensors")
+    meta = _meta_for(path) if path.is_file() else {}
+    arch = arch or meta.get("arch") or DEFAULT_ARCH
+    _check_arch(arch)
+    meta_out = out.with_suffix(".json")
+    existing = json.loads(meta_out.read_text()) if meta_out.is_file() else None
+    if existing is not None and (not isinstance(existing, dict) or existing.get("arch") != arch):
+        found = existing.get("arch") if isinstance(existing, dict) else None
+        raise ValueError(
+            f"{meta_out} names arch {found!r}, not {arch!r}; pass the right arch= or another out= "
+            "(the existing JSON is left as it is)"
+        )
     state = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    _check_keys(architecture_shapes(arch), state, source=str(path))
     state = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(state, str(out), metadata={"arch": arch})
-    out.with_suffix(".json").write_text(json.dumps({"arch": arch, "name": path.stem, "trained": True}))
+    if existing is None:
+        new_meta = {"arch": arch, "name": meta.get("name", path.stem), "trained": meta.get("trained", True)}
+        meta_out.write_text(json.dumps(new_meta))
     logger.info("wrote %s", out)
     return out
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in SMALL_ARCHS and not is_known_arch(arch):
+        raise ValueError(
+            f"unknown architecture {arch!r}; known: {', '.join(SMALL_ARCHS)}, loki-tiny, {DEFAULT_ARCH}, "
+            "... (open_clip.list_models())"
+        )
 
 
 def _meta_for(path: Path) -> dict:
@@ -137,25 +208,24 @@ def _meta_for(path: Path) -> dict:
 def create_architecture(arch: str, *, seed: int | None = None):
     """A randomly initialised open_clip model of architecture ``arch`` (loki configs registered).
 
-    ``seed`` fixes the initialisation without touching the global torch RNG.
+    ``seed`` fixes the initialisation without touching the global torch RNGs (CPU and CUDA).
     """
     import open_clip
     import torch
 
     from ._small import SMALL_ARCHS, create_small
 
+    # the model is built on the CPU: seed only the CPU generator (torch.manual_seed would also reseed
+    # every CUDA generator, which fork_rng(devices=[]) does not restore)
     if arch in SMALL_ARCHS:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
-                torch.manual_seed(int(seed))
+                torch.random.default_generator.manual_seed(int(seed))
             return create_small(arch)
-    if not is_known_arch(arch):
-        raise ValueError(
-            f"unknown architecture {arch!r}; known: loki-tiny, {DEFAULT_ARCH}, ... (open_clip.list_models())"
-        )
+    _check_arch(arch)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
-            torch.manual_seed(int(seed))
+            torch.random.default_generator.manual_seed(int(seed))
         with quiet_open_clip():
             model = open_clip.create_model(arch, pretrained=None, device="cpu")
         decoder = getattr(model, "text_decoder", None)
@@ -166,12 +236,28 @@ def create_architecture(arch: str, *, seed: int | None = None):
         return model
 
 
-def load_weights(model, state_dict: dict, *, source: str) -> None:
-    """Load ``state_dict`` strictly; on mismatch raise naming a few missing/unexpected keys and the counts."""
-    own = model.state_dict()
+def architecture_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the state dict of ``arch``, from a model built on the meta device (no memory)."""
+    import open_clip
+    import torch
+
+    from ._small import create_small
+
+    _check_arch(arch)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        if arch in SMALL_ARCHS:
+            model = create_small(arch)
+        else:
+            with quiet_open_clip():
+                model = open_clip.create_model(arch, pretrained=None, device="meta")
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _check_keys(own: dict[str, tuple[int, ...]], state_dict: dict, *, source: str) -> None:
+    """Raise naming a few missing/unexpected/reshaped keys and the counts when ``state_dict`` misfits."""
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    wrong = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    wrong = [k for k in own if k in state_dict and own[k] != tuple(state_dict[k].shape)]
     if missing or unexpected or wrong:
 
         def few(keys):
@@ -182,6 +268,11 @@ def load_weights(model, state_dict: dict, *, source: str) -> None:
             f"{len(unexpected)} unexpected keys [{few(unexpected)}], {len(wrong)} keys with another shape "
             f"[{few(wrong)}]. Pass the right arch= (the published OmiCLIP is {DEFAULT_ARCH!r})."
         )
+
+
+def load_weights(model, state_dict: dict, *, source: str) -> None:
+    """Load ``state_dict`` strictly; on mismatch raise naming a few missing/unexpected keys and the counts."""
+    _check_keys({k: tuple(v.shape) for k, v in model.state_dict().items()}, state_dict, source=source)
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -213,6 +304,8 @@ def load(
         - ``"hf-hub:org/repo"`` or ``"hf-hub:org/repo/file.pt"`` (default file ``checkpoint.pt``).
         - a path: a directory written by :meth:`OmiCLIP.save`, a ``.safetensors`` file, or an open_clip
           torch checkpoint (``{'state_dict': ...}``, with or without ``module.``, or a bare state dict).
+          An existing path wins over architecture names; a string equal to a published name keeps the
+          published meaning (pass a :class:`~pathlib.Path` to load a local directory of that name).
         - an architecture name (``"loki-tiny"`` or any open_clip model name): random weights, to be trained
           with :func:`loki.models.train_tiny` / :func:`loki.models.finetune`.
     arch
@@ -230,19 +323,46 @@ def load(
         ``"bf16-weights"`` (weights cast to bf16: fastest inference, not for training; on one H100,
         ``coca_ViT-L-14`` embeds about 2,440 patches/s against 1,740 with ``"auto"``).
     seed
-        Initialisation seed for architecture names (random weights).
+        Initialisation seed for architecture names (random weights); only the CPU generator of a
+        local fork is seeded, the global torch RNGs are untouched.
 
     Returns
     -------
     The :class:`OmiCLIP` model.
 
+    Raises
+    ------
+    ValueError
+        For an unknown ``precision`` or ``arch``, checked before anything is downloaded or read.
+
     """
     register_configs()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if arch is not None:
+        _check_arch(arch)
     device_t = resolve_device(device)
     name = str(name_or_path)
     path = Path(name_or_path)
+    named = isinstance(name_or_path, str) and (name in PUBLISHED or name.startswith(HF_PREFIX))
+    if path.exists() and not named:
+        if path.is_dir():
+            if not (path / WEIGHTS_FILE).is_file():
+                raise FileNotFoundError(f"{path} holds no {WEIGHTS_FILE} (written by OmiCLIP.save)")
+            path = path / WEIGHTS_FILE
+        return _load_file(
+            path, arch=arch, name=None, device=device_t, trust=trust_checkpoint, precision=precision
+        )
     if name in PUBLISHED or name.startswith(HF_PREFIX):
         if name in PUBLISHED:
+            if path.exists():
+                logger.warning(
+                    "%r is the published model, so the local %s is ignored; to load that, pass a Path: "
+                    "lk.models.load(Path(%r))",
+                    name,
+                    path.resolve(),
+                    name,
+                )
             pub = PUBLISHED[name]
             repo_id, filename, arch = pub.repo_id, pub.filename, arch or pub.arch
         else:
@@ -254,14 +374,6 @@ def load(
         path = _hub_download(repo_id, filename, token)
         return _load_file(
             path, arch=arch, name=name, device=device_t, trust=trust_checkpoint, precision=precision
-        )
-    if path.exists():
-        if path.is_dir():
-            if not (path / WEIGHTS_FILE).is_file():
-                raise FileNotFoundError(f"{path} holds no {WEIGHTS_FILE} (written by OmiCLIP.save)")
-            path = path / WEIGHTS_FILE
-        return _load_file(
-            path, arch=arch, name=None, device=device_t, trust=trust_checkpoint, precision=precision
         )
     if is_known_arch(name) or name in SMALL_ARCHS:
         model = create_architecture(name, seed=seed)

@@ -184,8 +184,9 @@ class OmiCLIP:
         Parameters
         ----------
         images
-            uint8 ``(n, h, w, 3)`` array (numpy, torch or dask; square crops are resized on the device)
-            or a list of PIL images (open_clip's PIL preprocessing is used).
+            uint8 ``(n, h, w, 3)`` array (numpy, torch or dask; resized on the device like open_clip's
+            eval transform: shorter side to the model's input size, then a centre crop) or a list of PIL
+            images (open_clip's PIL preprocessing is used).
         batch_size
             Patches per forward pass.
         progress

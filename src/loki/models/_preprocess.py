@@ -12,18 +12,24 @@ def as_uint8_nhwc(images) -> np.ndarray:
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"images must be (n, height, width, 3) RGB, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (0-255), got dtype {arr.dtype}")
+    check_uint8_nhwc(arr.shape, arr.dtype)
     return np.ascontiguousarray(arr)  # torch refuses negative strides (flipped views, BGR -> RGB)
+
+
+def check_uint8_nhwc(shape, dtype) -> None:
+    """Raise unless ``shape`` / ``dtype`` are those of a uint8 ``(n, h, w, 3)`` batch."""
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"images must be (n, height, width, 3) RGB, got shape {tuple(shape)}")
+    if dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (0-255), got dtype {dtype}")
 
 
 def preprocess_uint8(batch, *, image_size: int, mean, std, device=None):
     """Resize uint8 NHWC crops to ``image_size`` and normalise, on ``device``.
 
-    Bicubic resizing with antialiasing matches PIL's bicubic resize (open_clip's eval transform);
-    a square crop needs no centre crop. Returns a float32 ``(n, 3, image_size, image_size)`` tensor.
+    Follows open_clip's eval transform: the shorter side is resized to ``image_size`` (bicubic with
+    antialiasing, like PIL's bicubic resize), then the centre is cropped; a square crop is only resized.
+    Returns a float32 ``(n, 3, image_size, image_size)`` tensor.
 
     Parameters
     ----------
@@ -42,25 +48,40 @@ def preprocess_uint8(batch, *, image_size: int, mean, std, device=None):
 
     x = torch.as_tensor(batch, device=device)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    h, w = x.shape[-2:]
-    if h != w:
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        x = x[..., top : top + side, left : left + side]
-    if x.shape[-1] != image_size:
-        x = F.interpolate(
-            x, size=(image_size, image_size), mode="bicubic", antialias=True, align_corners=False
-        )
+    size = _resized_size(*x.shape[-2:], image_size)
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
         x = x.clamp_(0.0, 1.0)
+    x = center_square(x, image_size)
     mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
 
 
+def _resized_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """Output size of torchvision's ``Resize(size)``: the shorter side becomes ``size``, the longer keeps the ratio."""
+    if h <= w:
+        return size, int(size * w / h)
+    return int(size * h / w), size
+
+
+def center_square(x, side: int | None = None):
+    """Centre crop of NCHW ``x`` to ``side`` (default: the shorter side), with torchvision's offsets."""
+    h, w = x.shape[-2:]
+    side = min(h, w) if side is None else side
+    top, left = round((h - side) / 2.0), round((w - side) / 2.0)
+    return x[..., top : top + side, left : left + side]
+
+
 def augment_dihedral(x, generator):
-    """Random flip and 90° rotation of a batch (H&E has no orientation), one draw per batch element."""
+    """Random flip and 90° rotation of a batch (H&E has no orientation), one draw per batch element.
+
+    Non-square NCHW crops are first centre-cropped to a square (the region open_clip's eval transform
+    keeps), so every rotation has the same shape.
+    """
     import torch
 
+    x = center_square(x)
     n = x.shape[0]
     k = torch.randint(0, 4, (n,), generator=generator)
     flip = torch.randint(0, 2, (n,), generator=generator).bool()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,7 +15,9 @@ class CachedTokenizer:
     splits it with a regular expression whose pieces never span whitespace, so the ids of a sentence are
     the concatenation of the ids of its words. Each word (gene symbol) is encoded once; a sentence becomes
     ``[sot] + ids + [eot]``, truncated to ``context_length`` with the last id replaced by ``eot``
-    (open_clip's rule).
+    (open_clip's rule). The cleaning is not split-invariant for every text (ftfy, HTML entities, control
+    characters), so the per-word cache serves only texts it cannot change (printable ASCII words without
+    ``&``); any other text is encoded whole by ``tokenizer``.
 
     Parameters
     ----------
@@ -50,10 +53,13 @@ class CachedTokenizer:
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
             row = [self.sot]
-            for word in text.split():
-                row.extend(self.encode_word(word))
-                if len(row) >= n_ctx:
-                    break
+            if _split_invariant(text):
+                for word in text.split():
+                    row.extend(self.encode_word(word))
+                    if len(row) >= n_ctx:
+                        break
+            else:
+                row.extend(self.tokenizer.encode(text))
             row.append(self.eot)
             if len(row) > n_ctx:
                 row = row[:n_ctx]
@@ -71,3 +77,12 @@ class CachedTokenizer:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+_SAFE_CHARS = frozenset(string.ascii_letters + string.digits + string.punctuation + " \t\n") - {"&"}
+
+
+def _split_invariant(text: str) -> bool:
+    """Whether open_clip's cleaning (ftfy, HTML unescape) leaves ``text`` as it is, word by word."""
+    # isascii / isprintable are C loops: the common case (gene symbols and spaces) costs about 1 µs
+    return text.isascii() and "&" not in text and (text.isprintable() or _SAFE_CHARS.issuperset(text))

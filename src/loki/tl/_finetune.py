@@ -41,6 +41,10 @@ def collect_pairs(
         )
         if patches is not None:
             raise ValueError("patches= is for a single AnnData; SpatialData patches are cut per section")
+        if not keys:
+            raise ValueError(
+                f"table_keys={table_keys!r} selects no table; available tables: {list(data.tables.keys())}"
+            )
     else:
         keys = [None]
     tables = [get_table(data, k) for k in keys]  # validates every key before any work
