@@ -8,21 +8,25 @@ from hypothesis import strategies as st
 from loki.models._preprocess import augment_dihedral, preprocess_uint8
 
 
-def test_matches_open_clip_pil_preprocess_on_real_patches(mob1_pairs):
+def _assert_matches_open_clip(crops: np.ndarray, size: int, max_diff: float) -> None:
+    """``preprocess_uint8`` against open_clip's eval transform on PIL images of the same crops."""
     import open_clip
     from PIL import Image
 
-    patches = mob1_pairs[0][:16]  # 48 px real H&E crops
     mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+    pil = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
+    ref = torch.stack([pil(Image.fromarray(p)) for p in crops])
+    ours = preprocess_uint8(crops, image_size=size, mean=mean, std=std)
+    assert ours.shape == ref.shape
+    # PIL rounds to uint8 after resizing: differences of ~1/255 in pixel units, scaled by 1/std
+    diff = (ours - ref).abs()
+    assert float(diff.mean()) < 0.01, (crops.shape, size)
+    assert float(diff.max()) < max_diff, (crops.shape, size)
+
+
+def test_matches_open_clip_pil_preprocess_on_real_patches(mob1_pairs):
     for size in (32, 224):
-        pil = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
-        ref = torch.stack([pil(Image.fromarray(p)) for p in patches])
-        ours = preprocess_uint8(patches, image_size=size, mean=mean, std=std)
-        assert ours.shape == ref.shape
-        # PIL rounds to uint8 after resizing: differences of ~1/255 in pixel units, scaled by 1/std
-        diff = (ours - ref).abs()
-        assert float(diff.mean()) < 0.01
-        assert float(diff.max()) < 0.1
+        _assert_matches_open_clip(mob1_pairs[0][:16], size, max_diff=0.1)  # 48 px real H&E crops
 
 
 def test_same_size_is_exact_normalisation():
@@ -62,23 +66,15 @@ def test_flipped_views_and_bad_batch_sizes():
 
 def test_non_square_patches_match_open_clip(mob1_pairs, tiny):
     """Shorter side resized, then centre-cropped (open_clip's order); arrays and PIL images agree."""
-    import open_clip
     from PIL import Image
 
     patches = mob1_pairs[0][:8]  # 48 px real H&E crops
-    mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
     for crop in (patches[:, :40], patches[:, 3:, :47], patches[:, :, 5:], patches[:, :13]):
         crop = np.ascontiguousarray(crop)
         for size in (32, 224):
-            pil = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
-            ref = torch.stack([pil(Image.fromarray(p)) for p in crop])
-            ours = preprocess_uint8(crop, image_size=size, mean=mean, std=std)
-            assert ours.shape == ref.shape
-            diff = (ours - ref).abs()
-            # the other order (crop, then resize) is off by a sub-pixel shift: mean 0.02-0.06
-            assert float(diff.mean()) < 0.01, (crop.shape, size)
-            # PIL rounds to uint8 between its two resize passes: ~0.1 at 224 px, square crops included
-            assert float(diff.max()) < 0.15, (crop.shape, size)
+            # the other order (crop, then resize) is off by a sub-pixel shift: mean 0.02-0.06; PIL
+            # rounds to uint8 between its two resize passes: max ~0.1 at 224 px, square crops included
+            _assert_matches_open_clip(crop, size, max_diff=0.15)
         emb = tiny.encode_images(crop)
         emb_pil = tiny.encode_images([Image.fromarray(p) for p in crop])
         assert np.all(np.sum(emb * emb_pil, axis=1) > 0.999)
