@@ -57,6 +57,8 @@ def test_score_panels_over_he():
     for a, cls in zip(axes, "abc", strict=True):
         assert len(a.images) == 1
         assert a.images[0].get_array().shape[:2] == (200, 200)
+        # SpatialData's pixel (i, j) spans [j, j + 1] x [i, i + 1]: pixel centres at half-integers
+        assert a.images[0].get_extent() == [0, 200, 200, 0]
         points = a.collections[0]
         # spots are drawn in image pixels (global / 2) and coloured by their score
         np.testing.assert_allclose(points.get_offsets(), table.obsm["spatial"] / 2)

@@ -73,10 +73,12 @@ def test_spatialdata_section_draws_its_image_in_spot_units(spots):
     fig = lk.pl.proportions(sdata, cell_types=["Tumour"])
     (panel,) = _panels(fig)
     (img,) = [a for a in panel.get_children() if isinstance(a, AxesImage)]
-    # The 50 px image is scaled by 4 into spot units: pixel edge 49.5 lands at 198 in data space.
-    corner = img.get_transform().transform([(49.5, 49.5)])[0]
-    expected = panel.transData.transform([(198.0, 198.0)])[0]
-    np.testing.assert_allclose(corner, expected, atol=1e-6)
+    # The 50 px image is scaled by 4 into spot units; SpatialData's pixel (i, j) spans [j, j + 1] x
+    # [i, i + 1], so the image's far corner (50, 50) lands at 200 and pixel (0, 0) is centred at 2.
+    for pixel, spot_units in (((50.0, 50.0), 200.0), ((0.5, 0.5), 2.0)):
+        drawn = img.get_transform().transform([pixel])[0]
+        np.testing.assert_allclose(drawn, panel.transData.transform([(spot_units, spot_units)])[0], atol=1e-6)
+    np.testing.assert_allclose(img.get_extent(), (0, 50, 50, 0))
 
 
 def test_bad_input(spots):

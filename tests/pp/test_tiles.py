@@ -355,6 +355,10 @@ def test_mask_level_of_a_factor_4_pyramid_is_read_with_a_stride():
     small, matrix = lowres_image(tree, 2048)
     assert small.shape == (1200, 1200, 3)
     assert np.diag(matrix)[:2] == pytest.approx(8.0)
+    # returned pixel k is the 2,400 px level's pixel 2k: its centre (k + 0.5) maps to that pixel's
+    # centre in the finest level, 4 * (2k + 0.5), not to the middle of the two pixels it stands for
+    k = 7.0
+    np.testing.assert_allclose(matrix @ [k + 0.5, k + 0.5, 1.0], [4 * (2 * k + 0.5)] * 2 + [1.0])
     assert lowres_image(tree, 600)[0].shape == (600, 600, 3)  # a level that fits is taken as it is
     assert lowres_image(tree, 100_000)[0].shape == (9600, 9600, 3)  # smaller than max_side: the finest
 

@@ -181,8 +181,9 @@ def lowres_image(element, max_side: int = 2000, coordinate_system: str = Key.GLO
     is that large: a level of that size when there is one, else the coarsest level larger than
     ``max_side`` read with a stride (a single-scale whole-slide image, or a scanner's factor-4 pyramid
     whose levels skip that range), so that only the returned pixels are held in memory. An image
-    smaller than that is returned whole. The 3x3 matrix maps the returned pixels into
-    ``coordinate_system``.
+    smaller than that is returned whole. The 3x3 matrix maps the returned pixels (pixel ``(i, j)``
+    spans ``[j, j + 1] x [i, i + 1]``, as in SpatialData) into ``coordinate_system``; a strided pixel
+    is placed centred on the pixel it was read from.
     """
     levels = image_levels(element)
     sides = [max(lv.shape[1:]) for lv in levels]
@@ -192,6 +193,10 @@ def lowres_image(element, max_side: int = 2000, coordinate_system: str = Key.GLO
     step = max(1, math.ceil(max(level.shape[1:]) / max_side))
     data = getattr(level, "data", level)
     pixels = np.asarray(data[:, ::step, ::step])
-    scale = np.diag([levels[0].shape[2] / pixels.shape[2], levels[0].shape[1] / pixels.shape[1], 1.0])
-    matrix = affine_to(element, coordinate_system, "the image") @ scale
+    # returned pixel k (corners at k, k + 1) is the level's pixel k * step, centred at k * step + 0.5:
+    # it spans [k * step + shift, (k + 1) * step + shift] of the level, shift = (1 - step) / 2
+    shift = (1 - step) / 2
+    to_level = np.array([[step, 0.0, shift], [0.0, step, shift], [0.0, 0.0, 1.0]])
+    to_finest = np.diag([levels[0].shape[2] / level.shape[2], levels[0].shape[1] / level.shape[1], 1.0])
+    matrix = affine_to(element, coordinate_system, "the image") @ to_finest @ to_level
     return np.moveaxis(pixels, 0, -1), matrix

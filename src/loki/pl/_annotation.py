@@ -71,8 +71,8 @@ def finish(fig: Figure, show: bool | None, save: str | Path | None) -> None:
 
 
 def _draw_section(ax: Axes, rgb: np.ndarray | None, xy: np.ndarray) -> None:
-    if rgb is not None:
-        ax.imshow(rgb, origin="upper")
+    if rgb is not None:  # display units are the level's pixels, pixel (i, j) spanning [j, j + 1] x [i, i + 1]
+        ax.imshow(rgb, origin="upper", extent=(0, rgb.shape[1], rgb.shape[0], 0))
         pad = 0.05 * max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1.0)
         ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
         ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)

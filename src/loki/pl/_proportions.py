@@ -169,8 +169,9 @@ def _draw_image(ax, rgb: np.ndarray, matrix: np.ndarray) -> None:
     from matplotlib.transforms import Affine2D
 
     h, w = rgb.shape[:2]
-    artist = ax.imshow(rgb, extent=(-0.5, w - 0.5, h - 0.5, -0.5), origin="upper", zorder=0)
+    # SpatialData's pixel (i, j) spans [j, j + 1] x [i, i + 1]
+    artist = ax.imshow(rgb, extent=(0, w, h, 0), origin="upper", zorder=0)
     artist.set_transform(Affine2D(matrix) + ax.transData)
-    x0, y0 = (matrix @ np.array([-0.5, -0.5, 1.0]))[:2]
-    x1, y1 = (matrix @ np.array([w - 0.5, h - 0.5, 1.0]))[:2]
+    x0, y0 = (matrix @ np.array([0.0, 0.0, 1.0]))[:2]
+    x1, y1 = (matrix @ np.array([w, h, 1.0]))[:2]
     ax.update_datalim([(x0, y0), (x1, y1)])

@@ -260,13 +260,17 @@ def tile_image(
     tile_px = tile_um / microns_per_pixel
     centres = tile_centres(width, height, tile_px, spacing_um / microns_per_pixel, grid)
     if mask is None:
-        mask = tissue_mask(lowres_image(element, _MASK_SIDE, coordinate_system)[0])
+        rgb, to_cs_of_mask = lowres_image(element, _MASK_SIDE, coordinate_system)
+        mask = tissue_mask(rgb)
+        to_mask = np.linalg.inv(to_cs_of_mask) @ to_cs  # finest-level pixels -> mask pixels
     else:
         mask = _check_mask(mask, height, width)
-    scale = np.array([mask.shape[1] / width, mask.shape[0] / height] * 2)
+        to_mask = np.diag([mask.shape[1] / width, mask.shape[0] / height, 1.0])
     half = tile_px / 2
     boxes = np.hstack([centres - half, centres + half])
-    fraction = box_fractions(mask, boxes * scale)
+    fraction = box_fractions(
+        mask, np.hstack([apply_matrix(boxes[:, :2], to_mask), apply_matrix(boxes[:, 2:], to_mask)])
+    )
     keep = fraction >= min_tissue
     if not keep.any():
         raise ValueError(
