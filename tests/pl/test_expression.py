@@ -49,3 +49,11 @@ def test_prediction_as_separate_anndata():
         lk.pl.expression(table, "nope", predicted=pred, show=False)
     with pytest.raises(ValueError, match="same spots"):
         lk.pl.expression(table[:5].copy(), "g0", predicted=pred, show=False)
+
+
+def test_one_spot_section_has_no_correlation_to_show():
+    table = small_section(with_image=False)[:1].copy()
+    table.layers["loki_predicted"] = table.X.copy()
+    fig = lk.pl.expression(table, "g0", show=False)
+    assert [a.get_title() for a in fig.axes if a.get_title()][1] == "g0 predicted (PCC n/a, one spot)"
+    plt.close(fig)

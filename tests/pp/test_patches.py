@@ -267,3 +267,41 @@ def test_spot_patches_with_io_reader():
     assert patches.shape == (table.n_obs, 16, 16, 3)
     assert table.obs[Key.PATCH_OK].dtype == bool
     assert patches[:4].compute().dtype == np.uint8
+
+
+def test_image_of_a_section_is_found_by_its_name_not_a_neighbours():
+    """'A1' has no image: it takes neither 'A10_image' (A10's by name) nor a lone 'A2_image'."""
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+
+    from loki._utils._spatialdata import section_image_key
+
+    def section(name):
+        obs = pd.DataFrame(
+            {"region": pd.Categorical([f"{name}_spots"] * 3), "id": range(3)},
+            index=[f"{name}_{i}" for i in range(3)],
+        )
+        table = TableModel.parse(
+            ad.AnnData(np.zeros((3, 1), np.float32), obs=obs),
+            region=f"{name}_spots",
+            region_key="region",
+            instance_key="id",
+        )
+        return table, ShapesModel.parse(np.full((3, 2), 10.0), geometry=0, radius=np.ones(3))
+
+    def image():
+        return Image2DModel.parse(np.zeros((3, 20, 20), np.uint8), dims=("c", "y", "x"))
+
+    parts = {name: section(name) for name in ("A1", "A10", "A2")}
+    sdata = SpatialData(
+        images={"A10_image": image(), "A2_image": image()},
+        shapes={f"{n}_spots": shapes for n, (_, shapes) in parts.items()},
+        tables={n: table for n, (table, _) in parts.items()},
+    )
+    assert section_image_key(sdata, "A10") == "A10_image"
+    assert section_image_key(sdata, "A2") == "A2_image"
+    with pytest.raises(KeyError, match="'A10_image', 'A2_image' belong to other tables"):
+        section_image_key(sdata, "A1")
+    del sdata.images["A10_image"]
+    with pytest.raises(KeyError, match="'A2_image' belongs to other tables"):
+        section_image_key(sdata, "A1")

@@ -164,7 +164,7 @@ def test_a_section_without_an_image_leaves_its_neighbours_image_alone():
         matrix = get_transformation(sdata[name], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y"))
         glob = get_transformation(sdata[name], Key.GLOBAL_CS).to_affine_matrix(("x", "y"), ("x", "y"))
         np.testing.assert_allclose(matrix, glob)
-    with pytest.raises(KeyError, match="'MOB1_image' named by other tables"):
+    with pytest.raises(KeyError, match="'MOB1_image' belongs to other tables"):
         lk.pp.spot_patches(sdata, table_key="MOB2")
 
 

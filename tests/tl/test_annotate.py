@@ -150,6 +150,13 @@ def test_missing_markers_warn_with_list():
         ({"markers": MARKERS, "model": lambda s: np.ones((len(s), 7))}, ValueError, "Embedding sizes differ"),
         ({"markers": MARKERS, "fuse_with": np.zeros((2, 3))}, ValueError, "items x classes"),
         ({"markers": None}, ValueError, "Pass markers"),
+        ({"markers": {1: ["G0"], "1": ["G3"]}}, ValueError, r"Marker classes \[1, '1'\] have the same name"),
+        (
+            {"markers": MARKERS, "max_markers": 0},
+            ValueError,
+            r"markers per class \(max_markers\) must be a positive",
+        ),
+        ({"markers": MARKERS, "max_markers": -1}, ValueError, "positive integer, got -1"),
     ],
 )
 def test_bad_input_writes_nothing(kwargs, error, match):
@@ -160,6 +167,19 @@ def test_bad_input_writes_nothing(kwargs, error, match):
     with pytest.raises(error, match=match):
         lk.tl.annotate(adata, **kwargs)
     assert (set(adata.obsm), set(adata.obs.columns), set(adata.uns)) == before
+
+
+def test_bulk_samples_without_a_group_are_named():
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=2)
+    bulk = AnnData(
+        X=np.ones((3, len(GENES)), dtype=np.float32),
+        obs=pd.DataFrame({"kind": ["t", None, "f"]}, index=["b0", "b1", "b2"]),
+    )
+    bulk.var_names = GENES
+    with pytest.raises(ValueError, match=r"1 of 3 samples have no bulk.obs\['kind'\] group"):
+        lk.tl.annotate(adata, bulk, model=model, groupby="kind")
+    assert "loki_annotation" not in adata.obsm
 
 
 def test_bulk_profile_without_expression_is_an_error():

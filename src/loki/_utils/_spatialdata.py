@@ -76,9 +76,10 @@ def section_image_key(sdata: SpatialData, table_key: str, image_key: str | None 
     """Name of the H&E image of a section.
 
     The explicit ``image_key`` wins; otherwise ``table.uns['loki']['image_key']`` (written by
-    :mod:`loki.io` readers), the only image of the object, or the images whose name starts with the
-    table key or its region, in that order. The last two pass over images another table names as
-    its own: a section without an image never takes its neighbour's.
+    :mod:`loki.io` readers), the only image of the object, or the one image named after the table key
+    or its region (``f"{key}_..."``), in that order. The last two pass over images another table claims,
+    by its ``image_key`` or by a name that fits it better (``A10_image`` is ``A10``'s, not ``A1``'s): a
+    section without an image never takes its neighbour's.
     """
     images = list(sdata.images.keys())
     if image_key is not None:
@@ -87,23 +88,35 @@ def section_image_key(sdata: SpatialData, table_key: str, image_key: str | None 
     stored = _stored_image_key(sdata.tables[table_key])
     if stored is not None and stored in images:
         return stored
+    owners = {image: _named_owner(sdata, image) for image in images}
     claimed = {_stored_image_key(t) for k, t in sdata.tables.items() if k != table_key}
-    free = [k for k in images if k not in claimed]
+    free = [k for k in images if k not in claimed and owners[k] in (None, table_key)]
     if len(images) == 1 and free:
         return free[0]
-    try:
-        region = table_region(sdata.tables[table_key])
-    except ValueError:
-        region = table_key
-    candidates = [k for k in free if k.startswith(table_key) or k.startswith(region)]
+    candidates = [k for k in free if owners[k] == table_key]
     if len(candidates) == 1:
         return candidates[0]
     taken = sorted(set(images) - set(free))
-    others = f" ({', '.join(map(repr, taken))} named by other tables)" if taken else ""
+    verb = "belongs" if len(taken) == 1 else "belong"
+    others = f" ({', '.join(map(repr, taken))} {verb} to other tables)" if taken else ""
     raise KeyError(
         f"Cannot tell which image belongs to table {table_key!r}; pass image_key=. "
         f"Images in sdata.images: {', '.join(map(repr, images)) or 'none'}{others}."
     )
+
+
+def _named_owner(sdata: SpatialData, image: str) -> str | None:
+    """The table whose key or region names ``image`` (``name`` or ``name_...``) most closely, or None."""
+    best, owner = 0, None
+    for key, table in sdata.tables.items():
+        try:
+            names = {key, table_region(table)}
+        except ValueError:
+            names = {key}
+        for name in names:
+            if (image == name or image.startswith(f"{name}_")) and len(name) > best:
+                best, owner = len(name), key
+    return owner
 
 
 def _stored_image_key(table: AnnData) -> str | None:

@@ -98,9 +98,10 @@ def expression(
     for i, gene in enumerate(genes):
         measured, pred = _column(table, gene, layer), _column(pred_ad, gene, pred_layer)
         lo, hi = min(measured.min(), pred.min()), max(measured.max(), pred.max())
+        pcc = f"{pearson(measured, pred):.2f}" if len(measured) > 1 else "n/a, one spot"
         for a, values, title in (
             (axes[2 * i], measured, f"{gene} measured"),
-            (axes[2 * i + 1], pred, f"{gene} predicted (PCC {pearson(measured, pred):.2f})"),
+            (axes[2 * i + 1], pred, f"{gene} predicted (PCC {pcc})"),
         ):
             _draw_section(a, rgb, xy)
             points = a.scatter(xy[:, 0], xy[:, 1], c=values, s=size, cmap=cmap, vmin=lo, vmax=hi)

@@ -66,6 +66,14 @@ def marker_sentences(
     """
     if not markers:
         raise ValueError("markers is empty; pass {class: [genes]} with at least one class.")
+    if isinstance(max_genes, bool) or not isinstance(max_genes, (int, np.integer)) or max_genes < 1:
+        raise ValueError(
+            f"The number of markers per class (max_markers) must be a positive integer, got {max_genes!r}."
+        )
+    names = pd.Series([str(c) for c in markers])
+    if names.duplicated().any():
+        clash = [c for c in markers if str(c) in set(names[names.duplicated()])]
+        raise ValueError(f"Marker classes {clash!r} have the same name as text; give them distinct names.")
     lookup = None if vocabulary is None else {str(g).upper(): str(g) for g in vocabulary}
     sentences, missing = {}, {}
     for cls, genes in markers.items():
@@ -105,7 +113,12 @@ def bulk_sentences(bulk: AnnData, *, groupby: str | None = None, **sentence_kwar
         raise ValueError("The bulk AnnData has no sample.")
     if groupby is not None:
         require_keys(bulk.obs.columns, groupby, "bulk.obs")
-        groups = pd.Categorical(bulk.obs[groupby].astype(str))
+        unlabelled = int(bulk.obs[groupby].isna().sum())
+        if unlabelled:
+            raise ValueError(
+                f"{unlabelled} of {bulk.n_obs} samples have no bulk.obs[{groupby!r}] group; label or drop them."
+            )
+        groups = pd.Categorical([str(g) for g in bulk.obs[groupby]])
         onehot = sparse.csr_matrix(
             (np.ones(bulk.n_obs), (groups.codes, np.arange(bulk.n_obs))),
             shape=(len(groups.categories), bulk.n_obs),
