@@ -135,8 +135,8 @@ def _microns_per_unit(table, key: str) -> float | None:
     ``.obsm['spatial']``; other coordinates (an earlier alignment's) carry the scale recorded with them.
     """
     meta = table.uns.get(Key.UNS, {})
-    entry = meta.get(key)
-    value = meta.get("microns_per_unit") if key == Key.SPATIAL else (entry or {}).get("microns_per_unit")
+    entry = meta if key == Key.SPATIAL else meta.get(key)
+    value = entry.get("microns_per_unit") if isinstance(entry, dict) else None
     try:
         value = float(value)
     except (TypeError, ValueError):
