@@ -107,7 +107,7 @@ def test_cells_without_a_label_are_named():
     cells = _cells(n=200)
     cells.obs["cell_type"] = cells.obs["cell_type"].astype(object)
     cells.obs.loc[cells.obs_names[:7], "cell_type"] = np.nan
-    with pytest.raises(ValueError, match="7 of 200 cells have no 'cell_type' label"):
+    with pytest.raises(ValueError, match=r"7 of 200 cells have no label in adata.obs\['cell_type'\]"):
         lk.pp.pseudo_spots(cells)
     out = lk.pp.pseudo_spots(_cells(n=200))
     assert [type(c) for c in out.obsm[lk.Key.TRUE_PROPORTIONS].columns] == [str, str, str]

@@ -177,7 +177,7 @@ def test_bulk_samples_without_a_group_are_named():
         obs=pd.DataFrame({"kind": ["t", None, "f"]}, index=["b0", "b1", "b2"]),
     )
     bulk.var_names = GENES
-    with pytest.raises(ValueError, match=r"1 of 3 samples have no bulk.obs\['kind'\] group"):
+    with pytest.raises(ValueError, match=r"1 of 3 samples have no label in bulk.obs\['kind'\]"):
         lk.tl.annotate(adata, bulk, model=model, groupby="kind")
     assert "loki_annotation" not in adata.obsm
 

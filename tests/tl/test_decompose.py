@@ -145,6 +145,15 @@ def test_cell_type_with_one_cell_is_rejected():
     assert _nothing_written(spots)
 
 
+def test_reference_cells_without_a_label_are_named():
+    spots, reference, _ = _toy()
+    reference.obs["cell_type"] = reference.obs["cell_type"].astype(object)
+    reference.obs.iloc[:3, 0] = None
+    with pytest.raises(ValueError, match=r"3 of 120 cells have no label in reference.obs\['cell_type'\]"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert _nothing_written(spots)
+
+
 def test_a_declared_cell_type_without_cells_is_rejected():
     spots, reference, _ = _toy()
     reference.obs["cell_type"] = pd.Categorical(

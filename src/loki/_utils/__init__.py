@@ -7,6 +7,7 @@ from ._rng import as_rng, as_seed
 from ._validation import (
     check_array_finite,
     check_key_name,
+    check_labelled,
     check_obs_key,
     check_obsm_key,
     check_unique_var_names,
@@ -21,6 +22,7 @@ __all__ = [
     "block_starts",
     "check_array_finite",
     "check_key_name",
+    "check_labelled",
     "check_obs_key",
     "check_obsm_key",
     "check_unique_var_names",

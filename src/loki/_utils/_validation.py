@@ -74,3 +74,10 @@ def check_array_finite(x: np.ndarray, name: str) -> None:
         raise ValueError(
             f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf), e.g. in rows {rows[:5].tolist()}."
         )
+
+
+def check_labelled(labels, column: str, items: str) -> None:
+    """Raise when ``labels`` (a column of ``.obs``) has missing values: every ``items`` needs its label."""
+    missing = int(labels.isna().sum())
+    if missing:
+        raise ValueError(f"{missing} of {len(labels)} {items} have no label in {column}; label or drop them.")

@@ -67,8 +67,9 @@ def read_slide(
         Key of the image in ``sdata.images``; default the file name without its suffixes.
     microns_per_pixel
         Micrometres per pixel of the finest level. Default: read from the file (OME ``PhysicalSizeX``,
-        Philips ``DICOM_PIXEL_SPACING``, Aperio ``MPP``, else the TIFF resolution tags when they give 0.05-50 µm); ``None`` is recorded
-        when the file holds none, and :func:`loki.pp.tile_image` then asks for it.
+        Philips ``DICOM_PIXEL_SPACING``, Aperio ``MPP``, else the TIFF resolution tags when they give
+        0.05-50 µm); ``None`` is recorded when the file holds none, and :func:`loki.pp.tile_image` then
+        asks for it.
     series
         Which image of a TIFF holding several (tifffile's ``series``; Aperio's thumbnail, label and
         macro images follow the slide, which is series 0).

@@ -14,7 +14,14 @@ from scipy.spatial import cKDTree
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import as_rng, check_array_finite, check_obs_key, check_obsm_key, require_keys
+from loki._utils import (
+    as_rng,
+    check_array_finite,
+    check_labelled,
+    check_obs_key,
+    check_obsm_key,
+    require_keys,
+)
 
 #: Visium: 55 um spots, 100 um centre to centre.
 _VISIUM_SPACING_RATIO = 100.0 / 55.0
@@ -104,12 +111,7 @@ def pseudo_spots(
     check_array_finite(coords, f"adata.obsm[{spatial_key!r}]")
     if cell_type_key is not None:
         check_obs_key(adata, cell_type_key)
-        unlabelled = int(adata.obs[cell_type_key].isna().sum())
-        if unlabelled:
-            raise ValueError(
-                f"{unlabelled} of {adata.n_obs} cells have no {cell_type_key!r} label; the exact "
-                "proportions need every pooled cell's type. Label them (e.g. 'unknown') or drop them."
-            )
+        check_labelled(adata.obs[cell_type_key], f"adata.obs[{cell_type_key!r}]", "cells")
     if layer is not None:
         require_keys(adata.layers, layer, "adata.layers")
     if diameter_um <= 0:

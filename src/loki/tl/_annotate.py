@@ -13,7 +13,7 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_key_name, require_keys, write_obs, write_obsm, write_uns
+from loki._utils import check_key_name, check_labelled, require_keys, write_obs, write_obsm, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._retrieve import l2_normalize
@@ -113,11 +113,7 @@ def bulk_sentences(bulk: AnnData, *, groupby: str | None = None, **sentence_kwar
         raise ValueError("The bulk AnnData has no sample.")
     if groupby is not None:
         require_keys(bulk.obs.columns, groupby, "bulk.obs")
-        unlabelled = int(bulk.obs[groupby].isna().sum())
-        if unlabelled:
-            raise ValueError(
-                f"{unlabelled} of {bulk.n_obs} samples have no bulk.obs[{groupby!r}] group; label or drop them."
-            )
+        check_labelled(bulk.obs[groupby], f"bulk.obs[{groupby!r}]", "samples")
         groups = pd.Categorical([str(g) for g in bulk.obs[groupby]])
         onehot = sparse.csr_matrix(
             (np.ones(bulk.n_obs), (groups.codes, np.arange(bulk.n_obs))),

@@ -19,6 +19,7 @@ from loki._utils import (
     as_seed,
     check_array_finite,
     check_key_name,
+    check_labelled,
     check_obs_key,
     check_unique_var_names,
     require_keys,
@@ -299,10 +300,7 @@ def _check_choice(name: str, value, choices: tuple) -> None:
 def _cell_type_codes(reference: AnnData, key: str, min_cells: int) -> tuple[np.ndarray, list[str]]:
     check_obs_key(reference, key)
     labels = reference.obs[key]
-    if labels.isna().any():
-        raise ValueError(
-            f"reference.obs[{key!r}] has {int(labels.isna().sum())} missing labels; drop those cells."
-        )
+    check_labelled(labels, f"reference.obs[{key!r}]", "cells")
     # a categorical column's declared types count too: one without cells is reported, not dropped
     declared = (
         [str(c) for c in labels.cat.categories] if isinstance(labels.dtype, pd.CategoricalDtype) else None
