@@ -86,17 +86,11 @@ def _type_profiles(n_types: int, n_genes: int, rng: np.random.Generator) -> np.n
 
 def _nb_counts(mean: np.ndarray, dispersion: float, rng: np.random.Generator) -> sp.csr_matrix:
     """Negative binomial counts with the given means (gamma-Poisson with shape 1/dispersion; 0: Poisson)."""
-    _check_dispersion(dispersion)
     if dispersion == 0:
         return sp.csr_matrix(rng.poisson(mean).astype(np.float32))
     shape = 1.0 / dispersion
     lam = rng.gamma(shape, mean / shape)
     return sp.csr_matrix(rng.poisson(lam).astype(np.float32))
-
-
-def _check_dispersion(dispersion: float) -> None:
-    if not dispersion >= 0:
-        raise ValueError(f"dispersion must be >= 0 (0 gives Poisson counts), got {dispersion}.")
 
 
 def synthetic_tissue(
@@ -155,7 +149,8 @@ def synthetic_tissue(
     n_regions = n_cell_types if n_regions is None else int(n_regions)
     if n_regions < 1:
         raise ValueError(f"n_regions must be positive, got {n_regions}.")
-    _check_dispersion(dispersion)
+    if not dispersion >= 0:
+        raise ValueError(f"dispersion must be >= 0 (0 gives Poisson counts), got {dispersion}.")
     rng = as_rng(seed)
 
     grid = _grid(n_spots, layout, spot_spacing)
