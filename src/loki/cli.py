@@ -102,6 +102,13 @@ def _embed(args: argparse.Namespace) -> None:
     import loki as lk
 
     sdata = sd.read_zarr(args.zarr)
+    backup = _backup_name(args.table)
+    if backup in sdata.tables:
+        raise SystemExit(
+            f"loki embed: {args.zarr} holds table {backup!r}, a full copy of {args.table!r} left by an "
+            f"interrupted `loki embed`. Check table {args.table!r} (if it is missing or unreadable, the copy "
+            f"is the table as it was), then delete the copy: sdata.delete_element_from_disk({backup!r})."
+        )
     if args.table not in sdata.tables:
         raise SystemExit(
             f"loki embed: no table {args.table!r} in {args.zarr}; tables: {', '.join(sdata.tables) or 'none'}"
@@ -129,13 +136,17 @@ def _rewrite_table(sdata, name: str) -> None:
     SpatialData does not overwrite an element inside the store the object is backed by, so the table
     is written under a temporary name first, the old one deleted and written anew, and the copy removed.
     """
-    backup = f"{name}_loki_backup"
+    backup = _backup_name(name)
     sdata.tables[backup] = sdata.tables[name]
     sdata.write_element(backup)
     sdata.delete_element_from_disk(name)
     sdata.write_element(name)
     sdata.delete_element_from_disk(backup)
     del sdata.tables[backup]
+
+
+def _backup_name(table: str) -> str:
+    return f"{table}_loki_backup"
 
 
 def _slide(args: argparse.Namespace) -> None:

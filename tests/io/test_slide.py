@@ -197,6 +197,58 @@ def test_jpg_and_grey_rgba_images(tmp_path, mob4):
     level = np.asarray(lk.io.read_slide(tmp_path / "rgba.tif").images["rgba"]["scale0"]["image"])
     np.testing.assert_array_equal(level, rgb[:300, :400].transpose(2, 0, 1))
 
+    grey_alpha = np.dstack([grey, np.full((300, 400), 255, np.uint8)])  # as read from a PNG too
+    tifffile.imwrite(tmp_path / "ga.tif", grey_alpha, photometric="minisblack", extrasamples=["unassalpha"])
+    level = np.asarray(lk.io.read_slide(tmp_path / "ga.tif").images["ga"]["scale0"]["image"])
+    np.testing.assert_array_equal(level, np.stack([grey] * 3))
+
+
+def test_aperio_jpeg2000_ycbcr_tiles_are_converted_to_rgb(tmp_path, mob4):
+    """Aperio's compression 33003 holds YCbCr samples under an RGB tag (no colour transform in the codestream)."""
+    import imagecodecs
+
+    _, rgb, _ = mob4
+    crop = rgb[:256, :256].astype(np.float64)
+    r, g, b = crop[..., 0], crop[..., 1], crop[..., 2]
+    ycbcr = np.stack(
+        [
+            0.299 * r + 0.587 * g + 0.114 * b,
+            128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+            128 + 0.5 * r - 0.418688 * g - 0.081312 * b,
+        ],
+        axis=-1,
+    )
+    ycbcr = np.clip(np.rint(ycbcr), 0, 255).astype(np.uint8)
+    tiles = (
+        imagecodecs.jpeg2k_encode(np.ascontiguousarray(ycbcr[y : y + 128, x : x + 128]), level=0, mct=False)
+        for y in range(0, 256, 128)
+        for x in range(0, 256, 128)
+    )
+    with tifffile.TiffWriter(tmp_path / "j2k.svs") as tif:
+        tif.write(
+            tiles,
+            shape=(256, 256, 3),
+            dtype=np.uint8,
+            tile=TILE,
+            photometric="rgb",
+            compression=33003,
+            metadata=None,
+        )
+    level = np.asarray(lk.io.read_slide(tmp_path / "j2k.svs").images["j2k"]["scale0"]["image"])
+    # back to RGB within the rounding of the 8-bit YCbCr samples
+    assert np.abs(level.astype(int) - rgb[:256, :256].transpose(2, 0, 1)).max() <= 2
+
+
+def test_tiny_and_thin_images_get_the_levels_they_can_have(tmp_path):
+    for shape in [(1, 1), (1, 3), (3, 1), (2, 2)]:
+        tifffile.imwrite(tmp_path / "t.tif", np.full((*shape, 3), 200, np.uint8), photometric="rgb")
+        image = lk.io.read_slide(tmp_path / "t.tif", microns_per_pixel=1.0).images["t"]
+        levels = (
+            [image[k]["image"] for k in sorted(image.children)] if hasattr(image, "children") else [image]
+        )
+        assert levels[0].shape == (3, *shape)
+        assert all(min(level.shape[1:]) >= 1 for level in levels)
+
 
 def test_bad_slides_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.svs"):
@@ -226,6 +278,13 @@ def test_bad_slides_are_named(tmp_path):
     tifffile.imwrite(tmp_path / "ok.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb")
     with pytest.raises(ValueError, match="microns_per_pixel must be a positive number"):
         lk.io.read_slide(tmp_path / "ok.tif", microns_per_pixel=-1)
+    with pytest.raises(ValueError, match=r"name='a b' is not a SpatialData element name"):
+        lk.io.read_slide(tmp_path / "ok.tif", name="a b")
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "deep.png")
+    with pytest.raises(ValueError, match=r"deep\.png: PIL mode 'I;16'; loki reads 8-bit"):
+        lk.io.read_slide(tmp_path / "deep.png")
 
 
 def test_pixel_size_parsers():
@@ -240,6 +299,8 @@ def test_pixel_size_parsers():
     assert resolution_pixel_size(101600.0, 2) == pytest.approx(0.25)  # per inch
     assert resolution_pixel_size(72.0, 2) is None  # a desktop default
     assert resolution_pixel_size(40000.0, 1) is None  # no unit
+    assert resolution_pixel_size(4000.0, 4) == pytest.approx(0.25)  # per millimetre
+    assert resolution_pixel_size(4.0, 5) == pytest.approx(0.25)  # per micrometre
 
 
 def test_jpeg2000_tiles_are_decoded(tmp_path, mob4):

@@ -19,6 +19,8 @@ def test_alignment_error_and_spacing():
         lk.metrics.alignment_error(aligned[:2], truth)
     with pytest.raises(ValueError, match="non-finite"):
         lk.metrics.alignment_error(np.where(aligned > 3, np.nan, aligned), truth)
+    with pytest.raises(ValueError, match="unit must be a positive number, got nan"):
+        lk.metrics.alignment_error(aligned, truth, unit=np.nan)
 
 
 def test_matched_expression_correlation_pairs_and_values():
@@ -59,6 +61,15 @@ def test_alignment_expression_scores_rewards_correct_alignment(good_and_bad):
     other.obsm["spatial_aligned"] = np.zeros((3, 2))
     with pytest.raises(ValueError, match="share"):
         lk.metrics.alignment_expression_scores(other, tgt)
+    with pytest.raises(ValueError, match="n_top_genes must be an integer >= 2, got -2"):
+        lk.metrics.alignment_expression_scores(src, tgt, aligned_key="good", n_top_genes=-2)
+    dup = src.copy()
+    dup.var_names = [dup.var_names[0], *dup.var_names[:-1]]
+    with pytest.raises(ValueError, match=r"source\.var_names has duplicated genes"):
+        lk.metrics.alignment_expression_scores(dup, tgt, aligned_key="good")
+    xy = tgt.obsm["spatial"]
+    with pytest.raises(ValueError, match="max_distance must be a number >= 0, got nan"):
+        lk.metrics.matched_expression_correlation(tgt.X, xy, tgt.X, xy, max_distance=np.nan)
 
 
 def _scores(values, target_index, n_target):

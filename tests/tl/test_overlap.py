@@ -117,9 +117,10 @@ def test_trimmed_register_from_near_truth_off_grid_angle():
 def test_trimmed_register_without_overlap_does_nothing():
     X2 = _lattice(10)
     Y2 = X2 + 100.0
-    matrix, res, masks, _ = trimmed_register(X2, Y2, np.eye(3))
+    matrix, res, masks, runs = trimmed_register(X2, Y2, np.eye(3))
     assert res is None
     assert masks is None
+    assert runs == 0
     np.testing.assert_array_equal(matrix, np.eye(3))
 
 

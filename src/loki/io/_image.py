@@ -10,6 +10,10 @@ import numpy as np
 # Pyramid levels are added while the next level is at least this many pixels on its long side.
 _MIN_LEVEL_SIZE = 512
 _CHUNKS = (3, 1024, 1024)
+#: PIL modes of 8-bit images, which convert to RGB without losing values
+_EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+)
 
 
 def read_rgb(image: str | Path | np.ndarray) -> np.ndarray:
@@ -30,6 +34,11 @@ def read_rgb(image: str | Path | np.ndarray) -> np.ndarray:
 
         Image.MAX_IMAGE_PIXELS = None  # full-resolution H&E scans are legitimately huge
         with Image.open(path) as img:
+            if img.mode not in _EIGHT_BIT_MODES:  # convert("RGB") would clip 16-bit or float values
+                raise ValueError(
+                    f"{path.name}: PIL mode {img.mode!r}; loki reads 8-bit brightfield (H&E) images "
+                    f"(modes {', '.join(sorted(_EIGHT_BIT_MODES))})."
+                )
             arr = np.asarray(img.convert("RGB"))
         return arr
     arr = np.asarray(image)
@@ -47,14 +56,15 @@ def read_rgb(image: str | Path | np.ndarray) -> np.ndarray:
 
 
 def pyramid_scale_factors(shape_yx: tuple[int, int]) -> list[int]:
-    """Factor-2 pyramid levels while the next level keeps >= 512 px on its long side (at least one)."""
-    size = max(shape_yx)
+    """Factor-2 pyramid levels while the next level keeps >= 512 px on its long side.
+
+    At least one level is added, unless the short side cannot be halved (an image 1 px thin).
+    """
+    size, short = max(shape_yx), min(shape_yx)
     factors = []
-    while size // 2 >= _MIN_LEVEL_SIZE or not factors:
-        if size < 2:
-            break
+    while (size // 2 >= _MIN_LEVEL_SIZE or not factors) and short >= 2:
         factors.append(2)
-        size //= 2
+        size, short = size // 2, short // 2
     return factors
 
 

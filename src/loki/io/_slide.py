@@ -17,6 +17,7 @@ import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
+from loki._utils._spatialdata import image_levels
 
 from ._image import parse_cyx_image, parse_rgb_image, read_rgb
 from ._tiff_tiles import TileReader, whole_tiles
@@ -29,6 +30,7 @@ _TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf2", ".tf8", ".sc
 #: tags hold a desktop default (72 dpi is 353 µm per pixel), not a microscope's sampling.
 _PLAUSIBLE_MPP = (0.05, 50.0)
 _TARGET_CHUNK = 1024
+_APERIO_JP2K_YCBCR = 33003
 #: TIFF PhotometricInterpretation values read as colour or grey: MINISBLACK, RGB, YCBCR (decoded to RGB).
 _READ_PHOTOMETRIC = {1, 2, 6}
 _UNIT_TO_UM = {
@@ -102,6 +104,11 @@ def read_slide(
         raise ValueError(f"microns_per_pixel must be a positive number, got {microns_per_pixel!r}.")
     if name is None:  # SpatialData names allow letters, digits, '_', '-' and '.'
         name = re.sub(r"[^0-9A-Za-z_.-]", "_", path.name.split(".")[0]) or "slide"
+    elif not _valid_element_name(name):
+        raise ValueError(
+            f"name={name!r} is not a SpatialData element name: use letters, digits, '_', '-' and '.', "
+            "not starting with '__'."
+        )
     transformations = {coordinate_system: Identity()}
     if path.suffix.lower() in _TIFF_SUFFIXES:
         levels, found, source = _tiff_levels(path, series)
@@ -114,18 +121,29 @@ def read_slide(
     mpp = microns_per_pixel if microns_per_pixel is not None else found
     attrs = {Key.UNS: {"microns_per_pixel": {name: float(mpp)}}} if mpp is not None else {}
     sdata = sd.SpatialData(images={name: image}, attrs=attrs)
-    shape = tuple(int(n) for n in sdata.images[name]["scale0"]["image"].shape[1:])
+    levels = image_levels(sdata.images[name])
+    shape = tuple(int(n) for n in levels[0].shape[1:])
     logger.info(
         "read slide %r as sdata.images[%r]: %d x %d px, %s; pixel size %s (from %s)",
         path.name,
         name,
         shape[1],
         shape[0],
-        f"{len(image.children)} levels",
+        f"{len(levels)} level(s)",
         "unknown" if mpp is None else f"{mpp:.4g} µm",
         "the caller" if microns_per_pixel is not None else source,
     )
     return sdata
+
+
+def _valid_element_name(name) -> bool:
+    """SpatialData's naming rule for elements."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not name.startswith("__")
+        and all(c.isalnum() or c in "_-." for c in name)
+    )
 
 
 def _read_other(path: Path) -> np.ndarray:
@@ -185,6 +203,9 @@ def _tiff_levels(path: Path, index: int = 0) -> tuple[list, float | None, str]:
                 "loki reads RGB, YCbCr and grey (min-is-black) images."
             )
         mpp, source = _tiff_pixel_size(tif, index)
+        alpha = len(series.keyframe.extrasamples) > 0
+        # Aperio's JPEG 2000 code 33003 stores YCbCr samples under an RGB tag; tifffile returns them as stored
+        ycbcr = [int(level.keyframe.compression) == _APERIO_JP2K_YCBCR for level in series.levels]
         for number, level in enumerate(series.levels):
             if len(level.pages) == 1 and TileReader.supports(level.keyframe):
                 levels.append((TileReader(path, index, number, level.keyframe).to_dask(_TARGET_CHUNK), "YXS"))
@@ -200,11 +221,28 @@ def _tiff_levels(path: Path, index: int = 0) -> tuple[list, float | None, str]:
                     for ax, c, n in zip(axes, array.chunks, array.shape, strict=True)
                 )
                 levels[i] = (da.from_zarr(array, chunks=chunks), axes)
-    return [_as_cyx(data, axes, path.name) for data, axes in levels], mpp, source
+    cyx = [_as_cyx(data, axes, path.name, alpha=alpha) for data, axes in levels]
+    return [_ycbcr_to_rgb(c) if y else c for c, y in zip(cyx, ycbcr, strict=True)], mpp, source
 
 
-def _as_cyx(data, axes: str, what: str):
-    """A lazy ``(3, y, x)`` uint8 view of one stored level with tifffile's axes (e.g. ``ZYXS``)."""
+def _ycbcr_to_rgb(cyx):
+    """Full-range BT.601 YCbCr (JPEG's) to RGB, block by block, of a lazy ``(3, y, x)`` uint8 array."""
+    import dask.array as da
+
+    def convert(block: np.ndarray) -> np.ndarray:
+        y, cb, cr = (block[i].astype(np.float32) for i in range(3))
+        cb, cr = cb - 128.0, cr - 128.0
+        rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb])
+        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+    return da.map_blocks(convert, cyx.rechunk({0: 3}), dtype=np.uint8)
+
+
+def _as_cyx(data, axes: str, what: str, *, alpha: bool = False):
+    """A lazy ``(3, y, x)`` uint8 view of one stored level with tifffile's axes (e.g. ``ZYXS``).
+
+    ``alpha``: the last sample is an extra (alpha) channel, so two samples are grey and alpha.
+    """
     import dask.array as da
 
     if data.dtype != np.uint8:
@@ -228,8 +266,8 @@ def _as_cyx(data, axes: str, what: str):
     if not colour:  # grey
         data, kept, colour = data[None], ["S", *kept], ["S"]
     data = data.transpose([kept.index(colour[0]), kept.index("Y"), kept.index("X")])
-    if data.shape[0] == 1:
-        return da.concatenate([data] * 3)
+    if data.shape[0] == 1 or (data.shape[0] == 2 and alpha):
+        return da.concatenate([data[:1]] * 3)
     if data.shape[0] not in (3, 4):
         raise ValueError(
             f"{what}: {data.shape[0]} channels; loki reads RGB or RGBA brightfield images, not "
@@ -314,8 +352,8 @@ def _positive(text: str) -> float | None:
 
 
 def resolution_pixel_size(pixels_per_unit: float, unit: int) -> float | None:
-    """µm per pixel from TIFF ``XResolution`` and ``ResolutionUnit`` (2 inch, 3 cm), if plausible."""
-    per_unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
+    """µm per pixel from TIFF ``XResolution`` and ``ResolutionUnit`` (2 inch, 3 cm, 4 mm, 5 µm), if plausible."""
+    per_unit_um = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}.get(unit)  # inch, cm, mm, µm
     if per_unit_um is None or not pixels_per_unit or pixels_per_unit <= 0:
         return None
     value = per_unit_um / pixels_per_unit

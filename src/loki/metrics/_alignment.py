@@ -16,7 +16,7 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from loki._keys import Key
-from loki._utils import as_rng, check_array_finite, check_obsm_key
+from loki._utils import as_rng, check_array_finite, check_obsm_key, check_unique_var_names
 from loki.metrics._correlation import kendall_tau, pearson
 
 _BOOT_CHUNK = 1 << 22  # resampled spots per bootstrap chunk (32 MB of float64 per alignment)
@@ -62,8 +62,8 @@ def alignment_error(aligned: np.ndarray, truth: np.ndarray, unit: float | None =
         )
     check_array_finite(aligned, "aligned")
     check_array_finite(truth, "truth")
-    if unit is not None and unit <= 0:
-        raise ValueError(f"unit must be positive, got {unit}.")
+    if unit is not None and not (np.isfinite(unit) and unit > 0):
+        raise ValueError(f"unit must be a positive number, got {unit}.")
     return float(np.linalg.norm(aligned - truth, axis=1).mean() / (unit or 1.0))
 
 
@@ -107,6 +107,8 @@ def matched_expression_correlation(
         )
     if max_distance is None:
         max_distance = spot_spacing(xy_target)
+    elif not (np.isfinite(max_distance) and max_distance >= 0):
+        raise ValueError(f"max_distance must be a number >= 0, got {max_distance}.")
     dist, src = cKDTree(xy_source).query(xy_target, k=1)
     ok = np.nonzero(dist <= max_distance)[0]
     src = src[ok]
@@ -168,6 +170,10 @@ def alignment_expression_scores(
     """
     check_obsm_key(source, aligned_key)
     check_obsm_key(target, target_key)
+    if isinstance(n_top_genes, bool) or not isinstance(n_top_genes, (int, np.integer)) or n_top_genes < 2:
+        raise ValueError(f"n_top_genes must be an integer >= 2, got {n_top_genes!r}.")
+    check_unique_var_names(source, "source")
+    check_unique_var_names(target, "target")
     genes = target.var_names.intersection(source.var_names)
     if len(genes) < 2:
         raise ValueError(f"source and target share {len(genes)} gene(s); at least 2 are needed.")

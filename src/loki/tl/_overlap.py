@@ -232,21 +232,21 @@ def trimmed_register(
     radius = _PAIR_RADIUS * np.sqrt(_spacing2(X[:, :2]))
     previous = None
     res = None
-    rounds = 0
-    for rounds in range(1, max_rounds + 1):
+    runs = 0
+    for _ in range(max_rounds):
         TY = Y.copy()
         TY[:, :2] = apply_matrix(Y[:, :2], matrix)
         masks = overlap_masks(X[:, :2], TY[:, :2], radius)
         if masks[0].sum() < 3 or masks[1].sum() < 3:
             break
         if previous is not None and all(np.array_equal(a, b) for a, b in zip(masks, previous, strict=True)):
-            rounds -= 1
             break
         previous = masks
         res = register_rigid(X[masks[0]], TY[masks[1]], sigma2=sigma2, **cpd_kwargs)
+        runs += 1
         matrix = res.matrix @ matrix
         sigma2 = res.sigma2
-    return matrix, res, previous, rounds
+    return matrix, res, previous, runs
 
 
 def pair_agreement(X2: np.ndarray, TY2: np.ndarray, FX: np.ndarray, FY: np.ndarray) -> float:
