@@ -149,6 +149,38 @@ def test_register_rigid_local():
     assert res.history == sorted(res.history)  # EM never lowers the likelihood
 
 
+def _similarity_cpd(X, Y, w, n_iter):
+    """Myronenko & Song's similarity CPD (Fig. 2 of their paper) on dense posteriors, 2-D points."""
+    s2 = ((X[None] - Y[:, None]) ** 2).sum() / (2 * len(X) * len(Y))
+    TY = Y.copy()
+    for _ in range(n_iter):
+        P, _ = _dense_posterior(X, TY, s2, w)
+        Np = P.sum()
+        mu_x, mu_y = P.sum(0) @ X / Np, P.sum(1) @ Y / Np
+        Xc, Yc = X - mu_x, Y - mu_y
+        A = Xc.T @ P.T @ Yc
+        U, _, Vt = np.linalg.svd(A)
+        R = U @ np.diag([1.0, np.linalg.det(U @ Vt)]) @ Vt
+        scale = np.trace(A.T @ R) / np.trace(Yc.T @ np.diag(P.sum(1)) @ Yc)
+        TY = scale * Y @ R.T + (mu_x - scale * R @ mu_y)
+        s2 = (np.trace(Xc.T @ np.diag(P.sum(0)) @ Xc) - scale * np.trace(A.T @ R)) / (2 * Np)
+    return TY, s2
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 12), st.sampled_from([0.0, 0.1, 0.3]))
+def test_register_rigid_without_annealing_is_plain_em(seed, n_iter, w):
+    # anneal=1 is plain EM: the variance follows the M-step, rising where it rises (it was held
+    # monotone by the annealing clamp, left on by mistake)
+    rng = np.random.default_rng(seed)
+    Y = rng.normal(size=(30, 2))
+    X = np.vstack([(Y * [-1, 1]) * 1.3 + 0.5 + rng.normal(0, 0.05, Y.shape), rng.uniform(-3, 3, (5, 2))])
+    TY, s2 = _similarity_cpd(X, Y, w, n_iter)
+    res = register_rigid(X, Y, kind="similarity", w=w, max_iter=n_iter, tol=0.0, cutoff=np.inf)
+    np.testing.assert_allclose(res.TY, TY, atol=1e-8)
+    assert res.sigma2[0] == pytest.approx(s2, rel=1e-8)
+
+
 def test_register_deformable_recovers_smooth_warp():
     X = _cloud(250, 1)
     Y = X.copy()

@@ -367,7 +367,9 @@ def align(
     alpha, beta
         Deformable regularisation (lambda) and kernel width (in units of the target's extent).
     w
-        Outlier weight in [0, 1).
+        Outlier weight in [0, 1). With ``w=0`` a target spot with no moving spot within the E-step's
+        truncation (6 sigma) gets no posterior mass at all, where dense CPD would spread it; keep it
+        above 0 unless every spot has a partner.
     moving
         Which section's spots move in CPD, i.e. form the Gaussian mixture. CPD has to explain every spot
         of the fixed section by the moving one, so the fixed section should lie within the moving one:

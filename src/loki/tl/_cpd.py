@@ -222,7 +222,7 @@ def register_rigid(
         Also stop (counted as converged) once the spatial variance falls to this value.
     anneal
         Deterministic annealing: the spatial variance shrinks at least by this factor per iteration
-        (1 = plain EM). Between two sets of points that do not correspond one to one (random
+        (1 = plain EM, the variance free to rise). Between two sets of points that do not correspond one to one (random
         subsamples), EM barely lowers a variance that exceeds their misalignment, since any such
         variance is nearly self-consistent over a uniform interior; annealing moves on regardless.
 
@@ -253,7 +253,7 @@ def register_rigid(
         TY[:, :2] = apply_matrix(Y[:, :2], matrix)
         s2, s2f = _variances(X, TY, P1, Pt1, PX, floor)
         s2 = max(min(s2, anneal * s2_prev), sigma2_stop) if s2_prev is not None else s2
-        s2_prev = s2
+        s2_prev = s2 if s2_prev is not None else None
         if _converged(ll, ll_prev, tol) or s2 <= sigma2_stop:
             converged = True
             break
