@@ -236,3 +236,36 @@ def test_generator_seed_is_the_recorded_seed():
     again, rerun = lk.models.train_tiny(imgs, sents, device="cpu", seed=hist["seed"], **kw)
     assert rerun["step_loss"] == hist["step_loss"]
     assert again.checkpoint_hash == tiny.checkpoint_hash
+
+
+def test_parameters_the_caller_froze_stay_frozen():
+    imgs, sents = _pairs(8)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    visual = {k: v.clone() for k, v in m.model.state_dict().items() if k.startswith("visual.")}
+    for name, p in m.model.named_parameters():
+        if name.startswith("visual."):
+            p.requires_grad_(False)
+    lk.models.finetune(m, imgs, sents, epochs=1, batch_size=8, progress=False)
+    after = m.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in visual.items())
+
+
+def test_a_finetune_stopped_part_way_updates_the_hash(monkeypatch):
+    from loki.models import _finetune
+
+    imgs, sents = _pairs(16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    before = m.info()["checkpoint_hash"]
+    calls = []
+    real = _finetune.augment_dihedral
+
+    def stop_on_second_batch(x, gen):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(x, gen)
+
+    monkeypatch.setattr(_finetune, "augment_dihedral", stop_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        lk.models.finetune(m, imgs, sents, epochs=1, batch_size=8, progress=False)
+    assert m.info()["checkpoint_hash"] != before  # one step changed the weights

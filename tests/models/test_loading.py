@@ -330,3 +330,52 @@ def test_local_path_named_like_a_published_model(tiny, tmp_path, monkeypatch, ca
     assert calls == ["WangGuangyuLab/Loki"]
     assert str((tmp_path / "omiclip").resolve()) in caplog.text
     assert "Path('omiclip')" in caplog.text
+
+
+def test_checkpoints_torch_refuses_for_their_pickle_protocol_need_trust(tiny, tmp_path):
+    """A legacy torch file pickled with protocol 4 is refused by the weights-only reader, like other globals."""
+    path = tmp_path / "legacy.pt"
+    torch.save(
+        {"state_dict": tiny.model.state_dict()}, path, _use_new_zipfile_serialization=False, pickle_protocol=4
+    )
+    with pytest.raises(lk.models.UntrustedCheckpointError, match="trust_checkpoint=True"):
+        lk.models.load(path, arch="loki-tiny", device="cpu")
+    back = lk.models.load(path, arch="loki-tiny", device="cpu", trust_checkpoint=True)
+    s = _sentences(2)
+    np.testing.assert_array_equal(back.encode_texts(s), tiny.encode_texts(s))
+
+
+def test_paths_are_local_and_names_are_models(tiny, tmp_path, monkeypatch, caplog):
+    from pathlib import Path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    tiny.save("~/mine")  # ~ is expanded, not a folder named '~'
+    assert (tmp_path / "mine" / "model.safetensors").is_file()
+    assert not (tmp_path / "~").exists()
+    assert lk.models.load("~/mine", device="cpu").checkpoint_hash == tiny.checkpoint_hash
+    with pytest.raises(FileNotFoundError, match="No such file or directory: 'loki-tiny'"):
+        lk.models.load(Path("loki-tiny"), device="cpu")  # a Path is never taken as a name
+    with pytest.raises(FileNotFoundError, match="Checkpoint file not found"):
+        _loading.read_checkpoint(tmp_path / "absent.safetensors")
+    tiny.save("loki-tiny")  # a saved model named like the architecture
+    with caplog.at_level("WARNING", logger="loki"):
+        fresh = lk.models.load("loki-tiny", device="cpu", seed=0)
+    assert not fresh.trained  # the name means random weights of the architecture
+    assert "pass a Path" in caplog.text
+    assert lk.models.load(Path("loki-tiny"), device="cpu").checkpoint_hash == tiny.checkpoint_hash
+
+
+def test_convert_never_overwrites_weights_or_a_saved_models_metadata(tiny, tmp_path):
+    path = tmp_path / "ck.pt"
+    torch.save(tiny.model.state_dict(), path)
+    small = lk.models.load("loki-small-data", device="cpu", seed=0)
+    saved = small.save(tmp_path / "saved")
+    before = (saved / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="exists; pass another out="):
+        lk.models.convert_to_safetensors(path, saved / "model.safetensors", arch="loki-tiny")
+    assert (saved / "model.safetensors").read_bytes() == before
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"loki_model.json names arch 'loki-small-data', not 'loki-tiny'"):
+        lk.models.convert_to_safetensors(path, saved / "model.safetensors", arch="loki-tiny")
+    assert not (saved / "model.safetensors").exists()

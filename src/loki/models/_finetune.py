@@ -62,11 +62,15 @@ def _trainable_names(net, freeze) -> set[str]:
             f"freeze prefix {unmatched[0]!r} matches no parameter; groups: {list(FREEZE_GROUPS)}, "
             f"top-level prefixes: {tops}"
         )
-    # The captioning decoder takes no part in the contrastive loss.
+    # The captioning decoder takes no part in the contrastive loss; parameters the caller froze stay so.
     frozen = (*prefixes, "text_decoder.")
-    trainable = {name for name in names if not name.startswith(frozen)}
+    trainable = {
+        name for name, p in net.named_parameters() if p.requires_grad and not name.startswith(frozen)
+    }
     if not trainable:
-        raise ValueError(f"freeze={freeze!r} leaves nothing to train")
+        raise ValueError(
+            f"freeze={freeze!r} leaves nothing to train (parameters the caller froze count as frozen)"
+        )
     return trainable
 
 
@@ -149,8 +153,9 @@ def finetune(
     freeze
         ``None``, ``"image"`` (train the text tower only), ``"text"``, or a list of parameter-name
         prefixes and group names (e.g. ``["visual.transformer.resblocks.0."]``); a prefix that matches no
-        parameter raises. Frozen towers stay in eval mode (BatchNorm statistics are kept). The parameters'
-        ``requires_grad`` flags are restored afterwards, also when training fails.
+        parameter raises. Parameters the caller froze (``requires_grad=False``) stay frozen too. Frozen
+        towers stay in eval mode (BatchNorm statistics are kept). The parameters' ``requires_grad`` flags
+        are restored afterwards, also when training fails.
     augment
         Random flips and 90° rotations of each patch (H&E has no orientation). Non-square patches are
         first centre-cropped to a square (the region open_clip's eval transform keeps).
@@ -215,9 +220,9 @@ def finetune(
     it = iter(iterator)
     t0 = time.perf_counter()
     caller_flags = [(p, p.requires_grad) for p in net.parameters()]
+    step = 0
     try:
         _set_trainable(net, trainable)
-        step = 0
         for _ in range(int(epochs)):
             perm = torch.randperm(n, generator=gen)
             epoch_losses = []
@@ -259,7 +264,8 @@ def finetune(
             p.requires_grad_(flag)
         if progress:
             iterator.close()
-    model._weights_changed()
+        if step:  # weights changed, also when training stopped part-way: the hash must not claim the file's
+            model._weights_changed()
     history.update(
         seconds=time.perf_counter() - t0,
         epochs=int(epochs),

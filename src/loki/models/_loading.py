@@ -58,26 +58,29 @@ def _is_safetensors(path: Path) -> bool:
     return 2 <= int.from_bytes(head[:8], "little") <= size - 8
 
 
-def _refused_global(err: BaseException) -> bool:
-    """Whether ``torch.load(weights_only=True)`` refused the file for unpickling a disallowed global."""
-    import pickle
-
-    return isinstance(err, pickle.UnpicklingError) and bool(
-        re.search(r"Unsupported (global|class)", str(err))
-    )
+def _pickled(path: Path) -> bool:
+    """Whether ``path`` starts like a torch file: a zip archive (torch.save) or a pickle (protocol 2-5)."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return head == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict:
     """Read a state dict from a safetensors or a torch file.
 
     Safetensors files are recognised by their header, whatever their suffix. Torch files are first read
-    with ``torch.load(weights_only=True)``, which cannot run code. Files that need full unpickling (they
-    store other Python objects, e.g. training arguments) are read only with ``trust_checkpoint=True``;
-    files that torch cannot read at all (truncated, another format) raise a ``ValueError``.
+    with ``torch.load(weights_only=True)``, which cannot run code. Files it refuses (they store other
+    Python objects, e.g. training arguments, or use a pickle feature it does not support) are read only
+    with ``trust_checkpoint=True``; files that are not torch files at all, or that no reader can read
+    (truncated, another format), raise a ``ValueError``.
     """
+    import pickle
+
     import torch
 
-    path = Path(path)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint file not found: {str(path)!r}.")
     if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors.torch import load_file
 
@@ -88,7 +91,7 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        if not _refused_global(err):
+        if not (isinstance(err, pickle.UnpicklingError) and _pickled(path)):
             raise _unreadable(path, err) from err
         if not trust_checkpoint:
             raise UntrustedCheckpointError(
@@ -100,7 +103,10 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
                 "file from then on."
             ) from err
         logger.warning("unpickling %s with weights_only=False (trust_checkpoint=True)", path)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as full_err:
+            raise _unreadable(path, full_err) from full_err
     return extract_state_dict(obj)
 
 
@@ -148,26 +154,33 @@ def convert_to_safetensors(
 
     Raises
     ------
+    FileExistsError
+        When ``out`` exists.
     ValueError
-        When the weights do not fit ``arch``, or ``out``'s JSON names another architecture; nothing is
-        written then.
+        When the weights do not fit ``arch``, or a JSON :func:`load` would read for ``out`` names another
+        architecture; nothing is written then.
 
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    out = Path(out) if out is not None else path.with_suffix(".safetensors")
+    path = Path(path).expanduser()
+    out = Path(out).expanduser() if out is not None else path.with_suffix(".safetensors")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; pass another out= (nothing was written).")
     meta = _meta_for(path) if path.is_file() else {}
     arch = arch or meta.get("arch") or DEFAULT_ARCH
     _check_arch(arch)
     meta_out = out.with_suffix(".json")
+    # every JSON load() would read for out (a directory of OmiCLIP.save has loki_model.json)
+    for cand in _meta_files(out):
+        existing = json.loads(cand.read_text()) if cand.is_file() else None
+        if existing is not None and (not isinstance(existing, dict) or existing.get("arch") != arch):
+            found = existing.get("arch") if isinstance(existing, dict) else None
+            raise ValueError(
+                f"{cand} names arch {found!r}, not {arch!r}; pass the right arch= or another out= "
+                "(nothing was written)"
+            )
     existing = json.loads(meta_out.read_text()) if meta_out.is_file() else None
-    if existing is not None and (not isinstance(existing, dict) or existing.get("arch") != arch):
-        found = existing.get("arch") if isinstance(existing, dict) else None
-        raise ValueError(
-            f"{meta_out} names arch {found!r}, not {arch!r}; pass the right arch= or another out= "
-            "(the existing JSON is left as it is)"
-        )
     state = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
     _check_keys(architecture_shapes(arch), state, source=str(path))
     state = {k: v.detach().contiguous() for k, v in state.items()}
@@ -187,12 +200,17 @@ def _check_arch(arch: str) -> None:
         )
 
 
-def _meta_for(path: Path) -> dict:
-    """The loki JSON next to a weights file (``loki_model.json`` or ``<stem>.json``), or safetensors metadata."""
+def _meta_files(path: Path) -> list[Path]:
+    """The loki JSON files :func:`load` reads for a weights file, first found first."""
     candidates = [path.with_suffix(".json")]
     if path.name == WEIGHTS_FILE:
         candidates.insert(0, path.parent / META_FILE)
-    for cand in candidates:
+    return candidates
+
+
+def _meta_for(path: Path) -> dict:
+    """The loki JSON next to a weights file (``loki_model.json`` or ``<stem>.json``), or safetensors metadata."""
+    for cand in _meta_files(path):
         if cand.is_file():
             return json.loads(cand.read_text())
     if path.suffix == ".safetensors":
@@ -304,8 +322,9 @@ def load(
         - ``"hf-hub:org/repo"`` or ``"hf-hub:org/repo/file.pt"`` (default file ``checkpoint.pt``).
         - a path: a directory written by :meth:`OmiCLIP.save`, a ``.safetensors`` file, or an open_clip
           torch checkpoint (``{'state_dict': ...}``, with or without ``module.``, or a bare state dict).
-          An existing path wins over architecture names; a string equal to a published name keeps the
-          published meaning (pass a :class:`~pathlib.Path` to load a local directory of that name).
+          A :class:`~pathlib.Path` is always local (``~`` expanded); a string that names a published model
+          or an architecture keeps that meaning even where a file of that name exists (a warning says
+          so: pass a ``Path`` to load it).
         - an architecture name (``"loki-tiny"`` or any open_clip model name): random weights, to be trained
           with :func:`loki.models.train_tiny` / :func:`loki.models.finetune`.
     arch
@@ -343,8 +362,11 @@ def load(
         _check_arch(arch)
     device_t = resolve_device(device)
     name = str(name_or_path)
-    path = Path(name_or_path)
-    named = isinstance(name_or_path, str) and (name in PUBLISHED or name.startswith(HF_PREFIX))
+    path = Path(name_or_path).expanduser()
+    is_arch = is_known_arch(name) or name in SMALL_ARCHS
+    named = isinstance(name_or_path, str) and (name in PUBLISHED or name.startswith(HF_PREFIX) or is_arch)
+    if isinstance(name_or_path, Path) and not path.exists():
+        raise FileNotFoundError(f"No such file or directory: {str(path)!r}.")
     if path.exists() and not named:
         if path.is_dir():
             if not (path / WEIGHTS_FILE).is_file():
@@ -353,16 +375,15 @@ def load(
         return _load_file(
             path, arch=arch, name=None, device=device_t, trust=trust_checkpoint, precision=precision
         )
+    if named and path.exists():
+        logger.warning(
+            "%r names a model, so the local %s is ignored; to load that, pass a Path: lk.models.load(Path(%r))",
+            name,
+            path.resolve(),
+            name,
+        )
     if name in PUBLISHED or name.startswith(HF_PREFIX):
         if name in PUBLISHED:
-            if path.exists():
-                logger.warning(
-                    "%r is the published model, so the local %s is ignored; to load that, pass a Path: "
-                    "lk.models.load(Path(%r))",
-                    name,
-                    path.resolve(),
-                    name,
-                )
             pub = PUBLISHED[name]
             repo_id, filename, arch = pub.repo_id, pub.filename, arch or pub.arch
         else:
@@ -375,7 +396,7 @@ def load(
         return _load_file(
             path, arch=arch, name=name, device=device_t, trust=trust_checkpoint, precision=precision
         )
-    if is_known_arch(name) or name in SMALL_ARCHS:
+    if is_arch:
         model = create_architecture(name, seed=seed)
         logger.info("created %r with random weights (seed=%s): train it before use", name, seed)
         return OmiCLIP(model, arch=name, name=name, device=device_t, precision=precision, trained=False)

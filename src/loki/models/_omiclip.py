@@ -287,7 +287,7 @@ class OmiCLIP:
         """
         from safetensors.torch import save_file
 
-        path = Path(path)
+        path = Path(path).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(path / WEIGHTS_FILE), metadata={"arch": self.arch})
