@@ -127,6 +127,8 @@ def test_bad_inputs_write_nothing():
         lk.tl.align(sdata, source="MOB9", target="MOB1", use="X_expr")
     with pytest.raises(ValueError, match="coordinate_system"):
         lk.tl.align(sdata, source="MOB2", target="MOB1", use="X_expr", coordinate_system="global")
+    with pytest.raises(ValueError, match="copy=True applies to AnnData input"):
+        lk.tl.align(sdata, source="MOB2", target="MOB1", use="X_expr", copy=True)
     assert len(sdata.shapes) == n_shapes
     assert Key.ALIGNED not in sdata.tables["MOB2"].obsm
     for name in ("MOB2_image", "MOB2_spots", "MOB1_spots"):

@@ -169,6 +169,19 @@ def test_bad_input_writes_nothing(kwargs, error, match):
     assert (set(adata.obsm), set(adata.obs.columns), set(adata.uns)) == before
 
 
+def test_annotations_under_two_keys_keep_their_own_labels():
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    lk.tl.annotate(adata, MARKERS, model=model, key_added="first")
+    first = adata.obs["first"].copy()
+    other = {"x": MARKERS[next(iter(MARKERS))], "y": MARKERS[list(MARKERS)[1]]}
+    lk.tl.annotate(adata, other, model=model, key_added="second")
+    pd.testing.assert_series_equal(adata.obs["first"], first)
+    assert list(adata.obs["second"].cat.categories) == ["x", "y"]
+    assert adata.uns["loki"]["first"]["label_key"] == "first"
+    assert "loki_annotation" not in adata.obs
+
+
 def test_bulk_samples_without_a_group_are_named():
     model = BagOfGenes()
     adata, _ = _spots(model, n_per_class=2)

@@ -58,6 +58,12 @@ def table_attrs(table: AnnData) -> dict[str, Any]:
     return dict(table.uns.get("spatialdata_attrs", {}))
 
 
+def check_copy(data: Any, copy: bool) -> None:
+    """``copy=True`` returns a modified AnnData; a SpatialData is modified in place, so refuse it there."""
+    if copy and is_spatialdata(data):
+        raise ValueError("copy=True applies to AnnData input; a SpatialData is modified in place.")
+
+
 def table_region(table: AnnData) -> str:
     """The single shapes element a section's table annotates."""
     attrs = table_attrs(table)

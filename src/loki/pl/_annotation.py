@@ -89,7 +89,7 @@ def annotation(
     kind: Literal["scores", "label"] = "scores",
     classes: Sequence[str] | None = None,
     key: str = Key.ANNOTATION,
-    label_key: str = Key.LABEL,
+    label_key: str | None = None,
     table_key: str | None = None,
     image_key: str | None = None,
     basis: str = Key.SPATIAL,
@@ -114,7 +114,8 @@ def annotation(
     classes
         Classes to draw (default: all).
     key, label_key
-        ``.obsm`` key of the scores and ``.obs`` column of the labels.
+        ``.obsm`` key of the scores and ``.obs`` column of the labels (default ``key``, as
+        :func:`loki.tl.annotate` writes them).
     table_key, image_key
         Table and image of a SpatialData.
     basis
@@ -138,6 +139,7 @@ def annotation(
 
     """
     table = get_table(data, table_key)
+    label_key = key if label_key is None else label_key
     rgb, to_display = section_background(data, table_key, image_key) if show_image else (None, np.eye(3))
     if kind == "scores":
         require_keys(table.obsm, key, "adata.obsm")

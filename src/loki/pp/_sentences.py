@@ -15,7 +15,7 @@ from scipy import sparse
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import check_key_name, require_keys, write_obs, write_uns
-from loki._utils._spatialdata import get_table, is_spatialdata
+from loki._utils._spatialdata import check_copy, get_table
 
 from ._housekeeping import housekeeping_genes
 from ._topk import as_csr, join_names, top_k_rows
@@ -139,8 +139,7 @@ def gene_sentences(
         raise ValueError(
             f"key_added={key_added!r} is the column of the empty-spot flag; choose another name."
         )
-    if copy and is_spatialdata(data):
-        raise ValueError("copy=True applies to AnnData input; a SpatialData is modified in place.")
+    check_copy(data, copy)
     adata = get_table(data, table_key)
     n_genes = _check_n(n_genes, name="n_genes")
     if not np.isfinite(target_sum) or target_sum <= 0:

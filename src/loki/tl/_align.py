@@ -20,7 +20,7 @@ from anndata import AnnData
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import check_array_finite, require_keys, write_obsm, write_uns
-from loki._utils._spatialdata import get_table, is_spatialdata, section_image_key, table_region
+from loki._utils._spatialdata import check_copy, get_table, is_spatialdata, section_image_key, table_region
 from loki.tl._cpd import AlignResult, Method, cpd_align, reverse_result
 
 if TYPE_CHECKING:
@@ -480,6 +480,7 @@ def align(
         same_object = False
     if src.table is tgt.table:
         raise ValueError("source and target are the same section.")
+    check_copy(data, copy)
     if method not in ("rigid", "similarity", "affine", "deformable"):
         raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
     if not 0.0 <= w < 1.0:

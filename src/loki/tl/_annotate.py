@@ -14,7 +14,7 @@ from scipy import sparse
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import check_key_name, check_labelled, require_keys, write_obs, write_obsm, write_uns
-from loki._utils._spatialdata import get_table, is_spatialdata
+from loki._utils._spatialdata import check_copy, get_table
 
 from ._retrieve import l2_normalize
 
@@ -166,7 +166,7 @@ def annotate(
     sentence_kwargs: Mapping[str, Any] | None = None,
     fuse_with: pd.DataFrame | np.ndarray | None = None,
     key_added: str = Key.ANNOTATION,
-    label_key: str = Key.LABEL,
+    label_key: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Annotate spots / patches with classes described by marker genes or bulk RNA-seq.
@@ -211,7 +211,8 @@ def annotate(
     key_added
         ``.obsm`` key of the scores and ``.uns['loki']`` key of the parameters.
     label_key
-        ``.obs`` column of the labels.
+        ``.obs`` column of the labels (default ``key_added``, so that annotations under different keys
+        keep their own labels).
     copy
         Return a modified copy of an AnnData instead of writing in place.
 
@@ -226,8 +227,9 @@ def annotate(
 
     """
     check_key_name(key_added)
-    if copy and is_spatialdata(data):
-        raise ValueError("copy=True applies to AnnData input; a SpatialData is modified in place.")
+    label_key = key_added if label_key is None else label_key
+    check_key_name(label_key, "label_key")
+    check_copy(data, copy)
     adata = get_table(data, table_key)
     require_keys(adata.obsm, use, "adata.obsm")
     items = np.asarray(adata.obsm[use], dtype=np.float32)
