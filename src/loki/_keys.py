@@ -26,3 +26,13 @@ class Key:
     # SpatialData coordinate systems
     GLOBAL_CS = "global"
     ALIGNED_CS = "aligned"
+
+    @staticmethod
+    def empty_of(sentence_key: str) -> str:
+        """Column of the empty-spot flag written with the sentences in ``.obs[sentence_key]``."""
+        return Key.EMPTY_SPOT if sentence_key == Key.SENTENCE else f"{sentence_key}_empty"
+
+    @staticmethod
+    def patch_ok_of(image_key: str) -> str:
+        """Column of the patch-validity flag written with the image embedding ``.obsm[image_key]``."""
+        return Key.PATCH_OK if image_key == Key.IMAGE else f"{image_key}_patch_ok"

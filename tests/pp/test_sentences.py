@@ -209,6 +209,19 @@ def test_gene_sentences_writes_sentences_flags_and_params():
     assert params["n_genes"] == 3
     assert params["n_genes_excluded"] == 2
     assert params["n_empty"] == 2
+    assert params["empty_key"] == Key.EMPTY_SPOT
+
+
+def test_each_sentence_key_keeps_its_own_empty_flags():
+    x = np.array([[0, 5, 1], [3, 0, 0]], dtype=np.float32)
+    adata = _adata(x, ["ACTB", "G1", "G2"])  # ACTB is housekeeping: spot 2 is empty only when filtered
+    with pytest.warns(UserWarning, match="1 of 2 spots"):
+        lk.pp.gene_sentences(adata)
+    lk.pp.gene_sentences(adata, housekeeping=None, key_added="all_genes")
+    assert adata.obs[Key.EMPTY_SPOT].tolist() == [False, True]
+    assert adata.obs["all_genes_empty"].tolist() == [False, False]
+    assert adata.obs["all_genes"].tolist() == ["G1 G2", "ACTB"]
+    assert adata.uns["loki"]["all_genes"]["empty_key"] == "all_genes_empty"
 
 
 def test_gene_sentences_filters_are_options():

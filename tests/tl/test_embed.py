@@ -98,6 +98,19 @@ def test_embed_real_section(model):
         lk.tl.embed_text(sdata, model, table_key="MOB9")
 
 
+def test_each_image_embedding_keeps_the_flags_of_its_own_cut(model):
+    sdata = lk.datasets.mob("MOB2")
+    lk.tl.embed_image(sdata, model, table_key="MOB2")
+    lk.tl.embed_image(sdata, model, table_key="MOB2", key_added="wide", diameter_um=5000)
+    table = sdata.tables["MOB2"]
+    default, wide = table.obs[lk.Key.PATCH_OK], table.obs["wide_patch_ok"]
+    assert default.sum() > wide.sum()  # 5 mm squares leave the 8.4 mm image at more spots
+    loki = table.uns["loki"]
+    assert loki[lk.Key.IMAGE]["patch_ok_key"] == lk.Key.PATCH_OK
+    assert loki["wide"]["patch_ok_key"] == "wide_patch_ok"
+    assert loki["wide_patch_ok"]["diameter_px"] > loki[lk.Key.PATCH_OK]["diameter_px"]
+
+
 def test_embed_image_copy_and_failure_leave_the_section_untouched(model):
     sdata = lk.datasets.mob("MOB2")
     table = sdata.tables["MOB2"]

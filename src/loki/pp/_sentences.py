@@ -122,8 +122,9 @@ def gene_sentences(
     None, or the modified AnnData when ``copy=True``. Writes into the table:
 
     - ``.obs[key_added]``: the sentence (str; ``""`` for spots with no expressed gene left).
-    - ``.obs['loki_empty']``: True where no gene with a positive value survived the filters. Such
-      spots are flagged, never dropped; a warning says how many.
+    - ``.obs['loki_empty']`` (``.obs[f"{key_added}_empty"]`` for another ``key_added``, so that
+      each set of sentences keeps its own flags): True where no gene with a positive value survived
+      the filters. Such spots are flagged, never dropped; a warning says how many.
     - ``.uns['loki'][key_added]``: the parameters.
 
     Notes
@@ -165,11 +166,12 @@ def gene_sentences(
     _raise_bad_values(n_bad, adata.obs_names)
     sentences = join_names(top, counts, name_list)
     empty = counts == 0
+    empty_key = Key.empty_of(key_added)
     if empty.any():
         examples = ", ".join(map(repr, adata.obs_names[empty][:5]))
         warnings.warn(
             f"{int(empty.sum())} of {adata.n_obs} spots have no expressed gene after filtering (e.g. "
-            f"{examples}); they get an empty sentence and .obs[{Key.EMPTY_SPOT!r}] = True.",
+            f"{examples}); they get an empty sentence and .obs[{empty_key!r}] = True.",
             UserWarning,
             stacklevel=2,
         )
@@ -177,7 +179,7 @@ def gene_sentences(
     if copy:
         adata = adata.copy()
     write_obs(adata, key_added, pd.Series(sentences, index=adata.obs_names, dtype=object))
-    write_obs(adata, Key.EMPTY_SPOT, empty)
+    write_obs(adata, empty_key, empty)
     write_uns(
         adata,
         key_added,
@@ -192,6 +194,7 @@ def gene_sentences(
             "exclude_ribo": bool(exclude_ribo),
             "n_genes_excluded": int(excluded),
             "n_empty": int(empty.sum()),
+            "empty_key": empty_key,
         },
     )
     return adata if copy else None

@@ -130,14 +130,15 @@ def bulk_sentences(bulk: AnnData, *, groupby: str | None = None, **sentence_kwar
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = gene_sentences(bulk, copy=True, **sentence_kwargs)
-    empty = out.obs[Key.EMPTY_SPOT].to_numpy(dtype=bool)
+    sentence_key = sentence_kwargs.get("key_added", Key.SENTENCE)
+    empty = out.obs[Key.empty_of(sentence_key)].to_numpy(dtype=bool)
     if empty.any():
         raise ValueError(
             f"Bulk profile(s) {list(out.obs_names[empty])} have no expressed gene after filtering."
         )
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return dict(zip(out.obs_names, out.obs[sentence_kwargs.get("key_added", Key.SENTENCE)], strict=True))
+    return dict(zip(out.obs_names, out.obs[sentence_key], strict=True))
 
 
 def _encode(model: Any, sentences: list[str]) -> np.ndarray:

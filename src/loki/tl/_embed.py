@@ -67,7 +67,7 @@ def _finish(table, key_added: str, emb: np.ndarray, params: dict, copy: bool, fl
 
     target = table.copy() if copy else table
     if flags is not None:
-        write_patch_flags(target, Key.PATCH_OK, *flags)
+        write_patch_flags(target, Key.patch_ok_of(key_added), *flags)
     write_obsm(target, key_added, emb)
     write_uns(target, key_added, params)
     return target if copy else None
@@ -166,8 +166,10 @@ def embed_image(
 
     - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised.
     - ``.uns['loki'][key_added]``: model name, architecture, checkpoint hash, batch size, patch source.
-    - ``.obs['loki_patch_ok']`` when patches are cut here (see :func:`loki.pp.spot_patches`); with
-      ``patches=`` it is not written, and an earlier cut's flags describe that cut only.
+    - ``.obs['loki_patch_ok']`` (``.obs[f"{key_added}_patch_ok"]`` for another ``key_added``, so that
+      each embedding keeps the flags of its own cut) and its cut's parameters under the same key in
+      ``.uns['loki']``, when patches are cut here (see :func:`loki.pp.spot_patches`); with
+      ``patches=`` they are not written, and an earlier cut's flags describe that cut only.
 
     """
     check_key_name(key_added)
@@ -186,4 +188,6 @@ def embed_image(
     params = {**model.info(), "batch_size": int(batch_size), "patch_source": source, "modality": "image"}
     if diameter_um is not None:
         params["diameter_um"] = float(diameter_um)
+    if flags is not None:
+        params["patch_ok_key"] = Key.patch_ok_of(key_added)
     return _finish(table, key_added, emb, params, copy, flags)
