@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy.spatial import cKDTree
 from scipy.spatial.distance import jensenshannon
 from skimage.metrics import structural_similarity
 from sklearn.metrics import calinski_harabasz_score, f1_score, mean_squared_error, top_k_accuracy_score
+from tests.conftest import shared_path
 
 from loki import metrics
 
@@ -106,7 +111,7 @@ def test_ssim_map_matches_skimage():
     np.testing.assert_allclose(metrics.ssim_map(x, y, data_range=1.3), ref, atol=1e-10)
 
 
-def _hex_spots(n_rows=14, n_cols=16, spacing=2.0):
+def _array_spots(n_rows=14, n_cols=16, spacing=2.0):
     # a regular array of spots with a hole, like a tissue section on a slide
     xs, ys = np.meshgrid(np.arange(n_cols) * spacing, np.arange(n_rows) * spacing)
     coords = np.c_[xs.ravel(), ys.ravel()]
@@ -116,7 +121,7 @@ def _hex_spots(n_rows=14, n_cols=16, spacing=2.0):
 
 def test_ssim_grid_matches_skimage_on_rasterised_images_and_masks_empty_pixels():
     rng = np.random.default_rng(4)
-    coords = _hex_spots()
+    coords = _array_spots()
     t = rng.random(len(coords))
     p = 0.6 * t + 0.4 * rng.random(len(coords))
     img_t, mask = metrics.rasterize(coords, t)
@@ -135,7 +140,7 @@ def test_ssim_grid_matches_skimage_on_rasterised_images_and_masks_empty_pixels()
 
 def test_ssim_grid_per_column_and_small_sections():
     rng = np.random.default_rng(5)
-    coords = _hex_spots()
+    coords = _array_spots()
     t = rng.random((len(coords), 3))
     p = rng.random((len(coords), 3))
     out = metrics.ssim_grid(coords, t, p)
@@ -149,6 +154,113 @@ def test_ssim_grid_per_column_and_small_sections():
         metrics.ssim_grid(tiny, [1.0, 2.0, 3.0], [1.0, 2.5, 3.0])
     with pytest.raises(ValueError, match="shape"):
         metrics.ssim_grid(coords, t, p[:, :2])
+
+
+def _lattice(kind: str, n: int = 24, pitch: float = 3.0) -> np.ndarray:
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(n)))
+    if kind == "square":
+        return np.c_[i, j] * pitch
+    # hexagonal: rows pitch * sqrt(3) / 2 apart, odd rows shifted by half a pitch (Visium)
+    return np.c_[(i + 0.5 * (j % 2)) * pitch, j * pitch * np.sqrt(3) / 2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(["square", "hex"]),
+    angle=st.floats(0, 360),
+    stretch=st.floats(0.8, 1.25),
+    seed=st.integers(0, 2**16),
+)
+def test_rasterize_gives_each_spot_of_an_array_its_own_pixel_next_to_its_neighbours(
+    kind, angle, stretch, seed
+):
+    rng = np.random.default_rng(seed)
+    xy = _lattice(kind)
+    xy = xy[np.hypot(*(xy - xy.mean(axis=0)).T) < 30]  # a round section
+    xy = xy[rng.random(len(xy)) < 0.9]  # with holes
+    a = np.deg2rad(angle)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    xy = (xy * [stretch, 1.0]) @ rot.T + rng.normal(0, 0.05, xy.shape) + 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no spot shares a pixel
+        _, mask = metrics.rasterize(xy, np.ones(len(xy)))
+    assert mask.sum() == len(xy)
+    img, _ = metrics.rasterize(xy, np.arange(len(xy), dtype=float))
+    rows, cols = np.nonzero(mask)
+    pixel = np.empty((len(xy), 2), dtype=int)
+    pixel[np.rint(img[rows, cols]).astype(int)] = np.c_[rows, cols]
+    # spots one pitch apart are in touching pixels
+    d, nn = cKDTree(xy).query(xy, k=2)
+    near = d[:, 1] < 1.1 * np.median(d[:, 1])
+    assert (np.abs(pixel[near] - pixel[nn[near, 1]]).max(axis=1) <= 1).all()
+
+
+def test_rasterize_gives_each_real_visium_spot_its_own_pixel():
+    path = shared_path("scanpy_visium_testdata", "1.0.0", "spatial", "tissue_positions_list.csv")
+    pos = pd.read_csv(path, header=None)
+    pos = pos[pos[1] == 1]
+    xy = pos[[5, 4]].to_numpy(float)  # pixel column, row
+    img, mask = metrics.rasterize(xy, np.arange(len(xy), dtype=float))
+    assert mask.sum() == len(xy) == 4235
+    # the pixels are Visium's own array coordinates: array_row and array_col // 2
+    rows, cols = np.nonzero(mask)
+    order = np.rint(img[rows, cols]).astype(int)
+    array_row, array_col = pos[2].to_numpy()[order], pos[3].to_numpy()[order] // 2
+    assert len(np.unique(rows - array_row)) == 1
+    for parity in (0, 1):  # which of the two packings of shifted rows is a convention
+        assert len(np.unique((cols - array_col)[array_row % 2 == parity])) == 1
+    # swapping values between neighbouring spots is now seen by the local SSIM
+    rng = np.random.default_rng(0)
+    t = rng.random(len(xy))
+    _, nn = cKDTree(xy).query(xy, k=2)
+    swapped = t.copy()
+    first = np.arange(len(xy)) < nn[:, 1]
+    swapped[first], swapped[nn[first, 1]] = t[nn[first, 1]], t[first]
+    assert metrics.ssim_grid(xy, t, swapped) < 0.9
+
+
+def test_rasterize_warns_when_spots_share_a_pixel():
+    xy = np.random.default_rng(1).random((300, 2)) * 100
+    with pytest.warns(UserWarning, match=r"of 300 spots share a pixel"):
+        _, mask = metrics.rasterize(xy, np.ones(300))
+    assert mask.sum() < 300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics.rasterize(xy, np.ones(300), grid=0.5)  # the caller's grid: no warning
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.float64, st.tuples(st.integers(2, 40), st.integers(1, 3)), elements=st.floats(0, 1)), st.data()
+)
+def test_ssim_is_eq_25_over_whole_profiles(t, data):
+    p = data.draw(arrays(np.float64, t.shape, elements=st.floats(0, 1)))
+    out = np.atleast_1d(metrics.ssim(t, p, data_range=1.0))
+    for c in range(t.shape[1]):
+        x, y = t[:, c], p[:, c]
+        cov = np.cov(x, y, bias=True)
+        c1, c2 = 0.01**2, 0.03**2
+        ref = ((2 * x.mean() * y.mean() + c1) * (2 * cov[0, 1] + c2)) / (
+            (x.mean() ** 2 + y.mean() ** 2 + c1) * (cov[0, 0] + cov[1, 1] + c2)
+        )
+        assert out[c] == pytest.approx(ref, rel=1e-9, abs=1e-12)
+        assert -1 - 1e-12 <= out[c] <= 1 + 1e-12
+    assert np.allclose(metrics.ssim(t, t), 1.0)
+    perm = np.random.default_rng(0).permutation(len(t))  # where spots lie does not matter
+    np.testing.assert_allclose(metrics.ssim(t[perm], p[perm]), metrics.ssim(t, p), rtol=1e-12, atol=1e-15)
+
+
+def test_ssim_default_range_and_errors():
+    t = np.array([0.0, 0.5, 1.0, 0.25])
+    assert metrics.ssim(t, t[::-1]) == pytest.approx(metrics.ssim(t, t[::-1], data_range=1.0))
+    assert metrics.ssim(2 * t, 2 * t[::-1]) == pytest.approx(metrics.ssim(t, t[::-1]))  # scale-free
+    assert isinstance(metrics.ssim(t, t), float)
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.ssim(t, t[:3])
+    with pytest.raises(ValueError, match="finite"):
+        metrics.ssim(t, np.array([0.0, np.nan, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="data_range"):
+        metrics.ssim(t, t, data_range=0.0)
 
 
 def test_impact_score_follows_eqs_26_30():

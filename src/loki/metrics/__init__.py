@@ -15,4 +15,4 @@ from ._divergence import js_divergence
 from ._impact import impact_score
 from ._regression import mse
 from ._retrieval import recall_at_k, target_ranks
-from ._ssim import rasterize, ssim_grid, ssim_map
+from ._ssim import rasterize, ssim, ssim_grid, ssim_map

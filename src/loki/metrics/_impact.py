@@ -29,7 +29,8 @@ def impact_score(
     js_by_method
         Method name -> JS divergence per cell type (array) or its mean.
     ssim_by_method
-        Method name -> SSIM per cell type or its mean; same methods as ``js_by_method``.
+        Method name -> SSIM per cell type or its mean (the paper's is :func:`loki.metrics.ssim`);
+        same methods as ``js_by_method``.
 
     Returns
     -------
