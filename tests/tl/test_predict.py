@@ -160,6 +160,33 @@ def test_bad_input_writes_nothing(kwargs, error, match):
     assert "loki" not in query.uns
 
 
+def test_one_gene_name_is_one_gene_and_empty_gene_lists_are_refused():
+    ref = _section(50, [*GENES, "G", "A"], 0, "r")
+    query = _section(10, GENES, 1, "q")
+    with pytest.raises(KeyError, match="'GA' not found"):  # not the genes 'G' and 'A'
+        lk.tl.predict_expression(query, ref, genes="GA", top_k=5)
+    ref.var_names = [*GENES, "G", "GA"]
+    out = lk.tl.predict_expression(query, ref, genes="GA", top_k=5)
+    assert list(out.var_names) == ["GA"]
+    with pytest.raises(ValueError, match="genes= is empty"):
+        lk.tl.predict_expression(query, ref, genes=[])
+    image_only = AnnData(obs=query.obs.copy(), obsm=dict(query.obsm))  # e.g. tiles of an H&E image
+    with pytest.raises(ValueError, match="query table has no genes"):
+        lk.tl.predict_expression(image_only, ref, output="layer")
+    assert "loki" not in image_only.uns
+    assert not image_only.layers
+
+
+def test_loso_reference_stays_sparse_when_any_section_is_sparse():
+    from loki.tl._predict import _concat_reference
+
+    sections = {name: _section(20, GENES, seed, name) for seed, name in enumerate(["A", "B"])}
+    sections["B"].X = sparse.csr_matrix(sections["B"].X)
+    ref = _concat_reference(sections, GENES[:5], "loki_text", None)
+    assert sparse.issparse(ref.X)
+    np.testing.assert_allclose(ref.X.toarray()[:20], sections["A"].X[:, :5])
+
+
 def test_mismatched_embedding_sizes_and_missing_query_genes():
     ref = _section(50, GENES, 0, "r")
     query = _section(10, GENES, 1, "q")

@@ -41,6 +41,17 @@ def test_topk_matches_brute_force_for_any_chunking(n_q, n_b, d, k, chunk, seed):
     assert (np.diff(scores, axis=1) <= 1e-7).all()
 
 
+def test_topk_splits_many_queries_into_blocks(monkeypatch):
+    # the score block stays at q_block x chunk whatever the number of queries
+    monkeypatch.setattr("loki.tl._retrieve.query_block_size", lambda chunk: 3)
+    rng = np.random.default_rng(7)
+    q, b = rng.normal(size=(10, 6)), rng.normal(size=(50, 6))
+    idx, scores = topk_cosine(q, b, 4, chunk_size=16)
+    ref_idx, ref_scores = _brute(q, b, 4)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     values=st.lists(st.integers(0, 3), min_size=1, max_size=40),

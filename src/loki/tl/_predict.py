@@ -140,7 +140,9 @@ def predict_from_embeddings(
     chunk_size
         Queries per block when all reference spots are used (bounds memory to a block of scores).
         Default: blocks of at most 64 MiB of scores (335 queries for 50,000 reference spots), which
-        ran 10-20% faster than 1,024-query blocks on a 2-core machine.
+        ran 10-20% faster than 1,024-query blocks on a 2-core machine. With ``top_k`` the search
+        bounds its own score blocks (128 MiB, :func:`~loki.tl._retrieve.topk_cosine`) and this is
+        not used.
     progress
         Progress bar over query blocks.
 
@@ -269,7 +271,7 @@ def predict_expression(
     layer
         Reference layer holding the expression to average (``.X`` when None).
     genes
-        Reference genes to predict (default: all).
+        Reference genes to predict (default: all); one name is one gene.
     top_k
         Average over the ``top_k`` most similar reference spots only.
     temperature
@@ -307,7 +309,8 @@ def predict_expression(
     key_added
         Layer name (``output="layer"``) and ``.uns['loki']`` key of the parameters.
     chunk_size
-        Queries per block when all reference spots are used (default: 64 MiB blocks of scores).
+        Queries per block when all reference spots are used (default: 64 MiB blocks of scores);
+        with ``top_k`` the search bounds its own blocks.
     progress
         Progress bar.
     copy
@@ -351,8 +354,13 @@ def predict_expression(
             raise ValueError("With output='layer' the genes are the query's var_names; do not pass genes=.")
         check_unique_var_names(query_table, "query")
         genes = list(query_table.var_names)
+        if not genes:
+            raise ValueError(
+                "The query table has no genes, and output='layer' predicts the query's own genes; use "
+                "output='anndata' to get a new AnnData with the reference's genes."
+            )
     if genes is not None:
-        genes = [str(g) for g in genes]
+        genes = _gene_list(genes)
         require_keys(ref_genes, genes, "reference.var_names")
         x = x[:, ref_genes.get_indexer(genes)]
     else:
@@ -444,7 +452,7 @@ def predict_expression_loso(
     search, n_components, n_candidates, n_lists, n_probe, seed
         Top-k search, as in :func:`predict_expression`.
     genes
-        Genes to predict and score (default: the genes shared by all sections).
+        Genes to predict and score (default: the genes shared by all sections); one name is one gene.
 
     Returns
     -------
@@ -468,7 +476,7 @@ def predict_expression_loso(
     if genes is None:
         genes = list(common)
     else:
-        genes = [str(g) for g in genes]
+        genes = _gene_list(genes)
         require_keys(common, genes, "the genes shared by all sections")
     if not genes:
         raise ValueError("The sections share no gene.")
@@ -511,6 +519,14 @@ def predict_expression_loso(
     return predictions, pd.concat(rows, ignore_index=True)
 
 
+def _gene_list(genes: str | Sequence[str]) -> list[str]:
+    # one name is one gene, not its letters
+    genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    if not genes:
+        raise ValueError("genes= is empty; pass gene names, or None for all of the reference's genes.")
+    return genes
+
+
 def _dense(x) -> np.ndarray:
     return np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)
 
@@ -521,8 +537,8 @@ def _concat_reference(
     emb = np.concatenate([np.asarray(t.obsm[use], dtype=np.float32) for t in sections.values()])
     parts = [_expression_of(t, layer)[:, pd.Index(t.var_names).get_indexer(genes)] for t in sections.values()]
     x = (
-        sparse.vstack(parts, format="csr")
-        if all(sparse.issparse(p) for p in parts)
+        sparse.vstack([sparse.csr_matrix(p, dtype=np.float32) for p in parts], format="csr")
+        if any(sparse.issparse(p) for p in parts)
         else np.concatenate([_dense(p) for p in parts])
     )
     names = [f"{name}:{obs}" for name, t in sections.items() for obs in t.obs_names]

@@ -66,8 +66,17 @@ def _heap_update(scores, inv_norm, offset, heap_v, heap_i):  # pragma: no cover 
 
 
 def default_chunk_size(n_queries: int, budget_bytes: int = _CHUNK_BYTES) -> int:
-    """Bank rows per chunk so that the queries x chunk float32 score block stays within the budget."""
+    """Bank rows per chunk: all queries' float32 scores within the budget, at least 1,024 rows.
+
+    Beyond ``budget / 4 KiB`` queries the floor wins, and :func:`topk_cosine` splits the queries
+    into blocks instead (:func:`query_block_size`).
+    """
     return int(max(1024, budget_bytes // (4 * max(n_queries, 1))))
+
+
+def query_block_size(chunk_size: int, budget_bytes: int = _CHUNK_BYTES) -> int:
+    """Queries per block so that one block's float32 scores against a bank chunk fit the budget."""
+    return int(max(1, budget_bytes // (4 * chunk_size)))
 
 
 def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
@@ -97,8 +106,10 @@ def topk_cosine(
     """Exact top-``k`` bank rows per query by cosine similarity, streaming over bank chunks.
 
     The bank is read chunk by chunk: each chunk's score block ``queries @ chunk.T`` is scanned by a
-    parallel kernel that keeps a size-``k`` heap per query, so memory stays at one score block
-    (``len(queries) x chunk_size``) and the bank is never copied or normalised as a whole.
+    parallel kernel that keeps a size-``k`` heap per query, so memory stays at one score block and
+    the bank is never copied or normalised as a whole. Queries are taken in blocks small enough for
+    a block's scores against a chunk to stay under 128 MiB (all at once up to 32,768 queries with
+    the default chunks); each block reads the bank once.
 
     Parameters
     ----------
@@ -118,8 +129,9 @@ def topk_cosine(
 
     Returns
     -------
-    Bank row indices (int64) and scores (float32), both n_queries x k, best first; ties keep the
-    lower bank index first.
+    Bank row indices (int64) and scores (float32), both n_queries x k, best first; of equal scores
+    the lower bank index comes first. Identical bank rows can differ in the last bit of their
+    float32 scores (BLAS rounds by position), so their order is not guaranteed.
 
     """
     q = np.asarray(queries, dtype=np.float32)
@@ -133,16 +145,20 @@ def topk_cosine(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
     heap_v = np.full((len(q), k), -np.inf, dtype=np.float32)
     heap_i = np.full((len(q), k), -1, dtype=np.int64)
-    buf = np.empty((len(q), min(chunk, n_bank)), dtype=np.float32)
-    for start in block_starts(n_bank, chunk, progress=progress, desc="retrieve", unit="chunk"):
-        block = np.asarray(bank[start : start + chunk], dtype=np.float32)
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        # Raw dot products are defined for zero rows; cosine similarities are not.
-        _check_norms(norms, "bank", start, allow_zero=not normalize)
-        inv = (1.0 / norms).astype(np.float32) if normalize else np.ones(len(block), dtype=np.float32)
-        out = buf if len(block) == buf.shape[1] else np.empty((len(q), len(block)), dtype=np.float32)
-        np.matmul(q, block.T, out=out)
-        _heap_update(out, inv, start, heap_v, heap_i)
+    q_block = min(len(q), query_block_size(chunk))
+    buf = np.empty((q_block, min(chunk, n_bank)), dtype=np.float32)
+    for q0 in range(0, len(q), q_block):
+        qb = q[q0 : q0 + q_block]
+        desc = "retrieve" if q_block == len(q) else f"retrieve, queries {q0 + 1}-{q0 + len(qb)}"
+        for start in block_starts(n_bank, chunk, progress=progress, desc=desc, unit="chunk"):
+            block = np.asarray(bank[start : start + chunk], dtype=np.float32)
+            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+            # Raw dot products are defined for zero rows; cosine similarities are not.
+            _check_norms(norms, "bank", start, allow_zero=not normalize)
+            inv = (1.0 / norms).astype(np.float32) if normalize else np.ones(len(block), dtype=np.float32)
+            out = buf[: len(qb), : len(block)]
+            np.matmul(qb, block.T, out=out)
+            _heap_update(out, inv, start, heap_v[q0 : q0 + len(qb)], heap_i[q0 : q0 + len(qb)])
     order = np.lexsort((heap_i, -heap_v), axis=1)
     return np.take_along_axis(heap_i, order, axis=1), np.take_along_axis(heap_v, order, axis=1)
 
