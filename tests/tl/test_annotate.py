@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,7 +138,30 @@ def test_missing_markers_warn_with_list():
     markers = {**MARKERS, "tumour": ["G0", "NOTAGENE", "G1"]}
     with pytest.warns(UserWarning, match="tumour: NOTAGENE"):
         lk.tl.annotate(adata, markers, model=model)
-    assert adata.uns["loki"]["loki_annotation"]["missing_markers"] == {"tumour": ["NOTAGENE"]}
+    params = adata.uns["loki"]["loki_annotation"]
+    assert dict(zip(params["classes"], params["missing_markers"], strict=True))["tumour"] == "NOTAGENE"
+
+
+def test_results_of_any_class_names_can_be_saved(tmp_path):
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    numbered = {i: genes for i, genes in enumerate(MARKERS.values())}  # e.g. cluster numbers
+    numbered[0] = [*numbered[0], "NOTAGENE"]
+    with pytest.warns(UserWarning, match="0: NOTAGENE"):
+        lk.tl.annotate(adata, numbered, model=model)
+    adata.write_zarr(tmp_path / "numbered.zarr")
+    back = ad.read_zarr(tmp_path / "numbered.zarr")
+    params = back.uns["loki"]["loki_annotation"]
+    assert list(params["classes"]) == ["0", "1", "2"]
+    assert list(params["missing_markers"]) == ["NOTAGENE", "", ""]
+
+    slashed = {"HSC/MPP cells": MARKERS["tumour"], "stroma": MARKERS["stroma"]}
+    with pytest.warns(UserWarning, match=r"names with '/' \('HSC/MPP cells'\).*zarr"):
+        lk.tl.annotate(adata, slashed, model=model, key_added="hsc")
+    adata.write_h5ad(tmp_path / "slashed.h5ad")  # h5ad stores the names; the .uns record stays flat
+    back = ad.read_h5ad(tmp_path / "slashed.h5ad")
+    assert list(back.uns["loki"]["hsc"]["classes"]) == ["HSC/MPP cells", "stroma"]
+    assert list(back.obsm["hsc"].columns) == ["HSC/MPP cells", "stroma"]
 
 
 @pytest.mark.parametrize(

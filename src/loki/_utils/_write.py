@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
+
+import pandas as pd
 
 from loki._keys import Key
 from loki._logging import logger
 
 
 def write_obsm(adata, key: str, value: Any) -> None:
-    """Store ``value`` in ``adata.obsm[key]`` and log it."""
+    """Store ``value`` in ``adata.obsm[key]`` and log it; warn of DataFrame columns zarr cannot store."""
+    if isinstance(value, pd.DataFrame):
+        slashed = [str(c) for c in value.columns if "/" in str(c)]
+        if slashed:
+            warnings.warn(
+                f".obsm[{key!r}] has column names with '/' ({', '.join(map(repr, slashed[:5]))}): h5ad "
+                "stores them, zarr (SpatialData.write) cannot. Rename the classes (e.g. "
+                "name.replace('/', '-')) to write the result to zarr.",
+                UserWarning,
+                stacklevel=3,
+            )
     adata.obsm[key] = value
     logger.info("added .obsm[%r]", key)
 

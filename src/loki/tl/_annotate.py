@@ -83,11 +83,12 @@ def marker_sentences(
         if not genes:
             raise ValueError(f"The marker list of class {cls!r} is empty.")
         if lookup is not None:
-            missing[cls] = [g for g in genes if g.upper() not in lookup]
+            missing[str(cls)] = [g for g in genes if g.upper() not in lookup]
             genes = [lookup[g.upper()] for g in genes if g.upper() in lookup]
             if not genes:
                 raise ValueError(
-                    f"None of the markers of class {cls!r} ({', '.join(missing[cls][:10])}) is in the vocabulary."
+                    f"None of the markers of class {str(cls)!r} ({', '.join(missing[str(cls)][:10])}) is in "
+                    "the vocabulary."
                 )
         sentences[str(cls)] = " ".join(list(dict.fromkeys(genes))[:max_genes])
     return sentences, {c: m for c, m in missing.items() if m}
@@ -224,7 +225,11 @@ def annotate(
     - ``.obsm[key_added]``: DataFrame items x classes of cosine similarities.
     - ``.obsm[f"{key_added}_fused"]``: the fused scores (only with ``fuse_with``).
     - ``.obs[label_key]``: categorical label (argmax of the scores, or of the fused scores).
-    - ``.uns['loki'][key_added]``: classes, their sentences, dropped markers and parameters.
+    - ``.uns['loki'][key_added]``: ``classes``, and aligned with them their ``sentences`` and the
+      ``missing_markers`` left out (space-separated, ``""`` for none), and the parameters.
+
+    Class names are written as text; a ``/`` in one (several marker databases have them) keeps the
+    result from zarr, and a warning says so.
 
     """
     check_key_name(key_added)
@@ -321,7 +326,7 @@ def annotate(
             "source": source,
             "classes": classes,
             "sentences": [sentences.get(c, "") for c in classes],
-            "missing_markers": {c: list(m) for c, m in missing.items()},
+            "missing_markers": [" ".join(missing.get(c, [])) for c in classes],
             "fused": fused_other is not None,
             "label_key": label_key,
         },
