@@ -94,6 +94,10 @@ def test_errors(pair):
         lk.pl.alignment([tgt, src], use="nope", show=False)
     with pytest.raises(ValueError, match="sections gives 1 label"):
         lk.pl.alignment([tgt, src], sections=["target"], show=False)
+    bad = src.copy()
+    bad.obsm["emb"][3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"section 'source' \.obsm\['emb'\] contains 1 non-finite value"):
+        lk.pl.alignment([tgt, bad], sections=["target", "source"], use="emb", show=False)
 
 
 def test_overlay_keeps_a_users_inverted_axes(pair):

@@ -12,8 +12,8 @@ from anndata import AnnData
 import loki as lk
 
 
-def small_section(n=30, seed=0, with_image=True):
-    """A tiny SpatialData section: 200 px image mapped to global units by a scale of 2."""
+def small_section(n=30, seed=0, with_image=True, coordinate_system="global"):
+    """A tiny SpatialData section: 200 px image mapped to ``coordinate_system`` units by a scale of 2."""
     rng = np.random.default_rng(seed)
     xy = rng.uniform(40, 360, size=(n, 2))  # global units; image pixel = global / 2
     table = AnnData(X=rng.poisson(2.0, (n, 5)).astype(np.float32))
@@ -24,18 +24,24 @@ def small_section(n=30, seed=0, with_image=True):
         return table
     import spatialdata as sd
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Scale
+    from spatialdata.transformations import Identity, Scale
 
     img = np.zeros((3, 200, 200), dtype=np.uint8)
     img[0, :, :100] = 200  # left half red, to check orientation
     image = Image2DModel.parse(
-        img, dims=("c", "y", "x"), transformations={"global": Scale([2.0, 2.0], axes=("x", "y"))}
+        img, dims=("c", "y", "x"), transformations={coordinate_system: Scale([2.0, 2.0], axes=("x", "y"))}
     )
     table.obs["region"] = pd.Categorical(["S_spots"] * n)
     table.obs["spot_id"] = table.obs_names
     table = TableModel.parse(table, region="S_spots", region_key="region", instance_key="spot_id")
     table.uns["loki"] = {"image_key": "S_image"}
-    shapes = ShapesModel.parse(xy, geometry=0, radius=np.full(n, 5.0), index=table.obs_names)
+    shapes = ShapesModel.parse(
+        xy,
+        geometry=0,
+        radius=np.full(n, 5.0),
+        index=table.obs_names,
+        transformations={coordinate_system: Identity()},
+    )
     return sd.SpatialData(images={"S_image": image}, shapes={"S_spots": shapes}, tables={"S": table})
 
 
@@ -93,3 +99,95 @@ def test_errors():
         lk.pl.annotation(table, classes=["zzz"], show=False)
     with pytest.raises(ValueError, match="kind"):
         lk.pl.annotation(table, kind="nope", show=False)
+
+
+def test_coordinate_system_of_the_section_and_its_spot_shapes():
+    from spatialdata.transformations import Affine, Scale, Sequence, set_transformation
+
+    sdata = small_section(coordinate_system="sample1")  # as lk.io.read_visium(coordinate_system=...)
+    table = _annotated(sdata)
+    with pytest.raises(
+        KeyError, match=r"'global' not found .* available: 'sample1'\. Pass coordinate_system="
+    ):
+        lk.pl.annotation(sdata, show=False)
+    fig = lk.pl.annotation(sdata, classes=["a"], coordinate_system="sample1", show=False)
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"] / 2)
+    # in a system where the spots' shapes have a transformation of their own (as lk.tl.align writes), the
+    # spots go through it: shapes scaled by 3 and an image scaled by 2 put a spot at 1.5 x spatial pixels
+    turn = Affine(np.array([[0.0, -1.0, 50.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), ("x", "y"), ("x", "y"))
+    set_transformation(sdata.images["S_image"], Sequence([Scale([2.0, 2.0], ("x", "y")), turn]), "moved")
+    set_transformation(sdata.shapes["S_spots"], Sequence([Scale([3.0, 3.0], ("x", "y")), turn]), "moved")
+    fig = lk.pl.annotation(sdata, classes=["a"], coordinate_system="moved", show=False)
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"] * 1.5)
+    with pytest.raises(KeyError, match=r"'nowhere' not found in the coordinate systems of image 'S_image'"):
+        lk.pl.annotation(sdata, coordinate_system="nowhere", show=False)
+    plt.close("all")
+
+
+def test_section_without_an_image_is_drawn_without_one(recwarn):
+    sdata = small_section()
+    _annotated(sdata)
+    del sdata.images["S_image"]
+    sdata.tables["S"].uns["loki"].pop("image_key")
+    fig = lk.pl.annotation(sdata, classes=["a"], show=False)
+    assert len(fig.axes[0].images) == 0
+    assert len(fig.axes[0].collections[0].get_offsets()) == sdata.tables["S"].n_obs
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    with pytest.warns(UserWarning, match="has no image of its own"):  # asked for explicitly
+        lk.pl.annotation(sdata, classes=["a"], show_image=True, show=False)
+    with pytest.warns(UserWarning, match="an AnnData holds no image"):
+        lk.pl.annotation(sdata.tables["S"], classes=["a"], show_image=True, show=False)
+    with pytest.raises(KeyError, match=r"'nope' not found in sdata\.images"):  # a named image must exist
+        lk.pl.annotation(sdata, image_key="nope", show=False)
+    plt.close("all")
+
+
+def test_label_panel_reads_the_label_column_annotate_wrote():
+    rng = np.random.default_rng(0)
+    adata = small_section(with_image=False)
+    emb = rng.normal(size=(adata.n_obs, 8))
+    adata.obsm["loki_image"] = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    lk.tl.annotate(adata, class_embeddings={"A": rng.normal(size=8), "B": rng.normal(size=8)})
+    classes = {c: rng.normal(size=8) for c in "XYZ"}
+    lk.tl.annotate(adata, class_embeddings=classes, label_key="region")  # same key, labels elsewhere
+    fig = lk.pl.annotation(adata, kind="label", show=False)
+    (ax,) = fig.axes
+    assert ax.get_title() == "region"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == list(adata.obs["region"].cat.categories)
+    assert set(legend) <= set("XYZ")
+    plt.close(fig)
+
+
+def test_fused_scores_are_not_labelled_cosine_similarity():
+    rng = np.random.default_rng(0)
+    adata = small_section(with_image=False)
+    emb = rng.normal(size=(adata.n_obs, 8))
+    adata.obsm["loki_image"] = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    classes = {"A": rng.normal(size=8), "B": rng.normal(size=8)}
+    lk.tl.annotate(adata, class_embeddings=classes, fuse_with=rng.random((adata.n_obs, 2)))
+    colorbar_labels = lambda fig: {a.get_ylabel() for a in fig.axes if a.get_label() == "<colorbar>"}  # noqa: E731
+    assert colorbar_labels(lk.pl.annotation(adata, key="loki_annotation_fused", show=False)) == {
+        "fused score"
+    }
+    assert colorbar_labels(lk.pl.annotation(adata, show=False)) == {"cosine similarity"}
+    # the fused key's labels are the ones annotate wrote (from the fused scores)
+    fig = lk.pl.annotation(adata, key="loki_annotation_fused", kind="label", show=False)
+    assert fig.axes[0].get_title() == "loki_annotation"
+    plt.close("all")
+
+
+def test_label_panel_draws_unlabelled_spots_and_many_classes_apart():
+    table = small_section(n=60, with_image=False)
+    table.obs["lab"] = pd.Categorical(["A"] * 20 + ["B"] * 20 + [np.nan] * 20, categories=["A", "B", "C"])
+    fig = lk.pl.annotation(table, kind="label", label_key="lab", show=False)
+    (ax,) = fig.axes
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 60
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["A", "B", "C", "NA"]
+    plt.close(fig)
+    cats = [f"c{i}" for i in range(25)]
+    table.obs["lab"] = pd.Categorical([cats[i % 25] for i in range(60)], categories=cats)
+    fig = lk.pl.annotation(table, kind="label", label_key="lab", show=False)
+    colours = {tuple(np.round(c.get_facecolor()[0][:3], 3)) for c in fig.axes[0].collections}
+    assert len(colours) == 25
+    plt.close(fig)

@@ -57,3 +57,43 @@ def test_one_spot_section_has_no_correlation_to_show():
     fig = lk.pl.expression(table, "g0", show=False)
     assert [a.get_title() for a in fig.axes if a.get_title()][1] == "g0 predicted (PCC n/a, one spot)"
     plt.close(fig)
+
+
+def test_a_missing_value_keeps_the_colour_scale_and_the_correlation():
+    table = small_section(n=50, with_image=False)
+    rng = np.random.default_rng(0)
+    table.X = rng.random((50, 5)).astype(np.float32) * 5
+    table.layers["loki_predicted"] = table.X + rng.normal(0, 0.5, table.X.shape).astype(np.float32)
+    finite = (table.X[1:, 0], table.layers["loki_predicted"][1:, 0])
+    expected_clim = (min(v.min() for v in finite), max(v.max() for v in finite))
+    expected_pcc = f"(PCC {lk.metrics.pearson(*finite):.2f})"
+    for where in ("measured", "predicted"):
+        bad = table.copy()
+        (bad.X if where == "measured" else bad.layers["loki_predicted"])[0, 0] = np.nan
+        fig = lk.pl.expression(bad, "g0", show=False)
+        measured, predicted = fig.axes[:2]
+        for panel in (measured, predicted):
+            np.testing.assert_allclose(panel.collections[0].get_clim(), expected_clim, rtol=1e-6)
+        assert predicted.get_title().endswith(expected_pcc)
+        fig.canvas.draw()
+        drawn = (measured if where == "measured" else predicted).collections[0].get_facecolors()
+        assert len(drawn) == 50  # the spot with no value is drawn, in light grey
+        np.testing.assert_allclose(drawn[0], (*plt.matplotlib.colors.to_rgb("lightgray"), 1.0))
+        plt.close(fig)
+
+
+def test_image_and_coordinate_system_of_a_section():
+    sdata = small_section(coordinate_system="sample1")
+    table = sdata.tables["S"]
+    table.layers["loki_predicted"] = table.X.copy()
+    with pytest.raises(KeyError, match="Pass coordinate_system="):
+        lk.pl.expression(sdata, "g0", show_image=True, show=False)
+    fig = lk.pl.expression(sdata, "g0", show_image=True, coordinate_system="sample1", show=False)
+    assert len(fig.axes[0].images) == 1
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"] / 2)
+    plt.close(fig)
+    del sdata.images["S_image"]
+    with pytest.warns(UserWarning, match="has no image of its own"):
+        fig = lk.pl.expression(sdata, "g0", show_image=True, show=False)
+    assert len(fig.axes[0].images) == 0
+    plt.close(fig)

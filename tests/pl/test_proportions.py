@@ -92,3 +92,73 @@ def test_bad_input(spots):
     spots.obsm["raw"] = np.ones((spots.n_obs, 3))
     with pytest.raises(ValueError, match="must be a DataFrame"):
         lk.pl.proportions(spots, key="raw")
+
+
+def _with_proportions(sdata, table_key="S"):
+    table = sdata.tables[table_key]
+    table.obsm["loki_proportions"] = pd.DataFrame(
+        {"T": np.linspace(0, 1, table.n_obs)}, index=table.obs_names
+    )
+    return table
+
+
+def test_view_frames_the_spots_of_a_translated_image():
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Scale, Sequence, Translation, set_transformation
+    from tests.pl.test_annotation import small_section
+
+    sdata = small_section()
+    # the section placed far from the origin of "global", e.g. beside other sections
+    shift = np.array([5000.0, 8000.0])
+    to_global = Sequence([Scale([2.0, 2.0], ("x", "y")), Translation(shift, ("x", "y"))])
+    set_transformation(sdata.images["S_image"], to_global, "global")
+    table = _with_proportions(sdata)
+    table.obsm["spatial"] = xy = table.obsm["spatial"] + shift
+    sdata.shapes["S_spots"] = ShapesModel.parse(
+        xy, geometry=0, radius=np.full(len(xy), 5.0), index=table.obs_names
+    )
+    fig = lk.pl.proportions(sdata)
+    (panel,) = _panels(fig)
+    view = np.array([panel.get_xlim(), panel.get_ylim()[::-1]])  # per axis (low, high); y downwards
+    assert (view[:, 0] <= xy.min(axis=0)).all()
+    assert (xy.max(axis=0) <= view[:, 1]).all()
+    assert (np.diff(view, axis=1).ravel() < 1.2 * np.ptp(xy, axis=0)).all()  # not out to the origin
+    # the image is still drawn in spot units: pixel (0.5, 0.5) is centred on (5001, 8001)
+    (img,) = panel.images
+    drawn = img.get_transform().transform([(0.5, 0.5)])[0]
+    np.testing.assert_allclose(drawn, panel.transData.transform([shift + 1.0])[0], atol=1e-6)
+
+
+def test_image_less_table_beside_other_sections_and_other_coordinate_systems(recwarn):
+    from spatialdata.models import ShapesModel, TableModel
+    from tests.pl.test_annotation import small_section
+
+    sdata = small_section()
+    # a second section without an image of its own; S_image belongs to table S
+    xy = np.random.default_rng(3).uniform(0, 100, (10, 2))
+    ids = [f"x{i}" for i in range(10)]
+    sdata.shapes["X_spots"] = ShapesModel.parse(xy, geometry=0, radius=np.full(10, 2.0), index=pd.Index(ids))
+    other = ad.AnnData(np.ones((10, 2), np.float32), obs=pd.DataFrame(index=ids))
+    other.obs["region"] = pd.Categorical(["X_spots"] * 10)
+    other.obs["spot_id"] = ids
+    other.obsm["spatial"] = xy
+    sdata.tables["X"] = TableModel.parse(other, region="X_spots", region_key="region", instance_key="spot_id")
+    _with_proportions(sdata, "X")
+    (panel,) = _panels(lk.pl.proportions(sdata, table_key="X"))
+    assert len(panel.images) == 0
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    with pytest.warns(UserWarning, match="table 'X' has no image of its own"):
+        lk.pl.proportions(sdata, table_key="X", image=True)
+
+    moved = small_section(coordinate_system="sample1")
+    _with_proportions(moved)
+    with pytest.raises(KeyError, match=r"available: 'sample1'\. Pass coordinate_system="):
+        lk.pl.proportions(moved)
+    (panel,) = _panels(lk.pl.proportions(moved, coordinate_system="sample1"))
+    assert len(panel.images) == 1
+
+
+def test_grey_image_is_drawn_in_grey(spots):
+    grey = np.tile(np.linspace(0, 255, 200, dtype=np.uint8), (200, 1))
+    (panel,) = _panels(lk.pl.proportions(spots, cell_types=["Immune"], image=grey))
+    assert panel.images[0].get_cmap().name == "gray"

@@ -219,3 +219,12 @@ def lowres_image(element, max_side: int = 2000, coordinate_system: str = Key.GLO
     to_finest = np.diag([levels[0].shape[2] / level.shape[2], levels[0].shape[1] / level.shape[1], 1.0])
     matrix = affine_to(element, coordinate_system, "the image") @ to_finest @ to_level
     return np.moveaxis(pixels, 0, -1), matrix
+
+
+def section_shapes(sdata: SpatialData, table: AnnData):
+    """The spot shapes element a section's table annotates, or None when it annotates none in ``sdata.shapes``."""
+    try:
+        region = table_region(table)
+    except ValueError:
+        return None
+    return sdata.shapes[region] if region in sdata.shapes else None

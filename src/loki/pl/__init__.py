@@ -1,4 +1,18 @@
-"""Plots on matplotlib. Each function takes ``ax=``, ``show=``, ``save=`` and returns the axes or figure."""
+"""Plots on matplotlib.
+
+Every function takes ``ax=``, ``show=`` and ``save=`` and returns its figure (``loss_curve``: its
+axes), as scanpy's ``savefig_or_show`` does:
+
+- ``ax``: the axes to draw into (one per panel, as each function documents); default a new figure.
+- ``show``: by default, a new figure is shown when the backend is interactive; drawing into the
+  caller's axes never shows the caller's figure unless ``show=True``.
+- ``save``: a path to write the figure to. A figure the function created, saved and did not show
+  is closed afterwards, so loops that save one figure each leave none open.
+
+The functions that draw the H&E of a SpatialData section (``annotation``, ``expression``,
+``proportions``) take ``coordinate_system=`` (default ``"global"``); a section whose table has no
+image of its own is drawn without one.
+"""
 
 from __future__ import annotations
 
@@ -8,3 +22,5 @@ from ._expression import expression
 from ._proportions import proportions
 from ._retrieval import retrieval_gallery
 from ._training import loss_curve
+
+__all__ = ["alignment", "annotation", "expression", "loss_curve", "proportions", "retrieval_gallery"]

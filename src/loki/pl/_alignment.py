@@ -9,8 +9,10 @@ import numpy as np
 from anndata import AnnData
 
 from loki._keys import Key
-from loki._utils import check_obsm_key
+from loki._utils import check_array_finite, check_obsm_key
 from loki._utils._spatialdata import get_table, is_spatialdata
+
+from ._common import finish
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -94,9 +96,10 @@ def alignment(
     ax
         Two axes to draw into (before, after); default a new figure.
     show
-        Show the figure (default: when ``ax`` is None and not saving).
+        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
     save
-        Path to save the figure to.
+        Path to save the figure to; a new figure saved and not shown is closed (the returned Figure
+        stays usable).
 
     Returns
     -------
@@ -119,8 +122,9 @@ def alignment(
             raise ValueError(
                 f"use names {len(keys)} embedding key(s) for {len(tables)} sections; give one or one each."
             )
-        for t, k in zip(tables, keys, strict=True):
+        for name, t, k in zip(names, tables, keys, strict=True):
             check_obsm_key(t, k)
+            check_array_finite(t.obsm[k], f"section {name!r} .obsm[{k!r}]")
         colours = embedding_rgb([t.obsm[k] for t, k in zip(tables, keys, strict=True)])
     else:
         cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -167,10 +171,7 @@ def alignment(
             panel.set_ylabel("section (z)")
     if use is None:
         axes[1].legend(loc="best", fontsize="small", markerscale=2)
-    if save is not None:
-        fig.savefig(save, bbox_inches="tight")
-    if show or (show is None and ax is None and save is None and plt.get_backend().lower() != "agg"):
-        plt.show()
+    finish(fig, show=show, save=save, created=ax is None)
     return fig
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -12,27 +12,14 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._utils import require_keys
-from loki._utils._spatialdata import get_table, is_spatialdata, lowres_image, section_image_key
+from loki._utils._spatialdata import get_table
+
+from ._common import draw_image, finish, frame_spots, panel_grid, section_image
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
-
-
-def section_background(
-    data: AnnData | SpatialData, table_key: str | None, image_key: str | None, max_side: int = 2000
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """The section's H&E at a level of at most ``max_side`` pixels and the global -> display-pixel affine.
-
-    For an AnnData (no image) returns None and the identity.
-    """
-    if not is_spatialdata(data):
-        return None, np.eye(3)
-    table = get_table(data, table_key)
-    key = table_key if table_key is not None else next(k for k, t in data.tables.items() if t is table)
-    rgb, to_global = lowres_image(data.images[section_image_key(data, key, image_key)], max_side)
-    return rgb[..., :3], np.linalg.inv(to_global)
 
 
 def spot_xy(table: AnnData, basis: str, to_display: np.ndarray) -> np.ndarray:
@@ -42,40 +29,19 @@ def spot_xy(table: AnnData, basis: str, to_display: np.ndarray) -> np.ndarray:
     return xy @ to_display[:2, :2].T + to_display[:2, 2]
 
 
-def panel_grid(n: int, ncols: int, ax: Axes | None, size: float = 4.0) -> tuple[Figure, list[Axes]]:
-    """A figure with ``n`` panels (or the given single axes)."""
-    import matplotlib.pyplot as plt
-
-    if ax is not None:
-        if n != 1:
-            raise ValueError(f"ax= draws one panel, but {n} panels were asked for; leave ax=None.")
-        return ax.figure, [ax]
-    ncols = max(1, min(ncols, n))
-    nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
-    for extra in axes.ravel()[n:]:
-        extra.set_visible(False)
-    return fig, list(axes.ravel()[:n])
+def in_image_pixels(background: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """The image of :func:`section_image` and the spot -> image pixel affine (identity without an image)."""
+    if background is None:
+        return None, np.eye(3)
+    pixels, to_spots = background
+    return pixels, np.linalg.inv(to_spots)
 
 
-def finish(fig: Figure, show: bool | None, save: str | Path | None) -> None:
-    """Save and/or show a figure the scanpy way (show defaults to True outside non-interactive backends)."""
-    import matplotlib.pyplot as plt
-
-    if save is not None:
-        fig.savefig(save, bbox_inches="tight", dpi=150)
-    if show is None:
-        show = plt.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "template")
-    if show:
-        plt.show()
-
-
-def _draw_section(ax: Axes, rgb: np.ndarray | None, xy: np.ndarray) -> None:
-    if rgb is not None:  # display units are the level's pixels, pixel (i, j) spanning [j, j + 1] x [i, i + 1]
-        ax.imshow(rgb, origin="upper", extent=(0, rgb.shape[1], rgb.shape[0], 0))
-        pad = 0.05 * max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1.0)
-        ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
-        ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
+def draw_section(ax: Axes, pixels: np.ndarray | None, xy: np.ndarray) -> None:
+    """Prepare a spatial panel: the image (if any) under a view framing the spots, y downwards."""
+    if pixels is not None:  # display units are the image's pixels
+        draw_image(ax, pixels)
+        frame_spots(ax, xy)
     elif not ax.yaxis_inverted():  # image convention; a user's axes may have it already
         ax.invert_yaxis()
     ax.set_aspect("equal")
@@ -92,13 +58,14 @@ def annotation(
     label_key: str | None = None,
     table_key: str | None = None,
     image_key: str | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
     basis: str = Key.SPATIAL,
-    show_image: bool = True,
+    show_image: bool | None = None,
     spot_size: float | None = None,
     cmap: str = "coolwarm",
     alpha: float = 0.8,
     ncols: int = 3,
-    ax: Axes | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Figure:
@@ -109,19 +76,22 @@ def annotation(
     data
         AnnData or SpatialData annotated by :func:`loki.tl.annotate`.
     kind
-        ``"scores"``: one panel per class colouring spots by their similarity; ``"label"``: one panel
-        with the predicted label of each spot.
+        ``"scores"``: one panel per class colouring spots by their score; ``"label"``: one panel
+        with the predicted label of each spot (spots without a label in grey, as "NA").
     classes
         Classes to draw (default: all).
     key, label_key
-        ``.obsm`` key of the scores and ``.obs`` column of the labels (default ``key``, as
-        :func:`loki.tl.annotate` writes them).
+        ``.obsm`` key of the scores and ``.obs`` column of the labels (default: the column
+        :func:`loki.tl.annotate` wrote with ``key``, recorded in ``.uns['loki'][key]``, else ``key``).
     table_key, image_key
         Table and image of a SpatialData.
+    coordinate_system
+        Coordinate system of a SpatialData in which the image and the spot shapes are placed.
     basis
-        ``.obsm`` key of the spot coordinates (in the image's global coordinate system).
+        ``.obsm`` key of the spot coordinates (in the units of the table's spot shapes).
     show_image
-        Draw the H&E underneath (SpatialData only).
+        Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
+        ``True`` warns when there is none; ``False`` never.
     spot_size
         Marker size (points^2); default scales with the number of spots.
     cmap, alpha
@@ -129,9 +99,12 @@ def annotation(
     ncols
         Panels per row.
     ax
-        Axes to draw a single panel into.
-    show, save
-        Show the figure / save it to this path.
+        Axes to draw into: one per panel (a single Axes for one panel); default a new figure.
+    show
+        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
+    save
+        Path to save the figure to; a new figure saved and not shown is closed (the returned Figure
+        stays usable).
 
     Returns
     -------
@@ -139,8 +112,8 @@ def annotation(
 
     """
     table = get_table(data, table_key)
-    label_key = key if label_key is None else label_key
-    rgb, to_display = section_background(data, table_key, image_key) if show_image else (None, np.eye(3))
+    record, fused = _annotate_record(table, key)
+    label_key = record.get("label_key", key) if label_key is None else label_key
     if kind == "scores":
         require_keys(table.obsm, key, "adata.obsm")
         scores = table.obsm[key]
@@ -152,26 +125,71 @@ def annotation(
         require_keys(table.obs.columns, label_key, "adata.obs")
     else:
         raise ValueError(f"kind must be 'scores' or 'label', got {kind!r}.")
+    background = section_image(
+        data,
+        table_key=table_key,
+        image_key=image_key,
+        coordinate_system=coordinate_system,
+        requested=show_image,
+        flag="show_image",
+    )
+    pixels, to_display = in_image_pixels(background)
     xy = spot_xy(table, basis, to_display)
     size = spot_size if spot_size is not None else max(4.0, 8000.0 / max(table.n_obs, 1))
     if kind == "scores":
         fig, axes = panel_grid(len(classes), ncols, ax)
         for a, cls in zip(axes, classes, strict=True):
-            _draw_section(a, rgb, xy)
+            draw_section(a, pixels, xy)
             points = a.scatter(xy[:, 0], xy[:, 1], c=scores[cls].to_numpy(), s=size, cmap=cmap, alpha=alpha)
-            fig.colorbar(points, ax=a, shrink=0.7, label="cosine similarity")
+            fig.colorbar(points, ax=a, shrink=0.7, label="fused score" if fused else "cosine similarity")
             a.set_title(str(cls))
     else:
-        import matplotlib.pyplot as plt
-
         fig, (a,) = panel_grid(1, 1, ax, size=6.0)
-        _draw_section(a, rgb, xy)
-        labels = pd.Categorical(table.obs[label_key])
-        colours = plt.get_cmap("tab20")(np.arange(len(labels.categories)) % 20)
-        for i, cat in enumerate(labels.categories):
-            sel = labels.codes == i
-            a.scatter(xy[sel, 0], xy[sel, 1], color=colours[i], s=size, alpha=alpha, label=str(cat))
-        a.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2)
+        draw_section(a, pixels, xy)
+        _draw_labels(a, pd.Categorical(table.obs[label_key]), xy, size=size, alpha=alpha)
         a.set_title(label_key)
-    finish(fig, show, save)
+    finish(fig, show=show, save=save, created=ax is None)
     return fig
+
+
+def _annotate_record(table: AnnData, key: str) -> tuple[Mapping, bool]:
+    """What :func:`loki.tl.annotate` recorded for the scores in ``.obsm[key]``, and whether they are fused.
+
+    Fused scores (``f"{key_added}_fused"``) are min-max normalised sums, not cosine similarities.
+    """
+    records = table.uns.get(Key.UNS, {})
+    if not isinstance(records, Mapping):
+        return {}, False
+    if isinstance(records.get(key), Mapping):
+        return records[key], False
+    base = records.get(key.removesuffix("_fused"))
+    if key.endswith("_fused") and isinstance(base, Mapping) and base.get("fused"):
+        return base, True
+    return {}, False
+
+
+def category_colours(n: int) -> np.ndarray:
+    """``n`` distinct RGBA colours: tab20 up to 20 categories, then scanpy's 28 / 102 colour palettes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba_array
+
+    if n <= 20:
+        return plt.get_cmap("tab20")(np.arange(n))
+    from scanpy.plotting.palettes import default_28, default_102
+
+    if n <= len(default_102):
+        return to_rgba_array((default_28 if n <= len(default_28) else default_102)[:n])
+    return plt.get_cmap("turbo")(np.linspace(0.0, 1.0, n))
+
+
+def _draw_labels(ax: Axes, labels: pd.Categorical, xy: np.ndarray, *, size: float, alpha: float) -> None:
+    colours = category_colours(len(labels.categories))
+    for i, cat in enumerate(labels.categories):
+        sel = labels.codes == i
+        ax.scatter(xy[sel, 0], xy[sel, 1], color=colours[i], s=size, alpha=alpha, label=str(cat))
+    missing = labels.codes == -1
+    if missing.any():  # last in the legend, as in scanpy; under the labelled spots, over the image
+        ax.scatter(
+            xy[missing, 0], xy[missing, 1], color="lightgray", s=size, alpha=alpha, label="NA", zorder=0.5
+        )
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2)

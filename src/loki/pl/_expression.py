@@ -12,11 +12,14 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._utils import require_keys
+from loki._utils._spatialdata import get_table
 from loki.metrics import pearson
 
-from ._annotation import _draw_section, finish, panel_grid, section_background, spot_xy
+from ._annotation import draw_section, in_image_pixels, spot_xy
+from ._common import finish, panel_grid, section_image
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
 
@@ -36,10 +39,12 @@ def expression(
     layer_predicted: str = Key.PREDICTED,
     table_key: str | None = None,
     image_key: str | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
     basis: str = Key.SPATIAL,
     show_image: bool = False,
     spot_size: float | None = None,
     cmap: str = "viridis",
+    ax: Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Figure:
@@ -60,21 +65,30 @@ def expression(
         Layer holding the prediction when ``predicted`` is None.
     table_key, image_key
         Table and image of a SpatialData.
+    coordinate_system
+        Coordinate system of a SpatialData in which the image and the spot shapes are placed.
     basis
-        ``.obsm`` key of the spot coordinates.
+        ``.obsm`` key of the spot coordinates (in the units of the table's spot shapes).
     show_image
-        Draw the H&E underneath (SpatialData only).
+        Draw the H&E underneath (SpatialData whose table has an image; warns when there is none).
     spot_size, cmap
-        Marker size and colour map.
-    show, save
-        Show the figure / save it to this path.
+        Marker size and colour map; spots with a missing (NaN) value are drawn in light grey.
+    ax
+        ``2 * len(genes)`` axes to draw into (measured, predicted for each gene in turn); default a
+        new figure.
+    show
+        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
+    save
+        Path to save the figure to; a new figure saved and not shown is closed (the returned Figure
+        stays usable).
 
     Returns
     -------
-    The figure; predicted panels are titled with the Pearson correlation to the measurement.
+    The figure; predicted panels are titled with the Pearson correlation to the measurement, over
+    the spots where both values are finite.
 
     """
-    from loki._utils._spatialdata import get_table
+    import matplotlib.pyplot as plt
 
     table = get_table(data, table_key)
     genes = [genes] if isinstance(genes, str) else list(genes)
@@ -91,21 +105,47 @@ def expression(
         if not predicted.obs_names.equals(table.obs_names):
             raise ValueError("predicted must hold the same spots, in the same order, as the section.")
         pred_ad, pred_layer = predicted, None
-    rgb, to_display = section_background(data, table_key, image_key) if show_image else (None, np.eye(3))
+    background = section_image(
+        data,
+        table_key=table_key,
+        image_key=image_key,
+        coordinate_system=coordinate_system,
+        requested=show_image,
+        flag="show_image",
+    )
+    pixels, to_display = in_image_pixels(background)
     xy = spot_xy(table, basis, to_display)
     size = spot_size if spot_size is not None else max(4.0, 8000.0 / max(table.n_obs, 1))
-    fig, axes = panel_grid(2 * len(genes), 2, None)
+    colours = plt.get_cmap(cmap).with_extremes(bad="lightgray")
+    fig, axes = panel_grid(2 * len(genes), 2, ax)
     for i, gene in enumerate(genes):
         measured, pred = _column(table, gene, layer), _column(pred_ad, gene, pred_layer)
-        lo, hi = min(measured.min(), pred.min()), max(measured.max(), pred.max())
-        pcc = f"{pearson(measured, pred):.2f}" if len(measured) > 1 else "n/a, one spot"
+        lo, hi = _finite_range(measured, pred)
         for a, values, title in (
             (axes[2 * i], measured, f"{gene} measured"),
-            (axes[2 * i + 1], pred, f"{gene} predicted (PCC {pcc})"),
+            (axes[2 * i + 1], pred, f"{gene} predicted (PCC {_pcc_text(measured, pred)})"),
         ):
-            _draw_section(a, rgb, xy)
-            points = a.scatter(xy[:, 0], xy[:, 1], c=values, s=size, cmap=cmap, vmin=lo, vmax=hi)
+            draw_section(a, pixels, xy)
+            points = a.scatter(
+                xy[:, 0], xy[:, 1], c=values, s=size, cmap=colours, vmin=lo, vmax=hi, plotnonfinite=True
+            )
             a.set_title(title, fontsize=9)
         fig.colorbar(points, ax=axes[2 * i : 2 * i + 2], shrink=0.7)
-    finish(fig, show, save)
+    finish(fig, show=show, save=save, created=ax is None)
     return fig
+
+
+def _finite_range(*arrays: np.ndarray) -> tuple[float | None, float | None]:
+    """The shared colour scale of a gene's panels: min and max over the finite values (None if none)."""
+    values = np.concatenate(arrays)
+    values = values[np.isfinite(values)]
+    return (float(values.min()), float(values.max())) if values.size else (None, None)
+
+
+def _pcc_text(measured: np.ndarray, pred: np.ndarray) -> str:
+    if len(measured) < 2:
+        return "n/a, one spot"
+    both = np.isfinite(measured) & np.isfinite(pred)
+    if both.sum() < 2:
+        return "n/a, fewer than two finite pairs"
+    return f"{pearson(measured[both], pred[both]):.2f}"

@@ -12,7 +12,9 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._utils import check_obsm_key, require_keys
-from loki._utils._spatialdata import get_table, is_spatialdata, lowres_image, section_image_key
+from loki._utils._spatialdata import get_table
+
+from ._common import draw_image, finish, frame_spots, section_image
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -27,8 +29,9 @@ def proportions(
     cell_types: Sequence[str] | None = None,
     table_key: str | None = None,
     spatial_key: str = Key.SPATIAL,
-    image: bool | np.ndarray = True,
+    image: bool | np.ndarray | None = None,
     image_key: str | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
     ncols: int = 4,
     cmap: str = "viridis",
     vmax: float | None = None,
@@ -36,7 +39,7 @@ def proportions(
     alpha: float = 0.9,
     panel_size: float = 3.0,
     ax: Axes | None = None,
-    show: bool = False,
+    show: bool | None = None,
     save: str | Path | None = None,
 ) -> Figure:
     """Plot one spatial map per cell type of the proportions written by :func:`loki.tl.decompose`.
@@ -53,12 +56,15 @@ def proportions(
     table_key
         Table of a SpatialData (may be omitted when there is one).
     spatial_key
-        ``.obsm`` key of spot centres.
+        ``.obsm`` key of spot centres (in the units of the table's spot shapes).
     image
-        ``True``: draw the section's H&E under the spots when ``data`` is a SpatialData with an
-        image; an RGB array: draw it (pixel coordinates = spot coordinates); ``False``: no image.
+        By default, draw the section's H&E under the spots when ``data`` is a SpatialData whose
+        table has an image; ``True`` does too and warns when there is none; an RGB (y, x, 3) or grey
+        (y, x) array: draw it (pixel coordinates = spot coordinates); ``False``: no image.
     image_key
         Image of a SpatialData (default: the section's image).
+    coordinate_system
+        Coordinate system of a SpatialData in which the image and the spot shapes are placed.
     ncols
         Panels per row.
     cmap
@@ -74,9 +80,10 @@ def proportions(
     ax
         Axes to draw into; only with a single cell type.
     show
-        Call :func:`matplotlib.pyplot.show`.
+        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
     save
-        Path to save the figure to.
+        Path to save the figure to; a new figure saved and not shown is closed (the returned Figure
+        stays usable).
 
     Returns
     -------
@@ -105,8 +112,20 @@ def proportions(
         )
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1, got {ncols}.")
+    if isinstance(image, np.ndarray) and image.ndim not in (2, 3):
+        raise ValueError(f"image must be (y, x) or (y, x, c), got shape {image.shape}.")
     coords = np.asarray(table.obsm[spatial_key], dtype=float)[:, :2]
-    background = _background(data, table_key, image, image_key)
+    if isinstance(image, np.ndarray):
+        background = image, None  # drawn in spot coordinates as it is
+    else:
+        background = section_image(
+            data,
+            table_key=table_key,
+            image_key=image_key,
+            coordinate_system=coordinate_system,
+            requested=image,
+            flag="image",
+        )
 
     if ax is None:
         ncols = min(ncols, len(cell_types))
@@ -123,7 +142,7 @@ def proportions(
     frame = values.set_axis(columns, axis=1)
     for panel, cell_type in zip(axes, cell_types, strict=False):
         if background is not None:
-            _draw_image(panel, *background)
+            draw_image(panel, *background)
         sc = panel.scatter(
             coords[:, 0],
             coords[:, 1],
@@ -138,40 +157,11 @@ def proportions(
         fig.colorbar(sc, ax=panel, fraction=0.046, pad=0.02)
         panel.set_title(cell_type)
         panel.set_aspect("equal")
-        if not panel.yaxis_inverted():
+        if background is not None:  # the image's extent would pull the view away from the spots
+            frame_spots(panel, coords)
+        elif not panel.yaxis_inverted():
             panel.invert_yaxis()
         panel.set_xticks([])
         panel.set_yticks([])
-    if save is not None:
-        fig.savefig(save, bbox_inches="tight")
-    if show:
-        plt.show()
+    finish(fig, show=show, save=save, created=ax is None)
     return fig
-
-
-def _background(data, table_key, image, image_key):
-    """(rgb array, 3x3 pixel->table-units affine) or None."""
-    if image is False or image is None:
-        return None
-    if isinstance(image, np.ndarray):
-        if image.ndim not in (2, 3):
-            raise ValueError(f"image must be (y, x) or (y, x, c), got shape {image.shape}.")
-        return image, np.eye(3)
-    if not is_spatialdata(data) or len(data.images) == 0:
-        return None
-    table = get_table(data, table_key)
-    tkey = table_key if table_key is not None else next(k for k, t in data.tables.items() if t is table)
-    name = section_image_key(data, tkey, image_key)
-    return lowres_image(data.images[name])
-
-
-def _draw_image(ax, rgb: np.ndarray, matrix: np.ndarray) -> None:
-    from matplotlib.transforms import Affine2D
-
-    h, w = rgb.shape[:2]
-    # SpatialData's pixel (i, j) spans [j, j + 1] x [i, i + 1]
-    artist = ax.imshow(rgb, extent=(0, w, h, 0), origin="upper", zorder=0)
-    artist.set_transform(Affine2D(matrix) + ax.transData)
-    x0, y0 = (matrix @ np.array([0.0, 0.0, 1.0]))[:2]
-    x1, y1 = (matrix @ np.array([w, h, 1.0]))[:2]
-    ax.update_datalim([(x0, y0), (x1, y1)])

@@ -11,9 +11,10 @@ import pandas as pd
 
 from loki._utils import require_keys
 
-from ._annotation import finish
+from ._common import finish, panel_grid
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 _COLUMNS = ("query_index", "rank", "bank_index", "score")
@@ -38,6 +39,7 @@ def retrieval_gallery(
     n_hits: int = 5,
     truth: Sequence[int] | None = None,
     size: float = 1.8,
+    ax: Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Figure:
@@ -60,16 +62,20 @@ def retrieval_gallery(
         pair gets a green frame.
     size
         Inches per patch.
-    show, save
-        Show the figure / save it to this path.
+    ax
+        Axes to draw into, one per patch: a rows x columns grid (one row per query; the query, then
+        ``n_hits`` hits), or the same axes flattened row by row; default a new figure.
+    show
+        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
+    save
+        Path to save the figure to; a new figure saved and not shown is closed (the returned Figure
+        stays usable).
 
     Returns
     -------
     The figure; each hit's axes title reads ``#rank score``.
 
     """
-    import matplotlib.pyplot as plt
-
     require_keys(hits.columns, _COLUMNS, "hits.columns")
     qimg, bimg = _as_hwc(query_images, "query_images"), _as_hwc(bank_images, "bank_images")
     if queries is None:
@@ -82,13 +88,13 @@ def retrieval_gallery(
         raise ValueError(f"Query positions {bad} are outside query_images ({len(qimg)} images).")
     if int(hits["bank_index"].max()) >= len(bimg):
         raise ValueError(f"hits refer to bank rows beyond bank_images ({len(bimg)} images).")
-    fig, axes = plt.subplots(
-        len(queries), n_hits + 1, figsize=(size * (n_hits + 1), size * len(queries)), squeeze=False
-    )
-    for row, q in zip(axes, queries, strict=True):
-        top = hits[hits["query_index"] == q].sort_values("rank").head(n_hits)
-        if top.empty:
-            raise ValueError(f"hits hold no row for query {q}.")
+    tops = [hits[hits["query_index"] == q].sort_values("rank").head(n_hits) for q in queries]
+    empty = [q for q, top in zip(queries, tops, strict=True) if top.empty]
+    if empty:
+        raise ValueError(f"hits hold no row for queries {empty}.")
+    fig, flat = panel_grid(len(queries) * (n_hits + 1), n_hits + 1, ax, size=size)
+    axes = np.reshape(np.asarray(flat, dtype=object), (len(queries), n_hits + 1))
+    for row, q, top in zip(axes, queries, tops, strict=True):
         row[0].imshow(qimg[q])
         row[0].set_title(f"query {q}", fontsize=8)
         for a, (_, h) in zip(row[1:], top.iterrows(), strict=False):
@@ -101,5 +107,5 @@ def retrieval_gallery(
         for a in row:
             a.set_xticks([])
             a.set_yticks([])
-    finish(fig, show, save)
+    finish(fig, show=show, save=save, created=ax is None)
     return fig

@@ -10,7 +10,7 @@ import numpy as np
 
 from loki._utils import require_keys
 
-from ._annotation import finish
+from ._common import finish
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -33,9 +33,10 @@ def loss_curve(
     ax
         Axes to draw into (default: a new figure).
     show
-        Show the figure (default: when the backend is interactive).
+        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
     save
-        Path to save the figure to.
+        Path to save the figure to; a new figure saved and not shown is closed (the returned axes
+        stay usable).
 
     Returns
     -------
@@ -53,12 +54,13 @@ def loss_curve(
     if steps.size % epochs.size:
         raise ValueError(f"{steps.size} step losses do not split into {epochs.size} epochs")
     per_epoch = steps.size // epochs.size
-    if ax is None:
+    created = ax is None
+    if created:
         _, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(np.arange(1, steps.size + 1), steps, lw=0.8, alpha=0.6, label="step")
     ax.plot(np.arange(1, epochs.size + 1) * per_epoch, epochs, "o-", ms=3.5, label="epoch mean")
     ax.set_xlabel("step")
     ax.set_ylabel("contrastive loss")
     ax.legend(frameon=False)
-    finish(ax.figure, show, save)
+    finish(ax.figure, show=show, save=save, created=created)
     return ax

@@ -1,0 +1,110 @@
+"""The contract every lk.pl function keeps: ax=, show= and save= (see the lk.pl module docstring)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+import loki as lk
+
+
+def _section(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    a = ad.AnnData(rng.poisson(3, (n, 3)).astype(np.float32), var=pd.DataFrame(index=["g0", "g1", "g2"]))
+    a.obsm["spatial"] = rng.uniform(0, 100, (n, 2))
+    a.obsm["spatial_aligned"] = a.obsm["spatial"] + 1
+    a.layers["loki_predicted"] = rng.random((n, 3))
+    a.obsm["loki_proportions"] = pd.DataFrame({"T": rng.random(n)}, index=a.obs_names)
+    a.obsm["loki_annotation"] = pd.DataFrame({"x": rng.random(n)}, index=a.obs_names)
+    return a
+
+
+_HITS = pd.DataFrame({"query_index": [0, 0], "rank": [1, 2], "bank_index": [0, 1], "score": [0.9, 0.8]})
+_IMGS = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+
+# name -> (call with keyword arguments, number of axes ax= takes)
+PLOTS = {
+    "alignment": (lambda **kw: lk.pl.alignment([_section(), _section(seed=1)], **kw), 2),
+    "annotation": (lambda **kw: lk.pl.annotation(_section(), **kw), 1),
+    "expression": (lambda **kw: lk.pl.expression(_section(), "g0", **kw), 2),
+    "proportions": (lambda **kw: lk.pl.proportions(_section(), **kw), 1),
+    "retrieval_gallery": (lambda **kw: lk.pl.retrieval_gallery(_HITS, _IMGS, _IMGS, n_hits=2, **kw), 3),
+    "loss_curve": (
+        lambda **kw: lk.pl.loss_curve({"step_loss": [3, 2, 1, 1], "epoch_loss": [2.5, 1]}, **kw),
+        1,
+    ),
+}
+
+
+@pytest.fixture
+def interactive(monkeypatch):
+    """An interactive backend as far as loki can tell; returns the list of plt.show() calls."""
+    shown = []
+    monkeypatch.setattr(plt, "get_backend", lambda: "qtagg")
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(1))
+    yield shown
+    plt.close("all")
+
+
+def _axes(n):
+    fig, axes = plt.subplots(1, n, squeeze=False)
+    return fig, axes[0][0] if n == 1 else list(axes[0])
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_show_only_a_new_figure_never_the_callers(name, interactive):
+    plot, n_axes = PLOTS[name]
+    plot()
+    assert len(interactive) == 1  # a new figure on an interactive backend is shown
+    fig, ax = _axes(n_axes)
+    out = plot(ax=ax)
+    assert len(interactive) == 1  # drawing into the caller's axes shows nothing (e.g. Jupyter inline)
+    assert (out if isinstance(out, plt.Figure) else out.figure) is fig
+    plot(ax=ax, show=True)
+    assert len(interactive) == 2
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_a_saved_figure_is_closed_the_callers_is_not(name, tmp_path):
+    plot, n_axes = PLOTS[name]
+    plt.close("all")
+    out = plot(show=False, save=tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0
+    assert plt.get_fignums() == []  # saved and not shown: closed
+    (out if isinstance(out, plt.Figure) else out.figure).savefig(tmp_path / "b.png")  # still usable
+    assert plot(show=False) is not None
+    assert len(plt.get_fignums()) == 1  # not saved: left open for the caller, as scanpy does
+    fig, ax = _axes(n_axes)
+    plot(ax=ax, show=False, save=tmp_path / "c.png")
+    assert plt.fignum_exists(fig.number)  # the caller's figure stays open
+    plt.close("all")
+
+
+def test_retrieval_gallery_checks_every_query_before_drawing():
+    plt.close("all")
+    with pytest.raises(ValueError, match=r"hits hold no row for queries \[1\]"):
+        lk.pl.retrieval_gallery(_HITS, _IMGS, _IMGS, queries=[0, 1], n_hits=2, show=False)
+    assert plt.get_fignums() == []
+
+
+def test_gallery_and_expression_draw_into_given_axes():
+    _, axes = plt.subplots(1, 3)
+    lk.pl.retrieval_gallery(_HITS, _IMGS, _IMGS, n_hits=2, ax=axes, show=False)
+    assert [a.get_title() for a in axes] == ["query 0", "#1 0.900", "#2 0.800"]
+    _, axes = plt.subplots(2, 2)
+    lk.pl.expression(_section(), ["g0", "g1"], ax=axes, show=False)
+    assert [a.get_title().split(" (")[0] for a in axes.ravel()] == [
+        "g0 measured",
+        "g0 predicted",
+        "g1 measured",
+        "g1 predicted",
+    ]
+    with pytest.raises(ValueError, match="ax holds 2 axes, but 4 panels are drawn"):
+        lk.pl.expression(_section(), ["g0", "g1"], ax=axes[0], show=False)
+    plt.close("all")
