@@ -8,9 +8,10 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial import cKDTree
+from scipy.spatial.distance import cdist
 
 import loki as lk
-from loki.pp._pseudo_spots import assign_to_spots, hex_grid, scatter_cells_in_regions
+from loki.pp._pseudo_spots import disc_members, hex_grid, scatter_cells_in_regions
 
 
 def _cells(n=3000, size=1000.0, seed=0, sparse_x=True):
@@ -120,10 +121,52 @@ def test_non_finite_coordinates_are_rejected():
         lk.pp.pseudo_spots(cells)
 
 
-def test_assign_to_spots_marks_points_between_spots():
+def test_disc_members_leaves_out_points_between_spots_and_repeats_points_in_overlaps():
     centres = np.array([[0.0, 0.0], [10.0, 0.0]])
-    out = assign_to_spots(np.array([[1.0, 0.0], [5.0, 0.0], [9.5, 0.5]]), centres, radius=2.0)
-    np.testing.assert_array_equal(out, [0, -1, 1])
+    points = np.array([[1.0, 0.0], [5.0, 0.0], [9.5, 0.5]])
+    spot, member = disc_members(points, centres, radius=2.0)
+    np.testing.assert_array_equal(spot, [0, 1])
+    np.testing.assert_array_equal(member, [0, 2])
+    spot, member = disc_members(points, centres, radius=6.0)
+    np.testing.assert_array_equal(member, [0, 1, 1, 2])
+    np.testing.assert_array_equal(spot, [0, 0, 1, 1])
+
+
+@pytest.mark.parametrize(("diameter", "spacing"), [(55.0, 40.0), (100.0, 30.0)])
+def test_overlapping_discs_count_every_cell_inside_each_disc(diameter, spacing):
+    """spacing < diameter: every spot of the lattice pools exactly the cells inside its disc."""
+    cells = _cells(n=800, size=400.0)
+    spots = lk.pp.pseudo_spots(cells, diameter_um=diameter, spacing_um=spacing)
+    # the whole lattice through one of the spots, past the tissue on every side
+    x0, y0 = spots.obsm["spatial"][0]
+    row = spacing * np.sqrt(3) / 2
+    r, k = np.meshgrid(np.arange(-24, 25), np.arange(-24, 25), indexing="ij")
+    lattice = np.column_stack([(x0 + k * spacing + (r % 2) * spacing / 2).ravel(), (y0 + r * row).ravel()])
+    inside = cdist(lattice, cells.obsm["spatial"]) <= diameter / 2
+    occupied = inside.sum(axis=1) > 0
+    assert occupied.sum() == spots.n_obs
+    dist, idx = cKDTree(lattice).query(spots.obsm["spatial"])
+    np.testing.assert_allclose(dist, 0.0, atol=1e-6)
+    members = inside[idx]
+    np.testing.assert_array_equal(spots.obs["n_cells"], members.sum(axis=1))
+    np.testing.assert_allclose(spots.X.toarray(), members.astype(float) @ cells.X.toarray(), rtol=1e-6)
+    onehot = pd.get_dummies(cells.obs["cell_type"]).to_numpy(float)
+    expected = members @ onehot
+    np.testing.assert_allclose(
+        spots.obsm["proportions"].to_numpy(), expected / expected.sum(axis=1, keepdims=True)
+    )
+
+
+def test_truth_columns_follow_the_declared_categories():
+    cells = _cells(n=600)
+    cells.obs["cell_type"] = pd.Categorical(cells.obs["cell_type"], categories=["C", "A", "Z", "B"])
+    spots = lk.pp.pseudo_spots(cells)
+    truth = spots.obsm["proportions"]
+    assert list(truth.columns) == ["C", "A", "Z", "B"]  # as decompose orders its proportions
+    assert (truth["Z"] == 0).all()
+    np.testing.assert_allclose(truth.sum(axis=1), 1.0)
+    cells.obs["cell_type"] = cells.obs["cell_type"].astype(str)
+    assert list(lk.pp.pseudo_spots(cells).obsm["proportions"].columns) == ["A", "B", "C"]
 
 
 def test_scatter_cells_in_regions_respects_regions_and_seed():

@@ -307,3 +307,168 @@ def test_rerun_without_refine_drops_the_earlier_refined_scores():
     lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
     assert "loki_proportions_refined" not in spots.obsm
     assert "refine" not in spots.uns["loki"]["loki_proportions"]
+
+
+def test_cells_mode_matches_the_direct_tangram_gradient_end_to_end():
+    """mode='cells' with more cells than features takes the M^T S association of the gradient."""
+    spots, reference, _ = _toy(n_genes=12, cells_per_type=10)
+    out = lk.tl.decompose(
+        spots,
+        reference=reference,
+        cell_type_key="cell_type",
+        method="mapping",
+        mode="cells",
+        epochs=30,
+        return_mapping=True,
+        device="cpu",
+        copy=True,
+    )
+    import torch
+
+    S = torch.tensor(reference.X, dtype=torch.float64)
+    G = torch.tensor(spots.X, dtype=torch.float64)
+    n_cells, n_spots = S.shape[0], G.shape[0]
+    logits = torch.randn(n_cells, n_spots, generator=torch.Generator().manual_seed(0)).double()
+    logits.requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    d, d_source = torch.full((n_spots,), 1 / n_spots).double(), torch.full((n_cells,), 1 / n_cells).double()
+    for _ in range(30):
+        opt.zero_grad()
+        M = torch.softmax(logits, dim=1)
+        loss = -torch.nn.functional.cosine_similarity(M.T @ S, G, dim=0).mean()
+        loss = loss + torch.nn.KLDivLoss(reduction="sum")(torch.log(d_source @ M), d)
+        loss.backward()
+        opt.step()
+    mapping = out.uns["loki"]["loki_proportions"]["mapping"]
+    np.testing.assert_allclose(mapping, torch.softmax(logits, 1).detach().numpy(), atol=1e-4)
+
+
+def _sparse_toy(n_cells=20_000, n_spots=5_000, n_genes=1_000, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(["T0", "T1", "T2", "T3"], n_cells)
+    reference = ad.AnnData(
+        sp.random(n_cells, n_genes, density=0.01, format="csr", dtype=np.float32, random_state=rng) * 10,
+        obs=pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(n_cells)]),
+        var=pd.DataFrame(index=[f"G{g}" for g in range(n_genes)]),
+    )
+    spots = ad.AnnData(
+        sp.random(n_spots, n_genes, density=0.05, format="csr", dtype=np.float32, random_state=rng) * 10,
+        var=pd.DataFrame(index=[f"G{g}" for g in range(n_genes)]),
+    )
+    spots.obs_names = [f"s{i}" for i in range(n_spots)]
+    return spots, reference
+
+
+def test_sparse_reference_and_spots_stay_sparse():
+    import tracemalloc
+
+    spots, reference = _sparse_toy()
+    dense_ref_mib = reference.n_obs * reference.n_vars * 4 / 2**20  # 76 MiB
+    tracemalloc.start()
+    try:
+        out = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert peak < dense_ref_mib / 3, peak
+    # the same numbers as from dense input (same sums in the same order and precision)
+    small_spots, small_ref = spots[:300].copy(), reference[:3000].copy()
+    sparse_out = lk.tl.decompose(small_spots, reference=small_ref, cell_type_key="cell_type", inplace=False)
+    small_spots.X, small_ref.X = small_spots.X.toarray(), small_ref.X.toarray()
+    dense_out = lk.tl.decompose(small_spots, reference=small_ref, cell_type_key="cell_type", inplace=False)
+    pd.testing.assert_frame_equal(sparse_out, dense_out, check_exact=True)
+    assert out.shape == (spots.n_obs, 4)
+
+
+def test_non_finite_sparse_features_name_their_rows():
+    spots, reference, _ = _toy(sparse_x=True)
+    x = reference.X.tolil()
+    x[7, 3] = np.inf
+    reference.X = x.tocsr()
+    with pytest.raises(ValueError, match=r"reference features \(X\) contains 1 non-finite.*rows \[7\]"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert _nothing_written(spots)
+
+
+def _rare_dominant_type(n_spots=200, n_dominated=8, rare_alpha=0.3, seed=0):
+    """Type C is the most probable type in only n_dominated spots (4 %)."""
+    rng = np.random.default_rng(seed)
+    genes = [f"G{i}" for i in range(40)]
+    profiles = rng.gamma(0.6, 4.0, size=(3, 40))
+    props = rng.dirichlet([5, 5, rare_alpha], size=n_spots)
+    props[:n_dominated] = [0.05, 0.05, 0.9]
+    counts = rng.multinomial(10, props)
+    spots = ad.AnnData(
+        rng.poisson(counts @ profiles).astype(np.float32),
+        obs=pd.DataFrame(index=[f"s{i}" for i in range(n_spots)]),
+        var=pd.DataFrame(index=genes),
+    )
+    labels = np.repeat(["A", "B", "C"], 40)
+    reference = ad.AnnData(
+        rng.poisson(profiles[np.repeat(np.arange(3), 40)]).astype(np.float32),
+        obs=pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(120)]),
+        var=pd.DataFrame(index=genes),
+    )
+    return spots, reference
+
+
+def test_nms_then_percentile_keeps_a_rare_type_where_it_dominates():
+    spots, reference = _rare_dominant_type()
+    props, refined = lk.tl.decompose(
+        spots,
+        reference=reference,
+        cell_type_key="cell_type",
+        refine="nms",
+        normalize="percentile",
+        inplace=False,
+    )
+    wins = props.to_numpy().argmax(axis=1) == 2
+    assert 0 < wins.sum() <= 0.05 * spots.n_obs
+    assert (refined["C"][wins] > 0).all()
+    assert refined["C"].max() == 1.0
+    assert (refined["C"][~wins] == 0).all()
+
+
+def test_nms_warns_about_a_type_that_wins_no_spot(caplog):
+    spots, reference = _rare_dominant_type(n_dominated=0, rare_alpha=0.01)
+    with caplog.at_level("WARNING", logger="loki"):
+        props, refined = lk.tl.decompose(
+            spots, reference=reference, cell_type_key="cell_type", refine="nms", inplace=False
+        )
+    assert (props.to_numpy().argmax(axis=1) != 2).all()
+    assert (refined["C"] == 0).all()
+    assert "most probable type of no spot" in caplog.text
+    assert "'C'" in caplog.text
+
+
+@pytest.mark.parametrize("method", ["nnls", "mapping"])
+def test_spots_without_signal_are_counted_and_warned_about(method, caplog):
+    spots, reference, _ = _toy()
+    spots.X[[0, 5]] = 0
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", method=method, epochs=20)
+    assert spots.uns["loki"]["loki_proportions"]["n_empty_spots"] == 2
+    assert "2 of 80 spots have no signal" in caplog.text
+    assert "'s0', 's5'" in caplog.text
+    if method == "nnls":
+        np.testing.assert_allclose(spots.obsm["loki_proportions"].iloc[[0, 5]], 0.25)
+    caplog.clear()
+    spots, reference, _ = _toy()
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", method=method, epochs=20)
+    assert spots.uns["loki"]["loki_proportions"]["n_empty_spots"] == 0
+    assert "no signal" not in caplog.text
+
+
+@pytest.mark.parametrize("seed", [None, np.random.default_rng(3), 11])
+def test_the_seed_used_is_recorded_and_reproduces_the_run(seed):
+    spots, reference, _ = _toy()
+    kwargs = {"reference": reference, "cell_type_key": "cell_type", "method": "mapping", "epochs": 20}
+    lk.tl.decompose(spots, seed=seed, **kwargs)
+    info = spots.uns["loki"]["loki_proportions"]
+    assert isinstance(info["seed"], int)
+    if isinstance(seed, int):
+        assert info["seed"] == seed
+    again = lk.tl.decompose(spots, seed=info["seed"], inplace=False, **kwargs)
+    pd.testing.assert_frame_equal(again, spots.obsm["loki_proportions"], check_exact=True)
+    assert info["min_cells_per_type"] == 2

@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from loki.tl._mapping import (
     _cosine,
@@ -17,9 +18,10 @@ from loki.tl._mapping import (
 )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
-    n_sources=st.integers(1, 6),
+    # both associations of the norm term: fewer sources than features (clusters) and more (cells)
+    n_sources=st.integers(1, 30),
     n_spots=st.integers(2, 40),
     n_features=st.integers(1, 12),
     seed=st.integers(0, 2**16),
@@ -36,6 +38,39 @@ def test_feature_cosine_matches_direct_formula_and_autograd(n_sources, n_spots, 
     (g_direct,) = torch.autograd.grad(direct, logits)
     assert float(fast.detach()) == pytest.approx(float(direct.detach()), rel=1e-9, abs=1e-12)
     np.testing.assert_allclose(g_fast.numpy(), g_direct.numpy(), rtol=1e-7, atol=1e-10)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the size of the largest tensor any torch operation produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("n_sources", [3, 1500])
+def test_feature_cosine_memory_is_linear_in_sources(n_sources):
+    """Cells mode: no sources x sources matrix, forward or backward (it was 1500 x 1500 here)."""
+    n_spots, n_features = 20, 8
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(n_sources, n_spots, generator=gen, requires_grad=True)
+    S = torch.rand(n_sources, n_features, generator=gen)
+    G = torch.rand(n_spots, n_features, generator=gen)
+    with _LargestTensor() as largest:
+        value = _feature_cosine_fn().apply(torch.softmax(logits, 1), S, G, G.norm(dim=0))
+        value.backward()
+    assert largest.numel <= max(n_sources, n_spots, n_features) * max(n_spots, n_features)
+    direct = _cosine(torch.softmax(logits, 1).T @ S, G, dim=0).mean()
+    (g_direct,) = torch.autograd.grad(direct, logits)
+    assert float(value.detach()) == pytest.approx(float(direct.detach()), rel=1e-5)
+    np.testing.assert_allclose(logits.grad.numpy(), g_direct.numpy(), rtol=1e-3, atol=1e-9)
 
 
 def _mixture(n_types=4, n_spots=60, n_features=30, seed=0):
@@ -130,6 +165,30 @@ def test_percentile_normalize_maps_columns_to_unit_range_monotonically(n, c, see
     for k in range(c):
         order = np.argsort(v[:, k])
         assert (np.diff(out[order, k]) >= -1e-12).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 60), st.integers(1, 4), st.floats(0.0, 0.2), st.integers(0, 1000))
+def test_percentile_normalize_zeroes_only_constant_columns(n, c, nonzero_fraction, seed):
+    """A column non-zero in few rows (e.g. a rare type after NMS) keeps its non-zero entries."""
+    rng = np.random.default_rng(seed)
+    v = rng.random((n, c)) * (rng.random((n, c)) < nonzero_fraction)
+    out = percentile_normalize(v, 5, 95)
+    for col, scaled in zip(v.T, out.T, strict=True):
+        if np.ptp(col) == 0:
+            assert (scaled == 0).all()
+            continue
+        assert scaled.max() == 1.0
+        if np.percentile(col, 95) == np.percentile(col, 5):  # rescaled over [min, max] instead
+            np.testing.assert_array_equal(scaled > 0, col > col.min())
+
+
+def test_percentile_normalize_after_nms_keeps_a_type_that_wins_few_spots():
+    p = np.tile([0.6, 0.4, 0.0], (100, 1))
+    p[:4] = [0.05, 0.05, 0.9]  # the third type wins 4 % of the spots
+    out = percentile_normalize(nms_refine(p), 5, 95)
+    np.testing.assert_array_equal(out[:4, 2], 1.0)
+    assert (out[4:, 2] == 0).all()
 
 
 def test_percentile_normalize_rejects_bad_percentiles():

@@ -43,10 +43,22 @@ def hex_grid(xmin: float, ymin: float, xmax: float, ymax: float, spacing: float)
     return centres[(centres[:, 0] < xmax + spacing / 2) & (centres[:, 1] < ymax + spacing / np.sqrt(3))]
 
 
-def assign_to_spots(coords: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
-    """Index of the spot whose disc (``radius``) holds each point, or -1 for points between spots."""
-    dist, idx = cKDTree(centres).query(coords, k=1)
-    return np.where(dist <= radius, idx, -1)
+def disc_members(coords: np.ndarray, centres: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every (spot, point) pair with the point inside the spot's disc (``radius``), sorted by point.
+
+    A point between spots is in no pair; where discs overlap, a point is in one pair per disc.
+    """
+    pairs = cKDTree(centres).sparse_distance_matrix(cKDTree(coords), radius, output_type="ndarray")
+    order = np.lexsort((pairs["i"], pairs["j"]))
+    return pairs["i"][order], pairs["j"][order]
+
+
+def _categories(labels: pd.Series) -> pd.Categorical:
+    """Labels as strings; a categorical column keeps its declared categories and their order."""
+    declared = (
+        [str(c) for c in labels.cat.categories] if isinstance(labels.dtype, pd.CategoricalDtype) else None
+    )
+    return pd.Categorical(labels.astype(str), categories=declared)
 
 
 def pseudo_spots(
@@ -64,7 +76,9 @@ def pseudo_spots(
     """Pool cells into round pseudo-spots on a hexagonal grid.
 
     Every cell whose centre lies inside a spot's disc is counted in that spot; cells between
-    spots are left out, as on a Visium slide.
+    spots are left out, as on a Visium slide. With ``spacing_um < diameter_um`` the discs overlap
+    and a cell inside several discs is counted in each of them (so ``.X`` then sums to more than
+    the cells hold).
 
     Parameters
     ----------
@@ -75,7 +89,10 @@ def pseudo_spots(
     spacing_um
         Centre-to-centre distance; default ``diameter_um * 100 / 55`` (the Visium layout).
     cell_type_key
-        Column of ``.obs`` with cell types; ``None`` skips the proportions.
+        Column of ``.obs`` with cell types; ``None`` skips the proportions. The columns of the truth
+        follow the declared categories of a categorical column (as :func:`loki.tl.decompose` orders
+        its proportions; a declared type without cells gets a column of zeros), otherwise the
+        sorted labels.
     spatial_key
         Key of the cell coordinates in ``.obsm``.
     microns_per_unit
@@ -98,7 +115,8 @@ def pseudo_spots(
     ``.obsm['spatial']``
         spot centres, in the units of the input coordinates.
     ``.obsm[truth_key]``
-        DataFrame spots x cell types of exact proportions (rows sum to 1), with ``cell_type_key``.
+        DataFrame spots x cell types of exact proportions (rows sum to 1), with ``cell_type_key``;
+        columns ordered as described there.
     ``.uns['loki']``
         ``spot_diameter_um``, ``spot_spacing_um``, ``microns_per_unit``.
 
@@ -127,8 +145,11 @@ def pseudo_spots(
         raise ValueError("adata has no cells.")
 
     radius = diameter_um / 2 / microns_per_unit
-    lo, hi = coords.min(axis=0), coords.max(axis=0)
     spacing = spacing_um / microns_per_unit
+    # A disc of radius <= spacing / 2 lies inside its centre's hexagonal cell, which hex_grid covers
+    # for every point of the box; larger, overlapping discs reach up to a radius past it.
+    pad = 0.0 if radius <= spacing / 2 else radius
+    lo, hi = coords.min(axis=0) - pad, coords.max(axis=0) + pad
     n_grid = ((hi[0] - lo[0]) / spacing + 2) * ((hi[1] - lo[1]) / (spacing * np.sqrt(3) / 2) + 2)
     if n_grid > 5e7:
         raise ValueError(
@@ -136,9 +157,8 @@ def pseudo_spots(
             f"spans {(hi - lo).max() * microns_per_unit:.3g} um. Check microns_per_unit."
         )
     centres = hex_grid(lo[0], lo[1], hi[0], hi[1], spacing)
-    spot_of_cell = assign_to_spots(coords, centres, radius)
-    inside = spot_of_cell >= 0
-    n_cells = np.bincount(spot_of_cell[inside], minlength=len(centres))
+    spot, member = disc_members(coords, centres, radius)
+    n_cells = np.bincount(spot, minlength=len(centres))
     keep = np.flatnonzero(n_cells >= max(min_cells, 1))
     if len(keep) == 0:
         raise ValueError(
@@ -147,10 +167,10 @@ def pseudo_spots(
         )
     new_index = np.full(len(centres), -1)
     new_index[keep] = np.arange(len(keep))
-    spot = new_index[spot_of_cell[inside]]
-    member = np.flatnonzero(inside)[spot >= 0]
+    spot = new_index[spot]
+    member = member[spot >= 0]
     spot = spot[spot >= 0]
-    # Pooling matrix: spots x cells, one 1 per pooled cell.
+    # Pooling matrix: spots x cells, a 1 for every cell in every spot's disc.
     pool = sparse.csr_matrix((np.ones(len(member)), (spot, member)), shape=(len(keep), adata.n_obs))
 
     x = adata.X if layer is None else adata.layers[layer]
@@ -168,7 +188,7 @@ def pseudo_spots(
     )
     out.obsm[Key.SPATIAL] = centres[keep]
     if cell_type_key is not None:
-        cat = pd.Categorical([str(label) for label in adata.obs[cell_type_key]])
+        cat = _categories(adata.obs[cell_type_key])
         onehot = sparse.csr_matrix(
             (np.ones(adata.n_obs), (np.arange(adata.n_obs), cat.codes)),
             shape=(adata.n_obs, len(cat.categories)),
@@ -186,7 +206,7 @@ def pseudo_spots(
     }
     logger.info(
         "pooled %d of %d cells into %d pseudo-spots of %g um",
-        len(member),
+        len(np.unique(member)),
         adata.n_obs,
         len(keep),
         diameter_um,

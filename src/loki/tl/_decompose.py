@@ -82,8 +82,9 @@ def decompose(
     Adam so that the mapped reference features ``M^T S`` have, for every feature, the highest cosine
     similarity with the spot features ``G``, under a uniform density prior (KL term). In
     ``mode="clusters"`` a source is a cell type (features summed over its cells, as tangram-sc does);
-    in ``mode="cells"`` every reference cell is a source. The proportions of spot ``j`` are the
-    expected numbers of cells of each type mapped to it, normalised to sum to 1.
+    in ``mode="cells"`` every reference cell is a source (memory and time per epoch grow linearly
+    with the number of cells). The proportions of spot ``j`` are the expected numbers of cells of
+    each type mapped to it, normalised to sum to 1.
 
     ``method="nnls"`` (default) solves a non-negative least-squares problem per spot on the per-type
     mean profiles and normalises the weights. It is the default because on pseudo-spots built from
@@ -94,6 +95,15 @@ def decompose(
     tangram-sc 1.0.4 (per-type correlation of proportions >= 0.998), is better on the synthetic
     generator, and is the paper's method for embeddings (``use="loki_text"`` / ``"loki_image"``),
     where a spot is not a linear mix of cell embeddings; compare both on your data.
+
+    Sparse expression stays sparse where sums suffice: the per-type profiles are sparse products,
+    and NNLS densifies one block of spots at a time. The mapping needs the spots dense, and
+    ``mode="cells"`` also the reference.
+
+    A spot whose features are all zero (an empty or off-tissue barcode, or no counts on the shared
+    genes), or to which NNLS gives no weight at all, has no signal: its proportions are uniform
+    (``nnls``) or whatever the mapping left there, not a measured mixture. Such spots are counted,
+    logged as a warning and recorded as ``n_empty_spots``.
 
     Parameters
     ----------
@@ -129,10 +139,14 @@ def decompose(
         or ``None`` (no density term).
     refine
         ``"nms"``: keep only the most probable type per spot (eqs. 13-14); written to
-        ``.obsm[f"{key_added}_refined"]``.
+        ``.obsm[f"{key_added}_refined"]``. A type that is the most probable one of no spot gets a
+        column of zeros (logged as a warning).
     normalize
         ``"percentile"``: clip every type's column to ``percentiles`` and rescale it to [0, 1] (after
-        ``refine`` when both are given), for maps; written to ``.obsm[f"{key_added}_refined"]``.
+        ``refine`` when both are given), for maps; written to ``.obsm[f"{key_added}_refined"]``. A
+        column whose two percentiles coincide but which is not constant (e.g. a type kept by NMS in
+        fewer than ``100 - percentiles[1]`` % of the spots) is rescaled over its [min, max] instead,
+        so its non-zero entries stay non-zero; constant columns become 0.
     percentiles
         Lower and upper percentiles of ``normalize="percentile"``.
     min_cells_per_type
@@ -141,7 +155,9 @@ def decompose(
     return_mapping
         Store the mapping matrix (sources x spots) in ``.uns['loki'][key_added]['mapping']``.
     seed
-        Seed of the local torch generator that initialises the mapping.
+        Seed of the local torch generator that initialises the mapping: an int, a
+        :class:`numpy.random.Generator` (one int is drawn from it) or ``None`` (one int is drawn
+        from fresh OS entropy). The int used is recorded as ``seed``, so any run can be repeated.
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     num_threads
@@ -168,10 +184,13 @@ def decompose(
     ``.obsm[f"{key_added}_refined"]``
         DataFrame of refined / normalised scores, only with ``refine`` or ``normalize``.
     ``.uns['loki'][key_added]``
-        ``method``, ``use``, ``reference_use``, ``mode``, ``cell_types``, ``n_features`` (and the
-        shared ``genes`` for expression), the
-        parameters, and for the mapping the ``loss`` history (one value per epoch), ``device`` and,
-        with ``return_mapping``, ``mapping`` and ``mapping_sources``.
+        ``method``, ``use``, ``reference_use``, ``cell_type_key``, ``cell_types``, ``n_features`` (and
+        the shared ``genes`` for expression), ``min_cells_per_type``, ``n_empty_spots`` (spots without
+        signal, see above); for the mapping ``mode``, ``epochs``, ``lr``, ``lambda_g1``,
+        ``lambda_g2``, ``lambda_d``, ``lambda_r``, ``density_prior``, ``seed`` (the int used), the
+        ``loss`` history (one value per epoch), ``device`` and, with ``return_mapping``, ``mapping``
+        and ``mapping_sources``; with ``refine`` or ``normalize``, ``refine``, ``normalize`` (and
+        ``percentiles``).
 
     """
     check_key_name(key_added)
@@ -212,11 +231,14 @@ def decompose(
         "cell_type_key": cell_type_key,
         "cell_types": list(cell_types),
         "n_features": int(spots.shape[1]),
+        "min_cells_per_type": int(min_cells_per_type),
     }
     if features is not None:
         info["genes"] = features
+    no_signal = _rows_without_signal(spots)
     if method == "nnls":
         weights = nnls_weights(type_means(ref, codes, n_types), spots, progress=progress)
+        no_signal |= weights.sum(axis=1) <= 0
         proportions = normalize_rows(weights)
     else:
         from ._mapping import fit_mapping
@@ -227,11 +249,12 @@ def decompose(
             source_density, groups, group_weights = counts / counts.sum(), np.arange(n_types), counts
             sources = list(cell_types)
         else:
-            source, source_density, groups, group_weights = ref, None, codes, np.ones(len(codes))
+            source, source_density, groups, group_weights = _dense(ref), None, codes, np.ones(len(codes))
             sources = list(reference.obs_names)
+        int_seed = as_seed(seed)
         result = fit_mapping(
             source,
-            spots,
+            _dense(spots),
             source_density=source_density,
             target_density=target_density,
             lambda_g1=lambda_g1,
@@ -240,7 +263,7 @@ def decompose(
             lambda_r=lambda_r,
             epochs=epochs,
             lr=lr,
-            seed=as_seed(seed),
+            seed=int_seed,
             device=device,
             num_threads=num_threads,
             progress=progress,
@@ -257,6 +280,7 @@ def decompose(
             density_prior=density_prior
             if isinstance(density_prior, str)
             else ("custom" if density_prior is not None else "none"),
+            seed=int_seed,
             loss=result.loss,
             device=result.device,
         )
@@ -266,10 +290,21 @@ def decompose(
             "decompose: final loss %.4f after %d epochs on %s", result.loss[-1], epochs, result.device
         )
 
+    info["n_empty_spots"] = int(no_signal.sum())
+    if no_signal.any():
+        logger.warning(
+            "decompose: %d of %d spots have no signal (%s), e.g. %s; their proportions are %snot a "
+            "measured mixture",
+            info["n_empty_spots"],
+            table.n_obs,
+            "all features zero, or no NNLS weight" if method == "nnls" else "all features zero",
+            _few(table.obs_names[no_signal]),
+            "uniform, " if method == "nnls" else "",
+        )
     proportions_df = pd.DataFrame(proportions, index=table.obs_names.copy(), columns=pd.Index(cell_types))
     refined_df = None
     if refine is not None or normalize is not None:
-        refined = nms_refine(proportions) if refine == "nms" else proportions
+        refined = _nms(proportions, cell_types) if refine == "nms" else proportions
         if normalize == "percentile":
             refined = percentile_normalize(refined, *percentiles)
             info["percentiles"] = [float(p) for p in percentiles]
@@ -290,6 +325,19 @@ def decompose(
         )
     write_uns(target, key_added, info)
     return target if copy else None
+
+
+def _nms(proportions: np.ndarray, cell_types: list[str]) -> np.ndarray:
+    refined = nms_refine(proportions)
+    never = [t for t, column in zip(cell_types, refined.T, strict=True) if not column.any()]
+    if never:
+        logger.warning(
+            "refine='nms': %d cell type(s) are the most probable type of no spot and are 0 in every "
+            "refined spot (eqs. 13-14): %s",
+            len(never),
+            ", ".join(map(repr, never)),
+        )
+    return refined
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
@@ -328,6 +376,30 @@ def _dense(x) -> np.ndarray:
     return np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)
 
 
+def _float32(x):
+    """``x`` as float32, a scipy sparse matrix staying sparse (CSR)."""
+    return sparse.csr_matrix(x, dtype=np.float32) if sparse.issparse(x) else _dense(x)
+
+
+def _rows_without_signal(x) -> np.ndarray:
+    """Boolean mask of the rows of ``x`` (dense or sparse) whose entries are all zero."""
+    if sparse.issparse(x):
+        return np.asarray(abs(x).max(axis=1).toarray()).ravel() == 0
+    return ~np.any(x != 0, axis=1)
+
+
+def _check_finite(x, name: str) -> None:
+    if not sparse.issparse(x):
+        check_array_finite(x, name)
+        return
+    bad = ~np.isfinite(x.data)
+    if bad.any():
+        rows = np.unique(np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))[bad])
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf), e.g. in rows {rows[:5].tolist()}."
+        )
+
+
 def _matrix(adata: AnnData, layer: str | None, where: str):
     if layer is None:
         return adata.X
@@ -342,8 +414,11 @@ def _features(
     reference_use: str,
     layer: str | None,
     reference_layer: str | None,
-) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    """Spot and reference feature matrices of the same width (shared genes, or two embeddings)."""
+) -> tuple[np.ndarray | sparse.csr_matrix, np.ndarray | sparse.csr_matrix, list[str] | None]:
+    """Spot and reference feature matrices of the same width (shared genes, or two embeddings).
+
+    float32; expression in a scipy sparse matrix stays sparse (CSR), embeddings are dense.
+    """
     if (use == "X") != (reference_use == "X"):
         raise ValueError(
             f"use={use!r} and reference_use={reference_use!r}: both must be 'X' (expression) or both embeddings."
@@ -360,8 +435,8 @@ def _features(
             )
         spot_x = _matrix(table, layer, "adata")
         ref_x = _matrix(reference, reference_layer, "reference")
-        spots = _dense(spot_x[:, table.var_names.get_indexer(shared)])
-        ref = _dense(ref_x[:, reference.var_names.get_indexer(shared)])
+        spots = _float32(spot_x[:, table.var_names.get_indexer(shared)])
+        ref = _float32(ref_x[:, reference.var_names.get_indexer(shared)])
         features = list(shared)
     else:
         require_keys(table.obsm, use, "adata.obsm")
@@ -374,8 +449,8 @@ def _features(
                 f"reference.obsm[{reference_use!r}] is {ref.shape}; embed both with the same model."
             )
         features = None
-    check_array_finite(spots, f"spot features ({use})")
-    check_array_finite(ref, f"reference features ({reference_use})")
+    _check_finite(spots, f"spot features ({use})")
+    _check_finite(ref, f"reference features ({reference_use})")
     return spots, ref, features
 
 

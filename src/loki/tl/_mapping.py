@@ -84,10 +84,15 @@ def _gram(M: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
 def _feature_cosine_fn():
     """Mean over features k of cos((M^T S)[:, k], G[:, k]) with a hand-written gradient.
 
-    With A = M G and P = M M^T, <G_pred[:, k], G[:, k]> = sum_c S[c, k] A[c, k] and
-    |G_pred[:, k]|^2 = S[:, k]^T P S[:, k], so neither G_pred (spots x features) nor its gradient is
-    ever formed: one product M G forward and one (S * a) G^T backward are the only costs that scale
-    with spots x features.
+    ``<G_pred[:, k], G[:, k]> = sum_c S[c, k] (M G)[c, k]``, so the numerator needs only ``M G``
+    (sources x features) forward and ``(S * alpha) G^T`` backward. For the norms
+    ``|G_pred[:, k]|^2`` and their gradient ``(S * beta) S^T M`` the cheaper association is taken:
+
+    - fewer sources than features (clusters): through ``P = M M^T``, as ``S[:, k]^T P S[:, k]`` and
+      ``((S * beta) S^T) M``; nothing of size spots x features is formed;
+    - otherwise (single cells): through ``G_pred^T = S^T M`` (features x spots), as its squared row
+      norms and ``(S * beta) G_pred^T``; nothing of size sources x sources is formed, so memory and
+      time stay linear in the number of reference cells.
     """
     import torch
 
@@ -95,18 +100,26 @@ def _feature_cosine_fn():
         @staticmethod
         def forward(ctx, M, S, G, g_norm):
             num = (S * (M @ G)).sum(0)
-            q = (S * (_gram(M) @ S)).sum(0).clamp_min(1e-16)
+            if M.shape[0] < S.shape[1]:
+                pred_t = None
+                q = (S * (_gram(M) @ S)).sum(0)
+            else:
+                pred_t = S.T @ M
+                q = (pred_t * pred_t).sum(1)
+            q = q.clamp_min(1e-16)
             pred_norm = q.sqrt()
-            ctx.save_for_backward(M, S, G, g_norm, num, q, pred_norm)
+            ctx.save_for_backward(M, S, G, g_norm, num, q, pred_norm, pred_t)
             return (num / (pred_norm * g_norm)).mean()
 
         @staticmethod
         def backward(ctx, grad_out):
-            M, S, G, g_norm, num, q, pred_norm = ctx.saved_tensors
+            M, S, G, g_norm, num, q, pred_norm, pred_t = ctx.saved_tensors
             scale = grad_out / S.shape[1]
             alpha = scale / (pred_norm * g_norm)
             beta = -scale * num / (q * pred_norm * g_norm)
-            grad_m = (S * alpha) @ G.T + ((S * beta) @ S.T) @ M
+            s_beta = S * beta
+            norm_term = (s_beta @ S.T) @ M if pred_t is None else s_beta @ pred_t
+            grad_m = (S * alpha) @ G.T + norm_term
             return grad_m, None, None, None
 
     return FeatureCosine
@@ -364,7 +377,10 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 def nms_refine(proportions: np.ndarray) -> np.ndarray:
-    """Keep only the most probable cell type of every spot (eqs. 13-14); the others become 0."""
+    """Keep only the most probable cell type of every spot (eqs. 13-14); the others become 0.
+
+    A type that is the most probable one of no spot gets a column of zeros, as the equations say.
+    """
     p = np.asarray(proportions, dtype=np.float64)
     out = np.zeros_like(p)
     best = p.argmax(axis=1)
@@ -374,12 +390,21 @@ def nms_refine(proportions: np.ndarray) -> np.ndarray:
 
 
 def percentile_normalize(values: np.ndarray, low: float = 5.0, high: float = 95.0) -> np.ndarray:
-    """Clip every column to its [low, high] percentiles and rescale it to [0, 1] (constant columns -> 0)."""
+    """Clip every column to its [low, high] percentiles and rescale it to [0, 1].
+
+    A column whose two percentiles coincide without being constant, such as a type that is non-zero
+    in only a few percent of the spots (after :func:`nms_refine`, a type that is the most probable
+    one in few spots), is rescaled over its full range [min, max] instead, so its non-zero entries
+    are kept, not set to 0. Only constant columns become 0.
+    """
     if not 0 <= low < high <= 100:
         raise ValueError(f"Percentiles must satisfy 0 <= low < high <= 100, got ({low}, {high}).")
     v = np.asarray(values, dtype=np.float64)
     lo = np.percentile(v, low, axis=0)
     hi = np.percentile(v, high, axis=0)
+    flat = hi <= lo
+    lo = np.where(flat, v.min(axis=0), lo)
+    hi = np.where(flat, v.max(axis=0), hi)
     span = hi - lo
     clipped = np.clip(v, lo, hi) - lo
     return np.divide(clipped, span, out=np.zeros_like(clipped), where=span > 0)
