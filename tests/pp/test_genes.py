@@ -117,3 +117,82 @@ def test_map_gene_ids_on_real_mob_table():
     first = a.var["gene_ids"].str.split(";").str[0]
     assert (table.loc[first, "gene_name"].to_numpy() == a.var_names.to_numpy()).all()
     assert "Snap25" in a.var_names or "Gfap" in a.var_names
+
+
+HUMAN_IDS = ["ENSG00000141510", "ENSG00000133703", "ENSG00000119888", "ENSG00000075624"]
+HUMAN_SYMBOLS = ["TP53", "KRAS", "EPCAM", "ACTB"]
+
+
+def _human(versions: bool = False) -> ad.AnnData:
+    ids = [f"{i}.7" for i in HUMAN_IDS] if versions else HUMAN_IDS
+    return ad.AnnData(np.arange(1, 9, dtype=np.float32).reshape(2, 4), var=pd.DataFrame(index=ids))
+
+
+def test_map_gene_ids_with_the_var_of_a_10x_anndata():
+    # scanpy's .var of a 10x matrix: symbols in the index, gene_ids, one feature type and genome for all
+    var = pd.DataFrame(
+        {"gene_ids": HUMAN_IDS, "feature_types": "Gene Expression", "genome": "GRCh38"}, index=HUMAN_SYMBOLS
+    )
+    a = _human()
+    lk.pp.map_gene_ids(a, var)
+    assert a.var_names.tolist() == HUMAN_SYMBOLS  # not every gene summed into "Gene Expression"
+    assert a.var["gene_ids"].tolist() == HUMAN_IDS
+    np.testing.assert_array_equal(a.X, np.arange(1, 9, dtype=np.float32).reshape(2, 4))
+
+
+@pytest.mark.parametrize("reader", ["file", "frame"])
+def test_map_gene_ids_with_a_biomart_export(tmp_path, reader):
+    mart = pd.DataFrame(
+        {
+            "Gene stable ID": HUMAN_IDS,
+            "Gene stable ID version": [f"{i}.18" for i in HUMAN_IDS],
+            "Gene name": HUMAN_SYMBOLS,
+        }
+    )
+    path = tmp_path / "mart_export.txt"
+    mart.to_csv(path, sep="\t", index=False)
+    a = _human(versions=True)
+    lk.pp.map_gene_ids(a, path if reader == "file" else mart)
+    assert a.var_names.tolist() == HUMAN_SYMBOLS
+
+
+def test_map_gene_ids_with_a_headerless_space_ranger_features_file(tmp_path, recwarn):
+    path = tmp_path / "features.tsv.gz"
+    rows = [(i, s, "Gene Expression") for i, s in zip(HUMAN_IDS, HUMAN_SYMBOLS, strict=True)]
+    pd.DataFrame(rows).to_csv(path, sep="\t", header=False, index=False)
+    a = _human()
+    lk.pp.map_gene_ids(a, path)
+    assert a.var_names.tolist() == HUMAN_SYMBOLS  # the first line is a gene, not a header
+    assert not [w for w in recwarn if "no symbol" in str(w.message)]
+    # its columns are then named by position
+    b = _human()
+    lk.pp.map_gene_ids(b, path, id_column=0, symbol_column="1")
+    assert b.var_names.tolist() == HUMAN_SYMBOLS
+
+
+def test_map_gene_ids_finds_unnamed_columns_by_content():
+    table = pd.DataFrame({"kind": "protein_coding", "a": HUMAN_IDS, "b": HUMAN_SYMBOLS, "n": range(4)})
+    a = _human()
+    lk.pp.map_gene_ids(a, table)
+    assert a.var_names.tolist() == HUMAN_SYMBOLS
+
+
+def test_map_gene_ids_asks_for_the_columns_when_they_are_ambiguous():
+    table = pd.DataFrame(
+        {"gene_ids": HUMAN_IDS, "hgnc": HUMAN_SYMBOLS, "alias": ["p53", "KRAS2", "TROP1", "BA1"]}
+    )
+    a = _human()
+    with pytest.raises(ValueError, match=r"gene symbols.*\['gene_ids', 'hgnc', 'alias'\].*symbol_column="):
+        lk.pp.map_gene_ids(a, table)
+    assert a.var_names.tolist() == HUMAN_IDS  # nothing written
+    lk.pp.map_gene_ids(a, table, symbol_column="alias")
+    assert a.var_names.tolist() == ["p53", "KRAS2", "TROP1", "BA1"]
+    no_ids = pd.DataFrame({"entrez": ["7157", "3845", "4072", "60"], "symbol": HUMAN_SYMBOLS})
+    with pytest.raises(ValueError, match=r"gene ids.*\['entrez', 'symbol'\].*id_column="):
+        lk.pp.map_gene_ids(_human(), no_ids)
+    with pytest.raises(
+        KeyError, match=r"symbol_column='gene_name' is not a column.*\['gene_ids', 'hgnc', 'alias'\]"
+    ):
+        lk.pp.map_gene_ids(_human(), table, symbol_column="gene_name")
+    with pytest.raises(ValueError, match="id_column and symbol_column choose the columns of a mapping table"):
+        lk.pp.map_gene_ids(_human(), dict(zip(HUMAN_IDS, HUMAN_SYMBOLS, strict=True)), id_column="gene_ids")

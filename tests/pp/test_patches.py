@@ -305,3 +305,73 @@ def test_image_of_a_section_is_found_by_its_name_not_a_neighbours():
     del sdata.images["A10_image"]
     with pytest.raises(KeyError, match="'A2_image' belongs to other tables"):
         section_image_key(sdata, "A1")
+
+
+class _CountingImage:
+    """Array-like (c, y, x) image that counts the pixels read and copies them, as a zarr store decodes."""
+
+    def __init__(self, arr):
+        self.arr, self.shape, self.dtype, self.ndim, self.read = arr, arr.shape, arr.dtype, arr.ndim, 0
+
+    def __getitem__(self, key):
+        out = np.array(self.arr[key])
+        self.read += out.size
+        return out
+
+
+def _shuffled_section(seed=0):
+    """1024 px image in 128 px blocks, spots on a 60 px grid listed in random order (like barcodes)."""
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+
+    rng = np.random.default_rng(seed)
+    src = _CountingImage(rng.integers(0, 256, (3, 1024, 1024), dtype=np.uint8))
+    img = Image2DModel.parse(da.from_array(src, chunks=(3, 128, 128)), dims=("c", "y", "x"))
+    ys, xs = np.mgrid[40:1000:60, 40:1000:60]
+    centers = np.column_stack([xs.ravel(), ys.ravel()]).astype(float)[rng.permutation(xs.size)]
+    ids = pd.Index([f"s{i}" for i in range(len(centers))])
+    table = ad.AnnData(
+        np.ones((len(ids), 1), np.float32),
+        obs=pd.DataFrame({"region": pd.Categorical(["spots"] * len(ids)), "sid": ids}, index=ids),
+    )
+    table.obsm["spatial"] = centers
+    table = TableModel.parse(table, region="spots", region_key="region", instance_key="sid")
+    shapes = ShapesModel.parse(centers, geometry=0, radius=np.full(len(ids), 20.0), index=ids)
+    return sd.SpatialData(images={"img": img}, shapes={"spots": shapes}, tables={"t": table}), src
+
+
+def test_spot_patches_computed_at_once_read_each_image_block_once():
+    import dask
+
+    sdata, src = _shuffled_section()
+    patches = lk.pp.spot_patches(sdata, size=16, chunk_size=32)
+    assert len(patches.chunks[0]) == 8  # 256 spots
+    with dask.config.set(scheduler="synchronous"):
+        src.read = 0
+        np.asarray(patches)
+    assert src.read == src.arr.size  # not once per chunk of spots
+
+
+def test_patches_grouped_by_area_read_few_blocks_a_chunk_and_match_table_order():
+    import dask
+
+    from loki.pp._patches import _cut_spot_patches, _cut_spot_patches_by_area
+
+    sdata, src = _shuffled_section(1)
+    with dask.config.set(scheduler="synchronous"):
+        table_order, ok, meta = _cut_spot_patches(sdata, size=16, chunk_size=32)
+        by_area, order, ok_area, meta_area = _cut_spot_patches_by_area(sdata, size=16, chunk_size=32)
+        assert sorted(order) == list(range(256))
+        np.testing.assert_array_equal(ok_area, ok)
+        assert meta_area == meta
+        reads = {}
+        for name, patches in (("table", table_order), ("area", by_area)):
+            src.read = 0
+            got = [np.asarray(patches[i : i + 32]) for i in range(0, 256, 32)]  # chunk by chunk
+            reads[name] = src.read / src.arr.size
+            if name == "area":
+                np.testing.assert_array_equal(
+                    np.concatenate(got), np.asarray(table_order)[order]
+                )  # bit-identical
+    assert reads["table"] > 4  # each chunk of randomly placed spots reads most of the image
+    assert reads["area"] < 2.5  # each chunk reads the few blocks around its spots

@@ -445,3 +445,60 @@ def test_join_names_parallel_path_matches_python_join():
     assert got.dtype == object
     assert got.shape == (n_rows,)
     assert got.tolist() == [";".join(names[g] for g in top[i, : counts[i]]) for i in range(n_rows)]
+
+
+def _counts(seed: int = 0, shape=(23, 200)) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(2, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+def test_gene_sentences_on_a_backed_h5ad(tmp_path, monkeypatch, fmt):
+    import loki.pp._topk as topk
+
+    monkeypatch.setattr(topk, "_BLOCK_ROWS", 5)  # several row blocks, the last one short
+    x = _counts()
+    mem = _adata(x)
+    lk.pp.gene_sentences(mem, housekeeping=None)
+    stored = {"csr": sparse.csr_matrix, "csc": sparse.csc_matrix, "dense": np.asarray}[fmt](x)
+    ad.AnnData(stored, obs=mem.obs[[]], var=mem.var[[]]).write_h5ad(tmp_path / "b.h5ad")
+    backed = ad.read_h5ad(tmp_path / "b.h5ad", backed="r")
+    try:
+        lk.pp.gene_sentences(backed, housekeeping=None)
+        assert backed.obs[Key.SENTENCE].tolist() == mem.obs[Key.SENTENCE].tolist()
+        np.testing.assert_array_equal(lk.pp.top_gene_indices(backed.X, 7), lk.pp.top_gene_indices(x, 7))
+    finally:
+        backed.file.close()
+
+
+@pytest.mark.parametrize("lazy", ["sparse_h5", "dense"])
+def test_gene_sentences_on_a_lazy_dask_matrix(tmp_path, lazy):
+    import dask.array as da
+    import h5py
+
+    x = _counts(1)
+    mem = _adata(x)
+    lk.pp.gene_sentences(mem, housekeeping=None)
+    ad.AnnData(sparse.csr_matrix(x)).write_h5ad(tmp_path / "l.h5ad")
+    read_elem_lazy = getattr(ad.experimental, "read_elem_lazy", None)
+    if read_elem_lazy is None:
+        pytest.skip("anndata.experimental.read_elem_lazy needs anndata >= 0.12")
+    with h5py.File(tmp_path / "l.h5ad") as f:
+        lazy_x = (
+            da.from_array(x, chunks=(4, 50)) if lazy == "dense" else read_elem_lazy(f["X"], chunks=(5, -1))
+        )
+        a = ad.AnnData(lazy_x, obs=mem.obs[[]], var=mem.var[[]])
+        lk.pp.gene_sentences(a, housekeeping=None)
+    assert a.obs[Key.SENTENCE].tolist() == mem.obs[Key.SENTENCE].tolist()
+    empty = da.from_array(np.zeros((0, 5), np.float32), chunks=(1, 5))
+    assert lk.pp.top_gene_indices(empty, 3).shape == (0, 3)
+
+
+def test_gene_sentences_on_float16_and_unreadable_matrices():
+    x = _counts(2, (6, 40))
+    a, b = _adata(x), ad.AnnData(x.astype(np.float16), obs=pd.DataFrame(index=[f"s{i}" for i in range(6)]))
+    b.var_names = a.var_names
+    lk.pp.gene_sentences(a, housekeeping=None)
+    lk.pp.gene_sentences(b, housekeeping=None)  # scipy.sparse has no float16
+    assert b.obs[Key.SENTENCE].tolist() == a.obs[Key.SENTENCE].tolist()
+    with pytest.raises(TypeError, match=r"Expected a matrix .* got object; load it into memory"):
+        lk.pp.top_gene_indices(object(), 3)

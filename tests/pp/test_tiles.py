@@ -84,6 +84,43 @@ def test_box_fractions_are_the_covered_area_of_the_box(mask, box):
     assert got == pytest.approx(expected, abs=1e-9)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    mask=arrays(bool, st.tuples(st.integers(1, 40), st.integers(1, 40))),
+    boxes=st.lists(st.tuples(*[st.integers(-5, 45)] * 4), min_size=1, max_size=30),
+    sweep=st.integers(1, 8),
+)
+def test_box_fractions_count_the_pixels_of_many_whole_pixel_boxes(mask, boxes, sweep):
+    import loki.pp._tiles as tiles
+
+    boxes = np.array([sorted(b[0::2]) + sorted(b[1::2]) for b in boxes], dtype=np.float64)[:, [0, 2, 1, 3]]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tiles, "_SWEEP_ROWS", sweep)  # rows summed per step of the sweep
+        got = box_fractions(mask, boxes)
+    h, w = mask.shape
+    for (x0, y0, x1, y1), g in zip(np.clip(boxes, 0, [w, h, w, h]).astype(int), got, strict=True):
+        area = (x1 - x0) * (y1 - y0)
+        assert g == (mask[y0:y1, x0:x1].sum() / area if area else 0.0)  # exact: counts, not float sums
+
+
+def test_box_fractions_memory_does_not_grow_with_the_mask():
+    import tracemalloc
+
+    mask = np.zeros((3000, 2000), dtype=bool)
+    mask[500:2500, 400:1600] = True
+    centres = np.stack(np.meshgrid(np.arange(50, 2000, 100), np.arange(50, 3000, 100)), -1).reshape(-1, 2)
+    boxes = np.hstack([centres - 50.0, centres + 50.0])
+    tracemalloc.start()
+    try:
+        got = box_fractions(mask, boxes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < mask.nbytes / 4  # a float64 summed-area table alone would be 8x the mask
+    expected = [mask[int(y0) : int(y1), int(x0) : int(x1)].mean() for x0, y0, x1, y1 in boxes]
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_a_mask_coarser_than_the_tiles_keeps_tiles_inside_its_tissue_pixels():
     mask = np.zeros((10, 10), dtype=bool)
     mask[:, :5] = True

@@ -17,8 +17,32 @@ from scipy import sparse
 from loki._logging import logger
 
 _VERSIONED = re.compile(r"^(ENS[A-Z]*[GTP]\d+)\.\d+$")
-_ID_COLUMNS = ("gene_id", "gene_ids", "ensembl_id", "ensembl", "id")
-_NAME_COLUMNS = ("gene_name", "gene_symbol", "symbol", "name", "gene")
+_ENSEMBL_ID = re.compile(r"^ENS[A-Z]*[GTP]\d{6,}(\.\d+)?$")
+# a symbol: one word holding a letter ("Gene Expression" and "12345" are not)
+_SYMBOL_LIKE = re.compile(r"^(?=[^\s]*[A-Za-z])[^\s]+$")
+# column names as _normalise spells them, in order of preference (GENCODE, 10x/scanpy, BioMart, CELLxGENE)
+_ID_COLUMNS = (
+    "gene_id",
+    "gene_ids",
+    "ensembl_id",
+    "ensembl_gene_id",
+    "gene_stable_id",
+    "ensembl",
+    "feature_id",
+    "id",
+)
+_NAME_COLUMNS = (
+    "gene_name",
+    "gene_symbol",
+    "gene_symbols",
+    "symbol",
+    "feature_name",
+    "external_gene_name",
+    "hgnc_symbol",
+    "mgi_symbol",
+    "name",
+    "gene",
+)
 
 
 def map_gene_ids(
@@ -28,6 +52,8 @@ def map_gene_ids(
     strip_version: bool = True,
     unmapped: Literal["keep", "drop", "raise"] = "keep",
     duplicates: Literal["sum", "first"] = "sum",
+    id_column: str | int | None = None,
+    symbol_column: str | int | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Replace gene ids in ``var_names`` by gene symbols.
@@ -37,11 +63,19 @@ def map_gene_ids(
     adata
         AnnData whose ``var_names`` are gene ids (e.g. ``ENSMUSG00000064339.1``).
     mapping
-        id -> symbol: a dict, a Series indexed by id, a DataFrame with an id and a symbol column
-        (``gene_id``/``gene_ids``/``ensembl_id``/``id`` and ``gene_name``/``gene_symbol``/``symbol``/
-        ``name``; else its first two columns), or the path of such a table (tab-separated for
-        ``.tsv``/``.txt``, else comma-separated; may be gzipped), e.g. a GENCODE-style
-        ``gene_id, gene_type, gene_name`` table.
+        id -> symbol: a dict, a Series indexed by id, a DataFrame with an id and a symbol column, or the
+        path of such a table (tab-separated for ``.tsv``/``.txt``, else comma-separated; may be
+        gzipped). A DataFrame's index counts as one more column (named ``"index"`` when unnamed), so
+        the ``.var`` of a 10x AnnData read by scanpy (symbols in the index, ``gene_ids``) works. The
+        columns are found by name (ignoring case, spaces as ``_``: ``gene_id``, ``gene_ids``,
+        ``ensembl_gene_id``, ``gene_stable_id``, ``feature_id``, ``id``, ... and ``gene_name``,
+        ``gene_symbol``, ``symbol``, ``feature_name``, ``external_gene_name``, ``name``, ...), else by
+        content: the id column is the one whose values look like Ensembl ids, the symbol column the
+        only other column of one-word names with mostly distinct values. GENCODE-style tables
+        (``gene_id, gene_type, gene_name``), BioMart exports (``Gene stable ID``, ``Gene name``) and
+        Space Ranger ``features.tsv.gz`` files (no header line: id, symbol, type) are read as they are.
+        When the columns cannot be told apart, a ValueError lists them: pass ``id_column`` and
+        ``symbol_column``.
     strip_version
         Ignore Ensembl version suffixes (``.1``) on both sides when matching.
     unmapped
@@ -50,6 +84,10 @@ def map_gene_ids(
     duplicates
         Several ids mapping to one symbol: ``"sum"`` their counts (``.X`` and every layer, sparse
         stays sparse) or keep the ``"first"`` one.
+    id_column
+        Column of a mapping table holding the ids (name, or position label of a table without header).
+    symbol_column
+        Column of a mapping table holding the symbols.
     copy
         Return a modified copy instead of changing ``adata`` in place.
 
@@ -67,7 +105,7 @@ def map_gene_ids(
         raise ValueError(f"unmapped must be 'keep', 'drop' or 'raise', got {unmapped!r}.")
     if duplicates not in ("sum", "first"):
         raise ValueError(f"duplicates must be 'sum' or 'first', got {duplicates!r}.")
-    table = _as_mapping_series(mapping)
+    table = _as_mapping_series(mapping, id_column=id_column, symbol_column=symbol_column)
     ids = pd.Index(adata.var_names.astype(str))
     if strip_version:
         table.index = _strip(table.index)
@@ -126,30 +164,39 @@ def map_gene_ids(
     return adata if copy else None
 
 
-def read_gene_table(path: str | PathLike) -> pd.Series:
-    """Read an id -> symbol table from a delimited text file (see :func:`map_gene_ids`)."""
+def read_gene_table(
+    path: str | PathLike, *, id_column: str | int | None = None, symbol_column: str | int | None = None
+) -> pd.Series:
+    """Read an id -> symbol table from a delimited text file (see :func:`map_gene_ids`).
+
+    A file whose first line already holds an Ensembl id (Space Ranger's ``features.tsv.gz``) is read
+    as having no header line; its columns are then named ``0``, ``1``, ...
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Gene mapping file not found: {path}")
     suffixes = [s.lower() for s in path.suffixes]
     sep = "\t" if (".tsv" in suffixes or ".txt" in suffixes) else ","
-    return _as_mapping_series(pd.read_csv(path, sep=sep, dtype=str))
+    table = pd.read_csv(path, sep=sep, dtype=str)
+    if _ensembl_fraction(pd.Series(table.columns.astype(str))) > 0:
+        logger.info("%s has no header line (its first line holds an Ensembl id); reading it without", path)
+        table = pd.read_csv(path, sep=sep, dtype=str, header=None)
+    return _as_mapping_series(table, id_column=id_column, symbol_column=symbol_column)
 
 
-def _as_mapping_series(mapping) -> pd.Series:
+def _as_mapping_series(mapping, *, id_column=None, symbol_column=None) -> pd.Series:
     if isinstance(mapping, str | PathLike):
-        return read_gene_table(mapping)
+        return read_gene_table(mapping, id_column=id_column, symbol_column=symbol_column)
+    if not isinstance(mapping, pd.DataFrame) and (id_column is not None or symbol_column is not None):
+        raise ValueError(
+            "id_column and symbol_column choose the columns of a mapping table (a DataFrame or file)."
+        )
     if isinstance(mapping, pd.DataFrame):
-        cols = {str(c).lower(): c for c in mapping.columns}
-        id_col = next((cols[c] for c in _ID_COLUMNS if c in cols), None)
-        name_col = next((cols[c] for c in _NAME_COLUMNS if c in cols), None)
-        if id_col is None or name_col is None:
-            if mapping.shape[1] < 2:
-                raise ValueError(
-                    f"A mapping table needs an id and a symbol column; got columns {list(mapping.columns)}."
-                )
-            id_col, name_col = mapping.columns[:2]
-        series = pd.Series(mapping[name_col].to_numpy(), index=mapping[id_col].astype(str).to_numpy())
+        columns = _table_columns(mapping)
+        id_col = _choose_id_column(columns, id_column)
+        name_col = _choose_symbol_column(columns, id_col, symbol_column)
+        logger.info("mapping gene ids in column %r to the symbols in column %r", id_col, name_col)
+        series = pd.Series(columns[name_col].to_numpy(), index=columns[id_col].astype(str).to_numpy())
     elif isinstance(mapping, pd.Series):
         series = mapping.copy()
         series.index = series.index.astype(str)
@@ -159,6 +206,82 @@ def _as_mapping_series(mapping) -> pd.Series:
         raise TypeError(f"mapping must be a dict, Series, DataFrame or a path, got {type(mapping).__name__}.")
     series = series[~series.index.duplicated()]
     return series
+
+
+def _table_columns(table: pd.DataFrame) -> dict[str, pd.Series]:
+    """The table's columns by name (as str), plus its index unless that is a plain row number."""
+    columns = {str(c): table.iloc[:, k] for k, c in enumerate(table.columns)}
+    if not isinstance(table.index, pd.RangeIndex):
+        name = "index" if table.index.name is None else str(table.index.name)
+        columns.setdefault(name, pd.Series(table.index, index=table.index))
+    return columns
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[\s\-.]+", "_", name.strip().lower())
+
+
+def _by_name(columns: dict[str, pd.Series], known: tuple[str, ...], exclude: str | None = None) -> str | None:
+    spelled = {_normalise(c): c for c in reversed(columns) if c != exclude}  # the first of equal spellings
+    return next((spelled[k] for k in known if k in spelled), None)
+
+
+def _requested(columns: dict[str, pd.Series], column, what: str) -> str:
+    if str(column) not in columns:
+        raise KeyError(f"{what}={column!r} is not a column of the mapping table; it has {list(columns)}.")
+    return str(column)
+
+
+def _choose_id_column(columns: dict[str, pd.Series], requested) -> str:
+    if requested is not None:
+        return _requested(columns, requested, "id_column")
+    named = _by_name(columns, _ID_COLUMNS)
+    if named is not None:
+        return named
+    ids = [c for c, v in columns.items() if _ensembl_fraction(v) >= 0.5]
+    # BioMart's "Gene stable ID" and "Gene stable ID version" hold the same ids
+    if ids and all(_strip(pd.Index(columns[c])).equals(_strip(pd.Index(columns[ids[0]]))) for c in ids):
+        return ids[0]
+    found = f"columns {ids} all look" if ids else "no column looks"
+    raise ValueError(
+        f"Cannot tell which column of the mapping table holds the gene ids ({found} like Ensembl ids; "
+        f"columns: {list(columns)}). Pass id_column= (and symbol_column=)."
+    )
+
+
+def _choose_symbol_column(columns: dict[str, pd.Series], id_col: str, requested) -> str:
+    if requested is not None:
+        return _requested(columns, requested, "symbol_column")
+    named = _by_name(columns, _NAME_COLUMNS, exclude=id_col)
+    if named is not None:
+        return named
+    candidates = [c for c, v in columns.items() if c != id_col and _symbol_like(v)]
+    if len(candidates) == 1:
+        return candidates[0]
+    found = f"{candidates} all look" if candidates else "none looks"
+    raise ValueError(
+        f"Cannot tell which column of the mapping table holds the gene symbols (ids in {id_col!r}; of the "
+        f"columns {list(columns)}, {found} like symbols: one-word names, mostly distinct, not Ensembl ids). "
+        "Pass symbol_column= (and id_column=)."
+    )
+
+
+def _ensembl_fraction(values: pd.Series) -> float:
+    values = pd.Series(values).dropna().astype(str)
+    return float(values.str.match(_ENSEMBL_ID).mean()) if len(values) else 0.0
+
+
+def _symbol_like(values: pd.Series) -> bool:
+    """Mostly one-word names holding a letter, mostly distinct, and not Ensembl ids."""
+    values = pd.Series(values).dropna()
+    if not len(values) or not pd.api.types.is_string_dtype(values):
+        return False
+    values = values.astype(str)
+    return (
+        values.str.match(_SYMBOL_LIKE).mean() >= 0.9
+        and values.nunique() >= 0.5 * len(values)
+        and _ensembl_fraction(values) < 0.5
+    )
 
 
 def _strip(ids: pd.Index) -> pd.Index:

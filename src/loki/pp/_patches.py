@@ -38,7 +38,8 @@ def crop_patches(
     Parameters
     ----------
     image
-        RGB image ``(y, x, c)``, uint8, numpy or dask (only the pixels near the centres are read).
+        RGB image ``(y, x, c)``, uint8, numpy or dask (only the blocks holding pixels near the
+        centres are read, each once, and held together while the patches are cut).
         One channel is repeated to three; a fourth (alpha) channel is ignored.
     centers
         ``(n, 2)`` centres as ``(x, y)`` in this image's pixels, continuous coordinates in which pixel
@@ -72,7 +73,7 @@ def crop_patches(
         image = image.rechunk({2: -1})
         grid = _BlockGrid(image)
         needed = grid.needed(windows)
-        blocks = dask.compute(*[grid.block(image, b) for b in needed])
+        blocks = dask.compute(*[grid.block(b) for b in needed])
         patches = _crop_task(list(blocks), [grid.origin(b) for b in needed], boxes, windows, size, fill)
     return patches, boxes_inside(boxes, h, w)
 
@@ -140,7 +141,11 @@ def spot_patches(
 
     Returns
     -------
-    uint8 dask array ``(n_spots, size, size, 3)`` in table order; compute it chunk by chunk. Writes:
+    uint8 dask array ``(n_spots, size, size, 3)`` in table order, ``chunk_size`` spots a chunk. Each
+    chunk reads the image blocks under its spots; computed at once, every block is read once. Spots
+    in table order can lie anywhere on the section (Space Ranger lists barcodes in random order), so
+    one chunk may need most of the image: computing chunk by chunk then reads the image about once a
+    chunk. Writes:
 
     - ``.obs[key_added]``: False for spots whose square is not entirely inside the image (padded with
       ``fill``, never dropped).
@@ -181,14 +186,52 @@ def _cut_spot_patches(
     fill: int = 255,
     chunk_size: int = 256,
 ) -> tuple[da.Array, np.ndarray, dict]:
-    """:func:`spot_patches` without writing: ``(patches, ok, parameters)``."""
-    import dask
+    """:func:`spot_patches` without writing: ``(patches, ok, parameters)``, patches in table order."""
+    size, fill, chunk_size = _check_size(size), _check_fill(fill), _check_chunk_size(chunk_size)
+    image, boxes, ok, meta = _spot_geometry(
+        sdata,
+        table_key=table_key,
+        image_key=image_key,
+        size=size,
+        diameter_um=diameter_um,
+        coordinate_system=coordinate_system,
+    )
+    groups = [np.arange(i, min(i + chunk_size, len(boxes))) for i in range(0, len(boxes), chunk_size)]
+    return _patch_array(image, boxes, groups, size, fill), ok, meta
+
+
+def _cut_spot_patches_by_area(
+    sdata: SpatialData, *, size: int = 224, fill: int = 255, chunk_size: int = 256, **where
+) -> tuple[da.Array, np.ndarray, np.ndarray, dict]:
+    """:func:`_cut_spot_patches` with the spots grouped by area: ``(patches, order, ok, parameters)``.
+
+    ``where`` takes ``table_key``, ``image_key``, ``diameter_um`` and ``coordinate_system``.
+    ``patches[i]`` is the patch of spot ``order[i]`` (``ok`` stays in table order). Spots are taken
+    image block by image block along a Z curve (:func:`space_order`), so each chunk of ``chunk_size``
+    spots reads only the few blocks around them, and computing the chunks one after another reads
+    each block about once. In table order (Space Ranger's barcode order is random in space), every
+    chunk reads about the whole image instead. For consumers that can put their results back in table
+    order: ``out[order] = f(patches)``.
+    """
+    size, fill, chunk_size = _check_size(size), _check_fill(fill), _check_chunk_size(chunk_size)
+    image, boxes, ok, meta = _spot_geometry(sdata, size=size, **where)
+    order = space_order(boxes, image.chunks[0], image.chunks[1])
+    groups = [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
+    return _patch_array(image, boxes, groups, size, fill), order, ok, meta
+
+
+def _spot_geometry(
+    sdata: SpatialData,
+    *,
+    size: int,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    diameter_um: float | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
+) -> tuple[da.Array, np.ndarray, np.ndarray, dict]:
+    """The chosen level as a ``(y, x, c)`` dask array, each spot's square on it, the flags and parameters."""
     import dask.array as da
 
-    size = _check_size(size)
-    fill = _check_fill(fill)
-    if not (isinstance(chunk_size, int | np.integer) and chunk_size > 0):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     table = get_table(sdata, table_key)
     if table_key is None:
         table_key = next(k for k, v in sdata.tables.items() if v is table)
@@ -235,24 +278,6 @@ def _cut_spot_patches(
         data = da.from_array(np.asarray(data), chunks=(-1, 4096, 4096), name=False)
     image = data.transpose(1, 2, 0).rechunk({2: -1})
     _check_image(image)
-    windows = _windows(boxes, size)
-    grid = _BlockGrid(image)
-    chunks = []
-    # Each chunk of spots reads only the image blocks its squares touch.
-    for start in range(0, len(boxes), int(chunk_size)):
-        sl = slice(start, start + int(chunk_size))
-        needed = grid.needed(windows[sl])
-        task = dask.delayed(_crop_task, pure=True)(
-            [grid.block(image, b) for b in needed],
-            [grid.origin(b) for b in needed],
-            boxes[sl],
-            windows[sl],
-            size,
-            fill,
-        )
-        n = len(boxes[sl])
-        chunks.append(da.from_delayed(task, shape=(n, size, size, 3), dtype=np.uint8))
-    patches = da.concatenate(chunks, axis=0) if chunks else da.zeros((0, size, size, 3), dtype=np.uint8)
 
     n_bad = int((~ok).sum())
     if n_bad:
@@ -265,7 +290,47 @@ def _cut_spot_patches(
         "coordinate_system": coordinate_system,
         "n_not_ok": n_bad,
     }
-    return patches, ok, meta
+    return image, boxes, ok, meta
+
+
+def _patch_array(
+    image: da.Array, boxes: np.ndarray, groups: list[np.ndarray], size: int, fill: int
+) -> da.Array:
+    """Patches of ``boxes[g]`` for each group ``g``, one dask chunk a group, groups one after another."""
+    import dask
+    import dask.array as da
+
+    windows = _windows(boxes, size)
+    grid = _BlockGrid(image)
+    chunks = []
+    # Each chunk of spots reads only the image blocks its squares touch.
+    for group in groups:
+        needed = grid.needed(windows[group])
+        task = dask.delayed(_crop_task, pure=True)(
+            [grid.block(b) for b in needed],
+            [grid.origin(b) for b in needed],
+            boxes[group],
+            windows[group],
+            size,
+            fill,
+        )
+        chunks.append(da.from_delayed(task, shape=(len(group), size, size, 3), dtype=np.uint8))
+    return da.concatenate(chunks, axis=0) if chunks else da.zeros((0, size, size, 3), dtype=np.uint8)
+
+
+def space_order(boxes: np.ndarray, row_chunks, col_chunks) -> np.ndarray:
+    """Order of the boxes ``(x0, y0, x1, y1)`` that visits an image's blocks along a Z (Morton) curve.
+
+    A box belongs to the block holding its centre; boxes of one block keep their order. Consecutive
+    boxes in this order lie in the same or neighbouring blocks, whatever the order of the table.
+    """
+    y_edges, x_edges = np.cumsum(row_chunks)[:-1], np.cumsum(col_chunks)[:-1]
+    by = np.searchsorted(y_edges, (boxes[:, 1] + boxes[:, 3]) / 2, side="right").astype(np.uint64)
+    bx = np.searchsorted(x_edges, (boxes[:, 0] + boxes[:, 2]) / 2, side="right").astype(np.uint64)
+    key = np.zeros(len(boxes), dtype=np.uint64)
+    for bit in range(32):  # interleave the bits of the block row (odd bits) and column (even bits)
+        key |= ((by >> bit) & 1) << (2 * bit + 1) | ((bx >> bit) & 1) << (2 * bit)
+    return np.argsort(key, kind="stable")
 
 
 def write_patch_flags(table, key_added: str, ok: np.ndarray, meta: dict) -> None:
@@ -299,6 +364,9 @@ class _BlockGrid:
     def __init__(self, image):
         self.y = np.concatenate([[0], np.cumsum(image.chunks[0])])
         self.x = np.concatenate([[0], np.cumsum(image.chunks[1])])
+        # One task per block, shared by every chunk of patches that needs it: computed together, they
+        # read it once (slices such as image.blocks[i, j] would each read it again).
+        self._blocks = image.to_delayed()
 
     def needed(self, windows: np.ndarray) -> list[tuple[int, int]]:
         """Blocks ``(by, bx)`` overlapping any of the windows ``(x0, y0, x1, y1)``."""
@@ -318,9 +386,8 @@ class _BlockGrid:
     def origin(self, block: tuple[int, int]) -> tuple[int, int]:
         return int(self.y[block[0]]), int(self.x[block[1]])
 
-    @staticmethod
-    def block(image, block: tuple[int, int]):
-        return image.blocks[block[0], block[1], 0]
+    def block(self, block: tuple[int, int]):
+        return self._blocks[block[0], block[1], 0]
 
 
 def _crop_task(blocks, origins, boxes, windows, size, fill) -> np.ndarray:
@@ -391,6 +458,12 @@ def _check_fill(fill) -> int:
     if isinstance(fill, bool) or not isinstance(fill, int | np.integer) or not 0 <= fill <= 255:
         raise ValueError(f"fill must be an integer grey level in 0-255, got {fill!r}.")
     return int(fill)
+
+
+def _check_chunk_size(chunk_size) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    return int(chunk_size)
 
 
 def _check_size(size) -> int:

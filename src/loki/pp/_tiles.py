@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: Side (pixels) up to which the tissue mask is computed; a coarser pyramid level is used when there is one.
 _MASK_SIDE = 2048
+#: Mask rows added up at a time when sweeping a mask for its summed-area table.
+_SWEEP_ROWS = 256
 
 
 def tissue_mask(
@@ -104,30 +106,45 @@ def box_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     covered pixels count by the area they share with the box, so a box smaller than a pixel (a
     coarse mask) takes that pixel's value. The integral image of a pixelwise constant mask is
     bilinear inside every pixel, so interpolating the summed-area table gives the exact area, O(1)
-    a box.
+    a box. Only the table entries next to box corners are computed (:func:`_summed_area_at`), so
+    a mask of any size costs a few rows of memory, not a table of its size.
     """
     h, w = mask.shape
-    table = np.zeros((h + 1, w + 1), dtype=np.float64)
-    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1)
     x0, x1 = np.clip(boxes[:, 0], 0, w), np.clip(boxes[:, 2], 0, w)
     y0, y1 = np.clip(boxes[:, 1], 0, h), np.clip(boxes[:, 3], 0, h)
-
-    def integral(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        i, j = (
-            np.minimum(np.floor(y), h - 1).astype(np.int64),
-            np.minimum(np.floor(x), w - 1).astype(np.int64),
-        )
-        v, u = y - i, x - j
-        return (
-            table[i, j] * (1 - u) * (1 - v)
-            + table[i, j + 1] * u * (1 - v)
-            + table[i + 1, j] * (1 - u) * v
-            + table[i + 1, j + 1] * u * v
-        )
-
-    inside = integral(x1, y1) - integral(x0, y1) - integral(x1, y0) + integral(x0, y0)
+    # each corner needs the table at the four grid points around it
+    cx, cy = np.concatenate([x1, x0, x1, x0]), np.concatenate([y1, y1, y0, y0])
+    i = np.minimum(np.floor(cy), h - 1).astype(np.int64)
+    j = np.minimum(np.floor(cx), w - 1).astype(np.int64)
+    table = _summed_area_at(mask, np.concatenate([i, i, i + 1, i + 1]), np.concatenate([j, j + 1, j, j + 1]))
+    t00, t01, t10, t11 = table.astype(np.float64).reshape(4, -1)
+    v, u = cy - i, cx - j
+    corner = t00 * (1 - u) * (1 - v) + t01 * u * (1 - v) + t10 * (1 - u) * v + t11 * u * v
+    n = len(boxes)
+    inside = corner[:n] - corner[n : 2 * n] - corner[2 * n : 3 * n] + corner[3 * n :]
     area = (x1 - x0) * (y1 - y0)
     return np.where(area > 0, np.clip(inside / np.where(area > 0, area, 1.0), 0.0, 1.0), 0.0)
+
+
+def _summed_area_at(mask: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """``mask[:i, :j].sum()`` for each pair ``(i, j)``, exactly (int64), in O(width) memory.
+
+    Rows are swept top to bottom, keeping each column's count of ``True`` so far; at each row that
+    some pair asks for, a cumulative sum along the row gives the counts of all its prefixes.
+    """
+    out = np.empty(len(i), dtype=np.int64)
+    columns = np.zeros(mask.shape[1] + 1, dtype=np.int64)  # columns[c + 1]: True pixels above, column c
+    prefix = np.empty_like(columns)
+    order = np.argsort(i, kind="stable")
+    rows, starts = np.unique(i[order], return_index=True)
+    done = 0
+    for row, asked in zip(rows, np.split(order, starts[1:]), strict=True):
+        for top in range(done, row, _SWEEP_ROWS):
+            columns[1:] += mask[top : min(top + _SWEEP_ROWS, row)].sum(axis=0, dtype=np.int64)
+        done = row
+        np.cumsum(columns, out=prefix)
+        out[asked] = prefix[j[asked]]
+    return out
 
 
 def tile_centres(width: float, height: float, tile: float, spacing: float, grid: str) -> np.ndarray:

@@ -21,9 +21,16 @@ non-negative index numba drops its negative-index check, which lets LLVM vectori
 
 from __future__ import annotations
 
+import sys
+
 import numba
 import numpy as np
 from scipy import sparse
+
+try:
+    from anndata.abc import CSCDataset, CSRDataset
+except ImportError:  # anndata < 0.11
+    from anndata.experimental import CSCDataset, CSRDataset
 
 # Rows per parallel task: large enough to amortise the buffers, small enough to balance threads.
 _ROWS_PER_TASK = 256
@@ -413,28 +420,86 @@ def _row_bytes(top, counts, name_off, out):  # pragma: no cover - numba
         out[i] = total
 
 
-def as_csr(x) -> sparse.csr_matrix:
-    """``x`` as a CSR matrix (no copy when it already is one)."""
+# Rows read at a time from a backed matrix: at most this many, and about _BLOCK_VALUES values when dense.
+_BLOCK_ROWS = 10_000
+_BLOCK_VALUES = 2**26
+
+
+class RowBlocks:
+    """A matrix that is not in memory, read as CSR blocks of consecutive rows.
+
+    For anndata's backed CSR datasets and dense h5py datasets (up to ``_BLOCK_ROWS`` rows at a time)
+    and dask arrays (one block per row chunk). Rows are independent in :func:`top_k_rows`, so the result
+    is the same as on the whole matrix.
+    """
+
+    def __init__(self, x):
+        self.x = x
+        self.shape = tuple(int(n) for n in x.shape)
+
+    def __iter__(self):
+        if hasattr(self.x, "blocks"):  # dask
+            for i in range(self.x.numblocks[0]):
+                yield as_csr(self.x.blocks[i].compute())
+        else:
+            step = max(1, min(_BLOCK_ROWS, _BLOCK_VALUES // max(self.shape[1], 1)))
+            for start in range(0, self.shape[0], step):
+                yield as_csr(self.x[start : start + step])
+
+
+def as_csr(x) -> sparse.csr_matrix | RowBlocks:
+    """``x`` as a CSR matrix (no copy when it already is one), or as :class:`RowBlocks` when not in memory.
+
+    Backed CSC datasets are read whole (anndata reads all of them for any row slice). Dense float16
+    is converted to float32, which scipy.sparse supports and which keeps every value and their order.
+    """
     if sparse.issparse(x):
-        csr = x.tocsr()
-    else:
-        arr = np.asarray(x)
-        if arr.ndim != 2:
-            raise ValueError(f"Expected a 2-d matrix, got an array of shape {arr.shape}.")
-        csr = sparse.csr_matrix(arr)
-    return csr
+        return x.tocsr()
+    if isinstance(x, CSCDataset):
+        return x.to_memory().tocsr()
+    if _read_by_rows(x):
+        if len(x.shape) != 2:
+            raise ValueError(f"Expected a 2-d matrix, got shape {tuple(x.shape)}.")
+        return RowBlocks(x)
+    arr = np.asarray(x)
+    if arr.ndim == 0 and arr.dtype == object:
+        raise TypeError(
+            f"Expected a matrix (numpy, scipy.sparse, dask, or an h5ad read with backed='r'), got "
+            f"{type(x).__name__}; load it into memory first (e.g. adata.to_memory())."
+        )
+    if arr.ndim != 2:
+        raise ValueError(f"Expected a 2-d matrix, got an array of shape {arr.shape}.")
+    if arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    return sparse.csr_matrix(arr)
 
 
-def top_k_rows(csr: sparse.csr_matrix, k: int, keep: np.ndarray | None = None):
-    """Run the top-k kernel on a CSR matrix from :func:`as_csr`; return ``(top, counts, n_bad)``.
+def _read_by_rows(x) -> bool:
+    # dask and h5py are only looked up, never imported: x can only be one of theirs if they are loaded
+    dask_array, h5py = sys.modules.get("dask.array"), sys.modules.get("h5py")
+    return (
+        isinstance(x, CSRDataset)
+        or (dask_array is not None and isinstance(x, dask_array.Array))
+        or (h5py is not None and isinstance(x, h5py.Dataset))
+    )
+
+
+def top_k_rows(csr: sparse.csr_matrix | RowBlocks, k: int, keep: np.ndarray | None = None):
+    """Run the top-k kernel on a matrix from :func:`as_csr`; return ``(top, counts, n_bad)``.
 
     ``top`` is int32 ``(n_rows, k)`` padded with -1, ``counts`` the number of selected entries per row
-    and ``n_bad`` the number of NaN, infinite or negative values per row (not raised here).
+    and ``n_bad`` the number of NaN, infinite or negative values per row (not raised here). A
+    :class:`RowBlocks` matrix is ranked block by block.
     """
     n_rows, n_cols = csr.shape
     keep = np.ones(n_cols, dtype=np.bool_) if keep is None else np.ascontiguousarray(keep, dtype=np.bool_)
     if keep.shape != (n_cols,):
         raise ValueError(f"keep must have one entry per column ({n_cols}), got shape {keep.shape}.")
+    if isinstance(csr, RowBlocks):
+        parts = [top_k_rows(block, k, keep) for block in csr]
+        if not parts:
+            return top_k_rows(sparse.csr_matrix((0, n_cols)), k, keep)
+        return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
     top = np.empty((n_rows, k), dtype=np.int32)
     counts = np.empty(n_rows, dtype=np.int32)
     n_bad = np.empty(n_rows, dtype=np.int64)
