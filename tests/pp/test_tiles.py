@@ -203,6 +203,8 @@ def test_tile_image_hex_grid_and_min_tissue_zero_keep_every_tile():
         ({"tile_um": -1.0}, ValueError, "tile_um"),
         ({"spacing_um": np.nan}, ValueError, "spacing_um"),
         ({"grid": "hexagonal"}, ValueError, "grid"),
+        ({"microns_per_pixel": 50.0}, ValueError, r"A tile spans 0\.40 px"),  # a unit slip
+        ({"spacing_um": 1e-3}, ValueError, r"About [\d,]+ tiles .* more than 20,000,000"),
         ({"min_tissue": 1.5}, ValueError, "min_tissue"),
         ({"mask": np.ones((10, 50), bool)}, ValueError, "aspect ratio"),
         ({"mask": np.ones((60, 80), int)}, ValueError, "boolean"),

@@ -164,6 +164,26 @@ def tile_centres(width: float, height: float, tile: float, spacing: float, grid:
     return centres[keep]
 
 
+#: Fewest pixels a tile may span, and most tiles one call may lay out.
+_MIN_TILE_PX, _MAX_TILES = 4.0, 20_000_000
+
+
+def _check_tile_count(tile_px: float, spacing_px: float, width: int, height: int) -> None:
+    # before laying out the grid: a unit slip (mpp 25 for 0.25) would make ~1e9 candidate tiles
+    hint = "check microns_per_pixel, tile_um and spacing_um (all in µm)"
+    if tile_px < _MIN_TILE_PX:
+        raise ValueError(
+            f"A tile spans {tile_px:.2f} px (tile_um / microns_per_pixel); tiles need at least "
+            f"{_MIN_TILE_PX:.0f} px of image: {hint}."
+        )
+    n = (width / spacing_px) * (height / spacing_px)
+    if n > _MAX_TILES:
+        raise ValueError(
+            f"About {n:,.0f} tiles {spacing_px:.1f} px apart would cover the {width}x{height} px image, more "
+            f"than {_MAX_TILES:,}: {hint}, or tile a region."
+        )
+
+
 def tile_image(
     sdata: SpatialData,
     image_key: str,
@@ -237,8 +257,9 @@ def tile_image(
         Unknown image or coordinate system, no ``microns_per_pixel`` given or recorded, or ``key_added``
         (or its shapes name) already names an element.
     ValueError
-        Bad sizes or fractions, a mask of another aspect ratio, or no tile kept (with the tissue
-        fraction of the image, to help choose ``min_tissue``).
+        Bad sizes or fractions, tiles under 4 px or more than 20 million of them (a unit slip in
+        ``microns_per_pixel`` or ``tile_um``), a mask of another aspect ratio, or no tile kept (with
+        the tissue fraction of the image, to help choose ``min_tissue``).
 
     """
     import geopandas as gpd
@@ -274,8 +295,9 @@ def tile_image(
     to_cs = affine_to(element, coordinate_system, f"sdata.images[{image_key!r}]")
     levels = image_levels(element)
     height, width = (int(n) for n in levels[0].shape[1:])
-    tile_px = tile_um / microns_per_pixel
-    centres = tile_centres(width, height, tile_px, spacing_um / microns_per_pixel, grid)
+    tile_px, spacing_px = tile_um / microns_per_pixel, spacing_um / microns_per_pixel
+    _check_tile_count(tile_px, spacing_px, width, height)
+    centres = tile_centres(width, height, tile_px, spacing_px, grid)
     if mask is None:
         rgb, to_cs_of_mask = lowres_image(element, _MASK_SIDE, coordinate_system)
         mask = tissue_mask(rgb)
