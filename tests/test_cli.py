@@ -122,3 +122,98 @@ def test_slide_that_fails_midway_leaves_no_store(tmp_path):
     with pytest.raises(Exception, match="LIBDEFLATE_BAD_DATA"):  # the codec error reaches the caller
         main(["slide", str(path), str(store), "--mpp", "0.5"])
     assert not store.exists()
+
+
+def _saved_model(path, patch_um=None):
+    """loki-tiny (untrained: these tests check plumbing) saved with ``patch_um`` recorded."""
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    model.patch_um = patch_um
+    return str(model.save(path))
+
+
+def test_embed_cuts_the_patch_size_the_model_was_trained_on(mob4_zarr, tmp_path):
+    model = _saved_model(tmp_path / "m200", patch_um=200.0)
+    embed = ["embed", str(mob4_zarr), "--table", "MOB4", "--model", model, "--device", "cpu"]
+    assert main(embed) == 0
+    record = sd.read_zarr(mob4_zarr).tables["MOB4"].uns["loki"]
+    assert record[lk.Key.IMAGE]["diameter_um"] == 200.0
+    assert record[lk.Key.IMAGE]["diameter_source"] == "model"
+    wide = record[lk.Key.PATCH_OK]["diameter_px"]
+
+    assert main([*embed, "--diameter-um", "100"]) == 0
+    record = sd.read_zarr(mob4_zarr).tables["MOB4"].uns["loki"]
+    assert record[lk.Key.IMAGE]["diameter_um"] == 100.0
+    assert record[lk.Key.PATCH_OK]["diameter_px"] == pytest.approx(wide / 2)
+
+
+def test_bad_arguments_fail_in_one_line_before_any_work(mob4_zarr, monkeypatch, capsys):
+    import torch
+
+    embed = ["embed", str(mob4_zarr), "--table", "MOB4", "--model", "loki-tiny"]
+    with pytest.raises(SystemExit, match=r"^loki embed: device must be .*got 'gpu0'$"):
+        main([*embed, "--device", "gpu0"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"^loki embed: device 'cuda': CUDA is not available here"):
+        main([*embed, "--device", "cuda"])
+    for option, value in (("--diameter-um", "-5"), ("--batch-size", "0"), ("--microns-per-unit", "nan")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*embed, option, value])
+        assert exit_info.value.code == 2
+        assert f"argument {option}: must be a positive" in capsys.readouterr().err
+    assert lk.Key.TEXT not in sd.read_zarr(mob4_zarr).tables["MOB4"].obsm
+
+
+@pytest.fixture
+def visium_store(tmp_path):
+    """The 10x Visium test fixture written by spatialdata-io's reader, as most scverse users hold Visium."""
+    from tests.conftest import shared_path
+
+    folder = shared_path("scanpy_visium_testdata", "1.0.0")
+    spatialdata_io = pytest.importorskip("spatialdata_io")
+    sdata = spatialdata_io.visium(folder, dataset_id="heart", counts_file="filtered_feature_bc_matrix.h5")
+    path = tmp_path / "visium.zarr"
+    sdata.write(path)
+    return path
+
+
+def test_embed_and_tile_a_spatialdata_io_visium_store(visium_store, tmp_path):
+    import pandas as pd
+
+    ids = sd.read_zarr(visium_store).tables["table"].var_names
+    gene_map = tmp_path / "features.tsv"
+    pd.DataFrame({"gene_id": ids, "gene_name": [f"Sym{i}" for i in range(len(ids))]}).to_csv(
+        gene_map, sep="\t", index=False
+    )
+    embed = ["embed", str(visium_store), "--table", "table", "--model", _saved_model(tmp_path / "m")]
+    # errors name the CLI's options, not the Python keywords
+    with pytest.raises(
+        SystemExit, match=r"Cannot tell which image belongs to table 'table'; pass --image-key\."
+    ):
+        main(embed)
+    embed += ["--image-key", "heart_hires_image"]
+    with pytest.raises(
+        SystemExit, match=r"no coordinate system 'global'; pass --coordinate-system, one of: .*'heart'"
+    ):
+        main(embed)
+    embed += ["--coordinate-system", "heart"]
+    trained_on_200 = _saved_model(tmp_path / "m200", patch_um=200.0)
+    with pytest.raises(SystemExit, match=r"trained on 200 µm patches; .*pass --microns-per-unit"):
+        main([*embed, "--model", trained_on_200])
+
+    assert main([*embed, "--gene-map", str(gene_map)]) == 0
+    table = sd.read_zarr(visium_store).tables["table"]
+    assert table.obsm[lk.Key.IMAGE].shape[0] == table.n_obs
+    assert table.uns["loki"][lk.Key.IMAGE]["coordinate_system"] == "heart"
+    assert table.uns["loki"][lk.Key.PATCH_OK]["image_key"] == "heart_hires_image"
+    assert table.obs[lk.Key.SENTENCE].str.startswith("Sym").all()  # symbols, not Ensembl ids
+    assert list(table.var_names) == list(ids)  # the table keeps its genes
+
+    spot_um = 55.0 / (2 * float(sd.read_zarr(visium_store).shapes["heart"]["radius"].iloc[0]))
+    assert main([*embed, "--model", trained_on_200, "--microns-per-unit", str(spot_um)]) == 0
+    assert sd.read_zarr(visium_store).tables["table"].uns["loki"][lk.Key.IMAGE]["diameter_um"] == 200.0
+
+    tile = ["tile", str(visium_store), "--image-key", "heart_lowres_image", "--mpp", "5"]
+    with pytest.raises(SystemExit, match="pass --coordinate-system"):
+        main(tile)
+    assert main([*tile, "--coordinate-system", "heart"]) == 0
+    assert sd.read_zarr(visium_store).tables["heart_lowres_image_tiles"].n_obs > 0

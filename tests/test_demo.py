@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
+import loki as lk
 from loki.cli import main
 
 
@@ -36,6 +37,32 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert img.shape[1] > 100
         assert img[..., :3].std() > 0.01, f"{name} is blank"
     assert (out / "loki-tiny-mob" / "model.safetensors").exists()
+    # the saved model knows the patch size it was trained on, so `loki embed` cuts the same
+    assert lk.models.load(out / "loki-tiny-mob", device="cpu").patch_um == lk.models.TINY_PATCH_UM
+
+    # numbers depend on torch's thread count: the run records it
+    import torch
+
+    threads = table.loc[table["metric"] == "torch CPU threads", "value"]
+    assert threads.tolist() == [torch.get_num_threads()]
+    assert (
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)"
+        in (out / "metrics.md").read_text()
+    )
+
+
+def test_bad_seed_or_output_path_fail_before_any_work(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit, match=r"^loki demo: '.*a_file' exists and is not a folder"):
+        main(["demo", "--out", str(a_file), "--quick"])
+    out = tmp_path / "demo"
+    for seed in ("-1", str(2**32)):
+        with pytest.raises(
+            SystemExit, match=rf"^loki demo: seed must be an integer from 0 to 4294967295, got {seed}$"
+        ):
+            main(["demo", "--out", str(out), "--seed", seed, "--quick"])
+    assert not out.exists()
 
 
 def test_cli_rejects_unknown_command(capsys):

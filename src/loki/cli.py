@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 import shutil
 import sys
 from pathlib import Path
+
+#: The option of each command that sets a Python keyword, to word the API's error messages for the CLI.
+_OPTIONS = {
+    "embed": {
+        "image_key": "--image-key",
+        "coordinate_system": "--coordinate-system",
+        "diameter_um": "--diameter-um",
+        "trust_checkpoint": "--trust-checkpoint",
+    },
+    "tile": {
+        "coordinate_system": "--coordinate-system",
+        "microns_per_pixel": "--mpp",
+        "key_added": "--key-added",
+    },
+    "slide": {"microns_per_pixel": "--mpp"},
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,9 +63,36 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--table", required=True, help="key of the section's table in sdata.tables")
     embed.add_argument("--model", default="omiclip", help="model name, local checkpoint or hf-hub id")
     embed.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling a .pt checkpoint")
-    embed.add_argument("--device", default="auto")
-    embed.add_argument("--batch-size", type=int, default=256)
+    embed.add_argument(
+        "--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'"
+    )
+    embed.add_argument("--batch-size", type=_positive_int, default=256)
     embed.add_argument("--no-image", action="store_true", help="embed transcriptomes only")
+    _add_where(
+        embed, ["--image-key"], "image of the section in sdata.images (default: the one the table names)"
+    )
+    embed.add_argument(
+        "--diameter-um",
+        type=_positive_float,
+        default=None,
+        help="side of the cut squares in µm (default: the size the model was trained on, when it records "
+        "one, else the spot diameter)",
+    )
+    embed.add_argument(
+        "--microns-per-unit",
+        type=_positive_float,
+        default=None,
+        help="µm per unit of the table's coordinates, for a table that does not record it (needed to cut "
+        "squares given in µm; Visium: 55 / the spot diameter in coordinate units); stored in the table",
+    )
+    embed.add_argument(
+        "--gene-map",
+        type=Path,
+        default=None,
+        help="table of gene ids and symbols (e.g. Space Ranger's features.tsv.gz) to build the gene "
+        "sentences from symbols when var_names are Ensembl ids (lk.pp.map_gene_ids); the table keeps "
+        "its genes",
+    )
 
     slide = sub.add_parser(
         "slide",
@@ -74,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     tile.add_argument("zarr", type=Path, help="SpatialData .zarr store (modified in place)")
-    tile.add_argument("--image", required=True, help="key of the H&E image in sdata.images")
+    _add_where(tile, ["--image", "--image-key"], "key of the H&E image in sdata.images", required=True)
     _add_mpp(
         tile,
         "micrometres per pixel of the image's finest level (default: recorded by `loki slide` or a reader)",
@@ -96,12 +141,78 @@ def _add_mpp(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--mpp", type=float, default=None, help=help)
 
 
+def _add_where(
+    parser: argparse.ArgumentParser, image_flags: list[str], image_help: str, required: bool = False
+):
+    """The image option (``args.image``) and the coordinate-system option."""
+    parser.add_argument(*image_flags, dest="image", required=required, default=None, help=image_help)
+    parser.add_argument(
+        "--coordinate-system",
+        default="global",
+        help="coordinate system of the image (and spots) to work in; spatialdata-io names it after the "
+        "dataset (default: global)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def _embed(args: argparse.Namespace) -> None:
     import spatialdata as sd
 
     import loki as lk
+    from loki.models._omiclip import resolve_device
 
+    resolve_device(args.device)  # a bad or missing device fails before any work
+    if args.gene_map is not None and not args.gene_map.is_file():
+        raise FileNotFoundError(f"--gene-map: no such file: {str(args.gene_map)!r}")
     sdata = sd.read_zarr(args.zarr)
+    _check_embed_target(sdata, args)
+    table = sdata.tables[args.table]
+    if args.microns_per_unit is not None:
+        _set_microns_per_unit(table, args.microns_per_unit)
+    model = lk.models.load(args.model, device=args.device, trust_checkpoint=args.trust_checkpoint)
+    if not args.no_image:
+        _check_scale(table, model, args.diameter_um)
+    if table.n_vars > 0:
+        _gene_sentences(table, args.gene_map)
+        lk.tl.embed_text(sdata, model, table_key=args.table, batch_size=args.batch_size)
+    else:
+        print(f"table {args.table!r} holds no genes (an image-only section): embedding its image only")
+    if not args.no_image:
+        lk.tl.embed_image(
+            sdata,
+            model,
+            table_key=args.table,
+            image_key=args.image,
+            diameter_um=args.diameter_um,
+            coordinate_system=args.coordinate_system,
+            batch_size=args.batch_size,
+        )
+    _rewrite_table(sdata, args.table)
+
+
+def _check_embed_target(sdata, args: argparse.Namespace) -> None:
+    """Refuse a leftover copy, a missing table, nothing to embed, or a missing image or coordinate system."""
+    from loki._utils._spatialdata import section_image_key
+
     backup = _backup_name(args.table)
     if backup in sdata.tables:
         raise SystemExit(
@@ -113,21 +224,77 @@ def _embed(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"loki embed: no table {args.table!r} in {args.zarr}; tables: {', '.join(sdata.tables) or 'none'}"
         )
-    has_genes = sdata.tables[args.table].n_vars > 0
-    if not has_genes and args.no_image:
-        raise SystemExit(
-            f"loki embed: table {args.table!r} holds no genes (an image-only section) and --no-image "
-            "was given: nothing to embed."
+    if args.no_image:
+        if sdata.tables[args.table].n_vars == 0:
+            raise SystemExit(
+                f"loki embed: table {args.table!r} holds no genes (an image-only section) and --no-image "
+                "was given: nothing to embed."
+            )
+        return
+    section_image_key(sdata, args.table, args.image)
+    _check_coordinate_system(sdata, args.coordinate_system)
+
+
+def _check_coordinate_system(sdata, name: str) -> None:
+    if name not in sdata.coordinate_systems:
+        raise ValueError(
+            f"the store has no coordinate system {name!r}; pass --coordinate-system, one of: "
+            f"{', '.join(map(repr, sorted(sdata.coordinate_systems))) or 'none'}"
         )
-    model = lk.models.load(args.model, device=args.device, trust_checkpoint=args.trust_checkpoint)
-    if has_genes:
-        lk.pp.gene_sentences(sdata, table_key=args.table)
-        lk.tl.embed_text(sdata, model, table_key=args.table, batch_size=args.batch_size)
-    else:
-        print(f"table {args.table!r} holds no genes (an image-only section): embedding its image only")
-    if not args.no_image:
-        lk.tl.embed_image(sdata, model, table_key=args.table, batch_size=args.batch_size)
-    _rewrite_table(sdata, args.table)
+
+
+def _check_scale(table, model, diameter_um: float | None) -> None:
+    """Squares given in µm need the table's µm per coordinate unit: say which option gives it."""
+    import loki as lk
+
+    size = diameter_um if diameter_um is not None else model.patch_um
+    if size is None or "microns_per_unit" in table.uns.get(lk.Key.UNS, {}):
+        return
+    what = (
+        "--diameter-um needs"
+        if diameter_um is not None
+        else f"model {model.name!r} was trained on {size:g} µm patches; cutting those needs"
+    )
+    raise ValueError(
+        f"{what} the table's µm per coordinate unit, which it does not record: pass --microns-per-unit "
+        "(Visium: 55 / the spot diameter in coordinate units)"
+    )
+
+
+def _set_microns_per_unit(table, value: float) -> None:
+    """Record ``--microns-per-unit`` in the table, unless it records another value."""
+    import loki as lk
+
+    recorded = table.uns.get(lk.Key.UNS, {}).get("microns_per_unit")
+    if recorded is not None and not math.isclose(float(recorded), value, rel_tol=1e-6):
+        raise ValueError(
+            f"the table records {float(recorded):g} µm per coordinate unit, not --microns-per-unit {value:g}"
+        )
+    table.uns.setdefault(lk.Key.UNS, {})["microns_per_unit"] = value
+
+
+def _gene_sentences(table, gene_map: Path | None) -> None:
+    """Add gene sentences to ``table``; with ``gene_map``, built from gene symbols on a mapped view.
+
+    The table keeps its own genes: only the sentences, their empty-spot flags and parameters are copied.
+    """
+    import anndata as ad
+    import pandas as pd
+
+    import loki as lk
+
+    if gene_map is None:
+        lk.pp.gene_sentences(table)
+        return
+    genes = ad.AnnData(
+        X=table.X, obs=pd.DataFrame(index=table.obs_names), var=pd.DataFrame(index=table.var_names)
+    )
+    lk.pp.map_gene_ids(genes, gene_map)
+    lk.pp.gene_sentences(genes)
+    for column in (lk.Key.SENTENCE, lk.Key.empty_of(lk.Key.SENTENCE)):
+        table.obs[column] = genes.obs[column].to_numpy()
+    params = {**genes.uns[lk.Key.UNS][lk.Key.SENTENCE], "gene_map": str(gene_map)}
+    table.uns.setdefault(lk.Key.UNS, {})[lk.Key.SENTENCE] = params
 
 
 def _rewrite_table(sdata, name: str) -> None:
@@ -172,9 +339,11 @@ def _tile(args: argparse.Namespace) -> None:
     import loki as lk
 
     sdata = sd.read_zarr(args.zarr)
+    _check_coordinate_system(sdata, args.coordinate_system)
     table = lk.pp.tile_image(
         sdata,
         args.image,
+        coordinate_system=args.coordinate_system,
         microns_per_pixel=args.mpp,
         tile_um=args.tile_um,
         spacing_um=args.spacing_um,
@@ -206,12 +375,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _run(args)
-    except (KeyError, ValueError, FileNotFoundError) as err:
+    except (KeyError, ValueError, OSError) as err:
         if args.verbose:
             raise
-        message = err.args[0] if err.args else repr(err)
-        raise SystemExit(f"loki {args.command}: {message}") from err
+        raise SystemExit(f"loki {args.command}: {_cli_message(err, args.command)}") from err
     return 0
+
+
+def _cli_message(err: BaseException, command: str) -> str:
+    """The error's message, with the API keywords this command has options for written as those options."""
+    # a KeyError's str() is quoted; an OSError's args are (errno, text)
+    message = err.args[0] if len(err.args) == 1 and isinstance(err.args[0], str) else str(err) or repr(err)
+    for keyword, option in _OPTIONS.get(command, {}).items():
+        message = re.sub(rf"\b{keyword}=(True\b)?", option, message)
+    return message
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -138,3 +138,52 @@ def test_dispersion_zero_is_poisson_and_negative_is_refused():
     for bad in (-0.1, float("nan")):
         with pytest.raises(ValueError, match="dispersion must be >= 0"):
             lk.datasets.synthetic_tissue(n_spots=200, n_genes=30, dispersion=bad)
+
+
+def _lognorm(adata):
+    """scanpy's usual layout: raw counts in layers['counts'], log1p of normalised counts in .X."""
+    out = adata.copy()
+    out.layers["counts"] = out.X.copy()
+    x = out.X.multiply(1e4 / out.X.sum(axis=1)).tocsr()
+    x.data = np.log1p(x.data)
+    out.X = x.astype(np.float32)
+    return out
+
+
+def test_thinning_refuses_values_that_are_not_counts(tissue):
+    lognorm = _lognorm(tissue)
+    with pytest.raises(ValueError, match=r"not non-negative integers .*adata.X = adata.layers\['counts'\]"):
+        lk.datasets.transform_section(lognorm, thin_counts=0.9, seed=0)
+    scaled = tissue.copy()
+    scaled.X = scaled.X.toarray() - 3.0  # scaled data: negative values
+    with pytest.raises(ValueError, match="not non-negative integers"):
+        lk.datasets.transform_section(scaled, thin_counts=0.9, seed=0)
+    # nothing to thin: any values are fine
+    moved, _ = lk.datasets.transform_section(lognorm, rotation_deg=10.0, seed=0)
+    assert moved.X.sum() == pytest.approx(lognorm.X.sum())
+
+
+def test_thinning_keeps_a_counts_layer_equal_to_the_thinned_counts(tissue):
+    counts = tissue.copy()
+    counts.layers["counts"] = counts.X.copy()
+    moved, truth = lk.datasets.transform_section(counts, thin_counts=0.5, seed=2)
+    assert (moved.layers["counts"] != moved.X).nnz == 0
+    assert 0.45 < moved.layers["counts"].sum() / tissue.X[truth.kept].sum() < 0.55
+    # the same draw as without the layer
+    plain, _ = lk.datasets.transform_section(tissue, thin_counts=0.5, seed=2)
+    assert (plain.X != moved.X).nnz == 0
+
+    counts.layers["lognorm"] = _lognorm(tissue).X
+    with pytest.raises(ValueError, match=r"layers \['lognorm'\] hold other values"):
+        lk.datasets.transform_section(counts, thin_counts=0.5, seed=2)
+
+
+def test_depth_is_the_median_library_size():
+    a = lk.datasets.synthetic_tissue(n_spots=20000, n_genes=100, depth=2000, dispersion=0, seed=0)
+    library = np.asarray(a.X.sum(axis=1)).ravel()
+    assert np.median(library) == pytest.approx(2000, rel=0.01)
+    assert library.mean() == pytest.approx(2000 * np.exp(0.3**2 / 2), rel=0.01)
+    for function in (lk.datasets.synthetic_tissue, lk.datasets.synthetic_reference):
+        doc = function.__doc__.split("depth\n", 1)[1].split("\n    seed", 1)[0]
+        assert "Median library size" in doc
+        assert "Mean library size" not in doc

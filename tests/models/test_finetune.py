@@ -269,3 +269,26 @@ def test_a_finetune_stopped_part_way_updates_the_hash(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         lk.models.finetune(m, imgs, sents, epochs=1, batch_size=8, progress=False)
     assert m.info()["checkpoint_hash"] != before  # one step changed the weights
+
+
+def test_finetune_records_the_patch_size_it_is_given():
+    imgs, sents = _pairs(n=16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    m, hist = lk.models.finetune(m, imgs, sents, epochs=1, batch_size=8, patch_um=200, progress=False)
+    assert m.patch_um == hist["patch_um"] == 200.0
+    m, hist = lk.models.finetune(m, imgs, sents, epochs=1, batch_size=8, progress=False)
+    assert m.patch_um == hist["patch_um"] == 200.0  # patches of unknown size: the model keeps its own
+
+    model, hist = lk.models.train_tiny(imgs, sents, device="cpu", epochs=1, patch_um=55, progress=False)
+    assert model.patch_um == hist["patch_um"] == 55.0
+
+
+def test_bad_patch_size_fails_before_training():
+    imgs, sents = _pairs(n=16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    before = m.checkpoint_hash
+    with pytest.raises(ValueError, match="patch_um"):
+        lk.models.finetune(m, imgs, sents, epochs=1, batch_size=8, patch_um=-1, progress=False)
+    assert m.checkpoint_hash == before
+    assert m.patch_um is None
+    assert not m.trained

@@ -379,3 +379,40 @@ def test_convert_never_overwrites_weights_or_a_saved_models_metadata(tiny, tmp_p
     with pytest.raises(ValueError, match=r"loki_model.json names arch 'loki-small-data', not 'loki-tiny'"):
         lk.models.convert_to_safetensors(path, saved / "model.safetensors", arch="loki-tiny")
     assert not (saved / "model.safetensors").exists()
+
+
+def test_patch_size_is_saved_and_read_back(tiny, tmp_path):
+    import json
+
+    assert tiny.patch_um is None  # an architecture name: nothing known
+    tiny.patch_um = 200
+    tiny.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "loki_model.json").read_text())["patch_um"] == 200.0
+    assert lk.models.load(tmp_path / "m", device="cpu").patch_um == 200.0
+
+    meta = json.loads((tmp_path / "m" / "loki_model.json").read_text())
+    del meta["patch_um"]  # as saved before the patch size was recorded
+    (tmp_path / "m" / "loki_model.json").write_text(json.dumps(meta))
+    assert lk.models.load(tmp_path / "m", device="cpu").patch_um is None
+
+
+@pytest.mark.parametrize("value", [0, -5.0, float("nan"), "200", True])
+def test_bad_patch_size_is_refused(tiny, value):
+    with pytest.raises(ValueError, match="patch_um must be None or a positive number"):
+        tiny.patch_um = value
+    assert tiny.patch_um is None
+
+
+def test_unknown_or_absent_devices_are_value_errors(monkeypatch):
+    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', .*got 'gpu0'"):
+        lk.models.load("loki-tiny", device="gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda': CUDA is not available here"):
+        lk.models.load("loki-tiny", device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(
+        ValueError, match=r"device 'cuda:3': this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"
+    ):
+        lk.models.load("loki-tiny", device="cuda:3")
+    assert lk.models.load("loki-tiny", device="cpu").device.type == "cpu"

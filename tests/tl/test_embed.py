@@ -127,3 +127,68 @@ def test_embed_image_copy_and_failure_leave_the_section_untouched(model):
         lk.tl.embed_image(sdata, model, table_key="MOB2", batch_size=0)
     assert list(table.obs.columns) == before_obs
     assert dict(table.uns.get("loki", {})) == before_uns
+
+
+def _trained_on(model, patch_um):
+    """A copy of ``model`` whose recorded training patch size is ``patch_um``."""
+    import copy
+
+    twin = copy.copy(model)
+    twin.patch_um = patch_um
+    return twin
+
+
+def test_embed_image_cuts_the_patch_size_the_model_was_trained_on(model):
+    sdata = lk.datasets.mob("MOB2")
+    lk.tl.embed_image(sdata, _trained_on(model, 200.0), table_key="MOB2")
+    lk.tl.embed_image(sdata, model, table_key="MOB2", key_added="explicit", diameter_um=200.0)
+    lk.tl.embed_image(sdata, model, table_key="MOB2", key_added="spot")
+    table = sdata.tables["MOB2"]
+    loki = table.uns["loki"]
+    np.testing.assert_array_equal(table.obsm[lk.Key.IMAGE], table.obsm["explicit"])
+    assert loki[lk.Key.IMAGE]["diameter_um"] == loki["explicit"]["diameter_um"] == 200.0
+    assert loki[lk.Key.IMAGE]["diameter_source"] == "model"
+    assert loki["explicit"]["diameter_source"] == "argument"
+    # a model that does not know its patch size: the spot (legacy ST, 100 µm), recorded in µm too
+    assert loki["spot"]["diameter_source"] == "spot"
+    assert loki["spot"]["diameter_um"] == pytest.approx(100.0)
+    assert loki["spot_patch_ok"]["diameter_px"] == pytest.approx(loki[lk.Key.PATCH_OK]["diameter_px"] / 2)
+    assert loki[lk.Key.IMAGE]["coordinate_system"] == "global"
+
+
+def test_a_models_patch_size_needs_the_sections_scale(model):
+    sdata = lk.datasets.mob("MOB2")
+    table = sdata.tables["MOB2"]
+    del table.uns["loki"]["microns_per_unit"]
+    before = dict(table.uns["loki"])
+    with pytest.raises(ValueError, match=r"trained on 200 µm patches \(model.patch_um\).*microns_per_unit"):
+        lk.tl.embed_image(sdata, _trained_on(model, 200.0), table_key="MOB2")
+    assert lk.Key.IMAGE not in table.obsm
+    assert dict(table.uns["loki"]) == before
+    # spot-sized squares need no µm: the record says the size in µm is unknown
+    lk.tl.embed_image(sdata, model, table_key="MOB2")
+    assert np.isnan(table.uns["loki"][lk.Key.IMAGE]["diameter_um"])
+
+
+def _moved_to(sdata, coordinate_system):
+    """``sdata`` with every element's transformation to 'global' renamed ``coordinate_system``."""
+    from spatialdata.transformations import get_transformation, remove_transformation, set_transformation
+
+    for element in [*sdata.images.values(), *sdata.shapes.values()]:
+        set_transformation(element, get_transformation(element, "global"), coordinate_system)
+        remove_transformation(element, "global")
+    return sdata
+
+
+def test_embed_image_in_another_coordinate_system(model):
+    sdata = _moved_to(lk.datasets.mob("MOB2"), "heart")
+    with pytest.raises(KeyError, match=r"'global' not found .*available: 'heart'"):
+        lk.tl.embed_image(sdata, model, table_key="MOB2")
+    lk.tl.embed_image(sdata, model, table_key="MOB2", coordinate_system="heart")
+    reference = lk.datasets.mob("MOB2")
+    lk.tl.embed_image(reference, model, table_key="MOB2")
+    table = sdata.tables["MOB2"]
+    np.testing.assert_array_equal(table.obsm[lk.Key.IMAGE], reference.tables["MOB2"].obsm[lk.Key.IMAGE])
+    assert table.uns["loki"][lk.Key.IMAGE]["coordinate_system"] == "heart"
+    with pytest.raises(ValueError, match="coordinate_system choose how patches are cut here"):
+        lk.tl.embed_image(_adata(), model, patches=_patches(), coordinate_system="heart")

@@ -95,3 +95,23 @@ def test_empty_table_keys_names_the_argument_and_the_tables(mob12, keys):
     with pytest.raises(ValueError, match="table_keys"):
         lk.tl.finetune(mob12, model, table_keys=keys, progress=False)
     assert not model.trained
+
+
+def test_tl_finetune_records_the_patch_size_it_cut(mob12):
+    train = {"table_keys": "MOB1", "epochs": 1, "lr": 1e-3, "batch_size": 64, "progress": False}
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    model, hist = lk.tl.finetune(mob12, model, diameter_um=200, **train)
+    assert model.patch_um == hist["patch_um"] == 200.0
+    model, hist = lk.tl.finetune(mob12, model, **train)  # the spots: legacy ST, 100 µm
+    assert model.patch_um == hist["patch_um"] == pytest.approx(100.0)
+
+    table = mob12.tables["MOB1"]
+    patches = np.asarray(lk.pp.spot_patches(mob12, table_key="MOB1", size=16))
+    model, hist = lk.tl.finetune(table, model, patches=patches, **{**train, "table_keys": None})
+    assert model.patch_um == hist["patch_um"] == pytest.approx(100.0)  # patches of unknown size: kept
+
+    no_scale = lk.datasets.mob("MOB1")
+    del no_scale.tables["MOB1"].uns["loki"]["microns_per_unit"]
+    lk.pp.gene_sentences(no_scale, table_key="MOB1")
+    model, hist = lk.tl.finetune(no_scale, model, **train)  # spot-sized, size in µm unknown
+    assert model.patch_um is hist["patch_um"] is None

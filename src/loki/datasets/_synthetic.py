@@ -122,7 +122,8 @@ def synthetic_tissue(
     n_regions
         Number of spatial regions; defaults to ``n_cell_types``.
     depth
-        Mean library size per spot.
+        Median library size per spot: each spot's expected library size is ``depth`` times a log-normal
+        factor (sigma 0.3, median 1), so the mean library size is about ``1.046 * depth``.
     dispersion
         Negative binomial dispersion (>= 0; 0 gives Poisson counts).
     seed
@@ -223,7 +224,8 @@ def synthetic_reference(
     n_cells_per_type
         Cells per cell type.
     depth
-        Mean library size per cell.
+        Median library size per cell (a log-normal factor with sigma 0.3 and median 1 times ``depth``,
+        as in :func:`synthetic_tissue`; the mean is about ``1.046 * depth``).
     seed
         Seed or Generator.
 
@@ -312,6 +314,45 @@ def _warp(xy: np.ndarray, amplitude: float, rng: np.random.Generator) -> np.ndar
     return disp * (amplitude / peak) if peak > 0 else disp
 
 
+def _check_thinnable(adata: AnnData) -> list[str]:
+    """Require raw counts in ``.X`` and layers equal to it; return the names of those layers."""
+    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
+    bad = ~(np.isfinite(values) & (values >= 0) & (values == np.round(values)))
+    if bad.any():
+        shown = ", ".join(f"{v:.4g}" for v in values[bad].ravel()[:3])
+        raise ValueError(
+            "thin_counts < 1 thins raw counts, but .X holds values that are not non-negative integers "
+            f"(e.g. {shown}; normalised or scaled data?). Pass an AnnData with the raw counts in .X "
+            "(e.g. adata.X = adata.layers['counts']) and normalise after thinning."
+        )
+    other = [name for name, layer in adata.layers.items() if not _same_matrix(layer, adata.X)]
+    if other:
+        raise ValueError(
+            f"thin_counts < 1 thins the counts in .X, but layers {other} hold other values that would no "
+            "longer match them; delete those layers and recompute them from the thinned counts."
+        )
+    return list(adata.layers.keys())
+
+
+def _same_matrix(a, b) -> bool:
+    if a.shape != b.shape:
+        return False
+    if sp.issparse(a) or sp.issparse(b):
+        diff = sp.csr_matrix(a) - sp.csr_matrix(b)
+        return diff.count_nonzero() == 0
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def _thin(x, p: float, rng: np.random.Generator):
+    """Binomial thinning of a count matrix (sparse stays sparse, dense becomes float32)."""
+    if sp.issparse(x):
+        x = x.tocsr(copy=True)
+        x.data = rng.binomial(np.round(x.data).astype(np.int64), p).astype(x.dtype)
+        x.eliminate_zeros()
+        return x
+    return rng.binomial(np.round(np.asarray(x)).astype(np.int64), p).astype(np.float32)
+
+
 def transform_section(
     adata: AnnData,
     *,
@@ -348,7 +389,10 @@ def transform_section(
     drop_fraction
         Fraction of spots removed at random.
     thin_counts
-        Binomial thinning probability of every count (1 keeps all counts).
+        Binomial thinning probability of every count (1 keeps all counts). Thinning needs raw counts
+        (non-negative integers) in ``.X``; layers holding the same counts (e.g. ``layers['counts']``) are
+        replaced by the thinned counts. Any other layer (normalised values, say) would no longer match
+        the counts, so it is refused: drop it and recompute it from the thinned counts.
     spatial_key
         Key of the coordinates in ``.obsm``.
     seed
@@ -357,7 +401,14 @@ def transform_section(
     Returns
     -------
     ``(moved, truth)``: a new AnnData with the kept spots and moved ``.obsm[spatial_key]``
-    (other ``.obsm`` entries are kept), and a :class:`SectionTransform`.
+    (other ``.obsm`` entries are kept; with ``thin_counts < 1``, ``.X`` and the layers equal to it
+    thinned), and a :class:`SectionTransform`.
+
+    Raises
+    ------
+    ValueError
+        For out-of-range parameters, and with ``thin_counts < 1`` when ``.X`` does not hold raw counts
+        or a layer differs from ``.X``; nothing is computed then.
 
     """
     check_obsm_key(adata, spatial_key)
@@ -371,6 +422,8 @@ def transform_section(
         raise ValueError(f"scale must be positive, got {scale}.")
     if warp < 0:
         raise ValueError(f"warp must be non-negative, got {warp}.")
+    if thin_counts < 1.0:
+        counts_layers = _check_thinnable(adata)
     rng = as_rng(seed)
 
     n = len(xy)
@@ -383,14 +436,9 @@ def transform_section(
 
     moved = adata[kept].copy()
     if thin_counts < 1.0:
-        x = moved.X
-        if sp.issparse(x):
-            x = x.tocsr(copy=True)
-            x.data = rng.binomial(np.round(x.data).astype(np.int64), thin_counts).astype(x.dtype)
-            x.eliminate_zeros()
-        else:
-            x = rng.binomial(np.round(np.asarray(x)).astype(np.int64), thin_counts).astype(np.float32)
-        moved.X = x
+        moved.X = _thin(moved.X, thin_counts, rng)
+        for name in counts_layers:
+            moved.layers[name] = moved.X.copy()
     moved.obsm[spatial_key] = moved_xy[kept]
     truth = SectionTransform(
         coords=xy[kept].copy(),

@@ -11,6 +11,7 @@ import numpy as np
 from loki._logging import logger
 from loki._utils import as_seed
 
+from ._omiclip import check_patch_um
 from ._preprocess import as_uint8_nhwc, augment_dihedral, check_uint8_nhwc, preprocess_uint8
 
 FREEZE_GROUPS = {"image": ("visual.",), "text": ("text.",)}
@@ -131,6 +132,7 @@ def finetune(
     augment: bool = True,
     weight_decay: float = 0.2,
     warmup: float = 0.1,
+    patch_um: float | None = None,
     progress: bool = True,
 ):
     """Fine-tune an OmiCLIP model on (patch, gene sentence) pairs with the loss of paper eq. (1).
@@ -164,13 +166,18 @@ def finetune(
         norms, class tokens and the logit scale.
     warmup
         Fraction of steps with linear learning-rate warm-up before the cosine decay.
+    patch_um
+        Side in µm of the tissue squares ``images`` show. It becomes ``model.patch_um`` (saved with
+        the model, and the patch size :func:`loki.tl.embed_image` cuts by default); ``None`` keeps
+        what the model had.
     progress
         Show a progress bar.
 
     Returns
     -------
     ``(model, history)`` where ``history`` has ``step_loss``, ``epoch_loss``, ``lr``, ``logit_scale``
-    (per epoch), ``seconds`` and the parameters used.
+    (per epoch), ``seconds`` and the parameters used (``patch_um``: the model's patch side after
+    training).
 
     """
     import torch
@@ -192,6 +199,7 @@ def finetune(
         raise ValueError(f"lr must be > 0, got {lr}")
     if not 0 <= warmup < 1:
         raise ValueError(f"warmup must be in [0, 1), got {warmup}")
+    patch_um = check_patch_um(patch_um)
 
     if model.precision == "bf16-weights":
         raise ValueError(
@@ -266,6 +274,8 @@ def finetune(
             iterator.close()
         if step:  # weights changed, also when training stopped part-way: the hash must not claim the file's
             model._weights_changed()
+            if patch_um is not None:
+                model.patch_um = patch_um
     history.update(
         seconds=time.perf_counter() - t0,
         epochs=int(epochs),
@@ -277,6 +287,7 @@ def finetune(
         freeze=freeze if freeze is None or isinstance(freeze, str) else list(freeze),
         augment=bool(augment),
         weight_decay=float(weight_decay),
+        patch_um=model.patch_um,
     )
     return model, history
 
@@ -288,6 +299,7 @@ def train_tiny(
     arch: str = "loki-tiny",
     device: str = "auto",
     seed: int | np.random.Generator | None = 0,
+    patch_um: float | None = None,
     progress: bool = True,
     **recipe,
 ):
@@ -304,6 +316,9 @@ def train_tiny(
     seed
         Seeds initialisation, shuffling and augmentation (an int, or a Generator from which one int is
         drawn for all three; ``history["seed"]`` records it).
+    patch_um
+        Side in µm of the tissue squares ``images`` show, recorded as ``model.patch_um`` (e.g.
+        :data:`TINY_PATCH_UM`); ``None``: unknown.
     progress
         Show a progress bar.
     **recipe
@@ -321,4 +336,4 @@ def train_tiny(
     # one draw from a Generator seeds initialisation and training, and is what history["seed"] records
     seed = None if seed is None else as_seed(seed)
     model = load(arch, device=device, seed=seed)
-    return finetune(model, images, sentences, seed=seed, progress=progress, **params)
+    return finetune(model, images, sentences, seed=seed, patch_um=patch_um, progress=progress, **params)

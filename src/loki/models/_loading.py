@@ -187,6 +187,8 @@ def convert_to_safetensors(
     save_file(state, str(out), metadata={"arch": arch})
     if existing is None:
         new_meta = {"arch": arch, "name": meta.get("name", path.stem), "trained": meta.get("trained", True)}
+        if meta.get("patch_um") is not None:
+            new_meta["patch_um"] = meta["patch_um"]
         meta_out.write_text(json.dumps(new_meta))
     logger.info("wrote %s", out)
     return out
@@ -347,12 +349,15 @@ def load(
 
     Returns
     -------
-    The :class:`OmiCLIP` model.
+    The :class:`OmiCLIP` model. Its ``patch_um`` (the patch side in µm it was trained on) is read from
+    the JSON :meth:`OmiCLIP.save` writes; it is ``None`` for published weights, architecture names and
+    files saved without it.
 
     Raises
     ------
     ValueError
-        For an unknown ``precision`` or ``arch``, checked before anything is downloaded or read.
+        For an unknown ``precision``, ``arch`` or ``device`` (also a CUDA device on a machine without
+        one), checked before anything is downloaded or read.
 
     """
     register_configs()
@@ -422,4 +427,5 @@ def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -
         trained=bool(meta.get("trained", True)),
         checkpoint_hash=file_sha256(path),
         config=meta.get("config"),
+        patch_um=meta.get("patch_um"),  # absent from files saved before it was recorded: unknown
     )

@@ -25,12 +25,42 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 def resolve_device(device: str = "auto"):
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` -> CUDA when available, else CPU; anything else is checked and passed to ``torch.device``.
+
+    Raises
+    ------
+    ValueError
+        For a string torch does not read as a device, and for a CUDA or MPS device this machine lacks.
+
+    """
     import torch
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or another torch device, got {device!r}"
+        ) from None
+    _check_available(dev)
+    return dev
+
+
+def _check_available(dev) -> None:
+    """Raise a ValueError when ``dev`` is a CUDA or MPS device this machine does not have."""
+    import torch
+
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {str(dev)!r}: CUDA is not available here; use 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(
+                f"device {str(dev)!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(dev)!r}: MPS is not available here; use 'cpu' or 'auto'")
 
 
 def state_dict_hash(state_dict) -> str:
@@ -66,6 +96,12 @@ class OmiCLIP:
     trained
         ``False`` for randomly initialised weights; loki refuses nothing but warns when such a model
         is used to compute results.
+    patch_um
+        Side in µm of the H&E patches the model was last trained on, recorded by
+        :func:`loki.models.finetune` / :func:`loki.tl.finetune` / :func:`loki.models.train_tiny` when
+        they know it, saved with the model; :func:`loki.tl.embed_image` cuts patches of this size by
+        default. ``None`` when unknown (published weights, or training on given patches): spots are
+        then cut at their own diameter.
 
     """
 
@@ -80,6 +116,7 @@ class OmiCLIP:
         trained: bool = True,
         checkpoint_hash: str | None = None,
         config: dict | None = None,
+        patch_um: float | None = None,
     ):
         import open_clip
 
@@ -96,6 +133,7 @@ class OmiCLIP:
         self.precision = precision
         self.trained = trained
         self.config = config
+        self.patch_um = patch_um
         self._checkpoint_hash = checkpoint_hash
         visual = model.visual
         size = visual.image_size
@@ -119,6 +157,15 @@ class OmiCLIP:
         return int(self.model.text.text_projection.shape[1])
 
     @property
+    def patch_um(self) -> float | None:
+        """Side in µm of the patches the model was trained on, or ``None`` when unknown."""
+        return self._patch_um
+
+    @patch_um.setter
+    def patch_um(self, value: float | None) -> None:
+        self._patch_um = check_patch_um(value)
+
+    @property
     def checkpoint_hash(self) -> str:
         """sha256 of the weights file this model was loaded from or last saved to, else of its state dict."""
         if self._checkpoint_hash is None:
@@ -132,7 +179,8 @@ class OmiCLIP:
     def __repr__(self) -> str:
         return (
             f"OmiCLIP(name={self.name!r}, arch={self.arch!r}, embed_dim={self.embed_dim}, "
-            f"image_size={self.image_size}, device={str(self.device)!r}, trained={self.trained})"
+            f"image_size={self.image_size}, patch_um={self.patch_um}, device={str(self.device)!r}, "
+            f"trained={self.trained})"
         )
 
     def info(self) -> dict:
@@ -277,8 +325,9 @@ class OmiCLIP:
         Parameters
         ----------
         path
-            A directory (created); it receives ``model.safetensors`` and ``loki_model.json``.
-            :func:`loki.models.load` accepts the directory or the ``.safetensors`` file.
+            A directory (created); it receives ``model.safetensors`` and ``loki_model.json`` (architecture,
+            name, ``trained``, ``config`` and ``patch_um``). :func:`loki.models.load` accepts the
+            directory or the ``.safetensors`` file.
 
         Returns
         -------
@@ -296,6 +345,7 @@ class OmiCLIP:
             "name": self.name,
             "trained": bool(self.trained),
             "config": self.config,
+            "patch_um": self.patch_um,
             "loki_format": 1,
         }
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -327,6 +377,16 @@ class _Sink:
         done, self.pending = self.pending[:cut], self.pending[cut:]
         for start, emb in done:
             self.out[start : start + len(emb)] = emb.cpu().numpy()
+
+
+def check_patch_um(value) -> float | None:
+    """``None`` or a positive, finite patch side in µm (as a float)."""
+    if value is None:
+        return None
+    number = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+    if not (number and np.isfinite(value) and value > 0):
+        raise ValueError(f"patch_um must be None or a positive number of µm, got {value!r}")
+    return float(value)
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from loki._keys import Key
 from loki._utils import check_key_name, check_obs_key, write_obsm, write_uns
-from loki._utils._spatialdata import get_table, is_spatialdata
+from loki._utils._spatialdata import get_table, is_spatialdata, section_shapes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -32,14 +32,29 @@ def _sentences_of(table, sentence_key: str) -> list[str]:
     return values.astype(str).tolist()
 
 
-def _patches_of(data, table, *, table_key, image_key, patches, size: int, diameter_um: float | None = None):
+def _patches_of(
+    data,
+    table,
+    *,
+    table_key,
+    image_key,
+    patches,
+    size: int,
+    diameter_um: float | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
+):
     """Return ``(patches, flags)``: the given patches, or those cut from the section's image.
 
     ``flags`` is None for given patches, else the border flags and parameters ``(ok, meta)`` of the cut,
     not yet written anywhere.
     """
     if patches is not None:
-        unused = [k for k, v in (("image_key", image_key), ("diameter_um", diameter_um)) if v is not None]
+        choices = (
+            ("image_key", image_key is not None),
+            ("diameter_um", diameter_um is not None),
+            ("coordinate_system", coordinate_system != Key.GLOBAL_CS),
+        )
+        unused = [name for name, given in choices if given]
         if unused:
             raise ValueError(
                 f"{' and '.join(unused)} choose how patches are cut here; with patches= they do nothing."
@@ -57,9 +72,49 @@ def _patches_of(data, table, *, table_key, image_key, patches, size: int, diamet
     from loki.pp._patches import _cut_spot_patches
 
     cut, ok, meta = _cut_spot_patches(
-        data, table_key=table_key, image_key=image_key, size=size, diameter_um=diameter_um
+        data,
+        table_key=table_key,
+        image_key=image_key,
+        size=size,
+        diameter_um=diameter_um,
+        coordinate_system=coordinate_system,
     )
     return cut, (ok, meta)
+
+
+def patch_diameter_um(model, diameter_um: float | None, table) -> tuple[float | None, str]:
+    """The side in µm of the squares to cut (None: each spot's diameter) and where it comes from.
+
+    ``diameter_um`` wins, then the model's ``patch_um``; a model's size needs the table's µm scale.
+    """
+    if diameter_um is not None:
+        return diameter_um, "argument"
+    patch_um = getattr(model, "patch_um", None)
+    if patch_um is None:
+        return None, "spot"
+    mpu = table.uns.get(Key.UNS, {}).get("microns_per_unit")
+    if mpu is None:
+        raise ValueError(
+            f"model {model.name!r} was trained on {patch_um:g} µm patches (model.patch_um), but the table "
+            "records no µm per coordinate unit (.uns['loki']['microns_per_unit']) to cut squares of that "
+            "size. Set it, pass diameter_um=, or set model.patch_um = None to cut each spot's own diameter."
+        )
+    return patch_um, "model"
+
+
+def spot_diameter_um(data, table) -> float:
+    """Median spot diameter of a section in µm, as :func:`loki.pp.spot_patches` sizes spots; NaN if unknown.
+
+    Twice the median ``radius`` of the spot shapes times ``.uns['loki']['microns_per_unit']``, else
+    ``.uns['loki']['spot_diameter_um']``.
+    """
+    meta = table.uns.get(Key.UNS, {})
+    shapes = section_shapes(data, table) if is_spatialdata(data) else None
+    if shapes is not None and "radius" in shapes.columns:
+        mpu = meta.get("microns_per_unit")
+        radius = float(np.median(shapes["radius"].to_numpy(dtype=np.float64)))
+        return np.nan if mpu is None else 2 * radius * float(mpu)
+    return float(meta.get("spot_diameter_um", np.nan))
 
 
 def _finish(table, key_added: str, emb: np.ndarray, params: dict, copy: bool, flags=None):
@@ -129,6 +184,7 @@ def embed_image(
     image_key: str | None = None,
     patches=None,
     diameter_um: float | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
     key_added: str = Key.IMAGE,
     batch_size: int = 256,
     progress: bool = False,
@@ -150,7 +206,14 @@ def embed_image(
     patches
         uint8 ``(n_spots, h, w, 3)`` array (numpy or dask) in table order, instead of cutting them.
     diameter_um
-        Side of the cut squares in µm (default: the spot diameter); use what the model was trained with.
+        Side of the cut squares in µm. By default the size the model was trained on
+        (``model.patch_um``, recorded by :func:`loki.tl.finetune`, :func:`loki.models.finetune` and
+        :func:`loki.models.train_tiny` and saved with the model; it needs the table's
+        ``.uns['loki']['microns_per_unit']``), else, when the model does not know it (published
+        weights), the spot diameter.
+    coordinate_system
+        Coordinate system shared by the spots and the image (a SpatialData written by
+        ``spatialdata-io`` names it after the dataset).
     key_added
         Key of the embedding in ``.obsm`` and of its parameters in ``.uns['loki']``.
     batch_size
@@ -165,7 +228,10 @@ def embed_image(
     ``None``, or the table copy when ``copy=True``. Writes:
 
     - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised.
-    - ``.uns['loki'][key_added]``: model name, architecture, checkpoint hash, batch size, patch source.
+    - ``.uns['loki'][key_added]``: model name, architecture, checkpoint hash, batch size, patch source;
+      when patches are cut here also ``diameter_um`` (the side of the cut squares in µm; NaN when they
+      are spot-sized and the section records no µm scale), ``diameter_source`` (``"argument"``,
+      ``"model"`` or ``"spot"``) and ``coordinate_system``.
     - ``.obs['loki_patch_ok']`` (``.obs[f"{key_added}_patch_ok"]`` for another ``key_added``, so that
       each embedding keeps the flags of its own cut) and its cut's parameters under the same key in
       ``.uns['loki']``, when patches are cut here (see :func:`loki.pp.spot_patches`); with
@@ -174,7 +240,10 @@ def embed_image(
     """
     check_key_name(key_added)
     table = get_table(data, table_key)
-    source = "patches" if patches is not None else "spot_patches"
+    cut_here = patches is None
+    diameter, diameter_source = diameter_um, None
+    if cut_here and is_spatialdata(data):
+        diameter, diameter_source = patch_diameter_um(model, diameter_um, table)
     patches, flags = _patches_of(
         data,
         table,
@@ -182,12 +251,17 @@ def embed_image(
         image_key=image_key,
         patches=patches,
         size=model.image_size,
-        diameter_um=diameter_um,
+        diameter_um=diameter,
+        coordinate_system=coordinate_system,
     )
     emb = model.encode_images(patches, batch_size=batch_size, progress=progress)
+    source = "spot_patches" if cut_here else "patches"
     params = {**model.info(), "batch_size": int(batch_size), "patch_source": source, "modality": "image"}
-    if diameter_um is not None:
-        params["diameter_um"] = float(diameter_um)
     if flags is not None:
-        params["patch_ok_key"] = Key.patch_ok_of(key_added)
+        params.update(
+            diameter_um=float(spot_diameter_um(data, table) if diameter is None else diameter),
+            diameter_source=diameter_source,
+            coordinate_system=coordinate_system,
+            patch_ok_key=Key.patch_ok_of(key_added),
+        )
     return _finish(table, key_added, emb, params, copy, flags)

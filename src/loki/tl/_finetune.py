@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,7 @@ import numpy as np
 from loki._keys import Key
 from loki._utils._spatialdata import get_table, is_spatialdata
 
-from ._embed import _patches_of, _sentences_of
+from ._embed import _patches_of, _sentences_of, spot_diameter_um
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -31,22 +32,9 @@ def collect_pairs(
 
     Spots whose patch leaves the image (``.obs['loki_patch_ok']`` False) are skipped when ``only_valid``.
     """
-    if is_spatialdata(data):
-        keys = (
-            list(data.tables.keys())
-            if table_keys is None
-            else [table_keys]
-            if isinstance(table_keys, str)
-            else list(table_keys)
-        )
-        if patches is not None:
-            raise ValueError("patches= is for a single AnnData; SpatialData patches are cut per section")
-        if not keys:
-            raise ValueError(
-                f"table_keys={table_keys!r} selects no table; available tables: {list(data.tables.keys())}"
-            )
-    else:
-        keys = [None]
+    if is_spatialdata(data) and patches is not None:
+        raise ValueError("patches= is for a single AnnData; SpatialData patches are cut per section")
+    keys = _section_keys(data, table_keys)
     tables = [get_table(data, k) for k in keys]  # validates every key before any work
     sentences = [_sentences_of(t, sentence_key) for t in tables]
     all_p, all_s = [], []
@@ -69,6 +57,33 @@ def collect_pairs(
         all_p.append(p[keep])
         all_s.extend(s for s, k in zip(sents, keep, strict=True) if k)
     return np.concatenate(all_p), all_s
+
+
+def _section_keys(data, table_keys) -> list[str | None]:
+    """Tables to train on: ``table_keys`` (default: all) of a SpatialData; ``[None]`` for an AnnData."""
+    if not is_spatialdata(data):
+        return [None]
+    if table_keys is None:
+        keys = list(data.tables.keys())
+    else:
+        keys = [table_keys] if isinstance(table_keys, str) else list(table_keys)
+    if not keys:
+        raise ValueError(
+            f"table_keys={table_keys!r} selects no table; available tables: {list(data.tables.keys())}"
+        )
+    return keys
+
+
+def _cut_patch_um(data, table_keys, diameter_um: float | None) -> float | None:
+    """Side in µm of the squares :func:`collect_pairs` cuts, or None when unknown.
+
+    That is ``diameter_um``, else the sections' spot diameter when they share one known size.
+    """
+    if diameter_um is not None:
+        return float(diameter_um)
+    sizes = {round(spot_diameter_um(data, get_table(data, k)), 6) for k in _section_keys(data, table_keys)}
+    size = sizes.pop() if len(sizes) == 1 else math.nan
+    return None if math.isnan(size) else size
 
 
 def finetune(
@@ -114,7 +129,10 @@ def finetune(
     -------
     ``(model, history)``; ``history`` holds per-step and per-epoch losses (plot with
     :func:`loki.pl.loss_curve`). Writes nothing into ``data``; spots whose patch leaves the image are
-    left out of training.
+    left out of training. ``model.patch_um`` (and ``history["patch_um"]``) becomes the side of the cut
+    squares in µm: ``diameter_um``, or the sections' spot diameter when they share one known size, else
+    None (unknown); with ``patches=`` the model keeps its own. It is saved with the model, and
+    :func:`loki.tl.embed_image` cuts that size by default.
 
     """
     from loki.models import finetune as _finetune
@@ -127,7 +145,9 @@ def finetune(
         size=model.image_size,
         diameter_um=diameter_um,
     )
-    return _finetune(
+    cut_here = patches is None
+    patch_um = _cut_patch_um(data, table_keys, diameter_um) if cut_here else None
+    model, history = _finetune(
         model,
         images,
         sentences,
@@ -139,5 +159,9 @@ def finetune(
         augment=augment,
         weight_decay=weight_decay,
         warmup=warmup,
+        patch_um=patch_um,
         progress=progress,
     )
+    if cut_here and patch_um is None:  # spot-sized squares of no known size in µm
+        model.patch_um = history["patch_um"] = None
+    return model, history
