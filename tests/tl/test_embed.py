@@ -98,6 +98,17 @@ def test_embed_real_section(model):
         lk.tl.embed_text(sdata, model, table_key="MOB9")
 
 
+def test_patches_cut_area_by_area_come_back_in_table_order(model, monkeypatch):
+    # embed_image cuts spots grouped by image block; any grouping must give the table-order result
+    sdata = lk.datasets.mob("MOB2")
+    table = sdata.tables["MOB2"]
+    shuffled = np.random.default_rng(0).permutation(table.n_obs)
+    monkeypatch.setattr("loki.pp._patches.space_order", lambda boxes, rows, cols: shuffled)
+    lk.tl.embed_image(sdata, model, table_key="MOB2", batch_size=64)
+    patches = np.asarray(lk.pp.spot_patches(sdata, table_key="MOB2", size=model.image_size))
+    np.testing.assert_allclose(table.obsm[lk.Key.IMAGE], model.encode_images(patches), atol=1e-6)
+
+
 def test_each_image_embedding_keeps_the_flags_of_its_own_cut(model):
     sdata = lk.datasets.mob("MOB2")
     lk.tl.embed_image(sdata, model, table_key="MOB2")

@@ -42,11 +42,14 @@ def _patches_of(
     size: int,
     diameter_um: float | None = None,
     coordinate_system: str = Key.GLOBAL_CS,
+    by_area: bool = False,
 ):
-    """Return ``(patches, flags)``: the given patches, or those cut from the section's image.
+    """Return ``(patches, flags, order)``: the given patches, or those cut from the section's image.
 
     ``flags`` is None for given patches, else the border flags and parameters ``(ok, meta)`` of the cut,
-    not yet written anywhere.
+    not yet written anywhere. ``order`` is None when the patches are in table order; with ``by_area``
+    patches are cut area by area (each batch then reads a few image blocks, not most of the image)
+    and ``patches[i]`` belongs to spot ``order[i]``.
     """
     if patches is not None:
         choices = (
@@ -66,20 +69,22 @@ def _patches_of(
             raise ValueError(f"patches has {shape[0]} rows but the table has {table.n_obs} spots")
         if np.dtype(patches.dtype) != np.uint8:
             raise ValueError(f"patches must be uint8, got {patches.dtype}")
-        return patches, None
+        return patches, None, None
     if not is_spatialdata(data):
         raise ValueError("an AnnData has no image: pass patches= (n_spots, h, w, 3) uint8, or a SpatialData")
-    from loki.pp._patches import _cut_spot_patches
+    from loki.pp._patches import _cut_spot_patches, _cut_spot_patches_by_area
 
-    cut, ok, meta = _cut_spot_patches(
-        data,
-        table_key=table_key,
-        image_key=image_key,
-        size=size,
-        diameter_um=diameter_um,
-        coordinate_system=coordinate_system,
-    )
-    return cut, (ok, meta)
+    where = {
+        "table_key": table_key,
+        "image_key": image_key,
+        "diameter_um": diameter_um,
+        "coordinate_system": coordinate_system,
+    }
+    if by_area:
+        cut, order, ok, meta = _cut_spot_patches_by_area(data, size=size, **where)
+        return cut, (ok, meta), order
+    cut, ok, meta = _cut_spot_patches(data, size=size, **where)
+    return cut, (ok, meta), None
 
 
 def patch_diameter_um(model, diameter_um: float | None, table) -> tuple[float | None, str]:
@@ -244,7 +249,7 @@ def embed_image(
     diameter, diameter_source = diameter_um, None
     if cut_here and is_spatialdata(data):
         diameter, diameter_source = patch_diameter_um(model, diameter_um, table)
-    patches, flags = _patches_of(
+    patches, flags, order = _patches_of(
         data,
         table,
         table_key=table_key,
@@ -253,8 +258,11 @@ def embed_image(
         size=model.image_size,
         diameter_um=diameter,
         coordinate_system=coordinate_system,
+        by_area=True,
     )
     emb = model.encode_images(patches, batch_size=batch_size, progress=progress)
+    if order is not None:
+        emb[order] = emb.copy()  # back to table order
     source = "spot_patches" if cut_here else "patches"
     params = {**model.info(), "batch_size": int(batch_size), "patch_source": source, "modality": "image"}
     if flags is not None:

@@ -39,7 +39,7 @@ def collect_pairs(
     sentences = [_sentences_of(t, sentence_key) for t in tables]
     all_p, all_s = [], []
     for key, table, sents in zip(keys, tables, sentences, strict=True):
-        cut, flags = _patches_of(
+        cut, flags, _ = _patches_of(
             data,
             table,
             table_key=key,
