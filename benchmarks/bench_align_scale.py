@@ -83,6 +83,7 @@ def _dense_deformable(X, Y, alpha=0.5, beta=2.0, w=0.0, max_iter=100, tol=1e-9, 
         dPQ = dP @ Q
         F = PX - dP @ Y
         W = (F - dPQ @ np.linalg.solve(alpha * sigma2 * inv_S + Q.T @ dPQ, Q.T @ F)) / (alpha * sigma2)
+        W[:, 2:] = 0  # as the published code: only the coordinates move, the embedding PCs stay put
         TY = Y + Q @ (S @ (Q.T @ W))
         xPx = Pt1 @ (X**2).sum(axis=1)
         yPy = P1 @ (TY**2).sum(axis=1)

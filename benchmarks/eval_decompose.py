@@ -9,9 +9,10 @@ of regions (lk.pp._pseudo_spots.scatter_cells_in_regions) and pooled into 55 um 
 Methods on the same spots: loki mapping (clusters, uniform prior) on expression, loki NNLS on
 expression, loki mapping / NNLS on text embeddings (loki-tiny, when the model layer provides it),
 a uniform baseline and tangram-sc (clusters, uniform prior) when importable.
-Metrics: JS divergence per type over spots (axis 0) and SSIM on the spot grid averaged over tissue
-pixels only, both from lk.metrics; the impact score across methods; per-type Pearson r of
-proportions between loki mapping and tangram-sc.
+Metrics: JS divergence per type over spots (axis 0); SSIM of eq. 25 over each type's whole profile
+(lk.metrics.ssim, the paper's), from which the impact score across methods is computed (eqs. 26-30);
+the local SSIM on the spot grid averaged over tissue pixels (lk.metrics.ssim_grid) as a spatial
+check; per-type Pearson r of proportions between loki mapping and tangram-sc.
 
 Run:  PYTHONPATH=/tmp/tgenv flock /tmp/loki_bench.lock python benchmarks/eval_decompose.py
 (tangram-sc installed with `pip install --no-deps --target /tmp/tgenv tangram-sc==1.0.4`; it is not
@@ -131,11 +132,13 @@ def text_embeddings(spots: ad.AnnData, reference: ad.AnnData, model, train_genes
     return None
 
 
-def score(spots: ad.AnnData, truth: pd.DataFrame, pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def score(spots: ad.AnnData, truth: pd.DataFrame, pred: pd.DataFrame) -> tuple[np.ndarray, ...]:
     pred = pred[truth.columns].to_numpy(float)
-    js = lk.metrics.js_divergence(truth.to_numpy(float) + 1e-12, pred + 1e-12, axis=0)
-    ssim = lk.metrics.ssim_grid(spots.obsm["spatial"], truth.to_numpy(float), pred)
-    return np.asarray(js), np.asarray(ssim)
+    true = truth.to_numpy(float)
+    js = lk.metrics.js_divergence(true + 1e-12, pred + 1e-12, axis=0)
+    ssim = lk.metrics.ssim(true, pred)
+    local = lk.metrics.ssim_grid(spots.obsm["spatial"], true, pred)
+    return np.asarray(js), np.asarray(ssim), np.asarray(local)
 
 
 def evaluate(
@@ -182,9 +185,9 @@ def evaluate(
     except Exception as err:
         lines.append(f"- tangram-sc not run: {type(err).__name__}: {err}")
 
-    js, ssim = {}, {}
+    js, ssim, local = {}, {}, {}
     for label, pred in preds.items():
-        js[label], ssim[label] = score(spots, truth, pred)
+        js[label], ssim[label], local[label] = score(spots, truth, pred)
     impact = lk.metrics.impact_score(js, ssim)
     lines.append(
         f"\n**{case}**: {spots.n_obs} pseudo-spots, {len(types)} types, {reference.n_obs} reference cells, "
@@ -193,12 +196,14 @@ def evaluate(
         else f"\n**{case}**: {spots.n_obs} spots, {len(types)} types, {reference.n_obs} reference cells, {epochs} epochs"
     )
     lines.append(
-        "\n| method | JS (mean over types, lower better) | SSIM tissue pixels (higher better) | impact | time (s) |"
+        "\n| method | JS (mean over types, lower better) | SSIM eq. 25 (higher better) | impact | "
+        "local SSIM, tissue pixels | time (s) |"
     )
-    lines.append("|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|")
     for label in preds:
         lines.append(
-            f"| {label} | {js[label].mean():.3f} | {ssim[label].mean():.3f} | {impact[label]:+.2f} | {times[label]:.1f} |"
+            f"| {label} | {js[label].mean():.3f} | {ssim[label].mean():.3f} | {impact[label]:+.2f} | "
+            f"{local[label].mean():.3f} | {times[label]:.1f} |"
         )
     if reason is not None:
         lines.append(f"\n- text-embedding input not run: {reason}")
