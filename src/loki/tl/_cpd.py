@@ -451,7 +451,8 @@ def global_start(
 
     With ``embeddings`` (the full embeddings of ``X`` and ``Y``, rows matching), the converged runs
     are compared by :func:`embedding_agreement`: how alike, in the whole embedding, each target
-    point and the moved source point nearest to it are. Without, they are compared by their
+    point and the moved source point nearest to it are, over all points given, not the screening
+    subsample (on 400 of 4,000 synthetic spots per side the mirror image won for 3 seeds of 8). Without, they are compared by their
     log-likelihood at one spatial variance, the smallest any of them reached, each with its feature
     variance re-fitted at that resolution (:func:`_profile_loglik`).
 
@@ -503,8 +504,10 @@ def global_start(
         ll = _profile_loglik(Xs, TY, s2_common, res2.sigma2[1], w)
         entry.update(loglik=res2.loglik, loglik_common=ll)
         if embeddings is not None:
+            # on every point given, not the screening subsample: pairs of subsample points are too
+            # few and too far apart to tell a section from its mirror image reliably
             entry["agreement"] = embedding_agreement(
-                Xs[:, :2], TY[:, :2], embeddings[0][ix], embeddings[1][iy]
+                X[:, :2], apply_matrix(Y[:, :2], matrix), embeddings[0], embeddings[1]
             )
         key = entry.get("agreement", ll)
         if best is None or key > best[0]:
