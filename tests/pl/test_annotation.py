@@ -133,8 +133,9 @@ def test_section_without_an_image_is_drawn_without_one(recwarn):
     assert len(fig.axes[0].images) == 0
     assert len(fig.axes[0].collections[0].get_offsets()) == sdata.tables["S"].n_obs
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
-    with pytest.warns(UserWarning, match="has no image of its own"):  # asked for explicitly
+    with pytest.warns(UserWarning, match="has no image of its own") as record:  # asked for explicitly
         lk.pl.annotation(sdata, classes=["a"], show_image=True, show=False)
+    assert record[0].filename == __file__  # the warning points at the caller's line
     with pytest.warns(UserWarning, match="an AnnData holds no image"):
         lk.pl.annotation(sdata.tables["S"], classes=["a"], show_image=True, show=False)
     with pytest.raises(KeyError, match=r"'nope' not found in sdata\.images"):  # a named image must exist

@@ -29,12 +29,21 @@ def spot_xy(table: AnnData, basis: str, to_display: np.ndarray) -> np.ndarray:
     return xy @ to_display[:2, :2].T + to_display[:2, 2]
 
 
-def in_image_pixels(background: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray | None, np.ndarray]:
-    """The image of :func:`section_image` and the spot -> image pixel affine (identity without an image)."""
-    if background is None:
-        return None, np.eye(3)
-    pixels, to_spots = background
-    return pixels, np.linalg.inv(to_spots)
+def section_spots(
+    data, table: AnnData, *, basis: str, spot_size: float | None, show_image: bool | None, **where
+) -> tuple[np.ndarray | None, np.ndarray, float]:
+    """The section's image (None without one), its spots in display coordinates and the marker size.
+
+    Display coordinates are the image's pixels when there is an image, else the spot coordinates.
+    ``where`` takes ``table_key``, ``image_key`` and ``coordinate_system`` (see :func:`section_image`).
+    """
+    background = section_image(data, requested=show_image, flag="show_image", **where)
+    pixels, to_display = (
+        (None, np.eye(3)) if background is None else (background[0], np.linalg.inv(background[1]))
+    )
+    xy = spot_xy(table, basis, to_display)
+    size = spot_size if spot_size is not None else max(4.0, 8000.0 / max(table.n_obs, 1))
+    return pixels, xy, size
 
 
 def draw_section(ax: Axes, pixels: np.ndarray | None, xy: np.ndarray) -> None:
@@ -125,17 +134,16 @@ def annotation(
         require_keys(table.obs.columns, label_key, "adata.obs")
     else:
         raise ValueError(f"kind must be 'scores' or 'label', got {kind!r}.")
-    background = section_image(
+    pixels, xy, size = section_spots(
         data,
+        table,
+        basis=basis,
+        spot_size=spot_size,
+        show_image=show_image,
         table_key=table_key,
         image_key=image_key,
         coordinate_system=coordinate_system,
-        requested=show_image,
-        flag="show_image",
     )
-    pixels, to_display = in_image_pixels(background)
-    xy = spot_xy(table, basis, to_display)
-    size = spot_size if spot_size is not None else max(4.0, 8000.0 / max(table.n_obs, 1))
     if kind == "scores":
         fig, axes = panel_grid(len(classes), ncols, ax)
         for a, cls in zip(axes, classes, strict=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,9 +135,18 @@ def section_image(
 def _no_image(reason: str, *, warn: bool) -> None:
     message = f"Drawing the spots without an image: {reason}"
     if warn:
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warnings.warn(message, UserWarning, stacklevel=_outside_loki())
     else:
         logger.info(message)
+
+
+def _outside_loki() -> int:
+    # stacklevel of the first caller outside the package, however deep the plot's helpers go
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _affine(element, coordinate_system: str, what: str) -> np.ndarray:

@@ -15,8 +15,8 @@ from loki._utils import require_keys
 from loki._utils._spatialdata import get_table
 from loki.metrics import pearson
 
-from ._annotation import draw_section, in_image_pixels, spot_xy
-from ._common import finish, panel_grid, section_image
+from ._annotation import draw_section, section_spots
+from ._common import finish, panel_grid
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -105,17 +105,16 @@ def expression(
         if not predicted.obs_names.equals(table.obs_names):
             raise ValueError("predicted must hold the same spots, in the same order, as the section.")
         pred_ad, pred_layer = predicted, None
-    background = section_image(
+    pixels, xy, size = section_spots(
         data,
+        table,
+        basis=basis,
+        spot_size=spot_size,
+        show_image=show_image,
         table_key=table_key,
         image_key=image_key,
         coordinate_system=coordinate_system,
-        requested=show_image,
-        flag="show_image",
     )
-    pixels, to_display = in_image_pixels(background)
-    xy = spot_xy(table, basis, to_display)
-    size = spot_size if spot_size is not None else max(4.0, 8000.0 / max(table.n_obs, 1))
     colours = plt.get_cmap(cmap).with_extremes(bad="lightgray")
     fig, axes = panel_grid(2 * len(genes), 2, ax)
     for i, gene in enumerate(genes):
