@@ -407,9 +407,9 @@ def align(
         more than ``max_points`` spots per side, the pyramid stops at a ``max_points`` subsample and
         its transform and deformable field (through its low-rank Nystrom form) are interpolated to
         all spots: at best as precise as that subsample (about one subsample spacing);
-        ``.uns[...]['approximate']`` records it. On the 500,000-spot synthetic benchmark it failed
-        (mirrored source, 294 spacings off, slower than the default; ``benchmarks/RESULTS.md``):
-        prefer the default ``refine=True``.
+        ``.uns[...]['approximate']`` records it. On the 500,000-spot synthetic benchmark it ended 42
+        spot spacings off (random subsamples of two sections do not pair spot for spot;
+        ``benchmarks/RESULTS.md``): prefer the default ``refine=True``.
     preserve_scale
         ``deformable`` only: divide the isotropic scale of the deformable motion out of the result
         (Umeyama similarity fit from the pre-aligned to the deformed coordinates), keeping its
