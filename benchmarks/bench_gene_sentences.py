@@ -18,7 +18,6 @@ import argparse
 import datetime
 import os
 import platform
-import threading
 import time
 from pathlib import Path
 
@@ -27,38 +26,12 @@ import numba
 import numpy as np
 import pandas as pd
 import psutil
+from _memory import PeakRSS
 from scipy import sparse
 
 import loki as lk
 
 N_TOP = 50
-
-
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every 5 ms in a thread."""
-
-    def __enter__(self):
-        self._proc = psutil.Process()
-        self.base = self._proc.memory_info().rss
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 def gene_names(n_genes: int) -> list[str]:
@@ -145,7 +118,7 @@ def scan_floor(csr: sparse.csr_matrix, keep: np.ndarray) -> np.ndarray:
 def timed(fn, *args, repeat=1):
     best = np.inf
     result = None
-    with PeakRSS() as mem:
+    with PeakRSS(0.005) as mem:
         for _ in range(repeat):
             t0 = time.perf_counter()
             result = fn(*args)

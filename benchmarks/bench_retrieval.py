@@ -19,48 +19,20 @@ Run: flock /tmp/loki_bench.lock python benchmarks/bench_retrieval.py [--n-bank 1
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from _memory import PeakRSS
 
 GIB, MIB = 2**30, 2**20
 
 
 def maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """Peak of the current RSS while the block runs, sampled every 2 ms from a thread."""
-
-    def __enter__(self):
-        self.base = current_rss_bytes()
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, current_rss_bytes())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, current_rss_bytes())
 
 
 def generate(args) -> None:
