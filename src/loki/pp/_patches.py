@@ -16,8 +16,8 @@ from loki._utils._spatialdata import (
     get_table,
     image_levels,
     section_image_key,
+    section_shapes,
     table_attrs,
-    table_region,
 )
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def _spot_geometry(
     img_to_cs = affine_to(element, coordinate_system, f"sdata.images[{image_key!r}]")
     cs_to_img = np.linalg.inv(img_to_cs)
 
-    shapes = _shapes_of(sdata, table)
+    shapes = section_shapes(sdata, table)
     spots_to_cs = np.eye(3) if shapes is None else affine_to(shapes, coordinate_system, "the spot shapes")
     to_px = cs_to_img @ spots_to_cs
     centers = apply_matrix(_spot_centers(table, shapes), to_px)
@@ -504,14 +504,6 @@ def _pick_level(levels, diameter0: float, size: int) -> int:
         if diameter0 * lev.shape[2] / w0 >= size:
             chosen = i
     return chosen
-
-
-def _shapes_of(sdata, table):
-    try:
-        region = table_region(table)
-    except ValueError:
-        return None
-    return sdata.shapes[region] if region in sdata.shapes else None
 
 
 def _spot_centers(table, shapes) -> np.ndarray:
