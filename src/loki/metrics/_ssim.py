@@ -177,8 +177,7 @@ def _lattice_pixels(coords: np.ndarray) -> np.ndarray:
     step = spot_spacing(coords)
     if not step > 0:
         raise ValueError("Spots lie on fewer than 2 distinct positions; pass grid= to rasterize them.")
-    square = np.rint((coords - coords.min(axis=0)) / step).astype(np.int64)
-    candidates = [square]
+    candidates = [_pixel_index(coords, step)]  # square pixels of the spacing
     lattice = lattice_pixels(coords, step)
     if lattice is not None:
         candidates.insert(0, lattice)
