@@ -205,6 +205,31 @@ def test_pyramid_large_input():
     assert err < err_approx < 2 * np.sqrt(8000 / 800)
 
 
+def test_approximation_not_dragged_by_shifted_expression():
+    """refine=False, 30,000 spots from a 6,000-spot subsample, the source's counts thinned.
+
+    The thinning shifts the source's expression. With the spatial variance of the approximation's
+    subsample level free to widen, the feature columns chose the pairs and the fit drifted 5.9 spot
+    spacings; capped at the subsample's spacing it stays within a fraction of that spacing (sqrt(5)).
+    """
+    target = lk.datasets.synthetic_tissue(n_spots=30000, n_genes=30, n_cell_types=6, seed=0, depth=500.0)
+    moved, truth = lk.datasets.transform_section(
+        target,
+        rotation_deg=35.0,
+        translation=(7.0, -4.0),
+        warp=0.5,
+        drop_fraction=0.1,
+        thin_counts=0.7,
+        seed=1,
+    )
+    for a in (target, moved):
+        a.obsm["X_expr"] = _log_expr(a, target_sum=None)
+    out = lk.tl.align(moved, target=target, use="X_expr", max_points=6000, refine=False, copy=True)
+    assert out.uns[Key.UNS][Key.ALIGNED]["approximate"]
+    err = lk.metrics.alignment_error(out.obsm[Key.ALIGNED], truth.coords, truth.spot_spacing)
+    assert err < 1.0, err
+
+
 @pytest.mark.parametrize(
     ("mutate", "err", "match"),
     [

@@ -193,6 +193,18 @@ def test_register_deformable_recovers_smooth_warp():
     np.testing.assert_allclose(res.displacement_at(Y[:, :2]), res.displacement, atol=1e-6)
 
 
+def test_register_deformable_spatial_variance_cap():
+    """Two unrelated random clouds: EM widens the variance, the cap holds it and the fit still runs."""
+    rng = np.random.default_rng(2)
+    X = np.hstack([rng.uniform(0, 1, (300, 2)), rng.normal(size=(300, 1))])
+    Y = np.hstack([rng.uniform(0, 1, (300, 2)), rng.normal(size=(300, 1))])
+    free = register_deformable(X, Y, sigma2=(1e-3, None), max_iter=30, n_landmarks=40)
+    capped = register_deformable(X, Y, sigma2=(1e-3, None), sigma2_max=1e-3, max_iter=30, n_landmarks=40)
+    assert free.sigma2[0] > 2e-3
+    assert capped.sigma2[0] <= 1e-3
+    assert np.isfinite(capped.loglik)
+
+
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     angle=st.floats(0.0, 360.0),

@@ -406,10 +406,12 @@ def align(
         ``refine=False`` and
         more than ``max_points`` spots per side, the pyramid stops at a ``max_points`` subsample and
         its transform and deformable field (through its low-rank Nystrom form) are interpolated to
-        all spots: at best as precise as that subsample (about one subsample spacing);
-        ``.uns[...]['approximate']`` records it. On the 500,000-spot synthetic benchmark it ended 42
-        spot spacings off (random subsamples of two sections do not pair spot for spot;
-        ``benchmarks/RESULTS.md``): prefer the default ``refine=True``.
+        all spots; ``.uns[...]['approximate']`` records it. That subsample keeps the embedding but
+        its spatial variance is held at or below its own squared spot spacing, since random
+        subsamples of two sections do not pair spot for spot. It is only about as precise as that
+        subsample: on the 500,000-spot synthetic benchmark 1.2 spot spacings off in 22 s, against
+        0.004 for the exact pyramid in 64-80 s (``benchmarks/RESULTS.md``). Prefer the default
+        ``refine=True`` unless time matters more than sub-spot precision.
     preserve_scale
         ``deformable`` only: divide the isotropic scale of the deformable motion out of the result
         (Umeyama similarity fit from the pre-aligned to the deformed coordinates), keeping its
