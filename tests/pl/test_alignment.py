@@ -37,6 +37,33 @@ def test_embedding_rgb_shared_scale():
     np.testing.assert_allclose(c1, c2)
 
 
+def test_embedding_rgb_streams_the_pca(monkeypatch):
+    import tracemalloc
+
+    from loki._utils import _pca
+
+    rng = np.random.default_rng(2)
+    d = 64
+    a = (rng.normal(size=(20_000, d)) * 0.8 ** np.arange(d)).astype(np.float32)
+    b = (rng.normal(size=(10_000, d)) * 0.8 ** np.arange(d) + 0.5).astype(np.float32)
+    both = np.vstack([a, b]).astype(np.float64)
+    centred = both - both.mean(axis=0)
+    pcs = centred @ np.linalg.svd(centred, full_matrices=False)[2][:3].T
+    del both, centred
+    ca, cb = embedding_rgb([a, b])
+    rgb = np.vstack([ca, cb])
+    # the SVD's colours, up to a component's sign (now that of its largest loading): c or 1 - c
+    span = (pcs - pcs.min(axis=0)) / np.ptp(pcs, axis=0)
+    flipped = np.corrcoef(rgb.T, span.T)[[0, 1, 2], [3, 4, 5]] < 0
+    np.testing.assert_allclose(rgb, np.where(flipped, 1 - span, span), atol=1e-9)
+    monkeypatch.setattr(_pca, "_BLOCK_VALUES", 1024 * d)
+    tracemalloc.start()
+    embedding_rgb([a, b])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.75 * (a.nbytes + b.nbytes), peak  # the SVD stacked them in float64, twice, and U
+
+
 def test_overlay_draws_before_and_after(pair):
     src, tgt = pair
     fig = lk.pl.alignment([tgt, src], sections=["target", "source"], show=False)

@@ -434,3 +434,133 @@ def test_image_stack_aligned_sequentially_onto_a_transcriptome(tissue):
     )
     assert stack[1].uns[Key.UNS][Key.ALIGNED]["use"] == ["img", "X_expr"]
     assert stack[2].uns[Key.UNS][Key.ALIGNED]["use"] == ["img", "img"]
+
+
+def _fast(**kw):
+    """Keyword arguments of a quick rigid alignment (one start, no mirror)."""
+    return {"method": "rigid", "mirror": False, "n_rotations": 1, **kw}
+
+
+def test_embedding_features_equal_the_svd_without_its_memory(monkeypatch):
+    import tracemalloc
+
+    from loki._utils import _pca
+    from loki.tl._align import embedding_features
+
+    rng = np.random.default_rng(0)
+    n, d = 40_000, 32
+    basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    emb_t = ((rng.normal(size=(n, d)) * 0.8 ** np.arange(d)) @ basis.T).astype(np.float32)
+    emb_s = (emb_t[::2] + 0.1 * rng.normal(size=(n // 2, d))).astype(np.float32)
+    # the thin SVD of the centred target: the components the PCA gave before (largest loading positive)
+    centred = emb_t.astype(np.float64) - emb_t.mean(axis=0, dtype=np.float64)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    comps = vt[:2] * np.sign(vt[[0, 1], np.abs(vt[:2]).argmax(axis=1)])[:, None]
+    pt = centred @ comps.T
+    scale = np.subtract(*np.percentile(pt[:, 0], [99, 1]))
+    ps, pt_new, ratio = embedding_features(emb_s, emb_t, 2)
+    np.testing.assert_allclose(pt_new, pt / scale, atol=1e-9)
+    np.testing.assert_allclose(
+        ps, (emb_s - emb_t.mean(axis=0, dtype=np.float64)) @ comps.T / scale, atol=1e-9
+    )
+    np.testing.assert_allclose(ratio, sv[:2] ** 2 / (sv**2).sum(), rtol=1e-9)
+    del centred
+    # row blocks: less than one copy of the (float32) target, where the SVD held two float64 copies and U
+    monkeypatch.setattr(_pca, "_BLOCK_VALUES", 1024 * d)
+    tracemalloc.start()
+    embedding_features(emb_s, emb_t, 2)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < emb_t.nbytes, peak
+
+
+def test_sparse_dataframe_and_non_numeric_embeddings(tissue):
+    import pandas as pd
+
+    moved, _ = _moved(tissue, rotation_deg=30.0)
+    target = tissue.copy()
+    dense = lk.tl.align(moved, target=target, use="X_expr", copy=True, **_fast())
+    # a sparse (n, d) embedding is densified: the same alignment
+    for a in (moved, target):
+        a.obsm["E"] = sp.csr_matrix(a.obsm["X_expr"])
+    out = lk.tl.align(moved, target=target, use="E", copy=True, **_fast())
+    np.testing.assert_allclose(out.obsm[Key.ALIGNED], dense.obsm[Key.ALIGNED], atol=1e-8)
+    for a in (moved, target):
+        a.obsm["E"] = pd.DataFrame({"c": ["x"] * a.n_obs}, index=a.obs_names)
+    with pytest.raises(ValueError, match=r"source .obsm\['E'\] must be numeric; its column\(s\) \['c'\]"):
+        lk.tl.align(moved, target=target, use="E", **_fast())
+    moved.obsm["E"] = np.full((moved.n_obs, 2), "x")
+    with pytest.raises(ValueError, match=r"source .obsm\['E'\] must be numeric, got dtype <U1"):
+        lk.tl.align(moved, target=target, use="E", **_fast())
+    for kw, match in [
+        ({"n_pcs": 2.5}, "n_pcs must be an integer, got n_pcs=2.5"),
+        ({"max_iter": True}, "max_iter"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            lk.tl.align(moved, target=target, use="X_expr", **kw)
+    assert Key.ALIGNED not in moved.obsm
+
+
+@pytest.mark.parametrize(
+    ("key", "match"), [("spatial", "spatial_key"), ("X_expr", "embedding"), ("", "non-empty")]
+)
+def test_key_added_may_not_replace_an_input(tissue, key, match):
+    moved, _ = _moved(tissue, rotation_deg=30.0)
+    before = {k: np.array(v, copy=True) for k, v in moved.obsm.items()}
+    with pytest.raises(ValueError, match=match):
+        lk.tl.align(moved, target=tissue, use="X_expr", key_added=key, **_fast())
+    assert set(moved.obsm) == set(before)
+    for k, v in before.items():
+        np.testing.assert_array_equal(moved.obsm[k], v)
+    assert Key.UNS not in moved.uns
+
+
+def test_physical_units_on_one_side_only_warns(tissue, caplog):
+    moved, _ = _moved(tissue, rotation_deg=40.0)
+    source = _in_other_units(moved, 2.0, 0.5)  # the target records no microns_per_unit
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.align(source, target=tissue, use="X_expr", **_fast())
+    assert "only the source section 'adata' records .uns['loki']['microns_per_unit']" in caplog.text
+    assert "no unit conversion was applied" in caplog.text
+    assert source.uns[Key.UNS][Key.ALIGNED]["unit_scale"] == 1.0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="loki"):  # asked not to convert: nothing to say
+        lk.tl.align(source, target=tissue, use="X_expr", physical_units=False, **_fast())
+    assert "microns_per_unit" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("seed", "record"), [(3, 3), (np.random.default_rng(3), "generator"), (None, "none")]
+)
+def test_uns_records_the_arguments(tissue, tmp_path, seed, record):
+    import anndata as ad
+
+    moved, _ = _moved(tissue, rotation_deg=30.0)
+    target = tissue.copy()
+    for a in (moved, target):
+        a.obsm["xy"] = a.obsm[Key.SPATIAL].copy()
+    out = lk.tl.align(moved, target=target, use=None, seed=seed, spatial_key="xy", copy=True, **_fast())
+    info = out.uns[Key.UNS][Key.ALIGNED]
+    assert info["use"] == []
+    params = info["params"]
+    assert params["seed"] == record
+    assert params["mirror"] is False  # the argument; info["mirror"] is the side found
+    assert params["spatial_key"] == "xy"
+    assert params["target_spatial_key"] == "xy"
+    assert params["input_coordinate_system"] == "global"
+    out.write_h5ad(tmp_path / "a.h5ad")  # every entry is writeable
+    back = ad.read_h5ad(tmp_path / "a.h5ad").uns[Key.UNS][Key.ALIGNED]["params"]
+    assert back["seed"] == record
+    assert back["spatial_key"] == "xy"
+
+
+def test_align_sections_refuses_copy_and_repeated_sections(tissue):
+    a, _ = _moved(tissue, rotation_deg=20.0)
+    target = tissue.copy()
+    with pytest.raises(ValueError, match="writes every section in place; copy=True is not supported"):
+        lk.tl.align_sections([target, a], target=0, use="X_expr", copy=True, progress=False)
+    with pytest.raises(ValueError, match=r"sections \['section1', 'section2'\] are one and the same section"):
+        lk.tl.align_sections([a, target, target], target=1, use="X_expr", progress=False)
+    assert Key.ALIGNED not in a.obsm
+    assert Key.ALIGNED not in target.obsm
+    assert Key.UNS not in a.uns

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from spatialdata.transformations import Affine, Identity, Sequence, get_transformation
+from spatialdata.transformations import Affine, Identity, Scale, Sequence, get_transformation
 
 import loki as lk
 from loki._keys import Key
@@ -180,3 +180,189 @@ def test_realigning_the_other_way_replaces_the_targets_placement():
         matrix = get_transformation(sdata[name], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y"))
         glob = get_transformation(sdata[name], Key.GLOBAL_CS).to_affine_matrix(("x", "y"), ("x", "y"))
         np.testing.assert_allclose(matrix, glob)
+
+
+_FAST = {"use": None, "method": "rigid", "mirror": False, "n_rotations": 1}
+
+
+def _written(sdata, source="MOB2", targets=("MOB1_image", "MOB1_spots")):
+    """What a call wrote: the source's .obsm/.uns entry, shapes, and 'aligned' on any element."""
+    table = sdata.tables[source]
+    placed = [
+        name
+        for name in (f"{source}_image", f"{source}_spots", *targets)
+        if name in sdata and Key.ALIGNED_CS in get_transformation(sdata[name], get_all=True)
+    ]
+    entry = Key.ALIGNED in table.obsm or Key.ALIGNED in table.uns.get(Key.UNS, {})
+    return entry, placed, sorted(n for n in sdata.shapes if n.endswith("_aligned"))
+
+
+def _rescaled(case: str):
+    """MOB1 and MOB2, MOB2's spots in other units that keep their physical size."""
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Scale, set_transformation
+
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    table, spots = sdata.tables["MOB2"], sdata.shapes["MOB2_spots"]
+    xy, radius = np.c_[spots.geometry.x, spots.geometry.y], spots["radius"].to_numpy()
+    if case == "scanned at 2x":  # coordinates and 'global' twice as fine: Scale(2) to 'global'
+        for name in ("MOB2_image", "MOB2_spots"):
+            set_transformation(sdata[name], Scale([2.0, 2.0], axes=("x", "y")), to_coordinate_system="global")
+    if case == "stored at 1/4":  # spots in a quarter-scale image's pixels, Scale(4) to 'global'
+        sdata.shapes["MOB2_spots"] = ShapesModel.parse(
+            xy / 4,
+            geometry=0,
+            radius=radius / 4,
+            index=spots.index,
+            transformations={"global": Scale([4.0, 4.0], axes=("x", "y"))},
+        )
+    if case == "own pixels at 2x":  # as a reader stores a section scanned at twice the resolution
+        sdata.shapes["MOB2_spots"] = ShapesModel.parse(
+            xy * 2, geometry=0, radius=radius * 2, index=spots.index, transformations={"global": Identity()}
+        )
+    # MOB2's radius in MOB1's units ('global' of both, Identity, before the change)
+    in_target_units = (
+        radius
+        * table.uns[Key.UNS]["microns_per_unit"]
+        / sdata.tables["MOB1"].uns[Key.UNS]["microns_per_unit"]
+    )
+    if case != "stored at 1/4":
+        table.obsm["spatial"] = table.obsm["spatial"] * 2
+        table.uns[Key.UNS]["microns_per_unit"] /= 2
+    return sdata, in_target_units
+
+
+@pytest.mark.parametrize("case", ["scanned at 2x", "stored at 1/4", "own pixels at 2x"])
+def test_aligned_shapes_radius_in_the_aligned_units(case):
+    sdata, radius = _rescaled(case)
+    lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    # the spots keep their physical size
+    np.testing.assert_allclose(sdata.shapes["MOB2_spots_aligned"]["radius"].to_numpy(), radius, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("key_added", "match"),
+    [
+        ("spatial aligned", "'MOB2_spots_spatial aligned' .* not a valid SpatialData element name"),
+        ("spatial/v2", "not a valid SpatialData element name"),
+        ("", "non-empty string"),
+        ("spatial_image", r"'MOB2_spots_image' .* sdata.images already holds"),
+        ("spatial", "spatial_key"),
+        ("X_expr", "embedding"),
+    ],
+)
+def test_bad_key_added_is_refused_before_anything_is_written(key_added, match):
+    from spatialdata.models import Image2DModel
+
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    _add_expr(sdata)
+    sdata.images["MOB2_spots_image"] = Image2DModel.parse(np.zeros((3, 8, 8), np.uint8), dims=("c", "y", "x"))
+    spatial = sdata.tables["MOB2"].obsm["spatial"].copy()
+    with pytest.raises(ValueError, match=match):
+        lk.tl.align(sdata, source="MOB2", target="MOB1", key_added=key_added, **{**_FAST, "use": "X_expr"})
+    assert _written(sdata) == (False, [], [])
+    assert sorted(sdata.tables["MOB2"].obsm) == ["X_expr", "spatial"]
+    np.testing.assert_array_equal(sdata.tables["MOB2"].obsm["spatial"], spatial)
+    assert "MOB2_spots_image" not in sdata.shapes
+
+
+def test_a_failing_shapes_element_leaves_nothing_written(monkeypatch):
+    from spatialdata.models import ShapesModel
+
+    def refuse(cls, *args, **kwargs):
+        raise RuntimeError("refused")
+
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    monkeypatch.setattr(ShapesModel, "parse", classmethod(refuse))
+    with pytest.raises(RuntimeError, match="refused"):
+        lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    assert _written(sdata) == (False, [], [])
+
+
+def test_align_sections_checks_the_stack_before_writing():
+    sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
+    for sections in (["MOB2", "MOB1", "MOB1"], ["MOB2", "MOB1", "MOB2"]):
+        with pytest.raises(ValueError, match=r"lists .* more than once"):
+            lk.tl.align_sections(sdata, target="MOB1", sections=sections, progress=False, **_FAST)
+    del sdata.images["MOB3_image"]
+    # MOB3 imaged on the target's slide: MOB2 is aligned first, MOB3 then fails
+    sdata.tables["MOB3"].uns[Key.UNS]["image_key"] = "MOB1_image"
+    with pytest.raises(ValueError, match="sections 'MOB1' and 'MOB3' share the element 'MOB1_image'"):
+        lk.tl.align_sections(sdata, target="MOB1", progress=False, **_FAST)
+    # MOB2 and MOB3 on one slide: each would place the image with its own transformation
+    sdata.tables["MOB3"].uns[Key.UNS]["image_key"] = "MOB2_image"
+    with pytest.raises(ValueError, match="sections 'MOB2' and 'MOB3' share the element 'MOB2_image'"):
+        lk.tl.align_sections(sdata, target="MOB1", progress=False, **_FAST)
+    for source in ("MOB2", "MOB3"):
+        assert _written(sdata, source, targets=("MOB1_image", "MOB1_spots", "MOB3_spots")) == (False, [], [])
+
+
+def _one_section_with_more_elements(name: str):
+    """A one-section SpatialData with an outline, cell labels, transcripts and an unplaceable image."""
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+    from spatialdata.models import Image2DModel, Labels2DModel, PointsModel, ShapesModel
+
+    sdata = lk.datasets.mob(name)
+    outline = gpd.GeoDataFrame(geometry=[Polygon([(200, 200), (1700, 200), (1700, 1700), (200, 1700)])])
+    sdata.shapes[f"{name}_outline"] = ShapesModel.parse(outline, transformations={"global": Identity()})
+    sdata.labels[f"{name}_cells"] = Labels2DModel.parse(
+        np.zeros((64, 64), dtype=np.int32), dims=("y", "x"), transformations={"global": Identity()}
+    )
+    sdata.points[f"{name}_transcripts"] = PointsModel.parse(
+        pd.DataFrame({"x": [300.0, 900.0], "y": [400.0, 1000.0]}), transformations={"global": Identity()}
+    )
+    sdata.images[f"{name}_if"] = Image2DModel.parse(  # only in another coordinate system
+        np.zeros((1, 8, 8), np.uint8), dims=("c", "y", "x"), transformations={"pixels": Identity()}
+    )
+    return sdata
+
+
+def test_one_section_spatialdata_places_every_element(caplog):
+    source, target = _one_section_with_more_elements("MOB2"), _one_section_with_more_elements("MOB1")
+    with caplog.at_level("INFO", logger="loki"):
+        lk.tl.align(source, target=target, **_FAST)
+    for sdata, name in ((source, "MOB2"), (target, "MOB1")):
+        for element in ("image", "spots", "outline", "cells", "transcripts"):
+            assert Key.ALIGNED_CS in get_transformation(sdata[f"{name}_{element}"], get_all=True), element
+        assert Key.ALIGNED_CS not in get_transformation(sdata[f"{name}_if"], get_all=True)
+    matrix = source.tables["MOB2"].uns[Key.UNS][Key.ALIGNED]["matrix"]
+    t = get_transformation(source["MOB2_transcripts"], Key.ALIGNED_CS)
+    np.testing.assert_allclose(t.to_affine_matrix(("x", "y"), ("x", "y")), matrix)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("source section 'MOB2': ['MOB2_if'] (no transformation to 'global')" in w for w in warnings)
+    assert any("target section 'MOB1': ['MOB1_if']" in w for w in warnings)
+
+
+def test_image_keys_of_both_sections_in_one_spatialdata(caplog):
+    from spatialdata.models import Image2DModel
+
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    for name in ("MOB1", "MOB2"):
+        sdata.images[f"{name}_lowres"] = Image2DModel.parse(
+            np.zeros((3, 8, 8), np.uint8),
+            dims=("c", "y", "x"),
+            transformations={"global": Scale([240.0, 240.0], axes=("x", "y"))},
+        )
+    lk.tl.align(
+        sdata,
+        source="MOB2",
+        target="MOB1",
+        image_key=["MOB2_image", "MOB2_lowres"],
+        target_image_key=["MOB1_image", "MOB1_lowres"],
+        **_FAST,
+    )
+    matrix = sdata.tables["MOB2"].uns[Key.UNS][Key.ALIGNED]["matrix"]
+    for name, expect in (
+        ("MOB2_lowres", matrix @ np.diag([240.0, 240.0, 1.0])),
+        ("MOB1_lowres", np.diag([240.0, 240.0, 1.0])),
+    ):
+        placed = get_transformation(sdata[name], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y"))
+        np.testing.assert_allclose(placed, expect)
+    # without an image of its own, the target's warning says which section and which parameter
+    other = lk.datasets.mob(("MOB1", "MOB2"))
+    del other.images["MOB1_image"]
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.align(other, source="MOB2", target="MOB1", **_FAST)
+    assert "no image of the target section 'MOB1' found" in caplog.text
+    assert "pass target_image_key= to name it" in caplog.text

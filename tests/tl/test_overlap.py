@@ -152,6 +152,31 @@ def test_embedding_components_centre_each_section():
     np.testing.assert_allclose(FY.mean(axis=0), 0.0, atol=1e-12)
 
 
+def test_embedding_components_equal_the_svd_without_its_memory(monkeypatch):
+    import tracemalloc
+
+    from loki._utils import _pca
+
+    rng = np.random.default_rng(1)
+    d = 64
+    EX = (rng.normal(size=(30_000, d)) * 0.8 ** np.arange(d)).astype(np.float32)
+    EY = (EX[:20_000] + 1.0).astype(np.float32)
+    cx = EX - EX.mean(axis=0, dtype=np.float64)
+    vt = np.linalg.svd(cx, full_matrices=False)[2][:3]
+    FX, FY = embedding_components(EX, EY, n_components=3)
+    # the same components up to their sign (now the largest loading's)
+    signs = np.sign((FX * (cx @ vt.T)).sum(axis=0))
+    np.testing.assert_allclose(FX, cx @ vt.T * signs, atol=1e-8)
+    np.testing.assert_allclose(FY, (EY - EY.mean(axis=0, dtype=np.float64)) @ vt.T * signs, atol=1e-8)
+    del cx
+    monkeypatch.setattr(_pca, "_BLOCK_VALUES", 1024 * d)
+    tracemalloc.start()
+    embedding_components(EX, EY, n_components=3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < EX.nbytes, peak  # the SVD held a float64 centred copy and the N x d U
+
+
 def test_partial_start_checks_rows():
     X2, Y2, FX, FY, *_ = _cut_pair(0.0, False, np.zeros(2))
     with pytest.raises(ValueError, match="one row per point"):

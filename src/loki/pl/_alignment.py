@@ -10,6 +10,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._utils import check_array_finite, check_obsm_key
+from loki._utils._pca import fit_pca
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._common import finish
@@ -25,19 +26,17 @@ __all__ = ["alignment", "embedding_rgb"]
 def embedding_rgb(embeddings: Sequence[np.ndarray], n_components: int = 3) -> list[np.ndarray]:
     """Map embeddings of several sections to RGB by their top three principal components.
 
-    The PCA is fitted on all sections together, and each component is min-max scaled to [0, 1] over
+    The PCA is fitted on all sections together (over row blocks, without stacking them; each
+    component's largest loading is positive), and each component is min-max scaled to [0, 1] over
     all sections, so equal colours mean equal embeddings across sections.
 
     Returns
     -------
     One (n_i, 3) float array in [0, 1] per section.
     """
-    mats = [np.asarray(e, dtype=np.float64) for e in embeddings]
-    allx = np.vstack(mats)
-    mean = allx.mean(axis=0)
-    _, _, vt = np.linalg.svd(allx - mean, full_matrices=False)
-    k = min(n_components, vt.shape[0])
-    pcs = (allx - mean) @ vt[:k].T
+    mats = [np.asarray(e) for e in embeddings]
+    pcs = fit_pca(mats, n_components).transform(mats)
+    k = pcs.shape[1]
     if k < 3:
         pcs = np.hstack([pcs, np.zeros((len(pcs), 3 - k))])
     lo, hi = pcs.min(axis=0), pcs.max(axis=0)

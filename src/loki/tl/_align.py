@@ -3,8 +3,8 @@
 Points are ``[x, y, PC_1, ..., PC_k]``: spot coordinates (centred, divided by the target's extent)
 and the leading principal components of an embedding (PCA fitted on the target, scaled by
 ``feature_weight`` relative to the coordinates). The rigid/affine part of the result goes into a
-SpatialData coordinate system on every element of the source section; the non-rigid coordinates
-go into ``.obsm`` and a new shapes element.
+SpatialData coordinate system on the source section's elements (see :func:`align` for which); the
+non-rigid coordinates go into ``.obsm`` and a new shapes element.
 """
 
 from __future__ import annotations
@@ -19,8 +19,20 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_array_finite, require_keys, write_obsm, write_uns
-from loki._utils._spatialdata import check_copy, get_table, is_spatialdata, section_image_key, table_region
+from loki._utils import check_array_finite, check_key_name, require_keys, write_obsm, write_uns
+from loki._utils._affine import linear_scale
+from loki._utils._pca import fit_pca
+from loki._utils._spatialdata import (
+    _named_owner,
+    _stored_image_key,
+    affine_to,
+    check_copy,
+    get_table,
+    is_spatialdata,
+    section_image_key,
+    table_attrs,
+    table_region,
+)
 from loki.tl._cpd import AlignResult, Method, cpd_align, reverse_result
 
 if TYPE_CHECKING:
@@ -29,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["align", "align_sections", "embedding_features"]
 
 Use = str | tuple[str, str] | None
+ImageKeys = str | Sequence[str] | None
+_ELEMENT_KINDS = ("images", "labels", "points", "shapes")
 
 
 @dataclass
@@ -78,32 +92,46 @@ def embedding_features(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leading principal components of both embeddings, PCA fitted on the target.
 
-    Returns ``(pcs_source, pcs_target, explained_variance_ratio)``; the components are divided by the
-    1-99 percentile range of the target's first component so they live on the scale of normalised
+    The PCA (:func:`loki._utils._pca.fit_pca`) works on row blocks, so its memory does not grow with
+    a copy of the embeddings; each component's largest loading is positive.
+
+    Parameters
+    ----------
+    emb_source, emb_target
+        (n, d) and (m, d) embeddings in one space.
+    n_pcs
+        Number of components (at most ``min(m, d)`` are returned).
+
+    Returns
+    -------
+    ``(pcs_source, pcs_target, explained_variance_ratio)``; the components are divided by the 1-99
+    percentile range of the target's first component so they live on the scale of normalised
     coordinates.
     """
-    emb_target = np.asarray(emb_target, dtype=np.float64)
-    emb_source = np.asarray(emb_source, dtype=np.float64)
-    mean = emb_target.mean(axis=0)
-    centred = emb_target - mean
-    n_pcs = min(n_pcs, *centred.shape)
-    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
-    comps = vt[:n_pcs]
-    # deterministic sign: the largest loading of each component is positive
-    signs = np.sign(comps[np.arange(n_pcs), np.abs(comps).argmax(axis=1)])
-    comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
-    pt = centred @ comps.T
-    ps = (emb_source - mean) @ comps.T
-    lo, hi = np.percentile(pt[:, 0], [1, 99]) if n_pcs else (0.0, 1.0)
+    pca = fit_pca(emb_target, n_pcs)
+    pt, ps = pca.transform(emb_target), pca.transform(emb_source)
+    lo, hi = np.percentile(pt[:, 0], [1, 99]) if pt.shape[1] else (0.0, 1.0)
     scale = (hi - lo) or 1.0
-    ratio = sv[:n_pcs] ** 2 / max((sv**2).sum(), 1e-300)
-    return ps / scale, pt / scale, ratio
+    return ps / scale, pt / scale, pca.explained_variance_ratio
 
 
 def _embedding(section: _Section, key: str, role: str) -> np.ndarray:
+    import scipy.sparse as sp
+
     require_keys(section.table.obsm, key, f"{role} table .obsm ({section.name!r})")
     emb = section.table.obsm[key]
-    emb = emb.to_numpy() if hasattr(emb, "to_numpy") else np.asarray(emb)
+    if isinstance(emb, pd.DataFrame):
+        text = [str(c) for c, dtype in emb.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
+        if text:
+            raise ValueError(
+                f"{role} .obsm[{key!r}] must be numeric; its column(s) {text[:5]} are not. Pass an embedding."
+            )
+        emb = emb.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif sp.issparse(emb):  # (n, d) with d in the hundreds: small next to what alignment holds anyway
+        emb = emb.toarray()
+    emb = np.asarray(emb)
+    if emb.dtype.kind not in "biuf":
+        raise ValueError(f"{role} .obsm[{key!r}] must be numeric, got dtype {emb.dtype}. Pass an embedding.")
     if emb.ndim != 2:
         raise ValueError(f"{role} .obsm[{key!r}] must be 2-dimensional, got shape {emb.shape}.")
     check_array_finite(emb, f"{role} .obsm[{key!r}]")
@@ -144,30 +172,114 @@ def _microns_per_unit(table, key: str) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
-def _section_elements(section: _Section, image_key: str | None, *, warn: bool = True) -> list[str]:
-    """Names of the SpatialData elements of a section: its spots and (when found) its image."""
+def _image_keys(image_key: ImageKeys, what: str) -> list[str]:
+    """``image_key`` / ``target_image_key`` as a list of names (empty for None)."""
+    if image_key is None:
+        return []
+    keys = [image_key] if isinstance(image_key, str) else list(image_key)
+    if not keys or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"{what} must be an image name, a list of them or None, got {image_key!r}.")
+    return keys
+
+
+def _claimed_elsewhere(sdata, key: str | None) -> set[str]:
+    """Elements that belong to the other tables of ``sdata``: their regions and their images."""
+    claimed = set()
+    for other, table in sdata.tables.items():
+        if other == key:
+            continue
+        region = table_attrs(table).get("region")
+        claimed.update([region] if isinstance(region, str) else list(region if region is not None else []))
+        claimed.add(_stored_image_key(table))
+    claimed.update(image for image in sdata.images if _named_owner(sdata, image) not in (None, key))
+    return claimed
+
+
+def _section_elements(
+    section: _Section, image_key: ImageKeys, in_cs: str, role: str, *, warn: bool = True
+) -> list[str]:
+    """Names of the SpatialData elements placed with a section.
+
+    A SpatialData that holds this section only (one table): every element (images, labels, points,
+    shapes) with a transformation to ``in_cs``. A SpatialData of several sections: the section's spots
+    and its image (``image_key``, else the one :func:`section_image_key` finds). Images named by
+    ``image_key`` are placed in either case. With ``warn``, the elements left out are logged: a warning
+    when it is an image (``role``, "source" or "target", says which section and which parameter
+    names it), INFO otherwise.
+    """
+    from spatialdata.transformations import get_transformation
+
     sdata = section.data
+    param = "image_key" if role == "source" else "target_image_key"
+    images = _image_keys(image_key, param)
+    require_keys(sdata.images, images, "sdata.images")
+    every = [name for kind in _ELEMENT_KINDS for name in getattr(sdata, kind, {}).keys()]
+    with_cs = [name for name in every if in_cs in get_transformation(sdata[name], get_all=True)]
     names = []
     try:
         region = table_region(section.table)
-        if region in sdata.shapes or region in getattr(sdata, "points", {}) or region in sdata.labels:
+        if region in every:
             names.append(region)
     except ValueError:
         pass
-    if image_key is not None or len(sdata.images):
-        try:
-            names.append(section_image_key(sdata, section.key, image_key))
-        except KeyError:
-            if image_key is not None:
-                raise
-            if warn:
-                logger.warning(
-                    "no image of section %r found among %s; its image is not placed in the aligned "
-                    "coordinate system (pass image_key=)",
-                    section.name,
-                    list(sdata.images.keys()),
-                )
+    names += images
+    if len(sdata.tables) == 1:
+        names += with_cs
+        left_out = [name for name in every if name not in names]
+        reason = f"no transformation to {in_cs!r}"
+    else:
+        if not images and len(sdata.images):
+            try:
+                names.append(section_image_key(sdata, section.key, None))
+            except KeyError:
+                if warn:
+                    logger.warning(
+                        "no image of the %s section %r found among %s; none is placed with it in the aligned "
+                        "coordinate system (pass %s= to name it)",
+                        role,
+                        section.name,
+                        list(sdata.images.keys()),
+                        param,
+                    )
+        claimed = _claimed_elsewhere(sdata, section.key)
+        left_out = [name for name in with_cs if name not in names and name not in claimed]
+        reason = f"only each section's spots and image are placed; pass {param}= for images"
+    names = list(dict.fromkeys(names))
+    if warn and left_out:
+        lost_images = [name for name in left_out if name in sdata.images]
+        log = logger.warning if lost_images and len(sdata.tables) == 1 else logger.info
+        log(
+            "not placed in the aligned coordinate system with the %s section %r: %s (%s)",
+            role,
+            section.name,
+            left_out,
+            reason,
+        )
     return names
+
+
+def _placed_elements(
+    src: _Section,
+    tgt: _Section,
+    image_key: ImageKeys,
+    target_image_key: ImageKeys,
+    in_cs: str,
+) -> tuple[list[str], list[str]]:
+    """The elements to place of the source and (SpatialData target) the target, checked for :func:`align`."""
+    src_elements = _section_elements(src, image_key, in_cs, "source")
+    _check_cs(src, src_elements, in_cs, "source")
+    if not is_spatialdata(tgt.data):
+        return src_elements, []
+    tgt_elements = _section_elements(tgt, target_image_key, in_cs, "target")
+    _check_cs(tgt, tgt_elements, in_cs, "target")
+    shared = set(src_elements) & set(tgt_elements) if tgt.data is src.data else set()
+    if shared:
+        raise ValueError(
+            f"source and target sections share the element(s) {sorted(shared)}; one transformation cannot "
+            "place both. Name each section's image (image_key=, target_image_key=), or give each section its "
+            "own shapes."
+        )
+    return src_elements, tgt_elements
 
 
 def _check_cs(section: _Section, elements: list[str], cs: str, role: str) -> None:
@@ -228,23 +340,105 @@ def _original_matrix(norm: np.ndarray, c_src: np.ndarray, c_tgt: np.ndarray, sca
     return from_norm @ norm @ to_norm
 
 
+def _check_key_added(key_added: str, spatial_key: str, use_keys: tuple[str | None, str | None]) -> None:
+    """``key_added`` must be a key name and differ from the input keys (coordinates, embeddings)."""
+    check_key_name(key_added)
+    inputs = {"spatial_key": spatial_key, "the source's embedding (use)": use_keys[0]}
+    inputs["the target's embedding (use)"] = use_keys[1]
+    for what, key in inputs.items():
+        if key == key_added:
+            raise ValueError(
+                f"key_added={key_added!r} is also {what}: the result would replace an input .obsm entry of "
+                "the source. Choose another key_added."
+            )
+
+
+def _shapes_name(section: _Section, key_added: str) -> str | None:
+    """Name of the shapes element of aligned spots, or None when the section has no spot shapes."""
+    try:
+        region = table_region(section.table)
+    except ValueError:
+        return None
+    if region not in section.data.shapes:
+        return None
+    return f"{region}_{key_added.removeprefix('spatial_')}"
+
+
+def _check_shapes_name(section: _Section, key_added: str) -> None:
+    """The shapes element ``key_added`` gives must be a SpatialData name that no other element type holds."""
+    from spatialdata._core.validation import check_valid_name
+
+    name = _shapes_name(section, key_added)
+    if name is None:
+        return
+    try:
+        check_valid_name(name)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"key_added={key_added!r} names the shapes element {name!r} of aligned spots, which is not a "
+            f"valid SpatialData element name: {err}"
+        ) from None
+    taken = [
+        kind
+        for kind in (*_ELEMENT_KINDS, "tables")
+        if kind != "shapes" and name in getattr(section.data, kind, {})
+    ]
+    if taken:
+        raise ValueError(
+            f"key_added={key_added!r} names the shapes element {name!r} of aligned spots, but "
+            f"sdata.{taken[0]} already holds an element of that name. Choose another key_added."
+        )
+
+
+def _aligned_shapes(src: _Section, coords: np.ndarray, matrix: np.ndarray, in_cs: str, out_cs: str):
+    """Spot circles at the aligned coordinates (``Identity`` to ``out_cs``), or None without spot shapes.
+
+    The radius is brought into the aligned coordinates' units: the spots' own units times the scale of
+    their transformation to ``in_cs`` (the units of the table's coordinates) times that of ``matrix``.
+    """
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    region = table_region(src.table)
+    spots = src.data.shapes[region]
+    instance_key = src.table.uns.get("spatialdata_attrs", {}).get("instance_key")
+    ids = (
+        src.table.obs[instance_key].to_numpy()
+        if instance_key in src.table.obs
+        else src.table.obs_names.to_numpy()
+    )
+    if "radius" in spots:
+        scale = linear_scale(affine_to(spots, in_cs, f"source element {region!r}")) * linear_scale(matrix)
+        radius = spots["radius"].reindex(ids).to_numpy(dtype=np.float64) * scale
+    else:
+        radius = np.ones(len(ids))
+    return ShapesModel.parse(
+        np.asarray(coords, dtype=np.float64),
+        geometry=0,
+        radius=radius,
+        index=ids,
+        transformations={out_cs: Identity()},
+    )
+
+
 def _write_spatialdata(
     src: _Section,
     tgt: _Section,
     src_elements: list[str],
     tgt_elements: list[str],
     matrix: np.ndarray,
-    coords: np.ndarray,
+    shapes: tuple[str, Any] | None,
     in_cs: str,
     out_cs: str,
-    key_added: str,
     set_target: bool,
     target_placed: bool,
-) -> str | None:
-    import geopandas as gpd
-    from spatialdata.models import ShapesModel
-    from spatialdata.transformations import Affine, Identity, Sequence, get_transformation, set_transformation
+) -> None:
+    """Add the ``(name, element)`` shapes of aligned spots, then the transformations to ``out_cs``."""
+    from spatialdata.transformations import Affine, Sequence, get_transformation, set_transformation
 
+    if shapes is not None:  # first: the one write that SpatialData validates
+        src.data.shapes[shapes[0]] = shapes[1]
+        logger.info("added shapes %r", shapes[0])
     affine = Affine(matrix, input_axes=("x", "y"), output_axes=("x", "y"))
     for name in src_elements:
         element = src.data[name]
@@ -259,36 +453,15 @@ def _write_spatialdata(
                 continue  # its coordinates are an earlier alignment's, e.g. in a stack
             set_transformation(element, get_transformation(element, in_cs), to_coordinate_system=out_cs)
             logger.info("set transformation of target %r to coordinate system %r", name, out_cs)
-    try:
-        region = table_region(src.table)
-    except ValueError:
-        return None
-    if region not in src.data.shapes:
-        return None
-    spots = src.data.shapes[region]
-    instance_key = src.table.uns.get("spatialdata_attrs", {}).get("instance_key")
-    ids = (
-        src.table.obs[instance_key].to_numpy()
-        if instance_key in src.table.obs
-        else src.table.obs_names.to_numpy()
-    )
-    radius = spots["radius"].reindex(ids).to_numpy() if "radius" in spots else np.ones(len(ids))
-    name = (
-        f"{region}_{key_added.removeprefix('spatial_')}"
-        if key_added.startswith("spatial_")
-        else f"{region}_{key_added}"
-    )
-    shapes = ShapesModel.parse(
-        np.asarray(coords, dtype=np.float64),
-        geometry=0,
-        radius=np.asarray(radius, dtype=np.float64),
-        index=ids,
-        transformations={out_cs: Identity()},
-    )
-    assert isinstance(shapes, gpd.GeoDataFrame)
-    src.data.shapes[name] = shapes
-    logger.info("added shapes %r", name)
-    return name
+
+
+def _seed_record(seed) -> int | str:
+    """A writeable record of ``seed``: the int, else ``"generator"`` or ``"none"`` (not reproducible)."""
+    if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+        return int(seed)
+    if isinstance(seed, np.random.Generator):
+        return "generator"
+    return "none" if seed is None else str(seed)
 
 
 def align(
@@ -322,7 +495,8 @@ def align(
     key_added: str = Key.ALIGNED,
     coordinate_system: str = Key.ALIGNED_CS,
     input_coordinate_system: str = Key.GLOBAL_CS,
-    image_key: str | None = None,
+    image_key: ImageKeys = None,
+    target_image_key: ImageKeys = None,
     seed: int | np.random.Generator | None = 0,
     copy: bool = False,
 ) -> AnnData | dict | None:
@@ -426,20 +600,30 @@ def align(
         before registering, so sections imaged at different resolutions align with a rigid fit. The
         factor is folded into ``matrix``. That scale is of the readers' coordinates,
         ``.obsm['spatial']``; an earlier alignment's coordinates (``target_spatial_key``) carry the
-        units recorded with them, and other keys are taken as they are.
+        units recorded with them, and other keys are taken as they are. When only one of the two
+        records it, a warning says so and no conversion is applied.
     spatial_key
         Source coordinates in ``.obsm`` (units of ``input_coordinate_system``).
     target_spatial_key
         Target coordinates in ``.obsm`` (default ``spatial_key``); e.g. an earlier ``key_added`` to
         chain sections.
     key_added
-        ``.obsm`` key (and ``.uns['loki']`` key) of the result.
+        ``.obsm`` key (and ``.uns['loki']`` key) of the result; it may not be ``spatial_key`` or an
+        embedding key of ``use``. For SpatialData input it also names the shapes element of aligned
+        spots (see Returns), which must be a valid element name not taken by another element type.
     coordinate_system
         SpatialData coordinate system that receives the rigid/affine part.
     input_coordinate_system
         Coordinate system in which the tables' coordinates and the elements live.
     image_key
-        Image of the source section when it cannot be inferred.
+        Image(s) of the source section, placed with it (SpatialData input). By default, when the source's
+        SpatialData holds this section only (one table), every element with a transformation to
+        ``input_coordinate_system`` (images, labels, points, shapes) is placed; when it holds several
+        sections, the section's spots and its image (the one its table's ``.uns['loki']['image_key']``
+        names, the only image, or the one named after the section; a warning names the source when
+        none is found). Elements left out are logged.
+    target_image_key
+        Image(s) of the target section, by the same rules (SpatialData target).
     seed
         Seed of subsampling and landmarks.
     copy
@@ -452,24 +636,33 @@ def align(
 
     - ``.obsm[key_added]``: aligned spot coordinates in the target's units (non-rigid for
       ``deformable``),
-    - ``.uns['loki'][key_added]``: ``method``, ``target``, ``use``, ``matrix`` (3x3 rigid/affine part,
-      source units -> target units), ``pre_matrix``, ``mirror``, ``sigma2``, ``n_iter``, ``converged``,
-      ``loglik``, ``stages``, ``starts`` (with a global start: one row per initial rotation and side,
-      its screening log-likelihood and, for the starts run to convergence, ``loglik``,
-      ``loglik_common`` and, with an embedding, ``agreement``; the last of these picked the winner,
-      so the table shows how clear the mirror decision was; with ``partial``, one row per refined
-      placement: ``correlation``, ``overlap`` (fraction of target spots paired) and ``agreement``),
-      ``approximate``, ``moving`` (the section that moved in CPD), ``scale_removed`` (with
-      ``preserve_scale``), ``unit_scale`` (source units -> target units applied before registering),
-      ``microns_per_unit`` (of the aligned coordinates, when known) and the parameters;
+    - ``.uns['loki'][key_added]``: ``method``, ``target``, ``use`` (the source's and the target's
+      embedding keys; empty for coordinates only), ``matrix`` (3x3 rigid/affine part, source units ->
+      target units), ``pre_matrix``, ``mirror`` (whether the source was found mirrored), ``sigma2``
+      and, with an embedding, ``sigma2_features`` (the last stage's variance of the spatial and of the
+      feature columns), ``n_iter``, ``converged``, ``loglik``, ``stages``, ``starts`` (with a global
+      start: one row per initial rotation and side, its screening log-likelihood and, for the starts
+      run to convergence, ``loglik``, ``loglik_common`` and, with an embedding, ``agreement``; the last
+      of these picked the winner, so the table shows how clear the mirror decision was; with
+      ``partial``, one row per refined placement: ``correlation``, ``overlap`` (fraction of target
+      spots paired) and ``agreement``), ``approximate``, ``moving`` (the section that moved in CPD),
+      ``scale_removed`` (with ``preserve_scale``), ``unit_scale`` (source units -> target units applied
+      before registering), ``microns_per_unit`` (of the aligned coordinates, when known),
+      ``explained_variance_ratio`` (of the embedding components used), and ``params``: the numeric and
+      flag arguments, ``mirror`` (the argument), ``seed`` (the int; ``"generator"`` or ``"none"``
+      otherwise), ``spatial_key``, ``target_spatial_key`` (resolved), ``input_coordinate_system`` and
+      ``scale`` (the target's extent that normalised the coordinates);
 
     and for SpatialData input:
 
-    - a transformation to ``coordinate_system`` on every element of the source section (its existing
-      transformation to ``input_coordinate_system`` followed by ``Affine(matrix)``), the existing
-      transformation (usually ``Identity``) on the target's elements,
-    - ``sdata.shapes[f"{region}_aligned"]``: spot circles at the aligned coordinates (``Identity`` to
-      ``coordinate_system``).
+    - a transformation to ``coordinate_system`` on the source's placed elements (see ``image_key``;
+      its existing transformation to ``input_coordinate_system`` followed by ``Affine(matrix)``), the
+      existing transformation (usually ``Identity``) on the target's placed elements,
+    - when the source's table annotates a shapes element ``region``:
+      ``sdata.shapes[f"{region}_{key_added.removeprefix('spatial_')}"]`` (``MOB2_spots_aligned`` for
+      the default key): spot circles at the aligned coordinates (``Identity`` to ``coordinate_system``,
+      radius in the aligned units), named in ``.uns['loki'][key_added]['shapes']``, and
+      ``.uns['loki'][key_added]['coordinate_system']``.
 
     """
     if isinstance(target, str):
@@ -494,6 +687,20 @@ def align(
             raise ValueError(f"{label} must be a positive number, got {value!r}.")
     if not (np.isfinite(feature_weight) and feature_weight >= 0):
         raise ValueError(f"feature_weight must be a number >= 0, got {feature_weight!r}.")
+    counts = {
+        "n_pcs": n_pcs,
+        "n_rotations": n_rotations,
+        "max_iter": max_iter,
+        "n_landmarks": n_landmarks,
+        "n_coarse": n_coarse,
+        "max_points": max_points,
+    }
+    not_int = {k: v for k, v in counts.items() if not isinstance(v, int | np.integer) or isinstance(v, bool)}
+    if not_int:
+        raise ValueError(
+            f"{', '.join(not_int)} must be {'an integer' if len(not_int) == 1 else 'integers'}, got "
+            f"{', '.join(f'{k}={v!r}' for k, v in not_int.items())}."
+        )
     if n_pcs < 0 or n_rotations < 1 or max_iter < 1 or n_landmarks < 1:
         raise ValueError(
             f"n_pcs must be >= 0, n_rotations, max_iter and n_landmarks >= 1; got n_pcs={n_pcs}, "
@@ -508,9 +715,14 @@ def align(
             f"coordinate_system must differ from input_coordinate_system ({input_coordinate_system!r})."
         )
 
-    xy_src = _coords(src, spatial_key, "source")
-    xy_tgt = _coords(tgt, target_spatial_key or spatial_key, "target")
     key_src, key_tgt = _use_keys(use)
+    _check_key_added(key_added, spatial_key, (key_src, key_tgt))
+    is_sd = is_spatialdata(src.data)
+    if is_sd:
+        _check_shapes_name(src, key_added)
+    target_spatial_key = target_spatial_key or spatial_key
+    xy_src = _coords(src, spatial_key, "source")
+    xy_tgt = _coords(tgt, target_spatial_key, "target")
     if partial and key_src is None:
         raise ValueError("partial=True needs an embedding (use=...): the overlap is found by its features.")
     if key_src is not None:
@@ -521,28 +733,32 @@ def align(
                 f"source .obsm[{key_src!r}] has {emb_src.shape[1]} dimensions, target .obsm[{key_tgt!r}] "
                 f"{emb_tgt.shape[1]}; the embeddings must share one space."
             )
+    src_elements: list[str] = []
+    tgt_elements: list[str] = []
+    if is_sd:
+        src_elements, tgt_elements = _placed_elements(
+            src, tgt, image_key, target_image_key, input_coordinate_system
+        )
+    if key_src is not None:
         f_src, f_tgt, ratio = embedding_features(emb_src, emb_tgt, n_pcs)
     else:
         f_src, f_tgt, ratio = np.zeros((len(xy_src), 0)), np.zeros((len(xy_tgt), 0)), np.zeros(0)
 
-    is_sd = is_spatialdata(src.data)
-    src_elements: list[str] = []
-    tgt_elements: list[str] = []
-    if is_sd:
-        src_elements = _section_elements(src, image_key)
-        _check_cs(src, src_elements, input_coordinate_system, "source")
-        if is_spatialdata(tgt.data):
-            tgt_elements = _section_elements(tgt, None)
-            _check_cs(tgt, tgt_elements, input_coordinate_system, "target")
-            shared = set(src_elements) & set(tgt_elements) if tgt.data is src.data else set()
-            if shared:
-                raise ValueError(
-                    f"source and target sections share the element(s) {sorted(shared)}; one transformation "
-                    "cannot place both. Pass the source's image_key=, or give each section its own shapes."
-                )
-
     mpu_src = _microns_per_unit(src.table, spatial_key)
-    mpu_tgt = _microns_per_unit(tgt.table, target_spatial_key or spatial_key)
+    mpu_tgt = _microns_per_unit(tgt.table, target_spatial_key)
+    if physical_units and (mpu_src is None) != (mpu_tgt is None):
+        known, unknown = (
+            (("source", src), ("target", tgt)) if mpu_tgt is None else (("target", tgt), ("source", src))
+        )
+        logger.warning(
+            "physical_units: only the %s section %r records .uns['loki']['microns_per_unit'] for its "
+            "coordinates; the %s section %r does not, so no unit conversion was applied (both are taken "
+            "in the same units)",
+            known[0],
+            known[1].name,
+            unknown[0],
+            unknown[1].name,
+        )
     unit = mpu_src / mpu_tgt if (physical_units and mpu_src and mpu_tgt) else 1.0
     xy_src = xy_src * unit
     c_tgt = xy_tgt.mean(axis=0)
@@ -578,10 +794,16 @@ def align(
     to_target_units = np.diag([unit, unit, 1.0])
     matrix = _original_matrix(res.matrix, c_src, c_tgt, scale) @ to_target_units
     pre_matrix = _original_matrix(res.pre_matrix, c_src, c_tgt, scale) @ to_target_units
+    shapes = None
+    if is_sd and _shapes_name(src, key_added) is not None:  # built before anything is written
+        shapes = (
+            _shapes_name(src, key_added),
+            _aligned_shapes(src, coords, matrix, input_coordinate_system, coordinate_system),
+        )
     info = {
         "method": method,
         "target": tgt.name,
-        "use": list(_use_keys(use)) if use is not None else None,
+        "use": [] if use is None else [key_src, key_tgt],
         "matrix": matrix,
         "pre_matrix": pre_matrix,
         "mirror": bool(res.mirror),
@@ -599,7 +821,13 @@ def align(
         "starts": _start_table(res.start_scores),
         "explained_variance_ratio": ratio,
         "coordinate_system": coordinate_system if is_sd else None,
+        "shapes": None if shapes is None else shapes[0],
         "params": {
+            "mirror": bool(mirror),
+            "seed": _seed_record(seed),
+            "spatial_key": spatial_key,
+            "target_spatial_key": target_spatial_key,
+            "input_coordinate_system": input_coordinate_system,
             "pre_align": pre_align,
             "n_rotations": int(n_rotations),
             "n_pcs": int(n_pcs),
@@ -622,25 +850,22 @@ def align(
     }
 
     info = {k: v for k, v in info.items() if v is not None}  # None cannot be written to h5ad/zarr
-    table = src.table.copy() if (copy and not is_sd) else src.table
-    write_obsm(table, key_added, coords)
-    write_uns(table, key_added, info)
     if is_sd:
-        shapes_name = _write_spatialdata(
+        _write_spatialdata(
             src,
             tgt,
             src_elements,
             tgt_elements,
             matrix,
-            coords,
+            shapes,
             input_coordinate_system,
             coordinate_system,
-            key_added,
             set_target=same_object or is_spatialdata(tgt.data),
-            target_placed=target_spatial_key not in (None, spatial_key),
+            target_placed=target_spatial_key != spatial_key,
         )
-        if shapes_name is not None:
-            table.uns[Key.UNS][key_added]["shapes"] = shapes_name
+    table = src.table.copy() if (copy and not is_sd) else src.table
+    write_obsm(table, key_added, coords)
+    write_uns(table, key_added, info)
     if copy and not is_sd:
         return table
     return None
@@ -676,7 +901,9 @@ def align_sections(
     progress
         Show a progress bar.
     **kwargs
-        Passed to :func:`align`.
+        Passed to :func:`align`: ``image_key`` to every call (the image of each moving section),
+        ``target_image_key`` to the calls onto the target. ``copy`` is refused: the sections are
+        written in place.
 
     Returns
     -------
@@ -685,12 +912,23 @@ def align_sections(
     ``.uns['loki'][key_added]`` with the identity matrix; every section's entry holds ``z``, its
     position in the stack.
 
+    Every section is checked before any is written: sections named twice (or one object given twice),
+    and an element (e.g. one slide image) that two sections of the stack would place, are refused.
+
     """
     from tqdm.auto import tqdm
 
+    if kwargs.pop("copy", False):
+        raise ValueError(
+            "align_sections writes every section in place; copy=True is not supported (copy the sections "
+            "first)."
+        )
     if is_spatialdata(sdatas_or_keys):
         sdata = sdatas_or_keys
         names = list(sections) if sections is not None else list(sdata.tables.keys())
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"sections= lists {repeated} more than once; give each section once.")
         require_keys(sdata.tables, names, "sdata.tables")
         if not isinstance(target, str):
             raise TypeError("target must be a table key when a SpatialData is given.")
@@ -709,17 +947,25 @@ def align_sections(
     by_name = {n: (o, k) for n, o, k in items}
     tgt_obj, tgt_key = by_name[target]
     tgt_table = get_table(tgt_obj, tgt_key)
+    tables = {n: id(get_table(o, k)) for n, o, k in items}
+    same = [n for n in order if list(tables.values()).count(tables[n]) > 1]
+    if same:
+        raise ValueError(f"sections {same} are one and the same section (the same object given twice).")
 
     # nearest sections first so sequential mode always has an aligned neighbour
     todo = sorted((i for i in range(len(order)) if i != t_idx), key=lambda i: (abs(i - t_idx), i))
     key_src, key_tgt = _use_keys(kwargs.pop("use", Key.TEXT))
+    _check_key_added(key_added, spatial_key, (key_src, key_tgt))
+    target_image_key = kwargs.pop("target_image_key", None)
     plan = []
     for i in todo:
         ref = order[i - 1 if i > t_idx else i + 1] if sequential else target
         # an aligned neighbour is a source section: it holds the sources' embedding key
         pair = None if key_src is None else (key_src, key_tgt if ref == target else key_src)
         plan.append((i, order[i], ref, pair))
-    _check_stack(plan, by_name, target, spatial_key, kwargs)
+    _check_stack(
+        plan, by_name, target, spatial_key, key_added, {**kwargs, "target_image_key": target_image_key}
+    )
 
     results: dict[str, dict] = {}
     for i, name, ref, pair in tqdm(plan, disable=not progress, desc="align sections"):
@@ -731,6 +977,7 @@ def align_sections(
             "key_added": key_added,
             "spatial_key": spatial_key,
             "target_spatial_key": ref_spatial,
+            "target_image_key": target_image_key if ref == target else None,
             **kwargs,
         }
         if obj is ref_obj and is_spatialdata(obj):
@@ -751,21 +998,46 @@ def align_sections(
     return results
 
 
-def _check_stack(plan: list, by_name: dict, target: str, spatial_key: str, kwargs: dict) -> None:
-    """Check every section of a stack as :func:`align` will see it, before any section is written."""
+def _check_stack(
+    plan: list, by_name: dict, target: str, spatial_key: str, key_added: str, kwargs: dict
+) -> None:
+    """Check every section of a stack as :func:`align` will see it, before any section is written.
+
+    Besides each call's own checks, an element may be placed by one section of the stack only: two
+    sections sharing it (one slide image) would each place it with their own transformation.
+    """
     input_cs = kwargs.get("input_coordinate_system", Key.GLOBAL_CS)
 
     def section(name: str) -> _Section:
         obj, key = by_name[name]
         return _Section(obj, key, get_table(obj, key))
 
-    _coords(section(target), spatial_key, repr(target))
-    for _, name, ref, pair in plan:
+    placed_by: dict[tuple[int, str], str] = {}
+    for name in [target, *(p[1] for p in plan)]:
         sec = section(name)
         _coords(sec, spatial_key, repr(name))
-        if is_spatialdata(sec.data):
-            elements = _section_elements(sec, kwargs.get("image_key"), warn=False)
-            _check_cs(sec, elements, input_cs, f"section {name!r}")
+        if not is_spatialdata(sec.data):
+            continue
+        role, image_key = (
+            ("target", kwargs.get("target_image_key"))
+            if name == target
+            else ("source", kwargs.get("image_key"))
+        )
+        if role == "source":
+            _check_shapes_name(sec, key_added)
+        elements = _section_elements(sec, image_key, input_cs, role, warn=False)
+        _check_cs(sec, elements, input_cs, f"section {name!r}")
+        for element in elements:
+            other = placed_by.setdefault((id(sec.data), element), name)
+            if other != name:
+                raise ValueError(
+                    f"sections {other!r} and {name!r} share the element {element!r}; one transformation "
+                    "cannot place it for both. Name each section's own image (image_key=, "
+                    ".uns['loki']['image_key']), or align these sections one at a time with lk.tl.align."
+                )
+    for _, name, ref, pair in plan:
+        if section(name).table is section(ref).table:
+            raise ValueError(f"section {name!r} and its reference {ref!r} are the same section.")
         if pair is not None:
             dims = [_embedding(section(n), k, repr(n)).shape[1] for n, k in ((name, pair[0]), (ref, pair[1]))]
             if dims[0] != dims[1]:

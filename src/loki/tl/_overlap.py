@@ -28,6 +28,7 @@ from scipy.spatial import cKDTree
 
 from loki._utils import as_rng
 from loki._utils._affine import apply_matrix
+from loki._utils._pca import column_mean, fit_pca
 from loki.tl._cpd import (
     StartResult,
     _homogeneous,
@@ -57,12 +58,9 @@ def embedding_components(
     Each section is centred on its own mean, so that an offset between the two embeddings (another
     modality, a batch) does not correlate with itself everywhere.
     """
-    EX = np.asarray(EX, dtype=np.float64)
-    EY = np.asarray(EY, dtype=np.float64)
-    cx = EX - EX.mean(axis=0)
-    _, _, vt = np.linalg.svd(cx, full_matrices=False)
-    comps = vt[: min(n_components, len(vt))]
-    return cx @ comps.T, (EY - EY.mean(axis=0)) @ comps.T
+    EX, EY = np.asarray(EX), np.asarray(EY)
+    pca = fit_pca(EX, n_components)
+    return pca.transform(EX), pca.transform(EY, column_mean(EY))
 
 
 def _raster(xy: np.ndarray, f: np.ndarray, origin: np.ndarray, cell: float, n: int) -> np.ndarray:
