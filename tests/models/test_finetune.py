@@ -16,14 +16,27 @@ def _pairs(n=24, size=32, seed=0):
     return imgs, sents
 
 
-def test_contrastive_loss_is_eq1():
+def test_contrastive_loss_is_half_of_eq1():
+    """The loss is eq. (1) / 2 (open_clip's ClipLoss convention), and AdamW steps are those of eq. (1)."""
     g = torch.Generator().manual_seed(0)
     a = F.normalize(torch.randn(5, 4, generator=g), dim=1)
     b = F.normalize(torch.randn(5, 4, generator=g), dim=1)
     scale = torch.tensor(np.log(10.0))
     s = 10.0 * a @ b.T
-    expected = -0.5 * (torch.log_softmax(s, 1).diag().mean() + torch.log_softmax(s, 0).diag().mean())
-    torch.testing.assert_close(lk.models.contrastive_loss(a, b, scale), expected)
+    # eq. (1) term by term: -(1/N) sum_i [log softmax_img->txt + log softmax_txt->img] of the pair i
+    eq1 = -(torch.log_softmax(s, 1).diag() + torch.log_softmax(s, 0).diag()).mean()
+    torch.testing.assert_close(lk.models.contrastive_loss(a, b, scale), eq1 / 2)
+
+    steps = []
+    for factor in (1.0, 2.0):  # the loss as loki computes it, and eq. (1)
+        w = torch.nn.Parameter(a.clone())
+        opt = torch.optim.AdamW([w], lr=1e-2)
+        for _ in range(3):
+            opt.zero_grad()
+            (factor * lk.models.contrastive_loss(F.normalize(w, dim=1), b, scale)).backward()
+            opt.step()
+        steps.append(w.detach())
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-5, atol=1e-6)
 
 
 def test_finetune_is_deterministic_for_a_seed():
@@ -292,3 +305,81 @@ def test_bad_patch_size_fails_before_training():
     assert m.checkpoint_hash == before
     assert m.patch_um is None
     assert not m.trained
+
+
+def test_seed_none_records_the_seed_it_drew():
+    imgs, sents = _pairs(16)
+    kw = {"epochs": 1, "lr": 1e-3, "batch_size": 8, "progress": False}
+    m, hist = lk.models.finetune(
+        lk.models.load("loki-tiny", device="cpu", seed=1), imgs, sents, seed=None, **kw
+    )
+    assert isinstance(hist["seed"], int)
+    again, rerun = lk.models.finetune(
+        lk.models.load("loki-tiny", device="cpu", seed=1), imgs, sents, seed=hist["seed"], **kw
+    )
+    assert rerun["step_loss"] == hist["step_loss"]
+    assert again.checkpoint_hash == m.checkpoint_hash
+
+    tiny, hist = lk.models.train_tiny(imgs, sents, device="cpu", seed=None, **kw)
+    assert isinstance(hist["seed"], int)
+    again, rerun = lk.models.train_tiny(imgs, sents, device="cpu", seed=hist["seed"], **kw)
+    assert rerun["step_loss"] == hist["step_loss"]
+    assert again.checkpoint_hash == tiny.checkpoint_hash
+
+
+def test_lazy_images_are_computed_once_after_the_checks():
+    import dask.array as da
+
+    imgs, sents = _pairs(16)
+    computed = []
+
+    def count(block, block_info=None):
+        computed.append(block_info[0]["chunk-location"][0])
+        return block
+
+    lazy = da.from_array(imgs, chunks=(4, -1, -1, -1)).map_blocks(count, dtype=np.uint8)
+    kw = {"lr": 1e-3, "batch_size": 4, "seed": 3, "progress": False}
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    with pytest.raises(ValueError, match="matches no parameter"):  # a late check: nothing computed yet
+        lk.models.finetune(m, lazy, sents, epochs=1, freeze=["nothing."], **kw)
+    assert computed == []
+    _, hist = lk.models.finetune(m, lazy, sents, epochs=3, **kw)
+    assert len(hist["step_loss"]) == 12
+    assert sorted(computed) == [0, 1, 2, 3]  # each chunk once, not once per step
+
+
+def test_each_epoch_drops_the_last_partial_batch():
+    """n // batch_size steps an epoch, reshuffled: the pairs that sit out change from epoch to epoch."""
+    imgs, sents = _pairs(20)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    seen = []
+    real = m.model.encode_text
+
+    def spy(tokens, normalize=False):
+        seen.append({tuple(row) for row in tokens.tolist()})
+        return real(tokens, normalize=normalize)
+
+    m.model.encode_text = spy
+    sents = [f"Gene{i} {s}" for i, s in enumerate(sents)]  # each pair's tokens are its own
+    _, hist = lk.models.finetune(m, imgs, sents, epochs=3, batch_size=8, augment=False, progress=False)
+    assert hist["steps_per_epoch"] == 2
+    assert len(hist["step_loss"]) == 6
+    assert [len(batch) for batch in seen] == [8] * 6
+    per_epoch = [seen[0] | seen[1], seen[2] | seen[3], seen[4] | seen[5]]
+    assert all(len(pairs) == 16 for pairs in per_epoch)  # 4 of 20 pairs sit out each epoch
+    assert len(per_epoch[0] | per_epoch[1] | per_epoch[2]) > 16
+
+
+def test_finetune_a_plain_clip_model():
+    """Freeze groups work for a plain open_clip CLIP, whose text tower sits on the model itself."""
+    m = lk.models.load("ViT-S-32", device="cpu", seed=0)
+    imgs, sents = _pairs(4, size=m.image_size)
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    m, hist = lk.models.finetune(
+        m, imgs, sents, epochs=1, lr=1e-3, batch_size=4, freeze="text", progress=False
+    )
+    after = m.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed
+    assert all(k.startswith("visual.") or k == "logit_scale" for k in changed)
+    assert np.isfinite(hist["step_loss"]).all()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_save_load_round_trip(tiny, tmp_path):
         assert back.trained is False
         np.testing.assert_array_equal(back.encode_images(x), tiny.encode_images(x))
         np.testing.assert_array_equal(back.encode_texts(s), tiny.encode_texts(s))
-    assert back.checkpoint_hash == _loading.file_sha256(tmp_path / "m" / "model.safetensors")
+    assert back.file_sha256 == tiny.file_sha256 == _loading.file_sha256(tmp_path / "m" / "model.safetensors")
     assert tiny.checkpoint_hash == back.checkpoint_hash
 
 
@@ -119,7 +120,8 @@ def test_open_clip_checkpoint_layouts(tiny, tmp_path, wrap):
     back = lk.models.load(path, arch="loki-tiny", device="cpu")
     s = _sentences(3)
     np.testing.assert_array_equal(back.encode_texts(s), tiny.encode_texts(s))
-    assert back.checkpoint_hash == _loading.file_sha256(path)
+    assert back.file_sha256 == _loading.file_sha256(path)
+    assert back.checkpoint_hash == tiny.checkpoint_hash  # the weights' content, whatever the layout
 
 
 def test_pickled_checkpoint_needs_trust_and_converts(tiny, tmp_path):
@@ -322,7 +324,7 @@ def test_local_path_named_like_a_published_model(tiny, tmp_path, monkeypatch, ca
     from pathlib import Path
 
     back = lk.models.load(Path("omiclip"), device="cpu")
-    assert back.checkpoint_hash == _loading.file_sha256(tmp_path / "omiclip" / "model.safetensors")
+    assert back.file_sha256 == _loading.file_sha256(tmp_path / "omiclip" / "model.safetensors")
     assert calls == []
     # the plain name keeps its published meaning, with a warning on how to load the directory
     with caplog.at_level("WARNING", logger="loki"), pytest.raises(Stop):
@@ -416,3 +418,112 @@ def test_unknown_or_absent_devices_are_value_errors(monkeypatch):
     ):
         lk.models.load("loki-tiny", device="cuda:3")
     assert lk.models.load("loki-tiny", device="cpu").device.type == "cpu"
+
+
+def test_plain_clip_architecture_works():
+    """A plain open_clip CLIP (text tower on the model itself), e.g. the OpenAI CLIP baselines."""
+    m = lk.models.load("ViT-S-32", device="cpu", seed=0)  # the smallest CLIP config: 63 M parameters
+    assert type(m.model).__name__ == "CLIP"
+    assert m.embed_dim == 384
+    assert "embed_dim=384" in repr(m)
+    assert m.info()["embed_dim"] == 384
+    assert m.context_length == 77
+    img = m.encode_images(_images(3, size=m.image_size), batch_size=2)
+    txt = m.encode_texts(_sentences(3), batch_size=2)
+    assert img.shape == txt.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+    with torch.inference_mode():
+        ref = m.model.encode_text(m.tokenizer(_sentences(3)), normalize=True).numpy()
+    np.testing.assert_allclose(txt, ref, atol=1e-5)
+
+
+def test_architectures_with_a_hugging_face_text_tower_are_refused_up_front(monkeypatch):
+    monkeypatch.setattr(_loading, "create_architecture", lambda *a, **k: pytest.fail("model built"))
+    with pytest.raises(ValueError, match=r"'ViT-B-16-SigLIP' encodes text with the Hugging Face .*Supported"):
+        lk.models.load("ViT-B-16-SigLIP", device="cpu")
+    with pytest.raises(ValueError, match="roberta-base"):
+        lk.models.load("loki-tiny", arch="roberta-ViT-B-32", device="cpu")
+
+
+def test_wrong_arch_is_refused_before_the_model_is_built(tiny, tmp_path, monkeypatch):
+    tiny.save(tmp_path / "m")
+    monkeypatch.setattr(_loading, "create_architecture", lambda *a, **k: pytest.fail("model built"))
+    with pytest.raises(ValueError, match="does not match the model architecture"):
+        lk.models.load(tmp_path / "m" / "model.safetensors", arch="loki-small-data", device="cpu")
+
+
+def test_checkpoint_hash_is_the_weights_content(tiny, tmp_path):
+    """Identical weights record one hash: in memory, after save, from .pt, .safetensors and a saved dir."""
+    before = tiny.checkpoint_hash
+    assert tiny.file_sha256 is None
+    assert "file_sha256" not in tiny.info()
+    tiny.save(tmp_path / "m")
+    tiny._checkpoint_hash = None  # recomputed from the weights, not taken from the file
+    assert tiny.checkpoint_hash == before
+    pt = tmp_path / "ck.pt"
+    torch.save({"state_dict": tiny.model.state_dict()}, pt)
+    converted = lk.models.convert_to_safetensors(pt, arch="loki-tiny")
+    loaded = [lk.models.load(p, arch="loki-tiny", device="cpu") for p in (tmp_path / "m", pt, converted)]
+    assert [m.checkpoint_hash for m in loaded] == [before] * 3
+    assert [m.info()["checkpoint_hash"] for m in loaded] == [before] * 3
+    # the files' own sha256 differ with the format, and are kept apart
+    shas = [m.info()["file_sha256"] for m in loaded]
+    assert shas == [_loading.file_sha256(p) for p in (tmp_path / "m" / "model.safetensors", pt, converted)]
+    assert shas[1] != shas[0]
+    assert tiny.file_sha256 == shas[0]
+    # trained weights are no longer those of any file
+    m = loaded[1]
+    lk.models.finetune(m, _images(4, size=32), _sentences(4), epochs=1, batch_size=4, progress=False)
+    assert m.file_sha256 is None
+    assert "file_sha256" not in m.info()
+    assert m.checkpoint_hash != before
+
+
+def test_saving_bf16_weights_writes_float32(tmp_path):
+    from safetensors.torch import load_file
+
+    fast = lk.models.load("loki-tiny", device="cpu", seed=0, precision="bf16-weights")
+    fast.save(tmp_path / "m")
+    written = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert {v.dtype for v in written.values() if v.is_floating_point()} == {torch.float32}
+    back = lk.models.load(tmp_path / "m", device="cpu")
+    upcast = {k: v.float() if v.is_floating_point() else v for k, v in fast.model.state_dict().items()}
+    for k, v in back.model.state_dict().items():
+        torch.testing.assert_close(v, upcast[k], rtol=0, atol=0)
+    assert back.checkpoint_hash == fast.checkpoint_hash
+    again = lk.models.load(tmp_path / "m", device="cpu", precision="bf16-weights")
+    x = _images(3)
+    np.testing.assert_array_equal(again.encode_images(x), fast.encode_images(x))
+
+
+def test_seed_none_draws_fresh_entropy_without_the_global_rng(caplog):
+    hashes = []
+    with torch.random.fork_rng(devices=[]):
+        for _ in range(2):
+            torch.manual_seed(7)  # the same global state for both calls
+            state = torch.random.get_rng_state()
+            with caplog.at_level("INFO", logger="loki"):
+                hashes.append(lk.models.load("loki-tiny", device="cpu", seed=None).checkpoint_hash)
+            assert torch.equal(torch.random.get_rng_state(), state)
+    assert hashes[0] != hashes[1]
+    seeds = [int(s) for s in re.findall(r"seed=(\d+)", caplog.text)]
+    assert len(seeds) == 2
+    assert lk.models.load("loki-tiny", device="cpu", seed=seeds[1]).checkpoint_hash == hashes[1]
+
+
+def test_encode_images_computes_each_dask_chunk_once(tiny):
+    import dask.array as da
+
+    x = _images(23)
+    computed = []
+
+    def count(block, block_info=None):
+        computed.append(block_info[0]["chunk-location"][0])
+        return block
+
+    lazy = da.from_array(x, chunks=(5, -1, -1, -1)).map_blocks(count, dtype=np.uint8)
+    expected = tiny.encode_images(x, batch_size=4)
+    for batch_size in (2, 4, 7, 64):
+        computed.clear()
+        np.testing.assert_allclose(tiny.encode_images(lazy, batch_size=batch_size), expected, atol=1e-6)
+        assert sorted(computed) == list(range(5)), batch_size

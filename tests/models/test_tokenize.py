@@ -88,3 +88,33 @@ _TRICKY = st.sampled_from(
 def test_ids_equal_open_clip_on_any_text(tokenizers, text):
     ref, cached = tokenizers
     np.testing.assert_array_equal(cached.ids([text]), ref([text]).numpy())
+
+
+def _whole_words_in_context(ref, text, n_ctx=76):
+    """Words of ``text`` whose tokens all fit before the end token, counted with open_clip alone."""
+    words = text.split()
+    return max(
+        (k for k in range(len(words) + 1) if len(ref.encode(" ".join(words[:k]))) + 2 <= n_ctx),
+        default=0,
+    )
+
+
+def test_word_counts_say_how_many_genes_reach_the_encoder(mob1, tokenizers):
+    ref, cached = tokenizers
+    sentences = mob1.tables["MOB1"].obs[lk.Key.SENTENCE].astype(str).tolist()[:40]
+    # one-token words around the boundary: 74 fit with sot and eot, a 75th is cut
+    short = [" ".join(["gene"] * n) for n in (0, 1, 73, 74, 75, 80)]
+    texts = [*sentences, *short, "café Apoe", " ".join(["café"] * 80)]
+    ids, counts = cached.ids(texts, return_word_counts=True)
+    np.testing.assert_array_equal(ids, cached.ids(texts))
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(counts[:, 1], [len(t.split()) for t in texts])
+    expected = [_whole_words_in_context(ref, t) for t in texts[: len(sentences) + len(short)]]
+    np.testing.assert_array_equal(counts[: len(expected), 0], expected)
+    assert counts[len(sentences) : len(expected), 0].tolist() == [0, 1, 73, 74, 74, 74]
+    # the 50-gene sentences are all cut: about 18-27 genes reach the encoder
+    assert (counts[: len(sentences), 0] < counts[: len(sentences), 1]).all()
+    assert 15 <= np.median(counts[: len(sentences), 0]) <= 30
+    # texts encoded whole (non-ASCII): all words when they fit, -1 (unknown) when cut
+    assert counts[-2].tolist() == [2, 2]
+    assert counts[-1].tolist() == [-1, 80]

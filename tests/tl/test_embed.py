@@ -203,3 +203,64 @@ def test_embed_image_in_another_coordinate_system(model):
     assert table.uns["loki"][lk.Key.IMAGE]["coordinate_system"] == "heart"
     with pytest.raises(ValueError, match="coordinate_system choose how patches are cut here"):
         lk.tl.embed_image(_adata(), model, patches=_patches(), coordinate_system="heart")
+
+
+def test_embed_text_warns_about_empty_sentences_and_counts_them(model, caplog):
+    a = _adata()
+    a.obs[lk.Key.SENTENCE] = ["", "Apoe", "", "Ptgds Apoe", "Snap25", "Mbp"]
+    a.obs[lk.Key.EMPTY_SPOT] = [True, False, True, False, False, True]  # flagged, sentence kept
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.embed_text(a, model)
+    assert "3 of 6 spots have an empty gene sentence (.obs['loki_empty'])" in caplog.text
+    assert a.uns["loki"][lk.Key.TEXT]["n_empty"] == 3
+    # without the flag column the empty strings are counted
+    del a.obs[lk.Key.EMPTY_SPOT]
+    lk.tl.embed_text(a, model, key_added="again")
+    assert a.uns["loki"]["again"]["n_empty"] == 2
+    emb = a.obsm["again"]
+    np.testing.assert_array_equal(emb[0], emb[2])  # one vector, that of the empty text
+
+
+def test_embed_text_records_the_genes_the_context_keeps(model, caplog):
+    sdata = lk.datasets.mob("MOB2")
+    lk.pp.gene_sentences(sdata, table_key="MOB2")
+    with caplog.at_level("INFO", logger="loki"):
+        lk.tl.embed_text(sdata, model, table_key="MOB2")
+    table = sdata.tables["MOB2"]
+    info = table.uns["loki"][lk.Key.TEXT]
+    assert {"n_truncated", "median_genes_kept"} <= set(info)
+    sentences = table.obs[lk.Key.SENTENCE].tolist()
+    _, counts = model.tokenizer.ids(sentences, return_word_counts=True)
+    assert info["n_truncated"] == int((counts[:, 0] < counts[:, 1]).sum()) > 0.9 * table.n_obs
+    assert info["median_genes_kept"] == np.median(counts[counts[:, 1] > 0, 0])
+    assert 15 <= info["median_genes_kept"] <= 30  # of 50 genes a sentence
+    assert "token context" in caplog.text
+    assert caplog.text.count("token context") == 1  # one line a call, not one per sentence or batch
+    # short sentences fit whole
+    a = _adata()
+    lk.tl.embed_text(a, model, batch_size=2)
+    info = a.uns["loki"][lk.Key.TEXT]
+    assert (info["n_truncated"], info["median_genes_kept"], info["n_empty"]) == (0, 3.0, 0)
+
+
+def test_embed_image_cuts_each_patch_once_whatever_the_batch_size(model, monkeypatch):
+    import loki.pp._patches as patches_module
+
+    cropped = []
+    real = patches_module._crop_task
+
+    def count(blocks, origins, boxes, *args, **kwargs):
+        cropped.append(len(boxes))
+        return real(blocks, origins, boxes, *args, **kwargs)
+
+    monkeypatch.setattr(patches_module, "_crop_task", count)
+    sdata = lk.datasets.mob("MOB2")
+    n = sdata.tables["MOB2"].n_obs
+    results = {}
+    for batch_size in (256, 16, 100):
+        cropped.clear()
+        lk.tl.embed_image(sdata, model, table_key="MOB2", batch_size=batch_size, key_added=f"b{batch_size}")
+        assert sum(cropped) == n, batch_size
+        results[batch_size] = sdata.tables["MOB2"].obsm[f"b{batch_size}"]
+    np.testing.assert_allclose(results[16], results[256], atol=1e-6)
+    np.testing.assert_allclose(results[100], results[256], atol=1e-6)

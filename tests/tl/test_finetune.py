@@ -115,3 +115,74 @@ def test_tl_finetune_records_the_patch_size_it_cut(mob12):
     lk.pp.gene_sentences(no_scale, table_key="MOB1")
     model, hist = lk.tl.finetune(no_scale, model, **train)  # spot-sized, size in µm unknown
     assert model.patch_um is hist["patch_um"] is None
+
+
+def test_pairs_with_an_empty_sentence_are_left_out(caplog):
+    sdata = lk.datasets.mob("MOB3")
+    lk.pp.gene_sentences(sdata, table_key="MOB3")
+    obs = sdata.tables["MOB3"].obs
+    obs[lk.Key.SENTENCE] = obs[lk.Key.SENTENCE].astype(str)
+    obs.iloc[:5, obs.columns.get_loc(lk.Key.SENTENCE)] = ""  # empty, not flagged
+    obs.iloc[5:9, obs.columns.get_loc(lk.Key.EMPTY_SPOT)] = True  # flagged
+    ok = _patch_ok(sdata, "MOB3")
+    keep = ok.copy()
+    keep[:9] = False
+    with caplog.at_level("INFO", logger="loki"):
+        imgs, sents = collect_pairs(sdata, table_keys="MOB3", size=16)
+    assert len(sents) == len(imgs) == keep.sum()
+    assert "" not in sents
+    assert sents == obs[lk.Key.SENTENCE][keep].tolist()
+    expected = np.asarray(lk.pp.spot_patches(sdata, table_key="MOB3", size=16))[keep]
+    np.testing.assert_array_equal(imgs, expected)
+    assert (
+        f"left {int((~keep).sum())} of {len(keep)} spots out of training (9 with an empty sentence"
+        in caplog.text
+    )
+
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    _, hist = lk.tl.finetune(sdata, model, table_keys="MOB3", epochs=1, batch_size=64, progress=False)
+    assert hist["n_pairs"] == keep.sum()
+
+
+def test_finetune_in_another_coordinate_system(mob12):
+    from spatialdata.transformations import get_transformation, remove_transformation, set_transformation
+
+    sdata = lk.datasets.mob("MOB1")
+    lk.pp.gene_sentences(sdata, table_key="MOB1")
+    for element in [*sdata.images.values(), *sdata.shapes.values()]:
+        set_transformation(element, get_transformation(element, "global"), "heart")
+        remove_transformation(element, "global")
+    with pytest.raises(KeyError, match=r"'global' not found"):
+        collect_pairs(sdata, table_keys="MOB1", size=16)
+    imgs, sents = collect_pairs(sdata, table_keys="MOB1", size=16, coordinate_system="heart")
+    ref_imgs, ref_sents = collect_pairs(mob12, table_keys="MOB1", size=16)
+    np.testing.assert_array_equal(imgs, ref_imgs)
+    assert sents == ref_sents
+
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    _, hist = lk.tl.finetune(
+        sdata, model, table_keys="MOB1", coordinate_system="heart", epochs=1, batch_size=128, progress=False
+    )
+    assert hist["n_pairs"] == len(ref_sents)
+    assert hist["patch_um"] == pytest.approx(100.0)
+
+
+def test_collect_pairs_holds_the_result_and_one_chunk():
+    """Pairs are written into one array: the peak is the result plus a chunk, not 2.5 times the result."""
+    import tracemalloc
+
+    import dask
+
+    sdata = lk.datasets.mob(["MOB1", "MOB2"])
+    for s in ("MOB1", "MOB2"):
+        lk.pp.gene_sentences(sdata, table_key=s)
+    with dask.config.set(scheduler="synchronous"):  # one chunk in flight
+        collect_pairs(sdata, size=64)  # warm caches
+        tracemalloc.start()
+        try:
+            imgs, _ = collect_pairs(sdata, size=64)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    chunk = 256 * imgs[0].nbytes
+    assert peak < imgs.nbytes + 1.5 * chunk, (peak / imgs.nbytes, imgs.shape)

@@ -15,6 +15,14 @@ from ._omiclip import check_patch_um
 from ._preprocess import as_uint8_nhwc, augment_dihedral, check_uint8_nhwc, preprocess_uint8
 
 FREEZE_GROUPS = {"image": ("visual.",), "text": ("text.",)}
+#: The text tower of a plain open_clip ``CLIP`` model, whose parameters sit on the model itself.
+CLIP_TEXT_PREFIXES = (
+    "token_embedding.",
+    "positional_embedding",
+    "transformer.",
+    "ln_final.",
+    "text_projection",
+)
 
 #: From-scratch recipe for ``loki-tiny`` (the paper's lr 5e-6 / 10 epochs are for the pretrained model).
 TINY_RECIPE = {"epochs": 40, "lr": 2e-3, "batch_size": 64, "weight_decay": 0.1, "warmup": 0.1}
@@ -25,9 +33,24 @@ TINY_PATCH_UM = 200.0
 
 
 def contrastive_loss(image_emb, text_emb, logit_scale):
-    """Symmetric InfoNCE of paper eq. (1) on L2-normalised embeddings (pairs on the diagonal).
+    """Symmetric InfoNCE on L2-normalised embeddings (pairs on the diagonal): paper eq. (1) divided by 2.
 
-    ``logit_scale`` is the model's learnable log inverse temperature.
+    The mean of the image-to-text and text-to-image cross-entropies, open_clip's ``ClipLoss``
+    convention; eq. (1) is their sum. AdamW's steps are the same for both (Adam is invariant to the
+    scale of the loss, up to its ``eps``), but the values (``history["step_loss"]``,
+    :func:`loki.pl.loss_curve`) are half those of eq. (1).
+
+    Parameters
+    ----------
+    image_emb, text_emb
+        ``(n, d)`` L2-normalised embeddings; row ``i`` of each is a pair.
+    logit_scale
+        The model's learnable log inverse temperature.
+
+    Returns
+    -------
+    Scalar loss tensor.
+
     """
     import torch
     import torch.nn.functional as F
@@ -37,24 +60,25 @@ def contrastive_loss(image_emb, text_emb, logit_scale):
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
-def _frozen_prefixes(freeze) -> tuple[str, ...]:
+def _frozen_prefixes(freeze, net) -> tuple[str, ...]:
     if freeze is None:
         return ()
+    groups = FREEZE_GROUPS if hasattr(net, "text") else {**FREEZE_GROUPS, "text": CLIP_TEXT_PREFIXES}
     if isinstance(freeze, str):
-        if freeze not in FREEZE_GROUPS:
+        if freeze not in groups:
             raise ValueError(
                 f"freeze must be None, 'image', 'text' or a list of parameter prefixes, got {freeze!r}"
             )
-        return FREEZE_GROUPS[freeze]
+        return groups[freeze]
     bad = [f for f in freeze if not isinstance(f, str)]
     if bad:
         raise ValueError(f"freeze prefixes must be strings, got {bad[0]!r}")
-    return tuple(prefix for f in freeze for prefix in FREEZE_GROUPS.get(f, (f,)))
+    return tuple(prefix for f in freeze for prefix in groups.get(f, (f,)))
 
 
 def _trainable_names(net, freeze) -> set[str]:
     """Names of the parameters to train; the model is not touched."""
-    prefixes = _frozen_prefixes(freeze)
+    prefixes = _frozen_prefixes(freeze, net)
     names = [name for name, _ in net.named_parameters()]
     unmatched = [p for p in prefixes if not any(name.startswith(p) for name in names)]
     if unmatched:
@@ -103,13 +127,26 @@ def _set_trainable(net, trainable: set[str]) -> None:
 
 
 def _training_images(images):
-    """Validate training images; lazy (dask) arrays are checked by shape and dtype without computing."""
+    """Validate training images; lazy (dask) arrays are checked by shape and dtype without computing.
+
+    :func:`finetune` computes a lazy array once (:func:`_materialised`) after all its checks.
+    """
     if not hasattr(images, "dask"):
         return as_uint8_nhwc(images)
     if images.ndim == 3:
         images = images[None]
     check_uint8_nhwc(images.shape, images.dtype)
     return images
+
+
+def _materialised(images) -> np.ndarray:
+    """A validated lazy (dask) image array computed once into memory; other arrays as they are.
+
+    Random batches over a lazy array would compute their chunks again at every step.
+    """
+    if not hasattr(images, "dask"):
+        return images
+    return np.ascontiguousarray(images.compute())
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -135,23 +172,30 @@ def finetune(
     patch_um: float | None = None,
     progress: bool = True,
 ):
-    """Fine-tune an OmiCLIP model on (patch, gene sentence) pairs with the loss of paper eq. (1).
+    """Fine-tune an OmiCLIP model on (patch, gene sentence) pairs with the loss of paper eq. (1) / 2.
 
     Parameters
     ----------
     model
         :class:`~loki.models.OmiCLIP`, trained in place.
     images
-        uint8 ``(n, h, w, 3)`` patches (numpy, torch or dask), one per sentence.
+        uint8 ``(n, h, w, 3)`` patches (numpy, torch or dask), one per sentence. A dask array is checked
+        lazily, then computed into memory once, after all arguments are checked and before the first
+        step (random batches over it would recompute its chunks at every step): it must fit in memory.
     sentences
         ``n`` gene sentences.
     epochs, lr, batch_size
         Paper defaults for the pretrained model: 10 epochs (alignment; 5 for decomposition), lr 5e-6,
         batch 64. From scratch use :data:`TINY_RECIPE` / :func:`train_tiny`. A batch needs at least 2
-        pairs (the contrastive loss of one pair is 0).
+        pairs (the contrastive loss of one pair is 0). Each epoch reshuffles the pairs and runs
+        ``n // batch_size`` steps of ``batch_size`` pairs (``batch_size`` is lowered to ``n`` when it
+        is larger): the last partial batch is dropped, as open_clip does, so ``n % batch_size`` pairs
+        (other ones each epoch) sit out every epoch; with few pairs that is a large share (100 pairs,
+        batch 64: 1 step per epoch, 36 pairs unused).
     seed
-        Seeds shuffling and augmentation (a local generator; the global RNG is untouched). An int, or a
-        Generator from which one int is drawn; ``history["seed"]`` records that int.
+        Seeds shuffling and augmentation (a local generator; the global RNG is untouched). An int, a
+        Generator from which one int is drawn, or ``None`` for an int drawn from fresh OS entropy;
+        ``history["seed"]`` records the int used, so any run can be repeated.
     freeze
         ``None``, ``"image"`` (train the text tower only), ``"text"``, or a list of parameter-name
         prefixes and group names (e.g. ``["visual.transformer.resblocks.0."]``); a prefix that matches no
@@ -175,8 +219,9 @@ def finetune(
 
     Returns
     -------
-    ``(model, history)`` where ``history`` has ``step_loss``, ``epoch_loss``, ``lr``, ``logit_scale``
-    (per epoch), ``seconds`` and the parameters used (``patch_um``: the model's patch side after
+    ``(model, history)`` where ``history`` has ``step_loss``, ``epoch_loss`` (the loss of
+    :func:`contrastive_loss`: eq. (1) divided by 2), ``lr``, ``logit_scale`` (per epoch), ``seconds``
+    and the parameters used (``steps_per_epoch``, ``seed``; ``patch_um``: the model's patch side after
     training).
 
     """
@@ -209,13 +254,13 @@ def finetune(
     device = model.device
     tokens = torch.from_numpy(model.tokenizer.ids(sentences))
     trainable = _trainable_names(net, freeze)
+    images = _materialised(images)  # every check passed: compute lazy patches once
     opt = torch.optim.AdamW(_param_groups(net, trainable, weight_decay), lr=lr)
-    seed_int = None if seed is None else as_seed(seed)
-    gen = torch.Generator().manual_seed(as_seed(seed_int))
+    seed_int = as_seed(seed)  # None: fresh OS entropy, recorded so the run can be repeated
+    gen = torch.Generator().manual_seed(seed_int)
     batch_size = min(int(batch_size), n)
-    steps_per_epoch = (
-        n // batch_size
-    )  # drop the last partial batch: tiny batches make noisy contrastive steps
+    # drop the last partial batch: tiny batches make noisy contrastive steps
+    steps_per_epoch = n // batch_size
     total = steps_per_epoch * int(epochs)
     n_warm = int(warmup * total)
     history = {"step_loss": [], "epoch_loss": [], "lr": [], "logit_scale": []}
@@ -314,8 +359,9 @@ def train_tiny(
     device
         Torch device.
     seed
-        Seeds initialisation, shuffling and augmentation (an int, or a Generator from which one int is
-        drawn for all three; ``history["seed"]`` records it).
+        Seeds initialisation, shuffling and augmentation (an int, a Generator from which one int is
+        drawn for all three, or ``None`` for an int drawn from fresh OS entropy; ``history["seed"]``
+        records it).
     patch_um
         Side in µm of the tissue squares ``images`` show, recorded as ``model.patch_um`` (e.g.
         :data:`TINY_PATCH_UM`); ``None``: unknown.
@@ -333,7 +379,8 @@ def train_tiny(
     from ._loading import load
 
     params = {**TINY_RECIPE, **recipe}
-    # one draw from a Generator seeds initialisation and training, and is what history["seed"] records
-    seed = None if seed is None else as_seed(seed)
+    # one draw (from a Generator, or fresh entropy for None) seeds initialisation and training, and is
+    # what history["seed"] records
+    seed = as_seed(seed)
     model = load(arch, device=device, seed=seed)
     return finetune(model, images, sentences, seed=seed, patch_um=patch_um, progress=progress, **params)

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from loki._logging import logger
+from loki._utils import as_seed
 
 from ._omiclip import META_FILE, PRECISIONS, WEIGHTS_FILE, OmiCLIP, resolve_device
 from ._open_clip_logging import quiet_open_clip
@@ -195,11 +196,36 @@ def convert_to_safetensors(
 
 
 def _check_arch(arch: str) -> None:
+    """Raise a ValueError for a name that is no architecture, or one whose text tower loki cannot use.
+
+    loki tokenises with open_clip's CLIP tokenizer (:class:`~loki.models.CachedTokenizer`), so it
+    supports :data:`~loki.models.SMALL_ARCHS` and the open_clip architectures with open_clip's own
+    text transformer (CoCa, CLIP and custom-text CLIP: ``coca_ViT-L-14``, ``loki-tiny``, ``ViT-B-32``,
+    ``RN50``, ...), not those with a Hugging Face text model or tokenizer (SigLIP, CLIPA, mt5, ...).
+    """
     if arch not in SMALL_ARCHS and not is_known_arch(arch):
         raise ValueError(
             f"unknown architecture {arch!r}; known: {', '.join(SMALL_ARCHS)}, loki-tiny, {DEFAULT_ARCH}, "
             "... (open_clip.list_models())"
         )
+    hf_text = _hf_text_tower(arch)
+    if hf_text is not None:
+        raise ValueError(
+            f"architecture {arch!r} encodes text with the Hugging Face model/tokenizer {hf_text!r}, which "
+            "loki does not support: loki tokenises gene sentences with open_clip's CLIP tokenizer. "
+            f"Supported: {', '.join(SMALL_ARCHS)} and open_clip architectures with open_clip's own text "
+            f"transformer (CoCa such as loki-tiny and {DEFAULT_ARCH}, or CLIP such as ViT-B-32 and RN50)."
+        )
+
+
+def _hf_text_tower(arch: str) -> str | None:
+    """Name of the Hugging Face text model or tokenizer of an open_clip architecture, or None."""
+    if arch in SMALL_ARCHS:
+        return None
+    import open_clip
+
+    text_cfg = (open_clip.get_model_config(arch) or {}).get("text_cfg", {})
+    return text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name")
 
 
 def _meta_files(path: Path) -> list[Path]:
@@ -228,24 +254,25 @@ def _meta_for(path: Path) -> dict:
 def create_architecture(arch: str, *, seed: int | None = None):
     """A randomly initialised open_clip model of architecture ``arch`` (loki configs registered).
 
-    ``seed`` fixes the initialisation without touching the global torch RNGs (CPU and CUDA).
+    ``seed`` fixes the initialisation; ``None`` draws one from fresh OS entropy. Either way only the
+    CPU generator of a local fork is seeded: the global torch RNGs (CPU and CUDA) are neither read nor
+    changed.
     """
     import open_clip
     import torch
 
     from ._small import SMALL_ARCHS, create_small
 
+    seed = as_seed(seed)
     # the model is built on the CPU: seed only the CPU generator (torch.manual_seed would also reseed
     # every CUDA generator, which fork_rng(devices=[]) does not restore)
     if arch in SMALL_ARCHS:
         with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.random.default_generator.manual_seed(int(seed))
+            torch.random.default_generator.manual_seed(seed)
             return create_small(arch)
     _check_arch(arch)
     with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.random.default_generator.manual_seed(int(seed))
+        torch.random.default_generator.manual_seed(seed)
         with quiet_open_clip():
             model = open_clip.create_model(arch, pretrained=None, device="cpu")
         decoder = getattr(model, "text_decoder", None)
@@ -327,11 +354,14 @@ def load(
           A :class:`~pathlib.Path` is always local (``~`` expanded); a string that names a published model
           or an architecture keeps that meaning even where a file of that name exists (a warning says
           so: pass a ``Path`` to load it).
-        - an architecture name (``"loki-tiny"`` or any open_clip model name): random weights, to be trained
-          with :func:`loki.models.train_tiny` / :func:`loki.models.finetune`.
+        - an architecture name (``"loki-tiny"``, ``"loki-small-data"`` or an open_clip model name): random
+          weights, to be trained with :func:`loki.models.train_tiny` / :func:`loki.models.finetune`.
+          open_clip's CoCa and CLIP architectures (e.g. ``"coca_ViT-L-14"``, ``"ViT-B-32"``) work;
+          those with a Hugging Face text tower or tokenizer (SigLIP, CLIPA, mt5, ...) are refused.
     arch
         open_clip architecture of a checkpoint (default: from the JSON saved next to it, else
-        ``coca_ViT-L-14``).
+        ``coca_ViT-L-14``). The checkpoint's keys and shapes are checked against it before the model
+        is built.
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     trust_checkpoint
@@ -344,8 +374,9 @@ def load(
         ``"bf16-weights"`` (weights cast to bf16: fastest inference, not for training; on one H100,
         ``coca_ViT-L-14`` embeds about 2,440 patches/s against 1,740 with ``"auto"``).
     seed
-        Initialisation seed for architecture names (random weights); only the CPU generator of a
-        local fork is seeded, the global torch RNGs are untouched.
+        Initialisation seed for architecture names (random weights). ``None`` draws an int from fresh
+        OS entropy (logged at INFO), so repeated calls give different models. Only the CPU generator of
+        a local fork is seeded: the global torch RNGs are neither read nor changed.
 
     Returns
     -------
@@ -356,8 +387,9 @@ def load(
     Raises
     ------
     ValueError
-        For an unknown ``precision``, ``arch`` or ``device`` (also a CUDA device on a machine without
-        one), checked before anything is downloaded or read.
+        For an unknown or unsupported ``precision``, ``arch`` or ``device`` (also a CUDA device on a
+        machine without one), checked before anything is downloaded or read; for a checkpoint that
+        does not fit its architecture, before the model is built.
 
     """
     register_configs()
@@ -402,8 +434,10 @@ def load(
             path, arch=arch, name=name, device=device_t, trust=trust_checkpoint, precision=precision
         )
     if is_arch:
+        _check_arch(name)  # before anything is built
+        seed = as_seed(seed)  # None: fresh OS entropy, never the global RNG
         model = create_architecture(name, seed=seed)
-        logger.info("created %r with random weights (seed=%s): train it before use", name, seed)
+        logger.info("created %r with random weights (seed=%d): train it before use", name, seed)
         return OmiCLIP(model, arch=name, name=name, device=device_t, precision=precision, trained=False)
     raise FileNotFoundError(
         f"{name_or_path!r} is neither a file, a directory saved by OmiCLIP.save, a published name "
@@ -415,6 +449,8 @@ def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -
     meta = _meta_for(path)
     arch = arch or meta.get("arch") or DEFAULT_ARCH
     state = read_checkpoint(path, trust_checkpoint=trust)
+    # keys and shapes are checked on the meta device before the (costly) real model is built
+    _check_keys(architecture_shapes(arch), state, source=str(path))
     model = create_architecture(arch)
     load_weights(model, state, source=str(path))
     logger.info("loaded %r weights from %s", arch, path)
@@ -425,7 +461,7 @@ def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -
         device=device,
         precision=precision,
         trained=bool(meta.get("trained", True)),
-        checkpoint_hash=file_sha256(path),
+        file_sha256=file_sha256(path),
         config=meta.get("config"),
         patch_um=meta.get("patch_um"),  # absent from files saved before it was recorded: unknown
     )

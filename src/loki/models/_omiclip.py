@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,13 +65,54 @@ def _check_available(dev) -> None:
 
 
 def state_dict_hash(state_dict) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of a state dict (sorted by name)."""
+    """sha256 over the names, shapes, dtypes and bytes of a state dict (sorted by name).
+
+    Tensors are hashed as :meth:`OmiCLIP.save` writes them (:func:`saved_tensor`: lower-precision
+    floating-point weights as float32), so a model and its saved and reloaded copy share one hash.
+    """
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
+        t = saved_tensor(state_dict[name])
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+        h.update(t.view(-1).view(dtype=torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def saved_tensor(t):
+    """``t`` as it is saved: detached, contiguous, on the CPU; bf16 / fp16 weights upcast to float32.
+
+    Upcasting is exact, so a model loaded with ``precision="bf16-weights"`` is saved without a further
+    loss and reloads (in any precision) as the weights it computed with.
+    """
+    import torch
+
+    t = t.detach().cpu()
+    if t.is_floating_point() and t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
+    return t.contiguous()
+
+
+def _embed_dim(model) -> int:
+    """Joint embedding size of an open_clip CoCa / CLIP / custom-text CLIP model or a loki small model.
+
+    CoCa and custom-text models keep the text projection on ``model.text``, plain CLIP models on the
+    model itself; it is a ``Linear`` or a ``(width, embed_dim)`` parameter.
+    """
+    from torch import nn
+
+    proj = getattr(getattr(model, "text", None), "text_projection", None)
+    if proj is None:
+        proj = getattr(model, "text_projection", None)
+    if isinstance(proj, nn.Linear):
+        return int(proj.out_features)
+    if proj is not None:
+        return int(proj.shape[1])
+    output_dim = getattr(model.visual, "output_dim", None)
+    if output_dim is None:
+        raise ValueError(f"cannot tell the embedding size of a {type(model).__name__} model")
+    return int(output_dim)
 
 
 class OmiCLIP:
@@ -102,6 +144,10 @@ class OmiCLIP:
         they know it, saved with the model; :func:`loki.tl.embed_image` cuts patches of this size by
         default. ``None`` when unknown (published weights, or training on given patches): spots are
         then cut at their own diameter.
+    file_sha256
+        sha256 of the weights file the model was loaded from or last saved to, ``None`` when there is
+        none or the weights changed since. It depends on the file format; :attr:`checkpoint_hash`
+        identifies the weights.
 
     """
 
@@ -114,7 +160,7 @@ class OmiCLIP:
         device="cpu",
         precision: str = "auto",
         trained: bool = True,
-        checkpoint_hash: str | None = None,
+        file_sha256: str | None = None,
         config: dict | None = None,
         patch_um: float | None = None,
     ):
@@ -134,7 +180,8 @@ class OmiCLIP:
         self.trained = trained
         self.config = config
         self.patch_um = patch_um
-        self._checkpoint_hash = checkpoint_hash
+        self.file_sha256 = file_sha256
+        self._checkpoint_hash = None
         visual = model.visual
         size = visual.image_size
         self.image_size = int(size[0] if isinstance(size, tuple | list) else size)
@@ -154,7 +201,7 @@ class OmiCLIP:
     @property
     def embed_dim(self) -> int:
         """Dimension of the joint embedding."""
-        return int(self.model.text.text_projection.shape[1])
+        return _embed_dim(self.model)
 
     @property
     def patch_um(self) -> float | None:
@@ -167,13 +214,19 @@ class OmiCLIP:
 
     @property
     def checkpoint_hash(self) -> str:
-        """sha256 of the weights file this model was loaded from or last saved to, else of its state dict."""
+        """Content hash of the weights (:func:`state_dict_hash`), computed once and cached.
+
+        It depends only on the weights as :meth:`save` writes them, not on where they came from: the
+        same weights give the same hash before and after :meth:`save`, and loaded from a ``.pt``, a
+        ``.safetensors`` file or a saved directory. The weights file's own sha256 is :attr:`file_sha256`.
+        """
         if self._checkpoint_hash is None:
             self._checkpoint_hash = state_dict_hash(self.model.state_dict())
         return self._checkpoint_hash
 
     def _weights_changed(self) -> None:
         self._checkpoint_hash = None
+        self.file_sha256 = None
         self.trained = True
 
     def __repr__(self) -> str:
@@ -184,8 +237,12 @@ class OmiCLIP:
         )
 
     def info(self) -> dict:
-        """Model identity for ``.uns`` (writeable types only)."""
-        return {
+        """Model identity for ``.uns`` (writeable types only).
+
+        ``checkpoint_hash`` is the weights' content hash (:attr:`checkpoint_hash`); ``file_sha256``, the
+        sha256 of the weights file, is added when the weights are those of a file.
+        """
+        info = {
             "model": self.name,
             "arch": self.arch,
             "checkpoint_hash": self.checkpoint_hash,
@@ -193,6 +250,9 @@ class OmiCLIP:
             "image_size": self.image_size,
             "trained": bool(self.trained),
         }
+        if self.file_sha256 is not None:
+            info["file_sha256"] = self.file_sha256
+        return info
 
     # ------------------------------------------------------------------ encoding
     def _autocast(self):
@@ -234,7 +294,8 @@ class OmiCLIP:
         images
             uint8 ``(n, h, w, 3)`` array (numpy, torch or dask; resized on the device like open_clip's
             eval transform: shorter side to the model's input size, then a centre crop) or a list of PIL
-            images (open_clip's PIL preprocessing is used).
+            images (open_clip's PIL preprocessing is used). A dask array is computed chunk by chunk,
+            each chunk once, whatever ``batch_size`` is.
         batch_size
             Patches per forward pass.
         progress
@@ -259,9 +320,11 @@ class OmiCLIP:
                     f"images must be (n, height, width, 3) uint8 or a list of PIL images, got {shape}"
                 )
         sink = _Sink(out)
+        # slicing a batch out of a dask array computes every chunk it touches: take each chunk once
+        lazy = _lazy_batches(images, batch_size) if hasattr(images, "dask") else None
         with torch.inference_mode(), self._autocast():
             for start in block_starts(n, batch_size, progress=progress, desc="encoding images", unit="batch"):
-                chunk = images[start : start + batch_size]
+                chunk = next(lazy) if lazy is not None else images[start : start + batch_size]
                 if is_pil:
                     x = torch.stack([self.preprocess(im.convert("RGB")) for im in chunk]).to(self.device)
                     x = x.to(next(self.model.parameters()).dtype)
@@ -272,9 +335,18 @@ class OmiCLIP:
         return out
 
     def encode_texts(
-        self, texts: Sequence[str], *, batch_size: int = 512, progress: bool = False
-    ) -> np.ndarray:
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 512,
+        progress: bool = False,
+        return_word_counts: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Embed texts (gene sentences).
+
+        Texts are cut to the model's context (76 tokens for OmiCLIP, start and end tokens included),
+        which holds only the first 20 or so genes of a 50-gene sentence (see
+        :class:`~loki.models.CachedTokenizer`); ``return_word_counts`` tells how many.
 
         Parameters
         ----------
@@ -284,10 +356,14 @@ class OmiCLIP:
             Sentences per forward pass.
         progress
             Show a progress bar.
+        return_word_counts
+            Also return the word counts of each text (see
+            :meth:`~loki.models.CachedTokenizer.ids`), taken from the tokenisation the encoding does.
 
         Returns
         -------
-        ``(n, embed_dim)`` float32 L2-normalised embeddings.
+        ``(n, embed_dim)`` float32 L2-normalised embeddings; with ``return_word_counts`` also an int64
+        ``(n, 2)`` array: the words of each text whose tokens all fit in the context, and its words.
 
         """
         import torch
@@ -301,6 +377,7 @@ class OmiCLIP:
         if bad:
             raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
+        counts = np.zeros((len(texts), 2), dtype=np.int64)
         sink = _Sink(out)
         causal = supports_causal_forward(self.model)
         with torch.inference_mode(), self._autocast():
@@ -308,7 +385,9 @@ class OmiCLIP:
                 len(texts), batch_size, progress=progress, desc="encoding texts", unit="batch"
             ):
                 # tokenising batch by batch lets the CPU work overlap the device's forward pass
-                ids = self.tokenizer.ids(texts[start : start + batch_size])
+                ids, counts[start : start + batch_size] = self.tokenizer.ids(
+                    texts[start : start + batch_size], return_word_counts=True
+                )
                 tok = torch.from_numpy(ids)
                 if self.device.type == "cuda":
                     tok = tok.pin_memory()
@@ -316,7 +395,7 @@ class OmiCLIP:
                 emb = encode_text(self.model, ids, tok, causal)
                 sink.add(start, _l2(emb.float()))
         sink.flush()
-        return out
+        return (out, counts) if return_word_counts else out
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path) -> Path:
@@ -333,12 +412,20 @@ class OmiCLIP:
         -------
         The directory written.
 
+        Notes
+        -----
+        Floating-point weights are written as float32: a model loaded with
+        ``precision="bf16-weights"`` is saved as its bf16 weights upcast (exactly), so nothing is lost
+        beyond the rounding that loading in bf16 already did, and it reloads as a float32 model (load it
+        with ``precision="bf16-weights"`` again for fast inference). :attr:`checkpoint_hash` is the same
+        before and after saving, and for the reloaded model.
+
         """
         from safetensors.torch import save_file
 
         path = Path(path).expanduser()
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        state = {k: saved_tensor(v) for k, v in self.model.state_dict().items()}
         save_file(state, str(path / WEIGHTS_FILE), metadata={"arch": self.arch})
         meta = {
             "arch": self.arch,
@@ -351,10 +438,29 @@ class OmiCLIP:
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
         from ._loading import file_sha256
 
-        # from now on this model and its reloaded copy report the same hash (that of the file)
-        self._checkpoint_hash = file_sha256(path / WEIGHTS_FILE)
+        self.file_sha256 = file_sha256(path / WEIGHTS_FILE)
         logger.info("saved model %r to %s", self.name, path)
         return path
+
+
+def _lazy_batches(images, batch_size: int):
+    """Consecutive ``batch_size``-row numpy batches of a dask array, each of its chunks computed once.
+
+    A batch sliced out of a dask array computes every chunk it touches, so chunks larger than a batch
+    (e.g. the 256-spot chunks of :func:`loki.pp.spot_patches`) would be computed once per batch.
+    """
+    bounds = np.cumsum((0, *images.chunks[0]))
+    held = None
+    for lo, hi in itertools.pairwise(bounds):
+        if hi == lo:
+            continue
+        block = np.asarray(images[lo:hi])
+        held = block if held is None else np.concatenate([held, block])
+        while len(held) >= batch_size:
+            yield held[:batch_size]
+            held = held[batch_size:]
+    if held is not None and len(held):
+        yield held
 
 
 class _Sink:

@@ -1,9 +1,9 @@
 """Inference forward of open_clip's CoCa text tower for unpadded token rows.
 
 open_clip builds an additive mask of shape ``(batch * heads, 77, 77)`` for every batch (causal part,
-padding keys, class token) and runs the attention with it. Gene sentences of 50 symbols fill the
-76-token context, so their rows hold no padding, the padding part of the mask is zero, and the mask is
-purely causal. The forward here then
+padding keys, class token) and runs the attention with it. Gene sentences of 50 symbols overflow the
+76-token context (it holds about their first 23 symbols), so their rows hold no padding, the padding
+part of the mask is zero, and the mask is purely causal. The forward here then
 
 - runs each block's attention as causal ``scaled_dot_product_attention`` (flash attention on CUDA, no
   mask tensor), and

@@ -88,7 +88,12 @@ def gene_sentences(
     table_key
         Table of a SpatialData; may be omitted when it holds one table.
     n_genes
-        Genes per sentence (the paper uses 50).
+        Genes per sentence (the paper uses 50). OmiCLIP's text encoder reads 76 tokens and gene
+        symbols mostly take several, so only about the first 18 to 27 genes of a 50-gene sentence
+        reach it (median 23 on the bundled mouse olfactory bulb sections; the paper's pipeline cuts
+        them the same way): the genes beyond those, and filters that only change them, leave the
+        embeddings unchanged. :func:`loki.tl.embed_text` records how many sentences were cut and
+        the median number of genes kept.
     layer
         Layer holding counts; ``.X`` when None.
     normalize

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from loki._keys import Key
+from loki._logging import logger
 from loki._utils import check_key_name, check_obs_key, write_obsm, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata, section_shapes
 
@@ -32,6 +33,19 @@ def _sentences_of(table, sentence_key: str) -> list[str]:
     return values.astype(str).tolist()
 
 
+def empty_sentences(table, sentence_key: str, sentences: list[str]) -> np.ndarray:
+    """Boolean mask of the spots with an empty sentence.
+
+    Those flagged in ``.obs[Key.empty_of(sentence_key)]`` (written by :func:`loki.pp.gene_sentences`)
+    and any whose sentence is ``""`` (also when the flag column is absent).
+    """
+    empty = np.array([not s for s in sentences], dtype=bool)
+    flag = Key.empty_of(sentence_key)
+    if flag in table.obs:
+        empty |= table.obs[flag].to_numpy(dtype=bool)
+    return empty
+
+
 def _patches_of(
     data,
     table,
@@ -43,13 +57,14 @@ def _patches_of(
     diameter_um: float | None = None,
     coordinate_system: str = Key.GLOBAL_CS,
     by_area: bool = False,
+    chunk_size: int = 256,
 ):
     """Return ``(patches, flags, order)``: the given patches, or those cut from the section's image.
 
     ``flags`` is None for given patches, else the border flags and parameters ``(ok, meta)`` of the cut,
     not yet written anywhere. ``order`` is None when the patches are in table order; with ``by_area``
     patches are cut area by area (each batch then reads a few image blocks, not most of the image)
-    and ``patches[i]`` belongs to spot ``order[i]``.
+    and ``patches[i]`` belongs to spot ``order[i]``. Cut patches come ``chunk_size`` spots a chunk.
     """
     if patches is not None:
         choices = (
@@ -79,6 +94,7 @@ def _patches_of(
         "image_key": image_key,
         "diameter_um": diameter_um,
         "coordinate_system": coordinate_system,
+        "chunk_size": chunk_size,
     }
     if by_area:
         cut, order, ok, meta = _cut_spot_patches_by_area(data, size=size, **where)
@@ -146,6 +162,12 @@ def embed_text(
 ) -> AnnData | None:
     """Embed each spot's gene sentence with OmiCLIP's text encoder.
 
+    The text encoder reads a fixed context (``model.context_length``: 76 tokens for OmiCLIP) and gene
+    symbols mostly take several tokens each: of a 50-gene sentence only about the first 18 to 27 genes
+    reach it (median 23 on the bundled mouse olfactory bulb sections), as in the paper's pipeline, and
+    changing lower-ranked genes does not change the embedding. The ``.uns`` entry records how many
+    sentences were cut and the median number of genes kept, and one line is logged at INFO level.
+
     Parameters
     ----------
     data
@@ -169,15 +191,54 @@ def embed_text(
     -------
     ``None``, or the table copy when ``copy=True``. Writes:
 
-    - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised.
-    - ``.uns['loki'][key_added]``: model name, architecture, checkpoint hash, batch size, source key.
+    - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised. Spots with an empty
+      sentence (``""``, or flagged by :func:`loki.pp.gene_sentences`) carry no expression
+      information: empty sentences all get the same vector, that of the empty text. A warning says
+      how many there are.
+    - ``.uns['loki'][key_added]``: the model's identity (:meth:`~loki.models.OmiCLIP.info`: name,
+      architecture, ``checkpoint_hash`` of the weights' content, ...), batch size, source key,
+      ``n_empty`` (spots with an empty sentence), ``n_truncated`` (sentences cut by the context) and
+      ``median_genes_kept`` (median number of whole genes of the non-empty sentences that reach the
+      encoder; NaN when all are empty).
 
     """
     check_key_name(key_added)
     table = get_table(data, table_key)
     sentences = _sentences_of(table, sentence_key)
-    emb = model.encode_texts(sentences, batch_size=batch_size, progress=progress)
-    params = {**model.info(), "batch_size": int(batch_size), "sentence_key": sentence_key, "modality": "text"}
+    empty = empty_sentences(table, sentence_key, sentences)
+    emb, words = model.encode_texts(
+        sentences, batch_size=batch_size, progress=progress, return_word_counts=True
+    )
+    if empty.any():
+        logger.warning(
+            "%d of %d spots have an empty gene sentence (.obs[%r]): their embeddings carry no "
+            "expression information; leave them out of downstream analyses",
+            int(empty.sum()),
+            len(sentences),
+            Key.empty_of(sentence_key),
+        )
+    kept, n_words = words[:, 0], words[:, 1]
+    cut = kept < n_words
+    known = kept[(n_words > 0) & (kept >= 0)]
+    median_kept = float(np.median(known)) if len(known) else float("nan")
+    if cut.any():
+        logger.info(
+            "%d of %d sentences are longer than the model's %d-token context: only their first genes "
+            "reach the text encoder (median %g genes kept)",
+            int(cut.sum()),
+            len(sentences),
+            model.context_length,
+            median_kept,
+        )
+    params = {
+        **model.info(),
+        "batch_size": int(batch_size),
+        "sentence_key": sentence_key,
+        "modality": "text",
+        "n_empty": int(empty.sum()),
+        "n_truncated": int(cut.sum()),
+        "median_genes_kept": median_kept,
+    }
     return _finish(table, key_added, emb, params, copy)
 
 
@@ -222,7 +283,8 @@ def embed_image(
     key_added
         Key of the embedding in ``.obsm`` and of its parameters in ``.uns['loki']``.
     batch_size
-        Patches per forward pass.
+        Patches per forward pass. Patches are cut in chunks of a multiple of it (about 256 spots), each
+        chunk once.
     progress
         Show a progress bar.
     copy
@@ -233,7 +295,8 @@ def embed_image(
     ``None``, or the table copy when ``copy=True``. Writes:
 
     - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised.
-    - ``.uns['loki'][key_added]``: model name, architecture, checkpoint hash, batch size, patch source;
+    - ``.uns['loki'][key_added]``: the model's identity (:meth:`~loki.models.OmiCLIP.info`: name,
+      architecture, ``checkpoint_hash`` of the weights' content, ...), batch size, patch source;
       when patches are cut here also ``diameter_um`` (the side of the cut squares in µm; NaN when they
       are spot-sized and the section records no µm scale), ``diameter_source`` (``"argument"``,
       ``"model"`` or ``"spot"``) and ``coordinate_system``.
@@ -259,6 +322,7 @@ def embed_image(
         diameter_um=diameter,
         coordinate_system=coordinate_system,
         by_area=True,
+        chunk_size=_chunk_size(batch_size),
     )
     emb = model.encode_images(patches, batch_size=batch_size, progress=progress)
     if order is not None:
@@ -273,3 +337,13 @@ def embed_image(
             patch_ok_key=Key.patch_ok_of(key_added),
         )
     return _finish(table, key_added, emb, params, copy, flags)
+
+
+def _chunk_size(batch_size: int, target: int = 256) -> int:
+    """Spots per cut chunk: the multiple of ``batch_size`` nearest below ``target`` (at least one batch).
+
+    Aligned chunks split into whole batches, so no batch straddles two chunks.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        return target  # encode_images names the bad value
+    return int(batch_size) * max(1, target // int(batch_size))

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from loki._keys import Key
+from loki._logging import logger
 from loki._utils._spatialdata import get_table, is_spatialdata
 
-from ._embed import _patches_of, _sentences_of, spot_diameter_um
+from ._embed import _patches_of, _sentences_of, empty_sentences, spot_diameter_um
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -26,18 +27,46 @@ def collect_pairs(
     patches=None,
     size: int = 224,
     diameter_um: float | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
     only_valid: bool = True,
 ) -> tuple[np.ndarray, list[str]]:
     """Patches and sentences of the listed sections, concatenated in table order.
 
-    Spots whose patch leaves the image (``.obs['loki_patch_ok']`` False) are skipped when ``only_valid``.
+    Parameters
+    ----------
+    data
+        SpatialData with one or more sections, or an AnnData with ``patches``.
+    table_keys
+        Sections to take (default: every table).
+    sentence_key
+        Column of ``.obs`` with the gene sentences.
+    patches
+        uint8 ``(n_spots, h, w, 3)`` patches (numpy or dask) of an AnnData, in table order.
+    size
+        Side in pixels of the cut patches.
+    diameter_um
+        Side of the cut squares in µm (default: the spot diameter).
+    coordinate_system
+        Coordinate system shared by each section's spots and image.
+    only_valid
+        Leave out spots whose patch leaves the image (``.obs['loki_patch_ok']`` False).
+
+    Returns
+    -------
+    ``(patches, sentences)``: one uint8 ``(n_pairs, h, w, 3)`` array, filled section by section and
+    chunk by chunk (it takes the memory of the result plus the chunks being cut), and the ``n_pairs``
+    sentences. Spots
+    with an empty sentence (flagged in ``.obs[Key.empty_of(sentence_key)]`` by
+    :func:`loki.pp.gene_sentences`, or ``""``) are always left out: they pair no text with their
+    patch. How many spots each section loses is logged.
+
     """
     if is_spatialdata(data) and patches is not None:
         raise ValueError("patches= is for a single AnnData; SpatialData patches are cut per section")
     keys = _section_keys(data, table_keys)
     tables = [get_table(data, k) for k in keys]  # validates every key before any work
     sentences = [_sentences_of(t, sentence_key) for t in tables]
-    all_p, all_s = [], []
+    cuts, keeps = [], []
     for key, table, sents in zip(keys, tables, sentences, strict=True):
         cut, flags, _ = _patches_of(
             data,
@@ -47,16 +76,52 @@ def collect_pairs(
             patches=patches,
             size=size,
             diameter_um=diameter_um,
+            coordinate_system=coordinate_system,
         )
-        p = np.asarray(cut)
-        keep = np.ones(len(sents), dtype=bool)
+        valid = np.ones(len(sents), dtype=bool)
         if only_valid and flags is not None:
-            keep = flags[0]
+            valid = flags[0]
         elif only_valid and Key.PATCH_OK in table.obs:
-            keep = table.obs[Key.PATCH_OK].to_numpy(dtype=bool)
-        all_p.append(p[keep])
-        all_s.extend(s for s, k in zip(sents, keep, strict=True) if k)
-    return np.concatenate(all_p), all_s
+            valid = table.obs[Key.PATCH_OK].to_numpy(dtype=bool)
+        empty = empty_sentences(table, sentence_key, sents)
+        keep = valid & ~empty
+        if not keep.all():
+            logger.info(
+                "%s: left %d of %d spots out of training (%d with an empty sentence, %d whose patch "
+                "leaves the image)",
+                "the table" if key is None else f"section {key!r}",
+                int((~keep).sum()),
+                len(keep),
+                int(empty.sum()),
+                int((~valid & ~empty).sum()),
+            )
+        cuts.append(cut)
+        keeps.append(keep)
+    out = np.empty((sum(int(k.sum()) for k in keeps), *cuts[0].shape[1:]), dtype=np.uint8)
+    offset = 0
+    for cut, keep in zip(cuts, keeps, strict=True):
+        offset = _fill_kept(out, offset, cut, keep)
+    kept = [
+        s for sents, keep in zip(sentences, keeps, strict=True) for s, k in zip(sents, keep, strict=True) if k
+    ]
+    return out, kept
+
+
+def _fill_kept(out: np.ndarray, offset: int, patches, keep: np.ndarray) -> int:
+    """Copy the rows of ``patches`` where ``keep`` holds into ``out`` from ``offset``; the next offset.
+
+    A dask array is stored chunk by chunk (in parallel) straight into ``out``, so only the chunks in
+    flight are held besides it; other arrays are copied without a temporary.
+    """
+    n = int(keep.sum())
+    target = out[offset : offset + n]
+    if hasattr(patches, "dask"):
+        import dask.array as da
+
+        da.store(patches[keep], target, lock=False)
+    else:
+        np.compress(keep, np.asarray(patches), axis=0, out=target)
+    return offset + n
 
 
 def _section_keys(data, table_keys) -> list[str | None]:
@@ -94,6 +159,7 @@ def finetune(
     sentence_key: str = Key.SENTENCE,
     patches=None,
     diameter_um: float | None = None,
+    coordinate_system: str = Key.GLOBAL_CS,
     epochs: int = 10,
     lr: float = 5e-6,
     batch_size: int = 64,
@@ -104,7 +170,7 @@ def finetune(
     warmup: float = 0.1,
     progress: bool = True,
 ):
-    """Fine-tune OmiCLIP with the contrastive loss of paper eq. (1) on sections' own pairs.
+    """Fine-tune OmiCLIP with the contrastive loss of paper eq. (1) / 2 on sections' own pairs.
 
     Parameters
     ----------
@@ -121,18 +187,23 @@ def finetune(
         uint8 ``(n_spots, h, w, 3)`` patches for an AnnData.
     diameter_um
         Side of the cut squares in µm (default: the spot diameter).
+    coordinate_system
+        Coordinate system shared by each section's spots and image (a SpatialData written by
+        ``spatialdata-io`` names it after the dataset), as for :func:`loki.tl.embed_image`.
     epochs, lr, batch_size, seed, freeze, augment, weight_decay, warmup, progress
         See :func:`loki.models.finetune` (paper defaults: 10 epochs for alignment, 5 for decomposition,
-        lr 5e-6, batch 64).
+        lr 5e-6, batch 64). Each epoch reshuffles the pairs and runs ``n_pairs // batch_size`` steps:
+        the last partial batch is dropped, so with few pairs a large share sits out each epoch.
 
     Returns
     -------
     ``(model, history)``; ``history`` holds per-step and per-epoch losses (plot with
-    :func:`loki.pl.loss_curve`). Writes nothing into ``data``; spots whose patch leaves the image are
-    left out of training. ``model.patch_um`` (and ``history["patch_um"]``) becomes the side of the cut
-    squares in µm: ``diameter_um``, or the sections' spot diameter when they share one known size, else
-    None (unknown); with ``patches=`` the model keeps its own. It is saved with the model, and
-    :func:`loki.tl.embed_image` cuts that size by default.
+    :func:`loki.pl.loss_curve`) and ``n_pairs``. Writes nothing into ``data``; spots whose patch leaves
+    the image and spots with an empty gene sentence (:func:`loki.pp.gene_sentences` flags them) are
+    left out of training, and how many is logged. ``model.patch_um`` (and ``history["patch_um"]``)
+    becomes the side of the cut squares in µm: ``diameter_um``, or the sections' spot diameter when
+    they share one known size, else None (unknown); with ``patches=`` the model keeps its own. It is
+    saved with the model, and :func:`loki.tl.embed_image` cuts that size by default.
 
     """
     from loki.models import finetune as _finetune
@@ -144,6 +215,7 @@ def finetune(
         patches=patches,
         size=model.image_size,
         diameter_um=diameter_um,
+        coordinate_system=coordinate_system,
     )
     cut_here = patches is None
     patch_um = _cut_patch_um(data, table_keys, diameter_um) if cut_here else None
