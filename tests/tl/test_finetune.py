@@ -35,6 +35,13 @@ def test_collect_pairs_concatenates_sections(mob12):
     assert imgs.dtype == np.uint8
     assert len(sents) == ok.sum() <= n
     assert sents[0] == mob12.tables["MOB1"].obs[lk.Key.SENTENCE].iloc[np.argmax(ok)]
+    # every patch is its own spot's patch and carries its own spot's sentence, in table order
+    own_patches = np.concatenate(
+        [np.asarray(lk.pp.spot_patches(mob12, table_key=s, size=16)) for s in ("MOB1", "MOB2")]
+    )
+    own_sents = np.concatenate([mob12.tables[s].obs[lk.Key.SENTENCE].to_numpy() for s in ("MOB1", "MOB2")])
+    np.testing.assert_array_equal(imgs, own_patches[ok])
+    assert list(sents) == list(own_sents[ok])
 
 
 def test_collect_pairs_writes_nothing():
