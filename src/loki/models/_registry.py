@@ -43,7 +43,11 @@ def register_configs() -> None:
 
 
 def loki_configs() -> list[str]:
-    """Names of the configs shipped with loki."""
+    """Names of the open_clip JSON configs shipped with loki (e.g. ``loki-tiny``).
+
+    The light architectures implemented in loki itself (``loki-small-data``) are the keys of
+    :data:`loki.models.SMALL_ARCHS`; :func:`loki.models.load` accepts both.
+    """
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
