@@ -46,12 +46,17 @@ class _Table:
 
 
 def _train(sdata, out: Path, table: _Table, *, seed: int, quick: bool, progress: bool):
+    """Train loki-tiny on MOB1-3; return the model and torch's CPU thread count it was trained with."""
+    import torch
+
     import loki as lk
 
     model = lk.models.load("loki-tiny", device="cpu", seed=seed)
     recipe = dict(lk.models.TINY_RECIPE)
     if quick:
         recipe["epochs"] = QUICK_EPOCHS
+    # read when training starts: the trained model, and so every number after it, depends on it
+    threads = torch.get_num_threads()
     t0 = time.perf_counter()
     model, history = lk.tl.finetune(
         sdata,
@@ -69,7 +74,7 @@ def _train(sdata, out: Path, table: _Table, *, seed: int, quick: bool, progress:
     table.add("train", "last epoch loss", history["epoch_loss"][-1])
     lk.pl.loss_curve(history, save=out / "loss_curve.png", show=False)
     model.save(out / "loki-tiny-mob")
-    return model
+    return model, threads
 
 
 def _retrieval(sdata, model, out: Path, table: _Table, *, seed: int):
@@ -256,13 +261,12 @@ def _check_arguments(out: Path, seed) -> None:
         raise FileExistsError(f"{str(out)!r} exists and is not a folder; pass another output folder")
 
 
-def _run_record(table: _Table) -> str:
-    """Add the torch CPU thread count to the metrics and return a line naming it and the versions."""
+def _run_record(table: _Table, threads: int) -> str:
+    """Add torch's CPU thread count of training to the metrics; return a line naming it and the versions."""
     import torch
 
     import loki as lk
 
-    threads = torch.get_num_threads()
     table.add("demo", "torch CPU threads", threads)
     return (
         f"loki {lk.__version__}, torch {torch.__version__}, {threads} CPU thread(s): the numbers move with "
@@ -271,7 +275,7 @@ def _run_record(table: _Table) -> str:
 
 
 def run_demo(out: str | Path, *, seed: int = 0, quick: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Run every loki tool on the bundled data and write figures and ``metrics.tsv`` into ``out``.
+    """Run every loki tool on the bundled data; write figures, metrics and the trained model into ``out``.
 
     Parameters
     ----------
@@ -287,8 +291,9 @@ def run_demo(out: str | Path, *, seed: int = 0, quick: bool = False, progress: b
     Returns
     -------
     The metrics table (also written to ``out/metrics.tsv`` and ``out/metrics.md``). Its ``demo`` rows
-    give the total seconds and torch's CPU thread count, on which the numbers depend;
-    ``metrics.md`` opens with the loki and torch versions and the thread count.
+    give the total seconds and torch's CPU thread count during training, on which the numbers
+    depend; ``metrics.md`` opens with the loki and torch versions and that thread count. The trained
+    model is saved to ``out/loki-tiny-mob``.
 
     Raises
     ------
@@ -310,7 +315,7 @@ def run_demo(out: str | Path, *, seed: int = 0, quick: bool = False, progress: b
     sdata = lk.datasets.mob()
     for section in (*TRAIN, TEST):
         lk.pp.gene_sentences(sdata, table_key=section)
-    model = _train(sdata, out, table, seed=seed, quick=quick, progress=progress)
+    model, threads = _train(sdata, out, table, seed=seed, quick=quick, progress=progress)
     for section in (*TRAIN, TEST):
         lk.tl.embed_text(sdata, model, table_key=section)
         lk.tl.embed_image(sdata, model, table_key=section, diameter_um=lk.models.TINY_PATCH_UM)
@@ -320,7 +325,7 @@ def run_demo(out: str | Path, *, seed: int = 0, quick: bool = False, progress: b
     _align_image_alone(sdata, model, out, table, seed=seed)
     _decompose(out, table, seed=seed)
     table.add("demo", "total seconds", time.perf_counter() - t0)
-    record = _run_record(table)
+    record = _run_record(table, threads)
     frame = table.frame()
     frame.to_csv(out / "metrics.tsv", sep="\t", index=False)
     note = "quick smoke run: numbers are not meaningful\n\n" if quick else ""

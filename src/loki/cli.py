@@ -43,8 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Train the small loki-tiny model from scratch on the bundled MOB sections 1-3, embed both "
             "modalities, evaluate retrieval and expression prediction on held-out MOB4, align MOB2 onto "
-            "MOB1 and MOB4's H&E image alone onto MOB3, and decompose synthetic spots; write figures and "
-            "metrics.tsv into OUT."
+            "MOB1 and MOB4's H&E image alone onto MOB3, and decompose synthetic spots. Writes into OUT: "
+            "figures, the metrics table as metrics.tsv and metrics.md (both record torch's CPU thread count "
+            "during training; metrics.md also names the loki and torch versions), and the trained model as "
+            "the folder loki-tiny-mob/ (load it with lk.models.load or `loki embed --model "
+            "OUT/loki-tiny-mob`)."
         ),
     )
     demo.add_argument("--out", type=Path, default=Path("loki_demo"), help="output folder (created)")
@@ -124,12 +127,19 @@ def _parser() -> argparse.ArgumentParser:
         tile,
         "micrometres per pixel of the image's finest level (default: recorded by `loki slide` or a reader)",
     )
-    tile.add_argument("--tile-um", type=float, default=55.0, help="tile side in µm (default: a Visium spot)")
     tile.add_argument(
-        "--spacing-um", type=float, default=None, help="centre-to-centre distance (default: tile side)"
+        "--tile-um", type=_positive_float, default=55.0, help="tile side in µm (default: a Visium spot)"
+    )
+    tile.add_argument(
+        "--spacing-um",
+        type=_positive_float,
+        default=None,
+        help="centre-to-centre distance in µm (default: tile side)",
     )
     tile.add_argument("--grid", choices=["square", "hex"], default="square")
-    tile.add_argument("--min-tissue", type=float, default=0.5, help="least tissue fraction of a kept tile")
+    tile.add_argument(
+        "--min-tissue", type=_fraction, default=0.5, help="least tissue fraction of a kept tile, 0 to 1"
+    )
     tile.add_argument(
         "--within", default=None, help="shapes element of regions (e.g. annotations); only tiles inside them"
     )
@@ -138,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_mpp(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--mpp", type=float, default=None, help=help)
+    parser.add_argument("--mpp", type=_positive_float, default=None, help=help)
 
 
 def _add_where(
@@ -164,13 +174,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _float_or_nan(text: str) -> float:
+    """``float(text)``, NaN for text that is not a number (refused by every range check)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = math.nan
+        return math.nan
+
+
+def _positive_float(text: str) -> float:
+    value = _float_or_nan(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _float_or_nan(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
     return value
 
 

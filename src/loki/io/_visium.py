@@ -90,6 +90,13 @@ def read_visium(
     else the lowres one (the full-resolution image when that is all there is).
     ``microns_per_unit`` is 55 µm over the spot diameter in full-resolution pixels.
 
+    Raises
+    ------
+    NotADirectoryError
+        When ``path`` is a file (e.g. the counts ``.h5``) instead of the folder.
+    FileNotFoundError
+        When the folder, its counts file or its spot files are missing.
+
     """
     import spatialdata_io
     from spatialdata import SpatialData
@@ -97,6 +104,11 @@ def read_visium(
     from spatialdata.transformations import Identity, get_transformation
 
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"read_visium expects the Space Ranger output folder, got the file {str(path)!r}; "
+            f"pass the folder that holds it: {str(path.parent)!r}."
+        )
     if not path.is_dir():
         raise FileNotFoundError(f"Visium folder not found: {str(path)!r}.")
     counts_file = kwargs.get("counts_file", "filtered_feature_bc_matrix.h5")

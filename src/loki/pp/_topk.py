@@ -27,6 +27,8 @@ import numba
 import numpy as np
 from scipy import sparse
 
+from loki._utils._threads import keep_torch_threads
+
 try:
     from anndata.abc import CSCDataset, CSRDataset
 except ImportError:  # anndata < 0.11
@@ -363,7 +365,8 @@ _PARALLEL_MIN_NNZ = 1_000_000
 
 def _top_k_csr(data, indices, indptr, keep_bits, k, max_nnz, out, counts, n_bad):
     if len(data) >= _PARALLEL_MIN_NNZ:
-        _top_k_parallel(data, indices, indptr, keep_bits, k, max_nnz, out, counts, n_bad)
+        with keep_torch_threads():
+            _top_k_parallel(data, indices, indptr, keep_bits, k, max_nnz, out, counts, n_bad)
     else:
         _top_k_range(data, indices, indptr, keep_bits, k, max_nnz, 0, len(indptr) - 1, out, counts, n_bad)
 
@@ -404,7 +407,8 @@ _PARALLEL_MIN_ROWS = 20_000
 
 def _join_rows(top, counts, name_buf, name_off, sep, row_off, out):
     if len(top) >= _PARALLEL_MIN_ROWS:
-        _join_parallel(top, counts, name_buf, name_off, sep, row_off, out)
+        with keep_torch_threads():
+            _join_parallel(top, counts, name_buf, name_off, sep, row_off, out)
     else:
         _join_range(top, counts, name_buf, name_off, sep, row_off, out, 0, len(top))
 

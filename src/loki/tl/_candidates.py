@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from loki._utils import as_rng, block_starts
+from loki._utils._threads import keep_torch_threads
 
 from ._retrieve import _check_norms, _check_pair, _heap_push, l2_normalize, topk_cosine
 
@@ -235,6 +236,7 @@ def _ivf_candidates(q_proj, proj, n_cand, n_lists, n_probe, rng, progress):
     return heap_i
 
 
+@keep_torch_threads()  # the candidate scan and the re-rank are parallel numba kernels
 def topk_cosine_pca(
     queries: np.ndarray,
     reference: np.ndarray,

@@ -15,6 +15,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from loki._utils._threads import keep_torch_threads
+
 
 @njit(cache=True)
 def _grid_cells(pts2, origin, cell, nx, ny):
@@ -263,17 +265,20 @@ def estep(
     order = np.argsort(key, kind="stable")
     starts = np.zeros(nx * ny + 1, dtype=np.int64)
     np.cumsum(np.bincount(key, minlength=nx * ny), out=starts[1:])
-    # threads only pay off on large problems (the global start runs many small ones)
-    n_chunks = max(1, min(numba.get_num_threads(), N)) if M * N > 50_000_000 else 1
     TYt = np.ascontiguousarray(TY[order].T)
-    if n_chunks == 1:
-        # serial path: skips the thread pool, whose wake-up dominates small problems
-        P1s = np.zeros(M)
-        PXs = np.zeros((D, M))
-        Pt1 = np.zeros(N)
-        ll = _estep_block(X, TYt, 0.5 / sigma2, c, starts, lo, cell, nx, ny, reach, 0, N, P1s, PXs, Pt1)
-    else:
-        P1s, Pt1, PXs, ll = _estep_kernel(X, TYt, 0.5 / sigma2, c, starts, lo, cell, nx, ny, reach, n_chunks)
+    with keep_torch_threads():  # numba.get_num_threads() starts numba's thread pool, too
+        # threads only pay off on large problems (the global start runs many small ones)
+        n_chunks = max(1, min(numba.get_num_threads(), N)) if M * N > 50_000_000 else 1
+        if n_chunks == 1:
+            # serial path: skips the thread pool, whose wake-up dominates small problems
+            P1s = np.zeros(M)
+            PXs = np.zeros((D, M))
+            Pt1 = np.zeros(N)
+            ll = _estep_block(X, TYt, 0.5 / sigma2, c, starts, lo, cell, nx, ny, reach, 0, N, P1s, PXs, Pt1)
+        else:
+            P1s, Pt1, PXs, ll = _estep_kernel(
+                X, TYt, 0.5 / sigma2, c, starts, lo, cell, nx, ny, reach, n_chunks
+            )
     P1 = np.empty(M)
     P1[order] = P1s
     PX = np.empty((M, D))
@@ -284,9 +289,29 @@ def estep(
     return P1, Pt1, PX, float(loglik)
 
 
+def gaussian_cross_kernel(A: np.ndarray, B: np.ndarray, inv_2b2: float) -> np.ndarray:
+    """``exp(-||a_i - b_j||^2 / (2 beta^2))`` for (n, d) ``A`` and (k, d) ``B`` (k small).
+
+    Parameters
+    ----------
+    A
+        (n, d) float64 points.
+    B
+        (k, d) float64 points.
+    inv_2b2
+        ``1 / (2 beta^2)``.
+
+    Returns
+    -------
+    The (n, k) kernel matrix, computed in parallel over the rows of ``A``.
+
+    """
+    with keep_torch_threads():
+        return _gaussian_cross_kernel(A, B, inv_2b2)
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def gaussian_cross_kernel(A, B, inv_2b2):
-    """``exp(-||a_i - b_j||^2 / (2 beta^2))`` for (n, d) ``A`` and (k, d) ``B`` (k small)."""
+def _gaussian_cross_kernel(A, B, inv_2b2):  # pragma: no cover - numba
     n, d = A.shape
     k = B.shape[0]
     out = np.empty((n, k))

@@ -23,6 +23,7 @@ from loki._utils import (
     write_uns,
 )
 from loki._utils._spatialdata import get_table, is_spatialdata
+from loki._utils._threads import keep_torch_threads
 
 from ._candidates import Search, check_search, topk_cosine_pca
 from ._retrieve import _check_pair, embeddings_of, l2_normalize, topk_cosine
@@ -199,7 +200,8 @@ def predict_from_embeddings(
             out[:] = (wmat @ x).toarray()
             out /= w.sum(axis=1, keepdims=True)
         else:
-            _gather_average(w, idx, np.ascontiguousarray(x), out)
+            with keep_torch_threads():  # a parallel numba kernel
+                _gather_average(w, idx, np.ascontiguousarray(x), out)
         return out, n_fallback
     qn, rn = l2_normalize(q, "queries"), l2_normalize(ref, "reference")
     if chunk_size is None:

@@ -14,6 +14,7 @@ from loki._keys import Key
 from loki._logging import logger
 from loki._utils import block_starts, require_keys
 from loki._utils._spatialdata import get_table, is_spatialdata
+from loki._utils._threads import keep_torch_threads
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -147,18 +148,19 @@ def topk_cosine(
     heap_i = np.full((len(q), k), -1, dtype=np.int64)
     q_block = min(len(q), query_block_size(chunk))
     buf = np.empty((q_block, min(chunk, n_bank)), dtype=np.float32)
-    for q0 in range(0, len(q), q_block):
-        qb = q[q0 : q0 + q_block]
-        desc = "retrieve" if q_block == len(q) else f"retrieve, queries {q0 + 1}-{q0 + len(qb)}"
-        for start in block_starts(n_bank, chunk, progress=progress, desc=desc, unit="chunk"):
-            block = np.asarray(bank[start : start + chunk], dtype=np.float32)
-            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-            # Raw dot products are defined for zero rows; cosine similarities are not.
-            _check_norms(norms, "bank", start, allow_zero=not normalize)
-            inv = (1.0 / norms).astype(np.float32) if normalize else np.ones(len(block), dtype=np.float32)
-            out = buf[: len(qb), : len(block)]
-            np.matmul(qb, block.T, out=out)
-            _heap_update(out, inv, start, heap_v[q0 : q0 + len(qb)], heap_i[q0 : q0 + len(qb)])
+    with keep_torch_threads():  # _heap_update is a parallel numba kernel
+        for q0 in range(0, len(q), q_block):
+            qb = q[q0 : q0 + q_block]
+            desc = "retrieve" if q_block == len(q) else f"retrieve, queries {q0 + 1}-{q0 + len(qb)}"
+            for start in block_starts(n_bank, chunk, progress=progress, desc=desc, unit="chunk"):
+                block = np.asarray(bank[start : start + chunk], dtype=np.float32)
+                norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+                # Raw dot products are defined for zero rows; cosine similarities are not.
+                _check_norms(norms, "bank", start, allow_zero=not normalize)
+                inv = (1.0 / norms).astype(np.float32) if normalize else np.ones(len(block), dtype=np.float32)
+                out = buf[: len(qb), : len(block)]
+                np.matmul(qb, block.T, out=out)
+                _heap_update(out, inv, start, heap_v[q0 : q0 + len(qb)], heap_i[q0 : q0 + len(qb)])
     order = np.lexsort((heap_i, -heap_v), axis=1)
     return np.take_along_axis(heap_i, order, axis=1), np.take_along_axis(heap_v, order, axis=1)
 
