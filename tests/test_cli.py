@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import spatialdata as sd
+import spatialdata_io  # a hard dependency: a broken install fails here instead of skipping
 
 import loki as lk
 from loki.cli import main
@@ -81,7 +83,6 @@ def test_cli_names_what_is_missing(mob4_zarr):
 
 
 def test_slide_then_tile_takes_the_pixel_size_from_the_file(tmp_path, capsys):
-    import numpy as np
     import tifffile
 
     section = lk.datasets.mob("MOB4")
@@ -107,7 +108,6 @@ def test_slide_then_tile_takes_the_pixel_size_from_the_file(tmp_path, capsys):
 
 
 def test_slide_that_fails_midway_leaves_no_store(tmp_path):
-    import numpy as np
     import tifffile
 
     rgb = np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
@@ -169,7 +169,6 @@ def visium_store(tmp_path):
     from tests.conftest import shared_path
 
     folder = shared_path("scanpy_visium_testdata", "1.0.0")
-    spatialdata_io = pytest.importorskip("spatialdata_io")
     sdata = spatialdata_io.visium(folder, dataset_id="heart", counts_file="filtered_feature_bc_matrix.h5")
     path = tmp_path / "visium.zarr"
     sdata.write(path)
@@ -184,7 +183,8 @@ def test_embed_and_tile_a_spatialdata_io_visium_store(visium_store, tmp_path):
     pd.DataFrame({"gene_id": ids, "gene_name": [f"Sym{i}" for i in range(len(ids))]}).to_csv(
         gene_map, sep="\t", index=False
     )
-    embed = ["embed", str(visium_store), "--table", "table", "--model", _saved_model(tmp_path / "m")]
+    model_path = _saved_model(tmp_path / "m")
+    embed = ["embed", str(visium_store), "--table", "table", "--model", model_path]
     # errors name the CLI's options, not the Python keywords
     with pytest.raises(
         SystemExit, match=r"Cannot tell which image belongs to table 'table'; pass --image-key\."
@@ -200,8 +200,28 @@ def test_embed_and_tile_a_spatialdata_io_visium_store(visium_store, tmp_path):
     with pytest.raises(SystemExit, match=r"trained on 200 µm patches; .*pass --microns-per-unit"):
         main([*embed, "--model", trained_on_200])
 
+    # the library API on the same data, in memory, for a row-by-row comparison with what the CLI writes
+    expected = sd.read_zarr(visium_store)
+    model = lk.models.load(model_path, device="cpu")
+    mapped = expected.tables["table"].copy()
+    lk.pp.map_gene_ids(mapped, gene_map)
+    lk.pp.gene_sentences(mapped)
+    lk.tl.embed_text(mapped, model)
+    lk.tl.embed_image(
+        expected, model, table_key="table", image_key="heart_hires_image", coordinate_system="heart"
+    )
+    assert mapped.obs[lk.Key.SENTENCE].nunique() > 0.9 * mapped.n_obs  # rows are told apart
+
     assert main([*embed, "--gene-map", str(gene_map)]) == 0
     table = sd.read_zarr(visium_store).tables["table"]
+    assert list(table.obs_names) == list(mapped.obs_names)
+    np.testing.assert_array_equal(
+        table.obs[lk.Key.SENTENCE].to_numpy(), mapped.obs[lk.Key.SENTENCE].to_numpy()
+    )
+    np.testing.assert_allclose(table.obsm[lk.Key.TEXT], mapped.obsm[lk.Key.TEXT], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        table.obsm[lk.Key.IMAGE], expected.tables["table"].obsm[lk.Key.IMAGE], rtol=1e-5, atol=1e-6
+    )
     assert table.obsm[lk.Key.IMAGE].shape[0] == table.n_obs
     assert table.uns["loki"][lk.Key.IMAGE]["coordinate_system"] == "heart"
     assert table.uns["loki"][lk.Key.PATCH_OK]["image_key"] == "heart_hires_image"

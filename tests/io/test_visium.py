@@ -57,6 +57,36 @@ def test_read_visium_builds_the_section_layout(sdata, visium_dir):
         np.testing.assert_allclose(np.diag(m)[:2], 1 / scalefactors[factor], rtol=1e-5)
 
 
+def test_read_visium_matches_the_space_ranger_files(sdata, visium_dir):
+    """Spot centres, grid positions and counts are those of Space Ranger's own files, by barcode."""
+    import pandas as pd
+    import scanpy as sc
+
+    table = sdata.tables["V1"]
+    positions = pd.read_csv(
+        visium_dir / "spatial" / "tissue_positions_list.csv",
+        header=None,
+        names=["barcode", "in_tissue", "array_row", "array_col", "pxl_row", "pxl_col"],
+        index_col="barcode",
+    ).loc[table.obs_names]
+    # x is the full-resolution pixel column, y the row
+    np.testing.assert_array_equal(table.obsm["spatial"], positions[["pxl_col", "pxl_row"]].to_numpy(float))
+    for column in ("in_tissue", "array_row", "array_col"):
+        np.testing.assert_array_equal(table.obs[column].to_numpy(), positions[column].to_numpy(), column)
+    shapes = sdata.shapes["V1_spots"].loc[table.obs["spot_id"].to_numpy()]
+    np.testing.assert_array_equal(
+        np.c_[shapes.geometry.x, shapes.geometry.y], positions[["pxl_col", "pxl_row"]]
+    )
+
+    counts = sc.read_10x_h5(visium_dir / "filtered_feature_bc_matrix.h5")
+    assert set(counts.obs_names) == set(table.obs_names)
+    counts = counts[table.obs_names]
+    assert list(counts.var_names) == list(table.var_names)
+    assert list(counts.var["gene_ids"]) == list(table.var["gene_ids"])
+    assert table.X.sum() > 0
+    np.testing.assert_array_equal(table.X.toarray(), counts.X.toarray())
+
+
 def test_read_visium_default_name_is_the_library_id(visium_dir):
     sdata = lk.io.read_visium(visium_dir)
     assert list(sdata.tables) == ["custom"]  # library_ids attribute of this Space Ranger h5

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch")
+import torch  # a hard dependency: a broken install must fail, not skip
 
 
 @pytest.fixture(scope="module")

@@ -38,10 +38,16 @@ def test_measured_vs_predicted_layer_panels():
 def test_prediction_as_separate_anndata():
     table = small_section(with_image=False)
     table.obsm["loki_text"] = np.random.default_rng(0).normal(size=(table.n_obs, 4)).astype(np.float32)
-    table.obsm["loki_image"] = table.obsm["loki_text"]
+    table.obsm["loki_image"] = np.random.default_rng(1).normal(size=(table.n_obs, 4)).astype(np.float32)
     pred = lk.tl.predict_expression(table, table, top_k=3)
     fig = lk.pl.expression(table, "g0", predicted=pred, show=False)
-    assert len([a for a in fig.axes if a.get_title()]) == 2
+    titled = [a for a in fig.axes if a.get_title()]
+    assert len(titled) == 2
+    measured, predicted = table[:, "g0"].X.ravel(), pred[:, "g0"].X.ravel()
+    assert not np.allclose(measured, predicted)  # so the panels below tell the two apart
+    np.testing.assert_allclose(titled[0].collections[0].get_array(), measured)
+    np.testing.assert_allclose(titled[1].collections[0].get_array(), predicted, rtol=1e-6)
+    assert titled[1].get_title() == f"g0 predicted (PCC {lk.metrics.pearson(measured, predicted):.2f})"
     plt.close(fig)
     with pytest.raises(KeyError, match=r"adata\.layers"):
         lk.pl.expression(table, "g0", show=False)

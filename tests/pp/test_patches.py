@@ -255,9 +255,6 @@ def test_spot_patches_on_real_mob_image():
 
 
 def test_spot_patches_with_io_reader():
-    pytest.importorskip("loki.io")
-    if not hasattr(lk.io, "read_legacy_st"):
-        pytest.skip("lk.io.read_legacy_st not available yet")
     mob = shared_path("stutility_mob")
     sdata = lk.io.read_legacy_st(
         mob / "MOB1.tsv", mob / "alignment_table_MOB1.tsv", mob / "MOB1.jpg", name="MOB1"

@@ -139,6 +139,33 @@ def test_loso_scores_every_section():
     assert scores["pcc"].mean() > 0.5
 
 
+def test_loso_never_uses_the_held_out_section():
+    """A held-out section must not be in its own reference: a leak only raises the scores, so it is made
+    visible with a section-specific gene and with spots that would retrieve themselves."""
+    sizes = {"A": 60, "B": 45, "C": 30}
+    sections = {name: _section(n, GENES, seed, name) for seed, (name, n) in enumerate(sizes.items())}
+    label = {"A": 1.0, "B": 2.0, "C": 3.0}
+    for name, table in sections.items():  # add a gene that is constant within each section
+        x = np.c_[table.X, np.full(table.n_obs, label[name], np.float32)]
+        tagged = AnnData(X=x, obs=table.obs, obsm=dict(table.obsm))
+        tagged.var_names = [*GENES, "section_id"]
+        tagged.obsm["loki_image"] = tagged.obsm["loki_text"].copy()  # each spot is its own nearest text
+        sections[name] = tagged
+    for top_k in (1, 5, None):
+        preds, scores = lk.tl.predict_expression_loso(sections, top_k=top_k)
+        for held_out, pred in preds.items():
+            others = [label[k] for k in sections if k != held_out]
+            got = pred[:, "section_id"].X.ravel()
+            # a weighted mean of the other sections' values only
+            assert got.min() >= min(others) - 1e-5, (top_k, held_out)
+            assert got.max() <= max(others) + 1e-5, (top_k, held_out)
+            assert pred.uns["loki"]["loki_predicted"]["n_reference"] == sum(sizes.values()) - sizes[held_out]
+        if top_k == 1:
+            # with a leak every spot would retrieve itself (PCC 1 for every gene)
+            pcc = scores.loc[scores.gene != "section_id", "pcc"].to_numpy()
+            assert np.nanmax(pcc) < 0.99, np.nanmax(pcc)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

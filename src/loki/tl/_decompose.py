@@ -86,6 +86,18 @@ def decompose(
     with the number of cells). The proportions of spot ``j`` are the expected numbers of cells of
     each type mapped to it, normalised to sum to 1.
 
+    The mapping takes the reference's cell-type composition as the tissue's: every reference cell
+    is placed somewhere (each source's row of ``M`` is a distribution over spots), so summed over
+    the spots each type receives exactly its number of reference cells, and the uniform density
+    prior gives every spot the same number of cells. The mean proportions over the spots are
+    therefore the reference's type frequencies, whatever the tissue's (a reference of 200/50/20/10
+    cells gives a mean of 0.71/0.18/0.07/0.04 on a tissue of about 0.25 each). This is Tangram's
+    model, not an artefact of this implementation: tangram-sc 1.0.4's mappings give the same (cells
+    mode directly, clusters mode once every cluster's row is weighted by its size, as here), and
+    dropping the density prior (``density_prior=None``) hardly changes it. Use the mapping with a
+    reference whose type frequencies match the tissue's; ``method="nnls"`` estimates every spot
+    from its own profile and does not assume a composition.
+
     ``method="nnls"`` (default) solves a non-negative least-squares problem per spot on the per-type
     mean profiles and normalises the weights. It is the default because on pseudo-spots built from
     real labelled cells (spacexr's hypothalamus and hippocampus references split in two halves, 55 um
