@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch  # a hard dependency: a broken install must fail, not skip
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import torch  # a hard dependency: a broken install must fail, not skip
 
 
 @pytest.fixture(scope="module")
