@@ -279,6 +279,16 @@ def test_a_failing_shapes_element_leaves_nothing_written(monkeypatch):
     assert _written(sdata) == (False, [], [])
 
 
+def test_table_ids_missing_from_the_shapes_are_refused_before_writing():
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    table = sdata.tables["MOB2"]
+    instance_key = table.uns["spatialdata_attrs"]["instance_key"]
+    table.obs[instance_key] = table.obs[instance_key].astype(str) + "_x"  # no circle has these ids
+    with pytest.raises(ValueError, match=r"no circle in sdata.shapes\['MOB2_spots'\]"):
+        lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    assert _written(sdata) == (False, [], [])
+
+
 def test_align_sections_checks_the_stack_before_writing():
     sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
     for sections in (["MOB2", "MOB1", "MOB1"], ["MOB2", "MOB1", "MOB2"]):

@@ -410,6 +410,13 @@ def _aligned_shapes(src: _Section, coords: np.ndarray, matrix: np.ndarray, in_cs
     if "radius" in spots:
         scale = linear_scale(affine_to(spots, in_cs, f"source element {region!r}")) * linear_scale(matrix)
         radius = spots["radius"].reindex(ids).to_numpy(dtype=np.float64) * scale
+        missing = ids[np.isnan(radius)]
+        if len(missing):
+            raise ValueError(
+                f"{len(missing)} spots of the source table have no circle in sdata.shapes[{region!r}] "
+                f"(e.g. {list(missing[:3])}; its index starts {list(spots.index[:3])}): the table's "
+                f"instance ids must name rows of its region. Fix the table or the shapes; nothing was written."
+            )
     else:
         radius = np.ones(len(ids))
     return ShapesModel.parse(
