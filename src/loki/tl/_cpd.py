@@ -332,8 +332,8 @@ def register_deformable(
     sigma2
         Starting variance, or ``(spatial, features)`` variances (default eq. 2 on each block).
     sigma2_max
-        Cap on the spatial variance after each M-step (the approximation's subsample level, whose
-        points have no exact partners, caps it at its squared point spacing).
+        Cap on the spatial variance, from the start and after each M-step (the approximation's
+        subsample level, whose points have no exact partners, caps it at its squared point spacing).
     n_landmarks
         Nyström landmarks (rank bound) of the kernel.
     cutoff
@@ -349,6 +349,7 @@ def register_deformable(
     floor = 1e-6 * (s2f or 0.0)
     if sigma2 is not None:
         s2, s2f = sigma2 if isinstance(sigma2, tuple) else (float(sigma2), s2f)
+    s2 = min(s2, sigma2_max)
     TY = Y.copy()
     W = np.zeros((len(Y), 2))
     ll_prev = -np.inf
@@ -838,12 +839,10 @@ def cpd_align(
         if partial:
             # the field is fitted on the overlap; elsewhere it decays towards the rigid motion
             ix, iy = ix[overlap[0]], iy[overlap[1]]
-        start2 = _warm_sigma2(res.sigma2)
-        if approximate:
-            # on random subsamples EM widens the spatial variance until the feature columns alone
-            # choose the pairs, and the field drifts (12 spot spacings off on the 100k synthetic
-            # pair with counts thinned, 0.26 with the cap); the cap keeps pairs within a spacing
-            start2 = (min(start2[0], stop), start2[1])
+        # on the approximation's random subsamples EM widens the spatial variance until the feature
+        # columns alone choose the pairs, and the field drifts (12 spot spacings off on the 100k
+        # synthetic pair with counts thinned, 0.26 with the cap): cap it at the last level's spacing
+        cap = stop if approximate else np.inf
         dres = register_deformable(
             X[ix],
             Y1[iy],
@@ -852,8 +851,8 @@ def cpd_align(
             w=w,
             max_iter=max_iter,
             tol=tol,
-            sigma2=start2,
-            sigma2_max=stop if approximate else np.inf,
+            sigma2=_warm_sigma2(res.sigma2),
+            sigma2_max=cap,
             n_landmarks=n_landmarks,
             cutoff=cutoff,
             seed=rng,
