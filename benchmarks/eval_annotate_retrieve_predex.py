@@ -29,6 +29,7 @@ import scipy.stats
 from scipy import sparse
 
 import loki as lk
+from loki.baselines import pixel_features
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 HER2 = DATA / "her2st_A"
@@ -162,14 +163,6 @@ def embed(model, table, patches) -> None:
 
 
 # ------------------------------------------------------------------------------------------ baselines
-def pixel_features(patches: np.ndarray, side: int = 12) -> np.ndarray:
-    """Raw pixels of each patch, block-averaged to side x side x 3."""
-    from skimage.transform import resize
-
-    x = resize(patches.astype(np.float32) / 255.0, (len(patches), side, side, 3), anti_aliasing=True)
-    return x.reshape(len(patches), -1)
-
-
 def ridge_fit_predict(x_train, y_train, x_test, alphas=(0.1, 1.0, 10.0, 100.0, 1000.0)):
     from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler

@@ -13,6 +13,23 @@ def test_import_loki_does_not_import_torch():
 def test_public_namespaces():
     import loki as lk
 
-    for name in ("pp", "tl", "pl", "metrics", "datasets", "io"):
+    for name in ("pp", "tl", "pl", "metrics", "datasets", "io", "baselines"):
         assert hasattr(lk, name)
     assert lk.Key.TEXT == "loki_text"
+
+
+def test_api_page_lists_every_public_name():
+    import importlib
+    import inspect
+    import pathlib
+
+    api = (pathlib.Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    missing = []
+    for module in ("pp", "tl", "pl", "metrics", "datasets", "io", "models", "baselines"):
+        mod = importlib.import_module(f"loki.{module}")
+        for name, obj in vars(mod).items():
+            defined_in_loki = getattr(obj, "__module__", "").startswith("loki")
+            public = not name.startswith("_") and not inspect.ismodule(obj)
+            if public and defined_in_loki and f"{module}.{name}" not in api:
+                missing.append(f"{module}.{name}")
+    assert not missing, f"public names missing from docs/api.md: {missing}"

@@ -1,6 +1,7 @@
 """loki: H&E histology and spatial transcriptomics in one embedding space, for the scverse.
 
-Use as ``import loki as lk``; ``lk.pp`` prepares data, ``lk.tl`` computes, ``lk.pl`` plots.
+Use as ``import loki as lk``; ``lk.pp`` prepares data, ``lk.tl`` computes, ``lk.pl`` plots;
+``lk.baselines`` holds the naive baselines a learned encoder must beat.
 Importing loki does not import torch: the model layer loads it on first use.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, io, metrics, pl, pp, tl
+from . import baselines, datasets, io, metrics, pl, pp, tl
 from ._keys import Key
 
 try:
@@ -26,4 +27,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'loki' has no attribute {name!r}")
 
 
-__all__ = ["Key", "datasets", "io", "metrics", "models", "pl", "pp", "tl"]
+__all__ = ["Key", "baselines", "datasets", "io", "metrics", "models", "pl", "pp", "tl"]

@@ -79,7 +79,7 @@ def _train(sdata, out: Path, table: _Table, *, seed: int, quick: bool, progress:
 
 def _retrieval(sdata, model, out: Path, table: _Table, *, seed: int):
     import loki as lk
-    from loki._baselines import PixelRidge, log_normalized
+    from loki.baselines import PixelRidge, log_normalized
     from loki.pp._patches import _cut_spot_patches
 
     test = sdata.tables[TEST]
@@ -122,7 +122,7 @@ def _predex(sdata, ridge, out: Path, table: _Table):
     import anndata as ad
 
     import loki as lk
-    from loki._baselines import log_normalized
+    from loki.baselines import log_normalized
     from loki.pp._patches import _cut_spot_patches
 
     reference = ad.concat([sdata.tables[s] for s in TRAIN], index_unique="-", merge="same")

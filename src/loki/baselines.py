@@ -1,4 +1,4 @@
-"""Simple baselines that a learned H&E encoder must beat (used by the demo and the benchmarks).
+"""Naive baselines that a learned H&E encoder must beat (used by the demo, the tutorials and the benchmarks).
 
 A learned encoder that cannot beat a ridge regression from a handful of raw pixels is not learning;
 every retrieval or expression-prediction number loki reports is shown beside these.
