@@ -19,6 +19,8 @@ from loki._utils._threads import keep_torch_threads
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
+    from ._candidates import Search
+
 #: Score-chunk budget: queries x bank-chunk float32 scores are kept under this many bytes.
 _CHUNK_BYTES = 128 * 2**20
 
@@ -214,7 +216,7 @@ def retrieve(
     bank_ids: Sequence | None = None,
     bank_metadata: pd.DataFrame | Sequence[str] | None = None,
     normalize: bool = True,
-    search: str = "exact",
+    search: Search = "exact",
     n_components: int | None = None,
     n_candidates: int | None = None,
     n_lists: int | None = None,
