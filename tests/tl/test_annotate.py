@@ -206,6 +206,36 @@ def test_annotations_under_two_keys_keep_their_own_labels():
     assert "loki_annotation" not in adata.obs
 
 
+def test_classes_that_label_no_spot_are_not_categories(caplog, tmp_path):
+    """A class that is the argmax of no spot is left out of the label's categories (scanpy / squidpy
+    group tools fail on empty groups) and recorded in .uns; the scores keep every class."""
+    import scanpy as sc
+
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=10)
+    markers = {"tumour": MARKERS["tumour"], "absent": ["G30", "G31", "G32"], **MARKERS}
+    with caplog.at_level("INFO", logger="loki"):
+        lk.tl.annotate(adata, markers, model=model)
+    label = adata.obs["loki_annotation"]
+    assert list(label.cat.categories) == ["tumour", "stroma", "fat"]  # class order kept
+    assert (label.value_counts() > 0).all()
+    np.testing.assert_array_equal(label.astype(str), adata.obsm["loki_annotation"].idxmax(axis=1))
+    assert list(adata.obsm["loki_annotation"].columns) == ["tumour", "absent", "stroma", "fat"]
+    record = adata.uns["loki"]["loki_annotation"]
+    assert record["classes"] == ["tumour", "absent", "stroma", "fat"]
+    assert record["classes_without_spots"] == ["absent"]
+    assert "1 of 4 classes are the label of no item" in caplog.text
+    assert "'absent'" in caplog.text
+    sc.tl.rank_genes_groups(adata, "loki_annotation", method="t-test")  # fails on an empty group
+    assert list(adata.uns["rank_genes_groups"]["names"].dtype.names) == ["tumour", "stroma", "fat"]
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad").uns["loki"]["loki_annotation"]
+    assert list(back["classes_without_spots"]) == ["absent"]
+    lk.tl.annotate(adata, MARKERS, model=model)  # every class labels a spot
+    assert len(adata.uns["loki"]["loki_annotation"]["classes_without_spots"]) == 0
+    assert list(adata.obs["loki_annotation"].cat.categories) == list(MARKERS)
+
+
 def test_bulk_samples_without_a_group_are_named():
     model = BagOfGenes()
     adata, _ = _spots(model, n_per_class=2)

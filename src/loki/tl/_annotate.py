@@ -224,9 +224,12 @@ def annotate(
 
     - ``.obsm[key_added]``: DataFrame items x classes of cosine similarities.
     - ``.obsm[f"{key_added}_fused"]``: the fused scores (only with ``fuse_with``).
-    - ``.obs[label_key]``: categorical label (argmax of the scores, or of the fused scores).
-    - ``.uns['loki'][key_added]``: ``classes``, and aligned with them their ``sentences`` and the
-      ``missing_markers`` left out (space-separated, ``""`` for none), and the parameters.
+    - ``.obs[label_key]``: categorical label (argmax of the scores, or of the fused scores). Its
+      categories are the classes that label at least one item, in class order; classes that are the
+      label of no item are left out (logged), as scanpy / squidpy group tools expect.
+    - ``.uns['loki'][key_added]``: ``classes`` (all of them), and aligned with them their ``sentences``
+      and the ``missing_markers`` left out (space-separated, ``""`` for none);
+      ``classes_without_spots``, the classes that label no item; and the parameters.
 
     Class names are written as text; a ``/`` in one (several marker databases have them) keeps the
     result from zarr, and a warning says so.
@@ -307,7 +310,11 @@ def annotate(
             f"Markers absent from the vocabulary were left out ({listing}).", UserWarning, stacklevel=2
         )
     final = scores if fused_other is None else fuse_scores(scores, fused_other)
-    labels = pd.Categorical.from_codes(np.argmax(final, axis=1), categories=classes)
+    codes = np.argmax(final, axis=1)
+    won = np.bincount(codes, minlength=len(classes)) > 0
+    without_spots = [c for c, w in zip(classes, won, strict=True) if not w]
+    # only the classes some item won: scanpy / squidpy group tools fail on empty categories
+    labels = pd.Categorical.from_codes(codes, categories=classes).remove_unused_categories()
 
     if copy:
         adata = adata.copy()
@@ -318,6 +325,14 @@ def annotate(
         del adata.obsm[f"{key_added}_fused"]
         logger.info("removed .obsm[%r] of an earlier call (no fuse_with now)", f"{key_added}_fused")
     write_obs(adata, label_key, pd.Series(labels, index=adata.obs_names))
+    if without_spots:
+        logger.info(
+            "%d of %d classes are the label of no item, left out of .obs[%r]'s categories: %s",
+            len(without_spots),
+            len(classes),
+            label_key,
+            ", ".join(map(repr, without_spots)),
+        )
     write_uns(
         adata,
         key_added,
@@ -325,6 +340,7 @@ def annotate(
             "use": use,
             "source": source,
             "classes": classes,
+            "classes_without_spots": without_spots,
             "sentences": [sentences.get(c, "") for c in classes],
             "missing_markers": [" ".join(missing.get(c, [])) for c in classes],
             "fused": fused_other is not None,
