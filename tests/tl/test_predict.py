@@ -224,3 +224,43 @@ def test_mismatched_embedding_sizes_and_missing_query_genes():
     with pytest.raises(KeyError, match="extra"):
         lk.tl.predict_expression(q2, ref, output="layer")
     assert "loki_predicted" not in q2.layers
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr", "csc"])
+def test_backed_reference_predicts_as_in_memory(tmp_path, monkeypatch, fmt):
+    """An h5ad read with backed='r' (a reference bank kept on disk) predicts what the same table does in
+    memory: .X is then an h5py dataset (dense) or anndata's backed CSR / CSC dataset."""
+    import anndata as ad
+
+    from loki.tl import _predict
+
+    to = {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}[fmt]
+    sections = {name: _section(n, GENES, seed, name) for seed, (name, n) in enumerate([("A", 50), ("B", 40)])}
+    backed = {}
+    for name, table in sections.items():
+        table.X = to(table.X)
+        table.layers["counts"] = to(2 * table.X)
+        table.write_h5ad(tmp_path / f"{name}.h5ad")
+        backed[name] = ad.read_h5ad(tmp_path / f"{name}.h5ad", backed="r")
+    ref, query = sections["A"], sections["B"]
+    try:
+        assert not isinstance(backed["A"].X, np.ndarray | sparse.spmatrix)
+        for kwargs in ({}, {"top_k": 7}, {"layer": "counts"}, {"genes": ["g7", "g2", "g9"], "top_k": 7}):
+            got = lk.tl.predict_expression(query, backed["A"], **kwargs)
+            want = lk.tl.predict_expression(query, ref, **kwargs)
+            np.testing.assert_allclose(got.X, want.X, rtol=1e-6, err_msg=str(kwargs))
+            assert list(got.var_names) == list(want.var_names)
+        monkeypatch.setattr(_predict, "_READ_BLOCK_VALUES", 3 * 7)  # the chosen genes read 7 rows at a time
+        got = lk.tl.predict_expression(query, backed["A"], genes=["g7", "g2", "g9"])
+        want = lk.tl.predict_expression(query, ref, genes=["g7", "g2", "g9"])
+        np.testing.assert_allclose(got.X, want.X, rtol=1e-6)
+        # leave-one-section-out on backed sections: references and measured expression read from disk
+        preds, scores = lk.tl.predict_expression_loso(backed, genes=GENES[::-1], top_k=5)
+        want_preds, want_scores = lk.tl.predict_expression_loso(sections, genes=GENES[::-1], top_k=5)
+        for name in sections:
+            np.testing.assert_allclose(preds[name].X, want_preds[name].X, rtol=1e-6)
+            np.testing.assert_allclose(preds[name].layers["measured"], want_preds[name].layers["measured"])
+        np.testing.assert_allclose(scores["pcc"], want_scores["pcc"], rtol=1e-5)
+    finally:
+        for table in backed.values():
+            table.file.close()

@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
+import h5py
 import numba
 import numpy as np
 import pandas as pd
@@ -28,6 +29,11 @@ from loki._utils._threads import keep_torch_threads
 from ._candidates import Search, check_search, topk_cosine_pca
 from ._retrieve import _check_pair, embeddings_of, l2_normalize, topk_cosine
 
+try:
+    from anndata.abc import CSCDataset, CSRDataset
+except ImportError:  # anndata < 0.11
+    from anndata.experimental import CSCDataset, CSRDataset
+
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
@@ -35,6 +41,8 @@ Negative = Literal["clip", "keep"]
 
 #: Default block of the all-reference path: queries per block so that their scores fit in 64 MiB.
 _SCORE_BLOCK_BYTES = 64 * 2**20
+#: Values read at a time from a backed expression matrix of which only some genes are kept.
+_READ_BLOCK_VALUES = 2**26
 
 
 def similarity_weights(
@@ -119,7 +127,8 @@ def predict_from_embeddings(
     reference
         n_ref x d embeddings of the reference spots (e.g. their text embeddings).
     expression
-        n_ref x n_genes expression of the reference spots (dense or sparse).
+        n_ref x n_genes expression of the reference spots (dense or sparse; a matrix of an AnnData
+        read with ``backed="r"`` is read into memory).
     top_k
         Average over the ``top_k`` most similar reference spots only; None uses all.
     temperature, negative
@@ -166,6 +175,7 @@ def predict_from_embeddings(
         raise ValueError(
             f"expression has {expression.shape[0]} rows, the reference embeddings {ref.shape[0]}."
         )
+    expression = _in_memory(expression)
     is_sparse = sparse.issparse(expression)
     x = (
         sparse.csr_matrix(expression, dtype=np.float32)
@@ -230,6 +240,28 @@ def _expression_of(table: AnnData, layer: str | None):
     return table.layers[layer]
 
 
+def _in_memory(x, columns: np.ndarray | None = None):
+    """``x[:, columns]`` (all of ``x`` when None) as a numpy array or scipy sparse matrix.
+
+    The matrix of an AnnData read with ``backed="r"`` - anndata's backed CSR / CSC dataset, or an h5py
+    dataset for a dense one - is read from disk: whole, or in blocks of rows when only some columns
+    are kept (only those are then held in memory). Other matrices are sliced as they are.
+    """
+    if isinstance(x, CSCDataset):  # anndata reads all of a backed CSC matrix for any block of rows
+        x = x.to_memory()
+    elif isinstance(x, CSRDataset | h5py.Dataset):
+        n_rows, n_cols = x.shape
+        step = n_rows if columns is None else max(1, _READ_BLOCK_VALUES // max(n_cols, 1))
+        if n_rows <= step:
+            x = x.to_memory() if isinstance(x, CSRDataset) else x[()]
+        else:  # a CSR block is a scipy matrix, a dense one an array; h5py takes no unsorted columns
+            blocks = [x[start : start + step][:, columns] for start in range(0, n_rows, step)]
+            return (
+                sparse.vstack(blocks, format="csr") if sparse.issparse(blocks[0]) else np.concatenate(blocks)
+            )
+    return x if columns is None else x[:, columns]
+
+
 def predict_expression(
     query: AnnData | SpatialData | np.ndarray,
     reference: AnnData | SpatialData,
@@ -267,7 +299,8 @@ def predict_expression(
         Table (AnnData / SpatialData) with ``.obsm[use_query]``, or an embedding array.
     reference
         Table with ``.obsm[use_reference]`` and expression in ``.X`` or ``.layers[layer]``, e.g.
-        log-normalised counts.
+        log-normalised counts. It may be read with ``backed="r"``: the expression of the predicted
+        genes is then read into memory.
     use_query, use_reference
         ``.obsm`` keys of the embeddings.
     layer
@@ -364,9 +397,9 @@ def predict_expression(
     if genes is not None:
         genes = _gene_list(genes)
         require_keys(ref_genes, genes, "reference.var_names")
-        x = x[:, ref_genes.get_indexer(genes)]
+        x = _in_memory(x, ref_genes.get_indexer(genes))
     else:
-        genes = list(ref_genes)
+        genes = list(ref_genes)  # a backed matrix is read whole by predict_from_embeddings
     pred, n_fallback = predict_from_embeddings(
         q,
         ref,
@@ -504,7 +537,9 @@ def predict_expression_loso(
             seed=seed,
             progress=progress,
         )
-        measured = _dense(_expression_of(query, layer)[:, pd.Index(query.var_names).get_indexer(genes)])
+        measured = _dense(
+            _in_memory(_expression_of(query, layer), pd.Index(query.var_names).get_indexer(genes))
+        )
         pred.layers["measured"] = measured
         predictions[held_out] = pred
         rows.append(
@@ -537,7 +572,10 @@ def _concat_reference(
     sections: Mapping[str, AnnData], genes: list[str], use: str, layer: str | None
 ) -> AnnData:
     emb = np.concatenate([np.asarray(t.obsm[use], dtype=np.float32) for t in sections.values()])
-    parts = [_expression_of(t, layer)[:, pd.Index(t.var_names).get_indexer(genes)] for t in sections.values()]
+    parts = [
+        _in_memory(_expression_of(t, layer), pd.Index(t.var_names).get_indexer(genes))
+        for t in sections.values()
+    ]
     x = (
         sparse.vstack([sparse.csr_matrix(p, dtype=np.float32) for p in parts], format="csr")
         if any(sparse.issparse(p) for p in parts)
