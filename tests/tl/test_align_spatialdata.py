@@ -197,38 +197,41 @@ def _written(sdata, source="MOB2", targets=("MOB1_image", "MOB1_spots")):
     return entry, placed, sorted(n for n in sdata.shapes if n.endswith("_aligned"))
 
 
-def _rescaled(case: str):
-    """MOB1 and MOB2, MOB2's spots in other units that keep their physical size."""
-    from spatialdata.models import ShapesModel
-    from spatialdata.transformations import Scale, set_transformation
+def _in_own_units(sdata, section, factor, to_global=None):
+    """The section's spots in units ``factor`` times finer, scaled back into 'global' (by default).
 
+    The layout is SpatialData's: ``.obsm['spatial']`` holds the spot shapes' own coordinates.
+    """
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Scale
+
+    table, spots = sdata.tables[section], sdata.shapes[f"{section}_spots"]
+    sdata.shapes[f"{section}_spots"] = ShapesModel.parse(
+        np.c_[spots.geometry.x, spots.geometry.y] * factor,
+        geometry=0,
+        radius=spots["radius"].to_numpy() * factor,
+        index=spots.index,
+        transformations={"global": to_global or Scale([1 / factor, 1 / factor], axes=("x", "y"))},
+    )
+    table.obsm["spatial"] = table.obsm["spatial"] * factor
+    table.uns[Key.UNS]["microns_per_unit"] /= factor
+
+
+def _rescaled(case: str):
+    """MOB1 and MOB2, MOB2's spots in other units that keep their physical size; MOB2's radius in MOB1's units."""
     sdata = lk.datasets.mob(("MOB1", "MOB2"))
-    table, spots = sdata.tables["MOB2"], sdata.shapes["MOB2_spots"]
-    xy, radius = np.c_[spots.geometry.x, spots.geometry.y], spots["radius"].to_numpy()
-    if case == "scanned at 2x":  # coordinates and 'global' twice as fine: Scale(2) to 'global'
-        for name in ("MOB2_image", "MOB2_spots"):
-            set_transformation(sdata[name], Scale([2.0, 2.0], axes=("x", "y")), to_coordinate_system="global")
-    if case == "stored at 1/4":  # spots in a quarter-scale image's pixels, Scale(4) to 'global'
-        sdata.shapes["MOB2_spots"] = ShapesModel.parse(
-            xy / 4,
-            geometry=0,
-            radius=radius / 4,
-            index=spots.index,
-            transformations={"global": Scale([4.0, 4.0], axes=("x", "y"))},
-        )
-    if case == "own pixels at 2x":  # as a reader stores a section scanned at twice the resolution
-        sdata.shapes["MOB2_spots"] = ShapesModel.parse(
-            xy * 2, geometry=0, radius=radius * 2, index=spots.index, transformations={"global": Identity()}
-        )
-    # MOB2's radius in MOB1's units ('global' of both, Identity, before the change)
+    radius = sdata.shapes["MOB2_spots"]["radius"].to_numpy()
     in_target_units = (
         radius
-        * table.uns[Key.UNS]["microns_per_unit"]
+        * sdata.tables["MOB2"].uns[Key.UNS]["microns_per_unit"]
         / sdata.tables["MOB1"].uns[Key.UNS]["microns_per_unit"]
     )
-    if case != "stored at 1/4":
-        table.obsm["spatial"] = table.obsm["spatial"] * 2
-        table.uns[Key.UNS]["microns_per_unit"] /= 2
+    if case == "scanned at 2x":  # own pixels at 2x, scaled back into 'global'
+        _in_own_units(sdata, "MOB2", 2.0)
+    if case == "stored at 1/4":  # a quarter-scale image's pixels
+        _in_own_units(sdata, "MOB2", 0.25)
+    if case == "own pixels at 2x":  # as a reader stores a section scanned at 2x: Identity to 'global'
+        _in_own_units(sdata, "MOB2", 2.0, Identity())
     return sdata, in_target_units
 
 
@@ -238,6 +241,72 @@ def test_aligned_shapes_radius_in_the_aligned_units(case):
     lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
     # the spots keep their physical size
     np.testing.assert_allclose(sdata.shapes["MOB2_spots_aligned"]["radius"].to_numpy(), radius, rtol=1e-9)
+
+
+def _positions(sdata, name, cs=Key.ALIGNED_CS):
+    from spatialdata import transform
+
+    moved = transform(sdata.shapes[name], to_coordinate_system=cs)
+    return np.c_[moved.geometry.x, moved.geometry.y]
+
+
+def test_a_change_of_the_global_unit_scales_the_result():
+    """Scale(f) on every element of both sections changes 'global's unit only: 'aligned' scales by f."""
+    from spatialdata.transformations import Scale, set_transformation
+
+    placed = {}
+    for f in (1.0, 2.5):
+        sdata = lk.datasets.mob(("MOB1", "MOB2"))
+        for name in ("MOB1_image", "MOB1_spots", "MOB2_image", "MOB2_spots"):
+            set_transformation(sdata[name], Scale([f, f], axes=("x", "y")), to_coordinate_system="global")
+        lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+        placed[f] = {n: _positions(sdata, n) for n in ("MOB1_spots", "MOB2_spots", "MOB2_spots_aligned")}
+        # the rigid placement and the aligned spots agree (a rigid fit has no non-rigid part)
+        np.testing.assert_allclose(placed[f]["MOB2_spots"], placed[f]["MOB2_spots_aligned"], atol=1e-6 * f)
+    for name, xy in placed[1.0].items():
+        np.testing.assert_allclose(placed[2.5][name], 2.5 * xy, rtol=1e-9, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("case", ["scanned at 2x", "stored at 1/4"])
+def test_sections_in_their_own_units_land_where_unscaled_ones_do(case):
+    """The source's spots in other own units, scaled into 'global': the same placement in 'aligned'."""
+    reference = lk.datasets.mob(("MOB1", "MOB2"))
+    lk.tl.align(reference, source="MOB2", target="MOB1", **_FAST)
+    sdata, _ = _rescaled(case)
+    lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    expected = _positions(reference, "MOB2_spots")
+    np.testing.assert_allclose(_positions(sdata, "MOB2_spots"), expected, atol=1e-6)
+    np.testing.assert_allclose(_positions(sdata, "MOB2_spots_aligned"), expected, atol=1e-6)
+    # and the image goes with them: its corner lands where the unscaled layout puts it
+    corner = {}
+    for name, data in (("reference", reference), ("rescaled", sdata)):
+        from spatialdata.transformations import get_transformation
+
+        matrix = get_transformation(data["MOB2_image"], Key.ALIGNED_CS).to_affine_matrix(
+            ("x", "y"), ("x", "y")
+        )
+        corner[name] = np.asarray(matrix, dtype=np.float64)[:2, 2]
+    np.testing.assert_allclose(corner["rescaled"], corner["reference"], atol=1e-6)
+
+
+def test_table_coordinates_in_global_units_beside_scaled_shapes_are_refused():
+    """The table holding 'global' positions while its shapes carry a Scale would be placed twice."""
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Scale
+
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    spots = sdata.shapes["MOB2_spots"]
+    xy = np.c_[spots.geometry.x, spots.geometry.y]
+    sdata.shapes["MOB2_spots"] = ShapesModel.parse(
+        xy / 4,
+        geometry=0,
+        radius=spots["radius"].to_numpy() / 4,
+        index=spots.index,
+        transformations={"global": Scale([4.0, 4.0], axes=("x", "y"))},
+    )
+    with pytest.raises(ValueError, match=r"own coordinates .* nothing was written"):
+        lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    assert _written(sdata) == (False, [], [])
 
 
 @pytest.mark.parametrize(
@@ -376,3 +445,18 @@ def test_image_keys_of_both_sections_in_one_spatialdata(caplog):
         lk.tl.align(other, source="MOB2", target="MOB1", **_FAST)
     assert "no image of the target section 'MOB1' found" in caplog.text
     assert "pass target_image_key= to name it" in caplog.text
+
+
+def test_sequential_stack_in_own_units_lands_where_unscaled_one_does():
+    """Target and sources each in their own units: every section lands as in the unscaled stack."""
+    sections = ("MOB1", "MOB2", "MOB3")
+    reference = lk.datasets.mob(sections)
+    lk.tl.align_sections(reference, target="MOB1", sequential=True, progress=False, **_FAST)
+    sdata = lk.datasets.mob(sections)
+    for section, factor in (("MOB1", 3.0), ("MOB2", 2.0), ("MOB3", 0.25)):
+        _in_own_units(sdata, section, factor)
+    lk.tl.align_sections(sdata, target="MOB1", sequential=True, progress=False, **_FAST)
+    for name in ("MOB1_spots", "MOB2_spots", "MOB3_spots", "MOB2_spots_aligned", "MOB3_spots_aligned"):
+        np.testing.assert_allclose(
+            _positions(sdata, name), _positions(reference, name), atol=1e-6, err_msg=name
+        )

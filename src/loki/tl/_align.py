@@ -20,7 +20,7 @@ from anndata import AnnData
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import check_array_finite, check_key_name, require_keys, write_obsm, write_uns
-from loki._utils._affine import linear_scale
+from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._pca import fit_pca
 from loki._utils._spatialdata import (
     _named_owner,
@@ -30,6 +30,7 @@ from loki._utils._spatialdata import (
     get_table,
     is_spatialdata,
     section_image_key,
+    section_shapes,
     table_attrs,
     table_region,
 )
@@ -390,26 +391,94 @@ def _check_shapes_name(section: _Section, key_added: str) -> None:
         )
 
 
-def _aligned_shapes(src: _Section, coords: np.ndarray, matrix: np.ndarray, in_cs: str, out_cs: str):
-    """Spot circles at the aligned coordinates (``Identity`` to ``out_cs``), or None without spot shapes.
+def _source_frame(src: _Section, in_cs: str) -> np.ndarray:
+    """3x3 map from the source table's coordinates into ``in_cs``.
 
-    The radius is brought into the aligned coordinates' units: the spots' own units times the scale of
-    their transformation to ``in_cs`` (the units of the table's coordinates) times that of ``matrix``.
+    As in SpatialData (spatialdata-io writes them so, and :func:`loki.pp.spot_patches` reads them so),
+    a table's ``.obsm['spatial']`` holds its spots' own coordinates: the spot shapes' transformation
+    maps them into a coordinate system. Without spot shapes the coordinates are ``in_cs``'s.
+    """
+    spots = section_shapes(src.data, src.table) if is_spatialdata(src.data) else None
+    return (
+        np.eye(3)
+        if spots is None
+        else affine_to(spots, in_cs, f"the source spots {table_region(src.table)!r}")
+    )
+
+
+def _target_frame(tgt: _Section, key: str, spatial_key: str, in_cs: str, out_cs: str) -> np.ndarray:
+    """3x3 map from the target table's coordinates ``.obsm[key]`` into ``out_cs``.
+
+    The target's own coordinates are its spots' (:func:`_source_frame`), and the target is placed in
+    ``out_cs`` as it lies in ``in_cs``. An earlier alignment's coordinates (``key != spatial_key``, a
+    stack) lie in the frame of the shapes element that alignment wrote, placed in ``out_cs``.
+    """
+    if not is_spatialdata(tgt.data):
+        return np.eye(3)
+    if key != spatial_key:
+        earlier = _shapes_name(tgt, key)
+        if earlier is not None and earlier in tgt.data.shapes:
+            from spatialdata.transformations import get_transformation
+
+            if out_cs in get_transformation(tgt.data.shapes[earlier], get_all=True):
+                return affine_to(tgt.data.shapes[earlier], out_cs, f"the target's shapes {earlier!r}")
+        return np.eye(3)
+    return _source_frame(tgt, in_cs)
+
+
+def _check_spot_frame(section: _Section, key: str, in_cs: str, role: str) -> None:
+    """Refuse coordinates given in ``in_cs`` units while the spot shapes' own coordinates differ.
+
+    loki reads ``.obsm['spatial']`` as the spots' own coordinates (see :func:`_source_frame`); a table
+    that holds their ``in_cs`` positions instead would be placed with its shapes' transformation twice.
+    """
+    spots = section_shapes(section.data, section.table) if is_spatialdata(section.data) else None
+    if spots is None or key != Key.SPATIAL or "radius" not in spots:
+        return
+    to_cs = affine_to(spots, in_cs, f"the {role} spots")
+    if np.allclose(to_cs, np.eye(3)):
+        return
+    ids = _instance_ids(section.table)
+    geometry = spots.geometry.reindex(ids)
+    if geometry.isna().any():
+        return  # checked where the aligned shapes are built
+    own = np.column_stack([geometry.x.to_numpy(), geometry.y.to_numpy()])
+    xy = np.asarray(section.table.obsm[key], dtype=np.float64)[:, :2]
+    tol = 1e-6 * max(float(np.ptp(own, axis=0).max()), 1.0)
+    if np.abs(xy - own).max() > tol and np.abs(xy - apply_matrix(own, to_cs)).max() <= tol * linear_scale(
+        to_cs
+    ):
+        raise ValueError(
+            f"The {role} table {section.name!r} holds its spots' positions in {in_cs!r} in .obsm[{key!r}], but "
+            f"the spot shapes {table_region(section.table)!r} have their own coordinates with a non-identity "
+            f"transformation to {in_cs!r}. loki follows SpatialData's convention (as spatialdata-io writes it): "
+            f".obsm[{key!r}] holds the shapes' own coordinates. Store those, or give the shapes an Identity "
+            "transformation; nothing was written."
+        )
+
+
+def _instance_ids(table: AnnData) -> np.ndarray:
+    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key")
+    return table.obs[instance_key].to_numpy() if instance_key in table.obs else table.obs_names.to_numpy()
+
+
+def _aligned_shapes(
+    src: _Section, coords: np.ndarray, matrix: np.ndarray, out_cs: str, to_out_cs: np.ndarray
+):
+    """Spot circles at the aligned coordinates, or None without spot shapes.
+
+    The aligned coordinates are in the target table's frame, placed in the output coordinate system
+    by ``to_out_cs``; the radius goes from the source spots' own units (those of the source table's
+    coordinates) into them with the scale of ``matrix``.
     """
     from spatialdata.models import ShapesModel
-    from spatialdata.transformations import Identity
+    from spatialdata.transformations import Affine, Identity
 
     region = table_region(src.table)
     spots = src.data.shapes[region]
-    instance_key = src.table.uns.get("spatialdata_attrs", {}).get("instance_key")
-    ids = (
-        src.table.obs[instance_key].to_numpy()
-        if instance_key in src.table.obs
-        else src.table.obs_names.to_numpy()
-    )
+    ids = _instance_ids(src.table)
     if "radius" in spots:
-        scale = linear_scale(affine_to(spots, in_cs, f"source element {region!r}")) * linear_scale(matrix)
-        radius = spots["radius"].reindex(ids).to_numpy(dtype=np.float64) * scale
+        radius = spots["radius"].reindex(ids).to_numpy(dtype=np.float64) * linear_scale(matrix)
         missing = ids[np.isnan(radius)]
         if len(missing):
             raise ValueError(
@@ -424,7 +493,11 @@ def _aligned_shapes(src: _Section, coords: np.ndarray, matrix: np.ndarray, in_cs
         geometry=0,
         radius=radius,
         index=ids,
-        transformations={out_cs: Identity()},
+        transformations={
+            out_cs: Identity()
+            if np.allclose(to_out_cs, np.eye(3))
+            else Affine(to_out_cs, input_axes=("x", "y"), output_axes=("x", "y"))
+        },
     )
 
 
@@ -440,7 +513,10 @@ def _write_spatialdata(
     set_target: bool,
     target_placed: bool,
 ) -> None:
-    """Add the ``(name, element)`` shapes of aligned spots, then the transformations to ``out_cs``."""
+    """Add the ``(name, element)`` shapes of aligned spots, then the transformations to ``out_cs``.
+
+    ``matrix`` maps ``in_cs`` into ``out_cs`` (the source's placement).
+    """
     from spatialdata.transformations import Affine, Sequence, get_transformation, set_transformation
 
     if shapes is not None:  # first: the one write that SpatialData validates
@@ -610,7 +686,11 @@ def align(
         units recorded with them, and other keys are taken as they are. When only one of the two
         records it, a warning says so and no conversion is applied.
     spatial_key
-        Source coordinates in ``.obsm`` (units of ``input_coordinate_system``).
+        Source coordinates in ``.obsm``. As in SpatialData (spatialdata-io writes them so, and
+        :func:`loki.pp.spot_patches` reads them so), ``.obsm['spatial']`` holds the spot shapes' own
+        coordinates, which their transformation places in ``input_coordinate_system``; a table that
+        holds their ``input_coordinate_system`` positions instead, beside shapes with another
+        transformation, is refused.
     target_spatial_key
         Target coordinates in ``.obsm`` (default ``spatial_key``); e.g. an earlier ``key_added`` to
         chain sections.
@@ -621,7 +701,7 @@ def align(
     coordinate_system
         SpatialData coordinate system that receives the rigid/affine part.
     input_coordinate_system
-        Coordinate system in which the tables' coordinates and the elements live.
+        Coordinate system in which both sections' elements are placed before the alignment.
     image_key
         Image(s) of the source section, placed with it (SpatialData input). By default, when the source's
         SpatialData holds this section only (one table), every element with a transformation to
@@ -663,12 +743,15 @@ def align(
     and for SpatialData input:
 
     - a transformation to ``coordinate_system`` on the source's placed elements (see ``image_key``;
-      its existing transformation to ``input_coordinate_system`` followed by ``Affine(matrix)``), the
-      existing transformation (usually ``Identity``) on the target's placed elements,
+      its existing transformation to ``input_coordinate_system`` followed by one ``Affine``:
+      ``matrix`` carried from the source table's frame to the target's, which is just ``matrix`` when
+      both sections' spots have ``Identity`` to ``input_coordinate_system``), the existing
+      transformation (usually ``Identity``) on the target's placed elements,
     - when the source's table annotates a shapes element ``region``:
       ``sdata.shapes[f"{region}_{key_added.removeprefix('spatial_')}"]`` (``MOB2_spots_aligned`` for
-      the default key): spot circles at the aligned coordinates (``Identity`` to ``coordinate_system``,
-      radius in the aligned units), named in ``.uns['loki'][key_added]['shapes']``, and
+      the default key): spot circles at the aligned coordinates (radius in their units), placed in
+      ``coordinate_system`` as the target's spots are (``Identity`` when those have ``Identity`` to
+      ``input_coordinate_system``), named in ``.uns['loki'][key_added]['shapes']``, and
       ``.uns['loki'][key_added]['coordinate_system']``.
 
     """
@@ -746,6 +829,13 @@ def align(
         src_elements, tgt_elements = _placed_elements(
             src, tgt, image_key, target_image_key, input_coordinate_system
         )
+        _check_spot_frame(src, spatial_key, input_coordinate_system, "source")
+        if is_spatialdata(tgt.data):
+            _check_spot_frame(tgt, target_spatial_key, input_coordinate_system, "target")
+        source_frame = _source_frame(src, input_coordinate_system)
+        target_frame = _target_frame(
+            tgt, target_spatial_key, spatial_key, input_coordinate_system, coordinate_system
+        )
     if key_src is not None:
         f_src, f_tgt, ratio = embedding_features(emb_src, emb_tgt, n_pcs)
     else:
@@ -805,7 +895,7 @@ def align(
     if is_sd and _shapes_name(src, key_added) is not None:  # built before anything is written
         shapes = (
             _shapes_name(src, key_added),
-            _aligned_shapes(src, coords, matrix, input_coordinate_system, coordinate_system),
+            _aligned_shapes(src, coords, matrix, coordinate_system, target_frame),
         )
     info = {
         "method": method,
@@ -863,7 +953,7 @@ def align(
             tgt,
             src_elements,
             tgt_elements,
-            matrix,
+            target_frame @ matrix @ np.linalg.inv(source_frame),
             shapes,
             input_coordinate_system,
             coordinate_system,
