@@ -460,3 +460,27 @@ def test_sequential_stack_in_own_units_lands_where_unscaled_one_does():
         np.testing.assert_allclose(
             _positions(sdata, name), _positions(reference, name), atol=1e-6, err_msg=name
         )
+
+
+def test_a_second_key_added_keeps_the_first_placement(caplog):
+    """Alignments under different keys get their own coordinate systems; sharing one is warned about."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    first = get_transformation(sdata["MOB2_image"], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y"))
+    lk.tl.align(sdata, source="MOB2", target="MOB1", key_added="spatial_rigid", **{**_FAST, "mirror": True})
+    after = get_transformation(sdata["MOB2_image"], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y"))
+    np.testing.assert_array_equal(after, first)
+    assert sdata.tables["MOB2"].uns[Key.UNS]["spatial_rigid"]["coordinate_system"] == "rigid"
+    np.testing.assert_allclose(
+        _positions(sdata, "MOB2_spots_rigid", "rigid"), _positions(sdata, "MOB2_spots", "rigid")
+    )
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.align(
+            sdata,
+            source="MOB2",
+            target="MOB1",
+            key_added="spatial_again",
+            coordinate_system="aligned",
+            **_FAST,
+        )
+    assert "holds the placement of section 'MOB2' by the alignment 'spatial_aligned'" in caplog.text

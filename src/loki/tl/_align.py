@@ -457,6 +457,29 @@ def _check_spot_frame(section: _Section, key: str, in_cs: str, role: str) -> Non
         )
 
 
+def _warn_shared_coordinate_system(src: _Section, key_added: str, cs: str) -> None:
+    """Warn when another alignment recorded on the source placed its elements in ``cs``."""
+    records = src.table.uns.get(Key.UNS, {})
+    others = [
+        key
+        for key, entry in records.items()
+        if key != key_added
+        and isinstance(entry, dict)
+        and "matrix" in entry
+        and entry.get("coordinate_system") == cs
+    ]
+    if others:
+        logger.warning(
+            "coordinate system %r holds the placement of section %r by the alignment %s; this alignment "
+            "(key_added=%r) replaces it, so that alignment's shapes and the moved elements no longer agree "
+            "there. Pass coordinate_system= to keep both.",
+            cs,
+            src.name,
+            ", ".join(map(repr, others)),
+            key_added,
+        )
+
+
 def _instance_ids(table: AnnData) -> np.ndarray:
     instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key")
     return table.obs[instance_key].to_numpy() if instance_key in table.obs else table.obs_names.to_numpy()
@@ -576,7 +599,7 @@ def align(
     spatial_key: str = Key.SPATIAL,
     target_spatial_key: str | None = None,
     key_added: str = Key.ALIGNED,
-    coordinate_system: str = Key.ALIGNED_CS,
+    coordinate_system: str | None = None,
     input_coordinate_system: str = Key.GLOBAL_CS,
     image_key: ImageKeys = None,
     target_image_key: ImageKeys = None,
@@ -699,7 +722,11 @@ def align(
         embedding key of ``use``. For SpatialData input it also names the shapes element of aligned
         spots (see Returns), which must be a valid element name not taken by another element type.
     coordinate_system
-        SpatialData coordinate system that receives the rigid/affine part.
+        SpatialData coordinate system that receives the rigid/affine part. Default:
+        ``key_added.removeprefix("spatial_")``, so ``"aligned"`` for the default ``key_added`` and
+        ``"rigid"`` for ``key_added="spatial_rigid"``: alignments kept under different keys keep their
+        own placements. When another alignment of the source recorded in ``.uns['loki']`` used the same
+        coordinate system, a warning says that its placement of the source's elements is replaced.
     input_coordinate_system
         Coordinate system in which both sections' elements are placed before the alignment.
     image_key
@@ -798,15 +825,17 @@ def align(
         )
     if n_coarse < 3 or max_points < 3:
         raise ValueError(f"n_coarse and max_points must be >= 3, got {n_coarse} and {max_points}.")
+    key_src, key_tgt = _use_keys(use)
+    _check_key_added(key_added, spatial_key, (key_src, key_tgt))
+    if coordinate_system is None:
+        coordinate_system = key_added.removeprefix("spatial_")
     if not isinstance(coordinate_system, str) or not coordinate_system:
         raise ValueError(f"coordinate_system must be a non-empty string, got {coordinate_system!r}.")
     if coordinate_system == input_coordinate_system:
         raise ValueError(
-            f"coordinate_system must differ from input_coordinate_system ({input_coordinate_system!r})."
+            f"coordinate_system {coordinate_system!r} must differ from input_coordinate_system "
+            f"({input_coordinate_system!r}); pass coordinate_system= or another key_added."
         )
-
-    key_src, key_tgt = _use_keys(use)
-    _check_key_added(key_added, spatial_key, (key_src, key_tgt))
     is_sd = is_spatialdata(src.data)
     if is_sd:
         _check_shapes_name(src, key_added)
@@ -830,6 +859,7 @@ def align(
             src, tgt, image_key, target_image_key, input_coordinate_system
         )
         _check_spot_frame(src, spatial_key, input_coordinate_system, "source")
+        _warn_shared_coordinate_system(src, key_added, coordinate_system)
         if is_spatialdata(tgt.data):
             _check_spot_frame(tgt, target_spatial_key, input_coordinate_system, "target")
         source_frame = _source_frame(src, input_coordinate_system)
