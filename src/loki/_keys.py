@@ -23,6 +23,9 @@ class Key:
     PREDICTED = "loki_predicted"
     # .uns namespace; results go to .uns[UNS][key_added]
     UNS = "loki"
+    #: Entries of .uns[UNS] that describe the section (written by the readers, ``pp.tile_image`` and
+    #: ``pp.pseudo_spots``), not a result: no ``key_added`` may take these names.
+    SECTION_METADATA = ("image_key", "microns_per_unit", "spot_diameter_um", "spot_spacing_um", "tiles")
     # SpatialData coordinate systems
     GLOBAL_CS = "global"
     ALIGNED_CS = "aligned"

@@ -484,3 +484,15 @@ def test_a_second_key_added_keeps_the_first_placement(caplog):
             **_FAST,
         )
     assert "holds the placement of section 'MOB2' by the alignment 'spatial_aligned'" in caplog.text
+
+
+@pytest.mark.parametrize("key_added", ["microns_per_unit", "image_key"])
+def test_section_metadata_names_are_refused_as_key_added(key_added):
+    sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
+    uns = dict(sdata.tables["MOB2"].uns[Key.UNS])
+    with pytest.raises(ValueError, match="section metadata"):
+        lk.tl.align(sdata, source="MOB2", target="MOB1", key_added=key_added, **_FAST)
+    with pytest.raises(ValueError, match="section metadata"):
+        lk.tl.align_sections(sdata, target="MOB1", key_added=key_added, progress=False, **_FAST)
+    assert sdata.tables["MOB2"].uns[Key.UNS] == uns
+    assert not any(key_added in sdata.tables[s].obsm for s in ("MOB2", "MOB3"))

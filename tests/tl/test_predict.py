@@ -171,7 +171,12 @@ def test_loso_never_uses_the_held_out_section():
     [
         ({"genes": ["nope"]}, KeyError, "reference.var_names"),
         ({"use_reference": "nope"}, KeyError, "reference.obsm"),
-        ({"top_k": 500}, ValueError, "larger than the bank"),
+        (
+            {"top_k": 500},
+            ValueError,
+            r"top_k=500 is larger than the reference \(50 spots\); pass top_k <= 50 or None",
+        ),
+        ({"top_k": 51, "search": "pca"}, ValueError, r"top_k=51 is larger than the reference \(50 spots\)"),
         ({"top_k": 0}, ValueError, "top_k"),
         ({"temperature": -1.0}, ValueError, "temperature"),
         ({"output": "layer", "use_query": "wrong"}, KeyError, "query.obsm"),
@@ -185,6 +190,19 @@ def test_bad_input_writes_nothing(kwargs, error, match):
         lk.tl.predict_expression(query, ref, **kwargs)
     assert "loki_predicted" not in query.layers
     assert "loki" not in query.uns
+
+
+def test_loso_top_k_larger_than_a_fold_reference_is_refused_before_any_fold(monkeypatch):
+    sizes = {"C": 30, "B": 45, "A": 60}  # references of 105, 90 and 75 spots: the last fold is too small
+    sections = {name: _section(n, GENES, seed, name) for seed, (name, n) in enumerate(sizes.items())}
+
+    def fold(*args, **kwargs):
+        raise AssertionError("a fold ran before top_k was checked against every fold's reference")
+
+    monkeypatch.setattr(lk.tl._predict, "predict_expression", fold)
+    match = r"top_k=80 is larger than the reference when 'A' is held out \(75 spots\); pass top_k <= 75"
+    with pytest.raises(ValueError, match=match):
+        lk.tl.predict_expression_loso(sections, top_k=80)
 
 
 def test_one_gene_name_is_one_gene_and_empty_gene_lists_are_refused():

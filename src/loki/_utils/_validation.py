@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from loki._keys import Key
+
 
 def _listing(keys: Iterable[Any], limit: int = 20) -> str:
     keys = [str(k) for k in keys]
@@ -39,6 +41,61 @@ def check_key_name(key, what: str = "key_added") -> None:
     """Require a non-empty string: result keys name entries of ``.obs``, ``.obsm`` and ``.uns``."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"{what} must be a non-empty string, got {key!r}.")
+
+
+def check_result_key(
+    table,
+    key,
+    where: Iterable[str],
+    *,
+    inputs: Mapping[str, str | None] | None = None,
+    what: str = "key_added",
+) -> None:
+    """Refuse a result key that would overwrite what the call reads or what describes the section.
+
+    Runs :func:`check_key_name`, then raises a ValueError naming ``what``, the key and what it would
+    replace when the key is
+
+    - one of ``inputs``;
+    - for ``"obs"``, the ``region_key`` or ``instance_key`` column of a SpatialData table
+      (``table.uns['spatialdata_attrs']``): they link the rows to their shapes;
+    - for ``"obsm"``, ``"spatial"``: the spot coordinates;
+    - for ``"uns"``, one of the section metadata entries of ``.uns['loki']``
+      (``Key.SECTION_METADATA``: ``image_key``, ``microns_per_unit``, ...).
+
+    Call it before computing, so that nothing is written when it fails.
+
+    Parameters
+    ----------
+    table
+        AnnData the result is written into.
+    key
+        The result key.
+    where
+        Containers the result is written into under ``key``: any of ``"obs"``, ``"obsm"``,
+        ``"layers"`` and ``"uns"`` (meaning ``.uns['loki'][key]``).
+    inputs
+        ``{argument: key}`` of the keys the call reads from those containers, e.g. ``{"use": use}``;
+        None values are skipped.
+    what
+        Name of the argument in the message.
+    """
+    check_key_name(key, what)
+    protected = {value: f"the call's input {name}={value!r}" for name, value in (inputs or {}).items()}
+    if "obs" in where:
+        attrs = table.uns.get("spatialdata_attrs", {})
+        for link in ("region_key", "instance_key"):
+            column = attrs.get(link)
+            protected.setdefault(
+                column, f"the table's {link} column .obs[{column!r}], which links its rows to their shapes"
+            )
+    if "obsm" in where:
+        protected.setdefault(Key.SPATIAL, f"the spot coordinates .obsm[{Key.SPATIAL!r}]")
+    if "uns" in where:
+        for name in Key.SECTION_METADATA:
+            protected.setdefault(name, f"the section metadata .uns[{Key.UNS!r}][{name!r}]")
+    if key in protected:
+        raise ValueError(f"{what}={key!r} would replace {protected[key]}. Choose another {what}.")
 
 
 def check_obsm_key(adata, key: str) -> None:

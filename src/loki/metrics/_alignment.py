@@ -31,7 +31,18 @@ __all__ = [
 
 
 def spot_spacing(xy: np.ndarray) -> float:
-    """Median distance from each spot to its nearest neighbour (the unit of alignment errors)."""
+    """Median distance from each spot to its nearest neighbour (the unit of alignment errors).
+
+    Parameters
+    ----------
+    xy
+        ``(n, 2)`` spot coordinates, ``n >= 2``.
+
+    Returns
+    -------
+    The median nearest-neighbour distance, in the units of ``xy``.
+
+    """
     xy = np.asarray(xy, dtype=np.float64)
     if len(xy) < 2:
         raise ValueError("spot_spacing needs at least 2 points.")

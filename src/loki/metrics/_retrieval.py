@@ -20,6 +20,10 @@ def target_ranks(similarity: np.ndarray, targets: Sequence[int] | None = None) -
         Column of the ground-truth candidate of each query; default: the diagonal (query i is paired
         with candidate i).
 
+    Returns
+    -------
+    int array ``(n_queries,)`` of 1-based ranks: 1 when the target scores strictly highest.
+
     """
     s = np.asarray(similarity)
     if s.ndim != 2:

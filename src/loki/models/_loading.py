@@ -74,6 +74,29 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
     Python objects, e.g. training arguments, or use a pickle feature it does not support) are read only
     with ``trust_checkpoint=True``; files that are not torch files at all, or that no reader can read
     (truncated, another format), raise a ``ValueError``.
+
+    Parameters
+    ----------
+    path
+        Checkpoint file (``~`` is expanded).
+    trust_checkpoint
+        Allow full unpickling (``torch.load(weights_only=False)``, which can run code stored in the
+        file) of a torch file that the safe reader refuses; a warning is logged when it is used.
+
+    Returns
+    -------
+    The state dict (parameter name -> tensor, on the CPU), taken from a ``state_dict``, ``model`` or
+    ``model_state_dict`` entry when the file holds one, without a ``module.`` prefix.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is not a file.
+    UntrustedCheckpointError
+        The file needs full unpickling and ``trust_checkpoint`` is False.
+    ValueError
+        The file is unreadable or holds no state dict.
+
     """
     import pickle
 

@@ -276,7 +276,20 @@ class OmiCLIP:
             )
 
     def image_tensor(self, images):
-        """Preprocess a uint8 NHWC batch into the model's normalised input on the device."""
+        """Preprocess a uint8 NHWC batch into the model's normalised input on the device.
+
+        Parameters
+        ----------
+        images
+            uint8 ``(n, h, w, 3)`` array (numpy, torch or dask) or one ``(h, w, 3)`` image. Resized on
+            the device like open_clip's eval transform (shorter side to ``image_size``, centre crop).
+
+        Returns
+        -------
+        Tensor ``(n, 3, image_size, image_size)`` on the model's device, normalised with the model's
+        ``image_mean`` / ``image_std``, in the dtype of its weights.
+
+        """
         x = preprocess_uint8(
             as_uint8_nhwc(images),
             image_size=self.image_size,

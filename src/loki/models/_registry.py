@@ -47,6 +47,11 @@ def loki_configs() -> list[str]:
 
     The light architectures implemented in loki itself (``loki-small-data``) are the keys of
     :data:`loki.models.SMALL_ARCHS`; :func:`loki.models.load` accepts both.
+
+    Returns
+    -------
+    The config names (file stems of ``CONFIG_DIR/*.json``), sorted.
+
     """
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 

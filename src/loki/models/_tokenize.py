@@ -40,7 +40,19 @@ class CachedTokenizer:
         self._cache: dict[str, list[int]] = {}
 
     def encode_word(self, word: str) -> list[int]:
-        """BPE ids of one word (cached)."""
+        """BPE ids of one word (cached).
+
+        Parameters
+        ----------
+        word
+            One word of a sentence (a gene symbol), without whitespace.
+
+        Returns
+        -------
+        The word's token ids from ``tokenizer.encode``, without start/end tokens; computed once per
+        word, then returned from the cache (do not modify the list).
+
+        """
         ids = self._cache.get(word)
         if ids is None:
             ids = self.tokenizer.encode(word)

@@ -9,7 +9,7 @@ import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_key_name, require_keys, write_obs, write_uns
+from loki._utils import check_result_key, require_keys, write_obs, write_uns
 from loki._utils._affine import apply_matrix
 from loki._utils._spatialdata import (
     affine_to,
@@ -160,7 +160,8 @@ def spot_patches(
         the spot size.
 
     """
-    check_key_name(key_added)
+    table = get_table(sdata, table_key)
+    check_result_key(table, key_added, ("obs", "uns"))
     patches, ok, meta = _cut_spot_patches(
         sdata,
         table_key=table_key,
@@ -171,7 +172,7 @@ def spot_patches(
         fill=fill,
         chunk_size=chunk_size,
     )
-    write_patch_flags(get_table(sdata, table_key), key_added, ok, meta)
+    write_patch_flags(table, key_added, ok, meta)
     return patches
 
 

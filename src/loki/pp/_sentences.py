@@ -14,7 +14,7 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_key_name, require_keys, write_obs, write_uns
+from loki._utils import check_result_key, require_keys, write_obs, write_uns
 from loki._utils._spatialdata import check_copy, get_table
 
 from ._housekeeping import housekeeping_genes
@@ -140,13 +140,13 @@ def gene_sentences(
     :func:`loki.pp.map_gene_ids`.
 
     """
-    check_key_name(key_added)
+    check_copy(data, copy)
+    adata = get_table(data, table_key)
+    check_result_key(adata, key_added, ("obs", "uns"))
     if key_added == Key.EMPTY_SPOT:
         raise ValueError(
             f"key_added={key_added!r} is the column of the empty-spot flag; choose another name."
         )
-    check_copy(data, copy)
-    adata = get_table(data, table_key)
     n_genes = _check_n(n_genes, name="n_genes")
     if not np.isfinite(target_sum) or target_sum <= 0:
         raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")

@@ -19,7 +19,14 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_array_finite, check_key_name, require_keys, write_obsm, write_uns
+from loki._utils import (
+    check_array_finite,
+    check_key_name,
+    check_result_key,
+    require_keys,
+    write_obsm,
+    write_uns,
+)
 from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._pca import fit_pca
 from loki._utils._spatialdata import (
@@ -827,6 +834,7 @@ def align(
         raise ValueError(f"n_coarse and max_points must be >= 3, got {n_coarse} and {max_points}.")
     key_src, key_tgt = _use_keys(use)
     _check_key_added(key_added, spatial_key, (key_src, key_tgt))
+    check_result_key(src.table, key_added, ("obsm", "uns"))
     if coordinate_system is None:
         coordinate_system = key_added.removeprefix("spatial_")
     if not isinstance(coordinate_system, str) or not coordinate_system:
@@ -1143,6 +1151,8 @@ def _check_stack(
     for name in [target, *(p[1] for p in plan)]:
         sec = section(name)
         _coords(sec, spatial_key, repr(name))
+        if name != target:
+            check_result_key(sec.table, key_added, ("obsm", "uns"))
         if not is_spatialdata(sec.data):
             continue
         role, image_key = (

@@ -13,7 +13,7 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_key_name, check_labelled, require_keys, write_obs, write_obsm, write_uns
+from loki._utils import check_labelled, check_result_key, require_keys, write_obs, write_obsm, write_uns
 from loki._utils._spatialdata import check_copy, get_table
 
 from ._retrieve import l2_normalize
@@ -235,11 +235,11 @@ def annotate(
     result from zarr, and a warning says so.
 
     """
-    check_key_name(key_added)
-    label_key = key_added if label_key is None else label_key
-    check_key_name(label_key, "label_key")
     check_copy(data, copy)
     adata = get_table(data, table_key)
+    check_result_key(adata, key_added, ("obsm", "uns"), inputs={"use": use})
+    label_key = key_added if label_key is None else label_key
+    check_result_key(adata, label_key, ("obs",), what="label_key")
     require_keys(adata.obsm, use, "adata.obsm")
     items = np.asarray(adata.obsm[use], dtype=np.float32)
     if not np.isfinite(items).all():

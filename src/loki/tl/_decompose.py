@@ -18,9 +18,9 @@ from loki._logging import logger
 from loki._utils import (
     as_seed,
     check_array_finite,
-    check_key_name,
     check_labelled,
     check_obs_key,
+    check_result_key,
     check_unique_var_names,
     require_keys,
     write_obsm,
@@ -205,7 +205,6 @@ def decompose(
         ``percentiles``).
 
     """
-    check_key_name(key_added)
     if copy and not inplace:
         raise ValueError("copy=True writes into a copy and inplace=False writes nothing; pass one of them.")
     if is_spatialdata(data):
@@ -216,6 +215,7 @@ def decompose(
         table = data
     else:
         raise TypeError(f"Expected an AnnData or a SpatialData, got {type(data).__name__}.")
+    check_result_key(table, key_added, ("obsm", "uns"), inputs={"use": None if use == "X" else use})
     if not isinstance(reference, AnnData):
         raise TypeError(f"reference must be an AnnData, got {type(reference).__name__}.")
     _check_choice("method", method, _METHODS)

@@ -8,7 +8,7 @@ import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_key_name, check_obs_key, write_obsm, write_uns
+from loki._utils import check_obs_key, check_result_key, write_obsm, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata, section_shapes
 
 if TYPE_CHECKING:
@@ -202,8 +202,8 @@ def embed_text(
       encoder; NaN when all are empty).
 
     """
-    check_key_name(key_added)
     table = get_table(data, table_key)
+    check_result_key(table, key_added, ("obsm", "uns"))
     sentences = _sentences_of(table, sentence_key)
     empty = empty_sentences(table, sentence_key, sentences)
     emb, words = model.encode_texts(
@@ -306,8 +306,8 @@ def embed_image(
       ``patches=`` they are not written, and an earlier cut's flags describe that cut only.
 
     """
-    check_key_name(key_added)
     table = get_table(data, table_key)
+    check_result_key(table, key_added, ("obsm", "uns"))
     cut_here = patches is None
     diameter, diameter_source = diameter_um, None
     if cut_here and is_spatialdata(data):

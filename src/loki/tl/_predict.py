@@ -18,6 +18,7 @@ from loki._logging import logger
 from loki._utils import (
     block_starts,
     check_key_name,
+    check_result_key,
     check_unique_var_names,
     require_keys,
     write_layer,
@@ -364,14 +365,11 @@ def predict_expression(
         raise ValueError(f"output must be 'anndata' or 'layer', got {output!r}.")
     if copy and (output != "layer" or is_spatialdata(query)):
         raise ValueError("copy=True applies to output='layer' on an AnnData query.")
-    if top_k is not None and (
-        isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1
-    ):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
     q, q_names = embeddings_of(query, use_query, query_table_key, "query")
     ref_table = get_table(reference, reference_table_key)
     require_keys(ref_table.obsm, use_reference, "reference.obsm")
     ref = embeddings_of(ref_table, use_reference, None, "reference")[0]
+    _check_top_k(top_k, ref.shape[0], "the reference")
     sizes = check_search(
         search, top_k, ref.shape[0], ref.shape[1], n_components, n_candidates, n_lists, n_probe
     )
@@ -385,6 +383,7 @@ def predict_expression(
     if output == "layer":
         if query_table is None:
             raise ValueError("output='layer' needs an AnnData / SpatialData query; got an array.")
+        check_result_key(query_table, key_added, ("layers", "uns"))
         if genes is not None:
             raise ValueError("With output='layer' the genes are the query's var_names; do not pass genes=.")
         check_unique_var_names(query_table, "query")
@@ -501,8 +500,10 @@ def predict_expression_loso(
     if len(sections) < 2:
         raise ValueError(f"Leave-one-section-out needs at least 2 sections, got {len(sections)}.")
     common = None
+    n_spots = sum(table.n_obs for table in sections.values())
     for name, table in sections.items():
         require_keys(table.obsm, [use_query, use_reference], f"sections[{name!r}].obsm")
+        _check_top_k(top_k, n_spots - table.n_obs, f"the reference when {name!r} is held out")
         _expression_of(table, layer)
         check_unique_var_names(table, f"sections[{name!r}]")
         common = (
@@ -554,6 +555,23 @@ def predict_expression_loso(
         )
         logger.info("PredEx held out %r against %d reference spots", held_out, ref.n_obs)
     return predictions, pd.concat(rows, ignore_index=True)
+
+
+def _check_top_k(top_k: int | None, n_reference: int, reference: str) -> None:
+    """``top_k`` must be None or a positive integer of at most ``n_reference`` (the reference's spots).
+
+    Checked before any search, so that the message names ``top_k`` and the reference, not the search's
+    own ``k`` and bank.
+    """
+    if top_k is None:
+        return
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
+    if top_k > n_reference:
+        raise ValueError(
+            f"top_k={top_k} is larger than {reference} ({n_reference} spots); pass top_k <= {n_reference} "
+            "or None."
+        )
 
 
 def _gene_list(genes: str | Sequence[str]) -> list[str]:
