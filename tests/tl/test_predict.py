@@ -250,7 +250,7 @@ def test_backed_reference_predicts_as_in_memory(tmp_path, monkeypatch, fmt):
     memory: .X is then an h5py dataset (dense) or anndata's backed CSR / CSC dataset."""
     import anndata as ad
 
-    from loki.tl import _predict
+    from loki._utils import _backed
 
     to = {"dense": np.asarray, "csr": sparse.csr_matrix, "csc": sparse.csc_matrix}[fmt]
     sections = {name: _section(n, GENES, seed, name) for seed, (name, n) in enumerate([("A", 50), ("B", 40)])}
@@ -268,7 +268,7 @@ def test_backed_reference_predicts_as_in_memory(tmp_path, monkeypatch, fmt):
             want = lk.tl.predict_expression(query, ref, **kwargs)
             np.testing.assert_allclose(got.X, want.X, rtol=1e-6, err_msg=str(kwargs))
             assert list(got.var_names) == list(want.var_names)
-        monkeypatch.setattr(_predict, "_READ_BLOCK_VALUES", 3 * 7)  # the chosen genes read 7 rows at a time
+        monkeypatch.setattr(_backed, "READ_BLOCK_VALUES", 3 * 7)  # the chosen genes read 7 rows at a time
         got = lk.tl.predict_expression(query, backed["A"], genes=["g7", "g2", "g9"])
         want = lk.tl.predict_expression(query, ref, genes=["g7", "g2", "g9"])
         np.testing.assert_allclose(got.X, want.X, rtol=1e-6)

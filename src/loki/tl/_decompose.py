@@ -26,6 +26,7 @@ from loki._utils import (
     write_obsm,
     write_uns,
 )
+from loki._utils._backed import read_matrix
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._mapping import mapping_to_proportions, nms_refine, normalize_rows, percentile_normalize
@@ -447,8 +448,8 @@ def _features(
             )
         spot_x = _matrix(table, layer, "adata")
         ref_x = _matrix(reference, reference_layer, "reference")
-        spots = _float32(spot_x[:, table.var_names.get_indexer(shared)])
-        ref = _float32(ref_x[:, reference.var_names.get_indexer(shared)])
+        spots = _float32(read_matrix(spot_x, table.var_names.get_indexer(shared)))
+        ref = _float32(read_matrix(ref_x, reference.var_names.get_indexer(shared)))
         features = list(shared)
     else:
         require_keys(table.obsm, use, "adata.obsm")

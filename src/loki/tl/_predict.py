@@ -6,7 +6,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
-import h5py
 import numba
 import numpy as np
 import pandas as pd
@@ -24,16 +23,12 @@ from loki._utils import (
     write_layer,
     write_uns,
 )
+from loki._utils._backed import read_matrix
 from loki._utils._spatialdata import get_table, is_spatialdata
 from loki._utils._threads import keep_torch_threads
 
 from ._candidates import Search, check_search, topk_cosine_pca
 from ._retrieve import _check_pair, embeddings_of, l2_normalize, topk_cosine
-
-try:
-    from anndata.abc import CSCDataset, CSRDataset
-except ImportError:  # anndata < 0.11
-    from anndata.experimental import CSCDataset, CSRDataset
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -42,8 +37,6 @@ Negative = Literal["clip", "keep"]
 
 #: Default block of the all-reference path: queries per block so that their scores fit in 64 MiB.
 _SCORE_BLOCK_BYTES = 64 * 2**20
-#: Values read at a time from a backed expression matrix of which only some genes are kept.
-_READ_BLOCK_VALUES = 2**26
 
 
 def similarity_weights(
@@ -176,7 +169,7 @@ def predict_from_embeddings(
         raise ValueError(
             f"expression has {expression.shape[0]} rows, the reference embeddings {ref.shape[0]}."
         )
-    expression = _in_memory(expression)
+    expression = read_matrix(expression)
     is_sparse = sparse.issparse(expression)
     x = (
         sparse.csr_matrix(expression, dtype=np.float32)
@@ -239,28 +232,6 @@ def _expression_of(table: AnnData, layer: str | None):
         return table.X
     require_keys(table.layers, layer, "reference.layers")
     return table.layers[layer]
-
-
-def _in_memory(x, columns: np.ndarray | None = None):
-    """``x[:, columns]`` (all of ``x`` when None) as a numpy array or scipy sparse matrix.
-
-    The matrix of an AnnData read with ``backed="r"`` - anndata's backed CSR / CSC dataset, or an h5py
-    dataset for a dense one - is read from disk: whole, or in blocks of rows when only some columns
-    are kept (only those are then held in memory). Other matrices are sliced as they are.
-    """
-    if isinstance(x, CSCDataset):  # anndata reads all of a backed CSC matrix for any block of rows
-        x = x.to_memory()
-    elif isinstance(x, CSRDataset | h5py.Dataset):
-        n_rows, n_cols = x.shape
-        step = n_rows if columns is None else max(1, _READ_BLOCK_VALUES // max(n_cols, 1))
-        if n_rows <= step:
-            x = x.to_memory() if isinstance(x, CSRDataset) else x[()]
-        else:  # a CSR block is a scipy matrix, a dense one an array; h5py takes no unsorted columns
-            blocks = [x[start : start + step][:, columns] for start in range(0, n_rows, step)]
-            return (
-                sparse.vstack(blocks, format="csr") if sparse.issparse(blocks[0]) else np.concatenate(blocks)
-            )
-    return x if columns is None else x[:, columns]
 
 
 def predict_expression(
@@ -396,7 +367,7 @@ def predict_expression(
     if genes is not None:
         genes = _gene_list(genes)
         require_keys(ref_genes, genes, "reference.var_names")
-        x = _in_memory(x, ref_genes.get_indexer(genes))
+        x = read_matrix(x, ref_genes.get_indexer(genes))
     else:
         genes = list(ref_genes)  # a backed matrix is read whole by predict_from_embeddings
     pred, n_fallback = predict_from_embeddings(
@@ -539,7 +510,7 @@ def predict_expression_loso(
             progress=progress,
         )
         measured = _dense(
-            _in_memory(_expression_of(query, layer), pd.Index(query.var_names).get_indexer(genes))
+            read_matrix(_expression_of(query, layer), pd.Index(query.var_names).get_indexer(genes))
         )
         pred.layers["measured"] = measured
         predictions[held_out] = pred
@@ -591,7 +562,7 @@ def _concat_reference(
 ) -> AnnData:
     emb = np.concatenate([np.asarray(t.obsm[use], dtype=np.float32) for t in sections.values()])
     parts = [
-        _in_memory(_expression_of(t, layer), pd.Index(t.var_names).get_indexer(genes))
+        read_matrix(_expression_of(t, layer), pd.Index(t.var_names).get_indexer(genes))
         for t in sections.values()
     ]
     x = (
