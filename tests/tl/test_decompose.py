@@ -541,3 +541,19 @@ def test_backed_reference_with_genes_in_another_order(tmp_path, fmt):
     np.testing.assert_allclose(
         got.obsm[lk.Key.PROPORTIONS].to_numpy(), want.obsm[lk.Key.PROPORTIONS].to_numpy()
     )
+
+
+def test_mapping_same_for_dense_and_sparse_expression():
+    """The same values as a dense or a CSR .X give the same mapping (the dense spots used to reach torch
+    as a Fortran-ordered, strided tensor whose products rounded differently)."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    spots, reference = sdata.tables["MOB1"], sdata.tables["MOB2"].copy()
+    reference.obs["cell_type"] = pd.Categorical(np.array(list("ABCD"))[np.arange(reference.n_obs) % 4])
+    dense, csr = spots.copy(), spots.copy()
+    dense.X = sp.csr_matrix(spots.X).toarray()
+    csr.X = sp.csr_matrix(spots.X)
+    for table in (dense, csr):
+        lk.tl.decompose(table, reference=reference, cell_type_key="cell_type", method="mapping", epochs=100)
+    np.testing.assert_array_equal(
+        dense.obsm[lk.Key.PROPORTIONS].to_numpy(), csr.obsm[lk.Key.PROPORTIONS].to_numpy()
+    )

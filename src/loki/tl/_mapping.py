@@ -186,8 +186,10 @@ def fit_mapping(
     """
     import torch
 
-    source = np.asarray(source, dtype=np.float32)
-    target = np.asarray(target, dtype=np.float32)
+    # C order: a Fortran-ordered array (a dense .X transposed on the way) reaches torch as a strided
+    # tensor whose products round differently from the same values in C order
+    source = np.ascontiguousarray(source, dtype=np.float32)
+    target = np.ascontiguousarray(target, dtype=np.float32)
     if source.ndim != 2 or target.ndim != 2:
         raise ValueError(f"source and target must be 2-d, got shapes {source.shape} and {target.shape}.")
     if source.shape[1] != target.shape[1]:
