@@ -237,3 +237,58 @@ def test_embed_and_tile_a_spatialdata_io_visium_store(visium_store, tmp_path):
         main(tile)
     assert main([*tile, "--coordinate-system", "heart"]) == 0
     assert sd.read_zarr(visium_store).tables["heart_lowres_image_tiles"].n_obs > 0
+
+
+@pytest.fixture
+def mob12_zarr(tmp_path):
+    path = tmp_path / "mob12.zarr"
+    lk.datasets.mob(("MOB1", "MOB2")).write(path)
+    return path
+
+
+def test_align_writes_what_the_api_computes(mob12_zarr, capsys):
+    from spatialdata.transformations import get_transformation
+
+    args = [
+        "align",
+        str(mob12_zarr),
+        "--source",
+        "MOB2",
+        "--target",
+        "MOB1",
+        "--use",
+        "none",
+        "--method",
+        "rigid",
+    ]
+    assert main(args) == 0
+    assert "coordinate system 'aligned' written on" in capsys.readouterr().out
+    assert main(args) == 0  # a second run replaces the first's shapes and placements on disk
+    stored = sd.read_zarr(mob12_zarr)
+    expected = lk.datasets.mob(("MOB1", "MOB2"))
+    lk.tl.align(expected, source="MOB2", target="MOB1", use=None, method="rigid")
+    np.testing.assert_allclose(
+        stored.tables["MOB2"].obsm["spatial_aligned"],
+        expected.tables["MOB2"].obsm["spatial_aligned"],
+        atol=1e-6,
+    )
+    assert stored.tables["MOB2"].uns["loki"]["spatial_aligned"]["method"] == "rigid"
+    for name in ("MOB2_image", "MOB2_spots", "MOB1_image", "MOB1_spots", "MOB2_spots_aligned"):
+        matrix = get_transformation(stored[name], "aligned").to_affine_matrix(("x", "y"), ("x", "y"))
+        want = get_transformation(expected[name], "aligned").to_affine_matrix(("x", "y"), ("x", "y"))
+        np.testing.assert_allclose(matrix, want, atol=1e-6, err_msg=name)
+
+
+def test_align_refuses_bad_input_before_writing(mob12_zarr):
+    import os
+
+    def snapshot():
+        files = [os.path.join(folder, name) for folder, _, names in os.walk(mob12_zarr) for name in names]
+        return sorted((path, os.path.getmtime(path)) for path in files)
+
+    before = snapshot()
+    with pytest.raises(SystemExit, match=r"--target: no table 'MOB9' .* tables: MOB1, MOB2"):
+        main(["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB9"])
+    with pytest.raises(SystemExit, match=r"loki align: .*'loki_text'"):  # no embeddings yet
+        main(["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1"])
+    assert snapshot() == before

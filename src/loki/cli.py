@@ -1,4 +1,4 @@
-"""Command-line entry point: ``loki demo`` and the batch commands ``loki slide``, ``loki tile`` and ``loki embed``."""
+"""Command-line entry point: ``loki demo`` and the batch commands (slide, tile, embed, align)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ _OPTIONS = {
         "key_added": "--key-added",
     },
     "slide": {"microns_per_pixel": "--mpp"},
+    "align": {"input_coordinate_system": "--coordinate-system", "key_added": "--key-added", "use": "--use"},
 }
 
 
@@ -144,6 +145,37 @@ def _parser() -> argparse.ArgumentParser:
         "--within", default=None, help="shapes element of regions (e.g. annotations); only tiles inside them"
     )
     tile.add_argument("--key-added", default=None, help="table key (default IMAGE_tiles)")
+
+    align = sub.add_parser(
+        "align",
+        help="align one section onto another in a SpatialData zarr store",
+        description=(
+            "Read a SpatialData zarr store holding both sections, align SOURCE onto TARGET (lk.tl.align) and "
+            "write the result into the store: the source table's aligned coordinates and record, the aligned "
+            "spots' shapes, and the transformations that place the sections in the aligned coordinate system "
+            "(named after --key-added: 'aligned' by default)."
+        ),
+    )
+    align.add_argument("zarr", type=Path, help="SpatialData .zarr store (modified in place)")
+    align.add_argument("--source", required=True, help="table key of the section that moves")
+    align.add_argument("--target", required=True, help="table key of the section it is aligned onto")
+    align.add_argument(
+        "--use",
+        default="loki_text",
+        help="embedding in .obsm of both tables (e.g. loki_text, loki_image, X_pca), or 'none' for the spot "
+        "coordinates alone (default: loki_text, from `loki embed`)",
+    )
+    align.add_argument(
+        "--method", choices=["deformable", "rigid", "similarity", "affine"], default="deformable"
+    )
+    align.add_argument("--no-mirror", action="store_true", help="do not try the mirrored source")
+    align.add_argument("--key-added", default="spatial_aligned", help=".obsm key of the aligned coordinates")
+    align.add_argument(
+        "--coordinate-system",
+        default="global",
+        help="coordinate system both sections are placed in before the alignment (default: global)",
+    )
+    align.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -385,6 +417,65 @@ def _tile(args: argparse.Namespace) -> None:
     print(f"{table.n_obs} tiles written to {args.zarr} as shapes {shapes!r} and table {key!r}")
 
 
+def _align(args: argparse.Namespace) -> None:
+    import spatialdata as sd
+
+    import loki as lk
+
+    sdata = sd.read_zarr(args.zarr)
+    for role, name in (("--source", args.source), ("--target", args.target)):
+        if name not in sdata.tables:
+            raise SystemExit(
+                f"loki align: {role}: no table {name!r} in {args.zarr}; tables: {', '.join(sdata.tables) or 'none'}"
+            )
+    if _backup_name(args.source) in sdata.tables:
+        raise SystemExit(
+            f"loki align: {args.zarr} holds table {_backup_name(args.source)!r}, a full copy of {args.source!r} "
+            "left by an interrupted loki command. Check the table, then delete the copy: "
+            f"sdata.delete_element_from_disk({_backup_name(args.source)!r})."
+        )
+    before = _transformations(sdata)
+    lk.tl.align(
+        sdata,
+        source=args.source,
+        target=args.target,
+        use=None if args.use == "none" else args.use,
+        method=args.method,
+        mirror=not args.no_mirror,
+        key_added=args.key_added,
+        input_coordinate_system=args.coordinate_system,
+        seed=args.seed,
+    )
+    record = sdata.tables[args.source].uns[lk.Key.UNS][args.key_added]
+    # everything is computed and checked in memory; now the store: shapes, placements, the table
+    shapes = record.get("shapes")
+    if shapes is not None:
+        if shapes in before:  # an earlier run's: replace it on disk
+            sdata.delete_element_from_disk(shapes)
+        sdata.write_element(shapes)
+    placed = [name for name, transforms in _transformations(sdata).items() if before.get(name) != transforms]
+    for name in placed:
+        if name != shapes:
+            sdata.write_transformations(name)
+    _rewrite_table(sdata, args.source)
+    print(
+        f"{args.source!r} aligned onto {args.target!r} ({args.method}, mirror {record['mirror']}, "
+        f"{record['n_iter']} iterations): .obsm[{args.key_added!r}] of table {args.source!r}"
+        + ("" if shapes is None else f", shapes {shapes!r}")
+        + f"; coordinate system {record['coordinate_system']!r} written on {', '.join(map(repr, placed)) or 'no element (unchanged)'}"
+    )
+
+
+def _transformations(sdata) -> dict[str, str]:
+    """Each spatial element's transformations, as text to compare before and after a call."""
+    from spatialdata.transformations import get_transformation
+
+    return {
+        name: repr(sorted(get_transformation(element, get_all=True).items()))
+        for _, name, element in sdata.gen_spatial_elements()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``loki`` command line."""
     args = _parser().parse_args(argv)
@@ -426,6 +517,8 @@ def _run(args: argparse.Namespace) -> None:
         _slide(args)
     elif args.command == "tile":
         _tile(args)
+    elif args.command == "align":
+        _align(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
