@@ -10,7 +10,6 @@ non-rigid coordinates go into ``.obsm`` and a new shapes element.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -27,19 +26,26 @@ from loki._utils import (
     write_obsm,
     write_uns,
 )
-from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._pca import fit_pca
 from loki._utils._spatialdata import (
-    _named_owner,
-    _stored_image_key,
-    affine_to,
     check_copy,
     get_table,
     is_spatialdata,
-    section_image_key,
-    section_shapes,
-    table_attrs,
-    table_region,
+)
+from loki.tl._align_spatialdata import (
+    ImageKeys,
+    Section,
+    aligned_shapes,
+    check_cs,
+    check_shapes_name,
+    check_spot_frame,
+    placed_elements,
+    section_elements,
+    shapes_name,
+    source_to_cs,
+    target_to_cs,
+    warn_shared_coordinate_system,
+    write_spatialdata,
 )
 from loki.tl._cpd import AlignResult, Method, cpd_align, reverse_result
 
@@ -49,26 +55,11 @@ if TYPE_CHECKING:
 __all__ = ["align", "align_sections", "embedding_features"]
 
 Use = str | tuple[str, str] | None
-ImageKeys = str | Sequence[str] | None
-_ELEMENT_KINDS = ("images", "labels", "points", "shapes")
 
 
-@dataclass
-class _Section:
-    """One section: its container, table key and table."""
-
-    data: Any  # SpatialData or AnnData
-    key: str | None
-    table: AnnData
-
-    @property
-    def name(self) -> str:
-        return self.key if self.key is not None else "adata"
-
-
-def _resolve(data: Any, key: str | None, role: str) -> _Section:
+def _resolve(data: Any, key: str | None, role: str) -> Section:
     if isinstance(data, AnnData):
-        return _Section(data, None, data)
+        return Section(data, None, data)
     if not is_spatialdata(data):
         raise TypeError(
             f"{role} must be a SpatialData, an AnnData or a table key, got {type(data).__name__}."
@@ -81,7 +72,7 @@ def _resolve(data: Any, key: str | None, role: str) -> _Section:
                 f"name the {role} section by its table key."
             )
         key = tables[0]
-    return _Section(data, key, get_table(data, key))
+    return Section(data, key, get_table(data, key))
 
 
 def _use_keys(use: Use) -> tuple[str | None, str | None]:
@@ -123,7 +114,7 @@ def embedding_features(
     return ps / scale, pt / scale, pca.explained_variance_ratio
 
 
-def _embedding(section: _Section, key: str, role: str) -> np.ndarray:
+def _embedding(section: Section, key: str, role: str) -> np.ndarray:
     import scipy.sparse as sp
 
     require_keys(section.table.obsm, key, f"{role} table .obsm ({section.name!r})")
@@ -146,7 +137,7 @@ def _embedding(section: _Section, key: str, role: str) -> np.ndarray:
     return emb
 
 
-def _coords(section: _Section, key: str, role: str) -> np.ndarray:
+def _coords(section: Section, key: str, role: str) -> np.ndarray:
     require_keys(section.table.obsm, key, f"{role} table .obsm ({section.name!r})")
     xy = np.asarray(section.table.obsm[key], dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] < 2:
@@ -178,128 +169,6 @@ def _microns_per_unit(table, key: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if np.isfinite(value) and value > 0 else None
-
-
-def _image_keys(image_key: ImageKeys, what: str) -> list[str]:
-    """``image_key`` / ``target_image_key`` as a list of names (empty for None)."""
-    if image_key is None:
-        return []
-    keys = [image_key] if isinstance(image_key, str) else list(image_key)
-    if not keys or not all(isinstance(k, str) for k in keys):
-        raise ValueError(f"{what} must be an image name, a list of them or None, got {image_key!r}.")
-    return keys
-
-
-def _claimed_elsewhere(sdata, key: str | None) -> set[str]:
-    """Elements that belong to the other tables of ``sdata``: their regions and their images."""
-    claimed = set()
-    for other, table in sdata.tables.items():
-        if other == key:
-            continue
-        region = table_attrs(table).get("region")
-        claimed.update([region] if isinstance(region, str) else list(region if region is not None else []))
-        claimed.add(_stored_image_key(table))
-    claimed.update(image for image in sdata.images if _named_owner(sdata, image) not in (None, key))
-    return claimed
-
-
-def _section_elements(
-    section: _Section, image_key: ImageKeys, in_cs: str, role: str, *, warn: bool = True
-) -> list[str]:
-    """Names of the SpatialData elements placed with a section.
-
-    A SpatialData that holds this section only (one table): every element (images, labels, points,
-    shapes) with a transformation to ``in_cs``. A SpatialData of several sections: the section's spots
-    and its image (``image_key``, else the one :func:`section_image_key` finds). Images named by
-    ``image_key`` are placed in either case. With ``warn``, the elements left out are logged: a warning
-    when it is an image (``role``, "source" or "target", says which section and which parameter
-    names it), INFO otherwise.
-    """
-    from spatialdata.transformations import get_transformation
-
-    sdata = section.data
-    param = "image_key" if role == "source" else "target_image_key"
-    images = _image_keys(image_key, param)
-    require_keys(sdata.images, images, "sdata.images")
-    every = [name for kind in _ELEMENT_KINDS for name in getattr(sdata, kind, {}).keys()]
-    with_cs = [name for name in every if in_cs in get_transformation(sdata[name], get_all=True)]
-    names = []
-    try:
-        region = table_region(section.table)
-        if region in every:
-            names.append(region)
-    except ValueError:
-        pass
-    names += images
-    if len(sdata.tables) == 1:
-        names += with_cs
-        left_out = [name for name in every if name not in names]
-        reason = f"no transformation to {in_cs!r}"
-    else:
-        if not images and len(sdata.images):
-            try:
-                names.append(section_image_key(sdata, section.key, None))
-            except KeyError:
-                if warn:
-                    logger.warning(
-                        "no image of the %s section %r found among %s; none is placed with it in the aligned "
-                        "coordinate system (pass %s= to name it)",
-                        role,
-                        section.name,
-                        list(sdata.images.keys()),
-                        param,
-                    )
-        claimed = _claimed_elsewhere(sdata, section.key)
-        left_out = [name for name in with_cs if name not in names and name not in claimed]
-        reason = f"only each section's spots and image are placed; pass {param}= for images"
-    names = list(dict.fromkeys(names))
-    if warn and left_out:
-        lost_images = [name for name in left_out if name in sdata.images]
-        log = logger.warning if lost_images and len(sdata.tables) == 1 else logger.info
-        log(
-            "not placed in the aligned coordinate system with the %s section %r: %s (%s)",
-            role,
-            section.name,
-            left_out,
-            reason,
-        )
-    return names
-
-
-def _placed_elements(
-    src: _Section,
-    tgt: _Section,
-    image_key: ImageKeys,
-    target_image_key: ImageKeys,
-    in_cs: str,
-) -> tuple[list[str], list[str]]:
-    """The elements to place of the source and (SpatialData target) the target, checked for :func:`align`."""
-    src_elements = _section_elements(src, image_key, in_cs, "source")
-    _check_cs(src, src_elements, in_cs, "source")
-    if not is_spatialdata(tgt.data):
-        return src_elements, []
-    tgt_elements = _section_elements(tgt, target_image_key, in_cs, "target")
-    _check_cs(tgt, tgt_elements, in_cs, "target")
-    shared = set(src_elements) & set(tgt_elements) if tgt.data is src.data else set()
-    if shared:
-        raise ValueError(
-            f"source and target sections share the element(s) {sorted(shared)}; one transformation cannot "
-            "place both. Name each section's image (image_key=, target_image_key=), or give each section its "
-            "own shapes."
-        )
-    return src_elements, tgt_elements
-
-
-def _check_cs(section: _Section, elements: list[str], cs: str, role: str) -> None:
-    from spatialdata.transformations import get_transformation
-
-    for name in elements:
-        available = list(get_transformation(section.data[name], get_all=True).keys())
-        if cs not in available:
-            raise KeyError(
-                f"{role} element {name!r} has no transformation to coordinate system {cs!r}; "
-                f"available: {', '.join(map(repr, available)) or 'none'}."
-            )
 
 
 # serial sections here differ by at most 9% in spot count; a source holding 87.5% of the target
@@ -359,213 +228,6 @@ def _check_key_added(key_added: str, spatial_key: str, use_keys: tuple[str | Non
                 f"key_added={key_added!r} is also {what}: the result would replace an input .obsm entry of "
                 "the source. Choose another key_added."
             )
-
-
-def _shapes_name(section: _Section, key_added: str) -> str | None:
-    """Name of the shapes element of aligned spots, or None when the section has no spot shapes."""
-    try:
-        region = table_region(section.table)
-    except ValueError:
-        return None
-    if region not in section.data.shapes:
-        return None
-    return f"{region}_{key_added.removeprefix('spatial_')}"
-
-
-def _check_shapes_name(section: _Section, key_added: str) -> None:
-    """The shapes element ``key_added`` gives must be a SpatialData name that no other element type holds."""
-    from spatialdata._core.validation import check_valid_name
-
-    name = _shapes_name(section, key_added)
-    if name is None:
-        return
-    try:
-        check_valid_name(name)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"key_added={key_added!r} names the shapes element {name!r} of aligned spots, which is not a "
-            f"valid SpatialData element name: {err}"
-        ) from None
-    taken = [
-        kind
-        for kind in (*_ELEMENT_KINDS, "tables")
-        if kind != "shapes" and name in getattr(section.data, kind, {})
-    ]
-    if taken:
-        raise ValueError(
-            f"key_added={key_added!r} names the shapes element {name!r} of aligned spots, but "
-            f"sdata.{taken[0]} already holds an element of that name. Choose another key_added."
-        )
-
-
-def _source_frame(src: _Section, in_cs: str) -> np.ndarray:
-    """3x3 map from the source table's coordinates into ``in_cs``.
-
-    As in SpatialData (spatialdata-io writes them so, and :func:`loki.pp.spot_patches` reads them so),
-    a table's ``.obsm['spatial']`` holds its spots' own coordinates: the spot shapes' transformation
-    maps them into a coordinate system. Without spot shapes the coordinates are ``in_cs``'s.
-    """
-    spots = section_shapes(src.data, src.table) if is_spatialdata(src.data) else None
-    return (
-        np.eye(3)
-        if spots is None
-        else affine_to(spots, in_cs, f"the source spots {table_region(src.table)!r}")
-    )
-
-
-def _target_frame(tgt: _Section, key: str, spatial_key: str, in_cs: str, out_cs: str) -> np.ndarray:
-    """3x3 map from the target table's coordinates ``.obsm[key]`` into ``out_cs``.
-
-    The target's own coordinates are its spots' (:func:`_source_frame`), and the target is placed in
-    ``out_cs`` as it lies in ``in_cs``. An earlier alignment's coordinates (``key != spatial_key``, a
-    stack) lie in the frame of the shapes element that alignment wrote, placed in ``out_cs``.
-    """
-    if not is_spatialdata(tgt.data):
-        return np.eye(3)
-    if key != spatial_key:
-        earlier = _shapes_name(tgt, key)
-        if earlier is not None and earlier in tgt.data.shapes:
-            from spatialdata.transformations import get_transformation
-
-            if out_cs in get_transformation(tgt.data.shapes[earlier], get_all=True):
-                return affine_to(tgt.data.shapes[earlier], out_cs, f"the target's shapes {earlier!r}")
-        return np.eye(3)
-    return _source_frame(tgt, in_cs)
-
-
-def _check_spot_frame(section: _Section, key: str, in_cs: str, role: str) -> None:
-    """Refuse coordinates given in ``in_cs`` units while the spot shapes' own coordinates differ.
-
-    loki reads ``.obsm['spatial']`` as the spots' own coordinates (see :func:`_source_frame`); a table
-    that holds their ``in_cs`` positions instead would be placed with its shapes' transformation twice.
-    """
-    spots = section_shapes(section.data, section.table) if is_spatialdata(section.data) else None
-    if spots is None or key != Key.SPATIAL or "radius" not in spots:
-        return
-    to_cs = affine_to(spots, in_cs, f"the {role} spots")
-    if np.allclose(to_cs, np.eye(3)):
-        return
-    ids = _instance_ids(section.table)
-    geometry = spots.geometry.reindex(ids)
-    if geometry.isna().any():
-        return  # checked where the aligned shapes are built
-    own = np.column_stack([geometry.x.to_numpy(), geometry.y.to_numpy()])
-    xy = np.asarray(section.table.obsm[key], dtype=np.float64)[:, :2]
-    tol = 1e-6 * max(float(np.ptp(own, axis=0).max()), 1.0)
-    if np.abs(xy - own).max() > tol and np.abs(xy - apply_matrix(own, to_cs)).max() <= tol * linear_scale(
-        to_cs
-    ):
-        raise ValueError(
-            f"The {role} table {section.name!r} holds its spots' positions in {in_cs!r} in .obsm[{key!r}], but "
-            f"the spot shapes {table_region(section.table)!r} have their own coordinates with a non-identity "
-            f"transformation to {in_cs!r}. loki follows SpatialData's convention (as spatialdata-io writes it): "
-            f".obsm[{key!r}] holds the shapes' own coordinates. Store those, or give the shapes an Identity "
-            "transformation; nothing was written."
-        )
-
-
-def _warn_shared_coordinate_system(src: _Section, key_added: str, cs: str) -> None:
-    """Warn when another alignment recorded on the source placed its elements in ``cs``."""
-    records = src.table.uns.get(Key.UNS, {})
-    others = [
-        key
-        for key, entry in records.items()
-        if key != key_added
-        and isinstance(entry, dict)
-        and "matrix" in entry
-        and entry.get("coordinate_system") == cs
-    ]
-    if others:
-        logger.warning(
-            "coordinate system %r holds the placement of section %r by the alignment %s; this alignment "
-            "(key_added=%r) replaces it, so that alignment's shapes and the moved elements no longer agree "
-            "there. Pass coordinate_system= to keep both.",
-            cs,
-            src.name,
-            ", ".join(map(repr, others)),
-            key_added,
-        )
-
-
-def _instance_ids(table: AnnData) -> np.ndarray:
-    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key")
-    return table.obs[instance_key].to_numpy() if instance_key in table.obs else table.obs_names.to_numpy()
-
-
-def _aligned_shapes(
-    src: _Section, coords: np.ndarray, matrix: np.ndarray, out_cs: str, to_out_cs: np.ndarray
-):
-    """Spot circles at the aligned coordinates, or None without spot shapes.
-
-    The aligned coordinates are in the target table's frame, placed in the output coordinate system
-    by ``to_out_cs``; the radius goes from the source spots' own units (those of the source table's
-    coordinates) into them with the scale of ``matrix``.
-    """
-    from spatialdata.models import ShapesModel
-    from spatialdata.transformations import Affine, Identity
-
-    region = table_region(src.table)
-    spots = src.data.shapes[region]
-    ids = _instance_ids(src.table)
-    if "radius" in spots:
-        radius = spots["radius"].reindex(ids).to_numpy(dtype=np.float64) * linear_scale(matrix)
-        missing = ids[np.isnan(radius)]
-        if len(missing):
-            raise ValueError(
-                f"{len(missing)} spots of the source table have no circle in sdata.shapes[{region!r}] "
-                f"(e.g. {list(missing[:3])}; its index starts {list(spots.index[:3])}): the table's "
-                f"instance ids must name rows of its region. Fix the table or the shapes; nothing was written."
-            )
-    else:
-        radius = np.ones(len(ids))
-    return ShapesModel.parse(
-        np.asarray(coords, dtype=np.float64),
-        geometry=0,
-        radius=radius,
-        index=ids,
-        transformations={
-            out_cs: Identity()
-            if np.allclose(to_out_cs, np.eye(3))
-            else Affine(to_out_cs, input_axes=("x", "y"), output_axes=("x", "y"))
-        },
-    )
-
-
-def _write_spatialdata(
-    src: _Section,
-    tgt: _Section,
-    src_elements: list[str],
-    tgt_elements: list[str],
-    matrix: np.ndarray,
-    shapes: tuple[str, Any] | None,
-    in_cs: str,
-    out_cs: str,
-    set_target: bool,
-    target_placed: bool,
-) -> None:
-    """Add the ``(name, element)`` shapes of aligned spots, then the transformations to ``out_cs``.
-
-    ``matrix`` maps ``in_cs`` into ``out_cs`` (the source's placement).
-    """
-    from spatialdata.transformations import Affine, Sequence, get_transformation, set_transformation
-
-    if shapes is not None:  # first: the one write that SpatialData validates
-        src.data.shapes[shapes[0]] = shapes[1]
-        logger.info("added shapes %r", shapes[0])
-    affine = Affine(matrix, input_axes=("x", "y"), output_axes=("x", "y"))
-    for name in src_elements:
-        element = src.data[name]
-        set_transformation(
-            element, Sequence([get_transformation(element, in_cs), affine]), to_coordinate_system=out_cs
-        )
-        logger.info("set transformation of %r to coordinate system %r", name, out_cs)
-    if set_target:
-        for name in tgt_elements:
-            element = tgt.data[name]
-            if target_placed and out_cs in get_transformation(element, get_all=True):
-                continue  # its coordinates are an earlier alignment's, e.g. in a stack
-            set_transformation(element, get_transformation(element, in_cs), to_coordinate_system=out_cs)
-            logger.info("set transformation of target %r to coordinate system %r", name, out_cs)
 
 
 def _seed_record(seed) -> int | str:
@@ -846,7 +508,7 @@ def align(
         )
     is_sd = is_spatialdata(src.data)
     if is_sd:
-        _check_shapes_name(src, key_added)
+        check_shapes_name(src, key_added)
     target_spatial_key = target_spatial_key or spatial_key
     xy_src = _coords(src, spatial_key, "source")
     xy_tgt = _coords(tgt, target_spatial_key, "target")
@@ -863,15 +525,15 @@ def align(
     src_elements: list[str] = []
     tgt_elements: list[str] = []
     if is_sd:
-        src_elements, tgt_elements = _placed_elements(
+        src_elements, tgt_elements = placed_elements(
             src, tgt, image_key, target_image_key, input_coordinate_system
         )
-        _check_spot_frame(src, spatial_key, input_coordinate_system, "source")
-        _warn_shared_coordinate_system(src, key_added, coordinate_system)
+        check_spot_frame(src, spatial_key, input_coordinate_system, "source")
+        warn_shared_coordinate_system(src, key_added, coordinate_system)
         if is_spatialdata(tgt.data):
-            _check_spot_frame(tgt, target_spatial_key, input_coordinate_system, "target")
-        source_frame = _source_frame(src, input_coordinate_system)
-        target_frame = _target_frame(
+            check_spot_frame(tgt, target_spatial_key, input_coordinate_system, "target")
+        source_frame = source_to_cs(src, input_coordinate_system)
+        target_frame = target_to_cs(
             tgt, target_spatial_key, spatial_key, input_coordinate_system, coordinate_system
         )
     if key_src is not None:
@@ -930,10 +592,10 @@ def align(
     matrix = _original_matrix(res.matrix, c_src, c_tgt, scale) @ to_target_units
     pre_matrix = _original_matrix(res.pre_matrix, c_src, c_tgt, scale) @ to_target_units
     shapes = None
-    if is_sd and _shapes_name(src, key_added) is not None:  # built before anything is written
+    if is_sd and shapes_name(src, key_added) is not None:  # built before anything is written
         shapes = (
-            _shapes_name(src, key_added),
-            _aligned_shapes(src, coords, matrix, coordinate_system, target_frame),
+            shapes_name(src, key_added),
+            aligned_shapes(src, coords, matrix, coordinate_system, target_frame),
         )
     info = {
         "method": method,
@@ -986,7 +648,7 @@ def align(
 
     info = {k: v for k, v in info.items() if v is not None}  # None cannot be written to h5ad/zarr
     if is_sd:
-        _write_spatialdata(
+        write_spatialdata(
             src,
             tgt,
             src_elements,
@@ -1143,9 +805,9 @@ def _check_stack(
     """
     input_cs = kwargs.get("input_coordinate_system", Key.GLOBAL_CS)
 
-    def section(name: str) -> _Section:
+    def section(name: str) -> Section:
         obj, key = by_name[name]
-        return _Section(obj, key, get_table(obj, key))
+        return Section(obj, key, get_table(obj, key))
 
     placed_by: dict[tuple[int, str], str] = {}
     for name in [target, *(p[1] for p in plan)]:
@@ -1161,9 +823,9 @@ def _check_stack(
             else ("source", kwargs.get("image_key"))
         )
         if role == "source":
-            _check_shapes_name(sec, key_added)
-        elements = _section_elements(sec, image_key, input_cs, role, warn=False)
-        _check_cs(sec, elements, input_cs, f"section {name!r}")
+            check_shapes_name(sec, key_added)
+        elements = section_elements(sec, image_key, input_cs, role, warn=False)
+        check_cs(sec, elements, input_cs, f"section {name!r}")
         for element in elements:
             other = placed_by.setdefault((id(sec.data), element), name)
             if other != name:

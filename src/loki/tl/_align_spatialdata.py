@@ -1,0 +1,373 @@
+"""How an alignment is placed in SpatialData (glue for :mod:`loki.tl._align`).
+
+Which elements move with a section, the frames of the tables' coordinates, the aligned spots' shapes
+and the transformations written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from loki._keys import Key
+from loki._logging import logger
+from loki._utils import require_keys
+from loki._utils._affine import apply_matrix, linear_scale
+from loki._utils._spatialdata import (
+    _named_owner,
+    _stored_image_key,
+    affine_to,
+    is_spatialdata,
+    section_image_key,
+    section_shapes,
+    table_attrs,
+    table_region,
+)
+
+ImageKeys = str | Sequence[str] | None
+
+_ELEMENT_KINDS = ("images", "labels", "points", "shapes")
+
+
+@dataclass
+class Section:
+    """One section: its container, table key and table."""
+
+    data: Any  # SpatialData or AnnData
+    key: str | None
+    table: AnnData
+
+    @property
+    def name(self) -> str:
+        return self.key if self.key is not None else "adata"
+
+
+def _image_keys(image_key: ImageKeys, what: str) -> list[str]:
+    """``image_key`` / ``target_image_key`` as a list of names (empty for None)."""
+    if image_key is None:
+        return []
+    keys = [image_key] if isinstance(image_key, str) else list(image_key)
+    if not keys or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"{what} must be an image name, a list of them or None, got {image_key!r}.")
+    return keys
+
+
+def _claimed_elsewhere(sdata, key: str | None) -> set[str]:
+    """Elements that belong to the other tables of ``sdata``: their regions and their images."""
+    claimed = set()
+    for other, table in sdata.tables.items():
+        if other == key:
+            continue
+        region = table_attrs(table).get("region")
+        claimed.update([region] if isinstance(region, str) else list(region if region is not None else []))
+        claimed.add(_stored_image_key(table))
+    claimed.update(image for image in sdata.images if _named_owner(sdata, image) not in (None, key))
+    return claimed
+
+
+def section_elements(
+    section: Section, image_key: ImageKeys, in_cs: str, role: str, *, warn: bool = True
+) -> list[str]:
+    """Names of the SpatialData elements placed with a section.
+
+    A SpatialData that holds this section only (one table): every element (images, labels, points,
+    shapes) with a transformation to ``in_cs``. A SpatialData of several sections: the section's spots
+    and its image (``image_key``, else the one :func:`section_image_key` finds). Images named by
+    ``image_key`` are placed in either case. With ``warn``, the elements left out are logged: a warning
+    when it is an image (``role``, "source" or "target", says which section and which parameter
+    names it), INFO otherwise.
+    """
+    from spatialdata.transformations import get_transformation
+
+    sdata = section.data
+    param = "image_key" if role == "source" else "target_image_key"
+    images = _image_keys(image_key, param)
+    require_keys(sdata.images, images, "sdata.images")
+    every = [name for kind in _ELEMENT_KINDS for name in getattr(sdata, kind, {}).keys()]
+    with_cs = [name for name in every if in_cs in get_transformation(sdata[name], get_all=True)]
+    names = []
+    try:
+        region = table_region(section.table)
+        if region in every:
+            names.append(region)
+    except ValueError:
+        pass
+    names += images
+    if len(sdata.tables) == 1:
+        names += with_cs
+        left_out = [name for name in every if name not in names]
+        reason = f"no transformation to {in_cs!r}"
+    else:
+        if not images and len(sdata.images):
+            try:
+                names.append(section_image_key(sdata, section.key, None))
+            except KeyError:
+                if warn:
+                    logger.warning(
+                        "no image of the %s section %r found among %s; none is placed with it in the aligned "
+                        "coordinate system (pass %s= to name it)",
+                        role,
+                        section.name,
+                        list(sdata.images.keys()),
+                        param,
+                    )
+        claimed = _claimed_elsewhere(sdata, section.key)
+        left_out = [name for name in with_cs if name not in names and name not in claimed]
+        reason = f"only each section's spots and image are placed; pass {param}= for images"
+    names = list(dict.fromkeys(names))
+    if warn and left_out:
+        lost_images = [name for name in left_out if name in sdata.images]
+        log = logger.warning if lost_images and len(sdata.tables) == 1 else logger.info
+        log(
+            "not placed in the aligned coordinate system with the %s section %r: %s (%s)",
+            role,
+            section.name,
+            left_out,
+            reason,
+        )
+    return names
+
+
+def placed_elements(
+    src: Section,
+    tgt: Section,
+    image_key: ImageKeys,
+    target_image_key: ImageKeys,
+    in_cs: str,
+) -> tuple[list[str], list[str]]:
+    """The elements to place of the source and (SpatialData target) the target, checked for :func:`align`."""
+    src_elements = section_elements(src, image_key, in_cs, "source")
+    check_cs(src, src_elements, in_cs, "source")
+    if not is_spatialdata(tgt.data):
+        return src_elements, []
+    tgt_elements = section_elements(tgt, target_image_key, in_cs, "target")
+    check_cs(tgt, tgt_elements, in_cs, "target")
+    shared = set(src_elements) & set(tgt_elements) if tgt.data is src.data else set()
+    if shared:
+        raise ValueError(
+            f"source and target sections share the element(s) {sorted(shared)}; one transformation cannot "
+            "place both. Name each section's image (image_key=, target_image_key=), or give each section its "
+            "own shapes."
+        )
+    return src_elements, tgt_elements
+
+
+def check_cs(section: Section, elements: list[str], cs: str, role: str) -> None:
+    from spatialdata.transformations import get_transformation
+
+    for name in elements:
+        available = list(get_transformation(section.data[name], get_all=True).keys())
+        if cs not in available:
+            raise KeyError(
+                f"{role} element {name!r} has no transformation to coordinate system {cs!r}; "
+                f"available: {', '.join(map(repr, available)) or 'none'}."
+            )
+
+
+def shapes_name(section: Section, key_added: str) -> str | None:
+    """Name of the shapes element of aligned spots, or None when the section has no spot shapes."""
+    try:
+        region = table_region(section.table)
+    except ValueError:
+        return None
+    if region not in section.data.shapes:
+        return None
+    return f"{region}_{key_added.removeprefix('spatial_')}"
+
+
+def check_shapes_name(section: Section, key_added: str) -> None:
+    """The shapes element ``key_added`` gives must be a SpatialData name that no other element type holds."""
+    from spatialdata._core.validation import check_valid_name
+
+    name = shapes_name(section, key_added)
+    if name is None:
+        return
+    try:
+        check_valid_name(name)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"key_added={key_added!r} names the shapes element {name!r} of aligned spots, which is not a "
+            f"valid SpatialData element name: {err}"
+        ) from None
+    taken = [
+        kind
+        for kind in (*_ELEMENT_KINDS, "tables")
+        if kind != "shapes" and name in getattr(section.data, kind, {})
+    ]
+    if taken:
+        raise ValueError(
+            f"key_added={key_added!r} names the shapes element {name!r} of aligned spots, but "
+            f"sdata.{taken[0]} already holds an element of that name. Choose another key_added."
+        )
+
+
+def source_to_cs(src: Section, in_cs: str) -> np.ndarray:
+    """3x3 map from the source table's coordinates into ``in_cs``.
+
+    As in SpatialData (spatialdata-io writes them so, and :func:`loki.pp.spot_patches` reads them so),
+    a table's ``.obsm['spatial']`` holds its spots' own coordinates: the spot shapes' transformation
+    maps them into a coordinate system. Without spot shapes the coordinates are ``in_cs``'s.
+    """
+    spots = section_shapes(src.data, src.table) if is_spatialdata(src.data) else None
+    return (
+        np.eye(3)
+        if spots is None
+        else affine_to(spots, in_cs, f"the source spots {table_region(src.table)!r}")
+    )
+
+
+def target_to_cs(tgt: Section, key: str, spatial_key: str, in_cs: str, out_cs: str) -> np.ndarray:
+    """3x3 map from the target table's coordinates ``.obsm[key]`` into ``out_cs``.
+
+    The target's own coordinates are its spots' (:func:`source_to_cs`), and the target is placed in
+    ``out_cs`` as it lies in ``in_cs``. An earlier alignment's coordinates (``key != spatial_key``, a
+    stack) lie in the frame of the shapes element that alignment wrote, placed in ``out_cs``.
+    """
+    if not is_spatialdata(tgt.data):
+        return np.eye(3)
+    if key != spatial_key:
+        earlier = shapes_name(tgt, key)
+        if earlier is not None and earlier in tgt.data.shapes:
+            from spatialdata.transformations import get_transformation
+
+            if out_cs in get_transformation(tgt.data.shapes[earlier], get_all=True):
+                return affine_to(tgt.data.shapes[earlier], out_cs, f"the target's shapes {earlier!r}")
+        return np.eye(3)
+    return source_to_cs(tgt, in_cs)
+
+
+def check_spot_frame(section: Section, key: str, in_cs: str, role: str) -> None:
+    """Refuse coordinates given in ``in_cs`` units while the spot shapes' own coordinates differ.
+
+    loki reads ``.obsm['spatial']`` as the spots' own coordinates (see :func:`source_to_cs`); a table
+    that holds their ``in_cs`` positions instead would be placed with its shapes' transformation twice.
+    """
+    spots = section_shapes(section.data, section.table) if is_spatialdata(section.data) else None
+    if spots is None or key != Key.SPATIAL or "radius" not in spots:
+        return
+    to_cs = affine_to(spots, in_cs, f"the {role} spots")
+    if np.allclose(to_cs, np.eye(3)):
+        return
+    ids = _instance_ids(section.table)
+    geometry = spots.geometry.reindex(ids)
+    if geometry.isna().any():
+        return  # checked where the aligned shapes are built
+    own = np.column_stack([geometry.x.to_numpy(), geometry.y.to_numpy()])
+    xy = np.asarray(section.table.obsm[key], dtype=np.float64)[:, :2]
+    tol = 1e-6 * max(float(np.ptp(own, axis=0).max()), 1.0)
+    if np.abs(xy - own).max() > tol and np.abs(xy - apply_matrix(own, to_cs)).max() <= tol * linear_scale(
+        to_cs
+    ):
+        raise ValueError(
+            f"The {role} table {section.name!r} holds its spots' positions in {in_cs!r} in .obsm[{key!r}], but "
+            f"the spot shapes {table_region(section.table)!r} have their own coordinates with a non-identity "
+            f"transformation to {in_cs!r}. loki follows SpatialData's convention (as spatialdata-io writes it): "
+            f".obsm[{key!r}] holds the shapes' own coordinates. Store those, or give the shapes an Identity "
+            "transformation; nothing was written."
+        )
+
+
+def warn_shared_coordinate_system(src: Section, key_added: str, cs: str) -> None:
+    """Warn when another alignment recorded on the source placed its elements in ``cs``."""
+    records = src.table.uns.get(Key.UNS, {})
+    others = [
+        key
+        for key, entry in records.items()
+        if key != key_added
+        and isinstance(entry, dict)
+        and "matrix" in entry
+        and entry.get("coordinate_system") == cs
+    ]
+    if others:
+        logger.warning(
+            "coordinate system %r holds the placement of section %r by the alignment %s; this alignment "
+            "(key_added=%r) replaces it, so that alignment's shapes and the moved elements no longer agree "
+            "there. Pass coordinate_system= to keep both.",
+            cs,
+            src.name,
+            ", ".join(map(repr, others)),
+            key_added,
+        )
+
+
+def _instance_ids(table: AnnData) -> np.ndarray:
+    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key")
+    return table.obs[instance_key].to_numpy() if instance_key in table.obs else table.obs_names.to_numpy()
+
+
+def aligned_shapes(src: Section, coords: np.ndarray, matrix: np.ndarray, out_cs: str, to_out_cs: np.ndarray):
+    """Spot circles at the aligned coordinates, or None without spot shapes.
+
+    The aligned coordinates are in the target table's frame, placed in the output coordinate system
+    by ``to_out_cs``; the radius goes from the source spots' own units (those of the source table's
+    coordinates) into them with the scale of ``matrix``.
+    """
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Affine, Identity
+
+    region = table_region(src.table)
+    spots = src.data.shapes[region]
+    ids = _instance_ids(src.table)
+    if "radius" in spots:
+        radius = spots["radius"].reindex(ids).to_numpy(dtype=np.float64) * linear_scale(matrix)
+        missing = ids[np.isnan(radius)]
+        if len(missing):
+            raise ValueError(
+                f"{len(missing)} spots of the source table have no circle in sdata.shapes[{region!r}] "
+                f"(e.g. {list(missing[:3])}; its index starts {list(spots.index[:3])}): the table's "
+                f"instance ids must name rows of its region. Fix the table or the shapes; nothing was written."
+            )
+    else:
+        radius = np.ones(len(ids))
+    return ShapesModel.parse(
+        np.asarray(coords, dtype=np.float64),
+        geometry=0,
+        radius=radius,
+        index=ids,
+        transformations={
+            out_cs: Identity()
+            if np.allclose(to_out_cs, np.eye(3))
+            else Affine(to_out_cs, input_axes=("x", "y"), output_axes=("x", "y"))
+        },
+    )
+
+
+def write_spatialdata(
+    src: Section,
+    tgt: Section,
+    src_elements: list[str],
+    tgt_elements: list[str],
+    matrix: np.ndarray,
+    shapes: tuple[str, Any] | None,
+    in_cs: str,
+    out_cs: str,
+    set_target: bool,
+    target_placed: bool,
+) -> None:
+    """Add the ``(name, element)`` shapes of aligned spots, then the transformations to ``out_cs``.
+
+    ``matrix`` maps ``in_cs`` into ``out_cs`` (the source's placement).
+    """
+    from spatialdata.transformations import Affine, Sequence, get_transformation, set_transformation
+
+    if shapes is not None:  # first: the one write that SpatialData validates
+        src.data.shapes[shapes[0]] = shapes[1]
+        logger.info("added shapes %r", shapes[0])
+    affine = Affine(matrix, input_axes=("x", "y"), output_axes=("x", "y"))
+    for name in src_elements:
+        element = src.data[name]
+        set_transformation(
+            element, Sequence([get_transformation(element, in_cs), affine]), to_coordinate_system=out_cs
+        )
+        logger.info("set transformation of %r to coordinate system %r", name, out_cs)
+    if set_target:
+        for name in tgt_elements:
+            element = tgt.data[name]
+            if target_placed and out_cs in get_transformation(element, get_all=True):
+                continue  # its coordinates are an earlier alignment's, e.g. in a stack
+            set_transformation(element, get_transformation(element, in_cs), to_coordinate_system=out_cs)
+            logger.info("set transformation of target %r to coordinate system %r", name, out_cs)
