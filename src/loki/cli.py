@@ -166,7 +166,10 @@ def _parser() -> argparse.ArgumentParser:
         "coordinates alone (default: loki_text, from `loki embed`)",
     )
     align.add_argument(
-        "--method", choices=["deformable", "rigid", "similarity", "affine"], default="deformable"
+        "--method",
+        choices=["deformable", "rigid", "similarity", "affine"],
+        default="deformable",
+        help="transform fitted (default deformable: a rigid/affine start, then a smooth warp kept in .obsm)",
     )
     align.add_argument("--no-mirror", action="store_true", help="do not try the mirrored source")
     align.add_argument("--key-added", default="spatial_aligned", help=".obsm key of the aligned coordinates")
@@ -175,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
         default="global",
         help="coordinate system both sections are placed in before the alignment (default: global)",
     )
-    align.add_argument("--seed", type=int, default=0)
+    align.add_argument("--seed", type=int, default=0, help="seed of subsampling and landmarks")
     return parser
 
 
