@@ -496,3 +496,46 @@ def test_section_metadata_names_are_refused_as_key_added(key_added):
         lk.tl.align_sections(sdata, target="MOB1", key_added=key_added, progress=False, **_FAST)
     assert sdata.tables["MOB2"].uns[Key.UNS] == uns
     assert not any(key_added in sdata.tables[s].obsm for s in ("MOB2", "MOB3"))
+
+
+def test_frames_alone_give_the_scale_without_microns_per_unit():
+    """spatialdata-io records no microns_per_unit: the spots' Scale alone must bring the source to size."""
+    reference, sdata = lk.datasets.mob(("MOB1", "MOB2")), lk.datasets.mob(("MOB1", "MOB2"))
+    _in_own_units(sdata, "MOB2", 2.0)
+    for data in (reference, sdata):
+        for table in data.tables.values():
+            del table.uns[Key.UNS]["microns_per_unit"]
+        lk.tl.align(data, source="MOB2", target="MOB1", **_FAST)
+    np.testing.assert_allclose(
+        _positions(sdata, "MOB2_spots"), _positions(reference, "MOB2_spots"), atol=1e-6
+    )
+    assert sdata.tables["MOB2"].uns[Key.UNS]["spatial_aligned"]["unit_scale"] == 1.0
+
+
+def test_a_target_stored_in_a_rotated_frame_is_registered_in_its_placement():
+    """The target's spots in a frame rotated by 90 deg, an Affine back to 'global': with one start and no
+    mirror (sections known to be mounted alike) the source still lands where the plain layout puts it."""
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Affine
+
+    reference, sdata = lk.datasets.mob(("MOB1", "MOB2")), lk.datasets.mob(("MOB1", "MOB2"))
+    spots = sdata.shapes["MOB1_spots"]
+    xy = np.c_[spots.geometry.x, spots.geometry.y]
+    centre, rotation = xy.mean(axis=0), np.array([[0.0, -1.0], [1.0, 0.0]])
+    own = (xy - centre) @ rotation.T
+    back = np.eye(3)
+    back[:2, :2], back[:2, 2] = rotation.T, centre
+    sdata.shapes["MOB1_spots"] = ShapesModel.parse(
+        own,
+        geometry=0,
+        radius=spots["radius"].to_numpy(),
+        index=spots.index,
+        transformations={"global": Affine(back, input_axes=("x", "y"), output_axes=("x", "y"))},
+    )
+    sdata.tables["MOB1"].obsm["spatial"] = own
+    for data in (reference, sdata):
+        lk.tl.align(data, source="MOB2", target="MOB1", **_FAST)
+    for name in ("MOB2_spots", "MOB2_spots_aligned", "MOB1_spots"):
+        np.testing.assert_allclose(
+            _positions(sdata, name), _positions(reference, name), atol=1e-6, err_msg=name
+        )

@@ -26,6 +26,7 @@ from loki._utils import (
     write_obsm,
     write_uns,
 )
+from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._pca import fit_pca
 from loki._utils._spatialdata import (
     check_copy,
@@ -376,7 +377,11 @@ def align(
         factor is folded into ``matrix``. That scale is of the readers' coordinates,
         ``.obsm['spatial']``; an earlier alignment's coordinates (``target_spatial_key``) carry the
         units recorded with them, and other keys are taken as they are. When only one of the two
-        records it, a warning says so and no conversion is applied.
+        records it, a warning says so and no conversion is applied. With a SpatialData target the
+        source is first brought into the target table's frame by the spots' transformations into
+        ``input_coordinate_system`` (their scale and pose); ``microns_per_unit`` then corrects what
+        those leave, e.g. two SpatialData objects with ``Identity`` transformations imaged at different
+        resolutions.
     spatial_key
         Source coordinates in ``.obsm``. As in SpatialData (spatialdata-io writes them so, and
         :func:`loki.pp.spot_patches` reads them so), ``.obsm['spatial']`` holds the spot shapes' own
@@ -556,8 +561,16 @@ def align(
             unknown[0],
             unknown[1].name,
         )
+    # register the source in the target table's frame, scaled and posed as SpatialData places both
+    # sections (a table's coordinates are its spots' own, see source_to_cs); for an AnnData target the
+    # tables' own units are taken as they are
+    to_target_frame = (
+        np.linalg.inv(target_frame) @ source_frame if is_sd and is_spatialdata(tgt.data) else np.eye(3)
+    )
+    if mpu_src:  # µm per unit of the source coordinates in that frame
+        mpu_src = mpu_src / linear_scale(to_target_frame)
     unit = mpu_src / mpu_tgt if (physical_units and mpu_src and mpu_tgt) else 1.0
-    xy_src = xy_src * unit
+    xy_src = apply_matrix(xy_src, to_target_frame) * unit
     c_tgt = xy_tgt.mean(axis=0)
     c_src = xy_src.mean(axis=0)
     scale = float(np.ptp(xy_tgt, axis=0).max()) or 1.0
@@ -588,7 +601,7 @@ def align(
     if reverse:
         res = reverse_result(res, X, Y, deformable=method == "deformable")
     coords = res.coords * scale + c_tgt
-    to_target_units = np.diag([unit, unit, 1.0])
+    to_target_units = np.diag([unit, unit, 1.0]) @ to_target_frame
     matrix = _original_matrix(res.matrix, c_src, c_tgt, scale) @ to_target_units
     pre_matrix = _original_matrix(res.pre_matrix, c_src, c_tgt, scale) @ to_target_units
     shapes = None
