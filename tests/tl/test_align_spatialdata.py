@@ -539,3 +539,15 @@ def test_a_target_stored_in_a_rotated_frame_is_registered_in_its_placement():
         np.testing.assert_allclose(
             _positions(sdata, name), _positions(reference, name), atol=1e-6, err_msg=name
         )
+
+
+def test_aligning_onto_a_placed_target_is_warned_about(caplog):
+    sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
+    lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.align(sdata, source="MOB3", target="MOB2", target_spatial_key=Key.ALIGNED, **_FAST)
+    assert "was placed in coordinate system" not in caplog.text  # chained onto its aligned coordinates
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.align(sdata, source="MOB3", target="MOB2", **_FAST)
+    assert "the target section 'MOB2' was placed in coordinate system 'aligned'" in caplog.text
+    assert "target_spatial_key='spatial_aligned'" in caplog.text

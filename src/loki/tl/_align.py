@@ -400,7 +400,9 @@ def align(
         ``key_added.removeprefix("spatial_")``, so ``"aligned"`` for the default ``key_added`` and
         ``"rigid"`` for ``key_added="spatial_rigid"``: alignments kept under different keys keep their
         own placements. When another alignment of the source recorded in ``.uns['loki']`` used the same
-        coordinate system, a warning says that its placement of the source's elements is replaced.
+        coordinate system, a warning says that its placement of the source's elements is replaced;
+        likewise when an earlier alignment placed the target there (chain onto the aligned target with
+        ``target_spatial_key=key_added`` instead).
     input_coordinate_system
         Coordinate system in which both sections' elements are placed before the alignment.
     image_key
@@ -534,7 +536,9 @@ def align(
             src, tgt, image_key, target_image_key, input_coordinate_system
         )
         check_spot_frame(src, spatial_key, input_coordinate_system, "source")
-        warn_shared_coordinate_system(src, key_added, coordinate_system)
+        warn_shared_coordinate_system(
+            src, tgt, key_added, coordinate_system, chained=target_spatial_key != spatial_key
+        )
         if is_spatialdata(tgt.data):
             check_spot_frame(tgt, target_spatial_key, input_coordinate_system, "target")
         source_frame = source_to_cs(src, input_coordinate_system)

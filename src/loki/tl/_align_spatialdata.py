@@ -271,26 +271,46 @@ def check_spot_frame(section: Section, key: str, in_cs: str, role: str) -> None:
         )
 
 
-def warn_shared_coordinate_system(src: Section, key_added: str, cs: str) -> None:
-    """Warn when another alignment recorded on the source placed its elements in ``cs``."""
-    records = src.table.uns.get(Key.UNS, {})
-    others = [
+def _alignments_in(section: Section, cs: str, but: str | None = None) -> list[str]:
+    """Keys of the alignments recorded on the section's table that placed it in ``cs``."""
+    return [
         key
-        for key, entry in records.items()
-        if key != key_added
+        for key, entry in section.table.uns.get(Key.UNS, {}).items()
+        if key != but
         and isinstance(entry, dict)
         and "matrix" in entry
         and entry.get("coordinate_system") == cs
     ]
-    if others:
+
+
+def warn_shared_coordinate_system(src: Section, tgt: Section, key_added: str, cs: str, chained: bool) -> None:
+    """Warn when an earlier alignment placed the source, or the target, in ``cs``: this call replaces it.
+
+    A target placed by an earlier alignment is put back where it lies in the input coordinate system,
+    unless its aligned coordinates are the target's (``chained``, e.g. ``target_spatial_key=key_added``).
+    """
+    earlier = _alignments_in(src, cs, but=key_added)
+    if earlier:
         logger.warning(
             "coordinate system %r holds the placement of section %r by the alignment %s; this alignment "
             "(key_added=%r) replaces it, so that alignment's shapes and the moved elements no longer agree "
             "there. Pass coordinate_system= to keep both.",
             cs,
             src.name,
-            ", ".join(map(repr, others)),
+            ", ".join(map(repr, earlier)),
             key_added,
+        )
+    earlier = [] if chained or not is_spatialdata(tgt.data) else _alignments_in(tgt, cs)
+    if earlier:
+        logger.warning(
+            "the target section %r was placed in coordinate system %r by its alignment %s; this alignment "
+            "puts it back where it lies in the input coordinate system, so that alignment's shapes and its "
+            "elements no longer agree there. To align onto the aligned target, pass target_spatial_key=%r; "
+            "to keep both, pass coordinate_system=.",
+            tgt.name,
+            cs,
+            ", ".join(map(repr, earlier)),
+            earlier[0],
         )
 
 
