@@ -260,6 +260,10 @@ def test_align_writes_what_the_api_computes(mob12_zarr, capsys):
         "none",
         "--method",
         "rigid",
+        "--image-key",
+        "MOB2_image",
+        "--target-image-key",
+        "MOB1_image",
     ]
     assert main(args) == 0
     assert "coordinate system 'aligned' written on" in capsys.readouterr().out
@@ -291,4 +295,9 @@ def test_align_refuses_bad_input_before_writing(mob12_zarr):
         main(["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB9"])
     with pytest.raises(SystemExit, match=r"loki align: .*'loki_text'"):  # no embeddings yet
         main(["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1"])
+    align = ["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1", "--use", "none"]
+    with pytest.raises(SystemExit, match=r"--key-added 'spatial aligned' names"):  # the CLI's option, spaced
+        main([*align, "--key-added", "spatial aligned"])
+    with pytest.raises(SystemExit, match=r"pass --aligned-coordinate-system or"):
+        main([*align, "--key-added", "spatial_global"])
     assert snapshot() == before

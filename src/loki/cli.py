@@ -24,7 +24,14 @@ _OPTIONS = {
         "key_added": "--key-added",
     },
     "slide": {"microns_per_pixel": "--mpp"},
-    "align": {"input_coordinate_system": "--coordinate-system", "key_added": "--key-added", "use": "--use"},
+    "align": {
+        "input_coordinate_system": "--coordinate-system",
+        "coordinate_system": "--aligned-coordinate-system",
+        "key_added": "--key-added",
+        "use": "--use",
+        "image_key": "--image-key",
+        "target_image_key": "--target-image-key",
+    },
 }
 
 
@@ -178,6 +185,20 @@ def _parser() -> argparse.ArgumentParser:
         default="global",
         help="coordinate system both sections are placed in before the alignment (default: global)",
     )
+    align.add_argument(
+        "--aligned-coordinate-system",
+        default=None,
+        help="coordinate system that receives the placement (default: --key-added without 'spatial_', "
+        "so 'aligned')",
+    )
+    for flag, whose in (("--image-key", "source"), ("--target-image-key", "target")):
+        align.add_argument(
+            flag,
+            action="append",
+            default=None,
+            help=f"image of the {whose} section placed with it (repeat for several, e.g. hires and lowres; "
+            "default: the one its table names, or the one named after the section)",
+        )
     align.add_argument("--seed", type=int, default=0, help="seed of subsampling and landmarks")
     return parser
 
@@ -447,6 +468,9 @@ def _align(args: argparse.Namespace) -> None:
         mirror=not args.no_mirror,
         key_added=args.key_added,
         input_coordinate_system=args.coordinate_system,
+        coordinate_system=args.aligned_coordinate_system,
+        image_key=args.image_key,
+        target_image_key=args.target_image_key,
         seed=args.seed,
     )
     record = sdata.tables[args.source].uns[lk.Key.UNS][args.key_added]
@@ -503,7 +527,9 @@ def _cli_message(err: BaseException, command: str) -> str:
     # a KeyError's str() is quoted; an OSError's args are (errno, text)
     message = err.args[0] if len(err.args) == 1 and isinstance(err.args[0], str) else str(err) or repr(err)
     for keyword, option in _OPTIONS.get(command, {}).items():
-        message = re.sub(rf"\b{keyword}=(True\b)?", option, message)
+        message = re.sub(rf"\b{keyword}=True\b", option, message)
+        message = re.sub(rf"\b{keyword}=(?=[\w'\"(\[-])", f"{option} ", message)  # a value follows
+        message = re.sub(rf"\b{keyword}=", option, message)
     return message
 
 
