@@ -192,3 +192,27 @@ def test_label_panel_draws_unlabelled_spots_and_many_classes_apart():
     colours = {tuple(np.round(c.get_facecolor()[0][:3], 3)) for c in fig.axes[0].collections}
     assert len(colours) == 25
     plt.close(fig)
+
+
+def test_label_colours_follow_the_classes_across_sections():
+    """A section where one class wins no spot has the same legend, in the same colours."""
+    rng = np.random.default_rng(0)
+    classes = pd.DataFrame(np.eye(3, 8), index=["stroma", "tumour", "immune"])
+
+    def annotated(which):
+        labels = rng.choice(which, 30)
+        emb = np.zeros((30, 8), np.float32)
+        emb[np.arange(30), [list(classes.index).index(c) for c in labels]] = 1
+        section = AnnData(np.zeros((30, 1), np.float32))
+        section.obsm["loki_image"] = emb + 0.01 * rng.random((30, 8))
+        section.obsm["spatial"] = rng.random((30, 2)) * 100
+        lk.tl.annotate(section, class_embeddings=classes)
+        legend = lk.pl.annotation(section, kind="label", show=False).axes[0].get_legend()
+        return {
+            t.get_text(): tuple(h.get_facecolor()[0])
+            for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)
+        }
+
+    every, without_stroma = annotated(["stroma", "tumour", "immune"]), annotated(["tumour", "immune"])
+    assert every == without_stroma
+    plt.close("all")

@@ -154,7 +154,7 @@ def annotation(
     else:
         fig, (a,) = panel_grid(1, 1, ax, size=6.0)
         draw_section(a, pixels, xy)
-        _draw_labels(a, pd.Categorical(table.obs[label_key]), xy, size=size, alpha=alpha)
+        _draw_labels(a, _with_all_classes(table.obs[label_key], record), xy, size=size, alpha=alpha)
         a.set_title(label_key)
     finish(fig, show=show, save=save, created=ax is None)
     return fig
@@ -174,6 +174,21 @@ def _annotate_record(table: AnnData, key: str) -> tuple[Mapping, bool]:
     if key.endswith("_fused") and isinstance(base, Mapping) and base.get("fused"):
         return base, True
     return {}, False
+
+
+def _with_all_classes(labels: pd.Series, record: Mapping) -> pd.Categorical:
+    """The labels as a categorical over every class :func:`loki.tl.annotate` recorded, in its order.
+
+    The label column holds only the classes some spot won; colouring by position in the full class
+    list gives a class one colour, and the legend one list, on every section annotated with the same
+    classes.
+    """
+    categorical = pd.Categorical(labels)
+    classes = [str(c) for c in record.get("classes", [])]
+    if not classes or not set(map(str, categorical.categories)) <= set(classes):
+        return categorical
+    values = pd.Series(categorical, dtype=object)
+    return pd.Categorical(values.where(values.isna(), values.astype(str)), categories=classes)
 
 
 def category_colours(n: int) -> np.ndarray:
