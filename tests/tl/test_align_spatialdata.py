@@ -353,7 +353,7 @@ def test_table_ids_missing_from_the_shapes_are_refused_before_writing():
     table = sdata.tables["MOB2"]
     instance_key = table.uns["spatialdata_attrs"]["instance_key"]
     table.obs[instance_key] = table.obs[instance_key].astype(str) + "_x"  # no circle has these ids
-    with pytest.raises(ValueError, match=r"no circle in sdata.shapes\['MOB2_spots'\]"):
+    with pytest.raises(ValueError, match=r"no shape in sdata.shapes\['MOB2_spots'\]"):
         lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
     assert _written(sdata) == (False, [], [])
 
@@ -551,3 +551,16 @@ def test_aligning_onto_a_placed_target_is_warned_about(caplog):
         lk.tl.align(sdata, source="MOB3", target="MOB2", **_FAST)
     assert "the target section 'MOB2' was placed in coordinate system 'aligned'" in caplog.text
     assert "target_spatial_key='spatial_aligned'" in caplog.text
+
+
+def test_aligned_tiles_keep_their_area():
+    """An image-only section of square tiles (polygons): its aligned circles have the tiles' area."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    tiles = lk.pp.tile_image(sdata, "MOB2_image", tile_um=100, key_added="MOB2_tiles")
+    lk.tl.align(sdata, source="MOB2_tiles", target="MOB1", **_FAST)
+    polygons = sdata.shapes[tiles.uns["spatialdata_attrs"]["region"]]
+    side = np.sqrt(polygons.geometry.area.to_numpy())
+    record = tiles.uns[Key.UNS][Key.ALIGNED]
+    radius = sdata.shapes[record["shapes"]]["radius"].to_numpy()
+    scale = np.sqrt(abs(np.linalg.det(record["matrix"][:2, :2])))  # the tiles' units into MOB1's
+    np.testing.assert_allclose(np.pi * radius**2, (side * scale) ** 2, rtol=1e-6)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from loki._keys import Key
@@ -324,7 +325,8 @@ def aligned_shapes(src: Section, coords: np.ndarray, matrix: np.ndarray, out_cs:
 
     The aligned coordinates are in the target table's frame, placed in the output coordinate system
     by ``to_out_cs``; the radius goes from the source spots' own units (those of the source table's
-    coordinates) into them with the scale of ``matrix``.
+    coordinates) into them with the scale of ``matrix``. Polygons (tiles, Visium HD bins) become
+    circles of the same area.
     """
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Affine, Identity
@@ -333,16 +335,18 @@ def aligned_shapes(src: Section, coords: np.ndarray, matrix: np.ndarray, out_cs:
     spots = src.data.shapes[region]
     ids = _instance_ids(src.table)
     if "radius" in spots:
-        radius = spots["radius"].reindex(ids).to_numpy(dtype=np.float64) * linear_scale(matrix)
-        missing = ids[np.isnan(radius)]
-        if len(missing):
-            raise ValueError(
-                f"{len(missing)} spots of the source table have no circle in sdata.shapes[{region!r}] "
-                f"(e.g. {list(missing[:3])}; its index starts {list(spots.index[:3])}): the table's "
-                f"instance ids must name rows of its region. Fix the table or the shapes; nothing was written."
-            )
-    else:
-        radius = np.ones(len(ids))
+        own = spots["radius"]
+    else:  # polygons (tiles, Visium HD bins) become circles of their area; bare points get radius 1
+        area = spots.geometry.area.to_numpy(dtype=np.float64)
+        own = pd.Series(np.where(area > 0, np.sqrt(area / np.pi), 1.0), index=spots.index)
+    radius = own.reindex(ids).to_numpy(dtype=np.float64) * linear_scale(matrix)
+    missing = ids[np.isnan(radius)]
+    if len(missing):
+        raise ValueError(
+            f"{len(missing)} spots of the source table have no shape in sdata.shapes[{region!r}] "
+            f"(e.g. {list(missing[:3])}; its index starts {list(spots.index[:3])}): the table's "
+            f"instance ids must name rows of its region. Fix the table or the shapes; nothing was written."
+        )
     return ShapesModel.parse(
         np.asarray(coords, dtype=np.float64),
         geometry=0,
