@@ -509,7 +509,9 @@ def test_frames_alone_give_the_scale_without_microns_per_unit():
     np.testing.assert_allclose(
         _positions(sdata, "MOB2_spots"), _positions(reference, "MOB2_spots"), atol=1e-6
     )
-    assert sdata.tables["MOB2"].uns[Key.UNS]["spatial_aligned"]["unit_scale"] == 1.0
+    assert sdata.tables["MOB2"].uns[Key.UNS]["spatial_aligned"]["unit_scale"] == pytest.approx(
+        0.5
+    )  # the Scale
 
 
 def test_a_target_stored_in_a_rotated_frame_is_registered_in_its_placement():
@@ -564,3 +566,14 @@ def test_aligned_tiles_keep_their_area():
     radius = sdata.shapes[record["shapes"]]["radius"].to_numpy()
     scale = np.sqrt(abs(np.linalg.det(record["matrix"][:2, :2])))  # the tiles' units into MOB1's
     np.testing.assert_allclose(np.pi * radius**2, (side * scale) ** 2, rtol=1e-6)
+
+
+def test_transformations_and_microns_per_unit_that_disagree_are_warned_about(caplog):
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    _in_own_units(sdata, "MOB2", 2.0)
+    sdata.tables["MOB2"].uns[Key.UNS]["microns_per_unit"] *= 2  # stale: the units of before
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    assert "the spots' transformations scale the source by 0.5" in caplog.text
+    record = sdata.tables["MOB2"].uns[Key.UNS][Key.ALIGNED]
+    np.testing.assert_allclose(record["unit_scale"], np.sqrt(abs(np.linalg.det(record["matrix"][:2, :2]))))

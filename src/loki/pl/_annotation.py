@@ -154,7 +154,15 @@ def annotation(
     else:
         fig, (a,) = panel_grid(1, 1, ax, size=6.0)
         draw_section(a, pixels, xy)
-        _draw_labels(a, _with_all_classes(table.obs[label_key], record), xy, size=size, alpha=alpha)
+        labels = table.obs[label_key]
+        ours = label_key == record.get("label_key", key)  # loki's label, not a column the user named
+        _draw_labels(
+            a,
+            _with_all_classes(labels, record) if ours else pd.Categorical(labels),
+            xy,
+            size=size,
+            alpha=alpha,
+        )
         a.set_title(label_key)
     finish(fig, show=show, save=save, created=ax is None)
     return fig

@@ -177,6 +177,56 @@ def _microns_per_unit(table, key: str) -> float | None:
 _AUTO_REVERSE_RATIO = 1.12
 
 
+def _physical_unit(
+    src: Section,
+    tgt: Section,
+    spatial_key: str,
+    target_spatial_key: str,
+    frame_scale: float,
+    physical_units: bool,
+) -> float:
+    """Scale that ``microns_per_unit`` adds after the spots' transformations (``frame_scale``), or 1.
+
+    With both tables recording it, it decides the size: it corrects what the transformations leave
+    (two SpatialData objects imaged at different resolutions, both ``Identity``), and where the
+    transformations scale too and the two disagree by more than 1%, a warning says so.
+    """
+    mpu_src = _microns_per_unit(src.table, spatial_key)
+    mpu_tgt = _microns_per_unit(tgt.table, target_spatial_key)
+    if not physical_units:
+        return 1.0
+    if (mpu_src is None) != (mpu_tgt is None):
+        known, unknown = (
+            (("source", src), ("target", tgt)) if mpu_tgt is None else (("target", tgt), ("source", src))
+        )
+        logger.warning(
+            "physical_units: only the %s section %r records .uns['loki']['microns_per_unit'] for its "
+            "coordinates; the %s section %r does not, so %s",
+            known[0],
+            known[1].name,
+            unknown[0],
+            unknown[1].name,
+            "no unit conversion was applied (both are taken in the same units)"
+            if np.isclose(frame_scale, 1.0)
+            else f"the units are converted by the spots' transformations alone (scale {frame_scale:.4g})",
+        )
+    if not (mpu_src and mpu_tgt):
+        return 1.0
+    unit = mpu_src / frame_scale / mpu_tgt
+    if not np.isclose(frame_scale, 1.0, rtol=1e-3) and not np.isclose(unit, 1.0, rtol=1e-2):
+        logger.warning(
+            "physical_units: the spots' transformations scale the source by %.4g, but the recorded "
+            "microns_per_unit ask for %.4g; microns_per_unit is used (a further factor %.4g). Check the "
+            "transformations or .uns['loki']['microns_per_unit'] of %r and %r",
+            frame_scale,
+            frame_scale * unit,
+            unit,
+            src.name,
+            tgt.name,
+        )
+    return unit
+
+
 def _moving(moving: str, n_source: int, n_target: int, *, partial: bool = False) -> str:
     """Resolve ``moving="auto"``: the target moves when it has clearly more spots than the source.
 
@@ -381,7 +431,8 @@ def align(
         source is first brought into the target table's frame by the spots' transformations into
         ``input_coordinate_system`` (their scale and pose); ``microns_per_unit`` then corrects what
         those leave, e.g. two SpatialData objects with ``Identity`` transformations imaged at different
-        resolutions.
+        resolutions. Where both scale and disagree by more than 1%, ``microns_per_unit`` is used and a
+        warning says so.
     spatial_key
         Source coordinates in ``.obsm``. As in SpatialData (spatialdata-io writes them so, and
         :func:`loki.pp.spot_patches` reads them so), ``.obsm['spatial']`` holds the spot shapes' own
@@ -437,7 +488,7 @@ def align(
       ``partial``, one row per refined placement: ``correlation``, ``overlap`` (fraction of target
       spots paired) and ``agreement``), ``approximate``, ``moving`` (the section that moved in CPD),
       ``scale_removed`` (with ``preserve_scale``), ``unit_scale`` (source units -> target units applied
-      before registering), ``microns_per_unit`` (of the aligned coordinates, when known),
+      before registering: the spots' transformations and ``microns_per_unit`` together), ``microns_per_unit`` (of the aligned coordinates, when known),
       ``explained_variance_ratio`` (of the embedding components used), and ``params``: the numeric and
       flag arguments, ``mirror`` (the argument), ``seed`` (the int; ``"generator"`` or ``"none"``
       otherwise), ``spatial_key``, ``target_spatial_key`` (resolved), ``input_coordinate_system`` and
@@ -550,30 +601,15 @@ def align(
     else:
         f_src, f_tgt, ratio = np.zeros((len(xy_src), 0)), np.zeros((len(xy_tgt), 0)), np.zeros(0)
 
-    mpu_src = _microns_per_unit(src.table, spatial_key)
-    mpu_tgt = _microns_per_unit(tgt.table, target_spatial_key)
-    if physical_units and (mpu_src is None) != (mpu_tgt is None):
-        known, unknown = (
-            (("source", src), ("target", tgt)) if mpu_tgt is None else (("target", tgt), ("source", src))
-        )
-        logger.warning(
-            "physical_units: only the %s section %r records .uns['loki']['microns_per_unit'] for its "
-            "coordinates; the %s section %r does not, so no unit conversion was applied (both are taken "
-            "in the same units)",
-            known[0],
-            known[1].name,
-            unknown[0],
-            unknown[1].name,
-        )
     # register the source in the target table's frame, scaled and posed as SpatialData places both
     # sections (a table's coordinates are its spots' own, see source_to_cs); for an AnnData target the
     # tables' own units are taken as they are
     to_target_frame = (
         np.linalg.inv(target_frame) @ source_frame if is_sd and is_spatialdata(tgt.data) else np.eye(3)
     )
-    if mpu_src:  # µm per unit of the source coordinates in that frame
-        mpu_src = mpu_src / linear_scale(to_target_frame)
-    unit = mpu_src / mpu_tgt if (physical_units and mpu_src and mpu_tgt) else 1.0
+    unit = _physical_unit(
+        src, tgt, spatial_key, target_spatial_key, linear_scale(to_target_frame), physical_units
+    )
     xy_src = apply_matrix(xy_src, to_target_frame) * unit
     c_tgt = xy_tgt.mean(axis=0)
     c_src = xy_src.mean(axis=0)
@@ -629,8 +665,8 @@ def align(
         "approximate": bool(res.approximate),
         "moving": res.moving,
         "scale_removed": None if res.scale_removed is None else float(res.scale_removed),
-        "unit_scale": float(unit),
-        "microns_per_unit": mpu_tgt,
+        "unit_scale": float(unit * linear_scale(to_target_frame)),
+        "microns_per_unit": _microns_per_unit(tgt.table, target_spatial_key),
         "stages": [str(s) for s in res.stages],
         "starts": _start_table(res.start_scores),
         "explained_variance_ratio": ratio,
