@@ -172,11 +172,6 @@ def _microns_per_unit(table, key: str) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
-# serial sections here differ by at most 9% in spot count; a source holding 87.5% of the target
-# (ratio 1.14) already lands 0.2-0.7 spacings off when it moves (benchmarks/RESULTS.md, torn sections)
-_AUTO_REVERSE_RATIO = 1.12
-
-
 def _physical_unit(
     src: Section,
     tgt: Section,
@@ -225,6 +220,11 @@ def _physical_unit(
             tgt.name,
         )
     return unit
+
+
+# serial sections here differ by at most 9% in spot count; a source holding 87.5% of the target
+# (ratio 1.14) already lands 0.2-0.7 spacings off when it moves (benchmarks/RESULTS.md, torn sections)
+_AUTO_REVERSE_RATIO = 1.12
 
 
 def _moving(moving: str, n_source: int, n_target: int, *, partial: bool = False) -> str:
