@@ -291,17 +291,7 @@ def _check_embed_target(sdata, args: argparse.Namespace) -> None:
     """Refuse a leftover copy, a missing table, nothing to embed, or a missing image or coordinate system."""
     from loki._utils._spatialdata import section_image_key
 
-    backup = _backup_name(args.table)
-    if backup in sdata.tables:
-        raise SystemExit(
-            f"loki embed: {args.zarr} holds table {backup!r}, a full copy of {args.table!r} left by an "
-            f"interrupted `loki embed`. Check table {args.table!r} (if it is missing or unreadable, the copy "
-            f"is the table as it was), then delete the copy: sdata.delete_element_from_disk({backup!r})."
-        )
-    if args.table not in sdata.tables:
-        raise SystemExit(
-            f"loki embed: no table {args.table!r} in {args.zarr}; tables: {', '.join(sdata.tables) or 'none'}"
-        )
+    _check_table(sdata, args.table, args.zarr, "embed")
     if args.no_image:
         if sdata.tables[args.table].n_vars == 0:
             raise SystemExit(
@@ -390,6 +380,22 @@ def _rewrite_table(sdata, name: str) -> None:
     del sdata.tables[backup]
 
 
+def _check_table(
+    sdata, table: str, zarr: Path, command: str, *, option: str = "", written: bool = True
+) -> None:
+    """Refuse a missing table, and (for a table the command rewrites) a copy an interrupted run left."""
+    prefix = f"loki {command}: {option + ': ' if option else ''}"
+    backup = _backup_name(table)
+    if written and backup in sdata.tables:
+        raise SystemExit(
+            f"{prefix}{zarr} holds table {backup!r}, a full copy of {table!r} left by an interrupted "
+            f"`loki embed` or `loki align`. Check table {table!r} (if it is missing or unreadable, the copy is "
+            f"the table as it was), then delete the copy: sdata.delete_element_from_disk({backup!r})."
+        )
+    if table not in sdata.tables:
+        raise SystemExit(f"{prefix}no table {table!r} in {zarr}; tables: {', '.join(sdata.tables) or 'none'}")
+
+
 def _backup_name(table: str) -> str:
     return f"{table}_loki_backup"
 
@@ -447,17 +453,8 @@ def _align(args: argparse.Namespace) -> None:
     import loki as lk
 
     sdata = sd.read_zarr(args.zarr)
-    for role, name in (("--source", args.source), ("--target", args.target)):
-        if name not in sdata.tables:
-            raise SystemExit(
-                f"loki align: {role}: no table {name!r} in {args.zarr}; tables: {', '.join(sdata.tables) or 'none'}"
-            )
-    if _backup_name(args.source) in sdata.tables:
-        raise SystemExit(
-            f"loki align: {args.zarr} holds table {_backup_name(args.source)!r}, a full copy of {args.source!r} "
-            "left by an interrupted loki command. Check the table, then delete the copy: "
-            f"sdata.delete_element_from_disk({_backup_name(args.source)!r})."
-        )
+    _check_table(sdata, args.source, args.zarr, "align", option="--source")
+    _check_table(sdata, args.target, args.zarr, "align", option="--target", written=False)
     before = _transformations(sdata)
     lk.tl.align(
         sdata,
