@@ -117,3 +117,82 @@ def test_link_columns_are_free_names_without_spatialdata_attrs(mob1):
     del table.uns["spatialdata_attrs"]
     lk.tl.annotate(table, class_embeddings=CLASSES, label_key="region")
     assert set(table.obs["region"]) <= set(CLASSES)
+
+
+def _section_with_instance(mob1, instance: str) -> tuple[SpatialData, object]:
+    """A copy of MOB1 whose instance column (``spot_id``) is named ``instance``."""
+    table = mob1.tables["MOB1"].copy()
+    table.obs = table.obs.rename(columns={"spot_id": instance})
+    table.uns["spatialdata_attrs"] = {**table.uns["spatialdata_attrs"], "instance_key": instance}
+    return SpatialData(images=mob1.images, shapes=mob1.shapes, tables={"MOB1": table}), table
+
+
+DERIVED_LINK = (
+    r"key_added='spot' also takes \.obs\['{}'\] for its results, which is the table's instance_key "
+    r"column \.obs\['{}'\], which links its rows to their shapes\. Choose another key_added\."
+)
+
+
+@pytest.mark.parametrize(
+    ("function", "column"),
+    [("gene_sentences", "spot_empty"), ("embed_image_cut", "spot_patch_ok")],
+)
+def test_derived_obs_column_that_is_the_instance_column_is_refused(mob1, model, function, column):
+    # the flag column written next to the result (f"{key_added}_empty", f"{key_added}_patch_ok")
+    section, table = _section_with_instance(mob1, column)
+    before = _state(table)
+    call = {
+        "gene_sentences": lambda: lk.pp.gene_sentences(section, key_added="spot"),
+        "embed_image_cut": lambda: lk.tl.embed_image(section, model, key_added="spot", diameter_um=100.0),
+    }[function]
+    with pytest.raises(ValueError, match=DERIVED_LINK.format(column, column)):
+        call()
+    _assert_unchanged(table, before)
+
+
+def test_embed_image_with_given_patches_writes_no_flags_so_needs_no_free_flag_column(mob1, model):
+    section, table = _section_with_instance(mob1, "spot_patch_ok")
+    patches = np.zeros((table.n_obs, 16, 16, 3), dtype=np.uint8)
+    lk.tl.embed_image(section, model, patches=patches, key_added="spot")
+    assert "spot" in table.obsm
+    assert table.obs["spot_patch_ok"].equals(mob1.tables["MOB1"].obs["spot_id"].rename("spot_patch_ok"))
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_annotate_fused_key_that_is_use_is_refused(mob1, fuse):
+    # with fuse_with the fused scores would overwrite use=, without it the earlier "fused" entry is removed
+    table = mob1.tables["MOB1"].copy()
+    table.obsm["emb_fused"] = _unit_rows(table.n_obs)
+    before = _state(table)
+    fuse_with = {"fuse_with": RNG.random((table.n_obs, len(CLASSES)))} if fuse else {}
+    match = (
+        r"key_added='emb' also takes \.obsm\['emb_fused'\] for its results, which is the call's input "
+        r"use='emb_fused'\. Choose another key_added\."
+    )
+    with pytest.raises(ValueError, match=match):
+        lk.tl.annotate(table, class_embeddings=CLASSES, use="emb_fused", key_added="emb", **fuse_with)
+    _assert_unchanged(table, before)
+
+
+@pytest.mark.parametrize("refine", [None, "nms"])
+def test_decompose_refined_key_that_is_use_is_refused(mob1, refine):
+    # with refine the refined scores would overwrite use=, without it the earlier "refined" entry is removed
+    table = mob1.tables["MOB1"].copy()
+    table.obsm["emb_refined"] = _unit_rows(table.n_obs)
+    before = _state(table)
+    match = (
+        r"key_added='emb' also takes \.obsm\['emb_refined'\] for its results, which is the call's input "
+        r"use='emb_refined'\. Choose another key_added\."
+    )
+    with pytest.raises(ValueError, match=match):
+        lk.tl.decompose(
+            table,
+            reference=table.copy(),
+            cell_type_key="cell_type",
+            use="emb_refined",
+            reference_use="emb_refined",
+            method="nnls",
+            refine=refine,
+            key_added="emb",
+        )
+    _assert_unchanged(table, before)

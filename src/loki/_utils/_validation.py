@@ -43,18 +43,45 @@ def check_key_name(key, what: str = "key_added") -> None:
         raise ValueError(f"{what} must be a non-empty string, got {key!r}.")
 
 
+def _place(where: str, key: str) -> str:
+    return f".uns[{Key.UNS!r}][{key!r}]" if where == "uns" else f".{where}[{key!r}]"
+
+
+def _protected(table, where: str, inputs: Mapping[str, str | None]) -> dict[str, str]:
+    """``{key: what it is}`` of the keys of ``where`` (``"obs"``, ``"obsm"``, ...) no result may take."""
+    protected = {
+        value: f"the call's input {name}={value!r}" for name, value in inputs.items() if value is not None
+    }
+    if where == "obs":
+        attrs = table.uns.get("spatialdata_attrs", {})
+        for link in ("region_key", "instance_key"):
+            column = attrs.get(link)
+            if column is not None:
+                protected.setdefault(
+                    column,
+                    f"the table's {link} column .obs[{column!r}], which links its rows to their shapes",
+                )
+    elif where == "obsm":
+        protected.setdefault(Key.SPATIAL, f"the spot coordinates .obsm[{Key.SPATIAL!r}]")
+    elif where == "uns":
+        for name in Key.SECTION_METADATA:
+            protected.setdefault(name, f"the section metadata .uns[{Key.UNS!r}][{name!r}]")
+    return protected
+
+
 def check_result_key(
     table,
     key,
     where: Iterable[str],
     *,
     inputs: Mapping[str, str | None] | None = None,
+    derived: Iterable[tuple[str, Iterable[str]]] = (),
     what: str = "key_added",
 ) -> None:
     """Refuse a result key that would overwrite what the call reads or what describes the section.
 
     Runs :func:`check_key_name`, then raises a ValueError naming ``what``, the key and what it would
-    replace when the key is
+    replace when the key, or one of the ``derived`` keys written with it, is
 
     - one of ``inputs``;
     - for ``"obs"``, the ``region_key`` or ``instance_key`` column of a SpatialData table
@@ -77,25 +104,27 @@ def check_result_key(
     inputs
         ``{argument: key}`` of the keys the call reads from those containers, e.g. ``{"use": use}``;
         None values are skipped.
+    derived
+        ``(derived_key, where)`` pairs of the other keys the call writes (or removes) because of
+        ``key``, e.g. ``[(f"{key}_fused", ("obsm",))]``; the message names ``what`` and the place of
+        the derived key.
     what
         Name of the argument in the message.
     """
     check_key_name(key, what)
-    protected = {value: f"the call's input {name}={value!r}" for name, value in (inputs or {}).items()}
-    if "obs" in where:
-        attrs = table.uns.get("spatialdata_attrs", {})
-        for link in ("region_key", "instance_key"):
-            column = attrs.get(link)
-            protected.setdefault(
-                column, f"the table's {link} column .obs[{column!r}], which links its rows to their shapes"
-            )
-    if "obsm" in where:
-        protected.setdefault(Key.SPATIAL, f"the spot coordinates .obsm[{Key.SPATIAL!r}]")
-    if "uns" in where:
-        for name in Key.SECTION_METADATA:
-            protected.setdefault(name, f"the section metadata .uns[{Key.UNS!r}][{name!r}]")
-    if key in protected:
-        raise ValueError(f"{what}={key!r} would replace {protected[key]}. Choose another {what}.")
+    inputs = inputs or {}
+    for container in where:
+        protected = _protected(table, container, inputs)
+        if key in protected:
+            raise ValueError(f"{what}={key!r} would replace {protected[key]}. Choose another {what}.")
+    for other, other_where in derived:
+        for container in other_where:
+            protected = _protected(table, container, inputs)
+            if other in protected:
+                raise ValueError(
+                    f"{what}={key!r} also takes {_place(container, other)} for its results, which is "
+                    f"{protected[other]}. Choose another {what}."
+                )
 
 
 def check_obsm_key(adata, key: str) -> None:

@@ -142,7 +142,8 @@ def gene_sentences(
     """
     check_copy(data, copy)
     adata = get_table(data, table_key)
-    check_result_key(adata, key_added, ("obs", "uns"))
+    empty_key = Key.empty_of(key_added)
+    check_result_key(adata, key_added, ("obs", "uns"), derived=[(empty_key, ("obs",))])
     if key_added == Key.EMPTY_SPOT:
         raise ValueError(
             f"key_added={key_added!r} is the column of the empty-spot flag; choose another name."
@@ -171,7 +172,6 @@ def gene_sentences(
     _raise_bad_values(n_bad, adata.obs_names)
     sentences = join_names(top, counts, name_list)
     empty = counts == 0
-    empty_key = Key.empty_of(key_added)
     if empty.any():
         examples = ", ".join(map(repr, adata.obs_names[empty][:5]))
         warnings.warn(

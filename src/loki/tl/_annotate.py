@@ -66,7 +66,7 @@ def marker_sentences(
     """
     if not markers:
         raise ValueError("markers is empty; pass {class: [genes]} with at least one class.")
-    if isinstance(max_genes, bool) or not isinstance(max_genes, (int, np.integer)) or max_genes < 1:
+    if isinstance(max_genes, bool) or not isinstance(max_genes, int | np.integer) or max_genes < 1:
         raise ValueError(
             f"The number of markers per class (max_markers) must be a positive integer, got {max_genes!r}."
         )
@@ -237,7 +237,8 @@ def annotate(
     """
     check_copy(data, copy)
     adata = get_table(data, table_key)
-    check_result_key(adata, key_added, ("obsm", "uns"), inputs={"use": use})
+    fused_key = f"{key_added}_fused"  # written with fuse_with, else an earlier call's is removed
+    check_result_key(adata, key_added, ("obsm", "uns"), inputs={"use": use}, derived=[(fused_key, ("obsm",))])
     label_key = key_added if label_key is None else label_key
     check_result_key(adata, label_key, ("obs",), what="label_key")
     require_keys(adata.obsm, use, "adata.obsm")
@@ -320,10 +321,10 @@ def annotate(
         adata = adata.copy()
     write_obsm(adata, key_added, pd.DataFrame(scores, index=adata.obs_names, columns=classes))
     if fused_other is not None:
-        write_obsm(adata, f"{key_added}_fused", pd.DataFrame(final, index=adata.obs_names, columns=classes))
-    elif f"{key_added}_fused" in adata.obsm:  # an earlier call's, which these labels would contradict
-        del adata.obsm[f"{key_added}_fused"]
-        logger.info("removed .obsm[%r] of an earlier call (no fuse_with now)", f"{key_added}_fused")
+        write_obsm(adata, fused_key, pd.DataFrame(final, index=adata.obs_names, columns=classes))
+    elif fused_key in adata.obsm:  # an earlier call's, which these labels would contradict
+        del adata.obsm[fused_key]
+        logger.info("removed .obsm[%r] of an earlier call (no fuse_with now)", fused_key)
     write_obs(adata, label_key, pd.Series(labels, index=adata.obs_names))
     if without_spots:
         logger.info(

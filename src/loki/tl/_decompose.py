@@ -222,7 +222,15 @@ def decompose(
         table = data
     else:
         raise TypeError(f"Expected an AnnData or a SpatialData, got {type(data).__name__}.")
-    check_result_key(table, key_added, ("obsm", "uns"), inputs={"use": None if use == "X" else use})
+    # written with refine or normalize, else an earlier call's is removed
+    refined_key = f"{key_added}_refined"
+    check_result_key(
+        table,
+        key_added,
+        ("obsm", "uns"),
+        inputs={"use": None if use == "X" else use},
+        derived=[(refined_key, ("obsm",))],
+    )
     if not isinstance(reference, AnnData):
         raise TypeError(f"reference must be an AnnData, got {type(reference).__name__}.")
     _check_choice("method", method, _METHODS)
@@ -336,12 +344,10 @@ def decompose(
     target = table.copy() if copy else table
     write_obsm(target, key_added, proportions_df)
     if refined_df is not None:
-        write_obsm(target, f"{key_added}_refined", refined_df)
-    elif f"{key_added}_refined" in target.obsm:  # an earlier call's, which these proportions would contradict
-        del target.obsm[f"{key_added}_refined"]
-        logger.info(
-            "removed .obsm[%r] of an earlier call (no refine or normalize now)", f"{key_added}_refined"
-        )
+        write_obsm(target, refined_key, refined_df)
+    elif refined_key in target.obsm:  # an earlier call's, which these proportions would contradict
+        del target.obsm[refined_key]
+        logger.info("removed .obsm[%r] of an earlier call (no refine or normalize now)", refined_key)
     write_uns(target, key_added, info)
     return target if copy else None
 

@@ -307,8 +307,11 @@ def embed_image(
 
     """
     table = get_table(data, table_key)
-    check_result_key(table, key_added, ("obsm", "uns"))
     cut_here = patches is None
+    flag_key = Key.patch_ok_of(key_added)  # the flags of patches cut here
+    check_result_key(
+        table, key_added, ("obsm", "uns"), derived=[(flag_key, ("obs", "uns"))] if cut_here else ()
+    )
     diameter, diameter_source = diameter_um, None
     if cut_here and is_spatialdata(data):
         diameter, diameter_source = patch_diameter_um(model, diameter_um, table)
@@ -334,7 +337,7 @@ def embed_image(
             diameter_um=float(spot_diameter_um(data, table) if diameter is None else diameter),
             diameter_source=diameter_source,
             coordinate_system=coordinate_system,
-            patch_ok_key=Key.patch_ok_of(key_added),
+            patch_ok_key=flag_key,
         )
     return _finish(table, key_added, emb, params, copy, flags)
 
