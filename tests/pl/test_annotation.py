@@ -75,7 +75,7 @@ def test_score_panels_over_he():
 def test_label_panel_on_anndata_and_class_subset(tmp_path):
     table = _annotated(small_section(with_image=False))
     fig = lk.pl.annotation(table, kind="label", show=False, save=tmp_path / "f.png")
-    (ax,) = [a for a in fig.axes if a.get_title() == "loki_annotation"]
+    (ax,) = (a for a in fig.axes if a.get_title() == "loki_annotation")
     assert len(ax.images) == 0
     sizes = sorted(len(c.get_offsets()) for c in ax.collections)
     assert sizes == sorted(table.obs["loki_annotation"].value_counts().to_list())

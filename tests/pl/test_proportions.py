@@ -51,7 +51,7 @@ def test_subset_into_given_axes_over_an_image(spots):
     fig = lk.pl.proportions(spots, cell_types=["Immune"], image=rgb, ax=ax)
     assert fig is ax.figure
     assert ax.get_title() == "Immune"
-    (img,) = [a for a in ax.get_children() if isinstance(a, AxesImage)]
+    (img,) = (a for a in ax.get_children() if isinstance(a, AxesImage))
     assert img.get_array().shape == (200, 200, 3)
 
 
@@ -72,7 +72,7 @@ def test_spatialdata_section_draws_its_image_in_spot_units(spots):
     sdata = SpatialData(images={"sec_image": image}, shapes={"sec_spots": shapes}, tables={"sec": table})
     fig = lk.pl.proportions(sdata, cell_types=["Tumour"])
     (panel,) = _panels(fig)
-    (img,) = [a for a in panel.get_children() if isinstance(a, AxesImage)]
+    (img,) = (a for a in panel.get_children() if isinstance(a, AxesImage))
     # The 50 px image is scaled by 4 into spot units; SpatialData's pixel (i, j) spans [j, j + 1] x
     # [i, i + 1], so the image's far corner (50, 50) lands at 200 and pixel (0, 0) is centred at 2.
     for pixel, spot_units in (((50.0, 50.0), 200.0), ((0.5, 0.5), 2.0)):

@@ -181,7 +181,7 @@ def alignment_expression_scores(
     """
     check_obsm_key(source, aligned_key)
     check_obsm_key(target, target_key)
-    if isinstance(n_top_genes, bool) or not isinstance(n_top_genes, (int, np.integer)) or n_top_genes < 2:
+    if isinstance(n_top_genes, bool) or not isinstance(n_top_genes, int | np.integer) or n_top_genes < 2:
         raise ValueError(f"n_top_genes must be an integer >= 2, got {n_top_genes!r}.")
     check_unique_var_names(source, "source")
     check_unique_var_names(target, "target")
