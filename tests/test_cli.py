@@ -303,3 +303,38 @@ def test_align_refuses_bad_input_before_writing(mob12_zarr):
     with pytest.raises(SystemExit, match=r"pass --aligned-coordinate-system or"):
         main([*align, "--key-added", "spatial_global"])
     assert snapshot() == before
+
+
+def test_align_errors_about_keys_and_coordinate_systems_name_the_options(mob12_zarr):
+    """The API's argument names (key_added, coordinate_system, ...) never reach the command line user."""
+    import re
+
+    align = ["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1", "--use", "none"]
+    cases = [
+        (
+            ["--key-added", "spatial_global"],
+            "--key-added 'spatial_global' names the aligned coordinate system 'global', which must differ "
+            "from --coordinate-system 'global'; pass --aligned-coordinate-system or another --key-added.",
+        ),
+        (
+            ["--aligned-coordinate-system", "global"],
+            "--aligned-coordinate-system 'global' must differ from --coordinate-system 'global'; pass "
+            "another --aligned-coordinate-system.",
+        ),
+        (
+            ["--key-added", "spatial_"],
+            "--key-added 'spatial_' leaves the aligned coordinate system no name; pass "
+            "--aligned-coordinate-system or another --key-added.",
+        ),
+        (
+            ["--aligned-coordinate-system", ""],
+            "--aligned-coordinate-system '' is not a coordinate system name.",
+        ),
+        (["--key-added", "image_key"], "Choose another --key-added."),
+    ]
+    for extra, expected in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main([*align, *extra])
+        message = str(exit_.value.code)
+        assert expected in message, extra
+        assert not re.search(r"\b(key_added|coordinate_system|input_coordinate_system)\b", message), message

@@ -520,13 +520,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cli_message(err: BaseException, command: str) -> str:
-    """The error's message, with the API keywords this command has options for written as those options."""
+    """The error's message, with the API keywords this command has options for written as those options.
+
+    A keyword is rewritten where it is an argument: ``keyword=value``, ``keyword=`` and "another keyword".
+    """
     # a KeyError's str() is quoted; an OSError's args are (errno, text)
     message = err.args[0] if len(err.args) == 1 and isinstance(err.args[0], str) else str(err) or repr(err)
     for keyword, option in _OPTIONS.get(command, {}).items():
         message = re.sub(rf"\b{keyword}=True\b", option, message)
         message = re.sub(rf"\b{keyword}=(?=[\w'\"(\[-])", f"{option} ", message)  # a value follows
         message = re.sub(rf"\b{keyword}=", option, message)
+        message = re.sub(rf"\banother {keyword}(?=[.,;]|$)", f"another {option}", message)
     return message
 
 

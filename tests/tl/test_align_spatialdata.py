@@ -577,3 +577,62 @@ def test_transformations_and_microns_per_unit_that_disagree_are_warned_about(cap
     assert "the spots' transformations scale the source by 0.5" in caplog.text
     record = sdata.tables["MOB2"].uns[Key.UNS][Key.ALIGNED]
     np.testing.assert_allclose(record["unit_scale"], np.sqrt(abs(np.linalg.det(record["matrix"][:2, :2]))))
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_restacking_onto_another_target_is_said_once_without_align_options(caplog):
+    """A stack onto MOB1, then onto MOB2: the replaced placement of MOB2 is no per-call warning that
+    suggests target_spatial_key= (which align_sections sets itself)."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
+    lk.tl.align_sections(sdata, target="MOB1", progress=False, **_FAST)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="loki"):
+        lk.tl.align_sections(sdata, target="MOB2", progress=False, **_FAST)
+    assert _warnings(caplog) == []  # the stack replaces its own key's placement, as asked
+    assert "target_spatial_key" not in caplog.text
+    assert caplog.text.count("of the target section 'MOB2'") == 1
+    # an alignment under another key that placed the target in the same coordinate system: one warning
+    lk.tl.align(
+        sdata, source="MOB3", target="MOB1", key_added="spatial_other", coordinate_system="aligned", **_FAST
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.align_sections(sdata, target="MOB3", progress=False, **_FAST)
+    assert _warnings(caplog) == [
+        "the target section 'MOB3' was placed in coordinate system 'aligned' by its alignment 'spatial_other'; "
+        "the stack puts it back where it lies in the input coordinate system, so that alignment's shapes and "
+        "its elements no longer agree there. Pass coordinate_system= to keep both."
+    ]
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_restacking_onto_another_target_gives_a_fresh_stack(sequential):
+    """The new target's aligned shapes of the first stack (when it was a source) are removed: its entry,
+    elements and shapes agree, as in a stack onto it alone."""
+    sections = ("MOB1", "MOB2", "MOB3")
+    fresh, sdata = lk.datasets.mob(sections), lk.datasets.mob(sections)
+    lk.tl.align_sections(fresh, target="MOB2", sequential=sequential, progress=False, **_FAST)
+    lk.tl.align_sections(sdata, target="MOB1", sequential=sequential, progress=False, **_FAST)
+    assert "MOB2_spots_aligned" in sdata.shapes
+    lk.tl.align_sections(sdata, target="MOB2", sequential=sequential, progress=False, **_FAST)
+    assert sorted(sdata.shapes) == sorted(fresh.shapes)
+    assert "MOB2_spots_aligned" not in sdata.shapes
+    for name in sdata.shapes:
+        np.testing.assert_allclose(_positions(sdata, name), _positions(fresh, name), atol=1e-6, err_msg=name)
+    for name in sdata.images:
+        np.testing.assert_allclose(
+            get_transformation(sdata[name], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y")),
+            get_transformation(fresh[name], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y")),
+            atol=1e-9,
+            err_msg=name,
+        )
+    for section in sections:
+        np.testing.assert_allclose(
+            sdata[section].obsm[Key.ALIGNED], fresh[section].obsm[Key.ALIGNED], atol=1e-6
+        )
+        assert sorted(sdata[section].uns[Key.UNS][Key.ALIGNED]) == sorted(
+            fresh[section].uns[Key.UNS][Key.ALIGNED]
+        )

@@ -41,9 +41,11 @@ from loki.tl._align_spatialdata import (
     check_shapes_name,
     check_spot_frame,
     placed_elements,
+    replace_stack_target,
     section_elements,
     shapes_name,
     source_to_cs,
+    stack_onto,
     target_to_cs,
     warn_shared_coordinate_system,
     write_spatialdata,
@@ -175,19 +177,18 @@ def _microns_per_unit(table, key: str) -> float | None:
 def _physical_unit(
     src: Section,
     tgt: Section,
-    spatial_key: str,
-    target_spatial_key: str,
+    mpu_src: float | None,
+    mpu_tgt: float | None,
     frame_scale: float,
     physical_units: bool,
 ) -> float:
     """Scale that ``microns_per_unit`` adds after the spots' transformations (``frame_scale``), or 1.
 
-    With both tables recording it, it decides the size: it corrects what the transformations leave
+    ``mpu_src`` and ``mpu_tgt`` are the two sections' :func:`_microns_per_unit` of the registered
+    coordinates. With both known, it decides the size: it corrects what the transformations leave
     (two SpatialData objects imaged at different resolutions, both ``Identity``), and where the
     transformations scale too and the two disagree by more than 1%, a warning says so.
     """
-    mpu_src = _microns_per_unit(src.table, spatial_key)
-    mpu_tgt = _microns_per_unit(tgt.table, target_spatial_key)
     if not physical_units:
         return 1.0
     if (mpu_src is None) != (mpu_tgt is None):
@@ -279,6 +280,11 @@ def _check_key_added(key_added: str, spatial_key: str, use_keys: tuple[str | Non
                 f"key_added={key_added!r} is also {what}: the result would replace an input .obsm entry of "
                 "the source. Choose another key_added."
             )
+
+
+def _default_coordinate_system(key_added: str) -> str:
+    """The aligned coordinate system named after ``key_added``: ``"aligned"`` for ``"spatial_aligned"``."""
+    return key_added.removeprefix("spatial_")
 
 
 def _seed_record(seed) -> int | str:
@@ -555,14 +561,20 @@ def align(
     key_src, key_tgt = _use_keys(use)
     _check_key_added(key_added, spatial_key, (key_src, key_tgt))
     check_result_key(src.table, key_added, ("obsm", "uns"))
+    # keyword=value forms name what the user gave; the command line shows them as its options
     if coordinate_system is None:
-        coordinate_system = key_added.removeprefix("spatial_")
-    if not isinstance(coordinate_system, str) or not coordinate_system:
-        raise ValueError(f"coordinate_system must be a non-empty string, got {coordinate_system!r}.")
+        coordinate_system = _default_coordinate_system(key_added)
+        named = f"key_added={key_added!r} names the aligned coordinate system {coordinate_system!r}, which"
+        fix = "pass coordinate_system= or another key_added="
+        if not coordinate_system:
+            raise ValueError(f"key_added={key_added!r} leaves the aligned coordinate system no name; {fix}.")
+    elif not isinstance(coordinate_system, str) or not coordinate_system:
+        raise ValueError(f"coordinate_system={coordinate_system!r} is not a coordinate system name.")
+    else:
+        named, fix = f"coordinate_system={coordinate_system!r}", "pass another coordinate_system="
     if coordinate_system == input_coordinate_system:
         raise ValueError(
-            f"coordinate_system {coordinate_system!r} must differ from input_coordinate_system "
-            f"({input_coordinate_system!r}); pass coordinate_system= or another key_added."
+            f"{named} must differ from input_coordinate_system={input_coordinate_system!r}; {fix}."
         )
     is_sd = is_spatialdata(src.data)
     if is_sd:
@@ -607,8 +619,14 @@ def align(
     to_target_frame = (
         np.linalg.inv(target_frame) @ source_frame if is_sd and is_spatialdata(tgt.data) else np.eye(3)
     )
+    mpu_tgt = _microns_per_unit(tgt.table, target_spatial_key)  # also recorded with the result
     unit = _physical_unit(
-        src, tgt, spatial_key, target_spatial_key, linear_scale(to_target_frame), physical_units
+        src,
+        tgt,
+        _microns_per_unit(src.table, spatial_key),
+        mpu_tgt,
+        linear_scale(to_target_frame),
+        physical_units,
     )
     xy_src = apply_matrix(xy_src, to_target_frame) * unit
     c_tgt = xy_tgt.mean(axis=0)
@@ -666,7 +684,7 @@ def align(
         "moving": res.moving,
         "scale_removed": None if res.scale_removed is None else float(res.scale_removed),
         "unit_scale": float(unit * linear_scale(to_target_frame)),
-        "microns_per_unit": _microns_per_unit(tgt.table, target_spatial_key),
+        "microns_per_unit": mpu_tgt,
         "stages": [str(s) for s in res.stages],
         "starts": _start_table(res.start_scores),
         "explained_variance_ratio": ratio,
@@ -760,7 +778,12 @@ def align_sections(
     ``{section: .uns['loki'][key_added]}`` for every aligned section. Each source is written as by
     :func:`align`; the target gets ``.obsm[key_added]`` = its own coordinates and
     ``.uns['loki'][key_added]`` with the identity matrix; every section's entry holds ``z``, its
-    position in the stack.
+    position in the stack. The target's elements are placed in the aligned coordinate system where
+    they lie in ``input_coordinate_system`` (as by :func:`align`), also when an earlier alignment under
+    ``key_added`` (e.g. a stack onto another section) placed them elsewhere: that alignment's entry
+    is replaced, and its shapes of aligned spots are removed, so that the target's entry, elements and
+    shapes agree, as after a first stack onto it. An INFO log names the removed shapes; a warning names
+    the target's alignments under other keys that had placed it in the same coordinate system.
 
     Every section is checked before any is written: sections named twice (or one object given twice),
     and an element (e.g. one slide image) that two sections of the stack would place, are refused.
@@ -818,26 +841,31 @@ def align_sections(
     )
 
     results: dict[str, dict] = {}
-    for i, name, ref, pair in tqdm(plan, disable=not progress, desc="align sections"):
-        obj, key = by_name[name]
-        ref_obj, ref_key = by_name[ref]
-        ref_spatial = key_added if (sequential and ref != target) else spatial_key
-        common = {
-            "use": pair,
-            "key_added": key_added,
-            "spatial_key": spatial_key,
-            "target_spatial_key": ref_spatial,
-            "target_image_key": target_image_key if ref == target else None,
-            **kwargs,
-        }
-        if obj is ref_obj and is_spatialdata(obj):
-            align(obj, source=key, target=ref_key, **common)
-        else:
-            align(obj, source=key, target=ref_obj, target_table=ref_key, **common)
-        table = get_table(obj, key)
-        table.uns[Key.UNS][key_added]["z"] = int(i)
-        table.uns[Key.UNS][key_added]["reference"] = ref
-        results[name] = table.uns[Key.UNS][key_added]
+    tgt_section = Section(tgt_obj, tgt_key, tgt_table)
+    with stack_onto(tgt_section):  # its earlier placement is reported once, below
+        for i, name, ref, pair in tqdm(plan, disable=not progress, desc="align sections"):
+            obj, key = by_name[name]
+            ref_obj, ref_key = by_name[ref]
+            ref_spatial = key_added if (sequential and ref != target) else spatial_key
+            common = {
+                "use": pair,
+                "key_added": key_added,
+                "spatial_key": spatial_key,
+                "target_spatial_key": ref_spatial,
+                "target_image_key": target_image_key if ref == target else None,
+                **kwargs,
+            }
+            if obj is ref_obj and is_spatialdata(obj):
+                align(obj, source=key, target=ref_key, **common)
+            else:
+                align(obj, source=key, target=ref_obj, target_table=ref_key, **common)
+            table = get_table(obj, key)
+            table.uns[Key.UNS][key_added]["z"] = int(i)
+            table.uns[Key.UNS][key_added]["reference"] = ref
+            results[name] = table.uns[Key.UNS][key_added]
+    replace_stack_target(
+        tgt_section, key_added, kwargs.get("coordinate_system") or _default_coordinate_system(key_added)
+    )
     write_obsm(tgt_table, key_added, np.asarray(tgt_table.obsm[spatial_key], dtype=np.float64)[:, :2].copy())
     entry = {"method": "target", "target": target, "matrix": np.eye(3), "z": int(t_idx)}
     mpu = _microns_per_unit(tgt_table, spatial_key)

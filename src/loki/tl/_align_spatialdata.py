@@ -6,7 +6,9 @@ and the transformations written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,10 @@ from loki._utils._spatialdata import (
 ImageKeys = str | Sequence[str] | None
 
 _ELEMENT_KINDS = ("images", "labels", "points", "shapes")
+
+# the target table of the align_sections call in progress: the stack reports its earlier placement
+# once (replace_stack_target), instead of each call onto it
+_STACK_TARGET: ContextVar[AnnData | None] = ContextVar("loki_stack_target", default=None)
 
 
 @dataclass
@@ -289,6 +295,8 @@ def warn_shared_coordinate_system(src: Section, tgt: Section, key_added: str, cs
 
     A target placed by an earlier alignment is put back where it lies in the input coordinate system,
     unless its aligned coordinates are the target's (``chained``, e.g. ``target_spatial_key=key_added``).
+    The target of an :func:`align_sections` stack in progress (:func:`stack_onto`) is left to
+    :func:`replace_stack_target`.
     """
     earlier = _alignments_in(src, cs, but=key_added)
     if earlier:
@@ -301,7 +309,9 @@ def warn_shared_coordinate_system(src: Section, tgt: Section, key_added: str, cs
             ", ".join(map(repr, earlier)),
             key_added,
         )
-    earlier = [] if chained or not is_spatialdata(tgt.data) else _alignments_in(tgt, cs)
+    if chained or not is_spatialdata(tgt.data) or tgt.table is _STACK_TARGET.get():
+        return
+    earlier = _alignments_in(tgt, cs)
     if earlier:
         logger.warning(
             "the target section %r was placed in coordinate system %r by its alignment %s; this alignment "
@@ -312,6 +322,51 @@ def warn_shared_coordinate_system(src: Section, tgt: Section, key_added: str, cs
             cs,
             ", ".join(map(repr, earlier)),
             earlier[0],
+        )
+
+
+@contextmanager
+def stack_onto(tgt: Section) -> Iterator[None]:
+    """Within it, the :func:`align` calls onto ``tgt`` do not warn about its earlier placement."""
+    token = _STACK_TARGET.set(tgt.table)
+    try:
+        yield
+    finally:
+        _STACK_TARGET.reset(token)
+
+
+def replace_stack_target(tgt: Section, key_added: str, cs: str) -> None:
+    """Say once what a stack replaced of its target's earlier placement in ``cs``; drop its stale shapes.
+
+    The stack places its target at its own coordinates and records it under ``key_added``, so the
+    shapes of aligned spots that the target's earlier alignment under ``key_added`` wrote (when it was
+    a source, e.g. of a stack onto another section) are removed. Earlier alignments under other keys
+    that placed it in ``cs`` keep their shapes, which no longer agree with its elements there: a warning
+    says so. Call it after every alignment of the stack has succeeded.
+    """
+    if not is_spatialdata(tgt.data):
+        return
+    record = tgt.table.uns.get(Key.UNS, {}).get(key_added)
+    shapes = record.get("shapes") if isinstance(record, dict) else None
+    if shapes is not None and shapes in tgt.data.shapes:
+        del tgt.data.shapes[shapes]
+        logger.info(
+            "removed shapes %r of the target section %r: its earlier alignment %r is replaced, and the "
+            "target is placed in coordinate system %r at its own coordinates",
+            shapes,
+            tgt.name,
+            key_added,
+            cs,
+        )
+    earlier = _alignments_in(tgt, cs, but=key_added)
+    if earlier:
+        logger.warning(
+            "the target section %r was placed in coordinate system %r by its alignment %s; the stack puts it "
+            "back where it lies in the input coordinate system, so that alignment's shapes and its elements "
+            "no longer agree there. Pass coordinate_system= to keep both.",
+            tgt.name,
+            cs,
+            ", ".join(map(repr, earlier)),
         )
 
 
