@@ -136,3 +136,36 @@ def test_overlay_keeps_a_users_inverted_axes(pair):
     assert axes[0].yaxis_inverted()
     assert axes[1].yaxis_inverted()
     plt.close(fig)
+
+
+def test_errors_name_the_section_and_what_exists(pair):
+    src, tgt = pair
+    lacking = src.copy()
+    del lacking.obsm["spatial"]
+    with pytest.raises(KeyError, match=r"'spatial' not found in section 'source' adata\.obsm; available: "):
+        lk.pl.alignment([tgt, lacking], sections=["target", "source"], show=False)
+    with pytest.raises(KeyError, match=r"'emb2' not found in section 'target' adata\.obsm; available: "):
+        lk.pl.alignment([tgt, src], sections=["target", "source"], use=["emb2", "emb"], show=False)
+    with pytest.raises(
+        KeyError,
+        match=r"'moved' not found in \.obsm of any section; available: 'spatial', 'proportions', 'emb', 'spatial_aligned'\. "
+        r"Run lk\.tl\.align or lk\.tl\.align_sections first",
+    ):
+        lk.pl.alignment([tgt, src], key="moved", show=False)
+    assert plt.get_fignums() == []
+
+
+def test_many_sections_get_distinct_colours_and_a_wider_legend():
+    rng = np.random.default_rng(0)
+    sections = []
+    for _ in range(16):
+        a = lk.datasets.synthetic_tissue(n_spots=20, n_genes=5, seed=0)
+        a.obsm[Key.ALIGNED] = a.obsm["spatial"] + rng.normal(size=(a.n_obs, 2))
+        sections.append(a)
+    fig = lk.pl.alignment(sections, show=False)
+    colours = {tuple(c.get_facecolors()[0][:3]) for c in fig.axes[1].collections}
+    assert len(colours) == 16  # matplotlib's 10-colour cycle repeated after 10 sections
+    legend = fig.axes[1].get_legend()
+    assert len(legend.get_texts()) == 16
+    assert legend._ncols == 2
+    plt.close(fig)

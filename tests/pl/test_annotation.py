@@ -216,3 +216,92 @@ def test_label_colours_follow_the_classes_across_sections():
     every, without_stroma = annotated(["stroma", "tumour", "immune"]), annotated(["tumour", "immune"])
     assert every == without_stroma
     plt.close("all")
+
+
+def _legend_colours(fig):
+    from matplotlib.colors import to_hex
+
+    legend = fig.axes[0].get_legend()
+    return {
+        t.get_text(): to_hex(h.get_facecolor()[0])
+        for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)
+    }
+
+
+def test_label_colours_are_scanpys():
+    import scanpy as sc
+
+    table = small_section(n=60, with_image=False)
+    table.obs["lab"] = pd.Categorical(np.array(["A", "B", "C"])[np.arange(60) % 3])
+    table.uns["lab_colors"] = ["#ff0000", "#00ff00", "#0000ff"]  # e.g. written by sc.pl.*
+    assert _legend_colours(lk.pl.annotation(table, kind="label", label_key="lab", show=False)) == {
+        "A": "#ff0000",
+        "B": "#00ff00",
+        "C": "#0000ff",
+    }
+    # without them (or too few, or not colours): the colours scanpy would give and store
+    for stored in (None, ["#ff0000"], ["#ff0000", "#00ff00", "no colour"]):
+        if stored is None:
+            del table.uns["lab_colors"]
+        else:
+            table.uns["lab_colors"] = stored
+        fig = lk.pl.annotation(table, kind="label", label_key="lab", show=False)
+        assert table.uns.get("lab_colors") is stored  # read, never written
+        reference = table.copy()
+        reference.uns.pop("lab_colors", None)
+        sc.pl.embedding(reference, basis="spatial", color="lab", show=False)
+        assert _legend_colours(fig) == dict(zip("ABC", reference.uns["lab_colors"], strict=True))
+    for n in (25, 60):  # scanpy's 28- and 102-colour palettes
+        table.obs["lab"] = pd.Categorical([f"c{i % n:02d}" for i in range(60)])
+        reference = table.copy()
+        sc.pl.embedding(reference, basis="spatial", color="lab", show=False)
+        colours = _legend_colours(lk.pl.annotation(table, kind="label", label_key="lab", show=False))
+        assert list(colours.values()) == [c.lower() for c in reference.uns["lab_colors"]]
+    plt.close("all")
+
+
+def test_label_colours_stored_for_the_classes_annotate_recorded():
+    adata = small_section(with_image=False)
+    adata.obsm["loki_image"] = np.eye(8, dtype=np.float32)[np.arange(adata.n_obs) % 3]
+    classes = pd.DataFrame(np.eye(4, 8), index=["x", "y", "z", "never"])  # no spot is near "never"
+    lk.tl.annotate(adata, class_embeddings=classes)
+    assert list(adata.obs["loki_annotation"].cat.categories) == ["x", "y", "z"]
+    adata.uns["loki_annotation_colors"] = ["#ff0000", "#00ff00", "#0000ff", "#000000"]  # one per class
+    colours = _legend_colours(lk.pl.annotation(adata, kind="label", show=False))
+    assert colours == {"x": "#ff0000", "y": "#00ff00", "z": "#0000ff", "never": "#000000"}
+    # colours for the labels present only (as sc.pl.* stores them) do not cover every class: the
+    # palette over the class list, as on every other section annotated with these classes
+    adata.uns["loki_annotation_colors"] = ["#ff0000", "#00ff00", "#0000ff"]
+    colours = _legend_colours(lk.pl.annotation(adata, kind="label", show=False))
+    assert colours == {"x": "#1f77b4", "y": "#ff7f0e", "z": "#2ca02c", "never": "#d62728"}
+    plt.close("all")
+
+
+def test_label_column_of_numbers_is_refused_strings_and_bools_are_categories():
+    table = small_section(n=40, with_image=False)
+    rng = np.random.default_rng(0)
+    for values in (rng.random(40), rng.integers(0, 3, 40)):
+        table.obs["num"] = values
+        with pytest.raises(ValueError, match=r"adata\.obs\['num'\] holds numbers .* kind='scores'"):
+            lk.pl.annotation(table, kind="label", label_key="num", show=False)
+    assert plt.get_fignums() == []
+    table.obs["num"] = pd.Categorical(rng.integers(0, 3, 40))  # made categorical: one entry per value
+    fig = lk.pl.annotation(table, kind="label", label_key="num", show=False)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["0", "1", "2"]
+    table.obs["text"] = np.array(["b", "a"], dtype=object)[np.arange(40) % 2]
+    table.obs["flag"] = np.arange(40) % 3 == 0
+    for column, legend in (("text", ["a", "b"]), ("flag", ["False", "True"])):
+        fig = lk.pl.annotation(table, kind="label", label_key=column, show=False)
+        assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == legend
+        assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 40
+    plt.close("all")
+
+
+@pytest.mark.parametrize(("n", "ncol"), [(14, 1), (15, 2), (30, 2), (31, 3)])
+def test_long_legends_take_more_columns(n, ncol):
+    table = small_section(n=62, with_image=False)
+    table.obs["lab"] = pd.Categorical([f"c{i % n:02d}" for i in range(62)])
+    legend = lk.pl.annotation(table, kind="label", label_key="lab", show=False).axes[0].get_legend()
+    assert len(legend.get_texts()) == n
+    assert legend._ncols == ncol
+    plt.close("all")

@@ -108,3 +108,86 @@ def test_gallery_and_expression_draw_into_given_axes():
     with pytest.raises(ValueError, match="ax holds 2 axes, but 4 panels are drawn"):
         lk.pl.expression(_section(), ["g0", "g1"], ax=axes[0], show=False)
     plt.close("all")
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_a_failing_call_leaves_no_figure_and_save_must_be_a_path(name, tmp_path):
+    plot, n_axes = PLOTS[name]
+    plt.close("all")
+    with pytest.raises(ValueError, match=r"save must be a file path .* got True\. scanpy's save=True"):
+        plot(show=False, save=True)
+    assert plt.get_fignums() == []
+    with pytest.raises(FileNotFoundError):
+        plot(show=False, save=tmp_path / "missing" / "a.png")
+    assert plt.get_fignums() == []  # the figure it created is closed, not left half-saved
+    fig, ax = _axes(n_axes)
+    with pytest.raises(FileNotFoundError):
+        plot(ax=ax, show=False, save=tmp_path / "missing" / "b.png")
+    assert plt.get_fignums() == [fig.number]  # the caller's figure stays open
+    plt.close("all")
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_ax_takes_one_axes_a_list_or_an_array(name):
+    plot, n_axes = PLOTS[name]
+    for wrap in (list, lambda axes: np.asarray(axes, dtype=object).reshape(1, -1)):
+        fig, axes = plt.subplots(1, n_axes, squeeze=False)
+        out = plot(ax=wrap(list(axes[0])), show=False)
+        assert (out if isinstance(out, plt.Figure) else out.figure) is fig
+        assert all(a.has_data() for a in axes[0])  # every given axes got its panel
+        plt.close(fig)
+    fig, axes = plt.subplots(1, n_axes + 1)
+    with pytest.raises(ValueError, match=rf"ax holds {n_axes + 1} axes, but {n_axes} panels are drawn"):
+        plot(ax=axes, show=False)
+    assert not any(a.has_data() for a in axes)
+    plt.close("all")
+
+
+def _nan_annotation(a):
+    a.obsm["loki_annotation"].iloc[0, 0] = np.nan
+    return lk.pl.annotation(a, show=False).axes[0]
+
+
+def _nan_proportions(a):
+    a.obsm["loki_proportions"].iloc[0, 0] = np.nan
+    return lk.pl.proportions(a, show=False).axes[0]
+
+
+def _nan_expression(a):
+    a.layers["loki_predicted"][0, 0] = np.nan
+    return lk.pl.expression(a, "g0", show=False).axes[1]  # the predicted panel
+
+
+@pytest.mark.parametrize("plot", [_nan_annotation, _nan_proportions, _nan_expression])
+def test_a_spot_without_a_value_is_drawn_light_grey(plot):
+    from matplotlib.colors import to_rgb
+
+    section = _section()
+    panel = plot(section)
+    (points,) = panel.collections
+    panel.figure.canvas.draw()
+    colours = points.get_facecolors()
+    assert len(colours) == section.n_obs
+    np.testing.assert_allclose(colours[0, :3], to_rgb("lightgray"))
+    assert colours[0, 3] == colours[1, 3] > 0  # as opaque as the spots with a value
+    assert not np.isclose(colours[1:, :3], to_rgb("lightgray")).all(axis=1).any()
+    plt.close("all")
+
+
+@pytest.mark.parametrize("name", ["alignment", "annotation", "expression", "proportions"])
+def test_coordinates_need_two_columns(name):
+    plt.close("all")
+    section = _section()
+    section.obsm["spatial"] = section.obsm["spatial"][:, :1]
+    call = {
+        "alignment": lambda: lk.pl.alignment([_section(seed=1), section], sections=["A", "B"], show=False),
+        "annotation": lambda: lk.pl.annotation(section, show=False),
+        "expression": lambda: lk.pl.expression(section, "g0", show=False),
+        "proportions": lambda: lk.pl.proportions(section, show=False),
+    }[name]
+    where = "section 'B' adata" if name == "alignment" else "adata"
+    with pytest.raises(
+        ValueError, match=rf"^{where}\.obsm\['spatial'\] must be \(n_obs, 2\+\), got \(40, 1\)\.$"
+    ):
+        call()
+    assert plt.get_fignums() == []

@@ -103,3 +103,14 @@ def test_image_and_coordinate_system_of_a_section():
         fig = lk.pl.expression(sdata, "g0", show_image=True, show=False)
     assert len(fig.axes[0].images) == 0
     plt.close(fig)
+
+
+def test_the_image_is_drawn_by_default_as_in_the_other_spatial_plots():
+    sdata = small_section()
+    table = sdata.tables["S"]
+    table.layers["loki_predicted"] = table.X.copy()
+    fig = lk.pl.expression(sdata, "g0", show=False)
+    assert [len(a.images) for a in fig.axes[:2]] == [1, 1]
+    fig = lk.pl.expression(sdata, "g0", show_image=False, show=False)
+    assert [len(a.images) for a in fig.axes[:2]] == [0, 0]
+    plt.close("all")

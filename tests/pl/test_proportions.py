@@ -87,7 +87,7 @@ def test_bad_input(spots):
     with pytest.raises(KeyError, match="'B cells' not found"):
         lk.pl.proportions(spots, cell_types=["B cells"])
     _, ax = plt.subplots()
-    with pytest.raises(ValueError, match="ax= draws one cell type"):
+    with pytest.raises(ValueError, match="ax holds 1 axes, but 3 panels are drawn"):
         lk.pl.proportions(spots, ax=ax)
     spots.obsm["raw"] = np.ones((spots.n_obs, 3))
     with pytest.raises(ValueError, match="must be a DataFrame"):
@@ -162,3 +162,15 @@ def test_grey_image_is_drawn_in_grey(spots):
     grey = np.tile(np.linspace(0, 255, 200, dtype=np.uint8), (200, 1))
     (panel,) = _panels(lk.pl.proportions(spots, cell_types=["Immune"], image=grey))
     assert panel.images[0].get_cmap().name == "gray"
+
+
+def test_one_given_axes_per_type(spots):
+    fig, axes = plt.subplots(2, 2)
+    with pytest.raises(ValueError, match="ax holds 4 axes, but 3 panels are drawn"):
+        lk.pl.proportions(spots, ax=axes)
+    assert lk.pl.proportions(spots, ax=axes.ravel()[:3]) is fig
+    assert [a.get_title() for a in axes.ravel()] == ["Tumour", "Immune", "Stroma", ""]
+    for a in axes.ravel()[:3]:
+        np.testing.assert_allclose(
+            a.collections[0].get_array(), spots.obsm["loki_proportions"][a.get_title()]
+        )

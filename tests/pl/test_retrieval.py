@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 
 import loki as lk
@@ -38,7 +39,24 @@ def test_gallery_errors():
     imgs = np.zeros((3, 4, 4, 3), np.uint8)
     with pytest.raises(KeyError, match=r"hits\.columns"):
         lk.pl.retrieval_gallery(hits.drop(columns="score"), imgs, imgs, show=False)
-    with pytest.raises(ValueError, match="beyond bank_images"):
+    with pytest.raises(ValueError, match=r"bank rows \[1, 2\] outside bank_images \(1 images"):
         lk.pl.retrieval_gallery(hits, imgs, imgs[:1], show=False)
     with pytest.raises(ValueError, match="images"):
         lk.pl.retrieval_gallery(hits, imgs[0], imgs, show=False)
+
+
+def test_gallery_refuses_rows_outside_the_images():
+    hits = pd.DataFrame({"query_index": [0, 0], "rank": [1, 2], "bank_index": [0, -1], "score": [0.9, 0.8]})
+    query = np.zeros((1, 4, 4, 3), np.uint8)
+    bank = np.stack([np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)])
+    plt.close("all")
+    # a negative row would draw bank_images[-1] as the hit
+    with pytest.raises(ValueError, match=r"bank rows \[-1\] outside bank_images \(2 images, rows 0 to 1\)"):
+        lk.pl.retrieval_gallery(hits, query, bank, n_hits=2, show=False)
+    with pytest.raises(ValueError, match=r"truth holds 0 entries, but query 0 is drawn"):
+        lk.pl.retrieval_gallery(hits.iloc[:1], query, bank, n_hits=1, truth=[], show=False)
+    assert plt.get_fignums() == []
+    fig = lk.pl.retrieval_gallery(hits.iloc[:1], query, bank, n_hits=1, truth=[0], show=False)
+    assert fig.axes[1].images[0].get_array().max() == 0  # bank row 0, framed as the true pair
+    assert fig.axes[1].spines["left"].get_linewidth() == 3
+    plt.close(fig)

@@ -3,15 +3,20 @@
 Every function takes ``ax=``, ``show=`` and ``save=`` and returns its figure (``loss_curve``: its
 axes), as scanpy's ``savefig_or_show`` does:
 
-- ``ax``: the axes to draw into (one per panel, as each function documents); default a new figure.
+- ``ax``: the axes to draw into, one per panel (as each function documents): an Axes when there is
+  one panel, else a list or an array of that many; default a new figure.
 - ``show``: by default, a new figure is shown when the backend is interactive; drawing into the
   caller's axes never shows the caller's figure unless ``show=True``.
-- ``save``: a path to write the figure to. A figure the function created, saved and did not show
-  is closed afterwards, so loops that save one figure each leave none open.
+- ``save``: a path (str or pathlib.Path) to write the figure to; scanpy's ``save=True`` is refused.
+  A figure the function created, saved and did not show is closed afterwards, so loops that save
+  one figure each leave none open. A call that fails closes the figure it created.
 
-The functions that draw the H&E of a SpatialData section (``annotation``, ``expression``,
-``proportions``) take ``coordinate_system=`` (default ``"global"``); a section whose table has no
-image of its own is drawn without one.
+The functions that draw spots of a section (``annotation``, ``expression``, ``proportions``) draw
+its H&E underneath by default when the section is a SpatialData whose table has an image, and take
+``coordinate_system=`` (default ``"global"``); a section whose table has no image of its own is
+drawn without one. Spots without a value (NaN) are drawn in light grey; categories take the colours
+scanpy stores in ``.uns[f"{key}_colors"]``, else scanpy's default palette. Nothing is written into
+the data.
 """
 
 from __future__ import annotations

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from anndata import AnnData
 
 from loki._keys import Key
-from loki._utils import check_array_finite, check_obsm_key
+from loki._utils import check_array_finite, require_keys
 from loki._utils._pca import fit_pca
 from loki._utils._spatialdata import get_table, is_spatialdata
 
-from ._common import finish
+from ._common import category_colours, coordinates, finish, legend_columns, panel_grid, plot_function
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -56,6 +57,7 @@ def _tables(data, sections) -> tuple[list[str], list[AnnData]]:
     return names, [get_table(d) for d in items]
 
 
+@plot_function
 def alignment(
     data: SpatialData | AnnData | Sequence[AnnData | SpatialData],
     *,
@@ -67,7 +69,7 @@ def alignment(
     point_size: float = 8.0,
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
-    save: str | None = None,
+    save: str | Path | None = None,
 ) -> Figure:
     """Plot sections before and after alignment.
 
@@ -86,14 +88,14 @@ def alignment(
         ``.obsm`` key of an embedding present in every section, or one key per section (e.g.
         ``["loki_text", "loki_image"]`` for an H&E section aligned onto an ST one): points are
         coloured by the top three principal components of the embeddings, pooled, mapped to RGB
-        (paper Fig. 2c); default one colour per section.
+        (paper Fig. 2c); default one colour per section (scanpy's default palette for that many).
     kind
         ``"overlay"``: two panels, before and after, sections overlaid; ``"stack"``: side view of the
         sections stacked along z (x horizontal, z vertical), before and after.
     point_size
         Marker size.
     ax
-        Two axes to draw into (before, after); default a new figure.
+        Two axes to draw into (before, after), as a list or an array; default a new figure.
     show
         Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
     save
@@ -104,43 +106,44 @@ def alignment(
     -------
     The matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
-
     if kind not in ("overlay", "stack"):
         raise ValueError(f"kind must be 'overlay' or 'stack', got {kind!r}.")
     names, tables = _tables(data, sections)
     if len(tables) < 1:
         raise ValueError("No sections to plot.")
-    for t in tables:
-        check_obsm_key(t, spatial_key)
-    if not any(key in t.obsm for t in tables):
-        raise KeyError(f"{key!r} not found in .obsm of any section; run lk.tl.align first.")
+    where = [f"section {name!r} adata" for name in names]
+    before = [coordinates(t, spatial_key, w) for t, w in zip(tables, where, strict=True)]
+    try:
+        require_keys({k: None for t in tables for k in t.obsm}, key, ".obsm of any section")
+    except KeyError as err:
+        raise KeyError(
+            f"{err.args[0]} Run lk.tl.align or lk.tl.align_sections first, or pass key= the aligned "
+            "coordinates' .obsm key."
+        ) from None
+    after = [
+        coordinates(t, key, w) if key in t.obsm else xy
+        for t, w, xy in zip(tables, where, before, strict=True)
+    ]
     if use is not None:
         keys = [use] * len(tables) if isinstance(use, str) else list(use)
         if len(keys) != len(tables):
             raise ValueError(
                 f"use names {len(keys)} embedding key(s) for {len(tables)} sections; give one or one each."
             )
-        for name, t, k in zip(names, tables, keys, strict=True):
-            check_obsm_key(t, k)
+        for name, t, k, w in zip(names, tables, keys, where, strict=True):
+            require_keys(t.obsm, k, f"{w}.obsm")
             check_array_finite(t.obsm[k], f"section {name!r} .obsm[{k!r}]")
         colours = embedding_rgb([t.obsm[k] for t, k in zip(tables, keys, strict=True)])
     else:
-        cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        colours = [np.tile(matplotlib_rgb(cycle[i % len(cycle)]), (t.n_obs, 1)) for i, t in enumerate(tables)]
+        palette = category_colours(len(tables))[:, :3]
+        colours = [np.tile(rgb, (t.n_obs, 1)) for rgb, t in zip(palette, tables, strict=True)]
 
-    if ax is None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 5 if kind == "overlay" else 4))
+    if kind == "overlay":
+        fig, axes = panel_grid(2, 2, ax, size=5.0)
     else:
-        axes = list(ax)
-        if len(axes) != 2:
-            raise ValueError("ax must hold two axes (before, after).")
-        fig = axes[0].figure
-    for panel, title in zip(axes, ("before", "after"), strict=True):
-        for z, (name, t, c) in enumerate(zip(names, tables, colours, strict=True)):
-            xy = np.asarray(t.obsm[key] if (title == "after" and key in t.obsm) else t.obsm[spatial_key])[
-                :, :2
-            ]
+        fig, axes = panel_grid(2, 2, ax, size=4.0, aspect=1.25)
+    for panel, title, points in zip(axes, ("before", "after"), (before, after), strict=True):
+        for z, (name, t, c, xy) in enumerate(zip(names, tables, colours, points, strict=True)):
             if kind == "overlay":
                 panel.scatter(xy[:, 0], xy[:, 1], s=point_size, c=c, label=name, alpha=0.7, linewidths=0)
             else:
@@ -169,13 +172,6 @@ def alignment(
             panel.set_xlabel("x")
             panel.set_ylabel("section (z)")
     if use is None:
-        axes[1].legend(loc="best", fontsize="small", markerscale=2)
+        axes[1].legend(loc="best", fontsize="small", markerscale=2, ncol=legend_columns(len(names)))
     finish(fig, show=show, save=save, created=ax is None)
     return fig
-
-
-def matplotlib_rgb(colour: str) -> np.ndarray:
-    """An RGB triple in [0, 1] for a matplotlib colour spec."""
-    from matplotlib.colors import to_rgb
-
-    return np.asarray(to_rgb(colour))

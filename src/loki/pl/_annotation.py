@@ -14,7 +14,20 @@ from loki._keys import Key
 from loki._utils import require_keys
 from loki._utils._spatialdata import get_table
 
-from ._common import draw_image, finish, frame_spots, panel_grid, section_image
+from ._common import (
+    NA_COLOUR,
+    as_categories,
+    category_colours,
+    draw_section,
+    finish,
+    legend_columns,
+    panel_grid,
+    plot_function,
+    scatter_values,
+    section_spots,
+    stored_colours,
+    value_colormap,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -22,42 +35,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
-def spot_xy(table: AnnData, basis: str, to_display: np.ndarray) -> np.ndarray:
-    """Spot centres of ``.obsm[basis]`` mapped into display coordinates."""
-    require_keys(table.obsm, basis, "adata.obsm")
-    xy = np.asarray(table.obsm[basis], dtype=np.float64)[:, :2]
-    return xy @ to_display[:2, :2].T + to_display[:2, 2]
-
-
-def section_spots(
-    data, table: AnnData, *, basis: str, spot_size: float | None, show_image: bool | None, **where
-) -> tuple[np.ndarray | None, np.ndarray, float]:
-    """The section's image (None without one), its spots in display coordinates and the marker size.
-
-    Display coordinates are the image's pixels when there is an image, else the spot coordinates.
-    ``where`` takes ``table_key``, ``image_key`` and ``coordinate_system`` (see :func:`section_image`).
-    """
-    background = section_image(data, requested=show_image, flag="show_image", **where)
-    pixels, to_display = (
-        (None, np.eye(3)) if background is None else (background[0], np.linalg.inv(background[1]))
-    )
-    xy = spot_xy(table, basis, to_display)
-    size = spot_size if spot_size is not None else max(4.0, 8000.0 / max(table.n_obs, 1))
-    return pixels, xy, size
-
-
-def draw_section(ax: Axes, pixels: np.ndarray | None, xy: np.ndarray) -> None:
-    """Prepare a spatial panel: the image (if any) under a view framing the spots, y downwards."""
-    if pixels is not None:  # display units are the image's pixels
-        draw_image(ax, pixels)
-        frame_spots(ax, xy)
-    elif not ax.yaxis_inverted():  # image convention; a user's axes may have it already
-        ax.invert_yaxis()
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
+@plot_function
 def annotation(
     data: AnnData | SpatialData,
     *,
@@ -85,8 +63,14 @@ def annotation(
     data
         AnnData or SpatialData annotated by :func:`loki.tl.annotate`.
     kind
-        ``"scores"``: one panel per class colouring spots by their score; ``"label"``: one panel
-        with the predicted label of each spot (spots without a label in grey, as "NA").
+        ``"scores"``: one panel per class colouring spots by their score (spots without a score in
+        light grey); ``"label"``: one panel with the predicted label of each spot (spots without a
+        label in light grey, as "NA"). The label column must hold categories (categorical, strings
+        or bools, as scanpy takes them); a numeric column is refused. Its colours are
+        ``.uns[f"{label_key}_colors"]`` when that holds one per category (as scanpy's plots store
+        them; it is read, never written), else scanpy's default palette for that many categories.
+        For the label :func:`loki.tl.annotate` wrote, the categories are every class it recorded,
+        in its order, so a class keeps its colour on every section annotated with the same classes.
     classes
         Classes to draw (default: all).
     key, label_key
@@ -120,6 +104,8 @@ def annotation(
     The figure.
 
     """
+    if kind not in ("scores", "label"):
+        raise ValueError(f"kind must be 'scores' or 'label', got {kind!r}.")
     table = get_table(data, table_key)
     record, fused = _annotate_record(table, key)
     label_key = record.get("label_key", key) if label_key is None else label_key
@@ -130,10 +116,15 @@ def annotation(
             raise TypeError(f"adata.obsm[{key!r}] must be a DataFrame of class scores (from lk.tl.annotate).")
         classes = list(scores.columns) if classes is None else list(classes)
         require_keys(scores.columns, classes, f"the classes of adata.obsm[{key!r}]")
-    elif kind == "label":
-        require_keys(table.obs.columns, label_key, "adata.obs")
+        colours = value_colormap(cmap)
     else:
-        raise ValueError(f"kind must be 'scores' or 'label', got {kind!r}.")
+        require_keys(table.obs.columns, label_key, "adata.obs")
+        labels = as_categories(table.obs[label_key], label_key)
+        if label_key == record.get("label_key", key):  # loki's label, not a column the user named
+            labels = _with_all_classes(labels, record)
+        n = len(labels.categories)
+        colours = stored_colours(table, label_key, n)
+        colours = category_colours(n) if colours is None else colours
     pixels, xy, size = section_spots(
         data,
         table,
@@ -148,21 +139,14 @@ def annotation(
         fig, axes = panel_grid(len(classes), ncols, ax)
         for a, cls in zip(axes, classes, strict=True):
             draw_section(a, pixels, xy)
-            points = a.scatter(xy[:, 0], xy[:, 1], c=scores[cls].to_numpy(), s=size, cmap=cmap, alpha=alpha)
+            values = scores[cls].to_numpy(dtype=np.float64)
+            points = scatter_values(a, xy, values, cmap=colours, s=size, alpha=alpha)
             fig.colorbar(points, ax=a, shrink=0.7, label="fused score" if fused else "cosine similarity")
             a.set_title(str(cls))
     else:
         fig, (a,) = panel_grid(1, 1, ax, size=6.0)
         draw_section(a, pixels, xy)
-        labels = table.obs[label_key]
-        ours = label_key == record.get("label_key", key)  # loki's label, not a column the user named
-        _draw_labels(
-            a,
-            _with_all_classes(labels, record) if ours else pd.Categorical(labels),
-            xy,
-            size=size,
-            alpha=alpha,
-        )
+        _draw_labels(a, labels, colours, xy, size=size, alpha=alpha)
         a.set_title(label_key)
     finish(fig, show=show, save=save, created=ax is None)
     return fig
@@ -184,14 +168,13 @@ def _annotate_record(table: AnnData, key: str) -> tuple[Mapping, bool]:
     return {}, False
 
 
-def _with_all_classes(labels: pd.Series, record: Mapping) -> pd.Categorical:
+def _with_all_classes(categorical: pd.Categorical, record: Mapping) -> pd.Categorical:
     """The labels as a categorical over every class :func:`loki.tl.annotate` recorded, in its order.
 
     The label column holds only the classes some spot won; colouring by position in the full class
     list gives a class one colour, and the legend one list, on every section annotated with the same
     classes.
     """
-    categorical = pd.Categorical(labels)
     classes = [str(c) for c in record.get("classes", [])]
     if not classes or not set(map(str, categorical.categories)) <= set(classes):
         return categorical
@@ -199,28 +182,18 @@ def _with_all_classes(labels: pd.Series, record: Mapping) -> pd.Categorical:
     return pd.Categorical(values.where(values.isna(), values.astype(str)), categories=classes)
 
 
-def category_colours(n: int) -> np.ndarray:
-    """``n`` distinct RGBA colours: tab20 up to 20 categories, then scanpy's 28 / 102 colour palettes."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import to_rgba_array
-
-    if n <= 20:
-        return plt.get_cmap("tab20")(np.arange(n))
-    from scanpy.plotting.palettes import default_28, default_102
-
-    if n <= len(default_102):
-        return to_rgba_array((default_28 if n <= len(default_28) else default_102)[:n])
-    return plt.get_cmap("turbo")(np.linspace(0.0, 1.0, n))
-
-
-def _draw_labels(ax: Axes, labels: pd.Categorical, xy: np.ndarray, *, size: float, alpha: float) -> None:
-    colours = category_colours(len(labels.categories))
+def _draw_labels(
+    ax: Axes, labels: pd.Categorical, colours: np.ndarray, xy: np.ndarray, *, size: float, alpha: float
+) -> None:
     for i, cat in enumerate(labels.categories):
         sel = labels.codes == i
         ax.scatter(xy[sel, 0], xy[sel, 1], color=colours[i], s=size, alpha=alpha, label=str(cat))
     missing = labels.codes == -1
     if missing.any():  # last in the legend, as in scanpy; under the labelled spots, over the image
         ax.scatter(
-            xy[missing, 0], xy[missing, 1], color="lightgray", s=size, alpha=alpha, label="NA", zorder=0.5
+            xy[missing, 0], xy[missing, 1], color=NA_COLOUR, s=size, alpha=alpha, label="NA", zorder=0.5
         )
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2)
+    n = len(labels.categories) + int(missing.any())
+    ax.legend(
+        loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2, ncol=legend_columns(n)
+    )

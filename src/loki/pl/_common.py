@@ -1,17 +1,21 @@
-"""What every ``lk.pl`` function shares: axes to draw into, saving/showing, and the section's H&E."""
+"""What every ``lk.pl`` function shares: axes to draw into, saving/showing, colours, and the section's H&E."""
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from loki._logging import logger
+from loki._utils import require_keys
 from loki._utils._spatialdata import (
     affine_to,
     get_table,
@@ -23,32 +27,168 @@ from loki._utils._spatialdata import (
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.collections import PathCollection
+    from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
 
 _NON_INTERACTIVE = ("agg", "pdf", "svg", "ps", "pgf", "cairo", "template")
+NA_COLOUR = "lightgray"  # spots without a value or a label, as scanpy's na_color
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def plot_function(func: _F) -> _F:
+    """Wrap an ``lk.pl`` function: check ``save=`` before drawing, and leave no figure behind on failure.
+
+    A call that raises (a bad input found late, a ``save`` path that cannot be written) closes the
+    figures it opened; the caller's own figures (``ax=``) stay open.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        import matplotlib.pyplot as plt
+
+        _check_save(kwargs.get("save"))
+        before = set(plt.get_fignums())
+        try:
+            return func(*args, **kwargs)
+        except BaseException:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+            raise
+
+    return wrapper
+
+
+def _check_save(save) -> None:
+    if save is None or (isinstance(save, str | os.PathLike) and str(save)):
+        return
+    raise ValueError(
+        f"save must be a file path (str or pathlib.Path; its suffix picks the format) or None, got {save!r}. "
+        "scanpy's save=True (a file in sc.settings.figdir) is not supported."
+    )
+
+
+def coordinates(table: AnnData, key: str, where: str = "adata") -> np.ndarray:
+    """The first two columns of ``table.obsm[key]`` as float64, after checking it has them.
+
+    ``where`` names the table in the messages (e.g. ``"section 'B' adata"``).
+    """
+    require_keys(table.obsm, key, f"{where}.obsm")
+    xy = np.asarray(table.obsm[key], dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise ValueError(f"{where}.obsm[{key!r}] must be (n_obs, 2+), got {xy.shape}.")
+    return xy[:, :2]
 
 
 def panel_grid(
-    n: int, ncols: int, ax: Axes | Sequence[Axes] | None, size: float = 4.0
+    n: int, ncols: int, ax: Axes | Sequence[Axes] | None, size: float = 4.0, aspect: float = 1.0
 ) -> tuple[Figure, list[Axes]]:
-    """A new figure with ``n`` panels, or the ``n`` axes the caller gave (one Axes or a sequence)."""
+    """A new figure with ``n`` panels, or the ``n`` axes the caller gave (one Axes, a list or an array).
+
+    A new panel is ``size`` inches high and ``aspect * size`` wide; ``ncols`` panels per row.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.axes import Axes
 
     if ax is not None:
         axes = [ax] if isinstance(ax, Axes) else list(np.ravel(np.asarray(ax, dtype=object)))
+        wrong = [type(a).__name__ for a in axes if not isinstance(a, Axes)]
+        if wrong:
+            raise TypeError(f"ax must hold matplotlib Axes, got {wrong[0]}.")
         if len(axes) != n:
             raise ValueError(
-                f"ax holds {len(axes)} axes, but {n} panels are drawn; pass {n} or leave ax=None."
+                f"ax holds {len(axes)} axes, but {n} panels are drawn; pass {n} "
+                "(an Axes when there is one, else a list or array) or leave ax=None."
             )
         return axes[0].figure, axes
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}.")
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
-    fig, grid = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(size * aspect * ncols, size * nrows), squeeze=False)
     for extra in grid.ravel()[n:]:
         extra.set_visible(False)
     return fig, list(grid.ravel()[:n])
+
+
+def value_colormap(cmap: str | Colormap) -> Colormap:
+    """``cmap`` with missing (NaN) values in :data:`NA_COLOUR`; resolve it before drawing (a bad name fails)."""
+    import matplotlib.pyplot as plt
+
+    return plt.get_cmap(cmap).with_extremes(bad=NA_COLOUR)
+
+
+def scatter_values(
+    ax: Axes, xy: np.ndarray, values: np.ndarray, *, cmap: Colormap, **kwargs
+) -> PathCollection:
+    """Spots coloured by a continuous value; a spot without one (NaN) is drawn in :data:`NA_COLOUR`."""
+    return ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap=cmap, plotnonfinite=True, **kwargs)
+
+
+def legend_columns(n: int) -> int:
+    """Columns of a legend with ``n`` entries: one up to 14, two up to 30, then three (as scanpy)."""
+    return 1 if n <= 14 else 2 if n <= 30 else 3
+
+
+def category_colours(n: int) -> np.ndarray:
+    """``n`` distinct RGBA colours by scanpy's rule for a categorical without stored colours.
+
+    matplotlib's colour cycle when it has ``n`` colours, else scanpy's 20-, 28- or 102-colour palette;
+    beyond 102 categories (where scanpy draws all in grey) evenly spaced colours of ``turbo``.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba_array
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", [])
+    if n <= len(cycle):
+        return to_rgba_array(cycle[:n])
+    from scanpy.plotting.palettes import default_20, default_28, default_102
+
+    for palette in (default_20, default_28, default_102):
+        if n <= len(palette):
+            return to_rgba_array(palette[:n])
+    return plt.get_cmap("turbo")(np.linspace(0.0, 1.0, n))
+
+
+def stored_colours(table: AnnData, column: str, n: int) -> np.ndarray | None:
+    """The colours scanpy's plots store in ``.uns[f"{column}_colors"]``, when they cover ``n`` categories.
+
+    As scanpy, the first ``n`` of at least ``n`` valid colours; None otherwise (nothing is written).
+    """
+    from matplotlib.colors import is_color_like, to_rgba_array
+
+    stored = table.uns.get(f"{column}_colors")
+    if stored is None or isinstance(stored, str) or len(stored) < n:
+        return None
+    stored = list(stored)[:n]
+    if not all(is_color_like(c) for c in stored):
+        logger.warning(
+            f"adata.uns[{column + '_colors'!r}] holds values that are not colours; using the default palette."
+        )
+        return None
+    return to_rgba_array(stored)
+
+
+def as_categories(values: pd.Series, column: str) -> pd.Categorical:
+    """``.obs[column]`` as categories, as scanpy takes it: categoricals, strings and bools; not numbers.
+
+    scanpy draws a numeric column as continuous values; drawing each distinct value as a class would
+    give one legend entry per spot.
+    """
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return pd.Categorical(values)
+    if pd.api.types.is_bool_dtype(dtype):
+        return pd.Categorical(values.astype(str))
+    if pd.api.types.is_numeric_dtype(dtype):
+        raise ValueError(
+            f"adata.obs[{column!r}] holds numbers ({dtype}), not categories. Convert it with "
+            f".astype('category') to draw each value as a class, draw class scores (an .obsm DataFrame) "
+            f"with kind='scores', or continuous values with sc.pl.embedding(adata, basis=..., color={column!r})."
+        )
+    return pd.Categorical(values)
 
 
 def finish(fig: Figure, *, show: bool | None, save: str | Path | None, created: bool) -> None:
@@ -176,3 +316,33 @@ def frame_spots(ax: Axes, xy: np.ndarray) -> None:
     pad = 0.05 * max(hi[0] - lo[0], hi[1] - lo[1], 1.0)
     ax.set_xlim(lo[0] - pad, hi[0] + pad)
     ax.set_ylim(hi[1] + pad, lo[1] - pad)
+
+
+def section_spots(
+    data, table: AnnData, *, basis: str, spot_size: float | None, show_image: bool | None, **where
+) -> tuple[np.ndarray | None, np.ndarray, float]:
+    """The section's image (None without one), its spots in display coordinates and the marker size.
+
+    Display coordinates are the image's pixels when there is an image, else the spot coordinates.
+    ``where`` takes ``table_key``, ``image_key`` and ``coordinate_system`` (see :func:`section_image`).
+    """
+    xy = coordinates(table, basis)
+    background = section_image(data, requested=show_image, flag="show_image", **where)
+    pixels, to_display = (
+        (None, np.eye(3)) if background is None else (background[0], np.linalg.inv(background[1]))
+    )
+    xy = xy @ to_display[:2, :2].T + to_display[:2, 2]
+    size = spot_size if spot_size is not None else max(4.0, 8000.0 / max(table.n_obs, 1))
+    return pixels, xy, size
+
+
+def draw_section(ax: Axes, pixels: np.ndarray | None, xy: np.ndarray) -> None:
+    """Prepare a spatial panel: the image (if any) under a view framing the spots, y downwards."""
+    if pixels is not None:  # display units are the image's pixels
+        draw_image(ax, pixels)
+        frame_spots(ax, xy)
+    elif not ax.yaxis_inverted():  # image convention; a user's axes may have it already
+        ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])

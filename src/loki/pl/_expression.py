@@ -15,8 +15,15 @@ from loki._utils import require_keys
 from loki._utils._spatialdata import get_table
 from loki.metrics import pearson
 
-from ._annotation import draw_section, section_spots
-from ._common import finish, panel_grid
+from ._common import (
+    draw_section,
+    finish,
+    panel_grid,
+    plot_function,
+    scatter_values,
+    section_spots,
+    value_colormap,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -30,6 +37,7 @@ def _column(adata: AnnData, gene: str, layer: str | None) -> np.ndarray:
     return np.asarray(col.toarray() if sparse.issparse(col) else col, dtype=np.float64).ravel()
 
 
+@plot_function
 def expression(
     data: AnnData | SpatialData,
     genes: str | Sequence[str],
@@ -41,7 +49,7 @@ def expression(
     image_key: str | None = None,
     coordinate_system: str = Key.GLOBAL_CS,
     basis: str = Key.SPATIAL,
-    show_image: bool = False,
+    show_image: bool | None = None,
     spot_size: float | None = None,
     cmap: str = "viridis",
     ax: Sequence[Axes] | None = None,
@@ -70,7 +78,8 @@ def expression(
     basis
         ``.obsm`` key of the spot coordinates (in the units of the table's spot shapes).
     show_image
-        Draw the H&E underneath (SpatialData whose table has an image; warns when there is none).
+        Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
+        ``True`` warns when there is none; ``False`` never.
     spot_size, cmap
         Marker size and colour map; spots with a missing (NaN) value are drawn in light grey.
     ax
@@ -88,8 +97,6 @@ def expression(
     the spots where both values are finite.
 
     """
-    import matplotlib.pyplot as plt
-
     table = get_table(data, table_key)
     genes = [genes] if isinstance(genes, str) else list(genes)
     if not genes:
@@ -105,6 +112,7 @@ def expression(
         if not predicted.obs_names.equals(table.obs_names):
             raise ValueError("predicted must hold the same spots, in the same order, as the section.")
         pred_ad, pred_layer = predicted, None
+    colours = value_colormap(cmap)
     pixels, xy, size = section_spots(
         data,
         table,
@@ -115,7 +123,6 @@ def expression(
         image_key=image_key,
         coordinate_system=coordinate_system,
     )
-    colours = plt.get_cmap(cmap).with_extremes(bad="lightgray")
     fig, axes = panel_grid(2 * len(genes), 2, ax)
     for i, gene in enumerate(genes):
         measured, pred = _column(table, gene, layer), _column(pred_ad, gene, pred_layer)
@@ -125,9 +132,7 @@ def expression(
             (axes[2 * i + 1], pred, f"{gene} predicted (PCC {_pcc_text(measured, pred)})"),
         ):
             draw_section(a, pixels, xy)
-            points = a.scatter(
-                xy[:, 0], xy[:, 1], c=values, s=size, cmap=colours, vmin=lo, vmax=hi, plotnonfinite=True
-            )
+            points = scatter_values(a, xy, values, cmap=colours, s=size, vmin=lo, vmax=hi)
             a.set_title(title, fontsize=9)
         fig.colorbar(points, ax=axes[2 * i : 2 * i + 2], shrink=0.7)
     finish(fig, show=show, save=save, created=ax is None)

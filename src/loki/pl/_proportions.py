@@ -14,7 +14,17 @@ from loki._keys import Key
 from loki._utils import check_obsm_key, require_keys
 from loki._utils._spatialdata import get_table
 
-from ._common import draw_image, finish, frame_spots, section_image
+from ._common import (
+    coordinates,
+    draw_image,
+    finish,
+    frame_spots,
+    panel_grid,
+    plot_function,
+    scatter_values,
+    section_image,
+    value_colormap,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -22,6 +32,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
+@plot_function
 def proportions(
     data: AnnData | SpatialData,
     *,
@@ -38,7 +49,7 @@ def proportions(
     spot_size: float | None = None,
     alpha: float = 0.9,
     panel_size: float = 3.0,
-    ax: Axes | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Figure:
@@ -68,7 +79,7 @@ def proportions(
     ncols
         Panels per row.
     cmap
-        Colour map of the proportions.
+        Colour map of the proportions; spots with a missing (NaN) value are drawn in light grey.
     vmax
         Upper end of the colour scale (default: each panel's maximum).
     spot_size
@@ -78,7 +89,8 @@ def proportions(
     panel_size
         Side of one panel in inches.
     ax
-        Axes to draw into; only with a single cell type.
+        Axes to draw into: one per cell type (a single Axes for one type), as a list or an array;
+        default a new figure.
     show
         Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
     save
@@ -90,11 +102,9 @@ def proportions(
     The figure; its axes hold one panel per cell type, titled with the type.
 
     """
-    import matplotlib.pyplot as plt
-
     table = get_table(data, table_key)
     check_obsm_key(table, key)
-    check_obsm_key(table, spatial_key)
+    coords = coordinates(table, spatial_key)
     values = table.obsm[key]
     if not isinstance(values, pd.DataFrame):
         raise ValueError(f"adata.obsm[{key!r}] must be a DataFrame with one column per cell type.")
@@ -106,15 +116,9 @@ def proportions(
         require_keys(columns, cell_types, f"the columns of adata.obsm[{key!r}]")
     if len(cell_types) == 0:
         raise ValueError("No cell types to plot.")
-    if ax is not None and len(cell_types) != 1:
-        raise ValueError(
-            f"ax= draws one cell type; {len(cell_types)} were asked for (pass cell_types=[...])."
-        )
-    if ncols < 1:
-        raise ValueError(f"ncols must be >= 1, got {ncols}.")
     if isinstance(image, np.ndarray) and image.ndim not in (2, 3):
         raise ValueError(f"image must be (y, x) or (y, x, c), got shape {image.shape}.")
-    coords = np.asarray(table.obsm[spatial_key], dtype=float)[:, :2]
+    colours = value_colormap(cmap)
     if isinstance(image, np.ndarray):
         background = image, None  # drawn in spot coordinates as it is
     else:
@@ -127,28 +131,18 @@ def proportions(
             flag="image",
         )
 
-    if ax is None:
-        ncols = min(ncols, len(cell_types))
-        nrows = int(np.ceil(len(cell_types) / ncols))
-        fig, axes = plt.subplots(
-            nrows, ncols, figsize=(panel_size * ncols * 1.15, panel_size * nrows), squeeze=False
-        )
-        axes = axes.ravel()
-        for extra in axes[len(cell_types) :]:
-            extra.remove()
-    else:
-        fig, axes = ax.figure, [ax]
+    fig, axes = panel_grid(len(cell_types), ncols, ax, size=panel_size, aspect=1.15)
     size = spot_size if spot_size is not None else max(2.0, 2.0e4 / max(len(coords), 1))
     frame = values.set_axis(columns, axis=1)
-    for panel, cell_type in zip(axes, cell_types, strict=False):
+    for panel, cell_type in zip(axes, cell_types, strict=True):
         if background is not None:
             draw_image(panel, *background)
-        sc = panel.scatter(
-            coords[:, 0],
-            coords[:, 1],
-            c=frame[cell_type].to_numpy(dtype=float),
+        sc = scatter_values(
+            panel,
+            coords,
+            frame[cell_type].to_numpy(dtype=float),
+            cmap=colours,
             s=size,
-            cmap=cmap,
             vmin=0.0,
             vmax=vmax,
             alpha=alpha,

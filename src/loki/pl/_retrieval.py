@@ -11,7 +11,7 @@ import pandas as pd
 
 from loki._utils import require_keys
 
-from ._common import finish, panel_grid
+from ._common import finish, panel_grid, plot_function
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -29,6 +29,7 @@ def _as_hwc(images, what: str) -> np.ndarray:
     return arr[..., :3]
 
 
+@plot_function
 def retrieval_gallery(
     hits: pd.DataFrame,
     query_images: np.ndarray,
@@ -86,8 +87,17 @@ def retrieval_gallery(
     bad = [q for q in queries if not 0 <= q < len(qimg)]
     if bad:
         raise ValueError(f"Query positions {bad} are outside query_images ({len(qimg)} images).")
-    if int(hits["bank_index"].max()) >= len(bimg):
-        raise ValueError(f"hits refer to bank rows beyond bank_images ({len(bimg)} images).")
+    bank = hits["bank_index"].to_numpy()
+    outside = sorted({int(b) for b in bank[(bank < 0) | (bank >= len(bimg))]})
+    if outside:
+        raise ValueError(
+            f"hits refer to bank rows {outside[:10]} outside bank_images ({len(bimg)} images, rows 0 to "
+            f"{len(bimg) - 1})."
+        )
+    if truth is not None and len(truth) <= max(queries):
+        raise ValueError(
+            f"truth holds {len(truth)} entries, but query {max(queries)} is drawn; give one bank row per query."
+        )
     tops = [hits[hits["query_index"] == q].sort_values("rank").head(n_hits) for q in queries]
     empty = [q for q, top in zip(queries, tops, strict=True) if top.empty]
     if empty:

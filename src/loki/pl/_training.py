@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,16 +10,17 @@ import numpy as np
 
 from loki._utils import require_keys
 
-from ._common import finish
+from ._common import finish, panel_grid, plot_function
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+@plot_function
 def loss_curve(
     history: Mapping,
     *,
-    ax: Axes | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Axes:
@@ -31,7 +32,7 @@ def loss_curve(
         The history returned by :func:`loki.models.finetune` / :func:`loki.tl.finetune`
         (``step_loss`` and ``epoch_loss``).
     ax
-        Axes to draw into (default: a new figure).
+        Axes to draw into (or a list / array holding one); default a new figure.
     show
         Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
     save
@@ -44,8 +45,6 @@ def loss_curve(
     epoch's last step.
 
     """
-    import matplotlib.pyplot as plt
-
     require_keys(history, ["step_loss", "epoch_loss"], "history")
     steps = np.asarray(history["step_loss"], dtype=float)
     epochs = np.asarray(history["epoch_loss"], dtype=float)
@@ -55,8 +54,7 @@ def loss_curve(
         raise ValueError(f"{steps.size} step losses do not split into {epochs.size} epochs")
     per_epoch = steps.size // epochs.size
     created = ax is None
-    if created:
-        _, ax = plt.subplots(figsize=(5, 3.2))
+    _, (ax,) = panel_grid(1, 1, ax, size=3.2, aspect=5 / 3.2)
     ax.plot(np.arange(1, steps.size + 1), steps, lw=0.8, alpha=0.6, label="step")
     ax.plot(np.arange(1, epochs.size + 1) * per_epoch, epochs, "o-", ms=3.5, label="epoch mean")
     ax.set_xlabel("step")
