@@ -54,8 +54,21 @@ def test_tile_then_embed_an_image_only_section(mob4_zarr, capsys):
     assert lk.Key.TEXT not in tiles.obsm
 
 
-def test_embed_a_spot_section_adds_both_modalities(mob4_zarr):
-    assert main(["embed", str(mob4_zarr), "--table", "MOB4", "--model", "loki-tiny", "--device", "cpu"]) == 0
+def _autosharding_notices(caught) -> list:
+    return [w for w in caught if "autosharding" in str(w.message)]
+
+
+def test_embed_a_spot_section_adds_both_modalities(mob4_zarr, caplog):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert (
+            main(["embed", str(mob4_zarr), "--table", "MOB4", "--model", "loki-tiny", "--device", "cpu"]) == 0
+        )
+    # the model encodes texts and images: its random weights are worth one warning, not one per encoder
+    assert sum("random (untrained) weights" in r.getMessage() for r in caplog.records) == 1
+    assert not _autosharding_notices(caught)  # anndata's notice, once per array written, is hidden
     table = sd.read_zarr(mob4_zarr).tables["MOB4"]
     assert {lk.Key.TEXT, lk.Key.IMAGE} <= set(table.obsm)
     assert table.obs[lk.Key.SENTENCE].str.len().gt(0).all()
@@ -82,6 +95,84 @@ def test_cli_names_what_is_missing(mob4_zarr):
     with pytest.raises(KeyError):  # --verbose shows the error itself
         main(["-v", "tile", str(mob4_zarr), "--image", "HE", "--mpp", "0.5"])
     assert set(sd.read_zarr(mob4_zarr).tables) == {"MOB4"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("features.tsv", b"\xff\xd8\xff\xe0 not text", "'utf-8' codec can't decode byte 0xff"),
+        ("features.tsv.gz", b"ENSMUSG00000000001\tGnai3\n", "Not a gzipped file"),
+        ("features.tsv", b"a\tb\nx\ty\n", r"Cannot tell .* Name them in a header line \(e\.g\. gene_id"),
+    ],
+)
+def test_embed_reads_the_gene_map_before_the_model(mob4_zarr, tmp_path, monkeypatch, name, content, expected):
+    import re
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    loaded = []
+    monkeypatch.setattr(lk.models, "load", lambda *args, **kwargs: loaded.append(args))
+    embed = ["embed", str(mob4_zarr), "--table", "MOB4", "--model", "loki-tiny", "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*embed, "--gene-map", str(path)])
+    message = str(exit_.value.code)
+    assert message.startswith(
+        f"loki embed: --gene-map {str(path)!r} is not a table of gene ids and symbols: "
+    ), message
+    assert re.search(expected, message), message
+    assert "id_column" not in message  # the command has no such option
+    assert not loaded
+    assert lk.Key.SENTENCE not in sd.read_zarr(mob4_zarr).tables["MOB4"].obs
+
+
+@pytest.fixture
+def glass_zarr(tmp_path):
+    """A 300 x 200 px slide at 2 µm per pixel: glass, with a 100 x 100 px square of tissue in a corner."""
+    from PIL import Image
+
+    rgb = np.full((200, 300, 3), 242, dtype=np.uint8)
+    rgb[:100, :100] = (200, 90, 170)
+    Image.fromarray(rgb).save(tmp_path / "he.png")
+    store = tmp_path / "he.zarr"
+    assert main(["slide", str(tmp_path / "he.png"), str(store), "--mpp", "2"]) == 0
+    return store
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            ["--tile-um", "500"],  # 250 px, the image is 200 px high
+            "loki tile: No tile of image 'he' fits: a tile of 500 µm spans 250.0 px at 2 µm per pixel, and "
+            "the image is 300x200 px (600x400 µm). Pass a smaller --tile-um, or check --mpp.",
+        ),
+        (
+            ["--tile-um", "380"],  # one tile, 28% tissue
+            "loki tile: No tile of image 'he' holds at least 50% tissue (1 tiles of 190.0 px fit in its "
+            "300x200 pixels; 16.7% of the image is tissue). Lower --min-tissue, or check --mpp and --tile-um.",
+        ),
+        (
+            ["--key-added", "bad key!"],
+            "loki tile: --key-added 'bad key!' is not a valid SpatialData element name: Name must contain",
+        ),
+    ],
+)
+def test_tile_errors_name_the_options_and_write_nothing(glass_zarr, options, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main(["tile", str(glass_zarr), "--image", "he", *options])
+    assert str(exit_.value.code).startswith(expected), exit_.value.code
+    back = sd.read_zarr(glass_zarr)
+    assert (set(back.tables), set(back.shapes)) == (set(), set())
+
+
+def test_tile_writes_without_anndata_notices(glass_zarr, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["tile", str(glass_zarr), "--image", "he", "--tile-um", "100"]) == 0
+    assert "4 tiles written" in capsys.readouterr().out
+    assert not _autosharding_notices(caught)
 
 
 def test_slide_then_tile_takes_the_pixel_size_from_the_file(tmp_path, capsys):

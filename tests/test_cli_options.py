@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from loki.cli import _parser, main
@@ -54,3 +55,52 @@ def test_demo_help_names_every_output(capsys, monkeypatch):
     text = capsys.readouterr().out
     for name in ("metrics.tsv", "metrics.md", "loki-tiny-mob/"):
         assert name in text, name
+
+
+def _commands() -> dict:
+    import argparse
+
+    parser = _parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"loki": parser, **sub.choices}
+
+
+def test_help_is_plain_text_and_describes_every_option(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    for name, parser in _commands().items():
+        assert "``" not in parser.format_help(), name  # no reStructuredText markup
+        for action in parser._actions:
+            if action.option_strings:
+                assert action.help, f"{name} {action.option_strings[-1]} has no help text"
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_verbose_is_taken_before_or_after_the_command(tmp_path, before):
+    command = ["tile", str(tmp_path), "--image", "he"]
+    assert _parser().parse_args(["-v", *command] if before else [*command, "-v"]).verbose
+    assert not _parser().parse_args(command).verbose
+    assert _parser().parse_args(["--verbose", "demo"] if before else ["demo", "--verbose"]).verbose
+
+
+@pytest.fixture
+def png(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "he.png"
+    Image.fromarray(np.full((40, 60, 3), 240, dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--series", "3"], "loki slide: --series 3: he.png is not a TIFF and holds one image."),
+        (["--name", "a b"], "loki slide: --name 'a b' is not a SpatialData element name"),
+    ],
+)
+def test_slide_errors_name_the_options(png, tmp_path, option, expected):
+    store = tmp_path / "s.zarr"
+    with pytest.raises(SystemExit) as exit_:
+        main(["slide", str(png), str(store), "--mpp", "2", *option])
+    assert str(exit_.value.code).startswith(expected)
+    assert not store.exists()

@@ -8,6 +8,8 @@ import math
 import re
 import shutil
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 #: The option of each command that sets a Python keyword, to word the API's error messages for the CLI.
@@ -21,9 +23,13 @@ _OPTIONS = {
     "tile": {
         "coordinate_system": "--coordinate-system",
         "microns_per_pixel": "--mpp",
+        "tile_um": "--tile-um",
+        "spacing_um": "--spacing-um",
+        "min_tissue": "--min-tissue",
+        "within": "--within",
         "key_added": "--key-added",
     },
-    "slide": {"microns_per_pixel": "--mpp"},
+    "slide": {"microns_per_pixel": "--mpp", "name": "--name", "series": "--series"},
     "align": {
         "input_coordinate_system": "--coordinate-system",
         "coordinate_system": "--aligned-coordinate-system",
@@ -34,18 +40,52 @@ _OPTIONS = {
     },
 }
 
+#: Hints of the API's messages that name a keyword the command has no option for, and what the CLI says.
+_API_ONLY_HINTS = {
+    "tile": {", pass mask=": ""},
+    "embed": {
+        "Pass id_column= (and symbol_column=).": "Name them in a header line (e.g. gene_id, gene_name)."
+    },
+}
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loki", description=__doc__)
+#: anndata's notice of a coming change of its zarr defaults, once per array written: noise to a batch user.
+_ANNDATA_WRITE_NOTICE = r"zarr v3 autosharding will be the default"
+
+
+def _global_options(default) -> argparse.ArgumentParser:
+    """The options taken before the command and after it too (``loki -v tile`` and ``loki tile -v``).
+
+    The commands' copies default to ``argparse.SUPPRESS``: a default of their own would overwrite the
+    value given before the command.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
+        default=default,
         help="log every write at INFO level, and show tracebacks of errors",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    return parser
 
-    demo = sub.add_parser(
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loki",
+        description=(
+            "Loki (OmiCLIP) from the command line: `loki demo` trains loki-tiny on bundled data and runs "
+            "every tool; slide, tile, embed and align work on SpatialData zarr stores. "
+            "`loki COMMAND --help` describes each."
+        ),
+        parents=[_global_options(False)],
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    command_options = _global_options(argparse.SUPPRESS)
+
+    def add_command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[command_options], **kwargs)
+
+    demo = add_command(
         "demo",
         help="train loki-tiny on the bundled mouse olfactory bulb sections and run every tool",
         description=(
@@ -59,13 +99,15 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--out", type=Path, default=Path("loki_demo"), help="output folder (created)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of training, baselines and alignment (default 0)"
+    )
     demo.add_argument(
         "--quick", action="store_true", help="a short smoke run (few epochs): numbers are not meaningful"
     )
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    embed = sub.add_parser(
+    embed = add_command(
         "embed",
         help="add gene sentences and OmiCLIP embeddings to a SpatialData zarr store",
         description="Read a SpatialData zarr store, add sentences and text/image embeddings to TABLE, write it back.",
@@ -77,7 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'"
     )
-    embed.add_argument("--batch-size", type=_positive_int, default=256)
+    embed.add_argument(
+        "--batch-size", type=_positive_int, default=256, help="patches or sentences encoded at a time"
+    )
     embed.add_argument("--no-image", action="store_true", help="embed transcriptomes only")
     _add_where(
         embed, ["--image-key"], "image of the section in sdata.images (default: the one the table names)"
@@ -105,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         "its genes",
     )
 
-    slide = sub.add_parser(
+    slide = add_command(
         "slide",
         help="write an H&E slide scan (SVS, NDPI, OME-TIFF, TIFF, jpg, png) into a new SpatialData zarr store",
         description=(
@@ -121,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_mpp(slide, "micrometres per pixel, when the file does not say or says wrong")
 
-    tile = sub.add_parser(
+    tile = add_command(
         "tile",
         help="cover the tissue of an H&E image with tiles, as a section of its own",
         description=(
@@ -144,7 +188,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="centre-to-centre distance in µm (default: tile side)",
     )
-    tile.add_argument("--grid", choices=["square", "hex"], default="square")
+    tile.add_argument(
+        "--grid",
+        choices=["square", "hex"],
+        default="square",
+        help="square rows and columns, or hexagonal: rows closer, every other one shifted by half "
+        "(default: square)",
+    )
     tile.add_argument(
         "--min-tissue", type=_fraction, default=0.5, help="least tissue fraction of a kept tile, 0 to 1"
     )
@@ -153,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tile.add_argument("--key-added", default=None, help="table key (default IMAGE_tiles)")
 
-    align = sub.add_parser(
+    align = add_command(
         "align",
         help="align one section onto another in a SpatialData zarr store",
         description=(
@@ -259,8 +309,7 @@ def _embed(args: argparse.Namespace) -> None:
     from loki.models._omiclip import resolve_device
 
     resolve_device(args.device)  # a bad or missing device fails before any work
-    if args.gene_map is not None and not args.gene_map.is_file():
-        raise FileNotFoundError(f"--gene-map: no such file: {str(args.gene_map)!r}")
+    gene_map = None if args.gene_map is None else _read_gene_map(args.gene_map)
     sdata = sd.read_zarr(args.zarr)
     _check_embed_target(sdata, args)
     table = sdata.tables[args.table]
@@ -270,7 +319,7 @@ def _embed(args: argparse.Namespace) -> None:
     if not args.no_image:
         _check_scale(table, model, args.diameter_um)
     if table.n_vars > 0:
-        _gene_sentences(table, args.gene_map)
+        _gene_sentences(table, gene_map, args.gene_map)
         lk.tl.embed_text(sdata, model, table_key=args.table, batch_size=args.batch_size)
     else:
         print(f"table {args.table!r} holds no genes (an image-only section): embedding its image only")
@@ -341,10 +390,23 @@ def _set_microns_per_unit(table, value: float) -> None:
     table.uns.setdefault(lk.Key.UNS, {})["microns_per_unit"] = value
 
 
-def _gene_sentences(table, gene_map: Path | None) -> None:
-    """Add gene sentences to ``table``; with ``gene_map``, built from gene symbols on a mapped view.
+def _read_gene_map(path: Path):
+    """The id -> symbol table of ``--gene-map``, read before the store and the model."""
+    from loki.pp._genes import read_gene_table
 
-    The table keeps its own genes: only the sentences, their empty-spot flags and parameters are copied.
+    if not path.is_file():
+        raise FileNotFoundError(f"--gene-map: no such file: {str(path)!r}")
+    try:
+        return read_gene_table(path)
+    except (ValueError, OSError) as err:  # not text, a broken .gz, columns that cannot be told apart
+        raise ValueError(f"--gene-map {str(path)!r} is not a table of gene ids and symbols: {err}") from err
+
+
+def _gene_sentences(table, gene_map, path: Path | None) -> None:
+    """Add gene sentences to ``table``; with ``gene_map`` (read from ``path``), built from gene symbols.
+
+    The symbols replace the ids on a view of the table, which keeps its own genes: only the sentences,
+    their empty-spot flags and parameters are copied.
     """
     import anndata as ad
     import pandas as pd
@@ -361,7 +423,7 @@ def _gene_sentences(table, gene_map: Path | None) -> None:
     lk.pp.gene_sentences(genes)
     for column in (lk.Key.SENTENCE, lk.Key.empty_of(lk.Key.SENTENCE)):
         table.obs[column] = genes.obs[column].to_numpy()
-    params = {**genes.uns[lk.Key.UNS][lk.Key.SENTENCE], "gene_map": str(gene_map)}
+    params = {**genes.uns[lk.Key.UNS][lk.Key.SENTENCE], "gene_map": str(path)}
     table.uns.setdefault(lk.Key.UNS, {})[lk.Key.SENTENCE] = params
 
 
@@ -373,11 +435,20 @@ def _rewrite_table(sdata, name: str) -> None:
     """
     backup = _backup_name(name)
     sdata.tables[backup] = sdata.tables[name]
-    sdata.write_element(backup)
-    sdata.delete_element_from_disk(name)
-    sdata.write_element(name)
+    with _quiet_table_writes():
+        sdata.write_element(backup)
+        sdata.delete_element_from_disk(name)
+        sdata.write_element(name)
     sdata.delete_element_from_disk(backup)
     del sdata.tables[backup]
+
+
+@contextmanager
+def _quiet_table_writes():
+    """Hide anndata's notice of a coming default while tables are written; other warnings show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_ANNDATA_WRITE_NOTICE, category=UserWarning)
+        yield
 
 
 def _check_table(
@@ -440,7 +511,8 @@ def _tile(args: argparse.Namespace) -> None:
     shapes = table.uns["spatialdata_attrs"]["region"]
     sdata.write_element(shapes)
     try:
-        sdata.write_element(key)
+        with _quiet_table_writes():
+            sdata.write_element(key)
     except BaseException:  # leave the store as it was
         sdata.delete_element_from_disk(shapes)
         raise
@@ -523,9 +595,12 @@ def _cli_message(err: BaseException, command: str) -> str:
     """The error's message, with the API keywords this command has options for written as those options.
 
     A keyword is rewritten where it is an argument: ``keyword=value``, ``keyword=`` and "another keyword".
+    Hints to pass a keyword the command has no option for are reworded or dropped.
     """
     # a KeyError's str() is quoted; an OSError's args are (errno, text)
     message = err.args[0] if len(err.args) == 1 and isinstance(err.args[0], str) else str(err) or repr(err)
+    for hint, instead in _API_ONLY_HINTS.get(command, {}).items():
+        message = message.replace(hint, instead)
     for keyword, option in _OPTIONS.get(command, {}).items():
         message = re.sub(rf"\b{keyword}=True\b", option, message)
         message = re.sub(rf"\b{keyword}=(?=[\w'\"(\[-])", f"{option} ", message)  # a value follows

@@ -121,6 +121,10 @@ def test_box_fractions_memory_does_not_grow_with_the_mask():
     np.testing.assert_array_equal(got, expected)
 
 
+def test_box_fractions_of_no_boxes():
+    assert box_fractions(np.ones((5, 7), dtype=bool), np.zeros((0, 4))).shape == (0,)
+
+
 def test_a_mask_coarser_than_the_tiles_keeps_tiles_inside_its_tissue_pixels():
     mask = np.zeros((10, 10), dtype=bool)
     mask[:, :5] = True
@@ -212,7 +216,16 @@ def test_tile_image_hex_grid_and_min_tissue_zero_keep_every_tile():
         ({"key_added": "taken"}, KeyError, "already holds"),
         ({"coordinate_system": "aligned"}, KeyError, "global"),
         ({"key_added": "he"}, KeyError, "already holds"),
-        ({"key_added": "bad name!"}, (KeyError, ValueError), "(?i)name"),
+        ({"key_added": "bad name!"}, ValueError, r"key_added='bad name!' is not a valid SpatialData element"),
+        ({"key_added": ""}, ValueError, r"key_added='' is not a valid SpatialData element name: .*empty"),
+        # a tile larger than the image (800 x 600 px at 0.5 µm per pixel), in both or one direction
+        (
+            {"tile_um": 500.0},
+            ValueError,
+            r"No tile of image 'he' fits: a tile of 500 µm spans 1000\.0 px at 0\.5 µm per pixel, and the "
+            r"image is 800x600 px \(400x300 µm\)\. Pass a smaller tile_um=, or check microns_per_pixel=\.",
+        ),
+        ({"tile_um": 350.0, "grid": "hex"}, ValueError, r"No tile of image 'he' fits: .* 700\.0 px"),
     ],
 )
 def test_tile_image_bad_input_writes_nothing(kwargs, error, match):

@@ -178,6 +178,7 @@ class OmiCLIP:
         self.name = name or arch
         self.precision = precision
         self.trained = trained
+        self._warned_untrained = False
         self.config = config
         self.patch_um = patch_um
         self.file_sha256 = file_sha256
@@ -268,7 +269,9 @@ class OmiCLIP:
         return contextlib.nullcontext()
 
     def _check_trained(self) -> None:
-        if not self.trained:
+        """Warn once per model (not once per encoder: ``loki embed`` encodes texts and images)."""
+        if not self.trained and not self._warned_untrained:
+            self._warned_untrained = True
             logger.warning(
                 "model %r has random (untrained) weights: train it (lk.models.train_tiny / finetune) "
                 "before using its embeddings for results",

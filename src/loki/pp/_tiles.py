@@ -133,6 +133,8 @@ def _summed_area_at(mask: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarra
     some pair asks for, a cumulative sum along the row gives the counts of all its prefixes.
     """
     out = np.empty(len(i), dtype=np.int64)
+    if not len(i):  # np.split would still give one (empty) group, for no row
+        return out
     columns = np.zeros(mask.shape[1] + 1, dtype=np.int64)  # columns[c + 1]: True pixels above, column c
     prefix = np.empty_like(columns)
     order = np.argsort(i, kind="stable")
@@ -170,7 +172,7 @@ _MIN_TILE_PX, _MAX_TILES = 4.0, 20_000_000
 
 def _check_tile_count(tile_px: float, spacing_px: float, width: int, height: int) -> None:
     # before laying out the grid: a unit slip (mpp 25 for 0.25) would make ~1e9 candidate tiles
-    hint = "check microns_per_pixel, tile_um and spacing_um (all in µm)"
+    hint = "check microns_per_pixel=, tile_um= and spacing_um= (all in µm)"
     if tile_px < _MIN_TILE_PX:
         raise ValueError(
             f"A tile spans {tile_px:.2f} px (tile_um / microns_per_pixel); tiles need at least "
@@ -257,9 +259,10 @@ def tile_image(
         Unknown image or coordinate system, no ``microns_per_pixel`` given or recorded, or ``key_added``
         (or its shapes name) already names an element.
     ValueError
-        Bad sizes or fractions, tiles under 4 px or more than 20 million of them (a unit slip in
-        ``microns_per_pixel`` or ``tile_um``), a mask of another aspect ratio, or no tile kept (with
-        the tissue fraction of the image, to help choose ``min_tissue``).
+        Bad sizes or fractions, a ``key_added`` that is not a SpatialData element name, tiles under 4 px,
+        larger than the image or more than 20 million of them (a unit slip in ``microns_per_pixel`` or
+        ``tile_um``), a mask of another aspect ratio, or no tile kept (with the tissue fraction of the
+        image, to help choose ``min_tissue``).
 
     """
     import geopandas as gpd
@@ -285,6 +288,7 @@ def tile_image(
     if not 0 <= min_tissue <= 1:
         raise ValueError(f"min_tissue must be in [0, 1], got {min_tissue}.")
     key_added = f"{image_key}_tiles" if key_added is None else key_added
+    _check_element_name(key_added)
     shapes_key = f"{key_added}_shapes"
     taken = {name.lower() for _, name, _ in sdata.gen_elements()}
     for name in (key_added, shapes_key):
@@ -297,6 +301,13 @@ def tile_image(
     height, width = (int(n) for n in levels[0].shape[1:])
     tile_px, spacing_px = tile_um / microns_per_pixel, spacing_um / microns_per_pixel
     _check_tile_count(tile_px, spacing_px, width, height)
+    if tile_px > min(width, height):
+        raise ValueError(
+            f"No tile of image {image_key!r} fits: a tile of {tile_um:g} µm spans {tile_px:.1f} px at "
+            f"{microns_per_pixel:g} µm per pixel, and the image is {width}x{height} px "
+            f"({width * microns_per_pixel:.0f}x{height * microns_per_pixel:.0f} µm). Pass a smaller "
+            "tile_um=, or check microns_per_pixel=."
+        )
     centres = tile_centres(width, height, tile_px, spacing_px, grid)
     if mask is None:
         rgb, to_cs_of_mask = lowres_image(element, _MASK_SIDE, coordinate_system)
@@ -315,7 +326,7 @@ def tile_image(
         raise ValueError(
             f"No tile of image {image_key!r} holds at least {min_tissue:.0%} tissue ({len(centres)} tiles of "
             f"{tile_px:.1f} px fit in its {width}x{height} pixels; {mask.mean():.1%} of the image is tissue). "
-            "Lower min_tissue, pass mask=, or check microns_per_pixel and tile_um."
+            "Lower min_tissue=, pass mask=, or check microns_per_pixel= and tile_um=."
         )
     if within is not None:
         region_of = containing_shape(sdata, within, apply_matrix(centres, to_cs), coordinate_system)
@@ -424,6 +435,15 @@ def containing_shape(
     first = np.full(len(local), len(geometry), dtype=np.int64)
     np.minimum.at(first, points, regions)
     return np.where(first < len(geometry), first, -1)
+
+
+def _check_element_name(key_added) -> None:
+    from spatialdata._core.validation import check_valid_name
+
+    try:
+        check_valid_name(key_added)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"key_added={key_added!r} is not a valid SpatialData element name: {err}") from None
 
 
 def _check_mask(mask, height: int, width: int) -> np.ndarray:
