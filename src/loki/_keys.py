@@ -28,7 +28,7 @@ class Key:
     SECTION_METADATA = ("image_key", "microns_per_unit", "spot_diameter_um", "spot_spacing_um", "tiles")
     # SpatialData coordinate systems
     GLOBAL_CS = "global"
-    ALIGNED_CS = "aligned"
+    ALIGNED_CS = "aligned"  # align's default: its coordinate system follows key_added (spatial_aligned)
 
     @staticmethod
     def empty_of(sentence_key: str) -> str:

@@ -408,7 +408,7 @@ def align(
         also runs the deformable stage). Subsample levels register coordinates only (at their coarse
         sigma the embedding columns bias the spatial fit) and anneal sigma down to their own spot
         spacing; the global start and the last level use the embedding too. Synthetic benchmark: 5e4
-        spots per side in 8 s, 5e5 in about 1 min, both within 0.01 spot spacing. With
+        spots per side in 8 s, 5e5 in 64-80 s, both within 0.01 spot spacing. With
         ``refine=False`` and
         more than ``max_points`` spots per side, the pyramid stops at a ``max_points`` subsample and
         its transform and deformable field (through its low-rank Nystrom form) are interpolated to

@@ -103,11 +103,14 @@ def decompose(
     mean profiles and normalises the weights. It is the default because on pseudo-spots built from
     real labelled cells (spacexr's hypothalamus and hippocampus references split in two halves, 55 um
     spots of ~8 cells, expression input) it was clearly more accurate than the mapping (JS divergence
-    0.19 vs 0.27 and 0.22 vs 0.31, SSIM 0.61 vs 0.47 and 0.61 vs 0.49; ``benchmarks/RESULTS.md``) and
-    far faster: there the spot profile really is a sum of cell profiles. The mapping agrees with
-    tangram-sc 1.0.4 (per-type correlation of proportions >= 0.998), is better on the synthetic
-    generator, and is the paper's method for embeddings (``use="loki_text"`` / ``"loki_image"``),
-    where a spot is not a linear mix of cell embeddings; compare both on your data.
+    0.19 vs 0.27 and 0.22 vs 0.31, SSIM of eq. 25 0.75 vs 0.63 and 0.73 vs 0.59;
+    ``benchmarks/RESULTS.md``) and far faster: there the spot profile really is a sum of cell
+    profiles. The mapping agrees with tangram-sc 1.0.4 (per-type correlation of proportions >= 0.997),
+    is better on the synthetic generator, and is the paper's method for embeddings
+    (``use="loki_text"`` / ``"loki_image"``), where a spot is not a linear mix of cell embeddings;
+    compare both on your data. With the ``loki-tiny`` text embeddings both methods were worse than a
+    uniform guess on all three benchmark cases (JS 0.40-0.71 against 0.11-0.51): the embedding route
+    needs a model trained on much more data than the bundled sections.
 
     Sparse expression stays sparse where sums suffice: the per-type profiles are sparse products,
     and NNLS densifies one block of spots at a time. The mapping needs the spots dense, and
