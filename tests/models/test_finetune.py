@@ -383,3 +383,41 @@ def test_finetune_a_plain_clip_model():
     assert changed
     assert all(k.startswith("visual.") or k == "logit_scale" for k in changed)
     assert np.isfinite(hist["step_loss"]).all()
+
+
+@pytest.mark.parametrize("blank", [[""] * 10, ["", *(["Apoe Ptgds"] * 9)], ["Apoe Ptgds"] * 9 + ["  "]])
+def test_empty_sentences_are_refused(blank):
+    imgs, _ = _pairs(10)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    h = m.checkpoint_hash
+    n = sum(not s.strip() for s in blank)
+    with pytest.raises(ValueError, match=rf"{n} of 10 sentences are empty .*Leave those pairs out"):
+        lk.models.finetune(m, imgs, blank, epochs=1, batch_size=4, progress=False)
+    m._checkpoint_hash = None
+    assert m.checkpoint_hash == h
+    assert not m.trained
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
+        ({"batch_size": 4.0}, "batch_size must be an integer, got 4.0"),
+        ({"epochs": 1.7}, "epochs must be an integer, got 1.7"),
+        ({"epochs": True}, "epochs must be an integer, got True"),
+        ({"batch_size": True}, "batch_size must be an integer, got True"),
+    ],
+)
+def test_non_integer_epochs_and_batch_size_are_refused(kwargs, match):
+    imgs, sents = _pairs(8)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    with pytest.raises(ValueError, match=match):
+        lk.models.finetune(m, imgs, sents, progress=False, **{"epochs": 1, "batch_size": 4, **kwargs})
+    assert not m.trained
+
+
+def test_numpy_integer_epochs_and_batch_size_are_accepted():
+    imgs, sents = _pairs(8)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    _, hist = lk.models.finetune(m, imgs, sents, epochs=np.int64(1), batch_size=np.int32(4), progress=False)
+    assert (hist["epochs"], hist["batch_size"], len(hist["step_loss"])) == (1, 4, 2)

@@ -203,8 +203,12 @@ def test_bad_load_arguments(kwargs, err, match):
 def test_bad_encode_inputs(tiny):
     with pytest.raises(ValueError, match="uint8"):
         tiny.encode_images(np.zeros((2, 8, 8, 3), dtype=np.float32))
-    with pytest.raises(ValueError, match=r"\(n, height, width, 3\)"):
+    with pytest.raises(ValueError, match=r"\(n, height, width, 3\).*got an array of shape \(2, 8, 8\)"):
         tiny.encode_images(np.zeros((2, 8, 8), dtype=np.uint8))
+    with pytest.raises(
+        ValueError, match=r"got a list of 2 ndarray \(stack equal-sized patches with np.stack\)"
+    ):
+        tiny.encode_images([np.zeros((8, 8, 3), dtype=np.uint8)] * 2)
     with pytest.raises(TypeError, match="list of strings"):
         tiny.encode_texts("Apoe Ptgds")
     with pytest.raises(ValueError, match="batch_size"):
@@ -527,3 +531,171 @@ def test_encode_images_computes_each_dask_chunk_once(tiny):
         computed.clear()
         np.testing.assert_allclose(tiny.encode_images(lazy, batch_size=batch_size), expected, atol=1e-6)
         assert sorted(computed) == list(range(5)), batch_size
+
+
+def test_unreadable_safetensors_is_a_value_error_naming_the_file(tiny, tmp_path):
+    """A truncated .safetensors file fails like any unreadable checkpoint, also when arch= is given."""
+    from pathlib import Path
+
+    raw = (tiny.save(tmp_path / "m") / "model.safetensors").read_bytes()
+    (tmp_path / "half.safetensors").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    for name in ("half.safetensors", "empty.safetensors"):
+        for kwargs in ({}, {"arch": "loki-tiny"}):
+            with pytest.raises(
+                ValueError, match=rf"{name} is not a readable torch or safetensors checkpoint"
+            ):
+                lk.models.load(Path(tmp_path / name), device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("text", ['["lr", 0.001]', '{"lr": 0.001, "epochs": 3', '{"arch": 5}', "\udcff"])
+def test_a_json_that_is_not_lokis_metadata_is_ignored_with_a_warning(tiny, tmp_path, caplog, text):
+    path = tmp_path / "run.pt"
+    torch.save({"state_dict": tiny.model.state_dict()}, path)
+    (tmp_path / "run.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with caplog.at_level("WARNING", logger="loki"):
+        back = lk.models.load(path, arch="loki-tiny", device="cpu")
+    assert back.checkpoint_hash == tiny.checkpoint_hash
+    assert (back.name, back.trained, back.patch_um) == ("run", True, None)
+    assert f"ignoring {tmp_path / 'run.json'}" in caplog.text
+    # without arch=, a safetensors file's own metadata names it
+    out = lk.models.convert_to_safetensors(path, tmp_path / "w.safetensors", arch="loki-tiny")
+    (tmp_path / "w.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    assert lk.models.load(out, device="cpu").arch == "loki-tiny"
+
+
+def test_lokis_metadata_next_to_a_checkpoint_is_used_and_checked(tiny, tmp_path):
+    path = tmp_path / "run.pt"
+    torch.save(tiny.model.state_dict(), path)
+    meta = tmp_path / "run.json"
+    meta.write_text('{"arch": "loki-tiny", "name": "mine", "trained": false, "patch_um": 200}')
+    back = lk.models.load(path, device="cpu")
+    assert (back.arch, back.name, back.trained, back.patch_um) == ("loki-tiny", "mine", False, 200.0)
+    for bad, match in [
+        ('"patch_um": -1', "patch_um must be"),
+        ('"trained": "no"', "'trained' must be a bool"),
+    ]:
+        meta.write_text(f'{{"arch": "loki-tiny", {bad}}}')
+        with pytest.raises(ValueError, match=rf"run\.json: {match}"):
+            lk.models.load(path, arch="loki-tiny", device="cpu")
+    # convert_to_safetensors never writes over a JSON it cannot read
+    meta.unlink()
+    (tmp_path / "out.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"out\.json exists and is not valid JSON"):
+        lk.models.convert_to_safetensors(path, tmp_path / "out.safetensors", arch="loki-tiny")
+    assert not (tmp_path / "out.safetensors").exists()
+    assert (tmp_path / "out.json").read_text() == "{not json"
+
+
+def _hub_error(kind: str):
+    from types import SimpleNamespace
+
+    from huggingface_hub.utils import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+    )
+
+    def response(status):
+        return SimpleNamespace(status_code=status, headers={}, request=None)
+
+    if kind == "offline":
+        err = LocalEntryNotFoundError("cannot find the requested files in the local cache")
+        err.__cause__ = OfflineModeIsEnabled("offline mode is enabled")
+        return err
+    if kind == "unreachable":
+        err = LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
+        err.__cause__ = ConnectionError("[Errno -2] Name or service not known")
+        return err
+    if kind == "gated":
+        return GatedRepoError("401 Client Error: cannot access gated repo", response=response(401))
+    return HfHubHTTPError(f"{kind} Client Error", response=response(int(kind)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "err", "match"),
+    [
+        ("unreachable", ConnectionError, r"could not be reached.*local path.*HF_HUB_OFFLINE=1"),
+        ("offline", ConnectionError, r"HF_HUB_OFFLINE is set and 'checkpoint.pt'.*not in the local.*cache"),
+        ("gated", PermissionError, r"no access to 'checkpoint.pt'.*HTTP 401.*token="),
+        ("403", PermissionError, r"HTTP 403.*huggingface.co/WangGuangyuLab/Loki.*token="),
+    ],
+)
+def test_hub_errors_say_what_to_do(monkeypatch, kind, err, match):
+    """huggingface_hub's offline and access errors become ones that say how to load the model anyway."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake(**kwargs):
+        calls.append(kwargs)
+        raise _hub_error(kind)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    with pytest.raises(err, match=match) as info:
+        lk.models.load("omiclip", token="hf_x", device="cpu")
+    assert calls == [{"repo_id": "WangGuangyuLab/Loki", "filename": "checkpoint.pt", "token": "hf_x"}]
+    assert "lk.models.load(Path('.../checkpoint.pt'))" in str(info.value)
+    assert isinstance(info.value.__cause__, type(_hub_error(kind)))
+
+
+def test_other_hub_errors_pass_unchanged(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.utils import HfHubHTTPError
+
+    def fake(**kwargs):
+        raise _hub_error("500")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    with pytest.raises(HfHubHTTPError, match="500 Client Error"):
+        lk.models.load("hf-hub:org/repo", device="cpu")
+
+
+def test_refusing_an_unsafe_pickle_names_the_blocked_global_without_torchs_advice(tiny, tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": tiny.model.state_dict(), "x": Evil()}, evil)
+    args = tmp_path / "args.pt"
+    torch.save({"state_dict": tiny.model.state_dict(), "args": argparse.Namespace(lr=1.0)}, args)
+    for path, cause in [
+        (evil, r"Trying to load unsupported GLOBAL \w+\.system whose module \w+ is blocked\."),
+        (args, r"Unsupported global: GLOBAL argparse\.Namespace was not an allowed global by default\."),
+    ]:
+        with pytest.raises(
+            lk.models.UntrustedCheckpointError, match=rf"\(UnpicklingError: {cause}\)"
+        ) as info:
+            lk.models.load(path, arch="loki-tiny", device="cpu")
+        text = str(info.value)
+        for advice in ("weights_only` set to `False", "Re-running", "add_safe_globals", "PyTorch 2.6"):
+            assert advice not in text
+
+
+def test_long_error_causes_are_cut_between_words():
+    line = _loading._first_line(ValueError("abcdefghijk " * 60), limit=100)
+    assert line.startswith("ValueError: abcdefghijk ")
+    assert line.endswith(" ...")
+    assert set(line.removeprefix("ValueError: ").removesuffix(" ...").split()) == {"abcdefghijk"}
+    assert len(line) <= len("ValueError: ") + 104
+
+
+def test_docs_load_the_published_checkpoint_with_trust():
+    """Every documented call that loads the published (pickled) checkpoint passes trust_checkpoint=True."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    docs = [root / "README.md", *sorted((root / "docs" / "tutorials").glob("*.md"))]
+    if not docs[0].is_file():
+        pytest.skip("not run from a source checkout")
+    calls = [
+        (doc.name, call)
+        for doc in docs
+        for call in re.findall(r"lk\.models\.load\(\"omiclip\"[^)]*\)", doc.read_text())
+    ]
+    assert calls
+    assert [c for c in calls if "trust_checkpoint=True" not in c[1]] == []

@@ -193,3 +193,41 @@ def test_collect_pairs_holds_the_result_and_one_chunk():
             tracemalloc.stop()
     chunk = 256 * imgs[0].nbytes
     assert peak < imgs.nbytes + 1.5 * chunk, (peak / imgs.nbytes, imgs.shape)
+
+
+def test_too_few_pairs_says_how_many_spots_were_left_out_and_why(mob12):
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    h = model.checkpoint_hash
+    table = mob12.tables["MOB1"].copy()
+    table.obs[lk.Key.SENTENCE] = ""
+    patches = np.zeros((table.n_obs, 32, 32, 3), np.uint8)
+    n = table.n_obs
+    with pytest.raises(
+        ValueError,
+        match=rf"0 \(patch, sentence\) pair\(s\) left, fewer than the 2 needed: the table: left {n} of {n} "
+        rf"spots out of training \({n} with an empty sentence, 0 whose patch leaves the image\)\. "
+        r"To fix: for empty sentences, check sentence_key='loki_sentence'",
+    ):
+        lk.tl.finetune(table, model, patches=patches, epochs=1, progress=False)
+    # patches that all leave the image (squares far larger than the section)
+    with pytest.raises(
+        ValueError,
+        match=rf"section 'MOB1': left {n} of {n} spots out of training \(0 with an empty sentence, {n} whose "
+        r"patch leaves the image\).*coordinate_system='global'.*diameter_um=",
+    ):
+        lk.tl.finetune(mob12, model, table_keys="MOB1", diameter_um=12000, epochs=1, progress=False)
+    model._checkpoint_hash = None
+    assert model.checkpoint_hash == h
+    assert not model.trained
+
+
+def test_whitespace_sentences_are_left_out_like_empty_ones():
+    sdata = lk.datasets.mob("MOB3")
+    lk.pp.gene_sentences(sdata, table_key="MOB3")
+    obs = sdata.tables["MOB3"].obs
+    obs[lk.Key.SENTENCE] = obs[lk.Key.SENTENCE].astype(str)
+    obs.iloc[:3, obs.columns.get_loc(lk.Key.SENTENCE)] = "  "
+    keep = _patch_ok(sdata, "MOB3") & ~obs[lk.Key.EMPTY_SPOT].to_numpy(bool)
+    keep[:3] = False
+    _, sents = collect_pairs(sdata, table_keys="MOB3", size=16)
+    assert sents == obs[lk.Key.SENTENCE][keep].tolist()

@@ -149,6 +149,31 @@ def _materialised(images) -> np.ndarray:
     return np.ascontiguousarray(images.compute())
 
 
+def blank_sentences(sentences: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the sentences that name no gene (``""`` or only whitespace)."""
+    return np.array([isinstance(s, str) and not s.strip() for s in sentences], dtype=bool)
+
+
+def _check_sentences(sentences: list[str]) -> None:
+    """Refuse empty sentences: they pair no text with their patch, and every one tokenises alike."""
+    blank = np.flatnonzero(blank_sentences(sentences))
+    if blank.size:
+        shown = ", ".join(map(str, blank[:5])) + (", ..." if blank.size > 5 else "")
+        raise ValueError(
+            f"{blank.size} of {len(sentences)} sentences are empty (at positions {shown}): such a pair "
+            "has no text to learn from. Leave those pairs out (lk.tl.finetune does so with the spots "
+            "lk.pp.gene_sentences leaves empty)."
+        )
+
+
+def _check_int(name: str, value, minimum: int, why: str = "") -> None:
+    """Raise a ValueError unless ``value`` is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{' ' + why if why else ''}, got {value!r}")
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -183,11 +208,13 @@ def finetune(
         lazily, then computed into memory once, after all arguments are checked and before the first
         step (random batches over it would recompute its chunks at every step): it must fit in memory.
     sentences
-        ``n`` gene sentences.
+        ``n`` gene sentences; an empty one (``""`` or only whitespace) raises, as it pairs no text
+        with its patch (:func:`loki.tl.finetune` leaves such spots out).
     epochs, lr, batch_size
         Paper defaults for the pretrained model: 10 epochs (alignment; 5 for decomposition), lr 5e-6,
-        batch 64. From scratch use :data:`TINY_RECIPE` / :func:`train_tiny`. A batch needs at least 2
-        pairs (the contrastive loss of one pair is 0). Each epoch reshuffles the pairs and runs
+        batch 64; ``epochs`` and ``batch_size`` are integers (a float or bool raises). From scratch
+        use :data:`TINY_RECIPE` / :func:`train_tiny`. A batch needs at least 2 pairs (the
+        contrastive loss of one pair is 0). Each epoch reshuffles the pairs and runs
         ``n // batch_size`` steps of ``batch_size`` pairs (``batch_size`` is lowered to ``n`` when it
         is larger): the last partial batch is dropped, as open_clip does, so ``n % batch_size`` pairs
         (other ones each epoch) sit out every epoch; with few pairs that is a large share (100 pairs,
@@ -234,12 +261,9 @@ def finetune(
         raise ValueError(f"got {len(images)} images but {n} sentences")
     if n < 2:
         raise ValueError("need at least 2 pairs for a contrastive loss")
-    if int(epochs) < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if int(batch_size) < 2:
-        raise ValueError(
-            f"batch_size must be >= 2 for a contrastive loss (a batch of one pair has loss 0), got {batch_size}"
-        )
+    _check_sentences(sentences)
+    _check_int("epochs", epochs, 1)
+    _check_int("batch_size", batch_size, 2, "for a contrastive loss (a batch of one pair has loss 0)")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     if not 0 <= warmup < 1:

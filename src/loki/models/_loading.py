@@ -10,7 +10,7 @@ from pathlib import Path
 from loki._logging import logger
 from loki._utils import as_seed
 
-from ._omiclip import META_FILE, PRECISIONS, WEIGHTS_FILE, OmiCLIP, resolve_device
+from ._omiclip import META_FILE, PRECISIONS, WEIGHTS_FILE, OmiCLIP, check_patch_um, resolve_device
 from ._open_clip_logging import quiet_open_clip
 from ._registry import DEFAULT_ARCH, PUBLISHED, is_known_arch, register_configs
 from ._small import SMALL_ARCHS
@@ -134,13 +134,39 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
     return extract_state_dict(obj)
 
 
-def _first_line(err: BaseException) -> str:
-    """``Type: cause`` of an error; for torch's weights-only errors the unpickler's cause, not the preamble."""
+#: Sentences of torch's weights-only errors that give torch's advice (re-run with weights_only=False,
+#: allowlist the global, read the docs) rather than the cause; loki gives its own advice.
+_TORCH_ADVICE = re.compile(
+    r"weights_only|trusted source|trust the source|file an issue"
+    r"|^(Please|Check the documentation|Alternatively)",
+    re.IGNORECASE,
+)
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    """``Type: cause`` of an error, at most about ``limit`` characters, cut between words.
+
+    For torch's weights-only errors the cause is the unpickler's own message (e.g. the line naming the
+    blocked global) without torch's preamble and advice; for other errors it is the first line.
+    """
     text = str(err)
-    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    cause = found.group(1).strip() if found else (lines[0] if lines else "")
-    return f"{type(err).__name__}: {cause[:200]}"
+    cause = ""
+    if text.startswith("Weights only load failed"):
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", text, re.DOTALL)
+        body = found.group(1) if found else text.removeprefix("Weights only load failed.")
+        sentences = [
+            sentence
+            for line in body.splitlines()
+            for sentence in re.split(r"(?<=\.)\s+(?=[A-Z])", line.strip())
+            if sentence and not _TORCH_ADVICE.search(sentence)
+        ]
+        cause = " ".join(sentences)
+    if not cause:
+        cause = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if len(cause) > limit:
+        head = cause[: limit + 1].rsplit(None, 1)[0] if " " in cause[:limit] else cause[:limit]
+        cause = head.rstrip(" ,;:") + " ..."
+    return f"{type(err).__name__}: {cause}"
 
 
 def _unreadable(path: Path, err: BaseException) -> ValueError:
@@ -196,20 +222,25 @@ def convert_to_safetensors(
     _check_arch(arch)
     meta_out = out.with_suffix(".json")
     # every JSON load() would read for out (a directory of OmiCLIP.save has loki_model.json)
-    for cand in _meta_files(out):
-        existing = json.loads(cand.read_text()) if cand.is_file() else None
-        if existing is not None and (not isinstance(existing, dict) or existing.get("arch") != arch):
-            found = existing.get("arch") if isinstance(existing, dict) else None
+    for cand in filter(Path.is_file, _meta_files(out)):
+        try:
+            existing = json.loads(cand.read_text())
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(
+                f"{cand} exists and is not valid JSON ({err}); pass another out= (nothing was written)"
+            ) from None
+        found = existing.get("arch") if isinstance(existing, dict) else None
+        if found != arch:
             raise ValueError(
                 f"{cand} names arch {found!r}, not {arch!r}; pass the right arch= or another out= "
                 "(nothing was written)"
             )
-    existing = json.loads(meta_out.read_text()) if meta_out.is_file() else None
+    keep_meta = meta_out.is_file()  # checked above: it names arch
     state = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
     _check_keys(architecture_shapes(arch), state, source=str(path))
     state = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(state, str(out), metadata={"arch": arch})
-    if existing is None:
+    if not keep_meta:
         new_meta = {"arch": arch, "name": meta.get("name", path.stem), "trained": meta.get("trained", True)}
         if meta.get("patch_um") is not None:
             new_meta["patch_um"] = meta["patch_um"]
@@ -260,18 +291,65 @@ def _meta_files(path: Path) -> list[Path]:
 
 
 def _meta_for(path: Path) -> dict:
-    """The loki JSON next to a weights file (``loki_model.json`` or ``<stem>.json``), or safetensors metadata."""
+    """The loki metadata of a weights file.
+
+    That is the JSON next to it (``loki_model.json`` or ``<stem>.json``), else the ``arch`` stored in a
+    safetensors file's metadata, else ``{}``. A JSON that is not loki's metadata (e.g. a run's training
+    arguments saved as ``run.json`` next to ``run.pt``) is skipped with a warning; a safetensors file
+    whose header cannot be read raises the ``ValueError`` of :func:`read_checkpoint`.
+    """
     for cand in _meta_files(path):
-        if cand.is_file():
-            return json.loads(cand.read_text())
-    if path.suffix == ".safetensors":
+        meta = _loki_json(cand) if cand.is_file() else None
+        if meta is not None:
+            return meta
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception as err:
+            raise _unreadable(path, err) from err
         if "arch" in meta:
             return {"arch": meta["arch"]}
     return {}
+
+
+def _loki_json(path: Path) -> dict | None:
+    """The loki metadata in the JSON file ``path``, or None (with a warning) when it holds none.
+
+    loki's metadata (written by :meth:`OmiCLIP.save` and :func:`convert_to_safetensors`) is a JSON
+    object whose ``arch`` is a string. Its other entries are checked; a wrong one raises a
+    ``ValueError`` naming the file.
+    """
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        reason = f"it is not valid JSON ({err})"
+    else:
+        if isinstance(meta, dict) and isinstance(meta.get("arch"), str):
+            _check_meta(meta, path)
+            return meta
+        reason = "it is not a JSON object naming the model's 'arch'"
+    logger.warning("ignoring %s: %s, so it is not the model metadata that OmiCLIP.save writes", path, reason)
+    return None
+
+
+def _check_meta(meta: dict, path: Path) -> None:
+    """Raise a ValueError naming ``path`` for an entry of loki metadata that :func:`load` cannot use."""
+    expected = {"name": str, "trained": bool, "config": dict}
+    for key, kind in expected.items():
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise ValueError(
+                f"{path}: {key!r} must be a {kind.__name__} or null, got {meta[key]!r}; fix or delete "
+                "the file (it is the model's metadata, written by OmiCLIP.save)"
+            )
+    try:
+        check_patch_um(meta.get("patch_um"))
+    except ValueError as err:
+        raise ValueError(
+            f"{path}: {err}; fix or delete the file (it is the model's metadata, written by OmiCLIP.save)"
+        ) from None
 
 
 def create_architecture(arch: str, *, seed: int | None = None):
@@ -347,11 +425,51 @@ def load_weights(model, state_dict: dict, *, source: str) -> None:
 
 
 def _hub_download(repo_id: str, filename: str, token: str | None) -> Path:
+    """Path of ``filename`` of the Hugging Face repository ``repo_id``, downloaded or from the local cache.
+
+    huggingface_hub's errors for a Hub it cannot reach (no network, or ``HF_HUB_OFFLINE`` set and the
+    file not cached) become a ``ConnectionError``, and those for a gated or private repository
+    (HTTP 401/403) a ``PermissionError``, each saying what to do. Other errors pass unchanged.
+    """
     try:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import (
+            GatedRepoError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
+        )
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("loading from the Hugging Face hub needs `pip install huggingface_hub`") from err
-    return Path(hf_hub_download(repo_id=repo_id, filename=filename, token=token))
+    where = f"{filename!r} of the Hugging Face repository {repo_id!r}"
+    elsewhere = (
+        f"download it where the Hub is reachable (e.g. `hf download {repo_id} {filename}`) and pass its "
+        f"local path: lk.models.load(Path('.../{Path(filename).name}'))"
+    )
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, token=token))
+    except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if not (isinstance(err, GatedRepoError) or status in (401, 403)):
+            raise
+        raise PermissionError(
+            f"no access to {where} (HTTP {status}): it is gated or private. Accept its terms at "
+            f"https://huggingface.co/{repo_id} while logged in and pass token= (an access token with "
+            f"read permission, from https://huggingface.co/settings/tokens), or {elsewhere}."
+        ) from err
+    except (LocalEntryNotFoundError, ConnectionError, TimeoutError) as err:
+        if isinstance(err, OfflineModeIsEnabled) or isinstance(err.__cause__, OfflineModeIsEnabled):
+            problem = f"HF_HUB_OFFLINE is set and {where} is not in the local Hugging Face cache"
+        else:
+            problem = (
+                f"the Hugging Face Hub could not be reached for {where}, and the file is not in the "
+                "local Hugging Face cache"
+            )
+        raise ConnectionError(
+            f"{problem}. Without network access, {elsewhere}. Once the file is in the cache, set the "
+            "environment variable HF_HUB_OFFLINE=1 before starting Python to load it without "
+            "contacting the Hub (and without huggingface_hub's retries)."
+        ) from err
 
 
 def load(
@@ -370,8 +488,14 @@ def load(
     ----------
     name_or_path
         - ``"omiclip"``: the published OmiCLIP (``coca_ViT-L-14``) from the gated Hugging Face repo
-          ``WangGuangyuLab/Loki`` (``checkpoint.pt``; accept its terms and pass ``token=``).
+          ``WangGuangyuLab/Loki`` (``checkpoint.pt``; accept its terms and pass ``token=``). That file
+          is a pickle that ``torch.load(weights_only=True)`` refuses with open_clip >= 3: load it with
+          ``trust_checkpoint=True``, or convert it once with :func:`convert_to_safetensors`.
         - ``"hf-hub:org/repo"`` or ``"hf-hub:org/repo/file.pt"`` (default file ``checkpoint.pt``).
+          A file already in the local Hugging Face cache is used when the Hub cannot be reached.
+          Without network access and without the file in the cache, huggingface_hub retries for about
+          25 s before loki raises (its retries cannot be shortened per call); the environment variable
+          ``HF_HUB_OFFLINE=1`` skips the Hub altogether.
         - a path: a directory written by :meth:`OmiCLIP.save`, a ``.safetensors`` file, or an open_clip
           torch checkpoint (``{'state_dict': ...}``, with or without ``module.``, or a bare state dict).
           A :class:`~pathlib.Path` is always local (``~`` expanded); a string that names a published model
@@ -382,9 +506,11 @@ def load(
           open_clip's CoCa and CLIP architectures (e.g. ``"coca_ViT-L-14"``, ``"ViT-B-32"``) work;
           those with a Hugging Face text tower or tokenizer (SigLIP, CLIPA, mt5, ...) are refused.
     arch
-        open_clip architecture of a checkpoint (default: from the JSON saved next to it, else
-        ``coca_ViT-L-14``). The checkpoint's keys and shapes are checked against it before the model
-        is built.
+        open_clip architecture of a checkpoint (default: from the JSON saved next to it, else from a
+        safetensors file's metadata, else ``coca_ViT-L-14``). The checkpoint's keys and shapes are
+        checked against it before the model is built. A JSON next to the checkpoint
+        (``loki_model.json`` or ``<stem>.json``) that is not loki's metadata, i.e. not an object naming
+        the ``arch``, is ignored with a warning.
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     trust_checkpoint
@@ -412,7 +538,16 @@ def load(
     ValueError
         For an unknown or unsupported ``precision``, ``arch`` or ``device`` (also a CUDA device on a
         machine without one), checked before anything is downloaded or read; for a checkpoint that
-        does not fit its architecture, before the model is built.
+        does not fit its architecture, before the model is built; for a file that is no readable
+        checkpoint (truncated download, another format), naming it.
+    UntrustedCheckpointError
+        For a torch file that needs full unpickling, without ``trust_checkpoint=True``.
+    ConnectionError
+        For a hub file that is not in the local cache when the Hub cannot be reached (no network, or
+        ``HF_HUB_OFFLINE`` set); the message says how to load it from a local path instead.
+    PermissionError
+        For a gated or private hub repository without access (HTTP 401/403): accept its terms and pass
+        ``token=``.
 
     """
     register_configs()

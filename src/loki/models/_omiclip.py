@@ -333,7 +333,7 @@ class OmiCLIP:
             shape = getattr(images, "shape", None)
             if shape is None or len(shape) != 4 or shape[-1] != 3:
                 raise ValueError(
-                    f"images must be (n, height, width, 3) uint8 or a list of PIL images, got {shape}"
+                    f"images must be (n, height, width, 3) uint8 or a list of PIL images, got {_described(images)}"
                 )
         sink = _Sink(out)
         # slicing a batch out of a dask array computes every chunk it touches: take each chunk once
@@ -514,6 +514,18 @@ def check_patch_um(value) -> float | None:
 def _check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _described(images) -> str:
+    """What ``images`` is, for an error message: an array's shape, or a sequence's item type."""
+    shape = getattr(images, "shape", None)
+    if shape is not None:
+        return f"an array of shape {tuple(shape)}"
+    if isinstance(images, list | tuple):
+        kind = type(images[0]).__name__
+        hint = " (stack equal-sized patches with np.stack)" if hasattr(images[0], "shape") else ""
+        return f"a {type(images).__name__} of {len(images)} {kind}{hint}"
+    return type(images).__name__
 
 
 def _l2(x):

@@ -29,6 +29,7 @@ def collect_pairs(
     diameter_um: float | None = None,
     coordinate_system: str = Key.GLOBAL_CS,
     only_valid: bool = True,
+    min_pairs: int = 0,
 ) -> tuple[np.ndarray, list[str]]:
     """Patches and sentences of the listed sections, concatenated in table order.
 
@@ -50,6 +51,9 @@ def collect_pairs(
         Coordinate system shared by each section's spots and image.
     only_valid
         Leave out spots whose patch leaves the image (``.obs['loki_patch_ok']`` False).
+    min_pairs
+        Raise a ``ValueError`` (before any patch is copied) that says how many spots were left out
+        and why when fewer pairs remain.
 
     Returns
     -------
@@ -57,16 +61,19 @@ def collect_pairs(
     chunk by chunk (it takes the memory of the result plus the chunks being cut), and the ``n_pairs``
     sentences. Spots
     with an empty sentence (flagged in ``.obs[Key.empty_of(sentence_key)]`` by
-    :func:`loki.pp.gene_sentences`, or ``""``) are always left out: they pair no text with their
-    patch. How many spots each section loses is logged.
+    :func:`loki.pp.gene_sentences`, or ``""`` or only whitespace) are always left out: they pair no
+    text with their patch. How many spots each section loses is logged.
 
     """
     if is_spatialdata(data) and patches is not None:
         raise ValueError("patches= is for a single AnnData; SpatialData patches are cut per section")
+    from loki.models._finetune import blank_sentences
+
     keys = _section_keys(data, table_keys)
     tables = [get_table(data, k) for k in keys]  # validates every key before any work
     sentences = [_sentences_of(t, sentence_key) for t in tables]
-    cuts, keeps = [], []
+    cuts, keeps, lost = [], [], []
+    n_empty = n_outside = 0
     for key, table, sents in zip(keys, tables, sentences, strict=True):
         cut, flags, _ = _patches_of(
             data,
@@ -83,21 +90,37 @@ def collect_pairs(
             valid = flags[0]
         elif only_valid and Key.PATCH_OK in table.obs:
             valid = table.obs[Key.PATCH_OK].to_numpy(dtype=bool)
-        empty = empty_sentences(table, sentence_key, sents)
+        empty = empty_sentences(table, sentence_key, sents) | blank_sentences(sents)
         keep = valid & ~empty
+        where = "the table" if key is None else f"section {key!r}"
+        section_empty, section_outside = int(empty.sum()), int((~valid & ~empty).sum())
+        lost.append(_left_out(where, len(keep), section_empty, section_outside))
+        n_empty, n_outside = n_empty + section_empty, n_outside + section_outside
         if not keep.all():
-            logger.info(
-                "%s: left %d of %d spots out of training (%d with an empty sentence, %d whose patch "
-                "leaves the image)",
-                "the table" if key is None else f"section {key!r}",
-                int((~keep).sum()),
-                len(keep),
-                int(empty.sum()),
-                int((~valid & ~empty).sum()),
-            )
+            logger.info("%s", lost[-1])
         cuts.append(cut)
         keeps.append(keep)
-    out = np.empty((sum(int(k.sum()) for k in keeps), *cuts[0].shape[1:]), dtype=np.uint8)
+    n_pairs = sum(int(k.sum()) for k in keeps)
+    if n_pairs < min_pairs:
+        hints = []
+        if n_empty:
+            hints.append(
+                f"for empty sentences, check sentence_key={sentence_key!r} and that lk.pp.gene_sentences "
+                "kept genes for these spots (gene symbols as var_names, fewer genes filtered out)"
+            )
+        if n_outside:
+            hints.append(
+                f"for patches that leave the image, check that coordinate_system={coordinate_system!r} "
+                "places the spots on the image and that diameter_um= is small enough for the squares "
+                "to fit in it"
+            )
+        if not hints:
+            hints.append("train on more spots, e.g. on more sections (table_keys=)")
+        raise ValueError(
+            f"{n_pairs} (patch, sentence) pair(s) left, fewer than the {min_pairs} needed: "
+            f"{'; '.join(lost)}. To fix: {'; '.join(hints)}."
+        )
+    out = np.empty((n_pairs, *cuts[0].shape[1:]), dtype=np.uint8)
     offset = 0
     for cut, keep in zip(cuts, keeps, strict=True):
         offset = _fill_kept(out, offset, cut, keep)
@@ -105,6 +128,14 @@ def collect_pairs(
         s for sents, keep in zip(sentences, keeps, strict=True) for s, k in zip(sents, keep, strict=True) if k
     ]
     return out, kept
+
+
+def _left_out(where: str, n: int, n_empty: int, n_outside: int) -> str:
+    """How many of a section's ``n`` spots are left out of training, and why."""
+    return (
+        f"{where}: left {n_empty + n_outside} of {n} spots out of training ({n_empty} with an empty "
+        f"sentence, {n_outside} whose patch leaves the image)"
+    )
 
 
 def _fill_kept(out: np.ndarray, offset: int, patches, keep: np.ndarray) -> int:
@@ -200,7 +231,8 @@ def finetune(
     ``(model, history)``; ``history`` holds per-step and per-epoch losses (plot with
     :func:`loki.pl.loss_curve`) and ``n_pairs``. Writes nothing into ``data``; spots whose patch leaves
     the image and spots with an empty gene sentence (:func:`loki.pp.gene_sentences` flags them) are
-    left out of training, and how many is logged. ``model.patch_um`` (and ``history["patch_um"]``)
+    left out of training, and how many is logged (when fewer than 2 pairs remain, the ``ValueError``
+    says how many spots were left out and why). ``model.patch_um`` (and ``history["patch_um"]``)
     becomes the side of the cut squares in µm: ``diameter_um``, or the sections' spot diameter when
     they share one known size, else None (unknown); with ``patches=`` the model keeps its own. It is
     saved with the model, and :func:`loki.tl.embed_image` cuts that size by default.
@@ -216,6 +248,7 @@ def finetune(
         size=model.image_size,
         diameter_um=diameter_um,
         coordinate_system=coordinate_system,
+        min_pairs=2,
     )
     cut_here = patches is None
     patch_um = _cut_patch_um(data, table_keys, diameter_um) if cut_here else None
