@@ -74,6 +74,21 @@ def test_mob_subset_and_errors():
     assert list(sdata.tables) == ["MOB3"]
     with pytest.raises(ValueError, match="MOB9"):
         lk.datasets.mob(["MOB9"])
+    with pytest.raises(ValueError, match=r"No section given; choose at least one of \['MOB1'"):
+        lk.datasets.mob([])
+
+
+def test_mob_records_spacing_and_states_its_anisotropy_once(caplog):
+    with caplog.at_level("WARNING", logger="loki"):
+        sdata = lk.datasets.mob("MOB1")
+    assert not caplog.records  # the docstring states the anisotropy the reader would warn of
+    assert "11 %" in lk.datasets.mob.__doc__
+    # 2k array: 100 µm array steps, neighbouring spots diagonal
+    assert sdata.tables["MOB1"].uns["loki"]["spot_spacing_um"] == pytest.approx(100 * np.sqrt(2))
+    d = shared_path("stutility_mob")
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.io.read_legacy_st(d / "MOB1.tsv", d / "alignment_table_MOB1.tsv", name="MOB1", spot_spacing_um=100)
+    assert "21.62 px per array step along x but 24.05 along y (11% apart" in caplog.text
 
 
 def test_bundle_is_small_and_attributed():

@@ -57,6 +57,21 @@ def test_missing_network_gives_a_clear_error(tmp_path, no_network):
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
 
+def test_failed_download_leaves_no_folder_it_created(tmp_path, no_network):
+    cache = tmp_path / "new" / "cache"
+    with pytest.raises(ConnectionError):
+        lk.datasets.visium_sample("V1_Human_Heart", data_dir=cache)
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "V1_Human_Heart"
+    mine.mkdir()  # a folder the call did not create stays
+    with pytest.raises(ConnectionError):
+        lk.datasets.visium_sample("V1_Human_Heart", data_dir=tmp_path)
+    assert mine.is_dir()
+    doc = lk.datasets.visium_sample.__doc__
+    assert "Raises" in doc
+    assert "ConnectionError" in doc
+
+
 def test_unknown_sample():
     with pytest.raises(ValueError, match="V1_Human_Heart"):
         lk.datasets.visium_sample("nope")
@@ -80,3 +95,26 @@ def test_cached_files_are_read_offline(tmp_path, monkeypatch, no_network):
     assert (folder / "spatial" / "scalefactors_json.json").is_file()
     assert sdata.tables["S1"].n_obs == 100
     assert sdata.tables["S1"].uns["loki"]["image_key"] == "S1_hires_image"
+
+
+def test_failed_read_removes_what_it_extracted_and_keeps_verified_files(tmp_path, monkeypatch, no_network):
+    src = shared_path("scanpy_visium_testdata", "1.0.0")
+    folder = tmp_path / "S1"
+    folder.mkdir()
+    shutil.copyfile(src / "filtered_feature_bc_matrix.h5", folder / "S1_filtered_feature_bc_matrix.h5")
+    with tarfile.open(folder / "S1_spatial.tar.gz", "w:gz") as tar:
+        tar.add(src / "spatial", arcname="spatial")
+    hashes = (_sha(folder / "S1_filtered_feature_bc_matrix.h5"), _sha(folder / "S1_spatial.tar.gz"), "0" * 64)
+    monkeypatch.setitem(_registry.VISIUM_SAMPLES, "S1", hashes)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("read failed (test)")
+
+    monkeypatch.setattr(lk.io, "read_visium", broken)
+    with pytest.raises(RuntimeError, match="read failed"):
+        lk.datasets.visium_sample("S1", data_dir=tmp_path)
+    assert not (folder / "spatial").exists()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "S1_filtered_feature_bc_matrix.h5",
+        "S1_spatial.tar.gz",
+    ]

@@ -116,6 +116,46 @@ def test_transform_bad_input(tissue, kwargs, match):
         lk.datasets.transform_section(tissue, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scale": np.nan}, r"scale must be > 0 \(a finite number\), got nan"),
+        ({"rotation_deg": np.inf}, r"rotation_deg must be a finite number, got inf"),
+        ({"translation": (np.nan, 0.0)}, r"translation\[0\] must be a finite number, got nan"),
+        ({"translation": (1.0, 2.0, 3.0)}, r"translation must be two numbers \(x, y\)"),
+        ({"warp": np.nan}, r"warp must be >= 0 \(a finite number\), got nan"),
+    ],
+)
+def test_transform_refuses_non_finite_parameters(tissue, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        lk.datasets.transform_section(tissue, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"depth": -5}, r"depth must be > 0 \(a finite number\), got -5"),
+        ({"depth": 0}, r"depth must be > 0"),
+        ({"spot_spacing": np.nan}, r"spot_spacing must be > 0 \(a finite number\), got nan"),
+        ({"n_spots": 100.5}, r"n_spots must be >= 3 \(an integer\), got 100.5"),
+        ({"n_genes": True}, r"n_genes must be >= 1 \(an integer\), got True"),
+        ({"n_regions": 0}, r"n_regions must be >= 1 \(an integer\), got 0"),
+    ],
+)
+def test_generator_names_the_bad_parameter(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        lk.datasets.synthetic_tissue(**{"n_spots": 100, **kwargs})
+
+
+def test_reference_names_the_bad_parameter(tissue):
+    with pytest.raises(ValueError, match=r"depth must be > 0 \(a finite number\), got -1"):
+        lk.datasets.synthetic_reference(tissue, 5, depth=-1)
+    with pytest.raises(ValueError, match=r"n_cells_per_type must be >= 1 \(an integer\), got 2.5"):
+        lk.datasets.synthetic_reference(tissue, 2.5)
+    # integral floats are taken as integers
+    assert lk.datasets.synthetic_tissue(100.0, n_genes=10).n_obs == 100
+
+
 def test_generator_bad_input():
     with pytest.raises(ValueError, match="layout"):
         lk.datasets.synthetic_tissue(100, layout="tri")

@@ -10,7 +10,13 @@ from spatialdata.transformations import Identity, Scale, get_transformation
 from tests.conftest import shared_path
 
 import loki as lk
-from loki.io._geometry import is_checkerboard, pixels_per_array_unit
+from loki.io._geometry import (
+    ANISOTROPY_WARN,
+    array_to_pixel_fit,
+    axis_scales,
+    is_checkerboard,
+    pixels_per_array_unit,
+)
 from loki.io._image import pyramid_scale_factors
 
 
@@ -165,7 +171,7 @@ def test_read_legacy_st_errors_are_clear():
     with pytest.raises(KeyError, match=r"lacks column\(s\) \['pixel_x'\].*'pixel_y'"):
         lk.io.read_legacy_st(counts, spots.drop(columns="pixel_x"), name="S")
     extra = pd.concat([counts, counts.iloc[:1].rename(index={counts.index[0]: "99x99"})])
-    with pytest.raises(ValueError, match=r"1 spot\(s\) of the counts table are missing.*'99x99'"):
+    with pytest.raises(ValueError, match=r"1 of 31 spot\(s\) of the counts table are missing.*'99x99'"):
         lk.io.read_legacy_st(extra, spots, name="S", selected_only=False)
     with pytest.raises(FileNotFoundError, match=r"nope\.jpg"):
         lk.io.read_legacy_st(counts, spots, "nope.jpg", name="S")
@@ -187,7 +193,127 @@ def test_read_legacy_st_drops_unplaced_spots_when_filtering_selected(caplog):
     with caplog.at_level("INFO", logger="loki"):
         sdata = lk.io.read_legacy_st(extra, spots, name="S")
     assert "99x99" not in sdata.tables["S"].obs_names
-    assert "not in the spot file" in caplog.text
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "1 of 31 spot(s) of the counts table are not in the spot file" in m and "99x99" in m for m in warned
+    )
+
+
+def test_read_legacy_st_refuses_counts_and_spot_file_of_different_sections(tmp_path, caplog):
+    counts, spots, _ = _toy()
+    other = counts.set_axis([f"{int(x) + 5}x{y}" for x, y in (i.split("x") for i in counts.index)], axis=0)
+    spots.to_csv(tmp_path / "spots.tsv", sep="\t", index=False)
+    with caplog.at_level("WARNING", logger="loki"), pytest.raises(ValueError, match="barely overlap") as err:
+        lk.io.read_legacy_st(other, tmp_path / "spots.tsv", name="S")
+    assert "counts DataFrame" in str(err.value)
+    assert repr(str(tmp_path / "spots.tsv")) in str(err.value)
+    assert not caplog.records  # nothing logged by a call that fails
+
+
+def test_read_legacy_st_refuses_her2st_counts_with_a_mob_spot_file():
+    her2st, mob = shared_path("her2st_A"), shared_path("stutility_mob")
+    counts, spots = her2st / "counts" / "A1.tsv.gz", mob / "alignment_table_MOB1.tsv"
+    with pytest.raises(
+        ValueError, match=r"only 23 of the 346 counts spots .* only 23 of its 379 selected"
+    ) as err:
+        lk.io.read_legacy_st(counts, spots, name="A1")
+    assert repr(str(counts)) in str(err.value)
+    assert repr(str(spots)) in str(err.value)
+
+
+def test_read_legacy_st_says_when_counts_are_transposed():
+    counts, spots, _ = _toy()
+    for selected_only in (True, False):
+        with pytest.raises(ValueError, match=r"counts look transposed \(genes x spots\).*counts\.T"):
+            lk.io.read_legacy_st(counts.T, spots, name="S", selected_only=selected_only)
+
+
+def test_read_legacy_st_makes_repeated_gene_names_unique_like_scanpy(tmp_path, caplog):
+    counts, spots, _ = _toy(n_genes=5)
+    counts.columns = ["G0", "G0", "G0.1", "G2", "G0"]  # "G0.1" is what pandas would call the 2nd "G0"
+    counts.to_csv(tmp_path / "c.tsv.gz", sep="\t")
+    expected = ["G0", "G0-1", "G0.1", "G2", "G0-2"]
+    for source in (counts, tmp_path / "c.tsv.gz"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="loki"):
+            table = lk.io.read_legacy_st(source, spots, name="S").tables["S"]
+        assert list(table.var_names) == expected
+        np.testing.assert_array_equal(table.X.toarray(), counts.loc[table.obs_names].to_numpy())
+        assert "1 gene name(s) occur more than once (2 name(s) renamed" in caplog.text
+
+
+def test_read_legacy_st_checks_section_names_up_front(caplog):
+    counts, spots, _ = _toy()
+    keep = ((spots["x"] + spots["y"]) % 2 == 0).to_numpy()  # would log the checkerboard warning
+    with caplog.at_level("WARNING", logger="loki"):
+        with pytest.raises(ValueError, match=r"name='MOB 1' is not a valid SpatialData element name"):
+            lk.io.read_legacy_st(counts[keep], spots[keep], name="MOB 1")
+        with pytest.raises(ValueError, match=r"Section name 'MOB 1' \(a key of `sections`\) is not a valid"):
+            lk.io.read_legacy_st_sections({"A": (counts, spots), "MOB 1": (counts, spots)})
+    assert not caplog.records
+
+
+def test_read_legacy_st_sections_says_what_a_section_is():
+    with pytest.raises(
+        ValueError, match=r"Section 'a' must be a tuple \(counts, spots\).*or a dict .*got a str 'x.tsv'"
+    ):
+        lk.io.read_legacy_st_sections({"a": "x.tsv"})
+    counts, spots, _ = _toy()
+    with pytest.raises(ValueError, match="got a DataFrame"):
+        lk.io.read_legacy_st_sections({"a": counts})
+    with pytest.raises(ValueError, match="got 1 items"):
+        lk.io.read_legacy_st_sections({"a": (counts,)})
+
+
+def test_read_legacy_st_records_the_centre_to_centre_spacing():
+    counts, spots, _ = _toy()
+    square = lk.io.read_legacy_st(counts, spots, name="S").tables["S"].uns["loki"]
+    assert square["spot_spacing_um"] == pytest.approx(200.0)  # 1k array: neighbours one 200 µm step apart
+    keep = ((spots["x"] + spots["y"]) % 2 == 0).to_numpy()
+    checker = lk.io.read_legacy_st(counts[keep], spots[keep], name="S", spot_spacing_um=100.0)
+    uns = checker.tables["S"].uns["loki"]
+    # 2k array: 100 µm array steps, neighbours diagonal
+    assert uns["spot_spacing_um"] == pytest.approx(100.0 * np.sqrt(2.0))
+    assert set(uns) <= set(lk.Key.SECTION_METADATA)
+
+
+def test_read_legacy_st_warns_of_anisotropic_spot_pixels(caplog):
+    counts, spots, _ = _toy()
+    spots["pixel_y"] = spots["y"] * 23.0 + 7  # 20 px per step along x, 23 along y: 15 % apart
+    with caplog.at_level("WARNING", logger="loki"):
+        table = lk.io.read_legacy_st(counts, spots, name="S").tables["S"]
+    assert "20.00 px per array step along x but 23.00 along y (15% apart, more than 5%)" in caplog.text
+    assert table.uns["loki"]["microns_per_unit"] == pytest.approx(
+        200.0 / np.sqrt(20.0 * 23.0)
+    )  # fit unchanged
+    caplog.clear()
+    spots["pixel_y"] = spots["y"] * 20.8 + 7  # 4 % apart: below the threshold
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.io.read_legacy_st(counts, spots, name="S")
+    assert "per array step" not in caplog.text
+
+
+def test_axis_scales_of_the_fit():
+    arr = _grid()
+    linear = array_to_pixel_fit(arr, _affine(arr * np.array([20.0, 45.0]), 1.0, 0.7))
+    assert axis_scales(linear) == pytest.approx((20.0, 45.0))
+    assert ANISOTROPY_WARN == 0.05
+
+
+def test_reader_docstrings_say_how_to_plot_with_squidpy_and_what_they_raise():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import squidpy as sq
+
+    counts, spots, _ = _toy()
+    table = lk.io.read_legacy_st(counts, spots, name="S").tables["S"]
+    sq.pl.spatial_scatter(table, shape=None, color="G0")  # the call the docstrings give
+    plt.close("all")
+    for reader in (lk.io.read_legacy_st, lk.io.read_visium):
+        assert "sq.pl.spatial_scatter(table, shape=None" in " ".join(reader.__doc__.split())
+    assert "Raises\n    ------" in lk.io.read_legacy_st.__doc__
 
 
 def test_read_legacy_st_warns_on_checkerboard_with_1k_spacing(caplog):

@@ -151,3 +151,51 @@ def test_spatialdata_plot_renders_the_section(sdata):
     corner_data = ax.transData.inverted().transform(corner_display)[0]
     np.testing.assert_allclose(corner_data, 600 / 0.045004502, rtol=0.01)
     plt.close(fig)
+
+
+def test_read_visium_makes_repeated_gene_names_unique_with_a_warning(visium_dir, tmp_path, caplog):
+    import shutil
+    import warnings
+
+    import h5py
+
+    folder = tmp_path / "dup"
+    shutil.copytree(visium_dir, folder)
+    with h5py.File(folder / "filtered_feature_bc_matrix.h5", "r+") as f:
+        names = f["matrix/features/name"][:]
+        names[1] = names[2] = names[0]
+        del f["matrix/features/name"]
+        f["matrix/features/name"] = names
+    first = names[0].decode()
+    with caplog.at_level("WARNING", logger="loki"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = lk.io.read_visium(folder, dataset_id="D").tables["D"]
+    # not anndata's advice to make names unique: they are
+    assert not [w for w in caught if "not unique" in str(w.message)]
+    assert list(table.var_names[:3]) == [first, f"{first}-1", f"{first}-2"]
+    assert table.var_names.is_unique
+    assert "section 'D': 1 gene name(s) occur more than once (2 name(s) renamed" in caplog.text
+
+
+def test_read_visium_checks_dataset_id_up_front(visium_dir):
+    with pytest.raises(ValueError, match=r"dataset_id='my sample' is not a valid SpatialData element name"):
+        lk.io.read_visium(visium_dir, dataset_id="my sample")
+
+
+def test_read_visium_names_a_missing_spatial_folder(visium_dir, tmp_path):
+    import shutil
+
+    shutil.copy(visium_dir / "filtered_feature_bc_matrix.h5", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"it has no spatial/ folder \(it holds \['filtered_feature"):
+        lk.io.read_visium(tmp_path)
+
+
+def test_read_visium_records_spacing_and_documents_ids(sdata):
+    uns = sdata.tables["V1"].uns["loki"]
+    assert uns["spot_spacing_um"] == 100.0  # Visium centre-to-centre distance
+    assert set(uns) <= set(lk.Key.SECTION_METADATA)
+    table = sdata.tables["V1"]
+    assert list(table.obs["spot_id"]) == list(range(table.n_obs))
+    doc = " ".join(lk.io.read_visium.__doc__.split())
+    assert "absent when the folder has no image" in doc
+    assert "``obs['spot_id']``: the integer index" in doc

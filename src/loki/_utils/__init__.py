@@ -6,6 +6,7 @@ from ._progress import block_starts
 from ._rng import as_rng, as_seed
 from ._validation import (
     check_array_finite,
+    check_element_name,
     check_key_name,
     check_labelled,
     check_obs_key,
@@ -22,6 +23,7 @@ __all__ = [
     "as_seed",
     "block_starts",
     "check_array_finite",
+    "check_element_name",
     "check_key_name",
     "check_labelled",
     "check_obs_key",

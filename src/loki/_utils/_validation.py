@@ -69,6 +69,27 @@ def _protected(table, where: str, inputs: Mapping[str, str | None]) -> dict[str,
     return protected
 
 
+def check_element_name(value, what: str, note: str = "") -> None:
+    """Raise a ValueError naming ``what`` when ``value`` cannot name a SpatialData element.
+
+    Parameters
+    ----------
+    value
+        The name.
+    what
+        How the caller gave it, e.g. ``"name='MOB 1'"``; the message reads "{what} is not a valid
+        SpatialData element name: {reason}{note}".
+    note
+        Text appended to the message, e.g. what the name is used for.
+    """
+    from spatialdata._core.validation import check_valid_name
+
+    try:
+        check_valid_name(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} is not a valid SpatialData element name: {err}{note}") from None
+
+
 def check_result_key(
     table,
     key,

@@ -9,6 +9,7 @@ below was computed or edited here; every file has a published hash, so none is `
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -136,6 +137,15 @@ def _fetch(fetcher, fname: str) -> Path:
         ) from err
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 def visium_sample(name: str, *, data_dir: str | Path | None = None, full_image: bool = False) -> SpatialData:
     """Download (once, hash-checked) and read a public 10x Visium H&E sample.
 
@@ -154,20 +164,46 @@ def visium_sample(name: str, *, data_dir: str | Path | None = None, full_image: 
     A SpatialData section read by :func:`loki.io.read_visium` with ``dataset_id=name``:
     ``tables[name]``, ``shapes[f"{name}_spots"]`` and the images, ``uns['loki']`` filled in.
 
+    Raises
+    ------
+    ValueError
+        When ``name`` is not a known sample, or a downloaded file does not have its published hash.
+    ConnectionError
+        When a file cannot be downloaded (no network, server error).
+
+    Notes
+    -----
+    A call that fails removes the folders it created and the ``spatial/`` folder it extracted;
+    files it downloaded and verified stay in the cache for the next call.
+
     """
     from loki.io import read_visium
 
     if name not in VISIUM_SAMPLES:
         raise ValueError(f"Unknown Visium sample {name!r}; available: {sorted(VISIUM_SAMPLES)}.")
     fetcher = _fetcher(data_dir)
-    counts = _fetch(fetcher, f"{name}/{name}_filtered_feature_bc_matrix.h5")
-    archive = _fetch(fetcher, f"{name}/{name}_spatial.tar.gz")
-    folder = counts.parent
-    if not (folder / "spatial" / "scalefactors_json.json").is_file():
-        with tarfile.open(archive) as tar:
-            tar.extractall(folder, filter="data")
-        logger.info("extracted %s", archive.name)
-    kwargs = {}
-    if full_image:
-        kwargs["fullres_image_file"] = _fetch(fetcher, f"{name}/{name}_image.tif")
-    return read_visium(folder, dataset_id=name, counts_file=counts.name, **kwargs)
+    created = _missing_folders(Path(fetcher.abspath) / name)
+    extracted = None
+    try:
+        counts = _fetch(fetcher, f"{name}/{name}_filtered_feature_bc_matrix.h5")
+        archive = _fetch(fetcher, f"{name}/{name}_spatial.tar.gz")
+        folder = counts.parent
+        if not (folder / "spatial" / "scalefactors_json.json").is_file():
+            if not (folder / "spatial").exists():
+                extracted = folder / "spatial"
+            with tarfile.open(archive) as tar:
+                tar.extractall(folder, filter="data")
+            logger.info("extracted %s", archive.name)
+        kwargs = {}
+        if full_image:
+            kwargs["fullres_image_file"] = _fetch(fetcher, f"{name}/{name}_image.tif")
+        return read_visium(folder, dataset_id=name, counts_file=counts.name, **kwargs)
+    except BaseException:
+        if extracted is not None:
+            shutil.rmtree(extracted, ignore_errors=True)
+        for path in created:  # innermost first; a folder holding verified downloads is kept
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise

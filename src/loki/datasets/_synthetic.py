@@ -10,6 +10,7 @@ true coordinates of every kept spot in the original frame.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,36 @@ from loki._keys import Key
 from loki._utils import as_rng, check_array_finite, check_obsm_key
 
 __all__ = ["SectionTransform", "synthetic_reference", "synthetic_tissue", "transform_section"]
+
+
+def _checked(
+    name: str,
+    value,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    low_open: bool = False,
+    high: float | None = None,
+    high_open: bool = False,
+):
+    """``value`` as an int (``integer``) or a finite float within the bounds, else a ValueError naming ``name``."""
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+    kind = "an integer" if integer else "a finite number"
+    wanted = f"{' and '.join(bounds)} ({kind})" if bounds else kind
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f"{name} must be {wanted}, got {value!r}.")
+    return int(value) if integer else float(value)
 
 
 def _grid(n_target: int, layout: str, spacing: float) -> np.ndarray:
@@ -122,7 +153,7 @@ def synthetic_tissue(
     n_regions
         Number of spatial regions; defaults to ``n_cell_types``.
     depth
-        Median library size per spot: each spot's expected library size is ``depth`` times a log-normal
+        Median library size per spot (> 0): each spot's expected library size is ``depth`` times a log-normal
         factor (sigma 0.3, median 1), so the mean library size is about ``1.046 * depth``.
     dispersion
         Negative binomial dispersion (>= 0; 0 gives Poisson counts).
@@ -141,17 +172,13 @@ def synthetic_tissue(
       ``spot_spacing``, ``layout``, ``depth``, ``dispersion``.
 
     """
-    if n_spots < 3:
-        raise ValueError(f"n_spots must be at least 3, got {n_spots}.")
-    if n_genes < 1 or n_cell_types < 1:
-        raise ValueError("n_genes and n_cell_types must be positive.")
-    if spot_spacing <= 0:
-        raise ValueError(f"spot_spacing must be positive, got {spot_spacing}.")
-    n_regions = n_cell_types if n_regions is None else int(n_regions)
-    if n_regions < 1:
-        raise ValueError(f"n_regions must be positive, got {n_regions}.")
-    if not dispersion >= 0:
-        raise ValueError(f"dispersion must be >= 0 (0 gives Poisson counts), got {dispersion}.")
+    n_spots = _checked("n_spots", n_spots, integer=True, low=3)
+    n_genes = _checked("n_genes", n_genes, integer=True, low=1)
+    n_cell_types = _checked("n_cell_types", n_cell_types, integer=True, low=1)
+    spot_spacing = _checked("spot_spacing", spot_spacing, low=0, low_open=True)
+    n_regions = _checked("n_regions", n_cell_types if n_regions is None else n_regions, integer=True, low=1)
+    depth = _checked("depth", depth, low=0, low_open=True)
+    dispersion = _checked("dispersion", dispersion, low=0)
     rng = as_rng(seed)
 
     grid = _grid(n_spots, layout, spot_spacing)
@@ -239,8 +266,8 @@ def synthetic_reference(
             "'synthetic' not found in adata.uns; available: "
             f"{', '.join(map(repr, adata_synth.uns.keys())) or 'none'}. Pass the output of synthetic_tissue()."
         )
-    if n_cells_per_type < 1:
-        raise ValueError(f"n_cells_per_type must be positive, got {n_cells_per_type}.")
+    n_cells_per_type = _checked("n_cells_per_type", n_cells_per_type, integer=True, low=1)
+    depth = _checked("depth", depth, low=0, low_open=True)
     rng = as_rng(seed)
     meta = adata_synth.uns["synthetic"]
     profiles = np.asarray(meta["profiles"])
@@ -414,14 +441,14 @@ def transform_section(
     check_obsm_key(adata, spatial_key)
     xy = np.asarray(adata.obsm[spatial_key], dtype=float)[:, :2]
     check_array_finite(xy, f"adata.obsm[{spatial_key!r}]")
-    if not 0.0 <= drop_fraction < 1.0:
-        raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}.")
-    if not 0.0 < thin_counts <= 1.0:
-        raise ValueError(f"thin_counts must be in (0, 1], got {thin_counts}.")
-    if scale <= 0:
-        raise ValueError(f"scale must be positive, got {scale}.")
-    if warp < 0:
-        raise ValueError(f"warp must be non-negative, got {warp}.")
+    rotation_deg = _checked("rotation_deg", rotation_deg)
+    if np.shape(translation) != (2,):
+        raise ValueError(f"translation must be two numbers (x, y), got {translation!r}.")
+    translation = tuple(_checked(f"translation[{i}]", v) for i, v in enumerate(translation))
+    scale = _checked("scale", scale, low=0, low_open=True)
+    warp = _checked("warp", warp, low=0)
+    drop_fraction = _checked("drop_fraction", drop_fraction, low=0, high=1, high_open=True)
+    thin_counts = _checked("thin_counts", thin_counts, low=0, low_open=True, high=1)
     if thin_counts < 1.0:
         counts_layers = _check_thinnable(adata)
     rng = as_rng(seed)

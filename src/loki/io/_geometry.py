@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Relative difference of the pixel scales along the two array axes above which the readers warn.
+ANISOTROPY_WARN = 0.05
 
-def pixels_per_array_unit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> float:
-    """Pixels per step of the array coordinates, from an affine fit of pixel on array positions.
 
-    The square root of the absolute determinant of the fitted linear part is the geometric mean
-    of the scales along the two array axes: rotation invariant, and it uses every spot, so a few
-    misplaced spots or a slightly anisotropic image barely move it. Spots whose residual is more
-    than 5 median absolute residuals away are dropped and the fit is repeated once.
+def array_to_pixel_fit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> np.ndarray:
+    """Linear part of the affine map from array to pixel positions, fitted on every spot.
+
+    Spots whose residual is more than 5 median absolute residuals away are dropped and the fit is
+    repeated once.
 
     Parameters
     ----------
@@ -22,7 +23,7 @@ def pixels_per_array_unit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> float:
 
     Returns
     -------
-    Pixels per array unit (> 0).
+    ``(2, 2)`` matrix whose rows are the pixel displacements of one step along array ``x`` and ``y``.
 
     """
     array_xy = np.asarray(array_xy, dtype=np.float64)
@@ -49,7 +50,53 @@ def pixels_per_array_unit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> float:
     det = abs(np.linalg.det(coef[:2]))
     if not np.isfinite(det) or det <= 0:
         raise ValueError("Spot pixel coordinates do not span two dimensions; cannot estimate the pixel size.")
-    return float(np.sqrt(det))
+    return coef[:2]
+
+
+def pixels_per_array_unit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> float:
+    """Pixels per step of the array coordinates, from an affine fit of pixel on array positions.
+
+    The square root of the absolute determinant of the fitted linear part
+    (:func:`array_to_pixel_fit`) is the geometric mean of the scales along the two array axes:
+    rotation invariant, and it uses every spot, so a few misplaced spots barely move it. An
+    anisotropic image (different scales along the two axes) gets their geometric mean; readers warn
+    when the two differ by more than :data:`ANISOTROPY_WARN` (5 %), see :func:`axis_scales`.
+
+    Parameters
+    ----------
+    array_xy
+        ``(n, 2)`` array (grid) coordinates of the spots.
+    pixel_xy
+        ``(n, 2)`` pixel coordinates of the same spots.
+
+    Returns
+    -------
+    Pixels per array unit (> 0).
+
+    """
+    return scale_of(array_to_pixel_fit(array_xy, pixel_xy))
+
+
+def scale_of(linear: np.ndarray) -> float:
+    """Geometric mean of the two axis scales of a ``(2, 2)`` linear map: ``sqrt(|det|)``."""
+    return float(np.sqrt(abs(np.linalg.det(linear))))
+
+
+def axis_scales(linear: np.ndarray) -> tuple[float, float]:
+    """Pixels per array step along array ``x`` and along array ``y`` of a fitted linear part."""
+    sx, sy = np.linalg.norm(linear, axis=1)
+    return float(sx), float(sy)
+
+
+def nearest_spot_distance(array_xy: np.ndarray) -> float:
+    """Median distance, in array units, from each spot to its nearest neighbour (0 for < 2 spots)."""
+    from scipy.spatial import cKDTree
+
+    array_xy = np.unique(np.asarray(array_xy, dtype=np.float64), axis=0)
+    if len(array_xy) < 2:
+        return 0.0
+    dist, _ = cKDTree(array_xy).query(array_xy, k=2)
+    return float(np.median(dist[:, 1]))
 
 
 def is_checkerboard(array_xy: np.ndarray) -> bool:
@@ -58,10 +105,4 @@ def is_checkerboard(array_xy: np.ndarray) -> bool:
     Legacy ST "2k" arrays number their spots this way (x + y of one parity on a grid twice as
     fine as the 1k arrays), so one array unit is half the 1k centre-to-centre distance.
     """
-    from scipy.spatial import cKDTree
-
-    array_xy = np.asarray(array_xy, dtype=np.float64)
-    if len(array_xy) < 2:
-        return False
-    dist, _ = cKDTree(array_xy).query(array_xy, k=2)
-    return bool(np.isclose(np.median(dist[:, 1]), np.sqrt(2.0), atol=0.05))
+    return bool(np.isclose(nearest_spot_distance(array_xy), np.sqrt(2.0), atol=0.05))

@@ -15,13 +15,25 @@ from loki._keys import Key
 from loki._logging import logger
 from loki._utils import check_array_finite
 
-from ._geometry import is_checkerboard, pixels_per_array_unit
+from ._geometry import (
+    ANISOTROPY_WARN,
+    array_to_pixel_fit,
+    axis_scales,
+    is_checkerboard,
+    nearest_spot_distance,
+    scale_of,
+)
 from ._image import parse_rgb_image, read_rgb
+from ._names import check_section_name, unique_gene_names
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 _SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
+
+
+#: Marks the anisotropy warning, so that :func:`loki.datasets.mob` can leave out what its docstring states.
+ANISOTROPY_RECORD = "loki_anisotropy"
 
 
 def _read_table(data: str | Path | pd.DataFrame, what: str, **kwargs: Any) -> pd.DataFrame:
@@ -31,6 +43,97 @@ def _read_table(data: str | Path | pd.DataFrame, what: str, **kwargs: Any) -> pd
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {str(path)!r}.")
     return pd.read_csv(path, sep="\t", **kwargs)
+
+
+def _read_counts(data: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """The counts table, with gene names as the file's header writes them.
+
+    pandas renames repeated column names (``"X"``, ``"X.1"``); the header is read again without
+    that so that repeated genes follow the readers' one rule (:func:`unique_gene_names`).
+    """
+    counts = _read_table(data, "Counts", index_col=0)
+    if isinstance(data, pd.DataFrame) or counts.shape[1] == 0:
+        return counts
+    header = pd.read_csv(Path(data), sep="\t", header=None, nrows=1, dtype=str, na_filter=False)
+    names = header.iloc[0].tolist()[-counts.shape[1] :]  # the index column may have no header field
+    if len(names) != counts.shape[1]:
+        return counts
+    return counts.set_axis(names, axis=1)
+
+
+def _describe(data: str | Path | pd.DataFrame, what: str) -> str:
+    return f"{what} DataFrame" if isinstance(data, pd.DataFrame) else f"{what} file {str(data)!r}"
+
+
+def _spots_to_keep(
+    counts: pd.DataFrame, spots: pd.DataFrame, *, name: str, sources: tuple[str, str], filter_selected: bool
+) -> pd.Index:
+    """Spots of the counts table that the section keeps; refuses counts that do not match the spot file.
+
+    The spot detector leaves out the few positions it could not find (not under tissue): such
+    counts spots are left out with a warning when ``filter_selected``. Counts and spot file that
+    barely overlap (most counts spots dropped and most selected spots without counts) are files
+    of different sections.
+    """
+    counts_src, spots_src = sources
+    unknown = counts.index[~counts.index.isin(spots.index)]
+    columns = counts.columns.astype(str)
+    if len(unknown) > 0.5 * len(counts) and columns.isin(spots.index).mean() > 0.5:
+        raise ValueError(
+            f"The counts look transposed (genes x spots): the columns of the {counts_src} are spot ids of the "
+            f"{spots_src} (e.g. {columns[:3].tolist()}) and its index is not (e.g. {unknown[:3].tolist()}). "
+            "Pass a spots x genes table (e.g. counts.T)."
+        )
+    if len(unknown) and not filter_selected:
+        raise ValueError(
+            f"{len(unknown)} of {len(counts)} spot(s) of the counts table are missing from the spot file, e.g. "
+            f"{unknown[:5].tolist()} ({counts_src}, {spots_src}; counts index must be 'XxY' array coordinates "
+            "matching the spot file's x, y; with selected_only=True and a 'selected' column such spots are "
+            "left out)."
+        )
+    if not filter_selected:
+        return counts.index
+    selected = spots.index[pd.to_numeric(spots["selected"], errors="coerce").fillna(0).to_numpy() == 1]
+    if len(selected) == 0:
+        raise ValueError(f"The {spots_src} selects no spot (no 'selected' == 1) for section {name!r}.")
+    keep = counts.index[counts.index.isin(selected)]
+    if len(keep) < 0.5 * len(counts) and len(keep) < 0.5 * len(selected):
+        raise ValueError(
+            f"The {counts_src} and the {spots_src} barely overlap: only {len(keep)} of the {len(counts)} "
+            f"counts spots are selected spots of the spot file ({len(unknown)} are not in it at all, e.g. "
+            f"{unknown[:5].tolist()}), and only {len(keep)} of its {len(selected)} selected spots have counts. "
+            "Are they files of the same section? The counts index must hold 'XxY' array coordinates matching "
+            "the spot file's x, y."
+        )
+    if len(unknown):
+        logger.warning(
+            "section %r: %d of %d spot(s) of the counts table are not in the spot file and are left out, e.g. %s",
+            name,
+            len(unknown),
+            len(counts),
+            unknown[:5].tolist(),
+        )
+    absent = selected.difference(counts.index)
+    if len(absent):
+        logger.info("section %r: %d selected spot(s) have no counts and are left out", name, len(absent))
+    return keep
+
+
+def _warn_anisotropic(name: str, linear: np.ndarray) -> None:
+    sx, sy = axis_scales(linear)
+    if max(sx, sy) / min(sx, sy) - 1.0 > ANISOTROPY_WARN:
+        logger.warning(
+            "section %r: the spot file has %.2f px per array step along x but %.2f along y (%.0f%% apart, "
+            "more than %.0f%%); microns_per_unit uses their geometric mean, so lengths along x and y are "
+            "off by up to %.0f%%.",
+            name,
+            sx,
+            sy,
+            100 * (max(sx, sy) / min(sx, sy) - 1.0),
+            100 * ANISOTROPY_WARN,
+            100 * (max(sx, sy) / scale_of(linear) - 1.0),
+            extra={ANISOTROPY_RECORD: True},
+        )
 
 
 def _spot_ids(spots: pd.DataFrame) -> pd.Index:
@@ -98,12 +201,12 @@ def _section_parts(
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import Identity, Scale
 
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}.")
+    check_section_name(name, f"name={name!r}")
     if isinstance(image, str | Path) and not Path(image).is_file():
         raise FileNotFoundError(f"Image file not found: {str(image)!r}.")
     rgb = read_rgb(image) if image is not None and not isinstance(image, str | Path) else None
-    counts = _read_table(counts, "Counts", index_col=0)
+    sources = (_describe(counts, "counts"), _describe(spots, "spot"))
+    counts = _read_counts(counts)
     spots = _read_table(spots, "Spot")
     _validate(counts, spots, spot_diameter_um, spot_spacing_um, image_scale)
 
@@ -113,27 +216,14 @@ def _section_parts(
             f"The spot file lists some array positions twice, e.g. {spots.index[spots.index.duplicated()][:5].tolist()}."
         )
     counts = counts.set_axis(counts.index.astype(str), axis=0)  # never relabel the caller's frame
-    unknown = counts.index.difference(spots.index)
     filter_selected = selected_only and "selected" in spots.columns
-    if len(unknown) and filter_selected:
-        # The spot detector leaves out positions it could not find; they are not under tissue.
-        logger.info(
-            "section %r: %d spot(s) of the counts table are not in the spot file and are left out, e.g. %s",
-            name,
-            len(unknown),
-            unknown[:5].tolist(),
-        )
-    elif len(unknown):
-        raise ValueError(
-            f"{len(unknown)} spot(s) of the counts table are missing from the spot file, e.g. "
-            f"{unknown[:5].tolist()} (counts index must be 'XxY' array coordinates matching the spot file's x, y; "
-            "with selected_only=True and a 'selected' column such spots are left out)."
-        )
+    keep = _spots_to_keep(counts, spots, name=name, sources=sources, filter_selected=filter_selected)
     # The physical scale uses every spot of the array, under tissue or not.
-    px_per_unit = pixels_per_array_unit(
-        spots[["x", "y"]].to_numpy(), spots[["pixel_x", "pixel_y"]].to_numpy()
-    )
-    if is_checkerboard(spots[["x", "y"]].to_numpy()) and spot_spacing_um == 200.0:
+    array_xy = spots[["x", "y"]].to_numpy()
+    linear = array_to_pixel_fit(array_xy, spots[["pixel_x", "pixel_y"]].to_numpy())
+    _warn_anisotropic(name, linear)
+    px_per_unit = scale_of(linear)
+    if is_checkerboard(array_xy) and spot_spacing_um == 200.0:
         logger.warning(
             "Spots of section %r sit on a checkerboard of the array grid (legacy ST 2k array?); one array unit "
             "is then 100 µm: pass spot_spacing_um=100 if so.",
@@ -141,17 +231,6 @@ def _section_parts(
         )
     microns_per_unit = spot_spacing_um / px_per_unit
 
-    keep = counts.index
-    if filter_selected:
-        selected = spots.index[pd.to_numeric(spots["selected"], errors="coerce").fillna(0).to_numpy() == 1]
-        keep = counts.index[counts.index.isin(selected)]
-        absent = selected.difference(counts.index)
-        if len(absent):
-            logger.info("section %r: %d selected spot(s) have no counts and are left out", name, len(absent))
-        if len(keep) == 0:
-            raise ValueError(
-                f"No spot of the counts table is selected (selected == 1) in the spot file of {name!r}."
-            )
     counts = counts.loc[keep]
     spots = spots.loc[keep]
     X = _counts_matrix(counts)
@@ -169,12 +248,13 @@ def _section_parts(
     )
     if "selected" in spots.columns:
         obs["in_tissue"] = pd.to_numeric(spots["selected"], errors="coerce").fillna(0).to_numpy() == 1
-    var = pd.DataFrame(index=pd.Index(counts.columns.astype(str)))
+    var = pd.DataFrame(index=unique_gene_names(counts.columns.astype(str), f"section {name!r}"))
     adata = AnnData(X=X, obs=obs, var=var)
     adata.obsm[Key.SPATIAL] = xy
     uns: dict[str, Any] = {
         "spot_diameter_um": float(spot_diameter_um),
         "microns_per_unit": float(microns_per_unit),
+        "spot_spacing_um": float(spot_spacing_um * nearest_spot_distance(array_xy)),
     }
 
     images: dict[str, Any] = {}
@@ -241,7 +321,10 @@ def read_legacy_st(
     counts
         Spots x genes raw counts (path to a tab-separated file, gzip allowed, or a DataFrame) whose
         index holds ``"XxY"`` array coordinates (as in STUtility's ``MOB*.tsv`` and her2st
-        ``ST-cnts``). Gene names are kept as given.
+        ``ST-cnts``). Gene names are taken as the file's header (or the DataFrame's columns) writes
+        them; repeated names are made unique as :meth:`anndata.AnnData.var_names_make_unique` does
+        (the second ``"X"`` becomes ``"X-1"``), with a warning saying how many, the rule of
+        :func:`loki.io.read_visium` too.
     spots
         Spot file (path to a tab-separated file or a DataFrame) with columns ``x``, ``y`` (integer
         array coordinates), ``pixel_x``, ``pixel_y`` (spot centres in full-resolution image pixels)
@@ -250,19 +333,27 @@ def read_legacy_st(
         H&E image: path (jpg/png/tif) or uint8 array ``(y, x, 3)``; ``None`` for no image.
     name
         Section name: the table key, ``f"{name}_spots"`` the shapes and ``f"{name}_image"`` the image.
+        Must be a valid SpatialData element name (letters, digits, ``_``, ``-``, ``.``).
     spot_diameter_um
         Physical spot diameter (legacy ST: 100 µm).
     spot_spacing_um
-        Physical length of one step of the array coordinates ``x``/``y``: 200 µm on 1k arrays
-        (spots on a square grid); 100 µm on 2k arrays, whose spots sit on a checkerboard of a grid
-        twice as fine (as in STUtility's mouse olfactory bulb data). The pixel size is the spacing
-        divided by the pixels per array unit fitted on all spots of the spot file.
+        Physical length of one *step of the array coordinates* ``x``/``y``, which is not always the
+        distance between neighbouring spot centres: 200 µm on 1k arrays (spots on a square grid, so
+        neighbours are one step apart); 100 µm on 2k arrays, whose spots sit on a checkerboard of a
+        grid twice as fine (as in STUtility's mouse olfactory bulb data), so neighbours are diagonal,
+        about 141 µm apart. The pixel size is this length divided by the pixels per array step
+        fitted on all spots of the spot file. The centre-to-centre distance is recorded as
+        ``uns['loki']['spot_spacing_um']``, the meaning that key has everywhere in loki.
     image_scale
         Image pixels per full-resolution pixel (e.g. ``2000 / 6954`` for a downscaled copy); the
         image gets the transformation ``Scale(1 / image_scale)`` into the coordinate system, or
         ``Identity`` when 1.
     selected_only
         Keep only spots with ``selected == 1`` (under tissue) when the spot file has that column.
+        Spots of the counts table that the spot file lacks are then left out with a warning (the
+        spot detector misses a few positions). Counts and spot file that barely overlap (fewer than
+        half of the counts spots kept, and fewer than half of the selected spots with counts) are
+        refused as files of different sections.
     coordinate_system
         Name of the coordinate system (units: full-resolution pixels).
 
@@ -271,10 +362,36 @@ def read_legacy_st(
     A SpatialData with ``images[f"{name}_image"]`` (RGB uint8, multiscale, if ``image`` is given),
     ``shapes[f"{name}_spots"]`` (circles, ``radius`` = physical spot radius in full-resolution
     pixels, index = spot ids ``"XxY"``) and ``tables[name]`` annotating them: ``X`` CSR float32
-    counts, ``obs['spot_id'|'region'|'array_row'|'array_col']`` (and ``'in_tissue'`` when the spot
-    file has a ``selected`` column),
-    ``obsm['spatial']`` (spot centres, full-resolution pixels) and
-    ``uns['loki'] = {'image_key', 'spot_diameter_um', 'microns_per_unit'}``.
+    counts, ``obs_names`` and ``obs['spot_id']`` the ``"XxY"`` spot ids,
+    ``obs['region'|'array_row'|'array_col']`` (and ``'in_tissue'`` when the spot file has a
+    ``selected`` column), ``obsm['spatial']`` (spot centres, full-resolution pixels) and
+    ``uns['loki'] = {'image_key', 'spot_diameter_um', 'microns_per_unit', 'spot_spacing_um'}``
+    (``image_key`` only with an image; ``spot_spacing_um`` is the median centre-to-centre
+    distance of neighbouring spots of the spot file).
+
+    Raises
+    ------
+    FileNotFoundError
+        When a counts, spot or image file does not exist.
+    KeyError
+        When the spot file lacks one of the columns ``x``, ``y``, ``pixel_x``, ``pixel_y``.
+    ValueError
+        When ``name`` is not a valid SpatialData element name; when a geometry parameter is not a
+        positive number; when the counts table is empty, not numeric, holds NaN/inf or repeats a
+        spot id; when the spot file's coordinates are not integers/finite or repeat a position;
+        when the counts look transposed (genes x spots); when counts and spot file barely overlap
+        (see ``selected_only``), or a counts spot is missing from the spot file and
+        ``selected_only`` is off or the spot file has no ``selected`` column; when the spot file
+        selects no spot.
+
+    Notes
+    -----
+    The pixel size assumes square pixels: the fit's scales along the array's two axes are
+    combined by their geometric mean, with a logged warning when they differ by more than 5 %
+    (the warning names both). To plot the table with squidpy, which looks for an
+    ``uns['spatial']`` entry the readers do not write, pass ``shape=None``
+    (``sq.pl.spatial_scatter(table, shape=None, color=...)``); draw it over its H&E with
+    spatialdata-plot (``sdata.pl.render_images(...).pl.render_shapes(..., table_name=...)``).
 
     """
     from spatialdata import SpatialData
@@ -329,6 +446,7 @@ def read_legacy_st_sections(
         raise ValueError("No section given.")
     specs = {}
     for name, spec in sections.items():
+        check_section_name(name, f"Section name {name!r} (a key of `sections`)")
         if isinstance(spec, Mapping):
             spec = dict(spec)
             missing = [k for k in ("counts", "spots") if k not in spec]
@@ -337,10 +455,16 @@ def read_legacy_st_sections(
             args = (spec.pop("counts"), spec.pop("spots"), spec.pop("image", None))
             specs[name] = (args, {**kwargs, **spec})
         else:
-            spec = tuple(spec)
-            if len(spec) not in (2, 3):
+            if not isinstance(spec, tuple | list) or len(spec) not in (2, 3):
+                if isinstance(spec, tuple | list):
+                    got = f"{len(spec)} items"
+                else:
+                    got = f"a {type(spec).__name__}" + (
+                        f" {str(spec)!r}" if isinstance(spec, str | Path) else ""
+                    )
                 raise ValueError(
-                    f"Section {name!r} must be (counts, spots) or (counts, spots, image), got {len(spec)} items."
+                    f"Section {name!r} must be a tuple (counts, spots) or (counts, spots, image), or a dict with "
+                    f"'counts' and 'spots' (and 'image' and other read_legacy_st arguments), got {got}."
                 )
             specs[name] = ((*spec, None)[:3], kwargs)
     images, shapes, tables = {}, {}, {}

@@ -14,11 +14,13 @@ from loki._keys import Key
 from loki._logging import logger
 
 from ._image import parse_cyx_image
+from ._names import check_section_name, unique_gene_names
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
+VISIUM_SPOT_SPACING_UM = 100.0  # centre-to-centre distance of neighbouring spots
 
 
 def _default_dataset_id(counts_path: Path) -> str | None:
@@ -36,13 +38,32 @@ def _default_dataset_id(counts_path: Path) -> str | None:
     return None
 
 
+def _h5_gene_names(counts_path: Path) -> list[str] | None:
+    """Gene names of a Space Ranger h5 as written, of the features scanpy keeps (Gene Expression); else None."""
+    import h5py
+
+    try:
+        with h5py.File(counts_path, "r") as f:
+            features = f["matrix/features"]
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in features["name"][:]]
+            if "feature_type" in features:
+                kinds = [t.decode() if isinstance(t, bytes) else str(t) for t in features["feature_type"][:]]
+                names = [n for n, t in zip(names, kinds, strict=True) if t == "Gene Expression"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return names
+
+
 def _check_visium_files(path: Path, kwargs: dict) -> None:
     """The spot files spatialdata-io needs, and a named full-resolution image, exist (it fails obscurely)."""
     spatial = path / "spatial"
-    present = sorted(p.name for p in spatial.iterdir()) if spatial.is_dir() else "no spatial/ folder"
+    if spatial.is_dir():
+        present = f"spatial/ holds {sorted(p.name for p in spatial.iterdir())}"
+    else:
+        present = f"it has no spatial/ folder (it holds {sorted(p.name for p in path.iterdir())})"
     scalefactors = kwargs.get("scalefactors_file") or Path("spatial") / "scalefactors_json.json"
     if not (path / scalefactors).is_file():
-        raise FileNotFoundError(f"No {str(scalefactors)!r} in {str(path)!r}; spatial/ holds {present}.")
+        raise FileNotFoundError(f"No {str(scalefactors)!r} in {str(path)!r}; {present}.")
     positions = kwargs.get("tissue_positions_file")
     candidates = (
         [path / positions]
@@ -51,9 +72,7 @@ def _check_visium_files(path: Path, kwargs: dict) -> None:
     )
     if not any(p.is_file() for p in candidates):
         names = " or ".join(repr(str(p.relative_to(path))) for p in candidates)
-        raise FileNotFoundError(
-            f"No spot positions file ({names}) in {str(path)!r}; spatial/ holds {present}."
-        )
+        raise FileNotFoundError(f"No spot positions file ({names}) in {str(path)!r}; {present}.")
     fullres = kwargs.get("fullres_image_file")
     if fullres is not None and not (path / fullres).is_file():
         raise FileNotFoundError(f"fullres_image_file {str(path / fullres)!r} does not exist.")
@@ -73,7 +92,9 @@ def read_visium(
     path
         Space Ranger output folder (``filtered_feature_bc_matrix.h5`` and ``spatial/``).
     dataset_id
-        Section name ``S``; defaults to the library id stored in the h5 file, else the folder name.
+        Section name ``S`` (a valid SpatialData element name: letters, digits, ``_``, ``-``, ``.``);
+        defaults to the library id stored in the h5 file, else the folder name, with other
+        characters replaced by ``_``.
     coordinate_system
         Name of the coordinate system of all elements (units: full-resolution pixels).
     **kwargs
@@ -81,14 +102,23 @@ def read_visium(
 
     Returns
     -------
-    A SpatialData with ``tables[S]`` (counts as read, ``var_names`` as Space Ranger gives them and
-    ``var['gene_ids']``; ``obsm['spatial']`` spot centres in full-resolution pixels;
-    ``uns['loki'] = {'image_key', 'spot_diameter_um': 55, 'microns_per_unit'}``) annotating
-    ``shapes[f"{S}_spots"]`` (circles of the spot radius), and the RGB images spatialdata-io finds
+    A SpatialData with ``tables[S]`` annotating ``shapes[f"{S}_spots"]`` (circles of the spot
+    radius, indexed by integer spot ids), and the RGB images spatialdata-io finds
     (``f"{S}_hires_image"``, ``f"{S}_lowres_image"``, ``f"{S}_full_image"``), each multiscale,
-    with a scale into the coordinate system. ``image_key`` names the hires image if present,
-    else the lowres one (the full-resolution image when that is all there is).
-    ``microns_per_unit`` is 55 µm over the spot diameter in full-resolution pixels.
+    with a scale into the coordinate system. The table holds
+
+    - ``X``: the counts as read; ``var_names`` the gene symbols of the h5 file, repeated ones made
+      unique as :meth:`anndata.AnnData.var_names_make_unique` does (the second ``"X"`` becomes
+      ``"X-1"``; a warning says how many), the rule of :func:`loki.io.read_legacy_st` too;
+      ``var['gene_ids']`` the Ensembl ids;
+    - ``obs_names``: the spot barcodes; ``obs['spot_id']``: the integer index of the spot in
+      ``shapes[f"{S}_spots"]`` (0, 1, ...; the legacy ST reader's ids are ``"XxY"`` strings equal
+      to its ``obs_names``); ``obs['region'|'in_tissue'|'array_row'|'array_col']``;
+    - ``obsm['spatial']``: spot centres in full-resolution pixels;
+    - ``uns['loki']``: ``'spot_diameter_um'`` (55), ``'spot_spacing_um'`` (100, centre to centre),
+      ``'microns_per_unit'`` (55 µm over the spot diameter in full-resolution pixels) and
+      ``'image_key'``: the hires image if present, else the lowres one (the full-resolution image
+      when that is all there is); absent when the folder has no image.
 
     Raises
     ------
@@ -96,6 +126,15 @@ def read_visium(
         When ``path`` is a file (e.g. the counts ``.h5``) instead of the folder.
     FileNotFoundError
         When the folder, its counts file or its spot files are missing.
+    ValueError
+        When ``dataset_id`` is not a valid SpatialData element name.
+
+    Notes
+    -----
+    To plot the table with squidpy, which looks for an ``uns['spatial']`` entry the readers do not
+    write, pass ``shape=None`` (``sq.pl.spatial_scatter(table, shape=None, color=...)``); draw it
+    over its H&E with spatialdata-plot
+    (``sdata.pl.render_images(...).pl.render_shapes(..., table_name=...)``).
 
     """
     import spatialdata_io
@@ -103,6 +142,8 @@ def read_visium(
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import Identity, get_transformation
 
+    if dataset_id is not None:
+        check_section_name(dataset_id, f"dataset_id={dataset_id!r}")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(
@@ -117,14 +158,15 @@ def read_visium(
         raise FileNotFoundError(f"No {counts_file!r} in {str(path)!r}; it holds {present}.")
     _check_visium_files(path, kwargs)
     if dataset_id is None:
-        dataset_id = _default_dataset_id(path / counts_file) or re.sub(
-            r"[^A-Za-z0-9_.-]", "_", path.resolve().name
-        )
+        default = _default_dataset_id(path / counts_file) or path.resolve().name
+        dataset_id = re.sub(r"[^A-Za-z0-9_.-]", "_", default)
     name = dataset_id
 
     with warnings.catch_warnings():
         # spatialdata-io's own table triggers this; the table is rebuilt below with a categorical region
         warnings.filterwarnings("ignore", message="Converting `region_key", category=UserWarning)
+        # scanpy's reader warns of repeated gene names that spatialdata-io then makes unique; see below
+        warnings.filterwarnings("ignore", message="Variable names are not unique", category=UserWarning)
         raw = spatialdata_io.visium(path, dataset_id=name, **kwargs)
     table = raw.tables["table"]
     shapes = raw.shapes[name]
@@ -148,12 +190,17 @@ def read_visium(
         image_key = next(iter(images))
 
     adata = table.copy()
+    gene_names = _h5_gene_names(path / counts_file) if str(counts_file).endswith(".h5") else None
+    if gene_names is not None and len(gene_names) == adata.n_vars:
+        # the same names spatialdata-io made unique, with the warning the legacy reader gives too
+        adata.var_names = unique_gene_names(gene_names, f"section {name!r}")
     del adata.uns["spatialdata_attrs"]
     adata.obs["region"] = pd.Categorical([region] * adata.n_obs)
     adata.obsm[Key.SPATIAL] = np.asarray(adata.obsm[Key.SPATIAL], dtype=np.float64)
     uns = {
         "spot_diameter_um": VISIUM_SPOT_DIAMETER_UM,
         "microns_per_unit": VISIUM_SPOT_DIAMETER_UM / diameter_px,
+        "spot_spacing_um": VISIUM_SPOT_SPACING_UM,
     }
     if image_key is not None:
         uns["image_key"] = image_key

@@ -16,7 +16,7 @@ import pandas as pd
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import require_keys
+from loki._utils import check_element_name, require_keys
 from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._spatialdata import affine_to, image_levels, lowres_image, recorded_microns_per_pixel
 
@@ -288,7 +288,7 @@ def tile_image(
     if not 0 <= min_tissue <= 1:
         raise ValueError(f"min_tissue must be in [0, 1], got {min_tissue}.")
     key_added = f"{image_key}_tiles" if key_added is None else key_added
-    _check_element_name(key_added)
+    check_element_name(key_added, f"key_added={key_added!r}")
     shapes_key = f"{key_added}_shapes"
     taken = {name.lower() for _, name, _ in sdata.gen_elements()}
     for name in (key_added, shapes_key):
@@ -435,15 +435,6 @@ def containing_shape(
     first = np.full(len(local), len(geometry), dtype=np.int64)
     np.minimum.at(first, points, regions)
     return np.where(first < len(geometry), first, -1)
-
-
-def _check_element_name(key_added) -> None:
-    from spatialdata._core.validation import check_valid_name
-
-    try:
-        check_valid_name(key_added)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"key_added={key_added!r} is not a valid SpatialData element name: {err}") from None
 
 
 def _check_mask(mask, height: int, width: int) -> np.ndarray:

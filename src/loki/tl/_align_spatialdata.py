@@ -18,7 +18,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import require_keys
+from loki._utils import check_element_name, require_keys
 from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._spatialdata import (
     _named_owner,
@@ -188,18 +188,12 @@ def shapes_name(section: Section, key_added: str) -> str | None:
 
 def check_shapes_name(section: Section, key_added: str) -> None:
     """The shapes element ``key_added`` gives must be a SpatialData name that no other element type holds."""
-    from spatialdata._core.validation import check_valid_name
-
     name = shapes_name(section, key_added)
     if name is None:
         return
-    try:
-        check_valid_name(name)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"key_added={key_added!r} names the shapes element {name!r} of aligned spots, which is not a "
-            f"valid SpatialData element name: {err}"
-        ) from None
+    check_element_name(
+        name, f"key_added={key_added!r} names the shapes element {name!r} of aligned spots, which"
+    )
     taken = [
         kind
         for kind in (*_ELEMENT_KINDS, "tables")
