@@ -95,7 +95,7 @@ def png(tmp_path):
     ("option", "expected"),
     [
         (["--series", "3"], "loki slide: --series 3: he.png is not a TIFF and holds one image."),
-        (["--name", "a b"], "loki slide: --name 'a b' is not a SpatialData element name"),
+        (["--name", "a b"], "loki slide: --name 'a b' is not a valid SpatialData element name"),
     ],
 )
 def test_slide_errors_name_the_options(png, tmp_path, option, expected):

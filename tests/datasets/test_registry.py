@@ -81,7 +81,9 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_cached_files_are_read_offline(tmp_path, monkeypatch, no_network):
+@pytest.fixture
+def cached_sample(tmp_path, monkeypatch):
+    """The folder of a sample 'S1' whose downloads are in the cache (scanpy's Visium test data)."""
     src = shared_path("scanpy_visium_testdata", "1.0.0")
     folder = tmp_path / "S1"
     folder.mkdir()
@@ -90,6 +92,11 @@ def test_cached_files_are_read_offline(tmp_path, monkeypatch, no_network):
         tar.add(src / "spatial", arcname="spatial")
     hashes = (_sha(folder / "S1_filtered_feature_bc_matrix.h5"), _sha(folder / "S1_spatial.tar.gz"), "0" * 64)
     monkeypatch.setitem(_registry.VISIUM_SAMPLES, "S1", hashes)
+    return folder
+
+
+def test_cached_files_are_read_offline(tmp_path, cached_sample, no_network):
+    folder = cached_sample
     sdata = lk.datasets.visium_sample("S1", data_dir=tmp_path)
     assert not no_network
     assert (folder / "spatial" / "scalefactors_json.json").is_file()
@@ -97,15 +104,10 @@ def test_cached_files_are_read_offline(tmp_path, monkeypatch, no_network):
     assert sdata.tables["S1"].uns["loki"]["image_key"] == "S1_hires_image"
 
 
-def test_failed_read_removes_what_it_extracted_and_keeps_verified_files(tmp_path, monkeypatch, no_network):
-    src = shared_path("scanpy_visium_testdata", "1.0.0")
-    folder = tmp_path / "S1"
-    folder.mkdir()
-    shutil.copyfile(src / "filtered_feature_bc_matrix.h5", folder / "S1_filtered_feature_bc_matrix.h5")
-    with tarfile.open(folder / "S1_spatial.tar.gz", "w:gz") as tar:
-        tar.add(src / "spatial", arcname="spatial")
-    hashes = (_sha(folder / "S1_filtered_feature_bc_matrix.h5"), _sha(folder / "S1_spatial.tar.gz"), "0" * 64)
-    monkeypatch.setitem(_registry.VISIUM_SAMPLES, "S1", hashes)
+def test_failed_read_removes_what_it_extracted_and_keeps_verified_files(
+    tmp_path, monkeypatch, cached_sample, no_network
+):
+    folder = cached_sample
 
     def broken(*args, **kwargs):
         raise RuntimeError("read failed (test)")

@@ -278,7 +278,7 @@ def test_bad_slides_are_named(tmp_path):
     tifffile.imwrite(tmp_path / "ok.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb")
     with pytest.raises(ValueError, match="microns_per_pixel must be a positive number"):
         lk.io.read_slide(tmp_path / "ok.tif", microns_per_pixel=-1)
-    with pytest.raises(ValueError, match=r"name='a b' is not a SpatialData element name"):
+    with pytest.raises(ValueError, match=r"name='a b' is not a valid SpatialData element name"):
         lk.io.read_slide(tmp_path / "ok.tif", name="a b")
     from PIL import Image
 

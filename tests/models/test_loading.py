@@ -595,6 +595,7 @@ def _hub_error(kind: str):
         HfHubHTTPError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
+        RepositoryNotFoundError,
     )
 
     def response(status):
@@ -610,6 +611,8 @@ def _hub_error(kind: str):
         return err
     if kind == "gated":
         return GatedRepoError("401 Client Error: cannot access gated repo", response=response(401))
+    if kind == "unknown":
+        return RepositoryNotFoundError("401 Client Error: Repository Not Found", response=response(401))
     return HfHubHTTPError(f"{kind} Client Error", response=response(int(kind)))
 
 
@@ -618,7 +621,12 @@ def _hub_error(kind: str):
     [
         ("unreachable", ConnectionError, r"could not be reached.*local path.*HF_HUB_OFFLINE=1"),
         ("offline", ConnectionError, r"HF_HUB_OFFLINE is set and 'checkpoint.pt'.*not in the local.*cache"),
-        ("gated", PermissionError, r"no access to 'checkpoint.pt'.*HTTP 401.*token="),
+        (
+            "gated",
+            PermissionError,
+            r"no access to 'checkpoint.pt'.*HTTP 401\): it is gated or private.*token=",
+        ),
+        ("unknown", PermissionError, r"HTTP 401\): it does not exist \(check the name\) or is private"),
         ("403", PermissionError, r"HTTP 403.*huggingface.co/WangGuangyuLab/Loki.*token="),
     ],
 )

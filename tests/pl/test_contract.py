@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -116,6 +118,10 @@ def test_a_failing_call_leaves_no_figure_and_save_must_be_a_path(name, tmp_path)
     plt.close("all")
     with pytest.raises(ValueError, match=r"save must be a file path .* got True\. scanpy's save=True"):
         plot(show=False, save=True)
+    assert plt.get_fignums() == []
+    buffer = io.BytesIO()  # a binary file object is a place to save to, as for Figure.savefig
+    plot(show=False, save=buffer)
+    assert buffer.getvalue().startswith(b"\x89PNG")
     assert plt.get_fignums() == []
     with pytest.raises(FileNotFoundError):
         plot(show=False, save=tmp_path / "missing" / "a.png")

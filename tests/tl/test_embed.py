@@ -213,10 +213,12 @@ def test_embed_text_warns_about_empty_sentences_and_counts_them(model, caplog):
         lk.tl.embed_text(a, model)
     assert "3 of 6 spots have an empty gene sentence (.obs['loki_empty'])" in caplog.text
     assert a.uns["loki"][lk.Key.TEXT]["n_empty"] == 3
-    # without the flag column the empty strings are counted
+    # without the flag column the sentences naming no gene are counted, whitespace alone too (as
+    # lk.models.finetune refuses them)
     del a.obs[lk.Key.EMPTY_SPOT]
+    a.obs[lk.Key.SENTENCE] = ["", "Apoe", "", "Ptgds Apoe", "Snap25", "  "]
     lk.tl.embed_text(a, model, key_added="again")
-    assert a.uns["loki"]["again"]["n_empty"] == 2
+    assert a.uns["loki"]["again"]["n_empty"] == 3
     emb = a.obsm["again"]
     np.testing.assert_array_equal(emb[0], emb[2])  # one vector, that of the empty text
 

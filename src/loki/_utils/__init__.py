@@ -14,6 +14,7 @@ from ._validation import (
     check_result_key,
     check_unique_var_names,
     check_var_key,
+    is_int,
     require_keys,
 )
 from ._write import write_layer, write_obs, write_obsm, write_uns
@@ -31,6 +32,7 @@ __all__ = [
     "check_result_key",
     "check_unique_var_names",
     "check_var_key",
+    "is_int",
     "require_keys",
     "write_layer",
     "write_obs",

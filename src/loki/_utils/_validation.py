@@ -69,6 +69,11 @@ def _protected(table, where: str, inputs: Mapping[str, str | None]) -> dict[str,
     return protected
 
 
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def check_element_name(value, what: str, note: str = "") -> None:
     """Raise a ValueError naming ``what`` when ``value`` cannot name a SpatialData element.
 

@@ -53,32 +53,14 @@ def array_to_pixel_fit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> np.ndarray
     return coef[:2]
 
 
-def pixels_per_array_unit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> float:
-    """Pixels per step of the array coordinates, from an affine fit of pixel on array positions.
-
-    The square root of the absolute determinant of the fitted linear part
-    (:func:`array_to_pixel_fit`) is the geometric mean of the scales along the two array axes:
-    rotation invariant, and it uses every spot, so a few misplaced spots barely move it. An
-    anisotropic image (different scales along the two axes) gets their geometric mean; readers warn
-    when the two differ by more than :data:`ANISOTROPY_WARN` (5 %), see :func:`axis_scales`.
-
-    Parameters
-    ----------
-    array_xy
-        ``(n, 2)`` array (grid) coordinates of the spots.
-    pixel_xy
-        ``(n, 2)`` pixel coordinates of the same spots.
-
-    Returns
-    -------
-    Pixels per array unit (> 0).
-
-    """
-    return scale_of(array_to_pixel_fit(array_xy, pixel_xy))
-
-
 def scale_of(linear: np.ndarray) -> float:
-    """Geometric mean of the two axis scales of a ``(2, 2)`` linear map: ``sqrt(|det|)``."""
+    """Pixels per array step of a fitted linear part (:func:`array_to_pixel_fit`): ``sqrt(|det|)``.
+
+    The geometric mean of the scales along the two array axes: rotation invariant, and as the fit
+    uses every spot, a few misplaced spots barely move it. An anisotropic image (different scales
+    along the two axes) gets their geometric mean; readers warn when the two differ by more than
+    :data:`ANISOTROPY_WARN` (5 %), see :func:`axis_scales`.
+    """
     return float(np.sqrt(abs(np.linalg.det(linear))))
 
 

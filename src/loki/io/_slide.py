@@ -17,6 +17,7 @@ import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
+from loki._utils import check_element_name
 from loki._utils._spatialdata import image_levels
 
 from ._image import parse_cyx_image, parse_rgb_image, read_rgb
@@ -104,11 +105,8 @@ def read_slide(
         raise ValueError(f"microns_per_pixel must be a positive number, got {microns_per_pixel!r}.")
     if name is None:  # SpatialData names allow letters, digits, '_', '-' and '.'
         name = re.sub(r"[^0-9A-Za-z_.-]", "_", path.name.split(".")[0]) or "slide"
-    elif not _valid_element_name(name):
-        raise ValueError(
-            f"name={name!r} is not a SpatialData element name: use letters, digits, '_', '-' and '.', "
-            "not starting with '__'."
-        )
+    else:
+        check_element_name(name, f"name={name!r}", " (it names the slide's image)")
     transformations = {coordinate_system: Identity()}
     if path.suffix.lower() in _TIFF_SUFFIXES:
         levels, found, source = _tiff_levels(path, series)
@@ -134,16 +132,6 @@ def read_slide(
         "the caller" if microns_per_pixel is not None else source,
     )
     return sdata
-
-
-def _valid_element_name(name) -> bool:
-    """SpatialData's naming rule for elements."""
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and not name.startswith("__")
-        and all(c.isalnum() or c in "_-." for c in name)
-    )
 
 
 def _read_other(path: Path) -> np.ndarray:

@@ -428,7 +428,7 @@ def _hub_download(repo_id: str, filename: str, token: str | None) -> Path:
     """Path of ``filename`` of the Hugging Face repository ``repo_id``, downloaded or from the local cache.
 
     huggingface_hub's errors for a Hub it cannot reach (no network, or ``HF_HUB_OFFLINE`` set and the
-    file not cached) become a ``ConnectionError``, and those for a gated or private repository
+    file not cached) become a ``ConnectionError``, and those for a gated, private or unknown repository
     (HTTP 401/403) a ``PermissionError``, each saying what to do. Other errors pass unchanged.
     """
     try:
@@ -438,6 +438,7 @@ def _hub_download(repo_id: str, filename: str, token: str | None) -> Path:
             HfHubHTTPError,
             LocalEntryNotFoundError,
             OfflineModeIsEnabled,
+            RepositoryNotFoundError,
         )
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("loading from the Hugging Face hub needs `pip install huggingface_hub`") from err
@@ -452,8 +453,12 @@ def _hub_download(repo_id: str, filename: str, token: str | None) -> Path:
         status = getattr(getattr(err, "response", None), "status_code", None)
         if not (isinstance(err, GatedRepoError) or status in (401, 403)):
             raise
+        # the Hub answers 401 for a repository that does not exist as for a private one
+        unknown = isinstance(err, RepositoryNotFoundError) and not isinstance(err, GatedRepoError)
         raise PermissionError(
-            f"no access to {where} (HTTP {status}): it is gated or private. Accept its terms at "
+            f"no access to {where} (HTTP {status}): "
+            f"{'it does not exist (check the name) or is private' if unknown else 'it is gated or private'}. "
+            "If it is gated, accept its terms at "
             f"https://huggingface.co/{repo_id} while logged in and pass token= (an access token with "
             f"read permission, from https://huggingface.co/settings/tokens), or {elsewhere}."
         ) from err

@@ -7,7 +7,8 @@ axes), as scanpy's ``savefig_or_show`` does:
   one panel, else a list or an array of that many; default a new figure.
 - ``show``: by default, a new figure is shown when the backend is interactive; drawing into the
   caller's axes never shows the caller's figure unless ``show=True``.
-- ``save``: a path (str or pathlib.Path) to write the figure to; scanpy's ``save=True`` is refused.
+- ``save``: a path (str or pathlib.Path) or a binary file object to write the figure to (PNG unless
+  the path's suffix names another format); scanpy's ``save=True`` is refused.
   A figure the function created, saved and did not show is closed afterwards, so loops that save
   one figure each leave none open. A call that fails closes the figure it created.
 

@@ -62,11 +62,12 @@ def plot_function(func: _F) -> _F:
 
 
 def _check_save(save) -> None:
-    if save is None or (isinstance(save, str | os.PathLike) and str(save)):
+    # a binary file object (e.g. io.BytesIO) is what Figure.savefig takes besides a path
+    if save is None or (isinstance(save, str | os.PathLike) and str(save)) or hasattr(save, "write"):
         return
     raise ValueError(
-        f"save must be a file path (str or pathlib.Path; its suffix picks the format) or None, got {save!r}. "
-        "scanpy's save=True (a file in sc.settings.figdir) is not supported."
+        f"save must be a file path (str or pathlib.Path; its suffix picks the format), a binary file "
+        f"object or None, got {save!r}. scanpy's save=True (a file in sc.settings.figdir) is not supported."
     )
 
 

@@ -307,16 +307,27 @@ def warn_shared_coordinate_system(src: Section, tgt: Section, key_added: str, cs
         return
     earlier = _alignments_in(tgt, cs)
     if earlier:
-        logger.warning(
-            "the target section %r was placed in coordinate system %r by its alignment %s; this alignment "
-            "puts it back where it lies in the input coordinate system, so that alignment's shapes and its "
-            "elements no longer agree there. To align onto the aligned target, pass target_spatial_key=%r; "
-            "to keep both, pass coordinate_system=.",
-            tgt.name,
+        _warn_target_put_back(
+            tgt,
             cs,
-            ", ".join(map(repr, earlier)),
-            earlier[0],
+            earlier,
+            "this alignment",
+            f"To align onto the aligned target, pass target_spatial_key={earlier[0]!r}; to keep both, pass "
+            "coordinate_system=.",
         )
+
+
+def _warn_target_put_back(tgt: Section, cs: str, earlier: list[str], who: str, fix: str) -> None:
+    logger.warning(
+        "the target section %r was placed in coordinate system %r by its alignment %s; %s puts it back "
+        "where it lies in the input coordinate system, so that alignment's shapes and its elements no "
+        "longer agree there. %s",
+        tgt.name,
+        cs,
+        ", ".join(map(repr, earlier)),
+        who,
+        fix,
+    )
 
 
 @contextmanager
@@ -354,14 +365,7 @@ def replace_stack_target(tgt: Section, key_added: str, cs: str) -> None:
         )
     earlier = _alignments_in(tgt, cs, but=key_added)
     if earlier:
-        logger.warning(
-            "the target section %r was placed in coordinate system %r by its alignment %s; the stack puts it "
-            "back where it lies in the input coordinate system, so that alignment's shapes and its elements "
-            "no longer agree there. Pass coordinate_system= to keep both.",
-            tgt.name,
-            cs,
-            ", ".join(map(repr, earlier)),
-        )
+        _warn_target_put_back(tgt, cs, earlier, "the stack", "Pass coordinate_system= to keep both.")
 
 
 def _instance_ids(table: AnnData) -> np.ndarray:

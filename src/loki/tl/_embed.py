@@ -37,9 +37,11 @@ def empty_sentences(table, sentence_key: str, sentences: list[str]) -> np.ndarra
     """Boolean mask of the spots with an empty sentence.
 
     Those flagged in ``.obs[Key.empty_of(sentence_key)]`` (written by :func:`loki.pp.gene_sentences`)
-    and any whose sentence is ``""`` (also when the flag column is absent).
+    and any whose sentence names no gene (``""`` or only whitespace, also when the flag column is absent).
     """
-    empty = np.array([not s for s in sentences], dtype=bool)
+    from loki.models._finetune import blank_sentences
+
+    empty = blank_sentences(sentences)
     flag = Key.empty_of(sentence_key)
     if flag in table.obs:
         empty |= table.obs[flag].to_numpy(dtype=bool)

@@ -67,8 +67,6 @@ def collect_pairs(
     """
     if is_spatialdata(data) and patches is not None:
         raise ValueError("patches= is for a single AnnData; SpatialData patches are cut per section")
-    from loki.models._finetune import blank_sentences
-
     keys = _section_keys(data, table_keys)
     tables = [get_table(data, k) for k in keys]  # validates every key before any work
     sentences = [_sentences_of(t, sentence_key) for t in tables]
@@ -90,7 +88,7 @@ def collect_pairs(
             valid = flags[0]
         elif only_valid and Key.PATCH_OK in table.obs:
             valid = table.obs[Key.PATCH_OK].to_numpy(dtype=bool)
-        empty = empty_sentences(table, sentence_key, sents) | blank_sentences(sents)
+        empty = empty_sentences(table, sentence_key, sents)
         keep = valid & ~empty
         where = "the table" if key is None else f"section {key!r}"
         section_empty, section_outside = int(empty.sum()), int((~valid & ~empty).sum())
