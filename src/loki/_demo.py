@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loki._utils import is_int
+
 TRAIN = ("MOB1", "MOB2", "MOB3")
 TEST = "MOB4"
 QUICK_EPOCHS = 2
@@ -255,7 +257,7 @@ def _markdown(frame: pd.DataFrame) -> str:
 def _check_arguments(out: Path, seed) -> None:
     """Refuse a seed out of range and an output path that is a file, before any work."""
     low, high = SEED_RANGE
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not low <= seed <= high:
+    if not is_int(seed) or not low <= seed <= high:
         raise ValueError(f"seed must be an integer from {low} to {high}, got {seed!r}")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{str(out)!r} exists and is not a folder; pass another output folder")

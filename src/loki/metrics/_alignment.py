@@ -16,7 +16,7 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from loki._keys import Key
-from loki._utils import as_rng, check_array_finite, check_obsm_key, check_unique_var_names
+from loki._utils import as_rng, check_array_finite, check_obsm_key, check_unique_var_names, is_int
 from loki.metrics._correlation import kendall_tau, pearson
 
 _BOOT_CHUNK = 1 << 22  # resampled spots per bootstrap chunk (32 MB of float64 per alignment)
@@ -181,7 +181,7 @@ def alignment_expression_scores(
     """
     check_obsm_key(source, aligned_key)
     check_obsm_key(target, target_key)
-    if isinstance(n_top_genes, bool) or not isinstance(n_top_genes, int | np.integer) or n_top_genes < 2:
+    if not is_int(n_top_genes) or n_top_genes < 2:
         raise ValueError(f"n_top_genes must be an integer >= 2, got {n_top_genes!r}.")
     check_unique_var_names(source, "source")
     check_unique_var_names(target, "target")

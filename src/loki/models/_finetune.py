@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from loki._logging import logger
-from loki._utils import as_seed
+from loki._utils import as_seed, is_int
 
 from ._omiclip import check_patch_um
 from ._preprocess import as_uint8_nhwc, augment_dihedral, check_uint8_nhwc, preprocess_uint8
@@ -168,7 +168,7 @@ def _check_sentences(sentences: list[str]) -> None:
 
 def _check_int(name: str, value, minimum: int, why: str = "") -> None:
     """Raise a ValueError unless ``value`` is an integer (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    if not is_int(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}{' ' + why if why else ''}, got {value!r}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_result_key, require_keys, write_obs, write_uns
+from loki._utils import check_result_key, is_int, require_keys, write_obs, write_uns
 from loki._utils._affine import apply_matrix
 from loki._utils._spatialdata import (
     affine_to,
@@ -456,19 +456,19 @@ def _rgb(region: np.ndarray) -> np.ndarray:
 
 
 def _check_fill(fill) -> int:
-    if isinstance(fill, bool) or not isinstance(fill, int | np.integer) or not 0 <= fill <= 255:
+    if not is_int(fill) or not 0 <= fill <= 255:
         raise ValueError(f"fill must be an integer grey level in 0-255, got {fill!r}.")
     return int(fill)
 
 
 def _check_chunk_size(chunk_size) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+    if not is_int(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     return int(chunk_size)
 
 
 def _check_size(size) -> int:
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+    if not is_int(size) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}.")
     return int(size)
 

@@ -14,7 +14,7 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_result_key, require_keys, write_obs, write_uns
+from loki._utils import check_result_key, is_int, require_keys, write_obs, write_uns
 from loki._utils._spatialdata import check_copy, get_table
 
 from ._housekeeping import housekeeping_genes
@@ -257,7 +257,7 @@ def _as_str_list(names) -> list[str]:
 
 
 def _check_n(n, name: str = "n") -> int:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"{name} must be a positive integer, got {n!r}.")
     return int(n)
 

@@ -13,7 +13,15 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_labelled, check_result_key, require_keys, write_obs, write_obsm, write_uns
+from loki._utils import (
+    check_labelled,
+    check_result_key,
+    is_int,
+    require_keys,
+    write_obs,
+    write_obsm,
+    write_uns,
+)
 from loki._utils._spatialdata import check_copy, get_table
 
 from ._retrieve import l2_normalize
@@ -66,7 +74,7 @@ def marker_sentences(
     """
     if not markers:
         raise ValueError("markers is empty; pass {class: [genes]} with at least one class.")
-    if isinstance(max_genes, bool) or not isinstance(max_genes, int | np.integer) or max_genes < 1:
+    if not is_int(max_genes) or max_genes < 1:
         raise ValueError(
             f"The number of markers per class (max_markers) must be a positive integer, got {max_genes!r}."
         )

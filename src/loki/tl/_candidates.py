@@ -22,7 +22,7 @@ from typing import Literal
 import numba
 import numpy as np
 
-from loki._utils import as_rng, block_starts
+from loki._utils import as_rng, block_starts, is_int
 from loki._utils._threads import keep_torch_threads
 
 from ._retrieve import _check_norms, _check_pair, _heap_push, l2_normalize, topk_cosine
@@ -67,7 +67,7 @@ def check_search(
         raise ValueError(
             f"search={search!r} needs top_k: approximate search only finds the top-k reference rows."
         )
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}.")
     n_components = _check_int(
         n_components, "n_components", 1, dim, "the embedding size", min(N_COMPONENTS, dim)
@@ -93,7 +93,7 @@ def check_search(
 def _check_int(value, name: str, lo: int, hi: int, what: str, default: int) -> int:
     if value is None:
         return int(default)
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    if not is_int(value):
         raise ValueError(f"{name} must be an integer or None, got {value!r}.")
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}] ({what}), got {value}.")

@@ -8,7 +8,7 @@ import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_obs_key, check_result_key, write_obsm, write_uns
+from loki._utils import check_obs_key, check_result_key, is_int, write_obsm, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata, section_shapes
 
 if TYPE_CHECKING:
@@ -349,6 +349,6 @@ def _chunk_size(batch_size: int, target: int = 256) -> int:
 
     Aligned chunks split into whole batches, so no batch straddles two chunks.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         return target  # encode_images names the bad value
     return int(batch_size) * max(1, target // int(batch_size))

@@ -19,6 +19,7 @@ from loki._utils import (
     check_key_name,
     check_result_key,
     check_unique_var_names,
+    is_int,
     require_keys,
     write_layer,
     write_uns,
@@ -221,7 +222,7 @@ def predict_from_embeddings(
 
 
 def _check_seed(seed) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+    if not is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}.")
 
 
@@ -536,7 +537,7 @@ def _check_top_k(top_k: int | None, n_reference: int, reference: str) -> None:
     """
     if top_k is None:
         return
-    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+    if not is_int(top_k) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
     if top_k > n_reference:
         raise ValueError(
