@@ -114,3 +114,18 @@ def test_the_image_is_drawn_by_default_as_in_the_other_spatial_plots():
     fig = lk.pl.expression(sdata, "g0", show_image=False, show=False)
     assert [len(a.images) for a in fig.axes[:2]] == [0, 0]
     plt.close("all")
+
+
+@pytest.mark.parametrize(("stretch", "aspect"), [(1.0, None), (2.0, None), (10.0, 2.0)])
+def test_new_panels_take_the_shape_of_the_section(stretch, aspect):
+    table = small_section(with_image=False)
+    xy = np.asarray(table.obsm["spatial"], dtype=np.float64)
+    xy[:, 0] = xy[:, 0].min() + (xy[:, 0] - xy[:, 0].min()) * stretch
+    table.obsm["spatial"] = xy
+    table.layers["loki_predicted"] = table.X.copy()
+    width, height = np.ptp(xy, axis=0)
+    expected = aspect if aspect is not None else width / height  # a very wide section is capped at 2
+    fig = lk.pl.expression(table, ["g1"], show=False)
+    fig_width, fig_height = fig.get_size_inches()
+    assert fig_width / fig_height == pytest.approx(2 * expected)  # two panels side by side
+    plt.close(fig)

@@ -25,6 +25,7 @@ from ._common import (
     plot_function,
     scatter_values,
     section_spots,
+    spots_aspect,
     stored_colours,
     value_colormap,
 )
@@ -136,7 +137,7 @@ def annotation(
         coordinate_system=coordinate_system,
     )
     if kind == "scores":
-        fig, axes = panel_grid(len(classes), ncols, ax)
+        fig, axes = panel_grid(len(classes), ncols, ax, aspect=spots_aspect(xy))
         for a, cls in zip(axes, classes, strict=True):
             draw_section(a, pixels, xy)
             values = scores[cls].to_numpy(dtype=np.float64)

@@ -114,6 +114,15 @@ def panel_grid(
     return fig, list(grid.ravel()[:n])
 
 
+def spots_aspect(xy: np.ndarray) -> float:
+    """Width over height of the spots' extent, within [0.5, 2]: the shape of a new spatial panel.
+
+    A section wider than tall drawn into square panels leaves bands of white between the rows.
+    """
+    width, height = np.ptp(xy, axis=0) if len(xy) else (1.0, 1.0)
+    return float(np.clip(width / height, 0.5, 2.0)) if height > 0 else 2.0
+
+
 def value_colormap(cmap: str | Colormap) -> Colormap:
     """``cmap`` with missing (NaN) values in :data:`NA_COLOUR`; resolve it before drawing (a bad name fails)."""
     import matplotlib.pyplot as plt

@@ -22,6 +22,7 @@ from ._common import (
     plot_function,
     scatter_values,
     section_spots,
+    spots_aspect,
     value_colormap,
 )
 
@@ -123,7 +124,7 @@ def expression(
         image_key=image_key,
         coordinate_system=coordinate_system,
     )
-    fig, axes = panel_grid(2 * len(genes), 2, ax)
+    fig, axes = panel_grid(2 * len(genes), 2, ax, aspect=spots_aspect(xy))
     for i, gene in enumerate(genes):
         measured, pred = _column(table, gene, layer), _column(pred_ad, gene, pred_layer)
         lo, hi = _finite_range(measured, pred)
