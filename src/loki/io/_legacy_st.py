@@ -121,7 +121,8 @@ def _spots_to_keep(
 
 def _warn_anisotropic(name: str, linear: np.ndarray) -> None:
     sx, sy = axis_scales(linear)
-    if max(sx, sy) / min(sx, sy) - 1.0 > ANISOTROPY_WARN:
+    apart = max(sx, sy) / min(sx, sy) - 1.0
+    if apart > ANISOTROPY_WARN:
         logger.warning(
             "section %r: the spot file has %.2f px per array step along x but %.2f along y (%.0f%% apart, "
             "more than %.0f%%); microns_per_unit uses their geometric mean, so lengths along x and y are "
@@ -129,7 +130,7 @@ def _warn_anisotropic(name: str, linear: np.ndarray) -> None:
             name,
             sx,
             sy,
-            100 * (max(sx, sy) / min(sx, sy) - 1.0),
+            100 * apart,
             100 * ANISOTROPY_WARN,
             100 * (max(sx, sy) / scale_of(linear) - 1.0),
             extra={ANISOTROPY_RECORD: True},
