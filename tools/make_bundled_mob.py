@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = {
         "sections": list(SECTIONS),
         "spot_diameter_um": 100.0,
-        "spot_spacing_um": 100.0,
+        "array_step_um": 100.0,
         "image_scale": {},
     }
     for name in SECTIONS:

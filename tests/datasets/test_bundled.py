@@ -87,7 +87,7 @@ def test_mob_records_spacing_and_states_its_anisotropy_once(caplog):
     assert sdata.tables["MOB1"].uns["loki"]["spot_spacing_um"] == pytest.approx(100 * np.sqrt(2))
     d = shared_path("stutility_mob")
     with caplog.at_level("WARNING", logger="loki"):
-        lk.io.read_legacy_st(d / "MOB1.tsv", d / "alignment_table_MOB1.tsv", name="MOB1", spot_spacing_um=100)
+        lk.io.read_legacy_st(d / "MOB1.tsv", d / "alignment_table_MOB1.tsv", name="MOB1", array_step_um=100)
     assert "21.62 px per array step along x but 24.05 along y (11% apart" in caplog.text
 
 

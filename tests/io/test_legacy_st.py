@@ -269,7 +269,7 @@ def test_read_legacy_st_records_the_centre_to_centre_spacing():
     square = lk.io.read_legacy_st(counts, spots, name="S").tables["S"].uns["loki"]
     assert square["spot_spacing_um"] == pytest.approx(200.0)  # 1k array: neighbours one 200 µm step apart
     keep = ((spots["x"] + spots["y"]) % 2 == 0).to_numpy()
-    checker = lk.io.read_legacy_st(counts[keep], spots[keep], name="S", spot_spacing_um=100.0)
+    checker = lk.io.read_legacy_st(counts[keep], spots[keep], name="S", array_step_um=100.0)
     uns = checker.tables["S"].uns["loki"]
     # 2k array: 100 µm array steps, neighbours diagonal
     assert uns["spot_spacing_um"] == pytest.approx(100.0 * np.sqrt(2.0))
@@ -319,7 +319,7 @@ def test_read_legacy_st_warns_on_checkerboard_with_1k_spacing(caplog):
     keep = ((spots["x"] + spots["y"]) % 2 == 0).to_numpy()
     with caplog.at_level("WARNING", logger="loki"):
         lk.io.read_legacy_st(counts[keep], spots[keep], name="S")
-    assert "spot_spacing_um=100" in caplog.text
+    assert "array_step_um=100" in caplog.text
 
 
 def test_read_legacy_st_sections_merges_with_per_section_options():
@@ -354,7 +354,7 @@ def _values_at_spots(sdata, name: str, image_scale: float = 1.0) -> np.ndarray:
 def test_read_legacy_st_real_mob_section():
     d = shared_path("stutility_mob")
     sdata = lk.io.read_legacy_st(
-        d / "MOB1.tsv", d / "alignment_table_MOB1.tsv", d / "MOB1.jpg", name="MOB1", spot_spacing_um=100.0
+        d / "MOB1.tsv", d / "alignment_table_MOB1.tsv", d / "MOB1.jpg", name="MOB1", array_step_um=100.0
     )
     table = sdata.tables["MOB1"]
     assert table.n_obs == 379

@@ -96,7 +96,7 @@ def mob(sections: Sequence[str] | str = ("MOB1", "MOB2", "MOB3", "MOB4")) -> Spa
     logger.addFilter(quiet)
     try:
         sdata = read_legacy_st_sections(
-            specs, spot_diameter_um=manifest["spot_diameter_um"], spot_spacing_um=manifest["spot_spacing_um"]
+            specs, spot_diameter_um=manifest["spot_diameter_um"], array_step_um=manifest["array_step_um"]
         )
     finally:
         logger.removeFilter(quiet)

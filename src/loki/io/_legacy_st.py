@@ -152,7 +152,7 @@ def _validate(
     counts: pd.DataFrame,
     spots: pd.DataFrame,
     spot_diameter_um: float,
-    spot_spacing_um: float,
+    array_step_um: float,
     image_scale: float,
 ) -> None:
     missing = [c for c in _SPOT_COLUMNS if c not in spots.columns]
@@ -164,7 +164,7 @@ def _validate(
     check_array_finite(spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64), "Spot file pixel_x/pixel_y")
     for name, value in (
         ("spot_diameter_um", spot_diameter_um),
-        ("spot_spacing_um", spot_spacing_um),
+        ("array_step_um", array_step_um),
         ("image_scale", image_scale),
     ):
         if not np.isfinite(value) or value <= 0:
@@ -193,7 +193,7 @@ def _section_parts(
     *,
     name: str,
     spot_diameter_um: float,
-    spot_spacing_um: float,
+    array_step_um: float,
     image_scale: float,
     selected_only: bool,
     coordinate_system: str,
@@ -209,7 +209,7 @@ def _section_parts(
     sources = (_describe(counts, "counts"), _describe(spots, "spot"))
     counts = _read_counts(counts)
     spots = _read_table(spots, "Spot")
-    _validate(counts, spots, spot_diameter_um, spot_spacing_um, image_scale)
+    _validate(counts, spots, spot_diameter_um, array_step_um, image_scale)
 
     spots = spots.set_index(_spot_ids(spots))
     if not spots.index.is_unique:
@@ -224,13 +224,13 @@ def _section_parts(
     linear = array_to_pixel_fit(array_xy, spots[["pixel_x", "pixel_y"]].to_numpy())
     _warn_anisotropic(name, linear)
     px_per_unit = scale_of(linear)
-    if is_checkerboard(array_xy) and spot_spacing_um == 200.0:
+    if is_checkerboard(array_xy) and array_step_um == 200.0:
         logger.warning(
             "Spots of section %r sit on a checkerboard of the array grid (legacy ST 2k array?); one array unit "
-            "is then 100 µm: pass spot_spacing_um=100 if so.",
+            "is then 100 µm: pass array_step_um=100 if so.",
             name,
         )
-    microns_per_unit = spot_spacing_um / px_per_unit
+    microns_per_unit = array_step_um / px_per_unit
 
     counts = counts.loc[keep]
     spots = spots.loc[keep]
@@ -255,7 +255,7 @@ def _section_parts(
     uns: dict[str, Any] = {
         "spot_diameter_um": float(spot_diameter_um),
         "microns_per_unit": float(microns_per_unit),
-        "spot_spacing_um": float(spot_spacing_um * nearest_spot_distance(array_xy)),
+        "spot_spacing_um": float(array_step_um * nearest_spot_distance(array_xy)),
     }
 
     images: dict[str, Any] = {}
@@ -310,7 +310,7 @@ def read_legacy_st(
     *,
     name: str,
     spot_diameter_um: float = 100.0,
-    spot_spacing_um: float = 200.0,
+    array_step_um: float = 200.0,
     image_scale: float = 1.0,
     selected_only: bool = True,
     coordinate_system: str = Key.GLOBAL_CS,
@@ -337,7 +337,7 @@ def read_legacy_st(
         Must be a valid SpatialData element name (letters, digits, ``_``, ``-``, ``.``).
     spot_diameter_um
         Physical spot diameter (legacy ST: 100 µm).
-    spot_spacing_um
+    array_step_um
         Physical length of one *step of the array coordinates* ``x``/``y``, which is not always the
         distance between neighbouring spot centres: 200 µm on 1k arrays (spots on a square grid, so
         neighbours are one step apart); 100 µm on 2k arrays, whose spots sit on a checkerboard of a
@@ -403,7 +403,7 @@ def read_legacy_st(
         image,
         name=name,
         spot_diameter_um=spot_diameter_um,
-        spot_spacing_um=spot_spacing_um,
+        array_step_um=array_step_um,
         image_scale=image_scale,
         selected_only=selected_only,
         coordinate_system=coordinate_system,
