@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import spatialdata as sd
 from spatialdata.transformations import Affine, Identity, Scale, Sequence, get_transformation
 
 import loki as lk
@@ -636,3 +637,21 @@ def test_restacking_onto_another_target_gives_a_fresh_stack(sequential):
         assert sorted(sdata[section].uns[Key.UNS][Key.ALIGNED]) == sorted(
             fresh[section].uns[Key.UNS][Key.ALIGNED]
         )
+
+
+def test_restacking_a_stored_section_names_the_stale_shapes_left_on_disk(tmp_path, caplog):
+    """The stale shapes are removed in memory only; a SpatialData read from zarr is told how to drop them."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
+    lk.tl.align_sections(sdata, target="MOB1", progress=False, **_FAST)
+    sdata.write(tmp_path / "stack.zarr")
+    stored = sd.read_zarr(tmp_path / "stack.zarr")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.align_sections(stored, target="MOB2", progress=False, **_FAST)
+    assert "MOB2_spots_aligned" not in stored.shapes
+    assert "shapes/MOB2_spots_aligned" in stored.elements_paths_on_disk()
+    assert [r.getMessage() for r in caplog.records if "zarr store" in r.getMessage()] == [
+        f"the shapes element 'MOB2_spots_aligned' was removed in memory but is still in the zarr store "
+        f"{str(stored.path)!r}: remove it there with sdata.delete_element_from_disk('MOB2_spots_aligned') "
+        "before writing the result back."
+    ]

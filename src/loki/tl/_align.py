@@ -783,7 +783,10 @@ def align_sections(
     ``key_added`` (e.g. a stack onto another section) placed them elsewhere: that alignment's entry
     is replaced, and its shapes of aligned spots are removed, so that the target's entry, elements and
     shapes agree, as after a first stack onto it. An INFO log names the removed shapes; a warning names
-    the target's alignments under other keys that had placed it in the same coordinate system.
+    the target's alignments under other keys that had placed it in the same coordinate system. Like
+    every change here, the removal is made in memory: when the SpatialData was read from a zarr store
+    that holds those shapes, a warning says how to delete them there
+    (``sdata.delete_element_from_disk``).
 
     Every section is checked before any is written: sections named twice (or one object given twice),
     and an element (e.g. one slide image) that two sections of the stack would place, are refused.

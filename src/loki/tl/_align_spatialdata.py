@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ from loki._utils._spatialdata import (
     table_attrs,
     table_region,
 )
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 ImageKeys = str | Sequence[str] | None
 
@@ -363,9 +366,33 @@ def replace_stack_target(tgt: Section, key_added: str, cs: str) -> None:
             key_added,
             cs,
         )
+        _warn_still_on_disk(tgt.data, "shapes", shapes)
     earlier = _alignments_in(tgt, cs, but=key_added)
     if earlier:
         _warn_target_put_back(tgt, cs, earlier, "the stack", "Pass coordinate_system= to keep both.")
+
+
+def _warn_still_on_disk(sdata: SpatialData, element_type: str, name: str) -> None:
+    """Warn that an element removed in memory is still in the zarr store ``sdata`` was read from.
+
+    Like every loki tool, the alignment changes the object in memory only; an element it removed
+    would come back when the store is read again, so the user is told how to remove it there.
+    """
+    if sdata.path is None:
+        return
+    try:
+        on_disk = f"{element_type}/{name}" in sdata.elements_paths_on_disk()
+    except Exception:  # a store that cannot be listed (moved, deleted) is no reason to fail the alignment
+        return
+    if on_disk:
+        logger.warning(
+            "the %s element %r was removed in memory but is still in the zarr store %r: remove it there "
+            "with sdata.delete_element_from_disk(%r) before writing the result back.",
+            element_type,
+            name,
+            str(sdata.path),
+            name,
+        )
 
 
 def _instance_ids(table: AnnData) -> np.ndarray:
