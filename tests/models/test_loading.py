@@ -641,9 +641,17 @@ def test_hub_errors_say_what_to_do(monkeypatch, kind, err, match):
         raise _hub_error(kind)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    monkeypatch.setattr(_loading, "_hub_host_resolves", lambda: True)  # as on a machine with DNS
     with pytest.raises(err, match=match) as info:
         lk.models.load("omiclip", token="hf_x", device="cpu")
-    assert calls == [{"repo_id": "WangGuangyuLab/Loki", "filename": "checkpoint.pt", "token": "hf_x"}]
+    assert calls == [
+        {
+            "repo_id": "WangGuangyuLab/Loki",
+            "filename": "checkpoint.pt",
+            "token": "hf_x",
+            "local_files_only": False,
+        }
+    ]
     assert "lk.models.load(Path('.../checkpoint.pt'))" in str(info.value)
     assert isinstance(info.value.__cause__, type(_hub_error(kind)))
 
@@ -656,8 +664,61 @@ def test_other_hub_errors_pass_unchanged(monkeypatch):
         raise _hub_error("500")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    monkeypatch.setattr(_loading, "_hub_host_resolves", lambda: True)
     with pytest.raises(HfHubHTTPError, match="500 Client Error"):
         lk.models.load("hf-hub:org/repo", device="cpu")
+
+
+def _no_dns(monkeypatch):
+    import socket
+
+    def fail(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+
+
+def test_without_dns_the_hub_is_skipped_for_the_local_cache(monkeypatch, tmp_path):
+    """No host name resolution: huggingface_hub is asked for the cached file only (no ~25 s of retries)."""
+    import huggingface_hub
+
+    calls, cached = [], tmp_path / "checkpoint.pt"
+
+    def fake(**kwargs):
+        calls.append(kwargs)
+        return str(cached)
+
+    _no_dns(monkeypatch)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    assert _loading._hub_host_resolves() is False
+    assert _loading._hub_download("org/repo", "checkpoint.pt", None) == cached
+    assert calls == [
+        {"repo_id": "org/repo", "filename": "checkpoint.pt", "token": None, "local_files_only": True}
+    ]
+
+
+def test_without_dns_a_file_not_cached_is_named(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    def fake(**kwargs):
+        raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+
+    _no_dns(monkeypatch)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    with pytest.raises(
+        ConnectionError, match=r"host name does not resolve.*'checkpoint.pt'.*not in the local"
+    ):
+        lk.models.load("hf-hub:org/repo", device="cpu")
+
+
+def test_the_hub_host_is_not_looked_up_in_offline_mode(monkeypatch):
+    looked_up = []
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: looked_up.append(a))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert _loading._hub_host_resolves() is True
+    assert looked_up == []
 
 
 def test_refusing_an_unsafe_pickle_names_the_blocked_global_without_torchs_advice(tiny, tmp_path):

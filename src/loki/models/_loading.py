@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from loki._logging import logger
 from loki._utils import as_seed
@@ -424,12 +426,33 @@ def load_weights(model, state_dict: dict, *, source: str) -> None:
     model.load_state_dict(state_dict, strict=True)
 
 
+def _hub_host_resolves() -> bool:
+    """Whether the Hugging Face Hub's host name resolves (``False`` without DNS: no network at all).
+
+    With ``HF_HUB_OFFLINE`` set the Hub is never contacted, so this says ``True`` and leaves it to
+    huggingface_hub.
+    """
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
+    if constants.HF_HUB_OFFLINE or not host:
+        return True
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
 def _hub_download(repo_id: str, filename: str, token: str | None) -> Path:
     """Path of ``filename`` of the Hugging Face repository ``repo_id``, downloaded or from the local cache.
 
-    huggingface_hub's errors for a Hub it cannot reach (no network, or ``HF_HUB_OFFLINE`` set and the
-    file not cached) become a ``ConnectionError``, and those for a gated, private or unknown repository
-    (HTTP 401/403) a ``PermissionError``, each saying what to do. Other errors pass unchanged.
+    When the Hub's host name does not resolve (a machine without network, such as many compute nodes),
+    only the local cache is looked at: huggingface_hub would otherwise retry for about 25 s before
+    falling back to it. huggingface_hub's errors for a Hub it cannot reach (no network, or
+    ``HF_HUB_OFFLINE`` set and the file not cached) become a ``ConnectionError``, and those for a
+    gated, private or unknown repository (HTTP 401/403) a ``PermissionError``, each saying what to do.
+    Other errors pass unchanged.
     """
     try:
         from huggingface_hub import hf_hub_download
@@ -447,8 +470,15 @@ def _hub_download(repo_id: str, filename: str, token: str | None) -> Path:
         f"download it where the Hub is reachable (e.g. `hf download {repo_id} {filename}`) and pass its "
         f"local path: lk.models.load(Path('.../{Path(filename).name}'))"
     )
+    cache_only = not _hub_host_resolves()
+    if cache_only:
+        logger.info(
+            "the Hugging Face Hub's host does not resolve (no network?): looking in the local cache only"
+        )
     try:
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename, token=token))
+        return Path(
+            hf_hub_download(repo_id=repo_id, filename=filename, token=token, local_files_only=cache_only)
+        )
     except HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", None)
         if not (isinstance(err, GatedRepoError) or status in (401, 403)):
@@ -465,6 +495,11 @@ def _hub_download(repo_id: str, filename: str, token: str | None) -> Path:
     except (LocalEntryNotFoundError, ConnectionError, TimeoutError) as err:
         if isinstance(err, OfflineModeIsEnabled) or isinstance(err.__cause__, OfflineModeIsEnabled):
             problem = f"HF_HUB_OFFLINE is set and {where} is not in the local Hugging Face cache"
+        elif cache_only:
+            problem = (
+                f"the Hugging Face Hub's host name does not resolve (no network?), and {where} is not in "
+                "the local Hugging Face cache"
+            )
         else:
             problem = (
                 f"the Hugging Face Hub could not be reached for {where}, and the file is not in the "
@@ -498,8 +533,9 @@ def load(
           ``trust_checkpoint=True``, or convert it once with :func:`convert_to_safetensors`.
         - ``"hf-hub:org/repo"`` or ``"hf-hub:org/repo/file.pt"`` (default file ``checkpoint.pt``).
           A file already in the local Hugging Face cache is used when the Hub cannot be reached.
-          Without network access and without the file in the cache, huggingface_hub retries for about
-          25 s before loki raises (its retries cannot be shortened per call); the environment variable
+          On a machine whose DNS does not resolve the Hub's host (no network, as on many compute
+          nodes) only the cache is looked at, at once; when the host resolves but the Hub does not
+          answer, huggingface_hub retries for about 25 s first. The environment variable
           ``HF_HUB_OFFLINE=1`` skips the Hub altogether.
         - a path: a directory written by :meth:`OmiCLIP.save`, a ``.safetensors`` file, or an open_clip
           torch checkpoint (``{'state_dict': ...}``, with or without ``module.``, or a bare state dict).
