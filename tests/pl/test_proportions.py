@@ -34,7 +34,7 @@ def _panels(fig):
 
 
 def test_one_panel_per_type_with_the_spot_values(spots, tmp_path):
-    fig = lk.pl.proportions(spots, image=False, ncols=2, save=tmp_path / "p.png")
+    fig = lk.pl.proportions(spots, show_image=False, ncols=2, save=tmp_path / "p.png")
     panels = _panels(fig)
     assert [a.get_title() for a in panels] == ["Tumour", "Immune", "Stroma"]
     for panel in panels:
@@ -48,7 +48,7 @@ def test_one_panel_per_type_with_the_spot_values(spots, tmp_path):
 def test_subset_into_given_axes_over_an_image(spots):
     _, ax = plt.subplots()
     rgb = np.full((200, 200, 3), 200, np.uint8)
-    fig = lk.pl.proportions(spots, cell_types=["Immune"], image=rgb, ax=ax)
+    fig = lk.pl.proportions(spots, cell_types=["Immune"], show_image=rgb, ax=ax)
     assert fig is ax.figure
     assert ax.get_title() == "Immune"
     (img,) = (a for a in ax.get_children() if isinstance(a, AxesImage))
@@ -148,7 +148,7 @@ def test_image_less_table_beside_other_sections_and_other_coordinate_systems(rec
     assert len(panel.images) == 0
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
     with pytest.warns(UserWarning, match="table 'X' has no image of its own"):
-        lk.pl.proportions(sdata, table_key="X", image=True)
+        lk.pl.proportions(sdata, table_key="X", show_image=True)
 
     moved = small_section(coordinate_system="sample1")
     _with_proportions(moved)
@@ -160,7 +160,7 @@ def test_image_less_table_beside_other_sections_and_other_coordinate_systems(rec
 
 def test_grey_image_is_drawn_in_grey(spots):
     grey = np.tile(np.linspace(0, 255, 200, dtype=np.uint8), (200, 1))
-    (panel,) = _panels(lk.pl.proportions(spots, cell_types=["Immune"], image=grey))
+    (panel,) = _panels(lk.pl.proportions(spots, cell_types=["Immune"], show_image=grey))
     assert panel.images[0].get_cmap().name == "gray"
 
 

@@ -47,7 +47,7 @@ def annotation(
     table_key: str | None = None,
     image_key: str | None = None,
     coordinate_system: str = Key.GLOBAL_CS,
-    basis: str = Key.SPATIAL,
+    spatial_key: str = Key.SPATIAL,
     show_image: bool | None = None,
     spot_size: float | None = None,
     cmap: str = "coolwarm",
@@ -81,7 +81,7 @@ def annotation(
         Table and image of a SpatialData.
     coordinate_system
         Coordinate system of a SpatialData in which the image and the spot shapes are placed.
-    basis
+    spatial_key
         ``.obsm`` key of the spot coordinates (in the units of the table's spot shapes).
     show_image
         Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
@@ -129,7 +129,7 @@ def annotation(
     pixels, xy, size = section_spots(
         data,
         table,
-        basis=basis,
+        spatial_key=spatial_key,
         spot_size=spot_size,
         show_image=show_image,
         table_key=table_key,

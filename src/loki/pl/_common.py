@@ -228,7 +228,6 @@ def section_image(
     image_key: str | None,
     coordinate_system: str,
     requested: bool | None,
-    flag: str,
     max_side: int = 2000,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The section's H&E, small enough to draw, and the affine from its pixels to the spot coordinates.
@@ -245,10 +244,8 @@ def section_image(
     coordinate_system
         Coordinate system in which the image and the spot shapes are compared.
     requested
-        The caller's ``flag`` (``show_image`` / ``image``): None draws the image when the section has
-        one; True does too, with a warning when there is none; False draws none.
-    flag
-        Name of that parameter, for the warning.
+        The caller's ``show_image``: None draws the image when the section has one; True does too,
+        with a warning when there is none; False draws none.
     max_side
         Longest side of the returned image (see :func:`loki._utils._spatialdata.lowres_image`).
 
@@ -262,7 +259,7 @@ def section_image(
         return None
     if not is_spatialdata(data):
         if requested:
-            _no_image(f"an AnnData holds no image ({flag}=True)", warn=True)
+            _no_image("an AnnData holds no image (show_image=True)", warn=True)
         return None
     table = get_table(data, table_key)
     key = table_key if table_key is not None else next(k for k, t in data.tables.items() if t is table)
@@ -329,15 +326,15 @@ def frame_spots(ax: Axes, xy: np.ndarray) -> None:
 
 
 def section_spots(
-    data, table: AnnData, *, basis: str, spot_size: float | None, show_image: bool | None, **where
+    data, table: AnnData, *, spatial_key: str, spot_size: float | None, show_image: bool | None, **where
 ) -> tuple[np.ndarray | None, np.ndarray, float]:
     """The section's image (None without one), its spots in display coordinates and the marker size.
 
     Display coordinates are the image's pixels when there is an image, else the spot coordinates.
     ``where`` takes ``table_key``, ``image_key`` and ``coordinate_system`` (see :func:`section_image`).
     """
-    xy = coordinates(table, basis)
-    background = section_image(data, requested=show_image, flag="show_image", **where)
+    xy = coordinates(table, spatial_key)
+    background = section_image(data, requested=show_image, **where)
     pixels, to_display = (
         (None, np.eye(3)) if background is None else (background[0], np.linalg.inv(background[1]))
     )

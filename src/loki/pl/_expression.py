@@ -49,7 +49,7 @@ def expression(
     table_key: str | None = None,
     image_key: str | None = None,
     coordinate_system: str = Key.GLOBAL_CS,
-    basis: str = Key.SPATIAL,
+    spatial_key: str = Key.SPATIAL,
     show_image: bool | None = None,
     spot_size: float | None = None,
     cmap: str = "viridis",
@@ -76,7 +76,7 @@ def expression(
         Table and image of a SpatialData.
     coordinate_system
         Coordinate system of a SpatialData in which the image and the spot shapes are placed.
-    basis
+    spatial_key
         ``.obsm`` key of the spot coordinates (in the units of the table's spot shapes).
     show_image
         Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
@@ -84,8 +84,8 @@ def expression(
     spot_size, cmap
         Marker size and colour map; spots with a missing (NaN) value are drawn in light grey.
     ax
-        ``2 * len(genes)`` axes to draw into (measured, predicted for each gene in turn); default a
-        new figure.
+        ``2 * len(genes)`` axes to draw into (measured, predicted for each gene in turn), as a list
+        or an array; default a new figure.
     show
         Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
     save
@@ -117,7 +117,7 @@ def expression(
     pixels, xy, size = section_spots(
         data,
         table,
-        basis=basis,
+        spatial_key=spatial_key,
         spot_size=spot_size,
         show_image=show_image,
         table_key=table_key,

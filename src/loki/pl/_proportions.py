@@ -40,7 +40,7 @@ def proportions(
     cell_types: Sequence[str] | None = None,
     table_key: str | None = None,
     spatial_key: str = Key.SPATIAL,
-    image: bool | np.ndarray | None = None,
+    show_image: bool | np.ndarray | None = None,
     image_key: str | None = None,
     coordinate_system: str = Key.GLOBAL_CS,
     ncols: int = 4,
@@ -68,10 +68,10 @@ def proportions(
         Table of a SpatialData (may be omitted when there is one).
     spatial_key
         ``.obsm`` key of spot centres (in the units of the table's spot shapes).
-    image
-        By default, draw the section's H&E under the spots when ``data`` is a SpatialData whose
-        table has an image; ``True`` does too and warns when there is none; an RGB (y, x, 3) or grey
-        (y, x) array: draw it (pixel coordinates = spot coordinates); ``False``: no image.
+    show_image
+        Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
+        ``True`` warns when there is none; ``False`` never. Or an RGB (y, x, 3) or grey (y, x) array
+        to draw (its pixel coordinates are the spot coordinates).
     image_key
         Image of a SpatialData (default: the section's image).
     coordinate_system
@@ -116,19 +116,18 @@ def proportions(
         require_keys(columns, cell_types, f"the columns of adata.obsm[{key!r}]")
     if len(cell_types) == 0:
         raise ValueError("No cell types to plot.")
-    if isinstance(image, np.ndarray) and image.ndim not in (2, 3):
-        raise ValueError(f"image must be (y, x) or (y, x, c), got shape {image.shape}.")
+    if isinstance(show_image, np.ndarray) and show_image.ndim not in (2, 3):
+        raise ValueError(f"show_image as an array must be (y, x) or (y, x, c), got shape {show_image.shape}.")
     colours = value_colormap(cmap)
-    if isinstance(image, np.ndarray):
-        background = image, None  # drawn in spot coordinates as it is
+    if isinstance(show_image, np.ndarray):
+        background = show_image, None  # drawn in spot coordinates as it is
     else:
         background = section_image(
             data,
             table_key=table_key,
             image_key=image_key,
             coordinate_system=coordinate_system,
-            requested=image,
-            flag="image",
+            requested=show_image,
         )
 
     fig, axes = panel_grid(len(cell_types), ncols, ax, size=panel_size, aspect=1.15)

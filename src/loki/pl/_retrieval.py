@@ -39,7 +39,7 @@ def retrieval_gallery(
     n_queries: int = 4,
     n_hits: int = 5,
     truth: Sequence[int] | None = None,
-    size: float = 1.8,
+    panel_size: float = 1.8,
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
@@ -57,12 +57,12 @@ def retrieval_gallery(
     queries
         Query positions to show (default: the first ``n_queries`` in ``hits``).
     n_queries, n_hits
-        How many queries (rows) and hits per query (columns).
+        How many queries (rows) and hits per query (columns); at least one each.
     truth
         Bank position of each query's own pair (indexed by query position); a hit that is the true
         pair gets a green frame.
-    size
-        Inches per patch.
+    panel_size
+        Side of one patch's panel in inches.
     ax
         Axes to draw into, one per patch: a rows x columns grid (one row per query; the query, then
         ``n_hits`` hits), or the same axes flattened row by row; default a new figure.
@@ -78,6 +78,9 @@ def retrieval_gallery(
 
     """
     require_keys(hits.columns, _COLUMNS, "hits.columns")
+    for name, value in (("n_queries", n_queries), ("n_hits", n_hits)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}.")
     qimg, bimg = _as_hwc(query_images, "query_images"), _as_hwc(bank_images, "bank_images")
     if queries is None:
         queries = list(pd.unique(hits["query_index"]))[:n_queries]
@@ -102,7 +105,7 @@ def retrieval_gallery(
     empty = [q for q, top in zip(queries, tops, strict=True) if top.empty]
     if empty:
         raise ValueError(f"hits hold no row for queries {empty}.")
-    fig, flat = panel_grid(len(queries) * (n_hits + 1), n_hits + 1, ax, size=size)
+    fig, flat = panel_grid(len(queries) * (n_hits + 1), n_hits + 1, ax, size=panel_size)
     axes = np.reshape(np.asarray(flat, dtype=object), (len(queries), n_hits + 1))
     for row, q, top in zip(axes, queries, tops, strict=True):
         row[0].imshow(qimg[q])
