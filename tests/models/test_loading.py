@@ -768,3 +768,10 @@ def test_docs_load_the_published_checkpoint_with_trust():
     ]
     assert calls
     assert [c for c in calls if "trust_checkpoint=True" not in c[1]] == []
+
+
+def test_an_unknown_name_lists_lokis_architectures_and_suggests_the_closest():
+    with pytest.raises(
+        FileNotFoundError, match=r"loki's: loki-tiny, loki-small-data.*Did you mean 'loki-tiny'\?"
+    ):
+        lk.models.load("loki-tinyy", device="cpu")

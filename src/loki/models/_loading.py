@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -14,7 +15,7 @@ from loki._utils import as_seed
 
 from ._omiclip import META_FILE, PRECISIONS, WEIGHTS_FILE, OmiCLIP, check_patch_um, resolve_device
 from ._open_clip_logging import quiet_open_clip
-from ._registry import DEFAULT_ARCH, PUBLISHED, is_known_arch, register_configs
+from ._registry import DEFAULT_ARCH, PUBLISHED, is_known_arch, loki_configs, register_configs
 from ._small import SMALL_ARCHS
 
 HF_PREFIX = "hf-hub:"
@@ -638,9 +639,13 @@ def load(
         model = create_architecture(name, seed=seed)
         logger.info("created %r with random weights (seed=%d): train it before use", name, seed)
         return OmiCLIP(model, arch=name, name=name, device=device_t, precision=precision, trained=False)
+    loki_archs = [*loki_configs(), *SMALL_ARCHS]
+    close = difflib.get_close_matches(str(name_or_path), [*PUBLISHED, *loki_archs], n=1)
     raise FileNotFoundError(
         f"{name_or_path!r} is neither a file, a directory saved by OmiCLIP.save, a published name "
-        f"({', '.join(PUBLISHED)}), an 'hf-hub:' id nor an open_clip architecture"
+        f"({', '.join(PUBLISHED)}), an 'hf-hub:' id nor an open_clip architecture (loki's: "
+        f"{', '.join(loki_archs)}; all: open_clip.list_models())"
+        + (f". Did you mean {close[0]!r}?" if close else ".")
     )
 
 
