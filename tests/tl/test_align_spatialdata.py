@@ -655,3 +655,79 @@ def test_restacking_a_stored_section_names_the_stale_shapes_left_on_disk(tmp_pat
         f"{str(stored.path)!r}: remove it there with sdata.delete_element_from_disk('MOB2_spots_aligned') "
         "before writing the result back."
     ]
+
+
+def _in_a_scaled_rotated_global(sections):
+    """Every element of the sections with Scale 0.5 and a 30 deg rotation (plus a shift) into 'global'."""
+    from spatialdata.transformations import set_transformation
+
+    sdata = lk.datasets.mob(sections)
+    theta = np.deg2rad(30)
+    rotation = np.array(
+        [[np.cos(theta), -np.sin(theta), 100.0], [np.sin(theta), np.cos(theta), -50.0], [0.0, 0.0, 1.0]]
+    )
+    for name in [*sdata.images, *sdata.shapes]:
+        placed = Sequence(
+            [
+                get_transformation(sdata[name], Key.GLOBAL_CS),
+                Scale([0.5, 0.5], axes=("x", "y")),
+                Affine(rotation, input_axes=("x", "y"), output_axes=("x", "y")),
+            ]
+        )
+        set_transformation(sdata[name], placed, Key.GLOBAL_CS)
+    return sdata
+
+
+def test_chaining_onto_a_stack_target_lands_where_aligning_onto_it_does(caplog):
+    """A stack target's recorded coordinates are its own: chained onto them (target_spatial_key=key_added),
+    a section lands where aligning it onto the target directly puts it, also when the target's spots are
+    scaled and rotated into 'global'."""
+    sections = ("MOB1", "MOB2", "MOB3")
+    direct, chained = _in_a_scaled_rotated_global(sections), _in_a_scaled_rotated_global(sections)
+    lk.tl.align(direct, source="MOB3", target="MOB1", **_FAST)
+    lk.tl.align_sections(chained, target="MOB1", sections=["MOB1", "MOB2"], progress=False, **_FAST)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="loki"):
+        lk.tl.align(chained, source="MOB3", target="MOB1", target_spatial_key=Key.ALIGNED, **_FAST)
+    assert _warnings(caplog) == []  # no physical_units disagreement between the frames
+    for name in ("MOB1_spots", "MOB3_spots", "MOB3_spots_aligned"):
+        np.testing.assert_allclose(
+            _positions(chained, name), _positions(direct, name), atol=1e-6, err_msg=name
+        )
+
+
+def test_chaining_onto_an_alignment_in_another_coordinate_system_is_refused():
+    """The target's coordinates of an alignment placed in 'rigid' do not place it in 'aligned': the call
+    is refused, naming the coordinate system to chain in, where the chain is consistent."""
+    sdata, reference = lk.datasets.mob(("MOB1", "MOB2", "MOB3")), lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
+    _in_own_units(sdata, "MOB1", 2.0)  # MOB2's 'spatial_rigid' coordinates are in MOB1's units
+    for data in (sdata, reference):
+        lk.tl.align(data, source="MOB2", target="MOB1", key_added="spatial_rigid", **_FAST)
+    with pytest.raises(ValueError, match="Pass coordinate_system='rigid' to chain onto it there"):
+        lk.tl.align(sdata, source="MOB3", target="MOB2", target_spatial_key="spatial_rigid", **_FAST)
+    assert _written(sdata, source="MOB3", targets=("MOB2_image", "MOB2_spots")) == (False, [], [])
+    for data in (sdata, reference):
+        lk.tl.align(
+            data,
+            source="MOB3",
+            target="MOB2",
+            target_spatial_key="spatial_rigid",
+            coordinate_system="rigid",
+            **_FAST,
+        )
+    for name in ("MOB1_spots", "MOB2_spots_rigid", "MOB3_spots", "MOB3_spots_aligned"):
+        np.testing.assert_allclose(
+            _positions(sdata, name, "rigid"), _positions(reference, name, "rigid"), atol=1e-6, err_msg=name
+        )
+
+
+def test_a_stack_keeps_its_targets_shapes_placed_in_another_coordinate_system():
+    """The target's earlier alignment under key_added placed it in 'other': the stack (in 'aligned')
+    leaves its elements there, so it keeps the shapes that agree with them."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
+    lk.tl.align(sdata, source="MOB1", target="MOB2", coordinate_system="other", **_FAST)
+    lk.tl.align_sections(sdata, target="MOB1", sections=["MOB1", "MOB3"], progress=False, **_FAST)
+    assert "MOB1_spots_aligned" in sdata.shapes
+    np.testing.assert_allclose(
+        _positions(sdata, "MOB1_spots_aligned", "other"), _positions(sdata, "MOB1_spots", "other"), atol=1e-6
+    )

@@ -224,24 +224,49 @@ def source_to_cs(src: Section, in_cs: str) -> np.ndarray:
     )
 
 
+def _record(section: Section, key: str) -> dict | None:
+    """The section's alignment entry ``.uns['loki'][key]``, or None."""
+    entry = section.table.uns.get(Key.UNS, {}).get(key)
+    return entry if isinstance(entry, dict) else None
+
+
 def target_to_cs(tgt: Section, key: str, spatial_key: str, in_cs: str, out_cs: str) -> np.ndarray:
     """3x3 map from the target table's coordinates ``.obsm[key]`` into ``out_cs``.
 
     The target's own coordinates are its spots' (:func:`source_to_cs`), and the target is placed in
-    ``out_cs`` as it lies in ``in_cs``. An earlier alignment's coordinates (``key != spatial_key``, a
-    stack) lie in the frame of the shapes element that alignment wrote, placed in ``out_cs``.
+    ``out_cs`` as it lies in ``in_cs``. So are the coordinates an :func:`align_sections` stack
+    recorded for its target (``method="target"``), except that a target its stack (or another
+    alignment) already placed in ``out_cs`` is taken where its spots lie there. An earlier alignment's
+    coordinates (``key != spatial_key``, the target was its source) lie in the frame of the shapes
+    element that alignment wrote, placed in the coordinate system it recorded; chaining onto them
+    into another coordinate system is refused, since the target's elements are placed by them there
+    only. Coordinates with neither (no such shapes) are taken as they are.
     """
     if not is_spatialdata(tgt.data):
         return np.eye(3)
-    if key != spatial_key:
-        earlier = shapes_name(tgt, key)
-        if earlier is not None and earlier in tgt.data.shapes:
-            from spatialdata.transformations import get_transformation
+    if key == spatial_key:
+        return source_to_cs(tgt, in_cs)
+    record = _record(tgt, key) or {}
+    from spatialdata.transformations import get_transformation
 
-            if out_cs in get_transformation(tgt.data.shapes[earlier], get_all=True):
-                return affine_to(tgt.data.shapes[earlier], out_cs, f"the target's shapes {earlier!r}")
-        return np.eye(3)
-    return source_to_cs(tgt, in_cs)
+    if record.get("method") == "target":  # its own coordinates
+        spots = section_shapes(tgt.data, tgt.table)
+        if spots is not None and out_cs in get_transformation(spots, get_all=True):
+            return affine_to(spots, out_cs, f"the target spots {table_region(tgt.table)!r}")
+        return source_to_cs(tgt, in_cs)
+    placed_in = record.get("coordinate_system")
+    if placed_in is not None and str(placed_in) != out_cs:
+        raise ValueError(
+            f"The target's coordinates .obsm[{key!r}] are those of its alignment {key!r}, which placed the "
+            f"target section {tgt.name!r} in coordinate system {str(placed_in)!r}; this alignment writes to "
+            f"{out_cs!r}, where they do not place it (nor the section it was aligned onto). Pass "
+            f"coordinate_system={str(placed_in)!r} to chain onto it there; nothing was written."
+        )
+    earlier = record.get("shapes") or shapes_name(tgt, key)
+    if earlier is not None and earlier in tgt.data.shapes:
+        if out_cs in get_transformation(tgt.data.shapes[earlier], get_all=True):
+            return affine_to(tgt.data.shapes[earlier], out_cs, f"the target's shapes {earlier!r}")
+    return np.eye(3)
 
 
 def check_spot_frame(section: Section, key: str, in_cs: str, role: str) -> None:
@@ -348,25 +373,38 @@ def replace_stack_target(tgt: Section, key_added: str, cs: str) -> None:
 
     The stack places its target at its own coordinates and records it under ``key_added``, so the
     shapes of aligned spots that the target's earlier alignment under ``key_added`` wrote (when it was
-    a source, e.g. of a stack onto another section) are removed. Earlier alignments under other keys
-    that placed it in ``cs`` keep their shapes, which no longer agree with its elements there: a warning
-    says so. Call it after every alignment of the stack has succeeded.
+    a source, e.g. of a stack onto another section) are removed when that alignment placed it in
+    ``cs`` too. When it placed it in another coordinate system, the stack leaves the target's elements
+    there, and the shapes stay with them. Earlier alignments under other keys that placed it in ``cs``
+    keep their shapes, which no longer agree with its elements there: a warning says so. Call it after
+    every alignment of the stack has succeeded.
     """
     if not is_spatialdata(tgt.data):
         return
-    record = tgt.table.uns.get(Key.UNS, {}).get(key_added)
-    shapes = record.get("shapes") if isinstance(record, dict) else None
+    record = _record(tgt, key_added) or {}
+    shapes = record.get("shapes")
+    placed_in = record.get("coordinate_system")
     if shapes is not None and shapes in tgt.data.shapes:
-        del tgt.data.shapes[shapes]
-        logger.info(
-            "removed shapes %r of the target section %r: its earlier alignment %r is replaced, and the "
-            "target is placed in coordinate system %r at its own coordinates",
-            shapes,
-            tgt.name,
-            key_added,
-            cs,
-        )
-        _warn_still_on_disk(tgt.data, "shapes", shapes)
+        if placed_in is None or str(placed_in) == cs:
+            del tgt.data.shapes[shapes]
+            logger.info(
+                "removed shapes %r of the target section %r: its earlier alignment %r is replaced, and the "
+                "target is placed in coordinate system %r at its own coordinates",
+                shapes,
+                tgt.name,
+                key_added,
+                cs,
+            )
+            _warn_still_on_disk(tgt.data, "shapes", shapes)
+        else:
+            logger.info(
+                "kept shapes %r of the target section %r: its earlier alignment %r, whose entry is replaced, "
+                "placed it and them in coordinate system %r, which the stack leaves as it is",
+                shapes,
+                tgt.name,
+                key_added,
+                str(placed_in),
+            )
     earlier = _alignments_in(tgt, cs, but=key_added)
     if earlier:
         _warn_target_put_back(tgt, cs, earlier, "the stack", "Pass coordinate_system= to keep both.")
