@@ -89,8 +89,12 @@ def test_crop_patches_rejects_bad_input():
         lk.pp.crop_patches(image, np.zeros((1, 2)), 0, 8)
     with pytest.raises(ValueError, match="non-finite"):
         lk.pp.crop_patches(image, np.array([[np.nan, 1.0]]), 5, 8)
-    with pytest.raises(ValueError, match="uint8"):
-        lk.pp.crop_patches(image.astype(np.float32), np.zeros((1, 2)), 5, 8)
+    with pytest.raises(
+        ValueError, match=r"float image must hold values in \[0, 1\].*Convert the image to uint8"
+    ):
+        lk.pp.crop_patches(image.astype(np.float32), np.zeros((1, 2)), 5, 8)  # 0-255 as floats
+    with pytest.raises(ValueError, match=r"uint8 \(RGB 0-255\) or float with values in \[0, 1\], got int16"):
+        lk.pp.crop_patches(image.astype(np.int16), np.zeros((1, 2)), 5, 8)
     with pytest.raises(ValueError, match="size must be a positive integer"):
         lk.pp.crop_patches(image, np.zeros((1, 2)), 5, 0)
 
@@ -99,7 +103,7 @@ def test_spot_patches_maps_through_transformation_and_picks_level():
     # global units = 2 x level-0 pixels; spot diameter 100 units = 50 px at level 0, 25 at level 1
     centers = np.array([[400.0, 400.0], [1000.0, 800.0], [5.0, 400.0]])
     sdata = _section(centers)
-    patches = lk.pp.spot_patches(sdata, size=16, chunk_size=2)
+    patches = lk.pp.spot_patches(sdata, size=16, chunk_size=2, key_added=Key.PATCH_OK)
     assert isinstance(patches, da.Array)
     assert patches.shape == (3, 16, 16, 3)
     assert patches.chunks[0] == (2, 1)
@@ -134,12 +138,13 @@ def test_spot_patches_without_shapes_uses_uns_diameter():
     sdata = _section(
         np.array([[400.0, 400.0]]), with_shapes=False, uns={"spot_diameter_um": 50.0, "microns_per_unit": 1.0}
     )
-    lk.pp.spot_patches(sdata, size=8)
+    lk.pp.spot_patches(sdata, size=8, key_added=Key.PATCH_OK)
     assert sdata.tables["S"].uns["loki"][Key.PATCH_OK]["diameter_px"] == pytest.approx(25.0 / 2)  # level 1
     sdata = _section(np.array([[400.0, 400.0]]), with_shapes=False)
     with pytest.raises(ValueError, match="Cannot tell the spot size"):
         lk.pp.spot_patches(sdata, size=8)
-    with pytest.raises(ValueError, match="microns_per_unit"):
+    # the message says how to set the scale, with the Visium recipe
+    with pytest.raises(ValueError, match=r"microns_per_unit.*found None\. Set it as .*55 / scalefactors"):
         lk.pp.spot_patches(sdata, size=8, diameter_um=55.0)
 
 
@@ -188,7 +193,7 @@ def test_spot_patches_centres_of_polygon_spots_and_square_pixels_only():
     with pytest.raises(ValueError, match="fill must be an integer grey level"):
         lk.pp.crop_patches(_pattern(), centers, 48.0, 12, fill=300)
     with pytest.raises(ValueError, match="key_added must be a non-empty string"):
-        lk.pp.spot_patches(_section(centers), key_added=None)
+        lk.pp.spot_patches(_section(centers), key_added="")
 
 
 def test_spot_patches_bad_input_writes_nothing():
@@ -243,7 +248,7 @@ def _mob_section():
 
 def test_spot_patches_on_real_mob_image():
     sdata = _mob_section()
-    patches = lk.pp.spot_patches(sdata, size=32)
+    patches = lk.pp.spot_patches(sdata, size=32, key_added=Key.PATCH_OK)
     table = sdata.tables["MOB1"]
     assert patches.shape == (table.n_obs, 32, 32, 3)
     assert table.obs[Key.PATCH_OK].mean() > 0.95
@@ -259,7 +264,7 @@ def test_spot_patches_with_io_reader():
     sdata = lk.io.read_legacy_st(
         mob / "MOB1.tsv", mob / "alignment_table_MOB1.tsv", mob / "MOB1.jpg", name="MOB1"
     )
-    patches = lk.pp.spot_patches(sdata, size=16)
+    patches = lk.pp.spot_patches(sdata, size=16, key_added=Key.PATCH_OK)
     table = next(iter(sdata.tables.values()))
     assert patches.shape == (table.n_obs, 16, 16, 3)
     assert table.obs[Key.PATCH_OK].dtype == bool
@@ -372,3 +377,69 @@ def test_patches_grouped_by_area_read_few_blocks_a_chunk_and_match_table_order()
                 )  # bit-identical
     assert reads["table"] > 4  # each chunk of randomly placed spots reads most of the image
     assert reads["area"] < 2.5  # each chunk reads the few blocks around its spots
+
+
+def test_spot_patches_writes_flags_only_under_key_added():
+    # a call that returns patches (e.g. a figure's crops) leaves the table alone unless asked to write
+    sdata = _section(np.array([[400.0, 400.0], [5.0, 400.0]]))
+    table = sdata.tables["S"]
+    obs, uns = table.obs.copy(), {k: dict(v) if isinstance(v, dict) else v for k, v in table.uns.items()}
+    patches = lk.pp.spot_patches(sdata, size=16)
+    assert patches.shape == (2, 16, 16, 3)
+    pd.testing.assert_frame_equal(table.obs, obs)
+    assert table.uns == uns
+    lk.pp.spot_patches(sdata, size=16, key_added="crop_ok")
+    assert table.obs["crop_ok"].tolist() == [True, False]
+    assert table.uns["loki"]["crop_ok"]["n_not_ok"] == 1
+
+
+def test_spot_patches_refuses_to_replace_the_flags_of_an_image_embedding():
+    sdata = _section(np.array([[400.0, 400.0], [5.0, 400.0]]))
+    table = sdata.tables["S"]
+    table.obs[Key.PATCH_OK] = [True, True]
+    table.uns["loki"]["emb"] = {"modality": "image", "patch_ok_key": Key.PATCH_OK}
+    before = table.obs.copy()
+    with pytest.raises(
+        ValueError,
+        match=r"key_added='loki_patch_ok' would replace \.obs\['loki_patch_ok'\], the patch flags of the "
+        r"image embedding \.obsm\['emb'\].*Choose another key_added",
+    ):
+        lk.pp.spot_patches(sdata, size=16, key_added=Key.PATCH_OK)
+    pd.testing.assert_frame_equal(table.obs, before)
+    assert Key.PATCH_OK not in table.uns["loki"]
+
+
+def _float_rgba(image: np.ndarray) -> np.ndarray:
+    """``image`` as float32 in [0, 1] with an opaque alpha channel (spatialdata-io's legacy conversion)."""
+    rgb = image.astype(np.float32) / 255
+    return np.concatenate([rgb, np.ones_like(rgb[..., :1])], axis=-1)
+
+
+def test_float_images_in_0_1_are_read_as_0_255_and_alpha_is_dropped():
+    centers = np.array([[200.0, 100.0], [10.0, 400.0]])
+    ref, ok = lk.pp.crop_patches(_pattern(), centers, 48.0, 12)
+    patches, ok_float = lk.pp.crop_patches(_float_rgba(_pattern()), centers, 48.0, 12)
+    assert patches.dtype == np.uint8
+    np.testing.assert_array_equal(patches, ref)
+    np.testing.assert_array_equal(ok_float, ok)
+    lazy, _ = lk.pp.crop_patches(
+        da.from_array(_float_rgba(_pattern()), chunks=(256, 256, 4)), centers, 48.0, 12
+    )
+    np.testing.assert_array_equal(lazy, ref)
+
+    # a SpatialData section whose image is float RGBA, as in the sections spot_patches cuts
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+
+    sdata = _section(np.array([[400.0, 400.0], [1000.0, 800.0]]))
+    expected = lk.pp.spot_patches(sdata, size=16).compute()
+    image = sdata.images["S_image"]["scale0"]["image"]
+    float_image = Image2DModel.parse(
+        _float_rgba(_pattern()).transpose(2, 0, 1),
+        dims=("c", "y", "x"),
+        scale_factors=[2, 2],
+        transformations=sd.transformations.get_transformation(image, get_all=True),
+        chunks=256,
+    )
+    sdata.images["S_image"] = float_image
+    np.testing.assert_array_equal(lk.pp.spot_patches(sdata, size=16).compute(), expected)

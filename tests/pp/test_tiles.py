@@ -185,7 +185,7 @@ def test_tiles_feed_spot_patches_at_their_centres():
     )
     table = sdata.tables["he_tiles"]
     assert table.n_obs == ((W - 32) // 64 + 1) * ((H - 32) // 64 + 1)
-    patches = np.asarray(lk.pp.spot_patches(sdata, table_key="he_tiles", size=32))
+    patches = np.asarray(lk.pp.spot_patches(sdata, table_key="he_tiles", size=32, key_added=Key.PATCH_OK))
     assert table.obs[Key.PATCH_OK].all()
     centre = patches[:, 16, 16, :2].astype(float) * 4  # channels hold x // 4 and y // 4
     assert np.abs(centre - table.obsm[Key.SPATIAL] / 2).max() <= 4

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -172,8 +174,14 @@ def test_a_models_patch_size_needs_the_sections_scale(model):
     table = sdata.tables["MOB2"]
     del table.uns["loki"]["microns_per_unit"]
     before = dict(table.uns["loki"])
-    with pytest.raises(ValueError, match=r"trained on 200 µm patches \(model.patch_um\).*microns_per_unit"):
+    with pytest.raises(
+        ValueError, match=r"trained on 200 µm patches \(model.patch_um\).*microns_per_unit"
+    ) as err:
         lk.tl.embed_image(sdata, _trained_on(model, 200.0), table_key="MOB2")
+    # it says how to set the scale, and not to pass diameter_um= (which needs the scale too)
+    assert "uns.setdefault('loki', {})['microns_per_unit'] = " in str(err.value)
+    assert "55 / scalefactors['spot_diameter_fullres']" in str(err.value)
+    assert "diameter_um" not in str(err.value)
     assert lk.Key.IMAGE not in table.obsm
     assert dict(table.uns["loki"]) == before
     # spot-sized squares need no µm: the record says the size in µm is unknown
@@ -266,3 +274,81 @@ def test_embed_image_cuts_each_patch_once_whatever_the_batch_size(model, monkeyp
         results[batch_size] = sdata.tables["MOB2"].obsm[f"b{batch_size}"]
     np.testing.assert_allclose(results[16], results[256], atol=1e-6)
     np.testing.assert_allclose(results[100], results[256], atol=1e-6)
+
+
+def test_patches_cut_for_a_figure_leave_the_embeddings_flags_alone(model):
+    sdata = lk.datasets.mob("MOB2")
+    lk.tl.embed_image(sdata, _trained_on(model, 200.0), table_key="MOB2")
+    table = sdata.tables["MOB2"]
+    flags, record = table.obs[lk.Key.PATCH_OK].copy(), dict(table.uns["loki"][lk.Key.PATCH_OK])
+    # 5 mm squares leave the image at many spots; the embedding's 200 µm squares at none
+    lk.pp.spot_patches(sdata, table_key="MOB2", size=16, diameter_um=5000)
+    pd.testing.assert_series_equal(table.obs[lk.Key.PATCH_OK], flags)
+    assert table.uns["loki"][lk.Key.PATCH_OK] == record
+    with pytest.raises(ValueError, match=r"patch flags of the image embedding \.obsm\['loki_image'\]"):
+        lk.pp.spot_patches(sdata, table_key="MOB2", size=16, diameter_um=5000, key_added=lk.Key.PATCH_OK)
+    # another embedding whose flag column would be the same (key_added='loki': 'loki_patch_ok')
+    with pytest.raises(ValueError, match=r"key_added='loki' would replace \.obs\['loki_patch_ok'\]"):
+        lk.tl.embed_image(sdata, model, table_key="MOB2", key_added="loki", diameter_um=5000)
+    assert "loki" not in table.obsm
+    pd.testing.assert_series_equal(table.obs[lk.Key.PATCH_OK], flags)
+    assert table.uns["loki"][lk.Key.PATCH_OK] == record
+    # an embedding replaces its own flags
+    lk.tl.embed_image(sdata, model, table_key="MOB2", diameter_um=5000)
+    assert table.obs[lk.Key.PATCH_OK].sum() < flags.sum()
+
+
+def _scanpy_visium(n=6):
+    """An AnnData laid out as scanpy.read_visium / squidpy leave it: images in .uns['spatial']."""
+    a = _adata(n)
+    a.uns["spatial"] = {
+        "lib1": {
+            "images": {"hires": np.zeros((20, 20, 3), np.float32), "lowres": np.zeros((6, 6, 3), np.float32)},
+            "scalefactors": {"spot_diameter_fullres": 89.4, "tissue_hires_scalef": 0.15},
+        }
+    }
+    return a
+
+
+def test_anndata_with_scanpy_images_names_the_way_in(model):
+    a = _scanpy_visium()
+    with pytest.raises(
+        ValueError,
+        match=r"\.uns\['spatial'\]\['lib1'\]\['images'\] \('hires', 'lowres'\).*"
+        r"spatialdata_io\.experimental\.from_legacy_anndata\(adata\).*lk\.io\.read_visium.*"
+        r"'microns_per_unit'.*55 / 89\.4 = 0\.6152.*'lib1_hires'",
+    ):
+        lk.tl.embed_image(a, model)
+    assert lk.Key.IMAGE not in a.obsm
+    with pytest.raises(ValueError, match="from_legacy_anndata"):
+        lk.tl.finetune(a, model, progress=False)
+
+
+def test_scanpy_visium_converted_with_spatialdata_io_embeds(model):
+    # spatialdata-io's conversion of a scanpy AnnData: spots in full-resolution pixels, float RGBA
+    # images in [0, 1] in coordinate systems named after them
+    from tests.conftest import shared_path
+
+    folder = shared_path("scanpy_visium_testdata", "1.0.0")
+    experimental = pytest.importorskip("spatialdata_io.experimental")
+    sc = pytest.importorskip("scanpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        adata = sc.read_visium(folder)
+    sdata = experimental.from_legacy_anndata(adata)
+    (key,) = sdata.tables
+    table = sdata.tables[key]
+    spot = adata.uns["spatial"]["custom"]["scalefactors"]["spot_diameter_fullres"]
+    table.uns.setdefault("loki", {})["microns_per_unit"] = 55 / spot  # as the error says
+    assert np.dtype(sdata.images["custom_hires"].dtype) == np.float32
+    lk.tl.embed_image(
+        sdata,
+        _trained_on(model, 55.0),
+        table_key=key,
+        image_key="custom_hires",
+        coordinate_system="custom_hires",
+    )
+    emb = table.obsm[lk.Key.IMAGE]
+    assert emb.shape == (table.n_obs, model.embed_dim)
+    assert table.uns["loki"][lk.Key.IMAGE]["diameter_um"] == 55.0
+    assert table.obs[lk.Key.PATCH_OK].mean() > 0.9

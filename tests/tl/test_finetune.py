@@ -22,9 +22,9 @@ def mob12():
 
 
 def _patch_ok(sdata, section, size=16):
-    """Border flags of a section's patches, as lk.pp.spot_patches writes them."""
-    lk.pp.spot_patches(sdata, table_key=section, size=size)
-    return sdata.tables[section].obs[lk.Key.PATCH_OK].to_numpy(bool)
+    """Border flags of a section's patches, as lk.pp.spot_patches writes them when asked."""
+    lk.pp.spot_patches(sdata, table_key=section, size=size, key_added="test_patch_ok")
+    return sdata.tables[section].obs.pop("test_patch_ok").to_numpy(bool)
 
 
 def test_collect_pairs_concatenates_sections(mob12):
@@ -231,3 +231,23 @@ def test_whitespace_sentences_are_left_out_like_empty_ones():
     keep[:3] = False
     _, sents = collect_pairs(sdata, table_keys="MOB3", size=16)
     assert sents == obs[lk.Key.SENTENCE][keep].tolist()
+
+
+def test_patches_cut_for_a_figure_do_not_change_the_pairs_of_given_patches():
+    # an AnnData given patches= is trained without the spots its embedding's cut flagged; cutting other
+    # patches afterwards (e.g. wide crops for a figure) must not change that
+    sdata = lk.datasets.mob("MOB3")
+    lk.pp.gene_sentences(sdata, table_key="MOB3")
+    table = sdata.tables["MOB3"]
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    lk.tl.embed_image(sdata, model, table_key="MOB3", diameter_um=200)
+    ok = table.obs[lk.Key.PATCH_OK].to_numpy(bool)
+    keep = ok & ~table.obs[lk.Key.EMPTY_SPOT].to_numpy(bool)
+    patches = np.asarray(lk.pp.spot_patches(sdata, table_key="MOB3", size=16, diameter_um=200))
+    lk.pp.spot_patches(sdata, table_key="MOB3", size=16, diameter_um=5000)  # the figure's crops
+    lk.pp.spot_patches(sdata, table_key="MOB3", size=16, diameter_um=5000, key_added="figure_ok")
+    assert ok.all()
+    assert not table.obs["figure_ok"].all()  # the figure's squares leave the image
+    imgs, sents = collect_pairs(table, patches=patches)
+    assert len(sents) == keep.sum()
+    np.testing.assert_array_equal(imgs, patches[keep])

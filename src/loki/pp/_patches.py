@@ -25,6 +25,15 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
+#: How to record a section's µm scale; ends the errors that need it.
+MICRONS_PER_UNIT_HINT = (
+    "Set it as table.uns.setdefault('loki', {})['microns_per_unit'] = µm per unit of the spot coordinates; "
+    "for Visium 55 / the spot diameter in those units (55 / scalefactors['spot_diameter_fullres'] for "
+    "full-resolution pixels, as spatialdata_io.experimental.from_legacy_anndata keeps them, i.e. "
+    "55 / (2 * radius) of the spot circles); lk.io.read_visium records it."
+)
+
+
 def crop_patches(
     image: np.ndarray | da.Array,
     centers: np.ndarray,
@@ -38,9 +47,10 @@ def crop_patches(
     Parameters
     ----------
     image
-        RGB image ``(y, x, c)``, uint8, numpy or dask (only the blocks holding pixels near the
-        centres are read, each once, and held together while the patches are cut).
-        One channel is repeated to three; a fourth (alpha) channel is ignored.
+        RGB image ``(y, x, c)``, numpy or dask (only the blocks holding pixels near the centres are
+        read, each once, and held together while the patches are cut): uint8, or float with values in
+        ``[0, 1]`` (scaled to 0-255 and rounded, as the pixels are read; a value outside raises a
+        ``ValueError`` then). One channel is repeated to three; a fourth (alpha) channel is ignored.
     centers
         ``(n, 2)`` centres as ``(x, y)`` in this image's pixels, continuous coordinates in which pixel
         ``i`` spans ``[i, i + 1)`` (the convention of spatialdata).
@@ -104,7 +114,7 @@ def spot_patches(
     size: int = 224,
     diameter_um: float | None = None,
     coordinate_system: str = Key.GLOBAL_CS,
-    key_added: str = Key.PATCH_OK,
+    key_added: str | None = None,
     fill: int = 255,
     chunk_size: int = 256,
 ) -> da.Array:
@@ -114,7 +124,9 @@ def spot_patches(
     around its centre, from the coarsest level of a multiscale image on which the spot still spans at
     least ``size`` pixels (else the finest level), then resized to ``size`` x ``size`` (antialiased).
     Spot centres are the table's ``.obsm['spatial']`` (else the centroids of its shapes), mapped into
-    image pixels with the transformations of the shapes and the image to ``coordinate_system``.
+    image pixels with the transformations of the shapes and the image to ``coordinate_system``. The
+    image is uint8, or float with values in ``[0, 1]`` (e.g. the images of
+    ``spatialdata_io.experimental.from_legacy_anndata``), read as 0-255; an alpha channel is ignored.
 
     Parameters
     ----------
@@ -133,7 +145,11 @@ def spot_patches(
     coordinate_system
         Coordinate system shared by the spots and the image.
     key_added
-        Column of ``.obs`` for the validity flag.
+        Where to write the border flags of these patches (see Returns); None (default) writes
+        nothing. The flags of an image embedding are written by :func:`loki.tl.embed_image`
+        (``.obs['loki_patch_ok']``) and cannot be replaced here: patches cut for a figure or at another
+        size would no longer describe the embedding. To have :func:`loki.tl.finetune` leave out the
+        padded patches of an AnnData given ``patches=``, write them under ``lk.Key.PATCH_OK``.
     fill
         Padding value for squares leaving the image (255: white).
     chunk_size
@@ -145,7 +161,7 @@ def spot_patches(
     chunk reads the image blocks under its spots; computed at once, every block is read once. Spots
     in table order can lie anywhere on the section (Space Ranger lists barcodes in random order), so
     one chunk may need most of the image: computing chunk by chunk then reads the image about once a
-    chunk. Writes:
+    chunk. With ``key_added`` (nothing otherwise), writes:
 
     - ``.obs[key_added]``: False for spots whose square is not entirely inside the image (padded with
       ``fill``, never dropped).
@@ -156,12 +172,15 @@ def spot_patches(
     KeyError
         Missing table, image, coordinate system or spot coordinates (the message lists what exists).
     ValueError
-        Spots whose square lies entirely outside the image (how many, and a few ids), or no way to know
-        the spot size.
+        Spots whose square lies entirely outside the image (how many, and a few ids), no way to know
+        the spot size, an image that is neither uint8 nor float, or a ``key_added`` that names the
+        patch flags of an image embedding.
 
     """
     table = get_table(sdata, table_key)
-    check_result_key(table, key_added, ("obs", "uns"))
+    if key_added is not None:
+        check_result_key(table, key_added, ("obs", "uns"))
+        check_flags_not_owned(table, key_added)
     patches, ok, meta = _cut_spot_patches(
         sdata,
         table_key=table_key,
@@ -172,7 +191,8 @@ def spot_patches(
         fill=fill,
         chunk_size=chunk_size,
     )
-    write_patch_flags(table, key_added, ok, meta)
+    if key_added is not None:
+        write_patch_flags(table, key_added, ok, meta)
     return patches
 
 
@@ -334,6 +354,22 @@ def space_order(boxes: np.ndarray, row_chunks, col_chunks) -> np.ndarray:
     return np.argsort(key, kind="stable")
 
 
+def check_flags_not_owned(table, flag_key: str, owner: str | None = None, what: str = "key_added") -> None:
+    """Refuse to write patch flags under ``flag_key`` when they describe another image embedding.
+
+    :func:`loki.tl.embed_image` records the flags of its cut in its ``.uns['loki']`` entry
+    (``patch_ok_key``); :func:`loki.tl.finetune` and readers of the embedding trust them. ``owner`` is
+    the embedding the caller writes (its own flags may be replaced), ``what`` the argument named.
+    """
+    for key, record in table.uns.get(Key.UNS, {}).items():
+        if key != owner and isinstance(record, dict) and record.get("patch_ok_key") == flag_key:
+            raise ValueError(
+                f"{what}={owner if owner is not None else flag_key!r} would replace .obs[{flag_key!r}], the "
+                f"patch flags of the image embedding .obsm[{key!r}] (.uns['loki'][{key!r}]['patch_ok_key']), "
+                f"which then would no longer describe it. Choose another {what}."
+            )
+
+
 def write_patch_flags(table, key_added: str, ok: np.ndarray, meta: dict) -> None:
     """Write the border flags and patch parameters of :func:`spot_patches` into ``table``."""
     write_obs(table, key_added, ok)
@@ -406,8 +442,8 @@ def _crop_task(blocks, origins, boxes, windows, size, fill) -> np.ndarray:
             ya, yb = max(y0, oy), min(y1, oy + block.shape[0])
             xa, xb = max(x0, ox), min(x1, ox + block.shape[1])
             if ya < yb and xa < xb:
-                canvas[ya - y0 : yb - y0, xa - x0 : xb - x0] = _rgb(
-                    block[ya - oy : yb - oy, xa - ox : xb - ox]
+                canvas[ya - y0 : yb - y0, xa - x0 : xb - x0] = _uint8(
+                    _rgb(block[ya - oy : yb - oy, xa - ox : xb - ox])
                 )
                 inside = [
                     min(inside[0], ya - y0),
@@ -440,6 +476,21 @@ def _pad_beyond_image(canvas: np.ndarray, inside: list[int], box, fill: int) -> 
     canvas[beyond_y] = fill
     canvas[:, beyond_x] = fill
     return canvas
+
+
+def _uint8(region: np.ndarray) -> np.ndarray:
+    """Pixels as uint8: uint8 as they are, floats in ``[0, 1]`` scaled to 0-255 and rounded."""
+    if region.dtype == np.uint8:
+        return region
+    tol = 1e-3  # float rounding of values stored as 0-1
+    bad = ~((region >= -tol) & (region <= 1 + tol))  # NaN included
+    if bad.any():
+        values = region[bad]
+        raise ValueError(
+            f"A float image must hold values in [0, 1] (read as 0-255); found {values.size} value(s) "
+            f"outside, e.g. {values.flat[0]!r}. Convert the image to uint8 (RGB 0-255) first."
+        )
+    return np.rint(np.clip(region, 0, 1) * 255).astype(np.uint8)
 
 
 def _rgb(region: np.ndarray) -> np.ndarray:
@@ -490,8 +541,12 @@ def _check_geometry(centers, diameter) -> tuple[np.ndarray, np.ndarray]:
 def _check_image(image) -> None:
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"image must be (y, x, c) with 1, 3 or 4 channels, got shape {image.shape}.")
-    if np.dtype(image.dtype) != np.uint8:
-        raise ValueError(f"image must be uint8 (RGB 0-255), got {image.dtype}.")
+    dtype = np.dtype(image.dtype)
+    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+        raise ValueError(
+            f"image must be uint8 (RGB 0-255) or float with values in [0, 1], got {dtype}. Convert it, "
+            "e.g. to uint8 with (image / image.max() * 255).astype('uint8') for a non-negative image."
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -539,7 +594,7 @@ def _spot_diameter(table, shapes, diameter_um) -> np.ndarray | float:
     if mpu is None or not np.isfinite(mpu) or mpu <= 0:
         raise ValueError(
             "diameter_um needs table.uns['loki']['microns_per_unit'] (µm per coordinate unit) to convert "
-            f"µm into coordinates; found {mpu!r}."
+            f"µm into coordinates; found {mpu!r}. {MICRONS_PER_UNIT_HINT}"
         )
     if not np.isfinite(diameter_um) or diameter_um <= 0:
         raise ValueError(f"diameter_um must be positive, got {diameter_um!r}.")

@@ -10,6 +10,7 @@ from loki._keys import Key
 from loki._logging import logger
 from loki._utils import check_obs_key, check_result_key, is_int, write_obsm, write_uns
 from loki._utils._spatialdata import get_table, is_spatialdata, section_shapes
+from loki.pp._patches import MICRONS_PER_UNIT_HINT, check_flags_not_owned
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -88,7 +89,7 @@ def _patches_of(
             raise ValueError(f"patches must be uint8, got {patches.dtype}")
         return patches, None, None
     if not is_spatialdata(data):
-        raise ValueError("an AnnData has no image: pass patches= (n_spots, h, w, 3) uint8, or a SpatialData")
+        raise ValueError(_no_image_message(table))
     from loki.pp._patches import _cut_spot_patches, _cut_spot_patches_by_area
 
     where = {
@@ -103,6 +104,35 @@ def _patches_of(
         return cut, (ok, meta), order
     cut, ok, meta = _cut_spot_patches(data, size=size, **where)
     return cut, (ok, meta), None
+
+
+def _no_image_message(table) -> str:
+    """Why patches cannot be cut from an AnnData, and the way in for scanpy/squidpy's image layout."""
+    plain = "an AnnData has no image: pass patches= (n_spots, h, w, 3) uint8, or a SpatialData"
+    spatial = table.uns.get("spatial")
+    libraries = (
+        [k for k, v in spatial.items() if isinstance(v, dict) and v.get("images")]
+        if isinstance(spatial, dict)
+        else []
+    )
+    if not libraries:
+        return f"{plain}."
+    lib = libraries[0]
+    images = ", ".join(map(repr, spatial[lib]["images"]))
+    spot = spatial[lib].get("scalefactors", {}).get("spot_diameter_fullres")
+    scale = (
+        f"55 / spot_diameter_fullres = 55 / {spot:.4g} = {55 / spot:.4g} for Visium"
+        if isinstance(spot, int | float) and spot > 0
+        else "55 / the spot diameter in coordinate units for Visium"
+    )
+    return (
+        f"{plain}. Its images in .uns['spatial'][{lib!r}]['images'] ({images}) are in scanpy/squidpy's "
+        "layout, which loki does not read. Convert it with "
+        "sdata = spatialdata_io.experimental.from_legacy_anndata(adata) (or read the Space Ranger folder "
+        "with lk.io.read_visium, which also records the µm scale); then record the µm per coordinate unit "
+        f"of the spots, sdata.tables[table_key].uns.setdefault('loki', {{}})['microns_per_unit'] = ... ({scale}), and "
+        f"pass image_key= and coordinate_system= of the converted image (e.g. {lib + '_hires'!r})."
+    )
 
 
 def patch_diameter_um(model, diameter_um: float | None, table) -> tuple[float | None, str]:
@@ -120,7 +150,7 @@ def patch_diameter_um(model, diameter_um: float | None, table) -> tuple[float | 
         raise ValueError(
             f"model {model.name!r} was trained on {patch_um:g} µm patches (model.patch_um), but the table "
             "records no µm per coordinate unit (.uns['loki']['microns_per_unit']) to cut squares of that "
-            "size. Set it, pass diameter_um=, or set model.patch_um = None to cut each spot's own diameter."
+            f"size. {MICRONS_PER_UNIT_HINT} Or set model.patch_um = None to cut each spot's own diameter."
         )
     return patch_um, "model"
 
@@ -264,7 +294,9 @@ def embed_image(
     ----------
     data
         SpatialData of a section (patches are cut with :func:`loki.pp.spot_patches` at the model's input
-        size), or an AnnData together with ``patches``.
+        size), or an AnnData together with ``patches``. A scanpy/squidpy AnnData with images in
+        ``.uns['spatial']`` converts with ``spatialdata_io.experimental.from_legacy_anndata`` (the
+        error says how to then record the section's µm scale).
     model
         :class:`loki.models.OmiCLIP`.
     table_key
@@ -314,6 +346,8 @@ def embed_image(
     check_result_key(
         table, key_added, ("obsm", "uns"), derived=[(flag_key, ("obs", "uns"))] if cut_here else ()
     )
+    if cut_here:
+        check_flags_not_owned(table, flag_key, owner=key_added)
     diameter, diameter_source = diameter_um, None
     if cut_here and is_spatialdata(data):
         diameter, diameter_source = patch_diameter_um(model, diameter_um, table)

@@ -50,7 +50,10 @@ def collect_pairs(
     coordinate_system
         Coordinate system shared by each section's spots and image.
     only_valid
-        Leave out spots whose patch leaves the image (``.obs['loki_patch_ok']`` False).
+        Leave out spots whose patch leaves the image: by the border flags of the cut made here, or, for
+        given ``patches``, by ``.obs['loki_patch_ok']`` when the table has it (written by
+        :func:`loki.tl.embed_image`, or by :func:`loki.pp.spot_patches` with
+        ``key_added=lk.Key.PATCH_OK``).
     min_pairs
         Raise a ``ValueError`` (before any patch is copied) that says how many spots were left out
         and why when fewer pairs remain.
@@ -213,7 +216,8 @@ def finetune(
     sentence_key
         Column of ``.obs`` with the gene sentences (:func:`loki.pp.gene_sentences`).
     patches
-        uint8 ``(n_spots, h, w, 3)`` patches for an AnnData.
+        uint8 ``(n_spots, h, w, 3)`` patches for an AnnData; spots flagged False in
+        ``.obs['loki_patch_ok']``, when the table has it, are left out (see :func:`collect_pairs`).
     diameter_um
         Side of the cut squares in µm (default: the spot diameter).
     coordinate_system
