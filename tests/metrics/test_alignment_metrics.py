@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import warnings
+
+import anndata
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -143,3 +146,90 @@ def test_paired_median_difference_on_alignment_scores(good_and_bad):
     assert res["difference"] == pytest.approx(good["pearson_median"] - bad["pearson_median"])
     assert res["low"] > 0.0
     assert res["fraction_a_ge_b"] == 1.0
+
+
+def test_spot_spacing_uses_xy_and_distinct_positions():
+    xy = np.random.default_rng(0).random((30, 2))
+    spacing = lk.metrics.spot_spacing(xy)
+    # a z column (stacked sections) is ignored, as alignment ignores it
+    assert lk.metrics.spot_spacing(np.c_[xy, np.arange(30) * 10.0]) == spacing
+    # repeated rows (two cells at one spot) do not pull the spacing to 0
+    assert lk.metrics.spot_spacing(np.r_[xy, xy[:20]]) == spacing
+    assert lk.metrics.spot_spacing(np.zeros((3, 2))) == 0.0
+    with pytest.raises(ValueError, match=r"xy must be \(n, 2\) coordinates, got shape \(3,\)"):
+        lk.metrics.spot_spacing(np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="xy contains 1 non-finite"):
+        lk.metrics.spot_spacing(np.array([[0.0, 0.0], [1.0, 1.0], [np.nan, 0.0]]))
+    with pytest.raises(ValueError, match="at least 2 points, got 1"):
+        lk.metrics.spot_spacing(xy[:1])
+
+
+def test_alignment_error_bad_input():
+    xy = np.zeros((4, 2))
+    with pytest.raises(ValueError, match="no spots"):
+        lk.metrics.alignment_error(np.zeros((0, 2)), np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="unit must be a positive number, got '1'"):
+        lk.metrics.alignment_error(xy, xy, unit="1")
+    with pytest.raises(ValueError, match="unit must be a positive number, got True"):
+        lk.metrics.alignment_error(xy, xy, unit=True)
+
+
+def test_alignment_expression_scores_target_with_repeated_spots(good_and_bad):
+    src, tgt, good, _ = good_and_bad
+    moved = src.copy()
+    step = lk.metrics.spot_spacing(tgt.obsm["spatial"])
+    moved.obsm["good"] = moved.obsm["good"] + 0.1 * step  # pairs at a distance > 0
+    once = lk.metrics.alignment_expression_scores(moved, tgt, aligned_key="good", n_top_genes=50)
+    twice = lk.metrics.alignment_expression_scores(
+        moved, anndata.concat([tgt, tgt], index_unique="-"), aligned_key="good", n_top_genes=50
+    )
+    assert once["n_pairs"] == tgt.n_obs
+    assert twice["n_pairs"] == 2 * tgt.n_obs
+    assert twice["pearson_median"] == pytest.approx(once["pearson_median"])
+    one_place = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="xy_target has fewer than 2 distinct spot positions.*max_distance"):
+        lk.metrics.matched_expression_correlation(np.eye(3), one_place, np.eye(3), one_place)
+
+
+def test_alignment_expression_scores_nan_outcomes(good_and_bad):
+    src, tgt, _, _ = good_and_bad
+    far = src.copy()
+    far.obsm["good"] = far.obsm["good"] + 1e3
+    with pytest.warns(UserWarning, match=r"No target spot .* within max_distance=\d.*spot spacing is"):
+        res = lk.metrics.alignment_expression_scores(far, tgt, aligned_key="good", n_top_genes=50)
+    assert res["n_pairs"] == 0
+    assert np.isnan([res["pearson_median"], res["kendall_tau_median"]]).all()
+    # every source profile constant: each pair's coefficient, and so the medians, are NaN, silently
+    empty = src.copy()
+    empty.X = empty.X * 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = lk.metrics.alignment_expression_scores(empty, tgt, aligned_key="good", n_top_genes=50)
+    assert res["n_pairs"] == tgt.n_obs
+    assert np.isnan([res["pearson_median"], res["kendall_tau_median"]]).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_boot": 2.5}, "n_boot must be an integer >= 1, got 2.5"),
+        ({"n_boot": True}, "n_boot must be an integer >= 1, got True"),
+        ({"level": "0.9"}, "level must be a number in \\(0, 1\\), got '0.9'"),
+        ({"level": 1.0}, "level must be a number in \\(0, 1\\), got 1.0"),
+        ({"seed": 2.5}, "seed must be a non-negative integer, a numpy Generator or None, got 2.5"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+    ],
+)
+def test_paired_median_difference_bad_parameters(kwargs, message):
+    a = _scores([0.1, 0.2], [0, 1], 3)
+    with pytest.raises(ValueError, match=message):
+        lk.metrics.paired_median_difference(a, a, **kwargs)
+
+
+def test_paired_median_difference_without_pairs_is_nan_silently():
+    a = _scores([0.1, 0.2], [0, 1], 3)
+    none = _scores([], np.array([], dtype=int), 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = lk.metrics.paired_median_difference(none, a, n_boot=50)
+    assert all(np.isnan(v) for v in res.values())

@@ -8,6 +8,7 @@ coefficient is computed across genes for every pair; the median over pairs summa
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
@@ -17,6 +18,7 @@ from scipy.spatial import cKDTree
 
 from loki._keys import Key
 from loki._utils import as_rng, check_array_finite, check_obsm_key, check_unique_var_names, is_int
+from loki.io._geometry import nearest_spot_distance
 from loki.metrics._correlation import kendall_tau, pearson
 
 _BOOT_CHUNK = 1 << 22  # resampled spots per bootstrap chunk (32 MB of float64 per alignment)
@@ -30,24 +32,47 @@ __all__ = [
 ]
 
 
+def _xy(xy, name: str) -> np.ndarray:
+    """``xy``'s first two columns (x, y) as float64; further columns (e.g. z) are ignored, as alignment does."""
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise ValueError(f"{name} must be (n, 2) coordinates, got shape {xy.shape}.")
+    check_array_finite(xy, name)
+    return xy[:, :2]
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _nanmedian(x: np.ndarray) -> float:
+    """Median of the non-NaN values of ``x``; NaN, without numpy's warning, when there are none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice" / "Mean of empty slice"
+        return float(np.nanmedian(x)) if len(x) else float("nan")
+
+
 def spot_spacing(xy: np.ndarray) -> float:
     """Median distance from each spot to its nearest neighbour (the unit of alignment errors).
+
+    Spots at one position (two cells in one spot, repeated rows) count once, so that they do not
+    pull the spacing to 0.
 
     Parameters
     ----------
     xy
-        ``(n, 2)`` spot coordinates, ``n >= 2``.
+        ``(n, 2)`` spot coordinates ``(x, y)``, ``n >= 2``; further columns (e.g. z) are ignored.
 
     Returns
     -------
-    The median nearest-neighbour distance, in the units of ``xy``.
+    The median nearest-neighbour distance between distinct positions, in the units of ``xy``; 0
+    when all spots share one position.
 
     """
-    xy = np.asarray(xy, dtype=np.float64)
+    xy = _xy(xy, "xy")
     if len(xy) < 2:
-        raise ValueError("spot_spacing needs at least 2 points.")
-    d, _ = cKDTree(xy).query(xy, k=2)
-    return float(np.median(d[:, 1]))
+        raise ValueError(f"spot_spacing needs at least 2 points, got {len(xy)}.")
+    return nearest_spot_distance(xy)
 
 
 def alignment_error(aligned: np.ndarray, truth: np.ndarray, unit: float | None = None) -> float:
@@ -56,9 +81,9 @@ def alignment_error(aligned: np.ndarray, truth: np.ndarray, unit: float | None =
     Parameters
     ----------
     aligned, truth
-        (n, 2) coordinates of the same spots.
+        ``(n, d)`` coordinates of the same spots, ``n >= 1``.
     unit
-        Divide by this length (e.g. the spot spacing); default 1.
+        Divide by this length (e.g. the spot spacing), a positive number; default 1.
 
     Returns
     -------
@@ -71,10 +96,12 @@ def alignment_error(aligned: np.ndarray, truth: np.ndarray, unit: float | None =
         raise ValueError(
             f"aligned and truth must be (n, d) arrays of one shape, got {aligned.shape} and {truth.shape}."
         )
+    if not len(aligned):
+        raise ValueError("aligned and truth hold no spots; the mean distance needs at least one.")
     check_array_finite(aligned, "aligned")
     check_array_finite(truth, "truth")
-    if unit is not None and not (np.isfinite(unit) and unit > 0):
-        raise ValueError(f"unit must be a positive number, got {unit}.")
+    if unit is not None and not (_is_real(unit) and np.isfinite(unit) and unit > 0):
+        raise ValueError(f"unit must be a positive number, got {unit!r}.")
     return float(np.linalg.norm(aligned - truth, axis=1).mean() / (unit or 1.0))
 
 
@@ -94,9 +121,10 @@ def matched_expression_correlation(
     expr_target, expr_source
         Spots x genes (same genes, same order), dense or sparse.
     xy_target, xy_source
-        Coordinates in one frame (the source's aligned coordinates).
+        ``(n, 2)`` coordinates in one frame (the source's aligned coordinates); further columns are
+        ignored.
     max_distance
-        Pairs farther apart are dropped (default: the target's spot spacing).
+        Pairs farther apart are dropped (default: the target's spot spacing, :func:`spot_spacing`).
     kendall
         Also compute Kendall's tau-b (slower).
 
@@ -106,10 +134,8 @@ def matched_expression_correlation(
     pairs where either profile is constant give NaN.
 
     """
-    xy_target = np.asarray(xy_target, dtype=np.float64)[:, :2]
-    xy_source = np.asarray(xy_source, dtype=np.float64)[:, :2]
-    check_array_finite(xy_target, "xy_target")
-    check_array_finite(xy_source, "xy_source")
+    xy_target = _xy(xy_target, "xy_target")
+    xy_source = _xy(xy_source, "xy_source")
     if expr_target.shape[0] != len(xy_target) or expr_source.shape[0] != len(xy_source):
         raise ValueError("expression matrices and coordinates must have the same number of spots.")
     if expr_target.shape[1] != expr_source.shape[1]:
@@ -117,9 +143,9 @@ def matched_expression_correlation(
             f"expression matrices must share genes, got {expr_target.shape[1]} and {expr_source.shape[1]}."
         )
     if max_distance is None:
-        max_distance = spot_spacing(xy_target)
-    elif not (np.isfinite(max_distance) and max_distance >= 0):
-        raise ValueError(f"max_distance must be a number >= 0, got {max_distance}.")
+        max_distance = _default_radius(xy_target, "xy_target")
+    elif not (_is_real(max_distance) and np.isfinite(max_distance) and max_distance >= 0):
+        raise ValueError(f"max_distance must be a number >= 0, got {max_distance!r}.")
     dist, src = cKDTree(xy_source).query(xy_target, k=1)
     ok = np.nonzero(dist <= max_distance)[0]
     src = src[ok]
@@ -139,6 +165,17 @@ def matched_expression_correlation(
     if kendall:
         out["kendall_tau"] = np.array([kendall_tau(a, b) for a, b in zip(et, es, strict=True)])
     return out
+
+
+def _default_radius(xy: np.ndarray, name: str) -> float:
+    """The target's spot spacing, the default pairing radius; a ValueError when it has none."""
+    spacing = spot_spacing(xy) if len(xy) >= 2 else 0.0
+    if not spacing > 0:
+        raise ValueError(
+            f"{name} has fewer than 2 distinct spot positions, so it has no spot spacing to pair "
+            "within; pass max_distance."
+        )
+    return spacing
 
 
 def alignment_expression_scores(
@@ -168,7 +205,7 @@ def alignment_expression_scores(
     n_top_genes
         Number of highly variable genes.
     max_distance
-        Pairing radius (default the target's spot spacing).
+        Pairing radius (default the target's spot spacing, :func:`spot_spacing`).
     kendall
         Also compute Kendall's tau.
 
@@ -177,10 +214,22 @@ def alignment_expression_scores(
     ``{"pearson_median", "kendall_tau_median", "n_pairs", "pearson", "kendall_tau", "target_index",
     "n_target"}``: the medians, the number of paired target spots, the per-pair coefficients, the
     target spot of each pair and the number of target spots (for :func:`paired_median_difference`).
+    A pair where either spot's profile is constant over the genes (e.g. no counts) has a NaN
+    coefficient, left out of the median; a median is NaN when no pair has a finite coefficient, or
+    when no target spot is paired at all (which also warns, naming ``max_distance``).
+
+    Warns
+    -----
+    UserWarning
+        When no target spot has an aligned source spot within ``max_distance``.
 
     """
     check_obsm_key(source, aligned_key)
     check_obsm_key(target, target_key)
+    xy_target = _xy(target.obsm[target_key], f"target .obsm[{target_key!r}]")
+    xy_source = _xy(source.obsm[aligned_key], f"source .obsm[{aligned_key!r}]")
+    if max_distance is None:
+        max_distance = _default_radius(xy_target, f"target .obsm[{target_key!r}]")
     if not is_int(n_top_genes) or n_top_genes < 2:
         raise ValueError(f"n_top_genes must be an integer >= 2, got {n_top_genes!r}.")
     check_unique_var_names(source, "source")
@@ -203,24 +252,26 @@ def alignment_expression_scores(
     var = np.asarray(xt.multiply(xt).mean(axis=0)).ravel() - mean**2
     top = np.argsort(-var, kind="stable")[: min(n_top_genes, len(genes))]
     res = matched_expression_correlation(
-        xt[:, top],
-        target.obsm[target_key],
-        xs[:, top],
-        source.obsm[aligned_key],
-        max_distance=max_distance,
-        kendall=kendall,
+        xt[:, top], xy_target, xs[:, top], xy_source, max_distance=max_distance, kendall=kendall
     )
+    if not len(res["target_index"]):
+        spacing = spot_spacing(xy_target) if len(xy_target) >= 2 else float("nan")
+        warnings.warn(
+            f"No target spot has a source spot (.obsm[{aligned_key!r}]) within max_distance="
+            f"{max_distance:.4g} (the target's spot spacing is {spacing:.4g}); the medians are NaN. "
+            "Are both sections in one frame? Else pass a larger max_distance.",
+            UserWarning,
+            stacklevel=2,
+        )
     out: dict[str, float | np.ndarray] = {
-        "pearson_median": float(np.nanmedian(res["pearson"])) if len(res["pearson"]) else float("nan"),
+        "pearson_median": _nanmedian(res["pearson"]),
         "n_pairs": len(res["pearson"]),
         "pearson": res["pearson"],
         "target_index": res["target_index"],
         "n_target": target.n_obs,
     }
     if kendall:
-        out["kendall_tau_median"] = (
-            float(np.nanmedian(res["kendall_tau"])) if len(res["kendall_tau"]) else float("nan")
-        )
+        out["kendall_tau_median"] = _nanmedian(res["kendall_tau"])
         out["kendall_tau"] = res["kendall_tau"]
     return out
 
@@ -249,16 +300,17 @@ def paired_median_difference(
     measure
         ``"pearson"`` or ``"kendall_tau"``.
     n_boot
-        Bootstrap samples.
+        Bootstrap samples, an integer >= 1.
     level
-        Coverage of the percentile interval.
+        Coverage of the percentile interval, in (0, 1).
     seed
-        Seed of the resampling.
+        Seed of the resampling: a non-negative integer, a numpy Generator, or None (fresh entropy).
 
     Returns
     -------
     ``{"difference", "low", "high", "fraction_a_ge_b"}``: median of A minus median of B, the
-    interval's ends, and the share of bootstrap samples in which A's median is at least B's.
+    interval's ends, and the share of bootstrap samples in which A's median is at least B's; all
+    NaN when either alignment has no finite score.
 
     """
     if measure not in ("pearson", "kendall_tau"):
@@ -276,8 +328,12 @@ def paired_median_difference(
         raise ValueError(
             f"the scores come from targets of {n} and {scores_b['n_target']} spots; use one target."
         )
-    if n_boot < 1 or not 0 < level < 1:
-        raise ValueError(f"n_boot must be >= 1 and level in (0, 1), got {n_boot} and {level}.")
+    if not is_int(n_boot) or n_boot < 1:
+        raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}.")
+    if not (_is_real(level) and 0 < level < 1):
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}.")
+    if not (seed is None or isinstance(seed, np.random.Generator) or (is_int(seed) and seed >= 0)):
+        raise ValueError(f"seed must be a non-negative integer, a numpy Generator or None, got {seed!r}.")
 
     def per_spot(scores):
         full = np.full(n, np.nan)
@@ -296,7 +352,7 @@ def paired_median_difference(
     diffs = diffs[np.isfinite(diffs)]
     low, high = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)]) if len(diffs) else (np.nan, np.nan)
     return {
-        "difference": float(np.nanmedian(a) - np.nanmedian(b)),
+        "difference": _nanmedian(a) - _nanmedian(b),
         "low": float(low),
         "high": float(high),
         "fraction_a_ge_b": float((diffs >= 0).mean()) if len(diffs) else float("nan"),
