@@ -564,3 +564,38 @@ def test_align_sections_refuses_copy_and_repeated_sections(tissue):
     assert Key.ALIGNED not in a.obsm
     assert Key.ALIGNED not in target.obsm
     assert Key.UNS not in a.uns
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (
+            {"method": "deformable", "pre_align": "Affine"},
+            "pre_align must be 'rigid', 'similarity' or 'affine'",
+        ),
+        ({"method": "rigid", "pre_align": "none"}, "pre_align must be"),
+        (
+            {"method": "rigid", "preserve_scale": True},
+            "preserve_scale=True applies to method='deformable' only",
+        ),
+        ({"method": "affine", "preserve_scale": True}, "got method='affine'"),
+    ],
+)
+def test_pre_align_and_preserve_scale_are_checked_before_anything_runs(tissue, kw, match):
+    moved, _ = _moved(tissue, rotation_deg=10.0)
+    with pytest.raises(ValueError, match=match):
+        lk.tl.align(moved, target=tissue, use="X_expr", **kw)
+    assert Key.ALIGNED not in moved.obsm
+    assert Key.UNS not in moved.uns
+
+
+def test_messages_name_the_parameters_that_choose_a_section():
+    two, one = lk.datasets.mob(("MOB1", "MOB2")), lk.datasets.mob(("MOB3",))
+    with pytest.raises(ValueError, match=r"section1 is a SpatialData with 2 tables \('MOB1', 'MOB2'\)"):
+        lk.tl.align_sections([one, two], target=0, progress=False, use=None)
+    with pytest.raises(ValueError, match=r"holds 2 tables \('MOB1', 'MOB2'\); .* with target_table=\."):
+        lk.tl.align(one, target=two, use=None)
+    with pytest.raises(ValueError, match=r"sections must be a list of table keys .* got the string 'MOB1'"):
+        lk.tl.align_sections(two, target="MOB1", sections="MOB1", progress=False, use=None)
+    lk.tl.align(one, target=two, target_table="MOB1", use=None, method="rigid", mirror=False, n_rotations=1)
+    assert one.tables["MOB3"].uns[Key.UNS][Key.ALIGNED]["target"] == "MOB1"

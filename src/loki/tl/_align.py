@@ -9,7 +9,7 @@ non-rigid coordinates go into ``.obsm`` and a new shapes element.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -70,9 +70,10 @@ def _resolve(data: Any, key: str | None, role: str) -> Section:
     if key is None:
         tables = list(data.tables.keys())
         if len(tables) != 1:
+            param = "source" if role == "source" else "target_table"
             raise ValueError(
                 f"The {role} SpatialData holds {len(tables)} tables ({', '.join(map(repr, tables)) or 'none'}); "
-                f"name the {role} section by its table key."
+                f"name the {role} section's table with {param}=."
             )
         key = tables[0]
     return Section(data, key, get_table(data, key))
@@ -331,7 +332,7 @@ def align(
     target_image_key: ImageKeys = None,
     seed: int | np.random.Generator | None = 0,
     copy: bool = False,
-) -> AnnData | dict | None:
+) -> AnnData | None:
     """Align a source section onto a target section with coherent point drift (Loki Align).
 
     ST-to-ST (``use="loki_text"``), image-to-ST (``use=("loki_image", "loki_text")``) and
@@ -358,7 +359,8 @@ def align(
         ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"deformable"`` (the paper's recipe; starts from
         a ``pre_align`` registration).
     pre_align
-        Transform family before the deformable stage.
+        Transform family before the deformable stage: ``"rigid"``, ``"similarity"`` or ``"affine"``
+        (checked with every method, used by ``deformable`` only).
     mirror
         Also try the source flipped and keep the better fit. The best starts of each side converge;
         with an embedding the run whose spatially paired spots agree best in the whole embedding wins,
@@ -419,10 +421,10 @@ def align(
         0.004 for the exact pyramid in 64-80 s (``benchmarks/RESULTS.md``). Prefer the default
         ``refine=True`` unless time matters more than sub-spot precision.
     preserve_scale
-        ``deformable`` only: divide the isotropic scale of the deformable motion out of the result
-        (Umeyama similarity fit from the pre-aligned to the deformed coordinates), keeping its
-        rotation, translation and local warp, so the non-rigid coordinates keep the pre-alignment's
-        overall size. The deformable M-step can contract a source towards the target's centroid
+        ``deformable`` only (refused with the other methods): divide the isotropic scale of the
+        deformable motion out of the result (Umeyama similarity fit from the pre-aligned to the
+        deformed coordinates), keeping its rotation, translation and local warp, so the non-rigid
+        coordinates keep the pre-alignment's overall size. The deformable M-step can contract a source towards the target's centroid
         (Stahl breast cancer layers of equal extent: by 5-12%). Off by default: on the real serial
         pairs of ``benchmarks/bench_align_real.py`` it does not raise the expression agreement at
         aligned locations on every pair.
@@ -433,7 +435,9 @@ def align(
         factor is folded into ``matrix``. That scale is of the readers' coordinates,
         ``.obsm['spatial']``; an earlier alignment's coordinates (``target_spatial_key``) carry the
         units recorded with them, and other keys are taken as they are. When only one of the two
-        records it, a warning says so and no conversion is applied. With a SpatialData target the
+        records it, a warning says so and ``microns_per_unit`` is not used: the units are converted by
+        the spots' transformations alone (below), or not at all for an AnnData or for ``Identity``
+        transformations, the two then taken in the same units. With a SpatialData target the
         source is first brought into the target table's frame by the spots' transformations into
         ``input_coordinate_system`` (their scale and pose); ``microns_per_unit`` then corrects what
         those leave, e.g. two SpatialData objects with ``Identity`` transformations imaged at different
@@ -472,7 +476,9 @@ def align(
     target_image_key
         Image(s) of the target section, by the same rules (SpatialData target).
     seed
-        Seed of subsampling and landmarks.
+        Seed of every random choice: the points the global start (and ``partial``'s start) screens
+        over rotations, the subsamples of the coarse-to-fine pyramid and the Nyström landmarks of the
+        deformable stage. The same seed gives the same result.
     copy
         AnnData input only: return a modified copy instead of writing in place.
 
@@ -530,6 +536,13 @@ def align(
     check_copy(data, copy)
     if method not in ("rigid", "similarity", "affine", "deformable"):
         raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
+    if pre_align not in ("rigid", "similarity", "affine"):
+        raise ValueError(f"pre_align must be 'rigid', 'similarity' or 'affine', got {pre_align!r}.")
+    if preserve_scale and method != "deformable":
+        raise ValueError(
+            f"preserve_scale=True applies to method='deformable' only (it divides the scale of the deformable "
+            f"motion out), got method={method!r}. For a fit that keeps the source's size, pass method='rigid'."
+        )
     if not 0.0 <= w < 1.0:
         raise ValueError(f"w must be in [0, 1), got {w}.")
     for label, value in (("alpha", alpha), ("beta", beta), ("tol", tol)):
@@ -755,12 +768,13 @@ def align_sections(
     Parameters
     ----------
     sdatas_or_keys
-        A SpatialData holding every section as a table, or a list of per-section SpatialData /
-        AnnData objects.
+        A SpatialData holding every section as a table, or a list of per-section SpatialData (one
+        table each) / AnnData objects.
     target
         Table key (SpatialData) or list position of the target section.
     sections
-        Table keys in stack order (SpatialData input; default all tables in their order).
+        Table keys in stack order, the target among them (SpatialData input; default all tables in
+        their order). A single key (a string) is refused: a stack of one section aligns nothing.
     sequential
         Align each section to its already aligned neighbour towards the target (better for long
         stacks whose far ends differ) instead of every section directly to the target.
@@ -788,8 +802,14 @@ def align_sections(
     that holds those shapes, a warning says how to delete them there
     (``sdata.delete_element_from_disk``).
 
-    Every section is checked before any is written: sections named twice (or one object given twice),
-    and an element (e.g. one slide image) that two sections of the stack would place, are refused.
+    Every section is checked before any is written, as :func:`align` checks it (coordinates,
+    embeddings, elements and their coordinate systems, table coordinates in the spots' own frame,
+    instance ids that name the spot shapes); sections named twice (or one object given twice), and an
+    element (e.g. one slide image) that two sections of the stack would place, are refused. A failure
+    that shows only while aligning (e.g. ``partial=True`` finding no overlap) puts every section back
+    as it was before the call (its ``.obsm`` / ``.uns['loki']`` entries under ``key_added``, the shapes
+    added or removed, every element's transformations), then raises; a note on the error names the
+    section that failed.
 
     """
     from tqdm.auto import tqdm
@@ -801,6 +821,12 @@ def align_sections(
         )
     if is_spatialdata(sdatas_or_keys):
         sdata = sdatas_or_keys
+        # refused, as scanpy's rank_genes_groups refuses groups="a": a stack of one section aligns nothing
+        if isinstance(sections, str):
+            raise ValueError(
+                f"sections must be a list of table keys in stack order, the target among them, got the string "
+                f"{sections!r}. The SpatialData holds {list(sdata.tables.keys())}."
+            )
         names = list(sections) if sections is not None else list(sdata.tables.keys())
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -812,6 +838,14 @@ def align_sections(
         items = [(n, sdata, n) for n in names]
     else:
         objs = list(sdatas_or_keys)
+        for i, obj in enumerate(objs):
+            if is_spatialdata(obj) and len(obj.tables) != 1:
+                raise ValueError(
+                    f"a list given to align_sections holds one section per object, but section{i} is a "
+                    f"SpatialData with {len(obj.tables)} tables ({', '.join(map(repr, obj.tables.keys())) or 'none'}). "
+                    "Pass a SpatialData of several sections on its own, with target= a table key and sections= "
+                    "the keys in stack order."
+                )
         if not isinstance(target, int) or not -len(objs) <= target < len(objs):
             raise ValueError(
                 f"target must be a position in the list of {len(objs)} sections, got {target!r}."
@@ -845,38 +879,110 @@ def align_sections(
 
     results: dict[str, dict] = {}
     tgt_section = Section(tgt_obj, tgt_key, tgt_table)
-    with stack_onto(tgt_section):  # its earlier placement is reported once, below
-        for i, name, ref, pair in tqdm(plan, disable=not progress, desc="align sections"):
-            obj, key = by_name[name]
-            ref_obj, ref_key = by_name[ref]
-            ref_spatial = key_added if (sequential and ref != target) else spatial_key
-            common = {
-                "use": pair,
-                "key_added": key_added,
-                "spatial_key": spatial_key,
-                "target_spatial_key": ref_spatial,
-                "target_image_key": target_image_key if ref == target else None,
-                **kwargs,
-            }
-            if obj is ref_obj and is_spatialdata(obj):
-                align(obj, source=key, target=ref_key, **common)
-            else:
-                align(obj, source=key, target=ref_obj, target_table=ref_key, **common)
-            table = get_table(obj, key)
-            table.uns[Key.UNS][key_added]["z"] = int(i)
-            table.uns[Key.UNS][key_added]["reference"] = ref
-            results[name] = table.uns[Key.UNS][key_added]
-    replace_stack_target(
-        tgt_section, key_added, kwargs.get("coordinate_system") or _default_coordinate_system(key_added)
-    )
-    write_obsm(tgt_table, key_added, np.asarray(tgt_table.obsm[spatial_key], dtype=np.float64)[:, :2].copy())
-    entry = {"method": "target", "target": target, "matrix": np.eye(3), "z": int(t_idx)}
-    mpu = _microns_per_unit(tgt_table, spatial_key)
-    if mpu is not None:
-        entry["microns_per_unit"] = mpu
-    write_uns(tgt_table, key_added, entry)
+    # failures that only show at run time (CPD, partial's overlap) undo the sections written before them
+    restore = _snapshot([Section(o, k, get_table(o, k)) for o, k in by_name.values()], key_added)
+    step = f"placing the target {target!r}"
+    try:
+        with stack_onto(tgt_section):  # its earlier placement is reported once, below
+            for i, name, ref, pair in tqdm(plan, disable=not progress, desc="align sections"):
+                step = f"aligning section {name!r} onto {ref!r}"
+                obj, key = by_name[name]
+                ref_obj, ref_key = by_name[ref]
+                ref_spatial = key_added if (sequential and ref != target) else spatial_key
+                common = {
+                    "use": pair,
+                    "key_added": key_added,
+                    "spatial_key": spatial_key,
+                    "target_spatial_key": ref_spatial,
+                    "target_image_key": target_image_key if ref == target else None,
+                    **kwargs,
+                }
+                if obj is ref_obj and is_spatialdata(obj):
+                    align(obj, source=key, target=ref_key, **common)
+                else:
+                    align(obj, source=key, target=ref_obj, target_table=ref_key, **common)
+                table = get_table(obj, key)
+                table.uns[Key.UNS][key_added]["z"] = int(i)
+                table.uns[Key.UNS][key_added]["reference"] = ref
+                results[name] = table.uns[Key.UNS][key_added]
+        step = f"placing the target {target!r}"
+        replace_stack_target(
+            tgt_section, key_added, kwargs.get("coordinate_system") or _default_coordinate_system(key_added)
+        )
+        write_obsm(
+            tgt_table, key_added, np.asarray(tgt_table.obsm[spatial_key], dtype=np.float64)[:, :2].copy()
+        )
+        entry = {"method": "target", "target": target, "matrix": np.eye(3), "z": int(t_idx)}
+        mpu = _microns_per_unit(tgt_table, spatial_key)
+        if mpu is not None:
+            entry["microns_per_unit"] = mpu
+        write_uns(tgt_table, key_added, entry)
+    except BaseException as exc:  # an interrupt too: the stack is written whole or not at all
+        restore()
+        exc.add_note(
+            f"align_sections failed while {step}; every section of the stack was put back as it was before "
+            "the call."
+        )
+        raise
     results[target] = tgt_table.uns[Key.UNS][key_added]
     return results
+
+
+_ABSENT = object()
+
+
+def _put_back(mapping, key: str, value: Any) -> None:
+    if value is _ABSENT:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
+
+
+def _snapshot(sections: list[Section], key_added: str) -> Callable[[], None]:
+    """Record what an :func:`align_sections` stack may change in its sections; return what restores it.
+
+    That is each table's ``.obsm[key_added]`` and ``.uns['loki'][key_added]``, and of each SpatialData
+    the shapes elements (a stack adds, replaces and removes aligned shapes) and every element's
+    transformations. Only references are kept: the stack replaces these entries, it does not modify
+    them in place.
+    """
+    from spatialdata.transformations import get_transformation, set_transformation
+
+    tables = []
+    for table in {id(s.table): s.table for s in sections}.values():
+        meta = table.uns.get(Key.UNS, _ABSENT)
+        entry = _ABSENT if meta is _ABSENT else meta.get(key_added, _ABSENT)
+        tables.append((table, table.obsm.get(key_added, _ABSENT), meta, entry))
+    stores = [
+        (
+            sdata,
+            dict(sdata.shapes),
+            {
+                name: dict(get_transformation(el, get_all=True))
+                for _, name, el in sdata.gen_spatial_elements()
+            },
+        )
+        for sdata in {id(s.data): s.data for s in sections if is_spatialdata(s.data)}.values()
+    ]
+
+    def restore() -> None:
+        for table, obsm, meta, entry in tables:
+            _put_back(table.obsm, key_added, obsm)
+            if meta is _ABSENT:
+                table.uns.pop(Key.UNS, None)
+            else:
+                table.uns[Key.UNS] = meta
+                _put_back(meta, key_added, entry)
+        for sdata, shapes, transformations in stores:
+            for name in [name for name in sdata.shapes if name not in shapes]:
+                del sdata.shapes[name]
+            for name, element in shapes.items():
+                if sdata.shapes.get(name) is not element:
+                    sdata.shapes[name] = element
+            for name, transformation in transformations.items():
+                set_transformation(sdata[name], dict(transformation), set_all=True)
+
+    return restore
 
 
 def _check_stack(
@@ -896,7 +1002,7 @@ def _check_stack(
     placed_by: dict[tuple[int, str], str] = {}
     for name in [target, *(p[1] for p in plan)]:
         sec = section(name)
-        _coords(sec, spatial_key, repr(name))
+        xy = _coords(sec, spatial_key, repr(name))
         if name != target:
             check_result_key(sec.table, key_added, ("obsm", "uns"))
         if not is_spatialdata(sec.data):
@@ -910,6 +1016,11 @@ def _check_stack(
             check_shapes_name(sec, key_added)
         elements = section_elements(sec, image_key, input_cs, role, warn=False)
         check_cs(sec, elements, input_cs, f"section {name!r}")
+        check_spot_frame(sec, spatial_key, input_cs, role)
+        if role == "source" and shapes_name(sec, key_added) is not None:
+            # the circles of aligned spots are built only after the alignment: check now that the
+            # table's instance ids name its spots
+            aligned_shapes(sec, xy, np.eye(3), input_cs, np.eye(3))
         for element in elements:
             other = placed_by.setdefault((id(sec.data), element), name)
             if other != name:
