@@ -28,6 +28,7 @@ from loki._utils import (
 )
 from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._pca import fit_pca
+from loki._utils._rng import as_seed
 from loki._utils._spatialdata import (
     check_copy,
     get_table,
@@ -288,15 +289,6 @@ def _default_coordinate_system(key_added: str) -> str:
     return key_added.removeprefix("spatial_")
 
 
-def _seed_record(seed) -> int | str:
-    """A writeable record of ``seed``: the int, else ``"generator"`` or ``"none"`` (not reproducible)."""
-    if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
-        return int(seed)
-    if isinstance(seed, np.random.Generator):
-        return "generator"
-    return "none" if seed is None else str(seed)
-
-
 def align(
     data: SpatialData | AnnData,
     *,
@@ -451,7 +443,8 @@ def align(
         transformation, is refused.
     target_spatial_key
         Target coordinates in ``.obsm`` (default ``spatial_key``); e.g. an earlier ``key_added`` to
-        chain sections.
+        chain sections. Coordinates of an earlier alignment are chained in the coordinate system it
+        recorded; another ``coordinate_system`` is refused.
     key_added
         ``.obsm`` key (and ``.uns['loki']`` key) of the result; it may not be ``spatial_key`` or an
         embedding key of ``use``. For SpatialData input it also names the shapes element of aligned
@@ -478,7 +471,8 @@ def align(
     seed
         Seed of every random choice: the points the global start (and ``partial``'s start) screens
         over rotations, the subsamples of the coarse-to-fine pyramid and the Nyström landmarks of the
-        deformable stage. The same seed gives the same result.
+        deformable stage. The same seed gives the same result. ``None`` (fresh OS entropy) and a
+        Generator give an int seed, which is recorded, so the run can be repeated.
     copy
         AnnData input only: return a modified copy instead of writing in place.
 
@@ -502,8 +496,8 @@ def align(
       ``scale_removed`` (with ``preserve_scale``), ``unit_scale`` (source units -> target units applied
       before registering: the spots' transformations and ``microns_per_unit`` together), ``microns_per_unit`` (of the aligned coordinates, when known),
       ``explained_variance_ratio`` (of the embedding components used), and ``params``: the numeric and
-      flag arguments, ``mirror`` (the argument), ``seed`` (the int; ``"generator"`` or ``"none"``
-      otherwise), ``spatial_key``, ``target_spatial_key`` (resolved), ``input_coordinate_system`` and
+      flag arguments, ``mirror`` (the argument), ``seed`` (the int used, also for ``None`` or a
+      Generator), ``spatial_key``, ``target_spatial_key`` (resolved), ``input_coordinate_system`` and
       ``scale`` (the target's extent that normalised the coordinates);
 
     and for SpatialData input:
@@ -574,6 +568,7 @@ def align(
     key_src, key_tgt = _use_keys(use)
     _check_key_added(key_added, spatial_key, (key_src, key_tgt))
     check_result_key(src.table, key_added, ("obsm", "uns"))
+    seed = as_seed(seed)  # recorded, so that a run with seed=None or a Generator can be repeated
     # keyword=value forms name what the user gave; the command line shows them as its options
     if coordinate_system is None:
         coordinate_system = _default_coordinate_system(key_added)
@@ -705,7 +700,7 @@ def align(
         "shapes": None if shapes is None else shapes[0],
         "params": {
             "mirror": bool(mirror),
-            "seed": _seed_record(seed),
+            "seed": seed,
             "spatial_key": spatial_key,
             "target_spatial_key": target_spatial_key,
             "input_coordinate_system": input_coordinate_system,
@@ -795,7 +790,8 @@ def align_sections(
     position in the stack. The target's elements are placed in the aligned coordinate system where
     they lie in ``input_coordinate_system`` (as by :func:`align`), also when an earlier alignment under
     ``key_added`` (e.g. a stack onto another section) placed them elsewhere: that alignment's entry
-    is replaced, and its shapes of aligned spots are removed, so that the target's entry, elements and
+    is replaced, and its shapes of aligned spots are removed (when it placed the target in the stack's
+    coordinate system; otherwise they stay there with its elements), so that the target's entry, elements and
     shapes agree, as after a first stack onto it. An INFO log names the removed shapes; a warning names
     the target's alignments under other keys that had placed it in the same coordinate system. Like
     every change here, the removal is made in memory: when the SpatialData was read from a zarr store
