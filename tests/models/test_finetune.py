@@ -421,3 +421,25 @@ def test_numpy_integer_epochs_and_batch_size_are_accepted():
     m = lk.models.load("loki-tiny", device="cpu", seed=0)
     _, hist = lk.models.finetune(m, imgs, sents, epochs=np.int64(1), batch_size=np.int32(4), progress=False)
     assert (hist["epochs"], hist["batch_size"], len(hist["step_loss"])) == (1, 4, 2)
+
+
+def test_progress_bar_counts_every_step(monkeypatch):
+    """The bar is advanced after each finished step and ends at the total (it stopped one short)."""
+    import io
+
+    import tqdm.auto
+
+    bars = []
+
+    class Recording(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, file=io.StringIO(), **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    imgs, sents = _pairs(n=16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    _, hist = lk.models.finetune(m, imgs, sents, epochs=2, lr=1e-3, batch_size=8, progress=True)
+    (bar,) = bars
+    assert bar.total == 4 == len(hist["step_loss"])
+    assert bar.n == 4

@@ -4,6 +4,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import warnings
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -169,3 +171,39 @@ def test_many_sections_get_distinct_colours_and_a_wider_legend():
     assert len(legend.get_texts()) == 16
     assert legend._ncols == 2
     plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def three_tables(pair):
+    """A SpatialData of three tables: B aligned onto A, C never aligned."""
+    import spatialdata as sd
+
+    src, tgt = pair
+    moving = src.copy()
+    del moving.obsm[Key.ALIGNED], moving.uns["loki"]
+    sdata = sd.SpatialData(tables={"A": tgt.copy(), "B": moving, "C": tgt.copy()})
+    lk.tl.align(sdata, source="B", target="A", use="emb", method="rigid")
+    assert sdata.tables["B"].uns["loki"][Key.ALIGNED]["target"] == "A"
+    return sdata
+
+
+def test_default_sections_are_the_aligned_ones_and_their_targets(three_tables, recwarn):
+    fig = lk.pl.alignment(three_tables, show=False)
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["A", "B"]
+    assert not [w for w in recwarn if "unaligned" in str(w.message)]
+    plt.close(fig)
+
+
+def test_a_section_drawn_unaligned_is_named(three_tables, pair):
+    with pytest.warns(
+        UserWarning, match=r"Section\(s\) 'C' have no \.obsm\['spatial_aligned'\] .* targets: 'A'"
+    ):
+        fig = lk.pl.alignment(three_tables, sections=["A", "B", "C"], show=False)
+    assert len(fig.axes[1].collections) == 3  # still drawn, as asked
+    with pytest.warns(UserWarning, match=r"Section\(s\) 'C' have no"):  # the target is not plotted
+        lk.pl.alignment(three_tables, sections=["B", "C"], show=False)
+    src, tgt = pair
+    with warnings.catch_warnings():  # an AnnData target has no name to check: no warning
+        warnings.simplefilter("error")
+        lk.pl.alignment([tgt, src], show=False)
+    plt.close("all")

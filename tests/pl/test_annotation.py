@@ -305,3 +305,18 @@ def test_long_legends_take_more_columns(n, ncol):
     assert len(legend.get_texts()) == n
     assert legend._ncols == ncol
     plt.close("all")
+
+
+def test_missing_annotation_names_the_table_and_the_tool_that_writes_it():
+    sdata = small_section()  # table "S", never annotated
+    with pytest.raises(
+        KeyError,
+        match=r"'loki_annotation' not found in sdata\.tables\['S'\]\.obsm; available: 'spatial'\. "
+        r"Run lk\.tl\.annotate on this table first",
+    ):
+        lk.pl.annotation(sdata, table_key="S", show=False)
+    with pytest.raises(KeyError, match=r"not found in sdata\.tables\['S'\]\.obs; .* Run lk\.tl\.annotate"):
+        lk.pl.annotation(sdata, kind="label", show=False)  # the only table, found without table_key
+    with pytest.raises(KeyError, match=r"not found in adata\.obsm; .* Run lk\.tl\.annotate"):
+        lk.pl.annotation(sdata.tables["S"], show=False)
+    assert plt.get_fignums() == []

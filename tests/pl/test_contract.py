@@ -123,13 +123,30 @@ def test_a_failing_call_leaves_no_figure_and_save_must_be_a_path(name, tmp_path)
     plot(show=False, save=buffer)
     assert buffer.getvalue().startswith(b"\x89PNG")
     assert plt.get_fignums() == []
-    with pytest.raises(FileNotFoundError):
-        plot(show=False, save=tmp_path / "missing" / "a.png")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError):
+        plot(show=False, save=tmp_path / "file" / "a.png")
     assert plt.get_fignums() == []  # the figure it created is closed, not left half-saved
     fig, ax = _axes(n_axes)
-    with pytest.raises(FileNotFoundError):
-        plot(ax=ax, show=False, save=tmp_path / "missing" / "b.png")
+    with pytest.raises(NotADirectoryError):
+        plot(ax=ax, show=False, save=tmp_path / "file" / "b.png")
     assert plt.get_fignums() == [fig.number]  # the caller's figure stays open
+    plt.close("all")
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_save_creates_missing_folders_and_removes_them_when_saving_fails(name, tmp_path):
+    plot, _ = PLOTS[name]
+    plot(show=False, save=tmp_path / "figures" / "sub" / "a.png")  # as scanpy does with its figdir
+    assert (tmp_path / "figures" / "sub" / "a.png").stat().st_size > 0
+    plot(show=False, save=str(tmp_path / "figures" / "b.png"))
+    assert (tmp_path / "figures" / "b.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="not supported"):  # an unknown format: nothing is left behind
+        plot(show=False, save=tmp_path / "new" / "deeper" / "a.nope")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ValueError, match="not supported"):  # a folder that existed stays
+        plot(show=False, save=tmp_path / "figures" / "more" / "a.nope")
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["b.png", "sub"]
     plt.close("all")
 
 

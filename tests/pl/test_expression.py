@@ -129,3 +129,14 @@ def test_new_panels_take_the_shape_of_the_section(stretch, aspect):
     fig_width, fig_height = fig.get_size_inches()
     assert fig_width / fig_height == pytest.approx(2 * expected)  # two panels side by side
     plt.close(fig)
+
+
+def test_missing_prediction_names_the_table_and_lk_tl_predict_expression():
+    with pytest.raises(
+        KeyError,
+        match=r"'loki_predicted' not found in sdata\.tables\['S'\]\.layers; available: none\. "
+        r"Run lk\.tl\.predict_expression\(\.\.\., output='layer'\) on this table first",
+    ):
+        lk.pl.expression(small_section(), "g0", table_key="S", show=False)
+    with pytest.raises(KeyError, match=r"'G0' not found in sdata\.tables\['S'\]\.var_names"):
+        lk.pl.expression(small_section(), "G0", show=False)

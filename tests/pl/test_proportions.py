@@ -174,3 +174,14 @@ def test_one_given_axes_per_type(spots):
         np.testing.assert_allclose(
             a.collections[0].get_array(), spots.obsm["loki_proportions"][a.get_title()]
         )
+
+
+def test_missing_proportions_name_the_table_and_lk_tl_decompose():
+    from tests.pl.test_annotation import small_section
+
+    with pytest.raises(
+        KeyError,
+        match=r"'loki_proportions' not found in sdata\.tables\['S'\]\.obsm; available: 'spatial'\. "
+        r"Run lk\.tl\.decompose on this table first",
+    ):
+        lk.pl.proportions(small_section(), table_key="S", show=False)

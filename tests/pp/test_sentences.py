@@ -502,3 +502,37 @@ def test_gene_sentences_on_float16_and_unreadable_matrices():
     assert b.obs[Key.SENTENCE].tolist() == a.obs[Key.SENTENCE].tolist()
     with pytest.raises(TypeError, match=r"Expected a matrix .* got object; load it into memory"):
         lk.pp.top_gene_indices(object(), 3)
+
+
+def test_scaled_values_name_the_layers_and_raw_to_use_instead():
+    """Scaled X (sc.pp.scale): the error says which matrix was read, lists the layers and .raw."""
+    counts = np.array([[3.0, 0.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0]], dtype=np.float32)
+    adata = _adata(counts)
+    adata.layers["counts"] = adata.X.copy()
+    adata.raw = adata
+    adata.X = np.asarray(counts - counts.mean(axis=0))  # scaled: negative values
+    with pytest.raises(ValueError, match=r"not scaled values") as err:
+        lk.pp.gene_sentences(adata)
+    message = str(err.value)
+    assert "The values are adata.X; its layers are 'counts' (pass layer= one holding counts)." in message
+    assert (
+        "adata.raw holds 4 genes; it is not a layer: make the sentences on raw = adata.raw.to_adata()"
+        in message
+    )
+    assert "copy raw.obs['loki_sentence'] into adata.obs." in message
+    _assert_untouched(adata, [])
+    # what the message suggests works
+    lk.pp.gene_sentences(adata, layer="counts")
+    raw = adata.raw.to_adata()
+    lk.pp.gene_sentences(raw)
+    assert (
+        raw.obs["loki_sentence"].tolist() == adata.obs["loki_sentence"].tolist() == ["G0 G3 G2", "G1 G2 G3"]
+    )
+    with pytest.raises(
+        KeyError,
+        match=r"'raw' not found in adata\.layers; available: 'counts'\. adata\.raw holds .* raw\.obs\['s_raw'\]",
+    ):
+        lk.pp.gene_sentences(adata, layer="raw", key_added="s_raw")
+    bare = _adata(-counts)
+    with pytest.raises(ValueError, match=r"adata\.X; it has no other layer\. adata\.raw is not set\."):
+        lk.pp.gene_sentences(bare)

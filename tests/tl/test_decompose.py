@@ -169,7 +169,8 @@ def _nothing_written(adata):
 
 def test_missing_cell_type_column_is_a_keyerror_naming_columns():
     spots, reference, _ = _toy()
-    with pytest.raises(KeyError, match=r"'celltype' not found in adata.obs; available: 'cell_type'"):
+    spots.obs["celltype"] = "x"  # the column is looked for in the reference, and the message says so
+    with pytest.raises(KeyError, match=r"'celltype' not found in reference\.obs; available: 'cell_type'"):
         lk.tl.decompose(spots, reference=reference, cell_type_key="celltype")
     assert _nothing_written(spots)
 

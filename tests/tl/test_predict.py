@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from anndata import AnnData
 from scipy import sparse
@@ -282,3 +283,47 @@ def test_backed_reference_predicts_as_in_memory(tmp_path, monkeypatch, fmt):
     finally:
         for table in backed.values():
             table.file.close()
+
+
+@pytest.mark.parametrize(
+    ("negative", "top_k", "says"),
+    [
+        ("clip", None, r"no positive similarity to any of the reference spots \(negative='clip'"),
+        ("clip", 2, r"no positive similarity to any of their top-2 reference spots \(negative='clip'"),
+        ("keep", None, r"similarities to the reference spots that sum to 0 \(negative='keep'"),
+    ],
+)
+def test_fallback_warning_names_the_weighting_in_use(negative, top_k, says):
+    """The fallback warning describes the negative= mode of the call, also the default 'clip'."""
+    ref = AnnData(X=np.array([[1.0, 0.0], [3.0, 2.0]], dtype=np.float32))
+    ref.obsm["loki_text"] = np.array([[1.0, 0.0], [-1.0, 0.0]], dtype=np.float32)
+    query = np.array([[0.0, 1.0]], dtype=np.float32)  # orthogonal to both: no positive similarity, sum 0
+    with pytest.warns(UserWarning, match=says) as record:
+        out = lk.tl.predict_expression(query, ref, negative=negative, top_k=top_k)
+    assert f"negative='{'keep' if negative == 'clip' else 'clip'}'" not in str(record[0].message)
+    assert "uniform weights" in str(record[0].message)
+    np.testing.assert_allclose(out.X, [[2.0, 1.0]])
+
+
+def test_anndata_output_of_a_spatialdata_table_annotates_its_spots():
+    """output='anndata' keeps the query table's spatialdata_attrs (its obs keeps region / instance id), so
+    the result can be put into the SpatialData as a table of the query's spots without re-parsing."""
+    import spatialdata as sd
+    from spatialdata.models import ShapesModel, TableModel
+
+    ref = _section(30, ["g0", "g1"], 1, "r")
+    query = _section(8, ["g0"], 2, "q")
+    query.obs["region"] = pd.Categorical(["q_spots"] * query.n_obs)
+    query.obs["spot_id"] = np.arange(query.n_obs)
+    table = TableModel.parse(query, region="q_spots", region_key="region", instance_key="spot_id")
+    shapes = ShapesModel.parse(query.obsm["spatial"], geometry=0, radius=np.full(query.n_obs, 0.1))
+    sdata = sd.SpatialData(shapes={"q_spots": shapes}, tables={"q": table})
+    pred = lk.tl.predict_expression(sdata, ref, query_table_key="q", temperature=0.1)
+    assert pred.uns["spatialdata_attrs"] == table.uns["spatialdata_attrs"]
+    assert pred.uns["spatialdata_attrs"] is not table.uns["spatialdata_attrs"]  # a copy, not shared
+    TableModel().validate(pred)
+    sdata.tables["q_predicted"] = pred
+    assert sd.get_element_annotators(sdata, "q_spots") == {"q", "q_predicted"}
+    # a plain AnnData query has no attrs, and gets none
+    plain = _section(8, ["g0"], 2, "q")
+    assert "spatialdata_attrs" not in lk.tl.predict_expression(plain, ref, temperature=0.1).uns

@@ -18,7 +18,13 @@ def _listing(keys: Iterable[Any], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def require_keys(container: Mapping[str, Any] | Iterable[str], keys: str | Iterable[str], where: str) -> None:
+def require_keys(
+    container: Mapping[str, Any] | Iterable[str],
+    keys: str | Iterable[str],
+    where: str,
+    *,
+    hint: str | None = None,
+) -> None:
     """Raise a KeyError naming ``where`` and the available keys when any of ``keys`` is missing.
 
     Parameters
@@ -29,12 +35,15 @@ def require_keys(container: Mapping[str, Any] | Iterable[str], keys: str | Itera
         Key or keys that must be present.
     where
         How the container is called in the message, e.g. ``"adata.obsm"``.
+    hint
+        Sentence appended to the message, e.g. which function writes the key.
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
     available = list(container.keys()) if hasattr(container, "keys") else list(container)
     missing = [k for k in keys if k not in available]
     if missing:
-        raise KeyError(f"{_listing(missing)} not found in {where}; available: {_listing(available)}.")
+        message = f"{_listing(missing)} not found in {where}; available: {_listing(available)}."
+        raise KeyError(message if hint is None else f"{message} {hint}")
 
 
 def check_key_name(key, what: str = "key_added") -> None:
@@ -153,14 +162,18 @@ def check_result_key(
                 )
 
 
-def check_obsm_key(adata, key: str) -> None:
-    """Require ``adata.obsm[key]``."""
-    require_keys(adata.obsm, key, "adata.obsm")
+def check_obsm_key(adata, key: str, *, where: str = "adata", hint: str | None = None) -> None:
+    """Require ``adata.obsm[key]``.
+
+    ``where`` names the table in the message (e.g. ``"reference"``, ``"sdata.tables['A']"``);
+    ``hint`` is appended to it (see :func:`require_keys`).
+    """
+    require_keys(adata.obsm, key, f"{where}.obsm", hint=hint)
 
 
-def check_obs_key(adata, key: str) -> None:
-    """Require ``adata.obs[key]``."""
-    require_keys(adata.obs.columns, key, "adata.obs")
+def check_obs_key(adata, key: str, *, where: str = "adata", hint: str | None = None) -> None:
+    """Require ``adata.obs[key]``; ``where`` and ``hint`` as in :func:`check_obsm_key`."""
+    require_keys(adata.obs.columns, key, f"{where}.obs", hint=hint)
 
 
 def check_var_key(adata, key: str) -> None:

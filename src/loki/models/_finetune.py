@@ -289,12 +289,11 @@ def finetune(
     n_warm = int(warmup * total)
     history = {"step_loss": [], "epoch_loss": [], "lr": [], "logit_scale": []}
     max_scale = math.log(100.0)
-    iterator = range(total)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="fine-tuning", unit="step")
-    it = iter(iterator)
+        bar = tqdm(total=total, desc="fine-tuning", unit="step")
     t0 = time.perf_counter()
     caller_flags = [(p, p.requires_grad) for p in net.parameters()]
     step = 0
@@ -304,7 +303,6 @@ def finetune(
             perm = torch.randperm(n, generator=gen)
             epoch_losses = []
             for b in range(steps_per_epoch):
-                next(it, None)
                 idx = perm[b * batch_size : (b + 1) * batch_size].sort().values.numpy()
                 crops = torch.from_numpy(np.asarray(images[idx]))
                 if augment:
@@ -332,6 +330,8 @@ def finetune(
                 history["lr"].append(lr * factor)
                 epoch_losses.append(float(loss.detach()))
                 step += 1
+                if bar is not None:  # counted once the step is done, so the bar ends at total
+                    bar.update(1)
             history["epoch_loss"].append(float(np.mean(epoch_losses)))
             history["logit_scale"].append(float(net.logit_scale.detach().exp()))
             logger.info("epoch %d: loss %.4f", len(history["epoch_loss"]), history["epoch_loss"][-1])
@@ -339,8 +339,8 @@ def finetune(
         net.eval()
         for p, flag in caller_flags:
             p.requires_grad_(flag)
-        if progress:
-            iterator.close()
+        if bar is not None:
+            bar.close()
         if step:  # weights changed, also when training stopped part-way: the hash must not claim the file's
             model._weights_changed()
             if patch_um is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,15 @@ from loki._utils import check_array_finite, require_keys
 from loki._utils._pca import fit_pca
 from loki._utils._spatialdata import get_table, is_spatialdata
 
-from ._common import category_colours, coordinates, finish, legend_columns, panel_grid, plot_function
+from ._common import (
+    _outside_loki,
+    category_colours,
+    coordinates,
+    finish,
+    legend_columns,
+    panel_grid,
+    plot_function,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,15 +55,60 @@ def embedding_rgb(embeddings: Sequence[np.ndarray], n_components: int = 3) -> li
     return np.split(rgb, splits)
 
 
-def _tables(data, sections) -> tuple[list[str], list[AnnData]]:
+def _tables(data, sections, key: str) -> tuple[list[str], list[AnnData], list[str | None]]:
+    """Labels, tables and table keys (None for an AnnData, whose table has no name) of the sections."""
     if is_spatialdata(data):
-        names = list(sections) if sections is not None else list(data.tables.keys())
-        return names, [get_table(data, n) for n in names]
+        if sections is None:
+            sections = _aligned_and_targets(data, key)
+        names = list(sections)
+        return names, [get_table(data, n) for n in names], names
     items = list(data) if not isinstance(data, AnnData) else [data]
     names = list(sections) if sections is not None else [f"section{i}" for i in range(len(items))]
     if len(names) != len(items):
         raise ValueError(f"sections gives {len(names)} label(s) for {len(items)} sections; give one each.")
-    return names, [get_table(d) for d in items]
+    table_keys = [
+        next(iter(d.tables.keys()), None) if is_spatialdata(d) and len(d.tables) == 1 else None for d in items
+    ]
+    return names, [get_table(d) for d in items], table_keys
+
+
+def _recorded_target(table: AnnData, key: str) -> str | None:
+    """The target table key that ``.uns['loki'][key]`` of an aligned table records (None if none)."""
+    records = table.uns.get(Key.UNS)
+    entry = records.get(key) if isinstance(records, Mapping) else None
+    target = entry.get("target") if isinstance(entry, Mapping) else None
+    return target if isinstance(target, str) else None
+
+
+def _aligned_and_targets(sdata: SpatialData, key: str) -> list[str]:
+    """The tables with ``.obsm[key]`` and the targets they record, in ``sdata.tables`` order.
+
+    All tables when none is aligned, so that the missing key is reported.
+    """
+    aligned = [k for k, t in sdata.tables.items() if key in t.obsm]
+    if not aligned:
+        return list(sdata.tables.keys())
+    targets = {_recorded_target(sdata.tables[k], key) for k in aligned}
+    return [k for k in sdata.tables.keys() if k in aligned or k in targets]
+
+
+def _warn_unaligned(names, tables, table_keys, key: str, spatial_key: str) -> None:
+    """Warn about sections drawn at ``spatial_key`` in the "after" panel that are no recorded target."""
+    targets = {_recorded_target(t, key) for t in tables if key in t.obsm}
+    unaligned = [
+        name
+        for name, t, table_key in zip(names, tables, table_keys, strict=True)
+        if key not in t.obsm and table_key is not None and table_key not in targets
+    ]
+    if unaligned:
+        recorded = ", ".join(sorted(map(repr, targets - {None}))) or "none"
+        warnings.warn(
+            f"Section(s) {', '.join(map(repr, unaligned))} have no .obsm[{key!r}] and are not the target "
+            f"of an aligned section (recorded targets: {recorded}); the 'after' panel draws them at "
+            f".obsm[{spatial_key!r}], unaligned. Align them first or leave them out of sections=.",
+            UserWarning,
+            stacklevel=_outside_loki(),
+        )
 
 
 @plot_function
@@ -78,10 +132,15 @@ def alignment(
     data
         SpatialData with the sections' tables, or a list of AnnData / SpatialData (one per section).
     sections
-        Table keys (SpatialData) or labels (list) in stack order; default all tables.
+        Table keys (SpatialData) or labels (list) in stack order. Default for a SpatialData: the
+        tables with ``.obsm[key]`` and the targets their ``.uns['loki'][key]`` records, in
+        ``sdata.tables`` order (tables never aligned are left out); for a list, labels
+        ``section0, section1, ...``.
     key
         ``.obsm`` key of the aligned coordinates (the target, which has none unless written by
-        :func:`loki.tl.align_sections`, is drawn at ``spatial_key``).
+        :func:`loki.tl.align_sections`, is drawn at ``spatial_key``). A section without it that no
+        aligned section records as its target is drawn unaligned in the "after" panel, with a
+        warning naming it (a section given as an AnnData, whose table has no name, is not checked).
     spatial_key
         ``.obsm`` key of the original coordinates.
     use
@@ -108,7 +167,7 @@ def alignment(
     """
     if kind not in ("overlay", "stack"):
         raise ValueError(f"kind must be 'overlay' or 'stack', got {kind!r}.")
-    names, tables = _tables(data, sections)
+    names, tables, table_keys = _tables(data, sections, key)
     if len(tables) < 1:
         raise ValueError("No sections to plot.")
     where = [f"section {name!r} adata" for name in names]
@@ -124,6 +183,7 @@ def alignment(
         coordinates(t, key, w) if key in t.obsm else xy
         for t, w, xy in zip(tables, where, before, strict=True)
     ]
+    _warn_unaligned(names, tables, table_keys, key, spatial_key)
     if use is not None:
         keys = [use] * len(tables) if isinstance(use, str) else list(use)
         if len(keys) != len(tables):

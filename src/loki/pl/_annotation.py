@@ -11,7 +11,7 @@ import pandas as pd
 from anndata import AnnData
 
 from loki._keys import Key
-from loki._utils import require_keys
+from loki._utils import check_obs_key, check_obsm_key, require_keys
 from loki._utils._spatialdata import get_table
 
 from ._common import (
@@ -27,6 +27,7 @@ from ._common import (
     section_spots,
     spots_aspect,
     stored_colours,
+    table_name,
     value_colormap,
 )
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
+
+_ANNOTATE_HINT = "Run lk.tl.annotate on this table first, or pass key= (label_key=) the keys it wrote."
 
 
 @plot_function
@@ -108,18 +111,21 @@ def annotation(
     if kind not in ("scores", "label"):
         raise ValueError(f"kind must be 'scores' or 'label', got {kind!r}.")
     table = get_table(data, table_key)
+    name = table_name(data, table, table_key)
     record, fused = _annotate_record(table, key)
     label_key = record.get("label_key", key) if label_key is None else label_key
     if kind == "scores":
-        require_keys(table.obsm, key, "adata.obsm")
+        check_obsm_key(table, key, where=name, hint=_ANNOTATE_HINT)
         scores = table.obsm[key]
         if not isinstance(scores, pd.DataFrame):
-            raise TypeError(f"adata.obsm[{key!r}] must be a DataFrame of class scores (from lk.tl.annotate).")
+            raise TypeError(
+                f"{name}.obsm[{key!r}] must be a DataFrame of class scores (from lk.tl.annotate)."
+            )
         classes = list(scores.columns) if classes is None else list(classes)
-        require_keys(scores.columns, classes, f"the classes of adata.obsm[{key!r}]")
+        require_keys(scores.columns, classes, f"the classes of {name}.obsm[{key!r}]")
         colours = value_colormap(cmap)
     else:
-        require_keys(table.obs.columns, label_key, "adata.obs")
+        check_obs_key(table, label_key, where=name, hint=_ANNOTATE_HINT)
         labels = as_categories(table.obs[label_key], label_key)
         if label_key == record.get("label_key", key):  # loki's label, not a column the user named
             labels = _with_all_classes(labels, record)

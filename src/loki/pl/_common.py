@@ -71,6 +71,14 @@ def _check_save(save) -> None:
     )
 
 
+def table_name(data: AnnData | SpatialData, table: AnnData, table_key: str | None) -> str:
+    """How messages call the plotted table: ``"adata"``, or ``"sdata.tables['MOB1']"`` in a SpatialData."""
+    if not is_spatialdata(data):
+        return "adata"
+    key = table_key if table_key is not None else next(k for k, t in data.tables.items() if t is table)
+    return f"sdata.tables[{key!r}]"
+
+
 def coordinates(table: AnnData, key: str, where: str = "adata") -> np.ndarray:
     """The first two columns of ``table.obsm[key]`` as float64, after checking it has them.
 
@@ -204,7 +212,7 @@ def as_categories(values: pd.Series, column: str) -> pd.Categorical:
 def finish(fig: Figure, *, show: bool | None, save: str | Path | None, created: bool) -> None:
     """Save and/or show a figure, as scanpy's ``savefig_or_show`` does.
 
-    ``save`` writes the figure. ``show=None`` shows it when the plot function ``created`` it (no
+    ``save`` writes the figure; a path's missing folders are created. ``show=None`` shows it when the plot function ``created`` it (no
     ``ax=``) and the backend is interactive, never when it drew into the caller's axes. A figure the
     function created, saved and did not show is closed, so that a loop saving one figure per item
     leaves none open; the returned object stays usable.
@@ -212,13 +220,39 @@ def finish(fig: Figure, *, show: bool | None, save: str | Path | None, created: 
     import matplotlib.pyplot as plt
 
     if save is not None:
-        fig.savefig(save, bbox_inches="tight", dpi=150)
+        _save(fig, save)
     if show is None:
         show = created and plt.get_backend().lower() not in _NON_INTERACTIVE
     if show:
         plt.show()
     elif save is not None and created:
         plt.close(fig)
+
+
+def _save(fig: Figure, save) -> None:
+    """``fig.savefig(save)``, creating a path's missing folders first (as scanpy does with its figdir).
+
+    Folders created here are removed again when saving fails, so a failed call leaves nothing behind.
+    """
+    created = []
+    if isinstance(save, str | os.PathLike):
+        parent = Path(save).parent
+        while not parent.exists():
+            created.append(parent)
+            parent = parent.parent
+        if created:
+            created[0].mkdir(parents=True)
+    try:
+        fig.savefig(save, bbox_inches="tight", dpi=150)
+    except BaseException:
+        for folder in created:  # deepest first; a folder something else wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    if created:
+        logger.info("created the folder %s to save the figure", created[0])
 
 
 def section_image(
@@ -333,7 +367,7 @@ def section_spots(
     Display coordinates are the image's pixels when there is an image, else the spot coordinates.
     ``where`` takes ``table_key``, ``image_key`` and ``coordinate_system`` (see :func:`section_image`).
     """
-    xy = coordinates(table, spatial_key)
+    xy = coordinates(table, spatial_key, table_name(data, table, where.get("table_key")))
     background = section_image(data, requested=show_image, **where)
     pixels, to_display = (
         (None, np.eye(3)) if background is None else (background[0], np.linalg.inv(background[1]))

@@ -23,6 +23,7 @@ from ._common import (
     scatter_values,
     section_spots,
     spots_aspect,
+    table_name,
     value_colormap,
 )
 
@@ -99,14 +100,21 @@ def expression(
 
     """
     table = get_table(data, table_key)
+    name = table_name(data, table, table_key)
     genes = [genes] if isinstance(genes, str) else list(genes)
     if not genes:
         raise ValueError("Pass at least one gene.")
-    require_keys(table.var_names, genes, "adata.var_names")
+    require_keys(table.var_names, genes, f"{name}.var_names")
     if layer is not None:
-        require_keys(table.layers, layer, "adata.layers")
+        require_keys(table.layers, layer, f"{name}.layers")
     if predicted is None:
-        require_keys(table.layers, layer_predicted, "adata.layers")
+        require_keys(
+            table.layers,
+            layer_predicted,
+            f"{name}.layers",
+            hint="Run lk.tl.predict_expression(..., output='layer') on this table first, or pass "
+            "predicted= the AnnData it returns (output='anndata').",
+        )
         pred_ad, pred_layer = table, layer_predicted
     else:
         require_keys(predicted.var_names, genes, "predicted.var_names")

@@ -23,6 +23,7 @@ from ._common import (
     plot_function,
     scatter_values,
     section_image,
+    table_name,
     value_colormap,
 )
 
@@ -103,17 +104,20 @@ def proportions(
 
     """
     table = get_table(data, table_key)
-    check_obsm_key(table, key)
-    coords = coordinates(table, spatial_key)
+    name = table_name(data, table, table_key)
+    check_obsm_key(
+        table, key, where=name, hint="Run lk.tl.decompose on this table first, or pass key= the key it wrote."
+    )
+    coords = coordinates(table, spatial_key, name)
     values = table.obsm[key]
     if not isinstance(values, pd.DataFrame):
-        raise ValueError(f"adata.obsm[{key!r}] must be a DataFrame with one column per cell type.")
+        raise ValueError(f"{name}.obsm[{key!r}] must be a DataFrame with one column per cell type.")
     columns = [str(c) for c in values.columns]
     if cell_types is None:
         cell_types = columns
     else:
         cell_types = [str(c) for c in cell_types]
-        require_keys(columns, cell_types, f"the columns of adata.obsm[{key!r}]")
+        require_keys(columns, cell_types, f"the columns of {name}.obsm[{key!r}]")
     if len(cell_types) == 0:
         raise ValueError("No cell types to plot.")
     if isinstance(show_image, np.ndarray) and show_image.ndim not in (2, 3):

@@ -154,7 +154,9 @@ def gene_sentences(
     if layer is None:
         x = adata.X
     else:
-        require_keys(adata.layers, layer, "adata.layers")
+        require_keys(
+            adata.layers, layer, "adata.layers", hint=_raw_hint(adata, key_added) if layer == "raw" else None
+        )
         x = adata.layers[layer]
     if x is None:
         raise ValueError("adata.X is empty; pass layer= to choose the counts.")
@@ -169,7 +171,7 @@ def gene_sentences(
         exclude_ribo=exclude_ribo,
     )
     top, counts, n_bad = top_k_rows(as_csr(x), n_genes, keep)
-    _raise_bad_values(n_bad, adata.obs_names)
+    _raise_bad_values(n_bad, adata.obs_names, _other_sources(adata, layer, key_added))
     sentences = join_names(top, counts, name_list)
     empty = counts == 0
     if empty.any():
@@ -281,15 +283,38 @@ def _check_gene_names(names: pd.Index, name_list: list[str] | None = None) -> No
         )
 
 
-def _raise_bad_values(n_bad: np.ndarray, obs_names) -> None:
+def _raise_bad_values(n_bad: np.ndarray, obs_names, sources: str | None = None) -> None:
     bad_rows = np.flatnonzero(n_bad)
     if len(bad_rows):
         which = bad_rows[:5] if obs_names is None else obs_names[bad_rows[:5]]
         raise ValueError(
             f"Expression holds {int(n_bad.sum())} NaN, infinite or negative value(s) in {len(bad_rows)} "
             f"row(s), e.g. {', '.join(map(repr, list(which)))}; gene sentences need non-negative counts "
-            "or normalised expression."
+            "or normalised expression, not scaled values (e.g. from sc.pp.scale)."
+            + ("" if sources is None else f" {sources}")
         )
+
+
+def _other_sources(adata: AnnData, layer: str | None, key_added: str) -> str:
+    """Where else the table keeps expression: its other layers and ``.raw``, and how to use them."""
+    used = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    others = [k for k in adata.layers.keys() if k != layer]
+    listing = (
+        f"its layers are {', '.join(map(repr, others))} (pass layer= one holding counts)"
+        if others
+        else "it has no other layer"
+    )
+    return f"The values are {used}; {listing}. {_raw_hint(adata, key_added)}"
+
+
+def _raw_hint(adata: AnnData, key_added: str) -> str:
+    """Whether ``adata.raw`` exists and how to make sentences from it (it is not a layer)."""
+    if adata.raw is None:
+        return "adata.raw is not set."
+    return (
+        f"adata.raw holds {adata.raw.n_vars} genes; it is not a layer: make the sentences on "
+        f"raw = adata.raw.to_adata() and copy raw.obs[{key_added!r}] into adata.obs."
+    )
 
 
 def _housekeeping_label(housekeeping) -> str:

@@ -374,7 +374,7 @@ def _check_choice(name: str, value, choices: tuple) -> None:
 
 
 def _cell_type_codes(reference: AnnData, key: str, min_cells: int) -> tuple[np.ndarray, list[str]]:
-    check_obs_key(reference, key)
+    check_obs_key(reference, key, where="reference")
     labels = reference.obs[key]
     check_labelled(labels, f"reference.obs[{key!r}]", "cells")
     # a categorical column's declared types count too: one without cells is reported, not dropped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from copy import deepcopy
 from typing import TYPE_CHECKING, Literal
 
 import numba
@@ -310,7 +311,8 @@ def predict_expression(
         Seed of the reference subsamples the principal axes and cells are fitted on.
     output
         ``"anndata"``: return a new AnnData (query spots x reference genes; ``.X`` = prediction, obs,
-        ``obsm['spatial']`` copied from the query table). ``"layer"``: write ``.layers[key_added]`` on
+        ``obsm['spatial']`` and ``uns['spatialdata_attrs']`` copied from the query table, so that the
+        result of a SpatialData table annotates the same spots: ``sdata.tables["pred"] = result``). ``"layer"``: write ``.layers[key_added]`` on
         the query table, whose ``var_names`` must all be reference genes (aligned to its own order).
     query_table_key, reference_table_key
         Tables of SpatialData inputs.
@@ -388,13 +390,7 @@ def predict_expression(
         progress=progress,
     )
     if n_fallback:
-        warnings.warn(
-            f"{n_fallback} query spot(s) have no positive similarity to any (top-k) reference spot "
-            "(negative='keep': similarities summing to 0); they get the unweighted mean of those reference "
-            "spots. Softmax weights (temperature=) avoid this.",
-            UserWarning,
-            stacklevel=2,
-        )
+        warnings.warn(_fallback_message(n_fallback, negative, top_k), UserWarning, stacklevel=2)
     params = {
         "use_query": use_query,
         "use_reference": use_reference,
@@ -420,6 +416,9 @@ def predict_expression(
     result = AnnData(X=pred, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
     if query_table is not None and Key.SPATIAL in query_table.obsm:
         result.obsm[Key.SPATIAL] = np.asarray(query_table.obsm[Key.SPATIAL])
+    if query_table is not None and "spatialdata_attrs" in query_table.uns:
+        # obs holds the query's region / instance columns: the result annotates the same spots
+        result.uns["spatialdata_attrs"] = deepcopy(dict(query_table.uns["spatialdata_attrs"]))
     write_uns(result, key_added, params)
     return result
 
@@ -527,6 +526,19 @@ def predict_expression_loso(
         )
         logger.info("PredEx held out %r against %d reference spots", held_out, ref.n_obs)
     return predictions, pd.concat(rows, ignore_index=True)
+
+
+def _fallback_message(n_fallback: int, negative: Negative, top_k: int | None) -> str:
+    """The warning for queries whose raw-similarity weights fell back to uniform weights."""
+    spots = f"their top-{top_k} reference spots" if top_k is not None else "the reference spots"
+    if negative == "keep":
+        why = f"similarities to {spots} that sum to 0 (negative='keep' weights by the raw similarities)"
+    else:
+        why = f"no positive similarity to any of {spots} (negative='clip' gives negative ones weight 0)"
+    return (
+        f"{n_fallback} query spot(s) have {why}; they get uniform weights over {spots}, i.e. the "
+        "unweighted mean of their expression. Softmax weights (temperature=) avoid this."
+    )
 
 
 def _check_top_k(top_k: int | None, n_reference: int, reference: str) -> None:
