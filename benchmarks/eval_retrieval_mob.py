@@ -3,8 +3,9 @@
 Image -> transcriptome retrieval (paper eq. 33): for each MOB4 patch, the rank of its own spot's text
 embedding among all MOB4 text embeddings, divided by the bank size; Recall@5% is the fraction of patches
 with quantile <= 0.05. Reported beside a random ranking and a pixel-ridge baseline (ridge regression
-from raw 12 x 12 pixels of each spot's square to the first 10 expression PCs, fitted on MOB1-3, penalty by
-cross-validation on MOB1-3; ranking by cosine similarity of predicted and measured PCs).
+from raw 12 x 12 pixels of the same squares the model sees, ``--diameter-um`` around each spot, to the
+first 10 expression PCs, fitted on MOB1-3, penalty by cross-validation on MOB1-3; ranking by cosine
+similarity of predicted and measured PCs).
 
 Usage::
 
@@ -40,14 +41,12 @@ def log_norm(table) -> np.ndarray:
     return np.log1p(x)
 
 
-def spot_pixels(sdata, section: str, side: int = 12) -> np.ndarray:
-    """Each spot's square (spot diameter) resized to ``side`` x ``side`` RGB, flattened."""
+def spot_pixels(sdata, section: str, diameter_um: float, side: int = 12) -> np.ndarray:
+    """Each spot's ``diameter_um`` square resized to ``side`` x ``side`` RGB, flattened."""
     import loki as lk
 
-    return (
-        np.asarray(lk.pp.spot_patches(sdata, table_key=section, size=side)).reshape(-1, side * side * 3)
-        / 255.0
-    )
+    patches = lk.pp.spot_patches(sdata, table_key=section, size=side, diameter_um=diameter_um)
+    return np.asarray(patches).reshape(-1, side * side * 3) / 255.0
 
 
 def pixel_ridge_similarity(train_pix, train_x, test_pix, test_x, n_pcs: int = 10):
@@ -120,9 +119,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     r_random = lk.metrics.recall_at_k(rng.standard_normal((len(test_s), len(test_s))), ks)
     train_x = np.concatenate([log_norm(data[s][2]) for s in TRAIN])
-    train_pix = np.concatenate([spot_pixels(sdata, s) for s in TRAIN])
+    train_pix = np.concatenate([spot_pixels(sdata, s, args.diameter_um) for s in TRAIN])
     sim_ridge, ridge_alpha = pixel_ridge_similarity(
-        train_pix, train_x, spot_pixels(sdata, TEST), log_norm(test_table)
+        train_pix, train_x, spot_pixels(sdata, TEST, args.diameter_um), log_norm(test_table)
     )
     r_ridge = lk.metrics.recall_at_k(sim_ridge, ks)
 
@@ -166,8 +165,9 @@ def main() -> None:
         md.append(f"| {m} | {result['recall_at_5pct'][m]:.3f} | {result['recall_at_10pct'][m]:.3f} |")
     md += [
         "",
-        f"pixel_ridge: 12 x 12 px of each 100 µm spot square -> 10 expression PCs, RidgeCV alpha {ridge_alpha:g}, "
-        "cosine ranking. random: a random similarity matrix (expected 0.05 / 0.10).",
+        f"pixel_ridge: 12 x 12 px of each {args.diameter_um:g} µm square (the model's) -> 10 expression "
+        f"PCs, RidgeCV alpha {ridge_alpha:g}, cosine ranking. random: a random similarity matrix "
+        "(expected 0.05 / 0.10).",
         "",
         f"Time: patches+sentences {t_prep:.1f} s, training {t_train:.1f} s "
         f"({history['epochs']} epochs x {history['steps_per_epoch']} steps), encoding MOB4 {t_enc:.1f} s. "

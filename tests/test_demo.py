@@ -8,6 +8,9 @@ from matplotlib.image import imread
 import loki as lk
 from loki.cli import main
 
+# the pixel ridge's crops cover the model's squares (200 µm), block-averaged to 12 x 12 px
+RIDGE_LABEL = f"pixel ridge ({lk.models.TINY_PATCH_UM:g} µm at 12x12 px -> 10 PCs)"
+
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
@@ -74,7 +77,7 @@ def _beats_the_naive_baselines(table):
     assert (js < 0.7 * uniform).all(), (js, uniform)
     mse, train_mean = _rows(table, "predex", "MSE", "training mean")
     assert (mse < train_mean).all(), (mse, train_mean)
-    pcc, _ = _rows(table, "predex", "mean PCC", "pixel ridge")
+    pcc, _ = _rows(table, "predex", "mean PCC", RIDGE_LABEL)
     assert (pcc > 0.1).all(), pcc
     recall, random = _rows(table, "retrieve", "Recall@", "random ranking")
     assert len(recall) == 2
@@ -83,6 +86,50 @@ def _beats_the_naive_baselines(table):
         aligned, unaligned = _rows(table, "align", metric, "unaligned")
         assert len(aligned) == 2
         assert (aligned > unaligned + 0.1).all(), (metric, aligned, unaligned)
+
+
+@pytest.mark.slow
+def test_pixel_baseline_sees_the_models_field_of_view(tmp_path, monkeypatch):
+    """The pixel ridge's crops and the gallery's patches cover the squares the model embeds.
+
+    No model runs: training, alignment and decomposition are stubbed and both embeddings are random;
+    only which squares the demo cuts is checked, and that the metrics table names the ridge's crop.
+    """
+    from loki import _demo
+    from loki.pp import _patches
+
+    rng = np.random.default_rng(0)
+    model_um, crops = [], []
+    cut = _patches._cut_spot_patches
+
+    def random_embedding(key):
+        def embed(sdata, model, *, table_key, **kwargs):
+            if key == lk.Key.IMAGE:
+                model_um.append(kwargs.get("diameter_um"))
+            x = rng.standard_normal((sdata.tables[table_key].n_obs, 16)).astype(np.float32)
+            sdata.tables[table_key].obsm[key] = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+        return embed
+
+    def spy_cut(*args, size=224, diameter_um=None, **kwargs):
+        crops.append((size, diameter_um))
+        return cut(*args, size=size, diameter_um=diameter_um, **kwargs)
+
+    monkeypatch.setattr(lk.tl, "embed_image", random_embedding(lk.Key.IMAGE))
+    monkeypatch.setattr(lk.tl, "embed_text", random_embedding(lk.Key.TEXT))
+    monkeypatch.setattr(_patches, "_cut_spot_patches", spy_cut)
+    monkeypatch.setattr(_demo, "_train", lambda *args, **kwargs: (None, 1))
+    for step in ("_align", "_align_image_alone", "_decompose"):
+        monkeypatch.setattr(_demo, step, lambda *args, **kwargs: None)
+
+    table = _demo.run_demo(tmp_path / "demo", quick=True, progress=False)
+
+    assert model_um == [lk.models.TINY_PATCH_UM] * 4
+    # ridge crops of MOB1-3 and MOB4 (retrieval), MOB4 (PredEx) and the gallery's MOB4 view
+    assert sorted(crops) == sorted([(32, lk.models.TINY_PATCH_UM)] * 5 + [(96, lk.models.TINY_PATCH_UM)])
+    ridge_rows = table[table["baseline"].str.startswith("pixel ridge")]
+    assert ridge_rows["step"].tolist() == ["retrieve", "retrieve", "predex"]
+    assert set(ridge_rows["baseline"]) == {RIDGE_LABEL}
 
 
 def test_bad_seed_or_output_path_fail_before_any_work(tmp_path):

@@ -2,11 +2,12 @@
 
 The demo trains ``loki-tiny`` from scratch on MOB1-3 (the published OmiCLIP weights are not shipped),
 then evaluates on the held-out MOB4 and on MOB1/MOB2 (and MOB4's H&E image alone, tiled, onto MOB3),
-always beside a baseline measured in the same run. Its numbers describe a tiny model trained on ~1,200
-spots, not the published model. They also move with torch's CPU thread count (sums split over threads
-round differently, and training a tiny model amplifies that: MOB2 -> MOB1's median PCC was 0.679 with 2
-threads and 0.605 with 1): compare runs made with the same number of threads, which ``metrics.tsv`` and
-``metrics.md`` record. Runs with the same seed and thread count are identical.
+always beside a baseline measured in the same run (the pixel ridge on crops of the squares the model
+sees). Its numbers describe a tiny model trained on ~1,200 spots, not the published model. They also
+move with torch's CPU thread count (sums split over threads round differently, and training a tiny
+model amplifies that: MOB2 -> MOB1's median PCC was 0.679 with 2 threads and 0.605 with 1): compare
+runs made with the same number of threads, which ``metrics.tsv`` and ``metrics.md`` record. Runs
+with the same seed and thread count are identical.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from loki._utils import is_int
 TRAIN = ("MOB1", "MOB2", "MOB3")
 TEST = "MOB4"
 QUICK_EPOCHS = 2
+#: Side in pixels of the pixel-ridge baseline's crops (it block-averages them to ``PixelRidge.side``).
+RIDGE_CROP_PX = 32
 #: Seeds every consumer of the seed accepts (scikit-learn's and numpy's legacy range).
 SEED_RANGE = (0, 2**32 - 1)
 
@@ -47,8 +50,8 @@ class _Table:
         return pd.DataFrame(self.rows)
 
 
-def _train(sdata, out: Path, table: _Table, *, seed: int, quick: bool, progress: bool):
-    """Train loki-tiny on MOB1-3; return the model and torch's CPU thread count it was trained with."""
+def _train(sdata, out: Path, table: _Table, *, field_um: float, seed: int, quick: bool, progress: bool):
+    """Train loki-tiny on MOB1-3 on squares of ``field_um``; return the model and torch's thread count."""
     import torch
 
     import loki as lk
@@ -64,7 +67,7 @@ def _train(sdata, out: Path, table: _Table, *, seed: int, quick: bool, progress:
         sdata,
         model,
         table_keys=list(TRAIN),
-        diameter_um=lk.models.TINY_PATCH_UM,
+        diameter_um=field_um,
         seed=seed,
         progress=progress,
         **recipe,
@@ -79,34 +82,46 @@ def _train(sdata, out: Path, table: _Table, *, seed: int, quick: bool, progress:
     return model, threads
 
 
-def _retrieval(sdata, model, out: Path, table: _Table, *, seed: int):
+def _crops(sdata, section: str, size: int, field_um: float) -> np.ndarray:
+    """Squares of ``field_um`` around a section's spots at ``size`` px, in table order.
+
+    Cut like the model's patches but not written as the section's patch flags (those belong to
+    embed_image).
+    """
+    from loki.pp._patches import _cut_spot_patches
+
+    return np.asarray(_cut_spot_patches(sdata, table_key=section, size=size, diameter_um=field_um)[0])
+
+
+def _ridge_label(ridge, field_um: float) -> str:
+    """The pixel ridge's name in the metrics table: the tissue it sees, its pixel grid and its targets."""
+    return f"pixel ridge ({field_um:g} µm at {ridge.side}x{ridge.side} px -> {ridge.n_pcs} PCs)"
+
+
+def _retrieval(sdata, model, out: Path, table: _Table, *, field_um: float, seed: int):
+    """Recall@K of MOB4 image -> text beside a pixel ridge fitted on MOB1-3 crops of the same squares."""
     import loki as lk
     from loki.baselines import PixelRidge, log_normalized
-    from loki.pp._patches import _cut_spot_patches
 
     test = sdata.tables[TEST]
     sim = test.obsm[lk.Key.IMAGE] @ test.obsm[lk.Key.TEXT].T
     ks = [0.05, 0.10]
     recall = lk.metrics.recall_at_k(sim, ks)
 
-    def patches(section, size):
-        # The baseline's own crops: not written as the sections' patch flags (those belong to embed_image).
-        return np.asarray(_cut_spot_patches(sdata, table_key=section, size=size)[0])
-
     ridge = PixelRidge(n_pcs=10, seed=seed).fit(
-        np.concatenate([patches(s, 32) for s in TRAIN]),
+        np.concatenate([_crops(sdata, s, RIDGE_CROP_PX, field_um) for s in TRAIN]),
         np.concatenate([log_normalized(sdata.tables[s].X) for s in TRAIN]),
     )
     ridge_recall = lk.metrics.recall_at_k(
-        ridge.retrieval_similarity(patches(TEST, 32), log_normalized(test.X)), ks
+        ridge.retrieval_similarity(_crops(sdata, TEST, RIDGE_CROP_PX, field_um), log_normalized(test.X)), ks
     )
     random_recall = lk.metrics.recall_at_k(np.random.default_rng(seed).random(sim.shape), ks)
     for k, r, b, c in zip(ks, recall, ridge_recall, random_recall, strict=True):
-        table.add("retrieve", f"Recall@{k:.0%} MOB4 image->text", r, "pixel ridge (12x12 px -> 10 PCs)", b)
+        table.add("retrieve", f"Recall@{k:.0%} MOB4 image->text", r, _ridge_label(ridge, field_um), b)
         table.add("retrieve", f"Recall@{k:.0%} MOB4 image->text", r, "random ranking", c)
 
     hits = lk.tl.retrieve(test, test, k=5)
-    view = patches(TEST, 96)
+    view = _crops(sdata, TEST, 96, field_um)
     lk.pl.retrieval_gallery(
         hits,
         view,
@@ -120,12 +135,11 @@ def _retrieval(sdata, model, out: Path, table: _Table, *, seed: int):
     return ridge
 
 
-def _predex(sdata, ridge, out: Path, table: _Table):
+def _predex(sdata, ridge, out: Path, table: _Table, *, field_um: float):
     import anndata as ad
 
     import loki as lk
     from loki.baselines import log_normalized
-    from loki.pp._patches import _cut_spot_patches
 
     reference = ad.concat([sdata.tables[s] for s in TRAIN], index_unique="-", merge="same")
     reference.X = log_normalized(reference.X).astype(np.float32)
@@ -136,9 +150,15 @@ def _predex(sdata, ridge, out: Path, table: _Table):
     )
     expressed = measured.std(0) > 0
     pcc = np.nanmean(lk.metrics.pearson(measured[:, expressed], np.asarray(pred.X)[:, expressed], axis=0))
-    ridge_pred = ridge.predict_expression(np.asarray(_cut_spot_patches(sdata, table_key=TEST, size=32)[0]))
+    ridge_pred = ridge.predict_expression(_crops(sdata, TEST, RIDGE_CROP_PX, field_um))
     ridge_pcc = np.nanmean(lk.metrics.pearson(measured[:, expressed], ridge_pred[:, expressed], axis=0))
-    table.add("predex", "mean PCC over genes, MOB4 from MOB1-3 (top-50)", pcc, "pixel ridge", ridge_pcc)
+    table.add(
+        "predex",
+        "mean PCC over genes, MOB4 from MOB1-3 (top-50)",
+        pcc,
+        _ridge_label(ridge, field_um),
+        ridge_pcc,
+    )
     train_mean = np.asarray(reference.X.mean(0)).ravel()
     mse = lk.metrics.mse(measured, np.asarray(pred.X))
     table.add(
@@ -183,7 +203,7 @@ def _align(sdata, out: Path, table: _Table, *, seed: int):
     )
 
 
-def _align_image_alone(sdata, model, out: Path, table: _Table, *, seed: int):
+def _align_image_alone(sdata, model, out: Path, table: _Table, *, field_um: float, seed: int):
     """MOB4's H&E image alone (tiles over its tissue, its spots unused) aligned onto MOB3's transcriptome.
 
     The rigid part of the alignment is then applied to MOB4's spots, which carry expression, and scored
@@ -193,10 +213,14 @@ def _align_image_alone(sdata, model, out: Path, table: _Table, *, seed: int):
     from loki._utils._affine import apply_matrix
 
     mpu = sdata.tables[TEST].uns[lk.Key.UNS]["microns_per_unit"]
-    um = lk.models.TINY_PATCH_UM
     key = f"{TEST}_he_tiles"
     tiles = lk.pp.tile_image(
-        sdata, f"{TEST}_image", microns_per_pixel=mpu, tile_um=um, spacing_um=um / 2, key_added=key
+        sdata,
+        f"{TEST}_image",
+        microns_per_pixel=mpu,
+        tile_um=field_um,
+        spacing_um=field_um / 2,
+        key_added=key,
     )
     lk.tl.embed_image(sdata, model, table_key=key)
     lk.tl.align(sdata, source=key, target="MOB3", use=(lk.Key.IMAGE, lk.Key.TEXT), seed=seed)
@@ -317,14 +341,17 @@ def run_demo(out: str | Path, *, seed: int = 0, quick: bool = False, progress: b
     sdata = lk.datasets.mob()
     for section in (*TRAIN, TEST):
         lk.pp.gene_sentences(sdata, table_key=section)
-    model, threads = _train(sdata, out, table, seed=seed, quick=quick, progress=progress)
+    # One field of view for all the H&E: the model's patches and tiles, its pixel baseline's crops
+    # and the gallery, so that model and baseline see the same tissue.
+    field_um = lk.models.TINY_PATCH_UM
+    model, threads = _train(sdata, out, table, field_um=field_um, seed=seed, quick=quick, progress=progress)
     for section in (*TRAIN, TEST):
         lk.tl.embed_text(sdata, model, table_key=section)
-        lk.tl.embed_image(sdata, model, table_key=section, diameter_um=lk.models.TINY_PATCH_UM)
-    ridge = _retrieval(sdata, model, out, table, seed=seed)
-    _predex(sdata, ridge, out, table)
+        lk.tl.embed_image(sdata, model, table_key=section, diameter_um=field_um)
+    ridge = _retrieval(sdata, model, out, table, field_um=field_um, seed=seed)
+    _predex(sdata, ridge, out, table, field_um=field_um)
     _align(sdata, out, table, seed=seed)
-    _align_image_alone(sdata, model, out, table, seed=seed)
+    _align_image_alone(sdata, model, out, table, field_um=field_um, seed=seed)
     _decompose(out, table, seed=seed)
     table.add("demo", "total seconds", time.perf_counter() - t0)
     record = _run_record(table, threads)
