@@ -20,6 +20,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._utils import as_rng, check_array_finite, check_obsm_key
+from loki._utils._spacing import nearest_spot_distance
 
 __all__ = ["SectionTransform", "synthetic_reference", "synthetic_tissue", "transform_section"]
 
@@ -309,17 +310,6 @@ class SectionTransform:
     params: dict = field(default_factory=dict)
 
 
-def spot_spacing_of(xy: np.ndarray) -> float:
-    """Median distance of each point to its nearest neighbour."""
-    from scipy.spatial import cKDTree
-
-    xy = np.asarray(xy, dtype=float)
-    if len(xy) < 2:
-        return 1.0
-    d, _ = cKDTree(xy).query(xy, k=2)
-    return float(np.median(d[:, 1]))
-
-
 def similarity_matrix(
     rotation_deg: float, translation: tuple[float, float], mirror: bool, scale: float, center: np.ndarray
 ) -> np.ndarray:
@@ -456,7 +446,7 @@ def transform_section(
     n = len(xy)
     n_keep = max(3, round(n * (1.0 - drop_fraction)))
     kept = np.sort(rng.choice(n, size=n_keep, replace=False)) if n_keep < n else np.arange(n)
-    spacing = spot_spacing_of(xy)
+    spacing = nearest_spot_distance(xy) or 1.0
     warped = xy + _warp(xy, warp * spacing, rng) if warp > 0 else xy.copy()
     mat = similarity_matrix(rotation_deg, translation, mirror, scale, xy.mean(axis=0))
     moved_xy = warped @ mat[:2, :2].T + mat[:2, 2]

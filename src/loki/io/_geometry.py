@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from loki._utils._spacing import nearest_spot_distance
+
 #: Relative difference of the pixel scales along the two array axes above which the readers warn.
 ANISOTROPY_WARN = 0.05
 
@@ -68,17 +70,6 @@ def axis_scales(linear: np.ndarray) -> tuple[float, float]:
     """Pixels per array step along array ``x`` and along array ``y`` of a fitted linear part."""
     sx, sy = np.linalg.norm(linear, axis=1)
     return float(sx), float(sy)
-
-
-def nearest_spot_distance(array_xy: np.ndarray) -> float:
-    """Median distance, in array units, from each spot to its nearest neighbour (0 for < 2 spots)."""
-    from scipy.spatial import cKDTree
-
-    array_xy = np.unique(np.asarray(array_xy, dtype=np.float64), axis=0)
-    if len(array_xy) < 2:
-        return 0.0
-    dist, _ = cKDTree(array_xy).query(array_xy, k=2)
-    return float(np.median(dist[:, 1]))
 
 
 def is_checkerboard(array_xy: np.ndarray) -> bool:

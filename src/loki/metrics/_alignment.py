@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 
 from loki._keys import Key
 from loki._utils import as_rng, check_array_finite, check_obsm_key, check_unique_var_names, is_int
-from loki.io._geometry import nearest_spot_distance
+from loki._utils._spacing import nearest_spot_distance
 from loki.metrics._correlation import kendall_tau, pearson
 
 _BOOT_CHUNK = 1 << 22  # resampled spots per bootstrap chunk (32 MB of float64 per alignment)
