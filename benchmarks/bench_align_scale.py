@@ -166,7 +166,10 @@ def main():
         "ours_err_spacing": round(err, 4),
         "ours_rigid_part_err": round(err_rigid, 4),
         "mirror": info["mirror"],
-        "stages": "; ".join(info["stages"]),
+        "stages": "; ".join(
+            f"{row.stage} level {row.level:g}: {row.n_points:g} points, {row.n_iter:g} iterations"
+            for row in info["stages"].dropna(subset=["n_iter"]).itertuples()
+        ),
     }
     if args.baseline:
         t = time.perf_counter()

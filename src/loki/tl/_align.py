@@ -244,6 +244,32 @@ def _moving(moving: str, n_source: int, n_target: int, *, partial: bool = False)
     return moving
 
 
+_STAGE_COLUMNS = (
+    "level",
+    "n_points",
+    "n_starts",
+    "n_iter",
+    "sigma2",
+    "sigma2_features",
+    "converged",
+    "seconds",
+)
+
+
+def _stage_table(stages: list[dict]) -> pd.DataFrame:
+    """CPD stages as a table, one row per stage in run order.
+
+    Numbers a stage does not have (a start's iterations, a fit's number of starts, the feature variance
+    without an embedding) are NaN, and ``converged`` is 1.0 / 0.0 / NaN, so the table is writeable.
+    """
+    table = pd.DataFrame(stages).reindex(columns=["stage", *_STAGE_COLUMNS])
+    table.index = table.index.astype(str)
+    numeric = table[list(_STAGE_COLUMNS)].apply(
+        lambda col: pd.to_numeric(col.astype(object), errors="coerce")
+    )
+    return pd.concat([table[["stage"]].astype(str), numeric.astype(float)], axis=1)
+
+
 def _start_table(scores: list[dict]) -> pd.DataFrame | None:
     """Global-start scores as a table (NaN where a start was not run to convergence), or None.
 
@@ -487,7 +513,10 @@ def align(
       embedding keys; empty for coordinates only), ``matrix`` (3x3 rigid/affine part, source units ->
       target units), ``pre_matrix``, ``mirror`` (whether the source was found mirrored), ``sigma2``
       and, with an embedding, ``sigma2_features`` (the last stage's variance of the spatial and of the
-      feature columns), ``n_iter``, ``converged``, ``loglik``, ``stages``, ``starts`` (with a global
+      feature columns), ``n_iter``, ``converged``, ``loglik``, ``stages`` (a DataFrame, one row per
+      stage run: ``stage``, ``level``, ``n_points``, ``n_starts``, ``n_iter``, ``sigma2``,
+      ``sigma2_features``, ``converged``, ``seconds``; NaN where a stage has no such number),
+      ``starts`` (with a global
       start: one row per initial rotation and side, its screening log-likelihood and, for the starts
       run to convergence, ``loglik``, ``loglik_common`` and, with an embedding, ``agreement``; the last
       of these picked the winner, so the table shows how clear the mirror decision was; with
@@ -693,7 +722,7 @@ def align(
         "scale_removed": None if res.scale_removed is None else float(res.scale_removed),
         "unit_scale": float(unit * linear_scale(to_target_frame)),
         "microns_per_unit": mpu_tgt,
-        "stages": [str(s) for s in res.stages],
+        "stages": _stage_table(res.stages),
         "starts": _start_table(res.start_scores),
         "explained_variance_ratio": ratio,
         "coordinate_system": coordinate_system if is_sd else None,
