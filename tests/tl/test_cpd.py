@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import itertools
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loki._utils._affine import linear_scale
+from loki.tl import _cpd_kernels
 from loki.tl._cpd import (
     AlignResult,
     _profile_loglik,
@@ -78,6 +81,48 @@ def test_estep_far_points_stay_finite():
     assert np.isfinite(PX).all()
     assert np.isfinite(ll)
     assert Pt1 == pytest.approx(np.ones(3))  # w = 0: every column sums to one, even the far point
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+@pytest.mark.parametrize("sigma2", [1e-3, 0.5])
+def test_estep_does_not_depend_on_the_thread_count(sigma2):
+    """Above the parallel threshold (8000 x 8000 > 5e7 pairs) the sums are bit-identical on 1 and 2
+    threads, with the grid (small sigma) and without (one cell)."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.random((8000, 4)), rng.random((8000, 4)) + 0.01
+    saved = numba.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            out.append(estep(X, Y, sigma2, 0.1, sigma2_features=0.2))
+    finally:
+        numba.set_num_threads(saved)
+    for a, b in zip(out[0][:3], out[1][:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert out[0][3] == out[1][3]
+
+
+@pytest.mark.parametrize(("n", "sigma2"), [(700, 0.05), (700, 2.0), (700, 50.0), (5, 0.05)])
+def test_estep_parallel_chunks_match_the_serial_sums(monkeypatch, n, sigma2):
+    """The chunked path (each chunk summing into its band of moving points) gives the serial sums,
+    with a fine grid, a coarse one, a single cell, and fewer target points than chunks."""
+    rng = np.random.default_rng(6)
+    X = np.hstack([rng.uniform(0, 10, (n, 2)), rng.normal(size=(n, 1))])
+    Y = np.hstack([rng.uniform(0, 10, (600, 2)), rng.normal(size=(600, 1))])
+    serial = estep(X, Y, sigma2, 0.1, sigma2_features=0.5)
+    monkeypatch.setattr(_cpd_kernels, "PARALLEL_PAIRS", 0)
+    chunked = estep(X, Y, sigma2, 0.1, sigma2_features=0.5)
+    for a, b in zip(serial[:3], chunked[:3], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
+    assert chunked[3] == pytest.approx(serial[3], rel=1e-13)
+
+
+def test_cell_order_is_the_stable_argsort():
+    rng = np.random.default_rng(7)
+    for n, n_cells in ((0, 1), (1, 1), (1000, 7), (5000, 1156), (10, 100_000)):
+        key = rng.integers(0, n_cells, n).astype(np.int64)
+        np.testing.assert_array_equal(_cpd_kernels._cell_order(key, n_cells), np.argsort(key, kind="stable"))
 
 
 def test_initial_sigma2():
@@ -303,6 +348,40 @@ def test_cpd_align_preserve_scale_undoes_contraction():
     assert _rms_radius(kept.coords) == pytest.approx(rigid, rel=0.01)
     sim = fit_linear(apply_matrix(Y[:, :2], kept.pre_matrix), kept.coords, kind="similarity")
     assert np.sqrt(np.linalg.det(sim[:2, :2])) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("preserve_scale", [False, True])
+def test_cpd_align_deformable_matrix_keeps_the_pre_align_family(preserve_scale):
+    """A source at 1.25x the target's scale: with pre_align="similarity" the deformable run's matrix
+    carries the scale found, so it places the source where its coordinates lie; rigid stays rigid."""
+    X = _cloud(300, 4)
+    Y = X.copy()
+    Y[:, :2] = apply_matrix(X[:, :2] * 1.25, rotation_matrix(40.0, np.zeros(2)))
+    kw = dict(method="deformable", beta=1.0, n_rotations=4, mirror=False, preserve_scale=preserve_scale)
+    kw["max_iter"] = 50
+    sim = cpd_align(X, Y, pre_align="similarity", **kw)
+    assert linear_scale(sim.pre_matrix) == pytest.approx(0.8, rel=0.01)
+    assert linear_scale(sim.matrix) == pytest.approx(0.8, rel=0.02)
+    assert sim.linear_kind == "similarity"
+    spacing = 0.04  # about this cloud's mean nearest-neighbour distance
+    placed = apply_matrix(Y[:, :2], sim.matrix)
+    assert np.linalg.norm(placed - sim.coords, axis=1).mean() < 0.5 * spacing
+    # registered the other way round (X moving) and reversed: the inverse keeps the scale too
+    back = reverse_result(cpd_align(Y, X, pre_align="similarity", **kw), X, Y, deformable=True)
+    assert linear_scale(back.matrix) == pytest.approx(0.8, rel=0.02)
+    assert np.linalg.norm(apply_matrix(Y[:, :2], back.matrix) - back.coords, axis=1).mean() < 0.5 * spacing
+    rigid = cpd_align(X, Y, pre_align="rigid", **kw)
+    assert np.linalg.det(rigid.matrix[:2, :2]) == pytest.approx(1.0, abs=1e-12)
+    assert rigid.linear_kind == "rigid"
+
+
+def test_cpd_align_rejects_unknown_pre_align():
+    X = _cloud(100, 4)
+    for method in ("deformable", "rigid"):
+        with pytest.raises(
+            ValueError, match=r"pre_align must be 'rigid', 'similarity' or 'affine', got 'Affine'"
+        ):
+            cpd_align(X, X.copy(), method=method, pre_align="Affine")
 
 
 def test_profile_loglik_refits_only_the_feature_variance():

@@ -13,7 +13,8 @@ the spatial columns (the paper: "the M-step was optimized by updating only the c
 - :func:`cpd_align`: the whole recipe on a coarse-to-fine pyramid (:func:`pyramid_levels`); above
   ``max_points`` points per side the finest level's transform and field are interpolated to all points.
 
-The E-step (:func:`loki.tl._cpd_kernels.estep`) is streamed in numba with O(M + N) memory.
+The E-step (:func:`loki.tl._cpd_kernels.estep`) is streamed in numba without the M x N posterior;
+its sums do not depend on the number of threads.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from loki._utils._affine import apply_matrix, linear_scale
 from ._cpd_kernels import estep, gaussian_cross_kernel
 
 Method = Literal["rigid", "similarity", "affine", "deformable"]
+Linear = Literal["rigid", "similarity", "affine"]
+_LINEAR = ("rigid", "similarity", "affine")
 
 _EPS = 1e-12
 _PARTIAL_VALIDATED = 35_000  # largest section partial=True was checked on (benchmarks/RESULTS.md)
@@ -85,7 +88,7 @@ def fit_linear(
     dst: np.ndarray,
     weights: np.ndarray | None = None,
     *,
-    kind: Literal["rigid", "similarity", "affine"] = "rigid",
+    kind: Linear = "rigid",
     allow_reflection: bool = False,
 ) -> np.ndarray:
     """Weighted least-squares 3x3 transform mapping (n, 2) ``src`` onto ``dst`` (Umeyama / affine).
@@ -193,7 +196,7 @@ def register_rigid(
     X: np.ndarray,
     Y: np.ndarray,
     *,
-    kind: Literal["rigid", "similarity", "affine"] = "rigid",
+    kind: Linear = "rigid",
     w: float = 0.1,
     max_iter: int = 100,
     tol: float = 1e-6,
@@ -436,7 +439,7 @@ def global_start(
     *,
     n_rotations: int = 8,
     mirror: bool = True,
-    kind: Literal["rigid", "similarity", "affine"] = "rigid",
+    kind: Linear = "rigid",
     w: float = 0.1,
     max_points: int = 400,
     n_screen_iter: int = 15,
@@ -569,10 +572,15 @@ class AlignResult:
     coords
         (M, 2) aligned spatial coordinates of the moving points (non-rigid for ``deformable``).
     matrix
-        3x3 rigid/affine part (the pre-alignment for rigid/affine runs; for deformable runs the rigid
-        fit, reflection allowed when a mirror was chosen, of the input onto ``coords``, as in the paper).
+        3x3 rigid/affine part (the pre-alignment for rigid/affine runs; for deformable runs the fit of
+        the input onto ``coords`` in the ``pre_align`` family, reflection allowed when a mirror was
+        chosen: rigid as in the paper by default, with the scale or shear found when ``pre_align`` is
+        ``"similarity"`` or ``"affine"``, so that ``matrix`` places the section where ``coords`` lie).
     pre_matrix
         3x3 transform found before any deformable stage (global start + rigid/affine refinement).
+    linear_kind
+        Transform family of ``matrix``: ``method`` for rigid/similarity/affine runs, ``pre_align``
+        for deformable runs.
     mirror
         Whether the flipped source won.
     sigma2, sigma2_features, n_iter, converged, loglik
@@ -604,6 +612,7 @@ class AlignResult:
     start_scores: list[dict] = field(default_factory=list)
     scale_removed: float | None = None
     moving: Literal["source", "target"] = "source"
+    linear_kind: Linear = "rigid"
 
 
 def reverse_result(res: AlignResult, X: np.ndarray, Y: np.ndarray, *, deformable: bool) -> AlignResult:
@@ -613,8 +622,8 @@ def reverse_result(res: AlignResult, X: np.ndarray, Y: np.ndarray, *, deformable
     the points of ``Y`` by Gaussian kernel regression (16 nearest neighbours, bandwidth one point
     spacing) of ``x_n - A^-1(T(x_n))``, the residual of each moved point of ``X`` after inverting the
     rigid/affine part ``A``; the field is smooth on the scale of ``beta``, so this is accurate to
-    well under a spacing. The rigid part reported is then fitted to the result, as in
-    :func:`cpd_align`.
+    well under a spacing. The rigid/affine part reported is then fitted to the result in the family
+    ``res.linear_kind``, as in :func:`cpd_align`.
     """
     from scipy.spatial import cKDTree
 
@@ -630,7 +639,7 @@ def reverse_result(res: AlignResult, X: np.ndarray, Y: np.ndarray, *, deformable
         h2 = _spacing2(back)
         weights = np.exp(-(dist**2 - dist[:, :1] ** 2) / (2.0 * h2))  # nearest weight 1: never all zero
         coords = coords + (weights[:, :, None] * residual[idx]).sum(axis=1) / weights.sum(axis=1)[:, None]
-        matrix = fit_linear(Y[:, :2], coords, kind="rigid", allow_reflection=res.mirror)
+        matrix = fit_linear(Y[:, :2], coords, kind=res.linear_kind, allow_reflection=res.mirror)
     return replace(
         res, coords=coords, matrix=matrix, pre_matrix=np.linalg.inv(res.pre_matrix), moving="target"
     )
@@ -659,7 +668,7 @@ def cpd_align(
     Y: np.ndarray,
     *,
     method: Method = "rigid",
-    pre_align: Literal["rigid", "similarity", "affine"] = "rigid",
+    pre_align: Linear = "rigid",
     n_rotations: int = 8,
     mirror: bool = True,
     alpha: float = 0.5,
@@ -709,7 +718,11 @@ def cpd_align(
 
     With ``preserve_scale`` the isotropic scale of the deformable motion (pre-aligned points ->
     deformed points) is divided out (:func:`remove_global_scale`), so that the non-rigid result
-    keeps the pre-alignment's overall size.
+    keeps the pre-alignment's overall size (including any scale a ``"similarity"`` or ``"affine"``
+    ``pre_align`` found).
+
+    For ``method="deformable"`` the reported ``matrix`` is fitted to the final coordinates in the
+    ``pre_align`` family, so a scale found by the pre-alignment stays in it.
 
     Returns
     -------
@@ -721,6 +734,8 @@ def cpd_align(
     scale_removed = None
     if method not in ("rigid", "similarity", "affine", "deformable"):
         raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
+    if pre_align not in _LINEAR:
+        raise ValueError(f"pre_align must be 'rigid', 'similarity' or 'affine', got {pre_align!r}.")
     if n_coarse < 3 or max_points < 3:
         raise ValueError(f"n_coarse and max_points must be >= 3, got {n_coarse} and {max_points}.")
     if partial and embeddings is None:
@@ -789,7 +804,7 @@ def cpd_align(
         pre = _homogeneous(np.eye(2), X[:, :2].mean(axis=0) - Y[:, :2].mean(axis=0))
         flipped, scores = False, []
 
-    kind = method if method in ("rigid", "similarity", "affine") else pre_align
+    kind = method if method in _LINEAR else pre_align
     sigma2 = None
     res = None
     for level, (ix, iy) in enumerate(samples):
@@ -867,7 +882,7 @@ def cpd_align(
     else:
         coords = Y1[:, :2]
     if method == "deformable":
-        matrix = fit_linear(Y[:, :2], coords, kind="rigid", allow_reflection=flipped)
+        matrix = fit_linear(Y[:, :2], coords, kind=kind, allow_reflection=flipped)
     else:
         matrix = pre
     return AlignResult(
@@ -884,4 +899,5 @@ def cpd_align(
         approximate=approximate,
         start_scores=scores,
         scale_removed=scale_removed,
+        linear_kind=kind,
     )

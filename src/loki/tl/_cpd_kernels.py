@@ -1,21 +1,31 @@
 """Numba kernels of coherent point drift: the E-step streamed over target points.
 
-No M x N matrix is ever formed. Each thread walks a contiguous block of target points, computes one
-column of the posterior at a time into an O(M) buffer and accumulates its own ``P1`` and ``PX``;
-the per-thread accumulators are summed at the end (memory O(threads * M * D + N)).
+No M x N matrix is ever formed. The target points are walked one at a time: one column of the
+posterior is computed into an O(M) buffer and added to ``P1`` and ``PX``.
 
 Pairs farther apart than a cutoff radius (a multiple of sigma, measured on the two spatial
 coordinates only, which bounds the full distance from below) are skipped through a uniform grid over
 the moving points; while sigma is large the grid is a single cell and the E-step is exact.
+
+Large problems run in parallel over a fixed number of chunks of target points (:data:`N_CHUNKS`),
+each accumulating into its own band of moving points, and the bands are summed in chunk order: the
+sums are the same, bit for bit, whatever the number of threads.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from loki._utils._threads import keep_torch_threads
+
+#: Above this many point pairs (M * N) the E-step runs in parallel; below, the thread pool's wake-up
+#: costs more than it saves (the global start runs many small E-steps).
+PARALLEL_PAIRS = 50_000_000
+#: Chunks of target points of the parallel E-step. Fixed, not the thread count, so that the
+#: floating-point sums (each chunk's, then the chunks' in order) do not depend on the machine: with
+#: 16 chunks, up to 16 threads are kept busy.
+N_CHUNKS = 16
 
 
 @njit(cache=True)
@@ -29,6 +39,21 @@ def _grid_cells(pts2, origin, cell, nx, ny):
         cy = min(max(cy, 0), ny - 1)
         key[i] = cy * nx + cx
     return key
+
+
+@njit(cache=True)
+def _cell_order(key, n_cells):
+    """``np.argsort(key, kind="stable")`` for keys in ``[0, n_cells)``: a counting sort, O(n + n_cells)."""
+    first = np.zeros(n_cells + 1, np.int64)
+    for i in range(key.shape[0]):
+        first[key[i] + 1] += 1
+    for k in range(n_cells):
+        first[k + 1] += first[k]
+    order = np.empty(key.shape[0], np.int64)
+    for i in range(key.shape[0]):
+        order[first[key[i]]] = i
+        first[key[i]] += 1
+    return order
 
 
 @njit(inline="always", fastmath=True)
@@ -90,11 +115,12 @@ def _axpy(out, b, scale):
 
 
 @njit(fastmath=True, cache=True)
-def _estep_block(X, TYt, inv_2s2, c, starts, origin, cell, nx, ny, reach, start, stop, P1c, PXc, Pt1):
+def _estep_block(X, TYt, inv_2s2, c, starts, origin, cell, nx, ny, reach, start, stop, P1c, PXc, Pt1, base):
     """E-step sums of target points ``start:stop`` into this block's own ``P1c`` and ``PXc``.
 
-    A plain (serial) function so that LLVM vectorises its inner loops; :func:`_estep_kernel` runs
-    one block per thread.
+    ``P1c`` and ``PXc`` hold the (sorted) moving points from ``base`` on: the band this block can
+    reach. A plain (serial) function so that LLVM vectorises its inner loops; :func:`_estep_kernel`
+    runs the chunks in parallel.
     """
     D = X.shape[1]
     buf = np.empty(TYt.shape[1])
@@ -141,31 +167,36 @@ def _estep_block(X, TYt, inv_2s2, c, starts, origin, cell, nx, ny, reach, start,
             lo = run_lo[r]
             hi = run_hi[r]
             b = buf[pos : pos + hi - lo]
-            _axpy(P1c[lo:hi], b, invd)
+            _axpy(P1c[lo - base : hi - base], b, invd)
             for d in range(D):
-                _axpy(PXc[d, lo:hi], b, invd * X[n, d])
+                _axpy(PXc[d, lo - base : hi - base], b, invd * X[n, d])
             pos += hi - lo
     return ll
 
 
 @njit(parallel=True, cache=True)
-def _estep_kernel(X, TYt, inv_2s2, c, starts, origin, cell, nx, ny, reach, n_chunks):
+def _estep_kernel(X, TYt, inv_2s2, c, starts, origin, cell, nx, ny, reach, bounds, band_lo, offsets):
     """Posterior sums for target points ``X`` (N, D) and moving points ``TYt`` (D, M) sorted by cell.
 
     For each target point the candidate moving points are the runs of the (2 reach + 1)^2 grid cells
     around it. The posterior column is shifted by its smallest squared distance (log-sum-exp), so far
-    points and ``w = 0`` stay finite. Returns ``P1`` (M,), ``Pt1`` (N,), ``PX`` (D, M) and the sum of
-    ``log(sum_m k_mn + c)``.
+    points and ``w = 0`` stay finite. Chunk ``k`` holds target points ``bounds[k]:bounds[k + 1]``
+    and accumulates into its own band of moving points, ``band_lo[k]`` on, stored at
+    ``offsets[k]:offsets[k + 1]`` of one buffer; the bands are added up in chunk order. Returns
+    ``P1`` (M,), ``Pt1`` (N,), ``PX`` (D, M) and the sum of ``log(sum_m k_mn + c)``.
     """
     N, D = X.shape
     M = TYt.shape[1]
-    P1_parts = np.zeros((n_chunks, M))
-    PX_parts = np.zeros((n_chunks, D, M))
+    n_chunks = len(bounds) - 1
+    P1_bands = np.zeros(offsets[n_chunks])
+    # chunk k's PX band is the C-contiguous (D, length) block at D * offsets[k]: a strided view of
+    # one (D, total) array would keep LLVM from vectorising the accumulation
+    PX_bands = np.zeros(D * offsets[n_chunks])
     Pt1 = np.zeros(N)
     ll_parts = np.zeros(n_chunks)
     for ch in prange(n_chunks):
-        start = ch * N // n_chunks
-        stop = (ch + 1) * N // n_chunks
+        a = offsets[ch]
+        b = offsets[ch + 1]
         ll_parts[ch] = _estep_block(
             X,
             TYt,
@@ -177,18 +208,48 @@ def _estep_kernel(X, TYt, inv_2s2, c, starts, origin, cell, nx, ny, reach, n_chu
             nx,
             ny,
             reach,
-            start,
-            stop,
-            P1_parts[ch],
-            PX_parts[ch],
+            bounds[ch],
+            bounds[ch + 1],
+            P1_bands[a:b],
+            PX_bands[D * a : D * b].reshape(D, b - a),
             Pt1,
+            band_lo[ch],
         )
     P1 = np.zeros(M)
     PX = np.zeros((D, M))
+    ll = 0.0
     for ch in range(n_chunks):
-        P1 += P1_parts[ch]
-        PX += PX_parts[ch]
-    return P1, Pt1, PX, ll_parts.sum()
+        a = offsets[ch]
+        b = offsets[ch + 1]
+        lo = band_lo[ch]
+        P1[lo : lo + b - a] += P1_bands[a:b]
+        band = PX_bands[D * a : D * b].reshape(D, b - a)
+        for d in range(D):
+            PX[d, lo : lo + b - a] += band[d]
+        ll += ll_parts[ch]
+    return P1, Pt1, PX, ll
+
+
+def _chunks(X2, origin, cell, nx, ny, reach, starts):
+    """Target order and chunks for :func:`_estep_kernel`: its ``(order, bounds, band_lo, offsets)``.
+
+    The target points are sorted by grid cell (row-major), so that the cells a chunk of them reaches
+    lie in a run of grid rows, i.e. one contiguous band of the moving points sorted by cell.
+    """
+    N = len(X2)
+    key = _grid_cells(X2, origin, cell, nx, ny)
+    order = _cell_order(key, nx * ny)
+    n_chunks = min(N_CHUNKS, N)
+    bounds = np.arange(n_chunks + 1, dtype=np.int64) * N // n_chunks
+    rows = key[order] // nx
+    # one row of margin: _estep_block finds a point's cell under fastmath (the division may become a
+    # multiplication by the reciprocal), which can put a point on a cell border into the next row
+    first = np.maximum(rows[bounds[:-1]] - reach - 1, 0)
+    last = np.minimum(rows[bounds[1:] - 1] + reach + 1, ny - 1)
+    band_lo = starts[first * nx]
+    offsets = np.zeros(n_chunks + 1, dtype=np.int64)
+    np.cumsum(starts[(last + 1) * nx] - band_lo, out=offsets[1:])
+    return order, bounds, band_lo, offsets
 
 
 def estep(
@@ -262,23 +323,36 @@ def estep(
         nx = int((hi[0] - lo[0]) / cell) + 1
         ny = int((hi[1] - lo[1]) / cell) + 1
     key = _grid_cells(TY[:, :2], lo, cell, nx, ny)
-    order = np.argsort(key, kind="stable")
+    order = _cell_order(key, nx * ny)
     starts = np.zeros(nx * ny + 1, dtype=np.int64)
     np.cumsum(np.bincount(key, minlength=nx * ny), out=starts[1:])
     TYt = np.ascontiguousarray(TY[order].T)
-    with keep_torch_threads():  # numba.get_num_threads() starts numba's thread pool, too
-        # threads only pay off on large problems (the global start runs many small ones)
-        n_chunks = max(1, min(numba.get_num_threads(), N)) if M * N > 50_000_000 else 1
-        if n_chunks == 1:
-            # serial path: skips the thread pool, whose wake-up dominates small problems
-            P1s = np.zeros(M)
-            PXs = np.zeros((D, M))
-            Pt1 = np.zeros(N)
-            ll = _estep_block(X, TYt, 0.5 / sigma2, c, starts, lo, cell, nx, ny, reach, 0, N, P1s, PXs, Pt1)
-        else:
-            P1s, Pt1, PXs, ll = _estep_kernel(
-                X, TYt, 0.5 / sigma2, c, starts, lo, cell, nx, ny, reach, n_chunks
+    if M * N <= PARALLEL_PAIRS:
+        # serial path: skips the thread pool, whose wake-up dominates small problems
+        P1s = np.zeros(M)
+        PXs = np.zeros((D, M))
+        Pt1 = np.zeros(N)
+        ll = _estep_block(X, TYt, 0.5 / sigma2, c, starts, lo, cell, nx, ny, reach, 0, N, P1s, PXs, Pt1, 0)
+    else:
+        xorder, bounds, band_lo, offsets = _chunks(X[:, :2], lo, cell, nx, ny, reach, starts)
+        with keep_torch_threads():  # numba's thread pool starts on the first parallel call
+            P1s, Pt1s, PXs, ll = _estep_kernel(
+                np.ascontiguousarray(X[xorder]),
+                TYt,
+                0.5 / sigma2,
+                c,
+                starts,
+                lo,
+                cell,
+                nx,
+                ny,
+                reach,
+                bounds,
+                band_lo,
+                offsets,
             )
+        Pt1 = np.empty(N)
+        Pt1[xorder] = Pt1s
     P1 = np.empty(M)
     P1[order] = P1s
     PX = np.empty((M, D))
