@@ -677,6 +677,8 @@ def _no_dns(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", fail)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def test_without_dns_the_hub_is_skipped_for_the_local_cache(monkeypatch, tmp_path):
@@ -711,6 +713,17 @@ def test_without_dns_a_file_not_cached_is_named(monkeypatch):
         ConnectionError, match=r"host name does not resolve.*'checkpoint.pt'.*not in the local"
     ):
         lk.models.load("hf-hub:org/repo", device="cpu")
+
+
+@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY"])
+def test_behind_a_proxy_the_hub_is_asked_even_without_local_dns(monkeypatch, variable):
+    _no_dns(monkeypatch)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "http://proxy.example:3128")
+    assert _loading._hub_host_resolves() is True
+    monkeypatch.setenv("NO_PROXY", "huggingface.co")
+    assert _loading._hub_host_resolves() is False
 
 
 def test_the_hub_host_is_not_looked_up_in_offline_mode(monkeypatch):

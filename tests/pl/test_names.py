@@ -84,14 +84,15 @@ def test_proportions_show_image():
         lk.pl.proportions(section, image=rgb, show=False)
 
 
-def test_alignment_size_is_the_marker_size():
+def test_alignment_spot_size_is_the_marker_size():
     sections = [_section(), _section(seed=1)]
-    _same_figure(lk.pl.alignment(sections, size=8.0, show=False), lk.pl.alignment(sections, show=False))
-    fig = lk.pl.alignment(sections, size=20.0, show=False)
+    _same_figure(lk.pl.alignment(sections, spot_size=8.0, show=False), lk.pl.alignment(sections, show=False))
+    fig = lk.pl.alignment(sections, spot_size=20.0, show=False)
     assert {s for a in fig.axes for c in a.collections for s in c.get_sizes()} == {20.0}
     plt.close(fig)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'point_size'"):
-        lk.pl.alignment(sections, point_size=20.0, show=False)
+    for old in ("point_size", "size"):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{old}'"):
+            lk.pl.alignment(sections, **{old: 20.0}, show=False)
 
 
 def test_retrieval_gallery_panel_size_is_inches_per_panel():
@@ -116,6 +117,7 @@ def test_no_plot_keeps_an_old_name():
         names = set(inspect.signature(func).parameters)
         assert not names & {"basis", "image", "point_size"}, func.__name__
     assert "size" not in inspect.signature(lk.pl.retrieval_gallery).parameters
+    assert "size" not in inspect.signature(lk.pl.alignment).parameters
     assert "spatial_key" in inspect.signature(lk.pl.annotation).parameters
 
 

@@ -15,6 +15,7 @@ from ._validation import (
     check_unique_var_names,
     check_var_key,
     is_int,
+    is_real,
     require_keys,
 )
 from ._write import write_layer, write_obs, write_obsm, write_uns
@@ -33,6 +34,7 @@ __all__ = [
     "check_unique_var_names",
     "check_var_key",
     "is_int",
+    "is_real",
     "require_keys",
     "write_layer",
     "write_obs",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -81,6 +82,11 @@ def _protected(table, where: str, inputs: Mapping[str, str | None]) -> dict[str,
 def is_int(value) -> bool:
     """Whether ``value`` is an integer (Python or numpy), not a bool."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """Whether ``value`` is a real number (Python or numpy, integers included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_element_name(value, what: str, note: str = "") -> None:

@@ -10,7 +10,6 @@ true coordinates of every kept spot in the original frame.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +18,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from loki._keys import Key
-from loki._utils import as_rng, check_array_finite, check_obsm_key
+from loki._utils import as_rng, check_array_finite, check_obsm_key, is_real
 from loki._utils._spacing import nearest_spot_distance
 
 __all__ = ["SectionTransform", "synthetic_reference", "synthetic_tissue", "transform_section"]
@@ -43,7 +42,7 @@ def _checked(
         bounds.append(f"{'<' if high_open else '<='} {high:g}")
     kind = "an integer" if integer else "a finite number"
     wanted = f"{' and '.join(bounds)} ({kind})" if bounds else kind
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+    ok = is_real(value) and np.isfinite(value)
     if ok and integer:
         ok = float(value).is_integer()
     if ok and low is not None:

@@ -8,7 +8,6 @@ coefficient is computed across genes for every pair; the median over pairs summa
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import numpy as np
@@ -17,7 +16,7 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from loki._keys import Key
-from loki._utils import as_rng, check_array_finite, check_obsm_key, check_unique_var_names, is_int
+from loki._utils import as_rng, check_array_finite, check_obsm_key, check_unique_var_names, is_int, is_real
 from loki._utils._spacing import nearest_spot_distance
 from loki.metrics._correlation import kendall_tau, pearson
 
@@ -39,10 +38,6 @@ def _xy(xy, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be (n, 2) coordinates, got shape {xy.shape}.")
     check_array_finite(xy, name)
     return xy[:, :2]
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _nanmedian(x: np.ndarray) -> float:
@@ -100,7 +95,7 @@ def alignment_error(aligned: np.ndarray, truth: np.ndarray, unit: float | None =
         raise ValueError("aligned and truth hold no spots; the mean distance needs at least one.")
     check_array_finite(aligned, "aligned")
     check_array_finite(truth, "truth")
-    if unit is not None and not (_is_real(unit) and np.isfinite(unit) and unit > 0):
+    if unit is not None and not (is_real(unit) and np.isfinite(unit) and unit > 0):
         raise ValueError(f"unit must be a positive number, got {unit!r}.")
     return float(np.linalg.norm(aligned - truth, axis=1).mean() / (unit or 1.0))
 
@@ -144,7 +139,7 @@ def matched_expression_correlation(
         )
     if max_distance is None:
         max_distance = _default_radius(xy_target, "xy_target")
-    elif not (_is_real(max_distance) and np.isfinite(max_distance) and max_distance >= 0):
+    elif not (is_real(max_distance) and np.isfinite(max_distance) and max_distance >= 0):
         raise ValueError(f"max_distance must be a number >= 0, got {max_distance!r}.")
     dist, src = cKDTree(xy_source).query(xy_target, k=1)
     ok = np.nonzero(dist <= max_distance)[0]
@@ -330,7 +325,7 @@ def paired_median_difference(
         )
     if not is_int(n_boot) or n_boot < 1:
         raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}.")
-    if not (_is_real(level) and 0 < level < 1):
+    if not (is_real(level) and 0 < level < 1):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}.")
     if not (seed is None or isinstance(seed, np.random.Generator) or (is_int(seed) and seed >= 0)):
         raise ValueError(f"seed must be a non-negative integer, a numpy Generator or None, got {seed!r}.")

@@ -430,13 +430,19 @@ def load_weights(model, state_dict: dict, *, source: str) -> None:
 def _hub_host_resolves() -> bool:
     """Whether the Hugging Face Hub's host name resolves (``False`` without DNS: no network at all).
 
-    With ``HF_HUB_OFFLINE`` set the Hub is never contacted, so this says ``True`` and leaves it to
-    huggingface_hub.
+    With ``HF_HUB_OFFLINE`` set the Hub is never contacted, and behind an HTTPS proxy the proxy resolves
+    the name (clusters often have no DNS of their own), so in both cases this says ``True`` and leaves
+    it to huggingface_hub.
     """
+    from urllib.request import getproxies, proxy_bypass
+
     from huggingface_hub import constants
 
     host = urlparse(constants.ENDPOINT).hostname
     if constants.HF_HUB_OFFLINE or not host:
+        return True
+    proxies = getproxies()
+    if (proxies.get("https") or proxies.get("all")) and not proxy_bypass(host):
         return True
     try:
         socket.getaddrinfo(host, 443)

@@ -120,7 +120,7 @@ def alignment(
     spatial_key: str = Key.SPATIAL,
     use: str | Sequence[str] | None = None,
     kind: str = "overlay",
-    size: float = 8.0,
+    spot_size: float = 8.0,
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
@@ -151,8 +151,8 @@ def alignment(
     kind
         ``"overlay"``: two panels, before and after, sections overlaid; ``"stack"``: side view of the
         sections stacked along z (x horizontal, z vertical), before and after.
-    size
-        Marker size in points^2 (scanpy's ``size``).
+    spot_size
+        Marker size in points^2, as in the other ``lk.pl`` plots.
     ax
         Two axes to draw into (before, after), as a list or an array; default a new figure.
     show
@@ -205,7 +205,7 @@ def alignment(
     for panel, title, points in zip(axes, ("before", "after"), (before, after), strict=True):
         for z, (name, t, c, xy) in enumerate(zip(names, tables, colours, points, strict=True)):
             if kind == "overlay":
-                panel.scatter(xy[:, 0], xy[:, 1], s=size, c=c, label=name, alpha=0.7, linewidths=0)
+                panel.scatter(xy[:, 0], xy[:, 1], s=spot_size, c=c, label=name, alpha=0.7, linewidths=0)
             else:
                 zpos = (
                     t.uns.get(Key.UNS, {}).get(key, {}).get("z", z)
@@ -215,7 +215,7 @@ def alignment(
                 panel.scatter(
                     xy[:, 0],
                     np.full(len(xy), float(zpos)),
-                    s=size,
+                    s=spot_size,
                     c=c,
                     label=name,
                     alpha=0.7,

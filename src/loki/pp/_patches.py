@@ -149,7 +149,8 @@ def spot_patches(
         nothing. The flags of an image embedding are written by :func:`loki.tl.embed_image`
         (``.obs['loki_patch_ok']``) and cannot be replaced here: patches cut for a figure or at another
         size would no longer describe the embedding. To have :func:`loki.tl.finetune` leave out the
-        padded patches of an AnnData given ``patches=``, write them under ``lk.Key.PATCH_OK``.
+        padded patches of an AnnData given ``patches=`` (one without an image embedding), write them
+        under ``lk.Key.PATCH_OK``.
     fill
         Padding value for squares leaving the image (255: white).
     chunk_size
