@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loki._logging import logger
+from loki._utils._folders import missing_folders, remove_empty_folders
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -137,15 +138,6 @@ def _fetch(fetcher, fname: str) -> Path:
         ) from err
 
 
-def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and those of its parents that do not exist yet, innermost first."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
 def visium_sample(name: str, *, data_dir: str | Path | None = None, full_image: bool = False) -> SpatialData:
     """Download (once, hash-checked) and read a public 10x Visium H&E sample.
 
@@ -182,7 +174,7 @@ def visium_sample(name: str, *, data_dir: str | Path | None = None, full_image: 
     if name not in VISIUM_SAMPLES:
         raise ValueError(f"Unknown Visium sample {name!r}; available: {sorted(VISIUM_SAMPLES)}.")
     fetcher = _fetcher(data_dir)
-    created = _missing_folders(Path(fetcher.abspath) / name)
+    created = missing_folders(Path(fetcher.abspath) / name)
     extracted = None
     try:
         counts = _fetch(fetcher, f"{name}/{name}_filtered_feature_bc_matrix.h5")
@@ -201,9 +193,5 @@ def visium_sample(name: str, *, data_dir: str | Path | None = None, full_image: 
     except BaseException:
         if extracted is not None:
             shutil.rmtree(extracted, ignore_errors=True)
-        for path in created:  # innermost first; a folder holding verified downloads is kept
-            try:
-                path.rmdir()
-            except OSError:
-                break
+        remove_empty_folders(created)  # a folder holding verified downloads is kept
         raise

@@ -16,6 +16,7 @@ from anndata import AnnData
 
 from loki._logging import logger
 from loki._utils import require_keys
+from loki._utils._folders import missing_folders, remove_empty_folders
 from loki._utils._spatialdata import (
     affine_to,
     get_table,
@@ -234,22 +235,13 @@ def _save(fig: Figure, save) -> None:
 
     Folders created here are removed again when saving fails, so a failed call leaves nothing behind.
     """
-    created = []
-    if isinstance(save, str | os.PathLike):
-        parent = Path(save).parent
-        while not parent.exists():
-            created.append(parent)
-            parent = parent.parent
-        if created:
-            created[0].mkdir(parents=True)
+    created = missing_folders(Path(save).parent) if isinstance(save, str | os.PathLike) else []
+    if created:
+        created[0].mkdir(parents=True)
     try:
         fig.savefig(save, bbox_inches="tight", dpi=150)
     except BaseException:
-        for folder in created:  # deepest first; a folder something else wrote into stays
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty_folders(created)
         raise
     if created:
         logger.info("created the folder %s to save the figure", created[0])
