@@ -83,14 +83,10 @@ def _train(sdata, out: Path, table: _Table, *, field_um: float, seed: int, quick
 
 
 def _crops(sdata, section: str, size: int, field_um: float) -> np.ndarray:
-    """Squares of ``field_um`` around a section's spots at ``size`` px, in table order.
+    """Squares of ``field_um`` around a section's spots at ``size`` px, in table order (no flags written)."""
+    import loki as lk
 
-    Cut like the model's patches but not written as the section's patch flags (those belong to
-    embed_image).
-    """
-    from loki.pp._patches import _cut_spot_patches
-
-    return np.asarray(_cut_spot_patches(sdata, table_key=section, size=size, diameter_um=field_um)[0])
+    return np.asarray(lk.pp.spot_patches(sdata, table_key=section, size=size, diameter_um=field_um))
 
 
 def _ridge_label(ridge, field_um: float) -> str:
