@@ -266,7 +266,7 @@ def test_spatialdata_input_inplace_and_not():
     assert "loki_proportions" not in sdata.tables["sec"].obsm
     assert lk.tl.decompose(sdata, reference=reference, cell_type_key="cell_type") is None
     pd.testing.assert_frame_equal(sdata.tables["sec"].obsm["loki_proportions"], out)
-    with pytest.raises(ValueError, match="copy=True is for AnnData"):
+    with pytest.raises(ValueError, match="copy=True applies to AnnData"):
         lk.tl.decompose(sdata, reference=reference, cell_type_key="cell_type", copy=True)
 
 

@@ -58,10 +58,19 @@ def table_attrs(table: AnnData) -> dict[str, Any]:
     return dict(table.uns.get("spatialdata_attrs", {}))
 
 
-def check_copy(data: Any, copy: bool) -> None:
-    """``copy=True`` returns a modified AnnData; a SpatialData is modified in place, so refuse it there."""
+def check_write_mode(data: Any, copy: bool, inplace: bool = True) -> None:
+    """Refuse ``copy=`` / ``inplace=`` combinations that cannot both be honoured (scanpy's semantics).
+
+    ``copy=True`` writes into a copy of an AnnData and returns it; ``inplace=False`` writes nothing and
+    returns the results; a SpatialData is never copied (DESIGN §5), so it takes ``inplace=False`` only.
+    """
+    if copy and not inplace:
+        raise ValueError("copy=True writes into a copy and inplace=False writes nothing; pass one of them.")
     if copy and is_spatialdata(data):
-        raise ValueError("copy=True applies to AnnData input; a SpatialData is modified in place.")
+        raise ValueError(
+            "copy=True applies to AnnData input; a SpatialData is modified in place, or pass inplace=False "
+            "to get the results without writing them."
+        )
 
 
 def table_region(table: AnnData) -> str:

@@ -15,7 +15,7 @@ from scipy import sparse
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import check_result_key, is_int, require_keys, write_obs, write_uns
-from loki._utils._spatialdata import check_copy, get_table
+from loki._utils._spatialdata import check_write_mode, get_table
 
 from ._housekeeping import housekeeping_genes
 from ._topk import as_csr, join_names, top_k_rows
@@ -140,7 +140,7 @@ def gene_sentences(
     :func:`loki.pp.map_gene_ids`.
 
     """
-    check_copy(data, copy)
+    check_write_mode(data, copy)
     adata = get_table(data, table_key)
     empty_key = Key.empty_of(key_added)
     check_result_key(adata, key_added, ("obs", "uns"), derived=[(empty_key, ("obs",))])

@@ -30,7 +30,7 @@ from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._pca import fit_pca
 from loki._utils._rng import as_seed
 from loki._utils._spatialdata import (
-    check_copy,
+    check_write_mode,
     get_table,
     is_spatialdata,
 )
@@ -556,7 +556,7 @@ def align(
         same_object = False
     if src.table is tgt.table:
         raise ValueError("source and target are the same section.")
-    check_copy(data, copy)
+    check_write_mode(data, copy)
     if method not in ("rigid", "similarity", "affine", "deformable"):
         raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
     if pre_align not in ("rigid", "similarity", "affine"):

@@ -22,7 +22,7 @@ from loki._utils import (
     write_obsm,
     write_uns,
 )
-from loki._utils._spatialdata import check_copy, get_table
+from loki._utils._spatialdata import check_write_mode, get_table
 
 from ._retrieve import l2_normalize
 
@@ -243,7 +243,7 @@ def annotate(
     result from zarr, and a warning says so.
 
     """
-    check_copy(data, copy)
+    check_write_mode(data, copy)
     adata = get_table(data, table_key)
     fused_key = f"{key_added}_fused"  # written with fuse_with, else an earlier call's is removed
     check_result_key(adata, key_added, ("obsm", "uns"), inputs={"use": use}, derived=[(fused_key, ("obsm",))])

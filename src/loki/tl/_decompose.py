@@ -27,7 +27,7 @@ from loki._utils import (
     write_uns,
 )
 from loki._utils._backed import read_matrix
-from loki._utils._spatialdata import get_table, is_spatialdata
+from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata
 
 from ._mapping import mapping_to_proportions, nms_refine, normalize_rows, percentile_normalize
 from ._nnls import nnls_weights, type_means
@@ -215,11 +215,8 @@ def decompose(
         ``percentiles``).
 
     """
-    if copy and not inplace:
-        raise ValueError("copy=True writes into a copy and inplace=False writes nothing; pass one of them.")
+    check_write_mode(data, copy, inplace)
     if is_spatialdata(data):
-        if copy:
-            raise ValueError("copy=True is for AnnData input; SpatialData takes inplace=False.")
         table = get_table(data, table_key)
     elif isinstance(data, AnnData):
         table = data
