@@ -212,8 +212,8 @@ def test_alignment_expression_scores_nan_outcomes(good_and_bad):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"n_boot": 2.5}, "n_boot must be an integer >= 1, got 2.5"),
-        ({"n_boot": True}, "n_boot must be an integer >= 1, got True"),
+        ({"n_boot": 2.5}, "n_boot must be a positive integer, got 2.5"),
+        ({"n_boot": True}, "n_boot must be a positive integer, got True"),
         ({"level": "0.9"}, "level must be a number in \\(0, 1\\), got '0.9'"),
         ({"level": 1.0}, "level must be a number in \\(0, 1\\), got 1.0"),
         ({"seed": 2.5}, "seed must be a non-negative integer, a numpy Generator or None, got 2.5"),

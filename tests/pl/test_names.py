@@ -137,10 +137,10 @@ def test_ax_annotation_says_whether_one_axes_is_taken(name):
     assert annotation == ("Axes | Sequence[Axes] | None" if takes_one else "Sequence[Axes] | None")
 
 
-@pytest.mark.parametrize("n", [0, -1])
+@pytest.mark.parametrize("n", [0, -1, 1.5, True])
 def test_retrieval_gallery_needs_a_query_and_a_hit(n):
-    with pytest.raises(ValueError, match=f"n_hits must be >= 1, got {n}"):
+    with pytest.raises(ValueError, match=f"n_hits must be a positive integer, got {n}"):
         lk.pl.retrieval_gallery(_HITS, _IMGS, _IMGS, n_hits=n, show=False)
-    with pytest.raises(ValueError, match=f"n_queries must be >= 1, got {n}"):
+    with pytest.raises(ValueError, match=f"n_queries must be a positive integer, got {n}"):
         lk.pl.retrieval_gallery(_HITS, _IMGS, _IMGS, n_queries=n, show=False)
     assert plt.get_fignums() == []

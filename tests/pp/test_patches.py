@@ -190,7 +190,7 @@ def test_spot_patches_centres_of_polygon_spots_and_square_pixels_only():
     )
     with pytest.raises(ValueError, match="are not square in 'global'"):
         lk.pp.spot_patches(sdata, size=16, diameter_um=100.0)
-    with pytest.raises(ValueError, match="fill must be an integer grey level"):
+    with pytest.raises(ValueError, match=r"fill must be an integer in \[0, 255\] \(a grey level\)"):
         lk.pp.crop_patches(_pattern(), centers, 48.0, 12, fill=300)
     with pytest.raises(ValueError, match="key_added must be a non-empty string"):
         lk.pp.spot_patches(_section(centers), key_added="")

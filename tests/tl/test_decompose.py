@@ -230,7 +230,9 @@ def test_duplicated_gene_names_are_rejected():
         ({"layer": "counts"}, KeyError, "adata.layers"),
         ({"density_prior": np.ones(3)}, ValueError, "density_prior"),
         ({"normalize": "percentile", "percentiles": (50, 10)}, ValueError, "percentiles"),
-        ({"num_threads": 0}, ValueError, "num_threads must be >= 1"),
+        ({"num_threads": 0}, ValueError, "num_threads must be a positive integer or None"),
+        ({"num_threads": 1.5}, ValueError, "num_threads must be a positive integer or None"),
+        ({"epochs": 2.5}, ValueError, "epochs must be a positive integer"),
     ],
 )
 def test_bad_parameters_fail_before_writing(kwargs, error, match):

@@ -118,6 +118,7 @@ def test_predict_expression_anndata_and_layer_outputs():
     assert list(out.var_names) == ["g5", "g1"]
     assert list(out.obs_names) == list(query.obs_names)
     np.testing.assert_array_equal(out.obsm["spatial"], query.obsm["spatial"])
+    assert not np.shares_memory(out.obsm["spatial"], query.obsm["spatial"])  # editing one spares the other
     lk.tl.predict_expression(query, ref, output="layer", top_k=10)
     layer = query.layers["loki_predicted"]
     assert layer.shape == query.shape

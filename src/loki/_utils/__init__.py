@@ -7,6 +7,7 @@ from ._rng import as_rng, as_seed
 from ._validation import (
     check_array_finite,
     check_element_name,
+    check_int,
     check_key_name,
     check_labelled,
     check_obs_key,
@@ -26,6 +27,7 @@ __all__ = [
     "block_starts",
     "check_array_finite",
     "check_element_name",
+    "check_int",
     "check_key_name",
     "check_labelled",
     "check_obs_key",

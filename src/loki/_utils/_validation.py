@@ -84,6 +84,26 @@ def is_int(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+def check_int(
+    value, name: str, *, minimum: int = 1, maximum: int | None = None, optional: bool = False, why: str = ""
+) -> int | None:
+    """``value`` as an ``int``; a ValueError naming ``name`` unless it is an integer (not a bool) in range.
+
+    ``None`` is returned as it is with ``optional=True``. ``why`` says what the bounds stand for.
+    """
+    if value is None and optional:
+        return None
+    if is_int(value) and value >= minimum and (maximum is None or value <= maximum):
+        return int(value)
+    if maximum is not None:
+        rule = f"an integer in [{minimum}, {maximum}]"
+    else:
+        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    raise ValueError(
+        f"{name} must be {rule}{' or None' if optional else ''}{f' ({why})' if why else ''}, got {value!r}."
+    )
+
+
 def is_real(value) -> bool:
     """Whether ``value`` is a real number (Python or numpy, integers included), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)

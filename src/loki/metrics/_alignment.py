@@ -16,7 +16,15 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from loki._keys import Key
-from loki._utils import as_rng, check_array_finite, check_obsm_key, check_unique_var_names, is_int, is_real
+from loki._utils import (
+    as_rng,
+    check_array_finite,
+    check_int,
+    check_obsm_key,
+    check_unique_var_names,
+    is_int,
+    is_real,
+)
 from loki._utils._spacing import nearest_spot_distance
 from loki.metrics._correlation import kendall_tau, pearson
 
@@ -225,8 +233,7 @@ def alignment_expression_scores(
     xy_source = _xy(source.obsm[aligned_key], f"source .obsm[{aligned_key!r}]")
     if max_distance is None:
         max_distance = _default_radius(xy_target, f"target .obsm[{target_key!r}]")
-    if not is_int(n_top_genes) or n_top_genes < 2:
-        raise ValueError(f"n_top_genes must be an integer >= 2, got {n_top_genes!r}.")
+    check_int(n_top_genes, "n_top_genes", minimum=2)
     check_unique_var_names(source, "source")
     check_unique_var_names(target, "target")
     genes = target.var_names.intersection(source.var_names)
@@ -323,8 +330,7 @@ def paired_median_difference(
         raise ValueError(
             f"the scores come from targets of {n} and {scores_b['n_target']} spots; use one target."
         )
-    if not is_int(n_boot) or n_boot < 1:
-        raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}.")
+    check_int(n_boot, "n_boot")
     if not (is_real(level) and 0 < level < 1):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}.")
     if not (seed is None or isinstance(seed, np.random.Generator) or (is_int(seed) and seed >= 0)):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from loki._logging import logger
-from loki._utils import as_seed, is_int
+from loki._utils import as_seed, check_int
 
 from ._omiclip import check_patch_um
 from ._preprocess import as_uint8_nhwc, augment_dihedral, check_uint8_nhwc, preprocess_uint8
@@ -166,14 +166,6 @@ def _check_sentences(sentences: list[str]) -> None:
         )
 
 
-def _check_int(name: str, value, minimum: int, why: str = "") -> None:
-    """Raise a ValueError unless ``value`` is an integer (not a bool) of at least ``minimum``."""
-    if not is_int(value):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}{' ' + why if why else ''}, got {value!r}")
-
-
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -262,8 +254,10 @@ def finetune(
     if n < 2:
         raise ValueError("need at least 2 pairs for a contrastive loss")
     _check_sentences(sentences)
-    _check_int("epochs", epochs, 1)
-    _check_int("batch_size", batch_size, 2, "for a contrastive loss (a batch of one pair has loss 0)")
+    check_int(epochs, "epochs")
+    check_int(
+        batch_size, "batch_size", minimum=2, why="a contrastive loss needs two pairs; one pair has loss 0"
+    )
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     if not 0 <= warmup < 1:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from loki._logging import logger
-from loki._utils import block_starts, is_int
+from loki._utils import block_starts, check_int
 
 from ._open_clip_logging import quiet_open_clip
 from ._preprocess import as_uint8_nhwc, preprocess_uint8
@@ -512,8 +512,7 @@ def check_patch_um(value) -> float | None:
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if not is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int(batch_size, "batch_size")
 
 
 def _described(images) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 from anndata import AnnData
 
 from loki._logging import logger
-from loki._utils import require_keys
+from loki._utils import check_int, require_keys
 from loki._utils._folders import missing_folders, remove_empty_folders
 from loki._utils._spatialdata import (
     affine_to,
@@ -113,8 +113,7 @@ def panel_grid(
                 "(an Axes when there is one, else a list or array) or leave ax=None."
             )
         return axes[0].figure, axes
-    if ncols < 1:
-        raise ValueError(f"ncols must be >= 1, got {ncols}.")
+    check_int(ncols, "ncols")
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
     fig, grid = plt.subplots(nrows, ncols, figsize=(size * aspect * ncols, size * nrows), squeeze=False)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from loki._utils import require_keys
+from loki._utils import check_int, require_keys
 
 from ._common import finish, panel_grid, plot_function
 
@@ -78,9 +78,8 @@ def retrieval_gallery(
 
     """
     require_keys(hits.columns, _COLUMNS, "hits.columns")
-    for name, value in (("n_queries", n_queries), ("n_hits", n_hits)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}.")
+    check_int(n_queries, "n_queries")
+    check_int(n_hits, "n_hits")
     qimg, bimg = _as_hwc(query_images, "query_images"), _as_hwc(bank_images, "bank_images")
     if queries is None:
         queries = list(pd.unique(hits["query_index"]))[:n_queries]

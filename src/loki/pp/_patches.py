@@ -9,7 +9,7 @@ import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_result_key, is_int, require_keys, write_obs, write_uns
+from loki._utils import check_int, check_result_key, require_keys, write_obs, write_uns
 from loki._utils._affine import apply_matrix
 from loki._utils._spatialdata import (
     affine_to,
@@ -69,7 +69,7 @@ def crop_patches(
 
     """
     centers, diameter = _check_geometry(centers, diameter)
-    size = _check_size(size)
+    size = check_int(size, "size")
     fill = _check_fill(fill)
     _check_image(image)
     h, w = image.shape[:2]
@@ -209,7 +209,7 @@ def _cut_spot_patches(
     chunk_size: int = 256,
 ) -> tuple[da.Array, np.ndarray, dict]:
     """:func:`spot_patches` without writing: ``(patches, ok, parameters)``, patches in table order."""
-    size, fill, chunk_size = _check_size(size), _check_fill(fill), _check_chunk_size(chunk_size)
+    size, fill, chunk_size = check_int(size, "size"), _check_fill(fill), check_int(chunk_size, "chunk_size")
     image, boxes, ok, meta = _spot_geometry(
         sdata,
         table_key=table_key,
@@ -235,7 +235,7 @@ def _cut_spot_patches_by_area(
     chunk reads about the whole image instead. For consumers that can put their results back in table
     order: ``out[order] = f(patches)``.
     """
-    size, fill, chunk_size = _check_size(size), _check_fill(fill), _check_chunk_size(chunk_size)
+    size, fill, chunk_size = check_int(size, "size"), _check_fill(fill), check_int(chunk_size, "chunk_size")
     image, boxes, ok, meta = _spot_geometry(sdata, size=size, **where)
     order = space_order(boxes, image.chunks[0], image.chunks[1])
     groups = [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
@@ -508,21 +508,7 @@ def _rgb(region: np.ndarray) -> np.ndarray:
 
 
 def _check_fill(fill) -> int:
-    if not is_int(fill) or not 0 <= fill <= 255:
-        raise ValueError(f"fill must be an integer grey level in 0-255, got {fill!r}.")
-    return int(fill)
-
-
-def _check_chunk_size(chunk_size) -> int:
-    if not is_int(chunk_size) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
-    return int(chunk_size)
-
-
-def _check_size(size) -> int:
-    if not is_int(size) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}.")
-    return int(size)
+    return check_int(fill, "fill", minimum=0, maximum=255, why="a grey level")
 
 
 def _check_geometry(centers, diameter) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from typing import Literal
 import numba
 import numpy as np
 
-from loki._utils import as_rng, block_starts, is_int
+from loki._utils import as_rng, block_starts, check_int
 from loki._utils._threads import keep_torch_threads
 
 from ._retrieve import _check_norms, _check_pair, _heap_push, l2_normalize, topk_cosine
@@ -67,12 +67,9 @@ def check_search(
         raise ValueError(
             f"search={search!r} needs top_k: approximate search only finds the top-k reference rows."
         )
-    if not is_int(k) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
-    n_components = _check_int(
-        n_components, "n_components", 1, dim, "the embedding size", min(N_COMPONENTS, dim)
-    )
-    n_candidates = _check_int(
+    check_int(k, "k")
+    n_components = _size(n_components, "n_components", 1, dim, "the embedding size", min(N_COMPONENTS, dim))
+    n_candidates = _size(
         n_candidates,
         "n_candidates",
         k,
@@ -82,22 +79,15 @@ def check_search(
     )
     sizes = {"n_components": n_components, "n_candidates": n_candidates}
     if search == "ivf":
-        lists = _check_int(
-            n_lists, "n_lists", 1, n_ref, "the number of reference rows", round(np.sqrt(n_ref))
-        )
-        probe = _check_int(n_probe, "n_probe", 1, lists, "n_lists", int(np.ceil(lists * PROBE_SHARE)))
+        lists = _size(n_lists, "n_lists", 1, n_ref, "the number of reference rows", round(np.sqrt(n_ref)))
+        probe = _size(n_probe, "n_probe", 1, lists, "n_lists", int(np.ceil(lists * PROBE_SHARE)))
         sizes |= {"n_lists": lists, "n_probe": probe}
     return sizes
 
 
-def _check_int(value, name: str, lo: int, hi: int, what: str, default: int) -> int:
-    if value is None:
-        return int(default)
-    if not is_int(value):
-        raise ValueError(f"{name} must be an integer or None, got {value!r}.")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}] ({what}), got {value}.")
-    return int(value)
+def _size(value, name: str, lo: int, hi: int, what: str, default: int) -> int:
+    """``value`` checked to lie in [lo, hi] (``what`` names hi), or ``default`` when it is None."""
+    return int(default) if value is None else check_int(value, name, minimum=lo, maximum=hi, why=what)
 
 
 def pca_axes(unit_rows: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:

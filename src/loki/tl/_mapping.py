@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from loki._utils import check_int
+
 if TYPE_CHECKING:
     import torch
 
@@ -196,12 +198,10 @@ def fit_mapping(
         raise ValueError(
             f"source and target have different feature sizes ({source.shape[1]} vs {target.shape[1]})."
         )
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}.")
+    check_int(epochs, "epochs")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}.")
-    if num_threads is not None and int(num_threads) < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}.")
+    check_int(num_threads, "num_threads", optional=True)
     for name, value in (
         ("lambda_g1", lambda_g1),
         ("lambda_g2", lambda_g2),

@@ -17,6 +17,7 @@ from loki._keys import Key
 from loki._logging import logger
 from loki._utils import (
     block_starts,
+    check_int,
     check_key_name,
     check_result_key,
     check_unique_var_names,
@@ -165,8 +166,7 @@ def predict_from_embeddings(
         search, top_k, ref.shape[0], ref.shape[1], n_components, n_candidates, n_lists, n_probe
     )
     _check_seed(seed)
-    if chunk_size is not None and not (isinstance(chunk_size, int | np.integer) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    check_int(chunk_size, "chunk_size", optional=True)
     if expression.shape[0] != ref.shape[0]:
         raise ValueError(
             f"expression has {expression.shape[0]} rows, the reference embeddings {ref.shape[0]}."
@@ -415,7 +415,7 @@ def predict_expression(
     obs = query_table.obs.copy() if query_table is not None else pd.DataFrame(index=q_names.astype(str))
     result = AnnData(X=pred, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
     if query_table is not None and Key.SPATIAL in query_table.obsm:
-        result.obsm[Key.SPATIAL] = np.asarray(query_table.obsm[Key.SPATIAL])
+        result.obsm[Key.SPATIAL] = np.array(query_table.obsm[Key.SPATIAL])  # a copy: the result is new
     if query_table is not None and "spatialdata_attrs" in query_table.uns:
         # obs holds the query's region / instance columns: the result annotates the same spots
         result.uns["spatialdata_attrs"] = deepcopy(dict(query_table.uns["spatialdata_attrs"]))
@@ -549,8 +549,7 @@ def _check_top_k(top_k: int | None, n_reference: int, reference: str) -> None:
     """
     if top_k is None:
         return
-    if not is_int(top_k) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
+    check_int(top_k, "top_k", optional=True)
     if top_k > n_reference:
         raise ValueError(
             f"top_k={top_k} is larger than {reference} ({n_reference} spots); pass top_k <= {n_reference} "

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import block_starts, is_int, require_keys
+from loki._utils import block_starts, check_int, require_keys
 from loki._utils._spatialdata import get_table, is_spatialdata
 from loki._utils._threads import keep_torch_threads
 
@@ -177,8 +177,7 @@ def _check_pair(q: np.ndarray, bank, k: int) -> None:
         )
     if len(q) == 0 or bank.shape[0] == 0:
         raise ValueError(f"Empty input: {len(q)} queries, {bank.shape[0]} bank rows.")
-    if not is_int(k) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
+    check_int(k, "k")
     if k > bank.shape[0]:
         raise ValueError(f"k={k} is larger than the bank ({bank.shape[0]} rows); pass k <= {bank.shape[0]}.")
     if not np.isfinite(q).all():
