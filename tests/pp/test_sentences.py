@@ -290,6 +290,42 @@ def test_gene_sentences_copy_and_spatialdata():
         lk.pp.gene_sentences(sdata, table_key="nope")
 
 
+def _state(adata) -> tuple:
+    """Everything a call could write into a table: .obs, the .obsm keys and the .uns entries."""
+    return adata.obs.copy(), list(adata.obsm), list(adata.uns), sorted(adata.uns.get("loki", {}))
+
+
+def _assert_same_state(adata, before) -> None:
+    pd.testing.assert_frame_equal(adata.obs, before[0])
+    assert _state(adata)[1:] == before[1:]
+
+
+def test_gene_sentences_inplace_false_returns_the_sentences_and_writes_nothing():
+    import spatialdata as sd
+
+    x = np.array([[0, 5, 1, 3], [0, 0, 0, 0], [1, 1, 1, 0]], dtype=np.float32)
+    adata = _adata(x)
+    sdata = sd.SpatialData(tables={"S": _adata(x)})
+    with pytest.warns(UserWarning, match=r"\.obs\['words_empty'\] = True"):
+        written = lk.pp.gene_sentences(adata, n_genes=2, key_added="words", copy=True)
+    for data, table in ((adata, adata), (sdata, sdata.tables["S"])):
+        before = _state(table)
+        with pytest.warns(UserWarning, match="1 of 3 spots have no expressed gene") as record:
+            out = lk.pp.gene_sentences(data, n_genes=2, key_added="words", inplace=False)
+        assert "words_empty" not in str(record[0].message)  # no flag column is written
+        pd.testing.assert_series_equal(out, written.obs["words"], check_names=False)
+        assert out.name == "words"
+        assert out.tolist() == ["G1 G3", "", "G0 G1"]
+        _assert_same_state(table, before)
+        # validation runs first: a bad argument still raises, and writes nothing
+        with pytest.raises(KeyError, match=r"'counts' not found in adata.layers"):
+            lk.pp.gene_sentences(data, layer="counts", inplace=False)
+        with pytest.raises(ValueError, match="copy=True writes into a copy and inplace=False"):
+            lk.pp.gene_sentences(data, copy=True, inplace=False)
+        _assert_same_state(table, before)
+    assert list(sdata.tables) == ["S"]
+
+
 def _assert_untouched(adata, obs_cols):
     assert list(adata.obs.columns) == obs_cols
     assert "loki" not in adata.uns

@@ -124,22 +124,70 @@ def test_each_image_embedding_keeps_the_flags_of_its_own_cut(model):
     assert loki["wide_patch_ok"]["diameter_px"] > loki[lk.Key.PATCH_OK]["diameter_px"]
 
 
-def test_embed_image_copy_and_failure_leave_the_section_untouched(model):
+def _state(adata) -> tuple:
+    """Everything a call could write into a table: .obs, the .obsm keys and the .uns entries."""
+    return adata.obs.copy(), list(adata.obsm), list(adata.uns), sorted(adata.uns.get("loki", {}))
+
+
+def _assert_same_state(adata, before) -> None:
+    pd.testing.assert_frame_equal(adata.obs, before[0])
+    assert _state(adata)[1:] == before[1:]
+
+
+def test_embed_inplace_false_on_anndata_returns_what_would_be_written(model):
+    a = _adata()
+    lk.tl.embed_text(a, model, batch_size=4)
+    lk.tl.embed_image(a, model, patches=_patches(), batch_size=4)
+    before = _state(a)
+    text = lk.tl.embed_text(a, model, batch_size=4, key_added="t", inplace=False)
+    image = lk.tl.embed_image(a, model, patches=_patches(), batch_size=4, key_added="i", inplace=False)
+    assert isinstance(image, np.ndarray)  # given patches have no flags: the embedding alone
+    for out, written in ((text, a.obsm[lk.Key.TEXT]), (image, a.obsm[lk.Key.IMAGE])):
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, written)
+    _assert_same_state(a, before)
+    # validation runs first, and the copy=/inplace= check before it
+    del a.obs[lk.Key.SENTENCE]
+    with pytest.raises(KeyError, match=r"lk.pp.gene_sentences"):
+        lk.tl.embed_text(a, model, inplace=False)
+    with pytest.raises(ValueError, match="5 rows but the table has 6"):
+        lk.tl.embed_image(a, model, patches=_patches(5), inplace=False)
+    for embed, kwargs in ((lk.tl.embed_text, {}), (lk.tl.embed_image, {"patches": _patches()})):
+        with pytest.raises(ValueError, match="copy=True writes into a copy and inplace=False"):
+            embed(a, model, copy=True, inplace=False, **kwargs)
+    assert list(a.obsm) == before[1]
+
+
+def test_embed_inplace_false_and_failure_leave_the_section_untouched(model):
     sdata = lk.datasets.mob("MOB2")
+    lk.pp.gene_sentences(sdata, table_key="MOB2")
     table = sdata.tables["MOB2"]
-    before_obs, before_uns = list(table.obs.columns), dict(table.uns.get("loki", {}))
+    before, elements = _state(table), (list(sdata.images), list(sdata.shapes), list(sdata.tables))
 
-    out = lk.tl.embed_image(sdata, model, table_key="MOB2", copy=True)
-    assert lk.Key.PATCH_OK in out.obs
-    assert out.obsm[lk.Key.IMAGE].shape == (table.n_obs, model.embed_dim)
-    assert list(table.obs.columns) == before_obs
-    assert lk.Key.IMAGE not in table.obsm
-    assert dict(table.uns.get("loki", {})) == before_uns
+    emb, ok = lk.tl.embed_image(sdata, model, table_key="MOB2", diameter_um=5000, inplace=False)
+    text = lk.tl.embed_text(sdata, model, table_key="MOB2", inplace=False)
+    _assert_same_state(table, before)
+    assert (list(sdata.images), list(sdata.shapes), list(sdata.tables)) == elements
+    assert sdata.tables["MOB2"] is table
+    # the same results as written in place
+    lk.tl.embed_image(sdata, model, table_key="MOB2", diameter_um=5000)
+    lk.tl.embed_text(sdata, model, table_key="MOB2")
+    np.testing.assert_array_equal(emb, table.obsm[lk.Key.IMAGE])
+    np.testing.assert_array_equal(text, table.obsm[lk.Key.TEXT])
+    assert ok.name == lk.Key.PATCH_OK
+    assert not ok.all()  # 5 mm squares leave the 8.4 mm image at some spots
+    pd.testing.assert_series_equal(ok, table.obs[lk.Key.PATCH_OK])
 
+    # a SpatialData is never copied (DESIGN §5): copy=True names the way to get the results
+    before = _state(table)
+    for embed in (lk.tl.embed_image, lk.tl.embed_text):
+        with pytest.raises(ValueError, match="copy=True applies to AnnData.*inplace=False"):
+            embed(sdata, model, table_key="MOB2", copy=True)
     with pytest.raises(ValueError, match="batch_size"):
-        lk.tl.embed_image(sdata, model, table_key="MOB2", batch_size=0)
-    assert list(table.obs.columns) == before_obs
-    assert dict(table.uns.get("loki", {})) == before_uns
+        lk.tl.embed_image(sdata, model, table_key="MOB2", key_added="other", batch_size=0)
+    with pytest.raises(KeyError, match=r"sdata\.tables"):
+        lk.tl.embed_text(sdata, model, table_key="MOB9", inplace=False)
+    _assert_same_state(table, before)
 
 
 def _trained_on(model, patch_um):

@@ -14,7 +14,7 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_result_key, is_int, require_keys, write_obs, write_uns
+from loki._utils import check_int, check_result_key, require_keys, write_obs, write_uns
 from loki._utils._spatialdata import check_write_mode, get_table
 
 from ._housekeeping import housekeeping_genes
@@ -52,7 +52,7 @@ def top_gene_indices(x: sparse.spmatrix | sparse.sparray | np.ndarray, n: int, *
     positive entries.
 
     """
-    n = _check_n(n)
+    n = check_int(n, "n")
     top, _, n_bad = top_k_rows(as_csr(x), n, keep)
     _raise_bad_values(n_bad, None)
     return top
@@ -72,7 +72,8 @@ def gene_sentences(
     exclude_ribo: bool = False,
     key_added: str = Key.SENTENCE,
     copy: bool = False,
-) -> AnnData | None:
+    inplace: bool = True,
+) -> AnnData | pd.Series | None:
     """Turn each spot's expression profile into a gene sentence.
 
     The recipe of the Loki paper (Methods, "Training dataset curation"): normalise counts, remove
@@ -121,10 +122,16 @@ def gene_sentences(
         Column of ``.obs`` for the sentences.
     copy
         Return a modified copy of the AnnData instead of writing in place (AnnData input only).
+    inplace
+        Write the results into the table (or the copy). ``False`` writes nothing and returns the
+        sentences.
 
     Returns
     -------
-    None, or the modified AnnData when ``copy=True``. Writes into the table:
+    None, the modified AnnData when ``copy=True``, or with ``inplace=False`` the sentences: a
+    ``pd.Series`` of str indexed by ``obs_names`` and named ``key_added`` (the values ``.obs[key_added]``
+    would hold; ``""`` marks the spots that would be flagged empty). Unless ``inplace=False``, writes
+    into the table:
 
     - ``.obs[key_added]``: the sentence (str; ``""`` for spots with no expressed gene left).
     - ``.obs['loki_empty']`` (``.obs[f"{key_added}_empty"]`` for another ``key_added``, so that
@@ -140,7 +147,7 @@ def gene_sentences(
     :func:`loki.pp.map_gene_ids`.
 
     """
-    check_write_mode(data, copy)
+    check_write_mode(data, copy, inplace)
     adata = get_table(data, table_key)
     empty_key = Key.empty_of(key_added)
     check_result_key(adata, key_added, ("obs", "uns"), derived=[(empty_key, ("obs",))])
@@ -148,7 +155,7 @@ def gene_sentences(
         raise ValueError(
             f"key_added={key_added!r} is the column of the empty-spot flag; choose another name."
         )
-    n_genes = _check_n(n_genes, name="n_genes")
+    n_genes = check_int(n_genes, "n_genes")
     if not np.isfinite(target_sum) or target_sum <= 0:
         raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")
     if layer is None:
@@ -172,20 +179,25 @@ def gene_sentences(
     )
     top, counts, n_bad = top_k_rows(as_csr(x), n_genes, keep)
     _raise_bad_values(n_bad, adata.obs_names, _other_sources(adata, layer, key_added))
-    sentences = join_names(top, counts, name_list)
+    sentences = pd.Series(
+        join_names(top, counts, name_list), index=adata.obs_names, dtype=object, name=key_added
+    )
     empty = counts == 0
     if empty.any():
         examples = ", ".join(map(repr, adata.obs_names[empty][:5]))
         warnings.warn(
             f"{int(empty.sum())} of {adata.n_obs} spots have no expressed gene after filtering (e.g. "
-            f"{examples}); they get an empty sentence and .obs[{empty_key!r}] = True.",
+            f"{examples}); they get an empty sentence"
+            + (f" and .obs[{empty_key!r}] = True." if inplace else "."),
             UserWarning,
             stacklevel=2,
         )
 
+    if not inplace:
+        return sentences
     if copy:
         adata = adata.copy()
-    write_obs(adata, key_added, pd.Series(sentences, index=adata.obs_names, dtype=object))
+    write_obs(adata, key_added, sentences)
     write_obs(adata, empty_key, empty)
     write_uns(
         adata,
@@ -256,12 +268,6 @@ def _as_str_list(names) -> list[str]:
     if isinstance(names, pd.Index | pd.Series | np.ndarray):
         names = names.tolist()
     return [n if type(n) is str else str(n) for n in names]
-
-
-def _check_n(n, name: str = "n") -> int:
-    if not is_int(n) or n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}.")
-    return int(n)
 
 
 def _check_gene_names(names: pd.Index, name_list: list[str] | None = None) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import check_obs_key, check_result_key, is_int, write_obsm, write_uns
-from loki._utils._spatialdata import get_table, is_spatialdata, section_shapes
+from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata, section_shapes
 from loki.pp._patches import MICRONS_PER_UNIT_HINT, check_flags_not_owned
 
 if TYPE_CHECKING:
@@ -170,12 +171,16 @@ def spot_diameter_um(data, table) -> float:
     return float(meta.get("spot_diameter_um", np.nan))
 
 
-def _finish(table, key_added: str, emb: np.ndarray, params: dict, copy: bool, flags=None):
+def _finish(table, key_added: str, emb: np.ndarray, params: dict, copy: bool, inplace: bool, flags=None):
+    """Write the embedding (and the flags of its cut) into the table or its copy, or return them."""
     from loki.pp._patches import write_patch_flags
 
+    flag_key = Key.patch_ok_of(key_added)
+    if not inplace:
+        return emb if flags is None else (emb, pd.Series(flags[0], index=table.obs_names, name=flag_key))
     target = table.copy() if copy else table
     if flags is not None:
-        write_patch_flags(target, Key.patch_ok_of(key_added), *flags)
+        write_patch_flags(target, flag_key, *flags)
     write_obsm(target, key_added, emb)
     write_uns(target, key_added, params)
     return target if copy else None
@@ -191,7 +196,8 @@ def embed_text(
     batch_size: int = 512,
     progress: bool = False,
     copy: bool = False,
-) -> AnnData | None:
+    inplace: bool = True,
+) -> AnnData | np.ndarray | None:
     """Embed each spot's gene sentence with OmiCLIP's text encoder.
 
     The text encoder reads a fixed context (``model.context_length``: 76 tokens for OmiCLIP) and gene
@@ -217,11 +223,14 @@ def embed_text(
     progress
         Show a progress bar.
     copy
-        Return a modified copy of the table instead of writing in place.
+        AnnData input: return a modified copy instead of writing in place.
+    inplace
+        Write the results into the table (or the copy). ``False`` writes nothing and returns them.
 
     Returns
     -------
-    ``None``, or the table copy when ``copy=True``. Writes:
+    ``None``, the modified copy when ``copy=True``, or with ``inplace=False`` the embedding, the
+    float32 array ``.obsm[key_added]`` would hold. Unless ``inplace=False``, writes:
 
     - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised. Spots with an empty
       sentence (``""``, or flagged by :func:`loki.pp.gene_sentences`) carry no expression
@@ -234,6 +243,7 @@ def embed_text(
       encoder; NaN when all are empty).
 
     """
+    check_write_mode(data, copy, inplace)
     table = get_table(data, table_key)
     check_result_key(table, key_added, ("obsm", "uns"))
     sentences = _sentences_of(table, sentence_key)
@@ -271,7 +281,7 @@ def embed_text(
         "n_truncated": int(cut.sum()),
         "median_genes_kept": median_kept,
     }
-    return _finish(table, key_added, emb, params, copy)
+    return _finish(table, key_added, emb, params, copy, inplace)
 
 
 def embed_image(
@@ -287,7 +297,8 @@ def embed_image(
     batch_size: int = 256,
     progress: bool = False,
     copy: bool = False,
-) -> AnnData | None:
+    inplace: bool = True,
+) -> AnnData | np.ndarray | tuple[np.ndarray, pd.Series] | None:
     """Embed each spot's H&E patch with OmiCLIP's image encoder.
 
     Parameters
@@ -322,11 +333,16 @@ def embed_image(
     progress
         Show a progress bar.
     copy
-        Return a modified copy of the table instead of writing in place.
+        AnnData input: return a modified copy instead of writing in place.
+    inplace
+        Write the results into the table (or the copy). ``False`` writes nothing and returns them.
 
     Returns
     -------
-    ``None``, or the table copy when ``copy=True``. Writes:
+    ``None``, the modified copy when ``copy=True``, or with ``inplace=False`` the embedding, the
+    float32 array ``.obsm[key_added]`` would hold, and when patches are cut here the pair
+    ``(embedding, patch_ok)``, ``patch_ok`` being the bool ``pd.Series`` indexed by ``obs_names``
+    and named after the flag column it would be written to. Unless ``inplace=False``, writes:
 
     - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised.
     - ``.uns['loki'][key_added]``: the model's identity (:meth:`~loki.models.OmiCLIP.info`: name,
@@ -340,6 +356,7 @@ def embed_image(
       ``patches=`` they are not written, and an earlier cut's flags describe that cut only.
 
     """
+    check_write_mode(data, copy, inplace)
     table = get_table(data, table_key)
     cut_here = patches is None
     flag_key = Key.patch_ok_of(key_added)  # the flags of patches cut here
@@ -375,7 +392,7 @@ def embed_image(
             coordinate_system=coordinate_system,
             patch_ok_key=flag_key,
         )
-    return _finish(table, key_added, emb, params, copy, flags)
+    return _finish(table, key_added, emb, params, copy, inplace, flags)
 
 
 def _chunk_size(batch_size: int, target: int = 256) -> int:
