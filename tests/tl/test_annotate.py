@@ -8,7 +8,7 @@ from anndata import AnnData
 from scipy import sparse
 
 import loki as lk
-from loki.tl._annotate import fuse_scores, marker_sentences, minmax_per_row
+from loki.tl._annotate import Annotation, fuse_scores, marker_sentences, minmax_per_row
 
 GENES = [f"G{i}" for i in range(40)]
 MARKERS = {"tumour": ["G0", "G1", "G2"], "stroma": ["G10", "G11", "G12"], "fat": ["G20", "G21", "G22"]}
@@ -258,3 +258,75 @@ def test_bulk_profile_without_expression_is_an_error():
     with pytest.raises(ValueError, match=r"\['b1'\]"):
         lk.tl.annotate(adata, bulk, model=model, sentence_kwargs={"housekeeping": None})
     assert "loki_annotation" not in adata.obsm
+
+
+def _contents(adata):
+    """What annotate could write or remove: the entries of .obsm, .uns and .uns['loki'], and .obs."""
+    entries = {"obsm": dict(adata.obsm), "uns": dict(adata.uns), "loki": dict(adata.uns.get("loki", {}))}
+    return entries, adata.obs.copy()
+
+
+def _assert_untouched(adata, before):
+    (entries, obs), (now, now_obs) = before, _contents(adata)
+    assert {k: set(v) for k, v in now.items()} == {k: set(v) for k, v in entries.items()}
+    assert all(now[n][k] is entries[n][k] for n in entries for k in entries[n])
+    pd.testing.assert_frame_equal(now_obs, obs)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_inplace_false_returns_what_inplace_writes_and_writes_nothing(fuse):
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=5)
+    other = pd.DataFrame(
+        np.random.default_rng(3).normal(size=(adata.n_obs, 3)), columns=list(MARKERS), index=adata.obs_names
+    )
+    kwargs = {"model": model, "label_key": "label", "fuse_with": other if fuse else None}
+    lk.tl.annotate(adata, MARKERS, model=model, fuse_with=other, label_key="label")  # an earlier call's
+    before = _contents(adata)
+    result = lk.tl.annotate(adata, MARKERS, inplace=False, **kwargs)
+    _assert_untouched(adata, before)  # the earlier fused scores are not removed either
+    assert isinstance(result, Annotation)
+    scores, labels, fused = result
+    assert lk.tl.annotate(adata, MARKERS, **kwargs) is None
+    pd.testing.assert_frame_equal(scores, adata.obsm["loki_annotation"])
+    pd.testing.assert_series_equal(labels, adata.obs["label"])
+    if fuse:
+        pd.testing.assert_frame_equal(fused, adata.obsm["loki_annotation_fused"])
+    else:
+        assert fused is None
+        assert "loki_annotation_fused" not in adata.obsm
+
+
+def test_inplace_false_on_spatialdata_writes_nothing():
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=5)
+    sdata = SpatialData(tables={"sec": TableModel.parse(adata)})
+    table = sdata.tables["sec"]
+    before = _contents(table)
+    scores, labels, fused = lk.tl.annotate(sdata, MARKERS, model=model, inplace=False)
+    _assert_untouched(table, before)
+    assert fused is None
+    lk.tl.annotate(sdata, MARKERS, model=model)
+    pd.testing.assert_frame_equal(scores, table.obsm["loki_annotation"])
+    pd.testing.assert_series_equal(labels, table.obs["loki_annotation"])
+    with pytest.raises(ValueError, match="copy=True applies to AnnData"):
+        lk.tl.annotate(sdata, MARKERS, model=model, copy=True)
+
+
+def test_inplace_false_validates_first_and_still_reports_left_out_classes_and_markers(caplog):
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=5)
+    before = _contents(adata)
+    with pytest.raises(ValueError, match="pass one of them"):
+        lk.tl.annotate(adata, MARKERS, model=model, copy=True, inplace=False)
+    with pytest.raises(KeyError, match="adata.obsm"):
+        lk.tl.annotate(adata, MARKERS, model=model, use="nope", inplace=False)
+    markers = {"absent": ["G30", "G31", "NOTAGENE"], **MARKERS}
+    with pytest.warns(UserWarning, match="absent: NOTAGENE"), caplog.at_level("INFO", logger="loki"):
+        scores, labels, _ = lk.tl.annotate(adata, markers, model=model, inplace=False)
+    assert "1 of 4 classes are the label of no item" in caplog.text
+    assert list(scores.columns.difference(labels.cat.categories)) == ["absent"]
+    _assert_untouched(adata, before)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -150,6 +150,17 @@ def bulk_sentences(bulk: AnnData, *, groupby: str | None = None, **sentence_kwar
     return dict(zip(out.obs_names, out.obs[sentence_key], strict=True))
 
 
+class Annotation(NamedTuple):
+    """What :func:`annotate` returns with ``inplace=False``: the results it would write."""
+
+    scores: pd.DataFrame
+    """Items x classes cosine similarities (``.obsm[key_added]``)."""
+    labels: pd.Series
+    """Categorical label of each item, named ``label_key`` (``.obs[label_key]``)."""
+    fused: pd.DataFrame | None
+    """Fused scores (``.obsm[f"{key_added}_fused"]``), or None without ``fuse_with``."""
+
+
 def _encode(model: Any, sentences: list[str]) -> np.ndarray:
     if model is None:
         raise ValueError(
@@ -178,7 +189,8 @@ def annotate(
     key_added: str = Key.ANNOTATION,
     label_key: str | None = None,
     copy: bool = False,
-) -> AnnData | None:
+    inplace: bool = True,
+) -> AnnData | Annotation | None:
     """Annotate spots / patches with classes described by marker genes or bulk RNA-seq.
 
     Each class becomes a gene sentence - its markers joined by spaces, or the top genes of a bulk
@@ -225,10 +237,18 @@ def annotate(
         keep their own labels).
     copy
         Return a modified copy of an AnnData instead of writing in place.
+    inplace
+        Write the results into the table (or the copy). ``False`` writes nothing, into an AnnData or a
+        SpatialData, and returns them; it cannot be combined with ``copy=True``.
 
     Returns
     -------
-    None, or the modified AnnData when ``copy=True``. Writes into the table:
+    None, the modified AnnData when ``copy=True``, or with ``inplace=False`` an :class:`Annotation`
+    named tuple ``(scores, labels, fused)`` of what would be written: the ``scores`` DataFrame, the
+    categorical ``labels`` Series (named ``label_key``) and the ``fused`` DataFrame (None without
+    ``fuse_with``). Markers missing from the vocabulary are reported by a warning either way; the
+    classes that label no item are ``scores.columns.difference(labels.cat.categories)``.
+    Otherwise writes into the table:
 
     - ``.obsm[key_added]``: DataFrame items x classes of cosine similarities.
     - ``.obsm[f"{key_added}_fused"]``: the fused scores (only with ``fuse_with``).
@@ -243,7 +263,7 @@ def annotate(
     result from zarr, and a warning says so.
 
     """
-    check_write_mode(data, copy)
+    check_write_mode(data, copy, inplace)
     adata = get_table(data, table_key)
     fused_key = f"{key_added}_fused"  # written with fuse_with, else an earlier call's is removed
     check_result_key(adata, key_added, ("obsm", "uns"), inputs={"use": use}, derived=[(fused_key, ("obsm",))])
@@ -324,24 +344,32 @@ def annotate(
     without_spots = [c for c, w in zip(classes, won, strict=True) if not w]
     # only the classes some item won: scanpy / squidpy group tools fail on empty categories
     labels = pd.Categorical.from_codes(codes, categories=classes).remove_unused_categories()
-
-    if copy:
-        adata = adata.copy()
-    write_obsm(adata, key_added, pd.DataFrame(scores, index=adata.obs_names, columns=classes))
-    if fused_other is not None:
-        write_obsm(adata, fused_key, pd.DataFrame(final, index=adata.obs_names, columns=classes))
-    elif fused_key in adata.obsm:  # an earlier call's, which these labels would contradict
-        del adata.obsm[fused_key]
-        logger.info("removed .obsm[%r] of an earlier call (no fuse_with now)", fused_key)
-    write_obs(adata, label_key, pd.Series(labels, index=adata.obs_names))
     if without_spots:
         logger.info(
-            "%d of %d classes are the label of no item, left out of .obs[%r]'s categories: %s",
+            "%d of %d classes are the label of no item, left out of the categories of the labels (%r): %s",
             len(without_spots),
             len(classes),
             label_key,
             ", ".join(map(repr, without_spots)),
         )
+    index = adata.obs_names.copy()
+    result = Annotation(
+        scores=pd.DataFrame(scores, index=index, columns=classes),
+        labels=pd.Series(labels, index=index, name=label_key),
+        fused=None if fused_other is None else pd.DataFrame(final, index=index, columns=classes),
+    )
+    if not inplace:
+        return result
+
+    if copy:
+        adata = adata.copy()
+    write_obsm(adata, key_added, result.scores)
+    if result.fused is not None:
+        write_obsm(adata, fused_key, result.fused)
+    elif fused_key in adata.obsm:  # an earlier call's, which these labels would contradict
+        del adata.obsm[fused_key]
+        logger.info("removed .obsm[%r] of an earlier call (no fuse_with now)", fused_key)
+    write_obs(adata, label_key, result.labels)
     write_uns(
         adata,
         key_added,
