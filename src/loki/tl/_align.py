@@ -350,7 +350,8 @@ def align(
     target_image_key: ImageKeys = None,
     seed: int | np.random.Generator | None = 0,
     copy: bool = False,
-) -> AnnData | None:
+    inplace: bool = True,
+) -> AnnData | dict[str, Any] | None:
     """Align a source section onto a target section with coherent point drift (Loki Align).
 
     ST-to-ST (``use="loki_text"``), image-to-ST (``use=("loki_image", "loki_text")``) and
@@ -501,11 +502,24 @@ def align(
         Generator give an int seed, which is recorded, so the run can be repeated.
     copy
         AnnData input only: return a modified copy instead of writing in place.
+    inplace
+        Write the result (below). ``False`` runs the same alignment, writes nothing (no table entry,
+        shapes element or transformation, on either section) and returns the result; not with
+        ``copy=True``.
 
     Returns
     -------
-    For AnnData with ``copy=True`` the aligned copy, otherwise None (SpatialData is modified in place).
-    Writes, in the source table:
+    For AnnData with ``copy=True`` the aligned copy; with ``inplace=False`` a dict of what would be
+    written:
+
+    - ``"coords"``: (n, 2) array, the ``.obsm[key_added]`` below,
+    - ``"transformation"``: 3x3 array, the ``Affine`` below that places the source's elements in
+      ``coordinate_system`` after their transformation to ``input_coordinate_system``; for AnnData
+      input, where no transformation is written, ``matrix``,
+    - ``"uns"``: the ``.uns['loki'][key_added]`` entry below (its ``shapes`` names the element that
+      would be added);
+
+    otherwise None (SpatialData is modified in place). Writes, in the source table:
 
     - ``.obsm[key_added]``: aligned spot coordinates in the target's units (non-rigid for
       ``deformable``),
@@ -556,7 +570,7 @@ def align(
         same_object = False
     if src.table is tgt.table:
         raise ValueError("source and target are the same section.")
-    check_write_mode(data, copy)
+    check_write_mode(data, copy, inplace)
     if method not in ("rigid", "similarity", "affine", "deformable"):
         raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
     if pre_align not in ("rigid", "similarity", "affine"):
@@ -633,12 +647,13 @@ def align(
     tgt_elements: list[str] = []
     if is_sd:
         src_elements, tgt_elements = placed_elements(
-            src, tgt, image_key, target_image_key, input_coordinate_system
+            src, tgt, image_key, target_image_key, input_coordinate_system, warn=inplace
         )
         check_spot_frame(src, spatial_key, input_coordinate_system, "source")
-        warn_shared_coordinate_system(
-            src, tgt, key_added, coordinate_system, chained=target_spatial_key != spatial_key
-        )
+        if inplace:  # what a write replaces or leaves out
+            warn_shared_coordinate_system(
+                src, tgt, key_added, coordinate_system, chained=target_spatial_key != spatial_key
+            )
         if is_spatialdata(tgt.data):
             check_spot_frame(tgt, target_spatial_key, input_coordinate_system, "target")
         source_frame = source_to_cs(src, input_coordinate_system)
@@ -755,13 +770,17 @@ def align(
     }
 
     info = {k: v for k, v in info.items() if v is not None}  # None cannot be written to h5ad/zarr
+    # maps input_coordinate_system into coordinate_system: the source table's frame to the target's
+    placement = target_frame @ matrix @ np.linalg.inv(source_frame) if is_sd else matrix.copy()
+    if not inplace:
+        return {"coords": coords, "transformation": placement, "uns": info}
     if is_sd:
         write_spatialdata(
             src,
             tgt,
             src_elements,
             tgt_elements,
-            target_frame @ matrix @ np.linalg.inv(source_frame),
+            placement,
             shapes,
             input_coordinate_system,
             coordinate_system,
@@ -808,8 +827,8 @@ def align_sections(
         Show a progress bar.
     **kwargs
         Passed to :func:`align`: ``image_key`` to every call (the image of each moving section),
-        ``target_image_key`` to the calls onto the target. ``copy`` is refused: the sections are
-        written in place.
+        ``target_image_key`` to the calls onto the target. ``copy`` and ``inplace=False`` are refused:
+        the sections are written in place.
 
     Returns
     -------
@@ -839,10 +858,10 @@ def align_sections(
     """
     from tqdm.auto import tqdm
 
-    if kwargs.pop("copy", False):
+    if kwargs.pop("copy", False) or not kwargs.pop("inplace", True):
         raise ValueError(
-            "align_sections writes every section in place; copy=True is not supported (copy the sections "
-            "first)."
+            "align_sections writes every section in place; copy=True is not supported, nor inplace=False "
+            "(copy the sections first, or align one pair with lk.tl.align(..., inplace=False))."
         )
     if is_spatialdata(sdatas_or_keys):
         sdata = sdatas_or_keys

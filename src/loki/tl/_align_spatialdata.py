@@ -148,13 +148,18 @@ def placed_elements(
     image_key: ImageKeys,
     target_image_key: ImageKeys,
     in_cs: str,
+    *,
+    warn: bool = True,
 ) -> tuple[list[str], list[str]]:
-    """The elements to place of the source and (SpatialData target) the target, checked for :func:`align`."""
-    src_elements = section_elements(src, image_key, in_cs, "source")
+    """The elements to place of the source and (SpatialData target) the target, checked for :func:`align`.
+
+    ``warn`` logs the elements left out (:func:`section_elements`).
+    """
+    src_elements = section_elements(src, image_key, in_cs, "source", warn=warn)
     check_cs(src, src_elements, in_cs, "source")
     if not is_spatialdata(tgt.data):
         return src_elements, []
-    tgt_elements = section_elements(tgt, target_image_key, in_cs, "target")
+    tgt_elements = section_elements(tgt, target_image_key, in_cs, "target", warn=warn)
     check_cs(tgt, tgt_elements, in_cs, "target")
     shared = set(src_elements) & set(tgt_elements) if tgt.data is src.data else set()
     if shared:
