@@ -198,7 +198,7 @@ def test_read_legacy_st_drops_unplaced_spots_when_filtering_selected(caplog):
     )
 
 
-def test_read_legacy_st_refuses_counts_and_spot_file_of_different_sections(tmp_path, caplog):
+def test_read_legacy_st_refuses_counts_and_spot_file_of_different_sections(tmp_path, caplog, recwarn):
     counts, spots, _ = _toy()
     other = counts.set_axis([f"{int(x) + 5}x{y}" for x, y in (i.split("x") for i in counts.index)], axis=0)
     spots.to_csv(tmp_path / "spots.tsv", sep="\t", index=False)
@@ -207,6 +207,7 @@ def test_read_legacy_st_refuses_counts_and_spot_file_of_different_sections(tmp_p
     assert "counts DataFrame" in str(err.value)
     assert repr(str(tmp_path / "spots.tsv")) in str(err.value)
     assert not caplog.records  # nothing logged by a call that fails
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]  # nor warned
 
 
 def test_read_legacy_st_refuses_her2st_counts_with_a_mob_spot_file():
@@ -241,15 +242,16 @@ def test_read_legacy_st_makes_repeated_gene_names_unique_like_scanpy(tmp_path, c
         assert "1 gene name(s) occur more than once (2 name(s) renamed" in caplog.text
 
 
-def test_read_legacy_st_checks_section_names_up_front(caplog):
+def test_read_legacy_st_checks_section_names_up_front(caplog, recwarn):
     counts, spots, _ = _toy()
-    keep = ((spots["x"] + spots["y"]) % 2 == 0).to_numpy()  # would log the checkerboard warning
+    keep = ((spots["x"] + spots["y"]) % 2 == 0).to_numpy()  # would give the checkerboard warning
     with caplog.at_level("WARNING", logger="loki"):
         with pytest.raises(ValueError, match=r"name='MOB 1' is not a valid SpatialData element name"):
             lk.io.read_legacy_st(counts[keep], spots[keep], name="MOB 1")
         with pytest.raises(ValueError, match=r"Section name 'MOB 1' \(a key of `sections`\) is not a valid"):
             lk.io.read_legacy_st_sections({"A": (counts, spots), "MOB 1": (counts, spots)})
     assert not caplog.records
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
 
 
 def test_read_legacy_st_sections_says_what_a_section_is():
@@ -314,12 +316,20 @@ def test_reader_docstrings_say_how_to_plot_with_squidpy_and_what_they_raise():
     assert "Raises\n    ------" in lk.io.read_legacy_st.__doc__
 
 
-def test_read_legacy_st_warns_on_checkerboard_with_1k_spacing(caplog):
+def test_read_legacy_st_warns_on_checkerboard_with_1k_spacing():
     counts, spots, _ = _toy()
     keep = ((spots["x"] + spots["y"]) % 2 == 0).to_numpy()
-    with caplog.at_level("WARNING", logger="loki"):
+    with pytest.warns(UserWarning, match="array_step_um=100") as record:
         lk.io.read_legacy_st(counts[keep], spots[keep], name="S")
-    assert "array_step_um=100" in caplog.text
+    assert [w.filename for w in record if "checkerboard" in str(w.message)] == [__file__]  # the caller's line
+
+
+def test_read_legacy_st_warns_when_spot_centres_fall_outside_the_image():
+    counts, spots, image = _toy()
+    with pytest.warns(
+        UserWarning, match=r"section 'S': 17 of 20 spot centres fall outside the 150x160 image"
+    ):
+        lk.io.read_legacy_st(counts, spots, image, name="S", image_scale=2.0)  # pixels twice the image's
 
 
 def test_read_legacy_st_sections_merges_with_per_section_options():

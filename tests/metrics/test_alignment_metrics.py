@@ -195,8 +195,13 @@ def test_alignment_expression_scores_nan_outcomes(good_and_bad):
     src, tgt, _, _ = good_and_bad
     far = src.copy()
     far.obsm["good"] = far.obsm["good"] + 1e3
-    with pytest.warns(UserWarning, match=r"No target spot .* within max_distance=\d.*spot spacing is"):
+    with pytest.warns(
+        UserWarning, match=r"No target spot .* within max_distance=\d.*spot spacing is"
+    ) as record:
         res = lk.metrics.alignment_expression_scores(far, tgt, aligned_key="good", n_top_genes=50)
+    assert [w.filename for w in record if "No target spot" in str(w.message)] == [
+        __file__
+    ]  # once, at the caller's line
     assert res["n_pairs"] == 0
     assert np.isnan([res["pearson_median"], res["kendall_tau_median"]]).all()
     # every source profile constant: each pair's coefficient, and so the medians, are NaN, silently

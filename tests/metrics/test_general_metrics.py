@@ -221,8 +221,11 @@ def test_rasterize_gives_each_real_visium_spot_its_own_pixel():
 
 def test_rasterize_warns_when_spots_share_a_pixel():
     xy = np.random.default_rng(1).random((300, 2)) * 100
-    with pytest.warns(UserWarning, match=r"of 300 spots share a pixel"):
+    with pytest.warns(UserWarning, match=r"of 300 spots share a pixel") as record:
         _, mask = metrics.rasterize(xy, np.ones(300))
+    assert [w.filename for w in record if "share a pixel" in str(w.message)] == [
+        __file__
+    ]  # once, at the caller's line
     assert mask.sum() < 300
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -30,8 +30,13 @@ MAPPING = {"ENSMUSG01": "Snap25", "ENSMUSG02": "Actb", "ENSMUSG03": "Snap25", "E
 def test_map_gene_ids_sums_duplicates(dense):
     a = _adata(dense)
     x = np.asarray(a.X.toarray() if sparse.issparse(a.X) else a.X)
-    with pytest.warns(UserWarning, match=r"1 of 5 gene ids have no symbol.*'ENSMUSG05.1'.*kept as ids"):
+    with pytest.warns(
+        UserWarning, match=r"1 of 5 gene ids have no symbol.*'ENSMUSG05.1'.*kept as ids"
+    ) as record:
         assert lk.pp.map_gene_ids(a, MAPPING) is None
+    assert [w.filename for w in record if "no symbol" in str(w.message)] == [
+        __file__
+    ]  # once, at the caller's line
     assert a.var_names.tolist() == ["Snap25", "Actb", "Gfap", "ENSMUSG05.1"]
     assert a.var["gene_ids"].tolist() == [
         "ENSMUSG01.1;ENSMUSG03.1",

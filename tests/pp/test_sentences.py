@@ -201,8 +201,11 @@ def test_gene_sentences_writes_sentences_flags_and_params():
         dtype=np.float32,
     )
     adata = _adata(x, ["Actb", "G1", "G2", "G3", "AC1.2"])
-    with pytest.warns(UserWarning, match="2 of 4 spots have no expressed gene"):
+    with pytest.warns(UserWarning, match="2 of 4 spots have no expressed gene") as record:
         assert lk.pp.gene_sentences(adata, n_genes=3) is None
+    assert [w.filename for w in record if "no expressed gene" in str(w.message)] == [
+        __file__
+    ]  # once, at the caller's line
     assert adata.obs[Key.SENTENCE].tolist() == ["G1 G3 G2", "", "", "G1 G2"]
     assert adata.obs[Key.EMPTY_SPOT].tolist() == [False, True, True, False]
     params = adata.uns["loki"][Key.SENTENCE]
@@ -366,8 +369,11 @@ def test_gene_sentences_warns_on_ensembl_ids():
     names = ["ENSMUSG00000064339.1", "ENSG00000141510", "Snap25"]
     assert looks_like_ensembl(names).tolist() == [True, True, False]
     adata = _adata(np.array([[1, 2, 3]], dtype=np.float32), names)
-    with pytest.warns(UserWarning, match="look like Ensembl ids.*map_gene_ids"):
+    with pytest.warns(UserWarning, match="look like Ensembl ids.*map_gene_ids") as record:
         lk.pp.gene_sentences(adata, exclude_patterns=())
+    assert [w.filename for w in record if "Ensembl" in str(w.message)] == [
+        __file__
+    ]  # once, at the caller's line
     assert adata.obs[Key.SENTENCE].iloc[0] == "Snap25 ENSG00000141510 ENSMUSG00000064339.1"
 
 

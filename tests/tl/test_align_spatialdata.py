@@ -414,7 +414,7 @@ def test_one_section_spatialdata_places_every_element(caplog):
     assert any("target section 'MOB1': ['MOB1_if']" in w for w in warnings)
 
 
-def test_image_keys_of_both_sections_in_one_spatialdata(caplog):
+def test_image_keys_of_both_sections_in_one_spatialdata():
     from spatialdata.models import Image2DModel
 
     sdata = lk.datasets.mob(("MOB1", "MOB2"))
@@ -442,10 +442,11 @@ def test_image_keys_of_both_sections_in_one_spatialdata(caplog):
     # without an image of its own, the target's warning says which section and which parameter
     other = lk.datasets.mob(("MOB1", "MOB2"))
     del other.images["MOB1_image"]
-    with caplog.at_level("WARNING", logger="loki"):
+    with pytest.warns(UserWarning, match="no image of the target section 'MOB1' found") as record:
         lk.tl.align(other, source="MOB2", target="MOB1", **_FAST)
-    assert "no image of the target section 'MOB1' found" in caplog.text
-    assert "pass target_image_key= to name it" in caplog.text
+    (warned,) = (w for w in record if "no image of the" in str(w.message))  # once per call
+    assert "pass target_image_key= to name it" in str(warned.message)
+    assert warned.filename == __file__  # the caller's line
 
 
 def test_sequential_stack_in_own_units_lands_where_unscaled_one_does():
@@ -463,7 +464,7 @@ def test_sequential_stack_in_own_units_lands_where_unscaled_one_does():
         )
 
 
-def test_a_second_key_added_keeps_the_first_placement(caplog):
+def test_a_second_key_added_keeps_the_first_placement():
     """Alignments under different keys get their own coordinate systems; sharing one is warned about."""
     sdata = lk.datasets.mob(("MOB1", "MOB2"))
     lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
@@ -475,7 +476,9 @@ def test_a_second_key_added_keeps_the_first_placement(caplog):
     np.testing.assert_allclose(
         _positions(sdata, "MOB2_spots_rigid", "rigid"), _positions(sdata, "MOB2_spots", "rigid")
     )
-    with caplog.at_level("WARNING", logger="loki"):
+    with pytest.warns(
+        UserWarning, match="holds the placement of section 'MOB2' by the alignment 'spatial_aligned'"
+    ):
         lk.tl.align(
             sdata,
             source="MOB2",
@@ -484,7 +487,6 @@ def test_a_second_key_added_keeps_the_first_placement(caplog):
             coordinate_system="aligned",
             **_FAST,
         )
-    assert "holds the placement of section 'MOB2' by the alignment 'spatial_aligned'" in caplog.text
 
 
 @pytest.mark.parametrize("key_added", ["microns_per_unit", "image_key"])
@@ -544,16 +546,19 @@ def test_a_target_stored_in_a_rotated_frame_is_registered_in_its_placement():
         )
 
 
-def test_aligning_onto_a_placed_target_is_warned_about(caplog):
+def test_aligning_onto_a_placed_target_is_warned_about(caplog, recwarn):
     sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
     lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    caplog.clear()
+    recwarn.clear()
     with caplog.at_level("WARNING", logger="loki"):
         lk.tl.align(sdata, source="MOB3", target="MOB2", target_spatial_key=Key.ALIGNED, **_FAST)
-    assert "was placed in coordinate system" not in caplog.text  # chained onto its aligned coordinates
-    with caplog.at_level("WARNING", logger="loki"):
+    assert not [m for m in _warnings(caplog, recwarn) if "was placed in coordinate system" in m]  # chained
+    with pytest.warns(
+        UserWarning, match="the target section 'MOB2' was placed in coordinate system 'aligned'"
+    ) as record:
         lk.tl.align(sdata, source="MOB3", target="MOB2", **_FAST)
-    assert "the target section 'MOB2' was placed in coordinate system 'aligned'" in caplog.text
-    assert "target_spatial_key='spatial_aligned'" in caplog.text
+    assert any("target_spatial_key='spatial_aligned'" in str(w.message) for w in record)
 
 
 def test_aligned_tiles_keep_their_area():
@@ -580,19 +585,22 @@ def test_transformations_and_microns_per_unit_that_disagree_are_warned_about(cap
     np.testing.assert_allclose(record["unit_scale"], np.sqrt(abs(np.linalg.det(record["matrix"][:2, :2]))))
 
 
-def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+def _warnings(caplog, recwarn) -> list[str]:
+    """What loki warned of: logged warnings and UserWarnings (see loki._logging for which is which)."""
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    return logged + [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]
 
 
-def test_restacking_onto_another_target_is_said_once_without_align_options(caplog):
+def test_restacking_onto_another_target_is_said_once_without_align_options(caplog, recwarn):
     """A stack onto MOB1, then onto MOB2: the replaced placement of MOB2 is no per-call warning that
     suggests target_spatial_key= (which align_sections sets itself)."""
     sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
     lk.tl.align_sections(sdata, target="MOB1", progress=False, **_FAST)
     caplog.clear()
+    recwarn.clear()
     with caplog.at_level("INFO", logger="loki"):
         lk.tl.align_sections(sdata, target="MOB2", progress=False, **_FAST)
-    assert _warnings(caplog) == []  # the stack replaces its own key's placement, as asked
+    assert _warnings(caplog, recwarn) == []  # the stack replaces its own key's placement, as asked
     assert "target_spatial_key" not in caplog.text
     assert caplog.text.count("of the target section 'MOB2'") == 1
     # an alignment under another key that placed the target in the same coordinate system: one warning
@@ -600,9 +608,10 @@ def test_restacking_onto_another_target_is_said_once_without_align_options(caplo
         sdata, source="MOB3", target="MOB1", key_added="spatial_other", coordinate_system="aligned", **_FAST
     )
     caplog.clear()
+    recwarn.clear()
     with caplog.at_level("WARNING", logger="loki"):
         lk.tl.align_sections(sdata, target="MOB3", progress=False, **_FAST)
-    assert _warnings(caplog) == [
+    assert _warnings(caplog, recwarn) == [
         "the target section 'MOB3' was placed in coordinate system 'aligned' by its alignment 'spatial_other'; "
         "the stack puts it back where it lies in the input coordinate system, so that alignment's shapes and "
         "its elements no longer agree there. Pass coordinate_system= to keep both."
@@ -678,7 +687,7 @@ def _in_a_scaled_rotated_global(sections):
     return sdata
 
 
-def test_chaining_onto_a_stack_target_lands_where_aligning_onto_it_does(caplog):
+def test_chaining_onto_a_stack_target_lands_where_aligning_onto_it_does(caplog, recwarn):
     """A stack target's recorded coordinates are its own: chained onto them (target_spatial_key=key_added),
     a section lands where aligning it onto the target directly puts it, also when the target's spots are
     scaled and rotated into 'global'."""
@@ -687,9 +696,10 @@ def test_chaining_onto_a_stack_target_lands_where_aligning_onto_it_does(caplog):
     lk.tl.align(direct, source="MOB3", target="MOB1", **_FAST)
     lk.tl.align_sections(chained, target="MOB1", sections=["MOB1", "MOB2"], progress=False, **_FAST)
     caplog.clear()
+    recwarn.clear()
     with caplog.at_level("WARNING", logger="loki"):
         lk.tl.align(chained, source="MOB3", target="MOB1", target_spatial_key=Key.ALIGNED, **_FAST)
-    assert _warnings(caplog) == []  # no physical_units disagreement between the frames
+    assert _warnings(caplog, recwarn) == []  # no physical_units disagreement between the frames
     for name in ("MOB1_spots", "MOB3_spots", "MOB3_spots_aligned"):
         np.testing.assert_allclose(
             _positions(chained, name), _positions(direct, name), atol=1e-6, err_msg=name

@@ -136,8 +136,11 @@ def test_missing_markers_warn_with_list():
     model = BagOfGenes()
     adata, _ = _spots(model, n_per_class=3)
     markers = {**MARKERS, "tumour": ["G0", "NOTAGENE", "G1"]}
-    with pytest.warns(UserWarning, match="tumour: NOTAGENE"):
+    with pytest.warns(UserWarning, match="tumour: NOTAGENE") as record:
         lk.tl.annotate(adata, markers, model=model)
+    assert [w.filename for w in record if "NOTAGENE" in str(w.message)] == [
+        __file__
+    ]  # once, at the caller's line
     params = adata.uns["loki"]["loki_annotation"]
     assert dict(zip(params["classes"], params["missing_markers"], strict=True))["tumour"] == "NOTAGENE"
 
@@ -156,8 +159,11 @@ def test_results_of_any_class_names_can_be_saved(tmp_path):
     assert list(params["missing_markers"]) == ["NOTAGENE", "", ""]
 
     slashed = {"HSC/MPP cells": MARKERS["tumour"], "stroma": MARKERS["stroma"]}
-    with pytest.warns(UserWarning, match=r"names with '/' \('HSC/MPP cells'\).*zarr"):
+    with pytest.warns(UserWarning, match=r"names with '/' \('HSC/MPP cells'\).*zarr") as record:
         lk.tl.annotate(adata, slashed, model=model, key_added="hsc")
+    assert [w.filename for w in record if "names with '/'" in str(w.message)] == [
+        __file__
+    ]  # once, at the caller's line
     adata.write_h5ad(tmp_path / "slashed.h5ad")  # h5ad stores the names; the .uns record stays flat
     back = ad.read_h5ad(tmp_path / "slashed.h5ad")
     assert list(back.uns["loki"]["hsc"]["classes"]) == ["HSC/MPP cells", "stroma"]
@@ -247,6 +253,17 @@ def test_bulk_samples_without_a_group_are_named():
     with pytest.raises(ValueError, match=r"1 of 3 samples have no label in bulk.obs\['kind'\]"):
         lk.tl.annotate(adata, bulk, model=model, groupby="kind")
     assert "loki_annotation" not in adata.obsm
+
+
+def test_a_warning_of_the_bulk_sentences_points_at_the_annotate_call():
+    adata, _ = _spots(BagOfGenes(), n_per_class=2)
+    bulk = AnnData(X=np.ones((2, 3), dtype=np.float32), obs=pd.DataFrame(index=["b0", "b1"]))
+    bulk.var_names = ["ENSG00000141510", "ENSG00000111640", "Actb"]
+    with pytest.warns(UserWarning, match="look like Ensembl ids") as record:
+        lk.tl.annotate(
+            adata, bulk, model=lambda s: np.ones((len(s), 32)), sentence_kwargs={"housekeeping": None}
+        )
+    assert [w.filename for w in record if "Ensembl" in str(w.message)] == [__file__]  # not loki's line
 
 
 def test_bulk_profile_without_expression_is_an_error():

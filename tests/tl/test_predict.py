@@ -82,8 +82,11 @@ def test_negative_similarities_fall_back_to_uniform():
     assert fb.tolist() == [True, False]
     ref = AnnData(X=np.array([[1.0, 0.0], [3.0, 2.0]], dtype=np.float32))
     ref.obsm["loki_text"] = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
-    with pytest.warns(UserWarning, match="no positive similarity"):
+    with pytest.warns(UserWarning, match="no positive similarity") as record:
         out = lk.tl.predict_expression(np.array([[-1.0, -1.0]]), ref)
+    assert [w.filename for w in record if "uniform weights" in str(w.message)] == [
+        __file__
+    ]  # once, at the caller's line
     np.testing.assert_allclose(out.X, [[2.0, 1.0]])
     assert out.uns["loki"]["loki_predicted"]["n_fallback"] == 1
 

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import logger, user_stacklevel
 
 
 def write_obsm(adata, key: str, value: Any) -> None:
@@ -21,7 +21,7 @@ def write_obsm(adata, key: str, value: Any) -> None:
                 "stores them, zarr (SpatialData.write) cannot. Rename the classes (e.g. "
                 "name.replace('/', '-')) to write the result to zarr.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
     adata.obsm[key] = value
     logger.info("added .obsm[%r]", key)

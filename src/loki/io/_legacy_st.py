@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import logger, user_stacklevel
 from loki._utils import check_array_finite
 
 from ._geometry import (
@@ -225,10 +226,11 @@ def _section_parts(
     _warn_anisotropic(name, linear)
     px_per_unit = scale_of(linear)
     if is_checkerboard(array_xy) and array_step_um == 200.0:
-        logger.warning(
-            "Spots of section %r sit on a checkerboard of the array grid (legacy ST 2k array?); one array unit "
-            "is then 100 µm: pass array_step_um=100 if so.",
-            name,
+        warnings.warn(
+            f"Spots of section {name!r} sit on a checkerboard of the array grid (legacy ST 2k array?); one "
+            "array unit is then 100 µm: pass array_step_um=100 if so.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
     microns_per_unit = array_step_um / px_per_unit
 
@@ -293,13 +295,11 @@ def _warn_outside(name: str, xy_image: np.ndarray, shape_yx: tuple[int, int]) ->
     h, w = shape_yx
     outside = (xy_image[:, 0] < 0) | (xy_image[:, 0] >= w) | (xy_image[:, 1] < 0) | (xy_image[:, 1] >= h)
     if outside.mean() > 0.05:
-        logger.warning(
-            "section %r: %d of %d spot centres fall outside the %dx%d image; is image_scale right?",
-            name,
-            int(outside.sum()),
-            len(outside),
-            w,
-            h,
+        warnings.warn(
+            f"section {name!r}: {int(outside.sum())} of {len(outside)} spot centres fall outside the {w}x{h} "
+            "image; is image_scale right?",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
 
 

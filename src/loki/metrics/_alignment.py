@@ -16,6 +16,7 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from loki._keys import Key
+from loki._logging import user_stacklevel
 from loki._utils import (
     as_rng,
     check_array_finite,
@@ -263,7 +264,7 @@ def alignment_expression_scores(
             f"{max_distance:.4g} (the target's spot spacing is {spacing:.4g}); the medians are NaN. "
             "Are both sections in one frame? Else pass a larger max_distance.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     out: dict[str, float | np.ndarray] = {
         "pearson_median": _nanmedian(res["pearson"]),

@@ -7,10 +7,11 @@ import hashlib
 import json
 import re
 import socket
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
-from loki._logging import logger
+from loki._logging import logger, user_stacklevel
 from loki._utils import as_seed
 
 from ._omiclip import META_FILE, PRECISIONS, WEIGHTS_FILE, OmiCLIP, check_patch_um, resolve_device
@@ -619,11 +620,11 @@ def load(
             path, arch=arch, name=None, device=device_t, trust=trust_checkpoint, precision=precision
         )
     if named and path.exists():
-        logger.warning(
-            "%r names a model, so the local %s is ignored; to load that, pass a Path: lk.models.load(Path(%r))",
-            name,
-            path.resolve(),
-            name,
+        warnings.warn(
+            f"{name!r} names a model, so the local {path.resolve()} is ignored; to load that, pass a Path: "
+            f"lk.models.load(Path({name!r}))",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
     if name in PUBLISHED or name.startswith(HF_PREFIX):
         if name in PUBLISHED:

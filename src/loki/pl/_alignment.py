@@ -11,12 +11,12 @@ import numpy as np
 from anndata import AnnData
 
 from loki._keys import Key
+from loki._logging import user_stacklevel
 from loki._utils import check_array_finite, require_keys
 from loki._utils._pca import fit_pca
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._common import (
-    _outside_loki,
     category_colours,
     coordinates,
     finish,
@@ -107,7 +107,7 @@ def _warn_unaligned(names, tables, table_keys, key: str, spatial_key: str) -> No
             f"of an aligned section (recorded targets: {recorded}); the 'after' panel draws them at "
             f".obsm[{spatial_key!r}], unaligned. Align them first or leave them out of sections=.",
             UserWarning,
-            stacklevel=_outside_loki(),
+            stacklevel=user_stacklevel(),
         )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from loki._logging import logger
+from loki._logging import logger, user_stacklevel
 from loki._utils import check_int, require_keys
 from loki._utils._folders import missing_folders, remove_empty_folders
 from loki._utils._spatialdata import (
@@ -182,8 +181,10 @@ def stored_colours(table: AnnData, column: str, n: int) -> np.ndarray | None:
         return None
     stored = list(stored)[:n]
     if not all(is_color_like(c) for c in stored):
-        logger.warning(
-            f"adata.uns[{column + '_colors'!r}] holds values that are not colours; using the default palette."
+        warnings.warn(
+            f"adata.uns[{column + '_colors'!r}] holds values that are not colours; using the default palette.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
         return None
     return to_rgba_array(stored)
@@ -307,18 +308,9 @@ def section_image(
 def _no_image(reason: str, *, warn: bool) -> None:
     message = f"Drawing the spots without an image: {reason}"
     if warn:
-        warnings.warn(message, UserWarning, stacklevel=_outside_loki())
+        warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
     else:
         logger.info(message)
-
-
-def _outside_loki() -> int:
-    # stacklevel of the first caller outside the package, however deep the plot's helpers go
-    package = str(Path(__file__).resolve().parents[1])
-    frame, level = sys._getframe(1), 1
-    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _affine(element, coordinate_system: str, what: str) -> np.ndarray:

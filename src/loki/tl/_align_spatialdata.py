@@ -6,6 +6,7 @@ and the transformations written.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -17,7 +18,7 @@ import pandas as pd
 from anndata import AnnData
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import logger, user_stacklevel
 from loki._utils import check_element_name, require_keys
 from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._spatialdata import (
@@ -87,9 +88,9 @@ def section_elements(
     A SpatialData that holds this section only (one table): every element (images, labels, points,
     shapes) with a transformation to ``in_cs``. A SpatialData of several sections: the section's spots
     and its image (``image_key``, else the one :func:`section_image_key` finds). Images named by
-    ``image_key`` are placed in either case. With ``warn``, the elements left out are logged: a warning
-    when it is an image (``role``, "source" or "target", says which section and which parameter
-    names it), INFO otherwise.
+    ``image_key`` are placed in either case. With ``warn``, a UserWarning says when a section of several
+    has no image found (``role``, "source" or "target", says which section and which parameter names
+    it), and the elements left out are logged: a warning when one is an image, INFO otherwise.
     """
     from spatialdata.transformations import get_transformation
 
@@ -117,13 +118,12 @@ def section_elements(
                 names.append(section_image_key(sdata, section.key, None))
             except KeyError:
                 if warn:
-                    logger.warning(
-                        "no image of the %s section %r found among %s; none is placed with it in the aligned "
-                        "coordinate system (pass %s= to name it)",
-                        role,
-                        section.name,
-                        list(sdata.images.keys()),
-                        param,
+                    warnings.warn(
+                        f"no image of the {role} section {section.name!r} found among "
+                        f"{list(sdata.images.keys())}; none is placed with it in the aligned coordinate "
+                        f"system (pass {param}= to name it)",
+                        UserWarning,
+                        stacklevel=user_stacklevel(),
                     )
         claimed = _claimed_elsewhere(sdata, section.key)
         left_out = [name for name in with_cs if name not in names and name not in claimed]
@@ -327,14 +327,13 @@ def warn_shared_coordinate_system(src: Section, tgt: Section, key_added: str, cs
     """
     earlier = _alignments_in(src, cs, but=key_added)
     if earlier:
-        logger.warning(
-            "coordinate system %r holds the placement of section %r by the alignment %s; this alignment "
-            "(key_added=%r) replaces it, so that alignment's shapes and the moved elements no longer agree "
-            "there. Pass coordinate_system= to keep both.",
-            cs,
-            src.name,
-            ", ".join(map(repr, earlier)),
-            key_added,
+        warnings.warn(
+            f"coordinate system {cs!r} holds the placement of section {src.name!r} by the alignment "
+            f"{', '.join(map(repr, earlier))}; this alignment (key_added={key_added!r}) replaces it, so that "
+            "alignment's shapes and the moved elements no longer agree there. Pass coordinate_system= to "
+            "keep both.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
     if chained or not is_spatialdata(tgt.data) or tgt.table is _STACK_TARGET.get():
         return
@@ -351,15 +350,12 @@ def warn_shared_coordinate_system(src: Section, tgt: Section, key_added: str, cs
 
 
 def _warn_target_put_back(tgt: Section, cs: str, earlier: list[str], who: str, fix: str) -> None:
-    logger.warning(
-        "the target section %r was placed in coordinate system %r by its alignment %s; %s puts it back "
-        "where it lies in the input coordinate system, so that alignment's shapes and its elements no "
-        "longer agree there. %s",
-        tgt.name,
-        cs,
-        ", ".join(map(repr, earlier)),
-        who,
-        fix,
+    warnings.warn(
+        f"the target section {tgt.name!r} was placed in coordinate system {cs!r} by its alignment "
+        f"{', '.join(map(repr, earlier))}; {who} puts it back where it lies in the input coordinate system, "
+        f"so that alignment's shapes and its elements no longer agree there. {fix}",
+        UserWarning,
+        stacklevel=user_stacklevel(),
     )
 
 

@@ -12,7 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import logger, user_stacklevel
 from loki._utils import (
     check_labelled,
     check_result_key,
@@ -336,7 +336,9 @@ def annotate(
     if missing:
         listing = "; ".join(f"{c}: {', '.join(m)}" for c, m in missing.items())
         warnings.warn(
-            f"Markers absent from the vocabulary were left out ({listing}).", UserWarning, stacklevel=2
+            f"Markers absent from the vocabulary were left out ({listing}).",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
     final = scores if fused_other is None else fuse_scores(scores, fused_other)
     codes = np.argmax(final, axis=1)

@@ -14,7 +14,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import logger, user_stacklevel
 from loki._utils import (
     block_starts,
     check_int,
@@ -390,7 +390,9 @@ def predict_expression(
         progress=progress,
     )
     if n_fallback:
-        warnings.warn(_fallback_message(n_fallback, negative, top_k), UserWarning, stacklevel=2)
+        warnings.warn(
+            _fallback_message(n_fallback, negative, top_k), UserWarning, stacklevel=user_stacklevel()
+        )
     params = {
         "use_query": use_query,
         "use_reference": use_reference,
