@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from anndata import AnnData
 
-from loki._utils import check_obs_key, check_obsm_key
+from loki._utils import check_int, check_obs_key, check_obsm_key, loki_record, loki_uns
 
 
 def test_key_checks_name_the_container_they_look_in():
@@ -23,3 +23,35 @@ def test_key_checks_name_the_container_they_look_in():
         check_obsm_key(adata, "xy", where="sdata.tables['A']", hint="Run it first.")
     check_obs_key(adata, "cell_type", where="reference")
     check_obsm_key(adata, "spatial", where="reference")
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_check_int_refuses_non_integers_and_out_of_range(value):
+    with pytest.raises(ValueError, match=rf"^n must be a positive integer, got {value!r}\.$"):
+        check_int(value, "n")
+
+
+def test_check_int_bounds_none_and_reason():
+    assert type(check_int(np.int64(3), "n")) is int
+    assert check_int(np.int64(3), "n") == 3
+    assert check_int(None, "n", optional=True) is None
+    with pytest.raises(ValueError, match=r"^n must be a positive integer or None, got 'a'\.$"):
+        check_int("a", "n", optional=True)
+    with pytest.raises(ValueError, match=r"^k must be an integer >= 2 \(two at least\), got 1\.$"):
+        check_int(1, "k", minimum=2, why="two at least")
+    with pytest.raises(ValueError, match=r"^fill must be an integer in \[0, 255\], got 256\.$"):
+        check_int(256, "fill", minimum=0, maximum=255)
+    assert check_int(0, "fill", minimum=0, maximum=255) == 0
+
+
+def test_loki_records_read_only_loki_mappings():
+    adata = AnnData(np.zeros((2, 1)))
+    assert loki_uns(adata) == {}
+    assert loki_record(adata, "x") is None
+    adata.uns["loki"] = "another tool's value"
+    assert loki_uns(adata) == {}
+    assert loki_record(adata, "x") is None
+    adata.uns["loki"] = {"x": {"target": "A"}, "image_key": "img"}
+    assert loki_record(adata, "x") == {"target": "A"}
+    assert loki_record(adata, "image_key") is None  # a value, not a record
+    assert loki_uns(adata)["image_key"] == "img"

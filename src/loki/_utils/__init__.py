@@ -19,7 +19,7 @@ from ._validation import (
     is_real,
     require_keys,
 )
-from ._write import write_layer, write_obs, write_obsm, write_uns
+from ._write import loki_record, loki_uns, write_layer, write_obs, write_obsm, write_uns
 
 __all__ = [
     "as_rng",
@@ -37,6 +37,8 @@ __all__ = [
     "check_var_key",
     "is_int",
     "is_real",
+    "loki_record",
+    "loki_uns",
     "require_keys",
     "write_layer",
     "write_obs",

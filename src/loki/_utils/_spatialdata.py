@@ -17,6 +17,7 @@ from loki._keys import Key
 
 from ._affine import linear_scale
 from ._validation import require_keys
+from ._write import loki_uns
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -135,7 +136,7 @@ def _named_owner(sdata: SpatialData, image: str) -> str | None:
 
 
 def _stored_image_key(table: AnnData) -> str | None:
-    return table.uns.get(Key.UNS, {}).get("image_key")
+    return loki_uns(table).get("image_key")
 
 
 def recorded_microns_per_pixel(
@@ -157,7 +158,7 @@ def recorded_microns_per_pixel(
         return float(recorded[image_key])
     image = sdata.images[image_key]
     for table in sdata.tables.values():
-        uns = table.uns.get(Key.UNS, {})
+        uns = loki_uns(table)
         if uns.get("image_key") != image_key or "microns_per_unit" not in uns:
             continue
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -43,3 +44,15 @@ def write_uns(adata, key: str, value: dict[str, Any]) -> None:
     """Store ``value`` in ``adata.uns['loki'][key]`` (writeable types only) and log it."""
     adata.uns.setdefault(Key.UNS, {})[key] = value
     logger.info("added .uns[%r][%r]", Key.UNS, key)
+
+
+def loki_uns(adata) -> Mapping[str, Any]:
+    """``adata.uns['loki']``, loki's records, or an empty mapping when there is none."""
+    records = adata.uns.get(Key.UNS)
+    return records if isinstance(records, Mapping) else {}
+
+
+def loki_record(adata, key: str) -> Mapping[str, Any] | None:
+    """The record ``adata.uns['loki'][key]`` a loki tool wrote for its result ``key``, or None."""
+    record = loki_uns(adata).get(key)
+    return record if isinstance(record, Mapping) else None

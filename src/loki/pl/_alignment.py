@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._logging import user_stacklevel
-from loki._utils import check_array_finite, require_keys
+from loki._utils import check_array_finite, loki_record, require_keys
 from loki._utils._pca import fit_pca
 from loki._utils._spatialdata import get_table, is_spatialdata
 
@@ -74,9 +74,7 @@ def _tables(data, sections, key: str) -> tuple[list[str], list[AnnData], list[st
 
 def _recorded_target(table: AnnData, key: str) -> str | None:
     """The target table key that ``.uns['loki'][key]`` of an aligned table records (None if none)."""
-    records = table.uns.get(Key.UNS)
-    entry = records.get(key) if isinstance(records, Mapping) else None
-    target = entry.get("target") if isinstance(entry, Mapping) else None
+    target = (loki_record(table, key) or {}).get("target")
     return target if isinstance(target, str) else None
 
 
@@ -207,11 +205,7 @@ def alignment(
             if kind == "overlay":
                 panel.scatter(xy[:, 0], xy[:, 1], s=spot_size, c=c, label=name, alpha=0.7, linewidths=0)
             else:
-                zpos = (
-                    t.uns.get(Key.UNS, {}).get(key, {}).get("z", z)
-                    if isinstance(t.uns.get(Key.UNS), dict)
-                    else z
-                )
+                zpos = (loki_record(t, key) or {}).get("z", z)
                 panel.scatter(
                     xy[:, 0],
                     np.full(len(xy), float(zpos)),

@@ -11,7 +11,7 @@ import pandas as pd
 from anndata import AnnData
 
 from loki._keys import Key
-from loki._utils import check_obs_key, check_obsm_key, require_keys
+from loki._utils import check_obs_key, check_obsm_key, loki_uns, require_keys
 from loki._utils._spatialdata import get_table
 
 from ._common import (
@@ -164,9 +164,7 @@ def _annotate_record(table: AnnData, key: str) -> tuple[Mapping, bool]:
 
     Fused scores (``f"{key_added}_fused"``) are min-max normalised sums, not cosine similarities.
     """
-    records = table.uns.get(Key.UNS, {})
-    if not isinstance(records, Mapping):
-        return {}, False
+    records = loki_uns(table)
     if isinstance(records.get(key), Mapping):
         return records[key], False
     base = records.get(key.removesuffix("_fused"))

@@ -9,7 +9,7 @@ import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_int, check_result_key, require_keys, write_obs, write_uns
+from loki._utils import check_int, check_result_key, loki_uns, require_keys, write_obs, write_uns
 from loki._utils._affine import apply_matrix
 from loki._utils._spatialdata import (
     affine_to,
@@ -362,7 +362,7 @@ def check_flags_not_owned(table, flag_key: str, owner: str | None = None, what: 
     (``patch_ok_key``); :func:`loki.tl.finetune` and readers of the embedding trust them. ``owner`` is
     the embedding the caller writes (its own flags may be replaced), ``what`` the argument named.
     """
-    for key, record in table.uns.get(Key.UNS, {}).items():
+    for key, record in loki_uns(table).items():
         if key != owner and isinstance(record, dict) and record.get("patch_ok_key") == flag_key:
             raise ValueError(
                 f"{what}={owner if owner is not None else flag_key!r} would replace .obs[{flag_key!r}], the "
@@ -567,7 +567,7 @@ def _spot_centers(table, shapes) -> np.ndarray:
 
 
 def _spot_diameter(table, shapes, diameter_um) -> np.ndarray | float:
-    meta = table.uns.get(Key.UNS, {})
+    meta = loki_uns(table)
     if diameter_um is None and shapes is not None and "radius" in shapes.columns:
         return 2 * float(np.median(shapes["radius"].to_numpy(dtype=np.float64)))
     if diameter_um is None:

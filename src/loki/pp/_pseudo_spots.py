@@ -20,6 +20,7 @@ from loki._utils import (
     check_labelled,
     check_obs_key,
     check_obsm_key,
+    loki_uns,
     require_keys,
 )
 
@@ -135,7 +136,7 @@ def pseudo_spots(
     if diameter_um <= 0:
         raise ValueError(f"diameter_um must be > 0, got {diameter_um}.")
     if microns_per_unit is None:
-        microns_per_unit = float(adata.uns.get(Key.UNS, {}).get("microns_per_unit", 1.0))
+        microns_per_unit = float(loki_uns(adata).get("microns_per_unit", 1.0))
     if microns_per_unit <= 0:
         raise ValueError(f"microns_per_unit must be > 0, got {microns_per_unit}.")
     spacing_um = diameter_um * _VISIUM_SPACING_RATIO if spacing_um is None else float(spacing_um)

@@ -22,6 +22,8 @@ from loki._utils import (
     check_array_finite,
     check_key_name,
     check_result_key,
+    loki_record,
+    loki_uns,
     require_keys,
     write_obsm,
     write_uns,
@@ -166,9 +168,8 @@ def _microns_per_unit(table, key: str) -> float | None:
     The table's own scale (``.uns['loki']['microns_per_unit']``) is that of its spot coordinates,
     ``.obsm['spatial']``; other coordinates (an earlier alignment's) carry the scale recorded with them.
     """
-    meta = table.uns.get(Key.UNS, {})
-    entry = meta if key == Key.SPATIAL else meta.get(key)
-    value = entry.get("microns_per_unit") if isinstance(entry, dict) else None
+    entry = loki_uns(table) if key == Key.SPATIAL else loki_record(table, key)
+    value = (entry or {}).get("microns_per_unit")
     try:
         value = float(value)
     except (TypeError, ValueError):

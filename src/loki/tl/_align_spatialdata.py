@@ -19,7 +19,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._logging import logger, user_stacklevel
-from loki._utils import check_element_name, require_keys
+from loki._utils import check_element_name, loki_record, loki_uns, require_keys
 from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._spatialdata import (
     _named_owner,
@@ -229,12 +229,6 @@ def source_to_cs(src: Section, in_cs: str) -> np.ndarray:
     )
 
 
-def _record(section: Section, key: str) -> dict | None:
-    """The section's alignment entry ``.uns['loki'][key]``, or None."""
-    entry = section.table.uns.get(Key.UNS, {}).get(key)
-    return entry if isinstance(entry, dict) else None
-
-
 def target_to_cs(tgt: Section, key: str, spatial_key: str, in_cs: str, out_cs: str) -> np.ndarray:
     """3x3 map from the target table's coordinates ``.obsm[key]`` into ``out_cs``.
 
@@ -251,7 +245,7 @@ def target_to_cs(tgt: Section, key: str, spatial_key: str, in_cs: str, out_cs: s
         return np.eye(3)
     if key == spatial_key:
         return source_to_cs(tgt, in_cs)
-    record = _record(tgt, key) or {}
+    record = loki_record(tgt.table, key) or {}
     from spatialdata.transformations import get_transformation
 
     if record.get("method") == "target":  # its own coordinates
@@ -309,7 +303,7 @@ def _alignments_in(section: Section, cs: str, but: str | None = None) -> list[st
     """Keys of the alignments recorded on the section's table that placed it in ``cs``."""
     return [
         key
-        for key, entry in section.table.uns.get(Key.UNS, {}).items()
+        for key, entry in loki_uns(section.table).items()
         if key != but
         and isinstance(entry, dict)
         and "matrix" in entry
@@ -382,7 +376,7 @@ def replace_stack_target(tgt: Section, key_added: str, cs: str) -> None:
     """
     if not is_spatialdata(tgt.data):
         return
-    record = _record(tgt, key_added) or {}
+    record = loki_record(tgt.table, key_added) or {}
     shapes = record.get("shapes")
     placed_in = record.get("coordinate_system")
     if shapes is not None and shapes in tgt.data.shapes:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_obs_key, check_result_key, is_int, write_obsm, write_uns
+from loki._utils import check_obs_key, check_result_key, is_int, loki_uns, write_obsm, write_uns
 from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata, section_shapes
 from loki.pp._patches import MICRONS_PER_UNIT_HINT, check_flags_not_owned
 
@@ -146,7 +146,7 @@ def patch_diameter_um(model, diameter_um: float | None, table) -> tuple[float | 
     patch_um = getattr(model, "patch_um", None)
     if patch_um is None:
         return None, "spot"
-    mpu = table.uns.get(Key.UNS, {}).get("microns_per_unit")
+    mpu = loki_uns(table).get("microns_per_unit")
     if mpu is None:
         raise ValueError(
             f"model {model.name!r} was trained on {patch_um:g} µm patches (model.patch_um), but the table "
@@ -162,7 +162,7 @@ def spot_diameter_um(data, table) -> float:
     Twice the median ``radius`` of the spot shapes times ``.uns['loki']['microns_per_unit']``, else
     ``.uns['loki']['spot_diameter_um']``.
     """
-    meta = table.uns.get(Key.UNS, {})
+    meta = loki_uns(table)
     shapes = section_shapes(data, table) if is_spatialdata(data) else None
     if shapes is not None and "radius" in shapes.columns:
         mpu = meta.get("microns_per_unit")
