@@ -140,7 +140,7 @@ def test_bad_seed_or_output_path_fail_before_any_work(tmp_path):
     out = tmp_path / "demo"
     for seed in ("-1", str(2**32)):
         with pytest.raises(
-            SystemExit, match=rf"^loki demo: seed must be an integer from 0 to 4294967295, got {seed}$"
+            SystemExit, match=rf"^loki demo: seed must be an integer in \[0, 4294967295\], got {seed}\.$"
         ):
             main(["demo", "--out", str(out), "--seed", seed, "--quick"])
     assert not out.exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loki._utils import is_int
+from loki._utils import check_int
 
 TRAIN = ("MOB1", "MOB2", "MOB3")
 TEST = "MOB4"
@@ -277,8 +277,7 @@ def _markdown(frame: pd.DataFrame) -> str:
 def _check_arguments(out: Path, seed) -> None:
     """Refuse a seed out of range and an output path that is a file, before any work."""
     low, high = SEED_RANGE
-    if not is_int(seed) or not low <= seed <= high:
-        raise ValueError(f"seed must be an integer from {low} to {high}, got {seed!r}")
+    check_int(seed, "seed", minimum=low, maximum=high)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{str(out)!r} exists and is not a folder; pass another output folder")
 

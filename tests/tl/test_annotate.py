@@ -184,9 +184,13 @@ def test_results_of_any_class_names_can_be_saved(tmp_path):
         (
             {"markers": MARKERS, "max_markers": 0},
             ValueError,
-            r"markers per class \(max_markers\) must be a positive",
+            r"max_markers must be a positive integer \(the number of markers per class\), got 0",
         ),
-        ({"markers": MARKERS, "max_markers": -1}, ValueError, "positive integer, got -1"),
+        (
+            {"markers": MARKERS, "max_markers": -1},
+            ValueError,
+            r"positive integer \(the number of markers per class\), got -1",
+        ),
     ],
 )
 def test_bad_input_writes_nothing(kwargs, error, match):

@@ -149,7 +149,8 @@ def check_result_key(
       (``table.uns['spatialdata_attrs']``): they link the rows to their shapes;
     - for ``"obsm"``, ``"spatial"``: the spot coordinates;
     - for ``"uns"``, one of the section metadata entries of ``.uns['loki']``
-      (``Key.SECTION_METADATA``: ``image_key``, ``microns_per_unit``, ...).
+      (``Key.SECTION_METADATA``: ``image_key``, ``microns_per_unit``, ...); and any key when
+      ``.uns['loki']`` is not a mapping (another tool's value) that could hold the record.
 
     Call it before computing, so that nothing is written when it fails.
 
@@ -173,6 +174,14 @@ def check_result_key(
         Name of the argument in the message.
     """
     check_key_name(key, what)
+    where = tuple(where)
+    records = table.uns.get(Key.UNS)
+    if "uns" in where and records is not None and not isinstance(records, Mapping):
+        raise ValueError(
+            f".uns[{Key.UNS!r}] holds a {type(records).__name__}, not loki's records (a dict), so the "
+            f"result cannot be recorded there. Move that value (e.g. adata.uns['other'] = "
+            f"adata.uns.pop({Key.UNS!r})) and call again; nothing was written."
+        )
     inputs = inputs or {}
     for container in where:
         protected = _protected(table, container, inputs)

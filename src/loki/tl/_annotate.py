@@ -14,9 +14,9 @@ from scipy import sparse
 from loki._keys import Key
 from loki._logging import logger, user_stacklevel
 from loki._utils import (
+    check_int,
     check_labelled,
     check_result_key,
-    is_int,
     require_keys,
     write_obs,
     write_obsm,
@@ -74,10 +74,7 @@ def marker_sentences(
     """
     if not markers:
         raise ValueError("markers is empty; pass {class: [genes]} with at least one class.")
-    if not is_int(max_genes) or max_genes < 1:
-        raise ValueError(
-            f"The number of markers per class (max_markers) must be a positive integer, got {max_genes!r}."
-        )
+    check_int(max_genes, "max_markers", why="the number of markers per class")
     names = pd.Series([str(c) for c in markers])
     if names.duplicated().any():
         clash = [c for c in markers if str(c) in set(names[names.duplicated()])]

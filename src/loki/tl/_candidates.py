@@ -87,7 +87,9 @@ def check_search(
 
 def _size(value, name: str, lo: int, hi: int, what: str, default: int) -> int:
     """``value`` checked to lie in [lo, hi] (``what`` names hi), or ``default`` when it is None."""
-    return int(default) if value is None else check_int(value, name, minimum=lo, maximum=hi, why=what)
+    if value is None:
+        return int(default)
+    return check_int(value, name, minimum=lo, maximum=hi, optional=True, why=what)
 
 
 def pca_axes(unit_rows: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:

@@ -549,9 +549,8 @@ def _check_top_k(top_k: int | None, n_reference: int, reference: str) -> None:
     Checked before any search, so that the message names ``top_k`` and the reference, not the search's
     own ``k`` and bank.
     """
-    if top_k is None:
+    if check_int(top_k, "top_k", optional=True) is None:
         return
-    check_int(top_k, "top_k", optional=True)
     if top_k > n_reference:
         raise ValueError(
             f"top_k={top_k} is larger than {reference} ({n_reference} spots); pass top_k <= {n_reference} "
