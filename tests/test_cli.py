@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import spatialdata as sd
@@ -54,8 +56,10 @@ def test_tile_then_embed_an_image_only_section(mob4_zarr, capsys):
     assert lk.Key.TEXT not in tiles.obsm
 
 
-def _autosharding_notices(caught) -> list:
-    return [w for w in caught if "autosharding" in str(w.message)]
+def _autosharding_notices(caught, caplog) -> list:
+    """anndata's notice, shown by Python or (a UserWarning in a command) logged by the CLI."""
+    shown = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    return [text for text in shown if "autosharding" in text]
 
 
 def test_embed_a_spot_section_adds_both_modalities(mob4_zarr, caplog):
@@ -68,7 +72,7 @@ def test_embed_a_spot_section_adds_both_modalities(mob4_zarr, caplog):
         )
     # the model encodes texts and images: its random weights are worth one warning, not one per encoder
     assert sum("random (untrained) weights" in r.getMessage() for r in caplog.records) == 1
-    assert not _autosharding_notices(caught)  # anndata's notice, once per array written, is hidden
+    assert not _autosharding_notices(caught, caplog)  # anndata's notice, once per array written, is hidden
     table = sd.read_zarr(mob4_zarr).tables["MOB4"]
     assert {lk.Key.TEXT, lk.Key.IMAGE} <= set(table.obsm)
     assert table.obs[lk.Key.SENTENCE].str.len().gt(0).all()
@@ -165,14 +169,14 @@ def test_tile_errors_name_the_options_and_write_nothing(glass_zarr, options, exp
     assert (set(back.tables), set(back.shapes)) == (set(), set())
 
 
-def test_tile_writes_without_anndata_notices(glass_zarr, capsys):
+def test_tile_writes_without_anndata_notices(glass_zarr, capsys, caplog):
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert main(["tile", str(glass_zarr), "--image", "he", "--tile-um", "100"]) == 0
     assert "4 tiles written" in capsys.readouterr().out
-    assert not _autosharding_notices(caught)
+    assert not _autosharding_notices(caught, caplog)
 
 
 def test_slide_then_tile_takes_the_pixel_size_from_the_file(tmp_path, capsys):
@@ -429,3 +433,27 @@ def test_align_errors_about_keys_and_coordinate_systems_name_the_options(mob12_z
         message = str(exit_.value.code)
         assert expected in message, extra
         assert not re.search(r"\b(key_added|coordinate_system|input_coordinate_system)\b", message), message
+
+
+def test_align_logs_a_user_warning_naming_the_option(tmp_path, caplog):
+    """loki's UserWarning (pointed at the caller of main) is a log line of the CLI, not Python's echo."""
+    import re
+    import warnings
+
+    sdata, store = lk.datasets.mob(("MOB1", "MOB2")), tmp_path / "no_target_image.zarr"
+    del sdata.images["MOB1_image"]  # the target's image is missing: align warns
+    sdata.write(store)
+    align = ["align", str(store), "--source", "MOB2", "--target", "MOB1", "--use", "none"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shown = warnings.showwarning
+        assert main([*align, "--method", "rigid", "--no-mirror"]) == 0
+        assert warnings.showwarning is shown
+    assert not [w for w in caught if "no image of the target section" in str(w.message)]
+    (record,) = (r for r in caplog.records if "no image of the target section" in r.getMessage())
+    handler = logging.getLogger("loki").handlers[0]  # the CLI's, as for the warnings loki logs
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d loki: no image of the target section 'MOB1' found among \['MOB2_image'\]; .* "
+        r"\(pass --target-image-key to name it\)",
+        handler.format(record),
+    )

@@ -104,3 +104,41 @@ def test_slide_errors_name_the_options(png, tmp_path, option, expected):
         main(["slide", str(png), str(store), "--mpp", "2", *option])
     assert str(exit_.value.code).startswith(expected)
     assert not store.exists()
+
+
+def test_user_warnings_are_log_lines_worded_for_the_command(monkeypatch, caplog):
+    """A command's UserWarnings are log lines naming its options; other warnings take Python's path."""
+    import logging
+    import warnings
+
+    import loki.cli
+
+    def run(args):
+        warnings.warn("no image found (pass target_image_key= to name it)", UserWarning, stacklevel=2)
+        warnings.warn("an old default", DeprecationWarning, stacklevel=2)
+
+    monkeypatch.setattr(loki.cli, "_run", run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shown = warnings.showwarning
+        assert main(["align", "store.zarr", "--source", "a", "--target", "b"]) == 0
+        assert warnings.showwarning is shown  # put back for the caller of main
+    assert [w.category for w in caught] == [DeprecationWarning]
+    (record,) = (r for r in caplog.records if r.name == "loki")
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "no image found (pass --target-image-key to name it)"
+
+
+def test_warnings_are_shown_as_before_once_a_command_fails(monkeypatch):
+    import warnings
+
+    import loki.cli
+
+    def run(args):
+        raise ValueError("bad")
+
+    monkeypatch.setattr(loki.cli, "_run", run)
+    shown = warnings.showwarning
+    with pytest.raises(SystemExit, match="loki align: bad"):
+        main(["align", "store.zarr", "--source", "a", "--target", "b"])
+    assert warnings.showwarning is shown

@@ -583,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
 
     try:
-        _run(args)
+        with _user_warnings_logged(args.command):
+            _run(args)
     except (KeyError, ValueError, OSError) as err:
         if args.verbose:
             raise
@@ -599,6 +600,11 @@ def _cli_message(err: BaseException, command: str) -> str:
     """
     # a KeyError's str() is quoted; an OSError's args are (errno, text)
     message = err.args[0] if len(err.args) == 1 and isinstance(err.args[0], str) else str(err) or repr(err)
+    return _cli_words(message, command)
+
+
+def _cli_words(message: str, command: str) -> str:
+    """``message`` with the API keywords and hints reworded for ``command`` (see :func:`_cli_message`)."""
     for hint, instead in _API_ONLY_HINTS.get(command, {}).items():
         message = message.replace(hint, instead)
     for keyword, option in _OPTIONS.get(command, {}).items():
@@ -607,6 +613,32 @@ def _cli_message(err: BaseException, command: str) -> str:
         message = re.sub(rf"\b{keyword}=", option, message)
         message = re.sub(rf"\banother {keyword}(?=[.,;]|$)", f"another {option}", message)
     return message
+
+
+@contextmanager
+def _user_warnings_logged(command: str):
+    """Within it, show each UserWarning as a log line of loki's logger, worded for ``command``.
+
+    loki points its UserWarnings at the user's line, which on the command line is the console script's
+    ``sys.exit(main())``: that file and line say nothing. Other categories take Python's usual path, and
+    the previous :func:`warnings.showwarning` is put back on the way out.
+    """
+    previous = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, UserWarning):
+            previous(message, category, filename, lineno, file, line)
+            return
+        text = _cli_words(str(message), command)
+        if category is not UserWarning:  # another library's own kind: name it
+            text = f"{category.__name__}: {text}"
+        logging.getLogger("loki").warning("%s", text)
+
+    warnings.showwarning = showwarning
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def _run(args: argparse.Namespace) -> None:
