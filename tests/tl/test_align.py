@@ -374,7 +374,7 @@ def test_degenerate_inputs_and_non_finite_parameters(tissue):
         ({"alpha": np.nan}, "alpha must be a positive number, got nan"),
         ({"beta": np.inf}, "beta must be a positive number"),
         ({"feature_weight": np.nan}, "feature_weight must be a number >= 0"),
-        ({"n_landmarks": 0}, "n_landmarks >= 1"),
+        ({"n_landmarks": 0}, r"^n_landmarks must be a positive integer, got 0\.$"),
     ]:
         with pytest.raises(ValueError, match=match):
             lk.tl.align(moved, target=tissue, use="X_expr", **kw)
@@ -494,12 +494,23 @@ def test_sparse_dataframe_and_non_numeric_embeddings(tissue):
     with pytest.raises(ValueError, match=r"source .obsm\['E'\] must be numeric, got dtype <U1"):
         lk.tl.align(moved, target=target, use="E", **_fast())
     for kw, match in [
-        ({"n_pcs": 2.5}, "n_pcs must be an integer, got n_pcs=2.5"),
-        ({"max_iter": True}, "max_iter"),
+        ({"n_pcs": 2.5}, r"^n_pcs must be an integer >= 0, got 2\.5\.$"),
+        ({"n_pcs": -1}, r"^n_pcs must be an integer >= 0, got -1\.$"),
+        ({"max_iter": True}, r"^max_iter must be a positive integer, got True\.$"),
+        ({"n_coarse": 2}, r"^n_coarse must be an integer >= 3, got 2\.$"),
+        ({"max_points": 10.0}, r"^max_points must be an integer >= 3, got 10\.0\.$"),
     ]:
         with pytest.raises(ValueError, match=match):
             lk.tl.align(moved, target=target, use="X_expr", **kw)
     assert Key.ALIGNED not in moved.obsm
+    # numpy integers are integers: the same alignment, recorded as ints
+    counts = {"n_pcs": np.int64(2), "max_iter": np.int32(200), "n_coarse": np.int64(5000)}
+    out = lk.tl.align(
+        moved, target=target, use="X_expr", copy=True, **_fast(n_rotations=np.int64(1), **counts)
+    )
+    np.testing.assert_array_equal(out.obsm[Key.ALIGNED], dense.obsm[Key.ALIGNED])
+    params = out.uns[Key.UNS][Key.ALIGNED]["params"]
+    assert [type(params[k]) for k in ("n_rotations", *counts)] == [int] * 4
 
 
 @pytest.mark.parametrize(

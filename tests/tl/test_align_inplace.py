@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ def _state(sdata) -> dict:
 
 
 def _assert_same_record(returned: dict, written: dict) -> None:
-    """The returned ``uns`` entry is the written one (stage timings aside)."""
+    """The returned ``record`` is the written ``.uns`` entry (stage timings aside)."""
     assert returned.keys() == written.keys()
     for key, value in returned.items():
         if isinstance(value, dict):
@@ -73,20 +74,21 @@ def test_spatialdata_returns_what_it_would_write_and_writes_nothing(caplog):
         out = lk.tl.align(sdata, source="MOB2", target="MOB1", method="deformable", inplace=False, **_FAST)
     assert _state(sdata) == before
     assert not _writes_logged(caplog)
-    assert set(out) == {"coords", "transformation", "uns"}
-    assert out["coords"].shape == (sdata.tables["MOB2"].n_obs, 2)
-    assert out["transformation"].shape == (3, 3)
+    assert isinstance(out, lk.tl.Alignment)
+    assert out._fields == ("coords", "transformation", "record")
+    assert out.coords.shape == (sdata.tables["MOB2"].n_obs, 2)
+    assert out.transformation.shape == (3, 3)
 
     with caplog.at_level(logging.INFO, logger="loki"):
         assert lk.tl.align(sdata, source="MOB2", target="MOB1", method="deformable", **_FAST) is None
     assert _writes_logged(caplog)  # the in-place call logs each write
     table = sdata.tables["MOB2"]
-    assert np.array_equal(out["coords"], table.obsm[Key.ALIGNED])
-    _assert_same_record(out["uns"], table.uns[Key.UNS][Key.ALIGNED])
+    assert np.array_equal(out.coords, table.obsm[Key.ALIGNED])
+    _assert_same_record(out.record, table.uns[Key.UNS][Key.ALIGNED])
     for name in ("MOB2_image", "MOB2_spots"):
-        assert np.array_equal(out["transformation"], _placed(sdata, name))
-    assert out["uns"]["shapes"] in sdata.shapes
-    assert out["uns"]["shapes"] not in before["elements"]
+        assert np.array_equal(out.transformation, _placed(sdata, name))
+    assert out.record["shapes"] in sdata.shapes
+    assert out.record["shapes"] not in before["elements"]
 
 
 def test_second_spatialdata_target_in_another_frame():
@@ -97,14 +99,15 @@ def test_second_spatialdata_target_in_another_frame():
         set_transformation(two[name], Scale([2.0, 2.0], axes=_XY), to_coordinate_system="global")
     before = (_state(one), _state(two))
     out = lk.tl.align(one, target=two, method="rigid", inplace=False, **_FAST)
+    assert isinstance(out, lk.tl.Alignment)
     assert (_state(one), _state(two)) == before
-    assert not np.allclose(out["transformation"], out["uns"]["matrix"])
+    assert not np.allclose(out.transformation, out.record["matrix"])
 
     lk.tl.align(one, target=two, method="rigid", **_FAST)
-    assert np.array_equal(out["coords"], one.tables["MOB4"].obsm[Key.ALIGNED])
-    _assert_same_record(out["uns"], one.tables["MOB4"].uns[Key.UNS][Key.ALIGNED])
+    assert np.array_equal(out.coords, one.tables["MOB4"].obsm[Key.ALIGNED])
+    _assert_same_record(out.record, one.tables["MOB4"].uns[Key.UNS][Key.ALIGNED])
     for name in ("MOB4_image", "MOB4_spots"):
-        assert np.array_equal(out["transformation"], _placed(one, name))
+        assert np.array_equal(out.transformation, _placed(one, name))
 
 
 def _log_expr(adata) -> np.ndarray:
@@ -126,15 +129,46 @@ def test_anndata_with_the_target_moving():
     kwargs = {**_FAST, "use": "X_expr", "method": "rigid"}
     before = _tables(moved, tissue)
     out = lk.tl.align(moved, target=tissue, inplace=False, **kwargs)
+    assert isinstance(out, lk.tl.Alignment)
     assert _tables(moved, tissue) == before
-    assert out["uns"]["moving"] == "target"
-    assert np.array_equal(out["transformation"], out["uns"]["matrix"])  # no frames for AnnData
-    rigid = moved.obsm["spatial"] @ out["transformation"][:2, :2].T + out["transformation"][:2, 2]
-    np.testing.assert_allclose(rigid, out["coords"], atol=1e-6)  # the source's motion, not the target's
+    assert out.record["moving"] == "target"
+    assert np.array_equal(out.transformation, out.record["matrix"])  # no frames for AnnData
+    rigid = moved.obsm["spatial"] @ out.transformation[:2, :2].T + out.transformation[:2, 2]
+    np.testing.assert_allclose(rigid, out.coords, atol=1e-6)  # the source's motion, not the target's
 
     written = lk.tl.align(moved, target=tissue, copy=True, **kwargs)
-    assert np.array_equal(out["coords"], written.obsm[Key.ALIGNED])
-    _assert_same_record(out["uns"], written.uns[Key.UNS][Key.ALIGNED])
+    assert np.array_equal(out.coords, written.obsm[Key.ALIGNED])
+    _assert_same_record(out.record, written.uns[Key.UNS][Key.ALIGNED])
+
+
+def _user_warnings(*args, **kwargs) -> list[str]:
+    """The UserWarnings of one ``lk.tl.align`` call."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lk.tl.align(*args, **kwargs)
+    return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_what_a_write_would_leave_out_or_replace_is_warned_about_in_place_only():
+    """Without the target's image, an in-place call warns that none is placed with it, and a second
+    alignment into the same coordinate system that it replaces the first's placement; with
+    ``inplace=False`` nothing is placed or replaced, so neither is said."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    del sdata.images["MOB1_image"]
+    kwargs = {"source": "MOB2", "target": "MOB1", "method": "rigid", **_FAST}
+    no_image = "no image of the target section 'MOB1' found"
+    replaces = f"coordinate system {Key.ALIGNED_CS!r} holds the placement of section 'MOB2' by the alignment"
+
+    def said(messages: list[str]) -> list[bool]:
+        return [any(text in m for m in messages) for text in (no_image, replaces)]
+
+    assert said(_user_warnings(sdata, inplace=False, **kwargs)) == [False, False]
+    assert said(_user_warnings(sdata, **kwargs)) == [True, False]
+    again = {**kwargs, "key_added": "spatial_again", "coordinate_system": Key.ALIGNED_CS}
+    before = _state(sdata)
+    assert said(_user_warnings(sdata, inplace=False, **again)) == [False, False]
+    assert _state(sdata) == before
+    assert said(_user_warnings(sdata, **again)) == [True, True]
 
 
 def test_backed_spatialdata_store_is_left_alone(tmp_path):

@@ -8,7 +8,7 @@ from anndata import AnnData
 from scipy import sparse
 
 import loki as lk
-from loki.tl._annotate import Annotation, fuse_scores, marker_sentences, minmax_per_row
+from loki.tl._annotate import fuse_scores, marker_sentences, minmax_per_row
 
 GENES = [f"G{i}" for i in range(40)]
 MARKERS = {"tumour": ["G0", "G1", "G2"], "stroma": ["G10", "G11", "G12"], "fat": ["G20", "G21", "G22"]}
@@ -306,7 +306,7 @@ def test_inplace_false_returns_what_inplace_writes_and_writes_nothing(fuse):
     before = _contents(adata)
     result = lk.tl.annotate(adata, MARKERS, inplace=False, **kwargs)
     _assert_untouched(adata, before)  # the earlier fused scores are not removed either
-    assert isinstance(result, Annotation)
+    assert isinstance(result, lk.tl.Annotation)
     scores, labels, fused = result
     assert lk.tl.annotate(adata, MARKERS, **kwargs) is None
     pd.testing.assert_frame_equal(scores, adata.obsm["loki_annotation"])
@@ -327,7 +327,9 @@ def test_inplace_false_on_spatialdata_writes_nothing():
     sdata = SpatialData(tables={"sec": TableModel.parse(adata)})
     table = sdata.tables["sec"]
     before = _contents(table)
-    scores, labels, fused = lk.tl.annotate(sdata, MARKERS, model=model, inplace=False)
+    result = lk.tl.annotate(sdata, MARKERS, model=model, inplace=False)
+    assert isinstance(result, lk.tl.Annotation)
+    scores, labels, fused = result
     _assert_untouched(table, before)
     assert fused is None
     lk.tl.annotate(sdata, MARKERS, model=model)

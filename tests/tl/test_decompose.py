@@ -80,9 +80,9 @@ def test_mapping_takes_the_reference_composition_as_the_tissues():
     _, reference, _ = _toy(cells_per_type=UNBALANCED)  # the same type profiles (same seed)
     frequencies = np.asarray(UNBALANCED) / sum(UNBALANCED)
     kwargs = {"reference": reference, "cell_type_key": "cell_type", "inplace": False}
-    mapped = lk.tl.decompose(spots, method="mapping", epochs=150, **kwargs).to_numpy()
+    mapped = lk.tl.decompose(spots, method="mapping", epochs=150, **kwargs).proportions.to_numpy()
     np.testing.assert_allclose(mapped.mean(axis=0), frequencies, atol=0.02)
-    nnls = lk.tl.decompose(spots, **kwargs).to_numpy()
+    nnls = lk.tl.decompose(spots, **kwargs).proportions.to_numpy()
     np.testing.assert_allclose(nnls.mean(axis=0), truth.mean(axis=0), atol=0.04)
 
 
@@ -90,7 +90,8 @@ def test_nnls_is_as_accurate_after_the_first_block_of_spots():
     """More spots than one NNLS block (1024): every block, the partial last one too, is decomposed as well."""
     spots, reference, truth = _toy(n_spots=2100, cells_per_type=UNBALANCED)
     spots.X = sp.csr_matrix(spots.X)
-    props = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False).to_numpy()
+    out = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
+    props = out.proportions.to_numpy()
     uniform = np.full_like(truth, 0.25)
     for rows in (slice(0, 1024), slice(1024, 2048), slice(2048, None)):
         assert _js(truth[rows], props[rows]) < 0.2 * _js(truth[rows], uniform[rows]), rows
@@ -263,11 +264,13 @@ def test_spatialdata_input_inplace_and_not():
     table = TableModel.parse(spots, region="sec_spots", region_key="region", instance_key="spot_id")
     sdata = SpatialData(shapes={"sec_spots": shapes}, tables={"sec": table})
     out = lk.tl.decompose(sdata, reference=reference, cell_type_key="cell_type", inplace=False)
-    assert isinstance(out, pd.DataFrame)
-    assert out.shape == (spots.n_obs, 4)
+    assert isinstance(out, lk.tl.Decomposition)
+    assert isinstance(out.proportions, pd.DataFrame)
+    assert out.refined is None
+    assert out.proportions.shape == (spots.n_obs, 4)
     assert "loki_proportions" not in sdata.tables["sec"].obsm
     assert lk.tl.decompose(sdata, reference=reference, cell_type_key="cell_type") is None
-    pd.testing.assert_frame_equal(sdata.tables["sec"].obsm["loki_proportions"], out)
+    pd.testing.assert_frame_equal(sdata.tables["sec"].obsm["loki_proportions"], out.proportions)
     with pytest.raises(ValueError, match="copy=True applies to AnnData"):
         lk.tl.decompose(sdata, reference=reference, cell_type_key="cell_type", copy=True)
 
@@ -328,12 +331,16 @@ def test_real_merfish_pseudo_spots_nnls_and_mapping_beat_uniform():
 def test_inplace_false_writes_nothing_and_returns_proportions_and_refined():
     spots, reference, _ = _toy()
     out = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
-    assert isinstance(out, pd.DataFrame)
+    assert isinstance(out, lk.tl.Decomposition)
+    assert isinstance(out.proportions, pd.DataFrame)
+    assert out.refined is None
     assert "loki_proportions" not in spots.obsm
     assert "loki" not in spots.uns
-    proportions, refined = lk.tl.decompose(
-        spots, reference=reference, cell_type_key="cell_type", inplace=False, refine="nms"
-    )
+    out = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False, refine="nms")
+    assert isinstance(out, lk.tl.Decomposition)
+    proportions, refined, _ = out
+    assert isinstance(refined, pd.DataFrame)
+    assert out.record["refine"] == "nms"
     np.testing.assert_allclose(proportions.sum(axis=1), 1.0)
     assert ((refined > 0).sum(axis=1) == 1).all()
     assert set(spots.obsm) == {"spatial"}
@@ -407,20 +414,23 @@ def test_sparse_reference_and_spots_stay_sparse():
     dense_ref_mib = reference.n_obs * reference.n_vars * 4 / 2**20  # 76 MiB
     tracemalloc.start()
     try:
-        out = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
+        out = lk.tl.decompose(
+            spots, reference=reference, cell_type_key="cell_type", inplace=False
+        ).proportions
         peak = tracemalloc.get_traced_memory()[1] / 2**20
     finally:
         tracemalloc.stop()
     assert peak < dense_ref_mib / 3, peak
     # spots are decomposed independently: the last block's rows are those of the same spots alone
     tail = lk.tl.decompose(spots[-300:].copy(), reference=reference, cell_type_key="cell_type", inplace=False)
+    tail = tail.proportions
     pd.testing.assert_frame_equal(out.iloc[-300:], tail, check_exact=True)
     # the same numbers as from dense input (same sums in the same order and precision)
     small_spots, small_ref = spots[:300].copy(), reference[:3000].copy()
     sparse_out = lk.tl.decompose(small_spots, reference=small_ref, cell_type_key="cell_type", inplace=False)
     small_spots.X, small_ref.X = small_spots.X.toarray(), small_ref.X.toarray()
     dense_out = lk.tl.decompose(small_spots, reference=small_ref, cell_type_key="cell_type", inplace=False)
-    pd.testing.assert_frame_equal(sparse_out, dense_out, check_exact=True)
+    pd.testing.assert_frame_equal(sparse_out.proportions, dense_out.proportions, check_exact=True)
     assert out.shape == (spots.n_obs, 4)
 
 
@@ -458,7 +468,7 @@ def _rare_dominant_type(n_spots=200, n_dominated=8, rare_alpha=0.3, seed=0):
 
 def test_nms_then_percentile_keeps_a_rare_type_where_it_dominates():
     spots, reference = _rare_dominant_type()
-    props, refined = lk.tl.decompose(
+    props, refined, _ = lk.tl.decompose(
         spots,
         reference=reference,
         cell_type_key="cell_type",
@@ -476,7 +486,7 @@ def test_nms_then_percentile_keeps_a_rare_type_where_it_dominates():
 def test_nms_warns_about_a_type_that_wins_no_spot(caplog):
     spots, reference = _rare_dominant_type(n_dominated=0, rare_alpha=0.01)
     with caplog.at_level("WARNING", logger="loki"):
-        props, refined = lk.tl.decompose(
+        props, refined, _ = lk.tl.decompose(
             spots, reference=reference, cell_type_key="cell_type", refine="nms", inplace=False
         )
     assert (props.to_numpy().argmax(axis=1) != 2).all()
@@ -513,7 +523,7 @@ def test_the_seed_used_is_recorded_and_reproduces_the_run(seed):
     assert isinstance(info["seed"], int)
     if isinstance(seed, int):
         assert info["seed"] == seed
-    again = lk.tl.decompose(spots, seed=info["seed"], inplace=False, **kwargs)
+    again = lk.tl.decompose(spots, seed=info["seed"], inplace=False, **kwargs).proportions
     pd.testing.assert_frame_equal(again, spots.obsm["loki_proportions"], check_exact=True)
     assert info["min_cells_per_type"] == 2
 
@@ -560,3 +570,17 @@ def test_mapping_same_for_dense_and_sparse_expression():
     np.testing.assert_array_equal(
         dense.obsm[lk.Key.PROPORTIONS].to_numpy(), csr.obsm[lk.Key.PROPORTIONS].to_numpy()
     )
+
+
+def test_inplace_false_returns_the_record_with_the_mapping():
+    spots, reference, _ = _toy()
+    kwargs = {"reference": reference, "cell_type_key": "cell_type", "method": "mapping", "epochs": 20}
+    out = lk.tl.decompose(spots, inplace=False, return_mapping=True, **kwargs)
+    assert set(spots.obsm) == {"spatial"}
+    assert "loki" not in spots.uns
+    lk.tl.decompose(spots, return_mapping=True, **kwargs)
+    written = spots.uns["loki"]["loki_proportions"]
+    assert out.record.keys() == written.keys()
+    np.testing.assert_array_equal(out.record["mapping"], written["mapping"])
+    np.testing.assert_array_equal(out.record["loss"], written["loss"])
+    pd.testing.assert_frame_equal(out.proportions, spots.obsm["loki_proportions"])

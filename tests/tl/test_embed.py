@@ -141,8 +141,10 @@ def test_embed_inplace_false_on_anndata_returns_what_would_be_written(model):
     before = _state(a)
     text = lk.tl.embed_text(a, model, batch_size=4, key_added="t", inplace=False)
     image = lk.tl.embed_image(a, model, patches=_patches(), batch_size=4, key_added="i", inplace=False)
-    assert isinstance(image, np.ndarray)  # given patches have no flags: the embedding alone
-    for out, written in ((text, a.obsm[lk.Key.TEXT]), (image, a.obsm[lk.Key.IMAGE])):
+    assert isinstance(text, np.ndarray)  # one result: the embedding alone
+    assert isinstance(image, lk.tl.ImageEmbedding)
+    assert image.patch_ok is None  # given patches have no flags
+    for out, written in ((text, a.obsm[lk.Key.TEXT]), (image.embedding, a.obsm[lk.Key.IMAGE])):
         assert out.dtype == np.float32
         np.testing.assert_array_equal(out, written)
     _assert_same_state(a, before)
@@ -164,8 +166,11 @@ def test_embed_inplace_false_and_failure_leave_the_section_untouched(model):
     table = sdata.tables["MOB2"]
     before, elements = _state(table), (list(sdata.images), list(sdata.shapes), list(sdata.tables))
 
-    emb, ok = lk.tl.embed_image(sdata, model, table_key="MOB2", diameter_um=5000, inplace=False)
+    image = lk.tl.embed_image(sdata, model, table_key="MOB2", diameter_um=5000, inplace=False)
+    assert isinstance(image, lk.tl.ImageEmbedding)
+    emb, ok = image
     text = lk.tl.embed_text(sdata, model, table_key="MOB2", inplace=False)
+    assert isinstance(text, np.ndarray)
     _assert_same_state(table, before)
     assert (list(sdata.images), list(sdata.shapes), list(sdata.tables)) == elements
     assert sdata.tables["MOB2"] is table

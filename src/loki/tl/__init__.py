@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ._align import align, align_sections
-from ._annotate import annotate
-from ._decompose import decompose
-from ._embed import embed_image, embed_text
+from ._align import Alignment, align, align_sections
+from ._annotate import Annotation, annotate
+from ._decompose import Decomposition, decompose
+from ._embed import ImageEmbedding, embed_image, embed_text
 from ._finetune import finetune
 from ._predict import predict_expression, predict_expression_loso
 from ._retrieve import retrieve

@@ -10,7 +10,7 @@ non-rigid coordinates go into ``.obsm`` and a new shapes element.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from loki._keys import Key
 from loki._logging import logger
 from loki._utils import (
     check_array_finite,
+    check_int,
     check_key_name,
     check_result_key,
     loki_record,
@@ -58,9 +59,21 @@ from loki.tl._cpd import AlignResult, Method, cpd_align, reverse_result
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["align", "align_sections", "embedding_features"]
+__all__ = ["Alignment", "align", "align_sections", "embedding_features"]
 
 Use = str | tuple[str, str] | None
+
+
+class Alignment(NamedTuple):
+    """What :func:`align` returns with ``inplace=False``: the results it would write."""
+
+    coords: np.ndarray
+    """``(n, 2)`` aligned spot coordinates of the source (``.obsm[key_added]``)."""
+    transformation: np.ndarray
+    """3x3 ``Affine`` that would place the source's elements in ``coordinate_system`` (``matrix`` for
+    AnnData input)."""
+    record: dict[str, Any]
+    """The ``.uns['loki'][key_added]`` entry (its ``shapes`` names the element that would be added)."""
 
 
 def _resolve(data: Any, key: str | None, role: str) -> Section:
@@ -352,7 +365,7 @@ def align(
     seed: int | np.random.Generator | None = 0,
     copy: bool = False,
     inplace: bool = True,
-) -> AnnData | dict[str, Any] | None:
+) -> AnnData | Alignment | None:
     """Align a source section onto a target section with coherent point drift (Loki Align).
 
     ST-to-ST (``use="loki_text"``), image-to-ST (``use=("loki_image", "loki_text")``) and
@@ -510,14 +523,15 @@ def align(
 
     Returns
     -------
-    For AnnData with ``copy=True`` the aligned copy; with ``inplace=False`` a dict of what would be
+    For AnnData with ``copy=True`` the aligned copy; with ``inplace=False`` an
+    :class:`~loki.tl.Alignment` named tuple ``(coords, transformation, record)`` of what would be
     written:
 
-    - ``"coords"``: (n, 2) array, the ``.obsm[key_added]`` below,
-    - ``"transformation"``: 3x3 array, the ``Affine`` below that places the source's elements in
+    - ``coords``: (n, 2) array, the ``.obsm[key_added]`` below,
+    - ``transformation``: 3x3 array, the ``Affine`` below that places the source's elements in
       ``coordinate_system`` after their transformation to ``input_coordinate_system``; for AnnData
       input, where no transformation is written, ``matrix``,
-    - ``"uns"``: the ``.uns['loki'][key_added]`` entry below (its ``shapes`` names the element that
+    - ``record``: the ``.uns['loki'][key_added]`` entry below (its ``shapes`` names the element that
       would be added);
 
     otherwise None (SpatialData is modified in place). Writes, in the source table:
@@ -588,27 +602,12 @@ def align(
             raise ValueError(f"{label} must be a positive number, got {value!r}.")
     if not (np.isfinite(feature_weight) and feature_weight >= 0):
         raise ValueError(f"feature_weight must be a number >= 0, got {feature_weight!r}.")
-    counts = {
-        "n_pcs": n_pcs,
-        "n_rotations": n_rotations,
-        "max_iter": max_iter,
-        "n_landmarks": n_landmarks,
-        "n_coarse": n_coarse,
-        "max_points": max_points,
-    }
-    not_int = {k: v for k, v in counts.items() if not isinstance(v, int | np.integer) or isinstance(v, bool)}
-    if not_int:
-        raise ValueError(
-            f"{', '.join(not_int)} must be {'an integer' if len(not_int) == 1 else 'integers'}, got "
-            f"{', '.join(f'{k}={v!r}' for k, v in not_int.items())}."
-        )
-    if n_pcs < 0 or n_rotations < 1 or max_iter < 1 or n_landmarks < 1:
-        raise ValueError(
-            f"n_pcs must be >= 0, n_rotations, max_iter and n_landmarks >= 1; got n_pcs={n_pcs}, "
-            f"n_rotations={n_rotations}, max_iter={max_iter}, n_landmarks={n_landmarks}."
-        )
-    if n_coarse < 3 or max_points < 3:
-        raise ValueError(f"n_coarse and max_points must be >= 3, got {n_coarse} and {max_points}.")
+    n_pcs = check_int(n_pcs, "n_pcs", minimum=0)
+    n_rotations = check_int(n_rotations, "n_rotations")
+    max_iter = check_int(max_iter, "max_iter")
+    n_landmarks = check_int(n_landmarks, "n_landmarks")
+    n_coarse = check_int(n_coarse, "n_coarse", minimum=3)
+    max_points = check_int(max_points, "max_points", minimum=3)
     key_src, key_tgt = _use_keys(use)
     _check_key_added(key_added, spatial_key, (key_src, key_tgt))
     check_result_key(src.table, key_added, ("obsm", "uns"))
@@ -774,7 +773,7 @@ def align(
     # maps input_coordinate_system into coordinate_system: the source table's frame to the target's
     placement = target_frame @ matrix @ np.linalg.inv(source_frame) if is_sd else matrix.copy()
     if not inplace:
-        return {"coords": coords, "transformation": placement, "uns": info}
+        return Alignment(coords, placement, info)
     if is_sd:
         write_spatialdata(
             src,

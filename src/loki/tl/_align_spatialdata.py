@@ -153,7 +153,8 @@ def placed_elements(
 ) -> tuple[list[str], list[str]]:
     """The elements to place of the source and (SpatialData target) the target, checked for :func:`align`.
 
-    ``warn`` logs the elements left out (:func:`section_elements`).
+    With ``warn``, a UserWarning says when a section of several has no image found, and the elements
+    left out are logged (:func:`section_elements`); ``align(inplace=False)`` passes ``warn=False``.
     """
     src_elements = section_elements(src, image_key, in_cs, "source", warn=warn)
     check_cs(src, src_elements, in_cs, "source")

@@ -6,7 +6,7 @@ optimisation, eq. 12) and :mod:`loki.tl._nnls`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,19 @@ _METHODS = ("nnls", "mapping")
 _MODES = ("clusters", "cells")
 
 
+class Decomposition(NamedTuple):
+    """What :func:`decompose` returns with ``inplace=False``: the results it would write."""
+
+    proportions: pd.DataFrame
+    """Spots x cell types, rows sum to 1 (``.obsm[key_added]``)."""
+    refined: pd.DataFrame | None
+    """Refined / normalised scores (``.obsm[f"{key_added}_refined"]``), or None without ``refine`` or
+    ``normalize``."""
+    record: dict
+    """The ``.uns['loki'][key_added]`` entry: parameters, the mapping's loss history and, with
+    ``return_mapping``, the mapping itself."""
+
+
 def decompose(
     data: AnnData | SpatialData,
     *,
@@ -73,7 +86,7 @@ def decompose(
     key_added: str = Key.PROPORTIONS,
     copy: bool = False,
     inplace: bool = True,
-) -> AnnData | pd.DataFrame | None:
+) -> AnnData | Decomposition | None:
     """Estimate the cell-type proportions of every spot (or H&E patch) from a labelled reference.
 
     Two methods share the same inputs:
@@ -197,9 +210,10 @@ def decompose(
 
     Returns
     -------
-    ``None`` (in place), the modified copy (``copy=True``), or with ``inplace=False`` the proportions
-    DataFrame, and with ``refine`` or ``normalize`` the pair ``(proportions, refined)``. Writes to the
-    spots table:
+    ``None`` (in place), the modified copy (``copy=True``), or with ``inplace=False`` a
+    :class:`~loki.tl.Decomposition` named tuple ``(proportions, refined, record)`` of what would be
+    written (``refined`` None without ``refine`` or ``normalize``; ``record`` the ``.uns`` entry, with
+    the mapping under ``return_mapping``). Otherwise writes to the spots table:
 
     ``.obsm[key_added]``
         DataFrame spots x cell types, rows sum to 1.
@@ -340,7 +354,7 @@ def decompose(
         info["normalize"] = normalize or "none"
 
     if not inplace:
-        return proportions_df if refined_df is None else (proportions_df, refined_df)
+        return Decomposition(proportions_df, refined_df, info)
     target = table.copy() if copy else table
     write_obsm(target, key_added, proportions_df)
     if refined_df is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -171,16 +171,23 @@ def spot_diameter_um(data, table) -> float:
     return float(meta.get("spot_diameter_um", np.nan))
 
 
-def _finish(table, key_added: str, emb: np.ndarray, params: dict, copy: bool, inplace: bool, flags=None):
-    """Write the embedding (and the flags of its cut) into the table or its copy, or return them."""
+class ImageEmbedding(NamedTuple):
+    """What :func:`embed_image` returns with ``inplace=False``: the results it would write."""
+
+    embedding: np.ndarray
+    """Float32 ``(n_spots, embed_dim)`` L2-normalised embedding (``.obsm[key_added]``)."""
+    patch_ok: pd.Series | None
+    """Bool flags of the patches cut here, indexed by ``obs_names`` and named after their column
+    (``.obs[f"{key_added}_patch_ok"]``), or None with ``patches=``."""
+
+
+def _write(table, key_added: str, emb: np.ndarray, params: dict, copy: bool, flags=None):
+    """Write the embedding (and the flags of its cut) into the table or its copy."""
     from loki.pp._patches import write_patch_flags
 
-    flag_key = Key.patch_ok_of(key_added)
-    if not inplace:
-        return emb if flags is None else (emb, pd.Series(flags[0], index=table.obs_names, name=flag_key))
     target = table.copy() if copy else table
     if flags is not None:
-        write_patch_flags(target, flag_key, *flags)
+        write_patch_flags(target, Key.patch_ok_of(key_added), *flags)
     write_obsm(target, key_added, emb)
     write_uns(target, key_added, params)
     return target if copy else None
@@ -281,7 +288,9 @@ def embed_text(
         "n_truncated": int(cut.sum()),
         "median_genes_kept": median_kept,
     }
-    return _finish(table, key_added, emb, params, copy, inplace)
+    if not inplace:
+        return emb
+    return _write(table, key_added, emb, params, copy)
 
 
 def embed_image(
@@ -298,7 +307,7 @@ def embed_image(
     progress: bool = False,
     copy: bool = False,
     inplace: bool = True,
-) -> AnnData | np.ndarray | tuple[np.ndarray, pd.Series] | None:
+) -> AnnData | ImageEmbedding | None:
     """Embed each spot's H&E patch with OmiCLIP's image encoder.
 
     Parameters
@@ -339,10 +348,11 @@ def embed_image(
 
     Returns
     -------
-    ``None``, the modified copy when ``copy=True``, or with ``inplace=False`` the embedding, the
-    float32 array ``.obsm[key_added]`` would hold, and when patches are cut here the pair
-    ``(embedding, patch_ok)``, ``patch_ok`` being the bool ``pd.Series`` indexed by ``obs_names``
-    and named after the flag column it would be written to. Unless ``inplace=False``, writes:
+    ``None``, the modified copy when ``copy=True``, or with ``inplace=False`` an
+    :class:`~loki.tl.ImageEmbedding` named tuple ``(embedding, patch_ok)`` of what would be written:
+    the float32 array ``.obsm[key_added]`` would hold and, when patches are cut here, the bool
+    ``pd.Series`` of their flags indexed by ``obs_names`` and named after the flag column (None with
+    ``patches=``). Unless ``inplace=False``, writes:
 
     - ``.obsm[key_added]``: float32 ``(n_spots, embed_dim)``, L2-normalised.
     - ``.uns['loki'][key_added]``: the model's identity (:meth:`~loki.models.OmiCLIP.info`: name,
@@ -392,7 +402,10 @@ def embed_image(
             coordinate_system=coordinate_system,
             patch_ok_key=flag_key,
         )
-    return _finish(table, key_added, emb, params, copy, inplace, flags)
+    if not inplace:
+        patch_ok = None if flags is None else pd.Series(flags[0], index=table.obs_names, name=flag_key)
+        return ImageEmbedding(emb, patch_ok)
+    return _write(table, key_added, emb, params, copy, flags)
 
 
 def _chunk_size(batch_size: int, target: int = 256) -> int:
