@@ -130,20 +130,9 @@ def predict_from_embeddings(
         Average over the ``top_k`` most similar reference spots only; None uses all.
     temperature, negative
         Weighting, see :func:`similarity_weights`.
-    search
-        How the ``top_k`` spots are found: ``"exact"`` (default) scores every reference spot;
-        ``"pca"`` keeps ``n_candidates`` candidates per query by their similarity in the space of the
-        reference's top ``n_components`` principal axes and re-ranks them exactly
-        (:func:`~loki.tl._candidates.topk_cosine_pca`). Approximate: a true top-k spot outside the
-        candidates is missed; recall depends on how low-rank the embeddings are. ``"ivf"`` also
-        splits the projected reference into ``n_lists`` k-means cells and scores each query only
-        against the rows of its ``n_probe`` best cells (faster, lower recall).
-    n_components, n_candidates, n_lists, n_probe, seed
-        Options of the approximate searches: principal axes (``<= d``, default ``min(64, d)``),
-        candidates per query (``top_k <= n_candidates <= n_ref``, default ``min(4 top_k, n_ref)``),
-        cells and probed cells of ``"ivf"`` (defaults ``round(sqrt(n_ref))`` and
-        ``ceil(n_lists / 8)``) and the seed of the reference subsamples the axes and cells are fitted
-        on. Ignored with ``search="exact"``.
+    search, n_components, n_candidates, n_lists, n_probe, seed
+        How the ``top_k`` spots are found, as in :func:`predict_expression` (``search="pca"`` /
+        ``"ivf"``: approximate, :func:`~loki.tl._candidates.topk_cosine_pca`); ignored with ``"exact"``.
     chunk_size
         Queries per block when all reference spots are used (bounds memory to a block of scores).
         Default: blocks of at most 64 MiB of scores (335 queries for 50,000 reference spots), which
