@@ -176,7 +176,7 @@ def check_result_key(
     check_key_name(key, what)
     where = tuple(where)
     records = table.uns.get(Key.UNS)
-    if "uns" in where and records is not None and not isinstance(records, Mapping):
+    if "uns" in where and Key.UNS in table.uns and not isinstance(records, Mapping):
         raise ValueError(
             f".uns[{Key.UNS!r}] holds a {type(records).__name__}, not loki's records (a dict), so the "
             f"result cannot be recorded there. Move that value (e.g. adata.uns['other'] = "

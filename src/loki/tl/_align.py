@@ -1047,8 +1047,7 @@ def _check_stack(
     for name in [target, *(p[1] for p in plan)]:
         sec = section(name)
         xy = _coords(sec, spatial_key, repr(name))
-        if name != target:
-            check_result_key(sec.table, key_added, ("obsm", "uns"))
+        check_result_key(sec.table, key_added, ("obsm", "uns"))  # the target gets both too
         if not is_spatialdata(sec.data):
             continue
         role, image_key = (
