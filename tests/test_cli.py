@@ -129,6 +129,25 @@ def test_embed_reads_the_gene_map_before_the_model(mob4_zarr, tmp_path, monkeypa
     assert lk.Key.SENTENCE not in sd.read_zarr(mob4_zarr).tables["MOB4"].obs
 
 
+@pytest.mark.parametrize("options", [["--microns-per-unit", "4.4"], ["--no-image", "--gene-map"]])
+def test_embed_refuses_another_tools_loki_uns_before_any_work(tmp_path, monkeypatch, options):
+    """A table whose .uns['loki'] is not loki's records is refused in one line; the store is unchanged."""
+    store, gene_map = tmp_path / "mob4.zarr", tmp_path / "features.tsv"
+    sdata = lk.datasets.mob("MOB4")
+    sdata.tables["MOB4"].uns["loki"] = "another tool's value"
+    sdata.write(store)
+    gene_map.write_text("ENSMUSG00000000001\tGnai3\n")
+    options = [*options, str(gene_map)] if "--gene-map" in options else options
+    loaded = []
+    monkeypatch.setattr(lk.models, "load", lambda *args, **kwargs: loaded.append(args))
+    with pytest.raises(SystemExit, match=r"^loki embed: \.uns\['loki'\] holds a str, not loki's records"):
+        main(["embed", str(store), "--table", "MOB4", "--model", "loki-tiny", "--device", "cpu", *options])
+    assert not loaded
+    table = sd.read_zarr(store).tables["MOB4"]
+    assert table.uns["loki"] == "another tool's value"
+    assert lk.Key.SENTENCE not in table.obs
+
+
 @pytest.fixture
 def glass_zarr(tmp_path):
     """A 300 x 200 px slide at 2 µm per pixel: glass, with a 100 x 100 px square of tissue in a corner."""
@@ -378,6 +397,21 @@ def test_align_writes_what_the_api_computes(mob12_zarr, capsys):
         matrix = get_transformation(stored[name], "aligned").to_affine_matrix(("x", "y"), ("x", "y"))
         want = get_transformation(expected[name], "aligned").to_affine_matrix(("x", "y"), ("x", "y"))
         np.testing.assert_allclose(matrix, want, atol=1e-6, err_msg=name)
+
+
+def test_align_warning_of_a_placed_target_names_what_the_command_can_do(mob12_zarr, caplog):
+    """The API's hint to pass target_spatial_key= (no option of the command) is reworded for the CLI."""
+    align = ["align", str(mob12_zarr), "--use", "none", "--method", "rigid", "--no-mirror"]
+    assert main([*align, "--source", "MOB2", "--target", "MOB1"]) == 0
+    assert main([*align, "--source", "MOB1", "--target", "MOB2"]) == 0  # MOB2 was placed in 'aligned'
+    (message,) = (
+        r.getMessage() for r in caplog.records if "was placed in coordinate system" in r.getMessage()
+    )
+    assert message.endswith(
+        "`loki align` aligns onto the target's spot coordinates (.obsm['spatial']), not its aligned ones; "
+        "to keep both, pass --aligned-coordinate-system."
+    ), message
+    assert "target_spatial_key" not in message
 
 
 def test_align_refuses_bad_input_before_writing(mob12_zarr):

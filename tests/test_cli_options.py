@@ -107,14 +107,15 @@ def test_slide_errors_name_the_options(png, tmp_path, option, expected):
 
 
 def test_user_warnings_are_log_lines_worded_for_the_command(monkeypatch, caplog):
-    """A command's UserWarnings are log lines naming its options; other warnings take Python's path."""
+    """loki's warnings in a command are log lines naming its options; other categories take Python's path."""
     import logging
     import warnings
 
+    import loki as lk
     import loki.cli
 
     def run(args):
-        warnings.warn("no image found (pass target_image_key= to name it)", UserWarning, stacklevel=2)
+        warnings.warn("no image found (pass target_image_key= to name it)", lk.LokiWarning, stacklevel=2)
         warnings.warn("an old default", DeprecationWarning, stacklevel=2)
 
     monkeypatch.setattr(loki.cli, "_run", run)
@@ -127,6 +128,28 @@ def test_user_warnings_are_log_lines_worded_for_the_command(monkeypatch, caplog)
     (record,) = (r for r in caplog.records if r.name == "loki")
     assert record.levelno == logging.WARNING
     assert record.getMessage() == "no image found (pass --target-image-key to name it)"
+
+
+class ImplicitModificationWarning(UserWarning):
+    """A UserWarning of another library's own kind, as anndata's."""
+
+
+@pytest.mark.parametrize("category", [UserWarning, ImplicitModificationWarning])
+def test_other_libraries_user_warnings_are_named_and_keep_their_words(monkeypatch, caplog, category):
+    """A UserWarning from another library is logged after its category, its keywords left as they are."""
+    import types
+
+    import loki.cli
+
+    other = types.ModuleType("otherlib")  # a library outside loki, warning at its caller's line
+    code = (
+        "import warnings\ndef read(category):\n    warnings.warn('pass image_key= to read it', category, 2)\n"
+    )
+    exec(compile(code, "/site-packages/otherlib/__init__.py", "exec"), vars(other))
+    monkeypatch.setattr(loki.cli, "_run", lambda args: other.read(category))
+    assert main(["embed", "store.zarr", "--table", "t"]) == 0
+    (record,) = (r for r in caplog.records if r.name == "loki")
+    assert record.getMessage() == f"{category.__name__}: pass image_key= to read it"
 
 
 def test_warnings_are_shown_as_before_once_a_command_fails(monkeypatch):

@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import baselines, datasets, io, metrics, pl, pp, tl
 from ._keys import Key
+from ._logging import LokiWarning
 
 try:
     __version__ = version("loki")
@@ -27,4 +28,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'loki' has no attribute {name!r}")
 
 
-__all__ = ["Key", "baselines", "datasets", "io", "metrics", "models", "pl", "pp", "tl"]
+__all__ = ["Key", "LokiWarning", "baselines", "datasets", "io", "metrics", "models", "pl", "pp", "tl"]

@@ -1,12 +1,13 @@
 """The package logger, and loki's rule for warnings. loki never configures the root logger.
 
 loki warns through one of two channels, as the Python logging HOWTO ("When to use logging") sets
-them apart. ``warnings.warn(message, UserWarning, stacklevel=user_stacklevel())`` when the user can
+them apart. ``warnings.warn(message, LokiWarning, stacklevel=user_stacklevel())`` when the user can
 avoid the issue by changing the call or its input (pass a parameter, fix a key, choose another
 option) and the result may not be what they meant; ``logger.warning(...)`` when there is nothing the
 call can change and the event is only noted: a fact of the data or the environment, a notice the
 user asked for (``trust_checkpoint=True``) or a follow-up note. Progress and each
-write are logged at INFO. When in doubt, log.
+write are logged at INFO. When in doubt, log. Warnings are :class:`LokiWarning`, never a plain
+UserWarning: users filter loki's by category, and the command line tells them from other libraries'.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ from pathlib import Path
 logger = logging.getLogger("loki")
 
 _PACKAGE = Path(__file__).resolve().parent
+
+
+class LokiWarning(UserWarning):
+    """loki's own warnings: a call whose result may not be what the user meant.
+
+    A :class:`UserWarning`, so ``pytest.warns(UserWarning)`` and filters of UserWarnings catch it too.
+    Silence loki's warnings, and only loki's, with
+    ``warnings.filterwarnings("ignore", category=lk.LokiWarning)``.
+    """
 
 
 def user_stacklevel() -> int:

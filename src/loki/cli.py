@@ -12,6 +12,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from ._logging import LokiWarning
+
 #: The option of each command that sets a Python keyword, to word the API's error messages for the CLI.
 _OPTIONS = {
     "embed": {
@@ -40,11 +42,18 @@ _OPTIONS = {
     },
 }
 
-#: Hints of the API's messages that name a keyword the command has no option for, and what the CLI says.
+#: Hints of the API's messages that name a keyword the command has no option for (regular
+#: expressions), and what the CLI says instead.
 _API_ONLY_HINTS = {
-    "tile": {", pass mask=": ""},
+    "tile": {r", pass mask=": ""},
     "embed": {
-        "Pass id_column= (and symbol_column=).": "Name them in a header line (e.g. gene_id, gene_name)."
+        r"Pass id_column= \(and symbol_column=\)\.": "Name them in a header line (e.g. gene_id, gene_name)."
+    },
+    "align": {  # the command aligns onto the target's own coordinates: it has no target_spatial_key=
+        r"To align onto the aligned target, pass target_spatial_key=.+?; to keep both": (
+            "`loki align` aligns onto the target's spot coordinates (.obsm['spatial']), not its aligned "
+            "ones; to keep both"
+        )
     },
 }
 
@@ -337,10 +346,16 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _check_embed_target(sdata, args: argparse.Namespace) -> None:
-    """Refuse a leftover copy, a missing table, nothing to embed, or a missing image or coordinate system."""
+    """Refuse, before any work, what the command cannot embed into.
+
+    A leftover copy, a missing table, another tool's ``.uns['loki']``, nothing to embed, or a missing
+    image or coordinate system.
+    """
+    from loki._utils import check_loki_uns
     from loki._utils._spatialdata import section_image_key
 
     _check_table(sdata, args.table, args.zarr, "embed")
+    check_loki_uns(sdata.tables[args.table])  # the command records its results there
     if args.no_image:
         if sdata.tables[args.table].n_vars == 0:
             raise SystemExit(
@@ -362,10 +377,10 @@ def _check_coordinate_system(sdata, name: str) -> None:
 
 def _check_scale(table, model, diameter_um: float | None) -> None:
     """Squares given in µm need the table's µm per coordinate unit: say which option gives it."""
-    import loki as lk
+    from loki._utils import loki_uns
 
     size = diameter_um if diameter_um is not None else model.patch_um
-    if size is None or "microns_per_unit" in table.uns.get(lk.Key.UNS, {}):
+    if size is None or loki_uns(table).get("microns_per_unit") is not None:
         return
     what = (
         "--diameter-um needs"
@@ -380,14 +395,14 @@ def _check_scale(table, model, diameter_um: float | None) -> None:
 
 def _set_microns_per_unit(table, value: float) -> None:
     """Record ``--microns-per-unit`` in the table, unless it records another value."""
-    import loki as lk
+    from loki._utils import loki_uns, write_uns
 
-    recorded = table.uns.get(lk.Key.UNS, {}).get("microns_per_unit")
+    recorded = loki_uns(table).get("microns_per_unit")
     if recorded is not None and not math.isclose(float(recorded), value, rel_tol=1e-6):
         raise ValueError(
             f"the table records {float(recorded):g} µm per coordinate unit, not --microns-per-unit {value:g}"
         )
-    table.uns.setdefault(lk.Key.UNS, {})["microns_per_unit"] = value
+    write_uns(table, "microns_per_unit", value)
 
 
 def _read_gene_map(path: Path):
@@ -412,6 +427,7 @@ def _gene_sentences(table, gene_map, path: Path | None) -> None:
     import pandas as pd
 
     import loki as lk
+    from loki._utils import write_obs, write_uns
 
     if gene_map is None:
         lk.pp.gene_sentences(table)
@@ -422,9 +438,8 @@ def _gene_sentences(table, gene_map, path: Path | None) -> None:
     lk.pp.map_gene_ids(genes, gene_map)
     lk.pp.gene_sentences(genes)
     for column in (lk.Key.SENTENCE, lk.Key.empty_of(lk.Key.SENTENCE)):
-        table.obs[column] = genes.obs[column].to_numpy()
-    params = {**genes.uns[lk.Key.UNS][lk.Key.SENTENCE], "gene_map": str(path)}
-    table.uns.setdefault(lk.Key.UNS, {})[lk.Key.SENTENCE] = params
+        write_obs(table, column, genes.obs[column].to_numpy())
+    write_uns(table, lk.Key.SENTENCE, {**genes.uns[lk.Key.UNS][lk.Key.SENTENCE], "gene_map": str(path)})
 
 
 def _rewrite_table(sdata, name: str) -> None:
@@ -606,7 +621,7 @@ def _cli_message(err: BaseException, command: str) -> str:
 def _cli_words(message: str, command: str) -> str:
     """``message`` with the API keywords and hints reworded for ``command`` (see :func:`_cli_message`)."""
     for hint, instead in _API_ONLY_HINTS.get(command, {}).items():
-        message = message.replace(hint, instead)
+        message = re.sub(hint, instead, message)
     for keyword, option in _OPTIONS.get(command, {}).items():
         message = re.sub(rf"\b{keyword}=True\b", option, message)
         message = re.sub(rf"\b{keyword}=(?=[\w'\"(\[-])", f"{option} ", message)  # a value follows
@@ -617,11 +632,13 @@ def _cli_words(message: str, command: str) -> str:
 
 @contextmanager
 def _user_warnings_logged(command: str):
-    """Within it, show each UserWarning as a log line of loki's logger, worded for ``command``.
+    """Within it, show each UserWarning as a log line of loki's logger.
 
-    loki points its UserWarnings at the user's line, which on the command line is the console script's
-    ``sys.exit(main())``: that file and line say nothing. Other categories take Python's usual path, and
-    the previous :func:`warnings.showwarning` is put back on the way out.
+    loki points its warnings at the user's line, which on the command line is the console script's
+    ``sys.exit(main())``: that file and line say nothing. loki's own (:class:`LokiWarning`) are worded
+    for ``command``; other libraries' UserWarnings keep their words and are named by their category
+    (``UserWarning: ...``), so that they are not taken for loki's. Other categories take Python's usual
+    path, and the previous :func:`warnings.showwarning` is put back on the way out.
     """
     previous = warnings.showwarning
 
@@ -629,9 +646,10 @@ def _user_warnings_logged(command: str):
         if not issubclass(category, UserWarning):
             previous(message, category, filename, lineno, file, line)
             return
-        text = _cli_words(str(message), command)
-        if category is not UserWarning:  # another library's own kind: name it
-            text = f"{category.__name__}: {text}"
+        if issubclass(category, LokiWarning):
+            text = _cli_words(str(message), command)
+        else:
+            text = f"{category.__name__}: {message}"
         logging.getLogger("loki").warning("%s", text)
 
     warnings.showwarning = showwarning

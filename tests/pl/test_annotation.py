@@ -253,7 +253,7 @@ def test_label_colours_are_scanpys():
             fig = lk.pl.annotation(table, kind="label", label_key="lab", show=False)
         ours = [w for w in caught if "holds values that are not colours" in str(w.message)]
         assert len(ours) == int(not_colours)
-        assert all(w.category is UserWarning and w.filename == __file__ for w in ours)  # the user's line
+        assert all(w.category is lk.LokiWarning and w.filename == __file__ for w in ours)  # the user's line
         assert table.uns.get("lab_colors") is stored  # read, never written
         reference = table.copy()
         reference.uns.pop("lab_colors", None)

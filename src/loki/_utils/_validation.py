@@ -130,6 +130,16 @@ def check_element_name(value, what: str, note: str = "") -> None:
         raise ValueError(f"{what} is not a valid SpatialData element name: {err}{note}") from None
 
 
+def check_loki_uns(table) -> None:
+    """Refuse a table whose ``.uns['loki']`` holds another tool's value (not a mapping) loki cannot record into."""
+    if Key.UNS in table.uns and not isinstance(table.uns[Key.UNS], Mapping):
+        raise ValueError(
+            f".uns[{Key.UNS!r}] holds a {type(table.uns[Key.UNS]).__name__}, not loki's records (a dict), so "
+            f"results cannot be recorded there. Move that value (e.g. adata.uns['other'] = "
+            f"adata.uns.pop({Key.UNS!r})) and call again; nothing was written."
+        )
+
+
 def check_result_key(
     table,
     key,
@@ -175,13 +185,8 @@ def check_result_key(
     """
     check_key_name(key, what)
     where = tuple(where)
-    records = table.uns.get(Key.UNS)
-    if "uns" in where and Key.UNS in table.uns and not isinstance(records, Mapping):
-        raise ValueError(
-            f".uns[{Key.UNS!r}] holds a {type(records).__name__}, not loki's records (a dict), so the "
-            f"result cannot be recorded there. Move that value (e.g. adata.uns['other'] = "
-            f"adata.uns.pop({Key.UNS!r})) and call again; nothing was written."
-        )
+    if "uns" in where:
+        check_loki_uns(table)
     inputs = inputs or {}
     for container in where:
         protected = _protected(table, container, inputs)

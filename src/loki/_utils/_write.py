@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from loki._keys import Key
-from loki._logging import logger, user_stacklevel
+from loki._logging import LokiWarning, logger, user_stacklevel
 
 
 def write_obsm(adata, key: str, value: Any) -> None:
@@ -21,7 +21,7 @@ def write_obsm(adata, key: str, value: Any) -> None:
                 f".obsm[{key!r}] has column names with '/' ({', '.join(map(repr, slashed[:5]))}): h5ad "
                 "stores them, zarr (SpatialData.write) cannot. Rename the classes (e.g. "
                 "name.replace('/', '-')) to write the result to zarr.",
-                UserWarning,
+                LokiWarning,
                 stacklevel=user_stacklevel(),
             )
     adata.obsm[key] = value

@@ -13,7 +13,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from loki._keys import Key
-from loki._logging import logger, user_stacklevel
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import check_array_finite
 
 from ._geometry import (
@@ -229,7 +229,7 @@ def _section_parts(
         warnings.warn(
             f"Spots of section {name!r} sit on a checkerboard of the array grid (legacy ST 2k array?); one "
             "array unit is then 100 µm: pass array_step_um=100 if so.",
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
     microns_per_unit = array_step_um / px_per_unit
@@ -298,7 +298,7 @@ def _warn_outside(name: str, xy_image: np.ndarray, shape_yx: tuple[int, int]) ->
         warnings.warn(
             f"section {name!r}: {int(outside.sum())} of {len(outside)} spot centres fall outside the {w}x{h} "
             "image; is image_scale right?",
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
 

@@ -16,7 +16,7 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from loki._keys import Key
-from loki._logging import user_stacklevel
+from loki._logging import LokiWarning, user_stacklevel
 from loki._utils import (
     as_rng,
     check_array_finite,
@@ -224,7 +224,7 @@ def alignment_expression_scores(
 
     Warns
     -----
-    UserWarning
+    LokiWarning
         When no target spot has an aligned source spot within ``max_distance``.
 
     """
@@ -263,7 +263,7 @@ def alignment_expression_scores(
             f"No target spot has a source spot (.obsm[{aligned_key!r}]) within max_distance="
             f"{max_distance:.4g} (the target's spot spacing is {spacing:.4g}); the medians are NaN. "
             "Are both sections in one frame? Else pass a larger max_distance.",
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
     out: dict[str, float | np.ndarray] = {

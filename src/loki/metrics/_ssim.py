@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-from loki._logging import user_stacklevel
+from loki._logging import LokiWarning, user_stacklevel
 from loki._utils import check_array_finite
 
 from ._alignment import spot_spacing
@@ -189,7 +189,7 @@ def _lattice_pixels(coords: np.ndarray) -> np.ndarray:
         warnings.warn(
             f"{n_shared} of {len(coords)} spots share a pixel with another spot (the layout is not a "
             "regular array); their values are averaged. Pass grid= to choose the pixels.",
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
     return candidates[best]

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
-from loki._logging import logger, user_stacklevel
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import as_seed
 
 from ._omiclip import META_FILE, PRECISIONS, WEIGHTS_FILE, OmiCLIP, check_patch_um, resolve_device
@@ -623,7 +623,7 @@ def load(
         warnings.warn(
             f"{name!r} names a model, so the local {path.resolve()} is ignored; to load that, pass a Path: "
             f"lk.models.load(Path({name!r}))",
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
     if name in PUBLISHED or name.startswith(HF_PREFIX):

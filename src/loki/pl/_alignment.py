@@ -11,7 +11,7 @@ import numpy as np
 from anndata import AnnData
 
 from loki._keys import Key
-from loki._logging import user_stacklevel
+from loki._logging import LokiWarning, user_stacklevel
 from loki._utils import check_array_finite, loki_record, require_keys
 from loki._utils._pca import fit_pca
 from loki._utils._spatialdata import get_table, is_spatialdata
@@ -104,7 +104,7 @@ def _warn_unaligned(names, tables, table_keys, key: str, spatial_key: str) -> No
             f"Section(s) {', '.join(map(repr, unaligned))} have no .obsm[{key!r}] and are not the target "
             f"of an aligned section (recorded targets: {recorded}); the 'after' panel draws them at "
             f".obsm[{spatial_key!r}], unaligned. Align them first or leave them out of sections=.",
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
 

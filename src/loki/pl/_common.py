@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from loki._logging import logger, user_stacklevel
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import check_int, require_keys
 from loki._utils._folders import missing_folders, remove_empty_folders
 from loki._utils._spatialdata import (
@@ -183,7 +183,7 @@ def stored_colours(table: AnnData, column: str, n: int) -> np.ndarray | None:
     if not all(is_color_like(c) for c in stored):
         warnings.warn(
             f"adata.uns[{column + '_colors'!r}] holds values that are not colours; using the default palette.",
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
         return None
@@ -308,7 +308,7 @@ def section_image(
 def _no_image(reason: str, *, warn: bool) -> None:
     message = f"Drawing the spots without an image: {reason}"
     if warn:
-        warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
+        warnings.warn(message, LokiWarning, stacklevel=user_stacklevel())
     else:
         logger.info(message)
 

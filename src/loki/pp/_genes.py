@@ -14,7 +14,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from loki._logging import logger, user_stacklevel
+from loki._logging import LokiWarning, logger, user_stacklevel
 
 _VERSIONED = re.compile(r"^(ENS[A-Z]*[GTP]\d+)\.\d+$")
 _ENSEMBL_ID = re.compile(r"^ENS[A-Z]*[GTP]\d{6,}(\.\d+)?$")
@@ -121,7 +121,7 @@ def map_gene_ids(
         if unmapped == "raise":
             raise ValueError(msg + "; pass unmapped='keep' or 'drop'.")
         action = "kept as ids" if unmapped == "keep" else "dropped"
-        warnings.warn(f"{msg}; they are {action}.", UserWarning, stacklevel=user_stacklevel())
+        warnings.warn(f"{msg}; they are {action}.", LokiWarning, stacklevel=user_stacklevel())
     new_names = np.where(missing, ids.to_numpy(dtype=object), symbols.to_numpy(dtype=object)).astype(str)
 
     keep = ~missing if unmapped == "drop" else np.ones(len(ids), dtype=bool)

@@ -13,7 +13,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from loki._keys import Key
-from loki._logging import logger, user_stacklevel
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import check_int, check_result_key, require_keys, write_obs, write_uns
 from loki._utils._spatialdata import check_write_mode, get_table
 
@@ -189,7 +189,7 @@ def gene_sentences(
             f"{int(empty.sum())} of {adata.n_obs} spots have no expressed gene after filtering (e.g. "
             f"{examples}); they get an empty sentence"
             + (f" and .obs[{empty_key!r}] = True." if inplace else "."),
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
 
@@ -284,7 +284,7 @@ def _check_gene_names(names: pd.Index, name_list: list[str] | None = None) -> No
             f"{int(ens.sum())} of {len(names)} var_names look like Ensembl ids (e.g. {names[ens][0]!r}); "
             "sentences will be made of ids, which OmiCLIP was not trained on. Map them to symbols first "
             "with loki.pp.map_gene_ids(adata, mapping).",
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
 

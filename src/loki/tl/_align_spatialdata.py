@@ -18,7 +18,7 @@ import pandas as pd
 from anndata import AnnData
 
 from loki._keys import Key
-from loki._logging import logger, user_stacklevel
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import check_element_name, loki_record, loki_uns, require_keys
 from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._spatialdata import (
@@ -88,7 +88,7 @@ def section_elements(
     A SpatialData that holds this section only (one table): every element (images, labels, points,
     shapes) with a transformation to ``in_cs``. A SpatialData of several sections: the section's spots
     and its image (``image_key``, else the one :func:`section_image_key` finds). Images named by
-    ``image_key`` are placed in either case. With ``warn``, a UserWarning says when a section of several
+    ``image_key`` are placed in either case. With ``warn``, a LokiWarning says when a section of several
     has no image found (``role``, "source" or "target", says which section and which parameter names
     it), and the elements left out are logged: a warning when one is an image, INFO otherwise.
     """
@@ -122,7 +122,7 @@ def section_elements(
                         f"no image of the {role} section {section.name!r} found among "
                         f"{list(sdata.images.keys())}; none is placed with it in the aligned coordinate "
                         f"system (pass {param}= to name it)",
-                        UserWarning,
+                        LokiWarning,
                         stacklevel=user_stacklevel(),
                     )
         claimed = _claimed_elsewhere(sdata, section.key)
@@ -153,7 +153,7 @@ def placed_elements(
 ) -> tuple[list[str], list[str]]:
     """The elements to place of the source and (SpatialData target) the target, checked for :func:`align`.
 
-    With ``warn``, a UserWarning says when a section of several has no image found, and the elements
+    With ``warn``, a LokiWarning says when a section of several has no image found, and the elements
     left out are logged (:func:`section_elements`); ``align(inplace=False)`` passes ``warn=False``.
     """
     src_elements = section_elements(src, image_key, in_cs, "source", warn=warn)
@@ -327,7 +327,7 @@ def warn_shared_coordinate_system(src: Section, tgt: Section, key_added: str, cs
             f"{', '.join(map(repr, earlier))}; this alignment (key_added={key_added!r}) replaces it, so that "
             "alignment's shapes and the moved elements no longer agree there. Pass coordinate_system= to "
             "keep both.",
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
     if chained or not is_spatialdata(tgt.data) or tgt.table is _STACK_TARGET.get():
@@ -349,7 +349,7 @@ def _warn_target_put_back(tgt: Section, cs: str, earlier: list[str], who: str, f
         f"the target section {tgt.name!r} was placed in coordinate system {cs!r} by its alignment "
         f"{', '.join(map(repr, earlier))}; {who} puts it back where it lies in the input coordinate system, "
         f"so that alignment's shapes and its elements no longer agree there. {fix}",
-        UserWarning,
+        LokiWarning,
         stacklevel=user_stacklevel(),
     )
 

@@ -12,7 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from loki._keys import Key
-from loki._logging import logger, user_stacklevel
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import (
     check_int,
     check_labelled,
@@ -334,7 +334,7 @@ def annotate(
         listing = "; ".join(f"{c}: {', '.join(m)}" for c, m in missing.items())
         warnings.warn(
             f"Markers absent from the vocabulary were left out ({listing}).",
-            UserWarning,
+            LokiWarning,
             stacklevel=user_stacklevel(),
         )
     final = scores if fused_other is None else fuse_scores(scores, fused_other)

@@ -14,7 +14,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from loki._keys import Key
-from loki._logging import logger, user_stacklevel
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import (
     block_starts,
     check_int,
@@ -380,7 +380,7 @@ def predict_expression(
     )
     if n_fallback:
         warnings.warn(
-            _fallback_message(n_fallback, negative, top_k), UserWarning, stacklevel=user_stacklevel()
+            _fallback_message(n_fallback, negative, top_k), LokiWarning, stacklevel=user_stacklevel()
         )
     params = {
         "use_query": use_query,
