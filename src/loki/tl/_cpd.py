@@ -27,6 +27,7 @@ import numpy as np
 from loki._logging import logger
 from loki._utils import as_rng
 from loki._utils._affine import apply_matrix, linear_scale
+from loki._utils._spacing import nearest_distances
 
 from ._cpd_kernels import estep, gaussian_cross_kernel
 
@@ -408,15 +409,11 @@ def _warm_sigma2(sigma2: tuple[float, float | None], factor: float = 4.0) -> tup
 def _spacing2(xy: np.ndarray) -> float:
     """Squared mean nearest-neighbour distance of (n, 2) points, over distinct points (0 for fewer than 2).
 
-    Coincident points (two cells at one spot, a table's rows repeated) would otherwise pull it to 0.
+    CPD's scales have used the mean since its first version; the readers and metrics use the median
+    (:func:`~loki._utils._spacing.nearest_spot_distance`). Both read the same distances.
     """
-    from scipy.spatial import cKDTree
-
-    xy = np.unique(xy, axis=0)
-    if len(xy) < 2:
-        return 0.0
-    d, _ = cKDTree(xy).query(xy, k=2)
-    return float(d[:, 1].mean() ** 2)
+    dist = nearest_distances(xy)
+    return float(dist.mean() ** 2) if dist.size else 0.0
 
 
 def _subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
