@@ -405,3 +405,18 @@ def test_scanpy_visium_converted_with_spatialdata_io_embeds(model):
     assert emb.shape == (table.n_obs, model.embed_dim)
     assert table.uns["loki"][lk.Key.IMAGE]["diameter_um"] == 55.0
     assert table.obs[lk.Key.PATCH_OK].mean() > 0.9
+
+
+@pytest.mark.parametrize("bad", [0, 2.5, True])
+def test_a_bad_batch_size_is_refused_before_any_patch_is_cut(model, monkeypatch, bad):
+    sdata = lk.datasets.mob("MOB2")
+    lk.pp.gene_sentences(sdata, table_key="MOB2")
+
+    def no_cut(*args, **kwargs):
+        raise AssertionError("patches were cut before batch_size was checked")
+
+    monkeypatch.setattr(lk.tl._embed, "_patches_of", no_cut)
+    for embed in (lk.tl.embed_image, lk.tl.embed_text):
+        with pytest.raises(ValueError, match=rf"^batch_size must be a positive integer, got {bad!r}\.$"):
+            embed(sdata, model, table_key="MOB2", batch_size=bad)
+    assert "loki_image" not in sdata.tables["MOB2"].obsm

@@ -9,7 +9,7 @@ import pandas as pd
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_obs_key, check_result_key, is_int, loki_uns, write_obsm, write_uns
+from loki._utils import check_int, check_obs_key, check_result_key, loki_uns, write_obsm, write_uns
 from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata, section_shapes
 from loki.pp._patches import MICRONS_PER_UNIT_HINT, check_flags_not_owned
 
@@ -251,6 +251,7 @@ def embed_text(
 
     """
     check_write_mode(data, copy, inplace)
+    batch_size = check_int(batch_size, "batch_size")
     table = get_table(data, table_key)
     check_result_key(table, key_added, ("obsm", "uns"))
     sentences = _sentences_of(table, sentence_key)
@@ -367,6 +368,7 @@ def embed_image(
 
     """
     check_write_mode(data, copy, inplace)
+    batch_size = check_int(batch_size, "batch_size")
     table = get_table(data, table_key)
     cut_here = patches is None
     flag_key = Key.patch_ok_of(key_added)  # the flags of patches cut here
@@ -413,6 +415,4 @@ def _chunk_size(batch_size: int, target: int = 256) -> int:
 
     Aligned chunks split into whole batches, so no batch straddles two chunks.
     """
-    if not is_int(batch_size) or batch_size < 1:
-        return target  # encode_images names the bad value
-    return int(batch_size) * max(1, target // int(batch_size))
+    return batch_size * max(1, target // batch_size)
