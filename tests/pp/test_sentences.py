@@ -557,24 +557,53 @@ def test_scaled_values_name_the_layers_and_raw_to_use_instead():
         lk.pp.gene_sentences(adata)
     message = str(err.value)
     assert "The values are adata.X; its layers are 'counts' (pass layer= one holding counts)." in message
-    assert (
-        "adata.raw holds 4 genes; it is not a layer: make the sentences on raw = adata.raw.to_adata()"
-        in message
-    )
-    assert "copy raw.obs['loki_sentence'] into adata.obs." in message
+    assert "adata.raw holds 4 genes; pass use_raw=True to rank them." in message
     _assert_untouched(adata, [])
     # what the message suggests works
     lk.pp.gene_sentences(adata, layer="counts")
-    raw = adata.raw.to_adata()
-    lk.pp.gene_sentences(raw)
-    assert (
-        raw.obs["loki_sentence"].tolist() == adata.obs["loki_sentence"].tolist() == ["G0 G3 G2", "G1 G2 G3"]
-    )
+    from_counts = adata.obs["loki_sentence"].tolist()
+    lk.pp.gene_sentences(adata, use_raw=True, key_added="s_raw")
+    assert adata.obs["s_raw"].tolist() == from_counts == ["G0 G3 G2", "G1 G2 G3"]
+    assert adata.uns["loki"]["s_raw"]["use_raw"] is True
     with pytest.raises(
         KeyError,
-        match=r"'raw' not found in adata\.layers; available: 'counts'\. adata\.raw holds .* raw\.obs\['s_raw'\]",
+        match=r"'raw' not found in adata\.layers; available: 'counts'\. adata\.raw holds 4 genes; pass use_raw=True",
     ):
-        lk.pp.gene_sentences(adata, layer="raw", key_added="s_raw")
+        lk.pp.gene_sentences(adata, layer="raw", key_added="s_other")
     bare = _adata(-counts)
     with pytest.raises(ValueError, match=r"adata\.X; it has no other layer\. adata\.raw is not set\."):
         lk.pp.gene_sentences(bare)
+
+
+def test_use_raw_ranks_all_genes_of_a_table_cut_to_some():
+    """use_raw=True ranks .raw's genes (a table cut to highly variable genes keeps all in .raw)."""
+    counts = np.array([[5.0, 0.0, 1.0, 2.0], [0.0, 4.0, 2.0, 7.0]], dtype=np.float32)
+    full = _adata(counts)
+    expected = lk.pp.gene_sentences(full, housekeeping=None, inplace=False)
+    full.raw = full
+    cut = full[:, ["G1", "G2"]].copy()
+    lk.pp.gene_sentences(cut, housekeeping=None, use_raw=True)
+    assert cut.obs[Key.SENTENCE].tolist() == expected.tolist() == ["G0 G3 G2", "G3 G1 G2"]
+    # the cut table alone ranks only its two genes
+    assert lk.pp.gene_sentences(cut, housekeeping=None, inplace=False).tolist() == ["G2", "G1 G2"]
+    # log-normalised values in .raw rank the same way
+    import scanpy as sc
+
+    lognorm = full.copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    lognorm.raw = lognorm
+    assert lk.pp.gene_sentences(lognorm, housekeeping=None, use_raw=True, inplace=False).equals(expected)
+
+
+def test_use_raw_refusals_write_nothing():
+    adata = _adata(np.array([[1.0, 2.0, 0.0, 3.0]], dtype=np.float32))
+    adata.layers["counts"] = adata.X.copy()
+    with pytest.raises(ValueError, match=r"use_raw=True but adata\.raw is not set; its layers are 'counts'"):
+        lk.pp.gene_sentences(adata, use_raw=True)
+    adata.raw = adata
+    with pytest.raises(ValueError, match=r"either layer= or use_raw=True, not both \(got layer='counts'\)"):
+        lk.pp.gene_sentences(adata, use_raw=True, layer="counts")
+    with pytest.raises(TypeError, match=r"use_raw must be True or False, got 'yes'"):
+        lk.pp.gene_sentences(adata, use_raw="yes")
+    _assert_untouched(adata, [])

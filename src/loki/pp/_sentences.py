@@ -64,6 +64,7 @@ def gene_sentences(
     table_key: str | None = None,
     n_genes: int = 50,
     layer: str | None = None,
+    use_raw: bool = False,
     normalize: bool = True,
     target_sum: float = 1e4,
     housekeeping: Literal["hsiao"] | Iterable[str] | None = "hsiao",
@@ -97,6 +98,11 @@ def gene_sentences(
         the median number of genes kept.
     layer
         Layer holding counts; ``.X`` when None.
+    use_raw
+        Rank the genes of ``adata.raw`` (its ``X`` and ``var_names``) instead, e.g. all genes of a
+        table that was cut to its highly variable genes. The sentences land in ``adata.obs`` as usual.
+        Log-normalised values in ``.raw`` give the same sentences as its counts (see
+        ``normalize``). Cannot be combined with ``layer``.
     normalize
         Whether the ranking follows library-size normalisation to ``target_sum`` (and log1p), as in
         the paper. Both are strictly increasing within a spot, so the ranking - and the sentence - is
@@ -158,17 +164,9 @@ def gene_sentences(
     n_genes = check_int(n_genes, "n_genes")
     if not np.isfinite(target_sum) or target_sum <= 0:
         raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")
-    if layer is None:
-        x = adata.X
-    else:
-        require_keys(
-            adata.layers, layer, "adata.layers", hint=_raw_hint(adata, key_added) if layer == "raw" else None
-        )
-        x = adata.layers[layer]
-    if x is None:
-        raise ValueError("adata.X is empty; pass layer= to choose the counts.")
-    name_list = _as_str_list(adata.var_names)
-    names = adata.var_names if adata.var_names.inferred_type == "string" else pd.Index(name_list)
+    x, var_names = _expression_source(adata, layer, use_raw)
+    name_list = _as_str_list(var_names)
+    names = var_names if var_names.inferred_type == "string" else pd.Index(name_list)
     _check_gene_names(names, name_list)
     keep, excluded = gene_filter(
         name_list,
@@ -178,7 +176,7 @@ def gene_sentences(
         exclude_ribo=exclude_ribo,
     )
     top, counts, n_bad = top_k_rows(as_csr(x), n_genes, keep)
-    _raise_bad_values(n_bad, adata.obs_names, _other_sources(adata, layer, key_added))
+    _raise_bad_values(n_bad, adata.obs_names, _other_sources(adata, layer, use_raw))
     sentences = pd.Series(
         join_names(top, counts, name_list), index=adata.obs_names, dtype=object, name=key_added
     )
@@ -205,6 +203,7 @@ def gene_sentences(
         {
             "n_genes": n_genes,
             "layer": "X" if layer is None else layer,
+            "use_raw": bool(use_raw),
             "normalize": bool(normalize),
             "target_sum": float(target_sum),
             "housekeeping": _housekeeping_label(housekeeping),
@@ -301,26 +300,46 @@ def _raise_bad_values(n_bad: np.ndarray, obs_names, sources: str | None = None) 
         )
 
 
-def _other_sources(adata: AnnData, layer: str | None, key_added: str) -> str:
+def _expression_source(adata: AnnData, layer: str | None, use_raw: bool):
+    """The matrix to rank and its gene names: ``.X``, a layer, or ``.raw``."""
+    if not isinstance(use_raw, bool | np.bool_):
+        raise TypeError(f"use_raw must be True or False, got {use_raw!r}.")
+    if use_raw:
+        if layer is not None:
+            raise ValueError(f"Pass either layer= or use_raw=True, not both (got layer={layer!r}).")
+        if adata.raw is None:
+            raise ValueError(f"use_raw=True but adata.raw is not set; {_layer_listing(adata, None)}.")
+        return adata.raw.X, adata.raw.var_names
+    if layer is None:
+        x = adata.X
+    else:
+        require_keys(adata.layers, layer, "adata.layers", hint=_raw_hint(adata) if layer == "raw" else None)
+        x = adata.layers[layer]
+    if x is None:
+        raise ValueError("adata.X is empty; pass layer= to choose the counts.")
+    return x, adata.var_names
+
+
+def _other_sources(adata: AnnData, layer: str | None, use_raw: bool) -> str:
     """Where else the table keeps expression: its other layers and ``.raw``, and how to use them."""
+    if use_raw:
+        return f"The values are adata.raw.X; {_layer_listing(adata, None)}."
     used = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    return f"The values are {used}; {_layer_listing(adata, layer)}. {_raw_hint(adata)}"
+
+
+def _layer_listing(adata: AnnData, layer: str | None) -> str:
     others = [k for k in adata.layers.keys() if k != layer]
-    listing = (
-        f"its layers are {', '.join(map(repr, others))} (pass layer= one holding counts)"
-        if others
-        else "it has no other layer"
-    )
-    return f"The values are {used}; {listing}. {_raw_hint(adata, key_added)}"
+    if not others:
+        return "it has no other layer"
+    return f"its layers are {', '.join(map(repr, others))} (pass layer= one holding counts)"
 
 
-def _raw_hint(adata: AnnData, key_added: str) -> str:
+def _raw_hint(adata: AnnData) -> str:
     """Whether ``adata.raw`` exists and how to make sentences from it (it is not a layer)."""
     if adata.raw is None:
         return "adata.raw is not set."
-    return (
-        f"adata.raw holds {adata.raw.n_vars} genes; it is not a layer: make the sentences on "
-        f"raw = adata.raw.to_adata() and copy raw.obs[{key_added!r}] into adata.obs."
-    )
+    return f"adata.raw holds {adata.raw.n_vars} genes; pass use_raw=True to rank them."
 
 
 def _housekeeping_label(housekeeping) -> str:
