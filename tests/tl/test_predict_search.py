@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from anndata import AnnData
@@ -207,6 +209,9 @@ def test_predict_expression_records_search_settings():
         ({"top_k": 10, "search": "pca", "n_candidates": 5}, "n_candidates"),
         ({"top_k": 10, "search": "pca", "n_candidates": 301}, "n_candidates"),
         ({"top_k": 10, "search": "pca", "seed": "a"}, "seed"),
+        ({"top_k": 10, "search": "pca", "seed": -1}, r"seed must be an integer >= 0, got -1\."),
+        ({"top_k": 10, "search": "ivf", "seed": 1.5}, r"seed must be an integer >= 0, got 1\.5\."),
+        ({"top_k": 10, "seed": True}, r"seed must be an integer >= 0, got True\."),
         ({"top_k": 10, "search": "ivf", "n_lists": 0}, "n_lists"),
         ({"top_k": 10, "search": "ivf", "n_lists": 10, "n_probe": 11}, "n_probe"),
     ],
@@ -232,3 +237,13 @@ def test_retrieve_accepts_the_approximate_searches():
         lk.tl.retrieve(q, bank, k=5, search="pca", n_candidates=3)
     with pytest.raises(ValueError, match="normalize=True"):
         lk.tl.retrieve(q, bank, k=5, search="pca", normalize=False)
+
+
+@pytest.mark.parametrize("search", ["exact", "pca", "ivf"])
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
+def test_retrieve_refuses_a_bad_seed_whatever_the_search(search, seed):
+    """numpy refused -1 and 1.5 with its own words deep inside, and True passed as 1."""
+    rng = np.random.default_rng(4)
+    bank, q = rng.normal(size=(40, 8)), rng.normal(size=(3, 8))
+    with pytest.raises(ValueError, match=f"^{re.escape(f'seed must be an integer >= 0, got {seed!r}.')}$"):
+        lk.tl.retrieve(q, bank, k=5, search=search, seed=seed)

@@ -53,14 +53,17 @@ def check_search(
     n_candidates: int | None,
     n_lists: int | None = None,
     n_probe: int | None = None,
+    seed: int = 0,
 ) -> dict | None:
     """Validate the search options before any compute.
 
     Returns None for exact search, else the resolved sizes: ``n_components``, ``n_candidates`` and,
-    for ``search="ivf"``, ``n_lists`` and ``n_probe`` (defaults filled in).
+    for ``search="ivf"``, ``n_lists`` and ``n_probe`` (defaults filled in). ``seed`` must be an integer
+    >= 0 with any ``search``, so that a call is refused or accepted whichever search it asks for.
     """
     if search not in ("exact", "pca", "ivf"):
         raise ValueError(f"search must be 'exact', 'pca' or 'ivf', got {search!r}.")
+    check_int(seed, "seed", minimum=0)
     if search == "exact":
         return None
     if k is None:
@@ -281,7 +284,7 @@ def topk_cosine_pca(
     _check_pair(q, reference, k)
     n_ref, dim = reference.shape
     sizes = check_search(
-        "pca" if n_lists is None else "ivf", k, n_ref, dim, n_components, n_candidates, n_lists, n_probe
+        "pca" if n_lists is None else "ivf", k, n_ref, dim, n_components, n_candidates, n_lists, n_probe, seed
     )
     n_comp, n_cand = sizes["n_components"], sizes["n_candidates"]
     qn = np.ascontiguousarray(l2_normalize(q, "queries"))

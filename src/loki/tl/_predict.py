@@ -21,7 +21,6 @@ from loki._utils import (
     check_key_name,
     check_result_key,
     check_unique_var_names,
-    is_int,
     require_keys,
     write_layer,
     write_uns,
@@ -152,9 +151,8 @@ def predict_from_embeddings(
     ref = np.asarray(reference, dtype=np.float32)
     _check_pair(q, ref, 1 if top_k is None else top_k)
     sizes = check_search(
-        search, top_k, ref.shape[0], ref.shape[1], n_components, n_candidates, n_lists, n_probe
+        search, top_k, ref.shape[0], ref.shape[1], n_components, n_candidates, n_lists, n_probe, seed
     )
-    _check_seed(seed)
     check_int(chunk_size, "chunk_size", optional=True)
     if expression.shape[0] != ref.shape[0]:
         raise ValueError(
@@ -209,11 +207,6 @@ def predict_from_embeddings(
         block = np.asarray(x.T @ w.T).T if is_sparse else w @ x
         out[start : start + chunk_size] = block / w.sum(axis=1, keepdims=True)
     return out, n_fallback
-
-
-def _check_seed(seed) -> None:
-    if not is_int(seed):
-        raise ValueError(f"seed must be an integer, got {seed!r}.")
 
 
 def _expression_of(table: AnnData, layer: str | None):
@@ -297,7 +290,7 @@ def predict_expression(
         Cells and probed cells per query of ``search="ivf"`` (defaults ``round(sqrt(n_ref))`` and
         ``ceil(n_lists / 8)``).
     seed
-        Seed of the reference subsamples the principal axes and cells are fitted on.
+        Seed (an integer >= 0) of the reference subsamples the principal axes and cells are fitted on.
     output
         ``"anndata"``: return a new AnnData (query spots x reference genes; ``.X`` = prediction, obs,
         ``obsm['spatial']`` and ``uns['spatialdata_attrs']`` copied from the query table, so that the
@@ -334,9 +327,8 @@ def predict_expression(
     ref = embeddings_of(ref_table, use_reference, None, "reference")[0]
     _check_top_k(top_k, ref.shape[0], "the reference")
     sizes = check_search(
-        search, top_k, ref.shape[0], ref.shape[1], n_components, n_candidates, n_lists, n_probe
+        search, top_k, ref.shape[0], ref.shape[1], n_components, n_candidates, n_lists, n_probe, seed
     )
-    _check_seed(seed)
     x = _expression_of(ref_table, layer)
     check_unique_var_names(ref_table, "reference")
     ref_genes = pd.Index(ref_table.var_names)

@@ -257,7 +257,8 @@ def retrieve(
         exactly; faster on large banks, but a true top-k row outside the candidates is missed. Cosine
         only (``normalize=True``). See :func:`loki.tl.predict_expression` for the options.
     n_components, n_candidates, n_lists, n_probe, seed
-        Options of the approximate searches (ignored with ``search="exact"``).
+        Options of the approximate searches (unused with ``search="exact"``; ``seed``, an integer >= 0, is
+        checked with any search).
     chunk_size
         Bank rows per chunk (default keeps one score block under 128 MiB).
     progress
@@ -301,7 +302,9 @@ def retrieve(
             )
     from ._candidates import check_search, topk_cosine_pca
 
-    sizes = check_search(search, k, b.shape[0], b.shape[1], n_components, n_candidates, n_lists, n_probe)
+    sizes = check_search(
+        search, k, b.shape[0], b.shape[1], n_components, n_candidates, n_lists, n_probe, seed
+    )
     if sizes is not None and not normalize:
         raise ValueError(
             f"search={search!r} ranks cosine similarities; use normalize=True or search='exact'."
