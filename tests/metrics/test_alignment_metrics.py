@@ -238,3 +238,52 @@ def test_paired_median_difference_without_pairs_is_nan_silently():
         warnings.simplefilter("error")
         res = lk.metrics.paired_median_difference(none, a, n_boot=50)
     assert all(np.isnan(v) for v in res.values())
+
+
+def _counts_section(x: np.ndarray, xy: np.ndarray, key: str) -> AnnData:
+    adata = AnnData(x, obs={"i": np.arange(len(x))})
+    adata.var_names = [f"g{i}" for i in range(x.shape[1])]
+    adata.obsm[key] = xy
+    return adata
+
+
+def test_alignment_expression_scores_value_from_its_recipe_and_empty_spots_left_out():
+    """The scores equal the documented recipe written out, and empty barcodes move nothing.
+
+    Before, a spot without counts entered the median library size as 1 (60 empty spots took the
+    median from 145 to 1) and the variance that picks the genes, so the 40 tissue pairs scored
+    differently once empty barcodes were added far away.
+    """
+    rng = np.random.default_rng(0)
+    n, g = 40, 30
+    xy = np.c_[np.arange(n) % 8, np.arange(n) // 8].astype(float)
+    lam = rng.gamma(1.0, 5.0, (n, g))
+    tx, sx = rng.poisson(lam).astype(float), rng.poisson(lam).astype(float)
+
+    def log_norm(x):
+        lib = x.sum(axis=1)
+        return np.log1p(x * (np.median(lib) / lib)[:, None])
+
+    lt, ls = log_norm(tx), log_norm(sx)
+    top = np.argsort(-lt.var(axis=0), kind="stable")[:20]
+    expected = [np.corrcoef(lt[i, top], ls[i, top])[0, 1] for i in range(n)]
+    expected_tau = [kendalltau(lt[i, top], ls[i, top]).statistic for i in range(n)]
+    res = lk.metrics.alignment_expression_scores(
+        _counts_section(sx, xy, "spatial_aligned"), _counts_section(tx, xy, "spatial"), n_top_genes=20
+    )
+    np.testing.assert_allclose(res["pearson"], expected, rtol=1e-12)
+    np.testing.assert_allclose(res["kendall_tau"], expected_tau, rtol=1e-12)
+    assert res["pearson_median"] == pytest.approx(np.median(expected), rel=1e-12)
+
+    far = np.c_[100 + np.arange(60) % 10, 100 + np.arange(60) // 10].astype(float)
+    empty = np.zeros((60, g))
+    with_empty = lk.metrics.alignment_expression_scores(
+        _counts_section(np.vstack([sx, empty]), np.vstack([xy, far]), "spatial_aligned"),
+        _counts_section(np.vstack([tx, empty]), np.vstack([xy, far]), "spatial"),
+        n_top_genes=20,
+    )
+    assert with_empty["n_pairs"] == 100
+    np.testing.assert_allclose(with_empty["pearson"][:40], res["pearson"], rtol=1e-12)
+    assert np.isnan(with_empty["pearson"][40:]).all()
+    assert with_empty["pearson_median"] == res["pearson_median"]
+    assert with_empty["kendall_tau_median"] == res["kendall_tau_median"]

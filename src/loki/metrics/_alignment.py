@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
@@ -171,6 +172,21 @@ def matched_expression_correlation(
     return out
 
 
+def _log_normalized(adata: AnnData, genes: pd.Index) -> tuple[sp.csr_matrix, np.ndarray]:
+    """log1p of the counts over ``genes`` scaled to the median library size of the spots with counts.
+
+    Returns the float64 CSR matrix and the mask of spots with counts; spots without keep their zeros.
+    """
+    x = adata[:, genes].X
+    x = x.tocsr().astype(np.float64) if sp.issparse(x) else sp.csr_matrix(np.asarray(x, dtype=np.float64))
+    lib = np.asarray(x.sum(axis=1)).ravel()
+    has_counts = lib > 0
+    target_sum = np.median(lib[has_counts]) if has_counts.any() else 1.0
+    x = sp.diags(target_sum / np.where(has_counts, lib, 1.0)) @ x
+    x.data = np.log1p(x.data)
+    return x.tocsr(), has_counts
+
+
 def _default_radius(xy: np.ndarray, name: str) -> float:
     """The target's spot spacing, the default pairing radius; a ValueError when it has none."""
     spacing = spot_spacing(xy) if len(xy) >= 2 else 0.0
@@ -194,9 +210,11 @@ def alignment_expression_scores(
 ) -> dict[str, float | np.ndarray]:
     """Median PCC and Kendall's tau of highly variable gene expression at aligned locations.
 
-    Counts of both sections are normalised to the median library size and log1p-transformed; the
-    ``n_top_genes`` genes with the highest variance of the target's log expression among the genes
-    both sections share are used.
+    Counts of both sections over the genes they share are normalised to the section's median library
+    size and log1p-transformed; the ``n_top_genes`` of those genes with the highest variance of the
+    target's log expression are used. Spots without counts over the shared genes (empty or off-tissue
+    barcodes) take part in neither the median nor the variance, as in scanpy's ``normalize_total``;
+    such a spot has a constant profile, so its pairs are NaN and left out (see Returns).
 
     Parameters
     ----------
@@ -241,18 +259,12 @@ def alignment_expression_scores(
     if len(genes) < 2:
         raise ValueError(f"source and target share {len(genes)} gene(s); at least 2 are needed.")
 
-    def _log_norm(adata):
-        x = adata[:, genes].X
-        x = x.tocsr().astype(np.float64) if sp.issparse(x) else sp.csr_matrix(np.asarray(x, dtype=np.float64))
-        lib = np.asarray(x.sum(axis=1)).ravel()
-        lib[lib == 0] = 1.0
-        x = sp.diags(np.median(lib) / lib) @ x
-        x.data = np.log1p(x.data)
-        return x
-
-    xt, xs = _log_norm(target), _log_norm(source)
-    mean = np.asarray(xt.mean(axis=0)).ravel()
-    var = np.asarray(xt.multiply(xt).mean(axis=0)).ravel() - mean**2
+    xt, has_counts = _log_normalized(target, genes)
+    xs = _log_normalized(source, genes)[0]
+    # spots without counts would move the gene variances while telling nothing of them
+    expressed = xt[has_counts] if has_counts.any() else xt
+    mean = np.asarray(expressed.mean(axis=0)).ravel()
+    var = np.asarray(expressed.multiply(expressed).mean(axis=0)).ravel() - mean**2
     top = np.argsort(-var, kind="stable")[: min(n_top_genes, len(genes))]
     res = matched_expression_correlation(
         xt[:, top], xy_target, xs[:, top], xy_source, max_distance=max_distance, kendall=kendall
