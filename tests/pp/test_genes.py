@@ -201,3 +201,21 @@ def test_map_gene_ids_asks_for_the_columns_when_they_are_ambiguous():
         lk.pp.map_gene_ids(_human(), table, symbol_column="gene_name")
     with pytest.raises(ValueError, match="id_column and symbol_column choose the columns of a mapping table"):
         lk.pp.map_gene_ids(_human(), dict(zip(HUMAN_IDS, HUMAN_SYMBOLS, strict=True)), id_column="gene_ids")
+
+
+def test_map_gene_ids_on_a_spatialdata_table():
+    """A SpatialData's table is mapped in place, as the other pp tools take one; copy=True is refused."""
+    from spatialdata import SpatialData
+
+    sdata = SpatialData(tables={"section": _adata(dense=True)})
+    with pytest.raises(ValueError, match=r"copy=True applies to AnnData input"):
+        lk.pp.map_gene_ids(sdata, MAPPING, copy=True)
+    with pytest.raises(KeyError, match="nope"):
+        lk.pp.map_gene_ids(sdata, MAPPING, table_key="nope")
+    assert sdata.tables["section"].var_names.tolist() == IDS
+    with pytest.warns(lk.LokiWarning, match="1 of 5 gene ids have no symbol"):
+        assert lk.pp.map_gene_ids(sdata, MAPPING) is None
+    table = sdata.tables["section"]
+    assert table.var_names.tolist() == ["Snap25", "Actb", "Gfap", "ENSMUSG05.1"]
+    x = np.arange(15, dtype=np.float32).reshape(3, 5)
+    np.testing.assert_array_equal(table[:, "Snap25"].X.ravel(), x[:, 0] + x[:, 2])

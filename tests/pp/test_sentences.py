@@ -607,3 +607,13 @@ def test_use_raw_refusals_write_nothing():
     with pytest.raises(TypeError, match=r"use_raw must be True or False, got 'yes'"):
         lk.pp.gene_sentences(adata, use_raw="yes")
     _assert_untouched(adata, [])
+
+
+def test_a_table_without_genes_is_refused_by_name():
+    """It used to fail with "Gene names must not contain newlines" (an empty name list)."""
+    adata = _adata(np.array([[1.0, 2.0]], dtype=np.float32))[:, []].copy()
+    with pytest.raises(
+        ValueError, match=r"^The table has no genes \(0 var_names\), so there is nothing to rank\.$"
+    ):
+        lk.pp.gene_sentences(adata, housekeeping=None)
+    _assert_untouched(adata, [])

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,10 @@ from anndata import AnnData
 from scipy import sparse
 
 from loki._logging import LokiWarning, logger, user_stacklevel
+from loki._utils._spatialdata import get_table, is_spatialdata
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 _VERSIONED = re.compile(r"^(ENS[A-Z]*[GTP]\d+)\.\d+$")
 _ENSEMBL_ID = re.compile(r"^ENS[A-Z]*[GTP]\d{6,}(\.\d+)?$")
@@ -46,7 +50,7 @@ _NAME_COLUMNS = (
 
 
 def map_gene_ids(
-    adata: AnnData,
+    data: AnnData | SpatialData,
     mapping: Mapping[str, str] | pd.Series | pd.DataFrame | str | PathLike,
     *,
     strip_version: bool = True,
@@ -54,14 +58,16 @@ def map_gene_ids(
     duplicates: Literal["sum", "first"] = "sum",
     id_column: str | int | None = None,
     symbol_column: str | int | None = None,
+    table_key: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Replace gene ids in ``var_names`` by gene symbols.
 
     Parameters
     ----------
-    adata
-        AnnData whose ``var_names`` are gene ids (e.g. ``ENSMUSG00000064339.1``).
+    data
+        AnnData whose ``var_names`` are gene ids (e.g. ``ENSMUSG00000064339.1``), or a SpatialData
+        holding such a table (changed in place).
     mapping
         id -> symbol: a dict, a Series indexed by id, a DataFrame with an id and a symbol column, or the
         path of such a table (tab-separated for ``.tsv``/``.txt``, else comma-separated; may be
@@ -88,8 +94,10 @@ def map_gene_ids(
         Column of a mapping table holding the ids (name, or position label of a table without header).
     symbol_column
         Column of a mapping table holding the symbols.
+    table_key
+        Table of a SpatialData; may be omitted when it holds one table.
     copy
-        Return a modified copy instead of changing ``adata`` in place.
+        Return a modified copy of the AnnData instead of changing it in place (AnnData input only).
 
     Returns
     -------
@@ -105,6 +113,12 @@ def map_gene_ids(
         raise ValueError(f"unmapped must be 'keep', 'drop' or 'raise', got {unmapped!r}.")
     if duplicates not in ("sum", "first"):
         raise ValueError(f"duplicates must be 'sum' or 'first', got {duplicates!r}.")
+    if copy and is_spatialdata(data):
+        raise ValueError(
+            "copy=True applies to AnnData input; the table of a SpatialData is changed in place (map a copy "
+            "of it instead: sdata.tables[key].copy())."
+        )
+    adata = get_table(data, table_key)
     table = _as_mapping_series(mapping, id_column=id_column, symbol_column=symbol_column)
     ids = pd.Index(adata.var_names.astype(str))
     if strip_version:

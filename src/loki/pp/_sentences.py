@@ -165,6 +165,10 @@ def gene_sentences(
     if not np.isfinite(target_sum) or target_sum <= 0:
         raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")
     x, var_names = _expression_source(adata, layer, use_raw)
+    if len(var_names) == 0:
+        raise ValueError(
+            f"{'adata.raw' if use_raw else 'The table'} has no genes (0 var_names), so there is nothing to rank."
+        )
     name_list = _as_str_list(var_names)
     names = var_names if var_names.inferred_type == "string" else pd.Index(name_list)
     _check_gene_names(names, name_list)
