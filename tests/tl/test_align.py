@@ -502,6 +502,14 @@ def test_sparse_dataframe_and_non_numeric_embeddings(tissue):
     ]:
         with pytest.raises(ValueError, match=match):
             lk.tl.align(moved, target=target, use="X_expr", **kw)
+    # more components than the embedding has: refused, not silently fewer (recorded as asked)
+    n, d = target.obsm["X_expr"].shape
+    with pytest.raises(
+        ValueError,
+        match=rf"^n_pcs={d + 1} but the target .obsm\['X_expr'\] \({n} spots x {d} dimensions\) has at most "
+        rf"{min(n, d)} principal components; pass n_pcs <= {min(n, d)}\.$",
+    ):
+        lk.tl.align(moved, target=target, use="X_expr", n_pcs=d + 1)
     assert Key.ALIGNED not in moved.obsm
     # numpy integers are integers: the same alignment
     counts = {"n_pcs": np.int64(2), "max_iter": np.int32(200), "n_coarse": np.int64(5000)}

@@ -402,7 +402,8 @@ def align(
     n_rotations
         Initial rotations tried by the global start (1 and ``mirror=False`` skip it).
     n_pcs
-        Embedding principal components appended to the coordinates (0 for none).
+        Embedding principal components appended to the coordinates (0 for none); at most the
+        target embedding's dimensions (and spots).
     feature_weight
         Scale of the components relative to the normalised coordinates.
     alpha, beta
@@ -642,6 +643,12 @@ def align(
             raise ValueError(
                 f"source .obsm[{key_src!r}] has {emb_src.shape[1]} dimensions, target .obsm[{key_tgt!r}] "
                 f"{emb_tgt.shape[1]}; the embeddings must share one space."
+            )
+        most = min(emb_tgt.shape)
+        if n_pcs > most:
+            raise ValueError(
+                f"n_pcs={n_pcs} but the target .obsm[{key_tgt!r}] ({emb_tgt.shape[0]} spots x "
+                f"{emb_tgt.shape[1]} dimensions) has at most {most} principal components; pass n_pcs <= {most}."
             )
     src_elements: list[str] = []
     tgt_elements: list[str] = []
