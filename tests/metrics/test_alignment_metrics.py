@@ -287,3 +287,19 @@ def test_alignment_expression_scores_value_from_its_recipe_and_empty_spots_left_
     assert np.isnan(with_empty["pearson"][40:]).all()
     assert with_empty["pearson_median"] == res["pearson_median"]
     assert with_empty["kendall_tau_median"] == res["kendall_tau_median"]
+
+
+@pytest.mark.parametrize("kendall", [True, False])
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_matched_expression_correlation_names_non_finite_expression(kendall, sparse_input):
+    """With kendall=False a NaN gave its pair NaN and left it out of the median without a word; with
+    kendall=True the error named "x and y"."""
+    xy = np.c_[np.arange(4.0), np.zeros(4)]
+    expr = np.arange(12.0).reshape(4, 3) % 5
+    bad = expr.copy()
+    bad[2, 1] = np.nan
+    as_input = sp.csr_matrix if sparse_input else np.asarray
+    with pytest.raises(ValueError, match=r"^expr_source \(the source's expression\) holds 1 NaN or infinite"):
+        lk.metrics.matched_expression_correlation(as_input(expr), xy, as_input(bad), xy, kendall=kendall)
+    with pytest.raises(ValueError, match=r"^expr_target \(the target's expression\) holds 1 NaN"):
+        lk.metrics.matched_expression_correlation(as_input(bad), xy, as_input(expr), xy, kendall=kendall)

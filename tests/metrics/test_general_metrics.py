@@ -46,6 +46,45 @@ def test_pearson_axis_and_constant():
         metrics.pearson(x, y[:, :3])
 
 
+@pytest.mark.parametrize("scale", [1e160, 1e-170, 1e300, 1e-300])
+def test_pearson_at_extreme_scales_matches_scipy(scale):
+    """The coefficient does not depend on the scale: the product of the two sums of squares used
+    to overflow (1e160) or underflow (1e-170) and gave NaN for finite, varying input."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(12, 3))
+    y = x + rng.normal(size=(12, 3))
+    expected = [scipy.stats.pearsonr(x[:, j], y[:, j])[0] for j in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(metrics.pearson(x * scale, y * scale, axis=0), expected, rtol=1e-12)
+        # one variable at the scale, the other not; slices of other scales keep their values
+        mixed = x * np.array([scale, 1.0, 1 / scale])
+        np.testing.assert_allclose(metrics.pearson(mixed.T, y.T, axis=1), expected, rtol=1e-12)
+        assert metrics.pearson(np.array([1.0, 2.0, 3.0]) * scale, [1.0, 2.0, 4.0]) == pytest.approx(
+            scipy.stats.pearsonr([1.0, 2.0, 3.0], [1.0, 2.0, 4.0])[0], rel=1e-12
+        )
+        assert np.isnan(metrics.pearson(np.full(4, scale), np.arange(4.0)))
+    # sums that overflow float64: values near its largest
+    big = np.array([1.0, 1.5, 1.7]) * 1e308
+    assert metrics.pearson(big, [1.0, 2.0, 4.0]) == pytest.approx(
+        scipy.stats.pearsonr([1.0, 1.5, 1.7], [1.0, 2.0, 4.0])[0], rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_pearson_refuses_non_finite_input_as_kendall_tau_does(bad):
+    """NaN or inf used to come back silently as a NaN coefficient while kendall_tau raised."""
+    x = np.arange(6.0).reshape(3, 2)
+    y = x.copy()
+    y[1, 1] = bad
+    with pytest.raises(ValueError, match="x and y must be finite; y holds 1 NaN or infinite"):
+        metrics.pearson(x, y, axis=0)
+    with pytest.raises(ValueError, match="x and y must be finite; x holds 1 NaN or infinite"):
+        metrics.pearson(y, x, axis=None)
+    with pytest.raises(ValueError, match="x and y must be finite"):
+        metrics.kendall_tau(x[:, 1], y[:, 1])
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     st.integers(2, 60).flatmap(
@@ -101,6 +140,18 @@ def test_js_divergence_axis_bounds_and_errors():
         metrics.js_divergence([-1.0, 2.0], [0.5, 0.5])
     with pytest.raises(ValueError, match="sums to 0"):
         metrics.js_divergence([0.0, 0.0], [0.5, 0.5])
+
+
+def test_js_divergence_of_weights_whose_sum_overflows():
+    """Finite weights near float64's largest: the slice's sum overflowed to inf, every normalised
+    weight became 0 and the divergence came out as 0.5 for disjoint (1) or equal (0) distributions."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metrics.js_divergence([1e308, 1e308, 0.0], [0.0, 0.0, 1.0]) == pytest.approx(1.0, abs=1e-12)
+        assert metrics.js_divergence([1e308, 1e308], [1.0, 1.0]) == pytest.approx(0.0, abs=1e-12)
+        p = np.array([[1e308, 1.0], [1e308, 3.0], [0.0, 2.0]])
+        q = np.array([[0.0, 1.0], [0.0, 3.0], [5.0, 2.0]])
+        np.testing.assert_allclose(metrics.js_divergence(p, q, axis=0), [1.0, 0.0], atol=1e-12)
 
 
 def test_ssim_map_matches_skimage():

@@ -33,7 +33,7 @@ def _toy(n_types=4, n_genes=40, n_spots=80, cells_per_type=30, seed=0, sparse_x=
     alpha = np.full(n_types, 0.4) if np.ndim(cells_per_type) == 0 else 0.4 * n_types * sizes / sizes.sum()
     counts = rng.multinomial(8, rng.dirichlet(alpha, size=n_spots))
     spots_x = rng.poisson(counts @ profiles).astype(np.float32)
-    spots = ad.AnnData(spots_x, var=pd.DataFrame(index=[f"G{g}" for g in range(n_genes)][::-1][::-1]))
+    spots = ad.AnnData(spots_x, var=pd.DataFrame(index=[f"G{g}" for g in range(n_genes)]))
     spots.obs_names = [f"s{i}" for i in range(n_spots)]
     spots.obsm["spatial"] = rng.uniform(0, 100, size=(n_spots, 2))
     truth = counts / counts.sum(axis=1, keepdims=True)
@@ -526,6 +526,47 @@ def test_the_seed_used_is_recorded_and_reproduces_the_run(seed):
     again = lk.tl.decompose(spots, seed=info["seed"], inplace=False, **kwargs).proportions
     pd.testing.assert_frame_equal(again, spots.obsm["loki_proportions"], check_exact=True)
     assert info["min_cells_per_type"] == 2
+
+
+@pytest.mark.parametrize("sparse_x", [False, True])
+def test_nnls_pairs_the_reference_genes_with_the_spots_genes_by_name(sparse_x):
+    """Reference and spots list their genes in other orders and each has genes the other lacks: the
+    proportions are those of an independent NNLS on the per-type mean profiles over the shared genes,
+    both sides taken by gene name in one common order."""
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(3)
+    shared = [f"G{g}" for g in range(30)]
+    ref_genes = list(rng.permutation(shared + [f"R{g}" for g in range(6)]))
+    spot_genes = list(rng.permutation(shared + [f"S{g}" for g in range(4)]))
+    labels = np.repeat(["A", "B", "C"], [25, 15, 10])
+    profiles = rng.gamma(0.6, 4.0, size=(3, len(ref_genes)))
+    ref_x = rng.poisson(profiles[pd.Categorical(labels).codes]).astype(np.float32)
+    reference = ad.AnnData(
+        sp.csr_matrix(ref_x) if sparse_x else ref_x,
+        obs=pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=ref_genes),
+    )
+    spot_x = rng.poisson(3.0, size=(25, len(spot_genes))).astype(np.float32)
+    # noise on every spot gene, plus a mixture of the type profiles on the genes the reference has
+    by_name = pd.Index(ref_genes).get_indexer(spot_genes)
+    spot_x[:, by_name >= 0] += rng.poisson(
+        rng.dirichlet(np.ones(3), 25) * 6 @ profiles[:, by_name[by_name >= 0]]
+    )
+    spots = ad.AnnData(sp.csr_matrix(spot_x) if sparse_x else spot_x, var=pd.DataFrame(index=spot_genes))
+    spots.obs_names = [f"s{i}" for i in range(25)]
+
+    got = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
+
+    genes = sorted(shared)  # a common order of neither side's
+    ref_cols, spot_cols = pd.Index(ref_genes).get_indexer(genes), pd.Index(spot_genes).get_indexer(genes)
+    means = np.stack([ref_x[labels == t][:, ref_cols].mean(axis=0) for t in "ABC"]).astype(np.float64)
+    weights = np.stack([nnls(means.T, row.astype(np.float64))[0] for row in spot_x[:, spot_cols]])
+    assert (weights.sum(axis=1) > 0).all()
+    np.testing.assert_allclose(
+        got.proportions.to_numpy(), weights / weights.sum(axis=1, keepdims=True), rtol=1e-6, atol=1e-9
+    )
+    assert sorted(got.record["genes"]) == genes
 
 
 @pytest.mark.parametrize("fmt", ["dense", "csr"])

@@ -183,6 +183,23 @@ def test_percentile_normalize_zeroes_only_constant_columns(n, c, nonzero_fractio
             np.testing.assert_array_equal(scaled > 0, col > col.min())
 
 
+def test_percentile_normalize_clips_at_the_percentiles_not_the_extremes():
+    """Values beyond the 5th / 95th percentiles map to 0 / 1 and the rest linearly in between, per
+    column; plain min-max scaling would put the outliers at 0 / 1 and squeeze the rest near 0.5."""
+    col = np.arange(101.0)
+    col[0], col[100] = -1e6, 1e6  # sorted, the 5th percentile is 5 and the 95th 95 exactly
+    v = np.c_[col, 10 * col + 7]
+    out = percentile_normalize(v, 5, 95)
+    expected = np.clip((np.arange(101.0) - 5) / 90, 0, 1)
+    np.testing.assert_allclose(out, np.c_[expected, expected], atol=1e-12)
+    np.testing.assert_array_equal(out[[0, 1, 4, 5], 0], 0.0)  # at or below the 5th percentile
+    np.testing.assert_array_equal(out[[95, 96, 99, 100], 0], 1.0)  # at or above the 95th
+    assert out[50, 0] == pytest.approx(0.5)
+    assert out[20, 0] == pytest.approx(15 / 90)
+    other = percentile_normalize(v, 10, 80)
+    np.testing.assert_allclose(other[:, 0], np.clip((np.arange(101.0) - 10) / 70, 0, 1), atol=1e-12)
+
+
 def test_percentile_normalize_after_nms_keeps_a_type_that_wins_few_spots():
     p = np.tile([0.6, 0.4, 0.0], (100, 1))
     p[:4] = [0.05, 0.05, 0.9]  # the third type wins 4 % of the spots

@@ -24,9 +24,9 @@ from loki._utils import (
     check_int,
     check_obsm_key,
     check_unique_var_names,
-    is_int,
     is_real,
 )
+from loki._utils._rng import check_seed
 from loki._utils._spacing import nearest_spot_distance
 from loki.metrics._correlation import kendall_tau, pearson
 
@@ -123,11 +123,15 @@ def matched_expression_correlation(
 
     Parameters
     ----------
-    expr_target, expr_source
-        Spots x genes (same genes, same order), dense or sparse.
-    xy_target, xy_source
-        ``(n, 2)`` coordinates in one frame (the source's aligned coordinates); further columns are
-        ignored.
+    expr_target
+        Target spots x genes, dense or sparse.
+    xy_target
+        ``(n_target, 2)`` target coordinates; further columns are ignored.
+    expr_source
+        Source spots x genes (the target's genes, in the same order), dense or sparse.
+    xy_source
+        ``(n_source, 2)`` source coordinates in the target's frame (the source's aligned
+        coordinates); further columns are ignored.
     max_distance
         Pairs farther apart are dropped (default: the target's spot spacing, :func:`spot_spacing`).
     kendall
@@ -147,6 +151,8 @@ def matched_expression_correlation(
         raise ValueError(
             f"expression matrices must share genes, got {expr_target.shape[1]} and {expr_source.shape[1]}."
         )
+    _check_finite(expr_target, "expr_target (the target's expression)")
+    _check_finite(expr_source, "expr_source (the source's expression)")
     if max_distance is None:
         max_distance = _default_radius(xy_target, "xy_target")
     elif not (is_real(max_distance) and np.isfinite(max_distance) and max_distance >= 0):
@@ -170,6 +176,13 @@ def matched_expression_correlation(
     if kendall:
         out["kendall_tau"] = np.array([kendall_tau(a, b) for a, b in zip(et, es, strict=True)])
     return out
+
+
+def _check_finite(expr, name: str) -> None:
+    values = expr.data if sp.issparse(expr) else np.asarray(expr)
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise ValueError(f"{name} holds {bad} NaN or infinite value(s); expression must be finite.")
 
 
 def _log_normalized(adata: AnnData, genes: pd.Index) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -346,8 +359,7 @@ def paired_median_difference(
     check_int(n_boot, "n_boot")
     if not (is_real(level) and 0 < level < 1):
         raise ValueError(f"level must be a number in (0, 1), got {level!r}.")
-    if not (seed is None or isinstance(seed, np.random.Generator) or (is_int(seed) and seed >= 0)):
-        raise ValueError(f"seed must be a non-negative integer, a numpy Generator or None, got {seed!r}.")
+    check_seed(seed)
 
     def per_spot(scores):
         full = np.full(n, np.nan)

@@ -5,6 +5,23 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+#: Sums of squares outside this range are recomputed on slices rescaled to max |x| = 1: their
+#: product could overflow or underflow, or the squares themselves did (|x| beyond ~1e154 or below
+#: ~1e-154).
+_SAFE_SUM_OF_SQUARES = (1e-150, 1e150)
+
+
+def _centred_sums(x: np.ndarray, y: np.ndarray, axis: int) -> tuple[np.ndarray, ...]:
+    # sum of cross products and the two sums of squares of the centred slices along ``axis``
+    xc = x - x.mean(axis=axis, keepdims=True)
+    yc = y - y.mean(axis=axis, keepdims=True)
+    return (xc * yc).sum(axis=axis), (xc * xc).sum(axis=axis), (yc * yc).sum(axis=axis)
+
+
+def _unit_peak(x: np.ndarray) -> np.ndarray:
+    # rows of x divided by their largest |value| (rows are not all zero)
+    return x / np.abs(x).max(axis=-1, keepdims=True)
+
 
 def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.ndarray:
     """Pearson correlation coefficient (eq. 20) along an axis.
@@ -12,7 +29,7 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.nd
     Parameters
     ----------
     x, y
-        Arrays of the same shape.
+        Finite arrays of the same shape.
     axis
         Axis along which the pairs run: ``axis=0`` on a spots x genes matrix gives one coefficient
         per gene, ``axis=1`` one per spot. ``None`` flattens both arrays.
@@ -21,6 +38,12 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.nd
     -------
     The coefficient (a float for 1-D input or ``axis=None``, else an array with ``axis`` removed).
     Slices where either input is constant give NaN.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, fewer than 2 pairs run along ``axis``, or an input holds NaN or an
+        infinite value (as :func:`kendall_tau`).
 
     """
     x = np.asarray(x, dtype=np.float64)
@@ -33,14 +56,28 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.nd
         raise ValueError(
             f"Pearson correlation needs at least 2 pairs along axis {axis}, got {x.shape[axis]}."
         )
-    xc = x - x.mean(axis=axis, keepdims=True)
-    yc = y - y.mean(axis=axis, keepdims=True)
-    num = (xc * yc).sum(axis=axis)
-    den = np.sqrt((xc * xc).sum(axis=axis) * (yc * yc).sum(axis=axis))
+    for name, values in (("x", x), ("y", y)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite_sum = np.isfinite(values.sum())  # a NaN or inf anywhere makes the sum non-finite
+        bad = 0 if finite_sum else int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise ValueError(f"x and y must be finite; {name} holds {bad} NaN or infinite value(s).")
     # constancy tested exactly: centring leaves ~1e-17 where the float mean is inexact (e.g. 1/3)
-    varies = (np.ptp(x, axis=axis) > 0) & (np.ptp(y, axis=axis) > 0) & (den > 0)
+    varies = (np.ptp(x, axis=axis) > 0) & (np.ptp(y, axis=axis) > 0)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        num, sxx, syy = _centred_sums(x, y, axis)
+        low, high = _SAFE_SUM_OF_SQUARES
+        rescale = varies & ~((sxx > low) & (sxx < high) & (syy > low) & (syy < high))
+        den = np.sqrt(sxx * syy)
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(varies, num / np.where(varies, den, 1.0), np.nan)
+        r = np.where(varies, num / np.where(varies & (den > 0), den, 1.0), np.nan)
+    if rescale.any():
+        # extreme scales: r does not change when a slice is divided by a positive number
+        xs = _unit_peak(np.moveaxis(x, axis, -1)[rescale])
+        ys = _unit_peak(np.moveaxis(y, axis, -1)[rescale])
+        num, sxx, syy = _centred_sums(xs, ys, -1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r[rescale] = num / np.sqrt(sxx * syy)
     r = np.clip(r, -1.0, 1.0)
     return float(r) if r.ndim == 0 else r
 

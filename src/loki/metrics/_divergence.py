@@ -8,7 +8,14 @@ import numpy as np
 def _normalise(p: np.ndarray, name: str, axis: int) -> np.ndarray:
     if (p < 0).any():
         raise ValueError(f"{name} holds negative values; JS divergence needs non-negative weights.")
-    total = p.sum(axis=axis, keepdims=True)
+    with np.errstate(over="ignore"):
+        total = p.sum(axis=axis, keepdims=True)
+    overflowed = ~np.isfinite(total)
+    if overflowed.any():
+        # finite weights whose sum overflows (e.g. two of 1e308): divide those slices by their
+        # largest weight first, which leaves the distribution as it is
+        p = p / np.where(overflowed, p.max(axis=axis, keepdims=True), 1.0)
+        total = p.sum(axis=axis, keepdims=True)
     if (total <= 0).any():
         raise ValueError(f"{name} has a slice along axis {axis} that sums to 0; it is not a distribution.")
     return p / total
