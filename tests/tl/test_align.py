@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -619,3 +621,17 @@ def test_messages_name_the_parameters_that_choose_a_section():
         lk.tl.align_sections(two, target="MOB1", sections="MOB1", progress=False, use=None)
     lk.tl.align(one, target=two, target_table="MOB1", use=None, method="rigid", mirror=False, n_rotations=1)
     assert one.tables["MOB3"].uns[Key.UNS][Key.ALIGNED]["target"] == "MOB1"
+
+
+def test_a_stage_stopped_by_max_iter_warns(tissue):
+    """A CPD stage that ran out of iterations said nothing; its result is where it stopped."""
+    moved, _ = _moved(tissue, rotation_deg=30.0)
+    with pytest.warns(
+        lk.LokiWarning, match=r"CPD stopped at max_iter=2 before converging in stage\(s\) 'rigid'"
+    ):
+        out = lk.tl.align(moved, target=tissue, use="X_expr", inplace=False, **_fast(max_iter=2))
+    assert not out.record["converged"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lk.LokiWarning)
+        out = lk.tl.align(moved, target=tissue, use="X_expr", inplace=False, **_fast())
+    assert out.record["converged"]

@@ -74,11 +74,14 @@ def mob(sections: Sequence[str] | str = ("MOB1", "MOB2", "MOB3", "MOB4")) -> Spa
     if unknown:
         raise ValueError(f"Unknown section(s) {unknown}; choose among {manifest['sections']}.")
     folder = _mob_dir()
-    genes = pd.read_csv(folder.joinpath("genes.csv").open("rb"))
+    with folder.joinpath("genes.csv").open("rb") as f:
+        genes = pd.read_csv(f)
     specs = {}
     for name in sections:
-        counts = sparse.load_npz(folder.joinpath(f"{name}_counts.npz").open("rb"))
-        spots = pd.read_csv(folder.joinpath(f"{name}_spots.csv").open("rb"), index_col=0)
+        with folder.joinpath(f"{name}_counts.npz").open("rb") as f:
+            counts = sparse.load_npz(f)
+        with folder.joinpath(f"{name}_spots.csv").open("rb") as f:
+            spots = pd.read_csv(f, index_col=0)
         with resources.as_file(folder.joinpath(f"{name}.jpg")) as path:
             from PIL import Image
 

@@ -9,6 +9,7 @@ non-rigid coordinates go into ``.obsm`` and a new shapes element.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -17,7 +18,7 @@ import pandas as pd
 from anndata import AnnData
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import (
     check_array_finite,
     check_int,
@@ -268,6 +269,23 @@ _STAGE_COLUMNS = (
     "converged",
     "seconds",
 )
+
+
+def _warn_stopped_at_max_iter(stages: list[dict], max_iter: int, target: str) -> None:
+    """Warn when a CPD stage of the last level ran out of iterations: the result is where it stopped.
+
+    Coarser levels of the pyramid only give the next level its start, so they do not warn.
+    """
+    last = max((s["level"] for s in stages if s.get("level") is not None), default=None)
+    stopped = [s["stage"] for s in stages if s.get("converged") is False and s.get("level") == last]
+    if stopped:
+        warnings.warn(
+            f"CPD stopped at max_iter={max_iter} before converging in stage(s) {', '.join(map(repr, stopped))} "
+            f"of the alignment onto {target!r} (the record's 'stages' table); the result is where it stopped. "
+            "Pass a larger max_iter to let it converge.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 def _stage_table(stages: list[dict]) -> pd.DataFrame:
@@ -717,6 +735,7 @@ def align(
     )
     if reverse:
         res = reverse_result(res, X, Y, deformable=method == "deformable")
+    _warn_stopped_at_max_iter(res.stages, max_iter, tgt.name)
     coords = res.coords * scale + c_tgt
     to_target_units = np.diag([unit, unit, 1.0]) @ to_target_frame
     matrix = _original_matrix(res.matrix, c_src, c_tgt, scale) @ to_target_units
