@@ -33,3 +33,29 @@ def test_api_page_lists_every_public_name():
             if public and defined_in_loki and f"{module}.{name}" not in api:
                 missing.append(f"{module}.{name}")
     assert not missing, f"public names missing from docs/api.md: {missing}"
+
+
+MODULES = ("pp", "tl", "pl", "metrics", "datasets", "io", "models", "baselines")
+
+
+def _documented(module: str) -> set[str]:
+    import pathlib
+    import re
+
+    api = (pathlib.Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    names = set(re.findall(rf"^\s+{module}\.(\w+)\s*$", api, re.M))
+    return names | set(re.findall(rf"py:data:: {module}\.(\w+)", api))
+
+
+def test_star_import_gives_exactly_the_documented_names():
+    """Each module's __all__ is what docs/api.md documents (``from loki.baselines import *`` gave ``np``)."""
+    import importlib
+
+    for module in MODULES:
+        mod = importlib.import_module(f"loki.{module}")
+        documented = _documented(module)
+        assert documented, module
+        assert sorted(mod.__all__) == sorted(documented), module
+        namespace: dict = {}
+        exec(f"from loki.{module} import *", namespace)
+        assert set(namespace) - {"__builtins__"} == documented, module

@@ -5,3 +5,12 @@ from __future__ import annotations
 from ._bundled import mob
 from ._registry import visium_sample
 from ._synthetic import SectionTransform, synthetic_reference, synthetic_tissue, transform_section
+
+__all__ = [
+    "SectionTransform",
+    "mob",
+    "synthetic_reference",
+    "synthetic_tissue",
+    "transform_section",
+    "visium_sample",
+]

@@ -16,3 +16,24 @@ from ._impact import impact_score
 from ._regression import mse
 from ._retrieval import recall_at_k, target_ranks
 from ._ssim import rasterize, ssim, ssim_grid, ssim_map
+
+__all__ = [
+    "alignment_error",
+    "alignment_expression_scores",
+    "calinski_harabasz",
+    "impact_score",
+    "js_divergence",
+    "kendall_tau",
+    "matched_expression_correlation",
+    "mse",
+    "paired_median_difference",
+    "pearson",
+    "rasterize",
+    "recall_at_k",
+    "spot_spacing",
+    "ssim",
+    "ssim_grid",
+    "ssim_map",
+    "target_ranks",
+    "weighted_f1",
+]

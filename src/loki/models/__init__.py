@@ -14,3 +14,20 @@ from ._omiclip import OmiCLIP
 from ._registry import loki_configs, register_configs
 from ._small import SMALL_ARCHS
 from ._tokenize import CachedTokenizer
+
+__all__ = [
+    "SMALL_ARCHS",
+    "TINY_PATCH_UM",
+    "TINY_RECIPE",
+    "CachedTokenizer",
+    "OmiCLIP",
+    "UntrustedCheckpointError",
+    "contrastive_loss",
+    "convert_to_safetensors",
+    "finetune",
+    "load",
+    "loki_configs",
+    "read_checkpoint",
+    "register_configs",
+    "train_tiny",
+]

@@ -9,3 +9,16 @@ from ._patches import crop_patches, spot_patches
 from ._pseudo_spots import pseudo_spots
 from ._sentences import gene_sentences, top_gene_indices
 from ._tiles import tile_image, tissue_mask
+
+__all__ = [
+    "crop_patches",
+    "gene_sentences",
+    "housekeeping_genes",
+    "map_gene_ids",
+    "pseudo_spots",
+    "read_markers",
+    "spot_patches",
+    "tile_image",
+    "tissue_mask",
+    "top_gene_indices",
+]

@@ -435,12 +435,16 @@ def predict_expression_loso(
     ----------
     sections
         Section name -> table with both embeddings and measured expression (``.X`` or ``layer``).
-    use_query, use_reference, layer, top_k, temperature, negative, progress
+    use_query, use_reference, layer
+        As in :func:`predict_expression`.
+    genes
+        Genes to predict and score (default: the genes shared by all sections); one name is one gene.
+    top_k, temperature, negative
         As in :func:`predict_expression`.
     search, n_components, n_candidates, n_lists, n_probe, seed
         Top-k search, as in :func:`predict_expression`.
-    genes
-        Genes to predict and score (default: the genes shared by all sections); one name is one gene.
+    progress
+        As in :func:`predict_expression`.
 
     Returns
     -------
