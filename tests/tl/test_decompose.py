@@ -625,3 +625,95 @@ def test_inplace_false_returns_the_record_with_the_mapping():
     np.testing.assert_array_equal(out.record["mapping"], written["mapping"])
     np.testing.assert_array_equal(out.record["loss"], written["loss"])
     pd.testing.assert_frame_equal(out.proportions, spots.obsm["loki_proportions"])
+
+
+def _log1p(adata, mark=True):
+    """``adata`` with ``.X`` normalised to 1e4 per row and log1p-transformed (as scanpy does), counts in a layer."""
+    out = adata.copy()
+    x = np.asarray(out.X.toarray() if sp.issparse(out.X) else out.X, dtype=np.float64)
+    out.layers["counts"] = out.X.copy()
+    totals = x.sum(axis=1, keepdims=True)
+    out.X = np.log1p(x / np.where(totals > 0, totals, 1) * 1e4).astype(np.float32)
+    if mark:
+        out.uns["log1p"] = {"base": None}
+    return out
+
+
+@pytest.mark.parametrize("log_side", ["spots", "reference"])
+def test_log_expression_against_counts_warns_naming_both_sides_and_their_layers(log_side):
+    spots, reference, _ = _toy()
+    if log_side == "spots":
+        spots = _log1p(spots)
+        expected = r"adata\.X holds non-integer values .*\.uns\['log1p'\] is set; reference\.X holds non-negative whole"
+    else:  # no .uns['log1p']: the values alone tell
+        reference = _log1p(reference, mark=False)
+        expected = (
+            r"adata\.X holds non-negative whole numbers .*; reference\.X holds non-integer values up to"
+        )
+    with pytest.warns(lk.LokiWarning, match=expected) as record:
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    message = str(record[0].message)
+    layers = ("'counts'", "none") if log_side == "spots" else ("none", "'counts'")
+    assert f"adata.layers: {layers[0]}; reference.layers: {layers[1]}" in message
+    assert "layer= / reference_layer=" in message
+    assert record[0].filename == __file__  # points at the user's call
+
+
+def test_matching_scales_layers_and_embeddings_do_not_warn_about_scales():
+    import warnings
+
+    spots, reference, _ = _toy()
+    log_spots, log_reference = _log1p(spots), _log1p(reference)
+    scaled = spots.copy()  # normalize_total without the log: NNLS proportions do not change
+    scaled.X = scaled.X / scaled.X.sum(axis=1, keepdims=True) * 1e4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lk.LokiWarning)
+        base = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
+        lk.tl.decompose(log_spots, reference=log_reference, cell_type_key="cell_type", inplace=False)
+        via_layer = lk.tl.decompose(
+            log_spots, reference=reference, cell_type_key="cell_type", layer="counts", inplace=False
+        )
+        both_layers = lk.tl.decompose(
+            log_spots,
+            reference=log_reference,
+            cell_type_key="cell_type",
+            layer="counts",
+            reference_layer="counts",
+            inplace=False,
+        )
+        normalised = lk.tl.decompose(scaled, reference=reference, cell_type_key="cell_type", inplace=False)
+        # embeddings are not expression: whole numbers against small non-integers are not checked
+        rng = np.random.default_rng(0)
+        log_spots.obsm["emb"] = rng.integers(0, 5, size=(log_spots.n_obs, 8)).astype(np.float32)
+        log_reference.obsm["emb"] = rng.uniform(0, 3, size=(log_reference.n_obs, 8)).astype(np.float32)
+        lk.tl.decompose(
+            log_spots,
+            reference=log_reference,
+            cell_type_key="cell_type",
+            use="emb",
+            reference_use="emb",
+            inplace=False,
+        )
+    for out in (via_layer, both_layers, normalised):
+        np.testing.assert_allclose(out.proportions, base.proportions, atol=1e-5)
+
+
+def test_integer_cell_types_give_columns_in_numeric_order():
+    spots, reference, _ = _toy()
+    as_strings = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
+    reference.obs["number"] = (
+        reference.obs["cell_type"].map({"T0": 0, "T1": 5, "T2": 10, "T3": 15}).astype(int)
+    )
+    lk.tl.decompose(spots, reference=reference, cell_type_key="number", key_added="numbers")
+    props = spots.obsm["numbers"]
+    assert list(props.columns) == ["0", "5", "10", "15"]
+    assert spots.uns["loki"]["numbers"]["cell_types"] == ["0", "5", "10", "15"]
+    np.testing.assert_allclose(props.to_numpy(), as_strings.proportions[["T0", "T1", "T2", "T3"]].to_numpy())
+    # a categorical column keeps its declared order, numbers or not
+    reference.obs["declared"] = pd.Categorical(reference.obs["number"], categories=[15, 0, 10, 5])
+    out = lk.tl.decompose(spots, reference=reference, cell_type_key="declared", inplace=False)
+    assert list(out.proportions.columns) == ["15", "0", "10", "5"]
+    # labels that do not compare (numbers and strings) sort as strings
+    reference.obs["mixed"] = reference.obs["number"].astype(object).where(reference.obs["number"] != 15, "x")
+    out = lk.tl.decompose(spots, reference=reference, cell_type_key="mixed", inplace=False)
+    assert list(out.proportions.columns) == ["0", "10", "5", "x"]

@@ -6,6 +6,7 @@ optimisation, eq. 12) and :mod:`loki.tl._nnls`.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
@@ -14,7 +15,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import (
     as_seed,
     check_array_finite,
@@ -125,6 +126,20 @@ def decompose(
     uniform guess on all three benchmark cases (JS 0.40-0.71 against 0.11-0.51): the embedding route
     needs a model trained on much more data than the bundled sections.
 
+    Expression (``use="X"``) must be on one scale in the spots and the reference. NNLS models a spot
+    as a non-negative sum of the reference's per-type mean profiles, which holds for counts: give it
+    counts on both sides (``.X``, or ``layer`` / ``reference_layer``). Scaling every spot (e.g.
+    ``sc.pp.normalize_total`` without the log) leaves its proportions unchanged; log1p values are not
+    additive, though log1p on both sides was nearly as accurate on the synthetic generator (600 spots,
+    5 types: mean absolute error 0.058 against 0.054 with counts). The mapping compares every gene's
+    values over the spots by cosine similarity, which scaling a gene does not change; counts on both
+    sides were its best input there too (0.070; log1p on both 0.084). Log1p spots against a counts
+    reference, or the reverse, gave 0.148 and 0.154 with NNLS, worse than a uniform guess (0.113).
+    When one side holds non-negative whole numbers (counts) and the other non-integer values with a
+    maximum typical of log1p (at most 20, or 30 with scanpy's ``.uns['log1p']``), a
+    :class:`~loki.LokiWarning` says which is which and lists the layers of both. Embeddings are not
+    checked.
+
     Sparse expression stays sparse where sums suffice: the per-type profiles are sparse products,
     and NNLS densifies one block of spots at a time. The mapping needs the spots dense, and
     ``mode="cells"`` also the reference.
@@ -142,7 +157,9 @@ def decompose(
         Labelled single-cell reference (cells x genes), with embeddings in ``.obsm`` when ``use`` is
         an embedding key.
     cell_type_key
-        Column of ``reference.obs`` with the cell type of every cell.
+        Column of ``reference.obs`` with the cell type of every cell. The proportions' columns are the
+        types as strings, in the order of a categorical column's categories, otherwise of the sorted
+        labels (numbers in numeric order: 0, 5, 10).
     use
         ``"X"`` (expression of the genes shared by both objects, from ``.X`` or ``layer``), or a key
         of ``.obsm`` holding spot embeddings, e.g. ``"loki_text"`` (ST) or ``"loki_image"`` (H&E).
@@ -154,7 +171,8 @@ def decompose(
     mode
         ``"clusters"`` or ``"cells"`` (``method="mapping"`` only).
     layer, reference_layer
-        Layers used instead of ``.X`` for the spots and the reference when the features are ``"X"``.
+        Layers used instead of ``.X`` for the spots and the reference when the features are ``"X"``:
+        both on one scale, counts for NNLS (see above).
     table_key
         Table of a SpatialData holding the spots (may be omitted when there is one).
     epochs, lr
@@ -262,6 +280,8 @@ def decompose(
     spots, ref, features = _features(table, reference, use, reference_use, layer, reference_layer)
     if table.n_obs == 0:
         raise ValueError("The spots table has no observations.")
+    if use == "X":
+        _check_scales(table, spots, layer, reference, ref, reference_layer)
     target_density = _target_density(density_prior, table.n_obs)
 
     n_types = len(cell_types)
@@ -390,7 +410,9 @@ def _cell_type_codes(reference: AnnData, key: str, min_cells: int) -> tuple[np.n
     check_labelled(labels, f"reference.obs[{key!r}]", "cells")
     # a categorical column's declared types count too: one without cells is reported, not dropped
     declared = (
-        [str(c) for c in labels.cat.categories] if isinstance(labels.dtype, pd.CategoricalDtype) else None
+        [str(c) for c in labels.cat.categories]
+        if isinstance(labels.dtype, pd.CategoricalDtype)
+        else _sorted_labels(labels)
     )
     cat = pd.Categorical(labels.astype(str), categories=declared)
     counts = np.bincount(cat.codes, minlength=len(cat.categories))
@@ -409,6 +431,20 @@ def _cell_type_codes(reference: AnnData, key: str, min_cells: int) -> tuple[np.n
     if len(cat.categories) < 2:
         raise ValueError(f"reference.obs[{key!r}] holds fewer than 2 cell types: {list(cat.categories)}.")
     return np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories]
+
+
+def _sorted_labels(labels: pd.Series) -> list[str]:
+    """The distinct labels of a non-categorical column as strings, in the order of their values.
+
+    Numbers sort as numbers (0, 5, 10, not "0", "10", "5"); labels that do not compare with one
+    another (e.g. numbers mixed with strings) sort as strings.
+    """
+    values = pd.unique(labels.to_numpy())
+    try:
+        ordered = sorted(values)
+    except TypeError:
+        ordered = sorted(values, key=str)
+    return list(dict.fromkeys(str(v) for v in ordered))
 
 
 def _dense(x) -> np.ndarray:
@@ -491,6 +527,63 @@ def _features(
     _check_finite(spots, f"spot features ({use})")
     _check_finite(ref, f"reference features ({reference_use})")
     return spots, ref, features
+
+
+#: at most this many stored values are tested for being whole numbers (a strided sample)
+_SCALE_SAMPLE = 1_000_000
+#: largest value taken for log1p-transformed expression: ln(1 + 1e4) = 9.2 after normalize_total's
+#: default, ln(1 + 1e8) = 18.4 for raw counts; 30 when ``.uns['log1p']`` says so (e.g. base 2)
+_LOG_MAX, _LOG_MAX_UNS = 20.0, 30.0
+
+
+def _scale(x, adata: AnnData, layer: str | None) -> tuple[str, str] | None:
+    """``("counts" | "log", description)`` when the scale of expression ``x`` can be told, else None.
+
+    Counts: non-negative whole numbers. Log: non-negative, not whole, with a maximum typical of log1p
+    values (above 1, or any with scanpy's ``.uns['log1p']`` when ``x`` is ``.X``).
+    """
+    values = x.data if sparse.issparse(x) else np.asarray(x).ravel()
+    if values.size == 0:
+        return None
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high <= 0:
+        return None
+    sample = values[:: max(1, values.size // _SCALE_SAMPLE)]
+    sample = sample[sample != 0]
+    if np.array_equal(sample, np.round(sample)):
+        return "counts", f"non-negative whole numbers up to {high:.4g}, like raw counts"
+    marked = layer is None and "log1p" in adata.uns
+    if high <= (_LOG_MAX_UNS if marked else _LOG_MAX) and (high > 1 or marked):
+        note = ", and .uns['log1p'] is set" if marked else ""
+        return "log", f"non-integer values up to {high:.4g}, like log1p-transformed expression{note}"
+    return None
+
+
+def _check_scales(
+    table: AnnData, spots, layer: str | None, reference: AnnData, ref, reference_layer: str | None
+) -> None:
+    """Warn when one side's expression looks like counts and the other's like log1p values."""
+    sides = [
+        ("adata", table, layer, _scale(spots, table, layer)),
+        ("reference", reference, reference_layer, _scale(ref, reference, reference_layer)),
+    ]
+    if {scale[0] if scale else None for *_, scale in sides} != {"counts", "log"}:
+        return
+    found = "; ".join(
+        f"{where}.{'X' if lay is None else f'layers[{lay!r}]'} holds {scale[1]}"
+        for where, _, lay, scale in sides
+    )
+    have = "; ".join(
+        f"{where}.layers: {', '.join(map(repr, adata.layers)) or 'none'}" for where, adata, _, _ in sides
+    )
+    warnings.warn(
+        f"decompose: the spots and the reference look like different expression scales: {found}. "
+        "Both methods compare the two sides on one scale, and counts against log values can give "
+        "proportions worse than a uniform guess. Pass matrices on the same scale with layer= / "
+        f"reference_layer= ({have}), or transform both sides the same way.",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _few(names, k: int = 5) -> str:
