@@ -196,3 +196,36 @@ def test_decompose_refined_key_that_is_use_is_refused(mob1, refine):
             key_added="emb",
         )
     _assert_unchanged(table, before)
+
+
+def test_one_tool_may_not_take_another_tools_result_key():
+    """`loki align --key-added loki_text` replaced the text embedding (and its record) with aligned
+    coordinates; each record now names its tool, and another tool's key is refused."""
+    tissue = lk.datasets.synthetic_tissue(n_spots=80, n_genes=30, n_cell_types=3, seed=0)
+    lk.pp.gene_sentences(tissue, housekeeping=None)
+    assert tissue.uns["loki"][lk.Key.SENTENCE]["tool"] == "pp.gene_sentences"
+    tissue.obsm["loki_text"] = np.ones((tissue.n_obs, 4), dtype=np.float32)
+    tissue.uns["loki"]["loki_text"] = {"tool": "tl.embed_text", "model": "m"}
+    moved = tissue.copy()
+    with pytest.raises(
+        ValueError,
+        match=r"^key_added='loki_text' would replace the result of lk\.tl\.embed_text under that key "
+        r"\(\.uns\['loki'\]\['loki_text'\] and what it describes\)\. Choose another key_added\.$",
+    ):
+        lk.tl.align(
+            moved, target=tissue, use=None, method="rigid", mirror=False, n_rotations=1, key_added="loki_text"
+        )
+    assert moved.obsm["loki_text"].shape == (tissue.n_obs, 4)
+    assert moved.uns["loki"]["loki_text"] == {"tool": "tl.embed_text", "model": "m"}
+    with pytest.raises(ValueError, match=r"would replace the result of lk\.pp\.gene_sentences"):
+        lk.tl.decompose(moved, reference=moved, cell_type_key="cell_type", key_added=lk.Key.SENTENCE)
+    # the same tool replaces its own result; a record without a tool (older loki) is not guarded
+    lk.pp.gene_sentences(moved, housekeeping=None, n_genes=5)
+    assert moved.uns["loki"][lk.Key.SENTENCE]["n_genes"] == 5
+    out = lk.tl.align(moved, target=tissue, use=None, method="rigid", mirror=False, n_rotations=1, copy=True)
+    assert out.uns["loki"]["spatial_aligned"]["tool"] == "tl.align"
+    del moved.uns["loki"]["loki_text"]["tool"]
+    lk.tl.align(
+        moved, target=tissue, use=None, method="rigid", mirror=False, n_rotations=1, key_added="loki_text"
+    )
+    assert moved.uns["loki"]["loki_text"]["tool"] == "tl.align"

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from loki._keys import Key
+from loki._utils._write import loki_record
 
 
 def _listing(keys: Iterable[Any], limit: int = 20) -> str:
@@ -148,6 +149,7 @@ def check_result_key(
     inputs: Mapping[str, str | None] | None = None,
     derived: Iterable[tuple[str, Iterable[str]]] = (),
     what: str = "key_added",
+    tool: str | None = None,
 ) -> None:
     """Refuse a result key that would overwrite what the call reads or what describes the section.
 
@@ -160,7 +162,8 @@ def check_result_key(
     - for ``"obsm"``, ``"spatial"``: the spot coordinates;
     - for ``"uns"``, one of the section metadata entries of ``.uns['loki']``
       (``Key.SECTION_METADATA``: ``image_key``, ``microns_per_unit``, ...); and any key when
-      ``.uns['loki']`` is not a mapping (another tool's value) that could hold the record.
+      ``.uns['loki']`` is not a mapping (another tool's value) that could hold the record; and, with
+      ``tool``, a key whose record another loki tool wrote (its ``"tool"``, see :func:`write_uns`).
 
     Call it before computing, so that nothing is written when it fails.
 
@@ -182,11 +185,20 @@ def check_result_key(
         the derived key.
     what
         Name of the argument in the message.
+    tool
+        The calling tool as it records itself (``"tl.align"``); a rerun of the same tool may replace
+        its own result.
     """
     check_key_name(key, what)
     where = tuple(where)
     if "uns" in where:
         check_loki_uns(table)
+        owner = (loki_record(table, key) or {}).get("tool")
+        if tool is not None and owner is not None and owner != tool:
+            raise ValueError(
+                f"{what}={key!r} would replace the result of lk.{owner} under that key (.uns[{Key.UNS!r}]"
+                f"[{key!r}] and what it describes). Choose another {what}."
+            )
     inputs = inputs or {}
     for container in where:
         protected = _protected(table, container, inputs)

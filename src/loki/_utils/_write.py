@@ -41,7 +41,11 @@ def write_layer(adata, key: str, value: Any) -> None:
 
 
 def write_uns(adata, key: str, value: dict[str, Any]) -> None:
-    """Store ``value`` in ``adata.uns['loki'][key]`` (writeable types only) and log it."""
+    """Store ``value`` in ``adata.uns['loki'][key]`` (writeable types only) and log it.
+
+    A tool's record names it first, ``{"tool": "tl.align", ...}``: :func:`check_result_key` keeps
+    another tool from writing its result under the same key.
+    """
     adata.uns.setdefault(Key.UNS, {})[key] = value
     logger.info("added .uns[%r][%r]", Key.UNS, key)
 

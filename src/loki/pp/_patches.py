@@ -180,7 +180,7 @@ def spot_patches(
     """
     table = get_table(sdata, table_key)
     if key_added is not None:
-        check_result_key(table, key_added, ("obs", "uns"))
+        check_result_key(table, key_added, ("obs", "uns"), tool="pp.spot_patches")
         check_flags_not_owned(table, key_added)
     patches, ok, meta = _cut_spot_patches(
         sdata,
@@ -305,6 +305,7 @@ def _spot_geometry(
     if n_bad:
         logger.info("%d spots reach beyond the image; their patches are padded", n_bad)
     meta = {
+        "tool": "pp.spot_patches",
         "image_key": image_key,
         "level": int(level),
         "diameter_px": float(np.median(diameter)),

@@ -156,7 +156,9 @@ def gene_sentences(
     check_write_mode(data, copy, inplace)
     adata = get_table(data, table_key)
     empty_key = Key.empty_of(key_added)
-    check_result_key(adata, key_added, ("obs", "uns"), derived=[(empty_key, ("obs",))])
+    check_result_key(
+        adata, key_added, ("obs", "uns"), derived=[(empty_key, ("obs",))], tool="pp.gene_sentences"
+    )
     if key_added == Key.EMPTY_SPOT:
         raise ValueError(
             f"key_added={key_added!r} is the column of the empty-spot flag; choose another name."
@@ -205,6 +207,7 @@ def gene_sentences(
         adata,
         key_added,
         {
+            "tool": "pp.gene_sentences",
             "n_genes": n_genes,
             "layer": "X" if layer is None else layer,
             "use_raw": bool(use_raw),

@@ -629,7 +629,7 @@ def align(
     max_points = check_int(max_points, "max_points", minimum=3)
     key_src, key_tgt = _use_keys(use)
     _check_key_added(key_added, spatial_key, (key_src, key_tgt))
-    check_result_key(src.table, key_added, ("obsm", "uns"))
+    check_result_key(src.table, key_added, ("obsm", "uns"), tool="tl.align")
     seed = as_seed(seed)  # recorded, so that a run with seed=None or a Generator can be repeated
     # keyword=value forms name what the user gave; the command line shows them as its options
     if coordinate_system is None:
@@ -747,6 +747,7 @@ def align(
             aligned_shapes(src, coords, matrix, coordinate_system, target_frame),
         )
     info = {
+        "tool": "tl.align",
         "method": method,
         "target": tgt.name,
         "use": [] if use is None else [key_src, key_tgt],
@@ -982,7 +983,13 @@ def align_sections(
         write_obsm(
             tgt_table, key_added, np.asarray(tgt_table.obsm[spatial_key], dtype=np.float64)[:, :2].copy()
         )
-        entry = {"method": "target", "target": target, "matrix": np.eye(3), "z": int(t_idx)}
+        entry = {
+            "tool": "tl.align",
+            "method": "target",
+            "target": target,
+            "matrix": np.eye(3),
+            "z": int(t_idx),
+        }
         mpu = _microns_per_unit(tgt_table, spatial_key)
         if mpu is not None:
             entry["microns_per_unit"] = mpu
@@ -1073,7 +1080,7 @@ def _check_stack(
     for name in [target, *(p[1] for p in plan)]:
         sec = section(name)
         xy = _coords(sec, spatial_key, repr(name))
-        check_result_key(sec.table, key_added, ("obsm", "uns"))  # the target gets both too
+        check_result_key(sec.table, key_added, ("obsm", "uns"), tool="tl.align")  # the target gets both too
         if not is_spatialdata(sec.data):
             continue
         role, image_key = (

@@ -263,7 +263,14 @@ def annotate(
     check_write_mode(data, copy, inplace)
     adata = get_table(data, table_key)
     fused_key = f"{key_added}_fused"  # written with fuse_with, else an earlier call's is removed
-    check_result_key(adata, key_added, ("obsm", "uns"), inputs={"use": use}, derived=[(fused_key, ("obsm",))])
+    check_result_key(
+        adata,
+        key_added,
+        ("obsm", "uns"),
+        inputs={"use": use},
+        derived=[(fused_key, ("obsm",))],
+        tool="tl.annotate",
+    )
     label_key = key_added if label_key is None else label_key
     check_result_key(adata, label_key, ("obs",), what="label_key")
     require_keys(adata.obsm, use, "adata.obsm")
@@ -373,6 +380,7 @@ def annotate(
         adata,
         key_added,
         {
+            "tool": "tl.annotate",
             "use": use,
             "source": source,
             "classes": classes,

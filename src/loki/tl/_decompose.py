@@ -262,6 +262,7 @@ def decompose(
         ("obsm", "uns"),
         inputs={"use": None if use == "X" else use},
         derived=[(refined_key, ("obsm",))],
+        tool="tl.decompose",
     )
     if not isinstance(reference, AnnData):
         raise TypeError(f"reference must be an AnnData, got {type(reference).__name__}.")
@@ -286,6 +287,7 @@ def decompose(
 
     n_types = len(cell_types)
     info: dict = {
+        "tool": "tl.decompose",
         "method": method,
         "use": use,
         "reference_use": reference_use,

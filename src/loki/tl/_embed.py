@@ -253,7 +253,7 @@ def embed_text(
     check_write_mode(data, copy, inplace)
     batch_size = check_int(batch_size, "batch_size")
     table = get_table(data, table_key)
-    check_result_key(table, key_added, ("obsm", "uns"))
+    check_result_key(table, key_added, ("obsm", "uns"), tool="tl.embed_text")
     sentences = _sentences_of(table, sentence_key)
     empty = empty_sentences(table, sentence_key, sentences)
     emb, words = model.encode_texts(
@@ -281,6 +281,7 @@ def embed_text(
             median_kept,
         )
     params = {
+        "tool": "tl.embed_text",
         **model.info(),
         "batch_size": int(batch_size),
         "sentence_key": sentence_key,
@@ -373,7 +374,11 @@ def embed_image(
     cut_here = patches is None
     flag_key = Key.patch_ok_of(key_added)  # the flags of patches cut here
     check_result_key(
-        table, key_added, ("obsm", "uns"), derived=[(flag_key, ("obs", "uns"))] if cut_here else ()
+        table,
+        key_added,
+        ("obsm", "uns"),
+        derived=[(flag_key, ("obs", "uns"))] if cut_here else (),
+        tool="tl.embed_image",
     )
     if cut_here:
         check_flags_not_owned(table, flag_key, owner=key_added)
@@ -396,7 +401,13 @@ def embed_image(
     if order is not None:
         emb[order] = emb.copy()  # back to table order
     source = "spot_patches" if cut_here else "patches"
-    params = {**model.info(), "batch_size": int(batch_size), "patch_source": source, "modality": "image"}
+    params = {
+        "tool": "tl.embed_image",
+        **model.info(),
+        "batch_size": int(batch_size),
+        "patch_source": source,
+        "modality": "image",
+    }
     if flags is not None:
         params.update(
             diameter_um=float(spot_diameter_um(data, table) if diameter is None else diameter),

@@ -338,7 +338,7 @@ def predict_expression(
     if output == "layer":
         if query_table is None:
             raise ValueError("output='layer' needs an AnnData / SpatialData query; got an array.")
-        check_result_key(query_table, key_added, ("layers", "uns"))
+        check_result_key(query_table, key_added, ("layers", "uns"), tool="tl.predict_expression")
         if genes is not None:
             raise ValueError("With output='layer' the genes are the query's var_names; do not pass genes=.")
         check_unique_var_names(query_table, "query")
@@ -375,6 +375,7 @@ def predict_expression(
             _fallback_message(n_fallback, negative, top_k), LokiWarning, stacklevel=user_stacklevel()
         )
     params = {
+        "tool": "tl.predict_expression",
         "use_query": use_query,
         "use_reference": use_reference,
         "layer": "X" if layer is None else layer,
