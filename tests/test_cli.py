@@ -491,3 +491,101 @@ def test_align_logs_a_user_warning_naming_the_option(tmp_path, caplog):
         r"\(pass --target-image-key to name it\)",
         handler.format(record),
     )
+
+
+def test_embed_refuses_a_pickled_checkpoint_in_one_line_naming_the_option(mob4_zarr, tmp_path):
+    """The model layer's UntrustedCheckpointError (a RuntimeError) is shown as the CLI's message."""
+    import argparse
+
+    import torch
+
+    checkpoint = tmp_path / "trained.pt"  # a training checkpoint: weights_only=True refuses its args
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1e-4)}, checkpoint)
+    with pytest.raises(SystemExit) as exit_:
+        main(["embed", str(mob4_zarr), "--table", "MOB4", "--model", str(checkpoint), "--device", "cpu"])
+    message = str(exit_.value.code)
+    assert message.startswith(f"loki embed: {checkpoint} cannot be read with torch.load(weights_only=True)")
+    assert message.endswith(
+        "pass --trust-checkpoint, or convert it once in Python with "
+        "lk.models.convert_to_safetensors(path, trust_checkpoint=True) and pass the .safetensors file to "
+        "--model from then on."
+    ), message
+    assert lk.Key.TEXT not in sd.read_zarr(mob4_zarr).tables["MOB4"].obsm
+
+
+def test_embed_refuses_squares_wider_than_the_image_before_any_work(mob4_zarr):
+    """--diameter-um 1e9 is refused before the texts are embedded, not by numpy's MemoryError after."""
+    embed = ["embed", str(mob4_zarr), "--table", "MOB4", "--model", "loki-tiny", "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*embed, "--diameter-um", "1e9"])
+    assert str(exit_.value.code) == (
+        "loki embed: --diameter-um 1e+09 cuts squares wider than all of image 'MOB4_image' (8350 µm across "
+        "its longer side): each would hold the whole image. Pass a smaller --diameter-um."
+    )
+    assert lk.Key.TEXT not in sd.read_zarr(mob4_zarr).tables["MOB4"].obsm
+
+
+@pytest.mark.parametrize("failure", ["offline", "gated"])
+def test_embed_hub_errors_name_what_the_command_can_do(mob4_zarr, tmp_path, monkeypatch, caplog, failure):
+    """The model layer's hints to call lk.models.load(Path(...)) or pass token= are worded for the CLI."""
+    import huggingface_hub
+    import requests
+    from huggingface_hub.utils import GatedRepoError, LocalEntryNotFoundError
+
+    import loki.models._loading as loading
+
+    def download(**kwargs):
+        if failure == "offline":
+            raise LocalEntryNotFoundError("not in the cache")
+        response = requests.Response()
+        response.status_code = 401
+        raise GatedRepoError("gated", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(loading, "_hub_host_resolves", lambda: False)  # no network asked
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "omiclip").mkdir()  # a local folder named like the model: the warning says how to load it
+    with pytest.raises(SystemExit) as exit_:
+        main(["embed", str(mob4_zarr), "--table", "MOB4", "--device", "cpu"])  # the default: omiclip
+    message = str(exit_.value.code)
+    assert "pass its local path: --model .../checkpoint.pt" in message, message
+    if failure == "gated":
+        assert "set the environment variable HF_TOKEN to an access token with read permission" in message
+    else:
+        assert "before running loki to load it" in message
+    (warning,) = (r.getMessage() for r in caplog.records if "names a model" in r.getMessage())
+    assert warning.endswith("to load that, pass --model ./omiclip"), warning
+    for text in (message, warning):
+        assert not any(api in text for api in ("lk.models.load", "token=", "Python")), text
+
+
+def test_align_errors_say_what_the_command_can_do(mob12_zarr):
+    """Missing embeddings point to `loki embed` and --use none; the API's spatial_key is not named."""
+    align = ["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1"]
+    with pytest.raises(SystemExit) as exit_:
+        main(align)  # the default --use loki_text, before `loki embed`
+    assert str(exit_.value.code) == (
+        "loki align: --use 'loki_text': the --source table 'MOB2' has no such embedding in .obsm (it holds: "
+        f"'spatial'); run `loki embed {mob12_zarr} --table MOB2` first, or pass --use none to align the spot "
+        "coordinates alone."
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main([*align, "--use", "X_pca"])
+    assert str(exit_.value.code).endswith(
+        "(it holds: 'spatial'); pass --use none to align the spot coordinates alone."
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main([*align, "--use", "none", "--key-added", "spatial"])
+    assert str(exit_.value.code).startswith(
+        "loki align: --key-added 'spatial' is also the key of the spot coordinates (.obsm['spatial']): "
+    )
+    assert "spatial_key" not in str(exit_.value.code)
+
+
+def test_align_passes_max_iter(mob12_zarr, caplog):
+    align = ["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1", "--use", "none"]
+    assert main([*align, "--method", "rigid", "--no-mirror", "--max-iter", "3"]) == 0
+    assert sd.read_zarr(mob12_zarr).tables["MOB2"].uns["loki"]["spatial_aligned"]["params"]["max_iter"] == 3
+    (warning,) = (r.getMessage() for r in caplog.records if "before converging" in r.getMessage())
+    assert "CPD stopped at --max-iter 3 " in warning
+    assert warning.endswith("Pass a larger --max-iter to let it converge."), warning

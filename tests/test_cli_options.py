@@ -165,3 +165,121 @@ def test_warnings_are_shown_as_before_once_a_command_fails(monkeypatch):
     with pytest.raises(SystemExit, match="loki align: bad"):
         main(["align", "store.zarr", "--source", "a", "--target", "b"])
     assert warnings.showwarning is shown
+
+
+def test_help_shows_every_default(monkeypatch):
+    """Each option's help names its default, where it has one (not None, not a flag's False)."""
+    import argparse
+
+    for name, parser in _commands().items():
+        for action in parser._actions:
+            default = action.default
+            if not action.option_strings or default in (None, False, argparse.SUPPRESS):
+                continue
+            text = action.help % {**vars(action), "prog": parser.prog}  # as --help expands it
+            shown = {str(default), f"{default:g}" if isinstance(default, float) else str(default)}
+            assert "default" in text, f"{name} {action.option_strings[-1]}: {text}"
+            assert any(value in text for value in shown), f"{name} {action.option_strings[-1]}: {text}"
+
+
+def test_embed_batch_size_help_says_it_applies_to_texts_too():
+    import re
+
+    (action,) = (a for a in _commands()["embed"]._actions if "--batch-size" in a.option_strings)
+    assert re.search(r"sentences", action.help)
+    assert "lk.tl.embed_text defaults to 512" in action.help
+
+
+def test_version(capsys):
+    import loki as lk
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"loki {lk.__version__}\n"
+
+
+def test_align_max_iter_defaults_to_the_api_default(tmp_path):
+    import inspect
+
+    import loki as lk
+
+    args = _parser().parse_args(["align", str(tmp_path), "--source", "a", "--target", "b"])
+    assert args.max_iter == inspect.signature(lk.tl.align).parameters["max_iter"].default
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["embed"], "loki embed: out of memory: Unable to allocate 43.8 PiB for an array"),
+        (["align"], "loki align: out of memory"),
+    ],
+)
+def test_out_of_memory_is_one_line(monkeypatch, command, expected):
+    import loki.cli
+
+    def run(args):
+        raise MemoryError(expected.partition("out of memory: ")[2])  # numpy's says how much; Python's nothing
+
+    monkeypatch.setattr(loki.cli, "_run", run)
+    argv = {
+        "embed": ["store.zarr", "--table", "t"],
+        "align": ["store.zarr", "--source", "a", "--target", "b"],
+    }
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, *argv[command[0]]])
+    assert str(exit_.value.code) == expected
+    with pytest.raises(MemoryError):  # --verbose shows the traceback
+        main([*command, *argv[command[0]], "-v"])
+
+
+def test_align_key_added_errors_name_the_options():
+    """The API's "is also spatial_key" and "(use)" are worded for the command, which has --use only."""
+    from loki.cli import _cli_message
+    from loki.tl._align import _check_key_added
+
+    for key, expected in (
+        ("spatial", "--key-added 'spatial' is also the key of the spot coordinates (.obsm['spatial']): "),
+        ("loki_text", "--key-added 'loki_text' is also the source's embedding (--use): "),
+    ):
+        with pytest.raises(ValueError, match="is also") as err:
+            _check_key_added(key, "spatial", ("loki_text", "loki_text"))
+        message = _cli_message(err.value, "align")
+        assert message.startswith(expected), message
+        assert message.endswith("Choose another --key-added."), message
+
+
+@pytest.fixture
+def demo_runs(monkeypatch):
+    """Replace the demo by a stub that records the folders it was asked to write into."""
+    import pandas as pd
+
+    import loki._demo
+
+    runs = []
+
+    def run_demo(out, **kwargs):
+        runs.append(out)
+        return pd.DataFrame({"metric": ["x"], "value": [1.0]})
+
+    monkeypatch.setattr(loki._demo, "run_demo", run_demo)
+    return runs
+
+
+def test_demo_refuses_a_folder_with_earlier_results_unless_overwrite(tmp_path, demo_runs):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "metrics.tsv").write_text("earlier\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--out", str(out)])
+    assert str(exit_.value.code) == (
+        f"loki demo: --out {str(out)!r} holds files (metrics.tsv), e.g. an earlier run's results; pass "
+        "--overwrite to write over them, or another --out."
+    )
+    assert demo_runs == []
+    assert main(["demo", "--out", str(out), "--overwrite"]) == 0
+    empty, new = tmp_path / "empty", tmp_path / "new"
+    empty.mkdir()
+    assert main(["demo", "--out", str(empty)]) == 0
+    assert main(["demo", "--out", str(new)]) == 0
+    assert demo_runs == [out, empty, new]

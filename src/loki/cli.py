@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import re
+import shlex
 import shutil
 import sys
 import warnings
@@ -39,6 +40,7 @@ _OPTIONS = {
         "use": "--use",
         "image_key": "--image-key",
         "target_image_key": "--target-image-key",
+        "max_iter": "--max-iter",
     },
 }
 
@@ -47,13 +49,27 @@ _OPTIONS = {
 _API_ONLY_HINTS = {
     "tile": {r", pass mask=": ""},
     "embed": {
-        r"Pass id_column= \(and symbol_column=\)\.": "Name them in a header line (e.g. gene_id, gene_name)."
+        r"Pass id_column= \(and symbol_column=\)\.": "Name them in a header line (e.g. gene_id, gene_name).",
+        # models: a checkpoint to convert, a file to download, a token, a local folder named like a model
+        r"convert it once with (lk\.models\.convert_to_safetensors\(path, trust_checkpoint=True\)) and load "
+        r"the \.safetensors file from then on": (
+            r"convert it once in Python with \1 and pass the .safetensors file to --model from then on"
+        ),
+        r"pass its local path: lk\.models\.load\(Path\('\.\.\./([^']+)'\)\)": r"pass its local path: --model .../\1",
+        r"pass token= \(an access token with read permission, from ([^)\s]+)\)": (
+            r"set the environment variable HF_TOKEN to an access token with read permission (from \1)"
+        ),
+        r"before starting Python to load it": "before running loki to load it",
+        r"pass a Path: lk\.models\.load\(Path\('([^']+)'\)\)": r"pass --model ./\1",
     },
     "align": {  # the command aligns onto the target's own coordinates: it has no target_spatial_key=
         r"To align onto the aligned target, pass target_spatial_key=.+?; to keep both": (
             "`loki align` aligns onto the target's spot coordinates (.obsm['spatial']), not its aligned "
             "ones; to keep both"
-        )
+        ),
+        r"is also spatial_key:": "is also the key of the spot coordinates (.obsm['spatial']):",
+        r"is also the (source's|target's) embedding \(use\)": r"is also the \1 embedding (--use)",
+        r"Pass a larger max_iter\b": "Pass a larger --max-iter",
     },
 }
 
@@ -88,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
         parents=[_global_options(False)],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     command_options = _global_options(argparse.SUPPRESS)
 
@@ -107,9 +124,21 @@ def _parser() -> argparse.ArgumentParser:
             "OUT/loki-tiny-mob`)."
         ),
     )
-    demo.add_argument("--out", type=Path, default=Path("loki_demo"), help="output folder (created)")
     demo.add_argument(
-        "--seed", type=int, default=0, help="seed of training, baselines and alignment (default 0)"
+        "--out",
+        type=Path,
+        default=Path("loki_demo"),
+        help="output folder (created; default: %(default)s); one that holds files is refused unless "
+        "--overwrite is given",
+    )
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an --out folder that holds files (earlier results): the demo's outputs replace "
+        "theirs, other files stay",
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of training, baselines and alignment (default: %(default)s)"
     )
     demo.add_argument(
         "--quick", action="store_true", help="a short smoke run (few epochs): numbers are not meaningful"
@@ -123,13 +152,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("zarr", type=Path, help="SpatialData .zarr store (modified in place)")
     embed.add_argument("--table", required=True, help="key of the section's table in sdata.tables")
-    embed.add_argument("--model", default="omiclip", help="model name, local checkpoint or hf-hub id")
+    embed.add_argument(
+        "--model",
+        default="omiclip",
+        help="model name, local checkpoint or folder saved by OmiCLIP.save, or hf-hub id (default: "
+        "%(default)s, the published OmiCLIP weights)",
+    )
     embed.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling a .pt checkpoint")
     embed.add_argument(
-        "--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'"
+        "--device",
+        default="auto",
+        help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' (default: %(default)s)",
     )
     embed.add_argument(
-        "--batch-size", type=_positive_int, default=256, help="patches or sentences encoded at a time"
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        help="image patches, and gene sentences, encoded at a time: one size for both encoders "
+        "(default: %(default)s; in Python, lk.tl.embed_text defaults to 512 sentences)",
     )
     embed.add_argument("--no-image", action="store_true", help="embed transcriptomes only")
     _add_where(
@@ -189,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
         "micrometres per pixel of the image's finest level (default: recorded by `loki slide` or a reader)",
     )
     tile.add_argument(
-        "--tile-um", type=_positive_float, default=55.0, help="tile side in µm (default: a Visium spot)"
+        "--tile-um", type=_positive_float, default=55.0, help="tile side in µm (default: 55, a Visium spot)"
     )
     tile.add_argument(
         "--spacing-um",
@@ -205,7 +245,10 @@ def _parser() -> argparse.ArgumentParser:
         "(default: square)",
     )
     tile.add_argument(
-        "--min-tissue", type=_fraction, default=0.5, help="least tissue fraction of a kept tile, 0 to 1"
+        "--min-tissue",
+        type=_fraction,
+        default=0.5,
+        help="least tissue fraction of a kept tile, 0 to 1 (default: %(default)s)",
     )
     tile.add_argument(
         "--within", default=None, help="shapes element of regions (e.g. annotations); only tiles inside them"
@@ -238,7 +281,11 @@ def _parser() -> argparse.ArgumentParser:
         help="transform fitted (default deformable: a rigid/affine start, then a smooth warp kept in .obsm)",
     )
     align.add_argument("--no-mirror", action="store_true", help="do not try the mirrored source")
-    align.add_argument("--key-added", default="spatial_aligned", help=".obsm key of the aligned coordinates")
+    align.add_argument(
+        "--key-added",
+        default="spatial_aligned",
+        help=".obsm key of the aligned coordinates (default: %(default)s)",
+    )
     align.add_argument(
         "--coordinate-system",
         default="global",
@@ -258,8 +305,22 @@ def _parser() -> argparse.ArgumentParser:
             help=f"image of the {whose} section placed with it (repeat for several, e.g. hires and lowres; "
             "default: the one its table names, or the one named after the section)",
         )
-    align.add_argument("--seed", type=int, default=0, help="seed of subsampling and landmarks")
+    align.add_argument(
+        "--max-iter",
+        type=_positive_int,
+        default=200,
+        help="iteration cap of each stage of the registration (default: %(default)s)",
+    )
+    align.add_argument(
+        "--seed", type=int, default=0, help="seed of subsampling and landmarks (default: %(default)s)"
+    )
     return parser
+
+
+def _version() -> str:
+    import loki
+
+    return loki.__version__
 
 
 def _add_mpp(parser: argparse.ArgumentParser, help: str) -> None:
@@ -327,6 +388,7 @@ def _embed(args: argparse.Namespace) -> None:
     model = lk.models.load(args.model, device=args.device, trust_checkpoint=args.trust_checkpoint)
     if not args.no_image:
         _check_scale(table, model, args.diameter_um)
+        _check_patch_size(sdata, args, model)
     if table.n_vars > 0:
         _gene_sentences(table, gene_map, args.gene_map)
         lk.tl.embed_text(sdata, model, table_key=args.table, batch_size=args.batch_size)
@@ -390,6 +452,41 @@ def _check_scale(table, model, diameter_um: float | None) -> None:
     raise ValueError(
         f"{what} the table's µm per coordinate unit, which it does not record: pass --microns-per-unit "
         "(Visium: 55 / the spot diameter in coordinate units)"
+    )
+
+
+def _check_patch_size(sdata, args: argparse.Namespace, model) -> None:
+    """Refuse squares wider than the whole image, before any embedding.
+
+    Each would hold all of the image and mostly padding, and cutting a few hundred of them asks for
+    more memory than any machine has (``--diameter-um 1e9``). The squares are placed as
+    :func:`loki.tl.embed_image` places them, without reading pixels.
+    """
+    from loki.pp._patches import _spot_geometry
+    from loki.tl._embed import patch_diameter_um
+
+    diameter_um, source = patch_diameter_um(model, args.diameter_um, sdata.tables[args.table])
+    if diameter_um is None:  # each spot's own diameter
+        return
+    image, _, _, meta = _spot_geometry(
+        sdata,
+        size=model.image_size,
+        table_key=args.table,
+        image_key=args.image,
+        diameter_um=diameter_um,
+        coordinate_system=args.coordinate_system,
+    )
+    side_px = max(image.shape[:2])
+    if meta["diameter_px"] <= side_px:
+        return
+    what = (
+        f"--diameter-um {diameter_um:g} cuts squares"
+        if source == "argument"
+        else f"model {model.name!r} was trained on {diameter_um:g} µm patches,"
+    )
+    raise ValueError(
+        f"{what} wider than all of image {meta['image_key']!r} ({side_px * diameter_um / meta['diameter_px']:.4g} "
+        "µm across its longer side): each would hold the whole image. Pass a smaller --diameter-um."
     )
 
 
@@ -542,6 +639,8 @@ def _align(args: argparse.Namespace) -> None:
     sdata = sd.read_zarr(args.zarr)
     _check_table(sdata, args.source, args.zarr, "align", option="--source")
     _check_table(sdata, args.target, args.zarr, "align", option="--target", written=False)
+    if args.use != "none":
+        _check_embeddings(sdata, args)
     before = _transformations(sdata)
     lk.tl.align(
         sdata,
@@ -555,6 +654,7 @@ def _align(args: argparse.Namespace) -> None:
         coordinate_system=args.aligned_coordinate_system,
         image_key=args.image_key,
         target_image_key=args.target_image_key,
+        max_iter=args.max_iter,
         seed=args.seed,
     )
     record = sdata.tables[args.source].uns[lk.Key.UNS][args.key_added]
@@ -575,6 +675,23 @@ def _align(args: argparse.Namespace) -> None:
         + ("" if shapes is None else f", shapes {shapes!r}")
         + f"; coordinate system {record['coordinate_system']!r} written on {', '.join(map(repr, placed)) or 'no element (unchanged)'}"
     )
+
+
+def _check_embeddings(sdata, args: argparse.Namespace) -> None:
+    """Refuse sections without the ``--use`` embedding, saying how to add it or do without."""
+    import loki as lk
+
+    for option, name in (("--source", args.source), ("--target", args.target)):
+        held = list(sdata.tables[name].obsm)
+        if args.use in held:
+            continue
+        instead = "pass --use none to align the spot coordinates alone"
+        if args.use in (lk.Key.TEXT, lk.Key.IMAGE):  # `loki embed` writes both
+            instead = f"run `loki embed {shlex.quote(str(args.zarr))} --table {name}` first, or {instead}"
+        raise SystemExit(
+            f"loki align: --use {args.use!r}: the {option} table {name!r} has no such embedding in .obsm "
+            f"(it holds: {', '.join(map(repr, held)) or 'nothing'}); {instead}."
+        )
 
 
 def _transformations(sdata) -> dict[str, str]:
@@ -600,11 +717,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _user_warnings_logged(args.command):
             _run(args)
-    except (KeyError, ValueError, OSError) as err:
-        if args.verbose:
+    except Exception as err:
+        if args.verbose or not isinstance(err, _one_line_errors()):
             raise
         raise SystemExit(f"loki {args.command}: {_cli_message(err, args.command)}") from err
     return 0
+
+
+def _one_line_errors() -> tuple[type[Exception], ...]:
+    """The errors shown as one line without a traceback (unless ``--verbose``).
+
+    Bad input, missing files, an untrusted checkpoint and memory too small for the request (e.g.
+    numpy's ``_ArrayMemoryError``): each says what is wrong. The checkpoint's error class is looked up
+    only where its module was imported (only then can it have been raised): importing it imports torch.
+    """
+    errors = (KeyError, ValueError, OSError, MemoryError)
+    loading = sys.modules.get("loki.models._loading")
+    return errors if loading is None else (*errors, loading.UntrustedCheckpointError)
 
 
 def _cli_message(err: BaseException, command: str) -> str:
@@ -613,21 +742,33 @@ def _cli_message(err: BaseException, command: str) -> str:
     A keyword is rewritten where it is an argument: ``keyword=value``, ``keyword=`` and "another keyword".
     Hints to pass a keyword the command has no option for are reworded or dropped.
     """
+    if isinstance(err, MemoryError):  # numpy's says how much it could not allocate; Python's says nothing
+        return f"out of memory{f': {err}' if str(err) else ''}"
     # a KeyError's str() is quoted; an OSError's args are (errno, text)
     message = err.args[0] if len(err.args) == 1 and isinstance(err.args[0], str) else str(err) or repr(err)
     return _cli_words(message, command)
 
 
 def _cli_words(message: str, command: str) -> str:
-    """``message`` with the API keywords and hints reworded for ``command`` (see :func:`_cli_message`)."""
+    """``message`` with the API keywords and hints reworded for ``command`` (see :func:`_cli_message`).
+
+    The hints' CLI wording is set aside while the keywords are rewritten: a Python call it quotes (e.g.
+    ``lk.models.convert_to_safetensors(path, trust_checkpoint=True)``) keeps its keywords.
+    """
+    reworded: list[str] = []
+
+    def set_aside(match: re.Match, instead: str) -> str:
+        reworded.append(match.expand(instead))
+        return f"\0{len(reworded) - 1}\0"
+
     for hint, instead in _API_ONLY_HINTS.get(command, {}).items():
-        message = re.sub(hint, instead, message)
+        message = re.sub(hint, lambda match, instead=instead: set_aside(match, instead), message)
     for keyword, option in _OPTIONS.get(command, {}).items():
         message = re.sub(rf"\b{keyword}=True\b", option, message)
         message = re.sub(rf"\b{keyword}=(?=[\w'\"(\[-])", f"{option} ", message)  # a value follows
         message = re.sub(rf"\b{keyword}=", option, message)
         message = re.sub(rf"\banother {keyword}(?=[.,;]|$)", f"another {option}", message)
-    return message
+    return re.sub(r"\0(\d+)\0", lambda match: reworded[int(match.group(1))], message)
 
 
 @contextmanager
@@ -659,10 +800,29 @@ def _user_warnings_logged(command: str):
         warnings.showwarning = previous
 
 
+def _check_demo_out(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder holding files, unless ``--overwrite``.
+
+    As ``loki slide`` refuses an existing store: the demo writes every output under a fixed name, so
+    a second run would replace an earlier run's trained model and metrics, and one that fails midway
+    would leave the two runs' files mixed.
+    """
+    if overwrite or not out.is_dir():
+        return
+    held = sorted(path.name for path in out.iterdir())
+    if held:
+        listed = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise SystemExit(
+            f"loki demo: --out {str(out)!r} holds files ({listed}), e.g. an earlier run's results; pass "
+            "--overwrite to write over them, or another --out."
+        )
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         from ._demo import run_demo
 
+        _check_demo_out(args.out, args.overwrite)
         table = run_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
         print(table.to_string(index=False))
         print(f"\nfigures and metrics written to {args.out.resolve()}")
