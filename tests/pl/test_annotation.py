@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from anndata import AnnData
+from matplotlib.colors import to_hex
 
 import loki as lk
 
@@ -56,6 +57,13 @@ def _annotated(sdata_or_table):
     return table
 
 
+def _assert_image_at(ax, pixels, data_xy):
+    """The image of ``ax`` puts its ``pixels`` (x, y) at ``data_xy`` in the axes' data coordinates."""
+    (image,) = ax.images
+    drawn = image.get_transform().transform(np.asarray(pixels, dtype=float))
+    np.testing.assert_allclose(drawn, ax.transData.transform(np.asarray(data_xy, dtype=float)), atol=1e-6)
+
+
 def test_score_panels_over_he():
     sdata = small_section()
     table = _annotated(sdata)
@@ -67,9 +75,13 @@ def test_score_panels_over_he():
         assert a.images[0].get_array().shape[:2] == (200, 200)
         # SpatialData's pixel (i, j) spans [j, j + 1] x [i, i + 1]: pixel centres at half-integers
         assert a.images[0].get_extent() == [0, 200, 200, 0]
+        # drawn in "global", as spatialdata-plot: the image through its scale of 2, the spots (Identity
+        # shapes) at their coordinates, coloured by their score
+        _assert_image_at(
+            a, [(0.0, 0.0), (200.0, 200.0), (0.5, 0.5)], [(0.0, 0.0), (400.0, 400.0), (1.0, 1.0)]
+        )
         points = a.collections[0]
-        # spots are drawn in image pixels (global / 2) and coloured by their score
-        np.testing.assert_allclose(points.get_offsets(), table.obsm["spatial"] / 2)
+        np.testing.assert_allclose(points.get_offsets(), table.obsm["spatial"])
         np.testing.assert_allclose(points.get_array(), table.obsm["loki_annotation"][cls])
     plt.close(fig)
 
@@ -113,14 +125,18 @@ def test_coordinate_system_of_the_section_and_its_spot_shapes():
     ):
         lk.pl.annotation(sdata, show=False)
     fig = lk.pl.annotation(sdata, classes=["a"], coordinate_system="sample1", show=False)
-    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"] / 2)
-    # in a system where the spots' shapes have a transformation of their own (as lk.tl.align writes), the
-    # spots go through it: shapes scaled by 3 and an image scaled by 2 put a spot at 1.5 x spatial pixels
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"])
+    # drawn in the coordinate system (as spatialdata-plot), each element through its own transformation:
+    # the spots' shapes scaled by 3 then turned, the image scaled by 2 then turned
     turn = Affine(np.array([[0.0, -1.0, 50.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), ("x", "y"), ("x", "y"))
     set_transformation(sdata.images["S_image"], Sequence([Scale([2.0, 2.0], ("x", "y")), turn]), "moved")
     set_transformation(sdata.shapes["S_spots"], Sequence([Scale([3.0, 3.0], ("x", "y")), turn]), "moved")
     fig = lk.pl.annotation(sdata, classes=["a"], coordinate_system="moved", show=False)
-    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"] * 1.5)
+    x, y = table.obsm["spatial"].T
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), np.column_stack([50 - 3 * y, 3 * x]))
+    _assert_image_at(
+        fig.axes[0], [(0.0, 0.0), (200.0, 0.0), (0.0, 100.0)], [(50.0, 0.0), (50.0, 400.0), (-150.0, 0.0)]
+    )
     with pytest.raises(KeyError, match=r"'nowhere' not found in the coordinate systems of image 'S_image'"):
         lk.pl.annotation(sdata, coordinate_system="nowhere", show=False)
     plt.close("all")
@@ -274,14 +290,32 @@ def test_label_colours_stored_for_the_classes_annotate_recorded():
     classes = pd.DataFrame(np.eye(4, 8), index=["x", "y", "z", "never"])  # no spot is near "never"
     lk.tl.annotate(adata, class_embeddings=classes)
     assert list(adata.obs["loki_annotation"].cat.categories) == ["x", "y", "z"]
-    adata.uns["loki_annotation_colors"] = ["#ff0000", "#00ff00", "#0000ff", "#000000"]  # one per class
-    colours = _legend_colours(lk.pl.annotation(adata, kind="label", show=False))
-    assert colours == {"x": "#ff0000", "y": "#00ff00", "z": "#0000ff", "never": "#000000"}
-    # colours for the labels present only (as sc.pl.* stores them) do not cover every class: the
-    # palette over the class list, as on every other section annotated with these classes
-    adata.uns["loki_annotation_colors"] = ["#ff0000", "#00ff00", "#0000ff"]
+    # without stored colours: the palette over the class list, as on every other section annotated
+    # with these classes, and the class that labels no spot in the legend
     colours = _legend_colours(lk.pl.annotation(adata, kind="label", show=False))
     assert colours == {"x": "#1f77b4", "y": "#ff7f0e", "z": "#2ca02c", "never": "#d62728"}
+    # stored colours are the column's, as sc.pl.* stores and reads them: one per category, in order
+    for stored in (["#ff0000", "#00ff00", "#0000ff"], ["#ff0000", "#00ff00", "#0000ff", "#000000"]):
+        adata.uns["loki_annotation_colors"] = stored
+        colours = _legend_colours(lk.pl.annotation(adata, kind="label", show=False))
+        assert colours == {"x": "#ff0000", "y": "#00ff00", "z": "#0000ff"}
+    plt.close("all")
+
+
+def test_label_colours_are_scanpys_when_a_class_labels_no_spot():
+    """A class that won no spot shifts no colour: each label is drawn in sc.pl.embedding's colour."""
+    import scanpy as sc
+
+    adata = small_section(with_image=False)
+    adata.obsm["loki_image"] = np.eye(8, dtype=np.float32)[np.array([0, 2, 3])[np.arange(adata.n_obs) % 3]]
+    lk.tl.annotate(adata, class_embeddings=pd.DataFrame(np.eye(4, 8), index=["x", "never", "y", "z"]))
+    assert list(adata.obs["loki_annotation"].cat.categories) == ["x", "y", "z"]
+    sc.pl.embedding(adata, basis="spatial", color="loki_annotation", show=False)  # stores its colours
+    scanpys = dict(zip(["x", "y", "z"], adata.uns["loki_annotation_colors"], strict=True))
+    fig = lk.pl.annotation(adata, kind="label", show=False)
+    assert _legend_colours(fig) == scanpys
+    drawn = {c.get_label(): to_hex(c.get_facecolor()[0]) for c in fig.axes[0].collections}
+    assert drawn == scanpys  # the spots themselves, not only the legend
     plt.close("all")
 
 

@@ -96,12 +96,15 @@ def test_image_and_coordinate_system_of_a_section():
         lk.pl.expression(sdata, "g0", show_image=True, show=False)
     fig = lk.pl.expression(sdata, "g0", show_image=True, coordinate_system="sample1", show=False)
     assert len(fig.axes[0].images) == 1
-    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"] / 2)
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"])  # in sample1
     plt.close(fig)
     del sdata.images["S_image"]
     with pytest.warns(UserWarning, match="has no image of its own"):
-        fig = lk.pl.expression(sdata, "g0", show_image=True, show=False)
+        fig = lk.pl.expression(sdata, "g0", show_image=True, coordinate_system="sample1", show=False)
     assert len(fig.axes[0].images) == 0
+    # without an image the spots are still drawn in the coordinate system: one they lack is named
+    with pytest.raises(KeyError, match=r"'global' not found .* spot shapes 'S_spots'; available: 'sample1'"):
+        lk.pl.expression(sdata, "g0", show=False)
     plt.close(fig)
 
 

@@ -185,3 +185,20 @@ def test_missing_proportions_name_the_table_and_lk_tl_decompose():
         r"Run lk\.tl\.decompose on this table first",
     ):
         lk.pl.proportions(small_section(), table_key="S", show=False)
+
+
+def test_colour_scale_starts_at_zero_for_a_type_absent_everywhere(spots):
+    spots.obsm["loki_proportions"]["Absent"] = 0.0
+    panels = {a.get_title(): a for a in _panels(lk.pl.proportions(spots, show=False))}
+    (points,) = panels["Absent"].collections
+    assert points.get_clim() == (0.0, 1.0)
+    panels["Absent"].figure.canvas.draw()
+    lowest = plt.get_cmap("viridis")(0.0)
+    np.testing.assert_allclose(points.get_facecolors()[:, :3], np.tile(lowest[:3], (spots.n_obs, 1)))
+    # a panel with values keeps its own maximum; a vmax that would not start the scale at 0 is refused
+    expected = (0.0, spots.obsm["loki_proportions"]["Tumour"].max())
+    np.testing.assert_allclose(panels["Tumour"].collections[0].get_clim(), expected)
+    for vmax in (0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="vmax must be a finite number > 0"):
+            lk.pl.proportions(spots, vmax=vmax, show=False)
+    assert plt.get_fignums() == [panels["Absent"].figure.number]

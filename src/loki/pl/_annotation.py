@@ -21,6 +21,7 @@ from ._common import (
     draw_section,
     finish,
     legend_columns,
+    marker_size,
     panel_grid,
     plot_function,
     scatter_values,
@@ -71,10 +72,12 @@ def annotation(
         light grey); ``"label"``: one panel with the predicted label of each spot (spots without a
         label in light grey, as "NA"). The label column must hold categories (categorical, strings
         or bools, as scanpy takes them); a numeric column is refused. Its colours are
-        ``.uns[f"{label_key}_colors"]`` when that holds one per category (as scanpy's plots store
-        them; it is read, never written), else scanpy's default palette for that many categories.
-        For the label :func:`loki.tl.annotate` wrote, the categories are every class it recorded,
-        in its order, so a class keeps its colour on every section annotated with the same classes.
+        ``.uns[f"{label_key}_colors"]`` when that holds one per category of the column, taken as
+        scanpy's plots store and read them: the i-th colour for the column's i-th category (it is
+        read, never written). Without them, scanpy's default palette for that many categories; for
+        the label :func:`loki.tl.annotate` wrote, the categories are then every class it recorded,
+        in its order, so a class keeps its colour on every section annotated with the same classes
+        (a class that labels no spot is listed in the legend).
     classes
         Classes to draw (default: all).
     key, label_key
@@ -83,9 +86,13 @@ def annotation(
     table_key, image_key
         Table and image of a SpatialData.
     coordinate_system
-        Coordinate system of a SpatialData in which the image and the spot shapes are placed.
+        Coordinate system of a SpatialData to draw in, as spatialdata-plot does: the axes are in its
+        units, and the image and the spots are placed there by their transformations.
     spatial_key
-        ``.obsm`` key of the spot coordinates (in the units of the table's spot shapes).
+        ``.obsm`` key of the spot coordinates: the spots' own (placed by the transformation of
+        the table's spot shapes), or those of an alignment (e.g. ``"spatial_aligned"`` from
+        :func:`loki.tl.align`, placed by the shapes element it wrote, in the coordinate system it
+        recorded, where its section's image is placed too). An AnnData's are drawn as they are.
     show_image
         Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
         ``True`` warns when there is none; ``False`` never.
@@ -127,32 +134,33 @@ def annotation(
     else:
         check_obs_key(table, label_key, where=name, hint=_ANNOTATE_HINT)
         labels = as_categories(table.obs[label_key], label_key)
-        if label_key == record.get("label_key", key):  # loki's label, not a column the user named
-            labels = _with_all_classes(labels, record)
-        n = len(labels.categories)
-        colours = stored_colours(table, label_key, n)
-        colours = category_colours(n) if colours is None else colours
-    pixels, xy, size = section_spots(
+        # scanpy's colours are the column's: one per category, in category order
+        colours = stored_colours(table, label_key, len(labels.categories))
+        if colours is None:
+            if label_key == record.get("label_key", key):  # loki's label, not a column the user named
+                labels = _with_all_classes(labels, record)
+            colours = category_colours(len(labels.categories))
+    background, xy = section_spots(
         data,
         table,
         spatial_key=spatial_key,
-        spot_size=spot_size,
         show_image=show_image,
         table_key=table_key,
         image_key=image_key,
         coordinate_system=coordinate_system,
     )
+    size = marker_size(spot_size, table.n_obs)
     if kind == "scores":
         fig, axes = panel_grid(len(classes), ncols, ax, aspect=spots_aspect(xy))
         for a, cls in zip(axes, classes, strict=True):
-            draw_section(a, pixels, xy)
+            draw_section(a, background, xy)
             values = scores[cls].to_numpy(dtype=np.float64)
             points = scatter_values(a, xy, values, cmap=colours, s=size, alpha=alpha)
             fig.colorbar(points, ax=a, shrink=0.7, label="fused score" if fused else "cosine similarity")
             a.set_title(str(cls))
     else:
         fig, (a,) = panel_grid(1, 1, ax, size=6.0)
-        draw_section(a, pixels, xy)
+        draw_section(a, background, xy)
         _draw_labels(a, labels, colours, xy, size=size, alpha=alpha)
         a.set_title(label_key)
     finish(fig, show=show, save=save, created=ax is None)

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
-from loki._utils import check_int, require_keys
+from loki._utils import check_int, loki_record, require_keys
+from loki._utils._affine import apply_matrix
 from loki._utils._folders import missing_folders, remove_empty_folders
 from loki._utils._spatialdata import (
     affine_to,
@@ -23,6 +25,7 @@ from loki._utils._spatialdata import (
     lowres_image,
     section_image_key,
     section_shapes,
+    table_region,
 )
 
 if TYPE_CHECKING:
@@ -256,10 +259,9 @@ def section_image(
     requested: bool | None,
     max_side: int = 2000,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The section's H&E, small enough to draw, and the affine from its pixels to the spot coordinates.
+    """The section's H&E, small enough to draw, and the affine from its pixels into ``coordinate_system``.
 
-    The spot coordinates are in the units of the table's spot shapes (``coordinate_system``'s units
-    when the table annotates no shapes element); pixel ``(i, j)`` spans ``[j, j + 1] x [i, i + 1]``.
+    Pixel ``(i, j)`` spans ``[j, j + 1] x [i, i + 1]``, as in SpatialData.
 
     Parameters
     ----------
@@ -268,7 +270,7 @@ def section_image(
     table_key, image_key
         Table of the section and, when the caller named one, its image.
     coordinate_system
-        Coordinate system in which the image and the spot shapes are compared.
+        Coordinate system into which the image is placed, through its own transformation.
     requested
         The caller's ``show_image``: None draws the image when the section has one; True does too,
         with a warning when there is none; False draws none.
@@ -279,7 +281,7 @@ def section_image(
     -------
     ``(pixels, 3x3 matrix)``, pixels as (y, x, 3) or, for a one-channel image, (y, x); or None when
     there is no image to draw. An ``image_key`` that does not exist, or a ``coordinate_system`` that
-    the image or the spot shapes lack, raise a KeyError listing what exists.
+    the image lacks, raise a KeyError listing what exists.
     """
     if requested is False:
         return None
@@ -288,7 +290,7 @@ def section_image(
             _no_image("an AnnData holds no image (show_image=True)", warn=True)
         return None
     table = get_table(data, table_key)
-    key = table_key if table_key is not None else next(k for k, t in data.tables.items() if t is table)
+    key = _table_key(data, table, table_key)
     try:
         name = section_image_key(data, key, image_key)
     except KeyError as err:
@@ -298,11 +300,66 @@ def section_image(
         return None
     element = data.images[name]
     _affine(element, coordinate_system, f"image {name!r}")
-    shapes = section_shapes(data, table)
-    spots_to_cs = np.eye(3) if shapes is None else _affine(shapes, coordinate_system, "the spot shapes")
     pixels, to_cs = lowres_image(element, max_side, coordinate_system)
     pixels = pixels[..., :3]
-    return (pixels[..., 0] if pixels.shape[-1] == 1 else pixels), np.linalg.inv(spots_to_cs) @ to_cs
+    return (pixels[..., 0] if pixels.shape[-1] == 1 else pixels), to_cs
+
+
+def _table_key(data: SpatialData, table: AnnData, table_key: str | None) -> str:
+    return table_key if table_key is not None else next(k for k, t in data.tables.items() if t is table)
+
+
+def spots_to_cs(
+    data: AnnData | SpatialData,
+    table: AnnData,
+    *,
+    table_key: str | None,
+    spatial_key: str,
+    coordinate_system: str,
+) -> np.ndarray:
+    """3x3 affine from the spot coordinates ``table.obsm[spatial_key]`` into ``coordinate_system``.
+
+    As :func:`loki.tl.align` reads them (:func:`loki.tl._align_spatialdata.source_to_cs` and
+    ``target_to_cs``): a table's coordinates are its spots' own, placed by the transformation of the
+    spot shapes it annotates (as they are without spot shapes); the coordinates an alignment wrote
+    (``.uns['loki'][spatial_key]`` records it) lie in the frame of the shapes element it wrote, which
+    it placed in the coordinate system it recorded, and are drawn only there. An AnnData's
+    coordinates are taken as they are. Coordinates that cannot be placed in ``coordinate_system``
+    raise a KeyError (a coordinate system or shapes element that does not exist, naming those that
+    do) or a ValueError (an alignment placed in another coordinate system).
+    """
+    if not is_spatialdata(data):
+        return np.eye(3)
+    from loki.tl._align_spatialdata import Section, source_to_cs, target_to_cs
+
+    key = _table_key(data, table, table_key)
+    section = Section(data, key, table)
+    record = loki_record(table, spatial_key) if spatial_key != Key.SPATIAL else None
+    where = f"{table_name(data, table, table_key)}.obsm[{spatial_key!r}]"
+    if record is not None and "matrix" in record and record.get("method") != "target":
+        placed_in = record.get("coordinate_system")
+        if placed_in is not None and str(placed_in) != coordinate_system:
+            raise ValueError(
+                f"{where} holds the spots of the alignment {spatial_key!r}, which placed them in coordinate "
+                f"system {str(placed_in)!r}, not {coordinate_system!r}. Pass coordinate_system="
+                f"{str(placed_in)!r} to draw them, or spatial_key={Key.SPATIAL!r} for the section's own spots "
+                f"in {coordinate_system!r}."
+            )
+        shapes = record.get("shapes")
+        if shapes is not None:
+            require_keys(
+                data.shapes,
+                str(shapes),
+                "sdata.shapes",
+                hint=f"The alignment {spatial_key!r} placed its spots {where} by that shapes element, which "
+                "is gone; align again to place them.",
+            )
+            _affine(data.shapes[str(shapes)], coordinate_system, f"the aligned spots' shapes {str(shapes)!r}")
+        return target_to_cs(section, spatial_key, Key.SPATIAL, coordinate_system, coordinate_system)
+    spots = section_shapes(data, table)
+    if spots is not None:  # a stack's target ("method": "target") holds its own coordinates too
+        _affine(spots, coordinate_system, f"the spot shapes {table_region(table)!r}")
+    return source_to_cs(section, coordinate_system)
 
 
 def _no_image(reason: str, *, warn: bool) -> None:
@@ -342,28 +399,54 @@ def frame_spots(ax: Axes, xy: np.ndarray) -> None:
     ax.set_ylim(hi[1] + pad, lo[1] - pad)
 
 
+Background = tuple[np.ndarray, np.ndarray | None]
+
+
 def section_spots(
-    data, table: AnnData, *, spatial_key: str, spot_size: float | None, show_image: bool | None, **where
-) -> tuple[np.ndarray | None, np.ndarray, float]:
-    """The section's image (None without one), its spots in display coordinates and the marker size.
+    data,
+    table: AnnData,
+    *,
+    spatial_key: str,
+    show_image: bool | np.ndarray | None,
+    table_key: str | None,
+    image_key: str | None,
+    coordinate_system: str,
+) -> tuple[Background | None, np.ndarray]:
+    """The section's image with its affine into the display frame (None without one), and its spots there.
 
-    Display coordinates are the image's pixels when there is an image, else the spot coordinates.
-    ``where`` takes ``table_key``, ``image_key`` and ``coordinate_system`` (see :func:`section_image`).
+    The display frame of a SpatialData is ``coordinate_system``'s: the spots are placed by
+    :func:`spots_to_cs` and the image by its own transformation (:func:`section_image`), as
+    spatialdata-plot draws them; an AnnData's is its spot coordinates. ``show_image`` as an array is
+    drawn with its pixels in the units of the spot coordinates.
     """
-    xy = coordinates(table, spatial_key, table_name(data, table, where.get("table_key")))
-    background = section_image(data, requested=show_image, **where)
-    pixels, to_display = (
-        (None, np.eye(3)) if background is None else (background[0], np.linalg.inv(background[1]))
+    xy = coordinates(table, spatial_key, table_name(data, table, table_key))
+    if isinstance(show_image, np.ndarray):
+        background = None
+    else:
+        background = section_image(
+            data,
+            table_key=table_key,
+            image_key=image_key,
+            coordinate_system=coordinate_system,
+            requested=show_image,
+        )
+    to_cs = spots_to_cs(
+        data, table, table_key=table_key, spatial_key=spatial_key, coordinate_system=coordinate_system
     )
-    xy = xy @ to_display[:2, :2].T + to_display[:2, 2]
-    size = spot_size if spot_size is not None else max(4.0, 8000.0 / max(table.n_obs, 1))
-    return pixels, xy, size
+    if isinstance(show_image, np.ndarray):
+        background = show_image, to_cs
+    return background, apply_matrix(xy, to_cs)
 
 
-def draw_section(ax: Axes, pixels: np.ndarray | None, xy: np.ndarray) -> None:
+def marker_size(spot_size: float | None, n: int, *, area: float = 8000.0, smallest: float = 4.0) -> float:
+    """``spot_size``, else a marker size (points^2) that shrinks with the number of spots ``n``."""
+    return spot_size if spot_size is not None else max(smallest, area / max(n, 1))
+
+
+def draw_section(ax: Axes, background: Background | None, xy: np.ndarray) -> None:
     """Prepare a spatial panel: the image (if any) under a view framing the spots, y downwards."""
-    if pixels is not None:  # display units are the image's pixels
-        draw_image(ax, pixels)
+    if background is not None:
+        draw_image(ax, *background)
         frame_spots(ax, xy)
     elif not ax.yaxis_inverted():  # image convention; a user's axes may have it already
         ax.invert_yaxis()

@@ -18,6 +18,7 @@ from loki.metrics import pearson
 from ._common import (
     draw_section,
     finish,
+    marker_size,
     panel_grid,
     plot_function,
     scatter_values,
@@ -76,9 +77,13 @@ def expression(
     table_key, image_key
         Table and image of a SpatialData.
     coordinate_system
-        Coordinate system of a SpatialData in which the image and the spot shapes are placed.
+        Coordinate system of a SpatialData to draw in, as spatialdata-plot does: the axes are in its
+        units, and the image and the spots are placed there by their transformations.
     spatial_key
-        ``.obsm`` key of the spot coordinates (in the units of the table's spot shapes).
+        ``.obsm`` key of the spot coordinates: the spots' own (placed by the transformation of
+        the table's spot shapes), or those of an alignment (e.g. ``"spatial_aligned"`` from
+        :func:`loki.tl.align`, placed by the shapes element it wrote, in the coordinate system it
+        recorded, where its section's image is placed too). An AnnData's are drawn as they are.
     show_image
         Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
         ``True`` warns when there is none; ``False`` never.
@@ -122,16 +127,16 @@ def expression(
             raise ValueError("predicted must hold the same spots, in the same order, as the section.")
         pred_ad, pred_layer = predicted, None
     colours = value_colormap(cmap)
-    pixels, xy, size = section_spots(
+    background, xy = section_spots(
         data,
         table,
         spatial_key=spatial_key,
-        spot_size=spot_size,
         show_image=show_image,
         table_key=table_key,
         image_key=image_key,
         coordinate_system=coordinate_system,
     )
+    size = marker_size(spot_size, table.n_obs)
     fig, axes = panel_grid(2 * len(genes), 2, ax, aspect=spots_aspect(xy))
     for i, gene in enumerate(genes):
         measured, pred = _column(table, gene, layer), _column(pred_ad, gene, pred_layer)
@@ -140,7 +145,7 @@ def expression(
             (axes[2 * i], measured, f"{gene} measured"),
             (axes[2 * i + 1], pred, f"{gene} predicted (PCC {_pcc_text(measured, pred)})"),
         ):
-            draw_section(a, pixels, xy)
+            draw_section(a, background, xy)
             points = scatter_values(a, xy, values, cmap=colours, s=size, vmin=lo, vmax=hi)
             a.set_title(title, fontsize=9)
         fig.colorbar(points, ax=axes[2 * i : 2 * i + 2], shrink=0.7)

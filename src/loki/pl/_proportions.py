@@ -15,14 +15,13 @@ from loki._utils import check_obsm_key, require_keys
 from loki._utils._spatialdata import get_table
 
 from ._common import (
-    coordinates,
-    draw_image,
+    draw_section,
     finish,
-    frame_spots,
+    marker_size,
     panel_grid,
     plot_function,
     scatter_values,
-    section_image,
+    section_spots,
     table_name,
     value_colormap,
 )
@@ -68,21 +67,26 @@ def proportions(
     table_key
         Table of a SpatialData (may be omitted when there is one).
     spatial_key
-        ``.obsm`` key of spot centres (in the units of the table's spot shapes).
+        ``.obsm`` key of the spot coordinates: the spots' own (placed by the transformation of
+        the table's spot shapes), or those of an alignment (e.g. ``"spatial_aligned"`` from
+        :func:`loki.tl.align`, placed by the shapes element it wrote, in the coordinate system it
+        recorded, where its section's image is placed too). An AnnData's are drawn as they are.
     show_image
         Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
         ``True`` warns when there is none; ``False`` never. Or an RGB (y, x, 3) or grey (y, x) array
-        to draw (its pixel coordinates are the spot coordinates).
+        to draw (its pixel coordinates are those of ``.obsm[spatial_key]``).
     image_key
         Image of a SpatialData (default: the section's image).
     coordinate_system
-        Coordinate system of a SpatialData in which the image and the spot shapes are placed.
+        Coordinate system of a SpatialData to draw in, as spatialdata-plot does: the axes are in its
+        units, and the image and the spots are placed there by their transformations.
     ncols
         Panels per row.
     cmap
         Colour map of the proportions; spots with a missing (NaN) value are drawn in light grey.
     vmax
-        Upper end of the colour scale (default: each panel's maximum).
+        Upper end of the colour scale, which starts at 0 (default: each panel's maximum, or 1 for a
+        type absent from every spot).
     spot_size
         Marker area in points^2 (default: from the number of spots).
     alpha
@@ -108,7 +112,6 @@ def proportions(
     check_obsm_key(
         table, key, where=name, hint="Run lk.tl.decompose on this table first, or pass key= the key it wrote."
     )
-    coords = coordinates(table, spatial_key, name)
     values = table.obsm[key]
     if not isinstance(values, pd.DataFrame):
         raise ValueError(f"{name}.obsm[{key!r}] must be a DataFrame with one column per cell type.")
@@ -122,43 +125,47 @@ def proportions(
         raise ValueError("No cell types to plot.")
     if isinstance(show_image, np.ndarray) and show_image.ndim not in (2, 3):
         raise ValueError(f"show_image as an array must be (y, x) or (y, x, c), got shape {show_image.shape}.")
+    if vmax is not None and not (np.isfinite(vmax) and vmax > 0):
+        raise ValueError(f"vmax must be a finite number > 0 (proportions start at 0), got {vmax!r}.")
     colours = value_colormap(cmap)
-    if isinstance(show_image, np.ndarray):
-        background = show_image, None  # drawn in spot coordinates as it is
-    else:
-        background = section_image(
-            data,
-            table_key=table_key,
-            image_key=image_key,
-            coordinate_system=coordinate_system,
-            requested=show_image,
-        )
+    background, xy = section_spots(
+        data,
+        table,
+        spatial_key=spatial_key,
+        show_image=show_image,
+        table_key=table_key,
+        image_key=image_key,
+        coordinate_system=coordinate_system,
+    )
 
     fig, axes = panel_grid(len(cell_types), ncols, ax, size=panel_size, aspect=1.15)
-    size = spot_size if spot_size is not None else max(2.0, 2.0e4 / max(len(coords), 1))
+    size = marker_size(spot_size, len(xy), area=2.0e4, smallest=2.0)
     frame = values.set_axis(columns, axis=1)
     for panel, cell_type in zip(axes, cell_types, strict=True):
-        if background is not None:
-            draw_image(panel, *background)
+        draw_section(panel, background, xy)
+        shares = frame[cell_type].to_numpy(dtype=float)
         sc = scatter_values(
             panel,
-            coords,
-            frame[cell_type].to_numpy(dtype=float),
+            xy,
+            shares,
             cmap=colours,
             s=size,
             vmin=0.0,
-            vmax=vmax,
+            vmax=_upper(shares) if vmax is None else vmax,
             alpha=alpha,
             linewidths=0,
         )
         fig.colorbar(sc, ax=panel, fraction=0.046, pad=0.02)
         panel.set_title(cell_type)
-        panel.set_aspect("equal")
-        if background is not None:  # the image's extent would pull the view away from the spots
-            frame_spots(panel, coords)
-        elif not panel.yaxis_inverted():
-            panel.invert_yaxis()
-        panel.set_xticks([])
-        panel.set_yticks([])
     finish(fig, show=show, save=save, created=ax is None)
     return fig
+
+
+def _upper(shares: np.ndarray) -> float:
+    """Top of a panel's colour scale: its largest finite proportion, or 1 when none is above 0.
+
+    The scale starts at 0, so a type absent from every spot is drawn in the colour map's lowest colour.
+    """
+    finite = shares[np.isfinite(shares)]
+    top = float(finite.max()) if finite.size else 0.0
+    return top if top > 0 else 1.0
