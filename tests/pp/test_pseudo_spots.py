@@ -181,3 +181,14 @@ def test_scatter_cells_in_regions_respects_regions_and_seed():
     # Regions differ in composition: the pattern is spatial, not a uniform shuffle.
     table = pd.crosstab(region, labels, normalize="index").to_numpy()
     assert table.std(axis=0).max() > 0.1
+
+
+def test_integer_labels_give_truth_columns_in_decompose_order():
+    """The truth's columns were in string order (0, 10, 5) while decompose's proportions are numeric."""
+    cells = _cells(n=600)
+    codes = {"A": 10, "B": 0, "C": 5}
+    cells.obs["number"] = cells.obs["cell_type"].map(codes).astype(int)
+    spots = lk.pp.pseudo_spots(cells, cell_type_key="number", truth_key="truth")
+    assert list(spots.obsm["truth"].columns) == ["0", "5", "10"]
+    out = lk.tl.decompose(spots, reference=cells, cell_type_key="number", inplace=False)
+    assert list(out.proportions.columns) == list(spots.obsm["truth"].columns)

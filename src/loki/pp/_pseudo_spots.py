@@ -23,6 +23,7 @@ from loki._utils import (
     loki_uns,
     require_keys,
 )
+from loki._utils._labels import label_categories
 
 #: Visium: 55 um spots, 100 um centre to centre.
 _VISIUM_SPACING_RATIO = 100.0 / 55.0
@@ -52,14 +53,6 @@ def disc_members(coords: np.ndarray, centres: np.ndarray, radius: float) -> tupl
     pairs = cKDTree(centres).sparse_distance_matrix(cKDTree(coords), radius, output_type="ndarray")
     order = np.lexsort((pairs["i"], pairs["j"]))
     return pairs["i"][order], pairs["j"][order]
-
-
-def _categories(labels: pd.Series) -> pd.Categorical:
-    """Labels as strings; a categorical column keeps its declared categories and their order."""
-    declared = (
-        [str(c) for c in labels.cat.categories] if isinstance(labels.dtype, pd.CategoricalDtype) else None
-    )
-    return pd.Categorical(labels.astype(str), categories=declared)
 
 
 def pseudo_spots(
@@ -189,7 +182,7 @@ def pseudo_spots(
     )
     out.obsm[Key.SPATIAL] = centres[keep]
     if cell_type_key is not None:
-        cat = _categories(adata.obs[cell_type_key])
+        cat = label_categories(adata.obs[cell_type_key])
         onehot = sparse.csr_matrix(
             (np.ones(adata.n_obs), (np.arange(adata.n_obs), cat.codes)),
             shape=(adata.n_obs, len(cat.categories)),

@@ -28,6 +28,7 @@ from loki._utils import (
     write_uns,
 )
 from loki._utils._backed import read_matrix
+from loki._utils._labels import label_categories
 from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata
 
 from ._mapping import mapping_to_proportions, nms_refine, normalize_rows, percentile_normalize
@@ -411,12 +412,7 @@ def _cell_type_codes(reference: AnnData, key: str, min_cells: int) -> tuple[np.n
     labels = reference.obs[key]
     check_labelled(labels, f"reference.obs[{key!r}]", "cells")
     # a categorical column's declared types count too: one without cells is reported, not dropped
-    declared = (
-        [str(c) for c in labels.cat.categories]
-        if isinstance(labels.dtype, pd.CategoricalDtype)
-        else _sorted_labels(labels)
-    )
-    cat = pd.Categorical(labels.astype(str), categories=declared)
+    cat = label_categories(labels)
     counts = np.bincount(cat.codes, minlength=len(cat.categories))
     small = [(str(c), int(n)) for c, n in zip(cat.categories, counts, strict=True) if n < max(min_cells, 1)]
     if small:
@@ -433,20 +429,6 @@ def _cell_type_codes(reference: AnnData, key: str, min_cells: int) -> tuple[np.n
     if len(cat.categories) < 2:
         raise ValueError(f"reference.obs[{key!r}] holds fewer than 2 cell types: {list(cat.categories)}.")
     return np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories]
-
-
-def _sorted_labels(labels: pd.Series) -> list[str]:
-    """The distinct labels of a non-categorical column as strings, in the order of their values.
-
-    Numbers sort as numbers (0, 5, 10, not "0", "10", "5"); labels that do not compare with one
-    another (e.g. numbers mixed with strings) sort as strings.
-    """
-    values = pd.unique(labels.to_numpy())
-    try:
-        ordered = sorted(values)
-    except TypeError:
-        ordered = sorted(values, key=str)
-    return list(dict.fromkeys(str(v) for v in ordered))
 
 
 def _dense(x) -> np.ndarray:
