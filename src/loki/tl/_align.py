@@ -430,29 +430,10 @@ def align(
         Outlier weight in [0, 1). With ``w=0`` a target spot with no moving spot within the E-step's
         truncation (6 sigma) gets no posterior mass at all, where dense CPD would spread it; keep it
         above 0 unless every spot has a partner.
-    moving
-        Which section's spots move in CPD, i.e. form the Gaussian mixture. CPD has to explain every spot
-        of the fixed section by the moving one, so the fixed section should lie within the moving one:
-        a source covering only part of the target (torn, cropped, a smaller capture area) aligns only
-        with the target moving (it is registered onto the source and the motion inverted; the
-        deformable warp is carried back by kernel regression). ``"auto"`` moves the target when it
-        has more than 1.12 times the source's spots, otherwise the source. Serial sections of one
-        size (spot ratios 0.9-1.09 here) keep the source moving, which suits them better. The rule
-        counts spots, so it assumes one spot density: for sections of different platforms or bin
-        sizes, pass ``"target"`` when the source covers only part of the target. With ``partial``,
-        ``"auto"`` keeps the source moving.
-    partial
-        The sections share only part of their tissue, each possibly holding some the other lacks (torn
-        on both sides, capture areas placed differently). The global start then places the source by
-        the cross-correlation of the two sections' embedding maps over rotations (every 10 degrees) x
-        mirror x all translations, and CPD runs on the spots that have a partner on the other side
-        within 0.75 spot spacings, re-estimated until stable; the deformable field is fitted on that
-        overlap. Needs ``use``. On 14 real sections cut in two overlapping parts it recovered the
-        exact transform in every case where each part shared 57% of its spots or more, in 26 of 28
-        at 46% and in 10 of 28 at a third. Checked on sections of up to 35,000 spots; a warning is
-        logged above that (``benchmarks/RESULTS.md``).
     max_iter, tol
-        Iteration cap and relative log-likelihood tolerance per stage.
+        Iteration cap and relative log-likelihood tolerance per stage. A stage of the finest level that
+        stops at the cap before converging warns (a :class:`~loki.LokiWarning`); coarser levels only
+        give it its start.
     n_landmarks
         Rank bound of the Nyström kernel of the deformable stage.
     max_points, n_coarse, refine
@@ -480,6 +461,27 @@ def align(
         (Stahl breast cancer layers of equal extent: by 5-12%). Off by default: on the real serial
         pairs of ``benchmarks/bench_align_real.py`` it does not raise the expression agreement at
         aligned locations on every pair.
+    moving
+        Which section's spots move in CPD, i.e. form the Gaussian mixture. CPD has to explain every spot
+        of the fixed section by the moving one, so the fixed section should lie within the moving one:
+        a source covering only part of the target (torn, cropped, a smaller capture area) aligns only
+        with the target moving (it is registered onto the source and the motion inverted; the
+        deformable warp is carried back by kernel regression). ``"auto"`` moves the target when it
+        has more than 1.12 times the source's spots, otherwise the source. Serial sections of one
+        size (spot ratios 0.9-1.09 here) keep the source moving, which suits them better. The rule
+        counts spots, so it assumes one spot density: for sections of different platforms or bin
+        sizes, pass ``"target"`` when the source covers only part of the target. With ``partial``,
+        ``"auto"`` keeps the source moving.
+    partial
+        The sections share only part of their tissue, each possibly holding some the other lacks (torn
+        on both sides, capture areas placed differently). The global start then places the source by
+        the cross-correlation of the two sections' embedding maps over rotations (every 10 degrees) x
+        mirror x all translations, and CPD runs on the spots that have a partner on the other side
+        within 0.75 spot spacings, re-estimated until stable; the deformable field is fitted on that
+        overlap. Needs ``use``. On 14 real sections cut in two overlapping parts it recovered the
+        exact transform in every case where each part shared 57% of its spots or more, in 26 of 28
+        at 46% and in 10 of 28 at a third. Checked on sections of up to 35,000 spots; a warning is
+        logged above that (``benchmarks/RESULTS.md``).
     physical_units
         When both tables give ``.uns['loki']['microns_per_unit']`` (the readers and
         :func:`loki.pp.tile_image` write it), bring the source's coordinates into the target's units
