@@ -390,9 +390,9 @@ def read_legacy_st(
     The pixel size assumes square pixels: the fit's scales along the array's two axes are
     combined by their geometric mean, with a logged warning when they differ by more than 5 %
     (the warning names both). To plot the table with squidpy, which looks for an
-    ``uns['spatial']`` entry the readers do not write, pass ``shape=None``
-    (``sq.pl.spatial_scatter(table, shape=None, color=...)``); draw it over its H&E with
-    spatialdata-plot (``sdata.pl.render_images(...).pl.render_shapes(..., table_name=...)``).
+    ``uns['spatial']`` entry this reader does not write (:func:`loki.io.read_visium` does), pass
+    ``shape=None`` (``sq.pl.spatial_scatter(table, shape=None, color=...)``); draw it over its H&E
+    with spatialdata-plot (``sdata.pl.render_images(...).pl.render_shapes(..., table_name=...)``).
 
     """
     from spatialdata import SpatialData

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -52,6 +53,35 @@ def _h5_gene_names(counts_path: Path) -> list[str] | None:
     except (OSError, KeyError, ValueError):
         return None
     return names
+
+
+def _scalefactors_file(path: Path, kwargs: dict) -> Path:
+    """The scalefactors json spatialdata-io reads: ``spatial/scalefactors_json.json`` when present."""
+    default = path / "spatial" / "scalefactors_json.json"
+    named = kwargs.get("scalefactors_file")
+    return default if default.is_file() or named is None else path / named
+
+
+def _text(value: Any) -> Any:
+    """A bytes value of the h5 metadata (alone or in a 1-element array) as str; other values as they are."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "S" and value.size == 1:
+        value = value.item()
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _scanpy_spatial(name: str, images: dict, scalefactors: dict, metadata: dict) -> dict:
+    """``uns['spatial']`` in scanpy's layout: the section's hires / lowres images as ``(y, x, 3)`` arrays."""
+    arrays = {}
+    for res in ("hires", "lowres"):
+        key = f"{name}_{res}_image"
+        if key in images:
+            # the very pixels of the SpatialData image (scale0), as numpy: these PNGs are small
+            arrays[res] = np.ascontiguousarray(
+                np.asarray(images[key]["scale0"]["image"].data).transpose(1, 2, 0)
+            )
+    # bytes would be written to zarr as a type without a Zarr v3 specification (zarr warns)
+    metadata = {k: _text(v) for k, v in metadata.items()}
+    return {name: {"images": arrays, "scalefactors": dict(scalefactors), "metadata": metadata}}
 
 
 def _check_visium_files(path: Path, kwargs: dict) -> None:
@@ -118,7 +148,12 @@ def read_visium(
     - ``uns['loki']``: ``'spot_diameter_um'`` (55), ``'spot_spacing_um'`` (100, centre to centre),
       ``'microns_per_unit'`` (55 µm over the spot diameter in full-resolution pixels) and
       ``'image_key'``: the hires image if present, else the lowres one (the full-resolution image
-      when that is all there is); absent when the folder has no image.
+      when that is all there is); absent when the folder has no image;
+    - ``uns['spatial'][S]``: scanpy's layout, as :func:`scanpy.read_visium` writes it, for scanpy's and
+      squidpy's plots: ``'images'``: ``'hires'`` and ``'lowres'`` (those the folder holds), the pixels
+      of the SpatialData images as ``(y, x, 3)`` uint8 arrays (scanpy gives floats in [0, 1]);
+      ``'scalefactors'``: the Space Ranger scalefactors json; ``'metadata'``: the h5 file's
+      ``chemistry_description`` and ``software_version`` (as str).
 
     Raises
     ------
@@ -131,9 +166,11 @@ def read_visium(
 
     Notes
     -----
-    To plot the table with squidpy, which looks for an ``uns['spatial']`` entry the readers do not
-    write, pass ``shape=None`` (``sq.pl.spatial_scatter(table, shape=None, color=...)``); draw it
-    over its H&E with spatialdata-plot
+    squidpy draws the table's spots over its hires image, ``sq.pl.spatial_scatter(table, color=...)``
+    (``img_res_key="lowres"`` for the lowres one), as scanpy's ``sc.pl.spatial`` does: both place
+    ``obsm['spatial']`` times the image's scale factor. For the spots alone pass ``shape=None``
+    (``sq.pl.spatial_scatter(table, shape=None, color=...)``); spatialdata-plot draws them over any
+    of the section's images, in any of its coordinate systems
     (``sdata.pl.render_images(...).pl.render_shapes(..., table_name=...)``).
 
     """
@@ -195,6 +232,10 @@ def read_visium(
         # the same names spatialdata-io made unique, with the warning the legacy reader gives too
         adata.var_names = unique_gene_names(gene_names, f"section {name!r}")
     del adata.uns["spatialdata_attrs"]
+    # spatialdata-io leaves only the h5 metadata there, which squidpy reads as a library without images
+    metadata = adata.uns.pop(Key.SPATIAL, {}).get(name, {}).get("metadata", {})
+    scalefactors = json.loads(_scalefactors_file(path, kwargs).read_text())
+    adata.uns[Key.SPATIAL] = _scanpy_spatial(name, images, scalefactors, metadata)
     adata.obs["region"] = pd.Categorical([region] * adata.n_obs)
     adata.obsm[Key.SPATIAL] = np.asarray(adata.obsm[Key.SPATIAL], dtype=np.float64)
     uns = {
