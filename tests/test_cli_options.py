@@ -280,6 +280,7 @@ def test_demo_refuses_a_folder_with_earlier_results_unless_overwrite(tmp_path, d
     assert main(["demo", "--out", str(out), "--overwrite"]) == 0
     empty, new = tmp_path / "empty", tmp_path / "new"
     empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"")  # hidden files are no earlier results
     assert main(["demo", "--out", str(empty)]) == 0
     assert main(["demo", "--out", str(new)]) == 0
     assert demo_runs == [out, empty, new]

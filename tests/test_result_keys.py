@@ -229,3 +229,53 @@ def test_one_tool_may_not_take_another_tools_result_key():
         moved, target=tissue, use=None, method="rigid", mirror=False, n_rotations=1, key_added="loki_text"
     )
     assert moved.uns["loki"]["loki_text"]["tool"] == "tl.align"
+
+
+def test_keys_written_beside_key_added_may_not_take_another_result():
+    """The tool check covered key_added only: annotate's label_key replaced the sentences, and a
+    derived key (``{key}_fused``, ``{key}_refined``, ``{key}_empty``) replaced or deleted another
+    recorded result."""
+    rng = np.random.default_rng(0)
+    adata = lk.datasets.synthetic_tissue(n_spots=60, n_genes=30, n_cell_types=3, seed=0)
+    adata.obsm["emb"] = _unit_rows(adata.n_obs)
+    reference = adata.copy()
+    reference.obs["cell_type"] = pd.Categorical(rng.choice(["a", "b"], reference.n_obs))
+    classes = {"A": rng.normal(size=DIM), "B": rng.normal(size=DIM)}
+    lk.pp.gene_sentences(adata, housekeeping=None)
+    lk.tl.annotate(adata, class_embeddings=classes, use="emb", key_added="other_fused")
+    lk.tl.annotate(adata, class_embeddings=classes, use="emb", key_added="x_empty")
+    lk.tl.annotate(adata, class_embeddings=classes, use="emb", key_added="p_refined")
+    obs_before, obsm_before, uns_before = adata.obs.copy(), set(adata.obsm), copy.deepcopy(adata.uns["loki"])
+    refusals = [
+        (
+            lambda: lk.tl.annotate(adata, class_embeddings=classes, use="emb", label_key="loki_sentence"),
+            r"^label_key='loki_sentence' would replace the result 'loki_sentence' of lk\.pp\.gene_sentences",
+        ),
+        (
+            lambda: lk.tl.annotate(adata, class_embeddings=classes, use="emb", label_key="loki_empty"),
+            r"would replace \.obs\['loki_empty'\], part of the result 'loki_sentence' of "
+            r"lk\.pp\.gene_sentences \(its empty_key\)",
+        ),
+        (
+            lambda: lk.tl.annotate(adata, class_embeddings=classes, use="emb", key_added="other"),
+            r"^key_added='other' also takes 'other_fused' for its results, which would replace the result "
+            r"'other_fused' of lk\.tl\.annotate",
+        ),
+        (
+            lambda: lk.tl.decompose(adata, reference=reference, cell_type_key="cell_type", key_added="p"),
+            r"^key_added='p' also takes 'p_refined' for its results, which would replace the result 'p_refined'",
+        ),
+        (
+            lambda: lk.pp.gene_sentences(adata, key_added="x", housekeeping=None),
+            r"^key_added='x' also takes 'x_empty' for its results, which would replace the result 'x_empty'",
+        ),
+    ]
+    for call, match in refusals:
+        with pytest.raises(ValueError, match=match):
+            call()
+    pd.testing.assert_frame_equal(adata.obs, obs_before)
+    assert set(adata.obsm) == obsm_before
+    assert adata.uns["loki"].keys() == uns_before.keys()
+    # each result's own rerun passes
+    lk.tl.annotate(adata, class_embeddings=classes, use="emb", key_added="other_fused")
+    lk.pp.gene_sentences(adata, housekeeping=None, n_genes=3)

@@ -31,7 +31,23 @@ def test_bad_seeds_are_refused_by_the_seeded_tools(seed):
     assert "spatial_aligned" not in moved.obsm
 
 
-@pytest.mark.parametrize("seed", [0, np.int64(7), None, np.random.default_rng(1)])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        0,
+        np.int64(7),
+        np.uint64(2**40),
+        None,
+        np.random.default_rng(1),
+        np.random.SeedSequence(3),
+        np.random.PCG64(4),
+    ],
+)
 def test_good_seeds_pass(seed):
     assert isinstance(as_rng(seed), np.random.Generator)
     assert as_seed(seed) >= 0
+
+
+def test_a_random_state_is_pointed_to_default_rng():
+    with pytest.raises(ValueError, match=r"for a RandomState, pass np\.random\.default_rng\(seed\) instead"):
+        as_rng(np.random.RandomState(0))

@@ -55,3 +55,21 @@ def test_loki_records_read_only_loki_mappings():
     assert loki_record(adata, "x") == {"target": "A"}
     assert loki_record(adata, "image_key") is None  # a value, not a record
     assert loki_uns(adata)["image_key"] == "img"
+
+
+def test_a_derived_key_may_replace_only_the_record_of_its_own_tool():
+    """embed_image's patch flags: their record is pp.spot_patches', which a rerun replaces; a text
+    embedding recorded under the flags' key is refused (it was replaced)."""
+    from loki._utils import check_result_key
+
+    adata = AnnData(np.zeros((3, 2), dtype=np.float32))
+    adata.uns["loki"] = {"x_patch_ok": {"tool": "pp.spot_patches"}}
+    derived = [("x_patch_ok", ("obs", "uns"), "pp.spot_patches")]
+    check_result_key(adata, "x", ("obsm", "uns"), derived=derived, tool="tl.embed_image")
+    adata.uns["loki"]["x_patch_ok"] = {"tool": "tl.embed_text"}
+    with pytest.raises(
+        ValueError,
+        match=r"also takes 'x_patch_ok' for its results, which would replace the result "
+        r"'x_patch_ok' of lk\.tl\.embed_text",
+    ):
+        check_result_key(adata, "x", ("obsm", "uns"), derived=derived, tool="tl.embed_image")

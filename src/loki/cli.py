@@ -809,7 +809,7 @@ def _check_demo_out(out: Path, overwrite: bool) -> None:
     """
     if overwrite or not out.is_dir():
         return
-    held = sorted(path.name for path in out.iterdir())
+    held = sorted(path.name for path in out.iterdir() if not path.name.startswith("."))  # e.g. .DS_Store
     if held:
         listed = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
         raise SystemExit(

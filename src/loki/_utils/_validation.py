@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from loki._keys import Key
-from loki._utils._write import loki_record
+from loki._utils._write import loki_record, loki_uns
 
 
 def _listing(keys: Iterable[Any], limit: int = 20) -> str:
@@ -147,9 +147,10 @@ def check_result_key(
     where: Iterable[str],
     *,
     inputs: Mapping[str, str | None] | None = None,
-    derived: Iterable[tuple[str, Iterable[str]]] = (),
+    derived: Iterable[tuple[str, Iterable[str]] | tuple[str, Iterable[str], str]] = (),
     what: str = "key_added",
     tool: str | None = None,
+    owner: str | None = None,
 ) -> None:
     """Refuse a result key that would overwrite what the call reads or what describes the section.
 
@@ -163,7 +164,10 @@ def check_result_key(
     - for ``"uns"``, one of the section metadata entries of ``.uns['loki']``
       (``Key.SECTION_METADATA``: ``image_key``, ``microns_per_unit``, ...); and any key when
       ``.uns['loki']`` is not a mapping (another tool's value) that could hold the record; and, with
-      ``tool``, a key whose record another loki tool wrote (its ``"tool"``, see :func:`write_uns`).
+      ``tool``, a key whose record another loki tool wrote (its ``"tool"``, see :func:`write_uns`);
+    - another recorded result: the key of another record in ``.uns['loki']``, or an ``.obs`` column
+      such a record names as part of it (``empty_key``, ``patch_ok_key``, ``label_key``). The
+      result the call writes (``owner``) may replace its own.
 
     Call it before computing, so that nothing is written when it fails.
 
@@ -182,29 +186,37 @@ def check_result_key(
     derived
         ``(derived_key, where)`` pairs of the other keys the call writes (or removes) because of
         ``key``, e.g. ``[(f"{key}_fused", ("obsm",))]``; the message names ``what`` and the place of
-        the derived key.
+        the derived key. A third item names the tool whose record the call writes under the derived
+        key (``"pp.spot_patches"`` for an image embedding's patch flags), which it may replace.
     what
         Name of the argument in the message.
     tool
         The calling tool as it records itself (``"tl.align"``); a rerun of the same tool may replace
         its own result.
+    owner
+        The result (its ``.uns['loki']`` key) the call writes; default ``key`` when ``where`` holds
+        ``"uns"``. Pass it for a key written as part of another, e.g. annotate's ``label_key``.
     """
     check_key_name(key, what)
     where = tuple(where)
     if "uns" in where:
         check_loki_uns(table)
-        owner = (loki_record(table, key) or {}).get("tool")
-        if tool is not None and owner is not None and owner != tool:
+        recorded_by = (loki_record(table, key) or {}).get("tool")
+        if tool is not None and recorded_by is not None and recorded_by != tool:
             raise ValueError(
-                f"{what}={key!r} would replace the result of lk.{owner} under that key (.uns[{Key.UNS!r}]"
+                f"{what}={key!r} would replace the result of lk.{recorded_by} under that key (.uns[{Key.UNS!r}]"
                 f"[{key!r}] and what it describes). Choose another {what}."
             )
     inputs = inputs or {}
+    owner = key if "uns" in where else owner
+    results = _other_results(table, owner)
     for container in where:
         protected = _protected(table, container, inputs)
         if key in protected:
             raise ValueError(f"{what}={key!r} would replace {protected[key]}. Choose another {what}.")
-    for other, other_where in derived:
+    if key != owner and key in results:
+        raise ValueError(f"{what}={key!r} would replace {results[key][0]}. Choose another {what}.")
+    for other, other_where, *other_tool in derived:
         for container in other_where:
             protected = _protected(table, container, inputs)
             if other in protected:
@@ -212,6 +224,37 @@ def check_result_key(
                     f"{what}={key!r} also takes {_place(container, other)} for its results, which is "
                     f"{protected[other]}. Choose another {what}."
                 )
+        if other in results and results[other][1] not in other_tool:
+            raise ValueError(
+                f"{what}={key!r} also takes {other!r} for its results, which would replace "
+                f"{results[other][0]}. Choose another {what}."
+            )
+
+
+#: fields of a record that name ``.obs`` columns belonging to its result
+_COMPANION_FIELDS = ("empty_key", "patch_ok_key", "label_key")
+
+
+def _other_results(table, owner: str | None) -> dict[str, tuple[str, str | None]]:
+    """The keys of the results recorded in ``.uns['loki']`` other than ``owner``.
+
+    ``{key: (what it is, the tool that recorded it)}``: each record's key, and the ``.obs`` columns it
+    names as part of its result.
+    """
+    results: dict[str, tuple[str, str | None]] = {}
+    for name, record in loki_uns(table).items():
+        if name == owner or not isinstance(record, Mapping):
+            continue
+        tool = record.get("tool")
+        by = f" of lk.{tool}" if tool else ""
+        results[name] = (f"the result {name!r}{by} (.uns[{Key.UNS!r}][{name!r}])", tool)
+        for field in _COMPANION_FIELDS:
+            column = record.get(field)
+            if isinstance(column, str) and column != name:
+                results.setdefault(
+                    column, (f".obs[{column!r}], part of the result {name!r}{by} (its {field})", tool)
+                )
+    return results
 
 
 def check_obsm_key(adata, key: str, *, where: str = "adata", hint: str | None = None) -> None:

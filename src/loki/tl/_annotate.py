@@ -272,7 +272,7 @@ def annotate(
         tool="tl.annotate",
     )
     label_key = key_added if label_key is None else label_key
-    check_result_key(adata, label_key, ("obs",), what="label_key")
+    check_result_key(adata, label_key, ("obs",), what="label_key", owner=key_added)
     require_keys(adata.obsm, use, "adata.obsm")
     items = np.asarray(adata.obsm[use], dtype=np.float32)
     if not np.isfinite(items).all():

@@ -377,7 +377,7 @@ def embed_image(
         table,
         key_added,
         ("obsm", "uns"),
-        derived=[(flag_key, ("obs", "uns"))] if cut_here else (),
+        derived=[(flag_key, ("obs", "uns"), "pp.spot_patches")] if cut_here else (),
         tool="tl.embed_image",
     )
     if cut_here:
