@@ -101,6 +101,9 @@ def test_aligned_spots_drawn_where_the_target_is(mob_aligned, plot):
     draw = PLOTS[plot]
     panel = _panel(draw(mob_aligned, coordinate_system=Key.ALIGNED_CS, spatial_key=Key.ALIGNED))
     offsets = np.asarray(panel.collections[0].get_offsets())
+    # without coordinate_system=, an alignment's spots are drawn where it placed them (not in "global")
+    default = _panel(draw(mob_aligned, spatial_key=Key.ALIGNED))
+    np.testing.assert_array_equal(np.asarray(default.collections[0].get_offsets()), offsets)
     np.testing.assert_allclose(offsets, _placed(mob_aligned, "MOB2_spots_aligned", Key.ALIGNED_CS), atol=1e-6)
     # a rigid alignment: where its image and spots are placed in "aligned", and onto the target's spots
     np.testing.assert_allclose(offsets, _placed(mob_aligned, "MOB2_spots", Key.ALIGNED_CS), atol=1e-6)
@@ -120,7 +123,7 @@ def test_coordinates_that_cannot_be_placed_are_refused(mob_aligned, plot):
         r"'spatial_aligned', which placed them in coordinate system 'aligned', not 'global'\. "
         r"Pass coordinate_system='aligned'",
     ):
-        draw(mob_aligned, spatial_key=Key.ALIGNED)
+        draw(mob_aligned, spatial_key=Key.ALIGNED, coordinate_system=Key.GLOBAL_CS)
     with pytest.raises(
         KeyError, match=r"'elsewhere' not found in the coordinate systems of image 'MOB2_image'"
     ):

@@ -410,16 +410,20 @@ def section_spots(
     show_image: bool | np.ndarray | None,
     table_key: str | None,
     image_key: str | None,
-    coordinate_system: str,
+    coordinate_system: str | None,
 ) -> tuple[Background | None, np.ndarray]:
     """The section's image with its affine into the display frame (None without one), and its spots there.
 
     The display frame of a SpatialData is ``coordinate_system``'s: the spots are placed by
     :func:`spots_to_cs` and the image by its own transformation (:func:`section_image`), as
     spatialdata-plot draws them; an AnnData's is its spot coordinates. ``show_image`` as an array is
-    drawn with its pixels in the units of the spot coordinates.
+    drawn with its pixels in the units of the spot coordinates. ``coordinate_system=None`` is the one
+    an alignment's ``spatial_key`` was placed in, else ``"global"``.
     """
     xy = coordinates(table, spatial_key, table_name(data, table, table_key))
+    if coordinate_system is None:
+        placed_in = (loki_record(table, spatial_key) or {}).get("coordinate_system")
+        coordinate_system = Key.GLOBAL_CS if placed_in is None else str(placed_in)
     if isinstance(show_image, np.ndarray):
         background = None
     else:

@@ -50,7 +50,7 @@ def expression(
     layer_predicted: str = Key.PREDICTED,
     table_key: str | None = None,
     image_key: str | None = None,
-    coordinate_system: str = Key.GLOBAL_CS,
+    coordinate_system: str | None = None,
     spatial_key: str = Key.SPATIAL,
     show_image: bool | None = None,
     spot_size: float | None = None,
@@ -78,7 +78,9 @@ def expression(
         Table and image of a SpatialData.
     coordinate_system
         Coordinate system of a SpatialData to draw in, as spatialdata-plot does: the axes are in its
-        units, and the image and the spots are placed there by their transformations.
+        units, and the image and the spots are placed there by their transformations. Default: the
+        one an alignment's ``spatial_key`` was placed in (its record's ``coordinate_system``), else
+        ``"global"``.
     spatial_key
         ``.obsm`` key of the spot coordinates: the spots' own (placed by the transformation of
         the table's spot shapes), or those of an alignment (e.g. ``"spatial_aligned"`` from

@@ -42,7 +42,7 @@ def proportions(
     spatial_key: str = Key.SPATIAL,
     show_image: bool | np.ndarray | None = None,
     image_key: str | None = None,
-    coordinate_system: str = Key.GLOBAL_CS,
+    coordinate_system: str | None = None,
     ncols: int = 4,
     cmap: str = "viridis",
     vmax: float | None = None,
@@ -79,7 +79,9 @@ def proportions(
         Image of a SpatialData (default: the section's image).
     coordinate_system
         Coordinate system of a SpatialData to draw in, as spatialdata-plot does: the axes are in its
-        units, and the image and the spots are placed there by their transformations.
+        units, and the image and the spots are placed there by their transformations. Default: the
+        one an alignment's ``spatial_key`` was placed in (its record's ``coordinate_system``), else
+        ``"global"``.
     ncols
         Panels per row.
     cmap
