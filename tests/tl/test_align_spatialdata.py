@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -743,3 +745,23 @@ def test_a_stack_keeps_its_targets_shapes_placed_in_another_coordinate_system():
     np.testing.assert_allclose(
         _positions(sdata, "MOB1_spots_aligned", "other"), _positions(sdata, "MOB1_spots", "other"), atol=1e-6
     )
+
+
+def test_an_image_of_another_section_warns():
+    """target_image_key='MOB3_image' (not MOB1's) was moved into 'aligned' with MOB1 without a word."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
+    with pytest.warns(
+        lk.LokiWarning,
+        match=r"^target_image_key='MOB3_image' is the image of section 'MOB3', not of the target section 'MOB1'",
+    ):
+        lk.tl.align(sdata, source="MOB2", target="MOB1", target_image_key="MOB3_image", **_FAST)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*is the image of section", category=lk.LokiWarning)
+        lk.tl.align(
+            sdata,
+            source="MOB2",
+            target="MOB1",
+            target_image_key="MOB1_image",
+            image_key="MOB2_image",
+            **_FAST,
+        )

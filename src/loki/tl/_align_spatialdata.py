@@ -129,6 +129,8 @@ def section_elements(
         left_out = [name for name in with_cs if name not in names and name not in claimed]
         reason = f"only each section's spots and image are placed; pass {param}= for images"
     names = list(dict.fromkeys(names))
+    if warn:
+        _warn_images_of_other_sections(section, images, role, param)
     if warn and left_out:
         lost_images = [name for name in left_out if name in sdata.images]
         log = logger.warning if lost_images and len(sdata.tables) == 1 else logger.info
@@ -140,6 +142,25 @@ def section_elements(
             reason,
         )
     return names
+
+
+def _warn_images_of_other_sections(section: Section, images: list[str], role: str, param: str) -> None:
+    """Warn when an image named for the section is another section's (recorded, or named after it)."""
+    sdata = section.data
+    for image in images:
+        owners = [
+            key
+            for key, table in sdata.tables.items()
+            if key != section.key and (_stored_image_key(table) == image or _named_owner(sdata, image) == key)
+        ]
+        if owners:
+            warnings.warn(
+                f"{param}={image!r} is the image of section {owners[0]!r}, not of the {role} section "
+                f"{section.name!r}; the alignment places it with {section.name!r}. Pass the {role}'s own "
+                f"image as {param}= unless that is what you want.",
+                LokiWarning,
+                stacklevel=user_stacklevel(),
+            )
 
 
 def placed_elements(
