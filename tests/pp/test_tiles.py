@@ -213,9 +213,9 @@ def test_tile_image_hex_grid_and_min_tissue_zero_keep_every_tile():
         ({"mask": np.ones((10, 50), bool)}, ValueError, "aspect ratio"),
         ({"mask": np.ones((60, 80), int)}, ValueError, "boolean"),
         ({"mask": np.zeros((60, 80), bool)}, ValueError, "No tile"),
-        ({"key_added": "taken"}, KeyError, "already holds"),
+        ({"key_added": "taken"}, ValueError, "already holds"),
         ({"coordinate_system": "aligned"}, KeyError, "global"),
-        ({"key_added": "he"}, KeyError, "already holds"),
+        ({"key_added": "he"}, ValueError, "already holds"),
         ({"key_added": "bad name!"}, ValueError, r"key_added='bad name!' is not a valid SpatialData element"),
         ({"key_added": ""}, ValueError, r"key_added='' is not a valid SpatialData element name: .*empty"),
         # a tile larger than the image (800 x 600 px at 0.5 µm per pixel), in both or one direction

@@ -293,7 +293,7 @@ def tile_image(
     taken = {name.lower() for _, name, _ in sdata.gen_elements()}
     for name in (key_added, shapes_key):
         if name.lower() in taken:
-            raise KeyError(f"sdata already holds an element named {name!r}; pass another key_added=.")
+            raise ValueError(f"sdata already holds an element named {name!r}; pass another key_added=.")
 
     element = sdata.images[image_key]
     to_cs = affine_to(element, coordinate_system, f"sdata.images[{image_key!r}]")
