@@ -519,8 +519,8 @@ def test_embed_refuses_squares_wider_than_the_image_before_any_work(mob4_zarr):
     with pytest.raises(SystemExit) as exit_:
         main([*embed, "--diameter-um", "1e9"])
     assert str(exit_.value.code) == (
-        "loki embed: --diameter-um 1e+09 cuts squares wider than all of image 'MOB4_image' (8350 µm across "
-        "its longer side): each would hold the whole image. Pass a smaller --diameter-um."
+        "loki embed: Squares of 1e+09 µm are wider than all of image 'MOB4_image' (8350 µm across its longer "
+        "side): each would hold the whole image. Pass a smaller --diameter-um (in µm)."
     )
     assert lk.Key.TEXT not in sd.read_zarr(mob4_zarr).tables["MOB4"].obsm
 

@@ -443,3 +443,19 @@ def test_float_images_in_0_1_are_read_as_0_255_and_alpha_is_dropped():
     )
     sdata.images["S_image"] = float_image
     np.testing.assert_array_equal(lk.pp.spot_patches(sdata, size=16).compute(), expected)
+
+
+def test_squares_wider_than_the_image_are_refused_before_any_pixel():
+    """diameter_um=1e9 (a typo, or pixels for µm) went on to cut the patches: numpy asked for 43.8 PiB."""
+    sdata = _section(np.array([[400.0, 400.0]]), uns={"microns_per_unit": 0.5})
+    table = sdata.tables["S"]
+    before = (list(table.obs.columns), dict(table.uns["loki"]))
+    side_um = max(H, W) * 2.0 * 0.5  # level-0 pixels of 2 units, 0.5 µm a unit
+    with pytest.raises(
+        ValueError,
+        match=rf"^Squares of 1e\+09 µm are wider than all of image 'S_image' \({side_um:.4g} µm across its "
+        r"longer side\): each would hold the whole image\. Pass a smaller diameter_um= \(in µm\)\.$",
+    ):
+        lk.pp.spot_patches(sdata, size=8, diameter_um=1e9)
+    assert (list(table.obs.columns), dict(table.uns["loki"])) == before
+    lk.pp.spot_patches(sdata, size=8, diameter_um=side_um * 0.9)  # nearly the whole image is a patch

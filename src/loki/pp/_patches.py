@@ -284,6 +284,17 @@ def _spot_geometry(
     centers = centers / factor
     diameter = diameter0 / math.sqrt(factor[0] * factor[1])
     centers, diameter = _check_geometry(centers, diameter)
+    if float(np.median(diameter)) > max(h, w):  # cutting them asks for memory no machine has
+        across = max(h0, w0) / float(np.median(diameter0))
+        raise ValueError(
+            f"Squares of {diameter_um:g} µm are wider than all of image {image_key!r} "
+            f"({across * diameter_um:.4g} µm across its longer side): each would hold the whole image. Pass "
+            "a smaller diameter_um= (in µm)."
+            if diameter_um is not None
+            else f"The spots' squares are wider than all of image {image_key!r} (its longer side spans "
+            f"{across:.3g} spot diameters): each would hold the whole image. Check the spots' size and "
+            f"the image's transformation to {coordinate_system!r}."
+        )
     boxes = spot_boxes(centers, diameter)
     outside = boxes_outside(boxes, h, w)
     if outside.any():
