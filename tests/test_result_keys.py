@@ -279,3 +279,21 @@ def test_keys_written_beside_key_added_may_not_take_another_result():
     # each result's own rerun passes
     lk.tl.annotate(adata, class_embeddings=classes, use="emb", key_added="other_fused")
     lk.pp.gene_sentences(adata, housekeeping=None, n_genes=3)
+
+
+def test_a_key_written_under_its_own_name_may_not_take_another_results_column():
+    """gene_sentences(key_added="cell_type") replaced annotate's label column .obs['cell_type'] (the
+    key is the call's own result, so only other records were checked, not the columns they name)."""
+    rng = np.random.default_rng(1)
+    adata = lk.datasets.synthetic_tissue(n_spots=40, n_genes=20, n_cell_types=3, seed=0)
+    adata.obsm["emb"] = _unit_rows(adata.n_obs)
+    classes = {"A": rng.normal(size=DIM), "B": rng.normal(size=DIM)}
+    lk.tl.annotate(adata, class_embeddings=classes, use="emb", label_key="cell_type")
+    labels = adata.obs["cell_type"].copy()
+    part = r"would replace \.obs\['cell_type'\], part of the result 'loki_annotation' of lk\.tl\.annotate \(its label_key\)"
+    with pytest.raises(ValueError, match=rf"^key_added='cell_type' {part}"):
+        lk.pp.gene_sentences(adata, key_added="cell_type", housekeeping=None)
+    with pytest.raises(ValueError, match=rf"^label_key='cell_type' {part}"):
+        lk.tl.annotate(adata, class_embeddings=classes, use="emb", key_added="cell_type")
+    pd.testing.assert_series_equal(adata.obs["cell_type"], labels)
+    lk.tl.annotate(adata, class_embeddings=classes, use="emb", label_key="cell_type")  # its own rerun

@@ -755,13 +755,20 @@ def test_an_image_of_another_section_warns():
         match=r"^target_image_key='MOB3_image' is the image of section 'MOB3', not of the target section 'MOB1'",
     ):
         lk.tl.align(sdata, source="MOB2", target="MOB1", target_image_key="MOB3_image", **_FAST)
+    # a section's own image, also when tiles cut from it record it too
+    lk.pp.tile_image(sdata, "MOB1_image", tile_um=200.0)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*is the image of section", category=lk.LokiWarning)
+        own = {"image_key": "MOB2_image", "target_image_key": "MOB1_image"}
+        lk.tl.align(sdata, source="MOB2", target="MOB1", **own, **_FAST)
         lk.tl.align(
-            sdata,
-            source="MOB2",
-            target="MOB1",
-            target_image_key="MOB1_image",
-            image_key="MOB2_image",
-            **_FAST,
+            sdata, source="MOB1", target="MOB2", image_key="MOB1_image", key_added="spatial_back", **_FAST
         )
+
+
+def test_a_stack_target_records_the_coordinate_system_it_is_placed_in():
+    """The target's entry had no coordinate_system: plots of its aligned coordinates looked in 'global'."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    lk.tl.align_sections(sdata, target="MOB1", coordinate_system="stack", progress=False, **_FAST)
+    assert sdata.tables["MOB1"].uns["loki"]["spatial_aligned"]["coordinate_system"] == "stack"
+    assert sdata.tables["MOB2"].uns["loki"]["spatial_aligned"]["coordinate_system"] == "stack"

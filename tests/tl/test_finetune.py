@@ -209,13 +209,14 @@ def test_too_few_pairs_says_how_many_spots_were_left_out_and_why(mob12):
         r"To fix: for empty sentences, check sentence_key='loki_sentence'",
     ):
         lk.tl.finetune(table, model, patches=patches, epochs=1, progress=False)
-    # patches that all leave the image (squares far larger than the section)
+    # patches that all leave the image (squares nearly as wide as the whole 8,347 µm image; wider ones
+    # are refused before any pixel, see tests/pp/test_patches.py)
     with pytest.raises(
         ValueError,
         match=rf"section 'MOB1': left {n} of {n} spots out of training \(0 with an empty sentence, {n} whose "
         r"patch leaves the image\).*coordinate_system='global'.*diameter_um=",
     ):
-        lk.tl.finetune(mob12, model, table_keys="MOB1", diameter_um=12000, epochs=1, progress=False)
+        lk.tl.finetune(mob12, model, table_keys="MOB1", diameter_um=8340, epochs=1, progress=False)
     model._checkpoint_hash = None
     assert model.checkpoint_hash == h
     assert not model.trained

@@ -214,9 +214,10 @@ def check_result_key(
         protected = _protected(table, container, inputs)
         if key in protected:
             raise ValueError(f"{what}={key!r} would replace {protected[key]}. Choose another {what}.")
-    if key != owner and key in results:
+    if _takes(results, key, where):
         raise ValueError(f"{what}={key!r} would replace {results[key][0]}. Choose another {what}.")
     for other, other_where, *other_tool in derived:
+        other_where = tuple(other_where)
         for container in other_where:
             protected = _protected(table, container, inputs)
             if other in protected:
@@ -224,7 +225,7 @@ def check_result_key(
                     f"{what}={key!r} also takes {_place(container, other)} for its results, which is "
                     f"{protected[other]}. Choose another {what}."
                 )
-        if other in results and results[other][1] not in other_tool:
+        if _takes(results, other, other_where) and results[other][1] not in other_tool:
             raise ValueError(
                 f"{what}={key!r} also takes {other!r} for its results, which would replace "
                 f"{results[other][0]}. Choose another {what}."
@@ -235,24 +236,29 @@ def check_result_key(
 _COMPANION_FIELDS = ("empty_key", "patch_ok_key", "label_key")
 
 
-def _other_results(table, owner: str | None) -> dict[str, tuple[str, str | None]]:
+def _takes(results: dict[str, tuple[str, str | None, bool]], key: str, where: tuple[str, ...]) -> bool:
+    """Whether writing ``key`` into ``where`` takes another result: its key, or its ``.obs`` column."""
+    return key in results and (not results[key][2] or "obs" in where)
+
+
+def _other_results(table, owner: str | None) -> dict[str, tuple[str, str | None, bool]]:
     """The keys of the results recorded in ``.uns['loki']`` other than ``owner``.
 
-    ``{key: (what it is, the tool that recorded it)}``: each record's key, and the ``.obs`` columns it
-    names as part of its result.
+    ``{key: (what it is, the tool that recorded it, whether it is an .obs column)}``: each record's key,
+    and the ``.obs`` columns it names as part of its result.
     """
-    results: dict[str, tuple[str, str | None]] = {}
+    results: dict[str, tuple[str, str | None, bool]] = {}
     for name, record in loki_uns(table).items():
         if name == owner or not isinstance(record, Mapping):
             continue
         tool = record.get("tool")
         by = f" of lk.{tool}" if tool else ""
-        results[name] = (f"the result {name!r}{by} (.uns[{Key.UNS!r}][{name!r}])", tool)
+        results[name] = (f"the result {name!r}{by} (.uns[{Key.UNS!r}][{name!r}])", tool, False)
         for field in _COMPANION_FIELDS:
             column = record.get(field)
             if isinstance(column, str) and column != name:
                 results.setdefault(
-                    column, (f".obs[{column!r}], part of the result {name!r}{by} (its {field})", tool)
+                    column, (f".obs[{column!r}], part of the result {name!r}{by} (its {field})", tool, True)
                 )
     return results
 

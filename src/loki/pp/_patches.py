@@ -180,8 +180,8 @@ def spot_patches(
     """
     table = get_table(sdata, table_key)
     if key_added is not None:
+        check_flags_not_owned(table, key_added)  # first: it says whose flags they are
         check_result_key(table, key_added, ("obs", "uns"), tool="pp.spot_patches")
-        check_flags_not_owned(table, key_added)
     patches, ok, meta = _cut_spot_patches(
         sdata,
         table_key=table_key,

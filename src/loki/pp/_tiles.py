@@ -256,10 +256,10 @@ def tile_image(
     Raises
     ------
     KeyError
-        Unknown image or coordinate system, no ``microns_per_pixel`` given or recorded, or ``key_added``
-        (or its shapes name) already names an element.
+        Unknown image or coordinate system, or no ``microns_per_pixel`` given or recorded.
     ValueError
-        Bad sizes or fractions, a ``key_added`` that is not a SpatialData element name, tiles under 4 px,
+        Bad sizes or fractions, a ``key_added`` that is not a SpatialData element name or that (or its shapes
+        name) already names an element, tiles under 4 px,
         larger than the image or more than 20 million of them (a unit slip in ``microns_per_pixel`` or
         ``tile_um``), a mask of another aspect ratio, or no tile kept (with the tissue fraction of the
         image, to help choose ``min_tissue``).

@@ -979,9 +979,8 @@ def align_sections(
                 table.uns[Key.UNS][key_added]["reference"] = ref
                 results[name] = table.uns[Key.UNS][key_added]
         step = f"placing the target {target!r}"
-        replace_stack_target(
-            tgt_section, key_added, kwargs.get("coordinate_system") or _default_coordinate_system(key_added)
-        )
+        stack_cs = kwargs.get("coordinate_system") or _default_coordinate_system(key_added)
+        replace_stack_target(tgt_section, key_added, stack_cs)
         write_obsm(
             tgt_table, key_added, np.asarray(tgt_table.obsm[spatial_key], dtype=np.float64)[:, :2].copy()
         )
@@ -992,6 +991,8 @@ def align_sections(
             "matrix": np.eye(3),
             "z": int(t_idx),
         }
+        if is_spatialdata(tgt_section.data):  # placed there at its own coordinates, as its sources are
+            entry["coordinate_system"] = stack_cs
         mpu = _microns_per_unit(tgt_table, spatial_key)
         if mpu is not None:
             entry["microns_per_unit"] = mpu

@@ -145,9 +145,15 @@ def section_elements(
 
 
 def _warn_images_of_other_sections(section: Section, images: list[str], role: str, param: str) -> None:
-    """Warn when an image named for the section is another section's (recorded, or named after it)."""
+    """Warn when an image named for the section is another section's (recorded, or named after it).
+
+    An image the section records, or one named after it, is its own, also when other tables record it
+    too (the tiles :func:`loki.pp.tile_image` cut from it, several bin sizes over one image).
+    """
     sdata = section.data
     for image in images:
+        if _stored_image_key(section.table) == image or _named_owner(sdata, image) == section.key:
+            continue
         owners = [
             key
             for key, table in sdata.tables.items()

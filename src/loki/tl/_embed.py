@@ -373,6 +373,8 @@ def embed_image(
     table = get_table(data, table_key)
     cut_here = patches is None
     flag_key = Key.patch_ok_of(key_added)  # the flags of patches cut here
+    if cut_here:  # first: it says whose flags they are
+        check_flags_not_owned(table, flag_key, owner=key_added)
     check_result_key(
         table,
         key_added,
@@ -380,8 +382,6 @@ def embed_image(
         derived=[(flag_key, ("obs", "uns"), "pp.spot_patches")] if cut_here else (),
         tool="tl.embed_image",
     )
-    if cut_here:
-        check_flags_not_owned(table, flag_key, owner=key_added)
     diameter, diameter_source = diameter_um, None
     if cut_here and is_spatialdata(data):
         diameter, diameter_source = patch_diameter_um(model, diameter_um, table)
