@@ -589,6 +589,7 @@ def _tile(args: argparse.Namespace) -> None:
     import spatialdata as sd
 
     import loki as lk
+    from loki._utils._spatialdata import table_key_of
 
     sdata = sd.read_zarr(args.zarr)
     _check_coordinate_system(sdata, args.coordinate_system)
@@ -604,7 +605,7 @@ def _tile(args: argparse.Namespace) -> None:
         within=args.within,
         key_added=args.key_added,
     )
-    key = next(k for k, t in sdata.tables.items() if t is table)
+    key = table_key_of(sdata, table)
     shapes = table.uns["spatialdata_attrs"]["region"]
     sdata.write_element(shapes)
     try:

@@ -54,6 +54,11 @@ def get_table(data: AnnData | SpatialData, table_key: str | None = None) -> AnnD
     return tables[table_key]
 
 
+def table_key_of(sdata: SpatialData, table: AnnData, table_key: str | None = None) -> str:
+    """The key of ``table`` in ``sdata.tables``: ``table_key`` when given, else found by identity."""
+    return table_key if table_key is not None else next(k for k, t in sdata.tables.items() if t is table)
+
+
 def table_attrs(table: AnnData) -> dict[str, Any]:
     """The ``spatialdata_attrs`` of a table (region, region_key, instance_key), or an empty dict."""
     return dict(table.uns.get("spatialdata_attrs", {}))

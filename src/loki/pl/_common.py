@@ -25,6 +25,7 @@ from loki._utils._spatialdata import (
     lowres_image,
     section_image_key,
     section_shapes,
+    table_key_of,
     table_region,
 )
 
@@ -78,8 +79,7 @@ def table_name(data: AnnData | SpatialData, table: AnnData, table_key: str | Non
     """How messages call the plotted table: ``"adata"``, or ``"sdata.tables['MOB1']"`` in a SpatialData."""
     if not is_spatialdata(data):
         return "adata"
-    key = table_key if table_key is not None else next(k for k, t in data.tables.items() if t is table)
-    return f"sdata.tables[{key!r}]"
+    return f"sdata.tables[{table_key_of(data, table, table_key)!r}]"
 
 
 def coordinates(table: AnnData, key: str, where: str = "adata") -> np.ndarray:
@@ -290,7 +290,7 @@ def section_image(
             _no_image("an AnnData holds no image (show_image=True)", warn=True)
         return None
     table = get_table(data, table_key)
-    key = _table_key(data, table, table_key)
+    key = table_key_of(data, table, table_key)
     try:
         name = section_image_key(data, key, image_key)
     except KeyError as err:
@@ -303,10 +303,6 @@ def section_image(
     pixels, to_cs = lowres_image(element, max_side, coordinate_system)
     pixels = pixels[..., :3]
     return (pixels[..., 0] if pixels.shape[-1] == 1 else pixels), to_cs
-
-
-def _table_key(data: SpatialData, table: AnnData, table_key: str | None) -> str:
-    return table_key if table_key is not None else next(k for k, t in data.tables.items() if t is table)
 
 
 def spots_to_cs(
@@ -332,7 +328,7 @@ def spots_to_cs(
         return np.eye(3)
     from loki.tl._align_spatialdata import Section, source_to_cs, target_to_cs
 
-    key = _table_key(data, table, table_key)
+    key = table_key_of(data, table, table_key)
     section = Section(data, key, table)
     record = loki_record(table, spatial_key) if spatial_key != Key.SPATIAL else None
     where = f"{table_name(data, table, table_key)}.obsm[{spatial_key!r}]"

@@ -18,6 +18,7 @@ from loki._utils._spatialdata import (
     section_image_key,
     section_shapes,
     table_attrs,
+    table_key_of,
 )
 
 if TYPE_CHECKING:
@@ -255,8 +256,7 @@ def _spot_geometry(
     import dask.array as da
 
     table = get_table(sdata, table_key)
-    if table_key is None:
-        table_key = next(k for k, v in sdata.tables.items() if v is table)
+    table_key = table_key_of(sdata, table, table_key)
     image_key = section_image_key(sdata, table_key, image_key)
     element = sdata.images[image_key]
     levels = image_levels(element)
