@@ -13,6 +13,8 @@ from loki.tl._candidates import PCA_FIT_ROWS, pca_axes, topk_cosine_pca
 from loki.tl._predict import predict_from_embeddings
 from loki.tl._retrieve import l2_normalize, topk_cosine
 
+SEED_MESSAGE = r"seed must be a non-negative integer, a numpy Generator or None"
+
 
 def _low_rank(n, d, rank, noise, seed, basis_seed=7):
     # rows = latent (rank dims) x a fixed basis + isotropic noise: a fast-decaying covariance spectrum
@@ -209,9 +211,9 @@ def test_predict_expression_records_search_settings():
         ({"top_k": 10, "search": "pca", "n_candidates": 5}, "n_candidates"),
         ({"top_k": 10, "search": "pca", "n_candidates": 301}, "n_candidates"),
         ({"top_k": 10, "search": "pca", "seed": "a"}, "seed"),
-        ({"top_k": 10, "search": "pca", "seed": -1}, r"seed must be an integer >= 0, got -1\."),
-        ({"top_k": 10, "search": "ivf", "seed": 1.5}, r"seed must be an integer >= 0, got 1\.5\."),
-        ({"top_k": 10, "seed": True}, r"seed must be an integer >= 0, got True\."),
+        ({"top_k": 10, "search": "pca", "seed": -1}, rf"{SEED_MESSAGE}, got -1\."),
+        ({"top_k": 10, "search": "ivf", "seed": 1.5}, rf"{SEED_MESSAGE}, got 1\.5\."),
+        ({"top_k": 10, "seed": True}, rf"{SEED_MESSAGE}, got True\."),
         ({"top_k": 10, "search": "ivf", "n_lists": 0}, "n_lists"),
         ({"top_k": 10, "search": "ivf", "n_lists": 10, "n_probe": 11}, "n_probe"),
     ],
@@ -245,5 +247,26 @@ def test_retrieve_refuses_a_bad_seed_whatever_the_search(search, seed):
     """numpy refused -1 and 1.5 with its own words deep inside, and True passed as 1."""
     rng = np.random.default_rng(4)
     bank, q = rng.normal(size=(40, 8)), rng.normal(size=(3, 8))
-    with pytest.raises(ValueError, match=f"^{re.escape(f'seed must be an integer >= 0, got {seed!r}.')}$"):
+    with pytest.raises(ValueError, match=f"^{SEED_MESSAGE}, got {re.escape(repr(seed))}\\.$"):
         lk.tl.retrieve(q, bank, k=5, search=search, seed=seed)
+
+
+@pytest.mark.parametrize("search", ["pca", "ivf"])
+def test_a_generator_seed_is_recorded_as_the_int_that_repeats_the_run(search):
+    """A Generator or None is taken as by the other seeded tools; the int drawn is recorded."""
+    query, ref = _tables(n_ref=PCA_FIT_ROWS + 300)  # the axes are fitted on a seeded subsample
+    options = {"top_k": 10, "search": search, "n_components": 4}
+    first = lk.tl.predict_expression(query, ref, seed=np.random.default_rng(11), **options)
+    again = lk.tl.predict_expression(query, ref, seed=np.random.default_rng(11), **options)
+    used = first.uns["loki"]["loki_predicted"]["seed"]
+    assert isinstance(used, int) and used >= 0
+    assert again.uns["loki"]["loki_predicted"]["seed"] == used
+    repeated = lk.tl.predict_expression(query, ref, seed=used, **options)
+    np.testing.assert_array_equal(repeated.X, first.X)
+    fresh = lk.tl.predict_expression(query, ref, seed=None, **options)
+    assert fresh.uns["loki"]["loki_predicted"]["seed"] >= 0
+    hits = lk.tl.retrieve(query, ref, k=5, search=search, seed=np.random.default_rng(11))
+    np.testing.assert_array_equal(
+        hits["bank_index"],
+        lk.tl.retrieve(query, ref, k=5, search=search, seed=np.random.default_rng(11))["bank_index"],
+    )

@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from loki._utils import as_rng, block_starts, check_int
+from loki._utils._rng import SeedLike, check_seed
 from loki._utils._threads import keep_torch_threads
 
 from ._retrieve import _check_norms, _check_pair, _heap_push, l2_normalize, topk_cosine
@@ -53,17 +54,18 @@ def check_search(
     n_candidates: int | None,
     n_lists: int | None = None,
     n_probe: int | None = None,
-    seed: int = 0,
+    seed: SeedLike = 0,
 ) -> dict | None:
     """Validate the search options before any compute.
 
     Returns None for exact search, else the resolved sizes: ``n_components``, ``n_candidates`` and,
-    for ``search="ivf"``, ``n_lists`` and ``n_probe`` (defaults filled in). ``seed`` must be an integer
-    >= 0 with any ``search``, so that a call is refused or accepted whichever search it asks for.
+    for ``search="ivf"``, ``n_lists`` and ``n_probe`` (defaults filled in). ``seed`` (as
+    :func:`~loki._utils._rng.as_rng` takes it) is checked with any ``search``, so that a call is refused
+    or accepted whichever search it asks for.
     """
     if search not in ("exact", "pca", "ivf"):
         raise ValueError(f"search must be 'exact', 'pca' or 'ivf', got {search!r}.")
-    check_int(seed, "seed", minimum=0)
+    check_seed(seed)
     if search == "exact":
         return None
     if k is None:
@@ -241,7 +243,7 @@ def topk_cosine_pca(
     n_candidates: int | None = None,
     n_lists: int | None = None,
     n_probe: int | None = None,
-    seed=0,
+    seed: SeedLike = 0,
     chunk_size: int | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -267,7 +269,8 @@ def topk_cosine_pca(
         whose centroids score best, instead of all rows (default ``n_probe = ceil(n_lists / 8)``). None:
         scan all rows. With ``n_probe = n_lists`` the candidates are those of the full scan.
     seed
-        Seed of the reference subsamples the axes (and the k-means cells) are fitted on.
+        Seed of the reference subsamples the axes (and the k-means cells) are fitted on: an int >= 0, a
+        numpy Generator, or None for fresh OS entropy.
     chunk_size
         Reference rows per chunk of the candidate scan (default 4096: with blocks of 1024 queries a
         16 MiB score block that stays in cache).

@@ -26,6 +26,7 @@ from loki._utils import (
     write_uns,
 )
 from loki._utils._backed import read_matrix
+from loki._utils._rng import SeedLike, as_seed
 from loki._utils._spatialdata import get_table, is_spatialdata
 from loki._utils._threads import keep_torch_threads
 
@@ -110,7 +111,7 @@ def predict_from_embeddings(
     n_candidates: int | None = None,
     n_lists: int | None = None,
     n_probe: int | None = None,
-    seed: int = 0,
+    seed: SeedLike = 0,
     chunk_size: int | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, int]:
@@ -234,7 +235,7 @@ def predict_expression(
     n_candidates: int | None = None,
     n_lists: int | None = None,
     n_probe: int | None = None,
-    seed: int = 0,
+    seed: SeedLike = 0,
     output: Literal["anndata", "layer"] = "anndata",
     query_table_key: str | None = None,
     reference_table_key: str | None = None,
@@ -290,7 +291,9 @@ def predict_expression(
         Cells and probed cells per query of ``search="ivf"`` (defaults ``round(sqrt(n_ref))`` and
         ``ceil(n_lists / 8)``).
     seed
-        Seed (an integer >= 0) of the reference subsamples the principal axes and cells are fitted on.
+        Seed of the reference subsamples the principal axes and cells are fitted on: an int >= 0, a
+        numpy Generator, or None for fresh OS entropy; the int used is recorded, so that a run can be
+        repeated.
     output
         ``"anndata"``: return a new AnnData (query spots x reference genes; ``.X`` = prediction, obs,
         ``obsm['spatial']`` and ``uns['spatialdata_attrs']`` copied from the query table, so that the
@@ -329,6 +332,8 @@ def predict_expression(
     sizes = check_search(
         search, top_k, ref.shape[0], ref.shape[1], n_components, n_candidates, n_lists, n_probe, seed
     )
+    if sizes is not None:
+        seed = as_seed(seed)  # recorded, so that a run with seed=None or a Generator can be repeated
     x = _expression_of(ref_table, layer)
     check_unique_var_names(ref_table, "reference")
     ref_genes = pd.Index(ref_table.var_names)
@@ -422,7 +427,7 @@ def predict_expression_loso(
     n_candidates: int | None = None,
     n_lists: int | None = None,
     n_probe: int | None = None,
-    seed: int = 0,
+    seed: SeedLike = 0,
     progress: bool = False,
 ) -> tuple[dict[str, AnnData], pd.DataFrame]:
     """Leave-one-section-out PredEx: predict each section from all the others and score it.

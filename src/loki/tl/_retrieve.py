@@ -13,6 +13,7 @@ from anndata import AnnData
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import block_starts, check_int, require_keys
+from loki._utils._rng import SeedLike
 from loki._utils._spatialdata import get_table, is_spatialdata
 from loki._utils._threads import keep_torch_threads
 
@@ -220,7 +221,7 @@ def retrieve(
     n_candidates: int | None = None,
     n_lists: int | None = None,
     n_probe: int | None = None,
-    seed: int = 0,
+    seed: SeedLike = 0,
     chunk_size: int | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
@@ -257,8 +258,8 @@ def retrieve(
         exactly; faster on large banks, but a true top-k row outside the candidates is missed. Cosine
         only (``normalize=True``). See :func:`loki.tl.predict_expression` for the options.
     n_components, n_candidates, n_lists, n_probe, seed
-        Options of the approximate searches (unused with ``search="exact"``; ``seed``, an integer >= 0, is
-        checked with any search).
+        Options of the approximate searches (unused with ``search="exact"``; ``seed``, an int >= 0, a
+        numpy Generator or None for fresh OS entropy, is checked with any search).
     chunk_size
         Bank rows per chunk (default keeps one score block under 128 MiB).
     progress
