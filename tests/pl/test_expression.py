@@ -143,3 +143,25 @@ def test_missing_prediction_names_the_table_and_lk_tl_predict_expression():
         lk.pl.expression(small_section(), "g0", table_key="S", show=False)
     with pytest.raises(KeyError, match=r"'G0' not found in sdata\.tables\['S'\]\.var_names"):
         lk.pl.expression(small_section(), "G0", show=False)
+
+
+def test_measured_expression_alone_without_a_prediction():
+    """layer_predicted=None draws each gene's measurement on its own scale, four panels a row."""
+    table = small_section(n=40, with_image=False)
+    genes = ["g0", "g1", "g2", "g3", "g4"]
+    with pytest.raises(KeyError, match="layer_predicted=None"):
+        lk.pl.expression(table, genes, show=False)
+    fig = lk.pl.expression(table, genes, layer_predicted=None, show=False)
+    titled = [a for a in fig.axes if a.get_title()]
+    assert [a.get_title() for a in titled] == [f"{g} measured" for g in genes]
+    for a, gene in zip(titled, genes, strict=True):
+        values = table[:, gene].X.ravel()
+        np.testing.assert_allclose(a.collections[0].get_array(), values)
+        assert a.collections[0].get_clim() == (values.min(), values.max())
+    rows = {round(a.get_position().y0, 3) for a in titled}
+    assert len(rows) == 2  # five panels: four in the first row, one in the second
+    plt.close(fig)
+    _, axes = plt.subplots(1, 2)
+    with pytest.raises(ValueError, match="ax holds 2 axes, but 1 panels"):
+        lk.pl.expression(table, "g0", layer_predicted=None, ax=axes, show=False)
+    plt.close("all")

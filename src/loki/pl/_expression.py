@@ -1,4 +1,4 @@
-"""Measured vs predicted spatial expression, side by side."""
+"""Measured vs predicted spatial expression, side by side (or the measured expression alone)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def expression(
     *,
     predicted: AnnData | None = None,
     layer: str | None = None,
-    layer_predicted: str = Key.PREDICTED,
+    layer_predicted: str | None = Key.PREDICTED,
     table_key: str | None = None,
     image_key: str | None = None,
     coordinate_system: str | None = None,
@@ -61,6 +61,9 @@ def expression(
 ) -> Figure:
     """Measured (left) and predicted (right) expression of each gene on the spots, on one colour scale.
 
+    With ``layer_predicted=None`` and no ``predicted``, the measured expression is drawn alone, one
+    panel per gene (four per row), e.g. a source section's genes at its aligned positions.
+
     Parameters
     ----------
     data
@@ -73,7 +76,7 @@ def expression(
     layer
         Layer of the measured expression (``.X`` when None).
     layer_predicted
-        Layer holding the prediction when ``predicted`` is None.
+        Layer holding the prediction when ``predicted`` is None; None draws no prediction.
     table_key, image_key
         Table and image of a SpatialData.
     coordinate_system
@@ -92,8 +95,8 @@ def expression(
     spot_size, cmap
         Marker size and colour map; spots with a missing (NaN) value are drawn in light grey.
     ax
-        ``2 * len(genes)`` axes to draw into (measured, predicted for each gene in turn), as a list
-        or an array; default a new figure.
+        ``2 * len(genes)`` axes to draw into (measured, predicted for each gene in turn; ``len(genes)``
+        without a prediction), as a list or an array; default a new figure.
     show
         Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
     save
@@ -114,13 +117,16 @@ def expression(
     require_keys(table.var_names, genes, f"{name}.var_names")
     if layer is not None:
         require_keys(table.layers, layer, f"{name}.layers")
-    if predicted is None:
+    if predicted is None and layer_predicted is None:
+        pred_ad, pred_layer = None, None
+    elif predicted is None:
         require_keys(
             table.layers,
             layer_predicted,
             f"{name}.layers",
-            hint="Run lk.tl.predict_expression(..., output='layer') on this table first, or pass "
-            "predicted= the AnnData it returns (output='anndata').",
+            hint="Run lk.tl.predict_expression(..., output='layer') on this table first, pass "
+            "predicted= the AnnData it returns (output='anndata'), or pass layer_predicted=None to "
+            "draw the measured expression alone.",
         )
         pred_ad, pred_layer = table, layer_predicted
     else:
@@ -139,18 +145,21 @@ def expression(
         coordinate_system=coordinate_system,
     )
     size = marker_size(spot_size, table.n_obs)
-    fig, axes = panel_grid(2 * len(genes), 2, ax, aspect=spots_aspect(xy))
+    per_gene = 1 if pred_ad is None else 2
+    fig, axes = panel_grid(per_gene * len(genes), 4 if pred_ad is None else 2, ax, aspect=spots_aspect(xy))
     for i, gene in enumerate(genes):
-        measured, pred = _column(table, gene, layer), _column(pred_ad, gene, pred_layer)
-        lo, hi = _finite_range(measured, pred)
-        for a, values, title in (
-            (axes[2 * i], measured, f"{gene} measured"),
-            (axes[2 * i + 1], pred, f"{gene} predicted (PCC {_pcc_text(measured, pred)})"),
-        ):
+        measured = _column(table, gene, layer)
+        panels = [(measured, f"{gene} measured")]
+        if pred_ad is not None:
+            pred = _column(pred_ad, gene, pred_layer)
+            panels.append((pred, f"{gene} predicted (PCC {_pcc_text(measured, pred)})"))
+        lo, hi = _finite_range(*(values for values, _ in panels))
+        gene_axes = axes[per_gene * i : per_gene * (i + 1)]
+        for a, (values, title) in zip(gene_axes, panels, strict=True):
             draw_section(a, background, xy)
             points = scatter_values(a, xy, values, cmap=colours, s=size, vmin=lo, vmax=hi)
             a.set_title(title, fontsize=9)
-        fig.colorbar(points, ax=axes[2 * i : 2 * i + 2], shrink=0.7)
+        fig.colorbar(points, ax=gene_axes, shrink=0.7)
     finish(fig, show=show, save=save, created=ax is None)
     return fig
 
