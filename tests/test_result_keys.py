@@ -297,3 +297,66 @@ def test_a_key_written_under_its_own_name_may_not_take_another_results_column():
         lk.tl.annotate(adata, class_embeddings=classes, use="emb", key_added="cell_type")
     pd.testing.assert_series_equal(adata.obs["cell_type"], labels)
     lk.tl.annotate(adata, class_embeddings=classes, use="emb", label_key="cell_type")  # its own rerun
+
+
+def _write_all_then_fail(adata) -> None:
+    from loki._utils import all_or_nothing, write_layer, write_obs, write_obsm, write_uns
+
+    with all_or_nothing():
+        write_obs(adata, "kept", np.zeros(adata.n_obs))
+        write_obs(adata, "new", np.zeros(adata.n_obs))
+        write_obsm(adata, "kept", np.zeros((adata.n_obs, 2)))
+        write_layer(adata, "new", adata.X)
+        write_uns(adata, "new", {"tool": "tl.test"})
+        raise RuntimeError("late")
+
+
+def _inner_block_fails_and_is_caught(adata, emb) -> None:
+    from loki._utils import all_or_nothing, write_obsm, write_uns
+
+    with all_or_nothing():
+        write_obsm(adata, "outer", emb)
+        try:
+            with all_or_nothing():
+                write_uns(adata, "first", {"tool": "tl.other"})
+                write_obsm(adata, "inner", emb)
+                raise ValueError("inner")
+        except ValueError:
+            pass
+
+
+def _outer_block_fails_after_the_inner_one(adata, emb) -> None:
+    from loki._utils import all_or_nothing, write_obsm
+
+    with all_or_nothing():
+        with all_or_nothing():
+            write_obsm(adata, "inner", emb)
+        raise RuntimeError("after the inner block")
+
+
+def test_all_or_nothing_undoes_the_writes_of_a_failing_block():
+    """What a tool's write block replaced comes back, what it added goes; an inner block that failed and was
+    caught is undone alone; writes outside a block are not recorded."""
+    from loki._utils import write_uns
+
+    adata = lk.datasets.synthetic_tissue(30, 10, 2, seed=0)
+    adata.obs["kept"] = pd.Categorical(np.resize(["a", "b"], adata.n_obs))
+    adata.obsm["kept"] = emb = np.ones((adata.n_obs, 2))
+    obs, uns = adata.obs.copy(), copy.deepcopy(dict(adata.uns))
+    with pytest.raises(RuntimeError, match="late"):
+        _write_all_then_fail(adata)
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    assert adata.obsm["kept"] is emb
+    assert list(adata.obsm) == ["spatial", "proportions", "kept"]
+    assert "new" not in adata.layers
+    assert adata.uns.keys() == uns.keys()  # no 'loki' left behind
+
+    write_uns(adata, "first", {"tool": "tl.test"})  # outside a block: written, not recorded
+    _inner_block_fails_and_is_caught(adata, emb)
+    assert adata.uns["loki"] == {"first": {"tool": "tl.test"}}
+    assert "outer" in adata.obsm
+    assert "inner" not in adata.obsm
+    with pytest.raises(RuntimeError, match="after the inner block"):
+        _outer_block_fails_after_the_inner_one(adata, emb)
+    assert "inner" not in adata.obsm
+    assert "outer" in adata.obsm

@@ -365,6 +365,36 @@ def test_gene_sentences_duplicate_names_and_bad_params_write_nothing():
     _assert_untouched(adata, [])
 
 
+@pytest.mark.parametrize("fail", ["write_obs", "write_uns"])
+def test_gene_sentences_failing_while_it_writes_leaves_the_table_as_it_was(monkeypatch, fail):
+    """The sentences were written, then the flags or the record failed: the sentences stayed (a half
+    result whose record still described the earlier call)."""
+    import loki.pp._sentences as sentences_module
+
+    adata = lk.datasets.synthetic_tissue(60, 40, 2, seed=0)
+    lk.pp.gene_sentences(adata, n_genes=3)
+    obs, record = adata.obs.copy(), dict(adata.uns["loki"][Key.SENTENCE])
+    fresh = lk.datasets.synthetic_tissue(60, 40, 2, seed=0)
+    fresh_obs = fresh.obs.copy()
+    write_before, calls = getattr(sentences_module, fail), []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if fail == "write_uns" or len(calls) == 2:  # the record, or the flags after the sentences
+            raise RuntimeError("interrupted while writing")
+        return write_before(*args, **kwargs)
+
+    monkeypatch.setattr(sentences_module, fail, failing)
+    for table in (adata, fresh):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="interrupted while writing"):
+            lk.pp.gene_sentences(table, n_genes=7)
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    assert adata.uns["loki"][Key.SENTENCE] == record
+    pd.testing.assert_frame_equal(fresh.obs, fresh_obs)
+    assert "loki" not in fresh.uns
+
+
 def test_gene_sentences_warns_on_ensembl_ids():
     names = ["ENSMUSG00000064339.1", "ENSG00000141510", "Snap25"]
     assert looks_like_ensembl(names).tolist() == [True, True, False]

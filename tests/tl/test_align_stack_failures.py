@@ -135,3 +135,53 @@ def test_a_failing_stack_of_anndata_sections_is_put_back(monkeypatch):
     with pytest.raises(RuntimeError, match="no longer overlap"):
         lk.tl.align_sections(stack, target=0, progress=False, **_FAST)
     assert [(_canon(dict(s.obsm)), _canon(s.uns.get(Key.UNS, "absent"))) for s in stack] == before
+
+
+def _fail_at(monkeypatch, name: str, module=align_module, call: int = 1):
+    """Make the ``call``-th call of ``module.name`` (a write of the alignment) raise."""
+    calls = []
+    before_fn = getattr(module, name)
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise RuntimeError("interrupted while writing")
+        return before_fn(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, failing)
+
+
+@pytest.mark.parametrize("aligned_before", [False, True])
+@pytest.mark.parametrize(
+    "fail",
+    [
+        # the record, after the shapes, the transformations and the coordinates were written
+        lambda mp: _fail_at(mp, "write_uns"),
+        # the second transformation set, after the shapes and the first transformation
+        lambda mp: _fail_at(
+            mp, "set_transformation", module=__import__("spatialdata").transformations, call=2
+        ),
+    ],
+    ids=["record", "transformation"],
+)
+def test_one_alignment_failing_while_it_writes_is_put_back(monkeypatch, fail, aligned_before):
+    """align wrote the aligned shapes, the transformations and .obsm before a failure and left them there
+    (align_sections put its stacks back, a single alignment did not); an earlier alignment comes back."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    if aligned_before:
+        lk.tl.align(sdata, source="MOB2", target="MOB1", **{**_FAST, "mirror": True})
+    before = _state(sdata)
+    fail(monkeypatch)
+    with pytest.raises(RuntimeError, match="interrupted while writing"):
+        lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    assert _state(sdata) == before
+
+
+def test_an_anndata_alignment_failing_while_it_writes_is_put_back(monkeypatch):
+    tissue = lk.datasets.synthetic_tissue(n_spots=300, n_genes=30, n_cell_types=4, seed=3)
+    moved = lk.datasets.transform_section(tissue, rotation_deg=10, seed=0)[0]
+    before = (_canon(dict(moved.obsm)), _canon(moved.uns.get(Key.UNS, "absent")))
+    _fail_at(monkeypatch, "write_uns")
+    with pytest.raises(RuntimeError, match="interrupted while writing"):
+        lk.tl.align(moved, target=tissue, **_FAST)
+    assert (_canon(dict(moved.obsm)), _canon(moved.uns.get(Key.UNS, "absent"))) == before

@@ -3,13 +3,66 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import pandas as pd
 
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
+
+#: The undo steps of the writes made inside the innermost :func:`all_or_nothing` block (None outside one).
+_JOURNAL: ContextVar[list[Callable[[], None]] | None] = ContextVar("loki_write_journal", default=None)
+_ABSENT = object()
+
+
+@contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Undo every ``write_*`` made inside the block when the block raises (an interrupt too), then re-raise.
+
+    A tool writes its results (``.obs`` / ``.obsm`` / ``.layers`` columns and its ``.uns['loki']``
+    record) inside one block, so that a failure between two writes leaves the table as it was
+    before the call: the entries it replaced come back, the ones it added go. Writes made outside the
+    helpers (``sdata.shapes[...]``, transformations) are the caller's to undo. Blocks nest: an inner
+    block undoes its own writes when it raises, and hands them to the outer block when it does not.
+    """
+    journal: list[Callable[[], None]] = []
+    token = _JOURNAL.set(journal)
+    try:
+        yield
+    except BaseException:
+        for undo in reversed(journal):
+            undo()
+        raise
+    finally:
+        _JOURNAL.reset(token)
+    outer = _JOURNAL.get()
+    if outer is not None:
+        outer.extend(journal)
+
+
+def _remember(mapping, key: str) -> None:
+    """Inside an :func:`all_or_nothing` block, note how to put ``mapping[key]`` back as it is now."""
+    journal = _JOURNAL.get()
+    if journal is None:
+        return
+    # a copy of an .obs column: a DataFrame may write a new column's values into the old one's memory
+    old = (
+        mapping[key].copy()
+        if key in mapping and isinstance(mapping, pd.DataFrame)
+        else mapping.get(key, _ABSENT)
+    )
+
+    def undo() -> None:
+        if old is _ABSENT:
+            if key in mapping:
+                del mapping[key]
+        else:
+            mapping[key] = old
+
+    journal.append(undo)
 
 
 def write_obsm(adata, key: str, value: Any) -> None:
@@ -24,18 +77,21 @@ def write_obsm(adata, key: str, value: Any) -> None:
                 LokiWarning,
                 stacklevel=user_stacklevel(),
             )
+    _remember(adata.obsm, key)
     adata.obsm[key] = value
     logger.info("added .obsm[%r]", key)
 
 
 def write_obs(adata, key: str, value: Any) -> None:
     """Store ``value`` in ``adata.obs[key]`` and log it."""
+    _remember(adata.obs, key)
     adata.obs[key] = value
     logger.info("added .obs[%r]", key)
 
 
 def write_layer(adata, key: str, value: Any) -> None:
     """Store ``value`` in ``adata.layers[key]`` and log it."""
+    _remember(adata.layers, key)
     adata.layers[key] = value
     logger.info("added .layers[%r]", key)
 
@@ -46,7 +102,10 @@ def write_uns(adata, key: str, value: dict[str, Any]) -> None:
     A tool's record names it first, ``{"tool": "tl.align", ...}``: :func:`check_result_key` keeps
     another tool from writing its result under the same key.
     """
-    adata.uns.setdefault(Key.UNS, {})[key] = value
+    _remember(adata.uns, Key.UNS)  # put back whole: the record's mapping when there was none
+    records = adata.uns.setdefault(Key.UNS, {})
+    _remember(records, key)
+    records[key] = value
     logger.info("added .uns[%r][%r]", Key.UNS, key)
 
 

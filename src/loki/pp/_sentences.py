@@ -14,7 +14,7 @@ from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
-from loki._utils import check_int, check_result_key, require_keys, write_obs, write_uns
+from loki._utils import all_or_nothing, check_int, check_result_key, require_keys, write_obs, write_uns
 from loki._utils._spatialdata import check_write_mode, get_table
 
 from ._housekeeping import housekeeping_genes
@@ -199,29 +199,27 @@ def gene_sentences(
 
     if not inplace:
         return sentences
+    record = {
+        "tool": "pp.gene_sentences",
+        "n_genes": n_genes,
+        "layer": "X" if layer is None else layer,
+        "use_raw": bool(use_raw),
+        "normalize": bool(normalize),
+        "target_sum": float(target_sum),
+        "housekeeping": _housekeeping_label(housekeeping),
+        "exclude_patterns": [str(p) for p in exclude_patterns],
+        "exclude_mito": bool(exclude_mito),
+        "exclude_ribo": bool(exclude_ribo),
+        "n_genes_excluded": int(excluded),
+        "n_empty": int(empty.sum()),
+        "empty_key": empty_key,
+    }
     if copy:
         adata = adata.copy()
-    write_obs(adata, key_added, sentences)
-    write_obs(adata, empty_key, empty)
-    write_uns(
-        adata,
-        key_added,
-        {
-            "tool": "pp.gene_sentences",
-            "n_genes": n_genes,
-            "layer": "X" if layer is None else layer,
-            "use_raw": bool(use_raw),
-            "normalize": bool(normalize),
-            "target_sum": float(target_sum),
-            "housekeeping": _housekeeping_label(housekeeping),
-            "exclude_patterns": [str(p) for p in exclude_patterns],
-            "exclude_mito": bool(exclude_mito),
-            "exclude_ribo": bool(exclude_ribo),
-            "n_genes_excluded": int(excluded),
-            "n_empty": int(empty.sum()),
-            "empty_key": empty_key,
-        },
-    )
+    with all_or_nothing():  # a failure between the writes leaves the table as it was
+        write_obs(adata, key_added, sentences)
+        write_obs(adata, empty_key, empty)
+        write_uns(adata, key_added, record)
     return adata if copy else None
 
 

@@ -20,6 +20,7 @@ from anndata import AnnData
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import (
+    all_or_nothing,
     check_array_finite,
     check_int,
     check_key_name,
@@ -803,22 +804,30 @@ def align(
     placement = target_frame @ matrix @ np.linalg.inv(source_frame) if is_sd else matrix.copy()
     if not inplace:
         return Alignment(coords, placement, info)
-    if is_sd:
-        write_spatialdata(
-            src,
-            tgt,
-            src_elements,
-            tgt_elements,
-            placement,
-            shapes,
-            input_coordinate_system,
-            coordinate_system,
-            set_target=same_object or is_spatialdata(tgt.data),
-            target_placed=target_spatial_key != spatial_key,
-        )
     table = src.table.copy() if (copy and not is_sd) else src.table
-    write_obsm(table, key_added, coords)
-    write_uns(table, key_added, info)
+    # a failure part-way (an interrupt too) puts back the shapes, transformations and entries written
+    restore = _snapshot([src, tgt], key_added) if is_sd else None
+    try:
+        with all_or_nothing():
+            if is_sd:
+                write_spatialdata(
+                    src,
+                    tgt,
+                    src_elements,
+                    tgt_elements,
+                    placement,
+                    shapes,
+                    input_coordinate_system,
+                    coordinate_system,
+                    set_target=same_object or is_spatialdata(tgt.data),
+                    target_placed=target_spatial_key != spatial_key,
+                )
+            write_obsm(table, key_added, coords)
+            write_uns(table, key_added, info)
+    except BaseException:
+        if restore is not None:
+            restore()
+        raise
     if copy and not is_sd:
         return table
     return None
