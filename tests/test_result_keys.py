@@ -360,3 +360,69 @@ def test_all_or_nothing_undoes_the_writes_of_a_failing_block():
         _outer_block_fails_after_the_inner_one(adata, emb)
     assert "inner" not in adata.obsm
     assert "outer" in adata.obsm
+
+
+def _fail_record_write(monkeypatch, module: str) -> None:
+    def fail(*args, **kwargs):
+        raise RuntimeError("the record could not be written")
+
+    monkeypatch.setattr(f"loki.tl.{module}.write_uns", fail)
+
+
+def _snapshot(adata) -> tuple:
+    return (
+        adata.obs.copy(),
+        {k: v for k, v in adata.obsm.items()},
+        dict(adata.layers),
+        copy.deepcopy(dict(adata.uns)),
+    )
+
+
+def _assert_as_before(adata, before) -> None:
+    obs, obsm, layers, uns = before
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    assert obsm.keys() == adata.obsm.keys()
+    assert all(adata.obsm[k] is v for k, v in obsm.items())
+    assert layers.keys() == adata.layers.keys()
+    assert adata.uns.keys() == uns.keys()
+    assert adata.uns.get("loki", {}).keys() == uns.get("loki", {}).keys()
+
+
+def test_annotate_failing_at_its_record_leaves_the_table_as_it_was(monkeypatch):
+    """The scores, labels, and an earlier call's fused scores (dropped by a call without fuse_with) came
+    out of step with the record when its write failed."""
+    rng = np.random.default_rng(2)
+    adata = lk.datasets.synthetic_tissue(n_spots=40, n_genes=20, n_cell_types=3, seed=0)
+    adata.obsm["emb"] = _unit_rows(adata.n_obs)
+    classes = {"A": rng.normal(size=DIM), "B": rng.normal(size=DIM)}
+    fuse = pd.DataFrame(rng.random((adata.n_obs, 2)), index=adata.obs_names, columns=["A", "B"])
+    lk.tl.annotate(adata, class_embeddings=classes, use="emb", fuse_with=fuse)
+    assert "loki_annotation_fused" in adata.obsm
+    before = _snapshot(adata)
+    _fail_record_write(monkeypatch, "_annotate")
+    with pytest.raises(RuntimeError, match="could not be written"):
+        lk.tl.annotate(adata, class_embeddings=classes, use="emb")  # no fuse_with: drops the fused scores
+    _assert_as_before(adata, before)
+
+
+def test_decompose_failing_at_its_record_leaves_the_table_as_it_was(monkeypatch):
+    spots = lk.datasets.synthetic_tissue(n_spots=60, n_genes=30, n_cell_types=3, seed=0)
+    ref = lk.datasets.synthetic_reference(spots, 10, seed=0)
+    lk.tl.decompose(spots, reference=ref, cell_type_key="cell_type", refine="nms")
+    assert "loki_proportions_refined" in spots.obsm
+    before = _snapshot(spots)
+    _fail_record_write(monkeypatch, "_decompose")
+    with pytest.raises(RuntimeError, match="could not be written"):
+        lk.tl.decompose(spots, reference=ref, cell_type_key="cell_type")  # no refine: drops the refined
+    _assert_as_before(spots, before)
+
+
+def test_predict_expression_failing_at_its_record_leaves_the_table_as_it_was(monkeypatch):
+    query = lk.datasets.synthetic_tissue(n_spots=30, n_genes=10, n_cell_types=2, seed=0)
+    ref = lk.datasets.synthetic_tissue(n_spots=50, n_genes=10, n_cell_types=2, seed=1)
+    query.obsm["loki_image"], ref.obsm["loki_text"] = _unit_rows(query.n_obs), _unit_rows(ref.n_obs)
+    before = _snapshot(query)
+    _fail_record_write(monkeypatch, "_predict")
+    with pytest.raises(RuntimeError, match="could not be written"):
+        lk.tl.predict_expression(query, ref, output="layer", top_k=5)
+    _assert_as_before(query, before)

@@ -20,10 +20,20 @@ from ._validation import (
     is_real,
     require_keys,
 )
-from ._write import all_or_nothing, loki_record, loki_uns, write_layer, write_obs, write_obsm, write_uns
+from ._write import (
+    all_or_nothing,
+    drop_obsm,
+    loki_record,
+    loki_uns,
+    write_layer,
+    write_obs,
+    write_obsm,
+    write_uns,
+)
 
 __all__ = [
     "all_or_nothing",
+    "drop_obsm",
     "as_rng",
     "as_seed",
     "block_starts",

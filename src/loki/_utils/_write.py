@@ -96,6 +96,15 @@ def write_layer(adata, key: str, value: Any) -> None:
     logger.info("added .layers[%r]", key)
 
 
+def drop_obsm(adata, key: str, why: str) -> None:
+    """Remove ``adata.obsm[key]`` if present (put back by a failing :func:`all_or_nothing` block) and log ``why``."""
+    if key not in adata.obsm:
+        return
+    _remember(adata.obsm, key)
+    del adata.obsm[key]
+    logger.info("removed .obsm[%r] %s", key, why)
+
+
 def write_uns(adata, key: str, value: dict[str, Any]) -> None:
     """Store ``value`` in ``adata.uns['loki'][key]`` (writeable types only) and log it.
 

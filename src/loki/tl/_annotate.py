@@ -14,9 +14,11 @@ from scipy import sparse
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import (
+    all_or_nothing,
     check_int,
     check_labelled,
     check_result_key,
+    drop_obsm,
     require_keys,
     write_obs,
     write_obsm,
@@ -367,28 +369,25 @@ def annotate(
     if not inplace:
         return result
 
+    record = {
+        "tool": "tl.annotate",
+        "use": use,
+        "source": source,
+        "classes": classes,
+        "classes_without_spots": without_spots,
+        "sentences": [sentences.get(c, "") for c in classes],
+        "missing_markers": [" ".join(missing.get(c, [])) for c in classes],
+        "fused": fused_other is not None,
+        "label_key": label_key,
+    }
     if copy:
         adata = adata.copy()
-    write_obsm(adata, key_added, result.scores)
-    if result.fused is not None:
-        write_obsm(adata, fused_key, result.fused)
-    elif fused_key in adata.obsm:  # an earlier call's, which these labels would contradict
-        del adata.obsm[fused_key]
-        logger.info("removed .obsm[%r] of an earlier call (no fuse_with now)", fused_key)
-    write_obs(adata, label_key, result.labels)
-    write_uns(
-        adata,
-        key_added,
-        {
-            "tool": "tl.annotate",
-            "use": use,
-            "source": source,
-            "classes": classes,
-            "classes_without_spots": without_spots,
-            "sentences": [sentences.get(c, "") for c in classes],
-            "missing_markers": [" ".join(missing.get(c, [])) for c in classes],
-            "fused": fused_other is not None,
-            "label_key": label_key,
-        },
-    )
+    with all_or_nothing():
+        write_obsm(adata, key_added, result.scores)
+        if result.fused is not None:
+            write_obsm(adata, fused_key, result.fused)
+        else:  # an earlier call's, which these labels would contradict
+            drop_obsm(adata, fused_key, "of an earlier call (no fuse_with now)")
+        write_obs(adata, label_key, result.labels)
+        write_uns(adata, key_added, record)
     return adata if copy else None

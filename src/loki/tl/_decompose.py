@@ -17,12 +17,14 @@ from scipy import sparse
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import (
+    all_or_nothing,
     as_seed,
     check_array_finite,
     check_labelled,
     check_obs_key,
     check_result_key,
     check_unique_var_names,
+    drop_obsm,
     require_keys,
     write_obsm,
     write_uns,
@@ -379,13 +381,13 @@ def decompose(
     if not inplace:
         return Decomposition(proportions_df, refined_df, info)
     target = table.copy() if copy else table
-    write_obsm(target, key_added, proportions_df)
-    if refined_df is not None:
-        write_obsm(target, refined_key, refined_df)
-    elif refined_key in target.obsm:  # an earlier call's, which these proportions would contradict
-        del target.obsm[refined_key]
-        logger.info("removed .obsm[%r] of an earlier call (no refine or normalize now)", refined_key)
-    write_uns(target, key_added, info)
+    with all_or_nothing():
+        write_obsm(target, key_added, proportions_df)
+        if refined_df is not None:
+            write_obsm(target, refined_key, refined_df)
+        else:  # an earlier call's, which these proportions would contradict
+            drop_obsm(target, refined_key, "of an earlier call (no refine or normalize now)")
+        write_uns(target, key_added, info)
     return target if copy else None
 
 

@@ -16,6 +16,7 @@ from scipy import sparse
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import (
+    all_or_nothing,
     block_starts,
     check_int,
     check_key_name,
@@ -398,8 +399,9 @@ def predict_expression(
     }
     if output == "layer":
         target = query_table.copy() if copy else query_table
-        write_layer(target, key_added, pred)
-        write_uns(target, key_added, params)
+        with all_or_nothing():
+            write_layer(target, key_added, pred)
+            write_uns(target, key_added, params)
         return target if copy else None
     obs = query_table.obs.copy() if query_table is not None else pd.DataFrame(index=q_names.astype(str))
     result = AnnData(X=pred, obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
