@@ -219,3 +219,15 @@ def test_map_gene_ids_on_a_spatialdata_table():
     assert table.var_names.tolist() == ["Snap25", "Actb", "Gfap", "ENSMUSG05.1"]
     x = np.arange(15, dtype=np.float32).reshape(3, 5)
     np.testing.assert_array_equal(table[:, "Snap25"].X.ravel(), x[:, 0] + x[:, 2])
+
+
+def test_map_gene_ids_refuses_a_backed_table(tmp_path):
+    """An AnnData opened with backed='r' failed with scipy's 'Scalar operands are not allowed'."""
+    adata = lk.datasets.synthetic_tissue(30, 6, 2, seed=0)
+    adata.var_names = [f"ENSG{i:011d}" for i in range(6)]
+    adata.write_h5ad(tmp_path / "t.h5ad")
+    backed = ad.read_h5ad(tmp_path / "t.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"backed='r'.*adata = adata\.to_memory\(\)"):
+        lk.pp.map_gene_ids(backed, {f"ENSG{i:011d}": f"G{i // 2}" for i in range(6)})
+    assert list(backed.var_names) == list(adata.var_names)
+    backed.file.close()

@@ -119,6 +119,11 @@ def map_gene_ids(
             "of it instead: sdata.tables[key].copy())."
         )
     adata = get_table(data, table_key)
+    if adata.isbacked:
+        raise ValueError(
+            "map_gene_ids rewrites the genes of the matrix, and this AnnData was opened with backed='r' "
+            f"({adata.filename}); read it into memory first: adata = adata.to_memory()."
+        )
     table = _as_mapping_series(mapping, id_column=id_column, symbol_column=symbol_column)
     ids = pd.Index(adata.var_names.astype(str))
     if strip_version:
