@@ -367,13 +367,13 @@ def test_align_sections_checks_the_stack_before_writing():
         with pytest.raises(ValueError, match=r"lists .* more than once"):
             lk.tl.align_sections(sdata, target="MOB1", sections=sections, progress=False, **_FAST)
     del sdata.images["MOB3_image"]
-    # MOB3 imaged on the target's slide: MOB2 is aligned first, MOB3 then fails
+    # MOB3 imaged on the target's slide: it records MOB1's image, so its spots move with MOB1's elements
     sdata.tables["MOB3"].uns[Key.UNS]["image_key"] = "MOB1_image"
-    with pytest.raises(ValueError, match="sections 'MOB1' and 'MOB3' share the element 'MOB1_image'"):
+    with pytest.raises(ValueError, match="sections 'MOB1' and 'MOB3' share the element 'MOB3_spots'"):
         lk.tl.align_sections(sdata, target="MOB1", progress=False, **_FAST)
     # MOB2 and MOB3 on one slide: each would place the image with its own transformation
     sdata.tables["MOB3"].uns[Key.UNS]["image_key"] = "MOB2_image"
-    with pytest.raises(ValueError, match="sections 'MOB2' and 'MOB3' share the element 'MOB2_image'"):
+    with pytest.raises(ValueError, match="sections 'MOB2' and 'MOB3' share the element 'MOB3_spots'"):
         lk.tl.align_sections(sdata, target="MOB1", progress=False, **_FAST)
     for source in ("MOB2", "MOB3"):
         assert _written(sdata, source, targets=("MOB1_image", "MOB1_spots", "MOB3_spots")) == (False, [], [])
@@ -772,3 +772,37 @@ def test_a_stack_target_records_the_coordinate_system_it_is_placed_in():
     lk.tl.align_sections(sdata, target="MOB1", coordinate_system="stack", progress=False, **_FAST)
     assert sdata.tables["MOB1"].uns["loki"]["spatial_aligned"]["coordinate_system"] == "stack"
     assert sdata.tables["MOB2"].uns["loki"]["spatial_aligned"]["coordinate_system"] == "stack"
+
+
+def test_tiles_and_named_images_of_the_source_image_move_with_it():
+    """Tiles cut from a section's image and its other images (``MOB2_lowres_image``) stayed behind in
+    'global' when the section was aligned: they could not be drawn in 'aligned' with it."""
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale, Sequence
+
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    lk.pp.tile_image(sdata, "MOB2_image", tile_um=200.0)
+    lk.pp.tile_image(sdata, "MOB1_image", tile_um=200.0)
+    low = np.zeros((3, 20, 20), np.uint8)
+    sdata.images["MOB2_lowres_image"] = Image2DModel.parse(
+        low, dims=("c", "y", "x"), transformations={"global": Scale([10.0, 10.0], axes=("x", "y"))}
+    )
+    lk.tl.align(sdata, source="MOB2", target="MOB1", **_FAST)
+    spots = get_transformation(sdata["MOB2_spots"], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y"))
+    tiles = get_transformation(sdata["MOB2_image_tiles_shapes"], Key.ALIGNED_CS)
+    np.testing.assert_allclose(tiles.to_affine_matrix(("x", "y"), ("x", "y")), spots)
+    lowres = get_transformation(sdata["MOB2_lowres_image"], Key.ALIGNED_CS)
+    assert isinstance(lowres, Sequence)
+    np.testing.assert_allclose(
+        lowres.to_affine_matrix(("x", "y"), ("x", "y")), spots @ np.diag([10.0, 10.0, 1.0])
+    )
+    # the target's tiles stay with the target, and the source's table is the only one aligned
+    target_tiles = get_transformation(sdata["MOB1_image_tiles_shapes"], get_all=True)
+    assert list(target_tiles) == ["global", Key.ALIGNED_CS]
+    assert Key.ALIGNED not in sdata.tables["MOB2_image_tiles"].obsm
+    # aligning the tiles moves their image and the spots laid over it
+    again = lk.datasets.mob(("MOB1", "MOB2"))
+    lk.pp.tile_image(again, "MOB2_image", tile_um=200.0)
+    lk.tl.align(again, source="MOB2_image_tiles", target="MOB1", **_FAST)
+    for name in ("MOB2_image", "MOB2_spots", "MOB2_image_tiles_shapes"):
+        assert Key.ALIGNED_CS in get_transformation(again[name], get_all=True)

@@ -528,7 +528,10 @@ def align(
         ``input_coordinate_system`` (images, labels, points, shapes) is placed; when it holds several
         sections, the section's spots and its image (the one its table's ``.uns['loki']['image_key']``
         names, the only image, or the one named after the section; a warning names the source when
-        none is found). Elements left out are logged.
+        none is found), its other images named after it (``MOB2_lowres_image``), and the spots and
+        images of every other table that records one of its images as its own (the tiles
+        :func:`loki.pp.tile_image` cut from it): they lie on the same tissue and get the rigid/affine
+        part; the deformable coordinates are the source table's alone. Elements left out are logged.
     target_image_key
         Image(s) of the target section, by the same rules (SpatialData target).
     seed

@@ -67,17 +67,28 @@ def _image_keys(image_key: ImageKeys, what: str) -> list[str]:
     return keys
 
 
-def _claimed_elsewhere(sdata, key: str | None) -> set[str]:
-    """Elements that belong to the other tables of ``sdata``: their regions and their images."""
+def _regions(table: AnnData) -> list[str]:
+    region = table_attrs(table).get("region")
+    return [region] if isinstance(region, str) else list(region if region is not None else [])
+
+
+def _claimed_elsewhere(sdata, own: set[str]) -> set[str]:
+    """Elements that belong to the tables of ``sdata`` other than ``own``: their regions and their images."""
     claimed = set()
     for other, table in sdata.tables.items():
-        if other == key:
+        if other in own:
             continue
-        region = table_attrs(table).get("region")
-        claimed.update([region] if isinstance(region, str) else list(region if region is not None else []))
+        claimed.update(_regions(table))
         claimed.add(_stored_image_key(table))
-    claimed.update(image for image in sdata.images if _named_owner(sdata, image) not in (None, key))
+    claimed.update(image for image in sdata.images if _named_owner(sdata, image) not in (None, *own))
     return claimed
+
+
+def _tables_over(sdata, key: str | None, images: list[str]) -> list[str]:
+    """The other tables that record one of ``images`` as theirs: tiles cut from it, other bin sizes over it."""
+    return [
+        other for other, table in sdata.tables.items() if other != key and _stored_image_key(table) in images
+    ]
 
 
 def section_elements(
@@ -86,9 +97,12 @@ def section_elements(
     """Names of the SpatialData elements placed with a section.
 
     A SpatialData that holds this section only (one table): every element (images, labels, points,
-    shapes) with a transformation to ``in_cs``. A SpatialData of several sections: the section's spots
-    and its image (``image_key``, else the one :func:`section_image_key` finds). Images named by
-    ``image_key`` are placed in either case. With ``warn``, a LokiWarning says when a section of several
+    shapes) with a transformation to ``in_cs``. A SpatialData of several tables: the section's spots,
+    its image (``image_key``, else the one :func:`section_image_key` finds) and the other images named
+    after it (``S_lowres_image``), and, for each other table that records one of those images as its
+    own (the tiles :func:`loki.pp.tile_image` cut from it, the spots a reader laid over it), that
+    table's spots and images too: they lie on the same tissue. Images named by ``image_key`` are placed
+    in either case. With ``warn``, a LokiWarning says when a section of several
     has no image found (``role``, "source" or "target", says which section and which parameter names
     it), and the elements left out are logged: a warning when one is an image, INFO otherwise.
     """
@@ -113,9 +127,11 @@ def section_elements(
         left_out = [name for name in every if name not in names]
         reason = f"no transformation to {in_cs!r}"
     else:
+        own_images = list(images)
         if not images and len(sdata.images):
             try:
-                names.append(section_image_key(sdata, section.key, None))
+                own_images.append(section_image_key(sdata, section.key, None))
+                names.append(own_images[-1])
             except KeyError:
                 if warn:
                     warnings.warn(
@@ -125,9 +141,18 @@ def section_elements(
                         LokiWarning,
                         stacklevel=user_stacklevel(),
                     )
-        claimed = _claimed_elsewhere(sdata, section.key)
+        own = {section.key, *_tables_over(sdata, section.key, own_images)}
+        names += [
+            name
+            for name in [
+                *(region for key in sorted(own - {section.key}) for region in _regions(sdata.tables[key])),
+                *(image for image in sdata.images if _named_owner(sdata, image) in own),
+            ]
+            if name in with_cs
+        ]
+        claimed = _claimed_elsewhere(sdata, own)
         left_out = [name for name in with_cs if name not in names and name not in claimed]
-        reason = f"only each section's spots and image are placed; pass {param}= for images"
+        reason = f"only each section's spots, its images and the tables over them are placed; pass {param}= for images"
     names = list(dict.fromkeys(names))
     if warn:
         _warn_images_of_other_sections(section, images, role, param)
