@@ -393,3 +393,19 @@ def test_read_legacy_st_real_her2st_section_with_downscaled_image():
     assert table.uns["loki"]["microns_per_unit"] == pytest.approx(0.92, abs=0.03)
     # the dark png has a black background: spot centres (mapped into image pixels) are on tissue
     assert (_values_at_spots(sdata, "A1", scale) > 40).mean() > 0.95
+
+
+def test_read_legacy_st_says_when_counts_and_spots_are_swapped():
+    """A counts table given as the spot file is named as such, without listing all its genes."""
+    mob = shared_path("stutility_mob")
+    with pytest.raises(
+        KeyError, match=r"were counts and spots swapped\? read_legacy_st takes \(counts, spots"
+    ) as err:
+        lk.io.read_legacy_st(mob / "alignment_table_MOB1.tsv", mob / "MOB1.tsv", name="MOB1")
+    message = str(err.value)
+    assert len(message) < 600
+    assert "its columns are 1001: ['Unnamed: 0', 'ENSMUSG00000064339.1'" in message
+    counts, spots, _ = _toy()  # a spot file with a column missing still lists its few columns, no hint
+    with pytest.raises(KeyError, match=r"lacks column\(s\) \['pixel_x'\]; its columns are \['x', ") as err:
+        lk.io.read_legacy_st(counts, spots.drop(columns="pixel_x"), name="S")
+    assert "swapped" not in str(err.value)

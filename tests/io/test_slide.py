@@ -464,3 +464,18 @@ def test_palette_images_and_series_of_a_jpg_are_refused(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.jpg")
     with pytest.raises(ValueError, match="not a TIFF and holds one image"):
         lk.io.read_slide(tmp_path / "x.jpg", series=1)
+
+
+def test_the_log_says_what_to_do_when_the_pixel_size_is_unknown(tmp_path, caplog):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.jpg")
+    with caplog.at_level("INFO", logger="loki"):
+        lk.io.read_slide(tmp_path / "x.jpg")
+        lk.io.read_slide(tmp_path / "x.jpg", microns_per_pixel=0.5)
+    unknown, given = (r.getMessage() for r in caplog.records)
+    assert unknown.endswith(
+        "pixel size unknown (not a TIFF: the file records none; pass microns_per_pixel= here or to "
+        "lk.pp.tile_image)"
+    )
+    assert given.endswith("pixel size 0.5 µm (from the caller)")

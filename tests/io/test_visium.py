@@ -285,3 +285,46 @@ def test_scanpy_layout_survives_a_zarr_round_trip(visium_dir, tmp_path):
     # loki's own plots read the SpatialData as before
     lk.pl.expression(back, table.var_names[0], predicted=table.copy(), table_key="V1", show=False)
     plt.close("all")
+
+
+def test_read_visium_cuts_patches_from_the_full_resolution_image_when_read(visium_dir, tmp_path):
+    """A full-resolution H&E given as fullres_image_file= is the section's image, not the hires PNG.
+
+    Patches of the hires PNG (about 15 px a spot) would be upsampled to the model's input instead.
+    """
+    import shutil
+
+    folder = tmp_path / "visium"
+    shutil.copytree(visium_dir, folder)
+    # a stand-in for the scan: any RGB file spatialdata-io reads (its pixels are full resolution)
+    shutil.copy(folder / "spatial" / "tissue_lowres_image.png", folder / "he.png")
+    sdata = lk.io.read_visium(folder, dataset_id="V1", fullres_image_file="he.png")
+    assert {"V1_full_image", "V1_hires_image", "V1_lowres_image"} <= set(sdata.images)
+    uns = sdata.tables["V1"].uns["loki"]
+    assert uns["image_key"] == "V1_full_image"
+    assert sdata.attrs["loki"]["microns_per_pixel"]["V1_full_image"] == pytest.approx(uns["microns_per_unit"])
+
+
+def test_read_visium_records_every_image_pixel_size_for_tile_image(sdata, visium_dir, tmp_path):
+    """Each image of the section can be tiled without microns_per_pixel=, also after a zarr round trip."""
+    import spatialdata as sd
+
+    scalefactors = json.loads((visium_dir / "spatial" / "scalefactors_json.json").read_text())
+    mpu = sdata.tables["V1"].uns["loki"]["microns_per_unit"]
+    mpp = sdata.attrs["loki"]["microns_per_pixel"]
+    assert mpp["V1_lowres_image"] == pytest.approx(mpu / scalefactors["tissue_lowres_scalef"], rel=1e-6)
+    assert mpp["V1_hires_image"] == pytest.approx(mpu / scalefactors["tissue_hires_scalef"], rel=1e-6)
+    sdata.write(tmp_path / "v1.zarr")
+    back = sd.read_zarr(tmp_path / "v1.zarr")
+    tiles = lk.pp.tile_image(back, "V1_lowres_image", tile_um=200, min_tissue=0.3)
+    given = lk.pp.tile_image(
+        back,
+        "V1_lowres_image",
+        tile_um=200,
+        min_tissue=0.3,
+        microns_per_pixel=mpp["V1_lowres_image"],
+        key_added="g",
+    )
+    assert tiles.n_obs == given.n_obs > 0
+    np.testing.assert_allclose(tiles.obsm["spatial"], given.obsm["spatial"])
+    assert tiles.uns["loki"]["microns_per_unit"] == pytest.approx(mpu)

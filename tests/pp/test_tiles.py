@@ -226,6 +226,8 @@ def test_tile_image_hex_grid_and_min_tissue_zero_keep_every_tile():
             r"image is 800x600 px \(400x300 µm\)\. Pass a smaller tile_um=, or check microns_per_pixel=\.",
         ),
         ({"tile_um": 350.0, "grid": "hex"}, ValueError, r"No tile of image 'he' fits: .* 700\.0 px"),
+        # a unit slip the other way: the image's size in µm is shown, not rounded to 0x0
+        ({"microns_per_pixel": 1e-4}, ValueError, r"image is 800x600 px \(0\.08x0\.06 µm\)"),
     ],
 )
 def test_tile_image_bad_input_writes_nothing(kwargs, error, match):

@@ -158,9 +158,18 @@ def _validate(
 ) -> None:
     missing = [c for c in _SPOT_COLUMNS if c not in spots.columns]
     if missing:
+        names = list(map(str, spots.columns))
+        shown = f"{names}" if len(names) <= 10 else f"{len(names)}: {names[:8]} ..."
+        # a counts table (a column per gene) given as the spot file: arguments in the wrong order
+        swapped = (
+            " Its rows look like spots and its columns like genes: were counts and spots swapped? "
+            "read_legacy_st takes (counts, spots, image)."
+            if len(names) > 20 and {"pixel_x", "pixel_y"} <= set(map(str, counts.columns))
+            else ""
+        )
         raise KeyError(
-            f"Spot file lacks column(s) {missing}; it has {list(map(str, spots.columns))}. "
-            f"Expected {list(_SPOT_COLUMNS)} and optionally 'selected'."
+            f"Spot file lacks column(s) {missing}; its columns are {shown}. "
+            f"Expected {list(_SPOT_COLUMNS)} and optionally 'selected'.{swapped}"
         )
     check_array_finite(spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64), "Spot file pixel_x/pixel_y")
     for name, value in (

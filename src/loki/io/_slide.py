@@ -115,21 +115,22 @@ def read_slide(
         if series != 0:
             raise ValueError(f"series={series}: {path.name} is not a TIFF and holds one image.")
         image = parse_rgb_image(_read_other(path), transformations)
-        found, source = None, "none (not a TIFF)"
+        found, source = None, "not a TIFF: the file records none"
     mpp = microns_per_pixel if microns_per_pixel is not None else found
     attrs = {Key.UNS: {"microns_per_pixel": {name: float(mpp)}}} if mpp is not None else {}
     sdata = sd.SpatialData(images={name: image}, attrs=attrs)
     levels = image_levels(sdata.images[name])
     shape = tuple(int(n) for n in levels[0].shape[1:])
     logger.info(
-        "read slide %r as sdata.images[%r]: %d x %d px, %s; pixel size %s (from %s)",
+        "read slide %r as sdata.images[%r]: %d x %d px, %s; pixel size %s",
         path.name,
         name,
         shape[1],
         shape[0],
         f"{len(levels)} level(s)",
-        "unknown" if mpp is None else f"{mpp:.4g} µm",
-        "the caller" if microns_per_pixel is not None else source,
+        f"unknown ({source}; pass microns_per_pixel= here or to lk.pp.tile_image)"
+        if mpp is None
+        else f"{mpp:.4g} µm (from {'the caller' if microns_per_pixel is not None else source})",
     )
     return sdata
 

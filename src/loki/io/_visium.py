@@ -13,6 +13,8 @@ import pandas as pd
 
 from loki._keys import Key
 from loki._logging import logger
+from loki._utils._affine import linear_scale
+from loki._utils._spatialdata import affine_to
 
 from ._image import parse_cyx_image
 from ._names import check_section_name, unique_gene_names
@@ -147,13 +149,17 @@ def read_visium(
     - ``obsm['spatial']``: spot centres in full-resolution pixels;
     - ``uns['loki']``: ``'spot_diameter_um'`` (55), ``'spot_spacing_um'`` (100, centre to centre),
       ``'microns_per_unit'`` (55 µm over the spot diameter in full-resolution pixels) and
-      ``'image_key'``: the hires image if present, else the lowres one (the full-resolution image
-      when that is all there is); absent when the folder has no image;
+      ``'image_key'``: the image loki's tools cut patches from and draw by default: the
+      full-resolution image when one was read (``fullres_image_file=``; the paper cuts its patches
+      there), else the hires one, else the lowres one; absent when the folder has no image;
     - ``uns['spatial'][S]``: scanpy's layout, as :func:`scanpy.read_visium` writes it, for scanpy's and
       squidpy's plots: ``'images'``: ``'hires'`` and ``'lowres'`` (those the folder holds), the pixels
       of the SpatialData images as ``(y, x, 3)`` uint8 arrays (scanpy gives floats in [0, 1]);
       ``'scalefactors'``: the Space Ranger scalefactors json; ``'metadata'``: the h5 file's
       ``chemistry_description`` and ``software_version`` (as str).
+
+    The SpatialData's ``attrs['loki']['microns_per_pixel']`` records the pixel size (µm) of each
+    image's finest level, which :func:`loki.pp.tile_image` reads: any of the images can be tiled.
 
     Raises
     ------
@@ -219,8 +225,9 @@ def read_visium(
         if cyx.dtype != np.uint8:
             cyx = cyx.clip(0, 255).astype(np.uint8)
         images[key] = parse_cyx_image(cyx, {coordinate_system: to_fullres})
+    # the finest image: patches cut from the hires PNG (about 15 px a spot) would be upsampled
     image_key = next(
-        (k for k in (f"{name}_hires_image", f"{name}_lowres_image", f"{name}_full_image") if k in images),
+        (k for k in (f"{name}_full_image", f"{name}_hires_image", f"{name}_lowres_image") if k in images),
         None,
     )
     if image_key is None and images:
@@ -246,6 +253,10 @@ def read_visium(
     if image_key is not None:
         uns["image_key"] = image_key
     adata.uns[Key.UNS] = uns
+    microns_per_pixel = {
+        key: uns["microns_per_unit"] * linear_scale(affine_to(img, coordinate_system, f"image {key!r}"))
+        for key, img in images.items()
+    }
     new_table = TableModel.parse(adata, region=region, region_key="region", instance_key="spot_id")
 
     xy = np.c_[shapes.geometry.x.to_numpy(), shapes.geometry.y.to_numpy()]
@@ -264,4 +275,5 @@ def read_visium(
         uns["microns_per_unit"],
         image_key,
     )
-    return SpatialData(images=images, shapes={region: new_shapes}, tables={name: new_table})
+    attrs = {Key.UNS: {"microns_per_pixel": microns_per_pixel}} if microns_per_pixel else {}
+    return SpatialData(images=images, shapes={region: new_shapes}, tables={name: new_table}, attrs=attrs)

@@ -216,9 +216,10 @@ def tile_image(
         The H&E image in ``sdata.images``.
     microns_per_pixel
         Micrometres per pixel of the image's finest level (a scanner's "mpp"; 0.25 at 40x, 0.5 at 20x).
-        Default: the value :func:`loki.io.read_slide` recorded in ``sdata.attrs['loki']['microns_per_pixel']``,
-        or for the image of a section read by :mod:`loki.io`, its table's ``microns_per_unit`` times the
-        size of a pixel in the table's units.
+        Default: the value :func:`loki.io.read_slide` or :func:`loki.io.read_visium` (for each of a
+        section's images) recorded in ``sdata.attrs['loki']['microns_per_pixel']``, or for the image of
+        a section read by :mod:`loki.io`, its table's ``microns_per_unit`` times the size of a pixel in
+        the table's units.
     tile_um
         Side of a tile in µm (55: a Visium spot; ``loki-tiny`` was trained on 200 µm squares).
     spacing_um
@@ -305,7 +306,7 @@ def tile_image(
         raise ValueError(
             f"No tile of image {image_key!r} fits: a tile of {tile_um:g} µm spans {tile_px:.1f} px at "
             f"{microns_per_pixel:g} µm per pixel, and the image is {width}x{height} px "
-            f"({width * microns_per_pixel:.0f}x{height * microns_per_pixel:.0f} µm). Pass a smaller "
+            f"({width * microns_per_pixel:.4g}x{height * microns_per_pixel:.4g} µm). Pass a smaller "
             "tile_um=, or check microns_per_pixel=."
         )
     centres = tile_centres(width, height, tile_px, spacing_px, grid)
