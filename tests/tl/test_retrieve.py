@@ -101,6 +101,12 @@ def test_retrieve_tidy_frame_with_anndata_bank_and_metadata():
     assert by_name["part"].tolist() == res["section"].tolist()
     with pytest.raises(ValueError, match=r"column\(s\) \['score'\] would clash"):
         lk.tl.retrieve(query, bank, k=5, bank_metadata=frame.rename(columns={"part": "score"}))
+    # one name misspelt: joined by position, every row of the reversed frame went to the wrong hit
+    misspelt = frame.rename(index={frame.index[0]: frame.index[0].upper()})
+    with pytest.raises(ValueError, match=r"not the bank's rows one to one \(e\.g\. \['B"):
+        lk.tl.retrieve(query, bank, k=5, bank_metadata=misspelt)
+    by_position = lk.tl.retrieve(query, bank, k=5, bank_metadata=frame.iloc[::-1].reset_index(drop=True))
+    assert by_position["part"].tolist() == res["section"].tolist()
 
 
 def test_retrieve_array_bank_memmap(tmp_path):

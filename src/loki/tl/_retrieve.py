@@ -248,8 +248,8 @@ def retrieve(
         0..n-1).
     bank_metadata
         Per-bank-row metadata joined to the hits: a DataFrame with one row per bank row (matched by
-        name when its index holds the bank's row names, else by position), or names of ``.obs`` columns
-        of an AnnData bank. Its columns must not be named like the hit table's own.
+        name when its index holds the bank's row names; by position when it has a default
+        ``RangeIndex``; any other index is refused), or names of ``.obs`` columns of an AnnData bank. Its columns must not be named like the hit table's own.
     normalize
         Rank cosine similarities (True) or raw dot products.
     search
@@ -286,6 +286,13 @@ def retrieve(
             meta = bank_metadata
             if meta.index.is_unique and set(meta.index) == set(b_names):
                 meta = meta.loc[b_names]  # rows matched to the bank by name, as for fuse_with in annotate
+            elif not isinstance(meta.index, pd.RangeIndex):
+                unknown = [name for name in meta.index if name not in set(b_names)][:3]
+                raise ValueError(
+                    "bank_metadata's index names rows, but not the bank's rows one to one "
+                    f"(e.g. {unknown or 'repeated names'!r} against the bank's {list(b_names[:3])!r}, ...); "
+                    "index it by the bank's row names, or reset its index to match by position."
+                )
             meta = meta.reset_index(drop=True)
         else:
             if not isinstance(bank, AnnData) and not is_spatialdata(bank):
