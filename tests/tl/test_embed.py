@@ -420,3 +420,28 @@ def test_a_bad_batch_size_is_refused_before_any_patch_is_cut(model, monkeypatch,
         with pytest.raises(ValueError, match=rf"^batch_size must be a positive integer, got {bad!r}\.$"):
             embed(sdata, model, table_key="MOB2", batch_size=bad)
     assert "loki_image" not in sdata.tables["MOB2"].obsm
+
+
+def _fail_record(*args, **kwargs):
+    raise RuntimeError("the record could not be written")
+
+
+def test_embed_image_failing_at_its_record_leaves_no_patch_flags(model, monkeypatch):
+    """The patch flags (written first) stayed behind when the embedding's record failed to write."""
+    sdata = lk.datasets.mob("MOB2")
+    table = sdata.tables["MOB2"]
+    before = (list(table.obs.columns), list(table.obsm), dict(table.uns.get("loki", {})))
+    monkeypatch.setattr("loki.tl._embed.write_uns", _fail_record)
+    with pytest.raises(RuntimeError, match="could not be written"):
+        lk.tl.embed_image(sdata, model, table_key="MOB2", diameter_um=100.0)
+    assert (list(table.obs.columns), list(table.obsm), dict(table.uns.get("loki", {}))) == before
+
+
+def test_spot_patches_failing_at_its_record_leaves_no_flags(monkeypatch):
+    sdata = lk.datasets.mob("MOB2")
+    table = sdata.tables["MOB2"]
+    columns = list(table.obs.columns)
+    monkeypatch.setattr("loki.pp._patches.write_uns", _fail_record)
+    with pytest.raises(RuntimeError, match="could not be written"):
+        lk.pp.spot_patches(sdata, table_key="MOB2", size=16, key_added="ok")
+    assert list(table.obs.columns) == columns

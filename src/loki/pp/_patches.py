@@ -9,7 +9,15 @@ import numpy as np
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_int, check_result_key, loki_uns, require_keys, write_obs, write_uns
+from loki._utils import (
+    all_or_nothing,
+    check_int,
+    check_result_key,
+    loki_uns,
+    require_keys,
+    write_obs,
+    write_uns,
+)
 from loki._utils._affine import apply_matrix
 from loki._utils._spatialdata import (
     affine_to,
@@ -384,9 +392,10 @@ def check_flags_not_owned(table, flag_key: str, owner: str | None = None, what: 
 
 
 def write_patch_flags(table, key_added: str, ok: np.ndarray, meta: dict) -> None:
-    """Write the border flags and patch parameters of :func:`spot_patches` into ``table``."""
-    write_obs(table, key_added, ok)
-    write_uns(table, key_added, meta)
+    """Write the border flags and patch parameters of :func:`spot_patches` into ``table`` (both or neither)."""
+    with all_or_nothing():
+        write_obs(table, key_added, ok)
+        write_uns(table, key_added, meta)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,15 @@ import pandas as pd
 
 from loki._keys import Key
 from loki._logging import logger
-from loki._utils import check_int, check_obs_key, check_result_key, loki_uns, write_obsm, write_uns
+from loki._utils import (
+    all_or_nothing,
+    check_int,
+    check_obs_key,
+    check_result_key,
+    loki_uns,
+    write_obsm,
+    write_uns,
+)
 from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata, section_shapes
 from loki.pp._patches import MICRONS_PER_UNIT_HINT, check_flags_not_owned
 
@@ -186,10 +194,11 @@ def _write(table, key_added: str, emb: np.ndarray, params: dict, copy: bool, fla
     from loki.pp._patches import write_patch_flags
 
     target = table.copy() if copy else table
-    if flags is not None:
-        write_patch_flags(target, Key.patch_ok_of(key_added), *flags)
-    write_obsm(target, key_added, emb)
-    write_uns(target, key_added, params)
+    with all_or_nothing():
+        if flags is not None:
+            write_patch_flags(target, Key.patch_ok_of(key_added), *flags)
+        write_obsm(target, key_added, emb)
+        write_uns(target, key_added, params)
     return target if copy else None
 
 
