@@ -165,3 +165,24 @@ def test_measured_expression_alone_without_a_prediction():
     with pytest.raises(ValueError, match="ax holds 2 axes, but 1 panels"):
         lk.pl.expression(table, "g0", layer_predicted=None, ax=axes, show=False)
     plt.close("all")
+
+
+def test_the_prediction_of_tiles_without_genes_is_drawn_over_their_image():
+    """A tile table has no genes: its prediction could not be drawn (the genes were looked up in it)."""
+    import anndata as ad
+
+    sdata = lk.datasets.mob("MOB2")
+    tiles = lk.pp.tile_image(sdata, "MOB2_image", tile_um=200.0)
+    assert tiles.n_vars == 0
+    rng = np.random.default_rng(0)
+    pred = ad.AnnData(rng.random((tiles.n_obs, 2)).astype(np.float32), obs=tiles.obs[[]].copy())
+    pred.var_names = ["Penk", "Doc2g"]
+    with pytest.raises(ValueError, match=r"has no genes .*pass predicted="):
+        lk.pl.expression(sdata, "Penk", table_key="MOB2_image_tiles", show=False)
+    fig = lk.pl.expression(sdata, ["Penk", "Doc2g"], table_key="MOB2_image_tiles", predicted=pred, show=False)
+    titled = [a for a in fig.axes if a.get_title()]
+    assert [a.get_title() for a in titled] == ["Penk predicted", "Doc2g predicted"]
+    for a, gene in zip(titled, ["Penk", "Doc2g"], strict=True):
+        np.testing.assert_allclose(a.collections[0].get_array(), pred[:, gene].X.ravel())
+        assert len(a.images) == 1  # the H&E underneath
+    plt.close(fig)

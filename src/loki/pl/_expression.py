@@ -62,12 +62,14 @@ def expression(
     """Measured (left) and predicted (right) expression of each gene on the spots, on one colour scale.
 
     With ``layer_predicted=None`` and no ``predicted``, the measured expression is drawn alone, one
-    panel per gene (four per row), e.g. a source section's genes at its aligned positions.
+    panel per gene (four per row), e.g. a source section's genes at its aligned positions. A table
+    without genes (the tiles of an H&E image) shows the ``predicted`` expression alone, the same way.
 
     Parameters
     ----------
     data
-        The section (AnnData or SpatialData) with measured expression in ``.X`` / ``.layers[layer]``.
+        The section (AnnData or SpatialData) with measured expression in ``.X`` / ``.layers[layer]``
+        (or no genes at all, with ``predicted``).
     genes
         Gene(s) to draw, one row each.
     predicted
@@ -114,7 +116,14 @@ def expression(
     genes = [genes] if isinstance(genes, str) else list(genes)
     if not genes:
         raise ValueError("Pass at least one gene.")
-    require_keys(table.var_names, genes, f"{name}.var_names")
+    measured_too = table.n_vars > 0  # tiles of an H&E image have a prediction only
+    if measured_too:
+        require_keys(table.var_names, genes, f"{name}.var_names")
+    elif predicted is None:
+        raise ValueError(
+            f"{name} has no genes (e.g. the tiles of an H&E image); pass predicted= the AnnData "
+            "lk.tl.predict_expression returned for it to draw the prediction alone."
+        )
     if layer is not None:
         require_keys(table.layers, layer, f"{name}.layers")
     if predicted is None and layer_predicted is None:
@@ -145,14 +154,15 @@ def expression(
         coordinate_system=coordinate_system,
     )
     size = marker_size(spot_size, table.n_obs)
-    per_gene = 1 if pred_ad is None else 2
-    fig, axes = panel_grid(per_gene * len(genes), 4 if pred_ad is None else 2, ax, aspect=spots_aspect(xy))
+    per_gene = 2 if measured_too and pred_ad is not None else 1
+    fig, axes = panel_grid(per_gene * len(genes), 2 if per_gene == 2 else 4, ax, aspect=spots_aspect(xy))
     for i, gene in enumerate(genes):
-        measured = _column(table, gene, layer)
-        panels = [(measured, f"{gene} measured")]
+        measured = _column(table, gene, layer) if measured_too else None
+        panels = [] if measured is None else [(measured, f"{gene} measured")]
         if pred_ad is not None:
             pred = _column(pred_ad, gene, pred_layer)
-            panels.append((pred, f"{gene} predicted (PCC {_pcc_text(measured, pred)})"))
+            pcc = "" if measured is None else f" (PCC {_pcc_text(measured, pred)})"
+            panels.append((pred, f"{gene} predicted{pcc}"))
         lo, hi = _finite_range(*(values for values, _ in panels))
         gene_axes = axes[per_gene * i : per_gene * (i + 1)]
         for a, (values, title) in zip(gene_axes, panels, strict=True):
