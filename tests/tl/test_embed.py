@@ -445,3 +445,19 @@ def test_spot_patches_failing_at_its_record_leaves_no_flags(monkeypatch):
     with pytest.raises(RuntimeError, match="could not be written"):
         lk.pp.spot_patches(sdata, table_key="MOB2", size=16, key_added="ok")
     assert list(table.obs.columns) == columns
+
+
+def test_embed_image_says_when_the_model_size_overrides_the_spots(model, monkeypatch, caplog):
+    """Squares of the model's training size were cut around smaller spots (or tiles) without a word."""
+    sdata = lk.datasets.mob("MOB2")
+    monkeypatch.setattr(model, "patch_um", 200.0, raising=False)
+    with caplog.at_level("INFO", logger="loki"):
+        lk.tl.embed_image(sdata, model, table_key="MOB2")
+    assert "cutting 200 µm squares around each spot, the size model 'loki-tiny' was trained on" in caplog.text
+    assert "not the spots' own 100 µm" in caplog.text
+    assert sdata.tables["MOB2"].uns["loki"]["loki_image"]["diameter_um"] == 200.0
+    caplog.clear()
+    monkeypatch.setattr(model, "patch_um", 100.0, raising=False)
+    with caplog.at_level("INFO", logger="loki"):
+        lk.tl.embed_image(sdata, model, table_key="MOB2")
+    assert "cutting" not in caplog.text

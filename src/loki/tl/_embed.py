@@ -394,6 +394,15 @@ def embed_image(
     diameter, diameter_source = diameter_um, None
     if cut_here and is_spatialdata(data):
         diameter, diameter_source = patch_diameter_um(model, diameter_um, table)
+        own = spot_diameter_um(data, table)
+        if diameter_source == "model" and not abs(own - diameter) <= 0.1 * diameter:
+            logger.info(
+                "cutting %g µm squares around each spot, the size model %r was trained on (model.patch_um), "
+                "not the spots' own %s; pass diameter_um= to cut another size",
+                diameter,
+                model.name,
+                f"{own:g} µm" if np.isfinite(own) else "size (unknown)",
+            )
     patches, flags, order = _patches_of(
         data,
         table,
