@@ -182,8 +182,12 @@ def test_spot_patches_centres_of_polygon_spots_and_square_pixels_only():
     squares.index = sdata.shapes["S_spots"].index
     sdata.shapes["S_spots"] = ShapesModel.parse(squares)
     del sdata.tables["S"].obsm["spatial"]
-    sdata.tables["S"].uns["loki"]["microns_per_unit"] = 1.0  # the squares carry no radius
+    sdata.tables["S"].uns["loki"]["microns_per_unit"] = 1.0
     np.testing.assert_array_equal(lk.pp.spot_patches(sdata, size=16, diameter_um=100.0).compute(), ref)
+    # without diameter_um, a square's side is its size (Visium HD bins as spatialdata-io writes them):
+    # it was refused for want of a 'radius' column
+    del sdata.tables["S"].uns["loki"]["microns_per_unit"]
+    np.testing.assert_array_equal(lk.pp.spot_patches(sdata, size=16).compute(), ref)
 
     set_transformation(
         sdata.images["S_image"], Scale([2.0, 3.0], axes=("x", "y")), to_coordinate_system="global"

@@ -150,7 +150,8 @@ def spot_patches(
         Side of the output patches (224 for OmiCLIP).
     diameter_um
         Spot diameter in µm (needs ``table.uns['loki']['microns_per_unit']``). By default twice the
-        ``radius`` of the spot shapes, else ``table.uns['loki']['spot_diameter_um']``.
+        ``radius`` of circular spot shapes, the side of the square of the same area for polygons
+        (Visium HD bins, tiles), else ``table.uns['loki']['spot_diameter_um']``.
     coordinate_system
         Coordinate system shared by the spots and the image.
     key_added
@@ -587,16 +588,32 @@ def _spot_centers(table, shapes) -> np.ndarray:
     return np.column_stack([centres.x.to_numpy(), centres.y.to_numpy()])
 
 
+def shape_diameter(shapes) -> float | None:
+    """Median size of spot shapes in their own units, or None when they give none.
+
+    Twice the ``radius`` of circles; for polygons (Visium HD bins as spatialdata-io writes them, tiles,
+    cells) the side of the square of equal area, which is the side of a square bin.
+    """
+    if shapes is None:
+        return None
+    if "radius" in shapes.columns:
+        return 2 * float(np.median(shapes["radius"].to_numpy(dtype=np.float64)))
+    areas = shapes.geometry.area.to_numpy(dtype=np.float64)
+    areas = areas[np.isfinite(areas) & (areas > 0)]
+    return float(np.sqrt(np.median(areas))) if areas.size else None
+
+
 def _spot_diameter(table, shapes, diameter_um) -> np.ndarray | float:
     meta = loki_uns(table)
-    if diameter_um is None and shapes is not None and "radius" in shapes.columns:
-        return 2 * float(np.median(shapes["radius"].to_numpy(dtype=np.float64)))
+    from_shapes = shape_diameter(shapes) if diameter_um is None else None
+    if from_shapes is not None:
+        return from_shapes
     if diameter_um is None:
         diameter_um = meta.get("spot_diameter_um")
     if diameter_um is None:
         raise ValueError(
-            "Cannot tell the spot size: pass diameter_um=, or give the spots a shapes element with a "
-            "'radius' column, or set table.uns['loki']['spot_diameter_um']."
+            "Cannot tell the spot size: pass diameter_um=, or give the spots a shapes element of circles "
+            "(a 'radius' column) or polygons, or set table.uns['loki']['spot_diameter_um']."
         )
     mpu = meta.get("microns_per_unit")
     if mpu is None or not np.isfinite(mpu) or mpu <= 0:

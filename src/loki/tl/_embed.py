@@ -167,15 +167,16 @@ def patch_diameter_um(model, diameter_um: float | None, table) -> tuple[float | 
 def spot_diameter_um(data, table) -> float:
     """Median spot diameter of a section in µm, as :func:`loki.pp.spot_patches` sizes spots; NaN if unknown.
 
-    Twice the median ``radius`` of the spot shapes times ``.uns['loki']['microns_per_unit']``, else
-    ``.uns['loki']['spot_diameter_um']``.
+    The spot shapes' size (:func:`~loki.pp._patches.shape_diameter`) times
+    ``.uns['loki']['microns_per_unit']``, else ``.uns['loki']['spot_diameter_um']``.
     """
+    from loki.pp._patches import shape_diameter
+
     meta = loki_uns(table)
-    shapes = section_shapes(data, table) if is_spatialdata(data) else None
-    if shapes is not None and "radius" in shapes.columns:
+    size = shape_diameter(section_shapes(data, table) if is_spatialdata(data) else None)
+    if size is not None:
         mpu = meta.get("microns_per_unit")
-        radius = float(np.median(shapes["radius"].to_numpy(dtype=np.float64)))
-        return np.nan if mpu is None else 2 * radius * float(mpu)
+        return np.nan if mpu is None else size * float(mpu)
     return float(meta.get("spot_diameter_um", np.nan))
 
 
