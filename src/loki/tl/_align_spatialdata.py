@@ -102,9 +102,9 @@ def section_elements(
     after it (``S_lowres_image``), and, for each other table that records one of those images as its
     own (the tiles :func:`loki.pp.tile_image` cut from it, the spots a reader laid over it), that
     table's spots and images too: they lie on the same tissue. Images named by ``image_key`` are placed
-    in either case. With ``warn``, a LokiWarning says when a section of several
-    has no image found (``role``, "source" or "target", says which section and which parameter names
-    it), and the elements left out are logged: a warning when one is an image, INFO otherwise.
+    in either case. With ``warn``, a LokiWarning says when a section of several has no image found
+    (``role``, "source" or "target", says which section and which parameter names it), and the
+    elements left out are logged: a warning when one is an image, INFO otherwise.
     """
     from spatialdata.transformations import get_transformation
 
