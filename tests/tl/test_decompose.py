@@ -717,3 +717,108 @@ def test_integer_cell_types_give_columns_in_numeric_order():
     reference.obs["mixed"] = reference.obs["number"].astype(object).where(reference.obs["number"] != 15, "x")
     out = lk.tl.decompose(spots, reference=reference, cell_type_key="mixed", inplace=False)
     assert list(out.proportions.columns) == ["0", "10", "5", "x"]
+
+
+@pytest.mark.parametrize("method", ["nnls", "mapping"])
+@pytest.mark.parametrize("side", ["spots", "reference"])
+def test_negative_expression_warns_naming_the_side_and_its_layers(method, side):
+    """Scaled / centred expression (sc.pp.scale) gave near-uniform proportions without a word."""
+    spots, reference, _ = _toy()
+    target = spots if side == "spots" else reference
+    target.layers["counts"] = target.X.copy()
+    x = np.log1p(target.X)
+    target.X = ((x - x.mean(axis=0)) / np.maximum(x.std(axis=0), 1e-8)).astype(np.float32)
+    where = "adata" if side == "spots" else "reference"
+    with pytest.warns(
+        lk.LokiWarning, match=rf"negative expression values in {where}\.X \(minimum -"
+    ) as record:
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", method=method, epochs=5)
+    message = str(record[0].message)
+    assert f"{where}.layers: 'counts'" in message
+    assert "layer= / reference_layer=" in message
+    assert record[0].filename == __file__
+    # the counts layer, on the same scale as the other side, does not warn
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lk.LokiWarning)
+        lk.tl.decompose(
+            spots,
+            reference=reference,
+            cell_type_key="cell_type",
+            inplace=False,
+            **({"layer": "counts"} if side == "spots" else {"reference_layer": "counts"}),
+        )
+
+
+def test_genes_differing_only_by_case_are_named():
+    spots, reference, _ = _toy()
+    # half the reference's symbols in lower case: only the other half was matched, silently
+    reference.var_names = [g.lower() if i % 2 else g for i, g in enumerate(reference.var_names)]
+    with pytest.warns(
+        lk.LokiWarning,
+        match=r"20 genes are shared by name, and 20 more differ only by case \(e\.g\. 'G1' / 'g1'",
+    ):
+        out = lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
+    assert out.record["n_features"] == 20
+    # no gene shared by name: the error says how many match ignoring case
+    reference.var_names = [g.lower() for g in spots.var_names]
+    with pytest.raises(
+        ValueError, match=r"No genes are shared.*40 match when case is ignored \(e\.g\. 'G0' / 'g0'"
+    ):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert _nothing_written(spots)
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "cells"}, {"return_mapping": True}])
+def test_mapping_options_given_to_nnls_are_warned_about(kwargs):
+    """A Tangram user's mode='cells' (tangram-sc's default) fell through to NNLS silently."""
+    spots, reference, _ = _toy()
+    name = next(iter(kwargs))
+    with pytest.warns(lk.LokiWarning, match=rf"{name}=.* apply to method='mapping' only; method='nnls'"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", **kwargs)
+    assert spots.uns["loki"]["loki_proportions"]["method"] == "nnls"
+
+
+def test_tangrams_rna_count_based_prior_is_refused_with_its_equivalent():
+    spots, reference, _ = _toy()
+    with pytest.raises(ValueError, match=r"got 'rna_count_based'\. For tangram-sc's .*X\.sum\(axis=1\)"):
+        lk.tl.decompose(
+            spots,
+            reference=reference,
+            cell_type_key="cell_type",
+            method="mapping",
+            density_prior="rna_count_based",
+        )
+    assert _nothing_written(spots)
+    # the equivalent runs
+    totals = np.asarray(spots.X.sum(axis=1)).ravel()
+    lk.tl.decompose(
+        spots,
+        reference=reference,
+        cell_type_key="cell_type",
+        method="mapping",
+        epochs=5,
+        density_prior=totals,
+    )
+    assert spots.uns["loki"]["loki_proportions"]["density_prior"] == "custom"
+
+
+@pytest.mark.parametrize("method", ["nnls", "mapping"])
+def test_a_cell_type_without_counts_on_the_shared_genes_is_named(method):
+    """Its proportions were 0 (NNLS) or arbitrary (mapping) without a word."""
+    spots, reference, _ = _toy()
+    reference.X[(reference.obs["cell_type"] == "T2").to_numpy()] = 0
+    with pytest.warns(lk.LokiWarning, match=r"1 cell type\(s\) have no counts on the shared genes.*'T2'"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", method=method, epochs=5)
+    assert list(spots.obsm["loki_proportions"].columns) == ["T0", "T1", "T2", "T3"]
+
+
+def test_a_missing_layer_points_at_raw_when_there_is_one():
+    spots, reference, _ = _toy()
+    reference.raw = reference.copy()
+    with pytest.raises(
+        KeyError, match=r"reference\.raw holds 40 genes; it is not read: pass reference\.raw\.to_adata\(\)"
+    ):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", reference_layer="raw")
+    assert _nothing_written(spots)

@@ -101,8 +101,11 @@ def decompose(
     similarity with the spot features ``G``, under a uniform density prior (KL term). In
     ``mode="clusters"`` a source is a cell type (features summed over its cells, as tangram-sc does);
     in ``mode="cells"`` every reference cell is a source (memory and time per epoch grow linearly
-    with the number of cells). The proportions of spot ``j`` are the expected numbers of cells of
-    each type mapped to it, normalised to sum to 1.
+    with the number of cells). On one CPU thread of a shared 2-core machine, 20,000 spots x 5,000
+    genes took 0.47 s per epoch with 30 clusters (about 8 minutes at the default 1,000 epochs) and
+    27 s per epoch with 3,000 single cells (1.6 GB more memory): use a GPU for cells mode. The
+    proportions of spot ``j`` are the expected numbers of cells of each type mapped to it,
+    normalised to sum to 1.
 
     The mapping takes the reference's cell-type composition as the tissue's: every reference cell
     is placed somewhere (each source's row of ``M`` is a distribution over spots), so summed over
@@ -140,8 +143,14 @@ def decompose(
     reference, or the reverse, gave 0.148 and 0.154 with NNLS, worse than a uniform guess (0.113).
     When one side holds non-negative whole numbers (counts) and the other non-integer values with a
     maximum typical of log1p (at most 20, or 30 with scanpy's ``.uns['log1p']``), a
-    :class:`~loki.LokiWarning` says which is which and lists the layers of both. Embeddings are not
-    checked.
+    :class:`~loki.LokiWarning` says which is which and lists the layers of both. Negative values
+    (scaled or centred expression, e.g. ``sc.pp.scale``) give both methods proportions close to a
+    uniform guess and are warned about too. Embeddings are not checked.
+
+    Genes are matched by exact name (``var_names``), case included. When at least 5 % of the genes
+    that would match ignoring case differ only by case (e.g. ``'Actb'`` against ``'ACTB'``), a
+    :class:`~loki.LokiWarning` names a few; the number of shared genes is logged and recorded as
+    ``n_features`` (and ``genes``).
 
     Sparse expression stays sparse where sums suffice: the per-type profiles are sparse products,
     and NNLS densifies one block of spots at a time. The mapping needs the spots dense, and
@@ -150,7 +159,10 @@ def decompose(
     A spot whose features are all zero (an empty or off-tissue barcode, or no counts on the shared
     genes), or to which NNLS gives no weight at all, has no signal: its proportions are uniform
     (``nnls``) or whatever the mapping left there, not a measured mixture. Such spots are counted,
-    logged as a warning and recorded as ``n_empty_spots``.
+    logged as a warning and recorded as ``n_empty_spots``. A cell type whose reference features are
+    all zero (e.g. a gene panel without any of its genes) cannot be placed: a
+    :class:`~loki.LokiWarning` names it (NNLS gives it 0 in every spot, the mapping spreads it by
+    the density prior alone).
 
     Parameters
     ----------
@@ -172,7 +184,9 @@ def decompose(
     method
         ``"nnls"`` or ``"mapping"`` (see above).
     mode
-        ``"clusters"`` or ``"cells"`` (``method="mapping"`` only).
+        ``"clusters"`` or ``"cells"`` (``method="mapping"`` only; with ``method="nnls"`` a value
+        other than the default is warned about and ignored). Note that tangram-sc's default is
+        ``"cells"``.
     layer, reference_layer
         Layers used instead of ``.X`` for the spots and the reference when the features are ``"X"``:
         both on one scale, counts for NNLS (see above).
@@ -186,7 +200,8 @@ def decompose(
         ``lambda_r``).
     density_prior
         ``"uniform"`` (the paper's choice), an array of per-spot densities (normalised to sum to 1)
-        or ``None`` (no density term).
+        or ``None`` (no density term). tangram-sc's ``"rna_count_based"`` is the array of the
+        spots' total counts, ``np.asarray(adata.X.sum(axis=1)).ravel()``.
     refine
         ``"nms"``: keep only the most probable type per spot (eqs. 13-14); written to
         ``.obsm[f"{key_added}_refined"]``. A type that is the most probable one of no spot gets a
@@ -203,7 +218,8 @@ def decompose(
         Cell types with fewer reference cells are an error (their profile would be one cell's noise);
         so is a declared category of a categorical column without cells.
     return_mapping
-        Store the mapping matrix (sources x spots) in ``.uns['loki'][key_added]['mapping']``.
+        Store the mapping matrix (sources x spots) in ``.uns['loki'][key_added]['mapping']``
+        (``method="mapping"`` only; NNLS warns and stores none).
     seed
         Seed of the local torch generator that initialises the mapping: an int, a
         :class:`numpy.random.Generator` (one int is drawn from it) or ``None`` (one int is drawn
@@ -277,6 +293,8 @@ def decompose(
         low, high = percentiles
         if not 0 <= low < high <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}.")
+    if method == "nnls":
+        _warn_mapping_only(mode=mode, return_mapping=return_mapping)
     if reference_use is None:
         reference_use = "X" if use == "X" else Key.TEXT
 
@@ -302,8 +320,10 @@ def decompose(
     if features is not None:
         info["genes"] = features
     no_signal = _rows_without_signal(spots)
+    profiles = type_means(ref, codes, n_types)
+    _warn_types_without_features(profiles, cell_types, use == "X", method)
     if method == "nnls":
-        weights = nnls_weights(type_means(ref, codes, n_types), spots, progress=progress)
+        weights = nnls_weights(profiles, spots, progress=progress)
         no_signal |= weights.sum(axis=1) <= 0
         proportions = normalize_rows(weights)
     else:
@@ -311,7 +331,7 @@ def decompose(
 
         counts = np.bincount(codes, minlength=n_types)
         if mode == "clusters":
-            source = type_means(ref, codes, n_types) * counts[:, None]
+            source = profiles * counts[:, None]
             source_density, groups, group_weights = counts / counts.sum(), np.arange(n_types), counts
             sources = list(cell_types)
         else:
@@ -404,6 +424,40 @@ def _nms(proportions: np.ndarray, cell_types: list[str]) -> np.ndarray:
     return refined
 
 
+def _warn_types_without_features(
+    profiles: np.ndarray, cell_types: list[str], expression: bool, method: str
+) -> None:
+    """Warn about cell types whose reference features are all zero: nothing can place them."""
+    empty = [t for t, row in zip(cell_types, profiles, strict=True) if not np.any(row)]
+    if not empty:
+        return
+    what = "no counts on the shared genes" if expression else "all-zero embeddings"
+    outcome = (
+        "0 in every spot"
+        if method == "nnls"
+        else "spread over the spots by the density prior alone, not by their features"
+    )
+    warnings.warn(
+        f"decompose: {len(empty)} cell type(s) have {what} in the reference: {_few(empty)}. Their "
+        f"proportions are {outcome}. Use more genes (a panel may miss their markers) or drop them.",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _warn_mapping_only(*, mode: str, return_mapping: bool) -> None:
+    """Warn that options of the mapping were given to NNLS, which ignores them."""
+    given = [f"mode={mode!r}"] if mode != "clusters" else []
+    given += ["return_mapping=True"] if return_mapping else []
+    if given:
+        warnings.warn(
+            f"decompose: {' and '.join(given)} apply to method='mapping' only; method='nnls' (the "
+            "default) ignores them. Pass method='mapping' for the Tangram-style mapping.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
 def _check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
@@ -464,7 +518,13 @@ def _check_finite(x, name: str) -> None:
 def _matrix(adata: AnnData, layer: str | None, where: str):
     if layer is None:
         return adata.X
-    require_keys(adata.layers, layer, f"{where}.layers")
+    hint = (
+        f"{where}.raw holds {adata.raw.n_vars} genes; it is not read: pass {where}.raw.to_adata() "
+        "instead, or store its counts as a layer."
+        if adata.raw is not None
+        else None
+    )
+    require_keys(adata.layers, layer, f"{where}.layers", hint=hint)
     return adata.layers[layer]
 
 
@@ -488,12 +548,32 @@ def _features(
         for adata, where in ((table, "adata"), (reference, "reference")):
             check_unique_var_names(adata, where)
         shared = table.var_names.intersection(reference.var_names, sort=False)
+        by_case = _case_only_matches(table.var_names, reference.var_names)
         if len(shared) == 0:
             raise ValueError(
                 "No genes are shared by the spots and the reference "
                 f"(spots: {_few(table.var_names)}; reference: {_few(reference.var_names)}). "
-                "Are both gene symbols (not Ensembl ids against symbols)?"
+                + (
+                    f"{len(by_case)} match when case is ignored (e.g. {_few_pairs(by_case)}): "
+                    "map the symbols of one side to the other's (e.g. mouse 'Actb', human 'ACTB')."
+                    if by_case
+                    else "Are both gene symbols (not Ensembl ids against symbols)?"
+                )
             )
+        if len(by_case) >= _CASE_WARN_FRACTION * (len(shared) + len(by_case)):
+            warnings.warn(
+                f"decompose: {len(shared)} genes are shared by name, and {len(by_case)} more differ "
+                f"only by case (e.g. {_few_pairs(by_case)}); those are left out. Map the symbols of "
+                "one side to the other's to use them (genes are matched by exact name).",
+                LokiWarning,
+                stacklevel=user_stacklevel(),
+            )
+        logger.info(
+            "decompose: %d genes shared (spots: %d, reference: %d)",
+            len(shared),
+            table.n_vars,
+            reference.n_vars,
+        )
         spot_x = _matrix(table, layer, "adata")
         ref_x = _matrix(reference, reference_layer, "reference")
         spots = _float32(read_matrix(spot_x, table.var_names.get_indexer(shared)))
@@ -545,10 +625,41 @@ def _scale(x, adata: AnnData, layer: str | None) -> tuple[str, str] | None:
     return None
 
 
+def _minimum(x) -> float:
+    """Smallest value of a dense or sparse matrix (0 for an empty one)."""
+    values = x.data if sparse.issparse(x) else np.asarray(x).ravel()
+    low = float(values.min()) if values.size else 0.0
+    return min(low, 0.0) if sparse.issparse(x) else low
+
+
 def _check_scales(
     table: AnnData, spots, layer: str | None, reference: AnnData, ref, reference_layer: str | None
 ) -> None:
-    """Warn when one side's expression looks like counts and the other's like log1p values."""
+    """Warn about expression values that the two methods cannot compare.
+
+    Negative values (scaled or centred data) on either side, or counts on one side and log1p values
+    on the other.
+    """
+    have = "; ".join(
+        f"{where}.layers: {', '.join(map(repr, adata.layers)) or 'none'}"
+        + (f"; {where}.raw: {adata.raw.n_vars} genes" if adata.raw is not None else "")
+        for where, adata in (("adata", table), ("reference", reference))
+    )
+    negative = [
+        f"{where}.{'X' if lay is None else f'layers[{lay!r}]'} (minimum {low:.4g})"
+        for where, x, lay in (("adata", spots, layer), ("reference", ref, reference_layer))
+        if (low := _minimum(x)) < 0
+    ]
+    if negative:
+        warnings.warn(
+            f"decompose: negative expression values in {' and '.join(negative)}, like scaled or "
+            "centred data (sc.pp.scale, sc.pp.regress_out). A spot is modelled as a non-negative mix "
+            "of cell profiles: on such values both methods give proportions close to a uniform "
+            f"guess. Pass counts with layer= / reference_layer= ({have}).",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
+        return
     sides = [
         ("adata", table, layer, _scale(spots, table, layer)),
         ("reference", reference, reference_layer, _scale(ref, reference, reference_layer)),
@@ -558,9 +669,6 @@ def _check_scales(
     found = "; ".join(
         f"{where}.{'X' if lay is None else f'layers[{lay!r}]'} holds {scale[1]}"
         for where, _, lay, scale in sides
-    )
-    have = "; ".join(
-        f"{where}.layers: {', '.join(map(repr, adata.layers)) or 'none'}" for where, adata, _, _ in sides
     )
     warnings.warn(
         f"decompose: the spots and the reference look like different expression scales: {found}. "
@@ -577,11 +685,44 @@ def _few(names, k: int = 5) -> str:
     return ", ".join(map(repr, names)) + (", ..." if len(names) == k else "")
 
 
+#: warn when at least this fraction of the genes matched ignoring case would be lost to case alone
+_CASE_WARN_FRACTION = 0.05
+
+
+def _case_only_matches(spot_genes: pd.Index, ref_genes: pd.Index) -> list[tuple[str, str]]:
+    """``(spot gene, reference gene)`` pairs equal ignoring case but not by name, each gene once.
+
+    Only genes without an exact partner on the other side count, and only names whose case-folded
+    form is unique on both sides (an ambiguous pair is not offered as a match).
+    """
+    spot_only = pd.Index(spot_genes).difference(ref_genes, sort=False)
+    ref_only = pd.Index(ref_genes).difference(spot_genes, sort=False)
+    if len(spot_only) == 0 or len(ref_only) == 0:
+        return []
+    spot_fold = pd.Series(spot_only.astype(str), index=spot_only.astype(str).str.casefold())
+    ref_fold = pd.Series(ref_only.astype(str), index=ref_only.astype(str).str.casefold())
+    spot_fold = spot_fold[~spot_fold.index.duplicated(keep=False)]
+    ref_fold = ref_fold[~ref_fold.index.duplicated(keep=False)]
+    common = spot_fold.index.intersection(ref_fold.index, sort=False)
+    return list(zip(spot_fold[common], ref_fold[common], strict=True))
+
+
+def _few_pairs(pairs: list[tuple[str, str]], k: int = 3) -> str:
+    shown = ", ".join(f"{a!r} / {b!r}" for a, b in pairs[:k])
+    return shown + (", ..." if len(pairs) > k else "")
+
+
 def _target_density(prior, n_spots: int) -> np.ndarray | None:
     if prior is None or (isinstance(prior, str) and prior == "uniform"):
         return None
     if isinstance(prior, str):
-        raise ValueError(f"density_prior must be 'uniform', None or an array; got {prior!r}.")
+        hint = (
+            " For tangram-sc's 'rna_count_based' prior pass the spots' total counts, "
+            "np.asarray(adata.X.sum(axis=1)).ravel() (normalised here)."
+            if prior == "rna_count_based"
+            else ""
+        )
+        raise ValueError(f"density_prior must be 'uniform', None or an array; got {prior!r}.{hint}")
     d = np.asarray(prior, dtype=np.float64).ravel()
     if d.shape != (n_spots,) or not np.isfinite(d).all() or (d < 0).any() or d.sum() <= 0:
         raise ValueError(f"density_prior must be {n_spots} non-negative finite values with a positive sum.")
