@@ -303,3 +303,68 @@ def test_matched_expression_correlation_names_non_finite_expression(kendall, spa
         lk.metrics.matched_expression_correlation(as_input(expr), xy, as_input(bad), xy, kendall=kendall)
     with pytest.raises(ValueError, match=r"^expr_target \(the target's expression\) holds 1 NaN"):
         lk.metrics.matched_expression_correlation(as_input(bad), xy, as_input(expr), xy, kendall=kendall)
+
+
+def test_matched_expression_correlation_is_the_same_taken_a_block_of_pairs_at_a_time(monkeypatch):
+    from loki.metrics import _alignment
+
+    rng = np.random.default_rng(4)
+    xy = rng.uniform(0, 30, (300, 2))
+    et = sp.random(300, 40, density=0.3, random_state=1, format="csr") * 10
+    es = rng.poisson(1.0, (300, 40)).astype(float)
+    es[:5] = 0.0  # constant profiles: NaN pairs
+    whole = lk.metrics.matched_expression_correlation(et, xy, es, xy + 0.3, max_distance=1.0)
+    monkeypatch.setattr(_alignment, "_PAIR_BLOCK", 7 * 40)  # 7 pairs a block, the last one short
+    blocks = lk.metrics.matched_expression_correlation(et, xy, es, xy + 0.3, max_distance=1.0)
+    assert whole.keys() == blocks.keys()
+    assert len(whole["pearson"]) > 200
+    assert np.isnan(whole["pearson"]).any()
+    for key in whole:
+        np.testing.assert_array_equal(whole[key], blocks[key])
+    pairs = zip(whole["target_index"], whole["source_index"], strict=True)
+    tau = [lk.metrics.kendall_tau(et[i].toarray().ravel(), es[j]) for i, j in pairs]
+    np.testing.assert_array_equal(whole["kendall_tau"], tau)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_gene_variances_of_log_normalised_counts_over_the_spots_with_counts(dense):
+    # as scanpy's normalize_total + log1p, then the variance over spots with counts; X is not touched
+    from loki.metrics._alignment import _gene_variances, _log_normalized
+
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(0.8, (60, 12)).astype(np.float32)
+    counts[[3, 17]] = 0.0  # spots without counts
+    counts[3, 4] = 1.0
+    x = sp.csr_matrix(counts)
+    x.data[x.indptr[3] : x.indptr[4]] = 0.0  # an explicit zero in a spot without counts
+    counts[3, 4] = 0.0
+    a = AnnData(counts.copy() if dense else x.copy())
+    a.var_names = [f"g{i}" for i in range(12)]
+    before = a.X.copy()
+    genes = a.var_names[[7, 2, 5, 0, 11]]
+    norm, has = _log_normalized(a, genes)
+    sub = counts[:, [7, 2, 5, 0, 11]].astype(np.float64)
+    lib = sub.sum(axis=1)
+    expected = np.log1p(sub * (np.median(lib[lib > 0]) / np.where(lib > 0, lib, 1.0))[:, None])
+    np.testing.assert_allclose(norm.toarray(), expected, rtol=1e-14)
+    np.testing.assert_array_equal(has, lib > 0)
+    np.testing.assert_allclose(_gene_variances(norm, has), expected[has].var(axis=0), rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(a.X if dense else a.X.toarray(), before if dense else before.toarray())
+
+
+def test_alignment_expression_scores_reads_tables_opened_backed(tmp_path):
+    """Sections opened with backed='r' score as in memory (a faster path read .X by column indexing,
+    which anndata's backed matrices refuse)."""
+    import anndata as ad
+
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    target, source = sdata.tables["MOB1"].copy(), sdata.tables["MOB2"].copy()
+    source.obsm["spatial_aligned"] = source.obsm["spatial"]
+    in_memory = lk.metrics.alignment_expression_scores(source, target)
+    target.write_h5ad(tmp_path / "t.h5ad")
+    source.write_h5ad(tmp_path / "s.h5ad")
+    backed = lk.metrics.alignment_expression_scores(
+        ad.read_h5ad(tmp_path / "s.h5ad", backed="r"), ad.read_h5ad(tmp_path / "t.h5ad", backed="r")
+    )
+    for key in ("pearson_median", "kendall_tau_median", "n_pairs"):
+        assert backed[key] == in_memory[key]

@@ -386,3 +386,63 @@ def test_calinski_harabasz_matches_sklearn():
     assert metrics.calinski_harabasz(x, labels) == pytest.approx(calinski_harabasz_score(x, labels))
     with pytest.raises(ValueError, match="2 <= k"):
         metrics.calinski_harabasz(x, np.zeros(90))
+
+
+def _pairwise_angular_counts(angles: np.ndarray, width: float) -> np.ndarray:
+    # the direct O(n^2) count: angles less than width apart around the circle
+    gap = np.abs(np.angle(np.exp(1j * (angles[None, :] - angles[:, None]))))
+    return (gap < width).sum(axis=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 300))
+def test_lattice_direction_counts_match_pairwise_counts(seed, n):
+    from loki.metrics._lattice import _angular_counts
+
+    rng = np.random.default_rng(seed)
+    # clusters of directions, some straddling the wrap at +-pi, as the doubled angles of lattice steps are
+    centres = rng.choice([-np.pi, -np.pi / 3, 0.0, np.pi / 3, np.pi], size=n)
+    angles = centres + rng.normal(0, 0.2, n)
+    width = 2 * np.deg2rad(10)
+    np.testing.assert_array_equal(_angular_counts(angles, width), _pairwise_angular_counts(angles, width))
+
+
+@pytest.mark.parametrize("kind", ["square", "hex"])
+def test_lattice_pixels_unchanged_by_the_sorted_direction_count(kind, monkeypatch):
+    from loki.metrics import _lattice as lattice_module
+
+    rng = np.random.default_rng(3)
+    a = np.deg2rad(37.0)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    xy = _lattice(kind, n=30) @ rot.T + rng.normal(0, 0.05, (900, 2))
+    spacing = metrics.spot_spacing(xy)
+    fast = lattice_module.lattice_pixels(xy, spacing)
+    monkeypatch.setattr(lattice_module, "_angular_counts", _pairwise_angular_counts)
+    np.testing.assert_array_equal(fast, lattice_module.lattice_pixels(xy, spacing))
+    assert len(np.unique(fast, axis=0)) == len(xy)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), n_rows=st.integers(0, 30), n=st.integers(2, 40), levels=st.integers(1, 6))
+def test_kendall_tau_rows_is_kendall_tau_of_each_row_pair(seed, n_rows, n, levels):
+    # few levels give many ties, and rows constant in x or y (NaN), as log expression of sparse spots does
+    from loki.metrics._correlation import kendall_tau_rows
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, levels, (n_rows, n)) * 0.5
+    y = np.where(rng.random((n_rows, n)) < 0.5, x, rng.integers(0, levels, (n_rows, n)) - 0.0)
+    expected = np.array([metrics.kendall_tau(a, b) for a, b in zip(x, y, strict=True)])
+    np.testing.assert_array_equal(kendall_tau_rows(x, y), expected.reshape(n_rows))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_calinski_harabasz_is_the_same_taken_a_block_of_points_at_a_time(dtype, monkeypatch):
+    from loki.metrics import _classification
+
+    rng = np.random.default_rng(2)
+    labels = rng.choice(["a", "b", "c", "d"], 500)
+    x = (rng.normal(size=(500, 6)) + (labels == "a")[:, None] * 2).astype(dtype)
+    whole = metrics.calinski_harabasz(x, labels)
+    monkeypatch.setattr(_classification, "_BLOCK", 6 * 37)  # 37 points a block, the last one short
+    assert metrics.calinski_harabasz(x, labels) == pytest.approx(whole, rel=1e-12)
+    assert whole == pytest.approx(calinski_harabasz_score(x.astype(np.float64), labels), rel=1e-10)

@@ -214,3 +214,31 @@ def test_coordinates_need_two_columns(name):
     ):
         call()
     assert plt.get_fignums() == []
+
+
+SPOT_PLOTS = {
+    "alignment": lambda a, **kw: lk.pl.alignment([a, a], key="spatial_aligned", **kw),
+    "alignment_stack": lambda a, **kw: lk.pl.alignment([a, a], key="spatial_aligned", kind="stack", **kw),
+    "annotation": lambda a, **kw: lk.pl.annotation(a, **kw),
+    "annotation_label": lambda a, **kw: lk.pl.annotation(a, kind="label", label_key="label", **kw),
+    "expression": lambda a, **kw: lk.pl.expression(a, "g0", **kw),
+    "proportions": lambda a, **kw: lk.pl.proportions(a, **kw),
+}
+
+
+@pytest.mark.parametrize("name", SPOT_PLOTS)
+def test_spots_are_rasterised_in_a_vector_file(name):
+    # as scanpy draws them: the spots one image in a PDF or SVG (not a path per spot, tens of MB at
+    # 10^5 spots), axes, colour bars and legends still vector graphics
+    from matplotlib.collections import PathCollection
+
+    a = _section(300)
+    a.obs["label"] = pd.Categorical(np.where(np.arange(300) % 2, "A", "B"))
+    fig = SPOT_PLOTS[name](a, show=False)
+    spots = [c for ax in fig.axes for c in ax.collections if isinstance(c, PathCollection)]
+    assert spots
+    assert all(c.get_rasterized() for c in spots)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="pdf")
+    plt.close(fig)
+    assert b"/Subtype /Image" in buf.getvalue()

@@ -192,3 +192,19 @@ def test_integer_labels_give_truth_columns_in_decompose_order():
     assert list(spots.obsm["truth"].columns) == ["0", "5", "10"]
     out = lk.tl.decompose(spots, reference=cells, cell_type_key="number", inplace=False)
     assert list(out.proportions.columns) == list(spots.obsm["truth"].columns)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), n_cells=st.integers(1, 400), n_regions=st.integers(1, 8))
+def test_region_draws_are_the_per_cell_choices_of_the_same_seed(seed, n_cells, n_regions):
+    from loki.pp._pseudo_spots import _draw_regions
+
+    rng = np.random.default_rng(seed)
+    prob = rng.random((n_regions, 5))
+    prob /= prob.sum(axis=0, keepdims=True)
+    codes = rng.integers(0, 5, n_cells)
+    one_by_one = np.random.default_rng(seed + 1)
+    expected = [one_by_one.choice(n_regions, p=prob[:, c]) for c in codes]
+    at_once = np.random.default_rng(seed + 1)
+    np.testing.assert_array_equal(_draw_regions(prob, codes, at_once), expected)
+    assert at_once.random() == one_by_one.random()  # the generator is left where the loop left it

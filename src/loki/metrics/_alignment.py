@@ -26,11 +26,13 @@ from loki._utils import (
     check_unique_var_names,
     is_real,
 )
+from loki._utils._backed import read_matrix
 from loki._utils._rng import check_seed
 from loki._utils._spacing import nearest_spot_distance
-from loki.metrics._correlation import kendall_tau, pearson
+from loki.metrics._correlation import kendall_tau_rows, pearson
 
 _BOOT_CHUNK = 1 << 22  # resampled spots per bootstrap chunk (32 MB of float64 per alignment)
+_PAIR_BLOCK = 1 << 21  # values (pairs x genes) of the spot pairs correlated at once (16 MB of float64)
 
 __all__ = [
     "alignment_error",
@@ -165,16 +167,19 @@ def matched_expression_correlation(
         x = x[rows]
         return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
 
-    et = _dense(expr_target, ok)
-    es = _dense(expr_source, src)
-    out = {
-        "pearson": np.atleast_1d(pearson(et, es, axis=1)) if len(ok) else np.zeros(0),
-        "target_index": ok,
-        "source_index": src,
-        "distance": dist[ok],
-    }
+    # pairs a block at a time: dense float64 profiles of all pairs, and pearson's temporaries of
+    # their size, are GBs at 10^5-10^6 spots; each coefficient depends on its own pair only
+    step = max(1, _PAIR_BLOCK // max(expr_target.shape[1], 1))
+    r, tau = np.zeros(len(ok)), np.zeros(len(ok))
+    for lo in range(0, len(ok), step):
+        et = _dense(expr_target, ok[lo : lo + step])
+        es = _dense(expr_source, src[lo : lo + step])
+        r[lo : lo + step] = pearson(et, es, axis=1)
+        if kendall:
+            tau[lo : lo + step] = kendall_tau_rows(et, es)
+    out = {"pearson": r, "target_index": ok, "source_index": src, "distance": dist[ok]}
     if kendall:
-        out["kendall_tau"] = np.array([kendall_tau(a, b) for a, b in zip(et, es, strict=True)])
+        out["kendall_tau"] = tau
     return out
 
 
@@ -190,14 +195,37 @@ def _log_normalized(adata: AnnData, genes: pd.Index) -> tuple[sp.csr_matrix, np.
 
     Returns the float64 CSR matrix and the mask of spots with counts; spots without keep their zeros.
     """
-    x = adata[:, genes].X
-    x = x.tocsr().astype(np.float64) if sp.issparse(x) else sp.csr_matrix(np.asarray(x, dtype=np.float64))
+    # a view's .X would copy the matrix even when all genes are kept; a backed one is read from disk
+    columns = None if genes.equals(adata.var_names) else adata.var_names.get_indexer(genes)
+    x = read_matrix(adata.X, columns)
+    # one float64 copy, scaled and log-transformed in place
+    x = (
+        sp.csr_matrix(x, dtype=np.float64, copy=True)
+        if sp.issparse(x)
+        else sp.csr_matrix(np.asarray(x, np.float64))
+    )
     lib = np.asarray(x.sum(axis=1)).ravel()
     has_counts = lib > 0
     target_sum = np.median(lib[has_counts]) if has_counts.any() else 1.0
-    x = sp.diags(target_sum / np.where(has_counts, lib, 1.0)) @ x
-    x.data = np.log1p(x.data)
-    return x.tocsr(), has_counts
+    x.data *= np.repeat(target_sum / np.where(has_counts, lib, 1.0), np.diff(x.indptr))
+    np.log1p(x.data, out=x.data)
+    return x, has_counts
+
+
+def _gene_variances(x: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """Variance of each column of ``x`` over the rows of the mask ``rows``.
+
+    Summed over the stored values, without copies of the kept rows (``x[rows]``) or of the squared
+    matrix, each as large as ``x``.
+    """
+    n = max(int(rows.sum()), 1)
+    values = x.data
+    if (np.diff(x.indptr)[~rows] > 0).any():  # stored values in rows left out (e.g. explicit zeros)
+        values = np.where(np.repeat(rows, np.diff(x.indptr)), values, 0.0)
+    sums = np.bincount(x.indices, weights=values, minlength=x.shape[1])
+    squares = np.bincount(x.indices, weights=values * values, minlength=x.shape[1])
+    mean = sums / n
+    return squares / n - mean**2
 
 
 def _default_radius(xy: np.ndarray, name: str) -> float:
@@ -275,9 +303,7 @@ def alignment_expression_scores(
     xt, has_counts = _log_normalized(target, genes)
     xs = _log_normalized(source, genes)[0]
     # spots without counts would move the gene variances while telling nothing of them
-    expressed = xt[has_counts] if has_counts.any() else xt
-    mean = np.asarray(expressed.mean(axis=0)).ravel()
-    var = np.asarray(expressed.multiply(expressed).mean(axis=0)).ravel() - mean**2
+    var = _gene_variances(xt, has_counts if has_counts.any() else np.ones(len(has_counts), bool))
     top = np.argsort(-var, kind="stable")[: min(n_top_genes, len(genes))]
     res = matched_expression_correlation(
         xt[:, top], xy_target, xs[:, top], xy_source, max_distance=max_distance, kendall=kendall

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+_BLOCK = 1 << 21  # values (points x dimensions) taken at once by calinski_harabasz (16 MB of float64)
+
 
 def weighted_f1(y_true: Sequence, y_pred: Sequence, *, labels: Sequence | None = None) -> float:
     """F1 score per class (eq. 31), averaged with weights proportional to each class's true support.
@@ -60,22 +62,32 @@ def calinski_harabasz(x: np.ndarray, labels: Sequence) -> float:
     point repeated (WCSS = 0).
 
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
     if x.ndim == 1:
         x = x[:, None]
     labels = np.asarray(labels)
     if labels.shape != (x.shape[0],):
         raise ValueError(f"labels must have one entry per point ({x.shape[0]}), got shape {labels.shape}.")
     _, codes = np.unique(labels, return_inverse=True)
+    codes = codes.ravel()
     k, n = int(codes.max()) + 1, x.shape[0]
     if not 1 < k < n:
         raise ValueError(f"Calinski-Harabasz needs 2 <= k < n clusters, got k={k} for n={n} points.")
     sizes = np.bincount(codes, minlength=k).astype(np.float64)
-    centroids = np.zeros((k, x.shape[1]))
-    np.add.at(centroids, codes, x)
-    centroids /= sizes[:, None]
-    bcss = float((sizes * ((centroids - x.mean(axis=0)) ** 2).sum(axis=1)).sum())
-    wcss = float(((x - centroids[codes]) ** 2).sum())
+    # points a block at a time, in float64: a float64 copy of x and the points' offsets from their
+    # centroids are each n x d (GBs for 10^5-10^6 embeddings)
+    step = max(1, _BLOCK // max(x.shape[1], 1))
+    blocks = range(0, n, step)
+    sums = np.zeros((k, x.shape[1]))
+    for lo in blocks:
+        np.add.at(sums, codes[lo : lo + step], np.asarray(x[lo : lo + step], dtype=np.float64))
+    centroids = sums / sizes[:, None]
+    mean = sums.sum(axis=0) / n
+    bcss = float((sizes * ((centroids - mean) ** 2).sum(axis=1)).sum())
+    wcss = 0.0
+    for lo in blocks:
+        block = np.asarray(x[lo : lo + step], dtype=np.float64)
+        wcss += float(((block - centroids[codes[lo : lo + step]]) ** 2).sum())
     if wcss == 0:
         return float("inf")
     return (bcss / (k - 1)) / (wcss / (n - k))

@@ -149,3 +149,98 @@ def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
     if den == 0:
         return float("nan")
     return float(np.clip((n0 - n1 - n2 + n3 - 2 * discordant) / den, -1.0, 1.0))
+
+
+@numba.njit(cache=True)
+def _inversions(a: np.ndarray, buf: np.ndarray) -> int:
+    # Pairs i < j with a[i] > a[j], by merge sort (sorts ``a`` in place; ties are no inversion).
+    n = a.shape[0]
+    count = 0
+    width = 1
+    while width < n:
+        for lo in range(0, n - width, 2 * width):
+            mid = lo + width
+            hi = min(lo + 2 * width, n)
+            i, j, k = lo, mid, lo
+            while i < mid and j < hi:
+                if a[j] < a[i]:
+                    buf[k] = a[j]
+                    count += mid - i
+                    j += 1
+                else:
+                    buf[k] = a[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                buf[k] = a[i]
+                i += 1
+                k += 1
+            while j < hi:
+                buf[k] = a[j]
+                j += 1
+                k += 1
+            a[lo:hi] = buf[lo:hi]
+        width *= 2
+    return count
+
+
+@numba.njit(cache=True)
+def _run_pairs(a: np.ndarray, b: np.ndarray) -> int:
+    # Pairs of equal (a, b) in arrays sorted so that equal entries are adjacent.
+    total = 0
+    run = 1
+    for i in range(1, a.shape[0]):
+        if a[i] == a[i - 1] and b[i] == b[i - 1]:
+            run += 1
+        else:
+            total += run * (run - 1) // 2
+            run = 1
+    return total + run * (run - 1) // 2
+
+
+@numba.njit(cache=True)
+def _kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    n_rows, n = x.shape
+    out = np.empty(n_rows)
+    buf = np.empty(n)
+    n0 = n * (n - 1) // 2
+    for r in range(n_rows):
+        by_y = np.argsort(y[r], kind="mergesort")
+        order = by_y[np.argsort(x[r][by_y], kind="mergesort")]  # by x, then y
+        xs, ys = x[r][order], y[r][order]
+        n1 = _run_pairs(xs, xs)
+        n3 = _run_pairs(xs, ys)
+        discordant = _inversions(ys, buf)  # leaves ys sorted
+        n2 = _run_pairs(ys, ys)
+        den = np.sqrt(float(n0 - n1) * float(n0 - n2))
+        if den == 0:
+            out[r] = np.nan
+        else:
+            out[r] = min(1.0, max(-1.0, (n0 - n1 - n2 + n3 - 2 * discordant) / den))
+    return out
+
+
+def kendall_tau_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`kendall_tau` of every row pair ``(x[i], y[i])`` of two finite 2-D arrays, in one compiled loop.
+
+    The same counts as :func:`kendall_tau` row by row, without its per-call overhead (~0.1 ms), which
+    dominated at 10^5 spot pairs.
+
+    Parameters
+    ----------
+    x, y
+        ``(n_rows, n)`` arrays, ``n >= 2`` when there are rows.
+
+    Returns
+    -------
+    ``(n_rows,)`` tau-b of each row pair; NaN where either row is constant.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"x and y must be 2-D arrays of one shape, got {x.shape} and {y.shape}.")
+    if x.shape[0] and x.shape[1] < 2:
+        raise ValueError(f"Kendall's tau needs at least 2 pairs, got {x.shape[1]}.")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("x and y must be finite.")
+    return _kendall_rows(x, y)

@@ -73,7 +73,7 @@ def _basis(coords: np.ndarray, spacing: float) -> np.ndarray | None:
     def gap(center: float) -> np.ndarray:
         return np.abs(np.angle(np.exp(1j * (doubled - center)))) / 2
 
-    counts = np.array([(gap(a) < tol).sum() for a in doubled])
+    counts = _angular_counts(doubled, 2 * tol)
     first = gap(doubled[np.argmax(counts)]) < tol
     b1 = _median_step(steps[first])
     apart = gap(2 * np.arctan2(b1[1], b1[0])) > 2 * tol
@@ -83,6 +83,21 @@ def _basis(coords: np.ndarray, spacing: float) -> np.ndarray | None:
     if second.sum() < 0.1 * first.sum():
         return None
     return np.column_stack([b1, _median_step(steps[second])])
+
+
+def _angular_counts(angles: np.ndarray, width: float) -> np.ndarray:
+    """For each angle, how many of ``angles`` lie less than ``width`` (< pi) from it around the circle.
+
+    Sorted once and counted by binary search, O(n log n); a pairwise comparison is O(n^2), hours for
+    the ~6 neighbour steps per spot of a 10^5-spot section.
+    """
+    turn = 2 * np.pi
+    wrapped = np.mod(angles, turn)
+    ordered = np.sort(wrapped)
+    circle = np.concatenate([ordered - turn, ordered, ordered + turn])  # the window may wrap round
+    above = np.searchsorted(circle, wrapped - width, side="right")
+    below = np.searchsorted(circle, wrapped + width, side="left")
+    return below - above
 
 
 def _median_step(steps: np.ndarray) -> np.ndarray:

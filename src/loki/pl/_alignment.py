@@ -23,6 +23,7 @@ from ._common import (
     legend_columns,
     panel_grid,
     plot_function,
+    scatter_spots,
 )
 
 if TYPE_CHECKING:
@@ -203,12 +204,12 @@ def alignment(
     for panel, title, points in zip(axes, ("before", "after"), (before, after), strict=True):
         for z, (name, t, c, xy) in enumerate(zip(names, tables, colours, points, strict=True)):
             if kind == "overlay":
-                panel.scatter(xy[:, 0], xy[:, 1], s=spot_size, c=c, label=name, alpha=0.7, linewidths=0)
+                scatter_spots(panel, xy, s=spot_size, c=c, label=name, alpha=0.7, linewidths=0)
             else:
                 zpos = (loki_record(t, key) or {}).get("z", z)
-                panel.scatter(
-                    xy[:, 0],
-                    np.full(len(xy), float(zpos)),
+                scatter_spots(
+                    panel,
+                    np.column_stack([xy[:, 0], np.full(len(xy), float(zpos))]),
                     s=spot_size,
                     c=c,
                     label=name,

@@ -24,6 +24,7 @@ from ._common import (
     marker_size,
     panel_grid,
     plot_function,
+    scatter_spots,
     scatter_values,
     section_spots,
     spots_aspect,
@@ -202,12 +203,10 @@ def _draw_labels(
 ) -> None:
     for i, cat in enumerate(labels.categories):
         sel = labels.codes == i
-        ax.scatter(xy[sel, 0], xy[sel, 1], color=colours[i], s=size, alpha=alpha, label=str(cat))
+        scatter_spots(ax, xy[sel], color=colours[i], s=size, alpha=alpha, label=str(cat))
     missing = labels.codes == -1
     if missing.any():  # last in the legend, as in scanpy; under the labelled spots, over the image
-        ax.scatter(
-            xy[missing, 0], xy[missing, 1], color=NA_COLOUR, s=size, alpha=alpha, label="NA", zorder=0.5
-        )
+        scatter_spots(ax, xy[missing], color=NA_COLOUR, s=size, alpha=alpha, label="NA", zorder=0.5)
     n = len(labels.categories) + int(missing.any())
     ax.legend(
         loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2, ncol=legend_columns(n)

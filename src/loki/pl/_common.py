@@ -143,8 +143,20 @@ def value_colormap(cmap: str | Colormap) -> Colormap:
 def scatter_values(
     ax: Axes, xy: np.ndarray, values: np.ndarray, *, cmap: Colormap, **kwargs
 ) -> PathCollection:
-    """Spots coloured by a continuous value; a spot without one (NaN) is drawn in :data:`NA_COLOUR`."""
-    return ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap=cmap, plotnonfinite=True, **kwargs)
+    """Spots coloured by a continuous value; a spot without one (NaN) is drawn in :data:`NA_COLOUR`.
+
+    Rasterised, see :func:`scatter_spots`.
+    """
+    return scatter_spots(ax, xy, c=values, cmap=cmap, plotnonfinite=True, **kwargs)
+
+
+def scatter_spots(ax: Axes, xy: np.ndarray, **kwargs) -> PathCollection:
+    """``ax.scatter`` of spots, rasterised: a PDF or SVG holds them as one image, as scanpy draws them.
+
+    A vector file with one path per spot grows with the number of spots (tens of MB at 10^5 Visium HD
+    bins) and is slow to open; axes, labels and legends stay vector graphics.
+    """
+    return ax.scatter(xy[:, 0], xy[:, 1], rasterized=True, **kwargs)
 
 
 def legend_columns(n: int) -> int:
