@@ -138,8 +138,14 @@ def test_js_divergence_axis_bounds_and_errors():
     np.testing.assert_allclose(metrics.js_divergence(p.T, q.T, axis=0), [1.0, 0.0, 0.0], atol=1e-12)
     with pytest.raises(ValueError, match="negative"):
         metrics.js_divergence([-1.0, 2.0], [0.5, 0.5])
-    with pytest.raises(ValueError, match="sums to 0"):
+    with pytest.raises(ValueError, match="^p sums to 0"):
         metrics.js_divergence([0.0, 0.0], [0.5, 0.5])
+    # a cell type absent from every spot: the error names it (it named no slice)
+    props = np.array([[0.5, 0.5, 0.0], [0.2, 0.8, 0.0], [1.0, 0.0, 0.0]])
+    with pytest.raises(
+        ValueError, match=r"^q has 1 slice\(s\) along axis 0 that sum to 0, at \[2\]: .*p \+ 1e-12"
+    ):
+        metrics.js_divergence(props + 1e-12, props, axis=0)
 
 
 def test_js_divergence_of_weights_whose_sum_overflows():

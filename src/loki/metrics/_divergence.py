@@ -16,8 +16,19 @@ def _normalise(p: np.ndarray, name: str, axis: int) -> np.ndarray:
         # largest weight first, which leaves the distribution as it is
         p = p / np.where(overflowed, p.max(axis=axis, keepdims=True), 1.0)
         total = p.sum(axis=axis, keepdims=True)
-    if (total <= 0).any():
-        raise ValueError(f"{name} has a slice along axis {axis} that sums to 0; it is not a distribution.")
+    if p.ndim == 1 and total.item() <= 0:
+        raise ValueError(f"{name} sums to 0: it is not a distribution.")
+    empty = np.squeeze(total <= 0, axis=axis)
+    if empty.any():
+        where = [
+            idx[0] if len(idx) == 1 else tuple(idx) for idx in np.argwhere(np.atleast_1d(empty)).tolist()
+        ]
+        raise ValueError(
+            f"{name} has {len(where)} slice(s) along axis {axis} that sum to 0, at {where[:5]}"
+            f"{' ...' if len(where) > 5 else ''}: no distribution (e.g. a cell type absent from every "
+            "spot). Leave them out, or add a small constant to both sides (p + 1e-12) to compare them as "
+            "uniform."
+        )
     return p / total
 
 
