@@ -352,6 +352,23 @@ def test_gene_variances_of_log_normalised_counts_over_the_spots_with_counts(dens
     np.testing.assert_array_equal(a.X if dense else a.X.toarray(), before if dense else before.toarray())
 
 
+def test_log_normalised_counts_of_a_matrix_storing_an_entry_twice():
+    """A CSR matrix may store one entry as two values (summed by scipy): log1p was taken of each."""
+    from loki.metrics._alignment import _gene_variances, _log_normalized
+
+    x = sp.csr_matrix(
+        (np.array([1.0, 1.0, 2.0, 3.0]), np.array([0, 0, 1, 1]), np.array([0, 3, 4])), shape=(2, 2)
+    )
+    a = AnnData(x)
+    a.var_names = ["g0", "g1"]
+    norm, _ = _log_normalized(a, a.var_names)
+    dense = x.toarray()  # [[2, 2], [0, 3]]
+    lib = dense.sum(axis=1)
+    expected = np.log1p(dense * (np.median(lib) / lib)[:, None])
+    np.testing.assert_allclose(norm.toarray(), expected, rtol=1e-14)
+    np.testing.assert_allclose(_gene_variances(norm, np.ones(2, bool)), expected.var(axis=0), rtol=1e-12)
+
+
 def test_alignment_expression_scores_reads_tables_opened_backed(tmp_path):
     """Sections opened with backed='r' score as in memory (a faster path read .X by column indexing,
     which anndata's backed matrices refuse)."""

@@ -367,13 +367,13 @@ def test_align_sections_checks_the_stack_before_writing():
         with pytest.raises(ValueError, match=r"lists .* more than once"):
             lk.tl.align_sections(sdata, target="MOB1", sections=sections, progress=False, **_FAST)
     del sdata.images["MOB3_image"]
-    # MOB3 imaged on the target's slide: it records MOB1's image, so its spots move with MOB1's elements
+    # MOB3 imaged on the target's slide: MOB2 is aligned first, MOB3 then fails
     sdata.tables["MOB3"].uns[Key.UNS]["image_key"] = "MOB1_image"
-    with pytest.raises(ValueError, match="sections 'MOB1' and 'MOB3' share the element 'MOB3_spots'"):
+    with pytest.raises(ValueError, match="sections 'MOB1' and 'MOB3' share the element 'MOB1_image'"):
         lk.tl.align_sections(sdata, target="MOB1", progress=False, **_FAST)
     # MOB2 and MOB3 on one slide: each would place the image with its own transformation
     sdata.tables["MOB3"].uns[Key.UNS]["image_key"] = "MOB2_image"
-    with pytest.raises(ValueError, match="sections 'MOB2' and 'MOB3' share the element 'MOB3_spots'"):
+    with pytest.raises(ValueError, match="sections 'MOB2' and 'MOB3' share the element 'MOB2_image'"):
         lk.tl.align_sections(sdata, target="MOB1", progress=False, **_FAST)
     for source in ("MOB2", "MOB3"):
         assert _written(sdata, source, targets=("MOB1_image", "MOB1_spots", "MOB3_spots")) == (False, [], [])
@@ -806,3 +806,19 @@ def test_tiles_and_named_images_of_the_source_image_move_with_it():
     lk.tl.align(again, source="MOB2_image_tiles", target="MOB1", **_FAST)
     for name in ("MOB2_image", "MOB2_spots", "MOB2_image_tiles_shapes"):
         assert Key.ALIGNED_CS in get_transformation(again[name], get_all=True)
+
+
+def test_a_section_recording_the_others_image_is_not_placed_with_it():
+    """MOB2 records MOB1's image (one slide), each section's image named: the target claimed MOB2's
+    spots and image as tables laid over its image, and the call was refused as sharing them."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    sdata.tables["MOB2"].uns[Key.UNS]["image_key"] = "MOB1_image"
+    lk.tl.align(
+        sdata, source="MOB2", target="MOB1", image_key="MOB2_image", target_image_key="MOB1_image", **_FAST
+    )
+    source = get_transformation(sdata["MOB2_spots"], Key.ALIGNED_CS)
+    target = get_transformation(sdata["MOB1_spots"], Key.ALIGNED_CS)
+    assert not np.allclose(source.to_affine_matrix(("x", "y"), ("x", "y")), np.eye(3))
+    np.testing.assert_allclose(target.to_affine_matrix(("x", "y"), ("x", "y")), np.eye(3))
+    image = get_transformation(sdata["MOB2_image"], Key.ALIGNED_CS).to_affine_matrix(("x", "y"), ("x", "y"))
+    np.testing.assert_allclose(image, source.to_affine_matrix(("x", "y"), ("x", "y")))

@@ -259,7 +259,8 @@ def test_a_generator_seed_is_recorded_as_the_int_that_repeats_the_run(search):
     first = lk.tl.predict_expression(query, ref, seed=np.random.default_rng(11), **options)
     again = lk.tl.predict_expression(query, ref, seed=np.random.default_rng(11), **options)
     used = first.uns["loki"]["loki_predicted"]["seed"]
-    assert isinstance(used, int) and used >= 0
+    assert isinstance(used, int)
+    assert used >= 0
     assert again.uns["loki"]["loki_predicted"]["seed"] == used
     repeated = lk.tl.predict_expression(query, ref, seed=used, **options)
     np.testing.assert_array_equal(repeated.X, first.X)

@@ -65,6 +65,24 @@ def _remember(mapping, key: str) -> None:
     journal.append(undo)
 
 
+def _actual(adata) -> None:
+    """Inside an :func:`all_or_nothing` block, turn a view into an actual AnnData before its first write.
+
+    anndata does so on the write itself, replacing ``.obs`` / ``.obsm`` / ``.uns``: an undo kept for
+    the view's mappings would then put back nothing. The same warning as anndata's says so.
+    """
+    if _JOURNAL.get() is None or not getattr(adata, "is_view", False):
+        return
+    from anndata import ImplicitModificationWarning
+
+    warnings.warn(
+        "Writing loki's results into a view of an AnnData: initializing the view as actual.",
+        ImplicitModificationWarning,
+        stacklevel=user_stacklevel(),
+    )
+    adata._init_as_actual(adata.copy())
+
+
 def write_obsm(adata, key: str, value: Any) -> None:
     """Store ``value`` in ``adata.obsm[key]`` and log it; warn of DataFrame columns zarr cannot store."""
     if isinstance(value, pd.DataFrame):
@@ -77,6 +95,7 @@ def write_obsm(adata, key: str, value: Any) -> None:
                 LokiWarning,
                 stacklevel=user_stacklevel(),
             )
+    _actual(adata)
     _remember(adata.obsm, key)
     adata.obsm[key] = value
     logger.info("added .obsm[%r]", key)
@@ -84,6 +103,7 @@ def write_obsm(adata, key: str, value: Any) -> None:
 
 def write_obs(adata, key: str, value: Any) -> None:
     """Store ``value`` in ``adata.obs[key]`` and log it."""
+    _actual(adata)
     _remember(adata.obs, key)
     adata.obs[key] = value
     logger.info("added .obs[%r]", key)
@@ -91,6 +111,7 @@ def write_obs(adata, key: str, value: Any) -> None:
 
 def write_layer(adata, key: str, value: Any) -> None:
     """Store ``value`` in ``adata.layers[key]`` and log it."""
+    _actual(adata)
     _remember(adata.layers, key)
     adata.layers[key] = value
     logger.info("added .layers[%r]", key)
@@ -100,6 +121,7 @@ def drop_obsm(adata, key: str, why: str) -> None:
     """Remove ``adata.obsm[key]`` if present (put back by a failing :func:`all_or_nothing` block) and log ``why``."""
     if key not in adata.obsm:
         return
+    _actual(adata)
     _remember(adata.obsm, key)
     del adata.obsm[key]
     logger.info("removed .obsm[%r] %s", key, why)
@@ -111,6 +133,7 @@ def write_uns(adata, key: str, value: dict[str, Any]) -> None:
     A tool's record names it first, ``{"tool": "tl.align", ...}``: :func:`check_result_key` keeps
     another tool from writing its result under the same key.
     """
+    _actual(adata)
     _remember(adata.uns, Key.UNS)  # put back whole: the record's mapping when there was none
     records = adata.uns.setdefault(Key.UNS, {})
     _remember(records, key)

@@ -204,6 +204,7 @@ def _log_normalized(adata: AnnData, genes: pd.Index) -> tuple[sp.csr_matrix, np.
         if sp.issparse(x)
         else sp.csr_matrix(np.asarray(x, np.float64))
     )
+    x.sum_duplicates()  # entries stored twice are one value: log1p of their sum, not of each
     lib = np.asarray(x.sum(axis=1)).ravel()
     has_counts = lib > 0
     target_sum = np.median(lib[has_counts]) if has_counts.any() else 1.0

@@ -97,8 +97,9 @@ def expression(
     spot_size, cmap
         Marker size and colour map; spots with a missing (NaN) value are drawn in light grey.
     ax
-        ``2 * len(genes)`` axes to draw into (measured, predicted for each gene in turn; ``len(genes)``
-        without a prediction), as a list or an array; default a new figure.
+        ``2 * len(genes)`` axes to draw into (measured, predicted for each gene in turn), or
+        ``len(genes)`` when one side only is drawn (no prediction, or a table without genes), as a
+        list or an array; default a new figure.
     show
         Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
     save

@@ -1105,7 +1105,10 @@ def _check_stack(
         )
         if role == "source":
             check_shapes_name(sec, key_added)
-        elements = section_elements(sec, image_key, input_cs, role, warn=False)
+        stack = [
+            by_name[n][1] for n in [target, *(p[1] for p in plan)] if n != name and by_name[n][0] is sec.data
+        ]
+        elements = section_elements(sec, image_key, input_cs, role, others=stack, warn=False)
         check_cs(sec, elements, input_cs, f"section {name!r}")
         check_spot_frame(sec, spatial_key, input_cs, role)
         if role == "source" and shapes_name(sec, key_added) is not None:

@@ -7,7 +7,7 @@ and the transformations written.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -84,15 +84,27 @@ def _claimed_elsewhere(sdata, own: set[str]) -> set[str]:
     return claimed
 
 
-def _tables_over(sdata, key: str | None, images: list[str]) -> list[str]:
-    """The other tables that record one of ``images`` as theirs: tiles cut from it, other bin sizes over it."""
+def _tables_over(sdata, key: str | None, images: list[str], others: Collection[str]) -> list[str]:
+    """The tables that record one of ``images`` as theirs (tiles cut from it, other bin sizes over it).
+
+    Neither the section ``key`` itself nor the ``others`` (the other sections of the same call, each
+    placed by its own transformation) are counted.
+    """
     return [
-        other for other, table in sdata.tables.items() if other != key and _stored_image_key(table) in images
+        other
+        for other, table in sdata.tables.items()
+        if other != key and other not in others and _stored_image_key(table) in images
     ]
 
 
 def section_elements(
-    section: Section, image_key: ImageKeys, in_cs: str, role: str, *, warn: bool = True
+    section: Section,
+    image_key: ImageKeys,
+    in_cs: str,
+    role: str,
+    *,
+    others: Collection[str] = (),
+    warn: bool = True,
 ) -> list[str]:
     """Names of the SpatialData elements placed with a section.
 
@@ -102,7 +114,9 @@ def section_elements(
     after it (``S_lowres_image``), and, for each other table that records one of those images as its
     own (the tiles :func:`loki.pp.tile_image` cut from it, the spots a reader laid over it), that
     table's spots and images too: they lie on the same tissue. Images named by ``image_key`` are placed
-    in either case. With ``warn``, a LokiWarning says when a section of several has no image found
+    in either case; ``others`` names the tables of the other sections of the same call (the target,
+    the rest of a stack), which are never placed with this one. With ``warn``, a LokiWarning says
+    when a section of several has no image found
     (``role``, "source" or "target", says which section and which parameter names it), and the
     elements left out are logged: a warning when one is an image, INFO otherwise.
     """
@@ -141,7 +155,7 @@ def section_elements(
                         LokiWarning,
                         stacklevel=user_stacklevel(),
                     )
-        own = {section.key, *_tables_over(sdata, section.key, own_images)}
+        own = {section.key, *_tables_over(sdata, section.key, own_images, others)}
         names += [
             name
             for name in [
@@ -208,13 +222,18 @@ def placed_elements(
     With ``warn``, a LokiWarning says when a section of several has no image found, and the elements
     left out are logged (:func:`section_elements`); ``align(inplace=False)`` passes ``warn=False``.
     """
-    src_elements = section_elements(src, image_key, in_cs, "source", warn=warn)
+    one_object = tgt.data is src.data
+    src_elements = section_elements(
+        src, image_key, in_cs, "source", others=[tgt.key] if one_object else [], warn=warn
+    )
     check_cs(src, src_elements, in_cs, "source")
     if not is_spatialdata(tgt.data):
         return src_elements, []
-    tgt_elements = section_elements(tgt, target_image_key, in_cs, "target", warn=warn)
+    tgt_elements = section_elements(
+        tgt, target_image_key, in_cs, "target", others=[src.key] if one_object else [], warn=warn
+    )
     check_cs(tgt, tgt_elements, in_cs, "target")
-    shared = set(src_elements) & set(tgt_elements) if tgt.data is src.data else set()
+    shared = set(src_elements) & set(tgt_elements) if one_object else set()
     if shared:
         raise ValueError(
             f"source and target sections share the element(s) {sorted(shared)}; one transformation cannot "

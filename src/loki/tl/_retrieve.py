@@ -249,7 +249,8 @@ def retrieve(
     bank_metadata
         Per-bank-row metadata joined to the hits: a DataFrame with one row per bank row (matched by
         name when its index holds the bank's row names; by position when it has a default
-        ``RangeIndex``; any other index is refused), or names of ``.obs`` columns of an AnnData bank. Its columns must not be named like the hit table's own.
+        ``RangeIndex``; any other index is refused), or names of ``.obs`` columns of an AnnData bank.
+        Its columns must not be named like the hit table's own.
     normalize
         Rank cosine similarities (True) or raw dot products.
     search
@@ -287,7 +288,7 @@ def retrieve(
             if meta.index.is_unique and set(meta.index) == set(b_names):
                 meta = meta.loc[b_names]  # rows matched to the bank by name, as for fuse_with in annotate
             elif not isinstance(meta.index, pd.RangeIndex):
-                unknown = [name for name in meta.index if name not in set(b_names)][:3]
+                unknown = list(meta.index.difference(b_names, sort=False)[:3])
                 raise ValueError(
                     "bank_metadata's index names rows, but not the bank's rows one to one "
                     f"(e.g. {unknown or 'repeated names'!r} against the bank's {list(b_names[:3])!r}, ...); "
