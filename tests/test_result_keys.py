@@ -431,8 +431,6 @@ def test_predict_expression_failing_at_its_record_leaves_the_table_as_it_was(mon
 def test_a_call_on_a_view_failing_while_it_writes_leaves_it_as_it_was(monkeypatch):
     """anndata makes a view actual on its first write, with new .obs / .uns: the undo kept for the view's
     mappings put nothing back, and the sentences stayed behind."""
-    from anndata import ImplicitModificationWarning
-
     view = lk.datasets.synthetic_tissue(n_spots=50, n_genes=30, n_cell_types=3, seed=0)[:20]
     columns, uns = list(view.obs.columns), list(view.uns)
 
@@ -440,7 +438,7 @@ def test_a_call_on_a_view_failing_while_it_writes_leaves_it_as_it_was(monkeypatc
         raise RuntimeError("the record could not be written")
 
     monkeypatch.setattr("loki.pp._sentences.write_uns", fail)
-    with pytest.warns(ImplicitModificationWarning, match="view"), pytest.raises(RuntimeError, match="record"):
+    with pytest.warns(lk.LokiWarning, match="view"), pytest.raises(RuntimeError, match="record"):
         lk.pp.gene_sentences(view, n_genes=5, housekeeping=None)
     assert list(view.obs.columns) == columns
     assert list(view.uns) == uns

@@ -69,15 +69,14 @@ def _actual(adata) -> None:
     """Inside an :func:`all_or_nothing` block, turn a view into an actual AnnData before its first write.
 
     anndata does so on the write itself, replacing ``.obs`` / ``.obsm`` / ``.uns``: an undo kept for
-    the view's mappings would then put back nothing. The same warning as anndata's says so.
+    the view's mappings would then put back nothing. A warning says so, as anndata's would.
     """
     if _JOURNAL.get() is None or not getattr(adata, "is_view", False):
         return
-    from anndata import ImplicitModificationWarning
-
     warnings.warn(
-        "Writing loki's results into a view of an AnnData: initializing the view as actual.",
-        ImplicitModificationWarning,
+        "Writing loki's results into a view of an AnnData: initializing the view as actual "
+        "(as anndata does on any write into a view).",
+        LokiWarning,
         stacklevel=user_stacklevel(),
     )
     adata._init_as_actual(adata.copy())
