@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def _autosharding_notices(caught, caplog) -> list:
     return [text for text in shown if "autosharding" in text]
 
 
-def test_embed_a_spot_section_adds_both_modalities(mob4_zarr, caplog):
+def test_embed_a_spot_section_adds_both_modalities(mob4_zarr, caplog, capsys):
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
@@ -76,6 +77,9 @@ def test_embed_a_spot_section_adds_both_modalities(mob4_zarr, caplog):
     table = sd.read_zarr(mob4_zarr).tables["MOB4"]
     assert {lk.Key.TEXT, lk.Key.IMAGE} <= set(table.obsm)
     assert table.obs[lk.Key.SENTENCE].str.len().gt(0).all()
+    assert capsys.readouterr().out == (  # a batch job says what it wrote, as tile and align do
+        f".obsm['loki_text'] and .obsm['loki_image'] of table 'MOB4' written to {mob4_zarr}\n"
+    )
 
 
 def test_embed_after_an_interrupted_run_names_the_leftover_copy(mob4_zarr):
@@ -589,3 +593,112 @@ def test_align_passes_max_iter(mob12_zarr, caplog):
     (warning,) = (r.getMessage() for r in caplog.records if "before converging" in r.getMessage())
     assert "CPD stopped at --max-iter 3 " in warning
     assert warning.endswith("Pass a larger --max-iter to let it converge."), warning
+
+
+def _store_state(path) -> dict:
+    """What a command may change: elements, the tables' keys and every element's transformations."""
+    from spatialdata.transformations import get_transformation
+
+    sdata = sd.read_zarr(path)
+    state = {kind: sorted(getattr(sdata, kind)) for kind in ("images", "shapes", "tables")}
+    for name, table in sdata.tables.items():
+        state[name] = (sorted(table.obsm), sorted(table.uns.get("loki", {})))
+    for _, name, element in sdata.gen_spatial_elements():
+        state[f"{name} placed"] = repr(sorted(get_transformation(element, get_all=True).items()))
+    return state
+
+
+def _interrupt_writing(monkeypatch, name: str, times: int = 1, error=KeyboardInterrupt) -> None:
+    """Ctrl-C (or ``error``) as SpatialData starts writing element ``name`` (its first ``times`` writes)."""
+    write = sd.SpatialData.write_element
+    left = [times]
+
+    def write_element(self, element_name, *args, **kwargs):
+        if element_name == name and left[0] > 0:
+            left[0] -= 1
+            raise error
+        return write(self, element_name, *args, **kwargs)
+
+    monkeypatch.setattr(sd.SpatialData, "write_element", write_element)
+
+
+@pytest.mark.parametrize("earlier_run", [False, True])
+def test_align_failing_to_write_the_table_leaves_the_store_as_it_was(mob12_zarr, monkeypatch, earlier_run):
+    """Shapes and placements written before the table are taken back (here: a full disk)."""
+    align = ["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1", "--use", "none"]
+    if earlier_run:
+        assert main([*align, "--method", "rigid", "--no-mirror"]) == 0
+    before = _store_state(mob12_zarr)
+    _interrupt_writing(monkeypatch, "MOB2_loki_backup", error=OSError(28, "No space left on device"))
+    with pytest.raises(SystemExit, match=r"^loki align: \[Errno 28\] No space left on device$"):
+        main([*align, "--method", "affine"])
+    assert _store_state(mob12_zarr) == before
+
+
+@pytest.mark.parametrize("earlier_run", [False, True])
+def test_align_interrupted_while_writing_leaves_the_store_as_it_was(
+    mob12_zarr, monkeypatch, capsys, earlier_run
+):
+    """Shapes and placements written before the table are taken back: the store is as it was."""
+    align = ["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1", "--use", "none"]
+    if earlier_run:
+        assert main([*align, "--method", "rigid", "--no-mirror"]) == 0
+    before = _store_state(mob12_zarr)
+    _interrupt_writing(monkeypatch, "MOB2_loki_backup")
+    with pytest.raises(SystemExit) as exit_:
+        main([*align, "--method", "affine"])
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "loki align: interrupted"
+    assert _store_state(mob12_zarr) == before
+
+
+def test_embed_interrupted_once_the_copy_is_written_finishes_the_swap(mob4_zarr, monkeypatch):
+    _interrupt_writing(monkeypatch, "MOB4")
+    assert main(["embed", str(mob4_zarr), "--table", "MOB4", "--model", "loki-tiny", "--device", "cpu"]) == 0
+    back = sd.read_zarr(mob4_zarr)
+    assert set(back.tables) == {"MOB4"}
+    assert {lk.Key.TEXT, lk.Key.IMAGE} <= set(back.tables["MOB4"].obsm)
+
+
+def test_tile_interrupted_while_writing_writes_nothing(mob4_zarr, monkeypatch, capsys):
+    before = _store_state(mob4_zarr)
+    _interrupt_writing(monkeypatch, "MOB4_image_tiles")
+    with pytest.raises(SystemExit) as exit_:
+        main(["tile", str(mob4_zarr), "--image", "MOB4_image", "--tile-um", "200"])
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "loki tile: interrupted"
+    assert _store_state(mob4_zarr) == before
+
+
+@pytest.mark.parametrize("command", ["embed", "tile", "align"])
+def test_a_store_that_cannot_be_written_is_refused_before_any_work(mob12_zarr, monkeypatch, command):
+    import os
+
+    locked = mob12_zarr / "tables" / "MOB2"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    monkeypatch.setattr(lk.models, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    argv = {
+        "embed": ["--table", "MOB1", "--model", "loki-tiny"],
+        "tile": ["--image", "MOB1_image"],
+        "align": ["--source", "MOB2", "--target", "MOB1", "--use", "none"],
+    }
+    with pytest.raises(
+        SystemExit, match=rf"loki {command}: .* cannot be written \(no write permission on .*MOB2'\)"
+    ):
+        main([command, str(mob12_zarr), *argv[command]])
+    assert "MOB2_spots_aligned" not in sd.read_zarr(mob12_zarr).shapes
+
+
+def test_embed_warning_of_ensembl_ids_names_the_gene_map_option(tmp_path, caplog):
+    sdata = lk.datasets.mob("MOB4")
+    table = sdata.tables["MOB4"]
+    table.var_names = table.var["gene_ids"].astype(str).str.split(".").str[0].to_numpy()  # unversioned
+    path = tmp_path / "ids.zarr"
+    sdata.write(path)
+    assert main(["embed", str(path), "--table", "MOB4", "--model", "loki-tiny", "--no-image"]) == 0
+    (message,) = (r.getMessage() for r in caplog.records if "look like Ensembl ids" in r.getMessage())
+    assert message.endswith(
+        "Map them to symbols with --gene-map (a table of gene ids and symbols, e.g. Space Ranger's features.tsv.gz)."
+    )
+    assert "map_gene_ids" not in message

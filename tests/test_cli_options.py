@@ -256,14 +256,32 @@ def demo_runs(monkeypatch):
 
     import loki._demo
 
-    runs = []
+    class Runs(list):
+        progress = None  # of the last run
+
+    runs = Runs()
 
     def run_demo(out, **kwargs):
         runs.append(out)
+        runs.progress = kwargs["progress"]
         return pd.DataFrame({"metric": ["x"], "value": [1.0]})
 
     monkeypatch.setattr(loki._demo, "run_demo", run_demo)
     return runs
+
+
+@pytest.mark.parametrize(
+    ("tty", "options", "progress"), [(True, [], True), (True, ["--no-progress"], False), (False, [], False)]
+)
+def test_demo_shows_progress_bars_only_on_a_terminal(
+    tmp_path, demo_runs, monkeypatch, tty, options, progress
+):
+    """A bar redrawn ten times a second is noise in a batch job's log (stderr a file)."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    assert main(["demo", "--out", str(tmp_path / "out"), *options]) == 0
+    assert demo_runs.progress is progress
 
 
 def test_demo_refuses_a_folder_with_earlier_results_unless_overwrite(tmp_path, demo_runs):
@@ -284,3 +302,29 @@ def test_demo_refuses_a_folder_with_earlier_results_unless_overwrite(tmp_path, d
     assert main(["demo", "--out", str(empty)]) == 0
     assert main(["demo", "--out", str(new)]) == 0
     assert demo_runs == [out, empty, new]
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+)
+def test_a_signal_ends_a_command_in_one_line_after_its_clean_up(monkeypatch, capsys, signum, code, word):
+    """Ctrl-C, `timeout` and a batch scheduler's time limit run the command's clean-up (see test_cli)."""
+    import os
+    import signal
+    import time
+
+    import loki.cli
+
+    def run(args):
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signum == "SIGTERM":
+            pytest.fail("SIGTERM would end the process at once, leaving a store half written")
+        os.kill(os.getpid(), getattr(signal, signum))
+        time.sleep(5)
+
+    monkeypatch.setattr(loki.cli, "_run", run)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_:
+        main(["tile", "store.zarr", "--image", "he"])
+    assert exit_.value.code == code
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"loki tile: {word}"
+    assert signal.getsignal(signal.SIGTERM) is before  # put back

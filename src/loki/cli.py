@@ -8,6 +8,7 @@ import math
 import re
 import shlex
 import shutil
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
@@ -61,6 +62,10 @@ _API_ONLY_HINTS = {
         ),
         r"before starting Python to load it": "before running loki to load it",
         r"pass a Path: lk\.models\.load\(Path\('([^']+)'\)\)": r"pass --model ./\1",
+        r"Map them to symbols first with loki\.pp\.map_gene_ids\(adata, mapping\)\.": (
+            "Map them to symbols with --gene-map (a table of gene ids and symbols, e.g. Space Ranger's "
+            "features.tsv.gz)."
+        ),
     },
     "align": {  # the command aligns onto the target's own coordinates: it has no target_spatial_key=
         r"To align onto the aligned target, pass target_spatial_key=.+?; to keep both": (
@@ -143,7 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--quick", action="store_true", help="a short smoke run (few epochs): numbers are not meaningful"
     )
-    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide progress bars (hidden anyway when stderr is not a terminal, e.g. a log file)",
+    )
 
     embed = add_command(
         "embed",
@@ -218,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
         "tile",
         help="cover the tissue of an H&E image with tiles, as a section of its own",
         description=(
-            "Read a SpatialData zarr store, cover the tissue of IMAGE with square tiles (lk.pp.tile_image) "
+            "Read a SpatialData zarr store, cover the tissue of IMAGE with square tiles (lk.pp.tile_image; on a square or hexagonal grid) "
             "and write the tiles' shapes and table into the store; `loki embed --table` then embeds them."
         ),
     )
@@ -381,6 +390,7 @@ def _embed(args: argparse.Namespace) -> None:
     resolve_device(args.device)  # a bad or missing device fails before any work
     gene_map = None if args.gene_map is None else _read_gene_map(args.gene_map)
     sdata = sd.read_zarr(args.zarr)
+    _check_writable(args.zarr, "embed")
     _check_embed_target(sdata, args)
     table = sdata.tables[args.table]
     if args.microns_per_unit is not None:
@@ -405,6 +415,10 @@ def _embed(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
         )
     _rewrite_table(sdata, args.table)
+    added = [key for key in (lk.Key.TEXT, lk.Key.IMAGE) if key in table.obsm]
+    print(
+        f"{' and '.join(f'.obsm[{key!r}]' for key in added)} of table {args.table!r} written to {args.zarr}"
+    )
 
 
 def _check_embed_target(sdata, args: argparse.Namespace) -> None:
@@ -529,15 +543,56 @@ def _rewrite_table(sdata, name: str) -> None:
 
     SpatialData does not overwrite an element inside the store the object is backed by, so the table
     is written under a temporary name first, the old one deleted and written anew, and the copy removed.
+    A failure or an interruption (Ctrl-C) while the copy is written removes the copy: the store is as
+    it was, and the error is raised. Once the copy is whole, the swap is finished even when interrupted
+    (one more try); only if that fails too is the copy left, and the next run names it.
     """
     backup = _backup_name(name)
     sdata.tables[backup] = sdata.tables[name]
-    with _quiet_table_writes():
-        sdata.write_element(backup)
-        sdata.delete_element_from_disk(name)
-        sdata.write_element(name)
+    try:
+        with _quiet_table_writes():
+            sdata.write_element(backup)
+    except BaseException:
+        _delete_if_on_disk(sdata, backup)
+        del sdata.tables[backup]
+        raise
+    try:
+        _replace_on_disk(sdata, name)
+    except BaseException:  # the new table is whole on disk as the copy: finish the swap
+        _replace_on_disk(sdata, name)
     sdata.delete_element_from_disk(backup)
     del sdata.tables[backup]
+
+
+def _replace_on_disk(sdata, name: str) -> None:
+    """Write table ``name`` over its copy on disk (deleted first, also when partly written)."""
+    _delete_if_on_disk(sdata, name)
+    with _quiet_table_writes():
+        sdata.write_element(name)
+
+
+def _delete_if_on_disk(sdata, name: str) -> None:
+    """Delete table or shapes ``name`` from the store, also when partly written or deleted.
+
+    SpatialData deletes only what it can read as an element: a folder that an interrupted write (or
+    deletion) left without its metadata is removed as a folder, and the store's metadata rewritten.
+    """
+    if any(path.split("/")[-1] == name for path in sdata.elements_paths_on_disk()):
+        sdata.delete_element_from_disk(name)
+    folder = _folder(sdata, name)
+    if folder is not None:
+        shutil.rmtree(folder)
+        if sdata.has_consolidated_metadata():
+            sdata.write_consolidated_metadata()
+
+
+def _folder(sdata, name: str) -> Path | None:
+    """The folder of table or shapes ``name`` in the store, if there is one (element names are unique)."""
+    for kind in ("tables", "shapes"):
+        folder = Path(sdata.path) / kind / name
+        if folder.exists():
+            return folder
+    return None
 
 
 @contextmanager
@@ -546,6 +601,22 @@ def _quiet_table_writes():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_ANNDATA_WRITE_NOTICE, category=UserWarning)
         yield
+
+
+def _check_writable(zarr: Path, command: str) -> None:
+    """Refuse, before any work, a store whose folders (to two levels, the elements') cannot be written."""
+    import os
+
+    folders = [zarr]
+    if zarr.is_dir():
+        kinds = [path for path in zarr.iterdir() if path.is_dir()]
+        folders += kinds + [path for kind in kinds for path in kind.iterdir() if path.is_dir()]
+    locked = [folder for folder in folders if not os.access(folder, os.W_OK)]
+    if locked:
+        raise SystemExit(
+            f"loki {command}: {str(zarr)!r} cannot be written (no write permission on "
+            f"{str(locked[0])!r}); nothing was computed. Copy the store to a folder you can write to."
+        )
 
 
 def _check_table(
@@ -581,8 +652,12 @@ def _slide(args: argparse.Namespace) -> None:
         raise
     (name,) = sdata.images.keys()
     mpp = sdata.attrs.get(lk.Key.UNS, {}).get("microns_per_pixel", {}).get(name)
-    size = "unknown pixel size (pass --mpp to `loki tile`)" if mpp is None else f"{mpp:.4g} µm per pixel"
-    print(f"image {name!r} written to {args.zarr} ({size})")
+    size = (
+        "; its pixel size is unknown: pass --mpp to `loki tile`"
+        if mpp is None
+        else f" ({mpp:.4g} µm per pixel)"
+    )
+    print(f"image {name!r} written to {args.zarr}{size}")
 
 
 def _tile(args: argparse.Namespace) -> None:
@@ -592,6 +667,7 @@ def _tile(args: argparse.Namespace) -> None:
     from loki._utils._spatialdata import table_key_of
 
     sdata = sd.read_zarr(args.zarr)
+    _check_writable(args.zarr, "tile")
     _check_coordinate_system(sdata, args.coordinate_system)
     table = lk.pp.tile_image(
         sdata,
@@ -607,12 +683,13 @@ def _tile(args: argparse.Namespace) -> None:
     )
     key = table_key_of(sdata, table)
     shapes = table.uns["spatialdata_attrs"]["region"]
-    sdata.write_element(shapes)
     try:
+        sdata.write_element(shapes)
         with _quiet_table_writes():
             sdata.write_element(key)
-    except BaseException:  # leave the store as it was
-        sdata.delete_element_from_disk(shapes)
+    except BaseException:  # leave the store as it was (also when interrupted): nothing partly written
+        _delete_if_on_disk(sdata, key)
+        _delete_if_on_disk(sdata, shapes)
         raise
     print(f"{table.n_obs} tiles written to {args.zarr} as shapes {shapes!r} and table {key!r}")
 
@@ -623,11 +700,14 @@ def _align(args: argparse.Namespace) -> None:
     import loki as lk
 
     sdata = sd.read_zarr(args.zarr)
+    _check_writable(args.zarr, "align")
     _check_table(sdata, args.source, args.zarr, "align", option="--source")
     _check_table(sdata, args.target, args.zarr, "align", option="--target", written=False)
     if args.use != "none":
         _check_embeddings(sdata, args)
     before = _transformations(sdata)
+    held = _placements(sdata)  # the objects, to put back if writing fails
+    shapes_before = dict(sdata.shapes)
     lk.tl.align(
         sdata,
         source=args.source,
@@ -646,15 +726,23 @@ def _align(args: argparse.Namespace) -> None:
     record = sdata.tables[args.source].uns[lk.Key.UNS][args.key_added]
     # everything is computed and checked in memory; now the store: shapes, placements, the table
     shapes = record.get("shapes")
-    if shapes is not None:
-        if shapes in before:  # an earlier run's: replace it on disk
-            sdata.delete_element_from_disk(shapes)
-        sdata.write_element(shapes)
     placed = [name for name, transforms in _transformations(sdata).items() if before.get(name) != transforms]
-    for name in placed:
-        if name != shapes:
-            sdata.write_transformations(name)
-    _rewrite_table(sdata, args.source)
+    written: list[str] = []  # placements written, to put back if a later write fails
+    try:
+        if shapes is not None:
+            _delete_if_on_disk(sdata, shapes)  # an earlier run's: replaced on disk
+            sdata.write_element(shapes)
+        for name in placed:
+            if name != shapes:
+                written.append(name)
+                sdata.write_transformations(name)
+        _rewrite_table(sdata, args.source)
+    except BaseException:
+        # the table is as it was (see _rewrite_table): so are the shapes and placements, unless the
+        # swap failed twice and left the new table as a copy that the next run names
+        if _folder(sdata, _backup_name(args.source)) is None:
+            _undo_align_writes(sdata, shapes, shapes_before.get(shapes), held, written)
+        raise
     print(
         f"{args.source!r} aligned onto {args.target!r} ({args.method}, mirror {record['mirror']}, "
         f"{record['n_iter']} iterations): .obsm[{args.key_added!r}] of table {args.source!r}"
@@ -680,6 +768,31 @@ def _check_embeddings(sdata, args: argparse.Namespace) -> None:
         )
 
 
+def _undo_align_writes(sdata, shapes: str | None, old_shapes, held: dict, written: list[str]) -> None:
+    """Put back on disk the shapes and placements `loki align` wrote before a later write failed."""
+    from spatialdata.transformations import set_transformation
+
+    if shapes is not None:
+        _delete_if_on_disk(sdata, shapes)
+        del sdata.shapes[shapes]
+        if old_shapes is not None:  # an earlier run's
+            sdata.shapes[shapes] = old_shapes
+            sdata.write_element(shapes)
+    for name in written:
+        set_transformation(sdata[name], held[name], set_all=True)
+        sdata.write_transformations(name)
+
+
+def _placements(sdata) -> dict:
+    """Each spatial element's transformations (copies of the dictionaries)."""
+    from spatialdata.transformations import get_transformation
+
+    return {
+        name: dict(get_transformation(element, get_all=True))
+        for _, name, element in sdata.gen_spatial_elements()
+    }
+
+
 def _transformations(sdata) -> dict[str, str]:
     """Each spatial element's transformations, as text to compare before and after a call."""
     from spatialdata.transformations import get_transformation
@@ -701,13 +814,45 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
 
     try:
-        with _user_warnings_logged(args.command):
+        with _user_warnings_logged(args.command), _terminate_as_interrupt():
             _run(args)
+    except KeyboardInterrupt as err:  # Ctrl-C, `timeout`, a batch scheduler's time limit
+        if args.verbose:
+            raise
+        terminated = isinstance(err, _Terminated)
+        print(f"loki {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
     except Exception as err:
         if args.verbose or not isinstance(err, _one_line_errors()):
             raise
         raise SystemExit(f"loki {args.command}: {_cli_message(err, args.command)}") from err
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, a batch scheduler's time limit), raised where the command is."""
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """Within it, SIGTERM interrupts the command as Ctrl-C does, so that it cleans up what it wrote.
+
+    Python's default for SIGTERM ends the process at once, which leaves a store half written. Only
+    the main thread can set a handler; elsewhere (a command run from a thread) nothing changes.
+    """
+
+    def terminate(signum, frame):
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line_errors() -> tuple[type[Exception], ...]:
@@ -809,7 +954,9 @@ def _run(args: argparse.Namespace) -> None:
         from ._demo import run_demo
 
         _check_demo_out(args.out, args.overwrite)
-        table = run_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
+        # a bar redrawn ten times a second is thousands of lines in a batch job's log
+        progress = not args.no_progress and sys.stderr.isatty()
+        table = run_demo(args.out, seed=args.seed, quick=args.quick, progress=progress)
         print(table.to_string(index=False))
         print(f"\nfigures and metrics written to {args.out.resolve()}")
     elif args.command == "embed":
