@@ -14,6 +14,17 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from ._cli_store import (
+    backup_name,
+    check_writable,
+    delete_if_on_disk,
+    element_folder,
+    placements,
+    quiet_table_writes,
+    rewrite_table,
+    transformations,
+    undo_align_writes,
+)
 from ._logging import LokiWarning
 
 #: The option of each command that sets a Python keyword, to word the API's error messages for the CLI.
@@ -78,10 +89,8 @@ _API_ONLY_HINTS = {
     },
 }
 
+
 #: anndata's notice of a coming change of its zarr defaults, once per array written: noise to a batch user.
-_ANNDATA_WRITE_NOTICE = r"zarr v3 autosharding will be the default"
-
-
 def _global_options(default) -> argparse.ArgumentParser:
     """The options taken before the command and after it too (``loki -v tile`` and ``loki tile -v``).
 
@@ -390,7 +399,7 @@ def _embed(args: argparse.Namespace) -> None:
     resolve_device(args.device)  # a bad or missing device fails before any work
     gene_map = None if args.gene_map is None else _read_gene_map(args.gene_map)
     sdata = sd.read_zarr(args.zarr)
-    _check_writable(args.zarr, "embed")
+    check_writable(args.zarr, "embed")
     _check_embed_target(sdata, args)
     table = sdata.tables[args.table]
     if args.microns_per_unit is not None:
@@ -414,7 +423,7 @@ def _embed(args: argparse.Namespace) -> None:
             coordinate_system=args.coordinate_system,
             batch_size=args.batch_size,
         )
-    _rewrite_table(sdata, args.table)
+    rewrite_table(sdata, args.table)
     added = [key for key in (lk.Key.TEXT, lk.Key.IMAGE) if key in table.obsm]
     print(
         f"{' and '.join(f'.obsm[{key!r}]' for key in added)} of table {args.table!r} written to {args.zarr}"
@@ -538,93 +547,12 @@ def _gene_sentences(table, gene_map, path: Path | None) -> None:
     write_uns(table, lk.Key.SENTENCE, {**genes.uns[lk.Key.UNS][lk.Key.SENTENCE], "gene_map": str(path)})
 
 
-def _rewrite_table(sdata, name: str) -> None:
-    """Replace a table in the store it was read from, with a full copy on disk at every step.
-
-    SpatialData does not overwrite an element inside the store the object is backed by, so the table
-    is written under a temporary name first, the old one deleted and written anew, and the copy removed.
-    A failure or an interruption (Ctrl-C) while the copy is written removes the copy: the store is as
-    it was, and the error is raised. Once the copy is whole, the swap is finished even when interrupted
-    (one more try); only if that fails too is the copy left, and the next run names it.
-    """
-    backup = _backup_name(name)
-    sdata.tables[backup] = sdata.tables[name]
-    try:
-        with _quiet_table_writes():
-            sdata.write_element(backup)
-    except BaseException:
-        _delete_if_on_disk(sdata, backup)
-        del sdata.tables[backup]
-        raise
-    try:
-        _replace_on_disk(sdata, name)
-    except BaseException:  # the new table is whole on disk as the copy: finish the swap
-        _replace_on_disk(sdata, name)
-    sdata.delete_element_from_disk(backup)
-    del sdata.tables[backup]
-
-
-def _replace_on_disk(sdata, name: str) -> None:
-    """Write table ``name`` over its copy on disk (deleted first, also when partly written)."""
-    _delete_if_on_disk(sdata, name)
-    with _quiet_table_writes():
-        sdata.write_element(name)
-
-
-def _delete_if_on_disk(sdata, name: str) -> None:
-    """Delete table or shapes ``name`` from the store, also when partly written or deleted.
-
-    SpatialData deletes only what it can read as an element: a folder that an interrupted write (or
-    deletion) left without its metadata is removed as a folder, and the store's metadata rewritten.
-    """
-    if any(path.split("/")[-1] == name for path in sdata.elements_paths_on_disk()):
-        sdata.delete_element_from_disk(name)
-    folder = _folder(sdata, name)
-    if folder is not None:
-        shutil.rmtree(folder)
-        if sdata.has_consolidated_metadata():
-            sdata.write_consolidated_metadata()
-
-
-def _folder(sdata, name: str) -> Path | None:
-    """The folder of table or shapes ``name`` in the store, if there is one (element names are unique)."""
-    for kind in ("tables", "shapes"):
-        folder = Path(sdata.path) / kind / name
-        if folder.exists():
-            return folder
-    return None
-
-
-@contextmanager
-def _quiet_table_writes():
-    """Hide anndata's notice of a coming default while tables are written; other warnings show."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_ANNDATA_WRITE_NOTICE, category=UserWarning)
-        yield
-
-
-def _check_writable(zarr: Path, command: str) -> None:
-    """Refuse, before any work, a store whose folders (to two levels, the elements') cannot be written."""
-    import os
-
-    folders = [zarr]
-    if zarr.is_dir():
-        kinds = [path for path in zarr.iterdir() if path.is_dir()]
-        folders += kinds + [path for kind in kinds for path in kind.iterdir() if path.is_dir()]
-    locked = [folder for folder in folders if not os.access(folder, os.W_OK)]
-    if locked:
-        raise SystemExit(
-            f"loki {command}: {str(zarr)!r} cannot be written (no write permission on "
-            f"{str(locked[0])!r}); nothing was computed. Copy the store to a folder you can write to."
-        )
-
-
 def _check_table(
     sdata, table: str, zarr: Path, command: str, *, option: str = "", written: bool = True
 ) -> None:
     """Refuse a missing table, and (for a table the command rewrites) a copy an interrupted run left."""
     prefix = f"loki {command}: {option + ': ' if option else ''}"
-    backup = _backup_name(table)
+    backup = backup_name(table)
     if written and backup in sdata.tables:
         raise SystemExit(
             f"{prefix}{zarr} holds table {backup!r}, a full copy of {table!r} left by an interrupted "
@@ -633,10 +561,6 @@ def _check_table(
         )
     if table not in sdata.tables:
         raise SystemExit(f"{prefix}no table {table!r} in {zarr}; tables: {', '.join(sdata.tables) or 'none'}")
-
-
-def _backup_name(table: str) -> str:
-    return f"{table}_loki_backup"
 
 
 def _slide(args: argparse.Namespace) -> None:
@@ -667,7 +591,7 @@ def _tile(args: argparse.Namespace) -> None:
     from loki._utils._spatialdata import table_key_of
 
     sdata = sd.read_zarr(args.zarr)
-    _check_writable(args.zarr, "tile")
+    check_writable(args.zarr, "tile")
     _check_coordinate_system(sdata, args.coordinate_system)
     table = lk.pp.tile_image(
         sdata,
@@ -685,11 +609,11 @@ def _tile(args: argparse.Namespace) -> None:
     shapes = table.uns["spatialdata_attrs"]["region"]
     try:
         sdata.write_element(shapes)
-        with _quiet_table_writes():
+        with quiet_table_writes():
             sdata.write_element(key)
     except BaseException:  # leave the store as it was (also when interrupted): nothing partly written
-        _delete_if_on_disk(sdata, key)
-        _delete_if_on_disk(sdata, shapes)
+        delete_if_on_disk(sdata, key)
+        delete_if_on_disk(sdata, shapes)
         raise
     print(f"{table.n_obs} tiles written to {args.zarr} as shapes {shapes!r} and table {key!r}")
 
@@ -700,13 +624,13 @@ def _align(args: argparse.Namespace) -> None:
     import loki as lk
 
     sdata = sd.read_zarr(args.zarr)
-    _check_writable(args.zarr, "align")
+    check_writable(args.zarr, "align")
     _check_table(sdata, args.source, args.zarr, "align", option="--source")
     _check_table(sdata, args.target, args.zarr, "align", option="--target", written=False)
     if args.use != "none":
         _check_embeddings(sdata, args)
-    before = _transformations(sdata)
-    held = _placements(sdata)  # the objects, to put back if writing fails
+    before = transformations(sdata)
+    held = placements(sdata)  # the objects, to put back if writing fails
     shapes_before = dict(sdata.shapes)
     lk.tl.align(
         sdata,
@@ -726,22 +650,22 @@ def _align(args: argparse.Namespace) -> None:
     record = sdata.tables[args.source].uns[lk.Key.UNS][args.key_added]
     # everything is computed and checked in memory; now the store: shapes, placements, the table
     shapes = record.get("shapes")
-    placed = [name for name, transforms in _transformations(sdata).items() if before.get(name) != transforms]
+    placed = [name for name, transforms in transformations(sdata).items() if before.get(name) != transforms]
     written: list[str] = []  # placements written, to put back if a later write fails
     try:
         if shapes is not None:
-            _delete_if_on_disk(sdata, shapes)  # an earlier run's: replaced on disk
+            delete_if_on_disk(sdata, shapes)  # an earlier run's: replaced on disk
             sdata.write_element(shapes)
         for name in placed:
             if name != shapes:
                 written.append(name)
                 sdata.write_transformations(name)
-        _rewrite_table(sdata, args.source)
+        rewrite_table(sdata, args.source)
     except BaseException:
-        # the table is as it was (see _rewrite_table): so are the shapes and placements, unless the
+        # the table is as it was (see rewrite_table): so are the shapes and placements, unless the
         # swap failed twice and left the new table as a copy that the next run names
-        if _folder(sdata, _backup_name(args.source)) is None:
-            _undo_align_writes(sdata, shapes, shapes_before.get(shapes), held, written)
+        if element_folder(sdata, backup_name(args.source)) is None:
+            undo_align_writes(sdata, shapes, shapes_before.get(shapes), held, written)
         raise
     print(
         f"{args.source!r} aligned onto {args.target!r} ({args.method}, mirror {record['mirror']}, "
@@ -766,41 +690,6 @@ def _check_embeddings(sdata, args: argparse.Namespace) -> None:
             f"loki align: --use {args.use!r}: the {option} table {name!r} has no such embedding in .obsm "
             f"(it holds: {', '.join(map(repr, held)) or 'nothing'}); {instead}."
         )
-
-
-def _undo_align_writes(sdata, shapes: str | None, old_shapes, held: dict, written: list[str]) -> None:
-    """Put back on disk the shapes and placements `loki align` wrote before a later write failed."""
-    from spatialdata.transformations import set_transformation
-
-    if shapes is not None:
-        _delete_if_on_disk(sdata, shapes)
-        del sdata.shapes[shapes]
-        if old_shapes is not None:  # an earlier run's
-            sdata.shapes[shapes] = old_shapes
-            sdata.write_element(shapes)
-    for name in written:
-        set_transformation(sdata[name], held[name], set_all=True)
-        sdata.write_transformations(name)
-
-
-def _placements(sdata) -> dict:
-    """Each spatial element's transformations (copies of the dictionaries)."""
-    from spatialdata.transformations import get_transformation
-
-    return {
-        name: dict(get_transformation(element, get_all=True))
-        for _, name, element in sdata.gen_spatial_elements()
-    }
-
-
-def _transformations(sdata) -> dict[str, str]:
-    """Each spatial element's transformations, as text to compare before and after a call."""
-    from spatialdata.transformations import get_transformation
-
-    return {
-        name: repr(sorted(get_transformation(element, get_all=True).items()))
-        for _, name, element in sdata.gen_spatial_elements()
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

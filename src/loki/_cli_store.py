@@ -1,0 +1,135 @@
+"""Writing a command's results into the SpatialData zarr store it read, all or nothing.
+
+SpatialData does not overwrite an element of the store an object is backed by; the batch commands
+(:mod:`loki.cli`) replace tables through a full copy on disk, and put back what they wrote when a
+later write fails or the command is stopped, so that a store is never left half written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+#: anndata's notice of a coming default, shown on every table write
+ANNDATA_WRITE_NOTICE = r"zarr v3 autosharding will be the default"
+
+
+def rewrite_table(sdata, name: str) -> None:
+    """Replace a table in the store it was read from, with a full copy on disk at every step.
+
+    SpatialData does not overwrite an element inside the store the object is backed by, so the table
+    is written under a temporary name first, the old one deleted and written anew, and the copy removed.
+    A failure or an interruption (Ctrl-C) while the copy is written removes the copy: the store is as
+    it was, and the error is raised. Once the copy is whole, the swap is finished even when interrupted
+    (one more try); only if that fails too is the copy left, and the next run names it.
+    """
+    backup = backup_name(name)
+    sdata.tables[backup] = sdata.tables[name]
+    try:
+        with quiet_table_writes():
+            sdata.write_element(backup)
+    except BaseException:
+        delete_if_on_disk(sdata, backup)
+        del sdata.tables[backup]
+        raise
+    try:
+        _replace_on_disk(sdata, name)
+    except BaseException:  # the new table is whole on disk as the copy: finish the swap
+        _replace_on_disk(sdata, name)
+    sdata.delete_element_from_disk(backup)
+    del sdata.tables[backup]
+
+
+def _replace_on_disk(sdata, name: str) -> None:
+    """Write table ``name`` over its copy on disk (deleted first, also when partly written)."""
+    delete_if_on_disk(sdata, name)
+    with quiet_table_writes():
+        sdata.write_element(name)
+
+
+def delete_if_on_disk(sdata, name: str) -> None:
+    """Delete table or shapes ``name`` from the store, also when partly written or deleted.
+
+    SpatialData deletes only what it can read as an element: a folder that an interrupted write (or
+    deletion) left without its metadata is removed as a folder, and the store's metadata rewritten.
+    """
+    if any(path.split("/")[-1] == name for path in sdata.elements_paths_on_disk()):
+        sdata.delete_element_from_disk(name)
+    path = element_folder(sdata, name)
+    if path is not None:
+        shutil.rmtree(path)
+        if sdata.has_consolidated_metadata():
+            sdata.write_consolidated_metadata()
+
+
+def element_folder(sdata, name: str) -> Path | None:
+    """The folder of table or shapes ``name`` in the store, if there is one (element names are unique)."""
+    for kind in ("tables", "shapes"):
+        folder = Path(sdata.path) / kind / name
+        if folder.exists():
+            return folder
+    return None
+
+
+@contextmanager
+def quiet_table_writes():
+    """Hide anndata's notice of a coming default while tables are written; other warnings show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=ANNDATA_WRITE_NOTICE, category=UserWarning)
+        yield
+
+
+def check_writable(zarr: Path, command: str) -> None:
+    """Refuse, before any work, a store whose folders (to two levels, the elements') cannot be written."""
+    folders = [zarr]
+    if zarr.is_dir():
+        kinds = [path for path in zarr.iterdir() if path.is_dir()]
+        folders += kinds + [path for kind in kinds for path in kind.iterdir() if path.is_dir()]
+    locked = [folder for folder in folders if not os.access(folder, os.W_OK)]
+    if locked:
+        raise SystemExit(
+            f"loki {command}: {str(zarr)!r} cannot be written (no write permission on "
+            f"{str(locked[0])!r}); nothing was computed. Copy the store to a folder you can write to."
+        )
+
+
+def backup_name(table: str) -> str:
+    return f"{table}_loki_backup"
+
+
+def undo_align_writes(sdata, shapes: str | None, old_shapes, held: dict, written: list[str]) -> None:
+    """Put back on disk the shapes and placements `loki align` wrote before a later write failed."""
+    from spatialdata.transformations import set_transformation
+
+    if shapes is not None:
+        delete_if_on_disk(sdata, shapes)
+        del sdata.shapes[shapes]
+        if old_shapes is not None:  # an earlier run's
+            sdata.shapes[shapes] = old_shapes
+            sdata.write_element(shapes)
+    for name in written:
+        set_transformation(sdata[name], held[name], set_all=True)
+        sdata.write_transformations(name)
+
+
+def placements(sdata) -> dict:
+    """Each spatial element's transformations (copies of the dictionaries)."""
+    from spatialdata.transformations import get_transformation
+
+    return {
+        name: dict(get_transformation(element, get_all=True))
+        for _, name, element in sdata.gen_spatial_elements()
+    }
+
+
+def transformations(sdata) -> dict[str, str]:
+    """Each spatial element's transformations, as text to compare before and after a call."""
+    from spatialdata.transformations import get_transformation
+
+    return {
+        name: repr(sorted(get_transformation(element, get_all=True).items()))
+        for _, name, element in sdata.gen_spatial_elements()
+    }
