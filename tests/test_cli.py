@@ -105,6 +105,26 @@ def test_cli_names_what_is_missing(mob4_zarr):
     assert set(sd.read_zarr(mob4_zarr).tables) == {"MOB4"}
 
 
+@pytest.mark.parametrize("command", ["embed", "tile", "align"])
+def test_a_folder_that_is_not_a_spatialdata_store_is_named_so(mob4_zarr, tmp_path, command):
+    """A plain folder failed in zarr's words ("No group found in store"); an AnnData .zarr or a store's
+    tables/ folder read as a SpatialData without tables ("no table ...; tables: none")."""
+    import anndata as ad
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    anndata_zarr = tmp_path / "adata.zarr"
+    ad.AnnData(np.ones((3, 2), dtype=np.float32)).write_zarr(anndata_zarr)
+    args = {
+        "embed": ["--table", "MOB4", "--model", "loki-tiny"],
+        "tile": ["--image", "MOB4_image", "--mpp", "0.5"],
+        "align": ["--source", "MOB4", "--target", "MOB4"],
+    }[command]
+    for folder in (plain, anndata_zarr, mob4_zarr / "tables"):
+        with pytest.raises(SystemExit, match=rf"^loki {command}: '[^']+' is not a SpatialData zarr store"):
+            main([command, str(folder), *args])
+
+
 @pytest.mark.parametrize(
     ("name", "content", "expected"),
     [

@@ -17,6 +17,24 @@ from pathlib import Path
 ANNDATA_WRITE_NOTICE = r"zarr v3 autosharding will be the default"
 
 
+def read_store(zarr: Path, command: str):
+    """The SpatialData of the store ``zarr``; a folder that is not one (no element folder) is refused.
+
+    spatialdata reads any zarr group, and a plain folder fails deep in zarr ("No group found"): an
+    AnnData's ``.zarr``, or a store's ``tables/`` folder, would read as a SpatialData without tables.
+    """
+    import spatialdata as sd
+
+    kinds = ("images", "labels", "points", "shapes", "tables")
+    if zarr.is_dir() and not any((zarr / kind).is_dir() for kind in kinds):
+        raise SystemExit(
+            f"loki {command}: {str(zarr)!r} is not a SpatialData zarr store (it has none of the folders "
+            f"{', '.join(kinds)}); write one with sdata.write(...), or make one from a slide with "
+            "`loki slide`."
+        )
+    return sd.read_zarr(zarr)
+
+
 def rewrite_table(sdata, name: str) -> None:
     """Replace a table in the store it was read from, with a full copy on disk at every step.
 

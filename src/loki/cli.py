@@ -21,6 +21,7 @@ from ._cli_store import (
     element_folder,
     placements,
     quiet_table_writes,
+    read_store,
     rewrite_table,
     transformations,
     undo_align_writes,
@@ -391,14 +392,12 @@ def _fraction(text: str) -> float:
 
 
 def _embed(args: argparse.Namespace) -> None:
-    import spatialdata as sd
-
     import loki as lk
     from loki.models._omiclip import resolve_device
 
     resolve_device(args.device)  # a bad or missing device fails before any work
     gene_map = None if args.gene_map is None else _read_gene_map(args.gene_map)
-    sdata = sd.read_zarr(args.zarr)
+    sdata = read_store(args.zarr, args.command)
     check_writable(args.zarr, "embed")
     _check_embed_target(sdata, args)
     table = sdata.tables[args.table]
@@ -585,12 +584,10 @@ def _slide(args: argparse.Namespace) -> None:
 
 
 def _tile(args: argparse.Namespace) -> None:
-    import spatialdata as sd
-
     import loki as lk
     from loki._utils._spatialdata import table_key_of
 
-    sdata = sd.read_zarr(args.zarr)
+    sdata = read_store(args.zarr, args.command)
     check_writable(args.zarr, "tile")
     _check_coordinate_system(sdata, args.coordinate_system)
     table = lk.pp.tile_image(
@@ -619,11 +616,9 @@ def _tile(args: argparse.Namespace) -> None:
 
 
 def _align(args: argparse.Namespace) -> None:
-    import spatialdata as sd
-
     import loki as lk
 
-    sdata = sd.read_zarr(args.zarr)
+    sdata = read_store(args.zarr, args.command)
     check_writable(args.zarr, "align")
     _check_table(sdata, args.source, args.zarr, "align", option="--source")
     _check_table(sdata, args.target, args.zarr, "align", option="--target", written=False)
