@@ -19,7 +19,7 @@ from loki._utils import (
     write_uns,
 )
 from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata, section_shapes
-from loki.pp._patches import MICRONS_PER_UNIT_HINT, check_flags_not_owned
+from loki.pp._patches import MICRONS_PER_UNIT_HINT, check_flags_not_owned, shape_diameter
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -170,8 +170,6 @@ def spot_diameter_um(data, table) -> float:
     The spot shapes' size (:func:`~loki.pp._patches.shape_diameter`) times
     ``.uns['loki']['microns_per_unit']``, else ``.uns['loki']['spot_diameter_um']``.
     """
-    from loki.pp._patches import shape_diameter
-
     meta = loki_uns(table)
     size = shape_diameter(section_shapes(data, table) if is_spatialdata(data) else None)
     if size is not None:
@@ -395,15 +393,16 @@ def embed_image(
     diameter, diameter_source = diameter_um, None
     if cut_here and is_spatialdata(data):
         diameter, diameter_source = patch_diameter_um(model, diameter_um, table)
-        own = spot_diameter_um(data, table)
-        if diameter_source == "model" and not abs(own - diameter) <= 0.1 * diameter:
-            logger.info(
-                "cutting %g µm squares around each spot, the size model %r was trained on (model.patch_um), "
-                "not the spots' own %s; pass diameter_um= to cut another size",
-                diameter,
-                model.name,
-                f"{own:g} µm" if np.isfinite(own) else "size (unknown)",
-            )
+        if diameter_source == "model":  # tell when the model's size overrides the spots' own
+            own = spot_diameter_um(data, table)
+            if not abs(own - diameter) <= 0.1 * diameter:
+                logger.info(
+                    "cutting %g µm squares around each spot, the size model %r was trained on "
+                    "(model.patch_um), not the spots' own %s; pass diameter_um= to cut another size",
+                    diameter,
+                    model.name,
+                    f"{own:g} µm" if np.isfinite(own) else "size (unknown)",
+                )
     patches, flags, order = _patches_of(
         data,
         table,
