@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import loki as lk
+from loki.tl._candidates import topk_cosine_pca
 from loki.tl._retrieve import topk_cosine
 
 
@@ -75,6 +76,23 @@ def test_topk_ties_keep_the_lower_bank_index(values, k, chunk, normalize):
     idx, _ = topk_cosine(query, bank, k, normalize=normalize, chunk_size=chunk)
     scores = (bank / np.linalg.norm(bank, axis=1, keepdims=True) if normalize else bank) @ query[0]
     np.testing.assert_array_equal(idx[0], np.lexsort((np.arange(n), -scores))[:k])
+
+
+@settings(max_examples=30, deadline=None)
+@given(q_exp=st.integers(-90, 90), b_exp=st.integers(-90, 90), seed=st.integers(0, 2**16))
+def test_cosine_search_ignores_the_embeddings_scale(q_exp, b_exp, seed):
+    """Cosine similarity does not depend on the rows' scale: embeddings of any float32 magnitude
+    (2**66 is about 1e20, 2**-83 about 1e-25; their squares leave float32) give the search of the
+    unscaled ones, bit for bit, since a power of two scales exactly."""
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(4, 6)).astype(np.float32)
+    b = rng.normal(size=(40, 6)).astype(np.float32)
+    qs, bs = q * np.float32(2.0**q_exp), b * np.float32(2.0**b_exp)
+    for search in (topk_cosine, lambda x, y, k: topk_cosine_pca(x, y, k, n_components=3, n_candidates=10)):
+        idx, scores = search(q, b, 5)
+        idx_s, scores_s = search(qs, bs, 5)
+        np.testing.assert_array_equal(idx_s, idx)
+        np.testing.assert_array_equal(scores_s, scores)
 
 
 def test_retrieve_tidy_frame_with_anndata_bank_and_metadata():

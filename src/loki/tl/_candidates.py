@@ -26,7 +26,7 @@ from loki._utils import as_rng, block_starts, check_int
 from loki._utils._rng import SeedLike, check_seed
 from loki._utils._threads import keep_torch_threads
 
-from ._retrieve import _check_norms, _check_pair, _heap_push, l2_normalize, topk_cosine
+from ._retrieve import _check_norms, _check_pair, _heap_push, l2_normalize, row_norms, topk_cosine
 
 Search = Literal["exact", "pca", "ivf"]
 
@@ -129,7 +129,7 @@ def _project_reference(reference, mean, axes, chunk: int) -> tuple[np.ndarray, n
     shift = mean @ axes
     for start in range(0, n, chunk):
         block = np.asarray(reference[start : start + chunk], dtype=np.float32)
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        norms = row_norms(block)
         _check_norms(norms, "reference", start)
         inv = (1.0 / norms).astype(np.float32)
         inv_norm[start : start + len(block)] = inv

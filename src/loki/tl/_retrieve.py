@@ -83,12 +83,21 @@ def query_block_size(chunk_size: int, budget_bytes: int = _CHUNK_BYTES) -> int:
     return int(max(1, budget_bytes // (4 * chunk_size)))
 
 
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """L2 norm of each row of a 2-D array, summed in float64.
+
+    Squares of float32 entries overflow beyond about 1e19 and vanish below about 1e-23; float64
+    keeps every finite float32 row's norm finite and non-zero.
+    """
+    return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+
+
 def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
     """Rows scaled to unit L2 norm (float32); zero or non-finite rows raise a ValueError."""
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1)
+    norms = row_norms(x)
     _check_norms(norms, name, 0)
-    return x / norms[:, None]
+    return x / norms.astype(np.float32)[:, None]
 
 
 def _check_norms(norms: np.ndarray, name: str, offset: int, allow_zero: bool = False) -> None:
@@ -157,7 +166,7 @@ def topk_cosine(
             desc = "retrieve" if q_block == len(q) else f"retrieve, queries {q0 + 1}-{q0 + len(qb)}"
             for start in block_starts(n_bank, chunk, progress=progress, desc=desc, unit="chunk"):
                 block = np.asarray(bank[start : start + chunk], dtype=np.float32)
-                norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+                norms = row_norms(block)
                 # Raw dot products are defined for zero rows; cosine similarities are not.
                 _check_norms(norms, "bank", start, allow_zero=not normalize)
                 inv = (1.0 / norms).astype(np.float32) if normalize else np.ones(len(block), dtype=np.float32)
