@@ -33,6 +33,7 @@ from loki._utils import (
 )
 from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._pca import fit_pca
+from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._rng import as_seed
 from loki._utils._spatialdata import (
     check_write_mode,
@@ -406,7 +407,8 @@ def align(
         Table key of the section in a separate target SpatialData.
     use
         ``.obsm`` key of the embedding in both tables, a ``(source_key, target_key)`` pair, or None
-        for coordinates only.
+        for coordinates only. A :class:`~loki.LokiWarning` says so when the two embeddings' records
+        (``.uns['loki']``) name different model weights.
     method
         ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"deformable"`` (the paper's recipe; starts from
         a ``pre_align`` registration).
@@ -663,6 +665,12 @@ def align(
     if key_src is not None:
         emb_src = _embedding(src, key_src, "source")
         emb_tgt = _embedding(tgt, key_tgt, "target")
+        warn_if_models_differ(
+            {
+                f"source .obsm[{key_src!r}]": embedding_model(src.table, key_src),
+                f"target .obsm[{key_tgt!r}]": embedding_model(tgt.table, key_tgt),
+            }
+        )
         if emb_src.shape[1] != emb_tgt.shape[1]:
             raise ValueError(
                 f"source .obsm[{key_src!r}] has {emb_src.shape[1]} dimensions, target .obsm[{key_tgt!r}] "

@@ -27,6 +27,7 @@ from loki._utils import (
     write_uns,
 )
 from loki._utils._backed import read_matrix
+from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._rng import SeedLike, as_seed
 from loki._utils._spatialdata import get_table, is_spatialdata
 from loki._utils._threads import keep_torch_threads
@@ -260,7 +261,8 @@ def predict_expression(
         log-normalised counts. It may be read with ``backed="r"``: the expression of the predicted
         genes is then read into memory.
     use_query, use_reference
-        ``.obsm`` keys of the embeddings.
+        ``.obsm`` keys of the embeddings. A :class:`~loki.LokiWarning` says so when their records
+        (``.uns['loki']``) name different model weights.
     layer
         Reference layer holding the expression to average (``.X`` when None).
     genes
@@ -329,6 +331,12 @@ def predict_expression(
     ref_table = get_table(reference, reference_table_key)
     require_keys(ref_table.obsm, use_reference, "reference.obsm")
     ref = embeddings_of(ref_table, use_reference, None, "reference")[0]
+    warn_if_models_differ(
+        {
+            f"query .obsm[{use_query!r}]": embedding_model(query, use_query, query_table_key),
+            f"reference .obsm[{use_reference!r}]": embedding_model(ref_table, use_reference),
+        }
+    )
     _check_top_k(top_k, ref.shape[0], "the reference")
     sizes = check_search(
         search, top_k, ref.shape[0], ref.shape[1], n_components, n_candidates, n_lists, n_probe, seed
@@ -482,6 +490,13 @@ def predict_expression_loso(
         require_keys(common, genes, "the genes shared by all sections")
     if not genes:
         raise ValueError("The sections share no gene.")
+    warn_if_models_differ(
+        {
+            f"sections[{name!r}].obsm[{key!r}]": embedding_model(table, key)
+            for name, table in sections.items()
+            for key in dict.fromkeys((use_query, use_reference))
+        }
+    )
     predictions, rows = {}, []
     for held_out, query in sections.items():
         ref = _concat_reference(

@@ -13,6 +13,7 @@ from anndata import AnnData
 from loki._keys import Key
 from loki._logging import logger
 from loki._utils import block_starts, check_int, require_keys
+from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._rng import SeedLike
 from loki._utils._spatialdata import get_table, is_spatialdata
 from loki._utils._threads import keep_torch_threads
@@ -249,7 +250,9 @@ def retrieve(
     k
         Hits per query (at most the bank size).
     use_query, use_bank
-        ``.obsm`` keys of the embeddings (default: image embeddings against text embeddings).
+        ``.obsm`` keys of the embeddings (default: image embeddings against text embeddings). A
+        :class:`~loki.LokiWarning` says so when their records (``.uns['loki']``) name different model
+        weights.
     query_table_key, bank_table_key
         Tables of SpatialData inputs.
     bank_ids
@@ -284,6 +287,12 @@ def retrieve(
     """
     q, q_names = embeddings_of(query, use_query, query_table_key, "query")
     b, b_names = embeddings_of(bank, use_bank, bank_table_key, "bank")
+    warn_if_models_differ(
+        {
+            f"query .obsm[{use_query!r}]": embedding_model(query, use_query, query_table_key),
+            f"bank .obsm[{use_bank!r}]": embedding_model(bank, use_bank, bank_table_key),
+        }
+    )
     if bank_ids is not None:
         b_names = pd.Index(bank_ids)
         if len(b_names) != b.shape[0]:

@@ -1,0 +1,65 @@
+"""Tools comparing two embeddings warn when their records name different model weights."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import loki as lk
+
+
+@pytest.fixture(scope="module")
+def models():
+    # two untrained loki-tiny models of different seeds: same architecture, other weights
+    return lk.models.load("loki-tiny", device="cpu", seed=0), lk.models.load(
+        "loki-tiny", device="cpu", seed=1
+    )
+
+
+def _section(model, seed, n=36):
+    rng = np.random.default_rng(seed)
+    genes = [f"G{i}" for i in range(8)]
+    a = ad.AnnData(rng.poisson(3, (n, len(genes))).astype(np.float32))
+    a.var_names = genes
+    a.obs_names = [f"s{seed}_{i}" for i in range(n)]
+    a.obs[lk.Key.SENTENCE] = [" ".join(rng.permutation(genes)[:4]) for _ in range(n)]
+    side = int(np.sqrt(n))
+    a.obsm["spatial"] = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 100.0
+    lk.tl.embed_text(a, model)
+    a.obsm["X_own"] = a.obsm[lk.Key.TEXT].copy()  # an embedding loki did not record
+    return a
+
+
+CALLS = {
+    "retrieve": lambda q, r, use: lk.tl.retrieve(q, r, k=3, use_query=use, use_bank=use),
+    "predict_expression": lambda q, r, use: lk.tl.predict_expression(q, r, use_query=use, use_reference=use),
+    "predict_expression_loso": lambda q, r, use: lk.tl.predict_expression_loso(
+        {"q": q, "r": r}, use_query=use, use_reference=use
+    ),
+    "align": lambda q, r, use: lk.tl.align(q, target=r, use=use, method="rigid", n_pcs=2, inplace=False),
+}
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_embeddings_of_two_models_are_named_in_a_warning(models, call):
+    a, b = _section(models[0], 0), _section(models[1], 1)
+    with pytest.warns(lk.LokiWarning, match="different model weights") as record:
+        CALLS[call](a, b, lk.Key.TEXT)
+    message = str(next(w.message for w in record if "different model weights" in str(w.message)))
+    for model in models:
+        assert model.checkpoint_hash[:12] in message
+    assert "'loki-tiny'" in message
+
+
+@pytest.mark.parametrize("call", CALLS)
+@pytest.mark.parametrize("case", ["one model", "not recorded"])
+def test_one_model_or_an_unrecorded_embedding_gives_no_warning(models, call, case):
+    second = models[0] if case == "one model" else models[1]
+    use = lk.Key.TEXT if case == "one model" else "X_own"
+    a, b = _section(models[0], 0), _section(second, 1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*different model weights")
+        CALLS[call](a, b, use)
