@@ -59,3 +59,22 @@ def test_star_import_gives_exactly_the_documented_names():
         namespace: dict = {}
         exec(f"from loki.{module} import *", namespace)
         assert set(namespace) - {"__builtins__"} == documented, module
+
+
+def test_tab_completion_shows_only_the_public_names():
+    """``dir()`` of loki and of its namespaces (what IPython completes) lists the public API, not the
+    ``annotations`` of ``from __future__ import annotations`` or the helpers the namespace imports.
+    A fresh interpreter: importing a submodule such as ``loki.cli`` adds its name, rightly."""
+    code = """
+import importlib
+import loki as lk
+bad = {}
+for name, mod in [("loki", lk)] + [(m, importlib.import_module("loki." + m)) for m in
+        ("pp", "tl", "pl", "metrics", "datasets", "io", "models")]:
+    shown = [n for n in dir(mod) if not n.startswith("_")]
+    if shown != sorted(mod.__all__):
+        bad[name] = sorted(set(shown) ^ set(mod.__all__))
+print(bad)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "{}", out.stdout + out.stderr

@@ -5,17 +5,16 @@ Use as ``import loki as lk``; ``lk.pp`` prepares data, ``lk.tl`` computes, ``lk.
 Importing loki does not import torch: the model layer loads it on first use.
 """
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from . import baselines, datasets, io, metrics, pl, pp, tl
 from ._keys import Key
 from ._logging import LokiWarning
 
 try:
-    __version__ = version("loki")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _version("loki")
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 
@@ -26,6 +25,11 @@ def __getattr__(name: str):
 
         return importlib.import_module(".models", __name__)
     raise AttributeError(f"module 'loki' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazily loaded ``models`` is listed (tab completion) before it is first used
+    return sorted({*globals(), "models"})
 
 
 __all__ = ["Key", "LokiWarning", "baselines", "datasets", "io", "metrics", "models", "pl", "pp", "tl"]

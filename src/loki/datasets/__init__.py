@@ -1,7 +1,5 @@
 """Bundled real data, a synthetic tissue generator with ground truth, and a registry of public samples."""
 
-from __future__ import annotations
-
 from ._bundled import mob
 from ._registry import visium_sample
 from ._synthetic import SectionTransform, synthetic_reference, synthetic_tissue, transform_section

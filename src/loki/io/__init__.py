@@ -1,7 +1,5 @@
 """Readers that build SpatialData sections (image, spot circles, annotating table) and slide images."""
 
-from __future__ import annotations
-
 from ._legacy_st import read_legacy_st, read_legacy_st_sections
 from ._slide import read_slide
 from ._visium import read_visium

@@ -1,7 +1,5 @@
 """Evaluation metrics of the paper's Methods (eqs. 17-33), each a small pure function on arrays."""
 
-from __future__ import annotations
-
 from ._alignment import (
     alignment_error,
     alignment_expression_scores,

@@ -6,8 +6,6 @@ Models: ``"omiclip"`` (published coca_ViT-L-14 weights, Hugging Face ``WangGuang
 pairs), all behind the same :class:`OmiCLIP` interface.
 """
 
-from __future__ import annotations
-
 from ._finetune import TINY_PATCH_UM, TINY_RECIPE, contrastive_loss, finetune, train_tiny
 from ._loading import UntrustedCheckpointError, convert_to_safetensors, load, read_checkpoint
 from ._omiclip import OmiCLIP

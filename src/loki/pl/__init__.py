@@ -23,8 +23,6 @@ scanpy stores in ``.uns[f"{key}_colors"]`` (one per category of the column, in i
 scanpy's default palette. Nothing is written into the data.
 """
 
-from __future__ import annotations
-
 from ._alignment import alignment
 from ._annotation import annotation
 from ._expression import expression

@@ -1,7 +1,5 @@
 """Preprocessing: gene sentences, H&E patches and tiles, gene ids, pseudo-spots, marker tables."""
 
-from __future__ import annotations
-
 from ._genes import map_gene_ids
 from ._housekeeping import housekeeping_genes
 from ._markers import read_markers

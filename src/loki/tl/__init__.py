@@ -1,7 +1,5 @@
 """Tools: embeddings, fine-tuning, alignment, annotation, retrieval, expression prediction, decomposition."""
 
-from __future__ import annotations
-
 from ._align import Alignment, align, align_sections
 from ._annotate import Annotation, annotate
 from ._decompose import Decomposition, decompose
