@@ -254,7 +254,9 @@ def test_bad_slides_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.svs"):
         lk.io.read_slide(tmp_path / "missing.svs")
     tifffile.imwrite(tmp_path / "u16.tif", np.zeros((64, 64, 3), np.uint16), photometric="rgb")
-    with pytest.raises(ValueError, match=r"8-bit brightfield.*uint16"):
+    with pytest.raises(
+        ValueError, match=r"u16\.tif: loki reads TIFF slides of 8-bit samples, this one is uint16"
+    ):
         lk.io.read_slide(tmp_path / "u16.tif")
     tifffile.imwrite(
         tmp_path / "if.tif",
@@ -282,9 +284,13 @@ def test_bad_slides_are_named(tmp_path):
         lk.io.read_slide(tmp_path / "ok.tif", name="a b")
     from PIL import Image
 
+    # a 16-bit grey PNG (PIL mode 'I;16') is scaled by its bit depth, with a warning
     Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "deep.png")
-    with pytest.raises(ValueError, match=r"deep\.png: PIL mode 'I;16'; loki reads 8-bit"):
-        lk.io.read_slide(tmp_path / "deep.png")
+    with pytest.warns(lk.LokiWarning, match=r"deep\.png: uint16 .* 16-bit data"):
+        image = lk.io.read_slide(tmp_path / "deep.png", microns_per_pixel=1.0).images["deep"]
+    level0 = image["scale0"]["image"].values if hasattr(image, "children") else image.values
+    assert level0.dtype == np.uint8
+    assert (level0 == round(40000 * 255 / 65535)).all()
 
 
 def test_pixel_size_parsers():

@@ -1,11 +1,15 @@
-"""Load H&E images into lazy multiscale SpatialData images."""
+"""Load H&E images into lazy multiscale SpatialData images, as 8-bit RGB."""
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from loki._logging import LokiWarning, user_stacklevel
 
 # Pyramid levels are added while the next level is at least this many pixels on its long side.
 _MIN_LEVEL_SIZE = 512
@@ -14,6 +18,175 @@ _CHUNKS = (3, 1024, 1024)
 _EIGHT_BIT_MODES = frozenset(
     {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
 )
+#: PIL modes whose pixels numpy reads with their own values (16-bit and 32-bit grey, float grey)
+_NUMERIC_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: Bit depths of camera and scanner data; integer pixels are read as the smallest that holds their maximum.
+_BIT_DEPTHS = (8, 10, 12, 14, 16)
+#: Values of a float image this far above 1 still read as [0, 1] (rounding of values stored as 0-1).
+_FLOAT_TOL = 1e-3
+_TIFF_SUFFIXES = {".tif", ".tiff"}
+
+#: The rules :func:`to_uint8_cyx` applies, for docstrings.
+CONVERSION_RULES = """\
+Images are stored as 8-bit RGB (channels ``r, g, b``), what loki's patches and models read; other
+pixels are converted, with a :class:`loki.LokiWarning` naming the conversion. Integers (e.g. uint16)
+are read as data of the smallest bit depth of 8, 10, 12, 14 or 16 bits that holds their maximum
+(beyond 16 bits, its bit length) and scaled by ``255 / (2 ** bits - 1)``: uint16 with values up to
+4095 is 12-bit data, scaled by 255 / 4095, and values up to 255 are kept. The scale is the bit
+depth's, not the brightest pixel's, so that colours are the scanner's whatever the image shows and
+one bright pixel changes nothing. Floats are read as [0, 1] when all values lie in it (up to 1.001)
+and as [0, 255] when their maximum is 2 to 255; other floats (a maximum between 1.001 and 2, which
+may be either, negative values, values above 255 or not finite) and negative integers raise a
+ValueError. One channel is grey (repeated), two are grey and alpha, four RGBA: alpha is dropped
+(not composited over white). Other channel counts raise a ValueError.\
+"""
+
+
+def _warn_conversion(what: str, message: str) -> None:
+    warnings.warn(f"{what}: {message}", LokiWarning, stacklevel=user_stacklevel())
+
+
+def to_uint8_cyx(cyx: Any, what: str) -> Any:
+    """A ``(c, y, x)`` image (numpy or dask) as ``(3, y, x)`` uint8 RGB, by :data:`CONVERSION_RULES`.
+
+    Parameters
+    ----------
+    cyx
+        The image, channels first. A dask array stays lazy when it is uint8; other dtypes are read
+        once to find their range.
+    what
+        Names the image (file or element) in warnings and errors.
+
+    Returns
+    -------
+    ``(3, y, x)`` uint8, numpy or dask as given.
+
+    Raises
+    ------
+    ValueError
+        A channel count other than 1-4, a boolean or complex image, a float image with values that
+        are not finite, negative, above 255 or between 1.001 and 2, or an integer image with
+        negative values.
+
+    """
+    n = int(cyx.shape[0])
+    if n not in (1, 2, 3, 4):
+        raise ValueError(
+            f"{what}: {n} channels; loki reads grey, grey + alpha, RGB or RGBA brightfield (H&E) "
+            "images, not multiplexed fluorescence."
+        )
+    if n <= 2:  # grey (and alpha)
+        cyx = _stack([cyx[:1]] * 3)
+    else:
+        cyx = cyx[:3]  # the alpha channel of RGBA is dropped
+    dtype = np.dtype(cyx.dtype)
+    if dtype == np.uint8:
+        return cyx
+    if dtype.kind not in "uif":
+        raise ValueError(f"{what}: pixels of dtype {dtype}; loki reads integer or float RGB images.")
+    lo, hi, finite = _range(cyx)
+    if dtype.kind == "f":
+        if not finite:
+            raise ValueError(f"{what}: a {dtype} image with NaN or infinite values.")
+        if lo < 0 or hi > 255 or 1 + _FLOAT_TOL < hi < 2:
+            why = (
+                "values below 0 or above 255"
+                if lo < 0 or hi > 255
+                else "neither [0, 1] (values above 1) nor a plausible [0, 255] image (maximum below 2)"
+            )
+            raise ValueError(
+                f"{what}: a {dtype} image with values {lo:g} to {hi:g}: {why}. loki reads float images as "
+                "[0, 1] (all values in it) or [0, 255] (maximum 2-255); convert it to uint8 RGB first."
+            )
+        unit = hi <= 1 + _FLOAT_TOL
+        scale = 255.0 if unit else 1.0
+        _warn_conversion(
+            what,
+            f"{dtype} pixels with values {lo:g} to {hi:g}, read as {'[0, 1]' if unit else '[0, 255]'}: "
+            f"{'scaled by 255, ' if unit else ''}rounded to uint8 (loki stores 8-bit RGB).",
+        )
+        return _scaled(cyx, scale)
+    if lo < 0:
+        raise ValueError(
+            f"{what}: a {dtype} image with negative values (minimum {lo}); loki reads RGB 0 to 2**bits - 1."
+        )
+    bits = next((b for b in _BIT_DEPTHS if hi < 2**b), int(hi).bit_length())
+    full = 2**bits - 1
+    why = (
+        f"the smallest of {', '.join(map(str, _BIT_DEPTHS))} bits that holds them"
+        if bits in _BIT_DEPTHS
+        else "the bit length of their maximum"
+    )
+    _warn_conversion(
+        what,
+        f"{dtype} pixels with values {lo} to {hi}, read as {bits}-bit data ({why}): scaled by "
+        f"255 / {full} to uint8 (loki stores 8-bit RGB).",
+    )
+    return _scaled(cyx, 255.0 / full)
+
+
+def _stack(parts: list) -> Any:
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import dask.array as da
+
+    return da.concatenate(parts)
+
+
+def _range(cyx: Any) -> tuple[Any, Any, bool]:
+    """Minimum, maximum and whether all values are finite, in one pass over a numpy or dask array."""
+    finite = np.isfinite(cyx).all() if np.dtype(cyx.dtype).kind == "f" else True
+    if isinstance(cyx, np.ndarray):
+        lo, hi = cyx.min(), cyx.max()
+    else:
+        import dask
+
+        lo, hi, finite = dask.compute(cyx.min(), cyx.max(), finite)
+    if np.dtype(cyx.dtype).kind == "f":
+        if not finite:  # nanmin / nanmax would hide them; the caller raises
+            return float("nan"), float("nan"), False
+        return float(lo), float(hi), True
+    return int(lo), int(hi), True
+
+
+def _scaled(cyx: Any, factor: float) -> Any:
+    """``rint(cyx * factor)`` as uint8 (values already checked to land in 0-255), block by block."""
+
+    def convert(block: np.ndarray) -> np.ndarray:
+        # float32 (not float64): 2 bytes more a 16-bit sample, not 6, while a block is converted
+        out = np.multiply(block, np.float32(factor), dtype=np.float32)
+        return np.clip(np.rint(out, out=out), 0, 255, out=out).astype(np.uint8)
+
+    if isinstance(cyx, np.ndarray):
+        return convert(cyx)
+    # readers hand a plain image over as one block; convert it in the blocks it is stored in
+    return cyx.rechunk(_CHUNKS).map_blocks(convert, dtype=np.uint8)
+
+
+def png_bit_depth(path: Path) -> int | None:
+    """Bits per sample of a PNG file, read from its header; None when it is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    if len(head) < 25 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def check_not_sixteen_bit_png(path: Path) -> None:
+    """Refuse a 16-bit colour PNG: PIL (and the readers built on it) keep only each sample's high byte.
+
+    That is right for data using all 16 bits, but 12-bit data would come out 16 times too dark, and
+    the file cannot be told apart without its full values.
+    """
+    if png_bit_depth(path) == 16:
+        with open(path, "rb") as f:
+            colour = f.read(26)[25]
+        if colour in (2, 6):  # RGB, RGBA; 16-bit grey PNGs PIL reads with their values
+            raise ValueError(
+                f"{path.name}: a 16-bit colour PNG, which PIL reads as its high bytes only (12-bit data "
+                "would be 16 times too dark); save it as a 16-bit TIFF, which loki reads with its "
+                "values, or as an 8-bit PNG."
+            )
 
 
 def read_rgb(image: str | Path | np.ndarray) -> np.ndarray:
@@ -22,37 +195,81 @@ def read_rgb(image: str | Path | np.ndarray) -> np.ndarray:
     Parameters
     ----------
     image
-        Path to a jpg/png/tif file readable by PIL, or an array ``(y, x, 3|4)`` or ``(3|4, y, x)``
-        of uint8 (an alpha channel is dropped; grey images are repeated to three channels).
+        Path to a jpg/png/tif file readable by PIL (TIFFs of more than 8 bits, or of floats, are
+        read by tifffile), or an array ``(y, x)``, ``(y, x, 3|4)`` or ``(3|4, y, x)``.
+
+    Notes
+    -----
+    {rules}
+
+    A 16-bit colour PNG raises a ValueError (PIL reads its high bytes only).
 
     """
     if isinstance(image, str | Path):
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"Image file not found: {str(path)!r}.")
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None  # full-resolution H&E scans are legitimately huge
-        with Image.open(path) as img:
-            if img.mode not in _EIGHT_BIT_MODES:  # convert("RGB") would clip 16-bit or float values
-                raise ValueError(
-                    f"{path.name}: PIL mode {img.mode!r}; loki reads 8-bit brightfield (H&E) images "
-                    f"(modes {', '.join(sorted(_EIGHT_BIT_MODES))})."
-                )
-            arr = np.asarray(img.convert("RGB"))
-        return arr
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"Image arrays must be uint8 RGB, got dtype {arr.dtype}.")
+        arr = _read_file(path)
+        if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3:
+            return arr
+        what = path.name
+    else:
+        arr, what = np.asarray(image), "image array"
     if arr.ndim == 2:
-        return np.repeat(arr[..., None], 3, axis=2)
+        arr = arr[..., None]
     if arr.ndim != 3:
-        raise ValueError(f"Image arrays must be (y, x, 3) or (3, y, x), got shape {arr.shape}.")
-    if arr.shape[-1] not in (3, 4) and arr.shape[0] in (3, 4):
+        raise ValueError(
+            f"{what}: image arrays must be (y, x), (y, x, 3|4) or (3|4, y, x), got shape {arr.shape}."
+        )
+    if arr.shape[-1] not in (1, 2, 3, 4) and arr.shape[0] in (3, 4):
         arr = np.moveaxis(arr, 0, -1)
-    if arr.shape[-1] not in (3, 4):
-        raise ValueError(f"Image arrays must have 3 (RGB) or 4 (RGBA) channels, got shape {arr.shape}.")
-    return np.ascontiguousarray(arr[..., :3])
+    if arr.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"{what}: image arrays must have 1 (grey), 2 (grey, alpha), 3 (RGB) or 4 (RGBA) channels, got shape "
+            f"{arr.shape}."
+        )
+    rgb = to_uint8_cyx(np.moveaxis(arr, -1, 0), what)
+    return np.ascontiguousarray(np.moveaxis(rgb, 0, -1))
+
+
+read_rgb.__doc__ = read_rgb.__doc__.format(rules=CONVERSION_RULES.replace("\n", "\n    "))
+
+
+def _read_file(path: Path) -> np.ndarray:
+    """The pixels of an image file: 8-bit ones as RGB by PIL, others with their own values."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # full-resolution H&E scans are legitimately huge
+    check_not_sixteen_bit_png(path)
+    try:
+        with Image.open(path) as img:
+            if img.mode in _EIGHT_BIT_MODES and not _pil_reduces(img):
+                return np.asarray(img.convert("RGB"))
+            if img.mode in _NUMERIC_MODES:
+                return np.asarray(img)
+            mode = img.mode
+    except UnidentifiedImageError:  # e.g. a float RGB TIFF
+        if path.suffix.lower() not in _TIFF_SUFFIXES:
+            raise
+        mode = "unknown to PIL"
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        import tifffile
+
+        return np.asarray(tifffile.imread(path, series=0, level=0))
+    raise ValueError(
+        f"{path.name}: PIL mode {mode!r}; loki reads 8-bit images (modes {', '.join(sorted(_EIGHT_BIT_MODES))}), "
+        f"grey images of modes {', '.join(sorted(_NUMERIC_MODES))} and TIFFs of any bit depth."
+    )
+
+
+def _pil_reduces(img: Any) -> bool:
+    """Whether PIL decodes more than 8 bits a sample into an 8-bit mode (e.g. 16-bit RGB TIFF as 'RGB')."""
+    for tile in img.tile:
+        args = tile[3]
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and re.search(r";(16|32)", rawmode):
+            return True
+    return False
 
 
 def pyramid_scale_factors(shape_yx: tuple[int, int]) -> list[int]:

@@ -340,7 +340,9 @@ def read_legacy_st(
         array coordinates), ``pixel_x``, ``pixel_y`` (spot centres in full-resolution image pixels)
         and optionally ``selected`` (1 under tissue), as written by the ST spot detector.
     image
-        H&E image: path (jpg/png/tif) or uint8 array ``(y, x, 3)``; ``None`` for no image.
+        H&E image: path (jpg/png/tif) or array ``(y, x)``, ``(y, x, 3|4)`` or ``(3|4, y, x)``;
+        ``None`` for no image. Images other than 8-bit RGB (16-bit, float, grey, RGBA) are
+        converted to it by the rules of :func:`loki.io.read_visium`, with a :class:`loki.LokiWarning`.
     name
         Section name: the table key, ``f"{name}_spots"`` the shapes and ``f"{name}_image"`` the image.
         Must be a valid SpatialData element name (letters, digits, ``_``, ``-``, ``.``).

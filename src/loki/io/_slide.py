@@ -82,15 +82,18 @@ def read_slide(
 
     Returns
     -------
-    A SpatialData with ``images[name]`` (channels ``r, g, b``; an alpha channel is dropped, grey is
-    repeated) and, when the pixel size is known, ``attrs['loki']['microns_per_pixel'][name]``.
+    A SpatialData with ``images[name]`` (uint8, channels ``r, g, b``; an alpha channel is dropped,
+    grey is repeated) and, when the pixel size is known, ``attrs['loki']['microns_per_pixel'][name]``.
+    A file that is not a TIFF and holds 16-bit or float pixels is scaled to uint8 with a
+    :class:`loki.LokiWarning`, by the rules of :func:`loki.io.read_visium`.
 
     Raises
     ------
     FileNotFoundError
         No such file.
     ValueError
-        Not an 8-bit grey, RGB or RGBA image; several focal planes, time points or channels other than
+        A TIFF of other than 8-bit samples (finding the range of 16-bit or float pixels would read the
+        whole slide); a 16-bit colour PNG; not a grey, RGB or RGBA image; several focal planes, time points or channels other than
         colour; a ``series`` the file does not hold; a format neither TIFF-based nor readable by PIL (MIRAX, VSI, DICOM: convert them to
         OME-TIFF); a ``microns_per_pixel`` that is not a positive number.
 
@@ -235,7 +238,12 @@ def _as_cyx(data, axes: str, what: str, *, alpha: bool = False):
     import dask.array as da
 
     if data.dtype != np.uint8:
-        raise ValueError(f"{what}: loki reads 8-bit brightfield (H&E) images, this one is {data.dtype}.")
+        raise ValueError(
+            f"{what}: loki reads TIFF slides of 8-bit samples, this one is {data.dtype} (scaling it to 8 bits "
+            "would read the whole slide first to find its range); convert it to 8-bit RGB, e.g. "
+            "`vips scale` or tifffile, or pass it to lk.io.read_legacy_st / lk.io.read_visium, which "
+            "load it into memory and scale it."
+        )
     index = []
     for ax, n in zip(axes, data.shape, strict=True):
         if ax in "YXSC":

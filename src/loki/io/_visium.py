@@ -16,7 +16,7 @@ from loki._logging import logger
 from loki._utils._affine import linear_scale
 from loki._utils._spatialdata import affine_to
 
-from ._image import parse_cyx_image
+from ._image import CONVERSION_RULES, check_not_sixteen_bit_png, parse_cyx_image, to_uint8_cyx
 from ._names import check_section_name, unique_gene_names
 
 if TYPE_CHECKING:
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
 VISIUM_SPOT_SPACING_UM = 100.0  # centre-to-centre distance of neighbouring spots
+#: The Space Ranger images spatialdata-io reads, by the suffix of their element's key
+_IMAGE_FILES = {"hires": "spatial/tissue_hires_image.png", "lowres": "spatial/tissue_lowres_image.png"}
 
 
 def _default_dataset_id(counts_path: Path) -> str | None:
@@ -108,6 +110,9 @@ def _check_visium_files(path: Path, kwargs: dict) -> None:
     fullres = kwargs.get("fullres_image_file")
     if fullres is not None and not (path / fullres).is_file():
         raise FileNotFoundError(f"fullres_image_file {str(path / fullres)!r} does not exist.")
+    for image in (*_IMAGE_FILES.values(), fullres):
+        if image is not None and (path / image).is_file():
+            check_not_sixteen_bit_png(path / image)
 
 
 def read_visium(
@@ -168,7 +173,10 @@ def read_visium(
     FileNotFoundError
         When the folder, its counts file or its spot files are missing.
     ValueError
-        When ``dataset_id`` is not a valid SpatialData element name.
+        When ``dataset_id`` is not a valid SpatialData element name; when an image cannot be read as
+        RGB by the rules above (e.g. a float image with values 0 to 1.5, a fluorescence image of
+        five channels), or is a 16-bit colour PNG (its reader keeps the high bytes only: save it as a
+        16-bit TIFF).
 
     Notes
     -----
@@ -178,6 +186,8 @@ def read_visium(
     (``sq.pl.spatial_scatter(table, shape=None, color=...)``); spatialdata-plot draws them over any
     of the section's images, in any of its coordinate systems
     (``sdata.pl.render_images(...).pl.render_shapes(..., table_name=...)``).
+
+    {rules}
 
     """
     import spatialdata_io
@@ -221,9 +231,10 @@ def read_visium(
         # The element's transformation into the dataset's own coordinate system maps it to full resolution.
         to_fullres = get_transformation(img, to_coordinate_system=name)
         level = img["scale0"]["image"] if hasattr(img, "children") else img
-        cyx = level.data[:3]  # drop the alpha channel some Space Ranger PNGs carry; stays lazy
-        if cyx.dtype != np.uint8:
-            cyx = cyx.clip(0, 255).astype(np.uint8)
+        kind = key.removeprefix(f"{name}_").removesuffix("_image")
+        source = kwargs.get("fullres_image_file") if kind == "full" else _IMAGE_FILES.get(kind)
+        # uint8 stays lazy (the alpha channel some Space Ranger PNGs carry dropped); others are converted
+        cyx = to_uint8_cyx(level.data, f"image {key!r}" + (f" ({str(source)!r})" if source else ""))
         images[key] = parse_cyx_image(cyx, {coordinate_system: to_fullres})
     # the finest image: patches cut from the hires PNG (about 15 px a spot) would be upsampled
     image_key = next(
@@ -277,3 +288,6 @@ def read_visium(
     )
     attrs = {Key.UNS: {"microns_per_pixel": microns_per_pixel}} if microns_per_pixel else {}
     return SpatialData(images=images, shapes={region: new_shapes}, tables={name: new_table}, attrs=attrs)
+
+
+read_visium.__doc__ = read_visium.__doc__.replace("{rules}", CONVERSION_RULES.replace("\n", "\n    "))

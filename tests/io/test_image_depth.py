@@ -1,0 +1,251 @@
+"""Bit depth of the images lk.io reads: 16-bit, 12-bit-in-16, float, grey and RGBA pixels become 8-bit RGB.
+
+The Visium fixture is scanpy's real Space Ranger folder with its lowres H&E (600 x 600) made the
+full-resolution image: spot positions and sizes are rescaled into its pixels, and the image is written
+back as TIFFs of other bit depths.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from tests.conftest import shared_path
+
+import loki as lk
+
+
+def _read_quietly(folder, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lk.LokiWarning)
+        return lk.io.read_visium(folder, dataset_id="V1", **kwargs)
+
+
+def _level0(sdata, key="V1_full_image"):
+    return sdata.images[key]["scale0"]["image"].values
+
+
+@pytest.fixture(scope="module")
+def he():
+    """The real H&E of the fixture, ``(y, x, 3)`` uint8."""
+    from PIL import Image
+
+    path = shared_path("scanpy_visium_testdata", "1.0.0", "spatial", "tissue_lowres_image.png")
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, he):
+    src = shared_path("scanpy_visium_testdata", "1.0.0")
+    out = tmp_path_factory.mktemp("depth") / "visium"
+    shutil.copytree(src, out)
+    sf = json.loads((src / "spatial" / "scalefactors_json.json").read_text())
+    k = sf["tissue_lowres_scalef"]
+    pos = pd.read_csv(src / "spatial" / "tissue_positions_list.csv", header=None)
+    pos[[4, 5]] = (pos[[4, 5]] * k).round().astype(int)
+    pos.to_csv(out / "spatial" / "tissue_positions_list.csv", header=False, index=False)
+    sf["spot_diameter_fullres"] *= k
+    sf["fiducial_diameter_fullres"] *= k
+    sf["tissue_hires_scalef"] /= k
+    sf["tissue_lowres_scalef"] = 1.0
+    (out / "spatial" / "scalefactors_json.json").write_text(json.dumps(sf))
+    images = {
+        "u8.tif": he,
+        "u16.tif": (he.astype(np.uint32) * 257).astype(np.uint16),  # all 16 bits: 255 -> 65535
+        "u12.tif": np.rint(he * (4095 / 255)).astype(np.uint16),  # 12-bit data in 16-bit samples
+        "f01.tif": (he / 255.0).astype(np.float32),
+        "f255.tif": he.astype(np.float32),
+        "rgba.tif": np.dstack([he, np.full(he.shape[:2], 255, np.uint8)]),
+    }
+    for name, image in images.items():
+        tifffile.imwrite(out / name, image, photometric="rgb")
+    tifffile.imwrite(out / "grey.tif", he[..., 1], photometric="minisblack")
+    tifffile.imwrite(out / "grey16.tif", he[..., 1].astype(np.uint16) * 257, photometric="minisblack")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("file", "match"),
+    [
+        ("u16.tif", r"'u16\.tif'\): uint16 pixels with values \d+ to \d+, read as 16-bit data.*255 / 65535"),
+        ("u12.tif", r"'u12\.tif'\): uint16 pixels with values \d+ to \d+, read as 12-bit data.*255 / 4095"),
+        ("f01.tif", r"'f01\.tif'\): float32 pixels with values .* read as \[0, 1\]: scaled by 255"),
+        ("f255.tif", r"'f255\.tif'\): float32 pixels with values 35 to 193, read as \[0, 255\]"),
+    ],
+)
+def test_read_visium_scales_deep_and_float_images_to_uint8_with_a_warning(folder, he, file, match):
+    """Not clipped to 255 (the old code made 16-bit images white and [0, 1] floats black)."""
+    with pytest.warns(lk.LokiWarning, match=match):
+        sdata = lk.io.read_visium(folder, dataset_id="V1", fullres_image_file=file)
+    image = _level0(sdata)
+    assert image.dtype == np.uint8
+    assert np.abs(image.astype(int) - he.transpose(2, 0, 1)).max() <= 1
+
+
+def test_read_visium_keeps_8bit_images_and_drops_alpha_silently(folder, he):
+    for file in ("u8.tif", "rgba.tif"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", lk.LokiWarning)
+            sdata = lk.io.read_visium(folder, dataset_id="V1", fullres_image_file=file)
+        np.testing.assert_array_equal(_level0(sdata), he.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("file", ["grey.tif", "grey16.tif"])
+def test_read_visium_repeats_a_grey_image_to_rgb(folder, he, file):
+    sdata = _read_quietly(folder, fullres_image_file=file)
+    image = _level0(sdata)
+    assert image.shape == (3, *he.shape[:2])
+    for channel in image:
+        np.testing.assert_array_equal(channel, he[..., 1])
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (lambda he: he / 170.0, r"values 0\.\d+ to 1\.1\d+: neither \[0, 1\]"),  # 0-1 overshoot or 0-255?
+        (lambda he: he - 100.0, r"values -\d+ to \d+: values below 0 or above 255"),
+        (lambda he: np.where(he > 150, np.nan, he / 255), r"NaN or infinite"),
+        (lambda he: np.zeros((5, *he.shape[:2]), np.uint8), r"5 channels.*not multiplexed fluorescence"),
+    ],
+)
+def test_read_visium_refuses_ambiguous_or_unreadable_images(folder, he, tmp_path, image, match):
+    """Nothing is guessed: the old code clipped floats silently and kept 3 of 5 fluorescence channels."""
+    out = tmp_path / "v"
+    shutil.copytree(folder, out)
+    pixels = image(he)
+    tifffile.imwrite(
+        out / "bad.tif",
+        pixels.astype(np.float32) if pixels.dtype.kind == "f" else pixels,
+        photometric="rgb" if pixels.shape[-1] == 3 else "minisblack",
+    )
+    with pytest.raises(ValueError, match=match):
+        lk.io.read_visium(out, dataset_id="V1", fullres_image_file="bad.tif")
+
+
+def _write_png16(path, rgb):
+    """A 16-bit RGB PNG, which neither PIL nor numpy writes."""
+    h, w, _ = rgb.shape
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_sixteen_bit_colour_pngs_are_refused(folder, he, tmp_path):
+    """PIL keeps the high byte of each sample: 12-bit data would be 16 times too dark (max 12 of 193)."""
+    out = tmp_path / "v"
+    shutil.copytree(folder, out)
+    _write_png16(out / "he16.png", np.rint(he * (4095 / 255)).astype(np.uint16))
+    with pytest.raises(ValueError, match=r"he16\.png: a 16-bit colour PNG.*save it as a 16-bit TIFF"):
+        lk.io.read_visium(out, dataset_id="V1", fullres_image_file="he16.png")
+    counts, spots = _legacy_section()
+    with pytest.raises(ValueError, match=r"he16\.png: a 16-bit colour PNG"):
+        lk.io.read_legacy_st(counts, spots, out / "he16.png", name="S")
+    with pytest.raises(ValueError, match=r"he16\.png: a 16-bit colour PNG"):
+        lk.io.read_slide(out / "he16.png")
+
+
+def test_patches_and_embeddings_of_a_16bit_image_are_those_of_its_8bit_image(folder, he):
+    """What the model is fed: the same uint8 patches, whatever the bit depth of the file."""
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    reference = None
+    for file in ("u8.tif", "u16.tif", "u12.tif", "f01.tif"):
+        sdata = _read_quietly(folder, fullres_image_file=file)
+        patches = np.asarray(lk.pp.spot_patches(sdata, table_key="V1", size=model.image_size))
+        if reference is None:
+            reference = patches
+            assert 40 < patches.mean() < 200  # tissue, not a blank (255) or black (0) image
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", lk.LokiWarning)  # loki-tiny's untrained weights
+                lk.tl.embed_image(sdata, model, table_key="V1")
+            embedding = sdata.tables["V1"].obsm[lk.Key.IMAGE]
+        assert np.abs(patches.astype(int) - reference).max() <= 1, file
+    sdata = _read_quietly(folder, fullres_image_file="u12.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lk.LokiWarning)
+        lk.tl.embed_image(sdata, model, table_key="V1")
+    cosine = (sdata.tables["V1"].obsm[lk.Key.IMAGE] * embedding).sum(1)
+    cosine /= np.linalg.norm(embedding, axis=1) * np.linalg.norm(
+        sdata.tables["V1"].obsm[lk.Key.IMAGE], axis=1
+    )
+    assert cosine.min() > 0.999
+
+
+def _legacy_section():
+    counts = pd.DataFrame([[1, 2], [3, 4], [5, 6]], index=["10x10", "11x10", "10x11"], columns=["A", "B"])
+    spots = pd.DataFrame(
+        {
+            "x": [10, 11, 10],
+            "y": [10, 10, 11],
+            "pixel_x": [100.0, 200.0, 100.0],
+            "pixel_y": [100.0, 100.0, 200.0],
+        },
+        index=counts.index,
+    )
+    return counts, spots
+
+
+@pytest.mark.parametrize(
+    ("file", "match"),
+    [
+        ("u12.tif", r"u12\.tif: uint16 .* 12-bit data"),  # PIL read it as its high bytes: 0-12, nearly black
+        ("u16.tif", r"u16\.tif: uint16 .* 16-bit data"),
+        ("f01.tif", r"f01\.tif: float32 .* \[0, 1\]"),  # PIL cannot open it
+        ("grey16.tif", r"grey16\.tif: uint16 .* 16-bit data"),
+    ],
+)
+def test_read_legacy_st_reads_deep_tiffs_by_their_values(folder, he, file, match):
+    counts, spots = _legacy_section()
+    with pytest.warns(lk.LokiWarning, match=match):
+        sdata = lk.io.read_legacy_st(counts, spots, folder / file, name="S")
+    image = _level0(sdata, "S_image")
+    expected = he.transpose(2, 0, 1) if "grey" not in file else np.stack([he[..., 1]] * 3)
+    assert np.abs(image.astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("convert", "match"),
+    [
+        (lambda he: (he.astype(np.uint32) * 257).astype(np.uint16), r"image array: uint16 .* 16-bit"),
+        (
+            lambda he: np.rint(he * (1023 / 255)).astype(np.uint16),
+            r"image array: uint16 .* 10-bit.*255 / 1023",
+        ),
+        (lambda he: he / 255.0, r"image array: float64 .* \[0, 1\]"),
+        (lambda he: np.moveaxis(he, -1, 0).astype(np.int32), r"image array: int32 .* 8-bit"),
+    ],
+)
+def test_read_legacy_st_scales_deep_arrays(he, convert, match):
+    counts, spots = _legacy_section()
+    with pytest.warns(lk.LokiWarning, match=match):
+        sdata = lk.io.read_legacy_st(counts, spots, convert(he), name="S")
+    assert np.abs(_level0(sdata, "S_image").astype(int) - he.transpose(2, 0, 1)).max() <= 1
+
+
+def test_read_legacy_st_refuses_negative_integer_images(he):
+    counts, spots = _legacy_section()
+    with pytest.raises(ValueError, match=r"image array: a int16 image with negative values"):
+        lk.io.read_legacy_st(counts, spots, he.astype(np.int16) - 100, name="S")
+
+
+def test_read_slide_refuses_deep_tiffs_naming_the_way_out(folder):
+    with pytest.raises(
+        ValueError, match=r"u12\.tif: loki reads TIFF slides of 8-bit samples, this one is uint16"
+    ):
+        lk.io.read_slide(folder / "u12.tif")
