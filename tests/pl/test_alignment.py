@@ -207,3 +207,22 @@ def test_a_section_drawn_unaligned_is_named(three_tables, pair):
         warnings.simplefilter("error")
         lk.pl.alignment([tgt, src], show=False)
     plt.close("all")
+
+
+def test_the_legend_of_many_sections_does_not_hide_their_spots():
+    # loc="best" put the legend of 25 sections inside the "after" panel, over the spots
+    rng = np.random.default_rng(0)
+    sections = []
+    for i in range(25):
+        a = lk.datasets.synthetic_tissue(n_spots=30, n_genes=5, seed=0)
+        a.obsm[Key.ALIGNED] = a.obsm["spatial"] + i + rng.normal(size=(a.n_obs, 2))
+        sections.append(a)
+    for kind in ("overlay", "stack"):
+        fig = lk.pl.alignment(sections, kind=kind, show=False)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = fig.axes[1].get_legend().get_window_extent(renderer)
+        panel = fig.axes[1].get_window_extent(renderer)
+        assert legend.x0 >= panel.x1  # beside the panel
+        assert len(fig.axes[1].get_legend().get_texts()) == 25
+        plt.close(fig)

@@ -115,6 +115,18 @@ def test_errors():
         lk.pl.annotation(table, kind="nope", show=False)
 
 
+def test_no_classes_is_refused_before_drawing():
+    # classes=[] reached matplotlib: "Number of rows must be a positive integer, not 0"
+    table = _annotated(small_section(with_image=False))
+    plt.close("all")
+    with pytest.raises(
+        ValueError,
+        match=r"^No classes to plot: pass classes= some of the columns of adata\.obsm\['loki_annotation'\]",
+    ):
+        lk.pl.annotation(table, classes=[], show=False)
+    assert plt.get_fignums() == []
+
+
 def test_coordinate_system_of_the_section_and_its_spot_shapes():
     from spatialdata.transformations import Affine, Scale, Sequence, set_transformation
 

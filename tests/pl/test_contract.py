@@ -242,3 +242,54 @@ def test_spots_are_rasterised_in_a_vector_file(name):
     fig.savefig(buf, format="pdf")
     plt.close(fig)
     assert b"/Subtype /Image" in buf.getvalue()
+
+
+# every plot that draws spots, as (call on a section, parameters it takes besides ax/show/save)
+_SPOTS = {
+    "alignment": lambda a, **kw: lk.pl.alignment([_section(seed=1), a], sections=["A", "B"], **kw),
+    "annotation": lambda a, **kw: lk.pl.annotation(a, **kw),
+    "annotation_label": lambda a, **kw: lk.pl.annotation(a, kind="label", label_key="label", **kw),
+    "expression": lambda a, **kw: lk.pl.expression(a, "g0", **kw),
+    "proportions": lambda a, **kw: lk.pl.proportions(a, **kw),
+}
+
+
+def _labelled(n=40):
+    a = _section(n)
+    a.obs["label"] = pd.Categorical(np.where(np.arange(n) % 2, "u", "v"))
+    return a
+
+
+@pytest.mark.parametrize("name", _SPOTS)
+def test_an_empty_selection_is_refused_before_drawing(name):
+    # a subset that kept no spot drew empty panels (and a matplotlib warning about an empty legend)
+    plt.close("all")
+    where = "section 'B' adata" if name == "alignment" else "adata"
+    with pytest.raises(ValueError, match=rf"^{where} has no spots \(n_obs = 0\): nothing to draw"):
+        _SPOTS[name](_labelled()[:0], show=False)
+    assert plt.get_fignums() == []
+
+
+@pytest.mark.parametrize("name", _SPOTS)
+@pytest.mark.parametrize("spot_size", [0, -1.0, np.nan, "big"])
+def test_a_spot_size_that_draws_nothing_is_refused(name, spot_size):
+    # a negative size drew no spot, with a RuntimeWarning from matplotlib's sqrt
+    plt.close("all")
+    with pytest.raises(ValueError, match=r"spot_size must be a marker area in points\^2 > 0"):
+        _SPOTS[name](_labelled(), spot_size=spot_size, show=False)
+    assert plt.get_fignums() == []
+    from matplotlib.collections import PathCollection
+
+    fig = _SPOTS[name](_labelled(), spot_size=30.0, show=False)
+    spots = [c for a in fig.axes for c in a.collections if isinstance(c, PathCollection)]
+    assert spots
+    assert all(np.allclose(c.get_sizes(), 30.0) for c in spots)
+    plt.close("all")
+
+
+@pytest.mark.parametrize("name", ["annotation", "expression", "proportions"])
+def test_a_bad_cmap_is_named(name):
+    plt.close("all")
+    with pytest.raises(ValueError, match=r"^cmap must be a matplotlib colormap or its name, got 'nope'"):
+        _SPOTS[name](_section(), cmap="nope", show=False)
+    assert plt.get_fignums() == []

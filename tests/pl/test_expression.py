@@ -65,6 +65,35 @@ def test_one_spot_section_has_no_correlation_to_show():
     plt.close(fig)
 
 
+def test_a_constant_side_has_no_correlation_to_show():
+    # a constant prediction (e.g. a gene the reference never expressed) was titled "PCC nan"
+    table = small_section(with_image=False)
+    table.layers["loki_predicted"] = np.zeros(table.shape, np.float32)
+    fig = lk.pl.expression(table, "g0", show=False)
+    assert [a.get_title() for a in fig.axes if a.get_title()][1] == "g0 predicted (PCC n/a, constant)"
+    plt.close(fig)
+
+
+def test_a_gene_named_twice_is_refused_before_drawing():
+    # var_names with a repeated gene drew nothing: matplotlib's "'c' argument has 60 elements"
+    table = small_section(with_image=False)
+    table.var_names = ["g0", "g0", "g2", "g3", "g4"]
+    plt.close("all")
+    with pytest.raises(
+        ValueError, match=r"adata\.var_names holds 'g0' more than once .* \.var_names_make_unique\(\)"
+    ):
+        lk.pl.expression(table, ["g2", "g0"], layer_predicted=None, show=False)
+    predicted = table.copy()
+    table.var_names = ["g0", "g1", "g2", "g3", "g4"]
+    with pytest.raises(ValueError, match=r"predicted\.var_names holds 'g0' more than once"):
+        lk.pl.expression(table, "g0", predicted=predicted, show=False)
+    assert plt.get_fignums() == []
+    assert (
+        lk.pl.expression(table, "g2", predicted=predicted, show=False) is not None
+    )  # its other genes are drawn
+    plt.close("all")
+
+
 def test_a_missing_value_keeps_the_colour_scale_and_the_correlation():
     table = small_section(n=50, with_image=False)
     rng = np.random.default_rng(0)

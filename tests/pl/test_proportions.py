@@ -202,3 +202,31 @@ def test_colour_scale_starts_at_zero_for_a_type_absent_everywhere(spots):
         with pytest.raises(ValueError, match="vmax must be a finite number > 0"):
             lk.pl.proportions(spots, vmax=vmax, show=False)
     assert plt.get_fignums() == [panels["Absent"].figure.number]
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("plot", ["proportions", "annotation"])
+def test_long_names_are_wrapped_to_the_panel_not_run_into_the_next_one(spots, plot):
+    # one line each, "Olfactory ensheathing glia (OEC)" ran over the next panel's title and colour bar
+    names = ["Olfactory ensheathing glia (OEC)", "Granule cells of the olfactory bulb", "Mitral cells"]
+    frame = pd.DataFrame(spots.obsm["loki_proportions"].to_numpy(), index=spots.obs_names, columns=names)
+    if plot == "proportions":
+        spots.obsm["loki_proportions"] = frame
+        fig = lk.pl.proportions(spots, show=False)
+    else:
+        spots.obsm["loki_annotation"] = frame
+        fig = lk.pl.annotation(spots, show=False)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = _panels(fig)
+    titles = [a.title.get_window_extent(renderer) for a in panels]
+    others = [a.get_window_extent(renderer) for a in fig.axes]  # panels and colour bars
+    for panel, title in zip(panels, titles, strict=True):
+        assert title.width <= panel.get_window_extent(renderer).width  # within its own panel
+        assert not any(_overlap(title, o) for o in others)
+        assert panel.get_title().replace("\n", " ") in names  # wrapped at spaces, nothing lost
+    assert [a.get_title() for a in panels][2] == "Mitral cells"  # a title that fits is left as it is
+    assert not any(_overlap(a, b) for i, a in enumerate(titles) for b in titles[i + 1 :])

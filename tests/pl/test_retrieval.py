@@ -60,3 +60,24 @@ def test_gallery_refuses_rows_outside_the_images():
     assert fig.axes[1].images[0].get_array().max() == 0  # bank row 0, framed as the true pair
     assert fig.axes[1].spines["left"].get_linewidth() == 3
     plt.close(fig)
+
+
+def test_patches_imshow_would_clip_are_refused():
+    # float patches in 0-255 were drawn white (imshow clips floats to [0, 1]), with no error
+    hits = pd.DataFrame({"query_index": [0, 0], "rank": [1, 2], "bank_index": [0, 1], "score": [0.9, 0.8]})
+    floats = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3))
+    plt.close("all")
+    with pytest.raises(
+        ValueError, match=r"query_images hold values in \[.*\], outside \[0, 1\.0\] for float64"
+    ):
+        lk.pl.retrieval_gallery(hits, floats, floats / 255, n_hits=2, show=False)
+    with pytest.raises(ValueError, match=r"bank_images hold values in \[.*\], outside \[0, 255\] for uint16"):
+        lk.pl.retrieval_gallery(hits, floats / 255, (floats * 257).astype(np.uint16), n_hits=2, show=False)
+    with pytest.raises(ValueError, match=r"bank_images must hold numbers .* got dtype <U1"):
+        lk.pl.retrieval_gallery(hits, floats / 255, np.full((2, 4, 4, 3), "a"), n_hits=2, show=False)
+    assert plt.get_fignums() == []
+    # a bank row no hit draws is not checked (a large bank is not scanned); floats in [0, 1] are drawn
+    bank = np.concatenate([floats[:2] / 255, np.full((1, 4, 4, 3), 300.0)])
+    fig = lk.pl.retrieval_gallery(hits, floats / 255, bank, n_hits=2, show=False)
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array(), floats[0] / 255)
+    plt.close(fig)

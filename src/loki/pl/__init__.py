@@ -20,7 +20,8 @@ alignment's ``spatial_key``, e.g. ``"spatial_aligned"``, by the shapes element i
 AnnData's spots are drawn at their coordinates. A section whose table has no image of its own is
 drawn without one. Spots without a value (NaN) are drawn in light grey; categories take the colours
 scanpy stores in ``.uns[f"{key}_colors"]`` (one per category of the column, in its order), else
-scanpy's default palette. Nothing is written into the data.
+scanpy's default palette. A panel title wider than its panel is wrapped onto lines that fit it.
+Nothing is written into the data.
 """
 
 from ._alignment import alignment

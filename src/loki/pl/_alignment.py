@@ -18,6 +18,7 @@ from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._common import (
     category_colours,
+    check_spot_size,
     coordinates,
     finish,
     legend_columns,
@@ -166,6 +167,7 @@ def alignment(
     """
     if kind not in ("overlay", "stack"):
         raise ValueError(f"kind must be 'overlay' or 'stack', got {kind!r}.")
+    check_spot_size(spot_size)
     names, tables, table_keys = _tables(data, sections, key)
     if len(tables) < 1:
         raise ValueError("No sections to plot.")
@@ -226,7 +228,14 @@ def alignment(
         else:
             panel.set_xlabel("x")
             panel.set_ylabel("section (z)")
-    if use is None:
-        axes[1].legend(loc="best", fontsize="small", markerscale=2, ncol=legend_columns(len(names)))
+    if use is None:  # beside the panel, as in the other lk.pl plots: inside, it hides spots of many sections
+        axes[1].legend(
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+            fontsize="small",
+            markerscale=2,
+            ncol=legend_columns(len(names)),
+        )
     finish(fig, show=show, save=save, created=ax is None)
     return fig

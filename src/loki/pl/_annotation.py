@@ -23,6 +23,7 @@ from ._common import (
     legend_columns,
     marker_size,
     panel_grid,
+    panel_title,
     plot_function,
     scatter_spots,
     scatter_values,
@@ -133,6 +134,11 @@ def annotation(
             )
         classes = list(scores.columns) if classes is None else list(classes)
         require_keys(scores.columns, classes, f"the classes of {name}.obsm[{key!r}]")
+        if not classes:
+            raise ValueError(
+                f"No classes to plot: pass classes= some of the columns of {name}.obsm[{key!r}] "
+                f"({len(scores.columns)} columns), or None for all."
+            )
         colours = value_colormap(cmap)
     else:
         check_obs_key(table, label_key, where=name, hint=_ANNOTATE_HINT)
@@ -160,7 +166,7 @@ def annotation(
             values = scores[cls].to_numpy(dtype=np.float64)
             points = scatter_values(a, xy, values, cmap=colours, s=size, alpha=alpha)
             fig.colorbar(points, ax=a, shrink=0.7, label="fused score" if fused else "cosine similarity")
-            a.set_title(str(cls))
+            panel_title(a, str(cls))
     else:
         fig, (a,) = panel_grid(1, 1, ax, size=6.0)
         draw_section(a, background, xy)

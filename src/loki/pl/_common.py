@@ -15,7 +15,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
-from loki._utils import check_int, loki_record, require_keys
+from loki._utils import check_int, is_real, loki_record, require_keys
 from loki._utils._affine import apply_matrix
 from loki._utils._folders import missing_folders, remove_empty_folders
 from loki._utils._spatialdata import (
@@ -91,6 +91,10 @@ def coordinates(table: AnnData, key: str, where: str = "adata") -> np.ndarray:
     xy = np.asarray(table.obsm[key], dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] < 2:
         raise ValueError(f"{where}.obsm[{key!r}] must be (n_obs, 2+), got {xy.shape}.")
+    if len(xy) == 0:
+        raise ValueError(
+            f"{where} has no spots (n_obs = 0): nothing to draw. Was it subset to an empty selection?"
+        )
     return xy[:, :2]
 
 
@@ -137,7 +141,11 @@ def value_colormap(cmap: str | Colormap) -> Colormap:
     """``cmap`` with missing (NaN) values in :data:`NA_COLOUR`; resolve it before drawing (a bad name fails)."""
     import matplotlib.pyplot as plt
 
-    return plt.get_cmap(cmap).with_extremes(bad=NA_COLOUR)
+    try:
+        colours = plt.get_cmap(cmap)
+    except ValueError as err:
+        raise ValueError(f"cmap must be a matplotlib colormap or its name, got {cmap!r}: {err}") from None
+    return colours.with_extremes(bad=NA_COLOUR)
 
 
 def scatter_values(
@@ -450,8 +458,47 @@ def section_spots(
     return background, apply_matrix(xy, to_cs)
 
 
+def check_spot_size(spot_size: float | None) -> None:
+    """Refuse a ``spot_size`` that draws no spot: it must be a finite number of points^2 > 0, or None."""
+    if spot_size is None or (is_real(spot_size) and np.isfinite(spot_size) and spot_size > 0):
+        return
+    raise ValueError(f"spot_size must be a marker area in points^2 > 0 (or None), got {spot_size!r}.")
+
+
+def panel_title(ax: Axes, text: str, **kwargs) -> None:
+    """Title a panel; a title wider than the panel is wrapped onto lines that fit it.
+
+    Long class or cell-type names (e.g. "Olfactory ensheathing glia (OEC)") over panels a few inches
+    wide would run into the next panel's title and colour bar. A title that fits is left as it is.
+    """
+    import textwrap
+
+    import matplotlib
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    text = str(text)
+    font = FontProperties(
+        size=kwargs.get("fontsize", matplotlib.rcParams["axes.titlesize"]),
+        weight=kwargs.get("fontweight", matplotlib.rcParams["axes.titleweight"]),
+    )
+    measure = TextToPath().get_text_width_height_descent
+    room = ax.get_position().width * ax.figure.get_figwidth() * 72.0 / 1.05  # points, with a margin
+
+    def fits(lines: str) -> bool:
+        return max(measure(line, font, ismath=False)[0] for line in lines.split("\n")) <= room
+
+    title = text
+    for width in range(len(text) - 1, 7, -1):
+        if fits(title):
+            break
+        title = textwrap.fill(text, width=width)
+    ax.set_title(title, **kwargs)
+
+
 def marker_size(spot_size: float | None, n: int, *, area: float = 8000.0, smallest: float = 4.0) -> float:
     """``spot_size``, else a marker size (points^2) that shrinks with the number of spots ``n``."""
+    check_spot_size(spot_size)
     return spot_size if spot_size is not None else max(smallest, area / max(n, 1))
 
 

@@ -20,6 +20,7 @@ from ._common import (
     finish,
     marker_size,
     panel_grid,
+    panel_title,
     plot_function,
     scatter_values,
     section_spots,
@@ -109,7 +110,8 @@ def expression(
     Returns
     -------
     The figure; predicted panels are titled with the Pearson correlation to the measurement, over
-    the spots where both values are finite.
+    the spots where both values are finite ("n/a" with the reason when there are fewer than two such
+    spots or either side is constant over them).
 
     """
     table = get_table(data, table_key)
@@ -120,6 +122,7 @@ def expression(
     measured_too = table.n_vars > 0  # tiles of an H&E image have a prediction only
     if measured_too:
         require_keys(table.var_names, genes, f"{name}.var_names")
+        _check_unique(table.var_names, genes, f"{name}.var_names")
     elif predicted is None:
         raise ValueError(
             f"{name} has no genes (e.g. the tiles of an H&E image); pass predicted= the AnnData "
@@ -141,6 +144,7 @@ def expression(
         pred_ad, pred_layer = table, layer_predicted
     else:
         require_keys(predicted.var_names, genes, "predicted.var_names")
+        _check_unique(predicted.var_names, genes, "predicted.var_names")
         if not predicted.obs_names.equals(table.obs_names):
             raise ValueError("predicted must hold the same spots, in the same order, as the section.")
         pred_ad, pred_layer = predicted, None
@@ -166,13 +170,24 @@ def expression(
             panels.append((pred, f"{gene} predicted{pcc}"))
         lo, hi = _finite_range(*(values for values, _ in panels))
         gene_axes = axes[per_gene * i : per_gene * (i + 1)]
-        for a, (values, title) in zip(gene_axes, panels, strict=True):
+        for a, (values, _) in zip(gene_axes, panels, strict=True):
             draw_section(a, background, xy)
             points = scatter_values(a, xy, values, cmap=colours, s=size, vmin=lo, vmax=hi)
-            a.set_title(title, fontsize=9)
         fig.colorbar(points, ax=gene_axes, shrink=0.7)
+        for a, (_, title) in zip(gene_axes, panels, strict=True):  # wrapped to the width the colour bar left
+            panel_title(a, title, fontsize=9)
     finish(fig, show=show, save=save, created=ax is None)
     return fig
+
+
+def _check_unique(var_names, genes: Sequence[str], where: str) -> None:
+    """Refuse genes that name several columns: which one to draw is not known."""
+    repeated = [g for g in dict.fromkeys(genes) if int((var_names == g).sum()) > 1]
+    if repeated:
+        raise ValueError(
+            f"{where} holds {repeated[0]!r} more than once ({len(repeated)} of the genes drawn are repeated); "
+            "call .var_names_make_unique() first."
+        )
 
 
 def _finite_range(*arrays: np.ndarray) -> tuple[float | None, float | None]:
@@ -188,4 +203,6 @@ def _pcc_text(measured: np.ndarray, pred: np.ndarray) -> str:
     both = np.isfinite(measured) & np.isfinite(pred)
     if both.sum() < 2:
         return "n/a, fewer than two finite pairs"
+    if np.ptp(measured[both]) == 0 or np.ptp(pred[both]) == 0:
+        return "n/a, constant"
     return f"{pearson(measured[both], pred[both]):.2f}"

@@ -19,6 +19,7 @@ from ._common import (
     finish,
     marker_size,
     panel_grid,
+    panel_title,
     plot_function,
     scatter_values,
     section_spots,
@@ -158,7 +159,7 @@ def proportions(
             linewidths=0,
         )
         fig.colorbar(sc, ax=panel, fraction=0.046, pad=0.02)
-        panel.set_title(cell_type)
+        panel_title(panel, cell_type)
     finish(fig, show=show, save=save, created=ax is None)
     return fig
 

@@ -26,7 +26,22 @@ def _as_hwc(images, what: str) -> np.ndarray:
         raise ValueError(f"{what} must be n x h x w x 3 (or n x 3 x h x w) images, got shape {arr.shape}.")
     if arr.shape[-1] not in (3, 4) and arr.shape[1] in (3, 4):
         arr = np.moveaxis(arr, 1, -1)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(
+            f"{what} must hold numbers (uint8 0-255 or floats in [0, 1]), got dtype {arr.dtype}."
+        )
     return arr[..., :3]
+
+
+def _check_range(images: np.ndarray, what: str) -> None:
+    """Refuse the patches to draw when imshow would clip them: floats in 0-255 would be drawn white."""
+    top = 1.0 if np.issubdtype(images.dtype, np.floating) else 255
+    lo, hi = (np.nanmin(images), np.nanmax(images)) if images.size else (0, 0)
+    if lo < 0 or hi > top:
+        raise ValueError(
+            f"{what} hold values in [{lo}, {hi}], outside [0, {top}] for {images.dtype} images; pass "
+            "uint8 (0-255) or floats in [0, 1] (e.g. divide 0-255 floats by 255)."
+        )
 
 
 @plot_function
@@ -51,7 +66,9 @@ def retrieval_gallery(
     hits
         Output of :func:`loki.tl.retrieve` (needs ``query_index``, ``rank``, ``bank_index``, ``score``).
     query_images
-        Patches of the queries, indexed by ``query_index`` (n x h x w x 3 uint8).
+        Patches of the queries, indexed by ``query_index``: n x h x w x 3 (or n x 3 x h x w), uint8
+        0-255 or floats in [0, 1]; patches to draw outside that range are refused (matplotlib would
+        clip them, e.g. draw 0-255 floats white).
     bank_images
         Patches paired with the bank transcriptomes, indexed by ``bank_index``.
     queries
@@ -104,6 +121,10 @@ def retrieval_gallery(
     empty = [q for q, top in zip(queries, tops, strict=True) if top.empty]
     if empty:
         raise ValueError(f"hits hold no row for queries {empty}.")
+    _check_range(qimg[queries], "query_images")
+    _check_range(
+        bimg[np.unique(np.concatenate([top["bank_index"].to_numpy(int) for top in tops]))], "bank_images"
+    )
     fig, flat = panel_grid(len(queries) * (n_hits + 1), n_hits + 1, ax, size=panel_size)
     axes = np.reshape(np.asarray(flat, dtype=object), (len(queries), n_hits + 1))
     for row, q, top in zip(axes, queries, tops, strict=True):
