@@ -94,6 +94,9 @@ def test_stack_side_view_coloured_by_embedding(pair, tmp_path):
     colours = after.collections[1].get_facecolors()[:, :3]
     expect = embedding_rgb([tgt.obsm["emb"], src.obsm["emb"]])[1]
     np.testing.assert_allclose(colours, expect, atol=1e-6)
+    for panel in fig.axes[:2]:  # each level is named by its section
+        assert panel.get_yticks().tolist() == [0.0, 1.0]
+        assert [t.get_text() for t in panel.get_yticklabels()] == ["section0", "section1"]
     plt.close(fig)
 
 

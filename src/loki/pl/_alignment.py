@@ -203,15 +203,15 @@ def alignment(
         fig, axes = panel_grid(2, 2, ax, size=5.0)
     else:
         fig, axes = panel_grid(2, 2, ax, size=4.0, aspect=1.25)
+    heights = [float((loki_record(t, key) or {}).get("z", z)) for z, t in enumerate(tables)]
     for panel, title, points in zip(axes, ("before", "after"), (before, after), strict=True):
-        for z, (name, t, c, xy) in enumerate(zip(names, tables, colours, points, strict=True)):
+        for name, c, xy, zpos in zip(names, colours, points, heights, strict=True):
             if kind == "overlay":
                 scatter_spots(panel, xy, s=spot_size, c=c, label=name, alpha=0.7, linewidths=0)
             else:
-                zpos = (loki_record(t, key) or {}).get("z", z)
                 scatter_spots(
                     panel,
-                    np.column_stack([xy[:, 0], np.full(len(xy), float(zpos))]),
+                    np.column_stack([xy[:, 0], np.full(len(xy), zpos)]),
                     s=spot_size,
                     c=c,
                     label=name,
@@ -228,6 +228,7 @@ def alignment(
         else:
             panel.set_xlabel("x")
             panel.set_ylabel("section (z)")
+            panel.set_yticks(heights, labels=names)  # each level named, not fractional z ticks
     if use is None:  # beside the panel, as in the other lk.pl plots: inside, it hides spots of many sections
         axes[1].legend(
             loc="center left",
