@@ -94,6 +94,44 @@ def test_a_gene_named_twice_is_refused_before_drawing():
     plt.close("all")
 
 
+def test_a_scale_per_panel_and_percentile_limits():
+    table = small_section(with_image=False)
+    rng = np.random.default_rng(3)
+    table.X[:, 0] = rng.uniform(0, 100, table.n_obs)
+    table.layers["loki_predicted"] = table.X * np.float32(0.1)  # a narrower prediction
+    measured, pred = table.X[:, 0], table.layers["loki_predicted"][:, 0]
+    fig = lk.pl.expression(table, "g0", scale="panel", show=False)
+    panels = [a for a in fig.axes if a.get_title()]
+    assert panels[0].collections[0].get_clim() == pytest.approx((measured.min(), measured.max()))
+    assert panels[1].collections[0].get_clim() == pytest.approx((pred.min(), pred.max()))
+    assert len(fig.axes) == 4  # two panels, a colour bar each
+    plt.close(fig)
+    fig = lk.pl.expression(table, "g0", vmin=0, vmax="p90", show=False)
+    both = np.concatenate([measured, pred])
+    for a in (a for a in fig.axes if a.get_title()):
+        assert a.collections[0].get_clim() == pytest.approx((0.0, np.percentile(both, 90)))
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"vmax": "99"}, "vmax must be a number, a percentile"),
+        ({"vmin": "p101"}, "vmin must be a number, a percentile"),
+        ({"vmin": 5, "vmax": 1}, "vmin must be below vmax"),
+        ({"vmin": "p90", "vmax": "p10"}, "vmin must be below vmax"),
+        ({"scale": "shared"}, "scale must be 'gene' or 'panel'"),
+    ],
+)
+def test_bad_colour_limits_are_refused_before_drawing(kwargs, match):
+    table = small_section(with_image=False)
+    table.layers["loki_predicted"] = table.X.copy()
+    plt.close("all")
+    with pytest.raises(ValueError, match=match):
+        lk.pl.expression(table, "g0", show=False, **kwargs)
+    assert not plt.get_fignums()
+
+
 def test_a_missing_value_keeps_the_colour_scale_and_the_correlation():
     table = small_section(n=50, with_image=False)
     rng = np.random.default_rng(0)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from anndata import AnnData
 from scipy import sparse
 
 from loki._keys import Key
-from loki._utils import require_keys
+from loki._utils import is_real, require_keys
 from loki._utils._spatialdata import get_table
 from loki.metrics import pearson
 
@@ -56,11 +56,18 @@ def expression(
     show_image: bool | None = None,
     spot_size: float | None = None,
     cmap: str = "viridis",
+    vmin: float | str | None = None,
+    vmax: float | str | None = None,
+    scale: Literal["gene", "panel"] = "gene",
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Figure:
     """Measured (left) and predicted (right) expression of each gene on the spots, on one colour scale.
+
+    A prediction (a weighted average of reference spots) usually spans a narrower range than the
+    measurement: ``scale="panel"`` gives each panel its own colour scale, and ``vmax="p99"`` caps a
+    scale at a percentile, as in scanpy.
 
     With ``layer_predicted=None`` and no ``predicted``, the measured expression is drawn alone, one
     panel per gene (four per row), e.g. a source section's genes at its aligned positions. A table
@@ -97,6 +104,12 @@ def expression(
         ``True`` warns when there is none; ``False`` never.
     spot_size, cmap
         Marker size and colour map; spots with a missing (NaN) value are drawn in light grey.
+    vmin, vmax
+        Limits of each colour scale: a number, a percentile of the scale's finite values written
+        ``"p1"`` ... ``"p99.5"`` (as scanpy takes them), or None for their minimum / maximum.
+    scale
+        ``"gene"``: one colour scale (and bar) for a gene's measured and predicted panels;
+        ``"panel"``: one per panel.
     ax
         ``2 * len(genes)`` axes to draw into (measured, predicted for each gene in turn), or
         ``len(genes)`` when one side only is drawn (no prediction, or a table without genes), as a
@@ -148,6 +161,13 @@ def expression(
         if not predicted.obs_names.equals(table.obs_names):
             raise ValueError("predicted must hold the same spots, in the same order, as the section.")
         pred_ad, pred_layer = predicted, None
+    if scale not in ("gene", "panel"):
+        raise ValueError(f"scale must be 'gene' or 'panel', got {scale!r}.")
+    quantiles = [_percentile(vmin, "vmin"), _percentile(vmax, "vmax")]  # checked before anything is drawn
+    numbers = [v for v, q in zip((vmin, vmax), quantiles, strict=True) if v is not None and q is None]
+    ranks = [q for q in quantiles if q is not None]
+    if (len(numbers) == 2 and numbers[0] >= numbers[1]) or (len(ranks) == 2 and ranks[0] >= ranks[1]):
+        raise ValueError(f"vmin must be below vmax, got vmin={vmin!r}, vmax={vmax!r}.")
     colours = value_colormap(cmap)
     background, xy = section_spots(
         data,
@@ -168,12 +188,15 @@ def expression(
             pred = _column(pred_ad, gene, pred_layer)
             pcc = "" if measured is None else f" (PCC {_pcc_text(measured, pred)})"
             panels.append((pred, f"{gene} predicted{pcc}"))
-        lo, hi = _finite_range(*(values for values, _ in panels))
         gene_axes = axes[per_gene * i : per_gene * (i + 1)]
-        for a, (values, _) in zip(gene_axes, panels, strict=True):
-            draw_section(a, background, xy)
-            points = scatter_values(a, xy, values, cmap=colours, s=size, vmin=lo, vmax=hi)
-        fig.colorbar(points, ax=gene_axes, shrink=0.7)
+        groups = [gene_axes] if scale == "gene" else [[a] for a in gene_axes]
+        values_of = [[values for values, _ in panels]] if scale == "gene" else [[v] for v, _ in panels]
+        for group, arrays in zip(groups, values_of, strict=True):
+            lo, hi = _limits(arrays, vmin, vmax)
+            for a, values in zip(group, arrays, strict=True):
+                draw_section(a, background, xy)
+                points = scatter_values(a, xy, values, cmap=colours, s=size, vmin=lo, vmax=hi)
+            fig.colorbar(points, ax=group, shrink=0.7)
         for a, (_, title) in zip(gene_axes, panels, strict=True):  # wrapped to the width the colour bar left
             panel_title(a, title, fontsize=9)
     finish(fig, show=show, save=save, created=ax is None)
@@ -190,11 +213,33 @@ def _check_unique(var_names, genes: Sequence[str], where: str) -> None:
         )
 
 
-def _finite_range(*arrays: np.ndarray) -> tuple[float | None, float | None]:
-    """The shared colour scale of a gene's panels: min and max over the finite values (None if none)."""
+def _percentile(value: float | str | None, bound: str) -> float | None:
+    """The percentile a ``"pN"`` bound names (None for a number or None); other values are refused."""
+    if value is None or (is_real(value) and np.isfinite(value)):
+        return None
+    if isinstance(value, str) and value.startswith("p"):
+        try:
+            q = float(value[1:])
+        except ValueError:
+            q = float("nan")
+        if 0 <= q <= 100:
+            return q
+    raise ValueError(f"{bound} must be a number, a percentile such as 'p99' (0-100), or None; got {value!r}.")
+
+
+def _limits(arrays: list[np.ndarray], vmin, vmax) -> tuple[float | None, float | None]:
+    """A colour scale's limits over the finite values of its panels (None where there are none)."""
     values = np.concatenate(arrays)
     values = values[np.isfinite(values)]
-    return (float(values.min()), float(values.max())) if values.size else (None, None)
+    limits = []
+    for value, extreme in ((vmin, np.min), (vmax, np.max)):
+        q = _percentile(value, "")
+        if q is not None:
+            value = float(np.percentile(values, q)) if values.size else None
+        elif value is None:
+            value = float(extreme(values)) if values.size else None
+        limits.append(None if value is None else float(value))
+    return limits[0], limits[1]
 
 
 def _pcc_text(measured: np.ndarray, pred: np.ndarray) -> str:
