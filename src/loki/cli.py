@@ -35,6 +35,10 @@ _OPTIONS = {
         "coordinate_system": "--coordinate-system",
         "diameter_um": "--diameter-um",
         "trust_checkpoint": "--trust-checkpoint",
+        "n_genes": "--n-genes",
+        "layer": "--layer",
+        "use_raw": "--use-raw",
+        "exclude_patterns": "--exclude-patterns",
     },
     "tile": {
         "coordinate_system": "--coordinate-system",
@@ -214,8 +218,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="table of gene ids and symbols (e.g. Space Ranger's features.tsv.gz) to build the gene "
         "sentences from symbols when var_names are Ensembl ids (lk.pp.map_gene_ids); the table keeps "
-        "its genes",
+        "its genes (cannot be combined with --use-raw: it maps .var_names, not those of .raw)",
     )
+    _add_sentence_options(embed)
 
     slide = add_command(
         "slide",
@@ -336,6 +341,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_sentence_options(embed: argparse.ArgumentParser) -> None:
+    """The options of the gene sentences (lk.pp.gene_sentences), one for each keyword, with its default."""
+    from .pp._sentences import REFERENCE_EXCLUDE_PATTERNS
+
+    group = embed.add_argument_group(
+        "gene sentences",
+        "how each spot's gene sentence is built (lk.pp.gene_sentences) before it is embedded",
+    )
+    group.add_argument(
+        "--n-genes",
+        type=_positive_int,
+        default=50,
+        help="genes per sentence, the most expressed first (default: %(default)s, as in the paper; only "
+        "about the first 18 to 27 reach the text encoder)",
+    )
+    group.add_argument("--layer", default=None, help="layer of the table holding counts (default: .X)")
+    group.add_argument(
+        "--use-raw",
+        action="store_true",
+        help="rank the genes of the table's .raw (e.g. all genes of a table cut to its highly variable ones)",
+    )
+    group.add_argument(
+        "--housekeeping",
+        choices=["hsiao", "none"],
+        default="hsiao",
+        help="housekeeping genes left out: 'hsiao', the MSigDB HSIAO_HOUSEKEEPING_GENES list OmiCLIP "
+        "used, or 'none' (default: %(default)s)",
+    )
+    group.add_argument(
+        "--exclude-patterns",
+        nargs="*",
+        type=_regex,
+        metavar="REGEX",
+        default=None,
+        help="regular expressions; genes whose name matches one are left out (default: "
+        f"{' '.join(REFERENCE_EXCLUDE_PATTERNS)}, the reference recipe: every name holding '-' or '.', "
+        "MT- genes among them); given without one, no gene is left out by name",
+    )
+    group.add_argument(
+        "--exclude-mito", action="store_true", help="also leave out mitochondrial genes (MT-, any case)"
+    )
+    group.add_argument(
+        "--exclude-ribo",
+        action="store_true",
+        help="also leave out ribosomal protein genes (RPS, RPL, any case)",
+    )
+
+
 def _version() -> str:
     import loki
 
@@ -369,6 +422,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({err}): {text!r}") from None
+    return text
+
+
 def _float_or_nan(text: str) -> float:
     """``float(text)``, NaN for text that is not a number (refused by every range check)."""
     try:
@@ -395,6 +456,10 @@ def _embed(args: argparse.Namespace) -> None:
     import loki as lk
     from loki.models._omiclip import resolve_device
 
+    if args.use_raw and args.gene_map is not None:
+        raise _UsageError(
+            "--use-raw", "not allowed with argument --gene-map, which maps .var_names, not .raw's"
+        )
     resolve_device(args.device)  # a bad or missing device fails before any work
     gene_map = None if args.gene_map is None else _read_gene_map(args.gene_map)
     sdata = read_store(args.zarr, args.command)
@@ -404,11 +469,13 @@ def _embed(args: argparse.Namespace) -> None:
     if args.microns_per_unit is not None:
         _set_microns_per_unit(table, args.microns_per_unit)
     model = lk.models.load(args.model, device=args.device, trust_checkpoint=args.trust_checkpoint)
+    writes = [key for key, yes in ((lk.Key.TEXT, table.n_vars > 0), (lk.Key.IMAGE, not args.no_image)) if yes]
+    _check_same_model(table, model, writes, args)
     if not args.no_image:
         _check_scale(table, model, args.diameter_um)
         _check_patch_size(sdata, args, model)
     if table.n_vars > 0:
-        _gene_sentences(table, gene_map, args.gene_map)
+        _gene_sentences(table, gene_map, args.gene_map, _sentence_options(args))
         lk.tl.embed_text(sdata, model, table_key=args.table, batch_size=args.batch_size)
     else:
         print(f"table {args.table!r} holds no genes (an image-only section): embedding its image only")
@@ -423,10 +490,57 @@ def _embed(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
         )
     rewrite_table(sdata, args.table)
-    added = [key for key in (lk.Key.TEXT, lk.Key.IMAGE) if key in table.obsm]
     print(
-        f"{' and '.join(f'.obsm[{key!r}]' for key in added)} of table {args.table!r} written to {args.zarr}"
+        f"{' and '.join(f'.obsm[{key!r}]' for key in writes)} of table {args.table!r} written to {args.zarr}"
     )
+
+
+def _check_same_model(table, model, writes: list[str], args: argparse.Namespace) -> None:
+    """Refuse to leave in the table an embedding of another model beside the ones this run writes.
+
+    Text and image embeddings are compared with each other (retrieval, prediction, alignment on
+    either): replacing one modality with another checkpoint's would leave the two silently
+    incomparable. Each embedding's record holds the ``checkpoint_hash`` of the weights that made it.
+    """
+    import loki as lk
+    from loki._utils import loki_record
+
+    for key in (lk.Key.TEXT, lk.Key.IMAGE):
+        record = loki_record(table, key)
+        if key in writes or key not in table.obsm or record is None:
+            continue
+        recorded = record.get("checkpoint_hash")
+        if recorded is None or recorded == model.checkpoint_hash:
+            continue
+        written = " and ".join(f".obsm[{k!r}]" for k in writes)
+        if key == lk.Key.IMAGE:
+            instead = f"leave out --no-image to embed both with --model {args.model}"
+        else:  # an image-only run of a table whose texts were embedded
+            instead = f"embed the texts too with --model {args.model}"
+        raise SystemExit(
+            f"loki embed: table {args.table!r} holds .obsm[{key!r}] of model {record.get('model')!r} "
+            f"(checkpoint {recorded[:12]}), and this run would replace only {written}, with --model "
+            f"{args.model} (model {model.name!r}, checkpoint {model.checkpoint_hash[:12]}): the two "
+            f"modalities' embeddings would not be comparable. Either {instead}, or pass the --model "
+            f"that embedded .obsm[{key!r}]."
+        )
+
+
+def _sentence_options(args: argparse.Namespace) -> dict:
+    """The keywords of :func:`loki.pp.gene_sentences` that ``loki embed`` has options for."""
+    from .pp._sentences import REFERENCE_EXCLUDE_PATTERNS
+
+    return {
+        "n_genes": args.n_genes,
+        "layer": args.layer,
+        "use_raw": args.use_raw,
+        "housekeeping": None if args.housekeeping == "none" else args.housekeeping,
+        "exclude_patterns": REFERENCE_EXCLUDE_PATTERNS
+        if args.exclude_patterns is None
+        else tuple(args.exclude_patterns),
+        "exclude_mito": args.exclude_mito,
+        "exclude_ribo": args.exclude_ribo,
+    }
 
 
 def _check_embed_target(sdata, args: argparse.Namespace) -> None:
@@ -438,8 +552,15 @@ def _check_embed_target(sdata, args: argparse.Namespace) -> None:
     from loki._utils import check_loki_uns
     from loki._utils._spatialdata import section_image_key
 
-    _check_table(sdata, args.table, args.zarr, "embed")
-    check_loki_uns(sdata.tables[args.table])  # the command records its results there
+    _check_table(sdata, args.table, args.zarr, "embed", option="--table")
+    table = sdata.tables[args.table]
+    check_loki_uns(table)  # the command records its results there
+    if table.n_vars > 0:  # its gene sentences are built
+        where = f"table {args.table!r} of {args.zarr}"
+        if args.layer is not None:
+            _require_in_store("--layer", args.layer, table.layers, "layers", where)
+        if args.use_raw and table.raw is None:
+            raise _UsageError("--use-raw", f"{where} has no .raw")
     if args.no_image:
         if sdata.tables[args.table].n_vars == 0:
             raise SystemExit(
@@ -447,16 +568,15 @@ def _check_embed_target(sdata, args: argparse.Namespace) -> None:
                 "was given: nothing to embed."
             )
         return
+    if args.image is not None:
+        _require_in_store("--image-key", args.image, sdata.images, "images", args.zarr)
     section_image_key(sdata, args.table, args.image)
-    _check_coordinate_system(sdata, args.coordinate_system)
+    _check_coordinate_system(sdata, args.coordinate_system, args.zarr)
 
 
-def _check_coordinate_system(sdata, name: str) -> None:
-    if name not in sdata.coordinate_systems:
-        raise ValueError(
-            f"the store has no coordinate system {name!r}; pass --coordinate-system, one of: "
-            f"{', '.join(map(repr, sorted(sdata.coordinate_systems))) or 'none'}"
-        )
+def _check_coordinate_system(sdata, name: str, zarr: Path) -> None:
+    held = sorted(sdata.coordinate_systems)
+    _require_in_store("--coordinate-system", name, held, "coordinate systems", zarr)
 
 
 def _check_scale(table, model, diameter_um: float | None) -> None:
@@ -521,11 +641,12 @@ def _read_gene_map(path: Path):
         raise ValueError(f"--gene-map {str(path)!r} is not a table of gene ids and symbols: {err}") from err
 
 
-def _gene_sentences(table, gene_map, path: Path | None) -> None:
+def _gene_sentences(table, gene_map, path: Path | None, options: dict) -> None:
     """Add gene sentences to ``table``; with ``gene_map`` (read from ``path``), built from gene symbols.
 
-    The symbols replace the ids on a view of the table, which keeps its own genes: only the sentences,
-    their empty-spot flags and parameters are copied.
+    ``options`` are keywords of :func:`loki.pp.gene_sentences`. With a gene map, the symbols replace
+    the ids on a view of the table (its ``.X`` and layers), which keeps its own genes: only the
+    sentences, their empty-spot flags and parameters are copied.
     """
     import anndata as ad
     import pandas as pd
@@ -534,23 +655,46 @@ def _gene_sentences(table, gene_map, path: Path | None) -> None:
     from loki._utils import write_obs, write_uns
 
     if gene_map is None:
-        lk.pp.gene_sentences(table)
+        lk.pp.gene_sentences(table, **options)
         return
     genes = ad.AnnData(
-        X=table.X, obs=pd.DataFrame(index=table.obs_names), var=pd.DataFrame(index=table.var_names)
+        X=table.X,
+        obs=pd.DataFrame(index=table.obs_names),
+        var=pd.DataFrame(index=table.var_names),
+        layers=dict(table.layers),
     )
     lk.pp.map_gene_ids(genes, gene_map)
-    lk.pp.gene_sentences(genes)
+    lk.pp.gene_sentences(genes, **options)
     for column in (lk.Key.SENTENCE, lk.Key.empty_of(lk.Key.SENTENCE)):
         write_obs(table, column, genes.obs[column].to_numpy())
     write_uns(table, lk.Key.SENTENCE, {**genes.uns[lk.Key.UNS][lk.Key.SENTENCE], "gene_map": str(path)})
 
 
-def _check_table(
-    sdata, table: str, zarr: Path, command: str, *, option: str = "", written: bool = True
-) -> None:
+class _UsageError(Exception):
+    """An option naming what the store does not hold: reported as argparse reports a bad value (exit 2)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def _require_in_store(option: str, value: str, held, kind: str, where: Path | str) -> None:
+    """Refuse ``value`` of ``option`` unless ``where`` (the store, or one of its tables) holds it.
+
+    The message names what it holds: ``kind``, plural.
+    """
+    held = list(held)
+    if value not in held:
+        singular = "shapes element" if kind == "shapes" else kind.removesuffix("s")
+        raise _UsageError(
+            option,
+            f"no {singular} {value!r} in {where}; its {kind}: {', '.join(map(repr, held)) or 'none'}",
+        )
+
+
+def _check_table(sdata, table: str, zarr: Path, command: str, *, option: str, written: bool = True) -> None:
     """Refuse a missing table, and (for a table the command rewrites) a copy an interrupted run left."""
-    prefix = f"loki {command}: {option + ': ' if option else ''}"
+    prefix = f"loki {command}: {option}: "
     backup = backup_name(table)
     if written and backup in sdata.tables:
         raise SystemExit(
@@ -558,8 +702,7 @@ def _check_table(
             f"`loki embed` or `loki align`. Check table {table!r} (if it is missing or unreadable, the copy is "
             f"the table as it was), then delete the copy: sdata.delete_element_from_disk({backup!r})."
         )
-    if table not in sdata.tables:
-        raise SystemExit(f"{prefix}no table {table!r} in {zarr}; tables: {', '.join(sdata.tables) or 'none'}")
+    _require_in_store(option, table, sdata.tables, "tables", zarr)
 
 
 def _slide(args: argparse.Namespace) -> None:
@@ -589,7 +732,10 @@ def _tile(args: argparse.Namespace) -> None:
 
     sdata = read_store(args.zarr, args.command)
     check_writable(args.zarr, "tile")
-    _check_coordinate_system(sdata, args.coordinate_system)
+    _require_in_store("--image/--image-key", args.image, sdata.images, "images", args.zarr)
+    if args.within is not None:
+        _require_in_store("--within", args.within, sdata.shapes, "shapes", args.zarr)
+    _check_coordinate_system(sdata, args.coordinate_system, args.zarr)
     table = lk.pp.tile_image(
         sdata,
         args.image,
@@ -622,6 +768,10 @@ def _align(args: argparse.Namespace) -> None:
     check_writable(args.zarr, "align")
     _check_table(sdata, args.source, args.zarr, "align", option="--source")
     _check_table(sdata, args.target, args.zarr, "align", option="--target", written=False)
+    for option, images in (("--image-key", args.image_key), ("--target-image-key", args.target_image_key)):
+        for image in images or ():
+            _require_in_store(option, image, sdata.images, "images", args.zarr)
+    _check_coordinate_system(sdata, args.coordinate_system, args.zarr)
     if args.use != "none":
         _check_embeddings(sdata, args)
     before = transformations(sdata)
@@ -688,29 +838,70 @@ def _check_embeddings(sdata, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``loki`` command line."""
-    args = _parser().parse_args(argv)
-    logger = logging.getLogger("loki")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s loki: %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    """Run the ``loki`` command line.
 
-    try:
-        with _user_warnings_logged(args.command), _terminate_as_interrupt():
-            _run(args)
-    except KeyboardInterrupt as err:  # Ctrl-C, `timeout`, a batch scheduler's time limit
-        if args.verbose:
-            raise
-        terminated = isinstance(err, _Terminated)
-        print(f"loki {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
-    except Exception as err:
-        if args.verbose or not isinstance(err, _one_line_errors()):
-            raise
-        raise SystemExit(f"loki {args.command}: {_cli_message(err, args.command)}") from err
+    Parameters
+    ----------
+    argv
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    0 on success; a failure raises :class:`SystemExit` with its message and exit status.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    with _logging_to_stderr(args.verbose):
+        try:
+            with _user_warnings_logged(args.command), _terminate_as_interrupt():
+                _run(args)
+        except _UsageError as err:  # a value the store does not hold: argparse's usage error, exit 2
+            _subcommand(parser, args.command).error(f"argument {err.option}: {err}")
+        except KeyboardInterrupt as err:  # Ctrl-C, `timeout`, a batch scheduler's time limit
+            if args.verbose:
+                raise
+            terminated = isinstance(err, _Terminated)
+            print(f"loki {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+            raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
+        except Exception as err:
+            if args.verbose or not isinstance(err, _one_line_errors()):
+                raise
+            raise SystemExit(f"loki {args.command}: {_cli_message(err, args.command)}") from err
     return 0
+
+
+def _subcommand(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    (sub,) = (action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def _log_handler() -> logging.Handler:
+    """The handler of loki's log lines during a command: ``HH:MM:SS loki: message`` on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s loki: %(message)s", "%H:%M:%S"))
+    return handler
+
+
+@contextmanager
+def _logging_to_stderr(verbose: bool):
+    """Within it, loki's logger writes to the current stderr at INFO (``verbose``) or WARNING level.
+
+    Its handler is added only when the logger has none (a program that set its own keeps it), and on
+    the way out the handler is removed and the level put back: commands run one after another in one
+    process (``main([...])`` from Python or tests) each log once, to the stderr of their own time.
+    """
+    logger = logging.getLogger("loki")
+    level = logger.level
+    handler = None if logger.handlers else _log_handler()
+    if handler is not None:
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if handler is not None:
+            logger.removeHandler(handler)
 
 
 class _Terminated(KeyboardInterrupt):
