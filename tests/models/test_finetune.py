@@ -77,6 +77,12 @@ def test_history_and_freeze_image():
         ({"lr": 0.0}, "lr"),
         ({"freeze": "vision"}, "freeze"),
         ({"batch_size": 0}, "batch_size"),
+        ({"weight_decay": float("nan")}, "weight_decay"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"lr": float("inf")}, "lr"),
+        ({"lr": True}, "lr"),
+        ({"warmup": "0.1"}, "warmup"),
+        ({"seed": -1}, "seed"),
     ],
 )
 def test_bad_finetune_arguments_change_nothing(kwargs, match):
@@ -443,3 +449,42 @@ def test_progress_bar_counts_every_step(monkeypatch):
     (bar,) = bars
     assert bar.total == 4 == len(hist["step_loss"])
     assert bar.n == 4
+
+
+def test_one_string_is_not_taken_as_sentences():
+    """A string of n characters is not n one-letter sentences."""
+    imgs, _ = _pairs(8)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    with pytest.raises(TypeError, match="not one string"):
+        lk.models.finetune(m, imgs, "Apoe Ptg", progress=False)
+    assert not m.trained
+
+
+def test_a_diverging_loss_stops_training_before_its_step(monkeypatch):
+    """A non-finite loss raises instead of stepping every weight to NaN and calling the model trained."""
+    from loki.models import _finetune
+
+    imgs, sents = _pairs(16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    calls = []
+    real = _finetune.contrastive_loss
+
+    def diverging(*args):
+        calls.append(1)
+        loss = real(*args)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(_finetune, "contrastive_loss", diverging)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3 of 4 .*lower lr="):
+        lk.models.finetune(m, imgs, sents, epochs=2, lr=1e-3, batch_size=8, progress=False)
+    assert all(torch.isfinite(p).all() for p in m.model.parameters())
+    assert m.trained  # steps 1 and 2 changed it in place
+
+
+def test_history_records_every_parameter_of_the_run():
+    """history holds what a rerun needs: warmup and precision too."""
+    imgs, sents = _pairs(8)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0, precision="fp32")
+    _, hist = lk.models.finetune(m, imgs, sents, epochs=1, lr=1e-3, warmup=0.25, progress=False)
+    assert hist["warmup"] == 0.25
+    assert hist["precision"] == "fp32"

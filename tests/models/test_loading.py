@@ -791,3 +791,24 @@ def test_an_unknown_name_lists_lokis_architectures_and_suggests_the_closest():
         FileNotFoundError, match=r"loki's: loki-tiny, loki-small-data.*Did you mean 'loki-tiny'\?"
     ):
         lk.models.load("loki-tinyy", device="cpu")
+
+
+def test_an_arch_other_than_the_recorded_one_warns(tmp_path):
+    """Same shapes do not mean the same model: quickgelu and gelu ViT-B-32 load each other's weights."""
+    model = lk.models.load("ViT-B-32-quickgelu", device="cpu", seed=0)
+    model.save(tmp_path / "saved")
+    with pytest.warns(lk.LokiWarning, match=r"records arch 'ViT-B-32-quickgelu', but arch='ViT-B-32'"):
+        back = lk.models.load(tmp_path / "saved", arch="ViT-B-32", device="cpu")
+    assert back.arch == "ViT-B-32"
+
+
+def test_a_saved_weights_file_loads_alike_on_its_own(tiny, tmp_path):
+    """Moved or uploaded without loki_model.json, model.safetensors keeps name, trained and patch_um."""
+    tiny.patch_um = 200.0
+    tiny.save(tmp_path / "saved")
+    alone = tmp_path / "elsewhere" / "weights.safetensors"
+    alone.parent.mkdir()
+    (tmp_path / "saved" / "model.safetensors").rename(alone)
+    back = lk.models.load(alone, device="cpu")
+    assert (back.arch, back.name, back.trained, back.patch_um) == ("loki-tiny", "loki-tiny", False, 200.0)
+    assert back.checkpoint_hash == tiny.checkpoint_hash

@@ -252,3 +252,43 @@ def test_patches_cut_for_a_figure_do_not_change_the_pairs_of_given_patches():
     imgs, sents = collect_pairs(table, patches=patches)
     assert len(sents) == keep.sum()
     np.testing.assert_array_equal(imgs, patches[keep])
+
+
+def _table_with_flags(flags):
+    table = ad.AnnData(np.zeros((4, 2), dtype=np.float32))
+    table.obs[lk.Key.SENTENCE] = ["Apoe Mbp", "Plp1", "Gad1 Snap25", "Calm1"]
+    table.obs[lk.Key.PATCH_OK] = flags
+    return table, np.zeros((4, 8, 8, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["True", "False", "True", "True"],  # strings (e.g. after a CSV round trip)
+        [1.0, np.nan, 1.0, 1.0],  # missing values (tables concatenated, one without the column)
+        [True, None, True, True],  # object column with a missing value
+    ],
+)
+def test_patch_flags_that_are_not_boolean_are_refused(flags):
+    """Read as booleans, "False" and NaN would count as True and keep spots whose patch leaves the image."""
+    table, patches = _table_with_flags(flags)
+    with pytest.raises(ValueError, match=r"\.obs\['loki_patch_ok'\] of the table must be boolean"):
+        collect_pairs(table, patches=patches)
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    with pytest.raises(ValueError, match="must be boolean"):
+        lk.tl.finetune(table, model, patches=patches, progress=False)
+    assert not model.trained
+
+
+@pytest.mark.parametrize(
+    "flags", [[True, False, True, True], np.array([True, False, True, True], dtype=object)]
+)
+def test_boolean_patch_flags_leave_spots_out(flags):
+    table, patches = _table_with_flags(flags)
+    _, sents = collect_pairs(table, patches=patches)
+    assert sents == ["Apoe Mbp", "Gad1 Snap25", "Calm1"]
+
+
+def test_a_section_named_twice_is_refused(mob12):
+    with pytest.raises(ValueError, match=r"names 'MOB1' more than once"):
+        collect_pairs(mob12, table_keys=["MOB1", "MOB2", "MOB1"], size=16)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from loki._logging import logger
-from loki._utils import as_seed, check_int
+from loki._utils import as_seed, check_int, is_real
 
 from ._omiclip import check_patch_um
 from ._preprocess import as_uint8_nhwc, augment_dihedral, check_uint8_nhwc, preprocess_uint8
@@ -200,8 +200,9 @@ def finetune(
         lazily, then computed into memory once, after all arguments are checked and before the first
         step (random batches over it would recompute its chunks at every step): it must fit in memory.
     sentences
-        ``n`` gene sentences; an empty one (``""`` or only whitespace) raises, as it pairs no text
-        with its patch (:func:`loki.tl.finetune` leaves such spots out).
+        ``n`` gene sentences (a sequence of strings; one string raises a ``TypeError``); an empty one
+        (``""`` or only whitespace) raises, as it pairs no text with its patch (:func:`loki.tl.finetune`
+        leaves such spots out).
     epochs, lr, batch_size
         Paper defaults for the pretrained model: 10 epochs (alignment; 5 for decomposition), lr 5e-6,
         batch 64; ``epochs`` and ``batch_size`` are integers (a float or bool raises). From scratch
@@ -225,8 +226,8 @@ def finetune(
         Random flips and 90° rotations of each patch (H&E has no orientation). Non-square patches are
         first centre-cropped to a square (the region open_clip's eval transform keeps).
     weight_decay
-        AdamW weight decay, as open_clip trains: on weight matrices and embeddings, not on biases,
-        norms, class tokens and the logit scale.
+        AdamW weight decay (a finite number >= 0), as open_clip trains: on weight matrices and
+        embeddings, not on biases, norms, class tokens and the logit scale.
     warmup
         Fraction of steps with linear learning-rate warm-up before the cosine decay.
     patch_um
@@ -240,12 +241,21 @@ def finetune(
     -------
     ``(model, history)`` where ``history`` has ``step_loss``, ``epoch_loss`` (the loss of
     :func:`contrastive_loss`: eq. (1) divided by 2), ``lr``, ``logit_scale`` (per epoch), ``seconds``
-    and the parameters used (``steps_per_epoch``, ``seed``; ``patch_um``: the model's patch side after
-    training).
+    and the parameters used (``epochs``, ``lr_max``, ``batch_size`` (after lowering to ``n``),
+    ``steps_per_epoch``, ``n_pairs``, ``seed``, ``freeze``, ``augment``, ``weight_decay``, ``warmup``,
+    the model's ``precision``; ``patch_um``: the model's patch side after training).
+
+    Raises
+    ------
+    FloatingPointError
+        When the loss of a step is not finite (training diverged, e.g. ``lr`` too high). That step is
+        not taken; the steps before it already changed the model in place (reload it to start again).
 
     """
     import torch
 
+    if isinstance(sentences, str):
+        raise TypeError("sentences must be a list of gene sentences (one per image), not one string")
     images = _training_images(images)
     sentences = list(sentences)
     n = len(sentences)
@@ -258,11 +268,14 @@ def finetune(
     check_int(
         batch_size, "batch_size", minimum=2, why="a contrastive loss needs two pairs; one pair has loss 0"
     )
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if not 0 <= warmup < 1:
-        raise ValueError(f"warmup must be in [0, 1), got {warmup}")
+    if not (is_real(lr) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (is_real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if not (is_real(warmup) and 0 <= warmup < 1):
+        raise ValueError(f"warmup must be in [0, 1), got {warmup!r}")
     patch_um = check_patch_um(patch_um)
+    seed_int = as_seed(seed)  # None: fresh OS entropy, recorded so the run can be repeated
 
     if model.precision == "bf16-weights":
         raise ValueError(
@@ -274,7 +287,6 @@ def finetune(
     trainable = _trainable_names(net, freeze)
     images = _materialised(images)  # every check passed: compute lazy patches once
     opt = torch.optim.AdamW(_param_groups(net, trainable, weight_decay), lr=lr)
-    seed_int = as_seed(seed)  # None: fresh OS entropy, recorded so the run can be repeated
     gen = torch.Generator().manual_seed(seed_int)
     batch_size = min(int(batch_size), n)
     # drop the last partial batch: tiny batches make noisy contrastive steps
@@ -315,14 +327,22 @@ def finetune(
                     img = net.encode_image(x, normalize=True)
                     txt = net.encode_text(tokens[idx].to(device), normalize=True)
                     loss = contrastive_loss(img.float(), txt.float(), net.logit_scale.float())
+                loss_value = float(loss.detach())  # the history needs it: no extra device sync
+                if not math.isfinite(loss_value):  # a step on it would make every trained weight NaN
+                    raise FloatingPointError(
+                        f"the loss is {loss_value} at step {step + 1} of {total} (epoch "
+                        f"{step // steps_per_epoch + 1}, lr {lr * factor:.3g}): training diverged. The model "
+                        f"holds the weights after step {step}, trained in place and possibly not finite; "
+                        "reload it and train with a lower lr="
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
                     net.logit_scale.clamp_(0, max_scale)
-                history["step_loss"].append(float(loss.detach()))
+                history["step_loss"].append(loss_value)
                 history["lr"].append(lr * factor)
-                epoch_losses.append(float(loss.detach()))
+                epoch_losses.append(loss_value)
                 step += 1
                 if bar is not None:  # counted once the step is done, so the bar ends at total
                     bar.update(1)
@@ -350,6 +370,8 @@ def finetune(
         freeze=freeze if freeze is None or isinstance(freeze, str) else list(freeze),
         augment=bool(augment),
         weight_decay=float(weight_decay),
+        warmup=float(warmup),
+        precision=model.precision,
         patch_um=model.patch_um,
     )
     return model, history

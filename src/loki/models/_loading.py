@@ -297,10 +297,11 @@ def _meta_files(path: Path) -> list[Path]:
 def _meta_for(path: Path) -> dict:
     """The loki metadata of a weights file.
 
-    That is the JSON next to it (``loki_model.json`` or ``<stem>.json``), else the ``arch`` stored in a
-    safetensors file's metadata, else ``{}``. A JSON that is not loki's metadata (e.g. a run's training
-    arguments saved as ``run.json`` next to ``run.pt``) is skipped with a warning; a safetensors file
-    whose header cannot be read raises the ``ValueError`` of :func:`read_checkpoint`.
+    That is the JSON next to it (``loki_model.json`` or ``<stem>.json``), else the metadata stored in a
+    safetensors file's header (:func:`_header_meta`), else ``{}``. A JSON that is not loki's metadata
+    (e.g. a run's training arguments saved as ``run.json`` next to ``run.pt``) is skipped with a
+    warning; a safetensors file whose header cannot be read raises the ``ValueError`` of
+    :func:`read_checkpoint`.
     """
     for cand in _meta_files(path):
         meta = _loki_json(cand) if cand.is_file() else None
@@ -315,8 +316,30 @@ def _meta_for(path: Path) -> dict:
         except Exception as err:
             raise _unreadable(path, err) from err
         if "arch" in meta:
-            return {"arch": meta["arch"]}
+            return _header_meta(meta, path)
     return {}
+
+
+def _header_meta(header: dict, path: Path) -> dict:
+    """The loki metadata in a safetensors header that names the ``arch``.
+
+    :meth:`OmiCLIP.save` stores the entries of ``loki_model.json`` there as well; a file with only the
+    ``arch`` (:func:`convert_to_safetensors`), or whose stored entries are unreadable or name another
+    arch, gives ``{"arch": ...}``.
+    """
+    found = {"arch": header["arch"]}
+    stored = header.get(META_FILE)
+    if stored is None:
+        return found
+    try:
+        meta = json.loads(stored)
+    except ValueError:
+        meta = None
+    if not (isinstance(meta, dict) and meta.get("arch") == header["arch"]):
+        logger.warning("ignoring the unreadable %s entry of the header of %s", META_FILE, path)
+        return found
+    _check_meta(meta, path)
+    return meta
 
 
 def _loki_json(path: Path) -> dict | None:
@@ -557,9 +580,10 @@ def load(
     arch
         open_clip architecture of a checkpoint (default: from the JSON saved next to it, else from a
         safetensors file's metadata, else ``coca_ViT-L-14``). The checkpoint's keys and shapes are
-        checked against it before the model is built. A JSON next to the checkpoint
-        (``loki_model.json`` or ``<stem>.json``) that is not loki's metadata, i.e. not an object naming
-        the ``arch``, is ignored with a warning.
+        checked against it before the model is built; an ``arch`` other than the one recorded with the
+        file is used, with a :class:`~loki.LokiWarning` (same shapes do not mean the same model). A
+        JSON next to the checkpoint (``loki_model.json`` or ``<stem>.json``) that is not loki's
+        metadata, i.e. not an object naming the ``arch``, is ignored with a warning.
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     trust_checkpoint
@@ -658,10 +682,22 @@ def load(
 
 def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -> OmiCLIP:
     meta = _meta_for(path)
-    arch = arch or meta.get("arch") or DEFAULT_ARCH
+    recorded = meta.get("arch")
+    overridden = arch is not None and recorded is not None and arch != recorded
+    arch = arch or recorded or DEFAULT_ARCH
     state = read_checkpoint(path, trust_checkpoint=trust)
     # keys and shapes are checked on the meta device before the (costly) real model is built
     _check_keys(architecture_shapes(arch), state, source=str(path))
+    if overridden:
+        # architectures may share every shape (e.g. ViT-B-32 and ViT-B-32-quickgelu) yet compute
+        # differently: the key check above cannot tell them apart
+        warnings.warn(
+            f"{path} records arch {recorded!r}, but arch={arch!r} was passed: the weights are loaded "
+            f"as {arch!r}. Architectures with the same parameter shapes can still compute differently; "
+            "omit arch= to use the recorded one.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
     model = create_architecture(arch)
     load_weights(model, state, source=str(path))
     logger.info("loaded %r weights from %s", arch, path)

@@ -421,8 +421,9 @@ class OmiCLIP:
         ----------
         path
             A directory (created); it receives ``model.safetensors`` and ``loki_model.json`` (architecture,
-            name, ``trained``, ``config`` and ``patch_um``). :func:`loki.models.load` accepts the
-            directory or the ``.safetensors`` file.
+            name, ``trained``, ``config`` and ``patch_um``; the same entries are stored in the
+            safetensors header, so the weights file loads alike on its own). :func:`loki.models.load`
+            accepts the directory or the ``.safetensors`` file.
 
         Returns
         -------
@@ -442,7 +443,6 @@ class OmiCLIP:
         path = Path(path).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         state = {k: saved_tensor(v) for k, v in self.model.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_FILE), metadata={"arch": self.arch})
         meta = {
             "arch": self.arch,
             "name": self.name,
@@ -451,6 +451,9 @@ class OmiCLIP:
             "patch_um": self.patch_um,
             "loki_format": 1,
         }
+        # the weights file carries the metadata too, so it loads alike when moved or uploaded on its own
+        header = {"arch": self.arch, META_FILE: json.dumps(meta)}
+        save_file(state, str(path / WEIGHTS_FILE), metadata=header)
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
         from ._loading import file_sha256
 

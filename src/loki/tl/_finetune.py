@@ -38,7 +38,7 @@ def collect_pairs(
     data
         SpatialData with one or more sections, or an AnnData with ``patches``.
     table_keys
-        Sections to take (default: every table).
+        Sections to take (default: every table), each named once.
     sentence_key
         Column of ``.obs`` with the gene sentences.
     patches
@@ -53,7 +53,8 @@ def collect_pairs(
         Leave out spots whose patch leaves the image: by the border flags of the cut made here, or, for
         given ``patches``, by ``.obs['loki_patch_ok']`` when the table has it (written by
         :func:`loki.tl.embed_image`, or by :func:`loki.pp.spot_patches` with
-        ``key_added=lk.Key.PATCH_OK``).
+        ``key_added=lk.Key.PATCH_OK``); that column must be boolean without missing values (else a
+        ``ValueError``).
     min_pairs
         Raise a ``ValueError`` (before any patch is copied) that says how many spots were left out
         and why when fewer pairs remain.
@@ -90,7 +91,7 @@ def collect_pairs(
         if only_valid and flags is not None:
             valid = flags[0]
         elif only_valid and Key.PATCH_OK in table.obs:
-            valid = table.obs[Key.PATCH_OK].to_numpy(dtype=bool)
+            valid = _patch_ok_flags(table, key)
         empty = empty_sentences(table, sentence_key, sents)
         keep = valid & ~empty
         where = "the table" if key is None else f"section {key!r}"
@@ -131,6 +132,29 @@ def collect_pairs(
     return out, kept
 
 
+def _patch_ok_flags(table, key: str | None) -> np.ndarray:
+    """The boolean ``.obs[Key.PATCH_OK]`` column; a ValueError for one that is not boolean.
+
+    Read as booleans, strings (``"False"``) and missing values (NaN, e.g. after concatenating tables
+    of which some lack the column) would all count as True and keep spots whose patch leaves the image.
+    """
+    from pandas.api.types import is_bool_dtype
+
+    column = table.obs[Key.PATCH_OK]
+    boolean = is_bool_dtype(column.dtype) or (
+        column.dtype == object and all(isinstance(v, bool | np.bool_) for v in column)
+    )
+    if not boolean or column.isna().any():
+        where = "the table" if key is None else f"section {key!r}"
+        shown = ", ".join(map(repr, column.drop_duplicates().tolist()[:5]))
+        raise ValueError(
+            f".obs[{Key.PATCH_OK!r}] of {where} must be boolean without missing values (True: the spot's "
+            f"patch lies in the image), got dtype {column.dtype} with values {shown}. Rewrite it as "
+            "booleans, or delete it to train on every spot."
+        )
+    return column.to_numpy(dtype=bool)
+
+
 def _left_out(where: str, n: int, n_empty: int, n_outside: int) -> str:
     """How many of a section's ``n`` spots are left out of training, and why."""
     return (
@@ -167,6 +191,12 @@ def _section_keys(data, table_keys) -> list[str | None]:
     if not keys:
         raise ValueError(
             f"table_keys={table_keys!r} selects no table; available tables: {list(data.tables.keys())}"
+        )
+    repeated = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+    if repeated:
+        raise ValueError(
+            f"table_keys={table_keys!r} names {repeated[0]!r} more than once: its spots would be "
+            "trained on as many times; name each section once"
         )
     return keys
 
