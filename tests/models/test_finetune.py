@@ -488,3 +488,97 @@ def test_history_records_every_parameter_of_the_run():
     _, hist = lk.models.finetune(m, imgs, sents, epochs=1, lr=1e-3, warmup=0.25, progress=False)
     assert hist["warmup"] == 0.25
     assert hist["precision"] == "fp32"
+
+
+def test_held_out_loss_is_measured_without_changing_training():
+    imgs, sents = _pairs(n=32)
+    val = _pairs(n=20, seed=1)
+    train = {"epochs": 3, "lr": 1e-3, "batch_size": 8, "seed": 7, "progress": False}
+    plain = lk.models.load("loki-tiny", device="cpu", seed=1)
+    plain, plain_hist = lk.models.finetune(plain, imgs, sents, **train)
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    before = lk.models.load("loki-tiny", device="cpu", seed=1)
+    m, hist = lk.models.finetune(m, imgs, sents, validation=val, **train)
+    # measuring held-out pairs draws no random number and leaves the modules' modes: same training
+    assert m.checkpoint_hash == plain.checkpoint_hash
+    assert hist["step_loss"] == plain_hist["step_loss"]
+    assert len(hist["val_loss"]) == 3
+    assert hist["n_validation_pairs"] == 20
+    # the recorded losses are those of the held-out pairs in batches of 8 (the partial last one left out)
+    tokens = torch.from_numpy(m.tokenizer.ids(val[1]))
+
+    def loss_of(model):
+        model.model.eval()
+        with torch.no_grad():
+            x = lk.models._preprocess.preprocess_uint8(
+                torch.from_numpy(val[0][:16]),
+                image_size=model.image_size,
+                mean=model.image_mean,
+                std=model.image_std,
+                device="cpu",
+            )
+            img = model.model.encode_image(x, normalize=True).reshape(2, 8, -1)
+            txt = model.model.encode_text(tokens[:16], normalize=True).reshape(2, 8, -1)
+            scale = model.model.logit_scale
+            return np.mean([float(lk.models.contrastive_loss(img[i], txt[i], scale)) for i in range(2)])
+
+    assert hist["val_loss"][-1] == pytest.approx(loss_of(m), rel=1e-5)
+    assert hist["val_loss_before"] == pytest.approx(loss_of(before), rel=1e-5)
+    assert "best_epoch" not in hist
+
+
+def test_keep_best_ends_with_the_weights_of_the_epoch_of_lowest_held_out_loss(monkeypatch):
+    from loki.models import _finetune
+    from loki.models._omiclip import state_dict_hash
+
+    scripted = iter([3.0, 2.0, 1.0, 1.5, 2.5])  # before training, then epochs 1-4: epoch 2 is best
+    seen = []
+
+    def held_out_loss(model, images, tokens, batch_size):
+        seen.append(state_dict_hash(model.model.state_dict()))  # the weights measured at each call
+        return next(scripted)
+
+    monkeypatch.setattr(_finetune, "_held_out_loss", held_out_loss)
+    imgs, sents = _pairs(n=16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    m, hist = lk.models.finetune(
+        m,
+        imgs,
+        sents,
+        epochs=4,
+        lr=1e-3,
+        batch_size=8,
+        progress=False,
+        validation=_pairs(n=8, seed=1),
+        keep_best=True,
+    )
+    assert hist["val_loss"] == [2.0, 1.0, 1.5, 2.5]
+    assert hist["best_epoch"] == 2
+    assert len(set(seen)) == 5  # every epoch changed the weights
+    assert m.checkpoint_hash == seen[2]  # those measured after epoch 2, not the last epoch's
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"keep_best": True}, ValueError, "keep_best=True needs validation="),
+        ({"validation": "pairs"}, TypeError, "validation must be a pair"),
+        (
+            {"validation": (np.zeros((1, 8, 8, 3), np.uint8), ["Apoe"])},
+            ValueError,
+            "validation: need at least 2",
+        ),
+        (
+            {"validation": (np.zeros((3, 8, 8, 3), np.uint8), ["Apoe"] * 2)},
+            ValueError,
+            "validation: got 3 images",
+        ),
+    ],
+)
+def test_bad_validation_pairs_are_refused_before_training(kwargs, error, match):
+    imgs, sents = _pairs(n=8)
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    before = m.checkpoint_hash
+    with pytest.raises(error, match=match):
+        lk.models.finetune(m, imgs, sents, epochs=1, batch_size=4, progress=False, **kwargs)
+    assert m.checkpoint_hash == before

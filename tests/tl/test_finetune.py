@@ -77,6 +77,49 @@ def test_tl_finetune_and_loss_curve(mob12, tmp_path):
     plt.close(ax.figure)
 
 
+def test_tl_finetune_holds_out_sections_for_a_validation_loss(mob12):
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    model, hist = lk.tl.finetune(
+        mob12, model, validation_keys="MOB2", epochs=1, lr=1e-3, batch_size=64, seed=0, progress=False
+    )
+    # trained on the other table only; the held-out pairs are cut and filtered as training pairs are
+    assert hist["n_pairs"] == int(_patch_ok(mob12, "MOB1").sum())
+    assert hist["n_validation_pairs"] == int(_patch_ok(mob12, "MOB2").sum())
+    assert len(hist["val_loss"]) == 1
+    ax = lk.pl.loss_curve(hist, show=False)
+    held_out = ax.get_lines()[2]
+    assert held_out.get_label() == "held-out"
+    np.testing.assert_allclose(held_out.get_ydata(), [hist["val_loss_before"], *hist["val_loss"]])
+    np.testing.assert_array_equal(held_out.get_xdata(), [0, len(hist["step_loss"])])
+    plt.close(ax.figure)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"table_keys": ["MOB1", "MOB2"], "validation_keys": "MOB2"}, "'MOB2' is in both"),
+        ({"validation_keys": ["MOB1", "MOB2"]}, "holds out every table"),
+        ({"validation_keys": ["MOB2", "MOB2"]}, "more than once"),
+        ({"validation_keys": "MOB9"}, "MOB9"),
+    ],
+)
+def test_bad_validation_keys_are_refused_before_training(mob12, kwargs, match):
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    before = model.checkpoint_hash
+    with pytest.raises((KeyError, ValueError), match=match):
+        lk.tl.finetune(mob12, model, epochs=1, progress=False, **kwargs)
+    assert model.checkpoint_hash == before
+
+
+def test_validation_keys_need_a_spatialdata():
+    a = ad.AnnData(np.ones((4, 2), np.float32))
+    a.obs[lk.Key.SENTENCE] = ["Apoe Ptgds"] * 4
+    patches = np.zeros((4, 8, 8, 3), np.uint8)
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    with pytest.raises(ValueError, match=r"lk.models.finetune\(validation="):
+        lk.tl.finetune(a, model, patches=patches, validation_keys="x", progress=False)
+
+
 def test_tl_finetune_anndata_needs_patches():
     a = ad.AnnData(np.ones((4, 2), dtype=np.float32))
     a.obs[lk.Key.SENTENCE] = ["Apoe"] * 4
@@ -292,3 +335,22 @@ def test_boolean_patch_flags_leave_spots_out(flags):
 def test_a_section_named_twice_is_refused(mob12):
     with pytest.raises(ValueError, match=r"names 'MOB1' more than once"):
         collect_pairs(mob12, table_keys=["MOB1", "MOB2", "MOB1"], size=16)
+
+
+def test_loss_curve_rings_the_kept_epoch(tmp_path):
+    history = {
+        "step_loss": [3, 2.5, 2, 1.8, 1.5, 1.2],
+        "epoch_loss": [2.75, 1.9, 1.35],
+        "val_loss_before": 3.1,
+        "val_loss": [2.6, 2.2, 2.4],
+        "best_epoch": 2,
+    }
+    ax = lk.pl.loss_curve(history, show=False, save=tmp_path / "loss.png")
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_array_equal(lines["held-out"].get_xdata(), [0, 2, 4, 6])
+    np.testing.assert_array_equal(lines["kept"].get_xdata(), [4])
+    np.testing.assert_array_equal(lines["kept"].get_ydata(), [2.2])
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"step", "epoch mean", "held-out", "kept"}
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="2 held-out losses for 3 epochs"):
+        lk.pl.loss_curve({**history, "val_loss": [2.6, 2.2]}, show=False)

@@ -166,6 +166,53 @@ def _check_sentences(sentences: list[str]) -> None:
         )
 
 
+def _checked_pairs(images, sentences: Sequence[str], what: str = "") -> tuple:
+    """``(images, sentences)`` validated as training pairs; ``what`` prefixes the errors."""
+    if isinstance(sentences, str):
+        raise TypeError(f"{what}sentences must be a list of gene sentences (one per image), not one string")
+    images = _training_images(images)
+    sentences = list(sentences)
+    if len(images) != len(sentences):
+        raise ValueError(f"{what}got {len(images)} images but {len(sentences)} sentences")
+    if len(sentences) < 2:
+        raise ValueError(f"{what}need at least 2 pairs for a contrastive loss")
+    _check_sentences(sentences)
+    return images, sentences
+
+
+def _held_out_loss(model, images: np.ndarray, tokens, batch_size: int) -> float:
+    """Mean contrastive loss of held-out pairs, without augmentation or gradients.
+
+    The pairs are taken in consecutive batches of ``batch_size``, in their order (a partial last batch
+    is left out, as in training: the loss of a smaller batch is lower by construction). The modules'
+    train / eval modes are put back afterwards.
+    """
+    import torch
+
+    net = model.model
+    modes = [(module, module.training) for module in net.modules()]
+    net.eval()
+    losses = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images) - batch_size + 1, batch_size):
+                x = preprocess_uint8(
+                    torch.from_numpy(np.asarray(images[start : start + batch_size])),
+                    image_size=model.image_size,
+                    mean=model.image_mean,
+                    std=model.image_std,
+                    device=model.device,
+                )
+                with model._autocast():
+                    img = net.encode_image(x, normalize=True)
+                    txt = net.encode_text(tokens[start : start + batch_size].to(model.device), normalize=True)
+                    losses.append(float(contrastive_loss(img.float(), txt.float(), net.logit_scale.float())))
+    finally:
+        for module, training in modes:
+            module.train(training)
+    return float(np.mean(losses))
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -187,6 +234,8 @@ def finetune(
     weight_decay: float = 0.2,
     warmup: float = 0.1,
     patch_um: float | None = None,
+    validation: tuple | None = None,
+    keep_best: bool = False,
     progress: bool = True,
 ):
     """Fine-tune an OmiCLIP model on (patch, gene sentence) pairs with the loss of paper eq. (1) / 2.
@@ -234,6 +283,16 @@ def finetune(
         Side in µm of the tissue squares ``images`` show. It becomes ``model.patch_um`` (saved with
         the model, and the patch size :func:`loki.tl.embed_image` cuts by default); ``None`` keeps
         what the model had.
+    validation
+        Held-out ``(images, sentences)`` pairs (e.g. of another section), checked as the training
+        pairs are. Their loss is measured before training and after each epoch, without augmentation,
+        in consecutive batches of ``batch_size`` in their order (lowered to their number; a partial
+        last batch is left out): ``history["val_loss_before"]`` and ``history["val_loss"]``. The
+        training loss alone cannot show a small model overfitting a few hundred pairs.
+    keep_best
+        With ``validation``: end with the weights of the epoch of lowest held-out loss
+        (``history["best_epoch"]``, counted from 1) instead of the last epoch's. Keeps one copy of
+        the weights in CPU memory.
     progress
         Show a progress bar.
 
@@ -243,7 +302,9 @@ def finetune(
     :func:`contrastive_loss`: eq. (1) divided by 2), ``lr``, ``logit_scale`` (per epoch), ``seconds``
     and the parameters used (``epochs``, ``lr_max``, ``batch_size`` (after lowering to ``n``),
     ``steps_per_epoch``, ``n_pairs``, ``seed``, ``freeze``, ``augment``, ``weight_decay``, ``warmup``,
-    the model's ``precision``; ``patch_um``: the model's patch side after training).
+    ``n_validation_pairs``, ``keep_best``, the model's ``precision``; ``patch_um``: the model's patch
+    side after training); with ``validation``, also ``val_loss_before``, ``val_loss`` (per epoch) and,
+    with ``keep_best``, ``best_epoch``.
 
     Raises
     ------
@@ -254,16 +315,14 @@ def finetune(
     """
     import torch
 
-    if isinstance(sentences, str):
-        raise TypeError("sentences must be a list of gene sentences (one per image), not one string")
-    images = _training_images(images)
-    sentences = list(sentences)
+    images, sentences = _checked_pairs(images, sentences)
     n = len(sentences)
-    if len(images) != n:
-        raise ValueError(f"got {len(images)} images but {n} sentences")
-    if n < 2:
-        raise ValueError("need at least 2 pairs for a contrastive loss")
-    _check_sentences(sentences)
+    if validation is not None:
+        if not (isinstance(validation, tuple | list) and len(validation) == 2):
+            raise TypeError("validation must be a pair (images, sentences) of held-out pairs")
+        val_images, val_sentences = _checked_pairs(*validation, what="validation: ")
+    elif keep_best:
+        raise ValueError("keep_best=True needs validation= pairs to tell the best epoch")
     check_int(epochs, "epochs")
     check_int(
         batch_size, "batch_size", minimum=2, why="a contrastive loss needs two pairs; one pair has loss 0"
@@ -286,6 +345,10 @@ def finetune(
     tokens = torch.from_numpy(model.tokenizer.ids(sentences))
     trainable = _trainable_names(net, freeze)
     images = _materialised(images)  # every check passed: compute lazy patches once
+    if validation is not None:
+        val_images = _materialised(val_images)
+        val_tokens = torch.from_numpy(model.tokenizer.ids(val_sentences))
+        val_batch = min(int(batch_size), len(val_sentences))
     opt = torch.optim.AdamW(_param_groups(net, trainable, weight_decay), lr=lr)
     gen = torch.Generator().manual_seed(seed_int)
     batch_size = min(int(batch_size), n)
@@ -294,6 +357,10 @@ def finetune(
     total = steps_per_epoch * int(epochs)
     n_warm = int(warmup * total)
     history = {"step_loss": [], "epoch_loss": [], "lr": [], "logit_scale": []}
+    best = None  # (held-out loss, epoch, weights on the CPU) with keep_best
+    if validation is not None:
+        history["val_loss"] = []
+        history["val_loss_before"] = _held_out_loss(model, val_images, val_tokens, val_batch)
     max_scale = math.log(100.0)
     bar = None
     if progress:
@@ -348,7 +415,24 @@ def finetune(
                     bar.update(1)
             history["epoch_loss"].append(float(np.mean(epoch_losses)))
             history["logit_scale"].append(float(net.logit_scale.detach().exp()))
-            logger.info("epoch %d: loss %.4f", len(history["epoch_loss"]), history["epoch_loss"][-1])
+            epoch = len(history["epoch_loss"])
+            if validation is None:
+                logger.info("epoch %d: loss %.4f", epoch, history["epoch_loss"][-1])
+                continue
+            history["val_loss"].append(_held_out_loss(model, val_images, val_tokens, val_batch))
+            logger.info(
+                "epoch %d: loss %.4f, held-out %.4f",
+                epoch,
+                history["epoch_loss"][-1],
+                history["val_loss"][-1],
+            )
+            if keep_best and (best is None or history["val_loss"][-1] < best[0]):
+                weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+                best = (history["val_loss"][-1], epoch, weights)
+        if best is not None:
+            net.load_state_dict(best[2])
+            history["best_epoch"] = best[1]
+            logger.info("kept the weights of epoch %d (held-out loss %.4f)", best[1], best[0])
     finally:
         net.eval()
         for p, flag in caller_flags:
@@ -371,6 +455,8 @@ def finetune(
         augment=bool(augment),
         weight_decay=float(weight_decay),
         warmup=float(warmup),
+        n_validation_pairs=0 if validation is None else len(val_sentences),
+        keep_best=bool(keep_best),
         precision=model.precision,
         patch_um=model.patch_um,
     )

@@ -24,13 +24,14 @@ def loss_curve(
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Axes:
-    """Plot the training loss per step and its mean per epoch.
+    """Plot the training loss per step and its mean per epoch, and the held-out loss when recorded.
 
     Parameters
     ----------
     history
         The history returned by :func:`loki.models.finetune` / :func:`loki.tl.finetune`
-        (``step_loss`` and ``epoch_loss``).
+        (``step_loss`` and ``epoch_loss``; ``val_loss`` and ``val_loss_before`` when it was given
+        held-out pairs).
     ax
         Axes to draw into (or a list / array holding one); default a new figure.
     show
@@ -42,7 +43,8 @@ def loss_curve(
     Returns
     -------
     The axes: a thin line of per-step losses and markers at each epoch's mean loss, placed at the
-    epoch's last step.
+    epoch's last step; the held-out loss at step 0 (before training) and at each epoch's last step,
+    with the epoch whose weights were kept (``best_epoch``) ringed.
 
     """
     require_keys(history, ["step_loss", "epoch_loss"], "history")
@@ -56,7 +58,18 @@ def loss_curve(
     created = ax is None
     _, (ax,) = panel_grid(1, 1, ax, size=3.2, aspect=5 / 3.2)
     ax.plot(np.arange(1, steps.size + 1), steps, lw=0.8, alpha=0.6, label="step")
-    ax.plot(np.arange(1, epochs.size + 1) * per_epoch, epochs, "o-", ms=3.5, label="epoch mean")
+    ends = np.arange(1, epochs.size + 1) * per_epoch
+    ax.plot(ends, epochs, "o-", ms=3.5, label="epoch mean")
+    if "val_loss" in history:
+        held_out = np.asarray(history["val_loss"], dtype=float)
+        if held_out.size != epochs.size:
+            raise ValueError(f"history has {held_out.size} held-out losses for {epochs.size} epochs")
+        start = [history["val_loss_before"]] if "val_loss_before" in history else []
+        x = np.concatenate([[0] * len(start), ends])
+        ax.plot(x, np.concatenate([start, held_out]), "s--", ms=3.5, label="held-out")
+        if "best_epoch" in history:
+            best = int(history["best_epoch"])
+            ax.plot(ends[best - 1], held_out[best - 1], "o", ms=10, mfc="none", mec="k", label="kept")
     ax.set_xlabel("step")
     ax.set_ylabel("contrastive loss")
     ax.legend(frameon=False)

@@ -201,6 +201,38 @@ def _section_keys(data, table_keys) -> list[str | None]:
     return keys
 
 
+def _split_sections(data, table_keys, validation_keys) -> tuple:
+    """``(table_keys, validation_keys)`` of :func:`finetune`, held-out sections checked.
+
+    Each held-out section is named once and none is trained on; with ``table_keys=None``, training
+    takes the other tables.
+    """
+    if validation_keys is None:
+        return table_keys, None
+    if not is_spatialdata(data):
+        raise ValueError(
+            "validation_keys= names held-out sections of a SpatialData; for an AnnData, pass held-out "
+            "pairs to lk.models.finetune(validation=(images, sentences))"
+        )
+    held_out = _section_keys(data, validation_keys)
+    for key in held_out:
+        get_table(data, key)  # a missing table is named before any work
+    if table_keys is None:
+        trained = [k for k in data.tables.keys() if k not in held_out]
+        if not trained:
+            raise ValueError(
+                f"validation_keys={validation_keys!r} holds out every table; nothing is left to train on"
+            )
+        return trained, held_out
+    both = sorted(set(_section_keys(data, table_keys)) & set(held_out), key=str)
+    if both:
+        raise ValueError(
+            f"{both[0]!r} is in both table_keys and validation_keys: a held-out section must not be "
+            "trained on"
+        )
+    return table_keys, held_out
+
+
 def _cut_patch_um(data, table_keys, diameter_um: float | None) -> float | None:
     """Side in µm of the squares :func:`collect_pairs` cuts, or None when unknown.
 
@@ -230,6 +262,8 @@ def finetune(
     augment: bool = True,
     weight_decay: float = 0.2,
     warmup: float = 0.1,
+    validation_keys: Sequence[str] | str | None = None,
+    keep_best: bool = False,
     progress: bool = True,
 ):
     """Fine-tune OmiCLIP with the contrastive loss of paper eq. (1) / 2 on sections' own pairs.
@@ -257,6 +291,14 @@ def finetune(
         See :func:`loki.models.finetune` (paper defaults: 10 epochs for alignment, 5 for decomposition,
         lr 5e-6, batch 64). Each epoch reshuffles the pairs and runs ``n_pairs // batch_size`` steps:
         the last partial batch is dropped, so with few pairs a large share sits out each epoch.
+    validation_keys
+        Sections of a SpatialData held out of training: their pairs (cut and left out as the
+        training pairs are) give a held-out loss before training and after each epoch
+        (``history["val_loss"]``, drawn by :func:`loki.pl.loss_curve`). With ``table_keys=None`` the
+        other tables are trained on.
+    keep_best
+        With ``validation_keys``: end with the weights of the epoch of lowest held-out loss, as in
+        :func:`loki.models.finetune`.
 
     Returns
     -------
@@ -272,16 +314,18 @@ def finetune(
     """
     from loki.models import finetune as _finetune
 
-    images, sentences = collect_pairs(
-        data,
-        table_keys=table_keys,
-        sentence_key=sentence_key,
-        patches=patches,
-        size=model.image_size,
-        diameter_um=diameter_um,
-        coordinate_system=coordinate_system,
-        min_pairs=2,
-    )
+    table_keys, validation_keys = _split_sections(data, table_keys, validation_keys)
+    pairs = {
+        "sentence_key": sentence_key,
+        "size": model.image_size,
+        "diameter_um": diameter_um,
+        "coordinate_system": coordinate_system,
+        "min_pairs": 2,
+    }
+    validation = None
+    if validation_keys is not None:
+        validation = collect_pairs(data, table_keys=validation_keys, **pairs)
+    images, sentences = collect_pairs(data, table_keys=table_keys, patches=patches, **pairs)
     cut_here = patches is None
     patch_um = _cut_patch_um(data, table_keys, diameter_um) if cut_here else None
     model, history = _finetune(
@@ -297,6 +341,8 @@ def finetune(
         weight_decay=weight_decay,
         warmup=warmup,
         patch_um=patch_um,
+        validation=validation,
+        keep_best=keep_best,
         progress=progress,
     )
     if cut_here and patch_um is None:  # spot-sized squares of no known size in µm
