@@ -376,7 +376,10 @@ def test_cells_mode_matches_the_direct_tangram_gradient_end_to_end():
     S = torch.tensor(reference.X, dtype=torch.float64)
     G = torch.tensor(spots.X, dtype=torch.float64)
     n_cells, n_spots = S.shape[0], G.shape[0]
-    logits = torch.randn(n_cells, n_spots, generator=torch.Generator().manual_seed(0)).double()
+    from loki.tl._mapping import initial_logits, name_keys
+
+    start = initial_logits(0, name_keys(reference.obs_names), name_keys(spots.obs_names))
+    logits = torch.tensor(start, dtype=torch.float64)
     logits.requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=0.1)
     d, d_source = torch.full((n_spots,), 1 / n_spots).double(), torch.full((n_cells,), 1 / n_cells).double()
@@ -389,6 +392,26 @@ def test_cells_mode_matches_the_direct_tangram_gradient_end_to_end():
         opt.step()
     mapping = out.uns["loki"]["loki_proportions"]["mapping"]
     np.testing.assert_allclose(mapping, torch.softmax(logits, 1).detach().numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["clusters", "cells"])
+def test_mapping_follows_the_spots_and_cells_when_they_are_reordered(mode):
+    """The start is drawn per (cell, spot) name pair: reordering either reorders the result.
+
+    The random start used to be drawn in row order, so reordering acted like another seed.
+    """
+    spots, reference, _ = _toy(n_genes=12, cells_per_type=6)
+    kwargs = {"cell_type_key": "cell_type", "method": "mapping", "mode": mode, "epochs": 30}
+    kwargs |= {"device": "cpu", "inplace": False}
+    out = lk.tl.decompose(spots, reference=reference, **kwargs).proportions
+    rng = np.random.default_rng(1)
+    spot_order = rng.permutation(spots.n_obs)
+    cell_order = rng.permutation(reference.n_obs)
+    moved = lk.tl.decompose(
+        spots[spot_order].copy(), reference=reference[cell_order].copy(), **kwargs
+    ).proportions
+    # up to rounding: sums over spots and cells are taken in another order
+    np.testing.assert_allclose(moved.loc[out.index, out.columns], out, atol=1e-4)
 
 
 def _sparse_toy(n_cells=20_000, n_spots=5_000, n_genes=1_000, seed=0):

@@ -11,7 +11,9 @@ from loki.tl._mapping import (
     _cosine,
     _feature_cosine_fn,
     fit_mapping,
+    initial_logits,
     mapping_to_proportions,
+    name_keys,
     nms_refine,
     normalize_rows,
     percentile_normalize,
@@ -31,13 +33,14 @@ def test_feature_cosine_matches_direct_formula_and_autograd(n_sources, n_spots, 
     logits = torch.randn(n_sources, n_spots, generator=gen, dtype=torch.float64, requires_grad=True)
     S = torch.rand(n_sources, n_features, generator=gen, dtype=torch.float64) + 0.01
     G = torch.rand(n_spots, n_features, generator=gen, dtype=torch.float64)
-    fn = _feature_cosine_fn()
-    fast = fn.apply(torch.softmax(logits, 1), S, G, G.norm(dim=0).clamp_min(1e-8))
-    (g_fast,) = torch.autograd.grad(fast, logits)
     direct = _cosine(torch.softmax(logits, 1).T @ S, G, dim=0).mean()
     (g_direct,) = torch.autograd.grad(direct, logits)
-    assert float(fast.detach()) == pytest.approx(float(direct.detach()), rel=1e-9, abs=1e-12)
-    np.testing.assert_allclose(g_fast.numpy(), g_direct.numpy(), rtol=1e-7, atol=1e-10)
+    for association in ("auto", "gram", "pred"):
+        fn = _feature_cosine_fn(association)
+        fast = fn.apply(torch.softmax(logits, 1), S, G, G.norm(dim=0).clamp_min(1e-8))
+        (g_fast,) = torch.autograd.grad(fast, logits)
+        assert float(fast.detach()) == pytest.approx(float(direct.detach()), rel=1e-9, abs=1e-12)
+        np.testing.assert_allclose(g_fast.numpy(), g_direct.numpy(), rtol=1e-7, atol=1e-10)
 
 
 class _LargestTensor(TorchDispatchMode):
@@ -230,7 +233,8 @@ def test_fit_mapping_follows_the_direct_tangram_objective():
     G = torch.tensor(spots, dtype=torch.float64)
     d = torch.full((G.shape[0],), 1.0 / G.shape[0], dtype=torch.float64)
     d_source = torch.tensor(density, dtype=torch.float64)
-    logits = torch.randn(S.shape[0], G.shape[0], generator=torch.Generator().manual_seed(7)).double()
+    start = initial_logits(7, np.arange(S.shape[0], dtype=np.uint64), np.arange(G.shape[0], dtype=np.uint64))
+    logits = torch.tensor(start, dtype=torch.float64)
     logits.requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=lr)
     kl = torch.nn.KLDivLoss(reduction="sum")
@@ -253,3 +257,81 @@ def test_a_diverged_fit_is_an_error_not_uniform_proportions():
     profiles, spots = rng.random((3, 6)), rng.random((8, 6))
     with pytest.raises(FloatingPointError, match="diverged to non-finite values"):
         fit_mapping(profiles, spots, lr=np.inf, epochs=3, device="cpu")
+
+
+def test_feature_cosine_reuses_its_buffer_across_epochs_and_refuses_a_second_backward():
+    gen = torch.Generator().manual_seed(0)
+    S, G = torch.rand(50, 6, generator=gen), torch.rand(9, 6, generator=gen)
+    fn = _feature_cosine_fn("pred")
+    for _ in range(2):  # the second forward writes over the first one's G_pred buffer
+        logits = torch.randn(50, 9, generator=gen, requires_grad=True)
+        value = fn.apply(torch.softmax(logits, 1), S, G, G.norm(dim=0))
+        value.backward(retain_graph=True)
+        direct = _cosine(torch.softmax(logits, 1).T @ S, G, dim=0).mean()
+        (g_direct,) = torch.autograd.grad(direct, logits)
+        np.testing.assert_allclose(logits.grad.numpy(), g_direct.numpy(), rtol=1e-4, atol=1e-7)
+    with pytest.raises(RuntimeError, match="only once per forward"):
+        value.backward(retain_graph=True)
+    first = fn.apply(torch.softmax(logits, 1), S, G, G.norm(dim=0))
+    fn.apply(torch.softmax(logits, 1), S, G, G.norm(dim=0))  # overwrites the first one's G_pred
+    with pytest.raises(RuntimeError, match="before the next forward"):
+        first.backward()
+    with pytest.raises(ValueError, match="association must be"):
+        _feature_cosine_fn("other")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_sources=st.integers(1, 12),
+    n_spots=st.integers(1, 15),
+    seed=st.integers(0, 2**63),
+    data=st.data(),
+)
+def test_initial_logits_follow_the_keys_not_the_positions(n_sources, n_spots, seed, data):
+    src = np.random.default_rng(seed % 2**32).integers(0, 2**63, n_sources, dtype=np.uint64)
+    tgt = np.random.default_rng(seed % 2**32 + 1).integers(0, 2**63, n_spots, dtype=np.uint64)
+    perm_src = np.asarray(data.draw(st.permutations(range(n_sources))), dtype=int)
+    perm_tgt = np.asarray(data.draw(st.permutations(range(n_spots))), dtype=int)
+    start = initial_logits(seed, src, tgt, block=7)  # several blocks of rows
+    moved = initial_logits(seed, src[perm_src], tgt[perm_tgt])
+    np.testing.assert_array_equal(moved, start[np.ix_(perm_src, perm_tgt)])
+    assert start.dtype == np.float32
+    assert np.isfinite(start).all()
+
+
+def test_initial_logits_are_standard_normal_and_depend_on_the_seed():
+    keys_a, keys_b = np.arange(300, dtype=np.uint64), name_keys([f"spot{i}" for i in range(400)])
+    start = initial_logits(0, keys_a, keys_b).astype(np.float64)
+    assert abs(start.mean()) < 0.01
+    assert abs(start.std() - 1) < 0.01
+    # no correlation between neighbouring rows or columns (consecutive keys)
+    assert abs(np.corrcoef(start[:-1].ravel(), start[1:].ravel())[0, 1]) < 0.01
+    assert abs(np.corrcoef(start[:, :-1].ravel(), start[:, 1:].ravel())[0, 1]) < 0.01
+    other = initial_logits(1, keys_a, keys_b)
+    assert abs(np.corrcoef(start.ravel(), other.ravel())[0, 1]) < 0.01
+    np.testing.assert_array_equal(initial_logits(0, keys_a, keys_b), start.astype(np.float32))
+    assert name_keys(["a", "b", "a"])[0] == name_keys(["a"])[0] != name_keys(["b"])[0]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), data=st.data())
+def test_fit_mapping_is_equivariant_to_permuting_sources_and_spots(seed, data):
+    """Same keys, permuted rows: the mapping is the same, permuted (up to rounding)."""
+    rng = np.random.default_rng(seed)
+    n_sources, n_spots = int(rng.integers(2, 25)), int(rng.integers(2, 30))
+    source, target = rng.random((n_sources, 7)), rng.random((n_spots, 7))
+    src_keys = name_keys([f"c{i}" for i in range(n_sources)])
+    tgt_keys = name_keys([f"s{i}" for i in range(n_spots)])
+    ps = np.asarray(data.draw(st.permutations(range(n_sources))), dtype=int)
+    pt = np.asarray(data.draw(st.permutations(range(n_spots))), dtype=int)
+    kwargs = {"epochs": 30, "seed": seed, "device": "cpu"}
+    a = fit_mapping(source, target, source_keys=src_keys, target_keys=tgt_keys, **kwargs).mapping
+    b = fit_mapping(
+        source[ps], target[pt], source_keys=src_keys[ps], target_keys=tgt_keys[pt], **kwargs
+    ).mapping
+    np.testing.assert_allclose(b, a[np.ix_(ps, pt)], atol=1e-5)
+
+
+def test_fit_mapping_rejects_keys_of_the_wrong_length():
+    with pytest.raises(ValueError, match=r"target_keys must have shape \(4,\)"):
+        fit_mapping(np.ones((2, 3)), np.ones((4, 3)), target_keys=np.arange(3), epochs=1, device="cpu")

@@ -103,7 +103,8 @@ def decompose(
     in ``mode="cells"`` every reference cell is a source (memory and time per epoch grow linearly
     with the number of cells). On one CPU thread of a shared 2-core machine, 20,000 spots x 5,000
     genes took 0.47 s per epoch with 30 clusters (about 8 minutes at the default 1,000 epochs) and
-    27 s per epoch with 3,000 single cells (1.6 GB more memory): use a GPU for cells mode. The
+    14 s per epoch with 3,000 single cells (1.6 GB more memory; two products of cells x spots x
+    genes per epoch, at the CPU's matrix-product speed): use a GPU for cells mode. The
     proportions of spot ``j`` are the expected numbers of cells of each type mapped to it,
     normalised to sum to 1.
 
@@ -221,15 +222,17 @@ def decompose(
         Store the mapping matrix (sources x spots) in ``.uns['loki'][key_added]['mapping']``
         (``method="mapping"`` only; NNLS warns and stores none).
     seed
-        Seed of the local torch generator that initialises the mapping: an int, a
-        :class:`numpy.random.Generator` (one int is drawn from it) or ``None`` (one int is drawn
-        from fresh OS entropy). The int used is recorded as ``seed``, so a run can be repeated on the
-        same spots in the same order, with the same ``num_threads`` and device. The mapping starts from
-        random logits drawn in row order (Tangram's start) and is not fully converged at the default
-        ``epochs``, so reordering the spots acts like another seed, and other thread counts or devices
-        round differently: on real MOB counts (clusters mode) a review saw proportions move by up to
-        0.42 with the spot order and 0.002 with ``num_threads=2``. Raise ``epochs`` for a steadier fit;
-        ``method="nnls"`` does not depend on any of these.
+        Seed of the mapping's start: an int, a :class:`numpy.random.Generator` (one int is drawn
+        from it) or ``None`` (one int is drawn from fresh OS entropy). The int used is recorded as
+        ``seed``. The start holds one random logit per (source, spot) pair, drawn from the seed and
+        the two names (the reference's cells in ``mode="cells"``, the cell types in
+        ``mode="clusters"``, and the spots' ``obs_names``), not from their positions, so reordering
+        the spots or the reference cells reorders the result with them instead of acting like
+        another seed. What remains is rounding: sums taken in another order, other thread counts
+        or devices round differently, and the fit, which is not fully converged at the default
+        ``epochs``, can carry such differences further (on real MOB counts in clusters mode a
+        review saw proportions move by 0.002 with ``num_threads=2``). Spots or cells with the same
+        name get the same start. ``method="nnls"`` depends on none of these.
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     num_threads
@@ -327,7 +330,7 @@ def decompose(
         no_signal |= weights.sum(axis=1) <= 0
         proportions = normalize_rows(weights)
     else:
-        from ._mapping import fit_mapping
+        from ._mapping import fit_mapping, name_keys
 
         counts = np.bincount(codes, minlength=n_types)
         if mode == "clusters":
@@ -350,6 +353,8 @@ def decompose(
             epochs=epochs,
             lr=lr,
             seed=int_seed,
+            source_keys=name_keys(sources),
+            target_keys=name_keys(table.obs_names),
             device=device,
             num_threads=num_threads,
             progress=progress,

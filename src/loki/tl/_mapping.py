@@ -11,6 +11,10 @@ features ``S`` (sources x features) and spot features ``G`` (spots x features), 
 ``       -lambda_g2 * mean_j cos(G_pred[j], G[j])``       (per spot, off by default)
 ``       +lambda_d * KL(d || d_source @ M)``             (density prior, uniform by default)
 ``       -lambda_r * sum(M log M)``                      (entropy, off by default)
+
+The logits start from ``N(0, 1)`` values (Tangram's start), one per (source, spot) pair, drawn by
+hashing the seed and the pair's keys (:func:`initial_logits`), so that the start, and with it the
+fit, follows the sources and spots when they are reordered.
 """
 
 from __future__ import annotations
@@ -83,48 +87,150 @@ def _gram(M: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     return out
 
 
-def _feature_cosine_fn():
+#: The Gram association of :func:`_feature_cosine_fn` is taken while its extra products,
+#: ``2 s^2 (spots + features)`` multiply-adds for ``s`` sources, cost less than this many
+#: multiply-adds per element of a spots x features matrix (the element-wise passes over ``G_pred``
+#: that the other association makes instead). Measured on one CPU thread (see ``_use_gram``).
+_GRAM_ELEMENT_COST = 32.0
+
+
+def _use_gram(n_sources: int, n_spots: int, n_features: int) -> bool:
+    """Whether the Gram association of the norm term is the cheaper one (see :func:`_feature_cosine_fn`)."""
+    return 2.0 * n_sources**2 * (n_spots + n_features) < _GRAM_ELEMENT_COST * n_spots * n_features
+
+
+def _column_dots(a: torch.Tensor, b: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a * b).sum(0)`` and ``(a * a).sum(0)``; on CPU by blocks of rows, through one small buffer."""
+    import torch
+
+    if a.device.type != "cpu":
+        return (a * b).sum(0), (a * a).sum(0)
+    dots = a.new_zeros(a.shape[1])
+    squares = a.new_zeros(a.shape[1])
+    tmp = a.new_empty((min(chunk, a.shape[0]), a.shape[1]))
+    for start in range(0, a.shape[0], chunk):
+        block = a[start : start + chunk]
+        out = tmp[: block.shape[0]]
+        dots += torch.mul(block, b[start : start + chunk], out=out).sum(0)
+        squares += torch.mul(block, block, out=out).sum(0)
+    return dots, squares
+
+
+def _feature_cosine_fn(association: str = "auto"):
     """Mean over features k of cos((M^T S)[:, k], G[:, k]) with a hand-written gradient.
 
-    ``<G_pred[:, k], G[:, k]> = sum_c S[c, k] (M G)[c, k]``, so the numerator needs only ``M G``
-    (sources x features) forward and ``(S * alpha) G^T`` backward. For the norms
-    ``|G_pred[:, k]|^2`` and their gradient ``(S * beta) S^T M`` the cheaper association is taken:
+    With ``G_pred = M^T S`` (spots x features), ``num_k = <G_pred[:, k], G[:, k]>`` and
+    ``q_k = |G_pred[:, k]|^2``, the gradient is ``dL/dM = S (G * alpha + G_pred * beta)^T`` for two
+    per-feature vectors ``alpha`` and ``beta``. Two associations:
 
-    - fewer sources than features (clusters): through ``P = M M^T``, as ``S[:, k]^T P S[:, k]`` and
-      ``((S * beta) S^T) M``; nothing of size spots x features is formed;
-    - otherwise (single cells): through ``G_pred^T = S^T M`` (features x spots), as its squared row
-      norms and ``(S * beta) G_pred^T``; nothing of size sources x sources is formed, so memory and
-      time stay linear in the number of reference cells.
+    - ``"pred"`` (many sources, e.g. single cells): ``G_pred`` is formed once (one product of
+      sources x spots x features), ``num`` and ``q`` are column sums of element-wise products, and
+      the backward is one product ``S @ H^T`` with ``H = G * alpha + G_pred * beta``; nothing of size
+      sources x sources is formed, so memory and time stay linear in the number of reference cells;
+    - ``"gram"`` (few sources, e.g. clusters): ``num`` from ``M G``, ``q`` through ``P = M M^T`` as
+      ``S[:, k]^T P S[:, k]``, and the backward as ``(S * alpha) G^T + ((S * beta) S^T) M``; nothing of
+      size spots x features is formed.
+
+    Both make two products of sources x spots x features; ``"gram"`` adds
+    ``2 sources^2 (spots + features)`` multiply-adds, ``"pred"`` a few element-wise passes over a
+    spots x features matrix. ``"auto"`` picks by :func:`_use_gram`.
     """
     import torch
+
+    if association not in ("auto", "gram", "pred"):
+        raise ValueError(f"association must be 'auto', 'gram' or 'pred', got {association!r}.")
+
+    # G_pred's buffer, kept from one epoch to the next: on CPU a fresh spots x features tensor each
+    # epoch cost more than the arithmetic on it (every page of a new large allocation is faulted in).
+    workspace: dict[str, torch.Tensor] = {}
 
     class FeatureCosine(torch.autograd.Function):
         @staticmethod
         def forward(ctx, M, S, G, g_norm):
-            num = (S * (M @ G)).sum(0)
-            if M.shape[0] < S.shape[1]:
-                pred_t = None
+            gram = (
+                _use_gram(M.shape[0], M.shape[1], S.shape[1])
+                if association == "auto"
+                else association == "gram"
+            )
+            if gram:
+                pred = None
+                num = (S * (M @ G)).sum(0)
                 q = (S * (_gram(M) @ S)).sum(0)
             else:
-                pred_t = S.T @ M
-                q = (pred_t * pred_t).sum(1)
+                pred = workspace.get("pred")
+                shape = (M.shape[1], S.shape[1])
+                if pred is None or pred.shape != shape or pred.dtype != M.dtype or pred.device != M.device:
+                    pred = workspace["pred"] = M.new_empty(shape)
+                torch.mm(M.T, S, out=pred)
+                workspace["epoch"] = ctx.epoch = workspace.get("epoch", 0) + 1
+                num, q = _column_dots(pred, G)
             q = q.clamp_min(1e-16)
             pred_norm = q.sqrt()
-            ctx.save_for_backward(M, S, G, g_norm, num, q, pred_norm, pred_t)
+            ctx.save_for_backward(M if gram else None, S, G, g_norm, num, q, pred_norm)
+            ctx.gram, ctx.pred = gram, pred
             return (num / (pred_norm * g_norm)).mean()
 
         @staticmethod
         def backward(ctx, grad_out):
-            M, S, G, g_norm, num, q, pred_norm, pred_t = ctx.saved_tensors
+            M, S, G, g_norm, num, q, pred_norm = ctx.saved_tensors
             scale = grad_out / S.shape[1]
             alpha = scale / (pred_norm * g_norm)
             beta = -scale * num / (q * pred_norm * g_norm)
-            s_beta = S * beta
-            norm_term = (s_beta @ S.T) @ M if pred_t is None else s_beta @ pred_t
-            grad_m = (S * alpha) @ G.T + norm_term
-            return grad_m, None, None, None
+            if ctx.gram:
+                return (S * alpha) @ G.T + ((S * beta) @ S.T) @ M, None, None, None
+            # H = G * alpha + G_pred * beta, written over G_pred (not needed after this)
+            h, ctx.pred = ctx.pred, None
+            if h is None or ctx.epoch != workspace["epoch"]:
+                raise RuntimeError(
+                    "FeatureCosine's backward can run only once per forward, before the next forward."
+                )
+            h.mul_(beta).addcmul_(G, alpha)
+            return S @ h.T, None, None, None
 
     return FeatureCosine
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 (wrapping arithmetic): a bijection that scatters the bits."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def name_keys(names) -> np.ndarray:
+    """Stable 64-bit keys of names (BLAKE2b of their ``str``), for :func:`initial_logits`."""
+    from hashlib import blake2b
+
+    return np.fromiter(
+        (int.from_bytes(blake2b(str(n).encode(), digest_size=8).digest(), "little") for n in names),
+        dtype=np.uint64,
+        count=len(names),
+    )
+
+
+def initial_logits(
+    seed: int, source_keys: np.ndarray, target_keys: np.ndarray, block: int = 1 << 22
+) -> np.ndarray:
+    """Start of the mapping's logits: one ``N(0, 1)`` value per (source, spot) pair, float32.
+
+    The value of a pair is a function of ``seed`` and the two keys alone (a hash, turned into a
+    normal value by Box-Muller), not of the pair's position, so permuting the sources or the spots
+    permutes the start with them. Pairs with equal keys get equal values.
+    """
+    with np.errstate(over="ignore"):
+        seed_key = _mix64(np.asarray([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+        src = _mix64(np.asarray(source_keys, dtype=np.uint64) ^ seed_key)
+        tgt = _mix64(np.asarray(target_keys, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+        out = np.empty((len(src), len(tgt)), dtype=np.float32)
+        rows = max(1, block // max(len(tgt), 1))
+        for start in range(0, len(src), rows):
+            z = _mix64(src[start : start + rows, None] ^ tgt[None, :])
+            u1 = ((z >> np.uint64(32)).astype(np.float64) + 0.5) * 2.0**-32  # in (0, 1)
+            u2 = (z & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
+            out[start : start + rows] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return out
 
 
 def fit_mapping(
@@ -140,6 +246,8 @@ def fit_mapping(
     epochs: int = 1000,
     lr: float = 0.1,
     seed: int = 0,
+    source_keys: np.ndarray | None = None,
+    target_keys: np.ndarray | None = None,
     device: str = "auto",
     num_threads: int | None = None,
     cuda_graph: bool = True,
@@ -167,7 +275,13 @@ def fit_mapping(
     lr
         Adam learning rate.
     seed
-        Seed of the local :class:`torch.Generator` that draws the initial logits ``N(0, 1)``.
+        Seed of the initial logits, ``N(0, 1)`` values drawn by :func:`initial_logits` (no global
+        random state is used or changed).
+    source_keys, target_keys
+        ``(n_sources,)`` and ``(n_spots,)`` integer keys (e.g. :func:`name_keys` of the names) from
+        which the initial logit of every (source, spot) pair is drawn, so that permuting the sources
+        or the spots together with their keys permutes the start with them. ``None`` keys them by
+        position (then a reordering acts like another seed).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ... .
     num_threads
@@ -199,6 +313,12 @@ def fit_mapping(
             f"source and target have different feature sizes ({source.shape[1]} vs {target.shape[1]})."
         )
     check_int(epochs, "epochs")
+    for name, keys, n in (
+        ("source_keys", source_keys, source.shape[0]),
+        ("target_keys", target_keys, target.shape[0]),
+    ):
+        if keys is not None and np.shape(keys) != (n,):
+            raise ValueError(f"{name} must have shape ({n},) (one key per row), got {np.shape(keys)}.")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}.")
     check_int(num_threads, "num_threads", optional=True)
@@ -229,6 +349,8 @@ def fit_mapping(
             epochs=epochs,
             lr=lr,
             seed=seed,
+            source_keys=source_keys,
+            target_keys=target_keys,
             cuda_graph=cuda_graph,
             progress=progress,
         )
@@ -250,6 +372,8 @@ def _fit(
     epochs: int,
     lr: float,
     seed: int,
+    source_keys: np.ndarray | None,
+    target_keys: np.ndarray | None,
     cuda_graph: bool,
     progress: bool,
 ) -> MappingResult:
@@ -257,8 +381,12 @@ def _fit(
     from tqdm.auto import trange
 
     n_sources, n_spots = source.shape[0], target.shape[0]
-    gen = torch.Generator().manual_seed(int(seed))
-    logits = torch.randn(n_sources, n_spots, generator=gen, dtype=torch.float32).to(dev)
+    start = initial_logits(
+        seed,
+        np.arange(n_sources, dtype=np.uint64) if source_keys is None else source_keys,
+        np.arange(n_spots, dtype=np.uint64) if target_keys is None else target_keys,
+    )
+    logits = torch.from_numpy(start).to(dev)
     logits.requires_grad_(True)
     S = torch.from_numpy(source).to(dev)
     G = torch.from_numpy(target).to(dev)
