@@ -327,9 +327,9 @@ def test_matched_expression_correlation_is_the_same_taken_a_block_of_pairs_at_a_
 
 
 @pytest.mark.parametrize("dense", [False, True])
-def test_gene_variances_of_log_normalised_counts_over_the_spots_with_counts(dense):
+def test_gene_variances_of_log_normalised_counts_over_the_spots_with_counts(dense, monkeypatch):
     # as scanpy's normalize_total + log1p, then the variance over spots with counts; X is not touched
-    from loki.metrics._alignment import _gene_variances, _log_normalized
+    from loki.metrics import _alignment
 
     rng = np.random.default_rng(5)
     counts = rng.poisson(0.8, (60, 12)).astype(np.float32)
@@ -342,31 +342,125 @@ def test_gene_variances_of_log_normalised_counts_over_the_spots_with_counts(dens
     a.var_names = [f"g{i}" for i in range(12)]
     before = a.X.copy()
     genes = a.var_names[[7, 2, 5, 0, 11]]
-    norm, has = _log_normalized(a, genes)
+    norm = _alignment._LogCounts(a, genes)
     sub = counts[:, [7, 2, 5, 0, 11]].astype(np.float64)
     lib = sub.sum(axis=1)
     expected = np.log1p(sub * (np.median(lib[lib > 0]) / np.where(lib > 0, lib, 1.0))[:, None])
-    np.testing.assert_allclose(norm.toarray(), expected, rtol=1e-14)
-    np.testing.assert_array_equal(has, lib > 0)
-    np.testing.assert_allclose(_gene_variances(norm, has), expected[has].var(axis=0), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(norm.rows(slice(None)).toarray(), expected, rtol=1e-14)
+    np.testing.assert_array_equal(norm.has_counts, lib > 0)
+    var, non_finite = norm.gene_variances()
+    np.testing.assert_allclose(var, expected[lib > 0].var(axis=0), rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(non_finite, 0)
     np.testing.assert_array_equal(a.X if dense else a.X.toarray(), before if dense else before.toarray())
+    # a few spots at a time: the same values and sums, bit for bit
+    monkeypatch.setattr(_alignment, "_PAIR_BLOCK", 7 * 5)
+    in_blocks = _alignment._LogCounts(a, genes)
+    np.testing.assert_array_equal(in_blocks.rows(slice(None)).toarray(), norm.rows(slice(None)).toarray())
+    np.testing.assert_array_equal(in_blocks.gene_variances()[0], var)
 
 
 def test_log_normalised_counts_of_a_matrix_storing_an_entry_twice():
     """A CSR matrix may store one entry as two values (summed by scipy): log1p was taken of each."""
-    from loki.metrics._alignment import _gene_variances, _log_normalized
+    from loki.metrics._alignment import _LogCounts
 
     x = sp.csr_matrix(
         (np.array([1.0, 1.0, 2.0, 3.0]), np.array([0, 0, 1, 1]), np.array([0, 3, 4])), shape=(2, 2)
     )
     a = AnnData(x)
     a.var_names = ["g0", "g1"]
-    norm, _ = _log_normalized(a, a.var_names)
+    norm = _LogCounts(a, a.var_names)
     dense = x.toarray()  # [[2, 2], [0, 3]]
     lib = dense.sum(axis=1)
     expected = np.log1p(dense * (np.median(lib) / lib)[:, None])
-    np.testing.assert_allclose(norm.toarray(), expected, rtol=1e-14)
-    np.testing.assert_allclose(_gene_variances(norm, np.ones(2, bool)), expected.var(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(norm.rows(slice(None)).toarray(), expected, rtol=1e-14)
+    np.testing.assert_allclose(
+        norm.rows(np.array([1, 0, 1]), np.array([1])).toarray(), expected[[1, 0, 1]][:, [1]]
+    )
+    np.testing.assert_allclose(norm.gene_variances()[0], expected.var(axis=0), rtol=1e-12)
+
+
+def _messy_counts(n: int, g: int, seed: int) -> sp.csr_matrix:
+    # entries stored twice or three times, unsorted within their spot, explicit zeros, fractions
+    rng = np.random.default_rng(seed)
+    nnz = n * g // 3
+    rows = np.sort(rng.integers(0, n - 5, nnz))  # the last 5 spots without counts
+    values = rng.gamma(1.0, 2.0, nnz) * rng.choice([1.0, 0.1, 1 / 3], nnz)
+    values[rng.random(nnz) < 0.05] = 0.0
+    indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=n))]
+    x = sp.csr_matrix((values, rng.integers(0, g, nnz), indptr), shape=(n, g))
+    assert not x.has_canonical_format
+    return x
+
+
+def test_alignment_expression_scores_the_same_a_few_spots_at_a_time(tmp_path, monkeypatch):
+    """Spots are log-normalised a block at a time, so that no float64 copy of every gene is made;
+    the genes chosen and every coefficient are the same, bit for bit, as with the whole matrix
+    normalised at once (written out here densely), for duplicated entries and backed tables too."""
+    from loki.metrics import _alignment
+
+    n, g = 300, 40
+    xy = np.c_[np.arange(n) % 20, np.arange(n) // 20].astype(float)
+    xt, xs = _messy_counts(n, g, 1), _messy_counts(n, g, 2)
+    target = AnnData(xt)
+    target.var_names = [f"g{i}" for i in range(g)]
+    target.obsm["spatial"] = xy
+    source = AnnData(sp.hstack([xs[:, ::-1], _messy_counts(n, 3, 3)]).tocsr())  # other order, more genes
+    source.var_names = [f"g{i}" for i in range(g)][::-1] + ["a", "b", "c"]
+    source.obsm["spatial_aligned"] = xy + 0.3
+
+    def log_norm(x):
+        x = x.toarray()
+        lib = x.sum(axis=1)
+        return np.log1p(x * (np.median(lib[lib > 0]) / np.where(lib > 0, lib, 1.0))[:, None])
+
+    lt, ls = log_norm(xt), log_norm(xs[:, ::-1])[:, ::-1]
+    top = np.argsort(-lt[:-5].var(axis=0), kind="stable")[:15]
+    expected = [np.corrcoef(lt[i, top], ls[i, top])[0, 1] for i in range(n - 5)]
+
+    whole = lk.metrics.alignment_expression_scores(source, target, n_top_genes=15)
+    np.testing.assert_allclose(whole["pearson"][: n - 5], expected, rtol=1e-12)
+    assert np.isnan(whole["pearson"][n - 5 :]).all()
+    target.write_h5ad(tmp_path / "t.h5ad")
+    source.write_h5ad(tmp_path / "s.h5ad")
+    monkeypatch.setattr(_alignment, "_PAIR_BLOCK", 7 * 15)  # 2 spots (40 genes) or 7 pairs a block
+    for src, tgt in [
+        (source, target),
+        (
+            anndata.read_h5ad(tmp_path / "s.h5ad", backed="r"),
+            anndata.read_h5ad(tmp_path / "t.h5ad", backed="r"),
+        ),
+    ]:
+        blocks = lk.metrics.alignment_expression_scores(src, tgt, n_top_genes=15)
+        assert blocks.keys() == whole.keys()
+        for key in whole:
+            np.testing.assert_array_equal(blocks[key], whole[key])
+
+
+def test_alignment_expression_scores_makes_no_float64_copy_of_the_counts(monkeypatch):
+    """Both sections were held as float64 over all shared genes (2.8 GB over the inputs at 200,000
+    spots x 500 genes) until the top genes were chosen."""
+    import tracemalloc
+
+    from loki.metrics import _alignment
+
+    monkeypatch.setattr(_alignment, "_PAIR_BLOCK", 1 << 14)  # blocks of 54 spots (300 genes)
+    n, g = 4000, 300
+    rng = np.random.default_rng(0)
+    xy = np.c_[np.arange(n) % 64, np.arange(n) // 64].astype(float)
+    sections = []
+    for seed in (0, 1):
+        x = sp.random(n, g, density=0.5, format="csr", dtype=np.float32, random_state=seed)
+        x.data = np.ceil(x.data * 5)
+        a = AnnData(x)
+        a.var_names = [f"g{i}" for i in range(g)]
+        a.obsm["spatial"] = a.obsm["spatial_aligned"] = xy + rng.uniform(0, 0.1, (n, 2))
+        sections.append(a)
+    copy_mb = sections[0].X.nnz * 12 / 2**20  # a float64 CSR copy of one section
+    tracemalloc.start()
+    lk.metrics.alignment_expression_scores(*sections, n_top_genes=50, kendall=False)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    assert peak_mb < 0.5 * copy_mb, (peak_mb, copy_mb)
 
 
 def test_alignment_expression_scores_reads_tables_opened_backed(tmp_path):

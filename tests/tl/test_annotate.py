@@ -8,7 +8,7 @@ from anndata import AnnData
 from scipy import sparse
 
 import loki as lk
-from loki.tl._annotate import fuse_scores, marker_sentences, minmax_per_row
+from loki.tl._annotate import cosine_scores, fuse_scores, marker_sentences, minmax_per_row
 
 GENES = [f"G{i}" for i in range(40)]
 MARKERS = {"tumour": ["G0", "G1", "G2"], "stroma": ["G10", "G11", "G12"], "fat": ["G20", "G21", "G22"]}
@@ -353,3 +353,35 @@ def test_inplace_false_validates_first_and_still_reports_left_out_classes_and_ma
     assert "1 of 4 classes are the label of no item" in caplog.text
     assert list(scores.columns.difference(labels.cat.categories)) == ["absent"]
     _assert_untouched(adata, before)
+
+
+def test_annotate_normalises_its_own_copy_of_the_embeddings_in_place():
+    """float64 embeddings were copied to float32, then copied again normalised (two copies of the
+    embeddings over the input); the float32 copy is normalised in place, the table's own array and
+    any float32 array it shares (a view's, a DataFrame's) never."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n, d = 20000, 256
+    emb = rng.normal(size=(n, d))
+    classes = pd.DataFrame(rng.normal(size=(4, d)), index=list("abcd"))
+    expected = lk.tl.annotate(
+        AnnData(obsm={"loki_image": emb.astype(np.float32)}), class_embeddings=classes, inplace=False
+    )
+    a = AnnData(obsm={"loki_image": emb.copy()})
+    tracemalloc.start()
+    got = lk.tl.annotate(a, class_embeddings=classes, inplace=False)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    assert peak_mb < 1.5 * n * d * 4 / 2**20, peak_mb  # one float32 copy, not two
+    pd.testing.assert_frame_equal(got.scores, expected.scores)
+    np.testing.assert_array_equal(a.obsm["loki_image"], emb)
+    for table in (
+        AnnData(obsm={"loki_image": emb.astype(np.float32)}),
+        AnnData(obsm={"loki_image": emb.astype(np.float32)})[::2],
+        AnnData(obsm={"loki_image": pd.DataFrame(emb.astype(np.float32), index=[str(i) for i in range(n)])}),
+    ):
+        before = np.array(table.obsm["loki_image"], copy=True)
+        scores = lk.tl.annotate(table, class_embeddings=classes, inplace=False).scores
+        np.testing.assert_array_equal(scores.to_numpy(), cosine_scores(before, classes.to_numpy()))
+        np.testing.assert_array_equal(np.asarray(table.obsm["loki_image"]), before)

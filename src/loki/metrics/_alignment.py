@@ -32,7 +32,9 @@ from loki._utils._spacing import nearest_spot_distance
 from loki.metrics._correlation import kendall_tau_rows, pearson
 
 _BOOT_CHUNK = 1 << 22  # resampled spots per bootstrap chunk (32 MB of float64 per alignment)
-_PAIR_BLOCK = 1 << 21  # values (pairs x genes) of the spot pairs correlated at once (16 MB of float64)
+#: Values (pairs x genes) of the spot pairs correlated at once, and (spots x genes) of the spots
+#: log-normalised at once (16 MB of float64).
+_PAIR_BLOCK = 1 << 21
 
 __all__ = [
     "alignment_error",
@@ -167,66 +169,148 @@ def matched_expression_correlation(
         x = x[rows]
         return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
 
-    # pairs a block at a time: dense float64 profiles of all pairs, and pearson's temporaries of
-    # their size, are GBs at 10^5-10^6 spots; each coefficient depends on its own pair only
-    step = max(1, _PAIR_BLOCK // max(expr_target.shape[1], 1))
-    r, tau = np.zeros(len(ok)), np.zeros(len(ok))
-    for lo in range(0, len(ok), step):
-        et = _dense(expr_target, ok[lo : lo + step])
-        es = _dense(expr_source, src[lo : lo + step])
-        r[lo : lo + step] = pearson(et, es, axis=1)
-        if kendall:
-            tau[lo : lo + step] = kendall_tau_rows(et, es)
+    r, tau = _pair_correlations(
+        lambda rows: _dense(expr_target, rows),
+        lambda rows: _dense(expr_source, rows),
+        expr_target.shape[1],
+        ok,
+        src,
+        kendall,
+    )
     out = {"pearson": r, "target_index": ok, "source_index": src, "distance": dist[ok]}
     if kendall:
         out["kendall_tau"] = tau
     return out
 
 
+def _pair_correlations(read_target, read_source, n_genes: int, target_rows, source_rows, kendall: bool):
+    """PCC and Kendall's tau of each pair of rows ``(target_rows[i], source_rows[i])``.
+
+    ``read_target(rows)`` / ``read_source(rows)`` give those rows as dense float64 arrays of
+    ``n_genes`` columns. Pairs are taken a block at a time: dense float64 profiles of all pairs, and
+    pearson's temporaries of their size, are GBs at 10^5-10^6 spots; each coefficient depends on its
+    own pair only. The tau are zeros when ``kendall`` is False.
+    """
+    step = max(1, _PAIR_BLOCK // max(n_genes, 1))
+    r, tau = np.zeros(len(target_rows)), np.zeros(len(target_rows))
+    for lo in range(0, len(target_rows), step):
+        et = read_target(target_rows[lo : lo + step])
+        es = read_source(source_rows[lo : lo + step])
+        r[lo : lo + step] = pearson(et, es, axis=1)
+        if kendall:
+            tau[lo : lo + step] = kendall_tau_rows(et, es)
+    return r, tau
+
+
 def _check_finite(expr, name: str) -> None:
     values = expr.data if sp.issparse(expr) else np.asarray(expr)
-    bad = int(np.count_nonzero(~np.isfinite(values)))
+    _raise_non_finite(int(np.count_nonzero(~np.isfinite(values))), name)
+
+
+def _raise_non_finite(bad: int, name: str) -> None:
     if bad:
         raise ValueError(f"{name} holds {bad} NaN or infinite value(s); expression must be finite.")
 
 
-def _log_normalized(adata: AnnData, genes: pd.Index) -> tuple[sp.csr_matrix, np.ndarray]:
-    """log1p of the counts over ``genes`` scaled to the median library size of the spots with counts.
+class _LogCounts:
+    """A section's log-normalised counts over some genes, computed a block of spots at a time.
 
-    Returns the float64 CSR matrix and the mask of spots with counts; spots without keep their zeros.
+    log1p of the counts scaled to the median library size of the spots with counts (scanpy's
+    ``normalize_total`` + ``log1p``); spots without counts keep their zeros. Only the counts are held
+    (the table's own matrix when it is in memory, else read once): spots are normalised when they
+    are read, so that no float64 copy of every gene of every spot is made (GBs at 10^5-10^6 spots).
+    Each spot's values are the same, bit for bit, as when the whole matrix is normalised at once.
+
+    Parameters
+    ----------
+    adata
+        The section; its ``.X`` holds counts, in memory or opened with ``backed="r"``.
+    genes
+        The genes kept, among ``adata.var_names``.
     """
-    # a view's .X would copy the matrix even when all genes are kept; a backed one is read from disk
-    columns = None if genes.equals(adata.var_names) else adata.var_names.get_indexer(genes)
-    x = read_matrix(adata.X, columns)
-    # one float64 copy, scaled and log-transformed in place
-    x = (
-        sp.csr_matrix(x, dtype=np.float64, copy=True)
-        if sp.issparse(x)
-        else sp.csr_matrix(np.asarray(x, np.float64))
-    )
-    x.sum_duplicates()  # entries stored twice are one value: log1p of their sum, not of each
-    lib = np.asarray(x.sum(axis=1)).ravel()
-    has_counts = lib > 0
-    target_sum = np.median(lib[has_counts]) if has_counts.any() else 1.0
-    x.data *= np.repeat(target_sum / np.where(has_counts, lib, 1.0), np.diff(x.indptr))
-    np.log1p(x.data, out=x.data)
-    return x, has_counts
 
+    def __init__(self, adata: AnnData, genes: pd.Index):
+        # a view's .X would copy the matrix even when all genes are kept; a backed one is read from disk
+        columns = None if genes.equals(adata.var_names) else adata.var_names.get_indexer(genes)
+        x = adata.X
+        if isinstance(x, np.ndarray) or (sp.issparse(x) and x.format == "csr"):
+            self._x, self._columns = x, columns  # the genes are taken a block of spots at a time
+        else:  # read, and CSC / COO counts made CSR at their own dtype, once
+            x = read_matrix(x, columns)
+            self._x, self._columns = (sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)), None
+        self.n_obs, self.n_vars = adata.n_obs, len(genes)
+        lib = np.zeros(self.n_obs)
+        non_negative = True  # and finite
+        for lo, counts in self._blocks(self._counts):
+            lib[lo : lo + counts.shape[0]] = np.asarray(counts.sum(axis=1)).ravel()
+            non_negative = non_negative and bool(np.all(counts.data >= 0) and np.isfinite(counts.data).all())
+        self.has_counts = lib > 0
+        target_sum = np.median(lib[self.has_counts]) if self.has_counts.any() else 1.0
+        self._scale = target_sum / np.where(self.has_counts, lib, 1.0)
+        # then each scaled count is at most target_sum (a value is at most its spot's sum), so finite
+        self._finite = non_negative and target_sum < 1e300 and bool(np.isfinite(self._scale).all())
 
-def _gene_variances(x: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-    """Variance of each column of ``x`` over the rows of the mask ``rows``.
+    def _blocks(self, read, *args):
+        step = max(1, _PAIR_BLOCK // max(self.n_vars, 1))
+        for lo in range(0, self.n_obs, step):
+            yield lo, read(slice(lo, lo + step), *args)
 
-    Summed over the stored values, without copies of the kept rows (``x[rows]``) or of the squared
-    matrix, each as large as ``x``.
-    """
-    n = max(int(rows.sum()), 1)
-    values = x.data
-    if (np.diff(x.indptr)[~rows] > 0).any():  # stored values in rows left out (e.g. explicit zeros)
-        values = np.where(np.repeat(rows, np.diff(x.indptr)), values, 0.0)
-    sums = np.bincount(x.indices, weights=values, minlength=x.shape[1])
-    squares = np.bincount(x.indices, weights=values * values, minlength=x.shape[1])
-    mean = sums / n
-    return squares / n - mean**2
+    def _counts(self, rows) -> sp.csr_matrix:
+        # float64 counts of these spots, an entry stored twice summed into one value
+        x = self._x[rows]
+        if self._columns is not None:
+            x = x[:, self._columns]
+        x = (
+            sp.csr_matrix(x, dtype=np.float64, copy=True)
+            if sp.issparse(x)
+            else sp.csr_matrix(np.asarray(x, np.float64))
+        )
+        x.sum_duplicates()  # log1p of the entry's sum, not of each value
+        return x
+
+    def rows(self, rows, genes: np.ndarray | None = None) -> sp.csr_matrix:
+        """The log-normalised values of these spots (a slice or indices) over ``genes`` (positions)."""
+        x = self._counts(rows)
+        if genes is not None:
+            x = x[:, genes]
+        x.data *= np.repeat(self._scale[rows], np.diff(x.indptr))
+        np.log1p(x.data, out=x.data)
+        return x
+
+    def blocks(self, genes: np.ndarray | None = None):
+        """``(first spot, values)`` of each block of spots in turn (:meth:`rows`)."""
+        return self._blocks(self.rows, genes)
+
+    def gene_variances(self) -> tuple[np.ndarray, np.ndarray]:
+        """Variance of each gene over the spots with counts, and its number of NaN or infinite values.
+
+        Spots without counts would move the variances while telling nothing of the genes (all spots
+        count when none has counts); NaN are counted over all spots. The sums add the stored values
+        one after the other in the order of the whole matrix, so that they do not depend on the size
+        of the blocks.
+        """
+        rows = self.has_counts if self.has_counts.any() else np.ones(self.n_obs, bool)
+        n = max(int(rows.sum()), 1)
+        sums, squares = np.zeros(self.n_vars), np.zeros(self.n_vars)
+        non_finite = np.zeros(self.n_vars, np.int64)
+        for lo, x in self.blocks():
+            bad = ~np.isfinite(x.data)
+            if bad.any():
+                non_finite += np.bincount(x.indices[bad], minlength=self.n_vars)
+            values, genes = x.data, x.indices
+            kept = np.repeat(rows[lo : lo + x.shape[0]], np.diff(x.indptr))
+            if not kept.all():  # stored values (e.g. explicit zeros) of spots left out
+                values, genes = values[kept], genes[kept]
+            np.add.at(sums, genes, values)
+            np.add.at(squares, genes, values * values)
+        mean = sums / n
+        return squares / n - mean**2, non_finite
+
+    def non_finite(self, genes: np.ndarray) -> int:
+        """Number of NaN or infinite values over ``genes`` (positions)."""
+        if self._finite:  # counts finite and >= 0: none, without computing them
+            return 0
+        return sum(int(np.count_nonzero(~np.isfinite(x.data))) for _, x in self.blocks(genes))
 
 
 def _default_radius(xy: np.ndarray, name: str) -> float:
@@ -301,14 +385,23 @@ def alignment_expression_scores(
     if len(genes) < 2:
         raise ValueError(f"source and target share {len(genes)} gene(s); at least 2 are needed.")
 
-    xt, has_counts = _log_normalized(target, genes)
-    xs = _log_normalized(source, genes)[0]
-    # spots without counts would move the gene variances while telling nothing of them
-    var = _gene_variances(xt, has_counts if has_counts.any() else np.ones(len(has_counts), bool))
+    # normalised a block of spots at a time: only the chosen genes of the paired spots are kept
+    xt, xs = _LogCounts(target, genes), _LogCounts(source, genes)
+    var, non_finite = xt.gene_variances()
     top = np.argsort(-var, kind="stable")[: min(n_top_genes, len(genes))]
-    res = matched_expression_correlation(
-        xt[:, top], xy_target, xs[:, top], xy_source, max_distance=max_distance, kendall=kendall
+    _raise_non_finite(int(non_finite[top].sum()), "expr_target (the target's expression)")
+    _raise_non_finite(xs.non_finite(top), "expr_source (the source's expression)")
+    dist, src = cKDTree(xy_source).query(xy_target, k=1)
+    ok = np.nonzero(dist <= max_distance)[0]
+    r, tau = _pair_correlations(
+        lambda rows: xt.rows(rows, top).toarray(),
+        lambda rows: xs.rows(rows, top).toarray(),
+        len(top),
+        ok,
+        src[ok],
+        kendall,
     )
+    res = {"pearson": r, "target_index": ok, "kendall_tau": tau}
     if not len(res["target_index"]):
         spacing = spot_spacing(xy_target) if len(xy_target) >= 2 else float("nan")
         warnings.warn(

@@ -26,21 +26,45 @@ from loki._utils import (
 )
 from loki._utils._spatialdata import check_write_mode, get_table
 
-from ._retrieve import l2_normalize
+from ._retrieve import _check_norms, l2_normalize, row_norms
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
+#: Items checked for NaN at a time, so that no boolean array as large as the embeddings is made.
+_ROW_BLOCK = 1 << 20  # values (items x dimensions)
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    if x.ndim != 2:  # refused by the size check that follows
+        return bool(np.isfinite(x).all())
+    step = max(1, _ROW_BLOCK // max(x.shape[1], 1))
+    return all(np.isfinite(x[lo : lo + step]).all() for lo in range(0, len(x), step))
+
+
+def _unit_rows(x: np.ndarray, name: str, overwrite: bool) -> np.ndarray:
+    # l2_normalize(x, name) of a 2-D float32 array, written into x itself when ``overwrite``
+    norms = row_norms(x)
+    _check_norms(norms, name, 0)
+    return np.divide(x, norms.astype(np.float32)[:, None], out=x if overwrite else None)
+
 
 def cosine_scores(items: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Cosine similarity of each item (row of ``items``) with each class embedding: items x classes."""
+    return _cosine_scores(items, classes, overwrite_items=False)
+
+
+def _cosine_scores(items: np.ndarray, classes: np.ndarray, overwrite_items: bool) -> np.ndarray:
+    # overwrite_items: items is a float32 array of the caller's own, which may be normalised in place
     items = np.asarray(items, dtype=np.float32)
     classes = np.asarray(classes, dtype=np.float32)
     if items.ndim != 2 or classes.ndim != 2 or items.shape[1] != classes.shape[1]:
         raise ValueError(
             f"Embedding sizes differ: items {items.shape}, classes {classes.shape}; were they made by the same model?"
         )
-    return l2_normalize(items, "item embeddings") @ l2_normalize(classes, "class embeddings").T
+    # one product over all items: OpenBLAS's sums depend on the number of rows, so a block of
+    # items at a time would move scores by a float32 rounding step
+    return _unit_rows(items, "item embeddings", overwrite_items) @ l2_normalize(classes, "class embeddings").T
 
 
 def minmax_per_row(scores: np.ndarray) -> np.ndarray:
@@ -277,7 +301,9 @@ def annotate(
     check_result_key(adata, label_key, ("obs",), what="label_key", owner=key_added)
     require_keys(adata.obsm, use, "adata.obsm")
     items = np.asarray(adata.obsm[use], dtype=np.float32)
-    if not np.isfinite(items).all():
+    # a copy made here (float64 embeddings, say) is normalised in place rather than copied again
+    own_items = items is not adata.obsm[use] and items.flags.owndata and items.flags.writeable
+    if not _all_finite(items):
         raise ValueError(f"adata.obsm[{use!r}] contains NaN or infinite values.")
     sentences: dict[str, str] = {}
     missing: dict[str, list[str]] = {}
@@ -338,7 +364,9 @@ def annotate(
         emb = _encode(model, [sentences[c] for c in classes])
         if emb.shape[0] != len(classes):
             raise ValueError(f"The model returned {emb.shape[0]} embeddings for {len(classes)} sentences.")
-    scores = cosine_scores(items, emb)  # validates embedding sizes before anything is written
+    # validates embedding sizes before anything is written
+    scores = _cosine_scores(items, emb, overwrite_items=own_items)
+    del items  # normalised in place when it was a copy
     if missing:
         listing = "; ".join(f"{c}: {', '.join(m)}" for c, m in missing.items())
         warnings.warn(
