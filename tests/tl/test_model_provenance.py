@@ -30,6 +30,7 @@ def _section(model, seed, n=36):
     a.obsm["spatial"] = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 100.0
     lk.tl.embed_text(a, model)
     a.obsm["X_own"] = a.obsm[lk.Key.TEXT].copy()  # an embedding loki did not record
+    a.obs["type"] = ["a", "b"] * (n // 2)  # cell types, when the section is a decomposition's reference
     return a
 
 
@@ -40,6 +41,9 @@ CALLS = {
         {"q": q, "r": r}, use_query=use, use_reference=use
     ),
     "align": lambda q, r, use: lk.tl.align(q, target=r, use=use, method="rigid", n_pcs=2, inplace=False),
+    "decompose": lambda q, r, use: lk.tl.decompose(
+        q, reference=r.copy(), cell_type_key="type", use=use, reference_use=use, inplace=False
+    ),
 }
 
 
@@ -63,3 +67,18 @@ def test_one_model_or_an_unrecorded_embedding_gives_no_warning(models, call, cas
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*different model weights")
         CALLS[call](a, b, use)
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_annotate_compares_its_model_with_the_embeddings_record(models, same):
+    a = _section(models[0], 0)
+    markers = {"one": ["G0", "G1"], "two": ["G2", "G3"]}
+    model = models[0] if same else models[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lk.tl.annotate(a, markers=markers, model=model, use=lk.Key.TEXT)
+    messages = [str(w.message) for w in caught if "different model weights" in str(w.message)]
+    assert len(messages) == (0 if same else 1)
+    if not same:
+        assert models[1].checkpoint_hash[:12] in messages[0]
+        assert "the class embeddings (model=)" in messages[0]

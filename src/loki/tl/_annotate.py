@@ -24,6 +24,7 @@ from loki._utils import (
     write_obsm,
     write_uns,
 )
+from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._spatialdata import check_write_mode, get_table
 
 from ._retrieve import _check_norms, l2_normalize, row_norms
@@ -233,6 +234,8 @@ def annotate(
         each sample, or each ``groupby`` group summed, is a class).
     model
         Text encoder: an object with ``encode_texts(list[str])`` (``lk.models.load(...)``) or a callable.
+        A :class:`~loki.LokiWarning` says so when it is a loki model whose weights differ from those
+        recorded for ``.obsm[use]`` (``.uns['loki'][use]``).
     class_embeddings
         Precomputed class embeddings (DataFrame classes x dims, or dict) instead of ``markers``/``model``.
     use
@@ -361,6 +364,11 @@ def annotate(
         if not np.isfinite(fused_other).all():
             raise ValueError("fuse_with contains NaN or infinite values.")
     if emb is None:
+        recorded = embedding_model(adata, use)
+        if recorded is not None and isinstance(getattr(model, "checkpoint_hash", None), str):
+            warn_if_models_differ(
+                {f"adata.obsm[{use!r}]": recorded, "the class embeddings (model=)": model.info()}
+            )
         emb = _encode(model, [sentences[c] for c in classes])
         if emb.shape[0] != len(classes):
             raise ValueError(f"The model returned {emb.shape[0]} embeddings for {len(classes)} sentences.")

@@ -31,6 +31,7 @@ from loki._utils import (
 )
 from loki._utils._backed import read_matrix
 from loki._utils._labels import label_categories
+from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata
 
 from ._mapping import mapping_to_proportions, nms_refine, normalize_rows, percentile_normalize
@@ -179,6 +180,8 @@ def decompose(
     use
         ``"X"`` (expression of the genes shared by both objects, from ``.X`` or ``layer``), or a key
         of ``.obsm`` holding spot embeddings, e.g. ``"loki_text"`` (ST) or ``"loki_image"`` (H&E).
+        A :class:`~loki.LokiWarning` says so when the records (``.uns['loki']``) of the spots' and
+        the reference's embeddings name different model weights.
     reference_use
         Features of the reference: ``"X"`` or an ``.obsm`` key. Default: ``"X"`` when ``use="X"``,
         otherwise ``"loki_text"`` (cells embedded by the text encoder).
@@ -594,6 +597,12 @@ def _features(
                 f"Embedding sizes differ: adata.obsm[{use!r}] is {spots.shape}, "
                 f"reference.obsm[{reference_use!r}] is {ref.shape}; embed both with the same model."
             )
+        warn_if_models_differ(
+            {
+                f"adata.obsm[{use!r}]": embedding_model(table, use),
+                f"reference.obsm[{reference_use!r}]": embedding_model(reference, reference_use),
+            }
+        )
         features = None
     _check_finite(spots, f"spot features ({use})")
     _check_finite(ref, f"reference features ({reference_use})")
