@@ -328,3 +328,54 @@ def test_a_signal_ends_a_command_in_one_line_after_its_clean_up(monkeypatch, cap
     assert exit_.value.code == code
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"loki tile: {word}"
     assert signal.getsignal(signal.SIGTERM) is before  # put back
+
+
+def test_help_version_and_usage_errors_load_no_scientific_library():
+    """`loki --help`, `--version` and usage errors answer at once (they took 3 to 4 s importing the whole
+    stack): the CLI module, its parser and the console script's entry point import none of it."""
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import contextlib, io, json, sys
+from importlib.metadata import entry_points
+
+heavy = ("anndata", "dask", "numpy", "pandas", "scanpy", "spatialdata", "torch")
+loaded = lambda: sorted(m for m in heavy if m in sys.modules)
+import loki.cli
+seen = {"import loki.cli": loaded()}
+(script,) = entry_points(group="console_scripts", name="loki")
+seen["entry point"] = [script.value, script.load() is loki.cli.main]
+for argv in (["--help"], ["--version"], ["embed", "--help"], ["align", "--bogus"], []):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            loki.cli.main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    seen[" ".join(argv)] = [code, loaded()]
+print(json.dumps(seen))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {
+        "import loki.cli": [],
+        "entry point": ["loki.cli:main", True],
+        "--help": [0, []],
+        "--version": [0, []],
+        "embed --help": [0, []],
+        "align --bogus": [2, []],
+        "": [2, []],
+    }, out.stderr
+
+
+def test_embed_help_names_the_default_exclude_patterns_of_gene_sentences():
+    import inspect
+
+    import loki as lk
+    from loki.cli import _sentence_options
+
+    default = inspect.signature(lk.pp.gene_sentences).parameters["exclude_patterns"].default
+    (action,) = (a for a in _commands()["embed"]._actions if "--exclude-patterns" in a.option_strings)
+    assert f"(default: {' '.join(default)}, the reference recipe" in action.help
+    args = _parser().parse_args(["embed", "store.zarr", "--table", "t"])
+    assert _sentence_options(args)["exclude_patterns"] == default

@@ -78,3 +78,20 @@ print(bad)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "{}", out.stdout + out.stderr
+
+
+def test_namespaces_are_loaded_on_first_use():
+    """``import loki`` loads no scientific library (it took 4 s, which ``loki --help`` paid too): each
+    namespace is imported when first used, and is listed and importable as before."""
+    code = """
+import sys
+import loki as lk
+
+heavy = ("anndata", "dask", "numpy", "pandas", "scanpy", "spatialdata", "torch")
+print(sorted(m for m in heavy if m in sys.modules))
+print([n for n in dir(lk) if not n.startswith("_")] == sorted(lk.__all__))
+from loki import pp
+print(pp is lk.pp, callable(lk.pp.gene_sentences), callable(lk.tl.align), "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["[]", "True", "True True True False"], out.stdout + out.stderr

@@ -343,7 +343,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_sentence_options(embed: argparse.ArgumentParser) -> None:
     """The options of the gene sentences (lk.pp.gene_sentences), one for each keyword, with its default."""
-    from .pp._sentences import REFERENCE_EXCLUDE_PATTERNS
+    from ._defaults import REFERENCE_EXCLUDE_PATTERNS
 
     group = embed.add_argument_group(
         "gene sentences",
@@ -528,7 +528,7 @@ def _check_same_model(table, model, writes: list[str], args: argparse.Namespace)
 
 def _sentence_options(args: argparse.Namespace) -> dict:
     """The keywords of :func:`loki.pp.gene_sentences` that ``loki embed`` has options for."""
-    from .pp._sentences import REFERENCE_EXCLUDE_PATTERNS
+    from ._defaults import REFERENCE_EXCLUDE_PATTERNS
 
     return {
         "n_genes": args.n_genes,

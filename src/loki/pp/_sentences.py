@@ -12,6 +12,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from loki._defaults import REFERENCE_EXCLUDE_PATTERNS
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import all_or_nothing, check_int, check_result_key, require_keys, write_obs, write_uns
@@ -23,8 +24,6 @@ from ._topk import as_csr, join_names, top_k_rows
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-#: Gene-name patterns the reference recipe drops (every symbol containing "-" or ".").
-REFERENCE_EXCLUDE_PATTERNS: tuple[str, ...] = (r"-", r"\.")
 MITO_PATTERN = r"^MT-"
 RIBO_PATTERN = r"^RP[SL]"
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
