@@ -249,3 +249,29 @@ def test_read_slide_refuses_deep_tiffs_naming_the_way_out(folder):
         ValueError, match=r"u12\.tif: loki reads TIFF slides of 8-bit samples, this one is uint16"
     ):
         lk.io.read_slide(folder / "u12.tif")
+
+
+@pytest.mark.parametrize("shape", [(2000, 1500, 3), (2000, 1500)], ids=["rgb", "grey"])
+def test_a_16_bit_array_is_converted_without_a_float_copy_of_it(shape):
+    """Converting the whole image at once held a float32 copy (twice a 16-bit image) besides it and
+    the result, and grey was repeated to three 16-bit channels first: about 2.5x (RGB) and 10x
+    (grey) the input's size more memory than the uint8 result, for slides read into memory."""
+    import tracemalloc
+
+    from loki.io._image import read_rgb
+
+    image = np.random.default_rng(0).integers(0, 4096, shape).astype(np.uint16)
+    expected = np.rint(image.astype(np.float64) * (255 / 4095)).astype(np.uint8)
+    expected = np.repeat(expected[..., None], 3, axis=2) if image.ndim == 2 else expected
+    tracemalloc.start()
+    try:
+        with pytest.warns(lk.LokiWarning, match="12-bit data"):
+            rgb = read_rgb(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(rgb, expected)
+    assert rgb.flags.c_contiguous
+    assert rgb.dtype == np.uint8
+    # the result, plus a block of a few MB being converted
+    assert peak < rgb.nbytes + 6 * 2**20, peak / rgb.nbytes

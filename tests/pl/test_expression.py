@@ -132,6 +132,29 @@ def test_bad_colour_limits_are_refused_before_drawing(kwargs, match):
     assert not plt.get_fignums()
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"vmin": 1e6}, r"colour scale of g0 would run from 1e\+06 \(vmin=1000000.0\) down to"),
+        (
+            {"vmin": 1, "vmax": "p10"},
+            r"colour scale of g0 would run from 1 .* \(vmax='p10'\); its values are 0.5 to 2",
+        ),
+        ({"vmax": -1, "scale": "panel"}, r"colour scale of g0 measured would run from .* down to -1"),
+    ],
+)
+def test_limits_that_cross_the_values_are_refused_before_drawing(kwargs, match):
+    # a number beyond the values (or a percentile below a number) met matplotlib's "minvalue must be
+    # less than or equal to maxvalue" half-way through drawing, leaving a figure open
+    table = small_section(with_image=False)
+    table.X[:, 0] = np.linspace(0.5, 2, table.n_obs)
+    table.layers["loki_predicted"] = table.X.copy()
+    plt.close("all")
+    with pytest.raises(ValueError, match=match):
+        lk.pl.expression(table, "g0", show=False, **kwargs)
+    assert not plt.get_fignums()
+
+
 def test_a_missing_value_keeps_the_colour_scale_and_the_correlation():
     table = small_section(n=50, with_image=False)
     rng = np.random.default_rng(0)

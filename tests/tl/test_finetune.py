@@ -111,6 +111,20 @@ def test_bad_validation_keys_are_refused_before_training(mob12, kwargs, match):
     assert model.checkpoint_hash == before
 
 
+def test_keep_best_without_held_out_sections_names_validation_keys(mob12, monkeypatch):
+    # lk.tl.finetune has no validation= argument: the error named lk.models.finetune's, after every
+    # training patch had been cut
+    import loki.tl._finetune as tl_finetune
+
+    def no_cut(*args, **kwargs):
+        raise AssertionError("patches were cut before the arguments were checked")
+
+    monkeypatch.setattr(tl_finetune, "collect_pairs", no_cut)
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    with pytest.raises(ValueError, match=r"keep_best=True needs validation_keys="):
+        lk.tl.finetune(mob12, model, keep_best=True, epochs=1, progress=False)
+
+
 def test_validation_keys_need_a_spatialdata():
     a = ad.AnnData(np.ones((4, 2), np.float32))
     a.obs[lk.Key.SENTENCE] = ["Apoe Ptgds"] * 4
@@ -354,3 +368,25 @@ def test_loss_curve_rings_the_kept_epoch(tmp_path):
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="2 held-out losses for 3 epochs"):
         lk.pl.loss_curve({**history, "val_loss": [2.6, 2.2]}, show=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"val_loss": [2.6, 2.2]}, "2 held-out losses for 3 epochs"),
+        ({"best_epoch": 0}, r"best_epoch must be an epoch 1 to 3, got 0"),
+        ({"best_epoch": 4}, r"best_epoch must be an epoch 1 to 3, got 4"),
+    ],
+)
+def test_loss_curve_refuses_held_out_losses_that_do_not_fit_before_drawing(change, match):
+    # best_epoch=0 ringed the last epoch (index -1); a bad history left a figure open
+    history = {
+        "step_loss": [3, 2.5, 2, 1.8, 1.5, 1.2],
+        "epoch_loss": [2.75, 1.9, 1.35],
+        "val_loss": [2.6, 2.2, 2.4],
+        "best_epoch": 2,
+    }
+    plt.close("all")
+    with pytest.raises(ValueError, match=match):
+        lk.pl.loss_curve({**history, **change}, show=False)
+    assert not plt.get_fignums()

@@ -335,3 +335,15 @@ def test_fit_mapping_is_equivariant_to_permuting_sources_and_spots(seed, data):
 def test_fit_mapping_rejects_keys_of_the_wrong_length():
     with pytest.raises(ValueError, match=r"target_keys must have shape \(4,\)"):
         fit_mapping(np.ones((2, 3)), np.ones((4, 3)), target_keys=np.arange(3), epochs=1, device="cpu")
+
+
+def test_fit_mapping_takes_integer_keys_only():
+    # float keys were truncated (1.2 and 1.7 gave one start), negative ones in a list overflowed
+    source, target = np.ones((2, 3)), np.random.default_rng(0).random((2, 3))
+    kwargs = {"epochs": 1, "device": "cpu"}
+    for keys in (np.array([1.2, 1.7]), np.array(["a", "b"])):
+        with pytest.raises(ValueError, match=r"source_keys must be integers .* name_keys"):
+            fit_mapping(source, target, source_keys=keys, **kwargs)
+    wrapped = fit_mapping(source, target, source_keys=[-1, 2], **kwargs).mapping
+    same = fit_mapping(source, target, source_keys=np.array([2**64 - 1, 2], np.uint64), **kwargs).mapping
+    np.testing.assert_array_equal(wrapped, same)

@@ -82,3 +82,27 @@ def test_annotate_compares_its_model_with_the_embeddings_record(models, same):
     if not same:
         assert models[1].checkpoint_hash[:12] in messages[0]
         assert "the class embeddings (model=)" in messages[0]
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16-weights"])
+def test_the_same_weights_saved_reloaded_or_in_another_precision_give_no_warning(models, tmp_path, precision):
+    """A saved model reloads with its hash; loaded with bf16 weights, it is still the same file.
+
+    precision='bf16-weights' rounds the weights (and so the hash), yet its embeddings differ from the
+    fp32 ones by rounding only; the warning used to say they "mean nothing".
+    """
+    models[0].save(tmp_path / "m")
+    fp32 = lk.models.load(tmp_path / "m", device="cpu")
+    other = lk.models.load(tmp_path / "m", device="cpu", precision=precision)
+    assert fp32.checkpoint_hash == models[0].checkpoint_hash
+    a, b, c = _section(models[0], 0), _section(fp32, 1), _section(other, 2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*different model weights")
+        for query, bank in ((a, b), (b, c)):
+            lk.tl.retrieve(query, bank, k=3, use_query=lk.Key.TEXT, use_bank=lk.Key.TEXT)
+        lk.tl.annotate(c, markers={"one": ["G0", "G1"], "two": ["G2", "G3"]}, model=fp32, use=lk.Key.TEXT)
+    # another model's embeddings beside the file's two precisions are still named
+    with pytest.warns(lk.LokiWarning, match="different model weights"):
+        lk.tl.predict_expression_loso(
+            {"a": b, "b": c, "c": _section(models[1], 3)}, use_query=lk.Key.TEXT, use_reference=lk.Key.TEXT
+        )

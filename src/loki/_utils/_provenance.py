@@ -37,6 +37,10 @@ def embedding_model(data, key: str | None, table_key: str | None = None) -> Mapp
 def warn_if_models_differ(embeddings: Mapping[str, Mapping[str, Any] | None]) -> None:
     """Warn (:class:`~loki.LokiWarning`) when recorded embeddings come from different weights.
 
+    Two records name the same weights when their ``checkpoint_hash`` is equal, or when both hold the
+    same ``file_sha256``: one weights file, loaded in two precisions (``precision="bf16-weights"``
+    rounds the weights, and with them the hash, but not what the model computes beyond rounding).
+
     Parameters
     ----------
     embeddings
@@ -44,8 +48,7 @@ def warn_if_models_differ(embeddings: Mapping[str, Mapping[str, Any] | None]) ->
         record from :func:`embedding_model`; None (not recorded) is left out of the comparison.
     """
     known = {what: record for what, record in embeddings.items() if record is not None}
-    hashes = {record["checkpoint_hash"] for record in known.values()}
-    if len(hashes) < 2:
+    if same_weights(*known.values()):
         return
     made_by = "; ".join(
         f"{what} by {record.get('model', '?')!r} (weights {record['checkpoint_hash'][:12]})"
@@ -53,8 +56,39 @@ def warn_if_models_differ(embeddings: Mapping[str, Mapping[str, Any] | None]) ->
     )
     warnings.warn(
         f"The embeddings compared come from different model weights: {made_by}. Cosine similarities "
-        "between two models' embeddings mean nothing; embed both with one model (weights loaded in "
-        "another precision, such as precision='bf16-weights', also count as other weights here).",
+        "between two models' embeddings mean nothing; embed both with one model (the same weights file "
+        "loaded in another precision, such as precision='bf16-weights', counts as the same model).",
         LokiWarning,
         stacklevel=user_stacklevel(),
     )
+
+
+def same_weights(*records: Mapping[str, Any]) -> bool:
+    """Whether model records (:meth:`loki.models.OmiCLIP.info`, or an embedding's) all name one weights.
+
+    Records are linked by an equal ``checkpoint_hash`` or an equal ``file_sha256`` (one weights file
+    loaded in two precisions); True for fewer than two records.
+    """
+    return len(_same_weights_groups(list(records))) < 2
+
+
+def _same_weights_groups(records: list[Mapping[str, Any]]) -> list[set[int]]:
+    """The records grouped by the weights they name: linked by an equal hash or an equal weights file."""
+    groups: list[set[int]] = []
+    for i, record in enumerate(records):
+        ids = _ids(record)
+        joined, rest = {i}, []
+        for members in groups:
+            if any(_ids(records[j]) & ids for j in members):
+                joined |= members
+            else:
+                rest.append(members)
+        groups = [*rest, joined]
+    return groups
+
+
+def _ids(record: Mapping[str, Any]) -> set[tuple[str, str]]:
+    ids = {("hash", record["checkpoint_hash"])}
+    if isinstance(record.get("file_sha256"), str):
+        ids.add(("file", record["file_sha256"]))
+    return ids

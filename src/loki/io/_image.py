@@ -25,6 +25,8 @@ _BIT_DEPTHS = (8, 10, 12, 14, 16)
 #: Values of a float image this far above 1 still read as [0, 1] (rounding of values stored as 0-1).
 _FLOAT_TOL = 1e-3
 _TIFF_SUFFIXES = {".tif", ".tiff"}
+#: Values of an in-memory image converted at a time (a float32 block of 4 MB)
+_BLOCK_VALUES = 1 << 20
 
 #: The rules :func:`to_uint8_cyx` applies, for docstrings.
 CONVERSION_RULES = """\
@@ -75,10 +77,14 @@ def to_uint8_cyx(cyx: Any, what: str) -> Any:
             f"{what}: {n} channels; loki reads grey, grey + alpha, RGB or RGBA brightfield (H&E) "
             "images, not multiplexed fluorescence."
         )
-    if n <= 2:  # grey (and alpha)
-        cyx = _stack([cyx[:1]] * 3)
-    else:
-        cyx = cyx[:3]  # the alpha channel of RGBA is dropped
+    # grey (and alpha): its one channel is converted, then repeated; the alpha channel of RGBA is dropped
+    grey = n <= 2
+    rgb = _as_uint8(cyx[:1] if grey else cyx[:3], what)
+    return _stack([rgb] * 3) if grey else rgb
+
+
+def _as_uint8(cyx: Any, what: str) -> Any:
+    """One or three channels ``(c, y, x)`` as uint8, by :data:`CONVERSION_RULES`."""
     dtype = np.dtype(cyx.dtype)
     if dtype == np.uint8:
         return cyx
@@ -126,8 +132,15 @@ def to_uint8_cyx(cyx: Any, what: str) -> Any:
 
 
 def _stack(parts: list) -> Any:
+    """Channels ``(c, y, x)`` stacked; numpy ones as a view of a ``(y, x, c)`` array (what :func:`read_rgb` returns)."""
     if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
+        out = np.empty((*parts[0].shape[1:], sum(len(p) for p in parts)), dtype=parts[0].dtype)
+        cyx = np.moveaxis(out, -1, 0)
+        start = 0
+        for part in parts:
+            cyx[start : start + len(part)] = part
+            start += len(part)
+        return cyx
     import dask.array as da
 
     return da.concatenate(parts)
@@ -135,12 +148,15 @@ def _stack(parts: list) -> Any:
 
 def _range(cyx: Any) -> tuple[Any, Any, bool]:
     """Minimum, maximum and whether all values are finite, in one pass over a numpy or dask array."""
-    finite = np.isfinite(cyx).all() if np.dtype(cyx.dtype).kind == "f" else True
     if isinstance(cyx, np.ndarray):
+        finite = np.dtype(cyx.dtype).kind != "f" or all(
+            np.isfinite(cyx[:, y : y + step]).all() for y, step in _row_blocks(cyx)
+        )
         lo, hi = cyx.min(), cyx.max()
     else:
         import dask
 
+        finite = np.isfinite(cyx).all() if np.dtype(cyx.dtype).kind == "f" else True
         lo, hi, finite = dask.compute(cyx.min(), cyx.max(), finite)
     if np.dtype(cyx.dtype).kind == "f":
         if not finite:  # nanmin / nanmax would hide them; the caller raises
@@ -158,9 +174,21 @@ def _scaled(cyx: Any, factor: float) -> Any:
         return np.clip(np.rint(out, out=out), 0, 255, out=out).astype(np.uint8)
 
     if isinstance(cyx, np.ndarray):
-        return convert(cyx)
+        # by blocks of rows into the uint8 result: converting the whole image at once held a float32
+        # copy of it (twice the size of a 16-bit image) on top of the image and the result
+        # (written channels last, the layout read_rgb returns, so that it needs no other copy)
+        out = np.moveaxis(np.empty((*cyx.shape[1:], cyx.shape[0]), dtype=np.uint8), -1, 0)
+        for y, step in _row_blocks(cyx):
+            out[:, y : y + step] = convert(cyx[:, y : y + step])
+        return out
     # readers hand a plain image over as one block; convert it in the blocks it is stored in
     return cyx.rechunk(_CHUNKS).map_blocks(convert, dtype=np.uint8)
+
+
+def _row_blocks(cyx: np.ndarray, values: int = _BLOCK_VALUES) -> list[tuple[int, int]]:
+    """``(first row, rows)`` of the blocks of about ``values`` values that cover a ``(c, y, x)`` array."""
+    step = max(1, values // max(1, cyx.shape[0] * cyx.shape[2]))
+    return [(y, step) for y in range(0, cyx.shape[1], step)]
 
 
 def png_bit_depth(path: Path) -> int | None:

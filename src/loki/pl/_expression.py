@@ -106,7 +106,9 @@ def expression(
         Marker size and colour map; spots with a missing (NaN) value are drawn in light grey.
     vmin, vmax
         Limits of each colour scale: a number, a percentile of the scale's finite values written
-        ``"p1"`` ... ``"p99.5"`` (as scanpy takes them), or None for their minimum / maximum.
+        ``"p1"`` ... ``"p99.5"`` (as scanpy takes them), or None for their minimum / maximum. A
+        scale whose vmin would lie above its vmax (``vmin=5`` over values up to 1) raises a
+        ``ValueError`` before anything is drawn.
     scale
         ``"gene"``: one colour scale (and bar) for a gene's measured and predicted panels;
         ``"panel"``: one per panel.
@@ -180,23 +182,31 @@ def expression(
     )
     size = marker_size(spot_size, table.n_obs)
     per_gene = 2 if measured_too and pred_ad is not None else 1
-    fig, axes = panel_grid(per_gene * len(genes), 2 if per_gene == 2 else 4, ax, aspect=spots_aspect(xy))
-    for i, gene in enumerate(genes):
+    # every gene's values and colour scales first: limits that cross (vmin=5 over values up to 1) are
+    # refused before a figure is made
+    drawn = []
+    for gene in genes:
         measured = _column(table, gene, layer) if measured_too else None
         panels = [] if measured is None else [(measured, f"{gene} measured")]
         if pred_ad is not None:
             pred = _column(pred_ad, gene, pred_layer)
             pcc = "" if measured is None else f" (PCC {_pcc_text(measured, pred)})"
             panels.append((pred, f"{gene} predicted{pcc}"))
+        if scale == "gene":
+            groups = [(list(range(len(panels))), _limits([v for v, _ in panels], vmin, vmax, gene))]
+        else:
+            groups = [([k], _limits([v], vmin, vmax, title)) for k, (v, title) in enumerate(panels)]
+        drawn.append((panels, groups))
+    fig, axes = panel_grid(per_gene * len(genes), 2 if per_gene == 2 else 4, ax, aspect=spots_aspect(xy))
+    for i, (panels, groups) in enumerate(drawn):
         gene_axes = axes[per_gene * i : per_gene * (i + 1)]
-        groups = [gene_axes] if scale == "gene" else [[a] for a in gene_axes]
-        values_of = [[values for values, _ in panels]] if scale == "gene" else [[v] for v, _ in panels]
-        for group, arrays in zip(groups, values_of, strict=True):
-            lo, hi = _limits(arrays, vmin, vmax)
-            for a, values in zip(group, arrays, strict=True):
-                draw_section(a, background, xy)
-                points = scatter_values(a, xy, values, cmap=colours, s=size, vmin=lo, vmax=hi)
-            fig.colorbar(points, ax=group, shrink=0.7)
+        for members, (lo, hi) in groups:
+            for k in members:
+                draw_section(gene_axes[k], background, xy)
+                points = scatter_values(
+                    gene_axes[k], xy, panels[k][0], cmap=colours, s=size, vmin=lo, vmax=hi
+                )
+            fig.colorbar(points, ax=[gene_axes[k] for k in members], shrink=0.7)
         for a, (_, title) in zip(gene_axes, panels, strict=True):  # wrapped to the width the colour bar left
             panel_title(a, title, fontsize=9)
     finish(fig, show=show, save=save, created=ax is None)
@@ -227,8 +237,11 @@ def _percentile(value: float | str | None, bound: str) -> float | None:
     raise ValueError(f"{bound} must be a number, a percentile such as 'p99' (0-100), or None; got {value!r}.")
 
 
-def _limits(arrays: list[np.ndarray], vmin, vmax) -> tuple[float | None, float | None]:
-    """A colour scale's limits over the finite values of its panels (None where there are none)."""
+def _limits(arrays: list[np.ndarray], vmin, vmax, what: str) -> tuple[float | None, float | None]:
+    """A colour scale's limits over the finite values of its panels (None where there are none).
+
+    Limits that cross (a number above the values' maximum, say) raise a ValueError naming ``what``.
+    """
     values = np.concatenate(arrays)
     values = values[np.isfinite(values)]
     limits = []
@@ -239,7 +252,14 @@ def _limits(arrays: list[np.ndarray], vmin, vmax) -> tuple[float | None, float |
         elif value is None:
             value = float(extreme(values)) if values.size else None
         limits.append(None if value is None else float(value))
-    return limits[0], limits[1]
+    lo, hi = limits
+    if lo is not None and hi is not None and lo > hi:
+        span = f"{values.min():g} to {values.max():g}" if values.size else "none finite"
+        raise ValueError(
+            f"The colour scale of {what} would run from {lo:g} (vmin={vmin!r}) down to {hi:g} "
+            f"(vmax={vmax!r}); its values are {span}. Pass limits that keep vmin below vmax."
+        )
+    return lo, hi
 
 
 def _pcc_text(measured: np.ndarray, pred: np.ndarray) -> str:

@@ -55,20 +55,24 @@ def loss_curve(
     if steps.size % epochs.size:
         raise ValueError(f"{steps.size} step losses do not split into {epochs.size} epochs")
     per_epoch = steps.size // epochs.size
+    # the held-out losses are checked before a figure is made
+    held_out = np.asarray(history.get("val_loss", []), dtype=float)
+    if "val_loss" in history and held_out.size != epochs.size:
+        raise ValueError(f"history has {held_out.size} held-out losses for {epochs.size} epochs")
+    best = history.get("best_epoch") if "val_loss" in history else None
+    if best is not None and not (isinstance(best, int | np.integer) and 1 <= best <= epochs.size):
+        # epoch 0 would ring the last epoch (index -1)
+        raise ValueError(f"history's best_epoch must be an epoch 1 to {epochs.size}, got {best!r}")
     created = ax is None
     _, (ax,) = panel_grid(1, 1, ax, size=3.2, aspect=5 / 3.2)
     ax.plot(np.arange(1, steps.size + 1), steps, lw=0.8, alpha=0.6, label="step")
     ends = np.arange(1, epochs.size + 1) * per_epoch
     ax.plot(ends, epochs, "o-", ms=3.5, label="epoch mean")
     if "val_loss" in history:
-        held_out = np.asarray(history["val_loss"], dtype=float)
-        if held_out.size != epochs.size:
-            raise ValueError(f"history has {held_out.size} held-out losses for {epochs.size} epochs")
         start = [history["val_loss_before"]] if "val_loss_before" in history else []
         x = np.concatenate([[0] * len(start), ends])
         ax.plot(x, np.concatenate([start, held_out]), "s--", ms=3.5, label="held-out")
-        if "best_epoch" in history:
-            best = int(history["best_epoch"])
+        if best is not None:
             ax.plot(ends[best - 1], held_out[best - 1], "o", ms=10, mfc="none", mec="k", label="kept")
     ax.set_xlabel("step")
     ax.set_ylabel("contrastive loss")

@@ -297,8 +297,8 @@ def finetune(
         (``history["val_loss"]``, drawn by :func:`loki.pl.loss_curve`). With ``table_keys=None`` the
         other tables are trained on.
     keep_best
-        With ``validation_keys``: end with the weights of the epoch of lowest held-out loss, as in
-        :func:`loki.models.finetune`.
+        With ``validation_keys`` (without them, a ``ValueError`` before any patch is cut): end with
+        the weights of the epoch of lowest held-out loss, as in :func:`loki.models.finetune`.
 
     Returns
     -------
@@ -314,6 +314,8 @@ def finetune(
     """
     from loki.models import finetune as _finetune
 
+    if keep_best and validation_keys is None:  # before any patch is cut, named as this function takes it
+        raise ValueError("keep_best=True needs validation_keys= (held-out sections) to tell the best epoch")
     table_keys, validation_keys = _split_sections(data, table_keys, validation_keys)
     pairs = {
         "sentence_key": sentence_key,

@@ -313,12 +313,8 @@ def fit_mapping(
             f"source and target have different feature sizes ({source.shape[1]} vs {target.shape[1]})."
         )
     check_int(epochs, "epochs")
-    for name, keys, n in (
-        ("source_keys", source_keys, source.shape[0]),
-        ("target_keys", target_keys, target.shape[0]),
-    ):
-        if keys is not None and np.shape(keys) != (n,):
-            raise ValueError(f"{name} must have shape ({n},) (one key per row), got {np.shape(keys)}.")
+    source_keys = _checked_keys(source_keys, "source_keys", source.shape[0])
+    target_keys = _checked_keys(target_keys, "target_keys", target.shape[0])
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}.")
     check_int(num_threads, "num_threads", optional=True)
@@ -356,6 +352,24 @@ def fit_mapping(
         )
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _checked_keys(keys, name: str, n: int) -> np.ndarray | None:
+    """``keys`` as ``(n,)`` uint64 (negative integers wrap around); non-integer keys raise a ValueError.
+
+    Floats would be truncated, so that keys 1.2 and 1.7 gave one start; strings failed in numpy.
+    """
+    if keys is None:
+        return None
+    arr = np.asarray(keys)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one key per row), got {arr.shape}.")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(
+            f"{name} must be integers (e.g. name_keys of the names), got dtype {arr.dtype}; pass "
+            "name_keys(names) for names."
+        )
+    return arr.astype(np.uint64)
 
 
 def _fit(
