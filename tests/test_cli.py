@@ -876,3 +876,26 @@ def test_embed_gene_sentence_options_reach_the_library(mob4_zarr, tmp_path, caps
             main([*embed, *option])
         assert exit_.value.code == 2
         assert expected_err in capsys.readouterr().err
+
+
+def test_embed_takes_one_weights_file_in_another_precision_as_the_same_model(tmp_path):
+    # texts embedded with a fast bf16-weights copy, images by `loki embed` from the same file in fp32
+    import argparse
+
+    import anndata as ad
+
+    from loki.cli import _check_same_model
+
+    lk.models.load("loki-tiny", device="cpu", seed=0).save(tmp_path / "m")
+    fast = lk.models.load(tmp_path / "m", device="cpu", precision="bf16-weights")
+    full = lk.models.load(tmp_path / "m", device="cpu")
+    assert fast.checkpoint_hash != full.checkpoint_hash  # rounded weights, one file
+    table = ad.AnnData(np.ones((4, 3), np.float32))
+    table.var_names = ["A", "B", "C"]
+    table.obs[lk.Key.SENTENCE] = ["A B"] * 4
+    lk.tl.embed_text(table, fast)
+    args = argparse.Namespace(model=str(tmp_path / "m"), table="t")
+    _check_same_model(table, full, [lk.Key.IMAGE], args)  # accepted
+    other = lk.models.load("loki-tiny", device="cpu", seed=1)
+    with pytest.raises(SystemExit, match="would not be comparable"):
+        _check_same_model(table, other, [lk.Key.IMAGE], args)

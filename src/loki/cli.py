@@ -504,13 +504,14 @@ def _check_same_model(table, model, writes: list[str], args: argparse.Namespace)
     """
     import loki as lk
     from loki._utils import loki_record
+    from loki._utils._provenance import same_weights
 
     for key in (lk.Key.TEXT, lk.Key.IMAGE):
         record = loki_record(table, key)
         if key in writes or key not in table.obsm or record is None:
             continue
         recorded = record.get("checkpoint_hash")
-        if recorded is None or recorded == model.checkpoint_hash:
+        if recorded is None or same_weights(record, model.info()):  # one file in two precisions too
             continue
         written = " and ".join(f".obsm[{k!r}]" for k in writes)
         if key == lk.Key.IMAGE:

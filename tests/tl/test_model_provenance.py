@@ -106,3 +106,16 @@ def test_the_same_weights_saved_reloaded_or_in_another_precision_give_no_warning
         lk.tl.predict_expression_loso(
             {"a": b, "b": c, "c": _section(models[1], 3)}, use_query=lk.Key.TEXT, use_reference=lk.Key.TEXT
         )
+
+
+def test_annotate_takes_a_duck_typed_model_with_a_hash_but_no_info(models):
+    a = _section(models[0], 0)
+
+    class Encoder:  # a wrapper exposing the weights' hash, as a user's might
+        checkpoint_hash = "f" * 64
+
+        def encode_texts(self, sentences):
+            return models[0].encode_texts(sentences)
+
+    with pytest.warns(lk.LokiWarning, match=r"model=\) by '\?' \(weights ffffffffffff\)"):
+        lk.tl.annotate(a, markers={"one": ["G0"], "two": ["G1"]}, model=Encoder(), use=lk.Key.TEXT)

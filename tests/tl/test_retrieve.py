@@ -145,7 +145,11 @@ def test_retrieve_array_bank_memmap(tmp_path):
         (np.ones((2, 3)), np.ones((5, 4)), 2, "Embedding sizes differ"),
         (np.ones((2, 3)), np.ones((5, 3)), 6, "larger than the bank"),
         (np.ones((2, 3)), np.ones((5, 3)), 0, "positive integer"),
-        (np.ones((2, 3)), np.zeros((5, 3)), 1, "zero or non-finite"),
+        (np.ones((2, 3)), np.zeros((5, 3)), 1, "zero, non-finite"),
+        # a norm whose inverse leaves float32 gave infinite scores and wrong neighbours
+        (np.ones((2, 3)), np.full((5, 3), 1e-40, np.float32), 1, r"bank has 5 .*out-of-range"),
+        (np.full((2, 3), 1e-40, np.float32), np.ones((5, 3)), 1, r"queries has 2 .*out-of-range"),
+        (np.ones((2, 3)), np.full((5, 3), 3e38, np.float32), 1, r"out-of-range \(norm outside"),
         (np.full((2, 3), np.nan), np.ones((5, 3)), 1, "NaN"),
     ],
 )

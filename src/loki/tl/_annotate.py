@@ -366,9 +366,9 @@ def annotate(
     if emb is None:
         recorded = embedding_model(adata, use)
         if recorded is not None and isinstance(getattr(model, "checkpoint_hash", None), str):
-            warn_if_models_differ(
-                {f"adata.obsm[{use!r}]": recorded, "the class embeddings (model=)": model.info()}
-            )
+            info = model.info() if callable(getattr(model, "info", None)) else {}
+            mine = {"model": getattr(model, "name", "?"), **info, "checkpoint_hash": model.checkpoint_hash}
+            warn_if_models_differ({f"adata.obsm[{use!r}]": recorded, "the class embeddings (model=)": mine})
         emb = _encode(model, [sentences[c] for c in classes])
         if emb.shape[0] != len(classes):
             raise ValueError(f"The model returned {emb.shape[0]} embeddings for {len(classes)} sentences.")

@@ -88,7 +88,8 @@ def row_norms(x: np.ndarray) -> np.ndarray:
     """L2 norm of each row of a 2-D array, summed in float64.
 
     Squares of float32 entries overflow beyond about 1e19 and vanish below about 1e-23; float64
-    keeps every finite float32 row's norm finite and non-zero.
+    keeps every finite float32 row's norm finite and non-zero (cosine similarity then needs it within
+    float32's normal range, 1.2e-38 to 3.4e38: :func:`_check_norms`).
     """
     return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
 
@@ -101,11 +102,24 @@ def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
     return x / norms.astype(np.float32)[:, None]
 
 
+_NORMAL32 = np.finfo(np.float32)
+
+
 def _check_norms(norms: np.ndarray, name: str, offset: int, allow_zero: bool = False) -> None:
-    bad = ~np.isfinite(norms) if allow_zero else ~np.isfinite(norms) | (norms == 0)
+    """Refuse rows that cosine similarity cannot use.
+
+    A norm must be finite; unless ``allow_zero`` (raw dot products), also within float32's normal
+    range, so that it and its inverse are float32 numbers (zero rows included).
+    """
+    if allow_zero:
+        bad = ~np.isfinite(norms)
+        what = "non-finite"
+    else:
+        bad = ~((norms >= _NORMAL32.tiny) & (norms <= _NORMAL32.max))  # NaN is caught too
+        what = f"zero, non-finite or out-of-range (norm outside {_NORMAL32.tiny:.2g}-{_NORMAL32.max:.2g})"
     if bad.any():
         rows = (np.flatnonzero(bad)[:5] + offset).tolist()
-        raise ValueError(f"{name} has {int(bad.sum())} zero or non-finite row(s), e.g. rows {rows}.")
+        raise ValueError(f"{name} has {int(bad.sum())} {what} row(s), e.g. rows {rows}.")
 
 
 def topk_cosine(
