@@ -191,13 +191,13 @@ def _row_blocks(cyx: np.ndarray, values: int = _BLOCK_VALUES) -> list[tuple[int,
     return [(y, step) for y in range(0, cyx.shape[1], step)]
 
 
-def png_bit_depth(path: Path) -> int | None:
-    """Bits per sample of a PNG file, read from its header; None when it is not a PNG."""
+def _png_header(path: Path) -> tuple[int, int] | None:
+    """Bits per sample and colour type of a PNG file, read from its header; None when it is not a PNG."""
     with open(path, "rb") as f:
-        head = f.read(25)
-    if len(head) < 25 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
-    return head[24]
+    return head[24], head[25]
 
 
 def check_not_sixteen_bit_png(path: Path) -> None:
@@ -206,15 +206,13 @@ def check_not_sixteen_bit_png(path: Path) -> None:
     That is right for data using all 16 bits, but 12-bit data would come out 16 times too dark, and
     the file cannot be told apart without its full values.
     """
-    if png_bit_depth(path) == 16:
-        with open(path, "rb") as f:
-            colour = f.read(26)[25]
-        if colour in (2, 6):  # RGB, RGBA; 16-bit grey PNGs PIL reads with their values
-            raise ValueError(
-                f"{path.name}: a 16-bit colour PNG, which PIL reads as its high bytes only (12-bit data "
-                "would be 16 times too dark); save it as a 16-bit TIFF, which loki reads with its "
-                "values, or as an 8-bit PNG."
-            )
+    # colour types 2 and 6 are RGB and RGBA; 16-bit grey PNGs PIL reads with their values
+    if _png_header(path) in ((16, 2), (16, 6)):
+        raise ValueError(
+            f"{path.name}: a 16-bit colour PNG, which PIL reads as its high bytes only (12-bit data "
+            "would be 16 times too dark); save it as a 16-bit TIFF, which loki reads with its "
+            "values, or as an 8-bit PNG."
+        )
 
 
 def read_rgb(image: str | Path | np.ndarray) -> np.ndarray:
