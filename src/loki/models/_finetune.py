@@ -180,6 +180,18 @@ def _checked_pairs(images, sentences: Sequence[str], what: str = "") -> tuple:
     return images, sentences
 
 
+def _batch_loss(model, crops, tokens):
+    """Contrastive loss (:func:`contrastive_loss`) of one batch of uint8 ``(n, h, w, 3)`` crops and their tokens."""
+    net = model.model
+    x = preprocess_uint8(
+        crops, image_size=model.image_size, mean=model.image_mean, std=model.image_std, device=model.device
+    )
+    with model._autocast():
+        img = net.encode_image(x, normalize=True)
+        txt = net.encode_text(tokens.to(model.device), normalize=True)
+        return contrastive_loss(img.float(), txt.float(), net.logit_scale.float())
+
+
 def _held_out_loss(model, images: np.ndarray, tokens, batch_size: int) -> float:
     """Mean contrastive loss of held-out pairs, without augmentation or gradients.
 
@@ -196,17 +208,8 @@ def _held_out_loss(model, images: np.ndarray, tokens, batch_size: int) -> float:
     try:
         with torch.no_grad():
             for start in range(0, len(images) - batch_size + 1, batch_size):
-                x = preprocess_uint8(
-                    torch.from_numpy(np.asarray(images[start : start + batch_size])),
-                    image_size=model.image_size,
-                    mean=model.image_mean,
-                    std=model.image_std,
-                    device=model.device,
-                )
-                with model._autocast():
-                    img = net.encode_image(x, normalize=True)
-                    txt = net.encode_text(tokens[start : start + batch_size].to(model.device), normalize=True)
-                    losses.append(float(contrastive_loss(img.float(), txt.float(), net.logit_scale.float())))
+                crops = torch.from_numpy(np.asarray(images[start : start + batch_size]))
+                losses.append(float(_batch_loss(model, crops, tokens[start : start + batch_size])))
     finally:
         for module, training in modes:
             module.train(training)
@@ -341,7 +344,6 @@ def finetune(
             "cannot train a model loaded with precision='bf16-weights'; load it with 'auto' or 'bf16'"
         )
     net = model.model
-    device = model.device
     tokens = torch.from_numpy(model.tokenizer.ids(sentences))
     trainable = _trainable_names(net, freeze)
     images = _materialised(images)  # every check passed: compute lazy patches once
@@ -380,20 +382,10 @@ def finetune(
                 crops = torch.from_numpy(np.asarray(images[idx]))
                 if augment:
                     crops = augment_dihedral(crops.permute(0, 3, 1, 2), gen).permute(0, 2, 3, 1)
-                x = preprocess_uint8(
-                    crops,
-                    image_size=model.image_size,
-                    mean=model.image_mean,
-                    std=model.image_std,
-                    device=device,
-                )
                 factor = _lr_factor(step, total, n_warm)
                 for group in opt.param_groups:
                     group["lr"] = lr * factor
-                with model._autocast():
-                    img = net.encode_image(x, normalize=True)
-                    txt = net.encode_text(tokens[idx].to(device), normalize=True)
-                    loss = contrastive_loss(img.float(), txt.float(), net.logit_scale.float())
+                loss = _batch_loss(model, crops, tokens[idx])
                 loss_value = float(loss.detach())  # the history needs it: no extra device sync
                 if not math.isfinite(loss_value):  # a step on it would make every trained weight NaN
                     raise FloatingPointError(
