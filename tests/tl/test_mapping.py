@@ -292,11 +292,37 @@ def test_initial_logits_follow_the_keys_not_the_positions(n_sources, n_spots, se
     tgt = np.random.default_rng(seed % 2**32 + 1).integers(0, 2**63, n_spots, dtype=np.uint64)
     perm_src = np.asarray(data.draw(st.permutations(range(n_sources))), dtype=int)
     perm_tgt = np.asarray(data.draw(st.permutations(range(n_spots))), dtype=int)
-    start = initial_logits(seed, src, tgt, block=7)  # several blocks of rows
+    start = initial_logits(seed, src, tgt)
     moved = initial_logits(seed, src[perm_src], tgt[perm_tgt])
     np.testing.assert_array_equal(moved, start[np.ix_(perm_src, perm_tgt)])
     assert start.dtype == np.float32
     assert np.isfinite(start).all()
+
+
+def _reference_logits(seed, source_keys, target_keys):
+    """The start as the formula reads, vectorised in numpy (the kernel's oracle)."""
+    from loki.tl._mapping import _mix64
+
+    with np.errstate(over="ignore"):
+        seed_key = _mix64(np.asarray([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+        src = _mix64(source_keys.astype(np.uint64) ^ seed_key)
+        tgt = _mix64(target_keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+        z = _mix64(src[:, None] ^ tgt[None, :])
+    u1 = ((z >> np.uint64(32)).astype(np.float64) + 0.5) * 2.0**-32
+    u2 = (z & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
+    return (np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)).astype(np.float32)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_sources=st.integers(0, 9), n_spots=st.integers(0, 40), seed=st.integers(0, 2**64 - 1))
+def test_initial_logits_kernel_equals_the_numpy_formula(n_sources, n_spots, seed):
+    rng = np.random.default_rng(seed % 2**32)
+    src = rng.integers(0, 2**64 - 1, n_sources, dtype=np.uint64, endpoint=True)
+    tgt = rng.integers(0, 2**64 - 1, n_spots, dtype=np.uint64, endpoint=True)
+    got = initial_logits(seed, src, tgt)
+    assert got.shape == (n_sources, n_spots)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, _reference_logits(seed, src, tgt), rtol=1e-6, atol=1e-6)
 
 
 def test_initial_logits_are_standard_normal_and_depend_on_the_seed():

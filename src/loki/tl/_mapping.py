@@ -19,12 +19,15 @@ fit, follows the sources and spots when they are reordered.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 
 from loki._utils import check_int
+from loki._utils._threads import keep_torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -210,26 +213,43 @@ def name_keys(names) -> np.ndarray:
     )
 
 
-def initial_logits(
-    seed: int, source_keys: np.ndarray, target_keys: np.ndarray, block: int = 1 << 22
-) -> np.ndarray:
+@numba.njit(cache=True, inline="always")
+def _mix64_scalar(z):
+    """:func:`_mix64` of one uint64, for the kernel below."""
+    z = z ^ (z >> numba.uint64(30))
+    z = z * numba.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> numba.uint64(27))
+    z = z * numba.uint64(0x94D049BB133111EB)
+    return z ^ (z >> numba.uint64(31))
+
+
+@numba.njit(parallel=True, cache=True)
+def _box_muller_fill(src, tgt, out):
+    """``out[i, j]``: the normal value of the hash of ``src[i] ^ tgt[j]`` (rows in parallel)."""
+    for i in numba.prange(src.shape[0]):
+        key = src[i]
+        for j in range(tgt.shape[0]):
+            z = _mix64_scalar(key ^ tgt[j])
+            u1 = (np.float64(z >> numba.uint64(32)) + 0.5) * 2.0**-32  # in (0, 1)
+            u2 = np.float64(z & numba.uint64(0xFFFFFFFF)) * 2.0**-32
+            out[i, j] = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+def initial_logits(seed: int, source_keys: np.ndarray, target_keys: np.ndarray) -> np.ndarray:
     """Start of the mapping's logits: one ``N(0, 1)`` value per (source, spot) pair, float32.
 
     The value of a pair is a function of ``seed`` and the two keys alone (a hash, turned into a
     normal value by Box-Muller), not of the pair's position, so permuting the sources or the spots
-    permutes the start with them. Pairs with equal keys get equal values.
+    permutes the start with them. Pairs with equal keys get equal values. Computed by a parallel
+    numba kernel, one row of pairs at a time: no temporary larger than the result.
     """
     with np.errstate(over="ignore"):
         seed_key = _mix64(np.asarray([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
         src = _mix64(np.asarray(source_keys, dtype=np.uint64) ^ seed_key)
         tgt = _mix64(np.asarray(target_keys, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))
-        out = np.empty((len(src), len(tgt)), dtype=np.float32)
-        rows = max(1, block // max(len(tgt), 1))
-        for start in range(0, len(src), rows):
-            z = _mix64(src[start : start + rows, None] ^ tgt[None, :])
-            u1 = ((z >> np.uint64(32)).astype(np.float64) + 0.5) * 2.0**-32  # in (0, 1)
-            u2 = (z & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
-            out[start : start + rows] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    out = np.empty((len(src), len(tgt)), dtype=np.float32)
+    with keep_torch_threads():  # numba's thread pool starts on the first parallel call
+        _box_muller_fill(src, tgt, out)
     return out
 
 
