@@ -115,6 +115,111 @@ def _check_visium_files(path: Path, kwargs: dict) -> None:
             check_not_sixteen_bit_png(path / image)
 
 
+def check_folder(path: Path, reader: str, kind: str) -> None:
+    """A NotADirectoryError when ``path`` is a file, a FileNotFoundError when it does not exist."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"{reader} expects the Space Ranger output folder, got the file {str(path)!r}; "
+            f"pass the folder that holds it: {str(path.parent)!r}."
+        )
+    if not path.is_dir():
+        raise FileNotFoundError(f"{kind} folder not found: {str(path)!r}.")
+
+
+def safe_section_name(default: str) -> str:
+    """A default section name as a SpatialData element name: characters other than ``A-Za-z0-9_.-`` as ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", default)
+
+
+def section_images(
+    raw_images: dict, raw_name: str, name: str, coordinate_system: str, sources: dict[str, Any]
+) -> tuple[dict, str | None]:
+    """spatialdata-io's images of a section as loki's: ``({f"{name}_{kind}_image": image}, image_key)``.
+
+    ``raw_images`` are keyed ``f"{raw_name}_{kind}_image"``, each with a transformation into the
+    coordinate system ``raw_name`` that maps it to full resolution; ``sources`` names the file of
+    each kind for the messages. Each image becomes 8-bit RGB (:func:`to_uint8_cyx`; uint8 stays lazy,
+    the alpha channel some Space Ranger PNGs carry dropped), a loki pyramid placed in
+    ``coordinate_system`` (full-resolution pixels). ``image_key`` is the finest: the full-resolution
+    image, else hires, else lowres, else the first; None without images.
+    """
+    from spatialdata.transformations import get_transformation
+
+    images = {}
+    for key, img in raw_images.items():
+        to_fullres = get_transformation(img, to_coordinate_system=raw_name)
+        level = img["scale0"]["image"] if hasattr(img, "children") else img
+        kind = key.removeprefix(f"{raw_name}_").removesuffix("_image")
+        source = sources.get(kind)
+        out_key = f"{name}_{kind}_image"
+        what = f"image {out_key!r}" + (f" ({str(source)!r})" if source else "")
+        images[out_key] = parse_cyx_image(to_uint8_cyx(level.data, what), {coordinate_system: to_fullres})
+    # the finest image: patches cut from the hires PNG (about 15 px a spot) would be upsampled
+    image_key = next(
+        (k for k in (f"{name}_full_image", f"{name}_hires_image", f"{name}_lowres_image") if k in images),
+        None,
+    )
+    if image_key is None and images:
+        image_key = next(iter(images))
+    return images, image_key
+
+
+def build_section(
+    adata: Any,
+    shapes: Any,
+    images: dict,
+    image_key: str | None,
+    *,
+    name: str,
+    uns: dict,
+    scalefactors: dict,
+    metadata: dict,
+    gene_names: list[str] | None,
+    coordinate_system: str,
+    what: str,
+) -> SpatialData:
+    """The SpatialData of a 10x section: ``tables[name]`` annotating ``shapes[f"{name}_spots"]``, ``images``.
+
+    ``adata`` (changed in place) holds the counts, ``obs['spot_id']`` (the shapes' index) and
+    ``obsm['spatial']`` in full-resolution pixels; ``shapes`` is already placed in
+    ``coordinate_system`` with the identity. ``gene_names``, when they match the table's genes,
+    replace its ``var_names`` (made unique with loki's warning). ``uns`` is ``.uns['loki']`` without
+    ``image_key``; ``scalefactors`` and ``metadata`` go to scanpy's ``uns['spatial'][name]``.
+    ``what`` names the section in the log (``"Visium section"``).
+    """
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    region = f"{name}_spots"
+    if gene_names is not None and len(gene_names) == adata.n_vars:
+        # the same names spatialdata-io made unique, with the warning the legacy reader gives too
+        adata.var_names = unique_gene_names(gene_names, f"section {name!r}")
+    adata.uns.pop("spatialdata_attrs", None)
+    adata.uns[Key.SPATIAL] = _scanpy_spatial(name, images, scalefactors, metadata)
+    adata.obs["region"] = pd.Categorical([region] * adata.n_obs)
+    adata.obsm[Key.SPATIAL] = np.asarray(adata.obsm[Key.SPATIAL], dtype=np.float64)
+    uns = dict(uns)
+    if image_key is not None:
+        uns["image_key"] = image_key
+    adata.uns[Key.UNS] = uns
+    microns_per_pixel = {
+        key: uns["microns_per_unit"] * linear_scale(affine_to(img, coordinate_system, f"image {key!r}"))
+        for key, img in images.items()
+    }
+    table = TableModel.parse(adata, region=region, region_key="region", instance_key="spot_id")
+    logger.info(
+        "read %s %r: %d spots x %d genes, %.3f µm per full-resolution pixel, image %r",
+        what,
+        name,
+        adata.n_obs,
+        adata.n_vars,
+        uns["microns_per_unit"],
+        image_key,
+    )
+    attrs = {Key.UNS: {"microns_per_pixel": microns_per_pixel}} if microns_per_pixel else {}
+    return SpatialData(images=images, shapes={region: shapes}, tables={name: table}, attrs=attrs)
+
+
 def read_visium(
     path: str | Path,
     *,
@@ -191,29 +296,23 @@ def read_visium(
 
     """
     import spatialdata_io
-    from spatialdata import SpatialData
-    from spatialdata.models import ShapesModel, TableModel
-    from spatialdata.transformations import Identity, get_transformation
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
 
     if dataset_id is not None:
         check_section_name(dataset_id, f"dataset_id={dataset_id!r}")
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(
-            f"read_visium expects the Space Ranger output folder, got the file {str(path)!r}; "
-            f"pass the folder that holds it: {str(path.parent)!r}."
-        )
-    if not path.is_dir():
-        raise FileNotFoundError(f"Visium folder not found: {str(path)!r}.")
+    check_folder(path, "read_visium", "Visium")
     counts_file = kwargs.get("counts_file", "filtered_feature_bc_matrix.h5")
     if not (path / counts_file).is_file():
         present = sorted(p.name for p in path.iterdir())
         raise FileNotFoundError(f"No {counts_file!r} in {str(path)!r}; it holds {present}.")
     _check_visium_files(path, kwargs)
-    if dataset_id is None:
-        default = _default_dataset_id(path / counts_file) or path.resolve().name
-        dataset_id = re.sub(r"[^A-Za-z0-9_.-]", "_", default)
-    name = dataset_id
+    name = (
+        dataset_id
+        if dataset_id is not None
+        else safe_section_name(_default_dataset_id(path / counts_file) or path.resolve().name)
+    )
 
     with warnings.catch_warnings():
         # spatialdata-io's own table triggers this; the table is rebuilt below with a categorical region
@@ -221,55 +320,21 @@ def read_visium(
         # scanpy's reader warns of repeated gene names that spatialdata-io then makes unique; see below
         warnings.filterwarnings("ignore", message="Variable names are not unique", category=UserWarning)
         raw = spatialdata_io.visium(path, dataset_id=name, **kwargs)
-    table = raw.tables["table"]
     shapes = raw.shapes[name]
     diameter_px = 2.0 * float(np.median(shapes["radius"]))
-    region = f"{name}_spots"
+    sources = {"full": kwargs.get("fullres_image_file"), **_IMAGE_FILES}
+    images, image_key = section_images(raw.images, name, name, coordinate_system, sources)
 
-    images = {}
-    for key, img in raw.images.items():
-        # The element's transformation into the dataset's own coordinate system maps it to full resolution.
-        to_fullres = get_transformation(img, to_coordinate_system=name)
-        level = img["scale0"]["image"] if hasattr(img, "children") else img
-        kind = key.removeprefix(f"{name}_").removesuffix("_image")
-        source = kwargs.get("fullres_image_file") if kind == "full" else _IMAGE_FILES.get(kind)
-        # uint8 stays lazy (the alpha channel some Space Ranger PNGs carry dropped); others are converted
-        cyx = to_uint8_cyx(level.data, f"image {key!r}" + (f" ({str(source)!r})" if source else ""))
-        images[key] = parse_cyx_image(cyx, {coordinate_system: to_fullres})
-    # the finest image: patches cut from the hires PNG (about 15 px a spot) would be upsampled
-    image_key = next(
-        (k for k in (f"{name}_full_image", f"{name}_hires_image", f"{name}_lowres_image") if k in images),
-        None,
-    )
-    if image_key is None and images:
-        image_key = next(iter(images))
-
-    adata = table.copy()
+    adata = raw.tables["table"].copy()
     gene_names = _h5_gene_names(path / counts_file) if str(counts_file).endswith(".h5") else None
-    if gene_names is not None and len(gene_names) == adata.n_vars:
-        # the same names spatialdata-io made unique, with the warning the legacy reader gives too
-        adata.var_names = unique_gene_names(gene_names, f"section {name!r}")
-    del adata.uns["spatialdata_attrs"]
     # spatialdata-io leaves only the h5 metadata there, which squidpy reads as a library without images
     metadata = adata.uns.pop(Key.SPATIAL, {}).get(name, {}).get("metadata", {})
     scalefactors = json.loads(_scalefactors_file(path, kwargs).read_text())
-    adata.uns[Key.SPATIAL] = _scanpy_spatial(name, images, scalefactors, metadata)
-    adata.obs["region"] = pd.Categorical([region] * adata.n_obs)
-    adata.obsm[Key.SPATIAL] = np.asarray(adata.obsm[Key.SPATIAL], dtype=np.float64)
     uns = {
         "spot_diameter_um": VISIUM_SPOT_DIAMETER_UM,
         "microns_per_unit": VISIUM_SPOT_DIAMETER_UM / diameter_px,
         "spot_spacing_um": VISIUM_SPOT_SPACING_UM,
     }
-    if image_key is not None:
-        uns["image_key"] = image_key
-    adata.uns[Key.UNS] = uns
-    microns_per_pixel = {
-        key: uns["microns_per_unit"] * linear_scale(affine_to(img, coordinate_system, f"image {key!r}"))
-        for key, img in images.items()
-    }
-    new_table = TableModel.parse(adata, region=region, region_key="region", instance_key="spot_id")
-
     xy = np.c_[shapes.geometry.x.to_numpy(), shapes.geometry.y.to_numpy()]
     new_shapes = ShapesModel.parse(
         xy,
@@ -278,16 +343,19 @@ def read_visium(
         index=shapes.index.copy(),
         transformations={coordinate_system: Identity()},
     )
-    logger.info(
-        "read Visium section %r: %d spots x %d genes, %.3f µm per full-resolution pixel, image %r",
-        name,
-        adata.n_obs,
-        adata.n_vars,
-        uns["microns_per_unit"],
+    return build_section(
+        adata,
+        new_shapes,
+        images,
         image_key,
+        name=name,
+        uns=uns,
+        scalefactors=scalefactors,
+        metadata=metadata,
+        gene_names=gene_names,
+        coordinate_system=coordinate_system,
+        what="Visium section",
     )
-    attrs = {Key.UNS: {"microns_per_pixel": microns_per_pixel}} if microns_per_pixel else {}
-    return SpatialData(images=images, shapes={region: new_shapes}, tables={name: new_table}, attrs=attrs)
 
 
 read_visium.__doc__ = read_visium.__doc__.replace("{rules}", CONVERSION_RULES.replace("\n", "\n    "))
