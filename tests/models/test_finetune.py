@@ -582,3 +582,126 @@ def test_bad_validation_pairs_are_refused_before_training(kwargs, error, match):
     with pytest.raises(error, match=match):
         lk.models.finetune(m, imgs, sents, epochs=1, batch_size=4, progress=False, **kwargs)
     assert m.checkpoint_hash == before
+
+
+def test_a_run_is_recorded_on_the_model_with_fingerprints_of_its_pairs():
+    import hashlib
+
+    from loki.models._finetune import images_sha256
+
+    imgs, sents = _pairs(n=16)
+    val = _pairs(n=8, seed=1)
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    start = m.checkpoint_hash
+    assert m.training_runs == []
+    kw = {"epochs": 2, "lr": 1e-3, "batch_size": 8, "seed": 4, "progress": False}
+    m, hist = lk.models.finetune(m, imgs, sents, validation=val, keep_best=True, freeze="image", **kw)
+    (run,) = m.training_runs
+    # the fingerprints: shape then bytes of the images; each sentence's length then its UTF-8 bytes
+    pixels = hashlib.sha256(f"loki-images-v1:{imgs.shape}".encode() + imgs.tobytes()).hexdigest()
+    words = hashlib.sha256(b"loki-sentences-v1")
+    for s in sents:
+        words.update(len(s.encode()).to_bytes(8, "little") + s.encode())
+    assert run["images_sha256"] == hist["images_sha256"] == pixels
+    assert run["sentences_sha256"] == hist["sentences_sha256"] == words.hexdigest()
+    assert run["validation_images_sha256"] == images_sha256(val[0]) != pixels
+    expected = {
+        "completed": True,
+        "steps": 4,
+        "start_model": "loki-tiny",
+        "start_checkpoint_hash": start,
+        "epochs": 2,
+        "steps_per_epoch": 2,
+        "lr_max": 1e-3,
+        "batch_size": 8,
+        "weight_decay": 0.2,
+        "seed": 4,
+        "freeze": "image",
+        "n_pairs": 16,
+        "n_validation_pairs": 8,
+        "keep_best": True,
+        "epoch_loss": hist["epoch_loss"],
+        "final_epoch_loss": hist["epoch_loss"][-1],
+        "val_loss_before": hist["val_loss_before"],
+        "val_loss": hist["val_loss"],
+    }
+    assert {k: run[k] for k in expected} == expected
+    assert run["best_epoch"] == hist["best_epoch"] == 2  # the held-out loss fell each epoch
+    assert run["best_val_loss"] == hist["val_loss"][1]
+    assert run["best_epoch_loss"] == hist["epoch_loss"][1]
+    assert "step_loss" not in run  # per-step history stays out of the record
+    assert "lr" not in run
+    # a second run is appended, and names the weights it started from
+    trained = m.checkpoint_hash
+    m, _ = lk.models.finetune(m, imgs[::-1], sents[::-1], **kw)
+    assert [r["start_checkpoint_hash"] for r in m.training_runs] == [start, trained]
+    assert m.training_runs[1]["images_sha256"] != pixels  # the same pairs in another order
+    assert m.training_runs[1]["best_epoch"] is None
+
+
+def test_images_are_hashed_in_blocks_without_copying_them_whole():
+    from loki.models._finetune import images_sha256, sentences_sha256
+
+    imgs, _ = _pairs(n=10)
+    whole = images_sha256(imgs)
+    assert images_sha256(imgs, block_bytes=1) == whole  # one row a block
+    assert images_sha256(imgs, block_bytes=3 * imgs[0].nbytes) == whole
+    flipped = np.ascontiguousarray(imgs[:, ::-1])
+    assert images_sha256(imgs[:, ::-1], block_bytes=100) == images_sha256(flipped)
+    changed = imgs.copy()
+    changed[9, 0, 0, 0] ^= 1
+    assert images_sha256(changed) != whole
+    assert images_sha256(imgs.reshape(10, 16, 64, 3)) != whole  # same bytes, other shape
+    assert sentences_sha256(["ab", "c"]) != sentences_sha256(["a", "bc"])
+
+
+def test_a_run_stopped_part_way_is_recorded_as_not_completed(monkeypatch):
+    from loki.models import _finetune
+
+    imgs, sents = _pairs(16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    calls = []
+    real = _finetune.augment_dihedral
+
+    def stop_on_third_batch(x, gen):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(x, gen)
+
+    monkeypatch.setattr(_finetune, "augment_dihedral", stop_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        lk.models.finetune(m, imgs, sents, epochs=2, batch_size=8, progress=False)
+    (run,) = m.training_runs  # two steps changed the weights: the saved model must say so
+    assert (run["completed"], run["steps"], run["epochs"], len(run["epoch_loss"])) == (False, 2, 2, 1)
+
+
+@pytest.mark.parametrize("scripted", [[1.0, 2.0, 1.5, 3.0], [1.0, 1.0, 1.0, 1.0]])
+def test_keep_best_keeps_the_starting_weights_when_no_epoch_improves(monkeypatch, scripted):
+    """The starting weights are epoch 0: when no epoch is strictly better, the model comes back unchanged."""
+    from loki.models import _finetune
+
+    losses = iter(scripted)  # before training, then epochs 1-3
+    monkeypatch.setattr(_finetune, "_held_out_loss", lambda *args: next(losses))
+    imgs, sents = _pairs(n=16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    before = m.checkpoint_hash
+    with pytest.warns(lk.LokiWarning, match=r"no epoch lowered the held-out loss.*best_epoch 0"):
+        m, hist = lk.models.finetune(
+            m,
+            imgs,
+            sents,
+            epochs=3,
+            lr=1e-3,
+            batch_size=8,
+            patch_um=200,
+            progress=False,
+            validation=_pairs(n=8, seed=1),
+            keep_best=True,
+        )
+    assert hist["best_epoch"] == 0
+    assert len(hist["step_loss"]) == 6  # it trained, then went back
+    m._checkpoint_hash = None
+    assert m.checkpoint_hash == before
+    assert (m.trained, m.patch_um, m.training_runs) == (False, None, [])
+    assert hist["patch_um"] is None

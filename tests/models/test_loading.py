@@ -812,3 +812,90 @@ def test_a_saved_weights_file_loads_alike_on_its_own(tiny, tmp_path):
     back = lk.models.load(alone, device="cpu")
     assert (back.arch, back.name, back.trained, back.patch_um) == ("loki-tiny", "loki-tiny", False, 200.0)
     assert back.checkpoint_hash == tiny.checkpoint_hash
+
+
+def test_training_runs_are_saved_and_read_back(tmp_path):
+    import json
+
+    imgs, sents = _images(8, size=32), _sentences(8)
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    model, hist = lk.models.finetune(model, imgs, sents, epochs=2, batch_size=4, seed=3, progress=False)
+    (run,) = model.training_runs
+    model.save(tmp_path / "saved")
+    meta = json.loads((tmp_path / "saved" / "loki_model.json").read_text())
+    assert meta["training_runs"] == [run]
+    assert run["images_sha256"] == hist["images_sha256"]
+    alone = tmp_path / "alone.safetensors"  # the header carries the record too
+    (tmp_path / "saved" / "model.safetensors").rename(alone)
+    for path in (tmp_path / "saved", alone):
+        if path == tmp_path / "saved":
+            model.save(path)
+        back = lk.models.load(path, device="cpu")
+        assert back.training_runs == [run]
+        assert back.checkpoint_hash == model.checkpoint_hash
+    # a file saved before runs were recorded (or the published weights): none
+    del meta["training_runs"]
+    (tmp_path / "saved" / "loki_model.json").write_text(json.dumps(meta))
+    assert lk.models.load(tmp_path / "saved", device="cpu").training_runs == []
+
+
+@pytest.mark.parametrize("runs", ['{"epochs": 2}', '["epochs"]'])
+def test_bad_training_runs_in_the_metadata_are_refused(tiny, tmp_path, runs):
+    import json
+
+    tiny.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "loki_model.json").read_text())
+    meta["training_runs"] = json.loads(runs)
+    (tmp_path / "m" / "loki_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"loki_model.json: 'training_runs' must be a list"):
+        lk.models.load(tmp_path / "m", device="cpu")
+
+
+def _registered_config(monkeypatch, arch, change):
+    """Change the config open_clip builds ``arch`` from, as a later loki version could."""
+    import copy
+
+    import open_clip.factory
+
+    config = copy.deepcopy(open_clip.factory._MODEL_CONFIGS[arch])
+    change(config)
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, arch, config)
+
+
+def test_the_config_is_saved_and_a_changed_one_warns_or_refuses(tiny, tmp_path, monkeypatch):
+    import json
+    import warnings
+
+    import open_clip
+
+    tiny.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "loki_model.json").read_text())["config"]
+    assert saved == tiny.config == open_clip.get_model_config("loki-tiny")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same config: no warning
+        assert lk.models.load(tmp_path / "m", device="cpu").config == saved
+    torch.save(tiny.model.state_dict(), tmp_path / "bare.pt")  # records no config, as published weights
+
+    # a shape-preserving change (the activation): loaded, with a warning naming the field
+    _registered_config(monkeypatch, "loki-tiny", lambda c: c.update(quick_gelu=True))
+    with pytest.warns(lk.LokiWarning, match=r"another config of 'loki-tiny'.*quick_gelu: '<absent>' -> True"):
+        back = lk.models.load(tmp_path / "m" / "model.safetensors", device="cpu")
+    assert back.config["quick_gelu"] is True  # the config it was built from now
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no record, no comparison
+        lk.models.load(tmp_path / "bare.pt", arch="loki-tiny", device="cpu")
+
+    # a change of shapes: refused, naming the fields as well as the keys
+    _registered_config(monkeypatch, "loki-tiny", lambda c: c["text_cfg"].update(context_length=64))
+    with pytest.raises(ValueError, match=r"keys with another shape.*text_cfg.context_length: 76 -> 64"):
+        lk.models.load(tmp_path / "m", device="cpu")
+
+
+def test_the_config_of_a_small_data_model_is_saved(tmp_path):
+    import json
+
+    model = lk.models.load("loki-small-data", device="cpu", seed=0)
+    model.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "loki_model.json").read_text())["config"]
+    assert saved["channels"] == [32, 64, 128, 128]
+    assert lk.models.load(tmp_path / "m", device="cpu").config == saved

@@ -370,11 +370,31 @@ def test_loss_curve_rings_the_kept_epoch(tmp_path):
         lk.pl.loss_curve({**history, "val_loss": [2.6, 2.2]}, show=False)
 
 
+def test_loss_curve_rings_the_start_when_no_epoch_beat_it():
+    # keep_best kept the starting weights (best_epoch 0): the ring sits on the loss before training
+    history = {
+        "step_loss": [3, 2.5, 2, 1.8],
+        "epoch_loss": [2.75, 1.9],
+        "val_loss_before": 2.0,
+        "val_loss": [2.6, 2.2],
+        "best_epoch": 0,
+    }
+    ax = lk.pl.loss_curve(history, show=False)
+    kept = next(line for line in ax.get_lines() if line.get_label() == "kept")
+    np.testing.assert_array_equal(kept.get_xdata(), [0])
+    np.testing.assert_array_equal(kept.get_ydata(), [2.0])
+    plt.close(ax.figure)
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
         ({"val_loss": [2.6, 2.2]}, "2 held-out losses for 3 epochs"),
-        ({"best_epoch": 0}, r"best_epoch must be an epoch 1 to 3, got 0"),
+        (
+            {"best_epoch": 0},
+            r"best_epoch must be an epoch 1 to 3, got 0 \(0, the starting weights, needs val_loss_before\)",
+        ),
+        ({"best_epoch": -1, "val_loss_before": 3.1}, r"best_epoch must be an epoch 0 to 3, got -1"),
         ({"best_epoch": 4}, r"best_epoch must be an epoch 1 to 3, got 4"),
     ],
 )
@@ -390,3 +410,28 @@ def test_loss_curve_refuses_held_out_losses_that_do_not_fit_before_drawing(chang
     with pytest.raises(ValueError, match=match):
         lk.pl.loss_curve({**history, **change}, show=False)
     assert not plt.get_fignums()
+
+
+def test_tl_finetune_records_the_sections_of_the_run(mob12, monkeypatch):
+    from loki.models import _finetune
+
+    train = {"epochs": 1, "lr": 1e-3, "batch_size": 64, "progress": False}
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    model, hist = lk.tl.finetune(mob12, model, validation_keys="MOB2", **train)
+    (run,) = model.training_runs
+    assert run["table_keys"] == hist["table_keys"] == ["MOB1"]
+    assert run["validation_keys"] == hist["validation_keys"] == ["MOB2"]
+    assert run["n_pairs"] == hist["n_pairs"]
+    assert run["patch_um"] == model.patch_um == pytest.approx(100.0)
+
+    # keep_best with no better epoch: the model comes back as it was, patch size and record included
+    model.patch_um = 200.0
+    before = model.checkpoint_hash
+    losses = iter([1.0, 2.0])
+    monkeypatch.setattr(_finetune, "_held_out_loss", lambda *args: next(losses))
+    with pytest.warns(lk.LokiWarning, match="best_epoch 0"):
+        model, hist = lk.tl.finetune(mob12, model, validation_keys="MOB2", keep_best=True, **train)
+    assert hist["best_epoch"] == 0
+    assert (model.patch_um, len(model.training_runs)) == (200.0, 1)
+    model._checkpoint_hash = None
+    assert model.checkpoint_hash == before

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
-from loki._logging import logger
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import as_seed, check_int, is_real
 
 from ._omiclip import check_patch_um
@@ -216,6 +218,99 @@ def _held_out_loss(model, images: np.ndarray, tokens, batch_size: int) -> float:
     return float(np.mean(losses))
 
 
+def images_sha256(images, block_bytes: int = 1 << 24) -> str:
+    """sha256 of a uint8 ``(n, h, w, 3)`` image array: its shape, then its bytes in row order.
+
+    The bytes are read in blocks of rows of about ``block_bytes`` straight from the array's memory (a
+    block is copied only when the array is not C-contiguous), so the images are never copied whole.
+
+    Parameters
+    ----------
+    images
+        Numpy array (as :func:`finetune` holds its patches).
+    block_bytes
+        Bytes hashed per block.
+
+    Returns
+    -------
+    The hex digest of ``"loki-images-v1:" + str(shape)`` followed by the pixel bytes.
+
+    """
+    images = np.asarray(images)
+    h = hashlib.sha256(f"loki-images-v1:{tuple(images.shape)}".encode())
+    row_bytes = max(1, images[:1].nbytes)
+    rows = max(1, block_bytes // row_bytes)
+    for start in range(0, len(images), rows):
+        h.update(np.ascontiguousarray(images[start : start + rows]))  # a view when already contiguous
+    return h.hexdigest()
+
+
+def sentences_sha256(sentences: Sequence[str]) -> str:
+    """sha256 of a list of sentences in their order: each one's UTF-8 bytes after their length (8 bytes)."""
+    h = hashlib.sha256(b"loki-sentences-v1")
+    for sentence in sentences:
+        data = sentence.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+#: Entries of ``history`` kept in a training run's record (:attr:`~loki.models.OmiCLIP.training_runs`):
+#: the parameters, the data's fingerprints and the per-epoch losses, not the per-step ones.
+RUN_KEYS = (
+    "epochs",
+    "steps_per_epoch",
+    "lr_max",
+    "batch_size",
+    "weight_decay",
+    "warmup",
+    "seed",
+    "freeze",
+    "augment",
+    "precision",
+    "patch_um",
+    "n_pairs",
+    "images_sha256",
+    "sentences_sha256",
+    "n_validation_pairs",
+    "validation_images_sha256",
+    "validation_sentences_sha256",
+    "keep_best",
+    "epoch_loss",
+    "val_loss_before",
+    "val_loss",
+    "best_epoch",
+    "seconds",
+)
+
+
+def _run_record(history: dict, *, steps: int, start: dict, completed: bool) -> dict:
+    """The JSON-able record of a training run that changed the weights, from its ``history``."""
+    import torch
+
+    import loki
+
+    record = {
+        "completed": completed,
+        "steps": int(steps),
+        **start,
+        **{key: history.get(key) for key in RUN_KEYS},  # the same keys in every record (None: not measured)
+    }
+    epoch_loss = record.get("epoch_loss") or []
+    record["final_epoch_loss"] = epoch_loss[-1] if epoch_loss else None
+    best = record.get("best_epoch")
+    record["best_epoch_loss"] = epoch_loss[best - 1] if best else None
+    record["best_val_loss"] = history["val_loss"][best - 1] if best else None
+    record["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record["versions"] = {"loki": loki.__version__, "torch": torch.__version__.split("+")[0]}
+    return record
+
+
+def _cpu_copy(net) -> dict:
+    """A copy of the module's state dict on the CPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -294,8 +389,12 @@ def finetune(
         training loss alone cannot show a small model overfitting a few hundred pairs.
     keep_best
         With ``validation``: end with the weights of the epoch of lowest held-out loss
-        (``history["best_epoch"]``, counted from 1) instead of the last epoch's. Keeps one copy of
-        the weights in CPU memory.
+        (``history["best_epoch"]``, counted from 1) instead of the last epoch's. The starting weights
+        count as epoch 0, with the loss ``history["val_loss_before"]``: an epoch is kept only when its
+        held-out loss is strictly lower. When none is, ``best_epoch`` is 0 and the model is returned
+        as it was given (its starting weights, ``trained``, ``patch_um``, hashes and
+        :attr:`~loki.models.OmiCLIP.training_runs` untouched), with a :class:`~loki.LokiWarning`.
+        Keeps one copy of the weights in CPU memory (the starting weights, then the best epoch's).
     progress
         Show a progress bar.
 
@@ -306,8 +405,22 @@ def finetune(
     and the parameters used (``epochs``, ``lr_max``, ``batch_size`` (after lowering to ``n``),
     ``steps_per_epoch``, ``n_pairs``, ``seed``, ``freeze``, ``augment``, ``weight_decay``, ``warmup``,
     ``n_validation_pairs``, ``keep_best``, the model's ``precision``; ``patch_um``: the model's patch
-    side after training); with ``validation``, also ``val_loss_before``, ``val_loss`` (per epoch) and,
-    with ``keep_best``, ``best_epoch``.
+    side after training), the sha256 fingerprints of the pairs (``images_sha256``: of the images'
+    shape and bytes, read in blocks, never copied whole; ``sentences_sha256``: of each sentence's
+    length and UTF-8 bytes, in order); with ``validation``, also
+    ``val_loss_before``, ``val_loss`` (per epoch), ``validation_images_sha256``,
+    ``validation_sentences_sha256`` and, with ``keep_best``, ``best_epoch``.
+
+    A run that changes the weights appends its record to the model's
+    :attr:`~loki.models.OmiCLIP.training_runs` (saved with it by :meth:`~loki.models.OmiCLIP.save`):
+    the entries of ``history`` in ``RUN_KEYS`` (parameters, fingerprints of the pairs, per-epoch
+    and held-out losses; not the per-step losses nor learning rates; an entry the run did not
+    measure, such as ``val_loss`` without ``validation``, is None), ``steps`` (steps taken),
+    ``completed`` (False for a run stopped by an error, whose steps already changed the weights),
+    ``final_epoch_loss``, ``best_epoch_loss`` and ``best_val_loss`` (of the kept epoch with
+    ``keep_best``, else None), ``start_checkpoint_hash`` and ``start_model`` (the weights trained
+    from: :attr:`~loki.models.OmiCLIP.checkpoint_hash` and name), ``finished_utc`` and the
+    ``versions`` of loki and torch.
 
     Raises
     ------
@@ -347,10 +460,14 @@ def finetune(
     tokens = torch.from_numpy(model.tokenizer.ids(sentences))
     trainable = _trainable_names(net, freeze)
     images = _materialised(images)  # every check passed: compute lazy patches once
+    fingerprints = {"images_sha256": images_sha256(images), "sentences_sha256": sentences_sha256(sentences)}
     if validation is not None:
         val_images = _materialised(val_images)
         val_tokens = torch.from_numpy(model.tokenizer.ids(val_sentences))
         val_batch = min(int(batch_size), len(val_sentences))
+        fingerprints["validation_images_sha256"] = images_sha256(val_images)
+        fingerprints["validation_sentences_sha256"] = sentences_sha256(val_sentences)
+    start = {"start_model": model.name, "start_checkpoint_hash": model.checkpoint_hash}
     opt = torch.optim.AdamW(_param_groups(net, trainable, weight_decay), lr=lr)
     gen = torch.Generator().manual_seed(seed_int)
     batch_size = min(int(batch_size), n)
@@ -359,10 +476,13 @@ def finetune(
     total = steps_per_epoch * int(epochs)
     n_warm = int(warmup * total)
     history = {"step_loss": [], "epoch_loss": [], "lr": [], "logit_scale": []}
-    best = None  # (held-out loss, epoch, weights on the CPU) with keep_best
+    best = None  # (held-out loss, epoch, weights on the CPU) with keep_best; the start is epoch 0
     if validation is not None:
         history["val_loss"] = []
         history["val_loss_before"] = _held_out_loss(model, val_images, val_tokens, val_batch)
+        if keep_best:
+            before = history["val_loss_before"]  # not finite: any finite epoch beats the start
+            best = (before if math.isfinite(before) else math.inf, 0, _cpu_copy(net))
     max_scale = math.log(100.0)
     bar = None
     if progress:
@@ -372,6 +492,8 @@ def finetune(
     t0 = time.perf_counter()
     caller_flags = [(p, p.requires_grad) for p in net.parameters()]
     step = 0
+    unchanged = False  # keep_best went back to the starting weights
+    completed = False
     try:
         _set_trainable(net, trainable)
         for _ in range(int(epochs)):
@@ -418,40 +540,57 @@ def finetune(
                 history["epoch_loss"][-1],
                 history["val_loss"][-1],
             )
-            if keep_best and (best is None or history["val_loss"][-1] < best[0]):
-                weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-                best = (history["val_loss"][-1], epoch, weights)
+            if keep_best and history["val_loss"][-1] < best[0]:
+                best = (history["val_loss"][-1], epoch, None)
+                best = (*best[:2], _cpu_copy(net))  # the previous copy is freed first
         if best is not None:
             net.load_state_dict(best[2])
             history["best_epoch"] = best[1]
-            logger.info("kept the weights of epoch %d (held-out loss %.4f)", best[1], best[0])
+            unchanged = best[1] == 0
+            if unchanged:
+                warnings.warn(
+                    f"keep_best=True: no epoch lowered the held-out loss below its value before training "
+                    f"({best[0]:.4f}; epochs: {', '.join(f'{v:.4f}' for v in history['val_loss'])}), so "
+                    "the model keeps its starting weights (best_epoch 0). Try another lr=, more pairs "
+                    "or more epochs=.",
+                    LokiWarning,
+                    stacklevel=user_stacklevel(),
+                )
+            else:
+                logger.info("kept the weights of epoch %d (held-out loss %.4f)", best[1], best[0])
+        completed = True
     finally:
         net.eval()
         for p, flag in caller_flags:
             p.requires_grad_(flag)
         if bar is not None:
             bar.close()
-        if step:  # weights changed, also when training stopped part-way: the hash must not claim the file's
+        # weights changed, also when training stopped part-way: the hash must not claim the file's, and
+        # the record says how they were made; keep_best back at the start (epoch 0) changed nothing
+        if step and not unchanged:
             model._weights_changed()
             if patch_um is not None:
                 model.patch_um = patch_um
-    history.update(
-        seconds=time.perf_counter() - t0,
-        epochs=int(epochs),
-        lr_max=float(lr),
-        batch_size=int(batch_size),
-        steps_per_epoch=int(steps_per_epoch),
-        n_pairs=int(n),
-        seed=seed_int,
-        freeze=freeze if freeze is None or isinstance(freeze, str) else list(freeze),
-        augment=bool(augment),
-        weight_decay=float(weight_decay),
-        warmup=float(warmup),
-        n_validation_pairs=0 if validation is None else len(val_sentences),
-        keep_best=bool(keep_best),
-        precision=model.precision,
-        patch_um=model.patch_um,
-    )
+        history.update(
+            seconds=time.perf_counter() - t0,
+            epochs=int(epochs),
+            lr_max=float(lr),
+            batch_size=int(batch_size),
+            steps_per_epoch=int(steps_per_epoch),
+            n_pairs=int(n),
+            seed=seed_int,
+            freeze=freeze if freeze is None or isinstance(freeze, str) else list(freeze),
+            augment=bool(augment),
+            weight_decay=float(weight_decay),
+            warmup=float(warmup),
+            n_validation_pairs=0 if validation is None else len(val_sentences),
+            keep_best=bool(keep_best),
+            precision=model.precision,
+            patch_um=model.patch_um,
+            **fingerprints,
+        )
+        if step and not unchanged:
+            model.training_runs.append(_run_record(history, steps=step, start=start, completed=completed))
     return model, history
 
 

@@ -364,13 +364,20 @@ def _loki_json(path: Path) -> dict | None:
 
 def _check_meta(meta: dict, path: Path) -> None:
     """Raise a ValueError naming ``path`` for an entry of loki metadata that :func:`load` cannot use."""
-    expected = {"name": str, "trained": bool, "config": dict}
+    expected = {"name": str, "trained": bool, "config": dict, "training_runs": list}
     for key, kind in expected.items():
         if meta.get(key) is not None and not isinstance(meta[key], kind):
             raise ValueError(
                 f"{path}: {key!r} must be a {kind.__name__} or null, got {meta[key]!r}; fix or delete "
                 "the file (it is the model's metadata, written by OmiCLIP.save)"
             )
+    runs = meta.get("training_runs") or []
+    bad = next((run for run in runs if not isinstance(run, dict)), None)
+    if bad is not None:
+        raise ValueError(
+            f"{path}: 'training_runs' must be a list of objects (one per training run), got an item "
+            f"{bad!r}; fix or delete the file (it is the model's metadata, written by OmiCLIP.save)"
+        )
     try:
         check_patch_um(meta.get("patch_um"))
     except ValueError as err:
@@ -409,6 +416,46 @@ def create_architecture(arch: str, *, seed: int | None = None):
             # same seed gives the same weights (and checkpoint hash).
             torch.nn.init.normal_(decoder.text_projection, std=decoder.text_projection.shape[0] ** -0.5)
         return model
+
+
+def architecture_config(arch: str) -> dict:
+    """The config :func:`create_architecture` builds ``arch`` from now, as JSON would read it back.
+
+    open_clip's model config (loki's registered ones included) for open_clip architectures; the
+    hyper-parameters of :data:`~loki.models.SMALL_ARCHS` for loki's own.
+    """
+    import open_clip
+
+    from ._small import SMALL_ARCHS
+
+    register_configs()
+    config = SMALL_ARCHS[arch] if arch in SMALL_ARCHS else open_clip.get_model_config(arch)
+    return json.loads(json.dumps(config or {}))
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """Nested dicts as one dict of dotted keys (``text_cfg.width``)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_ABSENT = "<absent>"
+
+
+def config_changes(saved: dict, now: dict) -> list[str]:
+    """The fields in which two architecture configs differ, as ``"field: saved -> now"`` lines."""
+    old, new = _flat(saved), _flat(now)
+    fields = sorted(k for k in old.keys() | new.keys() if old.get(k, _ABSENT) != new.get(k, _ABSENT))
+    return [f"{k}: {old.get(k, _ABSENT)!r} -> {new.get(k, _ABSENT)!r}" for k in fields]
+
+
+def _few(changes: list[str], n: int = 8) -> str:
+    return "; ".join(changes[:n]) + (f"; ... ({len(changes)} fields in all)" if len(changes) > n else "")
 
 
 def architecture_shapes(arch: str) -> dict[str, tuple[int, ...]]:
@@ -602,9 +649,15 @@ def load(
 
     Returns
     -------
-    The :class:`OmiCLIP` model. Its ``patch_um`` (the patch side in µm it was trained on) is read from
-    the JSON :meth:`OmiCLIP.save` writes; it is ``None`` for published weights, architecture names and
-    files saved without it.
+    The :class:`OmiCLIP` model. Its ``patch_um`` (the patch side in µm it was trained on) and
+    ``training_runs`` (how its weights were trained, see :func:`loki.models.finetune`) are read from
+    the metadata :meth:`OmiCLIP.save` writes; ``patch_um`` is ``None`` and ``training_runs`` empty for
+    published weights, architecture names and files saved without them. Its ``config`` is the
+    architecture's config it was built from now; when the file records another one (saved by a loki
+    whose config of that architecture differed), the weights load with a :class:`~loki.LokiWarning`
+    naming the differing fields when the parameter shapes still fit, and a ``ValueError`` naming them
+    when not. Files that record no config (the published OmiCLIP, converted checkpoints) are not
+    compared.
 
     Raises
     ------
@@ -669,7 +722,15 @@ def load(
         seed = as_seed(seed)  # None: fresh OS entropy, never the global RNG
         model = create_architecture(name, seed=seed)
         logger.info("created %r with random weights (seed=%d): train it before use", name, seed)
-        return OmiCLIP(model, arch=name, name=name, device=device_t, precision=precision, trained=False)
+        return OmiCLIP(
+            model,
+            arch=name,
+            name=name,
+            device=device_t,
+            precision=precision,
+            trained=False,
+            config=architecture_config(name),
+        )
     loki_archs = [*loki_configs(), *SMALL_ARCHS]
     close = difflib.get_close_matches(str(name_or_path), [*PUBLISHED, *loki_archs], n=1)
     raise FileNotFoundError(
@@ -686,8 +747,30 @@ def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -
     overridden = arch is not None and recorded is not None and arch != recorded
     arch = arch or recorded or DEFAULT_ARCH
     state = read_checkpoint(path, trust_checkpoint=trust)
+    config = architecture_config(arch)
+    saved_config = meta.get("config")
+    # files written before the config was saved (and the published checkpoints) record none
+    changes = config_changes(saved_config, config) if saved_config and not overridden else []
     # keys and shapes are checked on the meta device before the (costly) real model is built
-    _check_keys(architecture_shapes(arch), state, source=str(path))
+    try:
+        _check_keys(architecture_shapes(arch), state, source=str(path))
+    except ValueError as err:
+        if not changes:
+            raise
+        raise ValueError(
+            f"{err} The config of {arch!r} has changed since the file was saved ({_few(changes)}): "
+            "these weights were trained for the config recorded in the file."
+        ) from None
+    if changes:
+        # same shapes, yet the model computes otherwise (an activation, the context, a norm, ...)
+        warnings.warn(
+            f"{path} was saved with another config of {arch!r} than the one loki builds now; the weights "
+            f"are loaded into the current config, which differs in {_few(changes)}. Their embeddings can "
+            "differ from those the model was trained to give: install the loki version the file was "
+            "saved with, or retrain.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
     if overridden:
         # architectures may share every shape (e.g. ViT-B-32 and ViT-B-32-quickgelu) yet compute
         # differently: the key check above cannot tell them apart
@@ -709,6 +792,7 @@ def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -
         precision=precision,
         trained=bool(meta.get("trained", True)),
         file_sha256=file_sha256(path),
-        config=meta.get("config"),
+        config=config,  # the config the model was built from now (compared above with the file's)
         patch_um=meta.get("patch_um"),  # absent from files saved before it was recorded: unknown
+        training_runs=meta.get("training_runs"),  # absent: no run recorded (published weights)
     )

@@ -148,6 +148,19 @@ class OmiCLIP:
         sha256 of the weights file the model was loaded from or last saved to, ``None`` when there is
         none or the weights changed since. It depends on the file format; :attr:`checkpoint_hash`
         identifies the weights.
+    config
+        The architecture's config the model was built from (open_clip's model config, or the
+        hyper-parameters of a :data:`~loki.models.SMALL_ARCHS` model), saved with it;
+        :func:`loki.models.load` warns when the config of a saved model's architecture has changed
+        since. ``None`` for models built outside :func:`loki.models.load`.
+    training_runs
+        How the weights were made: one record (a JSON-able dict) per run of
+        :func:`loki.models.finetune` (and so :func:`loki.tl.finetune`, :func:`loki.models.train_tiny`)
+        that changed them, oldest first, saved with the model and read back by
+        :func:`loki.models.load`. Each holds the run's parameters, the sha256 fingerprints of its
+        training (and held-out) pairs, its per-epoch losses and the hash of the weights it started
+        from (see :func:`loki.models.finetune`). Empty for random weights and for weights loaded
+        from a file that records no run (such as the published OmiCLIP).
 
     """
 
@@ -163,6 +176,7 @@ class OmiCLIP:
         file_sha256: str | None = None,
         config: dict | None = None,
         patch_um: float | None = None,
+        training_runs: list[dict] | None = None,
     ):
         import open_clip
 
@@ -181,6 +195,7 @@ class OmiCLIP:
         self._warned_untrained = False
         self.config = config
         self.patch_um = patch_um
+        self.training_runs = [dict(run) for run in training_runs or ()]
         self.file_sha256 = file_sha256
         self._checkpoint_hash = None
         visual = model.visual
@@ -421,9 +436,9 @@ class OmiCLIP:
         ----------
         path
             A directory (created); it receives ``model.safetensors`` and ``loki_model.json`` (architecture,
-            name, ``trained``, ``config`` and ``patch_um``; the same entries are stored in the
-            safetensors header, so the weights file loads alike on its own). :func:`loki.models.load`
-            accepts the directory or the ``.safetensors`` file.
+            name, ``trained``, ``config``, ``patch_um`` and ``training_runs``; the same entries are
+            stored in the safetensors header, so the weights file loads alike on its own).
+            :func:`loki.models.load` accepts the directory or the ``.safetensors`` file.
 
         Returns
         -------
@@ -449,6 +464,7 @@ class OmiCLIP:
             "trained": bool(self.trained),
             "config": self.config,
             "patch_um": self.patch_um,
+            "training_runs": self.training_runs,
             "loki_format": 1,
         }
         # the weights file carries the metadata too, so it loads alike when moved or uploaded on its own

@@ -44,7 +44,8 @@ def loss_curve(
     -------
     The axes: a thin line of per-step losses and markers at each epoch's mean loss, placed at the
     epoch's last step; the held-out loss at step 0 (before training) and at each epoch's last step,
-    with the epoch whose weights were kept (``best_epoch``) ringed.
+    with the epoch whose weights were kept (``best_epoch``) ringed: at step 0 when no epoch beat
+    the starting weights (``best_epoch`` 0).
 
     """
     require_keys(history, ["step_loss", "epoch_loss"], "history")
@@ -60,9 +61,13 @@ def loss_curve(
     if "val_loss" in history and held_out.size != epochs.size:
         raise ValueError(f"history has {held_out.size} held-out losses for {epochs.size} epochs")
     best = history.get("best_epoch") if "val_loss" in history else None
-    if best is not None and not (isinstance(best, int | np.integer) and 1 <= best <= epochs.size):
-        # epoch 0 would ring the last epoch (index -1)
-        raise ValueError(f"history's best_epoch must be an epoch 1 to {epochs.size}, got {best!r}")
+    # 0: keep_best went back to the starting weights, whose held-out loss is val_loss_before
+    first = 0 if "val_loss_before" in history else 1
+    if best is not None and not (isinstance(best, int | np.integer) and first <= best <= epochs.size):
+        raise ValueError(
+            f"history's best_epoch must be an epoch {first} to {epochs.size}, got {best!r}"
+            + ("" if first == 0 else " (0, the starting weights, needs val_loss_before)")
+        )
     created = ax is None
     _, (ax,) = panel_grid(1, 1, ax, size=3.2, aspect=5 / 3.2)
     ax.plot(np.arange(1, steps.size + 1), steps, lw=0.8, alpha=0.6, label="step")
@@ -73,7 +78,8 @@ def loss_curve(
         x = np.concatenate([[0] * len(start), ends])
         ax.plot(x, np.concatenate([start, held_out]), "s--", ms=3.5, label="held-out")
         if best is not None:
-            ax.plot(ends[best - 1], held_out[best - 1], "o", ms=10, mfc="none", mec="k", label="kept")
+            kept = (0, start[0]) if best == 0 else (ends[best - 1], held_out[best - 1])
+            ax.plot(*kept, "o", ms=10, mfc="none", mec="k", label="kept")
     ax.set_xlabel("step")
     ax.set_ylabel("contrastive loss")
     ax.legend(frameon=False)

@@ -309,7 +309,11 @@ def finetune(
     says how many spots were left out and why). ``model.patch_um`` (and ``history["patch_um"]``)
     becomes the side of the cut squares in µm: ``diameter_um``, or the sections' spot diameter when
     they share one known size, else None (unknown); with ``patches=`` the model keeps its own. It is
-    saved with the model, and :func:`loki.tl.embed_image` cuts that size by default.
+    saved with the model, and :func:`loki.tl.embed_image` cuts that size by default. For a
+    SpatialData, ``history`` and the run's record in ``model.training_runs`` (see
+    :func:`loki.models.finetune`) also name the sections trained on (``table_keys``) and held out
+    (``validation_keys``). With ``keep_best`` and no epoch better than the starting weights, the model
+    is returned unchanged (``history["best_epoch"]`` is 0).
 
     """
     from loki.models import finetune as _finetune
@@ -347,6 +351,13 @@ def finetune(
         keep_best=keep_best,
         progress=progress,
     )
+    if history.get("best_epoch") == 0:  # keep_best went back to the starting weights: model untouched
+        return model, history
+    run = model.training_runs[-1]  # the record lk.models.finetune appended for this run
     if cut_here and patch_um is None:  # spot-sized squares of no known size in µm
-        model.patch_um = history["patch_um"] = None
+        model.patch_um = history["patch_um"] = run["patch_um"] = None
+    sections = _section_keys(data, table_keys)
+    if sections != [None]:  # a SpatialData: the record names the sections trained on and held out
+        run["table_keys"] = history["table_keys"] = sections
+        run["validation_keys"] = history["validation_keys"] = validation_keys
     return model, history
