@@ -15,7 +15,7 @@ from anndata import AnnData
 
 from loki._keys import Key
 
-from ._affine import linear_scale
+from ._affine import apply_matrix, linear_scale
 from ._validation import require_keys
 from ._write import loki_uns
 
@@ -243,3 +243,67 @@ def section_shapes(sdata: SpatialData, table: AnnData):
     except ValueError:
         return None
     return sdata.shapes[region] if region in sdata.shapes else None
+
+
+def instance_ids(table: AnnData) -> np.ndarray:
+    """The ids of the shapes a table's rows annotate: its instance key column, else its ``obs_names``."""
+    instance_key = table_attrs(table).get("instance_key")
+    return table.obs[instance_key].to_numpy() if instance_key in table.obs else table.obs_names.to_numpy()
+
+
+def check_own_coordinates(table: AnnData, shapes, what: str) -> None:
+    """Refuse ``.obsm['spatial']`` that holds the spots' positions in a coordinate system, not their own.
+
+    loki reads ``.obsm['spatial']`` as the spot shapes' own coordinates (SpatialData's convention, as
+    spatialdata-io writes it). Positions placed by one of the shapes' transformations (squidpy's
+    ``spatial_neighbors(sdata, elements_to_coordinate_systems=...)`` writes such) would move every
+    patch and alignment by that transformation, silently. Coordinates that match neither are left
+    alone: a table may hold other points of its spots (e.g. nucleus centres of cell polygons).
+
+    Parameters
+    ----------
+    table
+        The section's table.
+    shapes
+        The shapes element it annotates, or None (nothing to compare with).
+    what
+        Names the table in the message (``"table 'MOB2'"``).
+
+    Raises
+    ------
+    ValueError
+        Naming the coordinate system whose positions ``.obsm['spatial']`` holds.
+
+    """
+    if shapes is None or Key.SPATIAL not in table.obsm or len(shapes) == 0:
+        return
+    from spatialdata.transformations import get_transformation
+
+    geometry = shapes.geometry.reindex(instance_ids(table))
+    if geometry.isna().any():
+        return  # rows without a shape: checked where the shapes are used
+    centres = geometry.centroid  # a point's own position; a polygon's centroid
+    own = np.column_stack([centres.x.to_numpy(), centres.y.to_numpy()])
+    xy = np.asarray(table.obsm[Key.SPATIAL], dtype=np.float64)[:, :2]
+    if xy.shape != own.shape or not np.isfinite(xy).all():
+        return
+    tol = 1e-6 * max(float(np.ptp(own, axis=0).max()), 1.0)
+    if np.abs(xy - own).max() <= tol:
+        return
+    for cs, transform in get_transformation(shapes, get_all=True).items():
+        matrix = np.asarray(
+            transform.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64
+        )
+        if np.allclose(matrix, np.eye(3)):
+            continue
+        if np.abs(xy - apply_matrix(own, matrix)).max() <= tol * max(linear_scale(matrix), 1.0):
+            raise ValueError(
+                f"The {what} holds its spots' positions in {cs!r} (a coordinate system) in "
+                f".obsm[{Key.SPATIAL!r}], but its spot shapes {table_region(table)!r} have their own coordinates "
+                f"with a non-identity transformation to {cs!r}. loki follows SpatialData's convention (as "
+                f"spatialdata-io writes it): .obsm[{Key.SPATIAL!r}] holds the shapes' own coordinates, and reading "
+                f"{cs!r} positions there would place every spot by that transformation twice. squidpy's "
+                "spatial_neighbors(sdata, elements_to_coordinate_systems=...) writes such positions: restore the "
+                "shapes' own coordinates (their centres), or give the shapes an Identity transformation to "
+                f"{cs!r}; nothing was written."
+            )

@@ -21,11 +21,12 @@ from loki._utils import (
 from loki._utils._affine import apply_matrix
 from loki._utils._spatialdata import (
     affine_to,
+    check_own_coordinates,
     get_table,
     image_levels,
+    instance_ids,
     section_image_key,
     section_shapes,
-    table_attrs,
     table_key_of,
 )
 
@@ -275,7 +276,7 @@ def _spot_geometry(
     shapes = section_shapes(sdata, table)
     spots_to_cs = np.eye(3) if shapes is None else affine_to(shapes, coordinate_system, "the spot shapes")
     to_px = cs_to_img @ spots_to_cs
-    centers = apply_matrix(_spot_centers(table, shapes), to_px)
+    centers = apply_matrix(_spot_centers(table, shapes, table_key), to_px)
     scales = np.linalg.svd(to_px[:2, :2], compute_uv=False)
     if scales[0] > scales[1] * (1 + 1e-3):
         raise ValueError(
@@ -571,14 +572,13 @@ def _pick_level(levels, diameter0: float, size: int) -> int:
     return chosen
 
 
-def _spot_centers(table, shapes) -> np.ndarray:
+def _spot_centers(table, shapes, table_key: str) -> np.ndarray:
     if Key.SPATIAL in table.obsm:
+        check_own_coordinates(table, shapes, f"table {table_key!r}")
         return np.asarray(table.obsm[Key.SPATIAL], dtype=np.float64)[:, :2]
     if shapes is None:
         require_keys(table.obsm, Key.SPATIAL, "adata.obsm")
-    instance_key = table_attrs(table).get("instance_key")
-    ids = table.obs[instance_key].to_numpy() if instance_key in table.obs else table.obs_names.to_numpy()
-    geo = shapes.geometry.reindex(ids)
+    geo = shapes.geometry.reindex(instance_ids(table))
     if geo.isna().any():
         raise KeyError(
             f"{int(geo.isna().sum())} table rows have no shape in the spot shapes and the table has no "

@@ -688,13 +688,13 @@ def align(
         src_elements, tgt_elements = placed_elements(
             src, tgt, image_key, target_image_key, input_coordinate_system, warn=inplace
         )
-        check_spot_frame(src, spatial_key, input_coordinate_system, "source")
+        check_spot_frame(src, spatial_key, "source")
         if inplace:  # what a write replaces or leaves out
             warn_shared_coordinate_system(
                 src, tgt, key_added, coordinate_system, chained=target_spatial_key != spatial_key
             )
         if is_spatialdata(tgt.data):
-            check_spot_frame(tgt, target_spatial_key, input_coordinate_system, "target")
+            check_spot_frame(tgt, target_spatial_key, "target")
         source_frame = source_to_cs(src, input_coordinate_system)
         target_frame = target_to_cs(
             tgt, target_spatial_key, spatial_key, input_coordinate_system, coordinate_system
@@ -1118,7 +1118,7 @@ def _check_stack(
         ]
         elements = section_elements(sec, image_key, input_cs, role, others=stack, warn=False)
         check_cs(sec, elements, input_cs, f"section {name!r}")
-        check_spot_frame(sec, spatial_key, input_cs, role)
+        check_spot_frame(sec, spatial_key, role)
         if role == "source" and shapes_name(sec, key_added) is not None:
             # the circles of aligned spots are built only after the alignment: check now that the
             # table's instance ids name its spots

@@ -20,11 +20,13 @@ from anndata import AnnData
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import check_element_name, loki_record, loki_uns, require_keys
-from loki._utils._affine import apply_matrix, linear_scale
+from loki._utils._affine import linear_scale
 from loki._utils._spatialdata import (
     _named_owner,
     _stored_image_key,
     affine_to,
+    check_own_coordinates,
+    instance_ids,
     is_spatialdata,
     section_image_key,
     section_shapes,
@@ -340,35 +342,16 @@ def target_to_cs(tgt: Section, key: str, spatial_key: str, in_cs: str, out_cs: s
     return np.eye(3)
 
 
-def check_spot_frame(section: Section, key: str, in_cs: str, role: str) -> None:
-    """Refuse coordinates given in ``in_cs`` units while the spot shapes' own coordinates differ.
+def check_spot_frame(section: Section, key: str, role: str) -> None:
+    """Refuse coordinates ``.obsm[key]`` that are the spots' positions in a coordinate system.
 
-    loki reads ``.obsm['spatial']`` as the spots' own coordinates (see :func:`source_to_cs`); a table
-    that holds their ``in_cs`` positions instead would be placed with its shapes' transformation twice.
+    loki reads ``.obsm['spatial']`` as the spots' own coordinates (see :func:`source_to_cs` and
+    :func:`~loki._utils._spatialdata.check_own_coordinates`); other keys carry their own frame.
     """
+    if key != Key.SPATIAL:
+        return
     spots = section_shapes(section.data, section.table) if is_spatialdata(section.data) else None
-    if spots is None or key != Key.SPATIAL or "radius" not in spots:
-        return
-    to_cs = affine_to(spots, in_cs, f"the {role} spots")
-    if np.allclose(to_cs, np.eye(3)):
-        return
-    ids = _instance_ids(section.table)
-    geometry = spots.geometry.reindex(ids)
-    if geometry.isna().any():
-        return  # checked where the aligned shapes are built
-    own = np.column_stack([geometry.x.to_numpy(), geometry.y.to_numpy()])
-    xy = np.asarray(section.table.obsm[key], dtype=np.float64)[:, :2]
-    tol = 1e-6 * max(float(np.ptp(own, axis=0).max()), 1.0)
-    if np.abs(xy - own).max() > tol and np.abs(xy - apply_matrix(own, to_cs)).max() <= tol * linear_scale(
-        to_cs
-    ):
-        raise ValueError(
-            f"The {role} table {section.name!r} holds its spots' positions in {in_cs!r} in .obsm[{key!r}], but "
-            f"the spot shapes {table_region(section.table)!r} have their own coordinates with a non-identity "
-            f"transformation to {in_cs!r}. loki follows SpatialData's convention (as spatialdata-io writes it): "
-            f".obsm[{key!r}] holds the shapes' own coordinates. Store those, or give the shapes an Identity "
-            "transformation; nothing was written."
-        )
+    check_own_coordinates(section.table, spots, f"{role} table {section.name!r}")
 
 
 def _alignments_in(section: Section, cs: str, but: str | None = None) -> list[str]:
@@ -500,11 +483,6 @@ def _warn_still_on_disk(sdata: SpatialData, element_type: str, name: str) -> Non
         )
 
 
-def _instance_ids(table: AnnData) -> np.ndarray:
-    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key")
-    return table.obs[instance_key].to_numpy() if instance_key in table.obs else table.obs_names.to_numpy()
-
-
 def aligned_shapes(src: Section, coords: np.ndarray, matrix: np.ndarray, out_cs: str, to_out_cs: np.ndarray):
     """Spot circles at the aligned coordinates, or None without spot shapes.
 
@@ -518,7 +496,7 @@ def aligned_shapes(src: Section, coords: np.ndarray, matrix: np.ndarray, out_cs:
 
     region = table_region(src.table)
     spots = src.data.shapes[region]
-    ids = _instance_ids(src.table)
+    ids = instance_ids(src.table)
     if "radius" in spots:
         own = spots["radius"]
     else:  # polygons (tiles, Visium HD bins) become circles of their area; bare points get radius 1
