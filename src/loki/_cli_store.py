@@ -15,6 +15,8 @@ from pathlib import Path
 
 #: anndata's notice of a coming default, shown on every table write
 ANNDATA_WRITE_NOTICE = r"zarr v3 autosharding will be the default"
+#: The folders of a SpatialData zarr store that hold its elements, one for each kind
+ELEMENT_KINDS = ("images", "labels", "points", "shapes", "tables")
 
 
 def read_store(zarr: Path, command: str):
@@ -25,12 +27,13 @@ def read_store(zarr: Path, command: str):
     """
     import spatialdata as sd
 
-    kinds = ("images", "labels", "points", "shapes", "tables")
-    if zarr.is_dir() and not any((zarr / kind).is_dir() for kind in kinds):
+    if zarr.exists() and not zarr.is_dir():  # zarr's words: "No group found in store"
+        raise SystemExit(f"loki {command}: {str(zarr)!r} is a file, not a SpatialData zarr store (a folder).")
+    if zarr.is_dir() and not any((zarr / kind).is_dir() for kind in ELEMENT_KINDS):
         raise SystemExit(
             f"loki {command}: {str(zarr)!r} is not a SpatialData zarr store (it has none of the folders "
-            f"{', '.join(kinds)}); write one with sdata.write(...), or make one from a slide with "
-            "`loki slide`."
+            f"{', '.join(ELEMENT_KINDS)}); write one with sdata.write(...), or make one from a slide with "
+            "`loki slide` or from a Space Ranger folder with `loki visium`."
         )
     return sd.read_zarr(zarr)
 
@@ -69,7 +72,7 @@ def _replace_on_disk(sdata, name: str) -> None:
 
 
 def delete_if_on_disk(sdata, name: str) -> None:
-    """Delete table or shapes ``name`` from the store, also when partly written or deleted.
+    """Delete element ``name`` (a table, shapes, an image) from the store, also when partly written or deleted.
 
     SpatialData deletes only what it can read as an element: a folder that an interrupted write (or
     deletion) left without its metadata is removed as a folder, and the store's metadata rewritten.
@@ -84,12 +87,50 @@ def delete_if_on_disk(sdata, name: str) -> None:
 
 
 def element_folder(sdata, name: str) -> Path | None:
-    """The folder of table or shapes ``name`` in the store, if there is one (element names are unique)."""
-    for kind in ("tables", "shapes"):
+    """The folder of element ``name`` in the store, if there is one (element names are unique)."""
+    for kind in ELEMENT_KINDS:
         folder = Path(sdata.path) / kind / name
         if folder.exists():
             return folder
     return None
+
+
+def write_new_store(sdata, zarr: Path) -> None:
+    """Write ``sdata`` as the new store ``zarr``; a failure or an interruption leaves no store there.
+
+    A half-written store would block the next try (commands creating a store refuse an existing path).
+    """
+    try:
+        with quiet_table_writes():
+            sdata.write(zarr)
+    except BaseException:
+        shutil.rmtree(zarr, ignore_errors=True)
+        raise
+
+
+def write_new_elements(sdata, names: list[str], *, attrs_before: dict | None = None) -> None:
+    """Write the elements ``names``, new to the store ``sdata`` was read from, all or none.
+
+    Each is written in turn; a failure or an interruption (Ctrl-C) deletes those written, also the
+    one partly written, and the error is raised: the store is as it was. With ``attrs_before`` (the
+    store's ``attrs`` as read), ``sdata.attrs`` are written after the elements, and on failure
+    ``attrs_before`` are put back, in ``sdata`` and in the store.
+    """
+    written: list[str] = []
+    try:
+        for name in names:
+            written.append(name)
+            with quiet_table_writes():
+                sdata.write_element(name)
+        if attrs_before is not None:
+            sdata.write_attrs()
+    except BaseException:
+        for name in reversed(written):
+            delete_if_on_disk(sdata, name)
+        if attrs_before is not None:
+            sdata.attrs = attrs_before
+            sdata.write_attrs()
+        raise
 
 
 @contextmanager

@@ -1,13 +1,13 @@
-"""Command-line entry point: ``loki demo`` and the batch commands (slide, tile, embed, align)."""
+"""Command-line entry point: ``loki demo`` and the batch commands (slide, visium, tile, embed, align)."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import math
 import re
 import shlex
-import shutil
 import signal
 import sys
 import warnings
@@ -20,11 +20,12 @@ from ._cli_store import (
     delete_if_on_disk,
     element_folder,
     placements,
-    quiet_table_writes,
     read_store,
     rewrite_table,
     transformations,
     undo_align_writes,
+    write_new_elements,
+    write_new_store,
 )
 from ._logging import LokiWarning
 
@@ -50,6 +51,7 @@ _OPTIONS = {
         "key_added": "--key-added",
     },
     "slide": {"microns_per_pixel": "--mpp", "name": "--name", "series": "--series"},
+    "visium": {"dataset_id": "--name", "fullres_image_file": "--fullres-image", "bin_size": "--bin-size"},
     "align": {
         "input_coordinate_system": "--coordinate-system",
         "coordinate_system": "--aligned-coordinate-system",
@@ -118,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="loki",
         description=(
             "Loki (OmiCLIP) from the command line: `loki demo` trains loki-tiny on bundled data and runs "
-            "every tool; slide, tile, embed and align work on SpatialData zarr stores. "
+            "every tool; slide and visium write SpatialData zarr stores, tile, embed and align work on them. "
             "`loki COMMAND --help` describes each."
         ),
         parents=[_global_options(False)],
@@ -237,6 +239,56 @@ def _parser() -> argparse.ArgumentParser:
         "--series", type=int, default=0, help="image of a TIFF holding several (default 0: the slide)"
     )
     _add_mpp(slide, "micrometres per pixel, when the file does not say or says wrong")
+
+    visium = add_command(
+        "visium",
+        help="write a 10x Visium or Visium HD Space Ranger folder into a SpatialData zarr store, as a section",
+        description=(
+            "Read a Space Ranger output folder (outs/) with lk.io.read_visium, or with lk.io.read_visium_hd "
+            "when it is a Visium HD one (it holds binned_outputs/), and write it as a section of a SpatialData "
+            "zarr store: table NAME, the spots' shapes NAME_spots and images NAME_hires_image, "
+            "NAME_lowres_image (NAME_full_image with --fullres-image), in coordinate system 'global', the "
+            "table recording the spot size and µm per pixel. ZARR must not exist, unless --append adds the "
+            "section beside those it holds (e.g. a second section, for `loki align`). `loki embed ZARR "
+            "--table NAME` then embeds it."
+        ),
+    )
+    visium.add_argument(
+        "folder",
+        type=Path,
+        help="Space Ranger output folder: filtered_feature_bc_matrix.h5 and spatial/, or for Visium HD "
+        "binned_outputs/ and spatial/",
+    )
+    visium.add_argument(
+        "zarr", type=Path, help="SpatialData .zarr store to create (must not exist, unless --append)"
+    )
+    visium.add_argument(
+        "--name",
+        default=None,
+        help="section name: the table key, and the start of its elements' names (default: the library id "
+        "in the counts file, else the folder name)",
+    )
+    visium.add_argument(
+        "--fullres-image",
+        type=Path,
+        default=None,
+        help="the full-resolution H&E image the spots were placed on (the image given to Space Ranger; "
+        "not in outs/): `loki embed` cuts its patches there (default: none; patches come from the hires "
+        "image, about 15 px a Visium spot)",
+    )
+    visium.add_argument(
+        "--bin-size",
+        type=_positive_int,
+        default=None,
+        help="Visium HD: bin size in µm, one of the folder's binned_outputs/square_XXXum (Space Ranger "
+        "writes 2, 8 and 16; default for a Visium HD folder: 8)",
+    )
+    visium.add_argument(
+        "--append",
+        action="store_true",
+        help="add the section to ZARR if it exists (it is created otherwise); names it holds are refused "
+        "and nothing of it is changed",
+    )
 
     tile = add_command(
         "tile",
@@ -712,11 +764,7 @@ def _slide(args: argparse.Namespace) -> None:
     if args.zarr.exists():
         raise SystemExit(f"loki slide: {str(args.zarr)!r} exists; name a new store.")
     sdata = lk.io.read_slide(args.slide, name=args.name, microns_per_pixel=args.mpp, series=args.series)
-    try:
-        sdata.write(args.zarr)
-    except BaseException:  # a half-written store would block the next try ("exists")
-        shutil.rmtree(args.zarr, ignore_errors=True)
-        raise
+    write_new_store(sdata, args.zarr)
     (name,) = sdata.images.keys()
     mpp = sdata.attrs.get(lk.Key.UNS, {}).get("microns_per_pixel", {}).get(name)
     size = (
@@ -725,6 +773,77 @@ def _slide(args: argparse.Namespace) -> None:
         else f" ({mpp:.4g} µm per pixel)"
     )
     print(f"image {name!r} written to {args.zarr}{size}")
+
+
+def _visium(args: argparse.Namespace) -> None:
+    import loki as lk
+
+    append = args.append and args.zarr.exists()
+    if args.zarr.exists() and not args.append:
+        raise SystemExit(
+            f"loki visium: {str(args.zarr)!r} exists; name a new store, or pass --append to add the "
+            "section to it."
+        )
+    hd = (args.folder / "binned_outputs").is_dir()
+    if args.bin_size is not None and not hd and (args.folder / "filtered_feature_bc_matrix.h5").is_file():
+        raise _UsageError(
+            "--bin-size",
+            f"{str(args.folder)!r} is a Visium folder, not a Visium HD one (it has no binned_outputs/): "
+            "leave out --bin-size",
+        )
+    hd = hd or args.bin_size is not None  # else the HD reader says what the folder lacks
+    options = {"dataset_id": args.name}
+    if args.fullres_image is not None:
+        if not args.fullres_image.is_file():
+            raise FileNotFoundError(f"--fullres-image: no such file: {str(args.fullres_image)!r}")
+        # the reader takes it relative to the folder; the command line, to the working directory
+        options["fullres_image_file"] = args.fullres_image.absolute()
+    store = None
+    if append:
+        store = read_store(args.zarr, args.command)
+        check_writable(args.zarr, "visium")
+        if args.name is not None:  # the table and its spots: known before the folder is read
+            _check_new_names(store, [args.name, f"{args.name}_spots"], args)
+    if hd:
+        bin_size = 8 if args.bin_size is None else args.bin_size
+        section = lk.io.read_visium_hd(args.folder, bin_size=bin_size, **options)
+    else:
+        section = lk.io.read_visium(args.folder, **options)
+    (name,) = section.tables
+    names = [*section.images, *section.shapes, name]
+    if store is None:
+        write_new_store(section, args.zarr)
+    else:
+        _check_new_names(store, names, args)
+        attrs_before = copy.deepcopy(store.attrs)
+        for kind in ("images", "shapes", "tables"):
+            getattr(store, kind).update(getattr(section, kind))
+        sizes = section.attrs.get(lk.Key.UNS, {}).get("microns_per_pixel", {})
+        store.attrs.setdefault(lk.Key.UNS, {}).setdefault("microns_per_pixel", {}).update(sizes)
+        write_new_elements(store, names, attrs_before=attrs_before)
+    table = section.tables[name]
+    what = f"bins of {bin_size} µm" if hd else "spots"
+    print(
+        f"section {name!r} ({table.n_obs} {what} x {table.n_vars} genes) "
+        f"{'added to' if append else 'written to'} {args.zarr}: table {name!r}, shapes {name + '_spots'!r}, "
+        f"images {', '.join(map(repr, section.images)) or 'none'}"
+    )
+
+
+def _check_new_names(store, names: list[str], args: argparse.Namespace) -> None:
+    """Refuse a section whose element names the store holds (as elements of any kind): --append adds only."""
+    held = {name: kind for kind, name, _ in store.gen_elements()}
+    taken = [name for name in names if name in held]
+    if not taken:
+        return
+    kinds = {"shapes": "shapes element"}
+    listed = ", ".join(f"{kinds.get(held[name], held[name].removesuffix('s'))} {name!r}" for name in taken)
+    section = "" if args.name is not None else f"the folder's default section name {names[-1]!r} is taken: "
+    raise _UsageError(
+        "--name",
+        f"{section}{args.zarr} holds {listed} already (--append adds only new elements); pass another "
+        f"--name (its tables: {', '.join(map(repr, store.tables)) or 'none'})",
+    )
 
 
 def _tile(args: argparse.Namespace) -> None:
@@ -751,14 +870,7 @@ def _tile(args: argparse.Namespace) -> None:
     )
     key = table_key_of(sdata, table)
     shapes = table.uns["spatialdata_attrs"]["region"]
-    try:
-        sdata.write_element(shapes)
-        with quiet_table_writes():
-            sdata.write_element(key)
-    except BaseException:  # leave the store as it was (also when interrupted): nothing partly written
-        delete_if_on_disk(sdata, key)
-        delete_if_on_disk(sdata, shapes)
-        raise
+    write_new_elements(sdata, [shapes, key])
     print(f"{table.n_obs} tiles written to {args.zarr} as shapes {shapes!r} and table {key!r}")
 
 
@@ -1039,6 +1151,8 @@ def _run(args: argparse.Namespace) -> None:
         _embed(args)
     elif args.command == "slide":
         _slide(args)
+    elif args.command == "visium":
+        _visium(args)
     elif args.command == "tile":
         _tile(args)
     elif args.command == "align":
