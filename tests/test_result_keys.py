@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -442,3 +443,40 @@ def test_a_call_on_a_view_failing_while_it_writes_leaves_it_as_it_was(monkeypatc
         lk.pp.gene_sentences(view, n_genes=5, housekeeping=None)
     assert list(view.obs.columns) == columns
     assert list(view.uns) == uns
+
+
+def test_relabelling_drops_the_colours_scanpy_kept_for_the_old_categories():
+    """scanpy paints categories with .uns[f'{key}_colors'] in order: stale colours would swap classes."""
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(np.zeros((40, 2), dtype=np.float32))
+    adata.obsm["emb"] = rng.normal(size=(40, DIM))
+    four = {c: adata.obsm["emb"][i] for i, c in enumerate("ABCD")}  # each class wins its own spot at least
+    lk.tl.annotate(adata, class_embeddings=four, use="emb")
+    adata.uns["loki_annotation_colors"] = ["#ff0000", "#00ff00", "#0000ff", "#000000"]  # as sc.pl writes
+    lk.tl.annotate(adata, class_embeddings=four, use="emb")  # the same categories: a chosen palette stays
+    assert adata.uns["loki_annotation_colors"] == ["#ff0000", "#00ff00", "#0000ff", "#000000"]
+    three = {c: four[c] for c in "BCD"}
+    lk.tl.annotate(adata, class_embeddings=three, use="emb")
+    assert list(adata.obs["loki_annotation"].cat.categories) == ["B", "C", "D"]
+    assert "loki_annotation_colors" not in adata.uns
+
+
+def test_a_failed_write_puts_dropped_colours_back():
+    from loki._utils import all_or_nothing, write_obs
+
+    adata = ad.AnnData(np.zeros((4, 2), dtype=np.float32))
+    adata.obs["label"] = pd.Categorical(["a", "b", "a", "b"])
+    adata.uns["label_colors"] = ["#111111", "#222222"]
+    dropped = []
+
+    def relabel_then_fail():
+        with all_or_nothing():
+            write_obs(adata, "label", pd.Categorical(["c", "c", "a", "a"]))
+            dropped.append("label_colors" not in adata.uns)
+            raise RuntimeError("late")
+
+    with pytest.raises(RuntimeError, match="late"):
+        relabel_then_fail()
+    assert dropped == [True]
+    assert adata.uns["label_colors"] == ["#111111", "#222222"]
+    assert list(adata.obs["label"]) == ["a", "b", "a", "b"]

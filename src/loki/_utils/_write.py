@@ -100,10 +100,25 @@ def write_obsm(adata, key: str, value: Any) -> None:
     logger.info("added .obsm[%r]", key)
 
 
+def _categories(values: Any) -> list | None:
+    """The categories of a categorical column, in order; None for other values."""
+    dtype = getattr(values, "dtype", None)
+    return list(dtype.categories) if isinstance(dtype, pd.CategoricalDtype) else None
+
+
 def write_obs(adata, key: str, value: Any) -> None:
-    """Store ``value`` in ``adata.obs[key]`` and log it."""
+    """Store ``value`` in ``adata.obs[key]`` and log it.
+
+    The colours scanpy keeps for the column (``.uns[f"{key}_colors"]``, one per category) are removed
+    when the categories change: scanpy would paint the new categories with the old ones' colours.
+    """
     _actual(adata)
     _remember(adata.obs, key)
+    colors = f"{key}_colors"
+    if colors in adata.uns and _categories(adata.obs.get(key)) != _categories(pd.Series(value)):
+        _remember(adata.uns, colors)
+        del adata.uns[colors]
+        logger.info("removed .uns[%r]: the categories of .obs[%r] changed", colors, key)
     adata.obs[key] = value
     logger.info("added .obs[%r]", key)
 
