@@ -394,13 +394,15 @@ def test_scanpy_visium_converted_with_spatialdata_io_embeds(model):
     spot = adata.uns["spatial"]["custom"]["scalefactors"]["spot_diameter_fullres"]
     table.uns.setdefault("loki", {})["microns_per_unit"] = 55 / spot  # as the error says
     assert np.dtype(sdata.images["custom_hires"].dtype) == np.float32
-    lk.tl.embed_image(
-        sdata,
-        _trained_on(model, 55.0),
-        table_key=key,
-        image_key="custom_hires",
-        coordinate_system="custom_hires",
-    )
+    # this fixture's hires PNG is blank (PROVENANCE.txt): every patch is the same, and the call says so
+    with pytest.warns(lk.LokiWarning, match=r"All \d+ image embeddings are the same .* blank"):
+        lk.tl.embed_image(
+            sdata,
+            _trained_on(model, 55.0),
+            table_key=key,
+            image_key="custom_hires",
+            coordinate_system="custom_hires",
+        )
     emb = table.obsm[lk.Key.IMAGE]
     assert emb.shape == (table.n_obs, model.embed_dim)
     assert table.uns["loki"][lk.Key.IMAGE]["diameter_um"] == 55.0
@@ -461,3 +463,13 @@ def test_embed_image_says_when_the_model_size_overrides_the_spots(model, monkeyp
     with caplog.at_level("INFO", logger="loki"):
         lk.tl.embed_image(sdata, model, table_key="MOB2")
     assert "cutting" not in caplog.text
+
+
+def test_distinct_patches_raise_no_blank_image_warning(model):
+    a = _adata()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lk.LokiWarning)
+        lk.tl.embed_image(a, model, patches=_patches())
+    blank = np.full((6, 40, 40, 3), 255, dtype=np.uint8)
+    with pytest.warns(lk.LokiWarning, match=r"All 6 image embeddings are the same .*: patches= look alike"):
+        lk.tl.embed_image(a, model, patches=blank)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import (
     all_or_nothing,
     check_int,
@@ -303,6 +304,19 @@ def embed_text(
     return _write(table, key_added, emb, params, copy)
 
 
+def _warn_if_all_alike(emb: np.ndarray, what: str, tol: float = 1e-4) -> None:
+    """Warn when every row of ``emb`` is the same (to ``tol``): the patches were, e.g. a blank image's."""
+    if len(emb) < 2 or float(np.ptp(emb, axis=0).max()) > tol:
+        return
+    warnings.warn(
+        f"All {len(emb)} image embeddings are the same (to {tol:g}): {what} look alike, e.g. cut from a "
+        "blank or uniform image (some Space Ranger hires PNGs are blank). Look at the patches "
+        "(lk.pp.spot_patches) or pass image_key= naming another image.",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
 def embed_image(
     data: AnnData | SpatialData,
     model,
@@ -418,6 +432,7 @@ def embed_image(
     emb = model.encode_images(patches, batch_size=batch_size, progress=progress)
     if order is not None:
         emb[order] = emb.copy()  # back to table order
+    _warn_if_all_alike(emb, "the patches cut from the section's image" if cut_here else "patches=")
     source = "spot_patches" if cut_here else "patches"
     params = {
         "tool": "tl.embed_image",
