@@ -155,6 +155,22 @@ def test_visium_usage_errors_name_the_option_and_what_the_store_holds(
     assert _store_state(one_section_store) == before
 
 
+def test_visium_append_refuses_a_name_the_store_holds_in_another_case(
+    one_section_store, visium_folder, capsys
+):
+    """SpatialData clashes 'a' with 'A': it failed with "Element contains conflicting keys ... sanitize_table"."""
+    before = _store_state(one_section_store)
+    with pytest.raises(SystemExit) as exit_:
+        main(["visium", str(visium_folder), str(one_section_store), "--append", "--name", "a"])
+    assert exit_.value.code == 2
+    assert (
+        f"argument --name: {one_section_store} holds table 'A', shapes element 'A_spots' already (--append adds "
+        "only new elements; SpatialData element names must differ by more than case); pass another --name "
+        "(its tables: 'A')"
+    ) in capsys.readouterr().err
+    assert _store_state(one_section_store) == before
+
+
 def test_visium_errors_of_the_folder_write_no_store(hd_folder, tmp_path, capsys):
     store = tmp_path / "new.zarr"
     with pytest.raises(SystemExit, match=rf"^loki visium: Visium folder not found: '{tmp_path}/absent'\.$"):

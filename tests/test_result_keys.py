@@ -480,3 +480,19 @@ def test_a_failed_write_puts_dropped_colours_back():
     assert dropped == [True]
     assert adata.uns["label_colors"] == ["#111111", "#222222"]
     assert list(adata.obs["label"]) == ["a", "b", "a", "b"]
+
+
+def test_relabelling_a_view_drops_the_stale_colours_of_the_view_only():
+    """anndata ignores a deletion from a view's .uns: the stale colours stayed on the (now actual) view."""
+    from loki._utils import write_obs
+
+    adata = ad.AnnData(np.zeros((4, 2), dtype=np.float32))
+    adata.obs["label"] = pd.Categorical(["a", "b", "a", "b"])
+    adata.uns["label_colors"] = ["#111111", "#222222"]
+    view = adata[:3]
+    with pytest.warns(UserWarning, match="initializing view as actual"):
+        write_obs(view, "label", pd.Categorical(["c", "d", "e"]))
+    assert not view.is_view
+    assert list(view.obs["label"]) == ["c", "d", "e"]
+    assert "label_colors" not in view.uns
+    assert adata.uns["label_colors"] == ["#111111", "#222222"]  # the parent keeps its own

@@ -831,17 +831,24 @@ def _visium(args: argparse.Namespace) -> None:
 
 
 def _check_new_names(store, names: list[str], args: argparse.Namespace) -> None:
-    """Refuse a section whose element names the store holds (as elements of any kind): --append adds only."""
-    held = {name: kind for kind, name, _ in store.gen_elements()}
-    taken = [name for name in names if name in held]
+    """Refuse a section whose element names the store holds (as elements of any kind): --append adds only.
+
+    SpatialData tells names apart regardless of case (``a`` clashes with ``A``): so does this check.
+    """
+    held = {name.lower(): (kind, name) for kind, name, _ in store.gen_elements()}
+    taken = [(name, *held[name.lower()]) for name in names if name.lower() in held]
     if not taken:
         return
     kinds = {"shapes": "shapes element"}
-    listed = ", ".join(f"{kinds.get(held[name], held[name].removesuffix('s'))} {name!r}" for name in taken)
+    listed = ", ".join(
+        f"{kinds.get(kind, kind.removesuffix('s'))} {held_name!r}" for _, kind, held_name in taken
+    )
+    case = any(name != held_name for name, _, held_name in taken)
+    note = "; SpatialData element names must differ by more than case" if case else ""
     section = "" if args.name is not None else f"the folder's default section name {names[-1]!r} is taken: "
     raise _UsageError(
         "--name",
-        f"{section}{args.zarr} holds {listed} already (--append adds only new elements); pass another "
+        f"{section}{args.zarr} holds {listed} already (--append adds only new elements{note}); pass another "
         f"--name (its tables: {', '.join(map(repr, store.tables)) or 'none'})",
     )
 

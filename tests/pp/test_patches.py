@@ -169,6 +169,46 @@ def test_patch_touching_the_image_border_holds_no_padding():
     assert (padded[0, :, :3] == 255).all()
 
 
+def test_spot_patches_reads_obsm_spatial_beside_shapes_with_repeated_ids():
+    """The check that .obsm['spatial'] holds the shapes' own coordinates failed here in pandas' words
+    ("cannot reindex on an axis with duplicate labels"); the centres come from .obsm['spatial']."""
+    from spatialdata.transformations import Identity, Scale, set_transformation
+
+    centers = np.array([[400.0, 400.0], [1000.0, 800.0], [600.0, 500.0]])
+    sdata = _section(centers)
+    shapes = sdata.shapes["S_spots"]
+    shapes.index = pd.Index(["spot0", "spot1", "spot1"])
+    set_transformation(
+        shapes, {"global": Identity(), "hires": Scale([0.5, 0.5], axes=("x", "y"))}, set_all=True
+    )
+    patches = lk.pp.spot_patches(sdata, size=16)
+    reference = lk.pp.spot_patches(_section(centers), size=16)
+    np.testing.assert_array_equal(np.asarray(patches), np.asarray(reference))
+
+
+@pytest.mark.parametrize("spots", ["circles", "squares"])
+def test_obsm_spatial_in_another_coordinate_system_is_refused_for_circles_and_squares(spots):
+    import geopandas as gpd
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity, Scale, set_transformation
+
+    centers = np.array([[400.0, 400.0], [1000.0, 800.0], [600.0, 500.0]])
+    sdata = _section(centers)
+    if spots == "squares":  # Visium HD bins: the centroid is the centre
+        circles = sdata.shapes["S_spots"]
+        squares = gpd.GeoDataFrame(geometry=circles.geometry.buffer(50.0, cap_style=3), index=circles.index)
+        sdata.shapes["S_spots"] = ShapesModel.parse(squares)
+    hires = {"global": Identity(), "hires": Scale([0.25, 0.25], axes=("x", "y"))}
+    set_transformation(sdata.shapes["S_spots"], hires, set_all=True)
+    table = sdata.tables["S"]
+    assert lk.pp.spot_patches(sdata, size=16).shape == (3, 16, 16, 3)  # own coordinates
+    table.obsm["spatial"] = centers + np.array([3.0, -2.0])  # other points of the spots: left alone
+    assert lk.pp.spot_patches(sdata, size=16).shape == (3, 16, 16, 3)
+    table.obsm["spatial"] = centers * 0.25  # their 'hires' positions
+    with pytest.raises(ValueError, match=r"table 'S' holds its spots' positions in 'hires'"):
+        lk.pp.spot_patches(sdata, size=16)
+
+
 def test_spot_patches_centres_of_polygon_spots_and_square_pixels_only():
     import geopandas as gpd
     from shapely.geometry import box

@@ -435,3 +435,19 @@ def test_tl_finetune_records_the_sections_of_the_run(mob12, monkeypatch):
     assert (model.patch_um, len(model.training_runs)) == (200.0, 1)
     model._checkpoint_hash = None
     assert model.checkpoint_hash == before
+
+
+def test_tl_finetune_names_the_sections_in_history_when_keep_best_kept_the_start(mob12, monkeypatch):
+    """best_epoch 0 returned before history named the sections (its docstring says it does)."""
+    from loki.models import _finetune
+
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    losses = iter([1.0, 2.0])
+    monkeypatch.setattr(_finetune, "_held_out_loss", lambda *args: next(losses))
+    with pytest.warns(lk.LokiWarning, match="best_epoch 0"):
+        model, hist = lk.tl.finetune(
+            mob12, model, validation_keys="MOB2", keep_best=True, epochs=1, batch_size=64, progress=False
+        )
+    assert hist["best_epoch"] == 0
+    assert (hist["table_keys"], hist["validation_keys"]) == (["MOB1"], ["MOB2"])
+    assert model.training_runs == []

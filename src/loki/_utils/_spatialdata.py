@@ -258,7 +258,8 @@ def check_own_coordinates(table: AnnData, shapes, what: str) -> None:
     spatialdata-io writes it). Positions placed by one of the shapes' transformations (squidpy's
     ``spatial_neighbors(sdata, elements_to_coordinate_systems=...)`` writes such) would move every
     patch and alignment by that transformation, silently. Coordinates that match neither are left
-    alone: a table may hold other points of its spots (e.g. nucleus centres of cell polygons).
+    alone: a table may hold other points of its spots (e.g. nucleus centres of cell polygons); so are
+    shapes whose transformations are all the identity, and shapes with repeated ids.
 
     Parameters
     ----------
@@ -277,25 +278,32 @@ def check_own_coordinates(table: AnnData, shapes, what: str) -> None:
     """
     if shapes is None or Key.SPATIAL not in table.obsm or len(shapes) == 0:
         return
+    import shapely
     from spatialdata.transformations import get_transformation
 
+    placed = {}  # the coordinate systems the shapes are moved into
+    for cs, transform in get_transformation(shapes, get_all=True).items():
+        matrix = np.asarray(
+            transform.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64
+        )
+        if not np.allclose(matrix, np.eye(3)):
+            placed[cs] = matrix
+    if not placed or not shapes.index.is_unique:
+        return  # own coordinates are every system's; rows not named by their ids are checked where used
     geometry = shapes.geometry.reindex(instance_ids(table))
     if geometry.isna().any():
         return  # rows without a shape: checked where the shapes are used
-    centres = geometry.centroid  # a point's own position; a polygon's centroid
-    own = np.column_stack([centres.x.to_numpy(), centres.y.to_numpy()])
+    shapes_array = geometry.to_numpy()
+    if not (shapely.get_type_id(shapes_array) == shapely.GeometryType.POINT).all():
+        shapes_array = shapely.centroid(shapes_array)  # a polygon's centroid; a point is its own
+    own = np.column_stack([shapely.get_x(shapes_array), shapely.get_y(shapes_array)])
     xy = np.asarray(table.obsm[Key.SPATIAL], dtype=np.float64)[:, :2]
     if xy.shape != own.shape or not np.isfinite(xy).all():
         return
     tol = 1e-6 * max(float(np.ptp(own, axis=0).max()), 1.0)
     if np.abs(xy - own).max() <= tol:
         return
-    for cs, transform in get_transformation(shapes, get_all=True).items():
-        matrix = np.asarray(
-            transform.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64
-        )
-        if np.allclose(matrix, np.eye(3)):
-            continue
+    for cs, matrix in placed.items():
         if np.abs(xy - apply_matrix(own, matrix)).max() <= tol * max(linear_scale(matrix), 1.0):
             raise ValueError(
                 f"The {what} holds its spots' positions in {cs!r} (a coordinate system) in "

@@ -115,12 +115,13 @@ def write_obs(adata, key: str, value: Any) -> None:
     _actual(adata)
     _remember(adata.obs, key)
     colors = f"{key}_colors"
-    if colors in adata.uns and _categories(adata.obs.get(key)) != _categories(pd.Series(value)):
+    stale = colors in adata.uns and _categories(adata.obs.get(key)) != _categories(pd.Series(value))
+    adata.obs[key] = value  # first: it makes a view actual (deleting from a view's .uns does nothing)
+    logger.info("added .obs[%r]", key)
+    if stale:
         _remember(adata.uns, colors)
         del adata.uns[colors]
         logger.info("removed .uns[%r]: the categories of .obs[%r] changed", colors, key)
-    adata.obs[key] = value
-    logger.info("added .obs[%r]", key)
 
 
 def write_layer(adata, key: str, value: Any) -> None:

@@ -185,8 +185,11 @@ def spot_patches(
         Missing table, image, coordinate system or spot coordinates (the message lists what exists).
     ValueError
         Spots whose square lies entirely outside the image (how many, and a few ids), no way to know
-        the spot size, an image that is neither uint8 nor float, or a ``key_added`` that names the
-        patch flags of an image embedding.
+        the spot size, an image that is neither uint8 nor float, a ``key_added`` that names the
+        patch flags of an image embedding, or a ``.obsm['spatial']`` that holds the spots' positions
+        in a coordinate system (placed by a non-identity transformation of the spot shapes, as
+        squidpy's ``spatial_neighbors(sdata, elements_to_coordinate_systems=...)`` writes them)
+        instead of their own coordinates.
 
     """
     table = get_table(sdata, table_key)

@@ -351,13 +351,13 @@ def finetune(
         keep_best=keep_best,
         progress=progress,
     )
+    sections = _section_keys(data, table_keys)
+    named = {} if sections == [None] else {"table_keys": sections, "validation_keys": validation_keys}
+    history.update(named)  # a SpatialData: the sections trained on and held out
     if history.get("best_epoch") == 0:  # keep_best went back to the starting weights: model untouched
         return model, history
     run = model.training_runs[-1]  # the record lk.models.finetune appended for this run
     if cut_here and patch_um is None:  # spot-sized squares of no known size in µm
         model.patch_um = history["patch_um"] = run["patch_um"] = None
-    sections = _section_keys(data, table_keys)
-    if sections != [None]:  # a SpatialData: the record names the sections trained on and held out
-        run["table_keys"] = history["table_keys"] = sections
-        run["validation_keys"] = history["validation_keys"] = validation_keys
+    run.update(named)
     return model, history
