@@ -705,3 +705,23 @@ def test_keep_best_keeps_the_starting_weights_when_no_epoch_improves(monkeypatch
     assert m.checkpoint_hash == before
     assert (m.trained, m.patch_um, m.training_runs) == (False, None, [])
     assert hist["patch_um"] is None
+
+
+def test_non_finite_losses_are_recorded_as_null_so_the_saved_json_is_strict(monkeypatch, tmp_path):
+    import json
+
+    from loki.models import _finetune
+
+    losses = iter([float("nan"), float("inf")])  # before training, then epoch 1
+    monkeypatch.setattr(_finetune, "_held_out_loss", lambda *args: next(losses))
+    imgs, sents = _pairs(n=16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=0)
+    m, hist = lk.models.finetune(
+        m, imgs, sents, epochs=1, batch_size=8, validation=(imgs, sents), progress=False
+    )
+    assert np.isnan(hist["val_loss_before"])  # the history keeps the values as measured
+    (run,) = m.training_runs
+    assert (run["val_loss_before"], run["val_loss"]) == (None, [None])
+    m.save(tmp_path / "m")
+    text = (tmp_path / "m" / "loki_model.json").read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the saved JSON"))

@@ -303,7 +303,18 @@ def _run_record(history: dict, *, steps: int, start: dict, completed: bool) -> d
     record["best_val_loss"] = history["val_loss"][best - 1] if best else None
     record["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     record["versions"] = {"loki": loki.__version__, "torch": torch.__version__.split("+")[0]}
-    return record
+    return _finite_or_none(record)
+
+
+def _finite_or_none(value):
+    """``value`` with NaN and infinite floats as None, in nested lists and dicts: strict JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _cpu_copy(net) -> dict:
@@ -415,7 +426,8 @@ def finetune(
     :attr:`~loki.models.OmiCLIP.training_runs` (saved with it by :meth:`~loki.models.OmiCLIP.save`):
     the entries of ``history`` in ``RUN_KEYS`` (parameters, fingerprints of the pairs, per-epoch
     and held-out losses; not the per-step losses nor learning rates; an entry the run did not
-    measure, such as ``val_loss`` without ``validation``, is None), ``steps`` (steps taken),
+    measure, such as ``val_loss`` without ``validation``, is None, and so is a NaN or infinite
+    loss: strict JSON has none), ``steps`` (steps taken),
     ``completed`` (False for a run stopped by an error, whose steps already changed the weights),
     ``final_epoch_loss``, ``best_epoch_loss`` and ``best_val_loss`` (of the kept epoch with
     ``keep_best``, else None), ``start_checkpoint_hash`` and ``start_model`` (the weights trained

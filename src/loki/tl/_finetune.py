@@ -334,30 +334,40 @@ def finetune(
     images, sentences = collect_pairs(data, table_keys=table_keys, patches=patches, **pairs)
     cut_here = patches is None
     patch_um = _cut_patch_um(data, table_keys, diameter_um) if cut_here else None
-    model, history = _finetune(
-        model,
-        images,
-        sentences,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        freeze=freeze,
-        augment=augment,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        patch_um=patch_um,
-        validation=validation,
-        keep_best=keep_best,
-        progress=progress,
-    )
     sections = _section_keys(data, table_keys)
     named = {} if sections == [None] else {"table_keys": sections, "validation_keys": validation_keys}
-    history.update(named)  # a SpatialData: the sections trained on and held out
-    if history.get("best_epoch") == 0:  # keep_best went back to the starting weights: model untouched
-        return model, history
-    run = model.training_runs[-1]  # the record lk.models.finetune appended for this run
-    if cut_here and patch_um is None:  # spot-sized squares of no known size in µm
-        model.patch_um = history["patch_um"] = run["patch_um"] = None
-    run.update(named)
+    runs_before = len(model.training_runs)
+
+    def complete_record() -> None:
+        """The run's record (appended when the weights changed, also by a run stopped part-way)."""
+        if len(model.training_runs) == runs_before:  # unchanged weights (keep_best kept the start)
+            return
+        run = model.training_runs[-1]
+        if cut_here and patch_um is None:  # spot-sized squares of no known size in µm
+            model.patch_um = run["patch_um"] = None
+        run.update(named)  # a SpatialData: the sections trained on and held out
+
+    try:
+        model, history = _finetune(
+            model,
+            images,
+            sentences,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            freeze=freeze,
+            augment=augment,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            patch_um=patch_um,
+            validation=validation,
+            keep_best=keep_best,
+            progress=progress,
+        )
+    finally:
+        complete_record()
+    history.update(named)
+    if history.get("best_epoch") != 0 and cut_here and patch_um is None:
+        history["patch_um"] = None
     return model, history
