@@ -26,3 +26,19 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_path()
+
+
+def interrupt_training_at_batch(monkeypatch, batch: int) -> None:
+    """Make fine-tuning raise KeyboardInterrupt as it prepares its ``batch``-th batch (counted from 1)."""
+    from loki.models import _finetune
+
+    calls = []
+    real = _finetune.augment_dihedral
+
+    def stop(x, gen):
+        calls.append(1)
+        if len(calls) == batch:
+            raise KeyboardInterrupt
+        return real(x, gen)
+
+    monkeypatch.setattr(_finetune, "augment_dihedral", stop)

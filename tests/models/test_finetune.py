@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import interrupt_training_at_batch
 
 import loki as lk
 
@@ -270,21 +271,10 @@ def test_parameters_the_caller_froze_stay_frozen():
 
 
 def test_a_finetune_stopped_part_way_updates_the_hash(monkeypatch):
-    from loki.models import _finetune
-
     imgs, sents = _pairs(16)
     m = lk.models.load("loki-tiny", device="cpu", seed=0)
     before = m.info()["checkpoint_hash"]
-    calls = []
-    real = _finetune.augment_dihedral
-
-    def stop_on_second_batch(x, gen):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(x, gen)
-
-    monkeypatch.setattr(_finetune, "augment_dihedral", stop_on_second_batch)
+    interrupt_training_at_batch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         lk.models.finetune(m, imgs, sents, epochs=1, batch_size=8, progress=False)
     assert m.info()["checkpoint_hash"] != before  # one step changed the weights
@@ -656,20 +646,9 @@ def test_images_are_hashed_in_blocks_without_copying_them_whole():
 
 
 def test_a_run_stopped_part_way_is_recorded_as_not_completed(monkeypatch):
-    from loki.models import _finetune
-
     imgs, sents = _pairs(16)
     m = lk.models.load("loki-tiny", device="cpu", seed=0)
-    calls = []
-    real = _finetune.augment_dihedral
-
-    def stop_on_third_batch(x, gen):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(x, gen)
-
-    monkeypatch.setattr(_finetune, "augment_dihedral", stop_on_third_batch)
+    interrupt_training_at_batch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         lk.models.finetune(m, imgs, sents, epochs=2, batch_size=8, progress=False)
     (run,) = m.training_runs  # two steps changed the weights: the saved model must say so

@@ -8,6 +8,7 @@ import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from tests.conftest import interrupt_training_at_batch
 
 import loki as lk
 from loki.tl._finetune import collect_pairs
@@ -455,20 +456,10 @@ def test_tl_finetune_names_the_sections_in_history_when_keep_best_kept_the_start
 
 def test_a_tl_finetune_stopped_part_way_names_its_sections_and_patch_size(mob12, monkeypatch):
     """The record of a run stopped by an error still says what it trained on (its steps changed the weights)."""
-    from loki.models import _finetune
 
     model = lk.models.load("loki-tiny", device="cpu", seed=0)
     model.patch_um = 200.0  # a size from earlier training: the new steps were on spot-sized squares
-    calls = []
-    real = _finetune.augment_dihedral
-
-    def stop_on_second_batch(x, gen):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(x, gen)
-
-    monkeypatch.setattr(_finetune, "augment_dihedral", stop_on_second_batch)
+    interrupt_training_at_batch(monkeypatch, 2)
     monkeypatch.setattr("loki.tl._finetune._cut_patch_um", lambda *args: None)  # no known µm size
     with pytest.raises(KeyboardInterrupt):
         lk.tl.finetune(mob12, model, table_keys="MOB1", epochs=1, batch_size=32, progress=False)
