@@ -452,3 +452,37 @@ def test_calinski_harabasz_is_the_same_taken_a_block_of_points_at_a_time(dtype, 
     monkeypatch.setattr(_classification, "_BLOCK", 6 * 37)  # 37 points a block, the last one short
     assert metrics.calinski_harabasz(x, labels) == pytest.approx(whole, rel=1e-12)
     assert whole == pytest.approx(calinski_harabasz_score(x.astype(np.float64), labels), rel=1e-10)
+
+
+def test_truth_and_prediction_frames_are_matched_by_cell_type_and_spot_labels():
+    """Pseudo-spots whose cells list their types in another order than the reference: the truth's
+    columns and decompose's differ in order, and as arrays the metrics compared a type with another
+    one without a word (JS 0.29 became 0.92 on the MERFISH pseudo-spots)."""
+    rng = np.random.default_rng(0)
+    spots = [f"s{i}" for i in range(64)]
+    truth = pd.DataFrame(rng.dirichlet(np.ones(3), 64), index=spots, columns=["B cell", "T cell", "3"])
+    xy = np.c_[np.repeat(np.arange(8.0), 8), np.tile(np.arange(8.0), 8)]
+    pred = truth + rng.uniform(0, 0.05, truth.shape)
+    expected = (
+        metrics.js_divergence(truth.to_numpy(), pred.to_numpy(), axis=0),
+        metrics.ssim(truth.to_numpy(), pred.to_numpy()),
+        metrics.ssim_grid(xy, truth.to_numpy(), pred.to_numpy()),
+    )
+    shuffled = pred.iloc[rng.permutation(64), [2, 0, 1]]  # other spot and cell-type order
+    got = (
+        metrics.js_divergence(truth, shuffled, axis=0),
+        metrics.ssim(truth, shuffled),
+        metrics.ssim_grid(xy, truth, shuffled),
+    )
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_allclose(have, want, rtol=1e-12)
+    col = "T cell"
+    assert metrics.ssim(truth[col], shuffled[col]) == pytest.approx(expected[1][1], rel=1e-12)
+    # a frame built from an array has default labels: compared by position, as an array is
+    unlabelled = pd.DataFrame(pred.to_numpy())
+    np.testing.assert_allclose(metrics.ssim(truth, unlabelled), expected[1], rtol=1e-12)
+    # a type missing from the prediction (absent from the reference) is named
+    with pytest.raises(ValueError, match=r"different columns \(only in p: '3'; only in q: 'NK'\)"):
+        metrics.js_divergence(truth, shuffled.rename(columns={"3": "NK"}), axis=0)
+    with pytest.raises(ValueError, match=r"values_true and values_pred have different rows \(only in"):
+        metrics.ssim(truth, shuffled.rename(index={"s0": "x"}))

@@ -208,3 +208,29 @@ def test_region_draws_are_the_per_cell_choices_of_the_same_seed(seed, n_cells, n
     at_once = np.random.default_rng(seed + 1)
     np.testing.assert_array_equal(_draw_regions(prob, codes, at_once), expected)
     assert at_once.random() == one_by_one.random()  # the generator is left where the loop left it
+
+
+@pytest.mark.parametrize("sparse_x", [True, False])
+def test_cells_of_a_backed_anndata_are_pooled_as_in_memory(tmp_path, sparse_x):
+    """A large atlas opened with backed="r": scipy cannot multiply its on-disk matrix, and the call
+    failed with "unsupported operand type(s) for @: 'csr_matrix' and '_CSRDataset'"."""
+    cells = _cells(n=500, sparse_x=sparse_x)
+    cells.layers["counts"] = cells.X.copy()
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    for layer in (None, "counts"):
+        want = lk.pp.pseudo_spots(cells, layer=layer)
+        got = lk.pp.pseudo_spots(backed, layer=layer)
+        assert sp.issparse(got.X) == sparse_x
+        dense = (lambda m: m.toarray()) if sparse_x else np.asarray
+        np.testing.assert_array_equal(dense(got.X), dense(want.X))
+        pd.testing.assert_frame_equal(got.obsm["proportions"], want.obsm["proportions"])
+
+
+def test_cells_without_x_name_their_layers():
+    cells = _cells(n=200)
+    cells.layers["counts"] = cells.X.copy()
+    cells.X = None
+    with pytest.raises(ValueError, match=r"adata\.X is None .*pass layer= one of adata\.layers: 'counts'"):
+        lk.pp.pseudo_spots(cells)
+    assert lk.pp.pseudo_spots(cells, layer="counts").n_vars == 12

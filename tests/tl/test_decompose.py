@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -845,3 +846,84 @@ def test_a_missing_layer_points_at_raw_when_there_is_one():
     ):
         lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", reference_layer="raw")
     assert _nothing_written(spots)
+
+
+@pytest.mark.parametrize("method", ["nnls", "mapping"])
+def test_fewer_shared_genes_than_cell_types_is_warned_about(method):
+    """A reference sharing 3 genes with the spots for 4 types (e.g. another nomenclature that
+    matches a few symbols): any of many mixtures fits every spot, and proportions came back
+    without a word (on the hippocampus Visium example, 5 shared genes for 17 types)."""
+    spots, reference, _ = _toy()
+    reference.var_names = [f"G{g}" if g < 3 else f"ENSG{g}" for g in range(reference.n_vars)]
+    match = (
+        r"profiles of 4 cell types span only 3 dimensions on 3 shared genes \(fewer genes than cell "
+        r"types\).*Only 3 of the spots' 40 and the reference's 40 genes are shared"
+    )
+    with pytest.warns(lk.LokiWarning, match=match):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", method=method, epochs=5)
+    # two types with one profile (a label split in two) cannot be told apart either
+    spots, reference, _ = _toy()
+    twin = (reference.obs["cell_type"] == "T1").to_numpy()
+    reference.X[twin] = reference.X[(reference.obs["cell_type"] == "T0").to_numpy()]
+    with pytest.warns(lk.LokiWarning, match=r"span only 3 dimensions.*two types with one profile"):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", method=method, epochs=5)
+
+
+def test_enough_shared_genes_do_not_warn_about_separability():
+    spots, reference, _ = _toy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lk.LokiWarning)
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+
+
+@pytest.mark.parametrize("side", ["reference", "adata"])
+def test_no_shared_genes_points_at_a_var_column_holding_the_other_sides_names(side):
+    """Ensembl ids as var_names and the symbols in a column (as many atlases are shipped): the error
+    only asked whether both were symbols."""
+    spots, reference, _ = _toy()
+    renamed = reference if side == "reference" else spots
+    renamed.var["gene_symbols"] = pd.Categorical(renamed.var_names)
+    renamed.var["gene_ids"] = [f"ENSMUSG{g:011d}" for g in range(renamed.n_vars)]
+    renamed.var_names = renamed.var["gene_ids"].to_numpy()
+    other = "spots'" if side == "reference" else "reference's"
+    with pytest.raises(
+        ValueError,
+        match=rf"{side}\.var\['gene_symbols'\] holds 40 of the {other} gene names: use it as the names, "
+        rf"{side}\.var_names = {side}\.var\['gene_symbols'\]\.astype\(str\)",
+    ):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert _nothing_written(spots)
+    renamed.var_names = renamed.var["gene_symbols"].astype(str)
+    lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert spots.uns["loki"]["loki_proportions"]["n_features"] == 40
+
+
+def test_missing_labels_written_as_text_are_warned_about():
+    """obs['cell_type'].astype(str) turns NaN into 'nan': those cells became a cell type 'nan' without
+    a word (a real NaN is an error)."""
+    spots, reference, _ = _toy()
+    labels = reference.obs["cell_type"].astype(object)
+    labels.iloc[:5] = np.nan
+    reference.obs["cell_type"] = labels.astype(str)
+    with pytest.warns(
+        lk.LokiWarning, match=r"cells without a real label \(5 labelled 'nan'\).*\.astype\(str\)"
+    ):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert "nan" in spots.obsm["loki_proportions"].columns
+
+
+@pytest.mark.parametrize("side", ["adata", "reference"])
+def test_an_anndata_without_x_names_its_layers(side):
+    """Counts only in a layer and .X None: the call failed with "'NoneType' object is not subscriptable"."""
+    spots, reference, _ = _toy()
+    target = spots if side == "adata" else reference
+    target.layers["counts"] = target.X.copy()
+    target.X = None
+    param = "layer" if side == "adata" else "reference_layer"
+    with pytest.raises(
+        ValueError, match=rf"{side}\.X is None .*pass {param}= one of {side}\.layers: 'counts'"
+    ):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert _nothing_written(spots)
+    lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", **{param: "counts"})
+    assert spots.obsm["loki_proportions"].shape == (spots.n_obs, 4)

@@ -11,6 +11,7 @@ from loki._logging import LokiWarning, user_stacklevel
 from loki._utils import check_array_finite
 
 from ._alignment import spot_spacing
+from ._divergence import align_labels
 from ._lattice import lattice_pixels
 
 
@@ -28,7 +29,10 @@ def ssim(
     Parameters
     ----------
     values_true, values_pred
-        n values, or n x c (e.g. proportions of c cell types: one SSIM per column).
+        n values, or n x c (e.g. proportions of c cell types: one SSIM per column). Two DataFrames
+        (or two Series) are matched by their labels: ``values_pred`` is put in the order of
+        ``values_true``'s rows and columns, and labels that differ raise a ValueError naming them
+        (default labels 0, 1, 2, ... are matched by position).
     data_range
         Value range for the constants; default: max - min of both inputs and 0, per column (1 for
         proportions that reach 0 and 1).
@@ -218,7 +222,8 @@ def ssim_grid(
     coords
         Spot centres, n x 2.
     values_true, values_pred
-        n values, or n x c (e.g. proportions of c cell types: one SSIM per column).
+        n values, or n x c (e.g. proportions of c cell types: one SSIM per column); two DataFrames
+        are matched by their labels as in :func:`ssim` (``coords`` follow ``values_true``'s rows).
     grid
         Pixel size in coordinate units or ``(n_rows, n_cols)``; default: the spots' own lattice
         (see :func:`rasterize`).
@@ -255,6 +260,7 @@ def ssim_grid(
 
 
 def _check_pair(values_true, values_pred) -> tuple[np.ndarray, np.ndarray]:
+    values_pred = align_labels(values_true, values_pred, ("values_true", "values_pred"))
     values_true = np.asarray(values_true, dtype=np.float64)
     values_pred = np.asarray(values_pred, dtype=np.float64)
     if values_true.shape != values_pred.shape:

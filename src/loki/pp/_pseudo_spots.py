@@ -23,6 +23,7 @@ from loki._utils import (
     loki_uns,
     require_keys,
 )
+from loki._utils._backed import read_matrix
 from loki._utils._labels import label_categories
 
 #: Visium: 55 um spots, 100 um centre to centre.
@@ -77,7 +78,8 @@ def pseudo_spots(
     Parameters
     ----------
     adata
-        Cells x genes counts with cell centres in ``.obsm[spatial_key]``.
+        Cells x genes counts with cell centres in ``.obsm[spatial_key]`` (also an AnnData opened
+        with ``backed="r"``: its matrix is read whole).
     diameter_um
         Spot diameter in micrometres (Visium 55, legacy ST 100).
     spacing_um
@@ -126,6 +128,11 @@ def pseudo_spots(
         check_labelled(adata.obs[cell_type_key], f"adata.obs[{cell_type_key!r}]", "cells")
     if layer is not None:
         require_keys(adata.layers, layer, "adata.layers")
+    elif adata.X is None:
+        raise ValueError(
+            "adata.X is None (no expression matrix); pass layer= one of adata.layers: "
+            f"{', '.join(map(repr, adata.layers)) or 'none'}."
+        )
     if diameter_um <= 0:
         raise ValueError(f"diameter_um must be > 0, got {diameter_um}.")
     if microns_per_unit is None:
@@ -167,7 +174,8 @@ def pseudo_spots(
     # Pooling matrix: spots x cells, a 1 for every cell in every spot's disc.
     pool = sparse.csr_matrix((np.ones(len(member)), (spot, member)), shape=(len(keep), adata.n_obs))
 
-    x = adata.X if layer is None else adata.layers[layer]
+    # an AnnData opened with backed="r" holds an on-disk matrix, which scipy cannot multiply
+    x = read_matrix(adata.X if layer is None else adata.layers[layer])
     summed = pool @ x
     if not sparse.issparse(x):
         summed = np.asarray(summed)
