@@ -230,3 +230,13 @@ def test_long_names_are_wrapped_to_the_panel_not_run_into_the_next_one(spots, pl
         assert panel.get_title().replace("\n", " ") in names  # wrapped at spaces, nothing lost
     assert [a.get_title() for a in panels][2] == "Mitral cells"  # a title that fits is left as it is
     assert not any(_overlap(a, b) for i, a in enumerate(titles) for b in titles[i + 1 :])
+
+
+def test_a_word_wider_than_its_panel_is_not_cut(spots):
+    # textwrap cut a long word to fit ("Oligodendroc" / "yte" over two lines)
+    names = ["Oligodendrocyteprogenitorcells of the bulb", "Neurogenesisassociatedastrocytes", "Mitral cells"]
+    frame = pd.DataFrame(spots.obsm["loki_proportions"].to_numpy(), index=spots.obs_names, columns=names)
+    spots.obsm["loki_proportions"] = frame
+    fig = lk.pl.proportions(spots, show=False)
+    for panel, name in zip(_panels(fig), names, strict=True):
+        assert panel.get_title().split() == name.split()  # lines break between words only

@@ -469,7 +469,8 @@ def panel_title(ax: Axes, text: str, **kwargs) -> None:
     """Title a panel; a title wider than the panel is wrapped onto lines that fit it.
 
     Long class or cell-type names (e.g. "Olfactory ensheathing glia (OEC)") over panels a few inches
-    wide would run into the next panel's title and colour bar. A title that fits is left as it is.
+    wide would run into the next panel's title and colour bar. A title that fits is left as it is;
+    lines break between words only.
     """
     import textwrap
 
@@ -492,7 +493,7 @@ def panel_title(ax: Axes, text: str, **kwargs) -> None:
     for width in range(len(text) - 1, 7, -1):
         if fits(title):
             break
-        title = textwrap.fill(text, width=width)
+        title = textwrap.fill(text, width=width, break_long_words=False)  # a word wider stays whole
     ax.set_title(title, **kwargs)
 
 
