@@ -33,7 +33,8 @@ def read_store(zarr: Path, command: str):
         raise SystemExit(
             f"loki {command}: {str(zarr)!r} is not a SpatialData zarr store (it has none of the folders "
             f"{', '.join(ELEMENT_KINDS)}); write one with sdata.write(...), or make one from a slide with "
-            "`loki slide` or from a Space Ranger folder with `loki visium`."
+            "`loki slide`, from a Space Ranger folder with `loki visium` or from a legacy ST section with "
+            "`loki st`."
         )
     return sd.read_zarr(zarr)
 

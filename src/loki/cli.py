@@ -1,4 +1,4 @@
-"""Command-line entry point: ``loki demo`` and the batch commands (slide, visium, tile, embed, align)."""
+"""Command-line entry point: ``loki demo`` and the batch commands (slide, visium, st, tile, embed, align)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ _OPTIONS = {
     },
     "slide": {"microns_per_pixel": "--mpp", "name": "--name", "series": "--series"},
     "visium": {"dataset_id": "--name", "fullres_image_file": "--fullres-image", "bin_size": "--bin-size"},
+    "st": {
+        "name": "--name",
+        "spot_diameter_um": "--spot-diameter-um",
+        "array_step_um": "--array-step-um",
+        "image_scale": "--image-scale",
+    },
     "align": {
         "input_coordinate_system": "--coordinate-system",
         "coordinate_system": "--aligned-coordinate-system",
@@ -84,6 +90,14 @@ _API_ONLY_HINTS = {
             "Map them to symbols with --gene-map (a table of gene ids and symbols, e.g. Space Ranger's "
             "features.tsv.gz)."
         ),
+    },
+    "st": {  # lk.io.read_legacy_st's words for its arguments and keywords
+        r"with selected_only=True and a 'selected' column such spots are left out": (
+            "without --all-spots, spots the spot file does not select are left out"
+        ),
+        r"read_legacy_st takes \(counts, spots, image\)": "loki st takes COUNTS SPOTS IMAGE ZARR",
+        r"Pass a spots x genes table \(e\.g\. counts\.T\)\.": "Write it as a spots x genes table.",
+        r"is image_scale right\?": "is --image-scale right?",
     },
     "align": {  # the command aligns onto the target's own coordinates: it has no target_spatial_key=
         r"To align onto the aligned target, pass target_spatial_key=.+?; to keep both": (
@@ -120,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="loki",
         description=(
             "Loki (OmiCLIP) from the command line: `loki demo` trains loki-tiny on bundled data and runs "
-            "every tool; slide and visium write SpatialData zarr stores, tile, embed and align work on them. "
+            "every tool; slide, visium and st write SpatialData zarr stores, tile, embed and align work on them. "
             "`loki COMMAND --help` describes each."
         ),
         parents=[_global_options(False)],
@@ -226,19 +240,28 @@ def _parser() -> argparse.ArgumentParser:
 
     slide = add_command(
         "slide",
-        help="write an H&E slide scan (SVS, NDPI, OME-TIFF, TIFF, jpg, png) into a new SpatialData zarr store",
+        help="write an H&E slide scan (SVS, NDPI, OME-TIFF, TIFF, jpg, png) into a SpatialData zarr store",
         description=(
             "Read SLIDE with lk.io.read_slide (pyramid levels read lazily, pixel size from the file) and "
-            "write it as the image of a new SpatialData zarr store; `loki tile` then covers its tissue."
+            "write it as the image of a new SpatialData zarr store, or with --append beside the elements "
+            "of an existing one; `loki tile` then covers its tissue."
         ),
     )
     slide.add_argument("slide", type=Path, help="the slide file")
-    slide.add_argument("zarr", type=Path, help="SpatialData .zarr store to create (must not exist)")
+    slide.add_argument(
+        "zarr", type=Path, help="SpatialData .zarr store to create (must not exist, unless --append)"
+    )
     slide.add_argument("--name", default=None, help="image key (default: the file name without suffixes)")
     slide.add_argument(
         "--series", type=int, default=0, help="image of a TIFF holding several (default 0: the slide)"
     )
     _add_mpp(slide, "micrometres per pixel, when the file does not say or says wrong")
+    slide.add_argument(
+        "--append",
+        action="store_true",
+        help="add the image to ZARR if it exists (it is created otherwise); names it holds are refused "
+        "and nothing of it is changed",
+    )
 
     visium = add_command(
         "visium",
@@ -284,6 +307,71 @@ def _parser() -> argparse.ArgumentParser:
         "writes 2, 8 and 16; default for a Visium HD folder: 8)",
     )
     visium.add_argument(
+        "--append",
+        action="store_true",
+        help="add the section to ZARR if it exists (it is created otherwise); names it holds are refused "
+        "and nothing of it is changed",
+    )
+
+    st = add_command(
+        "st",
+        help="write a legacy ST section (counts table, spot file, H&E image) into a SpatialData zarr store",
+        description=(
+            "Read a legacy Spatial Transcriptomics section (100 µm spots) with lk.io.read_legacy_st and "
+            "write it as a section of a SpatialData zarr store: table NAME, the spots' shapes NAME_spots "
+            "and image NAME_image, in coordinate system 'global', the table recording the spot size and "
+            "µm per pixel. ZARR must not exist, unless --append adds the section beside those it holds "
+            "(e.g. a second section, for `loki align`). `loki embed ZARR --table NAME` then embeds it."
+        ),
+    )
+    st.add_argument(
+        "counts",
+        type=Path,
+        help="counts table: tab-separated (gzip allowed), a row per spot, the first column the spot ids "
+        "'XxY' (array x, y), a column per gene",
+    )
+    st.add_argument(
+        "spots",
+        type=Path,
+        help="spot file: tab-separated, columns x, y (array), pixel_x, pixel_y (spot centres in pixels "
+        "of the full-resolution image) and optionally selected (1 under tissue)",
+    )
+    st.add_argument("image", type=Path, help="the H&E image the spots were placed on (jpg, png, tif)")
+    st.add_argument(
+        "zarr", type=Path, help="SpatialData .zarr store to create (must not exist, unless --append)"
+    )
+    st.add_argument(
+        "--name",
+        default=None,
+        help="section name: the table key, and the start of its elements' names (default: the counts "
+        "file's name without suffixes)",
+    )
+    st.add_argument(
+        "--spot-diameter-um",
+        type=_positive_float,
+        default=100.0,
+        help="spot diameter in µm (default: 100, legacy ST)",
+    )
+    st.add_argument(
+        "--array-step-um",
+        type=_positive_float,
+        default=200.0,
+        help="µm per step of the spot file's x, y: 200 on 1k arrays, 100 on 2k arrays, whose spots sit "
+        "on a checkerboard (default: 200)",
+    )
+    st.add_argument(
+        "--image-scale",
+        type=_positive_ratio,
+        default=1.0,
+        help="IMAGE's pixels per full-resolution pixel, for an IMAGE downscaled from it, e.g. 2000/6954 "
+        "(default: 1)",
+    )
+    st.add_argument(
+        "--all-spots",
+        action="store_true",
+        help="keep every spot of the counts table, not only those the spot file selects (selected 1)",
+    )
+    st.add_argument(
         "--append",
         action="store_true",
         help="add the section to ZARR if it exists (it is created otherwise); names it holds are refused "
@@ -494,6 +582,20 @@ def _positive_float(text: str) -> float:
     value = _float_or_nan(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _positive_ratio(text: str) -> float:
+    """A positive number, also written as a ratio of two (``2000/6954``)."""
+    numerator, _, denominator = text.partition("/")
+    value = _float_or_nan(numerator)
+    if denominator:
+        below = _float_or_nan(denominator)
+        value = value / below if below > 0 else math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number, or a ratio of two (e.g. 2000/6954), got {text!r}"
+        )
     return value
 
 
@@ -761,29 +863,63 @@ def _check_table(sdata, table: str, zarr: Path, command: str, *, option: str, wr
 def _slide(args: argparse.Namespace) -> None:
     import loki as lk
 
-    if args.zarr.exists():
-        raise SystemExit(f"loki slide: {str(args.zarr)!r} exists; name a new store.")
+    store = _store_to_append(args, "the image")
+    if store is not None and args.name is not None:  # known before the slide is read
+        _check_new_names(
+            store, [args.name], args, default_of="the file's default image name", listed="images"
+        )
     sdata = lk.io.read_slide(args.slide, name=args.name, microns_per_pixel=args.mpp, series=args.series)
-    write_new_store(sdata, args.zarr)
     (name,) = sdata.images.keys()
+    if store is None:
+        write_new_store(sdata, args.zarr)
+    else:
+        _check_new_names(store, [name], args, default_of="the file's default image name", listed="images")
+        _add_to_store(store, sdata, [name])
     mpp = sdata.attrs.get(lk.Key.UNS, {}).get("microns_per_pixel", {}).get(name)
     size = (
         "; its pixel size is unknown: pass --mpp to `loki tile`"
         if mpp is None
         else f" ({mpp:.4g} µm per pixel)"
     )
-    print(f"image {name!r} written to {args.zarr}{size}")
+    print(f"image {name!r} {'added to' if store is not None else 'written to'} {args.zarr}{size}")
+
+
+def _refuse_existing_store(args: argparse.Namespace, what: str) -> None:
+    """Refuse an existing ``zarr`` without ``--append``: a command creating a store never writes into one by chance."""
+    if args.zarr.exists() and not args.append:
+        raise SystemExit(
+            f"loki {args.command}: {str(args.zarr)!r} exists; name a new store, or pass --append to add "
+            f"{what} to it."
+        )
+
+
+def _store_to_append(args: argparse.Namespace, what: str):
+    """The store ``--append`` adds ``what`` to (read, and checked writable), or None for a new store."""
+    _refuse_existing_store(args, what)
+    if not args.zarr.exists():
+        return None
+    store = read_store(args.zarr, args.command)
+    check_writable(args.zarr, args.command)
+    return store
+
+
+def _add_to_store(store, section, names: list[str]) -> None:
+    """Write the elements ``names`` of ``section`` (and the pixel sizes it records) into ``store``, all or none."""
+    import loki as lk
+
+    attrs_before = copy.deepcopy(store.attrs)
+    for kind in ("images", "shapes", "tables"):
+        getattr(store, kind).update(getattr(section, kind))
+    sizes = section.attrs.get(lk.Key.UNS, {}).get("microns_per_pixel", {})
+    store.attrs.setdefault(lk.Key.UNS, {}).setdefault("microns_per_pixel", {}).update(sizes)
+    write_new_elements(store, names, attrs_before=attrs_before)
 
 
 def _visium(args: argparse.Namespace) -> None:
     import loki as lk
 
     append = args.append and args.zarr.exists()
-    if args.zarr.exists() and not args.append:
-        raise SystemExit(
-            f"loki visium: {str(args.zarr)!r} exists; name a new store, or pass --append to add the "
-            "section to it."
-        )
+    _refuse_existing_store(args, "the section")
     hd = (args.folder / "binned_outputs").is_dir()
     if args.bin_size is not None and not hd and (args.folder / "filtered_feature_bc_matrix.h5").is_file():
         raise _UsageError(
@@ -798,10 +934,8 @@ def _visium(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"--fullres-image: no such file: {str(args.fullres_image)!r}")
         # the reader takes it relative to the folder; the command line, to the working directory
         options["fullres_image_file"] = args.fullres_image.absolute()
-    store = None
-    if append:
-        store = read_store(args.zarr, args.command)
-        check_writable(args.zarr, "visium")
+    store = _store_to_append(args, "the section")
+    if store is not None:
         if args.name is not None:  # the table and its spots: known before the folder is read
             _check_new_names(store, [args.name, f"{args.name}_spots"], args)
     if hd:
@@ -815,12 +949,7 @@ def _visium(args: argparse.Namespace) -> None:
         write_new_store(section, args.zarr)
     else:
         _check_new_names(store, names, args)
-        attrs_before = copy.deepcopy(store.attrs)
-        for kind in ("images", "shapes", "tables"):
-            getattr(store, kind).update(getattr(section, kind))
-        sizes = section.attrs.get(lk.Key.UNS, {}).get("microns_per_pixel", {})
-        store.attrs.setdefault(lk.Key.UNS, {}).setdefault("microns_per_pixel", {}).update(sizes)
-        write_new_elements(store, names, attrs_before=attrs_before)
+        _add_to_store(store, section, names)
     table = section.tables[name]
     what = f"bins of {bin_size} µm" if hd else "spots"
     print(
@@ -830,26 +959,97 @@ def _visium(args: argparse.Namespace) -> None:
     )
 
 
-def _check_new_names(store, names: list[str], args: argparse.Namespace) -> None:
+def _st(args: argparse.Namespace) -> None:
+    import loki as lk
+    from loki._utils._spatialdata import recorded_microns_per_pixel
+    from loki.io._names import check_section_name
+
+    _refuse_existing_store(args, "the section")
+    for what, path in (("COUNTS", args.counts), ("SPOTS", args.spots), ("IMAGE", args.image)):
+        _require_file(what, path)
+    if args.name is not None:
+        name = args.name
+        check_section_name(name, f"name={name!r}")
+    else:  # SpatialData names allow letters, digits, '_', '-' and '.'
+        name = re.sub(r"[^0-9A-Za-z_.-]", "_", args.counts.name.split(".")[0]) or "section"
+        try:
+            check_section_name(name, f"the counts file's default section name {name!r}")
+        except ValueError as err:
+            raise ValueError(f"{err} Pass --name.") from None
+    store = _store_to_append(args, "the section")
+    names = [f"{name}_image", f"{name}_spots", name]  # lk.io.read_legacy_st's names
+    default_of = "the counts file's default section name"
+    if store is not None:  # before the files are read
+        _check_new_names(store, names, args, default_of=default_of)
+    section = lk.io.read_legacy_st(
+        args.counts,
+        args.spots,
+        args.image,
+        name=name,
+        spot_diameter_um=args.spot_diameter_um,
+        array_step_um=args.array_step_um,
+        image_scale=args.image_scale,
+        selected_only=not args.all_spots,
+    )
+    names = [*section.images, *section.shapes, *section.tables]
+    if store is None:
+        write_new_store(section, args.zarr)
+    else:
+        _check_new_names(store, names, args, default_of=default_of)
+        _add_to_store(store, section, names)
+    table = section.tables[name]
+    (image,) = section.images
+    print(
+        f"section {name!r} ({table.n_obs} spots x {table.n_vars} genes) "
+        f"{'written to' if store is None else 'added to'} {args.zarr}: table {name!r}, shapes "
+        f"{name + '_spots'!r}, image {image!r} ({recorded_microns_per_pixel(section, image):.4g} µm per pixel)"
+    )
+
+
+def _require_file(what: str, path: Path) -> None:
+    """Refuse a ``path`` (of argument ``what``) that is not a file, naming what its folder holds."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise ValueError(f"{what}: {str(path)!r} is a folder, not a file")
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what}: no such file: {str(path)!r} (there is no folder {str(folder)!r})")
+    held = sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith("."))
+    listed = ", ".join(held[:8]) + (f" and {len(held) - 8} more" if len(held) > 8 else "")
+    raise FileNotFoundError(f"{what}: no such file: {str(path)!r} (its folder holds {listed or 'nothing'})")
+
+
+def _check_new_names(
+    store,
+    names: list[str],
+    args: argparse.Namespace,
+    *,
+    default_of: str = "the folder's default section name",
+    listed: str = "tables",
+) -> None:
     """Refuse a section whose element names the store holds (as elements of any kind): --append adds only.
 
     SpatialData tells names apart regardless of case (``a`` clashes with ``A``): so does this check.
+    ``default_of`` says where the name came from when ``--name`` was not given (the last of ``names``
+    is the section's name); ``listed`` is the kind of element whose names the message lists.
     """
     held = {name.lower(): (kind, name) for kind, name, _ in store.gen_elements()}
     taken = [(name, *held[name.lower()]) for name in names if name.lower() in held]
     if not taken:
         return
     kinds = {"shapes": "shapes element"}
-    listed = ", ".join(
+    taken_list = ", ".join(
         f"{kinds.get(kind, kind.removesuffix('s'))} {held_name!r}" for _, kind, held_name in taken
     )
     case = any(name != held_name for name, _, held_name in taken)
     note = "; SpatialData element names must differ by more than case" if case else ""
-    section = "" if args.name is not None else f"the folder's default section name {names[-1]!r} is taken: "
+    section = "" if args.name is not None else f"{default_of} {names[-1]!r} is taken: "
+    held_names = ", ".join(map(repr, getattr(store, listed))) or "none"
     raise _UsageError(
         "--name",
-        f"{section}{args.zarr} holds {listed} already (--append adds only new elements{note}); pass another "
-        f"--name (its tables: {', '.join(map(repr, store.tables)) or 'none'})",
+        f"{section}{args.zarr} holds {taken_list} already (--append adds only new elements{note}); pass "
+        f"another --name (its {listed}: {held_names})",
     )
 
 
@@ -1160,6 +1360,8 @@ def _run(args: argparse.Namespace) -> None:
         _slide(args)
     elif args.command == "visium":
         _visium(args)
+    elif args.command == "st":
+        _st(args)
     elif args.command == "tile":
         _tile(args)
     elif args.command == "align":
