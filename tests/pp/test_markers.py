@@ -49,6 +49,25 @@ def test_errors(tmp_path):
         lk.pp.read_markers(bad)
     with pytest.raises(FileNotFoundError):
         lk.pp.read_markers(tmp_path / "none.csv")
+    # a tissue as the user typed it, not lower-cased
+    with pytest.raises(
+        KeyError, match=r"'Atlantis' not found in the 'Tissue' column of .* \(case-insensitive\)"
+    ):
+        lk.pp.read_markers(path, tissue="Atlantis")
+
+
+def test_no_class_left_is_an_error_not_an_empty_table(tmp_path):
+    path = shared_path("marker_genes", "CellMarker2_Human_Aug.csv")
+    with pytest.raises(
+        ValueError,
+        match=r"No class with a marker gene is left in CellMarker2_Human_Aug\.csv \(2163 rows, cellmarker "
+        r"format\) after tissue='Breast', cell_types=\[\]: no row matched\.",
+    ):
+        lk.pp.read_markers(path, tissue="Breast", cell_types=[])
+    no_genes = tmp_path / "m.csv"
+    pd.DataFrame({"Tissue": ["Gut"], "CT": ["T"], "Gene": [" , "]}).to_csv(no_genes, index=False)
+    with pytest.raises(ValueError, match=r"after no filter: 1 row matched, none with a gene in 'Gene'"):
+        lk.pp.read_markers(no_genes)
 
 
 def test_generic_csv_roundtrip(tmp_path):

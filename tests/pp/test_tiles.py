@@ -66,6 +66,51 @@ def test_tissue_mask_finds_the_stained_region_and_not_glass():
     assert (mask & truth).sum() / (mask | truth).sum() > 0.98
 
 
+def _tissue_only(seed: int = 0) -> np.ndarray:
+    """An image wholly inside the tissue: purple nuclei (saturation ~0.55) on pale pink stroma (~0.2)."""
+    rng = np.random.default_rng(seed)
+    rgb = np.empty((H, W, 3), dtype=np.float64)
+    rgb[:] = (225, 180, 215)  # stroma
+    nuclei = rng.random((H // 8, W // 8)) < 0.4
+    rgb[np.kron(nuclei, np.ones((8, 8), dtype=bool))] = (150, 70, 160)
+    return np.clip(rgb + rng.integers(-6, 7, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def test_tissue_mask_of_an_image_without_glass_is_all_tissue():
+    """A crop inside the tissue shows no glass: Otsu's split would drop the stroma, most of the tissue."""
+    rgb = _tissue_only()
+    assert lk.pp.tissue_mask(rgb).mean() > 0.99
+    # Otsu's threshold alone (max_glass_saturation=1) splits nuclei from stroma
+    assert lk.pp.tissue_mask(rgb, max_glass_saturation=1.0).mean() < 0.6
+    truth = np.zeros((H, W), bool)
+    truth[100:420, 200:520] = True
+    # tissue on a scanner's black padding, which is background, not a class of its own
+    on_black = np.zeros_like(rgb)
+    on_black[100:420, 200:520] = rgb[100:420, 200:520]
+    mask = lk.pp.tissue_mask(on_black)
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.98
+    with pytest.raises(ValueError, match=r"max_glass_saturation must be in \[0, 1\], got 1.5"):
+        lk.pp.tissue_mask(rgb, max_glass_saturation=1.5)
+
+
+def test_tiles_of_a_real_region_inside_the_tissue_cover_all_of_it():
+    """A region cut inside a her2st section's tissue (no glass) is tiled whole, and a warning says why."""
+    import spatialdata as sd
+    from PIL import Image
+    from spatialdata.models import Image2DModel
+
+    path = shared_path("her2st_A", "images", "A2_HE_image_dark.png")
+    region = np.asarray(Image.open(path).convert("RGB"))[900:1500, 300:1300]  # tumour and stroma only
+    sdata = sd.SpatialData(
+        images={"he": Image2DModel.parse(np.moveaxis(region, -1, 0), dims=("c", "y", "x"))}
+    )
+    with pytest.warns(
+        lk.LokiWarning, match=r"sdata.images\['he'\] shows no glass .+ max_glass_saturation=1.0"
+    ):
+        table = lk.pp.tile_image(sdata, "he", microns_per_pixel=3.2, tile_um=55.0)
+    assert table.n_obs == table.uns[Key.UNS]["tiles"]["n_candidates"]  # before: 464 of 1,972 tiles
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     mask=arrays(bool, st.tuples(st.integers(1, 12), st.integers(1, 12))),

@@ -103,6 +103,21 @@ def test_marker_sentences_match_vocabulary_case_and_report_missing():
     assert missing == {"a": ["Foo"]}
 
 
+def test_markers_as_a_series_of_gene_lists_from_a_long_table():
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    long = pd.DataFrame(
+        [(c, g) for c, genes in MARKERS.items() for g in genes], columns=["cell_type", "gene"]
+    )
+    series = long.groupby("cell_type", sort=False)["gene"].agg(list)
+    lk.tl.annotate(adata, series, model=model, key_added="from_series")
+    lk.tl.annotate(adata, MARKERS, model=model, key_added="from_dict")
+    assert adata.obsm["from_series"].equals(adata.obsm["from_dict"])
+    assert list(adata.uns["loki"]["from_series"]["sentences"]) == list(
+        adata.uns["loki"]["from_dict"]["sentences"]
+    )
+
+
 def test_bulk_annotation_with_pseudobulk_groups():
     model = BagOfGenes()
     adata, _ = _spots(model, n_per_class=4)
@@ -174,6 +189,20 @@ def test_results_of_any_class_names_can_be_saved(tmp_path):
     ("kwargs", "error", "match"),
     [
         ({"markers": {"a": []}}, ValueError, "empty"),
+        # a marker table as read by pandas: its columns are not classes
+        (
+            {"markers": pd.DataFrame({"cell_type": ["tumour", "fat"], "gene": ["G0", "G20"]})},
+            TypeError,
+            r"markers is a DataFrame \(columns \['cell_type', 'gene'\]\); pass \{class: \[genes\]\}: .*"
+            r"df\.groupby\(class_column\)\[gene_column\]\.agg\(list\)",
+        ),
+        ({"markers": [["G0"], ["G20"]]}, TypeError, r"markers must be \{class: \[genes\]\} .* got list"),
+        (
+            {"markers": pd.Series([["G0"], ["G1"]], index=["a", "a"])},
+            ValueError,
+            r"repeats classes \(\['a'\]\); give each class one list",
+        ),
+        ({"markers": MARKERS, "vocabulary": "G0"}, TypeError, r"vocabulary must be a list of gene symbols"),
         ({"markers": {}}, ValueError, "empty"),
         ({"markers": {"a": ["NOPE"]}}, ValueError, "None of the markers"),
         ({"markers": MARKERS, "use": "nope"}, KeyError, "adata.obsm"),

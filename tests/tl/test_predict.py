@@ -197,6 +197,23 @@ def test_bad_input_writes_nothing(kwargs, error, match):
     assert "loki" not in query.uns
 
 
+def test_a_reference_without_genes_is_refused():
+    """Tiles of an H&E image (embeddings, no genes) given as the reference: no empty prediction."""
+    query = _section(10, GENES, 1, "q")
+    tiles = _section(30, GENES, 0, "t")[:, []].copy()
+    assert tiles.n_vars == 0
+    with pytest.raises(ValueError, match=r"The reference has no genes \(30 spots x 0 genes\)"):
+        lk.tl.predict_expression(query, tiles, use_reference="loki_image")
+
+
+def test_a_gene_named_twice_is_refused():
+    ref, query = _section(50, GENES, 0, "r"), _section(10, GENES, 1, "q")
+    with pytest.raises(ValueError, match=r"genes= names 'g1' more than once"):
+        lk.tl.predict_expression(query, ref, genes=["g1", "g2", "g1"])
+    with pytest.raises(ValueError, match=r"genes= names 'g1' more than once"):
+        lk.tl.predict_expression_loso({"a": ref, "b": query}, genes=["g1", "g1"])
+
+
 def test_loso_top_k_larger_than_a_fold_reference_is_refused_before_any_fold(monkeypatch):
     sizes = {"C": 30, "B": 45, "A": 60}  # references of 105, 90 and 75 spots: the last fold is too small
     sections = {name: _section(n, GENES, seed, name) for seed, (name, n) in enumerate(sizes.items())}

@@ -54,6 +54,10 @@ def _split_genes(cell: object) -> list[str]:
     return [g.strip() for g in cell.replace(";", ",").split(",") if g.strip()]
 
 
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
 def read_markers(
     path: str | PathLike,
     *,
@@ -92,6 +96,17 @@ def read_markers(
     -------
     Class name -> list of gene symbols.
 
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    KeyError
+        A ``tissue`` or one of ``cell_types`` that the table does not hold (the message lists those it
+        holds).
+    ValueError
+        A format that cannot be told or does not fit the filters, or no class with a marker left after
+        the filters (an empty table, ``cell_types=[]``, a tissue without markers of ``species``).
+
     """
     path = Path(path)
     if not path.is_file():
@@ -102,15 +117,16 @@ def read_markers(
         raise ValueError(f"format must be one of {sorted(_COLUMNS)}, got {format!r}.")
     tissue_col, class_col, gene_col = _COLUMNS[fmt]
     require_keys(table.columns, [tissue_col, class_col, gene_col], f"the {fmt} table {path.name}")
+    n_rows = len(table)
     tissues = _as_list(tissue)
     if tissues is not None:
-        wanted = {t.strip().lower() for t in tissues}
+        wanted = {t.strip().lower(): t for t in tissues}  # named as given in an error
         present = table[tissue_col].astype(str).str.strip().str.lower()
-        missing = wanted - set(present)
+        missing = [given for lower, given in wanted.items() if lower not in set(present)]
         if missing:
             available = sorted(table[tissue_col].dropna().astype(str).unique())
-            require_keys(available, sorted(missing), f"the {tissue_col!r} column of {path.name}")
-        table = table[present.isin(wanted).to_numpy()]
+            require_keys(available, missing, f"the {tissue_col!r} column of {path.name} (case-insensitive)")
+        table = table[present.isin(list(wanted)).to_numpy()]
     if species is not None:
         if fmt != "panglaodb":
             raise ValueError(f"species= applies to PanglaoDB tables only; {path.name} is a {fmt} table.")
@@ -132,4 +148,22 @@ def read_markers(
     for cls, genes in zip(table[class_col].astype(str), table[gene_col], strict=True):
         markers.setdefault(cls, []).extend(_split_genes(genes))
     markers = {cls: list(dict.fromkeys(genes)) for cls, genes in markers.items()}
-    return {cls: genes for cls, genes in markers.items() if genes}
+    markers = {cls: genes for cls, genes in markers.items() if genes}
+    if not markers:
+        filters = {
+            "tissue": tissue,
+            "species": species,
+            "cell_types": cell_types,
+            "canonical_only": canonical_only or None,
+        }
+        used = ", ".join(f"{k}={v!r}" for k, v in filters.items() if v is not None) or "no filter"
+        matched = (
+            f"{_rows(len(table))} matched, none with a gene in {gene_col!r}"
+            if len(table)
+            else "no row matched"
+        )
+        raise ValueError(
+            f"No class with a marker gene is left in {path.name} ({_rows(n_rows)}, {fmt} format) after "
+            f"{used}: {matched}."
+        )
+    return markers

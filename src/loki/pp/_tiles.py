@@ -9,13 +9,14 @@ and a table annotating them, laid out like the readers' sections, so that :func:
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import check_element_name, require_keys
 from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._spatialdata import affine_to, image_levels, lowres_image, recorded_microns_per_pixel
@@ -33,17 +34,29 @@ _SWEEP_ROWS = 256
 
 
 def tissue_mask(
-    rgb: np.ndarray, *, min_saturation: float = 0.05, min_brightness: float = 0.15, smooth: int = 5
+    rgb: np.ndarray,
+    *,
+    min_saturation: float = 0.05,
+    min_brightness: float = 0.15,
+    smooth: int = 5,
+    max_glass_saturation: float = 0.08,
 ) -> np.ndarray:
-    """Tissue pixels of an H&E image: saturation above Otsu's threshold.
+    """Tissue pixels of an H&E image: saturation above Otsu's threshold, where the image shows glass.
 
     Glass and background are bright and grey, stained tissue is coloured. The saturation
     ``(max - min) / max`` of each pixel, median-filtered over ``smooth`` pixels, is split by Otsu's
-    threshold, which is never taken below ``min_saturation``, so that an image holding only
-    background does not split its noise into "tissue". Pixels whose brightest channel is below
-    ``min_brightness`` (a scanner's black padding, outside the scanned area) count as background: on
-    them the ratio is noise over noise. Pen marks and coloured debris count as tissue, and very pale
-    tissue may not; pass a mask of your own to :func:`tile_image` for such slides.
+    threshold over the pixels that are not dark, which is never taken below ``min_saturation``, so
+    that an image holding only background does not split its noise into "tissue". Pixels whose
+    brightest channel is below ``min_brightness`` (a scanner's black padding, outside the scanned
+    area) count as background: on them the ratio is noise over noise.
+
+    Otsu's threshold separates glass from tissue only when the image shows glass. An image that shows
+    none (a region cut inside the tissue, or tissue on a black background) has no grey class to split
+    off, and Otsu's threshold would split the tissue itself, nuclei from stroma, dropping most of it.
+    So when the less saturated of Otsu's two classes is on average more saturated than
+    ``max_glass_saturation``, it is taken as tissue, and every pixel above ``min_saturation`` is
+    tissue. Pen marks and coloured debris count as tissue, and very pale tissue may not; pass a mask
+    of your own to :func:`tile_image` for such slides.
 
     Parameters
     ----------
@@ -55,12 +68,35 @@ def tissue_mask(
         Darker pixels (brightest channel, in [0, 1]) are background.
     smooth
         Side of the median filter in pixels (1: none).
+    max_glass_saturation
+        Highest mean saturation, in [0, 1], of the less saturated of Otsu's classes for it to be taken
+        as glass (glass is near grey, about 0.01-0.06; the palest class of tissue without glass,
+        0.1-0.18, on the real sections loki was tested on). A slide scanned with a strongly tinted
+        background may need it raised; 1 always splits by Otsu's threshold.
 
     Returns
     -------
     Boolean ``(y, x)`` mask.
 
     """
+    return _tissue_mask(
+        rgb,
+        min_saturation=min_saturation,
+        min_brightness=min_brightness,
+        smooth=smooth,
+        max_glass_saturation=max_glass_saturation,
+    )[0]
+
+
+def _tissue_mask(
+    rgb: np.ndarray,
+    *,
+    min_saturation: float = 0.05,
+    min_brightness: float = 0.15,
+    smooth: int = 5,
+    max_glass_saturation: float = 0.08,
+) -> tuple[np.ndarray, bool]:
+    """:func:`tissue_mask`, and whether the image showed no glass (every coloured pixel is tissue)."""
     from scipy.ndimage import median_filter
 
     rgb = np.asarray(rgb)
@@ -70,14 +106,23 @@ def tissue_mask(
         raise ValueError(f"min_saturation must be in [0, 1), got {min_saturation}.")
     if not 0 <= min_brightness < 1:
         raise ValueError(f"min_brightness must be in [0, 1), got {min_brightness}.")
+    if not 0 <= max_glass_saturation <= 1:
+        raise ValueError(f"max_glass_saturation must be in [0, 1], got {max_glass_saturation}.")
     x = rgb[..., :3].astype(np.float32)
     if np.issubdtype(rgb.dtype, np.integer):
         x /= 255.0
     hi, lo = x.max(axis=2), x.min(axis=2)
-    saturation = np.where(hi >= max(min_brightness, 1e-6), (hi - lo) / np.maximum(hi, 1e-6), 0.0)
+    lit = hi >= max(min_brightness, 1e-6)
+    saturation = np.where(lit, (hi - lo) / np.maximum(hi, 1e-6), 0.0)
     if smooth > 1:
         saturation = median_filter(saturation, size=int(smooth))
-    return saturation > max(otsu_threshold(saturation), min_saturation)
+    values = saturation[lit]  # dark padding is background already: it must not make a class of its own
+    threshold = otsu_threshold(values)
+    lower = values[values <= threshold]
+    no_glass = bool(lower.size) and float(lower.mean()) > max_glass_saturation
+    if no_glass:
+        threshold = min_saturation
+    return saturation > max(threshold, min_saturation), no_glass
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -312,7 +357,16 @@ def tile_image(
     centres = tile_centres(width, height, tile_px, spacing_px, grid)
     if mask is None:
         rgb, to_cs_of_mask = lowres_image(element, _MASK_SIDE, coordinate_system)
-        mask = tissue_mask(rgb)
+        mask, no_glass = _tissue_mask(rgb)
+        if no_glass:  # right for a crop inside the tissue; a strongly tinted glass would be tiled too
+            warnings.warn(
+                f"tile_image: sdata.images[{image_key!r}] shows no glass (its palest pixels are as "
+                "saturated as tissue: a region inside the tissue, or tissue on black), so every coloured "
+                "pixel counts as tissue. If it does show glass with a tinted background, pass "
+                "mask=lk.pp.tissue_mask(rgb, max_glass_saturation=1.0) of a low-resolution level, or within=.",
+                LokiWarning,
+                stacklevel=user_stacklevel(),
+            )
         to_mask = np.linalg.inv(to_cs_of_mask) @ to_cs  # finest-level pixels -> mask pixels
     else:
         mask = _check_mask(mask, height, width)

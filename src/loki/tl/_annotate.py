@@ -99,8 +99,14 @@ def marker_sentences(
     Class -> sentence, and class -> markers not found in the vocabulary.
 
     """
+    markers = _marker_mapping(markers)
     if not markers:
         raise ValueError("markers is empty; pass {class: [genes]} with at least one class.")
+    if isinstance(vocabulary, str):
+        raise TypeError(
+            f"vocabulary must be a list of gene symbols, not the string {vocabulary[:40]!r} (its letters "
+            "would be the genes); pass e.g. [gene] or a table's var_names."
+        )
     check_int(max_genes, "max_markers", why="the number of markers per class")
     names = pd.Series([str(c) for c in markers])
     if names.duplicated().any():
@@ -124,6 +130,34 @@ def marker_sentences(
                 )
         sentences[str(cls)] = " ".join(list(dict.fromkeys(genes))[:max_genes])
     return sentences, {c: m for c, m in missing.items() if m}
+
+
+def _marker_mapping(markers) -> Mapping[str, Sequence[str]]:
+    """``markers`` as ``{class: [genes]}``: a mapping, or a pandas Series of gene lists indexed by class.
+
+    A DataFrame is refused: iterating one gives its column names, so a long table (one row per class and
+    gene) or a wide one (one column per class) would be read as wrong classes without a word.
+    """
+    if isinstance(markers, pd.DataFrame):
+        raise TypeError(
+            f"markers is a DataFrame (columns {list(markers.columns)[:5]}); pass {{class: [genes]}}: for a "
+            "table of one row per class and gene, df.groupby(class_column)[gene_column].agg(list); for "
+            "ScTypeDB, PanglaoDB or CellMarker files, lk.pp.read_markers(path)."
+        )
+    if isinstance(markers, pd.Series):
+        if not markers.index.is_unique:
+            repeated = list(markers.index[markers.index.duplicated()].unique()[:5])
+            raise ValueError(
+                f"markers is a Series whose index repeats classes ({repeated}); give each class one list of "
+                "genes, e.g. df.groupby(class_column)[gene_column].agg(list)."
+            )
+        return markers.to_dict()
+    if not isinstance(markers, Mapping):
+        raise TypeError(
+            f"markers must be {{class: [genes]}} (or a bulk AnnData), got {type(markers).__name__}; "
+            "lk.pp.read_markers(path) reads ScTypeDB, PanglaoDB and CellMarker tables into one."
+        )
+    return markers
 
 
 def bulk_sentences(bulk: AnnData, *, groupby: str | None = None, **sentence_kwargs: Any) -> dict[str, str]:
@@ -199,7 +233,7 @@ def _encode(model: Any, sentences: list[str]) -> np.ndarray:
 
 def annotate(
     data: AnnData | SpatialData,
-    markers: Mapping[str, Sequence[str]] | AnnData | None = None,
+    markers: Mapping[str, Sequence[str]] | pd.Series | AnnData | None = None,
     *,
     model: Any = None,
     class_embeddings: pd.DataFrame | Mapping[str, np.ndarray] | None = None,
@@ -230,8 +264,10 @@ def annotate(
     data
         AnnData or SpatialData (table ``table_key``) with ``.obsm[use]``.
     markers
-        ``{class: [genes]}`` (see :func:`loki.pp.read_markers`), or a bulk AnnData (samples x genes;
-        each sample, or each ``groupby`` group summed, is a class).
+        ``{class: [genes]}`` (see :func:`loki.pp.read_markers`) or a pandas Series of gene lists indexed
+        by class (``df.groupby(class_column)[gene_column].agg(list)``), or a bulk AnnData (samples x
+        genes; each sample, or each ``groupby`` group summed, is a class). A DataFrame is refused
+        (its columns are not classes).
     model
         Text encoder: an object with ``encode_texts(list[str])`` (``lk.models.load(...)``) or a callable.
         A :class:`~loki.LokiWarning` says so when it is a loki model whose weights differ from those

@@ -346,6 +346,12 @@ def predict_expression(
     x = _expression_of(ref_table, layer)
     check_unique_var_names(ref_table, "reference")
     ref_genes = pd.Index(ref_table.var_names)
+    if ref_genes.empty:
+        raise ValueError(
+            f"The reference has no genes ({ref_table.n_obs} spots x 0 genes), so there is no expression to "
+            "average: pass a table with measured expression as reference (the tiles of an H&E image, from "
+            "lk.pp.tile_image, are a query)."
+        )
     query_table = (
         get_table(query, query_table_key) if isinstance(query, AnnData) or is_spatialdata(query) else None
     )
@@ -571,6 +577,13 @@ def _gene_list(genes: str | Sequence[str]) -> list[str]:
     genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
     if not genes:
         raise ValueError("genes= is empty; pass gene names, or None for all of the reference's genes.")
+    names = pd.Index(genes)
+    repeated = list(names[names.duplicated()].unique())
+    if repeated:
+        raise ValueError(
+            f"genes= names {', '.join(map(repr, repeated[:5]))} more than once; the prediction's var_names "
+            "must be unique (pass each gene once)."
+        )
     return genes
 
 
