@@ -473,3 +473,18 @@ def test_distinct_patches_raise_no_blank_image_warning(model):
     blank = np.full((6, 40, 40, 3), 255, dtype=np.uint8)
     with pytest.warns(lk.LokiWarning, match=r"All 6 image embeddings are the same .*: patches= look alike"):
         lk.tl.embed_image(a, model, patches=blank)
+
+
+@pytest.mark.parametrize("tool", ["embed_text", "embed_image"])
+def test_a_bare_torch_module_is_refused_naming_the_loki_model(model, tool):
+    # the open_clip module inside the loki model failed in torch's words ("no attribute 'image_size'")
+    a = _adata()
+    kwargs = {"patches": _patches()} if tool == "embed_image" else {}
+    with pytest.raises(
+        TypeError, match=r"model must be a loki.models.OmiCLIP .+ got a CoCa .+ bare torch module"
+    ):
+        getattr(lk.tl, tool)(a, model.model, **kwargs)
+    with pytest.raises(TypeError, match=r"got a str without"):
+        getattr(lk.tl, tool)(a, "loki-tiny", **kwargs)
+    assert not set(a.obsm) & {lk.Key.TEXT, lk.Key.IMAGE}
+    assert "loki" not in a.uns

@@ -202,6 +202,23 @@ def _write(table, key_added: str, emb: np.ndarray, params: dict, copy: bool, fla
     return target if copy else None
 
 
+def _check_encoder(model, needs: tuple[str, ...], tool: str) -> None:
+    """Refuse a ``model`` without the attributes ``needs`` of a :class:`loki.models.OmiCLIP`, before anything runs."""
+    missing = [name for name in needs if not hasattr(model, name)]
+    if not missing:
+        return
+    bare = (
+        " It looks like a bare torch module: pass the loki model that holds it (lk.models.load(...) "
+        "returns one; its .model is such a module)."
+        if hasattr(model, "state_dict") and hasattr(model, "forward")
+        else ""
+    )
+    raise TypeError(
+        f"{tool}: model must be a loki.models.OmiCLIP (from lk.models.load), got a "
+        f"{type(model).__name__} without {', '.join(missing)}.{bare}"
+    )
+
+
 def embed_text(
     data: AnnData | SpatialData,
     model,
@@ -259,6 +276,7 @@ def embed_text(
       encoder; NaN when all are empty).
 
     """
+    _check_encoder(model, ("encode_texts", "context_length"), "tl.embed_text")
     check_write_mode(data, copy, inplace)
     batch_size = check_int(batch_size, "batch_size")
     table = get_table(data, table_key)
@@ -390,6 +408,7 @@ def embed_image(
       ``patches=`` they are not written, and an earlier cut's flags describe that cut only.
 
     """
+    _check_encoder(model, ("encode_images", "image_size"), "tl.embed_image")
     check_write_mode(data, copy, inplace)
     batch_size = check_int(batch_size, "batch_size")
     table = get_table(data, table_key)
