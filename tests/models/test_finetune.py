@@ -704,3 +704,191 @@ def test_non_finite_losses_are_recorded_as_null_so_the_saved_json_is_strict(monk
     m.save(tmp_path / "m")
     text = (tmp_path / "m" / "loki_model.json").read_text()
     json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the saved JSON"))
+
+
+# ------------------------------------------------------------------ checkpoints and resumption
+_RESUMABLE = {"epochs": 3, "lr": 1e-3, "batch_size": 8, "seed": 7, "progress": False}
+
+
+def _interrupted_run(monkeypatch, path, imgs, sents, *, batch, **kw):
+    """A run of loki-tiny (seed 1) stopped as it prepares its ``batch``-th batch; the model it left."""
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    interrupt_training_at_batch(monkeypatch, batch)
+    with pytest.raises(KeyboardInterrupt):
+        lk.models.finetune(m, imgs, sents, checkpoint=path, **{**_RESUMABLE, **kw})
+    monkeypatch.undo()
+    return m
+
+
+@pytest.mark.parametrize("given", ["stopped", "reloaded"])
+@pytest.mark.parametrize("held_out", [False, True])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(monkeypatch, tmp_path, given, held_out):
+    """AdamW's moments, the schedule, the epoch's order and the generator continue: bit-identical on CPU."""
+    from loki.models._finetune import RUN_KEYS
+
+    imgs, sents = _pairs(24)
+    extra = {"validation": _pairs(16, seed=1), "keep_best": True} if held_out else {}
+    whole, whole_hist = lk.models.finetune(
+        lk.models.load("loki-tiny", device="cpu", seed=1), imgs, sents, **_RESUMABLE, **extra
+    )
+    path = tmp_path / "run" / "finetune.ckpt"
+    # 3 steps an epoch; saved after steps 2, 3 (epoch end) and 4; stopped after step 5
+    m = _interrupted_run(monkeypatch, path, imgs, sents, batch=6, checkpoint_every=2, **extra)
+    stopped = m.training_runs[-1]
+    assert (stopped["completed"], stopped["steps"], stopped["checkpoint"]) == (False, 5, str(path))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["finetune.ckpt"]  # no partial file left
+    if given == "reloaded":  # a new session: the model the run started from
+        m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    m, hist = lk.models.finetune(m, imgs, sents, checkpoint=path, resume=True, **_RESUMABLE, **extra)
+
+    assert m.checkpoint_hash == whole.checkpoint_hash
+    for key in ("step_loss", "lr", "epoch_loss", "logit_scale", "val_loss", "val_loss_before", "best_epoch"):
+        assert hist.get(key) == whole_hist.get(key), key
+    (run,) = m.training_runs  # the stopped session's record is replaced by the whole run's
+    (uninterrupted,) = whole.training_runs
+    assert run["run_id"] == stopped["run_id"] != uninterrupted["run_id"]
+    assert (run["completed"], run["steps"]) == (True, 9)
+    (where,) = run["resumed_from"]
+    assert {k: where[k] for k in ("checkpoint", "step", "epoch", "batch")} == {
+        "checkpoint": str(path),
+        "step": 4,
+        "epoch": 2,  # continued in epoch 2, after its first batch
+        "batch": 1,
+    }
+    assert hist["resumed_from"] == run["resumed_from"]
+    differ = {"seconds", "checkpoint", "resumed_from"}
+    assert {k: run[k] for k in RUN_KEYS if k not in differ} == {
+        k: uninterrupted[k] for k in RUN_KEYS if k not in differ
+    }
+    assert run["start_checkpoint_hash"] == uninterrupted["start_checkpoint_hash"]
+    assert m.trained
+    assert m.trained_tokenizer == m.tokenizer.fingerprint()
+
+
+def test_a_run_resumed_at_an_epoch_end_and_again_is_recorded_each_time(monkeypatch, tmp_path):
+    imgs, sents = _pairs(24)
+    whole, _ = lk.models.finetune(
+        lk.models.load("loki-tiny", device="cpu", seed=1), imgs, sents, **_RESUMABLE
+    )
+    path = tmp_path / "f.ckpt"
+    m = _interrupted_run(monkeypatch, path, imgs, sents, batch=5)  # saved at epoch 1's end only
+    interrupt_training_at_batch(monkeypatch, 5)  # stops again in epoch 3, after its first batch
+    with pytest.raises(KeyboardInterrupt):
+        lk.models.finetune(m, imgs, sents, checkpoint=path, resume=True, **_RESUMABLE)
+    monkeypatch.undo()
+    assert m.training_runs[-1]["steps"] == 7
+    m, _ = lk.models.finetune(m, imgs, sents, checkpoint=path, resume=True, **_RESUMABLE)
+    assert m.checkpoint_hash == whole.checkpoint_hash
+    (run,) = m.training_runs
+    assert [(r["step"], r["epoch"], r["batch"]) for r in run["resumed_from"]] == [(3, 2, 0), (6, 3, 0)]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"lr": 2e-3}, r"lr: 0\.001 in the checkpoint, 0\.002 now"),
+        ({"epochs": 4}, r"epochs: 3 in the checkpoint, 4 now"),
+        ({"seed": 8}, r"seed: 7 in the checkpoint, 8 now"),
+        (
+            {"freeze": "image"},
+            r"trained parameters \(63 in the checkpoint, 31 now.*freeze: None in the checkpoint",
+        ),
+        ({"images": "other"}, r"the training images \(sha256\): [0-9a-f]{12}\.\.\. in the checkpoint"),
+        ({"sentences": "other"}, r"the training sentences \(sha256\)"),
+        (
+            {"model": "other"},
+            r"the model: the run started from the weights [0-9a-f]{12}\.\.\. \('loki-tiny'\)",
+        ),
+        ({"model": "loki-small-data"}, r"arch: 'loki-tiny' in the checkpoint, 'loki-small-data' now"),
+    ],
+)
+def test_resume_refuses_a_checkpoint_of_another_run(monkeypatch, tmp_path, change, match):
+    imgs, sents = _pairs(24)
+    path = tmp_path / "f.ckpt"
+    _interrupted_run(monkeypatch, path, imgs, sents, batch=5)
+    saved = path.read_bytes()
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    if change.get("model") == "other":
+        m = lk.models.load("loki-tiny", device="cpu", seed=2)
+    elif "model" in change:
+        m = lk.models.load(change["model"], device="cpu", seed=1)
+    if "images" in change:
+        imgs = imgs.copy()
+        imgs[0, 0, 0, 0] ^= 1
+    if "sentences" in change:
+        sents = [*sents[1:], sents[0]]
+    kw = {**_RESUMABLE, **{k: v for k, v in change.items() if k not in ("model", "images", "sentences")}}
+    before = m.checkpoint_hash
+    with pytest.raises(ValueError, match=rf"cannot resume from .*another run.*{match}.*Nothing was changed"):
+        lk.models.finetune(m, imgs, sents, checkpoint=path, resume=True, **kw)
+    m._checkpoint_hash = None
+    assert (m.checkpoint_hash, m.trained, m.training_runs) == (before, False, [])
+    assert path.read_bytes() == saved
+
+
+def test_checkpoint_arguments_are_checked_before_anything_is_written(tmp_path):
+    imgs, sents = _pairs(16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    before = m.checkpoint_hash
+    kw = {"epochs": 1, "batch_size": 8, "progress": False}
+    with pytest.raises(ValueError, match=r"resume=True needs checkpoint="):
+        lk.models.finetune(m, imgs, sents, resume=True, **kw)
+    with pytest.raises(ValueError, match=r"checkpoint_every= needs checkpoint="):
+        lk.models.finetune(m, imgs, sents, checkpoint_every=2, **kw)
+    with pytest.raises(ValueError, match=r"checkpoint_every must be a positive integer or None"):
+        lk.models.finetune(m, imgs, sents, checkpoint=tmp_path / "a.ckpt", checkpoint_every=0, **kw)
+    with pytest.raises(TypeError, match=r"resume must be True or False"):
+        lk.models.finetune(m, imgs, sents, checkpoint=tmp_path / "a.ckpt", resume="yes", **kw)
+    (tmp_path / "old.ckpt").write_bytes(b"another run")
+    with pytest.raises(FileExistsError, match=r"old\.ckpt' exists .*pass resume=True"):
+        lk.models.finetune(m, imgs, sents, checkpoint=tmp_path / "old.ckpt", **kw)
+    assert (tmp_path / "old.ckpt").read_bytes() == b"another run"
+    with pytest.raises(FileNotFoundError, match=r"new\.ckpt' does not exist \(.* holds 'old\.ckpt'\)"):
+        lk.models.finetune(m, imgs, sents, checkpoint=tmp_path / "new.ckpt", resume=True, **kw)
+    with pytest.raises(IsADirectoryError, match=r"is a directory; pass a file path"):
+        lk.models.finetune(m, imgs, sents, checkpoint=tmp_path, **kw)
+    with pytest.raises(ValueError, match=r"old\.ckpt' is not a readable fine-tuning checkpoint"):
+        lk.models.finetune(m, imgs, sents, checkpoint=tmp_path / "old.ckpt", resume=True, **kw)
+    m.save(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    with pytest.raises(ValueError, match=r"not a (readable fine-tuning )?checkpoint"):
+        lk.models.finetune(m, imgs, sents, checkpoint=weights, resume=True, **kw)
+    torch.save({"state_dict": m.model.state_dict()}, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match=r"not a checkpoint saved by lk\.models\.finetune.*lk\.models\.load"):
+        lk.models.finetune(m, imgs, sents, checkpoint=tmp_path / "weights.pt", resume=True, **kw)
+    with pytest.raises(ValueError, match="epochs"):  # a bad argument: no checkpoint is started
+        lk.models.finetune(m, imgs, sents, checkpoint=tmp_path / "new" / "f.ckpt", epochs=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "old.ckpt", "weights.pt"]
+    m._checkpoint_hash = None
+    assert (m.checkpoint_hash, m.trained, m.training_runs) == (before, False, [])
+
+
+def test_a_save_that_fails_leaves_the_previous_checkpoint_whole(monkeypatch, tmp_path):
+    """Each save goes to a partial file renamed over the last one: a failed or cut save loses nothing."""
+    from loki.models._finetune import read_training_checkpoint
+
+    imgs, sents = _pairs(24)
+    whole, _ = lk.models.finetune(
+        lk.models.load("loki-tiny", device="cpu", seed=1), imgs, sents, **_RESUMABLE
+    )
+    path = tmp_path / "f.ckpt"
+    (tmp_path / "f.ckpt.partial").write_bytes(b"left by a crash while saving")
+    real, saves = torch.save, []
+
+    def cut_short(obj, fh, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:  # the second save dies half-way through writing
+            fh.write(b"PK\x03\x04 half a zip")
+            raise OSError(28, "No space left on device")
+        return real(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    with pytest.raises(OSError, match="No space left"):
+        lk.models.finetune(m, imgs, sents, checkpoint=path, checkpoint_every=1, **_RESUMABLE)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.ckpt"]
+    assert read_training_checkpoint(path)["run"]["step"] == 1  # the first save, whole
+    assert (m.training_runs[-1]["completed"], m.training_runs[-1]["steps"]) == (False, 2)
+    m, _ = lk.models.finetune(m, imgs, sents, checkpoint=path, resume=True, **_RESUMABLE)
+    assert m.checkpoint_hash == whole.checkpoint_hash

@@ -899,3 +899,86 @@ def test_the_config_of_a_small_data_model_is_saved(tmp_path):
     saved = json.loads((tmp_path / "m" / "loki_model.json").read_text())["config"]
     assert saved["channels"] == [32, 64, 128, 128]
     assert lk.models.load(tmp_path / "m", device="cpu").config == saved
+
+
+def _other_tokenizer(monkeypatch, **kwargs):
+    """Make the models built from now on tokenise with another open_clip tokenizer, as a later one could."""
+    import open_clip
+
+    monkeypatch.setattr(
+        open_clip, "get_tokenizer", lambda name, **kw: open_clip.SimpleTokenizer(context_length=76, **kwargs)
+    )
+
+
+def test_the_tokenizer_is_saved_and_a_changed_one_warns(tiny, tmp_path, monkeypatch):
+    import json
+    import warnings
+
+    tiny.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "loki_model.json").read_text())["tokenizer"]
+    assert saved == tiny.tokenizer.fingerprint()
+    assert (saved["kind"], saved["vocab_size"], saved["clean"]) == ("SimpleTokenizer", 49408, "lower")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same tokenizer: no warning
+        assert lk.models.load(tmp_path / "m", device="cpu").trained_tokenizer == saved
+
+    _other_tokenizer(monkeypatch, additional_special_tokens=["<gene>"])
+    for path in (tmp_path / "m", tmp_path / "m" / "model.safetensors"):  # the header records it too
+        with pytest.warns(
+            lk.LokiWarning,
+            match=r"trained with another tokenizer .*'loki-tiny' \(vocab_size: 49408 -> 49409; vocab_sha256: "
+            r"[0-9a-f]{12}\.\.\. -> [0-9a-f]{12}\.\.\.; saved with open_clip .*text embeddings can be wrong",
+        ):
+            back = lk.models.load(path, device="cpu")
+    # saved again, the model still names the tokenizer its weights learned: the next load warns too
+    back.save(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "loki_model.json").read_text())["tokenizer"] == saved
+    with pytest.warns(lk.LokiWarning, match="another tokenizer"):
+        lk.models.load(tmp_path / "again", device="cpu")
+    # fine-tuned with the tokenizer in use, the weights have learned that one
+    back, hist = lk.models.finetune(
+        back, _images(8, size=32), _sentences(8), epochs=1, batch_size=4, progress=False
+    )
+    assert back.trained_tokenizer == back.tokenizer.fingerprint() == hist["tokenizer"] != saved
+    assert back.training_runs[-1]["tokenizer"]["vocab_size"] == 49409
+    back.save(tmp_path / "tuned")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lk.models.load(tmp_path / "tuned", device="cpu")
+
+
+def test_models_saved_without_a_tokenizer_fingerprint_still_load(tiny, tmp_path, monkeypatch):
+    """Files from before the fingerprint was recorded load without a comparison, and record one when saved."""
+    import json
+    import warnings
+
+    from safetensors.torch import save_file
+
+    tiny.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "loki_model.json").read_text())
+    del meta["tokenizer"]
+    (tmp_path / "m" / "loki_model.json").write_text(json.dumps(meta))
+    state = {k: v.contiguous() for k, v in tiny.model.state_dict().items()}
+    header = {"arch": "loki-tiny", "loki_model.json": json.dumps(meta)}
+    save_file(state, str(tmp_path / "old.safetensors"), metadata=header)
+    _other_tokenizer(monkeypatch, clean="whitespace")
+    for path in (tmp_path / "m", tmp_path / "old.safetensors"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing to compare with
+            back = lk.models.load(path, device="cpu")
+        assert back.trained_tokenizer is None
+        assert back.checkpoint_hash == tiny.checkpoint_hash
+    back.save(tmp_path / "resaved")  # the tokenizer in use is recorded from now on
+    resaved = json.loads((tmp_path / "resaved" / "loki_model.json").read_text())["tokenizer"]
+    assert resaved["clean"] == "whitespace"
+
+
+def test_a_tokenizer_entry_that_is_not_an_object_is_refused(tiny, tmp_path):
+    import json
+
+    tiny.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "loki_model.json").read_text())
+    meta["tokenizer"] = "SimpleTokenizer"
+    (tmp_path / "m" / "loki_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"loki_model.json: 'tokenizer' must be a dict or null"):
+        lk.models.load(tmp_path / "m", device="cpu")

@@ -118,3 +118,30 @@ def test_word_counts_say_how_many_genes_reach_the_encoder(mob1, tokenizers):
     # texts encoded whole (non-ASCII): all words when they fit, -1 (unknown) when cut
     assert counts[-2].tolist() == [2, 2]
     assert counts[-1].tolist() == [-1, 80]
+
+
+def test_fingerprint_tells_vocabularies_merges_and_cleaning_apart(tokenizers, tmp_path):
+    import gzip
+
+    from loki.models._tokenize import tokenizer_fingerprint
+
+    ref, cached = tokenizers
+    fp = cached.fingerprint()
+    assert fp == tokenizer_fingerprint(ref) == tokenizer_fingerprint(open_clip.get_tokenizer("coca_ViT-L-14"))
+    assert (fp["kind"], fp["vocab_size"], fp["clean"], len(fp["vocab_sha256"])) == (
+        "SimpleTokenizer",
+        49408,
+        "lower",
+        64,
+    )
+    more = tokenizer_fingerprint(open_clip.SimpleTokenizer(additional_special_tokens=["<gene>"]))
+    assert (more["vocab_size"], more["vocab_sha256"] != fp["vocab_sha256"]) == (49409, True)
+    assert tokenizer_fingerprint(open_clip.SimpleTokenizer(clean="whitespace"))["clean"] == "whitespace"
+    # the same number of tokens, two merges in the other order: other ids for some words
+    lines = gzip.open(open_clip.tokenizer.default_bpe()).read().decode("utf-8").split("\n")
+    lines[1], lines[2] = lines[2], lines[1]
+    swapped = tmp_path / "bpe.txt.gz"
+    swapped.write_bytes(gzip.compress("\n".join(lines).encode("utf-8")))
+    other = tokenizer_fingerprint(open_clip.SimpleTokenizer(bpe_path=str(swapped)))
+    assert other["vocab_size"] == fp["vocab_size"]
+    assert other["vocab_sha256"] != fp["vocab_sha256"]

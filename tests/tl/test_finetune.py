@@ -468,3 +468,41 @@ def test_a_tl_finetune_stopped_part_way_names_its_sections_and_patch_size(mob12,
     assert run["table_keys"] == ["MOB1"]
     assert model.patch_um is None
     assert run["patch_um"] is None
+
+
+def test_a_tl_finetune_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(mob12, monkeypatch, tmp_path):
+    kw = {"table_keys": "MOB1", "validation_keys": "MOB2", "epochs": 2, "batch_size": 64, "progress": False}
+    whole, _ = lk.tl.finetune(mob12, lk.models.load("loki-tiny", device="cpu", seed=0), **kw)
+    path = tmp_path / "tl.ckpt"
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    steps = whole.training_runs[0]["steps_per_epoch"]
+    interrupt_training_at_batch(monkeypatch, steps + 2)  # in epoch 2, after its first batch
+    with pytest.raises(KeyboardInterrupt):
+        lk.tl.finetune(mob12, model, checkpoint=path, checkpoint_every=1, **kw)
+    monkeypatch.undo()
+    assert model.training_runs[-1]["table_keys"] == ["MOB1"]
+    model, hist = lk.tl.finetune(mob12, model, checkpoint=path, resume=True, **kw)
+    assert model.checkpoint_hash == whole.checkpoint_hash
+    (run,) = model.training_runs  # the stopped session's record is replaced, and completed as before
+    assert (run["completed"], run["table_keys"], run["validation_keys"]) == (True, ["MOB1"], ["MOB2"])
+    assert [(r["step"], r["epoch"], r["batch"]) for r in run["resumed_from"]] == [(steps + 1, 2, 1)]
+    assert hist["val_loss"] == pytest.approx(whole.training_runs[0]["val_loss"])
+    # a checkpoint of the MOB1 run is not one of a MOB2 run
+    with pytest.raises(ValueError, match=r"another run.*the training images"):
+        lk.tl.finetune(
+            mob12,
+            lk.models.load("loki-tiny", device="cpu", seed=0),
+            checkpoint=path,
+            resume=True,
+            **{**kw, "table_keys": "MOB2", "validation_keys": "MOB1"},
+        )
+
+
+def test_tl_finetune_checks_the_checkpoint_before_cutting_patches(mob12, tmp_path, monkeypatch):
+    (tmp_path / "f.ckpt").write_bytes(b"x")
+    monkeypatch.setattr("loki.tl._finetune.collect_pairs", lambda *a, **k: pytest.fail("patches were cut"))
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    with pytest.raises(FileExistsError, match="pass resume=True"):
+        lk.tl.finetune(mob12, model, table_keys="MOB1", checkpoint=tmp_path / "f.ckpt", progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        lk.tl.finetune(mob12, model, table_keys="MOB1", checkpoint=tmp_path / "g.ckpt", resume=True)

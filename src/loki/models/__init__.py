@@ -6,12 +6,19 @@ Models: ``"omiclip"`` (published coca_ViT-L-14 weights, Hugging Face ``WangGuang
 pairs), all behind the same :class:`OmiCLIP` interface.
 """
 
-from ._finetune import TINY_PATCH_UM, TINY_RECIPE, contrastive_loss, finetune, train_tiny
+from ._finetune import (
+    TINY_PATCH_UM,
+    TINY_RECIPE,
+    contrastive_loss,
+    finetune,
+    read_training_checkpoint,
+    train_tiny,
+)
 from ._loading import UntrustedCheckpointError, convert_to_safetensors, load, read_checkpoint
 from ._omiclip import OmiCLIP
 from ._registry import loki_configs, register_configs
 from ._small import SMALL_ARCHS
-from ._tokenize import CachedTokenizer
+from ._tokenize import CachedTokenizer, tokenizer_fingerprint
 
 __all__ = [
     "SMALL_ARCHS",
@@ -26,6 +33,8 @@ __all__ = [
     "load",
     "loki_configs",
     "read_checkpoint",
+    "read_training_checkpoint",
     "register_configs",
+    "tokenizer_fingerprint",
     "train_tiny",
 ]

@@ -18,6 +18,7 @@ from ._omiclip import META_FILE, PRECISIONS, WEIGHTS_FILE, OmiCLIP, check_patch_
 from ._open_clip_logging import quiet_open_clip
 from ._registry import DEFAULT_ARCH, PUBLISHED, is_known_arch, loki_configs, register_configs
 from ._small import SMALL_ARCHS
+from ._tokenize import fingerprint_changes
 
 HF_PREFIX = "hf-hub:"
 
@@ -246,8 +247,9 @@ def convert_to_safetensors(
     save_file(state, str(out), metadata={"arch": arch})
     if not keep_meta:
         new_meta = {"arch": arch, "name": meta.get("name", path.stem), "trained": meta.get("trained", True)}
-        if meta.get("patch_um") is not None:
-            new_meta["patch_um"] = meta["patch_um"]
+        for key in ("patch_um", "tokenizer"):
+            if meta.get(key) is not None:
+                new_meta[key] = meta[key]
         meta_out.write_text(json.dumps(new_meta))
     logger.info("wrote %s", out)
     return out
@@ -364,7 +366,7 @@ def _loki_json(path: Path) -> dict | None:
 
 def _check_meta(meta: dict, path: Path) -> None:
     """Raise a ValueError naming ``path`` for an entry of loki metadata that :func:`load` cannot use."""
-    expected = {"name": str, "trained": bool, "config": dict, "training_runs": list}
+    expected = {"name": str, "trained": bool, "config": dict, "training_runs": list, "tokenizer": dict}
     for key, kind in expected.items():
         if meta.get(key) is not None and not isinstance(meta[key], kind):
             raise ValueError(
@@ -657,7 +659,10 @@ def load(
     whose config of that architecture differed), the weights load with a :class:`~loki.LokiWarning`
     naming the differing fields when the parameter shapes still fit, and a ``ValueError`` naming them
     when not. Files that record no config (the published OmiCLIP, converted checkpoints) are not
-    compared.
+    compared. Likewise its ``trained_tokenizer`` is the fingerprint of the tokenizer the
+    file records the weights were trained with (kind, vocabulary size, hash of the vocabulary and
+    merges); when the tokenizer loki builds now differs, the model loads with a
+    :class:`~loki.LokiWarning` naming the differing fields (files that record none are not compared).
 
     Raises
     ------
@@ -784,7 +789,7 @@ def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -
     model = create_architecture(arch)
     load_weights(model, state, source=str(path))
     logger.info("loaded %r weights from %s", arch, path)
-    return OmiCLIP(
+    loaded = OmiCLIP(
         model,
         arch=arch,
         name=name or meta.get("name") or path.stem,
@@ -795,4 +800,30 @@ def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -
         config=config,  # the config the model was built from now (compared above with the file's)
         patch_um=meta.get("patch_um"),  # absent from files saved before it was recorded: unknown
         training_runs=meta.get("training_runs"),  # absent: no run recorded (published weights)
+        trained_tokenizer=meta.get("tokenizer"),  # absent from older files: not compared
     )
+    _check_tokenizer(loaded, path)
+    return loaded
+
+
+def _check_tokenizer(model: OmiCLIP, path: Path) -> None:
+    """Warn when the tokenizer the model's weights were trained with differs from the one it now has.
+
+    A warning, not an error: the weights are intact and image embeddings are unaffected, but gene
+    sentences become other token ids than those the text tower learned.
+    """
+    saved = model.trained_tokenizer
+    if not saved:  # files saved before the tokenizer was recorded, published weights
+        return
+    changes = fingerprint_changes(saved, model.tokenizer.fingerprint())
+    if changes:
+        warnings.warn(
+            f"{path} was trained with another tokenizer than the one loki builds now for {model.arch!r} "
+            f"({'; '.join(changes)}; saved with open_clip {saved.get('open_clip')}, installed "
+            f"{model.tokenizer.fingerprint().get('open_clip')}): gene sentences now become other token "
+            "ids than those the text tower learned, so text embeddings can be wrong (image embeddings "
+            "are not affected). Install the open_clip version the model was saved with, or fine-tune "
+            "it again with the tokenizer in use.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )

@@ -161,6 +161,13 @@ class OmiCLIP:
         training (and held-out) pairs, its per-epoch losses and the hash of the weights it started
         from (see :func:`loki.models.finetune`). Empty for random weights and for weights loaded
         from a file that records no run (such as the published OmiCLIP).
+    trained_tokenizer
+        Fingerprint (:func:`~loki.models.tokenizer_fingerprint`: kind, vocabulary size, hash
+        of the vocabulary and merges) of the tokenizer the weights were last trained with: read from the
+        saved model by :func:`loki.models.load` (which warns when :attr:`tokenizer` differs from it),
+        set by :func:`loki.models.finetune` when it changes the weights. ``None`` when unknown
+        (published weights, files saved before it was recorded, random weights); :meth:`save` then
+        records the fingerprint of :attr:`tokenizer`.
 
     """
 
@@ -177,6 +184,7 @@ class OmiCLIP:
         config: dict | None = None,
         patch_um: float | None = None,
         training_runs: list[dict] | None = None,
+        trained_tokenizer: dict | None = None,
     ):
         import open_clip
 
@@ -196,6 +204,8 @@ class OmiCLIP:
         self.config = config
         self.patch_um = patch_um
         self.training_runs = [dict(run) for run in training_runs or ()]
+        self.trained_tokenizer = dict(trained_tokenizer) if trained_tokenizer else None
+        self._appended_run = None  # the record the last fine-tuning call appended (or None)
         self.file_sha256 = file_sha256
         self._checkpoint_hash = None
         visual = model.visual
@@ -436,8 +446,10 @@ class OmiCLIP:
         ----------
         path
             A directory (created); it receives ``model.safetensors`` and ``loki_model.json`` (architecture,
-            name, ``trained``, ``config``, ``patch_um`` and ``training_runs``; the same entries are
-            stored in the safetensors header, so the weights file loads alike on its own).
+            name, ``trained``, ``config``, ``patch_um``, ``training_runs`` and ``tokenizer``, the
+            fingerprint of :attr:`trained_tokenizer`, or of :attr:`tokenizer` when that is None; the
+            same entries are stored in the safetensors header, so the weights file loads alike on its
+            own).
             :func:`loki.models.load` accepts the directory or the ``.safetensors`` file.
 
         Returns
@@ -465,6 +477,8 @@ class OmiCLIP:
             "config": self.config,
             "patch_um": self.patch_um,
             "training_runs": self.training_runs,
+            # the tokenizer the weights learned; load() warns when the one it builds then differs
+            "tokenizer": self.trained_tokenizer or self.tokenizer.fingerprint(),
             "loki_format": 1,
         }
         # the weights file carries the metadata too, so it loads alike when moved or uploaded on its own

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import string
 from collections.abc import Sequence
 
@@ -38,6 +39,19 @@ class CachedTokenizer:
         self.sot = int(tokenizer.sot_token_id)
         self.eot = int(tokenizer.eot_token_id)
         self._cache: dict[str, list[int]] = {}
+        self._fingerprint: dict | None = None
+
+    def fingerprint(self) -> dict:
+        """Identity of the wrapped tokenizer (:func:`tokenizer_fingerprint`), computed once.
+
+        Returns
+        -------
+        A JSON-able dict; see :func:`tokenizer_fingerprint`.
+
+        """
+        if self._fingerprint is None:
+            self._fingerprint = tokenizer_fingerprint(self.tokenizer)
+        return dict(self._fingerprint)
 
     def encode_word(self, word: str) -> list[int]:
         """BPE ids of one word (cached).
@@ -118,6 +132,86 @@ class CachedTokenizer:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+#: Entries of :func:`tokenizer_fingerprint` that tell two tokenizers apart (``open_clip`` only informs).
+FINGERPRINT_FIELDS = ("kind", "vocab_size", "vocab_sha256", "clean")
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """Identity of a tokenizer: its kind, vocabulary size and a hash of its vocabulary and BPE merges.
+
+    Two tokenizers with equal fingerprints turn any text into the same ids (the context length is
+    the model's, recorded with its config). Hashing the vocabulary of open_clip's CLIP tokenizer
+    (49,408 tokens, 48,894 merges) takes under 0.1 s.
+
+    Parameters
+    ----------
+    tokenizer
+        An open_clip ``SimpleTokenizer``, or a :class:`CachedTokenizer` wrapping one. Other
+        tokenizers are described by their ``get_vocab()`` when they have one.
+
+    Returns
+    -------
+    ``{"kind", "vocab_size", "vocab_sha256", "clean", "open_clip"}``: the tokenizer's class name;
+    its number of tokens; the sha256 of ``"loki-vocab-v1"``, then each token with its id (by id),
+    then each BPE merge with its rank (by rank); its text cleaning (open_clip's ``clean=``, e.g.
+    ``"lower"``); and the installed open_clip version (informative: not compared). Entries a
+    tokenizer does not expose are None.
+
+    """
+    base = tokenizer.tokenizer if isinstance(tokenizer, CachedTokenizer) else tokenizer
+    vocab = getattr(base, "encoder", None)
+    if vocab is None and callable(getattr(base, "get_vocab", None)):
+        vocab = base.get_vocab()
+    digest = None
+    if vocab is not None:
+        lines = [f"{i}\t{token}" for token, i in sorted(vocab.items(), key=lambda kv: (kv[1], kv[0]))]
+        merges = getattr(base, "bpe_ranks", None) or {}
+        lines.append("merges")
+        lines.extend(
+            f"{rank}\t{' '.join(pair)}" for pair, rank in sorted(merges.items(), key=lambda kv: kv[1])
+        )
+        text = "\n".join(lines).encode("utf-8", "surrogatepass")
+        digest = hashlib.sha256(b"loki-vocab-v1\n" + text).hexdigest()
+    clean = getattr(getattr(base, "clean_fn", None), "__name__", None)
+    try:
+        import open_clip
+
+        version = open_clip.__version__
+    except ImportError:  # pragma: no cover - open_clip is a dependency
+        version = None
+    return {
+        "kind": type(base).__name__,
+        "vocab_size": None if vocab is None else len(vocab),
+        "vocab_sha256": digest,
+        "clean": clean.removeprefix("_clean_") if clean else None,
+        "open_clip": version,
+    }
+
+
+def fingerprint_changes(saved: dict, now: dict) -> list[str]:
+    """The fields of :data:`FINGERPRINT_FIELDS` in which two tokenizer fingerprints differ.
+
+    Parameters
+    ----------
+    saved, now
+        Fingerprints (:func:`tokenizer_fingerprint`); a field missing from ``saved`` is not compared.
+
+    Returns
+    -------
+    ``"field: saved -> now"`` lines (hashes shortened to 12 characters).
+
+    """
+
+    def shown(value):
+        return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else repr(value)
+
+    return [
+        f"{field}: {shown(saved[field])} -> {shown(now.get(field))}"
+        for field in FINGERPRINT_FIELDS
+        if field in saved and saved[field] != now.get(field)
+    ]
 
 
 _SAFE_CHARS = frozenset(string.ascii_letters + string.digits + string.punctuation + " \t\n") - {"&"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -264,6 +265,9 @@ def finetune(
     warmup: float = 0.1,
     validation_keys: Sequence[str] | str | None = None,
     keep_best: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
     progress: bool = True,
 ):
     """Fine-tune OmiCLIP with the contrastive loss of paper eq. (1) / 2 on sections' own pairs.
@@ -299,6 +303,11 @@ def finetune(
     keep_best
         With ``validation_keys`` (without them, a ``ValueError`` before any patch is cut): end with
         the weights of the epoch of lowest held-out loss, as in :func:`loki.models.finetune`.
+    checkpoint, checkpoint_every, resume
+        Save the run's state to the file ``checkpoint`` (at epochs' ends, and every
+        ``checkpoint_every`` steps), and continue a stopped run from it with ``resume=True`` and the
+        same data, sections and arguments: see :func:`loki.models.finetune`. The file is checked
+        before any patch is cut.
 
     Returns
     -------
@@ -317,10 +326,12 @@ def finetune(
 
     """
     from loki.models import finetune as _finetune
+    from loki.models._finetune import _checkpoint_path
 
     if keep_best and validation_keys is None:  # before any patch is cut, named as this function takes it
         raise ValueError("keep_best=True needs validation_keys= (held-out sections) to tell the best epoch")
     table_keys, validation_keys = _split_sections(data, table_keys, validation_keys)
+    _checkpoint_path(checkpoint, resume, checkpoint_every)  # before any patch is cut
     pairs = {
         "sentence_key": sentence_key,
         "size": model.image_size,
@@ -336,13 +347,13 @@ def finetune(
     patch_um = _cut_patch_um(data, table_keys, diameter_um) if cut_here else None
     sections = _section_keys(data, table_keys)
     named = {} if sections == [None] else {"table_keys": sections, "validation_keys": validation_keys}
-    runs_before = len(model.training_runs)
 
     def complete_record() -> None:
         """The run's record (appended when the weights changed, also by a run stopped part-way)."""
-        if len(model.training_runs) == runs_before:  # unchanged weights (keep_best kept the start)
-            return
-        run = model.training_runs[-1]
+        # a resumed run replaces the model's records: the one it appended is the one to complete
+        run = getattr(model, "_appended_run", None)
+        if run is None or not model.training_runs or model.training_runs[-1] is not run:
+            return  # the weights did not change (keep_best kept the start)
         if cut_here and patch_um is None:  # spot-sized squares of no known size in µm
             model.patch_um = run["patch_um"] = None
         run.update(named)  # a SpatialData: the sections trained on and held out
@@ -363,6 +374,9 @@ def finetune(
             patch_um=patch_um,
             validation=validation,
             keep_best=keep_best,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
             progress=progress,
         )
     finally:
