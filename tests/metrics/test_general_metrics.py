@@ -486,3 +486,18 @@ def test_truth_and_prediction_frames_are_matched_by_cell_type_and_spot_labels():
         metrics.js_divergence(truth, shuffled.rename(columns={"3": "NK"}), axis=0)
     with pytest.raises(ValueError, match=r"values_true and values_pred have different rows \(only in"):
         metrics.ssim(truth, shuffled.rename(index={"s0": "x"}))
+
+
+def test_labels_of_different_types_are_shown_as_they_are():
+    """Integer cell types against their text: the message listed '1', '2' as only in p and '1', '2' as
+    only in q, the same words on both sides."""
+    rng = np.random.default_rng(0)
+    truth = pd.DataFrame(rng.dirichlet(np.ones(2), 5), columns=[1, 2])
+    with pytest.raises(
+        ValueError,
+        match=r"only in p: 1, 2; only in q: '1', '2'; the same as text, but of different types: make "
+        r"both strings, e\.g\. p\.columns = p\.columns\.astype\(str\)",
+    ):
+        metrics.js_divergence(truth, truth.rename(columns=str))
+    with pytest.raises(ValueError, match=r"only in values_true: 'a'; only in values_pred: 'b'\)"):
+        metrics.ssim(truth.set_axis(["a", 2], axis=1), truth.set_axis(["b", 2], axis=1))

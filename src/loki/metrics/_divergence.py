@@ -35,6 +35,11 @@ def align_labels(first, second, names: tuple[str, str]):
                 if len(only_first) or len(only_second)
                 else "the same labels, but repeated ones, which cannot be matched"
             )
+            if len(only_first) and set(mine.astype(str)) == set(theirs.astype(str)):
+                detail += (
+                    "; the same as text, but of different types: make both strings, e.g. "
+                    f"{names[0]}.{attr} = {names[0]}.{attr}.astype(str) and so for {names[1]}"
+                )
             raise ValueError(
                 f"{names[0]} and {names[1]} have different {what} ({detail}). Both are matched by "
                 f"label; select the shared ones on both sides (e.g. pred[truth.columns]), or pass "
@@ -45,7 +50,8 @@ def align_labels(first, second, names: tuple[str, str]):
 
 
 def _few(labels: pd.Index, k: int = 5) -> str:
-    shown = ", ".join(map(repr, [str(x) for x in labels[:k]]))
+    # a label as it is (1 is not '1'), numpy scalars as Python's (np.str_('a') as 'a')
+    shown = ", ".join(repr(x.item() if isinstance(x, np.generic) else x) for x in labels[:k])
     return (shown or "none") + (", ..." if len(labels) > k else "")
 
 

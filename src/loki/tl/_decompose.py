@@ -180,7 +180,9 @@ def decompose(
     cell_type_key
         Column of ``reference.obs`` with the cell type of every cell. The proportions' columns are the
         types as strings, in the order of a categorical column's categories, otherwise of the sorted
-        labels (numbers in numeric order: 0, 5, 10).
+        labels (numbers in numeric order: 0, 5, 10). Labels that are missing values written as text
+        (``'nan'``, ``'None'``, ``'NA'``, ``''``, as ``.astype(str)`` makes them) are a type of their
+        own: a :class:`~loki.LokiWarning` counts their cells.
     use
         ``"X"`` (expression of the genes shared by both objects, from ``.X`` or ``layer``), or a key
         of ``.obsm`` holding spot embeddings, e.g. ``"loki_text"`` (ST) or ``"loki_image"`` (H&E).
