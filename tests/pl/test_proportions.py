@@ -234,7 +234,11 @@ def test_long_names_are_wrapped_to_the_panel_not_run_into_the_next_one(spots, pl
 
 def test_a_word_wider_than_its_panel_is_not_cut(spots):
     # textwrap cut a long word to fit ("Oligodendroc" / "yte" over two lines)
-    names = ["Oligodendrocyteprogenitorcells of the bulb", "Neurogenesisassociatedastrocytes", "Mitral cells"]
+    names = [
+        "Oligodendrocyteprogenitorcells of the bulb",
+        "Neurogenesis-associated-astrocytes",
+        "Mitral cells",
+    ]
     frame = pd.DataFrame(spots.obsm["loki_proportions"].to_numpy(), index=spots.obs_names, columns=names)
     spots.obsm["loki_proportions"] = frame
     fig = lk.pl.proportions(spots, show=False)

@@ -493,7 +493,7 @@ def panel_title(ax: Axes, text: str, **kwargs) -> None:
     for width in range(len(text) - 1, 7, -1):
         if fits(title):
             break
-        title = textwrap.fill(text, width=width, break_long_words=False)  # a word wider stays whole
+        title = textwrap.fill(text, width=width, break_long_words=False, break_on_hyphens=False)
     ax.set_title(title, **kwargs)
 
 
