@@ -42,3 +42,22 @@ def interrupt_training_at_batch(monkeypatch, batch: int) -> None:
         return real(x, gen)
 
     monkeypatch.setattr(_finetune, "augment_dihedral", stop)
+
+
+def fail_spatialdata_write(
+    monkeypatch,
+    method: str,
+    name: str | None = None,
+    error: BaseException | type[BaseException] = KeyboardInterrupt,
+) -> None:
+    """Raise ``error`` once SpatialData has written element ``name`` (``_write_element``) or the attrs (``write_attrs``)."""
+    import spatialdata as sd
+
+    real = getattr(sd.SpatialData, method)
+
+    def write(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if name is None or kwargs["element_name"] == name:
+            raise error
+
+    monkeypatch.setattr(sd.SpatialData, method, write)

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import spatialdata as sd
-from tests.conftest import shared_path
+from tests.conftest import fail_spatialdata_write, shared_path
 
 import loki as lk
 from loki.cli import main
@@ -279,23 +279,6 @@ def test_append_into_a_file_or_a_folder_that_is_no_store_is_refused(tmp_path, co
     assert [p.name for p in folder.rglob("*")] == ["data"]
 
 
-def _interrupt(
-    monkeypatch,
-    method: str,
-    name: str | None = None,
-    error: BaseException | type[BaseException] = KeyboardInterrupt,
-):
-    """``error`` once SpatialData has written element ``name`` (``_write_element``) or the attrs (``write_attrs``)."""
-    real = getattr(sd.SpatialData, method)
-
-    def write(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        if name is None or kwargs["element_name"] == name:
-            raise error
-
-    monkeypatch.setattr(sd.SpatialData, method, write)
-
-
 @pytest.mark.parametrize(
     ("method", "name", "error", "code"),
     [
@@ -313,7 +296,7 @@ def test_st_append_that_fails_while_writing_leaves_the_store_as_it_was(
     mob1_store, monkeypatch, method, name, error, code
 ):
     before = _listing(mob1_store)
-    _interrupt(monkeypatch, method, name, error)
+    fail_spatialdata_write(monkeypatch, method, name, error)
     with pytest.raises(SystemExit) as exit_:
         main(["st", *_mob("MOB2"), str(mob1_store), "--array-step-um", "100", "--append"])
     assert exit_.value.code == code
@@ -323,7 +306,7 @@ def test_st_append_that_fails_while_writing_leaves_the_store_as_it_was(
 
 def test_st_interrupted_leaves_no_store(tmp_path, monkeypatch):
     store = tmp_path / "new.zarr"
-    _interrupt(monkeypatch, "_write_element", "MOB1_spots")
+    fail_spatialdata_write(monkeypatch, "_write_element", "MOB1_spots")
     with pytest.raises(SystemExit):
         main(["st", *_mob("MOB1"), str(store), "--array-step-um", "100"])
     assert not store.exists()
@@ -391,7 +374,7 @@ def test_slide_append_errors_leave_the_store_as_it_was(mob1_store, capsys, image
 @pytest.mark.parametrize(("method", "name"), [("_write_element", "MOB2"), ("write_attrs", None)])
 def test_slide_append_interrupted_leaves_the_store_as_it_was(mob1_store, monkeypatch, capsys, method, name):
     before = _listing(mob1_store)
-    _interrupt(monkeypatch, method, name)
+    fail_spatialdata_write(monkeypatch, method, name)
     with pytest.raises(SystemExit) as exit_:
         main(["slide", _mob("MOB2")[2], str(mob1_store), "--append", "--mpp", "4.4"])
     assert exit_.value.code == 130

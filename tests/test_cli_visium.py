@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import spatialdata as sd
-from tests.conftest import shared_path
+from tests.conftest import fail_spatialdata_write, shared_path
 from tests.io.visium_hd_fixture import write_visium_hd
 
 import loki as lk
@@ -212,24 +212,12 @@ def test_a_file_given_as_the_store_is_named_so(tmp_path, command):
         main([command, str(path), *argv])
 
 
-def _interrupt(monkeypatch, method: str, name: str | None = None) -> None:
-    """Ctrl-C once SpatialData has written element ``name`` (``_write_element``) or the attrs (``write_attrs``)."""
-    real = getattr(sd.SpatialData, method)
-
-    def write(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        if name is None or kwargs["element_name"] == name:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(sd.SpatialData, method, write)
-
-
 @pytest.mark.parametrize(("method", "name"), [("_write_element", "B"), ("write_attrs", None)])
 def test_visium_append_interrupted_leaves_the_store_as_it_was(
     one_section_store, visium_folder, monkeypatch, capsys, method, name
 ):
     before = _store_state(one_section_store)
-    _interrupt(monkeypatch, method, name)
+    fail_spatialdata_write(monkeypatch, method, name)
     with pytest.raises(SystemExit) as exit_:
         main(["visium", str(visium_folder), str(one_section_store), "--append", "--name", "B"])
     assert exit_.value.code == 130
@@ -240,7 +228,7 @@ def test_visium_append_interrupted_leaves_the_store_as_it_was(
 
 def test_visium_interrupted_leaves_no_store(visium_folder, tmp_path, monkeypatch):
     store = tmp_path / "new.zarr"
-    _interrupt(monkeypatch, "_write_element", "A")
+    fail_spatialdata_write(monkeypatch, "_write_element", "A")
     with pytest.raises(SystemExit):
         main(["visium", str(visium_folder), str(store), "--name", "A"])
     assert not store.exists()
