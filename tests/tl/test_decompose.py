@@ -898,6 +898,15 @@ def test_no_shared_genes_points_at_a_var_column_holding_the_other_sides_names(si
     assert spots.uns["loki"]["loki_proportions"]["n_features"] == 40
 
 
+def test_a_var_column_naming_one_gene_by_chance_is_not_offered_as_the_names():
+    spots, reference, _ = _toy()
+    reference.var["note"] = ["none"] * (reference.n_vars - 1) + [spots.var_names[0]]
+    reference.var_names = [f"ENSMUSG{g:011d}" for g in range(reference.n_vars)]
+    with pytest.raises(ValueError, match=r"Are both gene symbols") as info:
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
+    assert "var['note']" not in str(info.value)
+
+
 def test_missing_labels_written_as_text_are_warned_about():
     """obs['cell_type'].astype(str) turns NaN into 'nan': those cells became a cell type 'nan' without
     a word (a real NaN is an error)."""

@@ -801,6 +801,10 @@ def _case_only_matches(spot_genes: pd.Index, ref_genes: pd.Index) -> list[tuple[
     return list(zip(spot_fold[common], ref_fold[common], strict=True))
 
 
+#: fraction of the smaller side's genes a ``.var`` column must name for :func:`_gene_column_hint` to point at it
+_GENE_COLUMN_SHARE = 0.1
+
+
 def _gene_column_hint(table: AnnData, reference: AnnData) -> str | None:
     """Where a ``.var`` column of one side holds the other side's gene names: how to use it."""
     best = None
@@ -810,7 +814,10 @@ def _gene_column_hint(table: AnnData, reference: AnnData) -> str | None:
             if not (values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype | pd.StringDtype)):
                 continue
             n = int(pd.Index(values.astype(str)).isin(other.var_names).sum())
-            if n and (best is None or n > best[0]):
+            # a column sharing a gene or two by chance (a 'type' column, short names) is no gene column
+            if n >= max(2, _GENE_COLUMN_SHARE * min(adata.n_vars, other.n_vars)) and (
+                best is None or n > best[0]
+            ):
                 best = (n, where, column)
     if best is None:
         return None
