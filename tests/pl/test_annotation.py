@@ -132,12 +132,9 @@ def test_coordinate_system_of_the_section_and_its_spot_shapes():
 
     sdata = small_section(coordinate_system="sample1")  # as lk.io.read_visium(coordinate_system=...)
     table = _annotated(sdata)
-    with pytest.raises(
-        KeyError, match=r"'global' not found .* available: 'sample1'\. Pass coordinate_system="
-    ):
-        lk.pl.annotation(sdata, show=False)
-    fig = lk.pl.annotation(sdata, classes=["a"], coordinate_system="sample1", show=False)
-    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"])
+    for name in ("sample1", None):  # named, or the only one the spots and the image share
+        fig = lk.pl.annotation(sdata, classes=["a"], coordinate_system=name, show=False)
+        np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"])
     # drawn in the coordinate system (as spatialdata-plot), each element through its own transformation:
     # the spots' shapes scaled by 3 then turned, the image scaled by 2 then turned
     turn = Affine(np.array([[0.0, -1.0, 50.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), ("x", "y"), ("x", "y"))
@@ -151,6 +148,10 @@ def test_coordinate_system_of_the_section_and_its_spot_shapes():
     )
     with pytest.raises(KeyError, match=r"'nowhere' not found in the coordinate systems of image 'S_image'"):
         lk.pl.annotation(sdata, coordinate_system="nowhere", show=False)
+    with pytest.raises(  # two shared systems, neither 'global': no guess
+        KeyError, match=r"'global' not found .* available: 'sample1', 'moved'\. Pass coordinate_system="
+    ):
+        lk.pl.annotation(sdata, show=False)
     plt.close("all")
 
 

@@ -182,19 +182,21 @@ def test_image_and_coordinate_system_of_a_section():
     sdata = small_section(coordinate_system="sample1")
     table = sdata.tables["S"]
     table.layers["loki_predicted"] = table.X.copy()
-    with pytest.raises(KeyError, match="Pass coordinate_system="):
-        lk.pl.expression(sdata, "g0", show_image=True, show=False)
-    fig = lk.pl.expression(sdata, "g0", show_image=True, coordinate_system="sample1", show=False)
-    assert len(fig.axes[0].images) == 1
-    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"])  # in sample1
-    plt.close(fig)
+    for name in ("sample1", None):  # named, or the only one the spots and the image share
+        fig = lk.pl.expression(sdata, "g0", show_image=True, coordinate_system=name, show=False)
+        assert len(fig.axes[0].images) == 1
+        np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"])
+        plt.close(fig)
     del sdata.images["S_image"]
     with pytest.warns(UserWarning, match="has no image of its own"):
         fig = lk.pl.expression(sdata, "g0", show_image=True, coordinate_system="sample1", show=False)
     assert len(fig.axes[0].images) == 0
     # without an image the spots are still drawn in the coordinate system: one they lack is named
     with pytest.raises(KeyError, match=r"'global' not found .* spot shapes 'S_spots'; available: 'sample1'"):
-        lk.pl.expression(sdata, "g0", show=False)
+        lk.pl.expression(sdata, "g0", coordinate_system="global", show=False)
+    plt.close(fig)
+    fig = lk.pl.expression(sdata, "g0", show=False)  # by default in the spots' only one
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), table.obsm["spatial"])
     plt.close(fig)
 
 

@@ -153,9 +153,10 @@ def test_image_less_table_beside_other_sections_and_other_coordinate_systems(rec
     moved = small_section(coordinate_system="sample1")
     _with_proportions(moved)
     with pytest.raises(KeyError, match=r"available: 'sample1'\. Pass coordinate_system="):
-        lk.pl.proportions(moved)
-    (panel,) = _panels(lk.pl.proportions(moved, coordinate_system="sample1"))
-    assert len(panel.images) == 1
+        lk.pl.proportions(moved, coordinate_system="global")
+    for name in ("sample1", None):  # named, or the only one the spots and the image share
+        (panel,) = _panels(lk.pl.proportions(moved, coordinate_system=name))
+        assert len(panel.images) == 1
 
 
 def test_grey_image_is_drawn_in_grey(spots):

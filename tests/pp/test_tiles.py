@@ -575,3 +575,24 @@ def test_pixel_size_from_a_table_is_the_same_in_every_coordinate_system():
     tiles = lk.pp.tile_image(sdata, "MOB4_image", tile_um=200, coordinate_system="aligned")
     assert tiles.uns["loki"]["tiles"]["microns_per_pixel"] == pytest.approx(expected)
     assert tiles.uns["loki"]["microns_per_unit"] == pytest.approx(expected / 3)
+
+
+def test_a_section_outside_global_needs_no_coordinate_system_argument():
+    """Tiles laid in a slide's own coordinate system, then embedded and drawn without naming it: each
+    call defaulted to 'global' and failed ("'global' not found ...; available: 'slide'")."""
+    from spatialdata.transformations import get_transformation, remove_transformation, set_transformation
+
+    sdata = lk.datasets.mob("MOB4")
+    for element in (sdata.images["MOB4_image"], sdata.shapes["MOB4_spots"]):
+        set_transformation(element, get_transformation(element, "global"), "slide")
+        remove_transformation(element, "global")
+    tiles = lk.pp.tile_image(sdata, "MOB4_image", tile_um=200)
+    assert tiles.uns["loki"]["tiles"]["coordinate_system"] == "slide"
+    model = lk.models.load("loki-tiny", device="cpu", seed=0)
+    lk.tl.embed_image(sdata, model, table_key="MOB4_image_tiles", progress=False)
+    assert sdata.tables["MOB4_image_tiles"].uns["loki"][Key.IMAGE]["coordinate_system"] == "slide"
+    import matplotlib.pyplot as plt
+
+    fig = lk.pl.expression(sdata, "Penk", table_key="MOB4", layer_predicted=None, show=False)
+    assert fig.axes[0].get_images()  # the image drawn under the spots, placed in 'slide'
+    plt.close(fig)

@@ -253,15 +253,20 @@ def _moved_to(sdata, coordinate_system):
 
 
 def test_embed_image_in_another_coordinate_system(model):
-    sdata = _moved_to(lk.datasets.mob("MOB2"), "heart")
-    with pytest.raises(KeyError, match=r"'global' not found .*available: 'heart'"):
-        lk.tl.embed_image(sdata, model, table_key="MOB2")
-    lk.tl.embed_image(sdata, model, table_key="MOB2", coordinate_system="heart")
+    from spatialdata.transformations import Identity, set_transformation
+
     reference = lk.datasets.mob("MOB2")
     lk.tl.embed_image(reference, model, table_key="MOB2")
-    table = sdata.tables["MOB2"]
-    np.testing.assert_array_equal(table.obsm[lk.Key.IMAGE], reference.tables["MOB2"].obsm[lk.Key.IMAGE])
-    assert table.uns["loki"][lk.Key.IMAGE]["coordinate_system"] == "heart"
+    for name in ("heart", None):  # named, and found as the only one the spots and the image share
+        sdata = _moved_to(lk.datasets.mob("MOB2"), "heart")
+        lk.tl.embed_image(sdata, model, table_key="MOB2", coordinate_system=name)
+        table = sdata.tables["MOB2"]
+        np.testing.assert_array_equal(table.obsm[lk.Key.IMAGE], reference.tables["MOB2"].obsm[lk.Key.IMAGE])
+        assert table.uns["loki"][lk.Key.IMAGE]["coordinate_system"] == "heart"
+    for element in [*sdata.images.values(), *sdata.shapes.values()]:  # two shared systems: no guess
+        set_transformation(element, Identity(), "brain")
+    with pytest.raises(KeyError, match=r"'global' not found .*available: 'heart', 'brain'"):
+        lk.tl.embed_image(sdata, model, table_key="MOB2", key_added="again")
     with pytest.raises(ValueError, match="coordinate_system choose how patches are cut here"):
         lk.tl.embed_image(_adata(), model, patches=_patches(), coordinate_system="heart")
 

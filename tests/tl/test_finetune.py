@@ -218,11 +218,12 @@ def test_finetune_in_another_coordinate_system(mob12):
         set_transformation(element, get_transformation(element, "global"), "heart")
         remove_transformation(element, "global")
     with pytest.raises(KeyError, match=r"'global' not found"):
-        collect_pairs(sdata, table_keys="MOB1", size=16)
-    imgs, sents = collect_pairs(sdata, table_keys="MOB1", size=16, coordinate_system="heart")
+        collect_pairs(sdata, table_keys="MOB1", size=16, coordinate_system="global")
     ref_imgs, ref_sents = collect_pairs(mob12, table_keys="MOB1", size=16)
-    np.testing.assert_array_equal(imgs, ref_imgs)
-    assert sents == ref_sents
+    for name in ("heart", None):  # named, or the only one the spots and the image share
+        imgs, sents = collect_pairs(sdata, table_keys="MOB1", size=16, coordinate_system=name)
+        np.testing.assert_array_equal(imgs, ref_imgs)
+        assert sents == ref_sents
 
     model = lk.models.load("loki-tiny", device="cpu", seed=0)
     _, hist = lk.tl.finetune(

@@ -187,6 +187,23 @@ def recorded_microns_per_pixel(
     )
 
 
+def default_coordinate_system(elements: list[Any]) -> str:
+    """The coordinate system to work in when the caller names none.
+
+    ``"global"`` when every element (None entries are skipped) is in it, as loki's readers place
+    sections; else the one coordinate system they share when there is exactly one (a section tiled or
+    read into a system of its own); else ``"global"``, whose absence the caller's check then names
+    with the systems that exist.
+    """
+    from spatialdata.transformations import get_transformation
+
+    systems = [set(get_transformation(e, get_all=True)) for e in elements if e is not None]
+    shared = set.intersection(*systems) if systems else set()
+    if Key.GLOBAL_CS not in shared and len(shared) == 1:
+        return next(iter(shared))
+    return Key.GLOBAL_CS
+
+
 def image_levels(element) -> list[Any]:
     """The (c, y, x) arrays of an image element, finest first (one level for a single-scale image)."""
     if hasattr(element, "children") and len(element.children):

@@ -20,6 +20,7 @@ from loki._utils._affine import apply_matrix
 from loki._utils._folders import missing_folders, remove_empty_folders
 from loki._utils._spatialdata import (
     affine_to,
+    default_coordinate_system,
     get_table,
     is_spatialdata,
     lowres_image,
@@ -378,6 +379,17 @@ def spots_to_cs(
     return source_to_cs(section, coordinate_system)
 
 
+def _own_coordinate_system(data, table: AnnData, table_key: str | None, image_key: str | None) -> str:
+    """The coordinate system a section's spot shapes and image share (``"global"`` for an AnnData)."""
+    if not is_spatialdata(data):
+        return Key.GLOBAL_CS
+    try:
+        image = data.images[section_image_key(data, table_key_of(data, table, table_key), image_key)]
+    except KeyError:  # no image of its own: the spots alone decide (a missing image_key is named later)
+        image = None
+    return default_coordinate_system([section_shapes(data, table), image])
+
+
 def _no_image(reason: str, *, warn: bool) -> None:
     message = f"Drawing the spots without an image: {reason}"
     if warn:
@@ -434,12 +446,17 @@ def section_spots(
     :func:`spots_to_cs` and the image by its own transformation (:func:`section_image`), as
     spatialdata-plot draws them; an AnnData's is its spot coordinates. ``show_image`` as an array is
     drawn with its pixels in the units of the spot coordinates. ``coordinate_system=None`` is the one
-    an alignment's ``spatial_key`` was placed in, else ``"global"``.
+    an alignment's ``spatial_key`` was placed in, else ``"global"``, or the only one the spot shapes
+    and the image share when they are not in ``"global"`` (:func:`default_coordinate_system`).
     """
     xy = coordinates(table, spatial_key, table_name(data, table, table_key))
     if coordinate_system is None:
         placed_in = (loki_record(table, spatial_key) or {}).get("coordinate_system")
-        coordinate_system = Key.GLOBAL_CS if placed_in is None else str(placed_in)
+        coordinate_system = (
+            str(placed_in)
+            if placed_in is not None
+            else _own_coordinate_system(data, table, table_key, image_key)
+        )
     if isinstance(show_image, np.ndarray):
         background = None
     else:

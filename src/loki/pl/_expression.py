@@ -93,7 +93,7 @@ def expression(
         Coordinate system of a SpatialData to draw in, as spatialdata-plot does: the axes are in its
         units, and the image and the spots are placed there by their transformations. Default: the
         one an alignment's ``spatial_key`` was placed in (its record's ``coordinate_system``), else
-        ``"global"``.
+        ``"global"``, or the only one the spots and the image share when they are not in it.
     spatial_key
         ``.obsm`` key of the spot coordinates: the spots' own (placed by the transformation of
         the table's spot shapes), or those of an alignment (e.g. ``"spatial_aligned"`` from

@@ -82,7 +82,7 @@ def proportions(
         Coordinate system of a SpatialData to draw in, as spatialdata-plot does: the axes are in its
         units, and the image and the spots are placed there by their transformations. Default: the
         one an alignment's ``spatial_key`` was placed in (its record's ``coordinate_system``), else
-        ``"global"``.
+        ``"global"``, or the only one the spots and the image share when they are not in it.
     ncols
         Panels per row.
     cmap

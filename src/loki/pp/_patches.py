@@ -22,6 +22,7 @@ from loki._utils._affine import apply_matrix
 from loki._utils._spatialdata import (
     affine_to,
     check_own_coordinates,
+    default_coordinate_system,
     get_table,
     image_levels,
     instance_ids,
@@ -123,7 +124,7 @@ def spot_patches(
     image_key: str | None = None,
     size: int = 224,
     diameter_um: float | None = None,
-    coordinate_system: str = Key.GLOBAL_CS,
+    coordinate_system: str | None = None,
     key_added: str | None = None,
     fill: int = 255,
     chunk_size: int = 256,
@@ -154,7 +155,8 @@ def spot_patches(
         ``radius`` of circular spot shapes, the side of the square of the same area for polygons
         (Visium HD bins, tiles), else ``table.uns['loki']['spot_diameter_um']``.
     coordinate_system
-        Coordinate system shared by the spots and the image.
+        Coordinate system shared by the spots and the image; default ``"global"``, or the only one
+        they share when they are not in ``"global"`` (e.g. a section tiled into a system of its own).
     key_added
         Where to write the border flags of these patches (see Returns); None (default) writes
         nothing. The flags of an image embedding are written by :func:`loki.tl.embed_image`
@@ -218,7 +220,7 @@ def _cut_spot_patches(
     image_key: str | None = None,
     size: int = 224,
     diameter_um: float | None = None,
-    coordinate_system: str = Key.GLOBAL_CS,
+    coordinate_system: str | None = None,
     fill: int = 255,
     chunk_size: int = 256,
 ) -> tuple[da.Array, np.ndarray, dict]:
@@ -263,7 +265,7 @@ def _spot_geometry(
     table_key: str | None = None,
     image_key: str | None = None,
     diameter_um: float | None = None,
-    coordinate_system: str = Key.GLOBAL_CS,
+    coordinate_system: str | None = None,
 ) -> tuple[da.Array, np.ndarray, np.ndarray, dict]:
     """The chosen level as a ``(y, x, c)`` dask array, each spot's square on it, the flags and parameters."""
     import dask.array as da
@@ -273,10 +275,11 @@ def _spot_geometry(
     image_key = section_image_key(sdata, table_key, image_key)
     element = sdata.images[image_key]
     levels = image_levels(element)
+    shapes = section_shapes(sdata, table)
+    if coordinate_system is None:
+        coordinate_system = default_coordinate_system([element, shapes])
     img_to_cs = affine_to(element, coordinate_system, f"sdata.images[{image_key!r}]")
     cs_to_img = np.linalg.inv(img_to_cs)
-
-    shapes = section_shapes(sdata, table)
     spots_to_cs = np.eye(3) if shapes is None else affine_to(shapes, coordinate_system, "the spot shapes")
     to_px = cs_to_img @ spots_to_cs
     centers = apply_matrix(_spot_centers(table, shapes, table_key), to_px)

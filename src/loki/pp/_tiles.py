@@ -19,7 +19,13 @@ from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import check_element_name, require_keys
 from loki._utils._affine import apply_matrix, linear_scale
-from loki._utils._spatialdata import affine_to, image_levels, lowres_image, recorded_microns_per_pixel
+from loki._utils._spatialdata import (
+    affine_to,
+    default_coordinate_system,
+    image_levels,
+    lowres_image,
+    recorded_microns_per_pixel,
+)
 
 from ._pseudo_spots import hex_grid
 
@@ -242,7 +248,7 @@ def tile_image(
     min_tissue: float = 0.5,
     mask: np.ndarray | None = None,
     within: str | None = None,
-    coordinate_system: str = Key.GLOBAL_CS,
+    coordinate_system: str | None = None,
     key_added: str | None = None,
 ) -> AnnData:
     """Cover the tissue of an H&E image with square tiles, as a section of its own.
@@ -282,7 +288,9 @@ def tile_image(
         tiles whose centre lies in one of its polygons (or circles) are kept, and ``.obs[f"{within}_id"]``
         names that region (the first one, where regions overlap).
     coordinate_system
-        Coordinate system of the image in which the tiles are laid out, as the readers lay out spots.
+        Coordinate system of the image in which the tiles are laid out, as the readers lay out spots;
+        default ``"global"``, or the image's only one when it is not in ``"global"`` (later calls on
+        the tiles then find it by default too).
     key_added
         Name of the new table; default ``"{image_key}_tiles"``. The shapes element is
         ``"{key_added}_shapes"`` (SpatialData names are unique across element types).
@@ -297,7 +305,7 @@ def tile_image(
       ``coordinate_system``, ``.obs['loki_tissue_fraction']``, ``.obs['tile_row']`` / ``['tile_col']``
       (grid position), and ``.uns['loki']`` with ``image_key``, ``microns_per_unit`` (µm per unit of
       ``coordinate_system``), ``spot_diameter_um`` (the tile side, read by
-      :func:`loki.pp.spot_patches`) and the tiling parameters.
+      :func:`loki.pp.spot_patches`) and the tiling parameters (with the coordinate system used).
 
     Raises
     ------
@@ -321,6 +329,9 @@ def tile_image(
     require_keys(sdata.images, image_key, "sdata.images")
     if within is not None:
         require_keys(sdata.shapes, within, "sdata.shapes")
+    if coordinate_system is None:
+        regions = None if within is None else sdata.shapes[within]
+        coordinate_system = default_coordinate_system([sdata.images[image_key], regions])
     if microns_per_pixel is None:
         microns_per_pixel = recorded_microns_per_pixel(sdata, image_key, coordinate_system)
     for name, value in (("microns_per_pixel", microns_per_pixel), ("tile_um", tile_um)):
@@ -436,6 +447,7 @@ def tile_image(
             "grid": grid,
             "min_tissue": float(min_tissue),
             "within": within,
+            "coordinate_system": coordinate_system,
             "n_candidates": len(keep),
             "microns_per_pixel": float(microns_per_pixel),
         },

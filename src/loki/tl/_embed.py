@@ -68,7 +68,7 @@ def _patches_of(
     patches,
     size: int,
     diameter_um: float | None = None,
-    coordinate_system: str = Key.GLOBAL_CS,
+    coordinate_system: str | None = None,
     by_area: bool = False,
     chunk_size: int = 256,
 ):
@@ -83,7 +83,7 @@ def _patches_of(
         choices = (
             ("image_key", image_key is not None),
             ("diameter_um", diameter_um is not None),
-            ("coordinate_system", coordinate_system != Key.GLOBAL_CS),
+            ("coordinate_system", coordinate_system is not None),
         )
         unused = [name for name, given in choices if given]
         if unused:
@@ -343,7 +343,7 @@ def embed_image(
     image_key: str | None = None,
     patches=None,
     diameter_um: float | None = None,
-    coordinate_system: str = Key.GLOBAL_CS,
+    coordinate_system: str | None = None,
     key_added: str = Key.IMAGE,
     batch_size: int = 256,
     progress: bool = False,
@@ -374,8 +374,9 @@ def embed_image(
         ``.uns['loki']['microns_per_unit']``), else, when the model does not know it (published
         weights), the spot diameter.
     coordinate_system
-        Coordinate system shared by the spots and the image (a SpatialData written by
-        ``spatialdata-io`` names it after the dataset).
+        Coordinate system shared by the spots and the image; default ``"global"``, or the only one
+        they share when they are not in ``"global"`` (``spatialdata-io`` names it after the dataset;
+        :func:`loki.pp.tile_image` lays tiles in the image's).
     key_added
         Key of the embedding in ``.obsm`` and of its parameters in ``.uns['loki']``.
     batch_size
@@ -464,7 +465,7 @@ def embed_image(
         params.update(
             diameter_um=float(spot_diameter_um(data, table) if diameter is None else diameter),
             diameter_source=diameter_source,
-            coordinate_system=coordinate_system,
+            coordinate_system=flags[1]["coordinate_system"],  # the one the patches were cut in
             patch_ok_key=flag_key,
         )
     if not inplace:

@@ -28,7 +28,7 @@ def collect_pairs(
     patches=None,
     size: int = 224,
     diameter_um: float | None = None,
-    coordinate_system: str = Key.GLOBAL_CS,
+    coordinate_system: str | None = None,
     only_valid: bool = True,
     min_pairs: int = 0,
 ) -> tuple[np.ndarray, list[str]]:
@@ -49,7 +49,8 @@ def collect_pairs(
     diameter_um
         Side of the cut squares in µm (default: the spot diameter).
     coordinate_system
-        Coordinate system shared by each section's spots and image.
+        Coordinate system shared by each section's spots and image (default: as for
+        :func:`loki.tl.embed_image`).
     only_valid
         Leave out spots whose patch leaves the image: by the border flags of the cut made here, or, for
         given ``patches``, by ``.obs['loki_patch_ok']`` when the table has it (written by
@@ -77,6 +78,7 @@ def collect_pairs(
     sentences = [_sentences_of(t, sentence_key) for t in tables]
     cuts, keeps, lost = [], [], []
     n_empty = n_outside = 0
+    systems = {coordinate_system}  # those the patches were cut in (the default resolves per section)
     for key, table, sents in zip(keys, tables, sentences, strict=True):
         cut, flags, _ = _patches_of(
             data,
@@ -89,6 +91,8 @@ def collect_pairs(
             coordinate_system=coordinate_system,
         )
         valid = np.ones(len(sents), dtype=bool)
+        if flags is not None:
+            systems = systems - {None} | {flags[1]["coordinate_system"]}
         if only_valid and flags is not None:
             valid = flags[0]
         elif only_valid and Key.PATCH_OK in table.obs:
@@ -113,8 +117,8 @@ def collect_pairs(
             )
         if n_outside:
             hints.append(
-                f"for patches that leave the image, check that coordinate_system={coordinate_system!r} "
-                "places the spots on the image and that diameter_um= is small enough for the squares "
+                f"for patches that leave the image, check that coordinate_system="
+                f"{' / '.join(sorted(map(repr, systems - {None}))) or None} places the spots on the image and that diameter_um= is small enough for the squares "
                 "to fit in it"
             )
         if not hints:
@@ -254,7 +258,7 @@ def finetune(
     sentence_key: str = Key.SENTENCE,
     patches=None,
     diameter_um: float | None = None,
-    coordinate_system: str = Key.GLOBAL_CS,
+    coordinate_system: str | None = None,
     epochs: int = 10,
     lr: float = 5e-6,
     batch_size: int = 64,
@@ -289,8 +293,8 @@ def finetune(
     diameter_um
         Side of the cut squares in µm (default: the spot diameter).
     coordinate_system
-        Coordinate system shared by each section's spots and image (a SpatialData written by
-        ``spatialdata-io`` names it after the dataset), as for :func:`loki.tl.embed_image`.
+        Coordinate system shared by each section's spots and image; default ``"global"``, or the
+        only one they share, as for :func:`loki.tl.embed_image`.
     epochs, lr, batch_size, seed, freeze, augment, weight_decay, warmup, progress
         See :func:`loki.models.finetune` (paper defaults: 10 epochs for alignment, 5 for decomposition,
         lr 5e-6, batch 64). Each epoch reshuffles the pairs and runs ``n_pairs // batch_size`` steps:
