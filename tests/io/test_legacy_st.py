@@ -333,6 +333,15 @@ def test_read_legacy_st_warns_when_spot_centres_fall_outside_the_image():
         lk.io.read_legacy_st(counts, spots, image, name="S", image_scale=2.0)  # pixels twice the image's
 
 
+def test_read_legacy_st_refuses_spots_none_of_which_is_on_the_image():
+    # another section's spot file (or image) was read with a warning, every patch then failing
+    counts, spots, image = _toy()
+    with pytest.raises(
+        ValueError, match=r"section 'S': none of the 20 spot centres falls on the 150x160 image"
+    ):
+        lk.io.read_legacy_st(counts, spots, image, name="S", image_scale=20.0)
+
+
 def test_read_legacy_st_sections_merges_with_per_section_options():
     counts, spots, image = _toy()
     sdata = lk.io.read_legacy_st_sections(

@@ -276,7 +276,7 @@ def _section_parts(
         transform = Identity() if image_scale == 1.0 else Scale([1.0 / image_scale] * 2, axes=("x", "y"))
         images[f"{name}_image"] = parse_rgb_image(rgb, {coordinate_system: transform})
         uns["image_key"] = f"{name}_image"
-        _warn_outside(name, xy * image_scale, rgb.shape[:2])
+        _check_inside(name, xy * image_scale, rgb.shape[:2])
     adata.uns[Key.UNS] = uns
 
     radius = np.full(len(keep), spot_diameter_um / 2.0 / microns_per_unit)
@@ -300,9 +300,17 @@ def _section_parts(
     return images, shapes, {name: table}
 
 
-def _warn_outside(name: str, xy_image: np.ndarray, shape_yx: tuple[int, int]) -> None:
+def _check_inside(name: str, xy_image: np.ndarray, shape_yx: tuple[int, int]) -> None:
+    """Refuse spots none of which lies on the image (another section's files?); warn when many do not."""
     h, w = shape_yx
     outside = (xy_image[:, 0] < 0) | (xy_image[:, 0] >= w) | (xy_image[:, 1] < 0) | (xy_image[:, 1] >= h)
+    if outside.all():
+        raise ValueError(
+            f"section {name!r}: none of the {len(outside)} spot centres falls on the {w}x{h} image (they span "
+            f"x {xy_image[:, 0].min():.0f} to {xy_image[:, 0].max():.0f}, y {xy_image[:, 1].min():.0f} to "
+            f"{xy_image[:, 1].max():.0f} in its pixels): are the counts, spot file and image of one section, "
+            "and is image_scale right?"
+        )
     if outside.mean() > 0.05:
         warnings.warn(
             f"section {name!r}: {int(outside.sum())} of {len(outside)} spot centres fall outside the {w}x{h} "
@@ -394,7 +402,7 @@ def read_legacy_st(
         when the counts look transposed (genes x spots); when counts and spot file barely overlap
         (see ``selected_only``), or a counts spot is missing from the spot file and
         ``selected_only`` is off or the spot file has no ``selected`` column; when the spot file
-        selects no spot.
+        selects no spot; when no spot centre falls on the image.
 
     Notes
     -----
