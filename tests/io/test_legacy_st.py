@@ -333,6 +333,16 @@ def test_read_legacy_st_warns_when_spot_centres_fall_outside_the_image():
         lk.io.read_legacy_st(counts, spots, image, name="S", image_scale=2.0)  # pixels twice the image's
 
 
+def test_a_comma_separated_spot_file_is_named_as_such(tmp_path):
+    counts, spots, _ = _toy()
+    path = tmp_path / "spots.csv"
+    spots.to_csv(path, index=False)
+    with pytest.raises(
+        KeyError, match=r"The file looks comma-separated; loki reads tab-separated spot files"
+    ):
+        lk.io.read_legacy_st(counts, path, name="S")
+
+
 def test_read_legacy_st_refuses_spots_none_of_which_is_on_the_image():
     # another section's spot file (or image) was read with a warning, every patch then failing
     counts, spots, image = _toy()

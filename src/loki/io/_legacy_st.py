@@ -161,15 +161,18 @@ def _validate(
         names = list(map(str, spots.columns))
         shown = f"{names}" if len(names) <= 10 else f"{len(names)}: {names[:8]} ..."
         # a counts table (a column per gene) given as the spot file: arguments in the wrong order
-        swapped = (
+        hint = (
             " Its rows look like spots and its columns like genes: were counts and spots swapped? "
             "read_legacy_st takes (counts, spots, image)."
             if len(names) > 20 and {"pixel_x", "pixel_y"} <= set(map(str, counts.columns))
             else ""
         )
+        # a comma-separated file read as tab-separated: one column named by the whole header line
+        if len(names) == 1 and "," in names[0]:
+            hint = " The file looks comma-separated; loki reads tab-separated spot files."
         raise KeyError(
             f"Spot file lacks column(s) {missing}; its columns are {shown}. "
-            f"Expected {list(_SPOT_COLUMNS)} and optionally 'selected'.{swapped}"
+            f"Expected {list(_SPOT_COLUMNS)} and optionally 'selected'.{hint}"
         )
     check_array_finite(spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64), "Spot file pixel_x/pixel_y")
     for name, value in (
