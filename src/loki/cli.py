@@ -256,12 +256,7 @@ def _parser() -> argparse.ArgumentParser:
         "--series", type=int, default=0, help="image of a TIFF holding several (default 0: the slide)"
     )
     _add_mpp(slide, "micrometres per pixel, when the file does not say or says wrong")
-    slide.add_argument(
-        "--append",
-        action="store_true",
-        help="add the image to ZARR if it exists (it is created otherwise); names it holds are refused "
-        "and nothing of it is changed",
-    )
+    _add_append(slide, "the image")
 
     visium = add_command(
         "visium",
@@ -306,12 +301,7 @@ def _parser() -> argparse.ArgumentParser:
         help="Visium HD: bin size in µm, one of the folder's binned_outputs/square_XXXum (Space Ranger "
         "writes 2, 8 and 16; default for a Visium HD folder: 8)",
     )
-    visium.add_argument(
-        "--append",
-        action="store_true",
-        help="add the section to ZARR if it exists (it is created otherwise); names it holds are refused "
-        "and nothing of it is changed",
-    )
+    _add_append(visium, "the section")
 
     st = add_command(
         "st",
@@ -371,12 +361,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep every spot of the counts table, not only those the spot file selects (selected 1)",
     )
-    st.add_argument(
-        "--append",
-        action="store_true",
-        help="add the section to ZARR if it exists (it is created otherwise); names it holds are refused "
-        "and nothing of it is changed",
-    )
+    _add_append(st, "the section")
 
     tile = add_command(
         "tile",
@@ -533,6 +518,16 @@ def _version() -> str:
     import loki
 
     return loki.__version__
+
+
+def _add_append(parser: argparse.ArgumentParser, what: str) -> None:
+    """The ``--append`` option of a command that creates a store (slide, visium, st)."""
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help=f"add {what} to ZARR if it exists (it is created otherwise); names it holds are refused "
+        "and nothing of it is changed",
+    )
 
 
 def _add_mpp(parser: argparse.ArgumentParser, help: str) -> None:
