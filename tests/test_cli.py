@@ -530,9 +530,9 @@ def test_align_logs_a_user_warning_naming_the_option(tmp_path, caplog):
         assert warnings.showwarning is shown
     assert not [w for w in caught if "no image of the target section" in str(w.message)]
     (record,) = (r for r in caplog.records if "no image of the target section" in r.getMessage())
-    from loki.cli import _log_handler
+    from loki._cli_messages import log_handler
 
-    handler = _log_handler()  # the CLI's, as for the warnings loki logs
+    handler = log_handler()  # the CLI's, as for the warnings loki logs
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d loki: no image of the target section 'MOB1' found among \['MOB2_image'\]; .* "
         r"\(pass --target-image-key to name it\)",

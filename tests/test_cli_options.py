@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loki.cli import _parser, main
+from loki._cli_parser import build_parser
+from loki.cli import main
 
 
 @pytest.mark.parametrize(
@@ -30,12 +31,12 @@ def test_tile_refuses_bad_numbers_naming_the_option(tmp_path, capsys, option, va
 
 
 def test_tile_accepts_the_range_the_library_accepts(tmp_path):
-    args = _parser().parse_args(
+    args = build_parser().parse_args(
         ["tile", str(tmp_path), "--image", "he", "--tile-um", "20", "--spacing-um", "25", "--mpp", "0.5"]
     )
     assert (args.tile_um, args.spacing_um, args.mpp, args.min_tissue) == (20.0, 25.0, 0.5, 0.5)
     for fraction in ("0", "1"):
-        assert _parser().parse_args(
+        assert build_parser().parse_args(
             ["tile", str(tmp_path), "--image", "he", "--min-tissue", fraction]
         ).min_tissue == float(fraction)
 
@@ -60,7 +61,7 @@ def test_demo_help_names_every_output(capsys, monkeypatch):
 def _commands() -> dict:
     import argparse
 
-    parser = _parser()
+    parser = build_parser()
     (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {"loki": parser, **sub.choices}
 
@@ -77,9 +78,9 @@ def test_help_is_plain_text_and_describes_every_option(monkeypatch):
 @pytest.mark.parametrize("before", [True, False])
 def test_verbose_is_taken_before_or_after_the_command(tmp_path, before):
     command = ["tile", str(tmp_path), "--image", "he"]
-    assert _parser().parse_args(["-v", *command] if before else [*command, "-v"]).verbose
-    assert not _parser().parse_args(command).verbose
-    assert _parser().parse_args(["--verbose", "demo"] if before else ["demo", "--verbose"]).verbose
+    assert build_parser().parse_args(["-v", *command] if before else [*command, "-v"]).verbose
+    assert not build_parser().parse_args(command).verbose
+    assert build_parser().parse_args(["--verbose", "demo"] if before else ["demo", "--verbose"]).verbose
 
 
 @pytest.fixture
@@ -204,7 +205,7 @@ def test_align_max_iter_defaults_to_the_api_default(tmp_path):
 
     import loki as lk
 
-    args = _parser().parse_args(["align", str(tmp_path), "--source", "a", "--target", "b"])
+    args = build_parser().parse_args(["align", str(tmp_path), "--source", "a", "--target", "b"])
     assert args.max_iter == inspect.signature(lk.tl.align).parameters["max_iter"].default
 
 
@@ -235,7 +236,7 @@ def test_out_of_memory_is_one_line(monkeypatch, command, expected):
 
 def test_align_key_added_errors_name_the_options():
     """The API's "is also spatial_key" and "(use)" are worded for the command, which has --use only."""
-    from loki.cli import _cli_message
+    from loki._cli_messages import cli_message
     from loki.tl._align import _check_key_added
 
     for key, expected in (
@@ -244,7 +245,7 @@ def test_align_key_added_errors_name_the_options():
     ):
         with pytest.raises(ValueError, match="is also") as err:
             _check_key_added(key, "spatial", ("loki_text", "loki_text"))
-        message = _cli_message(err.value, "align")
+        message = cli_message(err.value, "align")
         assert message.startswith(expected), message
         assert message.endswith("Choose another --key-added."), message
 
@@ -377,5 +378,5 @@ def test_embed_help_names_the_default_exclude_patterns_of_gene_sentences():
     default = inspect.signature(lk.pp.gene_sentences).parameters["exclude_patterns"].default
     (action,) = (a for a in _commands()["embed"]._actions if "--exclude-patterns" in a.option_strings)
     assert f"(default: {' '.join(default)}, the reference recipe" in action.help
-    args = _parser().parse_args(["embed", "store.zarr", "--table", "t"])
+    args = build_parser().parse_args(["embed", "store.zarr", "--table", "t"])
     assert _sentence_options(args)["exclude_patterns"] == default
