@@ -373,3 +373,28 @@ def test_fit_mapping_takes_integer_keys_only():
     wrapped = fit_mapping(source, target, source_keys=[-1, 2], **kwargs).mapping
     same = fit_mapping(source, target, source_keys=np.array([2**64 - 1, 2], np.uint64), **kwargs).mapping
     np.testing.assert_array_equal(wrapped, same)
+
+
+def test_a_long_fit_is_announced_with_its_estimate(monkeypatch, caplog):
+    """A fit whose first epochs say it will be long logs its estimate; a short one, or one with a bar, does not."""
+    import loki.tl._mapping as mapping
+
+    profiles, _, spots = _mixture()
+    with caplog.at_level("WARNING", logger="loki"):
+        fit_mapping(profiles, spots, epochs=20, device="cpu")
+    assert not caplog.records  # a few milliseconds: nothing to announce
+
+    monkeypatch.setattr(mapping, "_LONG_FIT_S", 0.0)  # every fit counts as long
+    with caplog.at_level("WARNING", logger="loki"):
+        fit_mapping(profiles, spots, epochs=20, device="cpu")
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "mapping's 20 epochs will take about" in message
+    assert "on cpu (5 epochs took" in message
+    assert "progress=True" in message
+    assert "device='cuda'" in message
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="loki"):
+        fit_mapping(profiles, spots, epochs=20, device="cpu", progress=True)
+    assert not caplog.records  # the bar shows it already

@@ -105,7 +105,9 @@ def decompose(
     with the number of cells). On one CPU thread of a shared 2-core machine, 20,000 spots x 5,000
     genes took 0.47 s per epoch with 30 clusters (about 8 minutes at the default 1,000 epochs) and
     14 s per epoch with 3,000 single cells (1.6 GB more memory; two products of cells x spots x
-    genes per epoch, at the CPU's matrix-product speed): use a GPU for cells mode. The
+    genes per epoch, at the CPU's matrix-product speed): use a GPU for cells mode. A fit that its
+    first five epochs say will take over two minutes logs its estimate (a warning of loki's logger)
+    unless ``progress=True`` shows a bar. The
     proportions of spot ``j`` are the expected numbers of cells of each type mapped to it,
     normalised to sum to 1.
 

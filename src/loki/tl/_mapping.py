@@ -20,12 +20,14 @@ fit, follows the sources and spots when they are reordered.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 
+from loki._logging import logger
 from loki._utils import check_int
 from loki._utils._threads import keep_torch_threads
 
@@ -34,6 +36,10 @@ if TYPE_CHECKING:
 
 #: Eager epochs before an epoch is captured as a CUDA graph (allocations and lazy inits settle first).
 _GRAPH_WARMUP = 3
+#: Epochs timed to estimate how long a fit takes; a fit estimated to take longer than
+#: ``_LONG_FIT_S`` seconds is announced when no progress bar is shown (e.g. 200,000 cells on a CPU).
+_TIMED_EPOCHS = 5
+_LONG_FIT_S = 120.0
 
 
 @dataclass
@@ -471,8 +477,13 @@ def _fit(
         bar.update()
 
     if not graph:
+        started = time.perf_counter()
         for epoch in range(epochs):
             eager_epoch(epoch)
+            if epoch + 1 == _TIMED_EPOCHS and not progress and epochs > _TIMED_EPOCHS:
+                if dev.type == "cuda":  # kernels run asynchronously: wait for them before timing
+                    torch.cuda.synchronize(dev)
+                _note_long_fit(time.perf_counter() - started, epochs, dev)
     else:
         # An epoch is ~30 small kernels: replaying them as one CUDA graph removes the launch overhead
         # that dominated (the GPU was busy 0.38 of every 1.5 ms). Warm-up epochs run eagerly on a side
@@ -502,6 +513,24 @@ def _fit(
         first = f"; the loss first became non-finite at epoch {bad[0]}" if len(bad) else ""
         raise FloatingPointError(f"The mapping fit diverged to non-finite values{first}. Lower lr.")
     return MappingResult(mapping=mapping, loss=history.cpu().numpy().astype(np.float64), device=str(dev))
+
+
+def _note_long_fit(seconds: float, epochs: int, dev: torch.device) -> None:
+    """Log how long the whole fit will take when the first epochs (``seconds``) say it is long."""
+    estimate = seconds / _TIMED_EPOCHS * epochs
+    if estimate < _LONG_FIT_S:
+        return
+    hint = " or on a GPU (device='cuda')" if dev.type == "cpu" else ""
+    logger.warning(
+        "decompose: the mapping's %d epochs will take about %.0f min on %s (%d epochs took %.1f s); "
+        "pass progress=True to follow it%s.",
+        epochs,
+        estimate / 60,
+        dev,
+        _TIMED_EPOCHS,
+        seconds,
+        hint,
+    )
 
 
 def mapping_to_proportions(
