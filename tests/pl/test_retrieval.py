@@ -81,3 +81,24 @@ def test_patches_imshow_would_clip_are_refused():
     fig = lk.pl.retrieval_gallery(hits, floats / 255, bank, n_hits=2, show=False)
     np.testing.assert_allclose(fig.axes[1].images[0].get_array(), floats[0] / 255)
     plt.close(fig)
+
+
+def test_gallery_takes_query_names():
+    # queries=["spot_b"] raised "invalid literal for int() with base 10"
+    emb = np.eye(3) + 0.1
+    hits = lk.tl.retrieve(
+        pd.DataFrame(emb, index=["spot_a", "spot_b", "spot_c"]), emb, k=2, bank_ids=["t0", "t1", "t2"]
+    )
+    imgs = np.arange(3, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8) * 50
+    plt.close("all")
+    fig = lk.pl.retrieval_gallery(hits, imgs, imgs, queries=["spot_c", 0], n_hits=1, show=False)
+    assert [a.get_title() for a in fig.axes[::2]] == ["query 2", "query 0"]
+    assert fig.axes[1].images[0].get_array()[0, 0, 0] == 100  # spot_c's top hit is bank row 2
+    plt.close(fig)
+    with pytest.raises(
+        ValueError, match=r"Queries \['spot_x'\] are not named in hits\['query'\] \(e\.g\. \['spot_a'"
+    ):
+        lk.pl.retrieval_gallery(hits, imgs, imgs, queries=["spot_x"], show=False)
+    with pytest.raises(ValueError, match=r"query positions \(integers\) or names .* got 1\.5"):
+        lk.pl.retrieval_gallery(hits, imgs, imgs, queries=[1.5], show=False)
+    assert plt.get_fignums() == []

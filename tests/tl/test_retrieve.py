@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -162,3 +164,106 @@ def test_retrieve_missing_key():
     a = AnnData(obs=pd.DataFrame(index=["x"]))
     with pytest.raises(KeyError, match=r"query\.obsm"):
         lk.tl.retrieve(a, np.ones((3, 2)), k=1)
+
+
+def test_sparse_and_dataframe_embeddings_give_the_dense_result():
+    # a sparse .obsm (e.g. kept by a pipeline that stores every matrix as CSR) raised
+    # "setting an array element with a sequence"
+    from scipy import sparse
+
+    rng = np.random.default_rng(2)
+    bank = AnnData(obs=pd.DataFrame(index=[f"b{i}" for i in range(30)]))
+    bank.obsm["loki_text"] = rng.normal(size=(30, 6)).astype(np.float32)
+    bank.obsm["csr"] = sparse.csr_matrix(bank.obsm["loki_text"])
+    q = rng.normal(size=(4, 6))
+    dense = lk.tl.retrieve(q, bank, k=3)
+    pd.testing.assert_frame_equal(lk.tl.retrieve(q, bank, k=3, use_bank="csr"), dense)
+    pd.testing.assert_frame_equal(lk.tl.retrieve(sparse.csr_matrix(q), bank, k=3), dense)
+    for search in ("pca", "ivf"):
+        pd.testing.assert_frame_equal(
+            lk.tl.retrieve(q, bank, k=3, use_bank="csr", search=search),
+            lk.tl.retrieve(q, bank, k=3, search=search),
+        )
+
+
+@pytest.mark.parametrize(
+    ("query", "error", "match"),
+    [
+        ("spot_1", ValueError, r"query must be a 2-D array of embeddings .* got shape \(\)"),
+        (np.ones(3), ValueError, r"got shape \(3,\) \(one embedding: pass x\[None, :\]\)"),
+        (np.full((2, 3), "a"), TypeError, r"query must hold real numbers, got dtype <U1"),
+        (np.ones((2, 3), dtype=complex), TypeError, r"query must hold real numbers, got dtype complex128"),
+    ],
+)
+def test_input_that_is_not_a_2d_array_of_numbers_is_named(query, error, match):
+    # a string gave "IndexError: tuple index out of range"
+    with pytest.raises(error, match=match):
+        lk.tl.retrieve(query, np.ones((5, 3)), k=1)
+
+
+def test_spatialdata_with_several_tables_names_the_parameter_to_pass():
+    # the message said "pass table_key=", which retrieve does not take
+    import spatialdata as sd
+
+    def table(n):
+        t = AnnData(obs=pd.DataFrame(index=[f"s{i}" for i in range(n)]))
+        t.obsm["loki_text"] = t.obsm["loki_image"] = np.eye(n, 4, dtype=np.float32) + 0.1
+        return t
+
+    sdata = sd.SpatialData(tables={"A": table(4), "B": table(3)})
+    with pytest.raises(
+        ValueError, match=r"bank SpatialData holds 2 tables \('A', 'B'\); pass bank_table_key="
+    ):
+        lk.tl.retrieve(np.ones((1, 4)), sdata, k=1)
+    with pytest.raises(ValueError, match=r"query SpatialData .* pass query_table_key="):
+        lk.tl.retrieve(sdata, np.ones((2, 4)), k=1)
+    hits = lk.tl.retrieve(sdata, sdata, k=1, query_table_key="B", bank_table_key="A")
+    assert hits["bank_id"].tolist() == ["s0", "s1", "s2"]
+
+
+def test_repeated_bank_names_warn_that_bank_id_is_ambiguous():
+    # sections joined by anndata.concat without index_unique repeat spot names: bank_id named
+    # several rows, silently
+    import anndata as ad
+
+    rng = np.random.default_rng(3)
+    sections = []
+    for _ in ("S1", "S2"):
+        s = AnnData(obs=pd.DataFrame(index=[f"{r}x{c}" for r in range(3) for c in range(3)]))
+        s.obsm["loki_text"] = rng.normal(size=(9, 5)).astype(np.float32)
+        sections.append(s)
+    q = rng.normal(size=(2, 5))
+    with pytest.warns(UserWarning, match="not unique"):  # anndata's own warning
+        library = ad.concat(sections, label="section", keys=["S1", "S2"])
+    with pytest.warns(lk.LokiWarning, match=r"9 bank row name\(s\) repeat .* 'bank_id' does not tell"):
+        hits = lk.tl.retrieve(q, library, k=3, bank_metadata="section")
+    unique = ad.concat(sections, label="section", keys=["S1", "S2"], index_unique="-")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = lk.tl.retrieve(q, unique, k=3, bank_metadata="section")
+    pd.testing.assert_frame_equal(again.drop(columns="bank_id"), hits.drop(columns="bank_id"))
+    with pytest.warns(lk.LokiWarning, match=r"1 bank row name\(s\) repeat \(e\.g\. \['x'\]\)"):
+        lk.tl.retrieve(q, library, k=3, bank_ids=["x"] * 18)
+    with pytest.raises(
+        ValueError, match=r"bank_ids must be a sequence of one name per bank row \(18\), got str"
+    ):
+        lk.tl.retrieve(q, library, k=3, bank_ids="abc")
+
+
+def test_bank_metadata_labelled_by_position_joins_by_label_and_a_series_is_one_column():
+    rng = np.random.default_rng(4)
+    bank = AnnData(obs=pd.DataFrame({"x": np.arange(20)}, index=[f"b{i}" for i in range(20)]))
+    bank.obsm["loki_text"] = rng.normal(size=(20, 4)).astype(np.float32)
+    q = rng.normal(size=(3, 4))
+    # frame[::-1] keeps a RangeIndex (19..0): it was joined by position, so bank row 6 got x=13
+    for meta in (
+        bank.obs.reset_index(drop=True).iloc[::-1],
+        bank.obs.reset_index(drop=True).sample(frac=1, random_state=0),
+    ):
+        hits = lk.tl.retrieve(q, bank, k=5, bank_metadata=meta)
+        np.testing.assert_array_equal(hits["x"], hits["bank_index"])
+    # a Series was read as a list of column names ("'0', '1', ... not found in bank.obs")
+    hits = lk.tl.retrieve(q, bank, k=5, bank_metadata=bank.obs["x"])
+    np.testing.assert_array_equal(hits["x"], hits["bank_index"])
+    with pytest.raises(ValueError, match=r"not the bank's rows one to one \(e\.g\. \[1, 2, 3\]"):
+        lk.tl.retrieve(q, bank, k=5, bank_metadata=bank.obs.set_index(np.arange(1, 21)))

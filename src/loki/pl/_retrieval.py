@@ -44,6 +44,42 @@ def _check_range(images: np.ndarray, what: str) -> None:
         )
 
 
+def _positions(hits: pd.DataFrame, queries) -> list[int]:
+    """Query positions of ``queries``: integer positions as they are, names looked up in ``hits["query"]``."""
+    queries = [queries] if isinstance(queries, str) or np.ndim(queries) == 0 else list(queries)
+    out, unknown = [], []
+    for q in queries:
+        if isinstance(q, str):
+            if "query" not in hits.columns:
+                raise KeyError(
+                    f"Query {q!r} is a name, but hits hold no 'query' column; pass query positions."
+                )
+            rows = hits.loc[hits["query"] == q, "query_index"].unique()
+            if len(rows) > 1:
+                raise ValueError(
+                    f"Query name {q!r} names {len(rows)} queries (positions {rows[:5].tolist()}); pass positions."
+                )
+            if len(rows) == 0:
+                unknown.append(q)
+            else:
+                out.append(int(rows[0]))
+        elif (
+            isinstance(q, int | np.integer | float | np.floating)
+            and not isinstance(q, bool | np.bool_)
+            and float(q).is_integer()
+        ):
+            out.append(int(q))  # a position (an integral float, e.g. from a float array, too)
+        else:
+            raise ValueError(
+                f"queries must be query positions (integers) or names in hits['query'], got {q!r}."
+            )
+    if unknown:
+        raise ValueError(
+            f"Queries {unknown[:5]} are not named in hits['query'] (e.g. {list(pd.unique(hits['query'])[:3])})."
+        )
+    return out
+
+
 @plot_function
 def retrieval_gallery(
     hits: pd.DataFrame,
@@ -72,7 +108,8 @@ def retrieval_gallery(
     bank_images
         Patches paired with the bank transcriptomes, indexed by ``bank_index``.
     queries
-        Query positions to show (default: the first ``n_queries`` in ``hits``).
+        Queries to show: positions (``query_index``) or names (``query``, e.g. spot barcodes); default
+        the first ``n_queries`` in ``hits``.
     n_queries, n_hits
         How many queries (rows) and hits per query (columns); at least one each.
     truth
@@ -98,9 +135,9 @@ def retrieval_gallery(
     check_int(n_queries, "n_queries")
     check_int(n_hits, "n_hits")
     qimg, bimg = _as_hwc(query_images, "query_images"), _as_hwc(bank_images, "bank_images")
-    if queries is None:
-        queries = list(pd.unique(hits["query_index"]))[:n_queries]
-    queries = [int(q) for q in queries]
+    queries = (
+        list(pd.unique(hits["query_index"]))[:n_queries] if queries is None else _positions(hits, queries)
+    )
     if not queries:
         raise ValueError("No query to draw.")
     bad = [q for q in queries if not 0 <= q < len(qimg)]

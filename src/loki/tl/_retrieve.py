@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -9,9 +10,10 @@ import numba
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import block_starts, check_int, require_keys
 from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._rng import SeedLike
@@ -210,18 +212,63 @@ def _check_pair(q: np.ndarray, bank, k: int) -> None:
 
 
 def embeddings_of(data, use: str, table_key: str | None, what: str) -> tuple[np.ndarray, pd.Index]:
-    """Embedding matrix and row names of an AnnData / SpatialData (``.obsm[use]``) or a plain array."""
+    """Embedding matrix and row names of an AnnData / SpatialData (``.obsm[use]``) or a plain array.
+
+    A sparse matrix is made dense; anything but a 2-D array of numbers is refused with a message that
+    names ``what`` (``"query"``, ``"bank"``, ...) and, for a SpatialData holding several tables, its
+    ``{what}_table_key`` parameter.
+    """
     if isinstance(data, AnnData) or is_spatialdata(data):
+        if is_spatialdata(data) and table_key is None and len(data.tables) != 1:
+            raise ValueError(
+                f"The {what} SpatialData holds {len(data.tables)} tables "
+                f"({', '.join(map(repr, data.tables.keys())) or 'none'}); pass {what}_table_key= to choose one."
+            )
         table = get_table(data, table_key)
         require_keys(table.obsm, use, f"{what}.obsm")
-        emb = table.obsm[use]
-        emb = emb.to_numpy() if isinstance(emb, pd.DataFrame) else emb
-        return emb, pd.Index(table.obs_names)
-    if isinstance(data, pd.DataFrame):
-        return data.to_numpy(), pd.Index(data.index)
-    if not hasattr(data, "shape"):
-        data = np.asarray(data)
-    return data, pd.RangeIndex(data.shape[0])
+        emb, names = table.obsm[use], pd.Index(table.obs_names)
+        where = f"{what}.obsm[{use!r}]"
+    elif isinstance(data, pd.DataFrame):
+        emb, names, where = data, pd.Index(data.index), f"{what} DataFrame"
+    else:
+        emb, names, where = data, None, what
+    if isinstance(emb, pd.DataFrame):
+        emb = emb.to_numpy()
+    elif sparse.issparse(emb):
+        emb = emb.toarray()  # embeddings are dense by nature; a sparse copy of them is made dense
+    elif not hasattr(emb, "shape") or not hasattr(emb, "dtype"):
+        emb = np.asarray(emb)
+    shape = tuple(emb.shape)
+    if len(shape) != 2:
+        one = " (one embedding: pass x[None, :])" if len(shape) == 1 else ""
+        raise ValueError(
+            f"{where} must be a 2-D array of embeddings (rows x dimensions), got shape {shape}{one}."
+        )
+    dtype = np.dtype(emb.dtype)
+    if dtype.kind not in "iuf":
+        raise TypeError(f"{where} must hold real numbers, got dtype {dtype}.")
+    return emb, pd.RangeIndex(shape[0]) if names is None else names
+
+
+def _holds_positions(index: pd.Index) -> bool:
+    """Whether the labels of ``index`` are 0..n-1, each once, in any order."""
+    if not pd.api.types.is_integer_dtype(index.dtype) or not index.is_unique:
+        return False
+    return len(index) == 0 or (index.min() == 0 and index.max() == len(index) - 1)
+
+
+def _warn_repeated(names: pd.Index, what: str, column: str, position: str) -> None:
+    """Warn that ``names`` repeat, so that the hit table's ``column`` does not identify a row."""
+    if names.is_unique:
+        return
+    repeated = names[names.duplicated()].unique()
+    warnings.warn(
+        f"{len(repeated)} {what} row name(s) repeat (e.g. {list(repeated[:3])!r}): the hits' {column!r} "
+        f"does not tell those rows apart, {position!r} does. Give unique names, e.g. "
+        "anndata.concat(..., index_unique='-') or adata.obs_names_make_unique().",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 #: Columns of the hit table that retrieve builds itself.
@@ -257,10 +304,13 @@ def retrieve(
     Parameters
     ----------
     query
-        Query embeddings: an AnnData / SpatialData table with ``.obsm[use_query]``, or an array.
+        Query embeddings: an AnnData / SpatialData table with ``.obsm[use_query]``, a DataFrame (rows
+        named by its index) or a 2-D array of numbers; a sparse matrix is made dense.
     bank
-        Bank embeddings: an AnnData / SpatialData table with ``.obsm[use_bank]``, or an array
-        (``np.load(..., mmap_mode="r")`` keeps it on disk).
+        Bank embeddings, as ``query`` (an array such as ``np.load(..., mmap_mode="r")`` stays on
+        disk). A :class:`~loki.LokiWarning` says so when the bank's (or the queries') row names
+        repeat, e.g. sections joined by ``anndata.concat`` without ``index_unique``: ``bank_id`` then
+        does not identify a row, ``bank_index`` does.
     k
         Hits per query (at most the bank size).
     use_query, use_bank
@@ -268,15 +318,16 @@ def retrieve(
         :class:`~loki.LokiWarning` says so when their records (``.uns['loki']``) name different model
         weights.
     query_table_key, bank_table_key
-        Tables of SpatialData inputs.
+        Tables of SpatialData inputs (may be omitted for a SpatialData holding one table).
     bank_ids
         Names of the bank rows for array input (default: the obs names of an AnnData bank, else
         0..n-1).
     bank_metadata
-        Per-bank-row metadata joined to the hits: a DataFrame with one row per bank row (matched by
-        name when its index holds the bank's row names; by position when it has a default
-        ``RangeIndex``; any other index is refused), or names of ``.obs`` columns of an AnnData bank.
-        Its columns must not be named like the hit table's own.
+        Per-bank-row metadata joined to the hits: a DataFrame (or a Series) with one row per bank
+        row, matched by name when its index holds the bank's row names, else by position when its
+        index holds 0..n-1 in any order (the row labelled i is bank row i, as after
+        ``reset_index(drop=True)``; any other index is refused); or names of ``.obs`` columns of an
+        AnnData bank. Its columns must not be named like the hit table's own.
     normalize
         Rank cosine similarities (True) or raw dot products.
     search
@@ -308,18 +359,28 @@ def retrieve(
         }
     )
     if bank_ids is not None:
+        if isinstance(bank_ids, str) or np.ndim(bank_ids) != 1:
+            raise ValueError(
+                f"bank_ids must be a sequence of one name per bank row ({b.shape[0]}), got {type(bank_ids).__name__}."
+            )
         b_names = pd.Index(bank_ids)
         if len(b_names) != b.shape[0]:
             raise ValueError(f"bank_ids has {len(b_names)} entries, the bank {b.shape[0]} rows.")
     meta = None
     if bank_metadata is not None:
+        if isinstance(bank_metadata, pd.Series):
+            bank_metadata = bank_metadata.to_frame()  # one column, e.g. bank.obs["section"]
         if isinstance(bank_metadata, pd.DataFrame):
             if len(bank_metadata) != b.shape[0]:
                 raise ValueError(f"bank_metadata has {len(bank_metadata)} rows, the bank {b.shape[0]}.")
             meta = bank_metadata
             if meta.index.is_unique and set(meta.index) == set(b_names):
                 meta = meta.loc[b_names]  # rows matched to the bank by name, as for fuse_with in annotate
-            elif not isinstance(meta.index, pd.RangeIndex):
+            elif _holds_positions(meta.index):
+                # labels 0..n-1 (a frame after reset_index, reordered or not): the row labelled i is
+                # bank row i, also when it is not the i-th row (frame[::-1] keeps a RangeIndex)
+                meta = meta.sort_index()
+            else:
                 unknown = list(meta.index.difference(b_names, sort=False)[:3])
                 raise ValueError(
                     "bank_metadata's index names rows, but not the bank's rows one to one "
@@ -354,6 +415,8 @@ def retrieve(
         idx, scores = topk_cosine(q, b, k, normalize=normalize, chunk_size=chunk_size, progress=progress)
     else:
         idx, scores = topk_cosine_pca(q, b, k, **sizes, seed=seed, progress=progress)
+    _warn_repeated(q_names, "query", "query", "query_index")
+    _warn_repeated(b_names, "bank", "bank_id", "bank_index")
     n_q = idx.shape[0]
     flat = idx.ravel()
     out = pd.DataFrame(  # columns as in _HIT_COLUMNS
