@@ -278,3 +278,24 @@ def test_the_prediction_of_tiles_without_genes_is_drawn_over_their_image():
         np.testing.assert_allclose(a.collections[0].get_array(), pred[:, gene].X.ravel())
         assert len(a.images) == 1  # the H&E underneath
     plt.close(fig)
+
+
+def test_a_prediction_with_the_spots_in_another_order_is_matched_by_name():
+    """A prediction sorted (or concatenated) into another spot order was refused ("same spots, in the
+    same order"), though its obs_names say which spot is which; other spots are counted."""
+    table = small_section(with_image=False)
+    table.obsm["loki_text"] = np.random.default_rng(0).normal(size=(table.n_obs, 4)).astype(np.float32)
+    table.obsm["loki_image"] = np.random.default_rng(1).normal(size=(table.n_obs, 4)).astype(np.float32)
+    pred = lk.tl.predict_expression(table, table, top_k=3)
+    order = np.random.default_rng(2).permutation(table.n_obs)
+    fig = lk.pl.expression(table, "g0", predicted=pred[order].copy(), show=False)
+    titled = [a for a in fig.axes if a.get_title()]
+    np.testing.assert_allclose(titled[1].collections[0].get_array(), pred[:, "g0"].X.ravel(), rtol=1e-6)
+    assert (
+        titled[1].get_title() == lk.pl.expression(table, "g0", predicted=pred, show=False).axes[1].get_title()
+    )
+    plt.close("all")
+    with pytest.raises(
+        ValueError, match=rf"{table.n_obs - 5} of the section's {table.n_obs} spots are not in predicted"
+    ):
+        lk.pl.expression(table, "g0", predicted=pred[:5].copy(), show=False)

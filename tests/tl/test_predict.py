@@ -348,3 +348,73 @@ def test_anndata_output_of_a_spatialdata_table_annotates_its_spots():
     # a plain AnnData query has no attrs, and gets none
     plain = _section(8, ["g0"], 2, "q")
     assert "spatialdata_attrs" not in lk.tl.predict_expression(plain, ref, temperature=0.1).uns
+
+
+def test_a_prediction_from_log1p_expression_keeps_scanpys_record(monkeypatch):
+    """The average of log1p values is on the log scale; without scanpy's ``.uns['log1p']`` the predicted
+    AnnData looked like counts, and ``sc.pp.log1p`` took the log a second time without a word."""
+    import scanpy as sc
+
+    sections = {name: _section(40, GENES, seed, name) for seed, name in enumerate(["A", "B", "C"])}
+    for table in sections.values():
+        sc.pp.log1p(table, base=2)
+    query, ref = sections["A"], sections["B"]
+    pred = lk.tl.predict_expression(query, ref, top_k=5)
+    assert pred.uns["log1p"] == {"base": 2}
+    assert pred.uns["log1p"] is not ref.uns["log1p"]  # a copy
+    logged = []
+    monkeypatch.setattr("scanpy.logging.warning", lambda msg, *a, **k: logged.append(msg))
+    sc.pp.log1p(pred)
+    assert logged == ["adata.X seems to be already log-transformed."]
+    # a layer is not what the record describes; counts have no record
+    ref.layers["counts"] = ref.X.copy()
+    assert "log1p" not in lk.tl.predict_expression(query, ref, layer="counts", top_k=5).uns
+    assert "log1p" not in lk.tl.predict_expression(query, _section(40, GENES, 5, "r"), top_k=5).uns
+    preds, _ = lk.tl.predict_expression_loso(sections, top_k=5)
+    assert all(p.uns["log1p"] == {"base": 2} for p in preds.values())
+    del sections["C"].uns["log1p"]  # one reference section is not log1p: no record
+    preds, _ = lk.tl.predict_expression_loso(sections, top_k=5)
+    assert "log1p" in preds["C"].uns  # its reference, A and B, is
+    assert "log1p" not in preds["A"].uns
+
+
+def test_output_layer_warns_before_replacing_a_layer_it_did_not_write():
+    """key_added naming the user's own layer (their counts, another method's prediction) replaced it
+    silently; a rerun under the key of an earlier prediction stays silent."""
+    import warnings
+
+    ref = _section(50, GENES, 0, "r")
+    query = _section(10, GENES, 1, "q")
+    query.layers["counts"] = query.X.copy()
+    with pytest.warns(
+        lk.LokiWarning, match=r"replaces the query's \.layers\['counts'\], which lk\.tl\.predict"
+    ):
+        lk.tl.predict_expression(query, ref, output="layer", key_added="counts", top_k=5)
+    assert query.uns["loki"]["counts"]["tool"] == "tl.predict_expression"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lk.tl.predict_expression(query, ref, output="layer", key_added="counts", top_k=3)  # a rerun
+        lk.tl.predict_expression(query, ref, output="layer", top_k=3)  # a new key
+
+
+def test_loso_takes_the_tables_of_a_spatialdata_by_section_name():
+    """A SpatialData per section (the tables of one SpatialData, as lk.datasets.mob returns) failed with
+    "'SpatialData' object has no attribute 'n_obs'"."""
+    import spatialdata as sd
+
+    tables = {name: _section(30, GENES, seed, name) for seed, name in enumerate(["A", "B", "C"])}
+    sdata = sd.SpatialData(tables={name: t.copy() for name, t in tables.items()})
+    expected, expected_scores = lk.tl.predict_expression_loso(tables, top_k=5)
+    got, scores = lk.tl.predict_expression_loso({name: sdata for name in tables}, top_k=5)
+    pd.testing.assert_frame_equal(scores, expected_scores)
+    np.testing.assert_array_equal(got["B"].X, expected["B"].X)
+    only = {name: sd.SpatialData(tables={"table": t}) for name, t in tables.items()}  # one table each
+    pd.testing.assert_frame_equal(lk.tl.predict_expression_loso(only, top_k=5)[1], expected_scores)
+    with pytest.raises(
+        ValueError, match=r"sections\['D'\] is a SpatialData with tables 'A', 'B', 'C', none named"
+    ):
+        lk.tl.predict_expression_loso({"A": sdata, "D": sdata})
+    with pytest.raises(TypeError, match=r"sections must map section names to tables"):
+        lk.tl.predict_expression_loso(list(tables.values()))
+    with pytest.raises(TypeError, match=r"sections\['A'\] must be an AnnData or a SpatialData, got ndarray"):
+        lk.tl.predict_expression_loso({"A": np.zeros((3, 3)), "B": tables["B"]})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._labels import paired_arrays
+
 #: Sums of squares outside this range are recomputed on slices rescaled to max |x| = 1: their
 #: product could overflow or underflow, or the squares themselves did (|x| beyond ~1e154 or below
 #: ~1e-154).
@@ -29,15 +31,19 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.nd
     Parameters
     ----------
     x, y
-        Finite arrays of the same shape.
+        Finite arrays of the same shape (dense or sparse). Two DataFrames (or two Series, or two
+        AnnData, taken as ``.to_df()``) are matched by their labels: ``y``'s rows and columns are put
+        in ``x``'s order, e.g. a measured and a predicted spots x genes table whose genes are in
+        different orders, and labels that differ raise a ValueError naming them. Default labels
+        (0, 1, 2, ...) on either side are matched by position.
     axis
         Axis along which the pairs run: ``axis=0`` on a spots x genes matrix gives one coefficient
         per gene, ``axis=1`` one per spot. ``None`` flattens both arrays.
 
     Returns
     -------
-    The coefficient (a float for 1-D input or ``axis=None``, else an array with ``axis`` removed).
-    Slices where either input is constant give NaN.
+    The coefficient (a float for 1-D input or ``axis=None``, else an array with ``axis`` removed, in
+    the order of ``x``'s labels). Slices where either input is constant give NaN.
 
     Raises
     ------
@@ -46,8 +52,7 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.nd
         infinite value (as :func:`kendall_tau`).
 
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    x, y = paired_arrays(x, y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}.")
     if axis is None:
@@ -120,15 +125,16 @@ def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
     Parameters
     ----------
     x, y
-        1-D arrays of the same length.
+        1-D arrays of the same length. Two Series are matched by their labels, as in
+        :func:`pearson`.
 
     Returns
     -------
     Tau-b in [-1, 1]; NaN when either input is constant.
 
     """
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
+    x, y = paired_arrays(x, y)
+    x, y = x.ravel(), y.ravel()
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}.")
     if x.size < 2:
@@ -229,14 +235,15 @@ def kendall_tau_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     x, y
-        ``(n_rows, n)`` arrays, ``n >= 2`` when there are rows.
+        ``(n_rows, n)`` arrays, ``n >= 2`` when there are rows. Two DataFrames (or AnnData) are
+        matched by their labels, as in :func:`pearson`.
 
     Returns
     -------
-    ``(n_rows,)`` tau-b of each row pair; NaN where either row is constant.
+    ``(n_rows,)`` tau-b of each row pair (in the order of ``x``'s rows); NaN where either row is
+    constant.
     """
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    y = np.ascontiguousarray(y, dtype=np.float64)
+    x, y = (np.ascontiguousarray(v) for v in paired_arrays(x, y))
     if x.shape != y.shape or x.ndim != 2:
         raise ValueError(f"x and y must be 2-D arrays of one shape, got {x.shape} and {y.shape}.")
     if x.shape[0] and x.shape[1] < 2:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._labels import paired_arrays
+
 
 def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> float | np.ndarray:
     """Mean squared error between measured and predicted values.
@@ -11,7 +13,9 @@ def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> floa
     Parameters
     ----------
     y_true, y_pred
-        Arrays of the same shape (e.g. spots x genes).
+        Arrays of the same shape (e.g. spots x genes), dense or sparse. Two DataFrames (or two
+        Series, or two AnnData, taken as ``.to_df()``) are matched by their labels, as in
+        :func:`loki.metrics.pearson`: ``y_pred``'s rows and columns are put in ``y_true``'s order.
     axis
         Axis to average over; ``None`` averages everything, ``axis=0`` gives one value per gene.
 
@@ -20,8 +24,7 @@ def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> floa
     The mean squared error (a float, or an array with ``axis`` removed).
 
     """
-    y_true = np.asarray(y_true, dtype=np.float64)
-    y_pred = np.asarray(y_pred, dtype=np.float64)
+    y_true, y_pred = paired_arrays(y_true, y_pred, ("y_true", "y_pred"))
     if y_true.shape != y_pred.shape:
         raise ValueError(
             f"y_true and y_pred must have the same shape, got {y_true.shape} and {y_pred.shape}."

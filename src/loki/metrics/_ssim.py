@@ -11,7 +11,7 @@ from loki._logging import LokiWarning, user_stacklevel
 from loki._utils import check_array_finite
 
 from ._alignment import spot_spacing
-from ._divergence import align_labels
+from ._labels import align_labels
 from ._lattice import lattice_pixels
 
 

@@ -81,7 +81,8 @@ def expression(
     genes
         Gene(s) to draw, one row each.
     predicted
-        AnnData returned by :func:`loki.tl.predict_expression` (same spots); default: the
+        AnnData returned by :func:`loki.tl.predict_expression` (the section's spots, matched by
+        ``obs_names`` whatever their order); default: the
         ``layers[layer_predicted]`` of the section itself (``output="layer"``).
     layer
         Layer of the measured expression (``.X`` when None).
@@ -160,9 +161,7 @@ def expression(
     else:
         require_keys(predicted.var_names, genes, "predicted.var_names")
         _check_unique(predicted.var_names, genes, "predicted.var_names")
-        if not predicted.obs_names.equals(table.obs_names):
-            raise ValueError("predicted must hold the same spots, in the same order, as the section.")
-        pred_ad, pred_layer = predicted, None
+        pred_ad, pred_layer = _same_spots(predicted, table, name), None
     if scale not in ("gene", "panel"):
         raise ValueError(f"scale must be 'gene' or 'panel', got {scale!r}.")
     quantiles = [_percentile(vmin, "vmin"), _percentile(vmax, "vmax")]  # checked before anything is drawn
@@ -211,6 +210,32 @@ def expression(
             panel_title(a, title, fontsize=9)
     finish(fig, show=show, save=save, created=ax is None)
     return fig
+
+
+def _same_spots(predicted: AnnData, table: AnnData, name: str) -> AnnData:
+    """``predicted`` with its spots in the section's order, matched by name (obs_names)."""
+    mine, theirs = table.obs_names, predicted.obs_names
+    if theirs.equals(mine):
+        return predicted
+    if (
+        not (mine.has_duplicates or theirs.has_duplicates)
+        and len(mine) == len(theirs)
+        and mine.isin(theirs).all()
+    ):
+        return predicted[mine]  # the same spots in another order (e.g. sorted): matched by name
+    missing, extra = mine.difference(theirs), theirs.difference(mine)
+    if len(missing) or len(extra):
+        example = f" (e.g. {missing[0]!r})" if len(missing) else ""
+        detail = (
+            f"{len(missing)} of the section's {len(mine)} spots are not in predicted{example} and "
+            f"{len(extra)} of predicted's {len(theirs)} are not in the section"
+        )
+    else:
+        detail = "spot names repeat, so they cannot be matched"
+    raise ValueError(
+        f"predicted must hold the same spots as {name}, matched by obs_names: {detail}. Predict the section's "
+        "own spots (lk.tl.predict_expression(section, ...)), or subset the section to the predicted spots."
+    )
 
 
 def _check_unique(var_names, genes: Sequence[str], where: str) -> None:

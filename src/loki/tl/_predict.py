@@ -317,9 +317,13 @@ def predict_expression(
     Returns
     -------
     ``output="anndata"``: the new AnnData, with ``.uns['loki'][key_added]`` holding the parameters
-    (including ``search``, ``n_components``, ``n_candidates`` and ``seed``; -1 where not used).
+    (including ``search``, ``n_components``, ``n_candidates`` and ``seed``; -1 where not used), and
+    scanpy's ``.uns['log1p']`` record when the reference's ``.X`` has one (an average of log1p values
+    is on the log scale; ``anndata.concat`` keeps the record of a reference built from several
+    sections with ``uns_merge="same"``).
     ``output="layer"``: None (or the copy), after writing ``.layers[key_added]`` (float32, query spots x
-    query genes) and ``.uns['loki'][key_added]`` on the query table.
+    query genes) and ``.uns['loki'][key_added]`` on the query table. A layer of that name that no
+    earlier prediction wrote (the query's counts, say) is replaced with a :class:`~loki.LokiWarning`.
 
     """
     check_key_name(key_added)
@@ -413,6 +417,7 @@ def predict_expression(
     }
     if output == "layer":
         target = query_table.copy() if copy else query_table
+        _warn_if_replacing_a_layer(target, key_added)
         with all_or_nothing():
             write_layer(target, key_added, pred)
             write_uns(target, key_added, params)
@@ -424,12 +429,16 @@ def predict_expression(
     if query_table is not None and "spatialdata_attrs" in query_table.uns:
         # obs holds the query's region / instance columns: the result annotates the same spots
         result.uns["spatialdata_attrs"] = deepcopy(dict(query_table.uns["spatialdata_attrs"]))
+    if layer is None and "log1p" in ref_table.uns:
+        # an average of log1p values is on the log scale: scanpy's record of it comes along, so that
+        # sc.pp.log1p on the prediction says "already log-transformed" and the base is known
+        result.uns["log1p"] = deepcopy(dict(ref_table.uns["log1p"]))
     write_uns(result, key_added, params)
     return result
 
 
 def predict_expression_loso(
-    sections: Mapping[str, AnnData],
+    sections: Mapping[str, AnnData | SpatialData],
     *,
     use_query: str = Key.IMAGE,
     use_reference: str = Key.TEXT,
@@ -456,7 +465,9 @@ def predict_expression_loso(
     Parameters
     ----------
     sections
-        Section name -> table with both embeddings and measured expression (``.X`` or ``layer``).
+        Section name -> table with both embeddings and measured expression (``.X`` or ``layer``): an
+        AnnData, or a SpatialData whose table of that name (or only table) is used, e.g.
+        ``{s: sdata for s in ("MOB1", "MOB2", "MOB3")}`` for the tables of one SpatialData.
     use_query, use_reference, layer
         As in :func:`predict_expression`.
     genes
@@ -470,13 +481,20 @@ def predict_expression_loso(
 
     Returns
     -------
-    The predictions per held-out section (AnnData, spots x genes, with ``.layers['measured']``) and a
+    The predictions per held-out section (AnnData, spots x genes, with ``.layers['measured']``, and
+    ``.uns['log1p']`` when every reference section's ``.X`` has scanpy's record) and a
     DataFrame of per-gene scores with columns ``section``, ``gene``, ``pcc`` (Pearson over spots; NaN
     for genes constant in the section) and ``mse``.
 
     """
     from loki.metrics import mse, pearson
 
+    if not isinstance(sections, Mapping):
+        raise TypeError(
+            f"sections must map section names to tables, e.g. {{'A1': adata_a1, 'A2': adata_a2}}; got "
+            f"{type(sections).__name__}."
+        )
+    sections = {name: _section_table(name, data) for name, data in sections.items()}
     if len(sections) < 2:
         raise ValueError(f"Leave-one-section-out needs at least 2 sections, got {len(sections)}.")
     common = None
@@ -544,6 +562,44 @@ def predict_expression_loso(
     return predictions, pd.concat(rows, ignore_index=True)
 
 
+def _warn_if_replacing_a_layer(table: AnnData, key: str) -> None:
+    """Warn before ``output="layer"`` replaces a layer that no earlier prediction wrote under ``key``.
+
+    A query's layers often hold its measurement (``"counts"``), which cannot be recovered; a rerun of
+    :func:`predict_expression` under its own key (its ``.uns['loki']`` record) replaces it silently.
+    """
+    if key not in table.layers:
+        return
+    record = table.uns.get(Key.UNS, {})
+    record = record.get(key) if isinstance(record, Mapping) else None
+    if isinstance(record, Mapping) and record.get("tool") == "tl.predict_expression":
+        return
+    warnings.warn(
+        f"key_added={key!r} replaces the query's .layers[{key!r}], which lk.tl.predict_expression did not "
+        "write (no record of it in .uns['loki']); pass another key_added= to keep that layer.",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _section_table(name: str, data) -> AnnData:
+    """The table of section ``name``: an AnnData, or a SpatialData's table of that name (or its only one)."""
+    if isinstance(data, AnnData):
+        return data
+    if not is_spatialdata(data):
+        raise TypeError(f"sections[{name!r}] must be an AnnData or a SpatialData, got {type(data).__name__}.")
+    tables = data.tables
+    if name in tables:
+        return tables[name]
+    if len(tables) == 1:
+        return next(iter(tables.values()))
+    raise ValueError(
+        f"sections[{name!r}] is a SpatialData with tables {', '.join(map(repr, tables.keys())) or 'none'}, none "
+        f"named {name!r}: name each section after its table (e.g. {{'MOB1': sdata, 'MOB2': sdata}}) or pass "
+        "the table itself (sdata.tables['MOB1'])."
+    )
+
+
 def _fallback_message(n_fallback: int, negative: Negative, top_k: int | None) -> str:
     """The warning for queries whose raw-similarity weights fell back to uniform weights."""
     spots = f"their top-{top_k} reference spots" if top_k is not None else "the reference spots"
@@ -609,4 +665,7 @@ def _concat_reference(
         X=x, obs=pd.DataFrame(index=pd.Index(names, dtype=str)), var=pd.DataFrame(index=pd.Index(genes))
     )
     ref.obsm[use] = emb
+    records = [t.uns.get("log1p") for t in sections.values()] if layer is None else [None]
+    if all(r is not None for r in records):  # every section's .X is log1p: the prediction is too
+        ref.uns["log1p"] = deepcopy(dict(records[0]))
     return ref

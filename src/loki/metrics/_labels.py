@@ -1,0 +1,71 @@
+"""Matching a truth and a prediction by their labels before they are compared as arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+
+def _is_positional(labels: pd.Index) -> bool:
+    """Whether ``labels`` are pandas' default 0, 1, 2, ... (a frame built from an unlabelled array)."""
+    return isinstance(labels, pd.RangeIndex) and labels.start == 0 and labels.step == 1
+
+
+def align_labels(first, second, names: tuple[str, str]):
+    """``second`` with its rows and columns in the order of ``first``'s labels, when both are pandas.
+
+    Two DataFrames (or two Series) are matched by their labels, as a spots x cell types truth and a
+    prediction must be: :func:`loki.pp.pseudo_spots` and :func:`loki.tl.decompose` can order the same
+    cell types differently, and as arrays the columns would be compared by position. Labels that
+    differ as sets raise a ValueError naming them. Default labels (0, 1, 2, ..., a frame built from an
+    array) on either side, or anything other than two pandas objects of one kind, stay positional.
+    """
+    kinds = (pd.DataFrame, pd.Series)
+    if not any(isinstance(first, k) and isinstance(second, k) for k in kinds):
+        return second
+    axes = [("rows", "index")] + ([("columns", "columns")] if isinstance(first, pd.DataFrame) else [])
+    for what, attr in axes:
+        mine, theirs = getattr(first, attr), getattr(second, attr)
+        if mine.equals(theirs) or _is_positional(mine) or _is_positional(theirs):
+            continue
+        only_first, only_second = mine.difference(theirs), theirs.difference(mine)
+        if len(only_first) or len(only_second) or mine.has_duplicates or theirs.has_duplicates:
+            detail = (
+                f"only in {names[0]}: {_few(only_first)}; only in {names[1]}: {_few(only_second)}"
+                if len(only_first) or len(only_second)
+                else "the same labels, but repeated ones, which cannot be matched"
+            )
+            if len(only_first) and set(mine.astype(str)) == set(theirs.astype(str)):
+                detail += (
+                    "; the same as text, but of different types: make both strings, e.g. "
+                    f"{names[0]}.{attr} = {names[0]}.{attr}.astype(str) and so for {names[1]}"
+                )
+            raise ValueError(
+                f"{names[0]} and {names[1]} have different {what} ({detail}). Both are matched by "
+                f"label; select the shared ones on both sides (e.g. pred[truth.columns]), or pass "
+                "arrays to compare by position."
+            )
+        second = second.reindex(**{attr: mine})
+    return second
+
+
+def _few(labels: pd.Index, k: int = 5) -> str:
+    # a label as it is (1 is not '1'), numpy scalars as Python's (np.str_('a') as 'a')
+    shown = ", ".join(repr(x.item() if isinstance(x, np.generic) else x) for x in labels[:k])
+    return (shown or "none") + (", ..." if len(labels) > k else "")
+
+
+def paired_arrays(x, y, names: tuple[str, str] = ("x", "y")):
+    """``x`` and ``y`` as arrays, ``y``'s labels matched to ``x``'s first.
+
+    An AnnData becomes its ``.to_df()`` (spots x genes, labelled), so that two tables are matched by
+    spot and gene name; two DataFrames (or two Series) are matched by label (:func:`align_labels`: as
+    arrays a truth and a prediction whose genes are in different orders were compared gene against
+    another gene without a word). A sparse matrix is made dense.
+    """
+    x, y = (v.to_df() if isinstance(v, AnnData) else v for v in (x, y))
+    y = align_labels(x, y, names)
+    x, y = (v.toarray() if sparse.issparse(v) else v for v in (x, y))
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
