@@ -479,3 +479,30 @@ def test_alignment_expression_scores_reads_tables_opened_backed(tmp_path):
     )
     for key in ("pearson_median", "kendall_tau_median", "n_pairs"):
         assert backed[key] == in_memory[key]
+
+
+def test_alignment_expression_scores_pairs_in_the_frame_the_alignment_was_registered_onto(good_and_bad):
+    """A source chained onto its target's aligned coordinates (``align_sections(sequential=True)``)
+    is scored against those by default, not against the target's own ``"spatial"``."""
+    src, tgt, good, _ = good_and_bad
+    src, tgt = src.copy(), tgt.copy()
+    # the target's aligned coordinates: its own, moved; the source's aligned coordinates follow them
+    shift = np.array([500.0, -300.0])
+    tgt.obsm["spatial_aligned"] = tgt.obsm["spatial"] + shift
+    src.obsm["spatial_aligned"] = src.obsm["good"] + shift
+    src.uns["loki"] = {"spatial_aligned": {"params": {"target_spatial_key": "spatial_aligned"}}}
+    chained = lk.metrics.alignment_expression_scores(src, tgt, n_top_genes=50)
+    assert chained["n_pairs"] == good["n_pairs"] == tgt.n_obs
+    assert chained["pearson_median"] == pytest.approx(good["pearson_median"])
+    # named, the key is used as given
+    with pytest.warns(lk.LokiWarning, match="No target spot"):
+        lk.metrics.alignment_expression_scores(src, tgt, target_key="spatial", n_top_genes=50)
+    # a target without the recorded coordinates is refused, naming them
+    del tgt.obsm["spatial_aligned"]
+    with pytest.raises(KeyError, match=r"'spatial_aligned' not found in target\.obsm.*target_spatial_key"):
+        lk.metrics.alignment_expression_scores(src, tgt, n_top_genes=50)
+    # an alignment onto the target's own coordinates (and the unaligned "before") pair with "spatial"
+    src.uns["loki"]["spatial_aligned"]["params"]["target_spatial_key"] = "spatial"
+    src.obsm["spatial_aligned"] = src.obsm["good"]
+    again = lk.metrics.alignment_expression_scores(src, tgt, n_top_genes=50)
+    assert again["pearson_median"] == pytest.approx(good["pearson_median"])

@@ -149,7 +149,8 @@ def test_coordinate_system_of_the_section_and_its_spot_shapes():
     with pytest.raises(KeyError, match=r"'nowhere' not found in the coordinate systems of image 'S_image'"):
         lk.pl.annotation(sdata, coordinate_system="nowhere", show=False)
     with pytest.raises(  # two shared systems, neither 'global': no guess
-        KeyError, match=r"'global' not found .* available: 'sample1', 'moved'\. Pass coordinate_system="
+        KeyError,
+        match=r"share the coordinate systems 'sample1', 'moved', none of them 'global': pass coordinate_system=",
     ):
         lk.pl.annotation(sdata, show=False)
     plt.close("all")

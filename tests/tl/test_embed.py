@@ -265,7 +265,10 @@ def test_embed_image_in_another_coordinate_system(model):
         assert table.uns["loki"][lk.Key.IMAGE]["coordinate_system"] == "heart"
     for element in [*sdata.images.values(), *sdata.shapes.values()]:  # two shared systems: no guess
         set_transformation(element, Identity(), "brain")
-    with pytest.raises(KeyError, match=r"'global' not found .*available: 'heart', 'brain'"):
+    with pytest.raises(
+        KeyError,
+        match=r"share the coordinate systems 'heart', 'brain', none of them 'global': pass coordinate_system=",
+    ):
         lk.tl.embed_image(sdata, model, table_key="MOB2", key_added="again")
     with pytest.raises(ValueError, match="coordinate_system choose how patches are cut here"):
         lk.tl.embed_image(_adata(), model, patches=_patches(), coordinate_system="heart")

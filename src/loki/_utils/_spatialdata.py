@@ -8,6 +8,7 @@ the same coordinate system. Functions that only need a table accept an AnnData t
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -187,21 +188,61 @@ def recorded_microns_per_pixel(
     )
 
 
-def default_coordinate_system(elements: list[Any]) -> str:
+def aligned_coordinate_systems(*sdatas: Any) -> set[str]:
+    """The coordinate systems that alignments recorded in the tables of ``sdatas`` placed sections in.
+
+    :func:`loki.tl.align` records the one it wrote (``.uns['loki'][key]['coordinate_system']``, next
+    to the placement's ``matrix``); objects that are not a SpatialData hold none.
+    """
+    systems = set()
+    for sdata in {id(s): s for s in sdatas if is_spatialdata(s)}.values():
+        for table in sdata.tables.values():
+            for entry in loki_uns(table).values():
+                if isinstance(entry, dict) and "matrix" in entry and entry.get("coordinate_system"):
+                    systems.add(str(entry["coordinate_system"]))
+    return systems
+
+
+def default_coordinate_system(
+    elements: list[Any],
+    ignore: Collection[str] = (),
+    *,
+    what: str = "The section's spots and image",
+    keyword: str = "coordinate_system",
+) -> str:
     """The coordinate system to work in when the caller names none.
 
     ``"global"`` when every element (None entries are skipped) is in it, as loki's readers place
     sections; else the one coordinate system they share when there is exactly one (a section tiled or
-    read into a system of its own); else ``"global"``, whose absence the caller's check then names
-    with the systems that exist.
+    read into a system of its own); else the one left when the systems in ``ignore`` are set aside
+    (:func:`aligned_coordinate_systems`: a section read into ``"sample1"`` and then aligned lies in
+    ``"sample1"`` and ``"aligned"``, and its own is ``"sample1"``). Elements sharing several systems,
+    none ``"global"`` (spatialdata-io places a Visium image in ``"heart"`` and
+    ``"heart_downscaled_hires"``), are refused with a KeyError naming them, ``what`` they are and the
+    ``keyword`` to pass. Elements sharing none: ``"global"``, whose absence the caller's check names
+    with the systems each element has.
     """
     from spatialdata.transformations import get_transformation
 
-    systems = [set(get_transformation(e, get_all=True)) for e in elements if e is not None]
-    shared = set.intersection(*systems) if systems else set()
-    if Key.GLOBAL_CS not in shared and len(shared) == 1:
-        return next(iter(shared))
-    return Key.GLOBAL_CS
+    systems = [list(get_transformation(e, get_all=True)) for e in elements if e is not None]
+    shared = [cs for cs in systems[0] if all(cs in s for s in systems[1:])] if systems else []
+    if Key.GLOBAL_CS in shared or not shared:
+        return Key.GLOBAL_CS
+    own = [cs for cs in shared if cs not in set(ignore)]
+    for candidates in (shared, own):
+        if len(candidates) == 1:
+            return candidates[0]
+    named = own or shared
+    besides = [cs for cs in shared if cs not in named]
+    aside = f" (besides {_quoted(besides)}, where alignments placed them)" if besides else ""
+    raise KeyError(
+        f"{what} share the coordinate systems {_quoted(named)}{aside}, none of them 'global': pass "
+        f"{keyword}= the one to work in."
+    )
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(map(repr, names))
 
 
 def image_levels(element) -> list[Any]:

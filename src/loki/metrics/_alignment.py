@@ -25,6 +25,7 @@ from loki._utils import (
     check_obsm_key,
     check_unique_var_names,
     is_real,
+    loki_record,
 )
 from loki._utils._backed import read_matrix
 from loki._utils._rng import check_seed
@@ -324,12 +325,23 @@ def _default_radius(xy: np.ndarray, name: str) -> float:
     return spacing
 
 
+def _registered_target_key(source: AnnData, aligned_key: str) -> str:
+    """The target coordinates ``source``'s alignment ``aligned_key`` was registered onto, else ``"spatial"``.
+
+    :func:`loki.tl.align` records them as ``params['target_spatial_key']``: an earlier alignment's
+    coordinates when it chained onto them (``align_sections(sequential=True)``).
+    """
+    params = (loki_record(source, aligned_key) or {}).get("params")
+    key = params.get("target_spatial_key") if isinstance(params, dict) else None
+    return key if isinstance(key, str) and key else Key.SPATIAL
+
+
 def alignment_expression_scores(
     source: AnnData,
     target: AnnData,
     *,
     aligned_key: str = Key.ALIGNED,
-    target_key: str = Key.SPATIAL,
+    target_key: str | None = None,
     n_top_genes: int = 200,
     max_distance: float | None = None,
     kendall: bool = True,
@@ -349,7 +361,11 @@ def alignment_expression_scores(
     target
         Target section with ``.obsm[target_key]``.
     aligned_key, target_key
-        Coordinates in ``.obsm``.
+        Coordinates in ``.obsm``. ``target_key`` defaults to the target coordinates the source's
+        alignment was registered onto (``.uns['loki'][aligned_key]['params']['target_spatial_key']``,
+        as :func:`loki.tl.align` records it), else ``"spatial"``: a section of
+        ``align_sections(sequential=True)`` lies in the frame of its neighbour's aligned coordinates,
+        not of its neighbour's own.
     n_top_genes
         Number of highly variable genes.
     max_distance
@@ -373,7 +389,18 @@ def alignment_expression_scores(
 
     """
     check_obsm_key(source, aligned_key)
-    check_obsm_key(target, target_key)
+    if target_key is None:
+        target_key = _registered_target_key(source, aligned_key)
+        hint = (
+            None
+            if target_key == Key.SPATIAL
+            else f"The source's alignment {aligned_key!r} was registered onto the target's "
+            f".obsm[{target_key!r}] (its record's target_spatial_key); pass the section it was aligned "
+            "onto, or target_key= the target's coordinates in the same frame."
+        )
+        check_obsm_key(target, target_key, where="target", hint=hint)
+    else:
+        check_obsm_key(target, target_key)
     xy_target = _xy(target.obsm[target_key], f"target .obsm[{target_key!r}]")
     xy_source = _xy(source.obsm[aligned_key], f"source .obsm[{aligned_key!r}]")
     if max_distance is None:

@@ -20,6 +20,7 @@ from loki._utils._affine import apply_matrix
 from loki._utils._folders import missing_folders, remove_empty_folders
 from loki._utils._spatialdata import (
     affine_to,
+    aligned_coordinate_systems,
     default_coordinate_system,
     get_table,
     is_spatialdata,
@@ -387,7 +388,9 @@ def _own_coordinate_system(data, table: AnnData, table_key: str | None, image_ke
         image = data.images[section_image_key(data, table_key_of(data, table, table_key), image_key)]
     except KeyError:  # no image of its own: the spots alone decide (a missing image_key is named later)
         image = None
-    return default_coordinate_system([section_shapes(data, table), image])
+    return default_coordinate_system(
+        [section_shapes(data, table), image], ignore=aligned_coordinate_systems(data)
+    )
 
 
 def _no_image(reason: str, *, warn: bool) -> None:

@@ -21,6 +21,7 @@ from loki._utils import (
 from loki._utils._affine import apply_matrix
 from loki._utils._spatialdata import (
     affine_to,
+    aligned_coordinate_systems,
     check_own_coordinates,
     default_coordinate_system,
     get_table,
@@ -277,7 +278,9 @@ def _spot_geometry(
     levels = image_levels(element)
     shapes = section_shapes(sdata, table)
     if coordinate_system is None:
-        coordinate_system = default_coordinate_system([element, shapes])
+        coordinate_system = default_coordinate_system(
+            [element, shapes], ignore=aligned_coordinate_systems(sdata)
+        )
     img_to_cs = affine_to(element, coordinate_system, f"sdata.images[{image_key!r}]")
     cs_to_img = np.linalg.inv(img_to_cs)
     spots_to_cs = np.eye(3) if shapes is None else affine_to(shapes, coordinate_system, "the spot shapes")

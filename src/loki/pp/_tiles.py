@@ -21,6 +21,7 @@ from loki._utils import check_element_name, require_keys
 from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._spatialdata import (
     affine_to,
+    aligned_coordinate_systems,
     default_coordinate_system,
     image_levels,
     lowres_image,
@@ -331,7 +332,12 @@ def tile_image(
         require_keys(sdata.shapes, within, "sdata.shapes")
     if coordinate_system is None:
         regions = None if within is None else sdata.shapes[within]
-        coordinate_system = default_coordinate_system([sdata.images[image_key], regions])
+        coordinate_system = default_coordinate_system(
+            [sdata.images[image_key], regions],
+            ignore=aligned_coordinate_systems(sdata),
+            what=f"sdata.images[{image_key!r}]"
+            + ("" if within is None else f" and sdata.shapes[{within!r}]"),
+        )
     if microns_per_pixel is None:
         microns_per_pixel = recorded_microns_per_pixel(sdata, image_key, coordinate_system)
     for name, value in (("microns_per_pixel", microns_per_pixel), ("tile_um", tile_um)):

@@ -36,6 +36,7 @@ from loki._utils._pca import fit_pca
 from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._rng import as_seed
 from loki._utils._spatialdata import (
+    aligned_coordinate_systems,
     check_write_mode,
     get_table,
     is_spatialdata,
@@ -50,6 +51,7 @@ from loki.tl._align_spatialdata import (
     placed_elements,
     replace_stack_target,
     section_elements,
+    section_input_cs,
     shapes_name,
     source_to_cs,
     stack_onto,
@@ -349,6 +351,37 @@ def _default_coordinate_system(key_added: str) -> str:
     return key_added.removeprefix("spatial_")
 
 
+_INPUT_CS_HINT = (
+    "Without input_coordinate_system=, a section is taken in 'global', or else in the one coordinate system "
+    "its spots and image share; pass input_coordinate_system= to name the one they lie in."
+)
+
+
+def _input_systems(
+    src: Section,
+    tgt: Section,
+    given: str | None,
+    image_key: ImageKeys,
+    target_image_key: ImageKeys,
+    coordinate_system: str,
+) -> tuple[str, str, str | None]:
+    """The source's and the target's input coordinate systems, and the hint of a missing one's error.
+
+    ``given`` (``input_coordinate_system=``) applies to both. Without it each section is looked up
+    separately (:func:`~loki.tl._align_spatialdata.section_input_cs`), leaving out the coordinate
+    systems that alignments placed sections in: this call's ``coordinate_system`` and those recorded
+    in either object's tables.
+    """
+    if given is not None:
+        if not isinstance(given, str) or not given:
+            raise ValueError(f"input_coordinate_system={given!r} is not a coordinate system name.")
+        return given, given, None
+    aligned = {coordinate_system, *aligned_coordinate_systems(src.data, tgt.data)}
+    in_src = section_input_cs(src, image_key, "source", aligned)
+    in_tgt = section_input_cs(tgt, target_image_key, "target", aligned)
+    return in_src, in_tgt, _INPUT_CS_HINT
+
+
 def align(
     data: SpatialData | AnnData,
     *,
@@ -379,7 +412,7 @@ def align(
     target_spatial_key: str | None = None,
     key_added: str = Key.ALIGNED,
     coordinate_system: str | None = None,
-    input_coordinate_system: str = Key.GLOBAL_CS,
+    input_coordinate_system: str | None = None,
     image_key: ImageKeys = None,
     target_image_key: ImageKeys = None,
     seed: int | np.random.Generator | None = 0,
@@ -404,7 +437,8 @@ def align(
     target
         Table key of the target section in ``data``, or the target SpatialData / AnnData.
     target_table
-        Table key of the section in a separate target SpatialData.
+        Table key of the section in a separate target SpatialData (with a table key ``target``, any
+        other name is refused).
     use
         ``.obsm`` key of the embedding in both tables, a ``(source_key, target_key)`` pair, or None
         for coordinates only. A :class:`~loki.LokiWarning` says so when the two embeddings' records
@@ -523,7 +557,13 @@ def align(
         likewise when an earlier alignment placed the target there (chain onto the aligned target with
         ``target_spatial_key=key_added`` instead).
     input_coordinate_system
-        Coordinate system in which both sections' elements are placed before the alignment.
+        Coordinate system in which both sections' elements are placed before the alignment. Default:
+        for each section separately, ``"global"`` when its spots and image are in it, else the one
+        coordinate system they share (a section read with ``coordinate_system="sample1"``, or
+        spatialdata-io's systems named after each dataset), leaving out the systems alignments placed
+        sections in (this call's ``coordinate_system`` and those recorded in ``.uns['loki']``), as
+        elsewhere in loki. Several shared systems, none of them ``"global"``, are named in the error;
+        pass one. A name given is used for both sections.
     image_key
         Image(s) of the source section, placed with it (SpatialData input). By default, when the source's
         SpatialData holds this section only (one table), every element with a transformation to
@@ -582,7 +622,8 @@ def align(
       before registering: the spots' transformations and ``microns_per_unit`` together), ``microns_per_unit`` (of the aligned coordinates, when known),
       ``explained_variance_ratio`` (of the embedding components used), and ``params``: the numeric and
       flag arguments, ``mirror`` (the argument), ``seed`` (the int used, also for ``None`` or a
-      Generator), ``spatial_key``, ``target_spatial_key`` (resolved), ``input_coordinate_system`` and
+      Generator), ``spatial_key``, ``target_spatial_key`` (resolved), ``input_coordinate_system``
+      (resolved: the source's; ``target_input_coordinate_system`` too when the target's differs) and
       ``scale`` (the target's extent that normalised the coordinates);
 
     and for SpatialData input:
@@ -603,6 +644,12 @@ def align(
     if isinstance(target, str):
         if isinstance(data, AnnData):
             raise TypeError("target must be an AnnData when data is an AnnData.")
+        if target_table is not None and target_table != target:
+            raise ValueError(
+                f"target={target!r} names the target's table in data, and target_table={target_table!r} "
+                "another: target_table= names the table of a target given as a separate SpatialData. "
+                "Leave it out, or pass the target's table key as target=."
+            )
         src = _resolve(data, source, "source")
         tgt = _resolve(data, target, "target")
         same_object = True
@@ -650,11 +697,13 @@ def align(
         raise ValueError(f"coordinate_system={coordinate_system!r} is not a coordinate system name.")
     else:
         named, fix = f"coordinate_system={coordinate_system!r}", "pass another coordinate_system="
-    if coordinate_system == input_coordinate_system:
-        raise ValueError(
-            f"{named} must differ from input_coordinate_system={input_coordinate_system!r}; {fix}."
-        )
     is_sd = is_spatialdata(src.data)
+    in_src, in_tgt, cs_hint = _input_systems(
+        src, tgt, input_coordinate_system, image_key, target_image_key, coordinate_system
+    )
+    for in_cs in dict.fromkeys((in_src, in_tgt)):
+        if coordinate_system == in_cs:
+            raise ValueError(f"{named} must differ from input_coordinate_system={in_cs!r}; {fix}.")
     if is_sd:
         check_shapes_name(src, key_added)
     target_spatial_key = target_spatial_key or spatial_key
@@ -686,7 +735,7 @@ def align(
     tgt_elements: list[str] = []
     if is_sd:
         src_elements, tgt_elements = placed_elements(
-            src, tgt, image_key, target_image_key, input_coordinate_system, warn=inplace
+            src, tgt, image_key, target_image_key, in_src, target_in_cs=in_tgt, warn=inplace, hint=cs_hint
         )
         check_spot_frame(src, spatial_key, "source")
         if inplace:  # what a write replaces or leaves out
@@ -695,10 +744,8 @@ def align(
             )
         if is_spatialdata(tgt.data):
             check_spot_frame(tgt, target_spatial_key, "target")
-        source_frame = source_to_cs(src, input_coordinate_system)
-        target_frame = target_to_cs(
-            tgt, target_spatial_key, spatial_key, input_coordinate_system, coordinate_system
-        )
+        source_frame = source_to_cs(src, in_src)
+        target_frame = target_to_cs(tgt, target_spatial_key, spatial_key, in_tgt, coordinate_system)
     if key_src is not None:
         f_src, f_tgt, ratio = embedding_features(emb_src, emb_tgt, n_pcs)
     else:
@@ -788,7 +835,7 @@ def align(
             "seed": seed,
             "spatial_key": spatial_key,
             "target_spatial_key": target_spatial_key,
-            "input_coordinate_system": input_coordinate_system,
+            "input_coordinate_system": in_src,
             "pre_align": pre_align,
             "n_rotations": int(n_rotations),
             "n_pcs": int(n_pcs),
@@ -810,6 +857,8 @@ def align(
         },
     }
 
+    if in_tgt != in_src:  # each section's own (neither named by the caller)
+        info["params"]["target_input_coordinate_system"] = in_tgt
     info = {k: v for k, v in info.items() if v is not None}  # None cannot be written to h5ad/zarr
     # maps input_coordinate_system into coordinate_system: the source table's frame to the target's
     placement = target_frame @ matrix @ np.linalg.inv(source_frame) if is_sd else matrix.copy()
@@ -828,10 +877,11 @@ def align(
                     tgt_elements,
                     placement,
                     shapes,
-                    input_coordinate_system,
+                    in_src,
                     coordinate_system,
                     set_target=same_object or is_spatialdata(tgt.data),
                     target_placed=target_spatial_key != spatial_key,
+                    target_in_cs=in_tgt,
                 )
             write_obsm(table, key_added, coords)
             write_uns(table, key_added, info)
@@ -1093,7 +1143,9 @@ def _check_stack(
     Besides each call's own checks, an element may be placed by one section of the stack only: two
     sections sharing it (one slide image) would each place it with their own transformation.
     """
-    input_cs = kwargs.get("input_coordinate_system", Key.GLOBAL_CS)
+    given = kwargs.get("input_coordinate_system")
+    stack_cs = kwargs.get("coordinate_system") or _default_coordinate_system(key_added)
+    aligned = {stack_cs, *aligned_coordinate_systems(*(obj for obj, _ in by_name.values()))}
 
     def section(name: str) -> Section:
         obj, key = by_name[name]
@@ -1116,8 +1168,15 @@ def _check_stack(
         stack = [
             by_name[n][1] for n in [target, *(p[1] for p in plan)] if n != name and by_name[n][0] is sec.data
         ]
+        input_cs = given if given is not None else section_input_cs(sec, image_key, role, aligned)
         elements = section_elements(sec, image_key, input_cs, role, others=stack, warn=False)
-        check_cs(sec, elements, input_cs, f"section {name!r}")
+        check_cs(
+            sec,
+            elements,
+            input_cs,
+            f"section {name!r}",
+            hint=None if given is not None else _INPUT_CS_HINT,
+        )
         check_spot_frame(sec, spatial_key, role)
         if role == "source" and shapes_name(sec, key_added) is not None:
             # the circles of aligned spots are built only after the alignment: check now that the

@@ -26,6 +26,7 @@ from loki._utils._spatialdata import (
     _stored_image_key,
     affine_to,
     check_own_coordinates,
+    default_coordinate_system,
     instance_ids,
     is_spatialdata,
     section_image_key,
@@ -210,6 +211,32 @@ def _warn_images_of_other_sections(section: Section, images: list[str], role: st
             )
 
 
+def section_input_cs(section: Section, image_key: ImageKeys, role: str, aligned: Collection[str] = ()) -> str:
+    """The coordinate system a section lies in before an alignment, when the caller names none.
+
+    As elsewhere in loki (:func:`~loki._utils._spatialdata.default_coordinate_system`), ``"global"``
+    when the section's spots and image are in it, else the one coordinate system they share. The
+    ``aligned`` systems (those alignments placed sections in: the output of this call and the ones
+    recorded in ``.uns['loki']``) do not count, so that a section read into a system of its own is
+    found there again after an alignment placed it in ``"aligned"`` too. Several shared systems, none
+    of them ``"global"``, are refused with a KeyError naming them; none shared: ``"global"``, whose
+    absence :func:`check_cs` names with the systems that exist. An AnnData section lies in ``"global"``.
+    """
+    if not is_spatialdata(section.data):
+        return Key.GLOBAL_CS
+    sdata = section.data
+    images = _image_keys(image_key, "target_image_key" if role == "target" else "image_key")
+    if not images and len(sdata.images) and section.key is not None:
+        try:
+            images.append(section_image_key(sdata, section.key, None))
+        except KeyError:  # no image of its own: the spots alone decide
+            pass
+    elements = [section_shapes(sdata, section.table), *(sdata.images[k] for k in images if k in sdata.images)]
+    return default_coordinate_system(
+        elements, ignore=aligned, what=f"The {role}'s spots and image", keyword="input_coordinate_system"
+    )
+
+
 def placed_elements(
     src: Section,
     tgt: Section,
@@ -217,24 +244,29 @@ def placed_elements(
     target_image_key: ImageKeys,
     in_cs: str,
     *,
+    target_in_cs: str | None = None,
     warn: bool = True,
+    hint: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """The elements to place of the source and (SpatialData target) the target, checked for :func:`align`.
 
-    With ``warn``, a LokiWarning says when a section of several has no image found, and the elements
-    left out are logged (:func:`section_elements`); ``align(inplace=False)`` passes ``warn=False``.
+    ``in_cs`` is the source's input coordinate system, ``target_in_cs`` the target's (default
+    ``in_cs``); ``hint`` ends the error of an element not in it. With ``warn``, a LokiWarning says when
+    a section of several has no image found, and the elements left out are logged
+    (:func:`section_elements`); ``align(inplace=False)`` passes ``warn=False``.
     """
+    target_in_cs = in_cs if target_in_cs is None else target_in_cs
     one_object = tgt.data is src.data
     src_elements = section_elements(
         src, image_key, in_cs, "source", others=[tgt.key] if one_object else [], warn=warn
     )
-    check_cs(src, src_elements, in_cs, "source")
+    check_cs(src, src_elements, in_cs, "source", hint=hint)
     if not is_spatialdata(tgt.data):
         return src_elements, []
     tgt_elements = section_elements(
-        tgt, target_image_key, in_cs, "target", others=[src.key] if one_object else [], warn=warn
+        tgt, target_image_key, target_in_cs, "target", others=[src.key] if one_object else [], warn=warn
     )
-    check_cs(tgt, tgt_elements, in_cs, "target")
+    check_cs(tgt, tgt_elements, target_in_cs, "target", hint=hint)
     shared = set(src_elements) & set(tgt_elements) if one_object else set()
     if shared:
         raise ValueError(
@@ -245,16 +277,18 @@ def placed_elements(
     return src_elements, tgt_elements
 
 
-def check_cs(section: Section, elements: list[str], cs: str, role: str) -> None:
+def check_cs(section: Section, elements: list[str], cs: str, role: str, hint: str | None = None) -> None:
+    """Every element must have a transformation to ``cs``: a KeyError names the systems it has (and ``hint``)."""
     from spatialdata.transformations import get_transformation
 
     for name in elements:
         available = list(get_transformation(section.data[name], get_all=True).keys())
         if cs not in available:
-            raise KeyError(
+            message = (
                 f"{role} element {name!r} has no transformation to coordinate system {cs!r}; "
                 f"available: {', '.join(map(repr, available)) or 'none'}."
             )
+            raise KeyError(message if hint is None else f"{message} {hint}")
 
 
 def shapes_name(section: Section, key_added: str) -> str | None:
@@ -534,11 +568,14 @@ def write_spatialdata(
     out_cs: str,
     set_target: bool,
     target_placed: bool,
+    target_in_cs: str | None = None,
 ) -> None:
     """Add the ``(name, element)`` shapes of aligned spots, then the transformations to ``out_cs``.
 
-    ``matrix`` maps ``in_cs`` into ``out_cs`` (the source's placement).
+    ``matrix`` maps ``in_cs`` into ``out_cs`` (the source's placement); the target's elements are
+    placed in ``out_cs`` as they lie in ``target_in_cs`` (default ``in_cs``).
     """
+    target_in_cs = in_cs if target_in_cs is None else target_in_cs
     from spatialdata.transformations import Affine, Sequence, get_transformation, set_transformation
 
     if shapes is not None:  # first: the one write that SpatialData validates
@@ -556,5 +593,7 @@ def write_spatialdata(
             element = tgt.data[name]
             if target_placed and out_cs in get_transformation(element, get_all=True):
                 continue  # its coordinates are an earlier alignment's, e.g. in a stack
-            set_transformation(element, get_transformation(element, in_cs), to_coordinate_system=out_cs)
+            set_transformation(
+                element, get_transformation(element, target_in_cs), to_coordinate_system=out_cs
+            )
             logger.info("set transformation of target %r to coordinate system %r", name, out_cs)
