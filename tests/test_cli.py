@@ -350,9 +350,15 @@ def test_embed_and_tile_a_spatialdata_io_visium_store(visium_store, tmp_path, ca
         main(embed)
     embed += ["--image-key", "heart_hires_image"]
     with pytest.raises(SystemExit) as exit_:
-        main(embed)
+        main([*embed, "--coordinate-system", "global"])
     assert exit_.value.code == 2
     assert "argument --coordinate-system: no coordinate system 'global' in " in capsys.readouterr().err
+    with pytest.raises(  # spatialdata-io places the image in 'heart' and 'heart_downscaled_hires'
+        SystemExit,
+        match=r"share the coordinate systems 'heart_downscaled_hires', 'heart', none of them 'global': pass "
+        "--coordinate-system the one",
+    ):
+        main(embed)
     embed += ["--coordinate-system", "heart"]
     trained_on_200 = _saved_model(tmp_path / "m200", patch_um=200.0)
     with pytest.raises(SystemExit, match=r"trained on 200 µm patches; .*pass --microns-per-unit"):
@@ -392,9 +398,13 @@ def test_embed_and_tile_a_spatialdata_io_visium_store(visium_store, tmp_path, ca
 
     tile = ["tile", str(visium_store), "--image-key", "heart_lowres_image", "--mpp", "5"]
     with pytest.raises(SystemExit) as exit_:
-        main(tile)
+        main([*tile, "--coordinate-system", "global"])
     assert exit_.value.code == 2
     assert "argument --coordinate-system: no coordinate system 'global' in " in capsys.readouterr().err
+    with pytest.raises(
+        SystemExit, match=r"sdata.images\['heart_lowres_image'\] share the coordinate systems"
+    ):
+        main(tile)
     assert main([*tile, "--coordinate-system", "heart"]) == 0
     assert sd.read_zarr(visium_store).tables["heart_lowres_image_tiles"].n_obs > 0
 
@@ -404,6 +414,26 @@ def mob12_zarr(tmp_path):
     path = tmp_path / "mob12.zarr"
     lk.datasets.mob(("MOB1", "MOB2")).write(path)
     return path
+
+
+def test_align_a_store_outside_global_without_naming_its_coordinate_system(tmp_path, capsys):
+    """A store read into "sample1" (as spatialdata-io names systems after the dataset) aligns, and aligns
+    again, without --coordinate-system: its default was 'global', refused as not in the store."""
+    from spatialdata.transformations import get_transformation, set_transformation
+
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    for _, _, element in list(sdata.gen_spatial_elements()):
+        set_transformation(element, {"sample1": get_transformation(element, "global")}, set_all=True)
+    path = tmp_path / "sample1.zarr"
+    sdata.write(path)
+    args = ["align", str(path), "--source", "MOB2", "--target", "MOB1", "--use", "none", "--method", "rigid"]
+    assert main(args) == 0
+    assert main(args) == 0  # 'aligned' is an alignment's, not an input system
+    stored = sd.read_zarr(path)
+    assert set(get_transformation(stored["MOB2_image"], get_all=True)) == {"sample1", "aligned"}
+    assert (
+        stored.tables["MOB2"].uns["loki"]["spatial_aligned"]["params"]["input_coordinate_system"] == "sample1"
+    )
 
 
 def test_align_writes_what_the_api_computes(mob12_zarr, capsys):

@@ -333,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     align.add_argument(
         "--coordinate-system",
-        default="global",
-        help="coordinate system both sections are placed in before the alignment (default: global)",
+        default=None,
+        help="coordinate system both sections are placed in before the alignment (default: each "
+        "section's own: global, else the one its spots and image share)",
     )
     align.add_argument(
         "--aligned-coordinate-system",
@@ -437,9 +438,9 @@ def _add_where(
     parser.add_argument(*image_flags, dest="image", required=required, default=None, help=image_help)
     parser.add_argument(
         "--coordinate-system",
-        default="global",
+        default=None,
         help="coordinate system of the image (and spots) to work in; spatialdata-io names it after the "
-        "dataset (default: global)",
+        "dataset (default: global, else the one the image and the spots share)",
     )
 
 

@@ -152,7 +152,10 @@ def _check_embed_target(sdata, args: argparse.Namespace) -> None:
     _check_coordinate_system(sdata, args.coordinate_system, args.zarr)
 
 
-def _check_coordinate_system(sdata, name: str, zarr: Path) -> None:
+def _check_coordinate_system(sdata, name: str | None, zarr: Path) -> None:
+    """A ``--coordinate-system`` given must be one of the store's (without it, the API chooses)."""
+    if name is None:
+        return
     held = sorted(sdata.coordinate_systems)
     _require_in_store("--coordinate-system", name, held, "coordinate systems", zarr)
 
