@@ -253,11 +253,14 @@ def test_tiny_and_thin_images_get_the_levels_they_can_have(tmp_path):
 def test_bad_slides_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.svs"):
         lk.io.read_slide(tmp_path / "missing.svs")
-    tifffile.imwrite(tmp_path / "u16.tif", np.zeros((64, 64, 3), np.uint16), photometric="rgb")
-    with pytest.raises(
-        ValueError, match=r"u16\.tif: loki reads TIFF slides of 8-bit samples, this one is uint16"
-    ):
-        lk.io.read_slide(tmp_path / "u16.tif")
+    (tmp_path / "scan").mkdir()
+    (tmp_path / "scan" / "Slidedat.ini").write_text("[GENERAL]")
+    # the old message said the folder was not found
+    with pytest.raises(IsADirectoryError, match=r"got the folder .*scan' \(it holds \['Slidedat\.ini'\]\)"):
+        lk.io.read_slide(tmp_path / "scan")
+    tifffile.imwrite(tmp_path / "neg.tif", np.full((64, 64, 3), -5, np.int16), photometric="rgb")
+    with pytest.raises(ValueError, match=r"neg\.tif: a int16 image with negative values"):
+        lk.io.read_slide(tmp_path / "neg.tif")
     tifffile.imwrite(
         tmp_path / "if.tif",
         np.zeros((5, 64, 64), np.uint8),

@@ -48,16 +48,21 @@ def _warn_conversion(what: str, message: str) -> None:
     warnings.warn(f"{what}: {message}", LokiWarning, stacklevel=user_stacklevel())
 
 
-def to_uint8_cyx(cyx: Any, what: str) -> Any:
+def to_uint8_cyx(cyx: Any, what: str, *, read_whole: bool = False) -> Any:
     """A ``(c, y, x)`` image (numpy or dask) as ``(3, y, x)`` uint8 RGB, by :data:`CONVERSION_RULES`.
 
     Parameters
     ----------
     cyx
-        The image, channels first. A dask array stays lazy when it is uint8; other dtypes are read
-        once to find their range.
+        The image, channels first. A dask array stays lazy when it is uint8; of other dtypes, one
+        is read block by block to find its range, and converted lazily.
     what
         Names the image (file or element) in warnings and errors.
+    read_whole
+        For a dask array of another dtype than uint8 whose every computation decodes its whole file
+        (as those of spatialdata-io's image readers do), or of a single block: it is read once and
+        converted in memory, and the result (uint8, half the size of a 16-bit image) is held as a
+        dask array, so that neither finding the range nor later uses decode the file again.
 
     Returns
     -------
@@ -79,7 +84,17 @@ def to_uint8_cyx(cyx: Any, what: str) -> Any:
         )
     # grey (and alpha): its one channel is converted, then repeated; the alpha channel of RGBA is dropped
     grey = n <= 2
-    rgb = _as_uint8(cyx[:1] if grey else cyx[:3], what)
+    part = cyx[:1] if grey else cyx[:3]
+    lazy = not isinstance(cyx, np.ndarray)
+    if lazy and np.dtype(cyx.dtype) != np.uint8 and (read_whole or all(len(c) == 1 for c in part.chunks)):
+        # its range and its conversion would each decode the whole file (and so would every later
+        # use of the lazy result: each patch, each pyramid level written); read it once
+        import dask.array as da
+
+        rgb = _as_uint8(np.asarray(part), what)
+        rgb = _stack([rgb] * 3) if grey else rgb
+        return da.from_array(rgb, chunks=_CHUNKS)
+    rgb = _as_uint8(part, what)
     return _stack([rgb] * 3) if grey else rgb
 
 
@@ -88,12 +103,31 @@ def _as_uint8(cyx: Any, what: str) -> Any:
     dtype = np.dtype(cyx.dtype)
     if dtype == np.uint8:
         return cyx
-    if dtype.kind not in "uif":
+    check_pixel_dtype(dtype, what)
+    return scaled_to_uint8(cyx, uint8_factor(dtype, *_range(cyx), what))
+
+
+def check_pixel_dtype(dtype: Any, what: str) -> None:
+    """Raise a ValueError unless ``dtype`` holds integers or floats (not booleans or complex numbers)."""
+    if np.dtype(dtype).kind not in "uif":
         raise ValueError(f"{what}: pixels of dtype {dtype}; loki reads integer or float RGB images.")
-    lo, hi, finite = _range(cyx)
+
+
+def uint8_factor(dtype: Any, lo: Any, hi: Any, finite: bool, what: str, where: str = "") -> float:
+    """The factor that takes pixels of ``dtype`` with values ``lo`` to ``hi`` to uint8, with its warning.
+
+    By :data:`CONVERSION_RULES`; ``where`` (e.g. ``" in its coarsest level"``) follows the values in
+    the warning and errors, when they were found in part of the image.
+
+    Raises
+    ------
+    ValueError
+        As :func:`to_uint8_cyx`.
+    """
+    dtype = np.dtype(dtype)
     if dtype.kind == "f":
         if not finite:
-            raise ValueError(f"{what}: a {dtype} image with NaN or infinite values.")
+            raise ValueError(f"{what}: a {dtype} image with NaN or infinite values{where}.")
         if lo < 0 or hi > 255 or 1 + _FLOAT_TOL < hi < 2:
             why = (
                 "values below 0 or above 255"
@@ -101,20 +135,20 @@ def _as_uint8(cyx: Any, what: str) -> Any:
                 else "neither [0, 1] (values above 1) nor a plausible [0, 255] image (maximum below 2)"
             )
             raise ValueError(
-                f"{what}: a {dtype} image with values {lo:g} to {hi:g}: {why}. loki reads float images as "
+                f"{what}: a {dtype} image with values {lo:g} to {hi:g}{where}: {why}. loki reads float images as "
                 "[0, 1] (all values in it) or [0, 255] (maximum 2-255); convert it to uint8 RGB first."
             )
         unit = hi <= 1 + _FLOAT_TOL
-        scale = 255.0 if unit else 1.0
         _warn_conversion(
             what,
-            f"{dtype} pixels with values {lo:g} to {hi:g}, read as {'[0, 1]' if unit else '[0, 255]'}: "
+            f"{dtype} pixels with values {lo:g} to {hi:g}{where}, read as {'[0, 1]' if unit else '[0, 255]'}: "
             f"{'scaled by 255, ' if unit else ''}rounded to uint8 (loki stores 8-bit RGB).",
         )
-        return _scaled(cyx, scale)
+        return 255.0 if unit else 1.0
     if lo < 0:
         raise ValueError(
-            f"{what}: a {dtype} image with negative values (minimum {lo}); loki reads RGB 0 to 2**bits - 1."
+            f"{what}: a {dtype} image with negative values (minimum {lo}{where}); loki reads RGB 0 to "
+            "2**bits - 1."
         )
     bits = next((b for b in _BIT_DEPTHS if hi < 2**b), int(hi).bit_length())
     full = 2**bits - 1
@@ -125,10 +159,10 @@ def _as_uint8(cyx: Any, what: str) -> Any:
     )
     _warn_conversion(
         what,
-        f"{dtype} pixels with values {lo} to {hi}, read as {bits}-bit data ({why}): scaled by "
+        f"{dtype} pixels with values {lo} to {hi}{where}, read as {bits}-bit data ({why}): scaled by "
         f"255 / {full} to uint8 (loki stores 8-bit RGB).",
     )
-    return _scaled(cyx, 255.0 / full)
+    return 255.0 / full
 
 
 def _stack(parts: list) -> Any:
@@ -165,12 +199,17 @@ def _range(cyx: Any) -> tuple[Any, Any, bool]:
     return int(lo), int(hi), True
 
 
-def _scaled(cyx: Any, factor: float) -> Any:
-    """``rint(cyx * factor)`` as uint8 (values already checked to land in 0-255), block by block."""
+def scaled_to_uint8(cyx: Any, factor: float, *, rechunk: bool = True) -> Any:
+    """``rint(cyx * factor)`` as uint8, clipped to 0-255, block by block (numpy or lazily for dask).
+
+    ``rechunk=False`` keeps a dask array's blocks (e.g. whole tiles of a file) as they are.
+    """
 
     def convert(block: np.ndarray) -> np.ndarray:
         # float32 (not float64): 2 bytes more a 16-bit sample, not 6, while a block is converted
         out = np.multiply(block, np.float32(factor), dtype=np.float32)
+        if block.dtype.kind == "f":  # NaN where a slide's range was found in its coarsest level only
+            np.nan_to_num(out, copy=False, nan=0.0)
         return np.clip(np.rint(out, out=out), 0, 255, out=out).astype(np.uint8)
 
     if isinstance(cyx, np.ndarray):
@@ -181,8 +220,7 @@ def _scaled(cyx: Any, factor: float) -> Any:
         for y, step in _row_blocks(cyx):
             out[:, y : y + step] = convert(cyx[:, y : y + step])
         return out
-    # readers hand a plain image over as one block; convert it in the blocks it is stored in
-    return cyx.rechunk(_CHUNKS).map_blocks(convert, dtype=np.uint8)
+    return (cyx.rechunk(_CHUNKS) if rechunk else cyx).map_blocks(convert, dtype=np.uint8)
 
 
 def _row_blocks(cyx: np.ndarray, values: int = _BLOCK_VALUES) -> list[tuple[int, int]]:

@@ -20,7 +20,14 @@ from loki._logging import logger
 from loki._utils import check_element_name
 from loki._utils._spatialdata import image_levels
 
-from ._image import parse_cyx_image, parse_rgb_image, read_rgb
+from ._image import (
+    check_pixel_dtype,
+    parse_cyx_image,
+    parse_rgb_image,
+    read_rgb,
+    scaled_to_uint8,
+    uint8_factor,
+)
 from ._tiff_tiles import TileReader, whole_tiles
 
 if TYPE_CHECKING:
@@ -84,17 +91,23 @@ def read_slide(
     -------
     A SpatialData with ``images[name]`` (uint8, channels ``r, g, b``; an alpha channel is dropped,
     grey is repeated) and, when the pixel size is known, ``attrs['loki']['microns_per_pixel'][name]``.
-    A file that is not a TIFF and holds 16-bit or float pixels is scaled to uint8 with a
-    :class:`loki.LokiWarning`, by the rules of :func:`loki.io.read_visium`.
+    16-bit, other integer and float pixels are scaled to uint8 with a :class:`loki.LokiWarning`
+    saying how, by the rules of :func:`loki.io.read_visium` (e.g. uint16 with values up to 4095 is
+    12-bit data, scaled by 255 / 4095). A TIFF stays lazy: the range of its values is found in the
+    coarsest level it stores (a single-level TIFF is read once for it, block by block), and each
+    level is converted as its blocks are read; a pixel of a finer level brighter than that range
+    allows becomes 255.
 
     Raises
     ------
     FileNotFoundError
         No such file.
+    IsADirectoryError
+        ``path`` is a folder (its files are named).
     ValueError
-        A TIFF of other than 8-bit samples (finding the range of 16-bit or float pixels would read the
-        whole slide); a 16-bit colour PNG; not a grey, RGB or RGBA image; several focal planes, time points or channels other than
-        colour; a ``series`` the file does not hold; a format neither TIFF-based nor readable by PIL (MIRAX, VSI, DICOM: convert them to
+        A 16-bit colour PNG; not a grey, RGB or RGBA image; pixels the rules above do not read (e.g.
+        floats from 0 to 1.5, negative values); several focal planes, time points or channels other
+        than colour; a ``series`` the file does not hold; a format neither TIFF-based nor readable by PIL (MIRAX, VSI, DICOM: convert them to
         OME-TIFF); a ``microns_per_pixel`` that is not a positive number.
 
     """
@@ -102,6 +115,13 @@ def read_slide(
     from spatialdata.transformations import Identity
 
     path = Path(path)
+    if path.is_dir():
+        held = sorted(p.name for p in path.iterdir())
+        raise IsADirectoryError(
+            f"read_slide reads one image file, got the folder {str(path)!r} (it holds {held[:10]}"
+            f"{f' and {len(held) - 10} more' if len(held) > 10 else ''}); pass the slide file in it. A "
+            "Space Ranger folder is read by lk.io.read_visium; MIRAX and VSI slides: convert them to OME-TIFF."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"Slide file not found: {str(path)!r}.")
     if microns_per_pixel is not None and not (np.isfinite(microns_per_pixel) and microns_per_pixel > 0):
@@ -213,8 +233,44 @@ def _tiff_levels(path: Path, index: int = 0) -> tuple[list, float | None, str]:
                     for ax, c, n in zip(axes, array.chunks, array.shape, strict=True)
                 )
                 levels[i] = (da.from_zarr(array, chunks=chunks), axes)
-    cyx = [_as_cyx(data, axes, path.name, alpha=alpha) for data, axes in levels]
+    cyx = _to_uint8([_as_cyx(data, axes, path.name, alpha=alpha) for data, axes in levels], path.name)
+    # grey is repeated to RGB after any conversion (converting one channel, not three)
+    cyx = [da.concatenate([c] * 3) if c.shape[0] == 1 else c for c in cyx]
     return [_ycbcr_to_rgb(c) if y else c for c, y in zip(cyx, ycbcr, strict=True)], mpp, source
+
+
+def _to_uint8(levels: list, what: str) -> list:
+    """Lazy levels of 16-bit, float, ... samples as uint8, by one factor found in the coarsest level.
+
+    The rules of :data:`loki.io._image.CONVERSION_RULES` (those of read_visium and read_legacy_st),
+    with the range of values found in the coarsest level the file stores: reading the full
+    resolution of a slide for it would take as long as reading the whole slide. A level averages
+    the finer ones, so its range is a little narrower than the full resolution's; the bit depth of
+    integers (8, 10, 12, 14 or 16 bits) is taken from it, and any brighter pixel of a finer level
+    becomes 255. Nothing is read for uint8 files; each level is converted block by block when read.
+    """
+    dtype = np.dtype(levels[0].dtype)
+    if dtype == np.uint8:
+        return levels
+    check_pixel_dtype(dtype, what)
+    coarsest = levels[-1]
+    height, width = (int(n) for n in coarsest.shape[1:])
+    where = (
+        f" (found in its coarsest stored level, {width} x {height} px, not read whole at full resolution)"
+        if len(levels) > 1
+        else ""
+    )
+    import dask
+
+    if dtype.kind == "f":
+        lo, hi, finite = dask.compute(coarsest.min(), coarsest.max(), np.isfinite(coarsest).all())
+        lo, hi = (float("nan"), float("nan")) if not finite else (float(lo), float(hi))
+    else:
+        lo, hi = (int(v) for v in dask.compute(coarsest.min(), coarsest.max()))
+        finite = True
+    factor = uint8_factor(dtype, lo, hi, bool(finite), what, where)
+    # blocks kept as stored: whole tiles, each read once
+    return [scaled_to_uint8(level, factor, rechunk=False) for level in levels]
 
 
 def _ycbcr_to_rgb(cyx):
@@ -231,19 +287,11 @@ def _ycbcr_to_rgb(cyx):
 
 
 def _as_cyx(data, axes: str, what: str, *, alpha: bool = False):
-    """A lazy ``(3, y, x)`` uint8 view of one stored level with tifffile's axes (e.g. ``ZYXS``).
+    """A lazy ``(3, y, x)`` (RGB) or ``(1, y, x)`` (grey) view of one stored level with tifffile's axes.
 
-    ``alpha``: the last sample is an extra (alpha) channel, so two samples are grey and alpha.
+    Axes as tifffile names them (e.g. ``ZYXS``); samples of the file's dtype. ``alpha``: the last
+    sample is an extra (alpha) channel, so two samples are grey and alpha.
     """
-    import dask.array as da
-
-    if data.dtype != np.uint8:
-        raise ValueError(
-            f"{what}: loki reads TIFF slides of 8-bit samples, this one is {data.dtype} (scaling it to 8 bits "
-            "would read the whole slide first to find its range); convert it to 8-bit RGB, e.g. "
-            "`vips scale` or tifffile, or pass it to lk.io.read_legacy_st / lk.io.read_visium, which "
-            "load it into memory and scale it."
-        )
     index = []
     for ax, n in zip(axes, data.shape, strict=True):
         if ax in "YXSC":
@@ -264,7 +312,7 @@ def _as_cyx(data, axes: str, what: str, *, alpha: bool = False):
         data, kept, colour = data[None], ["S", *kept], ["S"]
     data = data.transpose([kept.index(colour[0]), kept.index("Y"), kept.index("X")])
     if data.shape[0] == 1 or (data.shape[0] == 2 and alpha):
-        return da.concatenate([data[:1]] * 3)
+        return data[:1]
     if data.shape[0] not in (3, 4):
         raise ValueError(
             f"{what}: {data.shape[0]} channels; loki reads RGB or RGBA brightfield images, not "

@@ -139,7 +139,7 @@ def section_images(
     ``raw_images`` are keyed ``f"{raw_name}_{kind}_image"``, each with a transformation into the
     coordinate system ``raw_name`` that maps it to full resolution; ``sources`` names the file of
     each kind for the messages. Each image becomes 8-bit RGB (:func:`to_uint8_cyx`; uint8 stays lazy,
-    the alpha channel some Space Ranger PNGs carry dropped), a loki pyramid placed in
+    others are read once and held converted, the alpha channel some Space Ranger PNGs carry dropped), a loki pyramid placed in
     ``coordinate_system`` (full-resolution pixels). ``image_key`` is the finest: the full-resolution
     image, else hires, else lowres, else the first; None without images.
     """
@@ -153,7 +153,9 @@ def section_images(
         source = sources.get(kind)
         out_key = f"{name}_{kind}_image"
         what = f"image {out_key!r}" + (f" ({str(source)!r})" if source else "")
-        images[out_key] = parse_cyx_image(to_uint8_cyx(level.data, what), {coordinate_system: to_fullres})
+        # spatialdata-io decodes each image file whole, whatever the blocks of its dask array
+        rgb = to_uint8_cyx(level.data, what, read_whole=True)
+        images[out_key] = parse_cyx_image(rgb, {coordinate_system: to_fullres})
     # the finest image: patches cut from the hires PNG (about 15 px a spot) would be upsampled
     image_key = next(
         (k for k in (f"{name}_full_image", f"{name}_hires_image", f"{name}_lowres_image") if k in images),
