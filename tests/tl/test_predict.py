@@ -418,3 +418,23 @@ def test_loso_takes_the_tables_of_a_spatialdata_by_section_name():
         lk.tl.predict_expression_loso(list(tables.values()))
     with pytest.raises(TypeError, match=r"sections\['A'\] must be an AnnData or a SpatialData, got ndarray"):
         lk.tl.predict_expression_loso({"A": np.zeros((3, 3)), "B": tables["B"]})
+
+
+def test_a_reference_of_several_tables_names_reference_table_key():
+    """The error named ``table_key=``, which predict_expression does not take."""
+    import loki as lk
+
+    sdata = lk.datasets.mob(("MOB1", "MOB2"))
+    rng = np.random.default_rng(0)
+    for table in sdata.tables.values():
+        table.obsm[lk.Key.TEXT] = rng.standard_normal((table.n_obs, 8)).astype(np.float32)
+    query = rng.standard_normal((5, 8)).astype(np.float32)
+    with pytest.raises(
+        ValueError,
+        match=r"reference SpatialData holds 2 tables \('MOB1', 'MOB2'\); pass reference_table_key=",
+    ):
+        lk.tl.predict_expression(query, sdata)
+    assert (
+        lk.tl.predict_expression(query, sdata, reference_table_key="MOB2").n_vars
+        == sdata.tables["MOB2"].n_vars
+    )

@@ -29,11 +29,11 @@ from loki._utils import (
 from loki._utils._backed import read_matrix
 from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._rng import SeedLike, as_seed
-from loki._utils._spatialdata import get_table, is_spatialdata
+from loki._utils._spatialdata import is_spatialdata
 from loki._utils._threads import keep_torch_threads
 
 from ._candidates import Search, check_search, topk_cosine_pca
-from ._retrieve import _check_pair, embeddings_of, l2_normalize, topk_cosine
+from ._retrieve import _check_pair, embeddings_of, l2_normalize, table_of, topk_cosine
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -332,7 +332,7 @@ def predict_expression(
     if copy and (output != "layer" or is_spatialdata(query)):
         raise ValueError("copy=True applies to output='layer' on an AnnData query.")
     q, q_names = embeddings_of(query, use_query, query_table_key, "query")
-    ref_table = get_table(reference, reference_table_key)
+    ref_table = table_of(reference, reference_table_key, "reference")
     require_keys(ref_table.obsm, use_reference, "reference.obsm")
     ref = embeddings_of(ref_table, use_reference, None, "reference")[0]
     warn_if_models_differ(
@@ -357,7 +357,9 @@ def predict_expression(
             "lk.pp.tile_image, are a query)."
         )
     query_table = (
-        get_table(query, query_table_key) if isinstance(query, AnnData) or is_spatialdata(query) else None
+        table_of(query, query_table_key, "query")
+        if isinstance(query, AnnData) or is_spatialdata(query)
+        else None
     )
     if output == "layer":
         if query_table is None:

@@ -211,6 +211,20 @@ def _check_pair(q: np.ndarray, bank, k: int) -> None:
         raise ValueError("queries contain NaN or infinite values.")
 
 
+def table_of(data, table_key: str | None, what: str) -> AnnData:
+    """The table of an AnnData or SpatialData ``what`` (``"query"``, ``"reference"``, ...).
+
+    A SpatialData of several tables without ``table_key`` is refused naming its tables and the
+    ``{what}_table_key`` parameter of the calling tool.
+    """
+    if is_spatialdata(data) and table_key is None and len(data.tables) != 1:
+        raise ValueError(
+            f"The {what} SpatialData holds {len(data.tables)} tables "
+            f"({', '.join(map(repr, data.tables.keys())) or 'none'}); pass {what}_table_key= to choose one."
+        )
+    return get_table(data, table_key)
+
+
 def embeddings_of(data, use: str, table_key: str | None, what: str) -> tuple[np.ndarray, pd.Index]:
     """Embedding matrix and row names of an AnnData / SpatialData (``.obsm[use]``) or a plain array.
 
@@ -219,12 +233,7 @@ def embeddings_of(data, use: str, table_key: str | None, what: str) -> tuple[np.
     ``{what}_table_key`` parameter.
     """
     if isinstance(data, AnnData) or is_spatialdata(data):
-        if is_spatialdata(data) and table_key is None and len(data.tables) != 1:
-            raise ValueError(
-                f"The {what} SpatialData holds {len(data.tables)} tables "
-                f"({', '.join(map(repr, data.tables.keys())) or 'none'}); pass {what}_table_key= to choose one."
-            )
-        table = get_table(data, table_key)
+        table = table_of(data, table_key, what)
         require_keys(table.obsm, use, f"{what}.obsm")
         emb, names = table.obsm[use], pd.Index(table.obs_names)
         where = f"{what}.obsm[{use!r}]"
