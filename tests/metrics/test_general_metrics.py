@@ -562,3 +562,27 @@ def test_mse_matches_truth_and_prediction_by_label():
     )
     with pytest.raises(ValueError, match=r"only in y_true: 'Apoe'; only in y_pred: 'Ptgds'"):
         metrics.mse(truth, shuffled.rename(columns={"Apoe": "Ptgds"}))
+
+
+def test_default_labels_are_matched_when_the_other_side_holds_them_in_another_order():
+    """``a[::-1]`` of a Series (or frame) built from an array keeps its labels 4, 3, 2, 1, 0: the
+    default 0..n-1 of ``a`` made the pair positional, so ``mse(a, a[::-1])`` read 8.0, not 0."""
+    a = pd.Series([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert metrics.mse(a, a[::-1]) == 0.0
+    assert metrics.mse(a[::-1], a) == 0.0
+    assert metrics.pearson(a, a.sort_values(ascending=False)) == pytest.approx(1.0)
+    truth = pd.DataFrame(np.random.default_rng(2).random((6, 3)))
+    shuffled = truth.sample(frac=1, random_state=0)
+    assert metrics.js_divergence(truth, shuffled, axis=1) == pytest.approx(np.zeros(6), abs=1e-12)
+    # other labels against default ones stay positional (a frame built from an array)
+    named = truth.set_axis([f"s{i}" for i in range(6)])
+    assert metrics.mse(named, truth) == 0.0
+
+
+def test_multiindex_labels_that_differ_are_named():
+    """The old message failed in pandas' words ("Setting a MultiIndex dtype to anything other than
+    object is not supported") while building its hint."""
+    x = pd.Series([1.0, 2.0, 3.0], index=pd.MultiIndex.from_tuples([("a", 1), ("a", 2), ("b", 1)]))
+    y = pd.Series([1.0, 2.0, 3.0], index=pd.MultiIndex.from_tuples([("a", 1), ("a", 2), ("c", 1)]))
+    with pytest.raises(ValueError, match=r"only in y_true: \('b', 1\); only in y_pred: \('c', 1\)"):
+        metrics.mse(x, y)

@@ -35,7 +35,8 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.nd
         AnnData, taken as ``.to_df()``) are matched by their labels: ``y``'s rows and columns are put
         in ``x``'s order, e.g. a measured and a predicted spots x genes table whose genes are in
         different orders, and labels that differ raise a ValueError naming them. Default labels
-        (0, 1, 2, ...) on either side are matched by position.
+        (0, 1, 2, ...) on either side are matched by position, unless the other side holds the same
+        labels in another order (``a`` and ``a[::-1]``).
     axis
         Axis along which the pairs run: ``axis=0`` on a spots x genes matrix gives one coefficient
         per gene, ``axis=1`` one per spot. ``None`` flattens both arrays.

@@ -54,7 +54,8 @@ def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> float | np.nd
         Non-negative arrays of the same shape. Two DataFrames (or two Series) are matched by their
         labels: ``q``'s rows and columns are put in ``p``'s order (a truth and a prediction may list
         the cell types in different orders), and labels that differ raise a ValueError naming them.
-        Default labels (0, 1, 2, ...) on either side are matched by position.
+        Default labels (0, 1, 2, ...) on either side are matched by position, unless the other side
+        holds the same labels in another order (``a`` and ``a[::-1]``).
     axis
         Axis holding the distribution.
 

@@ -13,6 +13,11 @@ def _is_positional(labels: pd.Index) -> bool:
     return isinstance(labels, pd.RangeIndex) and labels.start == 0 and labels.step == 1
 
 
+def _reordered(mine: pd.Index, theirs: pd.Index) -> bool:
+    """Whether ``theirs`` holds ``mine``'s labels, each once, in another order (``a[::-1]`` of ``a``)."""
+    return len(mine) == len(theirs) and mine.is_unique and theirs.is_unique and bool(theirs.isin(mine).all())
+
+
 def align_labels(first, second, names: tuple[str, str]):
     """``second`` with its rows and columns in the order of ``first``'s labels, when both are pandas.
 
@@ -20,7 +25,9 @@ def align_labels(first, second, names: tuple[str, str]):
     prediction must be: :func:`loki.pp.pseudo_spots` and :func:`loki.tl.decompose` can order the same
     cell types differently, and as arrays the columns would be compared by position. Labels that
     differ as sets raise a ValueError naming them. Default labels (0, 1, 2, ..., a frame built from an
-    array) on either side, or anything other than two pandas objects of one kind, stay positional.
+    array) on either side stay positional unless the other side holds those same labels in another
+    order (``a`` and ``a[::-1]`` of a Series built from an array); anything other than two pandas
+    objects of one kind stays positional.
     """
     kinds = (pd.DataFrame, pd.Series)
     if not any(isinstance(first, k) and isinstance(second, k) for k in kinds):
@@ -28,7 +35,9 @@ def align_labels(first, second, names: tuple[str, str]):
     axes = [("rows", "index")] + ([("columns", "columns")] if isinstance(first, pd.DataFrame) else [])
     for what, attr in axes:
         mine, theirs = getattr(first, attr), getattr(second, attr)
-        if mine.equals(theirs) or _is_positional(mine) or _is_positional(theirs):
+        if mine.equals(theirs):
+            continue
+        if (_is_positional(mine) or _is_positional(theirs)) and not _reordered(mine, theirs):
             continue
         only_first, only_second = mine.difference(theirs), theirs.difference(mine)
         if len(only_first) or len(only_second) or mine.has_duplicates or theirs.has_duplicates:
@@ -37,7 +46,7 @@ def align_labels(first, second, names: tuple[str, str]):
                 if len(only_first) or len(only_second)
                 else "the same labels, but repeated ones, which cannot be matched"
             )
-            if len(only_first) and set(mine.astype(str)) == set(theirs.astype(str)):
+            if len(only_first) and set(map(str, mine)) == set(map(str, theirs)):
                 detail += (
                     "; the same as text, but of different types: make both strings, e.g. "
                     f"{names[0]}.{attr} = {names[0]}.{attr}.astype(str) and so for {names[1]}"

@@ -32,7 +32,8 @@ def ssim(
         n values, or n x c (e.g. proportions of c cell types: one SSIM per column). Two DataFrames
         (or two Series) are matched by their labels: ``values_pred`` is put in the order of
         ``values_true``'s rows and columns, and labels that differ raise a ValueError naming them
-        (default labels 0, 1, 2, ... are matched by position).
+        (default labels 0, 1, 2, ... are matched by position, unless the other side holds them in
+        another order).
     data_range
         Value range for the constants; default: max - min of both inputs and 0, per column (1 for
         proportions that reach 0 and 1).
