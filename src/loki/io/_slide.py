@@ -96,7 +96,11 @@ def read_slide(
     12-bit data, scaled by 255 / 4095). A TIFF stays lazy: the range of its values is found in the
     coarsest level it stores (a single-level TIFF is read once for it, block by block), and each
     level is converted as its blocks are read; a pixel of a finer level brighter than that range
-    allows becomes 255.
+    allows becomes 255, and a NaN of a finer level of a float slide becomes 0. A coarse level drawn
+    by subsampling can miss the brightest pixels; when those cross a bit depth (values up to 999 in
+    the coarsest level, 1,100 at full resolution) the slide is read as 10-bit instead of 12-bit data,
+    4 times brighter than the other readers would make it. The warning names the range and where it
+    was found: convert such a slide to 8 bits yourself when the range it names is not the data's.
 
     Raises
     ------
@@ -244,10 +248,11 @@ def _to_uint8(levels: list, what: str) -> list:
 
     The rules of :data:`loki.io._image.CONVERSION_RULES` (those of read_visium and read_legacy_st),
     with the range of values found in the coarsest level the file stores: reading the full
-    resolution of a slide for it would take as long as reading the whole slide. A level averages
-    the finer ones, so its range is a little narrower than the full resolution's; the bit depth of
-    integers (8, 10, 12, 14 or 16 bits) is taken from it, and any brighter pixel of a finer level
-    becomes 255. Nothing is read for uint8 files; each level is converted block by block when read.
+    resolution of a slide for it would take as long as reading the whole slide. A coarse level's
+    range is narrower than the full resolution's (by averaging, or by subsampling that misses the
+    brightest pixels); the bit depth of integers (8, 10, 12, 14 or 16 bits) is taken from it, and
+    any brighter pixel of a finer level becomes 255 (NaN of a float slide, 0). Nothing is read for
+    uint8 files; each level is converted block by block when read.
     """
     dtype = np.dtype(levels[0].dtype)
     if dtype == np.uint8:
