@@ -120,7 +120,9 @@ def recall_at_k(
         ``n_candidates`` is required); or the hit table of :func:`loki.tl.retrieve` (then ``targets``
         and ``n_candidates``, the bank's size, are required): a bank too large for the similarity
         matrix is evaluated from its top hits, which must reach the quantile (``k * n_candidates``
-        hits per query; fewer are refused, since a target outside the hits could still count).
+        hits per query; fewer are refused, since a target outside the hits could still count). The
+        ranks are those of the search that made the hits: exact with ``search="exact"``; an
+        approximate search that misses a better candidate ranks the target too high.
     k
         Quantile(s) in (0, 1], e.g. 0.05 for Recall@5%. An integer is refused: ``k=1`` would be
         100 %, not the top hit (for that, pass ``1 / n_candidates``).
