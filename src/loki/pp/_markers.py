@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Literal
 
 import pandas as pd
 
+from loki._logging import LokiWarning, user_stacklevel
 from loki._utils import require_keys
 
 MarkerFormat = Literal["sctype", "panglaodb", "cellmarker"]
@@ -54,6 +56,47 @@ def _split_genes(cell: object) -> list[str]:
     return [g.strip() for g in cell.replace(";", ",").split(",") if g.strip()]
 
 
+def _fold(name: str) -> str:
+    """``name`` ignoring case and the kind and number of spaces (no-break spaces, doubled spaces)."""
+    return " ".join(name.split()).casefold()
+
+
+def _near_spellings(wanted: Sequence[str], names: Sequence[str]) -> str | None:
+    """A sentence naming the classes spelled like ``wanted`` but for case or spacing, or None."""
+    by_fold: dict[str, list[str]] = {}
+    for name in names:
+        by_fold.setdefault(_fold(name), []).append(name)
+    pairs = [
+        f"{w!r}: {', '.join(map(repr, by_fold[_fold(w)]))}"
+        for w in wanted
+        if w not in names and _fold(w) in by_fold
+    ]
+    if not pairs:
+        return None
+    return f"Spelled differently (case or spaces) in the table: {'; '.join(pairs)}."
+
+
+def _warn_case_variants(markers: dict[str, list[str]], name: str) -> None:
+    """Warn of classes whose names differ only in case or spacing: likely one cell type spelled twice."""
+    by_fold: dict[str, list[str]] = {}
+    for cls in markers:
+        by_fold.setdefault(_fold(cls), []).append(cls)
+    groups = [g for g in by_fold.values() if len(g) > 1]
+    if not groups:
+        return
+    shown = "; ".join(" / ".join(map(repr, g)) for g in groups[:5])
+    # the hint keeps the plainly spaced spelling (not a no-break or doubled space)
+    a, b = sorted(groups[0], key=lambda n: " ".join(n.split()) != n)[:2]
+    warnings.warn(
+        f"read_markers: {len(groups)} group(s) of classes in {name} differ only in case or spacing "
+        f"({shown}{'; ...' if len(groups) > 5 else ''}). They are kept as separate classes, which "
+        f"compete for the same spots; if each is one cell type, merge them, e.g. "
+        f"markers[{a!r}] += markers.pop({b!r}).",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
 def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
 
@@ -67,7 +110,7 @@ def read_markers(
     canonical_only: bool = False,
     format: MarkerFormat | None = None,
 ) -> dict[str, list[str]]:
-    """Read a marker-gene table into ``{class: [marker genes]}`` for :func:`loki.tl.annotate`.
+    r"""Read a marker-gene table into ``{class: [marker genes]}`` for :func:`loki.tl.annotate`.
 
     Supported formats (detected from the columns): ScTypeDB xlsx (``tissueType``, ``cellName``,
     positive markers in ``geneSymbolmore1``), PanglaoDB tsv (``organ``, ``cell type``,
@@ -86,7 +129,9 @@ def read_markers(
         Symbols stay as in the table (upper case); annotation matches them to the data's genes
         ignoring case.
     cell_types
-        Keep only these classes (names as in the table).
+        Keep only these classes (names as in the table, matched exactly; a name missing from the
+        table is an error that lists the table's spellings of it that differ only in case or spaces,
+        e.g. a no-break space in CellMarker's ``'CD8+\xa0intraepithelial cell'``).
     canonical_only
         PanglaoDB only: keep canonical markers.
     format
@@ -94,7 +139,9 @@ def read_markers(
 
     Returns
     -------
-    Class name -> list of gene symbols.
+    Class name -> list of gene symbols. Class names are kept as the table spells them: classes whose
+    names differ only in case or spacing (CellMarker 2.0 has ``'Naive B Cell'`` and
+    ``'Naive B cell'``) stay separate classes, and a :class:`~loki.LokiWarning` names them.
 
     Raises
     ------
@@ -140,8 +187,12 @@ def read_markers(
         table = table[table["canonical marker"] == 1]
     if cell_types is not None:
         cell_types = _as_list(cell_types)
+        present = list(table[class_col].dropna().astype(str).unique())
         require_keys(
-            table[class_col].dropna().astype(str).unique(), cell_types, f"the classes of {path.name}"
+            present,
+            cell_types,
+            f"the classes of {path.name}",
+            hint=_near_spellings(cell_types, present),
         )
         table = table[table[class_col].astype(str).isin(cell_types)]
     markers: dict[str, list[str]] = {}
@@ -149,6 +200,7 @@ def read_markers(
         markers.setdefault(cls, []).extend(_split_genes(genes))
     markers = {cls: list(dict.fromkeys(genes)) for cls, genes in markers.items()}
     markers = {cls: genes for cls, genes in markers.items() if genes}
+    _warn_case_variants(markers, path.name)
     if not markers:
         filters = {
             "tissue": tissue,

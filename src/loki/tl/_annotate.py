@@ -24,6 +24,7 @@ from loki._utils import (
     write_obsm,
     write_uns,
 )
+from loki._utils._labels import label_categories
 from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._spatialdata import check_write_mode, get_table
 
@@ -168,8 +169,11 @@ def bulk_sentences(bulk: AnnData, *, groupby: str | None = None, **sentence_kwar
     bulk
         Samples x genes counts (``var_names`` = gene symbols).
     groupby
-        Column of ``bulk.obs``: samples of a group are summed into one pseudo-bulk profile per group.
-        Default: each sample is its own class, named by ``obs_names``.
+        Column of ``bulk.obs``: samples of a group are summed into one pseudo-bulk profile per group,
+        a class named by the group as a string. The classes are ordered as
+        :func:`loki.tl.decompose` orders cell types: by a categorical column's categories (those
+        without a sample are left out), otherwise by value, numbers as numbers (0, 2, 10). Default:
+        each sample is its own class, named by ``obs_names``.
     **sentence_kwargs
         Passed to :func:`loki.pp.gene_sentences` (``n_genes``, ``housekeeping``, ...).
 
@@ -181,7 +185,19 @@ def bulk_sentences(bulk: AnnData, *, groupby: str | None = None, **sentence_kwar
     if groupby is not None:
         require_keys(bulk.obs.columns, groupby, "bulk.obs")
         check_labelled(bulk.obs[groupby], f"bulk.obs[{groupby!r}]", "samples")
-        groups = pd.Categorical([str(g) for g in bulk.obs[groupby]])
+        # the order decompose gives the same labels: declared categories, numbers as numbers
+        groups = label_categories(bulk.obs[groupby])
+        unused = [
+            str(c)
+            for c in groups.categories[np.bincount(groups.codes, minlength=len(groups.categories)) == 0]
+        ]
+        if unused:
+            logger.info(
+                "bulk.obs[%r]: categories without a sample are no class: %s",
+                groupby,
+                ", ".join(map(repr, unused)),
+            )
+            groups = groups.remove_unused_categories()
         onehot = sparse.csr_matrix(
             (np.ones(bulk.n_obs), (groups.codes, np.arange(bulk.n_obs))),
             shape=(len(groups.categories), bulk.n_obs),
@@ -279,7 +295,10 @@ def annotate(
     table_key
         Table of a SpatialData.
     groupby
-        Bulk input: ``.obs`` column whose groups are summed into pseudo-bulk profiles.
+        Bulk input: ``.obs`` column whose groups are summed into pseudo-bulk profiles, one class
+        each, in the order :func:`loki.tl.decompose` gives cell types: a categorical column's
+        categories in their order (those without a sample left out), other labels by value, numbers
+        as numbers (0, 2, 10).
     vocabulary
         Known gene symbols; markers not in it are dropped with a warning that lists them. Default:
         the genes of the annotated table (``var_names``); a table without genes (an image-only
