@@ -496,3 +496,29 @@ def test_relabelling_a_view_drops_the_stale_colours_of_the_view_only():
     assert list(view.obs["label"]) == ["c", "d", "e"]
     assert "label_colors" not in view.uns
     assert adata.uns["label_colors"] == ["#111111", "#222222"]  # the parent keeps its own
+
+
+@pytest.mark.parametrize("key", ["run/1", ".", "..", "k" * 256])
+def test_a_result_key_h5ad_or_zarr_cannot_store_is_refused(key):
+    """``key_added="run/1"`` was written to h5ad, whose file then could not be read back."""
+    from loki._utils import check_result_key
+
+    table = ad.AnnData(np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"key_added=.* cannot be written to h5ad or zarr"):
+        check_result_key(table, key, ("obs", "uns"))
+
+
+def test_obsm_columns_zarr_or_h5ad_cannot_store_are_named_with_the_way_out():
+    """'/' was warned of; '_index' and names over 255 bytes broke the write without a word."""
+    from loki._utils._write import write_obsm
+
+    table = ad.AnnData(np.ones((3, 2)))
+    frame = pd.DataFrame(np.ones((3, 3)), index=table.obs_names, columns=["T/NK", "_index", "β" * 200])
+    with pytest.warns(lk.LokiWarning) as record:
+        write_obsm(table, "props", frame)
+    (message,) = (str(w.message) for w in record)
+    assert "'T/NK': '/' separates groups" in message
+    assert "'_index': anndata keeps '_index'" in message
+    assert "longer than 255 bytes" in message
+    assert ".rename(columns=lambda c: c.replace('/', '-'))" in message
+    assert table.obsm["props"] is frame  # written all the same: the result is kept

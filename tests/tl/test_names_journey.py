@@ -152,7 +152,10 @@ def test_slash_in_a_class_name_is_warned_at_the_call_and_the_result_written_once
         "T/NK cells": ["NKG7", "PTPRC"],
         "Fibroblasts": ["COL1A1", "DCN"],
     }
-    with pytest.warns(lk.LokiWarning, match=r"\.obsm\['slashed'\] has column names with '/'") as record:
+    with pytest.warns(
+        lk.LokiWarning,
+        match=r"\.obsm\['slashed'\] has column names that zarr or h5ad cannot store as keys \('HSC/MPP cells': '/' separates",
+    ) as record:
         lk.tl.annotate(sdata, markers, model=model, use=Key.TEXT, table_key="A1", key_added="slashed")
     assert [w.filename for w in record if "'/'" in str(w.message)] == [__file__]  # once, at this call
     labels = table.obs["slashed"].copy()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from loki._keys import Key
-from loki._utils._write import loki_record, loki_uns
+from loki._utils._write import loki_record, loki_uns, unstorable_reason
 
 
 def _listing(keys: Iterable[Any], limit: int = 20) -> str:
@@ -49,9 +49,16 @@ def require_keys(
 
 
 def check_key_name(key, what: str = "key_added") -> None:
-    """Require a non-empty string: result keys name entries of ``.obs``, ``.obsm`` and ``.uns``."""
+    """Require a non-empty string that h5ad and zarr can store as a key.
+
+    Result keys name entries of ``.obs``, ``.obsm`` and ``.uns``; a ``'/'`` in one was written to
+    h5ad, and the file then could not be read.
+    """
     if not isinstance(key, str) or not key:
         raise ValueError(f"{what} must be a non-empty string, got {key!r}.")
+    reason = unstorable_reason(key)
+    if reason is not None:
+        raise ValueError(f"{what}={key!r} cannot be written to h5ad or zarr ({reason}); pass another name.")
 
 
 def _place(where: str, key: str) -> str:

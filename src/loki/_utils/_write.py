@@ -82,15 +82,41 @@ def _actual(adata) -> None:
     adata._init_as_actual(adata.copy())
 
 
+#: The longest file name of common file systems, in UTF-8 bytes: zarr stores each key as a folder.
+_MAX_NAME_BYTES = 255
+
+
+def unstorable_reason(name: str, *, column: bool = False) -> str | None:
+    """Why h5ad or zarr cannot store ``name`` as a key; None when both can.
+
+    A key of ``.obs``, ``.obsm`` or ``.uns``, or with ``column`` a column of a DataFrame in ``.obsm``.
+    """
+    if "/" in name:
+        return "'/' separates groups in zarr and h5ad"
+    if name in ("", ".", ".."):
+        return "h5ad and zarr refuse it as a name" if name else "an empty name"
+    if column and name == "_index":
+        return "anndata keeps '_index' for a DataFrame's index"
+    if len(name.encode()) > _MAX_NAME_BYTES:
+        return f"longer than {_MAX_NAME_BYTES} bytes, the longest file name of most file systems"
+    return None
+
+
 def write_obsm(adata, key: str, value: Any) -> None:
     """Store ``value`` in ``adata.obsm[key]`` and log it; warn of DataFrame columns zarr cannot store."""
     if isinstance(value, pd.DataFrame):
-        slashed = [str(c) for c in value.columns if "/" in str(c)]
-        if slashed:
+        unstorable = {str(c): unstorable_reason(str(c), column=True) for c in value.columns}
+        unstorable = {c: why for c, why in unstorable.items() if why is not None}
+        if unstorable:
+            shown = "; ".join(
+                f"{c if len(c) <= 40 else c[:40] + '...'!r}: {why}" for c, why in list(unstorable.items())[:5]
+            )
             warnings.warn(
-                f".obsm[{key!r}] has column names with '/' ({', '.join(map(repr, slashed[:5]))}): h5ad "
-                "stores them, zarr (SpatialData.write) cannot. Rename the classes (e.g. "
-                "name.replace('/', '-')) to write the result to zarr.",
+                f".obsm[{key!r}] has column names that zarr or h5ad cannot store as keys ({shown}), so "
+                "SpatialData.write fails, part way (and anndata's h5ad writer refuses them or warns that it "
+                "will). The result is computed: "
+                f"rename its columns to write it, e.g. adata.obsm[{key!r}] = adata.obsm[{key!r}].rename("
+                "columns=lambda c: c.replace('/', '-')); the labels in .obs and the record keep the names.",
                 LokiWarning,
                 stacklevel=user_stacklevel(),
             )
