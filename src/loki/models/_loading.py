@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import re
 import socket
@@ -64,6 +65,12 @@ def _is_safetensors(path: Path) -> bool:
     return 2 <= int.from_bytes(head[:8], "little") <= size - 8
 
 
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip archive (the format of ``torch.save`` since torch 1.6)."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
 def _pickled(path: Path) -> bool:
     """Whether ``path`` starts like a torch file: a zip archive (torch.save) or a pickle (protocol 2-5)."""
     with open(path, "rb") as fh:
@@ -90,7 +97,7 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
 
     Returns
     -------
-    The state dict (parameter name -> tensor, on the CPU), taken from a ``state_dict``, ``model`` or
+    The state dict (parameter name -> tensor, on the CPU, in memory), taken from a ``state_dict``, ``model`` or
     ``model_state_dict`` entry when the file holds one, without a ``module.`` prefix.
 
     Raises
@@ -103,6 +110,18 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
         The file is unreadable or holds no state dict.
 
     """
+    state, mapped = _read_state(path, trust_checkpoint=trust_checkpoint)
+    # the tensors of a memory-mapped file stay tied to it: give the caller copies of its own
+    return {k: v.clone() for k, v in state.items()} if mapped else state
+
+
+def _read_state(path: str | Path, *, trust_checkpoint: bool) -> tuple[dict, bool]:
+    """:func:`read_checkpoint`, and whether the tensors are memory-mapped from the file (zip archives).
+
+    Mapped tensors are read from the file only when used, and only those of the state dict are: an
+    optimizer's state next to it (twice the weights' size in the ~7 GB published ``checkpoint.pt``)
+    never fills memory. They stay tied to the file: copy them before it can change.
+    """
     import pickle
 
     import torch
@@ -114,11 +133,12 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu")
+            return load_file(str(path), device="cpu"), False
         except Exception as err:
             raise _unreadable(path, err) from err
+    mmap = _is_zip(path)  # torch.save's format: memory-mapped (a refused safe read costs no memory either)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         if not (isinstance(err, pickle.UnpicklingError) and _pickled(path)):
             raise _unreadable(path, err) from err
@@ -133,10 +153,10 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> dict
             ) from err
         logger.warning("unpickling %s with weights_only=False (trust_checkpoint=True)", path)
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+            obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
         except Exception as full_err:
             raise _unreadable(path, full_err) from full_err
-    return extract_state_dict(obj)
+    return extract_state_dict(obj), mmap
 
 
 #: Sentences of torch's weights-only errors that give torch's advice (re-run with weights_only=False,
@@ -175,10 +195,32 @@ def _first_line(err: BaseException, limit: int = 300) -> str:
 
 
 def _unreadable(path: Path, err: BaseException) -> ValueError:
-    return ValueError(
-        f"{path} is not a readable torch or safetensors checkpoint (truncated download or another "
-        f"format?): {_first_line(err)}"
-    )
+    """The error for a file no reader can read, saying what it is when it is a known stand-in.
+
+    A Git LFS pointer (a repository cloned without Git LFS) and an HTML page (an error or login page
+    saved in place of the file) are named as such; other files get the reader's error.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        size, head = -1, b""
+    start = head.lstrip().lower()
+    base = f"{path} is not a readable torch or safetensors checkpoint"
+    if head.startswith(b"version https://git-lfs"):
+        return ValueError(
+            f"{base}: it is a Git LFS pointer ({size} bytes), not the weights, as in a repository cloned "
+            "without Git LFS. Fetch the file with `git lfs pull` in the clone, or download it with "
+            "`hf download <org/repo> <file>`, and load that file."
+        )
+    if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        return ValueError(
+            f"{base}: it is an HTML or XML page ({size} bytes), not the weights (an error or login page "
+            "saved in place of the file). Download it again (`hf download <org/repo> <file>`, with an "
+            "access token for a gated repository such as WangGuangyuLab/Loki)."
+        )
+    return ValueError(f"{base} ({size} bytes; truncated download or another format?): {_first_line(err)}")
 
 
 def convert_to_safetensors(
@@ -193,7 +235,9 @@ def convert_to_safetensors(
     Parameters
     ----------
     path
-        The ``.pt`` / ``.bin`` checkpoint.
+        The ``.pt`` / ``.bin`` checkpoint, or a directory holding it as its only weights file (e.g. a
+        downloaded Hugging Face snapshot; :func:`load` then reads the directory through the converted
+        copy).
     out
         Output file (default: ``path`` with suffix ``.safetensors``).
     arch
@@ -219,6 +263,8 @@ def convert_to_safetensors(
     from safetensors.torch import save_file
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        path = _weights_file_in(path)
     out = Path(out).expanduser() if out is not None else path.with_suffix(".safetensors")
     if out.exists():
         raise FileExistsError(f"{out} exists; pass another out= (nothing was written).")
@@ -241,7 +287,7 @@ def convert_to_safetensors(
                 "(nothing was written)"
             )
     keep_meta = meta_out.is_file()  # checked above: it names arch
-    state = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    state, _ = _read_state(path, trust_checkpoint=trust_checkpoint)  # mapped: saved, then dropped
     _check_keys(architecture_shapes(arch), state, source=str(path))
     state = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(state, str(out), metadata={"arch": arch})
@@ -619,6 +665,10 @@ def load(
           ``HF_HUB_OFFLINE=1`` skips the Hub altogether.
         - a path: a directory written by :meth:`OmiCLIP.save`, a ``.safetensors`` file, or an open_clip
           torch checkpoint (``{'state_dict': ...}``, with or without ``module.``, or a bare state dict).
+          A directory without ``model.safetensors`` (e.g. a Hugging Face snapshot downloaded with
+          ``hf download WangGuangyuLab/Loki --local-dir ...``) is read through its only weights file
+          (``.safetensors``, ``.pt``, ``.pth``, ``.bin`` or ``.ckpt``; a ``.safetensors`` copy made by
+          :func:`convert_to_safetensors` is preferred to its original); with several, pass the file.
           A :class:`~pathlib.Path` is always local (``~`` expanded); a string that names a published model
           or an architecture keeps that meaning even where a file of that name exists (a warning says
           so: pass a ``Path`` to load it).
@@ -670,7 +720,11 @@ def load(
         For an unknown or unsupported ``precision``, ``arch`` or ``device`` (also a CUDA device on a
         machine without one), checked before anything is downloaded or read; for a checkpoint that
         does not fit its architecture, before the model is built; for a file that is no readable
-        checkpoint (truncated download, another format), naming it.
+        checkpoint (truncated download, a Git LFS pointer, an HTML page, another format), naming it;
+        for a directory holding several weights files, naming them.
+    FileNotFoundError
+        For a path that does not exist, a directory holding no weights file (naming those found
+        deeper, or what it holds), or a string that is neither a path nor a model name.
     UntrustedCheckpointError
         For a torch file that needs full unpickling, without ``trust_checkpoint=True``.
     ConnectionError
@@ -695,9 +749,7 @@ def load(
         raise FileNotFoundError(f"No such file or directory: {str(path)!r}.")
     if path.exists() and not named:
         if path.is_dir():
-            if not (path / WEIGHTS_FILE).is_file():
-                raise FileNotFoundError(f"{path} holds no {WEIGHTS_FILE} (written by OmiCLIP.save)")
-            path = path / WEIGHTS_FILE
+            path = _weights_file_in(path)
         return _load_file(
             path, arch=arch, name=None, device=device_t, trust=trust_checkpoint, precision=precision
         )
@@ -746,12 +798,59 @@ def load(
     )
 
 
+#: Suffixes of the weights files :func:`load` looks for in a directory that :meth:`OmiCLIP.save` did
+#: not write (a Hugging Face snapshot, a training run's checkpoints).
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def _weights_file_in(directory: Path) -> Path:
+    """The weights file of ``directory`` that :func:`load` reads.
+
+    That is the ``model.safetensors`` of :meth:`OmiCLIP.save`, else the directory's only weights file
+    (suffix in :data:`WEIGHT_SUFFIXES`, e.g. the ``checkpoint.pt`` of a downloaded Hugging Face
+    snapshot), else, next to a ``.pt`` / ``.bin`` file, its copy converted to ``.safetensors``
+    (same stem). Several other weights files raise a ``ValueError`` naming them, none a
+    ``FileNotFoundError`` naming the weights files found two or three levels deeper (e.g. in the
+    ``snapshots/<revision>/`` folder of a Hugging Face cache) or what the directory holds.
+    """
+    if (directory / WEIGHTS_FILE).is_file():
+        return directory / WEIGHTS_FILE
+    found = sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in WEIGHT_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+    converted = [p for p in found if p.suffix == ".safetensors"]
+    if len(found) == 1 or (len(converted) == 1 and {p.stem for p in found} == {converted[0].stem}):
+        chosen = converted[0] if len(found) > 1 else found[0]
+        logger.info("loading %s, the weights file of %s", chosen, directory)
+        return chosen
+    if found:
+        raise ValueError(
+            f"{directory} holds {len(found)} weights files ({', '.join(p.name for p in found[:8])}"
+            f"{', ...' if len(found) > 8 else ''}); pass the one to load: "
+            f"lk.models.load(Path({str(found[-1])!r}))"
+        )
+    deeper = itertools.chain.from_iterable(directory.glob("/".join(["*"] * depth)) for depth in (2, 3))
+    nested = list(itertools.islice((p for p in deeper if p.suffix in WEIGHT_SUFFIXES and p.is_file()), 3))
+    held = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
+    where = (
+        f"; weights files deeper down: {', '.join(str(p) for p in nested)} (pass the one to load)"
+        if nested
+        else f"; it holds {', '.join(held[:8]) + (', ...' if len(held) > 8 else '') if held else 'nothing'}"
+    )
+    raise FileNotFoundError(
+        f"{directory} holds no weights file ({WEIGHTS_FILE} written by OmiCLIP.save, or a "
+        f"{' / '.join(WEIGHT_SUFFIXES)} checkpoint){where}."
+    )
+
+
 def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -> OmiCLIP:
     meta = _meta_for(path)
     recorded = meta.get("arch")
     overridden = arch is not None and recorded is not None and arch != recorded
     arch = arch or recorded or DEFAULT_ARCH
-    state = read_checkpoint(path, trust_checkpoint=trust)
+    state, _ = _read_state(path, trust_checkpoint=trust)  # mapped: copied into the model, then dropped
     config = architecture_config(arch)
     saved_config = meta.get("config")
     # files written before the config was saved (and the published checkpoints) record none

@@ -351,7 +351,19 @@ class OmiCLIP:
 
         self._check_trained()
         _check_batch_size(batch_size)
-        is_pil = isinstance(images, list | tuple) and len(images) and hasattr(images[0], "convert")
+        if _is_pil(images):
+            raise TypeError(
+                "images is one PIL image; pass a list of PIL images ([image]) or a uint8 (n, height, "
+                "width, 3) array"
+            )
+        is_pil = isinstance(images, list | tuple) and len(images) and _is_pil(images[0])
+        if is_pil:
+            bad = next((i for i, im in enumerate(images) if not _is_pil(im)), None)
+            if bad is not None:
+                raise TypeError(
+                    f"images[{bad}] is {type(images[bad]).__name__}, but images[0] is a PIL image: pass a "
+                    "list of PIL images only, or one uint8 (n, height, width, 3) array"
+                )
         n = len(images)
         out = np.empty((n, self.embed_dim), dtype=np.float32)
         if not is_pil and n:
@@ -546,6 +558,14 @@ def check_patch_um(value) -> float | None:
 
 def _check_batch_size(batch_size: int) -> None:
     check_int(batch_size, "batch_size")
+
+
+def _is_pil(image) -> bool:
+    """Whether ``image`` is a PIL image (without importing PIL when it is not loaded)."""
+    import sys
+
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(image, pil.Image)
 
 
 def _described(images) -> str:

@@ -21,7 +21,15 @@ def check_uint8_nhwc(shape, dtype) -> None:
     if len(shape) != 4 or shape[-1] != 3:
         raise ValueError(f"images must be (n, height, width, 3) RGB, got shape {tuple(shape)}")
     if dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (0-255), got dtype {dtype}")
+        hint = ""
+        if np.issubdtype(dtype, np.floating):
+            hint = (
+                "; convert floats in [0, 1] with (images * 255).round().astype(np.uint8), floats in "
+                "[0, 255] with images.round().astype(np.uint8)"
+            )
+        elif np.issubdtype(dtype, np.integer):
+            hint = "; convert 0-255 integers with images.astype(np.uint8)"
+        raise ValueError(f"images must be uint8 (0-255), got dtype {dtype}{hint}")
 
 
 def preprocess_uint8(batch, *, image_size: int, mean, std, device=None):
