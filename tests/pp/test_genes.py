@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -231,3 +233,23 @@ def test_map_gene_ids_refuses_a_backed_table(tmp_path):
         lk.pp.map_gene_ids(backed, {f"ENSG{i:011d}": f"G{i // 2}" for i in range(6)})
     assert list(backed.var_names) == list(adata.var_names)
     backed.file.close()
+
+
+def test_summing_log_values_warns_and_counts_layer_sums_right():
+    """Summing sc.pp.log1p values of ids sharing a symbol gave log(a) + log(b), without a word."""
+    import scanpy as sc
+
+    adata = _adata()
+    sc.pp.log1p(adata)
+    with pytest.warns(lk.LokiWarning, match=r"1 gene ids share a symbol .*\(adata\.uns\['log1p'\] is set"):
+        lk.pp.map_gene_ids(adata, MAPPING, unmapped="drop")
+    counts = np.arange(15, dtype=np.float32).reshape(3, 5)
+    np.testing.assert_array_equal(adata.layers["counts"].toarray()[:, 0], counts[:, 0] + counts[:, 2])
+    # keeping the first id, or log values without repeated symbols, say nothing
+    complete = {**MAPPING, "ENSMUSG05": "Mbp"}
+    for kwargs, mapping in (({"duplicates": "first"}, complete), ({}, {**complete, "ENSMUSG03": "Ttr"})):
+        again = _adata()
+        sc.pp.log1p(again)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            lk.pp.map_gene_ids(again, mapping, **kwargs)

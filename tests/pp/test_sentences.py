@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -11,7 +14,7 @@ from scipy import sparse
 from tests.conftest import shared_path
 
 import loki as lk
-from loki import Key
+from loki import Key, LokiWarning
 from loki.pp._sentences import gene_filter, looks_like_ensembl
 
 
@@ -211,6 +214,7 @@ def test_gene_sentences_writes_sentences_flags_and_params():
     params = adata.uns["loki"][Key.SENTENCE]
     assert params["n_genes"] == 3
     assert params["n_genes_excluded"] == 2
+    assert params["n_genes_ranked"] == 3
     assert params["n_empty"] == 2
     assert params["empty_key"] == Key.EMPTY_SPOT
 
@@ -614,8 +618,15 @@ def test_use_raw_ranks_all_genes_of_a_table_cut_to_some():
     cut = full[:, ["G1", "G2"]].copy()
     lk.pp.gene_sentences(cut, housekeeping=None, use_raw=True)
     assert cut.obs[Key.SENTENCE].tolist() == expected.tolist() == ["G0 G3 G2", "G3 G1 G2"]
-    # the cut table alone ranks only its two genes
-    assert lk.pp.gene_sentences(cut, housekeeping=None, inplace=False).tolist() == ["G2", "G1 G2"]
+    # the cut table alone ranks only its two genes: said by default, silenced by use_raw=False
+    with pytest.warns(LokiWarning, match=r"adata\.X holds 2 of the 4 genes of adata\.raw .* use_raw=True"):
+        assert lk.pp.gene_sentences(cut, housekeeping=None, inplace=False).tolist() == ["G2", "G1 G2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lk.pp.gene_sentences(cut, housekeeping=None, use_raw=False, inplace=False).tolist() == [
+            "G2",
+            "G1 G2",
+        ]
     # log-normalised values in .raw rank the same way
     import scanpy as sc
 
@@ -634,7 +645,7 @@ def test_use_raw_refusals_write_nothing():
     adata.raw = adata
     with pytest.raises(ValueError, match=r"either layer= or use_raw=True, not both \(got layer='counts'\)"):
         lk.pp.gene_sentences(adata, use_raw=True, layer="counts")
-    with pytest.raises(TypeError, match=r"use_raw must be True or False, got 'yes'"):
+    with pytest.raises(TypeError, match=r"use_raw must be True, False or None, got 'yes'"):
         lk.pp.gene_sentences(adata, use_raw="yes")
     _assert_untouched(adata, [])
 
@@ -647,3 +658,87 @@ def test_a_table_without_genes_is_refused_by_name():
     ):
         lk.pp.gene_sentences(adata, housekeeping=None)
     _assert_untouched(adata, [])
+
+
+@pytest.mark.parametrize("bad", ["Snap25 x", "", "Gfap\t2"])
+def test_a_gene_name_a_sentence_cannot_hold_is_refused_by_name(bad):
+    """A name with whitespace (or none) used to land in the sentence as several genes (or as a double space)."""
+    x = np.array([[1.0, 5.0, 3.0], [2.0, 4.0, 0.0]], dtype=np.float32)
+    adata = _adata(x, ["Apoe", bad, "Mbp"])
+    name = re.escape(repr(bad))
+    with pytest.raises(
+        ValueError, match=rf"1 gene name\(s\) left by the filters .* \({name}\).*exclude_patterns="
+    ):
+        lk.pp.gene_sentences(adata, housekeeping=None)
+    _assert_untouched(adata, [])
+    # the pattern the message offers leaves the name out
+    out = lk.pp.gene_sentences(
+        adata, housekeeping=None, exclude_patterns=("-", r"\.", r"\s", "^$"), inplace=False
+    )
+    assert out.tolist() == ["Mbp Apoe", "Apoe"]
+
+
+def test_duplicated_names_hint_merges_them_by_summing():
+    """The error's recipe sums the counts of repeated symbols, and the sentence then ranks the sum."""
+    x = np.array([[3.0, 4.0, 0.0, 5.0]], dtype=np.float32)
+    adata = _adata(x, ["Apoe", "Mbp", "Ttr", "Apoe"])
+    with pytest.raises(
+        ValueError, match=r"map_gene_ids\(adata, dict\(zip\(adata\.var_names, adata\.var_names\)\)\)"
+    ):
+        lk.pp.gene_sentences(adata, housekeeping=None)
+    lk.pp.map_gene_ids(adata, dict(zip(adata.var_names, adata.var_names, strict=True)))
+    assert lk.pp.gene_sentences(adata, housekeeping=None, inplace=False).tolist() == ["Apoe Mbp"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"target_sum": None}, ValueError, r"target_sum must be a positive number, got None"),
+        ({"target_sum": "1e4"}, ValueError, r"target_sum must be a positive number, got '1e4'"),
+        ({"exclude_mito": "False"}, TypeError, r"exclude_mito must be True or False, got 'False'"),
+        ({"exclude_ribo": 1}, TypeError, r"exclude_ribo must be True or False, got 1"),
+        ({"normalize": None}, TypeError, r"normalize must be True or False, got None"),
+    ],
+)
+def test_option_types_are_checked_before_anything_is_written(kwargs, error, match):
+    """target_sum=None (scanpy's default) failed with numpy's "ufunc 'isfinite' not supported"; a string flag
+    such as exclude_mito="False" was read as True."""
+    adata = _adata(np.array([[1.0, 2.0, 0.0, 3.0]], dtype=np.float32))
+    with pytest.raises(error, match=match):
+        lk.pp.gene_sentences(adata, **kwargs)
+    _assert_untouched(adata, [])
+
+
+def test_ensembl_ids_in_raw_say_how_to_map_raw():
+    """map_gene_ids maps var_names only; the warning on .raw's ids used to repeat "map them first"."""
+    ids = [f"ENSMUSG0000000000{i}" for i in range(4)]
+    adata = _adata(np.array([[1.0, 2.0, 0.0, 3.0]], dtype=np.float32), ids)
+    adata.raw = adata
+    lk.pp.map_gene_ids(adata, dict(zip(ids, ["Apoe", "Mbp", "Ttr", "Plp1"], strict=True)))
+    with pytest.warns(LokiWarning, match=r"adata\.raw\.var_names look like Ensembl ids.*adata\.raw = raw"):
+        lk.pp.gene_sentences(adata, housekeeping=None, use_raw=True, inplace=False)
+
+
+def test_hvg_subset_with_raw_warns_on_real_her2st():
+    """scanpy's recipe (raw kept, .X cut to highly variable genes) ranked only the kept genes, silently."""
+    import scanpy as sc
+
+    counts = pd.read_csv(shared_path("her2st_A", "counts", "A1.tsv.gz"), sep="\t", index_col=0).iloc[:60]
+    adata = ad.AnnData(
+        sparse.csr_matrix(counts.to_numpy(dtype=np.float32)),
+        obs=pd.DataFrame(index=counts.index.astype(str)),
+        var=pd.DataFrame(index=counts.columns.astype(str)),
+    )
+    full = lk.pp.gene_sentences(adata, inplace=False)
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    adata.raw = adata
+    sc.pp.highly_variable_genes(adata, n_top_genes=500)
+    adata = adata[:, adata.var["highly_variable"]].copy()
+    with pytest.warns(LokiWarning, match=rf"adata\.X holds 500 of the {counts.shape[1]} genes of adata\.raw"):
+        lk.pp.gene_sentences(adata)
+    assert not adata.obs[Key.SENTENCE].equals(full)
+    assert adata.uns["loki"][Key.SENTENCE]["n_genes_ranked"] <= 500
+    lk.pp.gene_sentences(adata, use_raw=True)
+    assert adata.obs[Key.SENTENCE].tolist() == full.tolist()
+    assert adata.uns["loki"][Key.SENTENCE]["use_raw"] is True

@@ -89,7 +89,9 @@ def map_gene_ids(
         ValueError. A warning gives their count and examples in the first two cases.
     duplicates
         Several ids mapping to one symbol: ``"sum"`` their counts (``.X`` and every layer, sparse
-        stays sparse) or keep the ``"first"`` one.
+        stays sparse) or keep the ``"first"`` one. Sums are right for counts and library-size
+        normalised values, not for log-transformed ones: a warning says so when ``adata.uns['log1p']``
+        is set (scanpy's mark of :func:`scanpy.pp.log1p`). ``.raw`` is left as it is.
     id_column
         Column of a mapping table holding the ids (name, or position label of a table without header).
     symbol_column
@@ -149,6 +151,15 @@ def map_gene_ids(
     first = kept[np.unique(codes, return_index=True)[1]]  # first column of each symbol, in order
     n_dup = len(kept) - len(first)
     merge = duplicates == "sum" and n_dup > 0
+    if merge and adata.X is not None and "log1p" in adata.uns:
+        warnings.warn(
+            f"{n_dup} gene ids share a symbol with another id and their columns are summed, but adata.X "
+            "holds log-transformed values (adata.uns['log1p'] is set, as sc.pp.log1p leaves it): a sum of "
+            "logs is not the log of the summed expression. Map the ids before normalising, or pass "
+            "duplicates='first'.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
     if merge:
         agg = sparse.csr_matrix(
             (np.ones(len(kept), dtype=np.float32), (kept, codes)), shape=(len(ids), len(uniques))

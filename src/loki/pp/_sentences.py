@@ -15,7 +15,15 @@ from scipy import sparse
 from loki._defaults import REFERENCE_EXCLUDE_PATTERNS
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
-from loki._utils import all_or_nothing, check_int, check_result_key, require_keys, write_obs, write_uns
+from loki._utils import (
+    all_or_nothing,
+    check_int,
+    check_result_key,
+    is_real,
+    require_keys,
+    write_obs,
+    write_uns,
+)
 from loki._utils._spatialdata import check_write_mode, get_table
 
 from ._housekeeping import housekeeping_genes
@@ -27,6 +35,7 @@ if TYPE_CHECKING:
 MITO_PATTERN = r"^MT-"
 RIBO_PATTERN = r"^RP[SL]"
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+_WHITESPACE = re.compile(r"\s")
 
 
 def top_gene_indices(x: sparse.spmatrix | sparse.sparray | np.ndarray, n: int, *, keep=None) -> np.ndarray:
@@ -63,7 +72,7 @@ def gene_sentences(
     table_key: str | None = None,
     n_genes: int = 50,
     layer: str | None = None,
-    use_raw: bool = False,
+    use_raw: bool | None = None,
     normalize: bool = True,
     target_sum: float = 1e4,
     housekeeping: Literal["hsiao"] | Iterable[str] | None = "hsiao",
@@ -101,7 +110,10 @@ def gene_sentences(
         Rank the genes of ``adata.raw`` (its ``X`` and ``var_names``) instead, e.g. all genes of a
         table that was cut to its highly variable genes. The sentences land in ``adata.obs`` as usual.
         Log-normalised values in ``.raw`` give the same sentences as its counts (see
-        ``normalize``). Cannot be combined with ``layer``.
+        ``normalize``). Cannot be combined with ``layer``. None (default) ranks ``.X`` (or ``layer``)
+        like False, with a warning when ``adata.raw`` holds genes the ranked matrix lacks (scanpy's
+        ``adata.raw = adata`` before ``adata = adata[:, adata.var.highly_variable]``): the sentences
+        then hold only the kept genes. Pass True or False to choose and silence it.
     normalize
         Whether the ranking follows library-size normalisation to ``target_sum`` (and log1p), as in
         the paper. Both are strictly increasing within a spot, so the ranking - and the sentence - is
@@ -109,7 +121,7 @@ def gene_sentences(
         materialises a normalised matrix. Kept to record the recipe; an already normalised layer gives
         the same sentences with either setting.
     target_sum
-        Library size after normalisation (recorded with the parameters).
+        Library size after normalisation (recorded with the parameters); a positive number.
     housekeeping
         ``"hsiao"`` removes the bundled MSigDB HSIAO_HOUSEKEEPING_GENES list (397 human symbols, the
         list OmiCLIP used); an iterable of symbols removes those; None keeps all genes. Matching ignores
@@ -142,7 +154,8 @@ def gene_sentences(
     - ``.obs['loki_empty']`` (``.obs[f"{key_added}_empty"]`` for another ``key_added``, so that
       each set of sentences keeps its own flags): True where no gene with a positive value survived
       the filters. Such spots are flagged, never dropped; a warning says how many.
-    - ``.uns['loki'][key_added]``: the parameters.
+    - ``.uns['loki'][key_added]``: the parameters, with ``n_genes_ranked`` (genes left to rank by the
+      filters) and ``n_genes_excluded`` (genes the filters removed).
 
     Notes
     -----
@@ -163,8 +176,17 @@ def gene_sentences(
             f"key_added={key_added!r} is the column of the empty-spot flag; choose another name."
         )
     n_genes = check_int(n_genes, "n_genes")
-    if not np.isfinite(target_sum) or target_sum <= 0:
-        raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")
+    if not is_real(target_sum) or not np.isfinite(target_sum) or target_sum <= 0:
+        raise ValueError(
+            f"target_sum must be a positive number, got {target_sum!r} (the ranking, and so the "
+            "sentence, is the same for any value: it is only recorded)."
+        )
+    for name, value in (
+        ("normalize", normalize),
+        ("exclude_mito", exclude_mito),
+        ("exclude_ribo", exclude_ribo),
+    ):
+        _check_bool(value, name)
     x, var_names = _expression_source(adata, layer, use_raw)
     if len(var_names) == 0:
         raise ValueError(
@@ -172,7 +194,7 @@ def gene_sentences(
         )
     name_list = _as_str_list(var_names)
     names = var_names if var_names.inferred_type == "string" else pd.Index(name_list)
-    _check_gene_names(names, name_list)
+    _check_gene_names(names, name_list, where="adata.raw.var_names" if use_raw else "var_names")
     keep, excluded = gene_filter(
         name_list,
         housekeeping=housekeeping,
@@ -180,6 +202,9 @@ def gene_sentences(
         exclude_mito=exclude_mito,
         exclude_ribo=exclude_ribo,
     )
+    _check_word_names(name_list, keep, exclude_patterns)
+    if use_raw is None:
+        _warn_if_raw_has_more_genes(adata, layer, len(var_names))
     top, counts, n_bad = top_k_rows(as_csr(x), n_genes, keep)
     _raise_bad_values(n_bad, adata.obs_names, _other_sources(adata, layer, use_raw))
     sentences = pd.Series(
@@ -209,6 +234,7 @@ def gene_sentences(
         "exclude_patterns": [str(p) for p in exclude_patterns],
         "exclude_mito": bool(exclude_mito),
         "exclude_ribo": bool(exclude_ribo),
+        "n_genes_ranked": int(len(name_list) - excluded),
         "n_genes_excluded": int(excluded),
         "n_empty": int(empty.sum()),
         "empty_key": empty_key,
@@ -273,23 +299,63 @@ def _as_str_list(names) -> list[str]:
     return [n if type(n) is str else str(n) for n in names]
 
 
-def _check_gene_names(names: pd.Index, name_list: list[str] | None = None) -> None:
+def _check_gene_names(names: pd.Index, name_list: list[str] | None = None, where: str = "var_names") -> None:
     dup = names[names.duplicated()].unique()
     if len(dup):
         shown = ", ".join(map(repr, dup[:10])) + (f", ... ({len(dup)} in all)" if len(dup) > 10 else "")
         raise ValueError(
-            f"var_names hold {len(dup)} duplicated gene name(s): {shown}. Make them unique "
-            "(adata.var_names_make_unique()) or merge them (loki.pp.map_gene_ids(..., duplicates='sum'))."
+            f"{where} hold {len(dup)} duplicated gene name(s): {shown}. Sum the counts of each name "
+            "(lk.pp.map_gene_ids(adata, dict(zip(adata.var_names, adata.var_names)))), or make the names "
+            "unique (adata.var_names_make_unique(); the copies then end in '-1', '-2', ..., which the "
+            "default exclude_patterns leave out of the sentences)."
         )
     ens = looks_like_ensembl(names.tolist() if name_list is None else name_list)
     if len(names) and ens.mean() >= 0.5:
+        how = (
+            "Map them to symbols first with loki.pp.map_gene_ids(adata, mapping)."
+            if where == "var_names"
+            else "loki.pp.map_gene_ids maps adata.var_names, not adata.raw: map a copy and put it back "
+            "(raw = adata.raw.to_adata(); lk.pp.map_gene_ids(raw, mapping); adata.raw = raw)."
+        )
         warnings.warn(
-            f"{int(ens.sum())} of {len(names)} var_names look like Ensembl ids (e.g. {names[ens][0]!r}); "
-            "sentences will be made of ids, which OmiCLIP was not trained on. Map them to symbols first "
-            "with loki.pp.map_gene_ids(adata, mapping).",
+            f"{int(ens.sum())} of {len(names)} {where} look like Ensembl ids (e.g. {names[ens][0]!r}); "
+            f"sentences will be made of ids, which OmiCLIP was not trained on. {how}",
             LokiWarning,
             stacklevel=user_stacklevel(),
         )
+
+
+def _check_word_names(names: list[str], keep: np.ndarray, patterns: Sequence[str]) -> None:
+    """Refuse gene names a sentence cannot hold: empty, or with whitespace (words are space-separated)."""
+    bad = [n for n, k in zip(names, keep, strict=True) if k and (not n or _WHITESPACE.search(n))]
+    if bad:
+        shown = ", ".join(map(repr, bad[:5])) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        wider = (*(str(p) for p in patterns), r"\s", "^$")
+        raise ValueError(
+            f"{len(bad)} gene name(s) left by the filters are empty or hold whitespace ({shown}); in a "
+            "space-separated sentence they would read as no gene or as several. Rename them, or leave "
+            f"them out with exclude_patterns={wider!r}."
+        )
+
+
+def _warn_if_raw_has_more_genes(adata: AnnData, layer: str | None, n_ranked: int) -> None:
+    """Warn when ``adata.raw`` holds genes that the ranked matrix (``.X`` or a layer) lacks."""
+    if adata.raw is None or adata.raw.n_vars <= n_ranked:
+        return
+    used = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    warnings.warn(
+        f"{used} holds {n_ranked} of the {adata.raw.n_vars} genes of adata.raw (e.g. cut to highly "
+        "variable genes), so the sentences rank only those. Pass use_raw=True"
+        + ("" if layer is None else " instead of layer=")
+        + " to rank all genes of adata.raw, or use_raw=False to keep these and silence this warning.",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _check_bool(value, name: str) -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {value!r}.")
 
 
 def _raise_bad_values(n_bad: np.ndarray, obs_names, sources: str | None = None) -> None:
@@ -306,8 +372,8 @@ def _raise_bad_values(n_bad: np.ndarray, obs_names, sources: str | None = None) 
 
 def _expression_source(adata: AnnData, layer: str | None, use_raw: bool):
     """The matrix to rank and its gene names: ``.X``, a layer, or ``.raw``."""
-    if not isinstance(use_raw, bool | np.bool_):
-        raise TypeError(f"use_raw must be True or False, got {use_raw!r}.")
+    if use_raw is not None and not isinstance(use_raw, bool | np.bool_):
+        raise TypeError(f"use_raw must be True, False or None, got {use_raw!r}.")
     if use_raw:
         if layer is not None:
             raise ValueError(f"Pass either layer= or use_raw=True, not both (got layer={layer!r}).")

@@ -90,13 +90,24 @@ def _patches_of(
             raise ValueError(
                 f"{' and '.join(unused)} choose how patches are cut here; with patches= they do nothing."
             )
+        patches = _as_patch_array(patches)
         shape = getattr(patches, "shape", None)
         if shape is None or len(shape) != 4 or shape[-1] != 3:
-            raise ValueError(f"patches must be a (n_spots, height, width, 3) uint8 array, got shape {shape}")
+            hint = ""
+            if shape is not None and len(shape) == 4 and shape[1] == 3:
+                hint = "; channels come last: pass patches.transpose(0, 2, 3, 1) (or .permute for torch)"
+            elif shape is not None and len(shape) == 4 and shape[-1] == 4:
+                hint = "; drop the alpha channel: pass patches[..., :3]"
+            raise ValueError(
+                f"patches must be a (n_spots, height, width, 3) uint8 array, got shape {shape}{hint}"
+            )
         if shape[0] != table.n_obs:
             raise ValueError(f"patches has {shape[0]} rows but the table has {table.n_obs} spots")
-        if np.dtype(patches.dtype) != np.uint8:
-            raise ValueError(f"patches must be uint8, got {patches.dtype}")
+        if not _is_uint8(patches.dtype):
+            raise ValueError(
+                f"patches must be uint8 (RGB 0-255), got {patches.dtype}; convert them, e.g. "
+                "(patches * 255).round().astype('uint8') for floats in [0, 1]."
+            )
         return patches, None, None
     if not is_spatialdata(data):
         raise ValueError(_no_image_message(table))
@@ -114,6 +125,33 @@ def _patches_of(
         return cut, (ok, meta), order
     cut, ok, meta = _cut_spot_patches(data, size=size, **where)
     return cut, (ok, meta), None
+
+
+def _as_patch_array(patches):
+    """``patches`` as an array: numpy, dask and torch as they are, a list or tuple of patches stacked."""
+    if not isinstance(patches, list | tuple):
+        return patches
+    if any(type(p).__module__.startswith("PIL.") for p in patches):
+        raise ValueError(
+            "patches is a list of PIL images; pass one uint8 (n_spots, height, width, 3) array, e.g. "
+            "np.stack([np.asarray(im.convert('RGB')) for im in patches])."
+        )
+    try:
+        return np.stack([np.asarray(p) for p in patches]) if len(patches) else np.asarray(patches)
+    except ValueError as err:
+        shapes = sorted({np.shape(p) for p in patches})
+        raise ValueError(
+            f"patches is a list of {len(patches)} patches of different shapes ({', '.join(map(str, shapes[:3]))}"
+            f"{', ...' if len(shapes) > 3 else ''}); pass one uint8 (n_spots, height, width, 3) array."
+        ) from err
+
+
+def _is_uint8(dtype) -> bool:
+    """Whether a numpy, dask or torch dtype is uint8."""
+    try:
+        return np.dtype(dtype) == np.uint8
+    except TypeError:  # torch's dtypes are not numpy's
+        return str(dtype) == "torch.uint8"
 
 
 def _no_image_message(table) -> str:
@@ -366,7 +404,8 @@ def embed_image(
     image_key
         Image of the section (default: the one named in the table's ``.uns['loki']``).
     patches
-        uint8 ``(n_spots, h, w, 3)`` array (numpy or dask) in table order, instead of cutting them.
+        uint8 ``(n_spots, h, w, 3)`` array (numpy, dask or torch; a list of ``(h, w, 3)`` arrays is
+        stacked) in table order, instead of cutting them.
     diameter_um
         Side of the cut squares in µm. By default the size the model was trained on
         (``model.patch_um``, recorded by :func:`loki.tl.finetune`, :func:`loki.models.finetune` and
