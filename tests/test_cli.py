@@ -929,3 +929,26 @@ def test_embed_takes_one_weights_file_in_another_precision_as_the_same_model(tmp
     other = lk.models.load("loki-tiny", device="cpu", seed=1)
     with pytest.raises(SystemExit, match="would not be comparable"):
         _check_same_model(table, other, [lk.Key.IMAGE], args)
+
+
+def test_embed_of_a_table_cut_to_some_genes_with_raw_warns_in_cli_words(tmp_path, caplog):
+    """scanpy's ``adata.raw = adata`` then a cut to highly variable genes: `loki embed` ranked the cut
+    genes without a word (it passed use_raw=False); now it warns, naming --use-raw."""
+    sdata = lk.datasets.mob("MOB4")
+    table = sdata.tables["MOB4"]
+    table.raw = table
+    keep = np.asarray(table.X.sum(axis=0)).ravel().argsort()[-200:]
+    sdata.tables["MOB4"] = table[:, np.sort(keep)].copy()
+    path = tmp_path / "cut.zarr"
+    sdata.write(path)
+    embed = ["embed", str(path), "--table", "MOB4", "--model", _saved_model(tmp_path / "m"), "--no-image"]
+    with caplog.at_level("WARNING", logger="loki"):
+        assert main(embed) == 0
+    (message,) = (r.getMessage() for r in caplog.records if "genes of adata.raw" in r.getMessage())
+    assert "adata.X holds 200 of the 1000 genes of adata.raw" in message
+    assert "Pass --use-raw to rank all genes of adata.raw, or go on without it to keep these" in message
+    assert "use_raw" not in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="loki"):
+        assert main([*embed, "--use-raw"]) == 0
+    assert not [r for r in caplog.records if "genes of adata.raw" in r.getMessage()]

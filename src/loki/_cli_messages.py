@@ -59,6 +59,9 @@ OPTIONS = {
 API_ONLY_HINTS = {
     "tile": {r", pass mask=": ""},
     "embed": {
+        r", or use_raw=False to keep these and silence this warning\.": (
+            ", or go on without it to keep these (the sentences of the cut genes)."
+        ),
         r"Pass id_column= \(and symbol_column=\)\.": "Name them in a header line (e.g. gene_id, gene_name).",
         # models: a checkpoint to convert, a file to download, a token, a local folder named like a model
         r"convert it once with (lk\.models\.convert_to_safetensors\(path, trust_checkpoint=True\)) and load "

@@ -111,7 +111,7 @@ def _sentence_options(args: argparse.Namespace) -> dict:
     return {
         "n_genes": args.n_genes,
         "layer": args.layer,
-        "use_raw": args.use_raw,
+        "use_raw": True if args.use_raw else None,  # None: ranks .X, warns of a .raw with more genes
         "housekeeping": None if args.housekeeping == "none" else args.housekeeping,
         "exclude_patterns": REFERENCE_EXCLUDE_PATTERNS
         if args.exclude_patterns is None
