@@ -23,6 +23,36 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def spacexr_visium(rename: dict[str, str] | None = None):
+    """spacexr's Visium vignette: spots (counts, ``.obsm['spatial']``) and its labelled reference.
+
+    ``rename`` maps cell-type labels to others (e.g. messy names a user's reference has).
+    """
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    root = shared_path("spacexr_rctd_examples")
+    counts = pd.read_csv(root / "Reference" / "Visium_Ref" / "counts.csv", index_col=0)
+    labels = pd.read_csv(root / "Reference" / "Visium_Ref" / "cell_types.csv", index_col=0).iloc[:, 0]
+    labels = labels.loc[counts.columns].astype(str).replace(rename or {})
+    reference = ad.AnnData(
+        sp.csr_matrix(counts.T.to_numpy(np.float32)),
+        obs=pd.DataFrame({"cell_type": labels.to_numpy()}, index=counts.columns),
+        var=pd.DataFrame(index=counts.index),
+    )
+    spot_counts = pd.read_csv(root / "SpatialRNA" / "VisiumVignette" / "counts.csv", index_col=0)
+    coords = pd.read_csv(root / "SpatialRNA" / "VisiumVignette" / "coords.csv", index_col=0)
+    spots = ad.AnnData(
+        sp.csr_matrix(spot_counts.T.to_numpy(np.float32)),
+        obs=pd.DataFrame(index=spot_counts.columns),
+        var=pd.DataFrame(index=spot_counts.index),
+    )
+    spots.obsm["spatial"] = coords.loc[spot_counts.columns, ["x", "y"]].to_numpy(float)
+    return spots, reference
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_path()

@@ -15,8 +15,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
-from tests.conftest import shared_path
+from tests.conftest import shared_path, spacexr_visium
 
 import loki as lk
 from loki import Key
@@ -166,35 +165,13 @@ def test_bounding_box_subset_cuts_the_same_patches(model):
     np.testing.assert_array_equal(table.obs[Key.PATCH_OK].to_numpy(), inside)
 
 
-def _spacexr_visium():
-    root = shared_path("spacexr_rctd_examples")
-    counts = pd.read_csv(root / "Reference" / "Visium_Ref" / "counts.csv", index_col=0)
-    types = pd.read_csv(root / "Reference" / "Visium_Ref" / "cell_types.csv", index_col=0).iloc[:, 0]
-    reference = ad.AnnData(
-        sp.csr_matrix(counts.T.to_numpy(np.float32)),
-        obs=pd.DataFrame(
-            {"cell_type": types.loc[counts.columns].astype(str).to_numpy()}, index=counts.columns
-        ),
-        var=pd.DataFrame(index=counts.index),
-    )
-    spot_counts = pd.read_csv(root / "SpatialRNA" / "VisiumVignette" / "counts.csv", index_col=0)
-    coords = pd.read_csv(root / "SpatialRNA" / "VisiumVignette" / "coords.csv", index_col=0)
-    spots = ad.AnnData(
-        sp.csr_matrix(spot_counts.T.to_numpy(np.float32)),
-        obs=pd.DataFrame(index=spot_counts.columns),
-        var=pd.DataFrame(index=spot_counts.index),
-    )
-    spots.obsm["spatial"] = coords.loc[spot_counts.columns, ["x", "y"]].to_numpy(float)
-    return spots, reference
-
-
 def test_decomposed_proportions_plot_with_scanpy_and_squidpy_and_survive_zarr(tmp_path):
     """The recipe of the decompose tutorial: proportions copied from ``.obsm`` to ``.obs`` for plots."""
     import matplotlib.pyplot as plt
     import scanpy as sc
     import squidpy as sq
 
-    spots, reference = _spacexr_visium()
+    spots, reference = spacexr_visium()
     assert lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type") is None
     proportions = spots.obsm[Key.PROPORTIONS]
     assert isinstance(proportions, pd.DataFrame)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from tests.conftest import shared_path
+from tests.conftest import shared_path, spacexr_visium
 
 import loki as lk
 from loki import Key
@@ -224,28 +224,6 @@ def test_read_markers_names_spellings_that_differ_by_case_or_spaces():
         assert "Adipocyte" in lk.pp.read_markers(path, tissue="Breast")
 
 
-def _spacexr_visium(types: dict[str, str]):
-    root = shared_path("spacexr_rctd_examples")
-    counts = pd.read_csv(root / "Reference" / "Visium_Ref" / "counts.csv", index_col=0)
-    labels = pd.read_csv(root / "Reference" / "Visium_Ref" / "cell_types.csv", index_col=0).iloc[:, 0]
-    reference = ad.AnnData(
-        sp.csr_matrix(counts.T.to_numpy(np.float32)),
-        obs=pd.DataFrame(
-            {"cell_type": labels.loc[counts.columns].replace(types).to_numpy()}, index=counts.columns
-        ),
-        var=pd.DataFrame(index=counts.index),
-    )
-    spot_counts = pd.read_csv(root / "SpatialRNA" / "VisiumVignette" / "counts.csv", index_col=0)
-    coords = pd.read_csv(root / "SpatialRNA" / "VisiumVignette" / "coords.csv", index_col=0)
-    spots = ad.AnnData(
-        sp.csr_matrix(spot_counts.T.to_numpy(np.float32)),
-        obs=pd.DataFrame(index=spot_counts.columns),
-        var=pd.DataFrame(index=spot_counts.index),
-    )
-    spots.obsm["spatial"] = coords.loc[spot_counts.columns, ["x", "y"]].to_numpy(float)
-    return spots, reference
-
-
 def test_messy_cell_types_survive_decompose_plots_squidpy_and_zarr(tmp_path):
     import matplotlib.pyplot as plt
     import squidpy as sq
@@ -258,7 +236,7 @@ def test_messy_cell_types_survive_decompose_plots_squidpy_and_zarr(tmp_path):
         "Denate": "1st dentate",
         "Endothelial_Stalk": "Endothelial " + "stalk " * 30,
     }
-    spots, reference = _spacexr_visium(renamed)
+    spots, reference = spacexr_visium(renamed)
     reference.obs["number"] = pd.Categorical(reference.obs["cell_type"]).codes * 5
     lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type")
     lk.tl.decompose(
