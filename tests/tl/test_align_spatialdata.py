@@ -316,7 +316,7 @@ def test_table_coordinates_in_global_units_beside_scaled_shapes_are_refused():
     ("key_added", "match"),
     [
         ("spatial aligned", "'MOB2_spots_spatial aligned' .* not a valid SpatialData element name"),
-        ("spatial/v2", "not a valid SpatialData element name"),
+        ("spatial/v2", r"key_added=.spatial/v2. cannot be written to h5ad or zarr"),
         ("", "non-empty string"),
         ("spatial_image", r"'MOB2_spots_image' .* sdata.images already holds"),
         ("spatial", "spatial_key"),
