@@ -380,3 +380,21 @@ def test_embed_help_names_the_default_exclude_patterns_of_gene_sentences():
     assert f"(default: {' '.join(default)}, the reference recipe" in action.help
     args = build_parser().parse_args(["embed", "store.zarr", "--table", "t"])
     assert _sentence_options(args)["exclude_patterns"] == default
+
+
+def test_the_whitespace_name_error_names_the_option_in_shell_words():
+    """``exclude_patterns=('-', '\\.', ...)`` reached the command line as a Python tuple after the option."""
+    import anndata as ad
+    import numpy as np
+
+    import loki as lk
+    from loki._cli_messages import cli_message
+
+    adata = ad.AnnData(np.ones((2, 3), np.float32))
+    adata.var_names = ["Apoe", "Snap25 x", "Mbp"]
+    with pytest.raises(ValueError, match="hold whitespace") as err:
+        lk.pp.gene_sentences(adata, housekeeping=None)
+    message = cli_message(err.value, "embed")
+    assert "('-'" not in message
+    assert "exclude_patterns" not in message
+    assert "--exclude-patterns '-' '\\.' '\\s' '^$'" in message

@@ -59,6 +59,10 @@ OPTIONS = {
 API_ONLY_HINTS = {
     "tile": {r", pass mask=": ""},
     "embed": {
+        r"leave them out with exclude_patterns=\((.*)\)\.$": (
+            r"leave them out by adding '\\s' and '^$' to --exclude-patterns (a shell needs quotes: "
+            r"--exclude-patterns '-' '\\.' '\\s' '^$' for the default and those two)."
+        ),
         r", or use_raw=False to keep these and silence this warning\.": (
             ", or go on without it to keep these (the sentences of the cut genes)."
         ),
