@@ -314,3 +314,11 @@ def check_labelled(labels, column: str, items: str) -> None:
     missing = int(labels.isna().sum())
     if missing:
         raise ValueError(f"{missing} of {len(labels)} {items} have no label in {column}; label or drop them.")
+
+
+def is_pil_image(value) -> bool:
+    """Whether ``value`` is a PIL image (without importing PIL when it is not loaded)."""
+    import sys
+
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(value, pil.Image)

@@ -12,6 +12,7 @@ import numpy as np
 
 from loki._logging import logger
 from loki._utils import block_starts, check_int
+from loki._utils._validation import is_pil_image
 
 from ._open_clip_logging import quiet_open_clip
 from ._preprocess import as_uint8_nhwc, preprocess_uint8
@@ -351,14 +352,14 @@ class OmiCLIP:
 
         self._check_trained()
         _check_batch_size(batch_size)
-        if _is_pil(images):
+        if is_pil_image(images):
             raise TypeError(
                 "images is one PIL image; pass a list of PIL images ([image]) or a uint8 (n, height, "
                 "width, 3) array"
             )
-        is_pil = isinstance(images, list | tuple) and len(images) and _is_pil(images[0])
+        is_pil = isinstance(images, list | tuple) and len(images) and is_pil_image(images[0])
         if is_pil:
-            bad = next((i for i, im in enumerate(images) if not _is_pil(im)), None)
+            bad = next((i for i, im in enumerate(images) if not is_pil_image(im)), None)
             if bad is not None:
                 raise TypeError(
                     f"images[{bad}] is {type(images[bad]).__name__}, but images[0] is a PIL image: pass a "
@@ -558,14 +559,6 @@ def check_patch_um(value) -> float | None:
 
 def _check_batch_size(batch_size: int) -> None:
     check_int(batch_size, "batch_size")
-
-
-def _is_pil(image) -> bool:
-    """Whether ``image`` is a PIL image (without importing PIL when it is not loaded)."""
-    import sys
-
-    pil = sys.modules.get("PIL.Image")
-    return pil is not None and isinstance(image, pil.Image)
 
 
 def _described(images) -> str:

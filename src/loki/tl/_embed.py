@@ -20,6 +20,7 @@ from loki._utils import (
     write_uns,
 )
 from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata, section_shapes
+from loki._utils._validation import is_pil_image
 from loki.pp._patches import MICRONS_PER_UNIT_HINT, check_flags_not_owned, shape_diameter
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def _as_patch_array(patches):
     """``patches`` as an array: numpy, dask and torch as they are, a list or tuple of patches stacked."""
     if not isinstance(patches, list | tuple):
         return patches
-    if any(type(p).__module__.startswith("PIL.") for p in patches):
+    if any(is_pil_image(p) for p in patches):
         raise ValueError(
             "patches is a list of PIL images; pass one uint8 (n_spots, height, width, 3) array, e.g. "
             "np.stack([np.asarray(im.convert('RGB')) for im in patches])."
