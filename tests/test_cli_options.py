@@ -200,13 +200,54 @@ def test_version(capsys):
     assert capsys.readouterr().out == f"loki {lk.__version__}\n"
 
 
-def test_align_max_iter_defaults_to_the_api_default(tmp_path):
+# (command line, option's dest, the function and keyword it stands for): the parser repeats these
+# defaults as literals so that `loki --help` does not import the tools; this keeps the copies equal.
+_MIRRORED_DEFAULTS = [
+    (["st", "c", "s", "i", "z"], "spot_diameter_um", "io.read_legacy_st", "spot_diameter_um"),
+    (["st", "c", "s", "i", "z"], "array_step_um", "io.read_legacy_st", "array_step_um"),
+    (["st", "c", "s", "i", "z"], "image_scale", "io.read_legacy_st", "image_scale"),
+    (["tile", "z", "--image", "i"], "tile_um", "pp.tile_image", "tile_um"),
+    (["tile", "z", "--image", "i"], "spacing_um", "pp.tile_image", "spacing_um"),
+    (["tile", "z", "--image", "i"], "grid", "pp.tile_image", "grid"),
+    (["tile", "z", "--image", "i"], "min_tissue", "pp.tile_image", "min_tissue"),
+    (["tile", "z", "--image", "i"], "key_added", "pp.tile_image", "key_added"),
+    (["embed", "z", "--table", "t"], "n_genes", "pp.gene_sentences", "n_genes"),
+    (["embed", "z", "--table", "t"], "housekeeping", "pp.gene_sentences", "housekeeping"),
+    (["embed", "z", "--table", "t"], "layer", "pp.gene_sentences", "layer"),
+    (["embed", "z", "--table", "t"], "batch_size", "tl.embed_image", "batch_size"),
+    (["embed", "z", "--table", "t"], "coordinate_system", "tl.embed_image", "coordinate_system"),
+    (["embed", "z", "--table", "t"], "diameter_um", "tl.embed_image", "diameter_um"),
+    (["slide", "f", "z"], "series", "io.read_slide", "series"),
+    (["slide", "f", "z"], "name", "io.read_slide", "name"),
+    (["slide", "f", "z"], "mpp", "io.read_slide", "microns_per_pixel"),
+    (["align", "z", "--source", "a", "--target", "b"], "use", "tl.align", "use"),
+    (["align", "z", "--source", "a", "--target", "b"], "method", "tl.align", "method"),
+    (["align", "z", "--source", "a", "--target", "b"], "key_added", "tl.align", "key_added"),
+    (
+        ["align", "z", "--source", "a", "--target", "b"],
+        "coordinate_system",
+        "tl.align",
+        "input_coordinate_system",
+    ),
+    (["align", "z", "--source", "a", "--target", "b"], "max_iter", "tl.align", "max_iter"),
+    (["align", "z", "--source", "a", "--target", "b"], "seed", "tl.align", "seed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "dest", "function", "keyword"),
+    _MIRRORED_DEFAULTS,
+    ids=[f"{argv[0]}-{dest}" for argv, dest, *_ in _MIRRORED_DEFAULTS],
+)
+def test_cli_defaults_equal_the_api_defaults(argv, dest, function, keyword):
     import inspect
+    import operator
 
     import loki as lk
 
-    args = build_parser().parse_args(["align", str(tmp_path), "--source", "a", "--target", "b"])
-    assert args.max_iter == inspect.signature(lk.tl.align).parameters["max_iter"].default
+    args = build_parser().parse_args(argv)
+    func = operator.attrgetter(function)(lk)
+    assert getattr(args, dest) == inspect.signature(func).parameters[keyword].default
 
 
 @pytest.mark.parametrize(
