@@ -406,3 +406,19 @@ print(json.dumps(seen))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == {"--help": [0, []], "c.tsv": [2, []]}, out.stderr
+
+
+def test_st_without_an_image_writes_a_section_of_spots(tmp_path, capsys):
+    """her2st A3 and A4 come without an H&E image here: IMAGE may be left out."""
+    store = tmp_path / "her2st.zarr"
+    counts, spots, _ = _her2st("A3")
+    assert main(["st", counts, spots, str(store)]) == 0
+    assert "table 'A3', shapes 'A3_spots', no image" in capsys.readouterr().out
+    counts, spots, _ = _her2st("A4")
+    assert main(["st", counts, spots, str(store), "--append"]) == 0
+    back = sd.read_zarr(store)
+    assert set(back.tables) == {"A3", "A4"}
+    assert not back.images
+    reference = lk.io.read_legacy_st(*_her2st("A3")[:2], name="A3")
+    np.testing.assert_array_equal(back.tables["A3"].obsm["spatial"], reference.tables["A3"].obsm["spatial"])
+    assert back.tables["A3"].uns["loki"] == reference.tables["A3"].uns["loki"]

@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Read a legacy Spatial Transcriptomics section (100 µm spots) with lk.io.read_legacy_st and "
             "write it as a section of a SpatialData zarr store: table NAME, the spots' shapes NAME_spots "
-            "and image NAME_image, in coordinate system 'global', the table recording the spot size and "
-            "µm per pixel. ZARR must not exist, unless --append adds the section beside those it holds "
+            "and image NAME_image (when IMAGE is given), in coordinate system 'global', the table "
+            "recording the spot size and µm per pixel. ZARR must not exist, unless --append adds the section beside those it holds "
             "(e.g. a second section, for `loki align`). `loki embed ZARR --table NAME` then embeds it."
         ),
     )
@@ -222,7 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="spot file: tab-separated, columns x, y (array), pixel_x, pixel_y (spot centres in pixels "
         "of the full-resolution image) and optionally selected (1 under tissue)",
     )
-    st.add_argument("image", type=Path, help="the H&E image the spots were placed on (jpg, png, tif)")
+    st.add_argument(
+        "image",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="the H&E image the spots were placed on (jpg, png, tif); leave it out for a section of "
+        "spots alone (`loki embed --no-image`)",
+    )
     st.add_argument(
         "zarr", type=Path, help="SpatialData .zarr store to create (must not exist, unless --append)"
     )

@@ -392,7 +392,8 @@ def _st(args: argparse.Namespace) -> None:
 
     _refuse_existing_store(args, "the section")
     for what, path in (("COUNTS", args.counts), ("SPOTS", args.spots), ("IMAGE", args.image)):
-        _require_file(what, path)
+        if path is not None:
+            _require_file(what, path)
     if args.name is not None:
         name = args.name
         check_section_name(name, f"name={name!r}")
@@ -403,7 +404,9 @@ def _st(args: argparse.Namespace) -> None:
         except ValueError as err:
             raise ValueError(f"{err} Pass --name.") from None
     store = _store_to_append(args, "the section")
-    names = [f"{name}_image", f"{name}_spots", name]  # lk.io.read_legacy_st's names
+    names = [f"{name}_spots", name]  # lk.io.read_legacy_st's names
+    if args.image is not None:
+        names.insert(0, f"{name}_image")
     default_of = "the counts file's default section name"
     if store is not None:  # before the files are read
         _check_new_names(store, names, args, default_of=default_of)
@@ -424,11 +427,15 @@ def _st(args: argparse.Namespace) -> None:
         _check_new_names(store, names, args, default_of=default_of)
         _add_to_store(store, section, names)
     table = section.tables[name]
-    (image,) = section.images
+    if section.images:
+        (image,) = section.images
+        image_text = f", image {image!r} ({recorded_microns_per_pixel(section, image):.4g} µm per pixel)"
+    else:
+        image_text = ", no image"
     print(
         f"section {name!r} ({table.n_obs} spots x {table.n_vars} genes) "
         f"{'written to' if store is None else 'added to'} {args.zarr}: table {name!r}, shapes "
-        f"{name + '_spots'!r}, image {image!r} ({recorded_microns_per_pixel(section, image):.4g} µm per pixel)"
+        f"{name + '_spots'!r}{image_text}"
     )
 
 
