@@ -293,3 +293,17 @@ def test_a_bad_cmap_is_named(name):
     with pytest.raises(ValueError, match=r"^cmap must be a matplotlib colormap or its name, got 'nope'"):
         _SPOTS[name](_section(), cmap="nope", show=False)
     assert plt.get_fignums() == []
+
+
+@pytest.mark.parametrize("name", ["proportions", "retrieval_gallery"])
+@pytest.mark.parametrize("panel_size", [0, -1.0, np.nan, np.inf, "3", True])
+def test_a_panel_size_that_makes_no_figure_is_refused(name, panel_size):
+    # 0 drew an empty 0 x 0 inch figure; -1 and nan failed in matplotlib, naming the figure size only
+    plot, _ = PLOTS[name]
+    plt.close("all")
+    with pytest.raises(ValueError, match=r"^panel_size must be the height of a panel in inches, a finite"):
+        plot(panel_size=panel_size, show=False)
+    assert plt.get_fignums() == []
+    fig = plot(panel_size=2.0, show=False)
+    assert fig.get_size_inches()[1] == pytest.approx(2.0)
+    plt.close("all")

@@ -14,13 +14,15 @@ axes), as scanpy's ``savefig_or_show`` does:
 
 The functions that draw spots of a section (``annotation``, ``expression``, ``proportions``) draw
 its H&E underneath by default when the section is a SpatialData whose table has an image, and take
-``coordinate_system=`` (default ``"global"``, the one an alignment's ``spatial_key`` was placed in, or the only one a section's spots and image share outside ``"global"``): a SpatialData is drawn in that coordinate system, as
-spatialdata-plot draws it, with the image and the spots placed by their transformations (an
-alignment's ``spatial_key``, e.g. ``"spatial_aligned"``, by the shapes element it wrote); an
-AnnData's spots are drawn at their coordinates. A section whose table has no image of its own is
-drawn without one. Spots without a value (NaN) are drawn in light grey; categories take the colours
-scanpy stores in ``.uns[f"{key}_colors"]`` (one per category of the column, in its order), else
-scanpy's default palette. A panel title wider than its panel is wrapped onto lines that fit it.
+``coordinate_system=`` (default: the one an alignment's ``spatial_key`` was placed in, else
+``"global"``, or the only one a section's spots and image share when they are not in ``"global"``):
+a SpatialData is drawn in that coordinate system, as spatialdata-plot draws it, with the image and
+the spots placed by their transformations (an alignment's ``spatial_key``, e.g.
+``"spatial_aligned"``, by the shapes element it wrote); an AnnData's spots are drawn at their
+coordinates. A section whose table has no image of its own is drawn without one. Spots without a
+value (NaN) are drawn in light grey; categories take the colours scanpy stores in
+``.uns[f"{key}_colors"]`` (one per category of the column, in its order), else scanpy's default
+palette. A panel title wider than its panel is wrapped onto lines that fit it.
 Nothing is written into the data.
 """
 

@@ -26,6 +26,7 @@ from ._common import (
     plot_function,
     scatter_spots,
 )
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -112,6 +113,7 @@ def _warn_unaligned(names, tables, table_keys, key: str, spatial_key: str) -> No
 
 
 @plot_function
+@doc_params
 def alignment(
     data: SpatialData | AnnData | Sequence[AnnData | SpatialData],
     *,
@@ -152,14 +154,13 @@ def alignment(
         ``"overlay"``: two panels, before and after, sections overlaid; ``"stack"``: side view of the
         sections stacked along z (x horizontal, z vertical), before and after.
     spot_size
-        Marker size in points^2, as in the other ``lk.pl`` plots.
+        Marker area of each spot in points^2, a finite number > 0.
     ax
         Two axes to draw into (before, after), as a list or an array; default a new figure.
     show
-        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
+        {show}
     save
-        Path to save the figure to; a new figure saved and not shown is closed (the returned Figure
-        stays usable).
+        {save}
 
     Returns
     -------

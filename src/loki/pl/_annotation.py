@@ -33,9 +33,11 @@ from ._common import (
     table_name,
     value_colormap,
 )
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
 
@@ -43,6 +45,7 @@ _ANNOTATE_HINT = "Run lk.tl.annotate on this table first, or pass key= (label_ke
 
 
 @plot_function
+@doc_params
 def annotation(
     data: AnnData | SpatialData,
     *,
@@ -56,7 +59,7 @@ def annotation(
     spatial_key: str = Key.SPATIAL,
     show_image: bool | None = None,
     spot_size: float | None = None,
-    cmap: str = "coolwarm",
+    cmap: str | Colormap = "coolwarm",
     alpha: float = 0.8,
     ncols: int = 3,
     ax: Axes | Sequence[Axes] | None = None,
@@ -74,7 +77,7 @@ def annotation(
         light grey); ``"label"``: one panel with the predicted label of each spot (spots without a
         label in light grey, as "NA"). The label column must hold categories (categorical, strings
         or bools, as scanpy takes them); a numeric column is refused. Its colours are
-        ``.uns[f"{label_key}_colors"]`` when that holds one per category of the column, taken as
+        ``.uns[f"{{label_key}}_colors"]`` when that holds one per category of the column, taken as
         scanpy's plots store and read them: the i-th colour for the column's i-th category (it is
         read, never written). Without them, scanpy's default palette for that many categories; for
         the label :func:`loki.tl.annotate` wrote, the categories are then every class it recorded,
@@ -85,39 +88,35 @@ def annotation(
     key, label_key
         ``.obsm`` key of the scores and ``.obs`` column of the labels (default: the column
         :func:`loki.tl.annotate` wrote with ``key``, recorded in ``.uns['loki'][key]``, else ``key``).
-    table_key, image_key
-        Table and image of a SpatialData.
+    table_key
+        {table_key}
+    image_key
+        {image_key}
     coordinate_system
-        Coordinate system of a SpatialData to draw in, as spatialdata-plot does: the axes are in its
-        units, and the image and the spots are placed there by their transformations. Default: the
-        one an alignment's ``spatial_key`` was placed in (its record's ``coordinate_system``), else
-        ``"global"``, or the only one the spots and the image share when they are not in it.
+        {coordinate_system}
     spatial_key
-        ``.obsm`` key of the spot coordinates: the spots' own (placed by the transformation of
-        the table's spot shapes), or those of an alignment (e.g. ``"spatial_aligned"`` from
-        :func:`loki.tl.align`, placed by the shapes element it wrote, in the coordinate system it
-        recorded, where its section's image is placed too). An AnnData's are drawn as they are.
+        {spatial_key}
     show_image
-        Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
-        ``True`` warns when there is none; ``False`` never.
+        {show_image}
     spot_size
-        Marker size (points^2); default scales with the number of spots.
-    cmap, alpha
-        Colour map of the scores and spot opacity.
+        {spot_size}
+    cmap
+        {cmap} Used for ``kind="scores"``.
+    alpha
+        {alpha}
     ncols
-        Panels per row.
+        {ncols}
     ax
-        Axes to draw into: one per panel (a single Axes for one panel); default a new figure.
+        Axes to draw into, one per panel (one per class, or one for ``kind="label"``): an Axes for
+        one panel, else a list or an array; default a new figure.
     show
-        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
+        {show}
     save
-        Path to save the figure to; a new figure saved and not shown is closed (the returned Figure
-        stays usable).
+        {save}
 
     Returns
     -------
     The figure.
-
     """
     if kind not in ("scores", "label"):
         raise ValueError(f"kind must be 'scores' or 'label', got {kind!r}.")

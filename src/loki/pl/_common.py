@@ -485,6 +485,15 @@ def check_spot_size(spot_size: float | None) -> None:
     raise ValueError(f"spot_size must be a marker area in points^2 > 0 (or None), got {spot_size!r}.")
 
 
+def check_panel_size(panel_size: float) -> None:
+    """Refuse a ``panel_size`` that makes no figure: it must be a finite number of inches > 0."""
+    if is_real(panel_size) and np.isfinite(panel_size) and panel_size > 0:
+        return
+    raise ValueError(
+        f"panel_size must be the height of a panel in inches, a finite number > 0, got {panel_size!r}."
+    )
+
+
 def panel_title(ax: Axes, text: str, **kwargs) -> None:
     """Title a panel; a title wider than the panel is wrapped onto lines that fit it.
 

@@ -28,9 +28,11 @@ from ._common import (
     table_name,
     value_colormap,
 )
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
 
@@ -42,6 +44,7 @@ def _column(adata: AnnData, gene: str, layer: str | None) -> np.ndarray:
 
 
 @plot_function
+@doc_params
 def expression(
     data: AnnData | SpatialData,
     genes: str | Sequence[str],
@@ -55,11 +58,11 @@ def expression(
     spatial_key: str = Key.SPATIAL,
     show_image: bool | None = None,
     spot_size: float | None = None,
-    cmap: str = "viridis",
+    cmap: str | Colormap = "viridis",
     vmin: float | str | None = None,
     vmax: float | str | None = None,
     scale: Literal["gene", "panel"] = "gene",
-    ax: Sequence[Axes] | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Figure:
@@ -88,23 +91,20 @@ def expression(
         Layer of the measured expression (``.X`` when None).
     layer_predicted
         Layer holding the prediction when ``predicted`` is None; None draws no prediction.
-    table_key, image_key
-        Table and image of a SpatialData.
+    table_key
+        {table_key}
+    image_key
+        {image_key}
     coordinate_system
-        Coordinate system of a SpatialData to draw in, as spatialdata-plot does: the axes are in its
-        units, and the image and the spots are placed there by their transformations. Default: the
-        one an alignment's ``spatial_key`` was placed in (its record's ``coordinate_system``), else
-        ``"global"``, or the only one the spots and the image share when they are not in it.
+        {coordinate_system}
     spatial_key
-        ``.obsm`` key of the spot coordinates: the spots' own (placed by the transformation of
-        the table's spot shapes), or those of an alignment (e.g. ``"spatial_aligned"`` from
-        :func:`loki.tl.align`, placed by the shapes element it wrote, in the coordinate system it
-        recorded, where its section's image is placed too). An AnnData's are drawn as they are.
+        {spatial_key}
     show_image
-        Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
-        ``True`` warns when there is none; ``False`` never.
-    spot_size, cmap
-        Marker size and colour map; spots with a missing (NaN) value are drawn in light grey.
+        {show_image}
+    spot_size
+        {spot_size}
+    cmap
+        {cmap}
     vmin, vmax
         Limits of each colour scale: a number, a percentile of the scale's finite values written
         ``"p1"`` ... ``"p99.5"`` (as scanpy takes them), or None for their minimum / maximum. A
@@ -116,19 +116,17 @@ def expression(
     ax
         ``2 * len(genes)`` axes to draw into (measured, predicted for each gene in turn), or
         ``len(genes)`` when one side only is drawn (no prediction, or a table without genes), as a
-        list or an array; default a new figure.
+        list or an array (an Axes for one panel); default a new figure.
     show
-        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
+        {show}
     save
-        Path to save the figure to; a new figure saved and not shown is closed (the returned Figure
-        stays usable).
+        {save}
 
     Returns
     -------
     The figure; predicted panels are titled with the Pearson correlation to the measurement, over
     the spots where both values are finite ("n/a" with the reason when there are fewer than two such
     spots or either side is constant over them).
-
     """
     table = get_table(data, table_key)
     name = table_name(data, table, table_key)

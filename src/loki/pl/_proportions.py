@@ -15,6 +15,7 @@ from loki._utils import check_obsm_key, require_keys
 from loki._utils._spatialdata import get_table
 
 from ._common import (
+    check_panel_size,
     draw_section,
     finish,
     marker_size,
@@ -26,14 +27,17 @@ from ._common import (
     table_name,
     value_colormap,
 )
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
 
 
 @plot_function
+@doc_params
 def proportions(
     data: AnnData | SpatialData,
     *,
@@ -45,7 +49,7 @@ def proportions(
     image_key: str | None = None,
     coordinate_system: str | None = None,
     ncols: int = 4,
-    cmap: str = "viridis",
+    cmap: str | Colormap = "viridis",
     vmax: float | None = None,
     spot_size: float | None = None,
     alpha: float = 0.9,
@@ -66,49 +70,41 @@ def proportions(
     cell_types
         Types to plot (default: all columns).
     table_key
-        Table of a SpatialData (may be omitted when there is one).
+        {table_key}
     spatial_key
-        ``.obsm`` key of the spot coordinates: the spots' own (placed by the transformation of
-        the table's spot shapes), or those of an alignment (e.g. ``"spatial_aligned"`` from
-        :func:`loki.tl.align`, placed by the shapes element it wrote, in the coordinate system it
-        recorded, where its section's image is placed too). An AnnData's are drawn as they are.
+        {spatial_key}
     show_image
-        Draw the H&E underneath: by default when ``data`` is a SpatialData whose table has an image;
-        ``True`` warns when there is none; ``False`` never. Or an RGB (y, x, 3) or grey (y, x) array
-        to draw (its pixel coordinates are those of ``.obsm[spatial_key]``).
+        {show_image}
+        Or an RGB (y, x, 3) or grey (y, x) array to draw (its pixel coordinates are those of
+        ``.obsm[spatial_key]``).
     image_key
-        Image of a SpatialData (default: the section's image).
+        {image_key}
     coordinate_system
-        Coordinate system of a SpatialData to draw in, as spatialdata-plot does: the axes are in its
-        units, and the image and the spots are placed there by their transformations. Default: the
-        one an alignment's ``spatial_key`` was placed in (its record's ``coordinate_system``), else
-        ``"global"``, or the only one the spots and the image share when they are not in it.
+        {coordinate_system}
     ncols
-        Panels per row.
+        {ncols}
     cmap
-        Colour map of the proportions; spots with a missing (NaN) value are drawn in light grey.
+        {cmap}
     vmax
         Upper end of the colour scale, which starts at 0 (default: each panel's maximum, or 1 for a
         type absent from every spot).
     spot_size
-        Marker area in points^2 (default: from the number of spots).
+        {spot_size}
     alpha
-        Opacity of the spots.
+        {alpha}
     panel_size
-        Side of one panel in inches.
+        {panel_size}
     ax
         Axes to draw into: one per cell type (a single Axes for one type), as a list or an array;
         default a new figure.
     show
-        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
+        {show}
     save
-        Path to save the figure to; a new figure saved and not shown is closed (the returned Figure
-        stays usable).
+        {save}
 
     Returns
     -------
     The figure; its axes hold one panel per cell type, titled with the type.
-
     """
     table = get_table(data, table_key)
     name = table_name(data, table, table_key)
@@ -130,6 +126,7 @@ def proportions(
         raise ValueError(f"show_image as an array must be (y, x) or (y, x, c), got shape {show_image.shape}.")
     if vmax is not None and not (np.isfinite(vmax) and vmax > 0):
         raise ValueError(f"vmax must be a finite number > 0 (proportions start at 0), got {vmax!r}.")
+    check_panel_size(panel_size)
     colours = value_colormap(cmap)
     background, xy = section_spots(
         data,

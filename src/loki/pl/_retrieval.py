@@ -11,7 +11,8 @@ import pandas as pd
 
 from loki._utils import check_int, require_keys
 
-from ._common import finish, panel_grid, plot_function
+from ._common import check_panel_size, finish, panel_grid, plot_function
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -81,6 +82,7 @@ def _positions(hits: pd.DataFrame, queries) -> list[int]:
 
 
 @plot_function
+@doc_params
 def retrieval_gallery(
     hits: pd.DataFrame,
     query_images: np.ndarray,
@@ -116,24 +118,23 @@ def retrieval_gallery(
         Bank position of each query's own pair (indexed by query position); a hit that is the true
         pair gets a green frame.
     panel_size
-        Side of one patch's panel in inches.
+        {panel_size} A panel is square and holds one patch.
     ax
         Axes to draw into, one per patch: a rows x columns grid (one row per query; the query, then
         ``n_hits`` hits), or the same axes flattened row by row; default a new figure.
     show
-        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
+        {show}
     save
-        Path to save the figure to; a new figure saved and not shown is closed (the returned Figure
-        stays usable).
+        {save}
 
     Returns
     -------
     The figure; each hit's axes title reads ``#rank score``.
-
     """
     require_keys(hits.columns, _COLUMNS, "hits.columns")
     check_int(n_queries, "n_queries")
     check_int(n_hits, "n_hits")
+    check_panel_size(panel_size)
     qimg, bimg = _as_hwc(query_images, "query_images"), _as_hwc(bank_images, "bank_images")
     queries = (
         list(pd.unique(hits["query_index"]))[:n_queries] if queries is None else _positions(hits, queries)

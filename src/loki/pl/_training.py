@@ -11,12 +11,14 @@ import numpy as np
 from loki._utils import require_keys
 
 from ._common import finish, panel_grid, plot_function
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
 @plot_function
+@doc_params
 def loss_curve(
     history: Mapping,
     *,
@@ -35,10 +37,9 @@ def loss_curve(
     ax
         Axes to draw into (or a list / array holding one); default a new figure.
     show
-        Show the figure; by default when it is new (no ``ax``) and the backend is interactive.
+        {show}
     save
-        Path to save the figure to; a new figure saved and not shown is closed (the returned axes
-        stay usable).
+        {save}
 
     Returns
     -------
@@ -46,7 +47,6 @@ def loss_curve(
     epoch's last step; the held-out loss at step 0 (before training) and at each epoch's last step,
     with the epoch whose weights were kept (``best_epoch``) ringed: at step 0 when no epoch beat
     the starting weights (``best_epoch`` 0).
-
     """
     require_keys(history, ["step_loss", "epoch_loss"], "history")
     steps = np.asarray(history["step_loss"], dtype=float)
