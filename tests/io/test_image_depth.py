@@ -294,13 +294,124 @@ def test_a_deep_pyramidal_slide_stays_lazy_its_range_found_in_its_coarsest_level
 
 def test_read_visium_reads_a_deep_image_file_once(folder, he, tmp_path):
     """The old reader decoded the file to find its range, and again at every later use (each patch,
-    each level): a 12-bit 13332 px image took 47 s to read and cut patches from, not 21 s."""
+    each level): a 12-bit 13332 px image took 47 s to read and cut patches from, not 21 s. A file
+    spatialdata-io reads (here a 16-bit grey PNG) is read once and held; a TIFF is read block by
+    block (test below)."""
+    from PIL import Image
+
     out = tmp_path / "v"
     shutil.copytree(folder, out)
-    sdata = _read_quietly(out, fullres_image_file="u12.tif")
-    (out / "u12.tif").unlink()  # nothing reads it any more
-    assert np.abs(_level0(sdata).astype(int) - he.transpose(2, 0, 1)).max() <= 1
+    Image.fromarray(he[..., 1].astype(np.uint16) * 16).save(out / "g12.png")  # mode I;16
+    sdata = _read_quietly(out, fullres_image_file="g12.png")
+    (out / "g12.png").unlink()  # nothing reads it any more
+    assert np.abs(_level0(sdata).astype(int) - he[..., 1]).max() <= 1
     assert lk.pp.spot_patches(sdata, table_key="V1", size=32).shape[0] == sdata.tables["V1"].n_obs
+
+
+@pytest.mark.parametrize("file", ["u8.tif", "u12.tif", "tiled.tif", "pyramid.ome.tif"])
+def test_read_visium_reads_a_full_resolution_tiff_block_by_block(folder, he, tmp_path, monkeypatch, file):
+    """spatialdata-io's array of the file is one block that decodes the whole image at every use (a
+    region, a patch, a pyramid level): for an 8-bit 13332 px TIFF, 2 regions then 100 patches took
+    15 + 15 s. The TIFF is read as read_slide reads it: by tiles, strips or a memory map, with the
+    levels it stores."""
+    import dask_image.imread
+
+    out = tmp_path / "v"
+    shutil.copytree(folder, out)
+    options = {"tile": (128, 128), "photometric": "rgb", "compression": "zlib"}
+    if file == "tiled.tif":
+        tifffile.imwrite(out / file, he, **options)
+    elif file == "pyramid.ome.tif":
+        with tifffile.TiffWriter(out / file) as tif:
+            tif.write(he, subifds=1, metadata={"axes": "YXS"}, **options)
+            tif.write(he[::2, ::2], subfiletype=1, **options)
+
+    read_frame = dask_image.imread._read_frame
+
+    def whole_file(fn, *args, **kwargs):  # the Space Ranger PNGs are small
+        assert not str(fn).endswith(file), "the whole full-resolution file was decoded"
+        return read_frame(fn, *args, **kwargs)
+
+    monkeypatch.setattr(dask_image.imread, "_read_frame", whole_file)
+    sdata = _read_quietly(out, fullres_image_file=file)
+    image = sdata.images["V1_full_image"]
+    region = np.asarray(image["scale0"]["image"][:, 100:300, 200:400]).astype(int)
+    tolerance = 1 if file == "u12.tif" else 0  # 12-bit rounding
+    assert np.abs(region - he[100:300, 200:400].transpose(2, 0, 1)).max() <= tolerance
+    if file == "pyramid.ome.tif":  # the file's own second level, not one computed from the first
+        np.testing.assert_array_equal(np.asarray(image["scale1"]["image"]), he[::2, ::2].transpose(2, 0, 1))
+    assert lk.pp.spot_patches(sdata, table_key="V1", size=32).compute().shape[0] == sdata.tables["V1"].n_obs
+
+
+def _deep_pyramid(path, full, coarse, *, ome=None, extratags=()):
+    """A 2-level tiled pyramid (sub-IFDs) of uint16 RGB; ``ome``: OME metadata, else a plain TIFF."""
+    options = {"tile": (128, 128), "photometric": "rgb"}
+    with tifffile.TiffWriter(path, ome=ome is not None) as tif:
+        tif.write(full, subifds=1, metadata={"axes": "YXS", **(ome or {})}, extratags=extratags, **options)
+        tif.write(coarse, subfiletype=1, **options)
+
+
+@pytest.mark.parametrize(
+    ("ome", "extratags", "bits", "match"),
+    [
+        ({"SignificantBits": 12}, (), 12, r"read as 12-bit data \(the file's OME SignificantBits = 12\)"),
+        (None, [(281, "H", 3, (1100,) * 3, True)], 12, r"12-bit data \(the file's MaxSampleValue = 1100\)"),
+        (None, [(281, "H", 1, 4095, True)], 12, r"12-bit data \(the file's MaxSampleValue = 4095\)"),
+        # statements of the container's own depth say nothing: scanners write 12 bits in 16 silently
+        ({"SignificantBits": 16}, (), 10, r"values \d+ to \d+ \(found in its coarsest stored level.*10-bit"),
+        (None, [(281, "H", 1, 65535, True)], 10, r"states no bit depth\), read as 10-bit data"),
+        (None, (), 10, r"values \d+ to \d+ \(found in its coarsest stored level, 150 x 150 px"),
+    ],
+    ids=[
+        "ome-significant-bits",
+        "max-sample-value",
+        "max-sample-value-4095",
+        "ome-16",
+        "max-65535",
+        "silent",
+    ],
+)
+def test_a_deep_slide_takes_its_bit_depth_from_the_file_where_it_states_it(
+    tmp_path, he, ome, extratags, bits, match
+):
+    """Values up to 1,100 at full resolution but 999 in the coarsest level: found there, the range
+    made the slide 10-bit data, 4 times brighter than 12-bit; where the file states 12 bits it is."""
+    full = np.rint(he * (1100 / he.max())).astype(np.uint16)  # 12-bit data: 0 to 1,100
+    coarse = np.minimum(full[::4, ::4], 999)  # its subsampling missed the brightest pixels
+    path = tmp_path / ("s.ome.tif" if ome is not None else "s.tif")
+    _deep_pyramid(path, full, coarse, ome=ome, extratags=extratags)
+    with pytest.warns(lk.LokiWarning, match=match):
+        image = lk.io.read_slide(path).images["s"]
+    assert full.max() == 1100
+    assert coarse.max() <= 999
+    got = np.asarray(image["scale0"]["image"])
+    expected = np.clip(np.rint(full * (255 / (2**bits - 1))), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(got, expected.transpose(2, 0, 1))
+
+
+def test_an_uncompressed_tiff_is_read_region_by_region_through_a_memory_map(tmp_path, he):
+    """tifffile writes an uncompressed image as one strip, one chunk of its zarr store: every block
+    read the whole file. Big-endian and planar samples too; the reader pickles by its location."""
+    import pickle
+
+    from loki.io._tiff_tiles import MappedLevel
+
+    u12 = np.rint(he * (4095 / 255)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "be.tif", u12, photometric="rgb", byteorder=">")
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.moveaxis(u12, -1, 0), photometric="rgb", planarconfig="separate"
+    )
+    for name in ("be", "planar"):
+        with tifffile.TiffFile(tmp_path / f"{name}.tif") as tif:
+            level = tif.series[0].levels[0]
+            assert MappedLevel.supports(level)
+            reader = MappedLevel.of(tmp_path / f"{name}.tif", tif.byteorder, level)
+            stored = tif.asarray()
+        assert len(pickle.dumps(reader)) < 500
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(reader)).to_dask(256, level.axes), stored)
+        with pytest.warns(lk.LokiWarning, match="12-bit data"):
+            image = lk.io.read_slide(tmp_path / f"{name}.tif").images[name]["scale0"]["image"]
+        assert np.abs(np.asarray(image).astype(int) - he.transpose(2, 0, 1)).max() <= 1
 
 
 @pytest.mark.parametrize("shape", [(2000, 1500, 3), (2000, 1500)], ids=["rgb", "grey"])

@@ -165,6 +165,21 @@ def uint8_factor(dtype: Any, lo: Any, hi: Any, finite: bool, what: str, where: s
     return 255.0 / full
 
 
+def stated_bits_factor(dtype: Any, bits: int, source: str, what: str) -> float:
+    """The factor that takes unsigned integers of ``bits`` significant bits to uint8, with its warning.
+
+    For a bit depth the file states (``source`` names where, e.g. ``"OME SignificantBits = 12"``),
+    so that no pixel is read to find it; brighter values than ``2 ** bits - 1`` become 255.
+    """
+    full = 2**bits - 1
+    _warn_conversion(
+        what,
+        f"{np.dtype(dtype)} pixels read as {bits}-bit data (the file's {source}): scaled by 255 / {full} "
+        "to uint8 (loki stores 8-bit RGB).",
+    )
+    return 255.0 / full
+
+
 def _stack(parts: list) -> Any:
     """Channels ``(c, y, x)`` stacked; numpy ones as a view of a ``(y, x, c)`` array (what :func:`read_rgb` returns)."""
     if isinstance(parts[0], np.ndarray):

@@ -2,7 +2,8 @@
 
 Whole-slide images are larger than memory. Every pyramid level a scanner wrote into a TIFF-based file
 becomes a lazy dask array, read tile by tile when a patch, a mask or a plot needs it: tiled levels by
-:class:`loki.io._tiff_tiles.TileReader`, others (stripped, planar, NDPI) through tifffile's zarr store.
+:class:`loki.io._tiff_tiles.TileReader`, uncompressed ones through a memory map
+(:class:`loki.io._tiff_tiles.MappedLevel`), others (compressed strips, NDPI) through tifffile's zarr store.
 A file without levels gets factor-2 levels computed lazily from its full resolution.
 """
 
@@ -21,14 +22,16 @@ from loki._utils import check_element_name
 from loki._utils._spatialdata import image_levels
 
 from ._image import (
+    _BIT_DEPTHS,
     check_pixel_dtype,
     parse_cyx_image,
     parse_rgb_image,
     read_rgb,
     scaled_to_uint8,
+    stated_bits_factor,
     uint8_factor,
 )
-from ._tiff_tiles import TileReader, whole_tiles
+from ._tiff_tiles import MappedLevel, TileReader, whole_tiles
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -93,14 +96,20 @@ def read_slide(
     grey is repeated) and, when the pixel size is known, ``attrs['loki']['microns_per_pixel'][name]``.
     16-bit, other integer and float pixels are scaled to uint8 with a :class:`loki.LokiWarning`
     saying how, by the rules of :func:`loki.io.read_visium` (e.g. uint16 with values up to 4095 is
-    12-bit data, scaled by 255 / 4095). A TIFF stays lazy: the range of its values is found in the
-    coarsest level it stores (a single-level TIFF is read once for it, block by block), and each
-    level is converted as its blocks are read; a pixel of a finer level brighter than that range
-    allows becomes 255, and a NaN of a finer level of a float slide becomes 0. A coarse level drawn
-    by subsampling can miss the brightest pixels; when those cross a bit depth (values up to 999 in
-    the coarsest level, 1,100 at full resolution) the slide is read as 10-bit instead of 12-bit data,
-    4 times brighter than the other readers would make it. The warning names the range and where it
-    was found: convert such a slide to 8 bits yourself when the range it names is not the data's.
+    12-bit data, scaled by 255 / 4095). A TIFF stays lazy, and each level is converted as its blocks
+    are read. The bit depth of unsigned integers is the one the file states, when it states fewer
+    bits than its samples hold: ``BitsPerSample`` (e.g. 12-bit packed samples), OME
+    ``SignificantBits``, or a TIFF ``MaxSampleValue`` (else ``SMaxSampleValue``) tag, read as the
+    smallest bit depth that holds it; no pixel is read for it, and a brighter one becomes 255. A
+    plain 16-bit file says nothing (scanners write 12-bit data in 16-bit samples without saying so):
+    then, as for floats and signed integers, the range of its values is found in the coarsest level
+    it stores (a single-level TIFF is read once for it, block by block); a pixel of a finer level
+    brighter than that range allows becomes 255, and a NaN of a finer level of a float slide
+    becomes 0. A coarse level drawn by subsampling can miss the brightest pixels; when those cross a
+    bit depth (values up to 999 in the coarsest level, 1,100 at full resolution) the slide is read
+    as 10-bit instead of 12-bit data, 4 times brighter than the other readers would make it. The
+    warning names the bit depth and where it came from (the file's tag, or the range and the level
+    it was found in): convert such a slide to 8 bits yourself when that is not the data's.
 
     Raises
     ------
@@ -196,11 +205,13 @@ def _multiscale(levels: list, transformations: dict):
     return tree
 
 
-def _tiff_levels(path: Path, index: int = 0) -> tuple[list, float | None, str]:
-    """Lazy ``(3, y, x)`` dask arrays of one series of a TIFF, finest first, and its pixel size.
+def _tiff_levels(path: Path, index: int = 0, what: str | None = None) -> tuple[list, float | None, str]:
+    """Lazy ``(3, y, x)`` uint8 dask arrays of one series of a TIFF, finest first, and its pixel size.
 
-    Levels stored as one tiled page of interleaved 8-bit samples are read by :class:`TileReader`;
-    others (stripped, planar, stacked) through tifffile's zarr store.
+    Levels stored as one tiled page of interleaved 8-bit samples are read by :class:`TileReader`,
+    uncompressed contiguous ones through a memory map (:class:`MappedLevel`), others (compressed
+    strips, planar, stacked) through tifffile's zarr store. ``what`` names the file in warnings and
+    errors (default its name).
     """
     import dask.array as da
     import tifffile
@@ -222,9 +233,14 @@ def _tiff_levels(path: Path, index: int = 0) -> tuple[list, float | None, str]:
         alpha = len(series.keyframe.extrasamples) > 0
         # Aperio's JPEG 2000 code 33003 stores YCbCr samples under an RGB tag; tifffile returns them as stored
         ycbcr = [int(level.keyframe.compression) == _APERIO_JP2K_YCBCR for level in series.levels]
+        stated = _stated_bits(tif, index)
         for number, level in enumerate(series.levels):
             if len(level.pages) == 1 and TileReader.supports(level.keyframe):
                 levels.append((TileReader(path, index, number, level.keyframe).to_dask(_TARGET_CHUNK), "YXS"))
+            elif MappedLevel.supports(level):
+                # one strip of a whole uncompressed image is one zarr chunk: every block would read it all
+                reader = MappedLevel.of(path, tif.byteorder, level)
+                levels.append((reader.to_dask(_TARGET_CHUNK, level.axes), level.axes))
             else:
                 levels.append((None, level.axes))
     if any(data is None for data, _ in levels):
@@ -237,31 +253,37 @@ def _tiff_levels(path: Path, index: int = 0) -> tuple[list, float | None, str]:
                     for ax, c, n in zip(axes, array.chunks, array.shape, strict=True)
                 )
                 levels[i] = (da.from_zarr(array, chunks=chunks), axes)
-    cyx = _to_uint8([_as_cyx(data, axes, path.name, alpha=alpha) for data, axes in levels], path.name)
+    what = path.name if what is None else what
+    cyx = _to_uint8([_as_cyx(data, axes, what, alpha=alpha) for data, axes in levels], what, stated)
     # grey is repeated to RGB after any conversion (converting one channel, not three)
     cyx = [da.concatenate([c] * 3) if c.shape[0] == 1 else c for c in cyx]
     return [_ycbcr_to_rgb(c) if y else c for c, y in zip(cyx, ycbcr, strict=True)], mpp, source
 
 
-def _to_uint8(levels: list, what: str) -> list:
-    """Lazy levels of 16-bit, float, ... samples as uint8, by one factor found in the coarsest level.
+def _to_uint8(levels: list, what: str, stated: tuple[int, str] | None = None) -> list:
+    """Lazy levels of 16-bit, float, ... samples as uint8, by one factor for all of them.
 
-    The rules of :data:`loki.io._image.CONVERSION_RULES` (those of read_visium and read_legacy_st),
-    with the range of values found in the coarsest level the file stores: reading the full
-    resolution of a slide for it would take as long as reading the whole slide. A coarse level's
-    range is narrower than the full resolution's (by averaging, or by subsampling that misses the
-    brightest pixels); the bit depth of integers (8, 10, 12, 14 or 16 bits) is taken from it, and
-    any brighter pixel of a finer level becomes 255 (NaN of a float slide, 0). Nothing is read for
-    uint8 files; each level is converted block by block when read.
+    The rules of :data:`loki.io._image.CONVERSION_RULES` (those of read_visium and read_legacy_st).
+    ``stated``: the significant bits of unsigned integer samples and where the file states them
+    (:func:`_stated_bits`); then no pixel is read. Otherwise the range of values is found in the
+    coarsest level the file stores: reading the full resolution of a slide for it would take as long
+    as reading the whole slide. A coarse level's range is narrower than the full resolution's (by
+    averaging, or by subsampling that misses the brightest pixels); the bit depth of integers (8, 10,
+    12, 14 or 16 bits) is taken from it. Any brighter pixel of a finer level becomes 255 (NaN of a
+    float slide, 0). Nothing is read for uint8 files; each level is converted block by block when read.
     """
     dtype = np.dtype(levels[0].dtype)
     if dtype == np.uint8:
         return levels
     check_pixel_dtype(dtype, what)
+    if stated is not None and dtype.kind == "u":
+        factor = stated_bits_factor(dtype, *stated, what)
+        return [scaled_to_uint8(level, factor, rechunk=False) for level in levels]
     coarsest = levels[-1]
     height, width = (int(n) for n in coarsest.shape[1:])
     where = (
-        f" (found in its coarsest stored level, {width} x {height} px, not read whole at full resolution)"
+        f" (found in its coarsest stored level, {width} x {height} px, not read whole at full resolution; "
+        "the file states no bit depth)"
         if len(levels) > 1
         else ""
     )
@@ -276,6 +298,44 @@ def _to_uint8(levels: list, what: str) -> list:
     factor = uint8_factor(dtype, lo, hi, bool(finite), what, where)
     # blocks kept as stored: whole tiles, each read once
     return [scaled_to_uint8(level, factor, rechunk=False) for level in levels]
+
+
+def _stated_bits(tif, index: int = 0) -> tuple[int, str] | None:
+    """Significant bits of the unsigned integer samples of series ``index``, where the file states them.
+
+    Only statements of fewer bits than the samples hold count: ``BitsPerSample`` below the dtype's
+    (e.g. 12-bit packed samples, decoded to uint16), OME ``SignificantBits`` below it, or a TIFF
+    ``MaxSampleValue`` (else ``SMaxSampleValue``) below its maximum, read as the smallest bit depth
+    of 8, 10, 12, 14 or 16 bits that holds it. A plain 16-bit container says nothing: scanners
+    write 12-bit data in it without saying so. Returns ``(bits, where it is stated)`` or None.
+    """
+    page = tif.series[index].levels[0].keyframe
+    dtype = np.dtype(page.dtype)
+    if dtype.kind != "u" or dtype.itemsize == 1:
+        return None
+    container = 8 * dtype.itemsize
+    bits = int(page.bitspersample)
+    if 0 < bits < container:
+        return bits, f"BitsPerSample = {bits}"
+    if tif.ome_metadata:
+        elements = re.findall(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata)
+        found = (
+            re.search(r'\bSignificantBits="\s*(\d+)\s*"', elements[index]) if index < len(elements) else None
+        )
+        if found is not None and 0 < int(found.group(1)) < container:
+            return int(found.group(1)), f"OME SignificantBits = {int(found.group(1))}"
+    for code, tag in ((281, "MaxSampleValue"), (341, "SMaxSampleValue")):
+        value = page.tags.valueof(code)
+        if value is None:
+            continue
+        try:
+            top = int(np.max(np.asarray(value, dtype=np.float64)))
+        except (TypeError, ValueError):
+            continue
+        if 0 < top < 2**container - 1:
+            bits = next((b for b in _BIT_DEPTHS if top < 2**b), top.bit_length())
+            return bits, f"{tag} = {top}"
+    return None
 
 
 def _ycbcr_to_rgb(cyx):

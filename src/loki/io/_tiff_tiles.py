@@ -3,7 +3,8 @@
 tifffile's zarr store reads any TIFF, but every 240-512 px tile then passes through zarr's chunk
 machinery; on a JPEG-compressed slide that ran at a quarter of the codec's speed. For the common case
 (tiles of interleaved 8-bit samples, one plane) a dask block here reads the byte ranges of the tiles
-it covers with ``os.pread`` and decodes them with the page's own tifffile decoder.
+it covers with ``os.pread`` and decodes them with the page's own tifffile decoder. Uncompressed
+levels stored contiguously are read through a memory map (:class:`MappedLevel`).
 """
 
 from __future__ import annotations
@@ -121,3 +122,60 @@ def whole_tiles(target: int, tile: int) -> int:
 
 def _split(n: int, step: int) -> tuple[int, ...]:
     return tuple(min(step, n - start) for start in range(0, n, step))
+
+
+class MappedLevel:
+    """Read any region of an uncompressed TIFF level stored contiguously, through a memory map.
+
+    tifffile's zarr store reads such a level strip by strip, and a writer that puts the whole image
+    in one strip (tifffile's default when uncompressed) makes every block read all of it; a memory
+    map reads only the bytes of the region.
+
+    Parameters
+    ----------
+    path
+        The TIFF file.
+    offset, shape, dtype
+        Where the level's samples start, their shape (tifffile's, e.g. ``(y, x, samples)``) and
+        their dtype in the file's byte order.
+
+    Regions are returned as copies in native byte order. The map is opened when first read (after
+    unpickling too: the reader pickles by its location, not its pixels).
+    """
+
+    def __init__(self, path, offset: int, shape: tuple[int, ...], dtype):
+        self.path, self.offset = str(path), int(offset)
+        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+        self._map = None
+
+    @classmethod
+    def of(cls, path, byteorder: str, level) -> MappedLevel:
+        """The reader of ``level``, a series level (passing :meth:`supports`) of an open ``tifffile.TiffFile``."""
+        return cls(path, level.dataoffset, level.shape, np.dtype(level.dtype).newbyteorder(byteorder))
+
+    @staticmethod
+    def supports(level) -> bool:
+        """Whether a ``tifffile`` series level is one uncompressed page of contiguous samples."""
+        return bool(len(level.pages) == 1 and level.keyframe.is_memmappable and level.dataoffset is not None)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "offset": self.offset, "shape": self.shape, "dtype": self.dtype.str}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def read(self, key) -> np.ndarray:
+        """``level[key]`` for a tuple of slices, read from the file."""
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+        return np.array(self._map[key], dtype=self.dtype.newbyteorder("="))
+
+    def to_dask(self, target: int, axes: str):
+        """A lazy array of the level, with blocks of about ``target`` px a side along ``axes`` Y and X."""
+        import dask.array as da
+
+        def block(block_info=None):
+            return self.read(tuple(slice(a, b) for a, b in block_info[None]["array-location"]))
+
+        chunks = [_split(n, target) if ax in "YX" else (n,) for ax, n in zip(axes, self.shape, strict=True)]
+        return da.map_blocks(block, chunks=chunks, dtype=self.dtype.newbyteorder("="))

@@ -132,18 +132,28 @@ def safe_section_name(default: str) -> str:
 
 
 def section_images(
-    raw_images: dict, raw_name: str, name: str, coordinate_system: str, sources: dict[str, Any]
+    raw_images: dict,
+    raw_name: str,
+    name: str,
+    coordinate_system: str,
+    sources: dict[str, Any],
+    folder: Path | None = None,
 ) -> tuple[dict, str | None]:
     """spatialdata-io's images of a section as loki's: ``({f"{name}_{kind}_image": image}, image_key)``.
 
     ``raw_images`` are keyed ``f"{raw_name}_{kind}_image"``, each with a transformation into the
     coordinate system ``raw_name`` that maps it to full resolution; ``sources`` names the file of
-    each kind for the messages. Each image becomes 8-bit RGB (:func:`to_uint8_cyx`; uint8 stays lazy,
-    others are read once and held converted, the alpha channel some Space Ranger PNGs carry dropped), a loki pyramid placed in
-    ``coordinate_system`` (full-resolution pixels). ``image_key`` is the finest: the full-resolution
-    image, else hires, else lowres, else the first; None without images.
+    each kind (relative to ``folder``) for the messages. Each image becomes 8-bit RGB
+    (:func:`to_uint8_cyx`; uint8 stays lazy, others are read once and held converted, the alpha
+    channel some Space Ranger PNGs carry dropped), a loki pyramid placed in ``coordinate_system``
+    (full-resolution pixels). A full-resolution TIFF in ``folder`` is read as
+    :func:`loki.io.read_slide` reads it instead (lazily, block by block, with the levels it stores):
+    spatialdata-io's array of it decodes the whole file at every use. ``image_key`` is the finest:
+    the full-resolution image, else hires, else lowres, else the first; None without images.
     """
     from spatialdata.transformations import get_transformation
+
+    from ._slide import _TIFF_SUFFIXES, _multiscale, _tiff_levels
 
     images = {}
     for key, img in raw_images.items():
@@ -153,6 +163,17 @@ def section_images(
         source = sources.get(kind)
         out_key = f"{name}_{kind}_image"
         what = f"image {out_key!r}" + (f" ({str(source)!r})" if source else "")
+        file = Path(folder) / source if folder is not None and source and kind == "full" else None
+        if file is not None and file.suffix.lower() in _TIFF_SUFFIXES and file.is_file():
+            try:
+                levels = _tiff_levels(file, 0, what)[0]
+            except ValueError:  # e.g. 5 fluorescence channels as pages: spatialdata-io's array says why below
+                levels = None
+            if levels is not None and tuple(levels[0].shape[1:]) == tuple(level.shape[1:]):
+                # the image spatialdata-io placed, read from the file block by block
+                images[out_key] = _multiscale(levels, {coordinate_system: to_fullres})
+                continue
+            logger.info("%s: read as spatialdata-io reads it (tifffile reads another image)", what)
         # spatialdata-io decodes each image file whole, whatever the blocks of its dask array
         rgb = to_uint8_cyx(level.data, what, read_whole=True)
         images[out_key] = parse_cyx_image(rgb, {coordinate_system: to_fullres})
@@ -273,6 +294,12 @@ def read_visium(
     The SpatialData's ``attrs['loki']['microns_per_pixel']`` records the pixel size (µm) of each
     image's finest level, which :func:`loki.pp.tile_image` reads: any of the images can be tiled.
 
+    A full-resolution TIFF (``fullres_image_file=``, e.g. ``.tif``, ``.btf``) is read as
+    :func:`loki.io.read_slide` reads it: lazily, block by block, with the pyramid levels it stores and
+    the bit depth it states. spatialdata-io's array of it decodes the whole file at each use; other
+    formats (jpg, png) are still read by spatialdata-io, uint8 lazily (decoded whole at each use), other
+    dtypes once, held in memory converted.
+
     Raises
     ------
     NotADirectoryError
@@ -325,7 +352,7 @@ def read_visium(
     shapes = raw.shapes[name]
     diameter_px = 2.0 * float(np.median(shapes["radius"]))
     sources = {"full": kwargs.get("fullres_image_file"), **_IMAGE_FILES}
-    images, image_key = section_images(raw.images, name, name, coordinate_system, sources)
+    images, image_key = section_images(raw.images, name, name, coordinate_system, sources, path)
 
     adata = raw.tables["table"].copy()
     gene_names = _h5_gene_names(path / counts_file) if str(counts_file).endswith(".h5") else None
