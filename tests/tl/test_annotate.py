@@ -8,7 +8,8 @@ from anndata import AnnData
 from scipy import sparse
 
 import loki as lk
-from loki.tl._annotate import cosine_scores, fuse_scores, marker_sentences, minmax_per_row
+from loki.tl._annotate import cosine_scores, fuse_scores, minmax_per_row
+from loki.tl._annotate_classes import marker_sentences
 
 GENES = [f"G{i}" for i in range(40)]
 MARKERS = {"tumour": ["G0", "G1", "G2"], "stroma": ["G10", "G11", "G12"], "fat": ["G20", "G21", "G22"]}

@@ -1,4 +1,8 @@
-"""Loki Annotate: similarity of patch / spot embeddings to marker-gene or bulk sentences (eqs. 8-11)."""
+"""Loki Annotate: similarity of patch / spot embeddings to marker-gene or bulk sentences (eqs. 8-11).
+
+The classes (their sentences and embeddings) come from :mod:`loki.tl._annotate_classes`; this module
+scores the items against them, labels the items and writes the results.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse
 
 from loki._keys import Key
 from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import (
     all_or_nothing,
-    check_int,
-    check_labelled,
     check_result_key,
     drop_obsm,
     require_keys,
@@ -24,10 +25,9 @@ from loki._utils import (
     write_obsm,
     write_uns,
 )
-from loki._utils._labels import label_categories
-from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._spatialdata import check_write_mode, get_table
 
+from ._annotate_classes import _classes, _embed_sentences
 from ._retrieve import _check_norms, l2_normalize, row_norms
 
 if TYPE_CHECKING:
@@ -87,143 +87,6 @@ def fuse_scores(*scores: np.ndarray) -> np.ndarray:
     return sum(minmax_per_row(s) for s in scores)
 
 
-def marker_sentences(
-    markers: Mapping[str, Sequence[str]], vocabulary: Iterable[str] | None = None, *, max_genes: int = 50
-) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """One gene sentence per class: its markers in the given order, joined by spaces.
-
-    Markers are matched to ``vocabulary`` ignoring case and written in the vocabulary's spelling (so
-    human marker tables work on mouse data); markers absent from it are left out and returned.
-
-    Returns
-    -------
-    Class -> sentence, and class -> markers not found in the vocabulary.
-
-    """
-    markers = _marker_mapping(markers)
-    if not markers:
-        raise ValueError("markers is empty; pass {class: [genes]} with at least one class.")
-    if isinstance(vocabulary, str):
-        raise TypeError(
-            f"vocabulary must be a list of gene symbols, not the string {vocabulary[:40]!r} (its letters "
-            "would be the genes); pass e.g. [gene] or a table's var_names."
-        )
-    check_int(max_genes, "max_markers", why="the number of markers per class")
-    names = pd.Series([str(c) for c in markers])
-    if names.duplicated().any():
-        clash = [c for c in markers if str(c) in set(names[names.duplicated()])]
-        raise ValueError(f"Marker classes {clash!r} have the same name as text; give them distinct names.")
-    lookup = None if vocabulary is None else {str(g).upper(): str(g) for g in vocabulary}
-    sentences, missing = {}, {}
-    for cls, genes in markers.items():
-        if isinstance(genes, str):
-            raise TypeError(f"Markers of class {cls!r} must be a list of genes, not the string {genes!r}.")
-        genes = [str(g).strip() for g in genes if str(g).strip()]
-        if not genes:
-            raise ValueError(f"The marker list of class {cls!r} is empty.")
-        if lookup is not None:
-            missing[str(cls)] = [g for g in genes if g.upper() not in lookup]
-            genes = [lookup[g.upper()] for g in genes if g.upper() in lookup]
-            if not genes:
-                raise ValueError(
-                    f"None of the markers of class {str(cls)!r} ({', '.join(missing[str(cls)][:10])}) is in "
-                    "the vocabulary."
-                )
-        sentences[str(cls)] = " ".join(list(dict.fromkeys(genes))[:max_genes])
-    return sentences, {c: m for c, m in missing.items() if m}
-
-
-def _marker_mapping(markers) -> Mapping[str, Sequence[str]]:
-    """``markers`` as ``{class: [genes]}``: a mapping, or a pandas Series of gene lists indexed by class.
-
-    A DataFrame is refused: iterating one gives its column names, so a long table (one row per class and
-    gene) or a wide one (one column per class) would be read as wrong classes without a word.
-    """
-    if isinstance(markers, pd.DataFrame):
-        raise TypeError(
-            f"markers is a DataFrame (columns {list(markers.columns)[:5]}); pass {{class: [genes]}}: for a "
-            "table of one row per class and gene, df.groupby(class_column)[gene_column].agg(list); for "
-            "ScTypeDB, PanglaoDB or CellMarker files, lk.pp.read_markers(path)."
-        )
-    if isinstance(markers, pd.Series):
-        if not markers.index.is_unique:
-            repeated = list(markers.index[markers.index.duplicated()].unique()[:5])
-            raise ValueError(
-                f"markers is a Series whose index repeats classes ({repeated}); give each class one list of "
-                "genes, e.g. df.groupby(class_column)[gene_column].agg(list)."
-            )
-        return markers.to_dict()
-    if not isinstance(markers, Mapping):
-        raise TypeError(
-            f"markers must be {{class: [genes]}} (or a bulk AnnData), got {type(markers).__name__}; "
-            "lk.pp.read_markers(path) reads ScTypeDB, PanglaoDB and CellMarker tables into one."
-        )
-    return markers
-
-
-def bulk_sentences(bulk: AnnData, *, groupby: str | None = None, **sentence_kwargs: Any) -> dict[str, str]:
-    """Gene sentences of bulk (or pseudo-bulk) profiles with the spots' recipe.
-
-    Parameters
-    ----------
-    bulk
-        Samples x genes counts (``var_names`` = gene symbols).
-    groupby
-        Column of ``bulk.obs``: samples of a group are summed into one pseudo-bulk profile per group,
-        a class named by the group as a string. The classes are ordered as
-        :func:`loki.tl.decompose` orders cell types: by a categorical column's categories (those
-        without a sample are left out), otherwise by value, numbers as numbers (0, 2, 10). Default:
-        each sample is its own class, named by ``obs_names``.
-    **sentence_kwargs
-        Passed to :func:`loki.pp.gene_sentences` (``n_genes``, ``housekeeping``, ...).
-
-    """
-    from loki.pp import gene_sentences
-
-    if bulk.n_obs == 0:
-        raise ValueError("The bulk AnnData has no sample.")
-    if groupby is not None:
-        require_keys(bulk.obs.columns, groupby, "bulk.obs")
-        check_labelled(bulk.obs[groupby], f"bulk.obs[{groupby!r}]", "samples")
-        # the order decompose gives the same labels: declared categories, numbers as numbers
-        groups = label_categories(bulk.obs[groupby])
-        unused = [
-            str(c)
-            for c in groups.categories[np.bincount(groups.codes, minlength=len(groups.categories)) == 0]
-        ]
-        if unused:
-            logger.info(
-                "bulk.obs[%r]: categories without a sample are no class: %s",
-                groupby,
-                ", ".join(map(repr, unused)),
-            )
-            groups = groups.remove_unused_categories()
-        onehot = sparse.csr_matrix(
-            (np.ones(bulk.n_obs), (groups.codes, np.arange(bulk.n_obs))),
-            shape=(len(groups.categories), bulk.n_obs),
-        )
-        x = onehot @ (bulk.X if sparse.issparse(bulk.X) else np.asarray(bulk.X))
-        bulk = AnnData(
-            X=sparse.csr_matrix(x),
-            obs=pd.DataFrame(index=pd.Index(groups.categories, dtype=str)),
-            var=bulk.var[[]],
-        )
-    else:
-        bulk = AnnData(X=bulk.X, obs=pd.DataFrame(index=bulk.obs_names.astype(str)), var=bulk.var[[]])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = gene_sentences(bulk, copy=True, **sentence_kwargs)
-    sentence_key = sentence_kwargs.get("key_added", Key.SENTENCE)
-    empty = out.obs[Key.empty_of(sentence_key)].to_numpy(dtype=bool)
-    if empty.any():
-        raise ValueError(
-            f"Bulk profile(s) {list(out.obs_names[empty])} have no expressed gene after filtering."
-        )
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return dict(zip(out.obs_names, out.obs[sentence_key], strict=True))
-
-
 class Annotation(NamedTuple):
     """What :func:`annotate` returns with ``inplace=False``: the results it would write."""
 
@@ -233,18 +96,6 @@ class Annotation(NamedTuple):
     """Categorical label of each item, named ``label_key`` (``.obs[label_key]``)."""
     fused: pd.DataFrame | None
     """Fused scores (``.obsm[f"{key_added}_fused"]``), or None without ``fuse_with``."""
-
-
-def _encode(model: Any, sentences: list[str]) -> np.ndarray:
-    if model is None:
-        raise ValueError(
-            "Pass model= (e.g. lk.models.load('loki-tiny')) or class_embeddings= to embed the classes."
-        )
-    if hasattr(model, "encode_texts"):
-        return np.asarray(model.encode_texts(sentences), dtype=np.float32)
-    if callable(model):
-        return np.asarray(model(sentences), dtype=np.float32)
-    raise TypeError(f"model must have encode_texts() or be callable, got {type(model).__name__}.")
 
 
 def annotate(
@@ -357,79 +208,87 @@ def annotate(
     )
     label_key = key_added if label_key is None else label_key
     check_result_key(adata, label_key, ("obs",), what="label_key", owner=key_added)
-    require_keys(adata.obsm, use, "adata.obsm")
-    items = np.asarray(adata.obsm[use], dtype=np.float32)
-    # a copy made here (float64 embeddings, say) is normalised in place rather than copied again
-    own_items = items is not adata.obsm[use] and items.flags.owndata and items.flags.writeable
-    if not _all_finite(items):
-        raise ValueError(f"adata.obsm[{use!r}] contains NaN or infinite values.")
-    sentences: dict[str, str] = {}
-    missing: dict[str, list[str]] = {}
-    if class_embeddings is not None:
-        if markers is not None:
-            raise ValueError("Pass either markers or class_embeddings, not both.")
-        ce = (
-            class_embeddings
-            if isinstance(class_embeddings, pd.DataFrame)
-            else pd.DataFrame({k: np.asarray(v, dtype=np.float32) for k, v in class_embeddings.items()}).T
-        )
-        if ce.shape[0] == 0:
-            raise ValueError("class_embeddings holds no class.")
-        classes, emb = [str(c) for c in ce.index], ce.to_numpy(dtype=np.float32)
-        source = "embeddings"
-    elif markers is None:
-        raise ValueError("Pass markers ({class: [genes]} or a bulk AnnData) or class_embeddings.")
-    else:
-        if isinstance(markers, AnnData):
-            sentences = bulk_sentences(markers, groupby=groupby, **dict(sentence_kwargs or {}))
-            source = "bulk"
-        else:
-            vocab = vocabulary
-            if vocab is None and adata.n_vars:
-                vocab = adata.var_names
-            elif vocab is None:
-                logger.info("the table holds no genes (an image-only section): markers are used as given")
-            sentences, missing = marker_sentences(markers, vocab, max_genes=max_markers)
-            source = "markers"
-        classes = list(sentences)
-        emb = None
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"Class names must be unique, got {classes}.")
-    fused_other = None
-    if fuse_with is not None:
-        if isinstance(fuse_with, pd.DataFrame):
-            require_keys(fuse_with.columns, classes, "fuse_with.columns")
-            missing_rows = adata.obs_names.difference(fuse_with.index)
-            if len(missing_rows):
-                raise ValueError(
-                    f"fuse_with has no row for {len(missing_rows)} of the {adata.n_obs} items (e.g. "
-                    f"{', '.join(map(repr, missing_rows[:3]))}); its index must hold the table's obs_names."
-                )
-            if not fuse_with.index.is_unique:
-                raise ValueError(
-                    "fuse_with's index has duplicated names; rows are matched to obs_names by name."
-                )
-            fused_other = fuse_with.loc[adata.obs_names, classes].to_numpy(dtype=np.float64)
-        else:
-            fused_other = np.asarray(fuse_with, dtype=np.float64)
-        if fused_other.shape != (adata.n_obs, len(classes)):
-            raise ValueError(
-                f"fuse_with must be items x classes {(adata.n_obs, len(classes))}, got {fused_other.shape}."
-            )
-        if not np.isfinite(fused_other).all():
-            raise ValueError("fuse_with contains NaN or infinite values.")
+    items, own_items = _item_embeddings(adata, use)
+    classes = _classes(
+        adata,
+        markers,
+        class_embeddings,
+        groupby=groupby,
+        vocabulary=vocabulary,
+        max_markers=max_markers,
+        sentence_kwargs=sentence_kwargs,
+    )
+    fused_other = None if fuse_with is None else _fuse_input(fuse_with, adata, classes.names)
+    emb = classes.embeddings
     if emb is None:
-        recorded = embedding_model(adata, use)
-        if recorded is not None and isinstance(getattr(model, "checkpoint_hash", None), str):
-            info = model.info() if callable(getattr(model, "info", None)) else {}
-            mine = {"model": getattr(model, "name", "?"), **info, "checkpoint_hash": model.checkpoint_hash}
-            warn_if_models_differ({f"adata.obsm[{use!r}]": recorded, "the class embeddings (model=)": mine})
-        emb = _encode(model, [sentences[c] for c in classes])
-        if emb.shape[0] != len(classes):
-            raise ValueError(f"The model returned {emb.shape[0]} embeddings for {len(classes)} sentences.")
+        emb = _embed_sentences(model, [classes.sentences[c] for c in classes.names], adata, use)
     # validates embedding sizes before anything is written
     scores = _cosine_scores(items, emb, overwrite_items=own_items)
     del items  # normalised in place when it was a copy
+    _warn_missing_markers(classes.missing)
+    result, without_spots = _annotation(scores, fused_other, classes.names, adata.obs_names, label_key)
+    if not inplace:
+        return result
+
+    record = {
+        "tool": "tl.annotate",
+        "use": use,
+        "source": classes.source,
+        "classes": classes.names,
+        "classes_without_spots": without_spots,
+        "sentences": [classes.sentences.get(c, "") for c in classes.names],
+        "missing_markers": [" ".join(classes.missing.get(c, [])) for c in classes.names],
+        "fused": fused_other is not None,
+        "label_key": label_key,
+    }
+    return _write_results(adata, copy, key_added, fused_key, label_key, result, record)
+
+
+def _item_embeddings(adata: AnnData, use: str) -> tuple[np.ndarray, bool]:
+    """The items' ``adata.obsm[use]`` as float32, and whether that array is a copy of the caller's own.
+
+    A copy made here (of float64 embeddings, say) may be normalised in place rather than copied
+    again. A missing key, or NaN or infinite values, are errors.
+    """
+    require_keys(adata.obsm, use, "adata.obsm")
+    items = np.asarray(adata.obsm[use], dtype=np.float32)
+    own_items = items is not adata.obsm[use] and items.flags.owndata and items.flags.writeable
+    if not _all_finite(items):
+        raise ValueError(f"adata.obsm[{use!r}] contains NaN or infinite values.")
+    return items, own_items
+
+
+def _fuse_input(fuse_with: pd.DataFrame | np.ndarray, adata: AnnData, classes: list[str]) -> np.ndarray:
+    """The other model's scores as an items x classes float64 array in the table's row and class order.
+
+    A DataFrame is matched by name (its columns must hold the classes and its unique index the
+    table's ``obs_names``), an array taken as it is; either must have the shape items x classes and
+    hold finite values only.
+    """
+    if isinstance(fuse_with, pd.DataFrame):
+        require_keys(fuse_with.columns, classes, "fuse_with.columns")
+        missing_rows = adata.obs_names.difference(fuse_with.index)
+        if len(missing_rows):
+            raise ValueError(
+                f"fuse_with has no row for {len(missing_rows)} of the {adata.n_obs} items (e.g. "
+                f"{', '.join(map(repr, missing_rows[:3]))}); its index must hold the table's obs_names."
+            )
+        if not fuse_with.index.is_unique:
+            raise ValueError("fuse_with's index has duplicated names; rows are matched to obs_names by name.")
+        fused_other = fuse_with.loc[adata.obs_names, classes].to_numpy(dtype=np.float64)
+    else:
+        fused_other = np.asarray(fuse_with, dtype=np.float64)
+    if fused_other.shape != (adata.n_obs, len(classes)):
+        raise ValueError(
+            f"fuse_with must be items x classes {(adata.n_obs, len(classes))}, got {fused_other.shape}."
+        )
+    if not np.isfinite(fused_other).all():
+        raise ValueError("fuse_with contains NaN or infinite values.")
+    return fused_other
+
+
+def _warn_missing_markers(missing: dict[str, list[str]]) -> None:
+    """Warn about the markers absent from the vocabulary (class -> markers), if there are any."""
     if missing:
         listing = "; ".join(f"{c}: {', '.join(m)}" for c, m in missing.items())
         warnings.warn(
@@ -437,6 +296,21 @@ def annotate(
             LokiWarning,
             stacklevel=user_stacklevel(),
         )
+
+
+def _annotation(
+    scores: np.ndarray,
+    fused_other: np.ndarray | None,
+    classes: list[str],
+    obs_names: pd.Index,
+    label_key: str,
+) -> tuple[Annotation, list[str]]:
+    """The results as an :class:`Annotation`, and the classes that label no item.
+
+    The label of an item is the argmax of its scores, or with ``fused_other`` of the fused scores
+    (eqs. 10-11). The labels' categories are the classes some item won, in class order (scanpy /
+    squidpy group tools fail on empty categories); the others are logged.
+    """
     final = scores if fused_other is None else fuse_scores(scores, fused_other)
     codes = np.argmax(final, axis=1)
     won = np.bincount(codes, minlength=len(classes)) > 0
@@ -451,26 +325,28 @@ def annotate(
             label_key,
             ", ".join(map(repr, without_spots)),
         )
-    index = adata.obs_names.copy()
+    index = obs_names.copy()
     result = Annotation(
         scores=pd.DataFrame(scores, index=index, columns=classes),
         labels=pd.Series(labels, index=index, name=label_key),
         fused=None if fused_other is None else pd.DataFrame(final, index=index, columns=classes),
     )
-    if not inplace:
-        return result
+    return result, without_spots
 
-    record = {
-        "tool": "tl.annotate",
-        "use": use,
-        "source": source,
-        "classes": classes,
-        "classes_without_spots": without_spots,
-        "sentences": [sentences.get(c, "") for c in classes],
-        "missing_markers": [" ".join(missing.get(c, [])) for c in classes],
-        "fused": fused_other is not None,
-        "label_key": label_key,
-    }
+
+def _write_results(
+    adata: AnnData,
+    copy: bool,
+    key_added: str,
+    fused_key: str,
+    label_key: str,
+    result: Annotation,
+    record: dict,
+) -> AnnData | None:
+    """Write ``result`` and ``record`` into ``adata`` (or a copy of it, returned): all of them or, on failure, none.
+
+    Without fused scores an earlier call's are dropped, since these labels would contradict them.
+    """
     if copy:
         adata = adata.copy()
     with all_or_nothing():

@@ -1,0 +1,273 @@
+"""The classes of :func:`loki.tl.annotate`: gene sentences of marker lists or bulk profiles, their embeddings.
+
+A class is described by a gene sentence (its markers, or the top genes of a bulk profile) that the
+model's text encoder embeds, or given as a precomputed embedding.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from loki._keys import Key
+from loki._logging import logger
+from loki._utils import check_int, check_labelled, require_keys
+from loki._utils._labels import label_categories
+from loki._utils._provenance import embedding_model, warn_if_models_differ
+
+
+class _Classes(NamedTuple):
+    """The classes of an annotation, as :func:`_classes` reads them from the call's arguments."""
+
+    names: list[str]
+    """Class names as text, in class order."""
+    embeddings: np.ndarray | None
+    """Classes x dims (``class_embeddings``), or None when the classes are still to be embedded."""
+    sentences: dict[str, str]
+    """Class -> gene sentence (empty for ``class_embeddings``)."""
+    missing: dict[str, list[str]]
+    """Class -> its markers absent from the vocabulary, for the classes that miss some."""
+    source: str
+    """``"embeddings"``, ``"bulk"`` or ``"markers"``."""
+
+
+def _classes(
+    adata: AnnData,
+    markers,
+    class_embeddings,
+    *,
+    groupby: str | None,
+    vocabulary: Iterable[str] | None,
+    max_markers: int,
+    sentence_kwargs: Mapping[str, Any] | None,
+) -> _Classes:
+    """The classes of :func:`~loki.tl.annotate`: from ``class_embeddings``, a bulk AnnData or marker lists.
+
+    Exactly one of ``markers`` and ``class_embeddings`` must be given, and the class names must be
+    unique. Marker lists are matched to ``vocabulary``, by default the genes of the annotated table
+    ``adata`` (a table without genes uses the markers as given).
+    """
+    sentences: dict[str, str] = {}
+    missing: dict[str, list[str]] = {}
+    emb = None
+    if class_embeddings is not None:
+        if markers is not None:
+            raise ValueError("Pass either markers or class_embeddings, not both.")
+        classes, emb = _given_embeddings(class_embeddings)
+        source = "embeddings"
+    elif markers is None:
+        raise ValueError("Pass markers ({class: [genes]} or a bulk AnnData) or class_embeddings.")
+    else:
+        if isinstance(markers, AnnData):
+            sentences = bulk_sentences(markers, groupby=groupby, **dict(sentence_kwargs or {}))
+            source = "bulk"
+        else:
+            vocab = vocabulary
+            if vocab is None and adata.n_vars:
+                vocab = adata.var_names
+            elif vocab is None:
+                logger.info("the table holds no genes (an image-only section): markers are used as given")
+            sentences, missing = marker_sentences(markers, vocab, max_genes=max_markers)
+            source = "markers"
+        classes = list(sentences)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"Class names must be unique, got {classes}.")
+    return _Classes(classes, emb, sentences, missing, source)
+
+
+def _given_embeddings(class_embeddings) -> tuple[list[str], np.ndarray]:
+    """Class names as text and the classes x dims float32 array of precomputed class embeddings.
+
+    ``class_embeddings`` is a DataFrame (classes x dims) or a mapping class -> vector; one without
+    any class is an error.
+    """
+    ce = (
+        class_embeddings
+        if isinstance(class_embeddings, pd.DataFrame)
+        else pd.DataFrame({k: np.asarray(v, dtype=np.float32) for k, v in class_embeddings.items()}).T
+    )
+    if ce.shape[0] == 0:
+        raise ValueError("class_embeddings holds no class.")
+    return [str(c) for c in ce.index], ce.to_numpy(dtype=np.float32)
+
+
+def _embed_sentences(model: Any, sentences: list[str], adata: AnnData, use: str) -> np.ndarray:
+    """Embed the classes' ``sentences`` with ``model``: classes x dims float32.
+
+    A :class:`~loki.LokiWarning` says so first when ``model`` is a loki model whose weights differ
+    from those recorded for the items' ``adata.obsm[use]``. No ``model``, one that cannot encode,
+    or one returning a number of embeddings other than the number of sentences is an error.
+    """
+    recorded = embedding_model(adata, use)
+    if recorded is not None and isinstance(getattr(model, "checkpoint_hash", None), str):
+        info = model.info() if callable(getattr(model, "info", None)) else {}
+        mine = {"model": getattr(model, "name", "?"), **info, "checkpoint_hash": model.checkpoint_hash}
+        warn_if_models_differ({f"adata.obsm[{use!r}]": recorded, "the class embeddings (model=)": mine})
+    emb = _encode(model, sentences)
+    if emb.shape[0] != len(sentences):
+        raise ValueError(f"The model returned {emb.shape[0]} embeddings for {len(sentences)} sentences.")
+    return emb
+
+
+def _encode(model: Any, sentences: list[str]) -> np.ndarray:
+    """The embeddings of ``sentences`` by ``model`` (``encode_texts`` or a callable), float32."""
+    if model is None:
+        raise ValueError(
+            "Pass model= (e.g. lk.models.load('loki-tiny')) or class_embeddings= to embed the classes."
+        )
+    if hasattr(model, "encode_texts"):
+        return np.asarray(model.encode_texts(sentences), dtype=np.float32)
+    if callable(model):
+        return np.asarray(model(sentences), dtype=np.float32)
+    raise TypeError(f"model must have encode_texts() or be callable, got {type(model).__name__}.")
+
+
+def marker_sentences(
+    markers: Mapping[str, Sequence[str]], vocabulary: Iterable[str] | None = None, *, max_genes: int = 50
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """One gene sentence per class: its markers in the given order, joined by spaces.
+
+    Markers are matched to ``vocabulary`` ignoring case and written in the vocabulary's spelling (so
+    human marker tables work on mouse data); markers absent from it are left out and returned.
+
+    Returns
+    -------
+    Class -> sentence, and class -> markers not found in the vocabulary.
+
+    """
+    markers = _marker_mapping(markers)
+    if not markers:
+        raise ValueError("markers is empty; pass {class: [genes]} with at least one class.")
+    if isinstance(vocabulary, str):
+        raise TypeError(
+            f"vocabulary must be a list of gene symbols, not the string {vocabulary[:40]!r} (its letters "
+            "would be the genes); pass e.g. [gene] or a table's var_names."
+        )
+    check_int(max_genes, "max_markers", why="the number of markers per class")
+    names = pd.Series([str(c) for c in markers])
+    if names.duplicated().any():
+        clash = [c for c in markers if str(c) in set(names[names.duplicated()])]
+        raise ValueError(f"Marker classes {clash!r} have the same name as text; give them distinct names.")
+    lookup = None if vocabulary is None else {str(g).upper(): str(g) for g in vocabulary}
+    sentences, missing = {}, {}
+    for cls, genes in markers.items():
+        if isinstance(genes, str):
+            raise TypeError(f"Markers of class {cls!r} must be a list of genes, not the string {genes!r}.")
+        genes = [str(g).strip() for g in genes if str(g).strip()]
+        if not genes:
+            raise ValueError(f"The marker list of class {cls!r} is empty.")
+        if lookup is not None:
+            missing[str(cls)] = [g for g in genes if g.upper() not in lookup]
+            genes = [lookup[g.upper()] for g in genes if g.upper() in lookup]
+            if not genes:
+                raise ValueError(
+                    f"None of the markers of class {str(cls)!r} ({', '.join(missing[str(cls)][:10])}) is in "
+                    "the vocabulary."
+                )
+        sentences[str(cls)] = " ".join(list(dict.fromkeys(genes))[:max_genes])
+    return sentences, {c: m for c, m in missing.items() if m}
+
+
+def _marker_mapping(markers) -> Mapping[str, Sequence[str]]:
+    """``markers`` as ``{class: [genes]}``: a mapping, or a pandas Series of gene lists indexed by class.
+
+    A DataFrame is refused: iterating one gives its column names, so a long table (one row per class and
+    gene) or a wide one (one column per class) would be read as wrong classes without a word.
+    """
+    if isinstance(markers, pd.DataFrame):
+        raise TypeError(
+            f"markers is a DataFrame (columns {list(markers.columns)[:5]}); pass {{class: [genes]}}: for a "
+            "table of one row per class and gene, df.groupby(class_column)[gene_column].agg(list); for "
+            "ScTypeDB, PanglaoDB or CellMarker files, lk.pp.read_markers(path)."
+        )
+    if isinstance(markers, pd.Series):
+        if not markers.index.is_unique:
+            repeated = list(markers.index[markers.index.duplicated()].unique()[:5])
+            raise ValueError(
+                f"markers is a Series whose index repeats classes ({repeated}); give each class one list of "
+                "genes, e.g. df.groupby(class_column)[gene_column].agg(list)."
+            )
+        return markers.to_dict()
+    if not isinstance(markers, Mapping):
+        raise TypeError(
+            f"markers must be {{class: [genes]}} (or a bulk AnnData), got {type(markers).__name__}; "
+            "lk.pp.read_markers(path) reads ScTypeDB, PanglaoDB and CellMarker tables into one."
+        )
+    return markers
+
+
+def bulk_sentences(bulk: AnnData, *, groupby: str | None = None, **sentence_kwargs: Any) -> dict[str, str]:
+    """Gene sentences of bulk (or pseudo-bulk) profiles with the spots' recipe.
+
+    Parameters
+    ----------
+    bulk
+        Samples x genes counts (``var_names`` = gene symbols).
+    groupby
+        Column of ``bulk.obs``: samples of a group are summed into one pseudo-bulk profile per group,
+        a class named by the group as a string. The classes are ordered as
+        :func:`loki.tl.decompose` orders cell types: by a categorical column's categories (those
+        without a sample are left out), otherwise by value, numbers as numbers (0, 2, 10). Default:
+        each sample is its own class, named by ``obs_names``.
+    **sentence_kwargs
+        Passed to :func:`loki.pp.gene_sentences` (``n_genes``, ``housekeeping``, ...).
+
+    """
+    from loki.pp import gene_sentences
+
+    if bulk.n_obs == 0:
+        raise ValueError("The bulk AnnData has no sample.")
+    if groupby is not None:
+        bulk = _pseudo_bulk(bulk, groupby)
+    else:
+        bulk = AnnData(X=bulk.X, obs=pd.DataFrame(index=bulk.obs_names.astype(str)), var=bulk.var[[]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = gene_sentences(bulk, copy=True, **sentence_kwargs)
+    sentence_key = sentence_kwargs.get("key_added", Key.SENTENCE)
+    empty = out.obs[Key.empty_of(sentence_key)].to_numpy(dtype=bool)
+    if empty.any():
+        raise ValueError(
+            f"Bulk profile(s) {list(out.obs_names[empty])} have no expressed gene after filtering."
+        )
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return dict(zip(out.obs_names, out.obs[sentence_key], strict=True))
+
+
+def _pseudo_bulk(bulk: AnnData, groupby: str) -> AnnData:
+    """One profile per group of ``bulk.obs[groupby]``: the sum of its samples, named by the group as text.
+
+    The groups are ordered as :func:`loki.tl.decompose` orders cell types; categories without a
+    sample are left out (logged). Every sample needs a label. Only ``.X`` and the gene names are kept.
+    """
+    require_keys(bulk.obs.columns, groupby, "bulk.obs")
+    check_labelled(bulk.obs[groupby], f"bulk.obs[{groupby!r}]", "samples")
+    # the order decompose gives the same labels: declared categories, numbers as numbers
+    groups = label_categories(bulk.obs[groupby])
+    unused = [
+        str(c) for c in groups.categories[np.bincount(groups.codes, minlength=len(groups.categories)) == 0]
+    ]
+    if unused:
+        logger.info(
+            "bulk.obs[%r]: categories without a sample are no class: %s",
+            groupby,
+            ", ".join(map(repr, unused)),
+        )
+        groups = groups.remove_unused_categories()
+    onehot = sparse.csr_matrix(
+        (np.ones(bulk.n_obs), (groups.codes, np.arange(bulk.n_obs))),
+        shape=(len(groups.categories), bulk.n_obs),
+    )
+    x = onehot @ (bulk.X if sparse.issparse(bulk.X) else np.asarray(bulk.X))
+    return AnnData(
+        X=sparse.csr_matrix(x),
+        obs=pd.DataFrame(index=pd.Index(groups.categories, dtype=str)),
+        var=bulk.var[[]],
+    )
