@@ -10,7 +10,7 @@ non-rigid coordinates go into ``.obsm`` and a new shapes element.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
@@ -48,6 +48,8 @@ from loki.tl._align_spatialdata import (
     check_cs,
     check_shapes_name,
     check_spot_frame,
+    in_stack,
+    log_how_to_save,
     placed_elements,
     replace_stack_target,
     section_elements,
@@ -640,6 +642,28 @@ def align(
       ``input_coordinate_system``), named in ``.uns['loki'][key_added]['shapes']``, and
       ``.uns['loki'][key_added]['coordinate_system']``.
 
+    Notes
+    -----
+    The alignment changes the SpatialData in memory only: the source's table, the shapes of aligned
+    spots and the transformations of the placed elements (of both sections). ``sdata.write(path)``
+    saves all of it into a new store. A SpatialData read from a zarr store
+    (``sdata = sd.read_zarr(path)``) cannot be written over that store, and spatialdata (0.7) refuses
+    ``sdata.write_element(name, overwrite=True)`` for an element already stored there (the store is
+    in use). To save an alignment there, the first or a re-run with other settings, delete the
+    stored elements it rewrites, write them and save the transformations (here source ``"MOB2"`` and
+    the default ``key_added``)::
+
+        names = ["MOB2", sdata.tables["MOB2"].uns["loki"]["spatial_aligned"]["shapes"]]
+        stored = [path.split("/")[-1] for path in sdata.elements_paths_on_disk()]
+        sdata.delete_element_from_disk([name for name in names if name in stored])
+        sdata.write_element(names)
+        sdata.write_transformations()
+
+    A target given as a separate SpatialData needs ``write_transformations()`` only. An INFO log
+    after the alignment gives these calls with their names. Between the deletion and the write the
+    store lacks those elements; ``loki align`` on the command line writes the result into its store
+    whole or not at all.
+
     """
     if isinstance(target, str):
         if isinstance(data, AnnData):
@@ -889,13 +913,17 @@ def align(
         if restore is not None:
             restore()
         raise
+    if is_sd and not in_stack():  # a stack says it once, for all its sections
+        log_how_to_save(src.data, [src.key, *([] if shapes is None else [shapes[0]])])
+        if is_spatialdata(tgt.data) and tgt.data is not src.data:
+            log_how_to_save(tgt.data, [])
     if copy and not is_sd:
         return table
     return None
 
 
 def align_sections(
-    sdatas_or_keys: SpatialData | Sequence[SpatialData | AnnData],
+    sdatas_or_keys: SpatialData | Mapping[str, SpatialData | AnnData] | Sequence[SpatialData | AnnData],
     *,
     target: str | int,
     sections: Sequence[str] | None = None,
@@ -910,13 +938,21 @@ def align_sections(
     Parameters
     ----------
     sdatas_or_keys
-        A SpatialData holding every section as a table, or a list of per-section SpatialData (one
-        table each) / AnnData objects.
+        The sections, each named by a label in the results, records and messages:
+
+        - a SpatialData holding every section as a table: labelled by their table keys;
+        - a dict ``{label: section}`` of per-section SpatialData (one table each) / AnnData objects,
+          in stack order: labelled by its keys (e.g. ``{"S1": sdata1, "S2": sdata2}``);
+        - a list of them, in stack order: labelled by ``sections=`` when given, else by their table
+          keys when every section is a SpatialData and no two share a key, else by their positions,
+          ``section0, section1, ...``.
     target
-        Table key (SpatialData) or list position of the target section.
+        Label of the target section: a table key of the SpatialData, a key of the dict, or a label or
+        position of a list.
     sections
-        Table keys in stack order, the target among them (SpatialData input; default all tables in
-        their order). A single key (a string) is refused: a stack of one section aligns nothing.
+        For a SpatialData, table keys, and for a dict, its keys, in stack order, the target among them
+        (default all, in their order); for a list, one label per section (distinct strings). A single
+        key (a string) is refused: a stack of one section aligns nothing.
     sequential
         Align each section to its already aligned neighbour towards the target (better for long
         stacks whose far ends differ) instead of every section directly to the target.
@@ -931,10 +967,13 @@ def align_sections(
 
     Returns
     -------
-    ``{section: .uns['loki'][key_added]}`` for every aligned section. Each source is written as by
+    ``{label: .uns['loki'][key_added]}`` for every aligned section. Each source is written as by
     :func:`align`; the target gets ``.obsm[key_added]`` = its own coordinates and
     ``.uns['loki'][key_added]`` with the identity matrix; every section's entry holds ``z``, its
-    position in the stack. The target's elements are placed in the aligned coordinate system where
+    position in the stack, and ``target``, the table key of the section it was aligned onto (the
+    stack's target, or with ``sequential`` its neighbour; the target's entry names the target itself;
+    an AnnData, whose table has no key, by its label), and each source's entry ``reference``, that
+    section's label. The target's elements are placed in the aligned coordinate system where
     they lie in ``input_coordinate_system`` (as by :func:`align`), also when an earlier alignment under
     ``key_added`` (e.g. a stack onto another section) placed them elsewhere: that alignment's entry
     is replaced, and its shapes of aligned spots are removed (when it placed the target in the stack's
@@ -954,6 +993,13 @@ def align_sections(
     added or removed, every element's transformations), then raises; a note on the error names the
     section that failed.
 
+    Notes
+    -----
+    The sections are changed in memory. To save a stack of a SpatialData read from a zarr store into
+    that store, rewrite the tables of its sections and the shapes of aligned spots their entries
+    name, and save the transformations, as for :func:`align` (see its Notes); an INFO log gives the
+    calls with their names.
+
     """
     from tqdm.auto import tqdm
 
@@ -962,39 +1008,7 @@ def align_sections(
             "align_sections writes every section in place; copy=True is not supported, nor inplace=False "
             "(copy the sections first, or align one pair with lk.tl.align(..., inplace=False))."
         )
-    if is_spatialdata(sdatas_or_keys):
-        sdata = sdatas_or_keys
-        # refused, as scanpy's rank_genes_groups refuses groups="a": a stack of one section aligns nothing
-        if isinstance(sections, str):
-            raise ValueError(
-                f"sections must be a list of table keys in stack order, the target among them, got the string "
-                f"{sections!r}. The SpatialData holds {list(sdata.tables.keys())}."
-            )
-        names = list(sections) if sections is not None else list(sdata.tables.keys())
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"sections= lists {repeated} more than once; give each section once.")
-        require_keys(sdata.tables, names, "sdata.tables")
-        if not isinstance(target, str):
-            raise TypeError("target must be a table key when a SpatialData is given.")
-        require_keys(names, target, "sections")
-        items = [(n, sdata, n) for n in names]
-    else:
-        objs = list(sdatas_or_keys)
-        for i, obj in enumerate(objs):
-            if is_spatialdata(obj) and len(obj.tables) != 1:
-                raise ValueError(
-                    f"a list given to align_sections holds one section per object, but section{i} is a "
-                    f"SpatialData with {len(obj.tables)} tables ({', '.join(map(repr, obj.tables.keys())) or 'none'}). "
-                    "Pass a SpatialData of several sections on its own, with target= a table key and sections= "
-                    "the keys in stack order."
-                )
-        if not isinstance(target, int) or not -len(objs) <= target < len(objs):
-            raise ValueError(
-                f"target must be a position in the list of {len(objs)} sections, got {target!r}."
-            )
-        items = [(f"section{i}", o, None) for i, o in enumerate(objs)]
-        target = items[target][0]
+    items, target = _stack_sections(sdatas_or_keys, target, sections)
     order = [n for n, _, _ in items]
     t_idx = order.index(target)
     by_name = {n: (o, k) for n, o, k in items}
@@ -1026,7 +1040,8 @@ def align_sections(
     restore = _snapshot([Section(o, k, get_table(o, k)) for o, k in by_name.values()], key_added)
     step = f"placing the target {target!r}"
     try:
-        with stack_onto(tgt_section):  # its earlier placement is reported once, below
+        labels = {id(get_table(o, k)): n for n, (o, k) in by_name.items() if not is_spatialdata(o)}
+        with stack_onto(tgt_section, labels):  # its earlier placement is reported once, below
             for i, name, ref, pair in tqdm(plan, disable=not progress, desc="align sections"):
                 step = f"aligning section {name!r} onto {ref!r}"
                 obj, key = by_name[name]
@@ -1057,7 +1072,7 @@ def align_sections(
         entry = {
             "tool": "tl.align",
             "method": "target",
-            "target": target,
+            "target": target if tgt_key is None else tgt_key,  # as its sources record it
             "matrix": np.eye(3),
             "z": int(t_idx),
         }
@@ -1075,7 +1090,109 @@ def align_sections(
         )
         raise
     results[target] = tgt_table.uns[Key.UNS][key_added]
+    written: dict[int, tuple[Any, list[str]]] = {}
+    for name, (obj, key) in by_name.items():
+        if is_spatialdata(obj):
+            shapes = results[name].get("shapes")
+            names = written.setdefault(id(obj), (obj, []))[1]
+            names += [key] if shapes is None else [key, shapes]
+    for obj, names in written.values():
+        log_how_to_save(obj, names)
     return results
+
+
+def _one_table_each(sections: Sequence[tuple[str, Any]], holder: str) -> None:
+    """Each section of a list or dict is one section: a SpatialData holding one table, or an AnnData."""
+    for label, obj in sections:
+        if not isinstance(obj, AnnData) and not is_spatialdata(obj):
+            raise TypeError(
+                f"section {label!r} of the {holder} given to align_sections is a {type(obj).__name__}; each "
+                "section must be a SpatialData (one table) or an AnnData."
+            )
+        if is_spatialdata(obj) and len(obj.tables) != 1:
+            raise ValueError(
+                f"a {holder} given to align_sections holds one section per object, but {label} is a "
+                f"SpatialData with {len(obj.tables)} tables ({', '.join(map(repr, obj.tables.keys())) or 'none'}). "
+                "Pass a SpatialData of several sections on its own, with target= a table key and sections= "
+                "the keys in stack order."
+            )
+
+
+def _only_table(obj: Any) -> str | None:
+    """The table key of a SpatialData of one section; None for an AnnData."""
+    return next(iter(obj.tables.keys())) if is_spatialdata(obj) else None
+
+
+def _refuse_one_key(sections: Any, what: str, available: str) -> None:
+    # refused, as scanpy's rank_genes_groups refuses groups="a": a stack of one section aligns nothing
+    if isinstance(sections, str):
+        raise ValueError(f"sections must be a list of {what}, got the string {sections!r}. {available}")
+
+
+def _stack_sections(data: Any, target: Any, sections: Sequence[str] | None) -> tuple[list[tuple], str]:
+    """The stack's ``(label, object, table key)`` triples in stack order, and the target's label.
+
+    See :func:`align_sections` for the inputs and how their sections are labelled.
+    """
+    if is_spatialdata(data):
+        _refuse_one_key(
+            sections,
+            "table keys in stack order, the target among them",
+            f"The SpatialData holds {list(data.tables.keys())}.",
+        )
+        labels = list(sections) if sections is not None else list(data.tables.keys())
+        require_keys(data.tables, labels, "sdata.tables")
+        objs, keys = [data] * len(labels), labels
+        if not isinstance(target, str):
+            raise TypeError(f"target must be a table key when a SpatialData is given, got {target!r}.")
+        where = "sections"
+    elif isinstance(data, Mapping):
+        given = list(data.keys())
+        odd = [label for label in given if not isinstance(label, str) or not label]
+        if odd:
+            raise ValueError(
+                f"a dict given to align_sections maps labels (strings) to sections; {odd[0]!r} is not a label."
+            )
+        _refuse_one_key(
+            sections, "the dict's keys in stack order, the target among them", f"The dict holds {given}."
+        )
+        labels = list(sections) if sections is not None else given
+        require_keys(data, labels, "the dict of sections")
+        objs = [data[label] for label in labels]
+        _one_table_each(list(zip(labels, objs, strict=True)), "dict")
+        keys = [_only_table(obj) for obj in objs]
+        if not isinstance(target, str):
+            raise TypeError(f"target must be a key of the dict of sections {labels}, got {target!r}.")
+        where = "sections" if sections is not None else "the dict of sections"
+    else:
+        objs = list(data)
+        _one_table_each([(f"section{i}", obj) for i, obj in enumerate(objs)], "list")
+        keys = [_only_table(obj) for obj in objs]
+        if sections is not None:
+            _refuse_one_key(sections, "labels, one for each section", f"The list holds {len(objs)} sections.")
+            labels = list(sections)
+            if len(labels) != len(objs) or not all(isinstance(label, str) and label for label in labels):
+                raise ValueError(
+                    f"sections labels a list of sections: give one label (a string) for each of the "
+                    f"{len(objs)} sections, got {labels!r}."
+                )
+        else:
+            unique = None not in keys and len(set(keys)) == len(keys)
+            labels = list(keys) if unique else [f"section{i}" for i in range(len(objs))]
+        positions = isinstance(target, int | np.integer) and not isinstance(target, bool | np.bool_)
+        if positions and -len(objs) <= target < len(objs):
+            target = labels[target]
+        elif not (isinstance(target, str) and target in labels):
+            raise ValueError(
+                f"target must be a position in the list of {len(objs)} sections or one of their labels "
+                f"{labels}, got {target!r}."
+            )
+        where = "sections"
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"sections= lists {repeated} more than once; give each section once.")
+    require_keys(labels, target, where)
+    return list(zip(labels, objs, keys, strict=True)), target
 
 
 _ABSENT = object()

@@ -45,6 +45,8 @@ _ELEMENT_KINDS = ("images", "labels", "points", "shapes")
 # the target table of the align_sections call in progress: the stack reports its earlier placement
 # once (replace_stack_target), instead of each call onto it
 _STACK_TARGET: ContextVar[AnnData | None] = ContextVar("loki_stack_target", default=None)
+# the stack's labels of its AnnData sections (by id of the table), which have no table key to name them
+_STACK_LABELS: ContextVar[dict[int, str] | None] = ContextVar("loki_stack_labels", default=None)
 
 
 @dataclass
@@ -57,7 +59,10 @@ class Section:
 
     @property
     def name(self) -> str:
-        return self.key if self.key is not None else "adata"
+        """The table key; for an AnnData its label in the :func:`align_sections` stack, else ``"adata"``."""
+        if self.key is not None:
+            return self.key
+        return (_STACK_LABELS.get() or {}).get(id(self.table), "adata")
 
 
 def _image_keys(image_key: ImageKeys, what: str) -> list[str]:
@@ -443,13 +448,52 @@ def _warn_target_put_back(tgt: Section, cs: str, earlier: list[str], who: str, f
 
 
 @contextmanager
-def stack_onto(tgt: Section) -> Iterator[None]:
-    """Within it, the :func:`align` calls onto ``tgt`` do not warn about its earlier placement."""
+def stack_onto(tgt: Section, labels: dict[int, str] | None = None) -> Iterator[None]:
+    """Within it, the :func:`align` calls onto ``tgt`` do not warn about its earlier placement.
+
+    ``labels`` (``{id(table): label}``) name the stack's AnnData sections in messages and records
+    (:attr:`Section.name`), and :func:`align` leaves saving to the stack (:func:`log_how_to_save`).
+    """
     token = _STACK_TARGET.set(tgt.table)
+    labels_token = _STACK_LABELS.set(dict(labels or {}))
     try:
         yield
     finally:
+        _STACK_LABELS.reset(labels_token)
         _STACK_TARGET.reset(token)
+
+
+def in_stack() -> bool:
+    """Whether an :func:`align_sections` call is in progress (its :func:`align` calls are its steps)."""
+    return _STACK_TARGET.get() is not None
+
+
+def log_how_to_save(sdata: SpatialData, names: Sequence[str]) -> None:
+    """Log (INFO) the spatialdata calls that save an alignment into the zarr store ``sdata`` was read from.
+
+    ``names`` are the elements whose data the alignment wrote (tables, shapes of aligned spots); the
+    transformations it set are saved by ``sdata.write_transformations()``. spatialdata 0.7 does not
+    overwrite an element of the store an object is backed by, not even with ``overwrite=True``: an
+    element already stored is deleted there first.
+    """
+    if sdata.path is None:
+        return
+    try:
+        stored = {path.split("/", 1)[-1] for path in sdata.elements_paths_on_disk()}
+    except Exception:  # a store that cannot be listed (moved, deleted): nothing to say about it
+        return
+    names = [name for name in dict.fromkeys(names) if sdata.get(name) is not None]
+    replaced = [name for name in names if name in stored]
+    calls = [f"sdata.delete_element_from_disk({replaced!r})"] if replaced else []
+    calls += [f"sdata.write_element({names!r})"] if names else []
+    calls.append("sdata.write_transformations()")
+    logger.info(
+        "the alignment changed sdata in memory only; to save it into the zarr store %r it was read from: %s "
+        "(spatialdata refuses write_element(..., overwrite=True) for an element of the store in use), or "
+        "write sdata to a new store with sdata.write(path)",
+        str(sdata.path),
+        "; ".join(calls),
+    )
 
 
 def replace_stack_target(tgt: Section, key_added: str, cs: str) -> None:
