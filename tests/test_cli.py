@@ -609,7 +609,7 @@ def test_embed_hub_errors_name_what_the_command_can_do(mob4_zarr, tmp_path, monk
     import requests
     from huggingface_hub.utils import GatedRepoError, LocalEntryNotFoundError
 
-    import loki.models._loading as loading
+    from loki.models import _hub
 
     def download(**kwargs):
         if failure == "offline":
@@ -619,7 +619,7 @@ def test_embed_hub_errors_name_what_the_command_can_do(mob4_zarr, tmp_path, monk
         raise GatedRepoError("gated", response=response)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    monkeypatch.setattr(loading, "_hub_host_resolves", lambda: False)  # no network asked
+    monkeypatch.setattr(_hub, "host_resolves", lambda: False)  # no network asked
     monkeypatch.chdir(tmp_path)
     (tmp_path / "omiclip").mkdir()  # a local folder named like the model: the warning says how to load it
     with pytest.raises(SystemExit) as exit_:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import loki as lk
-from loki.models import _loading
+from loki.models import _architecture_fit, _hub, _loading
 
 
 def _sentences(n=6):
@@ -150,8 +150,10 @@ def test_architecture_mismatch_names_keys(tiny, tmp_path):
     torch.save(sd, path)
     with pytest.raises(
         ValueError, match=r"2 missing keys \[.*logit_scale.*\], 1 unexpected keys \[extra.weight\]"
-    ):
+    ) as info:
         lk.models.load(path, arch="loki-tiny", device="cpu")
+    # the sizes are loki-tiny's own: the keys, not the architecture, are wrong
+    assert "are those of 'loki-tiny': the keys above are missing or renamed" in str(info.value)
 
 
 def test_hf_hub_download_path(tiny, tmp_path, monkeypatch):
@@ -162,7 +164,7 @@ def test_hf_hub_download_path(tiny, tmp_path, monkeypatch):
         calls.append((repo_id, filename, token))
         return tmp_path / "m" / "model.safetensors"
 
-    monkeypatch.setattr(_loading, "_hub_download", fake)
+    monkeypatch.setattr(_hub, "download", fake)
     model = lk.models.load("hf-hub:org/repo/model.safetensors", token="tok", device="cpu")
     assert calls == [("org/repo", "model.safetensors", "tok")]
     assert model.arch == "loki-tiny"
@@ -180,7 +182,7 @@ def test_published_name_requests_gated_checkpoint(monkeypatch):
         calls.append((repo_id, filename, token))
         raise Stop
 
-    monkeypatch.setattr(_loading, "_hub_download", fake)
+    monkeypatch.setattr(_hub, "download", fake)
     with pytest.raises(Stop):
         lk.models.load("omiclip", token="hf_x", device="cpu")
     assert calls == [("WangGuangyuLab/Loki", "checkpoint.pt", "hf_x")]
@@ -243,7 +245,7 @@ def test_small_data_model_same_interface(tmp_path):
 
 def test_precision_and_arch_are_checked_before_download_or_read(tiny, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(_loading, "_hub_download", lambda *a: calls.append(a))
+    monkeypatch.setattr(_hub, "download", lambda *a: calls.append(a))
     monkeypatch.setattr(_loading, "read_checkpoint", lambda *a, **k: calls.append(a))
     tiny.save(tmp_path / "m")
     for where in ("omiclip", "hf-hub:org/repo", tmp_path / "m"):
@@ -322,7 +324,7 @@ def test_local_path_named_like_a_published_model(tiny, tmp_path, monkeypatch):
         calls.append(repo_id)
         raise Stop
 
-    monkeypatch.setattr(_loading, "_hub_download", fake)
+    monkeypatch.setattr(_hub, "download", fake)
     monkeypatch.chdir(tmp_path)
     tiny.save("omiclip")
     from pathlib import Path
@@ -644,7 +646,7 @@ def test_hub_errors_say_what_to_do(monkeypatch, kind, err, match):
         raise _hub_error(kind)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
-    monkeypatch.setattr(_loading, "_hub_host_resolves", lambda: True)  # as on a machine with DNS
+    monkeypatch.setattr(_hub, "host_resolves", lambda: True)  # as on a machine with DNS
     with pytest.raises(err, match=match) as info:
         lk.models.load("omiclip", token="hf_x", device="cpu")
     assert calls == [
@@ -667,7 +669,8 @@ def test_other_hub_errors_pass_unchanged(monkeypatch):
         raise _hub_error("500")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
-    monkeypatch.setattr(_loading, "_hub_host_resolves", lambda: True)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, **kw: ["checkpoint.pt"])
+    monkeypatch.setattr(_hub, "host_resolves", lambda: True)
     with pytest.raises(HfHubHTTPError, match="500 Client Error"):
         lk.models.load("hf-hub:org/repo", device="cpu")
 
@@ -696,8 +699,8 @@ def test_without_dns_the_hub_is_skipped_for_the_local_cache(monkeypatch, tmp_pat
 
     _no_dns(monkeypatch)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
-    assert _loading._hub_host_resolves() is False
-    assert _loading._hub_download("org/repo", "checkpoint.pt", None) == cached
+    assert _hub.host_resolves() is False
+    assert _hub.download("org/repo", "checkpoint.pt", None) == cached
     assert calls == [
         {"repo_id": "org/repo", "filename": "checkpoint.pt", "token": None, "local_files_only": True}
     ]
@@ -724,16 +727,16 @@ def test_behind_a_proxy_the_hub_is_asked_even_without_local_dns(monkeypatch, var
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(variable, "http://proxy.example:3128")
-    assert _loading._hub_host_resolves() is True
+    assert _hub.host_resolves() is True
     monkeypatch.setenv("NO_PROXY", "huggingface.co")
-    assert _loading._hub_host_resolves() is False
+    assert _hub.host_resolves() is False
 
 
 def test_the_hub_host_is_not_looked_up_in_offline_mode(monkeypatch):
     looked_up = []
     monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: looked_up.append(a))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    assert _loading._hub_host_resolves() is True
+    assert _hub.host_resolves() is True
     assert looked_up == []
 
 
@@ -982,3 +985,114 @@ def test_a_tokenizer_entry_that_is_not_an_object_is_refused(tiny, tmp_path):
     (tmp_path / "m" / "loki_model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"loki_model.json: 'tokenizer' must be a dict or null"):
         lk.models.load(tmp_path / "m", device="cpu")
+
+
+def test_a_checkpoint_of_another_architecture_names_the_one_it_fits(tiny, tmp_path):
+    """No arch recorded: the default (coca_ViT-L-14) is tried, and the error says which one fits."""
+    bare = tmp_path / "bare.pt"
+    torch.save(tiny.model.state_dict(), bare)
+    with pytest.raises(
+        ValueError,
+        match=r"does not match the model architecture 'coca_ViT-L-14': .*Its shapes fit the config of "
+        r"'loki-tiny': pass arch='loki-tiny'\.",
+    ):
+        lk.models.load(bare, device="cpu")
+    tiny.save(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"architecture 'loki-small-data': .*pass arch='loki-tiny'"):
+        lk.models.load(tmp_path / "m", arch="loki-small-data", device="cpu")
+    small = lk.models.load("loki-small-data", device="cpu", seed=0)
+    torch.save(small.model.state_dict(), tmp_path / "small.pt")
+    with pytest.raises(ValueError, match=r"fit the config of 'loki-small-data': pass arch='loki-small-data'"):
+        lk.models.load(tmp_path / "small.pt", arch="loki-tiny", device="cpu")
+    # sizes no config has: said so
+    state = dict(tiny.model.state_dict())
+    state["text.token_embedding.weight"] = torch.zeros(1000, 64)
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match=r"fit none of open_clip's known configs .*Pass the right arch="):
+        lk.models.load(tmp_path / "odd.pt", arch="loki-tiny", device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("arch", "fits"),
+    [
+        ("coca_ViT-L-14", ["coca_ViT-L-14"]),  # the published OmiCLIP
+        ("ViT-B-32", ["ViT-B-32", "ViT-B-32-quickgelu"]),  # same shapes, other activation
+        ("RN50", ["RN50", "RN50-quickgelu"]),
+        ("loki-tiny", ["loki-tiny"]),
+    ],
+)
+def test_architectures_are_told_apart_by_their_shapes_quickly(arch, fits):
+    import time
+
+    shapes = _loading.architecture_shapes(arch)  # as a checkpoint's state dict would have them
+    _architecture_fit.fitting_architectures(shapes)  # first call imports what it needs
+    start = time.perf_counter()
+    assert _architecture_fit.fitting_architectures(shapes) == fits
+    assert time.perf_counter() - start < 1.0  # reads configs: builds no model (~0.05 s)
+    hint = _architecture_fit.architecture_hint(
+        shapes, "loki-tiny" if arch != "loki-tiny" else "coca_ViT-L-14"
+    )
+    assert f"pass arch={fits[0]!r}" in hint
+    assert ("can compute differently" in hint) == (len(fits) > 1)
+
+
+def test_file_sha256_reads_an_unchanged_file_once_and_a_changed_one_again(tmp_path, monkeypatch):
+    import builtins
+    import hashlib
+    import os
+    from pathlib import Path
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 1000)
+    stamp = 1_700_000_000_000_000_000
+    os.utime(path, ns=(stamp, stamp))
+    reads = []
+    real_open = builtins.open
+
+    def spy(file, mode="r", *args, **kwargs):
+        if Path(file).name == path.name and "r" in mode:
+            reads.append(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(_loading, "open", spy, raising=False)  # the module's open: hashing reads only
+    first = _loading.file_sha256(path)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert len(reads) == 1
+    assert _loading.file_sha256(str(path)) == first  # same file: remembered, not read again
+    assert _loading.file_sha256(tmp_path / "." / "weights.bin") == first  # the resolved path
+    assert len(reads) == 1
+    # rewritten in place (same inode and size) with another content and a later modification time
+    path.write_bytes(b"b" * 1000)
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    assert _loading.file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert len(reads) == 2
+    # replaced by another file (another inode), even with the old size and time
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"c" * 1000)
+    os.utime(other, ns=(stamp + 10**9, stamp + 10**9))
+    os.replace(other, path)
+    assert _loading.file_sha256(path) == hashlib.sha256(b"c" * 1000).hexdigest()
+    assert len(reads) == 3
+    # a file modified just now is read on every call: a same-size rewrite could keep its time
+    path.write_bytes(b"d" * 1000)
+    assert _loading.file_sha256(path) == _loading.file_sha256(path) == hashlib.sha256(b"d" * 1000).hexdigest()
+    assert len(reads) == 5
+
+
+def test_loading_the_same_file_again_does_not_hash_it_again(tiny, tmp_path, monkeypatch):
+    import os
+
+    tiny.save(tmp_path / "m")
+    stamp = 1_700_000_000_000_000_000  # written long ago: a file just written is hashed every time
+    os.utime(tmp_path / "m" / "model.safetensors", ns=(stamp, stamp))
+    hashed = []
+    real = _loading._hash_file
+    monkeypatch.setattr(_loading, "_hash_file", lambda path, chunk: hashed.append(path) or real(path, chunk))
+    _loading._SHA256_MEMO.clear()
+    a = lk.models.load(tmp_path / "m", device="cpu")
+    assert len(hashed) == 1
+    b = lk.models.load(tmp_path / "m", device="cpu")
+    assert len(hashed) == 1  # the unchanged file is not read again
+    assert (
+        a.file_sha256 == b.file_sha256 == _loading._hash_file(tmp_path / "m" / "model.safetensors", 1 << 20)
+    )

@@ -7,10 +7,9 @@ import hashlib
 import itertools
 import json
 import re
-import socket
+import time
 import warnings
 from pathlib import Path
-from urllib.parse import urlparse
 
 from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import as_seed
@@ -28,13 +27,47 @@ class UntrustedCheckpointError(RuntimeError):
     """A checkpoint needs full unpickling (arbitrary code execution) and was not trusted explicitly."""
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
-    """sha256 of a file, read in chunks."""
+#: Digests :func:`file_sha256` has computed in this process, by :func:`_file_identity`.
+_SHA256_MEMO: dict[tuple, str] = {}
+
+#: Files modified less than this (ns) before :func:`file_sha256` reads them are hashed on every call.
+_RACY_NS = 2_000_000_000
+
+
+def _file_identity(path: Path) -> tuple:
+    """The resolved path, device, inode, size and modification time (ns) of a file: its content's key."""
+    st = path.stat()
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _hash_file(path: Path, chunk: int) -> str:
+    """sha256 of a file, read in chunks of ``chunk`` bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
+    """sha256 of a file, read in chunks, and read only once per process while the file is unchanged.
+
+    The digest is remembered by the file's resolved path, device, inode, size and modification time
+    (ns): loading the same file again (the published ``checkpoint.pt`` is ~7 GB) does not read it
+    again, and a file rewritten or replaced since is read anew. A file modified in the last
+    :data:`_RACY_NS` before it was read, or while it was read, is not remembered: file systems
+    record modification times in coarse ticks, so a rewrite of the same size right after could keep
+    its time.
+    """
+    path = Path(path).expanduser().resolve()
+    key = _file_identity(path)
+    digest = _SHA256_MEMO.get(key)
+    if digest is None:
+        started = time.time_ns()
+        digest = _hash_file(path, chunk)
+        if started - key[-1] > _RACY_NS and _file_identity(path) == key:
+            _SHA256_MEMO[key] = digest
+    return digest
 
 
 def extract_state_dict(obj) -> dict:
@@ -288,7 +321,7 @@ def convert_to_safetensors(
             )
     keep_meta = meta_out.is_file()  # checked above: it names arch
     state, _ = _read_state(path, trust_checkpoint=trust_checkpoint)  # mapped: saved, then dropped
-    _check_keys(architecture_shapes(arch), state, source=str(path))
+    _check_keys(architecture_shapes(arch), state, source=str(path), arch=arch)
     state = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(state, str(out), metadata={"arch": arch})
     if not keep_meta:
@@ -523,20 +556,28 @@ def architecture_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _check_keys(own: dict[str, tuple[int, ...]], state_dict: dict, *, source: str) -> None:
-    """Raise naming a few missing/unexpected/reshaped keys and the counts when ``state_dict`` misfits."""
+def _check_keys(
+    own: dict[str, tuple[int, ...]], state_dict: dict, *, source: str, arch: str | None = None
+) -> None:
+    """Raise naming a few missing/unexpected/reshaped keys and the counts when ``state_dict`` misfits.
+
+    The error also names the architectures whose configs fit the shapes of ``state_dict``
+    (:func:`loki.models._architecture_fit.fitting_architectures`), other than ``arch`` (the one tried), or says that none does.
+    """
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     wrong = [k for k in own if k in state_dict and own[k] != tuple(state_dict[k].shape)]
     if missing or unexpected or wrong:
+        from ._architecture_fit import architecture_hint  # it reads this module's architectures
 
         def few(keys):
             return ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
 
         raise ValueError(
-            f"{source} does not match the model architecture: {len(missing)} missing keys [{few(missing)}], "
-            f"{len(unexpected)} unexpected keys [{few(unexpected)}], {len(wrong)} keys with another shape "
-            f"[{few(wrong)}]. Pass the right arch= (the published OmiCLIP is {DEFAULT_ARCH!r})."
+            f"{source} does not match the model architecture{f' {arch!r}' if arch else ''}: "
+            f"{len(missing)} missing keys [{few(missing)}], {len(unexpected)} unexpected keys "
+            f"[{few(unexpected)}], {len(wrong)} keys with another shape [{few(wrong)}]. "
+            + architecture_hint({k: tuple(v.shape) for k, v in state_dict.items()}, arch)
         )
 
 
@@ -544,98 +585,6 @@ def load_weights(model, state_dict: dict, *, source: str) -> None:
     """Load ``state_dict`` strictly; on mismatch raise naming a few missing/unexpected keys and the counts."""
     _check_keys({k: tuple(v.shape) for k, v in model.state_dict().items()}, state_dict, source=source)
     model.load_state_dict(state_dict, strict=True)
-
-
-def _hub_host_resolves() -> bool:
-    """Whether the Hugging Face Hub's host name resolves (``False`` without DNS: no network at all).
-
-    With ``HF_HUB_OFFLINE`` set the Hub is never contacted, and behind an HTTPS proxy the proxy resolves
-    the name (clusters often have no DNS of their own), so in both cases this says ``True`` and leaves
-    it to huggingface_hub.
-    """
-    from urllib.request import getproxies, proxy_bypass
-
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname
-    if constants.HF_HUB_OFFLINE or not host:
-        return True
-    proxies = getproxies()
-    if (proxies.get("https") or proxies.get("all")) and not proxy_bypass(host):
-        return True
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return False
-    return True
-
-
-def _hub_download(repo_id: str, filename: str, token: str | None) -> Path:
-    """Path of ``filename`` of the Hugging Face repository ``repo_id``, downloaded or from the local cache.
-
-    When the Hub's host name does not resolve (a machine without network, such as many compute nodes),
-    only the local cache is looked at: huggingface_hub would otherwise retry for about 25 s before
-    falling back to it. huggingface_hub's errors for a Hub it cannot reach (no network, or
-    ``HF_HUB_OFFLINE`` set and the file not cached) become a ``ConnectionError``, and those for a
-    gated, private or unknown repository (HTTP 401/403) a ``PermissionError``, each saying what to do.
-    Other errors pass unchanged.
-    """
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import (
-            GatedRepoError,
-            HfHubHTTPError,
-            LocalEntryNotFoundError,
-            OfflineModeIsEnabled,
-            RepositoryNotFoundError,
-        )
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("loading from the Hugging Face hub needs `pip install huggingface_hub`") from err
-    where = f"{filename!r} of the Hugging Face repository {repo_id!r}"
-    elsewhere = (
-        f"download it where the Hub is reachable (e.g. `hf download {repo_id} {filename}`) and pass its "
-        f"local path: lk.models.load(Path('.../{Path(filename).name}'))"
-    )
-    cache_only = not _hub_host_resolves()
-    if cache_only:
-        logger.info(
-            "the Hugging Face Hub's host does not resolve (no network?): looking in the local cache only"
-        )
-    try:
-        return Path(
-            hf_hub_download(repo_id=repo_id, filename=filename, token=token, local_files_only=cache_only)
-        )
-    except HfHubHTTPError as err:
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        if not (isinstance(err, GatedRepoError) or status in (401, 403)):
-            raise
-        # the Hub answers 401 for a repository that does not exist as for a private one
-        unknown = isinstance(err, RepositoryNotFoundError) and not isinstance(err, GatedRepoError)
-        raise PermissionError(
-            f"no access to {where} (HTTP {status}): "
-            f"{'it does not exist (check the name) or is private' if unknown else 'it is gated or private'}. "
-            "If it is gated, accept its terms at "
-            f"https://huggingface.co/{repo_id} while logged in and pass token= (an access token with "
-            f"read permission, from https://huggingface.co/settings/tokens), or {elsewhere}."
-        ) from err
-    except (LocalEntryNotFoundError, ConnectionError, TimeoutError) as err:
-        if isinstance(err, OfflineModeIsEnabled) or isinstance(err.__cause__, OfflineModeIsEnabled):
-            problem = f"HF_HUB_OFFLINE is set and {where} is not in the local Hugging Face cache"
-        elif cache_only:
-            problem = (
-                f"the Hugging Face Hub's host name does not resolve (no network?), and {where} is not in "
-                "the local Hugging Face cache"
-            )
-        else:
-            problem = (
-                f"the Hugging Face Hub could not be reached for {where}, and the file is not in the "
-                "local Hugging Face cache"
-            )
-        raise ConnectionError(
-            f"{problem}. Without network access, {elsewhere}. Once the file is in the cache, set the "
-            "environment variable HF_HUB_OFFLINE=1 before starting Python to load it without "
-            "contacting the Hub (and without huggingface_hub's retries)."
-        ) from err
 
 
 def load(
@@ -657,7 +606,12 @@ def load(
           ``WangGuangyuLab/Loki`` (``checkpoint.pt``; accept its terms and pass ``token=``). That file
           is a pickle that ``torch.load(weights_only=True)`` refuses with open_clip >= 3: load it with
           ``trust_checkpoint=True``, or convert it once with :func:`convert_to_safetensors`.
-        - ``"hf-hub:org/repo"`` or ``"hf-hub:org/repo/file.pt"`` (default file ``checkpoint.pt``).
+        - ``"hf-hub:org/repo"`` or ``"hf-hub:org/repo/file.pt"``. Without a file, the first of
+          ``checkpoint.pt`` (the published OmiCLIP's), ``open_clip_model.safetensors`` and
+          ``open_clip_pytorch_model.bin`` (open_clip's) that the repository holds; for open_clip's, the
+          architecture is the open_clip config equal to the repository's ``open_clip_config.json``
+          (unless ``arch`` is given). A repository holding none of them raises a ``FileNotFoundError``
+          listing its files.
           A file already in the local Hugging Face cache is used when the Hub cannot be reached.
           On a machine whose DNS does not resolve the Hub's host (no network, as on many compute
           nodes) only the cache is looked at, at once; when the host resolves but the Hub does not
@@ -721,10 +675,13 @@ def load(
         machine without one), checked before anything is downloaded or read; for a checkpoint that
         does not fit its architecture, before the model is built; for a file that is no readable
         checkpoint (truncated download, a Git LFS pointer, an HTML page, another format), naming it;
-        for a directory holding several weights files, naming them.
+        for a directory holding several weights files, naming them. The error for a checkpoint
+        that does not fit names the architectures whose open_clip configs fit its shapes, or says
+        that none does.
     FileNotFoundError
         For a path that does not exist, a directory holding no weights file (naming those found
-        deeper, or what it holds), or a string that is neither a path nor a model name.
+        deeper, or what it holds), an ``hf-hub:org/repo`` holding none of the files loaded by default
+        (naming those it holds), or a string that is neither a path nor a model name.
     UntrustedCheckpointError
         For a torch file that needs full unpickling, without ``trust_checkpoint=True``.
     ConnectionError
@@ -761,6 +718,8 @@ def load(
             stacklevel=user_stacklevel(),
         )
     if name in PUBLISHED or name.startswith(HF_PREFIX):
+        from . import _hub  # it reads this module's errors and file suffixes
+
         if name in PUBLISHED:
             pub = PUBLISHED[name]
             repo_id, filename, arch = pub.repo_id, pub.filename, arch or pub.arch
@@ -769,10 +728,20 @@ def load(
             if len(parts) < 2:
                 raise ValueError(f"hf-hub id must be 'hf-hub:org/repo[/file]', got {name!r}")
             repo_id = "/".join(parts[:2])
-            filename = "/".join(parts[2:]) or "checkpoint.pt"
-        path = _hub_download(repo_id, filename, token)
+            filename = "/".join(parts[2:]) or None
+        hub_arch = None
+        if filename is None:
+            path, hub_arch = _hub.default_file(repo_id, token, arch_wanted=arch is None)
+        else:
+            path = _hub.download(repo_id, filename, token)
         return _load_file(
-            path, arch=arch, name=name, device=device_t, trust=trust_checkpoint, precision=precision
+            path,
+            arch=arch,
+            name=name,
+            device=device_t,
+            trust=trust_checkpoint,
+            precision=precision,
+            default_arch=hub_arch,
         )
     if is_arch:
         _check_arch(name)  # before anything is built
@@ -845,11 +814,13 @@ def _weights_file_in(directory: Path) -> Path:
     )
 
 
-def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -> OmiCLIP:
+def _load_file(
+    path: Path, *, arch, name, device, trust: bool, precision: str, default_arch: str | None = None
+) -> OmiCLIP:
     meta = _meta_for(path)
     recorded = meta.get("arch")
     overridden = arch is not None and recorded is not None and arch != recorded
-    arch = arch or recorded or DEFAULT_ARCH
+    arch = arch or recorded or default_arch or DEFAULT_ARCH
     state, _ = _read_state(path, trust_checkpoint=trust)  # mapped: copied into the model, then dropped
     config = architecture_config(arch)
     saved_config = meta.get("config")
@@ -857,7 +828,7 @@ def _load_file(path: Path, *, arch, name, device, trust: bool, precision: str) -
     changes = config_changes(saved_config, config) if saved_config and not overridden else []
     # keys and shapes are checked on the meta device before the (costly) real model is built
     try:
-        _check_keys(architecture_shapes(arch), state, source=str(path))
+        _check_keys(architecture_shapes(arch), state, source=str(path), arch=arch)
     except ValueError as err:
         if not changes:
             raise
