@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
+from pathlib import Path
 
 import matplotlib
 
@@ -12,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import tifffile
 from spatialdata.transformations import Identity, get_transformation
 from tests.io.visium_hd_fixture import write_visium_hd
 
@@ -190,6 +193,112 @@ def test_full_resolution_image_is_the_patch_image_and_patches_are_the_bins(hd):
     # also given by name (relative to the folder), as read_visium takes it
     named = lk.io.read_visium_hd(hd.path, dataset_id="HD", fullres_image_file="microscope_image/he.png")
     assert named.tables["HD"].uns["loki"]["image_key"] == "HD_full_image"
+
+
+@pytest.fixture(scope="module")
+def hd_tiff(tmp_path_factory):
+    """The full-resolution crop as a tiled TIFF in microscope_image/."""
+    return write_visium_hd(
+        tmp_path_factory.mktemp("hd_tiff") / "outs", fullres_image="microscope_image/he.tif"
+    )
+
+
+def _spatialdata_io_full_image(folder, **kwargs):
+    """The full-resolution pixels spatialdata-io reads, ``(3, y, x)``."""
+    import spatialdata_io
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = spatialdata_io.visium_hd(folder, dataset_id="HD", bin_size=8, **kwargs)
+    return np.asarray(raw.images["HD_full_image"]["scale0"]["image"])
+
+
+def _refuse_whole_file_decodes(monkeypatch, name):
+    """spatialdata-io's dask array of an image decodes the whole file at each compute."""
+    import dask_image.imread
+
+    read_frame = dask_image.imread._read_frame
+
+    def whole_file(fn, *args, **kwargs):  # the Space Ranger PNGs are small
+        assert Path(str(fn)).name != name, f"the whole full-resolution file {name} was decoded"
+        return read_frame(fn, *args, **kwargs)
+
+    monkeypatch.setattr(dask_image.imread, "_read_frame", whole_file)
+
+
+@pytest.mark.parametrize("found", ["microscope_image", "tissue_image", "named", "named-from-cwd"])
+def test_full_resolution_tiff_is_read_block_by_block(hd_tiff, tmp_path, monkeypatch, found):
+    """spatialdata-io's array of the microscope image is one block that decodes the whole file at every
+    use (each patch, region, level); the TIFF is read as read_slide reads it, by tiles, however it is
+    found: by spatialdata-io's search (microscope_image/, tissue_image.*) or named (relative to the
+    folder, or to the working directory)."""
+    folder, kwargs, name = hd_tiff.path, {}, "he.tif"
+    if found == "tissue_image":
+        folder = _copy(hd_tiff, tmp_path)
+        shutil.move(folder / "microscope_image/he.tif", folder / "tissue_image.tif")
+        (folder / "microscope_image").rmdir()
+        name = "tissue_image.tif"
+    elif found == "named":
+        kwargs = {"fullres_image_file": "microscope_image/he.tif"}
+    elif found == "named-from-cwd":
+        monkeypatch.chdir(hd_tiff.path.parent)
+        kwargs = {"fullres_image_file": "outs/microscope_image/he.tif"}
+    # spatialdata-io finds the file itself, or takes a name relative to the working directory only
+    named = {"fullres_image_file": hd_tiff.path / "microscope_image/he.tif"} if kwargs else {}
+    expected = _spatialdata_io_full_image(folder, **named)
+    np.testing.assert_array_equal(expected, hd_tiff.image.transpose(2, 0, 1))
+
+    _refuse_whole_file_decodes(monkeypatch, name)
+    sdata = lk.io.read_visium_hd(folder, dataset_id="HD", **kwargs)
+    image = sdata.images["HD_full_image"]
+    np.testing.assert_array_equal(
+        np.asarray(image["scale0"]["image"][:, 100:300, 200:400]), expected[:, 100:300, 200:400]
+    )
+    np.testing.assert_array_equal(np.asarray(image["scale0"]["image"]), expected)
+    assert get_transformation(image["scale0"]["image"], Key.GLOBAL_CS) == Identity()
+    table = sdata.tables["HD"]
+    assert table.uns["loki"]["image_key"] == "HD_full_image"
+    side = int(hd_tiff.scalefactors[8]["spot_diameter_fullres"])
+    patches = lk.pp.spot_patches(sdata, size=side).compute()
+    assert patches.shape == (table.n_obs, side, side, 3)
+    r, c = table.obs["array_row"].iloc[0], table.obs["array_col"].iloc[0]
+    np.testing.assert_array_equal(
+        patches[0], hd_tiff.image[r * side : (r + 1) * side, c * side : (c + 1) * side]
+    )
+
+
+def test_several_microscope_images_read_spatialdata_ios_choice_with_a_warning(hd_tiff, tmp_path, monkeypatch):
+    folder = _copy(hd_tiff, tmp_path)
+    tifffile.imwrite(folder / "microscope_image/flipped.tif", hd_tiff.image[::-1], photometric="rgb")
+    first = next(p.name for p in (folder / "microscope_image").iterdir())
+    expected = _spatialdata_io_full_image(folder)  # spatialdata-io reads the first file listed
+    _refuse_whole_file_decodes(monkeypatch, first)
+    with pytest.warns(
+        lk.LokiWarning,
+        match=rf"2 files match microscope_image/ .*\['flipped.tif', 'he.tif'\]\); read '{first}'",
+    ):
+        sdata = lk.io.read_visium_hd(folder, dataset_id="HD")
+    np.testing.assert_array_equal(np.asarray(sdata.images["HD_full_image"]["scale0"]["image"]), expected)
+
+
+def test_a_sixteen_bit_colour_png_found_in_microscope_image_is_refused(hd_no_fullres, tmp_path):
+    """Only a named fullres_image_file was checked: the one spatialdata-io finds came out 16 times too dark."""
+    from tests.io.test_image_depth import _write_png16
+
+    folder = _copy(hd_no_fullres, tmp_path)
+    (folder / "microscope_image").mkdir()
+    _write_png16(folder / "microscope_image/he16.png", hd_no_fullres.image.astype(np.uint16) * 16)
+    before = _listing(folder)
+    with pytest.raises(ValueError, match=r"he16\.png: a 16-bit colour PNG"):
+        lk.io.read_visium_hd(folder, dataset_id="HD")
+    assert _listing(folder) == before
+
+
+def test_microscope_image_as_a_file_is_named(hd_no_fullres, tmp_path):
+    folder = _copy(hd_no_fullres, tmp_path)
+    (folder / "microscope_image").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match=r"microscope_image' is a file; .* Pass fullres_image_file="):
+        lk.io.read_visium_hd(folder, dataset_id="HD")
 
 
 def test_gene_sentences_and_align_onto_a_rotated_copy(hd_no_fullres):

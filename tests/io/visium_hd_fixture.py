@@ -168,7 +168,9 @@ def write_visium_hd(
     images
         Write the hires and lowres PNGs in ``spatial/``.
     fullres_image
-        Also write the full-resolution crop as a PNG at this path relative to the folder.
+        Also write the full-resolution crop at this path relative to the folder: a TIFF (``.tif``,
+        ``.tiff``, ``.btf``) tiled 128 x 128 px, zlib-compressed, as scanners write them; else by PIL
+        (e.g. a PNG).
     thin
         Each count of the nearest MOB1 spot is kept in a smallest bin with this probability.
     reach
@@ -255,6 +257,12 @@ def write_visium_hd(
         Image.fromarray(_resized(crop, hires_scalef)).save(spatial / "tissue_hires_image.png")
         Image.fromarray(_resized(crop, lowres_scalef)).save(spatial / "tissue_lowres_image.png")
     if fullres_image is not None:
-        (path / fullres_image).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(crop).save(path / fullres_image)
+        file = path / fullres_image
+        file.parent.mkdir(parents=True, exist_ok=True)
+        if file.suffix.lower() in (".tif", ".tiff", ".btf"):
+            import tifffile
+
+            tifffile.imwrite(file, crop, tile=(128, 128), photometric="rgb", compression="zlib")
+        else:
+            Image.fromarray(crop).save(file)
     return out

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loki._keys import Key
+from loki._logging import LokiWarning, user_stacklevel
 
 from ._image import CONVERSION_RULES, check_not_sixteen_bit_png
 from ._names import check_section_name
@@ -32,6 +33,8 @@ _BINNED = "binned_outputs"
 _FEATURE_SLICE = "feature_slice.h5"
 _POSITIONS = "tissue_positions.parquet"
 _SCALEFACTORS = "scalefactors_json.json"
+#: The folder spatialdata-io takes the full-resolution image from (Space Ranger does not write it)
+_MICROSCOPE_IMAGE = "microscope_image"
 #: The columns, in this order, spatialdata-io requires of the positions file
 _POSITION_COLUMNS = [
     "barcode",
@@ -166,17 +169,45 @@ def _check_bin_folder(folder: Path, bin_size: int, counts_file: str) -> dict:
     return scalefactors
 
 
-def _fullres_file(path: Path, kwargs: dict) -> None:
-    """``fullres_image_file`` as a path: relative to the folder (as :func:`read_visium` takes it), else as given."""
+def _fullres_file(path: Path, prefix: str, kwargs: dict) -> Path | None:
+    """The full-resolution image spatialdata-io reads, as an absolute path; None without one.
+
+    ``fullres_image_file`` is taken relative to the folder (as :func:`read_visium` takes it), else as
+    given. Without it, spatialdata-io's search: the first file listed in ``microscope_image/`` (the
+    file system's order), else the first ``{prefix}tissue_image.*`` in the folder. The file found is
+    set as ``kwargs['fullres_image_file']``, so spatialdata-io and loki read the same one.
+    """
     fullres = kwargs.get("fullres_image_file")
-    if fullres is None:
-        return
-    candidates = [Path(fullres)] if Path(fullres).is_absolute() else [path / fullres, Path(fullres)]
-    found = next((p for p in candidates if p.is_file()), None)
-    if found is None:
-        tried = " or ".join(repr(str(p)) for p in candidates)
-        raise FileNotFoundError(f"fullres_image_file {tried} does not exist.")
-    kwargs["fullres_image_file"] = found
+    if fullres is not None:
+        candidates = [Path(fullres)] if Path(fullres).is_absolute() else [path / fullres, Path(fullres)]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            tried = " or ".join(repr(str(p)) for p in candidates)
+            raise FileNotFoundError(f"fullres_image_file {tried} does not exist.")
+        kwargs["fullres_image_file"] = found.absolute()
+        return kwargs["fullres_image_file"]
+    microscope = path / _MICROSCOPE_IMAGE
+    if microscope.exists():
+        if not microscope.is_dir():
+            raise NotADirectoryError(
+                f"{str(microscope)!r} is a file; the microscope image is looked for in a folder of that name. "
+                "Pass fullres_image_file= naming the image."
+            )
+        files, where = [p for p in microscope.iterdir() if p.is_file()], f"{_MICROSCOPE_IMAGE}/"
+    else:
+        files, where = list(path.glob(f"{prefix}tissue_image.*")), f"{prefix}tissue_image.*"
+    if not files:
+        return None
+    if len(files) > 1:
+        warnings.warn(
+            f"{len(files)} files match {where} in {str(path)!r} ({sorted(p.name for p in files)}); read "
+            f"{files[0].name!r}, the first the file system lists (spatialdata-io's choice). Pass "
+            "fullres_image_file= to choose.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
+    kwargs["fullres_image_file"] = files[0].absolute()
+    return kwargs["fullres_image_file"]
 
 
 def _check_images(path: Path, kwargs: dict) -> None:
@@ -229,7 +260,8 @@ def read_visium_hd(
     **kwargs
         Passed to :func:`spatialdata_io.visium_hd`: ``fullres_image_file`` (the microscope image,
         relative to the folder or absolute; by default spatialdata-io's search: the file in
-        ``microscope_image/`` or ``X_tissue_image.*``; Space Ranger does not copy it to ``outs/``),
+        ``microscope_image/`` (the first listed, with a warning, when it holds several) or
+        ``X_tissue_image.*``; Space Ranger does not copy it to ``outs/``),
         ``filtered_counts_file`` (False: the raw matrix, every bin), ``bins_as_squares`` (False:
         circles of the bin's inscribed radius), ``gex_only`` (True here: the gene expression features
         only), ``load_all_images`` (also the CytAssist image), ``imread_kwargs``,
@@ -285,11 +317,15 @@ def read_visium_hd(
     Memory: the reader loads the bin size's count matrix (CSR), its positions file (every bin of the
     capture area, in tissue or not) and its shapes (one polygon per bin; spatialdata-io builds
     circles first, then squares) eagerly; the hires and lowres PNGs once more as numpy arrays for
-    ``uns['spatial']``. The uint8 images stay lazy (dask). A full 6.5 mm capture area holds about
-    11 million 2 µm bins (about 660,000 of 8 µm, 165,000 of 16 µm): a 2 µm table of a whole section
-    needs many GB, and the 8 or 16 µm bins are what loki's spot-level tools are meant for. A folder
-    with ``segmented_outputs/`` has its cell segmentation read by spatialdata-io too (and left out
-    here).
+    ``uns['spatial']``. A full-resolution TIFF (e.g. ``.tif``, ``.btf``) is read as
+    :func:`loki.io.read_slide` reads it: lazily, block by block, with the pyramid levels it stores and
+    the bit depth it states (spatialdata-io's array of it decodes the whole file at each use; a
+    ``.btf`` spatialdata-io still decodes once while reading). The other uint8 images stay lazy (dask;
+    each decoded whole at each use); other dtypes are read once, held in memory converted. A full
+    6.5 mm capture area holds about 11 million 2 µm bins (about 660,000 of 8 µm, 165,000 of 16 µm): a
+    2 µm table of a whole section needs many GB, and the 8 or 16 µm bins are what loki's spot-level
+    tools are meant for. A folder with ``segmented_outputs/`` has its cell segmentation read by
+    spatialdata-io too (and left out here).
 
     The squares are axis-aligned in full-resolution pixels, centred on Space Ranger's bin centres:
     where the bin grid is rotated against the image, the centres are exact but the squares are not
@@ -329,7 +365,7 @@ def read_visium_hd(
         else "raw_feature_bc_matrix.h5"
     )
     scalefactors = _check_bin_folder(folder, bin_size, counts_file)
-    _fullres_file(path, kwargs)
+    fullres = _fullres_file(path, prefix, kwargs)
     _check_images(path, kwargs)
     counts_path = folder / counts_file
     if dataset_id is not None:
@@ -359,8 +395,9 @@ def read_visium_hd(
     bin_name = f"square_{bin_size:03d}um"
     adata = raw.tables[bin_name]
     shapes = raw.shapes[f"{raw_name}_{bin_name}"]
-    sources = {"full": kwargs.get("fullres_image_file"), **_IMAGE_FILES}
-    images, image_key = section_images(raw.images, raw_name, name, coordinate_system, sources)
+    # a TIFF is read block by block (section_images); fullres is absolute, so it is taken as it is
+    sources = {"full": fullres, **_IMAGE_FILES}
+    images, image_key = section_images(raw.images, raw_name, name, coordinate_system, sources, path)
 
     adata.obs = adata.obs.rename(columns={"location_id": "spot_id"})
     for column in ("in_tissue", "array_row", "array_col", "spot_id"):
