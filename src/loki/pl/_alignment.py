@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from ._common import (
     coordinates,
     finish,
     legend_columns,
+    marker_size,
     panel_grid,
     plot_function,
     scatter_spots,
@@ -59,20 +60,79 @@ def embedding_rgb(embeddings: Sequence[np.ndarray], n_components: int = 3) -> li
 
 
 def _tables(data, sections, key: str) -> tuple[list[str], list[AnnData], list[str | None]]:
-    """Labels, tables and table keys (None for an AnnData, whose table has no name) of the sections."""
+    """Labels, tables and table keys (None for an AnnData, whose table has no name) of the sections.
+
+    The sections are labelled as :func:`loki.tl.align_sections` labels them (see :func:`alignment`).
+    """
+    if isinstance(sections, str):  # one section, not its letters
+        sections = [sections]
     if is_spatialdata(data):
         if sections is None:
             sections = _aligned_and_targets(data, key)
         names = list(sections)
+        _refuse_repeated(names)
         return names, [get_table(data, n) for n in names], names
-    items = list(data) if not isinstance(data, AnnData) else [data]
-    names = list(sections) if sections is not None else [f"section{i}" for i in range(len(items))]
-    if len(names) != len(items):
-        raise ValueError(f"sections gives {len(names)} label(s) for {len(items)} sections; give one each.")
-    table_keys = [
-        next(iter(d.tables.keys()), None) if is_spatialdata(d) and len(d.tables) == 1 else None for d in items
-    ]
+    if isinstance(data, Mapping):
+        given = list(data.keys())
+        odd = [label for label in given if not isinstance(label, str) or not label]
+        if odd:
+            raise ValueError(
+                f"A dict of sections maps labels (strings) to sections; {odd[0]!r} is not a label."
+            )
+        names = list(sections) if sections is not None else given
+        _refuse_repeated(names)
+        require_keys(data, names, "the dict of sections")
+        items = [data[name] for name in names]
+        _one_table_each(names, items, "dict")
+    else:
+        items = [data] if isinstance(data, AnnData) else list(data)
+        _one_table_each([f"section{i}" for i in range(len(items))], items, "list")
+        if sections is not None:
+            names = list(sections)
+            if len(names) != len(items):
+                raise ValueError(
+                    f"sections gives {len(names)} label(s) for {len(items)} sections; give one each."
+                )
+            _refuse_repeated(names)
+        else:
+            names = _list_labels(items)
+    table_keys = [next(iter(d.tables.keys())) if is_spatialdata(d) else None for d in items]
     return names, [get_table(d) for d in items], table_keys
+
+
+def _list_labels(items: list) -> list[str]:
+    """Labels of a list of sections, by the rule of :func:`loki.tl.align_sections` (its own code).
+
+    Their table keys when every section is a SpatialData and no two share a key, else
+    ``section0, section1, ...``. ``items`` are checked by :func:`_one_table_each` first.
+    """
+    if not items:
+        return []
+    from loki.tl._align import _stack_sections  # target 0: any position does, only the labels are used
+
+    return [label for label, _, _ in _stack_sections(items, 0, None)[0]]
+
+
+def _one_table_each(labels: list[str], items: list, holder: str) -> None:
+    """Each item of a list or dict of sections is one section: an AnnData or a SpatialData of one table."""
+    for label, obj in zip(labels, items, strict=True):
+        if not isinstance(obj, AnnData) and not is_spatialdata(obj):
+            raise TypeError(
+                f"Section {label!r} of the {holder} of sections is a {type(obj).__name__}; each section must "
+                "be an AnnData or a SpatialData of one table."
+            )
+        if is_spatialdata(obj) and len(obj.tables) != 1:
+            raise ValueError(
+                f"Section {label!r} of the {holder} of sections is a SpatialData with {len(obj.tables)} tables "
+                f"({', '.join(map(repr, obj.tables.keys())) or 'none'}); each section of a {holder} must hold "
+                "one. Pass a SpatialData of several sections on its own, with sections= its table keys."
+            )
+
+
+def _refuse_repeated(names: list) -> None:
+    repeated = sorted({str(name) for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"sections names {repeated} more than once; give each section once.")
 
 
 def _recorded_target(table: AnnData, key: str) -> str | None:
@@ -115,14 +175,14 @@ def _warn_unaligned(names, tables, table_keys, key: str, spatial_key: str) -> No
 @plot_function
 @doc_params
 def alignment(
-    data: SpatialData | AnnData | Sequence[AnnData | SpatialData],
+    data: SpatialData | AnnData | Mapping[str, AnnData | SpatialData] | Sequence[AnnData | SpatialData],
     *,
     sections: Sequence[str] | None = None,
     key: str = Key.ALIGNED,
     spatial_key: str = Key.SPATIAL,
     use: str | Sequence[str] | None = None,
     kind: str = "overlay",
-    spot_size: float = 8.0,
+    spot_size: float | None = 8.0,
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
@@ -132,12 +192,20 @@ def alignment(
     Parameters
     ----------
     data
-        SpatialData with the sections' tables, or a list of AnnData / SpatialData (one per section).
+        The sections, as :func:`loki.tl.align_sections` takes them, each named in the legend (and
+        the levels of ``kind="stack"``) by its label:
+
+        - a SpatialData holding every section as a table: labelled by their table keys;
+        - a dict ``{{label: section}}`` of AnnData / SpatialData (one table each), in stack order:
+          labelled by its keys;
+        - a list of them (or one AnnData), in stack order: labelled by ``sections=`` when given,
+          else, as :func:`loki.tl.align_sections` labels them, by their table keys when every
+          section is a SpatialData and no two share a key, else ``section0, section1, ...``.
     sections
-        Table keys (SpatialData) or labels (list) in stack order. Default for a SpatialData: the
-        tables with ``.obsm[key]`` and the targets their ``.uns['loki'][key]`` records, in
-        ``sdata.tables`` order (tables never aligned are left out); for a list, labels
-        ``section0, section1, ...``.
+        Which sections to draw, in stack order: table keys (SpatialData) or keys (dict); for a list,
+        one label per section. Each section once. Default for a SpatialData: the tables with
+        ``.obsm[key]`` and the targets their ``.uns['loki'][key]`` records, in ``sdata.tables``
+        order (tables never aligned are left out); for a dict, all its keys.
     key
         ``.obsm`` key of the aligned coordinates (the target, which has none unless written by
         :func:`loki.tl.align_sections`, is drawn at ``spatial_key``). A section without it that no
@@ -154,7 +222,8 @@ def alignment(
         ``"overlay"``: two panels, before and after, sections overlaid; ``"stack"``: side view of the
         sections stacked along z (x horizontal, z vertical), before and after.
     spot_size
-        Marker area of each spot in points^2, a finite number > 0.
+        Marker area of each spot in points^2, a finite number > 0; ``None``: shrinks as the number
+        of spots drawn (all sections together) grows, as in the other spatial plots.
     ax
         Two axes to draw into (before, after), as a list or an array; default a new figure.
     show
@@ -205,15 +274,16 @@ def alignment(
     else:
         fig, axes = panel_grid(2, 2, ax, size=4.0, aspect=1.25)
     heights = [float((loki_record(t, key) or {}).get("z", z)) for z, t in enumerate(tables)]
+    size = marker_size(spot_size, sum(t.n_obs for t in tables))
     for panel, title, points in zip(axes, ("before", "after"), (before, after), strict=True):
         for name, c, xy, zpos in zip(names, colours, points, heights, strict=True):
             if kind == "overlay":
-                scatter_spots(panel, xy, s=spot_size, c=c, label=name, alpha=0.7, linewidths=0)
+                scatter_spots(panel, xy, s=size, c=c, label=name, alpha=0.7, linewidths=0)
             else:
                 scatter_spots(
                     panel,
                     np.column_stack([xy[:, 0], np.full(len(xy), zpos)]),
-                    s=spot_size,
+                    s=size,
                     c=c,
                     label=name,
                     alpha=0.7,

@@ -302,9 +302,10 @@ def section_image(
     Returns
     -------
     ``(pixels, 3x3 matrix)``, pixels as (y, x, 3) or, for a one-channel image, (y, x); or None when
-    there is no image to draw. An ``image_key`` that does not exist, or a ``coordinate_system`` that
-    the image lacks, raise a KeyError listing what exists.
+    there is no image to draw. An ``image_key`` that does not exist (also with ``requested=False``),
+    or a ``coordinate_system`` that the image lacks, raise a KeyError listing what exists.
     """
+    check_image_key(data, image_key)
     if requested is False:
         return None
     if not is_spatialdata(data):
@@ -325,6 +326,16 @@ def section_image(
     pixels, to_cs = lowres_image(element, max_side, coordinate_system)
     pixels = pixels[..., :3]
     return (pixels[..., 0] if pixels.shape[-1] == 1 else pixels), to_cs
+
+
+def check_image_key(data: AnnData | SpatialData, image_key: str | None) -> None:
+    """Refuse an ``image_key`` that names no image of a SpatialData, listing ``sdata.images``.
+
+    Checked whatever ``show_image`` says: ``show_image=False`` (or an image array) does not make a
+    wrong name right. An AnnData holds no image; ``image_key`` is not used for it.
+    """
+    if image_key is not None and is_spatialdata(data):
+        require_keys(data.images, image_key, "sdata.images")
 
 
 def spots_to_cs(
@@ -452,6 +463,7 @@ def section_spots(
     an alignment's ``spatial_key`` was placed in, else ``"global"``, or the only one the spot shapes
     and the image share when they are not in ``"global"`` (:func:`default_coordinate_system`).
     """
+    check_image_key(data, image_key)  # also when no image is drawn: a wrong name is a mistake either way
     xy = coordinates(table, spatial_key, table_name(data, table, table_key))
     if coordinate_system is None:
         placed_in = (loki_record(table, spatial_key) or {}).get("coordinate_system")
