@@ -330,7 +330,7 @@ def finetune(
 
     """
     from loki.models import finetune as _finetune
-    from loki.models._finetune import _checkpoint_path
+    from loki.models._training_checkpoint import _checkpoint_path
 
     if keep_best and validation_keys is None:  # before any patch is cut, named as this function takes it
         raise ValueError("keep_best=True needs validation_keys= (held-out sections) to tell the best epoch")
