@@ -892,3 +892,19 @@ def test_a_save_that_fails_leaves_the_previous_checkpoint_whole(monkeypatch, tmp
     assert (m.training_runs[-1]["completed"], m.training_runs[-1]["steps"]) == (False, 2)
     m, _ = lk.models.finetune(m, imgs, sents, checkpoint=path, resume=True, **_RESUMABLE)
     assert m.checkpoint_hash == whole.checkpoint_hash
+
+
+def test_numpy_scalar_options_train_and_checkpoint(tmp_path):
+    """lr, weight_decay and warmup as numpy scalars (e.g. from a grid) reach the JSON record as floats."""
+    import json
+
+    imgs, sents = _pairs(16)
+    m = lk.models.load("loki-tiny", device="cpu", seed=1)
+    options = {"lr": np.float32(1e-3), "weight_decay": np.float64(0.1), "warmup": np.float32(0.25)}
+    m, hist = lk.models.finetune(
+        m, imgs, sents, epochs=1, batch_size=8, checkpoint=tmp_path / "run.ckpt", progress=False, **options
+    )
+    assert (tmp_path / "run.ckpt").is_file()
+    assert m.training_runs[-1]["completed"] is True
+    assert all(type(value) is float for value in hist["lr"])
+    json.dumps(m.training_runs[-1])
