@@ -86,11 +86,11 @@ def test_sections_picks_and_orders_the_keys_of_a_dict(stacked_dict):
     plt.close(fig)
     with pytest.raises(KeyError, match=r"'S3' not found in the dict of sections; available: 'S1', 'S2'"):
         lk.pl.alignment(stacked_dict, sections=["S1", "S3"], show=False)
-    with pytest.raises(ValueError, match=r"sections names \['S1'\] more than once"):
+    with pytest.raises(ValueError, match=r"sections= lists \['S1'\] more than once"):
         lk.pl.alignment(stacked_dict, sections=["S1", "S1"], show=False)
     with pytest.raises(ValueError, match=r"maps labels \(strings\) to sections; 0 is not a label"):
         lk.pl.alignment({0: stacked_dict["S1"], "S2": stacked_dict["S2"]}, show=False)
-    with pytest.raises(TypeError, match=r"Section 'S2' of the dict of sections is a str"):
+    with pytest.raises(TypeError, match=r"section 'S2' of the dict given to lk\.pl\.alignment is a str"):
         lk.pl.alignment({"S1": stacked_dict["S1"], "S2": "MOB2"}, show=False)
     assert plt.get_fignums() == []
 
@@ -129,7 +129,10 @@ def test_a_list_without_distinct_table_keys_is_labelled_by_position(stacked_list
 
 def test_a_list_of_several_table_spatialdata_is_refused_naming_them():
     both = lk.datasets.mob(("MOB1", "MOB2"))
-    with pytest.raises(ValueError, match=r"Section 'section0' of the list .* 2 tables \('MOB1', 'MOB2'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"given to lk\.pl\.alignment .* section0 is a SpatialData with 2 tables \('MOB1', 'MOB2'\)",
+    ):
         lk.pl.alignment([both], show=False)
 
 

@@ -151,6 +151,13 @@ def test_sections_orders_a_dict_and_labels_a_list(anndatas):
             r"sections= lists \['a'\] more than once",
         ),
         (lambda a: a, {"target": "a", "sections": "a"}, ValueError, r"got the string 'a'"),
+        # one AnnData was taken as a list of one-spot sections ("'section0' section has 1 spot(s)")
+        (
+            lambda a: a[0],
+            {"target": 0},
+            TypeError,
+            r"align_sections takes a stack of sections: .* got one AnnData",
+        ),
     ],
 )
 def test_bad_labels_and_targets_are_refused_before_writing(anndatas, make, kwargs, error, match):

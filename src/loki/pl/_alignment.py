@@ -14,6 +14,7 @@ from loki._keys import Key
 from loki._logging import LokiWarning, user_stacklevel
 from loki._utils import check_array_finite, loki_record, require_keys
 from loki._utils._pca import fit_pca
+from loki._utils._sections import stack_sections
 from loki._utils._spatialdata import get_table, is_spatialdata
 
 from ._common import (
@@ -66,73 +67,11 @@ def _tables(data, sections, key: str) -> tuple[list[str], list[AnnData], list[st
     """
     if isinstance(sections, str):  # one section, not its letters
         sections = [sections]
-    if is_spatialdata(data):
-        if sections is None:
-            sections = _aligned_and_targets(data, key)
-        names = list(sections)
-        _refuse_repeated(names)
-        return names, [get_table(data, n) for n in names], names
-    if isinstance(data, Mapping):
-        given = list(data.keys())
-        odd = [label for label in given if not isinstance(label, str) or not label]
-        if odd:
-            raise ValueError(
-                f"A dict of sections maps labels (strings) to sections; {odd[0]!r} is not a label."
-            )
-        names = list(sections) if sections is not None else given
-        _refuse_repeated(names)
-        require_keys(data, names, "the dict of sections")
-        items = [data[name] for name in names]
-        _one_table_each(names, items, "dict")
-    else:
-        items = [data] if isinstance(data, AnnData) else list(data)
-        _one_table_each([f"section{i}" for i in range(len(items))], items, "list")
-        if sections is not None:
-            names = list(sections)
-            if len(names) != len(items):
-                raise ValueError(
-                    f"sections gives {len(names)} label(s) for {len(items)} sections; give one each."
-                )
-            _refuse_repeated(names)
-        else:
-            names = _list_labels(items)
-    table_keys = [next(iter(d.tables.keys())) if is_spatialdata(d) else None for d in items]
-    return names, [get_table(d) for d in items], table_keys
-
-
-def _list_labels(items: list) -> list[str]:
-    """Labels of a list of sections, by the rule of :func:`loki.tl.align_sections` (its own code).
-
-    Their table keys when every section is a SpatialData and no two share a key, else
-    ``section0, section1, ...``. ``items`` are checked by :func:`_one_table_each` first.
-    """
-    if not items:
-        return []
-    from loki.tl._align import _stack_sections  # target 0: any position does, only the labels are used
-
-    return [label for label, _, _ in _stack_sections(items, 0, None)[0]]
-
-
-def _one_table_each(labels: list[str], items: list, holder: str) -> None:
-    """Each item of a list or dict of sections is one section: an AnnData or a SpatialData of one table."""
-    for label, obj in zip(labels, items, strict=True):
-        if not isinstance(obj, AnnData) and not is_spatialdata(obj):
-            raise TypeError(
-                f"Section {label!r} of the {holder} of sections is a {type(obj).__name__}; each section must "
-                "be an AnnData or a SpatialData of one table."
-            )
-        if is_spatialdata(obj) and len(obj.tables) != 1:
-            raise ValueError(
-                f"Section {label!r} of the {holder} of sections is a SpatialData with {len(obj.tables)} tables "
-                f"({', '.join(map(repr, obj.tables.keys())) or 'none'}); each section of a {holder} must hold "
-                "one. Pass a SpatialData of several sections on its own, with sections= its table keys."
-            )
-
-
-def _refuse_repeated(names: list) -> None:
-    repeated = sorted({str(name) for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"sections names {repeated} more than once; give each section once.")
+    if is_spatialdata(data) and sections is None:
+        sections = _aligned_and_targets(data, key)
+    items = stack_sections([data] if isinstance(data, AnnData) else data, sections, who="lk.pl.alignment")
+    names = [label for label, _, _ in items]
+    return names, [get_table(obj, table_key) for _, obj, table_key in items], [k for _, _, k in items]
 
 
 def _recorded_target(table: AnnData, key: str) -> str | None:
@@ -203,7 +142,7 @@ def alignment(
           section is a SpatialData and no two share a key, else ``section0, section1, ...``.
     sections
         Which sections to draw, in stack order: table keys (SpatialData) or keys (dict); for a list,
-        one label per section. Each section once. Default for a SpatialData: the tables with
+        one label (a string) per section. Each section once. Default for a SpatialData: the tables with
         ``.obsm[key]`` and the targets their ``.uns['loki'][key]`` records, in ``sdata.tables``
         order (tables never aligned are left out); for a dict, all its keys.
     key

@@ -35,6 +35,7 @@ from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._pca import fit_pca
 from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._rng import as_seed
+from loki._utils._sections import stack_sections
 from loki._utils._spatialdata import (
     aligned_coordinate_systems,
     check_write_mode,
@@ -1101,98 +1102,33 @@ def align_sections(
     return results
 
 
-def _one_table_each(sections: Sequence[tuple[str, Any]], holder: str) -> None:
-    """Each section of a list or dict is one section: a SpatialData holding one table, or an AnnData."""
-    for label, obj in sections:
-        if not isinstance(obj, AnnData) and not is_spatialdata(obj):
-            raise TypeError(
-                f"section {label!r} of the {holder} given to align_sections is a {type(obj).__name__}; each "
-                "section must be a SpatialData (one table) or an AnnData."
-            )
-        if is_spatialdata(obj) and len(obj.tables) != 1:
-            raise ValueError(
-                f"a {holder} given to align_sections holds one section per object, but {label} is a "
-                f"SpatialData with {len(obj.tables)} tables ({', '.join(map(repr, obj.tables.keys())) or 'none'}). "
-                "Pass a SpatialData of several sections on its own, with target= a table key and sections= "
-                "the keys in stack order."
-            )
-
-
-def _only_table(obj: Any) -> str | None:
-    """The table key of a SpatialData of one section; None for an AnnData."""
-    return next(iter(obj.tables.keys())) if is_spatialdata(obj) else None
-
-
-def _refuse_one_key(sections: Any, what: str, available: str) -> None:
-    # refused, as scanpy's rank_genes_groups refuses groups="a": a stack of one section aligns nothing
-    if isinstance(sections, str):
-        raise ValueError(f"sections must be a list of {what}, got the string {sections!r}. {available}")
-
-
 def _stack_sections(data: Any, target: Any, sections: Sequence[str] | None) -> tuple[list[tuple], str]:
     """The stack's ``(label, object, table key)`` triples in stack order, and the target's label.
 
-    See :func:`align_sections` for the inputs and how their sections are labelled.
+    See :func:`align_sections` for the inputs and how their sections are labelled
+    (:func:`~loki._utils._sections.stack_sections`); ``target`` is resolved here.
     """
+    items = stack_sections(data, sections, who="lk.tl.align_sections")
+    labels = [label for label, _, _ in items]
+    where = "sections"
     if is_spatialdata(data):
-        _refuse_one_key(
-            sections,
-            "table keys in stack order, the target among them",
-            f"The SpatialData holds {list(data.tables.keys())}.",
-        )
-        labels = list(sections) if sections is not None else list(data.tables.keys())
-        require_keys(data.tables, labels, "sdata.tables")
-        objs, keys = [data] * len(labels), labels
         if not isinstance(target, str):
             raise TypeError(f"target must be a table key when a SpatialData is given, got {target!r}.")
-        where = "sections"
     elif isinstance(data, Mapping):
-        given = list(data.keys())
-        odd = [label for label in given if not isinstance(label, str) or not label]
-        if odd:
-            raise ValueError(
-                f"a dict given to align_sections maps labels (strings) to sections; {odd[0]!r} is not a label."
-            )
-        _refuse_one_key(
-            sections, "the dict's keys in stack order, the target among them", f"The dict holds {given}."
-        )
-        labels = list(sections) if sections is not None else given
-        require_keys(data, labels, "the dict of sections")
-        objs = [data[label] for label in labels]
-        _one_table_each(list(zip(labels, objs, strict=True)), "dict")
-        keys = [_only_table(obj) for obj in objs]
         if not isinstance(target, str):
             raise TypeError(f"target must be a key of the dict of sections {labels}, got {target!r}.")
         where = "sections" if sections is not None else "the dict of sections"
     else:
-        objs = list(data)
-        _one_table_each([(f"section{i}", obj) for i, obj in enumerate(objs)], "list")
-        keys = [_only_table(obj) for obj in objs]
-        if sections is not None:
-            _refuse_one_key(sections, "labels, one for each section", f"The list holds {len(objs)} sections.")
-            labels = list(sections)
-            if len(labels) != len(objs) or not all(isinstance(label, str) and label for label in labels):
-                raise ValueError(
-                    f"sections labels a list of sections: give one label (a string) for each of the "
-                    f"{len(objs)} sections, got {labels!r}."
-                )
-        else:
-            unique = None not in keys and len(set(keys)) == len(keys)
-            labels = list(keys) if unique else [f"section{i}" for i in range(len(objs))]
         positions = isinstance(target, int | np.integer) and not isinstance(target, bool | np.bool_)
-        if positions and -len(objs) <= target < len(objs):
+        if positions and -len(labels) <= target < len(labels):
             target = labels[target]
         elif not (isinstance(target, str) and target in labels):
             raise ValueError(
-                f"target must be a position in the list of {len(objs)} sections or one of their labels "
+                f"target must be a position in the list of {len(labels)} sections or one of their labels "
                 f"{labels}, got {target!r}."
             )
-        where = "sections"
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
-    if repeated:
-        raise ValueError(f"sections= lists {repeated} more than once; give each section once.")
     require_keys(labels, target, where)
-    return list(zip(labels, objs, keys, strict=True)), target
+    return items, target
 
 
 _ABSENT = object()
