@@ -418,3 +418,47 @@ def test_annotate_normalises_its_own_copy_of_the_embeddings_in_place():
         scores = lk.tl.annotate(table, class_embeddings=classes, inplace=False).scores
         np.testing.assert_array_equal(scores.to_numpy(), cosine_scores(before, classes.to_numpy()))
         np.testing.assert_array_equal(np.asarray(table.obsm["loki_image"]), before)
+
+
+def test_classes_without_a_measured_marker_are_all_named_with_the_table_genes():
+    """A marker table for a whole tissue on a small panel (spacexr's 276-gene Visium vignette against
+    PanglaoDB's brain classes: 16 of 34 classes without any marker measured): one error names every
+    such class and what the table holds, rather than the first class alone; nothing is written."""
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    markers = {**MARKERS, "neuron": ["RBFOX3", "SNAP25"], "glia": ["GFAP"]}
+    with pytest.raises(
+        ValueError, match=r"of 2 of the 5 classes is in the table's var_names \(40 genes, e\.g\. 'G0'"
+    ) as e:
+        lk.tl.annotate(adata, markers, model=model)
+    assert "'neuron' (RBFOX3, SNAP25)" in str(e.value)
+    assert "'glia' (GFAP)" in str(e.value)
+    assert "Leave those classes out" in str(e.value)
+    assert "loki_annotation" not in adata.obsm
+    assert "loki" not in adata.uns
+
+
+def test_no_measured_marker_on_ensembl_ids_points_at_map_gene_ids():
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    adata.var_names = [f"ENSG{i:011d}" for i in range(adata.n_vars)]  # scanpy's Visium test folder: ids only
+    with pytest.raises(
+        ValueError, match=r"look like Ensembl ids: map them to symbols first with lk\.pp\.map_gene_ids"
+    ):
+        lk.tl.annotate(adata, MARKERS, model=model)
+
+
+def test_missing_markers_warning_lists_a_few_per_class_and_says_where_all_are():
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    absent = [f"ABSENT{i}" for i in range(40)]
+    markers = {**MARKERS, "tumour": ["G0", *absent]}
+    with pytest.warns(
+        UserWarning, match="tumour: ABSENT0, ABSENT1, ABSENT2, ABSENT3, ABSENT4 and 35 more"
+    ) as rec:
+        lk.tl.annotate(adata, markers, model=model)
+    message = next(str(w.message) for w in rec if "ABSENT0" in str(w.message))
+    assert "ABSENT5" not in message
+    assert "recorded in .uns['loki']['loki_annotation']['missing_markers']" in message
+    params = adata.uns["loki"]["loki_annotation"]
+    assert dict(zip(params["classes"], params["missing_markers"], strict=True))["tumour"] == " ".join(absent)

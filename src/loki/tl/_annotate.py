@@ -151,7 +151,9 @@ def annotate(
         categories in their order (those without a sample left out), other labels by value, numbers
         as numbers (0, 2, 10).
     vocabulary
-        Known gene symbols; markers not in it are dropped with a warning that lists them. Default:
+        Known gene symbols; markers not in it are dropped with a warning that lists the first five
+        of each class (all of them are recorded in ``.uns['loki'][key_added]['missing_markers']``);
+        classes none of whose markers is in it are an error that names them all. Default:
         the genes of the annotated table (``var_names``); a table without genes (an image-only
         section, e.g. from :func:`loki.pp.tile_image`) uses the markers as given, unless a
         vocabulary (e.g. the genes the model was trained on) is passed.
@@ -225,7 +227,9 @@ def annotate(
     # validates embedding sizes before anything is written
     scores = _cosine_scores(items, emb, overwrite_items=own_items)
     del items  # normalised in place when it was a copy
-    _warn_missing_markers(classes.missing)
+    _warn_missing_markers(
+        classes.missing, f".uns['loki'][{key_added!r}]['missing_markers']" if inplace else None
+    )
     result, without_spots = _annotation(scores, fused_other, classes.names, adata.obs_names, label_key)
     if not inplace:
         return result
@@ -287,12 +291,21 @@ def _fuse_input(fuse_with: pd.DataFrame | np.ndarray, adata: AnnData, classes: l
     return fused_other
 
 
-def _warn_missing_markers(missing: dict[str, list[str]]) -> None:
-    """Warn about the markers absent from the vocabulary (class -> markers), if there are any."""
+def _warn_missing_markers(missing: dict[str, list[str]], recorded_in: str | None = None) -> None:
+    """Warn about the markers absent from the vocabulary (class -> markers), if there are any.
+
+    Each class lists its first five; ``recorded_in`` names where all of them are written, if anywhere.
+    """
     if missing:
-        listing = "; ".join(f"{c}: {', '.join(m)}" for c, m in missing.items())
+        listing = "; ".join(
+            f"{c}: {', '.join(m[:5])}" + (f" and {len(m) - 5} more" if len(m) > 5 else "")
+            for c, m in missing.items()
+        )
+        n = sum(len(m) for m in missing.values())
+        cut = any(len(m) > 5 for m in missing.values())
+        where = f"; all of them are recorded in {recorded_in}" if recorded_in and cut else ""
         warnings.warn(
-            f"Markers absent from the vocabulary were left out ({listing}).",
+            f"{n} marker{'s' if n > 1 else ''} absent from the vocabulary left out ({listing}){where}.",
             LokiWarning,
             stacklevel=user_stacklevel(),
         )

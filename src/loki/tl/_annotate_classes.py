@@ -73,7 +73,12 @@ def _classes(
                 vocab = adata.var_names
             elif vocab is None:
                 logger.info("the table holds no genes (an image-only section): markers are used as given")
-            sentences, missing = marker_sentences(markers, vocab, max_genes=max_markers)
+            sentences, missing = marker_sentences(
+                markers,
+                vocab,
+                max_genes=max_markers,
+                vocabulary_name="the vocabulary" if vocabulary is not None else "the table's var_names",
+            )
             source = "markers"
         classes = list(sentences)
     if len(set(classes)) != len(classes):
@@ -129,12 +134,18 @@ def _encode(model: Any, sentences: list[str]) -> np.ndarray:
 
 
 def marker_sentences(
-    markers: Mapping[str, Sequence[str]], vocabulary: Iterable[str] | None = None, *, max_genes: int = 50
+    markers: Mapping[str, Sequence[str]],
+    vocabulary: Iterable[str] | None = None,
+    *,
+    max_genes: int = 50,
+    vocabulary_name: str = "the vocabulary",
 ) -> tuple[dict[str, str], dict[str, list[str]]]:
     """One gene sentence per class: its markers in the given order, joined by spaces.
 
     Markers are matched to ``vocabulary`` ignoring case and written in the vocabulary's spelling (so
     human marker tables work on mouse data); markers absent from it are left out and returned.
+    Classes none of whose markers is in it are an error that names all of them at once and says what
+    the vocabulary is (``vocabulary_name``, e.g. ``"the table's var_names"``) and what it holds.
 
     Returns
     -------
@@ -155,7 +166,7 @@ def marker_sentences(
         clash = [c for c in markers if str(c) in set(names[names.duplicated()])]
         raise ValueError(f"Marker classes {clash!r} have the same name as text; give them distinct names.")
     lookup = None if vocabulary is None else {str(g).upper(): str(g) for g in vocabulary}
-    sentences, missing = {}, {}
+    sentences, missing, unmatched = {}, {}, []
     for cls, genes in markers.items():
         if isinstance(genes, str):
             raise TypeError(f"Markers of class {cls!r} must be a list of genes, not the string {genes!r}.")
@@ -166,12 +177,41 @@ def marker_sentences(
             missing[str(cls)] = [g for g in genes if g.upper() not in lookup]
             genes = [lookup[g.upper()] for g in genes if g.upper() in lookup]
             if not genes:
-                raise ValueError(
-                    f"None of the markers of class {str(cls)!r} ({', '.join(missing[str(cls)][:10])}) is in "
-                    "the vocabulary."
-                )
+                unmatched.append(str(cls))
+                continue
         sentences[str(cls)] = " ".join(list(dict.fromkeys(genes))[:max_genes])
+    if unmatched:
+        raise ValueError(
+            _no_marker_message(unmatched, missing, len(markers), list(lookup.values()), vocabulary_name)
+        )
     return sentences, {c: m for c, m in missing.items() if m}
+
+
+def _no_marker_message(
+    unmatched: list[str], missing: dict[str, list[str]], n_classes: int, vocabulary: list[str], name: str
+) -> str:
+    """The error for classes none of whose markers is in the vocabulary: all of them, and what to do."""
+    from loki.pp._sentences import looks_like_ensembl
+
+    shown = "; ".join(
+        f"{c!r} ({', '.join(missing[c][:3])}{', ...' if len(missing[c]) > 3 else ''})" for c in unmatched[:10]
+    )
+    more = f"; and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""
+    example = ", ".join(repr(g) for g in vocabulary[:3])
+    message = (
+        f"None of the markers of {len(unmatched)} of the {n_classes} classes is in {name} ({len(vocabulary)} "
+        f"genes, e.g. {example}): {shown}{more}. "
+    )
+    if len(vocabulary) and looks_like_ensembl(vocabulary).mean() > 0.5:
+        message += (
+            "They look like Ensembl ids: map them to symbols first with lk.pp.map_gene_ids(adata, mapping). "
+        )
+    if len(unmatched) < n_classes:
+        message += (
+            "Leave those classes out (e.g. lk.pp.read_markers(..., cell_types=[...]), or "
+            "{c: g for c, g in markers.items() if c not in unmatched}) or give them markers the table measures."
+        )
+    return message.rstrip()
 
 
 def _marker_mapping(markers) -> Mapping[str, Sequence[str]]:
