@@ -316,8 +316,9 @@ def read_visium(
     -----
     squidpy draws the table's spots over its hires image, ``sq.pl.spatial_scatter(table, color=...)``
     (``img_res_key="lowres"`` for the lowres one), as scanpy's ``sc.pl.spatial`` does: both place
-    ``obsm['spatial']`` times the image's scale factor. For the spots alone pass ``shape=None``
-    (``sq.pl.spatial_scatter(table, shape=None, color=...)``); spatialdata-plot draws them over any
+    ``obsm['spatial']`` times the image's scale factor. For the spots alone pass ``shape=None`` and
+    the section's name (``sq.pl.spatial_scatter(table, shape=None, library_id=S, color=...)``; without
+    ``library_id`` squidpy logs that it wants one); spatialdata-plot draws them over any
     of the section's images, in any of its coordinate systems
     (``sdata.pl.render_images(...).pl.render_shapes(..., table_name=...)``).
 
