@@ -343,6 +343,30 @@ def test_read_visium_reads_a_full_resolution_tiff_block_by_block(folder, he, tmp
     assert lk.pp.spot_patches(sdata, table_key="V1", size=32).compute().shape[0] == sdata.tables["V1"].n_obs
 
 
+@pytest.mark.parametrize("layout", ["pyramid", "one-strip"])
+def test_read_visium_reads_a_deep_tiff_without_a_stated_depth_whole(
+    folder, he, tmp_path, monkeypatch, layout
+):
+    """Its range must come from the full resolution: a stored coarse level can miss the brightest
+    pixels (here 999 of 1,100, which read as 10-bit data would be 4x too bright), and a level stored as
+    one compressed strip would be decoded whole at every use. It is read once and held, as before."""
+    out = tmp_path / "v"
+    shutil.copytree(folder, out)
+    full = np.rint(he * (1100 / he.max())).astype(np.uint16)  # 12-bit data, 16-bit samples, no statement
+    if layout == "pyramid":
+        _deep_pyramid(out / "d.tif", full, np.minimum(full[::4, ::4], 999))
+    else:
+        tifffile.imwrite(
+            out / "d.tif", full, photometric="rgb", compression="zlib", rowsperstrip=full.shape[0]
+        )
+    from loki.io import _slide
+
+    monkeypatch.setattr(_slide, "_tiff_levels", lambda *a, **k: pytest.fail("read block by block"))
+    sdata = _read_quietly(out, fullres_image_file="d.tif")
+    level0 = np.asarray(sdata.images["V1_full_image"]["scale0"]["image"]).astype(int)
+    assert np.abs(level0 - np.rint(full * (255 / 4095)).transpose(2, 0, 1)).max() <= 1
+
+
 def _deep_pyramid(path, full, coarse, *, ome=None, extratags=()):
     """A 2-level tiled pyramid (sub-IFDs) of uint16 RGB; ``ome``: OME metadata, else a plain TIFF."""
     options = {"tile": (128, 128), "photometric": "rgb"}

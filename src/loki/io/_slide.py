@@ -300,6 +300,31 @@ def _to_uint8(levels: list, what: str, stated: tuple[int, str] | None = None) ->
     return [scaled_to_uint8(level, factor, rechunk=False) for level in levels]
 
 
+def _reads_by_blocks(path: Path, index: int = 0) -> bool:
+    """Whether :func:`_tiff_levels` reads series ``index`` of a TIFF as well as a whole read would.
+
+    True for 8-bit samples and for unsigned ones whose bit depth the file states (:func:`_stated_bits`).
+    Other deep samples need their range: True only for a single level (read once for it) stored in
+    several strips or tiles, or uncompressed (a memory map). A coarse level's range can miss the
+    brightest pixels, and a level stored as one compressed strip would be decoded whole at every use.
+    False for files tifffile cannot read.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not 0 <= index < len(tif.series):
+                return False
+            series = tif.series[index]
+            if np.dtype(series.dtype) == np.uint8 or _stated_bits(tif, index) is not None:
+                return True
+            level = series.levels[0]
+            blocks = len(level.keyframe.dataoffsets) if len(level.pages) == 1 else 1
+            return len(series.levels) == 1 and (blocks > 1 or MappedLevel.supports(level))
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return False
+
+
 def _stated_bits(tif, index: int = 0) -> tuple[int, str] | None:
     """Significant bits of the unsigned integer samples of series ``index``, where the file states them.
 

@@ -148,12 +148,15 @@ def section_images(
     channel some Space Ranger PNGs carry dropped), a loki pyramid placed in ``coordinate_system``
     (full-resolution pixels). A full-resolution TIFF in ``folder`` is read as
     :func:`loki.io.read_slide` reads it instead (lazily, block by block, with the levels it stores):
-    spatialdata-io's array of it decodes the whole file at every use. ``image_key`` is the finest:
+    spatialdata-io's array of it decodes the whole file at every use. A deep TIFF that states no bit
+    depth is read so only when it has one level in several strips or tiles (or uncompressed); other
+    deep TIFFs are read once, whole, as other deep images are (a coarse level's range can miss the
+    brightest pixels, and one compressed strip would be decoded whole at every use). ``image_key`` is the finest:
     the full-resolution image, else hires, else lowres, else the first; None without images.
     """
     from spatialdata.transformations import get_transformation
 
-    from ._slide import _TIFF_SUFFIXES, _multiscale, _tiff_levels
+    from ._slide import _TIFF_SUFFIXES, _multiscale, _reads_by_blocks, _tiff_levels
 
     images = {}
     for key, img in raw_images.items():
@@ -164,7 +167,12 @@ def section_images(
         out_key = f"{name}_{kind}_image"
         what = f"image {out_key!r}" + (f" ({str(source)!r})" if source else "")
         file = Path(folder) / source if folder is not None and source and kind == "full" else None
-        if file is not None and file.suffix.lower() in _TIFF_SUFFIXES and file.is_file():
+        if (
+            file is not None
+            and file.suffix.lower() in _TIFF_SUFFIXES
+            and file.is_file()
+            and _reads_by_blocks(file)
+        ):
             try:
                 levels = _tiff_levels(file, 0, what)[0]
             except ValueError:  # e.g. 5 fluorescence channels as pages: spatialdata-io's array says why below
@@ -295,10 +303,12 @@ def read_visium(
     image's finest level, which :func:`loki.pp.tile_image` reads: any of the images can be tiled.
 
     A full-resolution TIFF (``fullres_image_file=``, e.g. ``.tif``, ``.btf``) is read as
-    :func:`loki.io.read_slide` reads it: lazily, block by block, with the pyramid levels it stores and
-    the bit depth it states. spatialdata-io's array of it decodes the whole file at each use; other
-    formats (jpg, png) are still read by spatialdata-io, uint8 lazily (decoded whole at each use), other
-    dtypes once, held in memory converted.
+    :func:`loki.io.read_slide` reads it: lazily, block by block, with the pyramid levels it stores
+    (8-bit TIFFs, deep ones that state their bit depth, and deep single-level ones stored in several
+    strips or tiles). spatialdata-io's array of it decodes the whole file at each use. Other formats
+    (jpg, png) are still read by spatialdata-io, uint8 lazily (decoded whole at each use); other
+    dtypes and other deep TIFFs are read once and held in memory converted, their range taken from the
+    full resolution.
 
     Raises
     ------
