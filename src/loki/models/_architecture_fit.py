@@ -33,7 +33,8 @@ def architecture_hint(shapes: dict[str, tuple[int, ...]], tried: str | None) -> 
     if fits:  # only the architecture tried
         return (
             f"Its sizes (widths, layers, patch, image and embedding size, context, vocabulary) are those "
-            f"of {tried!r}: the keys above are missing or renamed, not those of another architecture."
+            f"of {tried!r}: the keys above differ from its own (missing, renamed or reshaped), which "
+            "another architecture would not explain."
         )
     return (
         "Its shapes fit none of open_clip's known configs (open_clip.list_models(), loki's included) "

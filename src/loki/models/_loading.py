@@ -35,9 +35,14 @@ _RACY_NS = 2_000_000_000
 
 
 def _file_identity(path: Path) -> tuple:
-    """The resolved path, device, inode, size and modification time (ns) of a file: its content's key."""
+    """The resolved path, device, inode, size, modification and status-change times (ns) of a file.
+
+    The key of its content. The status-change time (ctime) is set by the system at every write and
+    every change of the modification time, so a rewrite that keeps size and modification time
+    (``cp -p``, ``rsync -t --inplace``, ``touch -r``) still changes the key.
+    """
     st = path.stat()
-    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _hash_file(path: Path, chunk: int) -> str:
@@ -52,8 +57,8 @@ def _hash_file(path: Path, chunk: int) -> str:
 def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
     """sha256 of a file, read in chunks, and read only once per process while the file is unchanged.
 
-    The digest is remembered by the file's resolved path, device, inode, size and modification time
-    (ns): loading the same file again (the published ``checkpoint.pt`` is ~7 GB) does not read it
+    The digest is remembered by the file's resolved path, device, inode, size, modification and
+    status-change times (ns; :func:`_file_identity`): loading the same file again (the published ``checkpoint.pt`` is ~7 GB) does not read it
     again, and a file rewritten or replaced since is read anew. A file modified in the last
     :data:`_RACY_NS` before it was read, or while it was read, is not remembered: file systems
     record modification times in coarse ticks, so a rewrite of the same size right after could keep
@@ -65,7 +70,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
     if digest is None:
         started = time.time_ns()
         digest = _hash_file(path, chunk)
-        if started - key[-1] > _RACY_NS and _file_identity(path) == key:
+        if started - key[4] > _RACY_NS and _file_identity(path) == key:  # key[4]: modification time
             _SHA256_MEMO[key] = digest
     return digest
 
