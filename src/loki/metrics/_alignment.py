@@ -325,13 +325,22 @@ def _default_radius(xy: np.ndarray, name: str) -> float:
     return spacing
 
 
-def _registered_target_key(source: AnnData, aligned_key: str) -> str:
-    """The target coordinates ``source``'s alignment ``aligned_key`` was registered onto, else ``"spatial"``.
+def _registered_target_key(source: AnnData, target: AnnData, aligned_key: str) -> str:
+    """The target coordinates in the frame of ``source``'s ``.obsm[aligned_key]``, else ``"spatial"``.
 
-    :func:`loki.tl.align` records them as ``params['target_spatial_key']``: an earlier alignment's
-    coordinates when it chained onto them (``align_sections(sequential=True)``).
+    Two sections of one :func:`loki.tl.align_sections` stack (both records hold ``z``, and the same
+    ``coordinate_system`` where they name one) lie in the stack's frame at ``.obsm[aligned_key]``,
+    whichever section each was aligned onto: the target's aligned coordinates are then the ones to
+    pair with. Otherwise :func:`loki.tl.align` records the coordinates the source was registered onto
+    as ``params['target_spatial_key']``: an earlier alignment's coordinates when it chained onto them
+    (``align_sections(sequential=True)``).
     """
-    params = (loki_record(source, aligned_key) or {}).get("params")
+    record = loki_record(source, aligned_key) or {}
+    other = loki_record(target, aligned_key) or {}
+    systems = {str(r["coordinate_system"]) for r in (record, other) if r.get("coordinate_system") is not None}
+    if "z" in record and "z" in other and len(systems) <= 1 and aligned_key in target.obsm:
+        return aligned_key
+    params = record.get("params")
     key = params.get("target_spatial_key") if isinstance(params, dict) else None
     return key if isinstance(key, str) and key else Key.SPATIAL
 
@@ -361,11 +370,15 @@ def alignment_expression_scores(
     target
         Target section with ``.obsm[target_key]``.
     aligned_key, target_key
-        Coordinates in ``.obsm``. ``target_key`` defaults to the target coordinates the source's
-        alignment was registered onto (``.uns['loki'][aligned_key]['params']['target_spatial_key']``,
-        as :func:`loki.tl.align` records it), else ``"spatial"``: a section of
-        ``align_sections(sequential=True)`` lies in the frame of its neighbour's aligned coordinates,
-        not of its neighbour's own.
+        Coordinates in ``.obsm``. ``target_key`` defaults to the coordinates in the frame of the
+        source's aligned ones: ``aligned_key`` when both sections belong to one
+        :func:`loki.tl.align_sections` stack (their ``.uns['loki'][aligned_key]`` records hold ``z``),
+        which places every section in the frame of its target, so that any two sections of a stack
+        (e.g. neighbours that were each aligned onto a middle target) are compared there; else the
+        target coordinates the source's alignment was registered onto
+        (``.uns['loki'][aligned_key]['params']['target_spatial_key']``, as :func:`loki.tl.align`
+        records it), else ``"spatial"``: a section of ``align_sections(sequential=True)`` lies in the
+        frame of its neighbour's aligned coordinates, not of its neighbour's own.
     n_top_genes
         Number of highly variable genes.
     max_distance
@@ -390,7 +403,7 @@ def alignment_expression_scores(
     """
     check_obsm_key(source, aligned_key)
     if target_key is None:
-        target_key = _registered_target_key(source, aligned_key)
+        target_key = _registered_target_key(source, target, aligned_key)
         hint = (
             None
             if target_key == Key.SPATIAL

@@ -237,10 +237,17 @@ def alignment(
             panel.set_ylabel("y")
         else:
             panel.set_xlabel("x")
-            panel.set_ylabel("section (z)")
+            # once, on the left panel: the right one's level names would sit on it
+            panel.set_ylabel("section (z)" if title == "before" else "")
             panel.set_yticks(heights, labels=names)  # each level named, not fractional z ticks
     if use is None:  # beside the panel, as in the other lk.pl plots: inside, it hides spots of many sections
+        handles, labels = axes[1].get_legend_handles_labels()
+        if kind == "stack":  # top to bottom, as the levels are drawn
+            order = np.argsort(-np.asarray(heights), kind="stable")
+            handles, labels = [handles[i] for i in order], [labels[i] for i in order]
         axes[1].legend(
+            handles,
+            labels,
             loc="center left",
             bbox_to_anchor=(1.0, 0.5),
             frameon=False,

@@ -59,6 +59,7 @@ from loki.tl._align_spatialdata import (
     source_to_cs,
     stack_onto,
     target_to_cs,
+    warn_left_out_of_stack,
     warn_shared_coordinate_system,
     write_spatialdata,
 )
@@ -980,7 +981,9 @@ def align_sections(
     is replaced, and its shapes of aligned spots are removed (when it placed the target in the stack's
     coordinate system; otherwise they stay there with its elements), so that the target's entry, elements and
     shapes agree, as after a first stack onto it. An INFO log names the removed shapes; a warning names
-    the target's alignments under other keys that had placed it in the same coordinate system. Like
+    the target's alignments under other keys that had placed it in the same coordinate system, and
+    another the sections of its SpatialData left out of the stack that an earlier alignment placed
+    there in another section's frame (e.g. of a stack onto another target). Like
     every change here, the removal is made in memory: when the SpatialData was read from a zarr store
     that holds those shapes, a warning says how to delete them there
     (``sdata.delete_element_from_disk``).
@@ -998,8 +1001,8 @@ def align_sections(
     -----
     The sections are changed in memory. To save a stack of a SpatialData read from a zarr store into
     that store, rewrite the tables of its sections and the shapes of aligned spots their entries
-    name, and save the transformations, as for :func:`align` (see its Notes); an INFO log gives the
-    calls with their names.
+    name, delete there the target's shapes the stack removed, and save the transformations, as for
+    :func:`align` (see its Notes); an INFO log gives the calls with their names.
 
     """
     from tqdm.auto import tqdm
@@ -1066,7 +1069,7 @@ def align_sections(
                 results[name] = table.uns[Key.UNS][key_added]
         step = f"placing the target {target!r}"
         stack_cs = kwargs.get("coordinate_system") or _default_coordinate_system(key_added)
-        replace_stack_target(tgt_section, key_added, stack_cs)
+        removed = replace_stack_target(tgt_section, key_added, stack_cs)
         write_obsm(
             tgt_table, key_added, np.asarray(tgt_table.obsm[spatial_key], dtype=np.float64)[:, :2].copy()
         )
@@ -1091,6 +1094,9 @@ def align_sections(
         )
         raise
     results[target] = tgt_table.uns[Key.UNS][key_added]
+    if tgt_key is not None:  # sections left out that an earlier stack placed in another frame there
+        stores = {id(o): o for o, _ in by_name.values() if is_spatialdata(o)}
+        warn_left_out_of_stack(list(stores.values()), set(tables.values()), tgt_key, stack_cs)
     written: dict[int, tuple[Any, list[str]]] = {}
     for name, (obj, key) in by_name.items():
         if is_spatialdata(obj):
@@ -1098,7 +1104,8 @@ def align_sections(
             names = written.setdefault(id(obj), (obj, []))[1]
             names += [key] if shapes is None else [key, shapes]
     for obj, names in written.values():
-        log_how_to_save(obj, names)
+        # the target's stale shapes, removed in memory, are deleted from its store too
+        log_how_to_save(obj, names, removed=[removed] if removed and obj is tgt_obj else [])
     return results
 
 

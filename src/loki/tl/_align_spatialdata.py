@@ -437,6 +437,54 @@ def warn_shared_coordinate_system(src: Section, tgt: Section, key_added: str, cs
         )
 
 
+def _frame_of(sdata: SpatialData, key: str, record_key: str) -> str | None:
+    """The table key of the section in whose own frame ``key``'s alignment ``record_key`` placed it.
+
+    Its target, or, for an alignment onto the target's aligned coordinates (a sequential stack), that
+    target's frame in turn; a stack's target is in its own.
+    """
+    seen: set[str] = set()
+    while key not in seen:
+        seen.add(key)
+        record = loki_record(sdata.tables[key], record_key) if key in sdata.tables else None
+        if not isinstance(record, dict) or record.get("method") == "target":
+            return key
+        target = record.get("target")
+        params = record.get("params") if isinstance(record.get("params"), dict) else {}
+        if not isinstance(target, str) or params.get("target_spatial_key") != record_key:
+            return target if isinstance(target, str) else None
+        key = target
+    return None
+
+
+def warn_left_out_of_stack(
+    sdatas: Sequence[SpatialData], stack: Collection[int], target: str, cs: str
+) -> None:
+    """Warn about sections outside a stack that earlier alignments placed in the stack's ``cs``.
+
+    ``stack`` holds ``id()`` of the stack's tables; ``target`` is the stack target's table key. A
+    section left out that lies in another section's frame (e.g. of an earlier stack onto another
+    target) no longer agrees there with the sections the stack placed at ``target``'s coordinates.
+    """
+    left = []
+    for sdata in sdatas:
+        for key, table in sdata.tables.items():
+            if id(table) in stack:
+                continue
+            earlier = _alignments_in(Section(sdata, key, table), cs)
+            if any(_frame_of(sdata, key, record_key) != target for record_key in earlier):
+                left.append(key)
+    if left:
+        warnings.warn(
+            f"coordinate system {cs!r} also holds section(s) {', '.join(map(repr, left))}, placed there by an "
+            f"earlier alignment in another section's frame than that of this stack's target {target!r}; they "
+            "and the stack's sections no longer agree there. Include them in the stack (sections=), or pass "
+            "coordinate_system= to keep both.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
 def _warn_target_put_back(tgt: Section, cs: str, earlier: list[str], who: str, fix: str) -> None:
     warnings.warn(
         f"the target section {tgt.name!r} was placed in coordinate system {cs!r} by its alignment "
@@ -468,13 +516,15 @@ def in_stack() -> bool:
     return _STACK_TARGET.get() is not None
 
 
-def log_how_to_save(sdata: SpatialData, names: Sequence[str]) -> None:
+def log_how_to_save(sdata: SpatialData, names: Sequence[str], removed: Sequence[str] = ()) -> None:
     """Log (INFO) the spatialdata calls that save an alignment into the zarr store ``sdata`` was read from.
 
-    ``names`` are the elements whose data the alignment wrote (tables, shapes of aligned spots); the
-    transformations it set are saved by ``sdata.write_transformations()``. spatialdata 0.7 does not
-    overwrite an element of the store an object is backed by, not even with ``overwrite=True``: an
-    element already stored is deleted there first.
+    ``names`` are the elements whose data the alignment wrote (tables, shapes of aligned spots);
+    ``removed`` those it removed in memory (a stack target's stale shapes of aligned spots), deleted
+    from the store too, so that they do not come back when it is read again; the transformations it
+    set are saved by ``sdata.write_transformations()``. spatialdata 0.7 does not overwrite an element of
+    the store an object is backed by, not even with ``overwrite=True``: an element already stored is
+    deleted there first.
     """
     if sdata.path is None:
         return
@@ -483,7 +533,8 @@ def log_how_to_save(sdata: SpatialData, names: Sequence[str]) -> None:
     except Exception:  # a store that cannot be listed (moved, deleted): nothing to say about it
         return
     names = [name for name in dict.fromkeys(names) if sdata.get(name) is not None]
-    replaced = [name for name in names if name in stored]
+    gone = [name for name in dict.fromkeys(removed) if name in stored and sdata.get(name) is None]
+    replaced = [name for name in names if name in stored] + gone
     calls = [f"sdata.delete_element_from_disk({replaced!r})"] if replaced else []
     calls += [f"sdata.write_element({names!r})"] if names else []
     calls.append("sdata.write_transformations()")
@@ -496,7 +547,7 @@ def log_how_to_save(sdata: SpatialData, names: Sequence[str]) -> None:
     )
 
 
-def replace_stack_target(tgt: Section, key_added: str, cs: str) -> None:
+def replace_stack_target(tgt: Section, key_added: str, cs: str) -> str | None:
     """Say once what a stack replaced of its target's earlier placement in ``cs``; drop its stale shapes.
 
     The stack places its target at its own coordinates and records it under ``key_added``, so the
@@ -506,15 +557,21 @@ def replace_stack_target(tgt: Section, key_added: str, cs: str) -> None:
     there, and the shapes stay with them. Earlier alignments under other keys that placed it in ``cs``
     keep their shapes, which no longer agree with its elements there: a warning says so. Call it after
     every alignment of the stack has succeeded.
+
+    Returns
+    -------
+    The name of the shapes removed, else None (for :func:`log_how_to_save`).
     """
     if not is_spatialdata(tgt.data):
-        return
+        return None
     record = loki_record(tgt.table, key_added) or {}
     shapes = record.get("shapes")
     placed_in = record.get("coordinate_system")
+    removed = None
     if shapes is not None and shapes in tgt.data.shapes:
         if placed_in is None or str(placed_in) == cs:
             del tgt.data.shapes[shapes]
+            removed = shapes
             logger.info(
                 "removed shapes %r of the target section %r: its earlier alignment %r is replaced, and the "
                 "target is placed in coordinate system %r at its own coordinates",
@@ -536,6 +593,7 @@ def replace_stack_target(tgt: Section, key_added: str, cs: str) -> None:
     earlier = _alignments_in(tgt, cs, but=key_added)
     if earlier:
         _warn_target_put_back(tgt, cs, earlier, "the stack", "Pass coordinate_system= to keep both.")
+    return removed
 
 
 def _warn_still_on_disk(sdata: SpatialData, element_type: str, name: str) -> None:
