@@ -627,7 +627,9 @@ def test_a_stage_stopped_by_max_iter_warns(tissue):
     """A CPD stage that ran out of iterations said nothing; its result is where it stopped."""
     moved, _ = _moved(tissue, rotation_deg=30.0)
     with pytest.warns(
-        lk.LokiWarning, match=r"CPD stopped at max_iter=2 before converging in stage\(s\) 'rigid'"
+        lk.LokiWarning,
+        match=r"CPD stopped at max_iter=2 before converging in stage\(s\) 'rigid' of the alignment of "
+        r"'adata' onto 'adata'",
     ):
         out = lk.tl.align(moved, target=tissue, use="X_expr", inplace=False, **_fast(max_iter=2))
     assert not out.record["converged"]

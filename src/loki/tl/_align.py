@@ -279,7 +279,7 @@ _STAGE_COLUMNS = (
 )
 
 
-def _warn_stopped_at_max_iter(stages: list[dict], max_iter: int, target: str) -> None:
+def _warn_stopped_at_max_iter(stages: list[dict], max_iter: int, source: str, target: str) -> None:
     """Warn when a CPD stage of the last level ran out of iterations: the result is where it stopped.
 
     Coarser levels of the pyramid only give the next level its start, so they do not warn.
@@ -289,8 +289,8 @@ def _warn_stopped_at_max_iter(stages: list[dict], max_iter: int, target: str) ->
     if stopped:
         warnings.warn(
             f"CPD stopped at max_iter={max_iter} before converging in stage(s) {', '.join(map(repr, stopped))} "
-            f"of the alignment onto {target!r} (the record's 'stages' table); the result is where it stopped. "
-            "Pass a larger max_iter to let it converge.",
+            f"of the alignment of {source!r} onto {target!r} (the record's 'stages' table); the result is where "
+            "it stopped. Pass a larger max_iter to let it converge.",
             LokiWarning,
             stacklevel=user_stacklevel(),
         )
@@ -822,7 +822,7 @@ def align(
     )
     if reverse:
         res = reverse_result(res, X, Y, deformable=method == "deformable")
-    _warn_stopped_at_max_iter(res.stages, max_iter, tgt.name)
+    _warn_stopped_at_max_iter(res.stages, max_iter, src.name, tgt.name)
     coords = res.coords * scale + c_tgt
     to_target_units = np.diag([unit, unit, 1.0]) @ to_target_frame
     matrix = _original_matrix(res.matrix, c_src, c_tgt, scale) @ to_target_units
