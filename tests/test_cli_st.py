@@ -412,13 +412,31 @@ def test_st_without_an_image_writes_a_section_of_spots(tmp_path, capsys):
     """her2st A3 and A4 come without an H&E image here: IMAGE may be left out."""
     store = tmp_path / "her2st.zarr"
     counts, spots, _ = _her2st("A3")
-    assert main(["st", counts, spots, str(store)]) == 0
+    assert main(["st", counts, spots, str(store), "--no-image"]) == 0
     assert "table 'A3', shapes 'A3_spots', no image" in capsys.readouterr().out
     counts, spots, _ = _her2st("A4")
-    assert main(["st", counts, spots, str(store), "--append"]) == 0
+    assert main(["st", counts, spots, str(store), "--append", "--no-image"]) == 0
     back = sd.read_zarr(store)
     assert set(back.tables) == {"A3", "A4"}
     assert not back.images
     reference = lk.io.read_legacy_st(*_her2st("A3")[:2], name="A3")
     np.testing.assert_array_equal(back.tables["A3"].obsm["spatial"], reference.tables["A3"].obsm["spatial"])
     assert back.tables["A3"].uns["loki"] == reference.tables["A3"].uns["loki"]
+
+
+@pytest.mark.parametrize("given", ["zarr forgotten", "both"])
+def test_st_without_image_needs_no_image_and_writes_nothing(tmp_path, given):
+    """With ZARR forgotten, the image path would be taken for ZARR (and a store written there)."""
+    counts, spots, image = _her2st("A1")
+    if given == "zarr forgotten":
+        typo = str(tmp_path / "he.jpg")  # a mistyped image path, not a file
+        with pytest.raises(
+            SystemExit, match=r"give COUNTS SPOTS IMAGE ZARR, or COUNTS SPOTS ZARR with --no-image"
+        ):
+            main(["st", counts, spots, typo])
+        assert not (tmp_path / "he.jpg").exists()
+    else:
+        store = tmp_path / "s.zarr"
+        with pytest.raises(SystemExit, match=r"--no-image was given with IMAGE .*: leave out one of them"):
+            main(["st", counts, spots, image, str(store), "--no-image"])
+        assert not store.exists()

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Read a legacy Spatial Transcriptomics section (100 µm spots) with lk.io.read_legacy_st and "
             "write it as a section of a SpatialData zarr store: table NAME, the spots' shapes NAME_spots "
-            "and image NAME_image (when IMAGE is given), in coordinate system 'global', the table "
+            "and image NAME_image (unless --no-image), in coordinate system 'global', the table "
             "recording the spot size and µm per pixel. ZARR must not exist, unless --append adds the section beside those it holds "
             "(e.g. a second section, for `loki align`). `loki embed ZARR --table NAME` then embeds it."
         ),
@@ -227,8 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         nargs="?",
         default=None,
-        help="the H&E image the spots were placed on (jpg, png, tif); leave it out for a section of "
-        "spots alone (`loki embed --no-image`)",
+        help="the H&E image the spots were placed on (jpg, png, tif); left out with --no-image",
     )
     st.add_argument(
         "zarr", type=Path, help="SpatialData .zarr store to create (must not exist, unless --append)"
@@ -258,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="IMAGE's pixels per full-resolution pixel, for an IMAGE downscaled from it, e.g. 2000/6954 "
         "(default: 1)",
+    )
+    st.add_argument(
+        "--no-image",
+        action="store_true",
+        help="no H&E image: COUNTS SPOTS ZARR write a section of spots alone (`loki embed --no-image` then "
+        "embeds its gene sentences, `loki align --use none` aligns it)",
     )
     st.add_argument(
         "--all-spots",

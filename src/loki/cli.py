@@ -390,6 +390,13 @@ def _st(args: argparse.Namespace) -> None:
     from loki._utils._spatialdata import recorded_microns_per_pixel
     from loki.io._names import check_section_name
 
+    if args.image is None and not args.no_image:  # e.g. ZARR forgotten: IMAGE would be taken for it
+        raise ValueError(
+            f"give COUNTS SPOTS IMAGE ZARR, or COUNTS SPOTS ZARR with --no-image for a section without an "
+            f"H&E image; got COUNTS SPOTS and {str(args.zarr)!r}"
+        )
+    if args.image is not None and args.no_image:
+        raise ValueError(f"--no-image was given with IMAGE {str(args.image)!r}: leave out one of them")
     _refuse_existing_store(args, "the section")
     for what, path in (("COUNTS", args.counts), ("SPOTS", args.spots), ("IMAGE", args.image)):
         if path is not None:
