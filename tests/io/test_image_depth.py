@@ -361,7 +361,7 @@ def test_read_visium_reads_a_deep_tiff_without_a_stated_depth_whole(
         )
     from loki.io import _slide
 
-    monkeypatch.setattr(_slide, "_tiff_levels", lambda *a, **k: pytest.fail("read block by block"))
+    monkeypatch.setattr(_slide, "tiff_levels", lambda *a, **k: pytest.fail("read block by block"))
     sdata = _read_quietly(out, fullres_image_file="d.tif")
     level0 = np.asarray(sdata.images["V1_full_image"]["scale0"]["image"]).astype(int)
     assert np.abs(level0 - np.rint(full * (255 / 4095)).transpose(2, 0, 1)).max() <= 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import loki as lk
-from loki.models import _architecture_fit, _hub, _loading
+from loki.models import _architecture_fit, _architectures, _checkpoint_files, _hub, _loading
 
 
 def _sentences(n=6):
@@ -768,7 +768,7 @@ def test_refusing_an_unsafe_pickle_names_the_blocked_global_without_torchs_advic
 
 
 def test_long_error_causes_are_cut_between_words():
-    line = _loading._first_line(ValueError("abcdefghijk " * 60), limit=100)
+    line = _checkpoint_files.first_line(ValueError("abcdefghijk " * 60), limit=100)
     assert line.startswith("ValueError: abcdefghijk ")
     assert line.endswith(" ...")
     assert set(line.removeprefix("ValueError: ").removesuffix(" ...").split()) == {"abcdefghijk"}
@@ -1027,7 +1027,7 @@ def test_a_checkpoint_of_another_architecture_names_the_one_it_fits(tiny, tmp_pa
 def test_architectures_are_told_apart_by_their_shapes_quickly(arch, fits):
     import time
 
-    shapes = _loading.architecture_shapes(arch)  # as a checkpoint's state dict would have them
+    shapes = _architectures.architecture_shapes(arch)  # as a checkpoint's state dict would have them
     _architecture_fit.fitting_architectures(shapes)  # first call imports what it needs
     start = time.perf_counter()
     assert _architecture_fit.fitting_architectures(shapes) == fits

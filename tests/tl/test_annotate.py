@@ -434,6 +434,7 @@ def test_classes_without_a_measured_marker_are_all_named_with_the_table_genes():
     assert "'neuron' (RBFOX3, SNAP25)" in str(e.value)
     assert "'glia' (GFAP)" in str(e.value)
     assert "Leave those classes out" in str(e.value)
+    assert "if c not in ['neuron', 'glia']}" in str(e.value)  # code the user can run as it is
     assert "loki_annotation" not in adata.obsm
     assert "loki" not in adata.uns
 

@@ -36,7 +36,7 @@ from ._tiff_tiles import MappedLevel, TileReader, whole_tiles
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-_TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf2", ".tf8", ".scn", ".bif", ".qptiff"}
+TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf2", ".tf8", ".scn", ".bif", ".qptiff"}
 #: Pixel sizes read from TIFF resolution tags are believed only in this range (µm); outside it the
 #: tags hold a desktop default (72 dpi is 353 µm per pixel), not a microscope's sampling.
 _PLAUSIBLE_MPP = (0.05, 50.0)
@@ -144,9 +144,9 @@ def read_slide(
     else:
         check_element_name(name, f"name={name!r}", " (it names the slide's image)")
     transformations = {coordinate_system: Identity()}
-    if path.suffix.lower() in _TIFF_SUFFIXES:
-        levels, found, source = _tiff_levels(path, series)
-        image = _multiscale(levels, transformations)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        levels, found, source = tiff_levels(path, series)
+        image = multiscale(levels, transformations)
     else:
         if series != 0:
             raise ValueError(f"series={series}: {path.name} is not a TIFF and holds one image.")
@@ -178,13 +178,13 @@ def _read_other(path: Path) -> np.ndarray:
         return read_rgb(path)
     except UnidentifiedImageError:
         raise ValueError(
-            f"Cannot read {path.name!r}: loki reads TIFF-based slides ({', '.join(sorted(_TIFF_SUFFIXES))}) "
+            f"Cannot read {path.name!r}: loki reads TIFF-based slides ({', '.join(sorted(TIFF_SUFFIXES))}) "
             "and the images PIL reads (jpg, png, ...). Convert other formats (MIRAX, VSI, DICOM) to OME-TIFF "
             "first, e.g. with bfconvert or vips."
         ) from None
 
 
-def _multiscale(levels: list, transformations: dict):
+def multiscale(levels: list, transformations: dict):
     """An ``Image2DModel`` from the file's own levels, or a lazily computed pyramid for a single level."""
     import xarray as xr
     from spatialdata.models import Image2DModel
@@ -205,7 +205,7 @@ def _multiscale(levels: list, transformations: dict):
     return tree
 
 
-def _tiff_levels(path: Path, index: int = 0, what: str | None = None) -> tuple[list, float | None, str]:
+def tiff_levels(path: Path, index: int = 0, what: str | None = None) -> tuple[list, float | None, str]:
     """Lazy ``(3, y, x)`` uint8 dask arrays of one series of a TIFF, finest first, and its pixel size.
 
     Levels stored as one tiled page of interleaved 8-bit samples are read by :class:`TileReader`,
@@ -300,8 +300,8 @@ def _to_uint8(levels: list, what: str, stated: tuple[int, str] | None = None) ->
     return [scaled_to_uint8(level, factor, rechunk=False) for level in levels]
 
 
-def _reads_by_blocks(path: Path, index: int = 0) -> bool:
-    """Whether :func:`_tiff_levels` reads series ``index`` of a TIFF as well as a whole read would.
+def reads_by_blocks(path: Path, index: int = 0) -> bool:
+    """Whether :func:`tiff_levels` reads series ``index`` of a TIFF as well as a whole read would.
 
     True for 8-bit samples and for unsigned ones whose bit depth the file states (:func:`_stated_bits`).
     Other deep samples need their range: True only for a single level (read once for it) stored in

@@ -156,7 +156,7 @@ def section_images(
     """
     from spatialdata.transformations import get_transformation
 
-    from ._slide import _TIFF_SUFFIXES, _multiscale, _reads_by_blocks, _tiff_levels
+    from ._slide import TIFF_SUFFIXES, multiscale, reads_by_blocks, tiff_levels
 
     images = {}
     for key, img in raw_images.items():
@@ -169,17 +169,17 @@ def section_images(
         file = Path(folder) / source if folder is not None and source and kind == "full" else None
         if (
             file is not None
-            and file.suffix.lower() in _TIFF_SUFFIXES
+            and file.suffix.lower() in TIFF_SUFFIXES
             and file.is_file()
-            and _reads_by_blocks(file)
+            and reads_by_blocks(file)
         ):
             try:
-                levels = _tiff_levels(file, 0, what)[0]
+                levels = tiff_levels(file, 0, what)[0]
             except ValueError:  # e.g. 5 fluorescence channels as pages: spatialdata-io's array says why below
                 levels = None
             if levels is not None and tuple(levels[0].shape[1:]) == tuple(level.shape[1:]):
                 # the image spatialdata-io placed, read from the file block by block
-                images[out_key] = _multiscale(levels, {coordinate_system: to_fullres})
+                images[out_key] = multiscale(levels, {coordinate_system: to_fullres})
                 continue
             logger.info("%s: read as spatialdata-io reads it (tifffile reads another image)", what)
         # spatialdata-io decodes each image file whole, whatever the blocks of its dask array

@@ -7,7 +7,7 @@ A checkpoint loaded under the wrong architecture fails with a list of mismatched
 
 from __future__ import annotations
 
-from ._loading import architecture_shapes
+from ._architectures import architecture_shapes
 from ._registry import DEFAULT_ARCH, register_configs
 from ._small import SMALL_ARCHS
 

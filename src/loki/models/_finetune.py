@@ -30,21 +30,21 @@ from ._omiclip import check_patch_um
 from ._preprocess import augment_dihedral, preprocess_uint8
 from ._tokenize import FINGERPRINT_FIELDS
 from ._training_checkpoint import (
-    _check_same_run,
-    _checkpoint_path,
-    _save_training_checkpoint,
+    check_same_run,
+    checkpoint_path,
     read_training_checkpoint,
-)
-from ._training_data import (
-    _checked_pairs,
-    _materialised,
-    images_sha256,
-    sentences_sha256,
+    save_training_checkpoint,
 )
 from ._training_data import blank_sentences as blank_sentences  # re-exported: loki.tl imports it here
-from ._training_params import _lr_factor, _param_groups, _set_trainable, _trainable_names
+from ._training_data import (
+    checked_pairs,
+    images_sha256,
+    materialised,
+    sentences_sha256,
+)
+from ._training_params import lr_factor, param_groups, set_trainable, trainable_names
 from ._training_record import RUN_KEYS as RUN_KEYS  # re-exported: documented with finetune
-from ._training_record import _run_record, _versions
+from ._training_record import run_record, versions
 
 #: From-scratch recipe for ``loki-tiny`` (the paper's lr 5e-6 / 10 epochs are for the pretrained model).
 TINY_RECIPE = {"epochs": 40, "lr": 2e-3, "batch_size": 64, "weight_decay": 0.1, "warmup": 0.1}
@@ -330,7 +330,7 @@ def finetune(
             from tqdm.auto import tqdm
 
             state.bar = tqdm(total=setup.total, initial=state.step, desc="fine-tuning", unit="step")
-        _set_trainable(setup.net, setup.trainable)
+        set_trainable(setup.net, setup.trainable)
         for epoch_index in range(state.first_epoch, int(args.epochs)):
             _train_epoch(model, setup, state, epoch_index)
             _end_epoch(model, setup, state)
@@ -500,11 +500,11 @@ def _checked_arguments(
     The checked arguments.
 
     """
-    images, sentences = _checked_pairs(images, sentences)
+    images, sentences = checked_pairs(images, sentences)
     if validation is not None:
         if not (isinstance(validation, tuple | list) and len(validation) == 2):
             raise TypeError("validation must be a pair (images, sentences) of held-out pairs")
-        validation = _checked_pairs(*validation, what="validation: ")
+        validation = checked_pairs(*validation, what="validation: ")
     elif keep_best:
         raise ValueError("keep_best=True needs validation= pairs to tell the best epoch")
     check_int(epochs, "epochs")
@@ -518,7 +518,7 @@ def _checked_arguments(
     if not (is_real(warmup) and 0 <= warmup < 1):
         raise ValueError(f"warmup must be in [0, 1), got {warmup!r}")
     patch_um = check_patch_um(patch_um)
-    ckpt_path = _checkpoint_path(checkpoint, resume, checkpoint_every)
+    ckpt_path = checkpoint_path(checkpoint, resume, checkpoint_every)
     seed_int = as_seed(seed)  # None: fresh OS entropy, recorded so the run can be repeated
 
     if model.precision == "bf16-weights":
@@ -560,15 +560,15 @@ def _prepared_run(model, args: _Arguments) -> _Setup:
     sentences, validation = args.sentences, args.validation
     net = model.model
     tokens = torch.from_numpy(model.tokenizer.ids(sentences))
-    trainable = _trainable_names(net, args.freeze)
+    trainable = trainable_names(net, args.freeze)
     saved = read_training_checkpoint(args.checkpoint) if args.resume else None  # a foreign file fails early
-    images = _materialised(args.images)  # every check passed: compute lazy patches once
+    images = materialised(args.images)  # every check passed: compute lazy patches once
     tokenizer = {k: v for k, v in model.tokenizer.fingerprint().items() if k in FINGERPRINT_FIELDS}
     fingerprints = {"images_sha256": images_sha256(images), "sentences_sha256": sentences_sha256(sentences)}
     held_out = None
     if validation is not None:
         val_images, val_sentences = validation
-        val_images = _materialised(val_images)
+        val_images = materialised(val_images)
         val_tokens = torch.from_numpy(model.tokenizer.ids(val_sentences))
         held_out = (val_images, val_tokens, min(int(args.batch_size), len(val_sentences)))
         fingerprints["validation_images_sha256"] = images_sha256(val_images)
@@ -606,7 +606,7 @@ def _prepared_run(model, args: _Arguments) -> _Setup:
         )
     )
     if saved is not None:
-        _check_same_run(saved, identity, model, args.checkpoint)  # raises before anything changes
+        check_same_run(saved, identity, model, args.checkpoint)  # raises before anything changes
     return _Setup(
         net=net,
         images=images,
@@ -666,7 +666,7 @@ def _new_run_state(model, setup: _Setup) -> _RunState:
         prior_runs = [dict(r) for r in model.training_runs]
         resumed_from = []
     args = setup.args
-    opt = torch.optim.AdamW(_param_groups(setup.net, setup.trainable, args.weight_decay), lr=args.lr)
+    opt = torch.optim.AdamW(param_groups(setup.net, setup.trainable, args.weight_decay), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     history = {"step_loss": [], "epoch_loss": [], "lr": [], "logit_scale": []}
     if setup.held_out is not None:
@@ -750,7 +750,7 @@ def _train_step(model, setup: _Setup, state: _RunState, batch) -> None:
     if setup.args.augment:
         crops = augment_dihedral(crops.permute(0, 3, 1, 2), state.gen).permute(0, 2, 3, 1)
     step, total = state.step, setup.total
-    step_lr = setup.args.lr * _lr_factor(step, total, setup.n_warm)
+    step_lr = setup.args.lr * lr_factor(step, total, setup.n_warm)
     for group in state.opt.param_groups:
         group["lr"] = step_lr
     loss = _batch_loss(model, crops, setup.tokens[idx])
@@ -817,9 +817,9 @@ def _save_checkpoint(setup: _Setup, state: _RunState, epochs_done: int, batch: i
         "seconds": state.seconds_before + time.perf_counter() - state.t0,
         "checkpoint": str(setup.args.checkpoint),
         "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": _versions(),
+        "versions": versions(),
     }
-    _save_training_checkpoint(
+    save_training_checkpoint(
         setup.args.checkpoint,
         run,
         net=setup.net,
@@ -888,6 +888,6 @@ def _end_run(model, setup: _Setup, state: _RunState, caller_flags: list) -> None
     )
     if changed:
         started = {k: state.start[k] for k in ("start_model", "start_checkpoint_hash")}
-        record = _run_record(history, steps=state.step, start=started, completed=state.completed)
+        record = run_record(history, steps=state.step, start=started, completed=state.completed)
         model._appended_run = {"run_id": state.run_id, **record}
         model.training_runs.append(model._appended_run)

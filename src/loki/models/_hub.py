@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from loki._logging import logger
 
-from ._loading import WEIGHT_SUFFIXES, _first_line
+from ._checkpoint_files import WEIGHT_SUFFIXES, first_line
 from ._registry import register_configs
 
 
@@ -153,7 +153,7 @@ def repo_files(repo_id: str, token: str | None) -> tuple[str, list[str]] | None:
         try:
             return "the Hub", sorted(huggingface_hub.list_repo_files(repo_id, token=token))
         except Exception as err:  # any failure: fall back to the cache, then checkpoint.pt
-            logger.info("could not list the files of %s on the Hub (%s)", repo_id, _first_line(err))
+            logger.info("could not list the files of %s on the Hub (%s)", repo_id, first_line(err))
     cached = cached_files(repo_id)
     if cached is None:
         return None
@@ -201,7 +201,7 @@ def config_arch(repo_id: str, token: str | None) -> str | None:
         config = json.loads(download(repo_id, OPEN_CLIP_CONFIG, token).read_text())
         model_cfg = json.loads(json.dumps(config["model_cfg"]))
     except Exception as err:  # optional: the weights' check names their architecture
-        logger.info("ignoring %s of %s: %s", OPEN_CLIP_CONFIG, repo_id, _first_line(err))
+        logger.info("ignoring %s of %s: %s", OPEN_CLIP_CONFIG, repo_id, first_line(err))
         return None
     register_configs()
     same = [

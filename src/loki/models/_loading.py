@@ -6,7 +6,6 @@ import difflib
 import hashlib
 import itertools
 import json
-import re
 import time
 import warnings
 from pathlib import Path
@@ -14,6 +13,10 @@ from pathlib import Path
 from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import as_seed
 
+from . import _hub
+from ._architecture_fit import architecture_hint
+from ._architectures import architecture_shapes, check_arch
+from ._checkpoint_files import WEIGHT_SUFFIXES, first_line
 from ._omiclip import META_FILE, PRECISIONS, WEIGHTS_FILE, OmiCLIP, check_patch_um, resolve_device
 from ._open_clip_logging import quiet_open_clip
 from ._registry import DEFAULT_ARCH, PUBLISHED, is_known_arch, loki_configs, register_configs
@@ -182,7 +185,7 @@ def _read_state(path: str | Path, *, trust_checkpoint: bool) -> tuple[dict, bool
             raise _unreadable(path, err) from err
         if not trust_checkpoint:
             raise UntrustedCheckpointError(
-                f"{path} cannot be read with torch.load(weights_only=True) ({_first_line(err)}). "
+                f"{path} cannot be read with torch.load(weights_only=True) ({first_line(err)}). "
                 "Reading it needs full unpickling, which can run "
                 "arbitrary code stored in the file. If you trust its source (e.g. the published OmiCLIP "
                 "checkpoint.pt), pass trust_checkpoint=True, or convert it once with "
@@ -195,41 +198,6 @@ def _read_state(path: str | Path, *, trust_checkpoint: bool) -> tuple[dict, bool
         except Exception as full_err:
             raise _unreadable(path, full_err) from full_err
     return extract_state_dict(obj), mmap
-
-
-#: Sentences of torch's weights-only errors that give torch's advice (re-run with weights_only=False,
-#: allowlist the global, read the docs) rather than the cause; loki gives its own advice.
-_TORCH_ADVICE = re.compile(
-    r"weights_only|trusted source|trust the source|file an issue"
-    r"|^(Please|Check the documentation|Alternatively)",
-    re.IGNORECASE,
-)
-
-
-def _first_line(err: BaseException, limit: int = 300) -> str:
-    """``Type: cause`` of an error, at most about ``limit`` characters, cut between words.
-
-    For torch's weights-only errors the cause is the unpickler's own message (e.g. the line naming the
-    blocked global) without torch's preamble and advice; for other errors it is the first line.
-    """
-    text = str(err)
-    cause = ""
-    if text.startswith("Weights only load failed"):
-        found = re.search(r"WeightsUnpickler error:\s*(.+)", text, re.DOTALL)
-        body = found.group(1) if found else text.removeprefix("Weights only load failed.")
-        sentences = [
-            sentence
-            for line in body.splitlines()
-            for sentence in re.split(r"(?<=\.)\s+(?=[A-Z])", line.strip())
-            if sentence and not _TORCH_ADVICE.search(sentence)
-        ]
-        cause = " ".join(sentences)
-    if not cause:
-        cause = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    if len(cause) > limit:
-        head = cause[: limit + 1].rsplit(None, 1)[0] if " " in cause[:limit] else cause[:limit]
-        cause = head.rstrip(" ,;:") + " ..."
-    return f"{type(err).__name__}: {cause}"
 
 
 def _unreadable(path: Path, err: BaseException) -> ValueError:
@@ -258,7 +226,7 @@ def _unreadable(path: Path, err: BaseException) -> ValueError:
             "saved in place of the file). Download it again (`hf download <org/repo> <file>`, with an "
             "access token for a gated repository such as WangGuangyuLab/Loki)."
         )
-    return ValueError(f"{base} ({size} bytes; truncated download or another format?): {_first_line(err)}")
+    return ValueError(f"{base} ({size} bytes; truncated download or another format?): {first_line(err)}")
 
 
 def convert_to_safetensors(
@@ -308,7 +276,7 @@ def convert_to_safetensors(
         raise FileExistsError(f"{out} exists; pass another out= (nothing was written).")
     meta = _meta_for(path) if path.is_file() else {}
     arch = arch or meta.get("arch") or DEFAULT_ARCH
-    _check_arch(arch)
+    check_arch(arch)
     meta_out = out.with_suffix(".json")
     # every JSON load() would read for out (a directory of OmiCLIP.save has loki_model.json)
     for cand in filter(Path.is_file, _meta_files(out)):
@@ -337,39 +305,6 @@ def convert_to_safetensors(
         meta_out.write_text(json.dumps(new_meta))
     logger.info("wrote %s", out)
     return out
-
-
-def _check_arch(arch: str) -> None:
-    """Raise a ValueError for a name that is no architecture, or one whose text tower loki cannot use.
-
-    loki tokenises with open_clip's CLIP tokenizer (:class:`~loki.models.CachedTokenizer`), so it
-    supports :data:`~loki.models.SMALL_ARCHS` and the open_clip architectures with open_clip's own
-    text transformer (CoCa, CLIP and custom-text CLIP: ``coca_ViT-L-14``, ``loki-tiny``, ``ViT-B-32``,
-    ``RN50``, ...), not those with a Hugging Face text model or tokenizer (SigLIP, CLIPA, mt5, ...).
-    """
-    if arch not in SMALL_ARCHS and not is_known_arch(arch):
-        raise ValueError(
-            f"unknown architecture {arch!r}; known: {', '.join(SMALL_ARCHS)}, loki-tiny, {DEFAULT_ARCH}, "
-            "... (open_clip.list_models())"
-        )
-    hf_text = _hf_text_tower(arch)
-    if hf_text is not None:
-        raise ValueError(
-            f"architecture {arch!r} encodes text with the Hugging Face model/tokenizer {hf_text!r}, which "
-            "loki does not support: loki tokenises gene sentences with open_clip's CLIP tokenizer. "
-            f"Supported: {', '.join(SMALL_ARCHS)} and open_clip architectures with open_clip's own text "
-            f"transformer (CoCa such as loki-tiny and {DEFAULT_ARCH}, or CLIP such as ViT-B-32 and RN50)."
-        )
-
-
-def _hf_text_tower(arch: str) -> str | None:
-    """Name of the Hugging Face text model or tokenizer of an open_clip architecture, or None."""
-    if arch in SMALL_ARCHS:
-        return None
-    import open_clip
-
-    text_cfg = (open_clip.get_model_config(arch) or {}).get("text_cfg", {})
-    return text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name")
 
 
 def _meta_files(path: Path) -> list[Path]:
@@ -491,7 +426,7 @@ def create_architecture(arch: str, *, seed: int | None = None):
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
             return create_small(arch)
-    _check_arch(arch)
+    check_arch(arch)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         with quiet_open_clip():
@@ -540,25 +475,8 @@ def config_changes(saved: dict, now: dict) -> list[str]:
     return [f"{k}: {old.get(k, _ABSENT)!r} -> {new.get(k, _ABSENT)!r}" for k in fields]
 
 
-def _few(changes: list[str], n: int = 8) -> str:
+def few_changes(changes: list[str], n: int = 8) -> str:
     return "; ".join(changes[:n]) + (f"; ... ({len(changes)} fields in all)" if len(changes) > n else "")
-
-
-def architecture_shapes(arch: str) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the state dict of ``arch``, from a model built on the meta device (no memory)."""
-    import open_clip
-    import torch
-
-    from ._small import create_small
-
-    _check_arch(arch)
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        if arch in SMALL_ARCHS:
-            model = create_small(arch)
-        else:
-            with quiet_open_clip():
-                model = open_clip.create_model(arch, pretrained=None, device="meta")
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _check_keys(
@@ -573,7 +491,6 @@ def _check_keys(
     unexpected = [k for k in state_dict if k not in own]
     wrong = [k for k in own if k in state_dict and own[k] != tuple(state_dict[k].shape)]
     if missing or unexpected or wrong:
-        from ._architecture_fit import architecture_hint  # it reads this module's architectures
 
         def few(keys):
             return ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
@@ -701,7 +618,7 @@ def load(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if arch is not None:
-        _check_arch(arch)
+        check_arch(arch)
     device_t = resolve_device(device)
     name = str(name_or_path)
     path = Path(name_or_path).expanduser()
@@ -723,8 +640,6 @@ def load(
             stacklevel=user_stacklevel(),
         )
     if name in PUBLISHED or name.startswith(HF_PREFIX):
-        from . import _hub  # it reads this module's errors and file suffixes
-
         if name in PUBLISHED:
             pub = PUBLISHED[name]
             repo_id, filename, arch = pub.repo_id, pub.filename, arch or pub.arch
@@ -749,7 +664,7 @@ def load(
             default_arch=hub_arch,
         )
     if is_arch:
-        _check_arch(name)  # before anything is built
+        check_arch(name)  # before anything is built
         seed = as_seed(seed)  # None: fresh OS entropy, never the global RNG
         model = create_architecture(name, seed=seed)
         logger.info("created %r with random weights (seed=%d): train it before use", name, seed)
@@ -770,11 +685,6 @@ def load(
         f"{', '.join(loki_archs)}; all: open_clip.list_models())"
         + (f". Did you mean {close[0]!r}?" if close else ".")
     )
-
-
-#: Suffixes of the weights files :func:`load` looks for in a directory that :meth:`OmiCLIP.save` did
-#: not write (a Hugging Face snapshot, a training run's checkpoints).
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def _weights_file_in(directory: Path) -> Path:
@@ -838,14 +748,14 @@ def _load_file(
         if not changes:
             raise
         raise ValueError(
-            f"{err} The config of {arch!r} has changed since the file was saved ({_few(changes)}): "
+            f"{err} The config of {arch!r} has changed since the file was saved ({few_changes(changes)}): "
             "these weights were trained for the config recorded in the file."
         ) from None
     if changes:
         # same shapes, yet the model computes otherwise (an activation, the context, a norm, ...)
         warnings.warn(
             f"{path} was saved with another config of {arch!r} than the one loki builds now; the weights "
-            f"are loaded into the current config, which differs in {_few(changes)}. Their embeddings can "
+            f"are loaded into the current config, which differs in {few_changes(changes)}. Their embeddings can "
             "differ from those the model was trained to give: install the loki version the file was "
             "saved with, or retrain.",
             LokiWarning,

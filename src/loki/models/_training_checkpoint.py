@@ -48,7 +48,7 @@ _IDENTITY_NAMES = {
 }
 
 
-def _checkpoint_path(checkpoint, resume: bool, checkpoint_every) -> Path | None:
+def checkpoint_path(checkpoint, resume: bool, checkpoint_every) -> Path | None:
     """The checked ``checkpoint=`` path of :func:`~loki.models.finetune`, or None; nothing is written here.
 
     A new run refuses an existing file (it would overwrite another run's checkpoint); a resumed run
@@ -133,7 +133,7 @@ def _write_atomically(path: Path, payload: dict) -> None:
         os.close(folder)
 
 
-def _save_training_checkpoint(
+def save_training_checkpoint(
     path: Path, run: dict, *, net, opt, gen, perm, best_weights: dict | None
 ) -> None:
     """Write a fine-tuning checkpoint (the format :func:`read_training_checkpoint` reads) atomically.
@@ -223,7 +223,7 @@ def _short(value) -> str:
 
 def _identity_changes(saved: dict, now: dict) -> list[str]:
     """The entries of :data:`RUN_IDENTITY` in which a checkpoint's run and this call differ."""
-    from ._loading import _few, config_changes
+    from ._loading import config_changes, few_changes
     from ._tokenize import fingerprint_changes
 
     changes = []
@@ -232,7 +232,7 @@ def _identity_changes(saved: dict, now: dict) -> list[str]:
         if old == new:
             continue
         if key == "config" and isinstance(old, dict) and isinstance(new, dict):
-            changes.append(f"the model's config ({_few(config_changes(old, new), 4)})")
+            changes.append(f"the model's config ({few_changes(config_changes(old, new), 4)})")
         elif key == "tokenizer" and isinstance(old, dict) and isinstance(new, dict):
             changes.append(f"the tokenizer ({'; '.join(fingerprint_changes(old, new))})")
         elif key == "trainable" and isinstance(old, list) and isinstance(new, list):
@@ -249,7 +249,7 @@ def _identity_changes(saved: dict, now: dict) -> list[str]:
     return changes
 
 
-def _check_same_run(saved: dict, identity: dict, model, path: Path) -> None:
+def check_same_run(saved: dict, identity: dict, model, path: Path) -> None:
     """Raise a ValueError naming what differs when ``saved`` is not a checkpoint of the run this call makes.
 
     The model must hold the weights the run started from, or be the model the run left when it

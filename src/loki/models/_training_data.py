@@ -13,7 +13,7 @@ from ._preprocess import as_uint8_nhwc, check_uint8_nhwc
 def _training_images(images):
     """Validate training images; lazy (dask) arrays are checked by shape and dtype without computing.
 
-    :func:`~loki.models.finetune` computes a lazy array once (:func:`_materialised`) after all its checks.
+    :func:`~loki.models.finetune` computes a lazy array once (:func:`materialised`) after all its checks.
     """
     if not hasattr(images, "dask"):
         return as_uint8_nhwc(images)
@@ -23,7 +23,7 @@ def _training_images(images):
     return images
 
 
-def _materialised(images) -> np.ndarray:
+def materialised(images) -> np.ndarray:
     """A validated lazy (dask) image array computed once into memory; other arrays as they are.
 
     Random batches over a lazy array would compute their chunks again at every step.
@@ -50,7 +50,7 @@ def _check_sentences(sentences: list[str]) -> None:
         )
 
 
-def _checked_pairs(images, sentences: Sequence[str], what: str = "") -> tuple:
+def checked_pairs(images, sentences: Sequence[str], what: str = "") -> tuple:
     """``(images, sentences)`` validated as training pairs; ``what`` prefixes the errors."""
     if isinstance(sentences, str):
         raise TypeError(f"{what}sentences must be a list of gene sentences (one per image), not one string")

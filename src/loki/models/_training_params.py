@@ -45,7 +45,7 @@ def _frozen_prefixes(freeze, net) -> tuple[str, ...]:
     return tuple(prefix for f in freeze for prefix in groups.get(f, (f,)))
 
 
-def _trainable_names(net, freeze) -> set[str]:
+def trainable_names(net, freeze) -> set[str]:
     """Names of the parameters to train; the model is not touched."""
     prefixes = _frozen_prefixes(freeze, net)
     names = [name for name, _ in net.named_parameters()]
@@ -68,7 +68,7 @@ def _trainable_names(net, freeze) -> set[str]:
     return trainable
 
 
-def _param_groups(net, trainable: set[str], weight_decay: float) -> list[dict]:
+def param_groups(net, trainable: set[str], weight_decay: float) -> list[dict]:
     """AdamW groups as in open_clip's training.
 
     Decay on weight matrices and embeddings (ndim >= 2); none on biases, norms, class tokens and the
@@ -81,7 +81,7 @@ def _param_groups(net, trainable: set[str], weight_decay: float) -> list[dict]:
     ]
 
 
-def _set_trainable(net, trainable: set[str]) -> None:
+def set_trainable(net, trainable: set[str]) -> None:
     """Set ``requires_grad`` from ``trainable``; fully frozen modules go to eval mode.
 
     Eval mode keeps a frozen tower frozen: its BatchNorm statistics are not updated and its dropout is off.
@@ -95,7 +95,7 @@ def _set_trainable(net, trainable: set[str]) -> None:
             module.eval()
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def lr_factor(step: int, total: int, warmup: int) -> float:
     """Factor of the peak learning rate at ``step`` (from 0): linear warm-up, then cosine decay to 0.
 
     Parameters

@@ -37,7 +37,7 @@ RUN_KEYS = (
 )
 
 
-def _run_record(history: dict, *, steps: int, start: dict, completed: bool) -> dict:
+def run_record(history: dict, *, steps: int, start: dict, completed: bool) -> dict:
     """The JSON-able record of a training run that changed the weights, from its ``history``."""
     record = {
         "completed": completed,
@@ -51,11 +51,11 @@ def _run_record(history: dict, *, steps: int, start: dict, completed: bool) -> d
     record["best_epoch_loss"] = epoch_loss[best - 1] if best else None
     record["best_val_loss"] = history["val_loss"][best - 1] if best else None
     record["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    record["versions"] = _versions()
+    record["versions"] = versions()
     return _finite_or_none(record)
 
 
-def _versions() -> dict:
+def versions() -> dict:
     """The versions of loki and torch, for a run's record and checkpoint."""
     import torch
 

@@ -27,7 +27,7 @@ from loki._utils import (
 )
 from loki._utils._spatialdata import check_write_mode, get_table
 
-from ._annotate_classes import _classes, _embed_sentences
+from ._annotate_classes import annotation_classes, embed_sentences
 from ._retrieve import _check_norms, l2_normalize, row_norms
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ def annotate(
     label_key = key_added if label_key is None else label_key
     check_result_key(adata, label_key, ("obs",), what="label_key", owner=key_added)
     items, own_items = _item_embeddings(adata, use)
-    classes = _classes(
+    classes = annotation_classes(
         adata,
         markers,
         class_embeddings,
@@ -223,7 +223,7 @@ def annotate(
     fused_other = None if fuse_with is None else _fuse_input(fuse_with, adata, classes.names)
     emb = classes.embeddings
     if emb is None:
-        emb = _embed_sentences(model, [classes.sentences[c] for c in classes.names], adata, use)
+        emb = embed_sentences(model, [classes.sentences[c] for c in classes.names], adata, use)
     # validates embedding sizes before anything is written
     scores = _cosine_scores(items, emb, overwrite_items=own_items)
     del items  # normalised in place when it was a copy

@@ -23,7 +23,7 @@ from loki._utils._provenance import embedding_model, warn_if_models_differ
 
 
 class _Classes(NamedTuple):
-    """The classes of an annotation, as :func:`_classes` reads them from the call's arguments."""
+    """The classes of an annotation, as :func:`annotation_classes` reads them from the call's arguments."""
 
     names: list[str]
     """Class names as text, in class order."""
@@ -37,7 +37,7 @@ class _Classes(NamedTuple):
     """``"embeddings"``, ``"bulk"`` or ``"markers"``."""
 
 
-def _classes(
+def annotation_classes(
     adata: AnnData,
     markers,
     class_embeddings,
@@ -102,7 +102,7 @@ def _given_embeddings(class_embeddings) -> tuple[list[str], np.ndarray]:
     return [str(c) for c in ce.index], ce.to_numpy(dtype=np.float32)
 
 
-def _embed_sentences(model: Any, sentences: list[str], adata: AnnData, use: str) -> np.ndarray:
+def embed_sentences(model: Any, sentences: list[str], adata: AnnData, use: str) -> np.ndarray:
     """Embed the classes' ``sentences`` with ``model``: classes x dims float32.
 
     A :class:`~loki.LokiWarning` says so first when ``model`` is a loki model whose weights differ
@@ -207,9 +207,14 @@ def _no_marker_message(
             "They look like Ensembl ids: map them to symbols first with lk.pp.map_gene_ids(adata, mapping). "
         )
     if len(unmatched) < n_classes:
+        kept = (
+            f"{{c: g for c, g in markers.items() if c not in {unmatched!r}}}"
+            if len(unmatched) <= 5
+            else "markers without those classes"
+        )
         message += (
-            "Leave those classes out (e.g. lk.pp.read_markers(..., cell_types=[...]), or "
-            "{c: g for c, g in markers.items() if c not in unmatched}) or give them markers the table measures."
+            f"Leave those classes out (e.g. lk.pp.read_markers(..., cell_types=[...]), or {kept}) or give "
+            "them markers the table measures."
         )
     return message.rstrip()
 

@@ -20,12 +20,12 @@ from loki._logging import logger
 from loki._utils import all_or_nothing, as_seed, check_result_key, drop_obsm, write_obsm, write_uns
 from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata
 
-from ._decompose_inputs import _cell_type_codes, _dense, _features, _few, _target_density
+from ._decompose_inputs import cell_type_codes, dense, density_from_prior, feature_matrices, few
 from ._decompose_warnings import (
-    _check_scales,
-    _warn_mapping_only,
-    _warn_types_not_separable,
-    _warn_types_without_features,
+    check_scales,
+    warn_mapping_only,
+    warn_types_not_separable,
+    warn_types_without_features,
 )
 from ._mapping import mapping_to_proportions, nms_refine, normalize_rows, percentile_normalize
 from ._nnls import nnls_weights, type_means
@@ -289,21 +289,21 @@ def decompose(
     if reference_use is None:
         reference_use = "X" if use == "X" else Key.TEXT
 
-    codes, cell_types = _cell_type_codes(reference, cell_type_key, min_cells_per_type)
-    spots, ref, features = _features(table, reference, use, reference_use, layer, reference_layer)
+    codes, cell_types = cell_type_codes(reference, cell_type_key, min_cells_per_type)
+    spots, ref, features = feature_matrices(table, reference, use, reference_use, layer, reference_layer)
     if table.n_obs == 0:
         raise ValueError("The spots table has no observations.")
     if use == "X":
-        _check_scales(table, spots, layer, reference, ref, reference_layer)
-    target_density = _target_density(density_prior, table.n_obs)
+        check_scales(table, spots, layer, reference, ref, reference_layer)
+    target_density = density_from_prior(density_prior, table.n_obs)
 
     info = _base_record(
         method, use, reference_use, cell_type_key, cell_types, features, spots, min_cells_per_type
     )
     no_signal = _rows_without_signal(spots)
     profiles = type_means(ref, codes, len(cell_types))
-    _warn_types_without_features(profiles, cell_types, use == "X", method)
-    _warn_types_not_separable(profiles, use == "X", table.n_vars, reference.n_vars)
+    warn_types_without_features(profiles, cell_types, use == "X", method)
+    warn_types_not_separable(profiles, use == "X", table.n_vars, reference.n_vars)
     if method == "nnls":
         weights = nnls_weights(profiles, spots, progress=progress)
         no_signal |= weights.sum(axis=1) <= 0
@@ -382,7 +382,7 @@ def _check_options(
         if not 0 <= low < high <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}.")
     if method == "nnls":
-        _warn_mapping_only(mode=mode, return_mapping=return_mapping)
+        warn_mapping_only(mode=mode, return_mapping=return_mapping)
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
@@ -471,13 +471,13 @@ def _fit_mapping(
         source_density, groups, group_weights = counts / counts.sum(), np.arange(n_types), counts
         sources = list(cell_types)
     else:
-        source, source_density, groups, group_weights = _dense(ref), None, codes, np.ones(len(codes))
+        source, source_density, groups, group_weights = dense(ref), None, codes, np.ones(len(codes))
         sources = list(cell_names)
     int_seed = as_seed(seed)
     lambda_d = lambda_d if density_prior is not None else 0.0
     result = fit_mapping(
         source,
-        _dense(spots),
+        dense(spots),
         source_density=source_density,
         target_density=target_density,
         lambda_g1=lambda_g1,
@@ -528,7 +528,7 @@ def _log_spots_without_signal(no_signal: np.ndarray, spot_names: pd.Index, metho
             int(no_signal.sum()),
             len(spot_names),
             "all features zero, or no NNLS weight" if method == "nnls" else "all features zero",
-            _few(spot_names[no_signal]),
+            few(spot_names[no_signal]),
             "uniform, " if method == "nnls" else "",
         )
 

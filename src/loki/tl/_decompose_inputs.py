@@ -35,7 +35,7 @@ _CASE_WARN_FRACTION = 0.05
 _GENE_COLUMN_SHARE = 0.1
 
 
-def _cell_type_codes(reference: AnnData, key: str, min_cells: int) -> tuple[np.ndarray, list[str]]:
+def cell_type_codes(reference: AnnData, key: str, min_cells: int) -> tuple[np.ndarray, list[str]]:
     """Cell type of every reference cell as a code, and the types as strings in code order.
 
     The types are ordered as :func:`~loki._utils._labels.label_categories` orders them (a
@@ -80,7 +80,7 @@ def _cell_type_codes(reference: AnnData, key: str, min_cells: int) -> tuple[np.n
     return np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories]
 
 
-def _features(
+def feature_matrices(
     table: AnnData,
     reference: AnnData,
     use: str,
@@ -127,7 +127,7 @@ def _shared_genes(table: AnnData, reference: AnnData) -> pd.Index:
     if len(shared) == 0:
         raise ValueError(
             "No genes are shared by the spots and the reference "
-            f"(spots: {_few(table.var_names)}; reference: {_few(reference.var_names)}). "
+            f"(spots: {few(table.var_names)}; reference: {few(reference.var_names)}). "
             + (
                 f"{len(by_case)} match when case is ignored (e.g. {_few_pairs(by_case)}): "
                 "map the symbols of one side to the other's (e.g. mouse 'Actb', human 'ACTB')."
@@ -163,8 +163,8 @@ def _embeddings(
     """
     require_keys(table.obsm, use, "adata.obsm")
     require_keys(reference.obsm, reference_use, "reference.obsm")
-    spots = _dense(table.obsm[use])
-    ref = _dense(reference.obsm[reference_use])
+    spots = dense(table.obsm[use])
+    ref = dense(reference.obsm[reference_use])
     if spots.ndim != 2 or ref.ndim != 2 or spots.shape[1] != ref.shape[1]:
         raise ValueError(
             f"Embedding sizes differ: adata.obsm[{use!r}] is {spots.shape}, "
@@ -203,14 +203,14 @@ def _matrix(adata: AnnData, layer: str | None, where: str):
     return adata.layers[layer]
 
 
-def _dense(x) -> np.ndarray:
+def dense(x) -> np.ndarray:
     """``x`` (dense or scipy sparse) as a dense float32 array."""
     return np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)
 
 
 def _float32(x):
     """``x`` as float32, a scipy sparse matrix staying sparse (CSR)."""
-    return sparse.csr_matrix(x, dtype=np.float32) if sparse.issparse(x) else _dense(x)
+    return sparse.csr_matrix(x, dtype=np.float32) if sparse.issparse(x) else dense(x)
 
 
 def _check_finite(x, name: str) -> None:
@@ -226,7 +226,7 @@ def _check_finite(x, name: str) -> None:
         )
 
 
-def _few(names, k: int = 5) -> str:
+def few(names, k: int = 5) -> str:
     """The first ``k`` of ``names`` quoted and comma-separated, with ``...`` when there may be more."""
     names = [str(n) for n in names[:k]]
     return ", ".join(map(repr, names)) + (", ..." if len(names) == k else "")
@@ -281,7 +281,7 @@ def _gene_column_hint(table: AnnData, reference: AnnData) -> str | None:
     )
 
 
-def _target_density(prior, n_spots: int) -> np.ndarray | None:
+def density_from_prior(prior, n_spots: int) -> np.ndarray | None:
     """The mapping's density over the spots: None for ``"uniform"`` or no prior, else the array normalised.
 
     Any other string is an error (with a hint for tangram-sc's ``"rna_count_based"``), and so is an

@@ -14,7 +14,7 @@ from scipy import sparse
 
 from loki._logging import LokiWarning, user_stacklevel
 
-from ._decompose_inputs import _few
+from ._decompose_inputs import few
 
 #: at most this many stored values are tested for being whole numbers (a strided sample)
 _SCALE_SAMPLE = 1_000_000
@@ -23,7 +23,7 @@ _SCALE_SAMPLE = 1_000_000
 _LOG_MAX, _LOG_MAX_UNS = 20.0, 30.0
 
 
-def _warn_mapping_only(*, mode: str, return_mapping: bool) -> None:
+def warn_mapping_only(*, mode: str, return_mapping: bool) -> None:
     """Warn that options of the mapping were given to NNLS, which ignores them."""
     given = [f"mode={mode!r}"] if mode != "clusters" else []
     given += ["return_mapping=True"] if return_mapping else []
@@ -36,7 +36,7 @@ def _warn_mapping_only(*, mode: str, return_mapping: bool) -> None:
         )
 
 
-def _check_scales(
+def check_scales(
     table: AnnData, spots, layer: str | None, reference: AnnData, ref, reference_layer: str | None
 ) -> None:
     """Warn about expression values that the two methods cannot compare.
@@ -116,7 +116,7 @@ def _minimum(x) -> float:
     return min(low, 0.0) if sparse.issparse(x) else low
 
 
-def _warn_types_without_features(
+def warn_types_without_features(
     profiles: np.ndarray, cell_types: list[str], expression: bool, method: str
 ) -> None:
     """Warn about cell types whose reference features are all zero: nothing can place them."""
@@ -130,20 +130,20 @@ def _warn_types_without_features(
         else "spread over the spots by the density prior alone, not by their features"
     )
     warnings.warn(
-        f"decompose: {len(empty)} cell type(s) have {what} in the reference: {_few(empty)}. Their "
+        f"decompose: {len(empty)} cell type(s) have {what} in the reference: {few(empty)}. Their "
         f"proportions are {outcome}. Use more genes (a panel may miss their markers) or drop them.",
         LokiWarning,
         stacklevel=user_stacklevel(),
     )
 
 
-def _warn_types_not_separable(
+def warn_types_not_separable(
     profiles: np.ndarray, expression: bool, n_spot_genes: int, n_ref_genes: int
 ) -> None:
     """Warn when the cell types' reference profiles are linearly dependent (e.g. fewer features than types).
 
     Different mixtures then give the same profile: a spot's proportions are not pinned down by its data.
-    Types without features are left out (:func:`_warn_types_without_features` names those).
+    Types without features are left out (:func:`warn_types_without_features` names those).
     """
     rows = profiles[np.any(profiles != 0, axis=1)]
     if len(rows) < 2:

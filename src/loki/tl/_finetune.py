@@ -330,12 +330,12 @@ def finetune(
 
     """
     from loki.models import finetune as _finetune
-    from loki.models._training_checkpoint import _checkpoint_path
+    from loki.models._training_checkpoint import checkpoint_path
 
     if keep_best and validation_keys is None:  # before any patch is cut, named as this function takes it
         raise ValueError("keep_best=True needs validation_keys= (held-out sections) to tell the best epoch")
     table_keys, validation_keys = _split_sections(data, table_keys, validation_keys)
-    _checkpoint_path(checkpoint, resume, checkpoint_every)  # before any patch is cut
+    checkpoint_path(checkpoint, resume, checkpoint_every)  # before any patch is cut
     pairs = {
         "sentence_key": sentence_key,
         "size": model.image_size,
