@@ -804,6 +804,25 @@ def test_mapping_options_given_to_nnls_are_warned_about(kwargs):
     assert spots.uns["loki"]["loki_proportions"]["method"] == "nnls"
 
 
+def test_mapping_settings_are_recorded_as_numbers_and_no_prior_means_no_density_term():
+    """Without a density prior lambda_d does not enter the fit and is recorded as 0: the fit is the one
+    of lambda_d=0 under the uniform prior. numpy numbers are recorded as Python ones."""
+    spots, reference, _ = _toy()
+    kwargs = {"reference": reference, "cell_type_key": "cell_type", "method": "mapping", "inplace": False}
+    settings = {"epochs": np.int64(15), "lr": np.float32(0.05), "lambda_g2": 1, "lambda_r": 0.01}
+    without = lk.tl.decompose(spots, density_prior=None, lambda_d=5.0, **settings, **kwargs)
+    weightless = lk.tl.decompose(spots, lambda_d=0.0, **settings, **kwargs)
+    pd.testing.assert_frame_equal(without.proportions, weightless.proportions, check_exact=True)
+    np.testing.assert_array_equal(without.record["loss"], weightless.record["loss"])
+    numbers = [without.record[k] for k in ("epochs", "lr", "lambda_g1", "lambda_g2", "lambda_d", "lambda_r")]
+    assert numbers == [15, float(np.float32(0.05)), 1.0, 1.0, 0.0, 0.01]  # lambda_d: 0, not 5
+    assert [type(v) for v in numbers] == [int] + [float] * 5
+    assert (without.record["density_prior"], weightless.record["density_prior"]) == ("none", "uniform")
+    with_prior = lk.tl.decompose(spots, lambda_d=5.0, **settings, **kwargs)
+    assert with_prior.record["lambda_d"] == 5.0
+    assert not np.array_equal(with_prior.record["loss"], without.record["loss"])
+
+
 def test_tangrams_rna_count_based_prior_is_refused_with_its_equivalent():
     spots, reference, _ = _toy()
     with pytest.raises(ValueError, match=r"got 'rna_count_based'\. For tangram-sc's .*X\.sum\(axis=1\)"):

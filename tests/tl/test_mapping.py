@@ -130,6 +130,7 @@ def test_fit_mapping_restores_torch_threads():
         (np.ones(3), np.ones((5, 3)), {}, "2-d"),
         (np.ones((3, 4)), np.ones((5, 4)), {"epochs": 0}, "epochs"),
         (np.ones((3, 4)), np.ones((5, 4)), {"lr": 0.0}, "lr"),
+        (np.ones((3, 4)), np.ones((5, 4)), {"lr": np.nan}, "lr must be > 0, got nan"),
         (np.ones((3, 4)), np.ones((5, 4)), {"lambda_g1": np.nan}, "lambda_g1 must be a finite number >= 0"),
         (np.ones((3, 4)), np.ones((5, 4)), {"lambda_d": -1.0}, "lambda_d must be a finite number >= 0"),
     ],
@@ -361,6 +362,16 @@ def test_fit_mapping_is_equivariant_to_permuting_sources_and_spots(seed, data):
 def test_fit_mapping_rejects_keys_of_the_wrong_length():
     with pytest.raises(ValueError, match=r"target_keys must have shape \(4,\)"):
         fit_mapping(np.ones((2, 3)), np.ones((4, 3)), target_keys=np.arange(3), epochs=1, device="cpu")
+
+
+@pytest.mark.parametrize("bad_setting", [{"epochs": 0}, {"lr": 0.0}, {"num_threads": 0}, {"lambda_r": -1.0}])
+def test_fit_mapping_checks_its_inputs_before_its_settings(bad_setting):
+    """Shapes, then keys, then the settings (epochs, lr, num_threads, weights) in one place."""
+    source, target = np.ones((2, 3)), np.ones((4, 3))
+    with pytest.raises(ValueError, match=r"source_keys must have shape \(2,\)"):
+        fit_mapping(source, target, source_keys=np.arange(3), device="cpu", **bad_setting)
+    with pytest.raises(ValueError, match=next(iter(bad_setting))):
+        fit_mapping(source, target, source_keys=np.arange(2), device="cpu", **bad_setting)
 
 
 def test_fit_mapping_takes_integer_keys_only():

@@ -27,7 +27,15 @@ from ._decompose_warnings import (
     warn_types_not_separable,
     warn_types_without_features,
 )
-from ._mapping import mapping_to_proportions, nms_refine, normalize_rows, percentile_normalize
+from ._mapping import (
+    MappingSettings,
+    fit_mapping_with,
+    mapping_to_proportions,
+    name_keys,
+    nms_refine,
+    normalize_rows,
+    percentile_normalize,
+)
 from ._nnls import nnls_weights, type_means
 
 if TYPE_CHECKING:
@@ -309,27 +317,30 @@ def decompose(
         no_signal |= weights.sum(axis=1) <= 0
         proportions = normalize_rows(weights)
     else:
+        settings = MappingSettings(
+            lambda_g1=lambda_g1,
+            lambda_g2=lambda_g2,
+            lambda_d=lambda_d if density_prior is not None else 0.0,  # no prior, no density term
+            lambda_r=lambda_r,
+            epochs=epochs,
+            lr=lr,
+            seed=as_seed(seed),  # the int recorded (drawn from a Generator or from OS entropy)
+            device=device,
+            num_threads=num_threads,
+            progress=progress,
+        )
         proportions, fit_record = _fit_mapping(
             profiles,
             ref,
             spots,
             codes,
             cell_types,
+            settings,
             cell_names=reference.obs_names,
             spot_names=table.obs_names,
             mode=mode,
             density_prior=density_prior,
             target_density=target_density,
-            lambda_g1=lambda_g1,
-            lambda_g2=lambda_g2,
-            lambda_d=lambda_d,
-            lambda_r=lambda_r,
-            epochs=epochs,
-            lr=lr,
-            seed=seed,
-            device=device,
-            num_threads=num_threads,
-            progress=progress,
             return_mapping=return_mapping,
         )
         info.update(fit_record)
@@ -435,35 +446,23 @@ def _fit_mapping(
     spots,
     codes: np.ndarray,
     cell_types: list[str],
+    settings: MappingSettings,
     *,
     cell_names: pd.Index,
     spot_names: pd.Index,
     mode: str,
     density_prior,
     target_density: np.ndarray | None,
-    lambda_g1: float,
-    lambda_g2: float,
-    lambda_d: float,
-    lambda_r: float,
-    epochs: int,
-    lr: float,
-    seed,
-    device: str,
-    num_threads: int | None,
-    progress: bool,
     return_mapping: bool,
 ) -> tuple[np.ndarray, dict]:
     """Fit the Tangram-style mapping and read the spots' proportions off it; also the record's entries.
 
     In ``mode="clusters"`` the sources are the cell types (their mean ``profiles`` times their cell
-    counts), in ``mode="cells"`` the reference cells (``ref`` densified, named ``cell_names``). The
-    seed is turned into the int recorded (drawing one from a Generator or from OS entropy), and
-    ``lambda_d`` is 0 without a density prior. Returns the spots x types proportions and the
-    record's ``mode`` ... ``device`` entries (with ``mapping`` and ``mapping_sources`` under
-    ``return_mapping``).
+    counts), in ``mode="cells"`` the reference cells (``ref`` densified, named ``cell_names``).
+    ``settings`` holds the int seed and ``lambda_d`` as recorded (0 without a density prior).
+    Returns the spots x types proportions and the record's ``mode`` ... ``device`` entries (with
+    ``mapping`` and ``mapping_sources`` under ``return_mapping``).
     """
-    from ._mapping import fit_mapping, name_keys  # imports torch
-
     n_types = len(cell_types)
     counts = np.bincount(codes, minlength=n_types)
     if mode == "clusters":
@@ -473,45 +472,31 @@ def _fit_mapping(
     else:
         source, source_density, groups, group_weights = dense(ref), None, codes, np.ones(len(codes))
         sources = list(cell_names)
-    int_seed = as_seed(seed)
-    lambda_d = lambda_d if density_prior is not None else 0.0
-    result = fit_mapping(
+    result = fit_mapping_with(
         source,
         dense(spots),
+        settings,
         source_density=source_density,
         target_density=target_density,
-        lambda_g1=lambda_g1,
-        lambda_g2=lambda_g2,
-        lambda_d=lambda_d,
-        lambda_r=lambda_r,
-        epochs=epochs,
-        lr=lr,
-        seed=int_seed,
         source_keys=name_keys(sources),
         target_keys=name_keys(spot_names),
-        device=device,
-        num_threads=num_threads,
-        progress=progress,
     )
     proportions = mapping_to_proportions(result.mapping, groups, n_types, group_weights)
     record = {
         "mode": mode,
-        "epochs": int(epochs),
-        "lr": float(lr),
-        "lambda_g1": float(lambda_g1),
-        "lambda_g2": float(lambda_g2),
-        "lambda_d": float(lambda_d),
-        "lambda_r": float(lambda_r),
+        **settings.record(),
         "density_prior": density_prior
         if isinstance(density_prior, str)
         else ("custom" if density_prior is not None else "none"),
-        "seed": int_seed,
+        "seed": settings.seed,
         "loss": result.loss,
         "device": result.device,
     }
     if return_mapping:
         record.update(mapping=result.mapping, mapping_sources=sources)
-    logger.info("decompose: final loss %.4f after %d epochs on %s", result.loss[-1], epochs, result.device)
+    logger.info(
+        "decompose: final loss %.4f after %d epochs on %s", result.loss[-1], settings.epochs, result.device
+    )
     return proportions, record
 
 

@@ -62,6 +62,51 @@ class MappingResult:
     device: str
 
 
+#: The weights of the loss's four terms, in the order of the module docstring.
+_LAMBDAS = ("lambda_g1", "lambda_g2", "lambda_d", "lambda_r")
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """The settings of one fit of the mapping, as :func:`fit_mapping` takes them (see there).
+
+    Built once from the keywords of :func:`fit_mapping` or :func:`loki.tl.decompose` and checked in
+    one place, :meth:`check`. The values are kept as given: what :func:`fit_mapping_with` fits is
+    what the keywords asked for.
+    """
+
+    lambda_g1: float
+    lambda_g2: float
+    lambda_d: float
+    lambda_r: float
+    epochs: int
+    lr: float
+    seed: int
+    device: str | torch.device
+    num_threads: int | None
+    progress: bool
+    cuda_graph: bool = True
+
+    def check(self) -> None:
+        """Raise a ValueError naming the first of ``epochs``, ``lr``, ``num_threads``, the weights out of range."""
+        check_int(self.epochs, "epochs")
+        if not self.lr > 0:  # also nan, which `lr <= 0` let through to torch
+            raise ValueError(f"lr must be > 0, got {self.lr!r}.")
+        check_int(self.num_threads, "num_threads", optional=True)
+        for name in _LAMBDAS:
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+
+    def record(self) -> dict:
+        """``epochs``, ``lr`` and the four weights as Python numbers, in that order (for a ``.uns`` record)."""
+        return {
+            "epochs": int(self.epochs),
+            "lr": float(self.lr),
+            **{name: float(getattr(self, name)) for name in _LAMBDAS},
+        }
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Return a torch device; ``"auto"`` picks CUDA, then MPS, then CPU."""
     import torch
@@ -326,6 +371,45 @@ def fit_mapping(
     The mapping (softmax over spots for each source), the loss history and the device used.
 
     """
+    settings = MappingSettings(
+        lambda_g1=lambda_g1,
+        lambda_g2=lambda_g2,
+        lambda_d=lambda_d,
+        lambda_r=lambda_r,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        device=device,
+        num_threads=num_threads,
+        progress=progress,
+        cuda_graph=cuda_graph,
+    )
+    return fit_mapping_with(
+        source,
+        target,
+        settings,
+        source_density=source_density,
+        target_density=target_density,
+        source_keys=source_keys,
+        target_keys=target_keys,
+    )
+
+
+def fit_mapping_with(
+    source: np.ndarray,
+    target: np.ndarray,
+    settings: MappingSettings,
+    *,
+    source_density: np.ndarray | None = None,
+    target_density: np.ndarray | None = None,
+    source_keys: np.ndarray | None = None,
+    target_keys: np.ndarray | None = None,
+) -> MappingResult:
+    """:func:`fit_mapping` with its settings in one :class:`MappingSettings`, checked here.
+
+    The inputs are checked first (shapes, then keys), then the settings; the fit runs on
+    ``settings.num_threads`` CPU threads (1 by default), restored afterwards.
+    """
     import torch
 
     # C order: a Fortran-ordered array (a dense .X transposed on the way) reaches torch as a strided
@@ -338,43 +422,24 @@ def fit_mapping(
         raise ValueError(
             f"source and target have different feature sizes ({source.shape[1]} vs {target.shape[1]})."
         )
-    check_int(epochs, "epochs")
     source_keys = _checked_keys(source_keys, "source_keys", source.shape[0])
     target_keys = _checked_keys(target_keys, "target_keys", target.shape[0])
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}.")
-    check_int(num_threads, "num_threads", optional=True)
-    for name, value in (
-        ("lambda_g1", lambda_g1),
-        ("lambda_g2", lambda_g2),
-        ("lambda_d", lambda_d),
-        ("lambda_r", lambda_r),
-    ):
-        if not (np.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    settings.check()
 
-    dev = resolve_device(device)
+    dev = resolve_device(settings.device)
     previous_threads = torch.get_num_threads()
     if dev.type == "cpu":
-        torch.set_num_threads(int(num_threads or 1))
+        torch.set_num_threads(int(settings.num_threads or 1))
     try:
         return _fit(
             source,
             target,
             dev,
+            settings,
             source_density=source_density,
             target_density=target_density,
-            lambda_g1=lambda_g1,
-            lambda_g2=lambda_g2,
-            lambda_d=lambda_d,
-            lambda_r=lambda_r,
-            epochs=epochs,
-            lr=lr,
-            seed=seed,
             source_keys=source_keys,
             target_keys=target_keys,
-            cuda_graph=cuda_graph,
-            progress=progress,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -402,27 +467,20 @@ def _fit(
     source: np.ndarray,
     target: np.ndarray,
     dev: torch.device,
+    settings: MappingSettings,
     *,
     source_density,
     target_density,
-    lambda_g1: float,
-    lambda_g2: float,
-    lambda_d: float,
-    lambda_r: float,
-    epochs: int,
-    lr: float,
-    seed: int,
     source_keys: np.ndarray | None,
     target_keys: np.ndarray | None,
-    cuda_graph: bool,
-    progress: bool,
 ) -> MappingResult:
     import torch
     from tqdm.auto import trange
 
+    epochs, progress = settings.epochs, settings.progress
     n_sources, n_spots = source.shape[0], target.shape[0]
     start = initial_logits(
-        seed,
+        settings.seed,
         np.arange(n_sources, dtype=np.uint64) if source_keys is None else source_keys,
         np.arange(n_spots, dtype=np.uint64) if target_keys is None else target_keys,
     )
@@ -431,7 +489,7 @@ def _fit(
     S = torch.from_numpy(source).to(dev)
     G = torch.from_numpy(target).to(dev)
 
-    use_density = lambda_d > 0
+    use_density = settings.lambda_d > 0
     if use_density:
         d = (
             torch.full((n_spots,), 1.0 / n_spots, device=dev)
@@ -451,20 +509,20 @@ def _fit(
 
     def loss_fn() -> torch.Tensor:
         M = torch.softmax(logits, dim=1)
-        loss = -lambda_g1 * feature_cosine.apply(M, S, G, g_norm)
-        if lambda_g2:
-            loss = loss - lambda_g2 * _cosine(M.T @ S, G, dim=1).mean()
+        loss = -settings.lambda_g1 * feature_cosine.apply(M, S, G, g_norm)
+        if settings.lambda_g2:
+            loss = loss - settings.lambda_g2 * _cosine(M.T @ S, G, dim=1).mean()
         if use_density:
             d_pred = d_source @ M
-            loss = loss + lambda_d * (d_entropy - (d * torch.log(d_pred)).sum())
-        if lambda_r:
-            loss = loss - lambda_r * (M * torch.log(M)).sum()
+            loss = loss + settings.lambda_d * (d_entropy - (d * torch.log(d_pred)).sum())
+        if settings.lambda_r:
+            loss = loss - settings.lambda_r * (M * torch.log(M)).sum()
         return loss
 
-    graph = cuda_graph and dev.type == "cuda" and epochs > _GRAPH_WARMUP
+    graph = settings.cuda_graph and dev.type == "cuda" and epochs > _GRAPH_WARMUP
     # The fused CUDA kernel is the same update in one launch instead of several per step; capturable
     # keeps Adam's step count on the device, which a CUDA graph needs.
-    optimiser = torch.optim.Adam([logits], lr=lr, fused=dev.type == "cuda", capturable=graph)
+    optimiser = torch.optim.Adam([logits], lr=settings.lr, fused=dev.type == "cuda", capturable=graph)
     history = torch.empty(epochs, device=dev)
     bar = trange(epochs, disable=not progress, desc="decompose")
 
