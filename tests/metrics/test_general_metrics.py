@@ -15,6 +15,7 @@ from skimage.metrics import structural_similarity
 from sklearn.metrics import calinski_harabasz_score, f1_score, mean_squared_error, top_k_accuracy_score
 from tests.conftest import shared_path
 
+import loki as lk
 from loki import metrics
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=64)
@@ -350,6 +351,38 @@ def test_weighted_f1_matches_sklearn():
         f1_score(y, pred, average="weighted", labels=sub)
     )
     assert metrics.weighted_f1(y, y) == 1.0
+
+
+def test_weighted_f1_refuses_items_without_a_true_label():
+    # labels joined onto spots with .reindex leave NaN where a spot was not labelled: such a spot is
+    # neither right nor wrong, yet it would lower the precision of the class predicted there
+    truth = pd.Series(["tumour", "stroma", np.nan, "stroma", None], dtype=object)
+    predicted = pd.Series(["tumour", "stroma", "stroma", "stroma", "tumour"])
+    keep = truth.notna().to_numpy()
+    assert metrics.weighted_f1(truth[keep], predicted[keep]) == 1.0
+    with pytest.raises(ValueError, match=r"2 of 5 items have no true label .*keep = ~pd.isna\(y_true\)"):
+        metrics.weighted_f1(truth, predicted)
+    # a missing prediction is a wrong one, as sklearn counts it
+    assert metrics.weighted_f1(["a", "b"], ["a", None]) == pytest.approx(
+        f1_score(["a", "b"], ["a", "c"], average="weighted")
+    )
+
+
+def test_weighted_f1_warns_when_true_and_predicted_labels_share_no_value():
+    truth = np.array([0, 1, 1, 2])  # cluster ids as integers, predicted as strings (leiden writes strings)
+    with pytest.warns(lk.LokiWarning, match=r"share no value .*type int.*'0' of type str") as caught:
+        assert metrics.weighted_f1(truth, truth.astype(str)) == 0.0
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics.weighted_f1(truth, np.array([0, 2, 2, 1]))  # one shared value is enough
+
+
+@given(st.integers(1, 50), st.integers(1, 50))
+def test_weighted_f1_of_the_majority_class_as_documented(n_major, n_minor):
+    truth = ["major"] * max(n_major, n_minor) + ["minor"] * min(n_major, n_minor)
+    p = max(n_major, n_minor) / len(truth)
+    assert metrics.weighted_f1(truth, ["major"] * len(truth)) == pytest.approx(p * 2 * p / (1 + p))
 
 
 def test_recall_at_k_matches_sklearn_top_k():

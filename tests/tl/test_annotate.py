@@ -236,6 +236,20 @@ def test_bad_input_writes_nothing(kwargs, error, match):
     assert (set(adata.obsm), set(adata.obs.columns), set(adata.uns)) == before
 
 
+def test_an_empty_table_is_refused():
+    # decompose, retrieve and predict_expression refuse one too; annotate wrote empty results
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    empty = adata[:0].copy()
+    with pytest.raises(ValueError, match=r"no observations \(0 spots or cells\)"):
+        lk.tl.annotate(empty, MARKERS, model=model)
+    assert (set(empty.obsm), set(empty.obs.columns), set(empty.uns)) == (
+        set(adata.obsm),
+        set(adata.obs.columns),
+        set(adata.uns),
+    )
+
+
 def test_annotations_under_two_keys_keep_their_own_labels():
     model = BagOfGenes()
     adata, _ = _spots(model, n_per_class=3)

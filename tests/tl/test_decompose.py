@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from tests.conftest import shared_path
+from tests.conftest import shared_path, spacexr_visium
 
 import loki as lk
 from loki.pp._pseudo_spots import scatter_cells_in_regions
@@ -955,3 +955,18 @@ def test_an_anndata_without_x_names_its_layers(side):
     assert _nothing_written(spots)
     lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", **{param: "counts"})
     assert spots.obsm["loki_proportions"].shape == (spots.n_obs, 4)
+
+
+def test_decompose_on_a_scaled_reference_warns_about_the_scale_only():
+    spots, reference = spacexr_visium()
+    # what sc.pp.normalize_total + log1p + scale leave in .X: every gene centred over the cells
+    x = reference.X.toarray()
+    x = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
+    reference.X = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
+    messages = [str(w.message) for w in caught if issubclass(w.category, lk.LokiWarning)]
+    assert any("negative expression values in reference.X" in m for m in messages), messages
+    # the types' centred profiles sum to zero: a consequence of the scaling, not of the types
+    assert not any("span only" in m for m in messages), messages

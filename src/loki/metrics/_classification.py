@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
+
+from loki._logging import LokiWarning, user_stacklevel
 
 _BLOCK = 1 << 21  # values (points x dimensions) taken at once by calinski_harabasz (16 MB of float64)
 
@@ -15,7 +19,8 @@ def weighted_f1(y_true: Sequence, y_pred: Sequence, *, labels: Sequence | None =
     Parameters
     ----------
     y_true, y_pred
-        True and predicted labels (any hashable values), same length.
+        True and predicted labels (any hashable values), same length. Every item needs a true
+        label: drop unlabelled items (NaN, None) first. A missing prediction counts as wrong.
     labels
         Classes to score; default: every label present in ``y_true`` or ``y_pred``. A class never
         predicted and never true contributes nothing (its support is 0).
@@ -23,6 +28,17 @@ def weighted_f1(y_true: Sequence, y_pred: Sequence, *, labels: Sequence | None =
     Returns
     -------
     The weighted F1 score in [0, 1].
+
+    Warns
+    -----
+    LokiWarning
+        When no predicted label equals any true label (e.g. integer cluster ids against the same
+        ids as strings): the score is then 0.
+
+    Notes
+    -----
+    Compare the score with a baseline: predicting the majority class for every item scores
+    ``p * 2p / (1 + p)`` weighted F1, where ``p`` is that class's share (0.75 when it holds 83%).
 
     """
     y_true = np.asarray(y_true, dtype=object)
@@ -33,6 +49,21 @@ def weighted_f1(y_true: Sequence, y_pred: Sequence, *, labels: Sequence | None =
         )
     if y_true.size == 0:
         raise ValueError("weighted_f1 of empty label arrays is undefined.")
+    unlabelled = pd.isna(y_true)
+    if unlabelled.any():
+        raise ValueError(
+            f"y_true: {int(unlabelled.sum())} of {y_true.size} items have no true label (NaN or None); "
+            "they are neither right nor wrong, so score the labelled ones: keep = ~pd.isna(y_true)."
+        )
+    shared = set(y_true.tolist()) & set(y_pred.tolist())
+    if not shared:
+        warnings.warn(
+            f"weighted_f1: the true and predicted labels share no value (true e.g. {y_true[0]!r} of type "
+            f"{type(y_true[0]).__name__}, predicted e.g. {y_pred[0]!r} of type {type(y_pred[0]).__name__}): "
+            "the score is 0. Are they of one type (leiden writes strings)?",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
     if labels is None:
         labels = list(dict.fromkeys([*y_true.tolist(), *y_pred.tolist()]))
     total, weight = 0.0, 0

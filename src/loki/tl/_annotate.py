@@ -199,6 +199,8 @@ def annotate(
     """
     check_write_mode(data, copy, inplace)
     adata = get_table(data, table_key)
+    if adata.n_obs == 0:
+        raise ValueError("The table to annotate has no observations (0 spots or cells).")
     fused_key = f"{key_added}_fused"  # written with fuse_with, else an earlier call's is removed
     check_result_key(
         adata,

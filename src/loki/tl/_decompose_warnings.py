@@ -38,11 +38,12 @@ def warn_mapping_only(*, mode: str, return_mapping: bool) -> None:
 
 def check_scales(
     table: AnnData, spots, layer: str | None, reference: AnnData, ref, reference_layer: str | None
-) -> None:
+) -> bool:
     """Warn about expression values that the two methods cannot compare.
 
     Negative values (scaled or centred data) on either side, or counts on one side and log1p values
-    on the other.
+    on the other. Returns whether negative values were found: centring makes the types' profiles
+    linearly dependent by itself, so :func:`warn_types_not_separable` would only repeat the cause.
     """
     have = "; ".join(
         f"{where}.layers: {', '.join(map(repr, adata.layers)) or 'none'}"
@@ -63,13 +64,13 @@ def check_scales(
             LokiWarning,
             stacklevel=user_stacklevel(),
         )
-        return
+        return True
     sides = [
         ("adata", layer, _scale(spots, table, layer)),
         ("reference", reference_layer, _scale(ref, reference, reference_layer)),
     ]
     if {scale[0] if scale else None for *_, scale in sides} != {"counts", "log"}:
-        return
+        return False
     found = "; ".join(f"{_matrix_name(where, lay)} holds {scale[1]}" for where, lay, scale in sides)
     warnings.warn(
         f"decompose: the spots and the reference look like different expression scales: {found}. "
@@ -79,6 +80,7 @@ def check_scales(
         LokiWarning,
         stacklevel=user_stacklevel(),
     )
+    return False
 
 
 def _matrix_name(where: str, layer: str | None) -> str:
