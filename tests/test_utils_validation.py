@@ -25,6 +25,19 @@ def test_key_checks_name_the_container_they_look_in():
     check_obsm_key(adata, "spatial", where="reference")
 
 
+def test_a_missing_key_is_paired_with_one_differing_only_in_case():
+    from loki._utils._validation import require_keys
+
+    genes = ["Penk", "Gad1", "GAD1", "Th"]
+    with pytest.raises(
+        KeyError,
+        match=r"available: .*'Th'\. Differing only in case: 'PENK' -> 'Penk', 'gad1' -> 'Gad1'\. See",
+    ):
+        require_keys(genes, ["PENK", "Th", "gad1", "Nope"], "adata.var_names", hint="See the docs.")
+    with pytest.raises(KeyError, match=r"available: 'Penk'\.\"$"):
+        require_keys(["Penk"], ["Nope"], "adata.var_names")
+
+
 @pytest.mark.parametrize("value", [0, -1, 1.5, True])
 def test_check_int_refuses_non_integers_and_out_of_range(value):
     with pytest.raises(ValueError, match=rf"^n must be a positive integer, got {value!r}\.$"):

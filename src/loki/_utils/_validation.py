@@ -45,6 +45,10 @@ def require_keys(
     missing = [k for k in keys if k not in available]
     if missing:
         message = f"{_listing(missing)} not found in {where}; available: {_listing(available)}."
+        by_case = {str(k).casefold(): k for k in reversed(available)}  # the first of equal folds
+        near = [(k, by_case[str(k).casefold()]) for k in missing if str(k).casefold() in by_case]
+        if near:  # gene symbols: 'PENK' (human) for 'Penk' (mouse)
+            message += " Differing only in case: " + ", ".join(f"{k!r} -> {m!r}" for k, m in near) + "."
         raise KeyError(message if hint is None else f"{message} {hint}")
 
 
