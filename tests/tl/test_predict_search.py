@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import loki as lk
-from loki.tl._candidates import PCA_FIT_ROWS, pca_axes, topk_cosine_pca
+from loki.tl._candidates import PCA_FIT_ROWS, check_search, pca_axes, topk_cosine_pca, topk_search
 from loki.tl._predict import predict_from_embeddings
 from loki.tl._retrieve import l2_normalize, topk_cosine
 
@@ -150,6 +150,27 @@ def test_same_seed_same_result_on_a_subsampled_fit():
     b = topk_cosine_pca(q, ref, 5, n_components=4, n_candidates=10, seed=3)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_topk_search_runs_the_search_check_search_resolved():
+    """predict_expression and retrieve share this dispatch: exact search keeps ``normalize`` and
+    ``chunk_size``, approximate search gets the resolved sizes and the seed."""
+    rng = np.random.default_rng(0)
+    ref = _low_rank(600, 24, 4, 0.2, 0) * rng.uniform(0.1, 10, size=(600, 1)).astype(np.float32)
+    q = _low_rank(40, 24, 4, 0.2, 1)
+    for normalize in (True, False):
+        got = topk_search(q, ref, 5, None, seed=1, normalize=normalize, chunk_size=70)
+        want = topk_cosine(q, ref, 5, normalize=normalize, chunk_size=70)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    # one probed cell of 16: the k-means cells, hence the hits, depend on the seed
+    sizes = check_search("ivf", 5, len(ref), ref.shape[1], None, None, 16, 1, 0)
+    by_seed = [topk_search(q, ref, 5, sizes, seed=seed, chunk_size=70) for seed in (1, 2)]
+    assert (by_seed[0][0] != by_seed[1][0]).any()
+    for seed, (idx, scores) in zip((1, 2), by_seed, strict=True):
+        want_idx, want_scores = topk_cosine_pca(q, ref, 5, **sizes, seed=seed)
+        np.testing.assert_array_equal(idx, want_idx)
+        np.testing.assert_array_equal(scores, want_scores)
 
 
 @pytest.mark.parametrize("search", [{}, {"n_lists": 8, "n_probe": 3}])

@@ -215,28 +215,14 @@ def spot_patches(
 
 
 def _cut_spot_patches(
-    sdata: SpatialData,
-    *,
-    table_key: str | None = None,
-    image_key: str | None = None,
-    size: int = 224,
-    diameter_um: float | None = None,
-    coordinate_system: str | None = None,
-    fill: int = 255,
-    chunk_size: int = 256,
+    sdata: SpatialData, *, size: int = 224, fill: int = 255, chunk_size: int = 256, **where
 ) -> tuple[da.Array, np.ndarray, dict]:
-    """:func:`spot_patches` without writing: ``(patches, ok, parameters)``, patches in table order."""
-    size, fill, chunk_size = check_int(size, "size"), _check_fill(fill), check_int(chunk_size, "chunk_size")
-    image, boxes, ok, meta = _spot_geometry(
-        sdata,
-        table_key=table_key,
-        image_key=image_key,
-        size=size,
-        diameter_um=diameter_um,
-        coordinate_system=coordinate_system,
-    )
-    groups = [np.arange(i, min(i + chunk_size, len(boxes))) for i in range(0, len(boxes), chunk_size)]
-    return _patch_array(image, boxes, groups, size, fill), ok, meta
+    """:func:`spot_patches` without writing: ``(patches, ok, parameters)``, patches in table order.
+
+    ``where`` takes ``table_key``, ``image_key``, ``diameter_um`` and ``coordinate_system``.
+    """
+    patches, _, ok, meta = _cut_in_chunks(sdata, size, fill, chunk_size, where, by_area=False)
+    return patches, ok, meta
 
 
 def _cut_spot_patches_by_area(
@@ -252,9 +238,20 @@ def _cut_spot_patches_by_area(
     chunk reads about the whole image instead. For consumers that can put their results back in table
     order: ``out[order] = f(patches)``.
     """
+    return _cut_in_chunks(sdata, size, fill, chunk_size, where, by_area=True)
+
+
+def _cut_in_chunks(
+    sdata: SpatialData, size: int, fill: int, chunk_size: int, where: dict, *, by_area: bool
+) -> tuple[da.Array, np.ndarray, np.ndarray, dict]:
+    """Patches cut ``chunk_size`` spots a chunk: ``(patches, order, ok, parameters)``.
+
+    The spots are taken in table order, or with ``by_area`` in :func:`space_order`; ``patches[i]``
+    is the patch of spot ``order[i]``.
+    """
     size, fill, chunk_size = check_int(size, "size"), _check_fill(fill), check_int(chunk_size, "chunk_size")
     image, boxes, ok, meta = _spot_geometry(sdata, size=size, **where)
-    order = space_order(boxes, image.chunks[0], image.chunks[1])
+    order = space_order(boxes, image.chunks[0], image.chunks[1]) if by_area else np.arange(len(boxes))
     groups = [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
     return _patch_array(image, boxes, groups, size, fill), order, ok, meta
 

@@ -90,6 +90,28 @@ def check_search(
     return sizes
 
 
+def topk_search(
+    queries: np.ndarray,
+    bank: np.ndarray,
+    k: int,
+    sizes: dict | None,
+    *,
+    seed: SeedLike = 0,
+    normalize: bool = True,
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` bank rows per query by the search :func:`check_search` resolved to ``sizes``.
+
+    ``sizes`` None: exact search, :func:`~loki.tl._retrieve.topk_cosine` with ``normalize`` and
+    ``chunk_size`` (bank rows per chunk). Otherwise approximate cosine search,
+    :func:`topk_cosine_pca` with those sizes and ``seed``, which chunks its own scan.
+    """
+    if sizes is None:
+        return topk_cosine(queries, bank, k, normalize=normalize, chunk_size=chunk_size, progress=progress)
+    return topk_cosine_pca(queries, bank, k, **sizes, seed=seed, progress=progress)
+
+
 def _size(value, name: str, lo: int, hi: int, what: str, default: int) -> int:
     """``value`` checked to lie in [lo, hi] (``what`` names hi), or ``default`` when it is None."""
     if value is None:

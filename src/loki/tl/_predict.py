@@ -32,8 +32,8 @@ from loki._utils._rng import SeedLike, as_seed
 from loki._utils._spatialdata import is_spatialdata
 from loki._utils._threads import keep_torch_threads
 
-from ._candidates import Search, check_search, topk_cosine_pca
-from ._retrieve import _check_pair, embeddings_of, l2_normalize, table_of, topk_cosine
+from ._candidates import Search, check_search, topk_search
+from ._retrieve import _check_pair, embeddings_of, l2_normalize, table_of
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -173,20 +173,7 @@ def predict_from_embeddings(
     out = np.zeros((len(q), x.shape[1]), dtype=np.float32)
     n_fallback = 0
     if top_k is not None:
-        if sizes is not None:
-            idx, scores = topk_cosine_pca(
-                q,
-                ref,
-                top_k,
-                n_components=sizes["n_components"],
-                n_candidates=sizes["n_candidates"],
-                n_lists=sizes.get("n_lists"),
-                n_probe=sizes.get("n_probe"),
-                seed=seed,
-                progress=progress,
-            )
-        else:
-            idx, scores = topk_cosine(q, ref, top_k, progress=progress)
+        idx, scores = topk_search(q, ref, top_k, sizes, seed=seed, progress=progress)
         w, fb = similarity_weights(scores, temperature=temperature, negative=negative)
         n_fallback = int(fb.sum())
         if is_sparse:

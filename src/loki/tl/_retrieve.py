@@ -411,7 +411,7 @@ def retrieve(
                 f"bank_metadata column(s) {clash} would clash with the hit table's own columns "
                 f"{list(_HIT_COLUMNS)}; rename them."
             )
-    from ._candidates import check_search, topk_cosine_pca
+    from ._candidates import check_search, topk_search
 
     sizes = check_search(
         search, k, b.shape[0], b.shape[1], n_components, n_candidates, n_lists, n_probe, seed
@@ -420,10 +420,9 @@ def retrieve(
         raise ValueError(
             f"search={search!r} ranks cosine similarities; use normalize=True or search='exact'."
         )
-    if sizes is None:
-        idx, scores = topk_cosine(q, b, k, normalize=normalize, chunk_size=chunk_size, progress=progress)
-    else:
-        idx, scores = topk_cosine_pca(q, b, k, **sizes, seed=seed, progress=progress)
+    idx, scores = topk_search(
+        q, b, k, sizes, seed=seed, normalize=normalize, chunk_size=chunk_size, progress=progress
+    )
     _warn_repeated(q_names, "query", "query", "query_index")
     _warn_repeated(b_names, "bank", "bank_id", "bank_index")
     n_q = idx.shape[0]
