@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import warnings
+
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -438,3 +441,29 @@ def test_a_reference_of_several_tables_names_reference_table_key():
         lk.tl.predict_expression(query, sdata, reference_table_key="MOB2").n_vars
         == sdata.tables["MOB2"].n_vars
     )
+
+
+def test_predict_expression_on_an_empty_reference_says_it_is_empty():
+    rng = np.random.default_rng(0)
+    query = ad.AnnData(np.zeros((3, 0), np.float32))
+    query.obsm[lk.Key.IMAGE] = rng.normal(size=(3, 8)).astype(np.float32)
+    reference = ad.AnnData(np.zeros((0, 5), np.float32))
+    reference.obsm[lk.Key.TEXT] = np.zeros((0, 8), np.float32)
+    with pytest.raises(ValueError, match=r"reference.*(no spots|0 spots|empty)") as info:
+        lk.tl.predict_expression(query, reference, top_k=5)
+    # top_k must be positive: advice to pass top_k <= 0 cannot be followed
+    assert "top_k <= 0" not in str(info.value)
+
+
+def test_predicting_a_table_from_itself_warns():
+    rng = np.random.default_rng(0)
+    table = ad.AnnData(rng.random((6, 4)).astype(np.float32))
+    table.obsm[lk.Key.IMAGE] = rng.normal(size=(6, 8)).astype(np.float32)
+    table.obsm[lk.Key.TEXT] = rng.normal(size=(6, 8)).astype(np.float32)
+    with pytest.warns(lk.LokiWarning, match="one table, so each query spot finds itself") as caught:
+        lk.tl.predict_expression(table, table, top_k=2)
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lk.tl.predict_expression(table, table.copy(), top_k=2)  # another section (here a copy)
+        lk.tl.predict_expression(table.obsm[lk.Key.IMAGE], table, top_k=2)  # an array query

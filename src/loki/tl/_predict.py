@@ -322,6 +322,15 @@ def predict_expression(
     ref_table = table_of(reference, reference_table_key, "reference")
     require_keys(ref_table.obsm, use_reference, "reference.obsm")
     ref = embeddings_of(ref_table, use_reference, None, "reference")[0]
+    if not isinstance(query, np.ndarray) and table_of(query, query_table_key, "query") is ref_table:
+        warnings.warn(
+            "predict_expression: the query and the reference are one table, so each query spot finds "
+            "itself among its most similar reference spots and the prediction copies its own "
+            "expression: scores against it are inflated. Predict from another section, or use "
+            "lk.tl.predict_expression_loso to hold each section out.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
     warn_if_models_differ(
         {
             f"query .obsm[{use_query!r}]": embedding_model(query, use_query, query_table_key),
@@ -603,11 +612,15 @@ def _fallback_message(n_fallback: int, negative: Negative, top_k: int | None) ->
 
 
 def _check_top_k(top_k: int | None, n_reference: int, reference: str) -> None:
-    """``top_k`` must be None or a positive integer of at most ``n_reference`` (the reference's spots).
+    """``top_k`` must be None or a positive integer of at most ``n_reference`` (the reference's spots, > 0).
 
     Checked before any search, so that the message names ``top_k`` and the reference, not the search's
     own ``k`` and bank.
     """
+    if n_reference == 0:
+        raise ValueError(
+            f"{reference[0].upper()}{reference[1:]} has no spots: there is nothing to predict from."
+        )
     if check_int(top_k, "top_k", optional=True) is None:
         return
     if top_k > n_reference:
