@@ -295,7 +295,7 @@ def finetune(
     coordinate_system
         Coordinate system shared by each section's spots and image; default ``"global"``, or the
         only one they share, as for :func:`loki.tl.embed_image`.
-    epochs, lr, batch_size, seed, freeze, augment, weight_decay, warmup, progress
+    epochs, lr, batch_size, seed, freeze, augment, weight_decay, warmup
         See :func:`loki.models.finetune` (paper defaults: 10 epochs for alignment, 5 for decomposition,
         lr 5e-6, batch 64). Each epoch reshuffles the pairs and runs ``n_pairs // batch_size`` steps:
         the last partial batch is dropped, so with few pairs a large share sits out each epoch.
@@ -312,6 +312,8 @@ def finetune(
         ``checkpoint_every`` steps), and continue a stopped run from it with ``resume=True`` and the
         same data, sections and arguments: see :func:`loki.models.finetune`. The file is checked
         before any patch is cut.
+    progress
+        Show a progress bar.
 
     Returns
     -------
