@@ -70,6 +70,7 @@ def stack_sections(
         raise TypeError(
             f"{who} takes a stack of sections: a SpatialData holding them as tables, a dict {{label: section}} "
             f"or a list of sections (AnnData / SpatialData of one table each), got one {type(data).__name__}."
+            + (_split_hint(data) if isinstance(data, AnnData) else "")
         )
     objs = list(data)
     _one_table_each([f"section{i}" for i in range(len(objs))], objs, "list", who)
@@ -93,6 +94,21 @@ def stack_sections(
     else:
         labels = [f"section{i}" for i in range(len(objs))]
     return list(zip(labels, objs, keys, strict=True))
+
+
+# .obs columns that name the section of each spot in one AnnData of several (squidpy's library_key)
+_SECTION_COLUMNS = ("library_id", "section", "slice", "sample", "batch")
+
+
+def _split_hint(adata: AnnData) -> str:
+    """How to give the sections of one AnnData (one ``.obs`` column per section label) as a dict."""
+    column = next((c for c in _SECTION_COLUMNS if c in adata.obs), None)
+    shown = column or "library_id"
+    hint = (
+        f" For sections kept in one AnnData, pass them as a dict: {{k: adata[adata.obs[{shown!r}] == k].copy() "
+        f"for k in adata.obs[{shown!r}].unique()}}; the results are written into those copies."
+    )
+    return hint if column else f"{hint} (name the .obs column that labels each spot's section)"
 
 
 def _one_table_each(labels: list[str], objs: list, holder: str, who: str) -> None:

@@ -166,6 +166,79 @@ def _embedding(section: Section, key: str, role: str) -> np.ndarray:
     return emb
 
 
+def _pca_loadings(table: AnnData, key: str) -> tuple[str, pd.DataFrame] | None:
+    """The loadings scanpy wrote for the PCA in ``.obsm[key]``: ``(varm key, genes x components)``, or None.
+
+    ``sc.pp.pca`` writes ``.obsm['X_pca']`` with ``.varm['PCs']``, and ``.obsm[k]`` with ``.varm[k]``
+    for ``key_added=k``.
+    """
+    varm_key = "PCs" if key == "X_pca" else key
+    if varm_key not in table.varm or not table.var_names.is_unique:
+        return None
+    loadings = np.asarray(table.varm[varm_key])
+    if loadings.ndim != 2 or loadings.dtype.kind not in "biuf":
+        return None
+    return varm_key, pd.DataFrame(loadings, index=table.var_names)
+
+
+def _own_components(emb: np.ndarray, k: int = 10) -> bool:
+    """Whether ``emb`` looks like a PCA of these rows alone: centred, its leading columns uncorrelated.
+
+    A PCA's scores are so to float precision (1e-6 on the MOB sections); the rows of one section cut
+    from a PCA of several sections are not (means of 0.5-2 standard deviations, correlations of 0.2-0.8
+    on MOB and her2st). Only the first ``k`` columns are checked, so the cost stays O(n k).
+    """
+    lead = np.asarray(emb[:, :k], dtype=np.float64)
+    if lead.shape[1] < 2 or len(lead) <= lead.shape[1]:
+        return False
+    sd = lead.std(axis=0)
+    if not (sd > 0).all():
+        return False
+    corr = np.corrcoef(lead, rowvar=False)
+    np.fill_diagonal(corr, 0.0)
+    return bool(np.abs(lead.mean(axis=0) / sd).max() < 1e-3 and np.abs(corr).max() < 1e-3)
+
+
+def _warn_if_separate_pca(
+    src: Section, key_src: str, tgt: Section, key_tgt: str, emb_src: np.ndarray, emb_tgt: np.ndarray
+) -> None:
+    """Warn when the two embeddings are PCAs fitted on each section separately.
+
+    Each fit has its own axes (order, sign, mixture of genes), so the components of one section do not
+    describe the other's: the global start then compares unrelated columns, and on her2st A2 onto A1
+    the alignment came out mirrored. One PCA fitted on the sections together gives both tables the same
+    loadings over their shared genes. When both tables hold scanpy's loadings they decide; without
+    them, two embeddings that are each centred with uncorrelated components (:func:`_own_components`),
+    and not one and the same set of rows, are taken for separate fits.
+    """
+    found = _pca_loadings(src.table, key_src), _pca_loadings(tgt.table, key_tgt)
+    if found[0] is not None and found[1] is not None:
+        (varm_src, a), (varm_tgt, b) = found
+        shared = a.index.intersection(b.index)
+        if a.shape[1] == b.shape[1] and len(shared) and np.allclose(a.loc[shared], b.loc[shared], atol=1e-6):
+            return
+        why = (
+            f"their loadings (source .varm[{varm_src!r}], target .varm[{varm_tgt!r}]) differ over the "
+            f"{len(shared)} genes they share"
+        )
+    elif (
+        _own_components(emb_src)
+        and _own_components(emb_tgt)
+        and not np.array_equal(np.sort(emb_src[:, 0]), np.sort(emb_tgt[:, 0]))
+    ):
+        why = "each is centred with uncorrelated components, as a PCA of that section alone is"
+    else:
+        return
+    warnings.warn(
+        f"source .obsm[{key_src!r}] and target .obsm[{key_tgt!r}] look like separate PCA fits: {why}, so "
+        "their components are not one space and the alignment can come out rotated or mirrored. Fit one "
+        "PCA on the sections together (e.g. sc.pp.pca on anndata.concat of their tables) and give each "
+        "section its rows of the result (and its loadings, or drop a stale .varm entry).",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
 def _coords(section: Section, key: str, role: str) -> np.ndarray:
     require_keys(section.table.obsm, key, f"{role} table .obsm ({section.name!r})")
     xy = np.asarray(section.table.obsm[key], dtype=np.float64)
@@ -446,7 +519,9 @@ def align(
     use
         ``.obsm`` key of the embedding in both tables, a ``(source_key, target_key)`` pair, or None
         for coordinates only. A :class:`~loki.LokiWarning` says so when the two embeddings' records
-        (``.uns['loki']``) name different model weights.
+        (``.uns['loki']``) name different model weights, and when they are PCAs fitted on each section
+        separately (scanpy's loadings, ``.varm['PCs']`` for ``"X_pca"``, differ): fit one PCA on the
+        sections together.
     method
         ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"deformable"`` (the paper's recipe; starts from
         a ``pre_align`` registration).
@@ -620,8 +695,12 @@ def align(
       start: one row per initial rotation and side, its screening log-likelihood and, for the starts
       run to convergence, ``loglik``, ``loglik_common`` and, with an embedding, ``agreement``; the last
       of these picked the winner, so the table shows how clear the mirror decision was; with
-      ``partial``, one row per refined placement: ``correlation``, ``overlap`` (fraction of target
-      spots paired) and ``agreement``), ``approximate``, ``moving`` (the section that moved in CPD),
+      ``partial``, one row per refined placement: ``correlation`` (of the two sections' embedding
+      maps), ``overlap`` (fraction of target spots paired) and ``agreement`` (the sum, over the paired
+      spots, of the inner products of their centred embedding components); these two are sums that
+      grow with the sections' size, comparable between rows only, not with the usual start's
+      ``agreement``, a mean correlation in [-1, 1]), ``approximate``, ``moving`` (the section that
+      moved in CPD),
       ``scale_removed`` (with ``preserve_scale``), ``unit_scale`` (source units -> target units applied
       before registering: the spots' transformations and ``microns_per_unit`` together), ``microns_per_unit`` (of the aligned coordinates, when known),
       ``explained_variance_ratio`` (of the embedding components used), and ``params``: the numeric and
@@ -751,6 +830,7 @@ def align(
                 f"source .obsm[{key_src!r}] has {emb_src.shape[1]} dimensions, target .obsm[{key_tgt!r}] "
                 f"{emb_tgt.shape[1]}; the embeddings must share one space."
             )
+        _warn_if_separate_pca(src, key_src, tgt, key_tgt, emb_src, emb_tgt)
         most = min(emb_tgt.shape)
         if n_pcs > most:
             raise ValueError(

@@ -139,10 +139,19 @@ def section_elements(
     names = []
     try:
         region = table_region(section.table)
-        if region in every:
-            names.append(region)
     except ValueError:
-        pass
+        region = None
+    if region in every:
+        names.append(region)
+    elif region is not None and warn:
+        warnings.warn(
+            f"the {role} table {section.name!r} annotates {region!r}, which is not an element of the "
+            f"SpatialData (shapes: {list(sdata.shapes.keys())}); its spots are not placed in the aligned "
+            "coordinate system and no shapes of aligned spots are added. Point the table at its spots "
+            "(spatialdata's set_table_annotates_spatialelement) to have them placed.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
     names += images
     if len(sdata.tables) == 1:
         names += with_cs

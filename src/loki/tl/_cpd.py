@@ -57,6 +57,23 @@ def _initial_variances(X: np.ndarray, Y: np.ndarray) -> tuple[float, float | Non
     return s2, s2f
 
 
+def _start_variances(
+    X: np.ndarray, Y: np.ndarray, sigma2: float | tuple[float, float | None] | None
+) -> tuple[float, float | None, float]:
+    """The variances a CPD run starts from, and the floor of the feature variance.
+
+    ``sigma2`` is the spatial variance or a ``(spatial, features)`` pair (a previous run's); what it
+    leaves out (None, or no feature variance) is eq. 2 on that block (:func:`_initial_variances`).
+    The floor keeps the feature variance from collapsing to 0 on features that match exactly.
+    """
+    s2, s2f = _initial_variances(X, Y)
+    floor = 1e-6 * (s2f or 0.0)
+    if sigma2 is not None:
+        s2, given = sigma2 if isinstance(sigma2, tuple) else (float(sigma2), None)
+        s2f = s2f if given is None else given
+    return s2, s2f, floor
+
+
 def _variances(
     X: np.ndarray, TY: np.ndarray, P1: np.ndarray, Pt1: np.ndarray, PX: np.ndarray, s2f_floor: float
 ) -> tuple[float, float | None]:
@@ -201,7 +218,7 @@ def register_rigid(
     w: float = 0.1,
     max_iter: int = 100,
     tol: float = 1e-6,
-    sigma2: float | None = None,
+    sigma2: float | tuple[float, float | None] | None = None,
     cutoff: float = 6.0,
     sigma2_stop: float = 0.0,
     anneal: float = 1.0,
@@ -233,11 +250,7 @@ def register_rigid(
     """
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
-    s2, s2f = _initial_variances(X, Y)
-    floor = 1e-6 * (s2f or 0.0)
-    if sigma2 is not None:
-        s2, s2f_in = sigma2 if isinstance(sigma2, tuple) else (float(sigma2), None)
-        s2f = s2f if s2f_in is None else s2f_in
+    s2, s2f, floor = _start_variances(X, Y, sigma2)
     TY = Y.copy()
     matrix = np.eye(3)
     s2_prev = s2 if anneal < 1.0 else None
@@ -313,7 +326,7 @@ def register_deformable(
     w: float = 0.1,
     max_iter: int = 100,
     tol: float = 1e-6,
-    sigma2: float | None = None,
+    sigma2: float | tuple[float, float | None] | None = None,
     sigma2_max: float = np.inf,
     n_landmarks: int = 300,
     cutoff: float = 6.0,
@@ -323,25 +336,17 @@ def register_deformable(
 
     Parameters
     ----------
-    X, Y
-        Target (N, D) and moving (M, D) points, spatial columns first.
+    X, Y, w, max_iter, tol, sigma2, cutoff
+        As in :func:`register_rigid`.
     alpha
         Regularisation weight (lambda of eq. 5).
     beta
         Width of the Gaussian kernel of eq. 3, in the units of the spatial columns.
-    w
-        Outlier weight in [0, 1).
-    max_iter, tol
-        Iteration cap and relative log-likelihood tolerance.
-    sigma2
-        Starting variance, or ``(spatial, features)`` variances (default eq. 2 on each block).
     sigma2_max
         Cap on the spatial variance, from the start and after each M-step (the approximation's
         subsample level, whose points have no exact partners, caps it at its squared point spacing).
     n_landmarks
         Nyström landmarks (rank bound) of the kernel.
-    cutoff
-        E-step truncation in units of sigma.
     seed
         Seed for the landmark choice.
 
@@ -349,10 +354,7 @@ def register_deformable(
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     Q, S, Z, T = nystrom_basis(Y[:, :2], beta, n_landmarks, as_rng(seed))
-    s2, s2f = _initial_variances(X, Y)
-    floor = 1e-6 * (s2f or 0.0)
-    if sigma2 is not None:
-        s2, s2f = sigma2 if isinstance(sigma2, tuple) else (float(sigma2), s2f)
+    s2, s2f, floor = _start_variances(X, Y, sigma2)
     s2 = min(s2, sigma2_max)
     TY = Y.copy()
     W = np.zeros((len(Y), 2))
