@@ -38,6 +38,24 @@ def test_a_missing_key_is_paired_with_one_differing_only_in_case():
         require_keys(["Penk"], ["Nope"], "adata.var_names")
 
 
+@pytest.mark.parametrize("as_sparse", [False, True])
+def test_non_finite_values_are_counted_with_their_rows(as_sparse):
+    from scipy import sparse
+
+    from loki._utils._validation import check_array_finite
+
+    xy = np.arange(12, dtype=float).reshape(6, 2)
+    xy[[0, 2, 4]] = np.nan  # three spots without coordinates
+    xy[5, 1] = np.inf
+    x = sparse.csr_matrix(xy) if as_sparse else xy
+    with pytest.raises(
+        ValueError,
+        match=r"^xy contains 7 non-finite value\(s\) \(NaN or inf\) in 4 row\(s\), e.g. rows \[0, 2, 4, 5\]\.$",
+    ):
+        check_array_finite(x, "xy")
+    check_array_finite(sparse.csr_matrix(np.ones((2, 2))) if as_sparse else np.ones((2, 2)), "xy")
+
+
 @pytest.mark.parametrize("value", [0, -1, 1.5, True])
 def test_check_int_refuses_non_integers_and_out_of_range(value):
     with pytest.raises(ValueError, match=rf"^n must be a positive integer, got {value!r}\.$"):

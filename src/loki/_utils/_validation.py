@@ -302,15 +302,29 @@ def check_unique_var_names(adata, where: str) -> None:
         )
 
 
-def check_array_finite(x: np.ndarray, name: str) -> None:
-    """Raise a ValueError when ``x`` holds NaN or infinite values, saying how many and where."""
-    x = np.asarray(x)
-    bad = ~np.isfinite(x)
-    if bad.any():
+def check_array_finite(x, name: str) -> None:
+    """Raise a ValueError when ``x`` (an array, or a scipy sparse matrix) holds NaN or infinite values.
+
+    The message says how many values, in how many rows (spots, cells), and the first rows.
+    """
+    from scipy import sparse
+
+    if sparse.issparse(x):
+        x = sparse.csr_matrix(x)
+        bad = ~np.isfinite(x.data)
+        if not bad.any():
+            return
+        rows = np.unique(np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))[bad])
+    else:
+        x = np.asarray(x)
+        bad = ~np.isfinite(x)
+        if not bad.any():
+            return
         rows = np.unique(np.nonzero(bad.reshape(len(x), -1) if x.ndim else bad)[0])
-        raise ValueError(
-            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf), e.g. in rows {rows[:5].tolist()}."
-        )
+    raise ValueError(
+        f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf) in {len(rows)} row(s), e.g. "
+        f"rows {rows[:5].tolist()}."
+    )
 
 
 def check_labelled(labels, column: str, items: str) -> None:
