@@ -31,6 +31,7 @@ from loki._utils._backed import read_matrix
 from loki._utils._rng import check_seed
 from loki._utils._spacing import nearest_spot_distance
 from loki.metrics._correlation import kendall_tau_rows, pearson
+from loki.metrics._labels import align_labels
 
 _BOOT_CHUNK = 1 << 22  # resampled spots per bootstrap chunk (32 MB of float64 per alignment)
 #: Values (pairs x genes) of the spot pairs correlated at once, and (spots x genes) of the spots
@@ -129,11 +130,13 @@ def matched_expression_correlation(
     Parameters
     ----------
     expr_target
-        Target spots x genes, dense or sparse.
+        Target spots x genes: an array (dense or sparse), a DataFrame or an AnnData (its ``.X``).
     xy_target
         ``(n_target, 2)`` target coordinates; further columns are ignored.
     expr_source
-        Source spots x genes (the target's genes, in the same order), dense or sparse.
+        Source spots x genes, as ``expr_target``: the target's genes in the same order, or, when
+        both name their genes (DataFrame columns, AnnData ``var_names``), the same genes in any
+        order (matched by name; genes that differ raise a ValueError naming them).
     xy_source
         ``(n_source, 2)`` source coordinates in the target's frame (the source's aligned
         coordinates); further columns are ignored.
@@ -150,6 +153,7 @@ def matched_expression_correlation(
     """
     xy_target = _xy(xy_target, "xy_target")
     xy_source = _xy(xy_source, "xy_source")
+    expr_target, expr_source = _genes_matched(expr_target, expr_source)
     if expr_target.shape[0] != len(xy_target) or expr_source.shape[0] != len(xy_source):
         raise ValueError("expression matrices and coordinates must have the same number of spots.")
     if expr_target.shape[1] != expr_source.shape[1]:
@@ -182,6 +186,30 @@ def matched_expression_correlation(
     if kendall:
         out["kendall_tau"] = tau
     return out
+
+
+def _genes_matched(expr_target, expr_source):
+    """The two matrices as arrays (dense or sparse), the source's genes in the target's order.
+
+    Genes are matched by name when both sides name them (DataFrame columns, AnnData ``var_names``);
+    a DataFrame left as it is would be indexed by column where spot rows are meant.
+    """
+
+    def matrix_and_genes(expr):
+        if isinstance(expr, AnnData):
+            return expr.X, expr.var_names
+        if isinstance(expr, pd.DataFrame):
+            return expr.to_numpy(), expr.columns
+        return expr, None
+
+    (xt, gt), (xs, gs) = matrix_and_genes(expr_target), matrix_and_genes(expr_source)
+    if gt is not None and gs is not None and not gt.equals(gs):
+        # only the genes are matched: the rows are different spots
+        order = align_labels(
+            pd.DataFrame(columns=gt), pd.DataFrame(columns=gs), ("expr_target", "expr_source")
+        ).columns
+        xs = xs[:, gs.get_indexer(order)]
+    return xt, xs
 
 
 def _pair_correlations(read_target, read_source, n_genes: int, target_rows, source_rows, kendall: bool):

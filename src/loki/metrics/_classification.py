@@ -7,8 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from loki._logging import LokiWarning, user_stacklevel
+
+from ._labels import align_labels
 
 _BLOCK = 1 << 21  # values (points x dimensions) taken at once by calinski_harabasz (16 MB of float64)
 
@@ -20,7 +23,10 @@ def weighted_f1(y_true: Sequence, y_pred: Sequence, *, labels: Sequence | None =
     ----------
     y_true, y_pred
         True and predicted labels (any hashable values), same length. Every item needs a true
-        label: drop unlabelled items (NaN, None) first. A missing prediction counts as wrong.
+        label: drop unlabelled items (NaN, None) first. A missing prediction counts as wrong. Two
+        Series are matched by their index (e.g. ``.obs`` columns of two tables whose spots are in
+        different orders), as :func:`loki.metrics.pearson` matches them; labels that differ raise a
+        ValueError naming them.
     labels
         Classes to score; default: every label present in ``y_true`` or ``y_pred``. A class never
         predicted and never true contributes nothing (its support is 0).
@@ -41,6 +47,7 @@ def weighted_f1(y_true: Sequence, y_pred: Sequence, *, labels: Sequence | None =
     ``p * 2p / (1 + p)`` weighted F1, where ``p`` is that class's share (0.75 when it holds 83%).
 
     """
+    y_pred = align_labels(y_true, y_pred, ("y_true", "y_pred"))
     y_true = np.asarray(y_true, dtype=object)
     y_pred = np.asarray(y_pred, dtype=object)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
@@ -83,25 +90,47 @@ def calinski_harabasz(x: np.ndarray, labels: Sequence) -> float:
     Parameters
     ----------
     x
-        Points, n x d (e.g. embeddings).
+        Points, n x d (e.g. embeddings), finite, dense or sparse.
     labels
-        Cluster label of each point.
+        Cluster label of each point (any hashable values); every point needs one: drop unlabelled
+        points (NaN, None) first.
 
     Returns
     -------
     The score (higher: tighter, better separated clusters); ``inf`` when every cluster is a single
-    point repeated (WCSS = 0).
+    point repeated (WCSS = 0), NaN when all points coincide (BCSS = WCSS = 0: e.g. a collapsed
+    embedding, which has no clusters to score). Both are decided exactly, not from the rounded
+    centroids. scikit-learn's ``calinski_harabasz_score`` returns 1.0 where WCSS is exactly 0 and
+    otherwise what the rounding leaves (141 for 30 copies of one random 768-d point in 3
+    clusters); this follows eq. 17.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` holds NaN or infinite values, a point has no label, or there are not
+        ``2 <= k < n`` clusters.
 
     """
-    x = np.asarray(x)
-    if x.ndim == 1:
-        x = x[:, None]
-    labels = np.asarray(labels)
+    if sparse.issparse(x):
+        x = sparse.csr_matrix(x)  # rows taken a block at a time
+    else:
+        x = np.asarray(x)
+        if x.ndim == 1:
+            x = x[:, None]
+    if x.ndim != 2:
+        raise ValueError(f"x must be points x dimensions, got shape {x.shape}.")
+    labels = np.asarray(labels, dtype=object)
     if labels.shape != (x.shape[0],):
         raise ValueError(f"labels must have one entry per point ({x.shape[0]}), got shape {labels.shape}.")
-    _, codes = np.unique(labels, return_inverse=True)
-    codes = codes.ravel()
-    k, n = int(codes.max()) + 1, x.shape[0]
+    unlabelled = pd.isna(labels)
+    if unlabelled.any():
+        raise ValueError(
+            f"labels: {int(unlabelled.sum())} of {labels.size} points have no label (NaN or None); NaN "
+            "labels would form a cluster of their own, so score the labelled ones: "
+            "keep = ~pd.isna(labels)."
+        )
+    codes, _ = pd.factorize(labels, sort=True)
+    k, n = int(codes.max()) + 1 if len(codes) else 0, x.shape[0]
     if not 1 < k < n:
         raise ValueError(f"Calinski-Harabasz needs 2 <= k < n clusters, got k={k} for n={n} points.")
     sizes = np.bincount(codes, minlength=k).astype(np.float64)
@@ -109,16 +138,29 @@ def calinski_harabasz(x: np.ndarray, labels: Sequence) -> float:
     # centroids are each n x d (GBs for 10^5-10^6 embeddings)
     step = max(1, _BLOCK // max(x.shape[1], 1))
     blocks = range(0, n, step)
+
+    def dense(rows) -> np.ndarray:
+        return np.asarray(rows.toarray() if sparse.issparse(rows) else rows, dtype=np.float64)
+
     sums = np.zeros((k, x.shape[1]))
     for lo in blocks:
-        np.add.at(sums, codes[lo : lo + step], np.asarray(x[lo : lo + step], dtype=np.float64))
+        np.add.at(sums, codes[lo : lo + step], dense(x[lo : lo + step]))
+    if not np.isfinite(sums).all():  # a NaN or inf point leaves its cluster's sum non-finite
+        non_finite = sum(int(np.count_nonzero(~np.isfinite(dense(x[lo : lo + step])))) for lo in blocks)
+        if non_finite:
+            raise ValueError(f"x holds {non_finite} NaN or infinite value(s); the points must be finite.")
     centroids = sums / sizes[:, None]
     mean = sums.sum(axis=0) / n
     bcss = float((sizes * ((centroids - mean) ** 2).sum(axis=1)).sum())
-    wcss = 0.0
+    # Whether each cluster is one point repeated is decided exactly, against its first point: the
+    # rounded centroid of repeated points differs from them in the last bits, which left a WCSS of
+    # ~1e-30 and a score of any size instead of inf (or NaN).
+    firsts = dense(x[np.unique(codes, return_index=True)[1]])
+    wcss, repeated = 0.0, True
     for lo in blocks:
-        block = np.asarray(x[lo : lo + step], dtype=np.float64)
+        block = dense(x[lo : lo + step])
         wcss += float(((block - centroids[codes[lo : lo + step]]) ** 2).sum())
-    if wcss == 0:
-        return float("inf")
+        repeated = repeated and bool((block == firsts[codes[lo : lo + step]]).all())
+    if repeated:
+        return float("nan") if (firsts == firsts[0]).all() else float("inf")
     return (bcss / (k - 1)) / (wcss / (n - k))

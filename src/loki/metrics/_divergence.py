@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._labels import align_labels
+from ._labels import paired_arrays
 
 
 def _normalise(p: np.ndarray, name: str, axis: int) -> np.ndarray:
@@ -51,7 +51,7 @@ def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> float | np.nd
     Parameters
     ----------
     p, q
-        Non-negative arrays of the same shape. Two DataFrames (or two Series) are matched by their
+        Finite, non-negative arrays of the same shape, dense or sparse. Two DataFrames (or two Series) are matched by their
         labels: ``q``'s rows and columns are put in ``p``'s order (a truth and a prediction may list
         the cell types in different orders), and labels that differ raise a ValueError naming them.
         Default labels (0, 1, 2, ...) on either side are matched by position, unless the other side
@@ -64,13 +64,9 @@ def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> float | np.nd
     The divergence (a float for 1-D input, else an array with ``axis`` removed).
 
     """
-    q = align_labels(p, q, ("p", "q"))
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
+    p, q = paired_arrays(p, q, ("p", "q"))
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}.")
-    if not (np.isfinite(p).all() and np.isfinite(q).all()):
-        raise ValueError("p and q must be finite.")
     p = _normalise(p, "p", axis)
     q = _normalise(q, "q", axis)
     m = 0.5 * (p + q)

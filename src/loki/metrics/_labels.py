@@ -67,14 +67,24 @@ def _few(labels: pd.Index, k: int = 5) -> str:
 
 
 def paired_arrays(x, y, names: tuple[str, str] = ("x", "y")):
-    """``x`` and ``y`` as arrays, ``y``'s labels matched to ``x``'s first.
+    """``x`` and ``y`` as finite float64 arrays, ``y``'s labels matched to ``x``'s first.
 
     An AnnData becomes its ``.to_df()`` (spots x genes, labelled), so that two tables are matched by
     spot and gene name; two DataFrames (or two Series) are matched by label (:func:`align_labels`: as
     arrays a truth and a prediction whose genes are in different orders were compared gene against
-    another gene without a word). A sparse matrix is made dense.
+    another gene without a word). A sparse matrix is made dense. A NaN or infinite value raises a
+    ValueError saying how many each side holds: a NaN would come back as a NaN score, or be counted
+    as a value.
     """
     x, y = (v.to_df() if isinstance(v, AnnData) else v for v in (x, y))
     y = align_labels(x, y, names)
-    x, y = (v.toarray() if sparse.issparse(v) else v for v in (x, y))
-    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    x, y = (np.asarray(v.toarray() if sparse.issparse(v) else v, dtype=np.float64) for v in (x, y))
+    for name, values in zip(names, (x, y), strict=True):
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite_sum = np.isfinite(values.sum())  # a NaN or inf anywhere makes the sum non-finite
+        bad = 0 if finite_sum else int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise ValueError(
+                f"{names[0]} and {names[1]} must be finite; {name} holds {bad} NaN or infinite value(s)."
+            )
+    return x, y

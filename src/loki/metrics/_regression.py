@@ -13,8 +13,8 @@ def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> floa
     Parameters
     ----------
     y_true, y_pred
-        Arrays of the same shape (e.g. spots x genes), dense or sparse. Two DataFrames (or two
-        Series, or two AnnData, taken as ``.to_df()``) are matched by their labels, as in
+        Finite arrays of the same shape (e.g. spots x genes), dense or sparse. Two DataFrames (or
+        two Series, or two AnnData, taken as ``.to_df()``) are matched by their labels, as in
         :func:`loki.metrics.pearson`: ``y_pred``'s rows and columns are put in ``y_true``'s order.
     axis
         Axis to average over; ``None`` averages everything, ``axis=0`` gives one value per gene.
@@ -22,6 +22,12 @@ def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> floa
     Returns
     -------
     The mean squared error (a float, or an array with ``axis`` removed).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, the arrays are empty, or either holds NaN or an infinite value (as
+        :func:`loki.metrics.pearson`): one NaN made the whole error NaN.
 
     """
     y_true, y_pred = paired_arrays(y_true, y_pred, ("y_true", "y_pred"))

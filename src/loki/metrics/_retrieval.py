@@ -23,8 +23,8 @@ def target_ranks(similarity: np.ndarray, targets: Sequence[int] | None = None) -
     similarity
         Queries x candidates scores.
     targets
-        Column of the ground-truth candidate of each query; default: the diagonal (query i is paired
-        with candidate i).
+        Column of the ground-truth candidate of each query, integers; default: the diagonal (query
+        i is paired with candidate i).
 
     Returns
     -------
@@ -34,7 +34,7 @@ def target_ranks(similarity: np.ndarray, targets: Sequence[int] | None = None) -
     s = np.asarray(similarity)
     if s.ndim != 2:
         raise ValueError(f"similarity must be queries x candidates, got shape {s.shape}.")
-    targets = np.arange(s.shape[0]) if targets is None else np.asarray(targets, dtype=np.int64)
+    targets = np.arange(s.shape[0]) if targets is None else _positions(targets)
     if targets.shape != (s.shape[0],):
         raise ValueError(f"targets must have one entry per query ({s.shape[0]}), got shape {targets.shape}.")
     if ((targets < 0) | (targets >= s.shape[1])).any():
@@ -47,6 +47,17 @@ def target_ranks(similarity: np.ndarray, targets: Sequence[int] | None = None) -
         )
     own = s[np.arange(s.shape[0]), targets]
     return (s >= own[:, None]).sum(axis=1)
+
+
+def _positions(targets) -> np.ndarray:
+    """``targets`` as int64 positions; floats (1.7, NaN) are refused, not truncated to 1 or garbage."""
+    targets = np.asarray(targets)
+    if targets.dtype.kind not in "iu":
+        raise ValueError(
+            f"targets must be integer positions of the candidates, got dtype {targets.dtype} (e.g. "
+            f"{targets.ravel()[:3].tolist()}); a float would be truncated to another candidate."
+        )
+    return targets.astype(np.int64)
 
 
 def _hit_ranks(
@@ -65,11 +76,9 @@ def _hit_ranks(
             "true pair, by query position) and n_candidates= (the number of bank rows)."
         )
     n = int(n_candidates)
-    targets = np.asarray(targets)
-    if targets.ndim != 1 or targets.dtype.kind not in "iu":
-        raise ValueError(
-            f"targets must be a 1-D array of bank row positions, got {targets.dtype} {targets.shape}."
-        )
+    targets = _positions(targets)
+    if targets.ndim != 1:
+        raise ValueError(f"targets must be a 1-D array of bank row positions, got shape {targets.shape}.")
     if ((targets < 0) | (targets >= n)).any():
         raise ValueError(f"targets must index the n_candidates={n} bank rows.")
     qi = hits["query_index"].to_numpy(np.int64)
@@ -144,7 +153,7 @@ def recall_at_k(
             "every query. For the top m hits pass m / n_candidates; for 100% pass 1.0."
         )
     ks = ks.astype(np.float64)
-    if ((ks <= 0) | (ks > 1)).any():
+    if not ((ks > 0) & (ks <= 1)).all():  # NaN too: no rank lies inside it
         raise ValueError(f"k must be a quantile in (0, 1], got {k}.")
     exact = None
     if isinstance(similarity_or_ranks, pd.DataFrame):
@@ -158,8 +167,12 @@ def recall_at_k(
             if n_candidates is None:
                 raise ValueError("Pass n_candidates= with 1-D ranks.")
             ranks, n = x, int(n_candidates)
-            if ((ranks < 1) | (ranks > n)).any():
-                raise ValueError(f"ranks must be 1-based and at most n_candidates={n}.")
+            outside = ~((ranks >= 1) & (ranks <= n))  # NaN too: it would count as a miss
+            if outside.any():
+                raise ValueError(
+                    f"ranks must be 1-based and at most n_candidates={n}; {int(outside.sum())} are not, "
+                    f"e.g. {ranks[outside][:3].tolist()}."
+                )
         else:
             raise ValueError(f"Expected a 2-D similarity matrix or 1-D ranks, got shape {x.shape}.")
     if len(ranks) == 0:

@@ -8,10 +8,10 @@ import numpy as np
 from scipy.ndimage import uniform_filter
 
 from loki._logging import LokiWarning, user_stacklevel
-from loki._utils import check_array_finite
+from loki._utils import check_array_finite, is_real
 
 from ._alignment import spot_spacing
-from ._labels import align_labels
+from ._labels import paired_arrays
 from ._lattice import lattice_pixels
 
 
@@ -29,11 +29,11 @@ def ssim(
     Parameters
     ----------
     values_true, values_pred
-        n values, or n x c (e.g. proportions of c cell types: one SSIM per column). Two DataFrames
-        (or two Series) are matched by their labels: ``values_pred`` is put in the order of
-        ``values_true``'s rows and columns, and labels that differ raise a ValueError naming them
-        (default labels 0, 1, 2, ... are matched by position, unless the other side holds them in
-        another order).
+        n finite values, or n x c (e.g. proportions of c cell types: one SSIM per column), dense or
+        sparse. Two DataFrames (or two Series) are matched by their labels: ``values_pred`` is put
+        in the order of ``values_true``'s rows and columns, and labels that differ raise a
+        ValueError naming them (default labels 0, 1, 2, ... are matched by position, unless the
+        other side holds them in another order).
     data_range
         Value range for the constants; default: max - min of both inputs and 0, per column (1 for
         proportions that reach 0 and 1).
@@ -74,9 +74,9 @@ def ssim_map(
     Parameters
     ----------
     x, y
-        Images of the same 2-D shape.
+        Finite images of the same 2-D shape.
     data_range
-        Dynamic range of the values (max - min possible).
+        Dynamic range of the values (max - min possible), a positive number.
     win_size
         Odd side length of the window.
     k1, k2
@@ -95,8 +95,11 @@ def ssim_map(
         raise ValueError(f"win_size must be odd and >= 3, got {win_size}.")
     if min(x.shape) < win_size:
         raise ValueError(f"Images {x.shape} are smaller than the SSIM window ({win_size}).")
-    if not data_range > 0:
-        raise ValueError(f"data_range must be positive, got {data_range}.")
+    if not (is_real(data_range) and np.isfinite(data_range) and data_range > 0):
+        raise ValueError(f"data_range must be a positive number, got {data_range!r}.")
+    # one NaN pixel would turn the SSIM of every later window of its row NaN (running window sums)
+    check_array_finite(x, "x")
+    check_array_finite(y, "y")
     n = win_size**2
     cov_norm = n / (n - 1)
     ux, uy = uniform_filter(x, win_size), uniform_filter(y, win_size)
@@ -158,7 +161,9 @@ def _pixel_index(coords: np.ndarray, grid: float | tuple[int, int] | None) -> np
             raise ValueError(f"grid pixel size must be positive, got {step}.")
         return np.rint((coords - lo) / step).astype(np.int64)
     n_rows, n_cols = (int(g) for g in grid)
-    scale = np.array([max(n_cols - 1, 1), max(n_rows - 1, 1)]) / np.where(span > 0, span, 1.0)
+    if n_rows < 1 or n_cols < 1:
+        raise ValueError(f"grid=(n_rows, n_cols) must count at least 1 row and 1 column, got {grid}.")
+    scale = np.array([n_cols - 1, n_rows - 1]) / np.where(span > 0, span, 1.0)
     return np.rint((coords - lo) * scale).astype(np.int64)
 
 
@@ -261,17 +266,13 @@ def ssim_grid(
 
 
 def _check_pair(values_true, values_pred) -> tuple[np.ndarray, np.ndarray]:
-    values_pred = align_labels(values_true, values_pred, ("values_true", "values_pred"))
-    values_true = np.asarray(values_true, dtype=np.float64)
-    values_pred = np.asarray(values_pred, dtype=np.float64)
+    values_true, values_pred = paired_arrays(values_true, values_pred, ("values_true", "values_pred"))
     if values_true.shape != values_pred.shape:
         raise ValueError(
             f"values_true and values_pred differ in shape: {values_true.shape} vs {values_pred.shape}."
         )
     if values_true.ndim not in (1, 2) or len(values_true) == 0:
         raise ValueError(f"values must be n or n x c with n >= 1, got shape {values_true.shape}.")
-    if not (np.isfinite(values_true).all() and np.isfinite(values_pred).all()):
-        raise ValueError("values_true and values_pred must be finite.")
     return values_true, values_pred
 
 
