@@ -67,11 +67,11 @@ def _beats_the_naive_baselines(table):
     """Every method beats its naive baseline, by a margin measured on the quick run.
 
     The quick model does not beat the pixel-ridge baselines yet, so only the naive baselines are held.
-    Measured with 1 and with 2 torch threads (the same numbers): decompose JS 0.046 (uniform 0.094);
+    Measured with 1 and with 2 torch threads (the same numbers): decompose JS 0.046 (uniform 0.087);
     predex MSE 0.993 (training mean 1.004), PCC 0.18; Recall@5%/10% 0.10/0.22 (random 0.035/0.079);
     aligned PCC 0.67 and 0.60 (unaligned 0.47 and 0.28), Kendall tau 0.41 and 0.41 (0.23 and 0.17).
     Patches paired with their neighbours' sentences give PCC -0.01 to 0.04 and recall 1.3-1.5 x random;
-    NNLS writing every block of spots to the first rows gives JS 0.15-0.16.
+    NNLS proportions shuffled across the spots give JS 0.20 (per cell type, eq. 27).
     """
     js, uniform = _rows(table, "decompose", "mean JS divergence", "uniform proportions")
     assert (js < 0.7 * uniform).all(), (js, uniform)
