@@ -174,6 +174,24 @@ def test_alignment_error_bad_input():
         lk.metrics.alignment_error(xy, xy, unit=True)
 
 
+def test_alignment_expression_scores_warns_on_expression_that_is_not_counts(good_and_bad):
+    src, tgt, good, _ = good_and_bad
+    logged = src.copy()
+    x = logged.X.toarray() if sp.issparse(logged.X) else np.asarray(logged.X, dtype=float)
+    logged.X = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4)  # scanpy's normalize + log1p
+    with pytest.warns(
+        lk.LokiWarning, match=r"source\.X hold\(s\) values that are not whole numbers"
+    ) as caught:
+        lk.metrics.alignment_expression_scores(logged, tgt, aligned_key="good", n_top_genes=50)
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # counts, also as floats: no warning
+        src_float = src.copy()
+        src_float.X = x
+        again = lk.metrics.alignment_expression_scores(src_float, tgt, aligned_key="good", n_top_genes=50)
+    assert again["pearson_median"] == good["pearson_median"]
+
+
 def test_alignment_expression_scores_target_with_repeated_spots(good_and_bad):
     src, tgt, good, _ = good_and_bad
     moved = src.copy()

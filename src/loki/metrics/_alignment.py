@@ -270,9 +270,11 @@ class _LogCounts:
         self.n_obs, self.n_vars = adata.n_obs, len(genes)
         lib = np.zeros(self.n_obs)
         non_negative = True  # and finite
+        self.whole = True  # every value a whole number, as counts are
         for lo, counts in self._blocks(self._counts):
             lib[lo : lo + counts.shape[0]] = np.asarray(counts.sum(axis=1)).ravel()
             non_negative = non_negative and bool(np.all(counts.data >= 0) and np.isfinite(counts.data).all())
+            self.whole = self.whole and bool(np.array_equal(counts.data, np.round(counts.data)))
         self.has_counts = lib > 0
         target_sum = np.median(lib[self.has_counts]) if self.has_counts.any() else 1.0
         self._scale = target_sum / np.where(self.has_counts, lib, 1.0)
@@ -426,7 +428,8 @@ def alignment_expression_scores(
     Warns
     -----
     LokiWarning
-        When no target spot has an aligned source spot within ``max_distance``.
+        When no target spot has an aligned source spot within ``max_distance``, or when either
+        ``.X`` holds values that are not whole numbers (not counts).
 
     """
     check_obsm_key(source, aligned_key)
@@ -455,6 +458,16 @@ def alignment_expression_scores(
 
     # normalised a block of spots at a time: only the chosen genes of the paired spots are kept
     xt, xs = _LogCounts(target, genes), _LogCounts(source, genes)
+    not_counts = [name for name, x in (("source", xs), ("target", xt)) if not x.whole]
+    if not_counts:
+        warnings.warn(
+            f"alignment_expression_scores: {' and '.join(n + '.X' for n in not_counts)} hold(s) values that "
+            "are not whole numbers, as normalised or log-transformed expression does; they are normalised "
+            "and log1p-transformed again as if they were counts. Pass tables whose .X holds counts "
+            "(e.g. adata.X = adata.layers['counts']).",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
     var, non_finite = xt.gene_variances()
     top = np.argsort(-var, kind="stable")[: min(n_top_genes, len(genes))]
     _raise_non_finite(int(non_finite[top].sum()), "expr_target (the target's expression)")
