@@ -1,16 +1,20 @@
-"""A Visium full-resolution TIFF: ``lk.io.read_visium`` (block by block) against spatialdata-io's array.
+"""A Visium full-resolution image: ``lk.io.read_visium`` against spatialdata-io's array.
 
 ``spatialdata_io.visium(..., fullres_image_file=...)`` reads the full-resolution image through
 dask_image: one task reads the whole file under all the blocks of its array, so every compute (a
-region, a patch, a pyramid level) decodes the whole file. ``lk.io.read_visium`` reads a TIFF as ``lk.io.read_slide`` does: by tiles or strips, an
-uncompressed one through a memory map. This script builds a Space Ranger folder from scanpy's real
-test folder (``/work/shared/data/scanpy_visium_testdata``): its real lowres H&E (600 px) upsampled to
-full resolution (13,332 px by default, ``600 / tissue_lowres_scalef``) with uniform noise of +-12 so
-that compression has texture to encode, written three ways:
+region, a patch, a pyramid level) decodes the whole file. ``lk.io.read_visium`` reads a TIFF as
+``lk.io.read_slide`` does: by tiles or strips, an uncompressed one through a memory map; a jpg or png
+(which cannot be read by regions) it decodes once, at the first compute, and holds. This script
+builds a Space Ranger folder from scanpy's real test folder
+(``/work/shared/data/scanpy_visium_testdata``): its real lowres H&E (600 px) upsampled to full
+resolution (13,332 px by default, ``600 / tissue_lowres_scalef``) with uniform noise of +-12 so that
+compression has texture to encode, written five ways:
 
-- uncompressed (tifffile's default layout: one strip),
-- zlib-compressed strips (tifffile's default rows per strip),
-- JPEG-compressed 512 px tiles.
+- uncompressed TIFF (tifffile's default layout: one strip),
+- zlib-compressed TIFF strips (tifffile's default rows per strip),
+- JPEG-compressed TIFF tiles of 512 px,
+- a JPEG file (PIL, quality 90),
+- a PNG file (PIL's default compression).
 
 Each method and file then runs in a fresh process, so that its peak resident memory is its own:
 
@@ -23,7 +27,7 @@ Each method and file then runs in a fresh process, so that its peak resident mem
 
 Both must give identical pixels. The folder is written by a child process too: on Linux a process
 starts with its parent's peak resident memory as its own ``ru_maxrss``, so the parent stays small.
-Usage: ``flock /tmp/loki_bench.lock python benchmarks/bench_visium_image.py`` (about 2-3 minutes on 2
+Usage: ``flock /tmp/loki_bench.lock python benchmarks/bench_visium_image.py`` (about 4-5 minutes on 2
 cores; writes benchmarks/_out/bench_visium_image.md; the folder lives in a temporary directory,
 removed at the end; ``--side`` for another image size).
 """
@@ -47,10 +51,13 @@ import numpy as np
 from _report import write_report
 
 SOURCE = Path("/work/shared/data/scanpy_visium_testdata/1.0.0")
+#: file name: (what it is, the options of its writer: tifffile for .tif, PIL for others)
 FILES = {
     "uncompressed.tif": ("uncompressed, one strip", {}),
     "zlib.tif": ("zlib strips", {"compression": "zlib"}),
     "jpeg.tif": ("JPEG tiles of 512 px", {"compression": "jpeg", "tile": (512, 512)}),
+    "full.jpg": ("jpg file, quality 90", {"quality": 90}),
+    "full.png": ("png file", {}),
 }
 PATCH = 224
 REGION = 1000
@@ -93,7 +100,10 @@ def build_folder(out: Path, side: int | None) -> tuple[int, dict]:
             block[:] = np.clip(block + noise[: block.shape[0], : block.shape[1]], 0, 255)
     sizes = {}
     for name, (_, options) in FILES.items():
-        tifffile.imwrite(out / name, full, photometric="rgb", metadata=None, **options)
+        if name.endswith(".tif"):
+            tifffile.imwrite(out / name, full, photometric="rgb", metadata=None, **options)
+        else:
+            Image.fromarray(full).save(out / name, **options)
         sizes[name] = (out / name).stat().st_size
     return side, sizes
 
@@ -235,11 +245,11 @@ def main() -> None:
         )
 
     lines = [
-        "### A Visium full-resolution TIFF read block by block (bench_visium_image.py)",
+        "### A Visium full-resolution image: TIFFs read block by block, jpg/png decoded once (bench_visium_image.py)",
         "",
         f"{start:%Y-%m-%d %H:%M} UTC, {platform.machine()}, {mp.cpu_count()} cores; whole run {total_s:.0f} s. "
         f"scanpy's Space Ranger test folder with its real lowres H&E upsampled to a {side:,} x {side:,} px "
-        f"8-bit RGB full-resolution TIFF (+-12 noise; writing the three files took {write_s:.0f} s, not "
+        f"8-bit RGB full-resolution image (+-12 noise; writing the {len(FILES)} files took {write_s:.0f} s, not "
         f"timed), {meta['diameter_px']:.1f} px spots. Each row is a fresh process: read the folder, compute "
         f"two {REGION:,} x {REGION:,} px regions one after the other, then {len(squares)} spot patches of "
         f"{PATCH} px (loki: `lk.pp.spot_patches(size={PATCH}).compute()`; baseline: the same squares cut "

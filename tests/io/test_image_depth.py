@@ -343,6 +343,80 @@ def test_read_visium_reads_a_full_resolution_tiff_block_by_block(folder, he, tmp
     assert lk.pp.spot_patches(sdata, table_key="V1", size=32).compute().shape[0] == sdata.tables["V1"].n_obs
 
 
+@pytest.mark.parametrize("file", ["he.jpg", "he.png", "grey.png"])
+def test_read_visium_decodes_a_full_resolution_jpg_or_png_once(folder, he, tmp_path, monkeypatch, file):
+    """spatialdata-io's array of a jpg/png rests on one task that decodes the whole file, so each
+    compute decoded it again: a region, each chunk of patches (lk.tl.embed_image computes them chunk
+    by chunk, 256 spots a chunk), each pyramid level. It is decoded at the first use (not when the
+    folder is read) and held."""
+    import dask_image.imread
+    from PIL import Image
+
+    out = tmp_path / "v"
+    shutil.copytree(folder, out)
+    pixels = he[..., 1] if file.startswith("grey") else he
+    Image.fromarray(pixels).save(out / file, **({"quality": 90} if file.endswith(".jpg") else {}))
+    with Image.open(out / file) as img:  # the file's pixels, lossy for the jpg
+        expected = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+
+    read_frame = dask_image.imread._read_frame
+    decodes = []
+
+    def counted(fn, *args, **kwargs):
+        decodes.extend([fn] if str(fn).endswith(file) else [])
+        return read_frame(fn, *args, **kwargs)
+
+    monkeypatch.setattr(dask_image.imread, "_read_frame", counted)
+    sdata = _read_quietly(out, fullres_image_file=file)
+    assert decodes == [], "reading the folder decoded the image"
+    image = sdata.images["V1_full_image"]
+    region = np.asarray(image["scale0"]["image"][:, 100:300, 200:400])
+    np.testing.assert_array_equal(region, expected[:, 100:300, 200:400])
+    np.asarray(image["scale0"]["image"][:, :50, :50])
+    patches = lk.pp.spot_patches(sdata, table_key="V1", size=32, chunk_size=16)
+    assert patches.numblocks[0] > 1
+    chunks = [patches.blocks[i].compute() for i in range(patches.numblocks[0])]
+    assert sum(len(c) for c in chunks) == sdata.tables["V1"].n_obs
+    np.asarray(image["scale1"]["image"])
+    np.testing.assert_array_equal(_level0(sdata), expected)
+    assert len(decodes) == 1, f"the file was decoded {len(decodes)} times"
+
+
+def test_decoded_once_decodes_at_the_first_block_for_all_threads_and_pickles_without_pixels(he, tmp_path):
+    """Blocks computed together on threads wait for one decode; a pickled copy carries the reader,
+    not the pixels, and decodes again at its own first use."""
+    import cloudpickle
+    import dask
+    import dask.array as da
+
+    from loki.io._image import DecodedOnce
+
+    np.save(tmp_path / "he.npy", he.transpose(2, 0, 1))
+    log = tmp_path / "decodes.log"
+
+    def decode(path):  # a whole-file read that logs itself, also in a copy
+        with open(log, "a") as f:
+            f.write("decoded\n")
+        return np.load(path)
+
+    def decodes():
+        return log.read_text().count("decoded") if log.exists() else 0
+
+    source = da.from_delayed(dask.delayed(decode)(str(tmp_path / "he.npy")), (3, *he.shape[:2]), np.uint8)
+    reader = DecodedOnce(source)
+    image = reader.to_dask((3, 64, 64))
+    assert not reader.decoded
+    assert image.numblocks[1] * image.numblocks[2] > 50
+    np.testing.assert_array_equal(image.compute(scheduler="threads", num_workers=4), he.transpose(2, 0, 1))
+    np.testing.assert_array_equal(np.asarray(image[:, 10:70, 5:9]), he[10:70, 5:9].transpose(2, 0, 1))
+    assert reader.decoded
+    assert decodes() == 1
+    blob = cloudpickle.dumps(image)
+    assert len(blob) < he.nbytes / 10
+    np.testing.assert_array_equal(cloudpickle.loads(blob).compute(), he.transpose(2, 0, 1))
+    assert decodes() == 2
+
+
 @pytest.mark.parametrize("layout", ["pyramid", "one-strip"])
 def test_read_visium_reads_a_deep_tiff_without_a_stated_depth_whole(
     folder, he, tmp_path, monkeypatch, layout

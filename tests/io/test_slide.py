@@ -367,6 +367,43 @@ def test_levels_are_read_by_the_tile_reader_or_the_zarr_store(tmp_path, mob4):
         )
 
 
+@pytest.mark.parametrize("deep", [0, 1], ids=["16-bit-full-resolution", "16-bit-level"])
+def test_pyramid_levels_of_another_dtype_are_computed_from_the_full_resolution(tmp_path, mob4, deep):
+    """One factor, from level 0's dtype and the coarsest level's range, was applied to every level:
+    12-bit data in 16-bit samples over an 8-bit OME sub-IFD read as 8-bit data (all white), and a
+    16-bit level under an 8-bit full resolution stayed uint16. A pyramid's levels share one pixel type
+    (OME's one Pixels Type; tifffile makes no level of another dtype from a plain TIFF), so such levels
+    are left out with a warning and computed from the full resolution."""
+    import re
+    import warnings
+
+    rgb = mob4[1][:512, :512]
+    u12 = np.rint(rgb * (4095 / 255)).astype(np.uint16)
+    # the 8-bit level a writer converted its own way (inverted here, so that keeping it would show)
+    levels = [u12, 255 - rgb[::2, ::2]] if deep == 0 else [rgb, u12[::2, ::2]]
+    path = tmp_path / "mixed.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(levels[0], subifds=1, tile=TILE, photometric="rgb", metadata={"axes": "YXS"})
+        tif.write(levels[1], subfiletype=1, tile=TILE, photometric="rgb")
+    with tifffile.TiffFile(path) as tif:  # tifffile presents the sub-IFD as the second level
+        assert [np.dtype(level.dtype) for level in tif.series[0].levels] == [levels[0].dtype, levels[1].dtype]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = lk.io.read_slide(path).images["mixed"]
+    scale0 = np.asarray(image["scale0"]["image"]).transpose(1, 2, 0)
+    expected = np.rint(u12 * (255 / 4095)).astype(np.uint8) if deep == 0 else rgb
+    np.testing.assert_array_equal(scale0, expected)
+    scale1 = np.asarray(image["scale1"]["image"]).transpose(1, 2, 0)
+    assert scale1.dtype == np.uint8
+    assert scale1.shape == (256, 256, 3)
+    # a downsampling of the full resolution, not the file's level
+    assert np.abs(scale1.astype(float) - expected[::2, ::2]).mean() < 3
+    left_out = (
+        rf"mixed\.ome\.tif: its pyramid level 1 \({levels[1].dtype}\) does not hold the {levels[0].dtype}"
+    )
+    assert any(re.match(left_out, str(w.message)) for w in caught), [str(w.message) for w in caught]
+
+
 def test_pixel_size_follows_the_series_read(tmp_path, mob4):
     """Aperio thumbnails repeat the baseline's description (MPP of the baseline); an OME file's second
     image has its own PhysicalSizeX."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ _FLOAT_TOL = 1e-3
 _TIFF_SUFFIXES = {".tif", ".tiff"}
 #: Values of an in-memory image converted at a time (a float32 block of 4 MB)
 _BLOCK_VALUES = 1 << 20
+#: Names (prefixes) of the dask tasks that decode a whole image file: dask_image's imread, which
+#: spatialdata-io's readers use for every image but ``.btf`` files (read into memory by imageio)
+_WHOLE_FILE_TASKS = ("_map_read_frame",)
 
 #: The rules :func:`to_uint8_cyx` applies, for docstrings.
 CONVERSION_RULES = """\
@@ -242,6 +246,95 @@ def _row_blocks(cyx: np.ndarray, values: int = _BLOCK_VALUES) -> list[tuple[int,
     """``(first row, rows)`` of the blocks of about ``values`` values that cover a ``(c, y, x)`` array."""
     step = max(1, values // max(1, cyx.shape[0] * cyx.shape[2]))
     return [(y, step) for y in range(0, cyx.shape[1], step)]
+
+
+def decodes_whole_file(data: Any) -> bool:
+    """Whether a dask array rests on a task that decodes its whole file (:data:`_WHOLE_FILE_TASKS`).
+
+    Every compute of such an array, whatever blocks it asks for, decodes the whole file again.
+    """
+    return any(str(name).startswith(_WHOLE_FILE_TASKS) for name in data.dask.layers)
+
+
+class DecodedOnce:
+    """A lazy image whose file is decoded at its first use only, and then held.
+
+    spatialdata-io's images rest on one task that decodes the whole file (dask_image's imread), so
+    each compute (a region, a chunk of patches, a pyramid level) decodes the file again. This wraps
+    such an array: the first block computed decodes it (once, whichever threads ask together) and
+    keeps the decoded pixels, ``height x width x channels`` bytes for uint8 (533 MB for a 13,332 px
+    RGB square), for as long as an array made by :meth:`to_dask` is referenced; every later block is
+    a copy of a region of them. Nothing is decoded before.
+
+    Parameters
+    ----------
+    source
+        The dask array as its reader gives it (any chunks; each compute may decode the whole file).
+
+    The decoded pixels do not pickle: a copy (e.g. in the worker of a process-based scheduler) decodes
+    the file again at its own first use.
+    """
+
+    def __init__(self, source: Any):
+        self.source = source
+        self._pixels: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"source": self.source}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the file has been decoded (and its pixels are held)."""
+        return self._pixels is not None
+
+    def pixels(self) -> np.ndarray:
+        """The whole image, decoded at the first call (one decode for all threads)."""
+        with self._lock:
+            if self._pixels is None:
+                # one task decodes the file: no threads to gain, and a nested threaded compute to avoid
+                self._pixels = _computed_whole(self.source)
+        return self._pixels
+
+    def to_dask(self, chunks: tuple[int, ...] | None = None) -> Any:
+        """The image as a dask array of ``chunks`` (default: all channels, 1024 x 1024 px) over the held pixels."""
+        import dask.array as da
+        from dask.array.core import normalize_chunks
+
+        if chunks is None:
+            chunks = (self.source.shape[0], *_CHUNKS[1:])
+
+        def block(block_info=None):
+            region = tuple(slice(a, b) for a, b in block_info[None]["array-location"])
+            return np.array(self.pixels()[region])  # a copy: dask's consumers may write to their blocks
+
+        chunks = normalize_chunks(chunks, self.source.shape, dtype=self.source.dtype)
+        return da.map_blocks(block, chunks=chunks, dtype=self.source.dtype)
+
+
+def _computed_whole(data: Any) -> np.ndarray:
+    """A dask array computed whole, from the single task its rechunks split (a decoded file) when it has one.
+
+    Computing a whole array that a rechunk split into blocks copies each block out of the decoded
+    image and then the blocks into the result; the one task under the rechunks (they change no
+    value) gives the same pixels as it holds them, e.g. a channels-first view of the decoded file.
+    """
+    graph, name = data.dask, data.name
+    while name.startswith("rechunk-") and len(graph.dependencies[name]) == 1:
+        name = next(iter(graph.dependencies[name]))
+    layer = graph.layers[name]
+    if name != data.name and len(layer) == 1:
+        from dask.delayed import Delayed
+
+        # the task's own result: computed as an array, it would be copied into a new one
+        (key,) = layer.keys()
+        whole = np.asarray(Delayed(key, dict(graph.cull({key}))).compute(scheduler="synchronous"))
+        if whole.shape == tuple(data.shape) and whole.dtype == data.dtype:
+            return whole
+    return np.asarray(data.compute(scheduler="synchronous"))
 
 
 def _png_header(path: Path) -> tuple[int, int] | None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import html
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from loki._keys import Key
-from loki._logging import logger
+from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import check_element_name
 from loki._utils._spatialdata import image_levels
 
@@ -109,7 +110,10 @@ def read_slide(
     bit depth (values up to 999 in the coarsest level, 1,100 at full resolution) the slide is read
     as 10-bit instead of 12-bit data, 4 times brighter than the other readers would make it. The
     warning names the bit depth and where it came from (the file's tag, or the range and the level
-    it was found in): convert such a slide to 8 bits yourself when that is not the data's.
+    it was found in): convert such a slide to 8 bits yourself when that is not the data's. Stored
+    levels of another dtype than the full resolution's (a pyramid's levels share one pixel type; an
+    OME-TIFF may still hold e.g. 8-bit levels under 16-bit data) are left out with a
+    :class:`loki.LokiWarning` and computed from the levels kept, so that all levels are converted alike.
 
     Raises
     ------
@@ -210,8 +214,9 @@ def tiff_levels(path: Path, index: int = 0, what: str | None = None) -> tuple[li
 
     Levels stored as one tiled page of interleaved 8-bit samples are read by :class:`TileReader`,
     uncompressed contiguous ones through a memory map (:class:`MappedLevel`), others (compressed
-    strips, planar, stacked) through tifffile's zarr store. ``what`` names the file in warnings and
-    errors (default its name).
+    strips, planar, stacked) through tifffile's zarr store. Levels of another dtype than the first
+    are left out (:func:`_levels_of_one_dtype`). ``what`` names the file in warnings and errors
+    (default its name).
     """
     import dask.array as da
     import tifffile
@@ -231,10 +236,13 @@ def tiff_levels(path: Path, index: int = 0, what: str | None = None) -> tuple[li
             )
         mpp, source = _tiff_pixel_size(tif, index)
         alpha = len(series.keyframe.extrasamples) > 0
+        what = path.name if what is None else what
+        numbers = _levels_of_one_dtype(series, what)
         # Aperio's JPEG 2000 code 33003 stores YCbCr samples under an RGB tag; tifffile returns them as stored
-        ycbcr = [int(level.keyframe.compression) == _APERIO_JP2K_YCBCR for level in series.levels]
+        ycbcr = [int(series.levels[n].keyframe.compression) == _APERIO_JP2K_YCBCR for n in numbers]
         stated = _stated_bits(tif, index)
-        for number, level in enumerate(series.levels):
+        for number in numbers:
+            level = series.levels[number]
             if len(level.pages) == 1 and TileReader.supports(level.keyframe):
                 levels.append((TileReader(path, index, number, level.keyframe).to_dask(_TARGET_CHUNK), "YXS"))
             elif MappedLevel.supports(level):
@@ -243,21 +251,48 @@ def tiff_levels(path: Path, index: int = 0, what: str | None = None) -> tuple[li
                 levels.append((reader.to_dask(_TARGET_CHUNK, level.axes), level.axes))
             else:
                 levels.append((None, level.axes))
+        stored = len(series.levels)
     if any(data is None for data, _ in levels):
         node = zarr.open(tifffile.imread(path, aszarr=True, series=index), mode="r")
         for i, (data, axes) in enumerate(levels):
             if data is None:
-                array = node[str(i)] if len(levels) > 1 else node
+                array = node[str(numbers[i])] if stored > 1 else node
                 chunks = tuple(
                     whole_tiles(_TARGET_CHUNK, c) if ax in "YX" else n
                     for ax, c, n in zip(axes, array.chunks, array.shape, strict=True)
                 )
                 levels[i] = (da.from_zarr(array, chunks=chunks), axes)
-    what = path.name if what is None else what
     cyx = _to_uint8([_as_cyx(data, axes, what, alpha=alpha) for data, axes in levels], what, stated)
     # grey is repeated to RGB after any conversion (converting one channel, not three)
     cyx = [da.concatenate([c] * 3) if c.shape[0] == 1 else c for c in cyx]
     return [_ycbcr_to_rgb(c) if y else c for c, y in zip(cyx, ycbcr, strict=True)], mpp, source
+
+
+def _levels_of_one_dtype(series, what: str) -> list[int]:
+    """Numbers of the levels of a tifffile series that hold the full resolution's dtype, with a warning for others.
+
+    A pyramid's levels share one pixel type: OME-TIFF describes all resolutions of an image by one
+    ``Pixels`` ``Type``, and tifffile makes no level of another dtype from a plain TIFF's sub-IFDs;
+    a file whose OME sub-IFDs differ (e.g. a 16-bit full resolution over 8-bit levels a writer
+    converted its own way) is read from its levels of the full resolution's dtype, the others
+    computed from them, so that all levels show the colours of one conversion.
+    """
+    dtype = np.dtype(series.levels[0].dtype)
+    numbers = [n for n, level in enumerate(series.levels) if np.dtype(level.dtype) == dtype]
+    others = [f"{n} ({np.dtype(lv.dtype)})" for n, lv in enumerate(series.levels) if n not in numbers]
+    if others:
+        one = len(others) == 1
+        warnings.warn(
+            f"{what}: its pyramid level{'' if one else 's'} {', '.join(others)} "
+            f"{'does' if one else 'do'} not hold the {dtype} pixels of its full resolution: left out, and "
+            "computed from its levels of that dtype, so that every level is converted by one rule (a "
+            "pyramid's levels share one pixel type, e.g. OME-TIFF's Pixels Type). Computed levels read the "
+            "finer ones: to keep the file's own, convert the slide so that all its levels share one dtype "
+            "(e.g. with bfconvert or vips).",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return numbers
 
 
 def _to_uint8(levels: list, what: str, stated: tuple[int, str] | None = None) -> list:
@@ -320,7 +355,9 @@ def reads_by_blocks(path: Path, index: int = 0) -> bool:
                 return True
             level = series.levels[0]
             blocks = len(level.keyframe.dataoffsets) if len(level.pages) == 1 else 1
-            return len(series.levels) == 1 and (blocks > 1 or MappedLevel.supports(level))
+            # levels of another dtype are left out (_levels_of_one_dtype)
+            kept = sum(np.dtype(other.dtype) == np.dtype(series.dtype) for other in series.levels)
+            return kept == 1 and (blocks > 1 or MappedLevel.supports(level))
     except (OSError, ValueError, tifffile.TiffFileError):
         return False
 

@@ -16,7 +16,14 @@ from loki._logging import logger
 from loki._utils._affine import linear_scale
 from loki._utils._spatialdata import affine_to
 
-from ._image import CONVERSION_RULES, check_not_sixteen_bit_png, parse_cyx_image, to_uint8_cyx
+from ._image import (
+    CONVERSION_RULES,
+    DecodedOnce,
+    check_not_sixteen_bit_png,
+    decodes_whole_file,
+    parse_cyx_image,
+    to_uint8_cyx,
+)
 from ._names import check_section_name, unique_gene_names
 
 if TYPE_CHECKING:
@@ -146,7 +153,9 @@ def section_images(
     each kind (relative to ``folder``) for the messages. Each image becomes 8-bit RGB
     (:func:`to_uint8_cyx`; uint8 stays lazy, others are read once and held converted, the alpha
     channel some Space Ranger PNGs carry dropped), a loki pyramid placed in ``coordinate_system``
-    (full-resolution pixels). A full-resolution TIFF in ``folder`` is read as
+    (full-resolution pixels). spatialdata-io's array of a uint8 file (jpg, png) decodes the whole
+    file at every compute: it is decoded at its first use only, and then held
+    (:class:`~loki.io._image.DecodedOnce`). A full-resolution TIFF in ``folder`` is read as
     :func:`loki.io.read_slide` reads it instead (lazily, block by block, with the levels it stores):
     spatialdata-io's array of it decodes the whole file at every use. A deep TIFF that states no bit
     depth is read so only when it has one level in several strips or tiles (or uncompressed); other
@@ -182,8 +191,12 @@ def section_images(
                 images[out_key] = multiscale(levels, {coordinate_system: to_fullres})
                 continue
             logger.info("%s: read as spatialdata-io reads it (tifffile reads another image)", what)
-        # spatialdata-io decodes each image file whole, whatever the blocks of its dask array
-        rgb = to_uint8_cyx(level.data, what, read_whole=True)
+        data = level.data
+        if np.dtype(data.dtype) == np.uint8 and decodes_whole_file(data):
+            # each compute of spatialdata-io's array decodes the whole file: decode it at the first only
+            data = DecodedOnce(data).to_dask()
+        # other dtypes are read whole once here, to find their range
+        rgb = to_uint8_cyx(data, what, read_whole=True)
         images[out_key] = parse_cyx_image(rgb, {coordinate_system: to_fullres})
     # the finest image: patches cut from the hires PNG (about 15 px a spot) would be upsampled
     image_key = next(
@@ -306,9 +319,12 @@ def read_visium(
     :func:`loki.io.read_slide` reads it: lazily, block by block, with the pyramid levels it stores
     (8-bit TIFFs, deep ones that state their bit depth, and deep single-level ones stored in several
     strips or tiles). spatialdata-io's array of it decodes the whole file at each use. Other formats
-    (jpg, png) are still read by spatialdata-io, uint8 lazily (decoded whole at each use); other
-    dtypes and other deep TIFFs are read once and held in memory converted, their range taken from the
-    full resolution.
+    (jpg, png) are read by spatialdata-io, whose array decodes the whole file at every use: an 8-bit
+    image is decoded at its first use (a region, patches, a plot; not when the folder is read) and its
+    pixels held from then on, ``height x width x channels`` bytes (533 MB for a 13,332 px RGB
+    square), for as long as the image is referenced. Other dtypes and other deep TIFFs are read once,
+    when the folder is read, and held in memory converted, their range taken from the full
+    resolution.
 
     Raises
     ------
