@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 
 import warnings
 
+import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -147,6 +148,75 @@ def test_spot_size_none_shrinks_with_the_spots_as_in_the_other_plots(stacked_dic
     assert {float(c.get_sizes()[0]) for c in fig.axes[1].collections} == {8.0}
     plt.close(fig)
     assert "None" in lk.pl.alignment.__doc__.split("spot_size\n")[1].split("\n    ax\n")[0]
+
+
+@pytest.fixture(scope="module")
+def joined_and_split():
+    """Three MOB sections in one AnnData, aligned with library_key= (MOB3 left out), and a dict of its copies."""
+    sdata = lk.datasets.mob(("MOB1", "MOB2", "MOB3"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the sections share barcodes: obs_names repeat
+        adata = ad.concat(dict(sdata.tables), label="library_id")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LokiWarning)
+        lk.tl.align_sections(
+            adata,
+            library_key="library_id",
+            target="MOB2",
+            sections=["MOB2", "MOB1"],  # z: MOB2 0, MOB1 1, not their order in the column
+            use=None,
+            method="rigid",
+            max_iter=5,
+            progress=False,
+        )
+    split = {k: adata[(adata.obs["library_id"] == k).to_numpy()] for k in ("MOB1", "MOB2")}
+    return adata, split
+
+
+@pytest.mark.parametrize("kind", ["overlay", "stack"])
+def test_sections_of_one_anndata_are_drawn_as_a_dict_of_them(joined_and_split, kind):
+    adata, split = joined_and_split
+    fig = lk.pl.alignment(adata, library_key="library_id", kind=kind, show=False)
+    assert _legend(fig) == ["MOB1", "MOB2"]  # the column's order; for the stack, top (z 1) to bottom
+    assert len(fig.axes) == 2
+    assert [len(panel.collections) for panel in fig.axes] == [2, 2]  # MOB3, not aligned, is left out
+    heights = {"MOB2": 0.0, "MOB1": 1.0}  # the z the stack recorded
+    for i, (name, view) in enumerate(split.items()):
+        for panel, key in zip(fig.axes, (Key.SPATIAL, Key.ALIGNED), strict=True):
+            drawn = panel.collections[i].get_offsets()
+            np.testing.assert_array_equal(drawn[:, 0], view.obsm[key][:, 0])
+            expected = view.obsm[key][:, 1] if kind == "overlay" else np.full(view.n_obs, heights[name])
+            np.testing.assert_array_equal(drawn[:, 1], expected)
+    if kind == "stack":
+        labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert dict(zip(labels, fig.axes[0].get_yticks(), strict=True)) == heights
+    plt.close(fig)
+    # a dict of its sections' copies, whose records hold their z, is drawn alike
+    copies = {k: v.copy() for k, v in split.items()}
+    for k, v in copies.items():
+        v.uns[Key.UNS] = {Key.ALIGNED: adata.uns[Key.UNS][Key.ALIGNED]["sections"][k]}
+    ref = lk.pl.alignment(copies, kind=kind, show=False)
+    _legend(ref)
+    for panel, theirs in zip(fig.axes, ref.axes, strict=True):
+        for mine, other in zip(panel.collections, theirs.collections, strict=True):
+            np.testing.assert_array_equal(mine.get_offsets(), other.get_offsets())
+            np.testing.assert_array_equal(mine.get_facecolors(), other.get_facecolors())
+    plt.close(ref)
+
+
+def test_library_key_picks_sections_and_takes_one_anndata_only(joined_and_split):
+    adata, _ = joined_and_split
+    plt.close("all")
+    fig = lk.pl.alignment(adata, library_key="library_id", sections=["MOB2"], show=False)
+    assert _legend(fig) == ["MOB2"]
+    plt.close(fig)
+    with pytest.raises(
+        ValueError, match=r"sections \['MOB3'\] were left out of the stack .*\['MOB2', 'MOB1'\]"
+    ):
+        lk.pl.alignment(adata, library_key="library_id", sections=["MOB1", "MOB3"], show=False)
+    with pytest.raises(TypeError, match=r"library_key= names the \.obs column .* got a SpatialData"):
+        lk.pl.alignment(lk.datasets.mob("MOB1"), library_key="library_id", show=False)
+    assert plt.get_fignums() == []
 
 
 @pytest.fixture(scope="module")

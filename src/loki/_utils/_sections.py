@@ -1,8 +1,9 @@
 """A stack of sections as :func:`loki.tl.align_sections` and :func:`loki.pl.alignment` take it.
 
 One parser for both, so that a stack is labelled, and its mistakes are named, alike wherever it is
-given: a SpatialData holding every section as a table, a dict ``{label: section}`` or a list of
-sections (an AnnData or a SpatialData of one table each).
+given: a SpatialData holding every section as a table, a dict ``{label: section}``, a list of
+sections (an AnnData or a SpatialData of one table each), or one AnnData whose ``.obs[library_key]``
+labels each row's section (squidpy's ``library_key``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from ._spatialdata import is_spatialdata
@@ -17,7 +20,7 @@ from ._validation import require_keys
 
 
 def stack_sections(
-    data: Any, sections: Sequence[str] | None, *, who: str
+    data: Any, sections: Sequence[str] | None, *, who: str, library_key: str | None = None
 ) -> list[tuple[str, Any, str | None]]:
     """The sections of a stack in stack order, each as ``(label, object, table key)``.
 
@@ -28,14 +31,17 @@ def stack_sections(
         ``{label: section}``, labelled by its keys; or a list of sections, labelled by ``sections``
         when given, else by their table keys when every section is a SpatialData and no two share a
         key, else ``section0, section1, ...``. Each section of a dict or list is an AnnData or a
-        SpatialData of one table. A single AnnData is refused (a caller that takes one section makes
-        it a list first).
+        SpatialData of one table. A single AnnData is refused without ``library_key`` (a caller that
+        takes one section makes it a list first).
     sections
-        Table keys (SpatialData) or keys (dict) in stack order, default all in their order; for a
-        list, one label (a non-empty string) per section. Each once; a single string is refused (a
-        caller that takes one section as a string makes it a list first).
+        Table keys (SpatialData), keys (dict) or labels (``library_key``) in stack order, default all
+        in their order; for a list, one label (a non-empty string) per section. Each once; a single
+        string is refused (a caller that takes one section as a string makes it a list first).
     who
         The caller, as messages name it (e.g. ``"lk.tl.align_sections"``).
+    library_key
+        ``.obs`` column of an AnnData ``data`` that labels each row's section: each section is a view
+        of its rows, labelled as :func:`library_sections` labels it. Only for one AnnData.
 
     Returns
     -------
@@ -43,6 +49,10 @@ def stack_sections(
     object is ``data`` and the key its table's, for a SpatialData of one table that table's key,
     for an AnnData (whose table has no key) None.
     """
+    if library_key is not None:
+        return [
+            (label, data[rows], None) for label, rows in library_sections(data, library_key, sections, who)
+        ]
     if is_spatialdata(data):
         _refuse_one_key(
             sections, "table keys in stack order", f"The SpatialData holds {list(data.tables.keys())}."
@@ -96,6 +106,54 @@ def stack_sections(
     return list(zip(labels, objs, keys, strict=True))
 
 
+def library_sections(
+    adata: Any, library_key: str, sections: Sequence[str] | None, who: str
+) -> list[tuple[str, np.ndarray]]:
+    """The sections of one AnnData, labelled by ``.obs[library_key]``, each as ``(label, row mask)``.
+
+    A section's label is its value of the column as a string; the stack order is the column's
+    categories (those with rows) for a categorical column, else the order in which the values first
+    appear, or ``sections`` (labels, each once) when given. A row without a value (NaN) is refused.
+    """
+    if not isinstance(adata, AnnData):
+        kind = (
+            "a SpatialData (its tables are the sections)"
+            if is_spatialdata(adata)
+            else f"a {type(adata).__name__}"
+        )
+        raise TypeError(
+            f"library_key= names the .obs column that labels the sections kept in one AnnData; {who} got "
+            f"{kind}. Give a SpatialData, a dict or a list of sections without library_key."
+        )
+    if not isinstance(library_key, str):
+        raise TypeError(f"library_key must be the name of an .obs column, got {library_key!r}.")
+    require_keys(adata.obs, library_key, "adata.obs")
+    column = adata.obs[library_key]
+    missing = int(column.isna().sum())
+    if missing:
+        raise ValueError(
+            f"adata.obs[{library_key!r}] labels no section for {missing} of {adata.n_obs} rows (NaN); give "
+            "each row its section's label, or drop those rows first."
+        )
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        values = list(column.cat.remove_unused_categories().cat.categories)
+    else:
+        values = list(pd.unique(column))
+    labels = [str(v) for v in values]
+    if len(set(labels)) < len(labels):  # e.g. 1 and "1" in one object column
+        raise ValueError(
+            f"adata.obs[{library_key!r}] holds distinct values that read alike as labels ({values!r}); "
+            "give each section one label."
+        )
+    masks = dict(zip(labels, (np.asarray(column == v) for v in values), strict=True))
+    if sections is None:
+        return list(masks.items())
+    _refuse_one_key(sections, f"labels of adata.obs[{library_key!r}] in stack order", f"Labels: {labels}.")
+    _refuse_repeated(list(sections))
+    require_keys(masks, sections, f"adata.obs[{library_key!r}]")
+    return [(label, masks[label]) for label in sections]
+
+
 # .obs columns that name the section of each spot in one AnnData of several (squidpy's library_key)
 _SECTION_COLUMNS = ("library_id", "section", "slice", "sample", "batch")
 
@@ -105,8 +163,10 @@ def _split_hint(adata: AnnData) -> str:
     column = next((c for c in _SECTION_COLUMNS if c in adata.obs), None)
     shown = column or "library_id"
     hint = (
-        f" For sections kept in one AnnData, pass them as a dict: {{k: adata[adata.obs[{shown!r}] == k].copy() "
-        f"for k in adata.obs[{shown!r}].unique()}}; the results are written into those copies."
+        f" For sections kept in one AnnData, pass library_key={shown!r} (the .obs column that labels each "
+        "spot's section): the results are written into that AnnData. Or pass them as a dict: "
+        f"{{k: adata[adata.obs[{shown!r}] == k].copy() for k in adata.obs[{shown!r}].unique()}}; the results "
+        "are then written into those copies."
     )
     return hint if column else f"{hint} (name the .obs column that labels each spot's section)"
 

@@ -60,18 +60,40 @@ def embedding_rgb(embeddings: Sequence[np.ndarray], n_components: int = 3) -> li
     return np.split(rgb, splits)
 
 
-def _tables(data, sections, key: str) -> tuple[list[str], list[AnnData], list[str | None]]:
-    """Labels, tables and table keys (None for an AnnData, whose table has no name) of the sections.
+def _tables(
+    data, sections, key: str, library_key: str | None
+) -> tuple[list[str], list[AnnData], list[str | None], list[Mapping | None]]:
+    """Labels, tables, table keys (None for an AnnData, whose table has no name) and alignment records.
 
     The sections are labelled as :func:`loki.tl.align_sections` labels them (see :func:`alignment`).
+    The sections of one AnnData (``library_key``) are views of its rows, their records those of its
+    ``.uns['loki'][key]['sections']``.
     """
     if isinstance(sections, str):  # one section, not its letters
         sections = [sections]
     if is_spatialdata(data) and sections is None:
         sections = _aligned_and_targets(data, key)
-    items = stack_sections([data] if isinstance(data, AnnData) else data, sections, who="lk.pl.alignment")
-    names = [label for label, _, _ in items]
-    return names, [get_table(obj, table_key) for _, obj, table_key in items], [k for _, _, k in items]
+    if library_key is None:
+        items = stack_sections([data] if isinstance(data, AnnData) else data, sections, who="lk.pl.alignment")
+        tables = [get_table(obj, table_key) for _, obj, table_key in items]
+        records = [loki_record(t, key) for t in tables]
+    else:
+        items = stack_sections(data, sections, who="lk.pl.alignment", library_key=library_key)
+        stack = loki_record(data, key) or {}
+        recorded = stack.get("sections") if stack.get("library_key") == library_key else None
+        recorded = recorded if isinstance(recorded, Mapping) else {}
+        if sections is None and recorded:  # the sections the stack aligned (the others have no coordinates)
+            items = [item for item in items if item[0] in recorded]
+        left_out = [label for label, _, _ in items if recorded and label not in recorded]
+        if left_out:
+            raise ValueError(
+                f"sections {left_out} were left out of the stack that adata.uns['loki'][{key!r}] records "
+                f"(its sections: {list(recorded)}): their rows of .obsm[{key!r}] are NaN. Leave them out of "
+                "sections=, or align them."
+            )
+        tables = [view for _, view, _ in items]
+        records = [recorded.get(label) for label, _, _ in items]
+    return [label for label, _, _ in items], tables, [k for _, _, k in items], records
 
 
 def _recorded_target(table: AnnData, key: str) -> str | None:
@@ -117,6 +139,7 @@ def alignment(
     data: SpatialData | AnnData | Mapping[str, AnnData | SpatialData] | Sequence[AnnData | SpatialData],
     *,
     sections: Sequence[str] | None = None,
+    library_key: str | None = None,
     key: str = Key.ALIGNED,
     spatial_key: str = Key.SPATIAL,
     use: str | Sequence[str] | None = None,
@@ -139,12 +162,20 @@ def alignment(
           labelled by its keys;
         - a list of them (or one AnnData), in stack order: labelled by ``sections=`` when given,
           else, as :func:`loki.tl.align_sections` labels them, by their table keys when every
-          section is a SpatialData and no two share a key, else ``section0, section1, ...``.
+          section is a SpatialData and no two share a key, else ``section0, section1, ...``;
+        - one AnnData holding every section's rows, with ``library_key=``: labelled by the values of
+          that ``.obs`` column.
     sections
-        Which sections to draw, in stack order: table keys (SpatialData) or keys (dict); for a list,
-        one label (a string) per section. Each section once. Default for a SpatialData: the tables with
-        ``.obsm[key]`` and the targets their ``.uns['loki'][key]`` records, in ``sdata.tables``
-        order (tables never aligned are left out); for a dict, all its keys.
+        Which sections to draw, in stack order: table keys (SpatialData), keys (dict) or values of
+        ``.obs[library_key]``; for a list, one label (a string) per section. Each section once.
+        Default for a SpatialData: the tables with ``.obsm[key]`` and the targets their
+        ``.uns['loki'][key]`` records, in ``sdata.tables`` order (tables never aligned are left out);
+        with ``library_key``, the sections that the AnnData's ``.uns['loki'][key]`` records (all when
+        it records none), in the column's order; for a dict, all its keys.
+    library_key
+        ``.obs`` column of one AnnData that labels each row's section, as
+        :func:`loki.tl.align_sections` takes it: the sections are drawn as a dict of them would be,
+        each at the height (``kind="stack"``) that the AnnData's ``.uns['loki'][key]`` records for it.
     key
         ``.obsm`` key of the aligned coordinates (the target, which has none unless written by
         :func:`loki.tl.align_sections`, is drawn at ``spatial_key``). A section without it that no
@@ -177,7 +208,7 @@ def alignment(
     if kind not in ("overlay", "stack"):
         raise ValueError(f"kind must be 'overlay' or 'stack', got {kind!r}.")
     check_spot_size(spot_size)
-    names, tables, table_keys = _tables(data, sections, key)
+    names, tables, table_keys, records = _tables(data, sections, key, library_key)
     if len(tables) < 1:
         raise ValueError("No sections to plot.")
     where = [f"section {name!r} adata" for name in names]
@@ -212,7 +243,7 @@ def alignment(
         fig, axes = panel_grid(2, 2, ax, size=5.0)
     else:
         fig, axes = panel_grid(2, 2, ax, size=4.0, aspect=1.25)
-    heights = [float((loki_record(t, key) or {}).get("z", z)) for z, t in enumerate(tables)]
+    heights = [float((record or {}).get("z", z)) for z, record in enumerate(records)]
     size = marker_size(spot_size, sum(t.n_obs for t in tables))
     for panel, title, points in zip(axes, ("before", "after"), (before, after), strict=True):
         for name, c, xy, zpos in zip(names, colours, points, heights, strict=True):

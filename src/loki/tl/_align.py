@@ -35,7 +35,7 @@ from loki._utils._affine import apply_matrix, linear_scale
 from loki._utils._pca import fit_pca
 from loki._utils._provenance import embedding_model, warn_if_models_differ
 from loki._utils._rng import as_seed
-from loki._utils._sections import stack_sections
+from loki._utils._sections import library_sections, stack_sections
 from loki._utils._spatialdata import (
     aligned_coordinate_systems,
     check_write_mode,
@@ -1005,10 +1005,14 @@ def align(
 
 
 def align_sections(
-    sdatas_or_keys: SpatialData | Mapping[str, SpatialData | AnnData] | Sequence[SpatialData | AnnData],
+    sdatas_or_keys: SpatialData
+    | AnnData
+    | Mapping[str, SpatialData | AnnData]
+    | Sequence[SpatialData | AnnData],
     *,
     target: str | int,
     sections: Sequence[str] | None = None,
+    library_key: str | None = None,
     sequential: bool = False,
     key_added: str = Key.ALIGNED,
     spatial_key: str = Key.SPATIAL,
@@ -1027,14 +1031,30 @@ def align_sections(
           in stack order: labelled by its keys (e.g. ``{"S1": sdata1, "S2": sdata2}``);
         - a list of them, in stack order: labelled by ``sections=`` when given, else by their table
           keys when every section is a SpatialData and no two share a key, else by their positions,
-          ``section0, section1, ...``.
+          ``section0, section1, ...``;
+        - one AnnData holding every section's rows, with ``library_key=`` (e.g. the tables joined by
+          ``anndata.concat(..., label="library_id")``, one PCA fitted on it): labelled by the values of
+          ``.obs[library_key]``.
     target
-        Label of the target section: a table key of the SpatialData, a key of the dict, or a label or
-        position of a list.
+        Label of the target section: a table key of the SpatialData, a key of the dict, a label or
+        position of a list, or a value of ``.obs[library_key]``.
     sections
-        For a SpatialData, table keys, and for a dict, its keys, in stack order, the target among them
-        (default all, in their order); for a list, one label per section (distinct strings). A single
-        key (a string) is refused: a stack of one section aligns nothing.
+        For a SpatialData, table keys, for a dict, its keys, and with ``library_key``, values of its
+        column, in stack order, the target among them (default all, in their order); for a list, one
+        label per section (distinct strings). A single key (a string) is refused: a stack of one
+        section aligns nothing.
+    library_key
+        ``.obs`` column of one AnnData that labels each row's section (squidpy's ``library_key``); only
+        for an AnnData. Each section is labelled by its value as a string; the stack order is the
+        column's categories (those with rows) when it is categorical, else the order in which the
+        values first appear (or ``sections=``). A row without a value (NaN) is refused, naming how
+        many. ``.obsm[spatial_key]`` holds each row's coordinates in its own section's frame, as
+        ``anndata.concat`` of the sections gives them. The sections are aligned exactly as a dict of
+        their copies, ``{k: adata[adata.obs[library_key] == k].copy() for k in ...}``, would be; then
+        the AnnData gets ``.obsm[key_added]`` for every row (NaN for the rows of sections left out
+        by ``sections=``) and ``.uns['loki'][key_added]`` holding ``library_key``, ``target``,
+        ``sequential`` and ``sections``, ``{label: that section's entry}``. Nothing is written when
+        the call fails.
     sequential
         Align each section to its already aligned neighbour towards the target (better for long
         stacks whose far ends differ) instead of every section directly to the target.
@@ -1049,7 +1069,8 @@ def align_sections(
 
     Returns
     -------
-    ``{label: .uns['loki'][key_added]}`` for every aligned section. Each source is written as by
+    ``{label: .uns['loki'][key_added]}`` for every aligned section (with ``library_key``, the entries
+    that the AnnData's ``.uns['loki'][key_added]['sections']`` holds). Each source is written as by
     :func:`align`; the target gets ``.obsm[key_added]`` = its own coordinates and
     ``.uns['loki'][key_added]`` with the identity matrix; every section's entry holds ``z``, its
     position in the stack, and ``target``, the table key of the section it was aligned onto (the
@@ -1091,6 +1112,11 @@ def align_sections(
         raise ValueError(
             "align_sections writes every section in place; copy=True is not supported, nor inplace=False "
             "(copy the sections first, or align one pair with lk.tl.align(..., inplace=False))."
+        )
+    if library_key is not None:
+        stack = {"sequential": sequential, "key_added": key_added, "spatial_key": spatial_key}
+        return _align_library(
+            sdatas_or_keys, library_key, target, sections, progress=progress, **stack, **kwargs
         )
     items, target = _stack_sections(sdatas_or_keys, target, sections)
     order = [n for n, _, _ in items]
@@ -1186,6 +1212,39 @@ def align_sections(
     for obj, names in written.values():
         # the target's stale shapes, removed in memory, are deleted from its store too
         log_how_to_save(obj, names, removed=[removed] if removed and obj is tgt_obj else [])
+    return results
+
+
+def _align_library(
+    adata: AnnData, library_key: str, target: Any, sections: Sequence[str] | None, **stack: Any
+) -> dict[str, dict]:
+    """:func:`align_sections` with ``library_key``: the sections of one AnnData, aligned as a dict.
+
+    The dict holds a copy of each section's rows; the results are then written into the AnnData: its
+    rows' aligned coordinates and one record.
+    """
+    rows = library_sections(adata, library_key, sections, "lk.tl.align_sections")
+    labels = [label for label, _ in rows]
+    if not isinstance(target, str):
+        raise TypeError(f"target must be a label of adata.obs[{library_key!r}] {labels}, got {target!r}.")
+    require_keys(labels, target, f"adata.obs[{library_key!r}]" if sections is None else "sections")
+    copies = {label: adata[mask].copy() for label, mask in rows}
+    results = align_sections(copies, target=target, **stack)
+    key_added = stack["key_added"]
+    coords = np.full((adata.n_obs, 2), np.nan)
+    for label, mask in rows:
+        coords[mask] = copies[label].obsm[key_added]
+    record = {
+        "tool": "tl.align",  # a rerun may replace it
+        "method": "stack",
+        "library_key": library_key,
+        "target": target,
+        "sequential": bool(stack["sequential"]),
+        "sections": {label: results[label] for label in labels},
+    }
+    with all_or_nothing():
+        write_obsm(adata, key_added, coords)
+        write_uns(adata, key_added, record)
     return results
 
 
