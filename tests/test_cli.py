@@ -725,14 +725,6 @@ def test_align_interrupted_while_writing_leaves_the_store_as_it_was(
     assert _store_state(mob12_zarr) == before
 
 
-def test_embed_interrupted_once_the_copy_is_written_finishes_the_swap(mob4_zarr, monkeypatch):
-    _interrupt_writing(monkeypatch, "MOB4")
-    assert main(["embed", str(mob4_zarr), "--table", "MOB4", "--model", "loki-tiny", "--device", "cpu"]) == 0
-    back = sd.read_zarr(mob4_zarr)
-    assert set(back.tables) == {"MOB4"}
-    assert {lk.Key.TEXT, lk.Key.IMAGE} <= set(back.tables["MOB4"].obsm)
-
-
 def test_tile_interrupted_while_writing_writes_nothing(mob4_zarr, monkeypatch, capsys):
     before = _store_state(mob4_zarr)
     _interrupt_writing(monkeypatch, "MOB4_image_tiles")
@@ -952,3 +944,164 @@ def test_embed_of_a_table_cut_to_some_genes_with_raw_warns_in_cli_words(tmp_path
     with caplog.at_level("WARNING", logger="loki"):
         assert main([*embed, "--use-raw"]) == 0
     assert not [r for r in caplog.records if "genes of adata.raw" in r.getMessage()]
+
+
+def _zarr_metadata(path: Path) -> dict:
+    """Every group's and array's metadata in the store (its ``zarr.json``), by its path in the store."""
+    import json
+
+    return {str(p.parent.relative_to(path)): json.loads(p.read_text()) for p in path.rglob("zarr.json")}
+
+
+def _consolidated_lists_the_store(path: Path) -> None:
+    """The store's consolidated metadata lists the groups and arrays on disk, with their metadata."""
+    nodes = _zarr_metadata(path)
+    listed = nodes.pop(".")["consolidated_metadata"]["metadata"]
+    assert set(listed) == set(nodes)
+    for name, meta in nodes.items():
+        assert {k: v for k, v in listed[name].items() if k != "consolidated_metadata"} == {
+            k: v for k, v in meta.items() if k != "consolidated_metadata"
+        }, name
+
+
+def test_align_store_holds_what_writing_the_api_result_writes(mob12_zarr, tmp_path):
+    """The table renamed into place (not written a second time) leaves the files a fresh write leaves:
+    the same files, byte for byte, but the stages' timings."""
+    expected = sd.read_zarr(mob12_zarr)  # the command's input, read back as the command reads it
+    lk.tl.align(expected, source="MOB2", target="MOB1", use=None, method="rigid", mirror=False, max_iter=20)
+    fresh = tmp_path / "fresh.zarr"
+    expected.write(fresh)
+    align = ["--source", "MOB2", "--target", "MOB1", "--use", "none", "--method", "rigid", "--no-mirror"]
+    assert main(["align", str(mob12_zarr), *align, "--max-iter", "20"]) == 0
+
+    def files(path: Path) -> dict[str, bytes]:
+        timings = "tables/MOB2/uns/loki/spatial_aligned/stages/seconds/"
+        return {
+            str(file.relative_to(path)): file.read_bytes()
+            for file in path.rglob("*")
+            if file.is_file() and not str(file.relative_to(path)).startswith(timings)
+        }
+
+    stored, written = files(mob12_zarr), files(fresh)
+    assert sorted(stored) == sorted(written)  # the same elements, groups and arrays: no copy left
+    different = [name for name in written if stored[name] != written[name]]
+    assert not different
+    _consolidated_lists_the_store(mob12_zarr)
+
+
+def _spy_on_writes(monkeypatch) -> list[str]:
+    """The names of the elements SpatialData writes, in order."""
+    written: list[str] = []
+    write = sd.SpatialData.write_element
+
+    def write_element(self, element_name, *args, **kwargs):
+        written.append(element_name)
+        return write(self, element_name, *args, **kwargs)
+
+    monkeypatch.setattr(sd.SpatialData, "write_element", write_element)
+    return written
+
+
+def test_align_writes_the_table_once(mob12_zarr, monkeypatch):
+    """The whole copy is renamed to the table: the table is not written a second time (1.2-1.6 s each)."""
+    written = _spy_on_writes(monkeypatch)
+    align = ["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1", "--use", "none"]
+    assert main([*align, "--method", "rigid", "--no-mirror", "--max-iter", "20"]) == 0
+    assert written == ["MOB2_spots_aligned", "MOB2_loki_backup"]
+    back = sd.read_zarr(mob12_zarr)
+    assert set(back.tables) == {"MOB1", "MOB2"}
+    assert "spatial_aligned" in back.tables["MOB2"].obsm
+
+
+def _interrupt_swap(monkeypatch, where: str, error=KeyboardInterrupt, times: int = 1) -> list[str]:
+    """Raise ``error`` in the first ``times`` swaps of a table's copy into place, at step ``where``.
+
+    ``delete``: once the old table's X is deleted (the rest left); ``rename``: as the copy is renamed;
+    ``consolidate``: as the store's metadata is consolidated after the rename. Returns the steps hit.
+    """
+    import shutil
+    import threading
+
+    hit: list[str] = []
+    if where == "delete":
+        rmtree = shutil.rmtree
+
+        def partly(path, *args, **kwargs):
+            path = Path(path)
+            here = threading.current_thread() is threading.main_thread()  # not zarr's event loop's
+            if (
+                here
+                and path.parent.name == "tables"
+                and not path.name.endswith("_loki_backup")
+                and len(hit) < times
+            ):
+                hit.append(where)
+                rmtree(path / "X")
+                raise error
+            return rmtree(path, *args, **kwargs)
+
+        monkeypatch.setattr(shutil, "rmtree", partly)
+    elif where == "rename":
+        rename = Path.rename
+
+        def failing(self, target):
+            if self.name.endswith("_loki_backup") and len(hit) < times:
+                hit.append(where)
+                raise error
+            return rename(self, target)
+
+        monkeypatch.setattr(Path, "rename", failing)
+    else:
+        consolidate = sd.SpatialData.write_consolidated_metadata
+
+        seen = []  # the copy, on disk at an earlier consolidation
+
+        def after_the_rename(self):
+            tables = Path(self.path) / "tables"
+            if any(p.name.endswith("_loki_backup") for p in tables.iterdir()):
+                seen.append(True)
+            elif seen and len(hit) < times:
+                hit.append(where)
+                raise error
+            return consolidate(self)
+
+        monkeypatch.setattr(sd.SpatialData, "write_consolidated_metadata", after_the_rename)
+    return hit
+
+
+@pytest.mark.parametrize("where", ["delete", "rename", "consolidate"])
+def test_align_interrupted_once_the_copy_is_written_finishes_the_swap(mob12_zarr, monkeypatch, where):
+    hit = _interrupt_swap(monkeypatch, where)
+    align = ["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1", "--use", "none"]
+    assert main([*align, "--method", "rigid", "--no-mirror", "--max-iter", "20"]) == 0
+    assert hit == [where]
+    back = sd.read_zarr(mob12_zarr)
+    assert set(back.tables) == {"MOB1", "MOB2"}
+    assert "spatial_aligned" in back.tables["MOB2"].obsm
+    assert "MOB2_spots_aligned" in back.shapes
+    _consolidated_lists_the_store(mob12_zarr)
+
+
+def test_align_whose_swap_fails_twice_leaves_the_whole_copy_for_the_next_run(mob12_zarr, monkeypatch):
+    """The new table is whole as the copy: kept, with the shapes and placements that go with it."""
+    hit = _interrupt_swap(monkeypatch, "rename", error=OSError(5, "Input/output error"), times=2)
+    align = ["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1", "--use", "none"]
+    with pytest.raises(SystemExit, match=r"^loki align: \[Errno 5\] Input/output error$"):
+        main([*align, "--method", "rigid", "--no-mirror", "--max-iter", "20"])
+    assert hit == ["rename", "rename"]
+    monkeypatch.undo()
+    back = sd.read_zarr(mob12_zarr)
+    assert "spatial_aligned" in back.tables["MOB2_loki_backup"].obsm
+    assert "MOB2_spots_aligned" in back.shapes
+    with pytest.raises(SystemExit, match=r"holds table 'MOB2_loki_backup', a full copy of 'MOB2'"):
+        main(align)
+
+
+def test_embed_interrupted_while_the_copy_is_renamed_finishes_the_swap(mob4_zarr, monkeypatch):
+    hit = _interrupt_swap(monkeypatch, "rename")
+    assert main(["embed", str(mob4_zarr), "--table", "MOB4", "--model", "loki-tiny", "--device", "cpu"]) == 0
+    assert hit == ["rename"]
+    back = sd.read_zarr(mob4_zarr)
+    assert set(back.tables) == {"MOB4"}
+    assert {lk.Key.TEXT, lk.Key.IMAGE} <= set(back.tables["MOB4"].obsm)
+    _consolidated_lists_the_store(mob4_zarr)

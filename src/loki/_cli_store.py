@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 #: anndata's notice of a coming default, shown on every table write
@@ -43,10 +43,11 @@ def rewrite_table(sdata, name: str) -> None:
     """Replace a table in the store it was read from, with a full copy on disk at every step.
 
     SpatialData does not overwrite an element inside the store the object is backed by, so the table
-    is written under a temporary name first, the old one deleted and written anew, and the copy removed.
-    A failure or an interruption (Ctrl-C) while the copy is written removes the copy: the store is as
-    it was, and the error is raised. Once the copy is whole, the swap is finished even when interrupted
-    (one more try); only if that fails too is the copy left, and the next run names it.
+    is written whole under a temporary name first; the old table's folder is then deleted and the
+    copy's folder renamed to the table's (a table folder does not hold its name), so the table is
+    written once. A failure or an interruption (Ctrl-C) while the copy is written removes the copy:
+    the store is as it was, and the error is raised. Once the copy is whole, the swap is finished even
+    when interrupted (one more try); only if that fails too is the copy left, and the next run names it.
     """
     backup = backup_name(name)
     sdata.tables[backup] = sdata.tables[name]
@@ -58,18 +59,39 @@ def rewrite_table(sdata, name: str) -> None:
         del sdata.tables[backup]
         raise
     try:
-        _replace_on_disk(sdata, name)
+        _swap_in_copy(sdata, name)
     except BaseException:  # the new table is whole on disk as the copy: finish the swap
-        _replace_on_disk(sdata, name)
-    sdata.delete_element_from_disk(backup)
+        _swap_in_copy(sdata, name)
     del sdata.tables[backup]
 
 
-def _replace_on_disk(sdata, name: str) -> None:
-    """Write table ``name`` over its copy on disk (deleted first, also when partly written)."""
-    delete_if_on_disk(sdata, name)
-    with quiet_table_writes():
-        sdata.write_element(name)
+def _swap_in_copy(sdata, name: str) -> None:
+    """Put the whole copy of table ``name`` in its place: the old table deleted, the copy's folder renamed.
+
+    The old table's group metadata goes first, so that its folder stops being a table at once (not one
+    partly deleted), and the store's consolidated metadata is rewritten also after a failure, so that
+    the store reads as what is on disk (a stale list names the deleted table's arrays). A second call finishes what an interrupted first one left.
+    """
+    tables = Path(sdata.path) / "tables"
+    copy, old = tables / backup_name(name), tables / name
+    try:
+        if copy.is_dir():  # else renamed by an earlier call
+            for group_file in ("zarr.json", ".zgroup", ".zattrs"):  # zarr v3, v2
+                (old / group_file).unlink(missing_ok=True)
+            if old.exists():
+                shutil.rmtree(old)
+            copy.rename(old)
+    except BaseException:
+        with suppress(Exception):  # the error raised is the swap's
+            _consolidate(sdata)
+        raise
+    _consolidate(sdata)
+
+
+def _consolidate(sdata) -> None:
+    """Rewrite the store's consolidated metadata (the list of its groups and arrays), if it has one."""
+    if sdata.has_consolidated_metadata():
+        sdata.write_consolidated_metadata()
 
 
 def delete_if_on_disk(sdata, name: str) -> None:

@@ -279,9 +279,10 @@ def _check_table(sdata, table: str, zarr: Path, command: str, *, option: str, wr
     backup = backup_name(table)
     if written and backup in sdata.tables:
         raise SystemExit(
-            f"{prefix}{zarr} holds table {backup!r}, a full copy of {table!r} left by an interrupted "
-            f"`loki embed` or `loki align`. Check table {table!r} (if it is missing or unreadable, the copy is "
-            f"the table as it was), then delete the copy: sdata.delete_element_from_disk({backup!r})."
+            f"{prefix}{zarr} holds table {backup!r}, a full copy of {table!r} with the results of an "
+            f"interrupted `loki embed` or `loki align`. Check table {table!r} (if it is missing or "
+            f"unreadable, the copy holds it whole, with that run's results), then delete the copy: "
+            f"sdata.delete_element_from_disk({backup!r})."
         )
     _require_in_store(option, table, sdata.tables, "tables", zarr)
 
