@@ -125,6 +125,21 @@ def test_visium_errors_are_one_line_and_leave_the_store_as_it_was(
     assert _store_state(one_section_store) == before
 
 
+def test_visium_refuses_a_fullres_image_of_the_wrong_size(visium_folder, tmp_path):
+    """W8: it was taken without a word; `loki embed` then found every spot off the image."""
+    from PIL import Image
+
+    wrong = tmp_path / "other.png"  # 2000 px wide: the hires image's size, not 2000 / 0.150015 px
+    Image.fromarray(np.full((2000, 2000, 3), 230, dtype=np.uint8)).save(wrong)
+    store = tmp_path / "v.zarr"
+    with pytest.raises(SystemExit) as exit_:
+        main(["visium", str(visium_folder), str(store), "--fullres-image", str(wrong)])
+    message = str(exit_.value.code)
+    assert message.startswith(f"loki visium: --fullres-image {str(wrong)!r} is 2000x2000 px")
+    assert "about 13332x13332 px" in message
+    assert not store.exists()
+
+
 @pytest.mark.parametrize(
     ("options", "expected"),
     [

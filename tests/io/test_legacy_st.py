@@ -429,3 +429,60 @@ def test_read_legacy_st_says_when_counts_and_spots_are_swapped():
     with pytest.raises(KeyError, match=r"lacks column\(s\) \['pixel_x'\]; its columns are \['x', ") as err:
         lk.io.read_legacy_st(counts, spots.drop(columns="pixel_x"), name="S")
     assert "swapped" not in str(err.value)
+
+
+def _cut(path, keep: float = 1 / 3):
+    """``path`` with only its first bytes (a failed download)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize(
+    ("argument", "spoil", "reader_words", "expected"),
+    [
+        ("counts", "npz", "'utf-8' codec can't decode", "a tab-separated table of spots x genes counts"),
+        ("counts", "cut gz", "Compressed file ended", "a tab-separated table of spots x genes counts"),
+        (
+            "spots",
+            "empty",
+            "the file is empty",
+            "a tab-separated spot file with columns x, y, pixel_x, pixel_y",
+        ),
+        ("image", "cut jpg", "image file is truncated", "an image file (jpg, png or tif)"),
+        ("image", "text", "cannot identify image file", "an image file (jpg, png or tif)"),
+    ],
+)
+def test_read_legacy_st_names_the_argument_and_file_it_cannot_read(
+    tmp_path, argument, spoil, reader_words, expected
+):
+    """The old reader failed in pandas' or PIL's words ('No columns to parse from file'), naming no file."""
+    from PIL import Image
+
+    counts, spots, image = _toy()
+    files = {"counts": tmp_path / "c.tsv", "spots": tmp_path / "s.tsv", "image": tmp_path / "im.jpg"}
+    counts.to_csv(files["counts"], sep="\t")
+    spots.to_csv(files["spots"], sep="\t", index=False)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, image.shape, dtype=np.uint8)).save(
+        files["image"]
+    )
+    if spoil == "npz":
+        files["counts"] = tmp_path / "c.npz"
+        sparse.save_npz(files["counts"], sparse.csr_matrix(counts.to_numpy()))
+    elif spoil == "cut gz":
+        files["counts"] = tmp_path / "c.tsv.gz"
+        pd.concat([counts] * 50).to_csv(files["counts"], sep="\t")  # long enough to be cut inside the stream
+        _cut(files["counts"], 1 / 2)
+    elif spoil == "empty":
+        files["spots"].write_text("")
+    elif spoil == "cut jpg":
+        _cut(files["image"])
+    else:
+        files["image"] = tmp_path / "im.png"
+        files["image"].write_text("not an image")
+    with pytest.raises(ValueError, match=r"cannot be read \(") as err:
+        lk.io.read_legacy_st(files["counts"], files["spots"], files["image"], name="S")
+    message = str(err.value)
+    assert message.startswith(f"{argument}={str(files[argument])!r} cannot be read (")
+    assert reader_words in message
+    assert f"; expected {expected}" in message
+    assert err.value.__cause__ is not None  # the reader's own error, for a traceback

@@ -296,8 +296,13 @@ def test_read_visium_cuts_patches_from_the_full_resolution_image_when_read(visiu
 
     folder = tmp_path / "visium"
     shutil.copytree(visium_dir, folder)
-    # a stand-in for the scan: any RGB file spatialdata-io reads (its pixels are full resolution)
+    # a stand-in for the scan: the lowres PNG, with the scale factors that make it the full resolution
     shutil.copy(folder / "spatial" / "tissue_lowres_image.png", folder / "he.png")
+    factors_file = folder / "spatial" / "scalefactors_json.json"
+    factors = json.loads(factors_file.read_text())
+    k = factors["tissue_lowres_scalef"]
+    factors.update(tissue_lowres_scalef=1.0, tissue_hires_scalef=factors["tissue_hires_scalef"] / k)
+    factors_file.write_text(json.dumps(factors))
     sdata = lk.io.read_visium(folder, dataset_id="V1", fullres_image_file="he.png")
     assert {"V1_full_image", "V1_hires_image", "V1_lowres_image"} <= set(sdata.images)
     uns = sdata.tables["V1"].uns["loki"]

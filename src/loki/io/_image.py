@@ -346,6 +346,33 @@ def _png_header(path: Path) -> tuple[int, int] | None:
     return head[24], head[25]
 
 
+def header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` of an image file, from its header (no pixel is decoded); None when unreadable.
+
+    A TIFF's is that of the first level of its first series (tifffile); other files', PIL's.
+    """
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                level = tif.series[0].levels[0]
+                shape, axes = level.shape, level.axes
+        except (OSError, ValueError, IndexError):  # tifffile's TiffFileError is a ValueError
+            return None
+        if "X" not in axes or "Y" not in axes:
+            return None
+        return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # as _read_file: a full-resolution scan is no decompression bomb
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except OSError:  # PIL's UnidentifiedImageError included
+        return None
+
+
 def check_not_sixteen_bit_png(path: Path) -> None:
     """Refuse a 16-bit colour PNG: PIL (and the readers built on it) keep only each sample's high byte.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,13 +38,36 @@ _SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
 ANISOTROPY_RECORD = "loki_anisotropy"
 
 
-def _read_table(data: str | Path | pd.DataFrame, what: str, **kwargs: Any) -> pd.DataFrame:
+#: What each file argument of :func:`read_legacy_st` holds, for the errors of a file it cannot read
+_FORMATS = {
+    "counts": "a tab-separated table of spots x genes counts (gzip allowed), 'XxY' spot ids as its first column",
+    "spots": "a tab-separated spot file with columns x, y, pixel_x, pixel_y",
+    "image": "an image file (jpg, png or tif)",
+}
+
+
+def _unreadable(argument: str, path: Path, err: BaseException) -> ValueError:
+    """The error for a file of ``argument`` that cannot be read as :data:`_FORMATS` says (``err``: the reader's)."""
+    reason = "the file is empty" if path.stat().st_size == 0 else str(err) or type(err).__name__
+    return ValueError(f"{argument}={str(path)!r} cannot be read ({reason}); expected {_FORMATS[argument]}.")
+
+
+def _read_tsv(path: Path, argument: str, **kwargs: Any) -> pd.DataFrame:
+    """The tab-separated file ``path`` read by pandas; a ValueError naming ``argument`` when it cannot be."""
+    try:
+        return pd.read_csv(path, sep="\t", **kwargs)
+    # not text (UnicodeDecodeError), empty, unparsable rows, a broken or cut .gz (OSError, EOFError)
+    except (ValueError, OSError, EOFError, zlib.error) as err:
+        raise _unreadable(argument, path, err) from err
+
+
+def _read_table(data: str | Path | pd.DataFrame, what: str, argument: str, **kwargs: Any) -> pd.DataFrame:
     if isinstance(data, pd.DataFrame):
         return data
     path = Path(data)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {str(path)!r}.")
-    return pd.read_csv(path, sep="\t", **kwargs)
+    return _read_tsv(path, argument, **kwargs)
 
 
 def _read_counts(data: str | Path | pd.DataFrame) -> pd.DataFrame:
@@ -52,10 +76,10 @@ def _read_counts(data: str | Path | pd.DataFrame) -> pd.DataFrame:
     pandas renames repeated column names (``"X"``, ``"X.1"``); the header is read again without
     that so that repeated genes follow the readers' one rule (:func:`unique_gene_names`).
     """
-    counts = _read_table(data, "Counts", index_col=0)
+    counts = _read_table(data, "Counts", "counts", index_col=0)
     if isinstance(data, pd.DataFrame) or counts.shape[1] == 0:
         return counts
-    header = pd.read_csv(Path(data), sep="\t", header=None, nrows=1, dtype=str, na_filter=False)
+    header = _read_tsv(Path(data), "counts", header=None, nrows=1, dtype=str, na_filter=False)
     names = header.iloc[0].tolist()[-counts.shape[1] :]  # the index column may have no header field
     if len(names) != counts.shape[1]:
         return counts
@@ -221,7 +245,7 @@ def _section_parts(
     rgb = read_rgb(image) if image is not None and not isinstance(image, str | Path) else None
     sources = (_describe(counts, "counts"), _describe(spots, "spot"))
     counts = _read_counts(counts)
-    spots = _read_table(spots, "Spot")
+    spots = _read_table(spots, "Spot", "spots")
     _validate(counts, spots, spot_diameter_um, array_step_um, image_scale)
 
     spots = spots.set_index(_spot_ids(spots))
@@ -275,7 +299,7 @@ def _section_parts(
     images: dict[str, Any] = {}
     if image is not None:
         if rgb is None:
-            rgb = read_rgb(image)
+            rgb = _read_image_file(Path(image))
         transform = Identity() if image_scale == 1.0 else Scale([1.0 / image_scale] * 2, axes=("x", "y"))
         images[f"{name}_image"] = parse_rgb_image(rgb, {coordinate_system: transform})
         uns["image_key"] = f"{name}_image"
@@ -301,6 +325,17 @@ def _section_parts(
         microns_per_unit,
     )
     return images, shapes, {name: table}
+
+
+def _read_image_file(path: Path) -> np.ndarray:
+    """The H&E of ``path`` as :func:`read_rgb` reads it; a file its readers cannot decode is named."""
+    from tifffile import TiffFileError
+
+    try:
+        return read_rgb(path)
+    # PIL: not an image, truncated (OSError), a broken chunk (SyntaxError); tifffile's own
+    except (OSError, SyntaxError, EOFError, TiffFileError) as err:
+        raise _unreadable("image", path, err) from err
 
 
 def _check_inside(name: str, xy_image: np.ndarray, shape_yx: tuple[int, int]) -> None:
@@ -400,12 +435,13 @@ def read_legacy_st(
         When the spot file lacks one of the columns ``x``, ``y``, ``pixel_x``, ``pixel_y``.
     ValueError
         When ``name`` is not a valid SpatialData element name; when a geometry parameter is not a
-        positive number; when the counts table is empty, not numeric, holds NaN/inf or repeats a
-        spot id; when the spot file's coordinates are not integers/finite or repeat a position;
-        when the counts look transposed (genes x spots); when counts and spot file barely overlap
-        (see ``selected_only``), or a counts spot is missing from the spot file and
-        ``selected_only`` is off or the spot file has no ``selected`` column; when the spot file
-        selects no spot; when no spot centre falls on the image.
+        positive number; when a counts, spot or image file cannot be read (e.g. binary, empty or cut
+        short; the message names the argument and the file); when the counts table is empty, not
+        numeric, holds NaN/inf or repeats a spot id; when the spot file's coordinates are not
+        integers/finite or repeat a position; when the counts look transposed (genes x spots); when
+        counts and spot file barely overlap (see ``selected_only``), or a counts spot is missing from
+        the spot file and ``selected_only`` is off or the spot file has no ``selected`` column; when
+        the spot file selects no spot; when no spot centre falls on the image.
 
     Notes
     -----

@@ -21,6 +21,7 @@ from ._image import (
     DecodedOnce,
     check_not_sixteen_bit_png,
     decodes_whole_file,
+    header_size,
     parse_cyx_image,
     to_uint8_cyx,
 )
@@ -33,6 +34,10 @@ VISIUM_SPOT_DIAMETER_UM = 55.0
 VISIUM_SPOT_SPACING_UM = 100.0  # centre-to-centre distance of neighbouring spots
 #: The Space Ranger images spatialdata-io reads, by the suffix of their element's key
 _IMAGE_FILES = {"hires": "spatial/tissue_hires_image.png", "lowres": "spatial/tissue_lowres_image.png"}
+#: How far (in its own pixels) a side of a Space Ranger image may be from the full-resolution side times
+#: its scale factor: Space Ranger rounds each side to whole pixels; the half pixel more is for scale
+#: factors written with few digits
+_SIDE_TOLERANCE_PX = 1.5
 
 
 def _default_dataset_id(counts_path: Path) -> str | None:
@@ -120,6 +125,41 @@ def _check_visium_files(path: Path, kwargs: dict) -> None:
     for image in (*_IMAGE_FILES.values(), fullres):
         if image is not None and (path / image).is_file():
             check_not_sixteen_bit_png(path / image)
+    if fullres is not None:
+        check_fullres_size(path / fullres, path, _scalefactors_file(path, kwargs))
+
+
+def check_fullres_size(fullres: Path, folder: Path, scalefactors_file: Path) -> None:
+    """Refuse a full-resolution image of another size than the folder's images and scale factors give.
+
+    Space Ranger's hires image (else its lowres one) is the full-resolution image scaled by
+    ``tissue_hires_scalef`` (``tissue_lowres_scalef``), each side rounded to whole pixels; spot
+    positions are in full-resolution pixels, so on an image of another size they would fall in the
+    wrong places (or off it). Only the files' headers are read. Nothing is checked when the folder
+    has neither image with its scale factor, or a file cannot be read (its reader says why).
+    """
+    size = header_size(fullres)
+    try:
+        factors = json.loads(scalefactors_file.read_text())
+    except (OSError, ValueError):
+        return
+    if size is None or not isinstance(factors, dict):
+        return
+    for res, file in _IMAGE_FILES.items():
+        key = f"tissue_{res}_scalef"
+        scalef = factors.get(key)
+        small = header_size(folder / file) if (folder / file).is_file() else None
+        if small is None or not isinstance(scalef, int | float) or scalef <= 0:
+            continue
+        if all(abs(side * scalef - got) <= _SIDE_TOLERANCE_PX for side, got in zip(size, small, strict=True)):
+            return
+        expected = "x".join(f"{got / scalef:.0f}" for got in small)
+        raise ValueError(
+            f"fullres_image_file={str(fullres)!r} is {size[0]}x{size[1]} px (width x height), but the folder's "
+            f"{file} ({small[0]}x{small[1]} px) and its scale factor {key} {scalef} "
+            f"({scalefactors_file.name}) give a full-resolution image of about {expected} px. Spot positions "
+            "are in pixels of that image: pass the image Space Ranger was run with."
+        )
 
 
 def check_folder(path: Path, reader: str, kind: str) -> None:
@@ -336,7 +376,9 @@ def read_visium(
         When ``dataset_id`` is not a valid SpatialData element name; when an image cannot be read as
         RGB by the rules above (e.g. a float image with values 0 to 1.5, a fluorescence image of
         five channels), or is a 16-bit colour PNG (its reader keeps the high bytes only: save it as a
-        16-bit TIFF).
+        16-bit TIFF); when ``fullres_image_file`` has another size than the folder's hires image (else
+        its lowres one) divided by its scale factor gives, each side within 1.5 px of that image (spot
+        positions are pixels of the image Space Ranger was run with).
 
     Notes
     -----
