@@ -79,15 +79,22 @@ def fail_spatialdata_write(
     method: str,
     name: str | None = None,
     error: BaseException | type[BaseException] = KeyboardInterrupt,
+    *,
+    once: bool = False,
 ) -> None:
-    """Raise ``error`` once SpatialData has written element ``name`` (``_write_element``) or the attrs (``write_attrs``)."""
+    """Raise ``error`` once SpatialData has written element ``name`` (``_write_element``) or the attrs (``write_attrs``).
+
+    With ``once``, only the first such write fails (a Ctrl-C comes once; the clean-up writes again).
+    """
     import spatialdata as sd
 
     real = getattr(sd.SpatialData, method)
+    raised = []
 
     def write(self, *args, **kwargs):
         real(self, *args, **kwargs)
-        if name is None or kwargs["element_name"] == name:
+        if (name is None or kwargs["element_name"] == name) and not (once and raised):
+            raised.append(True)
             raise error
 
     monkeypatch.setattr(sd.SpatialData, method, write)

@@ -1105,3 +1105,174 @@ def test_embed_interrupted_while_the_copy_is_renamed_finishes_the_swap(mob4_zarr
     assert set(back.tables) == {"MOB4"}
     assert {lk.Key.TEXT, lk.Key.IMAGE} <= set(back.tables["MOB4"].obsm)
     _consolidated_lists_the_store(mob4_zarr)
+
+
+def test_align_rerun_reports_no_placement_changed(mob12_zarr, capsys):
+    """A placement read from disk (over an image's c, y, x axes) printed otherwise than the same made in
+    memory: a rerun reported, and rewrote, the source image's placement as new."""
+    align = ["align", str(mob12_zarr), "--source", "MOB2", "--target", "MOB1", "--use", "none"]
+    assert main([*align, "--max-iter", "20"]) == 0
+    assert "written on no element" not in capsys.readouterr().out
+    assert main([*align, "--max-iter", "20"]) == 0  # same seed, same result
+    assert "written on no element (unchanged)" in capsys.readouterr().out
+
+
+def _interrupt_while_a_worker_writes(monkeypatch) -> None:
+    """Ctrl-C reaches the main thread while one of dask's worker threads is still writing an image chunk."""
+    import _thread
+    import threading
+    import time
+
+    import dask.array.core
+
+    real = dask.array.core.load_store_chunk
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def slow_first_chunk(*args, **kwargs):
+        with lock:
+            calls.append(1)
+            first = len(calls) == 1
+        if first:
+            _thread.interrupt_main()
+            time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dask.array.core, "load_store_chunk", slow_first_chunk)
+
+
+@pytest.fixture
+def scan(tmp_path):
+    import tifffile
+
+    rgb = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, rgb, tile=(128, 128), photometric="rgb")
+    return path
+
+
+def test_slide_append_interrupted_leaves_no_image_folder(mob4_zarr, scan, monkeypatch):
+    """dask's workers wrote chunks after the cleanup deleted the image: the next run failed in zarr's words."""
+    import time
+
+    before = _store_state(mob4_zarr)
+    _interrupt_while_a_worker_writes(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        main(["slide", str(scan), str(mob4_zarr), "--append", "--mpp", "0.5"])
+    assert exit_.value.code == 130
+    time.sleep(1.5)  # a worker still writing would have landed its chunk by now
+    assert not (mob4_zarr / "images" / "scan").exists()
+    assert _store_state(mob4_zarr) == before
+    monkeypatch.undo()
+    assert main(["slide", str(scan), str(mob4_zarr), "--append", "--mpp", "0.5"]) == 0
+
+
+def test_slide_interrupted_leaves_no_store_to_block_the_next_run(scan, tmp_path, monkeypatch):
+    """A folder of chunks (no store) was left: the next run said the store exists."""
+    import time
+
+    store = tmp_path / "new.zarr"
+    _interrupt_while_a_worker_writes(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        main(["slide", str(scan), str(store), "--mpp", "0.5"])
+    assert exit_.value.code == 130
+    time.sleep(1.5)  # a worker still writing would have landed its chunk by now
+    assert not store.exists()
+    monkeypatch.undo()
+    assert main(["slide", str(scan), str(store), "--mpp", "0.5"]) == 0
+
+
+def test_a_folder_of_elements_without_the_store_metadata_is_named_so(mob4_zarr, scan):
+    """A store whose root metadata is missing (a write killed midway) failed in zarr's words ("No group found")."""
+    (mob4_zarr / "zarr.json").unlink()
+    with pytest.raises(
+        SystemExit,
+        match=r"^loki slide: '[^']+' is not a SpatialData zarr store: it has element folders \(images, shapes, "
+        r"tables\) but none of the files zarr.json, .zgroup",
+    ):
+        main(["slide", str(scan), str(mob4_zarr), "--append", "--mpp", "0.5"])
+    assert not (mob4_zarr / "images" / "scan").exists()
+
+
+def test_slides_appended_by_two_jobs_at_once_keep_both_pixel_sizes(mob4_zarr, scan, monkeypatch):
+    """The store's attrs were read with the store and written back whole: the other job's pixel size was lost."""
+    import loki.io
+
+    real = loki.io.read_slide
+    started: list[str] = []
+    append = ["slide", str(scan), str(mob4_zarr), "--append"]
+
+    def read_while_another_job_appends(*args, **kwargs):
+        started.append(kwargs["name"])
+        if len(started) == 1:  # the second job runs whole between this job's reading and writing
+            assert main([*append, "--name", "scanB", "--mpp", "0.5"]) == 0
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loki.io, "read_slide", read_while_another_job_appends)
+    assert main([*append, "--name", "scanA", "--mpp", "0.75"]) == 0
+    stored = sd.read_zarr(mob4_zarr)
+    assert {"scanA", "scanB"} <= set(stored.images)
+    assert stored.attrs["loki"]["microns_per_pixel"] == {"scanA": 0.75, "scanB": 0.5}
+    _consolidated_lists_the_store(mob4_zarr)
+
+
+def test_slide_append_updates_the_store_metadata_only_under_its_lock(mob4_zarr, scan, caplog):
+    """Another command holding the store's lock (updating its attrs): this one writes its image, then waits."""
+    import logging
+    import threading
+    import time
+
+    from loki._cli_store import store_lock
+
+    results: list = []
+    append = ["slide", str(scan), str(mob4_zarr), "--append", "--mpp", "0.5", "--verbose"]
+
+    def job():
+        try:
+            results.append(main(append))
+        except BaseException as err:  # raised in the thread: the test reports it
+            results.append(err)
+
+    thread = threading.Thread(target=job)
+    with caplog.at_level(logging.INFO, logger="loki"), store_lock(mob4_zarr):
+        thread.start()
+        deadline = time.monotonic() + 60
+        while "waiting for another command writing to" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "waiting for another command writing to" in caplog.text
+        assert thread.is_alive()
+        assert (mob4_zarr / "images" / "scan" / "zarr.json").is_file()  # written without the lock
+        assert "scan" not in sd.read_zarr(mob4_zarr).attrs.get("loki", {}).get("microns_per_pixel", {})
+    thread.join(timeout=60)
+    assert results == [0]
+    assert sd.read_zarr(mob4_zarr).attrs["loki"]["microns_per_pixel"] == {"scan": 0.5}
+    _consolidated_lists_the_store(mob4_zarr)
+
+
+def test_writes_stopped_while_dask_starts_a_worker_are_awaited(monkeypatch):
+    """Ctrl-C landing as the pool starts a worker thread left that thread, unknown to the pool, writing on."""
+    import threading
+    import time
+
+    import dask
+
+    from loki._cli_store import _chunk_writers_awaited
+
+    running: list[int] = []
+
+    def write_chunk(i):
+        running.append(i)
+        time.sleep(0.5)
+        running.remove(i)
+
+    real_start = threading.Thread.start
+
+    def start_then_interrupt(self):
+        real_start(self)
+        if self.name.startswith("ThreadPoolExecutor"):
+            raise KeyboardInterrupt  # the thread runs its task, but the pool has not recorded it yet
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    with pytest.raises(KeyboardInterrupt), _chunk_writers_awaited():
+        dask.compute(*[dask.delayed(write_chunk)(i) for i in range(4)], scheduler="threads")
+    assert running == []

@@ -38,6 +38,10 @@ OPTIONS = {
     "slide": {"microns_per_pixel": "--mpp", "name": "--name", "series": "--series"},
     "visium": {"dataset_id": "--name", "fullres_image_file": "--fullres-image", "bin_size": "--bin-size"},
     "st": {
+        # read_legacy_st's arguments: the command's positional ones
+        "counts": "COUNTS",
+        "spots": "SPOTS",
+        "image": "IMAGE",
         "name": "--name",
         "spot_diameter_um": "--spot-diameter-um",
         "array_step_um": "--array-step-um",
@@ -55,9 +59,18 @@ OPTIONS = {
 }
 
 #: Hints of the API's messages that name a keyword the command has no option for (regular
-#: expressions), and what the CLI says instead.
+#: expressions), and what the CLI says instead: each a whole sentence or clause, never a fragment
+#: dropped (what is left around a dropped fragment no longer reads).
 API_ONLY_HINTS = {
-    "tile": {r", pass mask=": ""},
+    "tile": {  # the command has no mask option: its regions (--within) are the way round tinted glass
+        r"If it does show glass with a tinted background, pass mask=.+?, or within=\.": (
+            "If it does show glass with a tinted background, pass --within a shapes element outlining "
+            "the tissue (e.g. annotations), so that only tiles inside it are kept."
+        ),
+        r"Lower min_tissue=, pass mask=, or check microns_per_pixel= and tile_um=\.": (
+            "Lower --min-tissue, or check --mpp and --tile-um."
+        ),
+    },
     "embed": {
         r"leave them out with exclude_patterns=\((.*)\)\.$": (
             r"leave them out by adding '\\s' and '^$' to --exclude-patterns (a shell needs quotes: "

@@ -106,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="image patches, and gene sentences, encoded at a time: one size for both encoders "
         "(default: %(default)s; in Python, lk.tl.embed_text defaults to 512 sentences)",
     )
-    embed.add_argument("--no-image", action="store_true", help="embed transcriptomes only")
+    embed.add_argument(
+        "--no-image",
+        action="store_true",
+        help="embed the gene sentences only (for a section without an image; not with --image-key, "
+        "--coordinate-system or --diameter-um)",
+    )
     _add_where(
         embed, ["--image-key"], "image of the section in sdata.images (default: the one the table names)"
     )

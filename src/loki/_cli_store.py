@@ -7,9 +7,12 @@ later write fails or the command is stopped, so that a store is never left half 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import threading
 import warnings
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -17,10 +20,16 @@ from pathlib import Path
 ANNDATA_WRITE_NOTICE = r"zarr v3 autosharding will be the default"
 #: The folders of a SpatialData zarr store that hold its elements, one for each kind
 ELEMENT_KINDS = ("images", "labels", "points", "shapes", "tables")
+#: The files that make a folder a zarr group (zarr v3, v2): a store's root holds one
+GROUP_FILES = ("zarr.json", ".zgroup")
+#: The file in a store that commands adding elements to it lock while they update its metadata
 
 
 def read_store(zarr: Path, command: str):
-    """The SpatialData of the store ``zarr``; a folder that is not one (no element folder) is refused.
+    """The SpatialData of the store ``zarr``; a folder that is not one is refused.
+
+    A store has element folders and, at its root, a zarr group's metadata file: a folder of element
+    folders without it (left by a write that was killed) fails in zarr's words ("No group found").
 
     spatialdata reads any zarr group, and a plain folder fails deep in zarr ("No group found"): an
     AnnData's ``.zarr``, or a store's ``tables/`` folder, would read as a SpatialData without tables.
@@ -35,6 +44,13 @@ def read_store(zarr: Path, command: str):
             f"{', '.join(ELEMENT_KINDS)}); write one with sdata.write(...), or make one from a slide with "
             "`loki slide`, from a Space Ranger folder with `loki visium` or from a legacy ST section with "
             "`loki st`."
+        )
+    if zarr.is_dir() and not any((zarr / name).is_file() for name in GROUP_FILES):
+        raise SystemExit(
+            f"loki {command}: {str(zarr)!r} is not a SpatialData zarr store: it has element folders "
+            f"({', '.join(kind for kind in ELEMENT_KINDS if (zarr / kind).is_dir())}) but none of the files "
+            f"{', '.join(GROUP_FILES)} that a store's root holds, e.g. what a write stopped by a crash "
+            "left; delete it and write the store again."
         )
     return sd.read_zarr(zarr)
 
@@ -124,36 +140,191 @@ def write_new_store(sdata, zarr: Path) -> None:
     A half-written store would block the next try (commands creating a store refuse an existing path).
     """
     try:
-        with quiet_table_writes():
+        with quiet_table_writes(), _chunk_writers_awaited():
             sdata.write(zarr)
     except BaseException:
         shutil.rmtree(zarr, ignore_errors=True)
         raise
 
 
-def write_new_elements(sdata, names: list[str], *, attrs_before: dict | None = None) -> None:
+def write_new_elements(sdata, names: list[str], *, attrs_added: dict | None = None) -> None:
     """Write the elements ``names``, new to the store ``sdata`` was read from, all or none.
 
     Each is written in turn; a failure or an interruption (Ctrl-C) deletes those written, also the
-    one partly written, and the error is raised: the store is as it was. With ``attrs_before`` (the
-    store's ``attrs`` as read), ``sdata.attrs`` are written after the elements, and on failure
-    ``attrs_before`` are put back, in ``sdata`` and in the store.
+    one partly written, and the error is raised: the store is as it was. ``attrs_added`` (nested
+    dictionaries) are merged into the store's ``attrs`` as they are on disk once the elements are
+    written, not as ``sdata`` read them: another command may have added its own since. The store's
+    own metadata (its ``attrs`` and the list of its elements) is rewritten under the store's lock
+    (:func:`store_lock`), so that commands adding to one store at once keep what each adds.
     """
     written: list[str] = []
+    attrs_before = None
     try:
-        for name in names:
-            written.append(name)
-            with quiet_table_writes():
-                sdata.write_element(name)
-        if attrs_before is not None:
-            sdata.write_attrs()
+        with _chunk_writers_awaited(), _consolidation_deferred(sdata):
+            for name in names:
+                written.append(name)
+                with quiet_table_writes():
+                    sdata.write_element(name)
+        with store_lock(Path(sdata.path)):
+            if attrs_added is not None:
+                attrs_before = stored_attrs(sdata)
+                sdata.attrs = _merged(attrs_before, attrs_added)
+                sdata.write_attrs()
+            _consolidate(sdata)
     except BaseException:
-        for name in reversed(written):
-            delete_if_on_disk(sdata, name)
-        if attrs_before is not None:
-            sdata.attrs = attrs_before
-            sdata.write_attrs()
+        with store_lock(Path(sdata.path)):
+            for name in reversed(written):
+                delete_if_on_disk(sdata, name)
+            if attrs_before is not None:
+                sdata.attrs = attrs_before
+                sdata.write_attrs()
         raise
+
+
+def stored_attrs(sdata) -> dict:
+    """The ``attrs`` of the store ``sdata`` is backed by, as they are on disk now (as ``sd.read_zarr`` gives them)."""
+    import zarr
+
+    attrs = zarr.open_group(sdata.path, mode="r", use_consolidated=False).attrs.asdict()
+    attrs.pop("spatialdata_attrs", None)  # SpatialData's own, written with every ``attrs``
+    return attrs
+
+
+def _merged(base: dict, added: dict) -> dict:
+    """``base`` with ``added`` merged in, dictionaries within dictionaries key by key (neither changed)."""
+    merged = dict(base)
+    for key, value in added.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@contextmanager
+def store_lock(zarr: Path):
+    """Hold the lock of the store ``zarr`` (a lock on its folder) while the body runs.
+
+    The store's attrs and the consolidated list of its elements are one file at its root, which each
+    write reads and writes whole: of two commands adding elements at once (a batch array), the later
+    write would drop what the other added. The folder itself is locked, so that no lock file is left
+    in the store. Where the file system cannot lock (no ``fcntl``, as on Windows, or a network file
+    system mounted without locks), a warning is logged and the body runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        _warn_unlocked(zarr)
+        yield
+        return
+    handle = os.open(zarr, os.O_RDONLY)  # closing it releases the lock
+    try:
+        if not _lock(fcntl, handle, zarr):
+            _warn_unlocked(zarr)
+        yield
+    finally:
+        os.close(handle)
+
+
+def _lock(fcntl, handle: int, zarr: Path) -> bool:
+    """Take the exclusive lock on the open ``handle``, waiting while another command holds it; False if unsupported."""
+    from ._logging import logger
+
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another command writing to %r", str(zarr))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError as err:
+        if err.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return False
+        raise
+    return True
+
+
+def _warn_unlocked(zarr: Path) -> None:
+    from ._logging import logger
+
+    logger.warning(
+        "cannot lock %r (its file system does not support locks): another command adding elements to this "
+        "store at the same time may drop what this one adds to the store's attrs and list of elements",
+        str(zarr),
+    )
+
+
+@contextmanager
+def _chunk_writers_awaited():
+    """Run dask's computations (an image's chunks written) on worker threads that a failure waits for.
+
+    dask's threaded scheduler raises the first error, or Ctrl-C, at once, while the workers go on
+    writing the chunks they hold: a store or element deleted then is written into again (a folder of
+    chunks, no store). On a failure, no task starts any more and the running ones are awaited before
+    the error is raised, so that whatever deletes the partial write deletes it all.
+    """
+    import dask
+    from dask.system import CPU_COUNT
+
+    pool = _StoppablePool(dask.config.get("num_workers", None) or CPU_COUNT)
+    try:
+        with dask.config.set(pool=pool):
+            yield
+    except BaseException:
+        pool.stop()
+        raise
+    pool.shutdown()
+
+
+class _StoppablePool(ThreadPoolExecutor):
+    """A thread pool whose tasks can be stopped: after :meth:`stop`, which waits for those running, none starts.
+
+    The tasks are counted as they run, not through the pool's threads: Ctrl-C can land while the pool
+    starts a thread for a task, leaving that thread running but unknown to ``shutdown(wait=True)``.
+    """
+
+    def __init__(self, workers: int):
+        super().__init__(workers)
+        self._tasks = threading.Condition()
+        self._running = 0
+        self._stopped = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(self._run, fn, *args, **kwargs)
+
+    def _run(self, fn, *args, **kwargs):
+        with self._tasks:
+            if self._stopped:
+                raise CancelledError
+            self._running += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._tasks:
+                self._running -= 1
+                self._tasks.notify_all()
+
+    def stop(self) -> None:
+        """Let no task start, wait for the running ones, and drop the queued ones."""
+        with self._tasks:
+            self._stopped = True
+            while self._running:
+                self._tasks.wait()
+        self.shutdown(wait=False, cancel_futures=True)
+
+
+@contextmanager
+def _consolidation_deferred(sdata):
+    """Within it, SpatialData's writes of ``sdata``'s elements leave the store's list of elements as it is.
+
+    SpatialData rewrites the consolidated metadata after each element it writes, without the store's
+    lock: the list is rewritten once, under the lock, after the elements (see
+    :func:`write_new_elements`). The instance's method is replaced; on the way out, the class's is back.
+    """
+    sdata.write_consolidated_metadata = lambda: None
+    try:
+        yield
+    finally:
+        del sdata.write_consolidated_metadata
 
 
 @contextmanager
@@ -207,11 +378,30 @@ def placements(sdata) -> dict:
     }
 
 
-def transformations(sdata) -> dict[str, str]:
-    """Each spatial element's transformations, as text to compare before and after a call."""
+def placement_matrices(sdata) -> dict[str, dict]:
+    """Each spatial element's placements: the 3 x 3 affine matrix of its x, y in each coordinate system.
+
+    Placements are compared by what they do: one read from disk is written over an image's (c, y, x)
+    axes and prints otherwise than the same placement made in memory, over (x, y).
+    """
     from spatialdata.transformations import get_transformation
 
     return {
-        name: repr(sorted(get_transformation(element, get_all=True).items()))
+        name: {
+            system: transformation.to_affine_matrix(("x", "y"), ("x", "y"))
+            for system, transformation in get_transformation(element, get_all=True).items()
+        }
         for _, name, element in sdata.gen_spatial_elements()
     }
+
+
+def changed_placements(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
+    """The elements of ``after`` placed otherwise than in ``before`` (both from :func:`placement_matrices`)."""
+    import numpy as np
+
+    def same(one: dict, other: dict) -> bool:
+        return one.keys() == other.keys() and all(
+            np.allclose(one[system], other[system], rtol=1e-9, atol=1e-9) for system in one
+        )
+
+    return [name for name, placed in after.items() if not same(before.get(name, {}), placed)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import re
 import shlex
@@ -16,13 +15,14 @@ from ._cli_messages import cli_message, logging_to_stderr, one_line_errors, user
 from ._cli_parser import build_parser
 from ._cli_store import (
     backup_name,
+    changed_placements,
     check_writable,
     delete_if_on_disk,
     element_folder,
+    placement_matrices,
     placements,
     read_store,
     rewrite_table,
-    transformations,
     undo_align_writes,
     write_new_elements,
     write_new_store,
@@ -37,6 +37,8 @@ def _embed(args: argparse.Namespace) -> None:
         raise _UsageError(
             "--use-raw", "not allowed with argument --gene-map, which maps .var_names, not .raw's"
         )
+    if args.no_image:
+        _refuse_image_options(args)
     resolve_device(args.device)  # a bad or missing device fails before any work
     gene_map = None if args.gene_map is None else _read_gene_map(args.gene_map)
     sdata = read_store(args.zarr, args.command)
@@ -70,6 +72,20 @@ def _embed(args: argparse.Namespace) -> None:
     print(
         f"{' and '.join(f'.obsm[{key!r}]' for key in writes)} of table {args.table!r} written to {args.zarr}"
     )
+
+
+def _refuse_image_options(args: argparse.Namespace) -> None:
+    """With ``--no-image``, refuse the options that only place and cut patches: they would do nothing."""
+    given = {
+        "--image-key": args.image,
+        "--coordinate-system": args.coordinate_system,
+        "--diameter-um": args.diameter_um,
+    }
+    for option, value in given.items():
+        if value is not None:
+            raise _UsageError(
+                option, "not allowed with argument --no-image, which embeds the gene sentences only"
+            )
 
 
 def _check_same_model(table, model, writes: list[str], args: argparse.Namespace) -> None:
@@ -148,8 +164,34 @@ def _check_embed_target(sdata, args: argparse.Namespace) -> None:
         return
     if args.image is not None:
         _require_in_store("--image-key", args.image, sdata.images, "images", args.zarr)
+    else:
+        _refuse_table_without_image(sdata, args)
     section_image_key(sdata, args.table, args.image)
     _check_coordinate_system(sdata, args.coordinate_system, args.zarr)
+
+
+def _refuse_table_without_image(sdata, args: argparse.Namespace) -> None:
+    """Refuse to cut patches for a table none of the store's images belongs to: point at --no-image.
+
+    :func:`~loki._utils._spatialdata.section_image_key` would ask for ``image_key=``, which on the
+    command line cuts the section's patches from another section's image.
+    """
+    from loki._utils import loki_uns
+    from loki._utils._spatialdata import other_tables_images
+
+    owners = other_tables_images(sdata, args.table)
+    if loki_uns(sdata.tables[args.table]).get("image_key") in sdata.images or len(owners) < len(sdata.images):
+        return  # its own image, or images that may be its: section_image_key decides
+    held = ", ".join(f"{image!r} (table {owner!r})" for image, owner in sorted(owners.items()))
+    held = f"only other tables' images: {held}" if held else "no image"
+    if sdata.tables[args.table].n_vars > 0:
+        instead = "Pass --no-image to embed its gene sentences only."
+    else:
+        instead = "It holds no genes either: nothing to embed."
+    raise SystemExit(
+        f"loki embed: table {args.table!r} has no image of its own (e.g. a section written by `loki st "
+        f"--no-image`): {args.zarr} holds {held}. {instead}"
+    )
 
 
 def _check_coordinate_system(sdata, name: str | None, zarr: Path) -> None:
@@ -331,15 +373,18 @@ def _store_to_append(args: argparse.Namespace, what: str):
 
 
 def _add_to_store(store, section, names: list[str]) -> None:
-    """Write the elements ``names`` of ``section`` (and the pixel sizes it records) into ``store``, all or none."""
+    """Write the elements ``names`` of ``section`` (and the pixel sizes it records) into ``store``, all or none.
+
+    The pixel sizes are merged into the store's attrs as they are on disk when written: another job
+    may have added its own slide since ``store`` was read.
+    """
     import loki as lk
 
-    attrs_before = copy.deepcopy(store.attrs)
     for kind in ("images", "shapes", "tables"):
         getattr(store, kind).update(getattr(section, kind))
     sizes = section.attrs.get(lk.Key.UNS, {}).get("microns_per_pixel", {})
-    store.attrs.setdefault(lk.Key.UNS, {}).setdefault("microns_per_pixel", {}).update(sizes)
-    write_new_elements(store, names, attrs_before=attrs_before)
+    added = {lk.Key.UNS: {"microns_per_pixel": sizes}} if sizes else None
+    write_new_elements(store, names, attrs_added=added)
 
 
 def _visium(args: argparse.Namespace) -> None:
@@ -535,7 +580,7 @@ def _align(args: argparse.Namespace) -> None:
     _check_coordinate_system(sdata, args.coordinate_system, args.zarr)
     if args.use != "none":
         _check_embeddings(sdata, args)
-    before = transformations(sdata)
+    before = placement_matrices(sdata)
     held = placements(sdata)  # the objects, to put back if writing fails
     shapes_before = dict(sdata.shapes)
     lk.tl.align(
@@ -556,7 +601,7 @@ def _align(args: argparse.Namespace) -> None:
     record = sdata.tables[args.source].uns[lk.Key.UNS][args.key_added]
     # everything is computed and checked in memory; now the store: shapes, placements, the table
     shapes = record.get("shapes")
-    placed = [name for name, transforms in transformations(sdata).items() if before.get(name) != transforms]
+    placed = changed_placements(before, placement_matrices(sdata))
     written: list[str] = []  # placements written, to put back if a later write fails
     try:
         if shapes is not None:

@@ -110,21 +110,46 @@ def section_image_key(sdata: SpatialData, table_key: str, image_key: str | None 
     stored = _stored_image_key(sdata.tables[table_key])
     if stored is not None and stored in images:
         return stored
-    owners = {image: _named_owner(sdata, image) for image in images}
-    claimed = {_stored_image_key(t) for k, t in sdata.tables.items() if k != table_key}
-    free = [k for k in images if k not in claimed and owners[k] in (None, table_key)]
+    owners = other_tables_images(sdata, table_key)
+    free = [k for k in images if k not in owners]
     if len(images) == 1 and free:
         return free[0]
-    candidates = [k for k in free if owners[k] == table_key]
+    candidates = [k for k in free if _named_owner(sdata, k) == table_key]
     if len(candidates) == 1:
         return candidates[0]
-    taken = sorted(set(images) - set(free))
+    taken = sorted(owners)
     verb = "belongs" if len(taken) == 1 else "belong"
     others = f" ({', '.join(map(repr, taken))} {verb} to other tables)" if taken else ""
+    if not free:  # e.g. a section read without its image, beside sections read with theirs
+        recorded = "records no image" if stored is None else f"names image {stored!r}, which is not there,"
+        held = f"only other tables' images{others}" if taken else "none"
+        raise KeyError(
+            f"Table {table_key!r} {recorded} and sdata.images holds {held}; pass image_key= to use "
+            "another table's image all the same."
+        )
     raise KeyError(
         f"Cannot tell which image belongs to table {table_key!r}; pass image_key=. "
         f"Images in sdata.images: {', '.join(map(repr, images)) or 'none'}{others}."
     )
+
+
+def other_tables_images(sdata: SpatialData, table_key: str) -> dict[str, str]:
+    """The images of ``sdata`` that belong to tables other than ``table_key``, each with its table's key.
+
+    An image belongs to the table whose ``.uns['loki']['image_key']`` names it, else to the table
+    whose key or region names it most closely (see :func:`section_image_key`). When every image
+    belongs to another table (or there is none), table ``table_key`` has no image of its own.
+    """
+    owners = {}
+    for key, table in sdata.tables.items():
+        stored = _stored_image_key(table)
+        if key != table_key and stored in sdata.images:
+            owners.setdefault(stored, key)
+    for image in sdata.images:
+        named = _named_owner(sdata, image)
+        if image not in owners and named not in (None, table_key):
+            owners[image] = named
+    return owners
 
 
 def _named_owner(sdata: SpatialData, image: str) -> str | None:
