@@ -22,17 +22,15 @@ ANNDATA_WRITE_NOTICE = r"zarr v3 autosharding will be the default"
 ELEMENT_KINDS = ("images", "labels", "points", "shapes", "tables")
 #: The files that make a folder a zarr group (zarr v3, v2): a store's root holds one
 GROUP_FILES = ("zarr.json", ".zgroup")
-#: The file in a store that commands adding elements to it lock while they update its metadata
 
 
 def read_store(zarr: Path, command: str):
     """The SpatialData of the store ``zarr``; a folder that is not one is refused.
 
-    A store has element folders and, at its root, a zarr group's metadata file: a folder of element
-    folders without it (left by a write that was killed) fails in zarr's words ("No group found").
-
-    spatialdata reads any zarr group, and a plain folder fails deep in zarr ("No group found"): an
-    AnnData's ``.zarr``, or a store's ``tables/`` folder, would read as a SpatialData without tables.
+    A store has element folders and, at its root, a zarr group's metadata file. spatialdata reads any
+    zarr group (an AnnData's ``.zarr``, or a store's ``tables/`` folder, would read as a SpatialData
+    without tables), and a folder without that file (left by a write that was killed, or a plain
+    folder) fails deep in zarr ("No group found"): both are refused here in words that say why.
     """
     import spatialdata as sd
 
@@ -86,7 +84,8 @@ def _swap_in_copy(sdata, name: str) -> None:
 
     The old table's group metadata goes first, so that its folder stops being a table at once (not one
     partly deleted), and the store's consolidated metadata is rewritten also after a failure, so that
-    the store reads as what is on disk (a stale list names the deleted table's arrays). A second call finishes what an interrupted first one left.
+    the store reads as what is on disk (a stale list names the deleted table's arrays). A second call
+    finishes what an interrupted first one left.
     """
     tables = Path(sdata.path) / "tables"
     copy, old = tables / backup_name(name), tables / name
@@ -158,27 +157,36 @@ def write_new_elements(sdata, names: list[str], *, attrs_added: dict | None = No
     (:func:`store_lock`), so that commands adding to one store at once keep what each adds.
     """
     written: list[str] = []
-    attrs_before = None
     try:
         with _chunk_writers_awaited(), _consolidation_deferred(sdata):
             for name in names:
                 written.append(name)
                 with quiet_table_writes():
                     sdata.write_element(name)
+    except BaseException:
         with store_lock(Path(sdata.path)):
+            _undo_new_elements(sdata, written, None)
+        raise
+    with store_lock(Path(sdata.path)):  # the undo too: another command may merge its attrs meanwhile
+        attrs_before = None
+        try:
             if attrs_added is not None:
                 attrs_before = stored_attrs(sdata)
                 sdata.attrs = _merged(attrs_before, attrs_added)
                 sdata.write_attrs()
             _consolidate(sdata)
-    except BaseException:
-        with store_lock(Path(sdata.path)):
-            for name in reversed(written):
-                delete_if_on_disk(sdata, name)
-            if attrs_before is not None:
-                sdata.attrs = attrs_before
-                sdata.write_attrs()
-        raise
+        except BaseException:
+            _undo_new_elements(sdata, written, attrs_before)
+            raise
+
+
+def _undo_new_elements(sdata, written: list[str], attrs_before: dict | None) -> None:
+    """Delete the elements ``written`` (also one partly written) and put back ``attrs_before``, if given."""
+    for name in reversed(written):
+        delete_if_on_disk(sdata, name)
+    if attrs_before is not None:
+        sdata.attrs = attrs_before
+        sdata.write_attrs()
 
 
 def stored_attrs(sdata) -> dict:
@@ -207,9 +215,11 @@ def store_lock(zarr: Path):
 
     The store's attrs and the consolidated list of its elements are one file at its root, which each
     write reads and writes whole: of two commands adding elements at once (a batch array), the later
-    write would drop what the other added. The folder itself is locked, so that no lock file is left
-    in the store. Where the file system cannot lock (no ``fcntl``, as on Windows, or a network file
-    system mounted without locks), a warning is logged and the body runs unlocked.
+    write would drop what the other added. The folder itself is locked (``flock``), so that no lock
+    file is left in the store. Such a lock excludes the commands of one machine: on a network file
+    system (NFS), jobs on different nodes appending to one store at once are not kept apart. Where
+    the file system refuses locks (no ``fcntl``, as on Windows, or a mount without locks), a warning
+    is logged and the body runs unlocked.
     """
     try:
         import fcntl
@@ -237,7 +247,8 @@ def _lock(fcntl, handle: int, zarr: Path) -> bool:
             logger.info("waiting for another command writing to %r", str(zarr))
             fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError as err:
-        if err.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        # EBADF: some network file systems lock only descriptors opened for writing, not a folder's
+        if err.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF):
             return False
         raise
     return True

@@ -351,6 +351,12 @@ def test_image_of_a_section_is_found_by_its_name_not_a_neighbours():
     del sdata.images["A10_image"]
     with pytest.raises(KeyError, match="'A2_image' belongs to other tables"):
         section_image_key(sdata, "A1")
+    del sdata.images["A2_image"]
+    with pytest.raises(
+        KeyError,
+        match=r"^\"Table 'A1' records no image and sdata.images is empty: there is no image to use.\"$",
+    ):
+        section_image_key(sdata, "A1")
 
 
 class _CountingImage:

@@ -970,3 +970,17 @@ def test_decompose_on_a_scaled_reference_warns_about_the_scale_only():
     assert any("negative expression values in reference.X" in m for m in messages), messages
     # the types' centred profiles sum to zero: a consequence of the scaling, not of the types
     assert not any("span only" in m for m in messages), messages
+
+
+def test_decompose_with_only_the_spots_scaled_still_names_types_it_cannot_tell_apart():
+    rng = np.random.default_rng(0)
+    genes = ["g0", "g1", "g2"]
+    reference = ad.AnnData(rng.poisson(5, (40, 3)).astype(np.float32), var=pd.DataFrame(index=genes))
+    reference.obs["cell_type"] = pd.Categorical(np.repeat(["A", "B", "C", "D"], 10))  # 4 types, 3 genes
+    spots = ad.AnnData(rng.poisson(5, (30, 3)).astype(np.float32) - 5.0, var=pd.DataFrame(index=genes))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
+    messages = [str(w.message) for w in caught if issubclass(w.category, lk.LokiWarning)]
+    assert any("negative expression values in adata.X" in m for m in messages), messages
+    assert any("4 cell types span only 3 dimensions" in m for m in messages), messages

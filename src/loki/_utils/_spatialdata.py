@@ -122,10 +122,13 @@ def section_image_key(sdata: SpatialData, table_key: str, image_key: str | None 
     others = f" ({', '.join(map(repr, taken))} {verb} to other tables)" if taken else ""
     if not free:  # e.g. a section read without its image, beside sections read with theirs
         recorded = "records no image" if stored is None else f"names image {stored!r}, which is not there,"
-        held = f"only other tables' images{others}" if taken else "none"
+        if not taken:
+            raise KeyError(
+                f"Table {table_key!r} {recorded} and sdata.images is empty: there is no image to use."
+            )
         raise KeyError(
-            f"Table {table_key!r} {recorded} and sdata.images holds {held}; pass image_key= to use "
-            "another table's image all the same."
+            f"Table {table_key!r} {recorded} and sdata.images holds only other tables' images{others}; pass "
+            "image_key= to use another table's image all the same."
         )
     raise KeyError(
         f"Cannot tell which image belongs to table {table_key!r}; pass image_key=. "

@@ -271,6 +271,8 @@ class DecodedOnce:
     source
         The dask array as its reader gives it (any chunks; each compute may decode the whole file).
 
+    Notes
+    -----
     The decoded pixels do not pickle: a copy (e.g. in the worker of a process-based scheduler) decodes
     the file again at its own first use.
     """

@@ -461,9 +461,10 @@ def alignment_expression_scores(
     not_counts = [name for name, x in (("source", xs), ("target", xt)) if not x.whole]
     if not_counts:
         warnings.warn(
-            f"alignment_expression_scores: {' and '.join(n + '.X' for n in not_counts)} hold(s) values that "
-            "are not whole numbers, as normalised or log-transformed expression does; they are normalised "
-            "and log1p-transformed again as if they were counts. Pass tables whose .X holds counts "
+            f"alignment_expression_scores: {' and '.join(n + '.X' for n in not_counts)} "
+            f"{'hold' if len(not_counts) > 1 else 'holds'} values that are not whole numbers, as normalised "
+            "or log-transformed expression does; they are normalised and log1p-transformed again as if "
+            "they were counts. Pass tables whose .X holds counts "
             "(e.g. adata.X = adata.layers['counts']).",
             LokiWarning,
             stacklevel=user_stacklevel(),

@@ -217,9 +217,11 @@ def _warn_if_separate_pca(
         shared = a.index.intersection(b.index)
         if a.shape[1] == b.shape[1] and len(shared) and np.allclose(a.loc[shared], b.loc[shared], atol=1e-6):
             return
+        loadings = f"their loadings (source .varm[{varm_src!r}], target .varm[{varm_tgt!r}])"
         why = (
-            f"their loadings (source .varm[{varm_src!r}], target .varm[{varm_tgt!r}]) differ over the "
-            f"{len(shared)} genes they share"
+            f"{loadings} differ over the {len(shared)} genes they share"
+            if len(shared)
+            else f"{loadings} share no gene"
         )
     elif (
         _own_components(emb_src)
@@ -1037,7 +1039,7 @@ def align_sections(
           ``.obs[library_key]``.
     target
         Label of the target section: a table key of the SpatialData, a key of the dict, a label or
-        position of a list, or a value of ``.obs[library_key]``.
+        position of a list, or a value of ``.obs[library_key]`` as a string (``"1"`` for the value 1).
     sections
         For a SpatialData, table keys, for a dict, its keys, and with ``library_key``, values of its
         column, in stack order, the target among them (default all, in their order); for a list, one

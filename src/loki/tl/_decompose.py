@@ -301,7 +301,7 @@ def decompose(
     spots, ref, features = feature_matrices(table, reference, use, reference_use, layer, reference_layer)
     if table.n_obs == 0:
         raise ValueError("The spots table has no observations.")
-    scaled = use == "X" and check_scales(table, spots, layer, reference, ref, reference_layer)
+    centred_reference = use == "X" and check_scales(table, spots, layer, reference, ref, reference_layer)
     target_density = density_from_prior(density_prior, table.n_obs)
 
     info = _base_record(
@@ -310,7 +310,7 @@ def decompose(
     no_signal = _rows_without_signal(spots)
     profiles = type_means(ref, codes, len(cell_types))
     warn_types_without_features(profiles, cell_types, use == "X", method)
-    if not scaled:  # centred profiles are dependent by themselves; the scale warning says why
+    if not centred_reference:  # its profiles are dependent by themselves; the scale warning says why
         warn_types_not_separable(profiles, use == "X", table.n_vars, reference.n_vars)
     if method == "nnls":
         weights = nnls_weights(profiles, spots, progress=progress)

@@ -42,8 +42,9 @@ def check_scales(
     """Warn about expression values that the two methods cannot compare.
 
     Negative values (scaled or centred data) on either side, or counts on one side and log1p values
-    on the other. Returns whether negative values were found: centring makes the types' profiles
-    linearly dependent by itself, so :func:`warn_types_not_separable` would only repeat the cause.
+    on the other. Returns whether the reference holds negative values: centring it makes the types'
+    profiles linearly dependent by itself, so :func:`warn_types_not_separable` would only repeat
+    the cause.
     """
     have = "; ".join(
         f"{where}.layers: {', '.join(map(repr, adata.layers)) or 'none'}"
@@ -64,7 +65,7 @@ def check_scales(
             LokiWarning,
             stacklevel=user_stacklevel(),
         )
-        return True
+        return _minimum(ref) < 0
     sides = [
         ("adata", layer, _scale(spots, table, layer)),
         ("reference", reference_layer, _scale(ref, reference, reference_layer)),
