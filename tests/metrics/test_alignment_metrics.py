@@ -178,16 +178,28 @@ def test_alignment_expression_scores_warns_on_expression_that_is_not_counts(good
     src, tgt, good, _ = good_and_bad
     logged = src.copy()
     x = logged.X.toarray() if sp.issparse(logged.X) else np.asarray(logged.X, dtype=float)
+    logged.layers["counts"] = x
     logged.X = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4)  # scanpy's normalize + log1p
-    with pytest.warns(lk.LokiWarning, match=r"source\.X holds values that are not whole numbers") as caught:
+    with pytest.warns(
+        lk.LokiWarning, match=r"source\.X holds values that are not whole numbers.*Pass layer= .*: none\)"
+    ) as caught:
         lk.metrics.alignment_expression_scores(logged, tgt, aligned_key="good", n_top_genes=50)
     assert caught[0].filename == __file__
+    target = tgt.copy()
+    target.layers["counts"] = target.X.copy()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # counts, also as floats: no warning
+        warnings.simplefilter("error")  # counts, also as floats or in a layer: no warning
         src_float = src.copy()
         src_float.X = x
         again = lk.metrics.alignment_expression_scores(src_float, tgt, aligned_key="good", n_top_genes=50)
+        layered = lk.metrics.alignment_expression_scores(
+            logged, target, aligned_key="good", n_top_genes=50, layer="counts"
+        )
     assert again["pearson_median"] == good["pearson_median"]
+    for key in ("pearson", "kendall_tau", "target_index"):
+        np.testing.assert_array_equal(layered[key], good[key])
+    with pytest.raises(KeyError, match=r"'counts' not found in target\.layers; available: none"):
+        lk.metrics.alignment_expression_scores(logged, tgt, aligned_key="good", layer="counts")
 
 
 def test_alignment_expression_scores_target_with_repeated_spots(good_and_bad):

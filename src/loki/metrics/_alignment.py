@@ -26,6 +26,7 @@ from loki._utils import (
     check_unique_var_names,
     is_real,
     loki_record,
+    require_keys,
 )
 from loki._utils._backed import read_matrix
 from loki._utils._rng import check_seed
@@ -253,15 +254,18 @@ class _LogCounts:
     Parameters
     ----------
     adata
-        The section; its ``.X`` holds counts, in memory or opened with ``backed="r"``.
+        The section; its ``.X`` (or ``.layers[layer]``) holds counts, in memory or opened with
+        ``backed="r"``.
     genes
         The genes kept, among ``adata.var_names``.
+    layer
+        The layer of counts, or None for ``.X``.
     """
 
-    def __init__(self, adata: AnnData, genes: pd.Index):
+    def __init__(self, adata: AnnData, genes: pd.Index, layer: str | None = None):
         # a view's .X would copy the matrix even when all genes are kept; a backed one is read from disk
         columns = None if genes.equals(adata.var_names) else adata.var_names.get_indexer(genes)
-        x = adata.X
+        x = adata.X if layer is None else adata.layers[layer]
         if isinstance(x, np.ndarray) or (sp.issparse(x) and x.format == "csr"):
             self._x, self._columns = x, columns  # the genes are taken a block of spots at a time
         else:  # read, and CSC / COO counts made CSR at their own dtype, once
@@ -384,10 +388,11 @@ def alignment_expression_scores(
     n_top_genes: int = 200,
     max_distance: float | None = None,
     kendall: bool = True,
+    layer: str | None = None,
 ) -> dict[str, float | np.ndarray]:
     """Median PCC and Kendall's tau of highly variable gene expression at aligned locations.
 
-    Counts of both sections over the genes they share are normalised to the section's median library
+    Counts of both sections (``.X``, or ``.layers[layer]``) over the genes they share are normalised to the section's median library
     size and log1p-transformed; the ``n_top_genes`` of those genes with the highest variance of the
     target's log expression are used. Spots without counts over the shared genes (empty or off-tissue
     barcodes) take part in neither the median nor the variance, as in scanpy's ``normalize_total``;
@@ -415,6 +420,9 @@ def alignment_expression_scores(
         Pairing radius (default the target's spot spacing, :func:`spot_spacing`).
     kendall
         Also compute Kendall's tau.
+    layer
+        Layer of both sections that holds the counts (e.g. ``"counts"`` when ``.X`` holds
+        normalised expression); None for ``.X``.
 
     Returns
     -------
@@ -429,7 +437,7 @@ def alignment_expression_scores(
     -----
     LokiWarning
         When no target spot has an aligned source spot within ``max_distance``, or when either
-        ``.X`` holds values that are not whole numbers (not counts).
+        section's counts (``.X`` or ``.layers[layer]``) hold values that are not whole numbers.
 
     """
     check_obsm_key(source, aligned_key)
@@ -457,15 +465,20 @@ def alignment_expression_scores(
         raise ValueError(f"source and target share {len(genes)} gene(s); at least 2 are needed.")
 
     # normalised a block of spots at a time: only the chosen genes of the paired spots are kept
-    xt, xs = _LogCounts(target, genes), _LogCounts(source, genes)
+    if layer is not None:
+        for name, adata in (("source", source), ("target", target)):
+            require_keys(adata.layers, layer, f"{name}.layers")
+    xt, xs = _LogCounts(target, genes, layer), _LogCounts(source, genes, layer)
+    matrix = ".X" if layer is None else f".layers[{layer!r}]"
     not_counts = [name for name, x in (("source", xs), ("target", xt)) if not x.whole]
     if not_counts:
+        layers = sorted(set(source.layers) & set(target.layers))
         warnings.warn(
-            f"alignment_expression_scores: {' and '.join(n + '.X' for n in not_counts)} "
+            f"alignment_expression_scores: {' and '.join(n + matrix for n in not_counts)} "
             f"{'hold' if len(not_counts) > 1 else 'holds'} values that are not whole numbers, as normalised "
             "or log-transformed expression does; they are normalised and log1p-transformed again as if "
-            "they were counts. Pass tables whose .X holds counts "
-            "(e.g. adata.X = adata.layers['counts']).",
+            "they were counts. Pass layer= the layer of counts (layers of both sections: "
+            f"{', '.join(map(repr, layers)) or 'none'}).",
             LokiWarning,
             stacklevel=user_stacklevel(),
         )
