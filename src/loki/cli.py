@@ -176,12 +176,11 @@ def _refuse_table_without_image(sdata, args: argparse.Namespace) -> None:
     :func:`~loki._utils._spatialdata.section_image_key` would ask for ``image_key=``, which on the
     command line cuts the section's patches from another section's image.
     """
-    from loki._utils import loki_uns
-    from loki._utils._spatialdata import other_tables_images
+    from loki._utils._spatialdata import has_own_image, other_tables_images
 
-    owners = other_tables_images(sdata, args.table)
-    if loki_uns(sdata.tables[args.table]).get("image_key") in sdata.images or len(owners) < len(sdata.images):
+    if has_own_image(sdata, args.table):
         return  # its own image, or images that may be its: section_image_key decides
+    owners = other_tables_images(sdata, args.table)
     held = ", ".join(f"{image!r} (table {owner!r})" for image, owner in sorted(owners.items()))
     held = f"only other tables' images: {held}" if held else "no image"
     if sdata.tables[args.table].n_vars > 0:

@@ -155,6 +155,13 @@ def other_tables_images(sdata: SpatialData, table_key: str) -> dict[str, str]:
     return owners
 
 
+def has_own_image(sdata: SpatialData, table_key: str) -> bool:
+    """Whether an image of ``sdata`` may be table ``table_key``'s: the one it records, or one no other table owns."""
+    if _stored_image_key(sdata.tables[table_key]) in sdata.images:
+        return True
+    return len(other_tables_images(sdata, table_key)) < len(sdata.images)
+
+
 def _named_owner(sdata: SpatialData, image: str) -> str | None:
     """The table whose key or region names ``image`` (``name`` or ``name_...``) most closely, or None."""
     best, owner = 0, None
