@@ -53,6 +53,16 @@ def spacexr_visium(rename: dict[str, str] | None = None):
     return spots, reference
 
 
+@pytest.fixture
+def mob4_zarr(tmp_path):
+    """The bundled MOB4 section written as a SpatialData zarr store (the CLI tests' store)."""
+    import loki as lk
+
+    path = tmp_path / "mob4.zarr"
+    lk.datasets.mob("MOB4").write(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_path()

@@ -12,13 +12,6 @@ import loki as lk
 from loki.cli import main
 
 
-@pytest.fixture
-def mob4_zarr(tmp_path):
-    path = tmp_path / "mob4.zarr"
-    lk.datasets.mob("MOB4").write(path)
-    return path
-
-
 def test_tile_then_embed_an_image_only_section(mob4_zarr, capsys):
     mpu = sd.read_zarr(mob4_zarr).tables["MOB4"].uns["loki"]["microns_per_unit"]
     args = ["tile", str(mob4_zarr), "--image", "MOB4_image", "--mpp", str(mpu), "--tile-um", "200"]

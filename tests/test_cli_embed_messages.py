@@ -29,13 +29,6 @@ def _legacy_st_files(folder: Path, section: str) -> tuple[Path, Path]:
     return counts_path, spots_path
 
 
-@pytest.fixture
-def mob4_zarr(tmp_path):
-    path = tmp_path / "mob4.zarr"
-    lk.datasets.mob("MOB4").write(path)
-    return path
-
-
 def test_embed_of_a_section_without_image_points_at_no_image(mob4_zarr, tmp_path):
     counts, spots = _legacy_st_files(tmp_path, "MOB1")
     add = ["st", str(counts), str(spots), str(mob4_zarr), "--no-image", "--append", "--name", "B"]
