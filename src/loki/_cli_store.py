@@ -91,7 +91,7 @@ def _swap_in_copy(sdata, name: str) -> None:
     copy, old = tables / backup_name(name), tables / name
     try:
         if copy.is_dir():  # else renamed by an earlier call
-            for group_file in ("zarr.json", ".zgroup", ".zattrs"):  # zarr v3, v2
+            for group_file in (*GROUP_FILES, ".zattrs"):  # zarr v3, v2 (and v2's attributes)
                 (old / group_file).unlink(missing_ok=True)
             if old.exists():
                 shutil.rmtree(old)
