@@ -5,9 +5,11 @@ import warnings
 import anndata
 import numpy as np
 import pytest
+import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 from scipy.stats import kendalltau
+from tests.conftest import shared_path
 
 import loki as lk
 
@@ -181,7 +183,7 @@ def test_alignment_expression_scores_warns_on_expression_that_is_not_counts(good
     logged.layers["counts"] = x
     logged.X = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4)  # scanpy's normalize + log1p
     with pytest.warns(
-        lk.LokiWarning, match=r"source\.X holds values that are not whole numbers.*Pass layer= .*: none\)"
+        lk.LokiWarning, match=r"source\.X looks log1p-transformed .*Pass layer= .*: none\)"
     ) as caught:
         lk.metrics.alignment_expression_scores(logged, tgt, aligned_key="good", n_top_genes=50)
     assert caught[0].filename == __file__
@@ -200,6 +202,106 @@ def test_alignment_expression_scores_warns_on_expression_that_is_not_counts(good
         np.testing.assert_array_equal(layered[key], good[key])
     with pytest.raises(KeyError, match=r"'counts' not found in target\.layers; available: none"):
         lk.metrics.alignment_expression_scores(logged, tgt, aligned_key="good", layer="counts")
+
+
+@pytest.fixture(scope="module", params=["MOB1", "her2st A1"])
+def real_counts(request):
+    """Raw counts of one real section: a bundled MOB section (1000 genes), a her2st one (15,045 genes)."""
+    if request.param == "MOB1":
+        return lk.datasets.mob(["MOB1"]).tables["MOB1"]
+    folder = shared_path("her2st_A")
+    sdata = lk.io.read_legacy_st(
+        folder / "counts" / "A1.tsv.gz", folder / "spotfiles" / "A1_selection.tsv", name="A1"
+    )
+    return sdata.tables["A1"]
+
+
+def _soupx_like(x: np.ndarray) -> np.ndarray:
+    """Counts less ambient RNA as SoupX removes it: 10% of each spot's library, spread over the genes
+    as the section's mean profile (the soup), clipped at 0; not whole numbers."""
+    soup = x.sum(axis=0) / x.sum()
+    return np.clip(x - 0.1 * x.sum(axis=1, keepdims=True) * soup, 0, None)
+
+
+def _less_a_part_of_each_gene(x: np.ndarray) -> np.ndarray:
+    """Counts less a small ambient part of each gene (up to 0.3 of a count), clipped at 0."""
+    part = np.random.default_rng(0).uniform(0, 0.3, x.shape[1])
+    return np.clip(x - np.where(x > 0, part, 0), 0, None)
+
+
+def _scanpy(*steps):
+    def run(x):
+        adata = AnnData(x.astype(np.float32))
+        for step, kwargs in steps:
+            step(adata, **kwargs)
+        return adata.X
+
+    return run
+
+
+_NORMALIZE, _LOG1P = (sc.pp.normalize_total, {}), (sc.pp.log1p, {})
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda x: x, None),
+        (lambda x: x.astype(np.float32), None),
+        (_soupx_like, None),
+        (_less_a_part_of_each_gene, None),
+        (_scanpy(_NORMALIZE), "normalised"),
+        (_scanpy(_NORMALIZE, _LOG1P), "log1p-transformed"),
+        (_scanpy(_LOG1P), "log1p-transformed"),  # log1p of the raw counts
+        (_scanpy((sc.pp.normalize_total, {"target_sum": 1e6}), _LOG1P), "log1p-transformed"),
+        (_scanpy(_NORMALIZE, (sc.pp.log1p, {"base": 2})), "log-transformed with base 2"),
+    ],
+    ids=["counts", "float32 counts", "SoupX-like", "less a part of each gene", "normalize_total",
+         "normalize_total+log1p", "log1p", "CPM+log1p", "normalize_total+log2"],
+)  # fmt: skip
+def test_alignment_expression_scores_warns_on_transformed_counts_only(real_counts, make, kind):
+    """Corrected counts that are not whole numbers (SoupX's) warned that they looked normalised."""
+    source = real_counts.copy()
+    source.X = sp.csr_matrix(make(real_counts.X.toarray()))
+    if make in (_soupx_like, _less_a_part_of_each_gene):  # corrected counts: not whole numbers
+        assert (source.X.data != np.round(source.X.data)).mean() > 0.5
+    kwargs = {"aligned_key": "spatial", "n_top_genes": 50, "kendall": False}
+    if kind is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = lk.metrics.alignment_expression_scores(source, real_counts, **kwargs)
+        assert res["pearson_median"] > 0.5  # each spot paired with itself
+        return
+    with pytest.warns(lk.LokiWarning, match=rf"source\.X looks {kind} .*Pass layer= ") as caught:
+        lk.metrics.alignment_expression_scores(source, real_counts, **kwargs)
+    assert [w.filename for w in caught] == [__file__]
+    with pytest.warns(lk.LokiWarning, match=rf"^alignment_expression_scores: source\.X looks {kind} .* and "):
+        lk.metrics.alignment_expression_scores(source, source, **kwargs)  # target.X too
+
+
+def test_alignment_expression_scores_refuses_negative_values_naming_them():
+    """Scaled expression was log1p-transformed into NaN, and the error named NaN the input did not hold."""
+    source = lk.datasets.mob(["MOB1"]).tables["MOB1"]
+    scaled = source.copy()
+    scaled.layers["counts"] = scaled.X.copy()
+    scaled.X = scaled.X.toarray()  # scale centres every gene: dense
+    sc.pp.normalize_total(scaled)
+    sc.pp.log1p(scaled)
+    sc.pp.scale(scaled, max_value=10)
+    negative = int((scaled.X < 0).sum())
+    assert negative > 0
+    with pytest.raises(
+        ValueError,
+        match=rf"^alignment_expression_scores: source\.X holds {negative} negative value\(s\), as scaled "
+        r"expression .*Pass layer= the layer of counts \(layers of both sections: none\)\.$",
+    ):
+        lk.metrics.alignment_expression_scores(scaled, source, aligned_key="spatial", n_top_genes=50)
+    source.layers["counts"] = source.X.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the counts in a layer: no warning
+        res = lk.metrics.alignment_expression_scores(
+            scaled, source, aligned_key="spatial", n_top_genes=50, layer="counts"
+        )
+    assert res["pearson_median"] == 1.0
 
 
 def test_alignment_expression_scores_target_with_repeated_spots(good_and_bad):
@@ -464,9 +566,11 @@ def test_alignment_expression_scores_the_same_a_few_spots_at_a_time(tmp_path, mo
             np.testing.assert_array_equal(blocks[key], whole[key])
 
 
-def test_alignment_expression_scores_makes_no_float64_copy_of_the_counts(monkeypatch):
+@pytest.mark.parametrize("logged", [False, True])
+def test_alignment_expression_scores_makes_no_float64_copy_of_the_counts(monkeypatch, logged):
     """Both sections were held as float64 over all shared genes (2.8 GB over the inputs at 200,000
-    spots x 500 genes) until the top genes were chosen."""
+    spots x 500 genes) until the top genes were chosen. Values that are not counts are told apart a
+    block of spots at a time too."""
     import tracemalloc
 
     from loki.metrics import _alignment
@@ -479,16 +583,22 @@ def test_alignment_expression_scores_makes_no_float64_copy_of_the_counts(monkeyp
     for seed in (0, 1):
         x = sp.random(n, g, density=0.5, format="csr", dtype=np.float32, random_state=seed)
         x.data = np.ceil(x.data * 5)
+        if logged:
+            x.data = np.log1p(x.data)
         a = AnnData(x)
         a.var_names = [f"g{i}" for i in range(g)]
         a.obsm["spatial"] = a.obsm["spatial_aligned"] = xy + rng.uniform(0, 0.1, (n, 2))
         sections.append(a)
     copy_mb = sections[0].X.nnz * 12 / 2**20  # a float64 CSR copy of one section
     tracemalloc.start()
-    lk.metrics.alignment_expression_scores(*sections, n_top_genes=50, kendall=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lk.metrics.alignment_expression_scores(*sections, n_top_genes=50, kendall=False)
     peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     assert peak_mb < 0.5 * copy_mb, (peak_mb, copy_mb)
+    told = [str(w.message) for w in caught if "looks log1p-transformed" in str(w.message)]
+    assert len(told) == logged
 
 
 def test_alignment_expression_scores_reads_tables_opened_backed(tmp_path):

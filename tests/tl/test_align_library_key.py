@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import anndata as ad
@@ -126,6 +127,59 @@ def test_sections_picks_and_orders_the_stack_and_a_rerun_replaces_it(joined, tmp
     np.testing.assert_array_equal(
         back.uns[Key.UNS][Key.ALIGNED]["sections"]["MOB3"]["matrix"], results["MOB3"]["matrix"]
     )
+
+
+def _left_out_warnings(adata, **kwargs) -> tuple[dict, list]:
+    """Stack (the fast settings) and return its results and the warnings about sections left out."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = lk.tl.align_sections(
+            adata, **{**_FAST, "library_key": "library_id", "use": "X_pca", **kwargs}
+        )
+    return results, [w for w in caught if "left out of this stack" in str(w.message)]
+
+
+def test_a_rerun_on_some_sections_keeps_the_others_aligned_onto_its_target(joined, tmp_path):
+    """A rerun on some sections set the aligned rows of the others to NaN, also when an earlier stack
+    had aligned them onto the same target."""
+    adata = joined.copy()
+    first, told = _left_out_warnings(adata, target="MOB1")
+    before = adata.obsm[Key.ALIGNED].copy()
+    mob2, mob3 = ((adata.obs["library_id"] == k).to_numpy() for k in ("MOB2", "MOB3"))
+    again, told = _left_out_warnings(adata, target="MOB1", sections=["MOB1", "MOB2"], max_iter=5)
+    assert told == []
+    aligned = adata.obsm[Key.ALIGNED]
+    np.testing.assert_array_equal(aligned[mob3], before[mob3])  # as the first stack aligned them
+    assert not np.array_equal(aligned[mob2], before[mob2])  # realigned, with fewer iterations
+    record = adata.uns[Key.UNS][Key.ALIGNED]
+    assert record["kept"] == ["MOB3"]
+    assert list(record["sections"]) == ["MOB1", "MOB2", "MOB3"]
+    assert record["sections"]["MOB3"] is first["MOB3"]
+    assert record["sections"]["MOB2"] is again["MOB2"]
+    adata.write_h5ad(tmp_path / "stack.h5ad")
+    assert list(ad.read_h5ad(tmp_path / "stack.h5ad").uns[Key.UNS][Key.ALIGNED]["kept"]) == ["MOB3"]
+
+
+def test_a_rerun_onto_another_target_warns_naming_the_sections_whose_rows_it_empties(joined):
+    """A rerun onto another target set the aligned rows of the sections left out to NaN, without a word."""
+    adata = joined.copy()
+    _left_out_warnings(adata, target="MOB1")
+    mob3 = (adata.obs["library_id"] == "MOB3").to_numpy()
+    _, told = _left_out_warnings(adata, target="MOB2", sections=["MOB2", "MOB1"])
+    assert [w.filename for w in told] == [__file__]
+    assert re.search(
+        r"^lk\.tl\.align_sections: sections \['MOB3'\], left out of this stack, held aligned coordinates in "
+        r"\.obsm\['spatial_aligned'\] that were not aligned onto 'MOB2' .*\(the record they came with: a "
+        r"stack of adata\.obs\['library_id'\] onto 'MOB1'\); their rows are now NaN\.",
+        str(told[0].message),
+    )
+    assert np.isnan(adata.obsm[Key.ALIGNED][mob3]).all()  # they lie in MOB1's frame
+    assert np.isfinite(adata.obsm[Key.ALIGNED][~mob3]).all()
+    record = adata.uns[Key.UNS][Key.ALIGNED]
+    assert (record["kept"], sorted(record["sections"])) == ([], ["MOB1", "MOB2"])
+    # rows already NaN have nothing to lose: a rerun on the same sections says nothing
+    _, told = _left_out_warnings(adata, target="MOB2", sections=["MOB2", "MOB1"])
+    assert told == []
 
 
 def _with_nan(adata):

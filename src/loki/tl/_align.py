@@ -1053,10 +1053,15 @@ def align_sections(
         many. ``.obsm[spatial_key]`` holds each row's coordinates in its own section's frame, as
         ``anndata.concat`` of the sections gives them. The sections are aligned exactly as a dict of
         their copies, ``{k: adata[adata.obs[library_key] == k].copy() for k in ...}``, would be; then
-        the AnnData gets ``.obsm[key_added]`` for every row (NaN for the rows of sections left out
-        by ``sections=``) and ``.uns['loki'][key_added]`` holding ``library_key``, ``target``,
-        ``sequential`` and ``sections``, ``{label: that section's entry}``. Nothing is written when
-        the call fails.
+        the AnnData gets ``.obsm[key_added]`` for every row and ``.uns['loki'][key_added]`` holding
+        ``library_key``, ``target``, ``sequential``, ``sections``, ``{label: that section's entry}``,
+        and ``kept``. The rows of a section left out by ``sections=`` keep their aligned coordinates
+        when an earlier stack of the same column recorded under ``key_added`` aligned it onto the
+        same target from the same ``spatial_key`` (they lie in the target's frame): ``kept`` lists
+        those sections, whose entries (``z`` of that stack included) come along into ``sections``.
+        The rows of other sections left out are NaN; when they held aligned coordinates (e.g. of a
+        stack onto another target), a warning names those sections. Nothing is written when the call
+        fails.
     sequential
         Align each section to its already aligned neighbour towards the target (better for long
         stacks whose far ends differ) instead of every section directly to the target.
@@ -1236,18 +1241,102 @@ def _align_library(
     coords = np.full((adata.n_obs, 2), np.nan)
     for label, mask in rows:
         coords[mask] = copies[label].obsm[key_added]
+    earlier = loki_record(adata, key_added) or {}
+    left_out = {
+        label: mask
+        for label, mask in library_sections(adata, library_key, None, "lk.tl.align_sections")
+        if label not in copies
+    }
+    kept, lost = _earlier_rows(adata, earlier, left_out, library_key, target, key_added, stack["spatial_key"])
+    for label in kept:
+        coords[left_out[label]] = np.asarray(adata.obsm[key_added], dtype=np.float64)[left_out[label]]
     record = {
         "tool": "tl.align",  # a rerun may replace it
         "method": "stack",
         "library_key": library_key,
         "target": target,
         "sequential": bool(stack["sequential"]),
-        "sections": {label: results[label] for label in labels},
+        "sections": {label: results[label] for label in labels} | {k: earlier["sections"][k] for k in kept},
+        "kept": kept,
     }
     with all_or_nothing():
         write_obsm(adata, key_added, coords)
         write_uns(adata, key_added, record)
+    if kept:
+        logger.info(
+            "kept the rows of .obsm[%r] of sections %s, left out of this stack, as the earlier stack onto %r "
+            "aligned them",
+            key_added,
+            kept,
+            target,
+        )
+    if lost:
+        warnings.warn(
+            f"lk.tl.align_sections: sections {lost}, left out of this stack, held aligned coordinates in "
+            f".obsm[{key_added!r}] that were not aligned onto {target!r} by a stack of adata.obs"
+            f"[{library_key!r}] at .obsm[{stack['spatial_key']!r}] (the record they came with: "
+            f"{_describe_stack(earlier)}); their rows are now NaN. Include them in sections= to align them onto "
+            f"{target!r} too, or pass another key_added= to keep both alignments.",
+            LokiWarning,
+            stacklevel=user_stacklevel(),
+        )
     return results
+
+
+def _earlier_rows(
+    adata: AnnData,
+    earlier: Mapping,
+    left_out: Mapping[str, np.ndarray],
+    library_key: str,
+    target: str,
+    key_added: str,
+    spatial_key: str,
+) -> tuple[list[str], list[str]]:
+    """Of the sections left out of a stack, those whose aligned rows it keeps, and those it sets to NaN.
+
+    ``earlier`` is the record under ``key_added`` before this stack, ``left_out`` the row mask of each
+    section left out. Rows are kept when an earlier stack of the same column aligned that section
+    onto the same target at the same coordinates (``earlier`` holds the section's entry, and its rows
+    of ``.obsm[key_added]`` are all finite): they lie in the target's frame, where this stack places
+    its sections. Rows of other sections that hold aligned coordinates lie in another frame, and are
+    lost (NaN).
+    """
+    if key_added not in adata.obsm:
+        return [], []
+    old = np.asarray(adata.obsm[key_added], dtype=np.float64)
+    if old.ndim != 2:
+        return [], []
+    recorded = earlier.get("sections") if isinstance(earlier.get("sections"), Mapping) else {}
+    same_stack = (
+        earlier.get("method") == "stack"
+        and earlier.get("library_key") == library_key
+        and earlier.get("target") == target
+    )
+    kept, lost = [], []
+    for label, mask in left_out.items():
+        rows = old[mask]
+        if not np.isfinite(rows).any():
+            continue  # nothing to lose
+        entry = recorded.get(label)
+        params = entry.get("params") if isinstance(entry, Mapping) else None
+        sound = (
+            same_stack
+            and old.shape[1] == 2
+            and isinstance(params, Mapping)
+            and params.get("spatial_key") == spatial_key
+            and np.isfinite(rows).all()
+        )
+        (kept if sound else lost).append(label)
+    return kept, lost
+
+
+def _describe_stack(record: Mapping) -> str:
+    """An earlier record under ``key_added``, as a warning names it."""
+    if not record:
+        return "none"
+    if record.get("method") != "stack":
+        return f"an alignment by method {record.get('method')!r}"
+    return f"a stack of adata.obs[{record.get('library_key')!r}] onto {record.get('target')!r}"
 
 
 def _stack_sections(data: Any, target: Any, sections: Sequence[str] | None) -> tuple[list[tuple], str]:
