@@ -486,3 +486,101 @@ def test_read_legacy_st_names_the_argument_and_file_it_cannot_read(
     assert reader_words in message
     assert f"; expected {expected}" in message
     assert err.value.__cause__ is not None  # the reader's own error, for a traceback
+
+
+def _pandas_counts(path, monkeypatch):
+    """The counts table as pandas reads it (the reader without its plain-file parser)."""
+    from loki.io import _legacy_st
+
+    with monkeypatch.context() as m:
+        m.setattr(_legacy_st, "_read_plain_counts", lambda path: None)
+        return _legacy_st._read_counts(path)
+
+
+_HEADER = "\tG1\tGène 2\tG1\tG1.1\tNA\n"  # repeated names, a space, a non-ASCII letter, "NA"
+_ROWS = "10x13\t0\t6\t1\t0\t-2\n11x13\t3\t0\t0\t12\t1\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "suffix"),
+    [
+        (_HEADER + _ROWS, ".tsv.gz"),
+        (_HEADER + _ROWS, ".tsv"),
+        ("spot" + _HEADER + _ROWS, ".tsv"),  # the index column named
+        (_HEADER[1:] + _ROWS, ".tsv"),  # R's write.table: no header field for the row names
+        (_HEADER + _ROWS.rstrip("\n"), ".tsv"),  # no newline at the end
+        (_HEADER + _ROWS + "\n\n", ".tsv"),  # blank lines at the end
+    ],
+)
+def test_plain_counts_files_are_parsed_to_the_table_pandas_reads(tmp_path, monkeypatch, text, suffix):
+    from loki.io._legacy_st import _read_counts, _read_plain_counts
+
+    path = tmp_path / f"c{suffix}"
+    if suffix.endswith(".gz"):
+        import gzip
+
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text, encoding="utf-8")
+    assert _read_plain_counts(path) is not None  # the fast parser takes it
+    expected = _pandas_counts(path, monkeypatch)
+    got = _read_counts(path)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert got.index.name == expected.index.name
+    assert list(got.columns) == ["G1", "Gène 2", "G1", "G1.1", "NA"]  # as written, not pandas' "G1.1"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '\t"G1"\t"G2"\n10x13\t0\t6\n11x13\t3\t0\n',  # quoted names (pandas unquotes them)
+        "\tG1\tG2\r\n10x13\t0\t6\r\n11x13\t3\t0\r\n",  # Windows line ends
+        "\ufeff\tG1\tG2\n10x13\t0\t6\n11x13\t3\t0\n",  # a byte order mark
+        "\n\tG1\tG2\n10x13\t0\t6\n11x13\t3\t0\n",  # a blank first line (pandas skips it)
+        "\tG1\tG2\n10x13\t0.5\t6\n11x13\t3\t0\n",  # a float
+        "\tG1\tG2\n10x13\t\t6\n11x13\t3\t0\n",  # an empty field (NaN to pandas)
+        "\tG1\tG2\n10x13\tNA\t6\n11x13\t3\t0\n",  # a missing value
+        "\tG1\tG2\n10x13\t 1\t6\n11x13\t3\t0\n",  # a space
+        "\tG1\tG2\n1\t0\t6\n2\t3\t0\n",  # numeric ids (pandas makes them integers)
+        "\tG1\tG2\n10x13\t0\t6\t1\t1\n11x13\t3\t0\t2\t2\n",  # two fields more than the header
+        "\tG1\tG2\n10x13\t0\t6\n11x13\t3\n",  # a short row
+        "\tG1\tG2\n10x13\t-\t6\n11x13\t3\t0\n",  # a lone minus
+        "\tG1\tG2\n10x13\t99999999999999999999\t6\n11x13\t3\t0\n",  # beyond int64
+    ],
+)
+def test_other_counts_files_are_left_to_pandas(tmp_path, text):
+    from loki.io._legacy_st import _read_plain_counts
+
+    path = tmp_path / "c.tsv"
+    path.write_text(text, encoding="utf-8")
+    assert _read_plain_counts(path) is None
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".tar.gz", ".bz2", ".zip", ".xz", ".zst", ".tar", ".TSV.GZ"])
+def test_a_plain_table_named_as_compressed_is_left_to_pandas(tmp_path, suffix):
+    """pandas decompresses by the name (and refuses this file); the plain-file parser must not read it."""
+    from loki.io._legacy_st import _read_plain_counts
+
+    path = tmp_path / f"c{suffix}"
+    path.write_text(_HEADER + _ROWS, encoding="utf-8")
+    assert _read_plain_counts(path) is None
+    assert _read_plain_counts(path.rename(tmp_path / "c.tsv")) is not None  # the same text, named plainly
+
+
+def test_a_plain_her2st_counts_file_is_not_parsed_by_pandas(monkeypatch):
+    """pandas built a Series per column of the ~15,000-gene table, and read its header twice: ~2 s a section."""
+    d = shared_path("her2st_A")
+    counts = d / "counts" / "A1.tsv.gz"
+    read = []
+    original = pd.read_csv
+
+    def read_csv(path, *args, **kwargs):
+        read.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_csv", read_csv)
+    table = lk.io.read_legacy_st(counts, d / "spotfiles" / "A1_selection.tsv", name="A1").tables["A1"]
+    assert read == [str(d / "spotfiles" / "A1_selection.tsv")]  # the spot file only
+    assert table.shape == (346, 15045)
+    expected = original(counts, sep="\t", index_col=0).loc[table.obs_names]
+    np.testing.assert_array_equal(table.X.toarray(), expected.to_numpy(dtype=np.float32))

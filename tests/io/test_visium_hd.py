@@ -195,6 +195,60 @@ def test_full_resolution_image_is_the_patch_image_and_patches_are_the_bins(hd):
     assert named.tables["HD"].uns["loki"]["image_key"] == "HD_full_image"
 
 
+def _resized_copy(image, path, size):
+    """``image`` (y, x, 3) resized to ``size`` (width, height) and saved at ``path`` (PNG or tiled TIFF)."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.fromarray(image).resize(size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".tif":
+        tifffile.imwrite(path, pixels, tile=(128, 128), photometric="rgb")
+    else:
+        Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.mark.parametrize("found", ["microscope_image", "named"])
+def test_a_full_resolution_image_of_another_size_than_the_scale_factors_give_is_refused(hd, tmp_path, found):
+    """The old reader took it: the bins (in pixels of the scan Space Ranger was run with) then fell off the
+    image or on the wrong tissue, and patches were cut in the wrong places."""
+    folder = _copy(hd, tmp_path)
+    sf = hd.scalefactors[8]
+    side = hd.image.shape[0]  # the 512 px crop; hires PNG 256 px at tissue_hires_scalef 0.5
+    if found == "named":
+        wrong = _resized_copy(hd.image, tmp_path / "other.tif", (side, side + 88))
+        kwargs = {"fullres_image_file": wrong}
+    else:
+        wrong = _resized_copy(hd.image, folder / "microscope_image" / "he.png", (side + 88, side))
+        kwargs = {}
+    before = _listing(folder)
+    with pytest.raises(ValueError, match="give a full-resolution image of") as err:
+        lk.io.read_visium_hd(folder, dataset_id="HD", **kwargs)
+    message = str(err.value)
+    w, h = (side, side + 88) if found == "named" else (side + 88, side)
+    label = f"fullres_image_file={str(wrong)!r}" if found == "named" else f"image {str(wrong)!r} (found by"
+    assert label in message
+    assert f"is {w}x{h} px (width x height)" in message
+    hires = round(side * sf["tissue_hires_scalef"])
+    assert f"spatial/tissue_hires_image.png ({hires}x{hires} px)" in message
+    assert f"tissue_hires_scalef {sf['tissue_hires_scalef']}" in message
+    assert "binned_outputs/square_008um/spatial/scalefactors_json.json" in message
+    assert f"about {side}x{side} px" in message
+    assert _listing(folder) == before  # nothing written
+
+
+@pytest.mark.parametrize("extra", [0, 1, -1])
+def test_a_full_resolution_image_within_the_rounding_of_the_hires_image_is_read(hd, tmp_path, extra):
+    """A side within 1.5 hires px of the scale factors' (here 3 px of the scan) is Space Ranger's rounding."""
+    folder = _copy(hd, tmp_path)
+    side = hd.image.shape[0] + extra
+    if extra:
+        _resized_copy(hd.image, folder / "microscope_image" / "he.png", (side, side))
+    sdata = lk.io.read_visium_hd(folder, dataset_id="HD")
+    assert sdata.tables["HD"].uns["loki"]["image_key"] == "HD_full_image"
+    assert sdata.images["HD_full_image"]["scale0"]["image"].shape == (3, side, side)
+
+
 @pytest.fixture(scope="module")
 def hd_tiff(tmp_path_factory):
     """The full-resolution crop as a tiled TIFF in microscope_image/."""

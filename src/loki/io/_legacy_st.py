@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import re
 import warnings
 import zlib
 from collections.abc import Mapping
@@ -38,6 +40,11 @@ _SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
 ANISOTROPY_RECORD = "loki_anisotropy"
 
 
+#: Bytes below the header of a counts table that :func:`_read_plain_counts` reads: ids and integer counts
+_PLAIN_BODY_BYTES = b"0123456789-x\t\n"
+_SPOT_ID = re.compile(r"-?[0-9]+x-?[0-9]+")
+
+
 #: What each file argument of :func:`read_legacy_st` holds, for the errors of a file it cannot read
 _FORMATS = {
     "counts": "a tab-separated table of spots x genes counts (gzip allowed), 'XxY' spot ids as its first column",
@@ -61,21 +68,84 @@ def _read_tsv(path: Path, argument: str, **kwargs: Any) -> pd.DataFrame:
         raise _unreadable(argument, path, err) from err
 
 
-def _read_table(data: str | Path | pd.DataFrame, what: str, argument: str, **kwargs: Any) -> pd.DataFrame:
-    if isinstance(data, pd.DataFrame):
-        return data
+def _existing_file(data: str | Path, what: str) -> Path:
     path = Path(data)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {str(path)!r}.")
-    return _read_tsv(path, argument, **kwargs)
+    return path
+
+
+def _read_table(data: str | Path | pd.DataFrame, what: str, argument: str, **kwargs: Any) -> pd.DataFrame:
+    if isinstance(data, pd.DataFrame):
+        return data
+    return _read_tsv(_existing_file(data, what), argument, **kwargs)
+
+
+def _read_plain_counts(path: Path) -> pd.DataFrame | None:
+    """The counts table of a plain file, parsed row by row by numpy; None for a file it leaves to pandas.
+
+    pandas builds an array (and a Series) per column, which for a table ~15,000 genes wide takes
+    most of the time of reading a section, twice (:func:`_read_counts` reads the header again).
+    This takes only the files whose every line pandas splits at its tabs and whose values it reads
+    as int64, so that the table is the one pandas builds: uncompressed or gzip (by the name, as
+    pandas infers it), UTF-8 without a byte order mark, no quote or carriage return in the header
+    line, and below it nothing but ``"XxY"`` spot ids and integer counts (digits, ``-``, ``x``,
+    tabs, newlines), as many fields in each row, one or none more in the header. Anything else,
+    an unreadable file included, is pandas' to read (and to refuse, in its words).
+    """
+    name = path.name.lower()
+    if name.endswith((".tar.gz", ".bz2", ".zip", ".xz", ".zst", ".tar")):  # pandas' other compressions
+        return None
+    try:
+        if name.endswith(".gz"):
+            with gzip.open(path) as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error):  # a broken or cut .gz
+        return None
+    head, newline, body = raw.partition(b"\n")
+    if not newline or raw.startswith(b"\xef\xbb\xbf") or any(c in head for c in (b'"', b"\r", b"\x00")):
+        return None
+    if body.translate(None, _PLAIN_BODY_BYTES):
+        return None
+    try:
+        header = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    rows = [line for line in body.decode("ascii").split("\n") if line]
+    if not header.strip() or not rows:
+        return None
+    n_genes = rows[0].count("\t")
+    if n_genes == 0:
+        return None
+    fields = header.split("\t")
+    if len(fields) not in (n_genes, n_genes + 1) or any(row.count("\t") != n_genes for row in rows):
+        return None
+    ids = [row.partition("\t")[0] for row in rows]
+    if not all(_SPOT_ID.fullmatch(i) for i in ids):
+        return None
+    try:
+        values = np.loadtxt(
+            rows, dtype=np.int64, delimiter="\t", comments=None, usecols=range(1, n_genes + 1), ndmin=2
+        )
+    except (ValueError, OverflowError):  # e.g. an empty field, a lone "-", a count beyond int64
+        return None
+    index_name = fields[0] if len(fields) > n_genes and fields[0] else None
+    return pd.DataFrame(values, index=pd.Index(ids, name=index_name), columns=fields[len(fields) - n_genes :])
 
 
 def _read_counts(data: str | Path | pd.DataFrame) -> pd.DataFrame:
     """The counts table, with gene names as the file's header writes them.
 
     pandas renames repeated column names (``"X"``, ``"X.1"``); the header is read again without
-    that so that repeated genes follow the readers' one rule (:func:`unique_gene_names`).
+    that so that repeated genes follow the readers' one rule (:func:`unique_gene_names`). Plain
+    files are read by :func:`_read_plain_counts` instead, to the same table.
     """
+    if not isinstance(data, pd.DataFrame):
+        plain = _read_plain_counts(_existing_file(data, "Counts"))
+        if plain is not None:
+            return plain
     counts = _read_table(data, "Counts", "counts", index_col=0)
     if isinstance(data, pd.DataFrame) or counts.shape[1] == 0:
         return counts

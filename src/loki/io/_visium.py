@@ -129,14 +129,18 @@ def _check_visium_files(path: Path, kwargs: dict) -> None:
         check_fullres_size(path / fullres, path, _scalefactors_file(path, kwargs))
 
 
-def check_fullres_size(fullres: Path, folder: Path, scalefactors_file: Path) -> None:
+def check_fullres_size(
+    fullres: Path, folder: Path, scalefactors_file: Path, *, label: str | None = None
+) -> None:
     """Refuse a full-resolution image of another size than the folder's images and scale factors give.
 
-    Space Ranger's hires image (else its lowres one) is the full-resolution image scaled by
-    ``tissue_hires_scalef`` (``tissue_lowres_scalef``), each side rounded to whole pixels; spot
+    Space Ranger's hires image (else its lowres one; ``spatial/`` of ``folder``, in the Visium and
+    the Visium HD layout) is the full-resolution image scaled by ``tissue_hires_scalef``
+    (``tissue_lowres_scalef``) of ``scalefactors_file``, each side rounded to whole pixels; spot (bin)
     positions are in full-resolution pixels, so on an image of another size they would fall in the
     wrong places (or off it). Only the files' headers are read. Nothing is checked when the folder
     has neither image with its scale factor, or a file cannot be read (its reader says why).
+    ``label`` names the image in the error (default ``fullres_image_file='...'``).
     """
     size = header_size(fullres)
     try:
@@ -154,11 +158,16 @@ def check_fullres_size(fullres: Path, folder: Path, scalefactors_file: Path) -> 
         if all(abs(side * scalef - got) <= _SIDE_TOLERANCE_PX for side, got in zip(size, small, strict=True)):
             return
         expected = "x".join(f"{got / scalef:.0f}" for got in small)
+        source = (
+            scalefactors_file.relative_to(folder)
+            if scalefactors_file.is_relative_to(folder)
+            else scalefactors_file
+        )
         raise ValueError(
-            f"fullres_image_file={str(fullres)!r} is {size[0]}x{size[1]} px (width x height), but the folder's "
-            f"{file} ({small[0]}x{small[1]} px) and its scale factor {key} {scalef} "
-            f"({scalefactors_file.name}) give a full-resolution image of about {expected} px. Spot positions "
-            "are in pixels of that image: pass the image Space Ranger was run with."
+            f"{label or f'fullres_image_file={str(fullres)!r}'} is {size[0]}x{size[1]} px (width x height), but "
+            f"the folder's {file} ({small[0]}x{small[1]} px) and its scale factor {key} {scalef} ({source}) "
+            f"give a full-resolution image of about {expected} px. Spot positions are in pixels of that image: "
+            "pass the image Space Ranger was run with."
         )
 
 

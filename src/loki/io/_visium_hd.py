@@ -22,6 +22,7 @@ from ._visium import (
     _h5_gene_names,
     build_section,
     check_folder,
+    check_fullres_size,
     safe_section_name,
     section_images,
 )
@@ -307,7 +308,10 @@ def read_visium_hd(
         When ``bin_size`` is not one of the folder's bin sizes (the message lists them); when
         ``dataset_id`` is not a valid SpatialData element name; when the bin's scalefactors or
         positions file is not in the Space Ranger HD layout; when an image cannot be read as RGB by
-        the rules below or is a 16-bit colour PNG.
+        the rules below or is a 16-bit colour PNG; when the full-resolution image (named or found)
+        has another size than ``spatial/tissue_hires_image.png`` (else the lowres one) divided by its
+        scale factor in the bin's scalefactors gives, each side within 1.5 px of that image (bin
+        positions are pixels of the image Space Ranger was run with; only the files' headers are read).
     TypeError
         When ``bin_size`` is not an int (one bin size a call), or a keyword argument is not one of
         those passed on.
@@ -365,8 +369,16 @@ def read_visium_hd(
         else "raw_feature_bc_matrix.h5"
     )
     scalefactors = _check_bin_folder(folder, bin_size, counts_file)
+    named = kwargs.get("fullres_image_file") is not None
     fullres = _fullres_file(path, prefix, kwargs)
     _check_images(path, kwargs)
+    if fullres is not None:
+        # bins are placed in its pixels: one of another size puts them off the tissue, or off the image
+        found = (
+            f"The full-resolution image {str(fullres)!r} (found by spatialdata-io's search; "
+            "fullres_image_file= names another)"
+        )
+        check_fullres_size(fullres, path, folder / "spatial" / _SCALEFACTORS, label=None if named else found)
     counts_path = folder / counts_file
     if dataset_id is not None:
         name = dataset_id
