@@ -62,21 +62,23 @@ def rewrite_table(sdata, name: str) -> None:
     written once. A failure or an interruption (Ctrl-C) while the copy is written removes the copy:
     the store is as it was, and the error is raised. Once the copy is whole, the swap is finished even
     when interrupted (one more try); only if that fails too is the copy left, and the next run names it.
+    All of it holds the store's lock (:func:`store_lock`): each step rewrites the store's metadata.
     """
     backup = backup_name(name)
-    sdata.tables[backup] = sdata.tables[name]
-    try:
-        with quiet_table_writes():
-            sdata.write_element(backup)
-    except BaseException:
-        delete_if_on_disk(sdata, backup)
+    with store_lock(Path(sdata.path)):
+        sdata.tables[backup] = sdata.tables[name]
+        try:
+            with quiet_table_writes():
+                sdata.write_element(backup)
+        except BaseException:
+            delete_if_on_disk(sdata, backup)
+            del sdata.tables[backup]
+            raise
+        try:
+            _swap_in_copy(sdata, name)
+        except BaseException:  # the new table is whole on disk as the copy: finish the swap
+            _swap_in_copy(sdata, name)
         del sdata.tables[backup]
-        raise
-    try:
-        _swap_in_copy(sdata, name)
-    except BaseException:  # the new table is whole on disk as the copy: finish the swap
-        _swap_in_copy(sdata, name)
-    del sdata.tables[backup]
 
 
 def _swap_in_copy(sdata, name: str) -> None:
@@ -113,15 +115,16 @@ def delete_if_on_disk(sdata, name: str) -> None:
     """Delete element ``name`` (a table, shapes, an image) from the store, also when partly written or deleted.
 
     SpatialData deletes only what it can read as an element: a folder that an interrupted write (or
-    deletion) left without its metadata is removed as a folder, and the store's metadata rewritten.
+    deletion) left without its metadata is removed as a folder, and the store's metadata rewritten,
+    under the store's lock.
     """
-    if any(path.split("/")[-1] == name for path in sdata.elements_paths_on_disk()):
-        sdata.delete_element_from_disk(name)
-    path = element_folder(sdata, name)
-    if path is not None:
-        shutil.rmtree(path)
-        if sdata.has_consolidated_metadata():
-            sdata.write_consolidated_metadata()
+    with store_lock(Path(sdata.path)):
+        if any(path.split("/")[-1] == name for path in sdata.elements_paths_on_disk()):
+            sdata.delete_element_from_disk(name)
+        path = element_folder(sdata, name)
+        if path is not None:
+            shutil.rmtree(path)
+            _consolidate(sdata)
 
 
 def element_folder(sdata, name: str) -> Path | None:
@@ -149,35 +152,40 @@ def write_new_store(sdata, zarr: Path) -> None:
 def write_new_elements(sdata, names: list[str], *, attrs_added: dict | None = None) -> None:
     """Write the elements ``names``, new to the store ``sdata`` was read from, all or none.
 
-    Each is written in turn; a failure or an interruption (Ctrl-C) deletes those written, also the
-    one partly written, and the error is raised: the store is as it was. ``attrs_added`` (nested
-    dictionaries) are merged into the store's ``attrs`` as they are on disk once the elements are
-    written, not as ``sdata`` read them: another command may have added its own since. The store's
-    own metadata (its ``attrs`` and the list of its elements) is rewritten under the store's lock
-    (:func:`store_lock`), so that commands adding to one store at once keep what each adds.
+    The names are claimed first (:func:`_names_claimed`): a name the store holds by then (another
+    command added it since ``sdata`` was read) or that another running command has claimed is refused
+    with :class:`ElementsTaken`, before anything is written. Each element is then written in turn,
+    without the store's lock (:func:`store_lock`); a failure or an interruption (Ctrl-C) deletes those
+    written, also the one partly written, and the error is raised: the store is as it was.
+    ``attrs_added`` (nested dictionaries) are merged into the store's ``attrs`` as they are on disk
+    once the elements are written, not as ``sdata`` read them: another command may have added its own
+    since. The store's own metadata (its ``attrs`` and the list of its elements) is rewritten under
+    the store's lock, so that commands adding to one store at once keep what each adds.
     """
+    zarr = Path(sdata.path)
     written: list[str] = []
-    try:
-        with _chunk_writers_awaited(), _consolidation_deferred(sdata):
-            for name in names:
-                written.append(name)
-                with quiet_table_writes():
-                    sdata.write_element(name)
-    except BaseException:
-        with store_lock(Path(sdata.path)):
-            _undo_new_elements(sdata, written, None)
-        raise
-    with store_lock(Path(sdata.path)):  # the undo too: another command may merge its attrs meanwhile
-        attrs_before = None
+    with _names_claimed(zarr, names):
         try:
-            if attrs_added is not None:
-                attrs_before = stored_attrs(sdata)
-                sdata.attrs = _merged(attrs_before, attrs_added)
-                sdata.write_attrs()
-            _consolidate(sdata)
+            with _chunk_writers_awaited(), _consolidation_deferred(sdata):
+                for name in names:
+                    written.append(name)
+                    with quiet_table_writes():
+                        sdata.write_element(name)
         except BaseException:
-            _undo_new_elements(sdata, written, attrs_before)
+            with store_lock(zarr):
+                _undo_new_elements(sdata, written, None)
             raise
+        with store_lock(zarr):  # the undo too: another command may merge its attrs meanwhile
+            attrs_before = None
+            try:
+                if attrs_added is not None:
+                    attrs_before = stored_attrs(sdata)
+                    sdata.attrs = _merged(attrs_before, attrs_added)
+                    sdata.write_attrs()
+                _consolidate(sdata)
+            except BaseException:
+                _undo_new_elements(sdata, written, attrs_before)
+                raise
 
 
 def _undo_new_elements(sdata, written: list[str], attrs_before: dict | None) -> None:
@@ -209,6 +217,105 @@ def _merged(base: dict, added: dict) -> dict:
     return merged
 
 
+class ElementsTaken(ValueError):
+    """Names of elements a command would add that the store holds, or that another command is adding, already."""
+
+
+def describe_element(kind: str, name: str) -> str:
+    """``kind`` (a store folder: ``images``, ``shapes``...) and ``name`` in words: ``image 'scan'``."""
+    return f"{'shapes element' if kind == 'shapes' else kind.removesuffix('s')} {name!r}"
+
+
+#: The start of the name of the file, at a store's root, by which a running command claims an element name
+CLAIM_PREFIX = ".loki-adding-"
+
+
+@contextmanager
+def _names_claimed(zarr: Path, names: list[str]):
+    """Within it, this command alone adds elements named ``names`` (in any case) to the store ``zarr``.
+
+    Elements are written without the store's lock, so each name is claimed first: a claim is a file at
+    the store's root that its command holds locked (``flock``) while it writes, and deletes on the way
+    out. A name is refused, before anything is written, if another running command claimed it or the
+    store holds an element of that name (of any kind; SpatialData tells names apart regardless of
+    case); a claim file that no command holds (its command was killed) is taken over. Where locks are
+    unsupported, no names are claimed (see :func:`store_lock`).
+    """
+    claims: dict[Path, int] = {}
+    try:
+        for name in sorted(names, key=str.lower):  # in one order: of two commands, one gets them all
+            path = zarr / f"{CLAIM_PREFIX}{name.lower()}"
+            handle = _claim(path)
+            if handle is None:
+                raise ElementsTaken(
+                    f"another command is adding an element named {name!r} to {zarr}: nothing was written"
+                )
+            claims[path] = handle
+        on_disk = {
+            folder.name.lower(): describe_element(kind, folder.name)
+            for kind in ELEMENT_KINDS
+            if (zarr / kind).is_dir()
+            for folder in (zarr / kind).iterdir()
+            if folder.is_dir()
+        }
+        held = [on_disk[name.lower()] for name in names if name.lower() in on_disk]
+        if held:
+            raise ElementsTaken(
+                f"{zarr} holds {', '.join(held)} already, added since this command read the store (by another "
+                "command running at the same time): nothing was written"
+            )
+        yield
+    finally:
+        _release(claims)
+
+
+def _claim(path: Path) -> int | None:
+    """The open, locked claim file ``path`` (-1 where locks are unsupported); None if another command holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return -1
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            return None
+        except OSError as err:
+            os.close(handle)
+            if err.errno in _LOCKS_UNSUPPORTED:
+                path.unlink(missing_ok=True)
+                return -1
+            raise
+        try:
+            linked = os.stat(path)
+        except FileNotFoundError:
+            linked = None
+        opened = os.fstat(handle)
+        if linked is not None and (linked.st_dev, linked.st_ino) == (opened.st_dev, opened.st_ino):
+            return handle
+        os.close(handle)  # its command deleted it as this one opened it: claim the name anew
+
+
+def _release(claims: dict[Path, int]) -> None:
+    """Delete the claim files ``claims`` (paths and their open handles), then close them, which unlocks them."""
+    for path, handle in claims.items():
+        if handle >= 0:
+            path.unlink(missing_ok=True)
+            os.close(handle)
+
+
+class _HeldStores(threading.local):
+    """The stores whose lock a thread holds (their real paths), so that a nested store_lock does not wait for itself."""
+
+    def __init__(self):
+        self.paths: set[str] = set()
+
+
+_held_stores = _HeldStores()
+
+
 @contextmanager
 def store_lock(zarr: Path):
     """Hold the lock of the store ``zarr`` (a lock on its folder) while the body runs.
@@ -220,7 +327,20 @@ def store_lock(zarr: Path):
     system (NFS), jobs on different nodes appending to one store at once are not kept apart. Where
     the file system refuses locks (no ``fcntl``, as on Windows, or a mount without locks), a warning
     is logged and the body runs unlocked.
+
+    Every command that changes an existing store holds it wherever SpatialData or zarr rewrite the
+    store's root metadata (which they read whole, then write whole): ``--append`` and ``loki tile``
+    while they merge their attrs and list their new elements (:func:`write_new_elements`; the
+    elements themselves are written unlocked, their names claimed first), ``loki embed`` and ``loki
+    align`` for the whole rewrite of a table (:func:`rewrite_table`) and of shapes and placements,
+    and every deletion (:func:`delete_if_on_disk`). A thread holding it may take it again (the body
+    runs at once); another thread, like another process, waits.
     """
+    key = os.path.realpath(zarr)
+    held = _held_stores.paths
+    if key in held:
+        yield
+        return
     try:
         import fcntl
     except ImportError:  # Windows
@@ -231,7 +351,11 @@ def store_lock(zarr: Path):
     try:
         if not _lock(fcntl, handle, zarr):
             _warn_unlocked(zarr)
-        yield
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
     finally:
         os.close(handle)
 
@@ -247,11 +371,15 @@ def _lock(fcntl, handle: int, zarr: Path) -> bool:
             logger.info("waiting for another command writing to %r", str(zarr))
             fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError as err:
-        # EBADF: some network file systems lock only descriptors opened for writing, not a folder's
-        if err.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF):
+        if err.errno in _LOCKS_UNSUPPORTED:
             return False
         raise
     return True
+
+
+#: The errors of ``flock`` where the file system does not support locks (EBADF: some network file
+#: systems lock only descriptors opened for writing, not a folder's)
+_LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF)
 
 
 def _warn_unlocked(zarr: Path) -> None:
