@@ -107,3 +107,25 @@ def test_fullres_size_is_read_from_the_header_only(tmp_path):
     cut.write_bytes(whole[: len(whole) // 2])
     assert header_size(cut) == (1333, 1000)
     check_fullres_size(cut, tmp_path, scalefactors)
+
+
+def test_read_visium_given_the_sample_folder_points_at_its_outs_folder(tmp_path):
+    """Given the sample folder holding Space Ranger's ``outs/``, the message listed ['outs'] without
+    saying to pass it."""
+    sample = tmp_path / "sample"
+    (sample / "outs" / "spatial").mkdir(parents=True)
+    (sample / "outs" / "filtered_feature_bc_matrix.h5").write_bytes(b"")
+    hint = f"Its 'outs' folder holds it: pass {str(sample / 'outs')!r}, the Space Ranger output folder."
+    with pytest.raises(FileNotFoundError, match="No 'filtered_feature_bc_matrix.h5'") as err:
+        lk.io.read_visium(sample)
+    assert str(err.value).endswith(f"it holds ['outs']. {hint}")
+    # a spot file found in outs/ only, next to a counts file in the folder given: the same hint
+    (sample / "filtered_feature_bc_matrix.h5").write_bytes(b"")
+    (sample / "outs" / "spatial" / "scalefactors_json.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="No 'spatial/scalefactors_json.json'") as err:
+        lk.io.read_visium(sample)
+    assert str(err.value).endswith(hint)
+    # without the file in outs/ there is nothing to point at
+    with pytest.raises(FileNotFoundError, match="No 'filtered_feature_bc_matrix.h5'") as err:
+        lk.io.read_visium(sample / "outs" / "spatial")
+    assert "outs' folder" not in str(err.value)

@@ -521,6 +521,36 @@ def test_truth_and_prediction_frames_are_matched_by_cell_type_and_spot_labels():
         metrics.ssim(truth, shuffled.rename(index={"s0": "x"}))
 
 
+def test_scores_of_two_frames_are_labelled_by_the_truths_cell_types():
+    """Two labelled frames gave unlabelled arrays: which value was which type depended on knowing
+    that the scores follow the first argument's column order."""
+    rng = np.random.default_rng(0)
+    spots = pd.Index([f"s{i}" for i in range(36)], name="spot")
+    types = pd.Index(["B", "T", "NK"], name="cell_type")
+    truth = pd.DataFrame(rng.dirichlet(np.ones(3), 36), index=spots, columns=types)
+    pred = (truth * 0.8 + rng.uniform(0, 0.2, truth.shape))[["NK", "T", "B"]]  # other type order
+    xy = np.c_[np.repeat(np.arange(6.0), 6), np.tile(np.arange(6.0), 6)]
+    arrays = (truth.to_numpy(), pred[types].to_numpy())
+    for score, args, labels in [
+        (metrics.js_divergence, {"axis": 0}, types),
+        (metrics.js_divergence, {"axis": -2}, types),
+        (metrics.js_divergence, {"axis": 1}, spots),
+        (metrics.ssim, {}, types),
+        (lambda t, p: metrics.ssim_grid(xy, t, p), {}, types),
+    ]:
+        got = score(truth, pred, **args)
+        assert isinstance(got, pd.Series)
+        assert got.index.equals(labels)
+        assert got.index.name == labels.name
+        np.testing.assert_array_equal(got.to_numpy(), score(*arrays, **args))
+        # an array on either side is compared by position, and the result stays an array
+        assert type(score(truth, arrays[1], **args)) is np.ndarray
+        assert type(score(arrays[0], pred[types], **args)) is np.ndarray
+    # one cell type (two Series) still gives a float
+    assert isinstance(metrics.ssim(truth["NK"], pred["NK"]), float)
+    assert isinstance(metrics.js_divergence(truth["NK"], pred["NK"]), float)
+
+
 def test_labels_of_different_types_are_shown_as_they_are():
     """Integer cell types against their text: the message listed '1', '2' as only in p and '1', '2' as
     only in q, the same words on both sides."""
@@ -606,7 +636,7 @@ def test_default_labels_are_matched_when_the_other_side_holds_them_in_another_or
     assert metrics.pearson(a, a.sort_values(ascending=False)) == pytest.approx(1.0)
     truth = pd.DataFrame(np.random.default_rng(2).random((6, 3)))
     shuffled = truth.sample(frac=1, random_state=0)
-    assert metrics.js_divergence(truth, shuffled, axis=1) == pytest.approx(np.zeros(6), abs=1e-12)
+    np.testing.assert_allclose(metrics.js_divergence(truth, shuffled, axis=1), 0.0, atol=1e-12)
     # other labels against default ones stay positional (a frame built from an array)
     named = truth.set_axis([f"s{i}" for i in range(6)])
     assert metrics.mse(named, truth) == 0.0

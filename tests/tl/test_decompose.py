@@ -142,17 +142,24 @@ def test_refine_and_percentile_normalisation_go_to_the_refined_key():
     np.testing.assert_array_equal(refined[nonzero].argmax(axis=1), props[nonzero].argmax(axis=1))
 
 
-def test_embedding_input_and_size_mismatch():
+def _unit_rows(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _embedded_toy(type_emb=None):
+    """:func:`_toy` with signed, L2-normalised embeddings: reference cells near their type's
+    embedding in ``.obsm['loki_text']``, spots the mix of their cells' types in ``.obsm['loki_image']``."""
     spots, reference, truth = _toy(cells_per_type=UNBALANCED)
     rng = np.random.default_rng(1)
-    type_emb = rng.normal(size=(4, 16))
+    type_emb = rng.normal(size=(4, 16)) if type_emb is None else type_emb
     codes = pd.Categorical(reference.obs["cell_type"]).codes
-    cell_emb = type_emb[codes] + 0.05 * rng.normal(size=(reference.n_obs, 16))
-    reference.obsm["loki_text"] = (cell_emb / np.linalg.norm(cell_emb, axis=1, keepdims=True)).astype(
-        np.float32
-    )
-    mix = truth @ type_emb
-    spots.obsm["loki_image"] = (mix / np.linalg.norm(mix, axis=1, keepdims=True)).astype(np.float32)
+    reference.obsm["loki_text"] = _unit_rows(type_emb[codes] + 0.05 * rng.normal(size=(reference.n_obs, 16)))
+    spots.obsm["loki_image"] = _unit_rows(truth @ type_emb)
+    return spots, reference, truth
+
+
+def test_embedding_input_and_size_mismatch():
+    spots, reference, truth = _embedded_toy()
     lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", use="loki_image", method="nnls")
     assert _js(truth, spots.obsm["loki_proportions"]) < 0.5 * _js(truth, np.full_like(truth, 0.25))
     assert spots.uns["loki"]["loki_proportions"]["reference_use"] == "loki_text"
@@ -163,6 +170,44 @@ def test_embedding_input_and_size_mismatch():
         lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", use="loki_text")
     assert "loki_proportions" not in spots.obsm
     assert "loki" not in spots.uns
+
+
+def test_the_default_method_is_nnls_on_expression_and_the_mapping_on_embeddings():
+    """NNLS ran on signed embeddings by default, without a word, although the mapping is the paper's
+    method there (and was closer to the truth on every benchmark case)."""
+    spots, reference, _ = _embedded_toy()
+    kwargs = {"reference": reference, "cell_type_key": "cell_type", "epochs": 30, "inplace": False}
+    for use, method in (("X", "nnls"), ("loki_image", "mapping")):
+        default = lk.tl.decompose(spots, use=use, **kwargs)
+        chosen = lk.tl.decompose(spots, use=use, method=method, **kwargs)
+        assert default.record["method"] == method
+        pd.testing.assert_frame_equal(default.proportions, chosen.proportions, check_exact=True)
+
+
+def test_spots_without_nnls_weight_on_embeddings_are_told_apart_from_empty_ones(caplog):
+    """NNLS on embeddings gives no weight to a spot pointing away from every type's mean embedding;
+    the log called such spots "no signal (all features zero, or no NNLS weight)"."""
+    type_emb = np.abs(np.random.default_rng(2).normal(size=(4, 16)))  # every type's mean is positive
+    spots, reference, _ = _embedded_toy(type_emb)
+    spots.obsm["loki_image"][3] = -spots.obsm["loki_image"][3]  # a dot product < 0 with every type
+    spots.obsm["loki_image"][7] = 0
+    with caplog.at_level("WARNING", logger="loki"):
+        out = lk.tl.decompose(
+            spots,
+            reference=reference,
+            cell_type_key="cell_type",
+            use="loki_image",
+            method="nnls",
+            inplace=False,
+        )
+    assert out.record["n_empty_spots"] == 2
+    np.testing.assert_allclose(out.proportions.iloc[[3, 7]], 0.25)
+    assert (
+        "2 of 80 spots got no NNLS weight (1 with an all-zero embedding; 1 whose embedding has a dot "
+        "product <= 0 with every cell type's mean), e.g. 's3', 's7'" in caplog.text
+    )
+    assert "method='mapping' (the default for embeddings)" in caplog.text
+    assert "no signal" not in caplog.text
 
 
 def _nothing_written(adata):
@@ -515,7 +560,7 @@ def test_nms_warns_about_a_type_that_wins_no_spot(caplog):
         )
     assert (props.to_numpy().argmax(axis=1) != 2).all()
     assert (refined["C"] == 0).all()
-    assert "most probable type of no spot" in caplog.text
+    assert "1 cell type is the most probable type of no spot and is 0 in every refined spot" in caplog.text
     assert "'C'" in caplog.text
 
 
@@ -799,9 +844,24 @@ def test_mapping_options_given_to_nnls_are_warned_about(kwargs):
     """A Tangram user's mode='cells' (tangram-sc's default) fell through to NNLS silently."""
     spots, reference, _ = _toy()
     name = next(iter(kwargs))
-    with pytest.warns(lk.LokiWarning, match=rf"{name}=.* apply to method='mapping' only; method='nnls'"):
+    match = rf"{name}=\S+ applies to method='mapping' only; method='nnls' \(the default for expression"
+    with pytest.warns(lk.LokiWarning, match=match):
         lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", **kwargs)
     assert spots.uns["loki"]["loki_proportions"]["method"] == "nnls"
+
+
+def test_mapping_options_warning_agrees_in_number_and_names_a_chosen_nnls_as_such():
+    """It read "mode='cells' apply to ... (the default)", also when method='nnls' was passed."""
+    spots, reference, _ = _toy()
+    kwargs = {"reference": reference, "cell_type_key": "cell_type", "inplace": False}
+    with pytest.warns(
+        lk.LokiWarning,
+        match=r"mode='cells' and return_mapping=True apply to method='mapping' only; method='nnls' "
+        r"\(the default for expression, use='X'\) ignores them\.",
+    ):
+        lk.tl.decompose(spots, mode="cells", return_mapping=True, **kwargs)
+    with pytest.warns(lk.LokiWarning, match=r"applies to method='mapping' only; method='nnls' ignores it\."):
+        lk.tl.decompose(spots, method="nnls", mode="cells", **kwargs)
 
 
 def test_mapping_settings_are_recorded_as_numbers_and_no_prior_means_no_density_term():
@@ -852,9 +912,37 @@ def test_a_cell_type_without_counts_on_the_shared_genes_is_named(method):
     """Its proportions were 0 (NNLS) or arbitrary (mapping) without a word."""
     spots, reference, _ = _toy()
     reference.X[(reference.obs["cell_type"] == "T2").to_numpy()] = 0
-    with pytest.warns(lk.LokiWarning, match=r"1 cell type\(s\) have no counts on the shared genes.*'T2'"):
+    with pytest.warns(
+        lk.LokiWarning,
+        match=r"1 cell type has no counts on the shared genes in the reference: 'T2'\. Its proportions",
+    ):
         lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", method=method, epochs=5)
     assert list(spots.obsm["loki_proportions"].columns) == ["T0", "T1", "T2", "T3"]
+    reference.X[(reference.obs["cell_type"] == "T3").to_numpy()] = 0
+    with pytest.warns(
+        lk.LokiWarning, match=r"2 cell types have no counts on the shared genes .*'T2', 'T3'\. Their"
+    ):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", method=method, epochs=5)
+
+
+def test_a_cell_type_with_all_zero_embeddings_is_named_without_a_gene_remedy():
+    """The message said "Use more genes (a panel may miss their markers)" for embeddings too."""
+    spots, reference, _ = _embedded_toy()
+    reference.obsm["loki_text"][(reference.obs["cell_type"] == "T2").to_numpy()] = 0
+    with pytest.warns(
+        lk.LokiWarning,
+        match=r"1 cell type has an all-zero embedding in the reference: 'T2'\. Its proportions are 0 in "
+        r"every spot\. Embed the reference cells again \(reference_use names the \.obsm key read\) or "
+        r"drop it\.",
+    ):
+        lk.tl.decompose(
+            spots,
+            reference=reference,
+            cell_type_key="cell_type",
+            use="loki_image",
+            method="nnls",
+            inplace=False,
+        )
 
 
 def test_a_missing_layer_points_at_raw_when_there_is_one():
@@ -886,6 +974,17 @@ def test_fewer_shared_genes_than_cell_types_is_warned_about(method):
     reference.X[twin] = reference.X[(reference.obs["cell_type"] == "T0").to_numpy()]
     with pytest.warns(lk.LokiWarning, match=r"span only 3 dimensions.*two types with one profile"):
         lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", method=method, epochs=5)
+
+
+def test_profiles_spanning_one_dimension_are_named_in_the_singular():
+    """One shared gene for four types read "span only 1 dimensions on 1 shared genes"."""
+    spots, reference, _ = _toy()
+    reference.var_names = [f"G{g}" if g < 1 else f"ENSG{g}" for g in range(reference.n_vars)]
+    reference.X[:, 0] += 1  # every type has counts on the shared gene
+    with pytest.warns(
+        lk.LokiWarning, match=r"4 cell types span only 1 dimension on 1 shared gene \(fewer genes than"
+    ):
+        lk.tl.decompose(spots, reference=reference, cell_type_key="cell_type", inplace=False)
 
 
 def test_enough_shared_genes_do_not_warn_about_separability():

@@ -109,7 +109,9 @@ def _check_visium_files(path: Path, kwargs: dict) -> None:
         present = f"it has no spatial/ folder (it holds {sorted(p.name for p in path.iterdir())})"
     scalefactors = kwargs.get("scalefactors_file") or Path("spatial") / "scalefactors_json.json"
     if not (path / scalefactors).is_file():
-        raise FileNotFoundError(f"No {str(scalefactors)!r} in {str(path)!r}; {present}.")
+        raise FileNotFoundError(
+            f"No {str(scalefactors)!r} in {str(path)!r}; {present}.{_outs_hint(path, scalefactors)}"
+        )
     positions = kwargs.get("tissue_positions_file")
     candidates = (
         [path / positions]
@@ -117,8 +119,10 @@ def _check_visium_files(path: Path, kwargs: dict) -> None:
         else [spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv"]
     )
     if not any(p.is_file() for p in candidates):
-        names = " or ".join(repr(str(p.relative_to(path))) for p in candidates)
-        raise FileNotFoundError(f"No spot positions file ({names}) in {str(path)!r}; {present}.")
+        relative = [p.relative_to(path) for p in candidates]
+        names = " or ".join(repr(str(p)) for p in relative)
+        hint = next(filter(None, (_outs_hint(path, p) for p in relative)), "")
+        raise FileNotFoundError(f"No spot positions file ({names}) in {str(path)!r}; {present}.{hint}")
     fullres = kwargs.get("fullres_image_file")
     if fullres is not None and not (path / fullres).is_file():
         raise FileNotFoundError(f"fullres_image_file {str(path / fullres)!r} does not exist.")
@@ -127,6 +131,17 @@ def _check_visium_files(path: Path, kwargs: dict) -> None:
             check_not_sixteen_bit_png(path / image)
     if fullres is not None:
         check_fullres_size(path / fullres, path, _scalefactors_file(path, kwargs))
+
+
+def _outs_hint(path: Path, missing: str | Path) -> str:
+    """A sentence saying to pass ``path/outs`` when that folder holds ``missing``, else ``""``.
+
+    Space Ranger writes its output folder ``outs/`` inside the sample's folder, which users pass.
+    """
+    outs = path / "outs"
+    if not (outs / missing).is_file():
+        return ""
+    return f" Its 'outs' folder holds it: pass {str(outs)!r}, the Space Ranger output folder."
 
 
 def check_fullres_size(
@@ -413,7 +428,9 @@ def read_visium(
     counts_file = kwargs.get("counts_file", "filtered_feature_bc_matrix.h5")
     if not (path / counts_file).is_file():
         present = sorted(p.name for p in path.iterdir())
-        raise FileNotFoundError(f"No {counts_file!r} in {str(path)!r}; it holds {present}.")
+        raise FileNotFoundError(
+            f"No {counts_file!r} in {str(path)!r}; it holds {present}.{_outs_hint(path, counts_file)}"
+        )
     _check_visium_files(path, kwargs)
     name = (
         dataset_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from ._labels import paired_arrays
 
@@ -41,7 +42,7 @@ def _kl(p: np.ndarray, m: np.ndarray, axis: int) -> np.ndarray:
     return terms.sum(axis=axis)
 
 
-def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> float | np.ndarray:
+def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> float | np.ndarray | pd.Series:
     """Jensen-Shannon divergence in base 2, so that it lies in [0, 1] (eqs. 22-24).
 
     Each slice along ``axis`` is normalised to sum to 1 first, so raw proportions or counts can be
@@ -61,9 +62,13 @@ def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> float | np.nd
 
     Returns
     -------
-    The divergence (a float for 1-D input, else an array with ``axis`` removed).
+    The divergence: a float for 1-D input; for two DataFrames a :class:`pandas.Series` indexed by
+    ``p``'s labels along the other axis (its cell types with ``axis=0``); else an array with
+    ``axis`` removed.
 
     """
+    frames = isinstance(p, pd.DataFrame) and isinstance(q, pd.DataFrame)
+    labels = p.axes[1 - axis % 2] if frames and axis in (-2, -1, 0, 1) else None
     p, q = paired_arrays(p, q, ("p", "q"))
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}.")
@@ -71,4 +76,6 @@ def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> float | np.nd
     q = _normalise(q, "q", axis)
     m = 0.5 * (p + q)
     out = np.clip(0.5 * _kl(p, m, axis) + 0.5 * _kl(q, m, axis), 0.0, 1.0)
-    return float(out) if out.ndim == 0 else out
+    if out.ndim == 0:
+        return float(out)
+    return out if labels is None else pd.Series(out, index=labels.copy())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 from scipy.ndimage import uniform_filter
 
 from loki._logging import LokiWarning, user_stacklevel
@@ -17,7 +18,7 @@ from ._lattice import lattice_pixels
 
 def ssim(
     values_true: np.ndarray, values_pred: np.ndarray, *, data_range: float | None = None
-) -> float | np.ndarray:
+) -> float | np.ndarray | pd.Series:
     """SSIM of eq. 25 between measured and predicted spot values, one value per column.
 
     ``(2 mu_t mu_p + C1)(2 s_tp + C2) / ((mu_t^2 + mu_p^2 + C1)(s_t^2 + s_p^2 + C2))`` with the means,
@@ -40,9 +41,11 @@ def ssim(
 
     Returns
     -------
-    The SSIM in [-1, 1] (a float for 1-D values, else one per column).
+    The SSIM in [-1, 1]: a float for 1-D values, else one per column, as a :class:`pandas.Series`
+    indexed by ``values_true``'s columns (e.g. cell types) for two DataFrames, else as an array.
 
     """
+    columns = _shared_columns(values_true, values_pred)
     t, p = _check_pair(values_true, values_pred)
     t2, p2 = t.reshape(len(t), -1), p.reshape(len(p), -1)
     rng = _data_range(t2, p2, data_range)
@@ -52,7 +55,7 @@ def ssim(
     cov = ((t2 - mt) * (p2 - mp)).mean(axis=0)
     c1, c2 = 0.01**2, 0.03**2
     out = ((2 * mt * mp + c1) * (2 * cov + c2)) / ((mt**2 + mp**2 + c1) * (vt + vp + c2))
-    return float(out[0]) if t.ndim == 1 else out
+    return _per_column(out, t.ndim, columns)
 
 
 def ssim_map(
@@ -214,7 +217,7 @@ def ssim_grid(
     mask_empty: bool = True,
     data_range: float | None = None,
     win_size: int = 7,
-) -> float | np.ndarray:
+) -> float | np.ndarray | pd.Series:
     """Local SSIM between measured and predicted spot values viewed as images on the spot grid.
 
     Spots are rasterised with :func:`rasterize` (empty pixels are 0), the local SSIM map is computed
@@ -243,9 +246,10 @@ def ssim_grid(
 
     Returns
     -------
-    The mean SSIM (a float for 1-D values, else one per column).
+    The mean SSIM: a float for 1-D values, else one per column, labelled as by :func:`ssim`.
 
     """
+    columns = _shared_columns(values_true, values_pred)
     values_true, values_pred = _check_pair(values_true, values_pred)
     idx = _pixel_index(coords, grid)
     if len(idx) != len(values_true):
@@ -262,7 +266,20 @@ def ssim_grid(
     for c in range(img_t.shape[-1]):
         smap = ssim_map(img_t[..., c], img_p[..., c], data_range=ranges[c], win_size=win_size)
         out[c] = smap[mask].mean() if mask_empty else smap.mean()
-    return float(out[0]) if values_true.ndim == 1 else out
+    return _per_column(out, values_true.ndim, columns)
+
+
+def _shared_columns(values_true, values_pred) -> pd.Index | None:
+    """``values_true``'s columns when both inputs are DataFrames (the order of the scores), else None."""
+    both = isinstance(values_true, pd.DataFrame) and isinstance(values_pred, pd.DataFrame)
+    return values_true.columns.copy() if both else None
+
+
+def _per_column(out: np.ndarray, ndim: int, columns: pd.Index | None) -> float | np.ndarray | pd.Series:
+    """The scores as returned: a float for 1-D values, a Series over ``columns`` when given, else ``out``."""
+    if ndim == 1:
+        return float(out[0])
+    return out if columns is None else pd.Series(out, index=columns)
 
 
 def _check_pair(values_true, values_pred) -> tuple[np.ndarray, np.ndarray]:

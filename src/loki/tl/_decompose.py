@@ -22,6 +22,7 @@ from loki._utils._spatialdata import check_write_mode, get_table, is_spatialdata
 
 from ._decompose_inputs import cell_type_codes, dense, density_from_prior, feature_matrices, few
 from ._decompose_warnings import (
+    agree,
     check_scales,
     warn_mapping_only,
     warn_types_not_separable,
@@ -68,7 +69,7 @@ def decompose(
     cell_type_key: str,
     use: str = "X",
     reference_use: str | None = None,
-    method: Method = "nnls",
+    method: Method | None = None,
     mode: Mode = "clusters",
     layer: str | None = None,
     reference_layer: str | None = None,
@@ -124,18 +125,20 @@ def decompose(
     reference whose type frequencies match the tissue's; ``method="nnls"`` estimates every spot
     from its own profile and does not assume a composition.
 
-    ``method="nnls"`` (default) solves a non-negative least-squares problem per spot on the per-type
-    mean profiles and normalises the weights. It is the default because on pseudo-spots built from
-    real labelled cells (spacexr's hypothalamus and hippocampus references split in two halves, 55 um
-    spots of ~8 cells, expression input) it was clearly more accurate than the mapping (JS divergence
-    0.19 vs 0.27 and 0.22 vs 0.31, SSIM of eq. 25 0.75 vs 0.63 and 0.73 vs 0.59;
-    ``benchmarks/RESULTS.md``) and far faster: there the spot profile really is a sum of cell
-    profiles. The mapping agrees with tangram-sc 1.0.4 (per-type correlation of proportions >= 0.997),
-    is better on the synthetic generator, and is the paper's method for embeddings
-    (``use="loki_text"`` / ``"loki_image"``), where a spot is not a linear mix of cell embeddings;
-    compare both on your data. With the ``loki-tiny`` text embeddings both methods were worse than a
-    uniform guess on all three benchmark cases (JS 0.40-0.71 against 0.11-0.51): the embedding route
-    needs a model trained on much more data than the bundled sections.
+    ``method="nnls"`` solves a non-negative least-squares problem per spot on the per-type mean
+    profiles and normalises the weights. It is the default for expression (``use="X"``) because on
+    pseudo-spots built from real labelled cells (spacexr's hypothalamus and hippocampus references
+    split in two halves, 55 um spots of ~8 cells, expression input) it was clearly more accurate
+    than the mapping (JS divergence 0.19 vs 0.27 and 0.22 vs 0.31, SSIM of eq. 25 0.75 vs 0.63 and
+    0.73 vs 0.59; ``benchmarks/RESULTS.md``) and far faster: there the spot profile really is a sum
+    of cell profiles. The mapping agrees with tangram-sc 1.0.4 (per-type correlation of proportions
+    >= 0.997), is better on the synthetic generator, and is the paper's method for embeddings
+    (``use="loki_text"`` / ``"loki_image"``), where a spot is not a non-negative mix of cell
+    embeddings (their entries are signed: half of loki-tiny's are negative): it is the default
+    there. On the ``loki-tiny`` text embeddings of the three benchmark cases it was closer to the
+    truth than NNLS (JS 0.56 vs 0.63, 0.62 vs 0.71, 0.40 vs 0.49), yet both were worse than a
+    uniform guess (JS 0.48, 0.51, 0.11): the embedding route needs a model trained on much more
+    data than the bundled sections. Compare both methods on your data.
 
     Expression (``use="X"``) must be on one scale in the spots and the reference. NNLS models a spot
     as a non-negative sum of the reference's per-type mean profiles, which holds for counts: give it
@@ -164,10 +167,11 @@ def decompose(
     A spot whose features are all zero (an empty or off-tissue barcode, or no counts on the shared
     genes), or to which NNLS gives no weight at all, has no signal: its proportions are uniform
     (``nnls``) or whatever the mapping left there, not a measured mixture. Such spots are counted,
-    logged as a warning and recorded as ``n_empty_spots``. A cell type whose reference features are
-    all zero (e.g. a gene panel without any of its genes) cannot be placed: a
-    :class:`~loki.LokiWarning` names it (NNLS gives it 0 in every spot, the mapping spreads it by
-    the density prior alone).
+    logged as a warning and recorded as ``n_empty_spots``. On embeddings NNLS gives no weight to a
+    spot whose embedding has a dot product <= 0 with every cell type's mean embedding; the warning
+    counts those apart from all-zero ones. A cell type whose reference features are all zero (e.g.
+    a gene panel without any of its genes) cannot be placed: a :class:`~loki.LokiWarning` names it
+    (NNLS gives it 0 in every spot, the mapping spreads it by the density prior alone).
     When the types' reference profiles are linearly dependent (fewer shared genes than cell types,
     e.g. a reference named by another gene nomenclature that shares only a few symbols, or two types
     with one profile), different mixtures give the same profile and a spot's proportions are not
@@ -195,7 +199,8 @@ def decompose(
         Features of the reference: ``"X"`` or an ``.obsm`` key. Default: ``"X"`` when ``use="X"``,
         otherwise ``"loki_text"`` (cells embedded by the text encoder).
     method
-        ``"nnls"`` or ``"mapping"`` (see above).
+        ``"nnls"`` or ``"mapping"`` (see above). Default (``None``): ``"nnls"`` for expression
+        (``use="X"``), ``"mapping"`` for embeddings (any other ``use``; logged at info level).
     mode
         ``"clusters"`` or ``"cells"`` (``method="mapping"`` only; with ``method="nnls"`` a value
         other than the default is warned about and ignored). Note that tangram-sc's default is
@@ -293,7 +298,9 @@ def decompose(
         derived=[(refined_key, ("obsm",))],
         tool="tl.decompose",
     )
-    _check_options(reference, method, mode, refine, normalize, percentiles, return_mapping)
+    defaulted = method is None
+    method = _default_method(use) if defaulted else method
+    _check_options(reference, method, mode, refine, normalize, percentiles, return_mapping, defaulted)
     if reference_use is None:
         reference_use = "X" if use == "X" else Key.TEXT
 
@@ -307,14 +314,15 @@ def decompose(
     info = _base_record(
         method, use, reference_use, cell_type_key, cell_types, features, spots, min_cells_per_type
     )
-    no_signal = _rows_without_signal(spots)
+    empty = _rows_without_signal(spots)
+    unweighted = np.zeros_like(empty)  # NNLS only: spots with features but no weight
     profiles = type_means(ref, codes, len(cell_types))
     warn_types_without_features(profiles, cell_types, use == "X", method)
     if not centred_reference:  # its profiles are dependent by themselves; the scale warning says why
         warn_types_not_separable(profiles, use == "X", table.n_vars, reference.n_vars)
     if method == "nnls":
         weights = nnls_weights(profiles, spots, progress=progress)
-        no_signal |= weights.sum(axis=1) <= 0
+        unweighted = (weights.sum(axis=1) <= 0) & ~empty
         proportions = normalize_rows(weights)
     else:
         settings = MappingSettings(
@@ -344,8 +352,8 @@ def decompose(
             return_mapping=return_mapping,
         )
         info.update(fit_record)
-    info["n_empty_spots"] = int(no_signal.sum())
-    _log_spots_without_signal(no_signal, table.obs_names, method)
+    info["n_empty_spots"] = int((empty | unweighted).sum())
+    _log_spots_without_signal(empty, unweighted, table.obs_names, method, expression=use == "X")
 
     proportions_df = pd.DataFrame(proportions, index=table.obs_names.copy(), columns=pd.Index(cell_types))
     refined_df = None
@@ -367,6 +375,19 @@ def _spots_table(data: AnnData | SpatialData, table_key: str | None) -> AnnData:
     raise TypeError(f"Expected an AnnData or a SpatialData, got {type(data).__name__}.")
 
 
+def _default_method(use: str) -> str:
+    """The method of ``method=None``: NNLS on expression (``use="X"``), the mapping on embeddings.
+
+    NNLS models a spot as a non-negative mix of the types' profiles, which holds for counts but not
+    for signed, L2-normalised embeddings; on the benchmark's text embeddings the mapping was the
+    closer of the two in every case.
+    """
+    if use == "X":
+        return "nnls"
+    logger.info("decompose: method='mapping', the default for embeddings (use=%r)", use)
+    return "mapping"
+
+
 def _check_options(
     reference,
     method: str,
@@ -375,12 +396,13 @@ def _check_options(
     normalize: str | None,
     percentiles: tuple[float, float],
     return_mapping: bool,
+    defaulted: bool,
 ) -> None:
     """Refuse a reference that is no AnnData and options outside their choices, in that order.
 
     ``percentiles`` are checked only with ``normalize="percentile"``. With ``method="nnls"``, the
     options of the mapping that differ from their defaults (``mode``, ``return_mapping``) are warned
-    about: NNLS ignores them.
+    about: NNLS ignores them. ``defaulted``: ``method`` was chosen by default (``method=None``).
     """
     if not isinstance(reference, AnnData):
         raise TypeError(f"reference must be an AnnData, got {type(reference).__name__}.")
@@ -393,7 +415,7 @@ def _check_options(
         if not 0 <= low < high <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}.")
     if method == "nnls":
-        warn_mapping_only(mode=mode, return_mapping=return_mapping)
+        warn_mapping_only(mode=mode, return_mapping=return_mapping, defaulted=defaulted)
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
@@ -500,22 +522,49 @@ def _fit_mapping(
     return proportions, record
 
 
-def _log_spots_without_signal(no_signal: np.ndarray, spot_names: pd.Index, method: str) -> None:
+def _log_spots_without_signal(
+    empty: np.ndarray, unweighted: np.ndarray, spot_names: pd.Index, method: str, *, expression: bool
+) -> None:
     """Log a warning that counts and names (a few of) the spots without signal, if there are any.
 
-    Their features are all zero, or (NNLS) they got no weight at all: their proportions are uniform
-    (NNLS) or whatever the mapping left there, not a measured mixture.
+    ``empty``: their features are all zero; ``unweighted``: NNLS gave the others no weight at all.
+    Their proportions are uniform (NNLS) or whatever the mapping left there, not a measured mixture.
+    On embeddings NNLS gives no weight to a spot whose embedding has a dot product <= 0 with every
+    type's mean embedding (zero is then the best non-negative fit), which signed embeddings allow:
+    the message says so rather than call such spots empty.
     """
-    if no_signal.any():
+    no_signal = empty | unweighted
+    if not no_signal.any():
+        return
+    n_spots, examples = len(spot_names), few(spot_names[no_signal])
+    if method == "nnls" and not expression:
+        causes = [
+            f"{k} {what}"
+            for k, what in (
+                (int(empty.sum()), "with an all-zero embedding"),
+                (int(unweighted.sum()), "whose embedding has a dot product <= 0 with every cell type's mean"),
+            )
+            if k
+        ]
         logger.warning(
-            "decompose: %d of %d spots have no signal (%s), e.g. %s; their proportions are %snot a "
-            "measured mixture",
+            "decompose: %d of %d spots got no NNLS weight (%s), e.g. %s; their proportions are uniform, "
+            "not a measured mixture. NNLS fits a spot as a non-negative mix of the cell types' mean "
+            "embeddings; method='mapping' (the default for embeddings) does not",
             int(no_signal.sum()),
-            len(spot_names),
-            "all features zero, or no NNLS weight" if method == "nnls" else "all features zero",
-            few(spot_names[no_signal]),
-            "uniform, " if method == "nnls" else "",
+            n_spots,
+            "; ".join(causes),
+            examples,
         )
+        return
+    logger.warning(
+        "decompose: %d of %d spots have no signal (%s), e.g. %s; their proportions are %snot a "
+        "measured mixture",
+        int(no_signal.sum()),
+        n_spots,
+        "all features zero, or no NNLS weight" if method == "nnls" else "all features zero",
+        examples,
+        "uniform, " if method == "nnls" else "",
+    )
 
 
 def _refined(
@@ -547,9 +596,11 @@ def _nms(proportions: np.ndarray, cell_types: list[str]) -> np.ndarray:
     never = [t for t, column in zip(cell_types, refined.T, strict=True) if not column.any()]
     if never:
         logger.warning(
-            "refine='nms': %d cell type(s) are the most probable type of no spot and are 0 in every "
-            "refined spot (eqs. 13-14): %s",
+            "refine='nms': %d %s the most probable type of no spot and %s 0 in every refined spot "
+            "(eqs. 13-14): %s",
             len(never),
+            agree(len(never), "cell type is", "cell types are"),
+            agree(len(never), "is", "are"),
             ", ".join(map(repr, never)),
         )
     return refined

@@ -23,17 +23,27 @@ _SCALE_SAMPLE = 1_000_000
 _LOG_MAX, _LOG_MAX_UNS = 20.0, 30.0
 
 
-def warn_mapping_only(*, mode: str, return_mapping: bool) -> None:
-    """Warn that options of the mapping were given to NNLS, which ignores them."""
+def warn_mapping_only(*, mode: str, return_mapping: bool, defaulted: bool = False) -> None:
+    """Warn that options of the mapping were given to NNLS, which ignores them.
+
+    ``defaulted``: NNLS was chosen by default (``method=None`` on expression), which the message says.
+    """
     given = [f"mode={mode!r}"] if mode != "clusters" else []
     given += ["return_mapping=True"] if return_mapping else []
     if given:
+        why = " (the default for expression, use='X')" if defaulted else ""
         warnings.warn(
-            f"decompose: {' and '.join(given)} apply to method='mapping' only; method='nnls' (the "
-            "default) ignores them. Pass method='mapping' for the Tangram-style mapping.",
+            f"decompose: {' and '.join(given)} {agree(len(given), 'applies', 'apply')} to "
+            f"method='mapping' only; method='nnls'{why} ignores {agree(len(given), 'it', 'them')}. "
+            "Pass method='mapping' for the Tangram-style mapping.",
             LokiWarning,
             stacklevel=user_stacklevel(),
         )
+
+
+def agree(n: int, one: str, many: str) -> str:
+    """``one`` for a count of 1, else ``many``: the word that agrees with ``n`` things."""
+    return one if n == 1 else many
 
 
 def check_scales(
@@ -126,15 +136,26 @@ def warn_types_without_features(
     empty = [t for t, row in zip(cell_types, profiles, strict=True) if not np.any(row)]
     if not empty:
         return
-    what = "no counts on the shared genes" if expression else "all-zero embeddings"
+    n = len(empty)
+    what = (
+        "no counts on the shared genes"
+        if expression
+        else agree(n, "an all-zero embedding", "all-zero embeddings")
+    )
     outcome = (
         "0 in every spot"
         if method == "nnls"
         else "spread over the spots by the density prior alone, not by their features"
     )
+    remedy = (
+        f"Use more genes (a panel may miss {agree(n, 'its', 'their')} markers)"
+        if expression
+        else "Embed the reference cells again (reference_use names the .obsm key read)"
+    )
     warnings.warn(
-        f"decompose: {len(empty)} cell type(s) have {what} in the reference: {few(empty)}. Their "
-        f"proportions are {outcome}. Use more genes (a panel may miss their markers) or drop them.",
+        f"decompose: {n} {agree(n, 'cell type has', 'cell types have')} {what} in the reference: "
+        f"{few(empty)}. {agree(n, 'Its', 'Their')} proportions are {outcome}. {remedy} or drop "
+        f"{agree(n, 'it', 'them')}.",
         LokiWarning,
         stacklevel=user_stacklevel(),
     )
@@ -155,7 +176,11 @@ def warn_types_not_separable(
     if rank == len(rows):
         return
     n_features = profiles.shape[1]
-    what = f"{n_features} shared genes" if expression else f"{n_features}-d embeddings"
+    what = (
+        f"{n_features} {agree(n_features, 'shared gene', 'shared genes')}"
+        if expression
+        else f"{n_features}-d embeddings"
+    )
     cause = (
         f"fewer {'genes' if expression else 'features'} than cell types"
         if n_features < len(rows)
@@ -169,9 +194,9 @@ def warn_types_not_separable(
         else " Merge types that cannot be told apart, or use more features."
     )
     warnings.warn(
-        f"decompose: the reference profiles of {len(rows)} cell types span only {rank} dimensions on "
-        f"{what} ({cause}). Different mixtures of them give the same profile, so a spot's proportions "
-        f"are not pinned down by its data.{hint}",
+        f"decompose: the reference profiles of {len(rows)} cell types span only {rank} "
+        f"{agree(rank, 'dimension', 'dimensions')} on {what} ({cause}). Different mixtures of them "
+        f"give the same profile, so a spot's proportions are not pinned down by its data.{hint}",
         LokiWarning,
         stacklevel=user_stacklevel(),
     )
