@@ -38,6 +38,12 @@ _LINEAR = ("rigid", "similarity", "affine")
 _EPS = 1e-12
 _PARTIAL_VALIDATED = 35_000  # largest section partial=True was checked on (benchmarks/RESULTS.md)
 _LEVEL_ANNEAL = 0.95  # per-iteration variance factor on subsample levels (see register_rigid)
+# a deformable result whose spread along a principal axis, or whose median spot spacing, is below this
+# fraction of the pre-alignment's has collapsed. Smallest ratio (axes and spacing): 0.81 on the 14 real
+# serial pairs of benchmarks/bench_align_real.py, 1.0 on its known transforms, 0.69 on its torn sections,
+# 0.90 on the synthetic warps of tests/tl/test_align.py; her2st A2 -> A1 with a loki-tiny that saw only
+# A2: 0.09-0.21 (0.37 with alpha=5), and 0.26-0.44 on Stahl layer 1 torn on both sides without partial=True
+COLLAPSE_RATIO = 0.5
 
 
 def initial_sigma2(X: np.ndarray, Y: np.ndarray) -> float:
@@ -92,6 +98,45 @@ def _variances(
     s2 = block(slice(0, 2))
     s2f = max(block(slice(2, None)), s2f_floor) if X.shape[1] > 2 else None
     return s2, s2f
+
+
+def deformation_ratios(before: np.ndarray, after: np.ndarray) -> dict:
+    """How much a non-rigid motion ``before -> after`` of (n, 2) points shrank or spread them.
+
+    Returns ``axes_before`` and ``axes_after`` (standard deviations along the principal axes of
+    each point cloud, major first), ``spacing_before`` and ``spacing_after`` (median distance of a
+    point to its nearest neighbour, over distinct points), ``axis_ratios`` and ``spacing_ratio``
+    (after / before; NaN where the points before have no spread or spacing) and ``collapsed``:
+    whether a ratio is below :data:`COLLAPSE_RATIO`. A rotation or translation leaves every ratio 1.
+    """
+
+    def axes(xy: np.ndarray) -> np.ndarray:
+        if len(xy) < 2:
+            return np.zeros(2)
+        return np.sqrt(np.clip(np.linalg.eigvalsh(np.cov(xy.T)), 0.0, None))[::-1]
+
+    def spacing(xy: np.ndarray) -> float:
+        dist = nearest_distances(xy)
+        return float(np.median(dist)) if dist.size else 0.0
+
+    def ratio(a, b):
+        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        return np.divide(a, b, out=np.full(b.shape, np.nan), where=b > _EPS)
+
+    ax_b, ax_a = axes(before), axes(after)
+    sp_b, sp_a = spacing(before), spacing(after)
+    axis_ratios = ratio(ax_a, ax_b)
+    spacing_ratio = float(ratio(sp_a, sp_b))
+    ratios = np.append(axis_ratios, spacing_ratio)
+    return {
+        "axes_before": ax_b,
+        "axes_after": ax_a,
+        "spacing_before": sp_b,
+        "spacing_after": sp_a,
+        "axis_ratios": axis_ratios,
+        "spacing_ratio": spacing_ratio,
+        "collapsed": bool(np.any(ratios[np.isfinite(ratios)] < COLLAPSE_RATIO)),
+    }
 
 
 def _homogeneous(lin: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -574,7 +619,8 @@ class AlignResult:
         3x3 rigid/affine part (the pre-alignment for rigid/affine runs; for deformable runs the fit of
         the input onto ``coords`` in the ``pre_align`` family, reflection allowed when a mirror was
         chosen: rigid as in the paper by default, with the scale or shear found when ``pre_align`` is
-        ``"similarity"`` or ``"affine"``, so that ``matrix`` places the section where ``coords`` lie).
+        ``"similarity"`` or ``"affine"``, so that ``matrix`` places the section where ``coords`` lie;
+        the pre-alignment again when the deformable stage collapsed the points, see ``deformation``).
     pre_matrix
         3x3 transform found before any deformable stage (global start + rigid/affine refinement).
     linear_kind
@@ -594,6 +640,9 @@ class AlignResult:
     moving
         Which point set moved in CPD: ``"source"`` (``Y``, the usual case) or ``"target"`` (``X`` was
         registered onto ``Y`` and the motion inverted, see :func:`reverse_result`).
+    deformation
+        For deformable runs: :func:`deformation_ratios` of the moving points, pre-aligned -> deformed
+        (of the set that moved in CPD, in the normalised frame).
 
     """
 
@@ -612,6 +661,7 @@ class AlignResult:
     scale_removed: float | None = None
     moving: Literal["source", "target"] = "source"
     linear_kind: Linear = "rigid"
+    deformation: dict | None = None
 
 
 def reverse_result(res: AlignResult, X: np.ndarray, Y: np.ndarray, *, deformable: bool) -> AlignResult:
@@ -622,7 +672,8 @@ def reverse_result(res: AlignResult, X: np.ndarray, Y: np.ndarray, *, deformable
     spacing) of ``x_n - A^-1(T(x_n))``, the residual of each moved point of ``X`` after inverting the
     rigid/affine part ``A``; the field is smooth on the scale of ``beta``, so this is accurate to
     well under a spacing. The rigid/affine part reported is then fitted to the result in the family
-    ``res.linear_kind``, as in :func:`cpd_align`.
+    ``res.linear_kind``, as in :func:`cpd_align`, unless the deformable stage collapsed the points
+    (``res.deformation``): then it is the inverted pre-alignment.
     """
     from scipy.spatial import cKDTree
 
@@ -638,7 +689,8 @@ def reverse_result(res: AlignResult, X: np.ndarray, Y: np.ndarray, *, deformable
         h2 = _spacing2(back)
         weights = np.exp(-(dist**2 - dist[:, :1] ** 2) / (2.0 * h2))  # nearest weight 1: never all zero
         coords = coords + (weights[:, :, None] * residual[idx]).sum(axis=1) / weights.sum(axis=1)[:, None]
-        matrix = fit_linear(Y[:, :2], coords, kind=res.linear_kind, allow_reflection=res.mirror)
+        if not (res.deformation or {}).get("collapsed", False):
+            matrix = fit_linear(Y[:, :2], coords, kind=res.linear_kind, allow_reflection=res.mirror)
     return replace(
         res, coords=coords, matrix=matrix, pre_matrix=np.linalg.inv(res.pre_matrix), moving="target"
     )
@@ -721,7 +773,14 @@ def cpd_align(
     ``pre_align`` found).
 
     For ``method="deformable"`` the reported ``matrix`` is fitted to the final coordinates in the
-    ``pre_align`` family, so a scale found by the pre-alignment stays in it.
+    ``pre_align`` family, so a scale found by the pre-alignment stays in it, and ``deformation``
+    compares the final coordinates with the pre-aligned ones (:func:`deformation_ratios`). Where the
+    feature columns of the moving points agree with parts of ``X`` all over it rather than nearby,
+    the posterior means of the E-step lie towards ``X``'s centroid; a rigid M-step cannot follow
+    them, but the smooth deformable field can, and the collapse then explains the features better
+    than the pre-alignment did, so EM settles there. When ``deformation`` says ``collapsed``, the
+    reported ``matrix`` is the pre-alignment ``pre_matrix`` (the coordinates stay as the deformable
+    stage left them).
 
     Returns
     -------
@@ -730,7 +789,7 @@ def cpd_align(
     """
     import time
 
-    scale_removed = None
+    scale_removed = deformation = None
     if method not in ("rigid", "similarity", "affine", "deformable"):
         raise ValueError(f"method must be 'rigid', 'similarity', 'affine' or 'deformable', got {method!r}.")
     if pre_align not in _LINEAR:
@@ -878,11 +937,12 @@ def cpd_align(
             # with outliers and a wide Gaussian the deformable M-step can contract the whole
             # source towards the target's centroid; keep only its rotation, shift and local warp
             coords, scale_removed = remove_global_scale(Y1[:, :2], coords)
+        deformation = deformation_ratios(Y1[:, :2], coords)
     else:
         coords = Y1[:, :2]
-    if method == "deformable":
+    if method == "deformable" and not deformation["collapsed"]:
         matrix = fit_linear(Y[:, :2], coords, kind=kind, allow_reflection=flipped)
-    else:
+    else:  # a fit to collapsed coordinates would place the section by the collapse
         matrix = pre
     return AlignResult(
         coords=coords,
@@ -899,4 +959,5 @@ def cpd_align(
         start_scores=scores,
         scale_removed=scale_removed,
         linear_kind=kind,
+        deformation=deformation,
     )
