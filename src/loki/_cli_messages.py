@@ -55,6 +55,7 @@ OPTIONS = {
         "image_key": "--image-key",
         "target_image_key": "--target-image-key",
         "max_iter": "--max-iter",
+        "method": "--method",
     },
 }
 
@@ -112,6 +113,11 @@ API_ONLY_HINTS = {
         r"is also spatial_key:": "is also the key of the spot coordinates (.obsm['spatial']):",
         r"is also the (source's|target's) embedding \(use\)": r"is also the \1 embedding (--use)",
         r"Pass a larger max_iter\b": "Pass a larger --max-iter",
+        r"use=None \(coordinates only\)": "--use none (coordinates only)",
+        r"or a larger alpha; partial=True for sections that share only part of their tissue\.": (
+            "or, in Python (lk.tl.align), a larger alpha, or partial=True for sections that share only part of "
+            "their tissue."
+        ),
     },
 }
 

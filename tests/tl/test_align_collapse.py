@@ -150,5 +150,11 @@ def test_the_command_line_shows_the_collapse(tmp_path, caplog):
     logged = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
     assert len(logged) == 1, [r.getMessage() for r in caplog.records]
     assert "'MOB2' onto 'MOB1'" in logged[0]
+    # in the command's words: its options, and the keywords it has none for named as Python's
+    assert "--method 'rigid'" in logged[0]
+    assert "--use none (coordinates only)" in logged[0]
+    assert "in Python (lk.tl.align), a larger alpha, or partial=True" in logged[0]
+    assert "method='rigid'" not in logged[0]
+    assert "use=None" not in logged[0]
     stored = sd.read_zarr(path).tables["MOB2"].uns["loki"]["spatial_aligned"]
     assert bool(stored["deformation"]["collapsed"])
