@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import matplotlib
 
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.text import Text
 
 import loki as lk
 
@@ -306,4 +308,77 @@ def test_a_panel_size_that_makes_no_figure_is_refused(name, panel_size):
     assert plt.get_fignums() == []
     fig = plot(panel_size=2.0, show=False)
     assert fig.get_size_inches()[1] == pytest.approx(2.0)
+    plt.close("all")
+
+
+def _long_names(a, n=30):
+    # names as long as some cell types' (e.g. "Olfactory ensheathing glia (OEC)"), many of them
+    a.obs["label"] = pd.Categorical([f"Cell type {i % n} with a long name" for i in range(a.n_obs)])
+    return a
+
+
+# every plot, and plots whose legend of long names sits beside the panels
+BOUNDED = {
+    **{name: plot for name, (plot, _) in PLOTS.items()},
+    "annotation_label_long_names": lambda **kw: lk.pl.annotation(
+        _long_names(_section(120)), kind="label", label_key="label", **kw
+    ),
+    "alignment_long_names": lambda **kw: lk.pl.alignment(
+        {
+            "a section with a long name, A1": _section(),
+            "another section with a long name, B2": _section(seed=1),
+        },
+        **kw,
+    ),
+}
+
+
+def _outside(extent, figure_box) -> bool:
+    # one pixel of slack for rounding
+    return bool(
+        extent.x0 < figure_box.x0 - 1
+        or extent.y0 < figure_box.y0 - 1
+        or extent.x1 > figure_box.x1 + 1
+        or extent.y1 > figure_box.y1 + 1
+    )
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_a_plain_savefig_cuts_off_no_label_title_or_legend(name):
+    """loss_curve's x label "step" lay below the figure: only save= (bbox_inches="tight") kept it, not
+    the returned figure's own savefig. Legends of long names beside the panels ran off the right edge."""
+    plt.close("all")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's "constrained_layout not applied"
+        out = BOUNDED[name](show=False)
+        fig = out if isinstance(out, plt.Figure) else out.figure
+        fig.savefig(io.BytesIO(), format="png")  # as a user saves the returned figure
+    renderer = fig.canvas.get_renderer()
+    texts = []
+    for a in fig.axes:
+        if a.get_visible():
+            texts += [t for t in (a.xaxis.label, a.yaxis.label, a.title) if t.get_text()]
+            texts += [] if a.get_legend() is None else [a.get_legend()]
+    assert texts  # the x label "step" of loss_curve among them
+    cut = [t for t in texts if _outside(t.get_window_extent(renderer), fig.bbox)]
+    assert [t.get_text() if isinstance(t, Text) else "legend" for t in cut] == []
+    plt.close("all")
+
+
+def test_a_legend_widens_only_a_figure_the_plot_made():
+    plt.close("all")
+    fig, ax = plt.subplots(figsize=(4, 3))
+    lk.pl.annotation(_long_names(_section(120)), kind="label", label_key="label", ax=ax, show=False)
+    assert fig.get_size_inches().tolist() == [4.0, 3.0]  # the caller's figure keeps its size
+    made = lk.pl.annotation(_long_names(_section(120)), kind="label", label_key="label", show=False)
+    assert made.get_size_inches()[0] > made.get_size_inches()[1] == 6.0  # a square panel and its legend
+    plt.close("all")
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_the_returned_figure_takes_tight_layout(name):
+    # a layout engine on a figure with colour bars made fig.tight_layout() raise a RuntimeError
+    plt.close("all")
+    out = BOUNDED[name](show=False)
+    (out if isinstance(out, plt.Figure) else out.figure).tight_layout()
     plt.close("all")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -99,9 +101,10 @@ def test_minmax_and_fuse_helpers():
 
 
 def test_marker_sentences_match_vocabulary_case_and_report_missing():
-    sentences, missing = marker_sentences({"a": ["ACTB", "Foo", "gfap"]}, ["Actb", "Gfap"])
+    sentences, missing, given = marker_sentences({"a": ["ACTB", "Foo", "gfap", "Gfap"]}, ["Actb", "Gfap"])
     assert sentences == {"a": "Actb Gfap"}
     assert missing == {"a": ["Foo"]}
+    assert given == {"a": 2}  # distinct markers in the vocabulary
 
 
 def test_markers_as_a_series_of_gene_lists_from_a_long_table():
@@ -477,3 +480,116 @@ def test_missing_markers_warning_lists_a_few_per_class_and_says_where_all_are():
     assert "recorded in .uns['loki']['loki_annotation']['missing_markers']" in message
     params = adata.uns["loki"]["loki_annotation"]
     assert dict(zip(params["classes"], params["missing_markers"], strict=True))["tumour"] == " ".join(absent)
+
+
+class ContextBag(BagOfGenes):
+    """A stand-in text encoder that reads only the genes its context holds, and counts them as loki's does."""
+
+    context_length = 6  # tokens: start, four genes of one token each, end
+
+    def encode_texts(self, sentences, *, return_word_counts=False):
+        kept = [s.split()[: self.context_length - 2] for s in sentences]
+        emb = super().encode_texts([" ".join(k) for k in kept])
+        counts = np.array([[len(k), len(s.split())] for k, s in zip(kept, sentences, strict=True)])
+        return (emb, counts) if return_word_counts else emb
+
+
+def _cut_warnings(record):
+    return [w for w in record if "reach the text encoder" in str(w.message)]
+
+
+def test_markers_cut_by_max_markers_or_the_context_are_named_once():
+    """62 markers became a 50-gene sentence of which the encoder read 19, without a word: one
+    LokiWarning now names each class cut, with the genes kept of those given, and .uns records them."""
+    model = ContextBag()
+    adata, _ = _spots(model, n_per_class=3)
+    markers = {"tumour": GENES[:10], "stroma": GENES[10:13], "fat": GENES[20:26]}
+    with pytest.warns(lk.LokiWarning) as record:
+        lk.tl.annotate(adata, markers, model=model, max_markers=8)
+    (warning,) = _cut_warnings(record)
+    assert warning.filename == __file__  # at the caller's line
+    message = str(warning.message)
+    assert "Only the first markers of 2 of 3 classes reach the text encoder" in message
+    assert "'tumour' 4 of 10 (cut by max_markers=8, then by the model's 6-token context)" in message
+    assert "'fat' 4 of 6 (cut by the model's 6-token context)" in message
+    assert "stroma" not in message
+    assert "put the most telling first" in message
+    assert "counts are in .uns['loki']['loki_annotation']['genes_given'] and ['genes_encoded']" in message
+    params = adata.uns["loki"]["loki_annotation"]
+    assert list(params["classes"]) == ["tumour", "stroma", "fat"]
+    assert list(params["genes_given"]) == [10, 3, 6]
+    assert list(params["genes_encoded"]) == [4, 3, 4]
+    assert [len(s.split()) for s in params["sentences"]] == [8, 3, 6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # markers that all fit: no warning
+        lk.tl.annotate(adata, MARKERS, model=model, key_added="short")
+    assert list(adata.uns["loki"]["short"]["genes_encoded"]) == [3, 3, 3]
+
+
+def test_a_model_that_does_not_count_words_still_hears_of_max_markers():
+    model = BagOfGenes()  # encode_texts without return_word_counts: what reaches it is unknown
+    adata, _ = _spots(model, n_per_class=3)
+    markers = {**MARKERS, "tumour": GENES[:10]}
+    with pytest.warns(lk.LokiWarning) as record:
+        lk.tl.annotate(adata, markers, model=model, max_markers=8, inplace=False)
+    (warning,) = _cut_warnings(record)
+    assert "1 of 3 classes" in str(warning.message)
+    assert "'tumour' 8 of 10 (cut by max_markers=8)." in str(warning.message)
+    assert ".uns" not in str(warning.message)  # nothing is written
+    with pytest.warns(lk.LokiWarning, match="'tumour' 8 of 10"):
+        lk.tl.annotate(adata, markers, model=lambda s: model.encode_texts(s), max_markers=8)
+    params = adata.uns["loki"]["loki_annotation"]
+    assert list(params["genes_given"]) == [10, 3, 3]
+    assert list(params["genes_encoded"]) == [-1, -1, -1]
+    ce = pd.DataFrame({c: sum(model.vectors[g] for g in MARKERS[c]) for c in MARKERS}).T
+    lk.tl.annotate(adata, class_embeddings=ce, key_added="given")
+    params = adata.uns["loki"]["given"]
+    assert list(params["genes_given"]) == list(params["genes_encoded"]) == [-1, -1, -1]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return lk.models.load("loki-tiny", device="cpu", seed=0)
+
+
+def _tiny_spots(model, genes, n=12):
+    rng = np.random.default_rng(0)
+    adata = AnnData(X=sparse.csr_matrix(rng.poisson(1.0, (n, len(genes))).astype(np.float32)))
+    adata.var_names = genes
+    adata.obsm["loki_image"] = rng.normal(size=(n, model.embed_dim)).astype(np.float32)
+    return adata
+
+
+def test_loki_tiny_reads_about_twenty_markers_and_annotate_says_which(tiny):
+    genes = [f"Gene{i}" for i in range(60)]
+    adata = _tiny_spots(tiny, genes)
+    markers = {"long": genes[:40], "short": genes[40:45]}
+    with pytest.warns(lk.LokiWarning) as record:
+        lk.tl.annotate(adata, markers, model=tiny)
+    params = adata.uns["loki"]["loki_annotation"]
+    _, counts = tiny.tokenizer.ids(list(params["sentences"]), return_word_counts=True)
+    assert list(params["genes_encoded"]) == counts[:, 0].tolist()
+    kept = int(counts[0, 0])
+    assert 10 < kept < 40
+    assert counts[1, 0] == 5  # the context (76 tokens) holds the short class whole
+    (warning,) = _cut_warnings(record)
+    assert f"'long' {kept} of 40 (cut by the model's 76-token context)" in str(warning.message)
+    assert "'short'" not in str(warning.message)
+
+
+def test_bulk_sentences_cut_by_the_context_are_logged_as_embed_text_logs_the_spots(tiny, caplog):
+    """Bulk sentences follow the spots' recipe (50 genes), which the context always cuts: logged at
+    INFO, as lk.tl.embed_text logs the spots' sentences, and recorded, with no warning."""
+    genes = [f"Gene{i}" for i in range(60)]
+    adata = _tiny_spots(tiny, genes)
+    bulk = AnnData(X=np.arange(120, dtype=np.float32).reshape(2, 60) + 1, obs=pd.DataFrame(index=["a", "b"]))
+    bulk.var_names = genes
+    with warnings.catch_warnings(), caplog.at_level("INFO", logger="loki"):
+        warnings.simplefilter("error", lk.LokiWarning)
+        lk.tl.annotate(adata, bulk, model=tiny, sentence_kwargs={"housekeeping": None})
+    assert caplog.text.count("class sentences are longer than the model's 76-token context") == 1
+    assert "2 of 2 class sentences" in caplog.text
+    params = adata.uns["loki"]["loki_annotation"]
+    _, counts = tiny.tokenizer.ids(list(params["sentences"]), return_word_counts=True)
+    assert list(params["genes_given"]) == counts[:, 1].tolist() == [50, 50]
+    assert list(params["genes_encoded"]) == counts[:, 0].tolist()

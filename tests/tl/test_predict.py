@@ -269,6 +269,36 @@ def test_mismatched_embedding_sizes_and_missing_query_genes():
     assert "loki_predicted" not in q2.layers
 
 
+def test_a_layer_over_genes_the_reference_lacks_says_so_and_how_to_predict_the_shared_ones():
+    """The error named the query's genes as missing from reference.var_names, without saying that
+    output='layer' predicts the query's own genes nor what to do instead."""
+    ref = _section(50, GENES, 0, "r")
+    query = _section(10, [*GENES[:4], "TMEM88B", "X1", "X2", "X3", "X4", "G5"], 1, "q")
+    with pytest.raises(KeyError) as error:
+        lk.tl.predict_expression(query, ref, output="layer", top_k=5)
+    message = str(error.value)
+    assert "output='layer' writes a layer over the query's own genes (its var_names)" in message
+    assert "the reference lacks 6 of the query's 10 genes ('TMEM88B', 'X1', 'X2', 'X3', 'X4', ...)" in message
+    assert "1 of them differs from a reference gene only in case (e.g. 'G5' -> 'g5')" in message
+    assert "For the 4 genes both have" in message
+    assert "output='anndata', genes=query.var_names[query.var_names.isin(reference.var_names)]" in message
+    assert "query[:, query.var_names.isin(reference.var_names)]" in message
+    assert "loki_predicted" not in query.layers
+    assert "loki" not in query.uns
+    # both ways out predict the shared genes alike
+    shared = query.var_names[query.var_names.isin(ref.var_names)]
+    out = lk.tl.predict_expression(query, ref, output="anndata", genes=shared, top_k=5)
+    assert list(out.var_names) == GENES[:4]
+    subset = query[:, query.var_names.isin(ref.var_names)].copy()
+    lk.tl.predict_expression(subset, ref, output="layer", top_k=5)
+    np.testing.assert_array_equal(subset.layers["loki_predicted"], out.X)
+    foreign = _section(10, ["TMEM88B"], 1, "q")
+    with pytest.raises(
+        KeyError, match=r"lacks all 1 of the query's 1 genes .* share no gene: output='anndata'"
+    ):
+        lk.tl.predict_expression(foreign, ref, output="layer")
+
+
 @pytest.mark.parametrize("fmt", ["dense", "csr", "csc"])
 def test_backed_reference_predicts_as_in_memory(tmp_path, monkeypatch, fmt):
     """An h5ad read with backed='r' (a reference bank kept on disk) predicts what the same table does in

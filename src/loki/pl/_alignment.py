@@ -22,6 +22,7 @@ from ._common import (
     check_spot_size,
     coordinates,
     finish,
+    legend_beside,
     legend_columns,
     marker_size,
     panel_grid,
@@ -240,9 +241,9 @@ def alignment(
         colours = [np.tile(rgb, (t.n_obs, 1)) for rgb, t in zip(palette, tables, strict=True)]
 
     if kind == "overlay":
-        fig, axes = panel_grid(2, 2, ax, size=5.0)
+        fig, axes = panel_grid(2, 2, ax, size=5.0, fit_text=True)
     else:
-        fig, axes = panel_grid(2, 2, ax, size=4.0, aspect=1.25)
+        fig, axes = panel_grid(2, 2, ax, size=4.0, aspect=1.25, fit_text=True)
     heights = [float((record or {}).get("z", z)) for z, record in enumerate(records)]
     size = marker_size(spot_size, sum(t.n_obs for t in tables))
     for panel, title, points in zip(axes, ("before", "after"), (before, after), strict=True):
@@ -276,12 +277,11 @@ def alignment(
         if kind == "stack":  # top to bottom, as the levels are drawn
             order = np.argsort(-np.asarray(heights), kind="stable")
             handles, labels = [handles[i] for i in order], [labels[i] for i in order]
-        axes[1].legend(
+        legend_beside(
+            axes[1],
             handles,
             labels,
-            loc="center left",
-            bbox_to_anchor=(1.0, 0.5),
-            frameon=False,
+            widen=ax is None,
             fontsize="small",
             markerscale=2,
             ncol=legend_columns(len(names)),

@@ -20,6 +20,7 @@ from ._common import (
     category_colours,
     draw_section,
     finish,
+    legend_beside,
     legend_columns,
     marker_size,
     panel_grid,
@@ -167,9 +168,9 @@ def annotation(
             fig.colorbar(points, ax=a, shrink=0.7, label="fused score" if fused else "cosine similarity")
             panel_title(a, str(cls))
     else:
-        fig, (a,) = panel_grid(1, 1, ax, size=6.0)
+        fig, (a,) = panel_grid(1, 1, ax, size=6.0, fit_text=True)
         draw_section(a, background, xy)
-        _draw_labels(a, labels, colours, xy, size=size, alpha=alpha)
+        _draw_labels(a, labels, colours, xy, size=size, alpha=alpha, widen=ax is None)
         a.set_title(label_key)
     finish(fig, show=show, save=save, created=ax is None)
     return fig
@@ -204,7 +205,14 @@ def _with_all_classes(categorical: pd.Categorical, record: Mapping) -> pd.Catego
 
 
 def _draw_labels(
-    ax: Axes, labels: pd.Categorical, colours: np.ndarray, xy: np.ndarray, *, size: float, alpha: float
+    ax: Axes,
+    labels: pd.Categorical,
+    colours: np.ndarray,
+    xy: np.ndarray,
+    *,
+    size: float,
+    alpha: float,
+    widen: bool,
 ) -> None:
     for i, cat in enumerate(labels.categories):
         sel = labels.codes == i
@@ -213,6 +221,4 @@ def _draw_labels(
     if missing.any():  # last in the legend, as in scanpy; under the labelled spots, over the image
         scatter_spots(ax, xy[missing], color=NA_COLOUR, s=size, alpha=alpha, label="NA", zorder=0.5)
     n = len(labels.categories) + int(missing.any())
-    ax.legend(
-        loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2, ncol=legend_columns(n)
-    )
+    legend_beside(ax, widen=widen, markerscale=2, ncol=legend_columns(n))

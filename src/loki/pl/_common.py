@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.collections import PathCollection
     from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
+    from matplotlib.legend import Legend
     from spatialdata import SpatialData
 
 _NON_INTERACTIVE = ("agg", "pdf", "svg", "ps", "pgf", "cairo", "template")
@@ -101,11 +102,22 @@ def coordinates(table: AnnData, key: str, where: str = "adata") -> np.ndarray:
 
 
 def panel_grid(
-    n: int, ncols: int, ax: Axes | Sequence[Axes] | None, size: float = 4.0, aspect: float = 1.0
+    n: int,
+    ncols: int,
+    ax: Axes | Sequence[Axes] | None,
+    size: float = 4.0,
+    aspect: float = 1.0,
+    *,
+    fit_text: bool = False,
 ) -> tuple[Figure, list[Axes]]:
     """A new figure with ``n`` panels, or the ``n`` axes the caller gave (one Axes, a list or an array).
 
-    A new panel is ``size`` inches high and ``aspect * size`` wide; ``ncols`` panels per row.
+    A new panel is ``size`` inches high and ``aspect * size`` wide; ``ncols`` panels per row. With
+    ``fit_text`` a new figure lays itself out whenever it is drawn (matplotlib's compressed
+    constrained layout), so that axis labels, tick labels and legends beside the panels stay inside
+    it in a plain ``fig.savefig`` too, not only with ``save=`` (which crops to what is drawn). Not
+    for figures with colour bars: ``fig.tight_layout()`` refuses such a figure once it has a layout
+    engine (RuntimeError), and their panels' text fits without one.
     """
     import matplotlib.pyplot as plt
     from matplotlib.axes import Axes
@@ -124,7 +136,13 @@ def panel_grid(
     check_int(ncols, "ncols")
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
-    fig, grid = plt.subplots(nrows, ncols, figsize=(size * aspect * ncols, size * nrows), squeeze=False)
+    fig, grid = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(size * aspect * ncols, size * nrows),
+        squeeze=False,
+        layout="compressed" if fit_text else None,
+    )
     for extra in grid.ravel()[n:]:
         extra.set_visible(False)
     return fig, list(grid.ravel()[:n])
@@ -167,6 +185,21 @@ def scatter_spots(ax: Axes, xy: np.ndarray, **kwargs) -> PathCollection:
     bins) and is slow to open; axes, labels and legends stay vector graphics.
     """
     return ax.scatter(xy[:, 0], xy[:, 1], rasterized=True, **kwargs)
+
+
+def legend_beside(ax: Axes, *args, widen: bool, **kwargs) -> Legend:
+    """A legend without frame to the right of ``ax``, centred on its height; ``ax.legend(*args, **kwargs)``.
+
+    With ``widen`` (a figure the plot function made with ``panel_grid(..., fit_text=True)``), the
+    figure grows by the legend's width: its layout then gives the legend room without shrinking the
+    panels, which a legend of many long names would otherwise squeeze to nothing (matplotlib then
+    warns and lays nothing out).
+    """
+    legend = ax.legend(*args, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, **kwargs)
+    if widen:
+        fig = ax.figure
+        fig.set_figwidth(fig.get_figwidth() + legend.get_window_extent().width / fig.dpi)
+    return legend
 
 
 def legend_columns(n: int) -> int:

@@ -69,7 +69,7 @@ def loss_curve(
             + ("" if first == 0 else " (0, the starting weights, needs val_loss_before)")
         )
     created = ax is None
-    _, (ax,) = panel_grid(1, 1, ax, size=3.2, aspect=5 / 3.2)
+    _, (ax,) = panel_grid(1, 1, ax, size=3.2, aspect=5 / 3.2, fit_text=True)
     ax.plot(np.arange(1, steps.size + 1), steps, lw=0.8, alpha=0.6, label="step")
     ends = np.arange(1, epochs.size + 1) * per_epoch
     ax.plot(ends, epochs, "o-", ms=3.5, label="epoch mean")

@@ -33,6 +33,8 @@ from ._retrieve import _check_norms, l2_normalize, row_norms
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
+    from ._annotate_classes import _Classes
+
 #: Items checked for NaN at a time, so that no boolean array as large as the embeddings is made.
 _ROW_BLOCK = 1 << 20  # values (items x dimensions)
 
@@ -134,7 +136,12 @@ def annotate(
         ``{class: [genes]}`` (see :func:`loki.pp.read_markers`) or a pandas Series of gene lists indexed
         by class (``df.groupby(class_column)[gene_column].agg(list)``), or a bulk AnnData (samples x
         genes; each sample, or each ``groupby`` group summed, is a class). A DataFrame is refused
-        (its columns are not classes).
+        (its columns are not classes). Marker order matters: a class sentence holds the first
+        ``max_markers`` distinct markers in the order given, and the text encoder reads only as many
+        of those as fit in its context (76 tokens for OmiCLIP and loki-tiny, start and end included:
+        about 20 gene symbols, each taking several tokens). A class is described by those first
+        genes alone, so list its most telling markers first. A :class:`~loki.LokiWarning` names the
+        classes cut either way, with the genes kept of those given.
     model
         Text encoder: an object with ``encode_texts(list[str])`` (``lk.models.load(...)``) or a callable.
         A :class:`~loki.LokiWarning` says so when it is a loki model whose weights differ from those
@@ -158,7 +165,8 @@ def annotate(
         section, e.g. from :func:`loki.pp.tile_image`) uses the markers as given, unless a
         vocabulary (e.g. the genes the model was trained on) is passed.
     max_markers
-        At most this many markers per class sentence.
+        At most this many markers per class sentence (the first ones); the model's context may keep
+        fewer.
     sentence_kwargs
         Passed to :func:`loki.pp.gene_sentences` for bulk profiles.
     fuse_with
@@ -180,8 +188,9 @@ def annotate(
     None, the modified AnnData when ``copy=True``, or with ``inplace=False`` an :class:`Annotation`
     named tuple ``(scores, labels, fused)`` of what would be written: the ``scores`` DataFrame, the
     categorical ``labels`` Series (named ``label_key``) and the ``fused`` DataFrame (None without
-    ``fuse_with``). Markers missing from the vocabulary are reported by a warning either way; the
-    classes that label no item are ``scores.columns.difference(labels.cat.categories)``.
+    ``fuse_with``). Markers missing from the vocabulary, and classes whose markers are cut, are
+    reported by warnings either way; the classes that label no item are
+    ``scores.columns.difference(labels.cat.categories)``.
     Otherwise writes into the table:
 
     - ``.obsm[key_added]``: DataFrame items x classes of cosine similarities.
@@ -189,9 +198,12 @@ def annotate(
     - ``.obs[label_key]``: categorical label (argmax of the scores, or of the fused scores). Its
       categories are the classes that label at least one item, in class order; classes that are the
       label of no item are left out (logged), as scanpy / squidpy group tools expect.
-    - ``.uns['loki'][key_added]``: ``classes`` (all of them), and aligned with them their ``sentences``
-      and the ``missing_markers`` left out (space-separated, ``""`` for none);
-      ``classes_without_spots``, the classes that label no item; and the parameters.
+    - ``.uns['loki'][key_added]``: ``classes`` (all of them), and aligned with them their ``sentences``,
+      the ``missing_markers`` left out (space-separated, ``""`` for none), ``genes_given`` (distinct
+      markers in the vocabulary, or the genes of a bulk sentence) and ``genes_encoded`` (the genes
+      of the sentence that reach the text encoder; both -1 where not known: ``class_embeddings``,
+      or a model that does not count them); ``classes_without_spots``, the classes that label no
+      item; and the parameters.
 
     Class names are written as text; a ``/`` in one (several marker databases have them) keeps the
     result from zarr, and a warning says so.
@@ -223,15 +235,15 @@ def annotate(
         sentence_kwargs=sentence_kwargs,
     )
     fused_other = None if fuse_with is None else _fuse_input(fuse_with, adata, classes.names)
-    emb = classes.embeddings
+    emb, words = classes.embeddings, None
     if emb is None:
-        emb = embed_sentences(model, [classes.sentences[c] for c in classes.names], adata, use)
+        emb, words = embed_sentences(model, [classes.sentences[c] for c in classes.names], adata, use)
     # validates embedding sizes before anything is written
     scores = _cosine_scores(items, emb, overwrite_items=own_items)
     del items  # normalised in place when it was a copy
-    _warn_missing_markers(
-        classes.missing, f".uns['loki'][{key_added!r}]['missing_markers']" if inplace else None
-    )
+    recorded = f".uns['loki'][{key_added!r}]" if inplace else None
+    _warn_missing_markers(classes.missing, recorded and f"{recorded}['missing_markers']")
+    _report_cut_sentences(classes, words, max_markers, getattr(model, "context_length", None), recorded)
     result, without_spots = _annotation(scores, fused_other, classes.names, adata.obs_names, label_key)
     if not inplace:
         return result
@@ -244,6 +256,8 @@ def annotate(
         "classes_without_spots": without_spots,
         "sentences": [classes.sentences.get(c, "") for c in classes.names],
         "missing_markers": [" ".join(classes.missing.get(c, [])) for c in classes.names],
+        "genes_given": [classes.given.get(c, -1) for c in classes.names],
+        "genes_encoded": [-1] * len(classes.names) if words is None else words[:, 0].tolist(),
         "fused": fused_other is not None,
         "label_key": label_key,
     }
@@ -311,6 +325,61 @@ def _warn_missing_markers(missing: dict[str, list[str]], recorded_in: str | None
             LokiWarning,
             stacklevel=user_stacklevel(),
         )
+
+
+def _report_cut_sentences(
+    classes: _Classes,
+    words: np.ndarray | None,
+    max_markers: int,
+    context_length: int | None,
+    recorded_in: str | None,
+) -> None:
+    """Say which classes lose genes before the text encoder: to ``max_markers``, or to the model's context.
+
+    ``words`` are the model's word counts of the class sentences (None when it does not count them).
+    Marker lists are the user's own choice, which the call can change (fewer markers, the telling ones
+    first): one :class:`~loki.LokiWarning` names each class cut, with the genes kept of those given.
+    Bulk sentences follow the spots' recipe, cut alike by the context: logged at INFO, as
+    :func:`loki.tl.embed_text` logs the spots' sentences.
+    """
+    context = f"the model's {context_length}-token context" if context_length else "the model's context"
+    if classes.source == "bulk":
+        n_cut = 0 if words is None else int((words[:, 0] < words[:, 1]).sum())
+        if n_cut:
+            known = words[(words[:, 1] > 0) & (words[:, 0] >= 0), 0]
+            logger.info(
+                "%d of %d class sentences are longer than %s: only their first genes reach the text "
+                "encoder (median %s genes kept)",
+                n_cut,
+                len(classes.names),
+                context,
+                f"{np.median(known):g}" if len(known) else "?",
+            )
+        return
+    if classes.source != "markers":
+        return
+    notes = []
+    for i, c in enumerate(classes.names):
+        given, in_sentence = classes.given[c], len(classes.sentences[c].split())
+        by_context = words is not None and words[i, 0] < words[i, 1]
+        if given <= in_sentence and not by_context:
+            continue
+        kept = words[i, 0] if by_context else in_sentence
+        why = [f"max_markers={max_markers}"] if given > in_sentence else []
+        why += [context] if by_context else []
+        count = f"fewer than {in_sentence}" if kept < 0 else str(kept)
+        notes.append(f"{c!r} {count} of {given} (cut by {', then by '.join(why)})")
+    if not notes:
+        return
+    listing = "; ".join(notes[:5]) + (f"; and {len(notes) - 5} more classes" if len(notes) > 5 else "")
+    where = f"; the counts are in {recorded_in}['genes_given'] and ['genes_encoded']" if recorded_in else ""
+    warnings.warn(
+        f"Only the first markers of {len(notes)} of {len(classes.names)} classes reach the text encoder; "
+        f"the later ones do not count: {listing}. Markers count in the order given: put the most telling "
+        f"first, or pass fewer{where}.",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _annotation(

@@ -6,6 +6,7 @@ model's text encoder embeds, or given as a precomputed embedding.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -33,6 +34,9 @@ class _Classes(NamedTuple):
     """Class -> gene sentence (empty for ``class_embeddings``)."""
     missing: dict[str, list[str]]
     """Class -> its markers absent from the vocabulary, for the classes that miss some."""
+    given: dict[str, int]
+    """Class -> the genes it was given: its distinct markers in the vocabulary, before ``max_markers``
+    cuts them, or the genes of its bulk sentence (empty for ``class_embeddings``)."""
     source: str
     """``"embeddings"``, ``"bulk"`` or ``"markers"``."""
 
@@ -55,6 +59,7 @@ def annotation_classes(
     """
     sentences: dict[str, str] = {}
     missing: dict[str, list[str]] = {}
+    given: dict[str, int] = {}
     emb = None
     if class_embeddings is not None:
         if markers is not None:
@@ -66,6 +71,7 @@ def annotation_classes(
     else:
         if isinstance(markers, AnnData):
             sentences = bulk_sentences(markers, groupby=groupby, **dict(sentence_kwargs or {}))
+            given = {c: len(sentence.split()) for c, sentence in sentences.items()}
             source = "bulk"
         else:
             vocab = vocabulary
@@ -73,7 +79,7 @@ def annotation_classes(
                 vocab = adata.var_names
             elif vocab is None:
                 logger.info("the table holds no genes (an image-only section): markers are used as given")
-            sentences, missing = marker_sentences(
+            sentences, missing, given = marker_sentences(
                 markers,
                 vocab,
                 max_genes=max_markers,
@@ -83,7 +89,7 @@ def annotation_classes(
         classes = list(sentences)
     if len(set(classes)) != len(classes):
         raise ValueError(f"Class names must be unique, got {classes}.")
-    return _Classes(classes, emb, sentences, missing, source)
+    return _Classes(classes, emb, sentences, missing, given, source)
 
 
 def _given_embeddings(class_embeddings) -> tuple[list[str], np.ndarray]:
@@ -102,8 +108,15 @@ def _given_embeddings(class_embeddings) -> tuple[list[str], np.ndarray]:
     return [str(c) for c in ce.index], ce.to_numpy(dtype=np.float32)
 
 
-def embed_sentences(model: Any, sentences: list[str], adata: AnnData, use: str) -> np.ndarray:
-    """Embed the classes' ``sentences`` with ``model``: classes x dims float32.
+def embed_sentences(
+    model: Any, sentences: list[str], adata: AnnData, use: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embed the classes' ``sentences`` with ``model``: classes x dims float32, and how many words reached it.
+
+    The word counts are those of :meth:`loki.models.OmiCLIP.encode_texts` (``return_word_counts``):
+    an int ``(classes, 2)`` array of the words of each sentence that fit in the model's context
+    (-1 for a sentence cut where that is not known) and its words; None for a model that does not
+    count them (a callable, or an ``encode_texts`` without ``return_word_counts``).
 
     A :class:`~loki.LokiWarning` says so first when ``model`` is a loki model whose weights differ
     from those recorded for the items' ``adata.obsm[use]``. No ``model``, one that cannot encode,
@@ -114,23 +127,37 @@ def embed_sentences(model: Any, sentences: list[str], adata: AnnData, use: str) 
         info = model.info() if callable(getattr(model, "info", None)) else {}
         mine = {"model": getattr(model, "name", "?"), **info, "checkpoint_hash": model.checkpoint_hash}
         warn_if_models_differ({f"adata.obsm[{use!r}]": recorded, "the class embeddings (model=)": mine})
-    emb = _encode(model, sentences)
+    emb, words = _encode(model, sentences)
     if emb.shape[0] != len(sentences):
         raise ValueError(f"The model returned {emb.shape[0]} embeddings for {len(sentences)} sentences.")
-    return emb
+    return emb, words
 
 
-def _encode(model: Any, sentences: list[str]) -> np.ndarray:
-    """The embeddings of ``sentences`` by ``model`` (``encode_texts`` or a callable), float32."""
+def _encode(model: Any, sentences: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The float32 embeddings of ``sentences`` by ``model`` (``encode_texts`` or a callable), and its word counts.
+
+    The counts are those of :func:`embed_sentences`, None where the model does not report them.
+    """
     if model is None:
         raise ValueError(
             "Pass model= (e.g. lk.models.load('loki-tiny')) or class_embeddings= to embed the classes."
         )
     if hasattr(model, "encode_texts"):
-        return np.asarray(model.encode_texts(sentences), dtype=np.float32)
+        if not _counts_words(model.encode_texts):
+            return np.asarray(model.encode_texts(sentences), dtype=np.float32), None
+        emb, words = model.encode_texts(sentences, return_word_counts=True)
+        return np.asarray(emb, dtype=np.float32), np.asarray(words, dtype=np.int64).reshape(len(sentences), 2)
     if callable(model):
-        return np.asarray(model(sentences), dtype=np.float32)
+        return np.asarray(model(sentences), dtype=np.float32), None
     raise TypeError(f"model must have encode_texts() or be callable, got {type(model).__name__}.")
+
+
+def _counts_words(encode_texts: Any) -> bool:
+    """Whether ``encode_texts`` takes ``return_word_counts`` (a loki model's does; a stand-in may not)."""
+    try:
+        return "return_word_counts" in inspect.signature(encode_texts).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins and C extensions)
+        return False
 
 
 def marker_sentences(
@@ -139,8 +166,8 @@ def marker_sentences(
     *,
     max_genes: int = 50,
     vocabulary_name: str = "the vocabulary",
-) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """One gene sentence per class: its markers in the given order, joined by spaces.
+) -> tuple[dict[str, str], dict[str, list[str]], dict[str, int]]:
+    """One gene sentence per class: its first ``max_genes`` distinct markers in the given order, joined by spaces.
 
     Markers are matched to ``vocabulary`` ignoring case and written in the vocabulary's spelling (so
     human marker tables work on mouse data); markers absent from it are left out and returned.
@@ -149,7 +176,8 @@ def marker_sentences(
 
     Returns
     -------
-    Class -> sentence, and class -> markers not found in the vocabulary.
+    Class -> sentence, class -> markers not found in the vocabulary (for the classes missing some),
+    and class -> its distinct markers in the vocabulary, counted before ``max_genes`` cuts them.
 
     """
     markers = _marker_mapping(markers)
@@ -166,7 +194,7 @@ def marker_sentences(
         clash = [c for c in markers if str(c) in set(names[names.duplicated()])]
         raise ValueError(f"Marker classes {clash!r} have the same name as text; give them distinct names.")
     lookup = None if vocabulary is None else {str(g).upper(): str(g) for g in vocabulary}
-    sentences, missing, unmatched = {}, {}, []
+    sentences, missing, given, unmatched = {}, {}, {}, []
     for cls, genes in markers.items():
         if isinstance(genes, str):
             raise TypeError(f"Markers of class {cls!r} must be a list of genes, not the string {genes!r}.")
@@ -179,12 +207,14 @@ def marker_sentences(
             if not genes:
                 unmatched.append(str(cls))
                 continue
-        sentences[str(cls)] = " ".join(list(dict.fromkeys(genes))[:max_genes])
+        distinct = list(dict.fromkeys(genes))
+        given[str(cls)] = len(distinct)
+        sentences[str(cls)] = " ".join(distinct[:max_genes])
     if unmatched:
         raise ValueError(
             _no_marker_message(unmatched, missing, len(markers), list(lookup.values()), vocabulary_name)
         )
-    return sentences, {c: m for c, m in missing.items() if m}
+    return sentences, {c: m for c, m in missing.items() if m}, given
 
 
 def _no_marker_message(

@@ -208,6 +208,45 @@ def _expression_of(table: AnnData, layer: str | None):
     return table.layers[layer]
 
 
+def _check_query_genes_in_reference(genes: list[str], ref_genes: pd.Index) -> None:
+    """Refuse ``output='layer'`` when the reference lacks some of the query's ``genes``, saying what to do.
+
+    The layer covers the query's own genes, so each must be predicted from the reference; the
+    KeyError counts and names the query's genes the reference lacks and gives the two ways out.
+    """
+    query_genes = pd.Index(genes)
+    absent = query_genes[~query_genes.isin(ref_genes)]
+    if absent.empty:
+        return
+    shared = len(query_genes) - len(absent)
+    shown = ", ".join(map(repr, absent[:5])) + (", ..." if len(absent) > 5 else "")
+    message = (
+        f"output='layer' writes a layer over the query's own genes (its var_names), but the reference "
+        f"lacks {'all ' if shared == 0 else ''}{len(absent)} of the query's {len(query_genes)} genes "
+        f"({shown}). "
+    )
+    by_case = {g.casefold(): g for g in ref_genes.astype(str)}
+    near = [(g, by_case[g.casefold()]) for g in absent.astype(str) if g.casefold() in by_case]
+    if near:
+        message += (
+            f"{len(near)} of them {'differs' if len(near) == 1 else 'differ'} from a reference gene "
+            "only in case (e.g. " + ", ".join(f"{g!r} -> {r!r}" for g, r in near[:3]) + "). "
+        )
+    if shared == 0:
+        message += (
+            "The sections share no gene: output='anndata' (the default) predicts the reference's "
+            f"genes (e.g. {', '.join(map(repr, ref_genes[:3]))}) into a new AnnData."
+        )
+    else:
+        message += (
+            f"For the {shared} genes both have, either predict them into a new AnnData with "
+            "output='anndata', genes=query.var_names[query.var_names.isin(reference.var_names)], or "
+            "subset the query to them first: query[:, query.var_names.isin(reference.var_names)] "
+            "(query and reference being the tables)."
+        )
+    raise KeyError(message)
+
+
 def predict_expression(
     query: AnnData | SpatialData | np.ndarray,
     reference: AnnData | SpatialData,
@@ -288,7 +327,9 @@ def predict_expression(
         ``"anndata"``: return a new AnnData (query spots x reference genes; ``.X`` = prediction, obs,
         ``obsm['spatial']`` and ``uns['spatialdata_attrs']`` copied from the query table, so that the
         result of a SpatialData table annotates the same spots: ``sdata.tables["pred"] = result``). ``"layer"``: write ``.layers[key_added]`` on
-        the query table, whose ``var_names`` must all be reference genes (aligned to its own order).
+        the query table, whose ``var_names`` must all be reference genes (aligned to its own order);
+        for sections that share only some genes, predict those into a new AnnData (``genes=``) or
+        subset the query to them.
     query_table_key, reference_table_key
         Tables of SpatialData inputs.
     key_added
@@ -370,6 +411,7 @@ def predict_expression(
                 "The query table has no genes, and output='layer' predicts the query's own genes; use "
                 "output='anndata' to get a new AnnData with the reference's genes."
             )
+        _check_query_genes_in_reference(genes, ref_genes)
     if genes is not None:
         genes = _gene_list(genes)
         require_keys(ref_genes, genes, "reference.var_names")
