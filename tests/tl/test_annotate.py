@@ -447,13 +447,110 @@ def test_classes_without_a_measured_marker_are_all_named_with_the_table_genes():
     with pytest.raises(
         ValueError, match=r"of 2 of the 5 classes is in the table's var_names \(40 genes, e\.g\. 'G0'"
     ) as e:
-        lk.tl.annotate(adata, markers, model=model)
+        lk.tl.annotate(adata, markers, model=model, unmatched="raise")
     assert "'neuron' (RBFOX3, SNAP25)" in str(e.value)
     assert "'glia' (GFAP)" in str(e.value)
-    assert "Leave those classes out" in str(e.value)
+    assert "Pass unmatched='drop'" in str(e.value)
     assert "if c not in ['neuron', 'glia']}" in str(e.value)  # code the user can run as it is
     assert "loki_annotation" not in adata.obsm
     assert "loki" not in adata.uns
+
+
+def test_classes_without_a_measured_marker_are_dropped_by_default_named_and_recorded():
+    """PanglaoDB's brain classes on MOB's 1000 genes: 4 of 34 classes have no marker measured. By
+    default they are left out with a warning naming each, and recorded; the others annotate."""
+    model = BagOfGenes()
+    adata, truth = _spots(model, n_per_class=10, noise=0.1)
+    markers = {**MARKERS, "neuron": ["RBFOX3", "SNAP25"], "glia": ["GFAP"]}
+    with pytest.warns(lk.LokiWarning, match=r"2 of the 5 marker classes have no marker") as caught:
+        lk.tl.annotate(adata, markers, model=model)
+    message = " ".join(str(w.message) for w in caught)
+    assert "'neuron', 'glia'" in message
+    assert "['classes_dropped']" in message
+    record = adata.uns["loki"]["loki_annotation"]
+    assert list(record["classes_dropped"]) == ["neuron", "glia"]
+    assert list(record["classes"]) == list(MARKERS)
+    assert list(adata.obsm["loki_annotation"].columns) == list(MARKERS)
+    assert (adata.obs["loki_annotation"].astype(str).to_numpy() == truth).mean() > 0.9
+
+
+def test_no_measured_marker_error_gives_code_that_runs_for_many_classes():
+    """With more than five such classes the error cannot list a dict to paste; it gives a comprehension
+    that keeps the classes the table measures, and that comprehension runs as written."""
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    markers = {**MARKERS, **{f"absent{i}": [f"NOPE{i}", "ALSO_NOT"] for i in range(6)}}
+    with pytest.raises(ValueError, match=r"of 6 of the 9 classes") as e:
+        lk.tl.annotate(adata, markers, model=model, unmatched="raise")
+    code = str(e.value).split("markers=", 1)[1].split(", or give them")[0]
+    comprehension, measured = code.split(", where ")
+    scope = {"markers": markers, "adata": adata}
+    exec(measured, scope)  # "measured = set(adata.var_names.str.upper())"
+    kept = eval(comprehension, scope)
+    assert list(kept) == list(MARKERS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lk.tl.annotate(adata, kept, model=model, unmatched="raise")
+    assert "loki_annotation" in adata.obs
+
+
+def test_unmatched_must_be_raise_or_drop_and_no_class_left_is_an_error():
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    with pytest.raises(ValueError, match=r"unmatched must be 'raise' or 'drop', got 'skip'"):
+        lk.tl.annotate(adata, MARKERS, model=model, unmatched="skip")
+    with pytest.raises(ValueError, match=r"unmatched must be 'raise' or 'drop'"):
+        lk.tl.annotate(adata, class_embeddings={"a": np.ones(32)}, unmatched=None)
+    with pytest.raises(ValueError, match=r"None of the markers of 2 of the 2 classes"):
+        lk.tl.annotate(adata, {"a": ["NOPE"], "b": ["NADA"]}, model=model, unmatched="drop")
+    assert "loki" not in adata.uns
+
+
+def test_one_class_warns_that_its_label_says_nothing_but_scores_are_written():
+    """One class (a single bulk profile, or what is left after dropping) labels every spot alike: a
+    warning says so, naming it and the classes dropped; the scores, a similarity map, are written."""
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=3)
+    with pytest.warns(lk.LokiWarning, match=r"Only one class, 'tumour': it is the label of every item"):
+        lk.tl.annotate(adata, {"tumour": MARKERS["tumour"]}, model=model, key_added="one")
+    assert list(adata.obsm["one"].columns) == ["tumour"]
+    assert set(adata.obs["one"]) == {"tumour"}
+    with pytest.warns(
+        lk.LokiWarning, match=r"Only one class, 'tumour' \(left after dropping 1 without a marker\)"
+    ):
+        lk.tl.annotate(adata, {"tumour": MARKERS["tumour"], "neuron": ["RBFOX3"]}, model=model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lk.tl.annotate(adata, MARKERS, model=model, key_added="three")
+
+
+def test_label_colours_are_stored_as_scanpy_stores_them_and_a_users_are_kept():
+    """``.uns[f"{label_key}_colors"]``: one colour per category, each class the colour of its position
+    among all classes in lk.pl's palette (so scanpy, spatialdata-plot and lk.pl agree); colours the user
+    set for the same categories survive a rerun, and go when the categories change."""
+    from matplotlib.colors import to_hex
+
+    from loki.pl._common import category_colours
+
+    model = BagOfGenes()
+    adata, _ = _spots(model, n_per_class=10, noise=0.1)
+    classes = ["unused", *MARKERS]  # "unused" labels no spot: not a category, but it holds position 0
+    markers = {"unused": ["G30", "G31"], **MARKERS}
+    lk.tl.annotate(adata, markers, model=model, label_key="cell_type")
+    categories = list(adata.obs["cell_type"].cat.categories)
+    assert categories == list(MARKERS)
+    palette = [to_hex(c) for c in category_colours(len(classes))]
+    assert list(adata.uns["cell_type_colors"]) == [palette[classes.index(c)] for c in categories]
+    mine = ["#000000", "#111111", "#222222"]
+    adata.uns["cell_type_colors"] = mine
+    lk.tl.annotate(adata, markers, model=model, label_key="cell_type")
+    assert list(adata.uns["cell_type_colors"]) == mine
+    lk.tl.annotate(
+        adata, {"tumour": MARKERS["tumour"], "fat": MARKERS["fat"]}, model=model, label_key="cell_type"
+    )
+    two = [to_hex(c) for c in category_colours(2)]
+    won = list(adata.obs["cell_type"].cat.categories)
+    assert list(adata.uns["cell_type_colors"]) == [two[["tumour", "fat"].index(c)] for c in won]
 
 
 def test_no_measured_marker_on_ensembl_ids_points_at_map_gene_ids():

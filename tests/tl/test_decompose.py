@@ -1083,3 +1083,18 @@ def test_decompose_with_only_the_spots_scaled_still_names_types_it_cannot_tell_a
     messages = [str(w.message) for w in caught if issubclass(w.category, lk.LokiWarning)]
     assert any("negative expression values in adata.X" in m for m in messages), messages
     assert any("4 cell types span only 3 dimensions" in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    ("names", "shown"),
+    [
+        (list("abcd"), "'a', 'b', 'c', 'd'"),
+        (list("abcde"), "'a', 'b', 'c', 'd', 'e'"),  # exactly five: nothing more to hint at
+        (list("abcdef"), "'a', 'b', 'c', 'd', 'e', ..."),
+        (pd.Index(list("abcdef")), "'a', 'b', 'c', 'd', 'e', ..."),
+    ],
+)
+def test_few_names_ends_with_dots_only_when_there_are_more(names, shown):
+    from loki.tl._decompose_inputs import few
+
+    assert few(names) == shown

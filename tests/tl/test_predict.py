@@ -497,3 +497,14 @@ def test_predicting_a_table_from_itself_warns():
         warnings.simplefilter("error")
         lk.tl.predict_expression(table, table.copy(), top_k=2)  # another section (here a copy)
         lk.tl.predict_expression(table.obsm[lk.Key.IMAGE], table, top_k=2)  # an array query
+
+
+def test_one_shared_gene_is_named_in_the_singular():
+    """The way out of a layer over genes the reference lacks read "For the 1 genes both have"."""
+    ref = _section(50, GENES, 0, "r")
+    query = _section(10, [GENES[0], "X1", "X2"], 1, "q")
+    with pytest.raises(KeyError) as error:
+        lk.tl.predict_expression(query, ref, output="layer", top_k=5)
+    message = str(error.value)
+    assert "For the 1 gene both have, either predict it into a new AnnData" in message
+    assert "subset the query to it first" in message

@@ -16,6 +16,7 @@ from loki._utils._spatialdata import get_table
 
 from ._common import (
     NA_COLOUR,
+    SpotSize,
     as_categories,
     category_colours,
     draw_section,
@@ -81,9 +82,9 @@ def annotation(
         ``.uns[f"{{label_key}}_colors"]`` when that holds one per category of the column, taken as
         scanpy's plots store and read them: the i-th colour for the column's i-th category (it is
         read, never written). Without them, scanpy's default palette for that many categories; for
-        the label :func:`loki.tl.annotate` wrote, the categories are then every class it recorded,
-        in its order, so a class keeps its colour on every section annotated with the same classes
-        (a class that labels no spot is listed in the legend).
+        the label :func:`loki.tl.annotate` wrote, without colours or with those it stored, the
+        categories are every class it recorded, in its order, so a class keeps its colour on every
+        section annotated with the same classes (a class that labels no spot is listed in the legend).
     classes
         Classes to draw (default: all).
     key, label_key
@@ -145,9 +146,12 @@ def annotation(
         labels = as_categories(table.obs[label_key], label_key)
         # scanpy's colours are the column's: one per category, in category order
         colours = stored_colours(table, label_key, len(labels.categories))
+        if label_key == record.get("label_key", key):  # loki's label, not a column the user named
+            every = _with_all_classes(labels, record)
+            palette = category_colours(len(every.categories))
+            if colours is None or _are_annotates(colours, labels, every, palette):
+                labels, colours = every, palette
         if colours is None:
-            if label_key == record.get("label_key", key):  # loki's label, not a column the user named
-                labels = _with_all_classes(labels, record)
             colours = category_colours(len(labels.categories))
     background, xy = section_spots(
         data,
@@ -158,7 +162,7 @@ def annotation(
         image_key=image_key,
         coordinate_system=coordinate_system,
     )
-    size = marker_size(spot_size, table.n_obs)
+    size = marker_size(spot_size, table.n_obs, xy=xy)
     if kind == "scores":
         fig, axes = panel_grid(len(classes), ncols, ax, aspect=spots_aspect(xy))
         for a, cls in zip(axes, classes, strict=True):
@@ -204,13 +208,28 @@ def _with_all_classes(categorical: pd.Categorical, record: Mapping) -> pd.Catego
     return pd.Categorical(values.where(values.isna(), values.astype(str)), categories=classes)
 
 
+def _are_annotates(
+    colours: np.ndarray, labels: pd.Categorical, every: pd.Categorical, palette: np.ndarray
+) -> bool:
+    """Whether the stored ``colours`` are those :func:`loki.tl.annotate` stores: the palette over every class.
+
+    The legend then lists every class, as without stored colours; other colours (the user's) are
+    the column's alone. Stored colours are hex, so they match to the nearest 8-bit step.
+    """
+    position = {str(c): i for i, c in enumerate(every.categories)}
+    if not all(str(c) in position for c in labels.categories):
+        return False
+    expected = palette[[position[str(c)] for c in labels.categories]]
+    return bool(np.allclose(colours[: len(expected), :3], expected[:, :3], atol=1.0 / 255))
+
+
 def _draw_labels(
     ax: Axes,
     labels: pd.Categorical,
     colours: np.ndarray,
     xy: np.ndarray,
     *,
-    size: float,
+    size: SpotSize,
     alpha: float,
     widen: bool,
 ) -> None:

@@ -7,7 +7,8 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import pandas as pd
@@ -178,13 +179,18 @@ def scatter_values(
     return scatter_spots(ax, xy, c=values, cmap=cmap, plotnonfinite=True, **kwargs)
 
 
-def scatter_spots(ax: Axes, xy: np.ndarray, **kwargs) -> PathCollection:
+def scatter_spots(ax: Axes, xy: np.ndarray, *, s: SpotSize | float | None = None, **kwargs) -> PathCollection:
     """``ax.scatter`` of spots, rasterised: a PDF or SVG holds them as one image, as scanpy draws them.
 
     A vector file with one path per spot grows with the number of spots (tens of MB at 10^5 Visium HD
-    bins) and is slow to open; axes, labels and legends stay vector graphics.
+    bins) and is slow to open; axes, labels and legends stay vector graphics. A :class:`SpotSize`
+    ``s`` with a spacing is resized to it by :func:`finish`, once the figure's layout is known.
     """
-    return ax.scatter(xy[:, 0], xy[:, 1], rasterized=True, **kwargs)
+    area = s.area if isinstance(s, SpotSize) else s
+    points = ax.scatter(xy[:, 0], xy[:, 1], s=area, rasterized=True, **kwargs)
+    if isinstance(s, SpotSize) and s.spacing is not None:
+        _SPACED[points] = s.spacing
+    return points
 
 
 def legend_beside(ax: Axes, *args, widen: bool, **kwargs) -> Legend:
@@ -278,6 +284,7 @@ def finish(fig: Figure, *, show: bool | None, save: str | Path | None, created: 
     """
     import matplotlib.pyplot as plt
 
+    fit_spot_sizes(fig)
     if save is not None:
         _save(fig, save)
     if show is None:
@@ -571,10 +578,81 @@ def panel_title(ax: Axes, text: str, **kwargs) -> None:
     ax.set_title(title, **kwargs)
 
 
-def marker_size(spot_size: float | None, n: int, *, area: float = 8000.0, smallest: float = 4.0) -> float:
-    """``spot_size``, else a marker size (points^2) that shrinks with the number of spots ``n``."""
+class SpotSize(NamedTuple):
+    """The marker size of a plot's spots: an area to draw them with, and the spacing it is fitted to."""
+
+    area: float
+    """Marker area in points^2: ``spot_size``, or until :func:`fit_spot_sizes` runs, one from the count."""
+    spacing: float | None
+    """Median distance between neighbouring spots in data units, which :func:`fit_spot_sizes` makes the
+    markers' diameter; None keeps ``area`` (a ``spot_size`` given, or no two distinct spots)."""
+
+
+#: The collections of spots that :func:`fit_spot_sizes` sizes, with their spacing in data units.
+_SPACED: WeakKeyDictionary[PathCollection, float] = WeakKeyDictionary()
+
+#: The smallest marker area (points^2) spots are fitted to, so that dense spots stay visible.
+_SMALLEST_AREA = 1.0
+
+#: Spots queried at most for the nearest-neighbour median, a sample of a larger set.
+_SPACING_SAMPLE = 20_000
+
+
+def marker_size(
+    spot_size: float | None,
+    n: int,
+    *,
+    xy: np.ndarray | Sequence[np.ndarray] | None = None,
+    area: float = 8000.0,
+    smallest: float = 4.0,
+) -> SpotSize:
+    """``spot_size``, else markers as wide as the spots' spacing in ``xy`` (one array, or one per section).
+
+    Without ``spot_size`` the markers are drawn first with an area that shrinks with the number of
+    spots ``n`` and fitted by :func:`fit_spot_sizes` to the median nearest-neighbour distance (the
+    median over the sections of a list), so that neighbouring disks touch without covering each other
+    whatever the panel's size; without ``xy``, or with no two distinct spots, the first area stays.
+    """
     check_spot_size(spot_size)
-    return spot_size if spot_size is not None else max(smallest, area / max(n, 1))
+    if spot_size is not None:
+        return SpotSize(float(spot_size), None)
+    sections = [] if xy is None else [xy] if isinstance(xy, np.ndarray) else list(xy)
+    spacings = [d for d in map(spot_spacing, sections) if d is not None]
+    return SpotSize(max(smallest, area / max(n, 1)), float(np.median(spacings)) if spacings else None)
+
+
+def spot_spacing(xy: np.ndarray) -> float | None:
+    """Median distance from a spot to its nearest other spot in ``xy`` (data units); None without two.
+
+    Spots in one place (repeated coordinates) are not each other's neighbours; more than
+    ``_SPACING_SAMPLE`` spots are queried through an evenly spaced sample of them.
+    """
+    from scipy.spatial import cKDTree
+
+    distinct = np.unique(xy[np.isfinite(xy).all(axis=1), :2], axis=0)
+    if len(distinct) < 2:
+        return None
+    query = distinct[:: -(-len(distinct) // _SPACING_SAMPLE)]
+    return float(np.median(cKDTree(distinct).query(query, k=2)[0][:, 1]))
+
+
+def fit_spot_sizes(fig: Figure) -> None:
+    """Give the spots of ``fig`` drawn with a spacing (:func:`marker_size`) markers as wide as it.
+
+    The figure is laid out first (a layout engine, colour bars and equal aspect set each panel's
+    final size), then the spacing is converted to points through the panel's data-to-display
+    transform. The markers lose their edge line (drawn in the face colour, it would widen them by its
+    width); spots closer than a point are drawn a point wide, over each other.
+    """
+    spaced = [(c, _SPACED[c]) for a in fig.axes for c in a.collections if c in _SPACED]
+    if not spaced:
+        return
+    fig.draw_without_rendering()
+    for points, spacing in spaced:
+        origin, right, down = points.axes.transData.transform([[0.0, 0.0], [spacing, 0.0], [0.0, spacing]])
+        diameter = np.sqrt(np.hypot(*(right - origin)) * np.hypot(*(down - origin))) * 72.0 / fig.dpi
+        points.set_linewidths(0.0)
+        points.set_sizes([max(_SMALLEST_AREA, diameter**2)])
 
 
 def draw_section(ax: Axes, background: Background | None, xy: np.ndarray) -> None:

@@ -47,8 +47,9 @@ PARAMS: dict[str, str] = {
         "``True`` warns when there is none; ``False`` never."
     ),
     "spot_size": (
-        "Marker area of each spot in points^2, a finite number > 0; default: shrinks as the number of\n"
-        "spots grows."
+        "Marker area of each spot in points^2, a finite number > 0; default: as wide as the median\n"
+        "distance between neighbouring spots, so that neighbours touch (``lk.pl.alignment``: shrinks as\n"
+        "the number of spots grows)."
     ),
     "cmap": (
         "Colour map of the values: a matplotlib Colormap or its name; spots without a value (NaN) are\n"

@@ -177,7 +177,7 @@ def expression(
         image_key=image_key,
         coordinate_system=coordinate_system,
     )
-    size = marker_size(spot_size, table.n_obs)
+    size = marker_size(spot_size, table.n_obs, xy=xy)
     per_gene = 2 if measured_too and pred_ad is not None else 1
     # every gene's values and colour scales first: limits that cross (vmin=5 over values up to 1) are
     # refused before a figure is made

@@ -139,7 +139,7 @@ def proportions(
     )
 
     fig, axes = panel_grid(len(cell_types), ncols, ax, size=panel_size, aspect=1.15)
-    size = marker_size(spot_size, len(xy), area=2.0e4, smallest=2.0)
+    size = marker_size(spot_size, len(xy), xy=xy, area=2.0e4, smallest=2.0)
     frame = values.set_axis(columns, axis=1)
     for panel, cell_type in zip(axes, cell_types, strict=True):
         draw_section(panel, background, xy)

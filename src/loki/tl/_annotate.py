@@ -26,8 +26,9 @@ from loki._utils import (
     write_uns,
 )
 from loki._utils._spatialdata import check_write_mode, get_table
+from loki._utils._write import _remember
 
-from ._annotate_classes import annotation_classes, embed_sentences
+from ._annotate_classes import Unmatched, annotation_classes, embed_sentences
 from ._retrieve import _check_norms, l2_normalize, row_norms
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ def annotate(
     groupby: str | None = None,
     vocabulary: Iterable[str] | None = None,
     max_markers: int = 50,
+    unmatched: Unmatched = "drop",
     sentence_kwargs: Mapping[str, Any] | None = None,
     fuse_with: pd.DataFrame | np.ndarray | None = None,
     key_added: str = Key.ANNOTATION,
@@ -160,13 +162,19 @@ def annotate(
     vocabulary
         Known gene symbols; markers not in it are dropped with a warning that lists the first five
         of each class (all of them are recorded in ``.uns['loki'][key_added]['missing_markers']``);
-        classes none of whose markers is in it are an error that names them all. Default:
+        for classes none of whose markers is in it, see ``unmatched``. Default:
         the genes of the annotated table (``var_names``); a table without genes (an image-only
         section, e.g. from :func:`loki.pp.tile_image`) uses the markers as given, unless a
         vocabulary (e.g. the genes the model was trained on) is passed.
     max_markers
         At most this many markers per class sentence (the first ones); the model's context may keep
         fewer.
+    unmatched
+        What becomes of marker classes none of whose markers is in the vocabulary (marker databases
+        list many classes a gene panel does not measure): ``"drop"`` leaves them out with a
+        :class:`~loki.LokiWarning` that names them (recorded in
+        ``.uns['loki'][key_added]['classes_dropped']``), as absent markers of a class are left out;
+        ``"raise"`` makes them an error. No class left is an error either way.
     sentence_kwargs
         Passed to :func:`loki.pp.gene_sentences` for bulk profiles.
     fuse_with
@@ -198,12 +206,15 @@ def annotate(
     - ``.obs[label_key]``: categorical label (argmax of the scores, or of the fused scores). Its
       categories are the classes that label at least one item, in class order; classes that are the
       label of no item are left out (logged), as scanpy / squidpy group tools expect.
+    - ``.uns[f"{label_key}_colors"]``: a colour per category (scanpy's convention, read by scanpy,
+      squidpy, spatialdata-plot and :func:`loki.pl.annotation`), unless colours for these categories
+      are there already; a class has the colour of its position among all classes.
     - ``.uns['loki'][key_added]``: ``classes`` (all of them), and aligned with them their ``sentences``,
       the ``missing_markers`` left out (space-separated, ``""`` for none), ``genes_given`` (distinct
       markers in the vocabulary, or the genes of a bulk sentence) and ``genes_encoded`` (the genes
       of the sentence that reach the text encoder; both -1 where not known: ``class_embeddings``,
       or a model that does not count them); ``classes_without_spots``, the classes that label no
-      item; and the parameters.
+      item; ``classes_dropped``, the marker classes left out (``unmatched="drop"``); and the parameters.
 
     Class names are written as text; a ``/`` in one (several marker databases have them) keeps the
     result from zarr, and a warning says so.
@@ -233,6 +244,7 @@ def annotate(
         vocabulary=vocabulary,
         max_markers=max_markers,
         sentence_kwargs=sentence_kwargs,
+        unmatched=unmatched,
     )
     fused_other = None if fuse_with is None else _fuse_input(fuse_with, adata, classes.names)
     emb, words = classes.embeddings, None
@@ -242,7 +254,9 @@ def annotate(
     scores = _cosine_scores(items, emb, overwrite_items=own_items)
     del items  # normalised in place when it was a copy
     recorded = f".uns['loki'][{key_added!r}]" if inplace else None
+    _warn_dropped_classes(classes, recorded and f"{recorded}['classes_dropped']")
     _warn_missing_markers(classes.missing, recorded and f"{recorded}['missing_markers']")
+    _warn_one_class(classes, key_added, label_key)
     _report_cut_sentences(classes, words, max_markers, getattr(model, "context_length", None), recorded)
     result, without_spots = _annotation(scores, fused_other, classes.names, adata.obs_names, label_key)
     if not inplace:
@@ -254,6 +268,7 @@ def annotate(
         "source": classes.source,
         "classes": classes.names,
         "classes_without_spots": without_spots,
+        "classes_dropped": list(classes.dropped),
         "sentences": [classes.sentences.get(c, "") for c in classes.names],
         "missing_markers": [" ".join(classes.missing.get(c, [])) for c in classes.names],
         "genes_given": [classes.given.get(c, -1) for c in classes.names],
@@ -305,6 +320,46 @@ def _fuse_input(fuse_with: pd.DataFrame | np.ndarray, adata: AnnData, classes: l
     if not np.isfinite(fused_other).all():
         raise ValueError("fuse_with contains NaN or infinite values.")
     return fused_other
+
+
+def _warn_dropped_classes(classes: _Classes, recorded_in: str | None) -> None:
+    """Warn about the marker classes left out because none of their markers is in the vocabulary.
+
+    All of them are named when they are recorded nowhere (``recorded_in`` None), else the first 20.
+    """
+    dropped = list(classes.dropped)
+    if not dropped:
+        return
+    shown = dropped if recorded_in is None else dropped[:20]
+    more = f" and {len(dropped) - len(shown)} more" if len(dropped) > len(shown) else ""
+    where = f"; they are recorded in {recorded_in}" if recorded_in else ""
+    n_all = len(dropped) + len(classes.names)
+    warnings.warn(
+        f"{len(dropped)} of the {n_all} marker classes {'has' if len(dropped) == 1 else 'have'} no marker "
+        "in the vocabulary and {'is' if len(dropped) == 1 else 'are'} left out "
+        f"(unmatched='drop'): {', '.join(map(repr, shown))}{more}{where}. Pass unmatched='raise' to make "
+        "this an error, or give them markers the table measures.",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _warn_one_class(classes: _Classes, key_added: str, label_key: str) -> None:
+    """Warn that one class labels every item alike: only its scores (a similarity map) carry information.
+
+    One class is a use of its own (the similarity of each spot to one bulk profile), so it is not
+    refused; but its label, the argmax over one class, says nothing.
+    """
+    if len(classes.names) > 1:
+        return
+    left = f" (left after dropping {len(classes.dropped)} without a marker)" if classes.dropped else ""
+    warnings.warn(
+        f"Only one class, {classes.names[0]!r}{left}: it is the label of every item, so "
+        f".obs[{label_key!r}] says nothing; the scores .obsm[{key_added!r}] (the similarity of each item "
+        "to it) do. Pass at least two classes to label items.",
+        LokiWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _warn_missing_markers(missing: dict[str, list[str]], recorded_in: str | None = None) -> None:
@@ -440,5 +495,36 @@ def _write_results(
         else:  # an earlier call's, which these labels would contradict
             drop_obsm(adata, fused_key, "of an earlier call (no fuse_with now)")
         write_obs(adata, label_key, result.labels)
+        _write_label_colours(adata, label_key, result.labels, record["classes"])
         write_uns(adata, key_added, record)
     return adata if copy else None
+
+
+def _write_label_colours(adata: AnnData, label_key: str, labels: pd.Series, classes: list[str]) -> None:
+    """Store the labels' colours in ``adata.uns[f"{label_key}_colors"]``, scanpy's place for them.
+
+    Each class gets the colour of its position among all ``classes`` in :func:`loki.pl.annotation`'s
+    palette, so that a class keeps its colour on every section annotated with the same classes, and
+    scanpy, squidpy, spatialdata-plot and ``lk.pl`` draw it alike. Colours already there for these
+    categories (at least one valid colour per category, as scanpy takes them) are kept:
+    :func:`~loki._utils.write_obs` has removed them when the categories changed.
+    """
+    from matplotlib.colors import is_color_like, to_hex
+
+    from loki.pl._common import category_colours
+
+    key = f"{label_key}_colors"
+    categories = [str(c) for c in labels.cat.categories]
+    stored = adata.uns.get(key)
+    if (
+        stored is not None
+        and not isinstance(stored, str)
+        and len(stored) >= len(categories)
+        and all(is_color_like(c) for c in stored)
+    ):
+        return
+    palette = category_colours(len(classes))
+    position = {str(c): i for i, c in enumerate(classes)}
+    _remember(adata.uns, key)
+    adata.uns[key] = [to_hex(palette[position[c]]) for c in categories]
+    logger.info("added .uns[%r]", key)

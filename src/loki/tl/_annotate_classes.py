@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,9 @@ from loki._logging import logger
 from loki._utils import check_int, check_labelled, require_keys
 from loki._utils._labels import label_categories
 from loki._utils._provenance import embedding_model, warn_if_models_differ
+
+#: What :func:`marker_sentences` does with classes none of whose markers is in the vocabulary.
+Unmatched = Literal["raise", "drop"]
 
 
 class _Classes(NamedTuple):
@@ -39,6 +42,9 @@ class _Classes(NamedTuple):
     cuts them, or the genes of its bulk sentence (empty for ``class_embeddings``)."""
     source: str
     """``"embeddings"``, ``"bulk"`` or ``"markers"``."""
+    dropped: dict[str, list[str]]
+    """Class -> its markers, for the classes left out because none of their markers is in the vocabulary
+    (``unmatched="drop"``)."""
 
 
 def annotation_classes(
@@ -50,13 +56,16 @@ def annotation_classes(
     vocabulary: Iterable[str] | None,
     max_markers: int,
     sentence_kwargs: Mapping[str, Any] | None,
+    unmatched: Unmatched = "raise",
 ) -> _Classes:
     """The classes of :func:`~loki.tl.annotate`: from ``class_embeddings``, a bulk AnnData or marker lists.
 
     Exactly one of ``markers`` and ``class_embeddings`` must be given, and the class names must be
     unique. Marker lists are matched to ``vocabulary``, by default the genes of the annotated table
-    ``adata`` (a table without genes uses the markers as given).
+    ``adata`` (a table without genes uses the markers as given); ``unmatched`` says what becomes of
+    classes none of whose markers is in it (:func:`marker_sentences`).
     """
+    _check_unmatched(unmatched)
     sentences: dict[str, str] = {}
     missing: dict[str, list[str]] = {}
     given: dict[str, int] = {}
@@ -84,12 +93,20 @@ def annotation_classes(
                 vocab,
                 max_genes=max_markers,
                 vocabulary_name="the vocabulary" if vocabulary is not None else "the table's var_names",
+                unmatched=unmatched,
             )
             source = "markers"
         classes = list(sentences)
+    dropped = {c: m for c, m in missing.items() if c not in sentences}
+    missing = {c: m for c, m in missing.items() if c in sentences}
     if len(set(classes)) != len(classes):
         raise ValueError(f"Class names must be unique, got {classes}.")
-    return _Classes(classes, emb, sentences, missing, given, source)
+    return _Classes(classes, emb, sentences, missing, given, source, dropped)
+
+
+def _check_unmatched(unmatched: str) -> None:
+    if unmatched not in ("raise", "drop"):
+        raise ValueError(f"unmatched must be 'raise' or 'drop', got {unmatched!r}.")
 
 
 def _given_embeddings(class_embeddings) -> tuple[list[str], np.ndarray]:
@@ -166,13 +183,16 @@ def marker_sentences(
     *,
     max_genes: int = 50,
     vocabulary_name: str = "the vocabulary",
+    unmatched: Unmatched = "raise",
 ) -> tuple[dict[str, str], dict[str, list[str]], dict[str, int]]:
     """One gene sentence per class: its first ``max_genes`` distinct markers in the given order, joined by spaces.
 
     Markers are matched to ``vocabulary`` ignoring case and written in the vocabulary's spelling (so
     human marker tables work on mouse data); markers absent from it are left out and returned.
-    Classes none of whose markers is in it are an error that names all of them at once and says what
-    the vocabulary is (``vocabulary_name``, e.g. ``"the table's var_names"``) and what it holds.
+    Classes none of whose markers is in it are left out with ``unmatched="drop"`` (they have no
+    sentence, and all their markers are returned as missing); with ``"raise"`` they are an error that
+    names all of them at once, says what the vocabulary is (``vocabulary_name``, e.g. ``"the table's
+    var_names"``) and what it holds, and how to go on. No class left is an error either way.
 
     Returns
     -------
@@ -189,12 +209,13 @@ def marker_sentences(
             "would be the genes); pass e.g. [gene] or a table's var_names."
         )
     check_int(max_genes, "max_markers", why="the number of markers per class")
+    _check_unmatched(unmatched)
     names = pd.Series([str(c) for c in markers])
     if names.duplicated().any():
         clash = [c for c in markers if str(c) in set(names[names.duplicated()])]
         raise ValueError(f"Marker classes {clash!r} have the same name as text; give them distinct names.")
     lookup = None if vocabulary is None else {str(g).upper(): str(g) for g in vocabulary}
-    sentences, missing, given, unmatched = {}, {}, {}, []
+    sentences, missing, given, unmatched_classes = {}, {}, {}, []
     for cls, genes in markers.items():
         if isinstance(genes, str):
             raise TypeError(f"Markers of class {cls!r} must be a list of genes, not the string {genes!r}.")
@@ -205,14 +226,16 @@ def marker_sentences(
             missing[str(cls)] = [g for g in genes if g.upper() not in lookup]
             genes = [lookup[g.upper()] for g in genes if g.upper() in lookup]
             if not genes:
-                unmatched.append(str(cls))
+                unmatched_classes.append(str(cls))
                 continue
         distinct = list(dict.fromkeys(genes))
         given[str(cls)] = len(distinct)
         sentences[str(cls)] = " ".join(distinct[:max_genes])
-    if unmatched:
+    if unmatched_classes and (unmatched == "raise" or not sentences):
         raise ValueError(
-            _no_marker_message(unmatched, missing, len(markers), list(lookup.values()), vocabulary_name)
+            _no_marker_message(
+                unmatched_classes, missing, len(markers), list(lookup.values()), vocabulary_name
+            )
         )
     return sentences, {c: m for c, m in missing.items() if m}, given
 
@@ -240,11 +263,17 @@ def _no_marker_message(
         kept = (
             f"{{c: g for c, g in markers.items() if c not in {unmatched!r}}}"
             if len(unmatched) <= 5
-            else "markers without those classes"
+            else "{c: g for c, g in markers.items() if {x.upper() for x in g} & measured}, where "
+            + (
+                "measured = set(adata.var_names.str.upper())"
+                if name == "the table's var_names"
+                else "measured = {v.upper() for v in vocabulary}"
+            )
         )
         message += (
-            f"Leave those classes out (e.g. lk.pp.read_markers(..., cell_types=[...]), or {kept}) or give "
-            "them markers the table measures."
+            "Pass unmatched='drop' to leave those classes out (a warning names them, and "
+            ".uns['loki'][key_added]['classes_dropped'] records them), pass only the classes the table "
+            f"measures: markers={kept}, or give them markers the table measures."
         )
     return message.rstrip()
 

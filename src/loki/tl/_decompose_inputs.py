@@ -214,9 +214,9 @@ def _float32(x):
 
 
 def few(names, k: int = 5) -> str:
-    """The first ``k`` of ``names`` quoted and comma-separated, with ``...`` when there may be more."""
-    names = [str(n) for n in names[:k]]
-    return ", ".join(map(repr, names)) + (", ..." if len(names) == k else "")
+    """The first ``k`` of ``names`` quoted and comma-separated, with ``...`` when there are more."""
+    shown = [str(n) for n in names[: k + 1]]
+    return ", ".join(map(repr, shown[:k])) + (", ..." if len(shown) > k else "")
 
 
 def _few_pairs(pairs: list[tuple[str, str]], k: int = 3) -> str:

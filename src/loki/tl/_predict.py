@@ -239,9 +239,11 @@ def _check_query_genes_in_reference(genes: list[str], ref_genes: pd.Index) -> No
         )
     else:
         message += (
-            f"For the {shared} genes both have, either predict them into a new AnnData with "
+            f"For the {shared} gene{'s' if shared > 1 else ''} both have, either predict "
+            f"{'them' if shared > 1 else 'it'} into a new AnnData with "
             "output='anndata', genes=query.var_names[query.var_names.isin(reference.var_names)], or "
-            "subset the query to them first: query[:, query.var_names.isin(reference.var_names)] "
+            f"subset the query to {'them' if shared > 1 else 'it'} first: "
+            "query[:, query.var_names.isin(reference.var_names)] "
             "(query and reference being the tables)."
         )
     raise KeyError(message)
