@@ -459,6 +459,28 @@ def test_given_a_file_asks_for_its_folder(hd_no_fullres):
     assert f"pass the folder that holds it: {str(hd_no_fullres.path)!r}" in str(err.value)
 
 
+def test_given_the_sample_folder_points_at_its_outs_folder(hd_no_fullres, tmp_path):
+    """Given the sample folder holding Space Ranger's ``outs/``, the message listed ['outs'] without
+    saying to pass it, as :func:`loki.io.read_visium` does."""
+    outs = _copy(hd_no_fullres, tmp_path)
+    hint = f"Its 'outs' folder holds it: pass {str(outs)!r}, the Space Ranger output folder."
+    before = _listing(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No 'feature_slice.h5'") as err:
+        lk.io.read_visium_hd(tmp_path)
+    assert str(err.value).endswith(f"it holds ['outs']. {hint}")
+    assert _listing(tmp_path) == before
+    # 10x's downloads name it X_feature_slice.h5: the same hint
+    (outs / "feature_slice.h5").rename(outs / "sample_feature_slice.h5")
+    with pytest.raises(FileNotFoundError) as err:
+        lk.io.read_visium_hd(tmp_path)
+    assert str(err.value).endswith(f"it holds ['outs']. {hint}")
+    # without it in outs/ there is nothing to point at
+    (outs / "sample_feature_slice.h5").unlink()
+    with pytest.raises(FileNotFoundError) as err:
+        lk.io.read_visium_hd(tmp_path)
+    assert str(err.value).endswith("it holds ['outs'].")
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="Visium HD folder not found"):
         lk.io.read_visium_hd(tmp_path / "absent")

@@ -523,7 +523,10 @@ def test_truth_and_prediction_frames_are_matched_by_cell_type_and_spot_labels():
 
 def test_scores_of_two_frames_are_labelled_by_the_truths_cell_types():
     """Two labelled frames gave unlabelled arrays: which value was which type depended on knowing
-    that the scores follow the first argument's column order."""
+    that the scores follow the first argument's column order (``pearson``, ``kendall_tau`` and ``mse``
+    still did after ``js_divergence`` and ``ssim`` were labelled; ``kendall_tau`` refused tables)."""
+    from loki.metrics._correlation import kendall_tau_rows
+
     rng = np.random.default_rng(0)
     spots = pd.Index([f"s{i}" for i in range(36)], name="spot")
     types = pd.Index(["B", "T", "NK"], name="cell_type")
@@ -537,6 +540,13 @@ def test_scores_of_two_frames_are_labelled_by_the_truths_cell_types():
         (metrics.js_divergence, {"axis": 1}, spots),
         (metrics.ssim, {}, types),
         (lambda t, p: metrics.ssim_grid(xy, t, p), {}, types),
+        (metrics.pearson, {"axis": 0}, types),
+        (metrics.pearson, {"axis": 1}, spots),
+        (metrics.kendall_tau, {"axis": 0}, types),
+        (metrics.kendall_tau, {"axis": -1}, spots),
+        (kendall_tau_rows, {}, spots),
+        (metrics.mse, {"axis": 0}, types),
+        (metrics.mse, {"axis": 1}, spots),
     ]:
         got = score(truth, pred, **args)
         assert isinstance(got, pd.Series)
@@ -546,9 +556,11 @@ def test_scores_of_two_frames_are_labelled_by_the_truths_cell_types():
         # an array on either side is compared by position, and the result stays an array
         assert type(score(truth, arrays[1], **args)) is np.ndarray
         assert type(score(arrays[0], pred[types], **args)) is np.ndarray
-    # one cell type (two Series) still gives a float
-    assert isinstance(metrics.ssim(truth["NK"], pred["NK"]), float)
-    assert isinstance(metrics.js_divergence(truth["NK"], pred["NK"]), float)
+    # one cell type (two Series), or all values at once, still gives a float
+    for score in (metrics.ssim, metrics.js_divergence, metrics.pearson, metrics.kendall_tau, metrics.mse):
+        assert isinstance(score(truth["NK"], pred["NK"]), float)
+    assert isinstance(metrics.pearson(truth, pred, axis=None), float)
+    assert isinstance(metrics.mse(truth, pred), float)
 
 
 def test_labels_of_different_types_are_shown_as_they_are():

@@ -107,7 +107,9 @@ def test_kendall_tau_refuses_a_matrix_and_takes_a_sparse_row():
     """Two matrices gave one tau of all their values, columns mixed (pearson gives one per column)."""
     rng = np.random.default_rng(3)
     x, y = rng.random((5, 3)), rng.random((5, 3))
-    with pytest.raises(ValueError, match=r"two vectors, but x has shape \(5, 3\).*kendall_tau\(x\[:, j\]"):
+    with pytest.raises(
+        ValueError, match=r"two vectors, but x has shape \(5, 3\); for one tau per column pass axis=0"
+    ):
         metrics.kendall_tau(x, y)
     row_x, row_y = sp.csr_matrix(x)[1], sp.csr_matrix(y)[1]  # (1, 3) rows, as a sparse table gives them
     assert metrics.kendall_tau(row_x, row_y) == pytest.approx(scipy.stats.kendalltau(x[1], y[1]).statistic)
@@ -117,6 +119,27 @@ def test_kendall_tau_refuses_a_matrix_and_takes_a_sparse_row():
     y[2, 0] = np.nan  # the error says where, as pearson's does
     with pytest.raises(ValueError, match="x and y must be finite; y holds 1 NaN or infinite"):
         metrics.kendall_tau(x[:, 0], y[:, 0])
+
+
+def test_kendall_tau_along_an_axis_gives_one_tau_per_column_or_row():
+    """``kendall_tau`` refused tables, so one tau per gene (as ``pearson(..., axis=0)`` gives one
+    coefficient per gene) took a loop over the columns."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 4, (7, 3)).astype(float)  # ties, as counts have
+    y = x + rng.integers(0, 3, x.shape)
+    expected = np.array([scipy.stats.kendalltau(x[:, j], y[:, j]).statistic for j in range(3)])
+    np.testing.assert_allclose(metrics.kendall_tau(x, y, axis=0), expected, rtol=1e-12)
+    np.testing.assert_allclose(metrics.kendall_tau(x.T, y.T, axis=1), expected, rtol=1e-12)
+    np.testing.assert_allclose(metrics.kendall_tau(sp.csr_matrix(x), y, axis=-2), expected, rtol=1e-12)
+    assert metrics.kendall_tau(x[:, 0], y[:, 0], axis=0) == pytest.approx(expected[0], rel=1e-12)
+    with pytest.raises(ValueError, match=r"axis 2 is out of range for 2-D input of shape \(7, 3\)"):
+        metrics.kendall_tau(x, y, axis=2)
+    with pytest.raises(ValueError, match=r"same shape, got \(7, 3\) and \(7, 2\)"):
+        metrics.kendall_tau(x, y[:, :2], axis=0)
+    with pytest.raises(ValueError, match="needs at least 2 pairs, got 1"):
+        metrics.kendall_tau(x[:1], y[:1], axis=0)
+    with pytest.raises(ValueError, match=r"vectors or 2-D tables, got shape \(7, 3, 1\)"):
+        metrics.kendall_tau(x[..., None], y[..., None], axis=0)
 
 
 def test_pearson_names_an_axis_the_input_lacks():

@@ -20,6 +20,7 @@ from ._names import check_section_name
 from ._visium import (
     _default_dataset_id,
     _h5_gene_names,
+    _outs_hint,
     build_section,
     check_folder,
     check_fullres_size,
@@ -107,9 +108,12 @@ def _feature_slice_prefix(path: Path, dataset_id: str | None) -> str:
             f"{str(path)!r} holds several feature slice files {prefixed} and no {_FEATURE_SLICE!r}; pass "
             f"dataset_id= naming one (the X of X_{_FEATURE_SLICE})."
         )
+    # a sample folder passed instead of the output folder inside it
+    in_outs = [_FEATURE_SLICE, *sorted(p.name for p in (path / "outs").glob(f"*_{_FEATURE_SLICE}"))]
+    hint = next(filter(None, (_outs_hint(path, name) for name in in_outs)), "")
     raise FileNotFoundError(
         f"No {_FEATURE_SLICE!r} (or X_{_FEATURE_SLICE}) in {str(path)!r}, the Space Ranger HD output folder "
-        f"(outs/); it holds {_holds(path)}."
+        f"(outs/); it holds {_holds(path)}.{hint}"
     )
 
 

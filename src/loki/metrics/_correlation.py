@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import pandas as pd
 
-from ._labels import paired_arrays
+from ._labels import labelled_scores, paired_arrays, score_labels
 
 #: Sums of squares outside this range are recomputed on slices rescaled to max |x| = 1: their
 #: product could overflow or underflow, or the squares themselves did (|x| beyond ~1e154 or below
@@ -25,7 +26,7 @@ def _unit_peak(x: np.ndarray) -> np.ndarray:
     return x / np.abs(x).max(axis=-1, keepdims=True)
 
 
-def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.ndarray:
+def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.ndarray | pd.Series:
     """Pearson correlation coefficient (eq. 20) along an axis.
 
     Parameters
@@ -43,8 +44,9 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.nd
 
     Returns
     -------
-    The coefficient (a float for 1-D input or ``axis=None``, else an array with ``axis`` removed, in
-    the order of ``x``'s labels). Slices where either input is constant give NaN.
+    The coefficient: a float for 1-D input or ``axis=None``, else one per slice with ``axis``
+    removed, as a :class:`pandas.Series` labelled by ``x``'s other axis (its genes with ``axis=0``)
+    for two DataFrames, else as an array. Slices where either input is constant give NaN.
 
     Raises
     ------
@@ -53,6 +55,7 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.nd
         it, or an input holds NaN or an infinite value (as :func:`kendall_tau`).
 
     """
+    labels = score_labels(x, y, axis)
     x, y = paired_arrays(x, y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}.")
@@ -80,8 +83,7 @@ def pearson(x: np.ndarray, y: np.ndarray, axis: int | None = 0) -> float | np.nd
         num, sxx, syy = _centred_sums(xs, ys, -1)
         with np.errstate(invalid="ignore", divide="ignore"):
             r[rescale] = num / np.sqrt(sxx * syy)
-    r = np.clip(r, -1.0, 1.0)
-    return float(r) if r.ndim == 0 else r
+    return labelled_scores(np.clip(r, -1.0, 1.0), labels)
 
 
 @numba.njit(cache=True)
@@ -113,7 +115,7 @@ def _tied_pairs(*keys: np.ndarray) -> int:
     return int((counts * (counts - 1) // 2).sum())
 
 
-def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
+def kendall_tau(x: np.ndarray, y: np.ndarray, axis: int | None = None) -> float | np.ndarray | pd.Series:
     """Kendall's tau-b (eq. 21), which accounts for ties in either variable.
 
     ``tau = (P - Q) / sqrt((P + Q + T) (P + Q + U))`` with P concordant and Q discordant pairs, T pairs
@@ -122,27 +124,45 @@ def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
     Parameters
     ----------
     x, y
-        Vectors of the same length: 1-D, or a single row or column (a row of a sparse matrix). Two
-        Series are matched by their labels, as in :func:`pearson`.
+        Vectors of the same length: 1-D, or a single row or column (a row of a sparse matrix); with
+        ``axis``, also two tables of the same shape. Two Series (or two DataFrames, or two AnnData)
+        are matched by their labels, as in :func:`pearson`.
+    axis
+        ``None``: ``x`` and ``y`` are vectors, compared by one tau. For tables, the axis along which
+        the pairs run, as in :func:`pearson`: ``axis=0`` on a spots x genes matrix gives one tau per
+        gene, ``axis=1`` one per spot.
 
     Returns
     -------
-    Tau-b in [-1, 1]; NaN when either input is constant.
+    Tau-b in [-1, 1]: a float for vectors, else one per slice with ``axis`` removed, as a
+    :class:`pandas.Series` labelled by ``x``'s other axis for two DataFrames, else as an array. NaN
+    where either input is constant.
 
     Raises
     ------
     ValueError
-        If an input is a matrix rather than a vector (one tau of all its values would mix its
-        columns), the lengths differ, fewer than 2 pairs are given, or an input holds NaN or an
-        infinite value.
+        If an input is a matrix and ``axis`` is None (one tau of all its values would mix its
+        columns), the shapes differ, ``axis`` is not one of the inputs' axes, fewer than 2 pairs are
+        given, or an input holds NaN or an infinite value.
 
     """
+    labels = score_labels(x, y, axis)
     x, y = paired_arrays(x, y)
+    if axis is not None:
+        if x.shape != y.shape:
+            raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}.")
+        if not -x.ndim <= axis < x.ndim:
+            raise ValueError(f"axis {axis} is out of range for {x.ndim}-D input of shape {x.shape}.")
+        if x.ndim > 2:
+            raise ValueError(f"kendall_tau takes vectors or 2-D tables, got shape {x.shape}.")
+        if x.ndim == 2:
+            down = axis % 2 == 0  # pairs run down the columns: one tau per column
+            return labelled_scores(_tau_of_rows(*((x.T, y.T) if down else (x, y))), labels)
     for name, values in (("x", x), ("y", y)):
         if sum(n > 1 for n in values.shape) > 1:
             raise ValueError(
                 f"kendall_tau compares two vectors, but {name} has shape {values.shape}; for one tau per "
-                f"column pass the columns one at a time (kendall_tau(x[:, j], y[:, j]))."
+                "column pass axis=0 (axis=1: one per row)."
             )
     x, y = x.ravel(), y.ravel()
     if x.shape != y.shape:
@@ -234,7 +254,7 @@ def _kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def kendall_tau_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def kendall_tau_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray | pd.Series:
     """:func:`kendall_tau` of every row pair ``(x[i], y[i])`` of two finite 2-D arrays, in one compiled loop.
 
     The same counts as :func:`kendall_tau` row by row, without its per-call overhead (~0.1 ms), which
@@ -248,12 +268,18 @@ def kendall_tau_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ``(n_rows,)`` tau-b of each row pair (in the order of ``x``'s rows); NaN where either row is
-    constant.
+    ``(n_rows,)`` tau-b of each row pair (in the order of ``x``'s rows; a :class:`pandas.Series`
+    labelled by them for two DataFrames); NaN where either row is constant.
     """
-    x, y = (np.ascontiguousarray(v) for v in paired_arrays(x, y))
+    labels = score_labels(x, y, axis=1)
+    x, y = paired_arrays(x, y)
     if x.shape != y.shape or x.ndim != 2:
         raise ValueError(f"x and y must be 2-D arrays of one shape, got {x.shape} and {y.shape}.")
+    return labelled_scores(_tau_of_rows(x, y), labels)
+
+
+def _tau_of_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    # tau-b of each row pair of two finite 2-D arrays of one shape
     if x.shape[0] and x.shape[1] < 2:
         raise ValueError(f"Kendall's tau needs at least 2 pairs, got {x.shape[1]}.")
-    return _kendall_rows(x, y)
+    return _kendall_rows(np.ascontiguousarray(x), np.ascontiguousarray(y))

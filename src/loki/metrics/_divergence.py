@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._labels import paired_arrays
+from ._labels import labelled_scores, paired_arrays, score_labels
 
 
 def _normalise(p: np.ndarray, name: str, axis: int) -> np.ndarray:
@@ -67,8 +67,7 @@ def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> float | np.nd
     ``axis`` removed.
 
     """
-    frames = isinstance(p, pd.DataFrame) and isinstance(q, pd.DataFrame)
-    labels = p.axes[1 - axis % 2] if frames and axis in (-2, -1, 0, 1) else None
+    labels = score_labels(p, q, axis)
     p, q = paired_arrays(p, q, ("p", "q"))
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}.")
@@ -76,6 +75,4 @@ def js_divergence(p: np.ndarray, q: np.ndarray, axis: int = -1) -> float | np.nd
     q = _normalise(q, "q", axis)
     m = 0.5 * (p + q)
     out = np.clip(0.5 * _kl(p, m, axis) + 0.5 * _kl(q, m, axis), 0.0, 1.0)
-    if out.ndim == 0:
-        return float(out)
-    return out if labels is None else pd.Series(out, index=labels.copy())
+    return labelled_scores(out, labels)

@@ -1,4 +1,4 @@
-"""Matching a truth and a prediction by their labels before they are compared as arrays."""
+"""Matching a truth and a prediction by their labels before they are compared as arrays, and labelling the scores."""
 
 from __future__ import annotations
 
@@ -88,3 +88,26 @@ def paired_arrays(x, y, names: tuple[str, str] = ("x", "y")):
                 f"{names[0]} and {names[1]} must be finite; {name} holds {bad} NaN or infinite value(s)."
             )
     return x, y
+
+
+def score_labels(first, second, axis: int | None) -> pd.Index | None:
+    """The labels of a metric's scores along ``axis``: ``first``'s other axis, when both are DataFrames.
+
+    A metric that reduces ``axis`` of two spots x cell types tables gives one score per cell type
+    (``axis=0``) or per spot (``axis=1``); these are ``first``'s (the truth's) labels of the axis that
+    remains, which :func:`align_labels` puts ``second`` in the order of. None when either input is not
+    a DataFrame (arrays give arrays), or ``axis`` is None or not an axis of a table (the metric
+    flattens, or refuses it).
+    """
+    both = isinstance(first, pd.DataFrame) and isinstance(second, pd.DataFrame)
+    if not both or axis is None or axis not in (-2, -1, 0, 1):
+        return None
+    return first.axes[1 - axis % 2].copy()
+
+
+def labelled_scores(out, labels: pd.Index | None) -> float | np.ndarray | pd.Series:
+    """A metric's result as returned: a float for one score, a Series over ``labels`` when given, else the array."""
+    out = np.asarray(out)
+    if out.ndim == 0:
+        return float(out)
+    return out if labels is None else pd.Series(out, index=labels)

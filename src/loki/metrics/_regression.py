@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-from ._labels import paired_arrays
+from ._labels import labelled_scores, paired_arrays, score_labels
 
 
-def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> float | np.ndarray:
+def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> float | np.ndarray | pd.Series:
     """Mean squared error between measured and predicted values.
 
     Parameters
@@ -21,7 +22,9 @@ def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> floa
 
     Returns
     -------
-    The mean squared error (a float, or an array with ``axis`` removed).
+    The mean squared error: a float, or one per slice with ``axis`` removed, as a
+    :class:`pandas.Series` labelled by ``y_true``'s other axis (e.g. its genes with ``axis=0``) for
+    two DataFrames, else as an array.
 
     Raises
     ------
@@ -30,6 +33,7 @@ def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> floa
         :func:`loki.metrics.pearson`): one NaN made the whole error NaN.
 
     """
+    labels = score_labels(y_true, y_pred, axis)
     y_true, y_pred = paired_arrays(y_true, y_pred, ("y_true", "y_pred"))
     if y_true.shape != y_pred.shape:
         raise ValueError(
@@ -37,5 +41,4 @@ def mse(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> floa
         )
     if y_true.size == 0:
         raise ValueError("mse of empty arrays is undefined.")
-    out = np.mean((y_true - y_pred) ** 2, axis=axis)
-    return float(out) if np.ndim(out) == 0 else out
+    return labelled_scores(np.mean((y_true - y_pred) ** 2, axis=axis), labels)

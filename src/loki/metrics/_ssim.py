@@ -12,7 +12,7 @@ from loki._logging import LokiWarning, user_stacklevel
 from loki._utils import check_array_finite, is_real
 
 from ._alignment import spot_spacing
-from ._labels import paired_arrays
+from ._labels import labelled_scores, paired_arrays, score_labels
 from ._lattice import lattice_pixels
 
 
@@ -45,7 +45,7 @@ def ssim(
     indexed by ``values_true``'s columns (e.g. cell types) for two DataFrames, else as an array.
 
     """
-    columns = _shared_columns(values_true, values_pred)
+    columns = score_labels(values_true, values_pred, axis=0)
     t, p = _check_pair(values_true, values_pred)
     t2, p2 = t.reshape(len(t), -1), p.reshape(len(p), -1)
     rng = _data_range(t2, p2, data_range)
@@ -55,7 +55,7 @@ def ssim(
     cov = ((t2 - mt) * (p2 - mp)).mean(axis=0)
     c1, c2 = 0.01**2, 0.03**2
     out = ((2 * mt * mp + c1) * (2 * cov + c2)) / ((mt**2 + mp**2 + c1) * (vt + vp + c2))
-    return _per_column(out, t.ndim, columns)
+    return labelled_scores(out.reshape(t.shape[1:]), columns)
 
 
 def ssim_map(
@@ -249,7 +249,7 @@ def ssim_grid(
     The mean SSIM: a float for 1-D values, else one per column, labelled as by :func:`ssim`.
 
     """
-    columns = _shared_columns(values_true, values_pred)
+    columns = score_labels(values_true, values_pred, axis=0)
     values_true, values_pred = _check_pair(values_true, values_pred)
     idx = _pixel_index(coords, grid)
     if len(idx) != len(values_true):
@@ -266,20 +266,7 @@ def ssim_grid(
     for c in range(img_t.shape[-1]):
         smap = ssim_map(img_t[..., c], img_p[..., c], data_range=ranges[c], win_size=win_size)
         out[c] = smap[mask].mean() if mask_empty else smap.mean()
-    return _per_column(out, values_true.ndim, columns)
-
-
-def _shared_columns(values_true, values_pred) -> pd.Index | None:
-    """``values_true``'s columns when both inputs are DataFrames (the order of the scores), else None."""
-    both = isinstance(values_true, pd.DataFrame) and isinstance(values_pred, pd.DataFrame)
-    return values_true.columns.copy() if both else None
-
-
-def _per_column(out: np.ndarray, ndim: int, columns: pd.Index | None) -> float | np.ndarray | pd.Series:
-    """The scores as returned: a float for 1-D values, a Series over ``columns`` when given, else ``out``."""
-    if ndim == 1:
-        return float(out[0])
-    return out if columns is None else pd.Series(out, index=columns)
+    return labelled_scores(out.reshape(values_true.shape[1:]), columns)
 
 
 def _check_pair(values_true, values_pred) -> tuple[np.ndarray, np.ndarray]:
