@@ -458,7 +458,12 @@ def test_relabelling_drops_the_colours_scanpy_kept_for_the_old_categories():
     three = {c: four[c] for c in "BCD"}
     lk.tl.annotate(adata, class_embeddings=three, use="emb")
     assert list(adata.obs["loki_annotation"].cat.categories) == ["B", "C", "D"]
-    assert "loki_annotation_colors" not in adata.uns
+    # the stale palette is gone; annotate stores its own, one colour per new category
+    from matplotlib.colors import to_hex
+
+    from loki.pl._common import category_colours
+
+    assert adata.uns["loki_annotation_colors"] == [to_hex(c) for c in category_colours(3)]
 
 
 def test_a_failed_write_puts_dropped_colours_back():
