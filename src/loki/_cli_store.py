@@ -25,12 +25,16 @@ GROUP_FILES = ("zarr.json", ".zgroup")
 
 
 def read_store(zarr: Path, command: str):
-    """The SpatialData of the store ``zarr``; a folder that is not one is refused.
+    """The SpatialData of the store ``zarr``, for a command that writes into it; a folder that is not one is refused.
 
     A store has element folders and, at its root, a zarr group's metadata file. spatialdata reads any
     zarr group (an AnnData's ``.zarr``, or a store's ``tables/`` folder, would read as a SpatialData
     without tables), and a folder without that file (left by a write that was killed, or a plain
     folder) fails deep in zarr ("No group found"): both are refused here in words that say why.
+    What killed commands left in the store is deleted first (:func:`clear_leftovers`), and a store
+    that still fails to read is refused in one line naming the element folder that fails. The
+    returned object's writes list in the store's consolidated metadata only the elements it holds
+    and those the store listed (:func:`guard_listing`).
     """
     import spatialdata as sd
 
@@ -50,7 +54,41 @@ def read_store(zarr: Path, command: str):
             f"{', '.join(GROUP_FILES)} that a store's root holds, e.g. what a write stopped by a crash "
             "left; delete it and write the store again."
         )
-    return sd.read_zarr(zarr)
+    clear_leftovers(zarr)
+    try:
+        sdata = sd.read_zarr(zarr)
+    except Exception as err:  # spatialdata's own checks are asserts: a traceback, naming no element
+        if not zarr.exists():  # zarr's words say so
+            raise
+        element = _element_failing(err)
+        where = "" if element is None else f" (its element folder {element!r} fails)"
+        text = str(err).strip()
+        hint = (
+            ""
+            if element is None
+            else f". If a command killed while writing it left it half written, delete that folder, then list "
+            f"the store's elements anew in Python: zarr.consolidate_metadata({str(zarr)!r})"
+        )
+        raise SystemExit(
+            f"loki {command}: cannot read the store {str(zarr)!r}{where}: {type(err).__name__}"
+            + (f": {text}" if text else "")
+            + hint
+        ) from err
+    guard_listing(sdata)
+    return sdata
+
+
+def _element_failing(err: BaseException) -> str | None:
+    """The element (``kind/name``) spatialdata was reading when ``err`` was raised, if its traceback tells."""
+    import traceback
+
+    element = None
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        if frame.f_code.co_name == "_read_zarr_group_spatialdata_element":
+            kind, name = frame.f_locals.get("group_name"), frame.f_locals.get("subgroup_name")
+            if isinstance(kind, str) and isinstance(name, str):
+                element = f"{kind}/{name}"
+    return element
 
 
 def rewrite_table(sdata, name: str) -> None:
@@ -66,6 +104,7 @@ def rewrite_table(sdata, name: str) -> None:
     """
     backup = backup_name(name)
     with store_lock(Path(sdata.path)):
+        clear_leftovers(Path(sdata.path))  # a killed run's copy: the write below refuses an existing folder
         sdata.tables[backup] = sdata.tables[name]
         try:
             with quiet_table_writes():
@@ -106,9 +145,210 @@ def _swap_in_copy(sdata, name: str) -> None:
 
 
 def _consolidate(sdata) -> None:
-    """Rewrite the store's consolidated metadata (the list of its groups and arrays), if it has one."""
-    if sdata.has_consolidated_metadata():
-        sdata.write_consolidated_metadata()
+    """Rewrite the store's consolidated metadata (the list of its groups and arrays), if it has one.
+
+    zarr lists every group and array on disk: also an element another command is writing now (its
+    name claimed, see :func:`_names_claimed`) or one a killed command left half written, which would
+    make the store unreadable. Only the elements the store listed and those ``sdata`` holds are kept
+    in the list.
+    """
+    import spatialdata as sd
+
+    zarr = Path(sdata.path)
+    listed = _listed_elements(zarr)
+    if listed is None:  # the store has none: spatialdata reads its folders
+        return
+    keep = listed | {f"{kind}/{name}" for kind, name, _ in sdata.gen_elements()}
+    sd.SpatialData.write_consolidated_metadata(sdata)
+    _drop_from_listing(zarr, keep)
+
+
+def guard_listing(sdata) -> None:
+    """Make ``sdata``'s rewrites of the store's list of elements (spatialdata's too) keep out what others write.
+
+    Each lists only the elements the store listed and those ``sdata`` holds (see :func:`_consolidate`).
+    """
+    sdata.write_consolidated_metadata = lambda: _consolidate(sdata)
+
+
+def _listed_elements(zarr: Path) -> set[str] | None:
+    """The elements (``kind/name``) the consolidated metadata of the store ``zarr`` lists; None if it has none."""
+    import json
+
+    listing = _consolidated_file(zarr)
+    if listing is None:
+        return None
+    path, key = listing
+    metadata = _listing_of(json.loads(path.read_text()), key)
+    if metadata is None:
+        return None
+    return {element for element in map(_element_of, metadata) if element is not None}
+
+
+def _consolidated_file(zarr: Path) -> tuple[Path, str] | None:
+    """The file holding the store's consolidated metadata and the key of its listing (zarr v3, v2)."""
+    if (zarr / "zarr.json").is_file():
+        return zarr / "zarr.json", "consolidated_metadata"
+    if (zarr / ".zmetadata").is_file():
+        return zarr / ".zmetadata", ""
+    return None
+
+
+def _listing_of(content: dict, key: str) -> dict | None:
+    """The listing (path -> metadata) in the consolidated metadata file's ``content``; None if it has none."""
+    holder = content.get(key) if key else content
+    return holder.get("metadata") if isinstance(holder, dict) else None
+
+
+def _element_of(path: str) -> str | None:
+    """The element (``kind/name``) a path in the store is in; None for the root and the kinds' groups."""
+    parts = path.split("/")
+    if len(parts) < 2 or parts[0] not in ELEMENT_KINDS or parts[1].startswith("."):  # v2's .zgroup, .zattrs
+        return None
+    return f"{parts[0]}/{parts[1]}"
+
+
+def _drop_from_listing(zarr: Path, keep: set[str]) -> None:
+    """Drop from the store's consolidated metadata the elements (and all within them) not in ``keep``."""
+    import json
+
+    path, key = _consolidated_file(zarr)
+    content = json.loads(path.read_text())
+    metadata = _listing_of(content, key)
+    dropped = [name for name in metadata if _element_of(name) not in keep | {None}]
+    if not dropped:  # the file as zarr wrote it
+        return
+    for name in dropped:
+        del metadata[name]
+    temporary = path.with_name(f"{path.name}.loki-tmp")
+    temporary.write_text(json.dumps(content, indent=2))
+    os.replace(temporary, path)  # whole or not at all: a kill leaves the old list
+
+
+def clear_leftovers(zarr: Path, claimed: dict[str, bool] | None = None) -> list[str]:
+    """Delete the element folders of the store ``zarr`` that killed commands left half written.
+
+    A command killed (SIGKILL, a second Ctrl-C) while it writes an element leaves its folder, which
+    the store's consolidated metadata does not list: the store still reads, but the name cannot be
+    added again, and the next consolidation would list the partial element, after which the store no
+    longer reads. Such a folder is deleted, with a warning, unless another running command holds the
+    claim of its name (it is writing it now; see :func:`_names_claimed`). In a store without
+    consolidated metadata, where every folder is read, only folders whose claim a killed command left
+    and copies of a table (``<table>_loki_backup``) beside the whole table are deleted: a folder
+    written otherwise is taken for a finished element. The folders are deleted under the store's
+    lock (:func:`store_lock`; those who write unlisted folders without a claim hold it), taken only
+    when there is something to delete, and looked for again under it; claim files no running command
+    holds are deleted then too.
+
+    Parameters
+    ----------
+    zarr
+        The store.
+    claimed
+        The names (lower case) this command holds the claims of, each with whether the claim was
+        taken over from a killed command: no other command writes folders of these names.
+
+    Returns
+    -------
+    The element folders deleted (``kind/name``).
+    """
+    from ._logging import logger
+
+    claimed = claimed or {}
+    if not _leftovers(zarr, claimed, settle=False):  # the usual case: no lock waited for
+        return []
+    removed = []
+    with store_lock(zarr):
+        for folder, why in _leftovers(zarr, claimed, settle=True):
+            element = f"{folder.parent.name}/{folder.name}"
+            try:
+                shutil.rmtree(folder)
+            except OSError as err:
+                logger.warning("could not delete %s, left half written in %r: %s", element, str(zarr), err)
+                continue
+            removed.append(element)
+            logger.warning(
+                "deleted %s from %r: left half written by a command that was killed (%s)",
+                element,
+                str(zarr),
+                why,
+            )
+    return removed
+
+
+def _leftovers(zarr: Path, claimed: dict[str, bool], *, settle: bool) -> list[tuple[Path, str]]:
+    """The element folders of ``zarr`` that killed commands left (see :func:`clear_leftovers`), each with why.
+
+    With ``settle``, the claim files no running command holds are deleted.
+    """
+    live, stale = _claim_states(zarr, exclude=set(claimed), delete=settle)
+    stale |= {name for name, taken_over in claimed.items() if taken_over}
+    listed = _listed_elements(zarr)
+    found = []
+    for kind in ELEMENT_KINDS:
+        folders = sorted((zarr / kind).iterdir()) if (zarr / kind).is_dir() else []
+        for folder in folders:
+            if not folder.is_dir() or folder.name.startswith(".") or folder.name.lower() in live:
+                continue
+            why = _left_half_written(zarr, kind, folder.name, listed, stale)
+            if why is not None:
+                found.append((folder, why))
+    return found
+
+
+def _left_half_written(
+    zarr: Path, kind: str, name: str, listed: set[str] | None, stale: set[str]
+) -> str | None:
+    """Why element folder ``kind/name``, which no running command writes, is a killed command's; None if finished.
+
+    ``listed``: the elements the store lists (None without consolidated metadata); ``stale``: the
+    names (lower case) whose claims killed commands left.
+    """
+    if listed is not None:
+        return None if f"{kind}/{name}" in listed else "the store does not list it"
+    if name.lower() in stale:
+        return "the command that claimed its name ended without finishing it"
+    table = name.removesuffix(BACKUP_SUFFIX)
+    if kind == "tables" and table != name and _is_group(zarr / kind / table):
+        return f"a copy of table {table!r}, which is whole"
+    return None
+
+
+def _claim_states(zarr: Path, exclude: set[str], *, delete: bool) -> tuple[set[str], set[str]]:
+    """The names whose claim files (at the root of ``zarr``) a running command holds, and those none holds.
+
+    Names in ``exclude`` (this command's) are skipped; with ``delete``, each claim file no command
+    holds is deleted.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no claims are made
+        return set(), set()
+    live, stale = set(), set()
+    for path in zarr.glob(f"{CLAIM_PREFIX}*"):
+        name = path.name.removeprefix(CLAIM_PREFIX)
+        if name in exclude:
+            continue
+        try:
+            handle = os.open(path, os.O_RDWR)
+        except FileNotFoundError:  # its command released it meanwhile
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held, or locks unsupported: taken for held
+            live.add(name)
+        else:
+            stale.add(name)
+            if delete:
+                path.unlink(missing_ok=True)  # while locked: see _claim
+        finally:
+            os.close(handle)
+    return live, stale
+
+
+def _is_group(folder: Path) -> bool:
+    """Whether ``folder`` holds a zarr group's metadata file (zarr v3, v2)."""
+    return any((folder / name).is_file() for name in GROUP_FILES)
 
 
 def delete_if_on_disk(sdata, name: str) -> None:
@@ -161,6 +401,11 @@ def write_new_elements(sdata, names: list[str], *, attrs_added: dict | None = No
     once the elements are written, not as ``sdata`` read them: another command may have added its own
     since. The store's own metadata (its ``attrs`` and the list of its elements) is rewritten under
     the store's lock, so that commands adding to one store at once keep what each adds.
+
+    A command killed here (SIGKILL, a second Ctrl-C) leaves elements the store does not list, and its
+    claims: the store reads as before, and the next command that reads or writes it deletes them
+    (:func:`clear_leftovers`), so that the names can be added again; until then, rewrites of the
+    list of elements leave them out (:func:`_consolidate`).
     """
     zarr = Path(sdata.path)
     written: list[str] = []
@@ -238,19 +483,22 @@ def _names_claimed(zarr: Path, names: list[str]):
     the store's root that its command holds locked (``flock``) while it writes, and deletes on the way
     out. A name is refused, before anything is written, if another running command claimed it or the
     store holds an element of that name (of any kind; SpatialData tells names apart regardless of
-    case); a claim file that no command holds (its command was killed) is taken over. Where locks are
-    unsupported, no names are claimed (see :func:`store_lock`).
+    case); a claim file that no command holds (its command was killed) is taken over, and what its
+    command left half written is deleted (:func:`clear_leftovers`). Where locks are unsupported, no
+    names are claimed (see :func:`store_lock`).
     """
     claims: dict[Path, int] = {}
+    taken_over: dict[str, bool] = {}
     try:
         for name in sorted(names, key=str.lower):  # in one order: of two commands, one gets them all
             path = zarr / f"{CLAIM_PREFIX}{name.lower()}"
-            handle = _claim(path)
-            if handle is None:
+            claim = _claim(path)
+            if claim is None:
                 raise ElementsTaken(
                     f"another command is adding an element named {name!r} to {zarr}: nothing was written"
                 )
-            claims[path] = handle
+            claims[path], taken_over[name.lower()] = claim
+        clear_leftovers(zarr, taken_over)  # folders of these names a killed command left
         on_disk = {
             folder.name.lower(): describe_element(kind, folder.name)
             for kind in ELEMENT_KINDS
@@ -269,14 +517,25 @@ def _names_claimed(zarr: Path, names: list[str]):
         _release(claims)
 
 
-def _claim(path: Path) -> int | None:
-    """The open, locked claim file ``path`` (-1 where locks are unsupported); None if another command holds it."""
+def _claim(path: Path) -> tuple[int, bool] | None:
+    """Claim ``path``: its open, locked file (-1 where locks are unsupported), and whether a killed command left it.
+
+    None if another command holds it.
+    """
     try:
         import fcntl
     except ImportError:  # Windows
-        return -1
+        return -1, False
     while True:
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            left = False
+        except FileExistsError:
+            try:
+                handle = os.open(path, os.O_RDWR)
+            except FileNotFoundError:  # its command released it meanwhile
+                continue
+            left = True
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -286,7 +545,7 @@ def _claim(path: Path) -> int | None:
             os.close(handle)
             if err.errno in _LOCKS_UNSUPPORTED:
                 path.unlink(missing_ok=True)
-                return -1
+                return -1, False
             raise
         try:
             linked = os.stat(path)
@@ -294,7 +553,7 @@ def _claim(path: Path) -> int | None:
             linked = None
         opened = os.fstat(handle)
         if linked is not None and (linked.st_dev, linked.st_ino) == (opened.st_dev, opened.st_ino):
-            return handle
+            return handle, left
         os.close(handle)  # its command deleted it as this one opened it: claim the name anew
 
 
@@ -335,6 +594,12 @@ def store_lock(zarr: Path):
     align`` for the whole rewrite of a table (:func:`rewrite_table`) and of shapes and placements,
     and every deletion (:func:`delete_if_on_disk`). A thread holding it may take it again (the body
     runs at once); another thread, like another process, waits.
+
+    Element folders the store does not list are written only under it or under a claim of their
+    name: one found without either (its command was killed) is deleted under it
+    (:func:`clear_leftovers`), and the list of elements rewritten under it names only the elements
+    listed before and those of the command rewriting it (:func:`_consolidate`), never a folder
+    another command is still writing.
     """
     key = os.path.realpath(zarr)
     held = _held_stores.paths
@@ -457,13 +722,17 @@ def _consolidation_deferred(sdata):
 
     SpatialData rewrites the consolidated metadata after each element it writes, without the store's
     lock: the list is rewritten once, under the lock, after the elements (see
-    :func:`write_new_elements`). The instance's method is replaced; on the way out, the class's is back.
+    :func:`write_new_elements`). The instance's method is replaced; on the way out, the one before is back.
     """
+    guarded = vars(sdata).get("write_consolidated_metadata")  # see guard_listing
     sdata.write_consolidated_metadata = lambda: None
     try:
         yield
     finally:
-        del sdata.write_consolidated_metadata
+        if guarded is None:
+            del sdata.write_consolidated_metadata
+        else:
+            sdata.write_consolidated_metadata = guarded
 
 
 @contextmanager
@@ -488,8 +757,12 @@ def check_writable(zarr: Path, command: str) -> None:
         )
 
 
+#: The end of the name of a table's full copy, which a command rewriting the table writes first
+BACKUP_SUFFIX = "_loki_backup"
+
+
 def backup_name(table: str) -> str:
-    return f"{table}_loki_backup"
+    return f"{table}{BACKUP_SUFFIX}"
 
 
 def undo_align_writes(sdata, shapes: str | None, old_shapes, held: dict, written: list[str]) -> None:
