@@ -63,6 +63,18 @@ def mob4_zarr(tmp_path):
     return path
 
 
+@pytest.fixture
+def slide(tmp_path) -> Path:
+    """A small RGB TIFF (256 x 256 px of noise) for `loki slide` (the CLI store tests' slide)."""
+    import numpy as np
+    import tifffile
+
+    rgb = np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_path()

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import spatialdata as sd
 
@@ -15,16 +14,6 @@ import loki as lk
 from loki.cli import main
 
 WAITING = "waiting for another command writing to"
-
-
-@pytest.fixture
-def slide(tmp_path) -> Path:
-    import tifffile
-
-    rgb = np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)
-    path = tmp_path / "slide.tif"
-    tifffile.imwrite(path, rgb, photometric="rgb")
-    return path
 
 
 def _consolidated(store: Path) -> set[str]:

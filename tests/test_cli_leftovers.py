@@ -11,7 +11,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import spatialdata as sd
 
@@ -20,16 +19,6 @@ from loki._cli_store import CLAIM_PREFIX
 from loki.cli import main
 
 fcntl = pytest.importorskip("fcntl")  # claims are file locks
-
-
-@pytest.fixture
-def slide(tmp_path) -> Path:
-    import tifffile
-
-    rgb = np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8)
-    path = tmp_path / "slide.tif"
-    tifffile.imwrite(path, rgb, photometric="rgb")
-    return path
 
 
 def _listed(store: Path) -> set[str]:
