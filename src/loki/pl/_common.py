@@ -19,6 +19,7 @@ from loki._logging import LokiWarning, logger, user_stacklevel
 from loki._utils import check_int, is_real, loki_record, require_keys
 from loki._utils._affine import apply_matrix
 from loki._utils._folders import missing_folders, remove_empty_folders
+from loki._utils._spacing import nearest_distances
 from loki._utils._spatialdata import (
     affine_to,
     aligned_coordinate_systems,
@@ -627,13 +628,8 @@ def spot_spacing(xy: np.ndarray) -> float | None:
     Spots in one place (repeated coordinates) are not each other's neighbours; more than
     ``_SPACING_SAMPLE`` spots are queried through an evenly spaced sample of them.
     """
-    from scipy.spatial import cKDTree
-
-    distinct = np.unique(xy[np.isfinite(xy).all(axis=1), :2], axis=0)
-    if len(distinct) < 2:
-        return None
-    query = distinct[:: -(-len(distinct) // _SPACING_SAMPLE)]
-    return float(np.median(cKDTree(distinct).query(query, k=2)[0][:, 1]))
+    dist = nearest_distances(xy[np.isfinite(xy).all(axis=1), :2], max_queries=_SPACING_SAMPLE)
+    return float(np.median(dist)) if dist.size else None
 
 
 def fit_spot_sizes(fig: Figure) -> None:
